@@ -1,0 +1,57 @@
+"""The ``moec`` command line.
+
+Each subcommand lives in its own module ``moec.compiler.cli.cmd_<name>`` with two functions,
+``register(subparsers)`` (adds its parser and sets ``func``) and the handler it names; this module
+discovers them, so adding a command is adding a file. The command line is the only place where
+the compiler and the backends meet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from moec import __version__
+from moec.ir.errors import MoecError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moec",
+        description="Lower Mixture-of-Experts ONNX models to stream programs for multi-chiplet "
+        "accelerators, run them, and check them against ONNX Runtime.",
+    )
+    parser.add_argument("--version", action="version", version=f"moec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import moec.compiler.cli as cli_pkg
+
+    for info in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("cmd_"):
+            module = importlib.import_module(f"moec.compiler.cli.{info.name}")
+            module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except MoecError as err:
+        print(f"moec: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("moec: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""The canonical MoE op: one description of an MoE layer, whatever model or exporter it came from.
+
+Layout (``x @ W`` convention, micro-slice j = columns j of ``w_gate``/``w_up`` and rows j of
+``w_down``, so a slice's contribution needs no cross-die reduction):
+
+=================  ==============  ==========================================
+weight key         shape           meaning
+=================  ==============  ==========================================
+``router_w``       [E, d]          router logits = x @ router_w.T (+ router_b)
+``router_b``       [E]             optional router bias
+``score_bias``     [E]             optional score-correction bias (top-k choice only)
+``w_gate``         [E, d, F]       gated experts only
+``w_up``           [E, d, F]       the up projection (fc1 of a non-gated expert)
+``w_down``         [E, F, d]
+``b_gate``/``b_up``[E, F]          optional
+``b_down``         [E, d]          optional
+``sh_gate``        [d, Fs]         shared experts, concatenated along Fs
+``sh_up``/``sh_down``              [d, Fs] / [Fs, d]
+``sh_router``      [d, 1]          optional sigmoid gate of the shared experts
+=================  ==============  ==========================================
+
+:func:`route`, :func:`expert_ffn` and :func:`shared_ffn` are the building blocks the interpreter
+executes slice by slice; :func:`evaluate` is the reference evaluation of the whole layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from moec.ir.errors import ModelError
+from moec.ir.graph import TensorType, Weight
+
+SCORINGS = ("softmax", "sigmoid")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "swiglu", "identity")
+GROUP_SCORES = ("max", "top2_sum")
+EXPERT_KEYS = ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down")
+SHARED_KEYS = ("sh_gate", "sh_up", "sh_down", "sh_router")
+
+
+@dataclass(eq=False)
+class MoELayer:
+    """An MoE layer: router, routed experts, shared experts, and pass annotations."""
+
+    name: str
+    num_experts: int
+    top_k: int
+    hidden: int
+    ffn: int
+    weights: dict[str, Weight]
+    scoring: str = "softmax"
+    normalize_topk: bool = True
+    routed_scaling: float = 1.0
+    n_group: int = 1
+    topk_group: int = 1
+    group_score: str = "max"
+    activation: str = "silu"
+    gated: bool = True
+    swiglu_alpha: float = 1.702
+    swiglu_beta: float = 1.0
+    swiglu_limit: float | None = None
+    num_shared: int = 0
+    shared_ffn: int = 0
+    shared_activation: str = "silu"
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+    # --- structure ---------------------------------------------------------------------------
+    def has(self, key: str) -> bool:
+        return key in self.weights
+
+    def array(self, key: str) -> np.ndarray:
+        w = self.weights.get(key)
+        if w is None:
+            raise ModelError(f"MoE layer has no weight {key!r}", self.name)
+        return w.array()
+
+    @property
+    def weights_present(self) -> bool:
+        return all(w.present for w in self.weights.values())
+
+    @property
+    def has_shared(self) -> bool:
+        return self.has("sh_down")
+
+    def expert_weight_bytes(self) -> int:
+        """Bytes of one routed expert's weights (all projections and biases)."""
+        total = 0
+        for key in EXPERT_KEYS:
+            if key in self.weights:
+                total += self.weights[key].type.nbytes
+        return total // self.num_experts
+
+    def shared_weight_bytes(self) -> int:
+        return sum(self.weights[k].type.nbytes for k in SHARED_KEYS if k in self.weights)
+
+    def router_weight_bytes(self) -> int:
+        return sum(
+            self.weights[k].type.nbytes for k in ("router_w", "router_b", "score_bias") if k in self.weights
+        )
+
+    def param_count(self) -> int:
+        return sum(w.type.numel for w in self.weights.values())
+
+    def expert_param_count(self) -> int:
+        return sum(self.weights[k].type.numel for k in EXPERT_KEYS if k in self.weights) // self.num_experts
+
+    def active_param_count(self) -> int:
+        """Parameters one token touches: router, k routed experts, shared experts."""
+        fixed = sum(w.type.numel for k, w in self.weights.items() if k not in EXPERT_KEYS)
+        return fixed + self.top_k * self.expert_param_count()
+
+    def flops_per_token_expert(self) -> int:
+        """Multiply-adds x2 of one token through one routed expert."""
+        mats = 3 if self.gated else 2
+        return 2 * mats * self.hidden * self.ffn
+
+    def summary(self) -> str:
+        parts = [
+            f"experts={self.num_experts}", f"top_k={self.top_k}", f"hidden={self.hidden}",
+            f"ffn={self.ffn}", f"scoring={self.scoring}", f"normalize_topk={int(self.normalize_topk)}",
+            f"activation={self.activation}", f"gated={int(self.gated)}",
+        ]  # fmt: skip
+        if self.routed_scaling != 1.0:
+            parts.append(f"routed_scaling={self.routed_scaling!r}")
+        if self.n_group > 1:
+            parts.append(f"groups={self.n_group}/{self.topk_group}/{self.group_score}")
+        if self.activation == "swiglu":
+            parts.append(f"swiglu=({self.swiglu_alpha!r},{self.swiglu_beta!r},{self.swiglu_limit!r})")
+        if self.has_shared:
+            parts.append(f"shared={self.num_shared}x{self.shared_ffn // max(self.num_shared, 1)}")
+            if self.has("sh_router"):
+                parts.append("shared_gate=sigmoid")
+        for key in sorted(self.annotations):
+            parts.append(f"{key}={self.annotations[key]}")
+        return "{" + ", ".join(parts) + "}"
+
+    def verify(self) -> None:
+        """Check options and that every weight has the shape the layout above requires."""
+        E, d, F = self.num_experts, self.hidden, self.ffn
+        where = self.name
+        if self.scoring not in SCORINGS:
+            raise ModelError(f"unknown scoring {self.scoring!r}, expected one of {SCORINGS}", where)
+        if self.activation not in ACTIVATIONS:
+            raise ModelError(f"unknown activation {self.activation!r}", where)
+        if not 1 <= self.top_k <= E:
+            raise ModelError(f"top_k={self.top_k} must be in 1..{E}", where)
+        if E % self.n_group or not 1 <= self.topk_group <= self.n_group:
+            raise ModelError(f"bad expert groups {self.n_group}/{self.topk_group} for {E} experts", where)
+        if self.group_score not in GROUP_SCORES:
+            raise ModelError(f"unknown group score {self.group_score!r}", where)
+        Fs = self.shared_ffn
+        expected: dict[str, tuple[int, ...]] = {
+            "router_w": (E, d), "router_b": (E,), "score_bias": (E,),
+            "w_gate": (E, d, F), "w_up": (E, d, F), "w_down": (E, F, d),
+            "b_gate": (E, F), "b_up": (E, F), "b_down": (E, d),
+            "sh_gate": (d, Fs), "sh_up": (d, Fs), "sh_down": (Fs, d), "sh_router": (d, 1),
+        }  # fmt: skip
+        for key in ("router_w", "w_up", "w_down"):
+            if key not in self.weights:
+                raise ModelError(f"MoE layer misses weight {key!r}", where)
+        if self.gated != ("w_gate" in self.weights):
+            raise ModelError("gated experts need w_gate, non-gated must not have it", where)
+        for key, w in self.weights.items():
+            if key not in expected:
+                raise ModelError(f"unknown MoE weight key {key!r}", where)
+            if tuple(w.type.shape) != expected[key]:
+                raise ModelError(f"weight {key!r} has shape {w.type.shape}, expected {expected[key]}", where)
+
+
+def declared(name: str, dtype: str, shape: tuple[int, ...]) -> Weight:
+    """A weight with shape and dtype only (for shape-only models)."""
+    return Weight(name, TensorType(dtype, shape), None)
+
+
+def present(name: str, data: np.ndarray) -> Weight:
+    dtype = {np.float32: "f32", np.float16: "f16", np.float64: "f64"}.get(data.dtype.type, "f32")
+    return Weight(name, TensorType(dtype, tuple(int(s) for s in data.shape)), data)
+
+
+# --- numerics ---------------------------------------------------------------------------------
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    # math.erf is exact to double precision; vectorized for float32 tensors of moderate size.
+    return np.vectorize(math.erf, otypes=[np.float64])(x.astype(np.float64)).astype(np.float32)
+
+
+def activate(kind: str, x: np.ndarray) -> np.ndarray:
+    if kind == "silu":
+        return x * _sigmoid(x)
+    if kind == "gelu":
+        return (0.5 * x * (1.0 + _erf(x / np.float32(math.sqrt(2.0))))).astype(np.float32)
+    if kind == "gelu_tanh":
+        c = np.float32(math.sqrt(2.0 / math.pi))
+        return (0.5 * x * (1.0 + np.tanh(c * (x + np.float32(0.044715) * x**3)))).astype(np.float32)
+    if kind == "relu":
+        return np.maximum(x, np.float32(0.0))
+    if kind == "identity":
+        return x
+    raise ModelError(f"activation {kind!r} is not elementwise")
+
+
+def router_scores(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    """Per-token expert scores [T, E] after softmax or sigmoid (before any correction bias)."""
+    logits = _f32(x) @ _f32(layer.array("router_w")).T
+    if layer.has("router_b"):
+        logits = logits + _f32(layer.array("router_b"))
+    if layer.scoring == "softmax":
+        z = logits - logits.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return _sigmoid(logits)
+
+
+def _topk(scores: np.ndarray, k: int) -> np.ndarray:
+    # Stable: equal scores keep the lower expert id first, as ONNX TopK does.
+    return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+
+
+def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Routing of tokens ``x`` [T, d]: expert ids [T, k] (int64) and gate weights [T, k] (f32)."""
+    scores = router_scores(layer, x)
+    choice = scores + _f32(layer.array("score_bias")) if layer.has("score_bias") else scores
+    if layer.n_group > 1:
+        T, E = choice.shape
+        grouped = choice.reshape(T, layer.n_group, E // layer.n_group)
+        if layer.group_score == "top2_sum":
+            gscore = -np.sort(-grouped, axis=-1)[:, :, :2].sum(axis=-1)
+        else:
+            gscore = grouped.max(axis=-1)
+        keep = _topk(gscore, layer.topk_group)
+        mask = np.zeros((T, layer.n_group), dtype=bool)
+        np.put_along_axis(mask, keep, True, axis=1)
+        mask = np.repeat(mask, E // layer.n_group, axis=1)
+        choice = np.where(mask, choice, np.float32(0.0) if layer.has("score_bias") else -np.inf)
+    ids = _topk(choice, layer.top_k).astype(np.int64)
+    gates = np.take_along_axis(scores, ids, axis=1)
+    if layer.normalize_topk:
+        denom = gates.sum(axis=-1, keepdims=True)
+        if layer.scoring == "sigmoid":
+            denom = denom + np.float32(1e-20)
+        gates = gates / denom
+    gates = (gates * np.float32(layer.routed_scaling)).astype(np.float32)
+    return ids, gates
+
+
+def _bias(layer: MoELayer, key: str, e: int, cols: slice) -> np.ndarray | float:
+    return _f32(layer.array(key)[e, cols]) if layer.has(key) else 0.0
+
+
+def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(None)) -> np.ndarray:
+    """Activated intermediate of expert ``e`` on tokens ``x`` for columns ``cols`` of F."""
+    up = _f32(x) @ _f32(layer.array("w_up")[e][:, cols]) + _bias(layer, "b_up", e, cols)
+    if not layer.gated:
+        return activate(layer.activation, up)
+    gate = _f32(x) @ _f32(layer.array("w_gate")[e][:, cols]) + _bias(layer, "b_gate", e, cols)
+    if layer.activation == "swiglu":
+        if layer.swiglu_limit is not None:
+            lim = np.float32(layer.swiglu_limit)
+            gate = np.minimum(gate, lim)
+            up = np.clip(up, -lim, lim)
+        glu = gate * _sigmoid(np.float32(layer.swiglu_alpha) * gate)
+        return (glu * (up + np.float32(layer.swiglu_beta))).astype(np.float32)
+    return (activate(layer.activation, gate) * up).astype(np.float32)
+
+
+def expert_down(layer: MoELayer, e: int, h: np.ndarray, cols: slice = slice(None), with_bias: bool = True) -> np.ndarray:
+    """Down projection of a slice's intermediate ``h``; the bias is added once (``with_bias``)."""
+    y = h @ _f32(layer.array("w_down")[e][cols, :])
+    if with_bias and layer.has("b_down"):
+        y = y + _f32(layer.array("b_down")[e])
+    return y.astype(np.float32)
+
+
+def expert_ffn(layer: MoELayer, e: int, x: np.ndarray) -> np.ndarray:
+    return expert_down(layer, e, expert_hidden(layer, e, x))
+
+
+def shared_ffn(layer: MoELayer, x: np.ndarray, cols: slice = slice(None), with_gate: bool = True) -> np.ndarray:
+    """Shared experts' output for columns ``cols`` of Fs (times the sigmoid gate when present)."""
+    x = _f32(x)
+    up = x @ _f32(layer.array("sh_up")[:, cols])
+    gate = x @ _f32(layer.array("sh_gate")[:, cols])
+    y = (activate(layer.shared_activation, gate) * up) @ _f32(layer.array("sh_down")[cols, :])
+    if with_gate and layer.has("sh_router"):
+        y = y * _sigmoid(x @ _f32(layer.array("sh_router")))
+    return y.astype(np.float32)
+
+
+def evaluate(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    """Reference output of the layer for tokens ``x`` of shape [..., d] (same shape back)."""
+    shape = x.shape
+    x2 = _f32(x).reshape(-1, layer.hidden)
+    ids, gates = route(layer, x2)
+    y = np.zeros_like(x2)
+    for e in range(layer.num_experts):
+        rows, slots = np.nonzero(ids == e)
+        if rows.size == 0:
+            continue
+        out = expert_ffn(layer, e, x2[rows])
+        np.add.at(y, rows, out * gates[rows, slots][:, None])
+    if layer.has_shared:
+        y = y + shared_ffn(layer, x2)
+    return y.reshape(shape)

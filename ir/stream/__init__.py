@@ -1,0 +1,1 @@
+"""moec.ir.stream."""

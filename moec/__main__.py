@@ -1,0 +1,5 @@
+import sys
+
+from moec.compiler.cli.main import main
+
+sys.exit(main())
