@@ -54,7 +54,10 @@ class TensorType:
     def numel(self) -> int:
         if not self.is_static:
             raise ValueError(f"shape {self.shape} is not static")
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n
 
     @property
     def nbytes(self) -> int:

@@ -98,14 +98,19 @@ class MoELayer:
 
     def router_weight_bytes(self) -> int:
         return sum(
-            self.weights[k].type.nbytes for k in ("router_w", "router_b", "score_bias") if k in self.weights
+            self.weights[k].type.nbytes
+            for k in ("router_w", "router_b", "score_bias")
+            if k in self.weights
         )
 
     def param_count(self) -> int:
         return sum(w.type.numel for w in self.weights.values())
 
     def expert_param_count(self) -> int:
-        return sum(self.weights[k].type.numel for k in EXPERT_KEYS if k in self.weights) // self.num_experts
+        return (
+            sum(self.weights[k].type.numel for k in EXPERT_KEYS if k in self.weights)
+            // self.num_experts
+        )
 
     def active_param_count(self) -> int:
         """Parameters one token touches: router, k routed experts, shared experts."""
@@ -128,7 +133,9 @@ class MoELayer:
         if self.n_group > 1:
             parts.append(f"groups={self.n_group}/{self.topk_group}/{self.group_score}")
         if self.activation == "swiglu":
-            parts.append(f"swiglu=({self.swiglu_alpha!r},{self.swiglu_beta!r},{self.swiglu_limit!r})")
+            parts.append(
+                f"swiglu=({self.swiglu_alpha!r},{self.swiglu_beta!r},{self.swiglu_limit!r})"
+            )
         if self.has_shared:
             parts.append(f"shared={self.num_shared}x{self.shared_ffn // max(self.num_shared, 1)}")
             if self.has("sh_router"):
@@ -148,7 +155,9 @@ class MoELayer:
         if not 1 <= self.top_k <= E:
             raise ModelError(f"top_k={self.top_k} must be in 1..{E}", where)
         if E % self.n_group or not 1 <= self.topk_group <= self.n_group:
-            raise ModelError(f"bad expert groups {self.n_group}/{self.topk_group} for {E} experts", where)
+            raise ModelError(
+                f"bad expert groups {self.n_group}/{self.topk_group} for {E} experts", where
+            )
         if self.group_score not in GROUP_SCORES:
             raise ModelError(f"unknown group score {self.group_score!r}", where)
         Fs = self.shared_ffn
@@ -167,7 +176,9 @@ class MoELayer:
             if key not in expected:
                 raise ModelError(f"unknown MoE weight key {key!r}", where)
             if tuple(w.type.shape) != expected[key]:
-                raise ModelError(f"weight {key!r} has shape {w.type.shape}, expected {expected[key]}", where)
+                raise ModelError(
+                    f"weight {key!r} has shape {w.type.shape}, expected {expected[key]}", where
+                )
 
 
 def declared(name: str, dtype: str, shape: tuple[int, ...]) -> Weight:
@@ -275,7 +286,9 @@ def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(No
     return (activate(layer.activation, gate) * up).astype(np.float32)
 
 
-def expert_down(layer: MoELayer, e: int, h: np.ndarray, cols: slice = slice(None), with_bias: bool = True) -> np.ndarray:
+def expert_down(
+    layer: MoELayer, e: int, h: np.ndarray, cols: slice = slice(None), with_bias: bool = True
+) -> np.ndarray:
     """Down projection of a slice's intermediate ``h``; the bias is added once (``with_bias``)."""
     y = h @ _f32(layer.array("w_down")[e][cols, :])
     if with_bias and layer.has("b_down"):
@@ -287,7 +300,9 @@ def expert_ffn(layer: MoELayer, e: int, x: np.ndarray) -> np.ndarray:
     return expert_down(layer, e, expert_hidden(layer, e, x))
 
 
-def shared_ffn(layer: MoELayer, x: np.ndarray, cols: slice = slice(None), with_gate: bool = True) -> np.ndarray:
+def shared_ffn(
+    layer: MoELayer, x: np.ndarray, cols: slice = slice(None), with_gate: bool = True
+) -> np.ndarray:
     """Shared experts' output for columns ``cols`` of Fs (times the sigmoid gate when present)."""
     x = _f32(x)
     up = x @ _f32(layer.array("sh_up")[:, cols])
@@ -313,3 +328,44 @@ def evaluate(layer: MoELayer, x: np.ndarray) -> np.ndarray:
     if layer.has_shared:
         y = y + shared_ffn(layer, x2)
     return y.reshape(shape)
+
+
+# --- a flat form, for storing a layer's configuration outside Python ----------------------------
+
+_CONFIG_FIELDS = (
+    "num_experts", "top_k", "hidden", "ffn", "scoring", "normalize_topk", "routed_scaling",
+    "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
+    "swiglu_limit", "num_shared", "shared_ffn", "shared_activation",
+)  # fmt: skip
+
+
+def layer_config(layer: MoELayer) -> dict[str, int | float | str]:
+    """The layer's options as a flat dict of ints, floats and strings (weights excluded).
+
+    Booleans become 0/1 and an absent swiglu limit is omitted, so the dict maps directly onto
+    ONNX node attributes or stream-program key-values.
+    """
+    out: dict[str, int | float | str] = {}
+    for key in _CONFIG_FIELDS:
+        value = getattr(layer, key)
+        if value is None:
+            continue
+        out[key] = int(value) if isinstance(value, bool) else value
+    return out
+
+
+def layer_from_config(name: str, config: dict[str, Any], weights: dict[str, Weight]) -> MoELayer:
+    """Inverse of :func:`layer_config`; unknown keys are an error naming the layer."""
+    unknown = sorted(set(config) - set(_CONFIG_FIELDS))
+    if unknown:
+        raise ModelError(f"unknown MoE layer options {unknown}", name)
+    kwargs: dict[str, Any] = dict(config)
+    for key in ("normalize_topk", "gated"):
+        if key in kwargs:
+            kwargs[key] = bool(kwargs[key])
+    for key in ("routed_scaling", "swiglu_alpha", "swiglu_beta", "swiglu_limit"):
+        if key in kwargs:
+            kwargs[key] = float(kwargs[key])
+    layer = MoELayer(name=name, weights=weights, **kwargs)
+    layer.verify()
+    return layer
