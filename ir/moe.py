@@ -57,6 +57,9 @@ class MoELayer:
     n_group: int = 1
     topk_group: int = 1
     group_score: str = "max"
+    # Score given to experts of non-selected groups before the final top-k; None: 0.0 with a
+    # score-correction bias (DeepSeek's reference code), -inf otherwise (transformers uses -inf).
+    group_fill: float | None = None
     activation: str = "silu"
     gated: bool = True
     swiglu_alpha: float = 1.702
@@ -132,6 +135,8 @@ class MoELayer:
             parts.append(f"routed_scaling={self.routed_scaling!r}")
         if self.n_group > 1:
             parts.append(f"groups={self.n_group}/{self.topk_group}/{self.group_score}")
+            if self.group_fill is not None:
+                parts.append(f"group_fill={self.group_fill!r}")
         if self.activation == "swiglu":
             parts.append(
                 f"swiglu=({self.swiglu_alpha!r},{self.swiglu_beta!r},{self.swiglu_limit!r})"
@@ -254,7 +259,10 @@ def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mask = np.zeros((T, layer.n_group), dtype=bool)
         np.put_along_axis(mask, keep, True, axis=1)
         mask = np.repeat(mask, E // layer.n_group, axis=1)
-        choice = np.where(mask, choice, np.float32(0.0) if layer.has("score_bias") else -np.inf)
+        fill = layer.group_fill
+        if fill is None:
+            fill = 0.0 if layer.has("score_bias") else -np.inf
+        choice = np.where(mask, choice, np.float32(fill))
     ids = _topk(choice, layer.top_k).astype(np.int64)
     gates = np.take_along_axis(scores, ids, axis=1)
     if layer.normalize_topk:

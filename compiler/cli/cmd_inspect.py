@@ -1,0 +1,131 @@
+"""``moec inspect FILE``: the MoE layers of an ONNX model (or a stream program's summary).
+
+    moec inspect models/tiny_moe.onnx          # table
+    moec inspect models/tiny_moe.onnx --json   # one JSON object
+
+``total_params`` counts every float weight (dense ones and all MoE layers; for a shape-only
+preset, what the preset declares); ``active_params_per_token`` counts dense weights plus, per
+MoE layer, the router, the k routed experts and the shared experts a token goes through.
+Weights are never read for inspection (shape-only files and external data cost nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from typing import Any
+
+from moec.ir.errors import ProgramError
+from moec.ir.graph import Module
+
+_FLOAT = ("f32", "f16", "bf16", "f64")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("inspect", help="show the MoE layers of an ONNX model (or a .msp program)")
+    p.add_argument("file", help="an .onnx model or an .msp stream program")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=run)
+
+
+def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
+    """The ``--json`` object for a lifted module."""
+    layers = []
+    dense = sum(w.type.numel for w in module.weights.values() if w.type.dtype in _FLOAT)
+    total, active = dense, dense
+    for op in module.moe_ops():
+        layer = op.attrs["layer"]
+        total += layer.param_count()
+        active += layer.active_param_count()
+        layers.append(
+            {
+                "name": layer.name,
+                "experts": layer.num_experts,
+                "top_k": layer.top_k,
+                "hidden": layer.hidden,
+                "ffn": layer.ffn,
+                "activation": layer.activation,
+                "scoring": layer.scoring,
+                "normalize_topk": layer.normalize_topk,
+                "shared_experts": layer.num_shared,
+                "weight_bytes_per_expert": layer.expert_weight_bytes(),
+            }
+        )
+    return {
+        "model": model_name,
+        "moe_layers": layers,
+        "total_params": int(total),
+        "active_params_per_token": int(active),
+    }
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The human table (rich, rendered to text)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['model']}: {len(summary['moe_layers'])} MoE layers")
+    for col in (
+        "layer",
+        "experts",
+        "top-k",
+        "hidden",
+        "ffn",
+        "activation",
+        "scoring",
+        "renorm",
+        "shared",
+        "MiB/expert",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("layer", "activation", "scoring") else "right"
+        )
+    for layer in summary["moe_layers"]:
+        table.add_row(
+            layer["name"], str(layer["experts"]), str(layer["top_k"]), str(layer["hidden"]),
+            str(layer["ffn"]), layer["activation"], layer["scoring"],
+            "yes" if layer["normalize_topk"] else "no", str(layer["shared_experts"]),
+            f"{layer['weight_bytes_per_expert'] / 2**20:.2f}",
+        )  # fmt: skip
+    console = Console(width=120, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(table)
+    console.print(
+        f"total params {_human(summary['total_params'])}, "
+        f"active per token {_human(summary['active_params_per_token'])}"
+    )
+    return console.export_text()
+
+
+def _inspect_program(path: str, as_json: bool) -> int:
+    try:
+        stream = importlib.import_module("moec.ir.stream")
+        summary_mod = importlib.import_module("moec.ir.stream.summary")
+    except ImportError:
+        raise ProgramError(
+            "stream program summaries are not available (moec.ir.stream.summary is missing)", path
+        ) from None
+    summary = summary_mod.summarize(stream.load_program(path))
+    print(json.dumps(summary, indent=2, sort_keys=True) if as_json else summary_mod.render(summary))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if str(args.file).endswith(".msp"):
+        return _inspect_program(args.file, args.json)
+    from moec.compiler.frontend.lift import load_module
+
+    module, _ = load_module(args.file, load_weights=False)
+    summary = summarize_module(module, str(args.file))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(render(summary), end="")
+    return 0

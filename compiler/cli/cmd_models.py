@@ -1,0 +1,53 @@
+"""``moec models list`` and ``moec models build NAME -o FILE.onnx [--seed N]``.
+
+Tiny models carry real seeded weights; presets are shape-only (weights declared, not stored).
+The file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from moec.ir.errors import ModelError
+from moec.ir.files import atomic_write
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("models", help="list or build moec's tiny models and shape-only presets")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ls = msub.add_parser("list", help="list the models moec can build")
+    ls.set_defaults(func=run_list)
+    b = msub.add_parser("build", help="write a model to an ONNX file")
+    b.add_argument("name", help="a name from `moec models list`")
+    b.add_argument("-o", "--output", required=True, help="output .onnx file")
+    b.add_argument("--seed", type=int, default=0, help="weight seed of tiny models (default 0)")
+    b.set_defaults(func=run_build)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from moec.models.catalog import catalog
+
+    entries = catalog()
+    width = max(len(n) for n in entries)
+    for name in sorted(entries, key=lambda n: (entries[n].kind != "tiny", n)):
+        e = entries[name]
+        print(f"{name:<{width}}  {e.kind:<6}  {e.description}")
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from moec.models.catalog import catalog
+
+    entries = catalog()
+    entry = entries.get(args.name)
+    if entry is None:
+        raise ModelError(
+            f"unknown model {args.name!r} (expected one of: {', '.join(sorted(entries))})"
+        )
+    model = entry.build(args.seed)
+    try:
+        atomic_write(args.output, model.SerializeToString())
+    except OSError as err:
+        raise ModelError(f"cannot write: {err.strerror}", args.output) from None
+    print(f"wrote {args.output} ({entry.kind}: {entry.description})")
+    return 0

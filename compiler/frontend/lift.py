@@ -1,0 +1,271 @@
+"""Lifting: run the recognizers over an ONNX graph and build the graph IR.
+
+Every anchor node (``TopK``, ``MoE``, ``QMoE``) must end up inside exactly one lifted MoE layer;
+an anchor no recognizer claims is an error naming the node and what was expected (never a silent
+pass-through). Everything else becomes an ordinary op with the ONNX op type, domain, attributes
+(python values) and value names. Layers are named ``moe0``, ``moe1``, ... in graph order, with
+the ONNX anchor node's name in ``layer.annotations["onnx_node"]``.
+
+    before: MatMul(router) -> Softmax -> TopK -> ... -> ReduceSum   (decomposed MoE)
+    after:  %y = moe(%x) {experts=8, top_k=2, ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from moec.compiler.frontend.loader import infer_shapes, load_onnx
+from moec.compiler.frontend.patterns import (
+    RECOGNIZERS,
+    GraphView,
+    Lifted,
+    Mismatch,
+    anchor_ops,
+    dtype_name,
+    is_declared_only,
+)
+from moec.ir.errors import ModelError
+from moec.ir.graph import Module, Op, TensorType, Value, Weight
+
+_RECOGNIZER_MODULES = ("fused", "decomposed")
+_loaded = False
+
+
+def load_recognizers() -> None:
+    """Import the recognizer modules once: fused, decomposed, then every ``hf_*`` module."""
+    global _loaded
+    if _loaded:
+        return
+    import moec.compiler.frontend as pkg
+
+    names = list(_RECOGNIZER_MODULES)
+    names += sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("hf_"))
+    for name in names:
+        importlib.import_module(f"moec.compiler.frontend.{name}")
+    _loaded = True
+
+
+@dataclass
+class LiftResult:
+    """The original ONNX model and the MoE layers found in it (in graph order)."""
+
+    model: onnx.ModelProto
+    lifted: list[Lifted] = field(default_factory=list)
+    source: str = ""
+
+    def layer_names(self) -> list[str]:
+        return [lf.layer.name for lf in self.lifted]
+
+
+def load_module(
+    path: str | os.PathLike[str], *, load_weights: bool = True
+) -> tuple[Module, LiftResult]:
+    """Load an ONNX file and lift its MoE layers: the graph IR plus what was lifted."""
+    model = load_onnx(path, load_weights=load_weights)
+    return lift_model(model, where=str(path))
+
+
+def find_layers(view: GraphView) -> list[Lifted]:
+    """Run the recognizers at every anchor; raise for anchors that end up in no layer."""
+    load_recognizers()
+    anchors = anchor_ops()
+    found: list[Lifted] = []
+    covered: set[int] = set()
+    unclaimed: list[tuple[int, Mismatch | None]] = []
+    for i, node in enumerate(view.nodes):
+        if node.op_type not in anchors or i in covered:
+            continue
+        result, mismatch = None, None
+        for reg in RECOGNIZERS:
+            if node.op_type not in reg.anchors:
+                continue
+            r = reg.fn(view, node)
+            if isinstance(r, Lifted):
+                result = r
+                break
+            if isinstance(r, Mismatch) and mismatch is None:
+                mismatch = r
+        if result is None:
+            unclaimed.append((i, mismatch))
+            continue
+        overlap = covered & result.nodes
+        if overlap:
+            raise ModelError(
+                f"MoE layer overlaps an earlier one at node {view.name(min(overlap))}",
+                f"{view.where}: node {view.name(node)}",
+            )
+        covered |= result.nodes | {i}
+        found.append(result)
+    for i, mismatch in unclaimed:
+        if i in covered:
+            continue
+        node = view.nodes[i]
+        if mismatch is not None:
+            raise ModelError(
+                f"{node.op_type} node is not a supported MoE layer: {mismatch.reason}",
+                f"{view.where}: node {mismatch.node}",
+            )
+        raise ModelError(
+            f"{node.op_type} node is not part of a recognized MoE layer (expected a router "
+            "Softmax/Sigmoid -> TopK feeding expert MatMuls and a weighted sum, or a "
+            "com.microsoft MoE/QMoE node)",
+            f"{view.where}: node {view.name(node)}",
+        )
+    return found
+
+
+def lift_model(model: onnx.ModelProto, *, where: str = "") -> tuple[Module, LiftResult]:
+    """Build the graph IR of ``model``, each MoE layer one canonical ``moe`` op."""
+    if not model.graph.value_info:
+        model = infer_shapes(model)
+    view = GraphView(model.graph, where=where or model.graph.name)
+    found = find_layers(view)
+    found.sort(key=lambda lf: max(lf.nodes) if lf.nodes else -1)
+    lifted = [_rename(lf, f"moe{i}", view) for i, lf in enumerate(found)]
+    module = _build_module(model, view, lifted)
+    module.verify()
+    return module, LiftResult(model, lifted, where)
+
+
+def _rename(lf: Lifted, name: str, view: GraphView) -> Lifted:
+    layer = lf.layer
+    layer.annotations.setdefault("onnx_node", layer.name)
+    layer.name = name
+    layer.weights = {
+        key: Weight(f"{name}.{key}", w.type, w.data) for key, w in sorted(layer.weights.items())
+    }
+    return dataclasses.replace(lf, layer=layer)
+
+
+def _value_type(view: GraphView, name: str) -> TensorType | None:
+    try:
+        return view.tensor_type(name)
+    except (ModelError, ValueError):
+        return None
+
+
+def _build_module(model: onnx.ModelProto, view: GraphView, lifted: list[Lifted]) -> Module:
+    g = model.graph
+    module = Module(g.name or "model")
+    module.opset = {imp.domain or "ai.onnx": int(imp.version) for imp in model.opset_import}
+    module.metadata = {p.key: p.value for p in model.metadata_props}
+    values: dict[str, Value] = {}
+    init_names = {t.name for t in g.initializer}
+    for inp in g.input:
+        if inp.name in init_names:
+            continue
+        v = Value(inp.name, _value_type(view, inp.name))
+        module.inputs.append(v)
+        values[inp.name] = v
+
+    # Nodes replaced by a layer vanish; the layer's op sits where its last node was.
+    replaced: dict[int, Lifted] = {}
+    for lf in lifted:
+        for i in lf.nodes:
+            replaced[i] = lf
+    last = {lf.layer.name: max(lf.nodes) for lf in lifted}
+    _check_closed(view, lifted)
+
+    used_weights: set[str] = set()
+    for i, node in enumerate(view.nodes):
+        lf = replaced.get(i)
+        if lf is not None:
+            if i == last[lf.layer.name]:
+                x = _use(values, lf.input, view, module, used_weights)
+                op = Op("moe", [x], [], {"layer": lf.layer}, name=lf.layer.name)
+                x.uses.append(op)
+                # The canonical op preserves shape: y's type is x's (symbolic dims included).
+                y = Value(lf.output, x.type or _value_type(view, lf.output), producer=op)
+                op.outputs.append(y)
+                values[lf.output] = y
+                module.ops.append(op)
+            continue
+        ins: list[Value | None] = [
+            _use(values, n, view, module, used_weights) if n else None for n in node.input
+        ]
+        op = Op(
+            node.op_type,
+            ins,
+            [],
+            {a.name: _attr_value(a) for a in node.attribute},
+            name=view.name(node),
+            domain=node.domain,
+        )
+        for v in ins:
+            if v is not None:
+                v.uses.append(op)
+        for out in node.output:
+            ov = Value(out, _value_type(view, out), producer=op)
+            op.outputs.append(ov)
+            if out:
+                values[out] = ov
+        module.ops.append(op)
+    for out in g.output:
+        if out.name not in values:
+            raise ModelError(f"graph output {out.name!r} is never produced", view.where)
+        module.outputs.append(values[out.name])
+    return module
+
+
+def _use(
+    values: dict[str, Value], name: str, view: GraphView, module: Module, used: set[str]
+) -> Value:
+    v = values.get(name)
+    if v is not None:
+        return v
+    w = _initializer_weight(view, name)
+    if w is None:
+        raise ModelError(f"value {name!r} is used before it is defined", view.where)
+    module.weights[name] = w
+    v = Value(name, w.type, weight=w)
+    values[name] = v
+    used.add(name)
+    return v
+
+
+def _initializer_weight(view: GraphView, name: str) -> Weight | None:
+    t = view.initializer(name)
+    if t is None:
+        return None
+    ty = TensorType(dtype_name(t.data_type), tuple(int(d) for d in t.dims))
+    data = None if is_declared_only(t) else numpy_helper.to_array(t)
+    return Weight(name, ty, data)
+
+
+def _check_closed(view: GraphView, lifted: list[Lifted]) -> None:
+    """Values computed inside a layer may only leave it through the layer's output."""
+    for lf in lifted:
+        for i in sorted(lf.nodes):
+            for out in view.nodes[i].output:
+                if not out or out == lf.output:
+                    continue
+                outside = [c for c in view.consumers(out) if view.id(c) not in lf.nodes]
+                if outside or view.is_graph_output(out):
+                    who = view.name(outside[0]) if outside else "a graph output"
+                    raise ModelError(
+                        f"value {out!r} inside MoE layer {lf.layer.name} is also used by {who} "
+                        "(expected the layer's output to be its only result)",
+                        f"{view.where}: node {view.name(i)}",
+                    )
+
+
+def _attr_value(a: onnx.AttributeProto) -> Any:
+    v = onnx.helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    if isinstance(v, onnx.TensorProto):
+        return numpy_helper.to_array(v) if not is_declared_only(v) else None
+    if isinstance(v, list) and v and isinstance(v[0], bytes):
+        return [s.decode(errors="replace") for s in v]
+    if isinstance(v, np.ndarray):
+        return v
+    return v
