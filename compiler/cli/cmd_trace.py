@@ -3,8 +3,9 @@
 - ``moec trace synth (--model NAME|FILE.onnx | --experts E --top-k K --layers L) --tokens N
   [--zipf 1.0] [--seed 0] [--dies D | --target T] [--home blocks|round_robin] -o trace.json``
 - ``moec trace stats trace.json [--json]``: per-layer expert load, entropy, max/mean load.
-
-(``moec trace dump`` records a trace from a model run; it needs numerics and is added with them.)
+- ``moec trace dump model.onnx --seed N [--dims name=value ...] [--inputs F.npz]
+  [--dies D | --target T] -o trace.json``: run the model in ONNX Runtime on seeded inputs and
+  record each MoE layer's routing (``moec.ir.moe.route`` on the layer's input).
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     s.add_argument("-o", "--output", required=True, metavar="FILE", help=".json or .npz")
     s.set_defaults(func=run_synth)
+
+    d = sub.add_parser("dump", help="record the routing of a model run in ONNX Runtime")
+    d.add_argument("model", metavar="MODEL", help=".onnx file or a tiny model name")
+    d.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    d.add_argument("--dims", nargs="*", default=[], metavar="NAME=VALUE", help="symbolic dim sizes")
+    d.add_argument("--inputs", metavar="F.npz", help="model inputs instead of seeded ones")
+    dwhere = d.add_mutually_exclusive_group()
+    dwhere.add_argument("--dies", type=int, metavar="D", help="number of dies tokens live on")
+    dwhere.add_argument("--target", metavar="T", help="take the die count from a target")
+    d.add_argument("--home", choices=HOME_SCHEMES, default="blocks", help="token-to-die rule")
+    d.add_argument("-o", "--output", required=True, metavar="FILE", help=".json or .npz")
+    d.set_defaults(func=run_dump)
 
     st = sub.add_parser("stats", help="per-layer expert load and skew of a trace")
     st.add_argument("trace", metavar="TRACE")
@@ -134,4 +147,22 @@ def run_stats(args: argparse.Namespace) -> int:
             f"{s['name']:<16} {s['num_experts']:>5} {s['top_k']:>3} {s['active_experts']:>6} "
             f"{s['entropy_bits']:>7.3f} {s['entropy_normalized']:>7.3f} {s['max_over_mean']:>8.2f}"
         )
+    return 0
+
+
+def run_dump(args: argparse.Namespace) -> int:
+    from moec.compiler.cli.cmd_check import dump_trace
+
+    num_dies = None if args.target else _check_positive("--dies", args.dies or 4)
+    trace = dump_trace(
+        args.model, seed=args.seed, dims=args.dims, inputs=args.inputs, num_dies=num_dies,
+        target=args.target, home=args.home,
+    )  # fmt: skip
+    if not args.output.endswith((".json", ".npz")):
+        raise TraceError("expected an output name ending in .json or .npz", args.output)
+    save_trace(trace, args.output)
+    print(
+        f"wrote {args.output}: {len(trace.layers)} layers x {trace.tokens} tokens on "
+        f"{trace.num_dies} dies, seed={args.seed}"
+    )
     return 0
