@@ -1,0 +1,229 @@
+"""Recognizer for Hugging Face MoE blocks exported by ``torch.onnx.export(dynamo=True)``.
+
+With ``experts_implementation="batched_mm"`` (transformers 5.x) every MoE block of Mixtral,
+Qwen2/3-MoE, OLMoE, DeepSeek-V3 and their relatives exports to the same dataflow, matched here
+by what feeds what (never by node names)::
+
+    x -> [Reshape] -> router Gemm/MatMul -> Softmax | Sigmoid (-> Add correction bias)
+      (-> group-limited top-k: Reshape [T,G,E/G] -> TopK 2 -> ReduceSum | ReduceMax -> TopK
+          -> ScatterElements -> Expand -> Where(masked, fill, scores))
+      -> TopK k -> (GatherElements of the scores) (-> ReduceSum, Div) (-> Mul scaling)
+    ids -> GatherND(stacked [E,2F,d]) -> MatMul(., repeat_interleave(x, k)) -> Split
+        -> act(gate) * up -> MatMul(GatherND(stacked [E,d,F]), .) -> Mul gate weight
+        -> Reshape [T,k,d] -> ReduceSum axis 1 (-> Add shared MLP(x) (* Sigmoid(x @ w_g)))
+        -> [Reshape] -> y
+
+The result is one :class:`moec.ir.moe.MoELayer`. A TopK that starts like a router (scores of a
+constant-weight projection) but whose surroundings differ from this dataflow is reported as a
+:class:`Mismatch` saying what was expected and what was found. The router part is matched by
+:mod:`moec.compiler.frontend.hf_routing`, the shared experts and the layer's node set by
+:mod:`moec.compiler.frontend.hf_layer`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from moec.compiler.frontend.hf_gating import match_gating
+from moec.compiler.frontend.hf_layer import (
+    Projection,
+    build_layer,
+    close_from_deepest,
+    layer_output,
+    match_shared,
+)
+from moec.compiler.frontend.hf_routing import (
+    RESHAPES,
+    NoMatch,
+    NotThisPattern,
+    Routing,
+    Walk,
+    match_router,
+)
+from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
+
+
+def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
+    """Match the whole batched MoE block around ``anchor`` (raises NoMatch / NotThisPattern)."""
+    walk = Walk(view)
+    routing = match_router(walk, anchor)
+    router = routing.router
+    E = router.weight.shape[0]
+    gathers = _gathered_stacks(walk, routing.ids, E)
+    if not gathers:
+        if _reaches(walk, routing.ids, "OneHot"):
+            raise NotThisPattern  # the unrolled per-expert form (hf_unrolled)
+        found = ", ".join(sorted({c.op_type for c in walk.consumers(walk.root(routing.ids))}))
+        raise walk.fail(
+            routing.topk_node or anchor,
+            "expected the top-k expert ids to gather stacked expert weights (GatherND/Gather of "
+            f"a constant [{E}, ...]), found {found or 'no consumer'}",
+        )
+    _index_nodes(walk, routing.ids, gathers)
+    stacks3 = [g for g in gathers if walk.const(g.input[0]).ndim == 3]  # type: ignore[union-attr]
+    biases: dict[str, np.ndarray] = {}
+    for g in gathers:
+        data = walk.const(g.input[0])
+        if data is not None and data.ndim == 2:
+            biases[walk.forward(walk.take(g).output[0])] = np.asarray(data, dtype=np.float32)
+    projections = [_projection(walk, g, biases) for g in stacks3]
+    x_root = walk.root(router.x)
+    first = [p for p in projections if walk.root(_token_source(walk, p.input)) == x_root]
+    rest = [p for p in projections if p not in first]
+    topk_name = view.name(routing.topk_node) if routing.topk_node is not None else view.name(anchor)
+    if len(first) != 1 or len(rest) != 1:
+        raise walk.fail(
+            topk_name,
+            f"expected one fused projection of the tokens and one down projection, found "
+            f"{len(first)} token projection(s) and {len(rest)} other(s)",
+        )
+    _check_repeat_interleave(walk, first[0].input, routing.top_k)
+    up, down = first[0], rest[0]
+    gating = match_gating(walk, up.output, up.w.shape[2])
+    if walk.root(down.input) != walk.root(gating.output):
+        raise walk.fail(gating.output, "expected the expert activation to feed the down projection")
+    walk.back(down.input)
+    combined = _combine(walk, down, routing)
+    y, shared = match_shared(walk, combined, x_root)
+    layer = build_layer(topk_name, routing, up, down, gating, shared)
+    layer.annotations["source"] = "hf.batched_mm"
+    walk.back(router.x)
+    y = layer_output(walk, y, x_root)
+    return close_from_deepest(walk, router.x, y, layer, topk_name)
+
+
+def _gathered_stacks(walk: Walk, ids: str, E: int) -> list[onnx.NodeProto]:
+    """GatherND/Gather(axis 0) nodes reading constant [E, ...] stacks by the top-k ids."""
+    reached, frontier, found = {ids}, [ids], []
+    while frontier:
+        value = frontier.pop()
+        for c in walk.consumers(value):
+            if c.op_type in RESHAPES and c.input[0] == value:
+                reached.add(c.output[0])
+                frontier.append(c.output[0])
+            elif c.op_type in ("GatherND", "Gather") and len(c.input) > 1 and c.input[1] == value:
+                data = walk.const(c.input[0])
+                axis_ok = c.op_type == "GatherND" or walk.attr(c, "axis", 0) == 0
+                if data is not None and data.ndim in (2, 3) and data.shape[0] == E and axis_ok:
+                    if c.op_type == "GatherND" and walk.attr(c, "batch_dims", 0) != 0:
+                        continue
+                    found.append(c)
+    return found
+
+
+def _index_nodes(walk: Walk, ids: str, gathers: list[onnx.NodeProto]) -> None:
+    """Record the reshapes between the ids and the gathers."""
+    targets = {g.input[1] for g in gathers}
+    for t in targets:
+        value = t
+        while value != ids:
+            p = walk.producer(value)
+            if p is None or p.op_type not in RESHAPES:
+                raise walk.fail(gathers[0], f"expected the expert ids reshaped into {t!r}")
+            walk.take(p)
+            value = p.input[0]
+
+
+def _projection(walk: Walk, gather: onnx.NodeProto, biases: dict[str, np.ndarray]) -> Projection:
+    """The batched MatMul consuming gathered weights, with its layout and optional bias."""
+    stack = np.asarray(walk.const(gather.input[0]), dtype=np.float32)
+    walk.take(gather)
+    g_out = walk.forward(gather.output[0])
+    mm = walk.only(g_out, "a batched MatMul of the gathered expert weights", ("MatMul",))
+    if mm.input[0] == g_out:
+        # W[s] @ x[s][:, None]: weights are [E, out, in].
+        w, operand = np.ascontiguousarray(stack.transpose(0, 2, 1)), mm.input[1]
+    else:
+        w, operand = stack, mm.input[0]
+    inp = walk.back(operand)
+    out = walk.forward(mm.output[0])
+    for add in walk.of_type(out, "Add"):
+        other = walk.other(add, out)
+        if other in biases:
+            walk.take(add)
+            return Projection(w, biases[other], inp, walk.forward(add.output[0]))
+    return Projection(w, None, inp, out)
+
+
+def _reaches(walk: Walk, value: str, op_type: str, depth: int = 4) -> bool:
+    if depth == 0:
+        return False
+    for c in walk.consumers(value):
+        if c.op_type == op_type or any(_reaches(walk, o, op_type, depth - 1) for o in c.output):
+            return True
+    return False
+
+
+def _token_source(walk: Walk, value: str) -> str:
+    """The tokens behind a repeat_interleave: back over Expand/Unsqueeze/Reshape."""
+    while True:
+        p = walk.producer(value)
+        if p is None or p.op_type not in (*RESHAPES, "Expand"):
+            return value
+        value = p.input[0]
+
+
+def _check_repeat_interleave(walk: Walk, value: str, k: int) -> None:
+    """The token rows must be x repeated k times consecutively (token-major), like the ids."""
+    p = walk.producer(value)
+    if k == 1:
+        walk.back(value)
+        return
+    while p is not None and p.op_type in RESHAPES:
+        walk.take(p)
+        if p.op_type == "Unsqueeze":
+            break
+        p = walk.producer(p.input[0])
+    if p is None or p.op_type != "Expand":
+        raise walk.fail(
+            p or value, "expected the tokens repeated k times (Unsqueeze, Expand, Reshape)"
+        )
+    walk.take(p)
+    shape = walk.ints(p.input[1])
+    unsq = walk.producer(p.input[0])
+    if unsq is None or unsq.op_type != "Unsqueeze":
+        raise walk.fail(p, "expected Expand of the tokens unsqueezed at axis 1")
+    axes = walk.ints(unsq.input[1]) if len(unsq.input) > 1 else list(walk.attr(unsq, "axes", []))  # type: ignore[call-overload]
+    if axes not in ([1], [-2]) or (shape is not None and shape[1] != k):
+        raise walk.fail(
+            unsq,
+            f"expected tokens repeated {k} times per token (axis 1), found axes {axes}, shape {shape}",
+        )
+    walk.take(unsq)
+    walk.back(unsq.input[0])
+
+
+def _combine(walk: Walk, down: Projection, routing: Routing) -> str:
+    """Weighting by the gate weights and the sum over the k slots: the routed output."""
+    mul = walk.only(down.output, "the expert outputs times their gate weights", ("Mul",))
+    other = walk.other(mul, walk.forward(down.output))
+    if walk.root(other) != walk.root(routing.weights):
+        raise walk.fail(
+            mul,
+            f"expected the expert outputs weighted by the routing gate weights, found {other!r}",
+        )
+    walk.back(other)
+    red = walk.only(mul.output[0], "the sum over the top-k slots", ("ReduceSum",))
+    rs = walk.producer(red.input[0])
+    shape = walk.ints(rs.input[1]) if rs is not None and rs.op_type == "Reshape" else None
+    axes = walk.ints(red.input[1]) if len(red.input) > 1 else None
+    if shape is None or len(shape) != 3 or shape[1] != routing.top_k or axes not in ([1], [-2]):
+        raise walk.fail(
+            red,
+            f"expected ReduceSum over axis 1 of [T, {routing.top_k}, d], found shape {shape}, axes {axes}",
+        )
+    if walk.attr(red, "keepdims", 1):
+        raise walk.fail(red, "expected ReduceSum(keepdims=0) over the top-k slots")
+    return red.output[0]
+
+
+@register("hf-batched-mm", anchors=("TopK",))
+def recognize(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch | None:
+    """The dynamo ``batched_mm`` export of a Hugging Face MoE block, anchored at a router TopK."""
+    try:
+        return match_batched(view, node)
+    except NotThisPattern:
+        return None
+    except NoMatch as err:
+        return Mismatch(err.node, err.reason)

@@ -1,0 +1,176 @@
+"""Expert gating in Hugging Face exports: how the fused gate/up projection becomes the input of
+the down projection.
+
+The fused projection's output columns are cut in two (``Split``, or two ``Slice`` nodes that
+take contiguous halves or, like gpt-oss, interleaved even/odd columns); one part is the gate,
+the other the up projection::
+
+    act(gate) * up                                   silu / relu / gelu
+    clip(gate, max=l) * sigmoid(alpha * clip(gate, max=l)) * (clip(up, -l, l) + beta)   swiglu
+
+Slice bounds may be computed from shapes (TorchScript); :func:`eval_ints` folds those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moec.compiler.frontend.hf_routing import Walk, match_activation
+
+
+@dataclass
+class Gating:
+    """The activation and which projection columns are gate and up (``gate_cols`` None: no gate)."""
+
+    activation: str
+    gate_cols: np.ndarray | None
+    up_cols: np.ndarray
+    output: str
+    alpha: float = 1.702
+    beta: float = 1.0
+    limit: float | None = None
+
+    @property
+    def gated(self) -> bool:
+        return self.gate_cols is not None
+
+
+def match_gating(walk: Walk, value: str, width: int) -> Gating:
+    """The gating applied to the fused projection output ``value`` ([rows, width])."""
+    parts = _parts(walk, value, width)
+    if parts is None:
+        act = match_activation(walk, value)
+        if act is None:
+            raise walk.fail(
+                value, "expected an activation or a gate/up split after the expert projection"
+            )
+        return Gating(act[0], None, np.arange(width), act[1])
+    for (g, gate_cols), (u, up_cols) in (parts, parts[::-1]):
+        trial = Walk(walk.view)
+        sw = _swiglu(trial, g, u)
+        if sw is not None:
+            walk.nodes |= trial.nodes
+            return Gating("swiglu", gate_cols, up_cols, *sw)
+        act = match_activation(trial, g)
+        if act is None:
+            continue
+        muls = trial.of_type(act[1], "Mul")
+        if len(muls) == 1 and trial.other(muls[0], act[1]) == u:
+            walk.nodes |= trial.nodes
+            return Gating(act[0], gate_cols, up_cols, walk.take(muls[0]).output[0])
+    raise walk.fail(
+        value, "expected act(gate) * up after the gate/up split (SiLU, ReLU, GELU or SwiGLU)"
+    )
+
+
+def _parts(walk: Walk, value: str, width: int) -> list[tuple[str, np.ndarray]] | None:
+    """The two column sets cut from ``value`` and their values, or None if it is not cut."""
+    users = walk.consumers(value)
+    splits = [c for c in users if c.op_type == "Split"]
+    slices = [c for c in users if c.op_type == "Slice" and c.input[0] == value]
+    cols = np.arange(width)
+    if splits:
+        sp = walk.take(splits[0])
+        sizes = eval_ints(walk, sp.input[1]) if len(sp.input) > 1 and sp.input[1] else None
+        half = width // 2
+        if len(sp.output) != 2 or walk.attr(sp, "axis", 0) not in (-1, 1):
+            raise walk.fail(sp, "expected the gate/up projection split in two along features")
+        if sizes not in (None, [half, half]) or width % 2:
+            raise walk.fail(sp, f"expected the gate/up projection split in halves, found {sizes}")
+        return [(sp.output[0], cols[:half]), (sp.output[1], cols[half:])]
+    if not slices:
+        return None
+    if len(slices) != 2:
+        raise walk.fail(
+            value, f"expected the gate/up projection cut in two, found {len(slices)} Slices"
+        )
+    parts = []
+    for s in slices:
+        start, end, axes = (eval_ints(walk, v) for v in s.input[1:4])
+        steps = eval_ints(walk, s.input[4]) if len(s.input) > 4 and s.input[4] else [1]
+        if None in (start, end, axes, steps) or axes not in ([-1], [1]) or len(steps) != 1:  # type: ignore[arg-type]
+            raise walk.fail(s, "expected a Slice over the feature axis with known bounds")
+        parts.append((walk.take(s).output[0], cols[start[0] : end[0] : steps[0]]))  # type: ignore[index]
+    both = np.sort(np.concatenate([parts[0][1], parts[1][1]]))
+    if len(parts[0][1]) != len(parts[1][1]) or not np.array_equal(both, cols):
+        raise walk.fail(value, "expected the two Slices to cut the gate/up columns in equal parts")
+    return parts
+
+
+def _clip(walk: Walk, value: str) -> tuple[str, float | None, float | None]:
+    """Optional Clip(value, lo, hi) as its sole use: (clipped value, lo, hi)."""
+    users = walk.consumers(value)
+    if len(users) != 1 or users[0].op_type != "Clip":
+        return value, None, None
+    c = users[0]
+    lo = walk.scalar(c.input[1]) if len(c.input) > 1 and c.input[1] else None
+    hi = walk.scalar(c.input[2]) if len(c.input) > 2 and c.input[2] else None
+    walk.take(c)
+    return c.output[0], lo, hi
+
+
+def _swiglu(walk: Walk, g: str, u: str) -> tuple[str, float, float, float | None] | None:
+    """gpt-oss SwiGLU of gate ``g`` and up ``u``: (output, alpha, beta, limit) or None."""
+    g, g_lo, g_hi = _clip(walk, g)
+    u, u_lo, u_hi = _clip(walk, u)
+    if g_lo is not None or (u_lo is not None and u_hi is not None and u_lo != -u_hi):
+        return None
+    if g_hi != u_hi:
+        return None
+    alpha, sig_in = 1.0, g
+    for m in walk.of_type(g, "Mul"):
+        a = walk.scalar(walk.other(m, g))
+        if a is not None:
+            alpha, sig_in = a, walk.take(m).output[0]
+    sigs = walk.of_type(sig_in, "Sigmoid")
+    if len(sigs) != 1:
+        return None
+    sig = walk.take(sigs[0]).output[0]
+    glus = [m for m in walk.of_type(sig, "Mul") if walk.other(m, sig) == g]
+    adds = walk.of_type(u, "Add")
+    if len(glus) != 1 or len(adds) != 1:
+        return None
+    glu = walk.take(glus[0]).output[0]
+    beta = walk.scalar(walk.other(adds[0], u))
+    if beta is None:
+        return None
+    up = walk.take(adds[0]).output[0]
+    outs = [m for m in walk.of_type(up, "Mul") if walk.other(m, up) == glu]
+    if len(outs) != 1:
+        return None
+    return walk.take(outs[0]).output[0], alpha, beta, g_hi
+
+
+def eval_ints(walk: Walk, value: str, depth: int = 12) -> list[int] | None:
+    """Integer value of a constant or small shape computation (Shape/Gather/Add/Div/...)."""
+    c = walk.ints(value)
+    if c is not None or depth == 0:
+        return c
+    p = walk.producer(value)
+    if p is None:
+        return None
+    if (
+        p.op_type == "Gather"
+        and (s := walk.producer(p.input[0])) is not None
+        and s.op_type == "Shape"
+    ):
+        t = walk.view.tensor_type(s.input[0])
+        i = eval_ints(walk, p.input[1], depth - 1)
+        if t is None or i is None or len(i) != 1 or not -len(t.shape) <= i[0] < len(t.shape):
+            return None
+        d = t.shape[i[0]]
+        return [d] if isinstance(d, int) else None
+    args = [eval_ints(walk, v, depth - 1) for v in p.input]
+    if any(a is None for a in args):
+        return None
+    a = [np.asarray(x, dtype=np.int64) for x in args]
+    ops = {
+        "Add": lambda: a[0] + a[1], "Sub": lambda: a[0] - a[1], "Mul": lambda: a[0] * a[1],
+        "Div": lambda: a[0] // a[1], "Identity": lambda: a[0], "Cast": lambda: a[0],
+        "Unsqueeze": lambda: a[0].reshape(-1), "Squeeze": lambda: a[0].reshape(-1),
+        "Concat": lambda: np.concatenate([x.reshape(-1) for x in a]),
+    }  # fmt: skip
+    fn = ops.get(p.op_type)
+    return None if fn is None else [int(v) for v in np.asarray(fn()).reshape(-1)]

@@ -1,0 +1,286 @@
+"""Hugging Face MoE exports: recognition and layer-by-layer numerics against ONNX Runtime.
+
+The fixtures in ``tests/fixtures/hf`` are tiny random-weight models exported by
+``tests/fixtures/hf/make_fixtures.py`` (see its README). The default tests read only those files;
+the ``slow`` test regenerates them with torch and transformers when both are installed.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from ort_capture import capture, max_rel_error
+
+from moec.compiler.frontend.lift import LiftResult, lift_model, load_module
+from moec.compiler.frontend.loader import load_onnx
+from moec.ir.errors import ModelError
+from moec.ir.moe import evaluate
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hf"
+
+
+@dataclass(frozen=True)
+class Expected:
+    layers: int
+    ffn: int
+    tokens: int = 8
+    scoring: str = "softmax"
+    normalize: bool = True
+    routed_scaling: float = 1.0
+    n_group: int = 1
+    topk_group: int = 1
+    group_score: str = "max"
+    score_bias: bool = False
+    num_shared: int = 0
+    shared_ffn: int = 0
+    shared_gate: bool = False
+    activation: str = "silu"
+    biases: bool = False
+
+
+# From the configs in make_fixtures.py: hidden 32, 8 experts, top-2 everywhere.
+EXPECTED = {
+    "mixtral": Expected(layers=2, ffn=48),
+    "mixtral_unrolled": Expected(layers=2, ffn=48, tokens=32),
+    "qwen2_moe": Expected(
+        layers=2, ffn=24, normalize=False, num_shared=1, shared_ffn=40, shared_gate=True
+    ),
+    "olmoe": Expected(layers=2, ffn=24, normalize=False),
+    # Top-k of the logits then softmax of the k values; interleaved gate/up, clamped SwiGLU.
+    "gpt_oss": Expected(layers=2, ffn=24, activation="swiglu", biases=True),
+    "qwen3_moe": Expected(layers=2, ffn=24),
+    # first_k_dense_replace=1: layer 0 is a dense MLP, only layer 1 is MoE.
+    "deepseek_v3": Expected(
+        layers=1,
+        ffn=16,
+        scoring="sigmoid",
+        routed_scaling=2.5,
+        n_group=2,
+        topk_group=1,
+        group_score="top2_sum",
+        score_bias=True,
+        num_shared=2,
+        shared_ffn=32,
+    ),  # fmt: skip
+}
+
+
+def _ids(tokens: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 64, size=(1, tokens)).astype(np.int64)
+
+
+def _check_layers(result: LiftResult, want: Expected) -> None:
+    assert len(result.lifted) == want.layers
+    for lf in result.lifted:
+        layer = lf.layer
+        got = (layer.num_experts, layer.top_k, layer.hidden, layer.ffn)
+        assert got == (8, 2, 32, want.ffn)
+        assert layer.scoring == want.scoring
+        assert layer.normalize_topk == want.normalize
+        assert layer.routed_scaling == pytest.approx(want.routed_scaling)
+        assert (layer.n_group, layer.topk_group) == (want.n_group, want.topk_group)
+        if want.n_group > 1:
+            assert layer.group_score == want.group_score
+        assert layer.has("score_bias") == want.score_bias
+        assert (layer.num_shared, layer.shared_ffn) == (want.num_shared, want.shared_ffn)
+        assert layer.has("sh_router") == want.shared_gate
+        assert layer.activation == want.activation and layer.gated
+        for key in ("router_b", "b_gate", "b_up", "b_down"):
+            assert layer.has(key) == want.biases, key
+        if want.activation == "swiglu":
+            assert layer.swiglu_alpha == pytest.approx(1.702)
+            assert (layer.swiglu_beta, layer.swiglu_limit) == (1.0, 0.5)
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+def test_recognizes_every_moe_layer(arch: str) -> None:
+    module, result = load_module(FIXTURES / f"{arch}.onnx")
+    _check_layers(result, EXPECTED[arch])
+    kinds = [op.kind for op in module.ops]
+    assert kinds.count("moe") == EXPECTED[arch].layers
+    # Nothing of the routing is left behind as ordinary ops.
+    assert not {"TopK", "GatherND", "OneHot", "NonZero", "ScatterElements"} & set(kinds)
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_layer_numerics_match_onnxruntime(arch: str, seed: int) -> None:
+    _, result = load_module(FIXTURES / f"{arch}.onnx")
+    names = [n for lf in result.lifted for n in (lf.input, lf.output)]
+    values = capture(result.model, {"input_ids": _ids(EXPECTED[arch].tokens, seed)}, names)
+    for lf in result.lifted:
+        x, want = values[lf.input], values[lf.output]
+        got = evaluate(lf.layer, x)
+        assert got.shape == want.shape
+        assert max_rel_error(got, want) <= 1e-4, lf.layer.name
+
+
+@pytest.mark.parametrize(
+    ("arch", "feature", "ablate"),
+    [
+        ("deepseek_v3", "correction bias", lambda layer: layer.weights.pop("score_bias")),
+        ("deepseek_v3", "group limit", lambda layer: setattr(layer, "n_group", 1)),
+        ("gpt_oss", "swiglu clamp", lambda layer: setattr(layer, "swiglu_limit", None)),
+        ("qwen2_moe", "shared gate", lambda layer: layer.weights.pop("sh_router")),
+    ],
+)
+def test_fixture_exercises_feature(arch: str, feature: str, ablate: object) -> None:
+    """Each recognized variant matters on the fixture: dropping it breaks the numerics."""
+    _, result = load_module(FIXTURES / f"{arch}.onnx")
+    lf = result.lifted[0]
+    values = capture(result.model, {"input_ids": _ids(8, 0)}, [lf.input, lf.output])
+    x, want = values[lf.input], values[lf.output]
+    assert max_rel_error(evaluate(lf.layer, x), want) <= 1e-4
+    ablate(lf.layer)  # type: ignore[operator]
+    assert max_rel_error(evaluate(lf.layer, x), want) > 1e-3, feature
+
+
+# --- mismatches: a router whose surroundings are not an MoE layer ------------------------------
+
+
+def _model(arch: str) -> onnx.ModelProto:
+    return load_onnx(FIXTURES / f"{arch}.onnx")
+
+
+def _first(model: onnx.ModelProto, op_type: str, **attrs: object) -> onnx.NodeProto:
+    for node in model.graph.node:
+        if node.op_type != op_type:
+            continue
+        have = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if all(have.get(k) == v for k, v in attrs.items()):
+            return node
+    raise LookupError(op_type)
+
+
+def _lift_error(model: onnx.ModelProto) -> str:
+    with pytest.raises(ModelError) as info:
+        lift_model(model, where="mutated.onnx")
+    return str(info.value)
+
+
+def test_slot_sum_replaced_is_a_mismatch() -> None:
+    model = _model("mixtral")
+    _first(model, "ReduceSum", keepdims=0).op_type = "ReduceMax"
+    msg = _lift_error(model)
+    assert msg.startswith("mutated.onnx: node ")
+    assert "expected the sum over the top-k slots (ReduceSum)" in msg and "found ReduceMax" in msg
+
+
+def test_unknown_expert_activation_is_a_mismatch() -> None:
+    model = _model("mixtral")
+    split = _first(model, "Split")
+    for node in model.graph.node:
+        if node.op_type == "Sigmoid" and node.input[0] in split.output:
+            node.op_type = "Tanh"
+            break
+    msg = _lift_error(model)
+    assert "expected act(gate) * up after the gate/up split" in msg
+
+
+def test_internal_value_used_outside_is_a_mismatch() -> None:
+    model = _model("olmoe")
+    split = _first(model, "Split")
+    model.graph.output.append(helper.make_tensor_value_info(split.output[0], 1, None))
+    msg = _lift_error(model)
+    assert f"expected {split.output[0]!r} to be used only inside the MoE layer" in msg
+    assert "a graph output" in msg
+
+
+def test_tokens_tiled_instead_of_repeated_is_a_mismatch() -> None:
+    """x tiled k times (Unsqueeze axis 0) no longer pairs each token with its own experts."""
+    model = _model("qwen3_moe")
+    expand = _first(model, "Expand")
+    unsq = next(n for n in model.graph.node if n.output[0] == expand.input[0])
+    axes = numpy_helper.from_array(np.array([0], dtype=np.int64), "tiled_axes")
+    model.graph.initializer.append(axes)
+    unsq.input[1] = "tiled_axes"
+    msg = _lift_error(model)
+    assert "expected tokens repeated 2 times per token (axis 1)" in msg
+
+
+def test_unrolled_scatter_with_max_reduction_is_a_mismatch() -> None:
+    model = _model("mixtral_unrolled")
+    scatter = _first(model, "ScatterElements")
+    scatter.attribute.append(helper.make_attribute("reduction", "max"))
+    msg = _lift_error(model)
+    assert "expected a scatter without max/min/mul reduction" in msg
+    assert f"node {scatter.name}" in msg
+
+
+def test_router_without_experts_is_a_mismatch() -> None:
+    """A softmax/top-k router whose ids feed no expert weights is named, not passed through."""
+    model = _model("qwen3_moe")
+    for node in model.graph.node:
+        if node.op_type == "GatherND":
+            node.op_type = "GatherElements"
+            del node.attribute[:]
+    msg = _lift_error(model)
+    assert "expected the top-k expert ids to gather stacked expert weights" in msg
+
+
+def test_deepseek_zero_fill_variant_matches_onnxruntime() -> None:
+    """DeepSeek's reference code masks non-selected groups with 0.0 instead of -inf.
+
+    With a correction bias of -1 every biased score is negative, so the two fills pick
+    different experts: the recognized fill must be the one ONNX Runtime uses.
+    """
+    model = _model("deepseek_v3")
+    where = _first(model, "Where")
+    inits = {t.name: t for t in model.graph.initializer}
+    fill = inits[where.input[1]]
+    assert np.isneginf(numpy_helper.to_array(fill))
+    fill.CopyFrom(numpy_helper.from_array(np.array(0.0, dtype=np.float32), fill.name))
+    add = next(n for n in model.graph.node if n.output[0] == where.input[2])
+    bias = inits[next(i for i in add.input if i in inits)]
+    bias.CopyFrom(numpy_helper.from_array(np.full(8, -1.0, dtype=np.float32), bias.name))
+    _, result = lift_model(model, where="zero_fill.onnx")
+    (lf,) = result.lifted
+    assert lf.layer.group_fill == 0.0
+    values = capture(result.model, {"input_ids": _ids(8, 0)}, [lf.input, lf.output])
+    x, want = values[lf.input], values[lf.output]
+    assert max_rel_error(evaluate(lf.layer, x), want) <= 1e-4
+    lf.layer.group_fill = float("-inf")
+    assert max_rel_error(evaluate(lf.layer, x), want) > 1e-3
+
+
+# --- fresh exports (torch + transformers) -------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+def test_fresh_export_is_recognized(arch: str, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnxscript")
+    sys.path.insert(0, str(FIXTURES))
+    import make_fixtures
+
+    path = tmp_path / f"{arch}.onnx"
+    make_fixtures.export(arch, path)
+    _, result = load_module(path)
+    _check_layers(result, EXPECTED[arch])
+    lf = result.lifted[-1]
+    values = capture(
+        result.model, {"input_ids": _ids(EXPECTED[arch].tokens, 3)}, [lf.input, lf.output]
+    )
+    assert max_rel_error(evaluate(lf.layer, values[lf.input]), values[lf.output]) <= 1e-4
+
+
+@pytest.mark.slow
+def test_partial_unrolled_trace_is_a_mismatch(tmp_path: Path) -> None:
+    """A TorchScript trace that reached only some experts unrolls too few slots: an error."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(FIXTURES))
+    import make_fixtures
+
+    path = tmp_path / "partial.onnx"
+    make_fixtures.export("mixtral_unrolled", path, seq=3)
+    with pytest.raises(ModelError, match=r"unrolled for all 8 experts, found [1-7]\b"):
+        load_module(path)
