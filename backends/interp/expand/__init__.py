@@ -1,0 +1,319 @@
+"""Runtime expansion: the on-package scheduler turns each ``moe L`` placeholder into instructions.
+
+``EXPANDERS`` maps a :class:`~moec.ir.stream.program.RuntimePolicy`'s ``strategy`` to an
+:data:`Expander`, a function ``expand(ctx) -> {die: [instructions]}`` whose lists replace that
+die's ``moe L`` placeholder. Every module of this package registers its strategy with
+:func:`register` and is imported on first use, so adding a strategy is adding a file
+(``backends/interp/expand/<name>.py``) next to its lowering (``compiler/lower/<name>.py``).
+
+:func:`expand_program` expands every layer for given routings and returns a fully static
+:class:`Program`: the same declarations and static instructions, the placeholders replaced, the
+runtime part removed (and a slice layout added for a layer that declares none), which
+``print_program`` prints and ``verify_program`` accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from moec.ir.cost import bytes_per_element
+from moec.ir.errors import ProgramError, ScheduleError
+from moec.ir.routing import LayerRouting
+from moec.ir.stream.program import (
+    Free,
+    Instr,
+    Load,
+    MoE,
+    MoEDecl,
+    Program,
+    Recv,
+    RuntimePolicy,
+    SliceLayout,
+    SlotPool,
+    TokenSet,
+)
+from moec.ir.target import Target
+
+
+@dataclass
+class ExpandContext:
+    """Everything an expander may read for one MoE layer of one iteration."""
+
+    program: Program
+    layer: MoEDecl
+    policy: RuntimePolicy
+    target: Target
+    routing: LayerRouting
+    pools: dict[int, SlotPool]
+    #: per die, the slots that are free at the layer's ``moe`` placeholder (ascending)
+    free_slots: dict[int, list[int]]
+    layout: SliceLayout
+    shared_layout: SliceLayout | None
+
+    @property
+    def where(self) -> str:
+        return f"{self.program.filename}: runtime {self.layer.name}"
+
+    def precision(self, expert: int | None) -> str:
+        """The precision of an expert (its precision-table entry, else the layer's dtype)."""
+        if expert is not None and self.policy.precision:
+            return self.policy.precision[expert]
+        return self.layer.dtype
+
+    def slice_bytes(self, expert: int | None, j: int) -> int:
+        """Bytes of micro-slice ``j`` (W_gate/W_up columns and W_down rows) at its precision."""
+        lay = self.layout if expert is not None else self.shared_layout
+        assert lay is not None
+        # The lowering's byte counts (biases ride with slice 0) win when they apply: one list
+        # per layer, so only when every expert has the layer's precision.
+        key = "slice_bytes" if expert is not None else "shared_slice_bytes"
+        given = self.policy.params.get(key)
+        if (
+            isinstance(given, list)
+            and len(given) == lay.count
+            and isinstance(given[j], int)
+            and (expert is None or not self.policy.precision)
+        ):
+            return int(given[j])
+        mats = 3 if (self.layer.gated or expert is None) else 2
+        return slice_bytes(mats, self.layer.hidden, lay.width(j), self.precision(expert))
+
+    def activation_bytes(self, tokens: int) -> int:
+        """Bytes of ``tokens`` activation rows (at the layer's dtype)."""
+        return int(math.ceil(tokens * self.layer.hidden * bytes_per_element(self.layer.dtype)))
+
+    def slots_of(self, die: int) -> list[int]:
+        """The slots the expansion may use on ``die``; none is a ScheduleError."""
+        slots = self.free_slots.get(die, [])
+        if not slots:
+            raise ScheduleError(
+                f"does not fit SRAM: layer {self.layer.name} needs a buffer slot on die {die}, "
+                "which has no free slot at its 'moe' placeholder",
+                self.where,
+            )
+        return slots
+
+    def int_list(self, key: str, length: int, lo: int, hi: int) -> list[int]:
+        """Parameter ``key`` as ``length`` ints in ``lo..hi-1`` (a located ProgramError if not)."""
+        raw = self.policy.params.get(key)
+        if (
+            not isinstance(raw, list)
+            or len(raw) != length
+            or not all(isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi for v in raw)
+        ):
+            raise ProgramError(
+                f"runtime {self.layer.name}: param {key} must be a list of {length} integers in "
+                f"{lo}..{hi - 1}, found {raw!r}",
+                self.policy.loc or self.where,
+            )
+        return list(raw)
+
+
+def slice_bytes(mats: int, hidden: int, width: int, precision: str) -> int:
+    """Bytes of a micro-slice: ``mats`` projections of ``hidden x width`` at ``precision``."""
+    return int(math.ceil(mats * hidden * width * bytes_per_element(precision)))
+
+
+Expander = Callable[[ExpandContext], dict[int, list[Instr]]]
+EXPANDERS: dict[str, Expander] = {}
+_loaded = False
+
+
+def register(strategy: str) -> Callable[[Expander], Expander]:
+    """Decorator: make ``fn`` the expander of ``strategy``."""
+
+    def deco(fn: Expander) -> Expander:
+        EXPANDERS[strategy] = fn
+        return fn
+
+    return deco
+
+
+def expanders(strategy: str | None = None) -> dict[str, Expander]:
+    """The registry: ``strategy``'s module is imported on demand (``fsedp-paired`` ->
+    ``fsedp_paired``); without one, or when that module does not register it, every module."""
+    global _loaded
+    if strategy is not None and strategy not in EXPANDERS:
+        module = strategy.replace("-", "_")
+        if module in {m.name for m in pkgutil.iter_modules(__path__)}:
+            importlib.import_module(f"{__name__}.{module}")
+    if (strategy is None or strategy not in EXPANDERS) and not _loaded:
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            importlib.import_module(f"{__name__}.{info.name}")
+        _loaded = True
+    return EXPANDERS
+
+
+def tokens_of(ts: TokenSet) -> np.ndarray:
+    """A token set as a sorted int64 array."""
+    if not ts.ranges:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.arange(a, b + 1, dtype=np.int64) for a, b in ts.ranges])
+
+
+def token_set(tokens: np.ndarray) -> TokenSet:
+    """A sorted, duplicate-free int array as a :class:`TokenSet` (vectorized run finding)."""
+    if tokens.size == 0:
+        return TokenSet(())
+    breaks = np.nonzero(np.diff(tokens) != 1)[0]
+    firsts = np.concatenate([tokens[:1], tokens[breaks + 1]]).tolist()
+    lasts = np.concatenate([tokens[breaks], tokens[-1:]]).tolist()
+    return TokenSet(tuple(zip(firsts, lasts, strict=True)))
+
+
+def free_slots_at(p: Program, layer: str) -> dict[int, list[int]]:
+    """Per die, the slots not held by the static part at that die's ``moe layer`` placeholder."""
+    out: dict[int, list[int]] = {}
+    pools = {s.die: s for s in p.slots}
+    for st in p.streams:
+        pool = pools.get(st.die)
+        held: set[int] = set()
+        for i in st.instrs:
+            if isinstance(i, MoE) and i.layer == layer:
+                out[st.die] = [k for k in range(pool.count) if k not in held] if pool else []
+                break
+            if isinstance(i, Load) or (isinstance(i, Recv) and i.slot is not None):
+                held.add(i.slot)  # type: ignore[arg-type]
+            elif isinstance(i, Free):
+                held.discard(i.slot)
+    return out
+
+
+def default_layout(p: Program, m: MoEDecl, target: Target) -> SliceLayout:
+    """Fewest even micro-slices of the layer such that one fits the smallest slot of any die."""
+    sizes = [s.nbytes for s in p.slots]
+    if not sizes:
+        raise ScheduleError(
+            f"does not fit SRAM: layer {m.name} needs buffer slots but the program declares none",
+            p.filename,
+        )
+    mats = 3 if m.gated else 2
+    per_col = slice_bytes(mats, m.hidden, 1, m.dtype)
+    cols = max(1, min(sizes) // max(per_col, 1))
+    if cols < 1 or per_col > min(sizes):
+        raise ScheduleError(
+            f"does not fit SRAM: one column of layer {m.name} needs {per_col} bytes, the "
+            f"smallest slot holds {min(sizes)}",
+            p.filename,
+        )
+    count = max(1, math.ceil(m.ffn / cols))
+    return SliceLayout.even(m.name, m.ffn, count)
+
+
+def expand_layer(
+    p: Program,
+    target: Target,
+    m: MoEDecl,
+    routing: LayerRouting,
+    layout: SliceLayout,
+    shared_layout: SliceLayout | None,
+) -> dict[int, list[Instr]]:
+    """The instructions that replace each die's ``moe m.name`` for this routing."""
+    policy = p.policy(m.name)
+    if policy is None:
+        raise ProgramError(f"MoE layer {m.name} has no runtime policy", m.loc or p.filename)
+    fn = expanders(policy.strategy).get(policy.strategy)
+    if fn is None:
+        raise ProgramError(
+            f"runtime {m.name}: unknown strategy {policy.strategy!r}, the interpreter knows "
+            f"{', '.join(sorted(expanders()))}",
+            policy.loc or p.filename,
+        )
+    if routing.tokens != m.tokens:
+        raise ScheduleError(
+            f"layer {m.name} is compiled for {m.tokens} tokens, the routing has {routing.tokens}",
+            p.filename,
+        )
+    ctx = ExpandContext(
+        program=p, layer=m, policy=policy, target=target, routing=routing,
+        pools={s.die: s for s in p.slots}, free_slots=free_slots_at(p, m.name),
+        layout=layout, shared_layout=shared_layout,
+    )  # fmt: skip
+    smallest = min((pool.nbytes for pool in ctx.pools.values()), default=0)
+    experts: list[int | None] = list(range(m.experts) if policy.precision else range(1))
+    if shared_layout is not None:
+        experts.append(None)
+    for e in experts:
+        lay = layout if e is not None else shared_layout
+        assert lay is not None
+        need = max(ctx.slice_bytes(e, j) for j in range(lay.count))
+        if need > smallest:
+            what = "shared experts" if e is None else f"expert {e}"
+            raise ScheduleError(
+                f"does not fit SRAM: a micro-slice of layer {m.name} {what} needs {need} bytes, "
+                f"the smallest buffer slot holds {smallest}",
+                p.filename,
+            )
+    return fn(ctx)
+
+
+def layouts_for(p: Program, target: Target) -> dict[tuple[str, bool], SliceLayout]:
+    """Every layer's routed (and shared) layout, defaulting those the program does not declare."""
+    out = {(lay.layer, lay.shared): lay for lay in p.layouts}
+    for m in p.layers:
+        if p.policy(m.name) is None:
+            continue
+        if (m.name, False) not in out:
+            out[(m.name, False)] = default_layout(p, m, target)
+        if m.shared_ffn and (m.name, True) not in out:
+            sh = dataclasses.replace(m, ffn=m.shared_ffn, gated=True)
+            lay = default_layout(p, sh, target)
+            out[(m.name, True)] = dataclasses.replace(lay, shared=True)
+    return out
+
+
+def expand_program(p: Program, target: Target, routings: dict[str, LayerRouting]) -> Program:
+    """The fully static program for ``routings`` (layer name -> routing)."""
+    if p.is_static:
+        return p
+    layouts = layouts_for(p, target)
+    per_layer: dict[str, dict[int, list[Instr]]] = {}
+    for m in p.layers:
+        if p.policy(m.name) is None:
+            continue
+        r = routings.get(m.name)
+        if r is None:
+            raise ScheduleError(f"no routing for MoE layer {m.name}", p.filename)
+        per_layer[m.name] = expand_layer(
+            p, target, m, r, layouts[(m.name, False)], layouts.get((m.name, True))
+        )
+    return splice(p, per_layer, layouts)
+
+
+def splice(
+    p: Program,
+    per_layer: dict[str, dict[int, list[Instr]]],
+    layouts: dict[tuple[str, bool], SliceLayout],
+) -> Program:
+    """``p`` with each die's ``moe L`` replaced by ``per_layer[L][die]`` and no runtime part."""
+    streams = []
+    placed: set[tuple[str, int]] = set()
+    for st in p.streams:
+        out: list[Instr] = []
+        for i in st.instrs:
+            if isinstance(i, MoE):
+                out.extend(per_layer.get(i.layer, {}).get(st.die, ()))
+                placed.add((i.layer, st.die))
+            else:
+                out.append(i)
+        streams.append(dataclasses.replace(st, instrs=out))
+    for layer, by_die in per_layer.items():
+        for die, instrs in by_die.items():
+            if instrs and (layer, die) not in placed:
+                raise ScheduleError(
+                    f"the expansion of {layer} puts {len(instrs)} instructions on die {die}, "
+                    f"which has no 'moe {layer}' placeholder",
+                    p.filename,
+                )
+    declared = {(lay.layer, lay.shared) for lay in p.layouts}
+    extra = [lay for key, lay in layouts.items() if key not in declared]
+    return dataclasses.replace(
+        p, streams=streams, runtime=[], layouts=list(p.layouts) + extra, source=None
+    )

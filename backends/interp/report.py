@@ -1,0 +1,220 @@
+"""What a run reports: latency per layer and in total, utilization, SRAM, bytes, Chrome trace.
+
+:class:`Report` is plain data with a fixed-order JSON form (``moec run --json``); :func:`render`
+draws it as rich tables; :func:`chrome_trace` turns a :class:`~.timing.Timeline` into a
+Chrome/Perfetto trace (``traceEvents`` of ``"X"`` events in microseconds): process 0 holds one
+track per die's compute unit, process 1 one per DRAM channel, process 2 one per link direction,
+each named by metadata events.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from moec.backends.interp.timing import COMPUTE, DENSE_DRAM, LOAD, XFER, Timeline
+from moec.ir.stream.printer import instr as instr_text
+from moec.ir.stream.program import Block, Load, Recv, Send, SliceRef
+
+
+@dataclass(frozen=True)
+class Span:
+    """A named part of the run (an MoE layer or a dense island) and its time span."""
+
+    name: str
+    start_s: float
+    end_s: float
+
+    @property
+    def latency_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass
+class Report:
+    """Timing results of one simulated iteration."""
+
+    program: str
+    target: str
+    latency_s: float
+    layers: list[Span]
+    islands: list[Span]
+    peak_sram_bytes: list[int]
+    compute_utilization: list[float]
+    dram_utilization: list[float]
+    link_utilization: dict[str, float]
+    dram_bytes: list[int]
+    link_bytes: dict[str, int]
+    instructions: int = 0
+    events: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_dram_bytes(self) -> int:
+        return sum(self.dram_bytes)
+
+    @property
+    def total_link_bytes(self) -> int:
+        return sum(self.link_bytes.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "program": self.program,
+            "target": self.target,
+            "latency_s": self.latency_s,
+            "layers": [
+                {"name": s.name, "latency_s": s.latency_s, "start_s": s.start_s, "end_s": s.end_s}
+                for s in self.layers
+            ],
+            "islands": [{"name": s.name, "latency_s": s.latency_s} for s in self.islands],
+            "peak_sram_bytes": self.peak_sram_bytes,
+            "utilization": {
+                "compute": self.compute_utilization,
+                "dram": self.dram_utilization,
+                "links": self.link_utilization,
+            },
+            "dram_bytes": self.dram_bytes,
+            "link_bytes": self.link_bytes,
+            "dram_bytes_total": self.total_dram_bytes,
+            "link_bytes_total": self.total_link_bytes,
+            "instructions": self.instructions,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def _spans(names: list[str], tags: list[int], tl: Timeline) -> list[Span]:
+    lo = [float("inf")] * len(names)
+    hi = [float("-inf")] * len(names)
+    start, end = tl.start, tl.end
+    for op, k in enumerate(tags):
+        if k >= 0:
+            if start[op] < lo[k]:
+                lo[k] = start[op]
+            if end[op] > hi[k]:
+                hi[k] = end[op]
+    return [Span(n, lo[k], hi[k]) for k, n in enumerate(names) if hi[k] >= lo[k]]
+
+
+def make_report(tl: Timeline, program: str) -> Report:
+    t = tl.target
+    D, C = t.num_dies, len(t.channels)
+    span = tl.makespan if tl.makespan > 0 else 1.0
+    util = [b / span for b in tl.busy]
+    return Report(
+        program=program,
+        target=t.name,
+        latency_s=tl.makespan,
+        layers=_spans(tl.layer_names, tl.layer, tl),
+        islands=_spans(tl.island_names, tl.island, tl),
+        peak_sram_bytes=list(tl.peak_sram),
+        compute_utilization=util[:D],
+        dram_utilization=util[D : D + C],
+        link_utilization={f"{lk.src}->{lk.dst}": util[D + C + k] for k, lk in enumerate(t.links)},
+        dram_bytes=list(tl.dram_bytes),
+        link_bytes=dict(tl.link_bytes),
+        instructions=tl.instructions,
+        events=tl.events,
+    )
+
+
+def _si(v: float, unit: str) -> str:
+    for scale, prefix in ((1.0, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n")):
+        if abs(v) >= scale or scale == 1e-9:
+            return f"{v / scale:.4g} {prefix}{unit}"
+    return f"{v:g} {unit}"
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def render(r: Report, width: int = 110) -> str:
+    """Rich tables: summary, per-layer latency, per-resource utilization and bytes."""
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, force_terminal=False, color_system=None)
+    con.print(
+        f"[bold]{r.program}[/] on {r.target}: latency {_si(r.latency_s, 's')}, "
+        f"{r.instructions} instructions, DRAM {_bytes(r.total_dram_bytes)}, "
+        f"links {_bytes(r.total_link_bytes)}"
+    )
+    if r.layers or r.islands:
+        lt = Table(title="layers")
+        for col in ("name", "kind", "start", "latency"):
+            lt.add_column(col, justify="right" if col in ("start", "latency") else "left")
+        rows = [(s, "moe") for s in r.layers] + [(s, "dense") for s in r.islands]
+        for s, kind in sorted(rows, key=lambda x: (x[0].start_s, x[0].name)):
+            lt.add_row(s.name, kind, _si(s.start_s, "s"), _si(s.latency_s, "s"))
+        con.print(lt)
+    rt = Table(title="resources")
+    for col in ("resource", "utilization", "bytes", "peak SRAM"):
+        rt.add_column(col, justify="left" if col == "resource" else "right")
+    for d, u in enumerate(r.compute_utilization):
+        rt.add_row(f"die {d} compute", f"{100 * u:.1f}%", "", _bytes(r.peak_sram_bytes[d]))
+    for c, u in enumerate(r.dram_utilization):
+        rt.add_row(f"ch{c}", f"{100 * u:.1f}%", _bytes(r.dram_bytes[c]), "")
+    for name, u in r.link_utilization.items():
+        rt.add_row(f"link {name}", f"{100 * u:.1f}%", _bytes(r.link_bytes.get(name, 0)), "")
+    con.print(rt)
+    return buf.getvalue()
+
+
+def _event_name(i: object) -> str:
+    if isinstance(i, Load) and isinstance(i.content, SliceRef):
+        return f"load {i.content}"
+    if isinstance(i, Send | Recv):
+        b: Block | None = i.block
+        if b is not None:
+            return f"{b.which} {b.layer}"
+        return f"slot s{i.slot}"
+    op = getattr(i, "opcode", "?")
+    layer = getattr(i, "island", None)
+    return f"{op} {layer}" if layer else str(op)
+
+
+def chrome_trace(tl: Timeline) -> dict[str, Any]:
+    """The timeline as a Chrome trace object (``{"traceEvents": [...]}``)."""
+    t = tl.target
+    D, C = t.num_dies, len(t.channels)
+    events: list[dict[str, Any]] = []
+    for pid, pname in ((0, "dies"), (1, "DRAM channels"), (2, "D2D links")):
+        events.append({"ph": "M", "pid": pid, "tid": 0, "name": "process_name",
+                       "args": {"name": pname}})  # fmt: skip
+        events.append({"ph": "M", "pid": pid, "tid": 0, "name": "process_sort_index",
+                       "args": {"sort_index": pid}})  # fmt: skip
+    track: list[tuple[int, int]] = []
+    for r, name in enumerate(tl.resource_names):
+        pid, tid = (0, r) if r < D else (1, r - D) if r < D + C else (2, r - D - C)
+        track.append((pid, tid))
+        events.append(
+            {"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": name}}
+        )
+        events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_sort_index",
+                       "args": {"sort_index": tid}})  # fmt: skip
+    names = {COMPUTE: "compute", LOAD: "dma", XFER: "d2d", DENSE_DRAM: "dense"}
+    for op, res in enumerate(tl.res):
+        if not res:
+            continue
+        i = tl.instr[op]
+        ts = tl.start[op] * 1e6
+        dur = (tl.end[op] - tl.start[op]) * 1e6
+        name = _event_name(i)
+        args = {"instr": instr_text(i) if i is not None else "", "die": tl.die[op]}
+        for r in res:
+            pid, tid = track[r]
+            events.append({"ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur,
+                           "name": name, "cat": names.get(tl.kind[op], "op"), "args": args})  # fmt: skip
+    return {"traceEvents": events, "displayTimeUnit": "ns"}
+
+
+def chrome_trace_json(tl: Timeline) -> str:
+    return json.dumps(chrome_trace(tl), separators=(",", ":")) + "\n"

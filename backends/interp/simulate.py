@@ -1,0 +1,225 @@
+"""One interpreter run: expand the runtime part, compute numbers, time the static program.
+
+:func:`simulate` is the entry point for ``moec run``, ``moec check`` and ``moec bench``:
+
+* **numerics** (``inputs`` given; the program must declare its weights companion): the residual
+  model runs in onnx's reference evaluator and each MoE layer executes its instructions
+  (:mod:`.numerics`); the routing comes from the layer's router, home dies from ``routings`` when
+  given, else ``blocks``;
+* **timing only** (no inputs): ``routings`` (one per MoE layer of the program, in order) drive the
+  runtime expansion; a fully static program needs none.
+
+Either way the runtime part is expanded into a fully static program (``RunResult.expanded``),
+which is what the timing machine (:mod:`.timing`) runs, so running ``expanded`` again gives the
+same report and outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from moec.backends.interp.expand import expand_layer, layouts_for, splice
+from moec.backends.interp.expand.fsedp_deferred import charge_deferred
+from moec.backends.interp.numerics import evaluate_model, load_weights, moe_layers
+from moec.backends.interp.report import Report, chrome_trace, make_report
+from moec.backends.interp.rules import apply_rules, apply_rules_in_place
+from moec.backends.interp.timing import Timeline, run_timing
+from moec.ir.errors import ProgramError, ScheduleError, TraceError
+from moec.ir.routing import LayerRouting, RoutingTrace, validate
+from moec.ir.stream.program import (
+    Free,
+    Gemm,
+    Instr,
+    Load,
+    MoE,
+    Program,
+    Recv,
+    Send,
+    SliceRef,
+)
+from moec.ir.stream.verify import verify_program
+from moec.ir.target import Target, load_target
+
+
+@dataclass
+class RunResult:
+    """What one run produced."""
+
+    report: Report
+    expanded: Program
+    timeline: Timeline
+    routings: list[LayerRouting]
+    outputs: dict[str, np.ndarray] | None = None
+    chrome_trace: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def program_target(p: Program, base_dir: str | None = None) -> Target:
+    """The target a program names (preset or TOML relative to ``base_dir``), with overrides."""
+    if p.target is None:
+        raise ProgramError("the program names no target; pass one", p.filename)
+    base = base_dir
+    if base is None and os.path.exists(p.filename):
+        base = os.path.dirname(os.path.abspath(p.filename))
+    return load_target(p.target.spec, dict(p.target.overrides), base_dir=base)
+
+
+def check_routings(
+    p: Program, target: Target, routings: list[LayerRouting] | RoutingTrace, where: str = "trace"
+) -> dict[str, LayerRouting]:
+    """Match routings to the program's MoE layers by position; a mismatch is a TraceError."""
+    trace = (
+        routings
+        if isinstance(routings, RoutingTrace)
+        else RoutingTrace(p.name, target.num_dies, list(routings))
+    )
+    shapes = [(m.experts, m.top_k) for m in p.layers]
+    tokens = {m.tokens for m in p.layers}
+    validate(
+        trace, shapes, tokens.pop() if len(tokens) == 1 else None, num_dies=target.num_dies,
+        where=where,
+    )  # fmt: skip
+    out = {}
+    for m, lr in zip(p.layers, trace.layers, strict=True):
+        if lr.tokens != m.tokens:
+            raise TraceError(
+                f"layer {m.name} is compiled for {m.tokens} tokens, the trace has {lr.tokens}",
+                where,
+            )
+        out[m.name] = lr
+    return out
+
+
+def layer_instructions(p: Program) -> dict[str, dict[int, list[Instr]]]:
+    """Per MoE layer and die, the static instructions that touch the layer (slots, blocks)."""
+    out: dict[str, dict[int, list[Instr]]] = {m.name: {} for m in p.layers}
+    for st in p.streams:
+        holds: dict[int, str] = {}
+        for i in st.instrs:
+            layer: str | None = None
+            if isinstance(i, Load | Recv) and isinstance(i.content, SliceRef):
+                layer = i.content.layer
+                holds[i.slot] = layer  # type: ignore[index]
+            elif isinstance(i, Send | Recv) and i.block is not None:
+                layer = i.block.layer
+            elif isinstance(i, Send) and i.slot is not None:
+                layer = holds.get(i.slot)
+            elif isinstance(i, Gemm) or getattr(i, "opcode", "") in ("act", "accum"):
+                layer = holds.get(i.slot)  # type: ignore[union-attr]
+            elif isinstance(i, Free):
+                layer = holds.pop(i.slot, None)
+            if layer is not None and layer in out:
+                out[layer].setdefault(st.die, []).append(i)
+    return out
+
+
+def first_layers(p: Program, n: int) -> Program:
+    """``p`` cut to its first ``n`` MoE layers: the later layers' declarations, tensors
+    (``L.*``), layouts, policies and placeholders removed; dense islands and barriers kept."""
+    if not 0 < n <= len(p.layers):
+        raise ProgramError(f"cannot take the first {n} of {len(p.layers)} MoE layers", p.filename)
+    keep = {m.name for m in p.layers[:n]}
+    drop = {m.name for m in p.layers[n:]}
+
+    def kept(i: Instr) -> bool:
+        return not (isinstance(i, MoE) and i.layer in drop)
+
+    return dataclasses.replace(
+        p,
+        layers=p.layers[:n],
+        tensors=[t for t in p.tensors if t.name.split(".", 1)[0] not in drop],
+        layouts=[lay for lay in p.layouts if lay.layer in keep],
+        runtime=[r for r in p.runtime if r.layer in keep],
+        streams=[
+            dataclasses.replace(st, instrs=[i for i in st.instrs if kept(i)]) for st in p.streams
+        ],
+        source=None,
+    )
+
+
+def simulate(
+    program: Program,
+    *,
+    target: Target | None = None,
+    routings: list[LayerRouting] | RoutingTrace | None = None,
+    inputs: dict[str, np.ndarray] | None = None,
+    base_dir: str | None = None,
+    record_trace: bool = False,
+    verify: bool = True,
+) -> RunResult:
+    """Run ``program``: numerics when ``inputs`` are given, timing always (see module doc)."""
+    tgt = target if target is not None else program_target(program, base_dir)
+    if verify:
+        verify_program(program, tgt)
+    layouts = layouts_for(program, tgt)
+    expansions: dict[str, dict[int, list[Instr]]] = {}
+    outputs: dict[str, np.ndarray] | None = None
+    given = check_routings(program, tgt, routings) if routings is not None else None
+    static_parts: dict[str, dict[int, list[Instr]]] = {}
+
+    def instructions(name: str, r: LayerRouting) -> dict[int, list[Instr]]:
+        m = program.layer(name)
+        if m is None:
+            raise ProgramError(f"the weights have MoE layer {name}, the program does not")
+        if program.policy(name) is None:
+            return static_parts.setdefault(name, {})
+        apply_rules_in_place(program, tgt, name, r)  # r is this run's own routing
+        per_die = expand_layer(
+            program, tgt, m, r, layouts[(name, False)], layouts.get((name, True))
+        )
+        expansions[name] = per_die
+        return per_die
+
+    if inputs is not None:
+        model = load_weights(program, base_dir)
+        static_parts.update(layer_instructions(program))
+        home = {k: v.home_die for k, v in given.items()} if given else None
+        outputs, seen = evaluate_model(
+            model, moe_layers(model, program.filename), inputs, num_dies=tgt.num_dies,
+            tokens={m.name: m.tokens for m in program.layers}, layouts=layouts,
+            instructions=instructions, home_die=home, where=program.filename,
+        )  # fmt: skip
+        by_name = {r.name: r for r in seen}
+        missing = [m.name for m in program.layers if m.name not in by_name]
+        if missing:
+            raise ProgramError(f"the weights model never runs MoE layer {missing[0]}")
+        used = [by_name[m.name] for m in program.layers]
+    else:
+        if given is None:
+            if not program.is_static:
+                raise TraceError(
+                    "the program has a runtime part: give a routing (a trace, or synthetic) "
+                    "or inputs",
+                    program.filename,
+                )
+            given = {}
+        for m in program.layers:
+            r = given.get(m.name)
+            if r is not None and program.policy(m.name) is not None:
+                r = given[m.name] = apply_rules(program, tgt, m.name, r)
+                expansions[m.name] = expand_layer(
+                    program, tgt, m, r, layouts[(m.name, False)], layouts.get((m.name, True))
+                )
+        used = [given[m.name] for m in program.layers if m.name in given]
+    expanded = program if program.is_static else splice(program, expansions, layouts)
+    if verify and expanded is not program:
+        verify_program(expanded, tgt)
+    tl = run_timing(expanded, tgt)
+    charge_deferred(expanded, tl)  # token-buffered pairs belong to the next iteration
+    for d, peak in enumerate(tl.peak_sram):
+        if peak > tgt.dies[d].sram_bytes:
+            raise ScheduleError(
+                f"does not fit SRAM: die {d} holds {peak} bytes of slots at its peak, target "
+                f"{tgt.name} has {tgt.dies[d].sram_bytes} bytes per die",
+                program.filename,
+            )
+    report = make_report(tl, program.name)
+    report.extra.update(tl.extra)
+    trace = chrome_trace(tl) if record_trace else None
+    expanded = dataclasses.replace(expanded, filename=program.filename)
+    return RunResult(report, expanded, tl, used, outputs, trace)

@@ -1,0 +1,487 @@
+"""Timing of a fully static stream program: instructions become ops on a discrete-event machine.
+
+The machine (per the target the program was compiled for):
+
+* **resources**: each die's compute unit, each DRAM channel, each direction of each D2D link.
+  A resource serves one op at a time, first come first served (ties: priority, then issue order).
+* **issue**: each die issues its stream in program order and never stalls, except at ``wait``:
+  nothing after a ``wait`` issues before the package-wide counter reaches its count.
+* **load** (DMA, asynchronous to compute): waits until its slot is free (backpressure: the
+  slot's previous ``free`` has completed), then holds its channel, and when the channel is not
+  on the die, every link of ``target.route(channel.die, die)``, for
+  ``channel latency + sum(link latency) + bytes / min(bandwidth)`` (cut-through, as
+  :func:`moec.ir.cost.transfer_time` documents).
+* **send/recv** (asynchronous): the k-th send a->b and the k-th recv on b from a are one
+  transfer holding link a->b for ``link_time``. It starts when the sent data is ready (a slot's
+  fill; for an ``x`` block the die's latest earlier ``x`` recv of that layer; for a ``y`` block
+  also the die's latest earlier compute) and, for a recv into a slot, the slot is free.
+* **gemm/act/accum**: run on the die's compute unit in program order, each after its slot's
+  data (and, for gemm, the die's latest earlier ``x`` recv of the layer) has arrived; time
+  ``compute_time`` at the content's precision (the precision its load's bytes imply, else the
+  layer's dtype). FLOPs: gemm ``2 T d w`` per projection (2 if gated), act ``2 T w``, accum
+  ``2 T w d`` for T tokens, hidden d and slice width w.
+* **free**: completes when every earlier use of the slot (compute, send) has completed.
+* **signal**: completes when everything the die issued before it has completed, then increments
+  its counter; **wait** completes when the counter reaches its count.
+* **dense**: the die's compute unit for ``flops`` (at the layer dtype) and, in parallel, its
+  nearest DRAM channel for ``bytes``; completes when both have.
+
+Activations (``x``/``y`` blocks) live outside the slots and do not count towards SRAM; peak SRAM
+is the most slots a die holds at once (from a fill's start to its free's end) times the slot
+size.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from moec.backends.interp.engine import EventQueue
+from moec.ir.cost import GB
+from moec.ir.errors import ScheduleError
+from moec.ir.stream.printer import instr as instr_text
+from moec.ir.stream.program import (
+    Accum,
+    Act,
+    Dense,
+    Free,
+    Gemm,
+    Instr,
+    Load,
+    MoE,
+    Program,
+    Recv,
+    Send,
+    Signal,
+    SliceRef,
+    Wait,
+)
+from moec.ir.target import PRECISION_BYTES, Target
+
+# op kinds
+COMPUTE, LOAD, XFER, SYNC, DENSE_DRAM = 0, 1, 2, 3, 4
+KIND_NAMES = ("compute", "load", "transfer", "sync", "dense-dram")
+# ops with no resource go first at equal times, so a freed slot is seen by a load at that time
+_PRIORITY = (1, 1, 1, 0, 1)
+
+
+@dataclass
+class Timeline:
+    """What a timing run recorded: every op's start/end and what it held."""
+
+    target: Target
+    makespan: float
+    start: list[float]
+    end: list[float]
+    kind: list[int]
+    die: list[int]
+    res: list[tuple[int, ...]]
+    instr: list[Instr | None]
+    #: per op: index of the MoE layer it belongs to, or -1
+    layer: list[int]
+    #: per op: index of the dense island it belongs to, or -1
+    island: list[int]
+    layer_names: list[str]
+    island_names: list[str]
+    num_resources: int
+    resource_names: list[str]
+    busy: list[float]
+    dram_bytes: list[int]
+    link_bytes: dict[str, int]
+    peak_sram: list[int]
+    instructions: int = 0
+    events: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class _Graph:
+    """Ops as parallel lists (no per-op objects: the hot loop reads lists by op id)."""
+
+    def __init__(self) -> None:
+        self.kind: list[int] = []
+        self.dur: list[float] = []
+        self.res: list[tuple[int, ...]] = []
+        self.ndeps: list[int] = []
+        self.succ: list[list[int]] = []
+        self.die: list[int] = []
+        self.instr: list[Instr | None] = []
+        self.layer: list[int] = []
+        self.island: list[int] = []
+
+    def add(
+        self, kind: int, dur: float, res: tuple[int, ...], die: int, instr: Instr | None,
+        layer: int = -1, island: int = -1,
+    ) -> int:  # fmt: skip
+        self.kind.append(kind)
+        self.dur.append(dur)
+        self.res.append(res)
+        self.ndeps.append(0)
+        self.succ.append([])
+        self.die.append(die)
+        self.instr.append(instr)
+        self.layer.append(layer)
+        self.island.append(island)
+        return len(self.kind) - 1
+
+    def edge(self, a: int | None, b: int) -> None:
+        if a is not None and a != b:
+            self.succ[a].append(b)
+            self.ndeps[b] += 1
+
+
+def _precision_of(nbytes: int, elements: int, default: str) -> str:
+    """The precision whose element size makes ``elements`` weigh ``nbytes``, else ``default``."""
+    if elements <= 0 or int(round(elements * PRECISION_BYTES.get(default, 0))) == nbytes:
+        return default
+    for name, size in PRECISION_BYTES.items():
+        if int(round(elements * size)) == nbytes:
+            return name
+    return default
+
+
+class _Builder:
+    """Turns a static program into the op graph (all edges known before the run)."""
+
+    def __init__(self, p: Program, target: Target) -> None:
+        self.p, self.t = p, target
+        self.g = _Graph()
+        D, C = target.num_dies, len(target.channels)
+        self.D, self.C = D, C
+        self.link_id = {(lk.src, lk.dst): D + C + k for k, lk in enumerate(target.links)}
+        self.num_res = D + C + len(target.links)
+        self.res_names = (
+            [f"die {d} compute" for d in range(D)]
+            + [f"ch{c.id} (die {c.die})" for c in target.channels]
+            + [f"link {lk.src}->{lk.dst}" for lk in target.links]
+        )
+        self.layers = {m.name: (k, m) for k, m in enumerate(p.layers)}
+        self.islands = {isl.name: k for k, isl in enumerate(p.islands)}
+        self.layouts = {(lay.layer, lay.shared): lay for lay in p.layouts}
+        self.dram_bytes = [0] * C
+        self.link_bytes: dict[int, int] = defaultdict(int)
+        self.dense_precision = p.layers[0].dtype if p.layers else "fp16"
+        self._load_paths: dict[tuple[int, int], tuple[tuple[int, ...], float, float]] = {}
+        # transfers waiting for their other side: (src, dst) -> list of op ids, in order
+        self.pending_send: dict[tuple[int, int], deque[int]] = defaultdict(deque)
+        self.pending_recv: dict[tuple[int, int], deque[int]] = defaultdict(deque)
+        self.waiters: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+        self.signal_event: dict[int, str] = {}
+        # slot fills and frees, for SRAM: (die, fill op, free op or -1)
+        self.fills: list[tuple[int, int, list[int]]] = []
+
+    # --- costs ---
+    def load_path(self, channel: int, die: int) -> tuple[tuple[int, ...], float, float]:
+        key = (channel, die)
+        hit = self._load_paths.get(key)
+        if hit is None:
+            ch = self.t.channel(channel)
+            path = self.t.route(ch.die, die)
+            links = [self.t.link(a, b) for a, b in zip(path, path[1:], strict=False)]
+            res = (self.D + channel, *(self.link_id[(lk.src, lk.dst)] for lk in links))
+            lat = ch.latency_s + sum(lk.latency_s for lk in links)
+            bw = min([ch.gbps, *(lk.gbps for lk in links)]) * GB
+            hit = (res, lat, bw)
+            self._load_paths[key] = hit
+        return hit
+
+    def slice_geometry(self, c: SliceRef) -> tuple[int, int, int, str, bool]:
+        """(hidden, width, elements, dtype, gated) of a micro-slice."""
+        _, m = self.layers[c.layer]
+        lay = self.layouts.get((c.layer, c.expert is None))
+        if lay is None:
+            raise ScheduleError(f"micro-slice {c} but layer {c.layer} declares no layout")
+        w = lay.width(c.slice)
+        mats = 3 if (m.gated or c.expert is None) else 2
+        return m.hidden, w, mats * m.hidden * w, m.dtype, m.gated or c.expert is None
+
+    # --- the walk ---
+    def build(self) -> None:
+        g, t = self.g, self.t
+        for st in sorted(self.p.streams, key=lambda s: s.die):
+            die = st.die
+            rate: dict[str, float] = {}
+            fence: int | None = None  # latest wait
+            since_signal: list[int] = []
+            last_signal: int | None = None
+            last_compute: int | None = None
+            slot_fill: dict[int, int] = {}
+            slot_fill_info: dict[int, tuple[SliceRef | None, str]] = {}
+            slot_uses: dict[int, list[int]] = defaultdict(list)
+            slot_free: dict[int, int] = {}
+            slot_fill_rec: dict[int, list[int]] = {}
+            last_recv: dict[tuple[str, str], int] = {}
+
+            def flops_time(
+                flops: float, precision: str, _rate: dict[str, float] = rate, _die: int = die
+            ) -> float:
+                r = _rate.get(precision)
+                if r is None:
+                    r = t.die(_die).flops_per_s(precision)
+                    _rate[precision] = r
+                return flops / r
+
+            for i in st.instrs:
+                if isinstance(i, Gemm | Act | Accum):
+                    content, prec = slot_fill_info.get(i.slot, (None, "fp16"))
+                    if content is None:
+                        raise ScheduleError(
+                            f"die {die}: '{instr_text(i)}' needs a micro-slice in s{i.slot}"
+                        )
+                    hidden, w, _, _, gated = self.slice_geometry(content)
+                    n = len(i.tokens)
+                    if isinstance(i, Gemm):
+                        flops = 2.0 * n * hidden * w * (2 if gated else 1)
+                    elif isinstance(i, Act):
+                        flops = 2.0 * n * w
+                    else:
+                        flops = 2.0 * n * w * hidden
+                    lk, _ = self.layers[content.layer]
+                    op = g.add(COMPUTE, flops_time(flops, prec), (die,), die, i, lk)
+                    g.edge(fence, op)
+                    g.edge(last_compute, op)
+                    g.edge(slot_fill.get(i.slot), op)
+                    if isinstance(i, Gemm):
+                        g.edge(last_recv.get((content.layer, "x")), op)
+                    last_compute = op
+                    slot_uses[i.slot].append(op)
+                    since_signal.append(op)
+                elif isinstance(i, Load):
+                    res, lat, bw = self.load_path(i.channel, die)
+                    tag = -1
+                    prec = self.dense_precision
+                    c = i.content
+                    sref: SliceRef | None = None
+                    if isinstance(c, SliceRef):
+                        tag = self.layers[c.layer][0]
+                        _, _, elements, dtype, _ = self.slice_geometry(c)
+                        prec = _precision_of(i.nbytes, elements, dtype)
+                        sref = c
+                    op = g.add(LOAD, lat + i.nbytes / bw, res, die, i, tag)
+                    g.edge(fence, op)
+                    g.edge(slot_free.get(i.slot), op)
+                    self.dram_bytes[i.channel] += i.nbytes
+                    for r in res[1:]:
+                        self.link_bytes[r] += i.nbytes
+                    self._fill(die, i.slot, op, sref, prec, slot_fill, slot_fill_info, slot_uses)
+                    slot_fill_rec[i.slot] = self._record_fill(die, op)
+                    since_signal.append(op)
+                elif isinstance(i, Send | Recv):
+                    key = (die, i.peer) if isinstance(i, Send) else (i.peer, die)
+                    op = self._transfer(key, isinstance(i, Send), i, die)
+                    tag = -1
+                    if i.block is not None:
+                        tag = self.layers[i.block.layer][0]
+                    elif isinstance(i, Recv) and isinstance(i.content, SliceRef):
+                        tag = self.layers[i.content.layer][0]
+                    if tag >= 0 and g.layer[op] < 0:
+                        g.layer[op] = tag
+                    g.edge(fence, op)
+                    if isinstance(i, Send):
+                        if i.slot is not None:
+                            g.edge(slot_fill.get(i.slot), op)
+                            slot_uses[i.slot].append(op)
+                        elif i.block is not None:
+                            g.edge(last_recv.get((i.block.layer, i.block.which)), op)
+                            if i.block.which == "y":
+                                g.edge(last_compute, op)
+                    else:
+                        if i.slot is not None:
+                            g.edge(slot_free.get(i.slot), op)
+                            c = i.content
+                            sref = c if isinstance(c, SliceRef) else None
+                            prec = self.dense_precision
+                            if sref is not None:
+                                _, _, elements, dtype, _ = self.slice_geometry(sref)
+                                prec = _precision_of(i.nbytes, elements, dtype)
+                            self._fill(
+                                die, i.slot, op, sref, prec, slot_fill, slot_fill_info, slot_uses
+                            )
+                            slot_fill_rec[i.slot] = self._record_fill(die, op)
+                        elif i.block is not None:
+                            last_recv[(i.block.layer, i.block.which)] = op
+                    since_signal.append(op)
+                elif isinstance(i, Free):
+                    content, _ = slot_fill_info.get(i.slot, (None, ""))
+                    tag = self.layers[content.layer][0] if content is not None else -1
+                    op = g.add(SYNC, 0.0, (), die, i, tag)
+                    g.edge(fence, op)
+                    g.edge(slot_fill.get(i.slot), op)
+                    for u in slot_uses.pop(i.slot, []):
+                        g.edge(u, op)
+                    slot_free[i.slot] = op
+                    rec = slot_fill_rec.pop(i.slot, None)
+                    if rec is not None:
+                        rec.append(op)
+                    since_signal.append(op)
+                elif isinstance(i, Signal):
+                    op = g.add(SYNC, 0.0, (), die, i)
+                    g.edge(fence, op)
+                    g.edge(last_signal, op)
+                    for u in since_signal:
+                        g.edge(u, op)
+                    since_signal = []
+                    last_signal = op
+                    self.signal_event[op] = i.event
+                elif isinstance(i, Wait):
+                    op = g.add(SYNC, 0.0, (), die, i)
+                    g.edge(fence, op)
+                    g.ndeps[op] += 1  # released by the counter
+                    self.waiters[i.event][i.count].append(op)
+                    fence = op
+                elif isinstance(i, Dense):
+                    isl = self.islands.get(i.island, -1)
+                    comp = g.add(
+                        COMPUTE, flops_time(float(i.flops), self.dense_precision), (die,), die, i,
+                        -1, isl,
+                    )  # fmt: skip
+                    g.edge(fence, comp)
+                    g.edge(last_compute, comp)
+                    last_compute = comp
+                    since_signal.append(comp)
+                    if i.nbytes > 0:
+                        ch = t.nearest_channel(die)
+                        res, lat, bw = self.load_path(ch.id, die)
+                        mem = g.add(DENSE_DRAM, lat + i.nbytes / bw, res, die, i, -1, isl)
+                        g.edge(fence, mem)
+                        self.dram_bytes[ch.id] += i.nbytes
+                        for r in res[1:]:
+                            self.link_bytes[r] += i.nbytes
+                        since_signal.append(mem)
+                elif isinstance(i, MoE):
+                    raise ScheduleError(
+                        f"die {die}: 'moe {i.layer}' must be expanded before timing "
+                        "(the runtime part needs a routing)"
+                    )
+                else:
+                    raise ScheduleError(f"die {die}: not an instruction: {i!r}")
+        for key in sorted(set(self.pending_send) | set(self.pending_recv)):
+            ns, nr = len(self.pending_send[key]), len(self.pending_recv[key])
+            if ns or nr:
+                a, b = key
+                raise ScheduleError(
+                    f"send/recv mismatch between die {a} and die {b}: "
+                    f"{ns} unmatched sends, {nr} unmatched recvs"
+                )
+
+    def _record_fill(self, die: int, op: int) -> list[int]:
+        rec = [op]
+        self.fills.append((die, op, rec))
+        return rec
+
+    @staticmethod
+    def _fill(
+        die: int, slot: int, op: int, sref: SliceRef | None, prec: str,
+        slot_fill: dict[int, int], slot_fill_info: dict[int, tuple[SliceRef | None, str]],
+        slot_uses: dict[int, list[int]],
+    ) -> None:  # fmt: skip
+        slot_fill[slot] = op
+        slot_fill_info[slot] = (sref, prec)
+        slot_uses[slot] = []
+
+    def _transfer(self, key: tuple[int, int], is_send: bool, i: Send | Recv, die: int) -> int:
+        """The op of the k-th transfer on ``key`` (created by whichever side comes first)."""
+        mine, other = (
+            (self.pending_send, self.pending_recv)
+            if is_send
+            else (self.pending_recv, self.pending_send)
+        )
+        if other[key]:
+            op = other[key].popleft()
+            if is_send:
+                self.g.instr[op] = i  # name transfers after the send
+                self.g.die[op] = die
+            return op
+        a, b = key
+        lk = self.t.link(a, b)
+        op = self.g.add(
+            XFER, lk.latency_s + i.nbytes / (lk.gbps * GB), (self.link_id[key],), die, i
+        )
+        self.link_bytes[self.link_id[key]] += i.nbytes
+        mine[key].append(op)
+        return op
+
+
+def run_timing(p: Program, target: Target) -> Timeline:
+    """Simulate a static program on ``target``; deadlocks are a one-line ScheduleError."""
+    b = _Builder(p, target)
+    b.build()
+    g = b.g
+    n = len(g.kind)
+    ready = [0.0] * n
+    start = [0.0] * n
+    end = [-1.0] * n
+    free_at = [0.0] * b.num_res
+    busy = [0.0] * b.num_res
+    ndeps, succ, dur, res, kind = g.ndeps, g.succ, g.dur, g.res, g.kind
+    prio = [_PRIORITY[k] for k in kind]
+    q = EventQueue()
+    push, pop = q.push, q.pop
+    for op in range(n):
+        if ndeps[op] == 0:
+            push(0.0, prio[op], op)
+    counters: dict[str, int] = defaultdict(int)
+    waiters, signal_event = b.waiters, b.signal_event
+    events = 0
+    while q:
+        t, op = pop()
+        events += 1
+        r = res[op]
+        s = t
+        for x in r:
+            if free_at[x] > s:
+                s = free_at[x]
+        e = s + dur[op]
+        for x in r:
+            free_at[x] = e
+            busy[x] += e - s
+        start[op] = s
+        end[op] = e
+        if op in signal_event:
+            ev = signal_event[op]
+            counters[ev] += 1
+            for w in waiters[ev].pop(counters[ev], ()):
+                if ready[w] < e:
+                    ready[w] = e
+                ndeps[w] -= 1
+                if ndeps[w] == 0:
+                    push(ready[w], prio[w], w)
+        for x in succ[op]:
+            if ready[x] < e:
+                ready[x] = e
+            ndeps[x] -= 1
+            if ndeps[x] == 0:
+                push(ready[x], prio[x], x)
+    stuck = [op for op in range(n) if end[op] < 0]
+    if stuck:
+        op = stuck[0]
+        i = g.instr[op]
+        what = instr_text(i) if i is not None else "?"
+        raise ScheduleError(
+            f"deadlock: die {g.die[op]} never completes '{what}' ({len(stuck)} ops blocked)"
+        )
+    makespan = max(end, default=0.0)
+    peak = [0] * target.num_dies
+    pools = {s.die: s.nbytes for s in p.slots}
+    per_die: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    for die, fill, rec in b.fills:
+        per_die[die].append((start[fill], 1))
+        per_die[die].append((end[rec[1]] if len(rec) > 1 else makespan, -1))
+    for die, evs in per_die.items():
+        evs.sort(key=lambda x: (x[0], x[1]))  # at equal times a free goes before a fill
+        cur = best = 0
+        for _, delta in evs:
+            cur += delta
+            best = max(best, cur)
+        peak[die] = best * pools.get(die, 0)
+    link_bytes = {
+        f"{lk.src}->{lk.dst}": b.link_bytes.get(b.link_id[(lk.src, lk.dst)], 0)
+        for lk in target.links
+    }
+    return Timeline(
+        target=target, makespan=makespan, start=start, end=end, kind=g.kind, die=g.die,
+        res=g.res, instr=g.instr, layer=g.layer, island=g.island,
+        layer_names=[m.name for m in p.layers], island_names=[i.name for i in p.islands],
+        num_resources=b.num_res, resource_names=b.res_names, busy=busy,
+        dram_bytes=b.dram_bytes, link_bytes=link_bytes, peak_sram=peak,
+        instructions=p.num_instructions(), events=events,
+    )  # fmt: skip
