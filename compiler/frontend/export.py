@@ -145,7 +145,10 @@ def _write_layer(out: _Out, op: Op) -> None:
             [logits, out.init(f"{layer.name}.router_b", _a(layer.weights["router_b"]))],
             f"{layer.name}.router_bias",
         )
-    writer = EXPERT_WRITERS.get(str(layer.annotations.get("precision", "")), _write_float_moe)
+    precision = layer.annotations.get("precision", "")
+    # A per-expert list (assign-precision) selects the "mixed" writer (export_qmoe registers it).
+    key = "mixed" if isinstance(precision, list) else str(precision)
+    writer = EXPERT_WRITERS.get(key, _write_float_moe)
     y = writer(out, layer, x, logits)
     if layer.has_shared:
         n = layer.name

@@ -1,0 +1,252 @@
+"""``moec check --approx PIPELINE``: what a cost-aware pipeline costs in accuracy.
+
+Compiles the model with the pass pipeline (precision plan, skip/prune rules), runs the
+interpreter's numerics on seeded inputs (runtime rules included: they rewrite each layer's
+routing before expansion), and compares every graph output with ONNX Runtime on the **original**
+model: max and mean relative error (``max|d| / max|want|``, ``mean|d| / mean|want|``), cosine
+similarity, and top-1 agreement (the fraction of rows whose argmax over the last axis agrees:
+next-token agreement for logits). It also exports the approximated graph (precision only: skip
+and prune rules are scheduler decisions with no ONNX form) with
+:mod:`moec.compiler.frontend.export_qmoe` and runs it in ONNX Runtime, so a precision-only pipeline
+can be checked against ORT's own run of the same approximation (it must match to ``--tol``).
+
+:func:`program_perplexity` scores a byte-level LM's text with the interpreter running the
+approximated program (``logits_fn`` for :func:`moec.backends.ort.perplexity.perplexity`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from moec.backends.ort.check import run_ort
+from moec.compiler.cli.cmd_compile import DEFAULT_TARGET, compile_model, load_model, write_compiled
+from moec.ir.errors import ModelError, MoecError
+from moec.ir.graph import Module
+from moec.ir.stream import Program, load_program
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """How far one output is from its reference."""
+
+    name: str
+    max_rel_err: float
+    mean_rel_err: float
+    cosine: float
+    top1_agreement: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "max_rel_err": self.max_rel_err, "mean_rel_err": self.mean_rel_err,
+            "cosine": self.cosine, "top1_agreement": self.top1_agreement,
+        }  # fmt: skip
+
+
+def output_error(name: str, got: np.ndarray, want: np.ndarray) -> OutputError:
+    g = np.asarray(got, np.float64)
+    w = np.asarray(want, np.float64)
+    if g.shape != w.shape:
+        raise MoecError(f"output {name}: shape {list(g.shape)}, expected {list(w.shape)}")
+    d = np.abs(g - w)
+    wmax, wmean = float(np.abs(w).max(initial=0.0)), float(np.abs(w).mean()) if w.size else 0.0
+    norm = float(np.linalg.norm(g) * np.linalg.norm(w))
+    cosine = float((g * w).sum() / norm) if norm > 0 else 1.0
+    top1 = None
+    if w.ndim >= 1 and w.shape[-1] > 1:
+        top1 = float(np.mean(np.argmax(g, axis=-1) == np.argmax(w, axis=-1)))
+    return OutputError(
+        name,
+        float(d.max(initial=0.0)) / wmax if wmax > 0 else float(d.max(initial=0.0)),
+        float(d.mean()) / wmean if wmean > 0 else float(d.mean()) if d.size else 0.0,
+        cosine,
+        top1,
+    )
+
+
+@dataclass
+class ApproxReport:
+    """Errors of the approximate program against ORT (original model and exported approximation)."""
+
+    passes: str
+    outputs: list[OutputError]
+    exported: list[OutputError] | None
+    export_note: str = ""
+    dropped_pairs: int = 0
+    total_pairs: int = 0
+    precision: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        worst = max(self.outputs, key=lambda o: o.max_rel_err)
+        return {
+            "passes": self.passes,
+            "outputs": [o.to_json() for o in self.outputs],
+            "max_rel_err": worst.max_rel_err,
+            "mean_rel_err": max(o.mean_rel_err for o in self.outputs),
+            "cosine": min(o.cosine for o in self.outputs),
+            "top1_agreement": min(
+                (o.top1_agreement for o in self.outputs if o.top1_agreement is not None),
+                default=None,
+            ),
+            "vs_exported": [o.to_json() for o in self.exported] if self.exported else None,
+            "vs_exported_max_rel_err": max(o.max_rel_err for o in self.exported)
+            if self.exported
+            else None,
+            "export_note": self.export_note,
+            "dropped_pairs": self.dropped_pairs,
+            "total_pairs": self.total_pairs,
+            "precision": self.precision,
+        }
+
+
+def interpret(
+    program: Program, path: str, feeds: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], int, int]:
+    """Interpreter outputs and (dropped, total) (token, expert) pairs over all layers."""
+    from moec.backends.interp import simulate  # the command line may import backends
+
+    result = simulate(program, inputs=dict(feeds), base_dir=os.path.dirname(os.path.abspath(path)))
+    if not result.outputs:
+        raise MoecError("the interpreter returned no graph outputs", path)
+    dropped = sum(int(np.count_nonzero(r.ids < 0)) for r in result.routings)
+    total = sum(int(r.ids.size) for r in result.routings)
+    return {k: np.asarray(v) for k, v in result.outputs.items()}, dropped, total
+
+
+def _precision_counts(module: Module) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for op in module.moe_ops():
+        plan = op.attrs["layer"].annotations.get("precision")
+        if isinstance(plan, list):
+            for p in plan:
+                out[str(p)] = out.get(str(p), 0) + 1
+    return dict(sorted(out.items()))
+
+
+def approx_check(
+    model: str,
+    passes: str,
+    *,
+    target: str = DEFAULT_TARGET,
+    overrides: Sequence[tuple[str, int | float | str]] = (),
+    strategy: str = "ep",
+    seed: int = 0,
+    dims: Mapping[str, int] | None = None,
+    inputs: str | None = None,
+) -> ApproxReport:
+    """Compile with ``passes``, interpret, and compare with ORT (see the module docstring)."""
+    from moec.compiler.cli.cmd_check import model_inputs
+    from moec.compiler.frontend.export_qmoe import export_onnx
+
+    module, lifted, _ = load_model(model)
+    if not module.moe_ops() or not all(
+        op.attrs["layer"].weights_present for op in module.moe_ops()
+    ):
+        raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
+    feeds, resolved = model_inputs(module, lifted, seed=seed, dims=dims, inputs=inputs)
+    want = run_ort(lifted.model, feeds)
+    seen: list[Module] = []
+    with tempfile.TemporaryDirectory(prefix="moec-approx-") as tmp:
+        path = os.path.join(tmp, "approx.msp")
+        compiled = compile_model(
+            model, path, target=target, overrides=overrides, strategy=strategy, passes=passes,
+            dims=resolved, on_module=seen.append,
+        )  # fmt: skip
+        write_compiled(compiled, path)
+        got, dropped, total = interpret(load_program(path), path, feeds)
+    outputs = [output_error(name, got[name], want[name]) for name in want]
+    approx = seen[0]
+    exported: list[OutputError] | None = None
+    note = ""
+    try:
+        exp_model = export_onnx(approx)
+        ort_approx = run_ort(exp_model, feeds)
+        exported = [output_error(name, got[name], ort_approx[name]) for name in want]
+        if any(op.attrs["layer"].annotations.get("skip_rule") for op in approx.moe_ops()):
+            note = "runtime skip/prune rules are not in the exported ONNX model"
+    except ModelError as err:
+        note = f"not exportable: {err.one_line()}"
+    return ApproxReport(passes, outputs, exported, note, dropped, total, _precision_counts(approx))
+
+
+def program_perplexity(
+    model: str,
+    passes: str,
+    byte_ids: np.ndarray,
+    context: int,
+    *,
+    batch: int = 8,
+    target: str = DEFAULT_TARGET,
+    strategy: str = "ep",
+) -> tuple[float, int, int]:
+    """Perplexity of ``byte_ids`` with the interpreter running ``model`` compiled with ``passes``.
+
+    The program is compiled for ``batch x context`` tokens; shorter calls are padded (extra rows,
+    trailing positions) and cut back, which leaves the scored positions of a causal LM unchanged
+    (a runtime rule like CAEE sees the padded tokens in its batch). Returns (perplexity,
+    dropped pairs, total pairs).
+    """
+    from moec.backends.ort.perplexity import perplexity
+
+    counts = [0, 0]
+    with tempfile.TemporaryDirectory(prefix="moec-ppl-") as tmp:
+        path = os.path.join(tmp, "lm.msp")
+        compiled = compile_model(
+            model, path, target=target, strategy=strategy, passes=passes,
+            dims={"batch": batch, "seq": context},
+        )  # fmt: skip
+        write_compiled(compiled, path)
+        program = load_program(path)
+
+        def logits_fn(ids: np.ndarray) -> np.ndarray:
+            b, n = ids.shape
+            pad = np.zeros((batch, context), np.int64)
+            pad[:b, :n] = ids
+            out, dropped, total = interpret(program, path, {"input_ids": pad})
+            counts[0] += dropped
+            counts[1] += total
+            return next(iter(out.values()))[:b, :n]
+
+        score = perplexity(logits_fn, byte_ids, context, batch=batch)
+    return score.perplexity, counts[0], counts[1]
+
+
+def run_approx(args: Any) -> int:
+    """``moec check --approx PIPELINE`` (arguments parsed by ``cmd_check``)."""
+    import json
+
+    from moec.compiler.cli.cmd_compile import parse_dims, parse_overrides
+
+    report = approx_check(
+        args.model, args.approx, target=args.target, overrides=parse_overrides(args.overrides),
+        strategy=args.strategy, seed=args.seed, dims=parse_dims(args.dims), inputs=args.inputs,
+    )  # fmt: skip
+    doc = report.to_json()
+    if args.json:
+        print(json.dumps(doc, sort_keys=True))
+        return 0
+    print(f"approximation: {report.passes}")
+    if report.precision:
+        print(
+            "  experts by precision: " + ", ".join(f"{k} {v}" for k, v in report.precision.items())
+        )
+    if report.total_pairs:
+        print(f"  dropped (token, expert) pairs: {report.dropped_pairs} of {report.total_pairs}")
+    for o in report.outputs:
+        top1 = f"{o.top1_agreement:.4f}" if o.top1_agreement is not None else "-"
+        print(
+            f"{o.name:<24} vs ORT original: max_rel_err {o.max_rel_err:.3e}  mean_rel_err "
+            f"{o.mean_rel_err:.3e}  cosine {o.cosine:.6f}  top1 {top1}"
+        )
+    if report.exported:
+        print(
+            f"vs ORT running the exported approximation: max_rel_err {doc['vs_exported_max_rel_err']:.3e}"
+        )
+    if report.export_note:
+        print(f"note: {report.export_note}")
+    return 0

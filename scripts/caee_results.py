@@ -1,0 +1,189 @@
+"""Regenerate the cost-aware tables of docs/results.md (issue 6): CAEE latency and accuracy.
+
+    python scripts/caee_results.py latency [--layers 4] [--tokens 16,64,256,1024] [--zipf 1.2]
+    python scripts/caee_results.py accuracy [--ppl-bytes 4096]
+    python scripts/caee_results.py paper [--tokens 64,256]
+
+``latency``: DeepSeek-V3 (shape-only preset) on ``npu8-hbm``, EP, a seeded Zipf trace; the exact
+top-k program against ``caee-prune{threshold=t}`` for t in 0.6..0.9, measured like ``moec bench``
+(sum of the MoE layers' spans, dense islands excluded), plus the share of (token, expert) pairs
+and of gate mass the rule dropped. ``accuracy``: ``moec check --approx`` metrics of every
+cost-aware pipeline on the tiny models with real weights and the trained LM (plus its perplexity
+on the held-out text with the interpreter running the approximated program). ``paper``: the
+four paper models on ``fsedp-2x2`` with EP and FSE-DP, exact against cost-aware precision
+(HOBBIT tiers calibrated on a 4096-token sample of the trace's distribution) and CAEE pruning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from moec.backends.interp import simulate
+from moec.compiler.bench.spec import load_bench_model, read_bench_model, truncate
+from moec.compiler.cli.bench_run import moe_metrics
+from moec.compiler.lower import lower
+from moec.compiler.passes import parse_pipeline
+from moec.ir.routing import synth_layers
+from moec.ir.stream import TargetRef
+from moec.ir.target import load_target
+
+THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
+
+
+def latency_table(layers: int, tokens: list[int], zipf: float, resident: float) -> None:
+    tgt = load_target("npu8-hbm")
+    bm = load_bench_model("deepseek-v3")
+    shapes = bm.layer_shapes()[:layers]
+    suffix = f",resident={resident}" if resident < 1 else ""
+    head = f"annotate-importance{{trace=synth:zipf={zipf:g};seed=0}}," if resident < 1 else ""
+    print(
+        "| tokens | rule | latency / MoE layer | reduction | pairs dropped | gate mass moved |\n"
+        "|---:|---|---:|---:|---:|---:|"
+    )
+    for T in tokens:
+        trace = synth_layers(shapes, T, zipf=zipf, seed=0, num_dies=tgt.num_dies, model=bm.name)
+        base = None
+        for thr in (None, *THRESHOLDS):
+            module = truncate(read_bench_model("deepseek-v3").module, layers)
+            passes = "" if thr is None else f"{head}caee-prune{{threshold={thr}{suffix}}}"
+            if passes:
+                module = parse_pipeline(passes).run(module)
+            program = lower(module, TargetRef("npu8-hbm"), "ep", {}, trace)
+            result = simulate(program, target=tgt, routings=trace, verify=False)
+            lat = moe_metrics(result.timeline)["latency_s"] / layers
+            dropped = sum(int((r.ids < 0).sum()) for r in result.routings)
+            pairs = sum(int(r.ids.size) for r in result.routings)
+            moved = sum(
+                float(o.gates[r.ids < 0].sum())
+                for r, o in zip(result.routings, trace.layers, strict=True)
+            ) / sum(float(o.gates.sum()) for o in trace.layers)
+            if base is None:
+                base = lat
+            rule = "exact top-k" if thr is None else f"caee {thr}"
+            print(
+                f"| {T} | {rule} | {lat * 1e3:.3f} ms | {100 * (1 - lat / base):.1f}% | "
+                f"{100 * dropped / pairs:.2f}% | {100 * moved:.2f}% |"
+            )
+
+
+PIPELINES = (
+    "annotate-importance,assign-precision{tiers=0.6/0.9}",
+    "annotate-importance,assign-precision{budget=0.01}",
+    "skip-second",
+    *(f"caee-prune{{threshold={t}}}" for t in THRESHOLDS),
+)
+TINY = ("tiny_moe", "tiny_moe_shared", "tiny_deepseek")
+LM = "models/tiny_moe_lm.onnx"
+
+
+def accuracy_table(ppl_bytes: int, target: str) -> None:
+    from moec.backends.ort.perplexity import load_lm, perplexity
+    from moec.compiler.cli.check_approx import approx_check, program_perplexity
+
+    print(
+        "| model | pipeline | max rel err | mean rel err | cosine | top-1 agree | pairs dropped "
+        "| interp vs ORT(exported) |\n|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+    for model in (*TINY, LM):
+        dims = {"batch": 2, "seq": 64} if model == LM else None
+        for passes in PIPELINES:
+            r = approx_check(model, passes, target=target, dims=dims).to_json()
+            exp = r["vs_exported_max_rel_err"]
+            exp_text = "n/a" if exp is None else f"{exp:.1e}"
+            if r["export_note"].startswith("runtime"):
+                exp_text += " (rules not exported)"
+            elif r["export_note"]:
+                exp_text = "not exportable"
+            top1 = r["top1_agreement"]
+            name = model.rsplit("/", 1)[-1].removesuffix(".onnx")
+            print(
+                f"| {name} | `{passes}` | {r['max_rel_err']:.2e} | {r['mean_rel_err']:.2e} | "
+                f"{r['cosine']:.5f} | {'-' if top1 is None else f'{top1:.3f}'} | "
+                f"{r['dropped_pairs']}/{r['total_pairs']} | {exp_text} |"
+            )
+    text = open("models/tiny_moe_lm.heldout.txt", "rb").read()[:ppl_bytes]
+    ids = np.frombuffer(text, dtype=np.uint8).astype(np.int64)
+    lm = load_lm(LM)
+    ctx = lm.max_context or 128
+    ref = perplexity(lm.logits, ids, ctx, batch=8).perplexity
+    print(f"\nPerplexity of tiny_moe_lm on the first {ppl_bytes} held-out bytes (context {ctx}):\n")
+    print("| pipeline | perplexity | change | pairs dropped |\n|---|---:|---:|---:|")
+    print(f"| ONNX Runtime, original | {ref:.4f} | | |")
+    for passes in ("", *PIPELINES):
+        ppl, dropped, total = program_perplexity(LM, passes, ids, ctx, batch=8, target=target)
+        label = f"`{passes}`" if passes else "interpreter, exact"
+        print(f"| {label} | {ppl:.4f} | {100 * (ppl / ref - 1):+.2f}% | {dropped}/{total} |")
+
+
+PAPER_PASSES = (
+    "",
+    "annotate-importance{trace=synth:zipf=1.0;seed=0,tokens=4096},assign-precision{tiers=0.6/0.9}",
+    "caee-prune{threshold=0.8}",
+    "annotate-importance{trace=synth:zipf=1.0;seed=0,tokens=4096},assign-precision{tiers=0.6/0.9},"
+    "caee-prune{threshold=0.8}",
+)
+PAPER_LABELS = ("exact", "precision tiers 0.6/0.9", "caee 0.8", "tiers + caee 0.8")
+
+
+def paper_table(tokens: list[int]) -> None:
+    """fsedp-2x2, the four paper models, EP and FSE-DP with and without cost-aware passes."""
+    from moec.compiler.cli.bench_run import run_bench
+
+    rows = run_bench(
+        ["phi3.5-moe", "yuan2-m32", "deepseek-moe-16b", "qwen3-30b-a3b"], "fsedp-2x2", tokens, ["ep", "fsedp"], routing="synth:zipf=1.0,seed=0",
+        passes=PAPER_PASSES,
+    )  # fmt: skip
+    base = {
+        (r["model"], r["tokens"], r["strategy"]): r["latency_s"] for r in rows if not r["passes"]
+    }
+    print("| model | tokens | strategy | " + " | ".join(PAPER_LABELS) + " |")
+    print("|---|---:|---|" + "---:|" * len(PAPER_LABELS))
+    for key in base:
+        cells = []
+        for passes in PAPER_PASSES:
+            r = next(
+                r
+                for r in rows
+                if (r["model"], r["tokens"], r["strategy"]) == key and r["passes"] == passes
+            )
+            lat = r["latency_s"]
+            cells.append(
+                f"{lat * 1e3:.2f} ms"
+                + ("" if not passes else f" ({100 * (lat / base[key] - 1):+.1f}%)")
+            )
+        print(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("latency")
+    a.add_argument("--layers", type=int, default=4)
+    a.add_argument("--tokens", default="16,64,256,1024")
+    a.add_argument("--zipf", type=float, default=1.2)
+    a.add_argument("--resident", type=float, default=1.0)
+    b = sub.add_parser("accuracy")
+    b.add_argument("--ppl-bytes", type=int, default=4096)
+    b.add_argument("--target", default="npu8-hbm")
+    c = sub.add_parser("paper")
+    c.add_argument("--tokens", default="64,256")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.what == "latency":
+        latency_table(
+            args.layers, [int(t) for t in args.tokens.split(",")], args.zipf, args.resident
+        )
+    elif args.what == "paper":
+        paper_table([int(t) for t in args.tokens.split(",")])
+    else:
+        accuracy_table(args.ppl_bytes, args.target)
+    print(f"\n({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
