@@ -7,6 +7,17 @@ Prints the model's perplexity over the text's bytes next to a unigram baseline (
 frequencies of the training text, from the model's ``moec.unigram_counts`` metadata); see
 :mod:`moec.backends.ort.perplexity` for the windows. ``--json`` prints
 ``{"perplexity", "unigram_perplexity", "tokens"}`` (plus bits per byte, context and stride).
+
+With ``--program prog.msp`` (a program compiled from the same model, e.g. with cost-aware
+passes), the logits come from the interpreter's numerics instead of ONNX Runtime, so a plan's
+accuracy cost is a perplexity delta:
+
+    moec compile models/tiny_moe_lm.onnx --dims batch=4 seq=128 --passes "caee-prune" -o lm.msp
+    moec eval models/tiny_moe_lm.onnx --text models/tiny_moe_lm.heldout.txt --program lm.msp
+
+The program was compiled for a fixed batch x sequence (its tokens per iteration); shorter batches
+are padded with zero ids and the padded rows and positions are cut from the logits (a causal LM's
+scored positions do not depend on them).
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from moec.backends.ort.perplexity import (
+    LogitsFn,
     load_lm,
     ort_logits_fn,
     perplexity,
@@ -48,8 +60,47 @@ def register(subparsers: Any) -> None:
     p.add_argument("--stride", type=int, default=None, help="window step (default: the context)")
     p.add_argument("--max-bytes", type=int, default=None, help="score only the first N bytes")
     p.add_argument("--batch", type=int, default=16, help="windows per ONNX Runtime call")
+    p.add_argument(
+        "--program",
+        default=None,
+        help="score with the interpreter running this stream program (compiled from MODEL)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
+
+
+def _program_logits_fn(path: str, model: str) -> tuple[LogitsFn, int, int]:
+    """A logits function running the interpreter on ``path``; also its (batch, seq) shape."""
+    from moec.compiler.cli.check_approx import interpret
+    from moec.ir.stream import load_program
+
+    program = load_program(path)
+    if program.weights is None:
+        raise MoecError(
+            "the program has no weights companion (compiled from a shape-only model?)", path
+        )
+    if not program.layers:
+        raise MoecError("the program has no MoE layer", path)
+    tokens = program.layers[0].tokens
+    seq = int(load_lm(model).max_context or DEFAULT_CONTEXT)
+    if tokens % seq:
+        raise MoecError(
+            f"the program runs {tokens} tokens per iteration, not a multiple of the context {seq}; "
+            f"compile it with --dims batch=B seq={seq}",
+            path,
+        )
+    batch = tokens // seq
+
+    def logits_fn(ids: np.ndarray) -> np.ndarray:
+        b, n = ids.shape
+        if b > batch or n > seq:
+            raise MoecError(f"a window of {b}x{n} does not fit the program's {batch}x{seq}", path)
+        pad = np.zeros((batch, seq), np.int64)
+        pad[:b, :n] = ids
+        outputs, _, _ = interpret(program, path, {"input_ids": pad})
+        return next(iter(outputs.values()))[:b, :n]
+
+    return logits_fn, batch, seq
 
 
 def _read_text(path: str, max_bytes: int | None) -> np.ndarray:
@@ -83,7 +134,14 @@ def run(args: argparse.Namespace) -> int:
     stride = args.stride or context
     if stride > context:
         raise MoecError(f"--stride {stride} exceeds --context {context}")
-    score = perplexity(ort_logits_fn(lm), ids, context, stride, batch=args.batch)
+    logits_fn, batch = ort_logits_fn(lm), args.batch
+    if args.program:
+        logits_fn, batch, seq = _program_logits_fn(args.program, args.model)
+        if context > seq:
+            raise MoecError(
+                f"--context {context} exceeds the program's sequence of {seq}", args.program
+            )
+    score = perplexity(logits_fn, ids, context, stride, batch=batch)
     base = unigram_perplexity(lm.unigram_counts, ids) if lm.unigram_counts is not None else None
     if args.json:
         out = {
@@ -93,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
             "bits_per_byte": score.bits_per_byte,
             "context": context,
             "stride": stride,
+            "engine": "interpreter" if args.program else "onnxruntime",
         }
         print(json.dumps(out, sort_keys=True))
         return 0
