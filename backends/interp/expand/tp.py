@@ -1,0 +1,151 @@
+"""Tensor parallelism (``strategy tp``): every expert split over all dies, partial sums reduced.
+
+Parameters read from the runtime policy: ``owner`` (the die owning each routed micro-slice,
+required), ``shared_owner`` (the same for the shared experts' slices, when the layer has them),
+``channels`` and ``shared_channels`` (the DRAM channel holding each micro-slice; default the
+channel nearest to its die).
+
+For one routing the expansion emits, per die, in this order:
+
+1. **x all-gather**: every home die's tokens are broadcast to all dies along the tree of the
+   target's routes from that die (each die receives each block once and forwards it to its
+   children); pass k holds every tree edge at depth k+1, sends before recvs, as EP's relay does;
+2. **shared experts**: the die's own shared micro-slices for all tokens;
+3. **routed experts**: for each activated expert (ascending id), each micro-slice the die owns:
+   ``load`` into the next free slot (round robin, double-buffering DRAM against compute),
+   ``gemm``/``act``/``accum`` for the expert's tokens, ``free``; the die now holds a partial
+   output for every token;
+4. **y reduce**: for each home die, the partial outputs of its tokens flow up the same tree
+   (deepest edges first): each die adds what its children send and sends the sum to its parent,
+   so the home die ends with the full sum.
+
+Bytes: each die loads ``1/D`` of every activated expert; each link of a broadcast tree carries
+each token's input once, and each link of a reduce tree its partial output once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from moec.backends.interp.expand import ExpandContext, register, token_set
+from moec.ir.stream.program import (
+    Accum,
+    Act,
+    Block,
+    Free,
+    Gemm,
+    Instr,
+    Load,
+    Recv,
+    Send,
+    SliceRef,
+    TokenSet,
+)
+from moec.ir.target import Target
+
+
+def tree_edges(target: Target, root: int) -> list[tuple[int, int, int]]:
+    """Edges ``(depth, parent, child)`` of the tree of ``target.route(root, d)`` over all dies
+    ``d``: a die's parent is the die before it on its route from ``root``."""
+    out = []
+    for d in range(target.num_dies):
+        if d != root:
+            path = target.route(root, d)
+            out.append((len(path) - 1, path[-2], d))
+    return sorted(out)
+
+
+def broadcast(
+    out: dict[int, list[Instr]], target: Target, layer: str, blocks: dict[int, tuple[TokenSet, int]]
+) -> None:
+    """Every ``root -> (tokens, nbytes)`` x block to every die, down the root's route tree."""
+    edges = [(k, root, a, b) for root in sorted(blocks) for k, a, b in tree_edges(target, root)]
+    for depth in sorted({e[0] for e in edges}):
+        live = [e for e in edges if e[0] == depth]
+        for _, root, a, b in live:
+            ts, n = blocks[root]
+            out[a].append(Send(peer=b, nbytes=n, block=Block(layer, "x", ts)))
+        for _, root, a, b in live:
+            ts, n = blocks[root]
+            out[b].append(Recv(peer=a, nbytes=n, block=Block(layer, "x", ts)))
+
+
+def reduce_to_home(
+    out: dict[int, list[Instr]], target: Target, layer: str, blocks: dict[int, tuple[TokenSet, int]]
+) -> None:
+    """Partial ``y`` of each ``home -> (tokens, nbytes)`` summed up the home's route tree, the
+    deepest edges first, so every die sends once, after adding what its children sent."""
+    edges = [(k, home, a, b) for home in sorted(blocks) for k, a, b in tree_edges(target, home)]
+    for depth in sorted({e[0] for e in edges}, reverse=True):
+        live = [e for e in edges if e[0] == depth]
+        for _, home, parent, child in live:
+            ts, n = blocks[home]
+            out[child].append(Send(peer=parent, nbytes=n, block=Block(layer, "y", ts)))
+        for _, home, parent, child in live:
+            ts, n = blocks[home]
+            out[parent].append(Recv(peer=child, nbytes=n, block=Block(layer, "y", ts)))
+
+
+def _owned(ctx: ExpandContext, key: str, count: int) -> list[int]:
+    return ctx.int_list(key, count, 0, ctx.target.num_dies)
+
+
+def _channels(ctx: ExpandContext, key: str, owner: list[int]) -> list[int]:
+    t = ctx.target
+    if key in ctx.policy.params:
+        return ctx.int_list(key, len(owner), 0, len(t.channels))
+    return [t.nearest_channel(d).id for d in owner]
+
+
+@register("tp")
+def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
+    t, m, r = ctx.target, ctx.layer, ctx.routing
+    D = t.num_dies
+    owner = _owned(ctx, "owner", ctx.layout.count)
+    channels = _channels(ctx, "channels", owner)
+    T, k = r.ids.shape
+    home = np.asarray(r.home_die, dtype=np.int64)
+    out: dict[int, list[Instr]] = {d: [] for d in range(D)}
+    homes = {}
+    for h in range(D):
+        toks = np.nonzero(home == h)[0]
+        if toks.size:
+            homes[h] = (token_set(toks), ctx.activation_bytes(int(toks.size)))
+
+    # 1. x all-gather
+    broadcast(out, t, m.name, homes)
+
+    # 2./3. compute the owned micro-slices
+    cursor: dict[int, int] = defaultdict(int)
+
+    def stream(d: int, expert: int | None, j: int, ts: TokenSet, channel: int) -> None:
+        slots = ctx.slots_of(d)
+        s = slots[cursor[d] % len(slots)]
+        cursor[d] += 1
+        out[d].append(Load(s, channel, SliceRef(m.name, expert, j), ctx.slice_bytes(expert, j)))
+        out[d] += [Gemm(s, ts), Act(s, ts), Accum(s, ts), Free(s)]
+
+    everyone = TokenSet.span(0, T)
+    if m.shared_ffn and ctx.shared_layout is not None:
+        shared_owner = _owned(ctx, "shared_owner", ctx.shared_layout.count)
+        shared_channels = _channels(ctx, "shared_channels", shared_owner)
+        for j, d in enumerate(shared_owner):
+            stream(d, None, j, everyone, shared_channels[j])
+    pair_e = r.ids.reshape(-1).astype(np.int64)
+    pair_t = np.repeat(np.arange(T, dtype=np.int64), k)
+    pair_t, pair_e = pair_t[pair_e >= 0], pair_e[pair_e >= 0]  # -1: dropped by a skip rule
+    order = np.lexsort((pair_t, pair_e))
+    se, st = pair_e[order], pair_t[order]
+    cut = np.nonzero(np.diff(se))[0] + 1
+    for part_e, part_t in zip(np.split(se, cut), np.split(st, cut), strict=True):
+        if part_e.size == 0:
+            continue
+        e, ts = int(part_e[0]), token_set(part_t)
+        for j, d in enumerate(owner):
+            stream(d, e, j, ts, channels[j])
+
+    # 4. y reduce to the home dies
+    reduce_to_home(out, t, m.name, homes)
+    return out

@@ -1,0 +1,28 @@
+"""``moec bench``: compare strategies on the same workload, target and cost model.
+
+The pure parts live here: what a bench run is (:mod:`.spec`: models, token counts, strategy lists,
+the paper's grid and ablation steps, the analytic lower bound of an iteration) and how its rows are
+shown (:mod:`.report`: speedups, the terminal table, JSON, a bar chart). The driver that compiles
+and runs each point needs the interpreter, so it lives in the command-line layer
+(``moec.compiler.cli.bench_run.run_bench``), the only place where compiler and backends meet.
+"""
+
+from moec.compiler.bench.report import add_speedups, render_table, rows_json, write_plot
+from moec.compiler.bench.spec import (
+    ABLATION_STEPS,
+    PAPER_MODELS,
+    PAPER_STRATEGIES,
+    PAPER_TOKENS,
+    BenchModel,
+    iteration_bound,
+    load_bench_model,
+    parse_layers,
+    parse_strategies,
+    parse_tokens,
+)
+
+__all__ = [
+    "ABLATION_STEPS", "PAPER_MODELS", "PAPER_STRATEGIES", "PAPER_TOKENS", "BenchModel",
+    "add_speedups", "iteration_bound", "load_bench_model", "parse_layers", "parse_strategies",
+    "parse_tokens", "render_table", "rows_json", "write_plot",
+]  # fmt: skip

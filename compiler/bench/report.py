@@ -1,0 +1,150 @@
+"""How bench rows are shown: speedup over EP, the terminal table, JSON, a bar chart.
+
+A row is a plain dict (the ``--json`` schema)::
+
+    {"model", "target", "tokens", "strategy", "latency_s", "bound_s", "speedup_vs_ep",
+     "peak_sram_bytes_max", "dram_bytes", "link_bytes",
+     "utilization": {"compute", "dram", "links"}, "passes", ...}
+
+so the design-space sweep and the tests read the same thing the user sees.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from moec.ir.errors import MoecError
+from moec.ir.files import atomic_write
+
+Row = dict[str, Any]
+
+
+def _point(row: Row) -> tuple[Any, ...]:
+    return (row["model"], row["target"], row["tokens"], row.get("passes", ""))
+
+
+def add_speedups(rows: list[Row]) -> list[Row]:
+    """Set ``speedup_vs_ep`` = EP latency / latency for rows whose point has an ``ep`` row
+    (same model, target, tokens and passes); ``None`` otherwise. Returns ``rows``."""
+    ep = {_point(r): r["latency_s"] for r in rows if r["strategy"] == "ep"}
+    for r in rows:
+        base = ep.get(_point(r))
+        r["speedup_vs_ep"] = (
+            round(base / r["latency_s"], 6) if base is not None and r["latency_s"] > 0 else None
+        )
+    return rows
+
+
+def rows_json(rows: Sequence[Row]) -> str:
+    """The ``--json`` document: ``{"rows": [...]}``, keys sorted, one line."""
+    return json.dumps({"rows": list(rows)}, sort_keys=True)
+
+
+def _si(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def _bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if x < 0.1 else f"{100 * x:.0f}%"
+
+
+COLUMNS = (
+    "model", "target", "tokens", "strategy", "latency", "bound", "lat/bound", "vs ep",
+    "compute", "dram", "links", "peak SRAM", "DRAM bytes", "link bytes",
+)  # fmt: skip
+
+
+def table_cells(row: Row) -> list[str]:
+    """The terminal cells of one row, in :data:`COLUMNS` order."""
+    u = row["utilization"]
+    speed = row.get("speedup_vs_ep")
+    ratio = row["latency_s"] / row["bound_s"] if row["bound_s"] > 0 else float("inf")
+    return [
+        row["model"], row["target"], str(row["tokens"]),
+        row["strategy"] + (f" [{row['passes']}]" if row.get("passes") else ""),
+        _si(row["latency_s"]), _si(row["bound_s"]), f"{ratio:.2f}",
+        f"{speed:.2f}x" if speed is not None else "-",
+        _pct(u["compute"]), _pct(u["dram"]), _pct(u["links"]),
+        _bytes(row["peak_sram_bytes_max"]), _bytes(row["dram_bytes"]), _bytes(row["link_bytes"]),
+    ]  # fmt: skip
+
+
+def render_table(rows: Sequence[Row], title: str = "moec bench") -> Any:
+    """A rich :class:`~rich.table.Table` of the rows (print it with a rich Console)."""
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold")
+    for col in COLUMNS:
+        left = col in ("model", "target", "strategy")
+        table.add_column(col, justify="left" if left else "right", no_wrap=left)
+    last = None
+    for r in rows:
+        point = (r["model"], r["target"], r["tokens"])
+        if last is not None and point != last:
+            table.add_section()
+        last = point
+        table.add_row(*table_cells(r))
+    return table
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The rows as a GitHub-flavoured Markdown table (for ``docs/results.md``)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+class PlotError(MoecError):
+    """``--plot`` was asked for but cannot be drawn (matplotlib missing)."""
+
+
+def write_plot(rows: Sequence[Row], path: str) -> None:
+    """A grouped bar chart: one panel per (model, target), bars of latency per token count and
+    strategy, written atomically to ``path`` (format from its extension)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotError(
+            "--plot needs matplotlib, which is not installed (pip install 'moec[plot]')"
+        ) from None
+    import io
+
+    panels = list(dict.fromkeys((r["model"], r["target"]) for r in rows))
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * max(1, len(panels))), squeeze=False)
+    width = 0.8 / max(1, len(strategies))
+    for ax, (model, target) in zip(axes[:, 0], panels, strict=True):
+        sub = [r for r in rows if (r["model"], r["target"]) == (model, target)]
+        tokens = sorted({r["tokens"] for r in sub})
+        for i, s in enumerate(strategies):
+            lat = {r["tokens"]: r["latency_s"] * 1e3 for r in sub if r["strategy"] == s}
+            xs = [t + (i - (len(strategies) - 1) / 2) * width for t in range(len(tokens))]
+            ax.bar(xs, [lat.get(t, 0.0) for t in tokens], width, label=s)
+        ax.set_xticks(range(len(tokens)), [str(t) for t in tokens])
+        ax.set_title(f"{model} on {target}")
+        ax.set_xlabel("tokens per iteration")
+        ax.set_ylabel("latency (ms)")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fmt = path.rsplit(".", 1)[-1] if "." in path else "png"
+    # A fixed creation date keeps the file's bytes deterministic.
+    fig.savefig(buf, format=fmt, metadata={"Software": None} if fmt == "png" else None)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())

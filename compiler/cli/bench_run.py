@@ -1,0 +1,287 @@
+"""The bench driver: compile and run every (model, target, tokens, strategy, passes) point.
+
+:func:`run_bench` is what ``moec bench`` and the design-space sweep call. Per point it lowers the
+model's first ``layers`` MoE layers (frontend output cached per process) with the strategy, for a
+routing trace that every strategy of the point shares (synthetic Zipf by default, so shape-only
+presets run at real scale), runs the interpreter timing-only on that trace, and measures the MoE
+layers only:
+
+* ``latency_s``: the sum of the MoE layers' spans (first to last instruction of the layer; the
+  dense islands, identical for every strategy, are excluded);
+* ``utilization``: busy time of the compute units, DRAM channels and links within the MoE layers
+  over ``latency_s``, averaged over the dies, channels and link directions;
+* ``dram_bytes`` / ``link_bytes``: bytes the MoE layers move (a DRAM load crossing links counts
+  on each link it crosses);
+* ``peak_sram_bytes_max``: the largest per-die SRAM peak of slots;
+* ``bound_s``: :func:`moec.compiler.bench.spec.iteration_bound` for the same routing.
+
+Each point compiles its own program: the frontend's graph IR is cached per process (and per
+``--passes`` pipeline) and lowering one to four layers takes milliseconds, while the program is
+specific to the token count and, for popularity-aware strategies, to the expert loads, so there is
+nothing worth sharing between points. The 64-run 2x2 grid takes about 10 s on this machine.
+
+Popularity-aware strategies (those with a ``calibration`` option: ``hydra``, ``eplb``) decide
+their placement at compile time from expert loads. ``calibration="sample"`` (the default) gives
+them a separate calibration trace of the same synthetic distribution (same Zipf exponent and
+seed, so the same hot experts, with :data:`CALIBRATION_TOKENS` tokens), as a deployment would
+profile it; ``calibration="same"`` lets them see the very batch they run (an oracle); a path
+names a trace file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from moec.backends.interp import simulate
+from moec.backends.interp.timing import LOAD, XFER, Timeline
+from moec.compiler.bench.report import add_speedups
+from moec.compiler.bench.spec import (
+    BenchError,
+    iteration_bound,
+    load_bench_model,
+    parse_layers,
+    read_bench_model,
+    truncate,
+)
+from moec.compiler.lower import STRATEGIES, lower, parse_strategy
+from moec.compiler.lower import _load_strategies as load_strategies
+from moec.ir.graph import Module
+from moec.ir.routing import RoutingTrace, SynthSpec, load_trace, parse_routing_spec, save_trace
+from moec.ir.stream import TargetRef
+from moec.ir.target import Target, load_target
+
+#: Tokens of the calibration sample given to popularity-aware strategies by default.
+CALIBRATION_TOKENS = 4096
+DEFAULT_ROUTING = "synth:zipf=1.0,seed=0"
+
+Row = dict[str, Any]
+Overrides = Sequence[tuple[str, int | float | str]]
+
+
+def known_strategies() -> list[str]:
+    """Every registered lowering strategy, sorted."""
+    load_strategies()
+    return sorted(STRATEGIES)
+
+
+def moe_metrics(tl: Timeline) -> dict[str, Any]:
+    """Latency, utilization and bytes of the MoE layers of a timing run (see module doc)."""
+    spans: dict[int, list[float]] = {}
+    t = tl.target
+    D, C = t.num_dies, len(t.channels)
+    busy = np.zeros(tl.num_resources)
+    dram = link = 0
+    for op, layer in enumerate(tl.layer):
+        if layer < 0:
+            continue
+        s, e = tl.start[op], tl.end[op]
+        lo_hi = spans.setdefault(layer, [s, e])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], s), max(lo_hi[1], e)
+        for r in tl.res[op]:
+            busy[r] += e - s
+        kind = tl.kind[op]
+        if kind == LOAD:
+            n = getattr(tl.instr[op], "nbytes", 0)
+            dram += n
+            link += n * (len(tl.res[op]) - 1)
+        elif kind == XFER:
+            link += getattr(tl.instr[op], "nbytes", 0)
+    latency = sum(e - s for s, e in spans.values())
+    scale = 1.0 / latency if latency > 0 else 0.0
+    links = len(t.links)
+
+    def mean(a: np.ndarray) -> float:
+        return round(float(a.mean()) * scale, 6) if a.size else 0.0
+
+    return {
+        "latency_s": latency,
+        "layers_s": [spans[k][1] - spans[k][0] for k in sorted(spans)],
+        "utilization": {
+            "compute": mean(busy[:D]),
+            "dram": mean(busy[D : D + C]),
+            "links": mean(busy[D + C : D + C + links]),
+        },
+        "dram_bytes": int(dram),
+        "link_bytes": int(link),
+    }
+
+
+class _Workloads:
+    """Routing and calibration traces, and truncated modules, made once per run."""
+
+    def __init__(self, routing: str | RoutingTrace, calibration: str, tmp: str) -> None:
+        self.routing, self.calibration, self.tmp = routing, calibration, tmp
+        self.spec = parse_routing_spec(routing) if isinstance(routing, str) else routing
+        self._traces: dict[tuple[Any, ...], RoutingTrace] = {}
+        self._calib: dict[tuple[Any, ...], str | None] = {}
+        self._modules: dict[tuple[str, int, str], Module] = {}
+
+    def module(self, model: str, layers: int, passes: str) -> Module:
+        key = (model, layers, passes)
+        if key not in self._modules:
+            if passes.strip():
+                from moec.compiler.passes import parse_pipeline
+
+                base = truncate(read_bench_model(model).module, layers)
+                self._modules[key] = parse_pipeline(passes).run(base)
+            else:
+                self._modules[key] = truncate(load_bench_model(model).module, layers)
+        return self._modules[key]
+
+    def trace(self, model: str, layers: int, tokens: int | None, num_dies: int) -> RoutingTrace:
+        key = (model, layers, tokens, num_dies)
+        if key in self._traces:
+            return self._traces[key]
+        bm = load_bench_model(model)
+        shapes = bm.layer_shapes()[:layers]
+        if isinstance(self.spec, SynthSpec):
+            if tokens is None:
+                raise BenchError("--tokens: give the tokens per iteration for a synthetic routing")
+            trace = self.spec.make(shapes, tokens, num_dies, model=bm.name)
+        else:
+            trace = self.spec if isinstance(self.spec, RoutingTrace) else load_trace(self.spec)
+            where = self.spec if isinstance(self.spec, str) else "--routing"
+            if len(trace.layers) < layers:
+                raise BenchError(
+                    f"the routing trace has {len(trace.layers)} MoE layers, --layers asks for "
+                    f"{layers}",
+                    where,
+                )
+            trace = trace.head(layers)
+            if tokens is not None and trace.tokens != tokens:
+                raise BenchError(
+                    f"--tokens {tokens}: the routing trace has {trace.tokens} tokens per layer",
+                    where,
+                )
+            if trace.num_dies != num_dies:
+                trace = trace.rehome(num_dies)
+        self._traces[key] = trace
+        return trace
+
+    def calibration_file(self, model: str, layers: int, num_dies: int) -> str | None:
+        """Path of the calibration trace for popularity-aware strategies (None: use the batch)."""
+        if self.calibration == "same":
+            return None
+        if self.calibration != "sample":
+            return self.calibration
+        key = (model, layers, num_dies)
+        if key not in self._calib:
+            if not isinstance(self.spec, SynthSpec):
+                self._calib[key] = None  # a recorded trace calibrates on itself
+            else:
+                bm = load_bench_model(model)
+                trace = self.spec.make(
+                    bm.layer_shapes()[:layers], CALIBRATION_TOKENS, num_dies, model=bm.name
+                )
+                path = os.path.join(self.tmp, f"calib{len(self._calib)}.npz")
+                save_trace(trace, path)
+                self._calib[key] = path
+        return self._calib[key]
+
+
+def run_point(
+    work: _Workloads,
+    model: str,
+    target: str,
+    overrides: Overrides,
+    tgt: Target,
+    tokens: int | None,
+    strategy: str,
+    layers: int,
+    passes: str,
+) -> Row:
+    """One (model, target, tokens, strategy, passes) point: compile, run, measure."""
+    bm = load_bench_model(model)
+    module = work.module(model, layers, passes)
+    trace = work.trace(model, layers, tokens, tgt.num_dies)
+    name, options = parse_strategy(strategy)
+    load_strategies()
+    known = STRATEGIES.get(name)
+    if known is not None and "calibration" in known.options and "calibration" not in options:
+        path = work.calibration_file(model, layers, tgt.num_dies)
+        if path is not None:
+            options["calibration"] = path
+    program = lower(module, TargetRef(target, tuple(overrides)), name, options, trace)
+    result = simulate(program, target=tgt, routings=trace, verify=False)
+    metrics = moe_metrics(result.timeline)
+    precision = program.layers[0].dtype if program.layers else "fp16"
+    bound = iteration_bound(tgt, bm.layers[:layers], trace, precision)
+    row: Row = {
+        "model": bm.name,
+        "target": tgt.name if not overrides else target,
+        "tokens": trace.tokens,
+        "strategy": strategy,
+        "passes": passes,
+        "layers": layers,
+        "latency_s": metrics["latency_s"],
+        "bound_s": bound.bound_s,
+        "bound_dram_s": bound.dram_s,
+        "bound_compute_s": bound.compute_s,
+        "latency_over_bound": (
+            round(metrics["latency_s"] / bound.bound_s, 6) if bound.bound_s > 0 else None
+        ),
+        "speedup_vs_ep": None,
+        "peak_sram_bytes_max": int(max(result.report.peak_sram_bytes, default=0)),
+        "dram_bytes": metrics["dram_bytes"],
+        "link_bytes": metrics["link_bytes"],
+        "utilization": metrics["utilization"],
+    }
+    if overrides:
+        row["overrides"] = {k: v for k, v in overrides}
+    extra = {
+        k: v for k, v in {**result.report.extra, **result.extra}.items()
+        if isinstance(v, int | float | str | bool)
+    }  # fmt: skip
+    if extra:
+        row["extra"] = extra
+    return row
+
+
+def run_bench(
+    models: str | Sequence[str],
+    targets: str | Sequence[str],
+    tokens: Sequence[int | None],
+    strategies: Sequence[str],
+    *,
+    routing: str | RoutingTrace = DEFAULT_ROUTING,
+    calibration: str = "sample",
+    layers: int | str | None = 1,
+    passes: Sequence[str] = ("",),
+    overrides: Overrides | Mapping[str, int | float | str] = (),
+    on_row: Callable[[Row], None] | None = None,
+) -> list[Row]:
+    """Run every (model, target, tokens, strategy, passes) point; rows in that nesting order,
+    with ``speedup_vs_ep`` filled in where the point has an ``ep`` row. ``tokens`` may be
+    ``[None]`` with a recorded trace (its own token count). ``on_row`` sees each row as it is
+    made (progress bars)."""
+    model_list = [models] if isinstance(models, str) else list(models)
+    target_list = [targets] if isinstance(targets, str) else list(targets)
+    ovr = tuple(overrides.items()) if isinstance(overrides, Mapping) else tuple(overrides)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="moec-bench-") as tmp:
+        work = _Workloads(routing, calibration, tmp)
+        for model in model_list:
+            n = parse_layers(layers, len(load_bench_model(model).layers))
+            for target in target_list:
+                tgt = load_target(target, dict(ovr))
+                for T in tokens:
+                    for pipeline in passes:
+                        for s in strategies:
+                            row = run_point(work, model, target, ovr, tgt, T, s, n, pipeline)
+                            rows.append(row)
+                            if on_row is not None:
+                                on_row(row)
+    return add_speedups(rows)
+
+
+def timed(fn: Callable[[], list[Row]]) -> tuple[list[Row], float]:
+    """``fn()`` and its wall time in seconds."""
+    start = time.perf_counter()
+    rows = fn()
+    return rows, time.perf_counter() - start

@@ -1,0 +1,189 @@
+"""``moec bench``: strategies side by side on the same workload, target and cost model.
+
+    moec bench --model NAME|FILE[,...] --target T[,...] --tokens 16,64,256,1024
+               --strategies ep,hydra,fsedp,fsedp-paired [--routing synth:zipf=1.0,seed=0 | F]
+               [--calibration sample|same|F] [--layers N|all] [--passes PIPELINE ...]
+               [--set key=value ...] [--ablation] [--json] [--plot out.png]
+
+``--model paper`` is the FSE-DP paper's four models and ``--target paper`` its three packages.
+Per (model, target, tokens, strategy, passes): latency of one iteration of the first ``--layers``
+MoE layers, utilization of compute, DRAM and links, peak SRAM per die, DRAM and link bytes,
+speedup over ``ep`` (when ep is in the run) and the analytic lower bound with latency / bound
+(``moec.compiler.cli.bench_run`` says exactly what is measured). ``--ablation`` runs the paper's
+steps (naive FSE-DP, + R1-R4, + paired load, + R5, + 20% token buffering) instead of
+``--strategies``. The wall time of the whole run is printed last (to stderr with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from moec.compiler.bench.report import render_table, rows_json, write_plot
+from moec.compiler.bench.spec import (
+    ABLATION_STEPS,
+    PAPER_MODELS,
+    PAPER_TARGETS,
+    BenchError,
+    parse_strategies,
+    parse_tokens,
+)
+from moec.compiler.cli.bench_run import DEFAULT_ROUTING, known_strategies, run_bench, timed
+from moec.compiler.cli.cmd_compile import parse_overrides
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bench", help="compare strategies on one workload: latency, bound, utilization, bytes",
+        description=(__doc__ or "").split("\n\n")[0],
+    )  # fmt: skip
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME|FILE",
+        help="model name(s) or .onnx file(s), comma-separated; 'paper' = the 4 paper models",
+    )
+    p.add_argument(
+        "--target",
+        default="fsedp-2x2",
+        metavar="T",
+        help="target preset(s) or .toml file(s), comma-separated; 'paper' = 2x2,3x3,4x4",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="target override, e.g. d2d_gbps=512 (repeatable)",
+    )
+    p.add_argument(
+        "--tokens",
+        metavar="N,...",
+        help="tokens per iteration (default: 16,64,256,1024; "
+        "a recorded trace's own count when --routing is a file)",
+    )
+    p.add_argument(
+        "--strategies",
+        default="ep,hydra,fsedp,fsedp-paired",
+        metavar="S,...",
+        help="strategy spellings, comma-separated, e.g. ep,hydra{cap=none},tp",
+    )
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="run the paper's ablation steps instead of --strategies",
+    )
+    p.add_argument(
+        "--routing",
+        default=DEFAULT_ROUTING,
+        metavar="SPEC|FILE",
+        help=f"synth:zipf=Z,seed=S[,home=...] or a trace file (default {DEFAULT_ROUTING})",
+    )
+    p.add_argument(
+        "--calibration",
+        default="sample",
+        metavar="sample|same|FILE",
+        help="expert loads for hydra/eplb placement: a calibration sample of the same "
+        "distribution (default), the routed batch itself (oracle), or a trace file",
+    )
+    p.add_argument(
+        "--layers", default="1", metavar="N|all", help="MoE layers to simulate (default 1)"
+    )
+    p.add_argument(
+        "--passes",
+        action="append",
+        default=None,
+        metavar="PIPELINE",
+        help="pass pipeline before lowering (repeatable: one set of rows per pipeline; "
+        "'none' for the exact program)",
+    )
+    p.add_argument("--json", action="store_true", help='print {"rows": [...]}')
+    p.add_argument("--plot", metavar="OUT.png", help="bar chart of latency (needs matplotlib)")
+    p.set_defaults(func=run)  # fmt: skip
+
+
+def _expand(text: str, paper: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        for x in paper if item == "paper" else (item,):
+            if x not in out:
+                out.append(x)
+    if not out:
+        raise BenchError(f"expected at least one name, found {text!r}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    known = known_strategies()
+    if args.ablation:
+        missing = [s for _, s in ABLATION_STEPS if s not in known]
+        if missing:
+            raise BenchError(
+                f"--ablation needs strategies {', '.join(missing)}, which are not registered "
+                f"(known: {', '.join(known)})"
+            )
+        strategies = [s for _, s in ABLATION_STEPS]
+    else:
+        strategies = parse_strategies(args.strategies, known)
+    models = _expand(args.model, PAPER_MODELS)
+    targets = _expand(args.target, PAPER_TARGETS)
+    file_routing = not args.routing.startswith("synth")
+    tokens: list[int | None]
+    if args.tokens:
+        tokens = list(parse_tokens(args.tokens))
+    else:
+        tokens = [None] if file_routing else [16, 64, 256, 1024]
+    passes = ["" if p.strip() == "none" else p for p in (args.passes or [""])]
+    total = len(models) * len(targets) * len(tokens) * len(strategies) * len(passes)
+    err = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description}"), console=err, transient=True,
+        disable=not err.is_terminal,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=total)
+
+        def tick(row: dict[str, Any]) -> None:
+            bar.update(
+                task, advance=1,
+                description=f"{row['model']} {row['target']} {row['tokens']} {row['strategy']}",
+            )  # fmt: skip
+
+        rows, seconds = timed(
+            lambda: run_bench(
+                models,
+                targets,
+                tokens,
+                strategies,
+                routing=args.routing,
+                calibration=args.calibration,
+                layers=args.layers,
+                passes=passes,
+                overrides=parse_overrides(args.overrides),
+                on_row=tick,
+            )  # fmt: skip
+        )
+    if args.ablation:
+        labels = {s: label for label, s in ABLATION_STEPS}
+        for r in rows:
+            r["step"] = labels.get(r["strategy"], "")
+    if args.plot:
+        write_plot(rows, args.plot)
+    summary = f"{len(rows)} runs in {seconds:.2f} s"
+    if args.json:
+        print(rows_json(rows))
+        print(summary, file=sys.stderr)
+    else:
+        out = Console(width=max(Console().width, 160))
+        out.print(render_table(rows))
+        if args.plot:
+            out.print(f"wrote {args.plot}")
+        out.print(summary)
+    return 0

@@ -1,0 +1,136 @@
+"""Hydra: popularity-aware expert parallelism. EP with experts placed so per-die load balances.
+
+Compile time reads each layer's routed-token count per expert (option ``calibration=FILE``: a
+trace of a calibration run, any token count; else the ``--routing`` trace, the routed batch
+itself) and places whole experts by greedy longest-processing-time
+(:func:`~moec.compiler.lower.placement.lpt_placement`): the hottest expert goes to the
+least-loaded die, then the next, with at most ``ceil(E / D)`` experts per die by default so expert
+memory stays as even as round-robin EP. Each expert's weights go to a DRAM channel near its die,
+spreading the expected bytes per iteration over the channels
+(:func:`~moec.compiler.lower.placement.assign_channels`). Without any routing every expert counts
+as equally loaded (the placement degenerates to an even spread; ``load_source = "uniform"``).
+
+Run time is EP's (``backends/interp/expand/hydra.py`` delegates to the EP expander): tokens travel
+to the die of their expert and the results come back.
+
+    runtime moe0 {
+      strategy hydra
+      param placement = [0, 0, 1, 1]          # die of each expert, from the loads below (2 dies)
+      param channels = [0, 0, 1, 1]
+      param load = [8, 1, 5, 4]               # routed tokens per expert at compile time
+      param load_source = "trace"
+      param slice_bytes = [...]
+    }
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+from moec.compiler.lower import register
+from moec.compiler.lower.common import LayerPlan, Lowering, StrategyError
+from moec.compiler.lower.placement import activation_probability, assign_channels, lpt_placement
+from moec.ir.routing import RoutingTrace, load_trace, validate
+
+
+def expected_bytes(
+    lw: Lowering, index: int, plan: LayerPlan, load: list[int], source: str
+) -> list[float]:
+    """Bytes each expert is expected to pull from DRAM per iteration: its size times the chance
+    it is routed a token in a batch of the layer's tokens (certain for the routed batch itself,
+    estimated from a calibration sample, every expert with uniform loads)."""
+    if source == "trace":
+        p = [1.0 if v > 0 else 0.0 for v in load]
+    elif source == "calibration":
+        sample = calibration_trace(lw.raw_options["calibration"], lw).layers[index].tokens
+        p = activation_probability(load, sample, plan.decl.tokens)
+    else:
+        p = [1.0] * len(load)
+    return [plan.expert_bytes * x for x in p]
+
+
+def layer_loads(lw: Lowering, index: int, plan: LayerPlan) -> tuple[list[int], str]:
+    """Routed tokens per expert of layer ``index`` and where they come from: the trace named by
+    option ``calibration`` (``calibration``), else the compile-time routing (``trace``), else all
+    ones (``uniform``)."""
+    path = lw.raw_options.get("calibration")
+    if path:
+        trace = calibration_trace(path, lw)
+        return [int(v) for v in trace.layers[index].expert_load()], "calibration"
+    if lw.routing is None:
+        return [1] * plan.decl.experts, "uniform"
+    return [int(v) for v in lw.routing.layers[index].expert_load()], "trace"
+
+
+def calibration_trace(path: str, lw: Lowering) -> RoutingTrace:
+    """The calibration trace at ``path`` (any token count), cut to the program's MoE layers and
+    checked against their experts and top-k."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise StrategyError("option calibration: routing trace not found", path) from None
+    trace = _load_cached(path, st.st_mtime_ns, st.st_size)
+    shapes = [(p.decl.experts, p.decl.top_k) for p in lw.plans]
+    if len(trace.layers) < len(shapes):
+        raise StrategyError(
+            f"option calibration: the trace has {len(trace.layers)} MoE layers, the program "
+            f"{len(shapes)}",
+            path,
+        )
+    trace = trace.head(len(shapes))
+    validate(trace, shapes, where=path)
+    return trace
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, mtime_ns: int, size: int) -> RoutingTrace:
+    return load_trace(path)
+
+
+def expert_cap(spec: str, num_experts: int, num_dies: int) -> int | None:
+    """The ``cap`` option: ``even`` (``ceil(E / D)`` experts per die), ``none``, or an integer."""
+    if spec == "even":
+        return math.ceil(num_experts / num_dies)
+    if spec == "none":
+        return None
+    try:
+        cap = int(spec)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise StrategyError(
+            f"option cap: expected even, none or an integer >= 1, found {spec!r}", "--strategy"
+        )
+    if cap * num_dies < num_experts:
+        raise StrategyError(
+            f"option cap={cap}: {num_experts} experts do not fit {num_dies} dies", "--strategy"
+        )
+    return cap
+
+
+@register(
+    "hydra",
+    options={
+        "cap": "experts per die at most: even (default, ceil(E/D)), none, or an integer",
+        "calibration": "routing trace file whose expert loads decide the placement "
+        "(default: the --routing trace)",
+    },
+)
+def lower_hydra(lw: Lowering) -> None:
+    """Popularity-aware EP: whole experts placed by routed-token counts (greedy LPT)."""
+    t = lw.target
+    spec = lw.raw_options.get("cap", "even")
+    for i, plan in enumerate(lw.plans):
+        load, source = layer_loads(lw, i, plan)
+        cap = expert_cap(spec, plan.decl.experts, t.num_dies)
+        dies = lpt_placement(load, t.num_dies, max_per_die=cap)
+        channels = assign_channels(dies, expected_bytes(lw, i, plan, load, source), t)
+        for e, ch in enumerate(channels):
+            lw.expert_tensor(plan, e, ch)
+        lw.shared_tensors(plan)
+        lw.policy(
+            plan, "hydra",
+            {"placement": dies, "channels": channels, "load": load, "load_source": source},
+        )  # fmt: skip

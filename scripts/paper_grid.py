@@ -1,0 +1,157 @@
+"""The FSE-DP paper's grid with moec: 4 models x tokens {16, 64, 256, 1024} x strategies, per target.
+
+    python scripts/paper_grid.py                       # print the Markdown tables
+    python scripts/paper_grid.py --update docs/results.md   # rewrite the marked section there
+
+For each target (default fsedp-2x2, fsedp-3x3, fsedp-4x4) it runs the paper's grid
+({ep, hydra, fsedp, fsedp-paired}, one MoE layer, seeded Zipf(1.0) trace, timed: the 2x2 grid must
+take under 60 s), then the extra baselines (tp, eplb) on the same points, and prints one table
+per target (and the paper's ablation steps on one target): latency per strategy, the speedups of the better FSE-DP variant over EP and Hydra,
+latency / bound, and peak SRAM per die. A summary line per target gives the range of speedups
+and of the SRAM difference, the numbers the paper's claims are about. Everything goes through
+``moec.compiler.cli.bench_run.run_bench``, the code behind ``moec bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from moec.compiler.bench.spec import (
+    ABLATION_STEPS,
+    PAPER_MODELS,
+    PAPER_STRATEGIES,
+    PAPER_TARGETS,
+    PAPER_TOKENS,
+)
+from moec.compiler.cli.bench_run import DEFAULT_ROUTING, run_bench
+from moec.ir.files import atomic_write
+
+EXTRA = ("tp", "eplb")
+BEGIN, END = "<!-- paper-grid:begin -->", "<!-- paper-grid:end -->"
+MIB = 1 << 20
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.2f}"
+
+
+def grid(target: str, routing: str) -> tuple[list[dict[str, Any]], float]:
+    start = time.perf_counter()
+    rows = run_bench(PAPER_MODELS, target, PAPER_TOKENS, PAPER_STRATEGIES, routing=routing)
+    seconds = time.perf_counter() - start
+    rows += run_bench(PAPER_MODELS, target, PAPER_TOKENS, EXTRA, routing=routing)
+    return rows, seconds
+
+
+def table(target: str, rows: list[dict[str, Any]], seconds: float) -> str:
+    by = {(r["model"], r["tokens"], r["strategy"]): r for r in rows}
+    strategies = [*PAPER_STRATEGIES, *EXTRA]
+    head = (
+        ["model", "tokens"] + [f"{s} ms" for s in strategies]
+        + ["FSE-DP / EP", "FSE-DP / Hydra", "FSE-DP lat/bound", "peak SRAM MiB ep/hydra/fsedp"]
+    )  # fmt: skip
+    lines = [
+        f"#### {target}",
+        "",
+        f"The {len(PAPER_MODELS) * len(PAPER_TOKENS) * len(PAPER_STRATEGIES)}-run grid took "
+        f"{seconds:.1f} s. FSE-DP = the faster of `fsedp` and `fsedp-paired` at each point.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    vs_ep, vs_hydra, sram = [], [], []
+    for model in PAPER_MODELS:
+        for tokens in PAPER_TOKENS:
+            r = {s: by[(model, tokens, s)] for s in strategies}
+            best = min(("fsedp", "fsedp-paired"), key=lambda s: r[s]["latency_s"])
+            f = r[best]
+            a = r["ep"]["latency_s"] / f["latency_s"]
+            b = r["hydra"]["latency_s"] / f["latency_s"]
+            vs_ep.append(a)
+            vs_hydra.append(b)
+            base_sram = max(r["ep"]["peak_sram_bytes_max"], r["hydra"]["peak_sram_bytes_max"])
+            sram.append(1 - f["peak_sram_bytes_max"] / base_sram if base_sram else 0.0)
+            cells = [model, str(tokens)] + [_ms(r[s]["latency_s"]) for s in strategies]
+            cells += [
+                f"{a:.2f}x", f"{b:.2f}x", f"{f['latency_s'] / f['bound_s']:.2f}",
+                "/".join(
+                    f"{r[s]['peak_sram_bytes_max'] / MIB:.1f}" for s in ("ep", "hydra", best)
+                ),
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Summary {target}: FSE-DP over EP {min(vs_ep):.2f}x to {max(vs_ep):.2f}x "
+        f"(faster at {sum(x > 1 for x in vs_ep)} of {len(vs_ep)} points); over Hydra "
+        f"{min(vs_hydra):.2f}x to {max(vs_hydra):.2f}x (faster at {sum(x > 1 for x in vs_hydra)} "
+        f"of {len(vs_hydra)}); peak SRAM vs the larger of EP and Hydra: "
+        f"{100 * min(sram):+.1f}% to {100 * max(sram):+.1f}% less.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def ablation(target: str, routing: str) -> str:
+    """The paper's ablation steps on ``target``: latency per step, deferred pairs of the last."""
+    steps = [s for _, s in ABLATION_STEPS]
+    rows = run_bench(PAPER_MODELS, target, PAPER_TOKENS, steps, routing=routing)
+    by = {(r["model"], r["tokens"], r["strategy"]): r for r in rows}
+    head = ["model", "tokens"] + [f"{label} ms" for label, _ in ABLATION_STEPS]
+    head += ["bound ms", "pairs deferred"]
+    lines = [
+        f"#### Ablation on {target}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for model in PAPER_MODELS:
+        for tokens in PAPER_TOKENS:
+            r = {s: by[(model, tokens, s)] for s in steps}
+            last = r[steps[-1]]
+            deferred = last.get("extra", {}).get("deferred_pairs", 0)
+            cells = [model, str(tokens)] + [_ms(r[s]["latency_s"]) for s in steps]
+            cells += [_ms(last["bound_s"]), str(deferred)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--targets", default=",".join(PAPER_TARGETS))
+    ap.add_argument("--routing", default=DEFAULT_ROUTING)
+    ap.add_argument("--update", metavar="FILE.md", help=f"replace the {BEGIN} ... {END} section")
+    ap.add_argument(
+        "--ablation", default="fsedp-2x2", metavar="T", help="ablation target ('' none)"
+    )
+    args = ap.parse_args(argv)
+    parts = []
+    for target in args.targets.split(","):
+        rows, seconds = grid(target, args.routing)
+        print(
+            f"{target}: grid of {len(PAPER_MODELS) * 16} runs in {seconds:.1f} s", file=sys.stderr
+        )
+        parts.append(table(target, rows, seconds))
+    if args.ablation:
+        parts.append(ablation(args.ablation, args.routing))
+    text = "\n".join(parts)
+    if args.update:
+        path = Path(args.update)
+        doc = path.read_text()
+        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+        if not pattern.search(doc):
+            print(f"{path}: no {BEGIN} ... {END} section", file=sys.stderr)
+            return 2
+        atomic_write(path, pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", doc))
+        print(f"updated {path}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
