@@ -4,7 +4,11 @@
 draws it as rich tables; :func:`chrome_trace` turns a :class:`~.timing.Timeline` into a
 Chrome/Perfetto trace (``traceEvents`` of ``"X"`` events in microseconds): process 0 holds one
 track per die's compute unit, process 1 one per DRAM channel, process 2 one per link direction,
-each named by metadata events.
+process 3 (targets with a host tier) one per die's host link, each named by metadata events.
+
+On a target with a host tier the JSON form also has ``utilization.host`` (per die's host link)
+and ``host_bytes`` / ``host_bytes_total`` (bytes each die loaded from host memory: offloaded
+experts); without one these keys are absent.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ class Report:
     instructions: int = 0
     events: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: per die's host link (None: the target has no host tier)
+    host_utilization: list[float] | None = None
+    host_bytes: list[int] | None = None
 
     @property
     def total_dram_bytes(self) -> int:
@@ -63,7 +70,7 @@ class Report:
         return sum(self.link_bytes.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "program": self.program,
             "target": self.target,
             "latency_s": self.latency_s,
@@ -84,6 +91,11 @@ class Report:
             "link_bytes_total": self.total_link_bytes,
             "instructions": self.instructions,
         }
+        if self.host_utilization is not None and self.host_bytes is not None:
+            out["utilization"]["host"] = self.host_utilization
+            out["host_bytes"] = self.host_bytes
+            out["host_bytes_total"] = sum(self.host_bytes)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -107,6 +119,8 @@ def make_report(tl: Timeline, program: str) -> Report:
     D, C = t.num_dies, len(t.channels)
     span = tl.makespan if tl.makespan > 0 else 1.0
     util = [b / span for b in tl.busy]
+    L = len(t.links)
+    has_host = t.host is not None
     return Report(
         program=program,
         target=t.name,
@@ -121,6 +135,8 @@ def make_report(tl: Timeline, program: str) -> Report:
         link_bytes=dict(tl.link_bytes),
         instructions=tl.instructions,
         events=tl.events,
+        host_utilization=util[D + C + L : D + C + L + D] if has_host else None,
+        host_bytes=list(tl.host_bytes) if has_host else None,
     )
 
 
@@ -146,6 +162,7 @@ def render(r: Report, width: int = 110) -> str:
         f"[bold]{r.program}[/] on {r.target}: latency {_si(r.latency_s, 's')}, "
         f"{r.instructions} instructions, DRAM {_bytes(r.total_dram_bytes)}, "
         f"links {_bytes(r.total_link_bytes)}"
+        + (f", host {_bytes(sum(r.host_bytes))}" if r.host_bytes else "")
     )
     if r.layers or r.islands:
         lt = Table(title="layers")
@@ -164,6 +181,9 @@ def render(r: Report, width: int = 110) -> str:
         rt.add_row(f"ch{c}", f"{100 * u:.1f}%", _bytes(r.dram_bytes[c]), "")
     for name, u in r.link_utilization.items():
         rt.add_row(f"link {name}", f"{100 * u:.1f}%", _bytes(r.link_bytes.get(name, 0)), "")
+    if r.host_utilization is not None and r.host_bytes is not None:
+        for d, u in enumerate(r.host_utilization):
+            rt.add_row(f"host link {d}", f"{100 * u:.1f}%", _bytes(r.host_bytes[d]), "")
     con.print(rt)
     return buf.getvalue()
 
@@ -186,14 +206,23 @@ def chrome_trace(tl: Timeline) -> dict[str, Any]:
     t = tl.target
     D, C = t.num_dies, len(t.channels)
     events: list[dict[str, Any]] = []
-    for pid, pname in ((0, "dies"), (1, "DRAM channels"), (2, "D2D links")):
+    L = len(t.links)
+    procs = [(0, "dies"), (1, "DRAM channels"), (2, "D2D links")]
+    if tl.num_resources > D + C + L:
+        procs.append((3, "host links"))
+    for pid, pname in procs:
         events.append({"ph": "M", "pid": pid, "tid": 0, "name": "process_name",
                        "args": {"name": pname}})  # fmt: skip
         events.append({"ph": "M", "pid": pid, "tid": 0, "name": "process_sort_index",
                        "args": {"sort_index": pid}})  # fmt: skip
     track: list[tuple[int, int]] = []
     for r, name in enumerate(tl.resource_names):
-        pid, tid = (0, r) if r < D else (1, r - D) if r < D + C else (2, r - D - C)
+        pid, tid = (
+            (0, r) if r < D
+            else (1, r - D) if r < D + C
+            else (2, r - D - C) if r < D + C + L
+            else (3, r - D - C - L)
+        )  # fmt: skip
         track.append((pid, tid))
         events.append(
             {"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": name}}

@@ -9,6 +9,9 @@
 * **timing only** (no inputs): ``routings`` (one per MoE layer of the program, in order) drive the
   runtime expansion; a fully static program needs none.
 
+Loads of offloaded experts' micro-slices (``annotate resident``) are moved to the host tier
+right after each expansion (:mod:`.offload`).
+
 Either way the runtime part is expanded into a fully static program (``RunResult.expanded``),
 which is what the timing machine (:mod:`.timing`) runs, so running ``expanded`` again gives the
 same report and outputs.
@@ -26,6 +29,7 @@ import numpy as np
 from moec.backends.interp.expand import expand_layer, layouts_for, splice
 from moec.backends.interp.expand.fsedp_deferred import charge_deferred
 from moec.backends.interp.numerics import evaluate_model, load_weights, moe_layers
+from moec.backends.interp.offload import check_declarations, offload_loads
 from moec.backends.interp.report import Report, chrome_trace, make_report
 from moec.backends.interp.rules import apply_rules, apply_rules_in_place
 from moec.backends.interp.timing import Timeline, run_timing
@@ -157,6 +161,10 @@ def simulate(
     if verify:
         verify_program(program, tgt)
     layouts = layouts_for(program, tgt)
+    for r in program.runtime:
+        decl = program.layer(r.layer)
+        if decl is not None:
+            check_declarations(program, r, decl, tgt)
     expansions: dict[str, dict[int, list[Instr]]] = {}
     outputs: dict[str, np.ndarray] | None = None
     given = check_routings(program, tgt, routings) if routings is not None else None
@@ -172,6 +180,7 @@ def simulate(
         per_die = expand_layer(
             program, tgt, m, r, layouts[(name, False)], layouts.get((name, True))
         )
+        per_die = offload_loads(per_die, program.policy(name), m)
         expansions[name] = per_die
         return per_die
 
@@ -202,8 +211,12 @@ def simulate(
             r = given.get(m.name)
             if r is not None and program.policy(m.name) is not None:
                 r = given[m.name] = apply_rules(program, tgt, m.name, r)
-                expansions[m.name] = expand_layer(
-                    program, tgt, m, r, layouts[(m.name, False)], layouts.get((m.name, True))
+                expansions[m.name] = offload_loads(
+                    expand_layer(
+                        program, tgt, m, r, layouts[(m.name, False)], layouts.get((m.name, True))
+                    ),
+                    program.policy(m.name),
+                    m,
                 )
         used = [given[m.name] for m in program.layers if m.name in given]
     expanded = program if program.is_static else splice(program, expansions, layouts)

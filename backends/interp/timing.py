@@ -2,7 +2,8 @@
 
 The machine (per the target the program was compiled for):
 
-* **resources**: each die's compute unit, each DRAM channel, each direction of each D2D link.
+* **resources**: each die's compute unit, each DRAM channel, each direction of each D2D link,
+  and, when the target has a host tier, each die's host link.
   A resource serves one op at a time, first come first served (ties: priority, then issue order).
 * **issue**: each die issues its stream in program order and never stalls, except at ``wait``:
   nothing after a ``wait`` issues before the package-wide counter reaches its count.
@@ -10,7 +11,9 @@ The machine (per the target the program was compiled for):
   slot's previous ``free`` has completed), then holds its channel, and when the channel is not
   on the die, every link of ``target.route(channel.die, die)``, for
   ``channel latency + sum(link latency) + bytes / min(bandwidth)`` (cut-through, as
-  :func:`moec.ir.cost.transfer_time` documents).
+  :func:`moec.ir.cost.transfer_time` documents). A load from the host (``<- host``, a tensor
+  the compiler offloaded) holds the die's own host link instead (one per die, PCIe-class, as
+  ``Host`` in :mod:`moec.ir.target` says), for :func:`moec.ir.cost.host_time`.
 * **send/recv** (asynchronous): the k-th send a->b and the k-th recv on b from a are one
   transfer holding link a->b for ``link_time``. It starts when the sent data is ready (a slot's
   fill; for an ``x`` block the die's latest earlier ``x`` recv of that layer; for a ``y`` block
@@ -41,6 +44,7 @@ from moec.ir.cost import GB
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.printer import instr as instr_text
 from moec.ir.stream.program import (
+    HOST_CHANNEL,
     Accum,
     Act,
     Dense,
@@ -90,6 +94,8 @@ class Timeline:
     link_bytes: dict[str, int]
     peak_sram: list[int]
     instructions: int = 0
+    #: bytes each die loaded from host memory (empty when the target has no host tier)
+    host_bytes: list[int] = field(default_factory=list)
     events: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -148,12 +154,17 @@ class _Builder:
         D, C = target.num_dies, len(target.channels)
         self.D, self.C = D, C
         self.link_id = {(lk.src, lk.dst): D + C + k for k, lk in enumerate(target.links)}
-        self.num_res = D + C + len(target.links)
+        # host links, one per die, after the D2D links
+        self.host_base = D + C + len(target.links)
+        hosts = D if target.host is not None else 0
+        self.num_res = self.host_base + hosts
         self.res_names = (
             [f"die {d} compute" for d in range(D)]
             + [f"ch{c.id} (die {c.die})" for c in target.channels]
             + [f"link {lk.src}->{lk.dst}" for lk in target.links]
+            + [f"host link {d}" for d in range(hosts)]
         )
+        self.host_bytes = [0] * hosts
         self.layers = {m.name: (k, m) for k, m in enumerate(p.layers)}
         self.islands = {isl.name: k for k, isl in enumerate(p.islands)}
         self.layouts = {(lay.layer, lay.shared): lay for lay in p.layouts}
@@ -173,7 +184,15 @@ class _Builder:
     def load_path(self, channel: int, die: int) -> tuple[tuple[int, ...], float, float]:
         key = (channel, die)
         hit = self._load_paths.get(key)
-        if hit is None:
+        if hit is None and channel == HOST_CHANNEL:
+            host = self.t.host
+            if host is None:
+                raise ScheduleError(
+                    f"die {die} loads from the host, but target {self.t.name} has no host tier"
+                )
+            hit = ((self.host_base + die,), host.latency_s, host.gbps * GB)
+            self._load_paths[key] = hit
+        elif hit is None:
             ch = self.t.channel(channel)
             path = self.t.route(ch.die, die)
             links = [self.t.link(a, b) for a, b in zip(path, path[1:], strict=False)]
@@ -259,7 +278,10 @@ class _Builder:
                     op = g.add(LOAD, lat + i.nbytes / bw, res, die, i, tag)
                     g.edge(fence, op)
                     g.edge(slot_free.get(i.slot), op)
-                    self.dram_bytes[i.channel] += i.nbytes
+                    if i.channel == HOST_CHANNEL:
+                        self.host_bytes[die] += i.nbytes
+                    else:
+                        self.dram_bytes[i.channel] += i.nbytes
                     for r in res[1:]:
                         self.link_bytes[r] += i.nbytes
                     self._fill(die, i.slot, op, sref, prec, slot_fill, slot_fill_info, slot_uses)
@@ -483,5 +505,5 @@ def run_timing(p: Program, target: Target) -> Timeline:
         layer_names=[m.name for m in p.layers], island_names=[i.name for i in p.islands],
         num_resources=b.num_res, resource_names=b.res_names, busy=busy,
         dram_bytes=b.dram_bytes, link_bytes=link_bytes, peak_sram=peak,
-        instructions=p.num_instructions(), events=events,
+        instructions=p.num_instructions(), events=events, host_bytes=b.host_bytes,
     )  # fmt: skip

@@ -15,7 +15,10 @@
   barriers, and one ``moe L`` placeholder per layer in every die's stream.
 
 The strategy then declares where expert weights live (``TensorDecl``) and writes the runtime
-policies. Conventions the expanders rely on: expert ``e`` of layer ``L`` is tensor ``L.e<e>``;
+policies. With the common option ``resident=F`` (or a ``caee-prune{resident=F}`` annotation),
+:func:`~moec.compiler.lower.residency.layer_residency` picks the experts kept in device memory;
+:meth:`Lowering.expert_tensor` declares the others on the host tier and :meth:`Lowering.policy`
+records ``annotate resident = [1, 0, ...]`` for the interpreter and the CAEE rule. Conventions the expanders rely on: expert ``e`` of layer ``L`` is tensor ``L.e<e>``;
 the shared experts have one replica per channel, ``L.shared.ch<c>``; the policy's
 ``slice_bytes`` (and ``shared_slice_bytes``) give the bytes of each micro-slice, biases included
 (``b_down`` and the shared gate ride with slice 0).
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from moec.compiler.lower.residency import layer_residency
 from moec.ir.errors import ModelError, ScheduleError, TraceError
 from moec.ir.graph import DTYPE_BYTES, Module, Op, Value, Weight
 from moec.ir.moe import MoELayer
@@ -58,6 +62,7 @@ from moec.ir.stream import (
     TensorDecl,
     Wait,
 )
+from moec.ir.stream.program import HOST_CHANNEL
 from moec.ir.target import PRECISION_BYTES, Target, load_target
 
 
@@ -70,6 +75,8 @@ COMMON_OPTIONS: dict[str, str] = {
     "slots": "SRAM buffer slots per die (integer >= 1, default 4)",
     "slices": "micro-slices per expert: auto (fewest that fit a slot) or an integer",
     "dtype": "weight precision: fp32, fp16, bf16, int8, int4 (default: the weights' own)",
+    "resident": "fraction of each layer's experts in device memory, the others offloaded to the "
+    "target's host tier (default 1: all resident; see compiler/lower/residency.py)",
 }
 
 #: Graph dtype -> program precision.
@@ -194,6 +201,7 @@ class LoweringOptions:
     slots: int = 4
     slices: int | None = None
     dtype: str | None = None
+    resident: float | None = None
 
     @staticmethod
     def parse(opts: Mapping[str, str]) -> LoweringOptions:
@@ -206,7 +214,18 @@ class LoweringOptions:
                 f"option dtype: expected one of {', '.join(PRECISION_BYTES)}, found {dtype!r}",
                 "--strategy",
             )
-        return LoweringOptions(slots, slices, dtype)
+        resident = None
+        if "resident" in opts:
+            try:
+                resident = float(opts["resident"])
+            except ValueError:
+                resident = -1.0
+            if not 0.0 <= resident <= 1.0:
+                raise StrategyError(
+                    f"option resident: expected a fraction in [0, 1], found {opts['resident']!r}",
+                    "--strategy",
+                )
+        return LoweringOptions(slots, slices, dtype, resident)
 
 
 def parse_int(opts: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:
@@ -235,6 +254,8 @@ class LayerPlan:
     slice_bytes: list[int]
     shared_layout: SliceLayout | None = None
     shared_slice_bytes: list[int] = field(default_factory=list)
+    #: per expert 1 (device memory) or 0 (offloaded to the host tier); None: all resident
+    resident: list[int] | None = None
 
     @property
     def name(self) -> str:
@@ -263,8 +284,11 @@ class Lowering:
     dims: dict[str, int] = field(default_factory=dict)
 
     def expert_tensor(self, plan: LayerPlan, e: int, channel: int) -> TensorDecl:
-        """Declare expert ``e`` of ``plan`` (gate/up/down stacked) on DRAM ``channel``."""
+        """Declare expert ``e`` of ``plan`` (gate/up/down stacked) on DRAM ``channel``, or on the
+        host when the plan offloads it."""
         d = plan.decl
+        if plan.resident is not None and not plan.resident[e]:
+            channel = HOST_CHANNEL
         t = TensorDecl(
             f"{d.name}.e{e}", d.dtype, (3 if d.gated else 2, d.hidden, d.ffn), channel,
             plan.expert_bytes,
@@ -295,6 +319,8 @@ class Lowering:
             full["shared_slice_bytes"] = list(plan.shared_slice_bytes)
         r = RuntimePolicy(plan.name, strategy, full)
         carry_pass_annotations(plan.layer, r)
+        if plan.resident is not None:
+            r.annotations["resident"] = list(plan.resident)
         self.program.runtime.append(r)
         return r
 
@@ -653,6 +679,15 @@ def prepare(
                 f"does not fit SRAM: die {die.id} needs {opts.slots * slot_bytes} bytes, "
                 f"has {die.sram_bytes}",
                 where,
+            )
+    for i, plan in enumerate(plans):
+        layer_routing = routing.layers[i] if routing is not None else None
+        plan.resident = layer_residency(plan.layer, opts.resident, layer_routing)
+        if plan.resident is not None and target.host is None:
+            raise StrategyError(
+                f"{plan.name} offloads {plan.resident.count(0)} experts to host memory, but "
+                f"target {target.name} has no host tier (add one with --set host_gbps=...)",
+                "--strategy",
             )
     islands = _islands(module, plans, resolved, n_tokens, plans[0].decl.dtype)
     program = Program(

@@ -5,8 +5,10 @@ Per layer and iteration, before the expansion:
 1. **predict** each device's time from the cost model (:mod:`moec.ir.cost`, the same target the
    interpreter times): for every expert with tokens on a device, bringing its weights in (read
    from the device's nearest DRAM/HBM channel when resident, over the host link when offloaded:
-   ``annotate resident = [...]``, 1 per resident expert; without the annotation every expert is
-   resident), at its precision (the policy's precision table); the compute of its (token, expert)
+   the policy's ``annotate resident = [...]``, 1 per resident expert, written by the lowering
+   for ``resident=F`` or ``caee-prune{resident=F}`` and read through
+   :func:`moec.backends.interp.offload.residency`, the same reading the interpreter uses to move
+   those loads to the host link; without it every expert is resident), at its precision (the policy's precision table); the compute of its (token, expert)
    pairs; and the activations of remote tokens (x out, y back, over the route's slowest link).
    Weight streaming overlaps compute, transfers do not:
    ``time_d = max(sum load, sum compute) + sum transfers``.
@@ -21,7 +23,10 @@ Per layer and iteration, before the expansion:
    or when the next drop would take the device's kept gate mass below ``threshold`` x its
    original gate mass.
 3. **compensate**: each token's dropped weight goes onto its experts that still run (top-1
-   always does), never onto an expert that would need a new load.
+   always does), never onto an expert that would need a new load: every receiver is loaded
+   this iteration anyway (it keeps at least this token), so an offloaded expert only ever
+   receives weight when its host load happens regardless, and one whose pairs were all dropped
+   receives none.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moec.backends.interp.offload import residency
 from moec.backends.interp.rules import register
 from moec.ir.cost import GB, bytes_per_element, compute_time, host_time
 from moec.ir.routing import LayerRouting
@@ -59,7 +65,7 @@ def expert_costs(policy: RuntimePolicy, decl: MoEDecl, target: Target) -> Expert
         device = np.asarray(raw, dtype=np.int64)
     else:
         device = np.arange(E, dtype=np.int64) % D
-    resident = policy.annotations.get("resident")
+    resident = residency(policy, decl)
     mats = 3 if decl.gated else 2
     params = mats * decl.hidden * decl.ffn
     load = np.zeros(E)
@@ -68,7 +74,7 @@ def expert_costs(policy: RuntimePolicy, decl: MoEDecl, target: Target) -> Expert
         prec = policy.precision[e] if policy.precision else decl.dtype
         nbytes = params * bytes_per_element(prec)
         d = int(device[e])
-        offloaded = isinstance(resident, list) and len(resident) == E and not resident[e]
+        offloaded = resident is not None and not resident[e]
         if offloaded and target.host is not None:
             load[e] = host_time(target, nbytes)
         else:
