@@ -1,0 +1,137 @@
+"""What a stream program plans, in numbers: the data behind ``moec inspect prog.msp``.
+
+:func:`summarize` returns a JSON-able dict (fixed key order): per die, instruction counts by
+opcode, peak SRAM planned by the static part, bytes loaded from DRAM (in total and per channel),
+dense FLOPs, and bytes sent over each outgoing link; per link, bytes; per MoE layer, the runtime
+policy. :func:`render` turns it into rich-formatted tables as plain text.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from moec.ir.stream.printer import channel as channel_text
+from moec.ir.stream.program import OPCODES, Dense, Load, Program, Send
+from moec.ir.stream.verify import peak_sram
+
+
+def summarize(p: Program) -> dict[str, Any]:
+    """Per-die and per-layer numbers of ``p`` (static part only; runtime part as declared)."""
+    peaks = peak_sram(p)
+    links: dict[str, int] = defaultdict(int)
+    dies = []
+    for st in sorted(p.streams, key=lambda s: s.die):
+        counts = dict.fromkeys(OPCODES, 0)
+        by_channel: dict[str, int] = defaultdict(int)
+        out_links: dict[str, int] = defaultdict(int)
+        flops = 0
+        for i in st.instrs:
+            counts[i.opcode] += 1
+            if isinstance(i, Load):
+                by_channel[channel_text(i.channel)] += i.nbytes
+            elif isinstance(i, Send):
+                out_links[f"{st.die}->{i.peer}"] += i.nbytes
+            elif isinstance(i, Dense):
+                flops += i.flops
+        for k, v in out_links.items():
+            links[k] += v
+        dies.append(
+            {
+                "die": st.die,
+                "instructions": len(st.instrs),
+                "counts": {k: v for k, v in counts.items() if v},
+                "peak_sram_bytes": peaks.get(st.die, 0),
+                "dram_bytes": sum(v for k, v in by_channel.items() if k != "host"),
+                "dram_bytes_by_channel": dict(sorted(by_channel.items())),
+                "dense_flops": flops,
+                "link_bytes": dict(sorted(out_links.items())),
+            }
+        )
+    layers = []
+    for m in p.layers:
+        r = p.policy(m.name)
+        layers.append(
+            {
+                "name": m.name,
+                "experts": m.experts,
+                "top_k": m.top_k,
+                "tokens": m.tokens,
+                "strategy": r.strategy if r else None,
+                "params": {k: r.params[k] for k in sorted(r.params)} if r else {},
+                "precision": list(r.precision) if r else [],
+                "skip": {"rule": r.skip.rule, "threshold": r.skip.threshold}
+                if r and r.skip
+                else None,
+                "annotations": sorted(r.annotations) if r else [],
+            }
+        )
+    return {
+        "program": p.name,
+        "target": p.target.spec if p.target else None,
+        "static": p.is_static,
+        "instructions": p.num_instructions(),
+        "dies": dies,
+        "links": dict(sorted(links.items(), key=lambda kv: tuple(map(int, kv[0].split("->"))))),
+        "layers": layers,
+    }
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def render(summary: dict[str, Any], width: int = 120) -> str:
+    """The summary as text tables (no colour codes)."""
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, color_system=None, force_terminal=False)
+    head = f"program {summary['program']!r}"
+    if summary["target"]:
+        head += f" for target {summary['target']!r}"
+    kind = "fully static" if summary["static"] else "static + runtime"
+    console.print(f"{head}: {summary['instructions']} instructions ({kind})")
+
+    dies = Table(title="dies")
+    for col in ("die", "instrs", "by opcode", "peak SRAM", "DRAM loaded", "dense FLOPs", "sent"):
+        dies.add_column(col, justify="left" if col in ("by opcode", "sent") else "right")
+    for d in summary["dies"]:
+        dies.add_row(
+            str(d["die"]),
+            str(d["instructions"]),
+            " ".join(f"{k}:{v}" for k, v in d["counts"].items()),
+            _bytes(d["peak_sram_bytes"]),
+            _bytes(d["dram_bytes"]),
+            f"{d['dense_flops']:.3g}",
+            " ".join(f"{k}:{_bytes(v)}" for k, v in d["link_bytes"].items()) or "-",
+        )
+    console.print(dies)
+
+    if summary["layers"]:
+        layers = Table(title="MoE layers (runtime part)")
+        for col in ("layer", "experts", "top_k", "tokens", "strategy", "params", "precision"):
+            layers.add_column(col)
+        for m in summary["layers"]:
+            params = ", ".join(f"{k}={v}" for k, v in m["params"].items())
+            if m["skip"]:
+                params += (
+                    f"{', ' if params else ''}skip={m['skip']['rule']}@{m['skip']['threshold']}"
+                )
+            prec = ",".join(sorted(set(m["precision"]))) or "-"
+            layers.add_row(
+                m["name"],
+                str(m["experts"]),
+                str(m["top_k"]),
+                str(m["tokens"]),
+                m["strategy"] or "-",
+                params or "-",
+                prec,
+            )
+        console.print(layers)
+    return buf.getvalue()
