@@ -12,11 +12,9 @@ Weights are never read for inspection (shape-only files and external data cost n
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from typing import Any
 
-from moec.ir.errors import ProgramError
 from moec.ir.graph import Module
 
 _FLOAT = ("f32", "f16", "bf16", "f64")
@@ -105,15 +103,15 @@ def render(summary: dict[str, Any]) -> str:
 
 
 def _inspect_program(path: str, as_json: bool) -> int:
-    try:
-        stream = importlib.import_module("moec.ir.stream")
-        summary_mod = importlib.import_module("moec.ir.stream.summary")
-    except ImportError:
-        raise ProgramError(
-            "stream program summaries are not available (moec.ir.stream.summary is missing)", path
-        ) from None
-    summary = summary_mod.summarize(stream.load_program(path))
-    print(json.dumps(summary, indent=2, sort_keys=True) if as_json else summary_mod.render(summary))
+    """Parse and verify the program (against the target it declares), then summarize it."""
+    from moec.ir.stream import load_program, verify_program
+    from moec.ir.stream.summary import render as render_program
+    from moec.ir.stream.summary import summarize as summarize_program
+
+    program = load_program(path)
+    verify_program(program)
+    summary = summarize_program(program)
+    print(json.dumps(summary, indent=2, sort_keys=True) if as_json else render_program(summary))
     return 0
 
 
