@@ -3,7 +3,12 @@
 Semantics (ONNX Runtime 1.32 ContribOperators, checked against its CPU kernel):
 
 - ``router_probs`` are logits: softmax over all experts, top-k, and the k weights are
-  renormalized only when ``normalize_routing_weights=1``;
+  renormalized only when ``normalize_routing_weights=1`` -- except in ``QMoE``: ONNX Runtime
+  1.32's CPU QMoE kernel renormalizes whatever the attribute says (measured: 0.4 relative error
+  against the non-renormalized formula, 1e-7 against the renormalized one; its ``MoE`` kernel
+  honours the attribute). ORT is the reference moec checks against, so a QMoE with
+  ``normalize_routing_weights=0`` is lifted with ``normalize_topk=True`` and
+  ``annotations["routing_note"]`` saying why;
 - ``fc1`` is ``[E, fusion*F, d]`` (``y = x @ fc1[e].T``), ``fc2`` is ``[E, d, F]``; the canonical
   layout wants ``[E, d, F]`` / ``[E, F, d]``, so both are transposed;
 - ``swiglu_fusion=1``: fc1 rows interleave (gate, linear) pairs, gate at even rows;
@@ -19,9 +24,20 @@ Semantics (ONNX Runtime 1.32 ContribOperators, checked against its CPU kernel):
   ``int8``. (ORT runs block-wise 8-bit experts with int8 activations, which the canonical layer
   does not model: expect ~1e-2 differences there.)
 
-The router: ``router_probs`` must be ``x @ Wr`` (MatMul, or Gemm, optionally plus a constant
-bias) of the MoE input with a constant ``Wr``; those nodes are lifted into the layer when nothing
-else uses their result.
+The router is recognized by dataflow: ``router_probs`` must be ``rows(x) @ W_r (+ b)`` for a
+constant ``W_r`` of ``d`` rows, where ``rows(x)`` is the MoE input or any reshape of the tensor
+it was reshaped from (Reshape/Flatten/Squeeze/Unsqueeze keep the row-major order, so with ``d``
+as the contracted last axis logits row n is token n). Between the product and ``router_probs``
+may sit reshapes, constant bias Adds and one 2-D Transpose (``logits.T = W_r.T @ x.T``); the
+product is MatMul or Gemm (``transB``, ``alpha``, ``beta``, bias ``C``), its constant weight
+possibly a folded Transpose of an initializer. So all of these lift, with the MoE op's x and y
+keeping their (2-D or 3-D) shape::
+
+    MoE(x[B,S,d], Reshape(MatMul(x, Wr), [-1, E]))            logits reshaped
+    MoE(x[B,S,d], Gemm(Flatten(x), WrT, bias, transB=1))      tokens flattened first
+    MoE(x[N,d], Transpose(Gemm(WrT, x, transB=1)))            transposed product
+
+The router nodes are lifted into the layer when nothing else uses their results.
 """
 
 from __future__ import annotations
@@ -36,6 +52,9 @@ from moec.ir.moe import MoELayer
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu_tanh", "silu": "silu", "identity": "identity"}
 _QMOE = {"fc1": 2, "fc1_scales": 3, "fc1_bias": 4, "fc2": 5, "fc2_scales": 6, "fc2_bias": 7,
          "fc3": 8, "fc3_scales": 9, "fc3_bias": 10, "fc1_zp": 11, "fc2_zp": 12, "fc3_zp": 13}  # fmt: skip
+# Annotation left on a QMoE layer whose normalize_routing_weights=0 was lifted as renormalized.
+QMOE_NORMALIZE_NOTE_KEY = "routing_note"
+QMOE_NORMALIZE_NOTE = "ort_qmoe_renormalizes_despite_normalize_routing_weights_0"
 _MOE = {"fc1": 2, "fc1_bias": 3, "fc2": 4, "fc2_bias": 5, "fc3": 6, "fc3_bias": 7}
 
 
@@ -68,47 +87,238 @@ def _unsupported(view: GraphView, node: onnx.NodeProto) -> str | None:
     return None
 
 
-def _router(view: GraphView, node: onnx.NodeProto) -> tuple[str, dict[str, Weight], set[int]] | str:
-    """(x, {router_w, router_b}, router node ids) from the logits' producer, or why not."""
-    x = node.input[0]
-    logits = node.input[1]
-    bias: np.ndarray | None = None
-    nodes: set[int] = set()
-    p = view.producer(logits)
-    if p is not None and p.op_type == "Add":
-        const = [i for i in p.input if view.constant(i) is not None]
-        other = [i for i in p.input if view.constant(i) is None]
-        if len(const) == 1 and len(other) == 1:
-            bias = np.asarray(view.constant(const[0]), np.float32).reshape(-1)
-            nodes.add(view.id(p))
-            p = view.producer(other[0])
-    if p is None or p.op_type not in ("MatMul", "Gemm"):
-        found = p.op_type if p is not None else "a graph input"
-        return f"router_probs come from {found}, expected MatMul(x, W_router) of the MoE input"
-    if p.input[0] != x:
-        return "the router MatMul does not read the MoE input"
-    w = view.weight(p.input[1])
-    if w is None:
-        return "the router weight is not a constant initializer"
-    nodes.add(view.id(p))
-    transposed = p.op_type == "Gemm" and view.attr(p, "transB", 0) == 1
-    if p.op_type == "Gemm":
-        if view.attr(p, "transA", 0) or view.attr(p, "alpha", 1.0) != 1.0:
-            return "router Gemm with transA or alpha != 1 is not supported"
-        if len(p.input) > 2 and p.input[2]:
-            c = view.constant(p.input[2])
-            if c is None or view.attr(p, "beta", 1.0) != 1.0:
-                return "router Gemm bias is not a constant"
-            bias = np.asarray(c, np.float32).reshape(-1) + (bias if bias is not None else 0.0)
-    weights: dict[str, Weight] = {}
-    if w.data is not None:
-        arr = np.asarray(w.data, np.float32)
-        weights["router_w"] = _present("router_w", arr if transposed else arr.T)
+# Ops that only relabel a tensor's dimensions: its row-major element order is unchanged.
+_LAYOUT = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
+def _is_float_cast(view: GraphView, node: onnx.NodeProto) -> bool:
+    return node.op_type == "Cast" and view.attr(node, "to") == onnx.TensorProto.FLOAT
+
+
+def _passes_through(view: GraphView, node: onnx.NodeProto) -> bool:
+    return node.op_type in _LAYOUT or _is_float_cast(view, node)
+
+
+def _token_chain(view: GraphView, value: str) -> list[str]:
+    """``value`` and the values it was reshaped from, back to the first computed one."""
+    chain = [value]
+    while (p := view.producer(chain[-1])) is not None and _passes_through(view, p):
+        chain.append(p.input[0])
+    return chain
+
+
+def _bias_vector(c: np.ndarray, E: int, transposed: bool) -> np.ndarray | None:
+    """A constant added to the logits as an ``[E]`` router bias, or None if it is not one.
+
+    In row orientation (``[..., E]``) the constant must broadcast along the last axis only; in
+    the transposed orientation (``[E, N]``) it must be ``[E, 1]``. A scalar is a bias too.
+    """
+    arr = np.asarray(c, np.float32)
+    if arr.size == 1:
+        return np.full(E, float(arr.reshape(-1)[0]), np.float32)
+    if arr.size != E:
+        return None
+    if transposed:
+        ok = arr.ndim == 2 and arr.shape == (E, 1)
     else:
-        d, E = w.type.shape if not transposed else w.type.shape[::-1]
-        weights["router_w"] = _declared("router_w", (int(E), int(d)))
+        ok = arr.shape[-1] == E and all(s == 1 for s in arr.shape[:-1])
+    return arr.reshape(E) if ok else None
+
+
+def _folded_constant(view: GraphView, value: str, nodes: set[int]) -> np.ndarray | None:
+    """A constant, or a Transpose/Identity/float Cast/Reshape of one (folded, nodes recorded)."""
+    c = view.constant(value)
+    if c is not None:
+        return np.asarray(c)
+    p = view.producer(value)
+    if p is None or not (
+        p.op_type in ("Transpose", "Identity", "Reshape") or _is_float_cast(view, p)
+    ):
+        return None
+    inner = _folded_constant(view, p.input[0], nodes)
+    if inner is None:
+        return None
+    if p.op_type == "Transpose":
+        perm = view.attr(p, "perm", None)
+        inner = np.transpose(inner, None if perm is None else list(perm))
+    elif p.op_type == "Reshape":
+        shape = view.constant(p.input[1])
+        if shape is None or 0 in np.asarray(shape).tolist():
+            return None
+        inner = inner.reshape([int(s) for s in np.asarray(shape).reshape(-1)])
+    else:
+        inner = inner.astype(np.float32) if p.op_type == "Cast" else inner
+    nodes.add(view.id(p))
+    return inner
+
+
+def _declared_shape(view: GraphView, value: str) -> tuple[int, ...] | None:
+    w = view.weight(value)
+    if w is None or w.data is not None:
+        return None
+    return tuple(int(s) for s in w.type.shape)
+
+
+def _product(
+    view: GraphView, p: onnx.NodeProto, transposed: bool, nodes: set[int]
+) -> tuple[str, np.ndarray | None, tuple[int, int], np.ndarray | None] | str:
+    """(token rows X, W [d, E] or None if declared, W's shape, Gemm bias) of the router product.
+
+    Row orientation: ``logits = X @ W`` (MatMul, or Gemm with ``transB`` for a stored ``W.T``).
+    Transposed orientation: ``logits.T = W.T @ X.T`` (Gemm ``transB=1`` of X, or MatMul with a
+    ``Transpose`` of X), turned back into rows by the Transpose found above it.
+    """
+    gemm = p.op_type == "Gemm"
+    trans_a = bool(view.attr(p, "transA", 0)) if gemm else False
+    trans_b = bool(view.attr(p, "transB", 0)) if gemm else False
+    alpha = float(view.attr(p, "alpha", 1.0)) if gemm else 1.0
+    const_pos = 0 if transposed else 1
+    data_pos = 1 - const_pos
+    w_name, x_name = p.input[const_pos], p.input[data_pos]
+    w = _folded_constant(view, w_name, nodes)
+    declared = _declared_shape(view, w_name) if w is None else None
+    if w is None and declared is None:
+        return f"the router weight ({w_name!r}) is not a constant initializer"
+    shape = tuple(w.shape) if w is not None else declared
+    if shape is None or len(shape) != 2:
+        return f"expected a 2-D router weight, found shape {list(shape or ())}"
+    if transposed:
+        # logits.T [E, N] = op(A) [E, d] @ op(B) [d, N]
+        w_trans = trans_a  # op(A) = A.T: A is stored [d, E]
+        if trans_b:
+            x_rows = x_name
+        else:
+            t = view.producer(x_name)
+            if (
+                t is None
+                or t.op_type != "Transpose"
+                or list(view.attr(t, "perm", [1, 0])) != [1, 0]
+            ):
+                return "expected the transposed router product to read the tokens transposed"
+            nodes.add(view.id(t))
+            x_rows = t.input[0]
+        # W [d, E] = op(A).T
+        w_de = (w if w_trans else w.T) if w is not None else None
+        de = shape if w_trans else shape[::-1]
+    else:
+        if trans_a:
+            return "router Gemm with transA=1 of the tokens is not supported"
+        x_rows = x_name
+        w_de = (w.T if trans_b else w) if w is not None else None
+        de = shape[::-1] if trans_b else shape
+    if w_de is not None:
+        w_de = np.asarray(w_de, np.float32) * np.float32(alpha)
+    elif alpha != 1.0:
+        return "router Gemm with alpha != 1 needs the router weight's values"
+    bias: np.ndarray | None = None
+    if gemm and len(p.input) > 2 and p.input[2]:
+        c = view.constant(p.input[2])
+        E = int(de[1])
+        b = None if c is None else _bias_vector(c, E, transposed)
+        if b is None:
+            return "router Gemm bias is not a constant [E] vector"
+        bias = b * np.float32(view.attr(p, "beta", 1.0))
+    return x_rows, w_de, (int(de[0]), int(de[1])), bias
+
+
+def _router(
+    view: GraphView, node: onnx.NodeProto, d: int
+) -> tuple[str, dict[str, Weight], set[int]] | str:
+    """(x, {router_w, router_b}, router node ids) from the logits' producers, or why not.
+
+    Recognized by dataflow: ``router_probs`` must be ``rows(x) @ W_r (+ b)`` for a constant
+    ``W_r [d, E]``, where ``rows(x)`` is the MoE input (or a tensor it was reshaped from, or a
+    reshape of either) with ``d`` as its last axis, and any chain of Reshape/Flatten/Squeeze/
+    Unsqueeze/Identity, constant-bias Adds and one 2-D Transpose may sit between the product and
+    ``router_probs``. Reshapes keep the row-major element order, so logits row n is token n.
+    """
+    x = node.input[0]
+    value = node.input[1]
+    nodes: set[int] = set()
+    bias: np.ndarray | None = None
+    transposed = False
+    while True:
+        p = view.producer(value)
+        if p is None:
+            what = "a graph input" if not view.is_constant(value) else "a constant"
+            return f"router_probs come from {what}, expected MatMul(x, W_router) of the MoE input"
+        if p.op_type in ("MatMul", "Gemm"):
+            break
+        if _passes_through(view, p) and not (transposed and p.op_type in _LAYOUT - {"Identity"}):
+            nodes.add(view.id(p))
+            value = p.input[0]
+            continue
+        if p.op_type == "Transpose" and not transposed:
+            perm = view.attr(p, "perm", None)
+            ty = view.tensor_type(p.input[0])
+            if perm is None:  # reverses all axes: a swap only of a known 2-D tensor
+                swap = ty is not None and len(ty.shape) == 2
+            else:
+                swap = list(perm) == [1, 0]
+            if swap:
+                transposed = True
+                nodes.add(view.id(p))
+                value = p.input[0]
+                continue
+        if p.op_type == "Add":
+            consts = [i for i in p.input if view.constant(i) is not None]
+            if len(consts) == 1:
+                other = p.input[1] if p.input[0] == consts[0] else p.input[0]
+                c = np.asarray(view.constant(consts[0]))
+                E = c.size if c.size > 1 else 0
+                b = _bias_vector(c, E, transposed) if E else None
+                if b is None and c.size == 1:
+                    b = np.full(1, float(c.reshape(-1)[0]), np.float32)
+                if b is None:
+                    return (
+                        f"router logits Add {view.name(p)} adds a constant of shape "
+                        f"{list(c.shape)}, expected a per-expert bias"
+                    )
+                if bias is not None and 1 not in (b.size, bias.size) and b.size != bias.size:
+                    return f"router logits Adds biases of {bias.size} and {b.size} experts"
+                bias = b if bias is None else bias + b
+                nodes.add(view.id(p))
+                value = other
+                continue
+        return (
+            f"router_probs come from {p.op_type} ({view.name(p)}), expected MatMul(x, W_router) "
+            "of the MoE input, through reshapes and constant bias Adds only"
+        )
+    if transposed and p.op_type == "MatMul":
+        ty = view.tensor_type(p.output[0])
+        if ty is not None and len(ty.shape) != 2:
+            return "expected a 2-D transposed router product"
+    prod = _product(view, p, transposed, nodes)
+    if isinstance(prod, str):
+        return prod
+    x_rows, w, (d_w, E), gemm_bias = prod
+    nodes.add(view.id(p))
+    if d_w != d:
+        return f"the router weight contracts {d_w} features, expected the hidden size {d}"
+    # The router must read the MoE input's tokens: both reshaped from the same tensor.
+    x_chain = _token_chain(view, x)
+    rows_chain: list[int] = []
+    value = x_rows
+    while value not in x_chain:
+        q = view.producer(value)
+        if q is None or not _passes_through(view, q):
+            return (
+                f"the router {p.op_type} ({view.name(p)}) does not read the MoE input "
+                f"{x!r} (or a reshape of it)"
+            )
+        rows_chain.append(view.id(q))
+        value = q.input[0]
+    nodes.update(rows_chain)
+    if gemm_bias is not None:
+        bias = gemm_bias if bias is None else bias + gemm_bias
+    if bias is not None and bias.size not in (1, E):
+        return f"router bias has {bias.size} entries, expected {E} (one per expert)"
+    weights: dict[str, Weight] = {}
+    weights["router_w"] = (
+        _present("router_w", w.T) if w is not None else _declared("router_w", (E, d))
+    )
     if bias is not None:
-        weights["router_b"] = _present("router_b", bias)
+        weights["router_b"] = _present("router_b", np.broadcast_to(bias, (E,)))
     # Only absorb router nodes whose results feed nothing but this layer.
     for i in sorted(nodes):
         for out in view.nodes[i].output:
@@ -116,6 +326,8 @@ def _router(view: GraphView, node: onnx.NodeProto) -> tuple[str, dict[str, Weigh
             if not users <= nodes | {view.id(node)} or view.is_graph_output(out):
                 nodes = set()
                 break
+        if not nodes:
+            break
     return x, weights, nodes
 
 
@@ -223,10 +435,7 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
     a = view.attr
     bits = int(a(node, "expert_weight_bits", 4)) if quant else None
     block = a(node, "block_size", None) if quant else None
-    router = _router(view, node)
-    if isinstance(router, str):
-        return view.fail(node, router)
-    x, weights, router_nodes = router
+    weights: dict[str, Weight] = {}
     act = a(node, "activation_type", "relu")
     fusion = int(a(node, "swiglu_fusion", 0))
     fcs: dict[str, Weight | None] = {}
@@ -266,11 +475,20 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
     if b2 is not None:
         weights["b_down"] = _present("b_down", b2)
     E, d, F = (int(s) for s in weights["w_up"].type.shape)
+    router = _router(view, node, d)
+    if isinstance(router, str):
+        return view.fail(node, router)
+    x, router_weights, router_nodes = router
+    weights.update(router_weights)
     k = int(a(node, "k", 1))
     if int(weights["router_w"].type.shape[0]) != E:
         return view.fail(
             node, f"router has {weights['router_w'].type.shape[0]} experts, fc1 has {E}"
         )
+    normalize = bool(a(node, "normalize_routing_weights", 0))
+    if quant and not normalize:
+        # ORT 1.32's CPU QMoE renormalizes whatever the attribute says; ORT is the reference.
+        normalize = True
     layer = MoELayer(
         name=view.name(node),
         num_experts=E,
@@ -279,7 +497,7 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
         ffn=F,
         weights=weights,
         scoring="softmax",
-        normalize_topk=bool(a(node, "normalize_routing_weights", 0)),
+        normalize_topk=normalize,
         activation="swiglu" if act == "swiglu" else _ACTIVATIONS[act],
         gated=gated,
     )
@@ -293,6 +511,8 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
             layer.swiglu_alpha, layer.swiglu_beta = alpha, beta
             layer.swiglu_limit = None if lim is None else float(lim)
     if quant:
+        if not a(node, "normalize_routing_weights", 0):
+            layer.annotations[QMOE_NORMALIZE_NOTE_KEY] = QMOE_NORMALIZE_NOTE
         layer.annotations["precision"] = f"int{bits}"
         if block:
             layer.annotations["quant_block"] = int(block)

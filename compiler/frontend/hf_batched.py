@@ -10,6 +10,7 @@ by what feeds what (never by node names)::
       -> TopK k -> (GatherElements of the scores) (-> ReduceSum, Div) (-> Mul scaling)
     ids -> GatherND(stacked [E,2F,d]) -> MatMul(., repeat_interleave(x, k)) -> Split
         -> act(gate) * up -> MatMul(GatherND(stacked [E,d,F]), .) -> Mul gate weight
+        (or separate stacks: act(MatMul(GatherND(gate [E,F,d]), .)) * MatMul(GatherND(up), .))
         -> Reshape [T,k,d] -> ReduceSum axis 1 (-> Add shared MLP(x) (* Sigmoid(x @ w_g)))
         -> [Reshape] -> y
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from moec.compiler.frontend.hf_gating import match_gating
+from moec.compiler.frontend.hf_gating import match_gating, match_separate_gating
 from moec.compiler.frontend.hf_layer import (
     Projection,
     build_layer,
@@ -72,15 +73,24 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     first = [p for p in projections if walk.root(_token_source(walk, p.input)) == x_root]
     rest = [p for p in projections if p not in first]
     topk_name = view.name(routing.topk_node) if routing.topk_node is not None else view.name(anchor)
-    if len(first) != 1 or len(rest) != 1:
+    if len(first) not in (1, 2) or len(rest) != 1:
         raise walk.fail(
             topk_name,
-            f"expected one fused projection of the tokens and one down projection, found "
-            f"{len(first)} token projection(s) and {len(rest)} other(s)",
+            "expected one fused gate/up projection of the tokens (or separate gate and up "
+            f"projections) and one down projection, found {len(first)} token projection(s) "
+            f"and {len(rest)} other(s)",
         )
-    _check_repeat_interleave(walk, first[0].input, routing.top_k)
-    up, down = first[0], rest[0]
-    gating = match_gating(walk, up.output, up.w.shape[2])
+    for p in first:
+        _check_repeat_interleave(walk, p.input, routing.top_k)
+    down = rest[0]
+    if len(first) == 1:
+        up = first[0]
+        gating = match_gating(walk, up.output, up.w.shape[2])
+    else:
+        a, b = first
+        g, gating = match_separate_gating(walk, a.output, b.output, topk_name)
+        gate, up_only = (a, b) if g == a.output else (b, a)
+        up = _concatenated(gate, up_only)
     if walk.root(down.input) != walk.root(gating.output):
         raise walk.fail(gating.output, "expected the expert activation to feed the down projection")
     walk.back(down.input)
@@ -91,6 +101,15 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     walk.back(router.x)
     y = layer_output(walk, y, x_root)
     return close_from_deepest(walk, router.x, y, layer, topk_name)
+
+
+def _concatenated(gate: Projection, up: Projection) -> Projection:
+    """Separate gate and up projections as one ``[E, d, 2F]`` projection, gate columns first."""
+    if (gate.b is None) != (up.b is None):
+        raise NoMatch(gate.output, "expected biases on both the gate and up projections or neither")
+    w = np.concatenate([gate.w, up.w], axis=2)
+    b = None if gate.b is None or up.b is None else np.concatenate([gate.b, up.b], axis=-1)
+    return Projection(w, b, up.input, up.output)
 
 
 def _gathered_stacks(walk: Walk, ids: str, E: int) -> list[onnx.NodeProto]:

@@ -5,10 +5,12 @@ The fused projection's output columns are cut in two (``Split``, or two ``Slice`
 take contiguous halves or, like gpt-oss, interleaved even/odd columns); one part is the gate,
 the other the up projection::
 
-    act(gate) * up                                   silu / relu / gelu
+    act(gate) * up                                   silu / relu / gelu (also erf/tanh written out)
     clip(gate, max=l) * sigmoid(alpha * clip(gate, max=l)) * (clip(up, -l, l) + beta)   swiglu
 
-Slice bounds may be computed from shapes (TorchScript); :func:`eval_ints` folds those.
+Gate and up may also come from two separate projections (DBRX's ``w1``/``v1``):
+:func:`match_separate_gating`. Slice bounds may be computed from shapes (TorchScript);
+:func:`eval_ints` folds those.
 """
 
 from __future__ import annotations
@@ -63,6 +65,36 @@ def match_gating(walk: Walk, value: str, width: int) -> Gating:
     raise walk.fail(
         value, "expected act(gate) * up after the gate/up split (SiLU, ReLU, GELU or SwiGLU)"
     )
+
+
+def match_separate_gating(walk: Walk, a: str, b: str, where: str) -> tuple[str, Gating]:
+    """``act(gate) * up`` of two separate projection outputs: (the gate one, the gating).
+
+    The gating's columns index the concatenation ``[gate | up]`` the layer is built from.
+    """
+    for g, u in ((a, b), (b, a)):
+        trial = Walk(walk.view)
+        act = match_activation(trial, g)
+        if act is None:
+            continue
+        muls = [m for m in trial.of_type(act[1], "Mul") if trial.other(m, act[1]) == u]
+        wg, wu = _width(walk, g), _width(walk, u)
+        if len(muls) != 1 or wg is None or wg != wu:
+            continue
+        walk.nodes |= trial.nodes
+        out = walk.take(muls[0]).output[0]
+        cols = np.arange(2 * wg)
+        return g, Gating(act[0], cols[:wg], cols[wg:], out)
+    raise walk.fail(
+        where, "expected act(tokens @ gate) * (tokens @ up) of the two token projections"
+    )
+
+
+def _width(walk: Walk, value: str) -> int | None:
+    t = walk.view.tensor_type(value)
+    if t is None or not t.shape or not isinstance(t.shape[-1], int):
+        return None
+    return int(t.shape[-1])
 
 
 def _parts(walk: Walk, value: str, width: int) -> list[tuple[str, np.ndarray]] | None:

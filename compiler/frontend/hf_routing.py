@@ -10,7 +10,11 @@ never node names::
     x -> Gemm/MatMul(+Add) -> Softmax | Sigmoid (-> Add correction bias)
       (-> Reshape [T,G,E/G] -> TopK 2 -> ReduceSum | ReduceMax -> TopK topk_group
           -> ScatterElements -> Expand -> Cast -> (Not) -> Where(mask, scores, fill))
-      -> TopK k -> (GatherElements of the scores) (-> ReduceSum (+eps), Div) (-> Mul scaling)
+      -> TopK k -> (GatherElements of the scores) (-> ReduceSum | ReduceL1 (+eps | Clip(min=eps)),
+         Div) (-> Mul scaling)
+
+:func:`match_activation` also knows GELU written out with elementary ops (opset < 20 exports:
+``Erf``, or ``Pow`` and ``Tanh``).
 """
 
 from __future__ import annotations
@@ -353,19 +357,48 @@ def _match_groups(walk: Walk, choice: str, E: int) -> tuple[int, int, str, float
 
 
 def _take_const_tree(walk: Walk, value: str) -> None:
-    """Record the nodes computing a constant operand (ConstantOfShape, Constant)."""
+    """Record the node computing a constant operand (ConstantOfShape, Constant) if it is ours.
+
+    Exporters share identical constants between layers (one ``ConstantOfShape`` of zeros for
+    every layer's group mask); a shared one stays outside, :func:`close_layer` reads it as a
+    constant feeder.
+    """
     p = walk.producer(value)
-    if p is not None and all(walk.view.is_constant(i) for i in p.input if i):
+    if p is None or not all(walk.view.is_constant(i) for i in p.input if i):
+        return
+    if len(walk.consumers(value)) == 1 and not walk.view.is_graph_output(value):
         walk.take(p)
 
 
+# A floor on the top-k weight sum at most this small changes no float32 quotient of positive
+# softmax/sigmoid weights that matters: it is the renormalization's guard against 0 / 0.
+_MAX_SUM_FLOOR = 1e-6
+
+
+def _sum_floor(walk: Walk, denom: str) -> onnx.NodeProto | None:
+    """``clamp(sum, min=eps)`` (Clip with only a min, or Max with a scalar) of a tiny eps."""
+    for c in walk.consumers(denom):
+        if c.op_type == "Clip" and c.input[0] == denom:
+            lo = walk.scalar(c.input[1]) if len(c.input) > 1 and c.input[1] else None
+            hi = c.input[2] if len(c.input) > 2 else ""
+            if lo is not None and not hi and 0 <= lo <= _MAX_SUM_FLOOR:
+                return c
+        if c.op_type == "Max" and len(c.input) == 2:
+            lo = walk.scalar(walk.other(c, denom))
+            if lo is not None and 0 <= lo <= _MAX_SUM_FLOOR:
+                return c
+    return None
+
+
 def _match_gate_postprocess(walk: Walk, r: Routing) -> None:
-    """Top-k renormalization (ReduceSum, optional epsilon Add, Div) and routed scaling (Mul)."""
+    """Top-k renormalization (ReduceSum or ReduceL1, optional epsilon Add or Clip(min=eps), Div)
+    and routed scaling (Mul)."""
     w = r.weights
     for _ in range(4):
         w = walk.forward(w)
         cs = walk.consumers(w)
-        sums = [c for c in cs if c.op_type == "ReduceSum"]
+        # ReduceL1 (DBRX's p=1 norm) is the sum: softmax/sigmoid gate weights are >= 0.
+        sums = [c for c in cs if c.op_type in ("ReduceSum", "ReduceL1")]
         divs = [c for c in cs if c.op_type == "Div" and c.input[0] == w]
         if sums and divs and not r.normalize:
             s = walk.take(sums[0])
@@ -373,6 +406,9 @@ def _match_gate_postprocess(walk: Walk, r: Routing) -> None:
             eps = walk.of_type(denom, "Add")
             if eps and walk.scalar(walk.other(eps[0], denom)) is not None:
                 denom = walk.take(eps[0]).output[0]
+            floor = _sum_floor(walk, denom)
+            if floor is not None:
+                denom = walk.take(floor).output[0]
             div = [d for d in divs if d.input[1] == denom]
             if not div:
                 raise walk.fail(s, "expected the top-k weights divided by their sum")
@@ -401,6 +437,102 @@ def match_activation(walk: Walk, value: str) -> tuple[str, str] | None:
         if c.op_type == "Gelu":
             kind = "gelu_tanh" if walk.attr(c, "approximate", "none") == "tanh" else "gelu"
             return kind, walk.take(c).output[0]
+    return match_gelu(walk, value)
+
+
+_INV_SQRT2 = 1.0 / np.sqrt(2.0)
+_TANH_C = np.sqrt(2.0 / np.pi)
+
+
+def _close(a: float | None, b: float) -> bool:
+    return a is not None and abs(a - b) <= 1e-5 * max(1.0, abs(b))
+
+
+def _scaled(walk: Walk, value: str, op: str) -> tuple[onnx.NodeProto, float] | None:
+    """A consumer ``Mul(value, c)`` / ``Div(value, c)`` of a scalar ``c``: (node, factor)."""
+    for c in walk.consumers(value):
+        if c.op_type == "Mul" and value in c.input:
+            k = walk.scalar(walk.other(c, value))
+            if k is not None and op == "Mul":
+                return c, k
+        if c.op_type == "Div" and c.input[0] == value and op == "Div":
+            k = walk.scalar(c.input[1])
+            if k:
+                return c, 1.0 / k
+    return None
+
+
+def _gelu_tail(walk: Walk, value: str, t: str) -> str | None:
+    """``0.5 * value * (1 + t)`` as Add(1) then Muls by constants and by ``value``: the output."""
+    adds = [a for a in walk.of_type(t, "Add") if _close(walk.scalar(walk.other(a, t)), 1.0)]
+    if len(adds) != 1:
+        return None
+    out, coef, used_x = walk.take(adds[0]).output[0], 1.0, False
+    for _ in range(3):
+        if used_x and _close(coef, 0.5):
+            return out
+        muls = walk.of_type(out, "Mul")
+        if len(muls) != 1:
+            return None
+        other = walk.other(muls[0], out)
+        k = walk.scalar(other)
+        half = walk.producer(other)
+        if k is not None:
+            coef *= k
+        elif other == value and not used_x:
+            used_x = True
+        elif half is not None and half.op_type == "Mul" and value in half.input and not used_x:
+            k = walk.scalar(walk.other(half, value))
+            if k is None:
+                return None
+            coef, used_x = coef * k, True
+            walk.take(half)
+        else:
+            return None
+        out = walk.take(muls[0]).output[0]
+    return out if used_x and _close(coef, 0.5) else None
+
+
+def match_gelu(walk: Walk, value: str) -> tuple[str, str] | None:
+    """GELU written out with elementary ops (ONNX opset < 20 exports): (kind, output) or None.
+
+    ``0.5 * x * (1 + erf(x / sqrt 2))`` is ``gelu``; ``0.5 * x * (1 + tanh(sqrt(2/pi) *
+    (x + 0.044715 x^3)))`` is ``gelu_tanh``.
+    """
+    trial = Walk(walk.view)
+    for op in ("Div", "Mul"):
+        sc = _scaled(trial, value, op)
+        if sc is None or not _close(sc[1], _INV_SQRT2):
+            continue
+        erf = trial.of_type(sc[0].output[0], "Erf")
+        if len(erf) == 1:
+            trial.take(sc[0])
+            out = _gelu_tail(trial, value, trial.take(erf[0]).output[0])
+            if out is not None:
+                walk.nodes |= trial.nodes
+                return "gelu", out
+    trial = Walk(walk.view)
+    for pw in walk.of_type(value, "Pow"):
+        if pw.input[0] != value or not _close(trial.scalar(pw.input[1]), 3.0):
+            continue
+        cube = _scaled(trial, pw.output[0], "Mul")
+        if cube is None or not _close(cube[1], 0.044715):
+            continue
+        inner = [a for a in trial.of_type(cube[0].output[0], "Add") if value in a.input]
+        if len(inner) != 1:
+            continue
+        sc = _scaled(trial, inner[0].output[0], "Mul")
+        if sc is None or not _close(sc[1], _TANH_C):
+            continue
+        tanh = trial.of_type(sc[0].output[0], "Tanh")
+        if len(tanh) != 1:
+            continue
+        for n in (pw, cube[0], inner[0], sc[0]):
+            trial.take(n)
+        out = _gelu_tail(trial, value, trial.take(tanh[0]).output[0])
+        if out is not None:
+            walk.nodes |= trial.nodes
+            return "gelu_tanh", out
     return None
 
 

@@ -8,6 +8,8 @@ reached; each unrolled *slot* picks its expert id at run time from the routing::
     e_s = Gather(Squeeze(slot), 0); (pos, tok) = Split(Transpose(NonZero(Cast(Gather(mask, e_s)))))
     rows = Gather(x, tok) -> MatMul(., Transpose(Gather(gate_up [E,2F,d], e_s))) -> Slice halves
          -> act(gate) * up -> MatMul(., Transpose(Gather(down [E,d,F], e_s)))
+      (or separate stacks, DBRX: act(rows @ Gather(w1 [E,F,d], e_s).T) * (rows @ Gather(v1, e_s).T)
+         -> MatMul(., Gather(w2 [E,F,d], e_s)))
          -> Mul(., Gather(Flatten(gate weights), tok * k + pos)) -> ScatterElements(zeros, tok, .)
     acc = zeros + scatter_0 + ... + scatter_{n-1} -> [Reshape] -> y (-> + shared MLP)
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from moec.compiler.frontend.hf_gating import Gating, eval_ints, match_gating
+from moec.compiler.frontend.hf_gating import Gating, eval_ints, match_gating, match_separate_gating
 from moec.compiler.frontend.hf_layer import (
     Projection,
     build_layer,
@@ -62,16 +64,20 @@ def match_unrolled(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
         )
     x_root = walk.root(router.x)
     found = [_match_slot(walk, s, mask, x_root, routing) for s in slots]
-    stacks = {(f.gate_up, f.down, f.gate_up_t, f.down_t) for f in found}
+    stacks = {(f.gate_up, f.down, f.gate, f.gate_up_t, f.down_t, f.gate_t) for f in found}
     gatings = {_gating_key(f.gating) for f in found}
     if len(stacks) != 1 or len(gatings) != 1:
         raise walk.fail(name, "expected every unrolled slot to compute the same expert function")
     y = _accumulation(walk, found, name)
     y, shared = match_shared(walk, y, x_root)
     first = found[0]
-    gu = np.asarray(walk.const(first.gate_up), dtype=np.float32)
+    gu = _as_in_out(np.asarray(walk.const(first.gate_up), dtype=np.float32), first.gate_up_t)
+    if first.gate:
+        # Separate gate and up stacks: one [E, d, 2F] projection, gate columns first.
+        gate = _as_in_out(np.asarray(walk.const(first.gate), dtype=np.float32), first.gate_t)
+        gu = np.concatenate([gate, gu], axis=2)
     dn = np.asarray(walk.const(first.down), dtype=np.float32)
-    up = Projection(_as_in_out(gu, first.gate_up_t), first.gate_up_b, "", "")
+    up = Projection(gu, first.gate_up_b, "", "")
     down = Projection(_as_in_out(dn, first.down_t), first.down_b, "", "")
     layer = build_layer(name, routing, up, down, first.gating, shared)
     layer.annotations["source"] = "hf.torchscript_unrolled"
@@ -115,8 +121,10 @@ def _slots(walk: Walk, mask: str) -> list[str]:
 class _Slot:
     """What one unrolled slot computes: its weight stacks, biases, gating and accumulation."""
 
-    gate_up: str = ""
+    gate_up: str = ""  # the fused gate/up stack, or the up stack when ``gate`` is separate
     down: str = ""
+    gate: str = ""  # a separate gate stack (DBRX's w1), "" when fused into gate_up
+    gate_t: bool = True
     gate_up_t: bool = True
     down_t: bool = True
     gate_up_b: np.ndarray | None = None
@@ -142,11 +150,12 @@ def _match_slot(walk: Walk, slot: str, mask: str, x_root: str, routing: Routing)
     users = walk.consumers(e)
     tok_gather = [u for u in users if u.op_type == "Gather" and u.input[0] == mask]
     w_gathers = [u for u in users if u.op_type == "Gather" and walk.const(u.input[0]) is not None]
-    if len(tok_gather) != 1 or len(w_gathers) != 2 or len(users) != 3:
+    if len(tok_gather) != 1 or len(w_gathers) not in (2, 3) or len(users) != 1 + len(w_gathers):
         found = ", ".join(u.op_type for u in users)
         raise walk.fail(
             pick,
-            f"expected the slot's expert id to select its tokens and two weight stacks, found {found}",
+            "expected the slot's expert id to select its tokens and two weight stacks (gate/up "
+            f"and down) or three (gate, up, down), found {found}",
         )
     pos, tok = _slot_tokens(walk, walk.take(tok_gather[0]))
     rows = [
@@ -171,16 +180,27 @@ def _match_slot(walk: Walk, slot: str, mask: str, x_root: str, routing: Routing)
             raise walk.fail(mm, "expected the slot's tokens times the expert weight")
         mms[g.input[0]] = (mm, transposed)
     first = [k for k, (mm, _) in mms.items() if mm.input[0] == rows[0].output[0]]
-    if len(first) != 1:
-        raise walk.fail(rows[0], "expected one expert projection of the slot's tokens")
-    out.gate_up = first[0]
-    out.down = next(k for k in mms if k != out.gate_up)
-    mm1, out.gate_up_t = mms[out.gate_up]
+    if len(first) != len(mms) - 1:
+        raise walk.fail(
+            rows[0],
+            f"expected {len(mms) - 1} expert projection(s) of the slot's tokens, found {len(first)}",
+        )
+    out.down = next(k for k in mms if k not in first)
     mm2, out.down_t = mms[out.down]
-    width = _last_dim(walk, mm1.output[0])
-    if width is None:
-        raise walk.fail(mm1, "expected a static width of the slot's gate/up projection")
-    out.gating = match_gating(walk, mm1.output[0], width)
+    if len(first) == 1:
+        out.gate_up = first[0]
+        mm1, out.gate_up_t = mms[out.gate_up]
+        width = _last_dim(walk, mm1.output[0])
+        if width is None:
+            raise walk.fail(mm1, "expected a static width of the slot's gate/up projection")
+        out.gating = match_gating(walk, mm1.output[0], width)
+    else:
+        ka, kb = sorted(first)
+        g, out.gating = match_separate_gating(
+            walk, mms[ka][0].output[0], mms[kb][0].output[0], walk.view.name(rows[0])
+        )
+        out.gate, out.gate_up = (ka, kb) if g == mms[ka][0].output[0] else (kb, ka)
+        out.gate_t, out.gate_up_t = mms[out.gate][1], mms[out.gate_up][1]
     if walk.root(mm2.input[0]) != walk.root(out.gating.output):
         raise walk.fail(mm2, "expected the slot's activation to feed its down projection")
     walk.back(mm2.input[0])
