@@ -120,7 +120,32 @@ def find_layers(view: GraphView) -> list[Lifted]:
             "com.microsoft MoE/QMoE node)",
             f"{view.where}: node {view.name(node)}",
         )
+    _check_no_stray_experts(view, covered)
     return found
+
+
+_GATHERS = ("Gather", "GatherND", "GatherElements")
+
+
+def _check_no_stray_experts(view: GraphView, covered: set[int]) -> None:
+    """Stacked expert weights gathered by computed ids outside every layer: an unrecognized MoE.
+
+    A router without TopK (e.g. PhiMoE's sparsemixer, which selects experts by max and masks)
+    would otherwise import silently as dense ops; instead it is an error naming the node.
+    """
+    for i, node in enumerate(view.nodes):
+        if i in covered or node.op_type not in _GATHERS or len(node.input) < 2:
+            continue
+        data, indices = node.input[0], node.input[1]
+        stack = view.tensor_type(data) if view.is_constant(data) else None
+        if stack is None or len(stack.shape) < 3 or view.is_constant(indices):
+            continue
+        raise ModelError(
+            f"{node.op_type} selects from a stacked weight {data!r} of shape "
+            f"{list(stack.shape)} by computed ids, but no MoE router feeding it was recognized "
+            "(expected a router Softmax/Sigmoid -> TopK; routing without TopK is not supported)",
+            f"{view.where}: node {view.name(node)}",
+        )
 
 
 def lift_model(model: onnx.ModelProto, *, where: str = "") -> tuple[Module, LiftResult]:
