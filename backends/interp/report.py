@@ -95,6 +95,9 @@ class Report:
             out["utilization"]["host"] = self.host_utilization
             out["host_bytes"] = self.host_bytes
             out["host_bytes_total"] = sum(self.host_bytes)
+        if "deferred_pairs" in self.extra:  # token buffering: work charged to the next iteration
+            out["deferred_pairs"] = self.extra["deferred_pairs"]
+            out["deferred_s"] = self.extra.get("deferred_s", 0.0)
         return out
 
     def to_json(self) -> str:
@@ -164,6 +167,12 @@ def render(r: Report, width: int = 110) -> str:
         f"links {_bytes(r.total_link_bytes)}"
         + (f", host {_bytes(sum(r.host_bytes))}" if r.host_bytes else "")
     )
+    if "deferred_pairs" in r.extra:
+        con.print(
+            f"token buffering: {r.extra['deferred_pairs']} (token, expert) pairs deferred to the "
+            f"next iteration ({_si(float(r.extra.get('deferred_s', 0.0)), 's')} of catch-up, "
+            "not in the layer latency)"
+        )
     if r.layers or r.islands:
         lt = Table(title="layers")
         for col in ("name", "kind", "start", "latency"):

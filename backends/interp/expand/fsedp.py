@@ -1,0 +1,253 @@
+"""FSE-DP, expert streaming (``strategy fsedp``): tokens stay home, expert micro-slices travel.
+
+The runtime half of arXiv 2603.27624's Fully Sharded Expert Data Parallelism. Once routing is
+known, each expert with routed tokens is needed by the dies holding those tokens; every
+micro-slice of it makes one trip along the trajectory (the Hamiltonian cycle, or a path walked
+there and back) through those dies, computed on each against that die's own tokens (:mod:`.fsedp_sched` plays the rules R1-R5 and writes the streams).
+
+Parameters read from the runtime policy (written by ``compiler/lower/fsedp.py``):
+
+* ``trajectory``: the die order (a Hamiltonian cycle, or a path when ``closed`` is false);
+* ``closed``: whether the last die of ``trajectory`` neighbours the first (default true);
+* ``channels``: the DRAM channel of each expert's slice 0; slice j lives on channel
+  ``(channels[e] + j) % C`` (weights are interleaved over all channels, so every expert's stream
+  draws on all of them); default ``e % C``;
+* ``rules``: ``r1-r4`` (default) or ``naive`` (every die loads what it needs itself);
+* ``order``: the central load order, ``natural`` (ascending expert id), ``paired`` (hottest,
+  coldest, 2nd hottest, 2nd coldest, ... by routed-token count, the slices of each pair
+  interleaved) or ``balanced`` (compute kept in step with DRAM, see :mod:`.fsedp_sched`); the
+  shared experts go first;
+* ``r5``: DRAM pushes each slice to the channel's die, or when that is full to the needed die
+  with the most free slots (default false);
+* ``slack``: QoS token buffering, 0 (default) to 1: the (token, expert) pairs of the coldest
+  experts, whole experts at a time and at most ``slack x tokens`` pairs, are deferred.
+
+**Deferred pairs.** The paper computes deferred pairs in the next iteration. So that one
+iteration still produces every output (``moec check``), the expansion ends, after a
+``signal``/``wait <layer>.deferred`` barrier on every die, with a *catch-up* step that streams
+the deferred experts to their dies the same way: that is the next iteration's work, and
+:mod:`.fsedp_deferred` takes it out of the layer's timing and reports ``deferred_pairs``.
+
+Before/after on die 0 of ``fsedp-2x2``, expert 3 needed by dies 0 (tokens 0..1) and 1
+(token 5), one slice::
+
+    moe moe0              load s0 <- ch3 moe0:e3:s0 bytes 49152
+                ==>       gemm s0 tokens 0..1 / act s0 tokens 0..1 / accum s0 tokens 0..1
+                          send s0 -> 1 bytes 49152
+                          free s0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from moec.backends.interp.expand import ExpandContext, register, token_set
+from moec.backends.interp.expand.fsedp_deferred import deferred_event
+from moec.backends.interp.expand.fsedp_sched import RULES, Problem, Schedule, Unit, schedule
+from moec.ir.cost import GB, compute_time, link_time
+from moec.ir.errors import ProgramError
+from moec.ir.stream.program import Instr, Signal, TokenSet, Wait
+
+ORDERS = ("natural", "paired", "balanced")
+
+
+def paired_order(load: Sequence[int]) -> list[int]:
+    """Experts with load, hottest, coldest, 2nd hottest, 2nd coldest, ... (ties: lower id).
+
+    >>> paired_order([5, 0, 9, 1, 3])
+    [2, 3, 0, 4]
+    """
+    hot = sorted((e for e, n in enumerate(load) if n > 0), key=lambda e: (-load[e], e))
+    out: list[int] = []
+    lo, hi = 0, len(hot) - 1
+    while lo <= hi:
+        out.append(hot[lo])
+        if lo != hi:
+            out.append(hot[hi])
+        lo, hi = lo + 1, hi - 1
+    return out
+
+
+def natural_order(load: Sequence[int]) -> list[int]:
+    """Experts with load, ascending id."""
+    return [e for e, n in enumerate(load) if n > 0]
+
+
+def deferred_experts(load: Sequence[int], tokens: int, slack: float) -> list[int]:
+    """The coldest experts whose pairs, together, stay within ``slack x tokens`` (ascending id).
+
+    Whole experts go coldest first (ties: lower id), so a deferred expert is not loaded at all
+    in this iteration; the first that does not fit ends the selection.
+
+    >>> deferred_experts([5, 1, 9, 2, 1], tokens=10, slack=0.3)
+    [1, 4]
+    """
+    budget = math.floor(slack * tokens + 1e-9)
+    out: list[int] = []
+    used = 0
+    for e in sorted((e for e, n in enumerate(load) if n > 0), key=lambda e: (load[e], e)):
+        if used + load[e] > budget:
+            break
+        out.append(e)
+        used += load[e]
+    return sorted(out)
+
+
+def _param(ctx: ExpandContext, key: str, default: object, kinds: tuple[type, ...]) -> object:
+    raw = ctx.policy.params.get(key, default)
+    if not isinstance(raw, kinds) or (isinstance(raw, bool) and bool not in kinds):
+        raise ProgramError(
+            f"runtime {ctx.layer.name}: param {key} must be {' or '.join(k.__name__ for k in kinds)},"
+            f" found {raw!r}",
+            ctx.policy.loc or ctx.where,
+        )
+    return raw
+
+
+def _choice(ctx: ExpandContext, key: str, default: str, allowed: Sequence[str]) -> str:
+    raw = _param(ctx, key, default, (str,))
+    if raw not in allowed:
+        raise ProgramError(
+            f"runtime {ctx.layer.name}: param {key} must be one of {', '.join(allowed)}, "
+            f"found {raw!r}",
+            ctx.policy.loc or ctx.where,
+        )
+    return str(raw)
+
+
+def _trajectory(ctx: ExpandContext) -> tuple[tuple[int, ...], bool]:
+    t = ctx.target
+    D = t.num_dies
+    default = list(range(D))
+    order = ctx.int_list("trajectory", D, 0, D) if "trajectory" in ctx.policy.params else default
+    closed = bool(_param(ctx, "closed", True, (bool,)))
+    bad = sorted(set(range(D)) - set(order))
+    steps = list(zip(order, order[1:] + (order[:1] if closed else []), strict=False))
+    hop = next(((a, b) for a, b in steps if a != b and not t.are_neighbors(a, b)), None)
+    if bad or hop is not None:
+        why = f"die {bad[0]} is missing" if bad else f"dies {hop} are not neighbours"
+        raise ProgramError(
+            f"runtime {ctx.layer.name}: param trajectory {order} is not a Hamiltonian "
+            f"{'cycle' if closed else 'path'} of {t.name}: {why}",
+            ctx.policy.loc or ctx.where,
+        )
+    return tuple(order), closed
+
+
+def _units(
+    ctx: ExpandContext, experts: list[int], home: np.ndarray, channels: list[int],
+    with_shared: bool,
+) -> list[Unit]:  # fmt: skip
+    t, m, r = ctx.target, ctx.layer, ctx.routing
+    C = len(t.channels)
+    T, k = r.ids.shape
+    flat_e = r.ids.reshape(-1).astype(np.int64)
+    flat_t = np.repeat(np.arange(T, dtype=np.int64), k)
+    flat_t, flat_e = flat_t[flat_e >= 0], flat_e[flat_e >= 0]  # -1: dropped by a skip rule
+    units: list[Unit] = []
+
+    def make(expert: int | None, toks: np.ndarray, base: int) -> Unit:
+        lay = ctx.layout if expert is not None else ctx.shared_layout
+        assert lay is not None
+        per_die: dict[int, TokenSet] = {}
+        counts: dict[int, int] = {}
+        for d in np.unique(home[toks]).tolist():
+            mine = np.sort(toks[home[toks] == d])
+            per_die[int(d)] = token_set(mine)
+            counts[int(d)] = int(mine.size)
+        prec = ctx.precision(expert)
+        gated = m.gated or expert is None
+        widths = [lay.width(j) for j in range(lay.count)]
+
+        def compute(d: int, j: int, _c: dict[int, int] = counts) -> float:
+            n, w, h = _c[d], widths[j], m.hidden
+            flops = 2.0 * n * h * w * (2 if gated else 1) + 2.0 * n * w + 2.0 * n * w * h
+            return compute_time(t, d, flops, prec)
+
+        return Unit(
+            expert, per_die,
+            tuple(ctx.slice_bytes(expert, j) for j in range(lay.count)),
+            tuple((base + j) % C for j in range(lay.count)),
+            compute,
+        )  # fmt: skip
+
+    if with_shared and m.shared_ffn and ctx.shared_layout is not None:
+        units.append(make(None, np.arange(T, dtype=np.int64), 0))
+    for e in experts:
+        units.append(make(e, np.unique(flat_t[flat_e == e]), channels[e]))
+    return units
+
+
+def _problem(ctx: ExpandContext, units: list[Unit], order: tuple[int, ...], closed: bool,
+             rules: str, r5: bool, order_kind: str) -> Problem:  # fmt: skip
+    t = ctx.target
+
+    def load_time(c: int, d: int, nbytes: int) -> float:  # as the interpreter times a load
+        ch = t.channel(c)
+        path = t.route(ch.die, d)
+        links = [t.link(a, b) for a, b in zip(path, path[1:], strict=False)]
+        lat = ch.latency_s + sum(lk.latency_s for lk in links)
+        return lat + nbytes / (min([ch.gbps, *(lk.gbps for lk in links)]) * GB)
+
+    def hop_time(a: int, b: int, nbytes: int) -> float:
+        return link_time(t, a, b, nbytes)
+
+    slots = {d: ctx.slots_of(d) for d in range(t.num_dies)}
+    return Problem(
+        ctx.layer.name, t.num_dies, order, closed, slots, units, rules=rules, r5=r5,
+        load_time=load_time, hop_time=hop_time, channel_die=tuple(c.die for c in t.channels),
+        hops=t.hops, route=t.route, paired=order_kind == "paired",
+        balanced=order_kind == "balanced", dram_bytes_per_s=t.total_dram_gbps() * GB,
+    )  # fmt: skip
+
+
+def plan(ctx: ExpandContext) -> tuple[Schedule, Schedule | None, list[int]]:
+    """The iteration's schedule, the catch-up schedule of the deferred experts (or None), and
+    the deferred experts."""
+    m, r, t = ctx.layer, ctx.routing, ctx.target
+    E, C = m.experts, len(t.channels)
+    order, closed = _trajectory(ctx)
+    rules = _choice(ctx, "rules", "r1-r4", RULES)
+    load_order = _choice(ctx, "order", "natural", ORDERS)
+    r5 = bool(_param(ctx, "r5", False, (bool,)))
+    slack = float(_param(ctx, "slack", 0.0, (int, float)))  # type: ignore[arg-type]
+    if not 0.0 <= slack <= 1.0:
+        raise ProgramError(
+            f"runtime {m.name}: param slack must be in 0..1, found {slack}",
+            ctx.policy.loc or ctx.where,
+        )
+    channels = (
+        ctx.int_list("channels", E, 0, C) if "channels" in ctx.policy.params
+        else [e % C for e in range(E)]
+    )  # fmt: skip
+    home = np.asarray(r.home_die, dtype=np.int64)
+    load = np.bincount(r.ids[r.ids >= 0], minlength=E).astype(np.int64).tolist()
+    deferred = deferred_experts(load, r.tokens, slack) if slack > 0 else []
+    kept = [n if e not in deferred else 0 for e, n in enumerate(load)]
+    experts = paired_order(kept) if load_order == "paired" else natural_order(kept)
+    paired = load_order == "paired"
+    main = schedule(_problem(ctx, _units(ctx, experts, home, channels, True), order, closed,
+                             rules, r5, load_order))  # fmt: skip
+    catchup = None
+    if deferred:
+        late = paired_order([load[e] if e in deferred else 0 for e in range(E)])
+        if not paired:
+            late = sorted(late)
+        units = _units(ctx, late, home, channels, False)
+        catchup = schedule(_problem(ctx, units, order, closed, rules, r5, load_order))
+    return main, catchup, deferred
+
+
+@register("fsedp")
+def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
+    main, catchup, _ = plan(ctx)
+    out = {d: list(main.streams.get(d, [])) for d in range(ctx.target.num_dies)}
+    if catchup is not None:
+        ev = deferred_event(ctx.layer.name)
+        for d in out:
+            out[d] += [Signal(ev), Wait(ev, len(out))]
+            out[d].extend(catchup.streams.get(d, []))
+    return out

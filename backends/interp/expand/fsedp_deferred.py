@@ -1,0 +1,71 @@
+"""Charging deferred (token-buffered) work to the next iteration in a timing run.
+
+With QoS token buffering an expansion computes some (token, expert) pairs in a *catch-up* step
+after a ``signal <layer>.deferred`` / ``wait <layer>.deferred`` barrier on every die: that is the
+next iteration's work, computed here only so one iteration still yields every output. For the
+iteration's timing, :func:`charge_deferred` takes the catch-up ops out of their layer (their
+layer tag becomes -1, so layer spans, utilization and bytes measured per layer exclude them) and
+records in ``Timeline.extra``: ``deferred_pairs`` (routed pairs computed in catch-up steps) and
+``deferred_s`` (the summed span of each layer's catch-up step, which the next iteration would
+absorb).
+"""
+
+from __future__ import annotations
+
+from moec.backends.interp.timing import Timeline
+from moec.ir.stream.program import Accum, Instr, Load, Program, Recv, Signal, SliceRef, Wait
+
+#: Suffix of the event that separates an iteration's work from its deferred catch-up.
+DEFERRED_SUFFIX = ".deferred"
+
+
+def deferred_event(layer: str) -> str:
+    """The event that separates ``layer``'s iteration from its deferred catch-up."""
+    return f"{layer}{DEFERRED_SUFFIX}"
+
+
+def catchup_instructions(instrs: list[Instr]) -> tuple[list[Instr], int]:
+    """One die's instructions inside catch-up steps (from a ``signal <layer>.deferred`` to the
+    next ``signal`` or ``wait`` of another event), and the distinct routed (token, expert) pairs
+    they accumulate."""
+    out: list[Instr] = []
+    pairs: set[tuple[str, int, int]] = set()
+    event: str | None = None
+    held: dict[int, SliceRef] = {}
+    for i in instrs:
+        if isinstance(i, Signal | Wait):
+            if isinstance(i, Signal) and i.event.endswith(DEFERRED_SUFFIX):
+                event = i.event
+            elif i.event != event:
+                event = None
+            continue
+        if event is None:
+            continue
+        out.append(i)
+        if isinstance(i, Load | Recv) and i.slot is not None and isinstance(i.content, SliceRef):
+            held[i.slot] = i.content
+        elif isinstance(i, Accum):
+            c = held.get(i.slot)
+            if c is not None and c.expert is not None:
+                pairs.update((c.layer, t, c.expert) for t in i.tokens)
+    return out, len(pairs)
+
+
+def charge_deferred(p: Program, tl: Timeline) -> None:
+    """Move the catch-up ops of ``p`` (a static program ``tl`` timed) out of their layers."""
+    ids: set[int] = set()
+    total = 0
+    for st in p.streams:
+        instrs, pairs = catchup_instructions(st.instrs)
+        ids.update(id(i) for i in instrs)
+        total += pairs
+    if not ids:
+        return
+    spans: dict[int, list[float]] = {}
+    for op, i in enumerate(tl.instr):
+        if i is not None and id(i) in ids and tl.layer[op] >= 0:
+            lo_hi = spans.setdefault(tl.layer[op], [tl.start[op], tl.end[op]])
+            lo_hi[0], lo_hi[1] = min(lo_hi[0], tl.start[op]), max(lo_hi[1], tl.end[op])
+            tl.layer[op] = -1
+    tl.extra["deferred_pairs"] = total
+    tl.extra["deferred_s"] = sum(hi - lo for lo, hi in spans.values())

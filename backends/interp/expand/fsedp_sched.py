@@ -1,0 +1,571 @@
+"""The FSE-DP on-package scheduler: rules R1-R5 simulated step by step into per-die streams.
+
+Given one layer's work (which dies hold tokens for which expert) this module plays the paper's
+local rules on every die as a small discrete-event simulation, with step durations from the
+target's cost model (:mod:`moec.ir.cost`), and writes down what each die did, in the order it
+did it, as stream instructions. The interpreter then times those streams with real contention.
+
+**Trajectories.** Slices follow a closed *walk* of the dies: the Hamiltonian cycle
+(:attr:`Problem.order`), or, when the mesh has none (``closed`` False, e.g. 3x3), the Hamiltonian
+path there and back (``0 1 2 5 8 7 6 3 4 3 6 7 8 5 2 1``), so interior dies sit on the walk twice,
+once per direction. Every micro-slice is one *trip*: it is loaded from DRAM into a slot of its
+entry die and moves forward along the walk, one neighbour at a time, up to the last die that
+holds tokens routed to its expert (its *needed* dies); each needed die computes it, at its first
+visit, against its own tokens (gemm/act/accum into its own outputs, so no cross-die reduction).
+A die that needs nothing, or sees the slice a second time, is a *pass-through*: recv, send,
+free, no compute. Each position of the walk receives only from the position before it and sends
+only to the one after it; the walk stops at the last needed die (the rest is skipped).
+
+**Entry die.** A slice is loaded by the die its DRAM channel sits on (a local load) and its trip
+starts at that die's position with the shortest walk to the last needed die; if that die has no
+tokens for it, it is the first pass-through. With **R5** DRAM pushes each slice, whenever its
+channel is free, to a die with a free prefetch slot: the channel's own die while it has room,
+otherwise the needed die with the most free slots (ties: fewer hops, shorter walk, cycle
+position) among those whose load route uses no link of the walk (a remote load holds every link
+it crosses for the whole transfer, which would stall the slices streaming on it).
+
+**Central load order** (the order dies pull slices and channels push them): ``natural``, unit
+by unit (shared experts first, then ascending expert id), or ``paired`` (the expander orders the
+units hottest, coldest, 2nd hottest, 2nd coldest, ...; the scheduler interleaves the slices of
+each (hot, cold) pair, so hot compute hides cold DRAM traffic slice by slice), or ``balanced``
+(moec's own: each next slice comes from the hottest remaining expert while the compute issued
+so far lags the DRAM time issued so far, else from the coldest).
+
+**Local rules** on each die, with ``K`` slots: ``P = K // (2 m)`` per walk position (``m`` the
+most positions a die has: 1 on a cycle, 2 on a path there and back) hold slices received from
+the predecessor, the rest hold slices the die loaded itself (loading, loaded, or started):
+
+* R1: a slice received from the predecessor is computed next (ahead of any local slice) and
+  forwarded; the forward starts as soon as the slice is held and overlaps the compute (the
+  weights are read-only), as the interpreter's ``send`` waits only for the slot's fill;
+* R2: when nothing received waits for compute, the die starts its oldest loaded local slice (a
+  new trajectory);
+* R3: a die frees its slot once it has computed the slice and forwarded it; the last needed die
+  ends the trajectory;
+* R4: whenever fewer than ``K - P`` of its slots hold its own slices, the die pulls its next
+  slice (in the central load order) from DRAM;
+* backpressure: a position accepts a slice from its predecessor only while it holds fewer than
+  ``P`` received ones; at most ``P x positions - 1`` trips are in flight at once, so a full ring
+  of blocked forwards (the one possible deadlock: every position holding ``P`` received slices
+  that all wait for their successor) cannot form.
+
+**Naive FSE-DP** (``rules="naive"``): no streaming; every die loads each slice of every expert it
+needs from DRAM itself into any of its ``K`` slots, computes it and frees it.
+
+The result is deterministic: events are ordered by (time, sequence number), and every choice
+has an explicit tie-break.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from moec.ir.errors import ScheduleError
+from moec.ir.stream.program import (
+    Accum,
+    Act,
+    Free,
+    Gemm,
+    Instr,
+    Load,
+    Recv,
+    Send,
+    SliceRef,
+    TokenSet,
+)
+
+RULES = ("r1-r4", "naive")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One expert's work (``expert`` None: the shared experts): per needed die, its tokens."""
+
+    expert: int | None
+    tokens: dict[int, TokenSet]
+    #: bytes of micro-slice j
+    slice_bytes: tuple[int, ...]
+    #: DRAM channel of micro-slice j
+    channels: tuple[int, ...]
+    #: compute seconds of micro-slice j on die d for that die's tokens: ``compute(d, j)``
+    compute: Callable[[int, int], float] = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One layer's FSE-DP scheduling problem."""
+
+    layer: str
+    num_dies: int
+    order: tuple[int, ...]
+    closed: bool
+    #: per die, the slot ids it may use
+    slots: dict[int, list[int]]
+    #: the units in the central load order
+    units: list[Unit]
+    rules: str = "r1-r4"
+    r5: bool = False
+    #: seconds to load ``nbytes`` from channel ``c`` into die ``d``: ``load_time(c, d, nbytes)``
+    load_time: Callable[[int, int, int], float] = field(default=lambda c, d, n: 0.0, compare=False)
+    #: seconds to send ``nbytes`` from die ``a`` to its neighbour ``b``: ``hop_time(a, b, n)``
+    hop_time: Callable[[int, int, int], float] = field(default=lambda a, b, n: 0.0, compare=False)
+    #: die of each DRAM channel
+    channel_die: tuple[int, ...] = ()
+    #: hops between two dies on the interconnect: ``hops(a, b)``
+    hops: Callable[[int, int], int] = field(default=lambda a, b: 0, compare=False)
+    #: dies a transfer from ``a`` to ``b`` visits: ``route(a, b)``
+    route: Callable[[int, int], list[int]] = field(default=lambda a, b: [a, b], compare=False)
+    #: units come in (hot, cold) pairs whose slices interleave in the load order
+    paired: bool = False
+    #: order slices so compute keeps pace with DRAM (``order=balanced``)
+    balanced: bool = False
+    #: total DRAM bandwidth, bytes per second (for ``balanced``)
+    dram_bytes_per_s: float = 0.0
+
+
+@dataclass
+class Trip:
+    """One micro-slice's journey: entry die first, then forward along the cycle."""
+
+    id: int
+    unit: Unit
+    slice: int
+    path: list[int] = field(default_factory=list)
+    #: the slot it is loaded into on its entry die
+    slot: int = -1
+    #: visits (slot holdings) not yet freed, and whether the last one has begun
+    open: int = 0
+    ended: bool = False
+    #: hops of ``path`` (walk positions) where the slice is computed
+    compute_at: set[int] = field(default_factory=set)
+
+    @property
+    def nbytes(self) -> int:
+        return self.unit.slice_bytes[self.slice]
+
+    @property
+    def channel(self) -> int:
+        return self.unit.channels[self.slice]
+
+
+@dataclass
+class _Visit:
+    """A trip's stay on one die: the slot it holds there and the uses (compute, forward) left."""
+
+    trip: Trip
+    die: int
+    slot: int
+    hop: int
+    busy: int = 0
+
+
+@dataclass
+class Schedule:
+    """The per-die instruction streams and what the scheduler did."""
+
+    streams: dict[int, list[Instr]]
+    #: the path of every trip, in load order: ((expert, slice), dies)
+    paths: list[tuple[tuple[int | None, int], list[int]]]
+    #: simulated end of the last event (seconds; an estimate, the interpreter has the truth)
+    estimate_s: float
+    #: most slots any die held at once in the simulation
+    peak_slots: dict[int, int]
+    pass_throughs: int = 0
+
+
+@dataclass
+class _Die:
+    id: int
+    free: list[int]
+    queue: deque[Trip] = field(default_factory=deque)
+    loading: int = 0
+    ready: deque[Trip] = field(default_factory=deque)
+    inbox: deque[_Visit] = field(default_factory=deque)
+    #: trips this die started (R2) whose slot here is not freed yet
+    started: int = 0
+    computing: bool = False
+    held: int = 0
+    peak: int = 0
+
+
+@dataclass
+class _Lane:
+    """One position of the walk: slices received there and waiting to go on."""
+
+    #: received slices held (at most P)
+    pipeline: int = 0
+    outbox: deque[_Visit] = field(default_factory=deque)
+    sending: bool = False
+
+
+class _Sim:
+    def __init__(self, prob: Problem) -> None:
+        self.p = prob
+        self.n = prob.num_dies
+        k = min(len(prob.slots.get(d, [])) for d in range(self.n))
+        self.naive = prob.rules == "naive"
+        if prob.rules not in RULES:
+            raise ScheduleError(f"unknown FSE-DP rules {prob.rules!r}, expected one of {RULES}")
+        order = list(prob.order)
+        # the closed walk slices follow: the cycle itself, or an open path there and back
+        self.walk = order if prob.closed or len(order) <= 2 else order + order[-2:0:-1]
+        self.positions: dict[int, list[int]] = {d: [] for d in range(self.n)}
+        for q, d in enumerate(self.walk):
+            self.positions[d].append(q)
+        lanes = max(len(v) for v in self.positions.values())
+        need = 1 if self.naive else lanes + 1
+        if k < need:
+            raise ScheduleError(
+                f"does not fit SRAM: FSE-DP with rules {prob.rules} needs at least {need} free "
+                f"buffer slots per die at layer {prob.layer} on this trajectory, found {k}"
+            )
+        self.K = k
+        self.P = 0 if self.naive else max(1, k // (2 * lanes))
+        self.prefetch = {d: k - self.P * len(self.positions[d]) for d in range(self.n)}
+        # no walk to block on when nothing is forwarded (naive, or a single die)
+        self.cap = (1 << 30) if self.naive or len(self.walk) == 1 else self.P * len(self.walk) - 1
+        self.dies = [_Die(d, sorted(prob.slots[d])[:k]) for d in range(self.n)]
+        self.lanes = [_Lane() for _ in self.walk]
+        self.ring = {
+            (self.walk[q], self.walk[(q + 1) % len(self.walk)]) for q in range(len(self.walk))
+        }
+        self.active = 0
+        self.now = 0.0
+        self.seq = 0
+        self.heap: list[tuple[float, int, Callable[[], None]]] = []
+        self.out: dict[int, list[tuple[float, int, Instr]]] = {d: [] for d in range(self.n)}
+        self.chan_free: dict[int, float] = {}
+        self.trips: list[Trip] = []
+        self.pass_throughs = 0
+        # R5: per channel, the trips it still has to push, in load order
+        self.chan_queue: dict[int, deque[Trip]] = {}
+        self.chan_busy: dict[int, bool] = {}
+
+    # --- bookkeeping ---
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self.heap, (t, self.seq, fn))
+        self.seq += 1
+
+    def emit(self, die: int, instr: Instr, key: int | None = None) -> None:
+        self.out[die].append((self.now, self.seq if key is None else key, instr))
+        self.seq += 1
+
+    def take_slot(self, d: _Die) -> int:
+        if not d.free:
+            raise ScheduleError(f"FSE-DP scheduler: die {d.id} has no free slot (internal)")
+        d.held += 1
+        d.peak = max(d.peak, d.held)
+        return d.free.pop(0)
+
+    def give_slot(self, d: _Die, slot: int) -> None:
+        d.held -= 1
+        d.free.append(slot)
+        d.free.sort()
+
+    def ref(self, trip: Trip) -> SliceRef:
+        return SliceRef(self.p.layer, trip.unit.expert, trip.slice)
+
+    def route_from(self, die: int, needed: set[int]) -> list[int]:
+        """Walk positions from the best position of ``die`` on to the last needed die."""
+        best: list[int] | None = None
+        W = len(self.walk)
+        for q0 in self.positions[die]:
+            left, path = set(needed), []
+            for step in range(W):
+                q = (q0 + step) % W
+                path.append(q)
+                left.discard(self.walk[q])
+                if not left:
+                    break
+            if best is None or len(path) < len(best):
+                best = path
+        assert best is not None
+        return best
+
+    def set_path(self, trip: Trip, die: int) -> None:
+        trip.path = self.route_from(die, set(trip.unit.tokens))
+        seen: set[int] = set()
+        for h, q in enumerate(trip.path):
+            d = self.walk[q]
+            if d in trip.unit.tokens and d not in seen:
+                trip.compute_at.add(h)
+            seen.add(d)
+
+    # --- planning ---
+    def plan(self) -> None:
+        for u, j in self.load_order():
+            if not u.tokens:
+                continue
+            trip = Trip(len(self.trips), u, j)
+            self.trips.append(trip)
+            if self.naive:
+                continue
+            if self.p.r5:
+                self.chan_queue.setdefault(trip.channel, deque()).append(trip)
+                continue
+            home = self.p.channel_die[trip.channel]
+            self.set_path(trip, home)
+            self.dies[home].queue.append(trip)
+        if self.naive:
+            per_slice, self.trips = self.trips, []
+            for d in range(self.n):
+                for trip in per_slice:
+                    if d in trip.unit.tokens:
+                        t = Trip(len(self.trips), trip.unit, trip.slice)
+                        t.path, t.compute_at = [self.positions[d][0]], {0}
+                        self.trips.append(t)
+                        self.dies[d].queue.append(t)
+
+    def load_order(self) -> list[tuple[Unit, int]]:
+        """(unit, slice) in the central load order: unit by unit, or with ``paired`` the two
+        units of each consecutive pair slice by slice (hot, cold, hot, cold, ...)."""
+        units = self.p.units
+        out: list[tuple[Unit, int]] = []
+        start = 1 if units and units[0].expert is None else 0  # shared experts go first, alone
+        out += [(u, j) for u in units[:start] for j in range(len(u.slice_bytes))]
+        if self.p.balanced:
+            return out + self.balanced(units[start:])
+        step = 2 if self.p.paired else 1
+        for k in range(start, len(units), step):
+            group = units[k : k + step]
+            for j in range(max(len(u.slice_bytes) for u in group)):
+                out += [(u, j) for u in group if j < len(u.slice_bytes)]
+        return out
+
+    def balanced(self, units: list[Unit]) -> list[tuple[Unit, int]]:
+        """Slices ordered so that compute keeps pace with DRAM all along: the next slice comes
+        from the expert with the most compute per slice while the compute issued so far is
+        behind the DRAM time issued so far, else from the one with the least (ties: load
+        order). Compute of a slice: its slowest die; DRAM: bytes over all channels' bandwidth.
+        """
+        bw = self.p.dram_bytes_per_s
+        heavy = [max(u.compute(d, 0) for d in u.tokens) for u in units]
+        left = [len(u.slice_bytes) for u in units]
+        rank = sorted(range(len(units)), key=lambda k: (-heavy[k], k))
+        out: list[tuple[Unit, int]] = []
+        comp = dram = 0.0
+        while any(left):
+            live = [k for k in rank if left[k]]
+            k = live[0] if comp <= dram else live[-1]
+            u = units[k]
+            j = len(u.slice_bytes) - left[k]
+            left[k] -= 1
+            out.append((u, j))
+            comp += max(u.compute(d, j) for d in u.tokens)
+            dram += u.slice_bytes[j] / bw if bw > 0 else 0.0
+        return out
+
+    # --- R4 / R5: loads ---
+    def locals_of(self, d: _Die) -> int:
+        """Slots of slices this die loaded itself: loading, loaded, or started and not freed."""
+        return d.loading + len(d.ready) + d.started
+
+    def pull(self, d: _Die) -> None:
+        """R4: pull the die's next slice from DRAM while a prefetch slot is free."""
+        while d.queue and d.free and self.locals_of(d) < self.prefetch[d.id]:
+            self.load(d, d.queue.popleft())
+
+    def load(self, d: _Die, trip: Trip) -> None:
+        trip.slot = self.take_slot(d)
+        d.loading += 1
+        c = trip.channel
+        start = max(self.now, self.chan_free.get(c, 0.0))
+        end = start + self.p.load_time(c, d.id, trip.nbytes)
+        self.chan_free[c] = end
+        self.emit(d.id, Load(trip.slot, c, self.ref(trip), trip.nbytes))
+
+        def done() -> None:
+            d.loading -= 1
+            d.ready.append(trip)
+            self.kick(d)
+
+        self.at(end, done)
+
+    def push(self, c: int) -> None:
+        """R5: DRAM channel ``c`` sends its next slice to a die with a free prefetch slot."""
+        q = self.chan_queue.get(c)
+        if not q or self.chan_busy.get(c):
+            return
+        trip = q[0]
+        needed = set(trip.unit.tokens)
+        home = self.p.channel_die[c]
+        best: tuple[tuple[bool, int, int, int, int], _Die] | None = None
+        for die in self.p.order:
+            if die not in needed and die != home:
+                continue
+            d = self.dies[die]
+            room = self.prefetch[die] - self.locals_of(d)
+            if room <= 0 or not d.free or self.crosses_ring(home, die):
+                continue
+            # the channel's own die while it has room (a load elsewhere crosses links), else
+            # the needed die with the most free slots
+            length = len(self.route_from(die, needed))
+            key = (die != home, -room, self.p.hops(home, die), length, self.p.order.index(die))
+            if best is None or key < best[0]:
+                best = (key, d)
+        if best is None:
+            return  # retried whenever a die's prefetch slot frees up
+        q.popleft()
+        d = best[1]
+        self.set_path(trip, d.id)
+        self.chan_busy[c] = True
+        self.load(d, trip)
+        self.at(self.chan_free[c], lambda: self.release_channel(c))
+
+    def crosses_ring(self, a: int, b: int) -> bool:
+        """Whether a load from die ``a``'s channel into die ``b`` uses a link slices stream on."""
+        path = self.p.route(a, b)
+        return any((x, y) in self.ring for x, y in zip(path, path[1:], strict=False))
+
+    def release_channel(self, c: int) -> None:
+        self.chan_busy[c] = False
+        self.push(c)
+
+    def refill(self, d: _Die) -> None:
+        if self.p.r5 and not self.naive:
+            for c in sorted(self.chan_queue):
+                self.push(c)
+        else:
+            self.pull(d)
+
+    # --- R1 / R2 / R3: compute and forward ---
+    def kick(self, d: _Die) -> None:
+        """Start the die's next compute (R1 before R2) and its next forwards, if possible."""
+        while not d.computing:
+            if d.inbox:
+                self.compute(d, d.inbox.popleft())  # R1
+            elif d.ready and self.active < self.cap:
+                trip = d.ready.popleft()  # R2: a new trajectory starts here
+                d.started += 1
+                self.active += 1
+                self.arrive(d, self.visit(trip, trip.slot, 0))
+            else:
+                break
+        for q in self.positions[d.id]:
+            self.forward(d, q)
+
+    def visit(self, trip: Trip, slot: int, hop: int) -> _Visit:
+        trip.open += 1
+        if hop == len(trip.path) - 1:
+            trip.ended = True
+        return _Visit(trip, self.walk[trip.path[hop]], slot, hop)
+
+    def arrive(self, d: _Die, v: _Visit) -> None:
+        """R1: a slice held here is computed (if the die has tokens for it) and, unless this is
+        the trajectory's end, forwarded at once: the two overlap, the weights are read-only."""
+        trip = v.trip
+        if v.hop in trip.compute_at:
+            v.busy += 1
+            d.inbox.append(v)
+        else:
+            self.pass_throughs += 1
+        if v.hop < len(trip.path) - 1:
+            v.busy += 1
+            self.lanes[trip.path[v.hop]].outbox.append(v)
+
+    def compute(self, d: _Die, v: _Visit) -> None:
+        d.computing = True
+        ts = v.trip.unit.tokens[d.id]
+        for op in (Gemm, Act, Accum):
+            self.emit(d.id, op(v.slot, ts))
+        end = self.now + v.trip.unit.compute(d.id, v.trip.slice)
+
+        def done() -> None:
+            d.computing = False
+            self.release(d, v)
+            self.kick(d)
+
+        self.at(end, done)
+
+    def release(self, d: _Die, v: _Visit) -> None:
+        """One use of the visit's slot is over; R3: free it after the last."""
+        v.busy -= 1
+        if v.busy:
+            return
+        self.emit(d.id, Free(v.slot))
+        self.give_slot(d, v.slot)
+        trip = v.trip
+        trip.open -= 1
+        if trip.ended and trip.open == 0:
+            self.active -= 1
+            if self.active == self.cap - 1:
+                for other in self.dies:  # the in-flight cap was binding: anyone may start
+                    if other is not d:
+                        self.kick(other)
+        if v.hop == 0:
+            d.started -= 1
+            self.refill(d)  # R4: a prefetch slot is free again
+        else:
+            q = trip.path[v.hop]
+            self.lanes[q].pipeline -= 1
+            self.kick(self.dies[self.walk[q - 1]])  # its predecessor may forward again
+
+    def forward(self, d: _Die, q: int) -> None:
+        lane = self.lanes[q]
+        if lane.sending or not lane.outbox:
+            return
+        v = lane.outbox[0]
+        trip = v.trip
+        nq = trip.path[v.hop + 1]
+        nxt = self.dies[self.walk[nq]]
+        if self.lanes[nq].pipeline >= self.P:
+            return  # backpressure: retried when nxt frees a slot of that lane
+        lane.outbox.popleft()
+        lane.sending = True
+        self.lanes[nq].pipeline += 1
+        nv = self.visit(trip, self.take_slot(nxt), v.hop + 1)
+        key = self.seq
+        self.seq += 1
+        self.emit(d.id, Send(peer=nxt.id, nbytes=trip.nbytes, slot=v.slot), key=key)
+        self.emit(
+            nxt.id, Recv(peer=d.id, nbytes=trip.nbytes, slot=nv.slot, content=self.ref(trip)),
+            key=key,
+        )  # fmt: skip
+        end = self.now + self.p.hop_time(d.id, nxt.id, trip.nbytes)
+
+        def done() -> None:
+            lane.sending = False
+            self.arrive(nxt, nv)
+            self.release(d, v)
+            self.kick(nxt)
+            self.kick(d)
+
+        self.at(end, done)
+
+    # --- the run ---
+    def run(self) -> Schedule:
+        self.plan()
+        if self.p.r5 and not self.naive:
+            for c in sorted(self.chan_queue):
+                self.push(c)
+        else:
+            for d in self.dies:
+                self.pull(d)
+        while self.heap:
+            t, _, fn = heapq.heappop(self.heap)
+            self.now = t
+            fn()
+        stuck = [d.id for d in self.dies if d.queue or d.ready or d.inbox or d.held]
+        stuck += [self.walk[q] for q, lane in enumerate(self.lanes) if lane.outbox]
+        left = sum(len(q) for q in self.chan_queue.values())
+        if stuck or left:
+            raise ScheduleError(
+                f"FSE-DP scheduler stalled on layer {self.p.layer} (dies {sorted(set(stuck))}, "
+                f"{left} slices not loaded)"
+            )
+        streams = {
+            d: [i for _, _, i in sorted(evs, key=lambda e: (e[0], e[1]))]
+            for d, evs in self.out.items()
+        }
+        paths = [((tr.unit.expert, tr.slice), [self.walk[q] for q in tr.path]) for tr in self.trips]
+        return Schedule(
+            streams, paths, self.now, {d.id: d.peak for d in self.dies}, self.pass_throughs
+        )
+
+
+def schedule(prob: Problem) -> Schedule:
+    """Simulate the FSE-DP rules on ``prob`` and return each die's instruction stream."""
+    return _Sim(prob).run()
