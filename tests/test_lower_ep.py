@@ -55,7 +55,7 @@ def test_ep_program_on_tiny_moe(tiny: Module) -> None:
     pol = p.policy("moe0")
     assert pol is not None and pol.strategy == "ep"
     assert pol.params["placement"] == [0, 0, 1, 1, 2, 2, 3, 3]
-    # each expert's weights on the channel nearest its die (every 2x2 die has one)
+    # balanced channels: with even loads each expert stays on its own die's channel (2x2)
     for e, die in enumerate(pol.params["placement"]):
         tensor = p.tensor(f"moe0.e{e}")
         assert tensor is not None and tensor.channel == t.nearest_channel(die).id

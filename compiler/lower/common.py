@@ -19,7 +19,8 @@ policies. With the common option ``resident=F`` (or a ``caee-prune{resident=F}``
 :func:`~moec.compiler.lower.residency.layer_residency` picks the experts kept in device memory;
 :meth:`Lowering.expert_tensor` declares the others on the host tier and :meth:`Lowering.policy`
 records ``annotate resident = [1, 0, ...]`` for the interpreter and the CAEE rule. Conventions the expanders rely on: expert ``e`` of layer ``L`` is tensor ``L.e<e>``;
-the shared experts have one replica per channel, ``L.shared.ch<c>``; the policy's
+the shared experts have one replica per channel, ``L.shared.ch<c>`` (EP and TP split them over
+the dies instead: one shard per die and channel, ``L.shared.d<d>[.ch<c>]``); the policy's
 ``slice_bytes`` (and ``shared_slice_bytes``) give the bytes of each micro-slice, biases included
 (``b_down`` and the shared gate ride with slice 0).
 

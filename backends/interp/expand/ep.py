@@ -1,22 +1,44 @@
 """Expert parallelism (``strategy ep``): whole experts on dies, tokens travel to them.
 
-Parameters read from the runtime policy: ``placement`` (required, the die of each expert) and
+Parameters read from the runtime policy: ``placement`` (required, the die of each expert),
 ``channels`` (optional, the DRAM channel holding each expert; default: the channel nearest to
-the expert's die, where the EP lowering declares the expert's tensors).
+the expert's die) and, for a layer with shared experts, ``shared`` (``split``, the default, or
+``replicated``), ``shared_owner`` and ``shared_channels`` (the die computing each shared
+micro-slice and the channel it is loaded from; defaults below).
+
+**Shared experts.** A GPU EP deployment replicates the shared experts on every device, which is
+free there because their weights are resident. Here weights stream from DRAM every iteration, so
+replicas would load the shared weights D times. The EP expansion therefore runs them as
+DeepSeek-V3's decoding deployment does, as one more expert that every token selects, with its
+columns cut over the dies (``split``): die ``shared_owner[j]`` loads shared micro-slice ``j``
+once and computes it for every token; the partial sums reach the home dies with the routed
+experts' outputs. Each shared slice is loaded once per iteration, as in TP and FSE-DP. Defaults:
+``shared_owner[j] = j * D // count``; ``shared_channels``: each slice, in order, on the channel
+that would finish its bytes first (ties: fewer hops from the owner, lower id), which spreads
+the bytes evenly when a lowering (Hydra's) does not choose. ``replicated`` is the data-parallel
+form: every die loads all shared slices from its nearest channel for its own tokens.
 
 For one routing the expansion emits, per die, in this order:
 
-1. **x out**: each home die sends, once per expert die, the activations of its tokens routed to
-   any expert there (``send x L tokens ...``), relayed hop by hop along ``target.route``; hop k
-   of every route is emitted before hop k+1, sends before recvs, so relays never wait on a later
-   transfer;
-2. **shared experts** (if the layer has them): every die streams the shared micro-slices from its
-   nearest channel and computes them for its own tokens;
+1. **x out**: without split shared experts, each home die sends, once per expert die, the
+   activations of its tokens routed to any expert there (``send x L tokens ...``), relayed hop
+   by hop along ``target.route``; hop k of every route is emitted before hop k+1, sends before
+   recvs, so relays never wait on a later transfer. With split shared experts every die needs
+   every token: each home die's tokens are broadcast down its route tree (TP's all-gather,
+   :func:`~moec.backends.interp.expand.tp.broadcast`), which also serves the routed experts;
+2. **shared experts** (if the layer has them): ``split``: the die's own shared slices for all
+   tokens; ``replicated``: every shared slice for the die's own tokens;
 3. **routed experts**: for each expert placed on the die with tokens (ascending id), each
    micro-slice j: ``load`` into the next free slot (round robin, so the slots double-buffer DRAM
    against compute), ``gemm``/``act``/``accum`` for the expert's tokens, ``free``;
 4. **y back**: each expert die returns the partial outputs of each home die's tokens as one
-   ``y`` block along the route back; the home die sums them into its output.
+   ``y`` block along the route back; the home die sums them into its output. With split shared
+   experts every die holds partial outputs of every token, so they are reduced up each home
+   die's route tree instead (:func:`~moec.backends.interp.expand.tp.reduce_to_home`).
+
+Steps 1-4 take a list of (die, expert, channel, tokens) work items (:func:`expand_work`), so a
+strategy that only decides differently which die serves which tokens (EPLB's replicas) can reuse
+them.
 
 Before/after on die 1 of a 2-die ring, expert 1 of ``moe0`` on die 1, tokens 2..3 homed on die 0
 and routed to it::
@@ -34,6 +56,8 @@ from collections import defaultdict
 import numpy as np
 
 from moec.backends.interp.expand import ExpandContext, register, token_set
+from moec.backends.interp.expand.tp import broadcast, reduce_to_home
+from moec.ir.errors import ProgramError
 from moec.ir.stream.program import (
     Accum,
     Act,
@@ -47,6 +71,10 @@ from moec.ir.stream.program import (
     SliceRef,
     TokenSet,
 )
+from moec.ir.target import Target
+
+#: One unit of routed work: (die, expert, DRAM channel, its tokens, sorted).
+Work = tuple[int, int, int, np.ndarray]
 
 
 def _relay(
@@ -67,14 +95,15 @@ def _relay(
 
 def _stream_slices(
     out: list[Instr], ctx: ExpandContext, die: int, expert: int | None, channel: int,
-    ts: TokenSet, cursor: list[int],
+    ts: TokenSet, cursor: list[int], slices: list[int] | None = None,
 ) -> None:  # fmt: skip
-    """Load, compute and free every micro-slice of ``expert`` on ``die`` for tokens ``ts``."""
+    """Load, compute and free micro-slices ``slices`` (default all) of ``expert`` (None: the
+    shared experts) on ``die`` for tokens ``ts``."""
     slots = ctx.slots_of(die)
     lay = ctx.layout if expert is not None else ctx.shared_layout
     assert lay is not None
     name = ctx.layer.name
-    for j in range(lay.count):
+    for j in range(lay.count) if slices is None else slices:
         s = slots[cursor[0] % len(slots)]
         cursor[0] += 1
         out.append(Load(s, channel, SliceRef(name, expert, j), ctx.slice_bytes(expert, j)))
@@ -82,6 +111,113 @@ def _stream_slices(
         out.append(Act(s, ts))
         out.append(Accum(s, ts))
         out.append(Free(s))
+
+
+def balanced_channels(target: Target, owner: list[int], nbytes: list[int]) -> list[int]:
+    """Each item, in order, on the channel that would finish its bytes first (ties: fewer hops
+    from its owner die, lower id): the bytes spread over the channels by bandwidth."""
+    load = {c.id: 0.0 for c in target.channels}
+    out = []
+    for d, n in zip(owner, nbytes, strict=True):
+        c = min(
+            target.channels,
+            key=lambda c: ((load[c.id] + n) / c.gbps, target.hops(d, c.die), c.id),
+        )
+        load[c.id] += n
+        out.append(c.id)
+    return out
+
+
+def shared_plan(ctx: ExpandContext) -> tuple[list[int], list[int]] | None:
+    """(die, channel) of each shared micro-slice when the shared experts are split over the dies;
+    None when the layer has none or runs them ``replicated``."""
+    m, t, lay = ctx.layer, ctx.target, ctx.shared_layout
+    if not m.shared_ffn or lay is None:
+        return None
+    mode = ctx.policy.params.get("shared", "split")
+    if mode not in ("split", "replicated"):
+        raise ProgramError(
+            f'runtime {m.name}: param shared must be "split" or "replicated", found {mode!r}',
+            ctx.policy.loc or ctx.where,
+        )
+    if mode == "replicated":
+        return None
+    D = t.num_dies
+    if "shared_owner" in ctx.policy.params:
+        owner = ctx.int_list("shared_owner", lay.count, 0, D)
+    else:
+        owner = [j * D // lay.count for j in range(lay.count)]
+    if "shared_channels" in ctx.policy.params:
+        channels = ctx.int_list("shared_channels", lay.count, 0, len(t.channels))
+    else:
+        nbytes = [ctx.slice_bytes(None, j) for j in range(lay.count)]
+        channels = balanced_channels(t, owner, nbytes)
+    return owner, channels
+
+
+def expand_work(ctx: ExpandContext, work: list[Work]) -> dict[int, list[Instr]]:
+    """Steps 1-4 of the module docstring for the routed ``work`` items (each die's items in the
+    order given) and the layer's shared experts."""
+    t, m, r = ctx.target, ctx.layer, ctx.routing
+    D, T = t.num_dies, r.tokens
+    home = np.asarray(r.home_die, dtype=np.int64)
+    out: dict[int, list[Instr]] = {d: [] for d in range(D)}
+    split = shared_plan(ctx)
+
+    homes: dict[int, tuple[TokenSet, int]] = {}
+    groups: dict[tuple[int, int], np.ndarray] = {}
+    if split is not None:  # 1. x all-gather: every die computes shared slices for every token
+        for h in range(D):
+            toks = np.nonzero(home == h)[0]
+            if toks.size:
+                homes[h] = (token_set(toks), ctx.activation_bytes(int(toks.size)))
+        broadcast(out, t, m.name, homes)
+    else:  # 1. x out: per (home, expert die) the distinct tokens needed there
+        parts = [(d, toks[home[toks] != d]) for d, _, _, toks in work]
+        if parts:
+            pd = np.concatenate([np.full(p.size, d, dtype=np.int64) for d, p in parts])
+            pt = np.concatenate([p for _, p in parts]).astype(np.int64)
+            key = np.unique((home[pt] * D + pd) * T + pt)
+            hd, tok = key // T, key % T
+            cut = np.nonzero(np.diff(hd))[0] + 1
+            for part_hd, part_t in zip(np.split(hd, cut), np.split(tok, cut), strict=True):
+                if part_hd.size:
+                    c = int(part_hd[0])
+                    groups[(c // D, c % D)] = part_t
+        x_routes = [
+            (t.route(h, d), token_set(toks), ctx.activation_bytes(int(toks.size)))
+            for (h, d), toks in sorted(groups.items())
+        ]
+        _relay(out, x_routes, m.name, "x")
+
+    # 2. shared experts
+    cursors: defaultdict[int, list[int]] = defaultdict(lambda: [0])
+    if split is not None:
+        owner, channels = split
+        everyone = TokenSet.span(0, T)
+        for j, d in enumerate(owner):
+            _stream_slices(out[d], ctx, d, None, channels[j], everyone, cursors[d], [j])
+    elif m.shared_ffn and ctx.shared_layout is not None:
+        for d in range(D):
+            own = np.nonzero(home == d)[0]
+            if own.size:
+                ch = t.nearest_channel(d).id
+                _stream_slices(out[d], ctx, d, None, ch, token_set(own), cursors[d])
+
+    # 3. routed experts
+    for d, e, ch, toks in work:
+        _stream_slices(out[d], ctx, d, e, ch, token_set(toks), cursors[d])
+
+    # 4. y back to the home dies
+    if split is not None:
+        reduce_to_home(out, t, m.name, homes)
+    else:
+        y_routes = [
+            (t.route(d, h), token_set(toks), ctx.activation_bytes(int(toks.size)))
+            for (h, d), toks in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        ]
+        _relay(out, y_routes, m.name, "y")
+    return out
 
 
 @register("ep")
@@ -94,54 +230,16 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     else:
         nearest = [t.nearest_channel(d).id for d in range(D)]
         channels = [nearest[placement[e]] for e in range(E)]
-    place = np.asarray(placement, dtype=np.int64)
     T, k = r.ids.shape
-    home = np.asarray(r.home_die, dtype=np.int64)
     pair_e = r.ids.reshape(-1).astype(np.int64)
     pair_t = np.repeat(np.arange(T, dtype=np.int64), k)
     pair_t, pair_e = pair_t[pair_e >= 0], pair_e[pair_e >= 0]  # -1: dropped by a skip rule
-    pair_d = place[pair_e]
-    pair_h = home[pair_t]
-    out: dict[int, list[Instr]] = {d: [] for d in range(D)}
-
-    # 1. x out: per (home, expert die) the distinct tokens needed there
-    remote = pair_d != pair_h
-    key = np.unique((pair_h[remote] * D + pair_d[remote]) * T + pair_t[remote])
-    groups: dict[tuple[int, int], np.ndarray] = {}
-    if key.size:
-        hd, tok = key // T, key % T
-        cut = np.nonzero(np.diff(hd))[0] + 1
-        for part_hd, part_t in zip(np.split(hd, cut), np.split(tok, cut), strict=True):
-            c = int(part_hd[0])
-            groups[(c // D, c % D)] = part_t
-    x_routes = []
-    for (h, d), toks in sorted(groups.items()):
-        x_routes.append((t.route(h, d), token_set(toks), ctx.activation_bytes(int(toks.size))))
-    _relay(out, x_routes, m.name, "x")
-
-    # 2. shared experts, data parallel on each die's own tokens
-    cursors: defaultdict[int, list[int]] = defaultdict(lambda: [0])
-    if m.shared_ffn and ctx.shared_layout is not None:
-        for d in range(D):
-            own = np.nonzero(home == d)[0]
-            if own.size:
-                ch = t.nearest_channel(d).id
-                _stream_slices(out[d], ctx, d, None, ch, token_set(own), cursors[d])
-
-    # 3. routed experts, on their die, ascending id
     order = np.lexsort((pair_t, pair_e))
     se, st = pair_e[order], pair_t[order]
     cut = np.nonzero(np.diff(se))[0] + 1
+    work: list[Work] = []
     for part_e, part_t in zip(np.split(se, cut), np.split(st, cut), strict=True):
-        if part_e.size == 0:
-            continue
-        e = int(part_e[0])
-        d = placement[e]
-        _stream_slices(out[d], ctx, d, e, channels[e], token_set(part_t), cursors[d])
-
-    # 4. y back: per (expert die, home) the tokens whose partial sums live on the expert die
-    y_routes = []
-    for (h, d), toks in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        y_routes.append((t.route(d, h), token_set(toks), ctx.activation_bytes(int(toks.size))))
-    _relay(out, y_routes, m.name, "y")
-    return out
+        if part_e.size:
+            e = int(part_e[0])
+            work.append((placement[e], e, channels[e], part_t))
+    return expand_work(ctx, work)
