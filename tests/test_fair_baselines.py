@@ -114,7 +114,7 @@ def _shared_bytes() -> int:
 
 
 @pytest.mark.parametrize("target", ["fsedp-2x2", "fsedp-3x3", "fsedp-4x4"])
-@pytest.mark.parametrize("strategy", ["ep", "hydra", "tp", "fsedp"])
+@pytest.mark.parametrize("strategy", ["ep", "hydra", "eplb", "tp", "fsedp"])
 def test_shared_experts_loaded_once_per_iteration(strategy: str, target: str) -> None:
     dies = {"fsedp-2x2": 4, "fsedp-3x3": 9, "fsedp-4x4": 16}[target]
     module = moe_module(16, 2, 64, shared_ffn=SHARED_FFN)

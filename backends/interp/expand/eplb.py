@@ -11,17 +11,16 @@ while that replica has quota left, and every other token, in ascending order, to
 quota left that is fewest hops from its home (ties: the lower die). Then each (expert, replica)
 with tokens runs as an expert does in EP (:mod:`.ep`): inputs sent from the home dies, the
 replica's die streams the expert's micro-slices from its channel and computes, the partial
-outputs go back to the home dies.
+outputs go back to the home dies; shared experts are split across the dies and loaded once per
+iteration, as EP does (:func:`.ep.expand_work`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
-from moec.backends.interp.expand import ExpandContext, register, token_set
-from moec.backends.interp.expand.ep import _relay, _stream_slices
+from moec.backends.interp.expand import ExpandContext, register
+from moec.backends.interp.expand.ep import expand_work
 from moec.ir.errors import ProgramError
 from moec.ir.stream.program import Instr
 from moec.ir.target import Target
@@ -85,16 +84,13 @@ def _replicas(ctx: ExpandContext) -> tuple[list[list[int]], list[list[int]]]:
 
 @register("eplb")
 def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
-    t, m, r = ctx.target, ctx.layer, ctx.routing
-    D = t.num_dies
+    t, r = ctx.target, ctx.routing
     replicas, channels = _replicas(ctx)
     T, k = r.ids.shape
     home = np.asarray(r.home_die, dtype=np.int64)
     pair_e = r.ids.reshape(-1).astype(np.int64)
     pair_t = np.repeat(np.arange(T, dtype=np.int64), k)
     pair_t, pair_e = pair_t[pair_e >= 0], pair_e[pair_e >= 0]  # -1: dropped by a skip rule
-    out: dict[int, list[Instr]] = {d: [] for d in range(D)}
-
     # the replica serving each (token, expert) pair
     order = np.lexsort((pair_t, pair_e))
     se, st = pair_e[order], pair_t[order]
@@ -110,37 +106,4 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
             if split[d]:
                 work.append((d, e, channels[e][i], np.asarray(split[d], dtype=np.int64)))
 
-    # 1. x out: per (home, replica die) the distinct tokens needed there
-    need: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for d, _, _, toks in work:
-        for tok in toks.tolist():
-            h = int(home[tok])
-            if h != d:
-                need[(h, d)].add(tok)
-    groups = {key: np.asarray(sorted(v), dtype=np.int64) for key, v in need.items()}
-    x_routes = [
-        (t.route(h, d), token_set(toks), ctx.activation_bytes(int(toks.size)))
-        for (h, d), toks in sorted(groups.items())
-    ]
-    _relay(out, x_routes, m.name, "x")
-
-    # 2. shared experts, data parallel on each die's own tokens
-    cursors: dict[int, list[int]] = defaultdict(lambda: [0])
-    if m.shared_ffn and ctx.shared_layout is not None:
-        for d in range(D):
-            own = np.nonzero(home == d)[0]
-            if own.size:
-                ch = t.nearest_channel(d).id
-                _stream_slices(out[d], ctx, d, None, ch, token_set(own), cursors[d])
-
-    # 3. each replica computes its share of its expert's tokens (experts ascending)
-    for d, e, ch, toks in work:
-        _stream_slices(out[d], ctx, d, e, ch, token_set(toks), cursors[d])
-
-    # 4. y back to the home dies
-    y_routes = [
-        (t.route(d, h), token_set(toks), ctx.activation_bytes(int(toks.size)))
-        for (h, d), toks in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-    ]
-    _relay(out, y_routes, m.name, "y")
-    return out
+    return expand_work(ctx, work)
