@@ -14,8 +14,10 @@ from moec.compiler.bench.spec import (
     PAPER_STRATEGIES,
     PAPER_TOKENS,
     BenchModel,
+    accuracy_dims,
     iteration_bound,
     load_bench_model,
+    mixed_layer_bound,
     parse_layers,
     parse_strategies,
     parse_tokens,
@@ -23,6 +25,6 @@ from moec.compiler.bench.spec import (
 
 __all__ = [
     "ABLATION_STEPS", "PAPER_MODELS", "PAPER_STRATEGIES", "PAPER_TOKENS", "BenchModel",
-    "add_speedups", "iteration_bound", "load_bench_model", "parse_layers", "parse_strategies",
+    "accuracy_dims", "add_speedups", "iteration_bound", "mixed_layer_bound", "load_bench_model", "parse_layers", "parse_strategies",
     "parse_tokens", "render_table", "rows_json", "write_plot",
 ]  # fmt: skip

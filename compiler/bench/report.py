@@ -6,6 +6,10 @@ A row is a plain dict (the ``--json`` schema)::
      "peak_sram_bytes_max", "dram_bytes", "link_bytes",
      "utilization": {"compute", "dram", "links"}, "passes", ...}
 
+plus, for models with weights, ``"accuracy": {"max_rel_err", "mean_rel_err", "cosine",
+"top1_agreement"}``; the table and the Markdown get the :data:`ACCURACY_COLUMNS` when any row
+has it (``-`` in the rows that do not).
+
 so the design-space sweep and the tests read the same thing the user sees.
 """
 
@@ -67,8 +71,29 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def table_cells(row: Row) -> list[str]:
-    """The terminal cells of one row, in :data:`COLUMNS` order."""
+#: Extra columns when rows carry ``accuracy``.
+ACCURACY_COLUMNS = ("max err", "mean err", "cosine", "top-1")
+
+
+def columns(rows: Sequence[Row]) -> tuple[str, ...]:
+    """:data:`COLUMNS`, plus :data:`ACCURACY_COLUMNS` when any row has accuracy fields."""
+    return COLUMNS + (ACCURACY_COLUMNS if any(r.get("accuracy") for r in rows) else ())
+
+
+def accuracy_cells(row: Row) -> list[str]:
+    """The :data:`ACCURACY_COLUMNS` cells of one row (``-`` when it has none)."""
+    acc = row.get("accuracy")
+    if not acc:
+        return ["-"] * len(ACCURACY_COLUMNS)
+    top1 = acc.get("top1_agreement")
+    return [
+        f"{acc['max_rel_err']:.2e}", f"{acc['mean_rel_err']:.2e}", f"{acc['cosine']:.6f}",
+        f"{top1:.4f}" if top1 is not None else "-",
+    ]  # fmt: skip
+
+
+def table_cells(row: Row, accuracy: bool = False) -> list[str]:
+    """The terminal cells of one row, in :data:`COLUMNS` order (then the accuracy cells)."""
     u = row["utilization"]
     speed = row.get("speedup_vs_ep")
     ratio = row["latency_s"] / row["bound_s"] if row["bound_s"] > 0 else float("inf")
@@ -79,15 +104,18 @@ def table_cells(row: Row) -> list[str]:
         f"{speed:.2f}x" if speed is not None else "-",
         _pct(u["compute"]), _pct(u["dram"]), _pct(u["links"]),
         _bytes(row["peak_sram_bytes_max"]), _bytes(row["dram_bytes"]), _bytes(row["link_bytes"]),
-    ]  # fmt: skip
+    ] + (accuracy_cells(row) if accuracy else [])  # fmt: skip
 
 
 def render_table(rows: Sequence[Row], title: str = "moec bench") -> Any:
     """A rich :class:`~rich.table.Table` of the rows (print it with a rich Console)."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, header_style="bold")
-    for col in COLUMNS:
+    cols = columns(rows)
+    accuracy = len(cols) > len(COLUMNS)
+    for col in cols:
         left = col in ("model", "target", "strategy")
         table.add_column(col, justify="left" if left else "right", no_wrap=left)
     last = None
@@ -96,14 +124,17 @@ def render_table(rows: Sequence[Row], title: str = "moec bench") -> Any:
         if last is not None and point != last:
             table.add_section()
         last = point
-        table.add_row(*table_cells(r))
+        # escaped: a pass pipeline's "[...]" label is text, not rich markup
+        table.add_row(*(escape(c) for c in table_cells(r, accuracy)))
     return table
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
     """The rows as a GitHub-flavoured Markdown table (for ``docs/results.md``)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+    cols = columns(rows)
+    accuracy = len(cols) > len(COLUMNS)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(table_cells(r, accuracy)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -7,22 +7,28 @@ compiles from the same graph IR every time.
 
 The analytic lower bound of one iteration (:func:`iteration_bound`) is the one of
 :mod:`moec.ir.cost`, summed over the simulated MoE layers: per layer the larger of the weight bytes
-of the activated experts over the total DRAM bandwidth and the FLOPs over the total compute.
+of the activated experts over the total DRAM bandwidth and the FLOPs over the total compute,
+counting only the work the iteration does: pairs dropped by runtime rules and pairs deferred by
+token buffering (the next iteration's work) are left out, and with a per-expert precision plan
+each expert's bytes and FLOPs count at its own precision.
+
+:func:`accuracy_dims` sizes a model's symbolic inputs for a row's token count (bench accuracy).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from moec.ir.cost import layer_bound
+from moec.ir.cost import GB, LayerBound, bytes_per_element, layer_bound
 from moec.ir.errors import ModelError, MoecError
 from moec.ir.graph import Module
 from moec.ir.moe import MoELayer
-from moec.ir.routing import RoutingTrace
+from moec.ir.routing import LayerRouting, RoutingTrace
 from moec.ir.target import Target
 
 
@@ -209,11 +215,104 @@ class IterationBound:
 
 
 def iteration_bound(
-    target: Target, layers: list[MoELayer], trace: RoutingTrace, precision: str = "fp16"
+    target: Target,
+    layers: Sequence[MoELayer],
+    routings: RoutingTrace | Sequence[LayerRouting],
+    precision: str = "fp16",
+    deferred: Sequence[Collection[int]] = (),
+    plans: Sequence[Sequence[str]] = (),
 ) -> IterationBound:
-    """Sum over the traced layers of :func:`moec.ir.cost.layer_bound`."""
+    """Sum over the routed layers of :func:`moec.ir.cost.layer_bound`.
+
+    ``deferred[i]`` are the experts of layer ``i`` whose pairs token buffering moves to the next
+    iteration: their pairs are not this iteration's work, so they count neither bytes nor FLOPs
+    (a deferred expert is deferred whole, so it is not loaded either). Dropped pairs (id -1, from
+    runtime rules) never count. ``plans[i]``, when not empty, is layer ``i``'s per-expert
+    precision (``assign-precision``): each expert's bytes and FLOPs count at its own precision
+    (:func:`mixed_layer_bound`), the shared experts at ``precision``.
+    """
+    per_layer = routings.layers if isinstance(routings, RoutingTrace) else list(routings)
     bound = dram = compute = 0.0
-    for layer, routing in zip(layers, trace.layers, strict=False):
-        b = layer_bound(target, layer, np.asarray(routing.ids), precision)
+    for i, (layer, routing) in enumerate(zip(layers, per_layer, strict=False)):
+        ids = np.asarray(routing.ids)
+        gone = sorted(deferred[i]) if i < len(deferred) else []
+        if gone:
+            ids = np.where(np.isin(ids, gone), -1, ids)
+        plan = list(plans[i]) if i < len(plans) else []
+        b = (
+            mixed_layer_bound(target, layer, ids, plan, precision) if plan
+            else layer_bound(target, layer, ids, precision)
+        )  # fmt: skip
         bound, dram, compute = bound + b.bound_s, dram + b.dram_s, compute + b.compute_s
     return IterationBound(bound, dram, compute)
+
+
+def mixed_layer_bound(
+    target: Target, layer: MoELayer, ids: np.ndarray, plan: Sequence[str], precision: str
+) -> LayerBound:
+    """:func:`moec.ir.cost.layer_bound` with a precision per expert: weight bytes of each
+    activated expert at its precision; compute time of each precision's FLOPs at that
+    precision's throughput. The shared experts run at ``precision``."""
+    if len(plan) != layer.num_experts:
+        raise BenchError(
+            f"precision plan of {len(plan)} experts for a layer of {layer.num_experts}",
+            layer.name,
+        )
+    expert_params = (3 if layer.gated else 2) * layer.hidden * layer.ffn
+    shared_params = 3 * layer.hidden * layer.shared_ffn if layer.has_shared else 0
+    valid = ids[ids >= 0]
+    weight_bytes = shared_params * bytes_per_element(precision)
+    weight_bytes += sum(
+        expert_params * bytes_per_element(plan[e]) for e in np.unique(valid).tolist()
+    )
+    pairs = np.bincount(valid, minlength=layer.num_experts)
+    flops: dict[str, float] = {precision: 2.0 * int(ids.shape[0]) * shared_params}
+    for e in np.flatnonzero(pairs).tolist():
+        flops[plan[e]] = flops.get(plan[e], 0.0) + 2.0 * int(pairs[e]) * expert_params
+    compute_s = sum(f / target.total_flops_per_s(p) for p, f in sorted(flops.items()))
+    dram_bw = target.total_dram_gbps() * GB
+    dram_s = weight_bytes / dram_bw if dram_bw > 0 else float("inf")
+    return LayerBound(dram_s, compute_s, float(weight_bytes), float(sum(flops.values())))
+
+
+def accuracy_dims(module: Module, tokens: int, where: str) -> dict[str, int]:
+    """Sizes of the module's symbolic input dimensions that give ``tokens`` tokens per MoE
+    layer, for the accuracy inputs of a bench row.
+
+    One symbolic dimension (``tokens: [T]``) is set to ``tokens``. With several (``input_ids:
+    [batch, seq]``), every non-batch dimension keeps its default (8: short sequences, within any
+    context window) and the batch dimension takes the rest, so ``tokens`` must be a multiple of
+    their product; anything else is a :class:`BenchError`.
+    """
+    from moec.compiler.lower.common import default_dim
+
+    names = list(
+        dict.fromkeys(
+            d
+            for v in module.inputs
+            if v.type is not None
+            for d in v.type.shape
+            if isinstance(d, str)
+        )
+    )
+    if not names:
+        return {}  # static shapes: the caller checks the token count the program gets
+    if len(names) == 1:
+        return {names[0]: tokens}
+    batch = [d for d in names if "batch" in d.lower()]
+    if len(batch) == 1:
+        rest = {d: default_dim(d) for d in names if d != batch[0]}
+        per_row = int(np.prod(list(rest.values()), dtype=np.int64))
+        if tokens % per_row == 0:
+            return {batch[0]: tokens // per_row, **rest}
+        raise BenchError(
+            f"accuracy inputs: {tokens} tokens is not a multiple of "
+            f"{' x '.join(f'{k}={v}' for k, v in rest.items())} = {per_row} (use --no-accuracy)",
+            where,
+        )
+    raise BenchError(
+        f"accuracy inputs: cannot choose sizes for the symbolic dimensions "
+        f"{', '.join(names) or '(none)'} to give {tokens} tokens, expected one dimension or "
+        "one batch dimension (use --no-accuracy)",
+        where,
+    )

@@ -13,7 +13,27 @@ layers only:
 * ``dram_bytes`` / ``link_bytes``: bytes the MoE layers move (a DRAM load crossing links counts
   on each link it crosses);
 * ``peak_sram_bytes_max``: the largest per-die SRAM peak of slots;
-* ``bound_s``: :func:`moec.compiler.bench.spec.iteration_bound` for the same routing.
+* ``bound_s``: :func:`moec.compiler.bench.spec.iteration_bound` for the work the iteration
+  actually does: the routing after runtime rules (pairs dropped by ``caee-prune`` or
+  ``skip-second`` are not work), minus the experts token buffering defers to the next iteration
+  (``fsedp`` with ``slack``: recomputed from that routing with the expansion's own
+  :func:`~moec.backends.interp.expand.fsedp.deferred_experts`; rows that defer experts carry
+  ``"bound_excludes_deferred": true`` and ``bound_deferred_pairs``, which equals the
+  interpreter's ``extra.deferred_pairs``), with each expert's bytes and FLOPs at its own
+  precision when the layer has a precision plan (``assign-precision``).
+
+**Accuracy** (``accuracy=True``, or ``None``: whenever the model has real weights). Per row, the
+model is compiled for the row's target, strategy and pass pipeline with seeded inputs (seed
+:data:`ACCURACY_SEED`) of the row's token count (:func:`moec.compiler.bench.spec.accuracy_dims`),
+the interpreter runs its numerics, and the outputs are compared with ONNX Runtime on the
+original model (:mod:`moec.compiler.cli.check_approx`): the row gets ``"accuracy": {"max_rel_err",
+"mean_rel_err", "cosine", "top1_agreement"}`` (worst over the graph outputs; top-1 is None when
+no output has a class axis). It is the whole model's accuracy, every MoE layer compiled with the
+pipeline, whatever ``layers`` is (timing is per simulated layer, accuracy is of the model); the
+routing is the model's own router on those inputs, not the timing trace; popularity-aware
+strategies place from their own defaults there (placement changes only the order of
+accumulation, and what runtime rules see). Shape-only models have no weights: their rows carry
+no ``accuracy`` key.
 
 Each point compiles its own program: the frontend's graph IR is cached per process (and per
 ``--passes`` pipeline) and lowering one to four layers takes milliseconds, while the program is
@@ -34,7 +54,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +63,8 @@ from moec.backends.interp.timing import LOAD, XFER, Timeline
 from moec.compiler.bench.report import add_speedups
 from moec.compiler.bench.spec import (
     BenchError,
+    accuracy_dims,
+    canonical_model,
     iteration_bound,
     load_bench_model,
     parse_layers,
@@ -52,13 +74,25 @@ from moec.compiler.bench.spec import (
 from moec.compiler.lower import STRATEGIES, lower, parse_strategy
 from moec.compiler.lower import _load_strategies as load_strategies
 from moec.ir.graph import Module
-from moec.ir.routing import RoutingTrace, SynthSpec, load_trace, parse_routing_spec, save_trace
-from moec.ir.stream import TargetRef
+from moec.ir.routing import (
+    LayerRouting,
+    RoutingTrace,
+    SynthSpec,
+    load_trace,
+    parse_routing_spec,
+    save_trace,
+)
+from moec.ir.stream import Program, TargetRef
 from moec.ir.target import Target, load_target
+
+if TYPE_CHECKING:
+    from moec.compiler.cli.check_approx import Reference
 
 #: Tokens of the calibration sample given to popularity-aware strategies by default.
 CALIBRATION_TOKENS = 4096
 DEFAULT_ROUTING = "synth:zipf=1.0,seed=0"
+#: Seed of the accuracy inputs of every row.
+ACCURACY_SEED = 0
 
 Row = dict[str, Any]
 Overrides = Sequence[tuple[str, int | float | str]]
@@ -121,6 +155,18 @@ class _Workloads:
         self._traces: dict[tuple[Any, ...], RoutingTrace] = {}
         self._calib: dict[tuple[Any, ...], str | None] = {}
         self._modules: dict[tuple[str, int, str], Module] = {}
+        self._references: dict[tuple[str, int], Reference] = {}
+
+    def reference(self, model: str, tokens: int) -> Reference:
+        """Seeded inputs of ``tokens`` tokens and ORT's outputs on the original ``model``."""
+        key = (model, tokens)
+        if key not in self._references:
+            from moec.compiler.cli.check_approx import reference_run  # imports onnxruntime
+
+            spec = model if model.endswith(".onnx") else canonical_model(model)
+            dims = accuracy_dims(load_bench_model(model).module, tokens, model)
+            self._references[key] = reference_run(spec, seed=ACCURACY_SEED, dims=dims)
+        return self._references[key]
 
     def module(self, model: str, layers: int, passes: str) -> Module:
         key = (model, layers, passes)
@@ -185,6 +231,51 @@ class _Workloads:
         return self._calib[key]
 
 
+def has_weights(model: str) -> bool:
+    """Whether every MoE layer of ``model`` has real weights (accuracy can be measured)."""
+    return all(layer.weights_present for layer in load_bench_model(model).layers)
+
+
+def row_accuracy(
+    work: _Workloads, model: str, target: str, overrides: Overrides, tokens: int,
+    strategy: str, passes: str,
+) -> dict[str, float | None]:  # fmt: skip
+    """The accuracy fields of one row (see the module docstring)."""
+    from moec.compiler.cli.check_approx import approx_run, summarize
+
+    ref = work.reference(model, tokens)
+    run = approx_run(ref, passes, target=target, overrides=overrides, strategy=strategy)
+    got = sorted({m.tokens for m in run.program.layers})
+    if got != [tokens]:
+        raise BenchError(
+            f"accuracy inputs of {tokens} tokens give {', '.join(map(str, got))} tokens per MoE "
+            "layer (use --no-accuracy)",
+            model,
+        )
+    # six significant digits: readable JSON, and an error of 1e-7 still shows
+    return {
+        k: (float(f"{v:.6g}") if v is not None else None) for k, v in summarize(run.outputs).items()
+    }
+
+
+def deferred_by_layer(program: Program, routings: Sequence[LayerRouting]) -> list[list[int]]:
+    """Per MoE layer of ``program``, the experts token buffering defers for ``routings`` (the
+    routing the expansion saw): the ``fsedp`` expansion's own selection, for its ``slack``."""
+    from moec.backends.interp.expand.fsedp import deferred_experts
+
+    out: list[list[int]] = []
+    for m, r in zip(program.layers, routings, strict=False):
+        policy = program.policy(m.name)
+        slack = policy.params.get("slack", 0.0) if policy and policy.strategy == "fsedp" else 0.0
+        if not isinstance(slack, int | float) or isinstance(slack, bool) or slack <= 0:
+            out.append([])
+            continue
+        ids = np.asarray(r.ids)
+        load = np.bincount(ids[ids >= 0], minlength=r.num_experts).astype(np.int64).tolist()
+        out.append(deferred_experts(load, r.tokens, float(slack)))
+    return out
+
+
 def run_point(
     work: _Workloads,
     model: str,
@@ -195,8 +286,10 @@ def run_point(
     strategy: str,
     layers: int,
     passes: str,
+    accuracy: bool = False,
 ) -> Row:
-    """One (model, target, tokens, strategy, passes) point: compile, run, measure."""
+    """One (model, target, tokens, strategy, passes) point: compile, run, measure (and, with
+    ``accuracy``, measure what the pipeline costs in accuracy)."""
     bm = load_bench_model(model)
     module = work.module(model, layers, passes)
     trace = work.trace(model, layers, tokens, tgt.num_dies)
@@ -211,7 +304,12 @@ def run_point(
     result = simulate(program, target=tgt, routings=trace, verify=False)
     metrics = moe_metrics(result.timeline)
     precision = program.layers[0].dtype if program.layers else "fp16"
-    bound = iteration_bound(tgt, bm.layers[:layers], trace, precision)
+    deferred = deferred_by_layer(program, result.routings)
+    plans = [
+        list(pol.precision) if (pol := program.policy(m.name)) is not None else []
+        for m in program.layers
+    ]
+    bound = iteration_bound(tgt, bm.layers[:layers], result.routings, precision, deferred, plans)
     row: Row = {
         "model": bm.name,
         "target": tgt.name if not overrides else target,
@@ -232,8 +330,21 @@ def run_point(
         "link_bytes": metrics["link_bytes"],
         "utilization": metrics["utilization"],
     }
+    if any(deferred):
+        row["bound_excludes_deferred"] = True
+        row["bound_deferred_pairs"] = int(
+            sum(
+                np.isin(np.asarray(r.ids), d).sum()
+                for r, d in zip(result.routings, deferred, strict=False)
+                if d
+            )
+        )
     if overrides:
         row["overrides"] = {k: v for k, v in overrides}
+    if accuracy:
+        row["accuracy"] = row_accuracy(
+            work, model, target, overrides, trace.tokens, strategy, passes
+        )
     extra = {
         k: v for k, v in {**result.report.extra, **result.extra}.items()
         if isinstance(v, int | float | str | bool)
@@ -254,26 +365,37 @@ def run_bench(
     layers: int | str | None = 1,
     passes: Sequence[str] = ("",),
     overrides: Overrides | Mapping[str, int | float | str] = (),
+    accuracy: bool | None = False,
     on_row: Callable[[Row], None] | None = None,
 ) -> list[Row]:
     """Run every (model, target, tokens, strategy, passes) point; rows in that nesting order,
     with ``speedup_vs_ep`` filled in where the point has an ``ep`` row. ``tokens`` may be
     ``[None]`` with a recorded trace (its own token count). ``on_row`` sees each row as it is
-    made (progress bars)."""
+    made (progress bars). ``accuracy``: measure each row's accuracy where the model has weights
+    (True: and at least one model of the run must have them; None: where they exist, silently;
+    False: never)."""
     model_list = [models] if isinstance(models, str) else list(models)
     target_list = [targets] if isinstance(targets, str) else list(targets)
     ovr = tuple(overrides.items()) if isinstance(overrides, Mapping) else tuple(overrides)
+    if accuracy is True and not any(has_weights(m) for m in model_list):
+        raise BenchError(
+            "--accuracy: every model of the run is shape-only (no weights), nothing to measure",
+            ", ".join(model_list),
+        )
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="moec-bench-") as tmp:
         work = _Workloads(routing, calibration, tmp)
         for model in model_list:
             n = parse_layers(layers, len(load_bench_model(model).layers))
+            measure = accuracy is not False and has_weights(model)
             for target in target_list:
                 tgt = load_target(target, dict(ovr))
                 for T in tokens:
                     for pipeline in passes:
                         for s in strategies:
-                            row = run_point(work, model, target, ovr, tgt, T, s, n, pipeline)
+                            row = run_point(
+                                work, model, target, ovr, tgt, T, s, n, pipeline, measure
+                            )
                             rows.append(row)
                             if on_row is not None:
                                 on_row(row)

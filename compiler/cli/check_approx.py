@@ -12,6 +12,10 @@ can be checked against ORT's own run of the same approximation (it must match to
 
 :func:`program_perplexity` scores a byte-level LM's text with the interpreter running the
 approximated program (``logits_fn`` for :func:`moec.backends.ort.perplexity.perplexity`).
+
+The pieces are reusable: :func:`reference_run` (seeded inputs and ORT's outputs on the original
+model), :func:`approx_run` (compile with a pipeline and strategy, interpret, compare) and
+:func:`summarize` (the worst error over the outputs); ``moec bench --accuracy`` calls them per row.
 """
 
 from __future__ import annotations
@@ -69,6 +73,21 @@ def output_error(name: str, got: np.ndarray, want: np.ndarray) -> OutputError:
     )
 
 
+def summarize(outputs: Sequence[OutputError]) -> dict[str, float | None]:
+    """The worst over ``outputs``: ``max_rel_err`` and ``mean_rel_err`` (largest), ``cosine``
+    (smallest) and ``top1_agreement`` (smallest, None when no output has a class axis)."""
+    if not outputs:
+        raise MoecError("no graph outputs to compare")
+    return {
+        "max_rel_err": max(o.max_rel_err for o in outputs),
+        "mean_rel_err": max(o.mean_rel_err for o in outputs),
+        "cosine": min(o.cosine for o in outputs),
+        "top1_agreement": min(
+            (o.top1_agreement for o in outputs if o.top1_agreement is not None), default=None
+        ),
+    }
+
+
 @dataclass
 class ApproxReport:
     """Errors of the approximate program against ORT (original model and exported approximation)."""
@@ -82,17 +101,10 @@ class ApproxReport:
     precision: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        worst = max(self.outputs, key=lambda o: o.max_rel_err)
         return {
             "passes": self.passes,
             "outputs": [o.to_json() for o in self.outputs],
-            "max_rel_err": worst.max_rel_err,
-            "mean_rel_err": max(o.mean_rel_err for o in self.outputs),
-            "cosine": min(o.cosine for o in self.outputs),
-            "top1_agreement": min(
-                (o.top1_agreement for o in self.outputs if o.top1_agreement is not None),
-                default=None,
-            ),
+            **summarize(self.outputs),
             "vs_exported": [o.to_json() for o in self.exported] if self.exported else None,
             "vs_exported_max_rel_err": max(o.max_rel_err for o in self.exported)
             if self.exported
@@ -128,6 +140,71 @@ def _precision_counts(module: Module) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+@dataclass(frozen=True)
+class Reference:
+    """Seeded (or given) inputs of a model and ONNX Runtime's outputs on the original model."""
+
+    model: str
+    feeds: dict[str, np.ndarray]
+    dims: dict[str, int]
+    want: dict[str, np.ndarray]
+
+
+def reference_run(
+    model: str,
+    *,
+    seed: int = 0,
+    dims: Mapping[str, int] | None = None,
+    inputs: str | None = None,
+) -> Reference:
+    """The inputs of a numerical comparison and ORT's outputs on the original ``model``; a
+    shape-only model is a :class:`MoecError`."""
+    from moec.compiler.cli.cmd_check import model_inputs
+
+    module, lifted, _ = load_model(model)
+    if not module.moe_ops() or not all(
+        op.attrs["layer"].weights_present for op in module.moe_ops()
+    ):
+        raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
+    feeds, resolved = model_inputs(module, lifted, seed=seed, dims=dims, inputs=inputs)
+    return Reference(model, feeds, resolved, run_ort(lifted.model, feeds))
+
+
+@dataclass
+class ApproxRun:
+    """The interpreter's run of ``model`` compiled with a pass pipeline, on a reference's inputs."""
+
+    outputs: list[OutputError]
+    got: dict[str, np.ndarray]
+    module: Module
+    program: Program
+    dropped_pairs: int
+    total_pairs: int
+
+
+def approx_run(
+    ref: Reference,
+    passes: str,
+    *,
+    target: str = DEFAULT_TARGET,
+    overrides: Sequence[tuple[str, int | float | str]] = (),
+    strategy: str = "ep",
+) -> ApproxRun:
+    """Compile ``ref.model`` with ``passes`` and ``strategy`` for ``ref.dims``, run the
+    interpreter's numerics on ``ref.feeds`` and compare every output with ``ref.want``."""
+    seen: list[Module] = []
+    with tempfile.TemporaryDirectory(prefix="moec-approx-") as tmp:
+        path = os.path.join(tmp, "approx.msp")
+        compiled = compile_model(
+            ref.model, path, target=target, overrides=overrides, strategy=strategy,
+            passes=passes, dims=ref.dims, on_module=seen.append,
+        )  # fmt: skip
+        write_compiled(compiled, path)
+        got, dropped, total = interpret(load_program(path), path, ref.feeds)
+    outputs = [output_error(name, got[name], ref.want[name]) for name in ref.want]
+    return ApproxRun(outputs, got, seen[0], compiled.program, dropped, total)
+
+
 def approx_check(
     model: str,
     passes: str,
@@ -140,38 +217,25 @@ def approx_check(
     inputs: str | None = None,
 ) -> ApproxReport:
     """Compile with ``passes``, interpret, and compare with ORT (see the module docstring)."""
-    from moec.compiler.cli.cmd_check import model_inputs
     from moec.compiler.frontend.export_qmoe import export_onnx
 
-    module, lifted, _ = load_model(model)
-    if not module.moe_ops() or not all(
-        op.attrs["layer"].weights_present for op in module.moe_ops()
-    ):
-        raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
-    feeds, resolved = model_inputs(module, lifted, seed=seed, dims=dims, inputs=inputs)
-    want = run_ort(lifted.model, feeds)
-    seen: list[Module] = []
-    with tempfile.TemporaryDirectory(prefix="moec-approx-") as tmp:
-        path = os.path.join(tmp, "approx.msp")
-        compiled = compile_model(
-            model, path, target=target, overrides=overrides, strategy=strategy, passes=passes,
-            dims=resolved, on_module=seen.append,
-        )  # fmt: skip
-        write_compiled(compiled, path)
-        got, dropped, total = interpret(load_program(path), path, feeds)
-    outputs = [output_error(name, got[name], want[name]) for name in want]
-    approx = seen[0]
+    ref = reference_run(model, seed=seed, dims=dims, inputs=inputs)
+    run = approx_run(ref, passes, target=target, overrides=overrides, strategy=strategy)
+    approx = run.module
     exported: list[OutputError] | None = None
     note = ""
     try:
         exp_model = export_onnx(approx)
-        ort_approx = run_ort(exp_model, feeds)
-        exported = [output_error(name, got[name], ort_approx[name]) for name in want]
+        ort_approx = run_ort(exp_model, ref.feeds)
+        exported = [output_error(name, run.got[name], ort_approx[name]) for name in ref.want]
         if any(op.attrs["layer"].annotations.get("skip_rule") for op in approx.moe_ops()):
             note = "runtime skip/prune rules are not in the exported ONNX model"
     except ModelError as err:
         note = f"not exportable: {err.one_line()}"
-    return ApproxReport(passes, outputs, exported, note, dropped, total, _precision_counts(approx))
+    return ApproxReport(
+        passes, run.outputs, exported, note, run.dropped_pairs, run.total_pairs,
+        _precision_counts(approx),
+    )  # fmt: skip
 
 
 def program_perplexity(

@@ -3,7 +3,7 @@
     moec bench --model NAME|FILE[,...] --target T[,...] --tokens 16,64,256,1024
                --strategies ep,hydra,fsedp,fsedp-paired [--routing synth:zipf=1.0,seed=0 | F]
                [--calibration sample|same|F] [--layers N|all] [--passes PIPELINE ...]
-               [--set key=value ...] [--ablation] [--json] [--plot out.png]
+               [--set key=value ...] [--ablation] [--[no-]accuracy] [--json] [--plot out.png]
 
 ``--model paper`` is the FSE-DP paper's four models and ``--target paper`` its three packages.
 Per (model, target, tokens, strategy, passes): latency of one iteration of the first ``--layers``
@@ -11,7 +11,10 @@ MoE layers, utilization of compute, DRAM and links, peak SRAM per die, DRAM and 
 speedup over ``ep`` (when ep is in the run) and the analytic lower bound with latency / bound
 (``moec.compiler.cli.bench_run`` says exactly what is measured). ``--ablation`` runs the paper's
 steps (naive FSE-DP, + R1-R4, + paired load, + R5, + 20% token buffering) instead of
-``--strategies``. The wall time of the whole run is printed last (to stderr with ``--json``).
+``--strategies``. Rows of models with real weights also carry ``accuracy`` (max and mean
+relative error, cosine, top-1 agreement against ONNX Runtime on the original model, for the
+row's strategy, passes and token count; ``--no-accuracy`` skips it). The wall time of the whole
+run is printed last (to stderr with ``--json``).
 """
 
 from __future__ import annotations
@@ -99,6 +102,14 @@ def register(subparsers: Any) -> None:
         help="pass pipeline before lowering (repeatable: one set of rows per pipeline; "
         "'none' for the exact program)",
     )
+    p.add_argument(
+        "--accuracy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per row, max/mean relative error, cosine and top-1 agreement of the interpreter's "
+        "outputs vs ONNX Runtime on the original model, on seeded inputs of the row's tokens "
+        "(default: on for models with weights; shape-only models get none)",
+    )
     p.add_argument("--json", action="store_true", help='print {"rows": [...]}')
     p.add_argument("--plot", metavar="OUT.png", help="bar chart of latency (needs matplotlib)")
     p.set_defaults(func=run)  # fmt: skip
@@ -167,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
                 layers=args.layers,
                 passes=passes,
                 overrides=parse_overrides(args.overrides),
+                accuracy=args.accuracy,
                 on_row=tick,
             )  # fmt: skip
         )
@@ -181,8 +193,11 @@ def run(args: argparse.Namespace) -> int:
         print(rows_json(rows))
         print(summary, file=sys.stderr)
     else:
-        out = Console(width=max(Console().width, 160))
-        out.print(render_table(rows))
+        table = render_table(rows)
+        # as wide as the table wants (up to 240 columns), even when piped
+        want = Console(width=240).measure(table).maximum
+        out = Console(width=max(Console().width, min(want, 240)))
+        out.print(table)
         if args.plot:
             out.print(f"wrote {args.plot}")
         out.print(summary)
