@@ -10,10 +10,17 @@ Units: bytes, seconds, FLOPs (2 per multiply-accumulate); GB/s means 1e9 bytes p
 - DRAM:     ``channel.latency_s + nbytes / channel bandwidth``
 - one hop:  ``link.latency_s + nbytes / link bandwidth``
 - a route:  **cut-through** (wormhole): the head pays every hop's latency, the body streams at
-  the slowest link's bandwidth, ``sum(latency) + nbytes / min(bandwidth)``; all links of the
-  route are held for the transfer. (A store-and-forward transfer is a sequence of one-hop
-  :func:`link_time` calls, which is what an FSE-DP slice does when a die computes before
-  forwarding.)
+  the slowest link's bandwidth, ``sum(latency) + nbytes / min(bandwidth)``
+  (:func:`transfer_time`). A block relayed die to die (an FSE-DP slice a die computes before
+  forwarding, an activation block) is store-and-forward instead: a sequence of one-hop
+  :func:`link_time` calls.
+- a load from a channel on another die: the DRAM read and the route, cut-through,
+  ``channel latency + sum(link latency) + nbytes / min(channel and link bandwidths)``
+  (:func:`load_time`). Occupancy is not that time: the channel is busy for :func:`dram_time`,
+  and each link only for its own :func:`link_time` of the bytes (at 25.6 GB/s DRAM over a
+  288 GB/s link, about 9% of the read); the interpreter holds the links that long, as a
+  reservation ending when the data can have crossed them, which on an idle package gives
+  exactly :func:`load_time`.
 - host:     ``host.latency_s + nbytes / host bandwidth`` over the die's own PCIe-class link.
 """
 
@@ -67,6 +74,21 @@ def transfer_time(target: Target, a: int, b: int, nbytes: float) -> float:
         return 0.0
     links = [target.link(s, d) for s, d in zip(path, path[1:], strict=False)]
     return sum(lk.latency_s for lk in links) + float(nbytes) / (min(lk.gbps for lk in links) * GB)
+
+
+def load_time(target: Target, channel: int | Channel, die: int, nbytes: float) -> float:
+    """Seconds until ``nbytes`` read from ``channel`` have arrived in ``die``, on an idle package.
+
+    :func:`dram_time` when the channel is on ``die``; otherwise the read streams through
+    ``target.route(channel.die, die)`` cut-through: ``channel latency + sum(link latency) +
+    nbytes / min(channel bandwidth, link bandwidths)``. This is what the interpreter times a
+    ``load`` at when nothing else holds the channel or the links.
+    """
+    ch = target.channel(channel) if isinstance(channel, int) else channel
+    path = target.route(ch.die, die)
+    links = [target.link(s, d) for s, d in zip(path, path[1:], strict=False)]
+    lat = ch.latency_s + sum(lk.latency_s for lk in links)
+    return lat + float(nbytes) / (min([ch.gbps, *(lk.gbps for lk in links)]) * GB)
 
 
 def host_time(target: Target, nbytes: float) -> float:

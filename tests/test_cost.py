@@ -12,6 +12,7 @@ from moec.ir.cost import (
     host_time,
     layer_bound,
     link_time,
+    load_time,
     lower_bound,
     moe_layer_bound,
     transfer_time,
@@ -81,6 +82,18 @@ def test_link_and_transfer_times() -> None:
     assert transfer_time(t, 2, 2, 1e9) == 0.0
     big = preset("fsedp-4x4")
     assert transfer_time(big, 0, 15, 576e3) == pytest.approx(2e-6 + 6 * 20e-9)
+
+
+def test_load_time() -> None:
+    t = preset("fsedp-2x2")
+    # local: the DRAM time; 25.6 kB at 25.6 GB/s = 1 us, plus 100 ns.
+    assert load_time(t, 0, 0, 25.6e3) == pytest.approx(dram_time(t, 0, 25.6e3))
+    # two hops (0 -> 1 -> 3), cut-through: latencies add, the body streams at the DRAM rate.
+    assert load_time(t, 0, 3, 25.6e3) == pytest.approx(1e-6 + 100e-9 + 2 * 20e-9)
+    assert load_time(t, t.channels[3], 0, 25.6e3) == load_time(t, 3, 0, 25.6e3)
+    # links slower than the channel (npu8-hbm: 2000 GB/s HBM, 128 GB/s links) set the rate.
+    hbm = preset("npu8-hbm")
+    assert load_time(hbm, 0, 3, 128e3) == pytest.approx(1e-6 + 500e-9 + 1e-6)
 
 
 def test_host_time() -> None:

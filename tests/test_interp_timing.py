@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from moec.backends.interp import simulate
-from moec.backends.interp.timing import run_timing
-from moec.ir.cost import compute_time, dram_time, link_time
+from moec.backends.interp.timing import Timeline, run_timing
+from moec.ir.cost import compute_time, dram_time, link_time, load_time
 from moec.ir.routing import synth_zipf
 from moec.ir.stream import (
     Accum,
@@ -91,17 +91,75 @@ def test_dram_bound_load_matches_analytic() -> None:
 
 def test_load_over_two_hops_is_cut_through() -> None:
     # channel 0 sits on die 0; die 3 is two hops away (0 -> 1 -> 3)
-    p = _program({3: [Load(0, 0, SLICE, SLICE_BYTES), Free(0)]})
-    r = simulate(p)
+    tl = run_timing(_program({3: [Load(0, 0, SLICE, SLICE_BYTES), Free(0)]}), T2)
+    r = simulate(_program({3: [Load(0, 0, SLICE, SLICE_BYTES), Free(0)]}))
     links = [T2.link(0, 1), T2.link(1, 3)]
     ch = T2.channel(0)
+    # idle package: the DRAM read streams through both links, each hop adds its latency
+    # t = ch.lat + lat(0->1) + lat(1->3) + bytes / min(25.6, 288, 288) GB/s
     expect = (
         ch.latency_s + sum(lk.latency_s for lk in links)
         + SLICE_BYTES / (min(ch.gbps, *(lk.gbps for lk in links)) * 1e9)
     )  # fmt: skip
-    assert _close(r.report.latency_s, expect)
+    assert _close(r.report.latency_s, expect, 1e-9)
+    assert _close(r.report.latency_s, load_time(T2, 0, 3, SLICE_BYTES), 1e-9)
     assert r.report.link_bytes["0->1"] == r.report.link_bytes["1->3"] == SLICE_BYTES
     assert r.report.link_bytes["0->2"] == 0
+    # occupancy: the channel for the DRAM read, each link only for its own link time
+    # (bytes / 288 GB/s + 20 ns, about a tenth of the read), ending as the data arrives
+    busy = dict(zip(tl.resource_names, tl.busy, strict=True))
+    assert _close(busy["ch0 (die 0)"], dram_time(T2, 0, SLICE_BYTES), 1e-9)
+    assert _close(busy["link 0->1"], link_time(T2, 0, 1, SLICE_BYTES), 1e-9)
+    assert _close(busy["link 1->3"], link_time(T2, 1, 3, SLICE_BYTES), 1e-9)
+    assert busy["link 0->1"] < 0.2 * busy["ch0 (die 0)"]
+
+
+def _remote_load_and_block(n: int, delay_flops: int = 0) -> Program:
+    """Die 0 loads a slice from channel 3 (die 3; route 3 -> 2 -> 0) while die 2 sends an
+    ``x`` block of ``n`` bytes to die 0 over link 2 -> 0, after ``delay_flops`` of compute."""
+    x = Block("moe0", "x", TokenSet.span(0, TOKENS))
+    before: list[Instr] = []
+    if delay_flops:
+        before = [Dense("isl", delay_flops, 0), Signal("go"), Wait("go", 1)]
+    return _program({
+        0: [Load(0, 3, SLICE, SLICE_BYTES), Recv(2, n, block=x), Free(0)],
+        2: [*before, Send(0, n, block=x)],
+    })  # fmt: skip
+
+
+def _ops(tl: Timeline, cls: type) -> list[int]:
+    return [k for k, i in enumerate(tl.instr) if isinstance(i, cls)]
+
+
+def test_remote_load_does_not_block_a_d2d_transfer_for_the_dram_time() -> None:
+    assert T2.route(3, 0) == [3, 2, 0]
+    n = TOKENS * HIDDEN * 2
+    p = _remote_load_and_block(n)
+    verify_program(p)
+    tl = run_timing(p, T2)
+    (xfer,) = _ops(tl, Send)
+    # the block crosses 2 -> 0 at once, not after the 1.9 us DRAM read of the slice
+    assert tl.start[xfer] == 0.0
+    assert _close(tl.end[xfer], link_time(T2, 2, 0, n), 1e-9)
+    # and the load is not delayed either: its hold of 2 -> 0 comes at the end of the read
+    assert _close(tl.makespan, load_time(T2, 3, 0, SLICE_BYTES), 1e-9)
+    assert tl.makespan > 10 * tl.end[xfer]
+
+
+def test_d2d_transfer_at_the_loads_tail_delays_its_arrival() -> None:
+    # the block leaves die 2 just before the load's data can cross 2 -> 0: the load's hold of
+    # that link starts when the block's ends, and the data arrives that much later
+    n = 16 * TOKENS * HIDDEN * 2
+    read_end = dram_time(T2, 3, SLICE_BYTES) + T2.link(3, 2).latency_s
+    at = read_end - 0.5 * SLICE_BYTES / (T2.link(2, 0).gbps * 1e9)  # inside the tail window
+    flops = int(at * T2.die(2).flops_per_s("fp16"))
+    tl = run_timing(_remote_load_and_block(n, flops), T2)
+    (xfer,) = _ops(tl, Send)
+    assert _close(tl.start[xfer], at, 1e-6)
+    assert _close(tl.end[xfer] - tl.start[xfer], link_time(T2, 2, 0, n), 1e-9)
+    arrival = tl.end[xfer] + link_time(T2, 2, 0, SLICE_BYTES)
+    assert arrival > load_time(T2, 3, 0, SLICE_BYTES)
+    assert _close(tl.makespan, arrival, 1e-9)
 
 
 def test_block_relayed_over_two_hops_is_two_link_times() -> None:

@@ -8,12 +8,27 @@ The machine (per the target the program was compiled for):
 * **issue**: each die issues its stream in program order and never stalls, except at ``wait``:
   nothing after a ``wait`` issues before the package-wide counter reaches its count.
 * **load** (DMA, asynchronous to compute): waits until its slot is free (backpressure: the
-  slot's previous ``free`` has completed), then holds its channel, and when the channel is not
-  on the die, every link of ``target.route(channel.die, die)``, for
-  ``channel latency + sum(link latency) + bytes / min(bandwidth)`` (cut-through, as
-  :func:`moec.ir.cost.transfer_time` documents). A load from the host (``<- host``, a tensor
-  the compiler offloaded) holds the die's own host link instead (one per die, PCIe-class, as
-  ``Host`` in :mod:`moec.ir.target` says), for :func:`moec.ir.cost.host_time`.
+  slot's previous ``free`` has completed), then holds its channel for
+  :func:`moec.ir.cost.dram_time` (``channel latency + bytes / channel bandwidth``). When the
+  channel is on another die, the data then crosses every link of
+  ``target.route(channel.die, die)``, and each link is held only for its real busy time,
+  :func:`moec.ir.cost.link_time` (``link latency + bytes / link bandwidth``), as a *tail
+  reservation*: the hold is claimed when the previous stage (the DRAM read, or the previous
+  hop) ends, and may start up to ``bytes / link bandwidth`` earlier (capped by the slowest
+  bandwidth upstream, so data never leaves before it is read) if the link was idle then, so on
+  an idle link it ends as early as the data can have crossed it: the read's end plus the
+  latencies of the hops up to and including it. If the link is busy the hold starts when it
+  frees, and the data arrives that much later. On an idle package a load takes exactly the
+  cut-through time :func:`moec.ir.cost.load_time`. The error it makes: the link carries the
+  load's bytes as one burst at the end instead of a trickle at the DRAM rate, so a transfer
+  already holding the link delays the load's arrival (by at most that transfer's remaining
+  time) instead of sharing the link with it, and the burst assumes the channel's die buffers
+  what DRAM delivered before it (outside the slots, like activations). (Store-and-forward, a
+  read into the channel's die then one link transfer per hop, is as simple but adds
+  ``bytes / link bandwidth`` per hop, about 9% of the read on fsedp-2x2, to every remote
+  load.) A load from the host (``<- host``, a tensor the compiler offloaded) holds the die's
+  own host link instead (one per die, PCIe-class, as ``Host`` in :mod:`moec.ir.target` says),
+  for :func:`moec.ir.cost.host_time`.
 * **send/recv** (asynchronous): the k-th send a->b and the k-th recv on b from a are one
   transfer holding link a->b for ``link_time``. It starts when the sent data is ready (a slot's
   fill; for an ``x`` block the die's latest earlier ``x`` recv of that layer; for a ``y`` block
@@ -26,12 +41,17 @@ The machine (per the target the program was compiled for):
 * **free**: completes when every earlier use of the slot (compute, send) has completed.
 * **signal**: completes when everything the die issued before it has completed, then increments
   its counter; **wait** completes when the counter reaches its count.
-* **dense**: the die's compute unit for ``flops`` (at the layer dtype) and, in parallel, its
-  nearest DRAM channel for ``bytes``; completes when both have.
+* **dense**: the die's compute unit for ``flops`` (at the layer dtype) and, in parallel, a read
+  of ``bytes`` from its nearest DRAM channel, timed as a ``load``; completes when both have.
 
 Activations (``x``/``y`` blocks) live outside the slots and do not count towards SRAM; peak SRAM
-is the most slots a die holds at once (from a fill's start to its free's end) times the slot
-size.
+is the most slots a die holds at once (from a fill's start, for a load its DRAM read's start, to
+its free's end) times the slot size.
+
+Every resource is FIFO in the order ops claim it (its ``free_at`` only grows), so a tail
+reservation, claimed when the previous stage of its load ends and started no earlier than the
+link's ``free_at``, never overlaps another hold; it only reaches back into time the link spent
+idle.
 """
 
 from __future__ import annotations
@@ -100,6 +120,21 @@ class Timeline:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _LoadPath:
+    """How a load from one channel (or the host) reaches one die."""
+
+    #: the channel's (or the die's host link's) resource id
+    res: int
+    latency: float
+    #: bytes per second
+    bw: float
+    #: per hop of the route: (link resource, latency, bytes per second, the larger of this link's
+    #: and the slowest upstream bandwidth: ``bytes / it`` is how far the hop's hold may start
+    #: before the previous stage ends)
+    hops: tuple[tuple[int, float, float, float], ...]
+
+
 class _Graph:
     """Ops as parallel lists (no per-op objects: the hot loop reads lists by op id)."""
 
@@ -113,13 +148,16 @@ class _Graph:
         self.instr: list[Instr | None] = []
         self.layer: list[int] = []
         self.island: list[int] = []
+        #: how long before its ready time an op may start (a load's tail reservation on a link)
+        self.back: list[float] = []
 
     def add(
         self, kind: int, dur: float, res: tuple[int, ...], die: int, instr: Instr | None,
-        layer: int = -1, island: int = -1,
+        layer: int = -1, island: int = -1, back: float = 0.0,
     ) -> int:  # fmt: skip
         self.kind.append(kind)
         self.dur.append(dur)
+        self.back.append(back)
         self.res.append(res)
         self.ndeps.append(0)
         self.succ.append([])
@@ -171,7 +209,7 @@ class _Builder:
         self.dram_bytes = [0] * C
         self.link_bytes: dict[int, int] = defaultdict(int)
         self.dense_precision = p.layers[0].dtype if p.layers else "fp16"
-        self._load_paths: dict[tuple[int, int], tuple[tuple[int, ...], float, float]] = {}
+        self._load_paths: dict[tuple[int, int], _LoadPath] = {}
         # transfers waiting for their other side: (src, dst) -> list of op ids, in order
         self.pending_send: dict[tuple[int, int], deque[int]] = defaultdict(deque)
         self.pending_recv: dict[tuple[int, int], deque[int]] = defaultdict(deque)
@@ -181,7 +219,8 @@ class _Builder:
         self.fills: list[tuple[int, int, list[int]]] = []
 
     # --- costs ---
-    def load_path(self, channel: int, die: int) -> tuple[tuple[int, ...], float, float]:
+    def load_path(self, channel: int, die: int) -> _LoadPath:
+        """The resources and rates a load from ``channel`` into ``die`` goes through."""
         key = (channel, die)
         hit = self._load_paths.get(key)
         if hit is None and channel == HOST_CHANNEL:
@@ -190,18 +229,46 @@ class _Builder:
                 raise ScheduleError(
                     f"die {die} loads from the host, but target {self.t.name} has no host tier"
                 )
-            hit = ((self.host_base + die,), host.latency_s, host.gbps * GB)
+            hit = _LoadPath(self.host_base + die, host.latency_s, host.gbps * GB, ())
             self._load_paths[key] = hit
         elif hit is None:
             ch = self.t.channel(channel)
             path = self.t.route(ch.die, die)
-            links = [self.t.link(a, b) for a, b in zip(path, path[1:], strict=False)]
-            res = (self.D + channel, *(self.link_id[(lk.src, lk.dst)] for lk in links))
-            lat = ch.latency_s + sum(lk.latency_s for lk in links)
-            bw = min([ch.gbps, *(lk.gbps for lk in links)]) * GB
-            hit = (res, lat, bw)
+            hops = []
+            upstream = ch.gbps * GB  # the slowest bandwidth before this hop
+            for a, b in zip(path, path[1:], strict=False):
+                lk = self.t.link(a, b)
+                bw = lk.gbps * GB
+                hops.append((self.link_id[(a, b)], lk.latency_s, bw, max(bw, upstream)))
+                upstream = min(upstream, bw)
+            hit = _LoadPath(self.D + channel, ch.latency_s, ch.gbps * GB, tuple(hops))
             self._load_paths[key] = hit
         return hit
+
+    def read(
+        self, kind: int, channel: int, die: int, nbytes: int, i: Instr, layer: int = -1,
+        island: int = -1,
+    ) -> tuple[int, int]:  # fmt: skip
+        """The ops of a DRAM (or host) read into ``die``: ``(first, last)``.
+
+        The first op holds the channel (or host link) for its transfer; one op per hop of the
+        route follows it, holding that link for ``link latency + bytes / link bandwidth`` as a
+        tail reservation (``back``: the module docstring's rule); the last op's end is when the
+        data has arrived.
+        """
+        lp = self.load_path(channel, die)
+        g = self.g
+        first = last = g.add(kind, lp.latency + nbytes / lp.bw, (lp.res,), die, i, layer, island)
+        for res, lat, bw, cap in lp.hops:
+            op = g.add(kind, lat + nbytes / bw, (res,), die, i, layer, island, nbytes / cap)
+            g.edge(last, op)
+            self.link_bytes[res] += nbytes
+            last = op
+        if channel == HOST_CHANNEL:
+            self.host_bytes[die] += nbytes
+        else:
+            self.dram_bytes[channel] += nbytes
+        return first, last
 
     def slice_geometry(self, c: SliceRef) -> tuple[int, int, int, str, bool]:
         """(hidden, width, elements, dtype, gated) of a micro-slice."""
@@ -265,7 +332,6 @@ class _Builder:
                     slot_uses[i.slot].append(op)
                     since_signal.append(op)
                 elif isinstance(i, Load):
-                    res, lat, bw = self.load_path(i.channel, die)
                     tag = -1
                     prec = self.dense_precision
                     c = i.content
@@ -275,17 +341,11 @@ class _Builder:
                         _, _, elements, dtype, _ = self.slice_geometry(c)
                         prec = _precision_of(i.nbytes, elements, dtype)
                         sref = c
-                    op = g.add(LOAD, lat + i.nbytes / bw, res, die, i, tag)
-                    g.edge(fence, op)
-                    g.edge(slot_free.get(i.slot), op)
-                    if i.channel == HOST_CHANNEL:
-                        self.host_bytes[die] += i.nbytes
-                    else:
-                        self.dram_bytes[i.channel] += i.nbytes
-                    for r in res[1:]:
-                        self.link_bytes[r] += i.nbytes
+                    first, op = self.read(LOAD, i.channel, die, i.nbytes, i, tag)
+                    g.edge(fence, first)
+                    g.edge(slot_free.get(i.slot), first)
                     self._fill(die, i.slot, op, sref, prec, slot_fill, slot_fill_info, slot_uses)
-                    slot_fill_rec[i.slot] = self._record_fill(die, op)
+                    slot_fill_rec[i.slot] = self._record_fill(die, first)
                     since_signal.append(op)
                 elif isinstance(i, Send | Recv):
                     key = (die, i.peer) if isinstance(i, Send) else (i.peer, die)
@@ -362,12 +422,8 @@ class _Builder:
                     since_signal.append(comp)
                     if i.nbytes > 0:
                         ch = t.nearest_channel(die)
-                        res, lat, bw = self.load_path(ch.id, die)
-                        mem = g.add(DENSE_DRAM, lat + i.nbytes / bw, res, die, i, -1, isl)
-                        g.edge(fence, mem)
-                        self.dram_bytes[ch.id] += i.nbytes
-                        for r in res[1:]:
-                            self.link_bytes[r] += i.nbytes
+                        first, mem = self.read(DENSE_DRAM, ch.id, die, i.nbytes, i, -1, isl)
+                        g.edge(fence, first)
                         since_signal.append(mem)
                 elif isinstance(i, MoE):
                     raise ScheduleError(
@@ -434,7 +490,7 @@ def run_timing(p: Program, target: Target) -> Timeline:
     end = [-1.0] * n
     free_at = [0.0] * b.num_res
     busy = [0.0] * b.num_res
-    ndeps, succ, dur, res, kind = g.ndeps, g.succ, g.dur, g.res, g.kind
+    ndeps, succ, dur, res, kind, back = g.ndeps, g.succ, g.dur, g.res, g.kind, g.back
     prio = [_PRIORITY[k] for k in kind]
     q = EventQueue()
     push, pop = q.push, q.pop
@@ -448,7 +504,7 @@ def run_timing(p: Program, target: Target) -> Timeline:
         t, op = pop()
         events += 1
         r = res[op]
-        s = t
+        s = t - back[op]
         for x in r:
             if free_at[x] > s:
                 s = free_at[x]
