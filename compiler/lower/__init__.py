@@ -19,7 +19,9 @@ two files.
 Strategy options come from a strategy spelling like a pass: ``ep{placement=blocks,slots=4}``.
 Options every strategy accepts (read by :mod:`.common`): ``slots`` (SRAM buffer slots per die,
 default 4), ``slices`` (micro-slices per expert; default ``auto``: the fewest that fit a slot),
-``dtype`` (weight precision; default the weights' own precision, ``fp16`` for shape-only models).
+``dtype`` (weight precision; default the weights' own precision, ``fp16`` for shape-only models),
+``resident`` (fraction of each layer's experts kept in device memory, the hottest first; the rest
+are declared on the host tier and loaded over its link: offloading).
 """
 
 from __future__ import annotations
