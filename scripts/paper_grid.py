@@ -10,6 +10,11 @@ per target (and the paper's ablation steps on one target): latency per strategy,
 latency / bound, and peak SRAM per die. A summary line per target gives the range of speedups
 and of the SRAM difference, the numbers the paper's claims are about. Everything goes through
 ``moec.compiler.cli.bench_run.run_bench``, the code behind ``moec bench``.
+
+Peak SRAM counts weight slots and activations (docs/isa.md, "SRAM"). A point whose schedule does
+not fit a die's SRAM at compile time is printed ``n/f`` (and left out of the summaries); a peak
+marked ``*`` exceeded the die's SRAM at run time (routing concentrated tokens on a die beyond
+what the lowering predicted; the run goes on as if it had room).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from moec.compiler.bench.spec import (
     PAPER_TOKENS,
 )
 from moec.compiler.cli.bench_run import DEFAULT_ROUTING, run_bench
+from moec.ir.errors import MoecError
 from moec.ir.files import atomic_write
 
 EXTRA = ("tp", "eplb")
@@ -40,12 +46,45 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:.2f}"
 
 
+def bench(
+    target: str, strategies: tuple[str, ...] | list[str], routing: str
+) -> list[dict[str, Any]]:
+    """The rows of every (model, tokens, strategy); a point that cannot run is a row with its
+    ``error`` (the others still run)."""
+    try:
+        return run_bench(PAPER_MODELS, target, PAPER_TOKENS, strategies, routing=routing)
+    except MoecError:
+        pass
+    rows: list[dict[str, Any]] = []
+    for model in PAPER_MODELS:
+        for tokens in PAPER_TOKENS:
+            for s in strategies:
+                try:
+                    rows += run_bench(model, target, [tokens], [s], routing=routing)
+                except MoecError as err:
+                    rows.append(
+                        {"model": model, "tokens": tokens, "strategy": s, "error": err.one_line()}
+                    )
+    return rows
+
+
 def grid(target: str, routing: str) -> tuple[list[dict[str, Any]], float]:
     start = time.perf_counter()
-    rows = run_bench(PAPER_MODELS, target, PAPER_TOKENS, PAPER_STRATEGIES, routing=routing)
+    rows = bench(target, PAPER_STRATEGIES, routing)
     seconds = time.perf_counter() - start
-    rows += run_bench(PAPER_MODELS, target, PAPER_TOKENS, EXTRA, routing=routing)
+    rows += bench(target, EXTRA, routing)
     return rows, seconds
+
+
+def _sram(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return "n/f"
+    over = "*" if row.get("extra", {}).get("sram_over_bytes", 0) > 0 else ""
+    return f"{row['peak_sram_bytes_max'] / MIB:.1f}{over}"
+
+
+def _lat(row: dict[str, Any]) -> str:
+    return "n/f" if "error" in row else _ms(row["latency_s"])
 
 
 def table(target: str, rows: list[dict[str, Any]], seconds: float) -> str:
@@ -68,20 +107,32 @@ def table(target: str, rows: list[dict[str, Any]], seconds: float) -> str:
     for model in PAPER_MODELS:
         for tokens in PAPER_TOKENS:
             r = {s: by[(model, tokens, s)] for s in strategies}
-            best = min(("fsedp", "fsedp-paired"), key=lambda s: r[s]["latency_s"])
+            inf = float("inf")
+            best = min(
+                ("fsedp", "fsedp-paired"), key=lambda s: r[s].get("latency_s", inf)
+            )  # fmt: skip
             f = r[best]
-            a = r["ep"]["latency_s"] / f["latency_s"]
-            b = r["hydra"]["latency_s"] / f["latency_s"]
-            vs_ep.append(a)
-            vs_hydra.append(b)
-            base_sram = max(r["ep"]["peak_sram_bytes_max"], r["hydra"]["peak_sram_bytes_max"])
-            sram.append(1 - f["peak_sram_bytes_max"] / base_sram if base_sram else 0.0)
-            cells = [model, str(tokens)] + [_ms(r[s]["latency_s"]) for s in strategies]
+            ok = "error" not in f
+            a = r["ep"]["latency_s"] / f["latency_s"] if ok and "error" not in r["ep"] else None
+            b = (
+                r["hydra"]["latency_s"] / f["latency_s"]
+                if ok and "error" not in r["hydra"]
+                else None
+            )
+            if a is not None:
+                vs_ep.append(a)
+            if b is not None:
+                vs_hydra.append(b)
+            fits = [r[s]["peak_sram_bytes_max"] for s in ("ep", "hydra") if "error" not in r[s]]
+            base_sram = max(fits, default=0)
+            if ok and base_sram:
+                sram.append(1 - f["peak_sram_bytes_max"] / base_sram)
+            cells = [model, str(tokens)] + [_lat(r[s]) for s in strategies]
             cells += [
-                f"{a:.2f}x", f"{b:.2f}x", f"{f['latency_s'] / f['bound_s']:.2f}",
-                "/".join(
-                    f"{r[s]['peak_sram_bytes_max'] / MIB:.1f}" for s in ("ep", "hydra", best)
-                ),
+                f"{a:.2f}x" if a is not None else "n/f",
+                f"{b:.2f}x" if b is not None else "n/f",
+                f"{f['latency_s'] / f['bound_s']:.2f}" if ok else "n/f",
+                "/".join(_sram(r[s]) for s in ("ep", "hydra", best)),
             ]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -99,7 +150,7 @@ def table(target: str, rows: list[dict[str, Any]], seconds: float) -> str:
 def ablation(target: str, routing: str) -> str:
     """The paper's ablation steps on ``target``: latency per step, deferred pairs of the last."""
     steps = [s for _, s in ABLATION_STEPS]
-    rows = run_bench(PAPER_MODELS, target, PAPER_TOKENS, steps, routing=routing)
+    rows = bench(target, steps, routing)
     by = {(r["model"], r["tokens"], r["strategy"]): r for r in rows}
     head = ["model", "tokens"] + [f"{label} ms" for label, _ in ABLATION_STEPS]
     head += ["bound ms", "pairs deferred"]
@@ -114,8 +165,8 @@ def ablation(target: str, routing: str) -> str:
             r = {s: by[(model, tokens, s)] for s in steps}
             last = r[steps[-1]]
             deferred = last.get("extra", {}).get("deferred_pairs", 0)
-            cells = [model, str(tokens)] + [_ms(r[s]["latency_s"]) for s in steps]
-            cells += [_ms(last["bound_s"]), str(deferred)]
+            cells = [model, str(tokens)] + [_lat(r[s]) for s in steps]
+            cells += [_ms(last["bound_s"]) if "error" not in last else "n/f", str(deferred)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -140,7 +140,7 @@ def test_never_more_than_the_slots_and_every_pair_once(
         opts = {**extra, "slices": "4", "slots": str(slots)}
         p, res = run(module, spec, name, trace, opts)
         pool = p.slots[0].nbytes
-        assert all(peak <= slots * pool for peak in res.report.peak_sram_bytes)
+        assert all(peak <= slots * pool for peak in res.report.peak_slot_bytes)
         assert coverage(res.expanded) == expected_coverage(trace, 4)
         if name == "fsedp-buf":
             lr = trace.layers[0]

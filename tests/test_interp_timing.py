@@ -211,12 +211,17 @@ def test_backpressure_one_slot_serializes_loads_behind_compute() -> None:
     accums = [k for k, i in enumerate(tl.instr) if isinstance(i, Accum)]
     # the second load waits for the first slice's compute (free) to finish
     assert tl.start[loads[1]] == pytest.approx(tl.end[accums[0]])
-    assert tl.peak_sram == [SLICE_BYTES, 0, 0, 0]
+    assert tl.peak_slot_bytes == [SLICE_BYTES, 0, 0, 0]
+    # + activations: the 16 home tokens' x (fp16) and y (fp32), and h of the slice in flight
+    # (16 tokens x 128 columns x gate and up, fp32)
+    acts = TOKENS * HIDDEN * (2 + 4) + TOKENS * FFN * 2 * 4
+    assert tl.peak_sram == [SLICE_BYTES + acts, 0, 0, 0]
     tl2 = run_timing(_two_slices(2), T2)
     # with two slots the second load follows the first on the channel, during compute
     assert tl2.start[loads[1]] == pytest.approx(tl2.end[loads[0]])
     assert tl2.makespan < tl.makespan
-    assert tl2.peak_sram == [2 * SLICE_BYTES, 0, 0, 0]
+    assert tl2.peak_slot_bytes == [2 * SLICE_BYTES, 0, 0, 0]
+    assert tl2.peak_sram == [2 * SLICE_BYTES + acts, 0, 0, 0]
 
 
 def test_wait_blocks_issue_until_signals() -> None:

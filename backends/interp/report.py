@@ -60,6 +60,10 @@ class Report:
     #: per die's host link (None: the target has no host tier)
     host_utilization: list[float] | None = None
     host_bytes: list[int] | None = None
+    #: per die, the activation bytes within ``peak_sram_bytes`` (the rest is slots)
+    peak_sram_activation_bytes: list[int] = field(default_factory=list)
+    #: per die, the most slot bytes held at once, activations aside
+    peak_slot_bytes: list[int] = field(default_factory=list)
 
     @property
     def total_dram_bytes(self) -> int:
@@ -80,6 +84,8 @@ class Report:
             ],
             "islands": [{"name": s.name, "latency_s": s.latency_s} for s in self.islands],
             "peak_sram_bytes": self.peak_sram_bytes,
+            "peak_sram_activation_bytes": self.peak_sram_activation_bytes,
+            "peak_slot_bytes": self.peak_slot_bytes,
             "utilization": {
                 "compute": self.compute_utilization,
                 "dram": self.dram_utilization,
@@ -95,6 +101,8 @@ class Report:
             out["utilization"]["host"] = self.host_utilization
             out["host_bytes"] = self.host_bytes
             out["host_bytes_total"] = sum(self.host_bytes)
+        if "sram_over_bytes" in self.extra:  # activations pushed a die past its SRAM
+            out["sram_over_bytes"] = self.extra["sram_over_bytes"]
         if "deferred_pairs" in self.extra:  # token buffering: work charged to the next iteration
             out["deferred_pairs"] = self.extra["deferred_pairs"]
             out["deferred_s"] = self.extra.get("deferred_s", 0.0)
@@ -131,6 +139,8 @@ def make_report(tl: Timeline, program: str) -> Report:
         layers=_spans(tl.layer_names, tl.layer, tl),
         islands=_spans(tl.island_names, tl.island, tl),
         peak_sram_bytes=list(tl.peak_sram),
+        peak_sram_activation_bytes=list(tl.peak_sram_activations),
+        peak_slot_bytes=list(tl.peak_slot_bytes),
         compute_utilization=util[:D],
         dram_utilization=util[D : D + C],
         link_utilization={f"{lk.src}->{lk.dst}": util[D + C + k] for k, lk in enumerate(t.links)},
@@ -173,6 +183,11 @@ def render(r: Report, width: int = 110) -> str:
             f"next iteration ({_si(float(r.extra.get('deferred_s', 0.0)), 's')} of catch-up, "
             "not in the layer latency)"
         )
+    if "sram_over_bytes" in r.extra:
+        con.print(
+            f"warning: activations exceed SRAM by up to {_bytes(int(r.extra['sram_over_bytes']))} "
+            "on a die (routing concentrated tokens there); the run went on as if it had room"
+        )
     if r.layers or r.islands:
         lt = Table(title="layers")
         for col in ("name", "kind", "start", "latency"):
@@ -185,7 +200,9 @@ def render(r: Report, width: int = 110) -> str:
     for col in ("resource", "utilization", "bytes", "peak SRAM"):
         rt.add_column(col, justify="left" if col == "resource" else "right")
     for d, u in enumerate(r.compute_utilization):
-        rt.add_row(f"die {d} compute", f"{100 * u:.1f}%", "", _bytes(r.peak_sram_bytes[d]))
+        acts = r.peak_sram_activation_bytes[d] if r.peak_sram_activation_bytes else 0
+        sram = _bytes(r.peak_sram_bytes[d]) + (f" ({_bytes(acts)} act.)" if acts else "")
+        rt.add_row(f"die {d} compute", f"{100 * u:.1f}%", "", sram)
     for c, u in enumerate(r.dram_utilization):
         rt.add_row(f"ch{c}", f"{100 * u:.1f}%", _bytes(r.dram_bytes[c]), "")
     for name, u in r.link_utilization.items():

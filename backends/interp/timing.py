@@ -44,9 +44,20 @@ The machine (per the target the program was compiled for):
 * **dense**: the die's compute unit for ``flops`` (at the layer dtype) and, in parallel, a read
   of ``bytes`` from its nearest DRAM channel, timed as a ``load``; completes when both have.
 
-Activations (``x``/``y`` blocks) live outside the slots and do not count towards SRAM; peak SRAM
-is the most slots a die holds at once (from a fill's start, for a load its DRAM read's start, to
-its free's end) times the slot size.
+**SRAM** (:mod:`moec.ir.activations` states the model): a die's SRAM at time t is its occupied
+slots (a slot is held from its fill's start, for a load its DRAM read's start, to its free's
+end) times the slot size, plus the activation buffers live at t: home tokens' ``x`` and ``y``
+for the die's span of the layer; other dies' tokens' received ``x`` (first ``recv x`` to last
+``gemm``/``send x`` of the token) and partial ``y`` (first ``accum``, or end of the first
+``recv y``, to the end of the last ``send y``); each ``recv y`` block while it crosses its link;
+and a slice's gate/up outputs ``h`` from its ``gemm``'s start to its ``accum``'s end. A die's
+*home tokens* of a layer are read off the static program itself, so an expanded program
+printed and run again gives the same peaks: the tokens it computes or sends as ``x`` without
+having received them, plus those whose ``y`` it receives and does not send on. Peak SRAM is the
+largest sum over the run (at equal times a release goes before an allocation);
+``peak_sram_slots`` / ``peak_sram_activations`` split it at that moment. A run whose activations
+push a die past its SRAM is not stopped (activations have no backpressure): the excess is
+recorded in ``extra["sram_over_bytes"]`` (the largest over the dies) and reported.
 
 Every resource is FIFO in the order ops claim it (its ``free_at`` only grows), so a tail
 reservation, claimed when the previous stage of its load ends and started no earlier than the
@@ -59,7 +70,10 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from moec.backends.interp.engine import EventQueue
+from moec.ir.activations import h_bytes, x_row_bytes, y_row_bytes
 from moec.ir.cost import GB
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.printer import instr as instr_text
@@ -78,6 +92,7 @@ from moec.ir.stream.program import (
     Send,
     Signal,
     SliceRef,
+    TokenSet,
     Wait,
 )
 from moec.ir.target import PRECISION_BYTES, Target
@@ -118,6 +133,11 @@ class Timeline:
     host_bytes: list[int] = field(default_factory=list)
     events: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    #: per die, the split of ``peak_sram`` at its peak: slot bytes and activation bytes
+    peak_sram_slots: list[int] = field(default_factory=list)
+    peak_sram_activations: list[int] = field(default_factory=list)
+    #: per die, the most slot bytes held at once (activations aside)
+    peak_slot_bytes: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -183,6 +203,96 @@ def _precision_of(nbytes: int, elements: int, default: str) -> str:
     return default
 
 
+@dataclass
+class _LayerActs:
+    """What one die does with one MoE layer's activations (op ids and token sets)."""
+
+    ops: list[int] = field(default_factory=list)
+    #: x reads: gemm and send x
+    x_uses: list[tuple[int, TokenSet]] = field(default_factory=list)
+    recv_x: list[tuple[int, TokenSet]] = field(default_factory=list)
+    accums: list[tuple[int, TokenSet]] = field(default_factory=list)
+    recv_y: list[tuple[int, TokenSet, int]] = field(default_factory=list)
+    send_y: list[tuple[int, TokenSet]] = field(default_factory=list)
+    #: slices in flight: (gemm op, accum op, bytes of h)
+    h: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def _mask(sets: list[TokenSet], n: int) -> np.ndarray:
+    m = np.zeros(n, dtype=bool)
+    for ts in sets:
+        for a, b in ts.ranges:
+            m[a : b + 1] = True
+    return m
+
+
+def _first_last(
+    items: list[tuple[int, TokenSet]], times: list[float], n: int, first: bool
+) -> np.ndarray:  # fmt: skip
+    """Per token, the earliest (``first``) or latest ``times[op]`` of the items covering it."""
+    out = np.full(n, np.inf if first else -np.inf)
+    for op, ts in items:
+        t = times[op]
+        for a, b in ts.ranges:
+            seg = out[a : b + 1]
+            if first:
+                np.minimum(seg, t, out=seg)
+            else:
+                np.maximum(seg, t, out=seg)
+    return out
+
+
+def _activation_events(
+    acts: _LayerActs, tokens: int, hidden: int, dtype: str, start: list[float],
+    end: list[float],
+) -> tuple[list[float], list[int]]:  # fmt: skip
+    """Allocation (+bytes) and release (-bytes) events of one die's activations of one layer
+    (the rules of :mod:`moec.ir.activations`)."""
+    times: list[float] = []
+    deltas: list[int] = []
+    if not acts.ops:
+        return times, deltas
+    lo = min(start[op] for op in acts.ops)
+    hi = max(end[op] for op in acts.ops)
+    xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
+    n = tokens
+    received = _mask([ts for _, ts in acts.recv_x], n)
+    home = _mask([ts for _, ts in acts.x_uses], n) & ~received
+    if acts.recv_y:
+        sent_y = _mask([ts for _, ts in acts.send_y], n)
+        home |= _mask([ts for _, ts, _ in acts.recv_y], n) & ~sent_y & ~received
+    k = int(home.sum())
+    if k:
+        times += [lo, hi]
+        deltas += [k * (xb + yb), -k * (xb + yb)]
+    if acts.recv_x:  # other dies' inputs: first recv to last use
+        first = _first_last(acts.recv_x, start, n, True)
+        last = _first_last(acts.x_uses, end, n, False)
+        arrived = _first_last(acts.recv_x, end, n, True)
+        idx = np.nonzero(received)[0]
+        f, last_use = first[idx], np.maximum(last[idx], arrived[idx])
+        times += f.tolist() + last_use.tolist()
+        deltas += [xb] * idx.size + [-xb] * idx.size
+    if acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
+        first = np.minimum(
+            _first_last(acts.accums, start, n, True),
+            _first_last([(op, ts) for op, ts, _ in acts.recv_y], end, n, True),
+        )
+        last = _first_last(acts.send_y, end, n, False)
+        idx = np.nonzero(~home & np.isfinite(first))[0]
+        f = first[idx]
+        release = np.where(np.isfinite(last[idx]), np.maximum(last[idx], f), hi)
+        times += f.tolist() + release.tolist()
+        deltas += [yb] * idx.size + [-yb] * idx.size
+    for op, _, nbytes in acts.recv_y:  # landing buffer while the block crosses the link
+        times += [start[op], end[op]]
+        deltas += [nbytes, -nbytes]
+    for g, a, nbytes in acts.h:
+        times += [start[g], end[a]]
+        deltas += [nbytes, -nbytes]
+    return times, deltas
+
+
 class _Builder:
     """Turns a static program into the op graph (all edges known before the run)."""
 
@@ -217,6 +327,8 @@ class _Builder:
         self.signal_event: dict[int, str] = {}
         # slot fills and frees, for SRAM: (die, fill op, free op or -1)
         self.fills: list[tuple[int, int, list[int]]] = []
+        # activations, for SRAM: (die, layer index) -> what the die does with them
+        self.acts: dict[tuple[int, int], _LayerActs] = {}
 
     # --- costs ---
     def load_path(self, channel: int, die: int) -> _LoadPath:
@@ -296,6 +408,8 @@ class _Builder:
             slot_free: dict[int, int] = {}
             slot_fill_rec: dict[int, list[int]] = {}
             last_recv: dict[tuple[str, str], int] = {}
+            pending_h: dict[int, tuple[int, int]] = {}  # slot -> (gemm op, bytes of h)
+            acts = self.acts
 
             def flops_time(
                 flops: float, precision: str, _rate: dict[str, float] = rate, _die: int = die
@@ -323,6 +437,16 @@ class _Builder:
                         flops = 2.0 * n * w * hidden
                     lk, _ = self.layers[content.layer]
                     op = g.add(COMPUTE, flops_time(flops, prec), (die,), die, i, lk)
+                    la = acts.get((die, lk)) or acts.setdefault((die, lk), _LayerActs())
+                    la.ops.append(op)
+                    if isinstance(i, Gemm):
+                        la.x_uses.append((op, i.tokens))
+                        pending_h[i.slot] = (op, h_bytes(n, w, gated))
+                    elif isinstance(i, Accum):
+                        la.accums.append((op, i.tokens))
+                        gemm = pending_h.pop(i.slot, None)
+                        if gemm is not None:
+                            la.h.append((gemm[0], op, gemm[1]))
                     g.edge(fence, op)
                     g.edge(last_compute, op)
                     g.edge(slot_fill.get(i.slot), op)
@@ -342,6 +466,8 @@ class _Builder:
                         prec = _precision_of(i.nbytes, elements, dtype)
                         sref = c
                     first, op = self.read(LOAD, i.channel, die, i.nbytes, i, tag)
+                    if tag >= 0:
+                        self._act(die, tag).ops += [first, op]
                     g.edge(fence, first)
                     g.edge(slot_free.get(i.slot), first)
                     self._fill(die, i.slot, op, sref, prec, slot_fill, slot_fill_info, slot_uses)
@@ -357,6 +483,17 @@ class _Builder:
                         tag = self.layers[i.content.layer][0]
                     if tag >= 0 and g.layer[op] < 0:
                         g.layer[op] = tag
+                    if tag >= 0:
+                        la = self._act(die, tag)
+                        la.ops.append(op)
+                        if i.block is not None:
+                            ts = i.block.tokens
+                            if isinstance(i, Send):
+                                (la.x_uses if i.block.which == "x" else la.send_y).append((op, ts))
+                            elif i.block.which == "x":
+                                la.recv_x.append((op, ts))
+                            else:
+                                la.recv_y.append((op, ts, i.nbytes))
                     g.edge(fence, op)
                     if isinstance(i, Send):
                         if i.slot is not None:
@@ -386,6 +523,8 @@ class _Builder:
                     content, _ = slot_fill_info.get(i.slot, (None, ""))
                     tag = self.layers[content.layer][0] if content is not None else -1
                     op = g.add(SYNC, 0.0, (), die, i, tag)
+                    if tag >= 0:
+                        self._act(die, tag).ops.append(op)
                     g.edge(fence, op)
                     g.edge(slot_fill.get(i.slot), op)
                     for u in slot_uses.pop(i.slot, []):
@@ -440,6 +579,45 @@ class _Builder:
                     f"send/recv mismatch between die {a} and die {b}: "
                     f"{ns} unmatched sends, {nr} unmatched recvs"
                 )
+
+    def _act(self, die: int, layer: int) -> _LayerActs:
+        la = self.acts.get((die, layer))
+        if la is None:
+            la = self.acts[(die, layer)] = _LayerActs()
+        return la
+
+    def sram_peaks(
+        self, start: list[float], end: list[float], makespan: float
+    ) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Per die: peak SRAM (slots + activations), its slot and activation parts at the peak,
+        and the peak of slots alone."""
+        D = self.t.num_dies
+        pools = {s.die: s.nbytes for s in self.p.slots}
+        times: dict[int, list[float]] = defaultdict(list)
+        slot_d: dict[int, list[int]] = defaultdict(list)
+        act_d: dict[int, list[int]] = defaultdict(list)
+        for die, fill, rec in self.fills:
+            size = pools.get(die, 0)
+            times[die] += [start[fill], end[rec[1]] if len(rec) > 1 else makespan]
+            slot_d[die] += [size, -size]
+            act_d[die] += [0, 0]
+        for (die, k), la in sorted(self.acts.items()):
+            m = self.p.layers[k]
+            ts, ds = _activation_events(la, m.tokens, m.hidden, m.dtype, start, end)
+            times[die] += ts
+            act_d[die] += ds
+            slot_d[die] += [0] * len(ds)
+        peak, slots, acts, slot_peak = [0] * D, [0] * D, [0] * D, [0] * D
+        for die, tv in times.items():
+            s_arr = np.asarray(slot_d[die], dtype=np.int64)
+            a_arr = np.asarray(act_d[die], dtype=np.int64)
+            order = np.lexsort((s_arr + a_arr, np.asarray(tv)))  # releases first at equal times
+            cs, ca = np.cumsum(s_arr[order]), np.cumsum(a_arr[order])
+            total = cs + ca
+            j = int(np.argmax(total))
+            peak[die], slots[die], acts[die] = int(total[j]), int(cs[j]), int(ca[j])
+            slot_peak[die] = int(cs.max())
+        return peak, slots, acts, slot_peak
 
     def _record_fill(self, die: int, op: int) -> list[int]:
         rec = [op]
@@ -538,19 +716,9 @@ def run_timing(p: Program, target: Target) -> Timeline:
             f"deadlock: die {g.die[op]} never completes '{what}' ({len(stuck)} ops blocked)"
         )
     makespan = max(end, default=0.0)
-    peak = [0] * target.num_dies
-    pools = {s.die: s.nbytes for s in p.slots}
-    per_die: dict[int, list[tuple[float, int]]] = defaultdict(list)
-    for die, fill, rec in b.fills:
-        per_die[die].append((start[fill], 1))
-        per_die[die].append((end[rec[1]] if len(rec) > 1 else makespan, -1))
-    for die, evs in per_die.items():
-        evs.sort(key=lambda x: (x[0], x[1]))  # at equal times a free goes before a fill
-        cur = best = 0
-        for _, delta in evs:
-            cur += delta
-            best = max(best, cur)
-        peak[die] = best * pools.get(die, 0)
+    peak, peak_slots, peak_acts, slot_peak = b.sram_peaks(start, end, makespan)
+    over = max((pk - target.die(d).sram_bytes for d, pk in enumerate(peak)), default=0)
+    extra: dict[str, float] = {"sram_over_bytes": over} if over > 0 else {}
     link_bytes = {
         f"{lk.src}->{lk.dst}": b.link_bytes.get(b.link_id[(lk.src, lk.dst)], 0)
         for lk in target.links
@@ -561,5 +729,6 @@ def run_timing(p: Program, target: Target) -> Timeline:
         layer_names=[m.name for m in p.layers], island_names=[i.name for i in p.islands],
         num_resources=b.num_res, resource_names=b.res_names, busy=busy,
         dram_bytes=b.dram_bytes, link_bytes=link_bytes, peak_sram=peak,
-        instructions=p.num_instructions(), events=events, host_bytes=b.host_bytes,
+        instructions=p.num_instructions(), events=events, host_bytes=b.host_bytes, extra=extra,
+        peak_sram_slots=peak_slots, peak_sram_activations=peak_acts, peak_slot_bytes=slot_peak,
     )  # fmt: skip

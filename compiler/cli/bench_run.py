@@ -12,7 +12,7 @@ layers only:
   over ``latency_s``, averaged over the dies, channels and link directions;
 * ``dram_bytes`` / ``link_bytes``: bytes the MoE layers move (a DRAM load crossing links counts
   on each link it crosses);
-* ``peak_sram_bytes_max``: the largest per-die SRAM peak of slots;
+* ``peak_sram_bytes_max``: the largest per-die SRAM peak (slots and activations);
 * ``bound_s``: :func:`moec.compiler.bench.spec.iteration_bound` for the work the iteration
   actually does: the routing after runtime rules (pairs dropped by ``caee-prune`` or
   ``skip-second`` are not work), minus the experts token buffering defers to the next iteration

@@ -54,26 +54,31 @@ StrategyFn = Callable[[Lowering], None]
 
 @dataclass(frozen=True)
 class Strategy:
-    """A registered lowering: its name, the options it reads (name -> meaning), the function."""
+    """A registered lowering: its name, the options it reads (name -> meaning), the function,
+    and how its dies hold token activations (an entry of ``common.ACTIVATION_KINDS``, which
+    sizes the SRAM slots)."""
 
     name: str
     fn: StrategyFn
     options: Mapping[str, str]
     doc: str = ""
+    activations: str = "routed"
 
 
 STRATEGIES: dict[str, Strategy] = {}
 
 
 def register(
-    name: str, options: Mapping[str, str] | None = None
+    name: str, options: Mapping[str, str] | None = None, activations: str = "routed"
 ) -> Callable[[StrategyFn], StrategyFn]:
     """Decorator: make ``fn`` the lowering of strategy ``name`` (``--strategy name{...}``)."""
 
     def wrap(fn: StrategyFn) -> StrategyFn:
         if name in STRATEGIES:
             raise ValueError(f"strategy {name!r} registered twice")
-        STRATEGIES[name] = Strategy(name, fn, dict(options or {}), (fn.__doc__ or "").strip())
+        STRATEGIES[name] = Strategy(
+            name, fn, dict(options or {}), (fn.__doc__ or "").strip(), activations
+        )
         return fn
 
     return wrap
@@ -152,6 +157,7 @@ def lower(
         dims=dims,
         base_dir=base_dir,
         name=name,
+        activations=strat.activations,
     )
     strat.fn(lw)
     lw.finish()

@@ -7,9 +7,11 @@
   trace's, else the layer input's shape with symbolic dimensions set by :func:`resolve_dims`);
 * micro-slice layouts sized to the SRAM slots: each die gets ``slots`` slots (default 4) of one
   size, and each layer's experts are cut into the fewest even slices whose largest fits a slot
-  (``slots x slot bytes <= SRAM``); the slot size is the largest slice of any layer. When even a
-  one-column slice does not fit, :class:`ScheduleError` "does not fit SRAM: die d needs X bytes,
-  has Y";
+  in the SRAM the layer's activations leave (``slots x slot bytes + activations <= SRAM``, the
+  activations as :func:`predicted_activations` estimates them for the strategy's
+  :data:`ACTIVATION_KINDS` entry, see :mod:`moec.ir.activations`); the slot size is the largest
+  slice of any layer. When even one-column slices do not fit, :class:`ScheduleError` "does not
+  fit SRAM: die d needs X bytes (activations A + slots S), has Y";
 * dense islands (the ordinary ops between MoE layers) with estimated FLOPs and DRAM bytes, split
   evenly over the dies (``dense`` per die), separated from the MoE layers by ``signal``/``wait``
   barriers, and one ``moe L`` placeholder per layer in every die's stream.
@@ -43,6 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moec.compiler.lower.residency import layer_residency
+from moec.ir.activations import ACCUM_PRECISION, h_bytes, predicted_activation_bytes
 from moec.ir.errors import ModelError, ScheduleError, TraceError
 from moec.ir.graph import DTYPE_BYTES, Module, Op, Value, Weight
 from moec.ir.moe import MoELayer
@@ -245,6 +248,20 @@ def parse_int(opts: Mapping[str, str], key: str, default: int, *, minimum: int =
     return value
 
 
+#: How a strategy's dies hold token activations (what :func:`predicted_activations` charges):
+#: ``home`` (tokens stay on their die: FSE-DP), ``routed`` (tokens travel to their experts'
+#: dies: EP, Hydra, EPLB) or ``all`` (every die holds every token: TP).
+ACTIVATION_KINDS = ("home", "routed", "all")
+
+
+@dataclass(frozen=True)
+class ActivationEstimate:
+    """A die's predicted activations for one layer: fixed bytes, and tokens per slice for ``h``."""
+
+    fixed: int
+    h_tokens: int
+
+
 @dataclass
 class LayerPlan:
     """One MoE layer as lowered: the canonical layer, its declaration, layouts and slice bytes."""
@@ -257,6 +274,22 @@ class LayerPlan:
     shared_slice_bytes: list[int] = field(default_factory=list)
     #: per expert 1 (device memory) or 0 (offloaded to the host tier); None: all resident
     resident: list[int] | None = None
+    #: the activations the lowering predicts per die (:func:`predicted_activations`)
+    activations: ActivationEstimate | None = None
+
+    def activation_bytes(self) -> int:
+        """Predicted activations of a die: the fixed part and ``h`` of the widest slice in
+        flight (routed or shared)."""
+        est = self.activations
+        if est is None:
+            return 0
+        widest = max(self.layout.width(j) for j in range(self.layout.count))
+        h = h_bytes(est.h_tokens, widest, self.decl.gated)
+        if self.shared_layout is not None:
+            lay = self.shared_layout
+            widest = max(lay.width(j) for j in range(lay.count))
+            h = max(h, h_bytes(est.h_tokens, widest, True))
+        return est.fixed + h
 
     @property
     def name(self) -> str:
@@ -458,20 +491,72 @@ def _shared_slice_bytes(layer: MoELayer, layout: SliceLayout, dtype: str) -> lis
     ]
 
 
-def _fewest_slices(ffn: int, col: float, extra: float, budget: int) -> int | None:
-    """The fewest even slices of ``ffn`` columns whose largest fits ``budget`` bytes."""
-    width = int((budget - extra) // col) if budget > extra else 0
+def _fewest_slices_in(
+    ffn: int, col: float, extra: float, h_col: float, room: int, slots: int
+) -> int | None:  # fmt: skip
+    """The fewest even slices of ``ffn`` columns such that ``slots`` slots of the largest plus
+    its ``h`` (``h_col`` bytes per column) fit ``room`` bytes: width ``w`` needs
+    ``slots x (w col + extra) + w h_col``."""
+    width = int((room - slots * extra) // (slots * col + h_col)) if room > slots * extra else 0
     if width < 1:
         return None
     return -(-ffn // min(width, ffn))
 
 
+def predicted_activations(
+    kind: str, *, tokens: int, home: int, dies: int, top_k: int, hidden: int, dtype: str,
+    shared: bool,
+) -> ActivationEstimate:  # fmt: skip
+    """What the lowering expects a die to hold besides slots (see :mod:`moec.ir.activations`).
+
+    Every die holds ``home`` tokens' ``x`` and ``y`` (the most any die has). ``routed`` adds other
+    dies' tokens with their ``x`` and partial ``y``: the expected number for uniform routing,
+    ``(tokens - home) x (1 - (1 - 1/dies) ** top_k)`` (each token's ``top_k`` experts land on a
+    given die with that probability), or all of them when the layer's shared experts are split
+    over the dies (every die computes them for every token); ``all`` adds all of them. A skewed
+    batch can hold more at run time: the interpreter charges what the run really holds and
+    reports an excess. ``h`` is bounded by the most tokens one slice's gemm can have: ``home``
+    under ``home``, every token otherwise (an expert chosen by the whole batch).
+    """
+    if kind not in ACTIVATION_KINDS:
+        raise StrategyError(f"activation kind {kind!r}, expected one of {ACTIVATION_KINDS}")
+    others = tokens - home
+    if kind == "home":
+        remote = 0.0
+    elif kind == "all" or shared or dies <= 1:
+        remote = float(others)
+    else:
+        remote = others * (1.0 - (1.0 - 1.0 / dies) ** top_k)
+    fixed = predicted_activation_bytes(home=home, remote=remote, hidden=hidden, dtype=dtype)
+    return ActivationEstimate(fixed, home if kind == "home" else tokens)
+
+
+def home_tokens(tokens: int, dies: int, routing: RoutingTrace | None) -> int:
+    """The most tokens any die is home to: from the routing trace, else contiguous blocks."""
+    if routing is not None and routing.layers:
+        return max(
+            int(np.bincount(np.asarray(lr.home_die), minlength=dies).max()) for lr in routing.layers
+        )
+    return -(-tokens // max(dies, 1))
+
+
+def _fit_error(die: int, acts: int, slots: int, sram: int, what: str, where: str) -> ScheduleError:
+    return ScheduleError(
+        f"does not fit SRAM: die {die} needs {acts + slots} bytes (activations {acts} + slots "
+        f"{slots}{what}), has {sram}",
+        where,
+    )
+
+
 def _plan_layers(
-    ops: list[Op], target: Target, opts: LoweringOptions, tokens: int, where: str
-) -> tuple[list[LayerPlan], int]:
+    ops: list[Op], target: Target, opts: LoweringOptions, tokens: int, where: str,
+    kind: str = "routed", home: int | None = None,
+) -> tuple[list[LayerPlan], int]:  # fmt: skip
     sram = min(d.sram_bytes for d in target.dies)
     small_die = min(target.dies, key=lambda d: (d.sram_bytes, d.id)).id
-    budget = sram // opts.slots
+    D = target.num_dies
+    home = -(-tokens // D) if home is None else home
+    acc = _elem(ACCUM_PRECISION)
     plans: list[LayerPlan] = []
     for op in ops:
         layer: MoELayer = op.attrs["layer"]
@@ -480,18 +565,22 @@ def _plan_layers(
         widest = [p for p in table if p in PRECISION_BYTES] if isinstance(table, list) else []
         if widest and max(_elem(p) for p in widest) > _elem(dtype):
             dtype = max(widest, key=_elem)  # slices fit the widest precision any expert streams at
+        est = predicted_activations(
+            kind, tokens=tokens, home=home, dies=D, top_k=layer.top_k, hidden=layer.hidden,
+            dtype=dtype, shared=layer.has_shared,
+        )  # fmt: skip
         e = _elem(dtype)
         mats = 3 if layer.gated else 2
         col = mats * layer.hidden * e + e * (layer.has("b_gate") + layer.has("b_up"))
         extra = layer.hidden * e if layer.has("b_down") else 0
-        count = _fewest_slices(layer.ffn, col, extra, budget)
+        h_col = est.h_tokens * (2 if layer.gated else 1) * acc  # h per FFN column in flight
+        count = _fewest_slices_in(layer.ffn, col, extra, h_col, sram - est.fixed, opts.slots)
         if count is None:
-            need = opts.slots * int(math.ceil(col + extra))
-            raise ScheduleError(
-                f"does not fit SRAM: die {small_die} needs {need} bytes ({opts.slots} slots of one "
-                f"FFN column of {layer.name}, {int(math.ceil(col + extra))} bytes each), has {sram}",
-                where,
-            )
+            one = opts.slots * int(math.ceil(col + extra))
+            raise _fit_error(
+                small_die, est.fixed + int(math.ceil(h_col)), one, sram,
+                f": {opts.slots} of one FFN column of {layer.name}", where,
+            )  # fmt: skip
         if opts.slices is not None:
             if opts.slices > layer.ffn:
                 raise StrategyError(
@@ -501,7 +590,8 @@ def _plan_layers(
             if opts.slices < count:
                 raise ScheduleError(
                     f"does not fit SRAM: option slices={opts.slices} makes slices of {layer.name} "
-                    f"too large for {opts.slots} slots in {sram} bytes (needs >= {count})",
+                    f"too large for {opts.slots} slots in the {sram - est.fixed} of {sram} bytes "
+                    f"activations leave (needs >= {count})",
                     where,
                 )
             count = opts.slices
@@ -511,14 +601,14 @@ def _plan_layers(
         if fs:
             s_col = 3 * layer.hidden * e
             s_extra = layer.hidden * e if layer.has("sh_router") else 0
-            s_count = _fewest_slices(fs, s_col, s_extra, budget)
+            s_h_col = est.h_tokens * 2 * acc
+            s_count = _fewest_slices_in(fs, s_col, s_extra, s_h_col, sram - est.fixed, opts.slots)
             if s_count is None:
-                need = opts.slots * int(math.ceil(s_col + s_extra))
-                raise ScheduleError(
-                    f"does not fit SRAM: die {small_die} needs {need} bytes ({opts.slots} slots of "
-                    f"one shared-expert column of {layer.name}), has {sram}",
-                    where,
-                )
+                one = opts.slots * int(math.ceil(s_col + s_extra))
+                raise _fit_error(
+                    small_die, est.fixed + int(math.ceil(s_h_col)), one, sram,
+                    f": {opts.slots} of one shared-expert column of {layer.name}", where,
+                )  # fmt: skip
             shared_layout = SliceLayout.even(layer.name, fs, s_count, shared=True)
             shared_bytes = _shared_slice_bytes(layer, shared_layout, dtype)
         decl = MoEDecl(
@@ -534,6 +624,7 @@ def _plan_layers(
                 _slice_bytes(layer, layout, dtype),
                 shared_layout,
                 shared_bytes,
+                activations=est,
             )  # fmt: skip
         )
     slot = max(max(p.slice_bytes + p.shared_slice_bytes) for p in plans) if plans else 1
@@ -662,8 +753,10 @@ def prepare(
     dims: Mapping[str, int] | None = None,
     base_dir: str | None = None,
     name: str | None = None,
+    activations: str = "routed",
 ) -> Lowering:
-    """Declarations, layouts, slots, islands and streams of ``module`` on the target."""
+    """Declarations, layouts, slots, islands and streams of ``module`` on the target;
+    ``activations`` is the strategy's entry of :data:`ACTIVATION_KINDS`."""
     where = name or module.name
     target = load_target(target_ref.spec, dict(target_ref.overrides), base_dir=base_dir)
     ops = module.moe_ops()
@@ -673,14 +766,12 @@ def prepare(
     if routing is not None:
         layers = [(op.attrs["layer"].num_experts, op.attrs["layer"].top_k) for op in ops]
         validate(routing, layers, n_tokens, num_dies=target.num_dies, where="--routing")
-    plans, slot_bytes = _plan_layers(ops, target, opts, n_tokens, where)
+    home = home_tokens(n_tokens, target.num_dies, routing)
+    plans, slot_bytes = _plan_layers(ops, target, opts, n_tokens, where, activations, home)
+    acts = max(p.activation_bytes() for p in plans)
     for die in target.dies:
-        if opts.slots * slot_bytes > die.sram_bytes:
-            raise ScheduleError(
-                f"does not fit SRAM: die {die.id} needs {opts.slots * slot_bytes} bytes, "
-                f"has {die.sram_bytes}",
-                where,
-            )
+        if opts.slots * slot_bytes + acts > die.sram_bytes:
+            raise _fit_error(die.id, acts, opts.slots * slot_bytes, die.sram_bytes, "", where)
     for i, plan in enumerate(plans):
         layer_routing = routing.layers[i] if routing is not None else None
         plan.resident = layer_residency(plan.layer, opts.resident, layer_routing)

@@ -231,7 +231,7 @@ def _make(name: str, defaults: dict[str, str]) -> None:
 
     preset = ", ".join(f"{k}={v}" for k, v in defaults.items()) or "rules r1-r4, natural order"
     lower_fsedp.__doc__ = f"FSE-DP expert streaming ({preset})."
-    register(name, options=OPTIONS)(lower_fsedp)
+    register(name, options=OPTIONS, activations="home")(lower_fsedp)
 
 
 for _name, _defaults in VARIANTS.items():

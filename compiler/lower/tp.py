@@ -120,7 +120,7 @@ def expected_experts(experts: int, top_k: int, tokens: int) -> float:
     return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
 
 
-@register("tp", options={})
+@register("tp", options={}, activations="all")
 def lower_tp(lw: Lowering) -> None:
     """Tensor parallelism: each die holds 1/D of every expert's columns; partial sums reduced."""
     t = lw.target
