@@ -17,8 +17,9 @@ Parameters read from the runtime policy (written by ``compiler/lower/fsedp.py``)
   coldest, 2nd hottest, 2nd coldest, ... by routed-token count, the slices of each pair
   interleaved) or ``balanced`` (compute kept in step with DRAM, see :mod:`.fsedp_sched`); the
   shared experts go first;
-* ``r5``: DRAM pushes each slice to the channel's die, or when that is full to the needed die
-  with the most free slots (default false);
+* ``r5``: DRAM pushes each slice to the channel's die, or, when that is full and the channel
+  would otherwise idle, to the needed die with the most free slots that no channel of its own
+  still feeds (default false; the precise rule is in :mod:`.fsedp_sched`);
 * ``slack``: QoS token buffering, 0 (default) to 1: the (token, expert) pairs of the coldest
   experts, whole experts at a time and at most ``slack x tokens`` pairs, are deferred.
 
@@ -47,6 +48,7 @@ import numpy as np
 from moec.backends.interp.expand import ExpandContext, register, token_set
 from moec.backends.interp.expand.fsedp_deferred import deferred_event
 from moec.backends.interp.expand.fsedp_sched import RULES, Problem, Schedule, Unit, schedule
+from moec.ir import cost
 from moec.ir.cost import GB, compute_time, link_time
 from moec.ir.errors import ProgramError
 from moec.ir.stream.program import Instr, Signal, TokenSet, Wait
@@ -186,11 +188,7 @@ def _problem(ctx: ExpandContext, units: list[Unit], order: tuple[int, ...], clos
     t = ctx.target
 
     def load_time(c: int, d: int, nbytes: int) -> float:  # as the interpreter times a load
-        ch = t.channel(c)
-        path = t.route(ch.die, d)
-        links = [t.link(a, b) for a, b in zip(path, path[1:], strict=False)]
-        lat = ch.latency_s + sum(lk.latency_s for lk in links)
-        return lat + nbytes / (min([ch.gbps, *(lk.gbps for lk in links)]) * GB)
+        return cost.load_time(t, c, d, nbytes)
 
     def hop_time(a: int, b: int, nbytes: int) -> float:
         return link_time(t, a, b, nbytes)
@@ -199,7 +197,7 @@ def _problem(ctx: ExpandContext, units: list[Unit], order: tuple[int, ...], clos
     return Problem(
         ctx.layer.name, t.num_dies, order, closed, slots, units, rules=rules, r5=r5,
         load_time=load_time, hop_time=hop_time, channel_die=tuple(c.die for c in t.channels),
-        hops=t.hops, route=t.route, paired=order_kind == "paired",
+        hops=t.hops, paired=order_kind == "paired",
         balanced=order_kind == "balanced", dram_bytes_per_s=t.total_dram_gbps() * GB,
     )  # fmt: skip
 

@@ -18,11 +18,30 @@ only to the one after it; the walk stops at the last needed die (the rest is ski
 
 **Entry die.** A slice is loaded by the die its DRAM channel sits on (a local load) and its trip
 starts at that die's position with the shortest walk to the last needed die; if that die has no
-tokens for it, it is the first pass-through. With **R5** DRAM pushes each slice, whenever its
-channel is free, to a die with a free prefetch slot: the channel's own die while it has room,
-otherwise the needed die with the most free slots (ties: fewer hops, shorter walk, cycle
-position) among those whose load route uses no link of the walk (a remote load holds every link
-it crosses for the whole transfer, which would stall the slices streaming on it).
+tokens for it, it is the first pass-through.
+
+**R5** (the paper: DRAM sends to the die with the most free buffer, so a channel whose die is full
+does not idle). Each channel pushes its own slices, in the central load order. Its next slice goes
+
+1. to the channel's own die while that die has a free prefetch slot: exactly R4's load (the die
+   would pull it into that slot now, queued behind the channel's earlier reads);
+2. otherwise, and only when the channel would otherwise idle (no read outstanding), to the
+   needed die with the most free prefetch slots (ties: fewer hops from the channel, shorter walk,
+   cycle position) among the *unfed* needed dies: those no channel of their own still has a
+   slice to push to (a die without a channel, or whose channels are drained), and whose walk to
+   the last needed die is no longer than the walk from the channel's die (no extra hops);
+3. otherwise nowhere: it waits for a prefetch slot to free (every free there triggers a retry).
+
+Why the restrictions in 2. On a package where every die has a channel (fsedp-2x2) a free slot on
+another die is that die's own channel's next load: taking it only moves the idle time from one
+channel to another and adds a remote read, so R5 is R4 there until channels drain. A remote load
+holds each link only for its own bytes (:func:`moec.ir.cost.load_time`), so walk links are not
+excluded; a longer walk would add hops and in-flight trips for nothing.
+
+**Slots** are taken least recently freed first. A push is decided on this simulation's clock,
+which runs a little ahead of or behind the interpreter's; the slot freed longest ago is the one
+the interpreter has most surely freed too, where the lowest-numbered one was often freed a moment
+ago and kept the load (and its channel) waiting.
 
 **Central load order** (the order dies pull slices and channels push them): ``natural``, unit
 by unit (shared experts first, then ascending expert id), or ``paired`` (the expander orders the
@@ -116,8 +135,6 @@ class Problem:
     channel_die: tuple[int, ...] = ()
     #: hops between two dies on the interconnect: ``hops(a, b)``
     hops: Callable[[int, int], int] = field(default=lambda a, b: 0, compare=False)
-    #: dies a transfer from ``a`` to ``b`` visits: ``route(a, b)``
-    route: Callable[[int, int], list[int]] = field(default=lambda a, b: [a, b], compare=False)
     #: units come in (hot, cold) pairs whose slices interleave in the load order
     paired: bool = False
     #: order slices so compute keeps pace with DRAM (``order=balanced``)
@@ -179,7 +196,8 @@ class Schedule:
 @dataclass
 class _Die:
     id: int
-    free: list[int]
+    #: free slots, least recently freed first
+    free: deque[int]
     queue: deque[Trip] = field(default_factory=deque)
     loading: int = 0
     ready: deque[Trip] = field(default_factory=deque)
@@ -227,11 +245,8 @@ class _Sim:
         self.prefetch = {d: k - self.P * len(self.positions[d]) for d in range(self.n)}
         # no walk to block on when nothing is forwarded (naive, or a single die)
         self.cap = (1 << 30) if self.naive or len(self.walk) == 1 else self.P * len(self.walk) - 1
-        self.dies = [_Die(d, sorted(prob.slots[d])[:k]) for d in range(self.n)]
+        self.dies = [_Die(d, deque(sorted(prob.slots[d])[:k])) for d in range(self.n)]
         self.lanes = [_Lane() for _ in self.walk]
-        self.ring = {
-            (self.walk[q], self.walk[(q + 1) % len(self.walk)]) for q in range(len(self.walk))
-        }
         self.active = 0
         self.now = 0.0
         self.seq = 0
@@ -240,9 +255,13 @@ class _Sim:
         self.chan_free: dict[int, float] = {}
         self.trips: list[Trip] = []
         self.pass_throughs = 0
-        # R5: per channel, the trips it still has to push, in load order
+        # R5: per channel, the trips it still has to push, in load order, and its pushes
+        # outstanding
         self.chan_queue: dict[int, deque[Trip]] = {}
-        self.chan_busy: dict[int, bool] = {}
+        self.chan_out: dict[int, int] = {}
+        self.channels_of: dict[int, list[int]] = {d: [] for d in range(self.n)}
+        for c, die in enumerate(prob.channel_die):
+            self.channels_of[die].append(c)
 
     # --- bookkeeping ---
     def at(self, t: float, fn: Callable[[], None]) -> None:
@@ -258,12 +277,11 @@ class _Sim:
             raise ScheduleError(f"FSE-DP scheduler: die {d.id} has no free slot (internal)")
         d.held += 1
         d.peak = max(d.peak, d.held)
-        return d.free.pop(0)
+        return d.free.popleft()
 
     def give_slot(self, d: _Die, slot: int) -> None:
         d.held -= 1
         d.free.append(slot)
-        d.free.sort()
 
     def ref(self, trip: Trip) -> SliceRef:
         return SliceRef(self.p.layer, trip.unit.expert, trip.slice)
@@ -384,44 +402,50 @@ class _Sim:
 
         self.at(end, done)
 
+    def room(self, d: _Die) -> int:
+        """Free prefetch slots of ``d``."""
+        return min(self.prefetch[d.id] - self.locals_of(d), len(d.free))
+
     def push(self, c: int) -> None:
-        """R5: DRAM channel ``c`` sends its next slice to a die with a free prefetch slot."""
+        """R5: DRAM channel ``c`` sends its next slices while it has somewhere to send them."""
         q = self.chan_queue.get(c)
-        if not q or self.chan_busy.get(c):
-            return
-        trip = q[0]
+        while q:
+            d = self.push_target(c, q[0])
+            if d is None:
+                return  # retried whenever a die's prefetch slot frees up
+            trip = q.popleft()
+            self.set_path(trip, d.id)
+            self.chan_out[c] = self.chan_out.get(c, 0) + 1
+            self.load(d, trip)
+            self.at(self.chan_free[c], lambda: self.release_channel(c))
+
+    def push_target(self, c: int, trip: Trip) -> _Die | None:
+        """Where R5 sends ``trip`` from channel ``c`` now (module docstring), or None."""
+        home = self.dies[self.p.channel_die[c]]
+        if self.room(home) > 0:
+            return home
+        if self.chan_out.get(c, 0) > 0:
+            return None  # the channel is still reading: its own die may free a slot meanwhile
         needed = set(trip.unit.tokens)
-        home = self.p.channel_die[c]
-        best: tuple[tuple[bool, int, int, int, int], _Die] | None = None
+        longest = len(self.route_from(home.id, needed))
+        best: tuple[tuple[int, int, int, int], _Die] | None = None
         for die in self.p.order:
-            if die not in needed and die != home:
-                continue
             d = self.dies[die]
-            room = self.prefetch[die] - self.locals_of(d)
-            if room <= 0 or not d.free or self.crosses_ring(home, die):
+            room = self.room(d)
+            if die == home.id or die not in needed or room <= 0:
                 continue
-            # the channel's own die while it has room (a load elsewhere crosses links), else
-            # the needed die with the most free slots
+            if any(self.chan_queue.get(own) for own in self.channels_of[die]):
+                continue  # the slot is its own channel's next load
             length = len(self.route_from(die, needed))
-            key = (die != home, -room, self.p.hops(home, die), length, self.p.order.index(die))
+            if length > longest:
+                continue
+            key = (-room, self.p.hops(home.id, die), length, self.p.order.index(die))
             if best is None or key < best[0]:
                 best = (key, d)
-        if best is None:
-            return  # retried whenever a die's prefetch slot frees up
-        q.popleft()
-        d = best[1]
-        self.set_path(trip, d.id)
-        self.chan_busy[c] = True
-        self.load(d, trip)
-        self.at(self.chan_free[c], lambda: self.release_channel(c))
-
-    def crosses_ring(self, a: int, b: int) -> bool:
-        """Whether a load from die ``a``'s channel into die ``b`` uses a link slices stream on."""
-        path = self.p.route(a, b)
-        return any((x, y) in self.ring for x, y in zip(path, path[1:], strict=False))
+        return None if best is None else best[1]
 
     def release_channel(self, c: int) -> None:
-        self.chan_busy[c] = False
+        self.chan_out[c] -= 1
         self.push(c)
 
     def refill(self, d: _Die) -> None:
