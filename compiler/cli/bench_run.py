@@ -120,12 +120,16 @@ def moe_metrics(tl: Timeline) -> dict[str, Any]:
         for r in tl.res[op]:
             busy[r] += e - s
         kind = tl.kind[op]
-        if kind == LOAD:
-            n = getattr(tl.instr[op], "nbytes", 0)
+        if kind not in (LOAD, XFER):
+            continue
+        # A load is one op holding its channel (or host link) and one op per hop of its route;
+        # count each op's bytes on the resource it holds.
+        n = getattr(tl.instr[op], "nbytes", 0)
+        r = tl.res[op][0]
+        if D <= r < D + C:
             dram += n
-            link += n * (len(tl.res[op]) - 1)
-        elif kind == XFER:
-            link += getattr(tl.instr[op], "nbytes", 0)
+        elif D + C <= r < D + C + len(t.links):
+            link += n
     latency = sum(e - s for s, e in spans.values())
     scale = 1.0 / latency if latency > 0 else 0.0
     links = len(t.links)
