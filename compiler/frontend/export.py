@@ -15,6 +15,7 @@ registered writer are written in float, which is exact for the canonical (dequan
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -86,24 +87,37 @@ def expressible(layer: MoELayer) -> str | None:
     return None
 
 
-def _write_float_moe(out: _Out, layer: MoELayer, x: str, logits: str) -> str:
-    E = layer.num_experts
-    up = np.transpose(_a(layer.weights["w_up"]), (0, 2, 1))  # [E, F, d]
-    scale = np.float32(layer.routed_scaling)
+@dataclass(frozen=True)
+class OrtRows:
+    """A layer's expert weights in ORT's row layout, biases, and the MoE/QMoE attributes.
+
+    Shared by the float (``com.microsoft.MoE``) and quantized (QMoE/QDQ) writers.
+    """
+
+    fc1: np.ndarray  # [E, N1, d]: interleaved (gate, up) rows for gated layers
+    b1: np.ndarray | None
+    fc2: np.ndarray  # [E, d, F]
+    b2: np.ndarray | None
+    attrs: dict[str, Any]
+
+
+def ort_rows(layer: MoELayer) -> OrtRows:
+    E, a = layer.num_experts, layer.array
+    up = np.transpose(np.asarray(a("w_up"), np.float32), (0, 2, 1))  # [E, F, d]
     attrs: dict[str, Any] = {
         "k": layer.top_k,
         "normalize_routing_weights": int(layer.normalize_topk),
     }
     b1: np.ndarray | None = None
-    bu = _a(layer.weights["b_up"]) if layer.has("b_up") else None
+    bu = np.asarray(a("b_up"), np.float32) if layer.has("b_up") else None
     if layer.gated:
-        gate = np.transpose(_a(layer.weights["w_gate"]), (0, 2, 1))
+        gate = np.transpose(np.asarray(a("w_gate"), np.float32), (0, 2, 1))
         fc1 = np.empty((E, 2 * layer.ffn, layer.hidden), np.float32)
         fc1[:, 0::2], fc1[:, 1::2] = gate, up
         if layer.has("b_gate") or bu is not None:
             b1 = np.zeros((E, 2 * layer.ffn), np.float32)
             if layer.has("b_gate"):
-                b1[:, 0::2] = _a(layer.weights["b_gate"])
+                b1[:, 0::2] = np.asarray(a("b_gate"), np.float32)
             if bu is not None:
                 b1[:, 1::2] = bu
         attrs.update(activation_type="swiglu", swiglu_fusion=1)
@@ -116,12 +130,20 @@ def _write_float_moe(out: _Out, layer: MoELayer, x: str, logits: str) -> str:
     else:
         fc1, b1 = up, bu
         attrs["activation_type"] = "gelu" if layer.activation == "gelu_tanh" else layer.activation
-    fc2 = np.transpose(_a(layer.weights["w_down"]), (0, 2, 1)) * scale  # [E, d, F]
+    fc2 = np.transpose(np.asarray(a("w_down"), np.float32), (0, 2, 1))
+    b2 = np.asarray(a("b_down"), np.float32) if layer.has("b_down") else None
+    return OrtRows(fc1, b1, fc2, b2, attrs)
+
+
+def _write_float_moe(out: _Out, layer: MoELayer, x: str, logits: str) -> str:
+    rows = ort_rows(layer)
+    scale = np.float32(layer.routed_scaling)  # folded into fc2: y = scale * sum(gate * expert)
+    fc1, b1, fc2, attrs = rows.fc1, rows.b1, rows.fc2 * scale, rows.attrs
     ins = [x, logits, out.init(f"{layer.name}.fc1", fc1)]
     ins.append(out.init(f"{layer.name}.fc1_b", b1) if b1 is not None else "")
     ins.append(out.init(f"{layer.name}.fc2", fc2))
-    if layer.has("b_down"):
-        ins.append(out.init(f"{layer.name}.fc2_b", _a(layer.weights["b_down"]) * scale))
+    if rows.b2 is not None:
+        ins.append(out.init(f"{layer.name}.fc2_b", rows.b2 * scale))
     return out.node("MoE", ins, f"{layer.name}.experts", domain="com.microsoft", **attrs)
 
 

@@ -36,15 +36,13 @@ activations, which moec does not model).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from moec.compiler.frontend import export
-from moec.compiler.frontend.export import EXPERT_WRITERS, _Out, _write_float_moe
+from moec.compiler.frontend.export import EXPERT_WRITERS, OrtRows, _Out, _write_float_moe, ort_rows
 from moec.compiler.quantize import BITS, PRECISIONS, QuantizedTensor, pack4, requantize, unpack4
 from moec.ir.errors import ModelError
 from moec.ir.graph import Module, TensorType, Weight
@@ -89,51 +87,6 @@ def _quant_rows(
     return out
 
 
-@dataclass(frozen=True)
-class _Rows:
-    """A layer's expert weights in ORT's row layout, biases, and the MoE/QMoE attributes."""
-
-    fc1: np.ndarray  # [E, N1, d]: interleaved (gate, up) rows for gated layers
-    b1: np.ndarray | None
-    fc2: np.ndarray  # [E, d, F]
-    b2: np.ndarray | None
-    attrs: dict[str, Any]
-
-
-def _rows(layer: MoELayer) -> _Rows:
-    E, a = layer.num_experts, layer.array
-    up = np.transpose(np.asarray(a("w_up"), np.float32), (0, 2, 1))  # [E, F, d]
-    attrs: dict[str, Any] = {
-        "k": layer.top_k,
-        "normalize_routing_weights": int(layer.normalize_topk),
-    }
-    b1: np.ndarray | None = None
-    bu = np.asarray(a("b_up"), np.float32) if layer.has("b_up") else None
-    if layer.gated:
-        gate = np.transpose(np.asarray(a("w_gate"), np.float32), (0, 2, 1))
-        fc1 = np.empty((E, 2 * layer.ffn, layer.hidden), np.float32)
-        fc1[:, 0::2], fc1[:, 1::2] = gate, up
-        if layer.has("b_gate") or bu is not None:
-            b1 = np.zeros((E, 2 * layer.ffn), np.float32)
-            if layer.has("b_gate"):
-                b1[:, 0::2] = np.asarray(a("b_gate"), np.float32)
-            if bu is not None:
-                b1[:, 1::2] = bu
-        attrs.update(activation_type="swiglu", swiglu_fusion=1)
-        if layer.activation == "swiglu":
-            attrs.update(activation_alpha=layer.swiglu_alpha, activation_beta=layer.swiglu_beta)
-            if layer.swiglu_limit is not None:
-                attrs["swiglu_limit"] = layer.swiglu_limit
-        else:
-            attrs.update(activation_alpha=1.0, activation_beta=0.0)
-    else:
-        fc1, b1 = up, bu
-        attrs["activation_type"] = "gelu" if layer.activation == "gelu_tanh" else layer.activation
-    fc2 = np.transpose(np.asarray(a("w_down"), np.float32), (0, 2, 1))
-    b2 = np.asarray(a("b_down"), np.float32) if layer.has("b_down") else None
-    return _Rows(fc1, b1, fc2, b2, attrs)
-
-
 def _block(layer: MoELayer, bits: int) -> int | None:
     # quant_block applies to int4 experts only: ORT's block-wise 8-bit QMoE path also quantizes
     # the activations, so assign-precision keeps int8 per channel.
@@ -142,7 +95,7 @@ def _block(layer: MoELayer, bits: int) -> int | None:
 
 
 def _write_qmoe(
-    out: _Out, layer: MoELayer, x: str, logits: str, rows: _Rows, experts: list[int], bits: int
+    out: _Out, layer: MoELayer, x: str, logits: str, rows: OrtRows, experts: list[int], bits: int
 ) -> str:
     """One ``com.microsoft.QMoE`` computing ``experts`` (the others have zero weights)."""
     block = _block(layer, bits)
@@ -170,7 +123,7 @@ def _write_qmoe(
 
 
 def _qmoe_groups(out: _Out, layer: MoELayer, x: str, logits: str, plan: list[str]) -> str:
-    rows = _rows(layer)
+    rows = ort_rows(layer)
     ys: list[str] = []
     for precision in (*PRECISIONS, "fp32"):
         experts = [e for e, p in enumerate(plan) if p == precision]
@@ -239,7 +192,7 @@ def _qdq_weight(
 
 
 def _qdq(out: _Out, layer: MoELayer, x: str, logits: str, plan: list[str]) -> str:
-    rows = _rows(layer)
+    rows = ort_rows(layer)
     scale = float(layer.routed_scaling)
     fc1 = _qdq_weight(out, layer, rows.fc1, plan, "fc1", 1.0)
     fc2 = _qdq_weight(out, layer, rows.fc2, plan, "fc2", scale)
