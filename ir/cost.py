@@ -3,6 +3,10 @@
 One place for the costs that compiler decisions (placement, slice count, cost-aware pruning) and
 the interpreter's instruction durations share. Every function is a pure formula over an *idle*
 resource; contention (queueing on a link, channel or compute unit) is what the interpreter adds.
+A time here is ``latency + bytes / bandwidth``, but a resource's *occupancy* is
+``bytes / bandwidth`` only: access latency is pipelined (a DMA engine keeps several requests
+outstanding), so it delays one transfer's arrival and overlaps the next transfer's data; two
+reads queued on one channel take ``latency + 2 bytes / bandwidth`` in the interpreter.
 
 Units: bytes, seconds, FLOPs (2 per multiply-accumulate); GB/s means 1e9 bytes per second.
 
@@ -16,11 +20,11 @@ Units: bytes, seconds, FLOPs (2 per multiply-accumulate); GB/s means 1e9 bytes p
   :func:`link_time` calls.
 - a load from a channel on another die: the DRAM read and the route, cut-through,
   ``channel latency + sum(link latency) + nbytes / min(channel and link bandwidths)``
-  (:func:`load_time`). Occupancy is not that time: the channel is busy for :func:`dram_time`,
-  and each link only for its own :func:`link_time` of the bytes (at 25.6 GB/s DRAM over a
-  288 GB/s link, about 9% of the read); the interpreter holds the links that long, as a
-  reservation ending when the data can have crossed them, which on an idle package gives
-  exactly :func:`load_time`.
+  (:func:`load_time`). Occupancy is not that time: the channel is busy for ``bytes / channel
+  bandwidth``, and each link only for its own ``bytes / link bandwidth`` (at 25.6 GB/s DRAM
+  over a 288 GB/s link, about 9% of the read); the interpreter holds the links that long, as a
+  reservation placed so the data can have crossed them as early as possible, which on an idle
+  package gives exactly :func:`load_time`.
 - host:     ``host.latency_s + nbytes / host bandwidth`` over the die's own PCIe-class link.
 """
 
@@ -53,13 +57,19 @@ def compute_time(target: Target, die: int, flops: float, precision: str = "fp16"
 
 
 def dram_time(target: Target, channel: int | Channel, nbytes: float) -> float:
-    """Seconds to read or write ``nbytes`` on one idle DRAM channel."""
+    """Seconds to read or write ``nbytes`` on one idle DRAM channel.
+
+    The channel is occupied for ``nbytes / bandwidth`` only; its latency is pipelined.
+    """
     ch = target.channel(channel) if isinstance(channel, int) else channel
     return ch.latency_s + float(nbytes) / (ch.gbps * GB)
 
 
 def link_time(target: Target, src: int, dst: int, nbytes: float) -> float:
-    """Seconds to move ``nbytes`` over the direct link ``src -> dst`` (one hop)."""
+    """Seconds to move ``nbytes`` over the idle direct link ``src -> dst`` (one hop).
+
+    The link is occupied for ``nbytes / bandwidth`` only; its latency is pipelined.
+    """
     lk = target.link(src, dst)
     return lk.latency_s + float(nbytes) / (lk.gbps * GB)
 
@@ -67,7 +77,8 @@ def link_time(target: Target, src: int, dst: int, nbytes: float) -> float:
 def transfer_time(target: Target, a: int, b: int, nbytes: float) -> float:
     """Seconds to move ``nbytes`` from die ``a`` to die ``b`` along ``target.route`` (cut-through).
 
-    Zero when ``a == b``.
+    Zero when ``a == b``. On idle links; each link is occupied for ``nbytes / its bandwidth``
+    only (latency is pipelined).
     """
     path = target.route(a, b)
     if len(path) < 2:
@@ -82,7 +93,9 @@ def load_time(target: Target, channel: int | Channel, die: int, nbytes: float) -
     :func:`dram_time` when the channel is on ``die``; otherwise the read streams through
     ``target.route(channel.die, die)`` cut-through: ``channel latency + sum(link latency) +
     nbytes / min(channel bandwidth, link bandwidths)``. This is what the interpreter times a
-    ``load`` at when nothing else holds the channel or the links.
+    ``load`` at when nothing else holds the channel or the links; it occupies the channel for
+    ``nbytes / channel bandwidth`` and each link for ``nbytes / link bandwidth`` (latencies are
+    pipelined).
     """
     ch = target.channel(channel) if isinstance(channel, int) else channel
     path = target.route(ch.die, die)
@@ -92,7 +105,10 @@ def load_time(target: Target, channel: int | Channel, die: int, nbytes: float) -
 
 
 def host_time(target: Target, nbytes: float) -> float:
-    """Seconds to move ``nbytes`` between host memory and one die over its host link."""
+    """Seconds to move ``nbytes`` between host memory and one die over its idle host link.
+
+    The link is occupied for ``nbytes / bandwidth`` only; its latency is pipelined.
+    """
     if target.host is None:
         raise TargetError(f"target {target.name!r} has no host tier")
     return target.host.latency_s + float(nbytes) / (target.host.gbps * GB)

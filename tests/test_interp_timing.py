@@ -3,10 +3,12 @@ backpressure, determinism, and the expanded static program against the original.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from moec.backends.interp import simulate
-from moec.backends.interp.timing import Timeline, run_timing
+from moec.backends.interp.timing import DELAY, Timeline, run_timing
 from moec.ir.cost import compute_time, dram_time, link_time, load_time
 from moec.ir.routing import synth_zipf
 from moec.ir.stream import (
@@ -105,13 +107,19 @@ def test_load_over_two_hops_is_cut_through() -> None:
     assert _close(r.report.latency_s, load_time(T2, 0, 3, SLICE_BYTES), 1e-9)
     assert r.report.link_bytes["0->1"] == r.report.link_bytes["1->3"] == SLICE_BYTES
     assert r.report.link_bytes["0->2"] == 0
-    # occupancy: the channel for the DRAM read, each link only for its own link time
-    # (bytes / 288 GB/s + 20 ns, about a tenth of the read), ending as the data arrives
+    # occupancy: the channel for the DRAM read, each link only for its own bytes (latency is
+    # pipelined and holds nothing): the channel bytes / 25.6 GB/s = dram_time - channel latency,
+    # a link bytes / 288 GB/s = link_time - link latency (about a tenth of the read); the last
+    # link's hold ends one link latency before the data arrives
     busy = dict(zip(tl.resource_names, tl.busy, strict=True))
-    assert _close(busy["ch0 (die 0)"], dram_time(T2, 0, SLICE_BYTES), 1e-9)
-    assert _close(busy["link 0->1"], link_time(T2, 0, 1, SLICE_BYTES), 1e-9)
-    assert _close(busy["link 1->3"], link_time(T2, 1, 3, SLICE_BYTES), 1e-9)
+    assert _close(busy["ch0 (die 0)"], dram_time(T2, 0, SLICE_BYTES) - ch.latency_s, 1e-9)
+    assert _close(busy["link 0->1"], link_time(T2, 0, 1, SLICE_BYTES) - links[0].latency_s, 1e-9)
+    assert _close(busy["link 1->3"], link_time(T2, 1, 3, SLICE_BYTES) - links[1].latency_s, 1e-9)
     assert busy["link 0->1"] < 0.2 * busy["ch0 (die 0)"]
+    last_hold = max(
+        k for k in _ops(tl, Load) if tl.res[k] == (tl.resource_names.index("link 1->3"),)
+    )
+    assert _close(tl.end[last_hold] + links[1].latency_s, tl.makespan, 1e-9)
 
 
 def _remote_load_and_block(n: int, delay_flops: int = 0) -> Program:
@@ -128,7 +136,13 @@ def _remote_load_and_block(n: int, delay_flops: int = 0) -> Program:
 
 
 def _ops(tl: Timeline, cls: type) -> list[int]:
-    return [k for k, i in enumerate(tl.instr) if isinstance(i, cls)]
+    """The ops of ``cls`` instructions that hold a resource (not their latency delays)."""
+    return [k for k, i in enumerate(tl.instr) if isinstance(i, cls) and tl.kind[k] != DELAY]
+
+
+def _arrival(tl: Timeline, op: int) -> float:
+    """When the data of ``op``'s instruction has arrived (the end of its last op)."""
+    return max(tl.end[k] for k, i in enumerate(tl.instr) if i is tl.instr[op])
 
 
 def test_remote_load_does_not_block_a_d2d_transfer_for_the_dram_time() -> None:
@@ -140,15 +154,16 @@ def test_remote_load_does_not_block_a_d2d_transfer_for_the_dram_time() -> None:
     (xfer,) = _ops(tl, Send)
     # the block crosses 2 -> 0 at once, not after the 1.9 us DRAM read of the slice
     assert tl.start[xfer] == 0.0
-    assert _close(tl.end[xfer], link_time(T2, 2, 0, n), 1e-9)
+    assert _close(_arrival(tl, xfer), link_time(T2, 2, 0, n), 1e-9)
     # and the load is not delayed either: its hold of 2 -> 0 comes at the end of the read
     assert _close(tl.makespan, load_time(T2, 3, 0, SLICE_BYTES), 1e-9)
-    assert tl.makespan > 10 * tl.end[xfer]
+    assert tl.makespan > 10 * _arrival(tl, xfer)
 
 
 def test_d2d_transfer_at_the_loads_tail_delays_its_arrival() -> None:
     # the block leaves die 2 just before the load's data can cross 2 -> 0: the load's hold of
-    # that link starts when the block's ends, and the data arrives that much later
+    # that link starts when the block's ends, and the data arrives that much later (a hold is
+    # bytes / link bandwidth; the link latency follows it, holding nothing)
     n = 16 * TOKENS * HIDDEN * 2
     read_end = dram_time(T2, 3, SLICE_BYTES) + T2.link(3, 2).latency_s
     at = read_end - 0.5 * SLICE_BYTES / (T2.link(2, 0).gbps * 1e9)  # inside the tail window
@@ -156,7 +171,10 @@ def test_d2d_transfer_at_the_loads_tail_delays_its_arrival() -> None:
     tl = run_timing(_remote_load_and_block(n, flops), T2)
     (xfer,) = _ops(tl, Send)
     assert _close(tl.start[xfer], at, 1e-6)
-    assert _close(tl.end[xfer] - tl.start[xfer], link_time(T2, 2, 0, n), 1e-9)
+    lk = T2.link(2, 0)
+    assert _close(tl.end[xfer] - tl.start[xfer], n / (lk.gbps * 1e9), 1e-9)
+    assert _close(_arrival(tl, xfer) - tl.start[xfer], link_time(T2, 2, 0, n), 1e-9)
+    # the load's hold: bytes / 288 GB/s from the block's hold's end, then the link latency
     arrival = tl.end[xfer] + link_time(T2, 2, 0, SLICE_BYTES)
     assert arrival > load_time(T2, 3, 0, SLICE_BYTES)
     assert _close(tl.makespan, arrival, 1e-9)
@@ -184,7 +202,11 @@ def test_two_loads_on_one_channel_take_twice_as_long() -> None:
                 Free(0), Free(1)],
         })
     ).report.latency_s  # fmt: skip
-    assert _close(two, 2 * one, 1e-9)
+    # the channel is held for bytes / bandwidth per load; the latency overlaps the other
+    # load's transfer: one = lat + b, two = lat + 2 b = 2 one - lat (twice as long to within
+    # lat / b, 100 ns of 1.9 us on fsedp-2x2)
+    lat = T2.channel(0).latency_s
+    assert _close(two, 2 * one - lat, 1e-9)
     # on two channels they overlap
     par = simulate(
         _program({
@@ -193,6 +215,47 @@ def test_two_loads_on_one_channel_take_twice_as_long() -> None:
         })
     ).report.latency_s  # fmt: skip
     assert _close(par, one, 1e-9)
+
+
+def test_back_to_back_loads_pipeline_their_latency() -> None:
+    # a channel latency (5 us) larger than a load's transfer (1.92 us): the second load's
+    # request goes out while the first one's is still in flight, so the pair takes
+    # lat + 2 bytes / bw, not 2 (lat + bytes / bw)
+    slow = replace(T2, channels=tuple(replace(c, latency_s=5e-6) for c in T2.channels))
+    ch = slow.channel(0)
+    b = SLICE_BYTES / (ch.gbps * 1e9)
+    p = _program({
+        0: [Load(0, 0, SLICE, SLICE_BYTES), Load(1, 0, SliceRef("moe0", 1, 0), SLICE_BYTES),
+            Free(0), Free(1)],
+    })  # fmt: skip
+    tl = run_timing(p, slow)
+    assert _close(tl.makespan, ch.latency_s + 2 * b, 1e-9)
+    assert tl.makespan < 2 * dram_time(slow, 0, SLICE_BYTES) - 0.9 * ch.latency_s
+    busy = dict(zip(tl.resource_names, tl.busy, strict=True))
+    assert _close(busy["ch0 (die 0)"], 2 * b, 1e-9)
+    # one load alone still takes the idle time
+    one = run_timing(_program({0: [Load(0, 0, SLICE, SLICE_BYTES), Free(0)]}), slow)
+    assert _close(one.makespan, dram_time(slow, 0, SLICE_BYTES), 1e-9)
+
+
+def test_back_to_back_transfers_pipeline_their_latency() -> None:
+    # two x blocks die 0 -> die 1 over one link with a 5 us latency: lat + 2 bytes / bw
+    slow = replace(T2, links=tuple(replace(lk, latency_s=5e-6) for lk in T2.links))
+    lk = slow.link(0, 1)
+    n = TOKENS // 2 * HIDDEN * 2
+    blocks = [Block("moe0", "x", TokenSet.span(a, a + TOKENS // 2)) for a in (0, TOKENS // 2)]
+    p = _program({
+        0: [Send(1, n, block=x) for x in blocks],
+        1: [Recv(0, n, block=x) for x in blocks],
+    })  # fmt: skip
+    verify_program(p)
+    tl = run_timing(p, slow)
+    assert _close(tl.makespan, lk.latency_s + 2 * n / (lk.gbps * 1e9), 1e-9)
+    assert tl.makespan < 2 * link_time(slow, 0, 1, n) - 0.9 * lk.latency_s
+    one = run_timing(
+        _program({0: [Send(1, n, block=blocks[0])], 1: [Recv(0, n, block=blocks[0])]}), slow
+    )
+    assert _close(one.makespan, link_time(slow, 0, 1, n), 1e-9)
 
 
 def _two_slices(slots: int) -> Program:
@@ -207,8 +270,7 @@ def _two_slices(slots: int) -> Program:
 
 def test_backpressure_one_slot_serializes_loads_behind_compute() -> None:
     tl = run_timing(_two_slices(1), T2)
-    loads = [k for k, i in enumerate(tl.instr) if isinstance(i, Load)]
-    accums = [k for k, i in enumerate(tl.instr) if isinstance(i, Accum)]
+    loads, accums = _ops(tl, Load), _ops(tl, Accum)
     # the second load waits for the first slice's compute (free) to finish
     assert tl.start[loads[1]] == pytest.approx(tl.end[accums[0]])
     assert tl.peak_slot_bytes == [SLICE_BYTES, 0, 0, 0]

@@ -7,16 +7,22 @@ The machine (per the target the program was compiled for):
   A resource serves one op at a time, first come first served (ties: priority, then issue order).
 * **issue**: each die issues its stream in program order and never stalls, except at ``wait``:
   nothing after a ``wait`` issues before the package-wide counter reaches its count.
+* **latency is pipelined**: a DMA engine keeps several requests outstanding, so a channel's,
+  link's or host link's access latency overlaps the data of the requests before it. A resource
+  is *held* (its occupancy, ``busy``) for ``bytes / bandwidth`` only; the latency follows the
+  hold as a ``DELAY`` op that holds nothing and ends when the data has arrived. Two loads
+  queued on one channel take ``latency + 2 bytes / bandwidth``, not twice
+  ``latency + bytes / bandwidth``; on an idle resource the time is unchanged.
 * **load** (DMA, asynchronous to compute): waits until its slot is free (backpressure: the
-  slot's previous ``free`` has completed), then holds its channel for
-  :func:`moec.ir.cost.dram_time` (``channel latency + bytes / channel bandwidth``). When the
-  channel is on another die, the data then crosses every link of
-  ``target.route(channel.die, die)``, and each link is held only for its real busy time,
-  :func:`moec.ir.cost.link_time` (``link latency + bytes / link bandwidth``), as a *tail
-  reservation*: the hold is claimed when the previous stage (the DRAM read, or the previous
-  hop) ends, and may start up to ``bytes / link bandwidth`` earlier (capped by the slowest
-  bandwidth upstream, so data never leaves before it is read) if the link was idle then, so on
-  an idle link it ends as early as the data can have crossed it: the read's end plus the
+  slot's previous ``free`` has completed), then holds its channel for ``bytes / channel
+  bandwidth``; the data has left DRAM a channel latency later (on an idle channel, at
+  :func:`moec.ir.cost.dram_time`). When the channel is on another die, the data then crosses
+  every link of ``target.route(channel.die, die)``, and each link is held only for its own
+  bytes, ``bytes / link bandwidth``, followed by the link's latency, as a *tail reservation*:
+  the hold is claimed when the previous stage (the DRAM read, or the previous hop, latency
+  included) ends, and may start up to ``bytes / link bandwidth`` earlier (capped by the
+  slowest bandwidth upstream, so data never leaves before it is read) if the link was idle
+  then, so on an idle link the data has crossed it as early as it can: the read's end plus the
   latencies of the hops up to and including it. If the link is busy the hold starts when it
   frees, and the data arrives that much later. On an idle package a load takes exactly the
   cut-through time :func:`moec.ir.cost.load_time`. The error it makes: the link carries the
@@ -28,11 +34,14 @@ The machine (per the target the program was compiled for):
   ``bytes / link bandwidth`` per hop, about 9% of the read on fsedp-2x2, to every remote
   load.) A load from the host (``<- host``, a tensor the compiler offloaded) holds the die's
   own host link instead (one per die, PCIe-class, as ``Host`` in :mod:`moec.ir.target` says),
-  for :func:`moec.ir.cost.host_time`.
+  for ``bytes / host bandwidth``, then the host latency (idle: :func:`moec.ir.cost.host_time`).
 * **send/recv** (asynchronous): the k-th send a->b and the k-th recv on b from a are one
-  transfer holding link a->b for ``link_time``. It starts when the sent data is ready (a slot's
-  fill; for an ``x`` block the die's latest earlier ``x`` recv of that layer; for a ``y`` block
-  also the die's latest earlier compute) and, for a recv into a slot, the slot is free.
+  transfer holding link a->b for ``bytes / link bandwidth``; the data arrives the link latency
+  after the hold ends (idle: :func:`moec.ir.cost.link_time`), and what waits for the transfer
+  (the recv's uses, the sent slot's ``free``) waits for that arrival. It starts when the sent
+  data is ready (a slot's fill; for an ``x`` block the die's latest earlier ``x`` recv of that
+  layer; for a ``y`` block also the die's latest earlier compute) and, for a recv into a slot,
+  the slot is free.
 * **gemm/act/accum**: run on the die's compute unit in program order, each after its slot's
   data (and, for gemm, the die's latest earlier ``x`` recv of the layer) has arrived; time
   ``compute_time`` at the content's precision (the precision its load's bytes imply, else the
@@ -43,6 +52,10 @@ The machine (per the target the program was compiled for):
   its counter; **wait** completes when the counter reaches its count.
 * **dense**: the die's compute unit for ``flops`` (at the layer dtype) and, in parallel, a read
   of ``bytes`` from its nearest DRAM channel, timed as a ``load``; completes when both have.
+
+In the :class:`Timeline` an instruction that moves data is its holding ops (kind ``load``,
+``transfer``, ``dense-dram``; ``start``/``end`` are the hold) followed by ``delay`` ops (no
+resource, the same ``instr``); its data has arrived at the end of its last op.
 
 **SRAM** (:mod:`moec.ir.activations` states the model): a die's SRAM at time t is its occupied
 slots (a slot is held from its fill's start, for a load its DRAM read's start, to its free's
@@ -98,10 +111,10 @@ from moec.ir.stream.program import (
 from moec.ir.target import PRECISION_BYTES, Target
 
 # op kinds
-COMPUTE, LOAD, XFER, SYNC, DENSE_DRAM = 0, 1, 2, 3, 4
-KIND_NAMES = ("compute", "load", "transfer", "sync", "dense-dram")
+COMPUTE, LOAD, XFER, SYNC, DENSE_DRAM, DELAY = 0, 1, 2, 3, 4, 5
+KIND_NAMES = ("compute", "load", "transfer", "sync", "dense-dram", "delay")
 # ops with no resource go first at equal times, so a freed slot is seen by a load at that time
-_PRIORITY = (1, 1, 1, 0, 1)
+_PRIORITY = (1, 1, 1, 0, 1, 0)
 
 
 @dataclass
@@ -210,9 +223,12 @@ class _LayerActs:
     ops: list[int] = field(default_factory=list)
     #: x reads: gemm and send x
     x_uses: list[tuple[int, TokenSet]] = field(default_factory=list)
+    #: x blocks received: (arrival op, tokens); ``recv_x_start``: (the link hold's op, tokens)
     recv_x: list[tuple[int, TokenSet]] = field(default_factory=list)
+    recv_x_start: list[tuple[int, TokenSet]] = field(default_factory=list)
     accums: list[tuple[int, TokenSet]] = field(default_factory=list)
-    recv_y: list[tuple[int, TokenSet, int]] = field(default_factory=list)
+    #: y blocks received: (the link hold's op, arrival op, tokens, bytes)
+    recv_y: list[tuple[int, int, TokenSet, int]] = field(default_factory=list)
     send_y: list[tuple[int, TokenSet]] = field(default_factory=list)
     #: slices in flight: (gemm op, accum op, bytes of h)
     h: list[tuple[int, int, int]] = field(default_factory=list)
@@ -260,13 +276,13 @@ def _activation_events(
     home = _mask([ts for _, ts in acts.x_uses], n) & ~received
     if acts.recv_y:
         sent_y = _mask([ts for _, ts in acts.send_y], n)
-        home |= _mask([ts for _, ts, _ in acts.recv_y], n) & ~sent_y & ~received
+        home |= _mask([ts for _, _, ts, _ in acts.recv_y], n) & ~sent_y & ~received
     k = int(home.sum())
     if k:
         times += [lo, hi]
         deltas += [k * (xb + yb), -k * (xb + yb)]
     if acts.recv_x:  # other dies' inputs: first recv to last use
-        first = _first_last(acts.recv_x, start, n, True)
+        first = _first_last(acts.recv_x_start, start, n, True)
         last = _first_last(acts.x_uses, end, n, False)
         arrived = _first_last(acts.recv_x, end, n, True)
         idx = np.nonzero(received)[0]
@@ -276,7 +292,7 @@ def _activation_events(
     if acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
         first = np.minimum(
             _first_last(acts.accums, start, n, True),
-            _first_last([(op, ts) for op, ts, _ in acts.recv_y], end, n, True),
+            _first_last([(op, ts) for _, op, ts, _ in acts.recv_y], end, n, True),
         )
         last = _first_last(acts.send_y, end, n, False)
         idx = np.nonzero(~home & np.isfinite(first))[0]
@@ -284,8 +300,8 @@ def _activation_events(
         release = np.where(np.isfinite(last[idx]), np.maximum(last[idx], f), hi)
         times += f.tolist() + release.tolist()
         deltas += [yb] * idx.size + [-yb] * idx.size
-    for op, _, nbytes in acts.recv_y:  # landing buffer while the block crosses the link
-        times += [start[op], end[op]]
+    for hold, op, _, nbytes in acts.recv_y:  # landing buffer while the block crosses the link
+        times += [start[hold], end[op]]
         deltas += [nbytes, -nbytes]
     for g, a, nbytes in acts.h:
         times += [start[g], end[a]]
@@ -320,9 +336,9 @@ class _Builder:
         self.link_bytes: dict[int, int] = defaultdict(int)
         self.dense_precision = p.layers[0].dtype if p.layers else "fp16"
         self._load_paths: dict[tuple[int, int], _LoadPath] = {}
-        # transfers waiting for their other side: (src, dst) -> list of op ids, in order
-        self.pending_send: dict[tuple[int, int], deque[int]] = defaultdict(deque)
-        self.pending_recv: dict[tuple[int, int], deque[int]] = defaultdict(deque)
+        # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
+        self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
+        self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.waiters: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
         self.signal_event: dict[int, str] = {}
         # slot fills and frees, for SRAM: (die, fill op, free op or -1)
@@ -363,24 +379,39 @@ class _Builder:
     ) -> tuple[int, int]:  # fmt: skip
         """The ops of a DRAM (or host) read into ``die``: ``(first, last)``.
 
-        The first op holds the channel (or host link) for its transfer; one op per hop of the
-        route follows it, holding that link for ``link latency + bytes / link bandwidth`` as a
-        tail reservation (``back``: the module docstring's rule); the last op's end is when the
-        data has arrived.
+        The first op holds the channel (or host link) for ``bytes / bandwidth``, and a
+        :meth:`delay` op for its latency follows; then, per hop of the route, an op holding that
+        link for ``bytes / link bandwidth`` as a tail reservation (``back``: the module
+        docstring's rule) and a delay for the hop's latency. The last op's end is when the data
+        has arrived.
         """
         lp = self.load_path(channel, die)
         g = self.g
-        first = last = g.add(kind, lp.latency + nbytes / lp.bw, (lp.res,), die, i, layer, island)
+        first = g.add(kind, nbytes / lp.bw, (lp.res,), die, i, layer, island)
+        last = self.delay(first, lp.latency)
         for res, lat, bw, cap in lp.hops:
-            op = g.add(kind, lat + nbytes / bw, (res,), die, i, layer, island, nbytes / cap)
+            op = g.add(kind, nbytes / bw, (res,), die, i, layer, island, nbytes / cap)
             g.edge(last, op)
             self.link_bytes[res] += nbytes
-            last = op
+            last = self.delay(op, lat)
         if channel == HOST_CHANNEL:
             self.host_bytes[die] += nbytes
         else:
             self.dram_bytes[channel] += nbytes
         return first, last
+
+    def delay(self, hold: int, latency: float) -> int:
+        """The op at which ``hold``'s data arrives: ``latency`` after its end, holding nothing
+        (access latency is pipelined, it occupies no resource). ``hold`` itself when
+        ``latency`` is 0."""
+        if latency <= 0.0:
+            return hold
+        g = self.g
+        op = g.add(
+            DELAY, latency, (), g.die[hold], g.instr[hold], g.layer[hold], g.island[hold]
+        )  # fmt: skip
+        g.edge(hold, op)
+        return op
 
     def slice_geometry(self, c: SliceRef) -> tuple[int, int, int, str, bool]:
         """(hidden, width, elements, dtype, gated) of a micro-slice."""
@@ -475,37 +506,39 @@ class _Builder:
                     since_signal.append(op)
                 elif isinstance(i, Send | Recv):
                     key = (die, i.peer) if isinstance(i, Send) else (i.peer, die)
-                    op = self._transfer(key, isinstance(i, Send), i, die)
+                    # edges in go to the link hold, edges out leave from the arrival
+                    hold, op = self._transfer(key, isinstance(i, Send), i, die)
                     tag = -1
                     if i.block is not None:
                         tag = self.layers[i.block.layer][0]
                     elif isinstance(i, Recv) and isinstance(i.content, SliceRef):
                         tag = self.layers[i.content.layer][0]
                     if tag >= 0 and g.layer[op] < 0:
-                        g.layer[op] = tag
+                        g.layer[hold] = g.layer[op] = tag
                     if tag >= 0:
                         la = self._act(die, tag)
-                        la.ops.append(op)
+                        la.ops += [hold, op]
                         if i.block is not None:
                             ts = i.block.tokens
                             if isinstance(i, Send):
                                 (la.x_uses if i.block.which == "x" else la.send_y).append((op, ts))
                             elif i.block.which == "x":
                                 la.recv_x.append((op, ts))
+                                la.recv_x_start.append((hold, ts))
                             else:
-                                la.recv_y.append((op, ts, i.nbytes))
-                    g.edge(fence, op)
+                                la.recv_y.append((hold, op, ts, i.nbytes))
+                    g.edge(fence, hold)
                     if isinstance(i, Send):
                         if i.slot is not None:
-                            g.edge(slot_fill.get(i.slot), op)
+                            g.edge(slot_fill.get(i.slot), hold)
                             slot_uses[i.slot].append(op)
                         elif i.block is not None:
-                            g.edge(last_recv.get((i.block.layer, i.block.which)), op)
+                            g.edge(last_recv.get((i.block.layer, i.block.which)), hold)
                             if i.block.which == "y":
-                                g.edge(last_compute, op)
+                                g.edge(last_compute, hold)
                     else:
                         if i.slot is not None:
-                            g.edge(slot_free.get(i.slot), op)
+                            g.edge(slot_free.get(i.slot), hold)
                             c = i.content
                             sref = c if isinstance(c, SliceRef) else None
                             prec = self.dense_precision
@@ -515,7 +548,7 @@ class _Builder:
                             self._fill(
                                 die, i.slot, op, sref, prec, slot_fill, slot_fill_info, slot_uses
                             )
-                            slot_fill_rec[i.slot] = self._record_fill(die, op)
+                            slot_fill_rec[i.slot] = self._record_fill(die, hold)
                         elif i.block is not None:
                             last_recv[(i.block.layer, i.block.which)] = op
                     since_signal.append(op)
@@ -634,27 +667,31 @@ class _Builder:
         slot_fill_info[slot] = (sref, prec)
         slot_uses[slot] = []
 
-    def _transfer(self, key: tuple[int, int], is_send: bool, i: Send | Recv, die: int) -> int:
-        """The op of the k-th transfer on ``key`` (created by whichever side comes first)."""
+    def _transfer(
+        self, key: tuple[int, int], is_send: bool, i: Send | Recv, die: int
+    ) -> tuple[int, int]:  # fmt: skip
+        """The ops of the k-th transfer on ``key``, ``(hold, arrival)``: the link hold for
+        ``bytes / link bandwidth``, then the link latency (created by whichever side comes
+        first)."""
         mine, other = (
             (self.pending_send, self.pending_recv)
             if is_send
             else (self.pending_recv, self.pending_send)
         )
         if other[key]:
-            op = other[key].popleft()
+            ops = other[key].popleft()
             if is_send:
-                self.g.instr[op] = i  # name transfers after the send
-                self.g.die[op] = die
-            return op
+                for op in ops:  # name transfers after the send
+                    self.g.instr[op] = i
+                    self.g.die[op] = die
+            return ops
         a, b = key
         lk = self.t.link(a, b)
-        op = self.g.add(
-            XFER, lk.latency_s + i.nbytes / (lk.gbps * GB), (self.link_id[key],), die, i
-        )
+        hold = self.g.add(XFER, i.nbytes / (lk.gbps * GB), (self.link_id[key],), die, i)
+        ops = (hold, self.delay(hold, lk.latency_s))
         self.link_bytes[self.link_id[key]] += i.nbytes
-        mine[key].append(op)
-        return op
+        mine[key].append(ops)
+        return ops
 
 
 def run_timing(p: Program, target: Target) -> Timeline:
