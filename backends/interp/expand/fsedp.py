@@ -190,14 +190,17 @@ def _problem(ctx: ExpandContext, units: list[Unit], order: tuple[int, ...], clos
     def load_time(c: int, d: int, nbytes: int) -> float:  # as the interpreter times a load
         return cost.load_time(t, c, d, nbytes)
 
+    def channel_hold(c: int, nbytes: int) -> float:  # occupancy: bytes / bandwidth
+        return nbytes / (t.channel(c).gbps * GB)
+
     def hop_time(a: int, b: int, nbytes: int) -> float:
         return link_time(t, a, b, nbytes)
 
     slots = {d: ctx.slots_of(d) for d in range(t.num_dies)}
     return Problem(
         ctx.layer.name, t.num_dies, order, closed, slots, units, rules=rules, r5=r5,
-        load_time=load_time, hop_time=hop_time, channel_die=tuple(c.die for c in t.channels),
-        hops=t.hops, paired=order_kind == "paired",
+        load_time=load_time, channel_hold=channel_hold, hop_time=hop_time,
+        channel_die=tuple(c.die for c in t.channels), hops=t.hops, paired=order_kind == "paired",
         balanced=order_kind == "balanced", dram_bytes_per_s=t.total_dram_gbps() * GB,
     )  # fmt: skip
 

@@ -129,6 +129,9 @@ class Problem:
     r5: bool = False
     #: seconds to load ``nbytes`` from channel ``c`` into die ``d``: ``load_time(c, d, nbytes)``
     load_time: Callable[[int, int, int], float] = field(default=lambda c, d, n: 0.0, compare=False)
+    #: seconds channel ``c`` is occupied by a load of ``nbytes`` (its access latency overlaps
+    #: the next load, as in the interpreter); None: the whole ``load_time``
+    channel_hold: Callable[[int, int], float] | None = field(default=None, compare=False)
     #: seconds to send ``nbytes`` from die ``a`` to its neighbour ``b``: ``hop_time(a, b, n)``
     hop_time: Callable[[int, int, int], float] = field(default=lambda a, b, n: 0.0, compare=False)
     #: die of each DRAM channel
@@ -392,7 +395,8 @@ class _Sim:
         c = trip.channel
         start = max(self.now, self.chan_free.get(c, 0.0))
         end = start + self.p.load_time(c, d.id, trip.nbytes)
-        self.chan_free[c] = end
+        hold = self.p.channel_hold
+        self.chan_free[c] = start + hold(c, trip.nbytes) if hold is not None else end
         self.emit(d.id, Load(trip.slot, c, self.ref(trip), trip.nbytes))
 
         def done() -> None:

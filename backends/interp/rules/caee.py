@@ -75,11 +75,12 @@ def expert_costs(policy: RuntimePolicy, decl: MoEDecl, target: Target) -> Expert
         nbytes = params * bytes_per_element(prec)
         d = int(device[e])
         offloaded = resident is not None and not resident[e]
+        # Occupancy, as the interpreter times it: access latency overlaps the next load.
         if offloaded and target.host is not None:
-            load[e] = host_time(target, nbytes)
+            load[e] = host_time(target, nbytes) - target.host.latency_s
         else:
             ch = target.nearest_channel(d)
-            load[e] = ch.latency_s + nbytes / (ch.gbps * GB)
+            load[e] = nbytes / (ch.gbps * GB)
         pair[e] = compute_time(target, d, 2.0 * params, prec)
     act = 2 * decl.hidden * bytes_per_element(decl.dtype)
     move = np.zeros((D, D))
