@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from moec.ir.errors import ModelError
+from moec.ir.names import NameScope
 
 DTYPE_BYTES: dict[str, float] = {
     "f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "u8": 1,
@@ -222,15 +223,10 @@ class Builder:
 
     def __init__(self, module: Module) -> None:
         self.module = module
-        self._names: set[str] = {v.name for v in module.values()} | set(module.weights)
+        self._names = NameScope([v.name for v in module.values()] + list(module.weights))
 
     def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self._names:
-            i += 1
-            name = f"{base}_{i}"
-        self._names.add(name)
-        return name
+        return self._names.fresh(base)
 
     def input(self, name: str, type: TensorType) -> Value:
         v = Value(self.fresh(name), type)

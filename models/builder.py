@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from moec.ir.names import NameScope
+
 SHAPE_ONLY_KEY = "moec.shape_only"  # same key as moec.compiler.frontend.patterns.SHAPE_ONLY_KEY
 IR_VERSION = 10
 OPSET = 18
@@ -31,16 +33,11 @@ class OnnxBuilder:
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self.uses_ms = False
-        self._names: set[str] = set()
+        self._names = NameScope()
         self._consts: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
 
     def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self._names:
-            i += 1
-            name = f"{base}_{i}"
-        self._names.add(name)
-        return name
+        return self._names.fresh(base)
 
     # --- values -------------------------------------------------------------------------------
     def input(self, name: str, elem: int, shape: list[int | str]) -> str:
