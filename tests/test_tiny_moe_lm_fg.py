@@ -133,3 +133,61 @@ def test_training_script_is_reproducible(tmp_path: Path) -> None:
         (ly.num_experts, ly.top_k, ly.n_group, ly.topk_group, ly.num_shared) for ly in layers
     ] == [(32, 4, 4, 2, 1)] * 2
     assert np.abs(layers[0].array("score_bias")).max() > 0  # three balancing updates happened
+
+
+def test_caee_on_the_fine_grained_lm_stays_under_one_percent() -> None:
+    """docs/results.md's reading on real text: CAEE drops some (token, expert) pairs of the
+    fine-grained LM, never a token's first choice, and costs well under 1% perplexity."""
+    from moec.compiler.cli.check_approx import program_perplexity
+
+    # 1025 bytes: 8 whole windows, one full batch (no padded rows for the rule to see)
+    ids = np.frombuffer(HELDOUT.read_bytes()[:1025], dtype=np.uint8).astype(np.int64)
+    exact, dropped0, total = program_perplexity(str(MODEL), "", ids, 128, batch=8)
+    caee, dropped, total2 = program_perplexity(
+        str(MODEL), "caee-prune{threshold=0.8}", ids, 128, batch=8
+    )
+    assert dropped0 == 0 and total == total2 > 0
+    assert 0 < dropped < total // 8  # a few pairs on the straggler, never the bulk
+    assert exact < caee < 1.01 * exact
+
+
+def test_rule_drops_script() -> None:
+    """scripts/lm_rule_drops.py: no rule drops a first choice; moved weight is a share of all."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "lm_rule_drops", ROOT / "scripts" / "lm_rule_drops.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ids = np.frombuffer(HELDOUT.read_bytes()[:256], dtype=np.uint8).astype(np.int64)
+    rows = {r[0]: r[1:] for r in module.rule_drops(str(MODEL), ids, 2, "npu8-hbm")}
+    assert set(rows) == set(module.RULES)
+    for dropped, pairs, moved, by_rank in rows.values():
+        assert pairs == 256 * 2 * 8 and len(by_rank) == 8
+        assert by_rank[0] == 0 and sum(by_rank) == dropped <= pairs
+        assert 0.0 <= moved < 1.0 and (moved > 0) == (dropped > 0)
+    assert rows["skip-second"][0] > rows["caee-prune{threshold=0.8}"][0] > 0
+
+
+@pytest.mark.slow  # every pipeline on every model with real weights: about a minute
+def test_caee_results_accuracy_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    """scripts/caee_results.py accuracy runs on both LMs; the interpreter's exact perplexity is
+    ONNX Runtime's on each."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "caee_results", ROOT / "scripts" / "caee_results.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.accuracy_table(512, [8], "npu8-hbm")
+    out = capsys.readouterr().out
+    assert out.count("| tiny_moe_lm_fg |") == len(module.PIPELINES) + len(module.COMBINATIONS)
+    ort_row = next(ln for ln in out.splitlines() if ln.startswith("| ONNX Runtime, original"))
+    exact_row = next(ln for ln in out.splitlines() if ln.startswith("| interpreter, exact"))
+    ort_ppl = [float(c) for c in ort_row.split("|")[2::3][:2]]
+    exact_ppl = [float(c) for c in exact_row.split("|")[2::3][:2]]
+    assert exact_ppl == pytest.approx(ort_ppl, rel=1e-4)
