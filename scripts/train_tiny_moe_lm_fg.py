@@ -19,8 +19,9 @@ script imports), but every MoE layer routes the DeepSeek-V3 way:
 
 An optional Switch-style balance loss (``--aux-coef``, default 0) is kept for experiments. During
 training the (token, expert) pairs are sorted by expert and each expert runs on its own rows
-(exact top-k, no token dropped, no capacity limit). Everything is seeded, runs with deterministic algorithms on ``--threads`` threads (2 on
-this machine), so the same command on the same machine gives the same ONNX bytes.
+(exact top-k, no token dropped, no capacity limit). Everything is seeded and runs with
+deterministic algorithms on ``--threads`` threads (2 on this machine), so the same command on the
+same machine gives the same ONNX bytes; the script prints the training loop's wall and CPU time.
 
 Export (``onnx.helper``, opset 18): each MoE layer is moec's decomposed standard-op form
 (:mod:`moec.models.moe_blocks`, the form ``compiler/frontend/decomposed.py`` lifts), for the
