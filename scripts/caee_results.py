@@ -1,7 +1,7 @@
 """Regenerate the cost-aware tables of docs/results.md (issue 6): CAEE latency and accuracy.
 
     python scripts/caee_results.py latency [--layers 4] [--tokens 16,64,256,1024] [--zipf 1.2]
-    python scripts/caee_results.py accuracy [--ppl-bytes 4096]
+    python scripts/caee_results.py accuracy [--ppl-bytes 16385] [--ppl-batches 8,1]
     python scripts/caee_results.py paper [--tokens 64,256]
     python scripts/caee_results.py offload [--layers 4] [--tokens 16,64,256] [--zipf 1.2]
 
@@ -9,9 +9,12 @@
 top-k program against ``caee-prune{threshold=t}`` for t in 0.6..0.9, measured like ``moec bench``
 (sum of the MoE layers' spans, dense islands excluded), plus the share of (token, expert) pairs
 and of gate mass the rule dropped. ``accuracy``: ``moec check --approx`` metrics of every
-cost-aware pipeline on the tiny models with real weights and the trained LM (plus its perplexity
-on the held-out text with the interpreter running the approximated program). ``paper``: the
-four paper models on ``fsedp-2x2`` with EP and FSE-DP, exact against cost-aware precision
+cost-aware pipeline (and of precision plans combined with a runtime rule) on the tiny models with
+real weights and both trained LMs (``tiny_moe_lm``: 8 experts, top-2, softmax; ``tiny_moe_lm_fg``:
+64 fine-grained experts, top-8, DeepSeek-style routing), plus their perplexity on the first
+``--ppl-bytes`` of the held-out text with the interpreter running the approximated program, once
+per batch in ``--ppl-batches`` (windows of 128 bytes per iteration: 8 is 1024 tokens, 1 is 128).
+``paper``: the four paper models on ``fsedp-2x2`` with EP and FSE-DP, exact against cost-aware precision
 (HOBBIT tiers calibrated on a 4096-token sample of the trace's distribution) and CAEE pruning.
 ``offload``: the ``latency`` setup with only a fraction of each layer's experts in HBM
 (``ep{resident=F}``, F in 1, 0.5, 0.25; the hottest by ``annotate-importance`` calibrated on a
@@ -129,21 +132,32 @@ PIPELINES = (
     "skip-second",
     *(f"caee-prune{{threshold={t}}}" for t in THRESHOLDS),
 )
+# Precision plans combined with a runtime rule (a layer holds one skip/prune rule, so CAEE and
+# skip-second do not combine with each other).
+COMBINATIONS = (
+    "annotate-importance,assign-precision{tiers=0.6/0.9},caee-prune{threshold=0.8}",
+    "annotate-importance,assign-precision{budget=0.01},caee-prune{threshold=0.8}",
+    "annotate-importance,assign-precision{budget=0.01},skip-second",
+)
 TINY = ("tiny_moe", "tiny_moe_shared", "tiny_deepseek")
-LM = "models/tiny_moe_lm.onnx"
+LMS = ("models/tiny_moe_lm.onnx", "models/tiny_moe_lm_fg.onnx")
+HELDOUT = "models/tiny_moe_lm.heldout.txt"
 
 
-def accuracy_table(ppl_bytes: int, target: str) -> None:
-    from moec.backends.ort.perplexity import load_lm, perplexity
-    from moec.compiler.cli.check_approx import approx_check, program_perplexity
+def _short(model: str) -> str:
+    return model.rsplit("/", 1)[-1].removesuffix(".onnx")
+
+
+def accuracy_table(ppl_bytes: int, ppl_batches: list[int], target: str) -> None:
+    from moec.compiler.cli.check_approx import approx_check
 
     print(
         "| model | pipeline | max rel err | mean rel err | cosine | top-1 agree | pairs dropped "
         "| interp vs ORT(exported) |\n|---|---|---:|---:|---:|---:|---:|---:|"
     )
-    for model in (*TINY, LM):
-        dims = {"batch": 2, "seq": 64} if model == LM else None
-        for passes in PIPELINES:
+    for model in (*TINY, *LMS):
+        dims = {"batch": 2, "seq": 64} if model in LMS else None
+        for passes in (*PIPELINES, *COMBINATIONS):
             r = approx_check(model, passes, target=target, dims=dims).to_json()
             exp = r["vs_exported_max_rel_err"]
             exp_text = "n/a" if exp is None else f"{exp:.1e}"
@@ -152,24 +166,49 @@ def accuracy_table(ppl_bytes: int, target: str) -> None:
             elif r["export_note"]:
                 exp_text = "not exportable"
             top1 = r["top1_agreement"]
-            name = model.rsplit("/", 1)[-1].removesuffix(".onnx")
             print(
-                f"| {name} | `{passes}` | {r['max_rel_err']:.2e} | {r['mean_rel_err']:.2e} | "
+                f"| {_short(model)} | `{passes}` | {r['max_rel_err']:.2e} | {r['mean_rel_err']:.2e} | "
                 f"{r['cosine']:.5f} | {'-' if top1 is None else f'{top1:.3f}'} | "
                 f"{r['dropped_pairs']}/{r['total_pairs']} | {exp_text} |"
             )
-    text = open("models/tiny_moe_lm.heldout.txt", "rb").read()[:ppl_bytes]
+    text = open(HELDOUT, "rb").read()[:ppl_bytes]
     ids = np.frombuffer(text, dtype=np.uint8).astype(np.int64)
-    lm = load_lm(LM)
-    ctx = lm.max_context or 128
-    ref = perplexity(lm.logits, ids, ctx, batch=8).perplexity
-    print(f"\nPerplexity of tiny_moe_lm on the first {ppl_bytes} held-out bytes (context {ctx}):\n")
-    print("| pipeline | perplexity | change | pairs dropped |\n|---|---:|---:|---:|")
-    print(f"| ONNX Runtime, original | {ref:.4f} | | |")
-    for passes in ("", *PIPELINES):
-        ppl, dropped, total = program_perplexity(LM, passes, ids, ctx, batch=8, target=target)
-        label = f"`{passes}`" if passes else "interpreter, exact"
-        print(f"| {label} | {ppl:.4f} | {100 * (ppl / ref - 1):+.2f}% | {dropped}/{total} |")
+    for batch in ppl_batches:
+        perplexity_table(ids, batch, target)
+
+
+def perplexity_table(ids: np.ndarray, batch: int, target: str) -> None:
+    """Both LMs' perplexity on ``ids`` with the interpreter running every pipeline, ``batch``
+    windows of 128 bytes per iteration (the batch a runtime rule like CAEE sees)."""
+    from moec.backends.ort.perplexity import load_lm, perplexity
+    from moec.compiler.cli.check_approx import program_perplexity
+
+    rows: dict[str, list[str]] = {"ort": [], "": []}
+    head = "| pipeline |"
+    for model in LMS:
+        lm = load_lm(model)
+        ctx = lm.max_context or 128
+        ref = perplexity(lm.logits, ids, ctx, batch=batch).perplexity
+        head += f" {_short(model)} perplexity | change | pairs dropped |"
+        rows["ort"].append(f" {ref:.4f} | | |")
+        for passes in ("", *PIPELINES, *COMBINATIONS):
+            ppl, dropped, total = program_perplexity(
+                model, passes, ids, ctx, batch=batch, target=target
+            )
+            rows.setdefault(passes, []).append(
+                f" {ppl:.4f} | {100 * (ppl / ref - 1):+.2f}% | {dropped}/{total} |"
+            )
+    print(
+        f"\nPerplexity on the first {ids.size} held-out bytes (context 128, {batch} x 128 tokens "
+        f"per iteration):\n"
+    )
+    print(head)
+    print("|---|" + "---:|---:|---:|" * len(LMS))
+    for passes, cells in rows.items():
+        label = {"ort": "ONNX Runtime, original", "": "interpreter, exact"}.get(
+            passes, f"`{passes}`"
+        )
+        print(f"| {label} |" + "".join(cells))
 
 
 PAPER_PASSES = (
@@ -220,7 +259,8 @@ def main(argv: list[str]) -> int:
     a.add_argument("--zipf", type=float, default=1.2)
     a.add_argument("--resident", type=float, default=1.0)
     b = sub.add_parser("accuracy")
-    b.add_argument("--ppl-bytes", type=int, default=4096)
+    b.add_argument("--ppl-bytes", type=int, default=16385, help="16385: 128 whole windows")
+    b.add_argument("--ppl-batches", default="8,1", help="windows of 128 bytes per iteration")
     b.add_argument("--target", default="npu8-hbm")
     o = sub.add_parser("offload")
     o.add_argument("--layers", type=int, default=4)
@@ -239,7 +279,7 @@ def main(argv: list[str]) -> int:
     elif args.what == "paper":
         paper_table([int(t) for t in args.tokens.split(",")])
     else:
-        accuracy_table(args.ppl_bytes, args.target)
+        accuracy_table(args.ppl_bytes, [int(b) for b in args.ppl_batches.split(",")], args.target)
     print(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -85,3 +85,23 @@ def test_human_table(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "2 MoE layers" in out and "moe0" in out and "moe1" in out
     assert "experts" in out and "total params" in out and "\x1b[" not in out
+
+
+def test_inspect_routing_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """DeepSeek-style routing (correction bias, group-limited top-k, scaling) is shown."""
+    want = {
+        "deepseek-v3": (True, 8, 4, "top2_sum", 2.5, "bias, groups 8/4, x2.5"),
+        "tiny_deepseek": (True, 4, 2, "top2_sum", 2.5, "bias, groups 4/2, x2.5"),
+        "tiny_moe": (False, 1, 1, None, 1.0, "-"),
+    }
+    for name, (bias, groups, topk_groups, group_score, scaling, text) in want.items():
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(catalog()[name].build(0), path)
+        for layer in _inspect(path, capsys)["moe_layers"]:
+            assert (
+                layer["score_bias"], layer["groups"], layer["topk_groups"], layer["group_score"],
+                layer["routed_scaling"],
+            ) == (bias, groups, topk_groups, group_score, scaling)  # fmt: skip
+        assert main(["inspect", str(path)]) == 0
+        rows = [ln for ln in capsys.readouterr().out.splitlines() if "moe0" in ln]
+        assert len(rows) == 1 and f" {text} " in rows[0]

@@ -226,12 +226,20 @@ def test_training_script_is_reproducible_with_shared_expert(tmp_path: Path) -> N
     assert (tmp_path / "a.heldout.txt").stat().st_size <= 20000
 
 
-def test_routing_stats_script() -> None:
+@pytest.mark.parametrize(
+    "model, experts, k", [("tiny_moe_lm.onnx", 8, 2), ("tiny_moe_lm_fg.onnx", 64, 8)]
+)
+def test_routing_stats_script(model: str, experts: int, k: int) -> None:
+    """The script routes both LMs (softmax fused MoE, decomposed DeepSeek-style) on real text."""
     stats_mod = _load_script("lm_routing_stats")
     ids = np.frombuffer(HELDOUT.read_bytes()[:3000], dtype=np.uint8).astype(np.int64)
-    layers = stats_mod.router_logits(str(MODEL), ids, 128)
+    layers = stats_mod.routing(str(ROOT / "models" / model), ids, 128)
     assert len(layers) == 2
-    for _, k, logits in layers:
-        stats = stats_mod.layer_stats(logits, k, ids)
-        assert stats["tokens"] == ids.size and sum(stats["load"]) == 2 * ids.size
-        assert 0.0 < stats["load_entropy_bits"] <= stats["max_entropy_bits"] == 3.0
+    for layer, scores, top in layers:
+        assert (layer.num_experts, layer.top_k) == (experts, k)
+        assert scores.shape == (ids.size, experts) and top.shape == (ids.size, k)
+        stats = stats_mod.layer_stats(scores, top, ids)
+        assert stats["tokens"] == ids.size and sum(stats["load"]) == k * ids.size
+        assert 0.0 < stats["load_entropy_bits"] <= stats["max_entropy_bits"] == np.log2(experts)
+        assert stats["hot_mean_ratio"] >= 1.0
+        assert f"top-{k}" in stats_mod.markdown({layer.name: stats})

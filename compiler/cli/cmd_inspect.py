@@ -3,7 +3,10 @@
     moec inspect models/tiny_moe.onnx          # table
     moec inspect models/tiny_moe.onnx --json   # one JSON object
 
-``total_params`` counts every float weight (dense ones and all MoE layers; for a shape-only
+Per layer, besides sizes: the scoring (softmax/sigmoid) and DeepSeek-style routing options
+(``score_bias``: a correction bias used for choosing experts; ``groups``/``topk_groups``/
+``group_score``: group-limited top-k; ``routed_scaling``), shown in the table's routing column as
+e.g. ``bias, groups 8/4, x2.5``. ``total_params`` counts every float weight (dense ones and all MoE layers; for a shape-only
 preset, what the preset declares); ``active_params_per_token`` counts dense weights plus, per
 MoE layer, the router, the k routed experts and the shared experts a token goes through.
 Weights are never read for inspection (shape-only files and external data cost nothing).
@@ -46,6 +49,11 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
                 "activation": layer.activation,
                 "scoring": layer.scoring,
                 "normalize_topk": layer.normalize_topk,
+                "score_bias": layer.has("score_bias"),
+                "groups": layer.n_group,
+                "topk_groups": layer.topk_group,
+                "group_score": layer.group_score if layer.n_group > 1 else None,
+                "routed_scaling": layer.routed_scaling,
                 "shared_experts": layer.num_shared,
                 "weight_bytes_per_expert": layer.expert_weight_bytes(),
             }
@@ -65,6 +73,16 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
+def _routing(layer: dict[str, Any]) -> str:
+    """DeepSeek-style routing options in a few words: correction bias, groups, scaling."""
+    parts = ["bias"] if layer["score_bias"] else []
+    if layer["groups"] > 1:
+        parts.append(f"groups {layer['groups']}/{layer['topk_groups']}")
+    if layer["routed_scaling"] != 1.0:
+        parts.append(f"x{layer['routed_scaling']:g}")
+    return ", ".join(parts) or "-"
+
+
 def render(summary: dict[str, Any]) -> str:
     """The human table (rich, rendered to text)."""
     from rich.console import Console
@@ -79,21 +97,22 @@ def render(summary: dict[str, Any]) -> str:
         "ffn",
         "activation",
         "scoring",
+        "routing",
         "renorm",
         "shared",
         "MiB/expert",
     ):
         table.add_column(
-            col, justify="left" if col in ("layer", "activation", "scoring") else "right"
+            col, justify="left" if col in ("layer", "activation", "scoring", "routing") else "right"
         )
     for layer in summary["moe_layers"]:
         table.add_row(
             layer["name"], str(layer["experts"]), str(layer["top_k"]), str(layer["hidden"]),
-            str(layer["ffn"]), layer["activation"], layer["scoring"],
+            str(layer["ffn"]), layer["activation"], layer["scoring"], _routing(layer),
             "yes" if layer["normalize_topk"] else "no", str(layer["shared_experts"]),
             f"{layer['weight_bytes_per_expert'] / 2**20:.2f}",
         )  # fmt: skip
-    console = Console(width=120, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(width=140, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
     console.print(table)
     console.print(
         f"total params {_human(summary['total_params'])}, "

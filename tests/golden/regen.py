@@ -21,6 +21,7 @@ MODELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("tiny_moe", str(ROOT / "models" / "tiny_moe.onnx"), ()),
     ("tiny_moe_decomposed", str(ROOT / "models" / "tiny_moe_decomposed.onnx"), ()),
     ("tiny_moe_lm", str(ROOT / "models" / "tiny_moe_lm.onnx"), ()),
+    ("tiny_moe_lm_fg", str(ROOT / "models" / "tiny_moe_lm_fg.onnx"), ()),
     ("tiny_deepseek", "tiny_deepseek", ()),
     ("phi3.5-moe", "phi3.5-moe", ("--tokens", "64")),
 )
