@@ -23,7 +23,7 @@ def test_fsedp_2x2_numbers() -> None:
     assert d.flops_per_s("fp16") == pytest.approx(2 * 2048 * 800e6)
     assert d.flops_per_s("int8") == pytest.approx(2 * d.flops_per_s("fp16"))
     assert d.flops_per_s("int4") == pytest.approx(4 * d.flops_per_s("fp16"))
-    assert [(c.die, c.gbps, c.kind) for c in t.channels] == [(i, 25.6, "ddr") for i in range(4)]
+    assert [(c.die, c.gbps, c.kind) for c in t.channels] == [(i, 25.6, "ddr4") for i in range(4)]
     assert len(t.links) == 8 and all(lk.gbps == 288.0 for lk in t.links)
     assert t.host is None
 
@@ -42,7 +42,7 @@ def test_npu8_hbm() -> None:
     t = preset("npu8-hbm")
     assert t.topology == "full" and t.num_dies == 8
     assert len(t.links) == 8 * 7
-    assert all(c.kind == "hbm" and c.capacity_bytes > 0 for c in t.channels)
+    assert all(c.kind == "hbm2e" and c.capacity_bytes > 0 for c in t.channels)
     assert len(t.channels) == 8 and t.host is not None and 32 <= t.host.gbps <= 64
     assert all(t.hops(a, b) == 1 for a in range(8) for b in range(8) if a != b)
 
