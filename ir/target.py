@@ -20,31 +20,50 @@ Conventions: bytes, seconds, hertz; bandwidths in GB/s with GB = 1e9 bytes; link
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from moec.ir.errors import TargetError
+from moec.ir.hardware import (
+    DRAM_ALIASES,
+    DRAM_KINDS,
+    DieCosts,
+    Framing,
+    MacArray,
+    dram_kind,
+    squarest_array,
+)
+from moec.ir.target_overrides import OVERRIDE_KEYS, TOPOLOGIES, apply_overrides
+from moec.ir.target_params import (
+    DEFAULT_OPS_PER_MAC,
+    GIB,
+    MIB,
+    DieParams,
+    DramParams,
+    Host,
+    TargetParams,
+)
+from moec.ir.target_presets import PRESETS
 
-TOPOLOGIES = ("mesh", "ring", "full")
-CHANNEL_KINDS = ("ddr", "hbm")
+__all__ = [
+    "CHANNEL_KINDS", "DEFAULT_OPS_PER_MAC", "GIB", "MIB", "OVERRIDE_KEYS", "PRECISION_BYTES",
+    "PRESETS", "TOPOLOGIES", "Channel", "Die", "DieParams", "DramParams", "Host", "Link",
+    "Target", "TargetParams", "apply_overrides", "build", "load_target", "preset",
+]  # fmt: skip
+
+#: DRAM kinds a channel may have (``ddr``/``hbm`` are DDR4/HBM2e).
+CHANNEL_KINDS = (*DRAM_KINDS, *DRAM_ALIASES)
 #: Bytes per element of each precision the cost model knows.
 PRECISION_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 0.5}
-#: Multiply-accumulates per MAC unit per cycle, relative to fp16 (int8 packs two, int4 four;
-#: fp32, used only by small unquantized test models, runs at half rate).
-DEFAULT_OPS_PER_MAC: dict[str, float] = {
-    "fp32": 0.5, "fp16": 1.0, "bf16": 1.0, "int8": 2.0, "int4": 4.0,
-}  # fmt: skip
-MIB = 1 << 20
-GIB = 1 << 30
 
 
 # --- the expanded target ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Die:
-    """One compute die (or device): MAC array, clock, on-chip SRAM, throughput per precision."""
+    """One compute die (or device): MAC array, clock, on-chip SRAM, throughput per precision,
+    vector unit and fixed costs (:mod:`moec.ir.hardware`)."""
 
     id: int
     macs: int
@@ -56,6 +75,8 @@ class Die:
     )
     x: int = 0
     y: int = 0
+    array: MacArray = MacArray(32, 64)
+    costs: DieCosts = DieCosts()
 
     def flops_per_s(self, precision: str = "fp16") -> float:
         """Peak FLOP/s (2 per multiply-accumulate) at ``precision``."""
@@ -76,6 +97,7 @@ class Link:
     dst: int
     gbps: float
     latency_s: float
+    framing: Framing = Framing()
 
 
 @dataclass(frozen=True)
@@ -88,59 +110,9 @@ class Channel:
     kind: str = "ddr"
     latency_s: float = 0.0
     capacity_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class Host:
-    """Host memory over PCIe-class links: each die has its own link of ``gbps`` per direction."""
-
-    gbps: float
-    latency_s: float
-    capacity_bytes: int = 0
-
-
-# --- the parametric description -----------------------------------------------------------------
-@dataclass(frozen=True)
-class DieParams:
-    macs: int = 2048
-    clock_hz: float = 800e6
-    sram_bytes: int = 16 * MIB
-    ops_per_mac: tuple[tuple[str, float], ...] = tuple(sorted(DEFAULT_OPS_PER_MAC.items()))
-
-
-@dataclass(frozen=True)
-class DramParams:
-    """DRAM channels: which dies carry one, and their bandwidth.
-
-    ``placement`` is ``"corners"``, ``"edges"`` (border dies of a mesh), ``"all"``, or explicit
-    die ids. Bandwidth is given by exactly one of ``gbps_per_channel``, ``gbps_total`` (spread
-    equally over the channels) or ``gbps_per_die`` (total = value x number of dies, spread equally
-    over the channels: the "DRAM GB/s per die" axis of the paper's design-space exploration, which
-    stays meaningful when only some dies carry channels).
-    """
-
-    placement: str | tuple[int, ...] = "corners"
-    kind: str = "ddr"
-    gbps_per_channel: float | None = 25.6
-    gbps_total: float | None = None
-    gbps_per_die: float | None = None
-    latency_s: float = 0.0
-    capacity_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class TargetParams:
-    name: str
-    topology: str = "mesh"
-    dies_x: int = 2
-    dies_y: int = 2
-    num_dies: int = 4
-    die: DieParams = DieParams()
-    d2d_gbps: float = 288.0
-    d2d_latency_s: float = 20e-9
-    dram: DramParams = DramParams()
-    host: Host | None = None
-    description: str = ""
+    #: bytes per access and the sustained fraction of ``gbps`` for streaming reads
+    burst_bytes: int = 64
+    efficiency: float = 1.0
 
 
 # --- the target ----------------------------------------------------------------------------------
@@ -157,6 +129,8 @@ class Target:
     dims: tuple[int, int] = (1, 1)
     params: TargetParams | None = field(default=None, compare=False, repr=False)
     description: str = field(default="", compare=False)
+    #: the first-wave ideal machine: every :mod:`moec.ir.cost` formula drops its non-ideal terms
+    ideal: bool = False
     _links: dict[tuple[int, int], Link] = field(init=False, repr=False, compare=False)
     _adj: dict[int, list[int]] = field(init=False, repr=False, compare=False)
 
@@ -276,15 +250,24 @@ class Target:
                     "clock_hz": d.clock_hz,
                     "sram_bytes": d.sram_bytes,
                     "ops_per_mac": {k: d.ops_per_mac[k] for k in sorted(d.ops_per_mac)},
+                    "array": dataclasses.asdict(d.array),
+                    "costs": dataclasses.asdict(d.costs),
                 }  # fmt: skip
                 for d in self.dies
             ],
             "links": [
-                {"src": lk.src, "dst": lk.dst, "gbps": lk.gbps, "latency_s": lk.latency_s}
+                {
+                    "src": lk.src,
+                    "dst": lk.dst,
+                    "gbps": lk.gbps,
+                    "latency_s": lk.latency_s,
+                    "framing": dataclasses.asdict(lk.framing),
+                }  # fmt: skip
                 for lk in self.links
             ],
             "channels": [dataclasses.asdict(c) for c in self.channels],
             "host": dataclasses.asdict(self.host) if self.host else None,
+            "ideal": self.ideal,
         }
 
     def summary(self) -> str:
@@ -292,7 +275,8 @@ class Target:
         shape = f"{self.dims[0]}x{self.dims[1]} mesh" if self.topology == "mesh" else self.topology
         dram = ", ".join(f"{c.kind}@die{c.die} {c.gbps:g}" for c in self.channels)
         return (
-            f"{self.name}: {self.num_dies} dies ({shape}), {d0.macs} MAC @ {d0.clock_hz / 1e6:g} MHz"
+            f"{self.name}{' (ideal)' if self.ideal else ''}: {self.num_dies} dies ({shape}), "
+            f"{d0.macs} MAC ({d0.array.name}) @ {d0.clock_hz / 1e6:g} MHz"
             f" = {d0.flops_per_s() / 1e12:.3g} TFLOP/s fp16 per die, SRAM {d0.sram_bytes / MIB:g}"
             f" MiB/die; D2D {self.links[0].gbps if self.links else 0:g} GB/s per direction; "
             f"DRAM {self.total_dram_gbps():g} GB/s total [{dram}]"
@@ -353,7 +337,7 @@ def _links(p: TargetParams, coords: list[tuple[int, int]]) -> list[Link]:
                 pairs |= {(i, j), (j, i)}
     else:
         pairs = {(i, j) for i in range(n) for j in range(n) if i != j}
-    return [Link(s, d, p.d2d_gbps, p.d2d_latency_s) for s, d in sorted(pairs)]
+    return [Link(s, d, p.d2d_gbps, p.d2d_latency_s, p.d2d_framing) for s, d in sorted(pairs)]
 
 
 def build(p: TargetParams) -> Target:
@@ -364,8 +348,14 @@ def build(p: TargetParams) -> Target:
         )
     coords = _die_coords(p)
     ops = dict(p.die.ops_per_mac)
+    array = p.die.array or squarest_array(p.die.macs)
+    if array.macs != p.die.macs:
+        raise TargetError(
+            f"target {p.name!r}: {p.die.macs} MACs per die, but its MAC array {array.name} has "
+            f"{array.macs}"
+        )
     dies = tuple(
-        Die(i, p.die.macs, p.die.clock_hz, p.die.sram_bytes, dict(ops), x, y)
+        Die(i, p.die.macs, p.die.clock_hz, p.die.sram_bytes, dict(ops), x, y, array, p.die.costs)
         for i, (x, y) in enumerate(coords)
     )
     where = _channel_dies(p, coords)
@@ -378,178 +368,20 @@ def build(p: TargetParams) -> Target:
         per = d.gbps_per_die * len(dies) / max(len(where), 1)
     else:
         raise TargetError(f"target {p.name!r}: DRAM bandwidth not given")
+    kind = dram_kind(d.kind)
+    burst = d.burst_bytes if d.burst_bytes is not None else kind.burst_bytes
+    efficiency = d.efficiency if d.efficiency is not None else kind.efficiency
+    if not 0 < efficiency <= 1:
+        raise TargetError(f"target {p.name!r}: DRAM efficiency {efficiency!r} is not in (0, 1]")
     channels = tuple(
-        Channel(k, die, per, d.kind, d.latency_s, d.capacity_bytes) for k, die in enumerate(where)
+        Channel(k, die, per, d.kind, d.latency_s, d.capacity_bytes, burst, efficiency)
+        for k, die in enumerate(where)
     )
     dims = (p.dies_x, p.dies_y) if p.topology == "mesh" else (len(dies), 1)
     return Target(
         p.name, p.topology, dies, tuple(_links(p, coords)), channels, p.host, dims, p,
-        p.description,
+        p.description, p.ideal,
     )  # fmt: skip
-
-
-# --- overrides -----------------------------------------------------------------------------------
-#: Flat override keys, their meaning and allowed range (a value must be > 0 unless noted).
-OVERRIDE_KEYS: dict[str, str] = {
-    "sram_mib_per_die": "SRAM per die in MiB (2**20 bytes)",
-    "sram_bytes_per_die": "SRAM per die in bytes",
-    "d2d_gbps": "bandwidth of every D2D link, per direction, GB/s",
-    "d2d_latency_ns": "latency of every D2D link, ns (>= 0)",
-    "ddr_gbps_per_die": "DRAM GB/s per die: total = value x dies, spread over the channels",
-    "ddr_gbps_total": "total DRAM GB/s, spread equally over the channels",
-    "ddr_gbps_per_channel": "GB/s of every DRAM channel",
-    "ddr_latency_ns": "DRAM access latency, ns (>= 0)",
-    "ddr_placement": "which dies carry a channel: corners, edges, all",
-    "clock_mhz": "die clock, MHz",
-    "macs_per_die": "MAC units per die (integer)",
-    "dies_x": "mesh columns (integer; regenerates the mesh)",
-    "dies_y": "mesh rows (integer; regenerates the mesh)",
-    "num_dies": "number of dies of a ring or full topology (integer)",
-    "topology": "mesh, ring or full",
-    "host_gbps": "host link GB/s per die (adds a host tier if absent)",
-    "host_latency_ns": "host link latency, ns (>= 0)",
-}
-_INT_KEYS = {"sram_bytes_per_die", "macs_per_die", "dies_x", "dies_y", "num_dies"}
-_NONNEG_KEYS = {"d2d_latency_ns", "ddr_latency_ns", "host_latency_ns"}
-_STR_KEYS = {"topology": TOPOLOGIES, "ddr_placement": ("corners", "edges", "all")}
-
-
-def _override_value(key: str, raw: Any) -> Any:
-    if key in _STR_KEYS:
-        if raw not in _STR_KEYS[key]:
-            raise TargetError(f"override {key}: expected one of {_STR_KEYS[key]}, found {raw!r}")
-        return raw
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value: float = float(raw) if not isinstance(raw, int) else raw
-        if key in _INT_KEYS:
-            if float(value) != int(value):
-                raise ValueError
-            value = int(value)
-    except (TypeError, ValueError):
-        kind = "an integer" if key in _INT_KEYS else "a number"
-        raise TargetError(f"override {key}: expected {kind}, found {raw!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and key not in _NONNEG_KEYS):
-        bound = ">= 0" if key in _NONNEG_KEYS else "> 0"
-        raise TargetError(f"override {key}: expected a finite value {bound}, found {raw!r}")
-    return value
-
-
-def apply_overrides(p: TargetParams, overrides: Mapping[str, Any]) -> TargetParams:
-    """Return ``p`` with flat overrides applied; unknown keys or bad values raise TargetError."""
-    vals: dict[str, Any] = {}
-    for key in sorted(overrides):
-        if key not in OVERRIDE_KEYS:
-            raise TargetError(
-                f"unknown target override {key!r}, expected one of: {', '.join(OVERRIDE_KEYS)}"
-            )
-        vals[key] = _override_value(key, overrides[key])
-    die, dram, host = p.die, p.dram, p.host
-    top: dict[str, Any] = {}
-    if "topology" in vals:
-        top["topology"] = vals["topology"]
-    for key in ("dies_x", "dies_y", "num_dies"):
-        if key in vals:
-            top[key] = vals[key]
-    topology = top.get("topology", p.topology)
-    if topology == "mesh":
-        if "num_dies" in vals and not {"dies_x", "dies_y"} & set(vals):
-            raise TargetError("override num_dies: a mesh is sized by dies_x and dies_y")
-        top["num_dies"] = top.get("dies_x", p.dies_x) * top.get("dies_y", p.dies_y)
-    elif {"dies_x", "dies_y"} & set(vals):
-        raise TargetError(f"override dies_x/dies_y: only a mesh has them, topology is {topology}")
-    if "sram_mib_per_die" in vals:
-        die = dataclasses.replace(die, sram_bytes=int(round(vals["sram_mib_per_die"] * MIB)))
-    if "sram_bytes_per_die" in vals:
-        die = dataclasses.replace(die, sram_bytes=vals["sram_bytes_per_die"])
-    if "clock_mhz" in vals:
-        die = dataclasses.replace(die, clock_hz=vals["clock_mhz"] * 1e6)
-    if "macs_per_die" in vals:
-        die = dataclasses.replace(die, macs=vals["macs_per_die"])
-    bw_keys = [
-        k for k in ("ddr_gbps_per_die", "ddr_gbps_total", "ddr_gbps_per_channel") if k in vals
-    ]
-    if len(bw_keys) > 1:
-        raise TargetError(f"overrides {' and '.join(bw_keys)} conflict: give one DRAM bandwidth")
-    if bw_keys:
-        k = bw_keys[0]
-        dram = dataclasses.replace(
-            dram,
-            gbps_per_die=vals[k] if k == "ddr_gbps_per_die" else None,
-            gbps_total=vals[k] if k == "ddr_gbps_total" else None,
-            gbps_per_channel=vals[k] if k == "ddr_gbps_per_channel" else None,
-        )
-    if "ddr_latency_ns" in vals:
-        dram = dataclasses.replace(dram, latency_s=vals["ddr_latency_ns"] * 1e-9)
-    if "ddr_placement" in vals:
-        dram = dataclasses.replace(dram, placement=vals["ddr_placement"])
-    if "host_gbps" in vals or "host_latency_ns" in vals:
-        base = host or Host(gbps=32.0, latency_s=1e-6)
-        host = Host(
-            gbps=vals.get("host_gbps", base.gbps),
-            latency_s=vals["host_latency_ns"] * 1e-9
-            if "host_latency_ns" in vals
-            else base.latency_s,
-            capacity_bytes=base.capacity_bytes,
-        )
-    if topology != "mesh" and isinstance(dram.placement, str) and dram.placement != "all":
-        dram = dataclasses.replace(dram, placement="all")
-    return dataclasses.replace(
-        p,
-        **top,
-        die=die,
-        dram=dram,
-        host=host,
-        d2d_gbps=vals.get("d2d_gbps", p.d2d_gbps),
-        d2d_latency_s=vals["d2d_latency_ns"] * 1e-9
-        if "d2d_latency_ns" in vals
-        else p.d2d_latency_s,
-    )
-
-
-# --- presets -------------------------------------------------------------------------------------
-# The FSE-DP reference package (arXiv 2603.27624): 800 MHz, 2048 MAC per die, 288 GB/s D2D per
-# direction, one 25.6 GB/s DDR channel on each corner die. SRAM per die: the paper's exact design
-# point could not be retrieved here; 16 MiB is the size its design-space exploration names as
-# needed for > 60% utilization (with ~48 GB/s DDR per die), so the reference package sits at the
-# edge of that region. D2D latency 20 ns (UCIe-class PHY + adapter), DDR latency 100 ns.
-# The 3x3 and 4x4 scale-ups keep the 4 corner channels with the totals the paper gives (38.4 and
-# 51.2 GB/s, i.e. 9.6 and 12.8 GB/s per channel); channels stay on corners because those are the
-# dies with package edge on two sides. See docs/targets.md for the discussion of these totals.
-_FSEDP_DIE = DieParams(macs=2048, clock_hz=800e6, sram_bytes=16 * MIB)
-
-
-def _fsedp(n: int, dram: DramParams) -> TargetParams:
-    return TargetParams(
-        name=f"fsedp-{n}x{n}", topology="mesh", dies_x=n, dies_y=n, num_dies=n * n,
-        die=_FSEDP_DIE, d2d_gbps=288.0, d2d_latency_s=20e-9, dram=dram,
-        description=f"FSE-DP reference package scaled to {n}x{n} dies (arXiv 2603.27624)",
-    )  # fmt: skip
-
-
-PRESETS: dict[str, TargetParams] = {
-    "fsedp-2x2": _fsedp(2, DramParams("corners", "ddr", 25.6, latency_s=100e-9)),
-    "fsedp-3x3": _fsedp(3, DramParams("corners", "ddr", None, gbps_total=38.4, latency_s=100e-9)),
-    "fsedp-4x4": _fsedp(4, DramParams("corners", "ddr", None, gbps_total=51.2, latency_s=100e-9)),
-    # 8 accelerator devices of H100-class: 2**18 fp16 MAC at 1.8 GHz (~944 TFLOP/s dense fp16),
-    # 50 MiB on-chip SRAM, one 80 GiB HBM stack group of 2 TB/s each (resident experts live
-    # there), every pair linked directly at 128 GB/s per direction (NVLink-class, 1 us), and a
-    # host tier over PCIe 5.0 x16 (64 GB/s per device, 2 us) holding offloaded experts.
-    "npu8-hbm": TargetParams(
-        name="npu8-hbm",
-        topology="full",
-        dies_x=8,
-        dies_y=1,
-        num_dies=8,
-        die=DieParams(macs=1 << 18, clock_hz=1.8e9, sram_bytes=50 * MIB),
-        d2d_gbps=128.0,
-        d2d_latency_s=1e-6,
-        dram=DramParams("all", "hbm", 2000.0, latency_s=500e-9, capacity_bytes=80 * GIB),
-        host=Host(gbps=64.0, latency_s=2e-6, capacity_bytes=1024 * GIB),
-        description="8 HBM devices, all-to-all links, PCIe host tier (CAEE-style runs)",
-    ),  # fmt: skip
-}
 
 
 def preset(name: str) -> Target:

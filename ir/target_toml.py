@@ -28,6 +28,7 @@ import tomllib
 from typing import Any
 
 from moec.ir.errors import Location, TargetError
+from moec.ir.hardware import DATAFLOWS, PCIE_256B, UCIE_68B, DieCosts, Framing, MacArray
 from moec.ir.target import (
     CHANNEL_KINDS,
     DEFAULT_OPS_PER_MAC,
@@ -42,16 +43,20 @@ from moec.ir.target import (
     build,
 )
 
-_TOP_KEYS = ("name", "description", "topology", "dies_x", "dies_y", "num_dies")
+_TOP_KEYS = ("name", "description", "topology", "dies_x", "dies_y", "num_dies", "ideal")
 _SECTIONS = ("die", "d2d", "dram", "host")
+_FRAMING_KEYS = ("flit_payload_bytes", "flit_overhead_bytes", "min_bytes")
 _SECTION_KEYS = {
-    "die": ("macs", "clock_mhz", "clock_hz", "sram_mib", "sram_bytes", "ops_per_mac"),
-    "d2d": ("gbps", "latency_ns"),
+    "die": (
+        "macs", "clock_mhz", "clock_hz", "sram_mib", "sram_bytes", "ops_per_mac", "array",
+        "vector_lanes", "issue_cycles", "dma_setup_ns",
+    ),
+    "d2d": ("gbps", "latency_ns", *_FRAMING_KEYS),
     "dram": (
         "kind", "placement", "gbps_per_channel", "gbps_total", "gbps_per_die", "latency_ns",
-        "capacity_gib",
+        "capacity_gib", "burst_bytes", "efficiency",
     ),
-    "host": ("gbps", "latency_ns", "capacity_gib"),
+    "host": ("gbps", "latency_ns", "capacity_gib", *_FRAMING_KEYS),
 }  # fmt: skip
 _TOML_POS = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 
@@ -126,7 +131,47 @@ def _die(path: str, table: dict[str, Any]) -> DieParams:
     sub = _Fields(path, "die.ops_per_mac", raw_ops, tuple(PRECISION_BYTES))
     for prec in raw_ops:
         ops[prec] = sub.number(prec) or 0.0
-    return DieParams(int(macs or 0), float(clock), sram, tuple(sorted(ops.items())))
+    array = None
+    if "array" in table:
+        raw_array = table["array"]
+        if not isinstance(raw_array, dict):
+            f.fail("array", "a table {rows, cols, count, dataflow}", repr(raw_array))
+        a = _Fields(path, "die.array", raw_array, ("rows", "cols", "count", "dataflow"))
+        for key in ("rows", "cols"):
+            if key not in raw_array:
+                a.fail(key, "an integer > 0", "nothing")
+        array = MacArray(
+            int(a.number("rows", integer=True) or 0),
+            int(a.number("cols", integer=True) or 0),
+            int(a.number("count", 1, integer=True) or 0),
+            a.choice("dataflow", "ws", DATAFLOWS),
+        )
+        if "macs" not in table:
+            macs = array.macs
+        elif macs != array.macs:
+            f.fail("macs", f"the array's {array.macs} MACs ({array.name})", repr(macs))
+    base_costs = DieCosts()
+    costs = DieCosts(
+        vector_lanes=int(f.number("vector_lanes", base_costs.vector_lanes, integer=True) or 0),
+        issue_cycles=int(
+            f.number("issue_cycles", base_costs.issue_cycles, integer=True, strict=False) or 0
+        ),
+        dma_setup_s=(
+            f.number("dma_setup_ns", base_costs.dma_setup_s * 1e9, strict=False) or 0.0
+        ) * 1e-9,
+    )  # fmt: skip
+    return DieParams(int(macs or 0), float(clock), sram, tuple(sorted(ops.items())), array, costs)
+
+
+def _framing(f: _Fields, base: Framing) -> Framing:
+    def num(key: str, default: int) -> int:
+        return int(f.number(key, default, integer=True, strict=False) or 0)
+
+    return Framing(
+        num("flit_payload_bytes", base.payload_bytes),
+        num("flit_overhead_bytes", base.overhead_bytes),
+        num("min_bytes", base.min_bytes),
+    )
 
 
 def _dram(path: str, table: dict[str, Any], topology: str) -> DramParams:
@@ -157,7 +202,16 @@ def _dram(path: str, table: dict[str, Any], topology: str) -> DramParams:
         gbps_per_die=f.number("gbps_per_die"),
         latency_s=(f.number("latency_ns", 0.0, strict=False) or 0.0) * 1e-9,
         capacity_bytes=int(round((f.number("capacity_gib", 0.0, strict=False) or 0.0) * GIB)),
+        burst_bytes=int(b) if (b := f.number("burst_bytes", None, integer=True)) else None,
+        efficiency=_efficiency(f),
     )
+
+
+def _efficiency(f: _Fields) -> float | None:
+    e = f.number("efficiency", None)
+    if e is not None and e > 1:
+        f.fail("efficiency", "a number in (0, 1]", repr(f.table["efficiency"]))
+    return e
 
 
 def _host(path: str, table: dict[str, Any]) -> Host:
@@ -168,6 +222,7 @@ def _host(path: str, table: dict[str, Any]) -> Host:
         gbps=f.number("gbps") or 0.0,
         latency_s=(f.number("latency_ns", 0.0, strict=False) or 0.0) * 1e-9,
         capacity_bytes=int(round((f.number("capacity_gib", 0.0, strict=False) or 0.0) * GIB)),
+        framing=_framing(f, PCIE_256B),
     )
 
 
@@ -189,6 +244,9 @@ def params_from_dict(doc: dict[str, Any], path: str) -> TargetParams:
     if not isinstance(description, str):
         f.fail("description", "a string", repr(description))
     topology = f.choice("topology", "mesh", TOPOLOGIES)
+    ideal = doc.get("ideal", True)
+    if not isinstance(ideal, bool):
+        f.fail("ideal", "true or false", repr(ideal))
     if topology == "mesh":
         if "num_dies" in doc:
             f.fail("num_dies", "dies_x and dies_y for a mesh", "num_dies")
@@ -214,6 +272,8 @@ def params_from_dict(doc: dict[str, Any], path: str) -> TargetParams:
         die=_die(path, _table(f, doc, "die")),
         d2d_gbps=float(d2d.number("gbps", 288.0) or 0.0),
         d2d_latency_s=(d2d.number("latency_ns", 20.0, strict=False) or 0.0) * 1e-9,
+        d2d_framing=_framing(d2d, UCIE_68B),
+        ideal=ideal,
         dram=_dram(path, _table(f, doc, "dram"), topology),
         host=_host(path, host) if host is not None else None,
         description=description,

@@ -23,7 +23,7 @@ def test_fsedp_2x2_numbers() -> None:
     assert d.flops_per_s("fp16") == pytest.approx(2 * 2048 * 800e6)
     assert d.flops_per_s("int8") == pytest.approx(2 * d.flops_per_s("fp16"))
     assert d.flops_per_s("int4") == pytest.approx(4 * d.flops_per_s("fp16"))
-    assert [(c.die, c.gbps, c.kind) for c in t.channels] == [(i, 25.6, "ddr") for i in range(4)]
+    assert [(c.die, c.gbps, c.kind) for c in t.channels] == [(i, 25.6, "ddr4") for i in range(4)]
     assert len(t.links) == 8 and all(lk.gbps == 288.0 for lk in t.links)
     assert t.host is None
 
@@ -42,7 +42,7 @@ def test_npu8_hbm() -> None:
     t = preset("npu8-hbm")
     assert t.topology == "full" and t.num_dies == 8
     assert len(t.links) == 8 * 7
-    assert all(c.kind == "hbm" and c.capacity_bytes > 0 for c in t.channels)
+    assert all(c.kind == "hbm2e" and c.capacity_bytes > 0 for c in t.channels)
     assert len(t.channels) == 8 and t.host is not None and 32 <= t.host.gbps <= 64
     assert all(t.hops(a, b) == 1 for a in range(8) for b in range(8) if a != b)
 
@@ -205,3 +205,76 @@ def test_cli_targets(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["targets", "show", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown target 'nope'" in err
+
+
+def test_hardware_model_of_the_presets() -> None:
+    t = load_target("fsedp-2x2", {"ideal": False})
+    d, lk, ch = t.dies[0], t.link(0, 1), t.channels[0]
+    assert (d.array.rows, d.array.cols, d.array.count, d.array.dataflow) == (32, 64, 1, "ws")
+    assert d.array.macs == d.macs == 2048
+    assert (d.costs.vector_lanes, d.costs.issue_cycles, d.costs.dma_setup_s) == (64, 16, 100e-9)
+    assert (lk.framing.payload_bytes, lk.framing.overhead_bytes, lk.framing.min_bytes) == (
+        64,
+        4,
+        64,
+    )
+    assert (ch.kind, ch.burst_bytes, ch.efficiency) == ("ddr4", 64, 0.85)
+    n = load_target("npu8-hbm")
+    assert n.dies[0].array.name == "16 x 128x128 ws" and n.dies[0].array.macs == n.dies[0].macs
+
+
+def test_hardware_overrides() -> None:
+    t = load_target(
+        "fsedp-2x2",
+        {"ideal": "false", "array_rows": 64, "array_cols": 32, "dataflow": "os",
+         "vector_lanes": 128, "issue_cycles": 0, "dma_setup_ns": 50, "d2d_flit_payload_bytes": 256,
+         "d2d_flit_overhead_bytes": 16, "d2d_min_bytes": 32, "ddr_kind": "hbm3",
+         "ddr_efficiency": 0.7},
+    )  # fmt: skip
+    d = t.dies[0]
+    assert not t.ideal and d.array.name == "64x32 os" and d.macs == 2048
+    assert (d.costs.vector_lanes, d.costs.issue_cycles) == (128, 0)
+    assert d.costs.dma_setup_s == pytest.approx(50e-9, rel=1e-12)
+    assert t.link(0, 1).framing.wire_bytes(1) == 272
+    assert (t.channels[0].kind, t.channels[0].burst_bytes, t.channels[0].efficiency) == (
+        "hbm3", 32, 0.7,
+    )  # fmt: skip
+    # more MACs keep the array shape and add arrays
+    big = load_target("fsedp-2x2", {"macs_per_die": 8192})
+    assert big.dies[0].array.name == "4 x 32x64 ws"
+    assert load_target("fsedp-2x2", {"ideal": "true"}).ideal
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"dataflow": "rs"}, "override dataflow: expected one of"),
+        ({"ideal": "maybe"}, "override ideal: expected true or false"),
+        ({"ddr_efficiency": 1.5}, r"override ddr_efficiency: expected a value in \(0, 1\]"),
+        ({"macs_per_die": 4096, "array_rows": 16}, "disagree"),
+        ({"ddr_kind": "sdram"}, "override ddr_kind: expected one of"),
+        ({"array_cols": 0}, "override array_cols: expected a finite value > 0"),
+    ],
+)
+def test_bad_hardware_overrides(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(TargetError, match=message):
+        load_target("fsedp-2x2", overrides)
+
+
+def test_hardware_model_in_toml(tmp_path: Path) -> None:
+    f = tmp_path / "hw.toml"
+    f.write_text(
+        "ideal = false\n[die]\nclock_mhz = 1000\narray = { rows = 16, cols = 16, count = 4, "
+        'dataflow = "is" }\nvector_lanes = 32\nissue_cycles = 8\ndma_setup_ns = 0\n'
+        '[d2d]\nflit_payload_bytes = 0\n[dram]\nkind = "lpddr5"\ngbps_total = 51.2\n'
+    )
+    t = load_target(str(f))
+    d = t.dies[0]
+    assert not t.ideal and d.macs == 1024 and d.array.name == "4 x 16x16 is"
+    assert (d.costs.vector_lanes, d.costs.issue_cycles, d.costs.dma_setup_s) == (32, 8, 0.0)
+    assert t.link(0, 1).framing.wire_bytes(10) == 64  # no framing, min size kept
+    assert (t.channels[0].burst_bytes, t.channels[0].efficiency) == (32, 0.8)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[die]\nmacs = 100\narray = { rows = 16, cols = 16 }\n[dram]\ngbps_total = 1\n")
+    with pytest.raises(TargetError, match=r"\[die\] macs: expected the array's 256 MACs"):
+        load_target(str(bad))

@@ -54,14 +54,33 @@ def _describe(t: Target) -> str:
             f"  die {d.id} ({d.x},{d.y}): {d.macs} MAC @ {d.clock_hz / 1e6:g} MHz, "
             f"SRAM {d.sram_bytes / MIB:g} MiB, neighbors {t.neighbors(d.id)}, [{ops}]"
         )
+    d0 = t.dies[0]
+    lines.append(
+        f"compute: {d0.array.name} MAC array, {d0.costs.vector_lanes}-lane vector unit, "
+        f"issue {d0.costs.issue_cycles} cycles, DMA setup {d0.costs.dma_setup_s * 1e9:g} ns"
+        + (
+            "  [ideal: GEMMs at peak, no fixed costs, no framing, DRAM at pin rate]"
+            if t.ideal
+            else ""
+        )
+    )
     lines.append("links (per direction):")
     for lk in t.links:
-        lines.append(f"  {lk.src} -> {lk.dst}: {lk.gbps:g} GB/s, {lk.latency_s * 1e9:g} ns")
+        fr = lk.framing
+        framing = (
+            f", flits {fr.payload_bytes}+{fr.overhead_bytes} B, min {fr.min_bytes} B"
+            if fr.payload_bytes
+            else ""
+        )
+        lines.append(
+            f"  {lk.src} -> {lk.dst}: {lk.gbps:g} GB/s, {lk.latency_s * 1e9:g} ns{framing}"
+        )
     lines.append("channels:")
     for c in t.channels:
         cap = f", {c.capacity_bytes / (1 << 30):g} GiB" if c.capacity_bytes else ""
         lines.append(
-            f"  ch{c.id} {c.kind} on die {c.die}: {c.gbps:g} GB/s, {c.latency_s * 1e9:g} ns{cap}"
+            f"  ch{c.id} {c.kind} on die {c.die}: {c.gbps:g} GB/s, {c.latency_s * 1e9:g} ns, "
+            f"{c.burst_bytes} B bursts at {c.efficiency:.0%}{cap}"
         )
     if t.host:
         lines.append(
