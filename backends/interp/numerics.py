@@ -6,6 +6,12 @@ each MoE layer one ``ai.moec::MoE`` node); at each MoE node the interpreter rout
 and its per-die instructions (the runtime expansion for this routing, or the static program's
 instructions of the layer) and executes them (:class:`~.numerics_ops.LayerExec`: one numerics
 handler per opcode). The reference ``evaluate`` of ir/moe is never called.
+
+The companion also records each MoE layer's per-expert weight precision when the compiler
+quantized its experts (``assign-precision``: node attribute ``precision``, one name per expert;
+absent: every expert at the layer's dtype); :func:`check_precision` holds a program's precision
+tables to it, so a table edited without the weights is a located error, not timing for one
+precision and numbers for another.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from moec.backends.interp.numerics_ops import LayerExec
+from moec.ir.companion import PRECISION_ATTR
 from moec.ir.errors import ProgramError, ScheduleError
 from moec.ir.moe import MoELayer, layer_from_config, present, route
 from moec.ir.routing import LayerRouting, assign_home_dies
@@ -74,6 +81,7 @@ def moe_layers(model: onnx.ModelProto, where: str) -> dict[str, MoELayer]:
         if node.op_type != "MoE" or node.domain != MOEC_DOMAIN:
             continue
         attrs = {a.name: _attr(a) for a in node.attribute}
+        attrs.pop(PRECISION_ATTR, None)
         name = attrs.pop("layer", None)
         if not isinstance(name, str):
             raise ProgramError(f"MoE node {node.name!r} has no 'layer' attribute", where)
@@ -85,6 +93,51 @@ def moe_layers(model: onnx.ModelProto, where: str) -> dict[str, MoELayer]:
                 weights[key] = present(init_name, numpy_helper.to_array(t))
         out[name] = layer_from_config(name, attrs, weights)
     return out
+
+
+def weights_precision(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
+    """Per MoE layer whose experts the compiler quantized, each expert's recorded precision."""
+    out: dict[str, tuple[str, ...]] = {}
+    for node in model.graph.node:
+        if node.op_type != "MoE" or node.domain != MOEC_DOMAIN:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if PRECISION_ATTR in attrs and "layer" in attrs:
+            values = onnx.helper.get_attribute_value(attrs[PRECISION_ATTR])
+            out[str(_attr(attrs["layer"]))] = tuple(
+                v.decode() if isinstance(v, bytes) else str(v) for v in values
+            )
+    return out
+
+
+def check_precision(p: Program, recorded: dict[str, tuple[str, ...]]) -> None:
+    """Every runtime policy's precision table agrees with the weights companion.
+
+    A layer the companion records nothing for holds its experts at the layer's dtype; a policy
+    without a table runs them all at the layer's dtype. The first expert that differs is a
+    :class:`ProgramError` at the table (or the policy, when it has none).
+    """
+    for r in p.runtime:
+        decl = p.layer(r.layer)
+        if decl is None:
+            continue
+        table = r.precision or (decl.dtype,) * decl.experts
+        weights = recorded.get(r.layer, (decl.dtype,) * decl.experts)
+        if len(weights) != len(table):
+            raise ProgramError(
+                f"runtime {r.layer}: the weights file records {len(weights)} expert "
+                f"precisions, the layer has {decl.experts} experts",
+                r.precision_loc or r.loc or p.filename,
+            )
+        for e, (said, held) in enumerate(zip(table, weights, strict=True)):
+            if said != held:
+                whose = "precision table" if r.precision else "layer dtype (no precision table)"
+                raise ProgramError(
+                    f"runtime {r.layer}: the {whose} says expert {e} is {said}, but the "
+                    f"weights file holds it at {held}; compile the program again (numerics "
+                    "follow the weights, timing follows the table)",
+                    r.precision_loc or r.loc or p.filename,
+                )
 
 
 #: ``instructions(layer name, routing) -> (routing after the runtime rules, {die: [instructions]})``

@@ -29,7 +29,13 @@ import numpy as np
 
 from moec.backends.interp.expand import expand_layer, layouts_for, splice
 from moec.backends.interp.expand.fsedp_deferred import charge_deferred
-from moec.backends.interp.numerics import evaluate_model, load_weights, moe_layers
+from moec.backends.interp.numerics import (
+    check_precision,
+    evaluate_model,
+    load_weights,
+    moe_layers,
+    weights_precision,
+)
 from moec.backends.interp.offload import check_declarations, offload_loads
 from moec.backends.interp.report import Report, chrome_trace, make_report
 from moec.backends.interp.rules import apply_rules
@@ -200,6 +206,7 @@ def simulate(
 
     if inputs is not None:
         model = load_weights(program, base_dir)
+        check_precision(program, weights_precision(model))
         static_parts.update(layer_instructions(program))
         home = {k: v.home_die for k, v in given.items()} if given else None
         outputs, used = evaluate_model(
