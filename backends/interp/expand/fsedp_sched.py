@@ -83,6 +83,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from moec.ir.errors import ScheduleError
+from moec.ir.stream.params import FSEDP_RULES
 from moec.ir.stream.program import (
     Accum,
     Act,
@@ -96,7 +97,7 @@ from moec.ir.stream.program import (
     TokenSet,
 )
 
-RULES = ("r1-r4", "naive")
+RULES = FSEDP_RULES
 
 
 @dataclass(frozen=True)
