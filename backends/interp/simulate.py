@@ -42,9 +42,10 @@ from moec.backends.interp.rules import apply_rules
 from moec.backends.interp.timing import Timeline, run_timing
 from moec.ir.errors import ProgramError, ScheduleError, TraceError
 from moec.ir.routing import LayerRouting, RoutingTrace, validate
+from moec.ir.stream.kinds import SLOT
+from moec.ir.stream.opcodes import OPCODES
 from moec.ir.stream.program import (
     Free,
-    Gemm,
     Instr,
     Load,
     MoE,
@@ -109,8 +110,11 @@ def check_routings(
 
 
 def layer_instructions(p: Program) -> dict[str, dict[int, list[Instr]]]:
-    """Per MoE layer and die, the static instructions that touch the layer (slots, blocks)."""
+    """Per MoE layer and die, the static instructions that touch the layer: loads and recvs of
+    its micro-slices, its activation blocks, and any instruction whose slot operand (by the
+    opcode table) holds one of its micro-slices."""
     out: dict[str, dict[int, list[Instr]]] = {m.name: {} for m in p.layers}
+    slot_of = {d.cls: n for d in OPCODES.defs() for n, kind in d.operands if kind is SLOT}
     for st in p.streams:
         holds: dict[int, str] = {}
         for i in st.instrs:
@@ -120,12 +124,10 @@ def layer_instructions(p: Program) -> dict[str, dict[int, list[Instr]]]:
                 holds[i.slot] = layer  # type: ignore[index]
             elif isinstance(i, Send | Recv) and i.block is not None:
                 layer = i.block.layer
-            elif isinstance(i, Send) and i.slot is not None:
-                layer = holds.get(i.slot)
-            elif isinstance(i, Gemm) or getattr(i, "opcode", "") in ("act", "accum"):
-                layer = holds.get(i.slot)  # type: ignore[union-attr]
             elif isinstance(i, Free):
                 layer = holds.pop(i.slot, None)
+            elif type(i) in slot_of and not isinstance(i, Load | Recv):  # a use of the slot
+                layer = holds.get(getattr(i, slot_of[type(i)]))
             if layer is not None and layer in out:
                 out[layer].setdefault(st.die, []).append(i)
     return out
