@@ -181,3 +181,17 @@ def test_handler_tables_check_against_the_table() -> None:
         table.register("load")(lambda *a: None)
     table.register("wait")(lambda *a: None)
     assert set(table.by_class()) == {d.cls for d in OPCODES.defs()}
+
+
+def test_operands_that_fit_no_form_are_an_error() -> None:
+    from moec.ir.errors import ProgramError
+    from moec.ir.stream import DieStream, Program, Send, SlotPool, verify_program
+
+    both = Send(1, 8, slot=0, block=Block("L", "x", TokenSet.of([0])))
+    with pytest.raises(ProgramError, match="cannot print 'send': its operands peer, nbytes, "):
+        instr_text(both)
+    p = Program("p", slots=[SlotPool(0, 1, 8)], streams=[DieStream(0, [both])])
+    with pytest.raises(
+        ProgramError, match="send with operands peer, nbytes, slot, block fits none"
+    ):
+        verify_program(p)

@@ -14,10 +14,10 @@ and the printer are all derived from an instruction's declaration (:mod:`.opcode
 * ``lead``: the operand is written glued to the opcode (``gemm s0``, ``send x``), which is then
   one terminal: only as an instruction's first operand;
 * ``grammar``: the grammar of a standalone operand (after the opcode terminal, for a lead kind);
-* ``pattern`` / :meth:`Kind.decode`: the canonical text as a regular expression and its reading
+* ``pattern`` / ``decode``: the canonical text as a regular expression and its reading
   (``None``-like :data:`NOT_CANONICAL` hands the line to the grammar);
-* :meth:`Kind.take`: the reading of the grammar's tokens, with located errors;
-* :meth:`Kind.text`: the canonical text.
+* ``take``: the reading of the grammar's tokens, with located errors;
+* ``text``: the canonical text.
 
 The verifier's checks of each kind (a die exists, a channel exists, ...) are in
 :mod:`.constraints`.
@@ -36,7 +36,7 @@ from moec.ir.errors import Location, ProgramError
 from moec.ir.stream.operands import number, operand, parse_token_set, string, token_set
 from moec.ir.stream.values import HOST_CHANNEL, Block, SliceRef, TensorRef, TokenSet
 
-#: What :meth:`Kind.decode` returns for text the fast reader must leave to the grammar.
+#: What :attr:`Kind.decode` returns for text the fast reader must leave to the grammar.
 NOT_CANONICAL: Final = object()
 
 #: ``where(group)``: the location of a regex group of the line being read.
@@ -53,38 +53,36 @@ _SLICE_RE = re.compile(r":(?:e([0-9]+)|sh):s([0-9]+)")
 
 @dataclass(frozen=True, eq=False)
 class Kind:
-    """One operand kind (see the module docstring); compared by identity."""
+    """One operand kind (see the module docstring); compared by identity.
+
+    ``decode(m, g, where, reserved)``: the value from regex groups ``g, g+1, ...`` of a canonical
+    line, or :data:`NOT_CANONICAL` (a name the printer would quote). ``take(toks, k, filename,
+    skip)``: the value from grammar tokens ``toks[k:]`` and the index after them; a glued operand
+    (lead or keyword) starts ``skip`` characters into ``toks[k]``. ``text(value, name)``: the
+    canonical text of the value, without its keyword.
+    """
 
     name: str
     #: the operand's placeholder in usage messages (``load sK <- chN ...``)
     usage: str
-    #: the Python type of the value (documentation, and the declaration check)
+    #: the Python type of the value (documentation)
     type: Any
     pattern: str
-    _decode: Callable[[re.Match[str], int, Where, re.Pattern[str]], Any] = field(repr=False)
-    _take: Callable[[list[Token], int, str, int], tuple[Any, int]] = field(repr=False)
-    _text: Callable[[Any, Namer], str] = field(repr=False)
+    decode: Callable[[re.Match[str], int, Where, re.Pattern[str]], Any] = field(repr=False)
+    take: Callable[[list[Token], int, str, int], tuple[Any, int]] = field(repr=False)
+    text: Callable[[Any, Namer], str] = field(repr=False)
     keywords: Mapping[str, str] = field(default_factory=dict)
     lead: bool = False
     grammar: str = ""
+    #: for an integer operand read from one group and printed as itself (with an optional
+    #: prefix, ``s3``): the text around the value, so the printer and the fast reader generated
+    #: for a form handle it inline instead of calling ``text``/``decode``
+    inline: str | None = None
 
     @property
     def groups(self) -> int:
         """Regex groups of :attr:`pattern`."""
         return re.compile(self.pattern).groups
-
-    def decode(self, m: re.Match[str], g: int, where: Where, reserved: re.Pattern[str]) -> Any:
-        """The value from regex groups ``g, g+1, ...`` of a canonical line, or NOT_CANONICAL."""
-        return self._decode(m, g, where, reserved)
-
-    def take(self, toks: list[Token], k: int, filename: str, skip: int) -> tuple[Any, int]:
-        """The value from grammar tokens ``toks[k:]`` and the index after them. A glued operand
-        (lead or keyword) starts ``skip`` characters into ``toks[k]``."""
-        return self._take(toks, k, filename, skip)
-
-    def text(self, value: Any, name: Namer) -> str:
-        """The canonical text of ``value`` (without its keyword)."""
-        return self._text(value, name)
 
 
 # --- readings shared by several kinds -------------------------------------------------------------
@@ -111,8 +109,9 @@ def _take_name(toks: list[Token], k: int, filename: str, skip: int) -> tuple[str
 
 def _number_kind(name: str, keyword: str, terminal: str) -> Kind:
     return Kind(
-        name, "N", int, _D, _int_group, _take_number, lambda v, n: str(v), {keyword: terminal}
-    )
+        name, "N", int, _D, _int_group, _take_number, lambda v, n: str(v), {keyword: terminal},
+        inline="{}",
+    )  # fmt: skip
 
 
 def _name_kind(name: str, usage: str) -> Kind:
@@ -131,14 +130,15 @@ def _take_slot(toks: list[Token], k: int, filename: str, skip: int) -> tuple[int
 
 
 SLOT = Kind(
-    "slot", "sK", int, r"s([0-9]+)", _int_group, _take_slot, lambda v, n: f"s{v}", lead=True
-)
+    "slot", "sK", int, r"s([0-9]+)", _int_group, _take_slot, lambda v, n: f"s{v}", lead=True,
+    inline="s{}",
+)  # fmt: skip
 
 
 # --- die and channel ---------------------------------------------------------------------------
 DIE = Kind(
     "die", "DIE", int, _D, _int_group, _take_number, lambda v, n: str(v),
-    {"->": "TO", "<-": "FROM"},
+    {"->": "TO", "<-": "FROM"}, inline="{}",
 )  # fmt: skip
 
 

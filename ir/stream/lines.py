@@ -22,7 +22,7 @@ from lark import Token
 
 from moec.ir.errors import Location
 from moec.ir.stream.kinds import NOT_CANONICAL
-from moec.ir.stream.opcodes import OPCODES, Form
+from moec.ir.stream.opcodes import OPCODES, Form, generate
 from moec.ir.stream.printer import reserved
 
 _S = r"[ \t]+"
@@ -45,27 +45,24 @@ def form_pattern(form: Form) -> str:
 
 
 def _reader(form: Form, cls: type, words: re.Pattern[str]) -> Reader:
-    fields: list[str] = []
-    steps: list[tuple[Any, int]] = []
+    """A function reading one form's match, generated from its parts: an inline integer is
+    ``int(g(k))``, any other operand its kind's ``decode`` (NOT_CANONICAL: give up)."""
+    env: dict[str, Any] = {"cls": cls, "Location": Location, "NC": NOT_CANONICAL, "words": words}
+    body = ["g = m.group"]
+    args = []
     g = 1
-    for p in form.parts:
-        fields.append(p.field)
-        steps.append((p.kind.decode, g))
+    for k, p in enumerate(form.parts):
+        if p.kind.inline is not None:
+            body.append(f"v{k} = int(g({g}))")
+        else:
+            env[f"_d{k}"] = p.kind.decode
+            body += [f"v{k} = _d{k}(m, {g}, where, words)", f"if v{k} is NC: return None"]
+        args.append(f"{p.field}=v{k}")
         g += p.kind.groups
-
-    def read(m: re.Match[str], filename: str, line: int, col: int) -> Any:
-        def where(group: int) -> Location:
-            return Location(filename, line, col + m.start(group))
-
-        values = {}
-        for f, (decode, first) in zip(fields, steps, strict=True):
-            v = decode(m, first, where, words)
-            if v is NOT_CANONICAL:
-                return None
-            values[f] = v
-        return cls(**values, loc=Location(filename, line, col))
-
-    return read
+    if any(p.kind.inline is None for p in form.parts):
+        body.insert(1, "where = lambda k: Location(filename, line, col + m.start(k))")
+    body.append(f"return cls({', '.join(args)}, loc=Location(filename, line, col))")
+    return generate("read", "m, filename, line, col", body, env)
 
 
 class Decoder:

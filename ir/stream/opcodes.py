@@ -38,6 +38,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Generic, TypeVar
 
 from moec.ir.errors import Location
@@ -103,7 +104,7 @@ class Form:
         """True when the first operand is written glued to the opcode (one terminal)."""
         return bool(self.parts) and self.parts[0].kind.lead
 
-    @property
+    @cached_property
     def fields(self) -> frozenset[str]:
         return frozenset(p.field for p in self.parts)
 
@@ -127,10 +128,26 @@ class OpDef:
         """How it is written, for messages (``gemm sK tokens T``)."""
         return "  or  ".join(f.usage() for f in self.forms)
 
+    @cached_property
+    def by_presence(self) -> dict[tuple[bool, ...], Form]:
+        """Each form by which operands it has (in :attr:`operands` order): the form of an
+        instruction is ``by_presence[tuple(operand is not None ...)]``."""
+        names = [n for n, _ in self.operands]
+        return {tuple(n in f.fields for n in names): f for f in self.forms}
+
     def form_of(self, instr: Any) -> Form | None:
         """The form whose operands are exactly ``instr``'s non-None ones, if any."""
-        given = frozenset(n for n, _ in self.operands if getattr(instr, n) is not None)
-        return next((f for f in self.forms if f.fields == given), None)
+        return self.by_presence.get(tuple(getattr(instr, n) is not None for n, _ in self.operands))
+
+
+def generate(name: str, args: str, body: list[str], env: dict[str, Any]) -> Callable[..., Any]:
+    """A function compiled from generated source (``def name(args): body``), the way
+    :mod:`dataclasses` writes ``__init__``: the printer, the fast reader and the verifier build
+    one per form or instruction from the table, so the table costs no call per operand."""
+    src = f"def {name}({args}):\n" + "\n".join(f"    {line}" for line in body) + "\n"
+    exec(src, env)
+    fn: Callable[..., Any] = env[name]
+    return fn
 
 
 class OpcodeTable:

@@ -17,13 +17,13 @@ import gc
 import math
 import os
 import re
+from functools import partial
 from typing import Any
 
 from lark import (
     Lark,
     Token,
     Transformer,
-    Tree,
     UnexpectedInput,
 )
 
@@ -74,9 +74,9 @@ class _Build(Transformer[Token, Any]):
     def __init__(self, filename: str) -> None:
         super().__init__(visit_tokens=False)
         self.f = filename
-        self.forms: dict[str, tuple[Form, type]] = {
-            form.rule: (form, d.cls) for d in OPCODES.defs() for form in d.forms
-        }
+        for d in OPCODES.defs():
+            for form in d.forms:
+                setattr(self, form.rule, partial(self._instruction, form, d.cls))
 
     def _bytes(self, tok: Token) -> int:
         return number(tok, 5, self.f)
@@ -224,13 +224,8 @@ class _Build(Transformer[Token, Any]):
     def instr(self, c: list[Instr]) -> Instr:
         return c[0]
 
-    # --- instructions: one rule per text form of the opcode table (ir/stream/grammar.py) ---
-    def __default__(self, data: str, children: list[Any], meta: Any) -> Any:
-        form = self.forms.get(str(data))
-        if form is None:  # Lark's own helper rules (repetitions): its default
-            return Tree(data, children, meta)
-        return self._instruction(*form, children)
-
+    # --- instructions: one rule per text form of the opcode table (ir/stream/grammar.py), each
+    # given a callback named after its rule in __init__ ---
     def _instruction(self, form: Form, cls: type, c: list[Token]) -> Instr:
         """An instruction from the tokens of one of its forms (c[0] is the opcode terminal,
         which holds the first operand when the form glues it)."""

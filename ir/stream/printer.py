@@ -17,7 +17,7 @@ from typing import Any
 
 from moec.ir.errors import ProgramError
 from moec.ir.stream.kinds import channel_text, content_text, tokens_text
-from moec.ir.stream.opcodes import OPCODES, Form, OpDef
+from moec.ir.stream.opcodes import OPCODES, Form, OpDef, generate
 from moec.ir.stream.program import (
     Content,
     MoEDecl,
@@ -53,18 +53,18 @@ class _Printing:
         }
 
     def _instr_printer(self, d: OpDef) -> Callable[[Any], str]:
-        emit = {f.fields: _form_printer(f) for f in d.forms}
+        emit = {key: _form_printer(f) for key, f in d.by_presence.items()}
         if len(d.forms) == 1 and len(d.forms[0].parts) == len(d.operands):
-            return emit[d.forms[0].fields]
+            return next(iter(emit.values()))
         names = [n for n, _ in d.operands]
 
         def choose(i: Any) -> str:
-            given = frozenset(n for n in names if getattr(i, n) is not None)
-            fn = emit.get(given)
+            fn = emit.get(tuple(getattr(i, n) is not None for n in names))
             if fn is None:
+                given = ", ".join(n for n in names if getattr(i, n) is not None)
                 raise ProgramError(
-                    f"cannot print {d.opcode!r}: its operands {', '.join(sorted(given))} fit "
-                    f"none of its forms, expected: {d.usage()}",
+                    f"cannot print {d.opcode!r}: its operands {given} fit none of its forms, "
+                    f"expected: {d.usage()}",
                     i.loc,
                 )
             return fn(i)
@@ -73,13 +73,17 @@ class _Printing:
 
 
 def _form_printer(form: Form) -> Callable[[Any], str]:
-    parts = [(p.field, p.kind.text, f"{p.keyword} " if p.keyword else "") for p in form.parts]
-    opcode = form.opcode
-
-    def emit(i: Any) -> str:
-        return " ".join([opcode, *(kw + text(getattr(i, f), name) for f, text, kw in parts)])
-
-    return emit
+    """One f-string per form, e.g. ``f"gemm s{i.slot} tokens {_t1(i.tokens, _name)}"``."""
+    env: dict[str, Any] = {"_name": name}
+    pieces = [form.opcode]
+    for k, p in enumerate(form.parts):
+        if p.kind.inline is not None:
+            value = p.kind.inline.replace("{}", "{i." + p.field + "}")
+        else:
+            env[f"_t{k}"] = p.kind.text
+            value = "{_t" + str(k) + "(i." + p.field + ", _name)}"
+        pieces.append(f"{p.keyword} {value}" if p.keyword else value)
+    return generate("emit", "i", [f"return f{' '.join(pieces)!r}"], env)
 
 
 _printing: _Printing | None = None

@@ -38,7 +38,7 @@ from moec.ir.stream.constraints import (
     at,
 )
 from moec.ir.stream.diagnostics import with_context
-from moec.ir.stream.opcodes import OPCODES, OpDef
+from moec.ir.stream.opcodes import OPCODES, OpDef, generate
 from moec.ir.stream.params import strategy_params
 from moec.ir.stream.printer import instr as instr_text
 from moec.ir.stream.program import (
@@ -75,28 +75,31 @@ def resolve_target(p: Program) -> Target | None:
 
 def _compile(d: OpDef) -> _Check:
     """One function running an instruction's checks: its operands fit one of its forms, each
-    operand passes its kind's check, then the declared constraints."""
-    opcode = d.opcode
-    kinds = [(n, KIND_CHECKS[k]) for n, k in d.operands if KIND_CHECKS[k] is not None]
-    constraints = d.constraints
-    fixed = len(d.forms) == 1 and len(d.forms[0].parts) == len(d.operands)
+    operand passes its kind's check, then the declared constraints. Generated per instruction
+    (e.g. ``_k0(w, i.slot, loc, "gemm"); _k1(w, i.tokens, loc, "gemm"); _c0(w, i)``)."""
+    env: dict[str, Any] = {"d": d, "fits_none": _fits_none, "forms": set(d.by_presence)}
+    body = ["loc = i.loc"]
+    always = frozenset.intersection(*(f.fields for f in d.forms))
+    if len(d.forms) > 1 or always != {n for n, _ in d.operands}:
+        given = ", ".join(f"i.{n} is not None" for n, _ in d.operands)
+        body.append(f"if ({given},) not in forms: raise fits_none(w, d, i)")
+    for k, (n, kind) in enumerate(d.operands):
+        if KIND_CHECKS[kind] is None:
+            continue
+        env[f"_k{k}"] = KIND_CHECKS[kind]
+        call = f"_k{k}(w, i.{n}, loc, {d.opcode!r})"
+        body.append(call if n in always else f"if i.{n} is not None: {call}")
+    for k, c in enumerate(d.constraints):
+        env[f"_c{k}"] = c
+        body.append(f"_c{k}(w, i)")
+    return generate("check", "w, i", body, env)
 
-    def check(w: DieWalk, i: Any) -> None:
-        loc = i.loc
-        if not fixed and d.form_of(i) is None:
-            given = ", ".join(n for n, _ in d.operands if getattr(i, n) is not None)
-            raise w.fail(
-                f"{opcode} with operands {given} fits none of its forms, expected: {d.usage()}",
-                loc,
-            )
-        for name, kind_check in kinds:
-            v = getattr(i, name)
-            if v is not None:
-                kind_check(w, v, loc, opcode)  # type: ignore[misc]
-        for c in constraints:
-            c(w, i)
 
-    return check
+def _fits_none(w: DieWalk, d: OpDef, i: Any) -> ProgramError:
+    given = ", ".join(n for n, _ in d.operands if getattr(i, n) is not None)
+    return w.fail(
+        f"{d.opcode} with operands {given} fits none of its forms, expected: {d.usage()}", i.loc
+    )
 
 
 _checks: tuple[int, dict[type, _Check]] = (-1, {})

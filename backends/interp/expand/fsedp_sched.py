@@ -83,7 +83,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from moec.ir.errors import ScheduleError
-from moec.ir.stream.params import FSEDP_RULES
 from moec.ir.stream.program import (
     Accum,
     Act,
@@ -97,7 +96,7 @@ from moec.ir.stream.program import (
     TokenSet,
 )
 
-RULES = FSEDP_RULES
+RULES = ("r1-r4", "naive")
 
 
 @dataclass(frozen=True)
