@@ -150,6 +150,7 @@ def declare(opcode: str, *forms: str, cls_fields: dict[str, Any] | None = None) 
          "must default to None"),
         ("bad", ("bad $s",), {"s": ("int", 3)}, "is not an operand(KIND) or loc"),
         ("bad", (), {"s": ("int", operand(K.SLOT))}, "has no text form"),
+        ("bad", ("bad",), {}, "a form needs an operand"),
     ],
 )  # fmt: skip
 def test_bad_declarations_fail(

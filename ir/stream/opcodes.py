@@ -269,6 +269,11 @@ def instruction(
         if not forms:
             raise OpcodeError(f"instruction {opcode!r} has no text form")
         parsed = tuple(_parse_form(opcode, k, text, kinds) for k, text in enumerate(forms))
+        if any(not f.parts for f in parsed):
+            raise OpcodeError(
+                f"instruction {opcode!r}: a form needs an operand (a line is an opcode, a blank "
+                "and its operands)"
+            )
         if len({f.glued for f in parsed}) > 1:
             raise OpcodeError(
                 f"instruction {opcode!r}: every form must start with a lead operand, or none"

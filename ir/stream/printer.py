@@ -4,7 +4,8 @@ Canonical means: one fixed layout (header, target, weights, tensors, MoE layers,
 pools, islands, die streams, runtime policies; each list in the program's order), two-space
 indentation, names bare when they lex as names and JSON-quoted otherwise, floats as Python's
 shortest round-tripping ``repr``. So ``print_program(parse_program(print_program(p)))`` is
-byte-identical to ``print_program(p)``.
+byte-identical to ``print_program(p)``. Instructions are printed in the text form their
+declaration gives (:mod:`.opcodes`): one f-string per form, generated from the table.
 """
 
 from __future__ import annotations

@@ -14,9 +14,15 @@
 * the static synchronization cannot deadlock: sends never block, a ``recv`` waits for its send, a
   ``wait`` for its count of ``signal``s; an abstract run of all dies must reach every stream's end.
 
-The runtime part is checked for consistency (one policy per layer, tables sized by expert count);
-what the expansion does at a ``moe`` placeholder is the interpreter's business: it may use only
-the slots that are free there and must leave them free.
+The runtime part is checked for consistency (one policy per layer, tables sized by expert count,
+strategy parameters typed: :func:`moec.ir.stream.params.strategy_params`); what the expansion
+does at a ``moe`` placeholder is the interpreter's business: it may use only the slots that are
+free there and must leave them free.
+
+The per-die walk is table-driven: each instruction's operands must fit one of its text forms,
+each operand passes its kind's check, then the constraints its declaration lists run
+(:mod:`.constraints`, :mod:`.opcodes`); one check function per instruction class is compiled
+from the table. The cross-die checks (send/recv matching, deadlock) follow.
 """
 
 from __future__ import annotations
