@@ -101,13 +101,66 @@ def layers(draw: st.DrawFn, name: str) -> tuple[MoEDecl, list[SliceLayout]]:
     return layer, lays
 
 
+KNOWN_STRATEGIES = ("ep", "tp", "hydra", "eplb", "fsedp")
+#: Hamiltonian cycles of the 2x2 mesh (0-1, 0-2, 1-3, 2-3)
+CYCLES = ([0, 1, 3, 2], [1, 3, 2, 0], [3, 2, 0, 1], [2, 0, 1, 3], [0, 2, 3, 1], [1, 0, 2, 3])
+
+
 @st.composite
-def policies(draw: st.DrawFn, layer: MoEDecl) -> RuntimePolicy:
+def typed_params(draw: st.DrawFn, strategy: str, layer: MoEDecl, lays: list[SliceLayout]) -> dict:
+    """Valid parameters of a strategy with a typed family (``moec.ir.stream.params``)."""
+    E = layer.experts
+    slices = next(lay.count for lay in lays if not lay.shared)
+    shared = next((lay.count for lay in lays if lay.shared), 0)
+    dies = st.integers(0, DIES - 1)
+    out: dict[str, Value] = {}
+    if draw(st.booleans()):
+        out["slice_bytes"] = draw(st.lists(st.integers(1, 10**6), min_size=slices, max_size=slices))
+    if strategy in ("ep", "hydra"):
+        out["placement"] = draw(st.lists(dies, min_size=E, max_size=E))
+    if strategy in ("ep", "hydra", "fsedp") and draw(st.booleans()):
+        out["channels"] = draw(st.lists(dies, min_size=E, max_size=E))
+    if strategy == "eplb":
+        reps = draw(st.lists(st.sets(dies, min_size=1).map(sorted), min_size=E, max_size=E))
+        out["replicas"] = reps  # type: ignore[assignment]
+        if draw(st.booleans()):
+            out["channels"] = [draw(st.lists(dies, min_size=len(r), max_size=len(r))) for r in reps]
+        out["extra"] = draw(st.integers(0, 8))
+    if strategy in ("ep", "hydra", "eplb"):
+        if draw(st.booleans()):
+            out["load"] = draw(st.lists(st.integers(0, 99), min_size=E, max_size=E))
+            out["load_source"] = draw(st.sampled_from(["trace", "uniform", "calibration"]))
+        if shared and draw(st.booleans()):
+            out["shared"] = draw(st.sampled_from(["split", "replicated"]))
+    if strategy == "tp":
+        out["owner"] = draw(st.lists(dies, min_size=slices, max_size=slices))
+    if shared and (strategy == "tp" or draw(st.booleans())) and strategy != "fsedp":
+        out["shared_owner"] = draw(st.lists(dies, min_size=shared, max_size=shared))
+    if strategy == "fsedp":
+        out["trajectory"] = draw(st.sampled_from(CYCLES))
+        out["closed"] = draw(st.booleans())
+        out["rules"] = draw(st.sampled_from(["r1-r4", "naive"]))
+        out["order"] = draw(st.sampled_from(["natural", "paired", "balanced"]))
+        out["r5"] = draw(st.booleans())
+        out["slack"] = draw(st.sampled_from([0, 0.1, 0.25, 1.0]))
+    return out
+
+
+@st.composite
+def policies(draw: st.DrawFn, layer: MoEDecl, lays: list[SliceLayout]) -> RuntimePolicy:
     n = layer.experts
+    strategy = draw(
+        st.sampled_from(KNOWN_STRATEGIES) | plain_names.filter(lambda s: s not in KNOWN_STRATEGIES)
+    )
+    params = (
+        draw(typed_params(strategy, layer, lays))
+        if strategy in KNOWN_STRATEGIES  # typed: only valid values verify
+        else draw(st.dictionaries(keys, values, max_size=5))  # a new strategy: anything
+    )
     return RuntimePolicy(
         layer=layer.name,
-        strategy=draw(st.sampled_from(["ep", "tp", "hydra", "eplb", "fsedp"]) | plain_names),
-        params=draw(st.dictionaries(keys, values, max_size=5)),
+        strategy=strategy,
+        params=params,
         precision=tuple(draw(st.lists(st.sampled_from(DTYPES), min_size=n, max_size=n)))
         if draw(st.booleans())
         else (),
@@ -229,7 +282,8 @@ def programs(draw: st.DrawFn) -> Program:
         if placed or draw(st.booleans()):
             if not placed:
                 streams[0].append(MoE(layer.name))
-            runtime.append(draw(policies(layer)))
+            lays = [lay for lay in layouts if lay.layer == layer.name]
+            runtime.append(draw(policies(layer, lays)))
     # a die may have an empty stream, or none at all
     dies = [d for d in range(DIES) if len(streams[d]) > 0 or draw(st.booleans())]
     override_choices: list[tuple[tuple[str, int | float | str], ...]] = [

@@ -2,30 +2,22 @@
 
 Dense islands run in onnx's reference evaluator on the weights companion (the residual model,
 each MoE layer one ``ai.moec::MoE`` node); at each MoE node the interpreter routes the tokens
-(:func:`moec.ir.moe.route`), asks the caller for that layer's per-die instructions (the runtime
-expansion for this routing, or the static program's instructions of the layer) and executes
-them:
+(:func:`moec.ir.moe.route`), asks the caller for that layer's routing after the runtime rules
+and its per-die instructions (the runtime expansion for this routing, or the static program's
+instructions of the layer) and executes them (:class:`~.numerics_ops.LayerExec`: one numerics
+handler per opcode). The reference ``evaluate`` of ir/moe is never called.
 
-* ``load``/``recv`` into a slot names the micro-slice it holds; ``free`` empties it;
-* ``gemm`` computes the slice's activated intermediate for its tokens
-  (:func:`moec.ir.moe.expert_hidden` over the slice's columns: gate and up projections with the
-  activation, the building block ir/moe provides), ``act`` checks that it did, ``accum`` adds
-  ``gate score x expert_down(slice rows)`` (the down bias with slice 0 only) into the die's
-  partial outputs; a shared-expert slice adds ``shared_ffn`` of its columns;
-* ``send x`` makes tokens' inputs present on the receiving die (a ``gemm`` on a die that does
-  not hold its tokens' inputs is an error); ``send y`` moves partial outputs (the sender's rows
-  are zeroed) and the receiver adds them.
-
-Dies execute in program order; the k-th send a->b is the k-th recv on b. The layer's output for
-a token is its home die's partial sum; partial sums left on any other die are an error. The
-reference ``evaluate`` of ir/moe is never called.
+The companion also records each MoE layer's per-expert weight precision when the compiler
+quantized its experts (``assign-precision``: node attribute ``precision``, one name per expert;
+absent: every expert at the layer's dtype); :func:`check_precision` holds a program's precision
+tables to it, so a table edited without the weights is a located error, not timing for one
+precision and numbers for another.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -35,33 +27,12 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from moec.backends.interp.expand import tokens_of
+from moec.backends.interp.numerics_ops import LayerExec
+from moec.ir.companion import PRECISION_ATTR
 from moec.ir.errors import ProgramError, ScheduleError
-from moec.ir.moe import (
-    MoELayer,
-    expert_down,
-    expert_hidden,
-    layer_from_config,
-    present,
-    route,
-    shared_ffn,
-)
+from moec.ir.moe import MoELayer, layer_from_config, present, route
 from moec.ir.routing import LayerRouting, assign_home_dies
-from moec.ir.stream.printer import instr as instr_text
-from moec.ir.stream.program import (
-    Accum,
-    Act,
-    Free,
-    Gemm,
-    Instr,
-    Load,
-    Program,
-    Recv,
-    Send,
-    SliceLayout,
-    SliceRef,
-    TokenSet,
-)
+from moec.ir.stream.program import Instr, Program, SliceLayout
 
 MOEC_DOMAIN = "ai.moec"
 
@@ -110,6 +81,7 @@ def moe_layers(model: onnx.ModelProto, where: str) -> dict[str, MoELayer]:
         if node.op_type != "MoE" or node.domain != MOEC_DOMAIN:
             continue
         attrs = {a.name: _attr(a) for a in node.attribute}
+        attrs.pop(PRECISION_ATTR, None)
         name = attrs.pop("layer", None)
         if not isinstance(name, str):
             raise ProgramError(f"MoE node {node.name!r} has no 'layer' attribute", where)
@@ -123,152 +95,54 @@ def moe_layers(model: onnx.ModelProto, where: str) -> dict[str, MoELayer]:
     return out
 
 
-class LayerExec:
-    """Executes one MoE layer's per-die instructions on real arrays."""
-
-    def __init__(
-        self,
-        layer: MoELayer,
-        layouts: dict[tuple[str, bool], SliceLayout],
-        x: np.ndarray,
-        routing: LayerRouting,
-    ) -> None:
-        self.layer, self.x = layer, x
-        T = x.shape[0]
-        self.gate = np.zeros((T, layer.num_experts), dtype=np.float32)
-        kept = routing.ids >= 0  # -1: a pair dropped by a runtime skip rule
-        self.gate[np.nonzero(kept)[0], routing.ids[kept]] = routing.gates[kept]
-        self.home = np.asarray(routing.home_die, dtype=np.int64)
-        self.layouts = layouts
-        self._tok: dict[TokenSet, np.ndarray] = {}
-
-    def tok(self, ts: TokenSet) -> np.ndarray:
-        a = self._tok.get(ts)
-        if a is None:
-            a = self._tok[ts] = tokens_of(ts)
-        return a
-
-    def cols(self, c: SliceRef) -> tuple[slice, int]:
-        lay = self.layouts.get((c.layer, c.expert is None))
-        if lay is None:
-            raise ScheduleError(f"micro-slice {c} but layer {c.layer} has no layout")
-        a, b = lay.columns[c.slice]
-        return slice(a, b), c.slice
-
-    def run(self, per_die: dict[int, list[Instr]], num_dies: int) -> np.ndarray:
-        L = self.layer
-        T, d = self.x.shape
-        ybuf = np.zeros((num_dies, T, d), dtype=np.float32)
-        has_x = np.zeros((num_dies, T), dtype=bool)
-        has_x[self.home, np.arange(T)] = True
-        slots: list[dict[int, SliceRef]] = [{} for _ in range(num_dies)]
-        hidden: list[dict[int, tuple[TokenSet, np.ndarray | None, bool]]] = [
-            {} for _ in range(num_dies)
-        ]
-        wires: dict[tuple[int, int], deque[Any]] = defaultdict(deque)
-        pcs = dict.fromkeys(per_die, 0)
-        progress = True
-        while progress:
-            progress = False
-            for die in sorted(per_die):
-                instrs = per_die[die]
-                pc = pcs[die]
-                while pc < len(instrs):
-                    i = instrs[pc]
-                    if isinstance(i, Recv) and not wires[(i.peer, die)]:
-                        break
-                    try:
-                        self.step(die, i, ybuf, has_x, slots[die], hidden[die], wires)
-                    except ScheduleError as err:
-                        raise ScheduleError(
-                            f"while executing '{instr_text(i)}' on die {die}: {err.message}",
-                            err.where,
-                        ) from None
-                    pc += 1
-                if pc != pcs[die]:
-                    pcs[die] = pc
-                    progress = True
-        blocked = [die for die in per_die if pcs[die] < len(per_die[die])]
-        if blocked:
-            die = blocked[0]
-            raise ScheduleError(
-                f"layer {L.name}: die {die} blocks on '{instr_text(per_die[die][pcs[die]])}'"
+def weights_precision(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
+    """Per MoE layer whose experts the compiler quantized, each expert's recorded precision."""
+    out: dict[str, tuple[str, ...]] = {}
+    for node in model.graph.node:
+        if node.op_type != "MoE" or node.domain != MOEC_DOMAIN:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if PRECISION_ATTR in attrs and "layer" in attrs:
+            values = onnx.helper.get_attribute_value(attrs[PRECISION_ATTR])
+            out[str(_attr(attrs["layer"]))] = tuple(
+                v.decode() if isinstance(v, bytes) else str(v) for v in values
             )
-        y = ybuf[self.home, np.arange(T)]
-        ybuf[self.home, np.arange(T)] = 0.0
-        left = np.argwhere(np.any(ybuf != 0.0, axis=2))
-        if left.size:
-            die, t = (int(v) for v in left[0])
-            raise ScheduleError(
-                f"layer {L.name}: partial output of token {t} left on die {die}, which is not "
-                f"its home die {int(self.home[t])}"
+    return out
+
+
+def check_precision(p: Program, recorded: dict[str, tuple[str, ...]]) -> None:
+    """Every runtime policy's precision table agrees with the weights companion.
+
+    A layer the companion records nothing for holds its experts at the layer's dtype; a policy
+    without a table runs them all at the layer's dtype. The first expert that differs is a
+    :class:`ProgramError` at the table (or the policy, when it has none).
+    """
+    for r in p.runtime:
+        decl = p.layer(r.layer)
+        if decl is None:
+            continue
+        table = r.precision or (decl.dtype,) * decl.experts
+        weights = recorded.get(r.layer, (decl.dtype,) * decl.experts)
+        if len(weights) != len(table):
+            raise ProgramError(
+                f"runtime {r.layer}: the weights file records {len(weights)} expert "
+                f"precisions, the layer has {decl.experts} experts",
+                r.precision_loc or r.loc or p.filename,
             )
-        return y
-
-    def step(
-        self, die: int, i: Instr, ybuf: np.ndarray, has_x: np.ndarray,
-        slots: dict[int, SliceRef], hidden: dict[int, tuple[TokenSet, np.ndarray | None, bool]],
-        wires: dict[tuple[int, int], deque[Any]],
-    ) -> None:  # fmt: skip
-        L = self.layer
-        if isinstance(i, Load):
-            if isinstance(i.content, SliceRef):
-                slots[i.slot] = i.content
-        elif isinstance(i, Free):
-            slots.pop(i.slot, None)
-            hidden.pop(i.slot, None)
-        elif isinstance(i, Send):
-            if i.block is not None:
-                toks = self.tok(i.block.tokens)
-                if i.block.which == "x":
-                    if not has_x[die, toks].all():
-                        raise ScheduleError("sends inputs of tokens this die does not hold")
-                    wires[(die, i.peer)].append(("x", toks))
-                else:
-                    wires[(die, i.peer)].append(("y", toks, ybuf[die, toks].copy()))
-                    ybuf[die, toks] = 0.0
-            else:
-                assert i.slot is not None
-                wires[(die, i.peer)].append(("slot", slots.get(i.slot)))
-        elif isinstance(i, Recv):
-            msg = wires[(i.peer, die)].popleft()
-            if msg[0] == "x":
-                has_x[die, msg[1]] = True
-            elif msg[0] == "y":
-                ybuf[die, msg[1]] += msg[2]
-            elif i.slot is not None and isinstance(i.content, SliceRef):
-                slots[i.slot] = i.content
-        elif isinstance(i, Gemm | Act | Accum):
-            c = slots.get(i.slot)
-            if c is None or c.layer != L.name:
-                return
-            toks = self.tok(i.tokens)
-            if isinstance(i, Gemm):
-                if not has_x[die, toks].all():
-                    raise ScheduleError("computes tokens whose inputs are not on this die")
-                cols, _ = self.cols(c)
-                h = None if c.expert is None else expert_hidden(L, c.expert, self.x[toks], cols)
-                hidden[i.slot] = (i.tokens, h, False)
-                return
-            got = hidden.get(i.slot)
-            if got is None or got[0] != i.tokens:
-                raise ScheduleError(f"{i.opcode} of tokens without a matching gemm")
-            if isinstance(i, Act):
-                hidden[i.slot] = (got[0], got[1], True)
-                return
-            if not got[2]:
-                raise ScheduleError("accum before act")
-            cols, j = self.cols(c)
-            if c.expert is None:
-                ybuf[die, toks] += shared_ffn(L, self.x[toks], cols, with_gate=True)
-            else:
-                assert got[1] is not None
-                part = expert_down(L, c.expert, got[1], cols, with_bias=(j == 0))
-                ybuf[die, toks] += part * self.gate[toks, c.expert][:, None]
+        for e, (said, held) in enumerate(zip(table, weights, strict=True)):
+            if said != held:
+                whose = "precision table" if r.precision else "layer dtype (no precision table)"
+                raise ProgramError(
+                    f"runtime {r.layer}: the {whose} says expert {e} is {said}, but the "
+                    f"weights file holds it at {held}; compile the program again (numerics "
+                    "follow the weights, timing follows the table)",
+                    r.precision_loc or r.loc or p.filename,
+                )
 
 
-#: ``instructions(layer name, routing) -> {die: [instructions]}`` for one MoE layer
-LayerInstructions = Callable[[str, LayerRouting], dict[int, list[Instr]]]
+#: ``instructions(layer name, routing) -> (routing after the runtime rules, {die: [instructions]})``
+#: for one MoE layer
+LayerInstructions = Callable[[str, LayerRouting], tuple[LayerRouting, dict[int, list[Instr]]]]
 
 
 def evaluate_model(
@@ -285,7 +159,8 @@ def evaluate_model(
 ) -> tuple[dict[str, np.ndarray], list[LayerRouting]]:
     """Run the residual model with every MoE layer executed from its instructions.
 
-    Returns the graph outputs by name and the routing each layer saw (in execution order).
+    Returns the graph outputs by name and the routing each layer ran with, after its runtime
+    rules (in execution order).
     """
     routings: list[LayerRouting] = []
 
@@ -306,9 +181,10 @@ def evaluate_model(
             if home_die is not None and name in home_die
             else assign_home_dies(T, num_dies, "blocks")
         )
-        r = LayerRouting(name, layer.num_experts, layer.top_k, ids, gates, home)
+        r, per_die = instructions(
+            name, LayerRouting(name, layer.num_experts, layer.top_k, ids, gates, home)
+        )
         routings.append(r)
-        per_die = instructions(name, r)
         y = LayerExec(layer, layouts, x2, r).run(per_die, num_dies)
         return y.reshape(shape).astype(x.dtype, copy=False)
 

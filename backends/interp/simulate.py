@@ -9,8 +9,9 @@
 * **timing only** (no inputs): ``routings`` (one per MoE layer of the program, in order) drive the
   runtime expansion; a fully static program needs none.
 
-Loads of offloaded experts' micro-slices (``annotate resident``) are moved to the host tier
-right after each expansion (:mod:`.offload`).
+Both take one path per MoE layer, :func:`expand_runtime`: the policy's rules rewrite the routing
+(:mod:`.rules`), the strategy expands it (:mod:`.expand`), and loads of offloaded experts'
+micro-slices (``annotate resident``) move to the host tier (:mod:`.offload`).
 
 Either way the runtime part is expanded into a fully static program (``RunResult.expanded``),
 which is what the timing machine (:mod:`.timing`) runs, so running ``expanded`` again gives the
@@ -28,22 +29,31 @@ import numpy as np
 
 from moec.backends.interp.expand import expand_layer, layouts_for, splice
 from moec.backends.interp.expand.fsedp_deferred import charge_deferred
-from moec.backends.interp.numerics import evaluate_model, load_weights, moe_layers
+from moec.backends.interp.numerics import (
+    check_precision,
+    evaluate_model,
+    load_weights,
+    moe_layers,
+    weights_precision,
+)
 from moec.backends.interp.offload import check_declarations, offload_loads
 from moec.backends.interp.report import Report, chrome_trace, make_report
-from moec.backends.interp.rules import apply_rules, apply_rules_in_place
+from moec.backends.interp.rules import apply_rules
 from moec.backends.interp.timing import Timeline, run_timing
 from moec.ir.errors import ProgramError, ScheduleError, TraceError
 from moec.ir.routing import LayerRouting, RoutingTrace, validate
+from moec.ir.stream.kinds import SLOT
+from moec.ir.stream.opcodes import OPCODES
 from moec.ir.stream.program import (
     Free,
-    Gemm,
     Instr,
     Load,
     MoE,
+    MoEDecl,
     Program,
     Recv,
     Send,
+    SliceLayout,
     SliceRef,
 )
 from moec.ir.stream.verify import verify_program
@@ -100,8 +110,11 @@ def check_routings(
 
 
 def layer_instructions(p: Program) -> dict[str, dict[int, list[Instr]]]:
-    """Per MoE layer and die, the static instructions that touch the layer (slots, blocks)."""
+    """Per MoE layer and die, the static instructions that touch the layer: loads and recvs of
+    its micro-slices, its activation blocks, and any instruction whose slot operand (by the
+    opcode table) holds one of its micro-slices."""
     out: dict[str, dict[int, list[Instr]]] = {m.name: {} for m in p.layers}
+    slot_of = {d.cls: n for d in OPCODES.defs() for n, kind in d.operands if kind is SLOT}
     for st in p.streams:
         holds: dict[int, str] = {}
         for i in st.instrs:
@@ -111,12 +124,10 @@ def layer_instructions(p: Program) -> dict[str, dict[int, list[Instr]]]:
                 holds[i.slot] = layer  # type: ignore[index]
             elif isinstance(i, Send | Recv) and i.block is not None:
                 layer = i.block.layer
-            elif isinstance(i, Send) and i.slot is not None:
-                layer = holds.get(i.slot)
-            elif isinstance(i, Gemm) or getattr(i, "opcode", "") in ("act", "accum"):
-                layer = holds.get(i.slot)  # type: ignore[union-attr]
             elif isinstance(i, Free):
                 layer = holds.pop(i.slot, None)
+            elif type(i) in slot_of and not isinstance(i, Load | Recv):  # a use of the slot
+                layer = holds.get(getattr(i, slot_of[type(i)]))
             if layer is not None and layer in out:
                 out[layer].setdefault(st.die, []).append(i)
     return out
@@ -146,6 +157,22 @@ def first_layers(p: Program, n: int) -> Program:
     )
 
 
+def expand_runtime(
+    p: Program,
+    target: Target,
+    m: MoEDecl,
+    routing: LayerRouting,
+    layouts: dict[tuple[str, bool], SliceLayout],
+) -> tuple[LayerRouting, dict[int, list[Instr]]]:
+    """One MoE layer's runtime part for ``routing``: the policy's rules rewrite the routing
+    (:func:`~.rules.apply_rules`), the strategy expands it, offloaded experts load from the host
+    (:func:`~.offload.offload_loads`). Returns the rewritten routing and the per-die
+    instructions; the numerics and the timing-only run both come through here."""
+    r = apply_rules(p, target, m.name, routing)
+    per_die = expand_layer(p, target, m, r, layouts[(m.name, False)], layouts.get((m.name, True)))
+    return r, offload_loads(per_die, p.policy(m.name), m)
+
+
 def simulate(
     program: Program,
     *,
@@ -170,30 +197,26 @@ def simulate(
     given = check_routings(program, tgt, routings) if routings is not None else None
     static_parts: dict[str, dict[int, list[Instr]]] = {}
 
-    def instructions(name: str, r: LayerRouting) -> dict[int, list[Instr]]:
+    def instructions(name: str, r: LayerRouting) -> tuple[LayerRouting, dict[int, list[Instr]]]:
         m = program.layer(name)
         if m is None:
             raise ProgramError(f"the weights have MoE layer {name}, the program does not")
         if program.policy(name) is None:
-            return static_parts.setdefault(name, {})
-        apply_rules_in_place(program, tgt, name, r)  # r is this run's own routing
-        per_die = expand_layer(
-            program, tgt, m, r, layouts[(name, False)], layouts.get((name, True))
-        )
-        per_die = offload_loads(per_die, program.policy(name), m)
-        expansions[name] = per_die
-        return per_die
+            return r, static_parts.setdefault(name, {})
+        r, expansions[name] = expand_runtime(program, tgt, m, r, layouts)
+        return r, expansions[name]
 
     if inputs is not None:
         model = load_weights(program, base_dir)
+        check_precision(program, weights_precision(model))
         static_parts.update(layer_instructions(program))
         home = {k: v.home_die for k, v in given.items()} if given else None
-        outputs, seen = evaluate_model(
+        outputs, used = evaluate_model(
             model, moe_layers(model, program.filename), inputs, num_dies=tgt.num_dies,
             tokens={m.name: m.tokens for m in program.layers}, layouts=layouts,
             instructions=instructions, home_die=home, where=program.filename,
         )  # fmt: skip
-        by_name = {r.name: r for r in seen}
+        by_name = {r.name: r for r in used}
         missing = [m.name for m in program.layers if m.name not in by_name]
         if missing:
             raise ProgramError(f"the weights model never runs MoE layer {missing[0]}")
@@ -207,18 +230,11 @@ def simulate(
                     program.filename,
                 )
             given = {}
+        used = []
         for m in program.layers:
             r = given.get(m.name)
-            if r is not None and program.policy(m.name) is not None:
-                r = given[m.name] = apply_rules(program, tgt, m.name, r)
-                expansions[m.name] = offload_loads(
-                    expand_layer(
-                        program, tgt, m, r, layouts[(m.name, False)], layouts.get((m.name, True))
-                    ),
-                    program.policy(m.name),
-                    m,
-                )
-        used = [given[m.name] for m in program.layers if m.name in given]
+            if r is not None:
+                used.append(instructions(m.name, r)[0])
     expanded = program if program.is_static else splice(program, expansions, layouts)
     if verify and expanded is not program:
         verify_program(expanded, tgt)

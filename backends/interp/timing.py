@@ -76,45 +76,41 @@ Every resource is FIFO in the order ops claim it (its ``free_at`` only grows), s
 reservation, claimed when the previous stage of its load ends and started no earlier than the
 link's ``free_at``, never overlaps another hold; it only reaches back into time the link spent
 idle.
+
+**Code.** Each opcode's rules are its timing handler (:mod:`.timing_ops`, registered against the
+opcode table); :mod:`.opgraph` holds the op graph and the builder that calls them,
+:mod:`.sram` the SRAM accounting; this module runs the event loop.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass, field
 
-import numpy as np
-
+import moec.backends.interp.timing_ops  # noqa: F401 - registers every opcode's timing handler
 from moec.backends.interp.engine import EventQueue
-from moec.ir.activations import h_bytes, x_row_bytes, y_row_bytes
-from moec.ir.cost import GB
+from moec.backends.interp.opgraph import (
+    COMPUTE,
+    DELAY,
+    DENSE_DRAM,
+    KIND_NAMES,
+    LOAD,
+    PRIORITY,
+    SYNC,
+    TIMING,
+    XFER,
+    Builder,
+)
+from moec.backends.interp.sram import sram_peaks
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.printer import instr as instr_text
-from moec.ir.stream.program import (
-    HOST_CHANNEL,
-    Accum,
-    Act,
-    Dense,
-    Free,
-    Gemm,
-    Instr,
-    Load,
-    MoE,
-    Program,
-    Recv,
-    Send,
-    Signal,
-    SliceRef,
-    TokenSet,
-    Wait,
-)
-from moec.ir.target import PRECISION_BYTES, Target
+from moec.ir.stream.program import Instr, Program
+from moec.ir.target import Target
 
-# op kinds
-COMPUTE, LOAD, XFER, SYNC, DENSE_DRAM, DELAY = 0, 1, 2, 3, 4, 5
-KIND_NAMES = ("compute", "load", "transfer", "sync", "dense-dram", "delay")
-# ops with no resource go first at equal times, so a freed slot is seen by a load at that time
-_PRIORITY = (1, 1, 1, 0, 1, 0)
+__all__ = [
+    "COMPUTE", "DELAY", "DENSE_DRAM", "KIND_NAMES", "LOAD", "SYNC", "TIMING", "XFER", "Timeline",
+    "run_timing",
+]  # fmt: skip
 
 
 @dataclass
@@ -153,550 +149,9 @@ class Timeline:
     peak_slot_bytes: list[int] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _LoadPath:
-    """How a load from one channel (or the host) reaches one die."""
-
-    #: the channel's (or the die's host link's) resource id
-    res: int
-    latency: float
-    #: bytes per second
-    bw: float
-    #: per hop of the route: (link resource, latency, bytes per second, the larger of this link's
-    #: and the slowest upstream bandwidth: ``bytes / it`` is how far the hop's hold may start
-    #: before the previous stage ends)
-    hops: tuple[tuple[int, float, float, float], ...]
-
-
-class _Graph:
-    """Ops as parallel lists (no per-op objects: the hot loop reads lists by op id)."""
-
-    def __init__(self) -> None:
-        self.kind: list[int] = []
-        self.dur: list[float] = []
-        self.res: list[tuple[int, ...]] = []
-        self.ndeps: list[int] = []
-        self.succ: list[list[int]] = []
-        self.die: list[int] = []
-        self.instr: list[Instr | None] = []
-        self.layer: list[int] = []
-        self.island: list[int] = []
-        #: how long before its ready time an op may start (a load's tail reservation on a link)
-        self.back: list[float] = []
-
-    def add(
-        self, kind: int, dur: float, res: tuple[int, ...], die: int, instr: Instr | None,
-        layer: int = -1, island: int = -1, back: float = 0.0,
-    ) -> int:  # fmt: skip
-        self.kind.append(kind)
-        self.dur.append(dur)
-        self.back.append(back)
-        self.res.append(res)
-        self.ndeps.append(0)
-        self.succ.append([])
-        self.die.append(die)
-        self.instr.append(instr)
-        self.layer.append(layer)
-        self.island.append(island)
-        return len(self.kind) - 1
-
-    def edge(self, a: int | None, b: int) -> None:
-        if a is not None and a != b:
-            self.succ[a].append(b)
-            self.ndeps[b] += 1
-
-
-def _precision_of(nbytes: int, elements: int, default: str) -> str:
-    """The precision whose element size makes ``elements`` weigh ``nbytes``, else ``default``."""
-    if elements <= 0 or int(round(elements * PRECISION_BYTES.get(default, 0))) == nbytes:
-        return default
-    for name, size in PRECISION_BYTES.items():
-        if int(round(elements * size)) == nbytes:
-            return name
-    return default
-
-
-@dataclass
-class _LayerActs:
-    """What one die does with one MoE layer's activations (op ids and token sets)."""
-
-    ops: list[int] = field(default_factory=list)
-    #: x reads: gemm and send x
-    x_uses: list[tuple[int, TokenSet]] = field(default_factory=list)
-    #: x blocks received: (arrival op, tokens); ``recv_x_start``: (the link hold's op, tokens)
-    recv_x: list[tuple[int, TokenSet]] = field(default_factory=list)
-    recv_x_start: list[tuple[int, TokenSet]] = field(default_factory=list)
-    accums: list[tuple[int, TokenSet]] = field(default_factory=list)
-    #: y blocks received: (the link hold's op, arrival op, tokens, bytes)
-    recv_y: list[tuple[int, int, TokenSet, int]] = field(default_factory=list)
-    send_y: list[tuple[int, TokenSet]] = field(default_factory=list)
-    #: slices in flight: (gemm op, accum op, bytes of h)
-    h: list[tuple[int, int, int]] = field(default_factory=list)
-
-
-def _mask(sets: list[TokenSet], n: int) -> np.ndarray:
-    m = np.zeros(n, dtype=bool)
-    for ts in sets:
-        for a, b in ts.ranges:
-            m[a : b + 1] = True
-    return m
-
-
-def _first_last(
-    items: list[tuple[int, TokenSet]], times: list[float], n: int, first: bool
-) -> np.ndarray:  # fmt: skip
-    """Per token, the earliest (``first``) or latest ``times[op]`` of the items covering it."""
-    out = np.full(n, np.inf if first else -np.inf)
-    for op, ts in items:
-        t = times[op]
-        for a, b in ts.ranges:
-            seg = out[a : b + 1]
-            if first:
-                np.minimum(seg, t, out=seg)
-            else:
-                np.maximum(seg, t, out=seg)
-    return out
-
-
-def _activation_events(
-    acts: _LayerActs, tokens: int, hidden: int, dtype: str, start: list[float],
-    end: list[float],
-) -> tuple[list[float], list[int]]:  # fmt: skip
-    """Allocation (+bytes) and release (-bytes) events of one die's activations of one layer
-    (the rules of :mod:`moec.ir.activations`)."""
-    times: list[float] = []
-    deltas: list[int] = []
-    if not acts.ops:
-        return times, deltas
-    lo = min(start[op] for op in acts.ops)
-    hi = max(end[op] for op in acts.ops)
-    xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
-    n = tokens
-    received = _mask([ts for _, ts in acts.recv_x], n)
-    home = _mask([ts for _, ts in acts.x_uses], n) & ~received
-    if acts.recv_y:
-        sent_y = _mask([ts for _, ts in acts.send_y], n)
-        home |= _mask([ts for _, _, ts, _ in acts.recv_y], n) & ~sent_y & ~received
-    k = int(home.sum())
-    if k:
-        times += [lo, hi]
-        deltas += [k * (xb + yb), -k * (xb + yb)]
-    if acts.recv_x:  # other dies' inputs: first recv to last use
-        first = _first_last(acts.recv_x_start, start, n, True)
-        last = _first_last(acts.x_uses, end, n, False)
-        arrived = _first_last(acts.recv_x, end, n, True)
-        idx = np.nonzero(received)[0]
-        f, last_use = first[idx], np.maximum(last[idx], arrived[idx])
-        times += f.tolist() + last_use.tolist()
-        deltas += [xb] * idx.size + [-xb] * idx.size
-    if acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
-        first = np.minimum(
-            _first_last(acts.accums, start, n, True),
-            _first_last([(op, ts) for _, op, ts, _ in acts.recv_y], end, n, True),
-        )
-        last = _first_last(acts.send_y, end, n, False)
-        idx = np.nonzero(~home & np.isfinite(first))[0]
-        f = first[idx]
-        release = np.where(np.isfinite(last[idx]), np.maximum(last[idx], f), hi)
-        times += f.tolist() + release.tolist()
-        deltas += [yb] * idx.size + [-yb] * idx.size
-    for hold, op, _, nbytes in acts.recv_y:  # landing buffer while the block crosses the link
-        times += [start[hold], end[op]]
-        deltas += [nbytes, -nbytes]
-    for g, a, nbytes in acts.h:
-        times += [start[g], end[a]]
-        deltas += [nbytes, -nbytes]
-    return times, deltas
-
-
-class _Builder:
-    """Turns a static program into the op graph (all edges known before the run)."""
-
-    def __init__(self, p: Program, target: Target) -> None:
-        self.p, self.t = p, target
-        self.g = _Graph()
-        D, C = target.num_dies, len(target.channels)
-        self.D, self.C = D, C
-        self.link_id = {(lk.src, lk.dst): D + C + k for k, lk in enumerate(target.links)}
-        # host links, one per die, after the D2D links
-        self.host_base = D + C + len(target.links)
-        hosts = D if target.host is not None else 0
-        self.num_res = self.host_base + hosts
-        self.res_names = (
-            [f"die {d} compute" for d in range(D)]
-            + [f"ch{c.id} (die {c.die})" for c in target.channels]
-            + [f"link {lk.src}->{lk.dst}" for lk in target.links]
-            + [f"host link {d}" for d in range(hosts)]
-        )
-        self.host_bytes = [0] * hosts
-        self.layers = {m.name: (k, m) for k, m in enumerate(p.layers)}
-        self.islands = {isl.name: k for k, isl in enumerate(p.islands)}
-        self.layouts = {(lay.layer, lay.shared): lay for lay in p.layouts}
-        self.dram_bytes = [0] * C
-        self.link_bytes: dict[int, int] = defaultdict(int)
-        self.dense_precision = p.layers[0].dtype if p.layers else "fp16"
-        self._load_paths: dict[tuple[int, int], _LoadPath] = {}
-        # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
-        self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
-        self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
-        self.waiters: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-        self.signal_event: dict[int, str] = {}
-        # slot fills and frees, for SRAM: (die, fill op, free op or -1)
-        self.fills: list[tuple[int, int, list[int]]] = []
-        # activations, for SRAM: (die, layer index) -> what the die does with them
-        self.acts: dict[tuple[int, int], _LayerActs] = {}
-
-    # --- costs ---
-    def load_path(self, channel: int, die: int) -> _LoadPath:
-        """The resources and rates a load from ``channel`` into ``die`` goes through."""
-        key = (channel, die)
-        hit = self._load_paths.get(key)
-        if hit is None and channel == HOST_CHANNEL:
-            host = self.t.host
-            if host is None:
-                raise ScheduleError(
-                    f"die {die} loads from the host, but target {self.t.name} has no host tier"
-                )
-            hit = _LoadPath(self.host_base + die, host.latency_s, host.gbps * GB, ())
-            self._load_paths[key] = hit
-        elif hit is None:
-            ch = self.t.channel(channel)
-            path = self.t.route(ch.die, die)
-            hops = []
-            upstream = ch.gbps * GB  # the slowest bandwidth before this hop
-            for a, b in zip(path, path[1:], strict=False):
-                lk = self.t.link(a, b)
-                bw = lk.gbps * GB
-                hops.append((self.link_id[(a, b)], lk.latency_s, bw, max(bw, upstream)))
-                upstream = min(upstream, bw)
-            hit = _LoadPath(self.D + channel, ch.latency_s, ch.gbps * GB, tuple(hops))
-            self._load_paths[key] = hit
-        return hit
-
-    def read(
-        self, kind: int, channel: int, die: int, nbytes: int, i: Instr, layer: int = -1,
-        island: int = -1,
-    ) -> tuple[int, int]:  # fmt: skip
-        """The ops of a DRAM (or host) read into ``die``: ``(first, last)``.
-
-        The first op holds the channel (or host link) for ``bytes / bandwidth``, and a
-        :meth:`delay` op for its latency follows; then, per hop of the route, an op holding that
-        link for ``bytes / link bandwidth`` as a tail reservation (``back``: the module
-        docstring's rule) and a delay for the hop's latency. The last op's end is when the data
-        has arrived.
-        """
-        lp = self.load_path(channel, die)
-        g = self.g
-        first = g.add(kind, nbytes / lp.bw, (lp.res,), die, i, layer, island)
-        last = self.delay(first, lp.latency)
-        for res, lat, bw, cap in lp.hops:
-            op = g.add(kind, nbytes / bw, (res,), die, i, layer, island, nbytes / cap)
-            g.edge(last, op)
-            self.link_bytes[res] += nbytes
-            last = self.delay(op, lat)
-        if channel == HOST_CHANNEL:
-            self.host_bytes[die] += nbytes
-        else:
-            self.dram_bytes[channel] += nbytes
-        return first, last
-
-    def delay(self, hold: int, latency: float) -> int:
-        """The op at which ``hold``'s data arrives: ``latency`` after its end, holding nothing
-        (access latency is pipelined, it occupies no resource). ``hold`` itself when
-        ``latency`` is 0."""
-        if latency <= 0.0:
-            return hold
-        g = self.g
-        op = g.add(
-            DELAY, latency, (), g.die[hold], g.instr[hold], g.layer[hold], g.island[hold]
-        )  # fmt: skip
-        g.edge(hold, op)
-        return op
-
-    def slice_geometry(self, c: SliceRef) -> tuple[int, int, int, str, bool]:
-        """(hidden, width, elements, dtype, gated) of a micro-slice."""
-        _, m = self.layers[c.layer]
-        lay = self.layouts.get((c.layer, c.expert is None))
-        if lay is None:
-            raise ScheduleError(f"micro-slice {c} but layer {c.layer} declares no layout")
-        w = lay.width(c.slice)
-        mats = 3 if (m.gated or c.expert is None) else 2
-        return m.hidden, w, mats * m.hidden * w, m.dtype, m.gated or c.expert is None
-
-    # --- the walk ---
-    def build(self) -> None:
-        g, t = self.g, self.t
-        for st in sorted(self.p.streams, key=lambda s: s.die):
-            die = st.die
-            rate: dict[str, float] = {}
-            fence: int | None = None  # latest wait
-            since_signal: list[int] = []
-            last_signal: int | None = None
-            last_compute: int | None = None
-            slot_fill: dict[int, int] = {}
-            slot_fill_info: dict[int, tuple[SliceRef | None, str]] = {}
-            slot_uses: dict[int, list[int]] = defaultdict(list)
-            slot_free: dict[int, int] = {}
-            slot_fill_rec: dict[int, list[int]] = {}
-            last_recv: dict[tuple[str, str], int] = {}
-            pending_h: dict[int, tuple[int, int]] = {}  # slot -> (gemm op, bytes of h)
-            acts = self.acts
-
-            def flops_time(
-                flops: float, precision: str, _rate: dict[str, float] = rate, _die: int = die
-            ) -> float:
-                r = _rate.get(precision)
-                if r is None:
-                    r = t.die(_die).flops_per_s(precision)
-                    _rate[precision] = r
-                return flops / r
-
-            for i in st.instrs:
-                if isinstance(i, Gemm | Act | Accum):
-                    content, prec = slot_fill_info.get(i.slot, (None, "fp16"))
-                    if content is None:
-                        raise ScheduleError(
-                            f"die {die}: '{instr_text(i)}' needs a micro-slice in s{i.slot}"
-                        )
-                    hidden, w, _, _, gated = self.slice_geometry(content)
-                    n = len(i.tokens)
-                    if isinstance(i, Gemm):
-                        flops = 2.0 * n * hidden * w * (2 if gated else 1)
-                    elif isinstance(i, Act):
-                        flops = 2.0 * n * w
-                    else:
-                        flops = 2.0 * n * w * hidden
-                    lk, _ = self.layers[content.layer]
-                    op = g.add(COMPUTE, flops_time(flops, prec), (die,), die, i, lk)
-                    la = acts.get((die, lk)) or acts.setdefault((die, lk), _LayerActs())
-                    la.ops.append(op)
-                    if isinstance(i, Gemm):
-                        la.x_uses.append((op, i.tokens))
-                        pending_h[i.slot] = (op, h_bytes(n, w, gated))
-                    elif isinstance(i, Accum):
-                        la.accums.append((op, i.tokens))
-                        gemm = pending_h.pop(i.slot, None)
-                        if gemm is not None:
-                            la.h.append((gemm[0], op, gemm[1]))
-                    g.edge(fence, op)
-                    g.edge(last_compute, op)
-                    g.edge(slot_fill.get(i.slot), op)
-                    if isinstance(i, Gemm):
-                        g.edge(last_recv.get((content.layer, "x")), op)
-                    last_compute = op
-                    slot_uses[i.slot].append(op)
-                    since_signal.append(op)
-                elif isinstance(i, Load):
-                    tag = -1
-                    prec = self.dense_precision
-                    c = i.content
-                    sref: SliceRef | None = None
-                    if isinstance(c, SliceRef):
-                        tag = self.layers[c.layer][0]
-                        _, _, elements, dtype, _ = self.slice_geometry(c)
-                        prec = _precision_of(i.nbytes, elements, dtype)
-                        sref = c
-                    first, op = self.read(LOAD, i.channel, die, i.nbytes, i, tag)
-                    if tag >= 0:
-                        self._act(die, tag).ops += [first, op]
-                    g.edge(fence, first)
-                    g.edge(slot_free.get(i.slot), first)
-                    self._fill(die, i.slot, op, sref, prec, slot_fill, slot_fill_info, slot_uses)
-                    slot_fill_rec[i.slot] = self._record_fill(die, first)
-                    since_signal.append(op)
-                elif isinstance(i, Send | Recv):
-                    key = (die, i.peer) if isinstance(i, Send) else (i.peer, die)
-                    # edges in go to the link hold, edges out leave from the arrival
-                    hold, op = self._transfer(key, isinstance(i, Send), i, die)
-                    tag = -1
-                    if i.block is not None:
-                        tag = self.layers[i.block.layer][0]
-                    elif isinstance(i, Recv) and isinstance(i.content, SliceRef):
-                        tag = self.layers[i.content.layer][0]
-                    if tag >= 0 and g.layer[op] < 0:
-                        g.layer[hold] = g.layer[op] = tag
-                    if tag >= 0:
-                        la = self._act(die, tag)
-                        la.ops += [hold, op]
-                        if i.block is not None:
-                            ts = i.block.tokens
-                            if isinstance(i, Send):
-                                (la.x_uses if i.block.which == "x" else la.send_y).append((op, ts))
-                            elif i.block.which == "x":
-                                la.recv_x.append((op, ts))
-                                la.recv_x_start.append((hold, ts))
-                            else:
-                                la.recv_y.append((hold, op, ts, i.nbytes))
-                    g.edge(fence, hold)
-                    if isinstance(i, Send):
-                        if i.slot is not None:
-                            g.edge(slot_fill.get(i.slot), hold)
-                            slot_uses[i.slot].append(op)
-                        elif i.block is not None:
-                            g.edge(last_recv.get((i.block.layer, i.block.which)), hold)
-                            if i.block.which == "y":
-                                g.edge(last_compute, hold)
-                    else:
-                        if i.slot is not None:
-                            g.edge(slot_free.get(i.slot), hold)
-                            c = i.content
-                            sref = c if isinstance(c, SliceRef) else None
-                            prec = self.dense_precision
-                            if sref is not None:
-                                _, _, elements, dtype, _ = self.slice_geometry(sref)
-                                prec = _precision_of(i.nbytes, elements, dtype)
-                            self._fill(
-                                die, i.slot, op, sref, prec, slot_fill, slot_fill_info, slot_uses
-                            )
-                            slot_fill_rec[i.slot] = self._record_fill(die, hold)
-                        elif i.block is not None:
-                            last_recv[(i.block.layer, i.block.which)] = op
-                    since_signal.append(op)
-                elif isinstance(i, Free):
-                    content, _ = slot_fill_info.get(i.slot, (None, ""))
-                    tag = self.layers[content.layer][0] if content is not None else -1
-                    op = g.add(SYNC, 0.0, (), die, i, tag)
-                    if tag >= 0:
-                        self._act(die, tag).ops.append(op)
-                    g.edge(fence, op)
-                    g.edge(slot_fill.get(i.slot), op)
-                    for u in slot_uses.pop(i.slot, []):
-                        g.edge(u, op)
-                    slot_free[i.slot] = op
-                    rec = slot_fill_rec.pop(i.slot, None)
-                    if rec is not None:
-                        rec.append(op)
-                    since_signal.append(op)
-                elif isinstance(i, Signal):
-                    op = g.add(SYNC, 0.0, (), die, i)
-                    g.edge(fence, op)
-                    g.edge(last_signal, op)
-                    for u in since_signal:
-                        g.edge(u, op)
-                    since_signal = []
-                    last_signal = op
-                    self.signal_event[op] = i.event
-                elif isinstance(i, Wait):
-                    op = g.add(SYNC, 0.0, (), die, i)
-                    g.edge(fence, op)
-                    g.ndeps[op] += 1  # released by the counter
-                    self.waiters[i.event][i.count].append(op)
-                    fence = op
-                elif isinstance(i, Dense):
-                    isl = self.islands.get(i.island, -1)
-                    comp = g.add(
-                        COMPUTE, flops_time(float(i.flops), self.dense_precision), (die,), die, i,
-                        -1, isl,
-                    )  # fmt: skip
-                    g.edge(fence, comp)
-                    g.edge(last_compute, comp)
-                    last_compute = comp
-                    since_signal.append(comp)
-                    if i.nbytes > 0:
-                        ch = t.nearest_channel(die)
-                        first, mem = self.read(DENSE_DRAM, ch.id, die, i.nbytes, i, -1, isl)
-                        g.edge(fence, first)
-                        since_signal.append(mem)
-                elif isinstance(i, MoE):
-                    raise ScheduleError(
-                        f"die {die}: 'moe {i.layer}' must be expanded before timing "
-                        "(the runtime part needs a routing)"
-                    )
-                else:
-                    raise ScheduleError(f"die {die}: not an instruction: {i!r}")
-        for key in sorted(set(self.pending_send) | set(self.pending_recv)):
-            ns, nr = len(self.pending_send[key]), len(self.pending_recv[key])
-            if ns or nr:
-                a, b = key
-                raise ScheduleError(
-                    f"send/recv mismatch between die {a} and die {b}: "
-                    f"{ns} unmatched sends, {nr} unmatched recvs"
-                )
-
-    def _act(self, die: int, layer: int) -> _LayerActs:
-        la = self.acts.get((die, layer))
-        if la is None:
-            la = self.acts[(die, layer)] = _LayerActs()
-        return la
-
-    def sram_peaks(
-        self, start: list[float], end: list[float], makespan: float
-    ) -> tuple[list[int], list[int], list[int], list[int]]:
-        """Per die: peak SRAM (slots + activations), its slot and activation parts at the peak,
-        and the peak of slots alone."""
-        D = self.t.num_dies
-        pools = {s.die: s.nbytes for s in self.p.slots}
-        times: dict[int, list[float]] = defaultdict(list)
-        slot_d: dict[int, list[int]] = defaultdict(list)
-        act_d: dict[int, list[int]] = defaultdict(list)
-        for die, fill, rec in self.fills:
-            size = pools.get(die, 0)
-            times[die] += [start[fill], end[rec[1]] if len(rec) > 1 else makespan]
-            slot_d[die] += [size, -size]
-            act_d[die] += [0, 0]
-        for (die, k), la in sorted(self.acts.items()):
-            m = self.p.layers[k]
-            ts, ds = _activation_events(la, m.tokens, m.hidden, m.dtype, start, end)
-            times[die] += ts
-            act_d[die] += ds
-            slot_d[die] += [0] * len(ds)
-        peak, slots, acts, slot_peak = [0] * D, [0] * D, [0] * D, [0] * D
-        for die, tv in times.items():
-            s_arr = np.asarray(slot_d[die], dtype=np.int64)
-            a_arr = np.asarray(act_d[die], dtype=np.int64)
-            order = np.lexsort((s_arr + a_arr, np.asarray(tv)))  # releases first at equal times
-            cs, ca = np.cumsum(s_arr[order]), np.cumsum(a_arr[order])
-            total = cs + ca
-            j = int(np.argmax(total))
-            peak[die], slots[die], acts[die] = int(total[j]), int(cs[j]), int(ca[j])
-            slot_peak[die] = int(cs.max())
-        return peak, slots, acts, slot_peak
-
-    def _record_fill(self, die: int, op: int) -> list[int]:
-        rec = [op]
-        self.fills.append((die, op, rec))
-        return rec
-
-    @staticmethod
-    def _fill(
-        die: int, slot: int, op: int, sref: SliceRef | None, prec: str,
-        slot_fill: dict[int, int], slot_fill_info: dict[int, tuple[SliceRef | None, str]],
-        slot_uses: dict[int, list[int]],
-    ) -> None:  # fmt: skip
-        slot_fill[slot] = op
-        slot_fill_info[slot] = (sref, prec)
-        slot_uses[slot] = []
-
-    def _transfer(
-        self, key: tuple[int, int], is_send: bool, i: Send | Recv, die: int
-    ) -> tuple[int, int]:  # fmt: skip
-        """The ops of the k-th transfer on ``key``, ``(hold, arrival)``: the link hold for
-        ``bytes / link bandwidth``, then the link latency (created by whichever side comes
-        first)."""
-        mine, other = (
-            (self.pending_send, self.pending_recv)
-            if is_send
-            else (self.pending_recv, self.pending_send)
-        )
-        if other[key]:
-            ops = other[key].popleft()
-            if is_send:
-                for op in ops:  # name transfers after the send
-                    self.g.instr[op] = i
-                    self.g.die[op] = die
-            return ops
-        a, b = key
-        lk = self.t.link(a, b)
-        hold = self.g.add(XFER, i.nbytes / (lk.gbps * GB), (self.link_id[key],), die, i)
-        ops = (hold, self.delay(hold, lk.latency_s))
-        self.link_bytes[self.link_id[key]] += i.nbytes
-        mine[key].append(ops)
-        return ops
-
-
 def run_timing(p: Program, target: Target) -> Timeline:
     """Simulate a static program on ``target``; deadlocks are a one-line ScheduleError."""
-    b = _Builder(p, target)
+    b = Builder(p, target)
     b.build()
     g = b.g
     n = len(g.kind)
@@ -706,7 +161,7 @@ def run_timing(p: Program, target: Target) -> Timeline:
     free_at = [0.0] * b.num_res
     busy = [0.0] * b.num_res
     ndeps, succ, dur, res, kind, back = g.ndeps, g.succ, g.dur, g.res, g.kind, g.back
-    prio = [_PRIORITY[k] for k in kind]
+    prio = [PRIORITY[k] for k in kind]
     q = EventQueue()
     push, pop = q.push, q.pop
     for op in range(n):
@@ -753,7 +208,10 @@ def run_timing(p: Program, target: Target) -> Timeline:
             f"deadlock: die {g.die[op]} never completes '{what}' ({len(stuck)} ops blocked)"
         )
     makespan = max(end, default=0.0)
-    peak, peak_slots, peak_acts, slot_peak = b.sram_peaks(start, end, makespan)
+    pools = {s.die: s.nbytes for s in p.slots}
+    peak, peak_slots, peak_acts, slot_peak = sram_peaks(
+        target.num_dies, pools, b.fills, b.acts, p.layers, start, end, makespan
+    )
     over = max((pk - target.die(d).sram_bytes for d, pk in enumerate(peak)), default=0)
     extra: dict[str, float] = {"sram_over_bytes": over} if over > 0 else {}
     link_bytes = {

@@ -54,6 +54,7 @@ from moec.compiler.lower.common import (
 from moec.compiler.lower.trajectory import CYCLE_KINDS, Cycle, trajectory_cycle
 from moec.ir.cost import GB
 from moec.ir.stream import SliceLayout, SlotPool
+from moec.ir.stream.params import FSEDP_ORDERS, FSEDP_RULES
 from moec.ir.target import PRECISION_BYTES, Target
 
 #: Upper bound of the automatic slice count: finer slices hide hops no better once compute
@@ -62,8 +63,8 @@ MAX_AUTO_SLICES = 32
 #: Narrowest automatic slice, in FFN columns: below this the per-slice DRAM and link latencies
 #: and the MAC array's fill stop being negligible against the slice's transfer and compute.
 MIN_AUTO_WIDTH = 64
-RULES = ("r1-r4", "naive")
-ORDERS = ("natural", "paired", "balanced")
+RULES = FSEDP_RULES  # the runtime policy's values (moec.ir.stream.params)
+ORDERS = FSEDP_ORDERS
 
 OPTIONS: dict[str, str] = {
     "cycle": "trajectory order: spiral (default) or rowmajor",

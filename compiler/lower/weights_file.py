@@ -5,8 +5,10 @@ It is the *residual model* (:func:`moec.compiler.frontend.residual.residual_mode
 graph's dense nodes unchanged, each MoE layer one node ``ai.moec::MoE(x) -> y`` with attributes
 ``layer`` (the ``MoEDecl`` name) and every key of :func:`moec.ir.moe.layer_config` (ints, floats,
 strings), and initializers: the dense weights plus each layer's weights in the canonical layout
-of :mod:`moec.ir.moe`, named ``<layer>.<key>`` (``moe0.w_gate``, ``moe0.router_w``, ...). Graph
-inputs and outputs are the original model's; IR version 10.
+of :mod:`moec.ir.moe`, named ``<layer>.<key>`` (``moe0.w_gate``, ``moe0.router_w``, ...). A layer
+whose experts ``assign-precision`` quantized also records their precisions (one name per expert,
+attribute :data:`moec.ir.companion.PRECISION_ATTR`), which the interpreter holds the program's
+``precision`` tables to. Graph inputs and outputs are the original model's; IR version 10.
 
 The layers are taken from the graph IR after the pass pipeline, so whatever the passes decided
 about a layer's options is what the interpreter runs. The bytes are deterministic (protobuf's
@@ -25,6 +27,7 @@ from onnx import helper, numpy_helper
 
 from moec.compiler.frontend.lift import LiftResult
 from moec.compiler.frontend.residual import MOEC_DOMAIN, residual_model
+from moec.ir.companion import PRECISION_ATTR
 from moec.ir.errors import ModelError
 from moec.ir.graph import Module
 from moec.ir.moe import MoELayer, layer_config
@@ -64,6 +67,10 @@ def companion_model(lifted: LiftResult, module: Module) -> onnx.ModelProto:
             raise ModelError(f"residual model names MoE layer {name!r}, the module has none", name)
         for key, value in layer_config(layer).items():
             node.attribute.append(helper.make_attribute(key, value))
+        precision = layer.annotations.get("precision")
+        if isinstance(precision, list) and precision:
+            names = [str(p) for p in precision]
+            node.attribute.append(helper.make_attribute(PRECISION_ATTR, names))
         for key in sorted(layer.weights):
             tensor_name = f"{name}.{key}"
             if tensor_name in taken:

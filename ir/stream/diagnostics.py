@@ -13,7 +13,7 @@ from typing import Any
 from lark import Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from moec.ir.errors import Location, ProgramError
-from moec.ir.stream.program import OPCODES
+from moec.ir.stream.opcodes import OPCODES
 
 #: Human names of the grammar's terminals, for "expected ..." messages.
 TERMINAL_NAMES: dict[str, str] = {
@@ -42,20 +42,10 @@ TERMINAL_NAMES: dict[str, str] = {
     "$END": "end of file",
 }
 
-#: How each instruction is written, for "expected ..." messages (docs/isa.md has the same).
-USAGE: dict[str, str] = {
-    "load": "load sK <- chN TENSOR|LAYER:eE:sJ bytes N",
-    "send": "send sK -> DIE bytes N  or  send x|y LAYER tokens T -> DIE bytes N",
-    "recv": "recv sK <- DIE TENSOR|LAYER:eE:sJ bytes N  or  recv x|y LAYER tokens T <- DIE bytes N",
-    "gemm": "gemm sK tokens T",
-    "act": "act sK tokens T",
-    "accum": "accum sK tokens T",
-    "free": "free sK",
-    "signal": "signal EVENT",
-    "wait": "wait EVENT count N",
-    "dense": "dense ISLAND flops N bytes N",
-    "moe": "moe LAYER",
-}
+
+def usage() -> dict[str, str]:
+    """How each instruction is written, for "expected ..." messages (from the opcode table)."""
+    return {d.opcode: d.usage() for d in OPCODES.defs()}
 
 
 def _source_line(text: str, line: int) -> str:
@@ -78,7 +68,7 @@ def _expected(names: set[str] | frozenset[str]) -> str:
     for n in sorted(names):
         if n in TERMINAL_NAMES:
             human.append(TERMINAL_NAMES[n])
-        elif n.lower() in USAGE:
+        elif n.lower() in OPCODES:
             human.append(f"'{n.lower()}'")
         elif n.isupper() and n.isalpha():
             human.append(f"'{n.lower()}'")
@@ -101,7 +91,7 @@ def _found(tok: Token) -> str:
 def _instruction_of_line(text: str, line: int) -> str | None:
     """The opcode that starts source line ``line``, if one does."""
     words = _source_line(text, line).split()
-    return words[0] if words and words[0] in USAGE else None
+    return words[0] if words and words[0] in OPCODES else None
 
 
 def _parse_stack(err: UnexpectedToken) -> list[Any]:
@@ -138,6 +128,7 @@ def _accepts(err: UnexpectedToken) -> set[str]:
 def _token_error(err: UnexpectedToken, text: str, line_only: bool) -> tuple[str, int, int]:
     tok = err.token
     line, col = err.line, err.column
+    forms = usage()
     if tok.type == "$END":
         line, col = _end_position(text)
     expected = _accepts(err)
@@ -150,17 +141,17 @@ def _token_error(err: UnexpectedToken, text: str, line_only: bool) -> tuple[str,
         op = op_tok.type.lower()
         if tok.type in opcodes or tok.type in ("RBRACE", "$END"):
             where = (op_tok.line or line, op_tok.column or col)
-            return f"'{op}' is missing operands, expected: {USAGE[op]}", *where
+            return f"'{op}' is missing operands, expected: {forms[op]}", *where
         if "$END" in expected:  # the instruction is complete (a line parsed on its own)
-            return f"too many operands for '{op}', expected: {USAGE[op]}", line, col
-        return f"unexpected {_found(tok)} in '{op}', expected: {USAGE[op]}", line, col
+            return f"too many operands for '{op}', expected: {forms[op]}", line, col
+        return f"unexpected {_found(tok)} in '{op}', expected: {forms[op]}", line, col
     if in_die and tok.type != "$END":  # between two instructions
         word = (str(tok).split() or [""])[0]
         op_here = _instruction_of_line(text, line)
         if op_here is not None and not str(tok).startswith(op_here):
-            return f"too many operands for '{op_here}', expected: {USAGE[op_here]}", line, col
-        if tok.type == "NAME" and word in USAGE:
-            return f"'{word}' is missing operands, expected: {USAGE[word]}", line, col
+            return f"too many operands for '{op_here}', expected: {forms[op_here]}", line, col
+        if tok.type == "NAME" and word in forms:
+            return f"'{word}' is missing operands, expected: {forms[word]}", line, col
         return (
             f"unknown opcode {word!r}, expected one of {', '.join(OPCODES)} or '}}'",
             line,

@@ -13,7 +13,7 @@ import re
 from lark import Token
 
 from moec.ir.errors import Location, ProgramError
-from moec.ir.stream.program import TokenSet
+from moec.ir.stream.values import TokenSet
 
 
 def loc(filename: str, tok: Token) -> Location:

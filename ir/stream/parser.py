@@ -17,9 +17,8 @@ import gc
 import math
 import os
 import re
-from functools import cache
-from importlib import resources
-from typing import Any, Literal
+from functools import partial
+from typing import Any
 
 from lark import (
     Lark,
@@ -30,41 +29,27 @@ from lark import (
 
 from moec.ir.errors import Location, ProgramError
 from moec.ir.stream.diagnostics import lark_error, with_context
+from moec.ir.stream.grammar import grammar_text
 from moec.ir.stream.lexer import lark_options
 from moec.ir.stream.lines import decode
+from moec.ir.stream.opcodes import OPCODES, Form
 from moec.ir.stream.operands import loc as _loc
-from moec.ir.stream.operands import number, operand, ranges, string, token_set
+from moec.ir.stream.operands import number, ranges, string
 from moec.ir.stream.program import (
     FORMAT_VERSION,
     HOST_CHANNEL,
-    Accum,
-    Act,
-    Block,
-    Content,
-    Dense,
     DieStream,
-    Free,
-    Gemm,
     Instr,
     IslandDecl,
-    Load,
-    MoE,
     MoEDecl,
     Program,
-    Recv,
     RuntimePolicy,
-    Send,
-    Signal,
     SkipRule,
     SliceLayout,
-    SliceRef,
     SlotPool,
     TargetRef,
     TensorDecl,
-    TensorRef,
-    TokenSet,
     Value,
-    Wait,
     WeightsRef,
 )
 
@@ -81,7 +66,6 @@ _MOE_KEYS: dict[str, type] = {
     "dtype": str,
 }
 _MOE_REQUIRED = ("experts", "top_k", "hidden", "ffn", "tokens", "input", "output")
-_SLICE_RE = re.compile(r":(?:e([0-9]+)|sh):s([0-9]+)")
 
 
 class _Build(Transformer[Token, Any]):
@@ -90,24 +74,12 @@ class _Build(Transformer[Token, Any]):
     def __init__(self, filename: str) -> None:
         super().__init__(visit_tokens=False)
         self.f = filename
-
-    # --- helpers ---
-    def _tokens(self, tok: Token) -> TokenSet:
-        return token_set(tok, self.f)
+        for d in OPCODES.defs():
+            for form in d.forms:
+                setattr(self, form.rule, partial(self._instruction, form, d.cls))
 
     def _bytes(self, tok: Token) -> int:
         return number(tok, 5, self.f)
-
-    def _peer(self, tok: Token) -> int:
-        return number(tok, 2, self.f)
-
-    def _content(self, name: str, suffix: Token | None) -> Content:
-        if suffix is None:
-            return TensorRef(name)
-        m = _SLICE_RE.fullmatch(str(suffix))
-        assert m is not None  # the terminal's regex guarantees it
-        expert = int(m.group(1)) if m.group(1) is not None else None
-        return SliceRef(name, expert, int(m.group(2)))
 
     # --- values ---
     def name(self, c: list[Token]) -> str:
@@ -219,9 +191,10 @@ class _Build(Transformer[Token, Any]):
 
     def die(self, c: list[Any]) -> DieStream:
         f = self.f
+        read = decode  # the module's name, so a test can switch the fast reader off
         instrs: list[Instr] = []
         for line in c[2:]:
-            i = decode(line, f)
+            i = read(line, f)
             instrs.append(i if i is not None else self._instr_line(line))
         return DieStream(int(c[1]), instrs, _loc(f, c[0]))
 
@@ -251,95 +224,22 @@ class _Build(Transformer[Token, Any]):
     def instr(self, c: list[Instr]) -> Instr:
         return c[0]
 
-    # --- instructions (c[0] is the opcode with its first operand) ---
-    def _nm(self, tok: Token) -> str:
-        return string(tok, self.f) if tok.type == "STRING" else str(tok)
-
-    def _slot(self, tok: Token) -> int:
-        arg, loc = operand(tok, len(tok.type), self.f)
-        if arg[:1] == "s" and arg[1:].isascii() and arg[1:].isdigit():
-            return int(arg[1:])
-        raise ProgramError(
-            f"bad slot {arg!r} after '{tok.type.lower()}', expected s0, s1, ...", loc
-        )
-
-    def _which(self, tok: Token) -> Literal["x", "y"]:
-        arg, loc = operand(tok, len(tok.type), self.f)
-        if arg == "x":
-            return "x"
-        if arg == "y":
-            return "y"
-        raise ProgramError(
-            f"bad activation block {arg!r} after '{tok.type.lower()}', expected x (layer "
-            "input) or y (layer output)",
-            loc,
-        )
-
-    def load(self, c: list[Token]) -> Load:
-        suffix = c[3] if len(c) == 5 else None
-        return Load(
-            self._slot(c[0]),
-            self._load_channel(c[1]),
-            self._content(self._nm(c[2]), suffix),
-            self._bytes(c[-1]),
-            _loc(self.f, c[0]),
-        )
-
-    def _load_channel(self, tok: Token) -> int:
-        """``<- chN`` -> N, ``<- host`` -> :data:`HOST_CHANNEL`."""
-        arg, loc = operand(tok, 2, self.f)
-        if arg == "host":
-            return HOST_CHANNEL
-        if arg.startswith("ch"):
-            return number(tok, str(tok).index("ch") + 2, self.f)
-        raise ProgramError(f"bad channel {arg!r} after '<-', expected ch0, ch1, ... or host", loc)
-
-    def send_slot(self, c: list[Token]) -> Send:
-        return Send(
-            self._peer(c[1]), self._bytes(c[2]), slot=self._slot(c[0]), loc=_loc(self.f, c[0])
-        )
-
-    def send_block(self, c: list[Token]) -> Send:
-        block = Block(self._nm(c[1]), self._which(c[0]), self._tokens(c[2]))
-        return Send(self._peer(c[3]), self._bytes(c[4]), block=block, loc=_loc(self.f, c[0]))
-
-    def recv_slot(self, c: list[Token]) -> Recv:
-        suffix = c[3] if len(c) == 5 else None
-        return Recv(
-            self._peer(c[1]),
-            self._bytes(c[-1]),
-            slot=self._slot(c[0]),
-            content=self._content(self._nm(c[2]), suffix),
-            loc=_loc(self.f, c[0]),
-        )
-
-    def recv_block(self, c: list[Token]) -> Recv:
-        block = Block(self._nm(c[1]), self._which(c[0]), self._tokens(c[2]))
-        return Recv(self._peer(c[3]), self._bytes(c[4]), block=block, loc=_loc(self.f, c[0]))
-
-    def gemm(self, c: list[Token]) -> Gemm:
-        return Gemm(self._slot(c[0]), self._tokens(c[1]), _loc(self.f, c[0]))
-
-    def act(self, c: list[Token]) -> Act:
-        return Act(self._slot(c[0]), self._tokens(c[1]), _loc(self.f, c[0]))
-
-    def accum(self, c: list[Token]) -> Accum:
-        return Accum(self._slot(c[0]), self._tokens(c[1]), _loc(self.f, c[0]))
-
-    def free(self, c: list[Token]) -> Free:
-        return Free(self._slot(c[0]), _loc(self.f, c[0]))
-
-    def signal(self, c: list[Token]) -> Signal:
-        return Signal(self._nm(c[1]), _loc(self.f, c[0]))
-
-    def wait(self, c: list[Token]) -> Wait:
-        return Wait(self._nm(c[1]), number(c[2], 5, self.f), _loc(self.f, c[0]))
-
-    def dense(self, c: list[Token]) -> Dense:
-        return Dense(self._nm(c[1]), number(c[2], 5, self.f), self._bytes(c[3]), _loc(self.f, c[0]))
-
-    def moe_here(self, c: list[Token]) -> MoE:
-        return MoE(self._nm(c[1]), _loc(self.f, c[0]))
+    # --- instructions: one rule per text form of the opcode table (ir/stream/grammar.py), each
+    # given a callback named after its rule in __init__ ---
+    def _instruction(self, form: Form, cls: type, c: list[Token]) -> Instr:
+        """An instruction from the tokens of one of its forms (c[0] is the opcode terminal,
+        which holds the first operand when the form glues it)."""
+        f = self.f
+        values: dict[str, Any] = {}
+        k = 1
+        for p in form.parts:
+            if p.kind.lead:
+                values[p.field], k = p.kind.take(c, 0, f, len(form.opcode))
+            else:
+                skip = len(p.keyword) if p.keyword is not None else 0
+                values[p.field], k = p.kind.take(c, k, f, skip)
+        instr: Instr = cls(**values, loc=_loc(f, c[0]))
+        return instr
 
     # --- runtime part ---
     def rt_strategy(self, c: list[Any]) -> tuple[str, Token, Any]:
@@ -370,6 +270,7 @@ class _Build(Transformer[Token, Any]):
                 policy.strategy = payload
             elif kind == "precision":
                 policy.precision = payload
+                policy.precision_loc = where
             elif kind == "skip":
                 policy.skip = payload
             else:
@@ -414,23 +315,21 @@ class _Build(Transformer[Token, Any]):
         return prog
 
 
-@cache
-def _grammar() -> str:
-    return resources.files("moec.ir.stream").joinpath("msp.lark").read_text(encoding="utf-8")
-
-
 class _Parsers:
-    """One Lark parser per filename would rebuild tables; instead the transformer is swapped."""
+    """One Lark parser per filename would rebuild tables; instead the transformer is swapped.
+    The parser is rebuilt when the opcode table has changed since it was built."""
 
     lark: Lark | None = None
     build: _Build | None = None
+    version = -1
 
 
 def _parser(filename: str) -> Lark:
-    if _Parsers.lark is None:
+    if _Parsers.lark is None or _Parsers.version != OPCODES.version:
+        _Parsers.version = OPCODES.version
         _Parsers.build = _Build(filename)
         _Parsers.lark = Lark(
-            _grammar(),
+            grammar_text(),
             parser="lalr",
             lexer="contextual",
             transformer=_Parsers.build,

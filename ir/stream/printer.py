@@ -4,7 +4,8 @@ Canonical means: one fixed layout (header, target, weights, tensors, MoE layers,
 pools, islands, die streams, runtime policies; each list in the program's order), two-space
 indentation, names bare when they lex as names and JSON-quoted otherwise, floats as Python's
 shortest round-tripping ``repr``. So ``print_program(parse_program(print_program(p)))`` is
-byte-identical to ``print_program(p)``.
+byte-identical to ``print_program(p)``. Instructions are printed in the text form their
+declaration gives (:mod:`.opcodes`): one f-string per form, generated from the table.
 """
 
 from __future__ import annotations
@@ -12,40 +13,94 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
+from typing import Any
 
 from moec.ir.errors import ProgramError
+from moec.ir.stream.kinds import channel_text, content_text, tokens_text
+from moec.ir.stream.opcodes import OPCODES, Form, OpDef, generate
 from moec.ir.stream.program import (
-    HOST_CHANNEL,
-    Accum,
-    Act,
-    Block,
     Content,
-    Dense,
-    Free,
-    Gemm,
-    Instr,
-    Load,
-    MoE,
     MoEDecl,
     Program,
-    Recv,
     RuntimePolicy,
-    Send,
-    Signal,
-    SliceRef,
     TokenSet,
     Value,
-    Wait,
 )
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _KEY_RE = _NAME_RE
-#: Bare words that would lex as something else right after a name: printed quoted.
-RESERVED = re.compile(
+#: Bare words that would lex as something else right after a name (besides every opcode and
+#: every operand keyword of the opcode table): printed quoted.
+_RESERVED_WORDS = (
     r"s[0-9]+|ch[0-9]+|[xy]|true|false|tokens|cols|bytes|flops|count|shared|threshold|sha256"
     r"|moec|program|target|weights|tensor|moe|layout|slots|island|die|runtime|strategy|param"
-    r"|precision|skip|annotate|load|send|recv|gemm|act|accum|free|signal|wait|dense|host"
+    r"|precision|skip|annotate|host"
 )
+
+
+class _Printing:
+    """What the printer derives from the opcode table (rebuilt when the table changes)."""
+
+    def __init__(self) -> None:
+        words = set(OPCODES)
+        for d in OPCODES.defs():
+            for f in d.forms:
+                words |= {p.keyword for p in f.parts if p.keyword and p.keyword.isalpha()}
+        self.version = OPCODES.version
+        self.reserved = re.compile("|".join([_RESERVED_WORDS, *sorted(words)]))
+        self.by_class: dict[type, Callable[[Any], str]] = {
+            d.cls: self._instr_printer(d) for d in OPCODES.defs()
+        }
+
+    def _instr_printer(self, d: OpDef) -> Callable[[Any], str]:
+        emit = {key: _form_printer(f) for key, f in d.by_presence.items()}
+        if len(d.forms) == 1 and len(d.forms[0].parts) == len(d.operands):
+            return next(iter(emit.values()))
+        names = [n for n, _ in d.operands]
+
+        def choose(i: Any) -> str:
+            fn = emit.get(tuple(getattr(i, n) is not None for n in names))
+            if fn is None:
+                given = ", ".join(n for n in names if getattr(i, n) is not None)
+                raise ProgramError(
+                    f"cannot print {d.opcode!r}: its operands {given} fit none of its forms, "
+                    f"expected: {d.usage()}",
+                    i.loc,
+                )
+            return fn(i)
+
+        return choose
+
+
+def _form_printer(form: Form) -> Callable[[Any], str]:
+    """One f-string per form, e.g. ``f"gemm s{i.slot} tokens {_t1(i.tokens, _name)}"``."""
+    env: dict[str, Any] = {"_name": name}
+    pieces = [form.opcode]
+    for k, p in enumerate(form.parts):
+        if p.kind.inline is not None:
+            value = p.kind.inline.replace("{}", "{i." + p.field + "}")
+        else:
+            env[f"_t{k}"] = p.kind.text
+            value = "{_t" + str(k) + "(i." + p.field + ", _name)}"
+        pieces.append(f"{p.keyword} {value}" if p.keyword else value)
+    return generate("emit", "i", [f"return f{' '.join(pieces)!r}"], env)
+
+
+_printing: _Printing | None = None
+
+
+def printing() -> _Printing:
+    """The printer's tables for the current opcode table."""
+    global _printing
+    if _printing is None or _printing.version != OPCODES.version:
+        _printing = _Printing()
+    return _printing
+
+
+def reserved() -> re.Pattern[str]:
+    """Words a name may not be printed bare as (keywords, opcodes, ``s3``, ``ch0``, ...)."""
+    return printing().reserved
 
 
 def string(s: str) -> str:
@@ -55,7 +110,7 @@ def string(s: str) -> str:
 
 def name(s: str) -> str:
     """A name, bare when it lexes as one, quoted otherwise."""
-    return s if _NAME_RE.fullmatch(s) and not RESERVED.fullmatch(s) else string(s)
+    return s if _NAME_RE.fullmatch(s) and not printing().reserved.fullmatch(s) else string(s)
 
 
 def key(s: str) -> str:
@@ -88,54 +143,24 @@ def value(v: Value) -> str:
 
 
 def tokens(ts: TokenSet) -> str:
-    if not ts:
-        raise ProgramError("cannot print an empty token set")
-    return ts.text()
+    return tokens_text(ts)
 
 
 def channel(ch: int) -> str:
     """A channel operand: ``ch3``, or ``host`` for :data:`HOST_CHANNEL`."""
-    return "host" if ch == HOST_CHANNEL else f"ch{ch}"
+    return channel_text(ch)
 
 
 def content(c: Content) -> str:
-    if isinstance(c, SliceRef):
-        e = "sh" if c.expert is None else f"e{c.expert}"
-        return f"{name(c.layer)}:{e}:s{c.slice}"
-    return name(c.name)
+    return content_text(c, name)
 
 
-def _block(b: Block) -> str:
-    return f"{b.which} {name(b.layer)} tokens {tokens(b.tokens)}"
-
-
-def instr(i: Instr) -> str:
-    """One instruction, without indentation."""
-    if isinstance(i, Load):
-        return f"load s{i.slot} <- {channel(i.channel)} {content(i.content)} bytes {i.nbytes}"
-    if isinstance(i, Send):
-        if i.block is not None:
-            return f"send {_block(i.block)} -> {i.peer} bytes {i.nbytes}"
-        return f"send s{i.slot} -> {i.peer} bytes {i.nbytes}"
-    if isinstance(i, Recv):
-        if i.block is not None:
-            return f"recv {_block(i.block)} <- {i.peer} bytes {i.nbytes}"
-        if i.content is None:
-            raise ProgramError(f"recv into slot s{i.slot} has no content", i.loc)
-        return f"recv s{i.slot} <- {i.peer} {content(i.content)} bytes {i.nbytes}"
-    if isinstance(i, Gemm | Act | Accum):
-        return f"{i.opcode} s{i.slot} tokens {tokens(i.tokens)}"
-    if isinstance(i, Free):
-        return f"free s{i.slot}"
-    if isinstance(i, Signal):
-        return f"signal {name(i.event)}"
-    if isinstance(i, Wait):
-        return f"wait {name(i.event)} count {i.count}"
-    if isinstance(i, Dense):
-        return f"dense {name(i.island)} flops {i.flops} bytes {i.nbytes}"
-    if isinstance(i, MoE):
-        return f"moe {name(i.layer)}"
-    raise ProgramError(f"cannot print instruction {i!r}")
+def instr(i: Any) -> str:
+    """One instruction, without indentation, in the form its declaration gives."""
+    fn = printing().by_class.get(type(i))
+    if fn is None:
+        raise ProgramError(f"cannot print instruction {i!r}: not a declared instruction")
+    return fn(i)
 
 
 def _moe_decl(m: MoEDecl) -> str:
@@ -204,7 +229,11 @@ def print_program(p: Program) -> str:
         out += [f"island {name(i.name)} flops {i.flops} bytes {i.nbytes}" for i in p.islands]
     for s in p.streams:
         out += ["", f"die {s.die} {{"]
-        out += [f"  {instr(i)}" for i in s.instrs]
+        by_class = printing().by_class
+        try:
+            out += [f"  {by_class[type(i)](i)}" for i in s.instrs]
+        except KeyError:
+            out += [f"  {instr(i)}" for i in s.instrs]  # names the undeclared one
         out.append("}")
     for r in p.runtime:
         out.append("")

@@ -22,93 +22,43 @@ the k-th slot of that die's :class:`SlotPool`; micro-slice ``j`` of expert ``e``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, TypeAlias
 
-from moec.ir.errors import Location, ProgramError
+from moec.ir.errors import Location
+from moec.ir.stream.instructions import (
+    Accum,
+    Act,
+    Dense,
+    Free,
+    Gemm,
+    Instr,
+    Load,
+    MoE,
+    Recv,
+    Send,
+    Signal,
+    Wait,
+)
+from moec.ir.stream.opcodes import OPCODES
+from moec.ir.stream.values import (
+    HOST_CHANNEL,
+    Block,
+    Content,
+    SliceRef,
+    TensorRef,
+    TokenSet,
+    Value,
+)
+
+__all__ = [
+    "FORMAT_VERSION", "HOST_CHANNEL", "OPCODES", "Accum", "Act", "Block", "Content", "Dense",
+    "DieStream", "Free", "Gemm", "Instr", "IslandDecl", "Load", "MoE", "MoEDecl", "Program",
+    "Recv", "RuntimePolicy", "Send", "Signal", "SkipRule", "SliceLayout", "SliceRef", "SlotPool",
+    "TargetRef", "TensorDecl", "TensorRef", "TokenSet", "Value", "Wait", "WeightsRef",
+]  # fmt: skip
 
 #: Version of the text format this module reads and writes (the ``moec 1`` line).
 FORMAT_VERSION = 1
-
-#: The channel id of host memory, the target's optional offloading tier (``host`` in the text
-#: form, ``tensor ... host bytes B`` and ``load sK <- host ...``): each die reaches it over its
-#: own host link.
-HOST_CHANNEL = -1
-
-#: A typed parameter value of a runtime policy or a target override.
-Value: TypeAlias = int | float | str | bool | list["Value"]
-
-
-# --- token sets ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TokenSet:
-    """A set of token indices of one iteration, kept as sorted, disjoint, non-adjacent ranges.
-
-    ``ranges`` holds inclusive ``(first, last)`` pairs; the text form is ``0..15,18,20..31``.
-    """
-
-    ranges: tuple[tuple[int, int], ...]
-
-    @staticmethod
-    def of(tokens: Iterable[int]) -> TokenSet:
-        """The set of the given token indices (any order, duplicates allowed)."""
-        out: list[tuple[int, int]] = []
-        for t in sorted(set(tokens)):
-            if t < 0:
-                raise ProgramError(f"token index {t} is negative")
-            if out and out[-1][1] + 1 == t:
-                out[-1] = (out[-1][0], t)
-            else:
-                out.append((t, t))
-        return TokenSet(tuple(out))
-
-    @staticmethod
-    def span(first: int, stop: int) -> TokenSet:
-        """Tokens ``first .. stop-1`` (empty when ``stop <= first``)."""
-        return TokenSet(((first, stop - 1),)) if stop > first else TokenSet(())
-
-    @staticmethod
-    def normalize(ranges: Iterable[tuple[int, int]]) -> TokenSet:
-        """Merge possibly overlapping or unsorted inclusive ranges into canonical form."""
-        out: list[tuple[int, int]] = []
-        for a, b in sorted(ranges):
-            if a < 0 or b < a:
-                raise ProgramError(f"bad token range {a}..{b}")
-            if out and a <= out[-1][1] + 1:
-                if b > out[-1][1]:
-                    out[-1] = (out[-1][0], b)
-            else:
-                out.append((a, b))
-        return TokenSet(tuple(out))
-
-    def __iter__(self) -> Iterator[int]:
-        for a, b in self.ranges:
-            yield from range(a, b + 1)
-
-    def __len__(self) -> int:
-        return sum(b - a + 1 for a, b in self.ranges)
-
-    def __bool__(self) -> bool:
-        return bool(self.ranges)
-
-    def __contains__(self, t: object) -> bool:
-        return isinstance(t, int) and any(a <= t <= b for a, b in self.ranges)
-
-    @property
-    def max(self) -> int:
-        """The largest token index (-1 for the empty set)."""
-        return self.ranges[-1][1] if self.ranges else -1
-
-    def to_list(self) -> list[int]:
-        return list(self)
-
-    def text(self) -> str:
-        """The canonical text form, e.g. ``0..15,18,20..31``."""
-        return ",".join(str(a) if a == b else f"{a}..{b}" for a, b in self.ranges)
-
-    def __str__(self) -> str:
-        return self.text()
 
 
 # --- declarations --------------------------------------------------------------------------------
@@ -218,170 +168,6 @@ class IslandDecl:
     loc: Location | None = field(default=None, compare=False)
 
 
-# --- what a slot holds ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SliceRef:
-    """Micro-slice ``slice`` of expert ``expert`` of layer ``layer`` (``expert`` None: shared)."""
-
-    layer: str
-    expert: int | None
-    slice: int
-
-    def __str__(self) -> str:
-        e = "sh" if self.expert is None else f"e{self.expert}"
-        return f"{self.layer}:{e}:s{self.slice}"
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """A whole DRAM tensor."""
-
-    name: str
-
-    def __str__(self) -> str:
-        return self.name
-
-
-Content = SliceRef | TensorRef
-
-
-@dataclass(frozen=True)
-class Block:
-    """A block of activations of a layer: its input ``x`` or output/partial sum ``y``, by token."""
-
-    layer: str
-    which: Literal["x", "y"]
-    tokens: TokenSet
-
-
-# --- instructions --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Load:
-    """DRAM -> SRAM: bring ``content`` from channel ``channel`` (or the host, when it is
-    :data:`HOST_CHANNEL`) into slot ``slot``."""
-
-    opcode: ClassVar[str] = "load"
-    slot: int
-    channel: int
-    content: Content
-    nbytes: int
-    loc: Location | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class Send:
-    """D2D to neighbour die ``peer``: the content of ``slot``, or an activation ``block``."""
-
-    opcode: ClassVar[str] = "send"
-    peer: int
-    nbytes: int
-    slot: int | None = None
-    block: Block | None = None
-    loc: Location | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class Recv:
-    """D2D from neighbour die ``peer``: into ``slot`` (holding ``content``), or a ``block``.
-
-    The k-th ``send`` from die a to die b matches the k-th ``recv`` on b from a.
-    """
-
-    opcode: ClassVar[str] = "recv"
-    peer: int
-    nbytes: int
-    slot: int | None = None
-    content: Content | None = None
-    block: Block | None = None
-    loc: Location | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class Gemm:
-    """Gate/up projection of the micro-slice in ``slot`` for ``tokens`` (their layer inputs)."""
-
-    opcode: ClassVar[str] = "gemm"
-    slot: int
-    tokens: TokenSet
-    loc: Location | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class Act:
-    """The activation (e.g. silu(gate) * up) of the slice's hidden columns for ``tokens``."""
-
-    opcode: ClassVar[str] = "act"
-    slot: int
-    tokens: TokenSet
-    loc: Location | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class Accum:
-    """Down-projection of the slice, weighted by the gate scores, accumulated into outputs."""
-
-    opcode: ClassVar[str] = "accum"
-    slot: int
-    tokens: TokenSet
-    loc: Location | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class Free:
-    """Release slot ``slot`` (once its pending transfers are done)."""
-
-    opcode: ClassVar[str] = "free"
-    slot: int
-    loc: Location | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class Signal:
-    """Increment the package-wide event counter ``event`` by one."""
-
-    opcode: ClassVar[str] = "signal"
-    event: str
-    loc: Location | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class Wait:
-    """Block until event ``event`` has been signalled at least ``count`` times in total."""
-
-    opcode: ClassVar[str] = "wait"
-    event: str
-    count: int
-    loc: Location | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class Dense:
-    """This die's share of dense island ``island``: ``flops`` of compute, ``nbytes`` of DRAM."""
-
-    opcode: ClassVar[str] = "dense"
-    island: str
-    flops: int
-    nbytes: int
-    loc: Location | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class MoE:
-    """Placeholder: the runtime expansion of MoE layer ``layer`` runs here on this die."""
-
-    opcode: ClassVar[str] = "moe"
-    layer: str
-    loc: Location | None = field(default=None, compare=False)
-
-
-Instr = Load | Send | Recv | Gemm | Act | Accum | Free | Signal | Wait | Dense | MoE
-
-#: Every opcode, in the order the documentation lists them.
-OPCODES: tuple[str, ...] = (
-    "load", "send", "recv", "gemm", "act", "accum", "free", "signal", "wait", "dense", "moe",
-)  # fmt: skip
-
-
 @dataclass
 class DieStream:
     """The static instruction stream of one die, in program order."""
@@ -406,10 +192,13 @@ class SkipRule:
 class RuntimePolicy:
     """What the on-package scheduler does for one MoE layer once routing is known.
 
-    ``params`` are the strategy's typed options (placement, trajectory, load order, slots, slack,
-    slices, r5, ...): new strategies add parameters, not grammar. ``precision`` has one entry per
-    expert (empty: the layer's dtype everywhere); ``annotations`` map a name (e.g. ``importance``)
-    to one value per expert.
+    ``params`` are the strategy's options as written (``param KEY = VALUE``: placement,
+    trajectory, load order, slack, ...): new strategies add parameters, not grammar. Their typed
+    view, one dataclass per strategy family, is :func:`moec.ir.stream.params.strategy_params`,
+    which checks every value's type, length and range (a located error); the verifier and the
+    interpreter's expanders read parameters only through it. ``precision`` has one entry per
+    expert (empty: the layer's dtype everywhere); ``annotations`` map a name (e.g.
+    ``importance``) to one value per expert.
     """
 
     layer: str
@@ -422,6 +211,8 @@ class RuntimePolicy:
     #: Where each ``param``/``annotate`` key was written (parsed programs only), so a strategy
     #: can report a bad parameter at its line: ``ProgramError(msg, policy.param_locs.get(k))``.
     param_locs: dict[str, Location] = field(default_factory=dict, compare=False, repr=False)
+    #: Where the ``precision`` table was written (parsed programs only).
+    precision_loc: Location | None = field(default=None, compare=False, repr=False)
 
 
 # --- the program ---------------------------------------------------------------------------------

@@ -14,9 +14,15 @@
 * the static synchronization cannot deadlock: sends never block, a ``recv`` waits for its send, a
   ``wait`` for its count of ``signal``s; an abstract run of all dies must reach every stream's end.
 
-The runtime part is checked for consistency (one policy per layer, tables sized by expert count);
-what the expansion does at a ``moe`` placeholder is the interpreter's business: it may use only
-the slots that are free there and must leave them free.
+The runtime part is checked for consistency (one policy per layer, tables sized by expert count,
+strategy parameters typed: :func:`moec.ir.stream.params.strategy_params`); what the expansion
+does at a ``moe`` placeholder is the interpreter's business: it may use only the slots that are
+free there and must leave them free.
+
+The per-die walk is table-driven: each instruction's operands must fit one of its text forms,
+each operand passes its kind's check, then the constraints its declaration lists run
+(:mod:`.constraints`, :mod:`.opcodes`); one check function per instruction class is compiled
+from the table. The cross-die checks (send/recv matching, deadlock) follow.
 """
 
 from __future__ import annotations
@@ -24,66 +30,41 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
 
-from moec.ir.errors import Location, ProgramError, ScheduleError, TargetError
+from moec.ir.errors import Location, ProgramError, TargetError
+from moec.ir.stream.constraints import (
+    DTYPES,
+    KIND_CHECKS,
+    Context,
+    DieWalk,
+    SramError,
+    Transfer,
+    at,
+)
 from moec.ir.stream.diagnostics import with_context
+from moec.ir.stream.opcodes import OPCODES, OpDef, generate
+from moec.ir.stream.params import strategy_params
 from moec.ir.stream.printer import instr as instr_text
 from moec.ir.stream.program import (
-    HOST_CHANNEL,
-    Accum,
-    Act,
     Block,
-    Content,
-    Dense,
     Free,
-    Gemm,
     Instr,
     Load,
     MoE,
-    MoEDecl,
     Program,
     Recv,
     Send,
     Signal,
-    SliceRef,
-    TensorRef,
-    TokenSet,
     Wait,
 )
-from moec.ir.target import PRECISION_BYTES, Target, load_target
+from moec.ir.target import Target, load_target
 
-#: Precisions a tensor, layer or precision table may name.
-DTYPES: tuple[str, ...] = tuple(PRECISION_BYTES)
+__all__ = ["DTYPES", "SramError", "peak_sram", "resolve_target", "verify_program"]
 
-
-class SramError(ProgramError, ScheduleError):
-    """The static part plans more SRAM on a die than the target has."""
-
-
-@dataclass
-class _Slot:
-    """What a slot holds during the per-die walk."""
-
-    content: Content | None = None
-    since: Location | None = None
-    freed_at: Location | None = None
-
-
-@dataclass(frozen=True)
-class _Transfer:
-    die: int
-    index: int
-    instr: Send | Recv
-    payload: object
-
-
-def _where(loc: Location | None, fallback: str) -> str | Location:
-    return loc if loc is not None else fallback
-
-
-def _at(loc: Location | None) -> str:
-    return f"line {loc.line}" if loc is not None else "an earlier instruction"
+#: ``check(walk, instr)``: every check of one instruction, in order
+_Check = Callable[[DieWalk, Any], None]
 
 
 def resolve_target(p: Program) -> Target | None:
@@ -94,55 +75,57 @@ def resolve_target(p: Program) -> Target | None:
     try:
         return load_target(p.target.spec, dict(p.target.overrides), base_dir=base)
     except TargetError as err:
-        raise ProgramError(f"bad target: {err.message}", _where(p.target.loc, p.filename)) from None
+        where = p.target.loc if p.target.loc is not None else p.filename
+        raise ProgramError(f"bad target: {err.message}", where) from None
 
 
-class _Verifier:
-    def __init__(self, p: Program, target: Target | None) -> None:
-        self.p = p
-        self.t = target
-        self.tensors = {t.name: t for t in p.tensors}
-        self.layers = {m.name: m for m in p.layers}
-        self.layouts = {(lay.layer, lay.shared): lay for lay in p.layouts}
-        self.pools = {s.die: s for s in p.slots}
-        self.islands = {i.name: i for i in p.islands}
-        self.sends: dict[tuple[int, int], list[_Transfer]] = defaultdict(list)
-        self.recvs: dict[tuple[int, int], list[_Transfer]] = defaultdict(list)
+def _compile(d: OpDef) -> _Check:
+    """One function running an instruction's checks: its operands fit one of its forms, each
+    operand passes its kind's check, then the declared constraints. Generated per instruction
+    (e.g. ``_k0(w, i.slot, loc, "gemm"); _k1(w, i.tokens, loc, "gemm"); _c0(w, i)``)."""
+    env: dict[str, Any] = {"d": d, "fits_none": _fits_none, "forms": set(d.by_presence)}
+    body = ["loc = i.loc"]
+    always = frozenset.intersection(*(f.fields for f in d.forms))
+    if len(d.forms) > 1 or always != {n for n, _ in d.operands}:
+        given = ", ".join(f"i.{n} is not None" for n, _ in d.operands)
+        body.append(f"if ({given},) not in forms: raise fits_none(w, d, i)")
+    for k, (n, kind) in enumerate(d.operands):
+        if KIND_CHECKS[kind] is None:
+            continue
+        env[f"_k{k}"] = KIND_CHECKS[kind]
+        call = f"_k{k}(w, i.{n}, loc, {d.opcode!r})"
+        body.append(call if n in always else f"if i.{n} is not None: {call}")
+    for k, c in enumerate(d.constraints):
+        env[f"_c{k}"] = c
+        body.append(f"_c{k}(w, i)")
+    return generate("check", "w, i", body, env)
 
-    def fail(self, msg: str, loc: Location | None, fallback: str = "") -> ProgramError:
-        return ProgramError(msg, _where(loc, fallback or self.p.filename))
 
-    # --- declarations ---
+def _fits_none(w: DieWalk, d: OpDef, i: Any) -> ProgramError:
+    given = ", ".join(n for n, _ in d.operands if getattr(i, n) is not None)
+    return w.fail(
+        f"{d.opcode} with operands {given} fits none of its forms, expected: {d.usage()}", i.loc
+    )
+
+
+_checks: tuple[int, dict[type, _Check]] = (-1, {})
+
+
+def _instruction_checks() -> dict[type, _Check]:
+    """Per instruction class, its compiled checks (rebuilt when the opcode table changes)."""
+    global _checks
+    if _checks[0] != OPCODES.version:
+        _checks = (OPCODES.version, {d.cls: _compile(d) for d in OPCODES.defs()})
+    return _checks[1]
+
+
+class _Verifier(Context):
     def unique(self, kind: str, items: list[tuple[object, Location | None]]) -> None:
         seen: dict[object, Location | None] = {}
         for key, loc in items:
             if key in seen:
-                raise self.fail(f"{kind} {key} declared twice (first at {_at(seen[key])})", loc)
+                raise self.fail(f"{kind} {key} declared twice (first at {at(seen[key])})", loc)
             seen[key] = loc
-
-    def dtype(self, dtype: str, loc: Location | None) -> None:
-        if dtype not in DTYPES:
-            raise self.fail(
-                f"unknown precision {dtype!r}, expected one of {', '.join(DTYPES)}", loc
-            )
-
-    def die_exists(self, die: int, loc: Location | None, what: str) -> None:
-        if die < 0 or (self.t is not None and die >= self.t.num_dies):
-            dies = f"0..{self.t.num_dies - 1}" if self.t is not None else "non-negative ids"
-            raise self.fail(f"unknown die {die} in {what}, expected {dies}", loc)
-
-    def channel_exists(self, ch: int, loc: Location | None) -> None:
-        if ch == HOST_CHANNEL:
-            if self.t is not None and self.t.host is None:
-                raise self.fail(
-                    f"host memory named, but target {self.t.name} has no host tier "
-                    "(add one with host_gbps=...)",
-                    loc,
-                )
-            return
-        if ch < 0 or (self.t is not None and ch >= len(self.t.channels)):
-            n = len(self.t.channels) if self.t is not None else 0
-            raise self.fail(f"unknown DRAM channel ch{ch}, expected ch0..ch{n - 1}", loc)
 
     def declarations(self) -> None:
         p = self.p
@@ -220,7 +203,7 @@ class _Verifier:
                         r.loc,
                     )
                 for d in r.precision:
-                    self.dtype(d, r.loc)
+                    self.dtype(d, r.precision_loc or r.loc)
             for k, vals in r.annotations.items():
                 if len(vals) != layer.experts:
                     raise self.fail(
@@ -230,6 +213,7 @@ class _Verifier:
                     )
             if r.skip is not None and not math.isfinite(r.skip.threshold):
                 raise self.fail(f"skip threshold of {r.layer} is not finite", r.skip.loc)
+            strategy_params(r, layer, self.t, self.layouts, self.p.filename)
         policies = {r.layer for r in self.p.runtime}
         for layer_name, (die, loc) in placed.items():
             if layer_name not in policies:
@@ -240,188 +224,15 @@ class _Verifier:
                 )
 
     # --- the per-die walk ---
-    def content_exists(self, c: Content, loc: Location | None) -> None:
-        if isinstance(c, TensorRef):
-            if c.name not in self.tensors:
-                raise self.fail(f"undefined tensor {c.name}", loc)
-            return
-        layer = self.layers.get(c.layer)
-        if layer is None:
-            raise self.fail(f"undefined MoE layer {c.layer} in micro-slice {c}", loc)
-        if c.expert is None and layer.shared_ffn == 0:
-            raise self.fail(f"MoE layer {c.layer} has no shared experts ({c})", loc)
-        if c.expert is not None and not 0 <= c.expert < layer.experts:
-            raise self.fail(
-                f"expert {c.expert} out of range in {c}, layer {c.layer} has {layer.experts}", loc
-            )
-        layout = self.layouts.get((c.layer, c.expert is None))
-        if layout is None:
-            kind = "shared layout" if c.expert is None else "layout"
-            raise self.fail(f"micro-slice {c} but {c.layer} declares no {kind}", loc)
-        if not 0 <= c.slice < layout.count:
-            raise self.fail(f"slice {c.slice} out of range in {c}, layout has {layout.count}", loc)
-
-    def tokens_fit(self, layer: MoEDecl, ts: TokenSet, loc: Location | None) -> None:
-        if not ts:
-            raise self.fail("empty token set", loc)
-        if ts.max >= layer.tokens:
-            raise self.fail(
-                f"token {ts.max} out of range, layer {layer.name} has {layer.tokens} tokens "
-                f"(0..{layer.tokens - 1})",
-                loc,
-            )
-
-    def block(self, b: Block, loc: Location | None) -> None:
-        layer = self.layers.get(b.layer)
-        if layer is None:
-            raise self.fail(f"undefined MoE layer {b.layer} in activation block", loc)
-        if b.which not in ("x", "y"):
-            raise self.fail(f"activation block must be x or y, found {b.which!r}", loc)
-        self.tokens_fit(layer, b.tokens, loc)
-
     def walk(self, die: int, instrs: list[Instr]) -> None:
-        pool = self.pools.get(die)
-        slots: dict[int, _Slot] = {}
-        occupied = 0
-        sram = self.t.dies[die].sram_bytes if self.t is not None else None
-        where = f"{self.p.filename}: die {die}"
-
-        def slot(k: int, loc: Location | None) -> _Slot:
-            if pool is None:
-                raise self.fail(f"unknown slot s{k}: die {die} declares no slots", loc, where)
-            if not 0 <= k < pool.count:
-                raise self.fail(
-                    f"unknown slot s{k} on die {die}, expected s0..s{pool.count - 1}", loc, where
-                )
-            return slots.setdefault(k, _Slot())
-
-        def full(k: int, loc: Location | None, op: str) -> _Slot:
-            s = slot(k, loc)
-            if s.content is None:
-                if s.freed_at is not None:
-                    raise self.fail(
-                        f"{op} uses slot s{k} on die {die} after it was freed at {_at(s.freed_at)}",
-                        loc,
-                        where,
-                    )
-                raise self.fail(f"{op} uses slot s{k} on die {die} before it is loaded", loc, where)
-            return s
-
-        def fill(k: int, c: Content, nbytes: int, loc: Location | None, op: str) -> None:
-            nonlocal occupied
-            s = slot(k, loc)
-            assert pool is not None
-            if s.content is not None:
-                raise self.fail(
-                    f"{op} into slot s{k} on die {die}, which still holds {s.content} "
-                    f"(since {_at(s.since)}); free it first",
-                    loc,
-                    where,
-                )
-            if not 0 < nbytes <= pool.nbytes:
-                raise self.fail(
-                    f"{op} of {nbytes} bytes does not fit slot s{k} of die {die} "
-                    f"({pool.nbytes} bytes)",
-                    loc,
-                    where,
-                )
-            s.content, s.since, s.freed_at = c, loc, None
-            occupied += pool.nbytes
-            if sram is not None and occupied > sram:
-                assert self.t is not None
-                raise SramError(
-                    f"does not fit SRAM: die {die} peaks at {occupied} bytes of slots "
-                    f"({occupied // pool.nbytes} x {pool.nbytes}), target {self.t.name} has "
-                    f"{sram} bytes per die",
-                    _where(loc, where),
-                )
-
+        checks = _instruction_checks()
+        w = DieWalk(self, die)
         for n, i in enumerate(instrs):
-            loc = i.loc
-            if isinstance(i, Load):
-                self.channel_exists(i.channel, loc)
-                self.content_exists(i.content, loc)
-                if isinstance(i.content, TensorRef):
-                    t = self.tensors[i.content.name]
-                    if i.nbytes != t.nbytes:
-                        raise self.fail(
-                            f"load of tensor {t.name} moves {i.nbytes} bytes, expected {t.nbytes}",
-                            loc,
-                        )
-                fill(i.slot, i.content, i.nbytes, loc, "load")
-            elif isinstance(i, Send | Recv):
-                self.die_exists(i.peer, loc, i.opcode)
-                if i.peer == die:
-                    raise self.fail(f"{i.opcode} on die {die} names itself as peer", loc, where)
-                if self.t is not None and not self.t.are_neighbors(die, i.peer):
-                    raise self.fail(
-                        f"{i.opcode} between die {die} and die {i.peer}, which are not neighbours "
-                        f"(neighbours of {die}: {self.t.neighbors(die)})",
-                        loc,
-                        where,
-                    )
-                if (i.slot is None) == (i.block is None):
-                    raise self.fail(
-                        f"{i.opcode} needs exactly one of a slot or a block", loc, where
-                    )
-                if i.nbytes <= 0:
-                    raise self.fail(f"{i.opcode} of {i.nbytes} bytes", loc, where)
-                payload: object
-                if i.block is not None:
-                    self.block(i.block, loc)
-                    payload = i.block
-                elif isinstance(i, Send):
-                    assert i.slot is not None
-                    payload = full(i.slot, loc, "send").content
-                else:
-                    assert i.slot is not None
-                    if i.content is None:
-                        raise self.fail("recv into a slot must say what it receives", loc, where)
-                    self.content_exists(i.content, loc)
-                    fill(i.slot, i.content, i.nbytes, loc, "recv")
-                    payload = i.content
-                if isinstance(i, Send):
-                    self.sends[(die, i.peer)].append(_Transfer(die, n, i, payload))
-                else:
-                    self.recvs[(i.peer, die)].append(_Transfer(die, n, i, payload))
-            elif isinstance(i, Gemm | Act | Accum):
-                s = full(i.slot, loc, i.opcode)
-                if not isinstance(s.content, SliceRef):
-                    raise self.fail(
-                        f"{i.opcode} needs a micro-slice in s{i.slot}, found tensor {s.content}",
-                        loc,
-                        where,
-                    )
-                self.tokens_fit(self.layers[s.content.layer], i.tokens, loc)
-            elif isinstance(i, Free):
-                s = slot(i.slot, loc)
-                if s.content is None:
-                    if s.freed_at is not None:
-                        raise self.fail(
-                            f"double free of slot s{i.slot} on die {die} "
-                            f"(already freed at {_at(s.freed_at)})",
-                            loc,
-                            where,
-                        )
-                    raise self.fail(
-                        f"free of slot s{i.slot} on die {die} before it is loaded", loc, where
-                    )
-                assert pool is not None
-                s.content, s.freed_at = None, loc
-                occupied -= pool.nbytes
-            elif isinstance(i, Signal | Wait):
-                if isinstance(i, Wait) and i.count <= 0:
-                    raise self.fail(f"wait count must be positive, found {i.count}", loc, where)
-            elif isinstance(i, Dense):
-                if i.island not in self.islands:
-                    raise self.fail(f"undefined island {i.island}", loc, where)
-                if i.flops < 0 or i.nbytes < 0:
-                    raise self.fail("dense work with negative flops or bytes", loc, where)
-            elif isinstance(i, MoE):
-                if i.layer not in self.layers:
-                    raise self.fail(f"undefined MoE layer {i.layer}", loc, where)
-            else:
-                raise self.fail(f"not an instruction: {i!r}", None, where)
+            check = checks.get(type(i))
+            if check is None:
+                raise self.fail(f"not an instruction: {i!r}", None, w.where)
+            w.index = n
+            check(w, i)
 
     # --- cross-die checks ---
     def match(self) -> None:
@@ -432,7 +243,7 @@ class _Verifier:
                 if s.instr.nbytes != r.instr.nbytes or s.payload != r.payload:
                     raise self.fail(
                         f"recv does not match its send (die {src} -> {dst}, at "
-                        f"{_at(s.instr.loc)}): sent {_describe(s)} of {s.instr.nbytes} bytes, "
+                        f"{at(s.instr.loc)}): sent {_describe(s)} of {s.instr.nbytes} bytes, "
                         f"received {_describe(r)} of {r.instr.nbytes} bytes",
                         r.instr.loc,
                     )
@@ -503,8 +314,8 @@ class _Verifier:
                     if isinstance(i, Wait)
                     else f"die {i.peer} has not sent it"
                 )
-                at = f" at {_at(i.loc)}" if i.loc is not None else ""
-                parts.append(f"die {st.die} blocks{at} on '{instr_text(i)}' ({why})")
+                when = f" at {at(i.loc)}" if i.loc is not None else ""
+                parts.append(f"die {st.die} blocks{when} on '{instr_text(i)}' ({why})")
             first = blocked[0][0].instrs[blocked[0][1]]
             raise self.fail("deadlock: " + "; ".join(parts), first.loc)
 
@@ -517,7 +328,7 @@ class _Verifier:
         self.deadlock()
 
 
-def _describe(t: _Transfer) -> str:
+def _describe(t: Transfer) -> str:
     if isinstance(t.payload, Block):
         b = t.payload
         return f"{b.which} {b.layer} tokens {b.tokens}"

@@ -20,12 +20,15 @@ import math
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 
 from moec.ir.cost import bytes_per_element
 from moec.ir.errors import ProgramError, ScheduleError
 from moec.ir.routing import LayerRouting
+from moec.ir.stream.params import StrategyParams, strategy_params
 from moec.ir.stream.program import (
     Free,
     Instr,
@@ -41,10 +44,16 @@ from moec.ir.stream.program import (
 )
 from moec.ir.target import Target
 
+P = TypeVar("P", bound=StrategyParams)
+
 
 @dataclass
 class ExpandContext:
-    """Everything an expander may read for one MoE layer of one iteration."""
+    """Everything an expander may read for one MoE layer of one iteration.
+
+    The policy's parameters are read through :meth:`typed` (the strategy family's dataclass of
+    :mod:`moec.ir.stream.params`, checked against this layer, layout and target).
+    """
 
     program: Program
     layer: MoEDecl
@@ -67,21 +76,37 @@ class ExpandContext:
             return self.policy.precision[expert]
         return self.layer.dtype
 
+    @cached_property
+    def params(self) -> StrategyParams | None:
+        """The policy's typed parameters (None for a strategy without a typed family)."""
+        layouts = {(self.layer.name, False): self.layout}
+        if self.shared_layout is not None:
+            layouts[(self.layer.name, True)] = self.shared_layout
+        return strategy_params(self.policy, self.layer, self.target, layouts, self.program.filename)
+
+    def typed(self, family: type[P]) -> P:
+        """The parameters as ``family`` (an expander of that family asks for its own)."""
+        params = self.params
+        if not isinstance(params, family):
+            raise ProgramError(
+                f"runtime {self.layer.name}: strategy {self.policy.strategy} does not take "
+                f"{family.__name__}",
+                self.policy.loc or self.where,
+            )
+        return params
+
     def slice_bytes(self, expert: int | None, j: int) -> int:
         """Bytes of micro-slice ``j`` (W_gate/W_up columns and W_down rows) at its precision."""
         lay = self.layout if expert is not None else self.shared_layout
         assert lay is not None
         # The lowering's byte counts (biases ride with slice 0) win when they apply: one list
         # per layer, so only when every expert has the layer's precision.
-        key = "slice_bytes" if expert is not None else "shared_slice_bytes"
-        given = self.policy.params.get(key)
-        if (
-            isinstance(given, list)
-            and len(given) == lay.count
-            and isinstance(given[j], int)
-            and (expert is None or not self.policy.precision)
-        ):
-            return int(given[j])
+        params = self.params
+        given = None
+        if params is not None:
+            given = params.slice_bytes if expert is not None else params.shared_slice_bytes
+        if given is not None and (expert is None or not self.policy.precision):
+            return given[j]
         mats = 3 if (self.layer.gated or expert is None) else 2
         return slice_bytes(mats, self.layer.hidden, lay.width(j), self.precision(expert))
 
@@ -99,21 +124,6 @@ class ExpandContext:
                 self.where,
             )
         return slots
-
-    def int_list(self, key: str, length: int, lo: int, hi: int) -> list[int]:
-        """Parameter ``key`` as ``length`` ints in ``lo..hi-1`` (a located ProgramError if not)."""
-        raw = self.policy.params.get(key)
-        if (
-            not isinstance(raw, list)
-            or len(raw) != length
-            or not all(isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi for v in raw)
-        ):
-            raise ProgramError(
-                f"runtime {self.layer.name}: param {key} must be a list of {length} integers in "
-                f"{lo}..{hi - 1}, found {raw!r}",
-                self.policy.loc or self.where,
-            )
-        return list(raw)
 
 
 def slice_bytes(mats: int, hidden: int, width: int, precision: str) -> int:

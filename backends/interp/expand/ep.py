@@ -57,7 +57,7 @@ import numpy as np
 
 from moec.backends.interp.expand import ExpandContext, register, token_set
 from moec.backends.interp.expand.tp import broadcast, reduce_to_home
-from moec.ir.errors import ProgramError
+from moec.ir.stream.params import EPParams, SharedExpertParams
 from moec.ir.stream.program import (
     Accum,
     Act,
@@ -134,21 +134,16 @@ def shared_plan(ctx: ExpandContext) -> tuple[list[int], list[int]] | None:
     m, t, lay = ctx.layer, ctx.target, ctx.shared_layout
     if not m.shared_ffn or lay is None:
         return None
-    mode = ctx.policy.params.get("shared", "split")
-    if mode not in ("split", "replicated"):
-        raise ProgramError(
-            f'runtime {m.name}: param shared must be "split" or "replicated", found {mode!r}',
-            ctx.policy.loc or ctx.where,
-        )
-    if mode == "replicated":
+    params = ctx.typed(SharedExpertParams)
+    if params.shared == "replicated":
         return None
     D = t.num_dies
-    if "shared_owner" in ctx.policy.params:
-        owner = ctx.int_list("shared_owner", lay.count, 0, D)
+    if params.shared_owner is not None:
+        owner = list(params.shared_owner)
     else:
         owner = [j * D // lay.count for j in range(lay.count)]
-    if "shared_channels" in ctx.policy.params:
-        channels = ctx.int_list("shared_channels", lay.count, 0, len(t.channels))
+    if params.shared_channels is not None:
+        channels = list(params.shared_channels)
     else:
         nbytes = [ctx.slice_bytes(None, j) for j in range(lay.count)]
         channels = balanced_channels(t, owner, nbytes)
@@ -224,9 +219,10 @@ def expand_work(ctx: ExpandContext, work: list[Work]) -> dict[int, list[Instr]]:
 def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     t, m, r = ctx.target, ctx.layer, ctx.routing
     D, E = t.num_dies, m.experts
-    placement = ctx.int_list("placement", E, 0, D)
-    if "channels" in ctx.policy.params:
-        channels = ctx.int_list("channels", E, 0, len(t.channels))
+    params = ctx.typed(EPParams)
+    placement = params.placement
+    if params.channels is not None:
+        channels = list(params.channels)
     else:
         nearest = [t.nearest_channel(d).id for d in range(D)]
         channels = [nearest[placement[e]] for e in range(E)]

@@ -21,7 +21,7 @@ import numpy as np
 
 from moec.backends.interp.expand import ExpandContext, register
 from moec.backends.interp.expand.ep import expand_work
-from moec.ir.errors import ProgramError
+from moec.ir.stream.params import EPLBParams
 from moec.ir.stream.program import Instr
 from moec.ir.target import Target
 
@@ -48,38 +48,13 @@ def split_tokens(
 
 
 def _replicas(ctx: ExpandContext) -> tuple[list[list[int]], list[list[int]]]:
-    t, E = ctx.target, ctx.layer.experts
-    where = ctx.policy.loc or ctx.where
-    raw = ctx.policy.params.get("replicas")
-
-    def dies_ok(v: object) -> bool:
-        return (
-            isinstance(v, list) and len(v) >= 1 and len(set(v)) == len(v)
-            and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < t.num_dies for d in v)
-        )  # fmt: skip
-
-    if not isinstance(raw, list) or len(raw) != E or not all(dies_ok(v) for v in raw):
-        raise ProgramError(
-            f"runtime {ctx.layer.name}: param replicas must be {E} lists of distinct dies in "
-            f"0..{t.num_dies - 1}, found {raw!r}",
-            where,
-        )
-    replicas = [list(v) for v in raw]  # type: ignore[union-attr]
-    chans = ctx.policy.params.get("channels")
-    if chans is None:
+    """Per expert, its replicas' dies and each replica's channel (default: nearest its die)."""
+    params = ctx.typed(EPLBParams)
+    replicas = [list(ds) for ds in params.replicas]
+    if params.channels is None:
+        t = ctx.target
         return replicas, [[t.nearest_channel(d).id for d in ds] for ds in replicas]
-    ok = isinstance(chans, list) and len(chans) == E and all(
-        isinstance(c, list) and len(c) == len(ds)
-        and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < len(t.channels) for x in c)
-        for c, ds in zip(chans, replicas, strict=False)
-    )  # fmt: skip
-    if not ok:
-        raise ProgramError(
-            f"runtime {ctx.layer.name}: param channels must give a channel per replica, "
-            f"found {chans!r}",
-            where,
-        )
-    return replicas, [list(c) for c in chans]  # type: ignore[union-attr]
+    return replicas, [list(c) for c in params.channels]
 
 
 @register("eplb")

@@ -5,7 +5,8 @@ known, each expert with routed tokens is needed by the dies holding those tokens
 micro-slice of it makes one trip along the trajectory (the Hamiltonian cycle, or a path walked
 there and back) through those dies, computed on each against that die's own tokens (:mod:`.fsedp_sched` plays the rules R1-R5 and writes the streams).
 
-Parameters read from the runtime policy (written by ``compiler/lower/fsedp.py``):
+Parameters read from the runtime policy (written by ``compiler/lower/fsedp.py``; typed and
+checked by :class:`moec.ir.stream.params.FSEDPParams`):
 
 * ``trajectory``: the die order (a Hamiltonian cycle, or a path when ``closed`` is false);
 * ``closed``: whether the last die of ``trajectory`` neighbours the first (default true);
@@ -47,13 +48,13 @@ import numpy as np
 
 from moec.backends.interp.expand import ExpandContext, register, token_set
 from moec.backends.interp.expand.fsedp_deferred import deferred_event
-from moec.backends.interp.expand.fsedp_sched import RULES, Problem, Schedule, Unit, schedule
+from moec.backends.interp.expand.fsedp_sched import Problem, Schedule, Unit, schedule
 from moec.ir import cost
 from moec.ir.cost import GB, compute_time, link_time
-from moec.ir.errors import ProgramError
+from moec.ir.stream.params import FSEDP_ORDERS, FSEDPParams
 from moec.ir.stream.program import Instr, Signal, TokenSet, Wait
 
-ORDERS = ("natural", "paired", "balanced")
+ORDERS = FSEDP_ORDERS
 
 
 def paired_order(load: Sequence[int]) -> list[int]:
@@ -96,47 +97,6 @@ def deferred_experts(load: Sequence[int], tokens: int, slack: float) -> list[int
         out.append(e)
         used += load[e]
     return sorted(out)
-
-
-def _param(ctx: ExpandContext, key: str, default: object, kinds: tuple[type, ...]) -> object:
-    raw = ctx.policy.params.get(key, default)
-    if not isinstance(raw, kinds) or (isinstance(raw, bool) and bool not in kinds):
-        raise ProgramError(
-            f"runtime {ctx.layer.name}: param {key} must be {' or '.join(k.__name__ for k in kinds)},"
-            f" found {raw!r}",
-            ctx.policy.loc or ctx.where,
-        )
-    return raw
-
-
-def _choice(ctx: ExpandContext, key: str, default: str, allowed: Sequence[str]) -> str:
-    raw = _param(ctx, key, default, (str,))
-    if raw not in allowed:
-        raise ProgramError(
-            f"runtime {ctx.layer.name}: param {key} must be one of {', '.join(allowed)}, "
-            f"found {raw!r}",
-            ctx.policy.loc or ctx.where,
-        )
-    return str(raw)
-
-
-def _trajectory(ctx: ExpandContext) -> tuple[tuple[int, ...], bool]:
-    t = ctx.target
-    D = t.num_dies
-    default = list(range(D))
-    order = ctx.int_list("trajectory", D, 0, D) if "trajectory" in ctx.policy.params else default
-    closed = bool(_param(ctx, "closed", True, (bool,)))
-    bad = sorted(set(range(D)) - set(order))
-    steps = list(zip(order, order[1:] + (order[:1] if closed else []), strict=False))
-    hop = next(((a, b) for a, b in steps if a != b and not t.are_neighbors(a, b)), None)
-    if bad or hop is not None:
-        why = f"die {bad[0]} is missing" if bad else f"dies {hop} are not neighbours"
-        raise ProgramError(
-            f"runtime {ctx.layer.name}: param trajectory {order} is not a Hamiltonian "
-            f"{'cycle' if closed else 'path'} of {t.name}: {why}",
-            ctx.policy.loc or ctx.where,
-        )
-    return tuple(order), closed
 
 
 def _units(
@@ -210,20 +170,11 @@ def plan(ctx: ExpandContext) -> tuple[Schedule, Schedule | None, list[int]]:
     the deferred experts."""
     m, r, t = ctx.layer, ctx.routing, ctx.target
     E, C = m.experts, len(t.channels)
-    order, closed = _trajectory(ctx)
-    rules = _choice(ctx, "rules", "r1-r4", RULES)
-    load_order = _choice(ctx, "order", "natural", ORDERS)
-    r5 = bool(_param(ctx, "r5", False, (bool,)))
-    slack = float(_param(ctx, "slack", 0.0, (int, float)))  # type: ignore[arg-type]
-    if not 0.0 <= slack <= 1.0:
-        raise ProgramError(
-            f"runtime {m.name}: param slack must be in 0..1, found {slack}",
-            ctx.policy.loc or ctx.where,
-        )
-    channels = (
-        ctx.int_list("channels", E, 0, C) if "channels" in ctx.policy.params
-        else [e % C for e in range(E)]
-    )  # fmt: skip
+    params = ctx.typed(FSEDPParams)  # the trajectory is checked there: a Hamiltonian cycle/path
+    order = params.trajectory if params.trajectory is not None else tuple(range(t.num_dies))
+    closed, rules, load_order = params.closed, params.rules, params.order
+    r5, slack = params.r5, params.slack
+    channels = list(params.channels) if params.channels is not None else [e % C for e in range(E)]
     home = np.asarray(r.home_die, dtype=np.int64)
     load = np.bincount(r.ids[r.ids >= 0], minlength=E).astype(np.int64).tolist()
     deferred = deferred_experts(load, r.tokens, slack) if slack > 0 else []

@@ -30,6 +30,7 @@ from collections import defaultdict
 import numpy as np
 
 from moec.backends.interp.expand import ExpandContext, register, token_set
+from moec.ir.stream.params import TPParams
 from moec.ir.stream.program import (
     Accum,
     Act,
@@ -88,23 +89,20 @@ def reduce_to_home(
             out[parent].append(Recv(peer=child, nbytes=n, block=Block(layer, "y", ts)))
 
 
-def _owned(ctx: ExpandContext, key: str, count: int) -> list[int]:
-    return ctx.int_list(key, count, 0, ctx.target.num_dies)
-
-
-def _channels(ctx: ExpandContext, key: str, owner: list[int]) -> list[int]:
-    t = ctx.target
-    if key in ctx.policy.params:
-        return ctx.int_list(key, len(owner), 0, len(t.channels))
-    return [t.nearest_channel(d).id for d in owner]
+def _channels(ctx: ExpandContext, given: tuple[int, ...] | None, owner: list[int]) -> list[int]:
+    """The channel of each slice: as given, else the one nearest its owner."""
+    if given is not None:
+        return list(given)
+    return [ctx.target.nearest_channel(d).id for d in owner]
 
 
 @register("tp")
 def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     t, m, r = ctx.target, ctx.layer, ctx.routing
     D = t.num_dies
-    owner = _owned(ctx, "owner", ctx.layout.count)
-    channels = _channels(ctx, "channels", owner)
+    params = ctx.typed(TPParams)
+    owner = list(params.owner)
+    channels = _channels(ctx, params.channels, owner)
     T, k = r.ids.shape
     home = np.asarray(r.home_die, dtype=np.int64)
     out: dict[int, list[Instr]] = {d: [] for d in range(D)}
@@ -129,8 +127,9 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
 
     everyone = TokenSet.span(0, T)
     if m.shared_ffn and ctx.shared_layout is not None:
-        shared_owner = _owned(ctx, "shared_owner", ctx.shared_layout.count)
-        shared_channels = _channels(ctx, "shared_channels", shared_owner)
+        assert params.shared_owner is not None  # required when the layer has shared experts
+        shared_owner = list(params.shared_owner)
+        shared_channels = _channels(ctx, params.shared_channels, shared_owner)
         for j, d in enumerate(shared_owner):
             stream(d, None, j, everyone, shared_channels[j])
     pair_e = r.ids.reshape(-1).astype(np.int64)

@@ -97,12 +97,3 @@ def apply_rules(
     if decl is None:
         return routing
     return rewrite(program.policy(layer), decl, routing, target)
-
-
-def apply_rules_in_place(
-    program: Program, target: Target, layer: str, routing: LayerRouting
-) -> None:
-    """:func:`apply_rules`, writing the result into ``routing`` (for a routing the caller owns)."""
-    new = apply_rules(program, target, layer, routing)
-    if new is not routing:
-        routing.ids, routing.gates = new.ids, new.gates

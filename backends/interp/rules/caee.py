@@ -39,6 +39,7 @@ from moec.backends.interp.offload import residency
 from moec.backends.interp.rules import register
 from moec.ir.cost import GB, bytes_per_element, compute_time, host_time
 from moec.ir.routing import LayerRouting
+from moec.ir.stream.params import EPParams, strategy_params
 from moec.ir.stream.program import MoEDecl, RuntimePolicy
 from moec.ir.target import Target
 
@@ -54,15 +55,12 @@ class ExpertCosts:
 
 
 def expert_costs(policy: RuntimePolicy, decl: MoEDecl, target: Target) -> ExpertCosts:
-    """The cost model's numbers for every expert of ``decl`` under ``policy``."""
+    """The cost model's numbers for every expert of ``decl`` under ``policy``: each expert runs
+    on its EP/Hydra ``placement`` die, or, for strategies without one, on die ``e % D``."""
     E, D = decl.experts, target.num_dies
-    raw = policy.params.get("placement")
-    if (
-        isinstance(raw, list)
-        and len(raw) == E
-        and all(isinstance(v, int) and 0 <= v < D for v in raw)
-    ):
-        device = np.asarray(raw, dtype=np.int64)
+    params = strategy_params(policy, decl, target)
+    if isinstance(params, EPParams):
+        device = np.asarray(params.placement, dtype=np.int64)
     else:
         device = np.arange(E, dtype=np.int64) % D
     resident = residency(policy, decl)

@@ -1,0 +1,317 @@
+"""The timing machine's op graph, and the builder that turns a static program into it.
+
+An instruction becomes one or more *ops*: an op holds resources (a die's compute unit, a DRAM
+channel, a link direction, a host link) for a duration, or holds none (a ``DELAY`` for access
+latency, a ``SYNC`` for free/signal/wait), and starts when its predecessors have ended. The
+:class:`Builder` walks each die's stream in order and asks the instruction's **timing handler**
+(:data:`TIMING`, one per opcode, registered in :mod:`.timing_ops`) to add its ops and edges, with
+the die's running state (:class:`DieState`: the latest wait, compute, signal, each slot's fill
+and uses). The handlers share the builder's costs: :meth:`Builder.read` (a DRAM or host read
+into a die, with its route), :meth:`Builder.transfer` (a send/recv pair), :meth:`Builder.delay`.
+
+The semantics these implement are in :mod:`.timing`'s docstring; the run is :func:`.timing.run_timing`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from moec.backends.interp.sram import LayerActs
+from moec.ir.cost import GB
+from moec.ir.errors import ScheduleError
+from moec.ir.stream.opcodes import HandlerTable
+from moec.ir.stream.program import HOST_CHANNEL, Instr, Program, SliceRef
+from moec.ir.target import PRECISION_BYTES, Target
+
+# op kinds
+COMPUTE, LOAD, XFER, SYNC, DENSE_DRAM, DELAY = 0, 1, 2, 3, 4, 5
+KIND_NAMES = ("compute", "load", "transfer", "sync", "dense-dram", "delay")
+# ops with no resource go first at equal times, so a freed slot is seen by a load at that time
+PRIORITY = (1, 1, 1, 0, 1, 0)
+
+#: ``handler(builder, die state, instruction)`` adds the instruction's ops and edges
+TimingHandler = Callable[["Builder", "DieState", Any], None]
+#: The timing handler of every opcode (filled by :mod:`.timing_ops`).
+TIMING: HandlerTable[TimingHandler] = HandlerTable("timing")
+
+
+class OpGraph:
+    """Ops as parallel lists (no per-op objects: the hot loop reads lists by op id)."""
+
+    def __init__(self) -> None:
+        self.kind: list[int] = []
+        self.dur: list[float] = []
+        self.res: list[tuple[int, ...]] = []
+        self.ndeps: list[int] = []
+        self.succ: list[list[int]] = []
+        self.die: list[int] = []
+        self.instr: list[Instr | None] = []
+        self.layer: list[int] = []
+        self.island: list[int] = []
+        #: how long before its ready time an op may start (a load's tail reservation on a link)
+        self.back: list[float] = []
+
+    def add(
+        self, kind: int, dur: float, res: tuple[int, ...], die: int, instr: Instr | None,
+        layer: int = -1, island: int = -1, back: float = 0.0,
+    ) -> int:  # fmt: skip
+        self.kind.append(kind)
+        self.dur.append(dur)
+        self.back.append(back)
+        self.res.append(res)
+        self.ndeps.append(0)
+        self.succ.append([])
+        self.die.append(die)
+        self.instr.append(instr)
+        self.layer.append(layer)
+        self.island.append(island)
+        return len(self.kind) - 1
+
+    def edge(self, a: int | None, b: int) -> None:
+        if a is not None and a != b:
+            self.succ[a].append(b)
+            self.ndeps[b] += 1
+
+
+@dataclass(frozen=True)
+class LoadPath:
+    """How a load from one channel (or the host) reaches one die."""
+
+    #: the channel's (or the die's host link's) resource id
+    res: int
+    latency: float
+    #: bytes per second
+    bw: float
+    #: per hop of the route: (link resource, latency, bytes per second, the larger of this link's
+    #: and the slowest upstream bandwidth: ``bytes / it`` is how far the hop's hold may start
+    #: before the previous stage ends)
+    hops: tuple[tuple[int, float, float, float], ...]
+
+
+def precision_of(nbytes: int, elements: int, default: str) -> str:
+    """The precision whose element size makes ``elements`` weigh ``nbytes``, else ``default``."""
+    if elements <= 0 or int(round(elements * PRECISION_BYTES.get(default, 0))) == nbytes:
+        return default
+    for name, size in PRECISION_BYTES.items():
+        if int(round(elements * size)) == nbytes:
+            return name
+    return default
+
+
+class DieState:
+    """One die's running state while its stream is turned into ops (op ids, or None)."""
+
+    __slots__ = (
+        "die", "fence", "since_signal", "last_signal", "last_compute", "slot_fill",
+        "slot_fill_info", "slot_uses", "slot_free", "slot_fill_rec", "last_recv", "pending_h",
+        "rate",
+    )  # fmt: skip
+
+    def __init__(self, die: int) -> None:
+        self.die = die
+        #: the latest wait: nothing after it issues before it completes
+        self.fence: int | None = None
+        #: ops issued since the latest signal (the next signal waits for them)
+        self.since_signal: list[int] = []
+        self.last_signal: int | None = None
+        self.last_compute: int | None = None
+        #: per slot: the op at which its fill has arrived, what it holds at which precision, the
+        #: ops using it since, the op of its latest free, and its fill's SRAM record
+        self.slot_fill: dict[int, int] = {}
+        self.slot_fill_info: dict[int, tuple[SliceRef | None, str]] = {}
+        self.slot_uses: dict[int, list[int]] = defaultdict(list)
+        self.slot_free: dict[int, int] = {}
+        self.slot_fill_rec: dict[int, list[int]] = {}
+        #: per (layer, x or y): the arrival op of the latest block received
+        self.last_recv: dict[tuple[str, str], int] = {}
+        #: per slot: (gemm op, bytes of its h) until the slot's accum
+        self.pending_h: dict[int, tuple[int, int]] = {}
+        #: FLOP/s of this die per precision
+        self.rate: dict[str, float] = {}
+
+    def fill(self, slot: int, op: int, sref: SliceRef | None, prec: str) -> None:
+        """Slot ``slot``'s data has arrived at ``op``; it holds ``sref`` at ``prec``."""
+        self.slot_fill[slot] = op
+        self.slot_fill_info[slot] = (sref, prec)
+        self.slot_uses[slot] = []
+
+
+class Builder:
+    """Turns a static program into the op graph (all edges known before the run)."""
+
+    def __init__(self, p: Program, target: Target) -> None:
+        self.p, self.t = p, target
+        self.g = OpGraph()
+        D, C = target.num_dies, len(target.channels)
+        self.D, self.C = D, C
+        self.link_id = {(lk.src, lk.dst): D + C + k for k, lk in enumerate(target.links)}
+        # host links, one per die, after the D2D links
+        self.host_base = D + C + len(target.links)
+        hosts = D if target.host is not None else 0
+        self.num_res = self.host_base + hosts
+        self.res_names = (
+            [f"die {d} compute" for d in range(D)]
+            + [f"ch{c.id} (die {c.die})" for c in target.channels]
+            + [f"link {lk.src}->{lk.dst}" for lk in target.links]
+            + [f"host link {d}" for d in range(hosts)]
+        )
+        self.host_bytes = [0] * hosts
+        self.layers = {m.name: (k, m) for k, m in enumerate(p.layers)}
+        self.islands = {isl.name: k for k, isl in enumerate(p.islands)}
+        self.layouts = {(lay.layer, lay.shared): lay for lay in p.layouts}
+        self.dram_bytes = [0] * C
+        self.link_bytes: dict[int, int] = defaultdict(int)
+        self.dense_precision = p.layers[0].dtype if p.layers else "fp16"
+        self._load_paths: dict[tuple[int, int], LoadPath] = {}
+        # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
+        self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
+        self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
+        self.waiters: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+        self.signal_event: dict[int, str] = {}
+        # slot fills and frees, for SRAM: (die, fill op, [fill op, free op])
+        self.fills: list[tuple[int, int, list[int]]] = []
+        # activations, for SRAM: (die, layer index) -> what the die does with them
+        self.acts: dict[tuple[int, int], LayerActs] = {}
+
+    # --- costs ---
+    def flops_time(self, s: DieState, flops: float, precision: str) -> float:
+        """Seconds of ``flops`` on die ``s.die``'s compute unit at ``precision``."""
+        r = s.rate.get(precision)
+        if r is None:
+            r = s.rate[precision] = self.t.die(s.die).flops_per_s(precision)
+        return flops / r
+
+    def load_path(self, channel: int, die: int) -> LoadPath:
+        """The resources and rates a load from ``channel`` into ``die`` goes through."""
+        key = (channel, die)
+        hit = self._load_paths.get(key)
+        if hit is None and channel == HOST_CHANNEL:
+            host = self.t.host
+            if host is None:
+                raise ScheduleError(
+                    f"die {die} loads from the host, but target {self.t.name} has no host tier"
+                )
+            hit = LoadPath(self.host_base + die, host.latency_s, host.gbps * GB, ())
+            self._load_paths[key] = hit
+        elif hit is None:
+            ch = self.t.channel(channel)
+            path = self.t.route(ch.die, die)
+            hops = []
+            upstream = ch.gbps * GB  # the slowest bandwidth before this hop
+            for a, b in zip(path, path[1:], strict=False):
+                lk = self.t.link(a, b)
+                bw = lk.gbps * GB
+                hops.append((self.link_id[(a, b)], lk.latency_s, bw, max(bw, upstream)))
+                upstream = min(upstream, bw)
+            hit = LoadPath(self.D + channel, ch.latency_s, ch.gbps * GB, tuple(hops))
+            self._load_paths[key] = hit
+        return hit
+
+    def read(
+        self, kind: int, channel: int, die: int, nbytes: int, i: Instr, layer: int = -1,
+        island: int = -1,
+    ) -> tuple[int, int]:  # fmt: skip
+        """The ops of a DRAM (or host) read into ``die``: ``(first, last)``.
+
+        The first op holds the channel (or host link) for ``bytes / bandwidth``, and a
+        :meth:`delay` op for its latency follows; then, per hop of the route, an op holding that
+        link for ``bytes / link bandwidth`` as a tail reservation (``back``: :mod:`.timing`'s
+        rule) and a delay for the hop's latency. The last op's end is when the data has arrived.
+        """
+        lp = self.load_path(channel, die)
+        g = self.g
+        first = g.add(kind, nbytes / lp.bw, (lp.res,), die, i, layer, island)
+        last = self.delay(first, lp.latency)
+        for res, lat, bw, cap in lp.hops:
+            op = g.add(kind, nbytes / bw, (res,), die, i, layer, island, nbytes / cap)
+            g.edge(last, op)
+            self.link_bytes[res] += nbytes
+            last = self.delay(op, lat)
+        if channel == HOST_CHANNEL:
+            self.host_bytes[die] += nbytes
+        else:
+            self.dram_bytes[channel] += nbytes
+        return first, last
+
+    def delay(self, hold: int, latency: float) -> int:
+        """The op at which ``hold``'s data arrives: ``latency`` after its end, holding nothing
+        (access latency is pipelined, it occupies no resource). ``hold`` itself when
+        ``latency`` is 0."""
+        if latency <= 0.0:
+            return hold
+        g = self.g
+        op = g.add(
+            DELAY, latency, (), g.die[hold], g.instr[hold], g.layer[hold], g.island[hold]
+        )  # fmt: skip
+        g.edge(hold, op)
+        return op
+
+    def transfer(self, key: tuple[int, int], is_send: bool, i: Any, die: int) -> tuple[int, int]:
+        """The ops of the k-th transfer on ``key``, ``(hold, arrival)``: the link hold for
+        ``bytes / link bandwidth``, then the link latency (created by whichever side comes
+        first)."""
+        mine, other = (
+            (self.pending_send, self.pending_recv)
+            if is_send
+            else (self.pending_recv, self.pending_send)
+        )
+        if other[key]:
+            ops = other[key].popleft()
+            if is_send:
+                for op in ops:  # name transfers after the send
+                    self.g.instr[op] = i
+                    self.g.die[op] = die
+            return ops
+        a, b = key
+        lk = self.t.link(a, b)
+        hold = self.g.add(XFER, i.nbytes / (lk.gbps * GB), (self.link_id[key],), die, i)
+        ops = (hold, self.delay(hold, lk.latency_s))
+        self.link_bytes[self.link_id[key]] += i.nbytes
+        mine[key].append(ops)
+        return ops
+
+    def slice_geometry(self, c: SliceRef) -> tuple[int, int, int, str, bool]:
+        """(hidden, width, elements, dtype, gated) of a micro-slice."""
+        _, m = self.layers[c.layer]
+        lay = self.layouts.get((c.layer, c.expert is None))
+        if lay is None:
+            raise ScheduleError(f"micro-slice {c} but layer {c.layer} declares no layout")
+        w = lay.width(c.slice)
+        mats = 3 if (m.gated or c.expert is None) else 2
+        return m.hidden, w, mats * m.hidden * w, m.dtype, m.gated or c.expert is None
+
+    # --- SRAM records ---
+    def layer_acts(self, die: int, layer: int) -> LayerActs:
+        """What die ``die`` does with MoE layer ``layer``'s activations (created on first use)."""
+        la = self.acts.get((die, layer))
+        if la is None:
+            la = self.acts[(die, layer)] = LayerActs()
+        return la
+
+    def record_fill(self, die: int, op: int) -> list[int]:
+        """A slot fill starting at ``op``; its free op is appended when it comes."""
+        rec = [op]
+        self.fills.append((die, op, rec))
+        return rec
+
+    # --- the walk ---
+    def build(self) -> None:
+        handlers = TIMING.by_class()
+        for st in sorted(self.p.streams, key=lambda s: s.die):
+            s = DieState(st.die)
+            for i in st.instrs:
+                handler = handlers.get(type(i))
+                if handler is None:
+                    raise ScheduleError(f"die {st.die}: not an instruction: {i!r}")
+                handler(self, s, i)
+        for key in sorted(set(self.pending_send) | set(self.pending_recv)):
+            ns, nr = len(self.pending_send[key]), len(self.pending_recv[key])
+            if ns or nr:
+                a, b = key
+                raise ScheduleError(
+                    f"send/recv mismatch between die {a} and die {b}: "
+                    f"{ns} unmatched sends, {nr} unmatched recvs"
+                )

@@ -1,0 +1,156 @@
+"""SRAM over a timing run: slot holds and the activation buffers of each die's MoE layers.
+
+:mod:`moec.ir.activations` states the model (sizes; ``docs/isa.md``, "SRAM: slots and
+activations"); the timing builder records, per die and MoE layer, which ops read, receive,
+accumulate and send which tokens (:class:`LayerActs`) and each slot's fill and free;
+:func:`sram_peaks` turns those into allocation and release events at the ops' simulated times
+and finds each die's peak (releases before allocations at equal times).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moec.ir.activations import x_row_bytes, y_row_bytes
+from moec.ir.stream.program import MoEDecl, TokenSet
+
+
+@dataclass
+class LayerActs:
+    """What one die does with one MoE layer's activations (op ids and token sets)."""
+
+    ops: list[int] = field(default_factory=list)
+    #: x reads: gemm and send x
+    x_uses: list[tuple[int, TokenSet]] = field(default_factory=list)
+    #: x blocks received: (arrival op, tokens); ``recv_x_start``: (the link hold's op, tokens)
+    recv_x: list[tuple[int, TokenSet]] = field(default_factory=list)
+    recv_x_start: list[tuple[int, TokenSet]] = field(default_factory=list)
+    accums: list[tuple[int, TokenSet]] = field(default_factory=list)
+    #: y blocks received: (the link hold's op, arrival op, tokens, bytes)
+    recv_y: list[tuple[int, int, TokenSet, int]] = field(default_factory=list)
+    send_y: list[tuple[int, TokenSet]] = field(default_factory=list)
+    #: slices in flight: (gemm op, accum op, bytes of h)
+    h: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def _mask(sets: list[TokenSet], n: int) -> np.ndarray:
+    m = np.zeros(n, dtype=bool)
+    for ts in sets:
+        for a, b in ts.ranges:
+            m[a : b + 1] = True
+    return m
+
+
+def _first_last(
+    items: list[tuple[int, TokenSet]], times: list[float], n: int, first: bool
+) -> np.ndarray:  # fmt: skip
+    """Per token, the earliest (``first``) or latest ``times[op]`` of the items covering it."""
+    out = np.full(n, np.inf if first else -np.inf)
+    for op, ts in items:
+        t = times[op]
+        for a, b in ts.ranges:
+            seg = out[a : b + 1]
+            if first:
+                np.minimum(seg, t, out=seg)
+            else:
+                np.maximum(seg, t, out=seg)
+    return out
+
+
+def _activation_events(
+    acts: LayerActs, tokens: int, hidden: int, dtype: str, start: list[float],
+    end: list[float],
+) -> tuple[list[float], list[int]]:  # fmt: skip
+    """Allocation (+bytes) and release (-bytes) events of one die's activations of one layer
+    (the rules of :mod:`moec.ir.activations`)."""
+    times: list[float] = []
+    deltas: list[int] = []
+    if not acts.ops:
+        return times, deltas
+    lo = min(start[op] for op in acts.ops)
+    hi = max(end[op] for op in acts.ops)
+    xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
+    n = tokens
+    received = _mask([ts for _, ts in acts.recv_x], n)
+    home = _mask([ts for _, ts in acts.x_uses], n) & ~received
+    if acts.recv_y:
+        sent_y = _mask([ts for _, ts in acts.send_y], n)
+        home |= _mask([ts for _, _, ts, _ in acts.recv_y], n) & ~sent_y & ~received
+    k = int(home.sum())
+    if k:
+        times += [lo, hi]
+        deltas += [k * (xb + yb), -k * (xb + yb)]
+    if acts.recv_x:  # other dies' inputs: first recv to last use
+        first = _first_last(acts.recv_x_start, start, n, True)
+        last = _first_last(acts.x_uses, end, n, False)
+        arrived = _first_last(acts.recv_x, end, n, True)
+        idx = np.nonzero(received)[0]
+        f, last_use = first[idx], np.maximum(last[idx], arrived[idx])
+        times += f.tolist() + last_use.tolist()
+        deltas += [xb] * idx.size + [-xb] * idx.size
+    if acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
+        first = np.minimum(
+            _first_last(acts.accums, start, n, True),
+            _first_last([(op, ts) for _, op, ts, _ in acts.recv_y], end, n, True),
+        )
+        last = _first_last(acts.send_y, end, n, False)
+        idx = np.nonzero(~home & np.isfinite(first))[0]
+        f = first[idx]
+        release = np.where(np.isfinite(last[idx]), np.maximum(last[idx], f), hi)
+        times += f.tolist() + release.tolist()
+        deltas += [yb] * idx.size + [-yb] * idx.size
+    for hold, op, _, nbytes in acts.recv_y:  # landing buffer while the block crosses the link
+        times += [start[hold], end[op]]
+        deltas += [nbytes, -nbytes]
+    for g, a, nbytes in acts.h:
+        times += [start[g], end[a]]
+        deltas += [nbytes, -nbytes]
+    return times, deltas
+
+
+def sram_peaks(
+    num_dies: int,
+    pools: dict[int, int],
+    fills: Sequence[tuple[int, int, list[int]]],
+    acts: dict[tuple[int, int], LayerActs],
+    layers: Sequence[MoEDecl],
+    start: list[float],
+    end: list[float],
+    makespan: float,
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Per die: peak SRAM (slots + activations), its slot and activation parts at the peak,
+    and the peak of slots alone.
+
+    ``pools``: slot bytes per die; ``fills``: ``(die, fill op, [fill op, free op])`` per slot
+    fill (no free op: held to the end); ``acts``: per (die, layer index) what it did.
+    """
+    D = num_dies
+    times: dict[int, list[float]] = defaultdict(list)
+    slot_d: dict[int, list[int]] = defaultdict(list)
+    act_d: dict[int, list[int]] = defaultdict(list)
+    for die, fill, rec in fills:
+        size = pools.get(die, 0)
+        times[die] += [start[fill], end[rec[1]] if len(rec) > 1 else makespan]
+        slot_d[die] += [size, -size]
+        act_d[die] += [0, 0]
+    for (die, k), la in sorted(acts.items()):
+        m = layers[k]
+        ts, ds = _activation_events(la, m.tokens, m.hidden, m.dtype, start, end)
+        times[die] += ts
+        act_d[die] += ds
+        slot_d[die] += [0] * len(ds)
+    peak, slots, act, slot_peak = [0] * D, [0] * D, [0] * D, [0] * D
+    for die, tv in times.items():
+        s_arr = np.asarray(slot_d[die], dtype=np.int64)
+        a_arr = np.asarray(act_d[die], dtype=np.int64)
+        order = np.lexsort((s_arr + a_arr, np.asarray(tv)))  # releases first at equal times
+        cs, ca = np.cumsum(s_arr[order]), np.cumsum(a_arr[order])
+        total = cs + ca
+        j = int(np.argmax(total))
+        peak[die], slots[die], act[die] = int(total[j]), int(cs[j]), int(ca[j])
+        slot_peak[die] = int(cs.max())
+    return peak, slots, act, slot_peak

@@ -1,0 +1,256 @@
+"""Timing handlers: what each opcode adds to the op graph (one handler per opcode).
+
+Each handler receives the :class:`~.opgraph.Builder` (costs, resources, SRAM records), the die's
+:class:`~.opgraph.DieState` and the instruction, and adds the instruction's ops and their edges,
+in the rules of :mod:`.timing`'s docstring. A new opcode registers its handler with
+``@TIMING.register("name")``; an opcode without one fails this module's import (or, declared
+later, the next run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from moec.backends.interp.opgraph import (
+    COMPUTE,
+    DENSE_DRAM,
+    LOAD,
+    SYNC,
+    TIMING,
+    Builder,
+    DieState,
+    precision_of,
+)
+from moec.backends.interp.sram import LayerActs
+from moec.ir.activations import h_bytes
+from moec.ir.errors import ScheduleError
+from moec.ir.stream.printer import instr as instr_text
+from moec.ir.stream.program import (
+    Accum,
+    Act,
+    Dense,
+    Free,
+    Gemm,
+    Load,
+    MoE,
+    Recv,
+    Send,
+    Signal,
+    SliceRef,
+    Wait,
+)
+
+
+def slice_compute(
+    b: Builder, s: DieState, i: Any, flops: Callable[[int, int, int, bool], float]
+) -> tuple[int, SliceRef, LayerActs, int, int, bool]:  # fmt: skip
+    """A compute op on the micro-slice in ``i.slot`` for ``i.tokens`` (``flops(tokens, hidden,
+    width, gated)``), after the die's latest wait and compute and the slot's fill. Returns
+    ``(op, slice, the layer's activation record, tokens, width, gated)``; the caller adds its
+    own edges and then calls :func:`computed`."""
+    content, prec = s.slot_fill_info.get(i.slot, (None, "fp16"))
+    if content is None:
+        raise ScheduleError(f"die {s.die}: '{instr_text(i)}' needs a micro-slice in s{i.slot}")
+    hidden, w, _, _, gated = b.slice_geometry(content)
+    n = len(i.tokens)
+    lk = b.layers[content.layer][0]
+    g = b.g
+    op = g.add(COMPUTE, b.flops_time(s, flops(n, hidden, w, gated), prec), (s.die,), s.die, i, lk)
+    la = b.layer_acts(s.die, lk)
+    la.ops.append(op)
+    g.edge(s.fence, op)
+    g.edge(s.last_compute, op)
+    g.edge(s.slot_fill.get(i.slot), op)
+    return op, content, la, n, w, gated
+
+
+def computed(s: DieState, slot: int, op: int) -> None:
+    """``op`` is the die's latest compute and a use of ``slot``."""
+    s.last_compute = op
+    s.slot_uses[slot].append(op)
+    s.since_signal.append(op)
+
+
+@TIMING.register("gemm")
+def gemm(b: Builder, s: DieState, i: Gemm) -> None:
+    """Gate/up projections: ``2 T d w`` FLOPs each (two if gated); also waits for the die's
+    latest ``x`` block of the layer; its ``h`` is held until the slot's ``accum``."""
+    op, content, la, n, w, gated = slice_compute(
+        b, s, i, lambda n, d, w, gated: 2.0 * n * d * w * (2 if gated else 1)
+    )
+    la.x_uses.append((op, i.tokens))
+    s.pending_h[i.slot] = (op, h_bytes(n, w, gated))
+    b.g.edge(s.last_recv.get((content.layer, "x")), op)
+    computed(s, i.slot, op)
+
+
+@TIMING.register("act")
+def act(b: Builder, s: DieState, i: Act) -> None:
+    """The activation: ``2 T w`` FLOPs."""
+    op, *_ = slice_compute(b, s, i, lambda n, d, w, gated: 2.0 * n * w)
+    computed(s, i.slot, op)
+
+
+@TIMING.register("accum")
+def accum(b: Builder, s: DieState, i: Accum) -> None:
+    """The down-projection into the outputs: ``2 T w d`` FLOPs; releases the slice's ``h``."""
+    op, _, la, *_ = slice_compute(b, s, i, lambda n, d, w, gated: 2.0 * n * w * d)
+    la.accums.append((op, i.tokens))
+    pending = s.pending_h.pop(i.slot, None)
+    if pending is not None:
+        la.h.append((pending[0], op, pending[1]))
+    computed(s, i.slot, op)
+
+
+@TIMING.register("load")
+def load(b: Builder, s: DieState, i: Load) -> None:
+    """A DRAM (or host) read into the slot, once the slot's last free has completed, at the
+    precision its bytes imply."""
+    tag = -1
+    prec = b.dense_precision
+    c = i.content
+    sref: SliceRef | None = None
+    if isinstance(c, SliceRef):
+        tag = b.layers[c.layer][0]
+        _, _, elements, dtype, _ = b.slice_geometry(c)
+        prec = precision_of(i.nbytes, elements, dtype)
+        sref = c
+    first, op = b.read(LOAD, i.channel, s.die, i.nbytes, i, tag)
+    if tag >= 0:
+        b.layer_acts(s.die, tag).ops += [first, op]
+    g = b.g
+    g.edge(s.fence, first)
+    g.edge(s.slot_free.get(i.slot), first)
+    s.fill(i.slot, op, sref, prec)
+    s.slot_fill_rec[i.slot] = b.record_fill(s.die, first)
+    s.since_signal.append(op)
+
+
+@TIMING.register("send", "recv")
+def transfer(b: Builder, s: DieState, i: Send | Recv) -> None:
+    """One side of a link transfer (the k-th send a->b and the k-th recv on b from a are one
+    transfer): edges in go to the link hold, edges out leave from the arrival."""
+    is_send = isinstance(i, Send)
+    die = s.die
+    key = (die, i.peer) if is_send else (i.peer, die)
+    hold, op = b.transfer(key, is_send, i, die)
+    g = b.g
+    tag = -1
+    if i.block is not None:
+        tag = b.layers[i.block.layer][0]
+    elif isinstance(i, Recv) and isinstance(i.content, SliceRef):
+        tag = b.layers[i.content.layer][0]
+    if tag >= 0 and g.layer[op] < 0:
+        g.layer[hold] = g.layer[op] = tag
+    if tag >= 0:
+        la = b.layer_acts(die, tag)
+        la.ops += [hold, op]
+        if i.block is not None:
+            ts = i.block.tokens
+            if is_send:
+                (la.x_uses if i.block.which == "x" else la.send_y).append((op, ts))
+            elif i.block.which == "x":
+                la.recv_x.append((op, ts))
+                la.recv_x_start.append((hold, ts))
+            else:
+                la.recv_y.append((hold, op, ts, i.nbytes))
+    g.edge(s.fence, hold)
+    if isinstance(i, Send):
+        if i.slot is not None:
+            g.edge(s.slot_fill.get(i.slot), hold)
+            s.slot_uses[i.slot].append(op)
+        elif i.block is not None:
+            g.edge(s.last_recv.get((i.block.layer, i.block.which)), hold)
+            if i.block.which == "y":
+                g.edge(s.last_compute, hold)
+    elif i.slot is not None:
+        g.edge(s.slot_free.get(i.slot), hold)
+        c = i.content
+        sref = c if isinstance(c, SliceRef) else None
+        prec = b.dense_precision
+        if sref is not None:
+            _, _, elements, dtype, _ = b.slice_geometry(sref)
+            prec = precision_of(i.nbytes, elements, dtype)
+        s.fill(i.slot, op, sref, prec)
+        s.slot_fill_rec[i.slot] = b.record_fill(die, hold)
+    elif i.block is not None:
+        s.last_recv[(i.block.layer, i.block.which)] = op
+    s.since_signal.append(op)
+
+
+@TIMING.register("free")
+def free(b: Builder, s: DieState, i: Free) -> None:
+    """Completes when the slot's fill and every use since have."""
+    content, _ = s.slot_fill_info.get(i.slot, (None, ""))
+    tag = b.layers[content.layer][0] if content is not None else -1
+    g = b.g
+    op = g.add(SYNC, 0.0, (), s.die, i, tag)
+    if tag >= 0:
+        b.layer_acts(s.die, tag).ops.append(op)
+    g.edge(s.fence, op)
+    g.edge(s.slot_fill.get(i.slot), op)
+    for u in s.slot_uses.pop(i.slot, []):
+        g.edge(u, op)
+    s.slot_free[i.slot] = op
+    rec = s.slot_fill_rec.pop(i.slot, None)
+    if rec is not None:
+        rec.append(op)
+    s.since_signal.append(op)
+
+
+@TIMING.register("signal")
+def signal(b: Builder, s: DieState, i: Signal) -> None:
+    """Completes when everything the die issued before it has, then counts its event."""
+    g = b.g
+    op = g.add(SYNC, 0.0, (), s.die, i)
+    g.edge(s.fence, op)
+    g.edge(s.last_signal, op)
+    for u in s.since_signal:
+        g.edge(u, op)
+    s.since_signal = []
+    s.last_signal = op
+    b.signal_event[op] = i.event
+
+
+@TIMING.register("wait")
+def wait(b: Builder, s: DieState, i: Wait) -> None:
+    """Released by its event's counter; nothing after it issues before."""
+    g = b.g
+    op = g.add(SYNC, 0.0, (), s.die, i)
+    g.edge(s.fence, op)
+    g.ndeps[op] += 1  # released by the counter
+    b.waiters[i.event][i.count].append(op)
+    s.fence = op
+
+
+@TIMING.register("dense")
+def dense(b: Builder, s: DieState, i: Dense) -> None:
+    """The compute unit for ``flops`` at the layer dtype, and a read of ``bytes`` from the
+    die's nearest channel, in parallel."""
+    g = b.g
+    isl = b.islands.get(i.island, -1)
+    comp = g.add(
+        COMPUTE, b.flops_time(s, float(i.flops), b.dense_precision), (s.die,), s.die, i, -1, isl
+    )  # fmt: skip
+    g.edge(s.fence, comp)
+    g.edge(s.last_compute, comp)
+    s.last_compute = comp
+    s.since_signal.append(comp)
+    if i.nbytes > 0:
+        ch = b.t.nearest_channel(s.die)
+        first, mem = b.read(DENSE_DRAM, ch.id, s.die, i.nbytes, i, -1, isl)
+        g.edge(s.fence, first)
+        s.since_signal.append(mem)
+
+
+@TIMING.register("moe")
+def moe(b: Builder, s: DieState, i: MoE) -> None:
+    """A placeholder cannot be timed: the runtime part must be expanded first."""
+    raise ScheduleError(
+        f"die {s.die}: 'moe {i.layer}' must be expanded before timing "
+        "(the runtime part needs a routing)"
+    )
+
+
+TIMING.check()
