@@ -145,6 +145,38 @@ def check_precision(p: Program, recorded: dict[str, tuple[str, ...]]) -> None:
 LayerInstructions = Callable[[str, LayerRouting], tuple[LayerRouting, dict[int, list[Instr]]]]
 
 
+def check_companion(p: Program, model: onnx.ModelProto) -> dict[str, MoELayer]:
+    """The weights companion holds what the program declares, checked before anything runs.
+
+    Every MoE layer the companion defines is declared by the program with the same experts,
+    top-k, hidden and FFN sizes, and a shared expert exactly when the declaration has one; and
+    the runtime policies' precision tables agree with it (:func:`check_precision`). Returns the
+    companion's layers.
+    """
+    layers = moe_layers(model, p.filename)
+    for name, layer in layers.items():
+        decl = p.layer(name)
+        if decl is None:
+            raise ProgramError(
+                f"the weights have MoE layer {name}, the program does not", p.filename
+            )
+        shared = layer.shared_ffn if layer.has_shared else 0
+        said = (decl.experts, decl.top_k, decl.hidden, decl.ffn, decl.shared_ffn)
+        held = (layer.num_experts, layer.top_k, layer.hidden, layer.ffn, shared)
+        if said != held:
+            keys = ("experts", "top_k", "hidden", "ffn", "shared_ffn")
+            diff = ", ".join(
+                f"{k} {a} vs {b}" for k, a, b in zip(keys, said, held, strict=True) if a != b
+            )
+            raise ProgramError(
+                f"MoE layer {name}: the declaration and the weights file disagree ({diff}, "
+                "declared vs held); compile the program again",
+                decl.loc or p.filename,
+            )
+    check_precision(p, weights_precision(model))
+    return layers
+
+
 def evaluate_model(
     model: onnx.ModelProto,
     layers: dict[str, MoELayer],
