@@ -59,3 +59,7 @@ class ScheduleError(MoecError):
 
 class TraceError(MoecError):
     """A routing trace that is malformed or does not match the model."""
+
+
+class FileError(MoecError):
+    """A file that cannot be read or written, or an output path that would destroy an input."""

@@ -34,6 +34,7 @@ from moec.compiler.bench.spec import (
 )
 from moec.compiler.cli.bench_run import DEFAULT_ROUTING, known_strategies, run_bench, timed
 from moec.compiler.cli.cmd_compile import parse_overrides
+from moec.ir.files import check_outputs
 
 
 def register(subparsers: Any) -> None:
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         strategies = parse_strategies(args.strategies, known)
     models = _expand(args.model, PAPER_MODELS)
     targets = _expand(args.target, PAPER_TARGETS)
+    check_outputs([args.plot], [*models, *targets, args.routing, args.calibration])
     file_routing = not args.routing.startswith("synth")
     tokens: list[int | None]
     if args.tokens:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from moec.ir.errors import ModelError
-from moec.ir.files import atomic_write
+from moec.ir.files import atomic_write, check_outputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,10 +44,8 @@ def run_build(args: argparse.Namespace) -> int:
         raise ModelError(
             f"unknown model {args.name!r} (expected one of: {', '.join(sorted(entries))})"
         )
+    check_outputs([args.output], [])
     model = entry.build(args.seed)
-    try:
-        atomic_write(args.output, model.SerializeToString())
-    except OSError as err:
-        raise ModelError(f"cannot write: {err.strerror}", args.output) from None
+    atomic_write(args.output, model.SerializeToString())
     print(f"wrote {args.output} ({entry.kind}: {entry.description})")
     return 0

@@ -28,7 +28,7 @@ from moec.backends.interp import check_routings, program_target, render, simulat
 from moec.backends.interp.numerics import load_weights, seeded_inputs
 from moec.backends.interp.report import chrome_trace_json
 from moec.ir.errors import ProgramError, TraceError
-from moec.ir.files import atomic_write
+from moec.ir.files import atomic_write_all, check_outputs
 from moec.ir.routing import RoutingTrace, load_trace, parse_routing_spec
 from moec.ir.stream import Program, load_program, print_program, verify_program
 from moec.ir.target import Target, load_target
@@ -74,6 +74,11 @@ def _inputs(path: str) -> dict[str, np.ndarray]:
 def run(args: argparse.Namespace) -> int:
     program = load_program(args.program)
     base = os.path.dirname(os.path.abspath(args.program))
+    weights = os.path.join(base, program.weights.path) if program.weights is not None else None
+    check_outputs(
+        [args.trace_out, args.dump_expanded],
+        [args.program, weights, args.inputs, args.routing, args.target],
+    )  # fmt: skip
     target = None
     if args.target:
         target = load_target(args.target, base_dir=os.getcwd())
@@ -99,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
         outputs.append((args.dump_expanded, print_program(result.expanded)))
     if args.trace_out:
         outputs.append((args.trace_out, chrome_trace_json(result.timeline)))
-    for path, data in outputs:
-        atomic_write(path, data)
+    atomic_write_all(outputs)
     if args.json:
         doc = result.report.to_dict()
         if result.outputs is not None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from moec.ir.errors import MoecError
+from moec.ir.files import check_outputs
 
 
 class SweepUsageError(MoecError):
@@ -92,6 +94,8 @@ def run_plot(args: argparse.Namespace) -> int:
         raise SweepUsageError("plot: expected one results folder: moec sweep plot RESULTS ...")
     if not args.x or not args.y or not args.output:
         raise SweepUsageError("plot: --x, --y and -o OUT.png are required")
+    results = Path(args.what[1])
+    check_outputs([args.output], [results / "sweep.sqlite", results / "sweep.parquet", results])
     kind = plot_results(
         args.what[1], args.x, args.y, color=args.color, facet=args.facet,
         where=_where(args.where), out=args.output, contour=args.contour,

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from moec.ir.errors import TraceError
+from moec.ir.files import check_outputs
 from moec.ir.routing import HOME_SCHEMES, layer_stats, load_trace, save_trace, synth_layers
 
 
@@ -96,6 +97,7 @@ def _check_positive(flag: str, value: int | None) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
     tokens = _check_positive("--tokens", args.tokens)
+    check_outputs([args.output], [args.model, args.target])
     if args.model:
         model, layers, names = model_layers(args.model)
     elif args.experts is not None:
@@ -154,6 +156,7 @@ def run_dump(args: argparse.Namespace) -> int:
     from moec.compiler.cli.cmd_check import dump_trace
 
     num_dies = None if args.target else _check_positive("--dies", args.dies or 4)
+    check_outputs([args.output], [args.model, args.inputs, args.target])
     trace = dump_trace(
         args.model, seed=args.seed, dims=args.dims, inputs=args.inputs, num_dies=num_dies,
         target=args.target, home=args.home,

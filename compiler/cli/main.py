@@ -45,11 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     except MoecError as err:
         print(f"moec: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:
+        return 1
+    except OSError as err:
+        # A file the command could not read or write that no check above caught: still one line.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"moec: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("moec: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 1
     return int(code or 0)
 
 
