@@ -63,3 +63,9 @@ class TraceError(MoecError):
 
 class FileError(MoecError):
     """A file that cannot be read or written, or an output path that would destroy an input."""
+
+
+class CheckFailed(MoecError):
+    """A numerical check that ran and did not pass (exit code 1, like a comparison over tol)."""
+
+    exit_code = 1

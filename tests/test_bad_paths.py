@@ -122,11 +122,32 @@ WRITERS = [
     ["run", "p.msp", "--dump-expanded", "{out}.msp"],
     ["export", "m.onnx", "-o", "{out}.onnx"],
     ["models", "build", "tiny_moe", "-o", "{out}.onnx"],
-    ["trace", "synth", "--experts", "4", "--top-k", "1", "--layers", "1", "--tokens", "4",
-     "-o", "{out}.json"],  # fmt: skip
+    [
+        "trace",
+        "synth",
+        "--experts",
+        "4",
+        "--top-k",
+        "1",
+        "--layers",
+        "1",
+        "--tokens",
+        "4",
+        "-o",
+        "{out}.json",
+    ],  # fmt: skip
     ["trace", "dump", "m.onnx", "-o", "{out}.json"],
-    ["bench", "--model", "tiny_moe", "--tokens", "16", "--strategies", "ep", "--plot",
-     "{out}.png"],  # fmt: skip
+    [
+        "bench",
+        "--model",
+        "tiny_moe",
+        "--tokens",
+        "16",
+        "--strategies",
+        "ep",
+        "--plot",
+        "{out}.png",
+    ],  # fmt: skip
 ]
 BAD_OUTPUTS = {
     "missing-folder": "nope/out",
@@ -179,7 +200,9 @@ def _reader_id(argv: list[str]) -> str:
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 @pytest.mark.parametrize("argv", READERS, ids=_reader_id)
-def test_bad_input(argv: list[str], case: str, work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input(
+    argv: list[str], case: str, work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     name = BAD_INPUTS[case]
     if argv[:2] == ["targets", "show"] or "--target" in argv:
         name = name.replace(".onnx", ".toml")

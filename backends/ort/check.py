@@ -28,7 +28,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from moec.ir.errors import ModelError, MoecError
+from moec.ir.errors import CheckFailed, ModelError, MoecError
 
 #: Ops a token id passes through unchanged on its way to the embedding Gather.
 _ID_PATH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
@@ -227,6 +227,22 @@ class CheckReport:
         }  # fmt: skip
 
 
+def check_finite(name: str, got: np.ndarray, want: np.ndarray) -> None:
+    """Fail on the first non-finite value on either side: an Inf or NaN is never "close".
+
+    (A relative error divided by an infinite scale would read 0 and pass falsely.)
+    """
+    for side, values in (("ONNX Runtime", want), ("the interpreter", got)):
+        finite = np.isfinite(values)
+        if not finite.all():
+            index = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise CheckFailed(
+                f"non-finite value {values[index]} from {side} at index {list(index)} "
+                f"(ONNX Runtime {want[index]}, interpreter {got[index]})",
+                f"output {name}",
+            )
+
+
 def compare(
     got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], tol: float = 1e-4
 ) -> CheckReport:
@@ -243,10 +259,9 @@ def compare(
         if g64.size == 0:
             report.outputs.append(OutputError(name, tuple(w64.shape), 0.0, 0.0))
             continue
-        diff = np.abs(g64 - w64)
-        bad = ~np.isfinite(g64) & np.isfinite(w64)
-        abs_err = float("inf") if bad.any() else float(np.nanmax(diff))
-        scale = float(np.nanmax(np.abs(w64)))
+        check_finite(name, g64, w64)
+        abs_err = float(np.abs(g64 - w64).max())
+        scale = float(np.abs(w64).max())
         rel = abs_err / scale if scale > 0 else abs_err
         report.outputs.append(OutputError(name, tuple(w64.shape), abs_err, rel))
     return report

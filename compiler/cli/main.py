@@ -12,6 +12,9 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
+
+import numpy as np
 
 from moec import __version__
 from moec.ir.errors import MoecError
@@ -41,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        code = args.func(args)
+        # Non-finite numbers are reported where they matter (check, bench accuracy); numpy's
+        # RuntimeWarnings about them would only be noise on stderr.
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            code = args.func(args)
     except MoecError as err:
         print(f"moec: error: {err}", file=sys.stderr)
         return err.exit_code
