@@ -156,6 +156,17 @@ def synth_zipf(
     )  # fmt: skip
 
 
+#: Largest memory a synthetic trace may take (checked before anything is allocated).
+MAX_SYNTH_BYTES = 2 << 30
+
+
+def synth_bytes(layers: list[tuple[int, int]], tokens: int) -> int:
+    """Peak bytes of :func:`synth_layers`: the kept ids, gates and home dies of every layer,
+    plus one layer's float64 logits and their argsort (``tokens x experts`` each)."""
+    kept = sum(tokens * (12 * k + 8) for _, k in layers)
+    return kept + max((16 * tokens * e for e, _ in layers), default=0)
+
+
 def synth_layers(
     layers: list[tuple[int, int]],
     tokens: int,
@@ -177,6 +188,13 @@ def synth_layers(
         raise TraceError(f"seed must be >= 0, found {seed}")
     if layer_names is not None and len(layer_names) != len(layers):
         raise TraceError(f"{len(layer_names)} layer names for {len(layers)} layers")
+    need = synth_bytes(layers, tokens)
+    if need > MAX_SYNTH_BYTES:
+        raise TraceError(
+            f"a synthetic trace of {tokens} tokens x {len(layers)} layers needs about "
+            f"{need / 2**30:.1f} GiB of memory, over the limit of {MAX_SYNTH_BYTES / 2**30:g} GiB: "
+            "use fewer tokens or layers"
+        )
     home_die = assign_home_dies(tokens, num_dies, home)
     out = []
     for i, (num_experts, top_k) in enumerate(layers):

@@ -28,6 +28,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from moec.backends.ort.runtime import error_text, session_options
 from moec.ir.errors import CheckFailed, ModelError, MoecError
 
 #: Ops a token id passes through unchanged on its way to the embedding Gather.
@@ -155,16 +156,12 @@ def dims_of(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
     try:
         return ort.InferenceSession(
-            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
         )
     except Exception as err:  # noqa: BLE001 - ORT raises its own unrelated types
-        text = " ".join(str(err).split())
-        raise ModelError(f"ONNX Runtime cannot load the model: {text[:300]}") from None
+        raise ModelError(f"ONNX Runtime cannot load the model: {error_text(err)}") from None
 
 
 def run_ort(
@@ -184,8 +181,7 @@ def run_ort(
     try:
         values = sess.run(names, dict(feeds))
     except Exception as err:  # noqa: BLE001
-        text = " ".join(str(err).split())
-        raise ModelError(f"ONNX Runtime failed to run the model: {text[:300]}") from None
+        raise ModelError(f"ONNX Runtime failed to run the model: {error_text(err)}") from None
     return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
 
 
