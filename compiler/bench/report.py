@@ -6,7 +6,9 @@ A row is a plain dict (the ``--json`` schema)::
      "peak_sram_bytes_max", "dram_bytes", "link_bytes",
      "utilization": {"compute", "dram", "links"}, "passes", ...}
 
-plus, for models with weights, ``"accuracy": {"max_rel_err", "mean_rel_err", "cosine",
+A point that failed (``moec bench`` keeps going) is a row with the point's coordinates, its
+one-line ``"error"``, ``latency_s`` and ``speedup_vs_ep`` null and no other metrics. Plus, for
+models with weights, ``"accuracy": {"max_rel_err", "mean_rel_err", "cosine",
 "top1_agreement"}``; the table and the Markdown get the :data:`ACCURACY_COLUMNS` when any row
 has it (``-`` in the rows that do not).
 
@@ -32,11 +34,13 @@ def _point(row: Row) -> tuple[Any, ...]:
 def add_speedups(rows: list[Row]) -> list[Row]:
     """Set ``speedup_vs_ep`` = EP latency / latency for rows whose point has an ``ep`` row
     (same model, target, tokens and passes); ``None`` otherwise. Returns ``rows``."""
-    ep = {_point(r): r["latency_s"] for r in rows if r["strategy"] == "ep"}
+    ran = [r for r in rows if not r.get("error")]
+    ep = {_point(r): r["latency_s"] for r in ran if r["strategy"] == "ep"}
     for r in rows:
         base = ep.get(_point(r))
+        lat = r.get("latency_s")
         r["speedup_vs_ep"] = (
-            round(base / r["latency_s"], 6) if base is not None and r["latency_s"] > 0 else None
+            round(base / lat, 6) if base is not None and lat is not None and lat > 0 else None
         )
     return rows
 
@@ -93,7 +97,15 @@ def accuracy_cells(row: Row) -> list[str]:
 
 
 def table_cells(row: Row, accuracy: bool = False) -> list[str]:
-    """The terminal cells of one row, in :data:`COLUMNS` order (then the accuracy cells)."""
+    """The terminal cells of one row, in :data:`COLUMNS` order (then the accuracy cells).
+
+    A failed point (a row with ``error``) shows ``failed`` under latency and ``-`` elsewhere."""
+    if row.get("error"):
+        n = len(COLUMNS) + (len(ACCURACY_COLUMNS) if accuracy else 0)
+        return [
+            row["model"], row["target"], str(row["tokens"]),
+            row["strategy"] + (f" [{row['passes']}]" if row.get("passes") else ""), "failed",
+        ] + ["-"] * (n - 5)  # fmt: skip
     u = row["utilization"]
     speed = row.get("speedup_vs_ep")
     ratio = row["latency_s"] / row["bound_s"] if row["bound_s"] > 0 else float("inf")
@@ -156,6 +168,7 @@ def write_plot(rows: Sequence[Row], path: str) -> None:
         ) from None
     import io
 
+    rows = [r for r in rows if not r.get("error")]  # failed points have no latency to draw
     panels = list(dict.fromkeys((r["model"], r["target"]) for r in rows))
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * max(1, len(panels))), squeeze=False)

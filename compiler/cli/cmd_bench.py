@@ -15,6 +15,11 @@ steps (naive FSE-DP, + R1-R4, + paired load, + R5, + 20% token buffering) instea
 relative error, cosine, top-1 agreement against ONNX Runtime on the original model, for the
 row's strategy, passes and token count; ``--no-accuracy`` skips it). The wall time of the whole
 run is printed last (to stderr with ``--json``).
+
+A point that fails (say, a token count that does not fit one strategy's SRAM) does not end the
+run: its row says ``failed`` (in JSON, an ``"error"`` and null metrics), the failed points are
+listed on stderr, and the exit code is 1. Exit 0 means every point ran; when no point ran, the
+first point's error is the command's error (exit 2).
 """
 
 from __future__ import annotations
@@ -182,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
                 overrides=parse_overrides(args.overrides),
                 accuracy=args.accuracy,
                 on_row=tick,
+                keep_going=True,
             )  # fmt: skip
         )
     if args.ablation:
@@ -203,4 +209,15 @@ def run(args: argparse.Namespace) -> int:
         if args.plot:
             out.print(f"wrote {args.plot}")
         out.print(summary)
-    return 0
+    return _report_failures(rows)
+
+
+def _report_failures(rows: list[dict[str, Any]]) -> int:
+    """List the points that failed on stderr; exit code 1 when any did (0 when all ran)."""
+    failed = [r for r in rows if r.get("error")]
+    for r in failed:
+        point = f"{r['model']} {r['target']} tokens={r['tokens']} {r['strategy']}"
+        print(f"moec bench: failed: {point}: {r['error']}", file=sys.stderr)
+    if failed:
+        print(f"moec bench: {len(failed)} of {len(rows)} points failed", file=sys.stderr)
+    return 1 if failed else 0
