@@ -49,7 +49,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--passes", default="", metavar="PIPELINE", help="pass pipeline string")
     p.add_argument("--routing", metavar="TRACE", help="routing trace (.json or .npz)")
     p.add_argument("--tokens", type=int, metavar="N", help="tokens per iteration")
-    p.add_argument("--dims", nargs="*", default=[], metavar="NAME=VALUE", help="symbolic dim sizes")
+    p.add_argument(
+        "--dims",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
+        help="symbolic dim sizes",
+    )
     p.add_argument("--debug", action="store_true", help="verify the IR after every pass")
     p.add_argument("--print-ir", action="store_true", help="print the graph IR after the passes")
     p.set_defaults(func=run)

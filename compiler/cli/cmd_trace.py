@@ -46,7 +46,14 @@ def register(subparsers: Any) -> None:
     d = sub.add_parser("dump", help="record the routing of a model run in ONNX Runtime")
     d.add_argument("model", metavar="MODEL", help=".onnx file or a tiny model name")
     d.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
-    d.add_argument("--dims", nargs="*", default=[], metavar="NAME=VALUE", help="symbolic dim sizes")
+    d.add_argument(
+        "--dims",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
+        help="symbolic dim sizes",
+    )
     d.add_argument("--inputs", metavar="F.npz", help="model inputs instead of seeded ones")
     dwhere = d.add_mutually_exclusive_group()
     dwhere.add_argument("--dies", type=int, metavar="D", help="number of dies tokens live on")

@@ -37,9 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def attach_dims(argv: list[str]) -> list[str]:
+    """``--dims a=1 b=2 MODEL`` -> ``--dims=a=1 --dims=b=2 MODEL``: only NAME=VALUE words belong
+    to ``--dims`` (argparse's ``nargs="*"`` would swallow the positional MODEL after them)."""
+    out: list[str] = []
+    taking = False
+    for word in argv:
+        if word == "--dims":
+            taking = True
+            continue
+        if taking and "=" in word and not word.startswith("-"):
+            out.append(f"--dims={word}")
+            continue
+        taking = False
+        out.append(word)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_dims(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
