@@ -19,6 +19,7 @@ import json
 import math
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,8 +179,10 @@ def synth_layers(
     home: str = "blocks",
     model: str = "synthetic",
     layer_names: list[str] | None = None,
+    on_layer: Callable[[int], None] | None = None,
 ) -> RoutingTrace:
-    """:func:`synth_zipf` for layers of possibly different ``(num_experts, top_k)``."""
+    """:func:`synth_zipf` for layers of possibly different ``(num_experts, top_k)``;
+    ``on_layer(i)`` is called after layer ``i`` is drawn (progress)."""
     if tokens < 1:
         raise TraceError(f"tokens must be >= 1, found {tokens}")
     if not math.isfinite(zipf) or zipf < 0:
@@ -207,6 +210,8 @@ def synth_layers(
                 name, num_experts, top_k, tokens, zipf, rng, per_layer_permutation, home_die
             )
         )
+        if on_layer is not None:
+            on_layer(i)
     provenance = {
         "source": "synth", "distribution": "zipf", "zipf": zipf, "seed": seed, "home": home,
         "per_layer_permutation": per_layer_permutation,

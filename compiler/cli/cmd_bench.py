@@ -39,6 +39,7 @@ from moec.compiler.bench.spec import (
 )
 from moec.compiler.cli.bench_run import DEFAULT_ROUTING, known_strategies, run_bench, timed
 from moec.compiler.cli.cmd_compile import parse_overrides
+from moec.compiler.cli.progress import Progress
 from moec.ir.files import check_outputs
 
 
@@ -136,7 +137,6 @@ def _expand(text: str, paper: tuple[str, ...]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     known = known_strategies()
     if args.ablation:
@@ -160,19 +160,10 @@ def run(args: argparse.Namespace) -> int:
         tokens = [None] if file_routing else [16, 64, 256, 1024]
     passes = ["" if p.strip() == "none" else p for p in (args.passes or [""])]
     total = len(models) * len(targets) * len(tokens) * len(strategies) * len(passes)
-    err = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.description}"), console=err, transient=True,
-        disable=not err.is_terminal,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("", total=total)
+    with Progress("bench", total, unit="points") as bar:
 
         def tick(row: dict[str, Any]) -> None:
-            bar.update(
-                task, advance=1,
-                description=f"{row['model']} {row['target']} {row['tokens']} {row['strategy']}",
-            )  # fmt: skip
+            bar.advance(status=f"{row['model']} {row['target']} {row['tokens']} {row['strategy']}")
 
         rows, seconds = timed(
             lambda: run_bench(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moec.compiler.cli.progress import Progress
 from moec.compiler.frontend import LiftResult, lift_model, load_module
 from moec.compiler.lower import lower, parse_strategy
 from moec.compiler.lower.weights_file import companion_bytes, companion_name, sha256
@@ -197,13 +198,17 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(
         [out, out.with_name(companion_name(out.name))], [args.model, args.routing, args.target]
     )
-    compiled = compile_model(
-        args.model, args.output, target=args.target, overrides=parse_overrides(args.overrides),
-        strategy=args.strategy, passes=args.passes, routing=args.routing, tokens=args.tokens,
-        dims=parse_dims(args.dims), debug=args.debug,
-        on_module=(lambda m: print(m.print(), end="")) if args.print_ir else None,
-    )  # fmt: skip
-    write_compiled(compiled, args.output)
+    with Progress("compile") as bar:
+        bar.set_status(f"{args.model}: frontend, passes, lowering")
+        compiled = compile_model(
+            args.model, args.output, target=args.target,
+            overrides=parse_overrides(args.overrides), strategy=args.strategy,
+            passes=args.passes, routing=args.routing, tokens=args.tokens,
+            dims=parse_dims(args.dims), debug=args.debug,
+            on_module=(lambda m: print(m.print(), end="")) if args.print_ir else None,
+        )  # fmt: skip
+        bar.set_status(f"writing {args.output}")
+        write_compiled(compiled, args.output)
     p = compiled.program
     extra = f" + {companion_name(Path(args.output).name)}" if compiled.companion is not None else ""
     print(

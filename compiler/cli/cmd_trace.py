@@ -14,6 +14,7 @@ import argparse
 import json
 from typing import Any
 
+from moec.compiler.cli.progress import Progress
 from moec.ir.errors import TraceError
 from moec.ir.files import check_outputs
 from moec.ir.routing import HOME_SCHEMES, layer_stats, load_trace, save_trace, synth_layers
@@ -122,12 +123,14 @@ def run_synth(args: argparse.Namespace) -> int:
         num_dies = _check_positive("--dies", args.dies if args.dies is not None else 4)
     if not args.output.endswith((".json", ".npz")):
         raise TraceError("expected an output name ending in .json or .npz", args.output)
-    trace = synth_layers(
-        layers, tokens, zipf=args.zipf, seed=args.seed, num_dies=num_dies,
-        per_layer_permutation=not args.same_hot_experts, home=args.home, model=model,
-        layer_names=names,
-    )  # fmt: skip
-    save_trace(trace, args.output)
+    with Progress("trace synth", len(layers), unit="layers") as bar:
+        trace = synth_layers(
+            layers, tokens, zipf=args.zipf, seed=args.seed, num_dies=num_dies,
+            per_layer_permutation=not args.same_hot_experts, home=args.home, model=model,
+            layer_names=names, on_layer=lambda i: bar.advance(status=names[i]),
+        )  # fmt: skip
+        bar.set_status(f"writing {args.output}")
+        save_trace(trace, args.output)
     print(
         f"wrote {args.output}: {len(layers)} layers x {tokens} tokens on {num_dies} dies, "
         f"zipf={args.zipf:g}, seed={args.seed}"
@@ -164,13 +167,16 @@ def run_dump(args: argparse.Namespace) -> int:
 
     num_dies = None if args.target else _check_positive("--dies", args.dies or 4)
     check_outputs([args.output], [args.model, args.inputs, args.target])
-    trace = dump_trace(
-        args.model, seed=args.seed, dims=args.dims, inputs=args.inputs, num_dies=num_dies,
-        target=args.target, home=args.home,
-    )  # fmt: skip
     if not args.output.endswith((".json", ".npz")):
         raise TraceError("expected an output name ending in .json or .npz", args.output)
-    save_trace(trace, args.output)
+    with Progress("trace dump") as bar:
+        bar.set_status(f"running {args.model} in ONNX Runtime")
+        trace = dump_trace(
+            args.model, seed=args.seed, dims=args.dims, inputs=args.inputs, num_dies=num_dies,
+            target=args.target, home=args.home,
+        )  # fmt: skip
+        bar.set_status(f"writing {args.output}")
+        save_trace(trace, args.output)
     print(
         f"wrote {args.output}: {len(trace.layers)} layers x {trace.tokens} tokens on "
         f"{trace.num_dies} dies, seed={args.seed}"

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from moec import __version__
+from moec.compiler.cli import progress
 from moec.ir.errors import MoecError
 
 
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         "accelerators, run them, and check them against ONNX Runtime.",
     )
     parser.add_argument("--version", action="version", version=f"moec {__version__}")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress output on stderr (before COMMAND)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import moec.compiler.cli as cli_pkg
 
@@ -57,6 +61,7 @@ def attach_dims(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(attach_dims(list(sys.argv[1:] if argv is None else argv)))
+    progress.QUIET = bool(args.quiet)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
