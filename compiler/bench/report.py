@@ -171,21 +171,29 @@ def write_plot(rows: Sequence[Row], path: str) -> None:
     rows = [r for r in rows if not r.get("error")]  # failed points have no latency to draw
     panels = list(dict.fromkeys((r["model"], r["target"]) for r in rows))
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * max(1, len(panels))), squeeze=False)
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(8, 3 * max(1, len(panels)) + 0.6), squeeze=False,
+        constrained_layout=True,
+    )  # fmt: skip
     width = 0.8 / max(1, len(strategies))
+    colors = plt.get_cmap("tab10")
     for ax, (model, target) in zip(axes[:, 0], panels, strict=True):
         sub = [r for r in rows if (r["model"], r["target"]) == (model, target)]
         tokens = sorted({r["tokens"] for r in sub})
+        # each panel in its own unit: a tiny model's microseconds would read 0.00 in ms
+        scale, unit = (1e3, "ms") if max(r["latency_s"] for r in sub) >= 1e-3 else (1e6, "us")
         for i, s in enumerate(strategies):
-            lat = {r["tokens"]: r["latency_s"] * 1e3 for r in sub if r["strategy"] == s}
+            lat = {r["tokens"]: r["latency_s"] * scale for r in sub if r["strategy"] == s}
             xs = [t + (i - (len(strategies) - 1) / 2) * width for t in range(len(tokens))]
-            ax.bar(xs, [lat.get(t, 0.0) for t in tokens], width, label=s)
+            ax.bar(xs, [lat.get(t, 0.0) for t in tokens], width, label=s, color=colors(i % 10))
         ax.set_xticks(range(len(tokens)), [str(t) for t in tokens])
         ax.set_title(f"{model} on {target}")
         ax.set_xlabel("tokens per iteration")
-        ax.set_ylabel("latency (ms)")
-        ax.legend(fontsize="small")
-    fig.tight_layout()
+        ax.set_ylabel(f"latency ({unit})")
+    # one legend for all panels, outside them, so it never covers a bar
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(len(labels), 5),
+               fontsize="small")  # fmt: skip
     buf = io.BytesIO()
     fmt = path.rsplit(".", 1)[-1] if "." in path else "png"
     # A fixed creation date keeps the file's bytes deterministic.
