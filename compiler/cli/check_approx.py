@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from moec.backends.ort.check import run_ort
-from moec.compiler.cli.cmd_compile import DEFAULT_TARGET, compile_model, load_model, write_compiled
+from moec.compile import DEFAULT_TARGET, compile_model, load_model, write_compiled
 from moec.ir.errors import ModelError, MoecError
 from moec.ir.graph import Module
 from moec.ir.stream import Program, load_program
@@ -284,7 +284,7 @@ def run_approx(args: Any) -> int:
     """``moec check --approx PIPELINE`` (arguments parsed by ``cmd_check``)."""
     import json
 
-    from moec.compiler.cli.cmd_compile import parse_dims, parse_overrides
+    from moec.compile import parse_dims, parse_overrides
 
     report = approx_check(
         args.model, args.approx, target=args.target, overrides=parse_overrides(args.overrides),

@@ -23,6 +23,7 @@ import argparse
 import sys
 from typing import Any
 
+from moec.compile import parse_overrides
 from moec.compiler.bench.report import render_table, rows_json, write_plot
 from moec.compiler.bench.spec import (
     ABLATION_STEPS,
@@ -33,7 +34,6 @@ from moec.compiler.bench.spec import (
     parse_tokens,
 )
 from moec.compiler.cli.bench_run import DEFAULT_ROUTING, known_strategies, run_bench, timed
-from moec.compiler.cli.cmd_compile import parse_overrides
 
 
 def register(subparsers: Any) -> None:

@@ -34,15 +34,15 @@ from moec.backends.ort.check import (
     make_inputs,
     run_ort,
 )
-from moec.compiler.cli.cmd_compile import (
+from moec.compile import (
     DEFAULT_TARGET,
-    add_target_args,
     compile_model,
     load_model,
     parse_dims,
     parse_overrides,
     write_compiled,
 )
+from moec.compiler.cli.cmd_compile import add_target_args
 from moec.compiler.frontend import LiftResult
 from moec.compiler.lower import resolve_dims
 from moec.compiler.lower.weights_file import has_weights
