@@ -159,7 +159,7 @@ def reference_run(
 ) -> Reference:
     """The inputs of a numerical comparison and ORT's outputs on the original ``model``; a
     shape-only model is a :class:`MoecError`."""
-    from moec.compiler.cli.cmd_check import model_inputs
+    from moec.check import model_inputs
 
     module, lifted, _ = load_model(model)
     if not module.moe_ops() or not all(
