@@ -149,7 +149,7 @@ def _short(model: str) -> str:
 
 
 def accuracy_table(ppl_bytes: int, ppl_batches: list[int], target: str) -> None:
-    from moec.compiler.cli.check_approx import approx_check
+    from moec.approx import approx_check
 
     print(
         "| model | pipeline | max rel err | mean rel err | cosine | top-1 agree | pairs dropped "
@@ -180,8 +180,8 @@ def accuracy_table(ppl_bytes: int, ppl_batches: list[int], target: str) -> None:
 def perplexity_table(ids: np.ndarray, batch: int, target: str) -> None:
     """Both LMs' perplexity on ``ids`` with the interpreter running every pipeline, ``batch``
     windows of 128 bytes per iteration (the batch a runtime rule like CAEE sees)."""
+    from moec.approx import program_perplexity
     from moec.backends.ort.perplexity import load_lm, perplexity
-    from moec.compiler.cli.check_approx import program_perplexity
 
     rows: dict[str, list[str]] = {"ort": [], "": []}
     head = "| pipeline |"

@@ -26,7 +26,7 @@ layers only:
 model is compiled for the row's target, strategy and pass pipeline with seeded inputs (seed
 :data:`ACCURACY_SEED`) of the row's token count (:func:`moec.compiler.bench.spec.accuracy_dims`),
 the interpreter runs its numerics, and the outputs are compared with ONNX Runtime on the
-original model (:mod:`moec.compiler.cli.check_approx`): the row gets ``"accuracy": {"max_rel_err",
+original model (:mod:`moec.approx`): the row gets ``"accuracy": {"max_rel_err",
 "mean_rel_err", "cosine", "top1_agreement"}`` (worst over the graph outputs; top-1 is None when
 no output has a class axis). It is the whole model's accuracy, every MoE layer compiled with the
 pipeline, whatever ``layers`` is (timing is per simulated layer, accuracy is of the model); the
@@ -86,7 +86,7 @@ from moec.ir.stream import Program, TargetRef
 from moec.ir.target import Target, load_target
 
 if TYPE_CHECKING:
-    from moec.compiler.cli.check_approx import Reference
+    from moec.approx import Reference
 
 #: Tokens of the calibration sample given to popularity-aware strategies by default.
 CALIBRATION_TOKENS = 4096
@@ -165,7 +165,7 @@ class _Workloads:
         """Seeded inputs of ``tokens`` tokens and ORT's outputs on the original ``model``."""
         key = (model, tokens)
         if key not in self._references:
-            from moec.compiler.cli.check_approx import reference_run  # imports onnxruntime
+            from moec.approx import reference_run  # imports onnxruntime
 
             spec = model if model.endswith(".onnx") else canonical_model(model)
             dims = accuracy_dims(load_bench_model(model).module, tokens, model)
@@ -245,7 +245,7 @@ def row_accuracy(
     strategy: str, passes: str,
 ) -> dict[str, float | None]:  # fmt: skip
     """The accuracy fields of one row (see the module docstring)."""
-    from moec.compiler.cli.check_approx import approx_run, summarize
+    from moec.approx import approx_run, summarize
 
     ref = work.reference(model, tokens)
     run = approx_run(ref, passes, target=target, overrides=overrides, strategy=strategy)

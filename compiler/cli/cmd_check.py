@@ -20,6 +20,7 @@ import argparse
 import json
 from typing import Any
 
+from moec.approx import approx_check
 from moec.check import check_model
 from moec.compile import parse_dims, parse_overrides
 from moec.compiler.cli.cmd_compile import add_target_args
@@ -42,15 +43,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--approx", metavar="PIPELINE", default=None,
-        help="report the accuracy cost of a cost-aware pass pipeline (compiler/cli/check_approx.py)",
+        help="report the accuracy cost of a cost-aware pass pipeline (moec/approx.py)",
     )  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.approx is not None:
-        from moec.compiler.cli.check_approx import run_approx
-
         return run_approx(args)
     report = check_model(
         args.model, target=args.target, overrides=parse_overrides(args.overrides),
@@ -68,3 +67,35 @@ def run(args: argparse.Namespace) -> int:
         verdict = "passed" if report.passed else "FAILED"
         print(f"{verdict}: max_rel_err {report.max_rel_err:.3e} (tol {args.tol:g})")
     return 0 if report.passed else 1
+
+
+def run_approx(args: Any) -> int:
+    """``moec check --approx PIPELINE``: :func:`moec.approx.approx_check`, printed."""
+    report = approx_check(
+        args.model, args.approx, target=args.target, overrides=parse_overrides(args.overrides),
+        strategy=args.strategy, seed=args.seed, dims=parse_dims(args.dims), inputs=args.inputs,
+    )  # fmt: skip
+    doc = report.to_json()
+    if args.json:
+        print(json.dumps(doc, sort_keys=True))
+        return 0
+    print(f"approximation: {report.passes}")
+    if report.precision:
+        print(
+            "  experts by precision: " + ", ".join(f"{k} {v}" for k, v in report.precision.items())
+        )
+    if report.total_pairs:
+        print(f"  dropped (token, expert) pairs: {report.dropped_pairs} of {report.total_pairs}")
+    for o in report.outputs:
+        top1 = f"{o.top1_agreement:.4f}" if o.top1_agreement is not None else "-"
+        print(
+            f"{o.name:<24} vs ORT original: max_rel_err {o.max_rel_err:.3e}  mean_rel_err "
+            f"{o.mean_rel_err:.3e}  cosine {o.cosine:.6f}  top1 {top1}"
+        )
+    if report.exported:
+        print(
+            f"vs ORT running the exported approximation: max_rel_err {doc['vs_exported_max_rel_err']:.3e}"
+        )
+    if report.export_note:
+        print(f"note: {report.export_note}")
+    return 0

@@ -1,4 +1,4 @@
-"""``moec check --approx PIPELINE``: what a cost-aware pipeline costs in accuracy.
+"""What a cost-aware pipeline costs in accuracy: the API behind ``moec check --approx PIPELINE``.
 
 Compiles the model with the pass pipeline (precision plan, skip/prune rules), runs the
 interpreter's numerics on seeded inputs (runtime rules included: they rewrite each layer's
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from moec.backends.ort.check import run_ort
+from moec.check import model_inputs
 from moec.compile import DEFAULT_TARGET, compile_model, load_model, write_compiled
 from moec.ir.errors import ModelError, MoecError
 from moec.ir.graph import Module
@@ -120,7 +121,7 @@ def interpret(
     program: Program, path: str, feeds: Mapping[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], int, int]:
     """Interpreter outputs and (dropped, total) (token, expert) pairs over all layers."""
-    from moec.backends.interp import simulate  # the command line may import backends
+    from moec.backends.interp import simulate
 
     result = simulate(program, inputs=dict(feeds), base_dir=os.path.dirname(os.path.abspath(path)))
     if not result.outputs:
@@ -159,7 +160,6 @@ def reference_run(
 ) -> Reference:
     """The inputs of a numerical comparison and ORT's outputs on the original ``model``; a
     shape-only model is a :class:`MoecError`."""
-    from moec.check import model_inputs
 
     module, lifted, _ = load_model(model)
     if not module.moe_ops() or not all(
@@ -278,39 +278,3 @@ def program_perplexity(
 
         score = perplexity(logits_fn, byte_ids, context, batch=batch)
     return score.perplexity, counts[0], counts[1]
-
-
-def run_approx(args: Any) -> int:
-    """``moec check --approx PIPELINE`` (arguments parsed by ``cmd_check``)."""
-    import json
-
-    from moec.compile import parse_dims, parse_overrides
-
-    report = approx_check(
-        args.model, args.approx, target=args.target, overrides=parse_overrides(args.overrides),
-        strategy=args.strategy, seed=args.seed, dims=parse_dims(args.dims), inputs=args.inputs,
-    )  # fmt: skip
-    doc = report.to_json()
-    if args.json:
-        print(json.dumps(doc, sort_keys=True))
-        return 0
-    print(f"approximation: {report.passes}")
-    if report.precision:
-        print(
-            "  experts by precision: " + ", ".join(f"{k} {v}" for k, v in report.precision.items())
-        )
-    if report.total_pairs:
-        print(f"  dropped (token, expert) pairs: {report.dropped_pairs} of {report.total_pairs}")
-    for o in report.outputs:
-        top1 = f"{o.top1_agreement:.4f}" if o.top1_agreement is not None else "-"
-        print(
-            f"{o.name:<24} vs ORT original: max_rel_err {o.max_rel_err:.3e}  mean_rel_err "
-            f"{o.mean_rel_err:.3e}  cosine {o.cosine:.6f}  top1 {top1}"
-        )
-    if report.exported:
-        print(
-            f"vs ORT running the exported approximation: max_rel_err {doc['vs_exported_max_rel_err']:.3e}"
-        )
-    if report.export_note:
-        print(f"note: {report.export_note}")
-    return 0
