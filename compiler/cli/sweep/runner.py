@@ -1,6 +1,6 @@
 """Running a sweep: every point not yet in the journal, as Ray tasks or in-process.
 
-Each point is one :func:`moec.compiler.cli.bench_run.run_bench` call (one model, target with the
+Each point is one :func:`moec.bench.run_bench` call (one model, target with the
 point's overrides, token count, pass pipeline and strategy), wrapped by :func:`evaluate_point`
 so that a point that cannot run (its slots do not fit SRAM, a mesh too small for the strategy,
 any :class:`~moec.ir.errors.MoecError`) comes back as ``status="error"`` with its one-line
@@ -100,7 +100,7 @@ def make_task(spec: SweepSpec, point: Point) -> PointTask:
 def evaluate_point(task: PointTask) -> dict[str, Any]:
     """Run one point: ``{"status", "error", "metrics", "elapsed_s"}``. Never raises for a
     point that cannot run; the error is the point's result."""
-    from moec.compiler.cli.bench_run import run_bench
+    from moec.bench import run_bench
 
     start = time.perf_counter()
     status, error, metrics = "ok", None, {}

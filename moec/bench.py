@@ -1,4 +1,4 @@
-"""The bench driver: compile and run every (model, target, tokens, strategy, passes) point.
+"""The bench driver (the API behind ``moec bench``): compile and run every (model, target, tokens, strategy, passes) point.
 
 :func:`run_bench` is what ``moec bench`` and the design-space sweep call. Per point it lowers the
 model's first ``layers`` MoE layers (frontend output cached per process) with the strategy, for a
@@ -83,6 +83,7 @@ from moec.ir.routing import (
     save_trace,
 )
 from moec.ir.stream import Program, TargetRef
+from moec.ir.stream.params import FSEDPParams, strategy_params
 from moec.ir.target import Target, load_target
 
 if TYPE_CHECKING:
@@ -270,8 +271,9 @@ def deferred_by_layer(program: Program, routings: Sequence[LayerRouting]) -> lis
     out: list[list[int]] = []
     for m, r in zip(program.layers, routings, strict=False):
         policy = program.policy(m.name)
-        slack = policy.params.get("slack", 0.0) if policy and policy.strategy == "fsedp" else 0.0
-        if not isinstance(slack, int | float) or isinstance(slack, bool) or slack <= 0:
+        params = strategy_params(policy, m) if policy is not None else None
+        slack = params.slack if isinstance(params, FSEDPParams) else 0.0
+        if slack <= 0:
             out.append([])
             continue
         ids = np.asarray(r.ids)
