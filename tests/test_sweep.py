@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from moec.compiler.cli.main import main
-from moec.compiler.cli.sweep.plot import pareto_front
-from moec.compiler.cli.sweep.spec import SweepSpecError, parse_spec
-from moec.compiler.cli.sweep.store import flatten_metrics, with_speedups
+from moec.sweep.plot import pareto_front
+from moec.sweep.spec import SweepSpecError, parse_spec
+from moec.sweep.store import flatten_metrics, with_speedups
 
 FIXED = """\
 [fixed]
@@ -218,7 +218,7 @@ def test_extending_a_spec_runs_only_the_new_points(
 
 
 def test_a_point_that_cannot_run_is_an_error_result_not_an_exception() -> None:
-    from moec.compiler.cli.sweep.runner import PointTask, evaluate_point
+    from moec.sweep.runner import PointTask, evaluate_point
 
     task = PointTask(
         point_id="x", index=0, model="tiny_moe", target="fsedp-2x2", tokens=16,
@@ -233,7 +233,7 @@ def test_a_point_that_cannot_run_is_an_error_result_not_an_exception() -> None:
 def test_without_ray_the_sweep_runs_in_process(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import moec.compiler.cli.sweep.runner as runner
+    import moec.sweep.runner as runner
 
     monkeypatch.setattr(runner, "ray_available", lambda: False)
     (tmp_path / "tiny.toml").write_text(TINY.replace("[0.001, 16]", "[16]"))

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moec import __version__
-from moec.compiler.cli.sweep.spec import Point, SweepSpec
-from moec.compiler.cli.sweep.store import Journal, Row, export_parquet, flatten_metrics
 from moec.ir.errors import MoecError
+from moec.sweep.spec import Point, SweepSpec
+from moec.sweep.store import Journal, Row, export_parquet, flatten_metrics
 
 
 class SweepRunError(MoecError):
@@ -208,7 +208,7 @@ def run_sweep(
     """Run the points of ``spec`` missing from ``out_dir``'s journal, storing each as it ends;
     then export the whole journal to Parquet (when pyarrow exists). ``on_start(total, todo)``
     and ``on_point(row)`` drive a progress display."""
-    from moec.compiler.cli.sweep.store import EXPORT, with_speedups
+    from moec.sweep.store import EXPORT, with_speedups
 
     journal = Journal(out_dir)
     try:
