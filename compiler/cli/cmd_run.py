@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     outputs: list[tuple[str, bytes | str]] = []
     if args.dump_expanded:
-        outputs.append((args.dump_expanded, print_program(result.expanded)))
+        out_dir = os.path.dirname(os.path.abspath(args.dump_expanded))
+        outputs.append((args.dump_expanded, print_program(result.expanded.rebased(base, out_dir))))
     if args.trace_out:
         outputs.append((args.trace_out, chrome_trace_json(result.timeline)))
     for path, data in outputs:
