@@ -1,0 +1,156 @@
+"""Simulator speed and memory on whole models and big packages (issue 19's table).
+
+    python scripts/bench_sim.py [--cases table|goals|all] [--strategies ep,tp,...] [--markdown]
+
+Each case is one ``moec bench`` command (compile plus run, all MoE layers where it says so) in a
+fresh process; the script prints its wall time and the peak resident memory of that process
+(``os.wait4``'s ``ru_maxrss``), and whether the command succeeded. Nothing is asserted: the goals
+(every strategy, the whole of Qwen3-30B-A3B on fsedp-4x4 and of DeepSeek-V3 on npu8-hbm at 1024
+tokens, under 10 s and 1 GB; an 8x8 package, one layer at 1024 tokens, under 5 s; impossible
+sizes rejected in milliseconds) are read off the printed table.
+
+- ``table``: the runs of issue 19's table (fsedp-paired at 64 .. 16384 tokens on fsedp-4x4,
+  fsedp-2x2 at 1024, DeepSeek-V3 at 1024, a 32x32 mesh, one million tokens);
+- ``goals``: every strategy on the two full models, and on the 8x8 package;
+- ``all``: both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+STRATEGIES = (
+    "ep", "tp", "hydra", "eplb", "fsedp-naive", "fsedp", "fsedp-paired", "fsedp-r5", "fsedp-buf",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Case:
+    what: str
+    args: tuple[str, ...]
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moec.compiler.cli.main", "bench", *self.args, "--json"]
+
+
+def _full(model: str, target: str, tokens: int, strategy: str, *extra: str) -> Case:
+    what = f"{model}, all layers, {strategy}, {target}, {tokens} tokens"
+    return Case(
+        what,
+        ("--model", model, "--target", target, "--tokens", str(tokens), "--strategies", strategy,
+         "--layers", "all", *extra),
+    )  # fmt: skip
+
+
+def table_cases() -> list[Case]:
+    cases = [
+        _full("qwen3-30b-a3b", "fsedp-4x4", t, "fsedp-paired") for t in (64, 256, 1024, 4096, 16384)
+    ]
+    cases.append(_full("qwen3-30b-a3b", "fsedp-2x2", 1024, "fsedp-paired"))
+    cases.append(_full("deepseek-v3", "npu8-hbm", 1024, "ep"))
+    cases.append(
+        Case(
+            "qwen3-30b-a3b, 1 layer, ep + fsedp-paired, 32x32 mesh, 1024 tokens",
+            (
+                "--model",
+                "qwen3-30b-a3b",
+                "--target",
+                "fsedp-4x4",
+                "--set",
+                "dies_x=32",
+                "--set",
+                "dies_y=32",
+                "--tokens",
+                "1024",
+                "--strategies",
+                "ep,fsedp-paired",
+            ),
+        )  # fmt: skip
+    )
+    cases.append(
+        Case(
+            "qwen3-30b-a3b, 1 layer, ep, 1000000 tokens (must be rejected)",
+            ("--model", "qwen3-30b-a3b", "--tokens", "1000000", "--strategies", "ep"),
+        )
+    )
+    return cases
+
+
+def goal_cases(strategies: tuple[str, ...]) -> list[Case]:
+    cases = [_full("qwen3-30b-a3b", "fsedp-4x4", 1024, s) for s in strategies]
+    cases += [_full("deepseek-v3", "npu8-hbm", 1024, s) for s in strategies]
+    cases += [
+        Case(
+            f"qwen3-30b-a3b, 1 layer, {s}, 8x8 mesh, 1024 tokens",
+            (
+                "--model",
+                "qwen3-30b-a3b",
+                "--target",
+                "fsedp-4x4",
+                "--set",
+                "dies_x=8",
+                "--set",
+                "dies_y=8",
+                "--tokens",
+                "1024",
+                "--strategies",
+                s,
+            ),
+        )  # fmt: skip
+        for s in strategies
+    ]
+    return cases
+
+
+def run(case: Case, timeout: float) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, status) of one case in a fresh process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        case.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    status = ""
+    while True:
+        pid, code, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() - start > timeout:
+            proc.kill()
+            pid, code, usage = os.wait4(proc.pid, 0)
+            status = f"killed after {timeout:g} s"
+            break
+        time.sleep(0.02)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().strip().splitlines() if proc.stderr else []
+    proc.returncode = os.waitstatus_to_exitcode(code)
+    if not status:
+        status = (
+            "ok" if proc.returncode == 0 else f"exit {proc.returncode}: {err[-1] if err else ''}"
+        )
+    return wall, usage.ru_maxrss / 1024.0, status
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", choices=("table", "goals", "all"), default="table")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES), help="for the goals cases")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
+    args = ap.parse_args(argv)
+    strategies = tuple(s for s in args.strategies.split(",") if s)
+    cases = table_cases() if args.cases in ("table", "all") else []
+    if args.cases in ("goals", "all"):
+        cases += goal_cases(strategies)
+    print("| run | wall | peak RSS | status |")
+    print("|---|---|---|---|")
+    for case in cases:
+        wall, rss, status = run(case, args.timeout)
+        print(f"| {case.what} | {wall:.1f} s | {rss:,.0f} MB | {status} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
