@@ -227,6 +227,16 @@ def evaluate_model(
             name = next(_attr(a) for a in self.onnx_node.attribute if a.name == "layer")
             return (run_layer(name, x),)
 
+    if needs_runtime(model):
+        from moec.backends.interp.stages import run_staged
+
+        def run_node(node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
+            name = next(_attr(a) for a in node.attribute if a.name == "layer")
+            return run_layer(name, x)
+
+        feed = {k: v for k, v in inputs.items() if k in {i.name for i in model.graph.input}}
+        outputs = run_staged(model, feed, lambda n: n.domain == MOEC_DOMAIN, run_node, where)
+        return outputs, routings
     try:
         sess = ReferenceEvaluator(model, new_ops=[MoE])
     except Exception as err:  # noqa: BLE001 - onnx raises many types for a bad graph
@@ -243,6 +253,17 @@ def evaluate_model(
             raise cause from None
         raise
     return dict(zip(names, (np.asarray(o) for o in outs), strict=True)), routings
+
+
+def needs_runtime(model: onnx.ModelProto) -> bool:
+    """True when the dense part holds ops only ONNX Runtime defines (contrib domains, or
+    default-domain ops ONNX has no schema for), which onnx's reference evaluator cannot run."""
+    for node in model.graph.node:
+        if node.domain == MOEC_DOMAIN:
+            continue
+        if node.domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type):
+            return True
+    return False
 
 
 def seeded_inputs(model: onnx.ModelProto, tokens: int, seed: int = 0) -> dict[str, np.ndarray]:
