@@ -60,6 +60,13 @@ class MoELayer:
     # Score given to experts of non-selected groups before the final top-k; None: 0.0 with a
     # score-correction bias (DeepSeek's reference code), -inf otherwise (transformers uses -inf).
     group_fill: float | None = None
+    # Added to the sum of the k gate scores when renormalizing; None: 1e-20 for sigmoid scoring
+    # (DeepSeek's guard against a zero sum), 0 for softmax.
+    normalize_eps: float | None = None
+    # Experts that quantize their inputs to int8 in blocks of this many elements along the
+    # contracted axis (symmetric, scale = max|a| / 127, round half to even), as ONNX Runtime's
+    # CPU QMoE does for block-wise 8-bit weights; None: float activations.
+    act_quant_block: int | None = None
     activation: str = "silu"
     gated: bool = True
     swiglu_alpha: float = 1.702
@@ -267,7 +274,9 @@ def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gates = np.take_along_axis(scores, ids, axis=1)
     if layer.normalize_topk:
         denom = gates.sum(axis=-1, keepdims=True)
-        if layer.scoring == "sigmoid":
+        if layer.normalize_eps is not None:
+            denom = denom + np.float32(layer.normalize_eps)
+        elif layer.scoring == "sigmoid":
             denom = denom + np.float32(1e-20)
         gates = gates / denom
     gates = (gates * np.float32(layer.routed_scaling)).astype(np.float32)
@@ -278,8 +287,24 @@ def _bias(layer: MoELayer, key: str, e: int, cols: slice) -> np.ndarray | float:
     return _f32(layer.array(key)[e, cols]) if layer.has(key) else 0.0
 
 
+def quantize_activations(a: np.ndarray, block: int) -> np.ndarray:
+    """``a`` [T, K] through symmetric int8 block quantization along K (blocks of ``block``; the
+    last may be shorter): ``round(a / s) * s`` with ``s = max|a| / 127`` per block."""
+    a = _f32(a)
+    T, K = a.shape
+    pad = (-K) % block
+    b = np.pad(a, ((0, 0), (0, pad))).reshape(T, (K + pad) // block, block)
+    scale = (np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1))
+    inv = np.where(scale > 0, np.float32(1) / safe, np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(b * inv), -127, 127) * scale
+    return q.reshape(T, K + pad)[:, :K].astype(np.float32)
+
+
 def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(None)) -> np.ndarray:
     """Activated intermediate of expert ``e`` on tokens ``x`` for columns ``cols`` of F."""
+    if layer.act_quant_block is not None:
+        x = quantize_activations(x, layer.act_quant_block)
     up = _f32(x) @ _f32(layer.array("w_up")[e][:, cols]) + _bias(layer, "b_up", e, cols)
     if not layer.gated:
         return activate(layer.activation, up)
@@ -297,7 +322,14 @@ def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(No
 def expert_down(
     layer: MoELayer, e: int, h: np.ndarray, cols: slice = slice(None), with_bias: bool = True
 ) -> np.ndarray:
-    """Down projection of a slice's intermediate ``h``; the bias is added once (``with_bias``)."""
+    """Down projection of a slice's intermediate ``h``; the bias is added once (``with_bias``).
+
+    With ``act_quant_block``, ``h`` is quantized in blocks from the slice's first column: exact
+    when slices start at multiples of the block (the lowering's slices are whole blocks when
+    the FFN is a multiple of it).
+    """
+    if layer.act_quant_block is not None:
+        h = quantize_activations(h, layer.act_quant_block)
     y = h @ _f32(layer.array("w_down")[e][cols, :])
     if with_bias and layer.has("b_down"):
         y = y + _f32(layer.array("b_down")[e])
@@ -343,7 +375,8 @@ def evaluate(layer: MoELayer, x: np.ndarray) -> np.ndarray:
 _CONFIG_FIELDS = (
     "num_experts", "top_k", "hidden", "ffn", "scoring", "normalize_topk", "routed_scaling",
     "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
-    "swiglu_limit", "num_shared", "shared_ffn", "shared_activation",
+    "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
+    "act_quant_block",
 )  # fmt: skip
 
 
@@ -371,7 +404,7 @@ def layer_from_config(name: str, config: dict[str, Any], weights: dict[str, Weig
     for key in ("normalize_topk", "gated"):
         if key in kwargs:
             kwargs[key] = bool(kwargs[key])
-    for key in ("routed_scaling", "swiglu_alpha", "swiglu_beta", "swiglu_limit"):
+    for key in ("routed_scaling", "swiglu_alpha", "swiglu_beta", "swiglu_limit", "normalize_eps"):
         if key in kwargs:
             kwargs[key] = float(kwargs[key])
     layer = MoELayer(name=name, weights=weights, **kwargs)

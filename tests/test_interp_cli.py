@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,14 @@ def test_dump_expanded_runs_the_same(
     code, b, _ = _run([str(exp), "--json"], capsys)
     assert code == 0
     assert a == b
+    # Written into another folder, it still finds its weights.
+    other = tmp_path / "elsewhere" / "expanded.msp"
+    other.parent.mkdir()
+    assert _run([str(tiny), "--dump-expanded", str(other)], capsys)[0] == 0
+    assert "weights" in other.read_text()
+    code, c, err = _run([str(other), "--json"], capsys)
+    assert code == 0, err
+    assert c == b
 
 
 def test_shape_only_routing_spec(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,9 +142,52 @@ def test_does_not_fit_sram(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFix
         [str(prog), "--routing", "synth:seed=1", "--trace-out", str(out), "--dump-expanded",
          str(dump)], capsys,
     )  # fmt: skip
-    _one_line_error(code, err, "does not fit SRAM")
+    # caught before any expansion: the pool the runtime part may fill is larger than SRAM
+    assert code == 2
+    first = err.strip().splitlines()[0]
+    assert f"{prog}:29:1: does not fit SRAM: die 0 declares 4 slots of 24576 bytes" in first
     assert not out.exists() and not dump.exists()
     # a micro-slice bigger than its slot
-    prog.write_text(tiny.read_text().replace("bytes 24576\n", "bytes 1000\n"))
+    prog.write_text(
+        re.sub(r"(slots die \d count \d) bytes 24576", r"\1 bytes 1000", tiny.read_text())
+    )
     code, _, err = _run([str(prog), "--routing", "synth:seed=1"], capsys)
-    _one_line_error(code, err, "does not fit SRAM")
+    assert code == 2
+    assert "does not fit SRAM: a micro-slice of layer moe0 expert 0 needs" in err.splitlines()[0]
+
+
+def test_declaration_disagrees_with_weights(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A layer declared with a shared expert the weights file lacks is rejected by `inspect`
+    and `run` alike, before anything runs."""
+    prog = tmp_path / "p.msp"
+    text = tiny.read_text()
+    assert "shared_ffn = 0," in text
+    prog.write_text(text.replace("shared_ffn = 0,", "shared_ffn = 64,", 1))
+    weights = tiny.parent / "tiny.msp.weights.onnx"
+    (tmp_path / weights.name).write_bytes(weights.read_bytes())
+    for cmd in (["inspect", str(prog)], ["run", str(prog)]):
+        capsys.readouterr()
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("moec: error: ") and "Traceback" not in err
+        assert "disagree (shared_ffn 64 vs 0" in err, err
+
+
+def test_trace_ends_where_the_run_does(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DRAM and link latencies (which hold no resource) are drawn too, as async slices."""
+    trace = tmp_path / "trace.json"
+    code, out, _ = _run([str(tiny), "--json", "--trace-out", str(trace)], capsys)
+    assert code == 0
+    latency_us = json.loads(out)["latency_s"] * 1e6
+    events = json.loads(trace.read_text())["traceEvents"]
+    ends = [e["ts"] + e.get("dur", 0.0) for e in events if e["ph"] in ("X", "e")]
+    assert max(ends) == pytest.approx(latency_us, rel=1e-9)
+    begins = {e["id"]: e for e in events if e["ph"] == "b"}
+    ends_by_id = {e["id"]: e for e in events if e["ph"] == "e"}
+    assert begins and begins.keys() == ends_by_id.keys()
+    assert all(e["cat"] == "latency" and e["name"].startswith("latency ") for e in begins.values())
+    assert all(ends_by_id[k]["ts"] >= b["ts"] for k, b in begins.items())

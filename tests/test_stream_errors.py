@@ -144,13 +144,13 @@ def test_slot_used_before_load() -> None:
 
 def test_slot_used_after_free() -> None:
     text = edit("  free s1\n  load s0", "  free s1\n  gemm s1 tokens 0\n  load s0")
-    check(text, "gemm uses slot s1 on die 0 after it was freed at line 19", where(text, "gemm s1"))
+    check(text, "gemm uses slot s1 on die 0 after it was freed at line 21", where(text, "gemm s1"))
 
 
 def test_double_free() -> None:
     text = edit("  free s1\n", "  free s1\n  free s1\n")
     err = check(text, "double free of slot s1 on die 0", where(text, "free s1", 1))
-    assert "already freed at line 19" in err.message
+    assert "already freed at line 21" in err.message
 
 
 def test_load_into_occupied_slot() -> None:
@@ -173,6 +173,18 @@ def test_sram_overflow() -> None:
     err = check(text, "does not fit SRAM: die 0 peaks at 65536 bytes", where(text, "load s0"))
     assert "target fsedp-2x2 has 52429 bytes per die" in err.message
     assert isinstance(err, SramError) and isinstance(err, ScheduleError)
+
+
+def test_runtime_pool_must_fit_sram() -> None:
+    # the static part fits, but the runtime part may fill every free slot of the pool
+    text = edit(
+        'target "fsedp-2x2" { sram_mib_per_die = 4 }',
+        'target "fsedp-2x2" { sram_mib_per_die = 0.05 }',
+    )
+    err = check(
+        text, "does not fit SRAM: die 0 declares 2 slots of 32768 bytes", where(text, "slots die 0")
+    )
+    assert "which runtime L0 may fill" in err.message
 
 
 # --- transfers and synchronization --------------------------------------------------------------
@@ -204,9 +216,9 @@ def test_deadlock() -> None:
     text = edit("  load s0 <- ch0 L0:e0:s0", "  wait go count 1\n  load s0 <- ch0 L0:e0:s0")
     text = edit("  wait e0-done count 1\n", "  wait e0-done count 1\n  signal go\n", text)
     err = check(
-        text, "deadlock: die 0 blocks at line 20 on 'wait go count 1'", where(text, "wait go")
+        text, "deadlock: die 0 blocks at line 22 on 'wait go count 1'", where(text, "wait go")
     )
-    assert "die 1 blocks at line 39 on 'recv s0 <- 0 L0:e0:s0 bytes 24576'" in err.message
+    assert "die 1 blocks at line 41 on 'recv s0 <- 0 L0:e0:s0 bytes 24576'" in err.message
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -215,7 +227,7 @@ def test_load_program_names_the_file(tmp_path: Path) -> None:
     path.write_text(edit("  free s1\n", "  fre s1\n"))
     with pytest.raises(ProgramError) as info:
         load_program(path)
-    assert str(info.value).startswith(f"{path}:19:3: unknown opcode 'fre'")
+    assert str(info.value).startswith(f"{path}:21:3: unknown opcode 'fre'")
     with pytest.raises(ProgramError, match="cannot read stream program"):
         load_program(tmp_path / "missing.msp")
 
@@ -238,5 +250,5 @@ def test_inspect_command_reports_a_bad_program_in_one_located_line(
     assert '"program": "isa-example"' in capsys.readouterr().out
     assert main(["inspect", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"moec: error: {bad}:19:3: unknown opcode 'fre'")
+    assert err.startswith(f"moec: error: {bad}:21:3: unknown opcode 'fre'")
     assert "Traceback" not in err

@@ -9,6 +9,7 @@ loaded, and the synchronization cannot deadlock. Names include ones that must be
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from unittest import mock
@@ -115,7 +116,7 @@ def typed_params(draw: st.DrawFn, strategy: str, layer: MoEDecl, lays: list[Slic
     dies = st.integers(0, DIES - 1)
     out: dict[str, Value] = {}
     if draw(st.booleans()):
-        out["slice_bytes"] = draw(st.lists(st.integers(1, 10**6), min_size=slices, max_size=slices))
+        out["slice_bytes"] = draw(st.lists(st.integers(1, 1024), min_size=slices, max_size=slices))
     if strategy in ("ep", "hydra"):
         out["placement"] = draw(st.lists(dies, min_size=E, max_size=E))
     if strategy in ("ep", "hydra", "fsedp") and draw(st.booleans()):
@@ -183,21 +184,33 @@ def programs(draw: st.DrawFn) -> Program:
         moe_layers.append(layer)
         layouts += lays
     tensor_names = draw(st.lists(names, max_size=3, unique=True))
-    tensors = [
-        TensorDecl(
-            nm,
-            draw(st.sampled_from(DTYPES)),
-            tuple(draw(st.lists(st.integers(0, 64), max_size=3))),
-            draw(st.integers(0, DIES - 1)),
-            draw(st.integers(1, 1024)),
+    tensors = []
+    for nm in tensor_names:
+        dtype = draw(st.sampled_from(DTYPES))
+        shape = tuple(draw(st.lists(st.integers(1, 6), max_size=3)))  # <= 864 bytes: fits a slot
+        # the bytes hold the shape's elements (plus biases, up to as much again); no shape: any
+        held = math.ceil(
+            math.prod(shape) * {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 0.5}[dtype]
         )
-        for nm in tensor_names
-    ]
+        nbytes = (
+            draw(st.integers(held, min(2 * held, 1024))) if shape else draw(st.integers(1, 1024))
+        )
+        tensors.append(TensorDecl(nm, dtype, shape, draw(st.integers(0, DIES - 1)), nbytes))
     islands = [
         IslandDecl(nm, draw(st.integers(0, 10**12)), draw(st.integers(0, 10**9)))
         for nm in draw(st.lists(names, max_size=2, unique=True))
     ]
-    pools = [SlotPool(d, draw(st.integers(1, 4)), draw(st.integers(1024, 65536))) for d in range(4)]
+    # a slot holds any micro-slice of these layers, at any precision (fp32 at most)
+    by_layer = {m.name: m for m in moe_layers}
+    need = max(
+        3 * by_layer[lay.layer].hidden * max(lay.width(j) for j in range(lay.count)) * 4
+        for lay in layouts
+    )
+    least = max(1024, need)
+    pools = [
+        SlotPool(d, draw(st.integers(3, 4)), draw(st.integers(least, max(65536, least))))
+        for d in range(4)
+    ]
     size = {p.die: p.nbytes for p in pools}
     held: dict[int, dict[int, SliceRef | TensorRef]] = {d: {} for d in range(DIES)}
     streams: dict[int, list[Instr]] = {d: [] for d in range(DIES)}
@@ -214,7 +227,7 @@ def programs(draw: st.DrawFn) -> Program:
         free = [k for k in range(pools[d].count) if k not in held[d]]
         return draw(st.sampled_from(free)) if free else None
 
-    for action in draw(st.lists(st.integers(0, 7), min_size=4, max_size=60)):
+    for action in draw(st.lists(st.integers(0, 6), min_size=4, max_size=60)):
         d = draw(st.integers(0, DIES - 1))
         full = sorted(held[d])
         if not full and action in (1, 2, 4):
@@ -272,20 +285,23 @@ def programs(draw: st.DrawFn) -> Program:
             streams[d].append(
                 Dense(isl.name, draw(st.integers(0, 10**9)), draw(st.integers(0, 10**6)))
             )
-        elif action == 7:
-            streams[d].append(MoE(draw(st.sampled_from(moe_layers)).name))
     runtime = []
     for layer in moe_layers:
-        placed = any(
-            isinstance(i, MoE) and i.layer == layer.name for s in streams.values() for i in s
-        )
-        if placed or draw(st.booleans()):
-            if not placed:
-                streams[0].append(MoE(layer.name))
+        if draw(st.booleans()):
+            # the runtime part spans every die: each places the layer once, with a slot free,
+            # at the same point of the program (after its static work), so no die waits forever
+            for d in range(DIES):
+                # FSE-DP on an open path of 4 dies needs 3 free slots (the most any strategy
+                # here needs): free slots until that many are, or the whole pool
+                while held[d] and pools[d].count - len(held[d]) < 3:
+                    k = draw(st.sampled_from(sorted(held[d])))
+                    streams[d].append(Free(k))
+                    del held[d][k]
+                streams[d].append(MoE(layer.name))
             lays = [lay for lay in layouts if lay.layer == layer.name]
             runtime.append(draw(policies(layer, lays)))
-    # a die may have an empty stream, or none at all
-    dies = [d for d in range(DIES) if len(streams[d]) > 0 or draw(st.booleans())]
+    # without a runtime part, a die may have an empty stream, or none at all
+    dies = [d for d in range(DIES) if runtime or len(streams[d]) > 0 or draw(st.booleans())]
     override_choices: list[tuple[tuple[str, int | float | str], ...]] = [
         (),
         (("sram_mib_per_die", 16),),

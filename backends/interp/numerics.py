@@ -145,6 +145,38 @@ def check_precision(p: Program, recorded: dict[str, tuple[str, ...]]) -> None:
 LayerInstructions = Callable[[str, LayerRouting], tuple[LayerRouting, dict[int, list[Instr]]]]
 
 
+def check_companion(p: Program, model: onnx.ModelProto) -> dict[str, MoELayer]:
+    """The weights companion holds what the program declares, checked before anything runs.
+
+    Every MoE layer the companion defines is declared by the program with the same experts,
+    top-k, hidden and FFN sizes, and a shared expert exactly when the declaration has one; and
+    the runtime policies' precision tables agree with it (:func:`check_precision`). Returns the
+    companion's layers.
+    """
+    layers = moe_layers(model, p.filename)
+    for name, layer in layers.items():
+        decl = p.layer(name)
+        if decl is None:
+            raise ProgramError(
+                f"the weights have MoE layer {name}, the program does not", p.filename
+            )
+        shared = layer.shared_ffn if layer.has_shared else 0
+        said = (decl.experts, decl.top_k, decl.hidden, decl.ffn, decl.shared_ffn)
+        held = (layer.num_experts, layer.top_k, layer.hidden, layer.ffn, shared)
+        if said != held:
+            keys = ("experts", "top_k", "hidden", "ffn", "shared_ffn")
+            diff = ", ".join(
+                f"{k} {a} vs {b}" for k, a, b in zip(keys, said, held, strict=True) if a != b
+            )
+            raise ProgramError(
+                f"MoE layer {name}: the declaration and the weights file disagree ({diff}, "
+                "declared vs held); compile the program again",
+                decl.loc or p.filename,
+            )
+    check_precision(p, weights_precision(model))
+    return layers
+
+
 def evaluate_model(
     model: onnx.ModelProto,
     layers: dict[str, MoELayer],
@@ -195,6 +227,16 @@ def evaluate_model(
             name = next(_attr(a) for a in self.onnx_node.attribute if a.name == "layer")
             return (run_layer(name, x),)
 
+    if needs_runtime(model):
+        from moec.backends.interp.stages import run_staged
+
+        def run_node(node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
+            name = next(_attr(a) for a in node.attribute if a.name == "layer")
+            return run_layer(name, x)
+
+        feed = {k: v for k, v in inputs.items() if k in {i.name for i in model.graph.input}}
+        outputs = run_staged(model, feed, lambda n: n.domain == MOEC_DOMAIN, run_node, where)
+        return outputs, routings
     try:
         sess = ReferenceEvaluator(model, new_ops=[MoE])
     except Exception as err:  # noqa: BLE001 - onnx raises many types for a bad graph
@@ -211,6 +253,17 @@ def evaluate_model(
             raise cause from None
         raise
     return dict(zip(names, (np.asarray(o) for o in outs), strict=True)), routings
+
+
+def needs_runtime(model: onnx.ModelProto) -> bool:
+    """True when the dense part holds ops only ONNX Runtime defines (contrib domains, or
+    default-domain ops ONNX has no schema for), which onnx's reference evaluator cannot run."""
+    for node in model.graph.node:
+        if node.domain == MOEC_DOMAIN:
+            continue
+        if node.domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type):
+            return True
+    return False
 
 
 def seeded_inputs(model: onnx.ModelProto, tokens: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -29,13 +29,7 @@ import numpy as np
 
 from moec.backends.interp.expand import expand_layer, layouts_for, splice
 from moec.backends.interp.expand.fsedp_deferred import charge_deferred
-from moec.backends.interp.numerics import (
-    check_precision,
-    evaluate_model,
-    load_weights,
-    moe_layers,
-    weights_precision,
-)
+from moec.backends.interp.numerics import check_companion, evaluate_model, load_weights
 from moec.backends.interp.offload import check_declarations, offload_loads
 from moec.backends.interp.report import Report, chrome_trace, make_report
 from moec.backends.interp.rules import apply_rules
@@ -208,11 +202,11 @@ def simulate(
 
     if inputs is not None:
         model = load_weights(program, base_dir)
-        check_precision(program, weights_precision(model))
+        weight_layers = check_companion(program, model)
         static_parts.update(layer_instructions(program))
         home = {k: v.home_die for k, v in given.items()} if given else None
         outputs, used = evaluate_model(
-            model, moe_layers(model, program.filename), inputs, num_dies=tgt.num_dies,
+            model, weight_layers, inputs, num_dies=tgt.num_dies,
             tokens={m.name: m.tokens for m in program.layers}, layouts=layouts,
             instructions=instructions, home_die=home, where=program.filename,
         )  # fmt: skip

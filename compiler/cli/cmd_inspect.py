@@ -123,12 +123,19 @@ def render(summary: dict[str, Any]) -> str:
 
 def _inspect_program(path: str, as_json: bool) -> int:
     """Parse and verify the program (against the target it declares), then summarize it."""
+    from moec.ir.errors import ProgramError
     from moec.ir.stream import load_program, verify_program
     from moec.ir.stream.summary import render as render_program
     from moec.ir.stream.summary import summarize as summarize_program
 
     program = load_program(path)
+    if program.target is None:  # as `moec run` would say: nothing can be timed or checked
+        raise ProgramError("the program names no target; pass one", program.filename)
     verify_program(program)
+    if program.weights is not None:  # what `moec run` checks of the companion, checked first
+        from moec.backends.interp.numerics import check_companion, load_weights
+
+        check_companion(program, load_weights(program, None))
     summary = summarize_program(program)
     print(json.dumps(summary, indent=2, sort_keys=True) if as_json else render_program(summary))
     return 0

@@ -30,7 +30,7 @@ from moec.backends.interp.report import chrome_trace_json
 from moec.ir.errors import ProgramError, TraceError
 from moec.ir.files import atomic_write
 from moec.ir.routing import RoutingTrace, load_trace, parse_routing_spec
-from moec.ir.stream import Program, load_program, print_program
+from moec.ir.stream import Program, load_program, print_program, verify_program
 from moec.ir.target import Target, load_target
 
 
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         inputs = seeded_inputs(load_weights(program, base), tokens, args.seed)
     spec = args.routing or f"synth:zipf=1.0,seed={args.seed}"
     if (inputs is None and not program.is_static) or (args.routing and inputs is not None):
+        verify_program(program, tgt)  # a synthetic routing is sized from the layer declarations
         routing = _routing(spec, program, tgt)
         check_routings(program, tgt, routing, where=spec)
     result = simulate(
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     outputs: list[tuple[str, bytes | str]] = []
     if args.dump_expanded:
-        outputs.append((args.dump_expanded, print_program(result.expanded)))
+        out_dir = os.path.dirname(os.path.abspath(args.dump_expanded))
+        outputs.append((args.dump_expanded, print_program(result.expanded.rebased(base, out_dir))))
     if args.trace_out:
         outputs.append((args.trace_out, chrome_trace_json(result.timeline)))
     for path, data in outputs:

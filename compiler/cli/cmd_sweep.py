@@ -1,6 +1,7 @@
 """``moec sweep``: design-space exploration over models, packages, strategies and tokens.
 
-    moec sweep SPEC.toml -o results/ [--local] [--address ADDR] [--workers N] [--retry-errors]
+    moec sweep SPEC.toml -o results/ [--local] [--address ADDR [--connect-timeout S]] [--workers N]
+               [--retry-errors]
     moec sweep plot results/ --x AXIS|METRIC --y AXIS|METRIC [--color METRIC|AXIS]
                [--facet AXIS] [--where AXIS=VALUE ...] [--contour V] -o out.png
 
@@ -49,6 +50,13 @@ def register(subparsers: Any) -> None:
         type=int,
         metavar="N",
         help="Ray CPUs to start locally / tasks in flight (default: all CPUs)",
+    )
+    run_g.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the Ray cluster at --address before giving up (default 30)",
     )
     run_g.add_argument(
         "--retry-errors", action="store_true", help="run the points stored with status error again"
@@ -114,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         raise SweepUsageError(
             "--local runs in this process; --address joins a Ray cluster: give one"
         )
+    if not args.connect_timeout > 0:
+        raise SweepUsageError(
+            f"--connect-timeout: expected seconds > 0, found {args.connect_timeout}"
+        )
     if args.workers is not None and args.workers < 1:
         raise SweepUsageError(f"--workers: expected an integer >= 1, found {args.workers}")
 
@@ -159,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
 
         summary = run_sweep(
             spec, text, args.output, use_ray=use_ray, address=args.address,
-            workers=args.workers, retry_errors=args.retry_errors, on_start=started, on_point=tick,
+            workers=args.workers, retry_errors=args.retry_errors,
+            connect_timeout=args.connect_timeout, on_start=started, on_point=tick,
         )  # fmt: skip
     out = sys.stdout
     print(

@@ -216,6 +216,24 @@ class StrategyParams:
     def check(self, ctx: ParamContext, bad: Callable[[str, str], ProgramError]) -> None:
         """Rules across parameters; ``bad(key, message)`` makes the located error."""
 
+    def min_free_slots(self, num_dies: int) -> int:
+        """Buffer slots the expansion needs free on each die at the layer's placeholder."""
+        return 1
+
+
+def fsedp_walk(order: list[int], closed: bool) -> list[int]:
+    """The dies a micro-slice visits in turn: the cycle itself, or an open path there and back."""
+    return order if closed or len(order) <= 2 else order + order[-2:0:-1]
+
+
+def fsedp_min_slots(order: list[int], closed: bool, rules: str) -> int:
+    """Free slots per die FSE-DP needs: 1 for naive loading; otherwise one per visit a die gets
+    on the walk (slices it holds in flight) plus one to load into."""
+    if rules == "naive":
+        return 1
+    walk = fsedp_walk(order, closed)
+    return max(walk.count(d) for d in set(walk)) + 1
+
 
 @dataclass(frozen=True, kw_only=True)
 class SharedExpertParams(StrategyParams):
@@ -285,6 +303,10 @@ class FSEDPParams(StrategyParams):
     order: str = param(Choice(FSEDP_ORDERS), "natural")
     r5: bool = param(Bool(), False)
     slack: float = param(Number(0.0, 1.0), 0.0)
+
+    def min_free_slots(self, num_dies: int) -> int:
+        order = list(self.trajectory) if self.trajectory is not None else list(range(num_dies))
+        return fsedp_min_slots(order, self.closed, self.rules)
 
     def check(self, ctx: ParamContext, bad: Callable[[str, str], ProgramError]) -> None:
         t = ctx.target

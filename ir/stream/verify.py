@@ -33,7 +33,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from moec.ir.errors import Location, ProgramError, TargetError
+from moec.ir.cost import bytes_per_element
+from moec.ir.errors import Location, ProgramError, ScheduleError, TargetError
 from moec.ir.stream.constraints import (
     DTYPES,
     KIND_CHECKS,
@@ -44,8 +45,9 @@ from moec.ir.stream.constraints import (
     at,
 )
 from moec.ir.stream.diagnostics import with_context
+from moec.ir.stream.layouts import free_slots_at, largest_slice, layouts_for
 from moec.ir.stream.opcodes import OPCODES, OpDef, generate
-from moec.ir.stream.params import strategy_params
+from moec.ir.stream.params import StrategyParams, strategy_params
 from moec.ir.stream.printer import instr as instr_text
 from moec.ir.stream.program import (
     Block,
@@ -55,6 +57,7 @@ from moec.ir.stream.program import (
     MoE,
     Program,
     Recv,
+    RuntimePolicy,
     Send,
     Signal,
     Wait,
@@ -62,6 +65,14 @@ from moec.ir.stream.program import (
 from moec.ir.target import Target, load_target
 
 __all__ = ["DTYPES", "SramError", "peak_sram", "resolve_target", "verify_program"]
+
+#: The largest MoE layer a program may declare (far above any published model: DeepSeek-V3 has
+#: 256 experts, hidden 7168), so that a typo or a corrupt number is an error, not an allocation
+#: of terabytes.
+LAYER_LIMITS = {
+    "experts": 1 << 16, "top_k": 1 << 10, "hidden": 1 << 20, "ffn": 1 << 22,
+    "shared_ffn": 1 << 22, "tokens": 1 << 24,
+}  # fmt: skip
 
 #: ``check(walk, instr)``: every check of one instruction, in order
 _Check = Callable[[DieWalk, Any], None]
@@ -141,6 +152,17 @@ class _Verifier(Context):
             self.channel_exists(t.channel, t.loc)
             if t.nbytes <= 0 or any(d < 0 for d in t.shape):
                 raise self.fail(f"tensor {t.name} has a negative dimension or no bytes", t.loc)
+            if t.shape and t.dtype in DTYPES:
+                # the bytes hold the shape's elements, plus biases that ride with the weights
+                # (an expert's biases are smaller than its weights)
+                held = math.ceil(math.prod(t.shape) * bytes_per_element(t.dtype))
+                if held == 0 or not held <= t.nbytes <= 2 * held:
+                    raise self.fail(
+                        f"tensor {t.name}: shape {list(t.shape)} of {t.dtype} holds {held} bytes, "
+                        f"it declares {t.nbytes} (expected {held} to {2 * held}: the weights "
+                        "plus their biases)",
+                        t.loc,
+                    )
         for m in p.layers:
             self.dtype(m.dtype, m.loc)
             sizes = (m.experts, m.top_k, m.hidden, m.ffn, m.tokens)
@@ -151,6 +173,13 @@ class _Verifier(Context):
                     f"tokens={m.tokens} shared_ffn={m.shared_ffn}",
                     m.loc,
                 )
+            for key, limit in LAYER_LIMITS.items():
+                if getattr(m, key) > limit:
+                    raise self.fail(
+                        f"MoE layer {m.name}: {key}={getattr(m, key)} is above moec's limit of "
+                        f"{limit}",
+                        m.loc,
+                    )
         for lay in p.layouts:
             layer = self.layers.get(lay.layer)
             if layer is None:
@@ -213,7 +242,7 @@ class _Verifier(Context):
                     )
             if r.skip is not None and not math.isfinite(r.skip.threshold):
                 raise self.fail(f"skip threshold of {r.layer} is not finite", r.skip.loc)
-            strategy_params(r, layer, self.t, self.layouts, self.p.filename)
+            strategy_params(r, layer, self.t, layouts_for(self.p), self.p.filename)
         policies = {r.layer for r in self.p.runtime}
         for layer_name, (die, loc) in placed.items():
             if layer_name not in policies:
@@ -221,6 +250,70 @@ class _Verifier(Context):
                     f"moe {layer_name} on die {die} has no runtime policy "
                     f"(expected 'runtime {layer_name} {{ ... }}')",
                     loc,
+                )
+
+    def capacity(self) -> None:
+        """What each runtime part will need where it runs: a placeholder on every die with the
+        slots it takes free, pools that fit SRAM, micro-slices that fit a slot."""
+        layouts = layouts_for(self.p) if self.p.runtime else {}
+        for r in self.p.runtime:
+            layer = self.layers[r.layer]
+            params = strategy_params(r, layer, self.t, layouts, self.p.filename)
+            self.pools_fit(r)
+            self.placeholders(r, layer.name, params)
+            need, what = largest_slice(layer, r, params, layouts)
+            smallest = min((s.nbytes for s in self.p.slots), default=0)
+            if need > smallest:
+                raise ScheduleError(
+                    f"does not fit SRAM: a micro-slice of layer {layer.name} {what} needs {need} "
+                    f"bytes, the smallest buffer slot holds {smallest}",
+                    r.loc or self.p.filename,
+                )
+
+    def pools_fit(self, r: RuntimePolicy) -> None:
+        """A runtime part may fill every free slot: each die's whole pool must fit its SRAM."""
+        if self.t is None:
+            return
+        for pool in self.p.slots:
+            if 0 <= pool.die < self.t.num_dies:
+                sram = self.t.dies[pool.die].sram_bytes
+                if pool.count * pool.nbytes > sram:
+                    raise SramError(
+                        f"does not fit SRAM: die {pool.die} declares {pool.count} slots of "
+                        f"{pool.nbytes} bytes ({pool.count * pool.nbytes} bytes), which runtime "
+                        f"{r.layer} may fill; target {self.t.name} has {sram} bytes per die",
+                        pool.loc or self.p.filename,
+                    )
+
+    def placeholders(self, r: RuntimePolicy, layer: str, params: StrategyParams | None) -> None:
+        """Every die stream places ``layer`` exactly once, with a slot free there: the runtime
+        expansion puts instructions on every die and needs a slot on each."""
+        streams = {st.die: st for st in self.p.streams}
+        dies = range(self.t.num_dies) if self.t is not None else sorted(streams)
+        free = free_slots_at(self.p, layer)
+        for die in dies:
+            st = streams.get(die)
+            places = (
+                []
+                if st is None
+                else [i for i in st.instrs if isinstance(i, MoE) and i.layer == layer]
+            )
+            if len(places) != 1:
+                where = places[1].loc if len(places) > 1 else (st.loc if st is not None else r.loc)
+                found = (
+                    "no die stream" if st is None else f"{len(places)} 'moe {layer}' placeholders"
+                )
+                raise self.fail(
+                    f"die {die} must place 'moe {layer}' exactly once (its runtime part runs on "
+                    f"every die), found {found}",
+                    where,
+                )
+            need = params.min_free_slots(len(dies)) if params is not None else 1
+            if len(free.get(die, [])) < need:
+                raise ScheduleError(
+                    f"does not fit SRAM: die {die} has {len(free.get(die, []))} free buffer "
+                    f"slots at 'moe {layer}', strategy {r.strategy} needs {need} there",
+                    places[0].loc or self.p.filename,
                 )
 
     # --- the per-die walk ---
@@ -278,6 +371,13 @@ class _Verifier(Context):
                         i.loc,
                     )
         pcs = [0] * len(streams)
+        # A runtime part may exchange data between every pair of dies: model each layer's
+        # placeholders as a barrier that opens once every die placing the layer reached it.
+        placing: dict[str, int] = defaultdict(int)
+        for st in streams:
+            for name in {i.layer for i in st.instrs if isinstance(i, MoE)}:
+                placing[name] += 1
+        arrived: dict[str, set[int]] = defaultdict(set)
         sent: dict[tuple[int, int], int] = defaultdict(int)
         got: dict[tuple[int, int], int] = defaultdict(int)
         signals: dict[str, int] = defaultdict(int)
@@ -296,6 +396,10 @@ class _Verifier(Context):
                     elif isinstance(i, Wait):
                         if signals[i.event] < i.count:
                             break
+                    elif isinstance(i, MoE):
+                        arrived[i.layer].add(die)
+                        if len(arrived[i.layer]) < placing[i.layer]:
+                            break
                     elif isinstance(i, Send):
                         sent[(die, i.peer)] += 1
                     elif isinstance(i, Signal):
@@ -309,11 +413,15 @@ class _Verifier(Context):
             parts = []
             for st, pc in blocked:
                 i = st.instrs[pc]
-                why = (
-                    f"{i.event} signalled {signals[i.event]} of {i.count} times"
-                    if isinstance(i, Wait)
-                    else f"die {i.peer} has not sent it"
-                )
+                if isinstance(i, Wait):
+                    why = f"{i.event} signalled {signals[i.event]} of {i.count} times"
+                elif isinstance(i, MoE):
+                    why = (
+                        f"its runtime part spans all dies; {len(arrived[i.layer])} of "
+                        f"{placing[i.layer]} reached it"
+                    )
+                else:
+                    why = f"die {i.peer} has not sent it"
                 when = f" at {at(i.loc)}" if i.loc is not None else ""
                 parts.append(f"die {st.die} blocks{when} on '{instr_text(i)}' ({why})")
             first = blocked[0][0].instrs[blocked[0][1]]
@@ -324,6 +432,7 @@ class _Verifier(Context):
         self.runtime()
         for st in self.p.streams:
             self.walk(st.die, st.instrs)
+        self.capacity()
         self.match()
         self.deadlock()
 

@@ -28,15 +28,14 @@ import numpy as np
 from moec.ir.cost import bytes_per_element
 from moec.ir.errors import ProgramError, ScheduleError
 from moec.ir.routing import LayerRouting
+from moec.ir.stream.layouts import free_slots_at, largest_slice, micro_slice_bytes
+from moec.ir.stream.layouts import layouts_for as _layouts_for
 from moec.ir.stream.params import StrategyParams, strategy_params
 from moec.ir.stream.program import (
-    Free,
     Instr,
-    Load,
     MoE,
     MoEDecl,
     Program,
-    Recv,
     RuntimePolicy,
     SliceLayout,
     SlotPool,
@@ -98,17 +97,7 @@ class ExpandContext:
     def slice_bytes(self, expert: int | None, j: int) -> int:
         """Bytes of micro-slice ``j`` (W_gate/W_up columns and W_down rows) at its precision."""
         lay = self.layout if expert is not None else self.shared_layout
-        assert lay is not None
-        # The lowering's byte counts (biases ride with slice 0) win when they apply: one list
-        # per layer, so only when every expert has the layer's precision.
-        params = self.params
-        given = None
-        if params is not None:
-            given = params.slice_bytes if expert is not None else params.shared_slice_bytes
-        if given is not None and (expert is None or not self.policy.precision):
-            return given[j]
-        mats = 3 if (self.layer.gated or expert is None) else 2
-        return slice_bytes(mats, self.layer.hidden, lay.width(j), self.precision(expert))
+        return micro_slice_bytes(self.layer, self.policy, self.params, lay, expert, j)
 
     def activation_bytes(self, tokens: int) -> int:
         """Bytes of ``tokens`` activation rows (at the layer's dtype)."""
@@ -124,11 +113,6 @@ class ExpandContext:
                 self.where,
             )
         return slots
-
-
-def slice_bytes(mats: int, hidden: int, width: int, precision: str) -> int:
-    """Bytes of a micro-slice: ``mats`` projections of ``hidden x width`` at ``precision``."""
-    return int(math.ceil(mats * hidden * width * bytes_per_element(precision)))
 
 
 Expander = Callable[[ExpandContext], dict[int, list[Instr]]]
@@ -178,45 +162,6 @@ def token_set(tokens: np.ndarray) -> TokenSet:
     return TokenSet(tuple(zip(firsts, lasts, strict=True)))
 
 
-def free_slots_at(p: Program, layer: str) -> dict[int, list[int]]:
-    """Per die, the slots not held by the static part at that die's ``moe layer`` placeholder."""
-    out: dict[int, list[int]] = {}
-    pools = {s.die: s for s in p.slots}
-    for st in p.streams:
-        pool = pools.get(st.die)
-        held: set[int] = set()
-        for i in st.instrs:
-            if isinstance(i, MoE) and i.layer == layer:
-                out[st.die] = [k for k in range(pool.count) if k not in held] if pool else []
-                break
-            if isinstance(i, Load) or (isinstance(i, Recv) and i.slot is not None):
-                held.add(i.slot)  # type: ignore[arg-type]
-            elif isinstance(i, Free):
-                held.discard(i.slot)
-    return out
-
-
-def default_layout(p: Program, m: MoEDecl, target: Target) -> SliceLayout:
-    """Fewest even micro-slices of the layer such that one fits the smallest slot of any die."""
-    sizes = [s.nbytes for s in p.slots]
-    if not sizes:
-        raise ScheduleError(
-            f"does not fit SRAM: layer {m.name} needs buffer slots but the program declares none",
-            p.filename,
-        )
-    mats = 3 if m.gated else 2
-    per_col = slice_bytes(mats, m.hidden, 1, m.dtype)
-    cols = max(1, min(sizes) // max(per_col, 1))
-    if cols < 1 or per_col > min(sizes):
-        raise ScheduleError(
-            f"does not fit SRAM: one column of layer {m.name} needs {per_col} bytes, the "
-            f"smallest slot holds {min(sizes)}",
-            p.filename,
-        )
-    count = max(1, math.ceil(m.ffn / cols))
-    return SliceLayout.even(m.name, m.ffn, count)
-
-
 def expand_layer(
     p: Program,
     target: Target,
@@ -247,36 +192,22 @@ def expand_layer(
         layout=layout, shared_layout=shared_layout,
     )  # fmt: skip
     smallest = min((pool.nbytes for pool in ctx.pools.values()), default=0)
-    experts: list[int | None] = list(range(m.experts) if policy.precision else range(1))
+    layouts = {(m.name, False): layout}
     if shared_layout is not None:
-        experts.append(None)
-    for e in experts:
-        lay = layout if e is not None else shared_layout
-        assert lay is not None
-        need = max(ctx.slice_bytes(e, j) for j in range(lay.count))
-        if need > smallest:
-            what = "shared experts" if e is None else f"expert {e}"
-            raise ScheduleError(
-                f"does not fit SRAM: a micro-slice of layer {m.name} {what} needs {need} bytes, "
-                f"the smallest buffer slot holds {smallest}",
-                p.filename,
-            )
+        layouts[(m.name, True)] = shared_layout
+    need, what = largest_slice(m, policy, ctx.params, layouts)
+    if need > smallest:
+        raise ScheduleError(
+            f"does not fit SRAM: a micro-slice of layer {m.name} {what} needs {need} bytes, "
+            f"the smallest buffer slot holds {smallest}",
+            p.filename,
+        )
     return fn(ctx)
 
 
-def layouts_for(p: Program, target: Target) -> dict[tuple[str, bool], SliceLayout]:
-    """Every layer's routed (and shared) layout, defaulting those the program does not declare."""
-    out = {(lay.layer, lay.shared): lay for lay in p.layouts}
-    for m in p.layers:
-        if p.policy(m.name) is None:
-            continue
-        if (m.name, False) not in out:
-            out[(m.name, False)] = default_layout(p, m, target)
-        if m.shared_ffn and (m.name, True) not in out:
-            sh = dataclasses.replace(m, ffn=m.shared_ffn, gated=True)
-            lay = default_layout(p, sh, target)
-            out[(m.name, True)] = dataclasses.replace(lay, shared=True)
-    return out
+def layouts_for(p: Program, target: Target | None = None) -> dict[tuple[str, bool], SliceLayout]:
+    """Every layer's routed (and shared) layout (:func:`moec.ir.stream.layouts.layouts_for`)."""
+    return _layouts_for(p)
 
 
 def expand_program(p: Program, target: Target, routings: dict[str, LayerRouting]) -> Program:

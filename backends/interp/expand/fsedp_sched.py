@@ -83,6 +83,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from moec.ir.errors import ScheduleError
+from moec.ir.stream.params import fsedp_min_slots, fsedp_walk
 from moec.ir.stream.program import (
     Accum,
     Act,
@@ -232,12 +233,12 @@ class _Sim:
             raise ScheduleError(f"unknown FSE-DP rules {prob.rules!r}, expected one of {RULES}")
         order = list(prob.order)
         # the closed walk slices follow: the cycle itself, or an open path there and back
-        self.walk = order if prob.closed or len(order) <= 2 else order + order[-2:0:-1]
+        self.walk = fsedp_walk(order, prob.closed)
         self.positions: dict[int, list[int]] = {d: [] for d in range(self.n)}
         for q, d in enumerate(self.walk):
             self.positions[d].append(q)
         lanes = max(len(v) for v in self.positions.values())
-        need = 1 if self.naive else lanes + 1
+        need = fsedp_min_slots(order, prob.closed, prob.rules)
         if k < need:
             raise ScheduleError(
                 f"does not fit SRAM: FSE-DP with rules {prob.rules} needs at least {need} free "
