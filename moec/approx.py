@@ -101,6 +101,15 @@ class ApproxReport:
     total_pairs: int = 0
     precision: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def max_rel_err(self) -> float:
+        """The worst max relative error against ONNX Runtime on the original model."""
+        return max((o.max_rel_err for o in self.outputs), default=0.0)
+
+    def passed(self, tol: float) -> bool:
+        """Whether every output is within ``tol`` of the original model (``moec check --tol``)."""
+        return self.max_rel_err <= tol
+
     def to_json(self) -> dict[str, Any]:
         return {
             "passes": self.passes,
@@ -250,31 +259,35 @@ def program_perplexity(
 ) -> tuple[float, int, int]:
     """Perplexity of ``byte_ids`` with the interpreter running ``model`` compiled with ``passes``.
 
-    The program is compiled for ``batch x context`` tokens; shorter calls are padded (extra rows,
-    trailing positions) and cut back, which leaves the scored positions of a causal LM unchanged
-    (a runtime rule like CAEE sees the padded tokens in its batch). Returns (perplexity,
-    dropped pairs, total pairs).
+    :func:`~moec.backends.ort.perplexity.perplexity` calls for ``batch`` windows of ``context``
+    bytes at a time; a call of another shape (the last, partial batch; a short last window) gets
+    a program compiled for exactly its ``rows x length`` tokens (one per shape, cached), so no
+    padding ever reaches the run: a runtime rule like CAEE sees only the real tokens of the
+    batch. Returns (perplexity, dropped pairs, total pairs).
     """
     from moec.backends.ort.perplexity import perplexity
 
     counts = [0, 0]
     with tempfile.TemporaryDirectory(prefix="moec-ppl-") as tmp:
-        path = os.path.join(tmp, "lm.msp")
-        compiled = compile_model(
-            model, path, target=target, strategy=strategy, passes=passes,
-            dims={"batch": batch, "seq": context},
-        )  # fmt: skip
-        write_compiled(compiled, path)
-        program = load_program(path)
+        programs: dict[tuple[int, int], tuple[Program, str]] = {}
+
+        def program_for(rows: int, length: int) -> tuple[Program, str]:
+            if (rows, length) not in programs:
+                path = os.path.join(tmp, f"lm-{rows}x{length}.msp")
+                compiled = compile_model(
+                    model, path, target=target, strategy=strategy, passes=passes,
+                    dims={"batch": rows, "seq": length},
+                )  # fmt: skip
+                write_compiled(compiled, path)
+                programs[rows, length] = (load_program(path), path)
+            return programs[rows, length]
 
         def logits_fn(ids: np.ndarray) -> np.ndarray:
-            b, n = ids.shape
-            pad = np.zeros((batch, context), np.int64)
-            pad[:b, :n] = ids
-            out, dropped, total = interpret(program, path, {"input_ids": pad})
+            program, path = program_for(*ids.shape)
+            out, dropped, total = interpret(program, path, {"input_ids": ids})
             counts[0] += dropped
             counts[1] += total
-            return next(iter(out.values()))[:b, :n]
+            return next(iter(out.values()))
 
         score = perplexity(logits_fn, byte_ids, context, batch=batch)
     return score.perplexity, counts[0], counts[1]

@@ -2,6 +2,7 @@
 
     moec check model.onnx [--target T] [--set key=value ...] [--strategy S] [--seed N]
                [--dims name=value ...] [--inputs F.npz] [--tol 1e-4] [--json]
+               [--approx PIPELINE]
 
 Compiles the model in exact mode (no passes: no precision change, no skipping) into a temporary
 folder, runs the interpreter's numerics on seeded inputs (token ids in the embedding's range,
@@ -11,7 +12,11 @@ defines the errors). Exit 0 only when every output is within ``--tol`` (relative
 largest magnitude). ``--json`` prints ``{"outputs": [{"name", "max_abs_err", "max_rel_err",
 "shape"}], "max_abs_err", "max_rel_err", "passed"}``.
 
-The work is :func:`moec.check.check_model`; ``--approx`` is :mod:`moec.approx`.
+``--approx PIPELINE`` compiles with the pipeline instead and reports what it costs in accuracy
+(:mod:`moec.approx`); ``--tol`` then bounds its max relative error against ONNX Runtime on the
+original model (exit 1 above it), and ``--json`` adds ``"passed"`` and ``"tol"``.
+
+The work is :func:`moec.check.check_model` and :func:`moec.approx.approx_check`.
 """
 
 from __future__ import annotations
@@ -39,7 +44,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
     p.add_argument("--dims", nargs="*", default=[], metavar="NAME=VALUE", help="symbolic dim sizes")
     p.add_argument("--inputs", metavar="F.npz", help="model inputs instead of seeded ones")
-    p.add_argument("--tol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=1e-4,
+        help="relative tolerance, also of --approx against the original model (default 1e-4)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--approx", metavar="PIPELINE", default=None,
@@ -75,10 +85,11 @@ def run_approx(args: Any) -> int:
         args.model, args.approx, target=args.target, overrides=parse_overrides(args.overrides),
         strategy=args.strategy, seed=args.seed, dims=parse_dims(args.dims), inputs=args.inputs,
     )  # fmt: skip
-    doc = report.to_json()
+    passed = report.passed(args.tol)
+    doc = {**report.to_json(), "passed": passed, "tol": args.tol}
     if args.json:
         print(json.dumps(doc, sort_keys=True))
-        return 0
+        return 0 if passed else 1
     print(f"approximation: {report.passes}")
     if report.precision:
         print(
@@ -98,4 +109,6 @@ def run_approx(args: Any) -> int:
         )
     if report.export_note:
         print(f"note: {report.export_note}")
-    return 0
+    verdict = "passed" if passed else "FAILED"
+    print(f"{verdict}: max_rel_err {report.max_rel_err:.3e} vs the original (tol {args.tol:g})")
+    return 0 if passed else 1
