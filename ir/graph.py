@@ -153,6 +153,8 @@ class Module:
                 if op not in v.uses:
                     raise ModelError(f"use list of {v.name!r} misses this op", where)
             for v in op.outputs:
+                if not v.name:  # an omitted optional output keeps its position, defines nothing
+                    continue
                 if v.name in defined:
                     raise ModelError(f"value {v.name!r} defined twice", where)
                 if v.producer is not op:

@@ -60,6 +60,13 @@ class MoELayer:
     # Score given to experts of non-selected groups before the final top-k; None: 0.0 with a
     # score-correction bias (DeepSeek's reference code), -inf otherwise (transformers uses -inf).
     group_fill: float | None = None
+    # Added to the sum of the k gate scores when renormalizing; None: 1e-20 for sigmoid scoring
+    # (DeepSeek's guard against a zero sum), 0 for softmax.
+    normalize_eps: float | None = None
+    # Experts that quantize their inputs to int8 in blocks of this many elements along the
+    # contracted axis (symmetric, scale = max|a| / 127, round half to even), as ONNX Runtime's
+    # CPU QMoE does for block-wise 8-bit weights; None: float activations.
+    act_quant_block: int | None = None
     activation: str = "silu"
     gated: bool = True
     swiglu_alpha: float = 1.702
@@ -87,6 +94,18 @@ class MoELayer:
     @property
     def has_shared(self) -> bool:
         return self.has("sh_down")
+
+    def spec(self) -> MoESpec:
+        """The layer's hyperparameters (:class:`MoESpec`), as a model builder would take them."""
+        return MoESpec(
+            self.num_experts, self.top_k, self.hidden, self.ffn, scoring=self.scoring,
+            normalize_topk=self.normalize_topk, routed_scaling=self.routed_scaling,
+            n_group=self.n_group, topk_group=self.topk_group, group_score=self.group_score,
+            score_bias=self.has("score_bias"), activation=self.activation, gated=self.gated,
+            num_shared=self.num_shared, shared_ffn=self.shared_ffn,
+            shared_gate=self.has("sh_router"), router_bias=self.has("router_b"),
+            expert_bias=self.has("b_up") or self.has("b_down"),
+        )  # fmt: skip
 
     def expert_weight_bytes(self) -> int:
         """Bytes of one routed expert's weights (all projections and biases)."""
@@ -269,7 +288,9 @@ def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gates = np.take_along_axis(scores, ids, axis=1)
     if layer.normalize_topk:
         denom = gates.sum(axis=-1, keepdims=True)
-        if layer.scoring == "sigmoid":
+        if layer.normalize_eps is not None:
+            denom = denom + np.float32(layer.normalize_eps)
+        elif layer.scoring == "sigmoid":
             denom = denom + np.float32(1e-20)
         gates = gates / denom
     gates = (gates * np.float32(layer.routed_scaling)).astype(np.float32)
@@ -280,8 +301,24 @@ def _bias(layer: MoELayer, key: str, e: int, cols: slice) -> np.ndarray | float:
     return _f32(layer.array(key)[e, cols]) if layer.has(key) else 0.0
 
 
+def quantize_activations(a: np.ndarray, block: int) -> np.ndarray:
+    """``a`` [T, K] through symmetric int8 block quantization along K (blocks of ``block``; the
+    last may be shorter): ``round(a / s) * s`` with ``s = max|a| / 127`` per block."""
+    a = _f32(a)
+    T, K = a.shape
+    pad = (-K) % block
+    b = np.pad(a, ((0, 0), (0, pad))).reshape(T, (K + pad) // block, block)
+    scale = (np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1))
+    inv = np.where(scale > 0, np.float32(1) / safe, np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(b * inv), -127, 127) * scale
+    return q.reshape(T, K + pad)[:, :K].astype(np.float32)
+
+
 def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(None)) -> np.ndarray:
     """Activated intermediate of expert ``e`` on tokens ``x`` for columns ``cols`` of F."""
+    if layer.act_quant_block is not None:
+        x = quantize_activations(x, layer.act_quant_block)
     up = _f32(x) @ _f32(layer.array("w_up")[e][:, cols]) + _bias(layer, "b_up", e, cols)
     if not layer.gated:
         return activate(layer.activation, up)
@@ -299,7 +336,14 @@ def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(No
 def expert_down(
     layer: MoELayer, e: int, h: np.ndarray, cols: slice = slice(None), with_bias: bool = True
 ) -> np.ndarray:
-    """Down projection of a slice's intermediate ``h``; the bias is added once (``with_bias``)."""
+    """Down projection of a slice's intermediate ``h``; the bias is added once (``with_bias``).
+
+    With ``act_quant_block``, ``h`` is quantized in blocks from the slice's first column: exact
+    when slices start at multiples of the block (the lowering's slices are whole blocks when
+    the FFN is a multiple of it).
+    """
+    if layer.act_quant_block is not None:
+        h = quantize_activations(h, layer.act_quant_block)
     y = h @ _f32(layer.array("w_down")[e][cols, :])
     if with_bias and layer.has("b_down"):
         y = y + _f32(layer.array("b_down")[e])
@@ -340,12 +384,39 @@ def evaluate(layer: MoELayer, x: np.ndarray) -> np.ndarray:
     return y.reshape(shape)
 
 
+@dataclass(frozen=True)
+class MoESpec:
+    """The hyperparameters of one MoE layer without its weights: what the model builders
+    (``models/``) build from and :meth:`MoELayer.spec` gives back for a lifted layer. The
+    ``*_bias``/``shared_gate`` flags say which optional weights the layer has."""
+
+    experts: int
+    top_k: int
+    hidden: int
+    ffn: int
+    scoring: str = "softmax"
+    normalize_topk: bool = True
+    routed_scaling: float = 1.0
+    n_group: int = 1
+    topk_group: int = 1
+    group_score: str = "max"
+    score_bias: bool = False
+    activation: str = "silu"
+    gated: bool = True
+    num_shared: int = 0
+    shared_ffn: int = 0
+    shared_gate: bool = False
+    router_bias: bool = False
+    expert_bias: bool = False
+
+
 # --- a flat form, for storing a layer's configuration outside Python ----------------------------
 
 _CONFIG_FIELDS = (
     "num_experts", "top_k", "hidden", "ffn", "scoring", "normalize_topk", "routed_scaling",
     "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
-    "swiglu_limit", "num_shared", "shared_ffn", "shared_activation",
+    "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
+    "act_quant_block",
 )  # fmt: skip
 
 
@@ -373,7 +444,7 @@ def layer_from_config(name: str, config: dict[str, Any], weights: dict[str, Weig
     for key in ("normalize_topk", "gated"):
         if key in kwargs:
             kwargs[key] = bool(kwargs[key])
-    for key in ("routed_scaling", "swiglu_alpha", "swiglu_beta", "swiglu_limit"):
+    for key in ("routed_scaling", "swiglu_alpha", "swiglu_beta", "swiglu_limit", "normalize_eps"):
         if key in kwargs:
             kwargs[key] = float(kwargs[key])
     layer = MoELayer(name=name, weights=weights, **kwargs)

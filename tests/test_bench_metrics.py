@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from moec.backends.interp import simulate
+from moec.bench import moe_metrics
 from moec.compiler.bench.spec import load_bench_model, truncate
-from moec.compiler.cli.bench_run import moe_metrics
 from moec.compiler.lower import lower, parse_strategy
 from moec.ir.routing import synth_zipf
 from moec.ir.stream import TargetRef

@@ -12,8 +12,9 @@ from onnx import TensorProto
 from moec.backends.ort.check import compare
 from moec.compiler.cli.main import main
 from moec.ir.errors import CheckFailed
+from moec.ir.moe import MoESpec
 from moec.models.builder import OnnxBuilder
-from moec.models.moe_blocks import MoESpec, fused_moe
+from moec.models.moe_blocks import fused_moe
 
 T, D = 6, 16
 

@@ -18,8 +18,9 @@ from onnx import TensorProto, numpy_helper
 
 from moec.backends.ort.runtime import error_text
 from moec.compiler.cli.main import main
+from moec.ir.moe import MoESpec
 from moec.models.builder import OnnxBuilder
-from moec.models.moe_blocks import MoESpec, fused_moe
+from moec.models.moe_blocks import fused_moe
 
 T, D = 6, 16
 

@@ -79,6 +79,14 @@ def test_dump_expanded_runs_the_same(
     code, b, _ = _run([str(exp), "--json"], capsys)
     assert code == 0
     assert a == b
+    # Written into another folder, it still finds its weights.
+    other = tmp_path / "elsewhere" / "expanded.msp"
+    other.parent.mkdir()
+    assert _run([str(tiny), "--dump-expanded", str(other)], capsys)[0] == 0
+    assert "weights" in other.read_text()
+    code, c, err = _run([str(other), "--json"], capsys)
+    assert code == 0, err
+    assert c == b
 
 
 def test_shape_only_routing_spec(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,3 +173,21 @@ def test_declaration_disagrees_with_weights(
         err = capsys.readouterr().err
         assert err.startswith("moec: error: ") and "Traceback" not in err
         assert "disagree (shared_ffn 64 vs 0" in err, err
+
+
+def test_trace_ends_where_the_run_does(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DRAM and link latencies (which hold no resource) are drawn too, as async slices."""
+    trace = tmp_path / "trace.json"
+    code, out, _ = _run([str(tiny), "--json", "--trace-out", str(trace)], capsys)
+    assert code == 0
+    latency_us = json.loads(out)["latency_s"] * 1e6
+    events = json.loads(trace.read_text())["traceEvents"]
+    ends = [e["ts"] + e.get("dur", 0.0) for e in events if e["ph"] in ("X", "e")]
+    assert max(ends) == pytest.approx(latency_us, rel=1e-9)
+    begins = {e["id"]: e for e in events if e["ph"] == "b"}
+    ends_by_id = {e["id"]: e for e in events if e["ph"] == "e"}
+    assert begins and begins.keys() == ends_by_id.keys()
+    assert all(e["cat"] == "latency" and e["name"].startswith("latency ") for e in begins.values())
+    assert all(ends_by_id[k]["ts"] >= b["ts"] for k, b in begins.items())

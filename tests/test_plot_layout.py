@@ -42,7 +42,7 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     import matplotlib.pyplot as plt
 
     import moec.compiler.bench.report as report
-    import moec.compiler.cli.sweep.plot as plot
+    import moec.sweep.plot as plot
 
     seen: list[Any] = []
     monkeypatch.setattr(plt, "close", seen.append)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from moec.compiler.cli import progress
+from moec import progress
 from moec.compiler.cli.main import main
-from moec.compiler.cli.progress import Progress
+from moec.progress import Progress
 
 
 def test_status_lines_when_not_a_terminal() -> None:

@@ -44,3 +44,33 @@ def test_render_is_plain_text_tables() -> None:
     assert "program 'isa-example' for target 'fsedp-2x2': 32 instructions" in text
     assert "48.00 KiB" in text and "fsedp" in text and "\x1b[" not in text
     assert render(summarize(parse_program(EXAMPLE, "isa.msp"))) == text  # deterministic
+
+
+def test_runtime_program_table_says_what_is_known_and_shortens_lists() -> None:
+    """A program with a runtime part shows its slots, says SRAM and DRAM come at run time (not
+    "0 B"), and long per-expert parameter lists print as their repeating unit."""
+    import contextlib
+    import io
+    import tempfile
+
+    from moec.compiler.cli.main import main
+
+    with tempfile.TemporaryDirectory() as d:
+        prog = f"{d}/q.msp"
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["compile", "qwen3-30b-a3b", "-o", prog, "--strategy", "fsedp-paired"]) == 0
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["inspect", prog]) == 0
+    text = out.getvalue()
+    assert "at run time" in text and " 0 B " not in text
+    assert "3.00 MiB" in text  # the slot pool
+    assert "channels=[0, 1, 2, 3] x32" in text and "slice_bytes=[786432] x12" in text
+
+
+def test_short_lists() -> None:
+    from moec.ir.stream.summary import _short
+
+    assert _short([1, 2, 3]) == "[1, 2, 3]"
+    assert _short([5] * 20) == "[5] x20"
+    assert _short(list(range(20))) == "[0, 1, 2, 3, ... (20 values)]"

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from moec.backends.interp.timing import COMPUTE, DENSE_DRAM, LOAD, XFER, Timeline
+from moec.backends.interp.timing import COMPUTE, DELAY, DENSE_DRAM, LOAD, XFER, Timeline
 from moec.ir.stream.printer import instr as instr_text
 from moec.ir.stream.program import Block, Load, Recv, Send, SliceRef
 
@@ -256,7 +256,18 @@ def chrome_trace(tl: Timeline) -> dict[str, Any]:
         events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_sort_index",
                        "args": {"sort_index": tid}})  # fmt: skip
     names = {COMPUTE: "compute", LOAD: "dma", XFER: "d2d", DENSE_DRAM: "dense"}
+    held: tuple[int, ...] = ()  # what the instruction's latest holding op held
     for op, res in enumerate(tl.res):
+        if tl.kind[op] == DELAY and held and tl.instr[op] is tl.instr[op - 1]:
+            # A latency holds nothing and overlaps later requests (pipelined): an async slice
+            # on the resource's process, so the trace ends where the run does.
+            pid, _ = track[held[-1]]
+            ev = {"pid": pid, "tid": 0, "id": op, "cat": "latency",
+                  "name": f"latency {tl.resource_names[held[-1]]}"}  # fmt: skip
+            events.append({**ev, "ph": "b", "ts": tl.start[op] * 1e6})
+            events.append({**ev, "ph": "e", "ts": tl.end[op] * 1e6})
+            continue
+        held = res
         if not res:
             continue
         i = tl.instr[op]

@@ -37,8 +37,8 @@ from moec.backends.ort.perplexity import (
     unigram_perplexity,
     windows,
 )
-from moec.compiler.cli.progress import Progress
 from moec.ir.errors import MoecError
+from moec.progress import Progress
 
 DEFAULT_CONTEXT = 128
 
@@ -73,7 +73,7 @@ def register(subparsers: Any) -> None:
 
 def _program_logits_fn(path: str, model: str) -> tuple[LogitsFn, int, int]:
     """A logits function running the interpreter on ``path``; also its (batch, seq) shape."""
-    from moec.compiler.cli.check_approx import interpret
+    from moec.approx import interpret
     from moec.ir.stream import load_program
 
     program = load_program(path)

@@ -1,10 +1,11 @@
 """``moec sweep``: design-space exploration over models, packages, strategies and tokens.
 
-    moec sweep SPEC.toml -o results/ [--local] [--address ADDR] [--workers N] [--retry-errors]
+    moec sweep SPEC.toml -o results/ [--local] [--address ADDR [--connect-timeout S]] [--workers N]
+               [--retry-errors]
     moec sweep plot results/ --x AXIS|METRIC --y AXIS|METRIC [--color METRIC|AXIS]
                [--facet AXIS] [--where AXIS=VALUE ...] [--contour V] -o out.png
 
-The spec (``moec.compiler.cli.sweep.spec``) names the axes and the fixed rest; every point is one
+The spec (``moec.sweep.spec``) names the axes and the fixed rest; every point is one
 bench run. Points run as Ray tasks (an embedded local instance, or the cluster at ``--address``)
 or in-process with ``--local`` (also when Ray is not installed). Each point is stored in
 ``results/sweep.sqlite`` as it finishes, so running the same command again skips the points done;
@@ -53,6 +54,13 @@ def register(subparsers: Any) -> None:
         help="Ray CPUs to start locally / tasks in flight (default: all CPUs)",
     )
     run_g.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the Ray cluster at --address before giving up (default 30)",
+    )
+    run_g.add_argument(
         "--retry-errors", action="store_true", help="run the points stored with status error again"
     )
     plot_g = p.add_argument_group("plot")
@@ -88,7 +96,7 @@ def _where(items: list[str]) -> dict[str, str]:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from moec.compiler.cli.sweep.plot import plot_results
+    from moec.sweep.plot import plot_results
 
     if len(args.what) != 2:
         raise SweepUsageError("plot: expected one results folder: moec sweep plot RESULTS ...")
@@ -118,14 +126,18 @@ def run(args: argparse.Namespace) -> int:
         raise SweepUsageError(
             "--local runs in this process; --address joins a Ray cluster: give one"
         )
+    if not args.connect_timeout > 0:
+        raise SweepUsageError(
+            f"--connect-timeout: expected seconds > 0, found {args.connect_timeout}"
+        )
     if args.workers is not None and args.workers < 1:
         raise SweepUsageError(f"--workers: expected an integer >= 1, found {args.workers}")
 
     from rich.console import Console
 
-    from moec.compiler.cli.progress import Progress
-    from moec.compiler.cli.sweep.runner import SweepRunError, ray_available, run_sweep
-    from moec.compiler.cli.sweep.spec import load_spec
+    from moec.progress import Progress
+    from moec.sweep.runner import SweepRunError, ray_available, run_sweep
+    from moec.sweep.spec import load_spec
 
     spec = load_spec(args.what[0])
     with open(args.what[0], encoding="utf-8") as f:
@@ -152,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
 
         summary = run_sweep(
             spec, text, args.output, use_ray=use_ray, address=args.address,
-            workers=args.workers, retry_errors=args.retry_errors, on_start=started, on_point=tick,
+            workers=args.workers, retry_errors=args.retry_errors,
+            connect_timeout=args.connect_timeout, on_start=started, on_point=tick,
         )  # fmt: skip
     out = sys.stdout
     print(

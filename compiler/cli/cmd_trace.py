@@ -14,10 +14,10 @@ import argparse
 import json
 from typing import Any
 
-from moec.compiler.cli.progress import Progress
 from moec.ir.errors import TraceError
 from moec.ir.files import check_outputs
 from moec.ir.routing import HOME_SCHEMES, layer_stats, load_trace, save_trace, synth_layers
+from moec.progress import Progress
 
 
 def register(subparsers: Any) -> None:
@@ -163,7 +163,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_dump(args: argparse.Namespace) -> int:
-    from moec.compiler.cli.cmd_check import dump_trace
+    from moec.check import dump_trace
 
     num_dies = None if args.target else _check_positive("--dies", args.dies or 4)
     check_outputs([args.output], [args.model, args.inputs, args.target])

@@ -16,8 +16,7 @@ import warnings
 
 import numpy as np
 
-from moec import __version__
-from moec.compiler.cli import progress
+from moec import __version__, progress
 from moec.ir.errors import MoecError
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from moec.compiler.frontend import fused_router
 from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
 from moec.ir.graph import TensorType, Weight
 from moec.ir.moe import MoELayer
@@ -224,18 +225,26 @@ def _product(
 def _router(
     view: GraphView, node: onnx.NodeProto, d: int
 ) -> tuple[str, dict[str, Weight], set[int]] | str:
-    """(x, {router_w, router_b}, router node ids) from the logits' producers, or why not.
+    """(x, {router_w, router_b}, router node ids) of ``router_probs`` as logits, or why not."""
+    return _logits_router(view, node.input[1], node.input[0], d, {view.id(node)})
 
-    Recognized by dataflow: ``router_probs`` must be ``rows(x) @ W_r (+ b)`` for a constant
-    ``W_r [d, E]``, where ``rows(x)`` is the MoE input (or a tensor it was reshaped from, or a
-    reshape of either) with ``d`` as its last axis, and any chain of Reshape/Flatten/Squeeze/
+
+def _logits_router(
+    view: GraphView, value: str, x: str, d: int, owners: set[int]
+) -> tuple[str, dict[str, Weight], set[int]] | str:
+    """(x, {router_w, router_b}, router node ids) of the router logits ``value``, or why not.
+
+    Recognized by dataflow: the logits must be ``rows(x) @ W_r (+ b)`` for a constant
+    ``W_r [d, E]``, where ``rows(x)`` is the MoE input ``x`` (or a tensor it was reshaped from,
+    or a reshape of either) with ``d`` as its last axis, and any chain of Reshape/Flatten/Squeeze/
     Unsqueeze/Identity, constant-bias Adds and one 2-D Transpose may sit between the product and
-    ``router_probs``. Reshapes keep the row-major element order, so logits row n is token n.
+    the logits. Reshapes keep the row-major element order, so logits row n is token n. A bias
+    whose values are not loaded (``moec inspect`` reads no external data) is kept declared.
+    Router nodes are absorbed only when nothing but them and ``owners`` reads their results.
     """
-    x = node.input[0]
-    value = node.input[1]
     nodes: set[int] = set()
     bias: np.ndarray | None = None
+    declared_bias: tuple[int, ...] | None = None
     transposed = False
     while True:
         p = view.producer(value)
@@ -261,8 +270,14 @@ def _router(
                 value = p.input[0]
                 continue
         if p.op_type == "Add":
+            declared = [i for i in p.input if _declared_shape(view, i) is not None]
+            if len(declared) == 1 and declared_bias is None and bias is None:
+                declared_bias = _declared_shape(view, declared[0])
+                nodes.add(view.id(p))
+                value = p.input[1] if p.input[0] == declared[0] else p.input[0]
+                continue
             consts = [i for i in p.input if view.constant(i) is not None]
-            if len(consts) == 1:
+            if len(consts) == 1 and declared_bias is None:
                 other = p.input[1] if p.input[0] == consts[0] else p.input[0]
                 c = np.asarray(view.constant(consts[0]))
                 E = c.size if c.size > 1 else 0
@@ -319,11 +334,15 @@ def _router(
     )
     if bias is not None:
         weights["router_b"] = _present("router_b", np.broadcast_to(bias, (E,)))
+    elif declared_bias is not None:
+        if int(np.prod(declared_bias)) not in (1, E):
+            return f"router bias has shape {list(declared_bias)}, expected [{E}]"
+        weights["router_b"] = _declared("router_b", (E,))
     # Only absorb router nodes whose results feed nothing but this layer.
     for i in sorted(nodes):
         for out in view.nodes[i].output:
             users = {view.id(c) for c in view.consumers(out)}
-            if not users <= nodes | {view.id(node)} or view.is_graph_output(out):
+            if not users <= nodes | owners or view.is_graph_output(out):
                 nodes = set()
                 break
         if not nodes:
@@ -480,17 +499,30 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
     if b2 is not None:
         weights["b_down"] = _present("b_down", b2)
     E, d, F = (int(s) for s in weights["w_up"].type.shape)
-    router = _router(view, node, d)
+    k = int(a(node, "k", 1))
+    selected = fused_router.match(view, node)
+    if isinstance(selected, str):
+        return view.fail(node, selected)
+    if selected is not None:
+        if selected.top_k != k:
+            return view.fail(node, f"the router chooses {selected.top_k} experts, the node k={k}")
+        owners = selected.nodes | {view.id(node)}
+        router = _logits_router(view, selected.logits, node.input[0], d, owners)
+    else:
+        router = _router(view, node, d)
     if isinstance(router, str):
         return view.fail(node, router)
     x, router_weights, router_nodes = router
     weights.update(router_weights)
-    k = int(a(node, "k", 1))
+    if selected is not None:
+        router_nodes |= selected.nodes
+        if selected.score_bias is not None:
+            weights["score_bias"] = selected.score_bias
     if int(weights["router_w"].type.shape[0]) != E:
         return view.fail(
             node, f"router has {weights['router_w'].type.shape[0]} experts, fc1 has {E}"
         )
-    normalize = bool(a(node, "normalize_routing_weights", 0))
+    normalize = bool(a(node, "normalize_routing_weights", 0)) or selected is not None
     if quant and not normalize:
         # ORT 1.32's CPU QMoE renormalizes whatever the attribute says; ORT is the reference.
         normalize = True
@@ -501,8 +533,9 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
         hidden=d,
         ffn=F,
         weights=weights,
-        scoring="softmax",
+        scoring=selected.scoring if selected is not None else "softmax",
         normalize_topk=normalize,
+        normalize_eps=selected.normalize_eps if selected is not None else None,
         activation="swiglu" if act == "swiglu" else _ACTIVATIONS[act],
         gated=gated,
     )
@@ -516,14 +549,17 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
             layer.swiglu_alpha, layer.swiglu_beta = alpha, beta
             layer.swiglu_limit = None if lim is None else float(lim)
     if quant:
-        if not a(node, "normalize_routing_weights", 0):
+        if not a(node, "normalize_routing_weights", 0) and selected is None:
             layer.annotations[QMOE_NORMALIZE_NOTE_KEY] = QMOE_NORMALIZE_NOTE
         layer.annotations["precision"] = f"int{bits}"
         if block:
             layer.annotations["quant_block"] = int(block)
+            if bits == 8:  # ORT's CPU kernel has no float path for these: int8 activations
+                layer.act_quant_block = int(block)
     layer.annotations["source"] = f"com.microsoft.{node.op_type}"
     try:
         layer.verify()
     except Exception as err:  # noqa: BLE001 - report as a mismatch at this node
         return view.fail(node, f"inconsistent expert weights ({err})")
-    return Lifted(layer, x, node.output[0], frozenset(router_nodes | {view.id(node)}))
+    output = selected.output if selected is not None and selected.output else node.output[0]
+    return Lifted(layer, x, output, frozenset(router_nodes | {view.id(node)}))

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from moec.compiler.frontend.canonical import canonicalize
 from moec.compiler.frontend.loader import infer_shapes, load_onnx
 from moec.compiler.frontend.patterns import (
     RECOGNIZERS,
@@ -150,6 +151,7 @@ def _check_no_stray_experts(view: GraphView, covered: set[int]) -> None:
 
 def lift_model(model: onnx.ModelProto, *, where: str = "") -> tuple[Module, LiftResult]:
     """Build the graph IR of ``model``, each MoE layer one canonical ``moe`` op."""
+    model = canonicalize(model)
     if not model.graph.value_info:
         model = infer_shapes(model)
     view = GraphView(model.graph, where=where or model.graph.name)

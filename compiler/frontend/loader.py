@@ -77,18 +77,49 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with declared-only initializers turned into typed graph inputs.
+def _runtime_only_ops(model: onnx.ModelProto) -> set[str]:
+    """Default-domain op types of ``model`` that ONNX does not define but ONNX Runtime does.
 
-    onnx.checker insists that external data files exist; a declared weight is, to the checker,
-    just a tensor of known type and shape, which a graph input expresses exactly.
+    ONNX Runtime registers a few of its contrib ops in the default domain
+    (``SimplifiedLayerNormalization``, which onnxruntime-genai's builder emits, among them); the
+    ONNX checker rejects them as unknown although every runtime that reads such a model runs them.
+    """
+    unknown = {
+        n.op_type
+        for n in model.graph.node
+        if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)
+    }
+    if not unknown:
+        return set()
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+    except ImportError:
+        return set()
+    known = {s.name for s in ort_c.get_all_operator_schema() if s.domain in ("", "ai.onnx")}
+    return unknown & known
+
+
+def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as the ONNX checker can judge it.
+
+    Declared-only initializers become typed graph inputs: onnx.checker insists that external data
+    files exist, and a declared weight is, to the checker, just a tensor of known type and shape,
+    which a graph input expresses exactly. Default-domain ops that only ONNX Runtime defines
+    (:func:`_runtime_only_ops`) are checked as the custom ops they are.
     """
     declared = [t for t in model.graph.initializer if is_declared_only(t)]
-    if not declared:
+    runtime_only = _runtime_only_ops(model)
+    if not declared and not runtime_only:
         return model
     names = {t.name for t in declared}
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
+    if runtime_only:
+        for n in copy.graph.node:
+            if n.domain in ("", "ai.onnx") and n.op_type in runtime_only:
+                n.domain = "com.microsoft"
+        if not any(o.domain == "com.microsoft" for o in copy.opset_import):
+            copy.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     kept = [t for t in copy.graph.initializer if t.name not in names]
     del copy.graph.initializer[:]
     copy.graph.initializer.extend(kept)

@@ -22,7 +22,8 @@ the k-th slot of that die's :class:`SlotPool`; micro-slice ``j`` of expert ``e``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 
 from moec.ir.errors import Location
 from moec.ir.stream.instructions import (
@@ -266,3 +267,22 @@ class Program:
 
     def num_instructions(self) -> int:
         return sum(len(s.instrs) for s in self.streams)
+
+    def rebased(self, src_dir: str, dst_dir: str) -> Program:
+        """This program as written into ``dst_dir`` when its relative file references (the
+        weights companion, a target TOML file) are relative to ``src_dir``: they point at the
+        same files from the new place."""
+
+        def move(path: str) -> str:
+            if os.path.isabs(path):
+                return path
+            return os.path.relpath(
+                os.path.join(os.path.abspath(src_dir), path), os.path.abspath(dst_dir)
+            )
+
+        weights, target = self.weights, self.target
+        if weights is not None:
+            weights = replace(weights, path=move(weights.path))
+        if target is not None and (target.spec.endswith(".toml") or "/" in target.spec):
+            target = replace(target, spec=move(target.spec))
+        return replace(self, weights=weights, target=target)

@@ -46,6 +46,7 @@ def summarize(p: Program) -> dict[str, Any]:
                 "instructions": len(st.instrs),
                 "counts": {k: v for k, v in counts.items() if v},
                 "peak_sram_bytes": peaks.get(st.die, 0),
+                "slot_bytes": _slot_bytes(p, st.die),
                 "dram_bytes": sum(v for k, v in by_channel.items() if k != "host"),
                 "dram_bytes_by_channel": dict(sorted(by_channel.items())),
                 "dense_flops": flops,
@@ -81,6 +82,23 @@ def summarize(p: Program) -> dict[str, Any]:
     }
 
 
+def _slot_bytes(p: Program, die: int) -> int:
+    """SRAM the die's slot pool reserves for weight slices (held for the whole run)."""
+    pool = p.slot_pool(die)
+    return pool.count * pool.nbytes if pool is not None else 0
+
+
+def _short(v: Any, limit: int = 8) -> str:
+    """A parameter value for a table cell: a long list as its repeating unit or its head."""
+    if not isinstance(v, (list, tuple)) or len(v) <= limit:
+        return str(v)
+    n = len(v)
+    for period in range(1, limit + 1):
+        if n % period == 0 and all(v[i] == v[i % period] for i in range(n)):
+            return f"{list(v[:period])} x{n // period}"
+    return f"[{', '.join(map(str, v[: limit // 2]))}, ... ({n} values)]"
+
+
 def _bytes(n: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:
@@ -99,26 +117,48 @@ def render(summary: dict[str, Any], width: int = 120) -> str:
     console.print(f"{head}: {summary['instructions']} instructions ({kind})")
 
     dies = Table(title="dies")
-    for col in ("die", "instrs", "by opcode", "peak SRAM", "DRAM loaded", "dense FLOPs", "sent"):
+    cols = (
+        "die",
+        "instrs",
+        "by opcode",
+        "slots",
+        "peak SRAM",
+        "DRAM loaded",
+        "dense FLOPs",
+        "sent",
+    )
+    for col in cols:
         dies.add_column(col, justify="left" if col in ("by opcode", "sent") else "right")
+    runtime_note = False
     for d in summary["dies"]:
+        runtime = bool(d["counts"].get("moe"))  # placeholders: expanded only once routing is known
+        runtime_note |= runtime
+        extra = " + run time" if runtime else ""
         dies.add_row(
             str(d["die"]),
             str(d["instructions"]),
             " ".join(f"{k}:{v}" for k, v in d["counts"].items()),
-            _bytes(d["peak_sram_bytes"]),
-            _bytes(d["dram_bytes"]),
+            _bytes(d["slot_bytes"]) if d["slot_bytes"] else "-",
+            _bytes(d["peak_sram_bytes"]) + extra
+            if d["peak_sram_bytes"] or not runtime
+            else "at run time",
+            _bytes(d["dram_bytes"]) + extra if d["dram_bytes"] or not runtime else "at run time",
             f"{d['dense_flops']:.3g}",
             " ".join(f"{k}:{_bytes(v)}" for k, v in d["link_bytes"].items()) or "-",
         )
     console.print(dies)
+    if runtime_note:
+        console.print(
+            "SRAM and DRAM of the runtime part depend on the routing: `moec run PROG` (or "
+            "`--dump-expanded`) gives them for one."
+        )
 
     if summary["layers"]:
         layers = Table(title="MoE layers (runtime part)")
         for col in ("layer", "experts", "top_k", "tokens", "strategy", "params", "precision"):
             layers.add_column(col)
         for m in summary["layers"]:
-            params = ", ".join(f"{k}={v}" for k, v in m["params"].items())
+            params = ", ".join(f"{k}={_short(v)}" for k, v in m["params"].items())
             if m["skip"]:
                 params += (
                     f"{', ' if params else ''}skip={m['skip']['rule']}@{m['skip']['threshold']}"

@@ -1,4 +1,4 @@
-"""Progress of long commands, always on stderr (stdout is the command's result).
+"""Progress of long work (the CLI's commands), always on stderr (stdout is the result).
 
 On a terminal, a rich progress bar (transient: it disappears when the work is done). Otherwise
 (stderr piped to a log, a CI job), one plain line every :data:`INTERVAL_S` seconds while the

@@ -1,6 +1,6 @@
 """Running a sweep: every point not yet in the journal, as Ray tasks or in-process.
 
-Each point is one :func:`moec.compiler.cli.bench_run.run_bench` call (one model, target with the
+Each point is one :func:`moec.bench.run_bench` call (one model, target with the
 point's overrides, token count, pass pipeline and strategy), wrapped by :func:`evaluate_point`
 so that a point that cannot run (its slots do not fit SRAM, a mesh too small for the strategy,
 any :class:`~moec.ir.errors.MoecError`) comes back as ``status="error"`` with its one-line
@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from moec import __version__
-from moec.compiler.cli.sweep.spec import Point, SweepSpec
-from moec.compiler.cli.sweep.store import Journal, Row, export_parquet, flatten_metrics
 from moec.ir.errors import MoecError
+from moec.sweep.spec import Point, SweepSpec
+from moec.sweep.store import Journal, Row, export_parquet, flatten_metrics
 
 
 class SweepRunError(MoecError):
@@ -100,7 +101,7 @@ def make_task(spec: SweepSpec, point: Point) -> PointTask:
 def evaluate_point(task: PointTask) -> dict[str, Any]:
     """Run one point: ``{"status", "error", "metrics", "elapsed_s"}``. Never raises for a
     point that cannot run; the error is the point's result."""
-    from moec.compiler.cli.bench_run import run_bench
+    from moec.bench import run_bench
 
     start = time.perf_counter()
     status, error, metrics = "ok", None, {}
@@ -118,6 +119,7 @@ def evaluate_point(task: PointTask) -> dict[str, Any]:
     return {
         "status": status, "error": error, "metrics": metrics,
         "elapsed_s": round(time.perf_counter() - start, 6),
+        "moec_version": __version__,  # of the process (node) that ran the point
     }  # fmt: skip
 
 
@@ -125,7 +127,8 @@ def result_row(spec: SweepSpec, point: Point, result: dict[str, Any]) -> Row:
     """The journal row of a point and its result."""
     row: Row = {
         "point_id": point.point_id, "point_index": point.index, "status": result["status"],
-        "error": result["error"], "moec_version": __version__, "spec_hash": spec.spec_hash,
+        "error": result["error"], "moec_version": result.get("moec_version", __version__),
+        "spec_hash": spec.spec_hash,
         "elapsed_s": result["elapsed_s"],
     }  # fmt: skip
     row.update(point.values)
@@ -149,48 +152,80 @@ def ray_available() -> bool:
     return True
 
 
-def _run_ray(
-    tasks: list[tuple[Point, PointTask]], done: Done, address: str | None, workers: int | None
-) -> None:
+#: Seconds ``--address`` may take to answer before the sweep gives up (``--connect-timeout``).
+CONNECT_TIMEOUT_S = 30.0
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail fast when nothing answers at a ``host:port`` address: Ray itself retries for many
+    minutes. Other address forms (``auto``, ``ray://``) are left to Ray, under the same timeout."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "/" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise SweepRunError(
+            f"cannot reach a Ray cluster at {address}: {reason} (after at most {timeout:g} s; "
+            "--connect-timeout)",
+            address,
+        ) from None
+
+
+def start_ray(address: str | None, workers: int | None, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Join the cluster at ``address`` (or start an embedded local instance); True when this
+    call started Ray (and so must shut it down). Raises :class:`SweepRunError` within about
+    ``timeout`` seconds when no cluster answers."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        try:
-            if address:
-                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-            else:
-                # "local": always a new embedded instance, never a cluster left running
-                ray.init(
-                    address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.ERROR,
-                    log_to_driver=False,
-                )  # fmt: skip
-        except Exception as err:
-            raise SweepRunError(f"cannot start Ray: {err}".splitlines()[0], address) from None
-        started = True
+    if ray.is_initialized():
+        return False
     try:
-        slots = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        remote = ray.remote(num_cpus=1)(evaluate_point)
-        queue: Iterator[tuple[Point, PointTask]] = iter(tasks)
-        pending: dict[Any, Point] = {}
+        if address:
+            _probe(address, timeout)
+            # Ray's own retries for an unreachable GCS default to minutes
+            for knob in (
+                "RAY_gcs_rpc_server_reconnect_timeout_s",
+                "RAY_gcs_server_request_timeout_seconds",
+            ):
+                os.environ.setdefault(knob, str(max(1, int(timeout))))
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        else:
+            # "local": always a new embedded instance, never a cluster left running
+            ray.init(
+                address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.ERROR,
+                log_to_driver=False,
+            )  # fmt: skip
+    except SweepRunError:
+        raise
+    except Exception as err:
+        raise SweepRunError(f"cannot start Ray: {err}".splitlines()[0], address) from None
+    return True
 
-        def fill() -> None:
-            while len(pending) < 2 * slots:
-                item = next(queue, None)
-                if item is None:
-                    return
-                pending[remote.remote(item[1])] = item[0]
 
+def _run_ray(tasks: list[tuple[Point, PointTask]], done: Done, workers: int | None) -> None:
+    import ray
+
+    slots = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    remote = ray.remote(num_cpus=1)(evaluate_point)
+    queue: Iterator[tuple[Point, PointTask]] = iter(tasks)
+    pending: dict[Any, Point] = {}
+
+    def fill() -> None:
+        while len(pending) < 2 * slots:
+            item = next(queue, None)
+            if item is None:
+                return
+            pending[remote.remote(item[1])] = item[0]
+
+    fill()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            point = pending.pop(ref)
+            done(point, ray.get(ref))
         fill()
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                point = pending.pop(ref)
-                done(point, ray.get(ref))
-            fill()
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def run_sweep(
@@ -202,15 +237,23 @@ def run_sweep(
     address: str | None = None,
     workers: int | None = None,
     retry_errors: bool = False,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
     on_start: Callable[[int, int], None] | None = None,
     on_point: Callable[[Row], None] | None = None,
 ) -> SweepSummary:
     """Run the points of ``spec`` missing from ``out_dir``'s journal, storing each as it ends;
     then export the whole journal to Parquet (when pyarrow exists). ``on_start(total, todo)``
-    and ``on_point(row)`` drive a progress display."""
-    from moec.compiler.cli.sweep.store import EXPORT, with_speedups
+    and ``on_point(row)`` drive a progress display. With Ray, the engine is up (or the cluster
+    reached, within ``connect_timeout`` seconds) before the journal is opened."""
+    from moec.sweep.store import EXPORT, with_speedups
 
-    journal = Journal(out_dir)
+    started_ray = start_ray(address, workers, connect_timeout) if use_ray else False
+    try:
+        journal = Journal(out_dir)
+    except BaseException:
+        if started_ray:
+            _shutdown_ray()
+        raise
     try:
         journal.record_spec(spec.spec_hash, spec.name, spec.path, spec.columns(), spec_text)
         stored = journal.done(include_errors=not retry_errors)
@@ -235,7 +278,7 @@ def run_sweep(
 
         start = time.perf_counter()
         if use_ray and todo:
-            _run_ray(todo, done, address, workers)
+            _run_ray(todo, done, workers)
         else:
             _run_local(todo, done)
         summary.seconds = time.perf_counter() - start
@@ -246,3 +289,11 @@ def run_sweep(
         return summary
     finally:
         journal.close()
+        if started_ray:
+            _shutdown_ray()
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
