@@ -13,7 +13,8 @@ from moec.compiler.cli.main import main
 from moec.progress import Progress
 
 
-def test_status_lines_when_not_a_terminal() -> None:
+def test_status_lines_when_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "QUIET", False)
     stream = io.StringIO()
     with Progress("work", 4, unit="steps", stream=stream, interval=0.02) as bar:
         for i in range(4):
@@ -39,10 +40,11 @@ def test_trace_synth_reports_progress_on_stderr(
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     monkeypatch.setattr(progress, "INTERVAL_S", 0.01)
-    monkeypatch.setattr(progress, "QUIET", False)  # main sets it; restored after the test
+    monkeypatch.setattr(progress, "QUIET", False)
     out = tmp_path / "t.npz"
     argv = ["trace", "synth", "--model", "qwen3-30b-a3b", "--tokens", "2048", "-o", str(out)]
     assert main(["--quiet", *argv] if quiet else argv) == 0
+    assert progress.QUIET is False  # --quiet lasts one command
     cap = capsys.readouterr()
     assert cap.out.startswith("wrote ") and cap.out.count("\n") == 1
     status = [line for line in cap.err.splitlines() if line.startswith("moec trace synth: ")]

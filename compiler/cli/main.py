@@ -60,10 +60,10 @@ def attach_dims(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(attach_dims(list(sys.argv[1:] if argv is None else argv)))
-    progress.QUIET = bool(args.quiet)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    quiet, progress.QUIET = progress.QUIET, bool(args.quiet)
     try:
         # Non-finite numbers are reported where they matter (check, bench accuracy); numpy's
         # RuntimeWarnings about them would only be noise on stderr.
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moec: interrupted", file=sys.stderr)
         return 130
+    finally:
+        progress.QUIET = quiet  # in-process callers (tests, scripts) get it back as it was
     return int(code or 0)
 
 
