@@ -140,7 +140,7 @@ def _run_dense(
     )
     model.ir_version = 10
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: failures become moec errors, not native log lines
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feed = {i.name: feeds[i.name] for i in inputs}

@@ -59,3 +59,13 @@ class ScheduleError(MoecError):
 
 class TraceError(MoecError):
     """A routing trace that is malformed or does not match the model."""
+
+
+class FileError(MoecError):
+    """A file that cannot be read or written, or an output path that would destroy an input."""
+
+
+class CheckFailed(MoecError):
+    """A numerical check that ran and did not pass (exit code 1, like a comparison over tol)."""
+
+    exit_code = 1

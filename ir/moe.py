@@ -172,6 +172,8 @@ class MoELayer:
         """Check options and that every weight has the shape the layout above requires."""
         E, d, F = self.num_experts, self.hidden, self.ffn
         where = self.name
+        if min(E, d, F) < 1:
+            raise ModelError(f"sizes must be >= 1, found experts {E}, hidden {d}, ffn {F}", where)
         if self.scoring not in SCORINGS:
             raise ModelError(f"unknown scoring {self.scoring!r}, expected one of {SCORINGS}", where)
         if self.activation not in ACTIVATIONS:

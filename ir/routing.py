@@ -19,6 +19,7 @@ import json
 import math
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +157,17 @@ def synth_zipf(
     )  # fmt: skip
 
 
+#: Largest memory a synthetic trace may take (checked before anything is allocated).
+MAX_SYNTH_BYTES = 2 << 30
+
+
+def synth_bytes(layers: list[tuple[int, int]], tokens: int) -> int:
+    """Peak bytes of :func:`synth_layers`: the kept ids, gates and home dies of every layer,
+    plus one layer's float64 logits and their argsort (``tokens x experts`` each)."""
+    kept = sum(tokens * (12 * k + 8) for _, k in layers)
+    return kept + max((16 * tokens * e for e, _ in layers), default=0)
+
+
 def synth_layers(
     layers: list[tuple[int, int]],
     tokens: int,
@@ -167,8 +179,10 @@ def synth_layers(
     home: str = "blocks",
     model: str = "synthetic",
     layer_names: list[str] | None = None,
+    on_layer: Callable[[int], None] | None = None,
 ) -> RoutingTrace:
-    """:func:`synth_zipf` for layers of possibly different ``(num_experts, top_k)``."""
+    """:func:`synth_zipf` for layers of possibly different ``(num_experts, top_k)``;
+    ``on_layer(i)`` is called after layer ``i`` is drawn (progress)."""
     if tokens < 1:
         raise TraceError(f"tokens must be >= 1, found {tokens}")
     if not math.isfinite(zipf) or zipf < 0:
@@ -177,6 +191,13 @@ def synth_layers(
         raise TraceError(f"seed must be >= 0, found {seed}")
     if layer_names is not None and len(layer_names) != len(layers):
         raise TraceError(f"{len(layer_names)} layer names for {len(layers)} layers")
+    need = synth_bytes(layers, tokens)
+    if need > MAX_SYNTH_BYTES:
+        raise TraceError(
+            f"a synthetic trace of {tokens} tokens x {len(layers)} layers needs about "
+            f"{need / 2**30:.1f} GiB of memory, over the limit of {MAX_SYNTH_BYTES / 2**30:g} GiB: "
+            "use fewer tokens or layers"
+        )
     home_die = assign_home_dies(tokens, num_dies, home)
     out = []
     for i, (num_experts, top_k) in enumerate(layers):
@@ -189,6 +210,8 @@ def synth_layers(
                 name, num_experts, top_k, tokens, zipf, rng, per_layer_permutation, home_die
             )
         )
+        if on_layer is not None:
+            on_layer(i)
     provenance = {
         "source": "synth", "distribution": "zipf", "zipf": zipf, "seed": seed, "home": home,
         "per_layer_permutation": per_layer_permutation,

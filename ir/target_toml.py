@@ -100,7 +100,15 @@ class _Fields:
 def _parse_toml(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read()
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise TargetError(
+            f"not UTF-8 text (byte 0x{data[err.start]:02x}); TOML files are UTF-8",
+            Location(path, line, column),
+        ) from None
     except FileNotFoundError:
         raise TargetError("target file not found", path) from None
     except OSError as err:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from moec.backends.ort.check import run_ort
+from moec.backends.ort.check import check_finite, run_ort
 from moec.check import model_inputs
 from moec.compile import DEFAULT_TARGET, compile_model, load_model, write_compiled
 from moec.ir.errors import ModelError, MoecError
@@ -58,6 +58,7 @@ def output_error(name: str, got: np.ndarray, want: np.ndarray) -> OutputError:
     w = np.asarray(want, np.float64)
     if g.shape != w.shape:
         raise MoecError(f"output {name}: shape {list(g.shape)}, expected {list(w.shape)}")
+    check_finite(name, g, w)
     d = np.abs(g - w)
     wmax, wmean = float(np.abs(w).max(initial=0.0)), float(np.abs(w).mean()) if w.size else 0.0
     norm = float(np.linalg.norm(g) * np.linalg.norm(w))

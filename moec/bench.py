@@ -73,6 +73,7 @@ from moec.compiler.bench.spec import (
 )
 from moec.compiler.lower import STRATEGIES, lower, parse_strategy
 from moec.compiler.lower import _load_strategies as load_strategies
+from moec.ir.errors import MoecError
 from moec.ir.graph import Module
 from moec.ir.routing import (
     LayerRouting,
@@ -373,13 +374,15 @@ def run_bench(
     overrides: Overrides | Mapping[str, int | float | str] = (),
     accuracy: bool | None = False,
     on_row: Callable[[Row], None] | None = None,
+    keep_going: bool = False,
 ) -> list[Row]:
     """Run every (model, target, tokens, strategy, passes) point; rows in that nesting order,
     with ``speedup_vs_ep`` filled in where the point has an ``ep`` row. ``tokens`` may be
     ``[None]`` with a recorded trace (its own token count). ``on_row`` sees each row as it is
     made (progress bars). ``accuracy``: measure each row's accuracy where the model has weights
     (True: and at least one model of the run must have them; None: where they exist, silently;
-    False: never)."""
+    False: never). ``keep_going``: a point that fails becomes a row with its one-line ``error``
+    (and no metrics) instead of ending the run; if every point fails, the first error is raised."""
     model_list = [models] if isinstance(models, str) else list(models)
     target_list = [targets] if isinstance(targets, str) else list(targets)
     ovr = tuple(overrides.items()) if isinstance(overrides, Mapping) else tuple(overrides)
@@ -389,6 +392,7 @@ def run_bench(
             ", ".join(model_list),
         )
     rows: list[Row] = []
+    failures: list[MoecError] = []
     with tempfile.TemporaryDirectory(prefix="moec-bench-") as tmp:
         work = _Workloads(routing, calibration, tmp)
         for model in model_list:
@@ -399,13 +403,33 @@ def run_bench(
                 for T in tokens:
                     for pipeline in passes:
                         for s in strategies:
-                            row = run_point(
-                                work, model, target, ovr, tgt, T, s, n, pipeline, measure
-                            )
+                            try:
+                                row = run_point(
+                                    work, model, target, ovr, tgt, T, s, n, pipeline, measure
+                                )
+                            except MoecError as err:
+                                if not keep_going:
+                                    raise
+                                failures.append(err)
+                                row = failed_row(model, target, T, s, pipeline, n, err)
                             rows.append(row)
                             if on_row is not None:
                                 on_row(row)
+    if failures and len(failures) == len(rows):
+        raise failures[0]
     return add_speedups(rows)
+
+
+def failed_row(
+    model: str, target: str, tokens: int | None, strategy: str, passes: str, layers: int,
+    err: MoecError,
+) -> Row:  # fmt: skip
+    """The row of a point that could not run: its coordinates and the one-line ``error``."""
+    return {
+        "model": model, "target": target, "tokens": tokens, "strategy": strategy,
+        "passes": passes, "layers": layers, "error": err.one_line(), "latency_s": None,
+        "speedup_vs_ep": None,
+    }  # fmt: skip
 
 
 def timed(fn: Callable[[], list[Row]]) -> tuple[list[Row], float]:

@@ -13,7 +13,6 @@ The same input and options give byte-identical files.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from moec.compiler.lower import lower, parse_strategy
 from moec.compiler.lower.weights_file import companion_bytes, companion_name, sha256
 from moec.compiler.passes import parse_pipeline
 from moec.ir.errors import ModelError, MoecError
+from moec.ir.files import atomic_write_all
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace, load_trace
 from moec.ir.stream import Program, TargetRef, WeightsRef, print_program
@@ -148,26 +148,7 @@ def compile_model(
 def write_compiled(compiled: Compiled, output: str) -> None:
     """Write program and companion atomically: both complete, or neither left behind."""
     out = Path(output)
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise MoecError("no such folder for the output", str(folder))
-    files = [(out, compiled.text.encode())]
+    files: list[tuple[Path, bytes | str]] = [(out, compiled.text)]
     if compiled.companion is not None:
         files.insert(0, (out.with_name(companion_name(out.name)), compiled.companion))
-    temps: list[tuple[str, Path]] = []
-    try:
-        for path, data in files:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
+    atomic_write_all(files)

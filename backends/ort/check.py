@@ -25,7 +25,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from moec.ir.errors import ModelError, MoecError
+from moec.backends.ort.runtime import error_text, session_options
+from moec.ir.errors import CheckFailed, ModelError, MoecError
 from moec.ir.inputs import InputSpec, seeded_feeds, shape_for_dims, shape_for_tokens
 
 #: Ops a token id passes through unchanged on its way to the embedding Gather.
@@ -152,16 +153,12 @@ def dims_of(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
     try:
         return ort.InferenceSession(
-            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
         )
     except Exception as err:  # noqa: BLE001 - ORT raises its own unrelated types
-        text = " ".join(str(err).split())
-        raise ModelError(f"ONNX Runtime cannot load the model: {text[:300]}") from None
+        raise ModelError(f"ONNX Runtime cannot load the model: {error_text(err)}") from None
 
 
 def run_ort(
@@ -181,8 +178,7 @@ def run_ort(
     try:
         values = sess.run(names, dict(feeds))
     except Exception as err:  # noqa: BLE001
-        text = " ".join(str(err).split())
-        raise ModelError(f"ONNX Runtime failed to run the model: {text[:300]}") from None
+        raise ModelError(f"ONNX Runtime failed to run the model: {error_text(err)}") from None
     return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
 
 
@@ -224,6 +220,22 @@ class CheckReport:
         }  # fmt: skip
 
 
+def check_finite(name: str, got: np.ndarray, want: np.ndarray) -> None:
+    """Fail on the first non-finite value on either side: an Inf or NaN is never "close".
+
+    (A relative error divided by an infinite scale would read 0 and pass falsely.)
+    """
+    for side, values in (("ONNX Runtime", want), ("the interpreter", got)):
+        finite = np.isfinite(values)
+        if not finite.all():
+            index = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise CheckFailed(
+                f"non-finite value {values[index]} from {side} at index {list(index)} "
+                f"(ONNX Runtime {want[index]}, interpreter {got[index]})",
+                f"output {name}",
+            )
+
+
 def compare(
     got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], tol: float = 1e-4
 ) -> CheckReport:
@@ -240,10 +252,9 @@ def compare(
         if g64.size == 0:
             report.outputs.append(OutputError(name, tuple(w64.shape), 0.0, 0.0))
             continue
-        diff = np.abs(g64 - w64)
-        bad = ~np.isfinite(g64) & np.isfinite(w64)
-        abs_err = float("inf") if bad.any() else float(np.nanmax(diff))
-        scale = float(np.nanmax(np.abs(w64)))
+        check_finite(name, g64, w64)
+        abs_err = float(np.abs(g64 - w64).max())
+        scale = float(np.abs(w64).max())
         rel = abs_err / scale if scale > 0 else abs_err
         report.outputs.append(OutputError(name, tuple(w64.shape), abs_err, rel))
     return report

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from moec.backends.ort.runtime import error_text, session_options
 from moec.ir.errors import ModelError
 
 VOCAB = 256
@@ -166,14 +167,12 @@ def load_lm(path: str | Path, threads: int = 1) -> LanguageModel:
             raise ModelError(
                 f"metadata {CONTEXT_KEY} is {meta[CONTEXT_KEY]!r}, expected an int", where
             ) from None
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(where, opts, providers=["CPUExecutionProvider"])
-    except Exception as err:
-        raise ModelError(
-            f"ONNX Runtime cannot load the model: {str(err).splitlines()[0]}", where
-        ) from None
+        session = ort.InferenceSession(
+            where, session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as err:  # noqa: BLE001 - ORT raises its own unrelated types
+        raise ModelError(f"ONNX Runtime cannot load the model: {error_text(err)}", where) from None
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(int64)" or len(inputs[0].shape) != 2:
         found = ", ".join(f"{i.name}: {i.type}{i.shape}" for i in inputs)

@@ -6,7 +6,9 @@ A row is a plain dict (the ``--json`` schema)::
      "peak_sram_bytes_max", "dram_bytes", "link_bytes",
      "utilization": {"compute", "dram", "links"}, "passes", ...}
 
-plus, for models with weights, ``"accuracy": {"max_rel_err", "mean_rel_err", "cosine",
+A point that failed (``moec bench`` keeps going) is a row with the point's coordinates, its
+one-line ``"error"``, ``latency_s`` and ``speedup_vs_ep`` null and no other metrics. Plus, for
+models with weights, ``"accuracy": {"max_rel_err", "mean_rel_err", "cosine",
 "top1_agreement"}``; the table and the Markdown get the :data:`ACCURACY_COLUMNS` when any row
 has it (``-`` in the rows that do not).
 
@@ -32,11 +34,13 @@ def _point(row: Row) -> tuple[Any, ...]:
 def add_speedups(rows: list[Row]) -> list[Row]:
     """Set ``speedup_vs_ep`` = EP latency / latency for rows whose point has an ``ep`` row
     (same model, target, tokens and passes); ``None`` otherwise. Returns ``rows``."""
-    ep = {_point(r): r["latency_s"] for r in rows if r["strategy"] == "ep"}
+    ran = [r for r in rows if not r.get("error")]
+    ep = {_point(r): r["latency_s"] for r in ran if r["strategy"] == "ep"}
     for r in rows:
         base = ep.get(_point(r))
+        lat = r.get("latency_s")
         r["speedup_vs_ep"] = (
-            round(base / r["latency_s"], 6) if base is not None and r["latency_s"] > 0 else None
+            round(base / lat, 6) if base is not None and lat is not None and lat > 0 else None
         )
     return rows
 
@@ -93,7 +97,15 @@ def accuracy_cells(row: Row) -> list[str]:
 
 
 def table_cells(row: Row, accuracy: bool = False) -> list[str]:
-    """The terminal cells of one row, in :data:`COLUMNS` order (then the accuracy cells)."""
+    """The terminal cells of one row, in :data:`COLUMNS` order (then the accuracy cells).
+
+    A failed point (a row with ``error``) shows ``failed`` under latency and ``-`` elsewhere."""
+    if row.get("error"):
+        n = len(COLUMNS) + (len(ACCURACY_COLUMNS) if accuracy else 0)
+        return [
+            row["model"], row["target"], str(row["tokens"]),
+            row["strategy"] + (f" [{row['passes']}]" if row.get("passes") else ""), "failed",
+        ] + ["-"] * (n - 5)  # fmt: skip
     u = row["utilization"]
     speed = row.get("speedup_vs_ep")
     ratio = row["latency_s"] / row["bound_s"] if row["bound_s"] > 0 else float("inf")
@@ -156,23 +168,32 @@ def write_plot(rows: Sequence[Row], path: str) -> None:
         ) from None
     import io
 
+    rows = [r for r in rows if not r.get("error")]  # failed points have no latency to draw
     panels = list(dict.fromkeys((r["model"], r["target"]) for r in rows))
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * max(1, len(panels))), squeeze=False)
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(8, 3 * max(1, len(panels)) + 0.6), squeeze=False,
+        constrained_layout=True,
+    )  # fmt: skip
     width = 0.8 / max(1, len(strategies))
+    colors = plt.get_cmap("tab10")
     for ax, (model, target) in zip(axes[:, 0], panels, strict=True):
         sub = [r for r in rows if (r["model"], r["target"]) == (model, target)]
         tokens = sorted({r["tokens"] for r in sub})
+        # each panel in its own unit: a tiny model's microseconds would read 0.00 in ms
+        scale, unit = (1e3, "ms") if max(r["latency_s"] for r in sub) >= 1e-3 else (1e6, "us")
         for i, s in enumerate(strategies):
-            lat = {r["tokens"]: r["latency_s"] * 1e3 for r in sub if r["strategy"] == s}
+            lat = {r["tokens"]: r["latency_s"] * scale for r in sub if r["strategy"] == s}
             xs = [t + (i - (len(strategies) - 1) / 2) * width for t in range(len(tokens))]
-            ax.bar(xs, [lat.get(t, 0.0) for t in tokens], width, label=s)
+            ax.bar(xs, [lat.get(t, 0.0) for t in tokens], width, label=s, color=colors(i % 10))
         ax.set_xticks(range(len(tokens)), [str(t) for t in tokens])
         ax.set_title(f"{model} on {target}")
         ax.set_xlabel("tokens per iteration")
-        ax.set_ylabel("latency (ms)")
-        ax.legend(fontsize="small")
-    fig.tight_layout()
+        ax.set_ylabel(f"latency ({unit})")
+    # one legend for all panels, outside them, so it never covers a bar
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(len(labels), 5),
+               fontsize="small")  # fmt: skip
     buf = io.BytesIO()
     fmt = path.rsplit(".", 1)[-1] if "." in path else "png"
     # A fixed creation date keeps the file's bytes deterministic.

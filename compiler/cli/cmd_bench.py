@@ -15,6 +15,11 @@ steps (naive FSE-DP, + R1-R4, + paired load, + R5, + 20% token buffering) instea
 relative error, cosine, top-1 agreement against ONNX Runtime on the original model, for the
 row's strategy, passes and token count; ``--no-accuracy`` skips it). The wall time of the whole
 run is printed last (to stderr with ``--json``).
+
+A point that fails (say, a token count that does not fit one strategy's SRAM) does not end the
+run: its row says ``failed`` (in JSON, an ``"error"`` and null metrics), the failed points are
+listed on stderr, and the exit code is 1. Exit 0 means every point ran; when no point ran, the
+first point's error is the command's error (exit 2).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from moec.compiler.bench.spec import (
     parse_strategies,
     parse_tokens,
 )
+from moec.ir.files import check_outputs
+from moec.progress import Progress
 
 
 def register(subparsers: Any) -> None:
@@ -130,7 +137,6 @@ def _expand(text: str, paper: tuple[str, ...]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     known = known_strategies()
     if args.ablation:
@@ -145,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         strategies = parse_strategies(args.strategies, known)
     models = _expand(args.model, PAPER_MODELS)
     targets = _expand(args.target, PAPER_TARGETS)
+    check_outputs([args.plot], [*models, *targets, args.routing, args.calibration])
     file_routing = not args.routing.startswith("synth")
     tokens: list[int | None]
     if args.tokens:
@@ -153,19 +160,10 @@ def run(args: argparse.Namespace) -> int:
         tokens = [None] if file_routing else [16, 64, 256, 1024]
     passes = ["" if p.strip() == "none" else p for p in (args.passes or [""])]
     total = len(models) * len(targets) * len(tokens) * len(strategies) * len(passes)
-    err = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.description}"), console=err, transient=True,
-        disable=not err.is_terminal,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("", total=total)
+    with Progress("bench", total, unit="points") as bar:
 
         def tick(row: dict[str, Any]) -> None:
-            bar.update(
-                task, advance=1,
-                description=f"{row['model']} {row['target']} {row['tokens']} {row['strategy']}",
-            )  # fmt: skip
+            bar.advance(status=f"{row['model']} {row['target']} {row['tokens']} {row['strategy']}")
 
         rows, seconds = timed(
             lambda: run_bench(
@@ -180,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
                 overrides=parse_overrides(args.overrides),
                 accuracy=args.accuracy,
                 on_row=tick,
+                keep_going=True,
             )  # fmt: skip
         )
     if args.ablation:
@@ -201,4 +200,15 @@ def run(args: argparse.Namespace) -> int:
         if args.plot:
             out.print(f"wrote {args.plot}")
         out.print(summary)
-    return 0
+    return _report_failures(rows)
+
+
+def _report_failures(rows: list[dict[str, Any]]) -> int:
+    """List the points that failed on stderr; exit code 1 when any did (0 when all ran)."""
+    failed = [r for r in rows if r.get("error")]
+    for r in failed:
+        point = f"{r['model']} {r['target']} tokens={r['tokens']} {r['strategy']}"
+        print(f"moec bench: failed: {point}: {r['error']}", file=sys.stderr)
+    if failed:
+        print(f"moec bench: {len(failed)} of {len(rows)} points failed", file=sys.stderr)
+    return 1 if failed else 0

@@ -42,7 +42,14 @@ def register(subparsers: Any) -> None:
         "--strategy", default="ep", metavar="S", help="strategy, e.g. ep{placement=blocks}"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
-    p.add_argument("--dims", nargs="*", default=[], metavar="NAME=VALUE", help="symbolic dim sizes")
+    p.add_argument(
+        "--dims",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
+        help="symbolic dim sizes",
+    )
     p.add_argument("--inputs", metavar="F.npz", help="model inputs instead of seeded ones")
     p.add_argument(
         "--tol",

@@ -22,6 +22,8 @@ from moec.compile import (
     write_compiled,
 )
 from moec.compiler.lower.weights_file import companion_name
+from moec.ir.files import check_outputs
+from moec.progress import Progress
 
 
 def register(subparsers: Any) -> None:
@@ -38,7 +40,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--passes", default="", metavar="PIPELINE", help="pass pipeline string")
     p.add_argument("--routing", metavar="TRACE", help="routing trace (.json or .npz)")
     p.add_argument("--tokens", type=int, metavar="N", help="tokens per iteration")
-    p.add_argument("--dims", nargs="*", default=[], metavar="NAME=VALUE", help="symbolic dim sizes")
+    p.add_argument(
+        "--dims",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
+        help="symbolic dim sizes",
+    )
     p.add_argument("--debug", action="store_true", help="verify the IR after every pass")
     p.add_argument("--print-ir", action="store_true", help="print the graph IR after the passes")
     p.set_defaults(func=run)
@@ -53,13 +62,21 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    compiled = compile_model(
-        args.model, args.output, target=args.target, overrides=parse_overrides(args.overrides),
-        strategy=args.strategy, passes=args.passes, routing=args.routing, tokens=args.tokens,
-        dims=parse_dims(args.dims), debug=args.debug,
-        on_module=(lambda m: print(m.print(), end="")) if args.print_ir else None,
-    )  # fmt: skip
-    write_compiled(compiled, args.output)
+    out = Path(args.output)
+    check_outputs(
+        [out, out.with_name(companion_name(out.name))], [args.model, args.routing, args.target]
+    )
+    with Progress("compile") as bar:
+        bar.set_status(f"{args.model}: frontend, passes, lowering")
+        compiled = compile_model(
+            args.model, args.output, target=args.target,
+            overrides=parse_overrides(args.overrides), strategy=args.strategy,
+            passes=args.passes, routing=args.routing, tokens=args.tokens,
+            dims=parse_dims(args.dims), debug=args.debug,
+            on_module=(lambda m: print(m.print(), end="")) if args.print_ir else None,
+        )  # fmt: skip
+        bar.set_status(f"writing {args.output}")
+        write_compiled(compiled, args.output)
     p = compiled.program
     extra = f" + {companion_name(Path(args.output).name)}" if compiled.companion is not None else ""
     print(

@@ -35,8 +35,10 @@ from moec.backends.ort.perplexity import (
     ort_logits_fn,
     perplexity,
     unigram_perplexity,
+    windows,
 )
 from moec.ir.errors import MoecError
+from moec.progress import Progress
 
 DEFAULT_CONTEXT = 128
 
@@ -141,7 +143,15 @@ def run(args: argparse.Namespace) -> int:
             raise MoecError(
                 f"--context {context} exceeds the program's sequence of {seq}", args.program
             )
-    score = perplexity(logits_fn, ids, context, stride, batch=batch)
+    with Progress("eval", len(windows(ids.size, context, stride)), unit="windows") as bar:
+        engine = "interpreter" if args.program else "ONNX Runtime"
+
+        def counted(window_ids: np.ndarray) -> np.ndarray:
+            out = logits_fn(window_ids)
+            bar.advance(int(window_ids.shape[0]), status=engine)
+            return out
+
+        score = perplexity(counted, ids, context, stride, batch=batch)
     base = unigram_perplexity(lm.unigram_counts, ids) if lm.unigram_counts is not None else None
     if args.json:
         out = {

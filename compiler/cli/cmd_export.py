@@ -22,7 +22,7 @@ import onnx
 from moec.compile import load_model
 from moec.compiler.frontend.export_qmoe import FORMATS, export_onnx
 from moec.compiler.passes import parse_pipeline
-from moec.ir.files import atomic_write
+from moec.ir.files import atomic_write, check_outputs
 
 
 def register(subparsers: Any) -> None:
@@ -39,6 +39,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs([args.output], [args.model])
     pipeline = parse_pipeline(args.passes)
     module, _, name = load_model(args.model)
     module = pipeline.run(module)

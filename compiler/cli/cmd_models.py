@@ -7,9 +7,11 @@ The file is written atomically.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+import moec.models.catalog as catalog_module
 from moec.ir.errors import ModelError
-from moec.ir.files import atomic_write
+from moec.ir.files import atomic_write, check_outputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,13 +27,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from moec.compiler.bench.spec import PAPER_MODELS
     from moec.models.catalog import catalog
 
     entries = catalog()
-    width = max(len(n) for n in entries)
+    files = sorted(Path(catalog_module.__file__).parent.glob("*.onnx"))
+    width = max(len(n) for n in [*entries, *(str(Path("models") / f.name) for f in files)])
     for name in sorted(entries, key=lambda n: (entries[n].kind != "tiny", n)):
         e = entries[name]
         print(f"{name:<{width}}  {e.kind:<6}  {e.description}")
+    for f in files:  # the committed models (the trained language models among them)
+        print(
+            f"{'models/' + f.name:<{width}}  {'file':<6}  an ONNX file shipped in models/ (README: Models)"
+        )
+    print(f"{'paper':<{width}}  {'group':<6}  bench --model paper: {', '.join(PAPER_MODELS)}")
     return 0
 
 
@@ -44,10 +53,8 @@ def run_build(args: argparse.Namespace) -> int:
         raise ModelError(
             f"unknown model {args.name!r} (expected one of: {', '.join(sorted(entries))})"
         )
+    check_outputs([args.output], [])
     model = entry.build(args.seed)
-    try:
-        atomic_write(args.output, model.SerializeToString())
-    except OSError as err:
-        raise ModelError(f"cannot write: {err.strerror}", args.output) from None
+    atomic_write(args.output, model.SerializeToString())
     print(f"wrote {args.output} ({entry.kind}: {entry.description})")
     return 0

@@ -24,8 +24,8 @@ from typing import Any
 
 from moec.backends.interp import render
 from moec.backends.interp.report import chrome_trace_json
-from moec.ir.files import atomic_write
-from moec.ir.stream import print_program
+from moec.ir.files import atomic_write_all, check_outputs
+from moec.ir.stream import load_program, print_program
 from moec.run import run_program
 
 
@@ -46,19 +46,24 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    program = load_program(args.program)
+    base = os.path.dirname(os.path.abspath(args.program))
+    weights = os.path.join(base, program.weights.path) if program.weights is not None else None
+    check_outputs(
+        [args.trace_out, args.dump_expanded],
+        [args.program, weights, args.inputs, args.routing, args.target],
+    )  # fmt: skip
     result = run_program(
-        args.program, routing=args.routing, seed=args.seed, inputs=args.inputs,
+        program, base_dir=base, routing=args.routing, seed=args.seed, inputs=args.inputs,
         target=args.target, record_trace=bool(args.trace_out),
     )  # fmt: skip
-    base = os.path.dirname(os.path.abspath(args.program))
     outputs: list[tuple[str, bytes | str]] = []
     if args.dump_expanded:
         out_dir = os.path.dirname(os.path.abspath(args.dump_expanded))
         outputs.append((args.dump_expanded, print_program(result.expanded.rebased(base, out_dir))))
     if args.trace_out:
         outputs.append((args.trace_out, chrome_trace_json(result.timeline)))
-    for path, data in outputs:
-        atomic_write(path, data)
+    atomic_write_all(outputs)
     if args.json:
         doc = result.report.to_dict()
         if result.outputs is not None:

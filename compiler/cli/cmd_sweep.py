@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from moec.ir.errors import MoecError
+from moec.ir.files import check_outputs
 
 
 class SweepUsageError(MoecError):
@@ -100,6 +102,8 @@ def run_plot(args: argparse.Namespace) -> int:
         raise SweepUsageError("plot: expected one results folder: moec sweep plot RESULTS ...")
     if not args.x or not args.y or not args.output:
         raise SweepUsageError("plot: --x, --y and -o OUT.png are required")
+    results = Path(args.what[1])
+    check_outputs([args.output], [results / "sweep.sqlite", results / "sweep.parquet", results])
     kind = plot_results(
         args.what[1], args.x, args.y, color=args.color, facet=args.facet,
         where=_where(args.where), out=args.output, contour=args.contour,
@@ -130,15 +134,8 @@ def run(args: argparse.Namespace) -> int:
         raise SweepUsageError(f"--workers: expected an integer >= 1, found {args.workers}")
 
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
+    from moec.progress import Progress
     from moec.sweep.runner import SweepRunError, ray_available, run_sweep
     from moec.sweep.spec import load_spec
 
@@ -154,20 +151,16 @@ def run(args: argparse.Namespace) -> int:
             )
         err.print("moec sweep: Ray is not installed; running the points in-process (--local)")
         use_ray = False
-    with Progress(
-        TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
-        TimeRemainingColumn(), console=err, disable=not err.is_terminal,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("", total=None, status="")
+    with Progress("sweep", None, unit="points") as bar:
         counts = {"ok": 0, "error": 0}
 
         def started(total: int, todo: int) -> None:
-            bar.update(task, total=todo, status=f"({total - todo} of {total} already stored)")
+            bar.set_total(todo)
+            bar.set_status(f"({total - todo} of {total} already stored)")
 
         def tick(row: dict[str, Any]) -> None:
             counts[row["status"]] = counts.get(row["status"], 0) + 1
-            bar.update(task, advance=1, status=f"ok {counts['ok']} error {counts['error']}")
+            bar.advance(status=f"ok {counts['ok']} error {counts['error']}")
 
         summary = run_sweep(
             spec, text, args.output, use_ray=use_ray, address=args.address,

@@ -15,7 +15,9 @@ import json
 from typing import Any
 
 from moec.ir.errors import TraceError
+from moec.ir.files import check_outputs
 from moec.ir.routing import HOME_SCHEMES, layer_stats, load_trace, save_trace, synth_layers
+from moec.progress import Progress
 
 
 def register(subparsers: Any) -> None:
@@ -45,7 +47,14 @@ def register(subparsers: Any) -> None:
     d = sub.add_parser("dump", help="record the routing of a model run in ONNX Runtime")
     d.add_argument("model", metavar="MODEL", help=".onnx file or a tiny model name")
     d.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
-    d.add_argument("--dims", nargs="*", default=[], metavar="NAME=VALUE", help="symbolic dim sizes")
+    d.add_argument(
+        "--dims",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
+        help="symbolic dim sizes",
+    )
     d.add_argument("--inputs", metavar="F.npz", help="model inputs instead of seeded ones")
     dwhere = d.add_mutually_exclusive_group()
     dwhere.add_argument("--dies", type=int, metavar="D", help="number of dies tokens live on")
@@ -96,6 +105,7 @@ def _check_positive(flag: str, value: int | None) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
     tokens = _check_positive("--tokens", args.tokens)
+    check_outputs([args.output], [args.model, args.target])
     if args.model:
         model, layers, names = model_layers(args.model)
     elif args.experts is not None:
@@ -113,12 +123,14 @@ def run_synth(args: argparse.Namespace) -> int:
         num_dies = _check_positive("--dies", args.dies if args.dies is not None else 4)
     if not args.output.endswith((".json", ".npz")):
         raise TraceError("expected an output name ending in .json or .npz", args.output)
-    trace = synth_layers(
-        layers, tokens, zipf=args.zipf, seed=args.seed, num_dies=num_dies,
-        per_layer_permutation=not args.same_hot_experts, home=args.home, model=model,
-        layer_names=names,
-    )  # fmt: skip
-    save_trace(trace, args.output)
+    with Progress("trace synth", len(layers), unit="layers") as bar:
+        trace = synth_layers(
+            layers, tokens, zipf=args.zipf, seed=args.seed, num_dies=num_dies,
+            per_layer_permutation=not args.same_hot_experts, home=args.home, model=model,
+            layer_names=names, on_layer=lambda i: bar.advance(status=names[i]),
+        )  # fmt: skip
+        bar.set_status(f"writing {args.output}")
+        save_trace(trace, args.output)
     print(
         f"wrote {args.output}: {len(layers)} layers x {tokens} tokens on {num_dies} dies, "
         f"zipf={args.zipf:g}, seed={args.seed}"
@@ -154,13 +166,17 @@ def run_dump(args: argparse.Namespace) -> int:
     from moec.check import dump_trace
 
     num_dies = None if args.target else _check_positive("--dies", args.dies or 4)
-    trace = dump_trace(
-        args.model, seed=args.seed, dims=args.dims, inputs=args.inputs, num_dies=num_dies,
-        target=args.target, home=args.home,
-    )  # fmt: skip
+    check_outputs([args.output], [args.model, args.inputs, args.target])
     if not args.output.endswith((".json", ".npz")):
         raise TraceError("expected an output name ending in .json or .npz", args.output)
-    save_trace(trace, args.output)
+    with Progress("trace dump") as bar:
+        bar.set_status(f"running {args.model} in ONNX Runtime")
+        trace = dump_trace(
+            args.model, seed=args.seed, dims=args.dims, inputs=args.inputs, num_dies=num_dies,
+            target=args.target, home=args.home,
+        )  # fmt: skip
+        bar.set_status(f"writing {args.output}")
+        save_trace(trace, args.output)
     print(
         f"wrote {args.output}: {len(trace.layers)} layers x {trace.tokens} tokens on "
         f"{trace.num_dies} dies, seed={args.seed}"

@@ -394,6 +394,11 @@ def _fc(
     w = view.weight(name)
     if w is None:
         return f"{which} weight {name!r} is not a constant initializer"
+    if len(w.type.shape) != 3:
+        return (
+            f"{which} weight {name!r} has shape {list(w.type.shape)}, expected rank 3 "
+            "[experts, rows, columns]"
+        )
     if bits is None:
         if w.data is None:
             return w

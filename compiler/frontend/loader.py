@@ -46,6 +46,7 @@ def load_onnx(path: str | os.PathLike[str], *, load_weights: bool = True) -> onn
     if not model.HasField("graph") or model.ir_version <= 0:
         raise ModelError("not an ONNX model (no graph or IR version)", where)
     _load_external(model, p, load_weights=load_weights, where=where)
+    _check_opsets(model, where)
     check_defined(model, where)
     try:
         onnx.checker.check_model(_checkable(model))
@@ -54,6 +55,18 @@ def load_onnx(path: str | os.PathLike[str], *, load_weights: bool = True) -> onn
         text = text if len(text) <= 240 else text[:237] + "..."
         raise ModelError(f"invalid ONNX model: {text}", where) from None
     return infer_shapes(model)
+
+
+def _check_opsets(model: onnx.ModelProto, where: str) -> None:
+    """The default domain's opset must be one this onnx release defines (ORT checks the same)."""
+    newest = onnx.defs.onnx_opset_version()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and not 1 <= imp.version <= newest:
+            raise ModelError(
+                f"opset {imp.version} of the ONNX domain is not a released opset "
+                f"(this onnx knows 1..{newest})",
+                where,
+            )
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -111,10 +111,13 @@ def _instantiate(name: str, body: str | None, where: str) -> ModulePass:
 
 
 def parse_pipeline(text: str) -> Pipeline:
-    """Parse ``"a,b{x=1,y=2},c"`` into a Pipeline; errors say the column."""
+    """Parse ``"a,b{x=1,y=2},c"`` into a Pipeline; errors say the column. ``"none"`` (as
+    ``bench`` and ``sweep`` spell the exact program) and ``""`` are the empty pipeline."""
     passes: list[ModulePass] = []
     pos = 0
     text = text.strip()
+    if text == "none":
+        return Pipeline(())
     while pos < len(text):
         m = _ITEM.match(text, pos)
         if not m or m.end() == pos:

@@ -120,6 +120,29 @@ def _save(fig: Any, plt: Any, path: str) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def _wrap(label: str, width: int) -> str:
+    """``label`` on lines of at most about ``width`` characters, broken after commas."""
+    lines: list[str] = []
+    for part in label.split(","):
+        piece = part if not lines else "," + part
+        if lines and len(lines[-1]) + len(piece) <= width:
+            lines[-1] += piece
+        elif lines:
+            lines[-1] += ","
+            lines.append(part)
+        else:
+            lines.append(part)
+    return "\n".join(lines)
+
+
+def _suptitle(fig: Any, title: str) -> None:
+    """The figure title, wrapped at commas to the figure's width (a long one was clipped)."""
+    import textwrap
+
+    chars = max(20, int(fig.get_figwidth() * 72 / 6))  # ~6 pt per character at 10 pt
+    fig.suptitle("\n".join(textwrap.wrap(title, chars, break_on_hyphens=False)), fontsize=10)
+
+
 def _panels(rows: Sequence[Row], facet: str | None) -> list[tuple[str, list[Row]]]:
     if facet is None:
         return [("", list(rows))]
@@ -159,9 +182,21 @@ def heatmap(
     xs, ys = _values(rows, x), _values(rows, y)
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
+    # Long tick labels (pass pipelines) overlapped the cells and each other: they are wrapped at
+    # commas, the cells made as wide as the x labels, y labels drawn on the first column only.
+    xticks = [_wrap(_show(v), 18) for v in xs]
+    yticks = [_wrap(_show(v), 40) for v in ys]
+    xlong = max(len(line) for t in xticks for line in t.split("\n"))
+    ylong = max(len(line) for t in yticks for line in t.split("\n"))
+    xlines = max(t.count("\n") + 1 for t in xticks)
+    ylines = max(t.count("\n") + 1 for t in yticks)
+    cell_w, cell_h = max(0.75, 0.06 * xlong), max(0.55, 0.17 * ylines)
     fig, grid = plt.subplots(
-        nrows, ncols, figsize=(0.75 * len(xs) * ncols + 2.2, 0.55 * len(ys) * nrows + 1.6),
-        squeeze=False, constrained_layout=True,
+        nrows, ncols, squeeze=False, constrained_layout=True,
+        figsize=(
+            cell_w * len(xs) * ncols + 2.2 + 0.075 * ylong,
+            (cell_h * len(ys) + 0.15 * xlines) * nrows + 1.6,
+        ),
     )  # fmt: skip
     image = None
     for k, (name, sub) in enumerate(panels):
@@ -190,23 +225,28 @@ def heatmap(
             filled = np.where(np.isnan(z), vmin, z)
             ax.contour(np.arange(len(xs)), np.arange(len(ys)), filled, levels=[contour],
                        colors="red", linewidths=1.5)  # fmt: skip
-        ax.set_xticks(range(len(xs)), [_show(v) for v in xs])
-        ax.set_yticks(range(len(ys)), [_show(v) for v in ys])
+        ax.set_xticks(range(len(xs)), xticks, fontsize=8 if xlines > 1 else None)
         ax.set_xlabel(x)
-        ax.set_ylabel(y)
+        if k % ncols == 0:
+            ax.set_yticks(range(len(ys)), yticks, fontsize=8 if ylines > 1 else None)
+            ax.set_ylabel(y)
+        else:
+            ax.set_yticks(range(len(ys)), [])
         if name:
             ax.set_title(name, fontsize=9)
     for k in range(len(panels), nrows * ncols):
         grid[k // ncols][k % ncols].axis("off")
     bar = fig.colorbar(image, ax=grid, shrink=0.9)
     bar.set_label(metric + (f" (red: {contour:g})" if contour is not None else ""))
-    fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title)
     _save(fig, plt, out)
 
 
-def _unit(metric: str) -> tuple[float, str]:
-    """Scale and unit a metric is plotted in."""
+def _unit(metric: str, values: Sequence[float] = ()) -> tuple[float, str]:
+    """Scale and unit a metric is plotted in (times below a millisecond in microseconds)."""
     if metric.endswith("_s"):
+        if values and max(abs(v) for v in values) < 1e-3:
+            return 1e6, " (us)"
         return 1e3, " (ms)"
     if metric.endswith("bytes") or metric.endswith("bytes_max"):
         return 1.0 / 2**20, " (MiB)"
@@ -237,7 +277,7 @@ def pareto(
     )
     groups = _values(ok, color) if color is not None and not numeric else [None]
     palette = plt.get_cmap("tab20")
-    (sx, ux), (sy, uy) = _unit(x), _unit(y)
+    (sx, ux), (sy, uy) = _unit(x, [float(r[x]) for r in ok]), _unit(y, [float(r[y]) for r in ok])
     handles: dict[str, Any] = {}
     colorbar = None
     sc_c, uc = _unit(color) if numeric and color is not None else (1.0, "")
@@ -277,14 +317,20 @@ def pareto(
         ax.set_xlabel(x + ux + (" (higher is better)" if better_high(x) else ""))
         ax.set_ylabel(y + uy + (" (higher is better)" if better_high(y) else ""))
         ax.grid(alpha=0.3)
+        ax.margins(x=0.1, y=0.08)  # room for the front's labels at the edges
         if name:
             ax.set_title(name, fontsize=9)
     for k in range(len(panels), nrows * ncols):
         grid[k // ncols][k % ncols].axis("off")
     if colorbar is not None:
         fig.colorbar(colorbar, ax=grid, label=f"{color}{uc}", shrink=0.8)
-    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize="small")
-    fig.suptitle(title, fontsize=10)
+    # Below the panels, in as many columns as the labels allow: on the right, long labels (pass
+    # pipelines) squeezed the axes into a third of the figure and ran over the title.
+    longest = max((len(k) for k in handles), default=1)
+    ncol = max(1, min(len(handles), int(fig.get_figwidth() * 72 / (6.5 * longest + 30))))
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=ncol,
+               fontsize="small")  # fmt: skip
+    _suptitle(fig, title)
     _save(fig, plt, out)
 
 

@@ -362,4 +362,8 @@ def load_spec(path: str) -> SweepSpec:
             text = f.read()
     except OSError as err:
         raise SweepSpecError(f"cannot read the sweep spec: {err.strerror}", path) from None
+    except UnicodeDecodeError as err:
+        raise SweepSpecError(
+            f"not UTF-8 text (byte {err.start}); TOML files are UTF-8", path
+        ) from None
     return parse_spec(text, path)

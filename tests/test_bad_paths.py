@@ -1,0 +1,220 @@
+"""Bad file arguments to every command that reads or writes a file (issue 14).
+
+Each case runs ``moec`` in-process in a folder holding a model, a compiled program (with its
+weights companion), a trace, a target, a sweep spec and a text file, and asserts: exit code 2,
+one message on stderr starting ``moec: error:`` (a parse error adds its source line), nothing on it that looks like a traceback, every
+file in the folder byte-identical afterwards and no file added (no partial or temporary output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moec.compiler.cli.main import main
+
+TARGET_TOML = """\
+name = "mine"
+base = "fsedp-2x2"
+"""
+
+SPEC_TOML = """\
+[fixed]
+model = "tiny_moe"
+target = "fsedp-2x2"
+strategy = "ep"
+tokens = 16
+
+[axes]
+"""
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("inputs")
+    assert main(["models", "build", "tiny_moe", "-o", str(root / "m.onnx")]) == 0
+    assert main(["compile", str(root / "m.onnx"), "-o", str(root / "p.msp")]) == 0
+    args = ["trace", "synth", "--experts", "8", "--top-k", "2", "--layers", "2"]
+    assert main([*args, "--tokens", "16", "-o", str(root / "t.json")]) == 0
+    (root / "my.toml").write_text(TARGET_TOML)
+    (root / "spec.toml").write_text(SPEC_TOML)
+    (root / "text.txt").write_text("hello world\n" * 8)
+    (root / "notes.txt").write_text("not a model\n")
+    (root / "sub").mkdir()
+    return root
+
+
+@pytest.fixture
+def work(pristine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    folder = tmp_path / "w"
+    shutil.copytree(pristine, folder)
+    monkeypatch.chdir(folder)
+    yield folder
+    for path in folder.rglob("*"):  # let pytest remove what a case made read-only
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _expect_error(argv: list[str], folder: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    before = _snapshot(folder)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, (argv, err)
+    lines = err.strip().splitlines()
+    # one message; a parse error may add the source line and a caret under it, indented
+    assert lines and lines[0].startswith("moec: error: "), (argv, err)
+    assert all(line.startswith("  ") for line in lines[1:]), (argv, err)
+    assert "Traceback" not in err and "Error:" not in err.removeprefix("moec: error:"), err
+    assert _snapshot(folder) == before, argv
+    return lines[0]
+
+
+# The same output as an input (or an input's weights companion) is refused, input untouched.
+SAME_AS_INPUT = [
+    ["compile", "m.onnx", "-o", "m.onnx"],
+    ["compile", "p.msp.weights.onnx", "-o", "p.msp"],
+    ["compile", "m.onnx", "--target", "my.toml", "-o", "my.toml"],
+    ["compile", "m.onnx", "--routing", "t.json", "-o", "t.json"],
+    ["run", "p.msp", "--trace-out", "p.msp"],
+    ["run", "p.msp", "--dump-expanded", "p.msp"],
+    ["run", "p.msp", "--dump-expanded", "p.msp.weights.onnx"],
+    ["run", "p.msp", "--trace-out", "x.json", "--dump-expanded", "x.json"],
+    ["export", "m.onnx", "-o", "m.onnx"],
+    ["export", "m.onnx", "-o", "./sub/../m.onnx"],
+    ["trace", "synth", "--model", "m.onnx", "--tokens", "8", "-o", "m.onnx"],
+    ["trace", "dump", "m.onnx", "-o", "m.onnx"],
+    ["bench", "--model", "m.onnx", "--tokens", "16", "--strategies", "ep", "--plot", "m.onnx"],
+]
+
+
+@pytest.mark.parametrize("argv", SAME_AS_INPUT, ids=lambda a: " ".join(a))
+def test_output_same_as_input_is_refused(
+    argv: list[str], work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _expect_error(argv, work, capsys)
+    assert "same file" in line
+
+
+def test_output_same_as_input_through_a_link(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.symlink("m.onnx", work / "alias.onnx")
+    _expect_error(["compile", "m.onnx", "-o", "alias.onnx"], work, capsys)
+
+
+# Outputs that cannot be written: a missing folder, a folder that is a file, an existing folder.
+WRITERS = [
+    ["compile", "m.onnx", "-o", "{out}.msp"],
+    ["run", "p.msp", "--trace-out", "{out}.json"],
+    ["run", "p.msp", "--dump-expanded", "{out}.msp"],
+    ["export", "m.onnx", "-o", "{out}.onnx"],
+    ["models", "build", "tiny_moe", "-o", "{out}.onnx"],
+    [
+        "trace",
+        "synth",
+        "--experts",
+        "4",
+        "--top-k",
+        "1",
+        "--layers",
+        "1",
+        "--tokens",
+        "4",
+        "-o",
+        "{out}.json",
+    ],  # fmt: skip
+    ["trace", "dump", "m.onnx", "-o", "{out}.json"],
+    [
+        "bench",
+        "--model",
+        "tiny_moe",
+        "--tokens",
+        "16",
+        "--strategies",
+        "ep",
+        "--plot",
+        "{out}.png",
+    ],  # fmt: skip
+]
+BAD_OUTPUTS = {
+    "missing-folder": "nope/out",
+    "under-a-file": "notes.txt/out",
+    "existing-folder": "sub/d",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OUTPUTS))
+@pytest.mark.parametrize("argv", WRITERS, ids=lambda a: " ".join(a[:2]) + " " + a[-2])
+def test_unwritable_output(
+    argv: list[str], case: str, work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = BAD_OUTPUTS[case]
+    filled = [a.replace("{out}", out) for a in argv]
+    if case == "existing-folder":
+        (work / filled[-1]).mkdir()
+    _expect_error(filled, work, capsys)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("argv", WRITERS, ids=lambda a: " ".join(a[:2]) + " " + a[-2])
+def test_read_only_folder(argv: list[str], work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    os.chmod(work / "sub", 0o555)
+    _expect_error([a.replace("{out}", "sub/out") for a in argv], work, capsys)
+
+
+# Inputs that are missing, of the wrong kind (a folder, or a text file), or unreadable.
+READERS = [
+    ["compile", "{in}", "-o", "out.msp"],
+    ["export", "{in}", "-o", "out.onnx"],
+    ["inspect", "{in}"],
+    ["check", "{in}"],
+    ["run", "{in}"],
+    ["trace", "stats", "{in}"],
+    ["trace", "dump", "{in}", "-o", "out.json"],
+    ["targets", "show", "{in}"],
+    ["sweep", "{in}", "--local", "-o", "res"],
+    ["sweep", "plot", "{in}", "--x", "tokens", "--y", "latency_s", "-o", "out.png"],
+    ["eval", "m.onnx", "--text", "{in}"],
+    ["compile", "m.onnx", "--routing", "{in}", "-o", "out.msp"],
+    ["compile", "m.onnx", "--target", "{in}", "-o", "out.msp"],
+]
+BAD_INPUTS = {"missing": "gone.onnx", "folder": "sub", "text": "notes.txt"}
+
+
+def _reader_id(argv: list[str]) -> str:
+    return " ".join(a for a in argv[:3] if a != "{in}")
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("argv", READERS, ids=_reader_id)
+def test_bad_input(
+    argv: list[str], case: str, work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = BAD_INPUTS[case]
+    if argv[:2] == ["targets", "show"] or "--target" in argv:
+        name = name.replace(".onnx", ".toml")
+    if argv[0] == "eval" and case == "text":
+        pytest.skip("any file is a text to score")
+    _expect_error([a.replace("{in}", name) for a in argv], work, capsys)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable files")
+@pytest.mark.parametrize("argv", READERS, ids=_reader_id)
+def test_unreadable_input(argv: list[str], work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    name = "my.toml" if argv[:2] == ["targets", "show"] or "--target" in argv else "m.onnx"
+    name = {"run": "p.msp", "trace": "t.json", "eval": "text.txt"}.get(argv[0], name)
+    os.chmod(work / name, 0)
+    _expect_error([a.replace("{in}", name) for a in argv], work, capsys)

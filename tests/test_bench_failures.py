@@ -1,0 +1,38 @@
+"""One failing point does not end `moec bench` (issue 14): the rows that ran are reported."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moec.compiler.cli.main import main
+
+# 512 tokens of tiny_moe's activations do not fit 60 kB of SRAM per die; 16 tokens do.
+ARGS = ["bench", "--model", "tiny_moe", "--strategies", "ep", "--no-accuracy"]
+SMALL_SRAM = ["--set", "sram_bytes_per_die=60000"]
+
+
+def test_failed_point_is_marked_and_the_rest_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main([*ARGS, *SMALL_SRAM, "--tokens", "16,512", "--json"])
+    cap = capsys.readouterr()
+    assert code == 1
+    rows = json.loads(cap.out)["rows"]
+    assert [(r["tokens"], r.get("error") is None) for r in rows] == [(16, True), (512, False)]
+    assert rows[0]["latency_s"] > 0
+    assert "does not fit SRAM" in rows[1]["error"] and rows[1]["latency_s"] is None
+    err = cap.err.splitlines()
+    assert any(line.startswith("moec bench: failed: tiny_moe") for line in err)
+    assert "moec bench: 1 of 2 points failed" in err
+
+
+def test_table_shows_failed_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*ARGS, *SMALL_SRAM, "--tokens", "16,512"]) == 1
+    out = capsys.readouterr().out
+    assert "failed" in out and "2 runs" in out
+
+
+def test_every_point_failing_is_the_command_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*ARGS, *SMALL_SRAM, "--tokens", "512"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moec: error: tiny_moe: does not fit SRAM") and err.count("\n") == 1
