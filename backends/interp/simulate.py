@@ -21,7 +21,10 @@ same report and outputs.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,6 +170,23 @@ def expand_runtime(
     return r, offload_loads(per_die, p.policy(m.name), m)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block, restored after.
+
+    A run allocates millions of small, long-lived objects (instructions, ops, edges) and no
+    reference cycles worth collecting; each collection of the older generations rescans them
+    all, which made a whole-model run's time grow faster than its number of layers (issue 19:
+    175 s with the collector, 79 s without, same reports). Nested uses are safe."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def simulate(
     program: Program,
     *,
@@ -178,6 +198,19 @@ def simulate(
     verify: bool = True,
 ) -> RunResult:
     """Run ``program``: numerics when ``inputs`` are given, timing always (see module doc)."""
+    with gc_paused():
+        return _simulate(program, target, routings, inputs, base_dir, record_trace, verify)
+
+
+def _simulate(
+    program: Program,
+    target: Target | None,
+    routings: list[LayerRouting] | RoutingTrace | None,
+    inputs: dict[str, np.ndarray] | None,
+    base_dir: str | None,
+    record_trace: bool,
+    verify: bool,
+) -> RunResult:
     tgt = target if target is not None else program_target(program, base_dir)
     if verify:
         verify_program(program, tgt)
