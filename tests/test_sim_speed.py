@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,8 @@ from moec.compiler.lower.slots import check_tokens_fit
 from moec.ir.errors import ScheduleError
 from moec.ir.stream import TargetRef, TokenSet
 from moec.ir.target import load_target
+
+GOLDEN = Path(__file__).parent / "golden" / "msp"
 
 
 def _random_sets(rng: random.Random, n: int, count: int) -> list[TokenSet]:
@@ -104,3 +108,25 @@ def test_early_rejection_only_rejects_what_lowering_rejects(strategy: str) -> No
             with pytest.raises(ScheduleError, match="does not fit SRAM"):
                 lower(module, ref, strategy)
     assert rejected == 2  # 404 and 512 tokens: 101 and 128 home tokens, over 6000 bytes
+
+
+def test_run_verifies_the_program_and_its_expansion_once_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim = importlib.import_module("moec.backends.interp.simulate")
+    import moec.run
+    from moec.ir.stream import load_program
+
+    seen: list[int] = []
+    real = sim.verify_program
+
+    def counting(p: object, target: object = None) -> None:
+        seen.append(id(p))
+        real(p, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sim, "verify_program", counting)
+    monkeypatch.setattr(moec.run, "verify_program", counting)
+    program = load_program(str(GOLDEN / "tiny_moe.ep.msp"))
+    result = moec.run.run_program(program, routing="synth:zipf=1.0,seed=0", base_dir=str(GOLDEN))
+    assert seen.count(id(program)) == 1 and len(seen) == 2
+    assert result.expanded.num_instructions() > program.num_instructions()

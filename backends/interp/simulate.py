@@ -196,10 +196,17 @@ def simulate(
     base_dir: str | None = None,
     record_trace: bool = False,
     verify: bool = True,
+    verified: bool = False,
 ) -> RunResult:
-    """Run ``program``: numerics when ``inputs`` are given, timing always (see module doc)."""
+    """Run ``program``: numerics when ``inputs`` are given, timing always (see module doc).
+
+    ``verify``: check the program and the expanded program (:func:`verify_program`);
+    ``verified``: the caller has already checked ``program`` against this target, so only the
+    expanded program is checked."""
     with gc_paused():
-        return _simulate(program, target, routings, inputs, base_dir, record_trace, verify)
+        return _simulate(
+            program, target, routings, inputs, base_dir, record_trace, verify, verified
+        )  # fmt: skip
 
 
 def _simulate(
@@ -210,9 +217,10 @@ def _simulate(
     base_dir: str | None,
     record_trace: bool,
     verify: bool,
+    verified: bool,
 ) -> RunResult:
     tgt = target if target is not None else program_target(program, base_dir)
-    if verify:
+    if verify and not verified:
         verify_program(program, tgt)
     layouts = layouts_for(program, tgt)
     for r in program.runtime:
