@@ -101,7 +101,7 @@ class TokenSet:
 
 
 # --- what a slot holds ---------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SliceRef:
     """Micro-slice ``slice`` of expert ``expert`` of layer ``layer`` (``expert`` None: shared)."""
 
@@ -114,7 +114,7 @@ class SliceRef:
         return f"{self.layer}:{e}:s{self.slice}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorRef:
     """A whole DRAM tensor."""
 
@@ -127,7 +127,7 @@ class TensorRef:
 Content = SliceRef | TensorRef
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Block:
     """A block of activations of a layer: its input ``x`` or output/partial sum ``y``, by token."""
 
