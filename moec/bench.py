@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moec.backends.interp import simulate
+from moec.backends.interp.simulate import gc_paused
 from moec.backends.interp.timing import LOAD, XFER, Timeline
 from moec.compiler.bench.report import add_speedups
 from moec.compiler.bench.spec import (
@@ -73,6 +74,7 @@ from moec.compiler.bench.spec import (
 )
 from moec.compiler.lower import STRATEGIES, lower, parse_strategy
 from moec.compiler.lower import _load_strategies as load_strategies
+from moec.compiler.lower.slots import check_tokens_fit
 from moec.ir.errors import MoecError
 from moec.ir.graph import Module
 from moec.ir.routing import (
@@ -298,6 +300,8 @@ def run_point(
     """One (model, target, tokens, strategy, passes) point: compile, run, measure (and, with
     ``accuracy``, measure what the pipeline costs in accuracy)."""
     bm = load_bench_model(model)
+    if tokens is not None:  # an impossible batch fails here, before its trace is drawn
+        check_tokens_fit(bm.layers[:layers], tgt, tokens, bm.name)
     module = work.module(model, layers, passes)
     trace = work.trace(model, layers, tokens, tgt.num_dies)
     name, options = parse_strategy(strategy)
@@ -307,8 +311,9 @@ def run_point(
         path = work.calibration_file(model, layers, tgt.num_dies)
         if path is not None:
             options["calibration"] = path
-    program = lower(module, TargetRef(target, tuple(overrides)), name, options, trace)
-    result = simulate(program, target=tgt, routings=trace, verify=False)
+    with gc_paused():  # lowering a whole model makes as many long-lived objects as running it
+        program = lower(module, TargetRef(target, tuple(overrides)), name, options, trace)
+        result = simulate(program, target=tgt, routings=trace, verify=False)
     metrics = moe_metrics(result.timeline)
     precision = program.layers[0].dtype if program.layers else "fp16"
     deferred = deferred_by_layer(program, result.routings)

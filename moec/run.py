@@ -73,12 +73,14 @@ def run_program(
         tokens = program.layers[0].tokens if program.layers else 1
         feeds = seeded_inputs(load_weights(program, base), tokens, seed)
     trace = None
+    verified = False
     spec = routing or f"synth:zipf=1.0,seed={seed}"
     if (feeds is None and not program.is_static) or (routing and feeds is not None):
         verify_program(program, tgt)  # a synthetic routing is sized from the layer declarations
+        verified = True
         trace = routing_for(spec, program, tgt)
         check_routings(program, tgt, trace, where=spec)
     return simulate(
         program, target=tgt, routings=trace, inputs=feeds, base_dir=base,
-        record_trace=record_trace,
+        record_trace=record_trace, verified=verified,
     )  # fmt: skip

@@ -1,10 +1,12 @@
 """Simulator speed and memory on whole models and big packages (issue 19's table).
 
-    python scripts/bench_sim.py [--cases table|goals|all] [--strategies ep,tp,...] [--markdown]
+    python scripts/bench_sim.py [--cases table|goals|all] [--strategies ep,tp,...]
 
 Each case is one ``moec bench`` command (compile plus run, all MoE layers where it says so) in a
-fresh process; the script prints its wall time and the peak resident memory of that process
-(``os.wait4``'s ``ru_maxrss``), and whether the command succeeded. Nothing is asserted: the goals
+fresh process; the script prints its wall time, its CPU time (user + system, ``os.wait4``'s
+``ru_utime + ru_stime``: on a shared machine the steadier figure, since wall time counts the time
+other processes held the cores) and peak resident memory (``ru_maxrss``), and whether the command
+succeeded. Nothing is asserted: the goals
 (every strategy, the whole of Qwen3-30B-A3B on fsedp-4x4 and of DeepSeek-V3 on npu8-hbm at 1024
 tokens, under 10 s and 1 GB; an 8x8 package, one layer at 1024 tokens, under 5 s; impossible
 sizes rejected in milliseconds) are read off the printed table.
@@ -107,8 +109,8 @@ def goal_cases(strategies: tuple[str, ...]) -> list[Case]:
     return cases
 
 
-def run(case: Case, timeout: float) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, status) of one case in a fresh process."""
+def run(case: Case, timeout: float) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak RSS in MB, status) of one case in a fresh process."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         case.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -131,7 +133,7 @@ def run(case: Case, timeout: float) -> tuple[float, float, str]:
         status = (
             "ok" if proc.returncode == 0 else f"exit {proc.returncode}: {err[-1] if err else ''}"
         )
-    return wall, usage.ru_maxrss / 1024.0, status
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     cases = table_cases() if args.cases in ("table", "all") else []
     if args.cases in ("goals", "all"):
         cases += goal_cases(strategies)
-    print("| run | wall | peak RSS | status |")
-    print("|---|---|---|---|")
+    print("| run | wall | CPU | peak RSS | status |")
+    print("|---|---|---|---|---|")
     for case in cases:
-        wall, rss, status = run(case, args.timeout)
-        print(f"| {case.what} | {wall:.1f} s | {rss:,.0f} MB | {status} |", flush=True)
+        wall, cpu, rss, status = run(case, args.timeout)
+        print(
+            f"| {case.what} | {wall:.1f} s | {cpu:.1f} s | {rss:,.0f} MB | {status} |", flush=True
+        )
     return 0
 
 

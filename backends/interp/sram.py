@@ -37,27 +37,52 @@ class LayerActs:
     h: list[tuple[int, int, int]] = field(default_factory=list)
 
 
+def _ranges(sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
+    """Token indices covered by ``sets`` (one entry per set and token) and, per entry, the
+    position of its set in ``sets``: the ranges expanded in one vectorized step."""
+    firsts: list[int] = []
+    lens: list[int] = []
+    owner: list[int] = []
+    for k, ts in enumerate(sets):
+        for a, b in ts.ranges:
+            firsts.append(a)
+            lens.append(b - a + 1)
+            owner.append(k)
+    if not lens:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    length = np.asarray(lens, dtype=np.int64)
+    offset = np.cumsum(length) - length  # where each range starts in the flat index
+    idx = np.arange(int(length.sum()), dtype=np.int64) + np.repeat(
+        np.asarray(firsts, dtype=np.int64) - offset, length
+    )
+    return idx, np.repeat(np.asarray(owner, dtype=np.int64), length)
+
+
 def _mask(sets: list[TokenSet], n: int) -> np.ndarray:
     m = np.zeros(n, dtype=bool)
-    for ts in sets:
-        for a, b in ts.ranges:
-            m[a : b + 1] = True
+    m[_ranges(list(dict.fromkeys(sets)))[0]] = True
     return m
 
 
 def _first_last(
     items: list[tuple[int, TokenSet]], times: list[float], n: int, first: bool
 ) -> np.ndarray:  # fmt: skip
-    """Per token, the earliest (``first``) or latest ``times[op]`` of the items covering it."""
-    out = np.full(n, np.inf if first else -np.inf)
+    """Per token, the earliest (``first``) or latest ``times[op]`` of the items covering it.
+
+    Many ops share one token set (every slice of an expert reads the same tokens), so each
+    distinct set's earliest or latest time is found first, in Python, and the sets are then
+    spread over the tokens in one ``np.minimum.at`` / ``np.maximum.at``: min and max are exact,
+    so the result is the same as per item."""
+    best: dict[TokenSet, float] = {}
     for op, ts in items:
         t = times[op]
-        for a, b in ts.ranges:
-            seg = out[a : b + 1]
-            if first:
-                np.minimum(seg, t, out=seg)
-            else:
-                np.maximum(seg, t, out=seg)
+        old = best.get(ts)
+        if old is None or (t < old if first else t > old):
+            best[ts] = t
+    out = np.full(n, np.inf if first else -np.inf)
+    idx, owner = _ranges(list(best))
+    vals = np.asarray(list(best.values()), dtype=np.float64)[owner]
+    (np.minimum if first else np.maximum).at(out, idx, vals)
     return out
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moec.compiler.lower.options import LoweringOptions, StrategyError
-from moec.ir.activations import ACCUM_PRECISION, h_bytes, predicted_activation_bytes
+from moec.ir.activations import ACCUM_PRECISION, h_bytes, home_bytes, predicted_activation_bytes
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Op
 from moec.ir.moe import MoELayer
@@ -182,6 +182,26 @@ def fit_error(die: int, acts: int, slots: int, sram: int, what: str, where: str)
         f"{slots}{what}), has {sram}",
         where,
     )
+
+
+def check_tokens_fit(layers: list[MoELayer], target: Target, tokens: int, where: str) -> None:
+    """Reject, in microseconds, a token count no strategy can fit, before anything the size of
+    the batch (a routing trace, a program) is made: some die is home to at least
+    ``ceil(tokens / dies)`` tokens and holds their ``x`` and ``y`` (at the narrowest activation
+    precision, fp16) besides its slots, whatever the strategy. :func:`plan_layers` makes the
+    exact check later; this one only catches what it would reject anyway."""
+    D = max(target.num_dies, 1)
+    home = -(-tokens // D)
+    sram = min(d.sram_bytes for d in target.dies)
+    die = min(target.dies, key=lambda d: (d.sram_bytes, d.id)).id
+    for layer in layers:
+        need = home_bytes(home, layer.hidden, "fp16")
+        if need > sram:
+            raise ScheduleError(
+                f"does not fit SRAM: die {die} needs at least {need} bytes for the activations "
+                f"of its {home} home tokens of {tokens} in {layer.name}, has {sram}",
+                where,
+            )
 
 
 def plan_layers(

@@ -32,7 +32,7 @@ from moec.ir.stream.values import Block, Content, TokenSet
 
 
 @instruction("load", "load $slot <- $channel $content bytes $nbytes", verify=load_fits)
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Load(Instruction):
     """DRAM -> SRAM: bring ``content`` from channel ``channel`` (or the host, when it is
     :data:`~moec.ir.stream.values.HOST_CHANNEL`) into slot ``slot``."""
@@ -50,7 +50,7 @@ class Load(Instruction):
     "send $block -> $peer bytes $nbytes",
     verify=transfer_pairs,
 )
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Send(Instruction):
     """D2D to neighbour die ``peer``: the content of ``slot``, or an activation ``block``."""
 
@@ -67,7 +67,7 @@ class Send(Instruction):
     "recv $block <- $peer bytes $nbytes",
     verify=transfer_pairs,
 )
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Recv(Instruction):
     """D2D from neighbour die ``peer``: into ``slot`` (holding ``content``), or a ``block``.
 
@@ -83,7 +83,7 @@ class Recv(Instruction):
 
 
 @instruction("gemm", "gemm $slot tokens $tokens", verify=computes_on_slice)
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Gemm(Instruction):
     """Gate/up projection of the micro-slice in ``slot`` for ``tokens`` (their layer inputs)."""
 
@@ -93,7 +93,7 @@ class Gemm(Instruction):
 
 
 @instruction("act", "act $slot tokens $tokens", verify=computes_on_slice)
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Act(Instruction):
     """The activation (e.g. silu(gate) * up) of the slice's hidden columns for ``tokens``."""
 
@@ -103,7 +103,7 @@ class Act(Instruction):
 
 
 @instruction("accum", "accum $slot tokens $tokens", verify=computes_on_slice)
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Accum(Instruction):
     """Down-projection of the slice, weighted by the gate scores, accumulated into outputs."""
 
@@ -113,7 +113,7 @@ class Accum(Instruction):
 
 
 @instruction("free", "free $slot", verify=frees_slot)
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Free(Instruction):
     """Release slot ``slot`` (once its pending transfers are done)."""
 
@@ -122,7 +122,7 @@ class Free(Instruction):
 
 
 @instruction("signal", "signal $event")
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Signal(Instruction):
     """Increment the package-wide event counter ``event`` by one."""
 
@@ -131,7 +131,7 @@ class Signal(Instruction):
 
 
 @instruction("wait", "wait $event count $count")
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Wait(Instruction):
     """Block until event ``event`` has been signalled at least ``count`` times in total."""
 
@@ -141,7 +141,7 @@ class Wait(Instruction):
 
 
 @instruction("dense", "dense $island flops $flops bytes $nbytes")
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dense(Instruction):
     """This die's share of dense island ``island``: ``flops`` of compute, ``nbytes`` of DRAM."""
 
@@ -152,7 +152,7 @@ class Dense(Instruction):
 
 
 @instruction("moe", "moe $layer")
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MoE(Instruction):
     """Placeholder: the runtime expansion of MoE layer ``layer`` runs here on this die."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, TypeAlias
 
 from moec.ir.errors import ProgramError
@@ -70,6 +71,11 @@ class TokenSet:
             yield from range(a, b + 1)
 
     def __len__(self) -> int:
+        return self.size
+
+    @cached_property
+    def size(self) -> int:
+        """The number of tokens, counted once (the interpreter asks for it millions of times)."""
         return sum(b - a + 1 for a, b in self.ranges)
 
     def __bool__(self) -> bool:
@@ -95,7 +101,7 @@ class TokenSet:
 
 
 # --- what a slot holds ---------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SliceRef:
     """Micro-slice ``slice`` of expert ``expert`` of layer ``layer`` (``expert`` None: shared)."""
 
@@ -108,7 +114,7 @@ class SliceRef:
         return f"{self.layer}:{e}:s{self.slice}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorRef:
     """A whole DRAM tensor."""
 
@@ -121,7 +127,7 @@ class TensorRef:
 Content = SliceRef | TensorRef
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Block:
     """A block of activations of a layer: its input ``x`` or output/partial sum ``y``, by token."""
 

@@ -1,0 +1,132 @@
+"""The simulator's speed work (issue 19) changes no result: each shortcut against its reference."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from strategy_cases import moe_module
+
+import moec.bench
+from moec.backends.interp.simulate import gc_paused
+from moec.backends.interp.sram import _first_last, _mask
+from moec.bench import run_bench
+from moec.compiler.lower import lower
+from moec.compiler.lower.slots import check_tokens_fit
+from moec.ir.errors import ScheduleError
+from moec.ir.stream import TargetRef, TokenSet
+from moec.ir.target import load_target
+
+GOLDEN = Path(__file__).parent / "golden" / "msp"
+
+
+def _random_sets(rng: random.Random, n: int, count: int) -> list[TokenSet]:
+    sets = []
+    for _ in range(count):
+        k = rng.randrange(0, n + 1)
+        sets.append(TokenSet.of(rng.sample(range(n), k)))
+    return sets + sets[: count // 3]  # shared sets, as every slice of an expert shares one
+
+
+def _first_last_reference(
+    items: list[tuple[int, TokenSet]], times: list[float], n: int, first: bool
+) -> np.ndarray:  # fmt: skip
+    out = np.full(n, np.inf if first else -np.inf)
+    for op, ts in items:
+        for t in ts:
+            out[t] = min(out[t], times[op]) if first else max(out[t], times[op])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorized_activation_spans_match_the_per_token_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    n = 37
+    sets = _random_sets(rng, n, 12)
+    times = [float(rng.randrange(100)) / 7 for _ in sets]
+    items = list(enumerate(sets))
+    for first in (True, False):
+        got = _first_last(items, times, n, first)
+        assert np.array_equal(got, _first_last_reference(items, times, n, first))
+    expect = np.zeros(n, dtype=bool)
+    expect[[t for ts in sets for t in ts]] = True
+    assert np.array_equal(_mask(sets, n), expect)
+    assert _first_last([], times, n, True).tolist() == [np.inf] * n
+
+
+def test_token_set_length_is_counted_once_and_right() -> None:
+    ts = TokenSet.normalize([(0, 3), (7, 7), (10, 12)])
+    assert len(ts) == 8 == len(list(ts))
+    assert len(TokenSet(())) == 0
+    assert ts == TokenSet(((0, 3), (7, 7), (10, 12)))  # the cached count is not a field
+
+
+def test_gc_is_paused_and_restored() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own setting survives
+    finally:
+        gc.enable()
+
+
+def test_impossible_batch_is_rejected_before_its_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_trace(*args: object) -> None:
+        raise AssertionError("the trace of an impossible batch was drawn")
+
+    monkeypatch.setattr(moec.bench._Workloads, "trace", no_trace)
+    with pytest.raises(ScheduleError, match=r"needs at least 3072000000 bytes .* 250000 home"):
+        run_bench("qwen3-30b-a3b", "fsedp-2x2", [1_000_000], ["ep"])
+
+
+@pytest.mark.parametrize("strategy", ["ep", "tp", "fsedp"])
+def test_early_rejection_only_rejects_what_lowering_rejects(strategy: str) -> None:
+    # hidden 10, fp16 tokens: x + y of one home token is 60 bytes; 4 dies
+    sram = 6000
+    target = load_target("fsedp-2x2", {"sram_bytes_per_die": sram})
+    ref = TargetRef("fsedp-2x2", (("sram_bytes_per_die", sram),))
+    rejected = 0
+    for tokens in (64, 256, 400, 404, 512):
+        module = moe_module(8, 2, tokens)
+        layers = [op.attrs["layer"] for op in module.moe_ops()]
+        try:
+            check_tokens_fit(layers, target, tokens, "hand")
+        except ScheduleError:
+            rejected += 1
+            with pytest.raises(ScheduleError, match="does not fit SRAM"):
+                lower(module, ref, strategy)
+    assert rejected == 2  # 404 and 512 tokens: 101 and 128 home tokens, over 6000 bytes
+
+
+def test_run_verifies_the_program_and_its_expansion_once_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim = importlib.import_module("moec.backends.interp.simulate")
+    import moec.run
+    from moec.ir.stream import load_program
+
+    seen: list[int] = []
+    real = sim.verify_program
+
+    def counting(p: object, target: object = None) -> None:
+        seen.append(id(p))
+        real(p, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sim, "verify_program", counting)
+    monkeypatch.setattr(moec.run, "verify_program", counting)
+    program = load_program(str(GOLDEN / "tiny_moe.ep.msp"))
+    result = moec.run.run_program(program, routing="synth:zipf=1.0,seed=0", base_dir=str(GOLDEN))
+    assert seen.count(id(program)) == 1 and len(seen) == 2
+    assert result.expanded.num_instructions() > program.num_instructions()
