@@ -2,7 +2,7 @@
 
     moec run prog.msp [--routing trace.json|trace.npz|synth:zipf=1.0,seed=0] [--seed N]
              [--inputs F.npz] [--target T] [--trace-out trace.json] [--json]
-             [--dump-expanded out.msp]
+             [--dump-expanded out.msp] [--iterations N [--residency lru|popularity]]
 
 * With ``--inputs`` (or, when the program declares a weights companion and no ``--routing`` is
   given, inputs generated with ``--seed``): numerics; the routing comes from each layer's router.
@@ -12,6 +12,11 @@
 Prints a table (or ``--json``); ``--trace-out`` writes a Chrome/Perfetto trace, ``--dump-expanded``
 the fully static program of this run. Output files are written atomically, and only when the run
 succeeded.
+
+``--iterations N`` serves N consecutive iterations in one simulation (deferred pairs executed in
+the next iteration, serving metrics: tokens/s, iteration and token latency percentiles);
+``--residency`` keeps loaded micro-slices in spare SRAM between them
+(:mod:`moec.compiler.cli.serving_run`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trace-out", metavar="TRACE.json", help="write a Chrome/Perfetto trace")
     p.add_argument("--dump-expanded", metavar="OUT.msp", help="write the expanded static program")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--iterations", type=int, metavar="N",
+        help="serve N consecutive iterations in one simulation (moec.compiler.cli.serving_run)",
+    )  # fmt: skip
+    p.add_argument(
+        "--residency", choices=("lru", "popularity"),
+        help="with --iterations: keep loaded micro-slices in spare SRAM across iterations",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -78,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.target:
         target = load_target(args.target, base_dir=os.getcwd())
     tgt = target if target is not None else program_target(program, base)
+    if args.iterations is not None or args.residency:
+        return _serve(args, program, tgt, base)
     inputs = None
     routing = None
     if args.inputs:
@@ -115,4 +130,20 @@ def run(args: argparse.Namespace) -> int:
         if result.outputs is not None:
             for k, v in result.outputs.items():
                 sys.stdout.write(f"output {k}: shape {list(v.shape)} {v.dtype}\n")
+    return 0
+
+
+def _serve(args: argparse.Namespace, program: Program, tgt: Target, base: str) -> int:
+    from moec.compiler.cli.serving_run import render_serving, run_serving, serving_json
+
+    if args.iterations is None or args.iterations < 1:
+        raise TraceError(f"--iterations: expected an integer >= 1, found {args.iterations}")
+    if args.inputs or args.dump_expanded or args.trace_out:
+        raise TraceError("--iterations runs seeded inputs or a routing; drop --inputs, "
+                         "--dump-expanded and --trace-out")  # fmt: skip
+    result = run_serving(
+        program, tgt, iterations=args.iterations, routing=args.routing, seed=args.seed,
+        base=base, residency=args.residency,
+    )  # fmt: skip
+    sys.stdout.write(serving_json(result) if args.json else render_serving(result))
     return 0

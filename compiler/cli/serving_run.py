@@ -1,0 +1,141 @@
+"""Serving runs from the command line: ``moec run --iterations N`` and ``moec bench --iterations N``.
+
+The routing of a serving run is a sequence (:mod:`moec.ir.routing_seq`): a ``synth:...`` spec
+(``drift=``/``burst=`` add temporal structure) makes one of N iterations for the program's
+layers; a trace file of version 2 gives its own iterations (it must have at least N); a
+version-1 file has one iteration and cannot drive N > 1. A program with weights and no
+``--routing`` runs numerics on N batches of seeded inputs (seeds ``seed``, ``seed + 1``, ...).
+The simulation itself is :func:`moec.backends.interp.serving.simulate_iterations`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from moec.backends.interp import render
+from moec.backends.interp.numerics import load_weights, seeded_inputs
+from moec.backends.interp.residency import POLICIES, residency_rewrite
+from moec.backends.interp.serving import ServingResult, simulate_iterations
+from moec.ir.errors import TraceError
+from moec.ir.routing import SynthSpec, parse_routing_spec
+from moec.ir.routing_seq import RoutingSequence, load_sequence, spec_sequence
+from moec.ir.stream import Program
+from moec.ir.target import Target
+
+
+def routing_sequence(
+    spec: str | SynthSpec | RoutingSequence,
+    shapes: list[tuple[int, int]],
+    tokens: int | None,
+    num_dies: int,
+    iterations: int,
+    model: str,
+) -> RoutingSequence:
+    """The first ``iterations`` iterations of a routing spec, file or sequence, for layers
+    ``shapes`` (a file's sequence is cut to that many layers and re-homed to ``num_dies``)."""
+    parsed = parse_routing_spec(spec) if isinstance(spec, str) else spec
+    where = spec if isinstance(spec, str) else "--routing"
+    if isinstance(parsed, SynthSpec):
+        if tokens is None:
+            raise TraceError("give the tokens per iteration for a synthetic routing", where)
+        return spec_sequence(parsed, shapes, tokens, num_dies, iterations, model=model)
+    seq = parsed if isinstance(parsed, RoutingSequence) else load_sequence(parsed)
+    if len(seq) < iterations:
+        raise TraceError(
+            f"the routing has {len(seq)} iterations, --iterations asks for {iterations}", where
+        )
+    seq = seq.head(iterations)
+    if len(seq[0].layers) < len(shapes):
+        raise TraceError(
+            f"the routing has {len(seq[0].layers)} MoE layers, the run needs {len(shapes)}", where
+        )
+    seq = seq.layers_head(len(shapes))
+    if seq.num_dies != num_dies:
+        seq = seq.rehome(num_dies)
+    return seq
+
+
+def run_serving(
+    program: Program,
+    tgt: Target,
+    *,
+    iterations: int,
+    routing: str | None,
+    seed: int,
+    base: str,
+    residency: str | None = None,
+) -> ServingResult:
+    """``moec run --iterations``: numerics on seeded inputs when the program has weights and no
+    routing is given, else timing on the routing (default ``synth:zipf=1.0,seed=<seed>``)."""
+    tokens = {m.tokens for m in program.layers}
+    T = tokens.pop() if len(tokens) == 1 else None
+    rewrite = residency_rewrite(program, tgt, residency) if residency else None
+    if program.weights is not None and routing is None:
+        weights = load_weights(program, base)
+        inputs = [seeded_inputs(weights, T or 1, seed + i) for i in range(iterations)]
+        result = simulate_iterations(
+            program, iterations=iterations, target=tgt, inputs=inputs, base_dir=base,
+            rewrite=rewrite,
+        )  # fmt: skip
+    else:
+        spec = routing or f"synth:zipf=1.0,seed={seed}"
+        shapes = [(m.experts, m.top_k) for m in program.layers]
+        seq = routing_sequence(spec, shapes, T, tgt.num_dies, iterations, program.name)
+        result = simulate_iterations(
+            program, iterations=iterations, target=tgt, routings=seq, base_dir=base,
+            rewrite=rewrite,
+        )  # fmt: skip
+    if rewrite is not None:
+        result.extra.update(rewrite.stats())
+    return result
+
+
+def serving_doc(result: ServingResult) -> dict[str, Any]:
+    """The JSON form: the run's report without per-layer spans (there are N x layers of them),
+    and ``serving``, the metrics."""
+    doc = result.report.to_dict()
+    doc.pop("layers", None)
+    doc.pop("islands", None)
+    doc["serving"] = result.metrics.to_dict()
+    doc["serving"].update(result.extra)
+    return doc
+
+
+def render_serving(result: ServingResult) -> str:
+    """A table of the serving metrics, then the run's resources (no per-layer table)."""
+    buf = io.StringIO()
+    con = Console(file=buf, width=110, force_terminal=False, color_system=None)
+    t = Table(
+        title=f"serving: {result.metrics.iterations} iterations x {result.metrics.tokens} tokens"
+    )
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in {**result.metrics.to_dict(), **result.extra}.items():
+        if k in ("iterations", "tokens"):
+            continue
+        t.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    con.print(t)
+    quiet = dataclasses.replace(result.report, layers=[], islands=[])
+    return buf.getvalue() + render(quiet)
+
+
+def serving_json(result: ServingResult) -> str:
+    return json.dumps(serving_doc(result), indent=2, default=_plain) + "\n"
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(type(v).__name__)
+
+
+__all__ = [
+    "POLICIES", "render_serving", "routing_sequence", "run_serving", "serving_doc", "serving_json",
+]  # fmt: skip
