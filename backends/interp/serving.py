@@ -7,23 +7,29 @@ instructions follow iteration i's, with no reset, so SRAM slots, queues, links a
 their state (a load of iteration i+1 waits for the slot iteration i frees; a busy channel delays
 it). One timing run (:func:`~.timing.run_timing`) times the whole sequence.
 
-**Deferred work is executed, not charged.** An ``fsedp`` expansion with ``slack`` ends each
-layer with a catch-up step (after a ``signal``/``wait <layer>.deferred`` barrier) holding the
-(token, expert) pairs token buffering defers. In a serving run the catch-up step of iteration i's
-layer L moves to iteration i+1's layer L, in the same place (after i+1's own work of L, behind
-the barrier); the last iteration keeps its own, so the run drains: every routed pair of every
-iteration is executed exactly once and ``deferred_pairs_final`` is 0 (it is counted, from the
-executed ``accum`` instructions against the routing, not assumed). A deferred pair waits at most
-one iteration. The deferred pairs still feed their token's output: a token is *ready* when its
-last pair has accumulated, so deferral shows in its latency. (Deferral also leaves the next
-layer's input of that token incomplete within the iteration; like the paper, the run does not
-model that dependency.)
+**Deferred work is executed, not charged.** An ``fsedp`` layer with ``slack`` (QoS token
+buffering) defers its coldest experts' (token, expert) pairs, and in a serving run the next
+iteration computes them in its own trajectories, riding on the micro-slices it streams anyway
+(:mod:`.expand.fsedp_carry`: the carried pairs are extra tokens ``T, T+1, ...`` of the next
+iteration's layer). A pair is deferred at most once, so it waits exactly one iteration; the last
+iteration drains its deferred pairs in a catch-up step behind a barrier (as a single run does,
+:mod:`.expand.fsedp`), so every routed pair of every iteration is executed exactly once and
+``deferred_pairs_final`` is 0 (counted from the executed ``accum`` instructions against the
+routing, not assumed). A token is *ready* when its last pair has accumulated, so deferral shows in
+its latency. (Deferral also leaves the next layer's input of that token incomplete within the
+iteration; like the paper, the run does not model that dependency.) A one-iteration run expands
+exactly as :func:`~.simulate.simulate` does (catch-up step included).
 
 **Names.** Each iteration's layers and events get a suffix (``moe0#3``, ``sync1#3``: ``#`` is
 not a name character of the text format, so these programs are for timing only and are not
-printed): per-layer SRAM accounting stays per iteration (a deferred pair's micro-slices keep its
-origin iteration's layer name, so its tokens' activations stay live until it ran), and every
+printed): per-layer SRAM accounting stays per iteration (a layer hosting carried pairs is
+declared with that many more tokens, so the deferred tokens' activations count), and every
 barrier's count stays that of one iteration.
+
+**Numerics.** With ``inputs``, each iteration's outputs come from the interpreter's own run of
+that batch (:func:`~.simulate.simulate`, where deferred pairs run in the catch-up step: the same
+numbers whichever iteration computes them); the serving program is expanded from the routing
+those runs chose and is what is timed and checked pair by pair.
 
 **Metrics** (:class:`ServingMetrics`): iteration i starts when iteration i-1's last op ended (a
 decode step's batch exists once the previous step produced it; 0 for the first) and ends with
@@ -36,13 +42,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from moec.backends.interp.expand import expand_layer, layouts_for
+from moec.backends.interp.expand.fsedp_carry import Carried, buffering_slack, expand_with_carry
 from moec.backends.interp.expand.fsedp_deferred import DEFERRED_SUFFIX
 from moec.backends.interp.offload import check_declarations, offload_loads
 from moec.backends.interp.report import Report, make_report
@@ -109,55 +116,73 @@ def _renamed(i: Instr, layer_sfx: int, event_sfx: int) -> Instr:
 
 @dataclass
 class Iteration:
-    """One iteration's expansion: per MoE layer and die, its instructions; the routing used."""
+    """One iteration's expansion: per MoE layer and die, its instructions; the routing used;
+    per buffered layer, the previous iteration's deferred pairs it computed (token ``T + j`` is
+    pair j) and the pairs it defers."""
 
     per_layer: dict[str, dict[int, list[Instr]]]
     routings: list[LayerRouting]
     outputs: dict[str, np.ndarray] | None = None
+    computed: dict[str, list[Carried]] = field(default_factory=dict)
+    deferred: dict[str, list[Carried]] = field(default_factory=dict)
+
+
+def _expand_layers(
+    p: Program, tgt: Target, layouts: dict[tuple[str, bool], SliceLayout],
+    routings: Sequence[LayerRouting], carry: dict[str, list[Carried]] | None, last: bool,
+) -> Iteration:  # fmt: skip
+    """Expand every layer for its (rewritten) routing; buffered FSE-DP layers take the
+    previous iteration's deferred pairs (``carry``; None: a lone iteration, expanded as usual)."""
+    out = Iteration({}, list(routings))
+    for m, r in zip(p.layers, routings, strict=True):
+        policy = p.policy(m.name)
+        if policy is None:
+            continue
+        if carry is not None and buffering_slack(p, m.name) > 0:
+            ce = expand_with_carry(p, tgt, m, r, layouts, carry.get(m.name, []), last)
+            out.per_layer[m.name] = ce.per_die
+            out.computed[m.name], out.deferred[m.name] = ce.computed, ce.deferred
+            continue
+        lay, shared = layouts[(m.name, False)], layouts.get((m.name, True))
+        out.per_layer[m.name] = offload_loads(expand_layer(p, tgt, m, r, lay, shared), policy, m)
+    return out
 
 
 def expand_iteration(
     p: Program, tgt: Target, layouts: dict[tuple[str, bool], SliceLayout],
-    routings: dict[str, LayerRouting],
+    routings: dict[str, LayerRouting], carry: dict[str, list[Carried]] | None = None,
+    last: bool = True,
 ) -> Iteration:  # fmt: skip
-    """Every layer's runtime expansion for one iteration (timing only)."""
-    per_layer: dict[str, dict[int, list[Instr]]] = {}
-    used = []
-    for m in p.layers:
-        r = routings[m.name]
-        if p.policy(m.name) is not None:
-            r = apply_rules(p, tgt, m.name, r)
-            per_die = expand_layer(
-                p, tgt, m, r, layouts[(m.name, False)], layouts.get((m.name, True))
-            )
-            per_layer[m.name] = offload_loads(per_die, p.policy(m.name), m)
-        used.append(r)
-    return Iteration(per_layer, used)
+    """Every layer's runtime expansion for one iteration (timing only): the policy's rules
+    rewrite each routing, then :func:`_expand_layers`."""
+    used = [
+        apply_rules(p, tgt, m.name, routings[m.name]) if p.policy(m.name) is not None
+        else routings[m.name]
+        for m in p.layers
+    ]  # fmt: skip
+    return _expand_layers(p, tgt, layouts, used, carry, last)
 
 
 def _numeric_iteration(
     p: Program, tgt: Target, layouts: dict[tuple[str, bool], SliceLayout],
     inputs: dict[str, np.ndarray], routing: Any, base_dir: str | None, verify: bool,
+    carry: dict[str, list[Carried]] | None, last: bool,
 ) -> Iteration:  # fmt: skip
-    """One iteration with numerics: the interpreter's outputs, and the expansion of the routing
-    its routers chose (rules already applied there)."""
+    """One iteration with numerics: the interpreter's outputs for this batch (its own run of
+    the iteration), and the serving expansion of the routing its routers chose (rules applied
+    there)."""
     res = simulate(p, target=tgt, routings=routing, inputs=inputs, base_dir=base_dir, verify=verify)
-    per_layer = {}
-    for m, r in zip(p.layers, res.routings, strict=True):
-        if p.policy(m.name) is not None:
-            per_die = expand_layer(
-                p, tgt, m, r, layouts[(m.name, False)], layouts.get((m.name, True))
-            )
-            per_layer[m.name] = offload_loads(per_die, p.policy(m.name), m)
-    return Iteration(per_layer, list(res.routings), res.outputs)
+    it = _expand_layers(p, tgt, layouts, res.routings, carry, last)
+    it.outputs = res.outputs
+    return it
 
 
 def concatenate(
     p: Program, layouts: dict[tuple[str, bool], SliceLayout], iterations: Sequence[Iteration],
     rewrite: Callable[[int, int, list[Instr]], list[Instr]] | None = None,
 ) -> tuple[Program, list[list[Instr]], list[list[list[Instr]]]]:  # fmt: skip
-    """The serving program of ``iterations`` (see module doc), and per iteration (host) the
-    instructions it issues and, per iteration (origin), its deferred catch-up instructions (one
+    """The serving program of ``iterations`` (see module doc), and per iteration the
+    instructions it issues and its catch-up steps (deferred pairs drained behind a barrier; one
     list per die and layer).
 
     ``rewrite(iteration, die, instrs)`` may change each die's instructions of an iteration
@@ -167,7 +192,6 @@ def concatenate(
     streams: dict[int, list[Instr]] = {st.die: [] for st in p.streams}
     hosted: list[list[Instr]] = [[] for _ in range(n)]
     deferred: list[list[list[Instr]]] = [[] for _ in range(n)]
-    carried: dict[tuple[str, int], list[Instr]] = {}
     for it, iteration in enumerate(iterations):
         for st in p.streams:
             out: list[Instr] = []
@@ -178,14 +202,7 @@ def concatenate(
                 mine = iteration.per_layer.get(i.layer, {}).get(st.die, [])
                 main, catchup = split_catchup(i.layer, mine)
                 out += [_renamed(x, it, it) for x in main]
-                late = carried.pop((i.layer, st.die), [])
-                if late:  # the previous iteration's catch-up, behind this iteration's barrier
-                    moved = [_renamed(x, it - 1, it) for x in late]
-                    deferred[it - 1].append(moved)
-                    out += moved
-                if catchup and it + 1 < n:
-                    carried[(i.layer, st.die)] = catchup
-                elif catchup:  # the last iteration drains its own
+                if catchup:  # deferred pairs drained behind the layer's barrier
                     own = [_renamed(x, it, it) for x in catchup]
                     deferred[it].append(own)
                     out += own
@@ -194,7 +211,10 @@ def concatenate(
             hosted[it] += out
             streams[st.die] += out
     layers = [
-        dataclasses.replace(m, name=iteration_name(m.name, it))
+        dataclasses.replace(
+            m, name=iteration_name(m.name, it),
+            tokens=m.tokens + len(iterations[it].computed.get(m.name, ())),
+        )
         for it in range(n) for m in p.layers
     ]  # fmt: skip
     lays = [
@@ -210,25 +230,13 @@ def concatenate(
 
 def executed_pairs(p: Program) -> Counter[tuple[str, int, int, int]]:
     """How often each (layer, token, expert, micro-slice) is accumulated in a static program
-    (shared experts aside): each routed pair's every slice should count once."""
+    (shared experts aside), by the token numbers written in it."""
     out: Counter[tuple[str, int, int, int]] = Counter()
-    for st in p.streams:
-        held: dict[int, SliceRef] = {}
-        for i in st.instrs:
-            if (
-                isinstance(i, Load | Recv)
-                and i.slot is not None
-                and isinstance(i.content, SliceRef)
-            ):
-                held[i.slot] = i.content
-            elif isinstance(i, Free):
-                held.pop(i.slot, None)
-            elif isinstance(i, Accum):
-                c = held.get(i.slot)
-                if c is not None and c.expert is not None:
-                    for a, b in i.tokens.ranges:
-                        for t in range(a, b + 1):
-                            out[(c.layer, t, c.expert, c.slice)] += 1
+    for i, c in _accumulations(p):
+        assert c.expert is not None
+        for a, b in i.tokens.ranges:
+            for t in range(a, b + 1):
+                out[(c.layer, t, c.expert, c.slice)] += 1
     return out
 
 
@@ -294,13 +302,35 @@ class ServingResult:
     program: Program
     routings: list[list[LayerRouting]]
     outputs: list[dict[str, np.ndarray]] | None = None
+    #: how often each (``layer#origin iteration``, token, expert, micro-slice) was accumulated,
+    #: wherever it ran: every routed pair's every slice should count once
+    pairs: Counter[tuple[str, int, int, int]] = field(default_factory=Counter)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _accumulations(p: Program) -> Iterator[tuple[Instr, SliceRef]]:
+    """Every ``accum`` of a routed expert's micro-slice, with the slice it computes on."""
+    for st in p.streams:
+        held: dict[int, SliceRef] = {}
+        for i in st.instrs:
+            if (
+                isinstance(i, Load | Recv)
+                and i.slot is not None
+                and isinstance(i.content, SliceRef)
+            ):
+                held[i.slot] = i.content
+            elif isinstance(i, Free):
+                held.pop(i.slot, None)
+            elif isinstance(i, Accum):
+                c = held.get(i.slot)
+                if c is not None and c.expert is not None:
+                    yield i, c
 
 
 def _metrics(
     tl: Timeline, prog: Program, hosted: list[list[Instr]], deferred: list[list[list[Instr]]],
-    routings: list[list[LayerRouting]], tokens: int,
-) -> ServingMetrics:  # fmt: skip
+    its: Sequence[Iteration], tokens: int,
+) -> tuple[ServingMetrics, Counter[tuple[str, int, int, int]]]:  # fmt: skip
     n = len(hosted)
     end_of: dict[int, float] = {}
     for op, i in enumerate(tl.instr):
@@ -309,50 +339,47 @@ def _metrics(
             e = tl.end[op]
             if e > end_of.get(k, -1.0):
                 end_of[k] = e
-    late_ids = {id(i) for blocks in deferred for block in blocks for i in block}
+    drained = {id(i) for blocks in deferred for block in blocks for i in block}
     ends, own_ends = [], []
     for block in hosted:
         ends.append(max((end_of.get(id(i), 0.0) for i in block), default=0.0))
         own_ends.append(
-            max((end_of.get(id(i), 0.0) for i in block if id(i) not in late_ids), default=0.0)
+            max((end_of.get(id(i), 0.0) for i in block if id(i) not in drained), default=0.0)
         )
     starts = [0.0] + ends[:-1]
     ready = np.array(own_ends, dtype=np.float64)[:, None].repeat(tokens, axis=1)
+    pairs: Counter[tuple[str, int, int, int]] = Counter()
+    late: set[tuple[str, int, int]] = set()
     max_delay_it = 0
-    for origin, blocks in enumerate(deferred):
-        for block in blocks:
-            held: dict[int, SliceRef] = {}
-            for i in block:
-                if isinstance(i, Load | Recv) and i.slot is not None:
-                    if isinstance(i.content, SliceRef):
-                        held[i.slot] = i.content
-                elif isinstance(i, Accum) and (c := held.get(i.slot)) is not None:
-                    if c.expert is None:
-                        continue
-                    e = end_of.get(id(i), 0.0)
-                    for a, b in i.tokens.ranges:
-                        ready[origin, a : b + 1] = np.maximum(ready[origin, a : b + 1], e)
-        if any(blocks):
-            host = origin + 1 if origin + 1 < n else origin
-            max_delay_it = max(max_delay_it, host - origin)
+    for i, c in _accumulations(prog):
+        base, host = split_name(c.layer)
+        virtual = its[host].computed.get(base, [])
+        e_end = end_of.get(id(i), 0.0)
+        for a, b in i.tokens.ranges:
+            for t in range(a, b + 1):
+                if t >= tokens:  # a pair the previous iteration deferred
+                    pair = virtual[t - tokens]
+                    origin, tok = host - 1, pair.token
+                else:
+                    origin, tok = host, t
+                key = (iteration_name(base, origin), tok, c.expert)
+                pairs[(*key, c.slice)] += 1  # type: ignore[arg-type]
+                if t >= tokens or id(i) in drained:
+                    late.add(key)  # type: ignore[arg-type]
+                    ready[origin, tok] = max(ready[origin, tok], e_end)
+                    max_delay_it = max(max_delay_it, host - origin)
     delay = ready - np.array(own_ends)[:, None]
     # every routed (token, expert) pair of every iteration, against what was accumulated
-    done: set[tuple[str, int, int]] = {(c[0], c[1], c[2]) for c in executed_pairs(prog)}
-    routed = 0
+    done = {(k[0], k[1], k[2]) for k in pairs}
     missing = 0
-    names = [split_name(m.name)[0] for m in prog.layers[: len(routings[0]) if routings else 0]]
-    for it, rs in enumerate(routings):
-        for base, lr in zip(names, rs, strict=True):
+    names = [split_name(m.name)[0] for m in prog.layers[: len(its[0].routings) if its else 0]]
+    for it, iteration in enumerate(its):
+        for base, lr in zip(names, iteration.routings, strict=True):
             name = iteration_name(base, it)
-            T, k = lr.ids.shape
-            for t in range(T):
-                for e in lr.ids[t].tolist():
-                    if e >= 0:
-                        routed += 1
-                        missing += (name, t, e) not in done
-    late = {(c[0], c[1], c[2]) for c in executed_pairs(_only(prog, deferred))}
+            for t, row in enumerate(lr.ids.tolist()):
+                missing += sum(1 for e in row if e >= 0 and (name, t, e) not in done)
     per_layer = Counter(name for name, _, _ in late)
-    return ServingMetrics(
+    metrics = ServingMetrics(
         iterations=n, tokens=tokens, makespan_s=tl.makespan, iteration_start_s=starts,
         iteration_end_s=ends, token_latency_s=ready - np.array(starts)[:, None],
         deferred_pairs=len(late), deferred_pairs_final=missing,
@@ -360,15 +387,7 @@ def _metrics(
         max_delay_iterations=max_delay_it, max_delay_s=float(max(delay.max(initial=0.0), 0.0)),
         dram_bytes=int(sum(tl.dram_bytes)),
     )  # fmt: skip
-
-
-def _only(p: Program, deferred: list[list[list[Instr]]]) -> Program:
-    """``p`` with only the instructions of the ``deferred`` blocks (each die's, in order)."""
-    keep = {id(i) for blocks in deferred for b in blocks for i in b}
-    return dataclasses.replace(
-        p, streams=[dataclasses.replace(st, instrs=[i for i in st.instrs if id(i) in keep])
-                    for st in p.streams],
-    )  # fmt: skip
+    return metrics, pairs
 
 
 def simulate_iterations(
@@ -403,24 +422,30 @@ def simulate_iterations(
             f"the routing has {len(routings)} iterations, the run asks for {iterations}",
         )
     its: list[Iteration] = []
+    # a lone iteration expands as a single run does (catch-up step included); a sequence
+    # carries buffered pairs from one iteration into the next
+    carry: dict[str, list[Carried]] | None = None if iterations == 1 else {}
     for it in range(iterations):
+        last = it + 1 == iterations
         if inputs is not None:
             if len(inputs) < iterations:
                 raise TraceError(f"{len(inputs)} input batches for {iterations} iterations")
             given = routings[it] if routings is not None else None
+            first = verify and it == 0
             its.append(
                 _numeric_iteration(
-                    program, tgt, layouts, inputs[it], given, base_dir, verify and it == 0
+                    program, tgt, layouts, inputs[it], given, base_dir, first, carry, last
                 )
             )
         elif routings is not None:
-            its.append(
-                expand_iteration(program, tgt, layouts, check_routings(program, tgt, routings[it]))
-            )
+            given_it = check_routings(program, tgt, routings[it])
+            its.append(expand_iteration(program, tgt, layouts, given_it, carry, last))
         else:
             raise TraceError(
                 "a serving run needs a routing per iteration, or inputs", program.filename
             )
+        if carry is not None:
+            carry = dict(its[-1].deferred)
     prog, hosted, deferred = concatenate(program, layouts, its, rewrite)
     tl = run_timing(prog, tgt)
     for d, peak in enumerate(tl.peak_slot_bytes):
@@ -431,8 +456,8 @@ def simulate_iterations(
                 program.filename,
             )
     tokens = program.layers[0].tokens if program.layers else 0
-    metrics = _metrics(tl, prog, hosted, deferred, [i.routings for i in its], tokens)
+    metrics, pairs = _metrics(tl, prog, hosted, deferred, its, tokens)
     report = make_report(tl, program.name)
     report.extra.update(tl.extra)
     outputs = [i.outputs for i in its if i.outputs is not None] if inputs is not None else None
-    return ServingResult(metrics, report, tl, prog, [i.routings for i in its], outputs)
+    return ServingResult(metrics, report, tl, prog, [i.routings for i in its], outputs, pairs)
