@@ -50,3 +50,16 @@ def test_residency_rows_say_the_bound_does_not_hold() -> None:
     rows = run_bench("qwen3-30b-a3b", "fsedp-2x2", [16], ["ep"], iterations=4, residency="lru")
     assert rows[0]["bound_excludes_residency"] is True
     assert rows[0]["residency"] == "lru" and rows[0]["residency_hits"] >= 0
+
+
+def test_arrivals_rows() -> None:
+    rows = run_bench(
+        "tiny_moe", "fsedp-2x2", [16], ["ep"], iterations=4,
+        arrivals="poisson:rate=1000/10000000,len=4",
+    )  # fmt: skip
+    low, high = rows[0]["arrivals"]
+    assert (low["rate"], high["rate"]) == (1000.0, 1e7)
+    assert low["throughput_tokens_per_s"] < high["throughput_tokens_per_s"]
+    # saturated, the replay cannot beat the simulated run's own throughput by much (it reuses
+    # the run's iteration times; only the request tail is cut)
+    assert high["throughput_tokens_per_s"] <= rows[0]["tokens_per_s"] * 1.05

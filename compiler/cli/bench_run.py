@@ -300,6 +300,7 @@ def run_point(
     accuracy: bool = False,
     iterations: int = 1,
     residency: str | None = None,
+    arrivals: str | None = None,
 ) -> Row:
     """One (model, target, tokens, strategy, passes) point: compile, run, measure (and, with
     ``accuracy``, measure what the pipeline costs in accuracy)."""
@@ -352,7 +353,7 @@ def run_point(
                 if d
             )
         )
-    if iterations > 1 or residency:  # serving: N iterations in one simulation
+    if iterations > 1 or residency or arrivals:  # serving: N iterations in one simulation
         from moec.compiler.cli.serving_run import routing_sequence, serving_row
 
         seq = routing_sequence(
@@ -365,7 +366,7 @@ def run_point(
 
         row["first_iteration_latency_s"] = row["latency_s"]
         row["first_iteration_bound_s"] = row["bound_s"]
-        row.update(serving_row(program, tgt, seq, iterations, residency, bound_of))
+        row.update(serving_row(program, tgt, seq, iterations, residency, bound_of, arrivals))
     if overrides:
         row["overrides"] = {k: v for k, v in overrides}
     if accuracy:
@@ -396,6 +397,7 @@ def run_bench(
     on_row: Callable[[Row], None] | None = None,
     iterations: int = 1,
     residency: str | None = None,
+    arrivals: str | None = None,
 ) -> list[Row]:
     """Run every (model, target, tokens, strategy, passes) point; rows in that nesting order,
     with ``speedup_vs_ep`` filled in where the point has an ``ep`` row. ``tokens`` may be
@@ -424,7 +426,7 @@ def run_bench(
                         for s in strategies:
                             row = run_point(
                                 work, model, target, ovr, tgt, T, s, n, pipeline, measure,
-                                iterations, residency,
+                                iterations, residency, arrivals,
                             )  # fmt: skip
                             rows.append(row)
                             if on_row is not None:

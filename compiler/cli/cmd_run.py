@@ -2,7 +2,8 @@
 
     moec run prog.msp [--routing trace.json|trace.npz|synth:zipf=1.0,seed=0] [--seed N]
              [--inputs F.npz] [--target T] [--trace-out trace.json] [--json]
-             [--dump-expanded out.msp] [--iterations N [--residency lru|popularity]]
+             [--dump-expanded out.msp]
+             [--iterations N [--residency lru|popularity] [--arrivals poisson:rate=R,len=L]]
 
 * With ``--inputs`` (or, when the program declares a weights companion and no ``--routing`` is
   given, inputs generated with ``--seed``): numerics; the routing comes from each layer's router.
@@ -60,6 +61,10 @@ def register(subparsers: Any) -> None:
         "--residency", choices=("lru", "popularity"),
         help="with --iterations: keep loaded micro-slices in spare SRAM across iterations",
     )  # fmt: skip
+    p.add_argument(
+        "--arrivals", metavar="poisson:rate=R,len=L",
+        help="with --iterations: continuous batching of Poisson requests over the iteration times",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -91,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target:
         target = load_target(args.target, base_dir=os.getcwd())
     tgt = target if target is not None else program_target(program, base)
-    if args.iterations is not None or args.residency:
+    if args.iterations is not None or args.residency or args.arrivals:
         return _serve(args, program, tgt, base)
     inputs = None
     routing = None
@@ -143,7 +148,7 @@ def _serve(args: argparse.Namespace, program: Program, tgt: Target, base: str) -
                          "--dump-expanded and --trace-out")  # fmt: skip
     result = run_serving(
         program, tgt, iterations=args.iterations, routing=args.routing, seed=args.seed,
-        base=base, residency=args.residency,
+        base=base, residency=args.residency, arrivals=args.arrivals,
     )  # fmt: skip
     sys.stdout.write(serving_json(result) if args.json else render_serving(result))
     return 0

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moec.backends.interp import render
+from moec.backends.interp.batching import continuous_batching, parse_arrivals
 from moec.backends.interp.numerics import load_weights, seeded_inputs
 from moec.backends.interp.residency import POLICIES, residency_rewrite
 from moec.backends.interp.serving import ServingResult, simulate_iterations
@@ -75,6 +76,7 @@ def run_serving(
     seed: int,
     base: str,
     residency: str | None = None,
+    arrivals: str | None = None,
 ) -> ServingResult:
     """``moec run --iterations``: numerics on seeded inputs when the program has weights and no
     routing is given, else timing on the routing (default ``synth:zipf=1.0,seed=<seed>``)."""
@@ -98,6 +100,8 @@ def run_serving(
         )  # fmt: skip
     if rewrite is not None:
         result.extra.update(rewrite.stats())
+    if arrivals:
+        result.extra["arrivals"] = arrivals_of(result, arrivals)
     return result
 
 
@@ -116,6 +120,7 @@ def serving_row(
     iterations: int,
     residency: str | None,
     bound: Callable[[list[LayerRouting]], float],
+    arrivals: str | None = None,
 ) -> dict[str, Any]:
     """The serving columns of a bench row: ``iterations`` of ``program`` on ``seq``.
 
@@ -143,7 +148,18 @@ def serving_row(
     if rewrite is not None:
         row.update(rewrite.stats())
         row["bound_excludes_residency"] = True
+    if arrivals:
+        row["arrivals"] = arrivals_of(result, arrivals)
     return row
+
+
+def arrivals_of(result: ServingResult, spec: str) -> list[dict[str, Any]]:
+    """Continuous batching with Poisson arrivals over the run's iteration times
+    (:mod:`moec.backends.interp.batching`), one entry per rate."""
+    m = result.metrics
+    return continuous_batching(
+        m.iteration_latency_s.tolist(), m.tokens, parse_arrivals(spec), m.iterations
+    )
 
 
 def serving_doc(result: ServingResult) -> dict[str, Any]:
@@ -167,10 +183,16 @@ def render_serving(result: ServingResult) -> str:
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in {**result.metrics.to_dict(), **result.extra}.items():
-        if k in ("iterations", "tokens"):
+        if k in ("iterations", "tokens") or isinstance(v, list):
             continue
         t.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
     con.print(t)
+    for a in result.extra.get("arrivals", []):
+        con.print(
+            f"poisson {a['rate']:g} req/s x {a['length']} tokens: "
+            f"{a['throughput_tokens_per_s']:.4g} tokens/s, TTFT p99 {a['ttft_p99_s']:.4g} s, "
+            f"TPOT p99 {a['tpot_p99_s']:.4g} s, occupancy {100 * a['slot_occupancy']:.1f}%"
+        )
     quiet = dataclasses.replace(result.report, layers=[], islands=[])
     return buf.getvalue() + render(quiet)
 
