@@ -231,8 +231,7 @@ _SPEC_KEYS = ("zipf", "seed", "home", "permute", "drift", "burst")
 
 def parse_routing_spec(spec: str) -> SynthSpec | str:
     """``synth:key=value,...`` (keys zipf, seed, home, permute, drift, burst) gives a
-    :class:`SynthSpec`;
-    anything else is a trace file path, returned as is."""
+    :class:`SynthSpec`; anything else is a trace file path, returned as is."""
     if not spec.startswith("synth"):
         return spec
     head, _, rest = spec.partition(":")
@@ -258,10 +257,8 @@ def parse_routing_spec(spec: str) -> SynthSpec | str:
                 if values["seed"] < 0:
                     raise ValueError
             elif key in ("drift", "burst"):
-                values[key] = float(raw)
-                if not math.isfinite(values[key]) or values[key] < 0:
-                    raise ValueError
-                if key == "burst" and values[key] > 1:
+                v = values[key] = float(raw)
+                if not math.isfinite(v) or v < 0 or (key == "burst" and v > 1):
                     raise ValueError
             elif key == "home":
                 if raw not in HOME_SCHEMES:
