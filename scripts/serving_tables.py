@@ -3,6 +3,7 @@
     python scripts/serving_tables.py                       # print the tables (Markdown)
     python scripts/serving_tables.py --update docs/results.md   # rewrite the marked section there
     python scripts/serving_tables.py --iterations 32 --models qwen3-30b-a3b   # a quick look
+    python scripts/serving_tables.py --cache rows.json ...   # keep finished rows, resume/split
 
 Two workloads, each ``--iterations`` decode steps of ``--tokens`` tokens on ``fsedp-2x2``, one
 MoE layer (``moec bench --iterations N --layers 1``), timing only:
@@ -28,6 +29,7 @@ residency, whose saved loads the bound counts).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -52,12 +54,20 @@ DRIFT = "synth:zipf=1.0,seed=0,drift=0.05,burst=0.02"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+CACHE: dict[str, Any] = {}
+CACHE_PATH: list[str] = []
+
+
 def rows_for(
-    model: str, routing: str, tokens: int, iterations: int, target: str
+    model: str, routing: str, tokens: int, iterations: int, target: str, label: str = ""
 ) -> list[dict[str, Any]]:
     out = []
     labels = dict((s, label) for label, s in STRATEGIES)
     for residency in (None, "popularity"):
+        key = f"{model}|{label or routing}|{residency}|{iterations}|{tokens}|{target}"
+        if key in CACHE:
+            out += CACHE[key]
+            continue
         t0 = time.perf_counter()
         rows = run_bench(
             model, target, [tokens], [s for _, s in STRATEGIES], routing=routing,
@@ -70,7 +80,19 @@ def rows_for(
             r["residency"] = residency or "-"
         out += rows
         print(f"{model} residency={residency}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        if CACHE_PATH:  # keep finished rows: a long run can be resumed or split over processes
+            _load_cache()
+            CACHE[key] = rows
+            with open(CACHE_PATH[0], "w", encoding="utf-8") as f:
+                json.dump(CACHE, f, sort_keys=True)
     return out
+
+
+def _load_cache() -> None:
+    for path in CACHE_PATH:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                CACHE.update(json.load(f))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -105,27 +127,33 @@ def section(args: argparse.Namespace) -> str:
         f"**Drifting synthetic routing** (`{DRIFT}`):",
         "",
     ]
-    t0 = time.perf_counter()
     drift_rows: list[dict[str, Any]] = []
     for model in args.models:
         drift_rows += rows_for(model, DRIFT, args.tokens, args.iterations, args.target)
-    out += [table(drift_rows)]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "lm.npz")
-        seq = decode_sequence(
-            os.path.join(ROOT, "models/tiny_moe_lm.onnx"), batch=args.tokens,
-            steps=args.iterations, num_dies=4,
-        )  # fmt: skip
-        save_sequence(seq, path)
-        lm_rows = rows_for("mixtral-8x7b", path, args.tokens, args.iterations, args.target)
+    if drift_rows:
+        out += [table(drift_rows)]
+    lm_rows: list[dict[str, Any]] = []
+    if args.lm:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "lm.npz")
+            seq = decode_sequence(
+                os.path.join(ROOT, "models/tiny_moe_lm.onnx"), batch=args.tokens,
+                steps=args.iterations, num_dies=4,
+            )  # fmt: skip
+            save_sequence(seq, path)
+            lm_rows = rows_for(
+                "mixtral-8x7b", path, args.tokens, args.iterations, args.target, "lm-decode"
+            )
+    if lm_rows:
+        out += [
+            f"**Real decode routing** of `models/tiny_moe_lm.onnx` (layer moe0; {args.tokens} "
+            "sequences decoding greedily in ONNX Runtime, prompted from the held-out text; "
+            "`moec trace dump models/tiny_moe_lm.onnx --decode "
+            f"{args.iterations} --batch {args.tokens} -o lm.npz`) on Mixtral-8x7B's shape:",
+            "",
+            table(lm_rows),
+        ]
     out += [
-        f"**Real decode routing** of `models/tiny_moe_lm.onnx` (layer moe0; {args.tokens} "
-        "sequences decoding greedily in ONNX Runtime, prompted from the held-out text; "
-        "`moec trace dump models/tiny_moe_lm.onnx --decode "
-        f"{args.iterations} --batch {args.tokens} -o lm.npz`) on Mixtral-8x7B's shape:",
-        "",
-        table(lm_rows),
-        f"(The tables took {time.perf_counter() - t0:.0f} s on this machine.)",
         END,
     ]
     return "\n".join(out) + "\n"
@@ -136,9 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--target", default="fsedp-2x2")
-    ap.add_argument("--models", type=lambda s: s.split(","), default=list(PAPER))
+    ap.add_argument("--models", type=lambda s: [m for m in s.split(",") if m], default=list(PAPER))
     ap.add_argument("--update", metavar="FILE.md", help=f"replace the {BEGIN} ... {END} section")
+    ap.add_argument(
+        "--cache", metavar="FILE.json[,MORE.json]", help="reuse and keep finished rows there"
+    )
+    ap.add_argument("--no-lm", dest="lm", action="store_false", help="skip the LM-routing table")
     args = ap.parse_args(argv)
+    if args.cache:  # rows are written to the first file; all are read
+        CACHE_PATH.extend(args.cache.split(","))
+        _load_cache()
     text = section(args)
     if not args.update:
         sys.stdout.write(text)
