@@ -207,3 +207,23 @@ def test_deferred_pairs_ride_on_the_next_iteration_loads(tmp_path: Path) -> None
     assert buffered.metrics.deferred_pairs > 0
     assert sum(buffered.timeline.dram_bytes) < sum(plain.timeline.dram_bytes)
     _check_pairs_once(buffered_p, buffered)
+
+
+def test_moec_run_iterations_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    p = _compile(tmp_path, f"fsedp{{order=paired,slack={SLACK}}}")
+    capsys.readouterr()
+    path = str(tmp_path / "tiny_moe.msp")
+    assert main(["run", path, "--iterations", "3", "--routing", "synth:drift=0.1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    s = doc["serving"]
+    assert s["iterations"] == 3 and s["tokens"] == p.layers[0].tokens
+    assert s["deferred_pairs_final"] == 0 and s["tokens_per_s"] > 0
+    assert "layers" not in doc and doc["dram_bytes_total"] > 0
+    # a one-iteration trace cannot drive three iterations: a one-line error, exit 2
+    one = tmp_path / "one.json"
+    assert main(["trace", "synth", "--experts", "8", "--top-k", "2", "--layers", "2",
+                 "--tokens", "8", "-o", str(one)]) == 0  # fmt: skip
+    assert main(["run", path, "--iterations", "3", "--routing", str(one)]) == 2
+    assert "the routing has 1 iterations, --iterations asks for 3" in capsys.readouterr().err
