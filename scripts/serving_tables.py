@@ -36,8 +36,8 @@ import tempfile
 import time
 from typing import Any
 
-from moec.compiler.cli.bench_run import run_bench
-from moec.compiler.cli.trace_decode import decode_sequence
+from moec.bench import run_bench
+from moec.decode import decode_sequence
 from moec.ir.routing_seq import save_sequence
 
 BEGIN = "<!-- serving-tables:begin -->"

@@ -102,7 +102,7 @@ def test_routing_spec_drift_and_burst() -> None:
 
 
 def test_lm_decode_routing(tmp_path: Path) -> None:
-    from moec.compiler.cli.trace_decode import decode_sequence
+    from moec.decode import decode_sequence
 
     seq = decode_sequence(str(ROOT / "models/tiny_moe_lm.onnx"), batch=4, steps=6, num_dies=2)
     assert len(seq) == 6 and seq.tokens == 4 and seq.num_dies == 2

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from moec.compiler.cli.bench_run import run_bench
+from moec.bench import run_bench
 
 KEYS = (
     "iterations", "tokens_per_s", "iteration_latency_p50_s", "iteration_latency_p99_s",

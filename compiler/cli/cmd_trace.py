@@ -9,7 +9,7 @@
   [--dies D | --target T] -o trace.json``: run the model in ONNX Runtime on seeded inputs and
   record each MoE layer's routing (``moec.ir.moe.route`` on the layer's input). With
   ``--decode STEPS --batch B``: real decode routing of a language model, B sequences, one token
-  each per step (:mod:`moec.compiler.cli.trace_decode`).
+  each per step (:mod:`moec.decode`).
 """
 
 from __future__ import annotations
@@ -207,13 +207,13 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_dump(args: argparse.Namespace) -> int:
-    from moec.compiler.cli.cmd_check import dump_trace
+    from moec.check import dump_trace
 
     num_dies = None if args.target else _check_positive("--dies", args.dies or 4)
     if not args.output.endswith((".json", ".npz")):
         raise TraceError("expected an output name ending in .json or .npz", args.output)
     if args.decode is not None:
-        from moec.compiler.cli.trace_decode import decode_sequence
+        from moec.decode import decode_sequence
 
         if args.target:
             from moec.ir.target import load_target

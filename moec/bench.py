@@ -1,4 +1,4 @@
-"""The bench driver: compile and run every (model, target, tokens, strategy, passes) point.
+"""The bench driver (the API behind ``moec bench``): compile and run every (model, target, tokens, strategy, passes) point.
 
 :func:`run_bench` is what ``moec bench`` and the design-space sweep call. Per point it lowers the
 model's first ``layers`` MoE layers (frontend output cached per process) with the strategy, for a
@@ -23,7 +23,7 @@ layers only:
   precision when the layer has a precision plan (``assign-precision``).
 
 **Serving** (``iterations > 1`` or ``residency``): the row also runs the iterations in one
-simulation (:func:`moec.compiler.cli.serving_run.serving_row`): ``latency_s`` and ``bound_s``
+simulation (:func:`moec.serve.serving_row`): ``latency_s`` and ``bound_s``
 become per-iteration means over the run, and the row gains ``iterations``, ``tokens_per_s``,
 latency percentiles and ``deferred_pairs_final``.
 
@@ -31,7 +31,7 @@ latency percentiles and ``deferred_pairs_final``.
 model is compiled for the row's target, strategy and pass pipeline with seeded inputs (seed
 :data:`ACCURACY_SEED`) of the row's token count (:func:`moec.compiler.bench.spec.accuracy_dims`),
 the interpreter runs its numerics, and the outputs are compared with ONNX Runtime on the
-original model (:mod:`moec.compiler.cli.check_approx`): the row gets ``"accuracy": {"max_rel_err",
+original model (:mod:`moec.approx`): the row gets ``"accuracy": {"max_rel_err",
 "mean_rel_err", "cosine", "top1_agreement"}`` (worst over the graph outputs; top-1 is None when
 no output has a class axis). It is the whole model's accuracy, every MoE layer compiled with the
 pipeline, whatever ``layers`` is (timing is per simulated layer, accuracy is of the model); the
@@ -88,10 +88,11 @@ from moec.ir.routing import (
 )
 from moec.ir.routing_seq import load_sequence
 from moec.ir.stream import Program, TargetRef
+from moec.ir.stream.params import FSEDPParams, strategy_params
 from moec.ir.target import Target, load_target
 
 if TYPE_CHECKING:
-    from moec.compiler.cli.check_approx import Reference
+    from moec.approx import Reference
 
 #: Tokens of the calibration sample given to popularity-aware strategies by default.
 CALIBRATION_TOKENS = 4096
@@ -170,7 +171,7 @@ class _Workloads:
         """Seeded inputs of ``tokens`` tokens and ORT's outputs on the original ``model``."""
         key = (model, tokens)
         if key not in self._references:
-            from moec.compiler.cli.check_approx import reference_run  # imports onnxruntime
+            from moec.approx import reference_run  # imports onnxruntime
 
             spec = model if model.endswith(".onnx") else canonical_model(model)
             dims = accuracy_dims(load_bench_model(model).module, tokens, model)
@@ -252,7 +253,7 @@ def row_accuracy(
     strategy: str, passes: str,
 ) -> dict[str, float | None]:  # fmt: skip
     """The accuracy fields of one row (see the module docstring)."""
-    from moec.compiler.cli.check_approx import approx_run, summarize
+    from moec.approx import approx_run, summarize
 
     ref = work.reference(model, tokens)
     run = approx_run(ref, passes, target=target, overrides=overrides, strategy=strategy)
@@ -277,8 +278,9 @@ def deferred_by_layer(program: Program, routings: Sequence[LayerRouting]) -> lis
     out: list[list[int]] = []
     for m, r in zip(program.layers, routings, strict=False):
         policy = program.policy(m.name)
-        slack = policy.params.get("slack", 0.0) if policy and policy.strategy == "fsedp" else 0.0
-        if not isinstance(slack, int | float) or isinstance(slack, bool) or slack <= 0:
+        params = strategy_params(policy, m) if policy is not None else None
+        slack = params.slack if isinstance(params, FSEDPParams) else 0.0
+        if slack <= 0:
             out.append([])
             continue
         ids = np.asarray(r.ids)
@@ -354,7 +356,7 @@ def run_point(
             )
         )
     if iterations > 1 or residency or arrivals:  # serving: N iterations in one simulation
-        from moec.compiler.cli.serving_run import routing_sequence, serving_row
+        from moec.serve import routing_sequence, serving_row
 
         seq = routing_sequence(
             work.spec, bm.layer_shapes()[:layers], trace.tokens, tgt.num_dies, iterations, bm.name

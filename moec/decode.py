@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from moec.backends.ort.check import session
-from moec.compiler.cli.cmd_compile import load_model
+from moec.compile import load_model
 from moec.ir.errors import TraceError
 from moec.ir.moe import route
 from moec.ir.routing import LayerRouting, RoutingTrace, assign_home_dies

@@ -1,4 +1,4 @@
-"""Serving runs from the command line: ``moec run --iterations N`` and ``moec bench --iterations N``.
+"""Serving runs: the API behind ``moec run --iterations N`` and ``moec bench --iterations N``.
 
 The routing of a serving run is a sequence (:mod:`moec.ir.routing_seq`): a ``synth:...`` spec
 (``drift=``/``burst=`` add temporal structure) makes one of N iterations for the program's
