@@ -115,7 +115,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def section(args: argparse.Namespace) -> str:
-    cmd = "python scripts/serving_tables.py --update docs/results.md"
+    cmd = (
+        f"python scripts/serving_tables.py --iterations {args.iterations} --update docs/results.md"
+    )
     out = [
         BEGIN,
         f"{args.iterations} decode iterations of {args.tokens} tokens, one MoE layer, "
