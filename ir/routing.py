@@ -119,12 +119,21 @@ def _synth_layer(
     # Router logits: log-popularity plus Gumbel noise. Their top-k (Gumbel-top-k) is a draw of k
     # distinct experts without replacement with probabilities p, and the softmax of the chosen
     # logits gives gate weights that decrease along the row, like a renormalized top-k router.
-    logits = log_p[None, :] + rng.gumbel(size=(tokens, num_experts))
+    ids, gates = gumbel_top_k(log_p, tokens, top_k, rng)
+    return LayerRouting(name, num_experts, top_k, ids, gates, home.copy())
+
+
+def gumbel_top_k(
+    log_p: np.ndarray, tokens: int, top_k: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each of ``tokens`` tokens draws ``top_k`` distinct experts with probabilities
+    ``exp(log_p)`` (Gumbel-top-k); returns ids [T, k] int64 and softmax gates [T, k] float32."""
+    logits = log_p[None, :] + rng.gumbel(size=(tokens, log_p.size))
     order = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
     chosen = np.take_along_axis(logits, order, axis=1)
     z = np.exp(chosen - chosen[:, :1])
     gates = (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
-    return LayerRouting(name, num_experts, top_k, order.astype(np.int64), gates, home.copy())
+    return order.astype(np.int64), gates
 
 
 def synth_zipf(
@@ -227,6 +236,9 @@ class SynthSpec:
     seed: int = 0
     home: str = "blocks"
     per_layer_permutation: bool = True
+    #: temporal structure for multi-iteration runs (:func:`moec.ir.routing_seq.synth_sequence`)
+    drift: float = 0.0
+    burst: float = 0.0
 
     def make(
         self, layers: list[tuple[int, int]], tokens: int, num_dies: int, model: str = "synthetic"
@@ -237,12 +249,12 @@ class SynthSpec:
         )  # fmt: skip
 
 
-_SPEC_KEYS = ("zipf", "seed", "home", "permute")
+_SPEC_KEYS = ("zipf", "seed", "home", "permute", "drift", "burst")
 
 
 def parse_routing_spec(spec: str) -> SynthSpec | str:
-    """``synth:key=value,...`` (keys zipf, seed, home, permute) gives a :class:`SynthSpec`;
-    anything else is a trace file path, returned as is."""
+    """``synth:key=value,...`` (keys zipf, seed, home, permute, drift, burst) gives a
+    :class:`SynthSpec`; anything else is a trace file path, returned as is."""
     if not spec.startswith("synth"):
         return spec
     head, _, rest = spec.partition(":")
@@ -267,6 +279,10 @@ def parse_routing_spec(spec: str) -> SynthSpec | str:
                 values["seed"] = int(raw)
                 if values["seed"] < 0:
                     raise ValueError
+            elif key in ("drift", "burst"):
+                v = values[key] = float(raw)
+                if not math.isfinite(v) or v < 0 or (key == "burst" and v > 1):
+                    raise ValueError
             elif key == "home":
                 if raw not in HOME_SCHEMES:
                     raise ValueError
@@ -279,6 +295,7 @@ def parse_routing_spec(spec: str) -> SynthSpec | str:
             expected = {
                 "zipf": "a number >= 0", "seed": "an integer >= 0",
                 "home": " or ".join(HOME_SCHEMES), "permute": "0/1/true/false",
+                "drift": "a number >= 0", "burst": "a probability in 0..1",
             }[key]  # fmt: skip
             raise TraceError(
                 f"routing spec {spec!r}: {key}: expected {expected}, found {raw!r}"
@@ -417,6 +434,24 @@ def _gate_text(row: np.ndarray) -> str:
     return "[" + ", ".join(str(g) for g in row.astype(np.float32)) + "]"
 
 
+def layers_json_lines(layers: list[LayerRouting], indent: str) -> list[str]:
+    """The JSON lines of a ``layers`` list's items (one line per token), indented by ``indent``."""
+    lines: list[str] = []
+    i1, i2, i3 = indent + "  ", indent + "    ", indent + "      "
+    for li, lr in enumerate(layers):
+        head = {"name": lr.name, "num_experts": lr.num_experts, "top_k": lr.top_k}
+        lines.append(i1 + "{")
+        for key, value in head.items():
+            lines.append(f"{i2}{json.dumps(key)}: {json.dumps(value)},")
+        lines.append(f'{i2}"home_die": {json.dumps(lr.home_die.tolist())},')
+        ids = [json.dumps(row) for row in lr.ids.tolist()]
+        lines.append(f'{i2}"ids": [\n{i3}' + f",\n{i3}".join(ids) + f"\n{i2}],")
+        gates = [_gate_text(row) for row in lr.gates]
+        lines.append(f'{i2}"gates": [\n{i3}' + f",\n{i3}".join(gates) + f"\n{i2}]")
+        lines.append(i1 + "}" + ("," if li + 1 < len(layers) else ""))
+    return lines
+
+
 def to_json(trace: RoutingTrace) -> str:
     """The JSON text of a trace: metadata, then per layer one line per token."""
     meta = _meta(trace)
@@ -424,17 +459,7 @@ def to_json(trace: RoutingTrace) -> str:
     for key, value in meta.items():
         lines.append(f"  {json.dumps(key)}: {json.dumps(value, sort_keys=True)},")
     lines.append('  "layers": [')
-    for li, lr in enumerate(trace.layers):
-        head = {"name": lr.name, "num_experts": lr.num_experts, "top_k": lr.top_k}
-        lines.append("    {")
-        for key, value in head.items():
-            lines.append(f"      {json.dumps(key)}: {json.dumps(value)},")
-        lines.append(f'      "home_die": {json.dumps(lr.home_die.tolist())},')
-        ids = [json.dumps(row) for row in lr.ids.tolist()]
-        lines.append('      "ids": [\n        ' + ",\n        ".join(ids) + "\n      ],")
-        gates = [_gate_text(row) for row in lr.gates]
-        lines.append('      "gates": [\n        ' + ",\n        ".join(gates) + "\n      ]")
-        lines.append("    }" + ("," if li + 1 < len(trace.layers) else ""))
+    lines += layers_json_lines(trace.layers, "  ")
     lines.append("  ]")
     lines.append("}")
     return "\n".join(lines) + "\n"

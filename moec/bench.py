@@ -22,6 +22,11 @@ layers only:
   interpreter's ``extra.deferred_pairs``), with each expert's bytes and FLOPs at its own
   precision when the layer has a precision plan (``assign-precision``).
 
+**Serving** (``iterations > 1`` or ``residency``): the row also runs the iterations in one
+simulation (:func:`moec.serve.serving_row`): ``latency_s`` and ``bound_s``
+become per-iteration means over the run, and the row gains ``iterations``, ``tokens_per_s``,
+latency percentiles and ``deferred_pairs_final``.
+
 **Accuracy** (``accuracy=True``, or ``None``: whenever the model has real weights). Per row, the
 model is compiled for the row's target, strategy and pass pipeline with seeded inputs (seed
 :data:`ACCURACY_SEED`) of the row's token count (:func:`moec.compiler.bench.spec.accuracy_dims`),
@@ -81,10 +86,10 @@ from moec.ir.routing import (
     LayerRouting,
     RoutingTrace,
     SynthSpec,
-    load_trace,
     parse_routing_spec,
     save_trace,
 )
+from moec.ir.routing_seq import load_sequence
 from moec.ir.stream import Program, TargetRef
 from moec.ir.stream.params import FSEDPParams, strategy_params
 from moec.ir.target import Target, load_target
@@ -199,7 +204,9 @@ class _Workloads:
                 raise BenchError("--tokens: give the tokens per iteration for a synthetic routing")
             trace = self.spec.make(shapes, tokens, num_dies, model=bm.name)
         else:
-            trace = self.spec if isinstance(self.spec, RoutingTrace) else load_trace(self.spec)
+            trace = (
+                self.spec if isinstance(self.spec, RoutingTrace) else load_sequence(self.spec)[0]
+            )
             where = self.spec if isinstance(self.spec, str) else "--routing"
             if len(trace.layers) < layers:
                 raise BenchError(
@@ -296,6 +303,9 @@ def run_point(
     layers: int,
     passes: str,
     accuracy: bool = False,
+    iterations: int = 1,
+    residency: str | None = None,
+    arrivals: str | None = None,
 ) -> Row:
     """One (model, target, tokens, strategy, passes) point: compile, run, measure (and, with
     ``accuracy``, measure what the pipeline costs in accuracy)."""
@@ -351,6 +361,20 @@ def run_point(
                 if d
             )
         )
+    if iterations > 1 or residency or arrivals:  # serving: N iterations in one simulation
+        from moec.serve import routing_sequence, serving_row
+
+        seq = routing_sequence(
+            work.spec, bm.layer_shapes()[:layers], trace.tokens, tgt.num_dies, iterations, bm.name
+        )
+
+        def bound_of(rs: list[LayerRouting]) -> float:
+            d = deferred_by_layer(program, rs)
+            return iteration_bound(tgt, bm.layers[:layers], rs, precision, d, plans).bound_s
+
+        row["first_iteration_latency_s"] = row["latency_s"]
+        row["first_iteration_bound_s"] = row["bound_s"]
+        row.update(serving_row(program, tgt, seq, iterations, residency, bound_of, arrivals))
     if overrides:
         row["overrides"] = {k: v for k, v in overrides}
     if accuracy:
@@ -380,6 +404,9 @@ def run_bench(
     accuracy: bool | None = False,
     on_row: Callable[[Row], None] | None = None,
     keep_going: bool = False,
+    iterations: int = 1,
+    residency: str | None = None,
+    arrivals: str | None = None,
 ) -> list[Row]:
     """Run every (model, target, tokens, strategy, passes) point; rows in that nesting order,
     with ``speedup_vs_ep`` filled in where the point has an ``ep`` row. ``tokens`` may be
@@ -410,7 +437,19 @@ def run_bench(
                         for s in strategies:
                             try:
                                 row = run_point(
-                                    work, model, target, ovr, tgt, T, s, n, pipeline, measure
+                                    work,
+                                    model,
+                                    target,
+                                    ovr,
+                                    tgt,
+                                    T,
+                                    s,
+                                    n,
+                                    pipeline,
+                                    measure,
+                                    iterations,
+                                    residency,
+                                    arrivals,
                                 )
                             except MoecError as err:
                                 if not keep_going:

@@ -4,6 +4,7 @@
                --strategies ep,hydra,fsedp,fsedp-paired [--routing synth:zipf=1.0,seed=0 | F]
                [--calibration sample|same|F] [--layers N|all] [--passes PIPELINE ...]
                [--set key=value ...] [--ablation] [--[no-]accuracy] [--json] [--plot out.png]
+               [--iterations N [--residency lru|popularity] [--arrivals poisson:rate=R,len=L]]
 
 ``--model paper`` is the FSE-DP paper's four models and ``--target paper`` its three packages.
 Per (model, target, tokens, strategy, passes): latency of one iteration of the first ``--layers``
@@ -117,6 +118,20 @@ def register(subparsers: Any) -> None:
         "outputs vs ONNX Runtime on the original model, on seeded inputs of the row's tokens "
         "(default: on for models with weights; shape-only models get none)",
     )
+    p.add_argument(
+        "--iterations", type=int, default=1, metavar="N",
+        help="serve N iterations per row in one simulation: rows gain tokens_per_s, latency "
+        "percentiles, deferred_pairs_final (moec.serve)",
+    )  # fmt: skip
+    p.add_argument(
+        "--residency", choices=("lru", "popularity"),
+        help="with --iterations: keep loaded micro-slices in spare SRAM across iterations",
+    )  # fmt: skip
+    p.add_argument(
+        "--arrivals", metavar="poisson:rate=R[/R2..],len=L",
+        help="with --iterations: continuous batching of Poisson requests over the run's "
+        "iteration times (moec.backends.interp.batching); rows gain 'arrivals'",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help='print {"rows": [...]}')
     p.add_argument("--plot", metavar="OUT.png", help="bar chart of latency (needs matplotlib)")
     p.set_defaults(func=run)  # fmt: skip
@@ -149,6 +164,12 @@ def run(args: argparse.Namespace) -> int:
         strategies = [s for _, s in ABLATION_STEPS]
     else:
         strategies = parse_strategies(args.strategies, known)
+    if args.iterations < 1:
+        raise BenchError(f"--iterations: expected an integer >= 1, found {args.iterations}")
+    if args.arrivals:
+        from moec.backends.interp.batching import parse_arrivals
+
+        parse_arrivals(args.arrivals)  # a bad spec fails before any run
     models = _expand(args.model, PAPER_MODELS)
     targets = _expand(args.target, PAPER_TARGETS)
     check_outputs([args.plot], [*models, *targets, args.routing, args.calibration])
@@ -179,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
                 accuracy=args.accuracy,
                 on_row=tick,
                 keep_going=True,
+                iterations=args.iterations,
+                residency=args.residency,
+                arrivals=args.arrivals,
             )  # fmt: skip
         )
     if args.ablation:

@@ -12,6 +12,11 @@
 Prints a table (or ``--json``); ``--trace-out`` writes a Chrome/Perfetto trace, ``--dump-expanded``
 the fully static program of this run. Output files are written atomically, and only when the run
 succeeded.
+
+``--iterations N`` serves N consecutive iterations in one simulation (deferred pairs executed in
+the next iteration, serving metrics: tokens/s, iteration and token latency percentiles);
+``--residency`` keeps loaded micro-slices in spare SRAM between them, ``--arrivals`` replays
+Poisson requests with continuous batching over the iteration times (:mod:`moec.serve`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trace-out", metavar="TRACE.json", help="write a Chrome/Perfetto trace")
     p.add_argument("--dump-expanded", metavar="OUT.msp", help="write the expanded static program")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--iterations", type=int, metavar="N",
+        help="serve N consecutive iterations in one simulation (moec.serve)",
+    )  # fmt: skip
+    p.add_argument(
+        "--residency", choices=("lru", "popularity"),
+        help="with --iterations: keep loaded micro-slices in spare SRAM across iterations",
+    )  # fmt: skip
+    p.add_argument(
+        "--arrivals", metavar="poisson:rate=R,len=L",
+        help="with --iterations: continuous batching of Poisson requests over the iteration times",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -53,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         [args.trace_out, args.dump_expanded],
         [args.program, weights, args.inputs, args.routing, args.target],
     )  # fmt: skip
+    if args.iterations is not None or args.residency or args.arrivals:
+        return _serve(args)
     result = run_program(
         program, base_dir=base, routing=args.routing, seed=args.seed, inputs=args.inputs,
         target=args.target, record_trace=bool(args.trace_out),
@@ -77,4 +96,30 @@ def run(args: argparse.Namespace) -> int:
         if result.outputs is not None:
             for k, v in result.outputs.items():
                 sys.stdout.write(f"output {k}: shape {list(v.shape)} {v.dtype}\n")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from moec.backends.interp import program_target
+    from moec.ir.errors import TraceError
+    from moec.ir.stream import load_program
+    from moec.ir.target import load_target
+    from moec.serve import render_serving, run_serving, serving_json
+
+    if args.iterations is None or args.iterations < 1:
+        raise TraceError(f"--iterations: expected an integer >= 1, found {args.iterations}")
+    if args.inputs or args.dump_expanded or args.trace_out:
+        raise TraceError("--iterations runs seeded inputs or a routing; drop --inputs, "
+                         "--dump-expanded and --trace-out")  # fmt: skip
+    program = load_program(args.program)
+    base = os.path.dirname(os.path.abspath(args.program))
+    tgt = (
+        load_target(args.target, base_dir=os.getcwd()) if args.target
+        else program_target(program, base)
+    )  # fmt: skip
+    result = run_serving(
+        program, tgt, iterations=args.iterations, routing=args.routing, seed=args.seed,
+        base=base, residency=args.residency, arrivals=args.arrivals,
+    )  # fmt: skip
+    sys.stdout.write(serving_json(result) if args.json else render_serving(result))
     return 0

@@ -1,11 +1,15 @@
 """``moec trace``: make synthetic routing traces and summarize traces.
 
 - ``moec trace synth (--model NAME|FILE.onnx | --experts E --top-k K --layers L) --tokens N
-  [--zipf 1.0] [--seed 0] [--dies D | --target T] [--home blocks|round_robin] -o trace.json``
+  [--zipf 1.0] [--seed 0] [--dies D | --target T] [--home blocks|round_robin]
+  [--iterations N --drift S --burst P] -o trace.json``: with ``--iterations``, a multi-iteration
+  trace whose expert popularity drifts (``moec.ir.routing_seq.synth_sequence``).
 - ``moec trace stats trace.json [--json]``: per-layer expert load, entropy, max/mean load.
 - ``moec trace dump model.onnx --seed N [--dims name=value ...] [--inputs F.npz]
   [--dies D | --target T] -o trace.json``: run the model in ONNX Runtime on seeded inputs and
-  record each MoE layer's routing (``moec.ir.moe.route`` on the layer's input).
+  record each MoE layer's routing (``moec.ir.moe.route`` on the layer's input). With
+  ``--decode STEPS --batch B``: real decode routing of a language model, B sequences, one token
+  each per step (:mod:`moec.decode`).
 """
 
 from __future__ import annotations
@@ -14,9 +18,19 @@ import argparse
 import json
 from typing import Any
 
+import numpy as np
+
 from moec.ir.errors import TraceError
 from moec.ir.files import check_outputs
-from moec.ir.routing import HOME_SCHEMES, layer_stats, load_trace, save_trace, synth_layers
+from moec.ir.routing import (
+    HOME_SCHEMES,
+    LayerRouting,
+    RoutingTrace,
+    layer_stats,
+    save_trace,
+    synth_layers,
+)
+from moec.ir.routing_seq import load_sequence, save_sequence, synth_sequence
 from moec.progress import Progress
 
 
@@ -41,6 +55,9 @@ def register(subparsers: Any) -> None:
         "--same-hot-experts", action="store_true",
         help="same popularity ranking in every layer (default: a permutation per layer)",
     )  # fmt: skip
+    s.add_argument("--iterations", type=int, default=1, metavar="N", help="iterations (steps)")
+    s.add_argument("--drift", type=float, default=0.0, help="random-walk step of log-popularity")
+    s.add_argument("--burst", type=float, default=0.0, help="per-iteration burst probability")
     s.add_argument("-o", "--output", required=True, metavar="FILE", help=".json or .npz")
     s.set_defaults(func=run_synth)
 
@@ -60,6 +77,14 @@ def register(subparsers: Any) -> None:
     dwhere.add_argument("--dies", type=int, metavar="D", help="number of dies tokens live on")
     dwhere.add_argument("--target", metavar="T", help="take the die count from a target")
     d.add_argument("--home", choices=HOME_SCHEMES, default="blocks", help="token-to-die rule")
+    d.add_argument(
+        "--decode", type=int, metavar="STEPS",
+        help="record STEPS decode iterations of a language model (one token per sequence each)",
+    )  # fmt: skip
+    d.add_argument("--batch", type=int, default=16, metavar="B", help="sequences (with --decode)")
+    d.add_argument("--prompt", type=int, default=32, metavar="P", help="prompt bytes (--decode)")
+    d.add_argument("--text", metavar="FILE", help="prompt text (default: the model's held-out)")
+    d.add_argument("--temperature", type=float, default=0.0, help="0: greedy (--decode)")
     d.add_argument("-o", "--output", required=True, metavar="FILE", help=".json or .npz")
     d.set_defaults(func=run_dump)
 
@@ -123,6 +148,20 @@ def run_synth(args: argparse.Namespace) -> int:
         num_dies = _check_positive("--dies", args.dies if args.dies is not None else 4)
     if not args.output.endswith((".json", ".npz")):
         raise TraceError("expected an output name ending in .json or .npz", args.output)
+    if args.iterations > 1 or args.drift or args.burst:
+        iterations = _check_positive("--iterations", args.iterations)
+        seq = synth_sequence(
+            layers, tokens, iterations, zipf=args.zipf, seed=args.seed, num_dies=num_dies,
+            drift=args.drift, burst=args.burst, per_layer_permutation=not args.same_hot_experts,
+            home=args.home, model=model, layer_names=names,
+        )  # fmt: skip
+        save_sequence(seq, args.output)
+        print(
+            f"wrote {args.output}: {iterations} iterations x {len(layers)} layers x {tokens} "
+            f"tokens on {num_dies} dies, zipf={args.zipf:g}, drift={args.drift:g}, "
+            f"burst={args.burst:g}, seed={args.seed}"
+        )
+        return 0
     with Progress("trace synth", len(layers), unit="layers") as bar:
         trace = synth_layers(
             layers, tokens, zipf=args.zipf, seed=args.seed, num_dies=num_dies,
@@ -139,7 +178,22 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    trace = load_trace(args.trace)
+    seq = load_sequence(args.trace)
+    trace = seq[0]
+    if len(seq) > 1:  # statistics over every iteration's tokens together
+        trace = RoutingTrace(
+            trace.model, trace.num_dies,
+            [
+                LayerRouting(
+                    lr.name, lr.num_experts, lr.top_k,
+                    np.concatenate([t.layers[i].ids for t in seq]),
+                    np.concatenate([t.layers[i].gates for t in seq]),
+                    np.concatenate([t.layers[i].home_die for t in seq]),
+                )  # fmt: skip
+                for i, lr in enumerate(trace.layers)
+            ],
+            {**trace.provenance, "iterations": len(seq)},
+        )  # fmt: skip
     stats = [layer_stats(lr) for lr in trace.layers]
     if args.json:
         doc = {
@@ -148,8 +202,10 @@ def run_stats(args: argparse.Namespace) -> int:
         }  # fmt: skip
         print(json.dumps(doc, sort_keys=True))
         return 0
+    steps = f" ({len(seq)} iterations together)" if len(seq) > 1 else ""
     print(
-        f"{trace.model}: {len(trace.layers)} layers, {trace.tokens} tokens, {trace.num_dies} dies"
+        f"{trace.model}: {len(trace.layers)} layers, {trace.tokens} tokens{steps}, "
+        f"{trace.num_dies} dies"
     )
     print(
         f"{'layer':<16} {'E':>5} {'k':>3} {'active':>6} {'H bits':>7} {'H norm':>7} {'max/mean':>8}"
@@ -167,6 +223,27 @@ def run_dump(args: argparse.Namespace) -> int:
 
     num_dies = None if args.target else _check_positive("--dies", args.dies or 4)
     check_outputs([args.output], [args.model, args.inputs, args.target])
+    if not args.output.endswith((".json", ".npz")):
+        raise TraceError("expected an output name ending in .json or .npz", args.output)
+    if args.decode is not None:
+        from moec.decode import decode_sequence
+
+        if args.target:
+            from moec.ir.target import load_target
+
+            num_dies = load_target(args.target).num_dies
+        seq = decode_sequence(
+            args.model, batch=_check_positive("--batch", args.batch),
+            steps=_check_positive("--decode", args.decode), prompt=args.prompt, text=args.text,
+            temperature=args.temperature, seed=args.seed, num_dies=num_dies or 4, home=args.home,
+        )  # fmt: skip
+        save_sequence(seq, args.output)
+        how = "greedy" if args.temperature <= 0 else f"sampled at T={args.temperature:g}"
+        print(
+            f"wrote {args.output}: {len(seq)} decode steps x {seq.tokens} sequences ({how}), "
+            f"{len(seq[0].layers)} layers on {seq.num_dies} dies"
+        )
+        return 0
     if not args.output.endswith((".json", ".npz")):
         raise TraceError("expected an output name ending in .json or .npz", args.output)
     with Progress("trace dump") as bar:

@@ -1,0 +1,197 @@
+"""Serving tables (issue 16): many decode iterations per strategy, with and without residency.
+
+    python scripts/serving_tables.py                       # print the tables (Markdown)
+    python scripts/serving_tables.py --update docs/results.md   # rewrite the marked section there
+    python scripts/serving_tables.py --iterations 32 --models qwen3-30b-a3b   # a quick look
+    python scripts/serving_tables.py --cache rows.json ...   # keep finished rows, resume/split
+
+Two workloads, each ``--iterations`` decode steps of ``--tokens`` tokens on ``fsedp-2x2``, one
+MoE layer (``moec bench --iterations N --layers 1``), timing only:
+
+1. **drifting synthetic routing** for the FSE-DP paper's four models:
+   ``synth:zipf=1.0,seed=0,drift=0.05,burst=0.02`` (Zipf(1.0) popularity whose log takes a
+   random walk of step 0.05 per iteration, and a one-iteration 8x burst of one expert with
+   probability 0.02 per iteration; ``docs/routing.md``);
+2. **real decode routing** of the trained LM (``models/tiny_moe_lm.onnx``, 8 experts top-2,
+   ``moec trace dump --decode``: ``--tokens`` sequences decoding greedily in ONNX Runtime, one
+   byte each per step), layer ``moe0``, driving Mixtral-8x7B's shape (also 8 experts top-2):
+   the only paper-scale preset whose experts and top-k match the LM's routing.
+
+Strategies: EP, Hydra, TP, FSE-DP-paired, FSE-DP-paired with 20% token buffering; each without
+and with ``popularity`` residency (spare SRAM keeps loaded micro-slices across iterations,
+``backends/interp/residency.py``). Columns: tokens/s over the run, p50/p99 iteration latency,
+p99 token latency (arrival to the token's last expert, deferral included), DRAM bytes per token,
+deferred pairs (all executed; ``deferred_pairs_final`` is 0 in every row, checked here), residency
+hits and mean iteration latency over the mean per-iteration analytic bound (below 1 only with
+residency, whose saved loads the bound counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+from moec.bench import run_bench
+from moec.decode import decode_sequence
+from moec.ir.routing_seq import save_sequence
+
+BEGIN = "<!-- serving-tables:begin -->"
+END = "<!-- serving-tables:end -->"
+PAPER = ("phi3.5-moe", "yuan2-m32", "deepseek-moe-16b", "qwen3-30b-a3b")
+STRATEGIES = (
+    ("EP", "ep"),
+    ("Hydra", "hydra"),
+    ("TP", "tp"),
+    ("FSE-DP-paired", "fsedp{order=paired}"),
+    ("FSE-DP + buffering 20%", "fsedp{order=paired,slack=0.2}"),
+)
+DRIFT = "synth:zipf=1.0,seed=0,drift=0.05,burst=0.02"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+CACHE: dict[str, Any] = {}
+CACHE_PATH: list[str] = []
+
+
+def rows_for(
+    model: str, routing: str, tokens: int, iterations: int, target: str, label: str = ""
+) -> list[dict[str, Any]]:
+    out = []
+    labels = dict((s, label) for label, s in STRATEGIES)
+    for residency in (None, "popularity"):
+        key = f"{model}|{label or routing}|{residency}|{iterations}|{tokens}|{target}"
+        if key in CACHE:
+            out += CACHE[key]
+            continue
+        t0 = time.perf_counter()
+        rows = run_bench(
+            model, target, [tokens], [s for _, s in STRATEGIES], routing=routing,
+            iterations=iterations, residency=residency,
+        )  # fmt: skip
+        for r in rows:
+            if r["deferred_pairs_final"] != 0:
+                raise SystemExit(f"{model} {r['strategy']}: pairs left undone")
+            r["label"] = labels[r["strategy"]]
+            r["residency"] = residency or "-"
+        out += rows
+        print(f"{model} residency={residency}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        if CACHE_PATH:  # keep finished rows: a long run can be resumed or split over processes
+            _load_cache()
+            CACHE[key] = rows
+            with open(CACHE_PATH[0], "w", encoding="utf-8") as f:
+                json.dump(CACHE, f, sort_keys=True)
+    return out
+
+
+def _load_cache() -> None:
+    for path in CACHE_PATH:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                CACHE.update(json.load(f))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| model | strategy | residency | tokens/s | iter p50 ms | iter p99 ms | token p99 ms "
+        "| DRAM MB/token | deferred pairs | max delay (it) | residency hits | latency/bound |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        hits = r.get("residency_hits")
+        total = hits + r.get("residency_misses", 0) if hits is not None else 0
+        lines.append(
+            f"| {r['model']} | {r['label']} | {r['residency']} | {r['tokens_per_s']:.0f} "
+            f"| {1e3 * r['iteration_latency_p50_s']:.3f} | {1e3 * r['iteration_latency_p99_s']:.3f} "
+            f"| {1e3 * r['token_latency_p99_s']:.3f} | {r['dram_bytes_per_token'] / 1e6:.2f} "
+            f"| {r['deferred_pairs']} | {r['max_delay_iterations']} "
+            f"| {f'{100 * hits / total:.1f}%' if total else '-'} | {r['latency_over_bound']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def section(args: argparse.Namespace) -> str:
+    cmd = (
+        f"python scripts/serving_tables.py --iterations {args.iterations} --update docs/results.md"
+    )
+    out = [
+        BEGIN,
+        f"{args.iterations} decode iterations of {args.tokens} tokens, one MoE layer, "
+        f"`{args.target}`, timing only, one event simulation per row (no reset between "
+        f"iterations). Regenerate: `{cmd}` (each row is `moec bench --model M --tokens "
+        f"{args.tokens} --strategies S --iterations {args.iterations} --routing R "
+        "[--residency popularity] --json`).",
+        "",
+        f"**Drifting synthetic routing** (`{DRIFT}`):",
+        "",
+    ]
+    drift_rows: list[dict[str, Any]] = []
+    for model in args.models:
+        drift_rows += rows_for(model, DRIFT, args.tokens, args.iterations, args.target)
+    if drift_rows:
+        out += [table(drift_rows)]
+    lm_rows: list[dict[str, Any]] = []
+    if args.lm:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "lm.npz")
+            seq = decode_sequence(
+                os.path.join(ROOT, "models/tiny_moe_lm.onnx"), batch=args.tokens,
+                steps=args.iterations, num_dies=4,
+            )  # fmt: skip
+            save_sequence(seq, path)
+            lm_rows = rows_for(
+                "mixtral-8x7b", path, args.tokens, args.iterations, args.target, "lm-decode"
+            )
+    if lm_rows:
+        out += [
+            f"**Real decode routing** of `models/tiny_moe_lm.onnx` (layer moe0; {args.tokens} "
+            "sequences decoding greedily in ONNX Runtime, prompted from the held-out text; "
+            "`moec trace dump models/tiny_moe_lm.onnx --decode "
+            f"{args.iterations} --batch {args.tokens} -o lm.npz`) on Mixtral-8x7B's shape:",
+            "",
+            table(lm_rows),
+        ]
+    out += [
+        END,
+    ]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--iterations", type=int, default=256)
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--target", default="fsedp-2x2")
+    ap.add_argument("--models", type=lambda s: [m for m in s.split(",") if m], default=list(PAPER))
+    ap.add_argument("--update", metavar="FILE.md", help=f"replace the {BEGIN} ... {END} section")
+    ap.add_argument(
+        "--cache", metavar="FILE.json[,MORE.json]", help="reuse and keep finished rows there"
+    )
+    ap.add_argument("--no-lm", dest="lm", action="store_false", help="skip the LM-routing table")
+    args = ap.parse_args(argv)
+    if args.cache:  # rows are written to the first file; all are read
+        CACHE_PATH.extend(args.cache.split(","))
+        _load_cache()
+    text = section(args)
+    if not args.update:
+        sys.stdout.write(text)
+        return 0
+    with open(args.update, encoding="utf-8") as f:
+        doc = f.read()
+    if BEGIN in doc and END in doc:
+        a, b = doc.index(BEGIN), doc.index(END) + len(END) + 1
+        doc = doc[:a] + text + doc[b:]
+    else:
+        doc = doc.rstrip("\n") + "\n\n## Serving over many iterations (issue 16)\n\n" + text
+    with open(args.update, "w", encoding="utf-8") as f:
+        f.write(doc)
+    print(f"updated {args.update}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
