@@ -488,6 +488,11 @@ def to_npz(trace: RoutingTrace) -> bytes:
             (f"gates_{i}", lr.gates.astype(np.float32)),
             (f"home_die_{i}", lr.home_die.astype(np.int64)),
         ]
+    return npz_bytes(arrays)
+
+
+def npz_bytes(arrays: list[tuple[str, np.ndarray]]) -> bytes:
+    """The arrays as a deterministic ``.npz`` file (fixed timestamps and modes)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, array in arrays:

@@ -20,7 +20,6 @@ and, with probability ``burst`` per iteration and layer, one expert's popularity
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
@@ -40,11 +39,11 @@ from moec.ir.routing import (
     SynthSpec,
     _from_doc,
     _meta,
-    _npy_bytes,
     assign_home_dies,
     gumbel_top_k,
     layers_json_lines,
     load_trace,
+    npz_bytes,
     synth_layers,
 )
 
@@ -250,14 +249,7 @@ def sequence_to_npz(seq: RoutingSequence) -> bytes:
                 (f"gates_{n}_{i}", lr.gates.astype(np.float32)),
                 (f"home_die_{n}_{i}", lr.home_die.astype(np.int64)),
             ]
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, array in arrays:
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, _npy_bytes(array))
-    return buf.getvalue()
+    return npz_bytes(arrays)
 
 
 def save_sequence(seq: RoutingSequence, path: str | os.PathLike[str]) -> None:
