@@ -9,7 +9,7 @@ the program has weights and no routing is given; otherwise timing on a routing t
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -54,16 +54,20 @@ def run_program(
     target: str | None = None,
     base_dir: str | None = None,
     record_trace: bool = False,
+    overrides: Sequence[tuple[str, int | float | str]] = (),
 ) -> RunResult:
     """Run ``program`` (a ``.msp`` path or a loaded program; ``base_dir`` is the folder its
     relative paths start from, by default the file's) as ``moec run`` does (module docstring).
-    ``target`` (preset or TOML path) replaces the program's target."""
+    ``target`` (preset or TOML path) replaces the program's target; ``overrides`` (``--set``
+    pairs) apply on top of the program's (or that) target, e.g. ``[("ideal", "true")]``."""
     if isinstance(program, str):
         base = base_dir or os.path.dirname(os.path.abspath(program))
         program = load_program(program)
     else:
         base = base_dir or os.getcwd()
     tgt = load_target(target, base_dir=os.getcwd()) if target else program_target(program, base)
+    if overrides:
+        tgt = tgt.with_overrides(dict(overrides))
     feeds: dict[str, np.ndarray] | None = None
     if isinstance(inputs, str):
         feeds = load_inputs_npz(inputs)

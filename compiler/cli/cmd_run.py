@@ -1,7 +1,7 @@
 """``moec run``: run a stream program in the interpreter: timing, and numbers when it has weights.
 
     moec run prog.msp [--routing trace.json|trace.npz|synth:zipf=1.0,seed=0] [--seed N]
-             [--inputs F.npz] [--target T] [--trace-out trace.json] [--json]
+             [--inputs F.npz] [--target T] [--set key=value ...] [--trace-out trace.json] [--json]
              [--dump-expanded out.msp]
 
 * With ``--inputs`` (or, when the program declares a weights companion and no ``--routing`` is
@@ -31,6 +31,7 @@ from moec.backends.interp import render
 from moec.backends.interp.report import chrome_trace_json
 from moec.ir.files import atomic_write_all, check_outputs
 from moec.ir.stream import load_program, print_program
+from moec.compile import parse_overrides
 from moec.run import run_program
 
 
@@ -44,6 +45,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of generated inputs / synth routing")
     p.add_argument("--inputs", metavar="F.npz", help="model inputs (numerics)")
     p.add_argument("--target", metavar="T", help="run on this target instead of the program's")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a target field on top of the program's target (e.g. ideal=true)",
+    )  # fmt: skip
     p.add_argument("--trace-out", metavar="TRACE.json", help="write a Chrome/Perfetto trace")
     p.add_argument("--dump-expanded", metavar="OUT.msp", help="write the expanded static program")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_program(
         program, base_dir=base, routing=args.routing, seed=args.seed, inputs=args.inputs,
         target=args.target, record_trace=bool(args.trace_out),
+        overrides=parse_overrides(args.overrides),
     )  # fmt: skip
     outputs: list[tuple[str, bytes | str]] = []
     if args.dump_expanded:
