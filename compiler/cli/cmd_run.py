@@ -29,9 +29,9 @@ from typing import Any
 
 from moec.backends.interp import render
 from moec.backends.interp.report import chrome_trace_json
+from moec.compile import parse_overrides
 from moec.ir.files import atomic_write_all, check_outputs
 from moec.ir.stream import load_program, print_program
-from moec.compile import parse_overrides
 from moec.run import run_program
 
 
@@ -123,6 +123,8 @@ def _serve(args: argparse.Namespace) -> int:
         load_target(args.target, base_dir=os.getcwd()) if args.target
         else program_target(program, base)
     )  # fmt: skip
+    if args.overrides:
+        tgt = tgt.with_overrides(dict(parse_overrides(args.overrides)))
     result = run_serving(
         program, tgt, iterations=args.iterations, routing=args.routing, seed=args.seed,
         base=base, residency=args.residency, arrivals=args.arrivals,
