@@ -2,6 +2,7 @@
 
     python scripts/paper_grid.py                       # print the Markdown tables
     python scripts/paper_grid.py --update docs/results.md   # rewrite the marked section there
+    python scripts/paper_grid.py --set ideal=true --section paper-grid-ideal --update docs/results.md
 
 For each target (default fsedp-2x2, fsedp-3x3, fsedp-4x4) it runs the paper's grid
 ({ep, hydra, fsedp, fsedp-paired}, one MoE layer, seeded Zipf(1.0) trace, timed: the 2x2 grid must
@@ -40,7 +41,9 @@ from moec.ir.errors import MoecError
 from moec.ir.files import atomic_write
 
 EXTRA = ("tp", "eplb")
-BEGIN, END = "<!-- paper-grid:begin -->", "<!-- paper-grid:end -->"
+SECTION = "paper-grid"
+#: ``--set`` target overrides of every run (e.g. ``ideal=true``: the first-wave machine)
+OVERRIDES: dict[str, str] = {}
 MIB = 1 << 20
 
 
@@ -55,8 +58,9 @@ def bench(
     ``error`` (the others still run)."""
     try:
         return run_bench(
-            PAPER_MODELS, target, PAPER_TOKENS, strategies, routing=routing, allow_overflow=True
-        )
+            PAPER_MODELS, target, PAPER_TOKENS, strategies, routing=routing, allow_overflow=True,
+            overrides=OVERRIDES,
+        )  # fmt: skip
     except MoecError:
         pass
     rows: list[dict[str, Any]] = []
@@ -65,8 +69,9 @@ def bench(
             for s in strategies:
                 try:
                     rows += run_bench(
-                        model, target, [tokens], [s], routing=routing, allow_overflow=True
-                    )
+                        model, target, [tokens], [s], routing=routing, allow_overflow=True,
+                        overrides=OVERRIDES,
+                    )  # fmt: skip
                 except MoecError as err:
                     rows.append(
                         {"model": model, "tokens": tokens, "strategy": s, "error": err.one_line()}
@@ -89,6 +94,10 @@ def _sram(row: dict[str, Any]) -> str:
     return f"{row['peak_sram_bytes_max'] / MIB:.1f}{over}"
 
 
+def _setting() -> str:
+    return f" ({', '.join(f'{k}={v}' for k, v in OVERRIDES.items())})" if OVERRIDES else ""
+
+
 def _lat(row: dict[str, Any]) -> str:
     return "n/f" if "error" in row else _ms(row["latency_s"])
 
@@ -101,7 +110,7 @@ def table(target: str, rows: list[dict[str, Any]], seconds: float) -> str:
         + ["FSE-DP / EP", "FSE-DP / Hydra", "FSE-DP lat/bound", "peak SRAM MiB ep/hydra/fsedp"]
     )  # fmt: skip
     lines = [
-        f"#### {target}",
+        f"#### {target}{_setting()}",
         "",
         f"The {len(PAPER_MODELS) * len(PAPER_TOKENS) * len(PAPER_STRATEGIES)}-run grid took "
         f"{seconds:.1f} s. FSE-DP = the faster of `fsedp` and `fsedp-paired` at each point.",
@@ -161,7 +170,7 @@ def ablation(target: str, routing: str) -> str:
     head = ["model", "tokens"] + [f"{label} ms" for label, _ in ABLATION_STEPS]
     head += ["bound ms", "pairs deferred"]
     lines = [
-        f"#### Ablation on {target}",
+        f"#### Ablation on {target}{_setting()}",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -181,11 +190,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--targets", default=",".join(PAPER_TARGETS))
     ap.add_argument("--routing", default=DEFAULT_ROUTING)
-    ap.add_argument("--update", metavar="FILE.md", help=f"replace the {BEGIN} ... {END} section")
+    ap.add_argument("--update", metavar="FILE.md", help="replace the marked section there")
+    ap.add_argument(
+        "--section", default=SECTION, help="the section's marker: <!-- NAME:begin/end -->"
+    )
+    ap.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="target override of every run (e.g. ideal=true)",
+    )  # fmt: skip
     ap.add_argument(
         "--ablation", default="fsedp-2x2", metavar="T", help="ablation target ('' none)"
     )
     args = ap.parse_args(argv)
+    OVERRIDES.update(kv.split("=", 1) for kv in args.overrides)
+    begin, end = f"<!-- {args.section}:begin -->", f"<!-- {args.section}:end -->"
     parts = []
     for target in args.targets.split(","):
         rows, seconds = grid(target, args.routing)
@@ -199,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.update:
         path = Path(args.update)
         doc = path.read_text()
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+        pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
         if not pattern.search(doc):
-            print(f"{path}: no {BEGIN} ... {END} section", file=sys.stderr)
+            print(f"{path}: no {begin} ... {end} section", file=sys.stderr)
             return 2
-        atomic_write(path, pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", doc))
+        atomic_write(path, pattern.sub(lambda _: f"{begin}\n{text}\n{end}", doc))
         print(f"updated {path}", file=sys.stderr)
     else:
         print(text)
