@@ -23,7 +23,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from moec.ir.errors import ModelError
-from moec.ir.graph import Module, Op, TensorType, Value
+from moec.ir.graph import Module, Op, Value
+from moec.ir.inputs import InputSpec, seeded_feeds, shape_for_tokens
 from moec.ir.moe import MoELayer, evaluate, route
 from moec.ir.routing import RoutingTrace, load_trace, parse_routing_spec, validate
 
@@ -45,14 +46,6 @@ class LayerCalibration:
     x: np.ndarray | None = None
 
 
-def _dims(t: TensorType, tokens: int) -> list[int]:
-    symbolic = [i for i, d in enumerate(t.shape) if not isinstance(d, int)]
-    last = symbolic[-1] if symbolic else -1
-    return [
-        d if isinstance(d, int) else (tokens if i == last else 1) for i, d in enumerate(t.shape)
-    ]
-
-
 def _index_limit(v: Value) -> int | None:
     """The row count of the table ``v`` indexes when ``v`` is the indices of a Gather."""
     for op in v.uses:
@@ -67,21 +60,16 @@ def _index_limit(v: Value) -> int | None:
 
 
 def seeded_inputs(module: Module, seed: int, tokens: int) -> dict[str, np.ndarray]:
-    """Seeded feeds for every module input (token ids in range for embedding lookups)."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
+    """Seeded feeds for every module input (:mod:`moec.ir.inputs`: token ids in range for
+    embedding lookups; the last symbolic dimension of each input gets ``tokens``)."""
+    specs = []
     for v in module.inputs:
-        if v.type is None:
-            raise ModelError(f"input {v.name!r} has no type; cannot generate calibration data")
-        shape = _dims(v.type, tokens)
-        if v.type.dtype in ("i64", "i32"):
-            limit = _index_limit(v) or 2
-            feeds[v.name] = rng.integers(0, limit, size=shape).astype(_NP[v.type.dtype])
-        elif v.type.dtype in ("f32", "f64", "f16"):
-            feeds[v.name] = rng.standard_normal(shape).astype(_NP[v.type.dtype])
-        else:
+        dtype = _NP.get(v.type.dtype) if v.type is not None else None
+        if v.type is None or dtype is None:
             raise ModelError(f"input {v.name!r} of type {v.type}: cannot generate calibration data")
-    return feeds
+        shape = shape_for_tokens(v.type.shape, tokens)
+        specs.append(InputSpec(v.name, np.dtype(dtype), shape, _index_limit(v)))
+    return seeded_feeds(specs, seed)
 
 
 def _ancestors(target: Value, stop: set[str]) -> list[Op]:

@@ -95,6 +95,18 @@ class MoELayer:
     def has_shared(self) -> bool:
         return self.has("sh_down")
 
+    def spec(self) -> MoESpec:
+        """The layer's hyperparameters (:class:`MoESpec`), as a model builder would take them."""
+        return MoESpec(
+            self.num_experts, self.top_k, self.hidden, self.ffn, scoring=self.scoring,
+            normalize_topk=self.normalize_topk, routed_scaling=self.routed_scaling,
+            n_group=self.n_group, topk_group=self.topk_group, group_score=self.group_score,
+            score_bias=self.has("score_bias"), activation=self.activation, gated=self.gated,
+            num_shared=self.num_shared, shared_ffn=self.shared_ffn,
+            shared_gate=self.has("sh_router"), router_bias=self.has("router_b"),
+            expert_bias=self.has("b_up") or self.has("b_down"),
+        )  # fmt: skip
+
     def expert_weight_bytes(self) -> int:
         """Bytes of one routed expert's weights (all projections and biases)."""
         total = 0
@@ -368,6 +380,32 @@ def evaluate(layer: MoELayer, x: np.ndarray) -> np.ndarray:
     if layer.has_shared:
         y = y + shared_ffn(layer, x2)
     return y.reshape(shape)
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """The hyperparameters of one MoE layer without its weights: what the model builders
+    (``models/``) build from and :meth:`MoELayer.spec` gives back for a lifted layer. The
+    ``*_bias``/``shared_gate`` flags say which optional weights the layer has."""
+
+    experts: int
+    top_k: int
+    hidden: int
+    ffn: int
+    scoring: str = "softmax"
+    normalize_topk: bool = True
+    routed_scaling: float = 1.0
+    n_group: int = 1
+    topk_group: int = 1
+    group_score: str = "max"
+    score_bias: bool = False
+    activation: str = "silu"
+    gated: bool = True
+    num_shared: int = 0
+    shared_ffn: int = 0
+    shared_gate: bool = False
+    router_bias: bool = False
+    expert_bias: bool = False
 
 
 # --- a flat form, for storing a layer's configuration outside Python ----------------------------

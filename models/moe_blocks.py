@@ -24,35 +24,13 @@ reference form, not a fast one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
+from moec.ir.moe import MoESpec
 from moec.models.builder import OnnxBuilder
 
-
-@dataclass(frozen=True)
-class MoESpec:
-    """The architecture of one MoE layer (mirrors the canonical ``MoELayer`` options)."""
-
-    experts: int
-    top_k: int
-    hidden: int
-    ffn: int
-    scoring: str = "softmax"
-    normalize_topk: bool = True
-    routed_scaling: float = 1.0
-    n_group: int = 1
-    topk_group: int = 1
-    group_score: str = "max"
-    score_bias: bool = False
-    activation: str = "silu"
-    gated: bool = True
-    num_shared: int = 0
-    shared_ffn: int = 0
-    shared_gate: bool = False
-    router_bias: bool = False
-    expert_bias: bool = False
+__all__ = ["MoESpec"]  # defined with the canonical layer, in ir/moe.py
 
 
 # --- dense pieces -------------------------------------------------------------------------------

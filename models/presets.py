@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from moec.models.moe_blocks import MoESpec, decomposed_moe
+from moec.ir.moe import MoESpec
+from moec.models.moe_blocks import decomposed_moe
 from moec.models.tiny import language_model
 
 

@@ -13,15 +13,9 @@ from collections.abc import Callable
 import onnx
 from onnx import TensorProto
 
+from moec.ir.moe import MoESpec
 from moec.models.builder import OnnxBuilder
-from moec.models.moe_blocks import (
-    MoESpec,
-    decomposed_moe,
-    dense_ffn,
-    fused_moe,
-    fused_qmoe,
-    layer_norm,
-)
+from moec.models.moe_blocks import decomposed_moe, dense_ffn, fused_moe, fused_qmoe, layer_norm
 
 VOCAB = 128
 HIDDEN = 32

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if path is None:
             path = os.path.join(tmp, "qwen3.msp")
-            cmd = [sys.executable, "-m", "moec.compiler.cli.main", "compile", "qwen3-30b-a3b",
+            cmd = [sys.executable, "-m", "moec", "compile", "qwen3-30b-a3b",
                    "-o", path, "--strategy", "ep", "--tokens", str(args.tokens),
                    "--target", args.target]  # fmt: skip
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -35,7 +35,7 @@ class Case:
     args: tuple[str, ...]
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "moec.compiler.cli.main", "bench", *self.args, "--json"]
+        return [sys.executable, "-m", "moec", "bench", *self.args, "--json"]
 
 
 def _full(model: str, target: str, tokens: int, strategy: str, *extra: str) -> Case:

@@ -31,8 +31,8 @@ import time
 import numpy as np
 
 from moec.backends.interp import simulate
+from moec.bench import moe_metrics
 from moec.compiler.bench.spec import load_bench_model, read_bench_model, truncate
-from moec.compiler.cli.bench_run import moe_metrics
 from moec.compiler.lower import lower
 from moec.compiler.passes import parse_pipeline
 from moec.ir.routing import synth_layers
@@ -149,7 +149,7 @@ def _short(model: str) -> str:
 
 
 def accuracy_table(ppl_bytes: int, ppl_batches: list[int], target: str) -> None:
-    from moec.compiler.cli.check_approx import approx_check
+    from moec.approx import approx_check
 
     print(
         "| model | pipeline | max rel err | mean rel err | cosine | top-1 agree | pairs dropped "
@@ -180,8 +180,8 @@ def accuracy_table(ppl_bytes: int, ppl_batches: list[int], target: str) -> None:
 def perplexity_table(ids: np.ndarray, batch: int, target: str) -> None:
     """Both LMs' perplexity on ``ids`` with the interpreter running every pipeline, ``batch``
     windows of 128 bytes per iteration (the batch a runtime rule like CAEE sees)."""
+    from moec.approx import program_perplexity
     from moec.backends.ort.perplexity import load_lm, perplexity
-    from moec.compiler.cli.check_approx import program_perplexity
 
     rows: dict[str, list[str]] = {"ort": [], "": []}
     head = "| pipeline |"
@@ -223,7 +223,7 @@ PAPER_LABELS = ("exact", "precision tiers 0.6/0.9", "caee 0.8", "tiers + caee 0.
 
 def paper_table(tokens: list[int]) -> None:
     """fsedp-2x2, the four paper models, EP and FSE-DP with and without cost-aware passes."""
-    from moec.compiler.cli.bench_run import run_bench
+    from moec.bench import run_bench
 
     rows = run_bench(
         ["phi3.5-moe", "yuan2-m32", "deepseek-moe-16b", "qwen3-30b-a3b"], "fsedp-2x2", tokens, ["ep", "fsedp"], routing="synth:zipf=1.0,seed=0",

@@ -28,7 +28,7 @@ import numpy as np
 
 from moec.backends.interp import program_target, simulate
 from moec.backends.interp.rules import apply_rules
-from moec.compiler.cli.cmd_compile import compile_model, write_compiled
+from moec.compile import compile_model, write_compiled
 from moec.ir.stream import Program, load_program
 
 LMS = ("models/tiny_moe_lm.onnx", "models/tiny_moe_lm_fg.onnx")

@@ -9,7 +9,7 @@ take under 60 s), then the extra baselines (tp, eplb) on the same points, and pr
 per target (and the paper's ablation steps on one target): latency per strategy, the speedups of the better FSE-DP variant over EP and Hydra,
 latency / bound, and peak SRAM per die. A summary line per target gives the range of speedups
 and of the SRAM difference, the numbers the paper's claims are about. Everything goes through
-``moec.compiler.cli.bench_run.run_bench``, the code behind ``moec bench``.
+``moec.bench.run_bench``, the code behind ``moec bench``.
 
 Peak SRAM counts weight slots and activations (docs/isa.md, "SRAM"). A point whose schedule does
 not fit a die's SRAM at compile time is printed ``n/f`` (and left out of the summaries); a peak
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from moec.bench import DEFAULT_ROUTING, run_bench
 from moec.compiler.bench.spec import (
     ABLATION_STEPS,
     PAPER_MODELS,
@@ -33,7 +34,6 @@ from moec.compiler.bench.spec import (
     PAPER_TARGETS,
     PAPER_TOKENS,
 )
-from moec.compiler.cli.bench_run import DEFAULT_ROUTING, run_bench
 from moec.ir.errors import MoecError
 from moec.ir.files import atomic_write
 

@@ -10,9 +10,8 @@ from onnx import TensorProto
 from ort_capture import capture, max_rel_error
 
 from moec.compiler.frontend.lift import lift_model
-from moec.ir.moe import evaluate
+from moec.ir.moe import MoESpec, evaluate
 from moec.models.builder import OnnxBuilder
-from moec.models.moe_blocks import MoESpec
 
 T = 12
 

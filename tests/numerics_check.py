@@ -7,8 +7,8 @@ from pathlib import Path
 
 from moec.backends.interp import simulate
 from moec.backends.ort.check import compare, run_ort
-from moec.compiler.cli.cmd_check import model_inputs
-from moec.compiler.cli.cmd_compile import compile_model, write_compiled
+from moec.check import model_inputs
+from moec.compile import compile_model, write_compiled
 from moec.ir.routing import RoutingTrace
 from moec.ir.stream import load_program
 

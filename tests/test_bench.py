@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from moec.bench import run_bench
 from moec.compiler.bench.report import PlotError, add_speedups, markdown_table, write_plot
 from moec.compiler.bench.spec import (
     BenchError,
@@ -16,7 +17,6 @@ from moec.compiler.bench.spec import (
     parse_tokens,
     split_spellings,
 )
-from moec.compiler.cli.bench_run import run_bench
 from moec.compiler.cli.main import main
 from moec.compiler.lower import StrategyError
 

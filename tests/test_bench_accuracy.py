@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from moec.bench import known_strategies, run_bench
 from moec.compiler.bench.report import ACCURACY_COLUMNS, markdown_table
 from moec.compiler.bench.spec import (
     BenchError,
@@ -15,7 +16,6 @@ from moec.compiler.bench.spec import (
     load_bench_model,
     mixed_layer_bound,
 )
-from moec.compiler.cli.bench_run import known_strategies, run_bench
 from moec.compiler.cli.main import main
 from moec.ir.cost import layer_bound
 from moec.ir.routing import synth_zipf

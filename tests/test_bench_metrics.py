@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from moec.backends.interp import simulate
-from moec.compiler.cli.bench_run import moe_metrics
-from moec.compiler.cli.cmd_compile import compile_model
+from moec.bench import moe_metrics
+from moec.compile import compile_model
 from moec.ir.routing import synth_zipf
 from moec.ir.stream.program import HOST_CHANNEL, Load, Recv
 from moec.ir.target import load_target

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from moec.backends.interp import simulate
 from moec.backends.interp.rules import compensate
 from moec.backends.interp.rules.caee import ExpertCosts, device_times, expert_costs, prune_mask
-from moec.compiler.cli.cmd_compile import compile_model, write_compiled
+from moec.compile import compile_model, write_compiled
 from moec.compiler.passes import parse_pipeline
 from moec.compiler.passes.caee_prune import resident_set
 from moec.compiler.passes.pipeline import PassError

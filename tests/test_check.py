@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from moec.backends.ort.check import compare, dims_of, load_inputs, make_inputs, run_ort, vocab_sizes
-from moec.compiler.cli.cmd_check import check_model, dump_trace
+from moec.check import check_model, dump_trace
 from moec.compiler.cli.main import main
 from moec.compiler.frontend import load_module
 from moec.ir.moe import route

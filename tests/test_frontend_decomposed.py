@@ -51,6 +51,7 @@ def test_variant_matches_ort(name: str) -> None:
     assert layer.routed_scaling == pytest.approx(s.routed_scaling)
     assert layer.has("score_bias") == s.score_bias and layer.has("sh_router") == s.shared_gate
     assert layer.num_shared == s.num_shared and layer.gated == s.gated
+    assert layer.spec() == s  # one definition of the hyperparameters, round-tripped
 
 
 @pytest.mark.parametrize(

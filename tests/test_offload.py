@@ -12,7 +12,7 @@ from moec.backends.interp import simulate
 from moec.backends.interp.offload import offload_loads, residency
 from moec.backends.interp.rules.caee import expert_costs, prune_mask
 from moec.backends.interp.timing import LOAD
-from moec.compiler.cli.cmd_compile import compile_model
+from moec.compile import compile_model
 from moec.compiler.cli.main import main
 from moec.compiler.lower import StrategyError
 from moec.compiler.lower.residency import expert_scores, layer_residency, resident_plan

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from moec.compiler.cli.main import main
-from moec.compiler.cli.sweep.plot import pareto_front
-from moec.compiler.cli.sweep.spec import SweepSpecError, parse_spec
-from moec.compiler.cli.sweep.store import flatten_metrics, with_speedups
+from moec.sweep.plot import pareto_front
+from moec.sweep.spec import SweepSpecError, parse_spec
+from moec.sweep.store import flatten_metrics, with_speedups
 
 FIXED = """\
 [fixed]
@@ -217,15 +217,21 @@ def test_extending_a_spec_runs_only_the_new_points(
     }
 
 
-def test_a_point_that_cannot_run_is_an_error_result_not_an_exception() -> None:
-    from moec.compiler.cli.sweep.runner import PointTask, evaluate_point
+def _task(strategy: str) -> Any:
+    """One tiny_moe point on fsedp-2x2 at 16 tokens."""
+    from moec.sweep.runner import PointTask
 
-    task = PointTask(
+    return PointTask(
         point_id="x", index=0, model="tiny_moe", target="fsedp-2x2", tokens=16,
-        strategy="ep{slots=0}", passes="", overrides=(), routing="synth:zipf=1.0,seed=0",
+        strategy=strategy, passes="", overrides=(), routing="synth:zipf=1.0,seed=0",
         layers=1, calibration="sample",
     )  # fmt: skip
-    result = evaluate_point(task)
+
+
+def test_a_point_that_cannot_run_is_an_error_result_not_an_exception() -> None:
+    from moec.sweep.runner import evaluate_point
+
+    result = evaluate_point(_task("ep{slots=0}"))
     assert result["status"] == "error" and result["metrics"] == {}
     assert "slots" in result["error"] and "\n" not in result["error"]
 
@@ -233,7 +239,7 @@ def test_a_point_that_cannot_run_is_an_error_result_not_an_exception() -> None:
 def test_without_ray_the_sweep_runs_in_process(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import moec.compiler.cli.sweep.runner as runner
+    import moec.sweep.runner as runner
 
     monkeypatch.setattr(runner, "ray_available", lambda: False)
     (tmp_path / "tiny.toml").write_text(TINY.replace("[0.001, 16]", "[16]"))
@@ -381,7 +387,7 @@ def test_unreachable_cluster_fails_fast_and_leaves_no_journal(
 ) -> None:
     """`--address` with nothing listening is a one-line error within the connect timeout, and
     the results folder gets no journal (the journal opens only once the engine is up)."""
-    import moec.compiler.cli.sweep.runner as runner
+    import moec.sweep.runner as runner
 
     start = time.perf_counter()
     with pytest.raises(runner.SweepRunError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
@@ -406,15 +412,10 @@ def test_unreachable_cluster_fails_fast_and_leaves_no_journal(
 
 def test_rows_record_the_version_of_the_process_that_ran_them() -> None:
     from moec import __version__
-    from moec.compiler.cli.sweep.runner import PointTask, evaluate_point, result_row
-    from moec.compiler.cli.sweep.spec import parse_spec
+    from moec.sweep.runner import evaluate_point, result_row
+    from moec.sweep.spec import parse_spec
 
-    task = PointTask(
-        point_id="x", index=0, model="tiny_moe", target="fsedp-2x2", tokens=16,
-        strategy="ep", passes="", overrides=(), routing="synth:zipf=1.0,seed=0",
-        layers=1, calibration="sample",
-    )  # fmt: skip
-    result = evaluate_point(task)
+    result = evaluate_point(_task("ep"))
     assert result["status"] == "ok" and result["moec_version"] == __version__
     spec = parse_spec(TINY, "tiny.toml")
     point = next(iter(spec.points()))

@@ -138,7 +138,7 @@ def test_training_script_is_reproducible(tmp_path: Path) -> None:
 def test_caee_on_the_fine_grained_lm_stays_under_one_percent() -> None:
     """docs/results.md's reading on real text: CAEE drops some (token, expert) pairs of the
     fine-grained LM, never a token's first choice, and costs well under 1% perplexity."""
-    from moec.compiler.cli.check_approx import program_perplexity
+    from moec.approx import program_perplexity
 
     # 1025 bytes: 8 whole windows, one full batch (no padded rows for the rule to see)
     ids = np.frombuffer(HELDOUT.read_bytes()[:1025], dtype=np.uint8).astype(np.int64)

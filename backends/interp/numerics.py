@@ -30,6 +30,7 @@ from onnx.reference.op_run import OpRun
 from moec.backends.interp.numerics_ops import LayerExec
 from moec.ir.companion import PRECISION_ATTR
 from moec.ir.errors import ProgramError, ScheduleError
+from moec.ir.inputs import seeded_feeds
 from moec.ir.moe import MoELayer, layer_from_config, present, route
 from moec.ir.routing import LayerRouting, assign_home_dies
 from moec.ir.stream.program import Instr, Program, SliceLayout
@@ -267,34 +268,8 @@ def needs_runtime(model: onnx.ModelProto) -> bool:
 
 
 def seeded_inputs(model: onnx.ModelProto, tokens: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs for the model's graph inputs.
+    """Seeded inputs for the model's graph inputs (:mod:`moec.ir.inputs`): the last symbolic
+    dimension of each input gets ``tokens``, the others 1."""
+    from moec.backends.ort.check import input_specs
 
-    Symbolic dimensions become 1, except the last symbolic one of each input, which gets
-    ``tokens`` (``[T]``, ``[B, S]`` and ``[B, S, d]`` inputs all give ``tokens`` tokens). Integer
-    inputs that index a constant table (a ``Gather`` on an initializer, like token ids into an
-    embedding) get ids in range; other integers are 0/1; floats are standard normal.
-    """
-    rng = np.random.default_rng(seed)
-    inits = {t.name: t for t in model.graph.initializer}
-    ranges: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in inits:
-            ranges[node.input[1]] = int(inits[node.input[0]].dims[0])
-    out: dict[str, np.ndarray] = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
-        sym = [k for k, v in enumerate(dims) if v < 0]
-        shape = [v if v >= 0 else 1 for v in dims]
-        if sym:
-            shape[sym[-1]] = tokens
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if np.issubdtype(dtype, np.integer):
-            out[vi.name] = rng.integers(0, ranges.get(vi.name, 2), size=shape).astype(dtype)
-        elif dtype == np.bool_:
-            out[vi.name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            out[vi.name] = rng.standard_normal(shape).astype(dtype)
-    return out
+    return seeded_feeds(input_specs(model, tokens=tokens), seed)

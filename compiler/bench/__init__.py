@@ -3,8 +3,8 @@
 The pure parts live here: what a bench run is (:mod:`.spec`: models, token counts, strategy lists,
 the paper's grid and ablation steps, the analytic lower bound of an iteration) and how its rows are
 shown (:mod:`.report`: speedups, the terminal table, JSON, a bar chart). The driver that compiles
-and runs each point needs the interpreter, so it lives in the command-line layer
-(``moec.compiler.cli.bench_run.run_bench``), the only place where compiler and backends meet.
+and runs each point needs the interpreter, so it lives in the root package's API
+(:func:`moec.bench.run_bench`), where compiler and backends meet.
 """
 
 from moec.compiler.bench.report import add_speedups, render_table, rows_json, write_plot

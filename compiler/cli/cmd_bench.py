@@ -9,7 +9,7 @@
 Per (model, target, tokens, strategy, passes): latency of one iteration of the first ``--layers``
 MoE layers, utilization of compute, DRAM and links, peak SRAM per die, DRAM and link bytes,
 speedup over ``ep`` (when ep is in the run) and the analytic lower bound with latency / bound
-(``moec.compiler.cli.bench_run`` says exactly what is measured). ``--ablation`` runs the paper's
+(``moec.bench`` says exactly what is measured). ``--ablation`` runs the paper's
 steps (naive FSE-DP, + R1-R4, + paired load, + R5, + 20% token buffering) instead of
 ``--strategies``. Rows of models with real weights also carry ``accuracy`` (max and mean
 relative error, cosine, top-1 agreement against ONNX Runtime on the original model, for the
@@ -23,6 +23,8 @@ import argparse
 import sys
 from typing import Any
 
+from moec.bench import DEFAULT_ROUTING, known_strategies, run_bench, timed
+from moec.compile import parse_overrides
 from moec.compiler.bench.report import render_table, rows_json, write_plot
 from moec.compiler.bench.spec import (
     ABLATION_STEPS,
@@ -32,8 +34,6 @@ from moec.compiler.bench.spec import (
     parse_strategies,
     parse_tokens,
 )
-from moec.compiler.cli.bench_run import DEFAULT_ROUTING, known_strategies, run_bench, timed
-from moec.compiler.cli.cmd_compile import parse_overrides
 
 
 def register(subparsers: Any) -> None:

@@ -2,6 +2,7 @@
 
     moec check model.onnx [--target T] [--set key=value ...] [--strategy S] [--seed N]
                [--dims name=value ...] [--inputs F.npz] [--tol 1e-4] [--json]
+               [--approx PIPELINE]
 
 Compiles the model in exact mode (no passes: no precision change, no skipping) into a temporary
 folder, runs the interpreter's numerics on seeded inputs (token ids in the embedding's range,
@@ -11,46 +12,23 @@ defines the errors). Exit 0 only when every output is within ``--tol`` (relative
 largest magnitude). ``--json`` prints ``{"outputs": [{"name", "max_abs_err", "max_rel_err",
 "shape"}], "max_abs_err", "max_rel_err", "passed"}``.
 
-This module also holds :func:`dump_trace` (``moec trace dump``): both run the original model in
-ONNX Runtime on the same generated inputs.
+``--approx PIPELINE`` compiles with the pipeline instead and reports what it costs in accuracy
+(:mod:`moec.approx`); ``--tol`` then bounds its max relative error against ONNX Runtime on the
+original model (exit 1 above it), and ``--json`` adds ``"passed"`` and ``"tol"``.
+
+The work is :func:`moec.check.check_model` and :func:`moec.approx.approx_check`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from moec.backends.ort.check import (
-    CheckReport,
-    compare,
-    dims_of,
-    load_inputs,
-    make_inputs,
-    run_ort,
-)
-from moec.compiler.cli.cmd_compile import (
-    DEFAULT_TARGET,
-    add_target_args,
-    compile_model,
-    load_model,
-    parse_dims,
-    parse_overrides,
-    write_compiled,
-)
-from moec.compiler.frontend import LiftResult
-from moec.compiler.lower import resolve_dims
-from moec.compiler.lower.weights_file import has_weights
-from moec.ir.errors import MoecError, TraceError
-from moec.ir.graph import Module
-from moec.ir.moe import route
-from moec.ir.routing import LayerRouting, RoutingTrace, assign_home_dies
-from moec.ir.stream import load_program
+from moec.approx import approx_check
+from moec.check import check_model
+from moec.compile import parse_dims, parse_overrides
+from moec.compiler.cli.cmd_compile import add_target_args
 
 
 def register(subparsers: Any) -> None:
@@ -66,127 +44,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
     p.add_argument("--dims", nargs="*", default=[], metavar="NAME=VALUE", help="symbolic dim sizes")
     p.add_argument("--inputs", metavar="F.npz", help="model inputs instead of seeded ones")
-    p.add_argument("--tol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=1e-4,
+        help="relative tolerance, also of --approx against the original model (default 1e-4)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--approx", metavar="PIPELINE", default=None,
-        help="report the accuracy cost of a cost-aware pass pipeline (compiler/cli/check_approx.py)",
+        help="report the accuracy cost of a cost-aware pass pipeline (moec/approx.py)",
     )  # fmt: skip
     p.set_defaults(func=run)
 
 
-def model_inputs(
-    module: Module,
-    lifted: LiftResult,
-    *,
-    seed: int = 0,
-    dims: Mapping[str, int] | None = None,
-    inputs: str | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """The inputs of a run (from ``inputs`` or seeded) and the symbolic dimensions they fix."""
-    if inputs is not None:
-        feeds = load_inputs(inputs, lifted.model)
-        return feeds, resolve_dims(module, dims_of(lifted.model, feeds))
-    resolved = resolve_dims(module, dims)
-    return make_inputs(lifted.model, resolved, seed), resolved
-
-
-def _interpret(program_path: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Graph outputs computed by the interpreter from the program and its companion."""
-    from moec.backends.interp import simulate
-
-    program = load_program(program_path)
-    result = simulate(
-        program, inputs=dict(feeds), base_dir=os.path.dirname(os.path.abspath(program_path))
-    )
-    outputs = result.outputs
-    if not outputs:
-        raise MoecError("the interpreter returned no graph outputs", program_path)
-    return {k: np.asarray(v) for k, v in outputs.items()}
-
-
-def check_model(
-    model: str,
-    *,
-    target: str = DEFAULT_TARGET,
-    overrides: Sequence[tuple[str, int | float | str]] = (),
-    strategy: str = "ep",
-    seed: int = 0,
-    dims: Mapping[str, int] | None = None,
-    inputs: str | None = None,
-    tol: float = 1e-4,
-) -> CheckReport:
-    """Compile ``model`` exactly, interpret it and compare with ONNX Runtime."""
-    module, lifted, _ = load_model(model)
-    if not has_weights(module):
-        raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
-    feeds, resolved = model_inputs(module, lifted, seed=seed, dims=dims, inputs=inputs)
-    want = run_ort(lifted.model, feeds)
-    with tempfile.TemporaryDirectory(prefix="moec-check-") as tmp:
-        path = os.path.join(tmp, "check.msp")
-        compiled = compile_model(
-            model, path, target=target, overrides=overrides, strategy=strategy, dims=resolved
-        )
-        write_compiled(compiled, path)
-        got = _interpret(path, feeds)
-    return compare(got, want, tol)
-
-
-def dump_trace(
-    model: str,
-    *,
-    seed: int = 0,
-    dims: Sequence[str] | Mapping[str, int] = (),
-    inputs: str | None = None,
-    num_dies: int | None = None,
-    target: str | None = None,
-    home: str = "blocks",
-) -> RoutingTrace:
-    """Routing of every MoE layer on one ONNX Runtime run of ``model`` (``moec trace dump``)."""
-    if target is not None:
-        from moec.ir.target import load_target
-
-        num_dies = load_target(target).num_dies
-    dies = num_dies if num_dies is not None else 4
-    module, lifted, name = load_model(model)
-    given = parse_dims(dims) if not isinstance(dims, Mapping) else dict(dims)
-    feeds, resolved = model_inputs(module, lifted, seed=seed, dims=given, inputs=inputs)
-    if not lifted.lifted:
-        raise TraceError("model has no MoE layer to route", model)
-    captured = run_ort(lifted.model, feeds, [lf.input for lf in lifted.lifted])
-    layers = []
-    tokens: int | None = None
-    for op in module.moe_ops():
-        layer = op.attrs["layer"]
-        x_name = op.inputs[0].name if op.inputs[0] is not None else ""
-        x = captured[x_name].reshape(-1, layer.hidden)
-        ids, gates = route(layer, x)
-        tokens = x.shape[0] if tokens is None else tokens
-        if x.shape[0] != tokens:
-            raise TraceError(
-                f"MoE layer {layer.name} sees {x.shape[0]} tokens, earlier layers {tokens}", model
-            )
-        layers.append(
-            LayerRouting(
-                layer.name,
-                layer.num_experts,
-                layer.top_k,
-                ids.astype(np.int64),
-                gates.astype(np.float32),
-                assign_home_dies(x.shape[0], dies, home),
-            )  # fmt: skip
-        )
-    provenance: dict[str, Any] = {
-        "source": "dump", "model_file": os.path.basename(model), "seed": seed, "home": home,
-        "dims": dict(resolved), "inputs": os.path.basename(inputs) if inputs else "seeded",
-    }  # fmt: skip
-    return RoutingTrace(name, dies, layers, provenance)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.approx is not None:
-        from moec.compiler.cli.check_approx import run_approx
-
         return run_approx(args)
     report = check_model(
         args.model, target=args.target, overrides=parse_overrides(args.overrides),
@@ -204,3 +77,38 @@ def run(args: argparse.Namespace) -> int:
         verdict = "passed" if report.passed else "FAILED"
         print(f"{verdict}: max_rel_err {report.max_rel_err:.3e} (tol {args.tol:g})")
     return 0 if report.passed else 1
+
+
+def run_approx(args: Any) -> int:
+    """``moec check --approx PIPELINE``: :func:`moec.approx.approx_check`, printed."""
+    report = approx_check(
+        args.model, args.approx, target=args.target, overrides=parse_overrides(args.overrides),
+        strategy=args.strategy, seed=args.seed, dims=parse_dims(args.dims), inputs=args.inputs,
+    )  # fmt: skip
+    passed = report.passed(args.tol)
+    doc = {**report.to_json(), "passed": passed, "tol": args.tol}
+    if args.json:
+        print(json.dumps(doc, sort_keys=True))
+        return 0 if passed else 1
+    print(f"approximation: {report.passes}")
+    if report.precision:
+        print(
+            "  experts by precision: " + ", ".join(f"{k} {v}" for k, v in report.precision.items())
+        )
+    if report.total_pairs:
+        print(f"  dropped (token, expert) pairs: {report.dropped_pairs} of {report.total_pairs}")
+    for o in report.outputs:
+        top1 = f"{o.top1_agreement:.4f}" if o.top1_agreement is not None else "-"
+        print(
+            f"{o.name:<24} vs ORT original: max_rel_err {o.max_rel_err:.3e}  mean_rel_err "
+            f"{o.mean_rel_err:.3e}  cosine {o.cosine:.6f}  top1 {top1}"
+        )
+    if report.exported:
+        print(
+            f"vs ORT running the exported approximation: max_rel_err {doc['vs_exported_max_rel_err']:.3e}"
+        )
+    if report.export_note:
+        print(f"note: {report.export_note}")
+    verdict = "passed" if passed else "FAILED"
+    print(f"{verdict}: max_rel_err {report.max_rel_err:.3e} vs the original (tol {args.tol:g})")
+    return 0 if passed else 1

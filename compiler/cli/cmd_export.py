@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from moec.compiler.cli.cmd_compile import load_model
+from moec.compile import load_model
 from moec.compiler.frontend.export_qmoe import FORMATS, export_onnx
 from moec.compiler.passes import parse_pipeline
 from moec.ir.files import atomic_write

@@ -22,16 +22,11 @@ import os
 import sys
 from typing import Any
 
-import numpy as np
-
-from moec.backends.interp import check_routings, program_target, render, simulate
-from moec.backends.interp.numerics import load_weights, seeded_inputs
+from moec.backends.interp import render
 from moec.backends.interp.report import chrome_trace_json
-from moec.ir.errors import ProgramError, TraceError
 from moec.ir.files import atomic_write
-from moec.ir.routing import RoutingTrace, load_trace, parse_routing_spec
-from moec.ir.stream import Program, load_program, print_program, verify_program
-from moec.ir.target import Target, load_target
+from moec.ir.stream import print_program
+from moec.run import run_program
 
 
 def register(subparsers: Any) -> None:
@@ -50,50 +45,12 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _routing(spec: str, program: Program, target: Target) -> RoutingTrace:
-    parsed = parse_routing_spec(spec)
-    if isinstance(parsed, str):
-        return load_trace(parsed)
-    tokens = {m.tokens for m in program.layers}
-    if len(tokens) > 1:
-        raise TraceError(f"layers have different token counts {sorted(tokens)}", spec)
-    return parsed.make(
-        [(m.experts, m.top_k) for m in program.layers], tokens.pop() if tokens else 1,
-        target.num_dies, model=program.name,
-    )  # fmt: skip
-
-
-def _inputs(path: str) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise ProgramError(f"cannot read inputs: {err}", path) from None
-
-
 def run(args: argparse.Namespace) -> int:
-    program = load_program(args.program)
-    base = os.path.dirname(os.path.abspath(args.program))
-    target = None
-    if args.target:
-        target = load_target(args.target, base_dir=os.getcwd())
-    tgt = target if target is not None else program_target(program, base)
-    inputs = None
-    routing = None
-    if args.inputs:
-        inputs = _inputs(args.inputs)
-    elif program.weights is not None and args.routing is None:
-        tokens = program.layers[0].tokens if program.layers else 1
-        inputs = seeded_inputs(load_weights(program, base), tokens, args.seed)
-    spec = args.routing or f"synth:zipf=1.0,seed={args.seed}"
-    if (inputs is None and not program.is_static) or (args.routing and inputs is not None):
-        verify_program(program, tgt)  # a synthetic routing is sized from the layer declarations
-        routing = _routing(spec, program, tgt)
-        check_routings(program, tgt, routing, where=spec)
-    result = simulate(
-        program, target=tgt, routings=routing, inputs=inputs, base_dir=base,
-        record_trace=bool(args.trace_out),
+    result = run_program(
+        args.program, routing=args.routing, seed=args.seed, inputs=args.inputs,
+        target=args.target, record_trace=bool(args.trace_out),
     )  # fmt: skip
+    base = os.path.dirname(os.path.abspath(args.program))
     outputs: list[tuple[str, bytes | str]] = []
     if args.dump_expanded:
         out_dir = os.path.dirname(os.path.abspath(args.dump_expanded))

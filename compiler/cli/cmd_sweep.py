@@ -5,7 +5,7 @@
     moec sweep plot results/ --x AXIS|METRIC --y AXIS|METRIC [--color METRIC|AXIS]
                [--facet AXIS] [--where AXIS=VALUE ...] [--contour V] -o out.png
 
-The spec (``moec.compiler.cli.sweep.spec``) names the axes and the fixed rest; every point is one
+The spec (``moec.sweep.spec``) names the axes and the fixed rest; every point is one
 bench run. Points run as Ray tasks (an embedded local instance, or the cluster at ``--address``)
 or in-process with ``--local`` (also when Ray is not installed). Each point is stored in
 ``results/sweep.sqlite`` as it finishes, so running the same command again skips the points done;
@@ -94,7 +94,7 @@ def _where(items: list[str]) -> dict[str, str]:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from moec.compiler.cli.sweep.plot import plot_results
+    from moec.sweep.plot import plot_results
 
     if len(args.what) != 2:
         raise SweepUsageError("plot: expected one results folder: moec sweep plot RESULTS ...")
@@ -139,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from moec.compiler.cli.sweep.runner import SweepRunError, ray_available, run_sweep
-    from moec.compiler.cli.sweep.spec import load_spec
+    from moec.sweep.runner import SweepRunError, ray_available, run_sweep
+    from moec.sweep.spec import load_spec
 
     spec = load_spec(args.what[0])
     with open(args.what[0], encoding="utf-8") as f:

@@ -151,7 +151,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_dump(args: argparse.Namespace) -> int:
-    from moec.compiler.cli.cmd_check import dump_trace
+    from moec.check import dump_trace
 
     num_dies = None if args.target else _check_positive("--dies", args.dies or 4)
     trace = dump_trace(

@@ -44,13 +44,8 @@ import math
 from collections.abc import Mapping
 
 from moec.compiler.lower import register
-from moec.compiler.lower.common import (
-    LayerPlan,
-    Lowering,
-    StrategyError,
-    _shared_slice_bytes,
-    _slice_bytes,
-)
+from moec.compiler.lower.common import LayerPlan, Lowering, StrategyError
+from moec.compiler.lower.slots import shared_slice_bytes, slice_bytes
 from moec.compiler.lower.trajectory import CYCLE_KINDS, Cycle, trajectory_cycle
 from moec.ir.cost import GB
 from moec.ir.stream import SliceLayout, SlotPool
@@ -160,7 +155,7 @@ def auto_slices(
 def _relayout(lw: Lowering, plan: LayerPlan, count: int) -> LayerPlan:
     layer, dtype = plan.layer, plan.decl.dtype
     layout = SliceLayout.even(plan.name, layer.ffn, count)
-    return dataclasses.replace(plan, layout=layout, slice_bytes=_slice_bytes(layer, layout, dtype))
+    return dataclasses.replace(plan, layout=layout, slice_bytes=slice_bytes(layer, layout, dtype))
 
 
 def _shared_relayout(plan: LayerPlan, count: int) -> LayerPlan:
@@ -172,7 +167,7 @@ def _shared_relayout(plan: LayerPlan, count: int) -> LayerPlan:
     return dataclasses.replace(
         plan,
         shared_layout=lay,
-        shared_slice_bytes=_shared_slice_bytes(plan.layer, lay, plan.decl.dtype),
+        shared_slice_bytes=shared_slice_bytes(plan.layer, lay, plan.decl.dtype),
     )
 
 

@@ -8,7 +8,7 @@
 * per-die SRAM planned by the static part (occupied slots x slot size) never exceeds the target's
   SRAM (:class:`SramError`, also a :class:`ScheduleError`, "does not fit SRAM"); activations are
   not checked here: their lifetimes depend on timing, so the compiler reserves room for them
-  (``compiler/lower/common.py``) and the interpreter charges them (``docs/isa.md``, "SRAM");
+  (``compiler/lower/slots.py``) and the interpreter charges them (``docs/isa.md``, "SRAM");
 * the k-th ``send`` from die a to die b matches the k-th ``recv`` on b from a (same bytes, same
   payload) and a, b are neighbours on the target;
 * the static synchronization cannot deadlock: sends never block, a ``recv`` waits for its send, a

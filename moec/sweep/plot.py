@@ -21,9 +21,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from moec.compiler.cli.sweep.store import Row, open_results, with_speedups
 from moec.ir.errors import MoecError
 from moec.ir.files import atomic_write
+from moec.sweep.store import Row, open_results, with_speedups
 
 HIGHER_IS_BETTER = ("utilization", "speedup")
 HIGHER_IS_BETTER_SUFFIX = ("cosine", "agreement")

@@ -1,4 +1,4 @@
-"""The bench driver: compile and run every (model, target, tokens, strategy, passes) point.
+"""The bench driver (the API behind ``moec bench``): compile and run every (model, target, tokens, strategy, passes) point.
 
 :func:`run_bench` is what ``moec bench`` and the design-space sweep call. Per point it lowers the
 model's first ``layers`` MoE layers (frontend output cached per process) with the strategy, for a
@@ -26,7 +26,7 @@ layers only:
 model is compiled for the row's target, strategy and pass pipeline with seeded inputs (seed
 :data:`ACCURACY_SEED`) of the row's token count (:func:`moec.compiler.bench.spec.accuracy_dims`),
 the interpreter runs its numerics, and the outputs are compared with ONNX Runtime on the
-original model (:mod:`moec.compiler.cli.check_approx`): the row gets ``"accuracy": {"max_rel_err",
+original model (:mod:`moec.approx`): the row gets ``"accuracy": {"max_rel_err",
 "mean_rel_err", "cosine", "top1_agreement"}`` (worst over the graph outputs; top-1 is None when
 no output has a class axis). It is the whole model's accuracy, every MoE layer compiled with the
 pipeline, whatever ``layers`` is (timing is per simulated layer, accuracy is of the model); the
@@ -83,10 +83,11 @@ from moec.ir.routing import (
     save_trace,
 )
 from moec.ir.stream import Program, TargetRef
+from moec.ir.stream.params import FSEDPParams, strategy_params
 from moec.ir.target import Target, load_target
 
 if TYPE_CHECKING:
-    from moec.compiler.cli.check_approx import Reference
+    from moec.approx import Reference
 
 #: Tokens of the calibration sample given to popularity-aware strategies by default.
 CALIBRATION_TOKENS = 4096
@@ -165,7 +166,7 @@ class _Workloads:
         """Seeded inputs of ``tokens`` tokens and ORT's outputs on the original ``model``."""
         key = (model, tokens)
         if key not in self._references:
-            from moec.compiler.cli.check_approx import reference_run  # imports onnxruntime
+            from moec.approx import reference_run  # imports onnxruntime
 
             spec = model if model.endswith(".onnx") else canonical_model(model)
             dims = accuracy_dims(load_bench_model(model).module, tokens, model)
@@ -245,7 +246,7 @@ def row_accuracy(
     strategy: str, passes: str,
 ) -> dict[str, float | None]:  # fmt: skip
     """The accuracy fields of one row (see the module docstring)."""
-    from moec.compiler.cli.check_approx import approx_run, summarize
+    from moec.approx import approx_run, summarize
 
     ref = work.reference(model, tokens)
     run = approx_run(ref, passes, target=target, overrides=overrides, strategy=strategy)
@@ -270,8 +271,9 @@ def deferred_by_layer(program: Program, routings: Sequence[LayerRouting]) -> lis
     out: list[list[int]] = []
     for m, r in zip(program.layers, routings, strict=False):
         policy = program.policy(m.name)
-        slack = policy.params.get("slack", 0.0) if policy and policy.strategy == "fsedp" else 0.0
-        if not isinstance(slack, int | float) or isinstance(slack, bool) or slack <= 0:
+        params = strategy_params(policy, m) if policy is not None else None
+        slack = params.slack if isinstance(params, FSEDPParams) else 0.0
+        if slack <= 0:
             out.append([])
             continue
         ids = np.asarray(r.ids)

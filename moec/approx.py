@@ -1,4 +1,4 @@
-"""``moec check --approx PIPELINE``: what a cost-aware pipeline costs in accuracy.
+"""What a cost-aware pipeline costs in accuracy: the API behind ``moec check --approx PIPELINE``.
 
 Compiles the model with the pass pipeline (precision plan, skip/prune rules), runs the
 interpreter's numerics on seeded inputs (runtime rules included: they rewrite each layer's
@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from moec.backends.ort.check import run_ort
-from moec.compiler.cli.cmd_compile import DEFAULT_TARGET, compile_model, load_model, write_compiled
+from moec.check import model_inputs
+from moec.compile import DEFAULT_TARGET, compile_model, load_model, write_compiled
 from moec.ir.errors import ModelError, MoecError
 from moec.ir.graph import Module
 from moec.ir.stream import Program, load_program
@@ -100,6 +101,15 @@ class ApproxReport:
     total_pairs: int = 0
     precision: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def max_rel_err(self) -> float:
+        """The worst max relative error against ONNX Runtime on the original model."""
+        return max((o.max_rel_err for o in self.outputs), default=0.0)
+
+    def passed(self, tol: float) -> bool:
+        """Whether every output is within ``tol`` of the original model (``moec check --tol``)."""
+        return self.max_rel_err <= tol
+
     def to_json(self) -> dict[str, Any]:
         return {
             "passes": self.passes,
@@ -120,7 +130,7 @@ def interpret(
     program: Program, path: str, feeds: Mapping[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], int, int]:
     """Interpreter outputs and (dropped, total) (token, expert) pairs over all layers."""
-    from moec.backends.interp import simulate  # the command line may import backends
+    from moec.backends.interp import simulate
 
     result = simulate(program, inputs=dict(feeds), base_dir=os.path.dirname(os.path.abspath(path)))
     if not result.outputs:
@@ -159,7 +169,6 @@ def reference_run(
 ) -> Reference:
     """The inputs of a numerical comparison and ORT's outputs on the original ``model``; a
     shape-only model is a :class:`MoecError`."""
-    from moec.compiler.cli.cmd_check import model_inputs
 
     module, lifted, _ = load_model(model)
     if not module.moe_ops() or not all(
@@ -250,67 +259,35 @@ def program_perplexity(
 ) -> tuple[float, int, int]:
     """Perplexity of ``byte_ids`` with the interpreter running ``model`` compiled with ``passes``.
 
-    The program is compiled for ``batch x context`` tokens; shorter calls are padded (extra rows,
-    trailing positions) and cut back, which leaves the scored positions of a causal LM unchanged
-    (a runtime rule like CAEE sees the padded tokens in its batch). Returns (perplexity,
-    dropped pairs, total pairs).
+    :func:`~moec.backends.ort.perplexity.perplexity` calls for ``batch`` windows of ``context``
+    bytes at a time; a call of another shape (the last, partial batch; a short last window) gets
+    a program compiled for exactly its ``rows x length`` tokens (one per shape, cached), so no
+    padding ever reaches the run: a runtime rule like CAEE sees only the real tokens of the
+    batch. Returns (perplexity, dropped pairs, total pairs).
     """
     from moec.backends.ort.perplexity import perplexity
 
     counts = [0, 0]
     with tempfile.TemporaryDirectory(prefix="moec-ppl-") as tmp:
-        path = os.path.join(tmp, "lm.msp")
-        compiled = compile_model(
-            model, path, target=target, strategy=strategy, passes=passes,
-            dims={"batch": batch, "seq": context},
-        )  # fmt: skip
-        write_compiled(compiled, path)
-        program = load_program(path)
+        programs: dict[tuple[int, int], tuple[Program, str]] = {}
+
+        def program_for(rows: int, length: int) -> tuple[Program, str]:
+            if (rows, length) not in programs:
+                path = os.path.join(tmp, f"lm-{rows}x{length}.msp")
+                compiled = compile_model(
+                    model, path, target=target, strategy=strategy, passes=passes,
+                    dims={"batch": rows, "seq": length},
+                )  # fmt: skip
+                write_compiled(compiled, path)
+                programs[rows, length] = (load_program(path), path)
+            return programs[rows, length]
 
         def logits_fn(ids: np.ndarray) -> np.ndarray:
-            b, n = ids.shape
-            pad = np.zeros((batch, context), np.int64)
-            pad[:b, :n] = ids
-            out, dropped, total = interpret(program, path, {"input_ids": pad})
+            program, path = program_for(*ids.shape)
+            out, dropped, total = interpret(program, path, {"input_ids": ids})
             counts[0] += dropped
             counts[1] += total
-            return next(iter(out.values()))[:b, :n]
+            return next(iter(out.values()))
 
         score = perplexity(logits_fn, byte_ids, context, batch=batch)
     return score.perplexity, counts[0], counts[1]
-
-
-def run_approx(args: Any) -> int:
-    """``moec check --approx PIPELINE`` (arguments parsed by ``cmd_check``)."""
-    import json
-
-    from moec.compiler.cli.cmd_compile import parse_dims, parse_overrides
-
-    report = approx_check(
-        args.model, args.approx, target=args.target, overrides=parse_overrides(args.overrides),
-        strategy=args.strategy, seed=args.seed, dims=parse_dims(args.dims), inputs=args.inputs,
-    )  # fmt: skip
-    doc = report.to_json()
-    if args.json:
-        print(json.dumps(doc, sort_keys=True))
-        return 0
-    print(f"approximation: {report.passes}")
-    if report.precision:
-        print(
-            "  experts by precision: " + ", ".join(f"{k} {v}" for k, v in report.precision.items())
-        )
-    if report.total_pairs:
-        print(f"  dropped (token, expert) pairs: {report.dropped_pairs} of {report.total_pairs}")
-    for o in report.outputs:
-        top1 = f"{o.top1_agreement:.4f}" if o.top1_agreement is not None else "-"
-        print(
-            f"{o.name:<24} vs ORT original: max_rel_err {o.max_rel_err:.3e}  mean_rel_err "
-            f"{o.mean_rel_err:.3e}  cosine {o.cosine:.6f}  top1 {top1}"
-        )
-    if report.exported:
-        print(
-            f"vs ORT running the exported approximation: max_rel_err {doc['vs_exported_max_rel_err']:.3e}"
-        )
-    if report.export_note:
-        print(f"note: {report.export_note}")
-    return 0

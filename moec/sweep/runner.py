@@ -1,6 +1,6 @@
 """Running a sweep: every point not yet in the journal, as Ray tasks or in-process.
 
-Each point is one :func:`moec.compiler.cli.bench_run.run_bench` call (one model, target with the
+Each point is one :func:`moec.bench.run_bench` call (one model, target with the
 point's overrides, token count, pass pipeline and strategy), wrapped by :func:`evaluate_point`
 so that a point that cannot run (its slots do not fit SRAM, a mesh too small for the strategy,
 any :class:`~moec.ir.errors.MoecError`) comes back as ``status="error"`` with its one-line
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moec import __version__
-from moec.compiler.cli.sweep.spec import Point, SweepSpec
-from moec.compiler.cli.sweep.store import Journal, Row, export_parquet, flatten_metrics
 from moec.ir.errors import MoecError
+from moec.sweep.spec import Point, SweepSpec
+from moec.sweep.store import Journal, Row, export_parquet, flatten_metrics
 
 
 class SweepRunError(MoecError):
@@ -101,7 +101,7 @@ def make_task(spec: SweepSpec, point: Point) -> PointTask:
 def evaluate_point(task: PointTask) -> dict[str, Any]:
     """Run one point: ``{"status", "error", "metrics", "elapsed_s"}``. Never raises for a
     point that cannot run; the error is the point's result."""
-    from moec.compiler.cli.bench_run import run_bench
+    from moec.bench import run_bench
 
     start = time.perf_counter()
     status, error, metrics = "ok", None, {}
@@ -245,7 +245,7 @@ def run_sweep(
     then export the whole journal to Parquet (when pyarrow exists). ``on_start(total, todo)``
     and ``on_point(row)`` drive a progress display. With Ray, the engine is up (or the cluster
     reached, within ``connect_timeout`` seconds) before the journal is opened."""
-    from moec.compiler.cli.sweep.store import EXPORT, with_speedups
+    from moec.sweep.store import EXPORT, with_speedups
 
     started_ray = start_ray(address, workers, connect_timeout) if use_ray else False
     try:

@@ -221,8 +221,8 @@ def _check_strategy(rd: _Reader, table: str, spelling: str, known: list[str]) ->
 
 def _check_names(rd: _Reader, table_of: dict[str, str], axes: dict[str, list[Value]]) -> None:
     """Models, targets, strategies and pipelines exist; override values suit every target."""
+    from moec.bench import known_strategies
     from moec.compiler.bench.spec import canonical_model
-    from moec.compiler.cli.bench_run import known_strategies
     from moec.compiler.passes import parse_pipeline
     from moec.ir.target import load_target
     from moec.models.catalog import catalog

@@ -12,7 +12,7 @@ one row at a time atomically with the standard library alone, which makes resumi
 Parquet is columnar, typed and what analysis tools expect, so it is the output to share.
 
 A row holds: the point's id and index, every axis value (one column per axis, named as in
-:meth:`~moec.compiler.cli.sweep.spec.SweepSpec.columns`), ``status`` (``ok`` or ``error``) and
+:meth:`~moec.sweep.spec.SweepSpec.columns`), ``status`` (``ok`` or ``error``) and
 ``error`` (the one-line message), ``moec_version``, ``spec_hash``, ``elapsed_s`` (the point's
 wall time), and every bench metric flattened: ``latency_s``, ``bound_s``, ``latency_over_bound``,
 ``peak_sram_bytes_max``, ``dram_bytes``, ``link_bytes``, ``utilization_compute``,

@@ -1,0 +1,77 @@
+"""The options every lowering strategy shares, and the error for a malformed or impossible one.
+
+:class:`LoweringOptions` parses ``slots``, ``slices``, ``dtype`` and ``resident`` (see
+:data:`COMMON_OPTIONS`); :func:`parse_int` is the integer-option parser strategies use for their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from moec.ir.errors import ScheduleError
+from moec.ir.target import PRECISION_BYTES
+
+
+class StrategyError(ScheduleError):
+    """An unknown strategy, or a strategy option that is malformed or impossible."""
+
+
+#: Options every strategy accepts, with their meaning.
+COMMON_OPTIONS: dict[str, str] = {
+    "slots": "SRAM buffer slots per die (integer >= 1, default 4)",
+    "slices": "micro-slices per expert: auto (fewest that fit a slot) or an integer",
+    "dtype": "weight precision: fp32, fp16, bf16, int8, int4 (default: the weights' own)",
+    "resident": "fraction of each layer's experts in device memory, the others offloaded to the "
+    "target's host tier (default 1: all resident; see compiler/lower/residency.py)",
+}
+
+
+@dataclass(frozen=True)
+class LoweringOptions:
+    """The options every strategy shares (see :data:`COMMON_OPTIONS`)."""
+
+    slots: int = 4
+    slices: int | None = None
+    dtype: str | None = None
+    resident: float | None = None
+
+    @staticmethod
+    def parse(opts: Mapping[str, str]) -> LoweringOptions:
+        slots = parse_int(opts, "slots", 4, minimum=1)
+        raw = opts.get("slices", "auto")
+        slices = None if raw == "auto" else parse_int(opts, "slices", 1, minimum=1)
+        dtype = opts.get("dtype")
+        if dtype is not None and dtype not in PRECISION_BYTES:
+            raise StrategyError(
+                f"option dtype: expected one of {', '.join(PRECISION_BYTES)}, found {dtype!r}",
+                "--strategy",
+            )
+        resident = None
+        if "resident" in opts:
+            try:
+                resident = float(opts["resident"])
+            except ValueError:
+                resident = -1.0
+            if not 0.0 <= resident <= 1.0:
+                raise StrategyError(
+                    f"option resident: expected a fraction in [0, 1], found {opts['resident']!r}",
+                    "--strategy",
+                )
+        return LoweringOptions(slots, slices, dtype, resident)
+
+
+def parse_int(opts: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:
+    """Option ``key`` as an integer >= ``minimum`` (``default`` when absent)."""
+    raw = opts.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise StrategyError(
+            f"option {key}: expected an integer >= {minimum}, found {raw!r}", "--strategy"
+        )
+    return value

@@ -1,0 +1,269 @@
+"""Slot planning: each MoE layer's precision, micro-slices and the SRAM slot size.
+
+Each die gets ``slots`` slots (default 4) of one size, and each layer's experts are cut into the
+fewest even slices whose largest fits a slot in the SRAM the layer's activations leave
+(``slots x slot bytes + activations <= SRAM``, the activations as :func:`predicted_activations`
+estimates them for the strategy's :data:`ACTIVATION_KINDS` entry, see :mod:`moec.ir.activations`);
+the slot size is the largest slice of any layer. When even one-column slices do not fit,
+:class:`ScheduleError` "does not fit SRAM: die d needs X bytes (activations A + slots S), has Y".
+A layer's ``slice_bytes`` include its biases (``b_down`` and the shared gate ride with slice 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moec.compiler.lower.options import LoweringOptions, StrategyError
+from moec.ir.activations import ACCUM_PRECISION, h_bytes, predicted_activation_bytes
+from moec.ir.errors import ScheduleError
+from moec.ir.graph import Op
+from moec.ir.moe import MoELayer
+from moec.ir.routing import RoutingTrace
+from moec.ir.stream import MoEDecl, SliceLayout
+from moec.ir.target import PRECISION_BYTES, Target
+
+#: Graph dtype -> program precision.
+_PRECISION_OF = {"f64": "fp32", "f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8",
+                 "u8": "int8", "i4": "int4", "u4": "int4"}  # fmt: skip
+
+
+def layer_precision(layer: MoELayer, override: str | None) -> str:
+    """The program precision of a layer: the option, else its weights' dtype, else fp16."""
+    if override is not None:
+        return override
+    w = layer.weights.get("w_up")
+    if w is None or not w.present:
+        return "fp16"  # shape-only: the deployment precision, not the file's container type
+    return _PRECISION_OF.get(w.type.dtype, "fp32")
+
+
+#: How a strategy's dies hold token activations (what :func:`predicted_activations` charges):
+#: ``home`` (tokens stay on their die: FSE-DP), ``routed`` (tokens travel to their experts'
+#: dies: EP, Hydra, EPLB) or ``all`` (every die holds every token: TP).
+ACTIVATION_KINDS = ("home", "routed", "all")
+
+
+@dataclass(frozen=True)
+class ActivationEstimate:
+    """A die's predicted activations for one layer: fixed bytes, and tokens per slice for ``h``."""
+
+    fixed: int
+    h_tokens: int
+
+
+@dataclass
+class LayerPlan:
+    """One MoE layer as lowered: the canonical layer, its declaration, layouts and slice bytes."""
+
+    layer: MoELayer
+    decl: MoEDecl
+    layout: SliceLayout
+    slice_bytes: list[int]
+    shared_layout: SliceLayout | None = None
+    shared_slice_bytes: list[int] = field(default_factory=list)
+    #: per expert 1 (device memory) or 0 (offloaded to the host tier); None: all resident
+    resident: list[int] | None = None
+    #: the activations the lowering predicts per die (:func:`predicted_activations`)
+    activations: ActivationEstimate | None = None
+
+    def activation_bytes(self) -> int:
+        """Predicted activations of a die: the fixed part and ``h`` of the widest slice in
+        flight (routed or shared)."""
+        est = self.activations
+        if est is None:
+            return 0
+        widest = max(self.layout.width(j) for j in range(self.layout.count))
+        h = h_bytes(est.h_tokens, widest, self.decl.gated)
+        if self.shared_layout is not None:
+            lay = self.shared_layout
+            widest = max(lay.width(j) for j in range(lay.count))
+            h = max(h, h_bytes(est.h_tokens, widest, True))
+        return est.fixed + h
+
+    @property
+    def name(self) -> str:
+        return self.decl.name
+
+    @property
+    def expert_bytes(self) -> int:
+        return sum(self.slice_bytes)
+
+    @property
+    def shared_bytes(self) -> int:
+        return sum(self.shared_slice_bytes)
+
+
+def _elem(dtype: str) -> float:
+    return PRECISION_BYTES[dtype]
+
+
+def slice_bytes(layer: MoELayer, layout: SliceLayout, dtype: str) -> list[int]:
+    """Bytes of each routed-expert micro-slice of ``layout`` at ``dtype`` (``b_down`` in slice 0)."""
+    e = _elem(dtype)
+    mats = 3 if layer.gated else 2
+    col = (
+        mats * layer.hidden * e
+        + (e if layer.has("b_gate") else 0)
+        + (e if layer.has("b_up") else 0)
+    )
+    extra = layer.hidden * e if layer.has("b_down") else 0
+    return [
+        int(math.ceil(layout.width(j) * col + (extra if j == 0 else 0)))
+        for j in range(layout.count)
+    ]
+
+
+def shared_slice_bytes(layer: MoELayer, layout: SliceLayout, dtype: str) -> list[int]:
+    """Bytes of each shared-expert micro-slice (the shared gate rides with slice 0)."""
+    e = _elem(dtype)
+    extra = layer.hidden * e if layer.has("sh_router") else 0
+    return [
+        int(math.ceil(layout.width(j) * 3 * layer.hidden * e + (extra if j == 0 else 0)))
+        for j in range(layout.count)
+    ]
+
+
+def _fewest_slices_in(
+    ffn: int, col: float, extra: float, h_col: float, room: int, slots: int
+) -> int | None:  # fmt: skip
+    """The fewest even slices of ``ffn`` columns such that ``slots`` slots of the largest plus
+    its ``h`` (``h_col`` bytes per column) fit ``room`` bytes: width ``w`` needs
+    ``slots x (w col + extra) + w h_col``."""
+    width = int((room - slots * extra) // (slots * col + h_col)) if room > slots * extra else 0
+    if width < 1:
+        return None
+    return -(-ffn // min(width, ffn))
+
+
+def predicted_activations(
+    kind: str, *, tokens: int, home: int, dies: int, top_k: int, hidden: int, dtype: str,
+    shared: bool,
+) -> ActivationEstimate:  # fmt: skip
+    """What the lowering expects a die to hold besides slots (see :mod:`moec.ir.activations`).
+
+    Every die holds ``home`` tokens' ``x`` and ``y`` (the most any die has). ``routed`` adds other
+    dies' tokens with their ``x`` and partial ``y``: the expected number for uniform routing,
+    ``(tokens - home) x (1 - (1 - 1/dies) ** top_k)`` (each token's ``top_k`` experts land on a
+    given die with that probability), or all of them when the layer's shared experts are split
+    over the dies (every die computes them for every token); ``all`` adds all of them. A skewed
+    batch can hold more at run time: the interpreter charges what the run really holds and
+    reports an excess. ``h`` is bounded by the most tokens one slice's gemm can have: ``home``
+    under ``home``, every token otherwise (an expert chosen by the whole batch).
+    """
+    if kind not in ACTIVATION_KINDS:
+        raise StrategyError(f"activation kind {kind!r}, expected one of {ACTIVATION_KINDS}")
+    others = tokens - home
+    if kind == "home":
+        remote = 0.0
+    elif kind == "all" or shared or dies <= 1:
+        remote = float(others)
+    else:
+        remote = others * (1.0 - (1.0 - 1.0 / dies) ** top_k)
+    fixed = predicted_activation_bytes(home=home, remote=remote, hidden=hidden, dtype=dtype)
+    return ActivationEstimate(fixed, home if kind == "home" else tokens)
+
+
+def home_tokens(tokens: int, dies: int, routing: RoutingTrace | None) -> int:
+    """The most tokens any die is home to: from the routing trace, else contiguous blocks."""
+    if routing is not None and routing.layers:
+        return max(
+            int(np.bincount(np.asarray(lr.home_die), minlength=dies).max()) for lr in routing.layers
+        )
+    return -(-tokens // max(dies, 1))
+
+
+def fit_error(die: int, acts: int, slots: int, sram: int, what: str, where: str) -> ScheduleError:
+    """The "does not fit SRAM" error of ``die``: activations plus slots against its SRAM."""
+    return ScheduleError(
+        f"does not fit SRAM: die {die} needs {acts + slots} bytes (activations {acts} + slots "
+        f"{slots}{what}), has {sram}",
+        where,
+    )
+
+
+def plan_layers(
+    ops: list[Op], target: Target, opts: LoweringOptions, tokens: int, where: str,
+    kind: str = "routed", home: int | None = None,
+) -> tuple[list[LayerPlan], int]:  # fmt: skip
+    """One :class:`LayerPlan` per MoE op (precision, slices, activations) and the slot bytes:
+    the largest slice of any layer. ``kind`` is the strategy's :data:`ACTIVATION_KINDS` entry."""
+    sram = min(d.sram_bytes for d in target.dies)
+    small_die = min(target.dies, key=lambda d: (d.sram_bytes, d.id)).id
+    D = target.num_dies
+    home = -(-tokens // D) if home is None else home
+    acc = _elem(ACCUM_PRECISION)
+    plans: list[LayerPlan] = []
+    for op in ops:
+        layer: MoELayer = op.attrs["layer"]
+        dtype = layer_precision(layer, opts.dtype)
+        table = layer.annotations.get("precision")
+        widest = [p for p in table if p in PRECISION_BYTES] if isinstance(table, list) else []
+        if widest and max(_elem(p) for p in widest) > _elem(dtype):
+            dtype = max(widest, key=_elem)  # slices fit the widest precision any expert streams at
+        est = predicted_activations(
+            kind, tokens=tokens, home=home, dies=D, top_k=layer.top_k, hidden=layer.hidden,
+            dtype=dtype, shared=layer.has_shared,
+        )  # fmt: skip
+        e = _elem(dtype)
+        mats = 3 if layer.gated else 2
+        col = mats * layer.hidden * e + e * (layer.has("b_gate") + layer.has("b_up"))
+        extra = layer.hidden * e if layer.has("b_down") else 0
+        h_col = est.h_tokens * (2 if layer.gated else 1) * acc  # h per FFN column in flight
+        count = _fewest_slices_in(layer.ffn, col, extra, h_col, sram - est.fixed, opts.slots)
+        if count is None:
+            one = opts.slots * int(math.ceil(col + extra))
+            raise fit_error(
+                small_die, est.fixed + int(math.ceil(h_col)), one, sram,
+                f": {opts.slots} of one FFN column of {layer.name}", where,
+            )  # fmt: skip
+        if opts.slices is not None:
+            if opts.slices > layer.ffn:
+                raise StrategyError(
+                    f"option slices={opts.slices}: {layer.name} has only {layer.ffn} FFN columns",
+                    "--strategy",
+                )
+            if opts.slices < count:
+                raise ScheduleError(
+                    f"does not fit SRAM: option slices={opts.slices} makes slices of {layer.name} "
+                    f"too large for {opts.slots} slots in the {sram - est.fixed} of {sram} bytes "
+                    f"activations leave (needs >= {count})",
+                    where,
+                )
+            count = opts.slices
+        layout = SliceLayout.even(layer.name, layer.ffn, count)
+        shared_layout, shared_bytes = None, []
+        fs = layer.shared_ffn if layer.has_shared else 0
+        if fs:
+            s_col = 3 * layer.hidden * e
+            s_extra = layer.hidden * e if layer.has("sh_router") else 0
+            s_h_col = est.h_tokens * 2 * acc
+            s_count = _fewest_slices_in(fs, s_col, s_extra, s_h_col, sram - est.fixed, opts.slots)
+            if s_count is None:
+                one = opts.slots * int(math.ceil(s_col + s_extra))
+                raise fit_error(
+                    small_die, est.fixed + int(math.ceil(s_h_col)), one, sram,
+                    f": {opts.slots} of one shared-expert column of {layer.name}", where,
+                )  # fmt: skip
+            shared_layout = SliceLayout.even(layer.name, fs, s_count, shared=True)
+            shared_bytes = shared_slice_bytes(layer, shared_layout, dtype)
+        decl = MoEDecl(
+            layer.name, layer.num_experts, layer.top_k, layer.hidden, layer.ffn, tokens,
+            op.inputs[0].name if op.inputs[0] is not None else "", op.outputs[0].name,
+            shared_ffn=fs, gated=layer.gated, dtype=dtype,
+        )  # fmt: skip
+        plans.append(
+            LayerPlan(
+                layer,
+                decl,
+                layout,
+                slice_bytes(layer, layout, dtype),
+                shared_layout,
+                shared_bytes,
+                activations=est,
+            )  # fmt: skip
+        )
+    slot = max(max(p.slice_bytes + p.shared_slice_bytes) for p in plans) if plans else 1
+    return plans, slot

@@ -1,0 +1,173 @@
+"""Compile an ONNX MoE model to a stream program (and its weights companion): the API behind
+``moec compile``.
+
+:func:`load_model` reads an ``.onnx`` file or a model name from ``moec models``
+(``qwen3-30b-a3b``, ``tiny_moe``) and lifts its MoE layers; :func:`compile_model` runs the
+pass pipeline and the lowering; :func:`write_compiled` writes the files. The steps: frontend (lift MoE layers), the pass pipeline (``--debug`` verifies the IR after every
+pass), lowering with the strategy (``ep`` or ``ep{placement=blocks,slots=4}``), and an atomic
+write of ``prog.msp`` plus ``prog.msp.weights.onnx`` when the model has its weights: both are
+written to temporaries and renamed only when both are complete, so an error leaves nothing.
+The same input and options give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moec.compiler.frontend import LiftResult, lift_model, load_module
+from moec.compiler.lower import lower, parse_strategy
+from moec.compiler.lower.weights_file import companion_bytes, companion_name, sha256
+from moec.compiler.passes import parse_pipeline
+from moec.ir.errors import ModelError, MoecError
+from moec.ir.graph import Module
+from moec.ir.routing import RoutingTrace, load_trace
+from moec.ir.stream import Program, TargetRef, WeightsRef, print_program
+from moec.ir.target import PRESETS
+
+DEFAULT_TARGET = "fsedp-2x2"
+
+
+# --- argument parsing --------------------------------------------------------------------------
+def _scalar(raw: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def parse_overrides(items: Sequence[str]) -> tuple[tuple[str, int | float | str], ...]:
+    """``["a=1", "b=x"]`` -> sorted ``(("a", 1), ("b", "x"))``."""
+    out: dict[str, int | float | str] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise MoecError(f"expected KEY=VALUE, found {item!r}", "--set")
+        out[key.strip()] = _scalar(raw.strip())
+    return tuple(sorted(out.items()))
+
+
+def parse_dims(items: Sequence[str]) -> dict[str, int]:
+    """``["batch=2", "seq=8"]`` -> ``{"batch": 2, "seq": 8}``."""
+    out: dict[str, int] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if not eq or not key.strip() or value < 1:
+            raise MoecError(
+                f"expected NAME=VALUE with VALUE an integer >= 1, found {item!r}", "--dims"
+            )
+        out[key.strip()] = value
+    return out
+
+
+def target_ref(
+    spec: str, overrides: Sequence[tuple[str, int | float | str]], out_dir: str
+) -> TargetRef:
+    """The program's target: a preset as is, a TOML file relative to the program's folder."""
+    if spec in PRESETS or not (spec.endswith(".toml") or "/" in spec or os.sep in spec):
+        return TargetRef(spec, tuple(overrides))
+    rel = os.path.relpath(os.path.abspath(spec), os.path.abspath(out_dir))
+    return TargetRef(Path(rel).as_posix(), tuple(overrides))
+
+
+# --- the model ---------------------------------------------------------------------------------
+def load_model(spec: str, *, load_weights: bool = True) -> tuple[Module, LiftResult, str]:
+    """Graph IR, lift result and name of an ``.onnx`` file or a catalog model name."""
+    if spec.endswith(".onnx") or os.path.exists(spec):
+        module, lifted = load_module(spec, load_weights=load_weights)
+        return module, lifted, Path(spec).name.removesuffix(".onnx")
+    from moec.models.catalog import catalog
+
+    entries = catalog()
+    if spec not in entries:
+        raise ModelError(
+            f"no such file or model name, expected a .onnx file or one of: {', '.join(entries)}",
+            spec,
+        )
+    module, lifted = lift_model(entries[spec].build(0), where=spec)
+    return module, lifted, spec
+
+
+# --- compile -----------------------------------------------------------------------------------
+@dataclass
+class Compiled:
+    """A compiled program, its text, and the companion bytes (None for shape-only models)."""
+
+    program: Program
+    text: str
+    companion: bytes | None
+    module: Module
+    lifted: LiftResult
+
+
+def compile_model(
+    model: str,
+    output: str,
+    *,
+    target: str = DEFAULT_TARGET,
+    overrides: Sequence[tuple[str, int | float | str]] = (),
+    strategy: str = "ep",
+    passes: str = "",
+    routing: str | RoutingTrace | None = None,
+    tokens: int | None = None,
+    dims: dict[str, int] | None = None,
+    debug: bool = False,
+    on_module: Any = None,
+) -> Compiled:
+    """Frontend, passes and lowering of ``model`` for a program to be written at ``output``."""
+    out_dir = os.path.dirname(os.path.abspath(output))
+    ref = target_ref(target, overrides, out_dir)
+    name, options = parse_strategy(strategy)
+    pipeline = parse_pipeline(passes) if passes.strip() else None
+    trace = load_trace(routing) if isinstance(routing, str) else routing
+    module, lifted, model_name = load_model(model)
+    if pipeline is not None:
+        module = pipeline.run(module, debug=debug)
+    if on_module is not None:
+        on_module(module)
+    program = lower(
+        module, ref, name, options, trace, tokens=tokens, dims=dims, base_dir=out_dir,
+        name=model_name,
+    )  # fmt: skip
+    companion = companion_bytes(lifted, module)
+    if companion is not None:
+        program.weights = WeightsRef(companion_name(os.path.basename(output)), sha256(companion))
+    return Compiled(program, print_program(program), companion, module, lifted)
+
+
+def write_compiled(compiled: Compiled, output: str) -> None:
+    """Write program and companion atomically: both complete, or neither left behind."""
+    out = Path(output)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise MoecError("no such folder for the output", str(folder))
+    files = [(out, compiled.text.encode())]
+    if compiled.companion is not None:
+        files.insert(0, (out.with_name(companion_name(out.name)), compiled.companion))
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, data in files:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
