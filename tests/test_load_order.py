@@ -8,7 +8,7 @@ against EP's 9.8 ms at 16 tokens). :func:`~moec.backends.interp.expand.load_orde
 from __future__ import annotations
 
 from moec.backends.interp.expand import ep as ep_expand
-from moec.compiler.cli.bench_run import run_bench
+from moec.bench import run_bench
 
 
 def test_hydra_oracle_is_not_slower_than_ep_on_yuan2() -> None:
