@@ -39,7 +39,7 @@ def test_run_passes_and_load_model() -> None:
     assert name == "tiny_moe" and module.moe_ops()
     assert api.run_passes(module, "") is module
     after = api.run_passes(module, "annotate-importance")
-    layer = after.moe_ops()[0].attrs["layer"]
+    layer = after.moe_ops()[0].layer
     assert "importance" in layer.annotations
 
 

@@ -101,7 +101,7 @@ def test_residency_from_importance_then_trace_then_id(tmp_path):
     seen = {}
 
     def keep(module):
-        seen["layer"] = module.moe_ops()[0].attrs["layer"]
+        seen["layer"] = module.moe_ops()[0].layer
 
     c = compile_model(
         str(path), str(tmp_path / "a.msp"), target="npu8-hbm", strategy="ep{resident=0.25}",

@@ -148,7 +148,7 @@ def _write_float_moe(out: _Out, layer: MoELayer, x: str, logits: str) -> str:
 
 
 def _write_layer(out: _Out, op: Op) -> None:
-    layer: MoELayer = op.attrs["layer"]
+    layer: MoELayer = op.layer
     why = expressible(layer)
     if why:
         raise ModelError(f"cannot export as com.microsoft.MoE: the layer has {why}", layer.name)

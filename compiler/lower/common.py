@@ -164,7 +164,7 @@ def prepare(
         raise ModelError("model has no MoE layer to lower", where)
     n_tokens, resolved = infer_tokens(module, ops, dims, tokens, routing, where)
     if routing is not None:
-        layers = [(op.attrs["layer"].num_experts, op.attrs["layer"].top_k) for op in ops]
+        layers = [(op.layer.num_experts, op.layer.top_k) for op in ops]
         validate(routing, layers, n_tokens, num_dies=target.num_dies, where="--routing")
     home = home_tokens(n_tokens, target.num_dies, routing)
     plans, slot_bytes = plan_layers(ops, target, opts, n_tokens, where, activations, home)

@@ -197,7 +197,7 @@ def plan_layers(
     acc = _elem(ACCUM_PRECISION)
     plans: list[LayerPlan] = []
     for op in ops:
-        layer: MoELayer = op.attrs["layer"]
+        layer: MoELayer = op.layer
         dtype = layer_precision(layer, opts.dtype)
         table = layer.annotations.get("precision")
         widest = [p for p in table if p in PRECISION_BYTES] if isinstance(table, list) else []

@@ -109,7 +109,7 @@ class AnnotateImportance(ModulePass):
     def run(self, module: Module) -> PassResult:
         cals = calibrate(module, seed=self.seed, tokens=self.tokens, trace=trace_spec(self.trace))
         for op, cal in zip(module.moe_ops(), cals, strict=True):
-            layer: MoELayer = op.attrs["layer"]
+            layer: MoELayer = op.layer
             annotate(layer, expert_stats(layer, cal))
         if cals:
             module.metadata[CALIBRATION_KEY] = describe(

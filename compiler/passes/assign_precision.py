@@ -262,7 +262,7 @@ class AssignPrecision(ModulePass):
             raise PassError(str(err), layer.name) from None
 
     def run(self, module: Module) -> PassResult:
-        layers: list[MoELayer] = [op.attrs["layer"] for op in module.moe_ops()]
+        layers: list[MoELayer] = [op.layer for op in module.moe_ops()]
         if not layers:
             return PassResult(module, False)
         target = None

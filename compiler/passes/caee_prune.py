@@ -50,7 +50,7 @@ class CaeePrune(ModulePass):
             raise ValueError(f"resident must be a fraction in [0, 1], found {self.resident}")
 
     def run(self, module: Module) -> PassResult:
-        layers: list[MoELayer] = [op.attrs["layer"] for op in module.moe_ops()]
+        layers: list[MoELayer] = [op.layer for op in module.moe_ops()]
         for lay in layers:
             set_rule(lay, "caee", self.threshold)
             if self.resident < 1.0:

@@ -71,7 +71,7 @@ class SkipSecond(ModulePass):
             raise ValueError(f"tokens must be >= 1, found {self.tokens}")
 
     def run(self, module: Module) -> PassResult:
-        layers: list[MoELayer] = [op.attrs["layer"] for op in module.moe_ops()]
+        layers: list[MoELayer] = [op.layer for op in module.moe_ops()]
         todo = [lay for lay in layers if lay.top_k >= 2]
         if not todo:
             return PassResult(module, False)
