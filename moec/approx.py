@@ -143,7 +143,7 @@ def interpret(
 def _precision_counts(module: Module) -> dict[str, int]:
     out: dict[str, int] = {}
     for op in module.moe_ops():
-        plan = op.layer.annotations.get("precision")
+        plan = op.layer.annotations.precision
         if isinstance(plan, list):
             for p in plan:
                 out[str(p)] = out.get(str(p), 0) + 1
@@ -235,7 +235,7 @@ def approx_check(
         exp_model = export_onnx(approx)
         ort_approx = run_ort(exp_model, ref.feeds)
         exported = [output_error(name, run.got[name], ort_approx[name]) for name in ref.want]
-        if any(op.layer.annotations.get("skip_rule") for op in approx.moe_ops()):
+        if any(op.layer.annotations.skip_rule for op in approx.moe_ops()):
             note = "runtime skip/prune rules are not in the exported ONNX model"
     except ModelError as err:
         note = f"not exportable: {err.one_line()}"

@@ -31,11 +31,12 @@ def test_statistics_from_numerics():
         a = layer.annotations
         E = layer.num_experts
         assert all(
-            len(a[k]) == E for k in ("routed_frac", "gate_mass", "contribution", "importance")
+            len(getattr(a, k)) == E
+            for k in ("routed_frac", "gate_mass", "contribution", "importance")
         )
-        assert sum(a["routed_frac"]) == pytest.approx(layer.top_k)  # k experts per token
-        assert sum(a["gate_mass"]) == pytest.approx(1.0, abs=1e-5)
-        assert sum(a["importance"]) == pytest.approx(1.0, abs=1e-5)
+        assert sum(a.routed_frac) == pytest.approx(layer.top_k)  # k experts per token
+        assert sum(a.gate_mass) == pytest.approx(1.0, abs=1e-5)
+        assert sum(a.importance) == pytest.approx(1.0, abs=1e-5)
         assert module.metadata["moec.calibration"] == "numerics:seed=3,tokens=32"
 
 
@@ -60,7 +61,7 @@ def test_trace_statistics_and_printing_are_deterministic():
     assert "importance=[" in text1 and "contribution=" not in text1
     module = _annotated("annotate-importance{trace=synth:zipf=1.2;seed=3}")
     a = module.moe_ops()[0].layer.annotations
-    assert a["importance"] == a["gate_mass"]  # no numerics: importance is the gate share
+    assert a.importance == a.gate_mass  # no numerics: importance is the gate share
     assert module.metadata["moec.calibration"].startswith("trace:synth:zipf=1.2,seed=3")
 
 
@@ -69,7 +70,7 @@ def test_carried_into_the_runtime_policy():
     layer = module.moe_ops()[0].layer
     r = RuntimePolicy(layer.name, "ep")
     carry_pass_annotations(layer, r)
-    assert r.annotations["importance"] == layer.annotations["importance"]
+    assert r.annotations["importance"] == layer.annotations.importance
     assert set(r.annotations) == {"importance", "gate_mass", "routed_frac", "contribution"}
 
 

@@ -68,7 +68,7 @@ def test_unnormalized_router_uses_qdq(tmp_path):
 def test_weights_off_the_grid_are_an_error():
     module = _module(TINY)
     layer = module.moe_ops()[0].layer
-    layer.annotations["precision"] = ["int8"] * layer.num_experts  # fp16 experts are not int8
+    layer.annotations.precision = ["int8"] * layer.num_experts  # fp16 experts are not int8
     with pytest.raises(
         ModelError, match=r"moe0: fc1 \(gate/up\) weights of experts .* not on an int8 grid"
     ):

@@ -23,7 +23,7 @@ def test_module_has_one_moe_op_per_layer_and_keeps_dense_ops() -> None:
     module, res = lift_model(model, where="tiny")
     moe = module.moe_ops()
     assert [op.name for op in moe] == ["moe0", "moe1"]
-    assert [op.layer.annotations["onnx_node"] for op in moe] == [
+    assert [op.layer.annotations.onnx_node for op in moe] == [
         "layer1.moe.topk",
         "layer2.moe.topk",
     ]

@@ -130,16 +130,16 @@ def carry_pass_annotations(layer: MoELayer, r: RuntimePolicy) -> None:
     (``assign-precision``), the skip rule (``skip-second``, ``caee-prune``: ``(rule, threshold)``)
     and the per-expert annotations of :data:`RUNTIME_ANNOTATIONS`."""
     E = layer.num_experts
-    precision = layer.annotations.get("precision")
+    precision = layer.annotations.precision
     if isinstance(precision, list) and len(precision) == E:
         r.precision = tuple(str(p) for p in precision)
-    rule = layer.annotations.get("skip_rule")
+    rule = layer.annotations.skip_rule
     if rule is not None:
         r.skip = SkipRule(str(rule[0]), float(rule[1]))
     for key in RUNTIME_ANNOTATIONS:
-        values = layer.annotations.get(key)
-        if isinstance(values, list) and len(values) == E:
-            r.annotations[key] = list(values)
+        values = layer.annotations.per_expert(key, E)
+        if values is not None:
+            r.annotations[key] = values
 
 
 def prepare(

@@ -65,7 +65,7 @@ def companion_model(lifted: LiftResult, module: Module) -> onnx.ModelProto:
             raise ModelError(f"residual model names MoE layer {name!r}, the module has none", name)
         for key, value in layer_config(layer).items():
             node.attribute.append(helper.make_attribute(key, value))
-        precision = layer.annotations.get("precision")
+        precision = layer.annotations.precision
         if isinstance(precision, list) and precision:
             names = [str(p) for p in precision]
             node.attribute.append(helper.make_attribute(PRECISION_ATTR, names))
