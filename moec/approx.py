@@ -144,7 +144,7 @@ def interpret(
 def _precision_counts(module: Module) -> dict[str, int]:
     out: dict[str, int] = {}
     for op in module.moe_ops():
-        plan = op.attrs["layer"].annotations.get("precision")
+        plan = op.layer.annotations.precision
         if isinstance(plan, list):
             for p in plan:
                 out[str(p)] = out.get(str(p), 0) + 1
@@ -172,9 +172,7 @@ def reference_run(
     shape-only model is a :class:`MoecError`."""
 
     module, lifted, _ = load_model(model)
-    if not module.moe_ops() or not all(
-        op.attrs["layer"].weights_present for op in module.moe_ops()
-    ):
+    if not module.moe_ops() or not all(op.layer.weights_present for op in module.moe_ops()):
         raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
     feeds, resolved = model_inputs(module, lifted, seed=seed, dims=dims, inputs=inputs)
     return Reference(model, feeds, resolved, run_ort(lifted.model, feeds))
@@ -238,7 +236,7 @@ def approx_check(
         exp_model = export_onnx(approx)
         ort_approx = run_ort(exp_model, ref.feeds)
         exported = [output_error(name, run.got[name], ort_approx[name]) for name in ref.want]
-        if any(op.attrs["layer"].annotations.get("skip_rule") for op in approx.moe_ops()):
+        if any(op.layer.annotations.skip_rule for op in approx.moe_ops()):
             note = "runtime skip/prune rules are not in the exported ONNX model"
     except ModelError as err:
         note = f"not exportable: {err.one_line()}"

@@ -126,7 +126,7 @@ def dump_trace(
     layers = []
     tokens: int | None = None
     for op in module.moe_ops():
-        layer = op.attrs["layer"]
+        layer = op.layer
         x_name = op.inputs[0].name if op.inputs[0] is not None else ""
         x = captured[x_name].reshape(-1, layer.hidden)
         ids, gates = route(layer, x)

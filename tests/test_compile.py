@@ -59,7 +59,7 @@ def test_companion_is_the_residual_model_with_canonical_layers(
     module, _ = load_module(TINY)
     inits = {t.name: numpy_helper.to_array(t) for t in comp.graph.initializer}
     for node, op in zip(moe_nodes, module.moe_ops(), strict=True):
-        layer = op.attrs["layer"]
+        layer = op.layer
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attrs.pop("layer") == layer.name.encode()
         assert set(attrs) == set(layer_config(layer))

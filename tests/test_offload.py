@@ -101,7 +101,7 @@ def test_residency_from_importance_then_trace_then_id(tmp_path):
     seen = {}
 
     def keep(module):
-        seen["layer"] = module.moe_ops()[0].attrs["layer"]
+        seen["layer"] = module.moe_ops()[0].layer
 
     c = compile_model(
         str(path), str(tmp_path / "a.msp"), target="npu8-hbm", strategy="ep{resident=0.25}",
@@ -114,7 +114,7 @@ def test_residency_from_importance_then_trace_then_id(tmp_path):
     layer = seen["layer"]
     assert expert_scores(layer, None) == (None, "id")
     assert layer_residency(layer, 0.25, None) == [1] * 8 + [0] * 24
-    layer.annotations["importance"] = [float(e) for e in range(32)]  # annotations win
+    layer.annotations.importance = [float(e) for e in range(32)]  # annotations win
     assert layer_residency(layer, 0.25, trace.layers[0]) == [0] * 24 + [1] * 8
     assert layer_residency(layer, 1.0, trace.layers[0]) is None
 

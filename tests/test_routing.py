@@ -273,7 +273,7 @@ def test_cli_synth_from_onnx_model(
 
     def op(name: str, E: int, k: int) -> object:
         layer = types.SimpleNamespace(name=name, num_experts=E, top_k=k)
-        return types.SimpleNamespace(attrs={"layer": layer})
+        return types.SimpleNamespace(attrs={"layer": layer}, layer=layer)
 
     module = types.SimpleNamespace(moe_ops=lambda: [op("moe0", 8, 2), op("moe1", 16, 4)])
     seen: list[str] = []

@@ -36,7 +36,7 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
     dense = sum(w.type.numel for w in module.weights.values() if w.type.dtype in _FLOAT)
     total, active = dense, dense
     for op in module.moe_ops():
-        layer = op.attrs["layer"]
+        layer = op.layer
         total += layer.param_count()
         active += layer.active_param_count()
         layers.append(

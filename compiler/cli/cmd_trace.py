@@ -116,7 +116,7 @@ def model_layers(spec: str) -> tuple[str, list[tuple[int, int]], list[str]]:
         loaded = lift_model(entries[spec].build(0), where=spec)
         name = spec
     module = loaded[0] if isinstance(loaded, tuple) else loaded
-    layers = [op.attrs["layer"] for op in module.moe_ops()]
+    layers = [op.layer for op in module.moe_ops()]
     if not layers:
         raise TraceError("model has no MoE layer to route", spec)
     return name, [(ly.num_experts, ly.top_k) for ly in layers], [ly.name for ly in layers]
