@@ -26,7 +26,8 @@ from moec.ir.errors import ModelError
 from moec.ir.graph import Module, Op, Value
 from moec.ir.inputs import InputSpec, seeded_feeds, shape_for_tokens
 from moec.ir.moe import MoELayer, evaluate, route
-from moec.ir.routing import RoutingTrace, load_trace, parse_routing_spec, validate
+from moec.ir.routing import RoutingTrace, load_trace, validate
+from moec.ir.routing_synth import parse_routing_spec
 
 _ELEM = {
     "f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE, "f16": TensorProto.FLOAT16,

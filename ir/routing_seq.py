@@ -7,7 +7,7 @@ model, die count, layers and tokens). Files: version 2 of ``docs/routing.md``'s 
 version-1 header plus ``iterations: [{"layers": [...]}, ...]``; a version-1 file is a sequence
 of one iteration, so every old trace stays valid.
 
-:func:`synth_sequence` adds temporal structure to :func:`~moec.ir.routing.synth_layers`: each
+:func:`synth_sequence` adds temporal structure to :func:`~moec.ir.routing_synth.synth_layers`: each
 expert's log-popularity takes a seeded random walk (``drift``, the step's standard deviation)
 and, with probability ``burst`` per iteration and layer, one expert's popularity jumps by
 ``burst_factor`` for that iteration. Iteration 0 is exactly ``synth_layers``'s trace.
@@ -36,16 +36,14 @@ from moec.ir.routing import (
     FORMAT,
     LayerRouting,
     RoutingTrace,
-    SynthSpec,
     _from_doc,
     _meta,
     assign_home_dies,
-    gumbel_top_k,
     layers_json_lines,
     load_trace,
     npz_bytes,
-    synth_layers,
 )
+from moec.ir.routing_synth import SynthSpec, gumbel_top_k, synth_layers
 
 #: Version of the multi-iteration file format (version 1: one iteration, ``layers`` at the top).
 SEQUENCE_VERSION = 2
@@ -138,7 +136,7 @@ def synth_sequence(
 ) -> RoutingSequence:
     """``iterations`` seeded iterations of Zipf routing whose expert popularity drifts.
 
-    Iteration 0 is :func:`~moec.ir.routing.synth_layers` (same seed). Then, per layer i, the
+    Iteration 0 is :func:`~moec.ir.routing_synth.synth_layers` (same seed). Then, per layer i, the
     log-popularity of every expert takes a Gaussian random-walk step of standard deviation
     ``drift`` per iteration (``numpy.random.default_rng([seed, i, 0])``, drawn in iteration
     order), and with probability ``burst`` one expert (uniform) is ``burst_factor`` times as

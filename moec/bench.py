@@ -83,14 +83,9 @@ from moec.compiler.lower import _load_strategies as load_strategies
 from moec.compiler.lower.slots import check_tokens_fit
 from moec.ir.errors import MoecError
 from moec.ir.graph import Module
-from moec.ir.routing import (
-    LayerRouting,
-    RoutingTrace,
-    SynthSpec,
-    parse_routing_spec,
-    save_trace,
-)
+from moec.ir.routing import LayerRouting, RoutingTrace, save_trace
 from moec.ir.routing_seq import load_sequence
+from moec.ir.routing_synth import SynthSpec, parse_routing_spec
 from moec.ir.stream import Program, TargetRef
 from moec.ir.stream.params import FSEDPParams, strategy_params
 from moec.ir.target import Target, load_target

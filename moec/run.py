@@ -16,7 +16,8 @@ import numpy as np
 from moec.backends.interp import RunResult, check_routings, program_target, simulate
 from moec.backends.interp.numerics import load_weights, seeded_inputs
 from moec.ir.errors import ProgramError, TraceError
-from moec.ir.routing import RoutingTrace, load_trace, parse_routing_spec
+from moec.ir.routing import RoutingTrace, load_trace
+from moec.ir.routing_synth import parse_routing_spec
 from moec.ir.stream import Program, load_program, verify_program
 from moec.ir.target import Target, load_target
 

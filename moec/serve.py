@@ -27,8 +27,9 @@ from moec.backends.interp.residency import POLICIES, residency_rewrite
 from moec.backends.interp.serving import ServingResult, simulate_iterations
 from moec.compiler.bench.row import Serving
 from moec.ir.errors import TraceError
-from moec.ir.routing import LayerRouting, RoutingTrace, SynthSpec, parse_routing_spec
+from moec.ir.routing import LayerRouting, RoutingTrace
 from moec.ir.routing_seq import RoutingSequence, load_sequence, spec_sequence
+from moec.ir.routing_synth import SynthSpec, parse_routing_spec
 from moec.ir.stream import Program
 from moec.ir.target import Target
 

@@ -35,7 +35,7 @@ from moec.bench import moe_metrics
 from moec.compiler.bench.spec import load_bench_model, read_bench_model, truncate
 from moec.compiler.lower import lower
 from moec.compiler.passes import parse_pipeline
-from moec.ir.routing import synth_layers
+from moec.ir.routing_synth import synth_layers
 from moec.ir.stream import TargetRef
 from moec.ir.target import load_target
 

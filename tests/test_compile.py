@@ -13,7 +13,8 @@ from onnx import numpy_helper
 from moec.compiler.cli.main import main
 from moec.compiler.frontend import load_module
 from moec.ir.moe import layer_config, layer_from_config, present
-from moec.ir.routing import save_trace, synth_zipf
+from moec.ir.routing import save_trace
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import load_program
 
 ROOT = Path(__file__).resolve().parents[1]

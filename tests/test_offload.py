@@ -18,7 +18,8 @@ from moec.compiler.lower import StrategyError
 from moec.compiler.lower.residency import expert_scores, layer_residency, resident_plan
 from moec.ir.cost import host_time
 from moec.ir.errors import ProgramError
-from moec.ir.routing import LayerRouting, synth_zipf
+from moec.ir.routing import LayerRouting
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import Load, MoEDecl, RuntimePolicy, SliceRef, parse_program, print_program
 from moec.ir.stream.program import HOST_CHANNEL
 from moec.ir.stream.verify import verify_program

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from moec.ir.errors import TraceError
-from moec.ir.routing import parse_routing_spec, save_trace, synth_layers
+from moec.ir.routing import save_trace
 from moec.ir.routing_seq import (
     RoutingSequence,
     load_sequence,
@@ -19,6 +19,7 @@ from moec.ir.routing_seq import (
     spec_sequence,
     synth_sequence,
 )
+from moec.ir.routing_synth import parse_routing_spec, synth_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,15 +22,9 @@ import numpy as np
 
 from moec.ir.errors import TraceError
 from moec.ir.files import check_outputs
-from moec.ir.routing import (
-    HOME_SCHEMES,
-    LayerRouting,
-    RoutingTrace,
-    layer_stats,
-    save_trace,
-    synth_layers,
-)
+from moec.ir.routing import HOME_SCHEMES, LayerRouting, RoutingTrace, layer_stats, save_trace
 from moec.ir.routing_seq import load_sequence, save_sequence, synth_sequence
+from moec.ir.routing_synth import synth_layers
 from moec.progress import Progress
 
 
