@@ -98,7 +98,7 @@ def decode_sequence(
         values = dict(zip(out_names, sess.run(out_names, {"input_ids": window}), strict=True))
         layers = []
         for op, n in zip(ops, names, strict=True):
-            layer = op.attrs["layer"]
+            layer = op.layer
             x = np.asarray(values[n]).reshape(batch, -1, layer.hidden)[:, -1, :]
             ids, gates = route(layer, x)
             layers.append(
