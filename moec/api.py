@@ -22,19 +22,17 @@ with a location.
 
 from __future__ import annotations
 
-from moec.approx import (
-    ApproxReport,
-    ApproxRun,
-    Reference,
-    approx_check,
-    approx_run,
-    interpret,
-    program_perplexity,
-    reference_run,
-)
+from moec.approx import ApproxReport, ApproxRun, approx_check, approx_run, program_perplexity
 from moec.backends.interp import RunResult, simulate
 from moec.bench import known_strategies, run_bench
-from moec.check import check_model, dump_trace, model_inputs
+from moec.check import (
+    Reference,
+    check_model,
+    dump_trace,
+    interpret,
+    model_inputs,
+    reference_run,
+)
 from moec.compile import DEFAULT_TARGET, Compiled, compile_model, load_model, write_compiled
 from moec.compiler.passes import parse_pipeline
 from moec.ir.graph import Module

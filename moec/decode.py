@@ -21,9 +21,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import onnx
 
-from moec.backends.ort.check import session
+from moec.backends.ort.check import session, with_outputs
 from moec.compile import load_model
 from moec.ir.errors import TraceError
 from moec.ir.moe import route
@@ -80,14 +79,7 @@ def decode_sequence(
     ]
     ops = list(module.moe_ops())
     names = [op.inputs[0].name if op.inputs[0] is not None else "" for op in ops]
-    m = onnx.ModelProto()
-    m.CopyFrom(lifted.model)
-    present = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in present:
-            m.graph.output.append(onnx.ValueInfoProto(name=n))
-            present.add(n)
-    sess = session(m)
+    sess = session(with_outputs(lifted.model, names))
     out_names = [o.name for o in sess.get_outputs()]
     logits_name = next((n for n in out_names if n == "logits"), out_names[0])
     rng = np.random.default_rng(seed)
