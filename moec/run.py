@@ -46,6 +46,12 @@ def load_inputs_npz(path: str) -> dict[str, np.ndarray]:
         raise ProgramError(f"cannot read inputs: {err}", path) from None
 
 
+def run_target(program: Program, base: str, target: str | None = None) -> Target:
+    """What a run of ``program`` runs on: ``target`` (a preset, or a TOML path relative to the
+    working folder) when given, else the target the program names (relative to ``base``)."""
+    return load_target(target, base_dir=os.getcwd()) if target else program_target(program, base)
+
+
 def run_program(
     program: str | Program,
     *,
@@ -64,7 +70,7 @@ def run_program(
         program = load_program(program)
     else:
         base = base_dir or os.getcwd()
-    tgt = load_target(target, base_dir=os.getcwd()) if target else program_target(program, base)
+    tgt = run_target(program, base, target)
     feeds: dict[str, np.ndarray] | None = None
     if isinstance(inputs, str):
         feeds = load_inputs_npz(inputs)

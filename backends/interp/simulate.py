@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,8 +52,8 @@ from moec.ir.stream.program import (
     SliceLayout,
     SliceRef,
 )
-from moec.ir.stream.verify import verify_program
-from moec.ir.target import Target, load_target
+from moec.ir.stream.verify import named_target, verify_program
+from moec.ir.target import Target
 
 
 @dataclass
@@ -71,13 +70,12 @@ class RunResult:
 
 
 def program_target(p: Program, base_dir: str | None = None) -> Target:
-    """The target a program names (preset or TOML relative to ``base_dir``), with overrides."""
-    if p.target is None:
+    """The target a program names (preset or TOML relative to ``base_dir``), with overrides;
+    one that names none is an error (:func:`moec.ir.stream.verify.named_target`)."""
+    target = named_target(p, base_dir)
+    if target is None:
         raise ProgramError("the program names no target; pass one", p.filename)
-    base = base_dir
-    if base is None and os.path.exists(p.filename):
-        base = os.path.dirname(os.path.abspath(p.filename))
-    return load_target(p.target.spec, dict(p.target.overrides), base_dir=base)
+    return target
 
 
 def check_routings(

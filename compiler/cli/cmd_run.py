@@ -29,8 +29,9 @@ from typing import Any
 
 from moec.backends.interp import render
 from moec.backends.interp.report import chrome_trace_json
+from moec.compiler.cli.args import add_serving_args
 from moec.ir.files import atomic_write_all, check_outputs
-from moec.ir.stream import load_program, print_program
+from moec.ir.stream import Program, load_program, print_program
 from moec.run import run_program
 
 
@@ -47,17 +48,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trace-out", metavar="TRACE.json", help="write a Chrome/Perfetto trace")
     p.add_argument("--dump-expanded", metavar="OUT.msp", help="write the expanded static program")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument(
-        "--iterations", type=int, metavar="N",
-        help="serve N consecutive iterations in one simulation (moec.serve)",
-    )  # fmt: skip
-    p.add_argument(
-        "--residency", choices=("lru", "popularity"),
-        help="with --iterations: keep loaded micro-slices in spare SRAM across iterations",
-    )  # fmt: skip
-    p.add_argument(
-        "--arrivals", metavar="poisson:rate=R,len=L",
-        help="with --iterations: continuous batching of Poisson requests over the iteration times",
+    add_serving_args(
+        p, iterations_default=None,
+        iterations_help="serve N consecutive iterations in one simulation (moec.serve)",
+        arrivals_metavar="poisson:rate=R,len=L",
+        arrivals_help="with --iterations: continuous batching of Poisson requests over the "
+        "iteration times",
     )  # fmt: skip
     p.set_defaults(func=run)
 
@@ -71,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         [args.program, weights, args.inputs, args.routing, args.target],
     )  # fmt: skip
     if args.iterations is not None or args.residency or args.arrivals:
-        return _serve(args)
+        return _serve(args, program, base)
     result = run_program(
         program, base_dir=base, routing=args.routing, seed=args.seed, inputs=args.inputs,
         target=args.target, record_trace=bool(args.trace_out),
@@ -99,11 +95,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from moec.backends.interp import program_target
+def _serve(args: argparse.Namespace, program: Program, base: str) -> int:
     from moec.ir.errors import TraceError
-    from moec.ir.stream import load_program
-    from moec.ir.target import load_target
+    from moec.run import run_target
     from moec.serve import render_serving, run_serving, serving_json
 
     if args.iterations is None or args.iterations < 1:
@@ -111,12 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.inputs or args.dump_expanded or args.trace_out:
         raise TraceError("--iterations runs seeded inputs or a routing; drop --inputs, "
                          "--dump-expanded and --trace-out")  # fmt: skip
-    program = load_program(args.program)
-    base = os.path.dirname(os.path.abspath(args.program))
-    tgt = (
-        load_target(args.target, base_dir=os.getcwd()) if args.target
-        else program_target(program, base)
-    )  # fmt: skip
+    tgt = run_target(program, base, args.target)
     result = run_serving(
         program, tgt, iterations=args.iterations, routing=args.routing, seed=args.seed,
         base=base, residency=args.residency, arrivals=args.arrivals,
