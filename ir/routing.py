@@ -376,7 +376,8 @@ def _from_doc(meta: dict[str, Any], layer_docs: list[Any], arrays: Any, where: s
     return trace
 
 
-def _load_json(path: str) -> RoutingTrace:
+def read_json_doc(path: str) -> dict[str, Any]:
+    """The top-level object of a JSON trace file (a located TraceError when it is not one)."""
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -388,15 +389,12 @@ def _load_json(path: str) -> RoutingTrace:
         raise TraceError("invalid JSON: not UTF-8 text", path) from None
     if not isinstance(doc, dict):
         raise TraceError("expected a JSON object at the top level", path)
-    layer_docs = _field(doc, "layers", list, path, "")
-
-    def arrays(i: int, d: dict[str, Any], ctx: str) -> tuple[Any, Any, Any]:
-        return tuple(_field(d, k, list, path, ctx) for k in ("ids", "gates", "home_die"))  # type: ignore[return-value]
-
-    return _from_doc(doc, layer_docs, arrays, path)
+    return doc
 
 
-def _load_npz(path: str) -> RoutingTrace:
+def read_npz_doc(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays of an NPZ trace file and its ``meta`` header (a JSON object with a ``layers``
+    list); a located TraceError when it is not one."""
     try:
         with np.load(path, allow_pickle=False) as z:
             files = {k: z[k] for k in z.files}
@@ -413,6 +411,21 @@ def _load_npz(path: str) -> RoutingTrace:
         raise TraceError(f"meta: invalid JSON: {err.msg}", path) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("layers"), list):
         raise TraceError("meta: expected an object with a 'layers' list", path)
+    return files, meta
+
+
+def _load_json(path: str) -> RoutingTrace:
+    doc = read_json_doc(path)
+    layer_docs = _field(doc, "layers", list, path, "")
+
+    def arrays(i: int, d: dict[str, Any], ctx: str) -> tuple[Any, Any, Any]:
+        return tuple(_field(d, k, list, path, ctx) for k in ("ids", "gates", "home_die"))  # type: ignore[return-value]
+
+    return _from_doc(doc, layer_docs, arrays, path)
+
+
+def _load_npz(path: str) -> RoutingTrace:
+    files, meta = read_npz_doc(path)
 
     def arrays(i: int, d: dict[str, Any], ctx: str) -> tuple[Any, Any, Any]:
         out = []
