@@ -14,7 +14,8 @@ call them too. One import gives the whole workflow::
     rows = api.run_bench("tiny_moe", "fsedp-2x2", [64], ["ep", "fsedp"])
 
 Where each part lives: :mod:`moec.compile` (load, compile, write), :mod:`moec.run` (simulate),
-:mod:`moec.check` (exact check against ONNX Runtime, routing dumps), :mod:`moec.approx` (what a
+:mod:`moec.check` (exact check against ONNX Runtime, the reference run and interpreter
+run every accuracy figure shares, routing dumps), :mod:`moec.approx` (what a
 cost-aware pipeline costs in accuracy, perplexity), :mod:`moec.bench` (the bench driver) and
 :mod:`moec.sweep` (design-space sweeps). Errors are :class:`moec.ir.errors.MoecError` subclasses
 with a location.

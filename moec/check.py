@@ -44,7 +44,7 @@ from moec.compiler.lower import resolve_dims
 from moec.compiler.lower.weights_file import has_weights
 from moec.ir.errors import MoecError, TraceError
 from moec.ir.graph import Module
-from moec.ir.moe import route
+from moec.ir.moe import MoELayer, route
 from moec.ir.routing import LayerRouting, RoutingTrace, assign_home_dies
 from moec.ir.stream import Program, load_program
 
@@ -147,6 +147,15 @@ def check_model(
     return compare(got, ref.want, tol)
 
 
+def routed(layer: MoELayer, x: np.ndarray, home: np.ndarray) -> LayerRouting:
+    """The routing of tokens ``x`` [T, d] by ``layer``'s own router, tokens on dies ``home``."""
+    ids, gates = route(layer, x)
+    return LayerRouting(
+        layer.name, layer.num_experts, layer.top_k, ids.astype(np.int64),
+        gates.astype(np.float32), home,
+    )  # fmt: skip
+
+
 def dump_trace(
     model: str,
     *,
@@ -175,22 +184,12 @@ def dump_trace(
         layer = op.layer
         x_name = op.inputs[0].name if op.inputs[0] is not None else ""
         x = captured[x_name].reshape(-1, layer.hidden)
-        ids, gates = route(layer, x)
         tokens = x.shape[0] if tokens is None else tokens
         if x.shape[0] != tokens:
             raise TraceError(
                 f"MoE layer {layer.name} sees {x.shape[0]} tokens, earlier layers {tokens}", model
             )
-        layers.append(
-            LayerRouting(
-                layer.name,
-                layer.num_experts,
-                layer.top_k,
-                ids.astype(np.int64),
-                gates.astype(np.float32),
-                assign_home_dies(x.shape[0], dies, home),
-            )  # fmt: skip
-        )
+        layers.append(routed(layer, x, assign_home_dies(x.shape[0], dies, home)))
     provenance: dict[str, Any] = {
         "source": "dump", "model_file": os.path.basename(model), "seed": seed, "home": home,
         "dims": dict(resolved), "inputs": os.path.basename(inputs) if inputs else "seeded",

@@ -23,10 +23,10 @@ import os
 import numpy as np
 
 from moec.backends.ort.check import session, with_outputs
+from moec.check import routed
 from moec.compile import load_model
 from moec.ir.errors import TraceError
-from moec.ir.moe import route
-from moec.ir.routing import LayerRouting, RoutingTrace, assign_home_dies
+from moec.ir.routing import RoutingTrace, assign_home_dies
 from moec.ir.routing_seq import RoutingSequence
 
 
@@ -92,17 +92,7 @@ def decode_sequence(
         for op, n in zip(ops, names, strict=True):
             layer = op.layer
             x = np.asarray(values[n]).reshape(batch, -1, layer.hidden)[:, -1, :]
-            ids, gates = route(layer, x)
-            layers.append(
-                LayerRouting(
-                    layer.name,
-                    layer.num_experts,
-                    layer.top_k,
-                    ids.astype(np.int64),
-                    gates.astype(np.float32),
-                    homes.copy(),
-                )  # fmt: skip
-            )
+            layers.append(routed(layer, x, homes.copy()))
         provenance = {
             "source": "decode", "model": name, "batch": batch, "prompt": prompt,
             "text": os.path.basename(source), "temperature": temperature, "seed": seed,
