@@ -78,6 +78,23 @@ def program_target(p: Program, base_dir: str | None = None) -> Target:
     return target
 
 
+def prepare(
+    program: Program, target: Target | None, base_dir: str | None, verify: bool
+) -> tuple[Target, dict[tuple[str, bool], SliceLayout]]:
+    """What every run of ``program`` starts with: its target (``target``, else the one it
+    names), the program verified against it (when ``verify``), its slice layouts, and each
+    runtime policy's declarations checked."""
+    tgt = target if target is not None else program_target(program, base_dir)
+    if verify:
+        verify_program(program, tgt)
+    layouts = layouts_for(program, tgt)
+    for r in program.runtime:
+        decl = program.layer(r.layer)
+        if decl is not None:
+            check_declarations(program, r, decl, tgt)
+    return tgt, layouts
+
+
 def check_routings(
     p: Program, target: Target, routings: list[LayerRouting] | RoutingTrace, where: str = "trace"
 ) -> dict[str, LayerRouting]:
@@ -217,14 +234,7 @@ def _simulate(
     verify: bool,
     verified: bool,
 ) -> RunResult:
-    tgt = target if target is not None else program_target(program, base_dir)
-    if verify and not verified:
-        verify_program(program, tgt)
-    layouts = layouts_for(program, tgt)
-    for r in program.runtime:
-        decl = program.layer(r.layer)
-        if decl is not None:
-            check_declarations(program, r, decl, tgt)
+    tgt, layouts = prepare(program, target, base_dir, verify and not verified)
     expansions: dict[str, dict[int, list[Instr]]] = {}
     outputs: dict[str, np.ndarray] | None = None
     given = check_routings(program, tgt, routings) if routings is not None else None
