@@ -2,7 +2,12 @@
 
 :func:`moec.bench.run_point` fills a :class:`BenchRow` and hands out :meth:`BenchRow.to_json`, the
 plain dict the table, the JSON output, the sweep journal and the scripts read (``Row``). Optional
-parts appear only when present, in this order, so the JSON is what it always was.
+parts appear only when present, in this order, so the JSON is what it always was. A serving
+row (``--iterations``) carries a :class:`Serving` record: the JSON then shows its per-iteration
+means as ``latency_s``/``bound_s`` and the single iteration's as ``first_iteration_*``.
+
+A new figure is a field with a default (``None``: absent) and one line in ``to_json`` at the
+place it should appear; a group of figures is a small frozen dataclass with its own ``to_json``.
 """
 
 from __future__ import annotations
