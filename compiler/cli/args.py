@@ -36,11 +36,11 @@ def add_target_args(
     add_set_arg(p, set_help)
 
 
-def add_strategy_arg(p: argparse.ArgumentParser) -> None:
+def add_strategy_arg(
+    p: argparse.ArgumentParser, help: str = "strategy, e.g. ep{placement=blocks}"
+) -> None:
     """``--strategy S`` (default ``ep``): one strategy spelling with its options."""
-    p.add_argument(
-        "--strategy", default="ep", metavar="S", help="strategy, e.g. ep{placement=blocks}"
-    )
+    p.add_argument("--strategy", default="ep", metavar="S", help=help)
 
 
 def add_dims_arg(p: argparse.ArgumentParser) -> None:
