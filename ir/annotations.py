@@ -23,6 +23,8 @@ field                     written by                                   read by
 ``skip_rule``             ``skip-second``, ``caee-prune``:             lowering (``skip`` rule)
                           ``(rule, threshold)``
 ``resident``              ``caee-prune{resident=F}`` (per expert 1/0)  residency (offloading)
+``dense_shared``          the lifter: the down projection of a shared  ``moec inspect``
+                          MLP left outside the op
 ========================  ===========================================  =========================
 """
 
@@ -48,6 +50,7 @@ class LayerAnnotations:
     quant_block: int | None = None
     skip_rule: tuple[str, float] | None = None
     resident: list[int] | None = None
+    dense_shared: str | None = None
 
     def items(self) -> list[tuple[str, object]]:
         """The recorded (non-None) annotations as ``(name, value)``, sorted by name."""

@@ -65,6 +65,8 @@ class Serving:
     max_delay_iterations: int
     max_delay_s: float
     dram_bytes_per_token: float
+    #: how far the run went past a die's SRAM (only with ``allow_overflow``)
+    sram_over_bytes: int | None = None
     #: the residency rewrite's statistics (its own keys), when the run kept slices resident
     residency: dict[str, Any] | None = None
     #: continuous batching over the run's iteration times, one entry per arrival rate
@@ -80,6 +82,8 @@ class Serving:
     def to_json(self) -> Row:
         """The serving keys of the row, after its first iteration's figures."""
         row: Row = {"iterations": self.iterations}
+        if self.sram_over_bytes is not None:
+            row["sram_over_bytes"] = self.sram_over_bytes
         row.update({k: getattr(self, k) for k in self.METRICS})
         if self.residency is not None:
             row.update(self.residency)
@@ -117,6 +121,9 @@ class BenchRow:
     #: (token, expert) pairs token buffering defers to the next iteration, excluded from the bound
     bound_deferred_pairs: int | None = None
     serving: Serving | None = None
+    #: how far the run (the larger of the single and the serving run) went past a die's SRAM,
+    #: only with ``allow_overflow``
+    sram_over_bytes: int | None = None
     overrides: dict[str, int | float | str] | None = None
     accuracy: Accuracy | None = None
     #: scalar figures the interpreter and the expansions report (``extra`` of the run report)
@@ -152,6 +159,8 @@ class BenchRow:
             row["first_iteration_latency_s"] = self.latency_s
             row["first_iteration_bound_s"] = self.bound_s
             row.update(self.serving.to_json())
+        if self.sram_over_bytes is not None:  # a serving row's stays where the serving block put it
+            row["sram_over_bytes"] = self.sram_over_bytes
         if self.overrides is not None:
             row["overrides"] = dict(self.overrides)
         if self.accuracy is not None:
