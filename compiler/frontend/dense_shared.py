@@ -3,11 +3,11 @@
 A family whose shared MLP the recognizers could not take into the canonical op still computes
 the right numbers (the MLP stays ordinary ops), but the schedules would never stream, split or
 count it as part of the layer, and ``moec inspect`` would say ``shared 0``. This check runs
-after lifting and marks such a layer (``annotations["dense_shared"]`` = the node of the MLP's
+after lifting and marks such a layer (``annotations.dense_shared`` = the node of the MLP's
 down projection), so ``moec inspect`` says so in the layer's row instead of staying silent.
 
     before: y = moe(x);  out = Add(y, MatMul(silu(x @ Wg) * (x @ Wu), Wd))
-    after:  the same graph; layer.annotations["dense_shared"] = "<down MatMul>"
+    after:  the same graph; layer.annotations.dense_shared = "<down MatMul>"
 """
 
 from __future__ import annotations
@@ -28,4 +28,4 @@ def mark_dense_shared(view: GraphView, lifted: list[Lifted]) -> None:
         if shared is None:
             continue
         down = view.producer(shared.ffn.output)
-        lf.layer.annotations["dense_shared"] = view.name(down) if down is not None else "?"
+        lf.layer.annotations.dense_shared = view.name(down) if down is not None else "?"

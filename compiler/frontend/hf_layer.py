@@ -82,9 +82,7 @@ def match_dense_ffn(walk: Walk, value: str) -> DenseFFN | None:
     return None
 
 
-def _split_gate_up(
-    walk: Walk, gate: str, up: str
-) -> tuple[str, np.ndarray, np.ndarray] | None:
+def _split_gate_up(walk: Walk, gate: str, up: str) -> tuple[str, np.ndarray, np.ndarray] | None:
     """``gate`` and ``up`` as the two halves of one ``Split`` of ``x @ [gate | up]`` (a fused
     gate-up projection, GraniteMoE-shared's shared MLP): (x, W_gate, W_up), or None."""
     split = walk.producer(gate)
