@@ -25,52 +25,17 @@ from moec.compiler.lower import lower, parse_strategy
 from moec.compiler.lower.options import StrategyError
 from moec.compiler.lower.weights_file import companion_bytes, companion_name, sha256
 from moec.compiler.passes import parse_pipeline
-from moec.ir.errors import ModelError, MoecError
+from moec.ir.errors import ModelError
 from moec.ir.files import atomic_write_all
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace, load_trace
 from moec.ir.stream import Program, TargetRef, WeightsRef, print_program
 from moec.ir.target import PRESETS
-
-DEFAULT_TARGET = "fsedp-2x2"
-
-
-# --- argument parsing --------------------------------------------------------------------------
-def _scalar(raw: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
-
-
-def parse_overrides(items: Sequence[str]) -> tuple[tuple[str, int | float | str], ...]:
-    """``["a=1", "b=x"]`` -> sorted ``(("a", 1), ("b", "x"))``."""
-    out: dict[str, int | float | str] = {}
-    for item in items:
-        key, eq, raw = item.partition("=")
-        if not eq or not key.strip():
-            raise MoecError(f"expected KEY=VALUE, found {item!r}", "--set")
-        out[key.strip()] = _scalar(raw.strip())
-    return tuple(sorted(out.items()))
-
-
-def parse_dims(items: Sequence[str]) -> dict[str, int]:
-    """``["batch=2", "seq=8"]`` -> ``{"batch": 2, "seq": 8}``."""
-    out: dict[str, int] = {}
-    for item in items:
-        key, eq, raw = item.partition("=")
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if not eq or not key.strip() or value < 1:
-            raise MoecError(
-                f"expected NAME=VALUE with VALUE an integer >= 1, found {item!r}", "--dims"
-            )
-        out[key.strip()] = value
-    return out
+from moec.options import (  # noqa: F401 - the API names them here
+    DEFAULT_TARGET,
+    parse_dims,
+    parse_overrides,
+)
 
 
 def target_ref(

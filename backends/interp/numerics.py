@@ -19,13 +19,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
-from onnx.reference import ReferenceEvaluator
-from onnx.reference.op_run import OpRun
 
 from moec.backends.interp.numerics_ops import LayerExec
 from moec.ir.companion import PRECISION_ATTR
@@ -34,6 +30,9 @@ from moec.ir.inputs import seeded_feeds
 from moec.ir.moe import MoELayer, layer_from_config, present, route
 from moec.ir.routing import LayerRouting, assign_home_dies
 from moec.ir.stream.program import Instr, Program, SliceLayout
+
+if TYPE_CHECKING:  # onnx is imported where it is used: a timing-only run never loads it
+    import onnx
 
 MOEC_DOMAIN = "ai.moec"
 
@@ -63,6 +62,8 @@ def load_weights(p: Program, base_dir: str | None) -> onnx.ModelProto:
             f"weights file {path} has sha256 {digest}, the program expects {p.weights.sha256}",
             where,
         )
+    import onnx
+
     try:
         return onnx.load_from_string(data)
     except Exception as err:  # noqa: BLE001 - any decode failure is a bad file
@@ -70,12 +71,16 @@ def load_weights(p: Program, base_dir: str | None) -> onnx.ModelProto:
 
 
 def _attr(a: onnx.AttributeProto) -> Any:
-    v = onnx.helper.get_attribute_value(a)
+    from onnx.helper import get_attribute_value
+
+    v = get_attribute_value(a)
     return v.decode() if isinstance(v, bytes) else v
 
 
 def moe_layers(model: onnx.ModelProto, where: str) -> dict[str, MoELayer]:
     """Every ``ai.moec::MoE`` node's layer, rebuilt from its attributes and initializers."""
+    from onnx import numpy_helper
+
     inits = {t.name: t for t in model.graph.initializer}
     out: dict[str, MoELayer] = {}
     for node in model.graph.node:
@@ -98,13 +103,15 @@ def moe_layers(model: onnx.ModelProto, where: str) -> dict[str, MoELayer]:
 
 def weights_precision(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
     """Per MoE layer whose experts the compiler quantized, each expert's recorded precision."""
+    from onnx.helper import get_attribute_value
+
     out: dict[str, tuple[str, ...]] = {}
     for node in model.graph.node:
         if node.op_type != "MoE" or node.domain != MOEC_DOMAIN:
             continue
         attrs = {a.name: a for a in node.attribute}
         if PRECISION_ATTR in attrs and "layer" in attrs:
-            values = onnx.helper.get_attribute_value(attrs[PRECISION_ATTR])
+            values = get_attribute_value(attrs[PRECISION_ATTR])
             out[str(_attr(attrs["layer"]))] = tuple(
                 v.decode() if isinstance(v, bytes) else str(v) for v in values
             )
@@ -195,6 +202,9 @@ def evaluate_model(
     Returns the graph outputs by name and the routing each layer ran with, after its runtime
     rules (in execution order).
     """
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import OpRun
+
     routings: list[LayerRouting] = []
 
     def run_layer(name: str, x: np.ndarray) -> np.ndarray:
@@ -259,6 +269,8 @@ def evaluate_model(
 def needs_runtime(model: onnx.ModelProto) -> bool:
     """True when the dense part holds ops only ONNX Runtime defines (contrib domains, or
     default-domain ops ONNX has no schema for), which onnx's reference evaluator cannot run."""
+    import onnx
+
     for node in model.graph.node:
         if node.domain == MOEC_DOMAIN:
             continue

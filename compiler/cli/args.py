@@ -1,8 +1,8 @@
 """Command-line options several subcommands share, each declared once.
 
 A subcommand adds the group it takes (``add_target_args(p)``, ``add_input_args(p)``, ...) and
-reads the parsed values with the API's parsers (``moec.compile.parse_overrides`` for ``--set``,
-``moec.compile.parse_dims`` for ``--dims``). Help texts a subcommand words its own way are
+reads the parsed values with the API's parsers (``moec.options.parse_overrides`` for ``--set``,
+``moec.options.parse_dims`` for ``--dims``). Help texts a subcommand words its own way are
 arguments, so ``--help`` reads as before.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from moec.compile import DEFAULT_TARGET
+from moec.options import DEFAULT_TARGET
 
 #: What ``--residency`` keeps in spare SRAM (``moec.backends.interp.residency.POLICIES``; named
 #: here so that building the parser does not import the interpreter).

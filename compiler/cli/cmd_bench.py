@@ -34,7 +34,6 @@ import sys
 from typing import Any
 
 from moec.bench import DEFAULT_ROUTING, known_strategies, run_bench, timed
-from moec.compile import parse_overrides
 from moec.compiler.bench.report import render_table, rows_json, write_plot
 from moec.compiler.bench.spec import (
     ABLATION_STEPS,
@@ -46,6 +45,7 @@ from moec.compiler.bench.spec import (
 )
 from moec.compiler.cli.args import add_serving_args, add_target_args
 from moec.ir.files import check_outputs
+from moec.options import parse_overrides
 from moec.progress import Progress
 
 

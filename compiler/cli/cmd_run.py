@@ -30,10 +30,10 @@ from typing import Any
 
 from moec.backends.interp import render
 from moec.backends.interp.report import chrome_trace_json
-from moec.compile import parse_overrides
 from moec.compiler.cli.args import add_serving_args, add_set_arg
 from moec.ir.files import atomic_write_all, check_outputs
 from moec.ir.stream import Program, load_program, print_program
+from moec.options import parse_overrides
 from moec.run import run_program
 
 

@@ -20,7 +20,43 @@ from moec import __version__, progress
 from moec.ir.errors import MoecError
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Each subcommand's one-line help, for ``moec --help``: only the command that runs is imported,
+#: so ``moec run``/``moec bench``/``moec inspect`` do not pay for onnx and onnxruntime (about
+#: 1 s). A ``cmd_*.py`` missing here still works; it is just imported on every call.
+#: tests/test_cli_lazy.py holds these to the texts the modules register.
+SUMMARIES: dict[str, str] = {
+    "bench": "compare strategies on one workload: latency, bound, utilization, bytes",
+    "check": "compare the compiled program's numbers with ONNX Runtime",
+    "compile": "lower an ONNX MoE model to a stream program (.msp)",
+    "eval": "perplexity of a byte-level ONNX language model on a text (ONNX Runtime)",
+    "export": "apply a pass pipeline and write the model back to ONNX (QMoE/QDQ for precision "
+    "plans)",
+    "inspect": "show the MoE layers of an ONNX model (or a .msp program)",
+    "models": "list or build moec's tiny models and shape-only presets",
+    "run": "run a stream program in the interpreter (timing, and numbers with weights)",
+    "sweep": "design-space sweep over targets, models, strategies, tokens (Ray or local)",
+    "targets": "list and show targets (dies, links, DRAM)",
+    "trace": "make and inspect routing traces",
+    "validate": "check moec's cost model against references",
+}
+
+
+def command_names() -> list[str]:
+    """Every subcommand, from the ``cmd_<name>.py`` files (found without importing them)."""
+    import moec.compiler.cli as cli_pkg
+
+    names = (m.name for m in pkgutil.iter_modules(cli_pkg.__path__))
+    return sorted(n[len("cmd_") :] for n in names if n.startswith("cmd_"))
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not a top-level option."""
+    return next((w for w in argv if not w.startswith("-")), None)
+
+
+def build_parser(command: str | None = None, *, full: bool = True) -> argparse.ArgumentParser:
+    """The parser. ``full=False`` registers only ``command`` for real and the others as
+    placeholders carrying their help line (enough for ``moec --help``)."""
     parser = argparse.ArgumentParser(
         prog="moec",
         description="Lower Mixture-of-Experts ONNX models to stream programs for multi-chiplet "
@@ -31,12 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="no progress output on stderr (before COMMAND)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    import moec.compiler.cli as cli_pkg
-
-    for info in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
-        if info.name.startswith("cmd_"):
-            module = importlib.import_module(f"moec.compiler.cli.{info.name}")
-            module.register(sub)
+    for name in command_names():
+        if full or name == command or name not in SUMMARIES:
+            importlib.import_module(f"moec.compiler.cli.cmd_{name}").register(sub)
+        else:
+            sub.add_parser(name, help=SUMMARIES[name], add_help=False)
     return parser
 
 
@@ -58,8 +93,9 @@ def attach_dims(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(attach_dims(list(sys.argv[1:] if argv is None else argv)))
+    words = attach_dims(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser(command_word(words), full=False)
+    args = parser.parse_args(words)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
