@@ -167,3 +167,11 @@ def test_shape_only_preset_tokens_and_precision() -> None:
     # the cut does not depend on SRAM once it fits: 64 MiB changes nothing
     big = lower(module, TargetRef("fsedp-2x2", (("sram_mib_per_die", 64),)), "ep", tokens=256)
     assert big.layout("moe0") == p.layout("moe0")
+    # slices=fit keeps the SRAM rule alone: 3 slices of 3 MiB, 1 (whole experts) with 64 MiB
+    fit = lower(module, TargetRef("fsedp-2x2"), "ep", {"slices": "fit"}, tokens=256)
+    assert fit.layout("moe0").count == 3
+    big = lower(
+        module, TargetRef("fsedp-2x2", (("sram_mib_per_die", 64),)), "ep", {"slices": "fit"},
+        tokens=256,
+    )  # fmt: skip
+    assert big.layout("moe0").count == 1

@@ -256,7 +256,7 @@ def plan_layers(
                     where,
                 )
             count = opts.slices
-        elif kind != "home":  # FSE-DP picks its own count (fsedp.auto_slices)
+        elif kind != "home" and not opts.fit_slices:  # FSE-DP: its own (fsedp.auto_slices)
             if routing is not None and i < len(routing.layers):
                 loads = [int(n) for n in routing.layers[i].expert_load()]
             else:
@@ -280,7 +280,7 @@ def plan_layers(
                     small_die, est.fixed + int(math.ceil(s_h_col)), one, sram,
                     f": {opts.slots} of one shared-expert column of {layer.name}", where,
                 )  # fmt: skip
-            if kind != "home" and opts.slices is None:  # cut per die share (EP splits them)
+            if kind != "home" and opts.slices is None and not opts.fit_slices:  # per die share
                 share = -(-fs // D)
                 per_die = preferred_slices(
                     target, hidden=layer.hidden, ffn=share, gated=True, precision=dtype,
