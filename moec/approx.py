@@ -176,7 +176,9 @@ def reference_run(
         op.attrs["layer"].weights_present for op in module.moe_ops()
     ):
         raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
-    feeds, resolved = model_inputs(module, lifted, seed=seed, dims=dims, inputs=inputs)
+    feeds, resolved = model_inputs(
+        module, lifted, seed=seed, dims=dims, inputs=inputs, model_path=model
+    )
     return Reference(model, feeds, resolved, run_ort(lifted.model, feeds))
 
 

@@ -306,9 +306,11 @@ def run_point(
     iterations: int = 1,
     residency: str | None = None,
     arrivals: str | None = None,
+    allow_overflow: bool = False,
 ) -> Row:
     """One (model, target, tokens, strategy, passes) point: compile, run, measure (and, with
-    ``accuracy``, measure what the pipeline costs in accuracy)."""
+    ``accuracy``, measure what the pipeline costs in accuracy). A run past a die's SRAM fails
+    unless ``allow_overflow``; then the row carries ``sram_over_bytes``."""
     bm = load_bench_model(model)
     if tokens is not None:  # an impossible batch fails here, before its trace is drawn
         check_tokens_fit(bm.layers[:layers], tgt, tokens, bm.name)
@@ -323,7 +325,9 @@ def run_point(
             options["calibration"] = path
     with gc_paused():  # lowering a whole model makes as many long-lived objects as running it
         program = lower(module, TargetRef(target, tuple(overrides)), name, options, trace)
-        result = simulate(program, target=tgt, routings=trace, verify=False)
+        result = simulate(
+            program, target=tgt, routings=trace, verify=False, allow_overflow=allow_overflow
+        )
     metrics = moe_metrics(result.timeline)
     precision = program.layers[0].dtype if program.layers else "fp16"
     deferred = deferred_by_layer(program, result.routings)
@@ -374,7 +378,15 @@ def run_point(
 
         row["first_iteration_latency_s"] = row["latency_s"]
         row["first_iteration_bound_s"] = row["bound_s"]
-        row.update(serving_row(program, tgt, seq, iterations, residency, bound_of, arrivals))
+        row.update(
+            serving_row(
+                program, tgt, seq, iterations, residency, bound_of, arrivals, allow_overflow
+            )
+        )
+    if "sram_over_bytes" in result.report.extra:  # only with allow_overflow
+        row["sram_over_bytes"] = max(
+            int(result.report.extra["sram_over_bytes"]), int(row.get("sram_over_bytes", 0))
+        )
     if overrides:
         row["overrides"] = {k: v for k, v in overrides}
     if accuracy:
@@ -407,6 +419,7 @@ def run_bench(
     iterations: int = 1,
     residency: str | None = None,
     arrivals: str | None = None,
+    allow_overflow: bool = False,
 ) -> list[Row]:
     """Run every (model, target, tokens, strategy, passes) point; rows in that nesting order,
     with ``speedup_vs_ep`` filled in where the point has an ``ep`` row. ``tokens`` may be
@@ -414,7 +427,9 @@ def run_bench(
     made (progress bars). ``accuracy``: measure each row's accuracy where the model has weights
     (True: and at least one model of the run must have them; None: where they exist, silently;
     False: never). ``keep_going``: a point that fails becomes a row with its one-line ``error``
-    (and no metrics) instead of ending the run; if every point fails, the first error is raised."""
+    (and no metrics) instead of ending the run; if every point fails, the first error is raised.
+    ``allow_overflow``: a point past a die's SRAM still gives a row, with ``sram_over_bytes``
+    (``--allow-overflow``); otherwise it fails like any schedule that does not fit."""
     model_list = [models] if isinstance(models, str) else list(models)
     target_list = [targets] if isinstance(targets, str) else list(targets)
     ovr = tuple(overrides.items()) if isinstance(overrides, Mapping) else tuple(overrides)
@@ -450,6 +465,7 @@ def run_bench(
                                     iterations,
                                     residency,
                                     arrivals,
+                                    allow_overflow,
                                 )
                             except MoecError as err:
                                 if not keep_going:

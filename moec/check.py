@@ -39,6 +39,7 @@ from moec.compiler.lower import resolve_dims
 from moec.compiler.lower.weights_file import has_weights
 from moec.ir.errors import MoecError, TraceError
 from moec.ir.graph import Module
+from moec.ir.llm_inputs import llm_signature
 from moec.ir.moe import route
 from moec.ir.routing import LayerRouting, RoutingTrace, assign_home_dies
 from moec.ir.stream import load_program
@@ -51,13 +52,20 @@ def model_inputs(
     seed: int = 0,
     dims: Mapping[str, int] | None = None,
     inputs: str | None = None,
+    model_path: str | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """The inputs of a run (from ``inputs`` or seeded) and the symbolic dimensions they fix."""
+    """The inputs of a run (from ``inputs`` or seeded) and the symbolic dimensions they fix.
+
+    Seeded inputs of a decoder LLM follow its generation signature (:mod:`moec.ir.llm_inputs`:
+    ``genai_config.json`` beside ``model_path``, an all-ones attention mask, past lengths)."""
     if inputs is not None:
         feeds = load_inputs(inputs, lifted.model)
         return feeds, resolve_dims(module, dims_of(lifted.model, feeds))
-    resolved = resolve_dims(module, dims)
-    return make_inputs(lifted.model, resolved, seed), resolved
+    shapes = {v.name: tuple(v.type.shape) if v.type else () for v in module.inputs}
+    signature = llm_signature(model_path or lifted.source or None, shapes)
+    given = dict(dims or {})
+    resolved = signature.resolve(resolve_dims(module, {**signature.dims, **given}), given)
+    return make_inputs(lifted.model, resolved, seed, signature), resolved
 
 
 def _interpret(program_path: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -89,7 +97,9 @@ def check_model(
     module, lifted, _ = load_model(model)
     if not has_weights(module):
         raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
-    feeds, resolved = model_inputs(module, lifted, seed=seed, dims=dims, inputs=inputs)
+    feeds, resolved = model_inputs(
+        module, lifted, seed=seed, dims=dims, inputs=inputs, model_path=model
+    )
     want = run_ort(lifted.model, feeds)
     with tempfile.TemporaryDirectory(prefix="moec-check-") as tmp:
         path = os.path.join(tmp, "check.msp")
@@ -119,7 +129,9 @@ def dump_trace(
     dies = num_dies if num_dies is not None else 4
     module, lifted, name = load_model(model)
     given = parse_dims(dims) if not isinstance(dims, Mapping) else dict(dims)
-    feeds, resolved = model_inputs(module, lifted, seed=seed, dims=given, inputs=inputs)
+    feeds, resolved = model_inputs(
+        module, lifted, seed=seed, dims=given, inputs=inputs, model_path=model
+    )
     if not lifted.lifted:
         raise TraceError("model has no MoE layer to route", model)
     captured = run_ort(lifted.model, feeds, [lf.input for lf in lifted.lifted])

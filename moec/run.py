@@ -9,7 +9,7 @@ the program has weights and no routing is given; otherwise timing on a routing t
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -54,16 +54,23 @@ def run_program(
     target: str | None = None,
     base_dir: str | None = None,
     record_trace: bool = False,
+    overrides: Sequence[tuple[str, int | float | str]] = (),
+    allow_overflow: bool = False,
 ) -> RunResult:
     """Run ``program`` (a ``.msp`` path or a loaded program; ``base_dir`` is the folder its
     relative paths start from, by default the file's) as ``moec run`` does (module docstring).
-    ``target`` (preset or TOML path) replaces the program's target."""
+    ``target`` (preset or TOML path) replaces the program's target; ``overrides`` (``--set``
+    pairs) apply on top of the program's (or that) target, e.g. ``[("ideal", "true")]``.
+    ``allow_overflow``: report a run whose SRAM peak exceeds a die's (``--allow-overflow``;
+    the report then carries ``sram_over_bytes``) instead of failing."""
     if isinstance(program, str):
         base = base_dir or os.path.dirname(os.path.abspath(program))
         program = load_program(program)
     else:
         base = base_dir or os.getcwd()
     tgt = load_target(target, base_dir=os.getcwd()) if target else program_target(program, base)
+    if overrides:
+        tgt = tgt.with_overrides(dict(overrides))
     feeds: dict[str, np.ndarray] | None = None
     if isinstance(inputs, str):
         feeds = load_inputs_npz(inputs)
@@ -82,5 +89,5 @@ def run_program(
         check_routings(program, tgt, trace, where=spec)
     return simulate(
         program, target=tgt, routings=trace, inputs=feeds, base_dir=base,
-        record_trace=record_trace, verified=verified,
+        record_trace=record_trace, verified=verified, allow_overflow=allow_overflow,
     )  # fmt: skip

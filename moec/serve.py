@@ -77,9 +77,11 @@ def run_serving(
     base: str,
     residency: str | None = None,
     arrivals: str | None = None,
+    allow_overflow: bool = False,
 ) -> ServingResult:
     """``moec run --iterations``: numerics on seeded inputs when the program has weights and no
-    routing is given, else timing on the routing (default ``synth:zipf=1.0,seed=<seed>``)."""
+    routing is given, else timing on the routing (default ``synth:zipf=1.0,seed=<seed>``).
+    ``allow_overflow``: run a schedule past a die's SRAM (``--allow-overflow``)."""
     tokens = {m.tokens for m in program.layers}
     T = tokens.pop() if len(tokens) == 1 else None
     rewrite = residency_rewrite(program, tgt, residency) if residency else None
@@ -88,7 +90,7 @@ def run_serving(
         inputs = [seeded_inputs(weights, T or 1, seed + i) for i in range(iterations)]
         result = simulate_iterations(
             program, iterations=iterations, target=tgt, inputs=inputs, base_dir=base,
-            rewrite=rewrite,
+            rewrite=rewrite, allow_overflow=allow_overflow,
         )  # fmt: skip
     else:
         spec = routing or f"synth:zipf=1.0,seed={seed}"
@@ -96,7 +98,7 @@ def run_serving(
         seq = routing_sequence(spec, shapes, T, tgt.num_dies, iterations, program.name)
         result = simulate_iterations(
             program, iterations=iterations, target=tgt, routings=seq, base_dir=base,
-            rewrite=rewrite,
+            rewrite=rewrite, allow_overflow=allow_overflow,
         )  # fmt: skip
     if rewrite is not None:
         result.extra.update(rewrite.stats())
@@ -121,8 +123,10 @@ def serving_row(
     residency: str | None,
     bound: Callable[[list[LayerRouting]], float],
     arrivals: str | None = None,
+    allow_overflow: bool = False,
 ) -> dict[str, Any]:
-    """The serving columns of a bench row: ``iterations`` of ``program`` on ``seq``.
+    """The serving columns of a bench row: ``iterations`` of ``program`` on ``seq``
+    (``allow_overflow``: past a die's SRAM, with ``sram_over_bytes`` in the row).
 
     They replace the row's single-iteration ``latency_s`` by the mean iteration latency
     (makespan / iterations, dense islands included) and ``bound_s`` by the mean over the
@@ -134,10 +138,13 @@ def serving_row(
     loads that are not made: the row says ``bound_excludes_residency``."""
     rewrite = residency_rewrite(program, tgt, residency) if residency else None
     result = simulate_iterations(
-        program, iterations=iterations, target=tgt, routings=seq, verify=False, rewrite=rewrite
-    )
+        program, iterations=iterations, target=tgt, routings=seq, verify=False, rewrite=rewrite,
+        allow_overflow=allow_overflow,
+    )  # fmt: skip
     metrics = result.metrics.to_dict()
     row: dict[str, Any] = {"iterations": iterations}
+    if "sram_over_bytes" in result.report.extra:
+        row["sram_over_bytes"] = int(result.report.extra["sram_over_bytes"])
     row.update({k: metrics[k] for k in ROW_KEYS})
     bounds = [bound(rs) for rs in result.routings]
     mean_bound = float(np.mean(bounds)) if bounds else 0.0

@@ -12,7 +12,11 @@ from moec.bench import run_bench
 
 
 def test_hydra_oracle_is_not_slower_than_ep_on_yuan2() -> None:
-    rows = run_bench("yuan2-m32", "fsedp-2x2", [16, 64], ["ep", "hydra"], calibration="same")
+    # the ideal machine: the claim is about DRAM channel demand alone, not the MAC array's costs
+    rows = run_bench(
+        "yuan2-m32", "fsedp-2x2", [16, 64], ["ep", "hydra"], calibration="same",
+        overrides={"ideal": "true"},
+    )  # fmt: skip
     lat = {(r["tokens"], r["strategy"]): r["latency_s"] for r in rows}
     for tokens in (16, 64):
         assert lat[(tokens, "hydra")] <= lat[(tokens, "ep")], tokens

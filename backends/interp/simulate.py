@@ -36,6 +36,7 @@ from moec.backends.interp.numerics import check_companion, evaluate_model, load_
 from moec.backends.interp.offload import check_declarations, offload_loads
 from moec.backends.interp.report import Report, chrome_trace, make_report
 from moec.backends.interp.rules import apply_rules
+from moec.backends.interp.sram import sram_overflow
 from moec.backends.interp.timing import Timeline, run_timing
 from moec.ir.errors import ProgramError, ScheduleError, TraceError
 from moec.ir.routing import LayerRouting, RoutingTrace, validate
@@ -170,6 +171,15 @@ def expand_runtime(
     return r, offload_loads(per_die, p.policy(m.name), m)
 
 
+def check_fit(tl: Timeline, target: Target, where: str | None, allow_overflow: bool) -> None:
+    """SRAM is a hard limit: a run whose peak (slots and activations) exceeds a die's SRAM is a
+    one-line :class:`ScheduleError` (:func:`~.sram.sram_overflow`), unless the overflow is
+    allowed; then the timeline's ``sram_over_bytes`` says by how much."""
+    why = sram_overflow(target, tl.peak_sram, tl.peak_sram_slots, tl.peak_sram_activations)
+    if why is not None and not allow_overflow:
+        raise ScheduleError(why, where)
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off for the block, restored after.
@@ -197,15 +207,19 @@ def simulate(
     record_trace: bool = False,
     verify: bool = True,
     verified: bool = False,
+    allow_overflow: bool = False,
 ) -> RunResult:
     """Run ``program``: numerics when ``inputs`` are given, timing always (see module doc).
 
     ``verify``: check the program and the expanded program (:func:`verify_program`);
     ``verified``: the caller has already checked ``program`` against this target, so only the
-    expanded program is checked."""
+    expanded program is checked. A run whose slots and activations together exceed a die's
+    SRAM is a :class:`ScheduleError` unless ``allow_overflow`` (then the report carries
+    ``sram_over_bytes``)."""
     with gc_paused():
         return _simulate(
-            program, target, routings, inputs, base_dir, record_trace, verify, verified
+            program, target, routings, inputs, base_dir, record_trace, verify, verified,
+            allow_overflow,
         )  # fmt: skip
 
 
@@ -218,6 +232,7 @@ def _simulate(
     record_trace: bool,
     verify: bool,
     verified: bool,
+    allow_overflow: bool,
 ) -> RunResult:
     tgt = target if target is not None else program_target(program, base_dir)
     if verify and not verified:
@@ -275,13 +290,7 @@ def _simulate(
         verify_program(expanded, tgt)
     tl = run_timing(expanded, tgt)
     charge_deferred(expanded, tl)  # token-buffered pairs belong to the next iteration
-    for d, peak in enumerate(tl.peak_slot_bytes):  # activations past SRAM: reported, not fatal
-        if peak > tgt.dies[d].sram_bytes:
-            raise ScheduleError(
-                f"does not fit SRAM: die {d} holds {peak} bytes of slots at its peak, target "
-                f"{tgt.name} has {tgt.dies[d].sram_bytes} bytes per die",
-                program.filename,
-            )
+    check_fit(tl, tgt, program.filename, allow_overflow)
     report = make_report(tl, program.name)
     report.extra.update(tl.extra)
     trace = chrome_trace(tl) if record_trace else None

@@ -5,6 +5,7 @@
                [--calibration sample|same|F] [--layers N|all] [--passes PIPELINE ...]
                [--set key=value ...] [--ablation] [--[no-]accuracy] [--json] [--plot out.png]
                [--iterations N [--residency lru|popularity] [--arrivals poisson:rate=R,len=L]]
+               [--allow-overflow]
 
 ``--model paper`` is the FSE-DP paper's four models and ``--target paper`` its three packages.
 Per (model, target, tokens, strategy, passes): latency of one iteration of the first ``--layers``
@@ -16,6 +17,9 @@ steps (naive FSE-DP, + R1-R4, + paired load, + R5, + 20% token buffering) instea
 relative error, cosine, top-1 agreement against ONNX Runtime on the original model, for the
 row's strategy, passes and token count; ``--no-accuracy`` skips it). The wall time of the whole
 run is printed last (to stderr with ``--json``).
+
+A run whose slots and activations exceed a die's SRAM fails, unless ``--allow-overflow``: then
+its row carries ``sram_over_bytes`` and its peak SRAM is marked ``!`` in the table.
 
 A point that fails (say, a token count that does not fit one strategy's SRAM) does not end the
 run: its row says ``failed`` (in JSON, an ``"error"`` and null metrics), the failed points are
@@ -133,6 +137,10 @@ def register(subparsers: Any) -> None:
         "iteration times (moec.backends.interp.batching); rows gain 'arrivals'",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help='print {"rows": [...]}')
+    p.add_argument(
+        "--allow-overflow", action="store_true",
+        help="measure points whose run exceeds a die's SRAM (rows carry sram_over_bytes)",
+    )  # fmt: skip
     p.add_argument("--plot", metavar="OUT.png", help="bar chart of latency (needs matplotlib)")
     p.set_defaults(func=run)  # fmt: skip
 
@@ -203,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
                 iterations=args.iterations,
                 residency=args.residency,
                 arrivals=args.arrivals,
+                allow_overflow=args.allow_overflow,
             )  # fmt: skip
         )
     if args.ablation:

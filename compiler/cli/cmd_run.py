@@ -1,8 +1,8 @@
 """``moec run``: run a stream program in the interpreter: timing, and numbers when it has weights.
 
     moec run prog.msp [--routing trace.json|trace.npz|synth:zipf=1.0,seed=0] [--seed N]
-             [--inputs F.npz] [--target T] [--trace-out trace.json] [--json]
-             [--dump-expanded out.msp]
+             [--inputs F.npz] [--target T] [--set key=value ...] [--trace-out trace.json] [--json]
+             [--dump-expanded out.msp] [--allow-overflow]
 
 * With ``--inputs`` (or, when the program declares a weights companion and no ``--routing`` is
   given, inputs generated with ``--seed``): numerics; the routing comes from each layer's router.
@@ -11,7 +11,8 @@
 
 Prints a table (or ``--json``); ``--trace-out`` writes a Chrome/Perfetto trace, ``--dump-expanded``
 the fully static program of this run. Output files are written atomically, and only when the run
-succeeded.
+succeeded. SRAM is a hard limit: a run whose slots and activations exceed a die's SRAM is an
+error, unless ``--allow-overflow`` (then the report says by how much it overflowed).
 
 ``--iterations N`` serves N consecutive iterations in one simulation (deferred pairs executed in
 the next iteration, serving metrics: tokens/s, iteration and token latency percentiles);
@@ -29,6 +30,7 @@ from typing import Any
 
 from moec.backends.interp import render
 from moec.backends.interp.report import chrome_trace_json
+from moec.compile import parse_overrides
 from moec.ir.files import atomic_write_all, check_outputs
 from moec.ir.stream import load_program, print_program
 from moec.run import run_program
@@ -44,9 +46,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of generated inputs / synth routing")
     p.add_argument("--inputs", metavar="F.npz", help="model inputs (numerics)")
     p.add_argument("--target", metavar="T", help="run on this target instead of the program's")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a target field on top of the program's target (e.g. ideal=true)",
+    )  # fmt: skip
     p.add_argument("--trace-out", metavar="TRACE.json", help="write a Chrome/Perfetto trace")
     p.add_argument("--dump-expanded", metavar="OUT.msp", help="write the expanded static program")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--allow-overflow", action="store_true",
+        help="report a run that exceeds a die's SRAM (it says by how much) instead of failing",
+    )  # fmt: skip
     p.add_argument(
         "--iterations", type=int, metavar="N",
         help="serve N consecutive iterations in one simulation (moec.serve)",
@@ -75,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_program(
         program, base_dir=base, routing=args.routing, seed=args.seed, inputs=args.inputs,
         target=args.target, record_trace=bool(args.trace_out),
+        overrides=parse_overrides(args.overrides), allow_overflow=args.allow_overflow,
     )  # fmt: skip
     outputs: list[tuple[str, bytes | str]] = []
     if args.dump_expanded:
@@ -117,9 +128,12 @@ def _serve(args: argparse.Namespace) -> int:
         load_target(args.target, base_dir=os.getcwd()) if args.target
         else program_target(program, base)
     )  # fmt: skip
+    if args.overrides:
+        tgt = tgt.with_overrides(dict(parse_overrides(args.overrides)))
     result = run_serving(
         program, tgt, iterations=args.iterations, routing=args.routing, seed=args.seed,
         base=base, residency=args.residency, arrivals=args.arrivals,
+        allow_overflow=args.allow_overflow,
     )  # fmt: skip
     sys.stdout.write(serving_json(result) if args.json else render_serving(result))
     return 0

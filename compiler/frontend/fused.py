@@ -372,15 +372,18 @@ def dequantize(
     vals = _unpack4(q) if bits == 4 else q
     vals = vals.astype(np.float32)
     E, N, K = vals.shape
-    nblocks = K // block if block else 1
+    # A row shorter than a block (or not a multiple of it) ends in one partial block.
+    nblocks = -(-K // block) if block else 1
+    width = block if block else K
     s = np.asarray(scales, np.float32).reshape(E, N, nblocks)
     if zp is None:
         z = np.full((E, N, nblocks), 2 ** (bits - 1), np.float32)
     else:
         zv = _unpack4(zp) if bits == 4 else zp
         z = zv.reshape(E, N, -1)[:, :, :nblocks].astype(np.float32)
-    blk = vals.reshape(E, N, nblocks, K // nblocks)
-    return ((blk - z[..., None]) * s[..., None]).reshape(E, N, K)
+    padded = np.pad(vals, ((0, 0), (0, 0), (0, nblocks * width - K)))
+    blk = padded.reshape(E, N, nblocks, width)
+    return ((blk - z[..., None]) * s[..., None]).reshape(E, N, nblocks * width)[:, :, :K]
 
 
 def _fc(

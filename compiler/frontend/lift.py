@@ -24,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from moec.compiler.frontend.canonical import canonicalize
+from moec.compiler.frontend.dense_shared import mark_dense_shared
 from moec.compiler.frontend.loader import infer_shapes, load_onnx
 from moec.compiler.frontend.patterns import (
     RECOGNIZERS,
@@ -156,6 +157,7 @@ def lift_model(model: onnx.ModelProto, *, where: str = "") -> tuple[Module, Lift
         model = infer_shapes(model)
     view = GraphView(model.graph, where=where or model.graph.name)
     found = find_layers(view)
+    mark_dense_shared(view, found)
     found.sort(key=lambda lf: max(lf.nodes) if lf.nodes else -1)
     lifted = [_rename(lf, f"moe{i}", view) for i, lf in enumerate(found)]
     module = _build_module(model, view, lifted)

@@ -14,7 +14,9 @@ Two ways to decide (exactly one per use), then one rewrite:
   ``budget`` x the all-fp16 latency (fewest error per latency saved first).
 
 Costs come from the target's cost model (``target=`` option, default ``fsedp-2x2``): expert e at
-precision p costs ``routed_frac_e x (dram_time(bytes_e(p)) + compute_time(its tokens, p))``.
+precision p costs ``routed_frac_e x dram_time(bytes_e(p)) + compute(its tokens, p)``; compute is
+``compute_time`` (FLOPs at peak) on the ideal machine, ``slice_compute_time`` of the whole expert
+(array folds, vector unit, issue) on the calibrated one.
 Errors are measured: ``error_e(p)`` is the relative output error of expert e with its weights at
 p on the calibration tokens routed to it (gate-weighted); without weights (shape-only models) a
 seeded Gaussian proxy matrix of the expert's shape gives one nominal error per precision.
@@ -35,6 +37,7 @@ error at the chosen precision. Biases, router and shared experts stay in float.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +46,14 @@ from moec.compiler.calibration import calibrate
 from moec.compiler.passes.annotate_importance import rounded, trace_spec
 from moec.compiler.passes.pipeline import ModulePass, PassError, PassResult, register
 from moec.compiler.quantize import PRECISIONS, apply_precision
-from moec.ir.cost import GB, bytes_per_element, compute_time
+from moec.ir.cost import (
+    ACTIVATION_OPS,
+    GB,
+    bytes_per_element,
+    compute_time,
+    dram_time,
+    slice_compute_time,
+)
 from moec.ir.errors import MoecError
 from moec.ir.graph import Module, TensorType, Weight
 from moec.ir.moe import MoELayer, expert_ffn
@@ -193,9 +203,31 @@ def expert_latency(
     lat = np.zeros((layer.num_experts, len(PRECISIONS)))
     for p, precision in enumerate(PRECISIONS):
         nbytes = params * bytes_per_element(precision)
-        load = latency_s + nbytes / (gbps * GB) if gbps > 0 else 0.0
+        if not channels:
+            load = 0.0
+        elif target.ideal:
+            load = latency_s + nbytes / (gbps * GB) if gbps > 0 else 0.0
+        else:  # bursts, efficiency and DMA setup of the first channel
+            load = dram_time(target, channels[0], nbytes)
         for e, frac in enumerate(routed_frac):
-            work = compute_time(target, 0, flops * frac * tokens, precision)
+            if target.ideal:
+                work = compute_time(target, 0, flops * frac * tokens, precision)
+            else:  # the array's shape: a few tokens cost about a weight-tile load per fold
+                n = math.ceil(frac * tokens)
+                work = (
+                    slice_compute_time(
+                        target,
+                        0,
+                        n,
+                        layer.hidden,
+                        layer.ffn,
+                        layer.gated,
+                        precision,
+                        layer.activation if layer.activation in ACTIVATION_OPS else None,
+                    )  # fmt: skip
+                    if n > 0
+                    else 0.0
+                )
             lat[e, p] = frac * load + work
     return lat
 
