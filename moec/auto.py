@@ -181,8 +181,12 @@ def search(
         if runs >= budget:
             tr.status = "not run: search budget spent"
             continue
-        result = simulate(tr.program, target=target, routings=routing, verify=False)
         runs += 1
+        try:  # SRAM is a hard limit at run time too: a routing may overfill a die
+            result = simulate(tr.program, target=target, routings=routing, verify=False)
+        except ScheduleError as e:
+            tr.status = f"does not fit at run time: {e.message}"
+            continue
         tr.measured_s = float(moe_metrics(result.timeline)["latency_s"])
         tr.status = "measured"
         if best is None or best.measured_s is None or tr.measured_s < best.measured_s:
