@@ -82,9 +82,7 @@ def match_dense_ffn(walk: Walk, value: str) -> DenseFFN | None:
     return None
 
 
-def _split_gate_up(
-    walk: Walk, gate: str, up: str
-) -> tuple[str, np.ndarray, np.ndarray] | None:
+def _split_gate_up(walk: Walk, gate: str, up: str) -> tuple[str, np.ndarray, np.ndarray] | None:
     """``gate`` and ``up`` as the two halves of one ``Split`` of ``x @ [gate | up]`` (a fused
     gate-up projection, GraniteMoE-shared's shared MLP): (x, W_gate, W_up), or None."""
     split = walk.producer(gate)
@@ -336,6 +334,7 @@ def build_layer(
         n_group=routing.n_group, topk_group=routing.topk_group, group_score=routing.group_score,
         activation=gating.activation, gated=gating.gated, swiglu_alpha=gating.alpha,
         swiglu_beta=gating.beta, swiglu_limit=gating.limit,
+        sparsemixer_eps=routing.sparsemixer_eps,
     )  # fmt: skip
     if routing.n_group > 1:
         layer.group_fill = routing.group_fill

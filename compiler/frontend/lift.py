@@ -28,6 +28,7 @@ from moec.compiler.frontend.dense_shared import mark_dense_shared
 from moec.compiler.frontend.loader import infer_shapes, load_onnx
 from moec.compiler.frontend.patterns import (
     RECOGNIZERS,
+    SOFT_ANCHORS,
     GraphView,
     Lifted,
     Mismatch,
@@ -111,6 +112,8 @@ def find_layers(view: GraphView) -> list[Lifted]:
         if i in covered:
             continue
         node = view.nodes[i]
+        if mismatch is None and node.op_type in SOFT_ANCHORS:
+            continue
         if mismatch is not None:
             raise ModelError(
                 f"{node.op_type} node is not a supported MoE layer: {mismatch.reason}",
