@@ -41,15 +41,18 @@ def test_no_fixture_leaves_a_shared_mlp_outside_the_op(path: Path) -> None:
         assert layer.has_shared == (path.stem in SHARED), layer.name
 
 
-def _moe_with_dense_shared(d: int = 16, fs: int = 20) -> onnx.ModelProto:
+def _moe_with_dense_shared(d: int = 16, fs: int = 20, act: str = "silu") -> onnx.ModelProto:
     spec = MoESpec(experts=4, top_k=2, hidden=d, ffn=24)
     b = OnnxBuilder("dense_shared", seed=3)
     x = b.input("x", TensorProto.FLOAT, [12, d])
     y = fused_moe(b, x, spec, "moe")
     g = b.op("MatMul", [x, b.weight("sh_gate", (d, fs))], name="sh_gate")
-    act = b.op("Mul", [g, b.op("Sigmoid", [g], name="sh_sig")], name="sh_silu")
+    if act == "silu":
+        a = b.op("Mul", [g, b.op("Sigmoid", [g], name="sh_sig")], name="sh_silu")
+    else:  # an activation the shared-expert matcher does not know
+        a = b.op("Tanh", [g], name="sh_tanh")
     up = b.op("MatMul", [x, b.weight("sh_up", (d, fs))], name="sh_up")
-    h = b.op("Mul", [act, up], name="sh_mul")
+    h = b.op("Mul", [a, up], name="sh_mul")
     down = b.op("MatMul", [h, b.weight("sh_down", (fs, d))], name="sh_down")
     out = b.op("Add", [y, down], name="sum")
     b.output(out, TensorProto.FLOAT, [12, d])
@@ -73,6 +76,11 @@ def test_a_shared_mlp_left_dense_is_marked(tmp_path: Path) -> None:
         [sys.executable, "-m", "moec", "inspect", str(path)], capture_output=True, text=True
     ).stdout
     assert "left dense" in table
+
+
+def test_any_mlp_of_the_layer_input_left_dense_is_marked() -> None:
+    _, result = lift_model(_moe_with_dense_shared(act="tanh"))
+    assert result.lifted[0].layer.annotations["dense_shared"].startswith("sh_down")
 
 
 def test_a_plain_layer_is_not_marked() -> None:
