@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from frontend_models import single_layer
+from frontend_models import layer_errors, single_layer, x_feed
 from onnx import TensorProto
 
 from moec.compiler.frontend import load_module
@@ -41,7 +41,9 @@ def test_no_fixture_leaves_a_shared_mlp_outside_the_op(path: Path) -> None:
         assert layer.has_shared == (path.stem in SHARED), layer.name
 
 
-def _moe_with_dense_shared(d: int = 16, fs: int = 20, act: str = "silu") -> onnx.ModelProto:
+def _moe_with_dense_shared(
+    d: int = 16, fs: int = 20, act: str = "silu", gated_add: bool = False
+) -> onnx.ModelProto:
     spec = MoESpec(experts=4, top_k=2, hidden=d, ffn=24)
     b = OnnxBuilder("dense_shared", seed=3)
     x = b.input("x", TensorProto.FLOAT, [12, d])
@@ -54,18 +56,29 @@ def _moe_with_dense_shared(d: int = 16, fs: int = 20, act: str = "silu") -> onnx
     up = b.op("MatMul", [x, b.weight("sh_up", (d, fs))], name="sh_up")
     h = b.op("Mul", [a, up], name="sh_mul")
     down = b.op("MatMul", [h, b.weight("sh_down", (fs, d))], name="sh_down")
-    out = b.op("Add", [y, down], name="sum")
+    if gated_add:  # onnxruntime-genai's Qwen3.5-MoE: y + down * sigmoid(x @ w)
+        r = b.op("MatMul", [x, b.weight("sh_router", (d, 1))], name="sh_router")
+        g = b.op("Sigmoid", [r], name="sh_router_sigmoid")
+        out = b.op("GatedAdd", [y, down, g], name="sum", domain="com.microsoft")
+    else:
+        out = b.op("Add", [y, down], name="sum")
     b.output(out, TensorProto.FLOAT, [12, d])
     return b.model()
 
 
-def test_a_shared_mlp_left_dense_is_marked(tmp_path: Path) -> None:
-    model = _moe_with_dense_shared()
+@pytest.mark.parametrize("gated_add", [False, True])
+def test_a_shared_mlp_beside_a_fused_node_is_taken_in(gated_add: bool) -> None:
+    model = _moe_with_dense_shared(gated_add=gated_add)
     _, result = lift_model(model)
     (lf,) = result.lifted
-    assert lf.layer.annotations["dense_shared"].startswith("sh_down")
+    assert lf.layer.has_shared and lf.layer.has("sh_router") == gated_add
+    assert "dense_shared" not in lf.layer.annotations
+    assert layer_errors(model, x_feed(16))[0] <= 1e-4
+
+
+def test_a_shared_mlp_left_dense_is_said_by_inspect(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
-    onnx.save(model, str(path))
+    onnx.save(_moe_with_dense_shared(act="tanh"), str(path))
     run = subprocess.run(
         [sys.executable, "-m", "moec", "inspect", str(path), "--json"],
         capture_output=True, text=True, check=True,

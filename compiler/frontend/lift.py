@@ -159,8 +159,7 @@ def lift_model(model: onnx.ModelProto, *, where: str = "") -> tuple[Module, Lift
     if not model.graph.value_info:
         model = infer_shapes(model)
     view = GraphView(model.graph, where=where or model.graph.name)
-    found = find_layers(view)
-    mark_dense_shared(view, found)
+    found = mark_dense_shared(view, find_layers(view))
     found.sort(key=lambda lf: max(lf.nodes) if lf.nodes else -1)
     lifted = [_rename(lf, f"moe{i}", view) for i, lf in enumerate(found)]
     module = _build_module(model, view, lifted)
