@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from moec.ir.annotations import LayerAnnotations
 from moec.ir.errors import ModelError
 from moec.ir.graph import TensorType, Weight
 
@@ -78,7 +79,7 @@ class MoELayer:
     num_shared: int = 0
     shared_ffn: int = 0
     shared_activation: str = "silu"
-    annotations: dict[str, Any] = field(default_factory=dict)
+    annotations: LayerAnnotations = field(default_factory=LayerAnnotations)
 
     # --- structure ---------------------------------------------------------------------------
     def has(self, key: str) -> bool:
@@ -167,8 +168,8 @@ class MoELayer:
             parts.append(f"shared={self.num_shared}x{self.shared_ffn // max(self.num_shared, 1)}")
             if self.has("sh_router"):
                 parts.append("shared_gate=sigmoid")
-        for key in sorted(self.annotations):
-            parts.append(f"{key}={self.annotations[key]}")
+        for key, value in self.annotations.items():
+            parts.append(f"{key}={value}")
         return "{" + ", ".join(parts) + "}"
 
     def verify(self) -> None:

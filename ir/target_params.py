@@ -83,4 +83,4 @@ class TargetParams:
     host: Host | None = None
     description: str = ""
     d2d_framing: Framing = UCIE_68B
-    ideal: bool = True
+    ideal: bool = False

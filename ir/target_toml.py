@@ -252,7 +252,7 @@ def params_from_dict(doc: dict[str, Any], path: str) -> TargetParams:
     if not isinstance(description, str):
         f.fail("description", "a string", repr(description))
     topology = f.choice("topology", "mesh", TOPOLOGIES)
-    ideal = doc.get("ideal", True)
+    ideal = doc.get("ideal", False)
     if not isinstance(ideal, bool):
         f.fail("ideal", "true or false", repr(ideal))
     if topology == "mesh":

@@ -67,6 +67,7 @@ from moec.backends.interp import simulate
 from moec.backends.interp.simulate import gc_paused
 from moec.backends.interp.timing import LOAD, XFER, Timeline
 from moec.compiler.bench.report import add_speedups
+from moec.compiler.bench.row import Accuracy, BenchRow, Row, Utilization
 from moec.compiler.bench.spec import (
     BenchError,
     accuracy_dims,
@@ -82,20 +83,15 @@ from moec.compiler.lower import _load_strategies as load_strategies
 from moec.compiler.lower.slots import check_tokens_fit
 from moec.ir.errors import MoecError
 from moec.ir.graph import Module
-from moec.ir.routing import (
-    LayerRouting,
-    RoutingTrace,
-    SynthSpec,
-    parse_routing_spec,
-    save_trace,
-)
+from moec.ir.routing import LayerRouting, RoutingTrace, save_trace
 from moec.ir.routing_seq import load_sequence
+from moec.ir.routing_synth import SynthSpec, parse_routing_spec
 from moec.ir.stream import Program, TargetRef
 from moec.ir.stream.params import FSEDPParams, strategy_params
 from moec.ir.target import Target, load_target
 
 if TYPE_CHECKING:
-    from moec.approx import Reference
+    from moec.check import Reference
 
 #: Tokens of the calibration sample given to popularity-aware strategies by default.
 CALIBRATION_TOKENS = 4096
@@ -103,7 +99,6 @@ DEFAULT_ROUTING = "synth:zipf=1.0,seed=0"
 #: Seed of the accuracy inputs of every row.
 ACCURACY_SEED = 0
 
-Row = dict[str, Any]
 Overrides = Sequence[tuple[str, int | float | str]]
 
 
@@ -174,7 +169,7 @@ class _Workloads:
         """Seeded inputs of ``tokens`` tokens and ORT's outputs on the original ``model``."""
         key = (model, tokens)
         if key not in self._references:
-            from moec.approx import reference_run  # imports onnxruntime
+            from moec.check import reference_run  # imports onnxruntime
 
             spec = model if model.endswith(".onnx") else canonical_model(model)
             dims = accuracy_dims(load_bench_model(model).module, tokens, model)
@@ -254,7 +249,7 @@ def has_weights(model: str) -> bool:
 def row_accuracy(
     work: _Workloads, model: str, target: str, overrides: Overrides, tokens: int,
     strategy: str, passes: str,
-) -> dict[str, float | None]:  # fmt: skip
+) -> Accuracy:  # fmt: skip
     """The accuracy fields of one row (see the module docstring)."""
     from moec.approx import approx_run, summarize
 
@@ -268,9 +263,10 @@ def row_accuracy(
             model,
         )
     # six significant digits: readable JSON, and an error of 1e-7 still shows
-    return {
+    worst = {
         k: (float(f"{v:.6g}") if v is not None else None) for k, v in summarize(run.outputs).items()
     }
+    return Accuracy(**worst)  # type: ignore[arg-type]
 
 
 def deferred_by_layer(program: Program, routings: Sequence[LayerRouting]) -> list[list[int]]:
@@ -306,9 +302,11 @@ def run_point(
     iterations: int = 1,
     residency: str | None = None,
     arrivals: str | None = None,
+    allow_overflow: bool = False,
 ) -> Row:
     """One (model, target, tokens, strategy, passes) point: compile, run, measure (and, with
-    ``accuracy``, measure what the pipeline costs in accuracy)."""
+    ``accuracy``, measure what the pipeline costs in accuracy). A run past a die's SRAM fails
+    unless ``allow_overflow``; then the row carries ``sram_over_bytes``."""
     bm = load_bench_model(model)
     if tokens is not None:  # an impossible batch fails here, before its trace is drawn
         check_tokens_fit(bm.layers[:layers], tgt, tokens, bm.name)
@@ -323,7 +321,9 @@ def run_point(
             options["calibration"] = path
     with gc_paused():  # lowering a whole model makes as many long-lived objects as running it
         program = lower(module, TargetRef(target, tuple(overrides)), name, options, trace)
-        result = simulate(program, target=tgt, routings=trace, verify=False)
+        result = simulate(
+            program, target=tgt, routings=trace, verify=False, allow_overflow=allow_overflow
+        )
     metrics = moe_metrics(result.timeline)
     precision = program.layers[0].dtype if program.layers else "fp16"
     deferred = deferred_by_layer(program, result.routings)
@@ -332,35 +332,16 @@ def run_point(
         for m in program.layers
     ]
     bound = iteration_bound(tgt, bm.layers[:layers], result.routings, precision, deferred, plans)
-    row: Row = {
-        "model": bm.name,
-        "target": tgt.name if not overrides else target,
-        "tokens": trace.tokens,
-        "strategy": strategy,
-        "passes": passes,
-        "layers": layers,
-        "latency_s": metrics["latency_s"],
-        "bound_s": bound.bound_s,
-        "bound_dram_s": bound.dram_s,
-        "bound_compute_s": bound.compute_s,
-        "latency_over_bound": (
-            round(metrics["latency_s"] / bound.bound_s, 6) if bound.bound_s > 0 else None
-        ),
-        "speedup_vs_ep": None,
-        "peak_sram_bytes_max": int(max(result.report.peak_sram_bytes, default=0)),
-        "dram_bytes": metrics["dram_bytes"],
-        "link_bytes": metrics["link_bytes"],
-        "utilization": metrics["utilization"],
-    }
+    deferred_pairs = None
     if any(deferred):
-        row["bound_excludes_deferred"] = True
-        row["bound_deferred_pairs"] = int(
+        deferred_pairs = int(
             sum(
                 np.isin(np.asarray(r.ids), d).sum()
                 for r, d in zip(result.routings, deferred, strict=False)
                 if d
             )
         )
+    serving = None
     if iterations > 1 or residency or arrivals:  # serving: N iterations in one simulation
         from moec.serve import routing_sequence, serving_row
 
@@ -372,22 +353,45 @@ def run_point(
             d = deferred_by_layer(program, rs)
             return iteration_bound(tgt, bm.layers[:layers], rs, precision, d, plans).bound_s
 
-        row["first_iteration_latency_s"] = row["latency_s"]
-        row["first_iteration_bound_s"] = row["bound_s"]
-        row.update(serving_row(program, tgt, seq, iterations, residency, bound_of, arrivals))
-    if overrides:
-        row["overrides"] = {k: v for k, v in overrides}
-    if accuracy:
-        row["accuracy"] = row_accuracy(
-            work, model, target, overrides, trace.tokens, strategy, passes
+        serving = serving_row(
+            program, tgt, seq, iterations, residency, bound_of, arrivals, allow_overflow
         )
+    sram_over = None
+    if "sram_over_bytes" in result.report.extra:  # only with allow_overflow
+        sram_over = int(result.report.extra["sram_over_bytes"])
+        if serving is not None and serving.sram_over_bytes is not None:
+            sram_over = max(sram_over, serving.sram_over_bytes)
     extra = {
         k: v for k, v in {**result.report.extra, **result.extra}.items()
         if isinstance(v, int | float | str | bool)
     }  # fmt: skip
-    if extra:
-        row["extra"] = extra
-    return row
+    util = metrics["utilization"]
+    return BenchRow(
+        model=bm.name,
+        target=tgt.name if not overrides else target,
+        tokens=trace.tokens,
+        strategy=strategy,
+        passes=passes,
+        layers=layers,
+        latency_s=metrics["latency_s"],
+        bound_s=bound.bound_s,
+        bound_dram_s=bound.dram_s,
+        bound_compute_s=bound.compute_s,
+        peak_sram_bytes_max=int(max(result.report.peak_sram_bytes, default=0)),
+        dram_bytes=metrics["dram_bytes"],
+        link_bytes=metrics["link_bytes"],
+        utilization=Utilization(util["compute"], util["dram"], util["links"]),
+        bound_deferred_pairs=deferred_pairs,
+        serving=serving,
+        sram_over_bytes=sram_over,
+        overrides={k: v for k, v in overrides} if overrides else None,
+        accuracy=(
+            row_accuracy(work, model, target, overrides, trace.tokens, strategy, passes)
+            if accuracy
+            else None
+        ),
+        extra=extra or None,
+    ).to_json()
 
 
 def run_bench(
@@ -407,6 +411,7 @@ def run_bench(
     iterations: int = 1,
     residency: str | None = None,
     arrivals: str | None = None,
+    allow_overflow: bool = False,
 ) -> list[Row]:
     """Run every (model, target, tokens, strategy, passes) point; rows in that nesting order,
     with ``speedup_vs_ep`` filled in where the point has an ``ep`` row. ``tokens`` may be
@@ -414,7 +419,9 @@ def run_bench(
     made (progress bars). ``accuracy``: measure each row's accuracy where the model has weights
     (True: and at least one model of the run must have them; None: where they exist, silently;
     False: never). ``keep_going``: a point that fails becomes a row with its one-line ``error``
-    (and no metrics) instead of ending the run; if every point fails, the first error is raised."""
+    (and no metrics) instead of ending the run; if every point fails, the first error is raised.
+    ``allow_overflow``: a point past a die's SRAM still gives a row, with ``sram_over_bytes``
+    (``--allow-overflow``); otherwise it fails like any schedule that does not fit."""
     model_list = [models] if isinstance(models, str) else list(models)
     target_list = [targets] if isinstance(targets, str) else list(targets)
     ovr = tuple(overrides.items()) if isinstance(overrides, Mapping) else tuple(overrides)
@@ -450,6 +457,7 @@ def run_bench(
                                     iterations,
                                     residency,
                                     arrivals,
+                                    allow_overflow,
                                 )
                             except MoecError as err:
                                 if not keep_going:

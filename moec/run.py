@@ -9,14 +9,15 @@ the program has weights and no routing is given; otherwise timing on a routing t
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from moec.backends.interp import RunResult, check_routings, program_target, simulate
 from moec.backends.interp.numerics import load_weights, seeded_inputs
 from moec.ir.errors import ProgramError, TraceError
-from moec.ir.routing import RoutingTrace, load_trace, parse_routing_spec
+from moec.ir.routing import RoutingTrace, load_trace
+from moec.ir.routing_synth import parse_routing_spec
 from moec.ir.stream import Program, load_program, verify_program
 from moec.ir.target import Target, load_target
 
@@ -45,6 +46,19 @@ def load_inputs_npz(path: str) -> dict[str, np.ndarray]:
         raise ProgramError(f"cannot read inputs: {err}", path) from None
 
 
+def run_target(
+    program: Program,
+    base: str,
+    target: str | None = None,
+    overrides: Sequence[tuple[str, int | float | str]] = (),
+) -> Target:
+    """What a run of ``program`` runs on: ``target`` (a preset, or a TOML path relative to the
+    working folder) when given, else the target the program names (relative to ``base``), with
+    ``overrides`` (``--set`` pairs) on top."""
+    tgt = load_target(target, base_dir=os.getcwd()) if target else program_target(program, base)
+    return tgt.with_overrides(dict(overrides)) if overrides else tgt
+
+
 def run_program(
     program: str | Program,
     *,
@@ -54,16 +68,21 @@ def run_program(
     target: str | None = None,
     base_dir: str | None = None,
     record_trace: bool = False,
+    overrides: Sequence[tuple[str, int | float | str]] = (),
+    allow_overflow: bool = False,
 ) -> RunResult:
     """Run ``program`` (a ``.msp`` path or a loaded program; ``base_dir`` is the folder its
     relative paths start from, by default the file's) as ``moec run`` does (module docstring).
-    ``target`` (preset or TOML path) replaces the program's target."""
+    ``target`` (preset or TOML path) replaces the program's target; ``overrides`` (``--set``
+    pairs) apply on top of the program's (or that) target, e.g. ``[("ideal", "true")]``.
+    ``allow_overflow``: report a run whose SRAM peak exceeds a die's (``--allow-overflow``;
+    the report then carries ``sram_over_bytes``) instead of failing."""
     if isinstance(program, str):
         base = base_dir or os.path.dirname(os.path.abspath(program))
         program = load_program(program)
     else:
         base = base_dir or os.getcwd()
-    tgt = load_target(target, base_dir=os.getcwd()) if target else program_target(program, base)
+    tgt = run_target(program, base, target, overrides)
     feeds: dict[str, np.ndarray] | None = None
     if isinstance(inputs, str):
         feeds = load_inputs_npz(inputs)
@@ -82,5 +101,5 @@ def run_program(
         check_routings(program, tgt, trace, where=spec)
     return simulate(
         program, target=tgt, routings=trace, inputs=feeds, base_dir=base,
-        record_trace=record_trace, verified=verified,
+        record_trace=record_trace, verified=verified, allow_overflow=allow_overflow,
     )  # fmt: skip

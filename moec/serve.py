@@ -25,9 +25,11 @@ from moec.backends.interp.batching import continuous_batching, parse_arrivals
 from moec.backends.interp.numerics import load_weights, seeded_inputs
 from moec.backends.interp.residency import POLICIES, residency_rewrite
 from moec.backends.interp.serving import ServingResult, simulate_iterations
+from moec.compiler.bench.row import Serving
 from moec.ir.errors import TraceError
-from moec.ir.routing import LayerRouting, RoutingTrace, SynthSpec, parse_routing_spec
+from moec.ir.routing import LayerRouting, RoutingTrace
 from moec.ir.routing_seq import RoutingSequence, load_sequence, spec_sequence
+from moec.ir.routing_synth import SynthSpec, parse_routing_spec
 from moec.ir.stream import Program
 from moec.ir.target import Target
 
@@ -77,9 +79,11 @@ def run_serving(
     base: str,
     residency: str | None = None,
     arrivals: str | None = None,
+    allow_overflow: bool = False,
 ) -> ServingResult:
     """``moec run --iterations``: numerics on seeded inputs when the program has weights and no
-    routing is given, else timing on the routing (default ``synth:zipf=1.0,seed=<seed>``)."""
+    routing is given, else timing on the routing (default ``synth:zipf=1.0,seed=<seed>``).
+    ``allow_overflow``: run a schedule past a die's SRAM (``--allow-overflow``)."""
     tokens = {m.tokens for m in program.layers}
     T = tokens.pop() if len(tokens) == 1 else None
     rewrite = residency_rewrite(program, tgt, residency) if residency else None
@@ -88,7 +92,7 @@ def run_serving(
         inputs = [seeded_inputs(weights, T or 1, seed + i) for i in range(iterations)]
         result = simulate_iterations(
             program, iterations=iterations, target=tgt, inputs=inputs, base_dir=base,
-            rewrite=rewrite,
+            rewrite=rewrite, allow_overflow=allow_overflow,
         )  # fmt: skip
     else:
         spec = routing or f"synth:zipf=1.0,seed={seed}"
@@ -96,21 +100,13 @@ def run_serving(
         seq = routing_sequence(spec, shapes, T, tgt.num_dies, iterations, program.name)
         result = simulate_iterations(
             program, iterations=iterations, target=tgt, routings=seq, base_dir=base,
-            rewrite=rewrite,
+            rewrite=rewrite, allow_overflow=allow_overflow,
         )  # fmt: skip
     if rewrite is not None:
         result.extra.update(rewrite.stats())
     if arrivals:
         result.extra["arrivals"] = arrivals_of(result, arrivals)
     return result
-
-
-#: The serving metrics a bench row carries (with ``iterations``).
-ROW_KEYS = (
-    "tokens_per_s", "iteration_latency_p50_s", "iteration_latency_p99_s", "token_latency_p50_s",
-    "token_latency_p99_s", "deferred_pairs", "deferred_pairs_final", "max_delay_iterations",
-    "max_delay_s", "dram_bytes_per_token",
-)  # fmt: skip
 
 
 def serving_row(
@@ -121,8 +117,10 @@ def serving_row(
     residency: str | None,
     bound: Callable[[list[LayerRouting]], float],
     arrivals: str | None = None,
-) -> dict[str, Any]:
-    """The serving columns of a bench row: ``iterations`` of ``program`` on ``seq``.
+    allow_overflow: bool = False,
+) -> Serving:
+    """The serving figures of a bench row: ``iterations`` of ``program`` on ``seq``
+    (``allow_overflow``: past a die's SRAM, with ``sram_over_bytes`` in the row).
 
     They replace the row's single-iteration ``latency_s`` by the mean iteration latency
     (makespan / iterations, dense islands included) and ``bound_s`` by the mean over the
@@ -134,23 +132,24 @@ def serving_row(
     loads that are not made: the row says ``bound_excludes_residency``."""
     rewrite = residency_rewrite(program, tgt, residency) if residency else None
     result = simulate_iterations(
-        program, iterations=iterations, target=tgt, routings=seq, verify=False, rewrite=rewrite
-    )
+        program, iterations=iterations, target=tgt, routings=seq, verify=False, rewrite=rewrite,
+        allow_overflow=allow_overflow,
+    )  # fmt: skip
     metrics = result.metrics.to_dict()
-    row: dict[str, Any] = {"iterations": iterations}
-    row.update({k: metrics[k] for k in ROW_KEYS})
     bounds = [bound(rs) for rs in result.routings]
-    mean_bound = float(np.mean(bounds)) if bounds else 0.0
-    latency = result.metrics.makespan_s / iterations
-    row["latency_s"] = latency
-    row["bound_s"] = mean_bound
-    row["latency_over_bound"] = round(latency / mean_bound, 6) if mean_bound > 0 else None
-    if rewrite is not None:
-        row.update(rewrite.stats())
-        row["bound_excludes_residency"] = True
-    if arrivals:
-        row["arrivals"] = arrivals_of(result, arrivals)
-    return row
+    return Serving(
+        latency_s=result.metrics.makespan_s / iterations,
+        bound_s=float(np.mean(bounds)) if bounds else 0.0,
+        iterations=iterations,
+        **{k: metrics[k] for k in Serving.METRICS},
+        sram_over_bytes=(
+            int(result.report.extra["sram_over_bytes"])
+            if "sram_over_bytes" in result.report.extra
+            else None
+        ),
+        residency=rewrite.stats() if rewrite is not None else None,
+        arrivals=arrivals_of(result, arrivals) if arrivals else None,
+    )
 
 
 def arrivals_of(result: ServingResult, spec: str) -> list[dict[str, Any]]:
@@ -208,6 +207,6 @@ def _plain(v: Any) -> Any:
 
 
 __all__ = [
-    "POLICIES", "ROW_KEYS", "render_serving", "routing_sequence", "run_serving", "serving_doc",
+    "POLICIES", "render_serving", "routing_sequence", "run_serving", "serving_doc",
     "serving_json", "serving_row",
 ]  # fmt: skip

@@ -176,13 +176,13 @@ def moec_side(path: Path, row: dict[str, Any]) -> dict[str, Any]:
         module, _ = load_module(str(path))
     except MoecError as err:
         return {"recognized": False, "reason": str(err).replace(str(path), "MODEL")}
-    layers = [op.attrs["layer"] for op in module.moe_ops()]
+    layers = [op.layer for op in module.moe_ops()]
     if not layers:
         return {"recognized": False, "reason": "no MoE layer found"}
     shared = sum(1 for lay in layers if lay.has_shared)
     out: dict[str, Any] = {"layers": len(layers), "shared_layers": shared}
     if row.get("shared_expected") and shared < len(layers):
-        dense = [lay for lay in layers if "dense_shared" in lay.annotations]
+        dense = [lay for lay in layers if lay.annotations.dense_shared]
         said = " (moec inspect: '+ 1 left dense')" if dense else " (silently)"
         out.update(recognized=False, reason=f"shared MLP left outside the MoE op{said}")
         return out
@@ -232,7 +232,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        rec = {True: "yes", False: "no", None: "export fails"}[r.get("recognized")]
+        rec = {True: "yes", False: "no", None: "no ONNX"}[r.get("recognized")]
         layers = f"{r['layers']} ({r.get('shared_layers', 0)})" if "layers" in r else "-"
         err = f"{r['check_err']:.1e}" if "check_err" in r else "-"
         lines.append(
@@ -245,7 +245,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     summary = (
         f"**{len(ok)} of {len(exported)} exported models recognized with `moec check` within "
         f"{TOL:g} ({pct:.0f}%)**; {len(rows) - len(exported)} of {len(rows)} family x exporter "
-        "pairs fail inside the exporter."
+        "pairs give no ONNX file (the exporter's error, or the tiny config the family refuses: "
+        "the reason is in the row)."
     )
     return "\n".join([summary, "", *lines])
 

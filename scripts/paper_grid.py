@@ -2,6 +2,7 @@
 
     python scripts/paper_grid.py                       # print the Markdown tables
     python scripts/paper_grid.py --update docs/results.md   # rewrite the marked section there
+    python scripts/paper_grid.py --set ideal=true --section paper-grid-ideal --update docs/results.md
 
 For each target (default fsedp-2x2, fsedp-3x3, fsedp-4x4) it runs the paper's grid
 ({ep, hydra, fsedp, fsedp-paired}, one MoE layer, seeded Zipf(1.0) trace, timed: the 2x2 grid must
@@ -14,7 +15,9 @@ and of the SRAM difference, the numbers the paper's claims are about. Everything
 Peak SRAM counts weight slots and activations (docs/isa.md, "SRAM"). A point whose schedule does
 not fit a die's SRAM at compile time is printed ``n/f`` (and left out of the summaries); a peak
 marked ``*`` exceeded the die's SRAM at run time (routing concentrated tokens on a die beyond
-what the lowering predicted; the run goes on as if it had room).
+what the lowering predicted). SRAM is a hard limit in ``moec run``/``bench``/``sweep``; the
+grid runs with ``allow_overflow`` (``--allow-overflow``) so that those points still show a
+latency, marked.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from moec.ir.errors import MoecError
 from moec.ir.files import atomic_write
 
 EXTRA = ("tp", "eplb")
-BEGIN, END = "<!-- paper-grid:begin -->", "<!-- paper-grid:end -->"
+SECTION = "paper-grid"
+#: ``--set`` target overrides of every run (e.g. ``ideal=true``: the first-wave machine)
+OVERRIDES: dict[str, str] = {}
 MIB = 1 << 20
 
 
@@ -52,7 +57,10 @@ def bench(
     """The rows of every (model, tokens, strategy); a point that cannot run is a row with its
     ``error`` (the others still run)."""
     try:
-        return run_bench(PAPER_MODELS, target, PAPER_TOKENS, strategies, routing=routing)
+        return run_bench(
+            PAPER_MODELS, target, PAPER_TOKENS, strategies, routing=routing, allow_overflow=True,
+            overrides=OVERRIDES,
+        )  # fmt: skip
     except MoecError:
         pass
     rows: list[dict[str, Any]] = []
@@ -60,7 +68,10 @@ def bench(
         for tokens in PAPER_TOKENS:
             for s in strategies:
                 try:
-                    rows += run_bench(model, target, [tokens], [s], routing=routing)
+                    rows += run_bench(
+                        model, target, [tokens], [s], routing=routing, allow_overflow=True,
+                        overrides=OVERRIDES,
+                    )  # fmt: skip
                 except MoecError as err:
                     rows.append(
                         {"model": model, "tokens": tokens, "strategy": s, "error": err.one_line()}
@@ -79,8 +90,12 @@ def grid(target: str, routing: str) -> tuple[list[dict[str, Any]], float]:
 def _sram(row: dict[str, Any]) -> str:
     if "error" in row:
         return "n/f"
-    over = "*" if row.get("extra", {}).get("sram_over_bytes", 0) > 0 else ""
+    over = "*" if row.get("sram_over_bytes", 0) > 0 else ""
     return f"{row['peak_sram_bytes_max'] / MIB:.1f}{over}"
+
+
+def _setting() -> str:
+    return f" ({', '.join(f'{k}={v}' for k, v in OVERRIDES.items())})" if OVERRIDES else ""
 
 
 def _lat(row: dict[str, Any]) -> str:
@@ -95,7 +110,7 @@ def table(target: str, rows: list[dict[str, Any]], seconds: float) -> str:
         + ["FSE-DP / EP", "FSE-DP / Hydra", "FSE-DP lat/bound", "peak SRAM MiB ep/hydra/fsedp"]
     )  # fmt: skip
     lines = [
-        f"#### {target}",
+        f"#### {target}{_setting()}",
         "",
         f"The {len(PAPER_MODELS) * len(PAPER_TOKENS) * len(PAPER_STRATEGIES)}-run grid took "
         f"{seconds:.1f} s. FSE-DP = the faster of `fsedp` and `fsedp-paired` at each point.",
@@ -155,7 +170,7 @@ def ablation(target: str, routing: str) -> str:
     head = ["model", "tokens"] + [f"{label} ms" for label, _ in ABLATION_STEPS]
     head += ["bound ms", "pairs deferred"]
     lines = [
-        f"#### Ablation on {target}",
+        f"#### Ablation on {target}{_setting()}",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -175,11 +190,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--targets", default=",".join(PAPER_TARGETS))
     ap.add_argument("--routing", default=DEFAULT_ROUTING)
-    ap.add_argument("--update", metavar="FILE.md", help=f"replace the {BEGIN} ... {END} section")
+    ap.add_argument("--update", metavar="FILE.md", help="replace the marked section there")
+    ap.add_argument(
+        "--section", default=SECTION, help="the section's marker: <!-- NAME:begin/end -->"
+    )
+    ap.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="target override of every run (e.g. ideal=true)",
+    )  # fmt: skip
     ap.add_argument(
         "--ablation", default="fsedp-2x2", metavar="T", help="ablation target ('' none)"
     )
     args = ap.parse_args(argv)
+    OVERRIDES.update(kv.split("=", 1) for kv in args.overrides)
+    begin, end = f"<!-- {args.section}:begin -->", f"<!-- {args.section}:end -->"
     parts = []
     for target in args.targets.split(","):
         rows, seconds = grid(target, args.routing)
@@ -193,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.update:
         path = Path(args.update)
         doc = path.read_text()
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+        pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
         if not pattern.search(doc):
-            print(f"{path}: no {BEGIN} ... {END} section", file=sys.stderr)
+            print(f"{path}: no {begin} ... {end} section", file=sys.stderr)
             return 2
-        atomic_write(path, pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", doc))
+        atomic_write(path, pattern.sub(lambda _: f"{begin}\n{text}\n{end}", doc))
         print(f"updated {path}", file=sys.stderr)
     else:
         print(text)

@@ -27,6 +27,7 @@ name = "hand"
 topology = "mesh"
 dies_x = 2
 dies_y = 1
+ideal = true
 
 [die]
 macs = 500

@@ -36,3 +36,23 @@ def test_every_point_failing_is_the_command_error(capsys: pytest.CaptureFixture[
     assert main([*ARGS, *SMALL_SRAM, "--tokens", "512"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("moec: error: tiny_moe: does not fit SRAM") and err.count("\n") == 1
+
+
+def test_a_run_past_sram_fails_unless_overflow_is_allowed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Phi-3.5-MoE at 256 tokens on 2x2: EP fits at compile time (the lowering's uniform estimate
+    # of the tokens a die receives), but the seeded Zipf batch gathers more on the hot experts'
+    # dies, so slots and activations together pass 16 MiB at run time
+    args = ["bench", "--model", "phi3.5-moe", "--tokens", "256", "--strategies", "ep", "--json"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "does not fit SRAM: die" in err and "(--allow-overflow runs it anyway)" in err
+    assert err.count("\n") == 1
+    assert main([*args, "--allow-overflow"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["sram_over_bytes"] == row["peak_sram_bytes_max"] - 16 * 2**20 > 0
+    assert row["latency_s"] > 0
+    assert main([*args[:-1], "--allow-overflow"]) == 0
+    out = capsys.readouterr().out
+    assert "!: the run exceeded a die's SRAM (--allow-overflow)" in out

@@ -47,7 +47,7 @@ def test_builder_output_passes_check_on_seeded_inputs(name: str) -> None:
 )
 def test_builder_output_is_lifted(name: str, layers: int, scoring: str, activation: str) -> None:
     module, _ = load_module(str(GENAI / name / "model.onnx"))
-    found = [op.attrs["layer"] for op in module.moe_ops()]
+    found = [op.layer for op in module.moe_ops()]
     assert len(found) == layers
     assert {(lay.scoring, lay.activation) for lay in found} == {(scoring, activation)}
 

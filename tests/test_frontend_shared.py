@@ -43,10 +43,10 @@ SHARED = {
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_fixture_leaves_a_shared_mlp_outside_the_op(path: Path) -> None:
     module, _ = load_module(path)
-    layers = [op.attrs["layer"] for op in module.moe_ops()]
+    layers = [op.layer for op in module.moe_ops()]
     assert layers
     for layer in layers:
-        assert "dense_shared" not in layer.annotations, (layer.name, layer.annotations)
+        assert layer.annotations.dense_shared is None, (layer.name, layer.annotations)
         name = path.parent.name if path.stem == "model" else path.stem
         assert layer.has_shared == (name in SHARED), layer.name
 
@@ -82,7 +82,7 @@ def test_a_shared_mlp_beside_a_fused_node_is_taken_in(gated_add: bool) -> None:
     _, result = lift_model(model)
     (lf,) = result.lifted
     assert lf.layer.has_shared and lf.layer.has("sh_router") == gated_add
-    assert "dense_shared" not in lf.layer.annotations
+    assert lf.layer.annotations.dense_shared is None
     assert layer_errors(model, x_feed(16))[0] <= 1e-4
 
 
@@ -103,10 +103,10 @@ def test_a_shared_mlp_left_dense_is_said_by_inspect(tmp_path: Path) -> None:
 
 def test_any_mlp_of_the_layer_input_left_dense_is_marked() -> None:
     _, result = lift_model(_moe_with_dense_shared(act="tanh"))
-    assert result.lifted[0].layer.annotations["dense_shared"].startswith("sh_down")
+    assert (result.lifted[0].layer.annotations.dense_shared or "").startswith("sh_down")
 
 
 def test_a_plain_layer_is_not_marked() -> None:
     model = single_layer(fused_moe, MoESpec(experts=4, top_k=2, hidden=16, ffn=24))
     _, result = lift_model(model)
-    assert "dense_shared" not in result.lifted[0].layer.annotations
+    assert result.lifted[0].layer.annotations.dense_shared is None

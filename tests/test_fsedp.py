@@ -33,7 +33,9 @@ from moec.compiler.lower import lower, parse_strategy
 from moec.compiler.lower.common import StrategyError
 from moec.compiler.lower.fsedp import VARIANTS, auto_slices, expected_tokens_per_die
 from moec.compiler.lower.trajectory import trajectory_cycle
-from moec.ir.routing import RoutingTrace, synth_zipf
+from moec.ir.cost import slice_compute_time, transfer_time
+from moec.ir.routing import RoutingTrace
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import Load, Program, Recv, Send, SliceRef, TargetRef, print_program
 from moec.ir.target import load_target
 
@@ -66,7 +68,7 @@ def test_deferred_experts_take_the_coldest_within_the_slack() -> None:
 
 
 def test_auto_slices_hides_the_hop_when_compute_can() -> None:
-    t = load_target("fsedp-2x2")
+    t = load_target("fsedp-2x2", {"ideal": "true"})  # the ideal rule, by hand
     cyc = trajectory_cycle(t)
     # 1 token per die: compute per column (7.5 ns) is below the hop per column (85 ns): any
     # width serves, the finest of >= 64 columns is taken
@@ -79,13 +81,33 @@ def test_auto_slices_hides_the_hop_when_compute_can() -> None:
     many = auto_slices(t, cyc, hidden=4096, ffn=3200, mats=3, precision="fp16",
                        tokens_per_die=64.0, minimum=1)  # fmt: skip
     assert many == 32
-    slow = load_target("fsedp-2x2", {"d2d_latency_ns": 100_000})
+    slow = load_target("fsedp-2x2", {"d2d_latency_ns": 100_000, "ideal": "true"})
     assert auto_slices(slow, cyc, hidden=4096, ffn=3200, mats=3, precision="fp16",
                        tokens_per_die=64.0, minimum=1) == 3200 // 254  # fmt: skip
     # SRAM wins over everything: never fewer than the minimum
     assert auto_slices(t, cyc, hidden=4096, ffn=3200, mats=3, precision="fp16",
                        tokens_per_die=1.0, minimum=40) == 40  # fmt: skip
     assert expected_tokens_per_die(64, 2, 16, 4) == pytest.approx(8 / (4 * (1 - 0.75**8)))
+
+
+def test_calibrated_auto_slices_is_the_most_slices_whose_compute_covers_a_hop() -> None:
+    # on the calibrated model (here a 1 ms link latency) the rule is stated on the cost model's
+    # own slice compute and transfer times: the count returned hides the hop of the next slice,
+    # one more would not (the GEMM folds make compute about 3x the ideal one: 4 slices here)
+    slow = load_target("fsedp-2x2", {"d2d_latency_ns": 1_000_000})
+    cyc = trajectory_cycle(slow)
+    d0, d1 = cyc.order[0], cyc.order[1]
+
+    def hides(count: int) -> bool:
+        w = -(-3200 // count)
+        comp = slice_compute_time(slow, d0, 64, 4096, w, True, "fp16")
+        return comp >= transfer_time(slow, d0, d1, 3 * 4096 * w * 2)
+
+    n = auto_slices(slow, cyc, hidden=4096, ffn=3200, mats=3, precision="fp16",
+                    tokens_per_die=64.0, minimum=1)  # fmt: skip
+    assert 1 < n < 32 and hides(n) and not hides(n + 1)
+    assert auto_slices(slow, cyc, hidden=4096, ffn=3200, mats=3, precision="fp16",
+                       tokens_per_die=64.0, minimum=40) == 40  # fmt: skip
 
 
 # --- hand-derived timings -----------------------------------------------------------------------

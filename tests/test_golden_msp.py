@@ -25,10 +25,13 @@ def test_compile_matches_golden(
 
 
 @pytest.mark.parametrize(
-    ("stem", "model", "strategy"), run_cases(), ids=[c[0] for c in run_cases()]
+    ("stem", "model", "strategy", "ideal"), run_cases(), ids=[c[0] for c in run_cases()]
 )
-def test_run_matches_golden(tmp_path: Path, stem: str, model: str, strategy: str) -> None:
-    """The runtime expansion and the run's JSON report (timing and SRAM) are unchanged too."""
-    expanded, report = run_one(model, strategy, tmp_path, stem)
+def test_run_matches_golden(
+    tmp_path: Path, stem: str, model: str, strategy: str, ideal: bool
+) -> None:
+    """The runtime expansion and the run's JSON report (timing and SRAM) are unchanged too, on
+    the ideal machine and on the calibrated model."""
+    expanded, report = run_one(model, strategy, tmp_path, stem, ideal)
     assert expanded == (HERE / "run" / f"{stem}.expanded.msp").read_text(), stem
     assert report == (HERE / "run" / f"{stem}.json").read_text(), stem

@@ -1,5 +1,8 @@
 """Interpreter timing sanity: idle-resource cases against the analytic cost model, contention,
-backpressure, determinism, and the expanded static program against the original."""
+backpressure, determinism, and the expanded static program against the original.
+
+On the ideal machine (``ideal = true``): the cases derive peak-rate arithmetic by hand; the
+calibrated terms through the interpreter are in ``test_interp_calibrated.py``."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 from moec.backends.interp import simulate
 from moec.backends.interp.timing import DELAY, Timeline, run_timing
 from moec.ir.cost import compute_time, dram_time, link_time, load_time
-from moec.ir.routing import synth_zipf
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import (
     Accum,
     Act,
@@ -41,7 +44,8 @@ from moec.ir.stream import (
 )
 from moec.ir.target import load_target
 
-T2 = load_target("fsedp-2x2")
+IDEAL = (("ideal", "true"),)
+T2 = load_target("fsedp-2x2", dict(IDEAL))
 HIDDEN, FFN, TOKENS = 64, 128, 16
 SLICE = SliceRef("moe0", 0, 0)
 SLICE_BYTES = 3 * HIDDEN * FFN * 2  # one fp16 slice covering the whole expert
@@ -50,7 +54,7 @@ SLICE_BYTES = 3 * HIDDEN * FFN * 2  # one fp16 slice covering the whole expert
 def _program(streams: dict[int, list[Instr]], slots: int = 2, **kw: object) -> Program:
     layer = MoEDecl("moe0", 4, 1, HIDDEN, FFN, TOKENS, "x", "y")
     return Program(
-        "t", TargetRef("fsedp-2x2"), layers=[layer],
+        "t", TargetRef("fsedp-2x2", IDEAL), layers=[layer],
         layouts=[SliceLayout.even("moe0", FFN, 1)],
         slots=[SlotPool(d, slots, SLICE_BYTES) for d in range(4)],
         islands=[IslandDecl("isl", 10**9, 10**6)],
@@ -307,7 +311,7 @@ def _ep_program(layers: int = 2, tokens: int = 32, experts: int = 8) -> Program:
                     MoE(f"moe{i}"), Signal(f"m{i}"), Wait(f"m{i}", 4)]  # fmt: skip
         streams.append(DieStream(d, ins))
     return Program(
-        "ep", TargetRef("fsedp-2x2"), layers=decls,
+        "ep", TargetRef("fsedp-2x2", IDEAL), layers=decls,
         slots=[SlotPool(d, 2, 3 * 64 * 64 * 2) for d in range(4)],
         islands=[IslandDecl(f"isl{i}", 4 * 10**6, 4 * 10**4) for i in range(layers)],
         streams=streams,

@@ -221,6 +221,11 @@ def test_moec_run_iterations_cli(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert s["iterations"] == 3 and s["tokens"] == p.layers[0].tokens
     assert s["deferred_pairs_final"] == 0 and s["tokens_per_s"] > 0
     assert "layers" not in doc and doc["dram_bytes_total"] > 0
+    # --set applies to serving runs too: the ideal machine serves faster than the calibrated one
+    args = ["run", path, "--iterations", "3", "--routing", "synth:drift=0.1", "--json"]
+    assert main([*args, "--set", "ideal=true"]) == 0
+    ideal = json.loads(capsys.readouterr().out)["serving"]
+    assert ideal["tokens_per_s"] > s["tokens_per_s"]
     # a one-iteration trace cannot drive three iterations: a one-line error, exit 2
     one = tmp_path / "one.json"
     assert main(["trace", "synth", "--experts", "8", "--top-k", "2", "--layers", "2",

@@ -22,7 +22,8 @@ from moec.compiler.frontend import load_module
 from moec.compiler.lower import lower
 from moec.compiler.lower.common import predicted_activations
 from moec.ir.errors import ScheduleError
-from moec.ir.routing import LayerRouting, RoutingTrace, synth_zipf
+from moec.ir.routing import LayerRouting, RoutingTrace, save_trace
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import (
     Accum,
     Act,
@@ -147,7 +148,7 @@ def test_activations_alone_do_not_fit(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_concentrated_routing_over_sram_is_reported() -> None:
+def test_concentrated_routing_over_sram_fails_unless_allowed(tmp_path: Path) -> None:
     # 8 tokens, 2 home per die, all routed to experts 1 and 5 (round robin: both on die 1).
     # The lowering predicts 2.625 tokens from other dies on a die; die 1 gets all 6.
     module = moe_module(8, 2, 8, hidden=32, ffn=16)
@@ -165,7 +166,11 @@ def test_concentrated_routing_over_sram_is_reported() -> None:
     p = lower(module, TargetRef("fsedp-2x2", (("sram_bytes_per_die", sram),)), "ep",
               {"slots": str(slots)}, trace)  # fmt: skip
     assert p.layout("moe0") is not None and p.layout("moe0").count == 1
-    r = simulate(p, routings=trace)
+    with pytest.raises(
+        ScheduleError, match=r"does not fit SRAM: die 1 holds \d+ bytes at its peak"
+    ):
+        simulate(p, routings=trace)  # SRAM is a hard limit
+    r = simulate(p, routings=trace, allow_overflow=True)
     # die 1 at its first expert's accum: both slots (the second expert's load is under way),
     # its 2 home tokens, the other 6 tokens' x (e5's gemm still needs it) and partial y (the
     # accum starts it), and h of 8 tokens x 16 columns
@@ -173,7 +178,15 @@ def test_concentrated_routing_over_sram_is_reported() -> None:
     assert r.report.peak_sram_bytes[1] == held
     assert r.report.extra["sram_over_bytes"] == held - sram > 0
     assert r.report.to_dict()["sram_over_bytes"] == held - sram
-    assert "warning: activations exceed SRAM" in render(r.report)
+    assert "warning: SRAM overflow allowed (--allow-overflow)" in render(r.report)
+    with pytest.raises(ScheduleError, match=f"holds {held} bytes at its peak"):
+        simulate(p, routings=trace)
+    # the CLI: exit 2 with one line, or with --allow-overflow a report that says so
+    prog, tr = tmp_path / "p.msp", tmp_path / "t.json"
+    prog.write_text(print_program(p))
+    save_trace(trace, str(tr))
+    assert main(["run", str(prog), "--routing", str(tr)]) == 2
+    assert main(["run", str(prog), "--routing", str(tr), "--allow-overflow", "--json"]) == 0
 
 
 def h_col(n: int) -> int:

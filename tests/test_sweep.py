@@ -236,6 +236,19 @@ def test_a_point_that_cannot_run_is_an_error_result_not_an_exception() -> None:
     assert "slots" in result["error"] and "\n" not in result["error"]
 
 
+def test_a_point_past_sram_is_an_error_unless_overflow_is_allowed() -> None:
+    # Phi-3.5-MoE EP at 256 tokens passes 16 MiB at run time (test_bench_failures.py)
+    import dataclasses
+
+    from moec.sweep.runner import evaluate_point
+
+    task = dataclasses.replace(_task("ep"), model="phi3.5-moe", tokens=256)
+    result = evaluate_point(task)
+    assert result["status"] == "error" and "does not fit SRAM: die" in result["error"]
+    allowed = evaluate_point(dataclasses.replace(task, allow_overflow=True))
+    assert allowed["status"] == "ok" and allowed["metrics"]["sram_over_bytes"] > 0
+
+
 def test_without_ray_the_sweep_runs_in_process(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,6 +25,7 @@ from moec.backends.interp.numerics_ops import NUMERICS, LayerExec
 from moec.backends.interp.opgraph import COMPUTE, TIMING, Builder, DieState
 from moec.backends.interp.timing import run_timing
 from moec.backends.interp.timing_ops import computed, slice_compute
+from moec.ir.cost import dense_time
 from moec.ir.errors import Location, ProgramError
 from moec.ir.stream import (
     OPCODES,
@@ -69,8 +70,11 @@ class Probe(Instruction):
 
 @TIMING.register("probe")
 def time_probe(b: Builder, s: DieState, i: Probe) -> None:
-    """``flops`` on the compute unit, after the slot's data, in order with the die's compute."""
-    op, *_ = slice_compute(b, s, i, lambda n, d, w, gated: float(i.flops))
+    """``flops`` on the compute unit (the cost model's dense time), after the slot's data, in
+    order with the die's compute."""
+    op, *_ = slice_compute(
+        b, s, i, "probe", lambda t, die, n, d, w, gated, prec: dense_time(t, die, i.flops, prec)
+    )
     computed(s, i.slot, op)
 
 
@@ -142,7 +146,7 @@ def test_it_runs_in_timing() -> None:
     tl = run_timing(p, target)
     (k,) = [k for k, i in enumerate(tl.instr) if isinstance(i, Probe)]
     assert tl.kind[k] == COMPUTE and tl.die[k] == 0
-    assert tl.end[k] - tl.start[k] == pytest.approx(4096 / target.die(0).flops_per_s("fp16"))
+    assert tl.end[k] - tl.start[k] == pytest.approx(dense_time(target, 0, 4096, "fp16"))
     gemm = next(j for j, i in enumerate(tl.instr) if isinstance(i, Gemm) and tl.die[j] == 0)
     assert tl.start[k] >= tl.end[gemm]  # in order on the die's compute unit
 
@@ -186,8 +190,7 @@ def test_it_runs_in_numerics(tmp_path: Path) -> None:
         if "compute" in name
     )
     extra = sum(
-        1000 / probed.timeline.target.die(d).flops_per_s(program.layers[0].dtype)
-        for d, _, _ in SEEN
+        dense_time(probed.timeline.target, d, 1000, program.layers[0].dtype) for d, _, _ in SEEN
     )
     assert compute - before == pytest.approx(extra)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moec.backends.interp.sram import LayerActs
-from moec.ir.cost import GB
+from moec.ir import cost
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.opcodes import HandlerTable
 from moec.ir.stream.program import HOST_CHANNEL, Instr, Program, SliceRef
@@ -82,13 +82,11 @@ class LoadPath:
 
     #: the channel's (or the die's host link's) resource id
     res: int
+    #: the channel's id, or ``HOST_CHANNEL``
+    channel: int
     latency: float
-    #: bytes per second
-    bw: float
-    #: per hop of the route: (link resource, latency, bytes per second, the larger of this link's
-    #: and the slowest upstream bandwidth: ``bytes / it`` is how far the hop's hold may start
-    #: before the previous stage ends)
-    hops: tuple[tuple[int, float, float, float], ...]
+    #: per hop of the route: (link resource, link source die, destination die, latency)
+    hops: tuple[tuple[int, int, int, float], ...]
 
 
 def precision_of(nbytes: int, elements: int, default: str) -> str:
@@ -107,7 +105,6 @@ class DieState:
     __slots__ = (
         "die", "fence", "since_signal", "last_signal", "last_compute", "slot_fill",
         "slot_fill_info", "slot_uses", "slot_free", "slot_fill_rec", "last_recv", "pending_h",
-        "rate",
     )  # fmt: skip
 
     def __init__(self, die: int) -> None:
@@ -129,8 +126,6 @@ class DieState:
         self.last_recv: dict[tuple[str, str], int] = {}
         #: per slot: (gemm op, bytes of its h) until the slot's accum
         self.pending_h: dict[int, tuple[int, int]] = {}
-        #: FLOP/s of this die per precision
-        self.rate: dict[str, float] = {}
 
     def fill(self, slot: int, op: int, sref: SliceRef | None, prec: str) -> None:
         """Slot ``slot``'s data has arrived at ``op``; it holds ``sref`` at ``prec``."""
@@ -166,6 +161,8 @@ class Builder:
         self.link_bytes: dict[int, int] = defaultdict(int)
         self.dense_precision = p.layers[0].dtype if p.layers else "fp16"
         self._load_paths: dict[tuple[int, int], LoadPath] = {}
+        self._read_costs: dict[tuple[int, int, int], tuple[float, list[tuple[float, float]]]] = {}
+        self._compute_costs: dict[tuple[Any, ...], float] = {}
         # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
         self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
@@ -176,16 +173,16 @@ class Builder:
         # activations, for SRAM: (die, layer index) -> what the die does with them
         self.acts: dict[tuple[int, int], LayerActs] = {}
 
-    # --- costs ---
-    def flops_time(self, s: DieState, flops: float, precision: str) -> float:
-        """Seconds of ``flops`` on die ``s.die``'s compute unit at ``precision``."""
-        r = s.rate.get(precision)
-        if r is None:
-            r = s.rate[precision] = self.t.die(s.die).flops_per_s(precision)
-        return flops / r
+    # --- costs (every duration comes from moec.ir.cost) ---
+    def compute_cost(self, key: tuple[Any, ...], fn: Callable[[], float]) -> float:
+        """The duration ``fn()`` of a compute op, memoized on ``key`` (ops repeat shapes)."""
+        hit = self._compute_costs.get(key)
+        if hit is None:
+            hit = self._compute_costs[key] = fn()
+        return hit
 
     def load_path(self, channel: int, die: int) -> LoadPath:
-        """The resources and rates a load from ``channel`` into ``die`` goes through."""
+        """The resources a load from ``channel`` into ``die`` goes through."""
         key = (channel, die)
         hit = self._load_paths.get(key)
         if hit is None and channel == HOST_CHANNEL:
@@ -194,20 +191,43 @@ class Builder:
                 raise ScheduleError(
                     f"die {die} loads from the host, but target {self.t.name} has no host tier"
                 )
-            hit = LoadPath(self.host_base + die, host.latency_s, host.gbps * GB, ())
+            hit = LoadPath(self.host_base + die, HOST_CHANNEL, host.latency_s, ())
             self._load_paths[key] = hit
         elif hit is None:
             ch = self.t.channel(channel)
             path = self.t.route(ch.die, die)
-            hops = []
-            upstream = ch.gbps * GB  # the slowest bandwidth before this hop
-            for a, b in zip(path, path[1:], strict=False):
-                lk = self.t.link(a, b)
-                bw = lk.gbps * GB
-                hops.append((self.link_id[(a, b)], lk.latency_s, bw, max(bw, upstream)))
-                upstream = min(upstream, bw)
-            hit = LoadPath(self.D + channel, ch.latency_s, ch.gbps * GB, tuple(hops))
+            hops = tuple(
+                (self.link_id[(a, b)], a, b, self.t.link(a, b).latency_s)
+                for a, b in zip(path, path[1:], strict=False)
+            )
+            hit = LoadPath(self.D + channel, channel, ch.latency_s, hops)
             self._load_paths[key] = hit
+        return hit
+
+    def read_costs(
+        self, channel: int, die: int, nbytes: int
+    ) -> tuple[float, list[tuple[float, float]]]:
+        """The durations of a read's ops: the channel's (or host link's) occupancy, and per hop
+        ``(link hold, back)`` where ``back`` is how far the hop's hold may start before the
+        previous stage ends: its own data time, at most the slowest upstream data time (so an
+        idle read arrives at :func:`moec.ir.cost.load_time`)."""
+        key = (channel, die, nbytes)
+        hit = self._read_costs.get(key)
+        if hit is not None:
+            return hit
+        t = self.t
+        if channel == HOST_CHANNEL:
+            hit = (cost.host_occupancy(t, nbytes, die), [])
+        else:
+            lp = self.load_path(channel, die)
+            upstream = cost.dram_data_time(t, channel, nbytes)
+            hops = []
+            for _, a, b, _ in lp.hops:
+                data = cost.link_data_time(t, a, b, nbytes)
+                hops.append((data, min(data, upstream)))
+                upstream = max(upstream, data)
+            hit = (cost.dram_occupancy(t, channel, nbytes), hops)
+        self._read_costs[key] = hit
         return hit
 
     def read(
@@ -216,17 +236,19 @@ class Builder:
     ) -> tuple[int, int]:  # fmt: skip
         """The ops of a DRAM (or host) read into ``die``: ``(first, last)``.
 
-        The first op holds the channel (or host link) for ``bytes / bandwidth``, and a
-        :meth:`delay` op for its latency follows; then, per hop of the route, an op holding that
-        link for ``bytes / link bandwidth`` as a tail reservation (``back``: :mod:`.timing`'s
-        rule) and a delay for the hop's latency. The last op's end is when the data has arrived.
+        The first op holds the channel (or host link) for its occupancy
+        (:func:`moec.ir.cost.dram_occupancy`: DMA setup and data), and a :meth:`delay` op for its
+        latency follows; then, per hop of the route, an op holding that link for its data time
+        as a tail reservation (``back``: :mod:`.timing`'s rule) and a delay for the hop's
+        latency. The last op's end is when the data has arrived.
         """
         lp = self.load_path(channel, die)
+        occ, hop_costs = self.read_costs(channel, die, nbytes)
         g = self.g
-        first = g.add(kind, nbytes / lp.bw, (lp.res,), die, i, layer, island)
+        first = g.add(kind, occ, (lp.res,), die, i, layer, island)
         last = self.delay(first, lp.latency)
-        for res, lat, bw, cap in lp.hops:
-            op = g.add(kind, nbytes / bw, (res,), die, i, layer, island, nbytes / cap)
+        for (res, _, _, lat), (dur, back) in zip(lp.hops, hop_costs, strict=True):
+            op = g.add(kind, dur, (res,), die, i, layer, island, back)
             g.edge(last, op)
             self.link_bytes[res] += nbytes
             last = self.delay(op, lat)
@@ -251,7 +273,7 @@ class Builder:
 
     def transfer(self, key: tuple[int, int], is_send: bool, i: Any, die: int) -> tuple[int, int]:
         """The ops of the k-th transfer on ``key``, ``(hold, arrival)``: the link hold for
-        ``bytes / link bandwidth``, then the link latency (created by whichever side comes
+        :func:`moec.ir.cost.link_occupancy` (DMA setup and framed data), then the link latency (created by whichever side comes
         first)."""
         mine, other = (
             (self.pending_send, self.pending_recv)
@@ -267,7 +289,8 @@ class Builder:
             return ops
         a, b = key
         lk = self.t.link(a, b)
-        hold = self.g.add(XFER, i.nbytes / (lk.gbps * GB), (self.link_id[key],), die, i)
+        occ = cost.link_occupancy(self.t, a, b, i.nbytes)
+        hold = self.g.add(XFER, occ, (self.link_id[key],), die, i)
         ops = (hold, self.delay(hold, lk.latency_s))
         self.link_bytes[self.link_id[key]] += i.nbytes
         mine[key].append(ops)

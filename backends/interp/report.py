@@ -101,7 +101,7 @@ class Report:
             out["utilization"]["host"] = self.host_utilization
             out["host_bytes"] = self.host_bytes
             out["host_bytes_total"] = sum(self.host_bytes)
-        if "sram_over_bytes" in self.extra:  # activations pushed a die past its SRAM
+        if "sram_over_bytes" in self.extra:  # a run past a die's SRAM (--allow-overflow)
             out["sram_over_bytes"] = self.extra["sram_over_bytes"]
         if "deferred_pairs" in self.extra:  # token buffering: work charged to the next iteration
             out["deferred_pairs"] = self.extra["deferred_pairs"]
@@ -185,8 +185,8 @@ def render(r: Report, width: int = 110) -> str:
         )
     if "sram_over_bytes" in r.extra:
         con.print(
-            f"warning: activations exceed SRAM by up to {_bytes(int(r.extra['sram_over_bytes']))} "
-            "on a die (routing concentrated tokens there); the run went on as if it had room"
+            f"warning: SRAM overflow allowed (--allow-overflow): a die exceeded its SRAM by up to "
+            f"{_bytes(int(r.extra['sram_over_bytes']))}; the run went on as if it had room"
         )
     if r.layers or r.islands:
         lt = Table(title="layers")

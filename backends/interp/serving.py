@@ -48,15 +48,15 @@ from typing import Any
 
 import numpy as np
 
-from moec.backends.interp.expand import expand_layer, layouts_for
+from moec.backends.interp.expand import expand_layer
 from moec.backends.interp.expand.fsedp_carry import Carried, buffering_slack, expand_with_carry
 from moec.backends.interp.expand.fsedp_deferred import DEFERRED_SUFFIX
-from moec.backends.interp.offload import check_declarations, offload_loads
+from moec.backends.interp.offload import offload_loads
 from moec.backends.interp.report import Report, make_report
 from moec.backends.interp.rules import apply_rules
-from moec.backends.interp.simulate import check_routings, program_target, simulate
+from moec.backends.interp.simulate import check_fit, check_routings, prepare, simulate
 from moec.backends.interp.timing import Timeline, run_timing
-from moec.ir.errors import ScheduleError, TraceError
+from moec.ir.errors import TraceError
 from moec.ir.routing import LayerRouting
 from moec.ir.routing_seq import RoutingSequence
 from moec.ir.stream.program import (
@@ -73,7 +73,6 @@ from moec.ir.stream.program import (
     SliceRef,
     Wait,
 )
-from moec.ir.stream.verify import verify_program
 from moec.ir.target import Target
 
 #: Joins a layer or event name and its iteration in a serving run's program.
@@ -171,7 +170,10 @@ def _numeric_iteration(
     """One iteration with numerics: the interpreter's outputs for this batch (its own run of
     the iteration), and the serving expansion of the routing its routers chose (rules applied
     there)."""
-    res = simulate(p, target=tgt, routings=routing, inputs=inputs, base_dir=base_dir, verify=verify)
+    res = simulate(
+        p, target=tgt, routings=routing, inputs=inputs, base_dir=base_dir, verify=verify,
+        allow_overflow=True,  # for its outputs only: the serving run's timing is checked
+    )  # fmt: skip
     it = _expand_layers(p, tgt, layouts, res.routings, carry, last)
     it.outputs = res.outputs
     return it
@@ -400,23 +402,18 @@ def simulate_iterations(
     base_dir: str | None = None,
     verify: bool = True,
     rewrite: Callable[[int, int, list[Instr]], list[Instr]] | None = None,
+    allow_overflow: bool = False,
 ) -> ServingResult:
     """Run ``iterations`` consecutive iterations of ``program`` in one simulation.
 
     Timing only: ``routings`` gives each iteration's routing (at least ``iterations`` of them).
     Numerics: ``inputs`` gives each iteration's inputs (``routings``, when given too, only sets
     home dies); every iteration's outputs are returned. ``rewrite`` see :func:`concatenate`.
+    ``allow_overflow``: as in :func:`~.simulate.simulate` (SRAM is a hard limit otherwise).
     """
     if iterations < 1:
         raise TraceError(f"--iterations: expected an integer >= 1, found {iterations}")
-    tgt = target if target is not None else program_target(program, base_dir)
-    if verify:
-        verify_program(program, tgt)
-    layouts = layouts_for(program, tgt)
-    for r in program.runtime:
-        decl = program.layer(r.layer)
-        if decl is not None:
-            check_declarations(program, r, decl, tgt)
+    tgt, layouts = prepare(program, target, base_dir, verify)
     if routings is not None and len(routings) < iterations:
         raise TraceError(
             f"the routing has {len(routings)} iterations, the run asks for {iterations}",
@@ -448,13 +445,7 @@ def simulate_iterations(
             carry = dict(its[-1].deferred)
     prog, hosted, deferred = concatenate(program, layouts, its, rewrite)
     tl = run_timing(prog, tgt)
-    for d, peak in enumerate(tl.peak_slot_bytes):
-        if peak > tgt.dies[d].sram_bytes:
-            raise ScheduleError(
-                f"does not fit SRAM: die {d} holds {peak} bytes of slots at its peak, target "
-                f"{tgt.name} has {tgt.dies[d].sram_bytes} bytes per die",
-                program.filename,
-            )
+    check_fit(tl, tgt, program.filename, allow_overflow)
     tokens = program.layers[0].tokens if program.layers else 0
     metrics, pairs = _metrics(tl, prog, hosted, deferred, its, tokens)
     report = make_report(tl, program.name)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from moec.backends.interp.numerics import check_companion, evaluate_model, load_
 from moec.backends.interp.offload import check_declarations, offload_loads
 from moec.backends.interp.report import Report, chrome_trace, make_report
 from moec.backends.interp.rules import apply_rules
+from moec.backends.interp.sram import sram_overflow
 from moec.backends.interp.timing import Timeline, run_timing
 from moec.ir.errors import ProgramError, ScheduleError, TraceError
 from moec.ir.routing import LayerRouting, RoutingTrace, validate
@@ -53,8 +53,8 @@ from moec.ir.stream.program import (
     SliceLayout,
     SliceRef,
 )
-from moec.ir.stream.verify import verify_program
-from moec.ir.target import Target, load_target
+from moec.ir.stream.verify import named_target, verify_program
+from moec.ir.target import Target
 
 
 @dataclass
@@ -71,13 +71,29 @@ class RunResult:
 
 
 def program_target(p: Program, base_dir: str | None = None) -> Target:
-    """The target a program names (preset or TOML relative to ``base_dir``), with overrides."""
-    if p.target is None:
+    """The target a program names (preset or TOML relative to ``base_dir``), with overrides;
+    one that names none is an error (:func:`moec.ir.stream.verify.named_target`)."""
+    target = named_target(p, base_dir)
+    if target is None:
         raise ProgramError("the program names no target; pass one", p.filename)
-    base = base_dir
-    if base is None and os.path.exists(p.filename):
-        base = os.path.dirname(os.path.abspath(p.filename))
-    return load_target(p.target.spec, dict(p.target.overrides), base_dir=base)
+    return target
+
+
+def prepare(
+    program: Program, target: Target | None, base_dir: str | None, verify: bool
+) -> tuple[Target, dict[tuple[str, bool], SliceLayout]]:
+    """What every run of ``program`` starts with: its target (``target``, else the one it
+    names), the program verified against it (when ``verify``), its slice layouts, and each
+    runtime policy's declarations checked."""
+    tgt = target if target is not None else program_target(program, base_dir)
+    if verify:
+        verify_program(program, tgt)
+    layouts = layouts_for(program, tgt)
+    for r in program.runtime:
+        decl = program.layer(r.layer)
+        if decl is not None:
+            check_declarations(program, r, decl, tgt)
+    return tgt, layouts
 
 
 def check_routings(
@@ -170,6 +186,15 @@ def expand_runtime(
     return r, offload_loads(per_die, p.policy(m.name), m)
 
 
+def check_fit(tl: Timeline, target: Target, where: str | None, allow_overflow: bool) -> None:
+    """SRAM is a hard limit: a run whose peak (slots and activations) exceeds a die's SRAM is a
+    one-line :class:`ScheduleError` (:func:`~.sram.sram_overflow`), unless the overflow is
+    allowed; then the timeline's ``sram_over_bytes`` says by how much."""
+    why = sram_overflow(target, tl.peak_sram, tl.peak_sram_slots, tl.peak_sram_activations)
+    if why is not None and not allow_overflow:
+        raise ScheduleError(why, where)
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off for the block, restored after.
@@ -197,15 +222,19 @@ def simulate(
     record_trace: bool = False,
     verify: bool = True,
     verified: bool = False,
+    allow_overflow: bool = False,
 ) -> RunResult:
     """Run ``program``: numerics when ``inputs`` are given, timing always (see module doc).
 
     ``verify``: check the program and the expanded program (:func:`verify_program`);
     ``verified``: the caller has already checked ``program`` against this target, so only the
-    expanded program is checked."""
+    expanded program is checked. A run whose slots and activations together exceed a die's
+    SRAM is a :class:`ScheduleError` unless ``allow_overflow`` (then the report carries
+    ``sram_over_bytes``)."""
     with gc_paused():
         return _simulate(
-            program, target, routings, inputs, base_dir, record_trace, verify, verified
+            program, target, routings, inputs, base_dir, record_trace, verify, verified,
+            allow_overflow,
         )  # fmt: skip
 
 
@@ -218,15 +247,9 @@ def _simulate(
     record_trace: bool,
     verify: bool,
     verified: bool,
+    allow_overflow: bool,
 ) -> RunResult:
-    tgt = target if target is not None else program_target(program, base_dir)
-    if verify and not verified:
-        verify_program(program, tgt)
-    layouts = layouts_for(program, tgt)
-    for r in program.runtime:
-        decl = program.layer(r.layer)
-        if decl is not None:
-            check_declarations(program, r, decl, tgt)
+    tgt, layouts = prepare(program, target, base_dir, verify and not verified)
     expansions: dict[str, dict[int, list[Instr]]] = {}
     outputs: dict[str, np.ndarray] | None = None
     given = check_routings(program, tgt, routings) if routings is not None else None
@@ -275,13 +298,7 @@ def _simulate(
         verify_program(expanded, tgt)
     tl = run_timing(expanded, tgt)
     charge_deferred(expanded, tl)  # token-buffered pairs belong to the next iteration
-    for d, peak in enumerate(tl.peak_slot_bytes):  # activations past SRAM: reported, not fatal
-        if peak > tgt.dies[d].sram_bytes:
-            raise ScheduleError(
-                f"does not fit SRAM: die {d} holds {peak} bytes of slots at its peak, target "
-                f"{tgt.name} has {tgt.dies[d].sram_bytes} bytes per die",
-                program.filename,
-            )
+    check_fit(tl, tgt, program.filename, allow_overflow)
     report = make_report(tl, program.name)
     report.extra.update(tl.extra)
     trace = chrome_trace(tl) if record_trace else None

@@ -17,6 +17,7 @@ import numpy as np
 
 from moec.ir.activations import x_row_bytes, y_row_bytes
 from moec.ir.stream.program import MoEDecl, TokenSet
+from moec.ir.target import Target
 
 
 @dataclass
@@ -179,3 +180,20 @@ def sram_peaks(
         peak[die], slots[die], act[die] = int(total[j]), int(cs[j]), int(ca[j])
         slot_peak[die] = int(cs.max())
     return peak, slots, act, slot_peak
+
+
+def sram_overflow(
+    target: Target, peak: Sequence[int], slots: Sequence[int], acts: Sequence[int]
+) -> str | None:
+    """Why a run did not fit SRAM (the die furthest past it: its peak, split into slots and
+    activations at that moment), or None when every die's peak fits. A run that does not fit
+    reports no latency unless the user allows the overflow (``--allow-overflow``)."""
+    over = [(pk - target.die(d).sram_bytes, d) for d, pk in enumerate(peak)]
+    worst, d = max(over, key=lambda x: (x[0], -x[1]), default=(0, 0))
+    if worst <= 0:
+        return None
+    return (
+        f"does not fit SRAM: die {d} holds {peak[d]} bytes at its peak ({slots[d]} of slots, "
+        f"{acts[d]} of activations), target {target.name} has {target.die(d).sram_bytes} bytes "
+        "per die (--allow-overflow runs it anyway)"
+    )

@@ -68,9 +68,10 @@ and a slice's gate/up outputs ``h`` from its ``gemm``'s start to its ``accum``'s
 printed and run again gives the same peaks: the tokens it computes or sends as ``x`` without
 having received them, plus those whose ``y`` it receives and does not send on. Peak SRAM is the
 largest sum over the run (at equal times a release goes before an allocation);
-``peak_sram_slots`` / ``peak_sram_activations`` split it at that moment. A run whose activations
-push a die past its SRAM is not stopped (activations have no backpressure): the excess is
-recorded in ``extra["sram_over_bytes"]`` (the largest over the dies) and reported.
+``peak_sram_slots`` / ``peak_sram_activations`` split it at that moment. The timeline records a
+peak past a die's SRAM in ``extra["sram_over_bytes"]`` (the largest over the dies); SRAM is a
+hard limit, so :func:`~.simulate.simulate` then fails with a one-line error unless the caller
+allows the overflow (``--allow-overflow``), and the report says so.
 
 Every resource is FIFO in the order ops claim it (its ``free_at`` only grows), so a tail
 reservation, claimed when the previous stage of its load ends and started no earlier than the

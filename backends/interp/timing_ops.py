@@ -23,6 +23,7 @@ from moec.backends.interp.opgraph import (
     precision_of,
 )
 from moec.backends.interp.sram import LayerActs
+from moec.ir import cost
 from moec.ir.activations import h_bytes
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.printer import instr as instr_text
@@ -40,15 +41,19 @@ from moec.ir.stream.program import (
     SliceRef,
     Wait,
 )
+from moec.ir.target import Target
+
+#: Seconds of one slice compute: ``cost(target, die, tokens, hidden, width, gated, precision)``.
+SliceCost = Callable[[Target, int, int, int, int, bool, str], float]
 
 
 def slice_compute(
-    b: Builder, s: DieState, i: Any, flops: Callable[[int, int, int, bool], float]
+    b: Builder, s: DieState, i: Any, kind: str, cost_fn: SliceCost
 ) -> tuple[int, SliceRef, LayerActs, int, int, bool]:  # fmt: skip
-    """A compute op on the micro-slice in ``i.slot`` for ``i.tokens`` (``flops(tokens, hidden,
-    width, gated)``), after the die's latest wait and compute and the slot's fill. Returns
-    ``(op, slice, the layer's activation record, tokens, width, gated)``; the caller adds its
-    own edges and then calls :func:`computed`."""
+    """A compute op of opcode ``kind`` on the micro-slice in ``i.slot`` for ``i.tokens``, timed by
+    ``cost_fn`` (a :mod:`moec.ir.cost` formula), after the die's latest wait and compute and the
+    slot's fill. Returns ``(op, slice, the layer's activation record, tokens, width, gated)``;
+    the caller adds its own edges and then calls :func:`computed`."""
     content, prec = s.slot_fill_info.get(i.slot, (None, "fp16"))
     if content is None:
         raise ScheduleError(f"die {s.die}: '{instr_text(i)}' needs a micro-slice in s{i.slot}")
@@ -56,13 +61,34 @@ def slice_compute(
     n = len(i.tokens)
     lk = b.layers[content.layer][0]
     g = b.g
-    op = g.add(COMPUTE, b.flops_time(s, flops(n, hidden, w, gated), prec), (s.die,), s.die, i, lk)
-    la = b.layer_acts(s.die, lk)
+    die = s.die
+    dur = b.compute_cost(
+        (kind, die, n, hidden, w, gated, prec),
+        lambda: cost_fn(b.t, die, n, hidden, w, gated, prec),
+    )
+    op = g.add(COMPUTE, dur, (die,), die, i, lk)
+    la = b.layer_acts(die, lk)
     la.ops.append(op)
     g.edge(s.fence, op)
     g.edge(s.last_compute, op)
     g.edge(s.slot_fill.get(i.slot), op)
     return op, content, la, n, w, gated
+
+
+def _gemm_cost(t: Target, die: int, n: int, d: int, w: int, gated: bool, prec: str) -> float:
+    """Gate and up projections as one ``[T, d] x [d, w]`` GEMM (``[d, 2w]`` when gated)."""
+    return cost.gemm_time(t, die, n, d, w * (2 if gated else 1), prec)
+
+
+def _act_cost(t: Target, die: int, n: int, d: int, w: int, gated: bool, prec: str) -> float:
+    """The activation on the vector unit (:func:`moec.ir.cost.slice_activation`: a program does
+    not name the experts' activation)."""
+    return cost.act_time(t, die, n, w, prec, cost.slice_activation(gated), gated)
+
+
+def _accum_cost(t: Target, die: int, n: int, d: int, w: int, gated: bool, prec: str) -> float:
+    """The down projection ``[T, w] x [w, d]`` and the gate-weighted add into the outputs."""
+    return cost.accum_time(t, die, n, w, d, prec)
 
 
 def computed(s: DieState, slot: int, op: int) -> None:
@@ -74,11 +100,10 @@ def computed(s: DieState, slot: int, op: int) -> None:
 
 @TIMING.register("gemm")
 def gemm(b: Builder, s: DieState, i: Gemm) -> None:
-    """Gate/up projections: ``2 T d w`` FLOPs each (two if gated); also waits for the die's
+    """Gate/up projections (:func:`moec.ir.cost.gemm_time`; ideal: ``2 T d w`` FLOPs each, two
+    if gated); also waits for the die's
     latest ``x`` block of the layer; its ``h`` is held until the slot's ``accum``."""
-    op, content, la, n, w, gated = slice_compute(
-        b, s, i, lambda n, d, w, gated: 2.0 * n * d * w * (2 if gated else 1)
-    )
+    op, content, la, n, w, gated = slice_compute(b, s, i, "gemm", _gemm_cost)
     la.x_uses.append((op, i.tokens))
     s.pending_h[i.slot] = (op, h_bytes(n, w, gated))
     b.g.edge(s.last_recv.get((content.layer, "x")), op)
@@ -87,15 +112,16 @@ def gemm(b: Builder, s: DieState, i: Gemm) -> None:
 
 @TIMING.register("act")
 def act(b: Builder, s: DieState, i: Act) -> None:
-    """The activation: ``2 T w`` FLOPs."""
-    op, *_ = slice_compute(b, s, i, lambda n, d, w, gated: 2.0 * n * w)
+    """The activation (:func:`moec.ir.cost.act_time`; ideal: ``2 T w`` FLOPs at peak)."""
+    op, *_ = slice_compute(b, s, i, "act", _act_cost)
     computed(s, i.slot, op)
 
 
 @TIMING.register("accum")
 def accum(b: Builder, s: DieState, i: Accum) -> None:
-    """The down-projection into the outputs: ``2 T w d`` FLOPs; releases the slice's ``h``."""
-    op, _, la, *_ = slice_compute(b, s, i, lambda n, d, w, gated: 2.0 * n * w * d)
+    """The down-projection into the outputs (:func:`moec.ir.cost.accum_time`; ideal: ``2 T w d``
+    FLOPs); releases the slice's ``h``."""
+    op, _, la, *_ = slice_compute(b, s, i, "accum", _accum_cost)
     la.accums.append((op, i.tokens))
     pending = s.pending_h.pop(i.slot, None)
     if pending is not None:
@@ -226,13 +252,15 @@ def wait(b: Builder, s: DieState, i: Wait) -> None:
 
 @TIMING.register("dense")
 def dense(b: Builder, s: DieState, i: Dense) -> None:
-    """The compute unit for ``flops`` at the layer dtype, and a read of ``bytes`` from the
+    """The compute unit for :func:`moec.ir.cost.dense_time` of ``flops`` at the layer dtype, and a read of ``bytes`` from the
     die's nearest channel, in parallel."""
     g = b.g
     isl = b.islands.get(i.island, -1)
-    comp = g.add(
-        COMPUTE, b.flops_time(s, float(i.flops), b.dense_precision), (s.die,), s.die, i, -1, isl
-    )  # fmt: skip
+    die, prec, flops = s.die, b.dense_precision, float(i.flops)
+    dur = b.compute_cost(
+        ("dense", die, flops, prec), lambda: cost.dense_time(b.t, die, flops, prec)
+    )
+    comp = g.add(COMPUTE, dur, (die,), die, i, -1, isl)
     g.edge(s.fence, comp)
     g.edge(s.last_compute, comp)
     s.last_compute = comp

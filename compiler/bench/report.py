@@ -1,6 +1,6 @@
 """How bench rows are shown: speedup over EP, the terminal table, JSON, a bar chart.
 
-A row is a plain dict (the ``--json`` schema)::
+A row is a plain dict (the ``--json`` schema, declared by :class:`~moec.compiler.bench.row.BenchRow`)::
 
     {"model", "target", "tokens", "strategy", "latency_s", "bound_s", "speedup_vs_ep",
      "peak_sram_bytes_max", "dram_bytes", "link_bytes",
@@ -21,10 +21,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from moec.compiler.bench.row import Row
 from moec.ir.errors import MoecError
 from moec.ir.files import atomic_write
-
-Row = dict[str, Any]
 
 
 def _point(row: Row) -> tuple[Any, ...]:
@@ -115,7 +114,8 @@ def table_cells(row: Row, accuracy: bool = False) -> list[str]:
         _si(row["latency_s"]), _si(row["bound_s"]), f"{ratio:.2f}",
         f"{speed:.2f}x" if speed is not None else "-",
         _pct(u["compute"]), _pct(u["dram"]), _pct(u["links"]),
-        _bytes(row["peak_sram_bytes_max"]), _bytes(row["dram_bytes"]), _bytes(row["link_bytes"]),
+        _bytes(row["peak_sram_bytes_max"]) + ("!" if row.get("sram_over_bytes") else ""),
+        _bytes(row["dram_bytes"]), _bytes(row["link_bytes"]),
     ] + (accuracy_cells(row) if accuracy else [])  # fmt: skip
 
 
@@ -124,7 +124,9 @@ def render_table(rows: Sequence[Row], title: str = "moec bench") -> Any:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, header_style="bold")
+    over = any(r.get("sram_over_bytes") for r in rows)
+    caption = "!: the run exceeded a die's SRAM (--allow-overflow)" if over else None
+    table = Table(title=title, header_style="bold", caption=caption)
     cols = columns(rows)
     accuracy = len(cols) > len(COLUMNS)
     for col in cols:

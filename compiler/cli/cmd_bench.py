@@ -5,6 +5,7 @@
                [--calibration sample|same|F] [--layers N|all] [--passes PIPELINE ...]
                [--set key=value ...] [--ablation] [--[no-]accuracy] [--json] [--plot out.png]
                [--iterations N [--residency lru|popularity] [--arrivals poisson:rate=R,len=L]]
+               [--allow-overflow]
 
 ``--model paper`` is the FSE-DP paper's four models and ``--target paper`` its three packages.
 Per (model, target, tokens, strategy, passes): latency of one iteration of the first ``--layers``
@@ -16,6 +17,9 @@ steps (naive FSE-DP, + R1-R4, + paired load, + R5, + 20% token buffering) instea
 relative error, cosine, top-1 agreement against ONNX Runtime on the original model, for the
 row's strategy, passes and token count; ``--no-accuracy`` skips it). The wall time of the whole
 run is printed last (to stderr with ``--json``).
+
+A run whose slots and activations exceed a die's SRAM fails, unless ``--allow-overflow``: then
+its row carries ``sram_over_bytes`` and its peak SRAM is marked ``!`` in the table.
 
 A point that fails (say, a token count that does not fit one strategy's SRAM) does not end the
 run: its row says ``failed`` (in JSON, an ``"error"`` and null metrics), the failed points are
@@ -40,6 +44,7 @@ from moec.compiler.bench.spec import (
     parse_strategies,
     parse_tokens,
 )
+from moec.compiler.cli.args import add_serving_args, add_target_args
 from moec.ir.files import check_outputs
 from moec.progress import Progress
 
@@ -55,20 +60,11 @@ def register(subparsers: Any) -> None:
         metavar="NAME|FILE",
         help="model name(s) or .onnx file(s), comma-separated; 'paper' = the 4 paper models",
     )
-    p.add_argument(
-        "--target",
-        default="fsedp-2x2",
-        metavar="T",
+    add_target_args(
+        p, default="fsedp-2x2",
         help="target preset(s) or .toml file(s), comma-separated; 'paper' = 2x2,3x3,4x4",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="target override, e.g. d2d_gbps=512 (repeatable)",
-    )
+        set_help="target override, e.g. d2d_gbps=512 (repeatable)",
+    )  # fmt: skip
     p.add_argument(
         "--tokens",
         metavar="N,...",
@@ -118,21 +114,19 @@ def register(subparsers: Any) -> None:
         "outputs vs ONNX Runtime on the original model, on seeded inputs of the row's tokens "
         "(default: on for models with weights; shape-only models get none)",
     )
-    p.add_argument(
-        "--iterations", type=int, default=1, metavar="N",
-        help="serve N iterations per row in one simulation: rows gain tokens_per_s, latency "
-        "percentiles, deferred_pairs_final (moec.serve)",
-    )  # fmt: skip
-    p.add_argument(
-        "--residency", choices=("lru", "popularity"),
-        help="with --iterations: keep loaded micro-slices in spare SRAM across iterations",
-    )  # fmt: skip
-    p.add_argument(
-        "--arrivals", metavar="poisson:rate=R[/R2..],len=L",
-        help="with --iterations: continuous batching of Poisson requests over the run's "
+    add_serving_args(
+        p, iterations_default=1,
+        iterations_help="serve N iterations per row in one simulation: rows gain tokens_per_s, "
+        "latency percentiles, deferred_pairs_final (moec.serve)",
+        arrivals_metavar="poisson:rate=R[/R2..],len=L",
+        arrivals_help="with --iterations: continuous batching of Poisson requests over the run's "
         "iteration times (moec.backends.interp.batching); rows gain 'arrivals'",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help='print {"rows": [...]}')
+    p.add_argument(
+        "--allow-overflow", action="store_true",
+        help="measure points whose run exceeds a die's SRAM (rows carry sram_over_bytes)",
+    )  # fmt: skip
     p.add_argument("--plot", metavar="OUT.png", help="bar chart of latency (needs matplotlib)")
     p.set_defaults(func=run)  # fmt: skip
 
@@ -203,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
                 iterations=args.iterations,
                 residency=args.residency,
                 arrivals=args.arrivals,
+                allow_overflow=args.allow_overflow,
             )  # fmt: skip
         )
     if args.ablation:

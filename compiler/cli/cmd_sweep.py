@@ -63,6 +63,10 @@ def register(subparsers: Any) -> None:
     run_g.add_argument(
         "--retry-errors", action="store_true", help="run the points stored with status error again"
     )
+    run_g.add_argument(
+        "--allow-overflow", action="store_true",
+        help="measure points whose run exceeds a die's SRAM (their rows carry sram_over_bytes)",
+    )  # fmt: skip
     plot_g = p.add_argument_group("plot")
     plot_g.add_argument("--x", metavar="COLUMN", help="axis (heatmap) or metric (Pareto)")
     plot_g.add_argument("--y", metavar="COLUMN", help="axis (heatmap) or metric (Pareto)")
@@ -165,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_sweep(
             spec, text, args.output, use_ray=use_ray, address=args.address,
             workers=args.workers, retry_errors=args.retry_errors,
+            allow_overflow=args.allow_overflow,
             connect_timeout=args.connect_timeout, on_start=started, on_point=tick,
         )  # fmt: skip
     out = sys.stdout

@@ -379,7 +379,7 @@ def _layer(
         layer.group_fill = float(fill)  # type: ignore[arg-type]
     if "sparsemixer_eps" in opts:
         layer.sparsemixer_eps = float(opts["sparsemixer_eps"])  # type: ignore[arg-type]
-    layer.annotations["source"] = "moec.decomposed"
+    layer.annotations.source = "moec.decomposed"
     layer.verify()
     return Lifted(layer, x, y, frozenset(m.nodes))
 

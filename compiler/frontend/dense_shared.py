@@ -9,11 +9,11 @@ the right numbers (the MLP stays ordinary ops), but the schedules would never st
 count it as part of the layer, and ``moec inspect`` would say ``shared 0``. This check runs
 after lifting (the exact shared-expert pattern, then any two-projection MLP of the layer input,
 e.g. MiniMax-M3's clamped-SwiGLU shared expert, which the canonical op cannot hold) and marks
-such a layer (``annotations["dense_shared"]`` = the node of the MLP's
+such a layer (``annotations.dense_shared`` = the node of the MLP's
 down projection), so ``moec inspect`` says so in the layer's row instead of staying silent.
 
     before: y = moe(x);  out = Add(y, MatMul(silu(x @ Wg) * (x @ Wu), Wd))
-    after:  the same graph; layer.annotations["dense_shared"] = "<down MatMul>"
+    after:  the same graph; layer.annotations.dense_shared = "<down MatMul>"
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def mark_dense_shared(view: GraphView, lifted: list[Lifted]) -> list[Lifted]:
     still summed with a dense MLP of its own input. Returns the (possibly grown) layers."""
     out = []
     for lf in lifted:
-        if not lf.layer.has_shared and lf.layer.annotations.get("source", "").startswith(
+        if not lf.layer.has_shared and (lf.layer.annotations.source or "").startswith(
             "com.microsoft"
         ):
             lf = _absorb_beside_fused(view, lf)
@@ -139,11 +139,11 @@ def _mark(view: GraphView, lf: Lifted) -> None:
     _, shared = match_shared(walk, lf.output, x_root)
     if shared is not None:
         down = view.producer(shared.ffn.output)
-        lf.layer.annotations["dense_shared"] = view.name(down) if down is not None else "?"
+        lf.layer.annotations.dense_shared = view.name(down) if down is not None else "?"
         return
     other = _mlp_beside(Walk(view), lf.output, x_root)
     if other is not None:
-        lf.layer.annotations["dense_shared"] = other
+        lf.layer.annotations.dense_shared = other
 
 
 def _mlp_beside(walk: Walk, y: str, x_root: str, depth: int = 12) -> str | None:

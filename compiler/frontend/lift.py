@@ -4,7 +4,7 @@ Every anchor node (``TopK``, ``MoE``, ``QMoE``) must end up inside exactly one l
 an anchor no recognizer claims is an error naming the node and what was expected (never a silent
 pass-through). Everything else becomes an ordinary op with the ONNX op type, domain, attributes
 (python values) and value names. Layers are named ``moe0``, ``moe1``, ... in graph order, with
-the ONNX anchor node's name in ``layer.annotations["onnx_node"]``.
+the ONNX anchor node's name in ``layer.annotations.onnx_node``.
 
     before: MatMul(router) -> Softmax -> TopK -> ... -> ReduceSum   (decomposed MoE)
     after:  %y = moe(%x) {experts=8, top_k=2, ...}
@@ -198,7 +198,7 @@ def lift_model(model: onnx.ModelProto, *, where: str = "") -> tuple[Module, Lift
 
 def _rename(lf: Lifted, name: str, view: GraphView) -> Lifted:
     layer = lf.layer
-    layer.annotations.setdefault("onnx_node", layer.name)
+    layer.annotations.onnx_node = layer.annotations.onnx_node or layer.name
     layer.name = name
     layer.weights = {
         key: Weight(f"{name}.{key}", w.type, w.data) for key, w in sorted(layer.weights.items())

@@ -47,7 +47,7 @@ from moec.compiler.lower import register
 from moec.compiler.lower.common import LayerPlan, Lowering, StrategyError
 from moec.compiler.lower.slots import shared_slice_bytes, slice_bytes
 from moec.compiler.lower.trajectory import CYCLE_KINDS, Cycle, trajectory_cycle
-from moec.ir.cost import GB
+from moec.ir.cost import GB, bytes_per_element, slice_compute_time, transfer_time
 from moec.ir.stream import SliceLayout, SlotPool
 from moec.ir.stream.params import FSEDP_ORDERS, FSEDP_RULES
 from moec.ir.target import PRECISION_BYTES, Target
@@ -138,6 +138,11 @@ def auto_slices(
     """
     d0 = cycle.order[0]
     d1 = cycle.order[1] if len(cycle.order) > 1 else d0
+    if not target.ideal:
+        return _calibrated_slices(
+            target, d0, d1, hidden=hidden, ffn=ffn, mats=mats, precision=precision,
+            tokens=max(1, math.ceil(tokens_per_die)), minimum=minimum,
+        )  # fmt: skip
     flops = target.die(d0).flops_per_s(precision)
     per_col_compute = 2.0 * tokens_per_die * mats * hidden / flops
     if d0 != d1:
@@ -150,6 +155,27 @@ def auto_slices(
         width = max(width, math.ceil(lat / (per_col_compute - per_col_hop)))
     count = max(1, min(MAX_AUTO_SLICES, ffn // width))
     return max(minimum, min(count, ffn))
+
+
+def _calibrated_slices(
+    target: Target, d0: int, d1: int, *, hidden: int, ffn: int, mats: int, precision: str,
+    tokens: int, minimum: int,
+) -> int:  # fmt: skip
+    """:func:`auto_slices` on the calibrated model: the most slices (at most
+    :data:`MAX_AUTO_SLICES`, at least :data:`MIN_AUTO_WIDTH` columns each) whose compute on a
+    die (:func:`moec.ir.cost.slice_compute_time`: GEMM folds, vector unit, issue) covers one hop
+    of the next slice (:func:`moec.ir.cost.transfer_time`: DMA setup, framing, latency); when
+    no cut hides the hop, the coarsest the ideal rule would give (:data:`MIN_AUTO_WIDTH`)."""
+    most = max(1, min(MAX_AUTO_SLICES, ffn // MIN_AUTO_WIDTH))
+    gated = mats == 3
+    elem = bytes_per_element(precision)
+    for count in range(most, 0, -1):
+        w = math.ceil(ffn / count)
+        comp = slice_compute_time(target, d0, tokens, hidden, w, gated, precision)
+        hop = transfer_time(target, d0, d1, mats * hidden * w * elem) if d0 != d1 else 0.0
+        if comp >= hop:
+            return max(minimum, min(count, ffn))
+    return max(minimum, min(most, ffn))
 
 
 def _relayout(lw: Lowering, plan: LayerPlan, count: int) -> LayerPlan:

@@ -14,7 +14,9 @@ Two ways to decide (exactly one per use), then one rewrite:
   ``budget`` x the all-fp16 latency (fewest error per latency saved first).
 
 Costs come from the target's cost model (``target=`` option, default ``fsedp-2x2``): expert e at
-precision p costs ``routed_frac_e x (dram_time(bytes_e(p)) + compute_time(its tokens, p))``.
+precision p costs ``routed_frac_e x dram_time(bytes_e(p)) + compute(its tokens, p)``; compute is
+``compute_time`` (FLOPs at peak) on the ideal machine, ``slice_compute_time`` of the whole expert
+(array folds, vector unit, issue) on the calibrated one.
 Errors are measured: ``error_e(p)`` is the relative output error of expert e with its weights at
 p on the calibration tokens routed to it (gate-weighted); without weights (shape-only models) a
 seeded Gaussian proxy matrix of the expert's shape gives one nominal error per precision.
@@ -23,9 +25,9 @@ The rewrite quantizes for real (:mod:`moec.compiler.quantize`: symmetric, per ou
 for int4 ``block``-wise along the input features, int4 packed; int8 stays per channel because
 ONNX Runtime's block-wise 8-bit QMoE also quantizes activations, which would break the exact
 export) and **replaces the layer's weights by their
-dequantized values**, so every backend computes the approximation; ``annotations["precision"]``
+dequantized values**, so every backend computes the approximation; ``annotations.precision``
 holds the per-expert list (copied into the stream program's ``precision [...]`` table, which the
-interpreter charges DRAM bytes and compute at) and ``annotations["quant_error"]`` the measured
+interpreter charges DRAM bytes and compute at) and ``annotations.quant_error`` the measured
 error at the chosen precision. Biases, router and shared experts stay in float.
 
     before: %y = moe(%x) {experts=8, ..., gate_mass=[0.31, 0.22, ...]}
@@ -35,6 +37,7 @@ error at the chosen precision. Biases, router and shared experts stay in float.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +46,14 @@ from moec.compiler.calibration import calibrate
 from moec.compiler.passes.annotate_importance import rounded, trace_spec
 from moec.compiler.passes.pipeline import ModulePass, PassError, PassResult, register
 from moec.compiler.quantize import PRECISIONS, apply_precision
-from moec.ir.cost import GB, bytes_per_element, compute_time
+from moec.ir.cost import (
+    ACTIVATION_OPS,
+    GB,
+    bytes_per_element,
+    compute_time,
+    dram_time,
+    slice_compute_time,
+)
 from moec.ir.errors import MoecError
 from moec.ir.graph import Module, TensorType, Weight
 from moec.ir.moe import MoELayer, expert_ffn
@@ -193,9 +203,31 @@ def expert_latency(
     lat = np.zeros((layer.num_experts, len(PRECISIONS)))
     for p, precision in enumerate(PRECISIONS):
         nbytes = params * bytes_per_element(precision)
-        load = latency_s + nbytes / (gbps * GB) if gbps > 0 else 0.0
+        if not channels:
+            load = 0.0
+        elif target.ideal:
+            load = latency_s + nbytes / (gbps * GB) if gbps > 0 else 0.0
+        else:  # bursts, efficiency and DMA setup of the first channel
+            load = dram_time(target, channels[0], nbytes)
         for e, frac in enumerate(routed_frac):
-            work = compute_time(target, 0, flops * frac * tokens, precision)
+            if target.ideal:
+                work = compute_time(target, 0, flops * frac * tokens, precision)
+            else:  # the array's shape: a few tokens cost about a weight-tile load per fold
+                n = math.ceil(frac * tokens)
+                work = (
+                    slice_compute_time(
+                        target,
+                        0,
+                        n,
+                        layer.hidden,
+                        layer.ffn,
+                        layer.gated,
+                        precision,
+                        layer.activation if layer.activation in ACTIVATION_OPS else None,
+                    )  # fmt: skip
+                    if n > 0
+                    else 0.0
+                )
             lat[e, p] = frac * load + work
     return lat
 
@@ -238,15 +270,15 @@ class AssignPrecision(ModulePass):
     ) -> tuple[list[str], np.ndarray | None]:  # fmt: skip
         block = self.block or None
         if self.tiers:
-            mass = layer.annotations.get("gate_mass")
+            mass = layer.annotations.gate_mass
             if mass is None:
                 raise PassError(
                     "no gate_mass annotation: run annotate-importance first", layer.name
                 )
             errors = measured_errors(layer, ids, gates, cal_x, block) if cal_x is not None else None
             return plan_tiers(list(mass), self.tiers), errors
-        importance = layer.annotations.get("importance")
-        frac = layer.annotations.get("routed_frac")
+        importance = layer.annotations.importance
+        frac = layer.annotations.routed_frac
         if importance is None or frac is None:
             raise PassError("no importance annotation: run annotate-importance first", layer.name)
         if cal_x is not None:
@@ -262,7 +294,7 @@ class AssignPrecision(ModulePass):
             raise PassError(str(err), layer.name) from None
 
     def run(self, module: Module) -> PassResult:
-        layers: list[MoELayer] = [op.attrs["layer"] for op in module.moe_ops()]
+        layers: list[MoELayer] = [op.layer for op in module.moe_ops()]
         if not layers:
             return PassResult(module, False)
         target = None
@@ -287,7 +319,7 @@ class AssignPrecision(ModulePass):
             apply_plan(lay, plan, block)
             if errors is not None:
                 idx = [PRECISIONS.index(p) for p in plan]
-                lay.annotations["quant_error"] = rounded(errors[np.arange(len(plan)), idx])
+                lay.annotations.quant_error = rounded(errors[np.arange(len(plan)), idx])
         return PassResult(module, True)
 
 
@@ -309,8 +341,8 @@ def apply_plan(layer: MoELayer, plan: list[str], block: int | None) -> None:
                 arrays[key][experts] = q
         for key, arr in arrays.items():
             layer.weights[key] = Weight(layer.weights[key].name, TensorType("f32", arr.shape), arr)
-    layer.annotations["precision"] = list(plan)
+    layer.annotations.precision = list(plan)
     if block:
-        layer.annotations["quant_block"] = block
+        layer.annotations.quant_block = block
     else:
-        layer.annotations.pop("quant_block", None)
+        layer.annotations.quant_block = None

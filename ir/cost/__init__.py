@@ -28,6 +28,8 @@ from moec.ir.cost.compute import (
     gemm_cycles,
     gemm_time,
     issue_time,
+    slice_activation,
+    slice_compute_time,
     vector_cycles,
 )
 from moec.ir.cost.transfer import (
@@ -46,6 +48,8 @@ from moec.ir.cost.transfer import (
 )
 
 __all__ = [
+    "slice_activation",
+    "slice_compute_time",
     "ACCUM_VECTOR_OPS", "ACTIVATION_OPS", "GB", "LayerBound", "accum_time", "act_time",
     "bytes_per_element", "compute_time", "dense_time", "dma_setup_time", "dram_data_time",
     "dram_occupancy", "dram_time", "gemm_cycles", "gemm_time", "host_occupancy", "host_time",

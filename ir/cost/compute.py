@@ -154,3 +154,25 @@ def dense_time(target: Target, die: int, flops: float, precision: str = "fp16") 
     that is not validated against SCALE-Sim.
     """
     return issue_time(target, die) + compute_time(target, die, flops, precision)
+
+
+def slice_activation(gated: bool) -> str:
+    """The activation charged for a micro-slice whose program does not name it: silu (SwiGLU)
+    for gated experts, gelu otherwise (the two families of the shipped models)."""
+    return "silu" if gated else "gelu"
+
+
+def slice_compute_time(
+    target: Target, die: int, tokens: int, hidden: int, width: int, gated: bool = True,
+    precision: str = "fp16", activation: str | None = None,
+) -> float:  # fmt: skip
+    """Seconds of one micro-slice's whole compute for ``tokens``: its ``gemm`` (gate and up as
+    one ``[T, d] x [d, w]`` GEMM, ``[d, 2w]`` when gated), ``act`` and ``accum``, as the
+    interpreter charges them (all on the die's compute unit, one after the other).
+    ``activation`` None: silu for gated experts, gelu otherwise (a program does not name it)."""
+    act = activation or slice_activation(gated)
+    return (
+        gemm_time(target, die, tokens, hidden, width * (2 if gated else 1), precision)
+        + act_time(target, die, tokens, width, precision, act, gated)
+        + accum_time(target, die, tokens, width, hidden, precision)
+    )

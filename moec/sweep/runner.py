@@ -52,6 +52,7 @@ class PointTask:
     layers: int | str
     calibration: str
     accuracy: bool | None = None
+    allow_overflow: bool = False
 
 
 @dataclass
@@ -76,8 +77,10 @@ def _resolve(path: str, base: str) -> str:
     return path if os.path.isabs(path) else os.path.join(base, path)
 
 
-def make_task(spec: SweepSpec, point: Point) -> PointTask:
-    """The task of one point; files named in the spec are made absolute (relative to it)."""
+def make_task(spec: SweepSpec, point: Point, allow_overflow: bool = False) -> PointTask:
+    """The task of one point; files named in the spec are made absolute (relative to it).
+    ``allow_overflow``: a point past a die's SRAM is measured (``sram_over_bytes`` among its
+    metrics) instead of being an error."""
     base = os.path.dirname(os.path.abspath(spec.path))
     model, target = str(point.get("model")), str(point.get("target"))
     if model.endswith(".onnx"):
@@ -94,7 +97,7 @@ def make_task(spec: SweepSpec, point: Point) -> PointTask:
         point_id=point.point_id, index=point.index, model=model, target=target, tokens=tokens,
         strategy=str(point.get("strategy")), passes=str(point.get("passes")),
         overrides=tuple(sorted(point.overrides.items())), routing=routing, layers=spec.layers,
-        calibration=calibration, accuracy=spec.accuracy,
+        calibration=calibration, accuracy=spec.accuracy, allow_overflow=allow_overflow,
     )  # fmt: skip
 
 
@@ -109,7 +112,7 @@ def evaluate_point(task: PointTask) -> dict[str, Any]:
         rows = run_bench(
             task.model, task.target, [task.tokens], [task.strategy], routing=task.routing,
             calibration=task.calibration, layers=task.layers, passes=[task.passes],
-            overrides=task.overrides, accuracy=task.accuracy,
+            overrides=task.overrides, accuracy=task.accuracy, allow_overflow=task.allow_overflow,
         )  # fmt: skip
         metrics = flatten_metrics(rows[0])
     except MoecError as err:
@@ -237,6 +240,7 @@ def run_sweep(
     address: str | None = None,
     workers: int | None = None,
     retry_errors: bool = False,
+    allow_overflow: bool = False,
     connect_timeout: float = CONNECT_TIMEOUT_S,
     on_start: Callable[[int, int], None] | None = None,
     on_point: Callable[[Row], None] | None = None,
@@ -244,7 +248,8 @@ def run_sweep(
     """Run the points of ``spec`` missing from ``out_dir``'s journal, storing each as it ends;
     then export the whole journal to Parquet (when pyarrow exists). ``on_start(total, todo)``
     and ``on_point(row)`` drive a progress display. With Ray, the engine is up (or the cluster
-    reached, within ``connect_timeout`` seconds) before the journal is opened."""
+    reached, within ``connect_timeout`` seconds) before the journal is opened.
+    ``allow_overflow``: see :func:`make_task`."""
     from moec.sweep.store import EXPORT, with_speedups
 
     started_ray = start_ray(address, workers, connect_timeout) if use_ray else False
@@ -258,7 +263,7 @@ def run_sweep(
         journal.record_spec(spec.spec_hash, spec.name, spec.path, spec.columns(), spec_text)
         stored = journal.done(include_errors=not retry_errors)
         points = list(spec.points())
-        todo = [(p, make_task(spec, p)) for p in points if p.point_id not in stored]
+        todo = [(p, make_task(spec, p, allow_overflow)) for p in points if p.point_id not in stored]
         summary = SweepSummary(total=len(points), skipped=len(points) - len(todo))
         summary.executor = "local" if not use_ray else ("ray " + (address or "local"))
         if on_start is not None:

@@ -48,17 +48,22 @@ def compile_one(model: str, strategy: str, extra: tuple[str, ...], out_dir: Path
 RUN_MODELS = ("tiny_moe", "tiny_deepseek")
 
 
-def run_cases() -> list[tuple[str, str, str]]:
-    """Every (golden stem, model, strategy) whose run is compared too."""
+def run_cases() -> list[tuple[str, str, str, bool]]:
+    """Every (golden stem, model, strategy, ideal) whose run is compared too: each run on the
+    ideal machine (``--set ideal=true``: the first-wave numbers, kept byte-identical) and on the
+    calibrated hardware model (``<stem>.calibrated``)."""
     return [
-        (f"{stem}.{s}", model, s)
+        (f"{stem}.{s}{'' if ideal else '.calibrated'}", model, s, ideal)
+        for ideal in (True, False)
         for stem, model, _ in MODELS
         if stem in RUN_MODELS
         for s in STRATEGIES
     ]
 
 
-def run_one(model: str, strategy: str, out_dir: Path, stem: str) -> tuple[str, str]:
+def run_one(
+    model: str, strategy: str, out_dir: Path, stem: str, ideal: bool = True
+) -> tuple[str, str]:
     """Compile and run one case; return the expanded program text and the JSON report."""
     import contextlib
     import io
@@ -68,8 +73,9 @@ def run_one(model: str, strategy: str, out_dir: Path, stem: str) -> tuple[str, s
     compile_one(model, strategy, (), out_dir, f"{stem}.msp")
     buf = io.StringIO()
     expanded = out_dir / f"{stem}.expanded.msp"
+    args = ["run", str(out_dir / f"{stem}.msp"), "--json", "--dump-expanded", str(expanded)]
     with contextlib.redirect_stdout(buf):
-        rc = main(["run", str(out_dir / f"{stem}.msp"), "--json", "--dump-expanded", str(expanded)])
+        rc = main([*args, "--set", f"ideal={'true' if ideal else 'false'}"])
     if rc not in (0, None):
         raise SystemExit(f"run {stem} failed with {rc}")
     return expanded.read_text(), buf.getvalue()
@@ -82,8 +88,8 @@ def regen() -> None:
             (HERE / "msp" / name).write_text(text)
             print(f"wrote tests/golden/msp/{name}", file=sys.stderr)
         (HERE / "run").mkdir(exist_ok=True)
-        for stem, model, strategy in run_cases():
-            expanded, report = run_one(model, strategy, Path(tmp), stem)
+        for stem, model, strategy, ideal in run_cases():
+            expanded, report = run_one(model, strategy, Path(tmp), stem, ideal)
             (HERE / "run" / f"{stem}.expanded.msp").write_text(expanded)
             (HERE / "run" / f"{stem}.json").write_text(report)
             print(f"wrote tests/golden/run/{stem}.*", file=sys.stderr)

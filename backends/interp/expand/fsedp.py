@@ -126,6 +126,8 @@ def _units(
 
         def compute(d: int, j: int, _c: dict[int, int] = counts) -> float:
             n, w, h = _c[d], widths[j], m.hidden
+            if not t.ideal:  # gemm + act + accum, as the interpreter charges them
+                return cost.slice_compute_time(t, d, n, h, w, gated, prec)
             flops = 2.0 * n * h * w * (2 if gated else 1) + 2.0 * n * w + 2.0 * n * w * h
             return compute_time(t, d, flops, prec)
 
@@ -150,8 +152,10 @@ def _problem(ctx: ExpandContext, units: list[Unit], order: tuple[int, ...], clos
     def load_time(c: int, d: int, nbytes: int) -> float:  # as the interpreter times a load
         return cost.load_time(t, c, d, nbytes)
 
-    def channel_hold(c: int, nbytes: int) -> float:  # occupancy: bytes / bandwidth
-        return nbytes / (t.channel(c).gbps * GB)
+    def channel_hold(c: int, nbytes: int) -> float:  # occupancy: setup + bursts / bandwidth
+        if t.ideal:
+            return nbytes / (t.channel(c).gbps * GB)
+        return cost.dram_occupancy(t, c, nbytes)
 
     def hop_time(a: int, b: int, nbytes: int) -> float:
         return link_time(t, a, b, nbytes)

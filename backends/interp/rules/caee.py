@@ -9,7 +9,11 @@ Per layer and iteration, before the expansion:
    for ``resident=F`` or ``caee-prune{resident=F}`` and read through
    :func:`moec.backends.interp.offload.residency`, the same reading the interpreter uses to move
    those loads to the host link; without it every expert is resident), at its precision (the policy's precision table); the compute of its (token, expert)
-   pairs; and the activations of remote tokens (x out, y back, over the route's slowest link).
+   pairs (on the calibrated model, :func:`moec.ir.cost.slice_compute_time` of the whole expert:
+   a fixed part per active expert, the array's per-fold fill and drain and the issue costs, and
+   a marginal part per pair); and the activations of remote tokens (x out, y back: over the
+   route's slowest link on the ideal machine, as two transfers with setup, framing and latency
+   on the calibrated one).
    Weight streaming overlaps compute, transfers do not:
    ``time_d = max(sum load, sum compute) + sum transfers``.
    An expert's device is the policy's ``placement`` (EP, Hydra); strategies without one (TP,
@@ -37,7 +41,15 @@ import numpy as np
 
 from moec.backends.interp.offload import residency
 from moec.backends.interp.rules import register
-from moec.ir.cost import GB, bytes_per_element, compute_time, host_time
+from moec.ir.cost import (
+    GB,
+    bytes_per_element,
+    compute_time,
+    dram_occupancy,
+    host_occupancy,
+    slice_compute_time,
+    transfer_time,
+)
 from moec.ir.routing import LayerRouting
 from moec.ir.stream.params import EPParams, strategy_params
 from moec.ir.stream.program import MoEDecl, RuntimePolicy
@@ -52,6 +64,9 @@ class ExpertCosts:
     load_s: np.ndarray  # [E]: seconds to bring its weights to its device
     pair_s: np.ndarray  # [E]: compute seconds of one (token, expert) pair
     move_s: np.ndarray  # [D, D]: seconds to move one token's x there and y back (home, device)
+    #: [E]: compute seconds an active expert costs whatever its tokens (calibrated model: the
+    #: array's per-fold weight fill and drain, issue; 0 on an ideal target)
+    fixed_s: np.ndarray | None = None
 
 
 def expert_costs(policy: RuntimePolicy, decl: MoEDecl, target: Target) -> ExpertCosts:
@@ -68,6 +83,7 @@ def expert_costs(policy: RuntimePolicy, decl: MoEDecl, target: Target) -> Expert
     params = mats * decl.hidden * decl.ffn
     load = np.zeros(E)
     pair = np.zeros(E)
+    fixed = np.zeros(E)
     for e in range(E):
         prec = policy.precision[e] if policy.precision else decl.dtype
         nbytes = params * bytes_per_element(prec)
@@ -75,20 +91,32 @@ def expert_costs(policy: RuntimePolicy, decl: MoEDecl, target: Target) -> Expert
         offloaded = resident is not None and not resident[e]
         # Occupancy, as the interpreter times it: access latency overlaps the next load.
         if offloaded and target.host is not None:
-            load[e] = host_time(target, nbytes) - target.host.latency_s
+            load[e] = host_occupancy(target, nbytes, d)
         else:
-            ch = target.nearest_channel(d)
-            load[e] = nbytes / (ch.gbps * GB)
-        pair[e] = compute_time(target, d, 2.0 * params, prec)
+            load[e] = dram_occupancy(target, target.nearest_channel(d), nbytes)
+        if target.ideal:
+            pair[e] = compute_time(target, d, 2.0 * params, prec)
+        else:
+            # the array's fill and drain per fold and the issue costs come once per active
+            # expert, each further token adds its marginal cycles
+            one = slice_compute_time(target, d, 1, decl.hidden, decl.ffn, decl.gated, prec)
+            pair[e] = (
+                slice_compute_time(target, d, 2, decl.hidden, decl.ffn, decl.gated, prec) - one
+            )
+            fixed[e] = one - pair[e]
     act = 2 * decl.hidden * bytes_per_element(decl.dtype)
     move = np.zeros((D, D))
     for h in range(D):
         for d in range(D):
-            if h != d:
+            if h != d and target.ideal:
                 path = target.route(h, d)
                 bw = min(target.link(a, b).gbps for a, b in zip(path, path[1:], strict=False))
                 move[h, d] = act / (bw * GB)
-    return ExpertCosts(device, load, pair, move)
+            elif h != d:  # x there and y back, each a transfer of its own
+                move[h, d] = transfer_time(target, h, d, act / 2) + transfer_time(
+                    target, d, h, act / 2
+                )
+    return ExpertCosts(device, load, pair, move, fixed)
 
 
 def device_times(costs: ExpertCosts, ids: np.ndarray, home: np.ndarray, D: int) -> np.ndarray:
@@ -101,6 +129,8 @@ def device_times(costs: ExpertCosts, ids: np.ndarray, home: np.ndarray, D: int) 
     active = np.unique(e)
     load = np.bincount(costs.device[active], weights=costs.load_s[active], minlength=D)
     work = np.bincount(dev, weights=costs.pair_s[e], minlength=D)
+    if costs.fixed_s is not None and np.any(costs.fixed_s):
+        work = work + np.bincount(costs.device[active], weights=costs.fixed_s[active], minlength=D)
     move = np.bincount(dev, weights=costs.move_s[home[t], dev], minlength=D)
     return np.maximum(load, work) + move
 
@@ -133,7 +163,8 @@ def prune_mask(
     for e in experts:
         droppable[e].sort()
     load = float(sum(costs.load_s[e] for e in experts))
-    work = float(sum(costs.pair_s[e] * kept[e] for e in experts))
+    fixed = costs.fixed_s if costs.fixed_s is not None else np.zeros(len(costs.load_s))
+    work = float(sum(costs.pair_s[e] * kept[e] + fixed[e] for e in experts))
     move = float(sum(costs.move_s[home[t], straggler] for t in rows.tolist()))
     now = max(load, work) + move
     dropped = 0.0
@@ -147,9 +178,11 @@ def prune_mask(
                 benefit = sum(c[0] for c in cand[:m])
                 if dropped + benefit > budget * (1 + 1e-12):
                     continue
-                saved_load = costs.load_s[e] if kept[e] == m else 0.0
+                gone = kept[e] == m
+                saved_load = costs.load_s[e] if gone else 0.0
+                saved_work = m * costs.pair_s[e] + (fixed[e] if gone else 0.0)
                 saved_move = sum(costs.move_s[home[c[1]], straggler] for c in cand[:m])
-                after = max(load - saved_load, work - m * costs.pair_s[e]) + move - saved_move
+                after = max(load - saved_load, work - saved_work) + move - saved_move
                 saved = now - after
                 if saved <= 0:
                     continue
@@ -165,6 +198,7 @@ def prune_mask(
             move -= costs.move_s[home[t], straggler]
         if kept[e] == m:
             load -= costs.load_s[e]
+            work -= fixed[e]
         work -= m * costs.pair_s[e]
         kept[e] -= m
         droppable[e] = droppable[e][m:]
