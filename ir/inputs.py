@@ -68,12 +68,19 @@ def shape_for_tokens(shape: Sequence[Dim], tokens: int) -> tuple[int, ...]:
     )
 
 
-def seeded_feeds(specs: Sequence[InputSpec], seed: int) -> dict[str, np.ndarray]:
-    """Inputs drawn for ``specs`` in order from one generator seeded with ``seed`` (module doc)."""
+def seeded_feeds(
+    specs: Sequence[InputSpec], seed: int, fixed: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """Inputs drawn for ``specs`` in order from one generator seeded with ``seed`` (module doc);
+    inputs in ``fixed`` (an LLM's attention mask, :mod:`moec.ir.llm_inputs`) are taken from it
+    and draw nothing."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for s in specs:
         dtype = np.dtype(s.dtype)
+        if fixed is not None and s.name in fixed:
+            feeds[s.name] = np.asarray(fixed[s.name], dtype=dtype).reshape(s.shape)
+            continue
         if dtype == np.bool_:
             feeds[s.name] = rng.integers(0, 2, size=s.shape).astype(np.bool_)
         elif np.issubdtype(dtype, np.integer):

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from moec.ir.annotations import LayerAnnotations
 from moec.ir.errors import ModelError
 from moec.ir.graph import TensorType, Weight
 
@@ -65,7 +66,8 @@ class MoELayer:
     normalize_eps: float | None = None
     # Experts that quantize their inputs to int8 in blocks of this many elements along the
     # contracted axis (symmetric, scale = max|a| / 127, round half to even), as ONNX Runtime's
-    # CPU QMoE does for block-wise 8-bit weights; None: float activations.
+    # CPU QMoE does for block-wise 8-bit weights when the contracted length is a multiple of the
+    # block (a projection with a partial block stays float); None: float activations.
     act_quant_block: int | None = None
     activation: str = "silu"
     gated: bool = True
@@ -75,7 +77,7 @@ class MoELayer:
     num_shared: int = 0
     shared_ffn: int = 0
     shared_activation: str = "silu"
-    annotations: dict[str, Any] = field(default_factory=dict)
+    annotations: LayerAnnotations = field(default_factory=LayerAnnotations)
 
     # --- structure ---------------------------------------------------------------------------
     def has(self, key: str) -> bool:
@@ -164,8 +166,8 @@ class MoELayer:
             parts.append(f"shared={self.num_shared}x{self.shared_ffn // max(self.num_shared, 1)}")
             if self.has("sh_router"):
                 parts.append("shared_gate=sigmoid")
-        for key in sorted(self.annotations):
-            parts.append(f"{key}={self.annotations[key]}")
+        for key, value in self.annotations.items():
+            parts.append(f"{key}={value}")
         return "{" + ", ".join(parts) + "}"
 
     def verify(self) -> None:
@@ -315,10 +317,17 @@ def quantize_activations(a: np.ndarray, block: int) -> np.ndarray:
     return q.reshape(T, K + pad)[:, :K].astype(np.float32)
 
 
+def _quantizes(layer: MoELayer, contracted: int) -> bool:
+    # ONNX Runtime's CPU QMoE quantizes activations only when the contracted length is a whole
+    # number of blocks; otherwise it multiplies floats by the dequantized weights (measured).
+    block = layer.act_quant_block
+    return block is not None and contracted % block == 0
+
+
 def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(None)) -> np.ndarray:
     """Activated intermediate of expert ``e`` on tokens ``x`` for columns ``cols`` of F."""
-    if layer.act_quant_block is not None:
-        x = quantize_activations(x, layer.act_quant_block)
+    if _quantizes(layer, layer.hidden):
+        x = quantize_activations(x, layer.act_quant_block or 0)
     up = _f32(x) @ _f32(layer.array("w_up")[e][:, cols]) + _bias(layer, "b_up", e, cols)
     if not layer.gated:
         return activate(layer.activation, up)
@@ -342,8 +351,8 @@ def expert_down(
     when slices start at multiples of the block (the lowering's slices are whole blocks when
     the FFN is a multiple of it).
     """
-    if layer.act_quant_block is not None:
-        h = quantize_activations(h, layer.act_quant_block)
+    if _quantizes(layer, layer.ffn):
+        h = quantize_activations(h, layer.act_quant_block or 0)
     y = h @ _f32(layer.array("w_down")[e][cols, :])
     if with_bias and layer.has("b_down"):
         y = y + _f32(layer.array("b_down")[e])

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moec.auto import DEFAULT_BUDGET, AutoResult, default_routing, search
+from moec.bench import DEFAULT_ROUTING
 from moec.compiler.frontend import LiftResult, lift_model, load_module
 from moec.compiler.lower import lower, parse_strategy
+from moec.compiler.lower.options import StrategyError
 from moec.compiler.lower.weights_file import companion_bytes, companion_name, sha256
 from moec.compiler.passes import parse_pipeline
 from moec.ir.errors import ModelError, MoecError
@@ -108,6 +111,8 @@ class Compiled:
     companion: bytes | None
     module: Module
     lifted: LiftResult
+    #: the search behind ``--strategy auto`` (None for a fixed strategy)
+    auto: AutoResult | None = None
 
 
 def compile_model(
@@ -123,6 +128,7 @@ def compile_model(
     dims: dict[str, int] | None = None,
     debug: bool = False,
     on_module: Any = None,
+    search_budget: int = DEFAULT_BUDGET,
 ) -> Compiled:
     """Frontend, passes and lowering of ``model`` for a program to be written at ``output``."""
     out_dir = os.path.dirname(os.path.abspath(output))
@@ -135,14 +141,34 @@ def compile_model(
         module = pipeline.run(module, debug=debug)
     if on_module is not None:
         on_module(module)
-    program = lower(
-        module, ref, name, options, trace, tokens=tokens, dims=dims, base_dir=out_dir,
-        name=model_name,
-    )  # fmt: skip
+    found = None
+    if name == "auto":  # search the fixed strategies (moec.auto), the interpreter confirms
+        if options:
+            raise StrategyError(
+                f"strategy auto takes no options, found {', '.join(sorted(options))} "
+                "(use --search-budget)",
+                "--strategy",
+            )
+        where = routing if isinstance(routing, str) else "--routing"
+        if trace is None:
+            trace = default_routing(
+                module, ref, tokens=tokens, dims=dims, base_dir=out_dir, name=model_name
+            )
+            where = DEFAULT_ROUTING
+        found = search(
+            module, ref, trace, routing_name=where, budget=search_budget, tokens=tokens,
+            dims=dims, base_dir=out_dir, name=model_name,
+        )  # fmt: skip
+        program = found.program
+    else:
+        program = lower(
+            module, ref, name, options, trace, tokens=tokens, dims=dims, base_dir=out_dir,
+            name=model_name,
+        )  # fmt: skip
     companion = companion_bytes(lifted, module)
     if companion is not None:
         program.weights = WeightsRef(companion_name(os.path.basename(output)), sha256(companion))
-    return Compiled(program, print_program(program), companion, module, lifted)
+    return Compiled(program, print_program(program), companion, module, lifted, found)
 
 
 def write_compiled(compiled: Compiled, output: str) -> None:

@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from moec.backends.interp import simulate
+from moec.backends.interp.offload import residency
 from moec.bench import moe_metrics
 from moec.compiler.bench.spec import load_bench_model, read_bench_model, truncate
 from moec.compiler.lower import lower
 from moec.compiler.passes import parse_pipeline
-from moec.ir.routing import synth_layers
+from moec.ir.routing_synth import synth_layers
 from moec.ir.stream import TargetRef
 from moec.ir.target import load_target
 
@@ -127,7 +128,7 @@ def offload_table(layers: int, tokens: list[int], zipf: float) -> None:
                 pairs = sum(int(r.ids.size) for r in result.routings)
                 host_experts = 0
                 for m, r in zip(program.layers, result.routings, strict=True):
-                    res = program.policy(m.name).annotations.get("resident")  # type: ignore[union-attr]
+                    res = residency(program.policy(m.name), m)
                     active = set(np.unique(r.ids[r.ids >= 0]).tolist())
                     host_experts += sum(1 for e in active if res is not None and not res[e])
                 host_bytes = sum(result.report.host_bytes or [])

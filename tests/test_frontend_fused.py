@@ -101,7 +101,7 @@ def test_qmoe_rowwise(bits: int, zero_points: bool, gated: bool) -> None:
     model = single_layer(block, s)
     assert layer_errors(model, x_feed(D))[0] <= 1e-4
     _, res = lift_model(model)
-    assert res.lifted[0].layer.annotations["precision"] == f"int{bits}"
+    assert res.lifted[0].layer.annotations.precision == f"int{bits}"
 
 
 @pytest.mark.parametrize("zero_points", [False, True])
@@ -112,7 +112,7 @@ def test_qmoe_blockwise_4bit(zero_points: bool) -> None:
     )
     assert layer_errors(model, x_feed(32))[0] <= 1e-4
     _, res = lift_model(model)
-    assert res.lifted[0].layer.annotations["quant_block"] == 16
+    assert res.lifted[0].layer.annotations.quant_block == 16
 
 
 def test_qmoe_blockwise_8bit_runs_int8_activations() -> None:

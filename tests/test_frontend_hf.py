@@ -81,6 +81,12 @@ EXPECTED = {
         num_shared=1,
         shared_ffn=24,
     ),  # fmt: skip
+    # The shared MLP's gate and up projections are one Linear split in halves.
+    "granitemoeshared": Expected(layers=2, ffn=24, num_shared=1, shared_ffn=40),
+    # Sigmoid + expert bias; the shared MLP's output is reshaped before the sum.
+    "afmoe": Expected(
+        layers=2, ffn=24, scoring="sigmoid", score_bias=True, num_shared=1, shared_ffn=24
+    ),
     # TorchScript: separate gate (w1) and up (v1) stacks, ReduceL1 renormalization.
     "dbrx_unrolled": Expected(layers=2, ffn=24, tokens=32),
     # opset 18 writes GELU out: 0.5 * x * (1 + Erf(x / sqrt 2)).
@@ -145,6 +151,8 @@ def test_layer_numerics_match_onnxruntime(arch: str, seed: int) -> None:
         ("deepseek_v3", "group limit", lambda layer: setattr(layer, "n_group", 1)),
         ("gpt_oss", "swiglu clamp", lambda layer: setattr(layer, "swiglu_limit", None)),
         ("qwen2_moe", "shared gate", lambda layer: layer.weights.pop("sh_router")),
+        ("granitemoeshared", "shared expert", lambda layer: layer.weights.pop("sh_down")),
+        ("afmoe", "shared expert", lambda layer: layer.weights.pop("sh_down")),
         ("ernie4_5_moe", "correction bias", lambda layer: layer.weights.pop("score_bias")),
         ("glm4_moe", "correction bias", lambda layer: layer.weights.pop("score_bias")),
         ("glm4_moe", "routed scaling", lambda layer: setattr(layer, "routed_scaling", 1.0)),

@@ -28,6 +28,7 @@ from onnx import helper
 from moec.backends.ort.runtime import error_text, session_options
 from moec.ir.errors import CheckFailed, ModelError, MoecError
 from moec.ir.inputs import InputSpec, seeded_feeds, shape_for_dims, shape_for_tokens
+from moec.ir.llm_inputs import LLMSignature
 
 #: Ops a token id passes through unchanged on its way to the embedding Gather.
 _ID_PATH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
@@ -99,10 +100,21 @@ def input_specs(
 
 
 def make_inputs(
-    model: onnx.ModelProto, dims: Mapping[str, int], seed: int = 0
+    model: onnx.ModelProto,
+    dims: Mapping[str, int],
+    seed: int = 0,
+    signature: LLMSignature | None = None,
 ) -> dict[str, np.ndarray]:
-    """Seeded inputs for every graph input (see the module docstring)."""
-    return seeded_feeds(input_specs(model, dims=dims), seed)
+    """Seeded inputs for every graph input (see the module docstring); the inputs an LLM's
+    generation ``signature`` fixes (attention mask, positions) take its values."""
+    specs = input_specs(model, dims=dims)
+    fixed = None
+    if signature is not None:
+        shapes = {s.name: s.shape for s in specs}
+        dtypes = {s.name: s.dtype for s in specs}
+        past = dims.get("past_sequence_length", 0)
+        fixed = signature.fixed_inputs(shapes, dtypes, past)
+    return seeded_feeds(specs, seed, fixed)
 
 
 def load_inputs(path: str | os.PathLike[str], model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -161,19 +173,25 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
         raise ModelError(f"ONNX Runtime cannot load the model: {error_text(err)}") from None
 
 
-def run_ort(
-    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], extra: Sequence[str] = ()
-) -> dict[str, np.ndarray]:
-    """Every graph output of ``model`` on ``feeds``, plus the intermediate values ``extra``."""
+def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the intermediate values ``names`` (typed where the
+    graph's value_info knows them)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     present = {o.name for o in m.graph.output}
     typed = {vi.name: vi for vi in m.graph.value_info}
-    for name in extra:
+    for name in names:
         if name not in present:
             m.graph.output.append(typed.get(name) or onnx.ValueInfoProto(name=name))
             present.add(name)
-    sess = session(m)
+    return m
+
+
+def run_ort(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], extra: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
+    """Every graph output of ``model`` on ``feeds``, plus the intermediate values ``extra``."""
+    sess = session(with_outputs(model, extra))
     names = [o.name for o in sess.get_outputs()]
     try:
         values = sess.run(names, dict(feeds))

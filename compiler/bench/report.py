@@ -1,6 +1,6 @@
 """How bench rows are shown: speedup over EP, the terminal table, JSON, a bar chart.
 
-A row is a plain dict (the ``--json`` schema)::
+A row is a plain dict (the ``--json`` schema, declared by :class:`~moec.compiler.bench.row.BenchRow`)::
 
     {"model", "target", "tokens", "strategy", "latency_s", "bound_s", "speedup_vs_ep",
      "peak_sram_bytes_max", "dram_bytes", "link_bytes",
@@ -21,10 +21,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from moec.compiler.bench.row import Row
 from moec.ir.errors import MoecError
 from moec.ir.files import atomic_write
-
-Row = dict[str, Any]
 
 
 def _point(row: Row) -> tuple[Any, ...]:

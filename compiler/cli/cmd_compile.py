@@ -2,7 +2,10 @@
 
     moec compile model.onnx -o prog.msp [--target T] [--set key=value ...] [--strategy S]
                  [--passes "..."] [--routing trace.json] [--tokens N] [--dims name=value ...]
-                 [--debug] [--print-ir]
+                 [--debug] [--print-ir] [--search-budget N] [--explain]
+
+``--strategy auto`` searches the fixed strategies and their options (:mod:`moec.auto`) and
+writes the fastest; ``--explain`` prints the candidates and why the winner won.
 
 ``model.onnx`` may also be a model name from ``moec models``. The work is
 :func:`moec.compile.compile_model` and :func:`moec.compile.write_compiled`.
@@ -14,13 +17,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from moec.compile import (
-    DEFAULT_TARGET,
-    compile_model,
-    parse_dims,
-    parse_overrides,
-    write_compiled,
-)
+from moec.auto import DEFAULT_BUDGET, explain
+from moec.compile import compile_model, parse_dims, parse_overrides, write_compiled
+from moec.compiler.cli.args import add_dims_arg, add_strategy_arg, add_target_args
 from moec.compiler.lower.weights_file import companion_name
 from moec.ir.files import check_outputs
 from moec.progress import Progress
@@ -34,31 +33,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("model", metavar="MODEL", help=".onnx file or a model name from `moec models`")
     p.add_argument("-o", "--output", required=True, metavar="PROG.msp")
     add_target_args(p)
+    add_strategy_arg(p, "strategy, e.g. ep{placement=blocks}, or auto (search them)")
     p.add_argument(
-        "--strategy", default="ep", metavar="S", help="strategy, e.g. ep{placement=blocks}"
-    )
+        "--search-budget", type=int, default=DEFAULT_BUDGET, metavar="N",
+        help=f"--strategy auto: interpreter runs the search may spend (default {DEFAULT_BUDGET})",
+    )  # fmt: skip
+    p.add_argument(
+        "--explain", action="store_true",
+        help="--strategy auto: print the candidates, their predicted and measured latencies",
+    )  # fmt: skip
     p.add_argument("--passes", default="", metavar="PIPELINE", help="pass pipeline string")
     p.add_argument("--routing", metavar="TRACE", help="routing trace (.json or .npz)")
     p.add_argument("--tokens", type=int, metavar="N", help="tokens per iteration")
-    p.add_argument(
-        "--dims",
-        nargs="*",
-        action="extend",
-        default=[],
-        metavar="NAME=VALUE",
-        help="symbolic dim sizes",
-    )
+    add_dims_arg(p)
     p.add_argument("--debug", action="store_true", help="verify the IR after every pass")
     p.add_argument("--print-ir", action="store_true", help="print the graph IR after the passes")
     p.set_defaults(func=run)
-
-
-def add_target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default=DEFAULT_TARGET, metavar="T", help="preset or .toml file")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="target override, e.g. sram_bytes_per_die=1000 (repeatable)",
-    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,16 +57,20 @@ def run(args: argparse.Namespace) -> int:
         [out, out.with_name(companion_name(out.name))], [args.model, args.routing, args.target]
     )
     with Progress("compile") as bar:
-        bar.set_status(f"{args.model}: frontend, passes, lowering")
+        what = "searching the strategies" if args.strategy.startswith("auto") else "lowering"
+        bar.set_status(f"{args.model}: frontend, passes, {what}")
         compiled = compile_model(
             args.model, args.output, target=args.target,
             overrides=parse_overrides(args.overrides), strategy=args.strategy,
             passes=args.passes, routing=args.routing, tokens=args.tokens,
             dims=parse_dims(args.dims), debug=args.debug,
             on_module=(lambda m: print(m.print(), end="")) if args.print_ir else None,
+            search_budget=args.search_budget,
         )  # fmt: skip
         bar.set_status(f"writing {args.output}")
         write_compiled(compiled, args.output)
+    if args.explain and compiled.auto is not None:
+        print(explain(compiled.auto))
     p = compiled.program
     extra = f" + {companion_name(Path(args.output).name)}" if compiled.companion is not None else ""
     print(

@@ -36,7 +36,7 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
     dense = sum(w.type.numel for w in module.weights.values() if w.type.dtype in _FLOAT)
     total, active = dense, dense
     for op in module.moe_ops():
-        layer = op.attrs["layer"]
+        layer = op.layer
         total += layer.param_count()
         active += layer.active_param_count()
         layers.append(
@@ -55,6 +55,8 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
                 "group_score": layer.group_score if layer.n_group > 1 else None,
                 "routed_scaling": layer.routed_scaling,
                 "shared_experts": layer.num_shared,
+                # A shared MLP beside the layer that stays ordinary ops (its down-projection node).
+                "shared_left_dense": layer.annotations.dense_shared,
                 "weight_bytes_per_expert": layer.expert_weight_bytes(),
             }
         )
@@ -83,6 +85,11 @@ def _routing(layer: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+def _shared(layer: dict[str, Any]) -> str:
+    dense = " + 1 left dense" if layer.get("shared_left_dense") else ""
+    return f"{layer['shared_experts']}{dense}"
+
+
 def render(summary: dict[str, Any]) -> str:
     """The human table (rich, rendered to text)."""
     from rich.console import Console
@@ -109,7 +116,7 @@ def render(summary: dict[str, Any]) -> str:
         table.add_row(
             layer["name"], str(layer["experts"]), str(layer["top_k"]), str(layer["hidden"]),
             str(layer["ffn"]), layer["activation"], layer["scoring"], _routing(layer),
-            "yes" if layer["normalize_topk"] else "no", str(layer["shared_experts"]),
+            "yes" if layer["normalize_topk"] else "no", _shared(layer),
             f"{layer['weight_bytes_per_expert'] / 2**20:.2f}",
         )  # fmt: skip
     console = Console(width=140, record=True, file=open("/dev/null", "w"))  # noqa: SIM115

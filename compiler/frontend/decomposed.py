@@ -365,7 +365,7 @@ def _layer(
     )  # fmt: skip
     if "n_group" in opts and fill != default_fill:
         layer.group_fill = float(fill)  # type: ignore[arg-type]
-    layer.annotations["source"] = "moec.decomposed"
+    layer.annotations.source = "moec.decomposed"
     layer.verify()
     return Lifted(layer, x, y, frozenset(m.nodes))
 

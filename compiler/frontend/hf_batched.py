@@ -97,7 +97,7 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     combined = _combine(walk, down, routing)
     y, shared = match_shared(walk, combined, x_root)
     layer = build_layer(topk_name, routing, up, down, gating, shared)
-    layer.annotations["source"] = "hf.batched_mm"
+    layer.annotations.source = "hf.batched_mm"
     walk.back(router.x)
     y = layer_output(walk, y, x_root)
     return close_from_deepest(walk, router.x, y, layer, topk_name)

@@ -65,6 +65,11 @@ def match_dense_ffn(walk: Walk, value: str) -> DenseFFN | None:
         act = _activation_of(trial, prod.input[gi])
         if act is None:
             continue
+        fused = _split_gate_up(trial, act[1], prod.input[1 - gi])
+        if fused is not None:
+            trial.take(prod)
+            walk.nodes |= trial.nodes
+            return DenseFFN(fused[0], fused[1], fused[2], down.w, act[0], value)
         gate = match_linear(trial, act[1])
         up = match_linear(trial, prod.input[1 - gi])
         if gate is None or up is None or gate.b is not None or up.b is not None:
@@ -75,6 +80,31 @@ def match_dense_ffn(walk: Walk, value: str) -> DenseFFN | None:
         walk.nodes |= trial.nodes
         return DenseFFN(gate.input, gate.w, up.w, down.w, act[0], value)
     return None
+
+
+def _split_gate_up(walk: Walk, gate: str, up: str) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """``gate`` and ``up`` as the two halves of one ``Split`` of ``x @ [gate | up]`` (a fused
+    gate-up projection, GraniteMoE-shared's shared MLP): (x, W_gate, W_up), or None."""
+    split = walk.producer(gate)
+    if split is None or split.op_type != "Split" or walk.producer(up) is not split:
+        return None
+    outs = list(split.output)
+    if len(outs) != 2 or gate == up:
+        return None
+    lin = match_linear(walk, split.input[0])
+    if lin is None or lin.b is not None or lin.w.shape[1] % 2:
+        return None
+    axis = int(walk.attr(split, "axis", 0))  # type: ignore[call-overload]
+    sizes = walk.ints(split.input[1]) if len(split.input) > 1 and split.input[1] else None
+    half = lin.w.shape[1] // 2
+    t = walk.view.tensor_type(split.input[0])
+    last = axis == -1 or (t is not None and axis == len(t.shape) - 1)
+    if not last or (sizes is not None and sizes != [half, half]):
+        return None
+    halves = (lin.w[:, :half], lin.w[:, half:])
+    g = outs.index(gate)
+    walk.take(split)
+    return lin.input, halves[g], halves[1 - g]
 
 
 def _activation_of(walk: Walk, value: str) -> tuple[str, str] | None:
@@ -118,6 +148,7 @@ def match_shared(walk: Walk, routed: str, x_root: str) -> tuple[str, SharedExper
     other = walk.other(add, out)
     trial = Walk(walk.view)
     gate_w: np.ndarray | None = None
+    other = trial.back(other)  # AFMoE reshapes the shared output to [B, S, d] before the sum
     p = trial.producer(other)
     ffn_value = other
     if p is not None and p.op_type == "Mul":

@@ -4,7 +4,7 @@ Every anchor node (``TopK``, ``MoE``, ``QMoE``) must end up inside exactly one l
 an anchor no recognizer claims is an error naming the node and what was expected (never a silent
 pass-through). Everything else becomes an ordinary op with the ONNX op type, domain, attributes
 (python values) and value names. Layers are named ``moe0``, ``moe1``, ... in graph order, with
-the ONNX anchor node's name in ``layer.annotations["onnx_node"]``.
+the ONNX anchor node's name in ``layer.annotations.onnx_node``.
 
     before: MatMul(router) -> Softmax -> TopK -> ... -> ReduceSum   (decomposed MoE)
     after:  %y = moe(%x) {experts=8, top_k=2, ...}
@@ -24,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from moec.compiler.frontend.canonical import canonicalize
+from moec.compiler.frontend.dense_shared import mark_dense_shared
 from moec.compiler.frontend.loader import infer_shapes, load_onnx
 from moec.compiler.frontend.patterns import (
     RECOGNIZERS,
@@ -156,6 +157,7 @@ def lift_model(model: onnx.ModelProto, *, where: str = "") -> tuple[Module, Lift
         model = infer_shapes(model)
     view = GraphView(model.graph, where=where or model.graph.name)
     found = find_layers(view)
+    mark_dense_shared(view, found)
     found.sort(key=lambda lf: max(lf.nodes) if lf.nodes else -1)
     lifted = [_rename(lf, f"moe{i}", view) for i, lf in enumerate(found)]
     module = _build_module(model, view, lifted)
@@ -165,7 +167,7 @@ def lift_model(model: onnx.ModelProto, *, where: str = "") -> tuple[Module, Lift
 
 def _rename(lf: Lifted, name: str, view: GraphView) -> Lifted:
     layer = lf.layer
-    layer.annotations.setdefault("onnx_node", layer.name)
+    layer.annotations.onnx_node = layer.annotations.onnx_node or layer.name
     layer.name = name
     layer.weights = {
         key: Weight(f"{name}.{key}", w.type, w.data) for key, w in sorted(layer.weights.items())

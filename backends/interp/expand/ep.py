@@ -28,8 +28,9 @@ For one routing the expansion emits, per die, in this order:
    :func:`~moec.backends.interp.expand.tp.broadcast`), which also serves the routed experts;
 2. **shared experts** (if the layer has them): ``split``: the die's own shared slices for all
    tokens; ``replicated``: every shared slice for the die's own tokens;
-3. **routed experts**: for each expert placed on the die with tokens (ascending id), each
-   micro-slice j: ``load`` into the next free slot (round robin, so the slots double-buffer DRAM
+3. **routed experts**: for each expert placed on the die with tokens, in the order
+   :func:`~moec.backends.interp.expand.load_order.order_work` chooses against per-channel
+   demand over time (not ascending id), each micro-slice j: ``load`` into the next free slot (round robin, so the slots double-buffer DRAM
    against compute), ``gemm``/``act``/``accum`` for the expert's tokens, ``free``;
 4. **y back**: each expert die returns the partial outputs of each home die's tokens as one
    ``y`` block along the route back; the home die sums them into its output. With split shared
@@ -56,6 +57,7 @@ from collections import defaultdict
 import numpy as np
 
 from moec.backends.interp.expand import ExpandContext, register, token_set
+from moec.backends.interp.expand.load_order import Work, order_work
 from moec.backends.interp.expand.tp import broadcast, reduce_to_home
 from moec.ir.stream.params import EPParams, SharedExpertParams
 from moec.ir.stream.program import (
@@ -72,9 +74,6 @@ from moec.ir.stream.program import (
     TokenSet,
 )
 from moec.ir.target import Target
-
-#: One unit of routed work: (die, expert, DRAM channel, its tokens, sorted).
-Work = tuple[int, int, int, np.ndarray]
 
 
 def _relay(
@@ -151,13 +150,15 @@ def shared_plan(ctx: ExpandContext) -> tuple[list[int], list[int]] | None:
 
 
 def expand_work(ctx: ExpandContext, work: list[Work]) -> dict[int, list[Instr]]:
-    """Steps 1-4 of the module docstring for the routed ``work`` items (each die's items in the
-    order given) and the layer's shared experts."""
+    """Steps 1-4 of the module docstring for the routed ``work`` items (each die's items in
+    :func:`~moec.backends.interp.expand.load_order.order_work`'s order) and the layer's shared
+    experts."""
     t, m, r = ctx.target, ctx.layer, ctx.routing
     D, T = t.num_dies, r.tokens
     home = np.asarray(r.home_die, dtype=np.int64)
     out: dict[int, list[Instr]] = {d: [] for d in range(D)}
     split = shared_plan(ctx)
+    work = order_work(ctx, work, split)
 
     homes: dict[int, tuple[TokenSet, int]] = {}
     groups: dict[tuple[int, int], np.ndarray] = {}

@@ -1,0 +1,114 @@
+"""The order in which each die of an EP-style layer streams its experts: against channel demand.
+
+EP, Hydra and EPLB give every die a set of whole experts (:data:`.ep.Work` items). Which one a die
+loads first does not change the bytes, but it decides when each DRAM channel is busy. Taking a
+die's experts in ascending id can leave a channel idle for most of the layer and then hand it
+several dies' experts at once: with Hydra's placement of Yuan2.0-M32 on the 2x2 package, die 0
+holds one hot expert on channel 0 and dies 1-3 each one cold expert there with the highest id,
+so channel 0 idles after the hot expert and receives three experts of demand at the end.
+
+:func:`order_work` orders each die's items by a list schedule over an estimate of per-channel
+demand over time (the same estimate for every die, so the order is one plan, not die-local):
+the die that frees first (ties: lower id) takes next, among its remaining experts, the one whose
+channel frees first; ties go to the channel with the most remaining demand (the one that would
+otherwise end the layer), then to the lower expert id. Times come from the cost model
+(:func:`~moec.ir.cost.dram_occupancy` per micro-slice, :func:`~moec.ir.cost.compute_time` for
+the expert's FLOPs on its tokens); a die's loads overlap its compute (its slots double-buffer),
+so an expert holds its die for the longer of the two. The shared experts' slices, which every
+die streams first, are placed on the same timeline before the routed experts.
+
+    die 1: e1 ch1, e4 ch1, e20 ch1, e25 ch1, e26 ch0       (ascending id: ch0 last)
+      ==>  e1 ch1, e26 ch0, e4 ch1, e20 ch1, e25 ch1       (ch0 used while die 0 is done)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from moec.backends.interp.expand import ExpandContext
+from moec.ir.cost import compute_time, dram_occupancy
+
+#: One unit of routed work: (die, expert, DRAM channel, its tokens, sorted).
+Work = tuple[int, int, int, np.ndarray]
+
+
+def _expert_load_time(ctx: ExpandContext, expert: int, channel: int) -> float:
+    lay = ctx.layout
+    return sum(
+        dram_occupancy(ctx.target, channel, ctx.slice_bytes(expert, j)) for j in range(lay.count)
+    )
+
+
+def _expert_compute_time(ctx: ExpandContext, die: int, expert: int, tokens: int) -> float:
+    m = ctx.layer
+    flops = 2.0 * 3.0 * tokens * m.hidden * m.ffn
+    return compute_time(ctx.target, die, flops, ctx.precision(expert))
+
+
+def _timeline(
+    ctx: ExpandContext, work: Sequence[Work], shared: tuple[list[int], list[int]] | None
+) -> tuple[dict[int, float], dict[int, float], list[float], list[float]]:
+    """Channel and die free times after the shared slices, and each item's load and busy time."""
+    t = ctx.target
+    chan_free = {c.id: 0.0 for c in t.channels}
+    die_free = {d: 0.0 for d in range(t.num_dies)}
+    if shared is not None:
+        for j, (d, ch) in enumerate(zip(*shared, strict=True)):
+            start = max(die_free[d], chan_free[ch])
+            chan_free[ch] = die_free[d] = start + dram_occupancy(t, ch, ctx.slice_bytes(None, j))
+    load = [_expert_load_time(ctx, e, ch) for _, e, ch, _ in work]
+    busy = [
+        max(load[i], _expert_compute_time(ctx, d, e, int(toks.size)))
+        for i, (d, e, _, toks) in enumerate(work)
+    ]
+    return chan_free, die_free, load, busy
+
+
+def _list_schedule(
+    ctx: ExpandContext,
+    work: Sequence[Work],
+    shared: tuple[list[int], list[int]] | None,
+    greedy: bool,
+) -> tuple[float, list[Work]]:
+    """The estimated makespan and each die's order: ``greedy`` picks against channel demand,
+    else each die keeps ``work``'s order."""
+    chan_free, die_free, load, busy = _timeline(ctx, work, shared)
+    remaining = {c: 0.0 for c in chan_free}
+    pending: dict[int, list[int]] = {}
+    for i, (d, _, ch, _) in enumerate(work):
+        remaining[ch] += load[i]
+        pending.setdefault(d, []).append(i)
+    out: dict[int, list[Work]] = {d: [] for d in pending}
+    while pending:
+        d = min(pending, key=lambda x: (die_free[x], x))
+        now = die_free[d]
+        i = pending[d][0]
+        if greedy:
+            i = min(
+                pending[d],
+                key=lambda i: (max(now, chan_free[work[i][2]]), -remaining[work[i][2]], work[i][1]),
+            )
+        ch = work[i][2]
+        start = max(now, chan_free[ch])
+        chan_free[ch] = start + load[i]
+        die_free[d] = start + busy[i]
+        remaining[ch] -= load[i]
+        out[d].append(work[i])
+        pending[d].remove(i)
+        if not pending[d]:
+            del pending[d]
+    span = max([*chan_free.values(), *die_free.values()], default=0.0)
+    return span, [w for d in sorted(out) for w in out[d]]
+
+
+def order_work(
+    ctx: ExpandContext, work: Sequence[Work], shared: tuple[list[int], list[int]] | None = None
+) -> list[Work]:
+    """``work`` with each die's items reordered against channel demand (module docstring), or
+    in the order given when the estimate says that finishes no later; ``shared``: the (die,
+    channel) of each split shared micro-slice, streamed first."""
+    given, _ = _list_schedule(ctx, work, shared, greedy=False)
+    span, ordered = _list_schedule(ctx, work, shared, greedy=True)
+    return ordered if span < given else list(work)

@@ -1,0 +1,236 @@
+"""``--strategy auto``: search the fixed strategies and their options, keep the fastest.
+
+No fixed strategy wins everywhere (FSE-DP at few tokens, TP or EPLB at many, Hydra where its
+calibration matches the batch), so ``auto`` tries them for the model, target and routing at hand:
+
+1. **Candidates** (:func:`candidates`, a fixed order): every registered strategy with its default
+   options, then option variants that change the schedule (Hydra without its per-die cap, EP with
+   block placement, more SRAM slots, hence finer micro-slices). A candidate that does not fit the
+   target (a :class:`~moec.ir.errors.ScheduleError` or ``StrategyError``) is recorded as such.
+2. **Predict** each candidate from the cost model: its program is lowered and its runtime part
+   expanded for the routing, and the prediction is the busiest DRAM channel's occupancy
+   (:func:`~moec.ir.cost.dram_occupancy` of every load on it), a lower bound on the layer
+   latency of that candidate's schedule (a channel serves one load at a time).
+3. **Confirm** with the interpreter in ascending prediction (ties: candidate order): each
+   candidate is timed (the MoE layers' span, as ``moec bench`` measures it) until the next
+   prediction is no better than the best measured latency (it cannot win: pruned) or the budget
+   of interpreter runs (``--search-budget``, default :data:`DEFAULT_BUDGET`) is spent. The budget
+   counts runs, not seconds, so the same input gives the same choice on any machine.
+
+The winner is always a measured candidate; its program is written like any other (its runtime
+policy records the strategy), and :func:`explain` prints every candidate with its prediction,
+measurement or reason it was not run, and why the winner won. The whole program uses one
+strategy (the choice is made for all MoE layers together, on the sum of their spans).
+
+The search needs a routing: the ``--routing`` trace, else the bench's synthetic default
+(:data:`moec.bench.DEFAULT_ROUTING`) for the model's shapes and the token count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from moec.backends.interp import simulate
+from moec.backends.interp.expand import expand_program
+from moec.backends.interp.simulate import check_routings
+from moec.bench import DEFAULT_ROUTING, moe_metrics
+from moec.compiler.lower import STRATEGIES, lower, parse_strategy
+from moec.compiler.lower import _load_strategies as load_strategies
+from moec.compiler.lower.options import StrategyError
+from moec.ir.cost import dram_occupancy
+from moec.ir.errors import ScheduleError
+from moec.ir.graph import Module
+from moec.ir.routing import RoutingTrace
+from moec.ir.routing_synth import SynthSpec, parse_routing_spec
+from moec.ir.stream import Load, Program, TargetRef
+from moec.ir.stream.values import HOST_CHANNEL
+from moec.ir.target import Target, load_target
+
+#: Interpreter runs the search may spend by default.
+DEFAULT_BUDGET = 12
+
+
+def candidates(options: dict[str, str] | None = None) -> list[str]:
+    """The candidate strategy specs in search order; ``options`` (e.g. a calibration file) are
+    added to every strategy that takes them."""
+    load_strategies()
+    base = ["ep", "hydra", "eplb", "tp", "fsedp", "fsedp-paired", "fsedp-r5"]
+    variants = [
+        "hydra{cap=none}", "ep{placement=blocks}", "ep{slots=8}", "hydra{slots=8}",
+        "eplb{slots=8}", "tp{slots=8}", "fsedp-paired{slots=8}",
+    ]  # fmt: skip
+    out = []
+    for spec in base + variants:
+        name, opts = parse_strategy(spec)
+        if name not in STRATEGIES:
+            continue
+        known = STRATEGIES[name].options
+        opts.update({k: v for k, v in (options or {}).items() if k in known and k not in opts})
+        out.append(_spec(name, opts))
+    return out
+
+
+def _spec(name: str, opts: dict[str, str]) -> str:
+    if not opts:
+        return name
+    return name + "{" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + "}"
+
+
+@dataclass
+class Trial:
+    """One candidate: its prediction (seconds), measured latency (None: not run) and status."""
+
+    strategy: str
+    predicted_s: float | None = None
+    measured_s: float | None = None
+    status: str = "not run"
+    program: Program | None = field(default=None, repr=False)
+
+
+@dataclass
+class AutoResult:
+    """The search: every trial in candidate order, the winner, and the routing it ran on."""
+
+    trials: list[Trial]
+    winner: Trial
+    routing: str
+    budget: int
+
+    @property
+    def program(self) -> Program:
+        assert self.winner.program is not None
+        return self.winner.program
+
+
+def default_routing(
+    module: Module,
+    target_ref: TargetRef,
+    *,
+    tokens: int | None = None,
+    dims: Mapping[str, int] | None = None,
+    base_dir: str | None = None,
+    name: str | None = None,
+) -> RoutingTrace:
+    """The bench's synthetic routing (:data:`moec.bench.DEFAULT_ROUTING`) for ``module``'s MoE
+    layers at the token count the lowering resolves (``tokens``, else the model's dims)."""
+    probe = lower(module, target_ref, "ep", {}, None, tokens=tokens, dims=dims,
+                  base_dir=base_dir, name=name)  # fmt: skip
+    target = load_target(target_ref.spec, dict(target_ref.overrides), base_dir=base_dir)
+    spec = parse_routing_spec(DEFAULT_ROUTING)
+    assert isinstance(spec, SynthSpec)
+    shapes = [(m.experts, m.top_k) for m in probe.layers]
+    return spec.make(shapes, probe.layers[0].tokens, target.num_dies, model=probe.name)
+
+
+def predicted_latency(program: Program, target: Target, routing: RoutingTrace) -> float:
+    """The busiest DRAM channel's occupancy over every load of ``program`` expanded for
+    ``routing``: a lower bound on its latency."""
+    static = expand_program(program, target, check_routings(program, target, routing))
+    busy = {c.id: 0.0 for c in target.channels}
+    for st in static.streams:
+        for i in st.instrs:
+            if isinstance(i, Load) and i.channel != HOST_CHANNEL:
+                busy[i.channel] += dram_occupancy(target, i.channel, i.nbytes)
+    return max(busy.values(), default=0.0)
+
+
+def search(
+    module: Module,
+    target_ref: TargetRef,
+    routing: RoutingTrace,
+    *,
+    routing_name: str = "--routing",
+    budget: int = DEFAULT_BUDGET,
+    specs: Sequence[str] | None = None,
+    tokens: int | None = None,
+    dims: Mapping[str, int] | None = None,
+    base_dir: str | None = None,
+    name: str | None = None,
+) -> AutoResult:
+    """Lower, predict and confirm every candidate (module docstring); ``specs`` replaces
+    :func:`candidates`."""
+    if budget < 1:
+        raise StrategyError(f"--search-budget: expected an integer >= 1, found {budget}")
+    target = load_target(target_ref.spec, dict(target_ref.overrides), base_dir=base_dir)
+    trials = [Trial(s) for s in (candidates() if specs is None else specs)]
+    for tr in trials:
+        strategy, opts = parse_strategy(tr.strategy)
+        try:
+            tr.program = lower(
+                module, target_ref, strategy, opts, routing, tokens=tokens, dims=dims,
+                base_dir=base_dir, name=name,
+            )  # fmt: skip
+            tr.predicted_s = predicted_latency(tr.program, target, routing)
+            tr.status = "predicted"
+        except (ScheduleError, StrategyError) as e:
+            tr.status = f"not lowered: {e.message}"
+    ranked = sorted(
+        (i for i, tr in enumerate(trials) if tr.predicted_s is not None),
+        key=lambda i: (trials[i].predicted_s, i),
+    )
+    best: Trial | None = None
+    runs = 0
+    for i in ranked:
+        tr = trials[i]
+        assert tr.predicted_s is not None and tr.program is not None
+        if best is not None and best.measured_s is not None and tr.predicted_s >= best.measured_s:
+            tr.status = "pruned: its bound is no better than the best measured latency"
+            continue
+        if runs >= budget:
+            tr.status = "not run: search budget spent"
+            continue
+        runs += 1
+        try:
+            result = simulate(tr.program, target=target, routings=routing, verify=False)
+        except ScheduleError as e:  # SRAM is a hard limit: past it at run time, not a candidate
+            tr.status = f"failed: {e.message}"
+            continue
+        tr.measured_s = float(moe_metrics(result.timeline)["latency_s"])
+        tr.status = "measured"
+        if best is None or best.measured_s is None or tr.measured_s < best.measured_s:
+            best = tr
+    if best is None:
+        raise ScheduleError(
+            "--strategy auto: no candidate fits the target: "
+            + "; ".join(f"{t.strategy}: {t.status}" for t in trials[:3]),
+            target.name,
+        )
+    for tr in trials:
+        if tr is not best:
+            tr.program = None
+    return AutoResult(trials, best, routing_name, budget)
+
+
+def explain(result: AutoResult) -> str:
+    """The search as text: every candidate, its prediction and measurement, and the winner."""
+    ms = lambda s: f"{s * 1e3:9.3f}" if s is not None else f"{'-':>9}"  # noqa: E731
+    width = max(len(t.strategy) for t in result.trials)
+    lines = [
+        f"strategy auto: {len(result.trials)} candidates on routing {result.routing}, "
+        f"budget {result.budget} interpreter runs",
+        f"  {'candidate':<{width}}  predicted ms  measured ms  status",
+    ]
+    for t in result.trials:
+        mark = "*" if t is result.winner else " "
+        lines.append(
+            f"{mark} {t.strategy:<{width}}  {ms(t.predicted_s)}     {ms(t.measured_s)}    "
+            f"{t.status}"
+        )
+    w = result.winner
+    assert w.measured_s is not None
+    measured = sorted(
+        (t for t in result.trials if t.measured_s is not None and t is not w),
+        key=lambda t: (t.measured_s, t.strategy),
+    )
+    why = f"winner {w.strategy}: {w.measured_s * 1e3:.3f} ms measured"
+    if measured:
+        r = measured[0]
+        assert r.measured_s is not None
+        why += f", {r.measured_s / w.measured_s:.3f}x faster than the runner-up {r.strategy}"
+        why += f" ({r.measured_s * 1e3:.3f} ms)"
+    pruned = sum(t.status.startswith("pruned") for t in result.trials)
+    if pruned:
+        why += f"; {pruned} candidates pruned, their DRAM bound already exceeds it"
+    lines.append(why)
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""ONNX Runtime GenAI builder output: recognized, and ``moec check`` passes on seeded inputs.
+
+The fixtures (``tests/fixtures/genai/``, made by its ``make_fixtures.py``) are builder output
+for tiny LFM2-MoE (int8 and int4 QMoE, a sigmoid router written out in elementary ops) and
+gpt-oss (fp32 MoE with SwiGLU and a sliding-window layer). Their inputs carry the generation
+signature (attention mask, past key/values, ``kv_cache_dim``), which the seeded inputs learn from
+``genai_config.json`` (:mod:`moec.ir.llm_inputs`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from moec.check import check_model
+from moec.compiler.frontend import load_module
+from moec.compiler.frontend.fused import dequantize
+from moec.ir.errors import ModelError
+from moec.ir.llm_inputs import llm_signature
+
+ROOT = Path(__file__).resolve().parents[1]
+GENAI = ROOT / "tests" / "fixtures" / "genai"
+FIXTURES = ("lfm2_moe_int8", "lfm2_moe_int4", "gpt_oss_fp32")
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_builder_output_passes_check_on_seeded_inputs(name: str) -> None:
+    report = check_model(str(GENAI / name / "model.onnx"))
+    assert report.passed, report
+    assert report.max_rel_err < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("name", "layers", "scoring", "activation"),
+    [
+        ("lfm2_moe_int8", 1, "sigmoid", "silu"),
+        ("lfm2_moe_int4", 1, "sigmoid", "silu"),
+        ("gpt_oss_fp32", 2, "softmax", "swiglu"),
+    ],
+)
+def test_builder_output_is_lifted(name: str, layers: int, scoring: str, activation: str) -> None:
+    module, _ = load_module(str(GENAI / name / "model.onnx"))
+    found = [op.layer for op in module.moe_ops()]
+    assert len(found) == layers
+    assert {(lay.scoring, lay.activation) for lay in found} == {(scoring, activation)}
+
+
+def test_signature_from_the_config_next_to_the_model() -> None:
+    path = GENAI / "gpt_oss_fp32" / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = {
+        i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+    }
+    sig = llm_signature(path, shapes)
+    # head_size 16 and the sliding window 16 come from genai_config.json; batch 1 with a past.
+    assert sig.dims == {
+        "batch_size": 1, "kv_cache_dim": 16, "past_sequence_length": 16, "past_sliding_length": 16,
+    }  # fmt: skip
+    assert sig.ones == {"attention_mask"}
+    resolved = sig.resolve({**sig.dims, "sequence_length": 8, "total_sequence_length": 8}, {})
+    assert resolved["total_sequence_length"] == 24
+    given = {"total_sequence_length": 30}
+    assert sig.resolve({**resolved, **given}, given)["total_sequence_length"] == 30
+    shape = {"attention_mask": (1, 24), "position_ids": (1, 8)}
+    dtypes = {k: np.dtype(np.int64) for k in shape}
+    fixed = type(sig)(sig.dims, sig.ones, frozenset({"position_ids"})).fixed_inputs(
+        shape, dtypes, 16
+    )
+    assert fixed["attention_mask"].tolist() == [[1] * 24]
+    assert fixed["position_ids"].tolist() == [list(range(16, 24))]
+
+
+def test_without_the_config_kv_dim_must_be_given(tmp_path: Path) -> None:
+    for f in ("model.onnx", "model.onnx.data"):
+        shutil.copy(GENAI / "lfm2_moe_int8" / f, tmp_path / f)
+    # kv_cache_dim then takes the default size, and ONNX Runtime names the head size it wants.
+    with pytest.raises(ModelError, match="past_key.*expected 16"):
+        check_model(str(tmp_path / "model.onnx"))
+    report = check_model(str(tmp_path / "model.onnx"), dims={"kv_cache_dim": 16})
+    assert report.passed
+
+
+def test_bad_config_is_a_located_error(tmp_path: Path) -> None:
+    for f in ("model.onnx", "model.onnx.data"):
+        shutil.copy(GENAI / "lfm2_moe_int8" / f, tmp_path / f)
+    (tmp_path / "genai_config.json").write_text("{not json")
+    run = subprocess.run(
+        [sys.executable, "-m", "moec", "check", str(tmp_path / "model.onnx")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "genai_config.json" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_dequantize_a_row_shorter_than_a_block() -> None:
+    # 4-bit weights of rows 16 long with block 32: one partial block per row (ORT's layout).
+    rng = np.random.default_rng(0)
+    vals = rng.integers(0, 16, size=(2, 3, 16)).astype(np.uint8)
+    packed = (vals[..., 0::2] | (vals[..., 1::2] << 4)).astype(np.uint8)
+    scales = rng.random((2, 3, 1)).astype(np.float32)
+    got = dequantize(packed, scales, None, 4, 32)
+    assert np.allclose(got, (vals.astype(np.float32) - 8) * scales)

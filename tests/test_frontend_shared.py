@@ -1,0 +1,81 @@
+"""Shared experts: inside the canonical op in every family that has them, or said to be dense.
+
+Every committed fixture whose family has a shared MLP must have it inside the lifted layer
+(``tests/test_frontend_hf.py`` checks sizes; here the general rule: no fixture leaves a gated
+MLP of the layer's input summed with its output as ordinary ops). A shared MLP the frontend
+cannot take in (here: beside a ``com.microsoft.MoE`` node) is marked and ``moec inspect`` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from frontend_models import single_layer
+from onnx import TensorProto
+
+from moec.compiler.frontend import load_module
+from moec.compiler.frontend.lift import lift_model
+from moec.models.builder import OnnxBuilder
+from moec.models.moe_blocks import MoESpec, fused_moe
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = sorted((ROOT / "tests" / "fixtures").glob("*/*.onnx")) + sorted(
+    (ROOT / "tests" / "fixtures").glob("*/*/model.onnx")
+)
+# Fixtures whose family has a shared MLP (tests/fixtures/hf/README.md).
+SHARED = {"afmoe", "qwen2_moe", "deepseek_v3", "ernie4_5_moe", "glm4_moe", "granitemoeshared"}
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_fixture_leaves_a_shared_mlp_outside_the_op(path: Path) -> None:
+    module, _ = load_module(path)
+    layers = [op.layer for op in module.moe_ops()]
+    assert layers
+    for layer in layers:
+        assert layer.annotations.dense_shared is None, (layer.name, layer.annotations)
+        assert layer.has_shared == (path.stem in SHARED), layer.name
+
+
+def _moe_with_dense_shared(d: int = 16, fs: int = 20) -> onnx.ModelProto:
+    spec = MoESpec(experts=4, top_k=2, hidden=d, ffn=24)
+    b = OnnxBuilder("dense_shared", seed=3)
+    x = b.input("x", TensorProto.FLOAT, [12, d])
+    y = fused_moe(b, x, spec, "moe")
+    g = b.op("MatMul", [x, b.weight("sh_gate", (d, fs))], name="sh_gate")
+    act = b.op("Mul", [g, b.op("Sigmoid", [g], name="sh_sig")], name="sh_silu")
+    up = b.op("MatMul", [x, b.weight("sh_up", (d, fs))], name="sh_up")
+    h = b.op("Mul", [act, up], name="sh_mul")
+    down = b.op("MatMul", [h, b.weight("sh_down", (fs, d))], name="sh_down")
+    out = b.op("Add", [y, down], name="sum")
+    b.output(out, TensorProto.FLOAT, [12, d])
+    return b.model()
+
+
+def test_a_shared_mlp_left_dense_is_marked(tmp_path: Path) -> None:
+    model = _moe_with_dense_shared()
+    _, result = lift_model(model)
+    (lf,) = result.lifted
+    assert (lf.layer.annotations.dense_shared or "").startswith("sh_down")
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    run = subprocess.run(
+        [sys.executable, "-m", "moec", "inspect", str(path), "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    (row,) = json.loads(run.stdout)["moe_layers"]
+    assert row["shared_experts"] == 0 and row["shared_left_dense"].startswith("sh_down")
+    table = subprocess.run(
+        [sys.executable, "-m", "moec", "inspect", str(path)], capture_output=True, text=True
+    ).stdout
+    assert "left dense" in table
+
+
+def test_a_plain_layer_is_not_marked() -> None:
+    model = single_layer(fused_moe, MoESpec(experts=4, top_k=2, hidden=16, ffn=24))
+    _, result = lift_model(model)
+    assert result.lifted[0].layer.annotations.dense_shared is None
