@@ -445,7 +445,7 @@ def simulate_iterations(
             carry = dict(its[-1].deferred)
     prog, hosted, deferred = concatenate(program, layouts, its, rewrite)
     tl = run_timing(prog, tgt)
-    check_fit(tl, tgt, program.filename, allow_overflow)
+    check_fit(tl, tgt, program, allow_overflow)
     tokens = program.layers[0].tokens if program.layers else 0
     metrics, pairs = _metrics(tl, prog, hosted, deferred, its, tokens)
     report = make_report(tl, program.name)
