@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from moec.backends.interp.energy import charge_dense, charge_slice
 from moec.backends.interp.opgraph import (
     COMPUTE,
     DENSE_DRAM,
@@ -79,6 +80,7 @@ def gemm(b: Builder, s: DieState, i: Gemm) -> None:
     op, content, la, n, w, gated = slice_compute(
         b, s, i, lambda n, d, w, gated: 2.0 * n * d * w * (2 if gated else 1)
     )
+    charge_slice(b, s, op, i)
     la.x_uses.append((op, i.tokens))
     s.pending_h[i.slot] = (op, h_bytes(n, w, gated))
     b.g.edge(s.last_recv.get((content.layer, "x")), op)
@@ -89,6 +91,7 @@ def gemm(b: Builder, s: DieState, i: Gemm) -> None:
 def act(b: Builder, s: DieState, i: Act) -> None:
     """The activation: ``2 T w`` FLOPs."""
     op, *_ = slice_compute(b, s, i, lambda n, d, w, gated: 2.0 * n * w)
+    charge_slice(b, s, op, i)
     computed(s, i.slot, op)
 
 
@@ -96,6 +99,7 @@ def act(b: Builder, s: DieState, i: Act) -> None:
 def accum(b: Builder, s: DieState, i: Accum) -> None:
     """The down-projection into the outputs: ``2 T w d`` FLOPs; releases the slice's ``h``."""
     op, _, la, *_ = slice_compute(b, s, i, lambda n, d, w, gated: 2.0 * n * w * d)
+    charge_slice(b, s, op, i)
     la.accums.append((op, i.tokens))
     pending = s.pending_h.pop(i.slot, None)
     if pending is not None:
@@ -233,6 +237,7 @@ def dense(b: Builder, s: DieState, i: Dense) -> None:
     comp = g.add(
         COMPUTE, b.flops_time(s, float(i.flops), b.dense_precision), (s.die,), s.die, i, -1, isl
     )  # fmt: skip
+    charge_dense(b, s, comp, float(i.flops))
     g.edge(s.fence, comp)
     g.edge(s.last_compute, comp)
     s.last_compute = comp

@@ -13,6 +13,9 @@ layers only:
 * ``dram_bytes`` / ``link_bytes``: bytes the MoE layers move (a DRAM load crossing links counts
   on each link it crosses);
 * ``peak_sram_bytes_max``: the largest per-die SRAM peak (slots and activations);
+* ``energy_j``: the MoE layers' ops' energy (:mod:`moec.ir.cost.energy`) plus static power over
+  ``latency_s``, split in ``energy_breakdown_j``; ``energy_per_token_j`` (over the iteration's
+  tokens) and ``edp`` (``energy_j x latency_s``);
 * ``bound_s``: :func:`moec.compiler.bench.spec.iteration_bound` for the work the iteration
   actually does: the routing after runtime rules (pairs dropped by ``caee-prune`` or
   ``skip-second`` are not work), minus the experts token buffering defers to the next iteration
@@ -132,6 +135,9 @@ def moe_metrics(tl: Timeline) -> dict[str, Any]:
             link += n
     latency = sum(e - s for s, e in spans.values())
     scale = 1.0 / latency if latency > 0 else 0.0
+    energy: dict[str, float] = {}
+    if tl.energy is not None:
+        energy = tl.energy.of_ops([k >= 0 for k in tl.layer], t, latency)
     links = len(t.links)
 
     def mean(a: np.ndarray) -> float:
@@ -147,6 +153,21 @@ def moe_metrics(tl: Timeline) -> dict[str, Any]:
         },
         "dram_bytes": int(dram),
         "link_bytes": int(link),
+        "energy_breakdown_j": energy,
+    }
+
+
+def energy_fields(breakdown: dict[str, float], latency_s: float, tokens: int) -> dict[str, Any]:
+    """A row's energy: ``energy_j`` of the MoE layers (the sum of ``breakdown``, which is their
+    ops' dynamic energy plus static power over ``latency_s``), ``energy_per_token_j`` (over the
+    iteration's ``tokens``; all measured layers), ``edp`` (``energy_j x latency_s``, J s) and
+    the breakdown itself."""
+    energy = sum(breakdown.values())
+    return {
+        "energy_j": energy,
+        "energy_per_token_j": energy / tokens if tokens > 0 else None,
+        "edp": energy * latency_s,
+        "energy_breakdown_j": breakdown,
     }
 
 
@@ -333,6 +354,7 @@ def run_point(
         "dram_bytes": metrics["dram_bytes"],
         "link_bytes": metrics["link_bytes"],
         "utilization": metrics["utilization"],
+        **energy_fields(metrics["energy_breakdown_j"], metrics["latency_s"], trace.tokens),
     }
     if any(deferred):
         row["bound_excludes_deferred"] = True
