@@ -303,6 +303,7 @@ def _simulate(
     check_fit(tl, tgt, program, allow_overflow)
     report = make_report(tl, program.name)
     report.extra.update(tl.extra)
+    report.tokens = program.layers[0].tokens if program.layers else 0
     trace = chrome_trace(tl) if record_trace else None
     expanded = dataclasses.replace(expanded, filename=program.filename)
     return RunResult(report, expanded, tl, used, outputs, trace)
