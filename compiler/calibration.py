@@ -26,7 +26,8 @@ from moec.ir.errors import ModelError
 from moec.ir.graph import Module, Op, Value
 from moec.ir.inputs import InputSpec, seeded_feeds, shape_for_tokens
 from moec.ir.moe import MoELayer, evaluate, route
-from moec.ir.routing import RoutingTrace, load_trace, parse_routing_spec, validate
+from moec.ir.routing import RoutingTrace, load_trace, validate
+from moec.ir.routing_synth import parse_routing_spec
 
 _ELEM = {
     "f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE, "f16": TensorProto.FLOAT16,
@@ -165,7 +166,7 @@ def run_module(
     inputs: dict[str, np.ndarray] = {}
     stop = set(feeds) | set(module.weights) | {op.outputs[0].name for op in module.moe_ops()}
     for op in module.moe_ops():
-        layer: MoELayer = op.attrs["layer"]
+        layer: MoELayer = op.layer
         x_val = op.inputs[0]
         if x_val is None:
             raise ModelError("moe op without input", layer.name)
@@ -183,7 +184,7 @@ def layer_inputs(module: Module, feeds: dict[str, np.ndarray]) -> dict[str, np.n
 
 def routing_source(module: Module, trace: str, seed: int, tokens: int) -> RoutingTrace:
     """The routing trace ``trace`` (a file, or ``synth:...``) checked against ``module``."""
-    layers = [op.attrs["layer"] for op in module.moe_ops()]
+    layers = [op.layer for op in module.moe_ops()]
     shape = [(lay.num_experts, lay.top_k) for lay in layers]
     spec = parse_routing_spec(trace or f"synth:zipf=1.0,seed={seed}")
     if isinstance(spec, str):
@@ -203,7 +204,7 @@ def calibrate(
     Numerics when every layer's weights are present and no ``trace`` is given; otherwise the
     routing of ``trace`` (default ``synth:zipf=1.0,seed=<seed>`` with ``tokens`` tokens).
     """
-    layers: list[MoELayer] = [op.attrs["layer"] for op in module.moe_ops()]
+    layers: list[MoELayer] = [op.layer for op in module.moe_ops()]
     if not layers:
         return []
     if not trace and all(lay.weights_present for lay in layers):
@@ -222,7 +223,7 @@ def calibrate(
 
 def describe(module: Module, *, seed: int, tokens: int, trace: str) -> str:
     """A one-line provenance of :func:`calibrate`'s data (stored in ``module.metadata``)."""
-    layers = [op.attrs["layer"] for op in module.moe_ops()]
+    layers = [op.layer for op in module.moe_ops()]
     if not trace and layers and all(lay.weights_present for lay in layers):
         return f"numerics:seed={seed},tokens={tokens}"
     return f"trace:{trace or f'synth:zipf=1.0,seed={seed}'},tokens={tokens}"

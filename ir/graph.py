@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from moec.ir.errors import ModelError
 from moec.ir.names import NameScope
+
+if TYPE_CHECKING:
+    from moec.ir.moe import MoELayer
 
 DTYPE_BYTES: dict[str, float] = {
     "f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "u8": 1,
@@ -114,6 +117,17 @@ class Op:
     @property
     def is_moe(self) -> bool:
         return self.kind == "moe"
+
+    @property
+    def layer(self) -> MoELayer:
+        """The canonical layer of an ``moe`` op (its ``attrs["layer"]``, typed); a
+        :class:`ModelError` for any other op."""
+        from moec.ir.moe import MoELayer
+
+        layer = self.attrs.get("layer")
+        if not isinstance(layer, MoELayer):
+            raise ModelError("not an MoE op with a canonical layer", self.name or self.kind)
+        return layer
 
     def __repr__(self) -> str:
         return f"Op({self.kind}, {self.name!r})"

@@ -7,7 +7,7 @@ model, die count, layers and tokens). Files: version 2 of ``docs/routing.md``'s 
 version-1 header plus ``iterations: [{"layers": [...]}, ...]``; a version-1 file is a sequence
 of one iteration, so every old trace stays valid.
 
-:func:`synth_sequence` adds temporal structure to :func:`~moec.ir.routing.synth_layers`: each
+:func:`synth_sequence` adds temporal structure to :func:`~moec.ir.routing_synth.synth_layers`: each
 expert's log-popularity takes a seeded random walk (``drift``, the step's standard deviation)
 and, with probability ``burst`` per iteration and layer, one expert's popularity jumps by
 ``burst_factor`` for that iteration. Iteration 0 is exactly ``synth_layers``'s trace.
@@ -23,29 +23,28 @@ import dataclasses
 import json
 import math
 import os
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from moec.ir.errors import Location, TraceError
+from moec.ir.errors import TraceError
 from moec.ir.files import atomic_write
 from moec.ir.routing import (
     FORMAT,
     LayerRouting,
     RoutingTrace,
-    SynthSpec,
     _from_doc,
     _meta,
     assign_home_dies,
-    gumbel_top_k,
     layers_json_lines,
     load_trace,
     npz_bytes,
-    synth_layers,
+    read_json_doc,
+    read_npz_doc,
 )
+from moec.ir.routing_synth import SynthSpec, gumbel_top_k, synth_layers
 
 #: Version of the multi-iteration file format (version 1: one iteration, ``layers`` at the top).
 SEQUENCE_VERSION = 2
@@ -138,7 +137,7 @@ def synth_sequence(
 ) -> RoutingSequence:
     """``iterations`` seeded iterations of Zipf routing whose expert popularity drifts.
 
-    Iteration 0 is :func:`~moec.ir.routing.synth_layers` (same seed). Then, per layer i, the
+    Iteration 0 is :func:`~moec.ir.routing_synth.synth_layers` (same seed). Then, per layer i, the
     log-popularity of every expert takes a Gaussian random-walk step of standard deviation
     ``drift`` per iteration (``numpy.random.default_rng([seed, i, 0])``, drawn in iteration
     order), and with probability ``burst`` one expert (uniform) is ``burst_factor`` times as
@@ -285,17 +284,7 @@ def _count(meta: dict[str, Any], where: str) -> int:
 
 
 def _load_json(path: str) -> RoutingSequence:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except json.JSONDecodeError as err:
-        raise TraceError(
-            f"invalid JSON: {err.msg}", Location(path, err.lineno, err.colno)
-        ) from None
-    except UnicodeDecodeError:
-        raise TraceError("invalid JSON: not UTF-8 text", path) from None
-    if not isinstance(doc, dict):
-        raise TraceError("expected a JSON object at the top level", path)
+    doc = read_json_doc(path)
     if doc.get("format") != FORMAT:
         raise TraceError(f"format: expected {FORMAT!r}, found {doc.get('format')!r}", path)
     if doc.get("version") == 1:
@@ -331,20 +320,7 @@ def _load_json(path: str) -> RoutingSequence:
 
 
 def _load_npz(path: str) -> RoutingSequence:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            files = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise TraceError(f"not a readable NPZ trace: {err}", path) from None
-    raw = files.get("meta")
-    if raw is None or raw.size != 1 or raw.dtype.kind != "U":
-        raise TraceError("NPZ trace has no 'meta' JSON text", path)
-    try:
-        meta = json.loads(str(raw.reshape(()).item()))
-    except json.JSONDecodeError as err:
-        raise TraceError(f"meta: invalid JSON: {err.msg}", path) from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("layers"), list):
-        raise TraceError("meta: expected an object with a 'layers' list", path)
+    files, meta = read_npz_doc(path)
     if meta.get("version") == 1:
         return RoutingSequence([load_trace(path)])
     if meta.get("version") != SEQUENCE_VERSION:

@@ -14,7 +14,8 @@ call them too. One import gives the whole workflow::
     rows = api.run_bench("tiny_moe", "fsedp-2x2", [64], ["ep", "fsedp"])
 
 Where each part lives: :mod:`moec.compile` (load, compile, write), :mod:`moec.run` (simulate),
-:mod:`moec.check` (exact check against ONNX Runtime, routing dumps), :mod:`moec.approx` (what a
+:mod:`moec.check` (exact check against ONNX Runtime, the reference run and interpreter
+run every accuracy figure shares, routing dumps), :mod:`moec.approx` (what a
 cost-aware pipeline costs in accuracy, perplexity), :mod:`moec.bench` (the bench driver) and
 :mod:`moec.sweep` (design-space sweeps). Errors are :class:`moec.ir.errors.MoecError` subclasses
 with a location.
@@ -22,19 +23,17 @@ with a location.
 
 from __future__ import annotations
 
-from moec.approx import (
-    ApproxReport,
-    ApproxRun,
-    Reference,
-    approx_check,
-    approx_run,
-    interpret,
-    program_perplexity,
-    reference_run,
-)
+from moec.approx import ApproxReport, ApproxRun, approx_check, approx_run, program_perplexity
 from moec.backends.interp import RunResult, simulate
 from moec.bench import known_strategies, run_bench
-from moec.check import check_model, dump_trace, model_inputs
+from moec.check import (
+    Reference,
+    check_model,
+    dump_trace,
+    interpret,
+    model_inputs,
+    reference_run,
+)
 from moec.compile import DEFAULT_TARGET, Compiled, compile_model, load_model, write_compiled
 from moec.compiler.passes import parse_pipeline
 from moec.ir.graph import Module

@@ -13,8 +13,8 @@ can be checked against ORT's own run of the same approximation (it must match to
 :func:`program_perplexity` scores a byte-level LM's text with the interpreter running the
 approximated program (``logits_fn`` for :func:`moec.backends.ort.perplexity.perplexity`).
 
-The pieces are reusable: :func:`reference_run` (seeded inputs and ORT's outputs on the original
-model), :func:`approx_run` (compile with a pipeline and strategy, interpret, compare) and
+The pieces are reusable: :func:`moec.check.reference_run` (seeded inputs and ORT's outputs on the
+original model), :func:`approx_run` (compile with a pipeline and strategy, interpret, compare) and
 :func:`summarize` (the worst error over the outputs); ``moec bench --accuracy`` calls them per row.
 """
 
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from moec.backends.ort.check import check_finite, run_ort
-from moec.check import model_inputs
-from moec.compile import DEFAULT_TARGET, compile_model, load_model, write_compiled
+from moec.check import Reference, interpret, reference_run
+from moec.compile import DEFAULT_TARGET, compile_model, write_compiled
 from moec.ir.errors import ModelError, MoecError
 from moec.ir.graph import Module
 from moec.ir.stream import Program, load_program
@@ -127,59 +127,14 @@ class ApproxReport:
         }
 
 
-def interpret(
-    program: Program, path: str, feeds: Mapping[str, np.ndarray]
-) -> tuple[dict[str, np.ndarray], int, int]:
-    """Interpreter outputs and (dropped, total) (token, expert) pairs over all layers."""
-    from moec.backends.interp import simulate
-
-    result = simulate(program, inputs=dict(feeds), base_dir=os.path.dirname(os.path.abspath(path)))
-    if not result.outputs:
-        raise MoecError("the interpreter returned no graph outputs", path)
-    dropped = sum(int(np.count_nonzero(r.ids < 0)) for r in result.routings)
-    total = sum(int(r.ids.size) for r in result.routings)
-    return {k: np.asarray(v) for k, v in result.outputs.items()}, dropped, total
-
-
 def _precision_counts(module: Module) -> dict[str, int]:
     out: dict[str, int] = {}
     for op in module.moe_ops():
-        plan = op.attrs["layer"].annotations.get("precision")
+        plan = op.layer.annotations.precision
         if isinstance(plan, list):
             for p in plan:
                 out[str(p)] = out.get(str(p), 0) + 1
     return dict(sorted(out.items()))
-
-
-@dataclass(frozen=True)
-class Reference:
-    """Seeded (or given) inputs of a model and ONNX Runtime's outputs on the original model."""
-
-    model: str
-    feeds: dict[str, np.ndarray]
-    dims: dict[str, int]
-    want: dict[str, np.ndarray]
-
-
-def reference_run(
-    model: str,
-    *,
-    seed: int = 0,
-    dims: Mapping[str, int] | None = None,
-    inputs: str | None = None,
-) -> Reference:
-    """The inputs of a numerical comparison and ORT's outputs on the original ``model``; a
-    shape-only model is a :class:`MoecError`."""
-
-    module, lifted, _ = load_model(model)
-    if not module.moe_ops() or not all(
-        op.attrs["layer"].weights_present for op in module.moe_ops()
-    ):
-        raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
-    feeds, resolved = model_inputs(
-        module, lifted, seed=seed, dims=dims, inputs=inputs, model_path=model
-    )
-    return Reference(model, feeds, resolved, run_ort(lifted.model, feeds))
 
 
 @dataclass
@@ -240,7 +195,7 @@ def approx_check(
         exp_model = export_onnx(approx)
         ort_approx = run_ort(exp_model, ref.feeds)
         exported = [output_error(name, run.got[name], ort_approx[name]) for name in ref.want]
-        if any(op.attrs["layer"].annotations.get("skip_rule") for op in approx.moe_ops()):
+        if any(op.layer.annotations.skip_rule for op in approx.moe_ops()):
             note = "runtime skip/prune rules are not in the exported ONNX model"
     except ModelError as err:
         note = f"not exportable: {err.one_line()}"

@@ -42,7 +42,8 @@ from moec.compiler.lower.options import StrategyError
 from moec.ir.cost import dram_occupancy
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
-from moec.ir.routing import RoutingTrace, SynthSpec, parse_routing_spec
+from moec.ir.routing import RoutingTrace
+from moec.ir.routing_synth import SynthSpec, parse_routing_spec
 from moec.ir.stream import Load, Program, TargetRef
 from moec.ir.stream.values import HOST_CHANNEL
 from moec.ir.target import Target, load_target

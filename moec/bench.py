@@ -13,6 +13,9 @@ layers only:
 * ``dram_bytes`` / ``link_bytes``: bytes the MoE layers move (a DRAM load crossing links counts
   on each link it crosses);
 * ``peak_sram_bytes_max``: the largest per-die SRAM peak (slots and activations);
+* ``energy_j``: the MoE layers' ops' energy (:mod:`moec.ir.cost.energy`) plus static power over
+  ``latency_s``, split in ``energy_breakdown_j``; ``energy_per_token_j`` (over the iteration's
+  tokens) and ``edp`` (``energy_j x latency_s``);
 * ``bound_s``: :func:`moec.compiler.bench.spec.iteration_bound` for the work the iteration
   actually does: the routing after runtime rules (pairs dropped by ``caee-prune`` or
   ``skip-second`` are not work), minus the experts token buffering defers to the next iteration
@@ -67,6 +70,7 @@ from moec.backends.interp import simulate
 from moec.backends.interp.simulate import gc_paused
 from moec.backends.interp.timing import LOAD, XFER, Timeline
 from moec.compiler.bench.report import add_speedups
+from moec.compiler.bench.row import Accuracy, BenchRow, Energy, Row, Utilization
 from moec.compiler.bench.spec import (
     BenchError,
     accuracy_dims,
@@ -82,20 +86,15 @@ from moec.compiler.lower import _load_strategies as load_strategies
 from moec.compiler.lower.slots import check_tokens_fit
 from moec.ir.errors import MoecError
 from moec.ir.graph import Module
-from moec.ir.routing import (
-    LayerRouting,
-    RoutingTrace,
-    SynthSpec,
-    parse_routing_spec,
-    save_trace,
-)
+from moec.ir.routing import LayerRouting, RoutingTrace, save_trace
 from moec.ir.routing_seq import load_sequence
+from moec.ir.routing_synth import SynthSpec, parse_routing_spec
 from moec.ir.stream import Program, TargetRef
 from moec.ir.stream.params import FSEDPParams, strategy_params
 from moec.ir.target import Target, load_target
 
 if TYPE_CHECKING:
-    from moec.approx import Reference
+    from moec.check import Reference
 
 #: Tokens of the calibration sample given to popularity-aware strategies by default.
 CALIBRATION_TOKENS = 4096
@@ -103,7 +102,6 @@ DEFAULT_ROUTING = "synth:zipf=1.0,seed=0"
 #: Seed of the accuracy inputs of every row.
 ACCURACY_SEED = 0
 
-Row = dict[str, Any]
 Overrides = Sequence[tuple[str, int | float | str]]
 
 
@@ -141,6 +139,9 @@ def moe_metrics(tl: Timeline) -> dict[str, Any]:
             link += n
     latency = sum(e - s for s, e in spans.values())
     scale = 1.0 / latency if latency > 0 else 0.0
+    energy: dict[str, float] = {}
+    if tl.energy is not None:
+        energy = tl.energy.of_ops([k >= 0 for k in tl.layer], t, latency)
     links = len(t.links)
 
     def mean(a: np.ndarray) -> float:
@@ -156,6 +157,7 @@ def moe_metrics(tl: Timeline) -> dict[str, Any]:
         },
         "dram_bytes": int(dram),
         "link_bytes": int(link),
+        "energy_breakdown_j": energy,
     }
 
 
@@ -174,7 +176,7 @@ class _Workloads:
         """Seeded inputs of ``tokens`` tokens and ORT's outputs on the original ``model``."""
         key = (model, tokens)
         if key not in self._references:
-            from moec.approx import reference_run  # imports onnxruntime
+            from moec.check import reference_run  # imports onnxruntime
 
             spec = model if model.endswith(".onnx") else canonical_model(model)
             dims = accuracy_dims(load_bench_model(model).module, tokens, model)
@@ -254,7 +256,7 @@ def has_weights(model: str) -> bool:
 def row_accuracy(
     work: _Workloads, model: str, target: str, overrides: Overrides, tokens: int,
     strategy: str, passes: str,
-) -> dict[str, float | None]:  # fmt: skip
+) -> Accuracy:  # fmt: skip
     """The accuracy fields of one row (see the module docstring)."""
     from moec.approx import approx_run, summarize
 
@@ -268,9 +270,10 @@ def row_accuracy(
             model,
         )
     # six significant digits: readable JSON, and an error of 1e-7 still shows
-    return {
+    worst = {
         k: (float(f"{v:.6g}") if v is not None else None) for k, v in summarize(run.outputs).items()
     }
+    return Accuracy(**worst)  # type: ignore[arg-type]
 
 
 def deferred_by_layer(program: Program, routings: Sequence[LayerRouting]) -> list[list[int]]:
@@ -336,35 +339,16 @@ def run_point(
         for m in program.layers
     ]
     bound = iteration_bound(tgt, bm.layers[:layers], result.routings, precision, deferred, plans)
-    row: Row = {
-        "model": bm.name,
-        "target": tgt.name if not overrides else target,
-        "tokens": trace.tokens,
-        "strategy": strategy,
-        "passes": passes,
-        "layers": layers,
-        "latency_s": metrics["latency_s"],
-        "bound_s": bound.bound_s,
-        "bound_dram_s": bound.dram_s,
-        "bound_compute_s": bound.compute_s,
-        "latency_over_bound": (
-            round(metrics["latency_s"] / bound.bound_s, 6) if bound.bound_s > 0 else None
-        ),
-        "speedup_vs_ep": None,
-        "peak_sram_bytes_max": int(max(result.report.peak_sram_bytes, default=0)),
-        "dram_bytes": metrics["dram_bytes"],
-        "link_bytes": metrics["link_bytes"],
-        "utilization": metrics["utilization"],
-    }
+    deferred_pairs = None
     if any(deferred):
-        row["bound_excludes_deferred"] = True
-        row["bound_deferred_pairs"] = int(
+        deferred_pairs = int(
             sum(
                 np.isin(np.asarray(r.ids), d).sum()
                 for r, d in zip(result.routings, deferred, strict=False)
                 if d
             )
         )
+    serving = None
     if iterations > 1 or residency or arrivals:  # serving: N iterations in one simulation
         from moec.serve import routing_sequence, serving_row
 
@@ -376,30 +360,46 @@ def run_point(
             d = deferred_by_layer(program, rs)
             return iteration_bound(tgt, bm.layers[:layers], rs, precision, d, plans).bound_s
 
-        row["first_iteration_latency_s"] = row["latency_s"]
-        row["first_iteration_bound_s"] = row["bound_s"]
-        row.update(
-            serving_row(
-                program, tgt, seq, iterations, residency, bound_of, arrivals, allow_overflow
-            )
+        serving = serving_row(
+            program, tgt, seq, iterations, residency, bound_of, arrivals, allow_overflow
         )
+    sram_over = None
     if "sram_over_bytes" in result.report.extra:  # only with allow_overflow
-        row["sram_over_bytes"] = max(
-            int(result.report.extra["sram_over_bytes"]), int(row.get("sram_over_bytes", 0))
-        )
-    if overrides:
-        row["overrides"] = {k: v for k, v in overrides}
-    if accuracy:
-        row["accuracy"] = row_accuracy(
-            work, model, target, overrides, trace.tokens, strategy, passes
-        )
+        sram_over = int(result.report.extra["sram_over_bytes"])
+        if serving is not None and serving.sram_over_bytes is not None:
+            sram_over = max(sram_over, serving.sram_over_bytes)
     extra = {
         k: v for k, v in {**result.report.extra, **result.extra}.items()
         if isinstance(v, int | float | str | bool)
     }  # fmt: skip
-    if extra:
-        row["extra"] = extra
-    return row
+    util = metrics["utilization"]
+    return BenchRow(
+        model=bm.name,
+        target=tgt.name if not overrides else target,
+        tokens=trace.tokens,
+        strategy=strategy,
+        passes=passes,
+        layers=layers,
+        latency_s=metrics["latency_s"],
+        bound_s=bound.bound_s,
+        bound_dram_s=bound.dram_s,
+        bound_compute_s=bound.compute_s,
+        peak_sram_bytes_max=int(max(result.report.peak_sram_bytes, default=0)),
+        dram_bytes=metrics["dram_bytes"],
+        link_bytes=metrics["link_bytes"],
+        utilization=Utilization(util["compute"], util["dram"], util["links"]),
+        energy=Energy(metrics["energy_breakdown_j"], metrics["latency_s"], trace.tokens),
+        bound_deferred_pairs=deferred_pairs,
+        serving=serving,
+        sram_over_bytes=sram_over,
+        overrides={k: v for k, v in overrides} if overrides else None,
+        accuracy=(
+            row_accuracy(work, model, target, overrides, trace.tokens, strategy, passes)
+            if accuracy
+            else None
+        ),
+        extra=extra or None,
+    ).to_json()
 
 
 def run_bench(

@@ -6,6 +6,10 @@ skipping) into a temporary folder, runs the interpreter's numerics on seeded inp
 batch 2, others 8, or ``dims``), runs ONNX Runtime on the original model with the same inputs,
 and compares every graph output (``backends/ort/check.py`` defines the errors).
 
+:func:`reference_run` (inputs and ORT's outputs on the original model) and :func:`interpret` (the
+interpreter's outputs and dropped pairs) are the pieces :mod:`moec.approx` and ``moec bench
+--accuracy`` share with it.
+
 :func:`dump_trace` (``moec trace dump``) runs the original model in ONNX Runtime on the same
 generated inputs and records every MoE layer's routing.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,9 +45,9 @@ from moec.compiler.lower.weights_file import has_weights
 from moec.ir.errors import MoecError, TraceError
 from moec.ir.graph import Module
 from moec.ir.llm_inputs import llm_signature
-from moec.ir.moe import route
+from moec.ir.moe import MoELayer, route
 from moec.ir.routing import LayerRouting, RoutingTrace, assign_home_dies
-from moec.ir.stream import load_program
+from moec.ir.stream import Program, load_program
 
 
 def model_inputs(
@@ -68,18 +73,65 @@ def model_inputs(
     return make_inputs(lifted.model, resolved, seed, signature), resolved
 
 
-def _interpret(program_path: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Graph outputs computed by the interpreter from the program and its companion."""
+@dataclass(frozen=True)
+class Reference:
+    """Seeded (or given) inputs of a model and ONNX Runtime's outputs on the original model."""
+
+    model: str
+    feeds: dict[str, np.ndarray]
+    dims: dict[str, int]
+    want: dict[str, np.ndarray]
+
+
+def reference_of(
+    model: str,
+    module: Module,
+    lifted: LiftResult,
+    *,
+    seed: int = 0,
+    dims: Mapping[str, int] | None = None,
+    inputs: str | None = None,
+) -> Reference:
+    """The inputs of a run of a loaded ``model`` (:func:`model_inputs`) and ORT's outputs on
+    the original model."""
+    feeds, resolved = model_inputs(
+        module, lifted, seed=seed, dims=dims, inputs=inputs, model_path=model
+    )
+    return Reference(model, feeds, resolved, run_ort(lifted.model, feeds))
+
+
+def reference_run(
+    model: str,
+    *,
+    seed: int = 0,
+    dims: Mapping[str, int] | None = None,
+    inputs: str | None = None,
+) -> Reference:
+    """The inputs of a numerical comparison and ORT's outputs on the original ``model``; a
+    shape-only model is a :class:`MoecError`."""
+
+    module, lifted, _ = load_model(model)
+    if not module.moe_ops() or not all(op.layer.weights_present for op in module.moe_ops()):
+        raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
+    return reference_of(model, module, lifted, seed=seed, dims=dims, inputs=inputs)
+
+
+def interpret(
+    program: Program, path: str, feeds: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], int, int]:
+    """Interpreter outputs (a program file at ``path`` finds its weights companion beside it)
+    and (dropped, total) (token, expert) pairs over all layers."""
     from moec.backends.interp import simulate
 
-    program = load_program(program_path)
     result = simulate(
-        program, inputs=dict(feeds), base_dir=os.path.dirname(os.path.abspath(program_path))
-    )
-    outputs = result.outputs
-    if not outputs:
-        raise MoecError("the interpreter returned no graph outputs", program_path)
-    return {k: np.asarray(v) for k, v in outputs.items()}
+        program, inputs=dict(feeds), base_dir=os.path.dirname(os.path.abspath(path)),
+        allow_overflow=True,  # numbers only: no latency is reported, SRAM does not change them
+    )  # fmt: skip
+    if not result.outputs:
+        raise MoecError("the interpreter returned no graph outputs", path)
+    dropped = sum(int(np.count_nonzero(r.ids < 0)) for r in result.routings)
+    total = sum(int(r.ids.size) for r in result.routings)
+    return {k: np.asarray(v) for k, v in result.outputs.items()}, dropped, total
 
 
 def check_model(
@@ -97,18 +149,24 @@ def check_model(
     module, lifted, _ = load_model(model)
     if not has_weights(module):
         raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
-    feeds, resolved = model_inputs(
-        module, lifted, seed=seed, dims=dims, inputs=inputs, model_path=model
-    )
-    want = run_ort(lifted.model, feeds)
+    ref = reference_of(model, module, lifted, seed=seed, dims=dims, inputs=inputs)
     with tempfile.TemporaryDirectory(prefix="moec-check-") as tmp:
         path = os.path.join(tmp, "check.msp")
         compiled = compile_model(
-            model, path, target=target, overrides=overrides, strategy=strategy, dims=resolved
+            model, path, target=target, overrides=overrides, strategy=strategy, dims=ref.dims
         )
         write_compiled(compiled, path)
-        got = _interpret(path, feeds)
-    return compare(got, want, tol)
+        got, _, _ = interpret(load_program(path), path, ref.feeds)
+    return compare(got, ref.want, tol)
+
+
+def routed(layer: MoELayer, x: np.ndarray, home: np.ndarray) -> LayerRouting:
+    """The routing of tokens ``x`` [T, d] by ``layer``'s own router, tokens on dies ``home``."""
+    ids, gates = route(layer, x)
+    return LayerRouting(
+        layer.name, layer.num_experts, layer.top_k, ids.astype(np.int64),
+        gates.astype(np.float32), home,
+    )  # fmt: skip
 
 
 def dump_trace(
@@ -138,25 +196,15 @@ def dump_trace(
     layers = []
     tokens: int | None = None
     for op in module.moe_ops():
-        layer = op.attrs["layer"]
+        layer = op.layer
         x_name = op.inputs[0].name if op.inputs[0] is not None else ""
         x = captured[x_name].reshape(-1, layer.hidden)
-        ids, gates = route(layer, x)
         tokens = x.shape[0] if tokens is None else tokens
         if x.shape[0] != tokens:
             raise TraceError(
                 f"MoE layer {layer.name} sees {x.shape[0]} tokens, earlier layers {tokens}", model
             )
-        layers.append(
-            LayerRouting(
-                layer.name,
-                layer.num_experts,
-                layer.top_k,
-                ids.astype(np.int64),
-                gates.astype(np.float32),
-                assign_home_dies(x.shape[0], dies, home),
-            )  # fmt: skip
-        )
+        layers.append(routed(layer, x, assign_home_dies(x.shape[0], dies, home)))
     provenance: dict[str, Any] = {
         "source": "dump", "model_file": os.path.basename(model), "seed": seed, "home": home,
         "dims": dict(resolved), "inputs": os.path.basename(inputs) if inputs else "seeded",

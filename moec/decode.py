@@ -21,13 +21,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import onnx
 
-from moec.backends.ort.check import session
+from moec.backends.ort.check import session, with_outputs
+from moec.check import routed
 from moec.compile import load_model
 from moec.ir.errors import TraceError
-from moec.ir.moe import route
-from moec.ir.routing import LayerRouting, RoutingTrace, assign_home_dies
+from moec.ir.routing import RoutingTrace, assign_home_dies
 from moec.ir.routing_seq import RoutingSequence
 
 
@@ -80,14 +79,7 @@ def decode_sequence(
     ]
     ops = list(module.moe_ops())
     names = [op.inputs[0].name if op.inputs[0] is not None else "" for op in ops]
-    m = onnx.ModelProto()
-    m.CopyFrom(lifted.model)
-    present = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in present:
-            m.graph.output.append(onnx.ValueInfoProto(name=n))
-            present.add(n)
-    sess = session(m)
+    sess = session(with_outputs(lifted.model, names))
     out_names = [o.name for o in sess.get_outputs()]
     logits_name = next((n for n in out_names if n == "logits"), out_names[0])
     rng = np.random.default_rng(seed)
@@ -98,19 +90,9 @@ def decode_sequence(
         values = dict(zip(out_names, sess.run(out_names, {"input_ids": window}), strict=True))
         layers = []
         for op, n in zip(ops, names, strict=True):
-            layer = op.attrs["layer"]
+            layer = op.layer
             x = np.asarray(values[n]).reshape(batch, -1, layer.hidden)[:, -1, :]
-            ids, gates = route(layer, x)
-            layers.append(
-                LayerRouting(
-                    layer.name,
-                    layer.num_experts,
-                    layer.top_k,
-                    ids.astype(np.int64),
-                    gates.astype(np.float32),
-                    homes.copy(),
-                )  # fmt: skip
-            )
+            layers.append(routed(layer, x, homes.copy()))
         provenance = {
             "source": "decode", "model": name, "batch": batch, "prompt": prompt,
             "text": os.path.basename(source), "temperature": temperature, "seed": seed,

@@ -16,7 +16,8 @@ import numpy as np
 from moec.backends.interp import RunResult, check_routings, program_target, simulate
 from moec.backends.interp.numerics import load_weights, seeded_inputs
 from moec.ir.errors import ProgramError, TraceError
-from moec.ir.routing import RoutingTrace, load_trace, parse_routing_spec
+from moec.ir.routing import RoutingTrace, load_trace
+from moec.ir.routing_synth import parse_routing_spec
 from moec.ir.stream import Program, load_program, verify_program
 from moec.ir.target import Target, load_target
 
@@ -45,6 +46,19 @@ def load_inputs_npz(path: str) -> dict[str, np.ndarray]:
         raise ProgramError(f"cannot read inputs: {err}", path) from None
 
 
+def run_target(
+    program: Program,
+    base: str,
+    target: str | None = None,
+    overrides: Sequence[tuple[str, int | float | str]] = (),
+) -> Target:
+    """What a run of ``program`` runs on: ``target`` (a preset, or a TOML path relative to the
+    working folder) when given, else the target the program names (relative to ``base``), with
+    ``overrides`` (``--set`` pairs) on top."""
+    tgt = load_target(target, base_dir=os.getcwd()) if target else program_target(program, base)
+    return tgt.with_overrides(dict(overrides)) if overrides else tgt
+
+
 def run_program(
     program: str | Program,
     *,
@@ -68,9 +82,7 @@ def run_program(
         program = load_program(program)
     else:
         base = base_dir or os.getcwd()
-    tgt = load_target(target, base_dir=os.getcwd()) if target else program_target(program, base)
-    if overrides:
-        tgt = tgt.with_overrides(dict(overrides))
+    tgt = run_target(program, base, target, overrides)
     feeds: dict[str, np.ndarray] | None = None
     if isinstance(inputs, str):
         feeds = load_inputs_npz(inputs)

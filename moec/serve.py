@@ -25,9 +25,11 @@ from moec.backends.interp.batching import continuous_batching, parse_arrivals
 from moec.backends.interp.numerics import load_weights, seeded_inputs
 from moec.backends.interp.residency import POLICIES, residency_rewrite
 from moec.backends.interp.serving import ServingResult, simulate_iterations
+from moec.compiler.bench.row import Serving
 from moec.ir.errors import TraceError
-from moec.ir.routing import LayerRouting, RoutingTrace, SynthSpec, parse_routing_spec
+from moec.ir.routing import LayerRouting, RoutingTrace
 from moec.ir.routing_seq import RoutingSequence, load_sequence, spec_sequence
+from moec.ir.routing_synth import SynthSpec, parse_routing_spec
 from moec.ir.stream import Program
 from moec.ir.target import Target
 
@@ -107,14 +109,6 @@ def run_serving(
     return result
 
 
-#: The serving metrics a bench row carries (with ``iterations``).
-ROW_KEYS = (
-    "tokens_per_s", "iteration_latency_p50_s", "iteration_latency_p99_s", "token_latency_p50_s",
-    "token_latency_p99_s", "deferred_pairs", "deferred_pairs_final", "max_delay_iterations",
-    "max_delay_s", "dram_bytes_per_token",
-)  # fmt: skip
-
-
 def serving_row(
     program: Program,
     tgt: Target,
@@ -124,8 +118,8 @@ def serving_row(
     bound: Callable[[list[LayerRouting]], float],
     arrivals: str | None = None,
     allow_overflow: bool = False,
-) -> dict[str, Any]:
-    """The serving columns of a bench row: ``iterations`` of ``program`` on ``seq``
+) -> Serving:
+    """The serving figures of a bench row: ``iterations`` of ``program`` on ``seq``
     (``allow_overflow``: past a die's SRAM, with ``sram_over_bytes`` in the row).
 
     They replace the row's single-iteration ``latency_s`` by the mean iteration latency
@@ -142,22 +136,20 @@ def serving_row(
         allow_overflow=allow_overflow,
     )  # fmt: skip
     metrics = result.metrics.to_dict()
-    row: dict[str, Any] = {"iterations": iterations}
-    if "sram_over_bytes" in result.report.extra:
-        row["sram_over_bytes"] = int(result.report.extra["sram_over_bytes"])
-    row.update({k: metrics[k] for k in ROW_KEYS})
     bounds = [bound(rs) for rs in result.routings]
-    mean_bound = float(np.mean(bounds)) if bounds else 0.0
-    latency = result.metrics.makespan_s / iterations
-    row["latency_s"] = latency
-    row["bound_s"] = mean_bound
-    row["latency_over_bound"] = round(latency / mean_bound, 6) if mean_bound > 0 else None
-    if rewrite is not None:
-        row.update(rewrite.stats())
-        row["bound_excludes_residency"] = True
-    if arrivals:
-        row["arrivals"] = arrivals_of(result, arrivals)
-    return row
+    return Serving(
+        latency_s=result.metrics.makespan_s / iterations,
+        bound_s=float(np.mean(bounds)) if bounds else 0.0,
+        iterations=iterations,
+        **{k: metrics[k] for k in Serving.METRICS},
+        sram_over_bytes=(
+            int(result.report.extra["sram_over_bytes"])
+            if "sram_over_bytes" in result.report.extra
+            else None
+        ),
+        residency=rewrite.stats() if rewrite is not None else None,
+        arrivals=arrivals_of(result, arrivals) if arrivals else None,
+    )
 
 
 def arrivals_of(result: ServingResult, spec: str) -> list[dict[str, Any]]:
@@ -215,6 +207,6 @@ def _plain(v: Any) -> Any:
 
 
 __all__ = [
-    "POLICIES", "ROW_KEYS", "render_serving", "routing_sequence", "run_serving", "serving_doc",
+    "POLICIES", "render_serving", "routing_sequence", "run_serving", "serving_doc",
     "serving_json", "serving_row",
 ]  # fmt: skip

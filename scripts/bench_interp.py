@@ -20,7 +20,7 @@ import time
 
 from moec.backends.interp import program_target, simulate
 from moec.backends.interp.simulate import first_layers
-from moec.ir.routing import SynthSpec
+from moec.ir.routing_synth import SynthSpec
 from moec.ir.stream import load_program
 
 

@@ -27,22 +27,23 @@ def _annotated(pipeline: str = "annotate-importance"):
 def test_statistics_from_numerics():
     module = _annotated("annotate-importance{seed=3,tokens=32}")
     for op in module.moe_ops():
-        layer = op.attrs["layer"]
+        layer = op.layer
         a = layer.annotations
         E = layer.num_experts
         assert all(
-            len(a[k]) == E for k in ("routed_frac", "gate_mass", "contribution", "importance")
+            len(getattr(a, k)) == E
+            for k in ("routed_frac", "gate_mass", "contribution", "importance")
         )
-        assert sum(a["routed_frac"]) == pytest.approx(layer.top_k)  # k experts per token
-        assert sum(a["gate_mass"]) == pytest.approx(1.0, abs=1e-5)
-        assert sum(a["importance"]) == pytest.approx(1.0, abs=1e-5)
+        assert sum(a.routed_frac) == pytest.approx(layer.top_k)  # k experts per token
+        assert sum(a.gate_mass) == pytest.approx(1.0, abs=1e-5)
+        assert sum(a.importance) == pytest.approx(1.0, abs=1e-5)
         assert module.metadata["moec.calibration"] == "numerics:seed=3,tokens=32"
 
 
 def test_contribution_is_gate_times_output_norm():
     module, _ = load_module(TINY)
     cal = calibrate(module, seed=0, tokens=16)[0]
-    layer = module.moe_ops()[0].attrs["layer"]
+    layer = module.moe_ops()[0].layer
     stats = expert_stats(layer, cal)
     ids, gates = route(layer, cal.x)
     # the sum over experts of gate x ||expert output||, bounded below by ||routed output||
@@ -59,17 +60,17 @@ def test_trace_statistics_and_printing_are_deterministic():
     assert text1 == text2
     assert "importance=[" in text1 and "contribution=" not in text1
     module = _annotated("annotate-importance{trace=synth:zipf=1.2;seed=3}")
-    a = module.moe_ops()[0].attrs["layer"].annotations
-    assert a["importance"] == a["gate_mass"]  # no numerics: importance is the gate share
+    a = module.moe_ops()[0].layer.annotations
+    assert a.importance == a.gate_mass  # no numerics: importance is the gate share
     assert module.metadata["moec.calibration"].startswith("trace:synth:zipf=1.2,seed=3")
 
 
 def test_carried_into_the_runtime_policy():
     module = _annotated()
-    layer = module.moe_ops()[0].attrs["layer"]
+    layer = module.moe_ops()[0].layer
     r = RuntimePolicy(layer.name, "ep")
     carry_pass_annotations(layer, r)
-    assert r.annotations["importance"] == layer.annotations["importance"]
+    assert r.annotations["importance"] == layer.annotations.importance
     assert set(r.annotations) == {"importance", "gate_mass", "routed_frac", "contribution"}
 
 

@@ -39,8 +39,8 @@ def test_run_passes_and_load_model() -> None:
     assert name == "tiny_moe" and module.moe_ops()
     assert api.run_passes(module, "") is module
     after = api.run_passes(module, "annotate-importance")
-    layer = after.moe_ops()[0].attrs["layer"]
-    assert "importance" in layer.annotations
+    layer = after.moe_ops()[0].layer
+    assert layer.annotations.importance is not None
 
 
 def cli_references(path: Path) -> list[tuple[int, str]]:

@@ -40,7 +40,7 @@ def test_budget_plan_greedy_by_latency_per_error():
 
 def _layers(pipeline: str):
     module, _ = load_module(TINY)
-    before = {op.name: op.attrs["layer"].array("w_up").copy() for op in module.moe_ops()}
+    before = {op.name: op.layer.array("w_up").copy() for op in module.moe_ops()}
     module = parse_pipeline(pipeline).run(module)
     return module, before
 
@@ -48,8 +48,8 @@ def _layers(pipeline: str):
 def test_tiers_rewrite_quantizes_weights_for_real():
     module, before = _layers("annotate-importance,assign-precision{tiers=0.6/0.9}")
     for op in module.moe_ops():
-        layer = op.attrs["layer"]
-        plan = layer.annotations["precision"]
+        layer = op.layer
+        plan = layer.annotations.precision
         assert set(plan) <= {"fp16", "int8", "int4"} and len(plan) == layer.num_experts
         w_up = layer.array("w_up")
         for e, p in enumerate(plan):
@@ -59,7 +59,7 @@ def test_tiers_rewrite_quantizes_weights_for_real():
             else:
                 assert requantize(rows, {"int8": 8, "int4": 4}[p]) is not None
             assert not np.array_equal(w_up[e], before[op.name][e])
-        assert len(layer.annotations["quant_error"]) == layer.num_experts
+        assert len(layer.annotations.quant_error) == layer.num_experts
     text = module.print()
     assert "precision=['" in text and "quant_error=[" in text
 
@@ -67,10 +67,10 @@ def test_tiers_rewrite_quantizes_weights_for_real():
 def test_budget_keeps_the_estimated_error_within_budget():
     module, _ = _layers("annotate-importance,assign-precision{budget=0.01}")
     for op in module.moe_ops():
-        a = op.attrs["layer"].annotations
-        total = sum(err * imp for err, imp in zip(a["quant_error"], a["importance"], strict=True))
+        a = op.layer.annotations
+        total = sum(err * imp for err, imp in zip(a.quant_error, a.importance, strict=True))
         assert total <= 0.01 * (1 + 1e-4)
-        assert "int8" in a["precision"]  # the budget buys something
+        assert "int8" in a.precision  # the budget buys something
 
 
 @pytest.mark.parametrize(

@@ -24,13 +24,16 @@ base = "fsedp-2x2"
 """
 
 SPEC_TOML = """\
+[sweep]
+name = "t"
+
 [fixed]
-model = "tiny_moe"
-target = "fsedp-2x2"
-strategy = "ep"
-tokens = 16
+models = "tiny_moe"
+targets = "fsedp-2x2"
+strategies = "ep"
 
 [axes]
+tokens = [16]
 """
 
 
@@ -166,6 +169,14 @@ def test_unwritable_output(
     if case == "existing-folder":
         (work / filled[-1]).mkdir()
     _expect_error(filled, work, capsys)
+
+
+@pytest.mark.parametrize("out", ["notes.txt", "notes.txt/res", "sub/../notes.txt"])
+def test_sweep_results_folder_that_is_a_file(
+    out: str, work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _expect_error(["sweep", "spec.toml", "--local", "-o", out], work, capsys)
+    assert "notes.txt: is a file, not a results folder" in line, line
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

@@ -120,7 +120,8 @@ def test_parsers() -> None:
 
 
 def test_recorded_trace_and_calibration(tmp_path: Path) -> None:
-    from moec.ir.routing import save_trace, synth_zipf
+    from moec.ir.routing import save_trace
+    from moec.ir.routing_synth import synth_zipf
 
     trace = synth_zipf(24, 32, 2, 32, zipf=1.2, seed=4, num_dies=4)
     path = tmp_path / "t.npz"

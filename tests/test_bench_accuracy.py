@@ -18,7 +18,7 @@ from moec.compiler.bench.spec import (
 )
 from moec.compiler.cli.main import main
 from moec.ir.cost import layer_bound
-from moec.ir.routing import synth_zipf
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.target import load_target
 
 PRECISION = "annotate-importance,assign-precision{tiers=0.6/0.9}"

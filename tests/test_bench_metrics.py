@@ -12,7 +12,7 @@ from moec.backends.interp import simulate
 from moec.bench import moe_metrics
 from moec.compiler.bench.spec import load_bench_model, truncate
 from moec.compiler.lower import lower, parse_strategy
-from moec.ir.routing import synth_zipf
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import TargetRef
 from moec.ir.stream.program import HOST_CHANNEL, Load, Recv
 from moec.ir.target import load_target

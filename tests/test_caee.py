@@ -15,7 +15,7 @@ from moec.compile import compile_model, write_compiled
 from moec.compiler.passes import parse_pipeline
 from moec.compiler.passes.caee_prune import resident_set
 from moec.compiler.passes.pipeline import PassError
-from moec.ir.routing import synth_zipf
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import MoEDecl, RuntimePolicy, SkipRule, load_program
 from moec.ir.target import load_target
 from moec.models.moe_blocks import MoESpec, decomposed_moe

@@ -159,7 +159,7 @@ def test_trace_dump_records_the_router(tmp_path: Path, capsys: pytest.CaptureFix
     feeds = make_inputs(lifted.model, {"batch": 2, "seq": 8}, seed=2)
     xs = run_ort(lifted.model, feeds, [lf.input for lf in lifted.lifted])
     for op, lr in zip(module.moe_ops(), trace.layers, strict=True):
-        layer = op.attrs["layer"]
+        layer = op.layer
         ids, gates = route(layer, xs[op.inputs[0].name].reshape(-1, layer.hidden))
         np.testing.assert_array_equal(lr.ids, ids)
         np.testing.assert_allclose(lr.gates, gates, rtol=1e-6)

@@ -36,3 +36,14 @@ def test_models_list_shows_files_and_groups(capsys: pytest.CaptureFixture[str]) 
     for name in ("models/tiny_moe_lm.onnx", "models/tiny_moe_lm_fg.onnx", "qwen3-30b-a3b"):
         assert name in out
     assert any(line.startswith("paper ") and "qwen3-30b-a3b" in line for line in out.splitlines())
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_residency_choices_are_the_interpreters_policies(command: str, capsys) -> None:
+    from moec.backends.interp.residency import POLICIES
+
+    with pytest.raises(SystemExit):
+        main([command, "--residency", "nosuch"])
+    err = capsys.readouterr().err
+    choices = err.split("choose from ", 1)[1].split(")", 1)[0]
+    assert choices.replace("'", "").split(", ") == list(POLICIES)

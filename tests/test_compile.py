@@ -13,7 +13,8 @@ from onnx import numpy_helper
 from moec.compiler.cli.main import main
 from moec.compiler.frontend import load_module
 from moec.ir.moe import layer_config, layer_from_config, present
-from moec.ir.routing import save_trace, synth_zipf
+from moec.ir.routing import save_trace
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import load_program
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def test_companion_is_the_residual_model_with_canonical_layers(
     module, _ = load_module(TINY)
     inits = {t.name: numpy_helper.to_array(t) for t in comp.graph.initializer}
     for node, op in zip(moe_nodes, module.moe_ops(), strict=True):
-        layer = op.attrs["layer"]
+        layer = op.layer
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attrs.pop("layer") == layer.name.encode()
         assert set(attrs) == set(layer_config(layer))

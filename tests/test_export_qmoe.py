@@ -28,7 +28,7 @@ MIXED = ["fp16", "int8", "int4", "int8", "fp16", "int4", "int4", "int8"]
 def _module(path: Path, plan: list[str] | None = None, block: int | None = None):
     module, _ = load_module(path)
     for op in module.moe_ops():
-        apply_plan(op.attrs["layer"], plan or MIXED, block)
+        apply_plan(op.layer, plan or MIXED, block)
     return module
 
 
@@ -67,8 +67,8 @@ def test_unnormalized_router_uses_qdq(tmp_path):
 
 def test_weights_off_the_grid_are_an_error():
     module = _module(TINY)
-    layer = module.moe_ops()[0].attrs["layer"]
-    layer.annotations["precision"] = ["int8"] * layer.num_experts  # fp16 experts are not int8
+    layer = module.moe_ops()[0].layer
+    layer.annotations.precision = ["int8"] * layer.num_experts  # fp16 experts are not int8
     with pytest.raises(
         ModelError, match=r"moe0: fc1 \(gate/up\) weights of experts .* not on an int8 grid"
     ):

@@ -18,7 +18,8 @@ from strategy_cases import run
 from moec.compiler.lower import lower
 from moec.ir.graph import Builder, Module, TensorType
 from moec.ir.moe import MoELayer, declared
-from moec.ir.routing import LayerRouting, RoutingTrace, synth_zipf
+from moec.ir.routing import LayerRouting, RoutingTrace
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import Load, Program, SliceRef, TargetRef
 
 HIDDEN, FFN, SHARED_FFN = 64, 256, 512

@@ -23,7 +23,7 @@ def test_module_has_one_moe_op_per_layer_and_keeps_dense_ops() -> None:
     module, res = lift_model(model, where="tiny")
     moe = module.moe_ops()
     assert [op.name for op in moe] == ["moe0", "moe1"]
-    assert [op.attrs["layer"].annotations["onnx_node"] for op in moe] == [
+    assert [op.layer.annotations.onnx_node for op in moe] == [
         "layer1.moe.topk",
         "layer2.moe.topk",
     ]
@@ -39,8 +39,8 @@ def test_module_has_one_moe_op_per_layer_and_keeps_dense_ops() -> None:
 
 
 def test_fused_and_decomposed_lift_to_the_same_structure() -> None:
-    a = lift_model(tiny.tiny_moe(0))[0].moe_ops()[0].attrs["layer"]
-    b = lift_model(tiny.tiny_moe_decomposed(0))[0].moe_ops()[0].attrs["layer"]
+    a = lift_model(tiny.tiny_moe(0))[0].moe_ops()[0].layer
+    b = lift_model(tiny.tiny_moe_decomposed(0))[0].moe_ops()[0].layer
     for field in ("num_experts", "top_k", "hidden", "ffn", "activation", "gated", "normalize_topk"):
         assert getattr(a, field) == getattr(b, field)
 

@@ -19,7 +19,7 @@ from frontend_models import layer_errors
 from onnx import TensorProto, numpy_helper
 from ort_capture import capture, max_rel_error
 
-from moec.compiler.frontend.fused import QMOE_NORMALIZE_NOTE, QMOE_NORMALIZE_NOTE_KEY
+from moec.compiler.frontend.fused import QMOE_NORMALIZE_NOTE
 from moec.compiler.frontend.lift import lift_model
 from moec.ir.errors import ModelError
 from moec.ir.moe import evaluate
@@ -248,7 +248,7 @@ def test_qmoe_renormalizes_despite_normalize_0(bits: int, top_k: int) -> None:
     _, result = lift_model(model)
     (lf,) = result.lifted
     assert lf.layer.normalize_topk
-    assert lf.layer.annotations[QMOE_NORMALIZE_NOTE_KEY] == QMOE_NORMALIZE_NOTE
+    assert lf.layer.annotations.routing_note == QMOE_NORMALIZE_NOTE
     got = capture(model, feeds(), [lf.input, lf.output])
     x, y = got[lf.input], got[lf.output]
     assert max_rel_error(evaluate(lf.layer, x), y) <= 1e-4
@@ -261,14 +261,14 @@ def test_float_moe_honours_normalize_0() -> None:
     model = rewired(fused_moe, _tokens_reshaped, spec)
     _, result = lift_model(model)
     layer = result.lifted[0].layer
-    assert not layer.normalize_topk and QMOE_NORMALIZE_NOTE_KEY not in layer.annotations
+    assert not layer.normalize_topk and layer.annotations.routing_note is None
     assert layer_errors(model, feeds())[0] <= 1e-4
 
 
 def test_qmoe_normalize_1_has_no_note() -> None:
     _, result = lift_model(rewired(_qmoe4, _tokens_reshaped))
     layer = result.lifted[0].layer
-    assert layer.normalize_topk and QMOE_NORMALIZE_NOTE_KEY not in layer.annotations
+    assert layer.normalize_topk and layer.annotations.routing_note is None
 
 
 def test_rewired_models_keep_expert_weights() -> None:

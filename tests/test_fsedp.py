@@ -34,7 +34,8 @@ from moec.compiler.lower.common import StrategyError
 from moec.compiler.lower.fsedp import VARIANTS, auto_slices, expected_tokens_per_die
 from moec.compiler.lower.trajectory import trajectory_cycle
 from moec.ir.cost import slice_compute_time, transfer_time
-from moec.ir.routing import RoutingTrace, synth_zipf
+from moec.ir.routing import RoutingTrace
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import Load, Program, Recv, Send, SliceRef, TargetRef, print_program
 from moec.ir.target import load_target
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from moec.compiler.cli.main import main
-from moec.ir.routing import save_trace, synth_zipf
+from moec.ir.routing import save_trace
+from moec.ir.routing_synth import synth_zipf
 
 
 @pytest.fixture(scope="module")

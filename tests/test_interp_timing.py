@@ -13,7 +13,7 @@ import pytest
 from moec.backends.interp import simulate
 from moec.backends.interp.timing import DELAY, Timeline, run_timing
 from moec.ir.cost import compute_time, dram_time, link_time, load_time
-from moec.ir.routing import synth_zipf
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import (
     Accum,
     Act,

@@ -18,7 +18,8 @@ from moec.compiler.lower import StrategyError
 from moec.compiler.lower.residency import expert_scores, layer_residency, resident_plan
 from moec.ir.cost import dram_occupancy, host_occupancy, host_time
 from moec.ir.errors import ProgramError
-from moec.ir.routing import LayerRouting, synth_zipf
+from moec.ir.routing import LayerRouting
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import Load, MoEDecl, RuntimePolicy, SliceRef, parse_program, print_program
 from moec.ir.stream.program import HOST_CHANNEL
 from moec.ir.stream.verify import verify_program
@@ -106,7 +107,7 @@ def test_residency_from_importance_then_trace_then_id(tmp_path):
     seen = {}
 
     def keep(module):
-        seen["layer"] = module.moe_ops()[0].attrs["layer"]
+        seen["layer"] = module.moe_ops()[0].layer
 
     c = compile_model(
         str(path), str(tmp_path / "a.msp"), target="npu8-hbm", strategy="ep{resident=0.25}",
@@ -119,7 +120,7 @@ def test_residency_from_importance_then_trace_then_id(tmp_path):
     layer = seen["layer"]
     assert expert_scores(layer, None) == (None, "id")
     assert layer_residency(layer, 0.25, None) == [1] * 8 + [0] * 24
-    layer.annotations["importance"] = [float(e) for e in range(32)]  # annotations win
+    layer.annotations.importance = [float(e) for e in range(32)]  # annotations win
     assert layer_residency(layer, 0.25, trace.layers[0]) == [0] * 24 + [1] * 8
     assert layer_residency(layer, 1.0, trace.layers[0]) is None
 

@@ -12,15 +12,13 @@ from moec.compiler.cli.main import main
 from moec.ir.errors import TraceError
 from moec.ir.routing import (
     RoutingTrace,
-    SynthSpec,
     assign_home_dies,
     layer_stats,
     load_trace,
-    parse_routing_spec,
     save_trace,
-    synth_zipf,
     validate,
 )
+from moec.ir.routing_synth import SynthSpec, parse_routing_spec, synth_zipf
 
 
 def _same(a: RoutingTrace, b: RoutingTrace) -> None:
@@ -273,7 +271,7 @@ def test_cli_synth_from_onnx_model(
 
     def op(name: str, E: int, k: int) -> object:
         layer = types.SimpleNamespace(name=name, num_experts=E, top_k=k)
-        return types.SimpleNamespace(attrs={"layer": layer})
+        return types.SimpleNamespace(attrs={"layer": layer}, layer=layer)
 
     module = types.SimpleNamespace(moe_ops=lambda: [op("moe0", 8, 2), op("moe1", 16, 4)])
     seen: list[str] = []
@@ -307,3 +305,12 @@ def test_cli_synth_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["trace", "synth", "--model", "gpt-9", "--tokens", "6", "-o", "x.json"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown model 'gpt-9', expected a .onnx file or one of" in err
+
+
+def test_synth_docstring_example() -> None:
+    import doctest
+
+    import moec.ir.routing_synth as routing_synth
+
+    failed, attempted = doctest.testmod(routing_synth)
+    assert attempted > 0 and failed == 0

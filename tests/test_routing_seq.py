@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from moec.ir.errors import TraceError
-from moec.ir.routing import parse_routing_spec, save_trace, synth_layers
+from moec.ir.routing import load_trace, save_trace
 from moec.ir.routing_seq import (
     RoutingSequence,
     load_sequence,
@@ -19,6 +19,7 @@ from moec.ir.routing_seq import (
     spec_sequence,
     synth_sequence,
 )
+from moec.ir.routing_synth import parse_routing_spec, synth_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +120,21 @@ def test_lm_decode_routing(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert _same(load_sequence(out), seq)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"ids_0_0": np.zeros(2)}, "NPZ trace has no 'meta' array"),
+        ({"meta": np.array([1, 2])}, "meta: expected one JSON text"),
+        ({"meta": np.array("{")}, "meta: invalid JSON"),
+        ({"meta": np.array('{"layers": 1}')}, "expected an object with a 'layers' list"),
+    ],
+)
+def test_bad_npz_headers_are_located_errors(tmp_path: Path, arrays: dict, message: str) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    for load in (load_sequence, load_trace):
+        with pytest.raises(TraceError, match=message) as err:
+            load(path)
+        assert str(path) in str(err.value.where)

@@ -100,7 +100,7 @@ def test_early_rejection_only_rejects_what_lowering_rejects(strategy: str) -> No
     rejected = 0
     for tokens in (64, 256, 400, 404, 512):
         module = moe_module(8, 2, tokens)
-        layers = [op.attrs["layer"] for op in module.moe_ops()]
+        layers = [op.layer for op in module.moe_ops()]
         try:
             check_tokens_fit(layers, target, tokens, "hand")
         except ScheduleError:

@@ -48,8 +48,8 @@ def test_never_drops_the_first_even_at_beta_one():
 def test_pass_records_rule_and_runtime_applies_it():
     module, _ = load_module(TINY)
     module = parse_pipeline("skip-second").run(module)
-    layer = module.moe_ops()[0].attrs["layer"]
-    rule, beta = layer.annotations["skip_rule"]
+    layer = module.moe_ops()[0].layer
+    rule, beta = layer.annotations.skip_rule
     assert rule == "second" and 0 < beta < 1
     r = RuntimePolicy(layer.name, "ep")
     carry_pass_annotations(layer, r)
@@ -68,7 +68,7 @@ def test_pass_records_rule_and_runtime_applies_it():
 def test_fixed_beta_and_errors():
     module, _ = load_module(TINY)
     module = parse_pipeline("skip-second{beta=0.25}").run(module)
-    assert module.moe_ops()[1].attrs["layer"].annotations["skip_rule"] == ("second", 0.25)
+    assert module.moe_ops()[1].layer.annotations.skip_rule == ("second", 0.25)
     with pytest.raises(
         PassError, match=r"--passes:1: pass skip-second: beta must be auto or a number"
     ):

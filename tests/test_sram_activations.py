@@ -22,7 +22,8 @@ from moec.compiler.frontend import load_module
 from moec.compiler.lower import lower
 from moec.compiler.lower.common import predicted_activations
 from moec.ir.errors import ScheduleError
-from moec.ir.routing import LayerRouting, RoutingTrace, save_trace, synth_zipf
+from moec.ir.routing import LayerRouting, RoutingTrace, save_trace
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.stream import (
     Accum,
     Act,

@@ -18,7 +18,7 @@ from strategy_cases import (
 
 from moec.backends.interp.expand.eplb import split_tokens
 from moec.ir.errors import ProgramError
-from moec.ir.routing import synth_zipf
+from moec.ir.routing_synth import synth_zipf
 from moec.ir.target import load_target
 
 

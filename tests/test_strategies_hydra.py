@@ -17,7 +17,8 @@ from strategy_cases import (
 )
 
 from moec.compiler.lower import StrategyError
-from moec.ir.routing import save_trace, synth_zipf
+from moec.ir.routing import save_trace
+from moec.ir.routing_synth import synth_zipf
 
 # Experts 0 and 2 are hot (2 tokens each); round-robin EP puts both on die 0.
 IDS = [[0], [2], [0], [2]]

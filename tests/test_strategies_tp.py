@@ -17,7 +17,7 @@ from strategy_cases import (
 )
 
 from moec.compiler.lower.tp import owners, split_over_dies
-from moec.ir.routing import synth_zipf
+from moec.ir.routing_synth import synth_zipf
 
 
 def test_tp_latency_by_hand(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def test_frontend_lifts_deepseek_style_routing() -> None:
     """Sigmoid scores, a correction bias, group-limited top-k, routed scaling, shared experts:
     found by dataflow in the decomposed standard-op form."""
     module, lifted = load_module(MODEL)
-    layers = [op.attrs["layer"] for op in module.moe_ops()]
+    layers = [op.layer for op in module.moe_ops()]
     assert len(layers) == len(lifted.lifted) == 2
     config = json.loads({p.key: p.value for p in lifted.model.metadata_props}["moec.config"])
     for layer in layers:
@@ -128,7 +128,7 @@ def test_training_script_is_reproducible(tmp_path: Path) -> None:
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
     module, _ = load_module(tmp_path / "a.onnx")
-    layers = [op.attrs["layer"] for op in module.moe_ops()]
+    layers = [op.layer for op in module.moe_ops()]
     assert [
         (ly.num_experts, ly.top_k, ly.n_group, ly.topk_group, ly.num_shared) for ly in layers
     ] == [(32, 4, 4, 2, 1)] * 2

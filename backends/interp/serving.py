@@ -48,13 +48,13 @@ from typing import Any
 
 import numpy as np
 
-from moec.backends.interp.expand import expand_layer, layouts_for
+from moec.backends.interp.expand import expand_layer
 from moec.backends.interp.expand.fsedp_carry import Carried, buffering_slack, expand_with_carry
 from moec.backends.interp.expand.fsedp_deferred import DEFERRED_SUFFIX
-from moec.backends.interp.offload import check_declarations, offload_loads
+from moec.backends.interp.offload import offload_loads
 from moec.backends.interp.report import Report, make_report
 from moec.backends.interp.rules import apply_rules
-from moec.backends.interp.simulate import check_fit, check_routings, program_target, simulate
+from moec.backends.interp.simulate import check_fit, check_routings, prepare, simulate
 from moec.backends.interp.timing import Timeline, run_timing
 from moec.ir.errors import TraceError
 from moec.ir.routing import LayerRouting
@@ -73,7 +73,6 @@ from moec.ir.stream.program import (
     SliceRef,
     Wait,
 )
-from moec.ir.stream.verify import verify_program
 from moec.ir.target import Target
 
 #: Joins a layer or event name and its iteration in a serving run's program.
@@ -414,14 +413,7 @@ def simulate_iterations(
     """
     if iterations < 1:
         raise TraceError(f"--iterations: expected an integer >= 1, found {iterations}")
-    tgt = target if target is not None else program_target(program, base_dir)
-    if verify:
-        verify_program(program, tgt)
-    layouts = layouts_for(program, tgt)
-    for r in program.runtime:
-        decl = program.layer(r.layer)
-        if decl is not None:
-            check_declarations(program, r, decl, tgt)
+    tgt, layouts = prepare(program, target, base_dir, verify)
     if routings is not None and len(routings) < iterations:
         raise TraceError(
             f"the routing has {len(routings)} iterations, the run asks for {iterations}",
@@ -453,7 +445,7 @@ def simulate_iterations(
             carry = dict(its[-1].deferred)
     prog, hosted, deferred = concatenate(program, layouts, its, rewrite)
     tl = run_timing(prog, tgt)
-    check_fit(tl, tgt, program.filename, allow_overflow)
+    check_fit(tl, tgt, program, allow_overflow)
     tokens = program.layers[0].tokens if program.layers else 0
     metrics, pairs = _metrics(tl, prog, hosted, deferred, its, tokens)
     report = make_report(tl, program.name)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,8 +53,8 @@ from moec.ir.stream.program import (
     SliceLayout,
     SliceRef,
 )
-from moec.ir.stream.verify import verify_program
-from moec.ir.target import Target, load_target
+from moec.ir.stream.verify import named_target, verify_program
+from moec.ir.target import Target
 
 
 @dataclass
@@ -72,13 +71,29 @@ class RunResult:
 
 
 def program_target(p: Program, base_dir: str | None = None) -> Target:
-    """The target a program names (preset or TOML relative to ``base_dir``), with overrides."""
-    if p.target is None:
+    """The target a program names (preset or TOML relative to ``base_dir``), with overrides;
+    one that names none is an error (:func:`moec.ir.stream.verify.named_target`)."""
+    target = named_target(p, base_dir)
+    if target is None:
         raise ProgramError("the program names no target; pass one", p.filename)
-    base = base_dir
-    if base is None and os.path.exists(p.filename):
-        base = os.path.dirname(os.path.abspath(p.filename))
-    return load_target(p.target.spec, dict(p.target.overrides), base_dir=base)
+    return target
+
+
+def prepare(
+    program: Program, target: Target | None, base_dir: str | None, verify: bool
+) -> tuple[Target, dict[tuple[str, bool], SliceLayout]]:
+    """What every run of ``program`` starts with: its target (``target``, else the one it
+    names), the program verified against it (when ``verify``), its slice layouts, and each
+    runtime policy's declarations checked."""
+    tgt = target if target is not None else program_target(program, base_dir)
+    if verify:
+        verify_program(program, tgt)
+    layouts = layouts_for(program, tgt)
+    for r in program.runtime:
+        decl = program.layer(r.layer)
+        if decl is not None:
+            check_declarations(program, r, decl, tgt)
+    return tgt, layouts
 
 
 def check_routings(
@@ -171,12 +186,14 @@ def expand_runtime(
     return r, offload_loads(per_die, p.policy(m.name), m)
 
 
-def check_fit(tl: Timeline, target: Target, where: str | None, allow_overflow: bool) -> None:
+def check_fit(tl: Timeline, target: Target, program: Program, allow_overflow: bool) -> None:
     """SRAM is a hard limit: a run whose peak (slots and activations) exceeds a die's SRAM is a
-    one-line :class:`ScheduleError` (:func:`~.sram.sram_overflow`), unless the overflow is
-    allowed; then the timeline's ``sram_over_bytes`` says by how much."""
+    one-line :class:`ScheduleError` (:func:`~.sram.sram_overflow`) located at the program's file
+    (its name when it has none), unless the overflow is allowed; then the timeline's
+    ``sram_over_bytes`` says by how much."""
     why = sram_overflow(target, tl.peak_sram, tl.peak_sram_slots, tl.peak_sram_activations)
     if why is not None and not allow_overflow:
+        where = program.filename if program.filename != "<string>" else program.name
         raise ScheduleError(why, where)
 
 
@@ -234,14 +251,7 @@ def _simulate(
     verified: bool,
     allow_overflow: bool,
 ) -> RunResult:
-    tgt = target if target is not None else program_target(program, base_dir)
-    if verify and not verified:
-        verify_program(program, tgt)
-    layouts = layouts_for(program, tgt)
-    for r in program.runtime:
-        decl = program.layer(r.layer)
-        if decl is not None:
-            check_declarations(program, r, decl, tgt)
+    tgt, layouts = prepare(program, target, base_dir, verify and not verified)
     expansions: dict[str, dict[int, list[Instr]]] = {}
     outputs: dict[str, np.ndarray] | None = None
     given = check_routings(program, tgt, routings) if routings is not None else None
@@ -290,9 +300,10 @@ def _simulate(
         verify_program(expanded, tgt)
     tl = run_timing(expanded, tgt)
     charge_deferred(expanded, tl)  # token-buffered pairs belong to the next iteration
-    check_fit(tl, tgt, program.filename, allow_overflow)
+    check_fit(tl, tgt, program, allow_overflow)
     report = make_report(tl, program.name)
     report.extra.update(tl.extra)
+    report.tokens = program.layers[0].tokens if program.layers else 0
     trace = chrome_trace(tl) if record_trace else None
     expanded = dataclasses.replace(expanded, filename=program.filename)
     return RunResult(report, expanded, tl, used, outputs, trace)

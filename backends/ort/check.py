@@ -173,19 +173,25 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
         raise ModelError(f"ONNX Runtime cannot load the model: {error_text(err)}") from None
 
 
-def run_ort(
-    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], extra: Sequence[str] = ()
-) -> dict[str, np.ndarray]:
-    """Every graph output of ``model`` on ``feeds``, plus the intermediate values ``extra``."""
+def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the intermediate values ``names`` (typed where the
+    graph's value_info knows them)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     present = {o.name for o in m.graph.output}
     typed = {vi.name: vi for vi in m.graph.value_info}
-    for name in extra:
+    for name in names:
         if name not in present:
             m.graph.output.append(typed.get(name) or onnx.ValueInfoProto(name=name))
             present.add(name)
-    sess = session(m)
+    return m
+
+
+def run_ort(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], extra: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
+    """Every graph output of ``model`` on ``feeds``, plus the intermediate values ``extra``."""
+    sess = session(with_outputs(model, extra))
     names = [o.name for o in sess.get_outputs()]
     try:
         values = sess.run(names, dict(feeds))

@@ -68,7 +68,7 @@ class BenchModel:
 
     @property
     def layers(self) -> list[MoELayer]:
-        return [op.attrs["layer"] for op in self.module.moe_ops()]
+        return [op.layer for op in self.module.moe_ops()]
 
     def layer_shapes(self) -> list[tuple[int, int]]:
         """``[(num_experts, top_k)]`` per MoE layer, as routing traces need."""

@@ -44,6 +44,7 @@ from moec.compiler.bench.spec import (
     parse_strategies,
     parse_tokens,
 )
+from moec.compiler.cli.args import add_serving_args, add_target_args
 from moec.ir.files import check_outputs
 from moec.progress import Progress
 
@@ -59,20 +60,11 @@ def register(subparsers: Any) -> None:
         metavar="NAME|FILE",
         help="model name(s) or .onnx file(s), comma-separated; 'paper' = the 4 paper models",
     )
-    p.add_argument(
-        "--target",
-        default="fsedp-2x2",
-        metavar="T",
+    add_target_args(
+        p, default="fsedp-2x2",
         help="target preset(s) or .toml file(s), comma-separated; 'paper' = 2x2,3x3,4x4",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="target override, e.g. d2d_gbps=512 (repeatable)",
-    )
+        set_help="target override, e.g. d2d_gbps=512 (repeatable)",
+    )  # fmt: skip
     p.add_argument(
         "--tokens",
         metavar="N,...",
@@ -122,18 +114,12 @@ def register(subparsers: Any) -> None:
         "outputs vs ONNX Runtime on the original model, on seeded inputs of the row's tokens "
         "(default: on for models with weights; shape-only models get none)",
     )
-    p.add_argument(
-        "--iterations", type=int, default=1, metavar="N",
-        help="serve N iterations per row in one simulation: rows gain tokens_per_s, latency "
-        "percentiles, deferred_pairs_final (moec.serve)",
-    )  # fmt: skip
-    p.add_argument(
-        "--residency", choices=("lru", "popularity"),
-        help="with --iterations: keep loaded micro-slices in spare SRAM across iterations",
-    )  # fmt: skip
-    p.add_argument(
-        "--arrivals", metavar="poisson:rate=R[/R2..],len=L",
-        help="with --iterations: continuous batching of Poisson requests over the run's "
+    add_serving_args(
+        p, iterations_default=1,
+        iterations_help="serve N iterations per row in one simulation: rows gain tokens_per_s, "
+        "latency percentiles, deferred_pairs_final (moec.serve)",
+        arrivals_metavar="poisson:rate=R[/R2..],len=L",
+        arrivals_help="with --iterations: continuous batching of Poisson requests over the run's "
         "iteration times (moec.backends.interp.batching); rows gain 'arrivals'",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help='print {"rows": [...]}')

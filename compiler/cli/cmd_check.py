@@ -28,7 +28,7 @@ from typing import Any
 from moec.approx import approx_check
 from moec.check import check_model
 from moec.compile import parse_dims, parse_overrides
-from moec.compiler.cli.cmd_compile import add_target_args
+from moec.compiler.cli.args import add_input_args, add_strategy_arg, add_target_args
 
 
 def register(subparsers: Any) -> None:
@@ -38,19 +38,8 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     p.add_argument("model", metavar="MODEL", help=".onnx file or a tiny model name")
     add_target_args(p)
-    p.add_argument(
-        "--strategy", default="ep", metavar="S", help="strategy, e.g. ep{placement=blocks}"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
-    p.add_argument(
-        "--dims",
-        nargs="*",
-        action="extend",
-        default=[],
-        metavar="NAME=VALUE",
-        help="symbolic dim sizes",
-    )
-    p.add_argument("--inputs", metavar="F.npz", help="model inputs instead of seeded ones")
+    add_strategy_arg(p)
+    add_input_args(p)
     p.add_argument(
         "--tol",
         type=float,

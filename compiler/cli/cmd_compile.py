@@ -18,13 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from moec.auto import DEFAULT_BUDGET, explain
-from moec.compile import (
-    DEFAULT_TARGET,
-    compile_model,
-    parse_dims,
-    parse_overrides,
-    write_compiled,
-)
+from moec.compile import compile_model, parse_dims, parse_overrides, write_compiled
+from moec.compiler.cli.args import add_dims_arg, add_strategy_arg, add_target_args
 from moec.compiler.lower.weights_file import companion_name
 from moec.ir.files import check_outputs
 from moec.progress import Progress
@@ -38,12 +33,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("model", metavar="MODEL", help=".onnx file or a model name from `moec models`")
     p.add_argument("-o", "--output", required=True, metavar="PROG.msp")
     add_target_args(p)
-    p.add_argument(
-        "--strategy",
-        default="ep",
-        metavar="S",
-        help="strategy, e.g. ep{placement=blocks}, or auto (search them)",
-    )
+    add_strategy_arg(p, "strategy, e.g. ep{placement=blocks}, or auto (search them)")
     p.add_argument(
         "--search-budget", type=int, default=DEFAULT_BUDGET, metavar="N",
         help=f"--strategy auto: interpreter runs the search may spend (default {DEFAULT_BUDGET})",
@@ -55,25 +45,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--passes", default="", metavar="PIPELINE", help="pass pipeline string")
     p.add_argument("--routing", metavar="TRACE", help="routing trace (.json or .npz)")
     p.add_argument("--tokens", type=int, metavar="N", help="tokens per iteration")
-    p.add_argument(
-        "--dims",
-        nargs="*",
-        action="extend",
-        default=[],
-        metavar="NAME=VALUE",
-        help="symbolic dim sizes",
-    )
+    add_dims_arg(p)
     p.add_argument("--debug", action="store_true", help="verify the IR after every pass")
     p.add_argument("--print-ir", action="store_true", help="print the graph IR after the passes")
     p.set_defaults(func=run)
-
-
-def add_target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default=DEFAULT_TARGET, metavar="T", help="preset or .toml file")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="target override, e.g. sram_bytes_per_die=1000 (repeatable)",
-    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -73,7 +73,7 @@ def register(subparsers: Any) -> None:
 
 def _program_logits_fn(path: str, model: str) -> tuple[LogitsFn, int, int]:
     """A logits function running the interpreter on ``path``; also its (batch, seq) shape."""
-    from moec.approx import interpret
+    from moec.check import interpret
     from moec.ir.stream import load_program
 
     program = load_program(path)

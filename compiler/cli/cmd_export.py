@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     model = export_onnx(module, args.format)
     onnx.checker.check_model(model)
     atomic_write(args.output, model.SerializeToString())
-    rules = [op.name for op in module.moe_ops() if op.attrs["layer"].annotations.get("skip_rule")]
+    rules = [op.name for op in module.moe_ops() if op.layer.annotations.skip_rule]
     print(f"wrote {args.output}: {name}, {len(module.moe_ops())} MoE layers")
     if rules:
         print(

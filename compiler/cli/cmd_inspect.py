@@ -36,7 +36,7 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
     dense = sum(w.type.numel for w in module.weights.values() if w.type.dtype in _FLOAT)
     total, active = dense, dense
     for op in module.moe_ops():
-        layer = op.attrs["layer"]
+        layer = op.layer
         total += layer.param_count()
         active += layer.active_param_count()
         layers.append(
@@ -56,7 +56,7 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
                 "routed_scaling": layer.routed_scaling,
                 "shared_experts": layer.num_shared,
                 # A shared MLP beside the layer that stays ordinary ops (its down-projection node).
-                "shared_left_dense": layer.annotations.get("dense_shared"),
+                "shared_left_dense": layer.annotations.dense_shared,
                 "weight_bytes_per_expert": layer.expert_weight_bytes(),
             }
         )

@@ -31,8 +31,9 @@ from typing import Any
 from moec.backends.interp import render
 from moec.backends.interp.report import chrome_trace_json
 from moec.compile import parse_overrides
+from moec.compiler.cli.args import add_serving_args, add_set_arg
 from moec.ir.files import atomic_write_all, check_outputs
-from moec.ir.stream import load_program, print_program
+from moec.ir.stream import Program, load_program, print_program
 from moec.run import run_program
 
 
@@ -46,10 +47,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of generated inputs / synth routing")
     p.add_argument("--inputs", metavar="F.npz", help="model inputs (numerics)")
     p.add_argument("--target", metavar="T", help="run on this target instead of the program's")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a target field on top of the program's target (e.g. ideal=true)",
-    )  # fmt: skip
+    add_set_arg(p, "override a target field on top of the program's target (e.g. ideal=true)")
     p.add_argument("--trace-out", metavar="TRACE.json", help="write a Chrome/Perfetto trace")
     p.add_argument("--dump-expanded", metavar="OUT.msp", help="write the expanded static program")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -57,17 +55,12 @@ def register(subparsers: Any) -> None:
         "--allow-overflow", action="store_true",
         help="report a run that exceeds a die's SRAM (it says by how much) instead of failing",
     )  # fmt: skip
-    p.add_argument(
-        "--iterations", type=int, metavar="N",
-        help="serve N consecutive iterations in one simulation (moec.serve)",
-    )  # fmt: skip
-    p.add_argument(
-        "--residency", choices=("lru", "popularity"),
-        help="with --iterations: keep loaded micro-slices in spare SRAM across iterations",
-    )  # fmt: skip
-    p.add_argument(
-        "--arrivals", metavar="poisson:rate=R,len=L",
-        help="with --iterations: continuous batching of Poisson requests over the iteration times",
+    add_serving_args(
+        p, iterations_default=None,
+        iterations_help="serve N consecutive iterations in one simulation (moec.serve)",
+        arrivals_metavar="poisson:rate=R,len=L",
+        arrivals_help="with --iterations: continuous batching of Poisson requests over the "
+        "iteration times",
     )  # fmt: skip
     p.set_defaults(func=run)
 
@@ -81,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         [args.program, weights, args.inputs, args.routing, args.target],
     )  # fmt: skip
     if args.iterations is not None or args.residency or args.arrivals:
-        return _serve(args)
+        return _serve(args, program, base)
     result = run_program(
         program, base_dir=base, routing=args.routing, seed=args.seed, inputs=args.inputs,
         target=args.target, record_trace=bool(args.trace_out),
@@ -110,11 +103,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from moec.backends.interp import program_target
+def _serve(args: argparse.Namespace, program: Program, base: str) -> int:
     from moec.ir.errors import TraceError
-    from moec.ir.stream import load_program
-    from moec.ir.target import load_target
+    from moec.run import run_target
     from moec.serve import render_serving, run_serving, serving_json
 
     if args.iterations is None or args.iterations < 1:
@@ -122,14 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.inputs or args.dump_expanded or args.trace_out:
         raise TraceError("--iterations runs seeded inputs or a routing; drop --inputs, "
                          "--dump-expanded and --trace-out")  # fmt: skip
-    program = load_program(args.program)
-    base = os.path.dirname(os.path.abspath(args.program))
-    tgt = (
-        load_target(args.target, base_dir=os.getcwd()) if args.target
-        else program_target(program, base)
-    )  # fmt: skip
-    if args.overrides:
-        tgt = tgt.with_overrides(dict(parse_overrides(args.overrides)))
+    tgt = run_target(program, base, args.target, parse_overrides(args.overrides))
     result = run_serving(
         program, tgt, iterations=args.iterations, routing=args.routing, seed=args.seed,
         base=base, residency=args.residency, arrivals=args.arrivals,

@@ -20,17 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from moec.compiler.cli.args import add_input_args
 from moec.ir.errors import TraceError
 from moec.ir.files import check_outputs
-from moec.ir.routing import (
-    HOME_SCHEMES,
-    LayerRouting,
-    RoutingTrace,
-    layer_stats,
-    save_trace,
-    synth_layers,
-)
+from moec.ir.routing import HOME_SCHEMES, LayerRouting, RoutingTrace, layer_stats, save_trace
 from moec.ir.routing_seq import load_sequence, save_sequence, synth_sequence
+from moec.ir.routing_synth import synth_layers
 from moec.progress import Progress
 
 
@@ -63,16 +58,7 @@ def register(subparsers: Any) -> None:
 
     d = sub.add_parser("dump", help="record the routing of a model run in ONNX Runtime")
     d.add_argument("model", metavar="MODEL", help=".onnx file or a tiny model name")
-    d.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
-    d.add_argument(
-        "--dims",
-        nargs="*",
-        action="extend",
-        default=[],
-        metavar="NAME=VALUE",
-        help="symbolic dim sizes",
-    )
-    d.add_argument("--inputs", metavar="F.npz", help="model inputs instead of seeded ones")
+    add_input_args(d)
     dwhere = d.add_mutually_exclusive_group()
     dwhere.add_argument("--dies", type=int, metavar="D", help="number of dies tokens live on")
     dwhere.add_argument("--target", metavar="T", help="take the die count from a target")
@@ -116,7 +102,7 @@ def model_layers(spec: str) -> tuple[str, list[tuple[int, int]], list[str]]:
         loaded = lift_model(entries[spec].build(0), where=spec)
         name = spec
     module = loaded[0] if isinstance(loaded, tuple) else loaded
-    layers = [op.attrs["layer"] for op in module.moe_ops()]
+    layers = [op.layer for op in module.moe_ops()]
     if not layers:
         raise TraceError("model has no MoE layer to route", spec)
     return name, [(ly.num_experts, ly.top_k) for ly in layers], [ly.name for ly in layers]

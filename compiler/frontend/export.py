@@ -8,7 +8,7 @@ Not expressible (an error naming the layer): sigmoid scoring, score-correction b
 groups, erf-GELU or gated non-silu experts.
 
 Per-expert precision is the hook for later work: :data:`EXPERT_WRITERS` maps a layer's
-``annotations["precision"]`` to a writer (``"int4"`` -> a QMoE writer); layers without a
+``annotations.precision`` to a writer (``"int4"`` -> a QMoE writer); layers without a
 registered writer are written in float, which is exact for the canonical (dequantized) weights.
 """
 
@@ -148,7 +148,7 @@ def _write_float_moe(out: _Out, layer: MoELayer, x: str, logits: str) -> str:
 
 
 def _write_layer(out: _Out, op: Op) -> None:
-    layer: MoELayer = op.attrs["layer"]
+    layer: MoELayer = op.layer
     why = expressible(layer)
     if why:
         raise ModelError(f"cannot export as com.microsoft.MoE: the layer has {why}", layer.name)
@@ -167,7 +167,7 @@ def _write_layer(out: _Out, op: Op) -> None:
             [logits, out.init(f"{layer.name}.router_b", _a(layer.weights["router_b"]))],
             f"{layer.name}.router_bias",
         )
-    precision = layer.annotations.get("precision", "")
+    precision = layer.annotations.precision or ""
     # A per-expert list (assign-precision) selects the "mixed" writer (export_qmoe registers it).
     key = "mixed" if isinstance(precision, list) else str(precision)
     writer = EXPERT_WRITERS.get(key, _write_float_moe)

@@ -1,7 +1,7 @@
 """Export of a per-expert precision plan to ONNX that ONNX Runtime 1.32 computes exactly.
 
 ``assign-precision`` leaves each routed expert's weights *dequantized* in the graph IR and the
-plan in ``layer.annotations["precision"]`` (a list). This writer (registered as
+plan in ``layer.annotations.precision`` (a list). This writer (registered as
 ``EXPERT_WRITERS["mixed"]`` of :mod:`moec.compiler.frontend.export`) writes the layer in one of
 two forms; ``auto`` picks QMoE where the layer renormalizes its top-k weights and QDQ elsewhere,
 because ONNX Runtime 1.32's CPU QMoE renormalizes regardless of ``normalize_routing_weights=0``
@@ -90,7 +90,7 @@ def _quant_rows(
 def _block(layer: MoELayer, bits: int) -> int | None:
     # quant_block applies to int4 experts only: ORT's block-wise 8-bit QMoE path also quantizes
     # the activations, so assign-precision keeps int8 per channel.
-    raw = layer.annotations.get("quant_block")
+    raw = layer.annotations.quant_block
     return int(raw) if raw and bits == 4 else None
 
 
@@ -210,7 +210,7 @@ _format = ["auto"]
 
 def write_mixed(out: _Out, layer: MoELayer, x: str, logits: str) -> str:
     """The ``EXPERT_WRITERS["mixed"]`` writer (see the module docstring)."""
-    plan = [str(p) for p in layer.annotations["precision"]]
+    plan = [str(p) for p in layer.annotations.precision]
     if len(plan) != layer.num_experts:
         raise ModelError(
             f"precision table has {len(plan)} entries, expected {layer.num_experts}", layer.name

@@ -8,7 +8,7 @@ Semantics (ONNX Runtime 1.32 ContribOperators, checked against its CPU kernel):
   against the non-renormalized formula, 1e-7 against the renormalized one; its ``MoE`` kernel
   honours the attribute). ORT is the reference moec checks against, so a QMoE with
   ``normalize_routing_weights=0`` is lifted with ``normalize_topk=True`` and
-  ``annotations["routing_note"]`` saying why;
+  ``annotations.routing_note`` saying why;
 - ``fc1`` is ``[E, fusion*F, d]`` (``y = x @ fc1[e].T``), ``fc2`` is ``[E, d, F]``; the canonical
   layout wants ``[E, d, F]`` / ``[E, F, d]``, so both are transposed;
 - ``swiglu_fusion=1``: fc1 rows interleave (gate, linear) pairs, gate at even rows;
@@ -20,7 +20,7 @@ Semantics (ONNX Runtime 1.32 ContribOperators, checked against its CPU kernel):
 - QMoE ``quant_type='int'``: weights ``uint8`` ``[E, N, K*bits/8]`` (4-bit: element 2i in the low
   nibble), scales ``[E, N]`` (row-wise) or ``[E, N, K/block_size]``, optional zero points (packed
   like the weights); ``w = (q - zp) * scale`` with ``zp = 2**(bits-1)`` when absent. The dequantized
-  weights go into the canonical float layout and ``annotations["precision"]`` records ``int4``/
+  weights go into the canonical float layout and ``annotations.precision`` records ``int4``/
   ``int8``. (ORT runs block-wise 8-bit experts with int8 activations, which the canonical layer
   does not model: expect ~1e-2 differences there.)
 
@@ -54,8 +54,12 @@ _ACTIVATIONS = {"relu": "relu", "gelu": "gelu_tanh", "silu": "silu", "identity":
 _QMOE = {"fc1": 2, "fc1_scales": 3, "fc1_bias": 4, "fc2": 5, "fc2_scales": 6, "fc2_bias": 7,
          "fc3": 8, "fc3_scales": 9, "fc3_bias": 10, "fc1_zp": 11, "fc2_zp": 12, "fc3_zp": 13}  # fmt: skip
 # Annotation left on a QMoE layer whose normalize_routing_weights=0 was lifted as renormalized.
-QMOE_NORMALIZE_NOTE_KEY = "routing_note"
 QMOE_NORMALIZE_NOTE = "ort_qmoe_renormalizes_despite_normalize_routing_weights_0"
+# Annotation left on a layer whose node asks for use_sparse_mixer=1: ONNX Runtime's CPU kernel
+# (1.32) ignores the attribute and routes by softmax top-k (measured; only its CUDA and WebGPU
+# kernels implement the sparse mixer), and moec lifts what the CPU kernel computes, which is
+# what `moec check` compares with. The HF PhiMoE export lifts as scoring=sparsemixer instead.
+SPARSE_MIXER_NOTE = "ort_cpu_ignores_use_sparse_mixer"
 _MOE = {"fc1": 2, "fc1_bias": 3, "fc2": 4, "fc2_bias": 5, "fc3": 6, "fc3_bias": 7}
 
 
@@ -65,8 +69,6 @@ def _input(node: onnx.NodeProto, index: int) -> str:
 
 def _unsupported(view: GraphView, node: onnx.NodeProto) -> str | None:
     a = view.attr
-    if a(node, "use_sparse_mixer", 0):
-        return "use_sparse_mixer=1 is not supported (expected 0: softmax top-k routing)"
     if a(node, "swiglu_limit_after_activation", 0):
         return "swiglu_limit_after_activation=1 is not supported (expected 0)"
     act = a(node, "activation_type", "relu")
@@ -553,13 +555,18 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
             layer.swiglu_limit = None if lim is None else float(lim)
     if quant:
         if not a(node, "normalize_routing_weights", 0) and selected is None:
-            layer.annotations[QMOE_NORMALIZE_NOTE_KEY] = QMOE_NORMALIZE_NOTE
-        layer.annotations["precision"] = f"int{bits}"
+            layer.annotations.routing_note = QMOE_NORMALIZE_NOTE
+        layer.annotations.precision = f"int{bits}"
         if block:
-            layer.annotations["quant_block"] = int(block)
+            layer.annotations.quant_block = int(block)
             if bits == 8:  # ORT's CPU kernel has no float path for these: int8 activations
                 layer.act_quant_block = int(block)
-    layer.annotations["source"] = f"com.microsoft.{node.op_type}"
+    if a(node, "use_sparse_mixer", 0):
+        note = layer.annotations.routing_note
+        layer.annotations.routing_note = (
+            SPARSE_MIXER_NOTE if note is None else f"{note};{SPARSE_MIXER_NOTE}"
+        )
+    layer.annotations.source = f"com.microsoft.{node.op_type}"
     try:
         layer.verify()
     except Exception as err:  # noqa: BLE001 - report as a mismatch at this node

@@ -80,7 +80,7 @@ def match_unrolled(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     up = Projection(gu, first.gate_up_b, "", "")
     down = Projection(_as_in_out(dn, first.down_t), first.down_b, "", "")
     layer = build_layer(name, routing, up, down, first.gating, shared)
-    layer.annotations["source"] = "hf.torchscript_unrolled"
+    layer.annotations.source = "hf.torchscript_unrolled"
     walk.back(router.x)
     y = layer_output(walk, y, x_root)
     return close_from_deepest(walk, router.x, y, layer, name)

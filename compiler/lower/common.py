@@ -130,16 +130,16 @@ def carry_pass_annotations(layer: MoELayer, r: RuntimePolicy) -> None:
     (``assign-precision``), the skip rule (``skip-second``, ``caee-prune``: ``(rule, threshold)``)
     and the per-expert annotations of :data:`RUNTIME_ANNOTATIONS`."""
     E = layer.num_experts
-    precision = layer.annotations.get("precision")
+    precision = layer.annotations.precision
     if isinstance(precision, list) and len(precision) == E:
         r.precision = tuple(str(p) for p in precision)
-    rule = layer.annotations.get("skip_rule")
+    rule = layer.annotations.skip_rule
     if rule is not None:
         r.skip = SkipRule(str(rule[0]), float(rule[1]))
     for key in RUNTIME_ANNOTATIONS:
-        values = layer.annotations.get(key)
-        if isinstance(values, list) and len(values) == E:
-            r.annotations[key] = list(values)
+        values = layer.annotations.per_expert(key, E)
+        if values is not None:
+            r.annotations[key] = values
 
 
 def prepare(
@@ -164,7 +164,7 @@ def prepare(
         raise ModelError("model has no MoE layer to lower", where)
     n_tokens, resolved = infer_tokens(module, ops, dims, tokens, routing, where)
     if routing is not None:
-        layers = [(op.attrs["layer"].num_experts, op.attrs["layer"].top_k) for op in ops]
+        layers = [(op.layer.num_experts, op.layer.top_k) for op in ops]
         validate(routing, layers, n_tokens, num_dies=target.num_dies, where="--routing")
     home = home_tokens(n_tokens, target.num_dies, routing)
     plans, slot_bytes = plan_layers(ops, target, opts, n_tokens, where, activations, home, routing)

@@ -131,7 +131,7 @@ def numel(v: Value | None, sizes: Mapping[str, Size]) -> int | None:
 def _layer_tokens(op: Op, sizes: Mapping[str, Size]) -> int | None:
     x = op.inputs[0]
     n = numel(x, sizes)
-    hidden = op.attrs["layer"].hidden
+    hidden = op.layer.hidden
     return n // hidden if n is not None and n % hidden == 0 and n > 0 else None
 
 
@@ -187,4 +187,4 @@ def infer_tokens(
 
 
 def _has_weights(ops: list[Op]) -> bool:
-    return all(op.attrs["layer"].weights_present for op in ops)
+    return all(op.layer.weights_present for op in ops)

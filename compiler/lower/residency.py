@@ -51,8 +51,8 @@ def expert_scores(layer: MoELayer, routing: LayerRouting | None) -> tuple[list[f
     """The popularity of each expert of ``layer`` and what it was taken from (see module doc)."""
     E = layer.num_experts
     for key in RANKING_ANNOTATIONS:
-        values = layer.annotations.get(key)
-        if isinstance(values, list) and len(values) == E:
+        values = layer.annotations.per_expert(key, E)
+        if values is not None:
             return [float(v) for v in values], key
     if routing is not None:
         ids = np.asarray(routing.ids).reshape(-1)
@@ -68,7 +68,7 @@ def layer_residency(
     resident. ``fraction`` None: the ``resident`` annotation of ``caee-prune``, if any."""
     E = layer.num_experts
     if fraction is None:
-        given = layer.annotations.get("resident")
+        given = layer.annotations.resident
         if isinstance(given, list) and len(given) == E and not all(given):
             return [1 if v else 0 for v in given]
         return None

@@ -220,9 +220,9 @@ def plan_layers(
     acc = _elem(ACCUM_PRECISION)
     plans: list[LayerPlan] = []
     for i, op in enumerate(ops):
-        layer: MoELayer = op.attrs["layer"]
+        layer: MoELayer = op.layer
         dtype = layer_precision(layer, opts.dtype)
-        table = layer.annotations.get("precision")
+        table = layer.annotations.precision
         widest = [p for p in table if p in PRECISION_BYTES] if isinstance(table, list) else []
         if widest and max(_elem(p) for p in widest) > _elem(dtype):
             dtype = max(widest, key=_elem)  # slices fit the widest precision any expert streams at

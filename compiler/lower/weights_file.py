@@ -43,7 +43,7 @@ def companion_name(program_name: str) -> str:
 
 def has_weights(module: Module) -> bool:
     """True when every MoE layer's and every dense weight is present (not shape-only)."""
-    layers = [op.attrs["layer"] for op in module.moe_ops()]
+    layers = [op.layer for op in module.moe_ops()]
     return all(ly.weights_present for ly in layers) and all(
         w.present for w in module.weights.values()
     )
@@ -51,9 +51,7 @@ def has_weights(module: Module) -> bool:
 
 def companion_model(lifted: LiftResult, module: Module) -> onnx.ModelProto:
     """The residual model with canonical MoE nodes and weights (see the module docstring)."""
-    layers: dict[str, MoELayer] = {
-        op.attrs["layer"].name: op.attrs["layer"] for op in module.moe_ops()
-    }
+    layers: dict[str, MoELayer] = {op.layer.name: op.layer for op in module.moe_ops()}
     model = residual_model(lifted.model, lifted.lifted)
     g = model.graph
     taken = {t.name for t in g.initializer}
@@ -67,7 +65,7 @@ def companion_model(lifted: LiftResult, module: Module) -> onnx.ModelProto:
             raise ModelError(f"residual model names MoE layer {name!r}, the module has none", name)
         for key, value in layer_config(layer).items():
             node.attribute.append(helper.make_attribute(key, value))
-        precision = layer.annotations.get("precision")
+        precision = layer.annotations.precision
         if isinstance(precision, list) and precision:
             names = [str(p) for p in precision]
             node.attribute.append(helper.make_attribute(PRECISION_ATTR, names))

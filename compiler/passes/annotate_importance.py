@@ -78,13 +78,13 @@ def expert_stats(layer: MoELayer, cal: LayerCalibration) -> ExpertStats:
 
 
 def annotate(layer: MoELayer, stats: ExpertStats) -> None:
-    layer.annotations["routed_frac"] = rounded(stats.routed_frac)
-    layer.annotations["gate_mass"] = rounded(stats.gate_mass)
+    layer.annotations.routed_frac = rounded(stats.routed_frac)
+    layer.annotations.gate_mass = rounded(stats.gate_mass)
     if stats.contribution is not None:
-        layer.annotations["contribution"] = rounded(stats.contribution)
+        layer.annotations.contribution = rounded(stats.contribution)
     else:
-        layer.annotations.pop("contribution", None)
-    layer.annotations["importance"] = rounded(stats.importance)
+        layer.annotations.contribution = None
+    layer.annotations.importance = rounded(stats.importance)
 
 
 def trace_spec(option: str) -> str:
@@ -109,7 +109,7 @@ class AnnotateImportance(ModulePass):
     def run(self, module: Module) -> PassResult:
         cals = calibrate(module, seed=self.seed, tokens=self.tokens, trace=trace_spec(self.trace))
         for op, cal in zip(module.moe_ops(), cals, strict=True):
-            layer: MoELayer = op.attrs["layer"]
+            layer: MoELayer = op.layer
             annotate(layer, expert_stats(layer, cal))
         if cals:
             module.metadata[CALIBRATION_KEY] = describe(

@@ -25,9 +25,9 @@ The rewrite quantizes for real (:mod:`moec.compiler.quantize`: symmetric, per ou
 for int4 ``block``-wise along the input features, int4 packed; int8 stays per channel because
 ONNX Runtime's block-wise 8-bit QMoE also quantizes activations, which would break the exact
 export) and **replaces the layer's weights by their
-dequantized values**, so every backend computes the approximation; ``annotations["precision"]``
+dequantized values**, so every backend computes the approximation; ``annotations.precision``
 holds the per-expert list (copied into the stream program's ``precision [...]`` table, which the
-interpreter charges DRAM bytes and compute at) and ``annotations["quant_error"]`` the measured
+interpreter charges DRAM bytes and compute at) and ``annotations.quant_error`` the measured
 error at the chosen precision. Biases, router and shared experts stay in float.
 
     before: %y = moe(%x) {experts=8, ..., gate_mass=[0.31, 0.22, ...]}
@@ -270,15 +270,15 @@ class AssignPrecision(ModulePass):
     ) -> tuple[list[str], np.ndarray | None]:  # fmt: skip
         block = self.block or None
         if self.tiers:
-            mass = layer.annotations.get("gate_mass")
+            mass = layer.annotations.gate_mass
             if mass is None:
                 raise PassError(
                     "no gate_mass annotation: run annotate-importance first", layer.name
                 )
             errors = measured_errors(layer, ids, gates, cal_x, block) if cal_x is not None else None
             return plan_tiers(list(mass), self.tiers), errors
-        importance = layer.annotations.get("importance")
-        frac = layer.annotations.get("routed_frac")
+        importance = layer.annotations.importance
+        frac = layer.annotations.routed_frac
         if importance is None or frac is None:
             raise PassError("no importance annotation: run annotate-importance first", layer.name)
         if cal_x is not None:
@@ -294,7 +294,7 @@ class AssignPrecision(ModulePass):
             raise PassError(str(err), layer.name) from None
 
     def run(self, module: Module) -> PassResult:
-        layers: list[MoELayer] = [op.attrs["layer"] for op in module.moe_ops()]
+        layers: list[MoELayer] = [op.layer for op in module.moe_ops()]
         if not layers:
             return PassResult(module, False)
         target = None
@@ -319,7 +319,7 @@ class AssignPrecision(ModulePass):
             apply_plan(lay, plan, block)
             if errors is not None:
                 idx = [PRECISIONS.index(p) for p in plan]
-                lay.annotations["quant_error"] = rounded(errors[np.arange(len(plan)), idx])
+                lay.annotations.quant_error = rounded(errors[np.arange(len(plan)), idx])
         return PassResult(module, True)
 
 
@@ -341,8 +341,8 @@ def apply_plan(layer: MoELayer, plan: list[str], block: int | None) -> None:
                 arrays[key][experts] = q
         for key, arr in arrays.items():
             layer.weights[key] = Weight(layer.weights[key].name, TensorType("f32", arr.shape), arr)
-    layer.annotations["precision"] = list(plan)
+    layer.annotations.precision = list(plan)
     if block:
-        layer.annotations["quant_block"] = block
+        layer.annotations.quant_block = block
     else:
-        layer.annotations.pop("quant_block", None)
+        layer.annotations.quant_block = None

@@ -1,7 +1,7 @@
 """``caee-prune{threshold=0.8,resident=1.0}``: straggler-aware expert pruning (CAEE) as a rule.
 
 CAEE (arXiv 2606.29982, "Beyond Uniform Experts") decides per iteration, once routing is known,
-so this pass only records the rule: ``layer.annotations["skip_rule"] = ("caee", threshold)``,
+so this pass only records the rule: ``layer.annotations.skip_rule = ("caee", threshold)``,
 carried into the stream program as ``skip caee threshold 0.8``. The interpreter's scheduler runs
 it before expanding each layer (``backends/interp/rules/caee.py``): predict every device's time
 with the cost model, and on the straggler only drop the lowest benefit/cost (token, expert) pairs
@@ -50,16 +50,16 @@ class CaeePrune(ModulePass):
             raise ValueError(f"resident must be a fraction in [0, 1], found {self.resident}")
 
     def run(self, module: Module) -> PassResult:
-        layers: list[MoELayer] = [op.attrs["layer"] for op in module.moe_ops()]
+        layers: list[MoELayer] = [op.layer for op in module.moe_ops()]
         for lay in layers:
             set_rule(lay, "caee", self.threshold)
             if self.resident < 1.0:
-                mass = lay.annotations.get("gate_mass")
+                mass = lay.annotations.gate_mass
                 if mass is None:
                     raise PassError(
                         "resident < 1 keeps the hottest experts resident: run annotate-importance "
                         "first",
                         lay.name,
                     )
-                lay.annotations["resident"] = resident_set(list(mass), self.resident)
+                lay.annotations.resident = resident_set(list(mass), self.resident)
         return PassResult(module, bool(layers))

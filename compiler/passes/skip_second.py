@@ -39,13 +39,13 @@ def median_ratio(gates: np.ndarray) -> float:
 
 def set_rule(layer: MoELayer, rule: str, threshold: float) -> None:
     """Record the layer's runtime skip rule; the runtime part holds one rule per layer."""
-    old = layer.annotations.get("skip_rule")
+    old = layer.annotations.skip_rule
     if old is not None and old[0] != rule:
         raise PassError(
             f"layer already has skip rule {old[0]!r}; the runtime part holds one rule per layer",
             layer.name,
         )
-    layer.annotations["skip_rule"] = (rule, float(f"{threshold:.6g}"))
+    layer.annotations.skip_rule = (rule, float(f"{threshold:.6g}"))
 
 
 @register
@@ -71,7 +71,7 @@ class SkipSecond(ModulePass):
             raise ValueError(f"tokens must be >= 1, found {self.tokens}")
 
     def run(self, module: Module) -> PassResult:
-        layers: list[MoELayer] = [op.attrs["layer"] for op in module.moe_ops()]
+        layers: list[MoELayer] = [op.layer for op in module.moe_ops()]
         todo = [lay for lay in layers if lay.top_k >= 2]
         if not todo:
             return PassResult(module, False)

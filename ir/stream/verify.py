@@ -64,7 +64,9 @@ from moec.ir.stream.program import (
 )
 from moec.ir.target import Target, load_target
 
-__all__ = ["DTYPES", "SramError", "peak_sram", "resolve_target", "verify_program"]
+__all__ = [
+    "DTYPES", "SramError", "named_target", "peak_sram", "resolve_target", "verify_program",
+]  # fmt: skip
 
 #: The largest MoE layer a program may declare (far above any published model: DeepSeek-V3 has
 #: 256 experts, hidden 7168), so that a typo or a corrupt number is an error, not an allocation
@@ -78,15 +80,25 @@ LAYER_LIMITS = {
 _Check = Callable[[DieWalk, Any], None]
 
 
-def resolve_target(p: Program) -> Target | None:
-    """The target the program names, or None when it names none."""
+def named_target(p: Program, base_dir: str | None = None) -> Target | None:
+    """The target the program names (a TOML file relative to ``base_dir``, by default the
+    program file's folder), with its overrides; None when it names none. A bad one raises
+    :func:`~moec.ir.target.load_target`'s :class:`TargetError`."""
     if p.target is None:
         return None
-    base = os.path.dirname(p.filename) if os.path.exists(p.filename) else None
+    base = base_dir
+    if base is None and os.path.exists(p.filename):
+        base = os.path.dirname(os.path.abspath(p.filename))
+    return load_target(p.target.spec, dict(p.target.overrides), base_dir=base)
+
+
+def resolve_target(p: Program) -> Target | None:
+    """:func:`named_target`, a bad target being a :class:`ProgramError` at the program's
+    ``target`` line (the verifier's view)."""
     try:
-        return load_target(p.target.spec, dict(p.target.overrides), base_dir=base)
+        return named_target(p)
     except TargetError as err:
-        where = p.target.loc if p.target.loc is not None else p.filename
+        where = p.target.loc if p.target is not None and p.target.loc is not None else p.filename
         raise ProgramError(f"bad target: {err.message}", where) from None
 
 

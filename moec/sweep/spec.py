@@ -300,7 +300,7 @@ def parse_spec(text: str, path: str = "<spec>") -> SweepSpec:
     ):
         raise rd.fail("sweep", "layers", f"expected an integer >= 1 or \"all\", found {_show(layers)}")  # fmt: skip
     try:
-        from moec.ir.routing import parse_routing_spec
+        from moec.ir.routing_synth import parse_routing_spec
 
         if opts["routing"].startswith("synth"):
             parse_routing_spec(opts["routing"])

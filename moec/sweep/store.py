@@ -72,12 +72,26 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _parents(folder: str) -> list[str]:
+    """``folder`` and the folders above it, nearest first."""
+    out, path = [], os.path.abspath(folder)
+    while True:
+        out.append(path)
+        up = os.path.dirname(path)
+        if up == path:
+            return out
+        path = up
+
+
 class Journal:
     """The SQLite journal of one results folder (see the module docstring)."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self.path = os.path.join(folder, JOURNAL)
+        for up in _parents(folder):
+            if os.path.exists(up) and not os.path.isdir(up):
+                raise StoreError("is a file, not a results folder (-o takes a folder)", up)
         try:
             os.makedirs(folder, exist_ok=True)
             self.db = sqlite3.connect(self.path)

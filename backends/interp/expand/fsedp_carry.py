@@ -36,7 +36,7 @@ from moec.backends.interp.expand.fsedp_sched import schedule
 from moec.backends.interp.offload import offload_loads
 from moec.ir.errors import ProgramError
 from moec.ir.routing import LayerRouting
-from moec.ir.stream.params import FSEDPParams
+from moec.ir.stream.params import FSEDPParams, strategy_params
 from moec.ir.stream.program import Instr, MoEDecl, Program, Signal, SliceLayout, Wait
 from moec.ir.target import Target
 
@@ -64,11 +64,11 @@ class CarryExpansion:
 
 def buffering_slack(p: Program, layer: str) -> float:
     """The layer's FSE-DP token-buffering slack (0: not buffered)."""
-    policy = p.policy(layer)
-    if policy is None or policy.strategy != "fsedp":
+    policy, decl = p.policy(layer), p.layer(layer)
+    if policy is None or decl is None:
         return 0.0
-    slack = policy.params.get("slack", 0.0)
-    return float(slack) if isinstance(slack, int | float) and not isinstance(slack, bool) else 0.0
+    params = strategy_params(policy, decl, filename=p.filename)
+    return float(params.slack) if isinstance(params, FSEDPParams) else 0.0
 
 
 def expand_with_carry(
