@@ -200,13 +200,14 @@ def run_timing(p: Program, target: Target) -> Timeline:
                     ready[w] = e
                 ndeps[w] -= 1
                 if ndeps[w] == 0:
-                    push(ready[w], prio[w], w)
+                    push(ready[w] if ready[w] > t else t, prio[w], w)
         for x in succ[op]:
             if ready[x] < e:
                 ready[x] = e
             ndeps[x] -= 1
             if ndeps[x] == 0:
-                push(ready[x], prio[x], x)
+                # a tail reservation (back == dur) can end an ulp before the clock: not earlier
+                push(ready[x] if ready[x] > t else t, prio[x], x)
     stuck = [op for op in range(n) if end[op] < 0]
     if stuck:
         op = stuck[0]
