@@ -59,6 +59,8 @@ def work(pristine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     monkeypatch.chdir(folder)
     yield folder
     for path in folder.rglob("*"):  # let pytest remove what a case made read-only
+        if path.is_symlink():
+            continue
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
 
@@ -66,7 +68,10 @@ def _snapshot(folder: Path) -> dict[str, str]:
     out = {}
     for path in sorted(folder.rglob("*")):
         rel = str(path.relative_to(folder))
-        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.is_symlink():
+            out[rel] = "link to " + os.readlink(path)
+        else:
+            out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
 
@@ -177,6 +182,39 @@ def test_sweep_results_folder_that_is_a_file(
 ) -> None:
     line = _expect_error(["sweep", "spec.toml", "--local", "-o", out], work, capsys)
     assert "notes.txt: is a file, not a results folder" in line, line
+
+
+def test_sweep_results_folder_that_is_a_dangling_link(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.symlink("nowhere", work / "lnk")
+    line = _expect_error(["sweep", "spec.toml", "--local", "-o", "lnk"], work, capsys)
+    assert "lnk: is a link to a missing path" in line and "Errno" not in line, line
+
+
+def test_sweep_journal_that_is_a_folder(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "res" / "sweep.sqlite").mkdir(parents=True)
+    line = _expect_error(["sweep", "spec.toml", "--local", "-o", "res"], work, capsys)
+    assert "sweep.sqlite: is a folder, not a sweep journal" in line, line
+
+
+def test_sweep_journal_that_is_not_a_database(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "res").mkdir()
+    (work / "res" / "sweep.sqlite").write_text("not a database\n")
+    line = _expect_error(["sweep", "spec.toml", "--local", "-o", "res"], work, capsys)
+    assert "cannot open the sweep journal" in line, line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("out", ["sub", "sub/res"])
+def test_sweep_results_in_a_read_only_folder(
+    out: str, work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.chmod(work / "sub", 0o555)
+    line = _expect_error(["sweep", "spec.toml", "--local", "-o", out], work, capsys)
+    assert "Errno" not in line, line
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
