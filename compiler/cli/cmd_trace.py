@@ -208,7 +208,7 @@ def run_dump(args: argparse.Namespace) -> int:
     from moec.check import dump_trace
 
     num_dies = None if args.target else _check_positive("--dies", args.dies or 4)
-    check_outputs([args.output], [args.model, args.inputs, args.target])
+    check_outputs([args.output], [args.model, args.inputs, args.target, args.text])
     if not args.output.endswith((".json", ".npz")):
         raise TraceError("expected an output name ending in .json or .npz", args.output)
     if args.decode is not None:
