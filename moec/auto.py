@@ -180,8 +180,12 @@ def search(
         if runs >= budget:
             tr.status = "not run: search budget spent"
             continue
-        result = simulate(tr.program, target=target, routings=routing, verify=False)
         runs += 1
+        try:
+            result = simulate(tr.program, target=target, routings=routing, verify=False)
+        except ScheduleError as e:  # SRAM is a hard limit: past it at run time, not a candidate
+            tr.status = f"failed: {e.message}"
+            continue
         tr.measured_s = float(moe_metrics(result.timeline)["latency_s"])
         tr.status = "measured"
         if best is None or best.measured_s is None or tr.measured_s < best.measured_s:

@@ -19,8 +19,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.sram import LayerActs
 from moec.ir import cost
+from moec.ir.cost.energy import (
+    dram_energy,
+    host_energy,
+    link_energy,
+    sram_read_energy,
+    sram_write_energy,
+)
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.opcodes import HandlerTable
 from moec.ir.stream.program import HOST_CHANNEL, Instr, Program, SliceRef
@@ -147,6 +155,9 @@ class Builder:
         D, C = target.num_dies, len(target.channels)
         self.D, self.C = D, C
         self.link_id = {(lk.src, lk.dst): D + C + k for k, lk in enumerate(target.links)}
+        self.link_ends = {r: key for key, r in self.link_id.items()}
+        #: joules per die and part, charged as instructions are turned into ops
+        self.energy = EnergyLedger(D)
         # host links, one per die, after the D2D links
         self.host_base = D + C + len(target.links)
         hosts = D if target.host is not None else 0
@@ -251,11 +262,20 @@ class Builder:
         g = self.g
         first = g.add(kind, occ, (lp.res,), die, i, layer, island)
         last = self.delay(first, lp.latency)
+        t, energy = self.t, self.energy
+        if channel == HOST_CHANNEL:
+            energy.charge(die, "host", host_energy(t, nbytes), first)
+        else:
+            energy.charge(t.channel(channel).die, "dram", dram_energy(t, channel, nbytes), first)
+        op = first
         for (res, _, _, lat), (dur, back) in zip(lp.hops, hop_costs, strict=True):
             op = g.add(kind, dur, (res,), die, i, layer, island, back)
             g.edge(last, op)
             self.link_bytes[res] += nbytes
+            src, dst = self.link_ends[res]
+            energy.charge(src, "d2d", link_energy(t, src, dst, nbytes), op)
             last = self.delay(op, lat)
+        energy.charge(die, "sram", sram_write_energy(t, nbytes), op)
         if channel == HOST_CHANNEL:
             self.host_bytes[die] += nbytes
         else:
@@ -297,6 +317,9 @@ class Builder:
         hold = self.g.add(XFER, occ, (self.link_id[key],), die, i)
         ops = (hold, self.delay(hold, lk.latency_s))
         self.link_bytes[self.link_id[key]] += i.nbytes
+        self.energy.charge(a, "d2d", link_energy(self.t, a, b, i.nbytes), hold)
+        self.energy.charge(a, "sram", sram_read_energy(self.t, i.nbytes), hold)
+        self.energy.charge(b, "sram", sram_write_energy(self.t, i.nbytes), hold)
         mine[key].append(ops)
         return ops
 

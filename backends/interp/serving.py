@@ -449,7 +449,7 @@ def simulate_iterations(
         for it in range(iterations) for r in program.runtime if r.precision
     }  # fmt: skip
     tl = run_timing(prog, tgt, tables)
-    check_fit(tl, tgt, program.filename, allow_overflow)
+    check_fit(tl, tgt, program, allow_overflow)
     tokens = program.layers[0].tokens if program.layers else 0
     metrics, pairs = _metrics(tl, prog, hosted, deferred, its, tokens)
     report = make_report(tl, program.name)

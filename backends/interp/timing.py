@@ -78,6 +78,10 @@ reservation, claimed when the previous stage of its load ends and started no ear
 link's ``free_at``, never overlaps another hold; it only reaches back into time the link spent
 idle.
 
+**Energy**: as the handlers turn instructions into ops they charge each one's joules per die
+and part (:mod:`.energy`, formulas in :mod:`moec.ir.cost.energy`); static power over the
+makespan is added at the end (``Timeline.energy``).
+
 **Code.** Each opcode's rules are its timing handler (:mod:`.timing_ops`, registered against the
 opcode table); :mod:`.opgraph` holds the op graph and the builder that calls them,
 :mod:`.sram` the SRAM accounting; this module runs the event loop.
@@ -90,6 +94,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import moec.backends.interp.timing_ops  # noqa: F401 - registers every opcode's timing handler
+from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.engine import EventQueue
 from moec.backends.interp.opgraph import (
     COMPUTE,
@@ -149,6 +154,8 @@ class Timeline:
     peak_sram_activations: list[int] = field(default_factory=list)
     #: per die, the most slot bytes held at once (activations aside)
     peak_slot_bytes: list[int] = field(default_factory=list)
+    #: joules per die and part (dynamic charges from the handlers, static over the makespan)
+    energy: EnergyLedger | None = None
 
 
 def run_timing(
@@ -216,6 +223,7 @@ def run_timing(
             f"deadlock: die {g.die[op]} never completes '{what}' ({len(stuck)} ops blocked)"
         )
     makespan = max(end, default=0.0)
+    b.energy.add_static(target, makespan)
     pools = {s.die: s.nbytes for s in p.slots}
     peak, peak_slots, peak_acts, slot_peak = sram_peaks(
         target.num_dies, pools, b.fills, b.acts, p.layers, start, end, makespan
@@ -234,4 +242,5 @@ def run_timing(
         dram_bytes=b.dram_bytes, link_bytes=link_bytes, peak_sram=peak,
         instructions=p.num_instructions(), events=events, host_bytes=b.host_bytes, extra=extra,
         peak_sram_slots=peak_slots, peak_sram_activations=peak_acts, peak_slot_bytes=slot_peak,
+        energy=b.energy,
     )  # fmt: skip
