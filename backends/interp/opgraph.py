@@ -15,7 +15,7 @@ The semantics these implement are in :mod:`.timing`'s docstring; the run is :fun
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,8 +145,12 @@ class DieState:
 class Builder:
     """Turns a static program into the op graph (all edges known before the run)."""
 
-    def __init__(self, p: Program, target: Target) -> None:
+    def __init__(
+        self, p: Program, target: Target, precision: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
         self.p, self.t = p, target
+        #: per layer, each expert's precision where a load's bytes cannot say (a residency hit)
+        self.precision = dict(precision or {})
         self.g = OpGraph()
         D, C = target.num_dies, len(target.channels)
         self.D, self.C = D, C
@@ -328,6 +332,15 @@ class Builder:
         w = lay.width(c.slice)
         mats = 3 if (m.gated or c.expert is None) else 2
         return m.hidden, w, mats * m.hidden * w, m.dtype, m.gated or c.expert is None
+
+    def slice_precision(self, c: SliceRef, nbytes: int) -> str:
+        """The precision a slice filled with ``nbytes`` holds: implied by its bytes, or, for a
+        residency hit (0 bytes moved), the expert's entry in the layer's precision table."""
+        _, _, elements, dtype, _ = self.slice_geometry(c)
+        table = self.precision.get(c.layer)
+        if nbytes == 0 and c.expert is not None and table:
+            return table[c.expert]
+        return precision_of(nbytes, elements, dtype)
 
     # --- SRAM records ---
     def layer_acts(self, die: int, layer: int) -> LayerActs:

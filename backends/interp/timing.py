@@ -90,6 +90,7 @@ opcode table); :mod:`.opgraph` holds the op graph and the builder that calls the
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import moec.backends.interp.timing_ops  # noqa: F401 - registers every opcode's timing handler
@@ -157,9 +158,15 @@ class Timeline:
     energy: EnergyLedger | None = None
 
 
-def run_timing(p: Program, target: Target) -> Timeline:
-    """Simulate a static program on ``target``; deadlocks are a one-line ScheduleError."""
-    b = Builder(p, target)
+def run_timing(
+    p: Program, target: Target, precision: Mapping[str, Sequence[str]] | None = None
+) -> Timeline:
+    """Simulate a static program on ``target``; deadlocks are a one-line ScheduleError.
+
+    ``precision`` (per layer, each expert's precision) times slices whose loads move no bytes
+    (residency hits) at their expert's precision rather than the layer's dtype.
+    """
+    b = Builder(p, target, precision)
     b.build()
     g = b.g
     n = len(g.kind)

@@ -21,7 +21,6 @@ from moec.backends.interp.opgraph import (
     TIMING,
     Builder,
     DieState,
-    precision_of,
 )
 from moec.backends.interp.sram import LayerActs
 from moec.ir import cost
@@ -143,8 +142,7 @@ def load(b: Builder, s: DieState, i: Load) -> None:
     sref: SliceRef | None = None
     if isinstance(c, SliceRef):
         tag = b.layers[c.layer][0]
-        _, _, elements, dtype, _ = b.slice_geometry(c)
-        prec = precision_of(i.nbytes, elements, dtype)
+        prec = b.slice_precision(c, i.nbytes)
         sref = c
     first, op = b.read(LOAD, i.channel, s.die, i.nbytes, i, tag)
     if tag >= 0:
@@ -200,8 +198,7 @@ def transfer(b: Builder, s: DieState, i: Send | Recv) -> None:
         sref = c if isinstance(c, SliceRef) else None
         prec = b.dense_precision
         if sref is not None:
-            _, _, elements, dtype, _ = b.slice_geometry(sref)
-            prec = precision_of(i.nbytes, elements, dtype)
+            prec = b.slice_precision(sref, i.nbytes)
         s.fill(i.slot, op, sref, prec)
         s.slot_fill_rec[i.slot] = b.record_fill(die, hold)
     elif i.block is not None:
