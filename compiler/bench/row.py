@@ -91,6 +91,9 @@ class Serving:
     residency: dict[str, Any] | None = None
     #: continuous batching over the run's iteration times, one entry per arrival rate
     arrivals: list[dict[str, Any]] | None = None
+    #: joules of the whole run (every iteration, dense islands included), and per token served
+    energy_j: float | None = None
+    energy_per_token_j: float | None = None
 
     #: the serving metrics the row carries, in JSON order (after ``iterations``)
     METRICS = (
@@ -105,6 +108,9 @@ class Serving:
         if self.sram_over_bytes is not None:
             row["sram_over_bytes"] = self.sram_over_bytes
         row.update({k: getattr(self, k) for k in self.METRICS})
+        if self.energy_j is not None:
+            row["serving_energy_j"] = self.energy_j
+            row["serving_energy_per_token_j"] = self.energy_per_token_j
         if self.residency is not None:
             row.update(self.residency)
             row["bound_excludes_residency"] = True
