@@ -234,3 +234,25 @@ def test_trace_has_a_power_counter_per_die() -> None:
     assert {e["name"] for e in counters} == {f"die {d} power" for d in range(4)}
     # die 0 draws more than its static 1 W while its load holds the channel
     assert max(e["args"]["W"] for e in counters if e["name"] == "die 0 power") > 1.0
+
+
+def test_sweep_stores_energy_columns_and_plots_them(tmp_path: Path) -> None:
+    import sqlite3
+
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        '[sweep]\nname = "e"\n\n[fixed]\nmodels = "tiny_moe"\ntargets = "fsedp-2x2"\n'
+        'tokens = 16\n\n[axes]\nstrategies = ["ep", "fsedp-paired"]\n'
+    )
+    res, png = tmp_path / "res", tmp_path / "p.png"
+    assert main(["-q", "sweep", str(spec), "--local", "-o", str(res)]) == 0
+    db = sqlite3.connect(res / "sweep.sqlite")
+    cols = {c[1] for c in db.execute("PRAGMA table_info(points)")}
+    assert {"energy_j", "energy_per_token_j", "edp"} <= cols
+    assert {f"energy_breakdown_j_{p}" for p in PARTS} <= cols
+    values = [r[0] for r in db.execute("SELECT energy_per_token_j FROM points")]
+    assert len(values) == 2 and all(v > 0 for v in values)
+    db.close()
+    argv = ["sweep", "plot", str(res), "--x", "latency_s", "--y", "energy_per_token_j"]
+    assert main([*argv, "-o", str(png)]) == 0
+    assert png.stat().st_size > 0
