@@ -122,3 +122,36 @@ def test_verifier_knows_the_interpreters_skip_rules() -> None:
 
     _load()
     assert sorted(RULES) == sorted(SKIP_RULES)
+
+
+SWEEP = """\
+[sweep]
+routing = "synth:zipf=1.0,seed=0"
+
+[fixed]
+models = "tiny_moe"
+targets = "fsedp-2x2"
+strategies = "ep"
+
+[axes]
+tokens = [16, 32]
+"""
+
+
+@pytest.mark.parametrize("out", ["nope/p.png", "notes.txt/p.png", "sub"])
+def test_sweep_plot_into_a_bad_output_path(
+    out: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    Path("s.toml").write_text(SWEEP)
+    Path("notes.txt").write_text("x")
+    Path("sub").mkdir()
+    assert main(["sweep", "s.toml", "--local", "-o", "res"]) == 0
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    args = ["sweep", "plot", "res", "--x", "tokens", "--y", "latency_s", "-o", out]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moec: error: ") and err.count("\n") == 1, err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
