@@ -35,7 +35,7 @@ from moec.ir.annotations import LayerAnnotations
 from moec.ir.errors import ModelError
 from moec.ir.graph import TensorType, Weight
 
-SCORINGS = ("softmax", "sigmoid")
+SCORINGS = ("softmax", "sigmoid", "sparsemixer")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "swiglu", "identity")
 GROUP_SCORES = ("max", "top2_sum")
 EXPERT_KEYS = ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down")
@@ -69,6 +69,8 @@ class MoELayer:
     # CPU QMoE does for block-wise 8-bit weights when the contracted length is a multiple of the
     # block (a projection with a partial block stays float); None: float activations.
     act_quant_block: int | None = None
+    # Sparsemixer routing (Phi-3.5-MoE, scoring="sparsemixer"): the jitter epsilon of its mask.
+    sparsemixer_eps: float = 0.01
     activation: str = "silu"
     gated: bool = True
     swiglu_alpha: float = 1.702
@@ -182,6 +184,12 @@ class MoELayer:
             raise ModelError(f"unknown activation {self.activation!r}", where)
         if not 1 <= self.top_k <= E:
             raise ModelError(f"top_k={self.top_k} must be in 1..{E}", where)
+        if self.scoring == "sparsemixer" and (self.top_k != 2 or self.normalize_topk):
+            raise ModelError(
+                f"sparsemixer routing picks 2 experts without renormalization, found top_k="
+                f"{self.top_k}, normalize_topk={int(self.normalize_topk)}",
+                where,
+            )
         if E % self.n_group or not 1 <= self.topk_group <= self.n_group:
             raise ModelError(
                 f"bad expert groups {self.n_group}/{self.topk_group} for {E} experts", where
@@ -251,11 +259,12 @@ def activate(kind: str, x: np.ndarray) -> np.ndarray:
 
 
 def router_scores(layer: MoELayer, x: np.ndarray) -> np.ndarray:
-    """Per-token expert scores [T, E] after softmax or sigmoid (before any correction bias)."""
+    """Per-token expert scores [T, E] after softmax or sigmoid (before any correction bias);
+    the softmax of the logits for sparsemixer routing (which gates by masked softmaxes)."""
     logits = _f32(x) @ _f32(layer.array("router_w")).T
     if layer.has("router_b"):
         logits = logits + _f32(layer.array("router_b"))
-    if layer.scoring == "softmax":
+    if layer.scoring in ("softmax", "sparsemixer"):
         z = logits - logits.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
@@ -267,8 +276,47 @@ def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
 
 
+def _masked_softmax_pick(
+    logits: np.ndarray, candidates: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One sparsemixer step: the best of ``candidates`` (logits with earlier picks at -inf) and
+    its gate, the softmax over the experts within the jitter band of it."""
+    best = candidates.max(axis=-1, keepdims=True)
+    pick = np.argmax(candidates, axis=-1)[:, None]  # first index among equals, as torch.max
+    factor = np.maximum(np.abs(logits), best)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        far = (best - logits) / factor > np.float32(2 * eps)
+    masked = np.where(far, np.float32(-np.inf), candidates)
+    z = np.exp(masked - best)
+    gate = np.take_along_axis(z, pick, axis=1) / z.sum(axis=-1, keepdims=True)
+    return pick, gate.astype(np.float32)
+
+
+def sparsemixer(logits: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Phi-3.5-MoE's sparsemixer at inference (transformers ``sparsemixer(training=False)``):
+    expert ids [T, 2] and gates [T, 2] from router ``logits`` [T, E].
+
+    First pick: the arg-max expert; its gate is the softmax over the experts whose logit is
+    within ``2 * eps`` (relative to ``max(|logit|, max)``) of the max. Second pick: the same
+    with the first expert removed (its logit -inf). No renormalization of the two gates.
+    """
+    logits = _f32(logits)
+    first, g1 = _masked_softmax_pick(logits, logits, eps)
+    rest = logits.copy()
+    np.put_along_axis(rest, first, np.float32(-np.inf), axis=1)
+    second, g2 = _masked_softmax_pick(logits, rest, eps)
+    ids = np.concatenate([first, second], axis=1).astype(np.int64)
+    return ids, np.concatenate([g1, g2], axis=1)
+
+
 def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Routing of tokens ``x`` [T, d]: expert ids [T, k] (int64) and gate weights [T, k] (f32)."""
+    if layer.scoring == "sparsemixer":
+        logits = _f32(x) @ _f32(layer.array("router_w")).T
+        if layer.has("router_b"):
+            logits = logits + _f32(layer.array("router_b"))
+        ids, gates = sparsemixer(logits, layer.sparsemixer_eps)
+        return ids, (gates * np.float32(layer.routed_scaling)).astype(np.float32)
     scores = router_scores(layer, x)
     choice = scores + _f32(layer.array("score_bias")) if layer.has("score_bias") else scores
     if layer.n_group > 1:
@@ -425,20 +473,21 @@ _CONFIG_FIELDS = (
     "num_experts", "top_k", "hidden", "ffn", "scoring", "normalize_topk", "routed_scaling",
     "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
     "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
-    "act_quant_block",
+    "act_quant_block", "sparsemixer_eps",
 )  # fmt: skip
 
 
 def layer_config(layer: MoELayer) -> dict[str, int | float | str]:
     """The layer's options as a flat dict of ints, floats and strings (weights excluded).
 
-    Booleans become 0/1 and an absent swiglu limit is omitted, so the dict maps directly onto
+    Booleans become 0/1, an absent swiglu limit (and the sparsemixer epsilon of a layer that
+    does not route by sparsemixer) is omitted, so the dict maps directly onto
     ONNX node attributes or stream-program key-values.
     """
     out: dict[str, int | float | str] = {}
     for key in _CONFIG_FIELDS:
         value = getattr(layer, key)
-        if value is None:
+        if value is None or (key == "sparsemixer_eps" and layer.scoring != "sparsemixer"):
             continue
         out[key] = int(value) if isinstance(value, bool) else value
     return out
@@ -453,7 +502,10 @@ def layer_from_config(name: str, config: dict[str, Any], weights: dict[str, Weig
     for key in ("normalize_topk", "gated"):
         if key in kwargs:
             kwargs[key] = bool(kwargs[key])
-    for key in ("routed_scaling", "swiglu_alpha", "swiglu_beta", "swiglu_limit", "normalize_eps"):
+    for key in (
+        "routed_scaling", "swiglu_alpha", "swiglu_beta", "swiglu_limit", "normalize_eps",
+        "sparsemixer_eps",
+    ):  # fmt: skip
         if key in kwargs:
             kwargs[key] = float(kwargs[key])
     layer = MoELayer(name=name, weights=weights, **kwargs)

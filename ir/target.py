@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from moec.ir.energy import EnergyModel
 from moec.ir.errors import TargetError
 from moec.ir.hardware import (
     DRAM_ALIASES,
@@ -131,6 +132,8 @@ class Target:
     description: str = field(default="", compare=False)
     #: the first-wave ideal machine: every :mod:`moec.ir.cost` formula drops its non-ideal terms
     ideal: bool = False
+    #: energy per operation, byte and bit, and static power (:mod:`moec.ir.energy`)
+    energy: EnergyModel = EnergyModel()
     _links: dict[tuple[int, int], Link] = field(init=False, repr=False, compare=False)
     _adj: dict[int, list[int]] = field(init=False, repr=False, compare=False)
 
@@ -268,6 +271,7 @@ class Target:
             "channels": [dataclasses.asdict(c) for c in self.channels],
             "host": dataclasses.asdict(self.host) if self.host else None,
             "ideal": self.ideal,
+            "energy": self.energy.to_dict(),
         }
 
     def summary(self) -> str:
@@ -380,7 +384,7 @@ def build(p: TargetParams) -> Target:
     dims = (p.dies_x, p.dies_y) if p.topology == "mesh" else (len(dies), 1)
     return Target(
         p.name, p.topology, dies, tuple(_links(p, coords)), channels, p.host, dims, p,
-        p.description, p.ideal,
+        p.description, p.ideal, p.energy,
     )  # fmt: skip
 
 

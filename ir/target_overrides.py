@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from moec.ir.energy import D2D_PJ_PER_BIT, MAC_PJ
 from moec.ir.errors import TargetError
 from moec.ir.hardware import DATAFLOWS, DRAM_ALIASES, DRAM_KINDS, MacArray, squarest_array
 from moec.ir.target_params import MIB, Host, TargetParams
@@ -51,6 +52,27 @@ OVERRIDE_KEYS: dict[str, str] = {
     "ddr_kind": "DRAM kind: " + ", ".join([*DRAM_KINDS, *DRAM_ALIASES]),
     "ddr_burst_bytes": "DRAM burst size, bytes (integer)",
     "ddr_efficiency": "sustained fraction of DRAM pin bandwidth for streaming reads, in (0, 1]",
+    **{f"energy_mac_pj_{p}": f"pJ per {p} multiply-accumulate (>= 0)" for p in MAC_PJ},
+    "energy_vector_op_pj": "pJ per vector-unit element op (>= 0)",
+    "energy_sram_read_pj_per_byte": "pJ per byte read from SRAM (>= 0)",
+    "energy_sram_write_pj_per_byte": "pJ per byte written to SRAM (>= 0)",
+    "energy_dram_pj_per_bit": "pJ per bit read from any DRAM channel (>= 0; default: by kind)",
+    "energy_d2d_class": "D2D link class: " + ", ".join(D2D_PJ_PER_BIT),
+    "energy_d2d_pj_per_bit": "pJ per bit on a D2D link (>= 0; default: by link class)",
+    "energy_host_pj_per_bit": "pJ per bit on a host link (>= 0)",
+    "energy_die_static_w": "static (leakage + idle) W per die (>= 0)",
+    "energy_channel_static_w": "static (background) W per DRAM channel (>= 0)",
+}
+#: override key -> EnergyModel field, for the numeric energy keys other than MACs
+_ENERGY_FIELDS = {
+    "energy_vector_op_pj": "vector_op_pj",
+    "energy_sram_read_pj_per_byte": "sram_read_pj_per_byte",
+    "energy_sram_write_pj_per_byte": "sram_write_pj_per_byte",
+    "energy_dram_pj_per_bit": "dram_pj_per_bit",
+    "energy_d2d_pj_per_bit": "d2d_pj_per_bit",
+    "energy_host_pj_per_bit": "host_pj_per_bit",
+    "energy_die_static_w": "die_static_w",
+    "energy_channel_static_w": "channel_static_w",
 }
 _INT_KEYS = {
     "sram_bytes_per_die", "macs_per_die", "dies_x", "dies_y", "num_dies", "array_rows",
@@ -60,12 +82,14 @@ _INT_KEYS = {
 _NONNEG_KEYS = {
     "d2d_latency_ns", "ddr_latency_ns", "host_latency_ns", "issue_cycles", "dma_setup_ns",
     "d2d_flit_payload_bytes", "d2d_flit_overhead_bytes", "d2d_min_bytes",
+    *_ENERGY_FIELDS, *(f"energy_mac_pj_{p}" for p in MAC_PJ),
 }  # fmt: skip
 _STR_KEYS: dict[str, tuple[str, ...]] = {
     "topology": TOPOLOGIES,
     "ddr_placement": ("corners", "edges", "all"),
     "dataflow": DATAFLOWS,
     "ddr_kind": (*DRAM_KINDS, *DRAM_ALIASES),
+    "energy_d2d_class": tuple(D2D_PJ_PER_BIT),
 }
 _BOOL_KEYS = {"ideal"}
 _ARRAY_KEYS = ("array_rows", "array_cols", "arrays_per_die", "dataflow")
@@ -175,6 +199,21 @@ def _dram_overrides(p: TargetParams, vals: dict[str, Any]) -> Any:
     return dram
 
 
+def _energy_overrides(p: TargetParams, vals: dict[str, Any]) -> Any:
+    e = p.energy
+    macs = dict(e.mac_pj)
+    for prec in MAC_PJ:
+        if f"energy_mac_pj_{prec}" in vals:
+            macs[prec] = float(vals[f"energy_mac_pj_{prec}"])
+    fields: dict[str, Any] = {
+        name: float(vals[key]) for key, name in _ENERGY_FIELDS.items() if key in vals
+    }
+    if "energy_d2d_class" in vals:  # a new class brings its own pJ/bit unless given
+        fields["d2d_class"] = vals["energy_d2d_class"]
+        fields.setdefault("d2d_pj_per_bit", None)
+    return dataclasses.replace(e, mac_pj=tuple(sorted(macs.items())), **fields)
+
+
 def apply_overrides(p: TargetParams, overrides: Mapping[str, Any]) -> TargetParams:
     """Return ``p`` with flat overrides applied; unknown keys or bad values raise TargetError."""
     vals: dict[str, Any] = {}
@@ -231,4 +270,5 @@ def apply_overrides(p: TargetParams, overrides: Mapping[str, Any]) -> TargetPara
         else p.d2d_latency_s,
         d2d_framing=framing,
         ideal=vals.get("ideal", p.ideal),
+        energy=_energy_overrides(p, vals),
     )

@@ -1,14 +1,16 @@
 """The parametric description of a target: what presets, TOML files and overrides edit.
 
 :class:`TargetParams` is small and flat (a die type, a topology, one D2D link type, a rule placing
-DRAM channels, an optional host tier, the hardware-model parts of :mod:`moec.ir.hardware`, and
-the ``ideal`` switch); :func:`moec.ir.target.build` expands it into a :class:`~moec.ir.target.Target`.
+DRAM channels, an optional host tier, the hardware-model parts of :mod:`moec.ir.hardware`, the
+energy model of :mod:`moec.ir.energy`, and the ``ideal`` switch); :func:`moec.ir.target.build`
+expands it into a :class:`~moec.ir.target.Target`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moec.ir.energy import EnergyModel
 from moec.ir.hardware import PCIE_256B, UCIE_68B, DieCosts, Framing, MacArray
 
 #: Multiply-accumulates per MAC unit per cycle, relative to fp16 (int8 packs two, int4 four;
@@ -84,3 +86,4 @@ class TargetParams:
     description: str = ""
     d2d_framing: Framing = UCIE_68B
     ideal: bool = False
+    energy: EnergyModel = EnergyModel()

@@ -6,6 +6,7 @@ published figure and are meant to be overridden (``--set``, TOML).
 
 from __future__ import annotations
 
+from moec.ir.energy import EnergyModel
 from moec.ir.hardware import UCIE_68B, DieCosts, Framing, MacArray
 from moec.ir.target_params import GIB, MIB, DieParams, DramParams, Host, TargetParams
 
@@ -64,5 +65,8 @@ PRESETS: dict[str, TargetParams] = {
         dram=DramParams("all", "hbm2e", 2000.0, latency_s=500e-9, capacity_bytes=80 * GIB),
         host=Host(gbps=64.0, latency_s=2e-6, capacity_bytes=1024 * GIB),
         description="8 HBM devices, all-to-all links, PCIe host tier (CAEE-style runs)",
+        # board-level SerDes between devices; a device's and an HBM2e stack's idle power are
+        # estimates (docs/targets.md, "Energy")
+        energy=EnergyModel(d2d_class="serdes", die_static_w=50.0, channel_static_w=5.0),
     ),  # fmt: skip
 }

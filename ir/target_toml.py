@@ -27,6 +27,7 @@ import re
 import tomllib
 from typing import Any
 
+from moec.ir.energy import D2D_PJ_PER_BIT, MAC_PJ, EnergyModel
 from moec.ir.errors import Location, TargetError
 from moec.ir.hardware import DATAFLOWS, PCIE_256B, UCIE_68B, DieCosts, Framing, MacArray
 from moec.ir.target import (
@@ -44,7 +45,7 @@ from moec.ir.target import (
 )
 
 _TOP_KEYS = ("name", "description", "topology", "dies_x", "dies_y", "num_dies", "ideal")
-_SECTIONS = ("die", "d2d", "dram", "host")
+_SECTIONS = ("die", "d2d", "dram", "host", "energy")
 _FRAMING_KEYS = ("flit_payload_bytes", "flit_overhead_bytes", "min_bytes")
 _SECTION_KEYS = {
     "die": (
@@ -57,6 +58,11 @@ _SECTION_KEYS = {
         "capacity_gib", "burst_bytes", "efficiency",
     ),
     "host": ("gbps", "latency_ns", "capacity_gib", *_FRAMING_KEYS),
+    "energy": (
+        "mac_pj", "vector_op_pj", "sram_read_pj_per_byte", "sram_write_pj_per_byte",
+        "dram_pj_per_bit", "d2d_class", "d2d_pj_per_bit", "host_pj_per_bit", "die_static_w",
+        "channel_static_w",
+    ),
 }  # fmt: skip
 _TOML_POS = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 
@@ -234,6 +240,37 @@ def _host(path: str, table: dict[str, Any]) -> Host:
     )
 
 
+def _energy(path: str, table: dict[str, Any]) -> EnergyModel:
+    f = _Fields(path, "energy", table, _SECTION_KEYS["energy"])
+    base = EnergyModel()
+    macs = dict(base.mac_pj)
+    raw = table.get("mac_pj", {})
+    if not isinstance(raw, dict):
+        f.fail("mac_pj", "a table {precision = pJ}", repr(raw))
+    sub = _Fields(path, "energy.mac_pj", raw, tuple(MAC_PJ))
+    for prec in raw:
+        macs[prec] = sub.number(prec, strict=False) or 0.0
+
+    def num(key: str) -> float:
+        return float(f.number(key, getattr(base, key), strict=False) or 0.0)
+
+    def optional(key: str) -> float | None:
+        return f.number(key, None, strict=False)
+
+    return EnergyModel(
+        mac_pj=tuple(sorted(macs.items())),
+        vector_op_pj=num("vector_op_pj"),
+        sram_read_pj_per_byte=num("sram_read_pj_per_byte"),
+        sram_write_pj_per_byte=num("sram_write_pj_per_byte"),
+        dram_pj_per_bit=optional("dram_pj_per_bit"),
+        d2d_class=f.choice("d2d_class", base.d2d_class, tuple(D2D_PJ_PER_BIT)),
+        d2d_pj_per_bit=optional("d2d_pj_per_bit"),
+        host_pj_per_bit=num("host_pj_per_bit"),
+        die_static_w=num("die_static_w"),
+        channel_static_w=num("channel_static_w"),
+    )
+
+
 def _table(f: _Fields, doc: dict[str, Any], name: str) -> dict[str, Any]:
     t = doc.get(name, {})
     if not isinstance(t, dict):
@@ -285,6 +322,7 @@ def params_from_dict(doc: dict[str, Any], path: str) -> TargetParams:
         dram=_dram(path, _table(f, doc, "dram"), topology),
         host=_host(path, host) if host is not None else None,
         description=description,
+        energy=_energy(path, _table(f, doc, "energy")),
     )
     if isinstance(params.dram.placement, tuple):
         bad = [d for d in params.dram.placement if not 0 <= d < n]

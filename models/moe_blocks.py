@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 
 from moec.ir.moe import MoESpec
 from moec.models.builder import OnnxBuilder
@@ -283,10 +284,49 @@ def _expert_linear(
     return y
 
 
+#: Phi-3.5-MoE's router jitter: the sparsemixer's band is 2 * eps around the max logit.
+SPARSEMIXER_EPS = 0.01
+
+
+def _sparsemixer_pick(b: OnnxBuilder, logits: str, candidates: str, name: str) -> tuple[str, str]:
+    """One sparsemixer pick (:func:`moec.ir.moe.sparsemixer`), as transformers exports it."""
+    axes = b.const("axes", np.array([-1], np.int64))
+    best = b.op("ReduceMax", [candidates, axes], name=f"{name}.best", keepdims=1)
+    pick = b.op("ArgMax", [candidates], name=f"{name}.pick", axis=-1, keepdims=1)
+    factor = b.op("Max", [b.op("Abs", [logits], name=f"{name}.abs"), best], name=f"{name}.factor")
+    gap = b.op("Div", [b.op("Sub", [best, logits], name=f"{name}.gap"), factor], name=f"{name}.rel")
+    far = b.op(
+        "Greater", [gap, b.const("band", np.float32(2 * SPARSEMIXER_EPS))], name=f"{name}.far"
+    )
+    masked = b.op(
+        "Where", [far, b.const("ninf", np.float32(-np.inf)), candidates], name=f"{name}.mask"
+    )
+    probs = b.op("Softmax", [masked], name=f"{name}.softmax", axis=-1)
+    gate = b.op("GatherElements", [probs, pick], name=f"{name}.gate", axis=-1)
+    return pick, gate
+
+
+def _sparsemixer_routing(b: OnnxBuilder, logits: str, name: str) -> tuple[str, str]:
+    """Sparsemixer ids and gates [T, 2]: the arg-max pick, then the best of the rest."""
+    first, g1 = _sparsemixer_pick(b, logits, logits, f"{name}.sm1")
+    fill = b.op(
+        "ConstantOfShape", [b.op("Shape", [first], name=f"{name}.sm_shape")], name=f"{name}.sm_fill",
+        value=onnx.helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [-np.inf]),
+    )  # fmt: skip
+    rest = b.op("ScatterElements", [logits, first, fill], name=f"{name}.sm_drop", axis=-1)
+    second, g2 = _sparsemixer_pick(b, logits, rest, f"{name}.sm2")
+    ids = b.op("Concat", [first, second], name=f"{name}.sm_ids", axis=-1)
+    gates = b.op("Concat", [g1, g2], name=f"{name}.sm_gates", axis=-1)
+    return ids, gates
+
+
 def decomposed_moe(b: OnnxBuilder, x: str, s: MoESpec, name: str) -> str:
     """The decomposed standard-op MoE block described in the module docstring."""
-    E, d, F = s.experts, s.hidden, s.ffn
+    E = s.experts
     logits = _router(b, x, s, name)
+    if s.scoring == "sparsemixer":
+        ids, gates = _sparsemixer_routing(b, logits, name)
+        return _experts_of_dispatch(b, x, s, name, logits, ids, gates)
     if s.scoring == "softmax":
         scores = b.op("Softmax", [logits], name=f"{name}.softmax", axis=-1)
     else:
@@ -321,6 +361,15 @@ def decomposed_moe(b: OnnxBuilder, x: str, s: MoESpec, name: str) -> str:
             [gates, b.const("scaling", np.float32(s.routed_scaling))],
             name=f"{name}.gate_scale",
         )
+    return _experts_of_dispatch(b, x, s, name, scores, ids, gates)
+
+
+def _experts_of_dispatch(
+    b: OnnxBuilder, x: str, s: MoESpec, name: str, scores: str, ids: str, gates: str
+) -> str:
+    """The dense dispatch matrix from the routing, every expert on every token, the weighted
+    sum over experts, and the shared experts."""
+    d, F = s.hidden, s.ffn
     zeros = b.op(
         "ConstantOfShape", [b.op("Shape", [scores], name=f"{name}.shape")], name=f"{name}.zeros"
     )

@@ -7,11 +7,11 @@ routed experts, shared experts), residual adds, a final LayerNorm and the LM hea
 layers and the head: DeepSeek-V3 comes to 659.6B of its 671B (26.1B of 37B active), Mixtral-8x7B
 to 45.4B of 46.7B, Qwen3-30B-A3B to 29.6B of 30.5B.
 
-Sources: DESIGN.md for the four paper models, Hugging Face configs for the rest. Discrepancies:
-Phi-3.5-MoE's HF config has ``intermediate_size`` 6400 (DESIGN's F 3200 is used here, so the preset
-has 20.4B parameters, not 41.9B), and its
-``sparsemixer`` routing is approximated by softmax top-2 with renormalization; Yuan2.0-M32 routes
-with an attention router (approximated by a linear one) and DESIGN's F 4096 is used.
+Sources: DESIGN.md for the four paper models, Hugging Face configs for the rest. Phi-3.5-MoE
+follows its published config (``microsoft/Phi-3.5-MoE-instruct``: ``intermediate_size`` 6400,
+sparsemixer routing with jitter 0.01, two experts, gates not renormalized); the FSE-DP paper
+(and DESIGN.md) give it F 3200, which this preset no longer uses. Yuan2.0-M32 routes with an
+attention router (approximated by a linear one) and DESIGN's F 4096 is used.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("phi3.5-moe", MoESpec(16, 2, 4096, 3200), 32, 0, 32064, 0,
-               "Phi-3.5-MoE: d 4096, F 3200, 16 experts top-2, 32 layers"),
+        Preset("phi3.5-moe",
+               MoESpec(16, 2, 4096, 6400, scoring="sparsemixer", normalize_topk=False),
+               32, 0, 32064, 0,
+               "Phi-3.5-MoE: d 4096, F 6400, 16 experts top-2 (sparsemixer), 32 layers"),
         Preset("yuan2-m32", MoESpec(32, 2, 2048, 4096), 24, 0, 135040, 0,
                "Yuan2.0-M32: d 2048, F 4096, 32 experts top-2, 24 layers"),
         Preset("deepseek-moe-16b",

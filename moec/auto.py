@@ -4,8 +4,9 @@ No fixed strategy wins everywhere (FSE-DP at few tokens, TP or EPLB at many, Hyd
 calibration matches the batch), so ``auto`` tries them for the model, target and routing at hand:
 
 1. **Candidates** (:func:`candidates`, a fixed order): every registered strategy with its default
-   options, then option variants that change the schedule (Hydra without its per-die cap, EP with
-   block placement, more SRAM slots, hence finer micro-slices). A candidate that does not fit the
+   options, then option variants that change the schedule (the fewest slices that fit instead
+   of the cost model's cut, Hydra without its per-die cap, EP with block placement, more SRAM
+   slots, hence finer micro-slices). A candidate that does not fit the
    target (a :class:`~moec.ir.errors.ScheduleError` or ``StrategyError``) is recorded as such.
 2. **Predict** each candidate from the cost model: its program is lowered and its runtime part
    expanded for the routing, and the prediction is the busiest DRAM channel's occupancy
@@ -48,7 +49,7 @@ from moec.ir.stream.values import HOST_CHANNEL
 from moec.ir.target import Target, load_target
 
 #: Interpreter runs the search may spend by default.
-DEFAULT_BUDGET = 12
+DEFAULT_BUDGET = 18
 
 
 def candidates(options: dict[str, str] | None = None) -> list[str]:
@@ -57,6 +58,7 @@ def candidates(options: dict[str, str] | None = None) -> list[str]:
     load_strategies()
     base = ["ep", "hydra", "eplb", "tp", "fsedp", "fsedp-paired", "fsedp-r5"]
     variants = [
+        "ep{slices=fit}", "hydra{slices=fit}", "eplb{slices=fit}", "tp{slices=fit}",
         "hydra{cap=none}", "ep{placement=blocks}", "ep{slots=8}", "hydra{slots=8}",
         "eplb{slots=8}", "tp{slots=8}", "fsedp-paired{slots=8}",
     ]  # fmt: skip
@@ -180,8 +182,12 @@ def search(
         if runs >= budget:
             tr.status = "not run: search budget spent"
             continue
-        result = simulate(tr.program, target=target, routings=routing, verify=False)
         runs += 1
+        try:  # SRAM is a hard limit at run time too: a routing may overfill a die
+            result = simulate(tr.program, target=target, routings=routing, verify=False)
+        except ScheduleError as e:
+            tr.status = f"does not fit at run time: {e.message}"
+            continue
         tr.measured_s = float(moe_metrics(result.timeline)["latency_s"])
         tr.status = "measured"
         if best is None or best.measured_s is None or tr.measured_s < best.measured_s:

@@ -13,6 +13,9 @@ layers only:
 * ``dram_bytes`` / ``link_bytes``: bytes the MoE layers move (a DRAM load crossing links counts
   on each link it crosses);
 * ``peak_sram_bytes_max``: the largest per-die SRAM peak (slots and activations);
+* ``energy_j``: the MoE layers' ops' energy (:mod:`moec.ir.cost.energy`) plus static power over
+  ``latency_s``, split in ``energy_breakdown_j``; ``energy_per_token_j`` (over the iteration's
+  tokens) and ``edp`` (``energy_j x latency_s``);
 * ``bound_s``: :func:`moec.compiler.bench.spec.iteration_bound` for the work the iteration
   actually does: the routing after runtime rules (pairs dropped by ``caee-prune`` or
   ``skip-second`` are not work), minus the experts token buffering defers to the next iteration
@@ -67,7 +70,7 @@ from moec.backends.interp import simulate
 from moec.backends.interp.simulate import gc_paused
 from moec.backends.interp.timing import LOAD, XFER, Timeline
 from moec.compiler.bench.report import add_speedups
-from moec.compiler.bench.row import Accuracy, BenchRow, Row, Utilization
+from moec.compiler.bench.row import Accuracy, BenchRow, Energy, Row, Utilization
 from moec.compiler.bench.spec import (
     BenchError,
     accuracy_dims,
@@ -136,6 +139,9 @@ def moe_metrics(tl: Timeline) -> dict[str, Any]:
             link += n
     latency = sum(e - s for s, e in spans.values())
     scale = 1.0 / latency if latency > 0 else 0.0
+    energy: dict[str, float] = {}
+    if tl.energy is not None:
+        energy = tl.energy.of_ops([k >= 0 for k in tl.layer], t, latency)
     links = len(t.links)
 
     def mean(a: np.ndarray) -> float:
@@ -151,6 +157,7 @@ def moe_metrics(tl: Timeline) -> dict[str, Any]:
         },
         "dram_bytes": int(dram),
         "link_bytes": int(link),
+        "energy_breakdown_j": energy,
     }
 
 
@@ -381,6 +388,7 @@ def run_point(
         dram_bytes=metrics["dram_bytes"],
         link_bytes=metrics["link_bytes"],
         utilization=Utilization(util["compute"], util["dram"], util["links"]),
+        energy=Energy(metrics["energy_breakdown_j"], metrics["latency_s"], trace.tokens),
         bound_deferred_pairs=deferred_pairs,
         serving=serving,
         sram_over_bytes=sram_over,

@@ -13,7 +13,7 @@ The same input and options give byte-identical files.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,10 @@ from moec.options import (  # noqa: F401 - the API names them here
     parse_dims,
     parse_overrides,
 )
+
+#: The stages :func:`compile_model` reports through ``on_stage``: frontend, passes, lowering
+#: (or the strategy search), weights companion.
+COMPILE_STAGES = 4
 
 
 def target_ref(
@@ -94,16 +98,24 @@ def compile_model(
     debug: bool = False,
     on_module: Any = None,
     search_budget: int = DEFAULT_BUDGET,
+    on_stage: Callable[[str], None] | None = None,
 ) -> Compiled:
-    """Frontend, passes and lowering of ``model`` for a program to be written at ``output``."""
+    """Frontend, passes and lowering of ``model`` for a program to be written at ``output``.
+
+    ``on_stage`` is called once after each of the :data:`COMPILE_STAGES` stages with what comes
+    next (for a progress bar).
+    """
+    stage = on_stage if on_stage is not None else (lambda _: None)
     out_dir = os.path.dirname(os.path.abspath(output))
     ref = target_ref(target, overrides, out_dir)
     name, options = parse_strategy(strategy)
     pipeline = parse_pipeline(passes) if passes.strip() else None
     trace = load_trace(routing) if isinstance(routing, str) else routing
     module, lifted, model_name = load_model(model)
+    stage("passes" if pipeline is not None else "no passes")
     if pipeline is not None:
         module = pipeline.run(module, debug=debug)
+    stage("searching the strategies" if name == "auto" else f"lowering ({name})")
     if on_module is not None:
         on_module(module)
     found = None
@@ -130,7 +142,9 @@ def compile_model(
             module, ref, name, options, trace, tokens=tokens, dims=dims, base_dir=out_dir,
             name=model_name,
         )  # fmt: skip
+    stage("weights companion")
     companion = companion_bytes(lifted, module)
+    stage("done")
     if companion is not None:
         program.weights = WeightsRef(companion_name(os.path.basename(output)), sha256(companion))
     return Compiled(program, print_program(program), companion, module, lifted, found)

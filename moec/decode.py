@@ -19,6 +19,7 @@ trained on.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -47,8 +48,10 @@ def decode_sequence(
     seed: int = 0,
     num_dies: int = 4,
     home: str = "blocks",
+    on_step: Callable[[int], None] | None = None,
 ) -> RoutingSequence:
-    """``steps`` decode iterations of ``batch`` sequences of ``model`` (see module doc)."""
+    """``steps`` decode iterations of ``batch`` sequences of ``model`` (see module doc);
+    ``on_step(i)`` is called after step ``i`` (for a progress bar)."""
     if batch < 1 or steps < 1 or prompt < 1:
         raise TraceError(
             f"expected batch, steps and prompt >= 1, found {batch}, {steps}, {prompt}", model
@@ -85,7 +88,7 @@ def decode_sequence(
     rng = np.random.default_rng(seed)
     homes = assign_home_dies(batch, num_dies, home)
     iterations = []
-    for _ in range(steps):
+    for step in range(steps):
         window = np.array([s[-context:] for s in seqs], dtype=np.int64)
         values = dict(zip(out_names, sess.run(out_names, {"input_ids": window}), strict=True))
         layers = []
@@ -109,4 +112,6 @@ def decode_sequence(
             nxt = np.argmax(last, axis=1).tolist()
         for s, t in zip(seqs, nxt, strict=True):
             s.append(int(t))
+        if on_step is not None:
+            on_step(step)
     return RoutingSequence(iterations)

@@ -149,7 +149,17 @@ def serving_row(
         ),
         residency=rewrite.stats() if rewrite is not None else None,
         arrivals=arrivals_of(result, arrivals) if arrivals else None,
+        **_run_energy(result.report.energy_j, metrics["tokens_per_s"], result.metrics.makespan_s),
     )
+
+
+def _run_energy(energy_j: float, tokens_per_s: float, makespan_s: float) -> dict[str, float]:
+    """The whole serving run's joules and joules per token served (none without an energy
+    ledger: a run with no energy charged)."""
+    tokens = tokens_per_s * makespan_s
+    if energy_j <= 0 or tokens <= 0:
+        return {}
+    return {"energy_j": energy_j, "energy_per_token_j": energy_j / tokens}
 
 
 def arrivals_of(result: ServingResult, spec: str) -> list[dict[str, Any]]:

@@ -4,9 +4,15 @@
     python scripts/serving_tables.py --update docs/results.md   # rewrite the marked section there
     python scripts/serving_tables.py --iterations 32 --models qwen3-30b-a3b   # a quick look
     python scripts/serving_tables.py --cache rows.json ...   # keep finished rows, resume/split
+    python scripts/serving_tables.py --target fsedp-3x3 --iterations 64 --update docs/results.md
 
-Two workloads, each ``--iterations`` decode steps of ``--tokens`` tokens on ``fsedp-2x2``, one
-MoE layer (``moec bench --iterations N --layers 1``), timing only:
+Each target's tables live between their own markers (``fsedp-2x2``'s are
+``<!-- serving-tables:begin -->``; another target's ``<!-- serving-tables:T:begin -->``), so
+``--update`` with a second ``--target`` adds or replaces that target's tables and keeps the
+others; the regenerate command printed above each table is the one that made it.
+
+Two workloads, each ``--iterations`` decode steps of ``--tokens`` tokens on ``--target``
+(default ``fsedp-2x2``), one MoE layer (``moec bench --iterations N --layers 1``), timing only:
 
 1. **drifting synthetic routing** for the FSE-DP paper's four models:
    ``synth:zipf=1.0,seed=0,drift=0.05,burst=0.02`` (Zipf(1.0) popularity whose log takes a
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -39,9 +46,35 @@ from typing import Any
 from moec.bench import run_bench
 from moec.decode import decode_sequence
 from moec.ir.routing_seq import save_sequence
+from moec.ir.target import load_target
 
 BEGIN = "<!-- serving-tables:begin -->"
 END = "<!-- serving-tables:end -->"
+DEFAULT_TARGET = "fsedp-2x2"
+
+
+def markers(target: str) -> tuple[str, str]:
+    """The begin and end markers of ``target``'s tables (``fsedp-2x2``: the original pair)."""
+    if target == DEFAULT_TARGET:
+        return BEGIN, END
+    return f"<!-- serving-tables:{target}:begin -->", f"<!-- serving-tables:{target}:end -->"
+
+
+def command(args: argparse.Namespace) -> str:
+    """The command line that regenerates ``args``' tables in docs/results.md."""
+    parts = ["python scripts/serving_tables.py"]
+    if args.target != DEFAULT_TARGET:
+        parts.append(f"--target {args.target}")
+    if args.models != list(PAPER):
+        parts.append(f"--models {','.join(args.models)}")
+    if args.tokens != 16:
+        parts.append(f"--tokens {args.tokens}")
+    if not args.lm:
+        parts.append("--no-lm")
+    parts.append(f"--iterations {args.iterations} --update docs/results.md")
+    return " ".join(parts)
+
+
 PAPER = ("phi3.5-moe", "yuan2-m32", "deepseek-moe-16b", "qwen3-30b-a3b")
 STRATEGIES = (
     ("EP", "ep"),
@@ -71,10 +104,10 @@ def rows_for(
         t0 = time.perf_counter()
         rows = run_bench(
             model, target, [tokens], [s for _, s in STRATEGIES], routing=routing,
-            iterations=iterations, residency=residency,
+            iterations=iterations, residency=residency, keep_going=True,
         )  # fmt: skip
         for r in rows:
-            if r["deferred_pairs_final"] != 0:
+            if r.get("error") is None and r["deferred_pairs_final"] != 0:
                 raise SystemExit(f"{model} {r['strategy']}: pairs left undone")
             r["label"] = labels[r["strategy"]]
             r["residency"] = residency or "-"
@@ -102,6 +135,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|" + "---|" * 12]
     for r in rows:
+        if r.get("error"):  # a point that cannot run (e.g. does not fit SRAM): say why
+            why = r["error"].split(": ", 1)[-1].split(" (--allow-overflow")[0]
+            lines.append(f"| {r['model']} | {r['label']} | {r['residency']} | {why} |")
+            continue
         hits = r.get("residency_hits")
         total = hits + r.get("residency_misses", 0) if hits is not None else 0
         lines.append(
@@ -115,11 +152,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def section(args: argparse.Namespace) -> str:
-    cmd = (
-        f"python scripts/serving_tables.py --iterations {args.iterations} --update docs/results.md"
-    )
+    cmd = command(args)
+    begin, end = markers(args.target)
     out = [
-        BEGIN,
+        begin,
         f"{args.iterations} decode iterations of {args.tokens} tokens, one MoE layer, "
         f"`{args.target}`, timing only, one event simulation per row (no reset between "
         f"iterations). Regenerate: `{cmd}` (each row is `moec bench --model M --tokens "
@@ -140,7 +176,7 @@ def section(args: argparse.Namespace) -> str:
             path = os.path.join(tmp, "lm.npz")
             seq = decode_sequence(
                 os.path.join(ROOT, "models/tiny_moe_lm.onnx"), batch=args.tokens,
-                steps=args.iterations, num_dies=4,
+                steps=args.iterations, num_dies=load_target(args.target).num_dies,
             )  # fmt: skip
             save_sequence(seq, path)
             lm_rows = rows_for(
@@ -155,9 +191,7 @@ def section(args: argparse.Namespace) -> str:
             "",
             table(lm_rows),
         ]
-    out += [
-        END,
-    ]
+    out += [end]
     return "\n".join(out) + "\n"
 
 
@@ -165,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--iterations", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=16)
-    ap.add_argument("--target", default="fsedp-2x2")
+    ap.add_argument("--target", default=DEFAULT_TARGET)
     ap.add_argument("--models", type=lambda s: [m for m in s.split(",") if m], default=list(PAPER))
-    ap.add_argument("--update", metavar="FILE.md", help=f"replace the {BEGIN} ... {END} section")
+    ap.add_argument("--update", metavar="FILE.md", help="replace the target's marked section")
     ap.add_argument(
         "--cache", metavar="FILE.json[,MORE.json]", help="reuse and keep finished rows there"
     )
@@ -182,9 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with open(args.update, encoding="utf-8") as f:
         doc = f.read()
-    if BEGIN in doc and END in doc:
-        a, b = doc.index(BEGIN), doc.index(END) + len(END) + 1
+    begin, end = markers(args.target)
+    if begin in doc and end in doc:
+        a, b = doc.index(begin), doc.index(end) + len(end) + 1
         doc = doc[:a] + text + doc[b:]
+    elif END in doc:  # after the other targets' tables, in the same section
+        at = max(m.end() + 1 for m in re.finditer(r"<!-- serving-tables:(\S+:)?end -->", doc))
+        doc = doc[:at] + "\n" + text + doc[at:]
     else:
         doc = doc.rstrip("\n") + "\n\n## Serving over many iterations (issue 16)\n\n" + text
     with open(args.update, "w", encoding="utf-8") as f:

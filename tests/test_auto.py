@@ -17,7 +17,7 @@ def test_auto_explain_lists_candidates_and_the_measured_winner(tmp_path: Path) -
     r = _compile(tmp_path, "--explain", "--search-budget", "4")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("strategy auto: 14 candidates on routing synth:zipf=1.0,seed=0")
+    assert lines[0].startswith("strategy auto: 18 candidates on routing synth:zipf=1.0,seed=0")
     rows = [ln for ln in lines if ln[:1] in " *" and ("measured" in ln or "pruned" in ln)]
     assert sum(ln.startswith("*") for ln in rows) == 1
     winner = next(ln for ln in rows if ln.startswith("*")).split()[1]

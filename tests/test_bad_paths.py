@@ -23,14 +23,19 @@ name = "mine"
 base = "fsedp-2x2"
 """
 
+ROOT = Path(__file__).resolve().parents[1]
+
 SPEC_TOML = """\
+[sweep]
+name = "t"
+
 [fixed]
-model = "tiny_moe"
-target = "fsedp-2x2"
-strategy = "ep"
-tokens = 16
+models = "tiny_moe"
+targets = "fsedp-2x2"
+strategies = "ep"
 
 [axes]
+tokens = [16]
 """
 
 
@@ -46,6 +51,9 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "text.txt").write_text("hello world\n" * 8)
     (root / "notes.txt").write_text("not a model\n")
     (root / "sub").mkdir()
+    shutil.copy(ROOT / "models" / "tiny_moe_lm.onnx", root / "lm.onnx")
+    spec = ["sweep", str(root / "spec.toml"), "--local", "-o", str(root / "res")]
+    assert main(spec) == 0
     return root
 
 
@@ -56,6 +64,8 @@ def work(pristine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     monkeypatch.chdir(folder)
     yield folder
     for path in folder.rglob("*"):  # let pytest remove what a case made read-only
+        if path.is_symlink():
+            continue
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
 
@@ -63,7 +73,10 @@ def _snapshot(folder: Path) -> dict[str, str]:
     out = {}
     for path in sorted(folder.rglob("*")):
         rel = str(path.relative_to(folder))
-        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.is_symlink():
+            out[rel] = "link to " + os.readlink(path)
+        else:
+            out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
 
@@ -96,6 +109,25 @@ SAME_AS_INPUT = [
     ["export", "m.onnx", "-o", "./sub/../m.onnx"],
     ["trace", "synth", "--model", "m.onnx", "--tokens", "8", "-o", "m.onnx"],
     ["trace", "dump", "m.onnx", "-o", "m.onnx"],
+    ["trace", "dump", "m.onnx", "--inputs", "t.json", "-o", "t.json"],
+    ["trace", "dump", "m.onnx", "--target", "my.toml", "-o", "my.toml"],
+    ["trace", "dump", "lm.onnx", "--decode", "2", "--text", "t.json", "-o", "t.json"],
+    ["trace", "dump", "lm.onnx", "--decode", "2", "-o", "lm.onnx"],
+    [
+        "trace",
+        "synth",
+        "--model",
+        "m.onnx",
+        "--target",
+        "my.toml",
+        "--tokens",
+        "8",
+        "-o",
+        "my.toml",
+    ],
+    ["run", "p.msp", "--routing", "t.json", "--trace-out", "t.json"],
+    ["run", "p.msp", "--target", "my.toml", "--dump-expanded", "my.toml"],
+    ["sweep", "plot", "res", "--x", "tokens", "--y", "latency_s", "-o", "res/sweep.sqlite"],
     ["bench", "--model", "m.onnx", "--tokens", "16", "--strategies", "ep", "--plot", "m.onnx"],
 ]
 
@@ -137,6 +169,8 @@ WRITERS = [
         "{out}.json",
     ],  # fmt: skip
     ["trace", "dump", "m.onnx", "-o", "{out}.json"],
+    ["trace", "dump", "lm.onnx", "--decode", "2", "--batch", "2", "-o", "{out}.json"],
+    ["sweep", "plot", "res", "--x", "tokens", "--y", "latency_s", "-o", "{out}.png"],
     [
         "bench",
         "--model",
@@ -168,6 +202,47 @@ def test_unwritable_output(
     _expect_error(filled, work, capsys)
 
 
+@pytest.mark.parametrize("out", ["notes.txt", "notes.txt/res", "sub/../notes.txt"])
+def test_sweep_results_folder_that_is_a_file(
+    out: str, work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _expect_error(["sweep", "spec.toml", "--local", "-o", out], work, capsys)
+    assert "notes.txt: is a file, not a results folder" in line, line
+
+
+def test_sweep_results_folder_that_is_a_dangling_link(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.symlink("nowhere", work / "lnk")
+    line = _expect_error(["sweep", "spec.toml", "--local", "-o", "lnk"], work, capsys)
+    assert "lnk: is a link to a missing path" in line and "Errno" not in line, line
+
+
+def test_sweep_journal_that_is_a_folder(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "res2" / "sweep.sqlite").mkdir(parents=True)
+    line = _expect_error(["sweep", "spec.toml", "--local", "-o", "res2"], work, capsys)
+    assert "sweep.sqlite: is a folder, not a sweep journal" in line, line
+
+
+def test_sweep_journal_that_is_not_a_database(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "res2").mkdir()
+    (work / "res2" / "sweep.sqlite").write_text("not a database\n")
+    line = _expect_error(["sweep", "spec.toml", "--local", "-o", "res2"], work, capsys)
+    assert "cannot open the sweep journal" in line, line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("out", ["sub", "sub/res"])
+def test_sweep_results_in_a_read_only_folder(
+    out: str, work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.chmod(work / "sub", 0o555)
+    line = _expect_error(["sweep", "spec.toml", "--local", "-o", out], work, capsys)
+    assert "Errno" not in line, line
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 @pytest.mark.parametrize("argv", WRITERS, ids=lambda a: " ".join(a[:2]) + " " + a[-2])
 def test_read_only_folder(argv: list[str], work: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -190,12 +265,30 @@ READERS = [
     ["eval", "m.onnx", "--text", "{in}"],
     ["compile", "m.onnx", "--routing", "{in}", "-o", "out.msp"],
     ["compile", "m.onnx", "--target", "{in}", "-o", "out.msp"],
+    ["check", "m.onnx", "--inputs", "{in}"],
+    ["run", "p.msp", "--inputs", "{in}"],
+    ["run", "p.msp", "--routing", "{in}"],
+    ["run", "p.msp", "--target", "{in}"],
+    ["trace", "dump", "m.onnx", "--inputs", "{in}", "-o", "out.json"],
+    ["trace", "dump", "lm.onnx", "--decode", "2", "--text", "{in}", "-o", "out.json"],
+    ["trace", "synth", "--model", "{in}", "--tokens", "8", "-o", "out.json"],
+    ["trace", "synth", "--model", "m.onnx", "--target", "{in}", "--tokens", "8", "-o", "o.json"],
+    ["eval", "lm.onnx", "--text", "text.txt", "--program", "{in}"],
+    ["bench", "--model", "{in}", "--tokens", "16", "--strategies", "ep"],
+    ["bench", "--model", "m.onnx", "--routing", "{in}", "--tokens", "16", "--strategies", "ep"],
+    ["bench", "--model", "m.onnx", "--target", "{in}", "--tokens", "16", "--strategies", "ep"],
 ]
 BAD_INPUTS = {"missing": "gone.onnx", "folder": "sub", "text": "notes.txt"}
 
 
 def _reader_id(argv: list[str]) -> str:
-    return " ".join(a for a in argv[:3] if a != "{in}")
+    return " ".join(argv[: argv.index("{in}")])
+
+
+def _flag(argv: list[str]) -> str:
+    """The option that takes the file (or the command, for a positional file)."""
+    before = argv[argv.index("{in}") - 1]
+    return before if before.startswith("--") else " ".join(a for a in argv[:2] if a != "{in}")
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -204,17 +297,26 @@ def test_bad_input(
     argv: list[str], case: str, work: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name = BAD_INPUTS[case]
-    if argv[:2] == ["targets", "show"] or "--target" in argv:
+    if _flag(argv) in ("targets show", "--target"):
         name = name.replace(".onnx", ".toml")
-    if argv[0] == "eval" and case == "text":
+    if _flag(argv) == "--text" and case == "text":
         pytest.skip("any file is a text to score")
     _expect_error([a.replace("{in}", name) for a in argv], work, capsys)
+
+
+# The readable file each reader takes, made unreadable by the test.
+UNREADABLE = {
+    "targets show": "my.toml", "--target": "my.toml", "--routing": "t.json",
+    "--text": "text.txt", "--inputs": "text.txt", "--program": "p.msp", "run": "p.msp",
+    "trace stats": "t.json", "sweep": "spec.toml", "sweep plot": "res/sweep.sqlite",
+}  # fmt: skip
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable files")
 @pytest.mark.parametrize("argv", READERS, ids=_reader_id)
 def test_unreadable_input(argv: list[str], work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    name = "my.toml" if argv[:2] == ["targets", "show"] or "--target" in argv else "m.onnx"
-    name = {"run": "p.msp", "trace": "t.json", "eval": "text.txt"}.get(argv[0], name)
+    flag = _flag(argv)
+    name = UNREADABLE.get(flag, "m.onnx")
     os.chmod(work / name, 0)
-    _expect_error([a.replace("{in}", name) for a in argv], work, capsys)
+    given = "res" if flag == "sweep plot" else name
+    _expect_error([a.replace("{in}", given) for a in argv], work, capsys)

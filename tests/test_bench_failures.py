@@ -47,7 +47,8 @@ def test_a_run_past_sram_fails_unless_overflow_is_allowed(
     args = ["bench", "--model", "phi3.5-moe", "--tokens", "256", "--strategies", "ep", "--json"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "does not fit SRAM: die" in err and "(--allow-overflow runs it anyway)" in err
+    assert err.startswith("moec: error: phi3.5-moe: does not fit SRAM: die ")
+    assert "(--allow-overflow runs it anyway)" in err
     assert err.count("\n") == 1
     assert main([*args, "--allow-overflow"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["rows"]

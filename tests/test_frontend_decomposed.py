@@ -96,3 +96,20 @@ def test_lone_topk_is_an_error() -> None:
         ModelError, match="node sampler: TopK node is not part of a recognized MoE layer"
     ):
         lift_model(model, where="m.onnx")
+
+
+def test_topk_of_attention_scores_is_an_ordinary_op() -> None:
+    """DeepSeek-V3.2's sparse-attention indexer: TopK over q @ k^T (two computed tensors, no
+    weight projection) is not a router; a lone TopK of an input stays an error (above)."""
+    b = onnx.helper
+    g = b.make_graph(
+        [b.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]),
+         b.make_node("MatMul", ["q", "kt"], ["s"]),
+         b.make_node("TopK", ["s", "n"], ["v", "i"], name="indexer")], "g",
+        [b.make_tensor_value_info("q", onnx.TensorProto.FLOAT, [4, 8]),
+         b.make_tensor_value_info("k", onnx.TensorProto.FLOAT, [6, 8])],
+        [b.make_tensor_value_info("i", onnx.TensorProto.INT64, [4, 2])],
+        [onnx.numpy_helper.from_array(np.array([2], np.int64), "n")],
+    )  # fmt: skip
+    module, res = lift_model(b.make_model(g, opset_imports=[b.make_opsetid("", 18)]))
+    assert not res.lifted and [op.kind for op in module.ops][-1] == "TopK"

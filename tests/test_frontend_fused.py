@@ -134,7 +134,6 @@ def test_dequantize_round_trip_is_close() -> None:
 @pytest.mark.parametrize(
     ("attr", "value", "message"),
     [
-        ("use_sparse_mixer", 1, "use_sparse_mixer=1 is not supported"),
         ("swiglu_limit_after_activation", 1, "swiglu_limit_after_activation=1 is not supported"),
     ],
 )
@@ -144,3 +143,16 @@ def test_unsupported_variants_are_errors(attr: str, value: int, message: str) ->
     model = _refuse(single_layer(fused_moe, spec()), **{attr: value})
     with pytest.raises(ModelError, match=message):
         lift_model(model, where="m.onnx")
+
+
+@pytest.mark.parametrize("normalize", [0, 1])
+def test_use_sparse_mixer_lifts_what_ort_cpu_computes(normalize: int) -> None:
+    """ORT's CPU MoE ignores use_sparse_mixer=1 (softmax top-k): lifted as that, with a note."""
+    model = _refuse(
+        single_layer(fused_moe, spec(normalize_topk=bool(normalize))), use_sparse_mixer=1
+    )
+    assert layer_errors(model, x_feed(D))[0] <= 1e-4
+    _, res = lift_model(model)
+    layer = res.lifted[0].layer
+    assert layer.scoring == "softmax"
+    assert layer.annotations.routing_note == "ort_cpu_ignores_use_sparse_mixer"

@@ -42,6 +42,7 @@ def test_builder_output_passes_check_on_seeded_inputs(name: str) -> None:
         ("lfm2_moe_int8", 1, "sigmoid", "silu"),
         ("lfm2_moe_int4", 1, "sigmoid", "silu"),
         ("gpt_oss_fp32", 2, "softmax", "swiglu"),
+        ("qwen3_5_moe_fp32", 2, "softmax", "silu"),
     ],
 )
 def test_builder_output_is_lifted(name: str, layers: int, scoring: str, activation: str) -> None:
@@ -49,6 +50,52 @@ def test_builder_output_is_lifted(name: str, layers: int, scoring: str, activati
     found = [op.layer for op in module.moe_ops()]
     assert len(found) == layers
     assert {(lay.scoring, lay.activation) for lay in found} == {(scoring, activation)}
+
+
+def test_qwen3_5_shared_expert_joined_by_gated_add_is_in_the_op() -> None:
+    """Its builder joins a sigmoid-gated shared MLP with com.microsoft.GatedAdd. ONNX Runtime
+    1.32 cannot run this model (RotaryEmbedding refuses 3-D M-RoPE position ids), so the check
+    is per layer: the lifted op against ORT on the MoE node, the MLP and GatedAdd alone."""
+    from onnx import TensorProto, helper
+    from ort_capture import max_rel_error
+
+    from moec.ir.moe import evaluate
+
+    path = GENAI / "qwen3_5_moe_fp32" / "model.onnx"
+    _, result = load_module(str(path), load_weights=False)
+    layers = [lf.layer for lf in result.lifted]
+    assert [(lay.num_shared, lay.shared_ffn, lay.has("sh_router")) for lay in layers] == [
+        (1, 24, True)
+    ] * 2
+    _, result = load_module(str(path))
+    lf = result.lifted[0]
+    g = result.model.graph
+    wanted = {lf.output}
+    nodes: list[onnx.NodeProto] = []
+    by_out = {o: n for n in g.node for o in n.output}
+    while wanted:  # the layer's nodes back to its input
+        name = wanted.pop()
+        n = by_out.get(name)
+        if n is None or name == lf.input or n in nodes:
+            continue
+        nodes.append(n)
+        wanted |= {i for i in n.input if i}
+    inits = [t for t in g.initializer if any(t.name in n.input for n in nodes)]
+    sub = helper.make_model(
+        helper.make_graph(
+            sorted(nodes, key=list(g.node).index), "layer",
+            [helper.make_tensor_value_info(lf.input, TensorProto.FLOAT, [1, 8, 32])],
+            [helper.make_tensor_value_info(lf.output, TensorProto.FLOAT, None)], inits,
+        ),
+        opset_imports=list(result.model.opset_import),
+    )  # fmt: skip
+    sub.ir_version = 10
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((1, 8, 32)).astype(np.float32)
+    sess = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    (want,) = sess.run(None, {lf.input: x})
+    assert max_rel_error(evaluate(lf.layer, x), want) <= 1e-5
 
 
 def test_signature_from_the_config_next_to_the_model() -> None:

@@ -87,6 +87,8 @@ EXPECTED = {
     "afmoe": Expected(
         layers=2, ffn=24, scoring="sigmoid", score_bias=True, num_shared=1, shared_ffn=24
     ),
+    # Sparsemixer routing (no TopK): two masked arg-max picks, gates not renormalized.
+    "phimoe": Expected(layers=2, ffn=48, scoring="sparsemixer", normalize=False),
     # TorchScript: separate gate (w1) and up (v1) stacks, ReduceL1 renormalization.
     "dbrx_unrolled": Expected(layers=2, ffn=24, tokens=32),
     # opset 18 writes GELU out: 0.5 * x * (1 + Erf(x / sqrt 2)).
@@ -153,6 +155,7 @@ def test_layer_numerics_match_onnxruntime(arch: str, seed: int) -> None:
         ("qwen2_moe", "shared gate", lambda layer: layer.weights.pop("sh_router")),
         ("granitemoeshared", "shared expert", lambda layer: layer.weights.pop("sh_down")),
         ("afmoe", "shared expert", lambda layer: layer.weights.pop("sh_down")),
+        ("phimoe", "sparsemixer", lambda layer: setattr(layer, "scoring", "softmax")),
         ("ernie4_5_moe", "correction bias", lambda layer: layer.weights.pop("score_bias")),
         ("glm4_moe", "correction bias", lambda layer: layer.weights.pop("score_bias")),
         ("glm4_moe", "routed scaling", lambda layer: setattr(layer, "routed_scaling", 1.0)),

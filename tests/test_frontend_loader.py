@@ -65,13 +65,13 @@ def test_missing_initializer(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_unsupported_moe_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = tiny.tiny_moe(0)
     node = next(n for n in model.graph.node if n.op_type == "MoE")
-    node.attribute.append(onnx.helper.make_attribute("use_sparse_mixer", 1))
+    node.attribute.append(onnx.helper.make_attribute("swiglu_limit_after_activation", 1))
     path = tmp_path / "sparse.onnx"
     onnx.save(model, path)
     line = _cli_error(capsys, "inspect", str(path))
     assert line == (
         f"moec: error: {path}: node layer1.moe: MoE node is not a supported MoE layer: "
-        "use_sparse_mixer=1 is not supported (expected 0: softmax top-k routing)"
+        "swiglu_limit_after_activation=1 is not supported (expected 0)"
     )
 
 

@@ -23,6 +23,8 @@ from moec.ir.cost import (
     link_occupancy,
     link_time,
     load_time,
+    route_data_time,
+    slice_compute_time,
     transfer_time,
 )
 from moec.ir.hardware import MacArray
@@ -92,6 +94,12 @@ def test_transfer_below_the_minimum_size_pays_one_flit(t) -> None:  # type: igno
     assert link_time(t, 0, 1, 10) == 20e-9 + SETUP + 68 / D2D
 
 
+def test_a_route_streams_framed_data_at_its_slowest_link(t) -> None:  # type: ignore[no-untyped-def]
+    # 0 -> 1 -> 3: two 288 GB/s links, 1000 bytes = 16 flits of 68 bytes; no latency, no setup
+    assert route_data_time(t, 0, 3, 1000) == 16 * 68 / D2D
+    assert route_data_time(t, 2, 2, 1000) == 0.0
+
+
 def test_45_small_loads_cost_more_than_9_large_ones_of_the_same_bytes(t) -> None:  # type: ignore[no-untyped-def]
     small, large = 4096, 5 * 4096  # both whole bursts
     many = 45 * dram_occupancy(t, 0, small)
@@ -128,6 +136,11 @@ def test_ideal_is_the_first_wave_model_bit_for_bit() -> None:
         lat = ch.latency_s + 2 * lk.latency_s
         assert load_time(t, 0, 3, nbytes) == lat + float(nbytes) / (min(ch.gbps, lk.gbps) * GB)
         assert transfer_time(t, 0, 3, nbytes) == 2 * lk.latency_s + float(nbytes) / (lk.gbps * GB)
+        assert route_data_time(t, 0, 3, nbytes) == float(nbytes) / (lk.gbps * GB)
+    # the FSE-DP scheduler's first-wave slice estimate: gemm + act + accum FLOPs in one sum
+    n, d, w = 5, 64, 48
+    flops = 2.0 * n * d * w * 2 + 2.0 * n * w + 2.0 * n * w * d
+    assert slice_compute_time(t, 0, n, d, w, True) == compute_time(t, 0, flops)
     for m, k, n in ((1, 2048, 128), (256, 64, 2048), (7, 33, 65)):
         assert gemm_time(t, 0, m, k, n) == 2.0 * m * k * n / (2.0 * 2048 * 800e6 * 1.0)
         assert act_time(t, 0, m, n) == compute_time(t, 0, 2.0 * m * n)

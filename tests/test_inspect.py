@@ -14,7 +14,7 @@ from moec.models.catalog import catalog
 # name: (MoE layers, experts, top_k, hidden, ffn, shared, scoring, normalize) from the papers'
 # and Hugging Face configs (not from the builders), so a wrong preset fails here.
 EXPECTED = {
-    "phi3.5-moe": (32, 16, 2, 4096, 3200, 0, "softmax", True),
+    "phi3.5-moe": (32, 16, 2, 4096, 6400, 0, "sparsemixer", False),
     "yuan2-m32": (24, 32, 2, 2048, 4096, 0, "softmax", True),
     "deepseek-moe-16b": (27, 64, 6, 2048, 1408, 2, "softmax", False),
     "qwen3-30b-a3b": (48, 128, 8, 2048, 768, 0, "softmax", True),

@@ -175,3 +175,13 @@ def test_the_ideal_machine_charges_none_of_it(hand: Target) -> None:
     large = run_timing(_loads(9, 3200), ideal)
     assert small.makespan == pytest.approx(large.makespan, rel=1e-12)
     assert small.makespan / NS == pytest.approx(28800, rel=1e-12)  # bytes at 1 GB/s
+
+
+def test_tail_reservation_ending_an_ulp_before_the_clock_does_not_stop_the_run() -> None:
+    """A link hop reserved as a tail (``back == dur``) ends at ``(t - back) + dur``, which
+    floating point may put one ulp before ``t``; its successors are scheduled at the clock, not
+    before it (this point raised 'event ... scheduled before the clock')."""
+    from moec.bench import run_bench
+
+    (row,) = run_bench("phi3.5-moe", "fsedp-2x2", [16], ["fsedp-naive"], allow_overflow=True)
+    assert row["latency_s"] >= row["bound_s"] > 0

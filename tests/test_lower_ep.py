@@ -159,6 +159,19 @@ def test_shape_only_preset_tokens_and_precision() -> None:
     assert (m.experts, m.top_k, m.hidden, m.ffn, m.tokens, m.dtype) == (
         128, 8, 2048, 768, 256, "fp16",
     )  # fmt: skip
-    # an expert is 3 x 2048 x 768 x 2 bytes = 9 MiB; 4 slots in 16 MiB -> 3 slices of 3 MiB
-    assert p.layout("moe0").count == 3
-    assert p.slot_pool(0).nbytes == 3 * 2048 * 256 * 2
+    # an expert is 3 x 2048 x 768 x 2 bytes = 9 MiB; 4 slots in 16 MiB need >= 3 slices, and
+    # the cost model (compiler/lower/slicing.py) prefers the finest cut with slices as wide as
+    # the 64-column array, 12, at 256 tokens: slices of 768 KiB
+    assert p.layout("moe0").count == 12
+    assert p.slot_pool(0).nbytes == 3 * 2048 * 64 * 2
+    # the cut does not depend on SRAM once it fits: 64 MiB changes nothing
+    big = lower(module, TargetRef("fsedp-2x2", (("sram_mib_per_die", 64),)), "ep", tokens=256)
+    assert big.layout("moe0") == p.layout("moe0")
+    # slices=fit keeps the SRAM rule alone: 3 slices of 3 MiB, 1 (whole experts) with 64 MiB
+    fit = lower(module, TargetRef("fsedp-2x2"), "ep", {"slices": "fit"}, tokens=256)
+    assert fit.layout("moe0").count == 3
+    big = lower(
+        module, TargetRef("fsedp-2x2", (("sram_mib_per_die", 64),)), "ep", {"slices": "fit"},
+        tokens=256,
+    )  # fmt: skip
+    assert big.layout("moe0").count == 1

@@ -49,3 +49,45 @@ def test_trace_synth_reports_progress_on_stderr(
     assert cap.out.startswith("wrote ") and cap.out.count("\n") == 1
     status = [line for line in cap.err.splitlines() if line.startswith("moec trace synth: ")]
     assert (status == []) if quiet else any("/48 layers" in line for line in status)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("label", "command", "unit_total"),
+    [
+        ("compile", "compile models/tiny_moe.onnx -o {tmp}/p.msp", 5),
+        ("compile", "compile models/tiny_moe.onnx --strategy auto -o {tmp}/p.msp", 5),
+        ("trace dump", "trace dump models/tiny_moe.onnx -o {tmp}/t.json", 4),
+        (
+            "trace dump",
+            "trace dump models/tiny_moe_lm.onnx --decode 3 --batch 2 -o {tmp}/d.json",
+            3,
+        ),
+    ],
+    ids=["compile", "compile-auto", "trace-dump", "trace-dump-decode"],
+)
+def test_compile_and_trace_dump_count_their_stages(
+    label: str, command: str, unit_total: int, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """compile counts its stages (frontend, passes, lowering or search, companion, writing);
+    trace dump counts loading, the ONNX Runtime run and each MoE layer, or each decode step."""
+    monkeypatch.setattr(progress, "QUIET", False)
+    seen: list[tuple[str, int, int | None]] = []
+    advance = Progress.advance
+
+    def recording(self: Progress, n: int = 1, status: str = "") -> None:
+        advance(self, n, status)
+        seen.append((self.label, self.done, self.total))
+
+    monkeypatch.setattr(Progress, "advance", recording)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in command.split()]
+    argv = [str(ROOT / a) if a.startswith("models/") else a for a in argv]
+    assert main(argv) == 0
+    counted = [(done, total) for who, done, total in seen if who == label and total is not None]
+    assert counted, seen
+    assert counted[-1] == (unit_total, unit_total), seen
+    dones = [done for done, _ in counted]
+    assert dones == sorted(dones) and len(set(dones)) == unit_total + (0 in dones)

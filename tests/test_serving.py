@@ -166,6 +166,27 @@ def test_residency_with_room_for_every_expert_loads_nothing_after_iteration_0(
     _check_pairs_once(p, kept)
 
 
+def test_residency_hits_compute_at_the_experts_precision(tmp_path: Path) -> None:
+    """A hit moves no bytes, so its precision comes from the plan, not the layer's dtype:
+    keeping slices resident changes DRAM traffic, never any die's compute time."""
+    import dataclasses
+
+    from moec.backends.interp.residency import residency_rewrite
+
+    p = _compile(tmp_path, "ep")
+    table = tuple("int4" if e % 2 else "int8" for e in range(p.layers[0].experts))
+    p = dataclasses.replace(p, runtime=[dataclasses.replace(r, precision=table) for r in p.runtime])
+    seq = _covering_sequence(p, 3)
+    plain = simulate_iterations(p, iterations=3, routings=seq)
+    rw = residency_rewrite(p, program_target(p), "lru", capacity=1 << 30)
+    kept = simulate_iterations(p, iterations=3, routings=seq, rewrite=rw)
+    assert rw.hits > 0 and sum(kept.timeline.dram_bytes) < sum(plain.timeline.dram_bytes)
+    names = plain.timeline.resource_names
+    for name, a, b in zip(names, plain.timeline.busy, kept.timeline.busy, strict=True):
+        if name.endswith(" compute"):
+            assert b == pytest.approx(a, rel=1e-12), name
+
+
 def test_residency_without_room_changes_nothing(tmp_path: Path) -> None:
     from moec.backends.interp.residency import residency_rewrite
 

@@ -51,6 +51,7 @@ from moec.ir.stream import (
     print_program,
     verify_program,
 )
+from moec.ir.stream.params import SKIP_RULES
 from moec.ir.stream.verify import DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +166,10 @@ def policies(draw: st.DrawFn, layer: MoEDecl, lays: list[SliceLayout]) -> Runtim
         precision=tuple(draw(st.lists(st.sampled_from(DTYPES), min_size=n, max_size=n)))
         if draw(st.booleans())
         else (),
-        skip=SkipRule(draw(plain_names), draw(floats)) if draw(st.booleans()) else None,
+        # a rule the interpreter knows, with a threshold in 0..1 (the verifier's check)
+        skip=SkipRule(draw(st.sampled_from(SKIP_RULES)), draw(st.floats(0.0, 1.0)))
+        if draw(st.booleans())
+        else None,
         annotations=draw(
             st.dictionaries(keys, st.lists(scalars, min_size=n, max_size=n), max_size=2)
         ),

@@ -15,12 +15,20 @@ The semantics these implement are in :mod:`.timing`'s docstring; the run is :fun
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.sram import LayerActs
 from moec.ir import cost
+from moec.ir.cost.energy import (
+    dram_energy,
+    host_energy,
+    link_energy,
+    sram_read_energy,
+    sram_write_energy,
+)
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.opcodes import HandlerTable
 from moec.ir.stream.program import HOST_CHANNEL, Instr, Program, SliceRef
@@ -137,12 +145,19 @@ class DieState:
 class Builder:
     """Turns a static program into the op graph (all edges known before the run)."""
 
-    def __init__(self, p: Program, target: Target) -> None:
+    def __init__(
+        self, p: Program, target: Target, precision: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
         self.p, self.t = p, target
+        #: per layer, each expert's precision where a load's bytes cannot say (a residency hit)
+        self.precision = dict(precision or {})
         self.g = OpGraph()
         D, C = target.num_dies, len(target.channels)
         self.D, self.C = D, C
         self.link_id = {(lk.src, lk.dst): D + C + k for k, lk in enumerate(target.links)}
+        self.link_ends = {r: key for key, r in self.link_id.items()}
+        #: joules per die and part, charged as instructions are turned into ops
+        self.energy = EnergyLedger(D)
         # host links, one per die, after the D2D links
         self.host_base = D + C + len(target.links)
         hosts = D if target.host is not None else 0
@@ -247,11 +262,20 @@ class Builder:
         g = self.g
         first = g.add(kind, occ, (lp.res,), die, i, layer, island)
         last = self.delay(first, lp.latency)
+        t, energy = self.t, self.energy
+        if channel == HOST_CHANNEL:
+            energy.charge(die, "host", host_energy(t, nbytes), first)
+        else:
+            energy.charge(t.channel(channel).die, "dram", dram_energy(t, channel, nbytes), first)
+        op = first
         for (res, _, _, lat), (dur, back) in zip(lp.hops, hop_costs, strict=True):
             op = g.add(kind, dur, (res,), die, i, layer, island, back)
             g.edge(last, op)
             self.link_bytes[res] += nbytes
+            src, dst = self.link_ends[res]
+            energy.charge(src, "d2d", link_energy(t, src, dst, nbytes), op)
             last = self.delay(op, lat)
+        energy.charge(die, "sram", sram_write_energy(t, nbytes), op)
         if channel == HOST_CHANNEL:
             self.host_bytes[die] += nbytes
         else:
@@ -293,6 +317,9 @@ class Builder:
         hold = self.g.add(XFER, occ, (self.link_id[key],), die, i)
         ops = (hold, self.delay(hold, lk.latency_s))
         self.link_bytes[self.link_id[key]] += i.nbytes
+        self.energy.charge(a, "d2d", link_energy(self.t, a, b, i.nbytes), hold)
+        self.energy.charge(a, "sram", sram_read_energy(self.t, i.nbytes), hold)
+        self.energy.charge(b, "sram", sram_write_energy(self.t, i.nbytes), hold)
         mine[key].append(ops)
         return ops
 
@@ -305,6 +332,15 @@ class Builder:
         w = lay.width(c.slice)
         mats = 3 if (m.gated or c.expert is None) else 2
         return m.hidden, w, mats * m.hidden * w, m.dtype, m.gated or c.expert is None
+
+    def slice_precision(self, c: SliceRef, nbytes: int) -> str:
+        """The precision a slice filled with ``nbytes`` holds: implied by its bytes, or, for a
+        residency hit (0 bytes moved), the expert's entry in the layer's precision table."""
+        _, _, elements, dtype, _ = self.slice_geometry(c)
+        table = self.precision.get(c.layer)
+        if nbytes == 0 and c.expert is not None and table:
+            return table[c.expert]
+        return precision_of(nbytes, elements, dtype)
 
     # --- SRAM records ---
     def layer_acts(self, die: int, layer: int) -> LayerActs:

@@ -6,6 +6,12 @@ Chrome/Perfetto trace (``traceEvents`` of ``"X"`` events in microseconds): proce
 track per die's compute unit, process 1 one per DRAM channel, process 2 one per link direction,
 process 3 (targets with a host tier) one per die's host link, each named by metadata events.
 
+Energy (:mod:`.energy`, formulas in :mod:`moec.ir.cost.energy`): ``energy_j``,
+``energy_breakdown_j`` (``compute``, ``sram``, ``dram``, ``d2d``, ``host``, ``static``, summing
+to ``energy_j``), ``energy_per_die_j`` (the same parts per die) and ``energy_per_token_j`` (over
+the tokens of one iteration, when the program has MoE layers). The Chrome trace has a power
+counter (``"C"`` events, watts) per die in process 0.
+
 On a target with a host tier the JSON form also has ``utilization.host`` (per die's host link)
 and ``host_bytes`` / ``host_bytes_total`` (bytes each die loaded from host memory: offloaded
 experts); without one these keys are absent.
@@ -21,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from moec.backends.interp.energy import power_counters
 from moec.backends.interp.timing import COMPUTE, DELAY, DENSE_DRAM, LOAD, XFER, Timeline
 from moec.ir.stream.printer import instr as instr_text
 from moec.ir.stream.program import Block, Load, Recv, Send, SliceRef
@@ -64,6 +71,15 @@ class Report:
     peak_sram_activation_bytes: list[int] = field(default_factory=list)
     #: per die, the most slot bytes held at once, activations aside
     peak_slot_bytes: list[int] = field(default_factory=list)
+    #: joules per part (:data:`moec.ir.energy.PARTS`) over all dies, and per die
+    energy_breakdown_j: dict[str, float] = field(default_factory=dict)
+    energy_per_die_j: list[dict[str, float]] = field(default_factory=list)
+    #: tokens per iteration (the program's first MoE layer's), for energy per token; 0: unknown
+    tokens: int = 0
+
+    @property
+    def energy_j(self) -> float:
+        return sum(self.energy_breakdown_j.values())
 
     @property
     def total_dram_bytes(self) -> int:
@@ -96,7 +112,12 @@ class Report:
             "dram_bytes_total": self.total_dram_bytes,
             "link_bytes_total": self.total_link_bytes,
             "instructions": self.instructions,
+            "energy_j": self.energy_j,
+            "energy_breakdown_j": self.energy_breakdown_j,
+            "energy_per_die_j": self.energy_per_die_j,
         }
+        if self.tokens > 0:
+            out["energy_per_token_j"] = self.energy_j / self.tokens
         if self.host_utilization is not None and self.host_bytes is not None:
             out["utilization"]["host"] = self.host_utilization
             out["host_bytes"] = self.host_bytes
@@ -150,6 +171,8 @@ def make_report(tl: Timeline, program: str) -> Report:
         events=tl.events,
         host_utilization=util[D + C + L : D + C + L + D] if has_host else None,
         host_bytes=list(tl.host_bytes) if has_host else None,
+        energy_breakdown_j=tl.energy.breakdown() if tl.energy is not None else {},
+        energy_per_die_j=tl.energy.per_die() if tl.energy is not None else [],
     )
 
 
@@ -211,7 +234,27 @@ def render(r: Report, width: int = 110) -> str:
         for d, u in enumerate(r.host_utilization):
             rt.add_row(f"host link {d}", f"{100 * u:.1f}%", _bytes(r.host_bytes[d]), "")
     con.print(rt)
+    if r.energy_breakdown_j:
+        con.print(energy_line(r))
     return buf.getvalue()
+
+
+def _joules(j: float) -> str:
+    for scale, prefix in ((1.0, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n"), (1e-12, "p")):
+        if abs(j) >= scale or scale == 1e-12:
+            return f"{j / scale:.4g} {prefix}J"
+    return f"{j:g} J"
+
+
+def energy_line(r: Report) -> str:
+    """``energy 1.234 mJ, 154.2 uJ/token (compute 12.3%, sram ...)``: mJ, per token, shares."""
+    total = r.energy_j
+    shares = ", ".join(
+        f"{part} {100 * j / total:.1f}%" if total > 0 else f"{part} 0%"
+        for part, j in r.energy_breakdown_j.items()
+    )
+    per_token = f", {_joules(total / r.tokens)}/token" if r.tokens > 0 else ""
+    return f"energy {total * 1e3:.4g} mJ{per_token} ({shares})"
 
 
 def _event_name(i: object) -> str:
@@ -279,6 +322,8 @@ def chrome_trace(tl: Timeline) -> dict[str, Any]:
             pid, tid = track[r]
             events.append({"ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur,
                            "name": name, "cat": names.get(tl.kind[op], "op"), "args": args})  # fmt: skip
+    if tl.energy is not None:
+        events += power_counters(tl.energy, t, tl.start, tl.end)
     return {"traceEvents": events, "displayTimeUnit": "ns"}
 
 

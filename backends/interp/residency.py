@@ -20,9 +20,9 @@ does not use, and a later iteration's load of a slice the die still holds moves 
   hits only when the same die pulls it again. A copy on another die is not used (that would be a
   D2D transfer the expansion does not emit).
 
-A hit's ``load ... bytes 0`` also makes the content's precision unreadable from its bytes, so
-compute on it is timed at the layer's dtype (programs with a per-expert precision plan are
-timed as if unquantized on hits).
+A hit's ``load ... bytes 0`` makes the content's precision unreadable from its bytes, so the
+serving run hands the timing the program's per-expert precision tables: compute on a resident
+slice is timed at its expert's precision, exactly as on the iteration that loaded it.
 """
 
 from __future__ import annotations

@@ -444,8 +444,12 @@ def simulate_iterations(
         if carry is not None:
             carry = dict(its[-1].deferred)
     prog, hosted, deferred = concatenate(program, layouts, its, rewrite)
-    tl = run_timing(prog, tgt)
-    check_fit(tl, tgt, program.filename, allow_overflow)
+    tables = {
+        iteration_name(r.layer, it): r.precision
+        for it in range(iterations) for r in program.runtime if r.precision
+    }  # fmt: skip
+    tl = run_timing(prog, tgt, tables)
+    check_fit(tl, tgt, program, allow_overflow)
     tokens = program.layers[0].tokens if program.layers else 0
     metrics, pairs = _metrics(tl, prog, hosted, deferred, its, tokens)
     report = make_report(tl, program.name)

@@ -186,12 +186,14 @@ def expand_runtime(
     return r, offload_loads(per_die, p.policy(m.name), m)
 
 
-def check_fit(tl: Timeline, target: Target, where: str | None, allow_overflow: bool) -> None:
+def check_fit(tl: Timeline, target: Target, program: Program, allow_overflow: bool) -> None:
     """SRAM is a hard limit: a run whose peak (slots and activations) exceeds a die's SRAM is a
-    one-line :class:`ScheduleError` (:func:`~.sram.sram_overflow`), unless the overflow is
-    allowed; then the timeline's ``sram_over_bytes`` says by how much."""
+    one-line :class:`ScheduleError` (:func:`~.sram.sram_overflow`) located at the program's file
+    (its name when it has none), unless the overflow is allowed; then the timeline's
+    ``sram_over_bytes`` says by how much."""
     why = sram_overflow(target, tl.peak_sram, tl.peak_sram_slots, tl.peak_sram_activations)
     if why is not None and not allow_overflow:
+        where = program.filename if program.filename != "<string>" else program.name
         raise ScheduleError(why, where)
 
 
@@ -298,9 +300,10 @@ def _simulate(
         verify_program(expanded, tgt)
     tl = run_timing(expanded, tgt)
     charge_deferred(expanded, tl)  # token-buffered pairs belong to the next iteration
-    check_fit(tl, tgt, program.filename, allow_overflow)
+    check_fit(tl, tgt, program, allow_overflow)
     report = make_report(tl, program.name)
     report.extra.update(tl.extra)
+    report.tokens = program.layers[0].tokens if program.layers else 0
     trace = chrome_trace(tl) if record_trace else None
     expanded = dataclasses.replace(expanded, filename=program.filename)
     return RunResult(report, expanded, tl, used, outputs, trace)

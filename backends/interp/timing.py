@@ -78,6 +78,10 @@ reservation, claimed when the previous stage of its load ends and started no ear
 link's ``free_at``, never overlaps another hold; it only reaches back into time the link spent
 idle.
 
+**Energy**: as the handlers turn instructions into ops they charge each one's joules per die
+and part (:mod:`.energy`, formulas in :mod:`moec.ir.cost.energy`); static power over the
+makespan is added at the end (``Timeline.energy``).
+
 **Code.** Each opcode's rules are its timing handler (:mod:`.timing_ops`, registered against the
 opcode table); :mod:`.opgraph` holds the op graph and the builder that calls them,
 :mod:`.sram` the SRAM accounting; this module runs the event loop.
@@ -86,9 +90,11 @@ opcode table); :mod:`.opgraph` holds the op graph and the builder that calls the
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import moec.backends.interp.timing_ops  # noqa: F401 - registers every opcode's timing handler
+from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.engine import EventQueue
 from moec.backends.interp.opgraph import (
     COMPUTE,
@@ -148,11 +154,19 @@ class Timeline:
     peak_sram_activations: list[int] = field(default_factory=list)
     #: per die, the most slot bytes held at once (activations aside)
     peak_slot_bytes: list[int] = field(default_factory=list)
+    #: joules per die and part (dynamic charges from the handlers, static over the makespan)
+    energy: EnergyLedger | None = None
 
 
-def run_timing(p: Program, target: Target) -> Timeline:
-    """Simulate a static program on ``target``; deadlocks are a one-line ScheduleError."""
-    b = Builder(p, target)
+def run_timing(
+    p: Program, target: Target, precision: Mapping[str, Sequence[str]] | None = None
+) -> Timeline:
+    """Simulate a static program on ``target``; deadlocks are a one-line ScheduleError.
+
+    ``precision`` (per layer, each expert's precision) times slices whose loads move no bytes
+    (residency hits) at their expert's precision rather than the layer's dtype.
+    """
+    b = Builder(p, target, precision)
     b.build()
     g = b.g
     n = len(g.kind)
@@ -193,13 +207,14 @@ def run_timing(p: Program, target: Target) -> Timeline:
                     ready[w] = e
                 ndeps[w] -= 1
                 if ndeps[w] == 0:
-                    push(ready[w], prio[w], w)
+                    push(ready[w] if ready[w] > t else t, prio[w], w)
         for x in succ[op]:
             if ready[x] < e:
                 ready[x] = e
             ndeps[x] -= 1
             if ndeps[x] == 0:
-                push(ready[x], prio[x], x)
+                # a tail reservation (back == dur) can end an ulp before the clock: not earlier
+                push(ready[x] if ready[x] > t else t, prio[x], x)
     stuck = [op for op in range(n) if end[op] < 0]
     if stuck:
         op = stuck[0]
@@ -209,6 +224,7 @@ def run_timing(p: Program, target: Target) -> Timeline:
             f"deadlock: die {g.die[op]} never completes '{what}' ({len(stuck)} ops blocked)"
         )
     makespan = max(end, default=0.0)
+    b.energy.add_static(target, makespan)
     pools = {s.die: s.nbytes for s in p.slots}
     peak, peak_slots, peak_acts, slot_peak = sram_peaks(
         target.num_dies, pools, b.fills, b.acts, p.layers, start, end, makespan
@@ -227,4 +243,5 @@ def run_timing(p: Program, target: Target) -> Timeline:
         dram_bytes=b.dram_bytes, link_bytes=link_bytes, peak_sram=peak,
         instructions=p.num_instructions(), events=events, host_bytes=b.host_bytes, extra=extra,
         peak_sram_slots=peak_slots, peak_sram_activations=peak_acts, peak_slot_bytes=slot_peak,
+        energy=b.energy,
     )  # fmt: skip

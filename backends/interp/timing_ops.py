@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from moec.backends.interp.energy import charge_dense, charge_slice
 from moec.backends.interp.opgraph import (
     COMPUTE,
     DENSE_DRAM,
@@ -20,7 +21,6 @@ from moec.backends.interp.opgraph import (
     TIMING,
     Builder,
     DieState,
-    precision_of,
 )
 from moec.backends.interp.sram import LayerActs
 from moec.ir import cost
@@ -104,6 +104,7 @@ def gemm(b: Builder, s: DieState, i: Gemm) -> None:
     if gated); also waits for the die's
     latest ``x`` block of the layer; its ``h`` is held until the slot's ``accum``."""
     op, content, la, n, w, gated = slice_compute(b, s, i, "gemm", _gemm_cost)
+    charge_slice(b, s, op, i)
     la.x_uses.append((op, i.tokens))
     s.pending_h[i.slot] = (op, h_bytes(n, w, gated))
     b.g.edge(s.last_recv.get((content.layer, "x")), op)
@@ -114,6 +115,7 @@ def gemm(b: Builder, s: DieState, i: Gemm) -> None:
 def act(b: Builder, s: DieState, i: Act) -> None:
     """The activation (:func:`moec.ir.cost.act_time`; ideal: ``2 T w`` FLOPs at peak)."""
     op, *_ = slice_compute(b, s, i, "act", _act_cost)
+    charge_slice(b, s, op, i)
     computed(s, i.slot, op)
 
 
@@ -122,6 +124,7 @@ def accum(b: Builder, s: DieState, i: Accum) -> None:
     """The down-projection into the outputs (:func:`moec.ir.cost.accum_time`; ideal: ``2 T w d``
     FLOPs); releases the slice's ``h``."""
     op, _, la, *_ = slice_compute(b, s, i, "accum", _accum_cost)
+    charge_slice(b, s, op, i)
     la.accums.append((op, i.tokens))
     pending = s.pending_h.pop(i.slot, None)
     if pending is not None:
@@ -139,8 +142,7 @@ def load(b: Builder, s: DieState, i: Load) -> None:
     sref: SliceRef | None = None
     if isinstance(c, SliceRef):
         tag = b.layers[c.layer][0]
-        _, _, elements, dtype, _ = b.slice_geometry(c)
-        prec = precision_of(i.nbytes, elements, dtype)
+        prec = b.slice_precision(c, i.nbytes)
         sref = c
     first, op = b.read(LOAD, i.channel, s.die, i.nbytes, i, tag)
     if tag >= 0:
@@ -196,8 +198,7 @@ def transfer(b: Builder, s: DieState, i: Send | Recv) -> None:
         sref = c if isinstance(c, SliceRef) else None
         prec = b.dense_precision
         if sref is not None:
-            _, _, elements, dtype, _ = b.slice_geometry(sref)
-            prec = precision_of(i.nbytes, elements, dtype)
+            prec = b.slice_precision(sref, i.nbytes)
         s.fill(i.slot, op, sref, prec)
         s.slot_fill_rec[i.slot] = b.record_fill(die, hold)
     elif i.block is not None:
@@ -261,6 +262,7 @@ def dense(b: Builder, s: DieState, i: Dense) -> None:
         ("dense", die, flops, prec), lambda: cost.dense_time(b.t, die, flops, prec)
     )
     comp = g.add(COMPUTE, dur, (die,), die, i, -1, isl)
+    charge_dense(b, s, comp, flops)
     g.edge(s.fence, comp)
     g.edge(s.last_compute, comp)
     s.last_compute = comp

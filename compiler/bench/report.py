@@ -64,13 +64,24 @@ def _bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def joules(j: float | None) -> str:
+    """Joules with an SI prefix: ``1.23 mJ``, ``456 uJ``, ``7.8 nJ``; ``-`` when unknown."""
+    if j is None:
+        return "-"
+    for scale, prefix in ((1.0, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n")):
+        if abs(j) >= scale:
+            return f"{j / scale:.3g} {prefix}J"
+    return f"{j * 1e12:.3g} pJ"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%" if x < 0.1 else f"{100 * x:.0f}%"
 
 
 COLUMNS = (
     "model", "target", "tokens", "strategy", "latency", "bound", "lat/bound", "vs ep",
-    "compute", "dram", "links", "peak SRAM", "DRAM bytes", "link bytes",
+    "compute", "dram", "links", "peak SRAM", "DRAM bytes", "link bytes", "energy",
+    "energy/token",
 )  # fmt: skip
 
 
@@ -116,6 +127,7 @@ def table_cells(row: Row, accuracy: bool = False) -> list[str]:
         _pct(u["compute"]), _pct(u["dram"]), _pct(u["links"]),
         _bytes(row["peak_sram_bytes_max"]) + ("!" if row.get("sram_over_bytes") else ""),
         _bytes(row["dram_bytes"]), _bytes(row["link_bytes"]),
+        joules(row.get("energy_j")), joules(row.get("energy_per_token_j")),
     ] + (accuracy_cells(row) if accuracy else [])  # fmt: skip
 
 

@@ -31,6 +31,26 @@ class Utilization:
 
 
 @dataclass(frozen=True)
+class Energy:
+    """The MoE layers' energy in one iteration: their ops' dynamic energy plus static power over
+    ``latency_s`` (the interpreter's energy ledger), per part (:data:`moec.ir.energy.PARTS`)."""
+
+    breakdown_j: dict[str, float]
+    latency_s: float
+    tokens: int
+
+    def to_json(self) -> Row:
+        """``energy_j``, ``energy_per_token_j`` (over the batch), ``edp`` (J s), the breakdown."""
+        energy = sum(self.breakdown_j.values())
+        return {
+            "energy_j": energy,
+            "energy_per_token_j": energy / self.tokens if self.tokens > 0 else None,
+            "edp": energy * self.latency_s,
+            "energy_breakdown_j": dict(self.breakdown_j),
+        }
+
+
+@dataclass(frozen=True)
 class Accuracy:
     """The worst error of the row's program against ONNX Runtime on the original model."""
 
@@ -71,6 +91,9 @@ class Serving:
     residency: dict[str, Any] | None = None
     #: continuous batching over the run's iteration times, one entry per arrival rate
     arrivals: list[dict[str, Any]] | None = None
+    #: joules of the whole run (every iteration, dense islands included), and per token served
+    energy_j: float | None = None
+    energy_per_token_j: float | None = None
 
     #: the serving metrics the row carries, in JSON order (after ``iterations``)
     METRICS = (
@@ -85,6 +108,9 @@ class Serving:
         if self.sram_over_bytes is not None:
             row["sram_over_bytes"] = self.sram_over_bytes
         row.update({k: getattr(self, k) for k in self.METRICS})
+        if self.energy_j is not None:
+            row["serving_energy_j"] = self.energy_j
+            row["serving_energy_per_token_j"] = self.energy_per_token_j
         if self.residency is not None:
             row.update(self.residency)
             row["bound_excludes_residency"] = True
@@ -118,6 +144,7 @@ class BenchRow:
     dram_bytes: int
     link_bytes: int
     utilization: Utilization
+    energy: Energy | None = None
     #: (token, expert) pairs token buffering defers to the next iteration, excluded from the bound
     bound_deferred_pairs: int | None = None
     serving: Serving | None = None
@@ -152,6 +179,8 @@ class BenchRow:
             "link_bytes": self.link_bytes,
             "utilization": self.utilization.to_json(),
         }
+        if self.energy is not None:
+            row.update(self.energy.to_json())
         if self.bound_deferred_pairs is not None:
             row["bound_excludes_deferred"] = True
             row["bound_deferred_pairs"] = self.bound_deferred_pairs

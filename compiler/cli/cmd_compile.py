@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from moec.auto import DEFAULT_BUDGET, explain
-from moec.compile import compile_model, parse_dims, parse_overrides, write_compiled
+from moec.compile import (
+    COMPILE_STAGES,
+    compile_model,
+    parse_dims,
+    parse_overrides,
+    write_compiled,
+)
 from moec.compiler.cli.args import add_dims_arg, add_strategy_arg, add_target_args
 from moec.compiler.lower.weights_file import companion_name
 from moec.ir.files import check_outputs
@@ -56,9 +62,8 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(
         [out, out.with_name(companion_name(out.name))], [args.model, args.routing, args.target]
     )
-    with Progress("compile") as bar:
-        what = "searching the strategies" if args.strategy.startswith("auto") else "lowering"
-        bar.set_status(f"{args.model}: frontend, passes, {what}")
+    with Progress("compile", COMPILE_STAGES + 1, unit="stages") as bar:
+        bar.set_status(f"{args.model}: frontend")
         compiled = compile_model(
             args.model, args.output, target=args.target,
             overrides=parse_overrides(args.overrides), strategy=args.strategy,
@@ -66,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
             dims=parse_dims(args.dims), debug=args.debug,
             on_module=(lambda m: print(m.print(), end="")) if args.print_ir else None,
             search_budget=args.search_budget,
+            on_stage=lambda next_stage: bar.advance(status=next_stage),
         )  # fmt: skip
         bar.set_status(f"writing {args.output}")
         write_compiled(compiled, args.output)
+        bar.advance()
     if args.explain and compiled.auto is not None:
         print(explain(compiled.auto))
     p = compiled.program

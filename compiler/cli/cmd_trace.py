@@ -208,7 +208,7 @@ def run_dump(args: argparse.Namespace) -> int:
     from moec.check import dump_trace
 
     num_dies = None if args.target else _check_positive("--dies", args.dies or 4)
-    check_outputs([args.output], [args.model, args.inputs, args.target])
+    check_outputs([args.output], [args.model, args.inputs, args.target, args.text])
     if not args.output.endswith((".json", ".npz")):
         raise TraceError("expected an output name ending in .json or .npz", args.output)
     if args.decode is not None:
@@ -218,12 +218,16 @@ def run_dump(args: argparse.Namespace) -> int:
             from moec.ir.target import load_target
 
             num_dies = load_target(args.target).num_dies
-        seq = decode_sequence(
-            args.model, batch=_check_positive("--batch", args.batch),
-            steps=_check_positive("--decode", args.decode), prompt=args.prompt, text=args.text,
-            temperature=args.temperature, seed=args.seed, num_dies=num_dies or 4, home=args.home,
-        )  # fmt: skip
-        save_sequence(seq, args.output)
+        steps = _check_positive("--decode", args.decode)
+        with Progress("trace dump", steps, unit="decode steps") as bar:
+            bar.set_status(f"decoding {args.model}")
+            seq = decode_sequence(
+                args.model, batch=_check_positive("--batch", args.batch), steps=steps,
+                prompt=args.prompt, text=args.text, temperature=args.temperature, seed=args.seed,
+                num_dies=num_dies or 4, home=args.home, on_step=lambda _: bar.advance(),
+            )  # fmt: skip
+            bar.set_status(f"writing {args.output}")
+            save_sequence(seq, args.output)
         how = "greedy" if args.temperature <= 0 else f"sampled at T={args.temperature:g}"
         print(
             f"wrote {args.output}: {len(seq)} decode steps x {seq.tokens} sequences ({how}), "
@@ -232,11 +236,16 @@ def run_dump(args: argparse.Namespace) -> int:
         return 0
     if not args.output.endswith((".json", ".npz")):
         raise TraceError("expected an output name ending in .json or .npz", args.output)
-    with Progress("trace dump") as bar:
-        bar.set_status(f"running {args.model} in ONNX Runtime")
+
+    def stage(status: str, total: int) -> None:
+        bar.set_total(total)
+        bar.advance(status=status)
+
+    with Progress("trace dump", unit="stages") as bar:
+        bar.set_status(f"loading {args.model}")
         trace = dump_trace(
             args.model, seed=args.seed, dims=args.dims, inputs=args.inputs, num_dies=num_dies,
-            target=args.target, home=args.home,
+            target=args.target, home=args.home, on_stage=stage,
         )  # fmt: skip
         bar.set_status(f"writing {args.output}")
         save_trace(trace, args.output)

@@ -22,7 +22,9 @@ import math
 import numpy as np
 import onnx
 
+from moec.compiler.frontend.hf_routing import NoMatch, NotThisPattern, Walk
 from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
+from moec.compiler.frontend.sparsemixer import match_picks
 from moec.ir.graph import TensorType, Weight
 from moec.ir.moe import MoELayer
 
@@ -285,6 +287,16 @@ def _match(view: GraphView, topk: onnx.NodeProto) -> Lifted:
             scaling *= c
         m.take(nxt)
         g = nxt.output[0]
+    y, activation, gated = _dispatch_to_output(m, scatter, g, x, opts)
+    return _layer(view, topk, m, x, y, scoring, normalize, scaling, activation, gated, opts)
+
+
+def _dispatch_to_output(
+    m: _Match, scatter: onnx.NodeProto, g: str, x: str, opts: dict[str, object]
+) -> tuple[str, str, bool]:
+    """From the gate weights ``g`` scattered into the dispatch matrix to the layer output:
+    (output value, expert activation, gated)."""
+    view = m.view
     if scatter.input[2] != g:
         raise _NoMatch("dispatch ScatterElements does not scatter the gate weights")
     m.take(scatter)
@@ -328,7 +340,7 @@ def _match(view: GraphView, topk: onnx.NodeProto) -> Lifted:
             opts["shared_activation"] = sh_act
         except _NoMatch:
             m.nodes, m.weights = saved
-    return _layer(view, topk, m, x, y, scoring, normalize, scaling, activation, gated, opts)
+    return y, activation, gated
 
 
 def _layer(
@@ -347,7 +359,7 @@ def _layer(
     ):
         if key in w:
             w[key] = _reshaped(w[key], key, shape)
-    k = view.constant(topk.input[1])
+    k = view.constant(topk.input[1]) if topk.op_type == "TopK" else np.array([2])
     if k is None:
         raise _NoMatch("TopK k is not a constant")
     fill = opts.get("fill")
@@ -365,6 +377,8 @@ def _layer(
     )  # fmt: skip
     if "n_group" in opts and fill != default_fill:
         layer.group_fill = float(fill)  # type: ignore[arg-type]
+    if "sparsemixer_eps" in opts:
+        layer.sparsemixer_eps = float(opts["sparsemixer_eps"])  # type: ignore[arg-type]
     layer.annotations.source = "moec.decomposed"
     layer.verify()
     return Lifted(layer, x, y, frozenset(m.nodes))
@@ -383,3 +397,38 @@ def recognize_decomposed(view: GraphView, node: onnx.NodeProto) -> Lifted | Mism
         return view.fail(node, str(err))
     except Exception as err:  # noqa: BLE001 - e.g. inconsistent weight shapes
         return view.fail(node, f"inconsistent MoE structure ({err})")
+
+
+@register("moec-decomposed-sparsemixer", anchors=("ArgMax",))
+def recognize_decomposed_sparsemixer(
+    view: GraphView, node: onnx.NodeProto
+) -> Lifted | Mismatch | None:
+    """The first ``ArgMax`` of a sparsemixer router in moec's decomposed form (the Phi-3.5-MoE
+    preset): the picks as :mod:`~moec.compiler.frontend.sparsemixer` matches them, then the
+    dispatch matrix and experts as for a TopK router."""
+    m = _Match(view)
+    try:
+        x = m.linear(node.input[0], None, "router_wt", "router_b")
+    except _NoMatch:
+        return None
+    experts = int(m.weights["router_wt"].type.shape[1])
+    walk = Walk(view)
+    try:
+        picks = match_picks(walk, node, experts)
+    except NotThisPattern:
+        return None
+    except NoMatch as err:
+        return Mismatch(err.node, err.reason)
+    m.nodes |= picks.nodes
+    try:
+        users = view.consumers(picks.ids)
+        if len(users) != 1 or users[0].op_type != "ScatterElements":
+            found = ", ".join(sorted(u.op_type for u in users)) or "nothing"
+            raise _NoMatch(
+                f"expected the sparsemixer ids to feed the dispatch ScatterElements, found {found}"
+            )
+        opts: dict[str, object] = {"sparsemixer_eps": picks.eps}
+        y, activation, gated = _dispatch_to_output(m, users[0], picks.gates, x, opts)
+        return _layer(view, node, m, x, y, "sparsemixer", False, 1.0, activation, gated, opts)
+    except _NoMatch as err:
+        return view.fail(node, str(err))

@@ -55,6 +55,11 @@ _QMOE = {"fc1": 2, "fc1_scales": 3, "fc1_bias": 4, "fc2": 5, "fc2_scales": 6, "f
          "fc3": 8, "fc3_scales": 9, "fc3_bias": 10, "fc1_zp": 11, "fc2_zp": 12, "fc3_zp": 13}  # fmt: skip
 # Annotation left on a QMoE layer whose normalize_routing_weights=0 was lifted as renormalized.
 QMOE_NORMALIZE_NOTE = "ort_qmoe_renormalizes_despite_normalize_routing_weights_0"
+# Annotation left on a layer whose node asks for use_sparse_mixer=1: ONNX Runtime's CPU kernel
+# (1.32) ignores the attribute and routes by softmax top-k (measured; only its CUDA and WebGPU
+# kernels implement the sparse mixer), and moec lifts what the CPU kernel computes, which is
+# what `moec check` compares with. The HF PhiMoE export lifts as scoring=sparsemixer instead.
+SPARSE_MIXER_NOTE = "ort_cpu_ignores_use_sparse_mixer"
 _MOE = {"fc1": 2, "fc1_bias": 3, "fc2": 4, "fc2_bias": 5, "fc3": 6, "fc3_bias": 7}
 
 
@@ -64,8 +69,6 @@ def _input(node: onnx.NodeProto, index: int) -> str:
 
 def _unsupported(view: GraphView, node: onnx.NodeProto) -> str | None:
     a = view.attr
-    if a(node, "use_sparse_mixer", 0):
-        return "use_sparse_mixer=1 is not supported (expected 0: softmax top-k routing)"
     if a(node, "swiglu_limit_after_activation", 0):
         return "swiglu_limit_after_activation=1 is not supported (expected 0)"
     act = a(node, "activation_type", "relu")
@@ -558,6 +561,11 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
             layer.annotations.quant_block = int(block)
             if bits == 8:  # ORT's CPU kernel has no float path for these: int8 activations
                 layer.act_quant_block = int(block)
+    if a(node, "use_sparse_mixer", 0):
+        note = layer.annotations.routing_note
+        layer.annotations.routing_note = (
+            SPARSE_MIXER_NOTE if note is None else f"{note};{SPARSE_MIXER_NOTE}"
+        )
     layer.annotations.source = f"com.microsoft.{node.op_type}"
     try:
         layer.verify()

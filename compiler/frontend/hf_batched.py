@@ -43,12 +43,16 @@ from moec.compiler.frontend.hf_routing import (
     match_router,
 )
 from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
+from moec.compiler.frontend.sparsemixer import match_sparsemixer
 
 
 def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     """Match the whole batched MoE block around ``anchor`` (raises NoMatch / NotThisPattern)."""
     walk = Walk(view)
-    routing = match_router(walk, anchor)
+    if anchor.op_type == "ArgMax":
+        routing = match_sparsemixer(walk, anchor)
+    else:
+        routing = match_router(walk, anchor)
     router = routing.router
     E = router.weight.shape[0]
     gathers = _gathered_stacks(walk, routing.ids, E)
@@ -237,7 +241,7 @@ def _combine(walk: Walk, down: Projection, routing: Routing) -> str:
     return red.output[0]
 
 
-@register("hf-batched-mm", anchors=("TopK",))
+@register("hf-batched-mm", anchors=("TopK", "ArgMax"))
 def recognize(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch | None:
     """The dynamo ``batched_mm`` export of a Hugging Face MoE block, anchored at a router TopK."""
     try:

@@ -334,21 +334,27 @@ def build_layer(
         n_group=routing.n_group, topk_group=routing.topk_group, group_score=routing.group_score,
         activation=gating.activation, gated=gating.gated, swiglu_alpha=gating.alpha,
         swiglu_beta=gating.beta, swiglu_limit=gating.limit,
+        sparsemixer_eps=routing.sparsemixer_eps,
     )  # fmt: skip
     if routing.n_group > 1:
         layer.group_fill = routing.group_fill
     if shared is not None:
-        ffn = shared.ffn
-        Fs = ffn.gate.shape[1]
-        weights["sh_gate"] = present("sh_gate", ffn.gate)
-        weights["sh_up"] = present("sh_up", ffn.up)
-        weights["sh_down"] = present("sh_down", ffn.down)
-        if shared.gate is not None:
-            weights["sh_router"] = present("sh_router", shared.gate)
-        # Shared experts are concatenated along Fs; their count is only visible when Fs is a
-        # multiple of the routed experts' F (DeepSeek: n_shared * F), else they count as one.
-        layer.num_shared = Fs // F if Fs % F == 0 else 1
-        layer.shared_ffn = Fs
-        layer.shared_activation = ffn.activation
+        attach_shared(layer, shared)
     layer.verify()
     return layer
+
+
+def attach_shared(layer: MoELayer, shared: SharedExperts) -> None:
+    """Put matched shared experts into ``layer`` (weights, count, size, activation)."""
+    ffn, weights, F = shared.ffn, layer.weights, layer.ffn
+    Fs = ffn.gate.shape[1]
+    weights["sh_gate"] = present("sh_gate", ffn.gate)
+    weights["sh_up"] = present("sh_up", ffn.up)
+    weights["sh_down"] = present("sh_down", ffn.down)
+    if shared.gate is not None:
+        weights["sh_router"] = present("sh_router", shared.gate)
+    # Shared experts are concatenated along Fs; their count is only visible when Fs is a
+    # multiple of the routed experts' F (DeepSeek: n_shared * F), else they count as one.
+    layer.num_shared = Fs // F if Fs % F == 0 else 1
+    layer.shared_ffn = Fs
+    layer.shared_activation = ffn.activation

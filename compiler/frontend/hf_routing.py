@@ -258,6 +258,7 @@ class Routing:
     normalize: bool = False
     scaling: float = 1.0
     topk_node: onnx.NodeProto | None = None
+    sparsemixer_eps: float = 0.01
 
 
 def _topk_k(walk: Walk, node: onnx.NodeProto) -> int:

@@ -28,6 +28,7 @@ from moec.compiler.frontend.dense_shared import mark_dense_shared
 from moec.compiler.frontend.loader import infer_shapes, load_onnx
 from moec.compiler.frontend.patterns import (
     RECOGNIZERS,
+    SOFT_ANCHORS,
     GraphView,
     Lifted,
     Mismatch,
@@ -111,6 +112,10 @@ def find_layers(view: GraphView) -> list[Lifted]:
         if i in covered:
             continue
         node = view.nodes[i]
+        if mismatch is None and node.op_type in SOFT_ANCHORS:
+            continue
+        if mismatch is None and node.op_type == "TopK" and _over_attention_scores(view, node):
+            continue  # e.g. DeepSeek-V3.2's sparse-attention indexer: top-k of token scores
         if mismatch is not None:
             raise ModelError(
                 f"{node.op_type} node is not a supported MoE layer: {mismatch.reason}",
@@ -124,6 +129,33 @@ def find_layers(view: GraphView) -> list[Lifted]:
         )
     _check_no_stray_experts(view, covered)
     return found
+
+
+def _over_attention_scores(view: GraphView, node: onnx.NodeProto) -> bool:
+    """A TopK over products of two computed tensors (attention scores, ``q @ k``) and over no
+    constant-weight projection: not a router (a lone TopK of anything else stays an error)."""
+    from moec.compiler.frontend.hf_routing import Walk, find_scoring, match_linear
+
+    if find_scoring(view, node) is not None:
+        return False
+    frontier, seen, products = [node.input[0]], set(), False
+    for _ in range(12):
+        nxt = []
+        for value in frontier:
+            if value in seen or not value:
+                continue
+            seen.add(value)
+            if match_linear(Walk(view), value) is not None:
+                return False
+            p = view.producer(value)
+            if p is None:
+                continue
+            if p.op_type == "MatMul" and not any(view.is_constant(i) for i in p.input):
+                products = True
+                continue
+            nxt += [i for i in p.input if i and not view.is_constant(i)]
+        frontier = nxt
+    return products
 
 
 _GATHERS = ("Gather", "GatherND", "GatherElements")
@@ -156,8 +188,7 @@ def lift_model(model: onnx.ModelProto, *, where: str = "") -> tuple[Module, Lift
     if not model.graph.value_info:
         model = infer_shapes(model)
     view = GraphView(model.graph, where=where or model.graph.name)
-    found = find_layers(view)
-    mark_dense_shared(view, found)
+    found = mark_dense_shared(view, find_layers(view))
     found.sort(key=lambda lf: max(lf.nodes) if lf.nodes else -1)
     lifted = [_rename(lf, f"moe{i}", view) for i, lf in enumerate(found)]
     module = _build_module(model, view, lifted)

@@ -100,6 +100,11 @@ def register(name: str, anchors: Iterable[str]) -> Callable[[Recognizer], Recogn
     return wrap
 
 
+#: Anchors that are ordinary ops when no recognizer claims them (an ArgMax starts a sparsemixer
+#: router, but most ArgMax nodes are not routers).
+SOFT_ANCHORS = frozenset({"ArgMax"})
+
+
 def anchor_ops() -> set[str]:
     return {op for r in RECOGNIZERS for op in r.anchors}
 

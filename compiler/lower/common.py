@@ -167,7 +167,7 @@ def prepare(
         layers = [(op.layer.num_experts, op.layer.top_k) for op in ops]
         validate(routing, layers, n_tokens, num_dies=target.num_dies, where="--routing")
     home = home_tokens(n_tokens, target.num_dies, routing)
-    plans, slot_bytes = plan_layers(ops, target, opts, n_tokens, where, activations, home)
+    plans, slot_bytes = plan_layers(ops, target, opts, n_tokens, where, activations, home, routing)
     acts = max(p.activation_bytes() for p in plans)
     for die in target.dies:
         if opts.slots * slot_bytes + acts > die.sram_bytes:

@@ -220,7 +220,7 @@ def lower_variant(lw: Lowering, defaults: Mapping[str, str]) -> None:
     plans = []
     for plan in lw.plans:
         d = plan.decl
-        if lw.options.slices is None:
+        if lw.options.slices is None and not lw.options.fit_slices:
             count = auto_slices(
                 t, cycle, hidden=d.hidden, ffn=d.ffn, mats=3 if d.gated else 2,
                 precision=d.dtype, minimum=plan.layout.count,

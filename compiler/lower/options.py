@@ -20,7 +20,9 @@ class StrategyError(ScheduleError):
 #: Options every strategy accepts, with their meaning.
 COMMON_OPTIONS: dict[str, str] = {
     "slots": "SRAM buffer slots per die (integer >= 1, default 4)",
-    "slices": "micro-slices per expert: auto (fewest that fit a slot) or an integer",
+    "slices": "micro-slices per expert: auto (EP, Hydra, EPLB, TP: the cost model's count, at "
+    "least the fewest that fit a slot; FSE-DP: its own rule), fit (the fewest that fit a slot) "
+    "or an integer",
     "dtype": "weight precision: fp32, fp16, bf16, int8, int4 (default: the weights' own)",
     "resident": "fraction of each layer's experts in device memory, the others offloaded to the "
     "target's host tier (default 1: all resident; see compiler/lower/residency.py)",
@@ -35,12 +37,15 @@ class LoweringOptions:
     slices: int | None = None
     dtype: str | None = None
     resident: float | None = None
+    #: ``slices=fit``: the fewest slices that fit a slot, no cost-model refinement
+    fit_slices: bool = False
 
     @staticmethod
     def parse(opts: Mapping[str, str]) -> LoweringOptions:
         slots = parse_int(opts, "slots", 4, minimum=1)
         raw = opts.get("slices", "auto")
-        slices = None if raw == "auto" else parse_int(opts, "slices", 1, minimum=1)
+        fit = raw == "fit"
+        slices = None if raw in ("auto", "fit") else parse_int(opts, "slices", 1, minimum=1)
         dtype = opts.get("dtype")
         if dtype is not None and dtype not in PRECISION_BYTES:
             raise StrategyError(
@@ -58,7 +63,7 @@ class LoweringOptions:
                     f"option resident: expected a fraction in [0, 1], found {opts['resident']!r}",
                     "--strategy",
                 )
-        return LoweringOptions(slots, slices, dtype, resident)
+        return LoweringOptions(slots, slices, dtype, resident, fit)
 
 
 def parse_int(opts: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:

@@ -4,7 +4,9 @@ Each die gets ``slots`` slots (default 4) of one size, and each layer's experts 
 fewest even slices whose largest fits a slot in the SRAM the layer's activations leave
 (``slots x slot bytes + activations <= SRAM``, the activations as :func:`predicted_activations`
 estimates them for the strategy's :data:`ACTIVATION_KINDS` entry, see :mod:`moec.ir.activations`);
-the slot size is the largest slice of any layer. When even one-column slices do not fit,
+the slot size is the largest slice of any layer. Whole-expert strategies (EP, Hydra, EPLB, TP)
+cut no coarser than the count :func:`~moec.compiler.lower.slicing.preferred_slices` estimates
+fastest, which does not depend on SRAM (so more SRAM never coarsens a cut past it). When even one-column slices do not fit,
 :class:`ScheduleError` "does not fit SRAM: die d needs X bytes (activations A + slots S), has Y".
 A layer's ``slice_bytes`` include its biases (``b_down`` and the shared gate ride with slice 0).
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moec.compiler.lower.options import LoweringOptions, StrategyError
+from moec.compiler.lower.slicing import expected_expert_tokens, preferred_slices
 from moec.ir.activations import ACCUM_PRECISION, h_bytes, home_bytes, predicted_activation_bytes
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Op
@@ -206,7 +209,7 @@ def check_tokens_fit(layers: list[MoELayer], target: Target, tokens: int, where:
 
 def plan_layers(
     ops: list[Op], target: Target, opts: LoweringOptions, tokens: int, where: str,
-    kind: str = "routed", home: int | None = None,
+    kind: str = "routed", home: int | None = None, routing: RoutingTrace | None = None,
 ) -> tuple[list[LayerPlan], int]:  # fmt: skip
     """One :class:`LayerPlan` per MoE op (precision, slices, activations) and the slot bytes:
     the largest slice of any layer. ``kind`` is the strategy's :data:`ACTIVATION_KINDS` entry."""
@@ -216,7 +219,7 @@ def plan_layers(
     home = -(-tokens // D) if home is None else home
     acc = _elem(ACCUM_PRECISION)
     plans: list[LayerPlan] = []
-    for op in ops:
+    for i, op in enumerate(ops):
         layer: MoELayer = op.layer
         dtype = layer_precision(layer, opts.dtype)
         table = layer.annotations.precision
@@ -253,6 +256,16 @@ def plan_layers(
                     where,
                 )
             count = opts.slices
+        elif kind != "home" and not opts.fit_slices:  # FSE-DP: its own (fsedp.auto_slices)
+            if routing is not None and i < len(routing.layers):
+                loads = [int(n) for n in routing.layers[i].expert_load()]
+            else:
+                loads = expected_expert_tokens(tokens, layer.top_k, layer.num_experts)
+            sh = (tokens, layer.shared_ffn, 3 * layer.hidden * e) if layer.has_shared else None
+            count = max(count, preferred_slices(
+                target, hidden=layer.hidden, ffn=layer.ffn, gated=layer.gated, precision=dtype,
+                col_bytes=col, expert_tokens=loads, shared=sh,
+            ))  # fmt: skip
         layout = SliceLayout.even(layer.name, layer.ffn, count)
         shared_layout, shared_bytes = None, []
         fs = layer.shared_ffn if layer.has_shared else 0
@@ -267,6 +280,13 @@ def plan_layers(
                     small_die, est.fixed + int(math.ceil(s_h_col)), one, sram,
                     f": {opts.slots} of one shared-expert column of {layer.name}", where,
                 )  # fmt: skip
+            if kind != "home" and opts.slices is None and not opts.fit_slices:  # per die share
+                share = -(-fs // D)
+                per_die = preferred_slices(
+                    target, hidden=layer.hidden, ffn=share, gated=True, precision=dtype,
+                    col_bytes=s_col, expert_tokens=[tokens] * D,
+                )  # fmt: skip
+                s_count = max(s_count, min(fs, per_die * D))
             shared_layout = SliceLayout.even(layer.name, fs, s_count, shared=True)
             shared_bytes = shared_slice_bytes(layer, shared_layout, dtype)
         decl = MoEDecl(

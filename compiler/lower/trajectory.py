@@ -31,10 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moec.ir.errors import ScheduleError
+from moec.ir.stream.params import FSEDP_CYCLES
 from moec.ir.target import Target
 
 #: Trajectory order kinds, as the ``cycle`` strategy option spells them.
-CYCLE_KINDS = ("spiral", "rowmajor")
+CYCLE_KINDS = FSEDP_CYCLES  # the runtime policy's values (moec.ir.stream.params)
 
 Coord = tuple[int, int]
 

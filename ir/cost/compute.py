@@ -169,7 +169,14 @@ def slice_compute_time(
     """Seconds of one micro-slice's whole compute for ``tokens``: its ``gemm`` (gate and up as
     one ``[T, d] x [d, w]`` GEMM, ``[d, 2w]`` when gated), ``act`` and ``accum``, as the
     interpreter charges them (all on the die's compute unit, one after the other).
-    ``activation`` None: silu for gated experts, gelu otherwise (a program does not name it)."""
+    ``activation`` None: silu for gated experts, gelu otherwise (a program does not name it).
+
+    Ideal: the three ops' FLOPs at peak in one sum, ``2 T d w (2 if gated) + 2 T w + 2 T w d``
+    (the first-wave estimate of the FSE-DP scheduler, kept bit for bit)."""
+    if target.ideal:
+        n, d, w = tokens, hidden, width
+        flops = 2.0 * n * d * w * (2 if gated else 1) + 2.0 * n * w + 2.0 * n * w * d
+        return compute_time(target, die, flops, precision)
     act = activation or slice_activation(gated)
     return (
         gemm_time(target, die, tokens, hidden, width * (2 if gated else 1), precision)

@@ -106,6 +106,18 @@ def transfer_time(target: Target, a: int, b: int, nbytes: float) -> float:
     return sum(lk.latency_s for lk in links) + dma_setup_time(target, a) + data
 
 
+def route_data_time(target: Target, a: int, b: int, nbytes: float) -> float:
+    """Seconds ``nbytes`` stream along ``target.route(a, b)`` at its slowest link, no latency
+    and no setup (0 when ``a == b``): ideal ``nbytes / min(gbps)``, calibrated the slowest
+    link's framed data time."""
+    hops = _route_links(target, a, b)
+    if not hops:
+        return 0.0
+    if target.ideal:
+        return float(nbytes) / (min(target.link(s, d).gbps for s, d in hops) * GB)
+    return max(link_data_time(target, s, d, nbytes) for s, d in hops)
+
+
 def load_time(target: Target, channel: int | Channel, die: int, nbytes: float) -> float:
     """Seconds until ``nbytes`` read from ``channel`` have arrived in ``die``, on an idle package.
 

@@ -31,6 +31,10 @@ from moec.ir.target import Target
 #: FSE-DP's rule sets and central load orders (``backends/interp/expand/fsedp*.py``).
 FSEDP_RULES: tuple[str, ...] = ("r1-r4", "naive")
 FSEDP_ORDERS: tuple[str, ...] = ("natural", "paired", "balanced")
+#: The skip rules the interpreter's scheduler knows (``skip RULE threshold T``, T in 0..1).
+SKIP_RULES: tuple[str, ...] = ("caee", "second")
+#: How the compiler may have found an FSE-DP trajectory (the ``cycle`` record).
+FSEDP_CYCLES: tuple[str, ...] = ("spiral", "rowmajor")
 
 P = TypeVar("P", bound="StrategyParams")
 
@@ -297,7 +301,7 @@ class FSEDPParams(StrategyParams):
 
     trajectory: tuple[int, ...] | None = param(Ints("dies", "dies"), None)
     closed: bool = param(Bool(), True)
-    cycle: str | None = param(Text(), None)
+    cycle: str | None = param(Choice(FSEDP_CYCLES), None)
     channels: tuple[int, ...] | None = param(Ints("experts", "channels"), None)
     rules: str = param(Choice(FSEDP_RULES), "r1-r4")
     order: str = param(Choice(FSEDP_ORDERS), "natural")

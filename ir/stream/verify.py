@@ -47,7 +47,7 @@ from moec.ir.stream.constraints import (
 from moec.ir.stream.diagnostics import with_context
 from moec.ir.stream.layouts import free_slots_at, largest_slice, layouts_for
 from moec.ir.stream.opcodes import OPCODES, OpDef, generate
-from moec.ir.stream.params import StrategyParams, strategy_params
+from moec.ir.stream.params import SKIP_RULES, StrategyParams, strategy_params
 from moec.ir.stream.printer import instr as instr_text
 from moec.ir.stream.program import (
     Block,
@@ -252,8 +252,19 @@ class _Verifier(Context):
                         f"expected {layer.experts} (one per expert)",
                         r.loc,
                     )
-            if r.skip is not None and not math.isfinite(r.skip.threshold):
-                raise self.fail(f"skip threshold of {r.layer} is not finite", r.skip.loc)
+            if r.skip is not None:
+                if r.skip.rule not in SKIP_RULES:
+                    raise self.fail(
+                        f"runtime {r.layer}: unknown skip rule {r.skip.rule!r}, "
+                        f"expected one of {', '.join(SKIP_RULES)}",
+                        r.skip.loc or r.loc,
+                    )
+                if not 0.0 <= r.skip.threshold <= 1.0:  # also false for NaN
+                    raise self.fail(
+                        f"runtime {r.layer}: skip threshold must be in 0..1, "
+                        f"found {r.skip.threshold:g}",
+                        r.skip.loc or r.loc,
+                    )
             strategy_params(r, layer, self.t, layouts_for(self.p), self.p.filename)
         policies = {r.layer for r in self.p.runtime}
         for layer_name, (die, loc) in placed.items():

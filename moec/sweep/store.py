@@ -72,14 +72,38 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _parents(folder: str) -> list[str]:
+    """``folder`` and the folders above it, nearest first."""
+    out, path = [], os.path.abspath(folder)
+    while True:
+        out.append(path)
+        up = os.path.dirname(path)
+        if up == path:
+            return out
+        path = up
+
+
 class Journal:
     """The SQLite journal of one results folder (see the module docstring)."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self.path = os.path.join(folder, JOURNAL)
+        for up in _parents(folder):
+            if os.path.islink(up) and not os.path.exists(up):
+                raise StoreError("is a link to a missing path, not a results folder", up)
+            if os.path.exists(up) and not os.path.isdir(up):
+                raise StoreError("is a file, not a results folder (-o takes a folder)", up)
+        if os.path.isdir(self.path):
+            raise StoreError("is a folder, not a sweep journal", self.path)
         try:
             os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            where = err.filename or folder
+            raise StoreError(f"cannot create the results folder: {err.strerror}", where) from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StoreError("results folder is not writable", folder)
+        try:
             self.db = sqlite3.connect(self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")

@@ -50,7 +50,7 @@ from moec.backends.interp.expand import ExpandContext, register, token_set
 from moec.backends.interp.expand.fsedp_deferred import deferred_event
 from moec.backends.interp.expand.fsedp_sched import Problem, Schedule, Unit, schedule
 from moec.ir import cost
-from moec.ir.cost import GB, compute_time, link_time
+from moec.ir.cost import GB
 from moec.ir.stream.params import FSEDP_ORDERS, FSEDPParams
 from moec.ir.stream.program import Instr, Signal, TokenSet, Wait
 
@@ -125,11 +125,8 @@ def _units(
         widths = [lay.width(j) for j in range(lay.count)]
 
         def compute(d: int, j: int, _c: dict[int, int] = counts) -> float:
-            n, w, h = _c[d], widths[j], m.hidden
-            if not t.ideal:  # gemm + act + accum, as the interpreter charges them
-                return cost.slice_compute_time(t, d, n, h, w, gated, prec)
-            flops = 2.0 * n * h * w * (2 if gated else 1) + 2.0 * n * w + 2.0 * n * w * h
-            return compute_time(t, d, flops, prec)
+            # gemm + act + accum, as the interpreter charges them
+            return cost.slice_compute_time(t, d, _c[d], m.hidden, widths[j], gated, prec)
 
         return Unit(
             expert, per_die,
@@ -153,12 +150,10 @@ def _problem(ctx: ExpandContext, units: list[Unit], order: tuple[int, ...], clos
         return cost.load_time(t, c, d, nbytes)
 
     def channel_hold(c: int, nbytes: int) -> float:  # occupancy: setup + bursts / bandwidth
-        if t.ideal:
-            return nbytes / (t.channel(c).gbps * GB)
         return cost.dram_occupancy(t, c, nbytes)
 
     def hop_time(a: int, b: int, nbytes: int) -> float:
-        return link_time(t, a, b, nbytes)
+        return cost.link_time(t, a, b, nbytes)
 
     slots = {d: ctx.slots_of(d) for d in range(t.num_dies)}
     return Problem(

@@ -42,11 +42,11 @@ import numpy as np
 from moec.backends.interp.offload import residency
 from moec.backends.interp.rules import register
 from moec.ir.cost import (
-    GB,
     bytes_per_element,
     compute_time,
     dram_occupancy,
     host_occupancy,
+    route_data_time,
     slice_compute_time,
     transfer_time,
 )
@@ -108,10 +108,8 @@ def expert_costs(policy: RuntimePolicy, decl: MoEDecl, target: Target) -> Expert
     move = np.zeros((D, D))
     for h in range(D):
         for d in range(D):
-            if h != d and target.ideal:
-                path = target.route(h, d)
-                bw = min(target.link(a, b).gbps for a, b in zip(path, path[1:], strict=False))
-                move[h, d] = act / (bw * GB)
+            if h != d and target.ideal:  # x there and y back at the route's slowest link
+                move[h, d] = route_data_time(target, h, d, act)
             elif h != d:  # x there and y back, each a transfer of its own
                 move[h, d] = transfer_time(target, h, d, act / 2) + transfer_time(
                     target, d, h, act / 2

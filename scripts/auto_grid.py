@@ -1,0 +1,158 @@
+"""``--strategy auto`` against the best fixed strategy on the paper grid, per target.
+
+    python scripts/auto_grid.py                                   # Zipf(1.0), seed 0, all targets
+    python scripts/auto_grid.py --zipf 0.6,1.6 --seeds 1,2 --targets fsedp-2x2
+    python scripts/auto_grid.py --search-on other    # the search sees another draw
+
+For each (target, model, tokens) point the six fixed strategies (ep, hydra, eplb, tp, fsedp,
+fsedp-paired) run on the evaluation trace ``synth:zipf=Z,seed=S`` exactly as ``moec bench`` runs
+them (one MoE layer, Hydra and EPLB calibrated on a 4096-token sample of the same distribution).
+``auto`` searches (:func:`moec.auto.search`, default budget, the same calibration file) on the
+evaluation trace itself (``--search-on batch``, the default: what ``moec compile --strategy auto
+--routing`` does for a known batch) or on a *different draw*, ``synth:zipf=Z,seed=S+1000`` with
+the same token count (``--search-on other``: what the choice is worth on a batch the search did
+not see); its winner is then run on the evaluation trace like the fixed ones. Prints one Markdown table per (target, zipf, seed)
+and a summary line: how often auto is within 0.5% of the best fixed strategy, and how often it
+is at least 3% faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from typing import Any
+
+from moec.auto import candidates, search
+from moec.bench import CALIBRATION_TOKENS, load_bench_model, run_bench
+from moec.compiler.bench.spec import PAPER_MODELS, PAPER_TARGETS, PAPER_TOKENS, truncate
+from moec.ir.errors import MoecError
+from moec.ir.routing import SynthSpec, parse_routing_spec, save_trace
+from moec.ir.stream import TargetRef
+from moec.ir.target import load_target
+
+FIXED = ("ep", "hydra", "eplb", "tp", "fsedp", "fsedp-paired")
+#: ``--search-on other``: the search draws its trace with this offset added to the seed.
+SEARCH_SEED_OFFSET = 1000
+
+
+def _spec(zipf: float, seed: int) -> SynthSpec:
+    spec = parse_routing_spec(f"synth:zipf={zipf:g},seed={seed}")
+    assert isinstance(spec, SynthSpec)
+    return spec
+
+
+def point(
+    model: str, target: str, tokens: int, zipf: float, seed: int, tmp: str, budget: int | None,
+    offset: int = SEARCH_SEED_OFFSET,
+) -> dict[str, Any]:  # fmt: skip
+    """One row: the fixed strategies' latencies, auto's choice and its latency on the batch."""
+    routing = f"synth:zipf={zipf:g},seed={seed}"
+    fixed: dict[str, float | None] = {}
+    for s in FIXED:
+        try:
+            fixed[s] = float(
+                run_bench(model, target, [tokens], [s], routing=routing)[0]["latency_s"]
+            )
+        except MoecError:
+            fixed[s] = None
+    bm = load_bench_model(model)
+    tgt = load_target(target, {})
+    shapes = bm.layer_shapes()[:1]
+    calib = os.path.join(tmp, f"calib-{bm.name}-{tgt.num_dies}-{zipf:g}-{seed}.npz")
+    if not os.path.exists(calib):
+        trace = _spec(zipf, seed).make(shapes, CALIBRATION_TOKENS, tgt.num_dies, model=bm.name)
+        save_trace(trace, calib)
+    seen = _spec(zipf, seed + offset).make(shapes, tokens, tgt.num_dies, model=bm.name)
+    kw = {} if budget is None else {"budget": budget}
+    found = search(
+        truncate(bm.module, 1), TargetRef(target), seen, specs=candidates({"calibration": calib}),
+        **kw,
+    )  # fmt: skip
+    choice = found.winner.strategy
+    try:  # the choice may overfill a die on the batch it did not see
+        auto: float | None = float(
+            run_bench(model, target, [tokens], [choice], routing=routing)[0]["latency_s"]
+        )
+    except MoecError:
+        auto = None
+    return {
+        "model": bm.name, "tokens": tokens, "fixed": fixed, "choice": choice, "auto": auto,
+        "measured": sum(t.measured_s is not None for t in found.trials),
+    }  # fmt: skip
+
+
+def _short(choice: str) -> str:
+    """The winner without the calibration path (the same file for every hydra/eplb row)."""
+    if "{" not in choice:
+        return choice
+    name, rest = choice.split("{", 1)
+    opts = [o for o in rest.rstrip("}").split(",") if not o.startswith("calibration=")]
+    return name + ("{" + ",".join(opts) + "}" if opts else "")
+
+
+def table(target: str, zipf: float, seed: int, rows: list[dict[str, Any]], offset: int) -> str:
+    head = " | ".join(f"{s} ms" for s in FIXED)
+    out = [
+        f"#### {target}, synth:zipf={zipf:g},seed={seed} "
+        + ("(search on this batch)" if offset == 0 else f"(search on seed {seed + offset})"),
+        "",
+        f"| model | tokens | {head} | best fixed | auto ms | auto's choice | auto / best |",
+        "|---|---|" + "---|" * len(FIXED) + "---|---|---|---|",
+    ]
+    within = faster = 0
+    worst = 0.0
+    for r in rows:
+        ok = {s: v for s, v in r["fixed"].items() if v is not None}
+        best = min(ok, key=lambda s: (ok[s], FIXED.index(s)))
+        ratio = r["auto"] / ok[best] if r["auto"] is not None else float("inf")
+        worst = max(worst, ratio)
+        within += ratio <= 1.005
+        faster += ratio <= 0.97
+        cells = " | ".join("n/f" if v is None else f"{v * 1e3:.2f}" for v in r["fixed"].values())
+        lat = "n/f" if r["auto"] is None else f"{r['auto'] * 1e3:.2f}"
+        out.append(
+            f"| {r['model']} | {r['tokens']} | {cells} | {best} | {lat} | "
+            f"`{_short(r['choice'])}` | {ratio:.3f} |"
+        )
+    out += [
+        "",
+        f"Summary {target} zipf {zipf:g} seed {seed}: auto within 0.5% of the best fixed strategy "
+        f"at {within} of {len(rows)} points, at least 3% faster at {faster}; worst "
+        f"{worst:.3f}x.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--targets", default=",".join(PAPER_TARGETS))
+    ap.add_argument("--models", default=",".join(PAPER_MODELS))
+    ap.add_argument("--tokens", default=",".join(str(t) for t in PAPER_TOKENS))
+    ap.add_argument("--zipf", default="1.0")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--budget", type=int, default=None, help="--search-budget (default: auto's)")
+    ap.add_argument(
+        "--search-on", choices=("batch", "other"), default="batch",
+        help="batch: the search sees the evaluated trace (moec compile --routing); other: a "
+        f"different draw (seed + {SEARCH_SEED_OFFSET})",
+    )  # fmt: skip
+    args = ap.parse_args(argv)
+    offset = 0 if args.search_on == "batch" else SEARCH_SEED_OFFSET
+    with tempfile.TemporaryDirectory(prefix="moec-auto-grid-") as tmp:
+        for target in args.targets.split(","):
+            for zipf in (float(z) for z in args.zipf.split(",")):
+                for seed in (int(s) for s in args.seeds.split(",")):
+                    rows = [
+                        point(m, target, int(t), zipf, seed, tmp, args.budget, offset)
+                        for m in args.models.split(",")
+                        for t in args.tokens.split(",")
+                    ]
+                    print(table(target, zipf, seed, rows, offset), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
