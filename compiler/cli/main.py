@@ -19,7 +19,6 @@ import numpy as np
 from moec import __version__, progress
 from moec.ir.errors import MoecError
 
-
 #: Each subcommand's one-line help, for ``moec --help``: only the command that runs is imported,
 #: so ``moec run``/``moec bench``/``moec inspect`` do not pay for onnx and onnxruntime (about
 #: 1 s). A ``cmd_*.py`` missing here still works; it is just imported on every call.

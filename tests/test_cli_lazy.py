@@ -1,0 +1,49 @@
+"""The CLI imports only the subcommand that runs (issue 19: onnx and onnxruntime cost about a
+second to import, most of a one-layer ``moec run``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from moec.compiler.cli.main import SUMMARIES, build_parser, command_names, main
+
+
+def _helps(parser: object) -> dict[str, str]:
+    sub = next(a for a in parser._actions if a.dest == "command")  # type: ignore[attr-defined]
+    return {c.dest: c.help for c in sub._choices_actions}
+
+
+def test_summaries_are_the_help_each_command_registers() -> None:
+    assert set(SUMMARIES) == set(command_names())
+    assert _helps(build_parser(full=True)) == SUMMARIES
+
+
+def _modules_after(argv: list[str], cwd: Path) -> set[str]:
+    code = (
+        "import sys\n"
+        "from moec.compiler.cli.main import main\n"
+        f"code = main({argv!r})\n"
+        "print(code, 'onnx' in sys.modules, 'onnxruntime' in sys.modules)\n"
+    )
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True
+        )
+        .stdout.splitlines()[-1]
+        .split()
+    )
+    assert out[0] == "0", out
+    return {
+        name
+        for name, loaded in zip(("onnx", "onnxruntime"), out[1:], strict=True)
+        if loaded == "True"
+    }
+
+
+def test_run_and_inspect_of_a_shape_only_program_do_not_import_onnx(tmp_path: Path) -> None:
+    out = str(tmp_path / "q.msp")
+    assert main(["-q", "compile", "yuan2-m32", "--tokens", "16", "-o", out]) == 0
+    assert _modules_after(["-q", "run", "q.msp"], tmp_path) == set()
+    assert _modules_after(["inspect", "q.msp"], tmp_path) == set()
