@@ -14,7 +14,7 @@ Two ways to decide (exactly one per use), then one rewrite:
   ``budget`` x the all-fp16 latency (fewest error per latency saved first).
 
 Costs come from the target's cost model (``target=`` option, default ``fsedp-2x2``): expert e at
-precision p costs ``routed_frac_e x dram_time(bytes_e(p)) + compute(its tokens, p)``; compute is
+precision p costs ``routed_frac_e x typical_dram_time(bytes_e(p)) + compute(its tokens, p)``; compute is
 ``compute_time`` (FLOPs at peak) on the ideal machine, ``slice_compute_time`` of the whole expert
 (array folds, vector unit, issue) on the calibrated one.
 Errors are measured: ``error_e(p)`` is the relative output error of expert e with its weights at
@@ -48,11 +48,10 @@ from moec.compiler.passes.pipeline import ModulePass, PassError, PassResult, reg
 from moec.compiler.quantize import PRECISIONS, apply_precision
 from moec.ir.cost import (
     ACTIVATION_OPS,
-    GB,
     bytes_per_element,
     compute_time,
-    dram_time,
     slice_compute_time,
+    typical_dram_time,
 )
 from moec.ir.errors import MoecError
 from moec.ir.graph import Module, TensorType, Weight
@@ -195,20 +194,12 @@ def expert_latency(
     layer: MoELayer, target: Target, routed_frac: list[float], tokens: int
 ) -> np.ndarray:
     """``latency[e, p]``: expected seconds to stream and compute expert e at precision p."""
-    channels = target.channels
-    gbps = target.total_dram_gbps() / len(channels) if channels else 0.0
-    latency_s = channels[0].latency_s if channels else 0.0
     params = layer.expert_param_count()
     flops = layer.flops_per_token_expert()
     lat = np.zeros((layer.num_experts, len(PRECISIONS)))
     for p, precision in enumerate(PRECISIONS):
         nbytes = params * bytes_per_element(precision)
-        if not channels:
-            load = 0.0
-        elif target.ideal:
-            load = latency_s + nbytes / (gbps * GB) if gbps > 0 else 0.0
-        else:  # bursts, efficiency and DMA setup of the first channel
-            load = dram_time(target, channels[0], nbytes)
+        load = typical_dram_time(target, nbytes)
         for e, frac in enumerate(routed_frac):
             if target.ideal:
                 work = compute_time(target, 0, flops * frac * tokens, precision)

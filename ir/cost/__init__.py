@@ -46,6 +46,7 @@ from moec.ir.cost.transfer import (
     load_time,
     route_data_time,
     transfer_time,
+    typical_dram_time,
 )
 
 __all__ = [
@@ -55,5 +56,6 @@ __all__ = [
     "bytes_per_element", "compute_time", "dense_time", "dma_setup_time", "dram_data_time",
     "dram_occupancy", "dram_time", "gemm_cycles", "gemm_time", "host_occupancy", "host_time",
     "issue_time", "layer_bound", "link_data_time", "link_occupancy", "link_time", "load_time",
-    "lower_bound", "moe_layer_bound", "route_data_time", "transfer_time", "vector_cycles",
+    "lower_bound", "moe_layer_bound", "route_data_time", "transfer_time", "typical_dram_time",
+    "vector_cycles",
 ]  # fmt: skip

@@ -66,6 +66,22 @@ def dram_time(target: Target, channel: int | Channel, nbytes: float) -> float:
     return ch.latency_s + dram_occupancy(target, ch, nbytes)
 
 
+def typical_dram_time(target: Target, nbytes: float) -> float:
+    """Seconds to read ``nbytes`` from a typical channel, for plans made before placement.
+
+    Ideal machine: the first channel's latency plus the bytes at the mean channel bandwidth;
+    calibrated: :func:`dram_time` on the first channel (bursts, efficiency, DMA setup). 0 without
+    DRAM.
+    """
+    channels = target.channels
+    if not channels:
+        return 0.0
+    if target.ideal:
+        gbps = target.total_dram_gbps() / len(channels)
+        return channels[0].latency_s + float(nbytes) / (gbps * GB) if gbps > 0 else 0.0
+    return dram_time(target, channels[0], nbytes)
+
+
 def link_data_time(target: Target, src: int, dst: int, nbytes: float) -> float:
     """Seconds the direct link ``src -> dst`` carries ``nbytes`` of data (framed)."""
     lk = target.link(src, dst)
