@@ -256,3 +256,40 @@ def test_sweep_stores_energy_columns_and_plots_them(tmp_path: Path) -> None:
     argv = ["sweep", "plot", str(res), "--x", "latency_s", "--y", "energy_per_token_j"]
     assert main([*argv, "-o", str(png)]) == 0
     assert png.stat().st_size > 0
+
+
+def test_human_run_report_has_an_energy_table_per_die(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = _run_json(tmp_path, capsys, "fsedp-2x2")
+    assert main(["run", str(tmp_path / "fsedp-2x2.msp")]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    at = next(k for k, line in enumerate(lines) if "per token" in line)
+    assert lines[at - 2].strip() == "energy"  # the table's title
+    table = "\n".join(lines[at:])
+    header = lines[at]
+    cols = [c.strip() for c in header.strip("┃│ ").replace("┃", "│").split("│")]
+    assert cols == ["die", "total", "per token", *PARTS]
+    rows = {
+        cells[0]: cells[1:]
+        for line in table.splitlines()
+        if (cells := [c.strip() for c in line.strip("│ ").split("│")])[0].startswith(
+            ("die ", "package")
+        )
+    }
+    assert list(rows) == [f"die {k}" for k in range(4)] + ["package"]
+
+    def joules(cell: str) -> float:
+        if cell == "0":
+            return 0.0
+        value, unit = cell.split()
+        return float(value) * {"J": 1, "mJ": 1e-3, "uJ": 1e-6, "nJ": 1e-9, "pJ": 1e-12}[unit]
+
+    for k, by_part in enumerate(d["energy_per_die_j"]):
+        cells = rows[f"die {k}"]
+        assert joules(cells[0]) == pytest.approx(sum(by_part.values()), rel=1e-3)
+        for part, cell in zip(PARTS, cells[2:], strict=True):
+            assert joules(cell) == pytest.approx(by_part[part], rel=1e-3, abs=1e-15)
+    assert joules(rows["package"][0]) == pytest.approx(d["energy_j"], rel=1e-3)
+    assert joules(rows["package"][1]) == pytest.approx(d["energy_per_token_j"], rel=1e-3)

@@ -235,8 +235,30 @@ def render(r: Report, width: int = 110) -> str:
             rt.add_row(f"host link {d}", f"{100 * u:.1f}%", _bytes(r.host_bytes[d]), "")
     con.print(rt)
     if r.energy_breakdown_j:
+        if r.energy_per_die_j:
+            con.print(energy_table(r))
         con.print(energy_line(r))
     return buf.getvalue()
+
+
+def energy_table(r: Report) -> Table:
+    """Joules per die and part (each die's own compute, SRAM, the DRAM channels and links it
+    drives, static power), a package row, and each die's joules per token of the run."""
+    parts = list(r.energy_breakdown_j)
+    et = Table(title="energy")
+    for col in ("die", "total", "per token", *parts):
+        et.add_column(col, justify="left" if col == "die" else "right")
+
+    def row(name: str, by_part: dict[str, float]) -> None:
+        total = sum(by_part.values())
+        per_token = _joules(total / r.tokens) if r.tokens > 0 else ""
+        cells = (_joules(j) if (j := by_part.get(p, 0.0)) else "0" for p in parts)
+        et.add_row(name, _joules(total), per_token, *cells)
+
+    for d, by_part in enumerate(r.energy_per_die_j):
+        row(f"die {d}", by_part)
+    row("package", r.energy_breakdown_j)
+    return et
 
 
 def _joules(j: float) -> str:
