@@ -27,6 +27,8 @@ from moec.ir.errors import TargetError
 
 #: Dataflows of a systolic array: weight-, output- and input-stationary.
 DATAFLOWS = ("ws", "os", "is")
+#: how the stationary operand's next tile is loaded: after the fold (single) or during it (double)
+WEIGHT_BUFFERINGS = ("single", "double")
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,19 @@ class MacArray:
     cols: int
     count: int = 1
     dataflow: str = "ws"
+    #: ``single``: a fold loads its stationary tile, then streams (SCALE-Sim's accounting);
+    #: ``double``: shadow registers take the next tile while the current fold streams
+    weight_buffering: str = "single"
 
     def __post_init__(self) -> None:
         if self.dataflow not in DATAFLOWS:
             raise TargetError(
                 f"MAC array dataflow {self.dataflow!r}: expected one of {', '.join(DATAFLOWS)}"
+            )
+        if self.weight_buffering not in WEIGHT_BUFFERINGS:
+            raise TargetError(
+                f"MAC array weight_buffering {self.weight_buffering!r}: expected one of "
+                f"{', '.join(WEIGHT_BUFFERINGS)}"
             )
         for name in ("rows", "cols", "count"):
             v = getattr(self, name)
@@ -62,10 +72,10 @@ class MacArray:
     @property
     def name(self) -> str:
         """Readable geometry, e.g. ``32x64 ws`` or ``16 x 128x128 ws``."""
-        one = f"{self.rows}x{self.cols}"
-        return (
-            f"{one} {self.dataflow}" if self.count == 1 else f"{self.count} x {one} {self.dataflow}"
-        )
+        one = f"{self.rows}x{self.cols} {self.dataflow}"
+        if self.weight_buffering == "double":
+            one += " double-buffered"
+        return one if self.count == 1 else f"{self.count} x {one}"
 
 
 @dataclass(frozen=True)

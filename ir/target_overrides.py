@@ -14,7 +14,14 @@ from typing import Any
 
 from moec.ir.energy import D2D_PJ_PER_BIT, MAC_PJ
 from moec.ir.errors import TargetError
-from moec.ir.hardware import DATAFLOWS, DRAM_ALIASES, DRAM_KINDS, MacArray, squarest_array
+from moec.ir.hardware import (
+    DATAFLOWS,
+    DRAM_ALIASES,
+    DRAM_KINDS,
+    WEIGHT_BUFFERINGS,
+    MacArray,
+    squarest_array,
+)
 from moec.ir.target_params import MIB, Host, TargetParams
 
 TOPOLOGIES = ("mesh", "ring", "full")
@@ -43,6 +50,7 @@ OVERRIDE_KEYS: dict[str, str] = {
     "array_cols": "columns of each MAC array (integer)",
     "arrays_per_die": "MAC arrays per die (integer)",
     "dataflow": "MAC array dataflow: ws, os, is",
+    "weight_buffering": "stationary tile loading: single (after each fold) or double (during it)",
     "vector_lanes": "vector-unit elements per cycle (integer)",
     "issue_cycles": "cycles to issue one compute instruction (integer, >= 0)",
     "dma_setup_ns": "DMA descriptor setup per transfer, ns (>= 0)",
@@ -88,11 +96,12 @@ _STR_KEYS: dict[str, tuple[str, ...]] = {
     "topology": TOPOLOGIES,
     "ddr_placement": ("corners", "edges", "all"),
     "dataflow": DATAFLOWS,
+    "weight_buffering": WEIGHT_BUFFERINGS,
     "ddr_kind": (*DRAM_KINDS, *DRAM_ALIASES),
     "energy_d2d_class": tuple(D2D_PJ_PER_BIT),
 }
 _BOOL_KEYS = {"ideal"}
-_ARRAY_KEYS = ("array_rows", "array_cols", "arrays_per_die", "dataflow")
+_ARRAY_KEYS = ("array_rows", "array_cols", "arrays_per_die", "dataflow", "weight_buffering")
 
 
 def _bool_value(key: str, raw: Any) -> bool:
@@ -146,6 +155,7 @@ def _die_overrides(p: TargetParams, vals: dict[str, Any]) -> Any:
             vals.get("array_cols", array.cols),
             vals.get("arrays_per_die", array.count),
             vals.get("dataflow", array.dataflow),
+            vals.get("weight_buffering", array.weight_buffering),
         )
         if "macs_per_die" in vals and vals["macs_per_die"] != array.macs:
             raise TargetError(
@@ -159,7 +169,10 @@ def _die_overrides(p: TargetParams, vals: dict[str, Any]) -> Any:
         if macs % per == 0:
             array = dataclasses.replace(array, count=macs // per)
         else:
-            array = dataclasses.replace(squarest_array(macs), dataflow=array.dataflow)
+            array = dataclasses.replace(
+                squarest_array(macs), dataflow=array.dataflow,
+                weight_buffering=array.weight_buffering,
+            )  # fmt: skip
         die = dataclasses.replace(die, macs=macs, array=array)
     cost_keys = {"vector_lanes": "vector_lanes", "issue_cycles": "issue_cycles"}
     costs = die.costs

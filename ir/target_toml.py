@@ -29,7 +29,15 @@ from typing import Any
 
 from moec.ir.energy import D2D_PJ_PER_BIT, MAC_PJ, EnergyModel
 from moec.ir.errors import Location, TargetError
-from moec.ir.hardware import DATAFLOWS, PCIE_256B, UCIE_68B, DieCosts, Framing, MacArray
+from moec.ir.hardware import (
+    DATAFLOWS,
+    PCIE_256B,
+    UCIE_68B,
+    WEIGHT_BUFFERINGS,
+    DieCosts,
+    Framing,
+    MacArray,
+)
 from moec.ir.target import (
     CHANNEL_KINDS,
     DEFAULT_OPS_PER_MAC,
@@ -149,8 +157,12 @@ def _die(path: str, table: dict[str, Any]) -> DieParams:
     if "array" in table:
         raw_array = table["array"]
         if not isinstance(raw_array, dict):
-            f.fail("array", "a table {rows, cols, count, dataflow}", repr(raw_array))
-        a = _Fields(path, "die.array", raw_array, ("rows", "cols", "count", "dataflow"))
+            f.fail(
+                "array", "a table {rows, cols, count, dataflow, weight_buffering}", repr(raw_array)
+            )
+        a = _Fields(
+            path, "die.array", raw_array, ("rows", "cols", "count", "dataflow", "weight_buffering")
+        )
         for key in ("rows", "cols"):
             if key not in raw_array:
                 a.fail(key, "an integer > 0", "nothing")
@@ -159,6 +171,7 @@ def _die(path: str, table: dict[str, Any]) -> DieParams:
             int(a.number("cols", integer=True) or 0),
             int(a.number("count", 1, integer=True) or 0),
             a.choice("dataflow", "ws", DATAFLOWS),
+            a.choice("weight_buffering", "single", WEIGHT_BUFFERINGS),
         )
         if "macs" not in table:
             macs = array.macs

@@ -27,6 +27,7 @@ from moec.ir.cost import (
     slice_compute_time,
     transfer_time,
 )
+from moec.ir.errors import TargetError
 from moec.ir.hardware import MacArray
 from moec.ir.target import load_target
 
@@ -153,3 +154,59 @@ def test_host_transfers_are_framed_in_pcie_packets() -> None:
     h = load_target("npu8-hbm", {"ideal": False})
     # 1000 B: 4 TLPs of 256 B payload + 24 B overhead = 1120 B on a 64 GB/s link, 500 ns setup
     assert host_time(h, 1000) == 2e-6 + (500e-9 + 1120 / 64e9)
+
+
+def test_double_buffered_weights_expose_one_tile_load() -> None:
+    # ws, 32x64: the first fold as single (2R + C + M - 2), each later fold max(R, M)
+    double = MacArray(32, 64, 1, "ws", "double")
+    # 1 token, 128 folds: 127 + 127 x max(32, 1) = 127 + 4064 (single: 128 x 127 = 16256)
+    assert gemm_cycles(1, 2048, 128, double) == 127 + 127 * 32 == 4191
+    # 256 tokens: the rows, not the tile load, bound a fold: 382 + 127 x 256 (single 48896)
+    assert gemm_cycles(256, 2048, 128, double) == 382 + 127 * 256 == 32894
+    # M = R: both bounds equal
+    assert gemm_cycles(32, 2048, 128, double) == (2 * 32 + 64 + 32 - 2) + 127 * 32
+    # one fold: nothing to overlap, same as single
+    assert (
+        gemm_cycles(5, 32, 64, double)
+        == gemm_cycles(5, 32, 64, MacArray(32, 64))
+        == 2 * 32 + 64 + 3
+    )
+    # partial tiles are whole folds: ceil(33/8) x ceil(65/16) = 25 folds of 37 on 8x16
+    assert gemm_cycles(7, 33, 65, MacArray(8, 16, 1, "ws", "double")) == 37 + 24 * 8
+    # four arrays: ceil(25/4) = 7 folds per array
+    assert gemm_cycles(7, 33, 65, MacArray(8, 16, 4, "ws", "double")) == 37 + 6 * 8
+    # is: the stationary input tile, N weight columns streamed: 5 folds of 95, later max(8, 65)
+    assert gemm_cycles(7, 33, 65, MacArray(8, 16, 1, "is", "double")) == 95 + 4 * 65
+    # os: no stationary tile, unchanged
+    assert gemm_cycles(7, 33, 65, MacArray(8, 16, 1, "os", "double")) == 5 * 55
+
+
+def test_weight_buffering_is_a_target_option() -> None:
+    t = load_target("fsedp-2x2", {"ideal": False, "weight_buffering": "double"})
+    assert t.die(0).array.weight_buffering == "double"
+    assert "double-buffered" in t.die(0).array.name
+    assert load_target("fsedp-2x2").die(0).array.weight_buffering == "single"
+    # int8 packs two MACs per PE: 32x128, 64 folds, first 191 cycles then max(32, 1) each
+    assert gemm_time(t, 0, 1, 2048, 128, "int8") == ISSUE + (191 + 63 * 32) / CLOCK
+    # fp32: two passes of the double-buffered fp16 array
+    assert gemm_time(t, 0, 1, 2048, 128, "fp32") == ISSUE + 2 * 4191 / CLOCK
+    # the ideal machine ignores the array
+    ideal = load_target("fsedp-2x2", {"ideal": True, "weight_buffering": "double"})
+    assert gemm_time(ideal, 0, 1, 2048, 128) == compute_time(ideal, 0, 2.0 * 2048 * 128)
+    with pytest.raises(TargetError, match="override weight_buffering: expected one of"):
+        load_target("fsedp-2x2", {"weight_buffering": "triple"})
+
+
+def test_weight_buffering_in_toml(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "t.toml"
+    f.write_text(
+        'name = "t"\n[die]\narray = {rows = 32, cols = 64, weight_buffering = "double"}\n'
+        "[dram]\ngbps_per_channel = 25.6\n"
+    )
+    assert load_target(str(f)).die(0).array.weight_buffering == "double"
+    f.write_text(
+        'name = "t"\n[die]\narray = {rows = 32, cols = 64, weight_buffering = "quad"}\n'
+        "[dram]\ngbps_per_channel = 25.6\n"
+    )
+    with pytest.raises(TargetError, match="weight_buffering"):
+        load_target(str(f))

@@ -10,6 +10,21 @@ cycles, exactly SCALE-Sim v3's compute accounting (``scalesim/compute/systolic_c
 - ``os`` (output-stationary): ``folds = ceil(M/R) x ceil(N/C)``, each ``K + R + C - 2``;
 - ``is`` (input-stationary): ``folds = ceil(K/R) x ceil(M/C)``, each ``2R + C + N - 2``.
 
+**Double buffering** (``weight_buffering = "double"``; presets: ``single``, SCALE-Sim's). A
+weight-stationary PE with shadow registers (TPU v1 double-buffers its weights in the array,
+Jouppi et al., ISCA 2017) shifts the next fold's weight tile in while the current fold's inputs
+stream through it. Only the first tile load and the last fold's skew fill and drain are exposed;
+each later fold advances when both its tile is loaded (R cycles) and the previous fold's M
+input rows have entered the array (M cycles), and its skew overlaps its neighbours' like any
+wavefront. Per array, with ``F = ceil(folds / count)``:
+``ws``: ``2R + C + M - 2 + (F - 1) x max(R, M)`` (``single``: ``F x (2R + C + M - 2)``);
+``is`` is the mirror (the stationary input tile, N weight columns streamed):
+``2R + C + N - 2 + (F - 1) x max(R, N)``; ``os`` has no stationary operand to prefetch (its
+partial sums drain as the next fold's operands enter, already counted by SCALE-Sim's
+``K + R + C - 2``): unchanged. One fold is the same either way; the saving is
+``(F - 1) x (R + C + min(R, M) - 2)`` cycles (ws), most at few tokens, where a fold is mostly
+its tile load.
+
 Partial tiles cost a whole fold (the PEs they leave idle are the waste). ``count`` arrays run
 folds in parallel: ``ceil(folds / count)`` fold times. A precision packing ``m`` MACs per PE
 (``ops_per_mac``: int8 2, int4 4) widens the columns to ``m x C``; fp32 (``ops_per_mac`` 0.5)
@@ -28,6 +43,7 @@ With ``target.ideal`` every function gives the first-wave model: ``flops / peak`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from moec.ir.errors import TargetError
@@ -62,19 +78,23 @@ def gemm_cycles(m: int, k: int, n: int, array: MacArray) -> int:
     if m <= 0 or k <= 0 or n <= 0:
         return 0
     r, c = array.rows, array.cols
+    streamed = 0  # rows streamed past a stationary tile (ws: M, is: N; os: none)
     if array.dataflow == "ws":
-        folds, per_fold = math.ceil(k / r) * math.ceil(n / c), 2 * r + c + m - 2
+        folds, per_fold, streamed = math.ceil(k / r) * math.ceil(n / c), 2 * r + c + m - 2, m
     elif array.dataflow == "os":
         folds, per_fold = math.ceil(m / r) * math.ceil(n / c), k + r + c - 2
     else:
-        folds, per_fold = math.ceil(k / r) * math.ceil(m / c), 2 * r + c + n - 2
-    return math.ceil(folds / array.count) * per_fold
+        folds, per_fold, streamed = math.ceil(k / r) * math.ceil(m / c), 2 * r + c + n - 2, n
+    per_array = math.ceil(folds / array.count)
+    if array.weight_buffering == "double" and streamed:
+        return per_fold + (per_array - 1) * max(r, streamed)
+    return per_array * per_fold
 
 
 def _packed(array: MacArray, ops_per_mac: float) -> tuple[MacArray, float]:
     """The array a precision sees, and the passes it needs: packing widens the columns."""
     if ops_per_mac >= 1:
-        return MacArray(array.rows, int(array.cols * ops_per_mac), array.count, array.dataflow), 1.0
+        return dataclasses.replace(array, cols=int(array.cols * ops_per_mac)), 1.0
     return array, 1.0 / ops_per_mac
 
 
