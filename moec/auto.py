@@ -23,12 +23,20 @@ policy records the strategy), and :func:`explain` prints every candidate with it
 measurement or reason it was not run, and why the winner won. The whole program uses one
 strategy (the choice is made for all MoE layers together, on the sum of their spans).
 
+**Objectives** (``--objective``): ``latency`` (default), ``energy`` (the MoE layers' joules),
+``edp`` (energy x latency) or ``sram`` (the largest per-die SRAM peak, ties by latency); every
+measured candidate records all four. The DRAM-bound pruning above is a latency bound, so it
+applies to ``latency`` only; the other objectives measure candidates in prediction order until
+the budget is spent. ``--max-sram-mib X`` is a constraint: a candidate whose measured peak SRAM
+on some die exceeds X MiB is recorded as such and never chosen.
+
 The search needs a routing: the ``--routing`` trace, else the bench's synthetic default
 (:data:`moec.bench.DEFAULT_ROUTING`) for the model's shapes and the token count.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +58,9 @@ from moec.ir.target import Target, load_target
 
 #: Interpreter runs the search may spend by default.
 DEFAULT_BUDGET = 18
+#: What ``auto`` minimizes (``--objective``).
+OBJECTIVES = ("latency", "energy", "edp", "sram")
+MIB = 1 << 20
 
 
 def candidates(options: dict[str, str] | None = None) -> list[str]:
@@ -88,6 +99,21 @@ class Trial:
     measured_s: float | None = None
     status: str = "not run"
     program: Program | None = field(default=None, repr=False)
+    #: the MoE layers' joules and the largest per-die SRAM peak, when measured
+    energy_j: float | None = None
+    peak_sram_bytes: int | None = None
+
+    def score(self, objective: str) -> tuple[float, ...]:
+        """What ``objective`` minimizes for this measured trial (ties: latency)."""
+        assert self.measured_s is not None and self.energy_j is not None
+        assert self.peak_sram_bytes is not None
+        if objective == "energy":
+            return (self.energy_j, self.measured_s)
+        if objective == "edp":
+            return (self.energy_j * self.measured_s, self.measured_s)
+        if objective == "sram":
+            return (float(self.peak_sram_bytes), self.measured_s)
+        return (self.measured_s,)
 
 
 @dataclass
@@ -98,6 +124,8 @@ class AutoResult:
     winner: Trial
     routing: str
     budget: int
+    objective: str = "latency"
+    max_sram_mib: float | None = None
 
     @property
     def program(self) -> Program:
@@ -149,11 +177,19 @@ def search(
     dims: Mapping[str, int] | None = None,
     base_dir: str | None = None,
     name: str | None = None,
+    objective: str = "latency",
+    max_sram_mib: float | None = None,
 ) -> AutoResult:
     """Lower, predict and confirm every candidate (module docstring); ``specs`` replaces
     :func:`candidates`."""
     if budget < 1:
         raise StrategyError(f"--search-budget: expected an integer >= 1, found {budget}")
+    if objective not in OBJECTIVES:
+        raise StrategyError(
+            f"--objective: expected one of {', '.join(OBJECTIVES)}, found {objective!r}"
+        )
+    if max_sram_mib is not None and not (max_sram_mib > 0 and math.isfinite(max_sram_mib)):
+        raise StrategyError(f"--max-sram-mib: expected a number > 0, found {max_sram_mib!r}")
     target = load_target(target_ref.spec, dict(target_ref.overrides), base_dir=base_dir)
     trials = [Trial(s) for s in (candidates() if specs is None else specs)]
     for tr in trials:
@@ -176,7 +212,10 @@ def search(
     for i in ranked:
         tr = trials[i]
         assert tr.predicted_s is not None and tr.program is not None
-        if best is not None and best.measured_s is not None and tr.predicted_s >= best.measured_s:
+        if (
+            objective == "latency" and best is not None and best.measured_s is not None
+            and tr.predicted_s >= best.measured_s
+        ):  # fmt: skip
             tr.status = "pruned: its bound is no better than the best measured latency"
             continue
         if runs >= budget:
@@ -188,51 +227,82 @@ def search(
         except ScheduleError as e:
             tr.status = f"does not fit at run time: {e.message}"
             continue
-        tr.measured_s = float(moe_metrics(result.timeline)["latency_s"])
+        metrics = moe_metrics(result.timeline)
+        tr.measured_s = float(metrics["latency_s"])
+        tr.energy_j = float(sum(metrics["energy_breakdown_j"].values()))
+        tr.peak_sram_bytes = int(max(result.report.peak_sram_bytes, default=0))
         tr.status = "measured"
-        if best is None or best.measured_s is None or tr.measured_s < best.measured_s:
+        if max_sram_mib is not None and tr.peak_sram_bytes > max_sram_mib * MIB:
+            tr.status = f"measured, over --max-sram-mib {max_sram_mib:g}"
+            continue
+        if best is None or tr.score(objective) < best.score(objective):
             best = tr
     if best is None:
         raise ScheduleError(
-            "--strategy auto: no candidate fits the target: "
-            + "; ".join(f"{t.strategy}: {t.status}" for t in trials[:3]),
+            "--strategy auto: no candidate fits the target"
+            + (f" within --max-sram-mib {max_sram_mib:g}" if max_sram_mib is not None else "")
+            + ": " + "; ".join(f"{t.strategy}: {t.status}" for t in trials[:3]),
             target.name,
-        )
+        )  # fmt: skip
     for tr in trials:
         if tr is not best:
             tr.program = None
-    return AutoResult(trials, best, routing_name, budget)
+    return AutoResult(trials, best, routing_name, budget, objective, max_sram_mib)
+
+
+_UNITS = {
+    "latency": ("ms", 1e3),
+    "energy": ("mJ", 1e3),
+    "edp": ("mJ*ms", 1e6),
+    "sram": ("MiB", 1 / MIB),
+}
 
 
 def explain(result: AutoResult) -> str:
-    """The search as text: every candidate, its prediction and measurement, and the winner."""
-    ms = lambda s: f"{s * 1e3:9.3f}" if s is not None else f"{'-':>9}"  # noqa: E731
+    """The search as text: every candidate, its prediction and measurements, and the winner."""
+
+    def col(v: float | None, scale: float) -> str:
+        return f"{v * scale:9.3f}" if v is not None else f"{'-':>9}"
+
     width = max(len(t.strategy) for t in result.trials)
+    limit = f", at most {result.max_sram_mib:g} MiB SRAM per die" if result.max_sram_mib else ""
     lines = [
         f"strategy auto: {len(result.trials)} candidates on routing {result.routing}, "
-        f"budget {result.budget} interpreter runs",
-        f"  {'candidate':<{width}}  predicted ms  measured ms  status",
+        f"budget {result.budget} interpreter runs, objective {result.objective}{limit}",
+        f"  {'candidate':<{width}}  predicted ms  measured ms  energy mJ  peak SRAM MiB  status",
     ]
     for t in result.trials:
         mark = "*" if t is result.winner else " "
+        sram = t.peak_sram_bytes
         lines.append(
-            f"{mark} {t.strategy:<{width}}  {ms(t.predicted_s)}     {ms(t.measured_s)}    "
-            f"{t.status}"
+            f"{mark} {t.strategy:<{width}}  {col(t.predicted_s, 1e3)}     {col(t.measured_s, 1e3)}"
+            f"  {col(t.energy_j, 1e3)}  {col(sram / MIB if sram is not None else None, 1.0)}"
+            f"      {t.status}"
         )
-    w = result.winner
-    assert w.measured_s is not None
+    w, obj = result.winner, result.objective
+    unit, scale = _UNITS[obj]
+    value = lambda t: t.score(obj)[0] * scale  # noqa: E731
     measured = sorted(
-        (t for t in result.trials if t.measured_s is not None and t is not w),
-        key=lambda t: (t.measured_s, t.strategy),
+        (t for t in result.trials if t.status == "measured" and t is not w),
+        key=lambda t: (t.score(obj), t.strategy),
     )
-    why = f"winner {w.strategy}: {w.measured_s * 1e3:.3f} ms measured"
+    assert w.measured_s is not None
+    why = f"winner {w.strategy}: {obj} {value(w):.3f} {unit}"
+    if obj != "latency":
+        why += f" ({w.measured_s * 1e3:.3f} ms)"
     if measured:
         r = measured[0]
-        assert r.measured_s is not None
-        why += f", {r.measured_s / w.measured_s:.3f}x faster than the runner-up {r.strategy}"
-        why += f" ({r.measured_s * 1e3:.3f} ms)"
+        if value(w) > 0:
+            better = "faster" if obj == "latency" else "less"
+            why += f", {value(r) / value(w):.3f}x {better} than the runner-up {r.strategy}"
+        else:
+            why += f", the runner-up {r.strategy}"
+        why += f" ({value(r):.3f} {unit})"
     pruned = sum(t.status.startswith("pruned") for t in result.trials)
     if pruned:
         why += f"; {pruned} candidates pruned, their DRAM bound already exceeds it"
+    over = sum("over --max-sram-mib" in t.status for t in result.trials)
+    if over:
+        why += f"; {over} measured over the SRAM limit"
     lines.append(why)
     return "\n".join(lines)

@@ -98,6 +98,8 @@ def compile_model(
     debug: bool = False,
     on_module: Any = None,
     search_budget: int = DEFAULT_BUDGET,
+    objective: str = "latency",
+    max_sram_mib: float | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> Compiled:
     """Frontend, passes and lowering of ``model`` for a program to be written at ``output``.
@@ -109,6 +111,12 @@ def compile_model(
     out_dir = os.path.dirname(os.path.abspath(output))
     ref = target_ref(target, overrides, out_dir)
     name, options = parse_strategy(strategy)
+    if name != "auto" and (objective != "latency" or max_sram_mib is not None):
+        raise StrategyError(
+            "--objective and --max-sram-mib choose among candidates: they need "
+            f"--strategy auto, found --strategy {strategy}",
+            "--strategy",
+        )
     pipeline = parse_pipeline(passes) if passes.strip() else None
     trace = load_trace(routing) if isinstance(routing, str) else routing
     module, lifted, model_name = load_model(model)
@@ -134,7 +142,8 @@ def compile_model(
             where = DEFAULT_ROUTING
         found = search(
             module, ref, trace, routing_name=where, budget=search_budget, tokens=tokens,
-            dims=dims, base_dir=out_dir, name=model_name,
+            dims=dims, base_dir=out_dir, name=model_name, objective=objective,
+            max_sram_mib=max_sram_mib,
         )  # fmt: skip
         program = found.program
     else:

@@ -6,6 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from moec.auto import explain
+from moec.compiler.lower.options import StrategyError
+from moec.ir.errors import ScheduleError
+
 
 def _compile(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "moec", "compile", "qwen3-30b-a3b", "-o", str(tmp_path / "p.msp"),
@@ -42,3 +48,57 @@ def test_auto_rejects_options(tmp_path: Path) -> None:
     assert "strategy auto takes no options" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "p.msp").exists()
+
+
+def _one_layer_search(**kw):  # type: ignore[no-untyped-def]
+    from moec.auto import default_routing, search
+    from moec.compiler.bench.spec import load_bench_model, truncate
+    from moec.ir.stream import TargetRef
+
+    module = truncate(load_bench_model("qwen3-30b-a3b").module, 1)
+    ref = TargetRef("fsedp-2x2", ())
+    routing = default_routing(module, ref, tokens=64)
+    specs = ["tp", "fsedp-paired", "tp{slices=fit}", "ep{slots=8}"]
+    return search(module, ref, routing, specs=specs, tokens=64, budget=4, **kw)
+
+
+def test_objective_chooses_what_it_minimizes() -> None:
+    by = {o: _one_layer_search(objective=o) for o in ("latency", "energy", "edp", "sram")}
+    # only latency prunes on its DRAM bound: the other objectives measure every candidate
+    assert all(t.status == "measured" for t in by["energy"].trials)
+    for objective, result in by.items():
+        scores = [t.score(objective) for t in result.trials if t.status == "measured"]
+        assert result.winner.score(objective) == min(scores)
+    # here TP is fastest, while TP cut into the fewest slices that fit spends less energy
+    # (fewer per-slice fixed costs) for more SRAM: the objective changes the winner
+    assert by["latency"].winner.strategy == "tp"
+    assert by["energy"].winner.strategy == "tp{slices=fit}"
+    assert by["sram"].winner.peak_sram_bytes < by["energy"].winner.peak_sram_bytes  # type: ignore[operator]
+    text = explain(by["energy"])
+    assert "objective energy" in text.splitlines()[0]
+    assert text.splitlines()[-1].startswith("winner tp{slices=fit}: energy ")
+
+
+def test_max_sram_mib_is_never_exceeded_by_the_winner() -> None:
+    free = _one_layer_search()
+    peaks = sorted({t.peak_sram_bytes for t in free.trials if t.peak_sram_bytes is not None})
+    limit = (peaks[0] + peaks[1]) / 2 / (1 << 20)  # only the smallest-SRAM candidates fit
+    bound = _one_layer_search(max_sram_mib=limit)
+    assert bound.winner.peak_sram_bytes == peaks[0]
+    over = [t for t in bound.trials if "over --max-sram-mib" in t.status]
+    assert over and all(t.peak_sram_bytes > limit * (1 << 20) for t in over)  # type: ignore[operator]
+    assert "at most" in explain(bound).splitlines()[0]
+    with pytest.raises(ScheduleError, match="within --max-sram-mib"):
+        _one_layer_search(max_sram_mib=peaks[0] / 2 / (1 << 20))
+    with pytest.raises(StrategyError, match="--objective: expected one of"):
+        _one_layer_search(objective="area")
+
+
+def test_objective_needs_auto(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "moec", "compile", "tiny_moe", "-o", str(tmp_path / "p.msp"),
+         "--strategy", "ep", "--max-sram-mib", "4"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2 and "need --strategy auto" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "p.msp").exists()

@@ -2,10 +2,12 @@
 
     moec compile model.onnx -o prog.msp [--target T] [--set key=value ...] [--strategy S]
                  [--passes "..."] [--routing trace.json] [--tokens N] [--dims name=value ...]
-                 [--debug] [--print-ir] [--search-budget N] [--explain]
+                 [--debug] [--print-ir] [--search-budget N] [--objective O]
+                 [--max-sram-mib X] [--explain]
 
 ``--strategy auto`` searches the fixed strategies and their options (:mod:`moec.auto`) and
-writes the fastest; ``--explain`` prints the candidates and why the winner won.
+writes the best by ``--objective`` (latency, energy, edp or sram; within ``--max-sram-mib``);
+``--explain`` prints the candidates and why the winner won.
 
 ``model.onnx`` may also be a model name from ``moec models``. The work is
 :func:`moec.compile.compile_model` and :func:`moec.compile.write_compiled`.
@@ -17,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from moec.auto import DEFAULT_BUDGET, explain
+from moec.auto import DEFAULT_BUDGET, OBJECTIVES, explain
 from moec.compile import (
     COMPILE_STAGES,
     compile_model,
@@ -45,6 +47,14 @@ def register(subparsers: Any) -> None:
         help=f"--strategy auto: interpreter runs the search may spend (default {DEFAULT_BUDGET})",
     )  # fmt: skip
     p.add_argument(
+        "--objective", choices=OBJECTIVES, default="latency",
+        help="--strategy auto: what the search minimizes (default latency)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-sram-mib", type=float, metavar="X",
+        help="--strategy auto: never choose a candidate whose peak SRAM on a die exceeds X MiB",
+    )  # fmt: skip
+    p.add_argument(
         "--explain", action="store_true",
         help="--strategy auto: print the candidates, their predicted and measured latencies",
     )  # fmt: skip
@@ -70,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
             passes=args.passes, routing=args.routing, tokens=args.tokens,
             dims=parse_dims(args.dims), debug=args.debug,
             on_module=(lambda m: print(m.print(), end="")) if args.print_ir else None,
-            search_budget=args.search_budget,
+            search_budget=args.search_budget, objective=args.objective,
+            max_sram_mib=args.max_sram_mib,
             on_stage=lambda next_stage: bar.advance(status=next_stage),
         )  # fmt: skip
         bar.set_status(f"writing {args.output}")
