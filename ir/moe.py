@@ -14,7 +14,8 @@ weight key         shape           meaning
 ``w_down``         [E, F, d]
 ``b_gate``/``b_up``[E, F]          optional
 ``b_down``         [E, d]          optional
-``sh_gate``        [d, Fs]         shared experts, concatenated along Fs
+``sh_gate``        [d, Fs]         shared experts, concatenated along Fs (gated like the routed
+                                   experts: without ``sh_gate`` when they are not)
 ``sh_up``/``sh_down``              [d, Fs] / [Fs, d]
 ``sh_router``      [d, 1]          optional sigmoid gate of the shared experts
 =================  ==============  ==========================================
@@ -36,7 +37,7 @@ from moec.ir.errors import ModelError
 from moec.ir.graph import TensorType, Weight
 
 SCORINGS = ("softmax", "sigmoid", "sparsemixer")
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "swiglu", "identity")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "swiglu", "identity")
 GROUP_SCORES = ("max", "top2_sum")
 EXPERT_KEYS = ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down")
 SHARED_KEYS = ("sh_gate", "sh_up", "sh_down", "sh_router")
@@ -98,6 +99,11 @@ class MoELayer:
     @property
     def has_shared(self) -> bool:
         return self.has("sh_down")
+
+    @property
+    def shared_mats(self) -> int:
+        """Weight matrices of the shared experts: 3 gated (gate, up, down), 2 not."""
+        return 3 if self.has("sh_gate") else 2
 
     def spec(self) -> MoESpec:
         """The layer's hyperparameters (:class:`MoESpec`), as a model builder would take them."""
@@ -208,6 +214,14 @@ class MoELayer:
                 raise ModelError(f"MoE layer misses weight {key!r}", where)
         if self.gated != ("w_gate" in self.weights):
             raise ModelError("gated experts need w_gate, non-gated must not have it", where)
+        if self.has_shared and (
+            "sh_up" not in self.weights or self.gated != ("sh_gate" in self.weights)
+        ):
+            raise ModelError(
+                "shared experts need sh_up and sh_down, and sh_gate exactly when the routed "
+                "experts are gated",
+                where,
+            )
         for key, w in self.weights.items():
             if key not in expected:
                 raise ModelError(f"unknown MoE weight key {key!r}", where)
@@ -253,6 +267,9 @@ def activate(kind: str, x: np.ndarray) -> np.ndarray:
         return (0.5 * x * (1.0 + np.tanh(c * (x + np.float32(0.044715) * x**3)))).astype(np.float32)
     if kind == "relu":
         return np.maximum(x, np.float32(0.0))
+    if kind == "relu2":  # squared ReLU (Nemotron-H, Primer)
+        r = np.maximum(x, np.float32(0.0))
+        return r * r
     if kind == "identity":
         return x
     raise ModelError(f"activation {kind!r} is not elementwise")
@@ -417,8 +434,11 @@ def shared_ffn(
     """Shared experts' output for columns ``cols`` of Fs (times the sigmoid gate when present)."""
     x = _f32(x)
     up = x @ _f32(layer.array("sh_up")[:, cols])
-    gate = x @ _f32(layer.array("sh_gate")[:, cols])
-    y = (activate(layer.shared_activation, gate) * up) @ _f32(layer.array("sh_down")[cols, :])
+    if layer.has("sh_gate"):
+        h = activate(layer.shared_activation, x @ _f32(layer.array("sh_gate")[:, cols])) * up
+    else:
+        h = activate(layer.shared_activation, up)
+    y = h @ _f32(layer.array("sh_down")[cols, :])
     if with_gate and layer.has("sh_router"):
         y = y * _sigmoid(x @ _f32(layer.array("sh_router")))
     return y.astype(np.float32)

@@ -43,6 +43,7 @@ class Expected:
     shared_gate: bool = False
     activation: str = "silu"
     biases: bool = False
+    gated: bool = True
 
 
 # From the configs in make_fixtures.py: hidden 32, 8 experts, top-2 everywhere.
@@ -91,6 +92,18 @@ EXPECTED = {
     "phimoe": Expected(layers=2, ffn=48, scoring="sparsemixer", normalize=False),
     # TorchScript: separate gate (w1) and up (v1) stacks, ReduceL1 renormalization.
     "dbrx_unrolled": Expected(layers=2, ffn=24, tokens=32),
+    # Squared-ReLU experts and shared expert, none gated (relu(x @ up) ** 2 as Relu, Pow);
+    # sigmoid + correction bias; one MoE layer beside a Mamba layer.
+    "nemotron_h": Expected(
+        layers=1,
+        ffn=24,
+        scoring="sigmoid",
+        score_bias=True,
+        num_shared=1,
+        shared_ffn=40,
+        activation="relu2",
+        gated=False,
+    ),  # fmt: skip
     # opset 18 writes GELU out: 0.5 * x * (1 + Erf(x / sqrt 2)).
     "olmoe_gelu": Expected(layers=2, ffn=24, normalize=False, activation="gelu"),
 }
@@ -115,7 +128,8 @@ def _check_layers(result: LiftResult, want: Expected) -> None:
         assert layer.has("score_bias") == want.score_bias
         assert (layer.num_shared, layer.shared_ffn) == (want.num_shared, want.shared_ffn)
         assert layer.has("sh_router") == want.shared_gate
-        assert layer.activation == want.activation and layer.gated
+        assert layer.activation == want.activation and layer.gated == want.gated
+        assert layer.shared_activation == want.activation or not want.num_shared
         for key in ("router_b", "b_gate", "b_up", "b_down"):
             assert layer.has(key) == want.biases, key
         if want.activation == "swiglu":
@@ -422,3 +436,11 @@ def test_partial_unrolled_trace_is_a_mismatch(tmp_path: Path) -> None:
     make_fixtures.export("mixtral_unrolled", path, seq=3)
     with pytest.raises(ModelError, match=r"unrolled for all 8 experts, found [1-7]\b"):
         load_module(path)
+
+
+def test_squared_relu_experts_have_no_ort_moe_form() -> None:
+    from moec.compiler.frontend.export import ort_rows
+
+    _, result = load_module(FIXTURES / "nemotron_h.onnx")
+    with pytest.raises(ModelError, match="com.microsoft.MoE has no relu2 activation"):
+        ort_rows(result.lifted[0].layer)

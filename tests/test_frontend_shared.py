@@ -31,6 +31,7 @@ FIXTURES = sorted((ROOT / "tests" / "fixtures").glob("*/*.onnx")) + sorted(
 # named by its folder).
 SHARED = {
     "qwen3_5_moe_fp32",
+    "nemotron_h",
     "afmoe",
     "qwen2_moe",
     "deepseek_v3",

@@ -259,7 +259,7 @@ def mixed_layer_bound(
             layer.name,
         )
     expert_params = (3 if layer.gated else 2) * layer.hidden * layer.ffn
-    shared_params = 3 * layer.hidden * layer.shared_ffn if layer.has_shared else 0
+    shared_params = layer.shared_mats * layer.hidden * layer.shared_ffn if layer.has_shared else 0
     valid = ids[ids >= 0]
     weight_bytes = shared_params * bytes_per_element(precision)
     weight_bytes += sum(

@@ -126,6 +126,19 @@ class _Match:
         if p is not None and p.op_type == "Relu":
             self.take(p)
             return "relu", p.input[0]
+        if p is not None and p.op_type in ("Pow", "Mul"):
+            exponent = view.constant(p.input[1]) if p.op_type == "Pow" else None
+            square = (
+                p.input[0] == p.input[1]
+                if p.op_type == "Mul"
+                else exponent is not None and np.asarray(exponent).size == 1
+                and float(np.asarray(exponent).reshape(-1)[0]) == 2.0
+            )  # fmt: skip
+            r = view.producer(p.input[0]) if square else None
+            if r is not None and r.op_type == "Relu" and len(view.consumers(r.output[0])) == 1:
+                self.take(p)
+                self.take(r)
+                return "relu2", r.input[0]
         if p is not None and p.op_type == "Mul":
             for a, b in ((p.input[0], p.input[1]), (p.input[1], p.input[0])):
                 s = view.producer(b)

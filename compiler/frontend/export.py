@@ -101,6 +101,10 @@ class OrtRows:
     attrs: dict[str, Any]
 
 
+#: the non-gated expert activations ONNX Runtime's MoE kernels take (moec's names)
+ORT_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "identity")
+
+
 def ort_rows(layer: MoELayer) -> OrtRows:
     E, a = layer.num_experts, layer.array
     up = np.transpose(np.asarray(a("w_up"), np.float32), (0, 2, 1))  # [E, F, d]
@@ -128,6 +132,12 @@ def ort_rows(layer: MoELayer) -> OrtRows:
         else:
             attrs.update(activation_alpha=1.0, activation_beta=0.0)
     else:
+        if layer.activation not in ORT_ACTIVATIONS:
+            raise ModelError(
+                f"com.microsoft.MoE has no {layer.activation} activation (it runs "
+                f"{', '.join(ORT_ACTIVATIONS)})",
+                layer.name,
+            )
         fc1, b1 = up, bu
         attrs["activation_type"] = "gelu" if layer.activation == "gelu_tanh" else layer.activation
     fc2 = np.transpose(np.asarray(a("w_down"), np.float32), (0, 2, 1))
@@ -174,14 +184,18 @@ def _write_layer(out: _Out, op: Op) -> None:
     y = writer(out, layer, x, logits)
     if layer.has_shared:
         n = layer.name
+        if layer.shared_activation != "silu" or not layer.has("sh_gate"):
+            raise ModelError(
+                f"cannot export shared {layer.shared_activation} experts"
+                + ("" if layer.has("sh_gate") else " without a gate projection"),
+                n,
+            )
         sg = out.node(
             "MatMul", [x, out.init(f"{n}.sh_gate", _a(layer.weights["sh_gate"]))], f"{n}.sh_gate"
         )
         su = out.node(
             "MatMul", [x, out.init(f"{n}.sh_up", _a(layer.weights["sh_up"]))], f"{n}.sh_up"
         )
-        if layer.shared_activation != "silu":
-            raise ModelError(f"cannot export shared {layer.shared_activation} experts", n)
         act = out.node("Mul", [sg, out.node("Sigmoid", [sg], f"{n}.sh_sigmoid")], f"{n}.sh_silu")
         sh = out.node(
             "MatMul",

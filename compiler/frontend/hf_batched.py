@@ -99,7 +99,7 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
         raise walk.fail(gating.output, "expected the expert activation to feed the down projection")
     walk.back(down.input)
     combined = _combine(walk, down, routing)
-    y, shared = match_shared(walk, combined, x_root)
+    y, shared = match_shared(walk, combined, x_root, gated=gating.gated)
     layer = build_layer(topk_name, routing, up, down, gating, shared)
     layer.annotations.source = "hf.batched_mm"
     walk.back(router.x)

@@ -42,10 +42,11 @@ SHAPE_OPERANDS = frozenset(
 
 @dataclass
 class DenseFFN:
-    """A gated MLP ``down(act(x @ gate) * (x @ up))`` with [in, out] weights."""
+    """A gated MLP ``down(act(x @ gate) * (x @ up))`` with [in, out] weights, or (``gate``
+    None) a plain one, ``down(act(x @ up))``."""
 
     x: str
-    gate: np.ndarray
+    gate: np.ndarray | None
     up: np.ndarray
     down: np.ndarray
     activation: str
@@ -59,6 +60,15 @@ def match_dense_ffn(walk: Walk, value: str) -> DenseFFN | None:
     if down is None or down.b is not None:
         return None
     prod = trial.producer(down.input)
+    plain = _activation_of(Walk(walk.view), down.input)
+    if plain is not None and plain[0] != "silu":  # down(act(x @ up)): a non-gated MLP
+        act = _activation_of(trial, down.input)
+        assert act is not None
+        up = match_linear(trial, act[1])
+        if up is None or up.b is not None:
+            return None
+        walk.nodes |= trial.nodes
+        return DenseFFN(up.input, None, up.w, down.w, act[0], value)
     if prod is None or prod.op_type != "Mul":
         return None
     for gi in (0, 1):
@@ -107,6 +117,15 @@ def _split_gate_up(walk: Walk, gate: str, up: str) -> tuple[str, np.ndarray, np.
     return lin.input, halves[g], halves[1 - g]
 
 
+def _squared_input(walk: Walk, node: onnx.NodeProto) -> str | None:
+    """``a`` if ``node`` computes ``a ** 2`` (``Pow(a, 2)`` or ``Mul(a, a)``), else None."""
+    if node.op_type == "Pow" and walk.scalar(node.input[1]) == 2.0:
+        return node.input[0]
+    if node.op_type == "Mul" and node.input[0] == node.input[1]:
+        return node.input[0]
+    return None
+
+
 def _activation_of(walk: Walk, value: str) -> tuple[str, str] | None:
     """``value`` as act(a): (activation, a), recording the activation nodes, or None."""
     p = walk.producer(value)
@@ -115,6 +134,12 @@ def _activation_of(walk: Walk, value: str) -> tuple[str, str] | None:
     if p.op_type == "Relu":
         walk.take(p)
         return "relu", p.input[0]
+    base = _squared_input(walk, p)
+    relu = walk.producer(base) if base is not None else None
+    if relu is not None and relu.op_type == "Relu" and len(walk.consumers(relu.output[0])) == 1:
+        walk.take(p)
+        walk.take(relu)
+        return "relu2", relu.input[0]
     if p.op_type == "Gelu":
         walk.take(p)
         return ("gelu_tanh" if walk.attr(p, "approximate", "none") == "tanh" else "gelu"), p.input[
@@ -138,8 +163,12 @@ class SharedExperts:
     gate: np.ndarray | None
 
 
-def match_shared(walk: Walk, routed: str, x_root: str) -> tuple[str, SharedExperts | None]:
-    """Optional ``routed + shared(x) (* sigmoid(x @ w))``; returns the sum and the shared part."""
+def match_shared(
+    walk: Walk, routed: str, x_root: str, gated: bool = True
+) -> tuple[str, SharedExperts | None]:
+    """Optional ``routed + shared(x) (* sigmoid(x @ w))``; returns the sum and the shared part.
+    The shared MLP must be gated exactly when the routed experts are (``gated``): the canonical
+    op gives both one form; another shape stays outside, as dense ops."""
     out = walk.forward(routed)
     adds = walk.of_type(out, "Add")
     if len(walk.consumers(out)) != 1 or not adds:
@@ -164,7 +193,7 @@ def match_shared(walk: Walk, routed: str, x_root: str) -> tuple[str, SharedExper
                     gate_w, ffn_value = lin.w, p.input[1 - si]
                     break
     ffn = match_dense_ffn(trial, ffn_value)
-    if ffn is None or trial.root(ffn.x) != x_root:
+    if ffn is None or trial.root(ffn.x) != x_root or (ffn.gate is not None) != gated:
         return out, None
     walk.nodes |= trial.nodes
     walk.take(add)
@@ -347,8 +376,9 @@ def build_layer(
 def attach_shared(layer: MoELayer, shared: SharedExperts) -> None:
     """Put matched shared experts into ``layer`` (weights, count, size, activation)."""
     ffn, weights, F = shared.ffn, layer.weights, layer.ffn
-    Fs = ffn.gate.shape[1]
-    weights["sh_gate"] = present("sh_gate", ffn.gate)
+    Fs = ffn.up.shape[1]
+    if ffn.gate is not None:
+        weights["sh_gate"] = present("sh_gate", ffn.gate)
     weights["sh_up"] = present("sh_up", ffn.up)
     weights["sh_down"] = present("sh_down", ffn.down)
     if shared.gate is not None:

@@ -425,6 +425,20 @@ def _match_gate_postprocess(walk: Walk, r: Routing) -> None:
     r.weights = w
 
 
+def squared(walk: Walk, value: str) -> str | None:
+    """``value ** 2`` (``Pow(value, 2)`` or ``Mul(value, value)``) as the only use of ``value``:
+    its output, the node recorded; else None."""
+    cs = walk.consumers(value)
+    if len(cs) != 1:
+        return None
+    c = cs[0]
+    if c.op_type == "Pow" and c.input[0] == value and walk.scalar(c.input[1]) == 2.0:
+        return walk.take(c).output[0]
+    if c.op_type == "Mul" and c.input[0] == value and c.input[1] == value:
+        return walk.take(c).output[0]
+    return None
+
+
 def match_activation(walk: Walk, value: str) -> tuple[str, str] | None:
     """``act(value)`` among the consumers of ``value``: (activation, output) or None."""
     for c in walk.consumers(value):
@@ -434,7 +448,9 @@ def match_activation(walk: Walk, value: str) -> tuple[str, str] | None:
                     walk.take(c)
                     return "silu", walk.take(m).output[0]
         if c.op_type == "Relu":
-            return "relu", walk.take(c).output[0]
+            out = walk.take(c).output[0]
+            sq = squared(walk, out)
+            return ("relu2", sq) if sq is not None else ("relu", out)
         if c.op_type == "Gelu":
             kind = "gelu_tanh" if walk.attr(c, "approximate", "none") == "tanh" else "gelu"
             return kind, walk.take(c).output[0]

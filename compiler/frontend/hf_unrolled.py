@@ -69,8 +69,10 @@ def match_unrolled(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     if len(stacks) != 1 or len(gatings) != 1:
         raise walk.fail(name, "expected every unrolled slot to compute the same expert function")
     y = _accumulation(walk, found, name)
-    y, shared = match_shared(walk, y, x_root)
     first = found[0]
+    y, shared = match_shared(
+        walk, y, x_root, gated=first.gating is None or first.gating.gated
+    )  # fmt: skip
     gu = _as_in_out(np.asarray(walk.const(first.gate_up), dtype=np.float32), first.gate_up_t)
     if first.gate:
         # Separate gate and up stacks: one [E, d, 2F] projection, gate columns first.

@@ -93,7 +93,7 @@ class Lowering:
                 TensorDecl(
                     f"{d.name}.shared.ch{ch.id}",
                     d.dtype,
-                    (3, d.hidden, d.shared_ffn),
+                    (3 if d.gated else 2, d.hidden, d.shared_ffn),
                     ch.id,
                     plan.shared_bytes,
                 )  # fmt: skip

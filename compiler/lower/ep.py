@@ -142,7 +142,9 @@ def shared_shards(lw: Lowering, plan: LayerPlan, owner: list[int], channels: lis
             cols = sum(lay.width(j) for j in js)
             nbytes = sum(plan.shared_slice_bytes[j] for j in js)
             name = f"{d.name}.shared.d{die}" + (f".ch{ch}" if many else "")
-            lw.program.tensors.append(TensorDecl(name, d.dtype, (3, d.hidden, cols), ch, nbytes))
+            lw.program.tensors.append(
+                TensorDecl(name, d.dtype, (3 if d.gated else 2, d.hidden, cols), ch, nbytes)
+            )
 
 
 def place_weights(

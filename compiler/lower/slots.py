@@ -124,7 +124,11 @@ def shared_slice_bytes(layer: MoELayer, layout: SliceLayout, dtype: str) -> list
     e = _elem(dtype)
     extra = layer.hidden * e if layer.has("sh_router") else 0
     return [
-        int(math.ceil(layout.width(j) * 3 * layer.hidden * e + (extra if j == 0 else 0)))
+        int(
+            math.ceil(
+                layout.width(j) * layer.shared_mats * layer.hidden * e + (extra if j == 0 else 0)
+            )
+        )
         for j in range(layout.count)
     ]
 
@@ -261,7 +265,11 @@ def plan_layers(
                 loads = [int(n) for n in routing.layers[i].expert_load()]
             else:
                 loads = expected_expert_tokens(tokens, layer.top_k, layer.num_experts)
-            sh = (tokens, layer.shared_ffn, 3 * layer.hidden * e) if layer.has_shared else None
+            sh = (
+                (tokens, layer.shared_ffn, layer.shared_mats * layer.hidden * e)
+                if layer.has_shared
+                else None
+            )
             count = max(count, preferred_slices(
                 target, hidden=layer.hidden, ffn=layer.ffn, gated=layer.gated, precision=dtype,
                 col_bytes=col, expert_tokens=loads, shared=sh,
@@ -270,7 +278,7 @@ def plan_layers(
         shared_layout, shared_bytes = None, []
         fs = layer.shared_ffn if layer.has_shared else 0
         if fs:
-            s_col = 3 * layer.hidden * e
+            s_col = layer.shared_mats * layer.hidden * e
             s_extra = layer.hidden * e if layer.has("sh_router") else 0
             s_h_col = est.h_tokens * 2 * acc
             s_count = _fewest_slices_in(fs, s_col, s_extra, s_h_col, sram - est.fixed, opts.slots)
@@ -283,7 +291,8 @@ def plan_layers(
             if kind != "home" and opts.slices is None and not opts.fit_slices:  # per die share
                 share = -(-fs // D)
                 per_die = preferred_slices(
-                    target, hidden=layer.hidden, ffn=share, gated=True, precision=dtype,
+                    target, hidden=layer.hidden, ffn=share, gated=layer.shared_mats == 3,
+                    precision=dtype,
                     col_bytes=s_col, expert_tokens=[tokens] * D,
                 )  # fmt: skip
                 s_count = max(s_count, min(fs, per_die * D))

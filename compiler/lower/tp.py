@@ -41,7 +41,7 @@ def slice_bytes(
     """Bytes of each micro-slice of ``layout`` (biases and the shared gate ride with slice 0)."""
     e = PRECISION_BYTES[dtype]
     if shared:
-        col = 3 * layer.hidden * e
+        col = layer.shared_mats * layer.hidden * e
         extra = layer.hidden * e if layer.has("sh_router") else 0
     else:
         mats = 3 if layer.gated else 2
@@ -145,6 +145,6 @@ def lower_tp(lw: Lowering) -> None:
             params["shared_channels"] = shared_channels
             _shards(
                 lw, d, f"{d.name}.shared", shared_owner, shared_channels, plan.shared_layout,
-                plan.shared_slice_bytes, 3,
+                plan.shared_slice_bytes, mats,
             )  # fmt: skip
         lw.policy(plan, "tp", params)

@@ -63,7 +63,7 @@ def moe_layer_bound(
     activated = int(np.unique(valid).size)
     tokens = int(ids.shape[0]) if ids.ndim else 0
     expert_params = mats * hidden * ffn
-    shared_params = 3 * hidden * shared_ffn
+    shared_params = mats * hidden * shared_ffn  # shared experts are gated like the routed ones
     weight_bytes = (activated * expert_params + shared_params) * bytes_per_element(precision)
     flops = 2.0 * (int(valid.size) * expert_params + tokens * shared_params)
     return lower_bound(target, weight_bytes, flops, precision)

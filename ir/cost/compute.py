@@ -51,9 +51,11 @@ from moec.ir.hardware import MacArray
 from moec.ir.target import PRECISION_BYTES, Target
 
 #: Vector-unit ops per hidden element of a slice's activation: silu is a sigmoid (exp, add,
-#: reciprocal) and a multiply, gelu (tanh form) about eight ops, relu one; a gated expert
+#: reciprocal) and a multiply, gelu (tanh form) about eight ops, relu one, squared relu two; a gated expert
 #: multiplies by the up projection once more.
-ACTIVATION_OPS: dict[str, int] = {"silu": 4, "swiglu": 4, "gelu": 8, "relu": 1, "identity": 0}
+ACTIVATION_OPS: dict[str, int] = {
+    "silu": 4, "swiglu": 4, "gelu": 8, "relu": 1, "relu2": 2, "identity": 0,
+}  # fmt: skip
 #: Vector ops per output element of an ``accum``: scale by the gate weight, add into the output.
 ACCUM_VECTOR_OPS = 2
 

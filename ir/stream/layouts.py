@@ -108,7 +108,7 @@ def micro_slice_bytes(
     if given is not None and (expert is None or not policy.precision):
         return given[j]
     precision = policy.precision[expert] if expert is not None and policy.precision else m.dtype
-    mats = 3 if (m.gated or expert is None) else 2
+    mats = 3 if m.gated else 2  # shared experts are gated exactly when the routed ones are
     return slice_bytes(mats, m.hidden, layout.width(j), precision)
 
 
