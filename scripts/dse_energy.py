@@ -21,13 +21,12 @@ computed here but ratios and sums of stored columns.
 from __future__ import annotations
 
 import argparse
-import re
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-from moec.ir.files import atomic_write
+from doc_sections import update_section
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES_SPEC = ROOT / "examples" / "sweeps" / "qwen3_strategies.toml"
@@ -174,18 +173,7 @@ def main() -> int:
     if not args.update:
         print(text)
         return 0
-    path = Path(args.update)
-    doc = path.read_text()
-    if BEGIN not in doc or END not in doc:
-        print(f"{path}: no {BEGIN} ... {END} section", file=sys.stderr)
-        return 2
-    new = re.sub(
-        re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{text}{END}", doc,
-        flags=re.S,
-    )  # fmt: skip
-    atomic_write(str(path), new.encode())
-    print(f"updated {path}")
-    return 0
+    return update_section(args.update, BEGIN, END, text)
 
 
 if __name__ == "__main__":

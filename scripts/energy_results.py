@@ -20,17 +20,16 @@ each figure is the interpreter's own accounting (``docs/targets.md``, "Energy").
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from doc_sections import update_section
 
 from moec.bench import DEFAULT_ROUTING, run_bench
 from moec.compiler.bench.spec import PAPER_MODELS, PAPER_TARGETS, PAPER_TOKENS
 from moec.ir.energy import PARTS
 from moec.ir.errors import MoecError
-from moec.ir.files import atomic_write
 
 STRATEGIES = ("ep", "hydra", "fsedp", "fsedp-paired", "tp", "eplb")
 FSEDP = "fsedp-paired"
@@ -172,18 +171,7 @@ def main() -> int:
     if not args.update:
         print(text)
         return 0
-    path = Path(args.update)
-    doc = path.read_text()
-    if BEGIN not in doc or END not in doc:
-        print(f"{path}: no {BEGIN} ... {END} section", file=sys.stderr)
-        return 2
-    new = re.sub(
-        re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{text}{END}", doc,
-        flags=re.S,
-    )  # fmt: skip
-    atomic_write(str(path), new.encode())
-    print(f"updated {path}")
-    return 0
+    return update_section(args.update, BEGIN, END, text)
 
 
 if __name__ == "__main__":
