@@ -330,8 +330,8 @@ class Builder:
         if lay is None:
             raise ScheduleError(f"micro-slice {c} but layer {c.layer} declares no layout")
         w = lay.width(c.slice)
-        mats = 3 if (m.gated or c.expert is None) else 2
-        return m.hidden, w, mats * m.hidden * w, m.dtype, m.gated or c.expert is None
+        mats = 3 if m.gated else 2  # shared experts are gated exactly when the routed ones are
+        return m.hidden, w, mats * m.hidden * w, m.dtype, m.gated
 
     def slice_precision(self, c: SliceRef, nbytes: int) -> str:
         """The precision a slice filled with ``nbytes`` holds: implied by its bytes, or, for a

@@ -121,7 +121,7 @@ def _units(
             per_die[int(d)] = token_set(mine)
             counts[int(d)] = int(mine.size)
         prec = ctx.precision(expert)
-        gated = m.gated or expert is None
+        gated = m.gated  # the shared experts too (the ISA's ``gated`` covers both)
         widths = [lay.width(j) for j in range(lay.count)]
 
         def compute(d: int, j: int, _c: dict[int, int] = counts) -> float:
