@@ -44,6 +44,7 @@ With ``target.ideal`` every function gives the first-wave model: ``flops / peak`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 from moec.ir.errors import TargetError
@@ -93,6 +94,7 @@ def gemm_cycles(m: int, k: int, n: int, array: MacArray) -> int:
     return per_array * per_fold
 
 
+@functools.lru_cache(maxsize=256)
 def _packed(array: MacArray, ops_per_mac: float) -> tuple[MacArray, float]:
     """The array a precision sees, and the passes it needs: packing widens the columns."""
     if ops_per_mac >= 1:
