@@ -12,7 +12,9 @@ journals (``sweep.sqlite``, table ``points``):
    (compute, SRAM, DRAM, D2D, static) that decides it;
 2. ``examples/sweeps/qwen3_dse.toml``: FSE-DP-paired over D2D x DDR bandwidth at 16 MiB per die:
    energy per token per cell, and its static share (the part that bandwidth changes, through
-   the latency; bytes, MACs and pJ/bit do not move).
+   the latency; bytes, MACs and pJ/bit do not move);
+3. ``examples/sweeps/qwen3_buffering.toml``: EP, Hydra, TP and FSE-DP with single- and
+   double-buffered weight-stationary arrays: energy per token and latency side by side.
 
 Every figure is the interpreter's own energy ledger (``docs/targets.md``, "Energy"); nothing is
 computed here but ratios and sums of stored columns.
@@ -31,6 +33,7 @@ from doc_sections import update_section
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES_SPEC = ROOT / "examples" / "sweeps" / "qwen3_strategies.toml"
 DSE_SPEC = ROOT / "examples" / "sweeps" / "qwen3_dse.toml"
+BUFFERING_SPEC = ROOT / "examples" / "sweeps" / "qwen3_buffering.toml"
 BEGIN, END = "<!-- dse-energy:begin -->", "<!-- dse-energy:end -->"
 PARTS = ("compute", "sram", "dram", "d2d", "static")
 
@@ -157,6 +160,32 @@ def dse_table(journal: Path, sram_mib: int = 16) -> str:
     return "\n".join(out) + "\n"
 
 
+def buffering_table(journal: Path) -> str:
+    rows = [r for r in _rows(journal, "status = 'ok'")]
+    tokens = sorted({r["tokens"] for r in rows})
+    names = list(dict.fromkeys(r["strategy"] for r in sorted(rows, key=lambda r: r["point_index"])))
+    at = {(r["strategy"], r["tokens"], r["weight_buffering"]): r for r in rows}
+    out = [
+        "Energy per token (mJ) and latency (ms), single -> double-buffered weights; `n/f` does "
+        "not fit the 16 MiB die.",
+        "",
+        "| strategy | " + " | ".join(f"{t} tokens" for t in tokens) + " |",
+        "|---|" + "---:|" * len(tokens),
+    ]
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "n/f"
+        return f"{_mj(r['energy_per_token_j'])} ({r['latency_s'] * 1e3:.2f})"
+
+    for s in names:
+        cells = [
+            f"{cell(at.get((s, t, 'single')))} -> {cell(at.get((s, t, 'double')))}" for t in tokens
+        ]
+        out.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results/dse_energy", help="folder for the two journals")
@@ -169,6 +198,8 @@ def main() -> int:
         + strategies_table(sweep(STRATEGIES_SPEC, out / "strategies", args.reuse))
         + "\n#### FSE-DP-paired over D2D x DDR bandwidth (`qwen3_dse.toml`)\n\n"
         + dse_table(sweep(DSE_SPEC, out / "dse", args.reuse))
+        + "\n#### Single- against double-buffered weights (`qwen3_buffering.toml`)\n\n"
+        + buffering_table(sweep(BUFFERING_SPEC, out / "buffering", args.reuse))
     )
     if not args.update:
         print(text)
