@@ -14,7 +14,7 @@ import pytest
 
 from moec.compiler.cli.main import main
 from moec.sweep.plot import pareto_front
-from moec.sweep.spec import SweepSpecError, parse_spec
+from moec.sweep.spec import SweepSpecError, load_spec, parse_spec
 from moec.sweep.store import flatten_metrics, with_speedups
 
 FIXED = """\
@@ -433,3 +433,11 @@ def test_rows_record_the_version_of_the_process_that_ran_them() -> None:
     spec = parse_spec(TINY, "tiny.toml")
     point = next(iter(spec.points()))
     assert result_row(spec, point, {**result, "moec_version": "9.9.9"})["moec_version"] == "9.9.9"
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parent.parent / "examples" / "sweeps").glob("*.toml"))
+)
+def test_every_shipped_sweep_spec_parses(path: Path) -> None:
+    spec = load_spec(str(path))
+    assert spec.size() > 0 and spec.name == path.stem
