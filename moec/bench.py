@@ -62,6 +62,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -113,30 +114,42 @@ def known_strategies() -> list[str]:
 
 def moe_metrics(tl: Timeline) -> dict[str, Any]:
     """Latency, utilization and bytes of the MoE layers of a timing run (see module doc)."""
-    spans: dict[int, list[float]] = {}
     t = tl.target
     D, C = t.num_dies, len(t.channels)
+    n = len(tl.layer)
+    layer = np.fromiter(tl.layer, dtype=np.int64, count=n)
+    start = np.fromiter(tl.start, dtype=np.float64, count=n)
+    end = np.fromiter(tl.end, dtype=np.float64, count=n)
+    moe = np.flatnonzero(layer >= 0)
+    # each MoE layer's span, summed in the order the layers first appear among the ops
+    present, first = np.unique(layer[moe], return_index=True)
+    lo = np.full(len(present), np.inf)
+    hi = np.full(len(present), -np.inf)
+    which = np.searchsorted(present, layer[moe])
+    np.minimum.at(lo, which, start[moe])
+    np.maximum.at(hi, which, end[moe])
+    spans = {
+        int(present[j]): (float(lo[j]), float(hi[j])) for j in np.argsort(first, kind="stable")
+    }
+    # busy time per resource: np.add.at adds in op order, as a loop over the ops would
+    lens = np.fromiter(map(len, tl.res), dtype=np.int64, count=n)
+    held = np.fromiter(chain.from_iterable(tl.res), dtype=np.int64, count=int(lens.sum()))
+    owner = np.repeat(np.arange(n), lens)
+    mine = layer[owner] >= 0
     busy = np.zeros(tl.num_resources)
+    np.add.at(busy, held[mine], (end - start)[owner[mine]])
+    # A load is one op holding its channel (or host link) and one op per hop of its route;
+    # count each op's bytes on the resource it holds.
+    kind = np.fromiter(tl.kind, dtype=np.int64, count=n)
+    moved = moe[(kind[moe] == LOAD) | (kind[moe] == XFER)]
     dram = link = 0
-    for op, layer in enumerate(tl.layer):
-        if layer < 0:
-            continue
-        s, e = tl.start[op], tl.end[op]
-        lo_hi = spans.setdefault(layer, [s, e])
-        lo_hi[0], lo_hi[1] = min(lo_hi[0], s), max(lo_hi[1], e)
-        for r in tl.res[op]:
-            busy[r] += e - s
-        kind = tl.kind[op]
-        if kind not in (LOAD, XFER):
-            continue
-        # A load is one op holding its channel (or host link) and one op per hop of its route;
-        # count each op's bytes on the resource it holds.
-        n = getattr(tl.instr[op], "nbytes", 0)
-        r = tl.res[op][0]
+    links_end = D + C + len(t.links)
+    for op, r in zip(moved.tolist(), held[(np.cumsum(lens) - lens)[moved]].tolist(), strict=True):
+        nb = getattr(tl.instr[op], "nbytes", 0)
         if D <= r < D + C:
-            dram += n
-        elif D + C <= r < D + C + len(t.links):
-            link += n
+            dram += nb
+        elif D + C <= r < links_end:
+            link += nb
     latency = sum(e - s for s, e in spans.values())
     scale = 1.0 / latency if latency > 0 else 0.0
     energy: dict[str, float] = {}

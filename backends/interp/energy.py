@@ -91,13 +91,17 @@ def charge_slice(b: Builder, s: DieState, op: int, i: Any) -> None:
         return
     hidden, width, _, dtype, gated = b.slice_geometry(content)
     tokens = len(i.tokens)
-    t = b.t
-    if i.opcode == "gemm":
-        parts = gemm_energy(t, tokens, hidden, width, gated, prec, dtype)
-    elif i.opcode == "act":
-        parts = act_energy(t, tokens, width, gated)
-    else:
-        parts = accum_energy(t, tokens, hidden, width, prec)
+    key = (i.opcode, tokens, hidden, width, gated, prec, dtype)
+    parts = b.slice_energy.get(key)
+    if parts is None:
+        t = b.t
+        if i.opcode == "gemm":
+            parts = gemm_energy(t, tokens, hidden, width, gated, prec, dtype)
+        elif i.opcode == "act":
+            parts = act_energy(t, tokens, width, gated)
+        else:
+            parts = accum_energy(t, tokens, hidden, width, prec)
+        b.slice_energy[key] = parts
     b.energy.charge_parts(s.die, parts, op)
 
 

@@ -178,6 +178,12 @@ class Builder:
         self._load_paths: dict[tuple[int, int], LoadPath] = {}
         self._read_costs: dict[tuple[int, int, int], tuple[float, list[tuple[float, float]]]] = {}
         self._compute_costs: dict[tuple[Any, ...], float] = {}
+        #: per (src, dst, bytes): a transfer's link resource, hold, latency and its joules
+        self._xfer_costs: dict[tuple[int, int, int], tuple[int, float, float, float, float, float]]
+        self._xfer_costs = {}
+        self._geometry: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
+        #: per slice opcode, geometry and precisions: its energy parts (see ``charge_slice``)
+        self.slice_energy: dict[tuple[Any, ...], dict[str, float]] = {}
         # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
         self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
@@ -312,19 +318,42 @@ class Builder:
                     self.g.die[op] = die
             return ops
         a, b = key
-        lk = self.t.link(a, b)
-        occ = cost.link_occupancy(self.t, a, b, i.nbytes)
-        hold = self.g.add(XFER, occ, (self.link_id[key],), die, i)
-        ops = (hold, self.delay(hold, lk.latency_s))
-        self.link_bytes[self.link_id[key]] += i.nbytes
-        self.energy.charge(a, "d2d", link_energy(self.t, a, b, i.nbytes), hold)
-        self.energy.charge(a, "sram", sram_read_energy(self.t, i.nbytes), hold)
-        self.energy.charge(b, "sram", sram_write_energy(self.t, i.nbytes), hold)
+        res, occ, lat, e_link, e_read, e_write = self.transfer_costs(a, b, i.nbytes)
+        hold = self.g.add(XFER, occ, (res,), die, i)
+        ops = (hold, self.delay(hold, lat))
+        self.link_bytes[res] += i.nbytes
+        self.energy.charge(a, "d2d", e_link, hold)
+        self.energy.charge(a, "sram", e_read, hold)
+        self.energy.charge(b, "sram", e_write, hold)
         mine[key].append(ops)
         return ops
 
+    def transfer_costs(
+        self, a: int, b: int, nbytes: int
+    ) -> tuple[int, float, float, float, float, float]:
+        """A transfer of ``nbytes`` over link ``a -> b``: (link resource, hold, latency, link
+        joules, source SRAM read joules, destination SRAM write joules), memoized (a layer
+        repeats a few block sizes over many transfers)."""
+        key = (a, b, nbytes)
+        hit = self._xfer_costs.get(key)
+        if hit is None:
+            t = self.t
+            hit = self._xfer_costs[key] = (
+                self.link_id[(a, b)], cost.link_occupancy(t, a, b, nbytes),
+                t.link(a, b).latency_s, link_energy(t, a, b, nbytes),
+                sram_read_energy(t, nbytes), sram_write_energy(t, nbytes),
+            )  # fmt: skip
+        return hit
+
     def slice_geometry(self, c: SliceRef) -> tuple[int, int, int, str, bool]:
-        """(hidden, width, elements, dtype, gated) of a micro-slice."""
+        """(hidden, width, elements, dtype, gated) of a micro-slice (memoized)."""
+        key = (c.layer, c.expert is None, c.slice)
+        hit = self._geometry.get(key)
+        if hit is None:
+            hit = self._geometry[key] = self._slice_geometry(c)
+        return hit
+
+    def _slice_geometry(self, c: SliceRef) -> tuple[int, int, int, str, bool]:
         _, m = self.layers[c.layer]
         lay = self.layouts.get((c.layer, c.expert is None))
         if lay is None:

@@ -110,6 +110,8 @@ def _units(
     flat_t = np.repeat(np.arange(T, dtype=np.int64), k)
     flat_t, flat_e = flat_t[flat_e >= 0], flat_e[flat_e >= 0]  # -1: dropped by a skip rule
     units: list[Unit] = []
+    # (die, tokens, width, precision) -> seconds: units repeat the same few shapes
+    times: dict[tuple[int, int, int, str], float] = {}
 
     def make(expert: int | None, toks: np.ndarray, base: int) -> Unit:
         lay = ctx.layout if expert is not None else ctx.shared_layout
@@ -126,7 +128,13 @@ def _units(
 
         def compute(d: int, j: int, _c: dict[int, int] = counts) -> float:
             # gemm + act + accum, as the interpreter charges them
-            return cost.slice_compute_time(t, d, _c[d], m.hidden, widths[j], gated, prec)
+            key = (d, _c[d], widths[j], prec)
+            hit = times.get(key)
+            if hit is None:
+                hit = times[key] = cost.slice_compute_time(
+                    t, d, _c[d], m.hidden, widths[j], gated, prec
+                )
+            return hit
 
         return Unit(
             expert, per_die,
