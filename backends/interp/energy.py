@@ -54,6 +54,13 @@ class EnergyLedger:
             if part in parts:
                 self.charge(die, part, parts[part], op)
 
+    def charge_indexed(self, die: int, parts: tuple[tuple[int, float], ...], op: int) -> None:
+        """:meth:`charge_parts` of parts given as ``(part index, joules)`` in ``PARTS`` order."""
+        row, by_op = self.joules[die], self.by_op
+        for k, j in parts:
+            row[k] += j
+            by_op.append((op, die, k, j))
+
     def add_static(self, target: Target, span_s: float) -> None:
         """Static power of every die (and its channels) over ``span_s`` seconds."""
         for d in range(len(self.joules)):
@@ -92,8 +99,8 @@ def charge_slice(b: Builder, s: DieState, op: int, i: Any) -> None:
     hidden, width, _, dtype, gated = b.slice_geometry(content)
     tokens = len(i.tokens)
     key = (i.opcode, tokens, hidden, width, gated, prec, dtype)
-    parts = b.slice_energy.get(key)
-    if parts is None:
+    hit = b.slice_energy.get(key)
+    if hit is None:
         t = b.t
         if i.opcode == "gemm":
             parts = gemm_energy(t, tokens, hidden, width, gated, prec, dtype)
@@ -101,8 +108,9 @@ def charge_slice(b: Builder, s: DieState, op: int, i: Any) -> None:
             parts = act_energy(t, tokens, width, gated)
         else:
             parts = accum_energy(t, tokens, hidden, width, prec)
-        b.slice_energy[key] = parts
-    b.energy.charge_parts(s.die, parts, op)
+        hit = tuple((k, parts[p]) for k, p in enumerate(PARTS) if p in parts)
+        b.slice_energy[key] = hit
+    b.energy.charge_indexed(s.die, hit, op)
 
 
 def charge_dense(b: Builder, s: DieState, op: int, flops: float) -> None:

@@ -177,13 +177,15 @@ class Builder:
         self.dense_precision = p.layers[0].dtype if p.layers else "fp16"
         self._load_paths: dict[tuple[int, int], LoadPath] = {}
         self._read_costs: dict[tuple[int, int, int], tuple[float, list[tuple[float, float]]]] = {}
-        self._compute_costs: dict[tuple[Any, ...], float] = {}
+        #: compute op durations by shape (:meth:`compute_cost`)
+        self.compute_costs: dict[tuple[Any, ...], float] = {}
         #: per (src, dst, bytes): a transfer's link resource, hold, latency and its joules
         self._xfer_costs: dict[tuple[int, int, int], tuple[int, float, float, float, float, float]]
         self._xfer_costs = {}
+        self._read_plans: dict[tuple[int, int, int], Any] = {}
         self._geometry: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
         #: per slice opcode, geometry and precisions: its energy parts (see ``charge_slice``)
-        self.slice_energy: dict[tuple[Any, ...], dict[str, float]] = {}
+        self.slice_energy: dict[tuple[Any, ...], tuple[tuple[int, float], ...]] = {}
         # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
         self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
@@ -197,9 +199,9 @@ class Builder:
     # --- costs (every duration comes from moec.ir.cost) ---
     def compute_cost(self, key: tuple[Any, ...], fn: Callable[[], float]) -> float:
         """The duration ``fn()`` of a compute op, memoized on ``key`` (ops repeat shapes)."""
-        hit = self._compute_costs.get(key)
+        hit = self.compute_costs.get(key)
         if hit is None:
-            hit = self._compute_costs[key] = fn()
+            hit = self.compute_costs[key] = fn()
         return hit
 
     def load_path(self, channel: int, die: int) -> LoadPath:
@@ -264,29 +266,51 @@ class Builder:
         latency. The last op's end is when the data has arrived.
         """
         lp = self.load_path(channel, die)
-        occ, hop_costs = self.read_costs(channel, die, nbytes)
+        occ, hops, source, e_source, e_sram = self.read_plan(channel, die, nbytes)
         g = self.g
         first = g.add(kind, occ, (lp.res,), die, i, layer, island)
         last = self.delay(first, lp.latency)
-        t, energy = self.t, self.energy
-        if channel == HOST_CHANNEL:
-            energy.charge(die, "host", host_energy(t, nbytes), first)
-        else:
-            energy.charge(t.channel(channel).die, "dram", dram_energy(t, channel, nbytes), first)
+        energy = self.energy
+        energy.charge(source, "host" if channel == HOST_CHANNEL else "dram", e_source, first)
         op = first
-        for (res, _, _, lat), (dur, back) in zip(lp.hops, hop_costs, strict=True):
+        link_bytes = self.link_bytes
+        for res, dur, back, lat, src, e_link in hops:
             op = g.add(kind, dur, (res,), die, i, layer, island, back)
             g.edge(last, op)
-            self.link_bytes[res] += nbytes
-            src, dst = self.link_ends[res]
-            energy.charge(src, "d2d", link_energy(t, src, dst, nbytes), op)
+            link_bytes[res] += nbytes
+            energy.charge(src, "d2d", e_link, op)
             last = self.delay(op, lat)
-        energy.charge(die, "sram", sram_write_energy(t, nbytes), op)
+        energy.charge(die, "sram", e_sram, op)
         if channel == HOST_CHANNEL:
             self.host_bytes[die] += nbytes
         else:
             self.dram_bytes[channel] += nbytes
         return first, last
+
+    def read_plan(
+        self, channel: int, die: int, nbytes: int
+    ) -> tuple[float, list[tuple[int, float, float, float, int, float]], int, float, float]:
+        """What :meth:`read` adds for a read, memoized: ``(occupancy, hops, the die charged
+        for the source, its joules, the SRAM write's joules)``, a hop being ``(link resource,
+        hold, back, latency, link source die, link joules)``."""
+        key = (channel, die, nbytes)
+        hit = self._read_plans.get(key)
+        if hit is not None:
+            return hit
+        t = self.t
+        lp = self.load_path(channel, die)
+        occ, hop_costs = self.read_costs(channel, die, nbytes)
+        if channel == HOST_CHANNEL:
+            source, e_source = die, host_energy(t, nbytes)
+        else:
+            source, e_source = t.channel(channel).die, dram_energy(t, channel, nbytes)
+        hops = [
+            (res, dur, back, lat, src, link_energy(t, src, dst, nbytes))
+            for (res, src, dst, lat), (dur, back) in zip(lp.hops, hop_costs, strict=True)
+        ]
+        hit = (occ, hops, source, e_source, sram_write_energy(t, nbytes))
+        self._read_plans[key] = hit
+        return hit
 
     def delay(self, hold: int, latency: float) -> int:
         """The op at which ``hold``'s data arrives: ``latency`` after its end, holding nothing

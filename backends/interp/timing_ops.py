@@ -62,10 +62,10 @@ def slice_compute(
     lk = b.layers[content.layer][0]
     g = b.g
     die = s.die
-    dur = b.compute_cost(
-        (kind, die, n, hidden, w, gated, prec),
-        lambda: cost_fn(b.t, die, n, hidden, w, gated, prec),
-    )
+    key = (kind, die, n, hidden, w, gated, prec)
+    dur = b.compute_costs.get(key)  # compute_cost's memo, without a closure per op
+    if dur is None:
+        dur = b.compute_costs[key] = cost_fn(b.t, die, n, hidden, w, gated, prec)
     op = g.add(COMPUTE, dur, (die,), die, i, lk)
     la = b.layer_acts(die, lk)
     la.ops.append(op)

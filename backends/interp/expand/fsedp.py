@@ -153,15 +153,31 @@ def _units(
 def _problem(ctx: ExpandContext, units: list[Unit], order: tuple[int, ...], closed: bool,
              rules: str, r5: bool, order_kind: str) -> Problem:  # fmt: skip
     t = ctx.target
+    # memoized: the scheduler asks for the same few (route, size) pairs many times
+    loads: dict[tuple[int, int, int], float] = {}
+    holds: dict[tuple[int, int], float] = {}
+    hops: dict[tuple[int, int, int], float] = {}
 
     def load_time(c: int, d: int, nbytes: int) -> float:  # as the interpreter times a load
-        return cost.load_time(t, c, d, nbytes)
+        key = (c, d, nbytes)
+        hit = loads.get(key)
+        if hit is None:
+            hit = loads[key] = cost.load_time(t, c, d, nbytes)
+        return hit
 
     def channel_hold(c: int, nbytes: int) -> float:  # occupancy: setup + bursts / bandwidth
-        return cost.dram_occupancy(t, c, nbytes)
+        key = (c, nbytes)
+        hit = holds.get(key)
+        if hit is None:
+            hit = holds[key] = cost.dram_occupancy(t, c, nbytes)
+        return hit
 
     def hop_time(a: int, b: int, nbytes: int) -> float:
-        return cost.link_time(t, a, b, nbytes)
+        key = (a, b, nbytes)
+        hit = hops.get(key)
+        if hit is None:
+            hit = hops[key] = cost.link_time(t, a, b, nbytes)
+        return hit
 
     slots = {d: ctx.slots_of(d) for d in range(t.num_dies)}
     return Problem(
