@@ -327,6 +327,32 @@ def run_point(
     """One (model, target, tokens, strategy, passes) point: compile, run, measure (and, with
     ``accuracy``, measure what the pipeline costs in accuracy). A run past a die's SRAM fails
     unless ``allow_overflow``; then the row carries ``sram_over_bytes``."""
+    # The collector stays off until the run's objects are gone: switched back on while the
+    # expanded program and its timeline were alive, its next collection rescanned them all
+    # (about a tenth of a whole-model run).
+    with gc_paused():
+        return _run_point(
+            work, model, target, overrides, tgt, tokens, strategy, layers, passes, accuracy,
+            iterations, residency, arrivals, allow_overflow,
+        )  # fmt: skip
+
+
+def _run_point(
+    work: _Workloads,
+    model: str,
+    target: str,
+    overrides: Overrides,
+    tgt: Target,
+    tokens: int | None,
+    strategy: str,
+    layers: int,
+    passes: str,
+    accuracy: bool = False,
+    iterations: int = 1,
+    residency: str | None = None,
+    arrivals: str | None = None,
+    allow_overflow: bool = False,
+) -> Row:
     bm = load_bench_model(model)
     if tokens is not None:  # an impossible batch fails here, before its trace is drawn
         check_tokens_fit(bm.layers[:layers], tgt, tokens, bm.name)
@@ -339,11 +365,10 @@ def run_point(
         path = work.calibration_file(model, layers, tgt.num_dies)
         if path is not None:
             options["calibration"] = path
-    with gc_paused():  # lowering a whole model makes as many long-lived objects as running it
-        program = lower(module, TargetRef(target, tuple(overrides)), name, options, trace)
-        result = simulate(
-            program, target=tgt, routings=trace, verify=False, allow_overflow=allow_overflow
-        )
+    program = lower(module, TargetRef(target, tuple(overrides)), name, options, trace)
+    result = simulate(
+        program, target=tgt, routings=trace, verify=False, allow_overflow=allow_overflow
+    )
     metrics = moe_metrics(result.timeline)
     precision = program.layers[0].dtype if program.layers else "fp16"
     deferred = deferred_by_layer(program, result.routings)
