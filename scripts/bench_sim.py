@@ -15,6 +15,11 @@ sizes rejected in milliseconds) are read off the printed table.
   fsedp-2x2 at 1024, DeepSeek-V3 at 1024, a 32x32 mesh, one million tokens);
 - ``goals``: every strategy on the two full models, and on the 8x8 package;
 - ``all``: both.
+
+``--match TEXT`` keeps the cases whose description contains ``TEXT`` (``--match 8x8``);
+``--before DIR`` runs each case twice, first importing ``moec`` from ``DIR`` (a directory holding
+an older tree as ``moec``: ``mkdir -p DIR/moec && git archive REV | tar -x -C DIR/moec``), and
+prints a before/after table.
 """
 
 from __future__ import annotations
@@ -109,11 +114,22 @@ def goal_cases(strategies: tuple[str, ...]) -> list[Case]:
     return cases
 
 
-def run(case: Case, timeout: float) -> tuple[float, float, float, str]:
-    """(wall seconds, CPU seconds, peak RSS in MB, status) of one case in a fresh process."""
+def run(
+    case: Case, timeout: float, pythonpath: str | None = None
+) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak RSS in MB, status) of one case in a fresh process
+    (importing ``moec`` from ``pythonpath`` when given)."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     start = time.perf_counter()
     proc = subprocess.Popen(
-        case.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        case.command(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.abspath(pythonpath)) if pythonpath else None,
     )
     status = ""
     while True:
@@ -141,11 +157,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", choices=("table", "goals", "all"), default="table")
     ap.add_argument("--strategies", default=",".join(STRATEGIES), help="for the goals cases")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
+    ap.add_argument("--match", default="", help="only the cases whose description has this")
+    ap.add_argument(
+        "--before",
+        metavar="DIR",
+        help="also run each case, first, with DIR on PYTHONPATH (a directory holding another "
+        "tree as 'moec', e.g. from git archive) and print both: an A/B table",
+    )
     args = ap.parse_args(argv)
     strategies = tuple(s for s in args.strategies.split(",") if s)
     cases = table_cases() if args.cases in ("table", "all") else []
     if args.cases in ("goals", "all"):
         cases += goal_cases(strategies)
+    cases = [c for c in cases if args.match in c.what]
+    if args.before:
+        print("| run | before: wall / CPU / peak RSS | after: wall / CPU / peak RSS |")
+        print("|---|---|---|")
+        for case in cases:
+            cells = [_cell(*run(case, args.timeout, args.before)), _cell(*run(case, args.timeout))]
+            print(f"| {case.what} | {cells[0]} | {cells[1]} |", flush=True)
+        return 0
     print("| run | wall | CPU | peak RSS | status |")
     print("|---|---|---|---|---|")
     for case in cases:
@@ -154,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {case.what} | {wall:.1f} s | {cpu:.1f} s | {rss:,.0f} MB | {status} |", flush=True
         )
     return 0
+
+
+def _cell(wall: float, cpu: float, rss: float, status: str) -> str:
+    return f"{wall:.1f} s / {cpu:.1f} s / {rss:,.0f} MB" + (
+        "" if status == "ok" else f" ({status})"
+    )
 
 
 if __name__ == "__main__":
