@@ -70,6 +70,10 @@ class MoELayer:
     # CPU QMoE does for block-wise 8-bit weights when the contracted length is a multiple of the
     # block (a projection with a partial block stays float); None: float activations.
     act_quant_block: int | None = None
+    # The router's input quantized the same way (blocks of this many along d) before its
+    # product, as ORT's CPU MatMulNBits does at accuracy_level 4 (onnxruntime-genai's int4/int8
+    # routers); None: float.
+    router_act_quant_block: int | None = None
     # Sparsemixer routing (Phi-3.5-MoE, scoring="sparsemixer"): the jitter epsilon of its mask.
     sparsemixer_eps: float = 0.01
     activation: str = "silu"
@@ -275,12 +279,20 @@ def activate(kind: str, x: np.ndarray) -> np.ndarray:
     raise ModelError(f"activation {kind!r} is not elementwise")
 
 
-def router_scores(layer: MoELayer, x: np.ndarray) -> np.ndarray:
-    """Per-token expert scores [T, E] after softmax or sigmoid (before any correction bias);
-    the softmax of the logits for sparsemixer routing (which gates by masked softmaxes)."""
+def router_logits(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    """Router logits [T, E] of tokens ``x`` [T, d]: ``x @ router_w.T (+ router_b)``."""
+    if layer.router_act_quant_block is not None:
+        x = quantize_activations(x, layer.router_act_quant_block)
     logits = _f32(x) @ _f32(layer.array("router_w")).T
     if layer.has("router_b"):
         logits = logits + _f32(layer.array("router_b"))
+    return logits
+
+
+def router_scores(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    """Per-token expert scores [T, E] after softmax or sigmoid (before any correction bias);
+    the softmax of the logits for sparsemixer routing (which gates by masked softmaxes)."""
+    logits = router_logits(layer, x)
     if layer.scoring in ("softmax", "sparsemixer"):
         z = logits - logits.max(axis=-1, keepdims=True)
         e = np.exp(z)
@@ -329,10 +341,7 @@ def sparsemixer(logits: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]
 def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Routing of tokens ``x`` [T, d]: expert ids [T, k] (int64) and gate weights [T, k] (f32)."""
     if layer.scoring == "sparsemixer":
-        logits = _f32(x) @ _f32(layer.array("router_w")).T
-        if layer.has("router_b"):
-            logits = logits + _f32(layer.array("router_b"))
-        ids, gates = sparsemixer(logits, layer.sparsemixer_eps)
+        ids, gates = sparsemixer(router_logits(layer, x), layer.sparsemixer_eps)
         return ids, (gates * np.float32(layer.routed_scaling)).astype(np.float32)
     scores = router_scores(layer, x)
     choice = scores + _f32(layer.array("score_bias")) if layer.has("score_bias") else scores
@@ -493,7 +502,7 @@ _CONFIG_FIELDS = (
     "num_experts", "top_k", "hidden", "ffn", "scoring", "normalize_topk", "routed_scaling",
     "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
     "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
-    "act_quant_block", "sparsemixer_eps",
+    "act_quant_block", "sparsemixer_eps", "router_act_quant_block",
 )  # fmt: skip
 
 

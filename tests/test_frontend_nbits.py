@@ -1,0 +1,103 @@
+"""MatMulNBits routers (onnxruntime-genai int4/int8 builds): dequantized and computed as ORT does.
+
+The builder quantizes the router like every other linear layer (``com.microsoft.MatMulNBits``,
+``accuracy_level=4``). ORT's CPU kernel then quantizes the router's input to int8 per block,
+which moves the logits by ~1e-3: the lifted layer models it (``router_act_quant_block``), and
+these tests compare single MatMulNBits nodes and the builder's gpt-oss fixtures with ORT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from moec.compiler.frontend import load_module
+from moec.compiler.frontend.nbits import nbits_product
+from moec.compiler.frontend.patterns import GraphView
+from moec.ir.moe import quantize_activations, router_logits
+
+GENAI = Path(__file__).resolve().parent / "fixtures" / "genai"
+K, N, BLOCK = 64, 8, 32
+
+
+def _matmul_nbits(bits: int, level: int, zero_points: bool, seed: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    blocks = K // BLOCK
+    q = rng.integers(0, 2**bits, size=(N, blocks, BLOCK)).astype(np.uint8)
+    if bits == 4:
+        q = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    inits = [
+        numpy_helper.from_array(q, "w"),
+        numpy_helper.from_array(rng.uniform(0.01, 0.1, N * blocks).astype(np.float32), "s"),
+    ]
+    inputs = ["x", "w", "s"]
+    if zero_points:
+        zp = rng.integers(0, 2**bits, size=(N, blocks)).astype(np.uint8)
+        if bits == 4:
+            zp = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8)
+        inits.append(numpy_helper.from_array(zp, "zp"))
+        inputs.append("zp")
+    node = helper.make_node(
+        "MatMulNBits", inputs, ["y"], domain="com.microsoft", name="router",
+        K=K, N=N, bits=bits, block_size=BLOCK, accuracy_level=level,
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, N])], inits,
+    )  # fmt: skip
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 10
+    return model
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("zero_points", [False, True])
+@pytest.mark.parametrize("level", [0, 4])
+def test_matmul_nbits_product_is_what_ort_computes(
+    bits: int, level: int, zero_points: bool
+) -> None:
+    model = _matmul_nbits(bits, level, zero_points, seed=bits + level + zero_points)
+    x = np.random.default_rng(7).standard_normal((5, K)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (want,) = sess.run(None, {"x": x})
+    view = GraphView(model.graph)
+    prod = nbits_product(view, model.graph.node[0])
+    assert not isinstance(prod, str) and prod.w is not None
+    assert prod.act_quant_block == (BLOCK if level == 4 else None)
+    a = x if prod.act_quant_block is None else quantize_activations(x, prod.act_quant_block)
+    got = a @ prod.w
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    if level == 4:  # the activation quantization is visible: float inputs would not match
+        assert np.abs(x @ prod.w - want).max() > 1e-4 * np.abs(want).max()
+
+
+def test_act_order_is_a_located_refusal() -> None:
+    model = _matmul_nbits(4, 0, False, seed=0)
+    node = model.graph.node[0]
+    node.input.extend(["", "g_idx"])
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(K, np.int32), "g_idx"))
+    why = nbits_product(GraphView(model.graph), node)
+    assert isinstance(why, str) and "router MatMulNBits router" in why and "g_idx" in why
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gpt_oss_quantized_router_is_lifted_with_its_precision(bits: int) -> None:
+    module, _ = load_module(str(GENAI / f"gpt_oss_int{bits}" / "model.onnx"))
+    layers = [op.layer for op in module.moe_ops()]
+    assert len(layers) == 2
+    for layer in layers:
+        assert layer.annotations.source == "com.microsoft.QMoE"
+        assert layer.annotations.precision == f"int{bits}"
+        assert layer.annotations.router_precision == f"int{bits}"
+        assert layer.router_act_quant_block == 32
+        assert layer.has("router_b") and layer.swiglu_limit == 7.0
+    x = np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32)
+    float_logits = x @ layers[0].array("router_w").T + layers[0].array("router_b")
+    assert not np.allclose(router_logits(layers[0], x), float_logits, rtol=0, atol=1e-6)
