@@ -8,6 +8,7 @@ these tests compare single MatMulNBits nodes and the builder's gpt-oss fixtures 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from moec.compiler.frontend import load_module
 from moec.compiler.frontend.nbits import nbits_product
 from moec.compiler.frontend.patterns import GraphView
-from moec.ir.moe import quantize_activations, router_logits
+from moec.ir.moe import MoELayer, quantize_activations, router_logits
 
 GENAI = Path(__file__).resolve().parent / "fixtures" / "genai"
 K, N, BLOCK = 64, 8, 32
@@ -101,3 +102,57 @@ def test_gpt_oss_quantized_router_is_lifted_with_its_precision(bits: int) -> Non
     x = np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32)
     float_logits = x @ layers[0].array("router_w").T + layers[0].array("router_b")
     assert not np.allclose(router_logits(layers[0], x), float_logits, rtol=0, atol=1e-6)
+
+
+def _layer_alone(path: Path, index: int, float_shared: bool = False) -> tuple[float, MoELayer]:
+    """The lifted layer ``index`` of ``path`` against ORT on its own nodes (from the layer input
+    to its output: router, QMoE, shared MLP, GatedAdd): max relative error and the layer.
+    ``float_shared``: evaluate the shared MLP without its modelled input quantization."""
+    from ort_capture import max_rel_error
+
+    from moec.ir.moe import evaluate
+
+    _, result = load_module(str(path))
+    lf = result.lifted[index]
+    sub = onnx.utils.Extractor(result.model).extract_model([lf.input], [lf.output])
+    sub.ir_version = 10
+    x = np.random.default_rng(0).standard_normal((1, 8, 32)).astype(np.float32)
+    sess = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    (want,) = sess.run(None, {lf.input: x})
+    layer = lf.layer
+    if float_shared:
+        layer = dataclasses.replace(layer, shared_act_quant_block=None)
+    return max_rel_error(evaluate(layer, x), want), layer
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qwen3_5_quantized_builds_take_the_shared_expert_in(bits: int) -> None:
+    """ORT cannot run the whole model (RotaryEmbedding refuses the 3-D M-RoPE position ids), so
+    each MoE layer is checked alone. Router, shared MLP and shared gate are MatMulNBits at
+    accuracy_level 4: the shared expert is taken in with its per-block int8 inputs modelled."""
+    path = GENAI / f"qwen3_5_moe_int{bits}" / "model.onnx"
+    for index in (0, 1):
+        err, layer = _layer_alone(path, index)
+        assert err <= 1e-5
+        assert layer.annotations.dense_shared is None
+        assert (layer.num_shared, layer.shared_ffn, layer.has("sh_router")) == (1, 24, True)
+        assert layer.shared_act_quant_block == 32 and layer.router_act_quant_block == 32
+        err_float, _ = _layer_alone(path, index, float_shared=True)
+        assert err_float > 1e-4  # the modelled quantization is what makes it exact
+
+
+@pytest.mark.parametrize("strategy", ["ep", "tp", "fsedp"])
+def test_qwen3_5_int8_layer_passes_check_through_the_interpreter(
+    strategy: str, tmp_path: Path
+) -> None:
+    """The extracted layer compiled and interpreted (every strategy slices the shared FFN of 24
+    its own way) against ORT: the shared down input's per-block quantization spans the row."""
+    from moec.check import check_model
+
+    _, result = load_module(str(GENAI / "qwen3_5_moe_int8" / "model.onnx"))
+    lf = result.lifted[1]
+    sub = onnx.utils.Extractor(result.model).extract_model([lf.input], [lf.output])
+    sub.ir_version = 10
+    onnx.save(sub, str(tmp_path / "layer.onnx"))
+    report = check_model(str(tmp_path / "layer.onnx"), strategy=strategy)
+    assert report.passed and report.max_rel_err < 1e-5, report
