@@ -156,3 +156,38 @@ def test_qwen3_5_int8_layer_passes_check_through_the_interpreter(
     onnx.save(sub, str(tmp_path / "layer.onnx"))
     report = check_model(str(tmp_path / "layer.onnx"), strategy=strategy)
     assert report.passed and report.max_rel_err < 1e-5, report
+
+
+def test_mxfp4_checkpoint_tensors_decode_as_the_builder_reads_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """make_fixtures.py's MXFP4 writer against onnxruntime-genai's own decoder (the genai extra):
+    values on the e2m1 grid times a power of two come back exactly, others to the nearest."""
+    torch = pytest.importorskip("torch")
+    loader = pytest.importorskip("onnxruntime_genai.models.loaders.gptoss")
+    monkeypatch.syspath_prepend(str(GENAI))
+    from make_fixtures import E2M1, mxfp4_quantize
+
+    rng = np.random.default_rng(3)
+    grid = np.array([s * m for m in E2M1 for s in (1, -1)], np.float32)
+    exact = rng.choice(grid, size=(2, 4, 64)) * np.float32(2.0**-3)
+    exact[:, :, 0] = 6 * 2.0**-3  # every block reaches the top of the grid: scale 2**-3
+    w = torch.from_numpy(exact.astype(np.float32))
+    blocks, scales = mxfp4_quantize(w)
+    assert tuple(blocks.shape) == (2, 4, 2, 16) and tuple(scales.shape) == (2, 4, 2)
+    mx = loader.GptOssMXFP4Loader("unused")
+    names = {}  # the decode path reads four tensors by name
+    for proj in ("gate_up_proj", "down_proj"):
+        names[f"model.layers.0.mlp.experts.{proj}_blocks"] = blocks
+        names[f"model.layers.0.mlp.experts.{proj}_scales"] = scales
+    mx.load_tensor = names.__getitem__  # type: ignore[method-assign]
+    gate_up, _ = mx.prepare_experts(0, decode=True)
+    assert np.array_equal(gate_up.numpy(), exact)
+    noisy = torch.from_numpy(rng.standard_normal((2, 4, 64)).astype(np.float32))
+    b2, s2 = mxfp4_quantize(noisy)
+    names.update({k: (b2 if k.endswith("blocks") else s2) for k in names})
+    back, _ = mx.prepare_experts(0, decode=True)
+    step = torch.pow(2.0, s2.float() - 127).repeat_interleave(32, dim=-1)
+    assert torch.all(
+        (back - noisy).abs() <= step + 1e-7
+    )  # nearest: half the widest e2m1 gap (2) times the scale
