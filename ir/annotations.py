@@ -18,6 +18,8 @@ field                     written by                                   read by
                                                                        residency
 ``precision``             ``assign-precision`` (per expert list) or    lowering, companion,
                           the QMoE import (one ``"int4"``/``"int8"``)  exporters
+``router_precision``      fused MoE import: a MatMulNBits router's     ``--print-ir``
+                          ``"int4"``/``"int8"`` (float weights kept)
 ``quant_error``           ``assign-precision`` (per expert)            runtime annotations
 ``quant_block``           ``assign-precision``, QMoE import            exporters, companion
 ``skip_rule``             ``skip-second``, ``caee-prune``:             lowering (``skip`` rule)
@@ -46,6 +48,7 @@ class LayerAnnotations:
     contribution: list[float] | None = None
     importance: list[float] | None = None
     precision: list[str] | str | None = None
+    router_precision: str | None = None
     quant_error: list[float] | None = None
     quant_block: int | None = None
     skip_rule: tuple[str, float] | None = None

@@ -70,6 +70,13 @@ class MoELayer:
     # CPU QMoE does for block-wise 8-bit weights when the contracted length is a multiple of the
     # block (a projection with a partial block stays float); None: float activations.
     act_quant_block: int | None = None
+    # The router's input quantized the same way (blocks of this many along d) before its
+    # product, as ORT's CPU MatMulNBits does at accuracy_level 4 (onnxruntime-genai's int4/int8
+    # routers); None: float.
+    router_act_quant_block: int | None = None
+    # The same for the shared experts' products (their gate and up projections and the shared
+    # gate quantize x, the down projection the intermediate; onnxruntime-genai int4/int8 builds).
+    shared_act_quant_block: int | None = None
     # Sparsemixer routing (Phi-3.5-MoE, scoring="sparsemixer"): the jitter epsilon of its mask.
     sparsemixer_eps: float = 0.01
     activation: str = "silu"
@@ -275,12 +282,20 @@ def activate(kind: str, x: np.ndarray) -> np.ndarray:
     raise ModelError(f"activation {kind!r} is not elementwise")
 
 
-def router_scores(layer: MoELayer, x: np.ndarray) -> np.ndarray:
-    """Per-token expert scores [T, E] after softmax or sigmoid (before any correction bias);
-    the softmax of the logits for sparsemixer routing (which gates by masked softmaxes)."""
+def router_logits(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    """Router logits [T, E] of tokens ``x`` [T, d]: ``x @ router_w.T (+ router_b)``."""
+    if layer.router_act_quant_block is not None:
+        x = quantize_activations(x, layer.router_act_quant_block)
     logits = _f32(x) @ _f32(layer.array("router_w")).T
     if layer.has("router_b"):
         logits = logits + _f32(layer.array("router_b"))
+    return logits
+
+
+def router_scores(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    """Per-token expert scores [T, E] after softmax or sigmoid (before any correction bias);
+    the softmax of the logits for sparsemixer routing (which gates by masked softmaxes)."""
+    logits = router_logits(layer, x)
     if layer.scoring in ("softmax", "sparsemixer"):
         z = logits - logits.max(axis=-1, keepdims=True)
         e = np.exp(z)
@@ -329,10 +344,7 @@ def sparsemixer(logits: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]
 def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Routing of tokens ``x`` [T, d]: expert ids [T, k] (int64) and gate weights [T, k] (f32)."""
     if layer.scoring == "sparsemixer":
-        logits = _f32(x) @ _f32(layer.array("router_w")).T
-        if layer.has("router_b"):
-            logits = logits + _f32(layer.array("router_b"))
-        ids, gates = sparsemixer(logits, layer.sparsemixer_eps)
+        ids, gates = sparsemixer(router_logits(layer, x), layer.sparsemixer_eps)
         return ids, (gates * np.float32(layer.routed_scaling)).astype(np.float32)
     scores = router_scores(layer, x)
     choice = scores + _f32(layer.array("score_bias")) if layer.has("score_bias") else scores
@@ -431,17 +443,28 @@ def expert_ffn(layer: MoELayer, e: int, x: np.ndarray) -> np.ndarray:
 def shared_ffn(
     layer: MoELayer, x: np.ndarray, cols: slice = slice(None), with_gate: bool = True
 ) -> np.ndarray:
-    """Shared experts' output for columns ``cols`` of Fs (times the sigmoid gate when present)."""
-    x = _f32(x)
-    up = x @ _f32(layer.array("sh_up")[:, cols])
-    if layer.has("sh_gate"):
-        h = activate(layer.shared_activation, x @ _f32(layer.array("sh_gate")[:, cols])) * up
-    else:
-        h = activate(layer.shared_activation, up)
+    """Shared experts' output for columns ``cols`` of Fs (times the sigmoid gate when present).
+
+    With ``shared_act_quant_block`` the down projection's input is quantized per block of the
+    whole intermediate row (as one ORT MatMulNBits does), so any slicing of Fs stays exact: a
+    slice computes the full row's scales (its timing is charged by the lowering, not here).
+    """
+    block = layer.shared_act_quant_block
+    x = _f32(x) if block is None else quantize_activations(x, block)
+    h = _shared_hidden(layer, x, slice(None) if block is not None else cols)
+    if block is not None:
+        h = quantize_activations(h, block)[:, cols]
     y = h @ _f32(layer.array("sh_down")[cols, :])
     if with_gate and layer.has("sh_router"):
         y = y * _sigmoid(x @ _f32(layer.array("sh_router")))
     return y.astype(np.float32)
+
+
+def _shared_hidden(layer: MoELayer, x: np.ndarray, cols: slice) -> np.ndarray:
+    up = x @ _f32(layer.array("sh_up")[:, cols])
+    if layer.has("sh_gate"):
+        return activate(layer.shared_activation, x @ _f32(layer.array("sh_gate")[:, cols])) * up
+    return activate(layer.shared_activation, up)
 
 
 def evaluate(layer: MoELayer, x: np.ndarray) -> np.ndarray:
@@ -493,7 +516,7 @@ _CONFIG_FIELDS = (
     "num_experts", "top_k", "hidden", "ffn", "scoring", "normalize_topk", "routed_scaling",
     "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
     "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
-    "act_quant_block", "sparsemixer_eps",
+    "act_quant_block", "sparsemixer_eps", "router_act_quant_block", "shared_act_quant_block",
 )  # fmt: skip
 
 

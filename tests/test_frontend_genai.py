@@ -2,7 +2,8 @@
 
 The fixtures (``tests/fixtures/genai/``, made by its ``make_fixtures.py``) are builder output
 for tiny LFM2-MoE (int8 and int4 QMoE, a sigmoid router written out in elementary ops) and
-gpt-oss (fp32 MoE with SwiGLU and a sliding-window layer). Their inputs carry the generation
+gpt-oss (fp32 MoE with SwiGLU and a sliding-window layer; int8/int4 QMoE with a MatMulNBits
+router). Their inputs carry the generation
 signature (attention mask, past key/values, ``kv_cache_dim``), which the seeded inputs learn from
 ``genai_config.json`` (:mod:`moec.ir.llm_inputs`).
 """
@@ -26,7 +27,7 @@ from moec.ir.llm_inputs import llm_signature
 
 ROOT = Path(__file__).resolve().parents[1]
 GENAI = ROOT / "tests" / "fixtures" / "genai"
-FIXTURES = ("lfm2_moe_int8", "lfm2_moe_int4", "gpt_oss_fp32")
+FIXTURES = ("lfm2_moe_int8", "lfm2_moe_int4", "gpt_oss_fp32", "gpt_oss_int8", "gpt_oss_int4")
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -42,6 +43,8 @@ def test_builder_output_passes_check_on_seeded_inputs(name: str) -> None:
         ("lfm2_moe_int8", 1, "sigmoid", "silu"),
         ("lfm2_moe_int4", 1, "sigmoid", "silu"),
         ("gpt_oss_fp32", 2, "softmax", "swiglu"),
+        ("gpt_oss_int8", 2, "softmax", "swiglu"),
+        ("gpt_oss_int4", 2, "softmax", "swiglu"),
         ("qwen3_5_moe_fp32", 2, "softmax", "silu"),
     ],
 )

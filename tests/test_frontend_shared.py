@@ -31,6 +31,8 @@ FIXTURES = sorted((ROOT / "tests" / "fixtures").glob("*/*.onnx")) + sorted(
 # named by its folder).
 SHARED = {
     "qwen3_5_moe_fp32",
+    "qwen3_5_moe_int8",
+    "qwen3_5_moe_int4",
     "nemotron_h",
     "afmoe",
     "qwen2_moe",

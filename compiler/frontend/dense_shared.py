@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
+from moec.compiler.frontend import nbits
 from moec.compiler.frontend.hf_layer import match_shared
 from moec.compiler.frontend.hf_routing import Walk, match_linear
 from moec.compiler.frontend.patterns import GraphView, Lifted
-from moec.ir.graph import Weight
+from moec.ir.graph import TensorType, Weight
 
 
 def mark_dense_shared(view: GraphView, lifted: list[Lifted]) -> list[Lifted]:
@@ -42,14 +45,34 @@ def mark_dense_shared(view: GraphView, lifted: list[Lifted]) -> list[Lifted]:
 
 
 def _projection(view: GraphView, value: str) -> tuple[str, Weight] | None:
-    """``value = MatMul(a, W)`` with W a rank-2 initializer (present or declared only)."""
+    """``value = MatMul(a, W)`` with W a rank-2 initializer (present or declared only), or a
+    ``com.microsoft.MatMulNBits`` (onnxruntime-genai int4/int8), dequantized as ORT does."""
     p = view.producer(value)
+    if p is not None and p.op_type == "MatMulNBits" and not view.is_constant(p.input[0]):
+        q = nbits.nbits_product(view, p)
+        if isinstance(q, str) or q.bias is not None:
+            return None
+        data = None if q.w is None else np.ascontiguousarray(q.w, np.float32)
+        return p.input[0], Weight(p.input[1], TensorType("f32", q.shape), data)
     if p is None or p.op_type != "MatMul" or len(p.input) != 2:
         return None
     w = view.weight(p.input[1])
     if w is None or len(w.type.shape) != 2 or view.is_constant(p.input[0]):
         return None
     return p.input[0], w
+
+
+def _act_quant_block(view: GraphView, nodes: set[int]) -> int | None | str:
+    """The input-quantization block shared by the MLP's products ``nodes`` (None: all float),
+    or "mixed" when they differ (a float MatMul beside a MatMulNBits, or two blocks)."""
+    blocks = set()
+    for i in nodes:
+        n = view.nodes[i]
+        if n.op_type == "MatMulNBits":
+            blocks.add(nbits.act_quant_block(view, n))
+        elif n.op_type == "MatMul":
+            blocks.add(None)
+    return blocks.pop() if len(blocks) == 1 else "mixed" if blocks else None
 
 
 def _silu_of(view: GraphView, value: str) -> str | None:
@@ -119,6 +142,11 @@ def _absorb_beside_fused(view: GraphView, lf: Lifted) -> Lifted:
     mlp = _fused_shared_mlp(view, walk.back(other), x_root, walk)
     if mlp is None:
         return lf
+    block = _act_quant_block(view, walk.nodes)
+    if block == "mixed":
+        down = view.producer(walk.back(other))
+        lf.layer.annotations.dense_shared = view.name(down) if down is not None else "?"
+        return lf
     walk.take(add)
     layer = lf.layer
     for key, w in zip(("sh_gate", "sh_up", "sh_down"), mlp, strict=True):
@@ -129,6 +157,7 @@ def _absorb_beside_fused(view: GraphView, lf: Lifted) -> Lifted:
     layer.num_shared = Fs // layer.ffn if Fs % layer.ffn == 0 else 1
     layer.shared_ffn = Fs
     layer.shared_activation = "silu"
+    layer.shared_act_quant_block = block if isinstance(block, int) else None
     layer.verify()
     return dataclasses.replace(lf, output=add.output[0], nodes=lf.nodes | frozenset(walk.nodes))
 

@@ -45,7 +45,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from moec.compiler.frontend import fused_router
+from moec.compiler.frontend import fused_router, nbits
+from moec.compiler.frontend.nbits import dequantize
 from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
 from moec.ir.graph import TensorType, Weight
 from moec.ir.moe import MoELayer
@@ -171,6 +172,9 @@ def _product(
     Transposed orientation: ``logits.T = W.T @ X.T`` (Gemm ``transB=1`` of X, or MatMul with a
     ``Transpose`` of X), turned back into rows by the Transpose found above it.
     """
+    if p.op_type == "MatMulNBits":
+        q = nbits.nbits_product(view, p)
+        return q if isinstance(q, str) else (q.x, q.w, q.shape, q.bias)
     gemm = p.op_type == "Gemm"
     trans_a = bool(view.attr(p, "transA", 0)) if gemm else False
     trans_b = bool(view.attr(p, "transB", 0)) if gemm else False
@@ -224,17 +228,19 @@ def _product(
     return x_rows, w_de, (int(de[0]), int(de[1])), bias
 
 
-def _router(
-    view: GraphView, node: onnx.NodeProto, d: int
-) -> tuple[str, dict[str, Weight], set[int]] | str:
-    """(x, {router_w, router_b}, router node ids) of ``router_probs`` as logits, or why not."""
+#: (MoE input, {router_w, router_b}, router node ids, the MatMulNBits router's node or None).
+RouterMatch = tuple[str, dict[str, Weight], set[int], onnx.NodeProto | None]
+
+
+def _router(view: GraphView, node: onnx.NodeProto, d: int) -> RouterMatch | str:
+    """:data:`RouterMatch` of ``router_probs`` as logits, or why not."""
     return _logits_router(view, node.input[1], node.input[0], d, {view.id(node)})
 
 
 def _logits_router(
     view: GraphView, value: str, x: str, d: int, owners: set[int]
-) -> tuple[str, dict[str, Weight], set[int]] | str:
-    """(x, {router_w, router_b}, router node ids) of the router logits ``value``, or why not.
+) -> RouterMatch | str:
+    """:data:`RouterMatch` of the router logits ``value``, or why not.
 
     Recognized by dataflow: the logits must be ``rows(x) @ W_r (+ b)`` for a constant
     ``W_r [d, E]``, where ``rows(x)`` is the MoE input ``x`` (or a tensor it was reshaped from,
@@ -253,7 +259,7 @@ def _logits_router(
         if p is None:
             what = "a graph input" if not view.is_constant(value) else "a constant"
             return f"router_probs come from {what}, expected MatMul(x, W_router) of the MoE input"
-        if p.op_type in ("MatMul", "Gemm"):
+        if p.op_type in ("MatMul", "Gemm") or (p.op_type == "MatMulNBits" and not transposed):
             break
         if _passes_through(view, p) and not (transposed and p.op_type in _LAYOUT - {"Identity"}):
             nodes.add(view.id(p))
@@ -349,7 +355,7 @@ def _logits_router(
                 break
         if not nodes:
             break
-    return x, weights, nodes
+    return x, weights, nodes, p if p.op_type == "MatMulNBits" else None
 
 
 def _present(name: str, arr: np.ndarray) -> Weight:
@@ -359,33 +365,6 @@ def _present(name: str, arr: np.ndarray) -> Weight:
 
 def _declared(name: str, shape: tuple[int, ...]) -> Weight:
     return Weight(name, TensorType("f32", shape))
-
-
-def _unpack4(packed: np.ndarray) -> np.ndarray:
-    lo = packed & 0x0F
-    hi = packed >> 4
-    return np.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
-
-
-def dequantize(
-    q: np.ndarray, scales: np.ndarray, zp: np.ndarray | None, bits: int, block: int | None
-) -> np.ndarray:
-    """QMoE int weights ``[E, N, K*bits/8]`` -> float ``[E, N, K]``."""
-    vals = _unpack4(q) if bits == 4 else q
-    vals = vals.astype(np.float32)
-    E, N, K = vals.shape
-    # A row shorter than a block (or not a multiple of it) ends in one partial block.
-    nblocks = -(-K // block) if block else 1
-    width = block if block else K
-    s = np.asarray(scales, np.float32).reshape(E, N, nblocks)
-    if zp is None:
-        z = np.full((E, N, nblocks), 2 ** (bits - 1), np.float32)
-    else:
-        zv = _unpack4(zp) if bits == 4 else zp
-        z = zv.reshape(E, N, -1)[:, :, :nblocks].astype(np.float32)
-    padded = np.pad(vals, ((0, 0), (0, 0), (0, nblocks * width - K)))
-    blk = padded.reshape(E, N, nblocks, width)
-    return ((blk - z[..., None]) * s[..., None]).reshape(E, N, nblocks * width)[:, :, :K]
 
 
 def _fc(
@@ -517,7 +496,7 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
         router = _router(view, node, d)
     if isinstance(router, str):
         return view.fail(node, router)
-    x, router_weights, router_nodes = router
+    x, router_weights, router_nodes, nbits_router = router
     weights.update(router_weights)
     if selected is not None:
         router_nodes |= selected.nodes
@@ -561,6 +540,9 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
             layer.annotations.quant_block = int(block)
             if bits == 8:  # ORT's CPU kernel has no float path for these: int8 activations
                 layer.act_quant_block = int(block)
+    if nbits_router is not None:
+        layer.router_act_quant_block = nbits.act_quant_block(view, nbits_router)
+        layer.annotations.router_precision = f"int{int(a(nbits_router, 'bits', 4))}"
     if a(node, "use_sparse_mixer", 0):
         note = layer.annotations.routing_note
         layer.annotations.routing_note = (
