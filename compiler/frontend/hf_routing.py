@@ -259,6 +259,8 @@ class Routing:
     scaling: float = 1.0
     topk_node: onnx.NodeProto | None = None
     sparsemixer_eps: float = 0.01
+    # Gemma-4: the final gates times a learned per-expert scale gathered by the ids ([E]).
+    expert_scale: np.ndarray | None = None
 
 
 def _topk_k(walk: Walk, node: onnx.NodeProto) -> int:
