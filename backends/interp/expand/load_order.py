@@ -45,7 +45,8 @@ def _expert_load_time(ctx: ExpandContext, expert: int, channel: int) -> float:
 
 def _expert_compute_time(ctx: ExpandContext, die: int, expert: int, tokens: int) -> float:
     m = ctx.layer
-    flops = 2.0 * 3.0 * tokens * m.hidden * m.ffn
+    mats = 3.0 if m.gated else 2.0  # gate, up, down; up and down without a gate
+    flops = 2.0 * mats * tokens * m.hidden * m.ffn
     return compute_time(ctx.target, die, flops, ctx.precision(expert))
 
 
