@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -40,23 +41,22 @@ class LayerActs:
 
 def _ranges(sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
     """Token indices covered by ``sets`` (one entry per set and token) and, per entry, the
-    position of its set in ``sets``: the ranges expanded in one vectorized step."""
-    firsts: list[int] = []
-    lens: list[int] = []
-    owner: list[int] = []
-    for k, ts in enumerate(sets):
-        for a, b in ts.ranges:
-            firsts.append(a)
-            lens.append(b - a + 1)
-            owner.append(k)
-    if not lens:
+    position of its set in ``sets``: the ranges expanded in one vectorized step (the range
+    bounds are read in C, through ``chain``: a set may hold hundreds of ranges)."""
+    counts = np.fromiter((len(ts.ranges) for ts in sets), dtype=np.int64, count=len(sets))
+    total = int(counts.sum())
+    if not total:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    length = np.asarray(lens, dtype=np.int64)
+    bounds = np.fromiter(
+        chain.from_iterable(chain.from_iterable(ts.ranges for ts in sets)),
+        dtype=np.int64, count=2 * total,
+    ).reshape(total, 2)  # fmt: skip
+    firsts = bounds[:, 0]
+    length = bounds[:, 1] - firsts + 1
+    owner = np.repeat(np.arange(len(sets), dtype=np.int64), counts)
     offset = np.cumsum(length) - length  # where each range starts in the flat index
-    idx = np.arange(int(length.sum()), dtype=np.int64) + np.repeat(
-        np.asarray(firsts, dtype=np.int64) - offset, length
-    )
-    return idx, np.repeat(np.asarray(owner, dtype=np.int64), length)
+    idx = np.arange(int(length.sum()), dtype=np.int64) + np.repeat(firsts - offset, length)
+    return idx, np.repeat(owner, length)
 
 
 def _mask(sets: list[TokenSet], n: int) -> np.ndarray:

@@ -175,7 +175,7 @@ def run_timing(
     end = [-1.0] * n
     free_at = [0.0] * b.num_res
     busy = [0.0] * b.num_res
-    ndeps, succ, dur, res, kind, back = g.ndeps, g.succ, g.dur, g.res, g.kind, g.back
+    ndeps, succ, dur, res, kind, back = g.ndeps, g.succ, g.dur, g.res, g.kind, g.backs()
     prio = [PRIORITY[k] for k in kind]
     heappush, heappop = heapq.heappush, heapq.heappop
     # engine.EventQueue's discipline, inlined (its two method calls per op were a fifth of the
@@ -241,7 +241,7 @@ def run_timing(
     }
     return Timeline(
         target=target, makespan=makespan, start=start, end=end, kind=g.kind, die=g.die,
-        res=g.res, instr=g.instr, layer=g.layer, island=g.island,
+        res=g.res, instr=g.instr, layer=g.layer, island=g.islands(),
         layer_names=[m.name for m in p.layers], island_names=[i.name for i in p.islands],
         num_resources=b.num_res, resource_names=b.res_names, busy=busy,
         dram_bytes=b.dram_bytes, link_bytes=link_bytes, peak_sram=peak,

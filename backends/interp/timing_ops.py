@@ -67,11 +67,23 @@ def slice_compute(
     if dur is None:
         dur = b.compute_costs[key] = cost_fn(b.t, die, n, hidden, w, gated, prec)
     op = g.add(COMPUTE, dur, (die,), die, i, lk)
-    la = b.layer_acts(die, lk)
+    la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
     la.ops.append(op)
-    g.edge(s.fence, op)
-    g.edge(s.last_compute, op)
-    g.edge(s.slot_fill.get(i.slot), op)
+    # edges from the die's fence, latest compute and the slot's fill (op is new: no self edge)
+    succ, deps = g.succ, 0
+    a = s.fence
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    a = s.last_compute
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    a = s.slot_fill.get(i.slot)
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    g.ndeps[op] = deps
     return op, content, la, n, w, gated
 
 
@@ -164,33 +176,39 @@ def transfer(b: Builder, s: DieState, i: Send | Recv) -> None:
     key = (die, i.peer) if is_send else (i.peer, die)
     hold, op = b.transfer(key, is_send, i, die)
     g = b.g
+    blk = i.block
     tag = -1
-    if i.block is not None:
-        tag = b.layers[i.block.layer][0]
-    elif isinstance(i, Recv) and isinstance(i.content, SliceRef):
+    if blk is not None:
+        tag = b.layers[blk.layer][0]
+    elif not is_send and isinstance(i.content, SliceRef):
         tag = b.layers[i.content.layer][0]
-    if tag >= 0 and g.layer[op] < 0:
-        g.layer[hold] = g.layer[op] = tag
     if tag >= 0:
-        la = b.layer_acts(die, tag)
+        layer = g.layer
+        if layer[op] < 0:
+            layer[hold] = layer[op] = tag
+        la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
         la.ops += [hold, op]
-        if i.block is not None:
-            ts = i.block.tokens
+        if blk is not None:
+            ts = blk.tokens
             if is_send:
-                (la.x_uses if i.block.which == "x" else la.send_y).append((op, ts))
-            elif i.block.which == "x":
+                (la.x_uses if blk.which == "x" else la.send_y).append((op, ts))
+            elif blk.which == "x":
                 la.recv_x.append((op, ts))
                 la.recv_x_start.append((hold, ts))
             else:
                 la.recv_y.append((hold, op, ts, i.nbytes))
-    g.edge(s.fence, hold)
-    if isinstance(i, Send):
+    succ, ndeps = g.succ, g.ndeps
+    a = s.fence  # a wait's op: never the hold itself
+    if a is not None:
+        succ[a].append(hold)
+        ndeps[hold] += 1
+    if is_send:
         if i.slot is not None:
             g.edge(s.slot_fill.get(i.slot), hold)
             s.slot_uses[i.slot].append(op)
-        elif i.block is not None:
-            g.edge(s.last_recv.get((i.block.layer, i.block.which)), hold)
-            if i.block.which == "y":
+        elif blk is not None:
+            g.edge(s.last_recv.get((blk.layer, blk.which)), hold)
+            if blk.which == "y":
                 g.edge(s.last_compute, hold)
     elif i.slot is not None:
         g.edge(s.slot_free.get(i.slot), hold)
@@ -201,8 +219,8 @@ def transfer(b: Builder, s: DieState, i: Send | Recv) -> None:
             prec = b.slice_precision(sref, i.nbytes)
         s.fill(i.slot, op, sref, prec)
         s.slot_fill_rec[i.slot] = b.record_fill(die, hold)
-    elif i.block is not None:
-        s.last_recv[(i.block.layer, i.block.which)] = op
+    elif blk is not None:
+        s.last_recv[(blk.layer, blk.which)] = op
     s.since_signal.append(op)
 
 
@@ -215,10 +233,20 @@ def free(b: Builder, s: DieState, i: Free) -> None:
     op = g.add(SYNC, 0.0, (), s.die, i, tag)
     if tag >= 0:
         b.layer_acts(s.die, tag).ops.append(op)
-    g.edge(s.fence, op)
-    g.edge(s.slot_fill.get(i.slot), op)
-    for u in s.slot_uses.pop(i.slot, []):
-        g.edge(u, op)
+    # edges from the fence, the slot's fill and every use since (op is new: no self edge)
+    succ, deps = g.succ, 0
+    a = s.fence
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    a = s.slot_fill.get(i.slot)
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    uses = s.slot_uses.pop(i.slot, ())
+    for u in uses:
+        succ[u].append(op)
+    g.ndeps[op] = deps + len(uses)
     s.slot_free[i.slot] = op
     rec = s.slot_fill_rec.pop(i.slot, None)
     if rec is not None:
@@ -233,8 +261,10 @@ def signal(b: Builder, s: DieState, i: Signal) -> None:
     op = g.add(SYNC, 0.0, (), s.die, i)
     g.edge(s.fence, op)
     g.edge(s.last_signal, op)
-    for u in s.since_signal:
-        g.edge(u, op)
+    succ = g.succ
+    for u in s.since_signal:  # earlier ops (op is new: no self edge)
+        succ[u].append(op)
+    g.ndeps[op] += len(s.since_signal)
     s.since_signal = []
     s.last_signal = op
     b.signal_event[op] = i.event
