@@ -259,6 +259,7 @@ class Routing:
     scaling: float = 1.0
     topk_node: onnx.NodeProto | None = None
     sparsemixer_eps: float = 0.01
+    bias_on_logits: bool = False
 
 
 def _topk_k(walk: Walk, node: onnx.NodeProto) -> int:
