@@ -105,6 +105,10 @@ EXPECTED = {
         activation="relu2",
         gated=False,
     ),  # fmt: skip
+    # Top-k of logits + correction bias; gates the sigmoid of the chosen logits, renormalized.
+    "kolibri1": Expected(
+        layers=2, ffn=24, scoring="sigmoid", score_bias=True, num_shared=1, shared_ffn=40
+    ),
     # opset 18 writes GELU out: 0.5 * x * (1 + Erf(x / sqrt 2)).
     "olmoe_gelu": Expected(layers=2, ffn=24, normalize=False, activation="gelu"),
     # GeGLU (tanh GELU) experts; router and experts read two rescales of one RMSNorm (folded
@@ -179,6 +183,8 @@ def test_layer_numerics_match_onnxruntime(arch: str, seed: int) -> None:
         ("glm4_moe", "routed scaling", lambda layer: setattr(layer, "routed_scaling", 1.0)),
         ("dbrx_unrolled", "renormalization", lambda layer: setattr(layer, "normalize_topk", False)),
         ("olmoe_gelu", "gelu", lambda layer: setattr(layer, "activation", "silu")),
+        ("kolibri1", "bias on logits", lambda layer: setattr(layer, "bias_on_logits", False)),
+        ("kolibri1", "correction bias", lambda layer: layer.weights.pop("score_bias")),
     ],
 )
 def test_fixture_exercises_feature(arch: str, feature: str, ablate: object) -> None:

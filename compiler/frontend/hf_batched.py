@@ -43,6 +43,7 @@ from moec.compiler.frontend.hf_routing import (
     is_float_cast,
     match_router,
 )
+from moec.compiler.frontend.logit_routing import match_logit_choice
 from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
 from moec.compiler.frontend.sparsemixer import match_sparsemixer
 
@@ -53,7 +54,7 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     if anchor.op_type == "ArgMax":
         routing = match_sparsemixer(walk, anchor)
     else:
-        routing = match_router(walk, anchor)
+        routing = match_logit_choice(walk, anchor) or match_router(walk, anchor)
     router = routing.router
     E = router.weight.shape[0]
     gathers = _gathered_stacks(walk, routing.ids, E)

@@ -374,7 +374,7 @@ def build_layer(
         n_group=routing.n_group, topk_group=routing.topk_group, group_score=routing.group_score,
         activation=gating.activation, gated=gating.gated, swiglu_alpha=gating.alpha,
         swiglu_beta=gating.beta, swiglu_limit=gating.limit,
-        sparsemixer_eps=routing.sparsemixer_eps,
+        sparsemixer_eps=routing.sparsemixer_eps, bias_on_logits=routing.bias_on_logits,
     )  # fmt: skip
     if routing.n_group > 1:
         layer.group_fill = routing.group_fill

@@ -261,6 +261,7 @@ class Routing:
     sparsemixer_eps: float = 0.01
     # Gemma-4: the final gates times a learned per-expert scale gathered by the ids ([E]).
     expert_scale: np.ndarray | None = None
+    bias_on_logits: bool = False
 
 
 def _topk_k(walk: Walk, node: onnx.NodeProto) -> int:
