@@ -501,3 +501,27 @@ def test_hash_routing_is_a_located_refusal() -> None:
     msg = _lift_error(model)
     assert "node expert_gather" in msg
     assert "constant table 'table' by the graph input 'input_ids' (hash routing)" in msg
+
+
+def test_topk_over_reshaped_router_logits_says_so() -> None:
+    """Doge's product keys: router logits [T, 2n] viewed as [2, T, n] before the TopK (rows mix
+    tokens); the generic TopK error adds what the TopK ranks."""
+    w = np.ones((6, 4), dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["logits"]),
+            helper.make_node("Reshape", ["logits", "shape"], ["keys"]),
+            helper.make_node("TopK", ["keys", "k"], ["v", "i"], name="key_topk"),
+        ],
+        "product_keys",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 6])],
+        [helper.make_tensor_value_info("v", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.array([2, 4, -1], dtype=np.int64), "shape"),
+         numpy_helper.from_array(np.array([1], dtype=np.int64), "k")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    msg = _lift_error(model)
+    assert "node key_topk" in msg
+    assert "the 4 outputs of the constant-weight projection 'logits' reshaped to [2, 4, -1]" in msg

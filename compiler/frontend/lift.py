@@ -129,7 +129,7 @@ def find_layers(view: GraphView) -> list[Lifted]:
         raise ModelError(
             f"{node.op_type} node is not part of a recognized MoE layer (expected a router "
             "Softmax/Sigmoid -> TopK feeding expert MatMuls and a weighted sum, or a "
-            "com.microsoft MoE/QMoE node)",
+            f"com.microsoft MoE/QMoE node){_reshaped_logits_note(view, node)}",
             f"{view.where}: node {view.name(node)}",
         )
     _check_no_stray_experts(view, covered)
@@ -161,6 +161,29 @@ def _over_attention_scores(view: GraphView, node: onnx.NodeProto) -> bool:
             nxt += [i for i in p.input if i and not view.is_constant(i)]
         frontier = nxt
     return products
+
+
+def _reshaped_logits_note(view: GraphView, node: onnx.NodeProto) -> str:
+    """What an unclaimed TopK ranks when it is a router projection reshaped so that its rows
+    are no longer one token's N outputs (Doge's product keys: [T, 2n] viewed as [2, T, n])."""
+    from moec.compiler.frontend.hf_routing import Walk, match_linear
+
+    p = view.producer(node.input[0])
+    if p is None or p.op_type != "Reshape":
+        return ""
+    lin = match_linear(Walk(view), p.input[0])
+    shape = view.constant(p.input[1])
+    if lin is None or shape is None:
+        return ""
+    dims = [int(v) for v in np.asarray(shape).reshape(-1)]
+    n = lin.w.shape[1]
+    if dims and dims[-1] == n:
+        return ""
+    return (
+        f"; it ranks the {n} outputs of the constant-weight projection {p.input[0]!r} reshaped "
+        f"to {dims}, so its rows are not one token's scores (e.g. product-key routing whose "
+        "view mixes tokens' logits), which the canonical op cannot hold"
+    )
 
 
 _GATHERS = ("Gather", "GatherND", "GatherElements")
