@@ -483,3 +483,51 @@ def test_squared_relu_experts_have_no_ort_moe_form() -> None:
     _, result = load_module(FIXTURES / "nemotron_h.onnx")
     with pytest.raises(ModelError, match="com.microsoft.MoE has no relu2 activation"):
         ort_rows(result.lifted[0].layer)
+
+
+def test_hash_routing_is_a_located_refusal() -> None:
+    """DeepSeek-V4's hash-routed layers: expert ids = tid2eid[input_ids], a constant table looked
+    up by a graph input; the error names the expert gather, the table and the input."""
+    table = np.array([[0, 1], [2, 3], [1, 0]], dtype=np.int64)
+    stack = np.zeros((4, 6, 5), dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "input_ids"], ["ids"]),
+            helper.make_node("Unsqueeze", ["ids", "axis"], ["ids3"]),
+            helper.make_node("GatherND", ["stack", "ids3"], ["w"], name="expert_gather"),
+        ],
+        "hash",
+        [helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, [7])],
+        [helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(stack, "stack"),
+         numpy_helper.from_array(np.array([-1], dtype=np.int64), "axis")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    msg = _lift_error(model)
+    assert "node expert_gather" in msg
+    assert "constant table 'table' by the graph input 'input_ids' (hash routing)" in msg
+
+
+def test_topk_over_reshaped_router_logits_says_so() -> None:
+    """Doge's product keys: router logits [T, 2n] viewed as [2, T, n] before the TopK (rows mix
+    tokens); the generic TopK error adds what the TopK ranks."""
+    w = np.ones((6, 4), dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["logits"]),
+            helper.make_node("Reshape", ["logits", "shape"], ["keys"]),
+            helper.make_node("TopK", ["keys", "k"], ["v", "i"], name="key_topk"),
+        ],
+        "product_keys",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 6])],
+        [helper.make_tensor_value_info("v", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.array([2, 4, -1], dtype=np.int64), "shape"),
+         numpy_helper.from_array(np.array([1], dtype=np.int64), "k")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    msg = _lift_error(model)
+    assert "node key_topk" in msg
+    assert "the 4 outputs of the constant-weight projection 'logits' reshaped to [2, 4, -1]" in msg
