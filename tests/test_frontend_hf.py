@@ -18,10 +18,11 @@ import pytest
 from onnx import helper, numpy_helper
 from ort_capture import capture, max_rel_error
 
+from moec.compiler.frontend.hf_layer import EXPERT_SCALE_NOTE
 from moec.compiler.frontend.lift import LiftResult, lift_model, load_module
 from moec.compiler.frontend.loader import load_onnx
 from moec.ir.errors import ModelError
-from moec.ir.moe import evaluate
+from moec.ir.moe import evaluate, present
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 
@@ -106,6 +107,9 @@ EXPECTED = {
     ),  # fmt: skip
     # opset 18 writes GELU out: 0.5 * x * (1 + Erf(x / sqrt 2)).
     "olmoe_gelu": Expected(layers=2, ffn=24, normalize=False, activation="gelu"),
+    # GeGLU (tanh GELU) experts; router and experts read two rescales of one RMSNorm (folded
+    # into router_w and the expert weights); gates times a per-expert scale (folded into w_down).
+    "gemma4_text": Expected(layers=2, ffn=24, activation="gelu_tanh"),
 }
 
 
@@ -187,6 +191,35 @@ def test_fixture_exercises_feature(arch: str, feature: str, ablate: object) -> N
     assert max_rel_error(evaluate(lf.layer, x), want) <= 1e-4
     ablate(lf.layer)  # type: ignore[operator]
     assert max_rel_error(evaluate(lf.layer, x), want) > 1e-3, feature
+
+
+def test_gemma4_folds_per_expert_gate_scale_into_w_down() -> None:
+    """The per-expert gate scale is in w_down (and said so); without it the numerics break."""
+    _, result = load_module(FIXTURES / "gemma4_text.onnx")
+    lf = result.lifted[0]
+    assert lf.layer.annotations.routing_note == EXPERT_SCALE_NOTE
+    values = capture(result.model, {"input_ids": _ids(8, 0)}, [lf.input, lf.output])
+    x, want = values[lf.input], values[lf.output]
+    assert max_rel_error(evaluate(lf.layer, x), want) <= 1e-4
+    model = _model("gemma4_text")
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    gathered = [n.input[0] for n in model.graph.node if n.op_type in ("Gather", "GatherND")]
+    scale = next(inits[v] for v in gathered if v in inits and inits[v].shape == (8,))
+    w = lf.layer.weights["w_down"]
+    lf.layer.weights["w_down"] = present("w_down", w.array() / scale[:, None, None])
+    assert max_rel_error(evaluate(lf.layer, x), want) > 1e-3
+
+
+def test_gemma4_router_input_is_the_shared_normalization() -> None:
+    """The op's input is the normalized residual both sides rescale, not either rescale."""
+    _, result = load_module(FIXTURES / "gemma4_text.onnx")
+    model = result.model
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for lf in result.lifted:
+        node = producers[lf.input]
+        # RMSNorm without weight: x * (mean(x^2) + eps) ** -0.5 (Mul by a computed value).
+        assert node.op_type == "Mul"
+        assert all(i not in {t.name for t in model.graph.initializer} for i in node.input)
 
 
 # --- mismatches: a router whose surroundings are not an MoE layer ------------------------------

@@ -39,12 +39,13 @@ from moec.compiler.frontend.patterns import (
 from moec.ir.errors import ModelError
 from moec.ir.graph import Module, Op, TensorType, Value, Weight
 
-_RECOGNIZER_MODULES = ("fused", "decomposed")
+_RECOGNIZER_MODULES = ("fused", "decomposed", "torch_loop")
 _loaded = False
 
 
 def load_recognizers() -> None:
-    """Import the recognizer modules once: fused, decomposed, then every ``hf_*`` module."""
+    """Import the recognizer modules once: fused, decomposed, torch_loop, then every ``hf_*``
+    module."""
     global _loaded
     if _loaded:
         return
