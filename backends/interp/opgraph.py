@@ -209,8 +209,8 @@ class Builder:
         self._xfer_costs = {}
         self._read_plans: dict[tuple[int, int, int], Any] = {}
         self._geometry: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
-        #: per slice opcode, geometry and precisions: its energy parts (see ``charge_slice``)
-        self.slice_energy: dict[tuple[Any, ...], tuple[tuple[int, float], ...]] = {}
+        #: per slice opcode, die, geometry and precisions: its duration and energy parts
+        self.slice_costs: dict[tuple[Any, ...], tuple[float, tuple[tuple[int, float], ...]]] = {}
         # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
         self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)

@@ -176,6 +176,9 @@ def run_timing(
     free_at = [0.0] * b.num_res
     busy = [0.0] * b.num_res
     ndeps, succ, dur, res, kind, back = g.ndeps, g.succ, g.dur, g.res, g.kind, g.backs()
+    # every op the handlers make holds at most one resource: its id (-1: none), -2 for an op
+    # holding several (taken the long way)
+    single = [(r[0] if len(r) == 1 else -2) if r else -1 for r in res]
     prio = [PRIORITY[k] for k in kind]
     heappush, heappop = heapq.heappush, heapq.heappop
     # engine.EventQueue's discipline, inlined (its two method calls per op were a fifth of the
@@ -190,15 +193,25 @@ def run_timing(
     while heap:
         t, _, _, op = heappop(heap)
         events += 1
-        r = res[op]
         s = t - back[op]
-        for x in r:
+        x = single[op]
+        if x >= 0:
             if free_at[x] > s:
                 s = free_at[x]
-        e = s + dur[op]
-        for x in r:
+            e = s + dur[op]
             free_at[x] = e
             busy[x] += e - s
+        elif x == -1:
+            e = s + dur[op]
+        else:
+            r = res[op]
+            for x in r:
+                if free_at[x] > s:
+                    s = free_at[x]
+            e = s + dur[op]
+            for x in r:
+                free_at[x] = e
+                busy[x] += e - s
         start[op] = s
         end[op] = e
         if op in signal_event:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from moec.backends.interp.energy import charge_dense, charge_slice
+from moec.backends.interp.energy import charge_dense, slice_energy_parts
 from moec.backends.interp.opgraph import (
     COMPUTE,
     DENSE_DRAM,
@@ -52,21 +52,30 @@ def slice_compute(
 ) -> tuple[int, SliceRef, LayerActs, int, int, bool]:  # fmt: skip
     """A compute op of opcode ``kind`` on the micro-slice in ``i.slot`` for ``i.tokens``, timed by
     ``cost_fn`` (a :mod:`moec.ir.cost` formula), after the die's latest wait and compute and the
-    slot's fill. Returns ``(op, slice, the layer's activation record, tokens, width, gated)``;
-    the caller adds its own edges and then calls :func:`computed`."""
+    slot's fill, and charged its energy (:func:`~.energy.slice_energy_parts`, with the weights
+    at the precision the slot was filled with). Returns ``(op, slice, the layer's activation
+    record, tokens, width, gated)``; the caller adds its own edges and then calls
+    :func:`computed`."""
     content, prec = s.slot_fill_info.get(i.slot, (None, "fp16"))
     if content is None:
         raise ScheduleError(f"die {s.die}: '{instr_text(i)}' needs a micro-slice in s{i.slot}")
-    hidden, w, _, _, gated = b.slice_geometry(content)
+    hidden, w, _, dtype, gated = b.slice_geometry(content)
     n = len(i.tokens)
     lk = b.layers[content.layer][0]
     g = b.g
     die = s.die
-    key = (kind, die, n, hidden, w, gated, prec)
-    dur = b.compute_costs.get(key)  # compute_cost's memo, without a closure per op
-    if dur is None:
-        dur = b.compute_costs[key] = cost_fn(b.t, die, n, hidden, w, gated, prec)
+    # duration and energy parts, memoized per shape (ops repeat a few shapes many times)
+    key = (kind, die, n, hidden, w, gated, prec, dtype)
+    hit = b.slice_costs.get(key)
+    if hit is None:
+        t = b.t
+        hit = b.slice_costs[key] = (
+            cost_fn(t, die, n, hidden, w, gated, prec),
+            slice_energy_parts(t, kind, n, hidden, w, gated, prec, dtype),
+        )
+    dur, parts = hit
     op = g.add(COMPUTE, dur, (die,), die, i, lk)
+    b.energy.charge_indexed(die, parts, op)
     la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
     la.ops.append(op)
     # edges from the die's fence, latest compute and the slot's fill (op is new: no self edge)
@@ -123,7 +132,6 @@ def gemm(b: Builder, s: DieState, i: Gemm) -> None:
     if gated); also waits for the die's
     latest ``x`` block of the layer; its ``h`` is held until the slot's ``accum``."""
     op, content, la, n, w, gated = slice_compute(b, s, i, "gemm", _gemm_cost)
-    charge_slice(b, s, op, i)
     la.x_uses.append((op, i.tokens))
     s.pending_h[i.slot] = (op, h_bytes(n, w, gated))
     b.g.edge(s.last_recv.get((content.layer, "x")), op)
@@ -134,7 +142,6 @@ def gemm(b: Builder, s: DieState, i: Gemm) -> None:
 def act(b: Builder, s: DieState, i: Act) -> None:
     """The activation (:func:`moec.ir.cost.act_time`; ideal: ``2 T w`` FLOPs at peak)."""
     op, *_ = slice_compute(b, s, i, "act", _act_cost)
-    charge_slice(b, s, op, i)
     computed(s, i.slot, op)
 
 
@@ -143,7 +150,6 @@ def accum(b: Builder, s: DieState, i: Accum) -> None:
     """The down-projection into the outputs (:func:`moec.ir.cost.accum_time`; ideal: ``2 T w d``
     FLOPs); releases the slice's ``h``."""
     op, _, la, *_ = slice_compute(b, s, i, "accum", _accum_cost)
-    charge_slice(b, s, op, i)
     la.accums.append((op, i.tokens))
     pending = s.pending_h.pop(i.slot, None)
     if pending is not None:
