@@ -261,3 +261,26 @@ def test_printed_expansion_gives_the_same_peaks() -> None:
         assert again.report.peak_sram_bytes == first.report.peak_sram_bytes, strategy
         assert again.report.peak_sram_activation_bytes == first.report.peak_sram_activation_bytes
         assert max(first.report.peak_sram_activation_bytes) > 0
+
+
+def test_token_buffering_reserves_the_carried_tokens() -> None:
+    # fsedp with slack=0.2 at 16 tokens: each die is home to 4 and keeps up to
+    # min(4, floor(0.2 x 16)) = 3 deferred tokens into the next iteration, whose gemms compute
+    # them too: 7 tokens' x and y (7 x 192) and h of one column for 7 tokens (7 x 2 x 4)
+    module = moe_module(8, 2, 16, hidden=32, ffn=16)
+    col = 3 * 32 * 2  # one fp16 FFN column of gate, up, down
+    need = 7 * (64 + 128) + h_col(7) + 4 * col
+
+    def at(sram: int, strategy: str) -> Program:
+        return lower(module, TargetRef("fsedp-2x2", (("sram_bytes_per_die", sram),)), strategy)
+
+    at(need - 1, "fsedp-paired")  # without buffering 4 home tokens fit
+    with pytest.raises(
+        ScheduleError,
+        match=rf"does not fit SRAM: die 0 needs {need} bytes \(activations {need - 4 * col} \+ "
+        rf"slots {4 * col}: 4 of one FFN column of moe0\), has {need - 1}",
+    ):
+        at(need - 1, "fsedp-buf")
+    p = at(need, "fsedp-buf")
+    pool = p.slot_pool(0)
+    assert pool is not None and pool.count * pool.nbytes + need - 4 * col <= need
