@@ -44,6 +44,7 @@ class Expected:
     activation: str = "silu"
     biases: bool = False
     gated: bool = True
+    swiglu_limit: float | None = 0.5
 
 
 # From the configs in make_fixtures.py: hidden 32, 8 experts, top-2 everywhere.
@@ -104,6 +105,13 @@ EXPECTED = {
         activation="relu2",
         gated=False,
     ),  # fmt: skip
+    # Clamped SwiGLU (limit 1) in the routed experts and the shared MLP (one fused gate-up
+    # Linear split in halves); sigmoid + correction bias; the routed sum scaled by 2 (a Mul
+    # after the sum, folded into the op) before the shared output is added.
+    "minimax_m3": Expected(
+        layers=2, ffn=24, scoring="sigmoid", routed_scaling=2.0, score_bias=True, num_shared=1,
+        shared_ffn=40, activation="swiglu", swiglu_limit=1.0,
+    ),  # fmt: skip
     # opset 18 writes GELU out: 0.5 * x * (1 + Erf(x / sqrt 2)).
     "olmoe_gelu": Expected(layers=2, ffn=24, normalize=False, activation="gelu"),
 }
@@ -134,7 +142,7 @@ def _check_layers(result: LiftResult, want: Expected) -> None:
             assert layer.has(key) == want.biases, key
         if want.activation == "swiglu":
             assert layer.swiglu_alpha == pytest.approx(1.702)
-            assert (layer.swiglu_beta, layer.swiglu_limit) == (1.0, 0.5)
+            assert (layer.swiglu_beta, layer.swiglu_limit) == (1.0, want.swiglu_limit)
 
 
 @pytest.mark.parametrize("arch", sorted(EXPECTED))
@@ -175,6 +183,10 @@ def test_layer_numerics_match_onnxruntime(arch: str, seed: int) -> None:
         ("glm4_moe", "routed scaling", lambda layer: setattr(layer, "routed_scaling", 1.0)),
         ("dbrx_unrolled", "renormalization", lambda layer: setattr(layer, "normalize_topk", False)),
         ("olmoe_gelu", "gelu", lambda layer: setattr(layer, "activation", "silu")),
+        ("minimax_m3", "swiglu clamp", lambda layer: setattr(layer, "swiglu_limit", None)),
+        ("minimax_m3", "shared expert", lambda layer: layer.weights.pop("sh_down")),
+        ("minimax_m3", "shared swiglu", lambda layer: setattr(layer, "shared_activation", "silu")),
+        ("minimax_m3", "routed scaling", lambda layer: setattr(layer, "routed_scaling", 1.0)),
     ],
 )
 def test_fixture_exercises_feature(arch: str, feature: str, ablate: object) -> None:

@@ -40,6 +40,7 @@ SHARED = {
     "ernie4_5_moe",
     "glm4_moe",
     "granitemoeshared",
+    "minimax_m3",
 }
 
 

@@ -51,7 +51,7 @@ def match_gating(walk: Walk, value: str, width: int) -> Gating:
         return Gating(act[0], None, np.arange(width), act[1])
     for (g, gate_cols), (u, up_cols) in (parts, parts[::-1]):
         trial = Walk(walk.view)
-        sw = _swiglu(trial, g, u)
+        sw = swiglu_of(trial, g, u)
         if sw is not None:
             walk.nodes |= trial.nodes
             return Gating("swiglu", gate_cols, up_cols, *sw)
@@ -143,7 +143,7 @@ def _clip(walk: Walk, value: str) -> tuple[str, float | None, float | None]:
     return c.output[0], lo, hi
 
 
-def _swiglu(walk: Walk, g: str, u: str) -> tuple[str, float, float, float | None] | None:
+def swiglu_of(walk: Walk, g: str, u: str) -> tuple[str, float, float, float | None] | None:
     """gpt-oss SwiGLU of gate ``g`` and up ``u``: (output, alpha, beta, limit) or None."""
     g, g_lo, g_hi = _clip(walk, g)
     u, u_lo, u_hi = _clip(walk, u)
