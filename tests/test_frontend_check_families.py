@@ -15,7 +15,7 @@ from moec.compiler.frontend import load_module
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 # fixture -> shared experts per MoE layer
-FAMILIES = {"minimax_m3": 1}
+FAMILIES = {"minimax_m3": 1, "hy_v4": 1}
 
 
 @pytest.mark.parametrize("strategy", ["ep", "tp", "fsedp"])

@@ -41,6 +41,7 @@ SHARED = {
     "glm4_moe",
     "granitemoeshared",
     "minimax_m3",
+    "hy_v4",
 }
 
 
