@@ -29,6 +29,7 @@ import onnx
 from moec.compiler.frontend.hf_gating import match_gating, match_separate_gating
 from moec.compiler.frontend.hf_layer import (
     Projection,
+    absorb_scaling,
     build_layer,
     close_from_deepest,
     layer_output,
@@ -104,7 +105,9 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
         raise walk.fail(gating.output, "expected the expert activation to feed the down projection")
     walk.back(down.input)
     combined = _combine(walk, down, routing)
-    y, shared = match_shared(walk, combined, x_root, gated=gating.gated)
+    combined = absorb_scaling(walk, combined, routing)
+    swiglu = (gating.alpha, gating.beta, gating.limit) if gating.activation == "swiglu" else None
+    y, shared = match_shared(walk, combined, x_root, gated=gating.gated, swiglu=swiglu)
     layer = build_layer(topk_name, routing, up, down, gating, shared)
     layer.annotations.source = "hf.batched_mm"
     walk.back(router.x)
