@@ -8,6 +8,7 @@ the ``slow`` test regenerates them with torch and transformers when both are ins
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +264,17 @@ def test_gemma4_folds_per_expert_gate_scale_into_w_down() -> None:
     w = lf.layer.weights["w_down"]
     lf.layer.weights["w_down"] = present("w_down", w.array() / scale[:, None, None])
     assert max_rel_error(evaluate(lf.layer, x), want) > 1e-3
+
+
+def test_gemma4_inspect_json_says_the_gate_scale_is_folded(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from moec.compiler.cli.main import main
+
+    assert main(["inspect", str(FIXTURES / "gemma4_text.onnx"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["moe_layers"]
+    assert [r["routing_note"] for r in rows] == [EXPERT_SCALE_NOTE] * 2
+    assert [r["activation"] for r in rows] == ["gelu_tanh"] * 2
 
 
 def test_gemma4_router_input_is_the_shared_normalization() -> None:
