@@ -1,11 +1,12 @@
 """CPU time of the timing machine's stages on one ``moec bench`` point (issue 19, per layer).
 
-    python scripts/bench_timing.py [--repeat N] -- BENCH ARGS...
-    python scripts/bench_timing.py -- --model qwen3-30b-a3b --target fsedp-4x4 \\
-        --set dies_x=8 --set dies_y=8 --tokens 1024 --strategies fsedp-paired
+    python scripts/bench_timing.py --model M --target T [--set K=V] --tokens N --strategy S
+        [--layers N|all] [--allow-overflow] [--repeat N]
+    python scripts/bench_timing.py --model qwen3-30b-a3b --target fsedp-4x4 \\
+        --set dies_x=8 --set dies_y=8 --tokens 1024 --strategy fsedp-paired
 
-Runs the ``moec bench`` command given after ``--`` once, in this process, keeping the expanded
-program and target that :func:`~moec.backends.interp.timing.run_timing` receives, then runs
+Runs the ``moec bench`` point (:func:`moec.bench.run_bench`) once, in this process, keeping
+the expanded program and target that :func:`~moec.backends.interp.timing.run_timing` receives, then runs
 ``run_timing`` on them ``--repeat`` times with the garbage collector off and prints the least
 process CPU time of the op-graph build, the SRAM accounting, the rest (event loop and the
 timeline) and the whole, plus a fingerprint of the timeline (starts, ends, peaks, energy) that
@@ -18,10 +19,8 @@ run it once per tree (``PYTHONPATH`` set to a ``moec`` package root, as ``bench_
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import hashlib
-import io
 import sys
 import time
 from typing import Any
@@ -29,14 +28,20 @@ from typing import Any
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--tokens", type=int, required=True)
+    ap.add_argument("--strategy", required=True)
+    ap.add_argument("--layers", default="1", help="a number or 'all'")
+    ap.add_argument("--allow-overflow", action="store_true")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("bench", nargs=argparse.REMAINDER, help="-- then the moec bench arguments")
     args = ap.parse_args(argv)
-    bench_args = [a for a in args.bench if a != "--"]
 
     import moec.backends.interp.simulate  # noqa: F401 - the module, not the function
     import moec.backends.interp.timing as timing
-    from moec.compiler.cli.main import main as moec_main
+    from moec.bench import run_bench
+    from moec.options import parse_overrides
 
     sim: Any = sys.modules["moec.backends.interp.simulate"]
     seen: list[tuple[Any, Any]] = []
@@ -48,11 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_timing(p, t, *a, **k)
 
     sim.run_timing = keep
-    with contextlib.redirect_stdout(io.StringIO()):  # the bench's own JSON rows
-        code = moec_main(["bench", *bench_args, "--json"]) if bench_args else 2
+    layers: int | str = int(args.layers) if args.layers.isdigit() else args.layers
+    run_bench(
+        args.model, args.target, [args.tokens], [args.strategy], layers=layers,
+        overrides=parse_overrides(args.set), allow_overflow=args.allow_overflow,
+    )  # fmt: skip
     sim.run_timing = run_timing
     if not seen:
-        print(f"bench_timing: the bench command ran no point (exit {code})", file=sys.stderr)
+        print("bench_timing: the point ran no timing", file=sys.stderr)
         return 2
     p, t = seen[0]
 
