@@ -380,6 +380,11 @@ def layer_output(walk: Walk, y: str, x: str) -> str:
 # --- building the canonical layer -------------------------------------------------------------
 
 
+#: The layer's gates were multiplied by a per-expert scale (Gemma-4), folded into ``w_down``:
+#: the outputs are the model's, the op's gate weights are the scale-free ones.
+EXPERT_SCALE_NOTE = "per_expert_gate_scale_folded_into_w_down"
+
+
 @dataclass(eq=False)
 class Projection:
     """One batched projection: ``out[s] = in[s] @ W[ids[s]] (+ b[ids[s]])``, W as [E, in, out]."""
@@ -413,19 +418,27 @@ def build_layer(
         if up.b is not None:
             weights[f"b_{part}"] = present(f"b_{part}", np.ascontiguousarray(up.b[:, c]))
     F = len(gating.up_cols)
-    weights["w_down"] = present("w_down", down.w)
-    if down.b is not None:
-        weights["b_down"] = present("b_down", down.b)
+    w_down, b_down = down.w, down.b
+    if routing.expert_scale is not None:
+        # gate * s[e] * (h @ W_down[e] + b[e]) == gate * (h @ (s[e] W_down[e]) + s[e] b[e])
+        s = routing.expert_scale.astype(np.float32)
+        w_down = (w_down * s[:, None, None]).astype(np.float32)
+        b_down = None if b_down is None else (b_down * s[:, None]).astype(np.float32)
+    weights["w_down"] = present("w_down", w_down)
+    if b_down is not None:
+        weights["b_down"] = present("b_down", b_down)
     layer = MoELayer(
         name, E, routing.top_k, d, F, weights, scoring=router.scoring,
         normalize_topk=routing.normalize, routed_scaling=routing.scaling,
         n_group=routing.n_group, topk_group=routing.topk_group, group_score=routing.group_score,
         activation=gating.activation, gated=gating.gated, swiglu_alpha=gating.alpha,
         swiglu_beta=gating.beta, swiglu_limit=gating.limit,
-        sparsemixer_eps=routing.sparsemixer_eps,
+        sparsemixer_eps=routing.sparsemixer_eps, bias_on_logits=routing.bias_on_logits,
     )  # fmt: skip
     if routing.n_group > 1:
         layer.group_fill = routing.group_fill
+    if routing.expert_scale is not None:
+        layer.annotations.routing_note = EXPERT_SCALE_NOTE
     if shared is not None:
         attach_shared(layer, shared)
     layer.verify()

@@ -111,6 +111,13 @@ def _expert_mask(walk: Walk, onehot: onnx.NodeProto, E: int) -> str:
 def _slots(walk: Walk, mask: str) -> list[str]:
     """The unrolled slots: outputs of the Split of the hit-expert list."""
     reds = walk.of_type(mask, "ReduceSum")
+    cs = walk.consumers(mask)
+    if (
+        not reds
+        and cs
+        and all(c.op_type == "Gather" and walk.const(c.input[1]) is not None for c in cs)
+    ):
+        raise NotThisPattern  # indexed by constant expert ids: a hand-written loop (torch_loop)
     if len(reds) != 1:
         raise walk.fail(mask, "expected the per-expert token counts (ReduceSum of the mask)")
     red = walk.take(reds[0])

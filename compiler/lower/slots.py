@@ -2,8 +2,9 @@
 
 Each die gets ``slots`` slots (default 4) of one size, and each layer's experts are cut into the
 fewest even slices whose largest fits a slot in the SRAM the layer's activations leave
-(``slots x slot bytes + activations <= SRAM``, the activations as :func:`predicted_activations`
-estimates them for the strategy's :data:`ACTIVATION_KINDS` entry, see :mod:`moec.ir.activations`);
+(``slots x slot bytes + activations <= SRAM``, the activations the most any routing can put on a
+die, as :func:`predicted_activations` bounds them for the strategy's :data:`ACTIVATION_KINDS`
+entry, see :mod:`moec.ir.activations`: a program fits whatever routing it runs);
 the slot size is the largest slice of any layer. Whole-expert strategies (EP, Hydra, EPLB, TP)
 cut no coarser than the count :func:`~moec.compiler.lower.slicing.preferred_slices` estimates
 fastest, which does not depend on SRAM (so more SRAM never coarsens a cut past it). When even one-column slices do not fit,
@@ -147,30 +148,38 @@ def _fewest_slices_in(
 
 def predicted_activations(
     kind: str, *, tokens: int, home: int, dies: int, top_k: int, hidden: int, dtype: str,
-    shared: bool,
+    shared: bool, links_in: int | None = None,
 ) -> ActivationEstimate:  # fmt: skip
-    """What the lowering expects a die to hold besides slots (see :mod:`moec.ir.activations`).
+    """The most activations a die can hold besides slots, whatever the routing (the rules of
+    :mod:`moec.ir.activations`): the program runs any routing of its ``tokens`` (a serving run
+    routes every iteration differently), so slots are sized for the most loaded die.
 
-    Every die holds ``home`` tokens' ``x`` and ``y`` (the most any die has). ``routed`` adds other
-    dies' tokens with their ``x`` and partial ``y``: the expected number for uniform routing,
-    ``(tokens - home) x (1 - (1 - 1/dies) ** top_k)`` (each token's ``top_k`` experts land on a
-    given die with that probability), or all of them when the layer's shared experts are split
-    over the dies (every die computes them for every token); ``all`` adds all of them. A skewed
-    batch can hold more at run time: the interpreter charges what the run really holds and
-    reports an excess. ``h`` is bounded by the most tokens one slice's gemm can have: ``home``
-    under ``home``, every token otherwise (an expert chosen by the whole batch).
+    ``home``: tokens stay on their die, which holds its ``home`` tokens' ``x`` and ``y`` (the
+    most any die has). ``routed`` and ``all``: a die holds each token of the batch at most once,
+    as its own (``x`` and ``y``) or another die's (received ``x`` and partial ``y``), and every
+    token can be on one die (all routed to its experts; under ``all`` every die holds every
+    token); besides, ``recv y`` blocks land while they cross a link: a token's partial outputs
+    reach a die from at most ``min(top_k, dies - 1)`` expert dies, or ``dies - 1`` when partial
+    sums are reduced over the dies (``all``, or shared experts split over them), and, with
+    ``links_in`` (the most links into a die), at most two blocks per link land at once (a link
+    carries one block at a time; the previous one may still be in its latency), each of at most
+    ``home`` rows (a ``y`` block carries tokens of one home die). ``h`` is bounded
+    by the most tokens one slice's gemm can have: ``home`` under ``home``, every token otherwise
+    (an expert chosen by the whole batch).
     """
     if kind not in ACTIVATION_KINDS:
         raise StrategyError(f"activation kind {kind!r}, expected one of {ACTIVATION_KINDS}")
-    others = tokens - home
-    if kind == "home":
-        remote = 0.0
-    elif kind == "all" or shared or dies <= 1:
-        remote = float(others)
-    else:
-        remote = others * (1.0 - (1.0 - 1.0 / dies) ** top_k)
-    fixed = predicted_activation_bytes(home=home, remote=remote, hidden=hidden, dtype=dtype)
-    return ActivationEstimate(fixed, home if kind == "home" else tokens)
+    if kind == "home" or dies <= 1:
+        fixed = predicted_activation_bytes(home=home, remote=0, hidden=hidden, dtype=dtype)
+        return ActivationEstimate(fixed, home if kind == "home" else tokens)
+    sources = dies - 1 if kind == "all" or shared else min(top_k, dies - 1)
+    landing = tokens * sources
+    if links_in is not None:
+        landing = min(landing, 2 * links_in * home)
+    fixed = predicted_activation_bytes(
+        home=home, remote=tokens - home, hidden=hidden, dtype=dtype, landing=landing
+    )
+    return ActivationEstimate(fixed, tokens)
 
 
 def home_tokens(tokens: int, dies: int, routing: RoutingTrace | None) -> int:
@@ -222,6 +231,7 @@ def plan_layers(
     D = target.num_dies
     home = -(-tokens // D) if home is None else home
     acc = _elem(ACCUM_PRECISION)
+    links_in = max(len([lk for lk in target.links if lk.dst == d.id]) for d in target.dies)
     plans: list[LayerPlan] = []
     for i, op in enumerate(ops):
         layer: MoELayer = op.layer
@@ -232,7 +242,7 @@ def plan_layers(
             dtype = max(widest, key=_elem)  # slices fit the widest precision any expert streams at
         est = predicted_activations(
             kind, tokens=tokens, home=home, dies=D, top_k=layer.top_k, hidden=layer.hidden,
-            dtype=dtype, shared=layer.has_shared,
+            dtype=dtype, shared=layer.has_shared, links_in=links_in,
         )  # fmt: skip
         e = _elem(dtype)
         mats = 3 if layer.gated else 2
