@@ -144,7 +144,7 @@ def _error_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             ["--routing", str(tmp_path / "bad.json")],
             "model layer has 8 experts top-2, trace has 16 experts top-4",
         ),
-        "sram": (["--set", "sram_bytes_per_die=1000"], "does not fit SRAM: die 0 needs 4672 bytes"),
+        "sram": (["--set", "sram_bytes_per_die=1000"], "does not fit SRAM: die 0 needs 2784 bytes"),
         "unknown strategy": (["--strategy", "zigzag"], "unknown strategy 'zigzag'"),
         "bad pass": (["--passes", "no-such-pass"], "unknown pass 'no-such-pass'"),
         "bad override": (["--set", "warp_speed=9"], "unknown target override 'warp_speed'"),

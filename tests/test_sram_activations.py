@@ -191,17 +191,26 @@ def test_concentrated_routing_fits_by_construction() -> None:
     r = simulate(p, routings=trace)  # no overflow: the hard limit holds
     assert max(r.report.peak_sram_bytes) <= sram
     assert "sram_over_bytes" not in r.report.extra
-    # a die that cannot hold the worst case with even one column per slot: the located error
+    # a die that cannot hold the worst case with even one column per slot falls back to the
+    # uniform-routing reserve: it compiles, and the hard limit refuses the run that holds more
     one = worst.fixed + h_col(8) + slots * col
+    tight = TargetRef("fsedp-2x2", (("sram_bytes_per_die", one - 1),))
+    p = lower(module, tight, "ep", {"slots": str(slots)}, trace)
+    width = (one - 1 - old.fixed) // (slots * col + h_col(8))
+    assert p.layout("moe0") is not None and p.layout("moe0").count == -(-16 // width)
+    with pytest.raises(ScheduleError, match=r"does not fit SRAM: die 1 holds \d+ bytes"):
+        simulate(p, routings=trace)
+    # nor the expected reserve with one column per slot: the located error, its figures
+    least = old.fixed + h_col(8) + slots * col
     with pytest.raises(
         ScheduleError,
-        match=rf"does not fit SRAM: die 0 needs {one} bytes \(activations "
-        rf"{worst.fixed + h_col(8)} \+ slots {slots * col}: {slots} of one FFN column of moe0\), "
-        rf"has {one - 1}",
+        match=rf"does not fit SRAM: die 0 needs {least} bytes \(activations "
+        rf"{old.fixed + h_col(8)} \+ slots {slots * col}: {slots} of one FFN column of moe0\), "
+        rf"has {least - 1}",
     ):
-        lower(module, TargetRef("fsedp-2x2", (("sram_bytes_per_die", one - 1),)), "ep",
+        lower(module, TargetRef("fsedp-2x2", (("sram_bytes_per_die", least - 1),)), "ep",
               {"slots": str(slots)}, trace)  # fmt: skip
-    lower(module, TargetRef("fsedp-2x2", (("sram_bytes_per_die", one),)), "ep",
+    lower(module, TargetRef("fsedp-2x2", (("sram_bytes_per_die", least),)), "ep",
           {"slots": str(slots)}, trace)  # fmt: skip
 
 

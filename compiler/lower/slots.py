@@ -4,7 +4,8 @@ Each die gets ``slots`` slots (default 4) of one size, and each layer's experts 
 fewest even slices whose largest fits a slot in the SRAM the layer's activations leave
 (``slots x slot bytes + activations <= SRAM``, the activations the most any routing can put on a
 die, as :func:`predicted_activations` bounds them for the strategy's :data:`ACTIVATION_KINDS`
-entry, see :mod:`moec.ir.activations`: a program fits whatever routing it runs);
+entry, see :mod:`moec.ir.activations`: a program fits whatever routing it runs; where that
+bound leaves no room for slots, :func:`expected_activations`, and the run-time limit decides);
 the slot size is the largest slice of any layer. Whole-expert strategies (EP, Hydra, EPLB, TP)
 cut no coarser than the count :func:`~moec.compiler.lower.slicing.preferred_slices` estimates
 fastest, which does not depend on SRAM (so more SRAM never coarsens a cut past it). When even one-column slices do not fit,
@@ -182,6 +183,26 @@ def predicted_activations(
     return ActivationEstimate(fixed, tokens)
 
 
+def expected_activations(
+    kind: str, *, tokens: int, home: int, dies: int, top_k: int, hidden: int, dtype: str,
+    shared: bool,
+) -> ActivationEstimate:  # fmt: skip
+    """The activations a die holds under uniform routing: ``home`` tokens plus the other dies'
+    tokens it expects, ``(T - home) x (1 - (1 - 1/D) ** top_k)`` (all of them under ``all`` or
+    with split shared experts). The reserve when :func:`predicted_activations`' any-routing
+    bound leaves no room for slots: the program then fits the routings near uniform, and the
+    interpreter's hard limit refuses a run that holds more (``--allow-overflow`` runs it)."""
+    others = tokens - home
+    if kind == "home":
+        remote = 0.0
+    elif kind == "all" or shared or dies <= 1:
+        remote = float(others)
+    else:
+        remote = others * (1.0 - (1.0 - 1.0 / dies) ** top_k)
+    fixed = predicted_activation_bytes(home=home, remote=remote, hidden=hidden, dtype=dtype)
+    return ActivationEstimate(fixed, home if kind == "home" else tokens)
+
+
 def home_tokens(tokens: int, dies: int, routing: RoutingTrace | None) -> int:
     """The most tokens any die is home to: from the routing trace, else contiguous blocks."""
     if routing is not None and routing.layers:
@@ -220,6 +241,20 @@ def check_tokens_fit(layers: list[MoELayer], target: Target, tokens: int, where:
             )
 
 
+def _no_room_for_shared(
+    layer: MoELayer, e: float, est: ActivationEstimate, sram: int, opts: LoweringOptions
+) -> bool:
+    """Whether ``slots`` one-column slices of the shared experts (``e`` bytes per element) fail
+    to fit beside ``est``."""
+    s_col = layer.shared_mats * layer.hidden * e
+    s_extra = layer.hidden * e if layer.has("sh_router") else 0
+    s_h_col = est.h_tokens * 2 * _elem(ACCUM_PRECISION)
+    fits = _fewest_slices_in(
+        layer.shared_ffn, s_col, s_extra, s_h_col, sram - est.fixed, opts.slots
+    )
+    return fits is None
+
+
 def plan_layers(
     ops: list[Op], target: Target, opts: LoweringOptions, tokens: int, where: str,
     kind: str = "routed", home: int | None = None, routing: RoutingTrace | None = None,
@@ -240,16 +275,22 @@ def plan_layers(
         widest = [p for p in table if p in PRECISION_BYTES] if isinstance(table, list) else []
         if widest and max(_elem(p) for p in widest) > _elem(dtype):
             dtype = max(widest, key=_elem)  # slices fit the widest precision any expert streams at
-        est = predicted_activations(
-            kind, tokens=tokens, home=home, dies=D, top_k=layer.top_k, hidden=layer.hidden,
-            dtype=dtype, shared=layer.has_shared, links_in=links_in,
+        sizes = dict(
+            tokens=tokens, home=home, dies=D, top_k=layer.top_k, hidden=layer.hidden,
+            dtype=dtype, shared=layer.has_shared,
         )  # fmt: skip
+        est = predicted_activations(kind, links_in=links_in, **sizes)  # type: ignore[arg-type]
         e = _elem(dtype)
         mats = 3 if layer.gated else 2
         col = mats * layer.hidden * e + e * (layer.has("b_gate") + layer.has("b_up"))
         extra = layer.hidden * e if layer.has("b_down") else 0
         h_col = est.h_tokens * (2 if layer.gated else 1) * acc  # h per FFN column in flight
         count = _fewest_slices_in(layer.ffn, col, extra, h_col, sram - est.fixed, opts.slots)
+        if count is None or (layer.has_shared and _no_room_for_shared(layer, e, est, sram, opts)):
+            # no room for slots under the any-routing bound: reserve the uniform expectation
+            est = expected_activations(kind, **sizes)  # type: ignore[arg-type]
+            h_col = est.h_tokens * (2 if layer.gated else 1) * acc
+            count = _fewest_slices_in(layer.ffn, col, extra, h_col, sram - est.fixed, opts.slots)
         if count is None:
             one = opts.slots * int(math.ceil(col + extra))
             raise fit_error(
