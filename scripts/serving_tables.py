@@ -118,6 +118,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CACHE: dict[str, Any] = {}
 CACHE_PATH: list[str] = []
+CACHED_ONLY: list[bool] = []
 
 
 def rows_for(
@@ -132,6 +133,13 @@ def rows_for(
             key += f"|{section}"
         if key in CACHE:
             out += CACHE[key]
+            continue
+        if CACHED_ONLY and CACHED_ONLY[0]:  # a table of what finished: say which rows did not
+            out += [
+                {"model": model, "strategy": s, "label": labels[s],
+                 "residency": residency or "-", "error": "not run (cut for time)"}
+                for _, s in STRATEGIES
+            ]  # fmt: skip
             continue
         t0 = time.perf_counter()
         rows = run_bench(
@@ -250,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         "--cache", metavar="FILE.json[,MORE.json]", help="reuse and keep finished rows there"
     )
     ap.add_argument("--no-lm", dest="lm", action="store_false", help="skip the LM-routing table")
+    ap.add_argument(
+        "--cached-only", action="store_true",
+        help="run nothing: rows missing from --cache are marked as not run",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    CACHED_ONLY[:] = [args.cached_only]
     if args.cache:  # rows are written to the first file; all are read
         CACHE_PATH.extend(args.cache.split(","))
         _load_cache()

@@ -55,3 +55,15 @@ def test_calibrated_and_ideal_sections_are_separate() -> None:
     )
     assert added.index("3x3") > added.index("new ideal")
     assert added.replace(_block(st, "fsedp-3x3", "calibrated", "3x3"), "") == new + "\n"
+
+
+def test_cached_only_marks_missing_rows_without_running() -> None:
+    st = _script()
+    st.CACHED_ONLY[:] = [True]
+    try:
+        rows = st.rows_for("qwen3-30b-a3b", st.DRIFT, 16, 4, "fsedp-2x2")
+    finally:
+        st.CACHED_ONLY[:] = []
+    assert len(rows) == 2 * len(st.STRATEGIES)
+    assert all(r["error"] == "not run (cut for time)" for r in rows)
+    assert "| qwen3-30b-a3b | TP | popularity | not run (cut for time) |" in st.table(rows)
