@@ -17,6 +17,7 @@ sizes rejected in milliseconds) are read off the printed table.
 - ``all``: both.
 
 ``--match TEXT`` keeps the cases whose description contains ``TEXT`` (``--match 8x8``);
+``--allow-overflow`` passes that flag to every case (the DeepSeek-V3 cases exceed a die's SRAM);
 ``--before DIR`` runs each case twice, first importing ``moec`` from ``DIR`` (a directory holding
 an older tree as ``moec``: ``mkdir -p DIR/moec && git archive REV | tar -x -C DIR/moec``), and
 prints a before/after table.
@@ -159,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     ap.add_argument("--match", default="", help="only the cases whose description has this")
     ap.add_argument(
+        "--allow-overflow", action="store_true",
+        help="pass --allow-overflow to every case (DeepSeek-V3 on npu8-hbm exceeds a die's SRAM)",
+    )  # fmt: skip
+    ap.add_argument(
         "--before",
         metavar="DIR",
         help="also run each case, first, with DIR on PYTHONPATH (a directory holding another "
@@ -170,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cases in ("goals", "all"):
         cases += goal_cases(strategies)
     cases = [c for c in cases if args.match in c.what]
+    if args.allow_overflow:
+        cases = [Case(c.what + ", --allow-overflow", (*c.args, "--allow-overflow")) for c in cases]
     if args.before:
         print("| run | before: wall / CPU / peak RSS | after: wall / CPU / peak RSS |")
         print("|---|---|---|")

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moec.backends.interp.energy import power_counters
+from moec.backends.interp.summary import tag_spans
 from moec.backends.interp.timing import COMPUTE, DELAY, DENSE_DRAM, LOAD, XFER, Timeline
 from moec.ir.stream.printer import instr as instr_text
 from moec.ir.stream.program import Block, Load, Recv, Send, SliceRef
@@ -133,17 +134,12 @@ class Report:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
-def _spans(names: list[str], tags: list[int], tl: Timeline) -> list[Span]:
-    lo = [float("inf")] * len(names)
-    hi = [float("-inf")] * len(names)
-    start, end = tl.start, tl.end
-    for op, k in enumerate(tags):
-        if k >= 0:
-            if start[op] < lo[k]:
-                lo[k] = start[op]
-            if end[op] > hi[k]:
-                hi[k] = end[op]
-    return [Span(n, lo[k], hi[k]) for k, n in enumerate(names) if hi[k] >= lo[k]]
+def _spans(
+    names: list[str], tags: list[int], tl: Timeline, kept: dict[int, tuple[float, float]] | None
+) -> list[Span]:
+    """Each named part's span: from the ops' ``tags``, or the spans a summarized run ``kept``."""
+    spans = kept if kept is not None else tag_spans(tags, tl.start, tl.end)
+    return [Span(n, *spans[k]) for k, n in enumerate(names) if k in spans]
 
 
 def make_report(tl: Timeline, program: str) -> Report:
@@ -153,12 +149,13 @@ def make_report(tl: Timeline, program: str) -> Report:
     util = [b / span for b in tl.busy]
     L = len(t.links)
     has_host = t.host is not None
+    sm = tl.summary
     return Report(
         program=program,
         target=t.name,
         latency_s=tl.makespan,
-        layers=_spans(tl.layer_names, tl.layer, tl),
-        islands=_spans(tl.island_names, tl.island, tl),
+        layers=_spans(tl.layer_names, tl.layer, tl, None if sm is None else sm.layer_spans),
+        islands=_spans(tl.island_names, tl.island, tl, None if sm is None else sm.island_spans),
         peak_sram_bytes=list(tl.peak_sram),
         peak_sram_activation_bytes=list(tl.peak_sram_activations),
         peak_slot_bytes=list(tl.peak_slot_bytes),
