@@ -8,7 +8,8 @@ weight key         shape           meaning
 =================  ==============  ==========================================
 ``router_w``       [E, d]          router logits = x @ router_w.T (+ router_b)
 ``router_b``       [E]             optional router bias
-``score_bias``     [E]             optional score-correction bias (top-k choice only)
+``score_bias``     [E]             optional score-correction bias (top-k choice only; added
+                                   to the scores, or to the logits with ``bias_on_logits``)
 ``w_gate``         [E, d, F]       gated experts only
 ``w_up``           [E, d, F]       the up projection (fc1 of a non-gated expert)
 ``w_down``         [E, F, d]
@@ -65,6 +66,9 @@ class MoELayer:
     # Added to the sum of the k gate scores when renormalizing; None: 1e-20 for sigmoid scoring
     # (DeepSeek's guard against a zero sum), 0 for softmax.
     normalize_eps: float | None = None
+    # The top-k choice ranks logits + score_bias instead of scores + score_bias (Kolibri-1:
+    # topk(logits + bias), gates the scores of the chosen experts).
+    bias_on_logits: bool = False
     # Experts that quantize their inputs to int8 in blocks of this many elements along the
     # contracted axis (symmetric, scale = max|a| / 127, round half to even), as ONNX Runtime's
     # CPU QMoE does for block-wise 8-bit weights when the contracted length is a multiple of the
@@ -169,16 +173,20 @@ class MoELayer:
         ]  # fmt: skip
         if self.routed_scaling != 1.0:
             parts.append(f"routed_scaling={self.routed_scaling!r}")
+        if self.bias_on_logits:
+            parts.append("choice=logits+bias")
         if self.n_group > 1:
             parts.append(f"groups={self.n_group}/{self.topk_group}/{self.group_score}")
             if self.group_fill is not None:
                 parts.append(f"group_fill={self.group_fill!r}")
-        if self.activation == "swiglu":
+        if "swiglu" in (self.activation, self.shared_activation if self.has_shared else ""):
             parts.append(
                 f"swiglu=({self.swiglu_alpha!r},{self.swiglu_beta!r},{self.swiglu_limit!r})"
             )
         if self.has_shared:
             parts.append(f"shared={self.num_shared}x{self.shared_ffn // max(self.num_shared, 1)}")
+            if self.shared_activation != self.activation:
+                parts.append(f"shared_activation={self.shared_activation}")
             if self.has("sh_router"):
                 parts.append("shared_gate=sigmoid")
         for key, value in self.annotations.items():
@@ -209,6 +217,8 @@ class MoELayer:
             )
         if self.group_score not in GROUP_SCORES:
             raise ModelError(f"unknown group score {self.group_score!r}", where)
+        if self.bias_on_logits and (self.n_group > 1 or self.scoring == "sparsemixer"):
+            raise ModelError("bias_on_logits needs plain top-k routing (one group)", where)
         Fs = self.shared_ffn
         expected: dict[str, tuple[int, ...]] = {
             "router_w": (E, d), "router_b": (E,), "score_bias": (E,),
@@ -347,7 +357,10 @@ def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids, gates = sparsemixer(router_logits(layer, x), layer.sparsemixer_eps)
         return ids, (gates * np.float32(layer.routed_scaling)).astype(np.float32)
     scores = router_scores(layer, x)
-    choice = scores + _f32(layer.array("score_bias")) if layer.has("score_bias") else scores
+    choice = scores
+    if layer.has("score_bias"):
+        ranked = router_logits(layer, x) if layer.bias_on_logits else scores
+        choice = ranked + _f32(layer.array("score_bias"))
     if layer.n_group > 1:
         T, E = choice.shape
         grouped = choice.reshape(T, layer.n_group, E // layer.n_group)
@@ -409,14 +422,20 @@ def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(No
     if not layer.gated:
         return activate(layer.activation, up)
     gate = _f32(x) @ _f32(layer.array("w_gate")[e][:, cols]) + _bias(layer, "b_gate", e, cols)
-    if layer.activation == "swiglu":
+    return _gated(layer, layer.activation, gate, up)
+
+
+def _gated(layer: MoELayer, kind: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """``act(gate) * up``, or for ``swiglu`` the layer's clamped SwiGLU (one parameter set,
+    shared by routed and shared experts)."""
+    if kind == "swiglu":
         if layer.swiglu_limit is not None:
             lim = np.float32(layer.swiglu_limit)
             gate = np.minimum(gate, lim)
             up = np.clip(up, -lim, lim)
         glu = gate * _sigmoid(np.float32(layer.swiglu_alpha) * gate)
         return (glu * (up + np.float32(layer.swiglu_beta))).astype(np.float32)
-    return (activate(layer.activation, gate) * up).astype(np.float32)
+    return (activate(kind, gate) * up).astype(np.float32)
 
 
 def expert_down(
@@ -463,7 +482,7 @@ def shared_ffn(
 def _shared_hidden(layer: MoELayer, x: np.ndarray, cols: slice) -> np.ndarray:
     up = x @ _f32(layer.array("sh_up")[:, cols])
     if layer.has("sh_gate"):
-        return activate(layer.shared_activation, x @ _f32(layer.array("sh_gate")[:, cols])) * up
+        return _gated(layer, layer.shared_activation, x @ _f32(layer.array("sh_gate")[:, cols]), up)
     return activate(layer.shared_activation, up)
 
 
@@ -517,7 +536,10 @@ _CONFIG_FIELDS = (
     "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
     "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
     "act_quant_block", "sparsemixer_eps", "router_act_quant_block", "shared_act_quant_block",
+    "bias_on_logits",
 )  # fmt: skip
+# Options written only when set (older programs and goldens stay as they were).
+_WHEN_SET = ("bias_on_logits",)
 
 
 def layer_config(layer: MoELayer) -> dict[str, int | float | str]:
@@ -532,6 +554,8 @@ def layer_config(layer: MoELayer) -> dict[str, int | float | str]:
         value = getattr(layer, key)
         if value is None or (key == "sparsemixer_eps" and layer.scoring != "sparsemixer"):
             continue
+        if key in _WHEN_SET and not value:
+            continue
         out[key] = int(value) if isinstance(value, bool) else value
     return out
 
@@ -542,7 +566,7 @@ def layer_from_config(name: str, config: dict[str, Any], weights: dict[str, Weig
     if unknown:
         raise ModelError(f"unknown MoE layer options {unknown}", name)
     kwargs: dict[str, Any] = dict(config)
-    for key in ("normalize_topk", "gated"):
+    for key in ("normalize_topk", "gated", *_WHEN_SET):
         if key in kwargs:
             kwargs[key] = bool(kwargs[key])
     for key in (

@@ -40,6 +40,9 @@ SHARED = {
     "ernie4_5_moe",
     "glm4_moe",
     "granitemoeshared",
+    "kolibri1",
+    "minimax_m3",
+    "hy_v4",
 }
 
 

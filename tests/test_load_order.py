@@ -29,8 +29,8 @@ def test_dies_no_longer_all_load_channel_0_last(monkeypatch) -> None:
     seen: list[tuple[list, list]] = []
     original = ep_expand.order_work
 
-    def spy(ctx, work, shared=None):  # type: ignore[no-untyped-def]
-        out = original(ctx, work, shared)
+    def spy(ctx, work, shared=None, pieces=()):  # type: ignore[no-untyped-def]
+        out = original(ctx, work, shared, pieces)
         seen.append((list(work), out))
         return out
 
@@ -45,3 +45,21 @@ def test_dies_no_longer_all_load_channel_0_last(monkeypatch) -> None:
 
     assert last_channels(given) == [0, 0, 0]
     assert last_channels(ordered) != [0, 0, 0]
+
+
+def test_compute_estimate_counts_two_matrices_for_non_gated_experts() -> None:
+    """The ordering's compute estimate is the expert's FLOPs: 3 matrices gated, 2 not."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from moec.backends.interp.expand.load_order import _expert_compute_time
+    from moec.ir.cost import compute_time
+    from moec.ir.stream.program import MoEDecl
+    from moec.ir.target import load_target
+
+    target = load_target("fsedp-2x2")
+    gated = MoEDecl("moe0", experts=4, top_k=2, hidden=64, ffn=32, tokens=8, input="x", output="y")
+    for m, mats in ((gated, 3), (replace(gated, gated=False), 2)):
+        ctx = SimpleNamespace(layer=m, target=target, precision=lambda e: "fp16")
+        flops = 2.0 * mats * 5 * 64 * 32
+        assert _expert_compute_time(ctx, 0, 1, 5) == compute_time(target, 0, flops, "fp16")  # type: ignore[arg-type]

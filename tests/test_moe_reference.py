@@ -110,3 +110,31 @@ def test_evaluate_weights_expert_outputs_by_gates() -> None:
     y = evaluate(layer, x)
     # token 0: sig(3) > sig(0) -> expert 1 (x2); token 1: sig(0) > sig(-3) -> expert 0 (x1).
     np.testing.assert_allclose(y, [[_sig(3.0) * 2 * 3.0], [_sig(0.0) * 1 * -3.0]], rtol=1e-6)
+
+
+def test_bias_on_logits_ranks_logits_plus_bias() -> None:
+    # Scores + bias: sig(1.9) + 0.5 ~ 1.37 beats sig(3) ~ 0.95; logits + bias: 2.4 loses to 3.
+    bias = [0.0, 0.0, 0.0, 0.5]
+    on_scores = router_layer(scoring="sigmoid", normalize_topk=False, top_k=1, score_bias=bias)
+    assert route(on_scores, LOGITS)[0].tolist() == [[3]]
+    layer = router_layer(
+        scoring="sigmoid", normalize_topk=False, top_k=1, score_bias=bias, bias_on_logits=True
+    )
+    ids, gates = route(layer, LOGITS)
+    assert ids.tolist() == [[0]]
+    np.testing.assert_allclose(gates, [[_sig(3.0)]], rtol=1e-6)
+
+
+def test_bias_on_logits_is_stored_only_when_set() -> None:
+    from moec.ir.errors import ModelError
+    from moec.ir.moe import layer_config, layer_from_config
+
+    plain = router_layer(scoring="sigmoid", score_bias=[0.0] * 4)
+    assert "bias_on_logits" not in layer_config(plain)
+    layer = router_layer(scoring="sigmoid", score_bias=[0.0] * 4, bias_on_logits=True)
+    config = layer_config(layer)
+    assert config["bias_on_logits"] == 1
+    assert layer_from_config("t", config, layer.weights).bias_on_logits is True
+    grouped = router_layer(scoring="sigmoid", bias_on_logits=True, n_group=2, topk_group=1)
+    with pytest.raises(ModelError, match="bias_on_logits"):
+        grouped.verify()

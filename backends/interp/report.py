@@ -24,11 +24,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from moec.backends.interp.energy import power_counters
-from moec.backends.interp.summary import tag_spans
 from moec.backends.interp.timing import COMPUTE, DELAY, DENSE_DRAM, LOAD, XFER, Timeline
 from moec.ir.stream.printer import instr as instr_text
 from moec.ir.stream.program import Block, Load, Recv, Send, SliceRef
@@ -137,9 +137,19 @@ class Report:
 def _spans(
     names: list[str], tags: list[int], tl: Timeline, kept: dict[int, tuple[float, float]] | None
 ) -> list[Span]:
-    """Each named part's span: from the ops' ``tags``, or the spans a summarized run ``kept``."""
-    spans = kept if kept is not None else tag_spans(tags, tl.start, tl.end)
-    return [Span(n, *spans[k]) for k, n in enumerate(names) if k in spans]
+    """Each tagged group's span: its ops' earliest start and latest end (min and max are exact,
+    so one ``np.minimum.at`` / ``np.maximum.at`` over the ops gives the loop's result), or the
+    spans a run summarized layer by layer ``kept``."""
+    if kept is not None:
+        return [Span(n, *kept[k]) for k, n in enumerate(names) if k in kept]
+    lo = np.full(len(names), np.inf)
+    hi = np.full(len(names), -np.inf)
+    tag = np.asarray(tags, dtype=np.int64)
+    mine = np.flatnonzero(tag >= 0)
+    if mine.size:
+        np.minimum.at(lo, tag[mine], np.asarray(tl.start, dtype=np.float64)[mine])
+        np.maximum.at(hi, tag[mine], np.asarray(tl.end, dtype=np.float64)[mine])
+    return [Span(n, float(lo[k]), float(hi[k])) for k, n in enumerate(names) if hi[k] >= lo[k]]
 
 
 def make_report(tl: Timeline, program: str) -> Report:

@@ -203,7 +203,10 @@ def run_timing(
     free_at = carry.free_at if carry is not None else [0.0] * b.num_res
     busy = carry.busy if carry is not None else [0.0] * b.num_res
     clock = carry.clock if carry is not None else 0.0
-    ndeps, succ, dur, res, kind, back = g.ndeps, g.succ, g.dur, g.res, g.kind, g.back
+    ndeps, succ, dur, res, kind, back = g.ndeps, g.succ, g.dur, g.res, g.kind, g.backs()
+    # every op the handlers make holds at most one resource: its id (-1: none), -2 for an op
+    # holding several (taken the long way)
+    single = [(r[0] if len(r) == 1 else -2) if r else -1 for r in res]
     prio = [PRIORITY[k] for k in kind]
     heappush, heappop = heapq.heappush, heapq.heappop
     # engine.EventQueue's discipline, inlined (its two method calls per op were a fifth of the
@@ -218,15 +221,25 @@ def run_timing(
     while heap:
         t, _, _, op = heappop(heap)
         events += 1
-        r = res[op]
         s = t - back[op]
-        for x in r:
+        x = single[op]
+        if x >= 0:
             if free_at[x] > s:
                 s = free_at[x]
-        e = s + dur[op]
-        for x in r:
+            e = s + dur[op]
             free_at[x] = e
             busy[x] += e - s
+        elif x == -1:
+            e = s + dur[op]
+        else:
+            r = res[op]
+            for x in r:
+                if free_at[x] > s:
+                    s = free_at[x]
+            e = s + dur[op]
+            for x in r:
+                free_at[x] = e
+                busy[x] += e - s
         start[op] = s
         end[op] = e
         if op in signal_event:
@@ -270,7 +283,7 @@ def run_timing(
     }
     return Timeline(
         target=target, makespan=makespan, start=start, end=end, kind=g.kind, die=g.die,
-        res=g.res, instr=g.instr, layer=g.layer, island=g.island,
+        res=g.res, instr=g.instr, layer=g.layer, island=g.islands(),
         layer_names=[m.name for m in p.layers], island_names=[i.name for i in p.islands],
         num_resources=b.num_res, resource_names=b.res_names, busy=busy,
         dram_bytes=b.dram_bytes, link_bytes=link_bytes, peak_sram=peak,

@@ -4,7 +4,8 @@
     moec inspect models/tiny_moe.onnx --json   # one JSON object
 
 Per layer, besides sizes: the scoring (softmax/sigmoid) and DeepSeek-style routing options
-(``score_bias``: a correction bias used for choosing experts; ``groups``/``topk_groups``/
+(``score_bias``: a correction bias used for choosing experts, ``bias_on_logits``: added to the
+router logits rather than the scores; ``groups``/``topk_groups``/
 ``group_score``: group-limited top-k; ``routed_scaling``), shown in the table's routing column as
 e.g. ``bias, groups 8/4, x2.5``. ``total_params`` counts every float weight (dense ones and all MoE layers; for a shape-only
 preset, what the preset declares); ``active_params_per_token`` counts dense weights plus, per
@@ -50,6 +51,7 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
                 "scoring": layer.scoring,
                 "normalize_topk": layer.normalize_topk,
                 "score_bias": layer.has("score_bias"),
+                "bias_on_logits": layer.bias_on_logits,
                 "groups": layer.n_group,
                 "topk_groups": layer.topk_group,
                 "group_score": layer.group_score if layer.n_group > 1 else None,
@@ -57,6 +59,8 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
                 "shared_experts": layer.num_shared,
                 # A shared MLP beside the layer that stays ordinary ops (its down-projection node).
                 "shared_left_dense": layer.annotations.dense_shared,
+                # How the lift departs from the graph's own spelling (e.g. a folded gate scale).
+                "routing_note": layer.annotations.routing_note,
                 "weight_bytes_per_expert": layer.expert_weight_bytes(),
             }
         )
@@ -78,6 +82,8 @@ def _human(n: float) -> str:
 def _routing(layer: dict[str, Any]) -> str:
     """DeepSeek-style routing options in a few words: correction bias, groups, scaling."""
     parts = ["bias"] if layer["score_bias"] else []
+    if parts and layer.get("bias_on_logits"):
+        parts = ["bias on logits"]
     if layer["groups"] > 1:
         parts.append(f"groups {layer['groups']}/{layer['topk_groups']}")
     if layer["routed_scaling"] != 1.0:
