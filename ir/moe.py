@@ -6,7 +6,8 @@ Layout (``x @ W`` convention, micro-slice j = columns j of ``w_gate``/``w_up`` a
 =================  ==============  ==========================================
 weight key         shape           meaning
 =================  ==============  ==========================================
-``router_w``       [E, d]          router logits = x @ router_w.T (+ router_b)
+``router_w``       [E, d]          router logits = x @ router_w.T (+ router_b); [E + Z, d] with
+                                   Z ``identity_experts`` (rows past E: a pick adds gate * x)
 ``router_b``       [E]             optional router bias
 ``score_bias``     [E]             optional score-correction bias (top-k choice only; added
                                    to the scores, or to the logits with ``bias_on_logits``)
@@ -36,6 +37,7 @@ import numpy as np
 from moec.ir.annotations import LayerAnnotations
 from moec.ir.errors import ModelError
 from moec.ir.graph import TensorType, Weight
+from moec.ir.sparsemixer import sparsemixer
 
 SCORINGS = ("softmax", "sigmoid", "sparsemixer")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "swiglu", "identity")
@@ -91,6 +93,9 @@ class MoELayer:
     num_shared: int = 0
     shared_ffn: int = 0
     shared_activation: str = "silu"
+    # LongCat-Flash's "zero" experts: router rows E .. E+Z-1 (router_w is [E+Z, d]) whose pick
+    # returns the token itself times its gate: no weights, no load (:func:`identity_weight`).
+    identity_experts: int = 0
     annotations: LayerAnnotations = field(default_factory=LayerAnnotations)
 
     # --- structure ---------------------------------------------------------------------------
@@ -179,12 +184,16 @@ class MoELayer:
             parts.append(f"groups={self.n_group}/{self.topk_group}/{self.group_score}")
             if self.group_fill is not None:
                 parts.append(f"group_fill={self.group_fill!r}")
-        if self.activation == "swiglu":
+        if "swiglu" in (self.activation, self.shared_activation if self.has_shared else ""):
             parts.append(
                 f"swiglu=({self.swiglu_alpha!r},{self.swiglu_beta!r},{self.swiglu_limit!r})"
             )
+        if self.identity_experts:
+            parts.append(f"identity_experts={self.identity_experts}")
         if self.has_shared:
             parts.append(f"shared={self.num_shared}x{self.shared_ffn // max(self.num_shared, 1)}")
+            if self.shared_activation != self.activation:
+                parts.append(f"shared_activation={self.shared_activation}")
             if self.has("sh_router"):
                 parts.append("shared_gate=sigmoid")
         for key, value in self.annotations.items():
@@ -201,8 +210,10 @@ class MoELayer:
             raise ModelError(f"unknown scoring {self.scoring!r}, expected one of {SCORINGS}", where)
         if self.activation not in ACTIVATIONS:
             raise ModelError(f"unknown activation {self.activation!r}", where)
-        if not 1 <= self.top_k <= E:
-            raise ModelError(f"top_k={self.top_k} must be in 1..{E}", where)
+        if not 1 <= self.top_k <= E + max(self.identity_experts, 0):
+            raise ModelError(
+                f"top_k={self.top_k} must be in 1..{E + max(self.identity_experts, 0)}", where
+            )
         if self.scoring == "sparsemixer" and (self.top_k != 2 or self.normalize_topk):
             raise ModelError(
                 f"sparsemixer routing picks 2 experts without renormalization, found top_k="
@@ -218,8 +229,11 @@ class MoELayer:
         if self.bias_on_logits and (self.n_group > 1 or self.scoring == "sparsemixer"):
             raise ModelError("bias_on_logits needs plain top-k routing (one group)", where)
         Fs = self.shared_ffn
+        R = E + self.identity_experts  # router rows
+        if self.identity_experts < 0 or (self.identity_experts and self.scoring == "sparsemixer"):
+            raise ModelError(f"bad identity experts {self.identity_experts}", where)
         expected: dict[str, tuple[int, ...]] = {
-            "router_w": (E, d), "router_b": (E,), "score_bias": (E,),
+            "router_w": (R, d), "router_b": (R,), "score_bias": (R,),
             "w_gate": (E, d, F), "w_up": (E, d, F), "w_down": (E, F, d),
             "b_gate": (E, F), "b_up": (E, F), "b_down": (E, d),
             "sh_gate": (d, Fs), "sh_up": (d, Fs), "sh_down": (Fs, d), "sh_router": (d, 1),
@@ -316,41 +330,27 @@ def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
 
 
-def _masked_softmax_pick(
-    logits: np.ndarray, candidates: np.ndarray, eps: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """One sparsemixer step: the best of ``candidates`` (logits with earlier picks at -inf) and
-    its gate, the softmax over the experts within the jitter band of it."""
-    best = candidates.max(axis=-1, keepdims=True)
-    pick = np.argmax(candidates, axis=-1)[:, None]  # first index among equals, as torch.max
-    factor = np.maximum(np.abs(logits), best)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        far = (best - logits) / factor > np.float32(2 * eps)
-    masked = np.where(far, np.float32(-np.inf), candidates)
-    z = np.exp(masked - best)
-    gate = np.take_along_axis(z, pick, axis=1) / z.sum(axis=-1, keepdims=True)
-    return pick, gate.astype(np.float32)
-
-
-def sparsemixer(logits: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Phi-3.5-MoE's sparsemixer at inference (transformers ``sparsemixer(training=False)``):
-    expert ids [T, 2] and gates [T, 2] from router ``logits`` [T, E].
-
-    First pick: the arg-max expert; its gate is the softmax over the experts whose logit is
-    within ``2 * eps`` (relative to ``max(|logit|, max)``) of the max. Second pick: the same
-    with the first expert removed (its logit -inf). No renormalization of the two gates.
-    """
-    logits = _f32(logits)
-    first, g1 = _masked_softmax_pick(logits, logits, eps)
-    rest = logits.copy()
-    np.put_along_axis(rest, first, np.float32(-np.inf), axis=1)
-    second, g2 = _masked_softmax_pick(logits, rest, eps)
-    ids = np.concatenate([first, second], axis=1).astype(np.int64)
-    return ids, np.concatenate([g1, g2], axis=1)
-
-
 def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Routing of tokens ``x`` [T, d]: expert ids [T, k] (int64) and gate weights [T, k] (f32)."""
+    """Routing of tokens ``x`` [T, d]: expert ids [T, k] (int64) and gate weights [T, k] (f32).
+
+    A pick of an identity expert has id -1 and gate 0 (no routed expert computes it; its
+    contribution is :func:`identity_weight` times the token)."""
+    ids, gates = _route_all(layer, x)
+    if layer.identity_experts:
+        ident = ids >= layer.num_experts
+        ids = np.where(ident, -1, ids)
+        gates = np.where(ident, np.float32(0.0), gates).astype(np.float32)
+    return ids, gates
+
+
+def identity_weight(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    """[T, 1]: the summed gates of each token's identity-expert picks (0 without any)."""
+    ids, gates = _route_all(layer, x)
+    picked = np.where(ids >= layer.num_experts, gates, np.float32(0.0))
+    return picked.sum(axis=-1, keepdims=True).astype(np.float32)
+
+
+def _route_all(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if layer.scoring == "sparsemixer":
         ids, gates = sparsemixer(router_logits(layer, x), layer.sparsemixer_eps)
         return ids, (gates * np.float32(layer.routed_scaling)).astype(np.float32)
@@ -420,14 +420,20 @@ def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(No
     if not layer.gated:
         return activate(layer.activation, up)
     gate = _f32(x) @ _f32(layer.array("w_gate")[e][:, cols]) + _bias(layer, "b_gate", e, cols)
-    if layer.activation == "swiglu":
+    return _gated(layer, layer.activation, gate, up)
+
+
+def _gated(layer: MoELayer, kind: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """``act(gate) * up``, or for ``swiglu`` the layer's clamped SwiGLU (one parameter set,
+    shared by routed and shared experts)."""
+    if kind == "swiglu":
         if layer.swiglu_limit is not None:
             lim = np.float32(layer.swiglu_limit)
             gate = np.minimum(gate, lim)
             up = np.clip(up, -lim, lim)
         glu = gate * _sigmoid(np.float32(layer.swiglu_alpha) * gate)
         return (glu * (up + np.float32(layer.swiglu_beta))).astype(np.float32)
-    return (activate(layer.activation, gate) * up).astype(np.float32)
+    return (activate(kind, gate) * up).astype(np.float32)
 
 
 def expert_down(
@@ -474,7 +480,7 @@ def shared_ffn(
 def _shared_hidden(layer: MoELayer, x: np.ndarray, cols: slice) -> np.ndarray:
     up = x @ _f32(layer.array("sh_up")[:, cols])
     if layer.has("sh_gate"):
-        return activate(layer.shared_activation, x @ _f32(layer.array("sh_gate")[:, cols])) * up
+        return _gated(layer, layer.shared_activation, x @ _f32(layer.array("sh_gate")[:, cols]), up)
     return activate(layer.shared_activation, up)
 
 
@@ -490,6 +496,8 @@ def evaluate(layer: MoELayer, x: np.ndarray) -> np.ndarray:
             continue
         out = expert_ffn(layer, e, x2[rows])
         np.add.at(y, rows, out * gates[rows, slots][:, None])
+    if layer.identity_experts:
+        y = y + x2 * identity_weight(layer, x2)
     if layer.has_shared:
         y = y + shared_ffn(layer, x2)
     return y.reshape(shape)
@@ -528,7 +536,7 @@ _CONFIG_FIELDS = (
     "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
     "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
     "act_quant_block", "sparsemixer_eps", "router_act_quant_block", "shared_act_quant_block",
-    "bias_on_logits",
+    "bias_on_logits", "identity_experts",
 )  # fmt: skip
 # Options written only when set (older programs and goldens stay as they were).
 _WHEN_SET = ("bias_on_logits",)
@@ -546,7 +554,7 @@ def layer_config(layer: MoELayer) -> dict[str, int | float | str]:
         value = getattr(layer, key)
         if value is None or (key == "sparsemixer_eps" and layer.scoring != "sparsemixer"):
             continue
-        if key in _WHEN_SET and not value:
+        if (key in _WHEN_SET or key == "identity_experts") and not value:
             continue
         out[key] = int(value) if isinstance(value, bool) else value
     return out

@@ -8,6 +8,7 @@ the ``slow`` test regenerates them with torch and transformers when both are ins
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,12 @@ class Expected:
     activation: str = "silu"
     biases: bool = False
     gated: bool = True
+    swiglu_limit: float | None = 0.5
+    swiglu_alpha: float = 1.702
+    swiglu_beta: float = 1.0
+    shared_activation: str | None = None  # None: the routed experts' activation
+    # TopK and ScatterElements outside the MoE layers (HY-V4's attention indexer)
+    attention_indexer: bool = False
 
 
 # From the configs in make_fixtures.py: hidden 32, 8 experts, top-2 everywhere.
@@ -109,6 +116,43 @@ EXPECTED = {
     "kolibri1": Expected(
         layers=2, ffn=24, scoring="sigmoid", score_bias=True, num_shared=1, shared_ffn=40
     ),
+    # Clamped SwiGLU (limit 1) in the routed experts and the shared MLP (one fused gate-up
+    # Linear split in halves); sigmoid + correction bias; the routed sum scaled by 2 (a Mul
+    # after the sum, folded into the op) before the shared output is added.
+    "minimax_m3": Expected(
+        layers=2,
+        ffn=24,
+        scoring="sigmoid",
+        routed_scaling=2.0,
+        score_bias=True,
+        num_shared=1,
+        shared_ffn=40,
+        activation="swiglu",
+        swiglu_limit=1.0,
+    ),  # fmt: skip
+    # silu(clip(gate, max=0.2)) * clip(up, -0.2, 0.2): SwiGLU with alpha 1, beta 0; the shared MLP
+    # plain SiLU-gated (separate gate and up); sigmoid + correction bias, renormalized, x2.827;
+    # hyper-connections around each block.
+    "hy_v4": Expected(
+        layers=2,
+        ffn=24,
+        scoring="sigmoid",
+        routed_scaling=2.827,
+        score_bias=True,
+        num_shared=1,
+        shared_ffn=24,
+        activation="swiglu",
+        swiglu_limit=0.2,
+        swiglu_alpha=1.0,
+        swiglu_beta=0.0,
+        shared_activation="silu",
+        attention_indexer=True,
+    ),  # fmt: skip
+    # 8 routed + 4 identity ("zero") experts: softmax over 12, correction bias, x6, not
+    # renormalized; an identity pick adds gate * x. One MoE layer (the generator's layout).
+    "longcat_flash": Expected(
+        layers=1, ffn=24, normalize=False, routed_scaling=6.0, score_bias=True
+    ),
     # opset 18 writes GELU out: 0.5 * x * (1 + Erf(x / sqrt 2)).
     "olmoe_gelu": Expected(layers=2, ffn=24, normalize=False, activation="gelu"),
     # GeGLU (tanh GELU) experts; router and experts read two rescales of one RMSNorm (folded
@@ -137,12 +181,14 @@ def _check_layers(result: LiftResult, want: Expected) -> None:
         assert (layer.num_shared, layer.shared_ffn) == (want.num_shared, want.shared_ffn)
         assert layer.has("sh_router") == want.shared_gate
         assert layer.activation == want.activation and layer.gated == want.gated
-        assert layer.shared_activation == want.activation or not want.num_shared
+        shared_act = want.shared_activation or want.activation
+        assert layer.shared_activation == shared_act or not want.num_shared
         for key in ("router_b", "b_gate", "b_up", "b_down"):
             assert layer.has(key) == want.biases, key
         if want.activation == "swiglu":
-            assert layer.swiglu_alpha == pytest.approx(1.702)
-            assert (layer.swiglu_beta, layer.swiglu_limit) == (1.0, 0.5)
+            assert layer.swiglu_alpha == pytest.approx(want.swiglu_alpha)
+            assert layer.swiglu_beta == want.swiglu_beta
+            assert layer.swiglu_limit == pytest.approx(want.swiglu_limit)
 
 
 @pytest.mark.parametrize("arch", sorted(EXPECTED))
@@ -152,7 +198,10 @@ def test_recognizes_every_moe_layer(arch: str) -> None:
     kinds = [op.kind for op in module.ops]
     assert kinds.count("moe") == EXPECTED[arch].layers
     # Nothing of the routing is left behind as ordinary ops.
-    assert not {"TopK", "GatherND", "OneHot", "NonZero", "ScatterElements"} & set(kinds)
+    routing_ops = {"TopK", "GatherND", "OneHot", "NonZero", "ScatterElements"}
+    if EXPECTED[arch].attention_indexer:
+        routing_ops -= {"TopK", "ScatterElements"}
+    assert not routing_ops & set(kinds)
 
 
 @pytest.mark.parametrize("arch", sorted(EXPECTED))
@@ -185,6 +234,13 @@ def test_layer_numerics_match_onnxruntime(arch: str, seed: int) -> None:
         ("olmoe_gelu", "gelu", lambda layer: setattr(layer, "activation", "silu")),
         ("kolibri1", "bias on logits", lambda layer: setattr(layer, "bias_on_logits", False)),
         ("kolibri1", "correction bias", lambda layer: layer.weights.pop("score_bias")),
+        ("minimax_m3", "swiglu clamp", lambda layer: setattr(layer, "swiglu_limit", None)),
+        ("minimax_m3", "shared expert", lambda layer: layer.weights.pop("sh_down")),
+        ("minimax_m3", "shared swiglu", lambda layer: setattr(layer, "shared_activation", "silu")),
+        ("minimax_m3", "routed scaling", lambda layer: setattr(layer, "routed_scaling", 1.0)),
+        ("hy_v4", "swiglu clamp", lambda layer: setattr(layer, "swiglu_limit", None)),
+        ("hy_v4", "shared expert", lambda layer: layer.weights.pop("sh_down")),
+        ("longcat_flash", "identity experts", lambda layer: setattr(layer, "identity_experts", 0)),
     ],
 )
 def test_fixture_exercises_feature(arch: str, feature: str, ablate: object) -> None:
@@ -214,6 +270,17 @@ def test_gemma4_folds_per_expert_gate_scale_into_w_down() -> None:
     w = lf.layer.weights["w_down"]
     lf.layer.weights["w_down"] = present("w_down", w.array() / scale[:, None, None])
     assert max_rel_error(evaluate(lf.layer, x), want) > 1e-3
+
+
+def test_gemma4_inspect_json_says_the_gate_scale_is_folded(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from moec.compiler.cli.main import main
+
+    assert main(["inspect", str(FIXTURES / "gemma4_text.onnx"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["moe_layers"]
+    assert [r["routing_note"] for r in rows] == [EXPERT_SCALE_NOTE] * 2
+    assert [r["activation"] for r in rows] == ["gelu_tanh"] * 2
 
 
 def test_gemma4_router_input_is_the_shared_normalization() -> None:

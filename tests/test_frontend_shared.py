@@ -41,6 +41,8 @@ SHARED = {
     "glm4_moe",
     "granitemoeshared",
     "kolibri1",
+    "minimax_m3",
+    "hy_v4",
 }
 
 

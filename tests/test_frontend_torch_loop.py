@@ -2,7 +2,9 @@
 exported by the TorchScript and dynamo exporters: recognition, numerics, located mismatches.
 
 The fixtures in ``tests/fixtures/torch_loop`` come from ``make_fixtures.py`` there (two MoE
-blocks, 4 experts, top-2, hidden 32, FFN 24, input ``x`` [1, 32, 32]).
+blocks, 4 experts, top-2, hidden 32, FFN 24, input ``x`` [1, 32, 32]): the textbook
+``torch.where`` loop, Mixtral's one-hot loop, a fused gate/up expert, and the non-gated
+``w2(gelu(w1 x))`` expert with biases.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from moec.ir.errors import ModelError
 from moec.ir.moe import evaluate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torch_loop"
-# variant -> (activation, scoring, renormalized)
+# variant -> (activation, gated, scoring, renormalized, biases)
 VARIANTS = {
-    "where": ("silu", "softmax", True),
-    "onehot": ("silu", "softmax", True),
-    "fused": ("gelu_tanh", "sigmoid", False),
+    "where": ("silu", True, "softmax", True, False),
+    "onehot": ("silu", True, "softmax", True, False),
+    "fused": ("gelu_tanh", True, "sigmoid", False, False),
+    "mlp": ("gelu", False, "softmax", True, True),
 }
 FILES = [f"{v}.{e}" for v in VARIANTS for e in ("torchscript", "dynamo")]
 
@@ -37,12 +40,13 @@ def _x(seed: int) -> np.ndarray:
 @pytest.mark.parametrize("name", FILES)
 def test_loop_blocks_are_lifted(name: str) -> None:
     module, result = load_module(FIXTURES / f"{name}.onnx")
-    activation, scoring, normalize = VARIANTS[name.split(".")[0]]
+    activation, gated, scoring, normalize, biases = VARIANTS[name.split(".")[0]]
     assert len(result.lifted) == 2
     for lf in result.lifted:
         layer = lf.layer
         assert (layer.num_experts, layer.top_k, layer.hidden, layer.ffn) == (4, 2, 32, 24)
-        assert (layer.activation, layer.gated) == (activation, True)
+        assert (layer.activation, layer.gated) == (activation, gated)
+        assert layer.has("b_up") == biases and layer.has("b_down") == biases
         assert (layer.scoring, layer.normalize_topk) == (scoring, normalize)
         assert layer.annotations.source == "torchscript.loop"
     kinds = {op.kind for op in module.ops}

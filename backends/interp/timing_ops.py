@@ -112,6 +112,13 @@ def _accum_cost(t: Target, die: int, n: int, d: int, w: int, gated: bool, prec: 
     return cost.accum_time(t, die, n, w, d, prec)
 
 
+#: Each slice opcode and its cost, in the order a slice runs them (the FSE-DP scheduler plays
+#: the same costs, :mod:`.expand.fsedp_engine`).
+SLICE_COSTS: tuple[tuple[str, SliceCost], ...] = (
+    ("gemm", _gemm_cost), ("act", _act_cost), ("accum", _accum_cost),
+)  # fmt: skip
+
+
 def computed(s: DieState, slot: int, op: int) -> None:
     """``op`` is the die's latest compute and a use of ``slot``."""
     s.last_compute = op

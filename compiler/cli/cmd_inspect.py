@@ -44,6 +44,8 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
             {
                 "name": layer.name,
                 "experts": layer.num_experts,
+                # LongCat-Flash's "zero" experts: routable, no weights (output = gate * token).
+                "identity_experts": layer.identity_experts,
                 "top_k": layer.top_k,
                 "hidden": layer.hidden,
                 "ffn": layer.ffn,
@@ -59,6 +61,8 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
                 "shared_experts": layer.num_shared,
                 # A shared MLP beside the layer that stays ordinary ops (its down-projection node).
                 "shared_left_dense": layer.annotations.dense_shared,
+                # How the lift departs from the graph's own spelling (e.g. a folded gate scale).
+                "routing_note": layer.annotations.routing_note,
                 "weight_bytes_per_expert": layer.expert_weight_bytes(),
             }
         )
@@ -87,6 +91,11 @@ def _routing(layer: dict[str, Any]) -> str:
     if layer["routed_scaling"] != 1.0:
         parts.append(f"x{layer['routed_scaling']:g}")
     return ", ".join(parts) or "-"
+
+
+def _experts(layer: dict[str, Any]) -> str:
+    z = layer.get("identity_experts") or 0
+    return f"{layer['experts']} + {z} identity" if z else str(layer["experts"])
 
 
 def _shared(layer: dict[str, Any]) -> str:
@@ -118,7 +127,7 @@ def render(summary: dict[str, Any]) -> str:
         )
     for layer in summary["moe_layers"]:
         table.add_row(
-            layer["name"], str(layer["experts"]), str(layer["top_k"]), str(layer["hidden"]),
+            layer["name"], _experts(layer), str(layer["top_k"]), str(layer["hidden"]),
             str(layer["ffn"]), layer["activation"], layer["scoring"], _routing(layer),
             "yes" if layer["normalize_topk"] else "no", _shared(layer),
             f"{layer['weight_bytes_per_expert'] / 2**20:.2f}",

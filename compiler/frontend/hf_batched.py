@@ -29,6 +29,7 @@ import onnx
 from moec.compiler.frontend.hf_gating import match_gating, match_separate_gating
 from moec.compiler.frontend.hf_layer import (
     Projection,
+    absorb_scaling,
     build_layer,
     close_from_deepest,
     layer_output,
@@ -43,6 +44,7 @@ from moec.compiler.frontend.hf_routing import (
     is_float_cast,
     match_router,
 )
+from moec.compiler.frontend.identity import absorb_identity, match_identity
 from moec.compiler.frontend.logit_routing import match_logit_choice
 from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
 from moec.compiler.frontend.sparsemixer import match_sparsemixer
@@ -56,7 +58,10 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     else:
         routing = match_logit_choice(walk, anchor) or match_router(walk, anchor)
     router = routing.router
-    E = router.weight.shape[0]
+    identity = match_identity(walk, routing)
+    if identity is not None:
+        routing.identity_experts = identity.count
+    E = router.weight.shape[0] - routing.identity_experts
     gathers = _gathered_stacks(walk, routing.ids, E)
     if not gathers:
         if _reaches(walk, routing.ids, "OneHot"):
@@ -104,7 +109,15 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
         raise walk.fail(gating.output, "expected the expert activation to feed the down projection")
     walk.back(down.input)
     combined = _combine(walk, down, routing)
-    y, shared = match_shared(walk, combined, x_root, gated=gating.gated)
+    if identity is not None:
+        if walk.root(identity.x) != x_root:
+            raise walk.fail(
+                identity.output, "expected the identity experts to scale the layer input"
+            )
+        combined = absorb_identity(walk, combined, identity)
+    combined = absorb_scaling(walk, combined, routing)
+    swiglu = (gating.alpha, gating.beta, gating.limit) if gating.activation == "swiglu" else None
+    y, shared = match_shared(walk, combined, x_root, gated=gating.gated, swiglu=swiglu)
     layer = build_layer(topk_name, routing, up, down, gating, shared)
     layer.annotations.source = "hf.batched_mm"
     walk.back(router.x)

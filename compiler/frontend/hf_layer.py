@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from moec.compiler.frontend.hf_gating import Gating
+from moec.compiler.frontend.hf_gating import Gating, swiglu_of
 from moec.compiler.frontend.hf_routing import (
     RESHAPES,
     NoMatch,
@@ -51,6 +51,8 @@ class DenseFFN:
     down: np.ndarray
     activation: str
     output: str
+    # gpt-oss SwiGLU parameters (alpha, beta, limit) when ``activation`` is "swiglu".
+    swiglu: tuple[float, float, float | None] | None = None
 
 
 def match_dense_ffn(walk: Walk, value: str) -> DenseFFN | None:
@@ -71,6 +73,10 @@ def match_dense_ffn(walk: Walk, value: str) -> DenseFFN | None:
         return DenseFFN(up.input, None, up.w, down.w, act[0], value)
     if prod is None or prod.op_type != "Mul":
         return None
+    sw = _swiglu_ffn(trial, down.input)
+    if sw is not None:
+        walk.nodes |= trial.nodes
+        return DenseFFN(sw[0], sw[1], sw[2], down.w, "swiglu", value, sw[3])
     for gi in (0, 1):
         act = _activation_of(trial, prod.input[gi])
         if act is None:
@@ -117,6 +123,36 @@ def _split_gate_up(walk: Walk, gate: str, up: str) -> tuple[str, np.ndarray, np.
     return lin.input, halves[g], halves[1 - g]
 
 
+def _swiglu_ffn(
+    walk: Walk, value: str, depth: int = 6
+) -> tuple[str, np.ndarray, np.ndarray, tuple[float, float, float | None]] | None:
+    """``value`` as the clamped SwiGLU of the two halves of one fused gate-up projection
+    (MiniMax-M3's shared MLP, the routed experts' form in :mod:`hf_gating`): (x, W_gate, W_up,
+    (alpha, beta, limit)), or None. The ``Split`` is found behind ``value``; the SwiGLU is then
+    matched forward from its halves and must end at ``value``."""
+    frontier, split = [value], None
+    for _ in range(depth):
+        nodes = [walk.producer(v) for v in frontier]
+        splits = [n for n in nodes if n is not None and n.op_type == "Split"]
+        if splits:
+            split = splits[0]
+            break
+        frontier = [i for n in nodes if n is not None for i in n.input if i]
+    if split is None or len(split.output) != 2:
+        return None
+    for g, u in (tuple(split.output), tuple(split.output)[::-1]):
+        trial = Walk(walk.view)
+        sw = swiglu_of(trial, g, u)
+        if sw is None or sw[0] != value:
+            continue
+        fused = _split_gate_up(trial, g, u)
+        if fused is None:
+            return None
+        walk.nodes |= trial.nodes
+        return fused[0], fused[1], fused[2], sw[1:]
+    return None
+
+
 def _squared_input(walk: Walk, node: onnx.NodeProto) -> str | None:
     """``a`` if ``node`` computes ``a ** 2`` (``Pow(a, 2)`` or ``Mul(a, a)``), else None."""
     if node.op_type == "Pow" and walk.scalar(node.input[1]) == 2.0:
@@ -155,6 +191,21 @@ def _activation_of(walk: Walk, value: str) -> tuple[str, str] | None:
     return None
 
 
+def absorb_scaling(walk: Walk, routed: str, routing: Routing) -> str:
+    """Scalar ``Mul`` nodes after the routed sum (MiniMax-M3's ``routed_scaling_factor``, applied
+    to the sum instead of the gates) folded into ``routing.scaling``; the scaled value."""
+    while True:
+        out = walk.forward(routed)
+        cs = walk.consumers(out)
+        if len(cs) != 1 or cs[0].op_type != "Mul":
+            return out
+        factor = walk.scalar(walk.other(cs[0], out))
+        if factor is None or cs[0].input[0] == cs[0].input[1]:
+            return out
+        routing.scaling *= factor
+        routed = walk.take(cs[0]).output[0]
+
+
 @dataclass
 class SharedExperts:
     """Shared experts (one concatenated MLP) and their optional sigmoid gate [d, 1]."""
@@ -164,11 +215,17 @@ class SharedExperts:
 
 
 def match_shared(
-    walk: Walk, routed: str, x_root: str, gated: bool = True
+    walk: Walk,
+    routed: str,
+    x_root: str,
+    gated: bool = True,
+    swiglu: tuple[float, float, float | None] | None = None,
 ) -> tuple[str, SharedExperts | None]:
     """Optional ``routed + shared(x) (* sigmoid(x @ w))``; returns the sum and the shared part.
     The shared MLP must be gated exactly when the routed experts are (``gated``): the canonical
-    op gives both one form; another shape stays outside, as dense ops."""
+    op gives both one form; another shape stays outside, as dense ops. The op holds one set of
+    SwiGLU parameters: a SwiGLU shared MLP whose parameters differ from the routed experts'
+    (``swiglu``, None when those are not SwiGLU) also stays outside."""
     out = walk.forward(routed)
     adds = walk.of_type(out, "Add")
     if len(walk.consumers(out)) != 1 or not adds:
@@ -194,6 +251,8 @@ def match_shared(
                     break
     ffn = match_dense_ffn(trial, ffn_value)
     if ffn is None or trial.root(ffn.x) != x_root or (ffn.gate is not None) != gated:
+        return out, None
+    if ffn.swiglu is not None and swiglu is not None and ffn.swiglu != swiglu:
         return out, None
     walk.nodes |= trial.nodes
     walk.take(add)
@@ -346,7 +405,8 @@ def build_layer(
 ) -> MoELayer:
     """The canonical layer from the matched parts (weights copied into moec's layout)."""
     router = routing.router
-    E, d = router.weight.shape
+    R, d = router.weight.shape
+    E = R - routing.identity_experts
     weights = {"router_w": present("router_w", router.weight)}
     if router.bias is not None:
         weights["router_b"] = present("router_b", router.bias)
@@ -375,6 +435,7 @@ def build_layer(
         activation=gating.activation, gated=gating.gated, swiglu_alpha=gating.alpha,
         swiglu_beta=gating.beta, swiglu_limit=gating.limit,
         sparsemixer_eps=routing.sparsemixer_eps, bias_on_logits=routing.bias_on_logits,
+        identity_experts=routing.identity_experts,
     )  # fmt: skip
     if routing.n_group > 1:
         layer.group_fill = routing.group_fill
@@ -401,3 +462,6 @@ def attach_shared(layer: MoELayer, shared: SharedExperts) -> None:
     layer.num_shared = Fs // F if Fs % F == 0 else 1
     layer.shared_ffn = Fs
     layer.shared_activation = ffn.activation
+    if ffn.swiglu is not None:
+        # One set of SwiGLU parameters per layer (match_shared checked they agree).
+        layer.swiglu_alpha, layer.swiglu_beta, layer.swiglu_limit = ffn.swiglu

@@ -393,8 +393,10 @@ def _weight_and_scatter_nd(
 def _linear_of(walk: Walk, value: str, rows: str) -> Projection | None:
     """``value`` as ``rows @ W (+ b)`` with constant ``W`` ([in, out]), recorded; else None."""
     lin = match_linear(walk, value)
-    if lin is None or lin.b is not None or walk.root(lin.input) != walk.root(rows):
+    if lin is None or walk.root(lin.input) != walk.root(rows):
         return None
+    if lin.b is not None:  # Gemm with its bias (nn.Linear's default)
+        return Projection(lin.w, lin.b.reshape(-1), lin.input, value)
     out = value
     for add in walk.of_type(value, "Add"):
         b = walk.const(walk.other(add, value))
