@@ -37,6 +37,7 @@ import numpy as np
 from moec.ir.annotations import LayerAnnotations
 from moec.ir.errors import ModelError
 from moec.ir.graph import TensorType, Weight
+from moec.ir.sparsemixer import sparsemixer
 
 SCORINGS = ("softmax", "sigmoid", "sparsemixer")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "swiglu", "identity")
@@ -327,39 +328,6 @@ def router_scores(layer: MoELayer, x: np.ndarray) -> np.ndarray:
 def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     # Stable: equal scores keep the lower expert id first, as ONNX TopK does.
     return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
-
-
-def _masked_softmax_pick(
-    logits: np.ndarray, candidates: np.ndarray, eps: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """One sparsemixer step: the best of ``candidates`` (logits with earlier picks at -inf) and
-    its gate, the softmax over the experts within the jitter band of it."""
-    best = candidates.max(axis=-1, keepdims=True)
-    pick = np.argmax(candidates, axis=-1)[:, None]  # first index among equals, as torch.max
-    factor = np.maximum(np.abs(logits), best)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        far = (best - logits) / factor > np.float32(2 * eps)
-    masked = np.where(far, np.float32(-np.inf), candidates)
-    z = np.exp(masked - best)
-    gate = np.take_along_axis(z, pick, axis=1) / z.sum(axis=-1, keepdims=True)
-    return pick, gate.astype(np.float32)
-
-
-def sparsemixer(logits: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Phi-3.5-MoE's sparsemixer at inference (transformers ``sparsemixer(training=False)``):
-    expert ids [T, 2] and gates [T, 2] from router ``logits`` [T, E].
-
-    First pick: the arg-max expert; its gate is the softmax over the experts whose logit is
-    within ``2 * eps`` (relative to ``max(|logit|, max)``) of the max. Second pick: the same
-    with the first expert removed (its logit -inf). No renormalization of the two gates.
-    """
-    logits = _f32(logits)
-    first, g1 = _masked_softmax_pick(logits, logits, eps)
-    rest = logits.copy()
-    np.put_along_axis(rest, first, np.float32(-np.inf), axis=1)
-    second, g2 = _masked_softmax_pick(logits, rest, eps)
-    ids = np.concatenate([first, second], axis=1).astype(np.int64)
-    return ids, np.concatenate([g1, g2], axis=1)
 
 
 def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

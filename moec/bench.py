@@ -62,14 +62,14 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from moec.backends.interp import simulate
 from moec.backends.interp.simulate import gc_paused
-from moec.backends.interp.timing import LOAD, XFER, Timeline
+from moec.backends.interp.summary import layer_parts, moe_summary
+from moec.backends.interp.timing import Timeline
 from moec.compiler.bench.report import add_speedups
 from moec.compiler.bench.row import Accuracy, BenchRow, Energy, Row, Utilization
 from moec.compiler.bench.spec import (
@@ -113,65 +113,11 @@ def known_strategies() -> list[str]:
 
 
 def moe_metrics(tl: Timeline) -> dict[str, Any]:
-    """Latency, utilization and bytes of the MoE layers of a timing run (see module doc)."""
-    t = tl.target
-    D, C = t.num_dies, len(t.channels)
-    n = len(tl.layer)
-    layer = np.fromiter(tl.layer, dtype=np.int64, count=n)
-    start = np.fromiter(tl.start, dtype=np.float64, count=n)
-    end = np.fromiter(tl.end, dtype=np.float64, count=n)
-    moe = np.flatnonzero(layer >= 0)
-    # each MoE layer's span, summed in the order the layers first appear among the ops
-    present, first = np.unique(layer[moe], return_index=True)
-    lo = np.full(len(present), np.inf)
-    hi = np.full(len(present), -np.inf)
-    which = np.searchsorted(present, layer[moe])
-    np.minimum.at(lo, which, start[moe])
-    np.maximum.at(hi, which, end[moe])
-    spans = {
-        int(present[j]): (float(lo[j]), float(hi[j])) for j in np.argsort(first, kind="stable")
-    }
-    # busy time per resource: np.add.at adds in op order, as a loop over the ops would
-    lens = np.fromiter(map(len, tl.res), dtype=np.int64, count=n)
-    held = np.fromiter(chain.from_iterable(tl.res), dtype=np.int64, count=int(lens.sum()))
-    owner = np.repeat(np.arange(n), lens)
-    mine = layer[owner] >= 0
-    busy = np.zeros(tl.num_resources)
-    np.add.at(busy, held[mine], (end - start)[owner[mine]])
-    # A load is one op holding its channel (or host link) and one op per hop of its route;
-    # count each op's bytes on the resource it holds.
-    kind = np.fromiter(tl.kind, dtype=np.int64, count=n)
-    moved = moe[(kind[moe] == LOAD) | (kind[moe] == XFER)]
-    dram = link = 0
-    links_end = D + C + len(t.links)
-    for op, r in zip(moved.tolist(), held[(np.cumsum(lens) - lens)[moved]].tolist(), strict=True):
-        nb = getattr(tl.instr[op], "nbytes", 0)
-        if D <= r < D + C:
-            dram += nb
-        elif D + C <= r < links_end:
-            link += nb
-    latency = sum(e - s for s, e in spans.values())
-    scale = 1.0 / latency if latency > 0 else 0.0
-    energy: dict[str, float] = {}
-    if tl.energy is not None:
-        energy = tl.energy.of_ops([k >= 0 for k in tl.layer], t, latency)
-    links = len(t.links)
-
-    def mean(a: np.ndarray) -> float:
-        return round(float(a.mean()) * scale, 6) if a.size else 0.0
-
-    return {
-        "latency_s": latency,
-        "layers_s": [spans[k][1] - spans[k][0] for k in sorted(spans)],
-        "utilization": {
-            "compute": mean(busy[:D]),
-            "dram": mean(busy[D : D + C]),
-            "links": mean(busy[D + C : D + C + links]),
-        },
-        "dram_bytes": int(dram),
-        "link_bytes": int(link),
-        "energy_breakdown_j": energy,
-    }
+    """Latency, utilization and bytes of the MoE layers of a timing run (see module doc): each
+    layer's ops summed (:func:`~moec.backends.interp.summary.layer_parts`, or the parts a
+    layer-by-layer run kept), then the layers in the order they first run."""
+    parts = tl.summary.parts if tl.summary is not None else layer_parts(tl)
+    return moe_summary(parts, tl.target, tl.energy is not None)
 
 
 class _Workloads:
@@ -367,8 +313,9 @@ def _run_point(
             options["calibration"] = path
     program = lower(module, TargetRef(target, tuple(overrides)), name, options, trace)
     result = simulate(
-        program, target=tgt, routings=trace, verify=False, allow_overflow=allow_overflow
-    )
+        program, target=tgt, routings=trace, verify=False, allow_overflow=allow_overflow,
+        layered=True,
+    )  # fmt: skip
     metrics = moe_metrics(result.timeline)
     precision = program.layers[0].dtype if program.layers else "fp16"
     deferred = deferred_by_layer(program, result.routings)

@@ -70,13 +70,16 @@ def run_program(
     record_trace: bool = False,
     overrides: Sequence[tuple[str, int | float | str]] = (),
     allow_overflow: bool = False,
+    layered: bool = False,
 ) -> RunResult:
     """Run ``program`` (a ``.msp`` path or a loaded program; ``base_dir`` is the folder its
     relative paths start from, by default the file's) as ``moec run`` does (module docstring).
     ``target`` (preset or TOML path) replaces the program's target; ``overrides`` (``--set``
     pairs) apply on top of the program's (or that) target, e.g. ``[("ideal", "true")]``.
     ``allow_overflow``: report a run whose SRAM peak exceeds a die's (``--allow-overflow``;
-    the report then carries ``sram_over_bytes``) instead of failing."""
+    the report then carries ``sram_over_bytes``) instead of failing. ``layered``: simulate one
+    layer at a time (:func:`~moec.backends.interp.simulate.simulate`: same report, memory flat
+    in layers, no expanded program or per-op timeline kept)."""
     if isinstance(program, str):
         base = base_dir or os.path.dirname(os.path.abspath(program))
         program = load_program(program)
@@ -102,4 +105,5 @@ def run_program(
     return simulate(
         program, target=tgt, routings=trace, inputs=feeds, base_dir=base,
         record_trace=record_trace, verified=verified, allow_overflow=allow_overflow,
+        layered=layered,
     )  # fmt: skip

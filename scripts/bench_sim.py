@@ -17,6 +17,7 @@ sizes rejected in milliseconds) are read off the printed table.
 - ``all``: both.
 
 ``--match TEXT`` keeps the cases whose description contains ``TEXT`` (``--match 8x8``);
+``--allow-overflow`` passes that flag to every case (the DeepSeek-V3 cases exceed a die's SRAM);
 ``--before DIR`` runs each case twice, first importing ``moec`` from ``DIR``, and prints a
 before/after table. ``DIR`` is an older checkout's root (``mkdir -p DIR && git archive REV | tar
 -x -C DIR``): its packages live in ``moec/``, ``ir/``, ``compiler/``, ``backends/`` and
@@ -178,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     ap.add_argument("--match", default="", help="only the cases whose description has this")
     ap.add_argument(
+        "--allow-overflow", action="store_true",
+        help="pass --allow-overflow to every case (DeepSeek-V3 on npu8-hbm exceeds a die's SRAM)",
+    )  # fmt: skip
+    ap.add_argument(
         "--before",
         metavar="DIR",
         help="also run each case, first, with the checkout DIR's moec (e.g. from git archive) "
@@ -189,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cases in ("goals", "all"):
         cases += goal_cases(strategies)
     cases = [c for c in cases if args.match in c.what]
+    if args.allow_overflow:
+        cases = [Case(c.what + ", --allow-overflow", (*c.args, "--allow-overflow")) for c in cases]
     if args.before:
         with tempfile.TemporaryDirectory(prefix="bench_sim_before_") as tmp:
             before = package_root(args.before, tmp)

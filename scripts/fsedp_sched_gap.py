@@ -12,7 +12,7 @@ this prints the scheduler's predicted layer time (``Schedule.estimate_s`` of the
 schedule) against the interpreter's measured layer latency, for paired load and R5, and R5's
 latency against paired load's. Issue 12 asks for the gap on 3x3 with
 ``--set ddr_gbps_per_channel=51.2``: before the one engine the prediction was +0.2% to +25.4%
-off; now within about 1% (what remains: ops that became ready at different times claiming one
+off; now within 1.7% (what remains: ops that became ready at different times claiming one
 resource in another order, and dies starting the layer at different times in the whole program).
 """
 

@@ -133,7 +133,13 @@ class Report:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
-def _spans(names: list[str], tags: list[int], tl: Timeline) -> list[Span]:
+def _spans(
+    names: list[str], tags: list[int], tl: Timeline, kept: dict[int, tuple[float, float]] | None
+) -> list[Span]:
+    """Each tagged group's span: its ops' earliest start and latest end, or the spans a run
+    summarized layer by layer ``kept``."""
+    if kept is not None:
+        return [Span(n, *kept[k]) for k, n in enumerate(names) if k in kept]
     lo = [float("inf")] * len(names)
     hi = [float("-inf")] * len(names)
     start, end = tl.start, tl.end
@@ -153,12 +159,13 @@ def make_report(tl: Timeline, program: str) -> Report:
     util = [b / span for b in tl.busy]
     L = len(t.links)
     has_host = t.host is not None
+    sm = tl.summary
     return Report(
         program=program,
         target=t.name,
         latency_s=tl.makespan,
-        layers=_spans(tl.layer_names, tl.layer, tl),
-        islands=_spans(tl.island_names, tl.island, tl),
+        layers=_spans(tl.layer_names, tl.layer, tl, None if sm is None else sm.layer_spans),
+        islands=_spans(tl.island_names, tl.island, tl, None if sm is None else sm.island_spans),
         peak_sram_bytes=list(tl.peak_sram),
         peak_sram_activation_bytes=list(tl.peak_sram_activations),
         peak_slot_bytes=list(tl.peak_slot_bytes),

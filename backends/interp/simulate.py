@@ -31,6 +31,7 @@ import numpy as np
 
 from moec.backends.interp.expand import expand_layer, layouts_for, splice
 from moec.backends.interp.expand.fsedp_deferred import charge_deferred
+from moec.backends.interp.layered import plan_parts, run_layered
 from moec.backends.interp.numerics import check_companion, evaluate_model, load_weights
 from moec.backends.interp.offload import check_declarations, offload_loads
 from moec.backends.interp.report import Report, chrome_trace, make_report
@@ -62,7 +63,8 @@ class RunResult:
     """What one run produced."""
 
     report: Report
-    expanded: Program
+    #: the fully static program that was timed (None: a layer-by-layer run kept none)
+    expanded: Program | None
     timeline: Timeline
     routings: list[LayerRouting]
     outputs: dict[str, np.ndarray] | None = None
@@ -225,6 +227,7 @@ def simulate(
     verify: bool = True,
     verified: bool = False,
     allow_overflow: bool = False,
+    layered: bool = False,
 ) -> RunResult:
     """Run ``program``: numerics when ``inputs`` are given, timing always (see module doc).
 
@@ -232,12 +235,44 @@ def simulate(
     ``verified``: the caller has already checked ``program`` against this target, so only the
     expanded program is checked. A run whose slots and activations together exceed a die's
     SRAM is a :class:`ScheduleError` unless ``allow_overflow`` (then the report carries
-    ``sram_over_bytes``)."""
+    ``sram_over_bytes``).
+
+    ``layered``: time the program one layer at a time (:mod:`.layered`; memory flat in the
+    number of layers, same report) when it has that shape and no trace is asked for; the
+    result then has no expanded program (``expanded`` is None) and its timeline no per-op
+    data (``timeline.summary`` instead)."""
     with gc_paused():
         return _simulate(
             program, target, routings, inputs, base_dir, record_trace, verify, verified,
-            allow_overflow,
+            allow_overflow, layered,
         )  # fmt: skip
+
+
+def _run_parts(
+    program: Program,
+    tgt: Target,
+    layouts: dict[tuple[str, bool], SliceLayout],
+    given: dict[str, LayerRouting],
+    verify: bool,
+) -> tuple[Timeline | None, list[LayerRouting]]:
+    """A timing-only run layer by layer (:func:`~.layered.run_layered`), each layer expanded
+    when its part is timed; (None, []) when the program is not cut that way."""
+    parts = plan_parts(program)
+    if parts is None:
+        return None, []
+    rewritten: dict[str, LayerRouting] = {}
+
+    def expansion(name: str) -> dict[int, list[Instr]]:
+        m, r = program.layer(name), given.get(name)
+        if m is None or r is None or program.policy(name) is None:
+            return {}
+        rewritten[name], per_die = expand_runtime(program, tgt, m, r, layouts)
+        return per_die
+
+    verify_parts = verify and not program.is_static
+    tl = run_layered(program, tgt, parts, layouts, expansion, verify_parts)
+    used = [rewritten.get(m.name, given[m.name]) for m in program.layers if m.name in given]
+    return tl, used
 
 
 def _simulate(
@@ -250,10 +285,12 @@ def _simulate(
     verify: bool,
     verified: bool,
     allow_overflow: bool,
+    layered: bool,
 ) -> RunResult:
     tgt, layouts = prepare(program, target, base_dir, verify and not verified)
     expansions: dict[str, dict[int, list[Instr]]] = {}
     outputs: dict[str, np.ndarray] | None = None
+    tl: Timeline | None = None
     given = check_routings(program, tgt, routings) if routings is not None else None
     static_parts: dict[str, dict[int, list[Instr]]] = {}
 
@@ -290,20 +327,32 @@ def _simulate(
                     program.filename,
                 )
             given = {}
-        used = []
-        for m in program.layers:
-            r = given.get(m.name)
-            if r is not None:
-                used.append(instructions(m.name, r)[0])
-    expanded = program if program.is_static else splice(program, expansions, layouts)
-    if verify and expanded is not program:
-        verify_program(expanded, tgt)
-    tl = run_timing(expanded, tgt)
-    charge_deferred(expanded, tl)  # token-buffered pairs belong to the next iteration
+        if layered and not record_trace:
+            tl, used = _run_parts(program, tgt, layouts, given, verify)
+        if tl is None:
+            used = []
+            for m in program.layers:
+                r = given.get(m.name)
+                if r is not None:
+                    used.append(instructions(m.name, r)[0])
+    if tl is None and layered and not record_trace and inputs is not None:
+        parts = plan_parts(program)
+        if parts is not None:
+            tl = run_layered(
+                program, tgt, parts, layouts, lambda name: expansions.get(name, {}),
+                verify and not program.is_static,
+            )  # fmt: skip
+    expanded: Program | None = None
+    if tl is None:  # the reference: the whole expanded program in one run
+        expanded = program if program.is_static else splice(program, expansions, layouts)
+        if verify and expanded is not program:
+            verify_program(expanded, tgt)
+        tl = run_timing(expanded, tgt)
+        charge_deferred(expanded, tl)  # token-buffered pairs belong to the next iteration
+        expanded = dataclasses.replace(expanded, filename=program.filename)
     check_fit(tl, tgt, program, allow_overflow)
     report = make_report(tl, program.name)
     report.extra.update(tl.extra)
     report.tokens = program.layers[0].tokens if program.layers else 0
     trace = chrome_trace(tl) if record_trace else None
-    expanded = dataclasses.replace(expanded, filename=program.filename)
     return RunResult(report, expanded, tl, used, outputs, trace)

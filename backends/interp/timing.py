@@ -93,6 +93,7 @@ import heapq
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import moec.backends.interp.timing_ops  # noqa: F401 - registers every opcode's timing handler
 from moec.backends.interp.energy import EnergyLedger
@@ -114,9 +115,12 @@ from moec.ir.stream.printer import instr as instr_text
 from moec.ir.stream.program import Instr, Program
 from moec.ir.target import Target
 
+if TYPE_CHECKING:
+    from moec.backends.interp.summary import RunSummary
+
 __all__ = [
-    "COMPUTE", "DELAY", "DENSE_DRAM", "KIND_NAMES", "LOAD", "SYNC", "TIMING", "XFER", "Timeline",
-    "run_timing",
+    "COMPUTE", "DELAY", "DENSE_DRAM", "KIND_NAMES", "LOAD", "SYNC", "TIMING", "XFER", "Carry",
+    "Timeline", "run_timing",
 ]  # fmt: skip
 
 
@@ -156,25 +160,49 @@ class Timeline:
     peak_slot_bytes: list[int] = field(default_factory=list)
     #: joules per die and part (dynamic charges from the handlers, static over the makespan)
     energy: EnergyLedger | None = None
+    #: a run summarized layer by layer (:mod:`.layered`) keeps no per-op data: the per-op lists
+    #: above are empty and this holds the spans and MoE figures the reports need
+    summary: RunSummary | None = None
+
+
+@dataclass
+class Carry:
+    """What one part of a layer-by-layer run (:mod:`.layered`) hands the next: the time its
+    first ops are released, each resource's free and busy time so far, and the energy ledger
+    (static power over the whole run is then the caller's to add)."""
+
+    clock: float
+    free_at: list[float]
+    busy: list[float]
+    energy: EnergyLedger
 
 
 def run_timing(
-    p: Program, target: Target, precision: Mapping[str, Sequence[str]] | None = None
+    p: Program,
+    target: Target,
+    precision: Mapping[str, Sequence[str]] | None = None,
+    carry: Carry | None = None,
 ) -> Timeline:
     """Simulate a static program on ``target``; deadlocks are a one-line ScheduleError.
 
     ``precision`` (per layer, each expert's precision) times slices whose loads move no bytes
-    (residency hits) at their expert's precision rather than the layer's dtype.
+    (residency hits) at their expert's precision rather than the layer's dtype. ``carry``: the
+    program is one part of a longer run (:mod:`.layered`): its roots are released at
+    ``carry.clock``, the resources' free and busy times and the energy ledger continue (updated
+    in place) and no static power is added.
     """
     b = Builder(p, target, precision)
+    if carry is not None:
+        b.energy = carry.energy
     b.build()
     g = b.g
     n = len(g.kind)
     ready = [0.0] * n
     start = [0.0] * n
     end = [-1.0] * n
-    free_at = [0.0] * b.num_res
-    busy = [0.0] * b.num_res
+    free_at = carry.free_at if carry is not None else [0.0] * b.num_res
+    busy = carry.busy if carry is not None else [0.0] * b.num_res
+    clock = carry.clock if carry is not None else 0.0
     ndeps, succ, dur, res, kind, back = g.ndeps, g.succ, g.dur, g.res, g.kind, g.backs()
     # every op the handlers make holds at most one resource: its id (-1: none), -2 for an op
     # holding several (taken the long way)
@@ -184,7 +212,7 @@ def run_timing(
     # engine.EventQueue's discipline, inlined (its two method calls per op were a fifth of the
     # loop): events (time, priority, push order, op), all distinct, so the pop order is theirs
     roots = [op for op in range(n) if ndeps[op] == 0]
-    heap = [(0.0, prio[op], seq, op) for seq, op in enumerate(roots)]
+    heap = [(clock, prio[op], seq, op) for seq, op in enumerate(roots)]
     seq = len(heap)
     heapq.heapify(heap)
     counters: dict[str, int] = defaultdict(int)
@@ -241,7 +269,8 @@ def run_timing(
             f"deadlock: die {g.die[op]} never completes '{what}' ({len(stuck)} ops blocked)"
         )
     makespan = max(end, default=0.0)
-    b.energy.add_static(target, makespan)
+    if carry is None:
+        b.energy.add_static(target, makespan)
     pools = {s.die: s.nbytes for s in p.slots}
     peak, peak_slots, peak_acts, slot_peak = sram_peaks(
         target.num_dies, pools, b.fills, b.acts, p.layers, start, end, makespan

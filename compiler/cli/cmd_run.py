@@ -10,7 +10,8 @@
   default ``synth:zipf=1.0,seed=<seed>`` sized for the program's layers.
 
 Prints a table (or ``--json``); ``--trace-out`` writes a Chrome/Perfetto trace, ``--dump-expanded``
-the fully static program of this run. Output files are written atomically, and only when the run
+the fully static program of this run; without either the run is simulated one layer at a time
+(memory flat in the number of layers, :mod:`moec.backends.interp.layered`). Output files are written atomically, and only when the run
 succeeded. SRAM is a hard limit: a run whose slots and activations exceed a die's SRAM is an
 error, unless ``--allow-overflow`` (then the report says by how much it overflowed).
 
@@ -48,8 +49,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--inputs", metavar="F.npz", help="model inputs (numerics)")
     p.add_argument("--target", metavar="T", help="run on this target instead of the program's")
     add_set_arg(p, "override a target field on top of the program's target (e.g. ideal=true)")
-    p.add_argument("--trace-out", metavar="TRACE.json", help="write a Chrome/Perfetto trace")
-    p.add_argument("--dump-expanded", metavar="OUT.msp", help="write the expanded static program")
+    p.add_argument(
+        "--trace-out", metavar="TRACE.json",
+        help="write a Chrome/Perfetto trace (costs more: the whole program's ops are kept, "
+        "memory grows with the layers)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dump-expanded", metavar="OUT.msp",
+        help="write the expanded static program (like --trace-out, keeps every layer's ops)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--allow-overflow", action="store_true",
@@ -79,9 +87,11 @@ def run(args: argparse.Namespace) -> int:
         program, base_dir=base, routing=args.routing, seed=args.seed, inputs=args.inputs,
         target=args.target, record_trace=bool(args.trace_out),
         overrides=parse_overrides(args.overrides), allow_overflow=args.allow_overflow,
+        layered=not (args.trace_out or args.dump_expanded),
     )  # fmt: skip
     outputs: list[tuple[str, bytes | str]] = []
     if args.dump_expanded:
+        assert result.expanded is not None  # a whole-program run (not layered) keeps it
         out_dir = os.path.dirname(os.path.abspath(args.dump_expanded))
         outputs.append((args.dump_expanded, print_program(result.expanded.rebased(base, out_dir))))
     if args.trace_out:

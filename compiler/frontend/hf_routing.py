@@ -279,10 +279,9 @@ def match_routing(walk: Walk, router: Router) -> Routing:
     scores = walk.forward(router.scores)
     E = router.weight.shape[0]
     choice, bias = scores, None
-    for c in walk.consumers(scores):
-        shape = walk.ints(c.input[1]) if c.op_type == "Reshape" and c.input[0] == scores else None
-        if shape is not None and len(shape) == 2 and shape[1] == E:
-            choice = walk.take(c).output[0]  # the scores viewed as [T, E] again (LongCat)
+    for c in walk.of_type(scores, "Reshape"):  # the scores viewed as [T, E] again (LongCat)
+        if c.input[0] == scores and len(sh := walk.ints(c.input[1]) or []) == 2 and sh[1] == E:
+            choice = walk.take(c).output[0]
     for c in walk.consumers(choice):
         if c.op_type == "Add":
             b = walk.const(walk.other(c, choice))

@@ -12,7 +12,7 @@ is decided the moment the interpreter will find its last input ready: a load whe
 takes is freed, a forward when the link, the slice and the successor's slot are, a compute when
 the die's previous compute and the slice are. So the static streams, timed by the interpreter,
 reproduce the simulation's clock (``Schedule.estimate_s``) up to the order two ops that became
-ready at different times claim one resource (``scripts/fsedp_sched_gap.py``: within 1% on
+ready at different times claim one resource (``scripts/fsedp_sched_gap.py``: within 1.7% on
 issue 12's case, fsedp-3x3 with DDR at 51.2 GB/s per channel).
 
 **Trajectories.** Slices follow a closed *walk* of the dies: the Hamiltonian cycle

@@ -1,0 +1,249 @@
+"""A timing run one layer at a time: memory flat in the number of MoE layers.
+
+A shipped program brackets every ``moe`` placeholder (and every dense island) with package-wide
+barriers: on every die ``signal s`` directly followed by ``wait s count N`` (N the number of
+dies with a stream). Nothing after a ``wait`` issues before every die's ``signal`` has
+completed, and a ``signal`` completes after everything its die issued before it, so the parts
+of the run between two barriers only meet through: the time the barrier releases, each
+resource's free time (a load's tail reservation may reach back before it) and busy time, the
+energy ledger, and slots or activations held across it (none in a program this path accepts).
+
+:func:`plan_parts` cuts each die's stream before each barrier's ``signal``: part 0 runs up to
+and including the first barrier's ``signal``; part j starts with barrier j's ``signal`` and
+``wait`` again and runs up to and including the next barrier's ``signal``. :func:`run_layered`
+times the parts in order (:func:`~.timing.run_timing` with a :class:`~.timing.Carry`): a part's
+first ops are its copies of the barrier's ``signal``, released at the time the previous part's
+last ``signal`` completed, so the barrier's ``wait`` ops are released at the same time, in the
+same order and before any other op, as in the whole program's run, and every op after them
+starts and ends at the same float. Each part keeps only its summary (:mod:`.summary`: spans
+and each MoE layer's figures; SRAM peaks per die; bytes; events), so one layer's expanded
+instructions and ops are alive at a time.
+
+The whole program's run (:func:`~.timing.run_timing` on the spliced expansion) stays the
+reference: a program that does not have this shape (a slot filled before a barrier and used
+after it, a transfer or a layer across a barrier, a barrier that is not package-wide) is not
+cut (:func:`plan_parts` returns None), and the tests compare both runs on every golden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from moec.backends.interp.energy import EnergyLedger
+from moec.backends.interp.expand import splice
+from moec.backends.interp.expand.fsedp_deferred import charge_deferred
+from moec.backends.interp.summary import RunSummary, layer_parts, merge_spans, tag_spans
+from moec.backends.interp.timing import SYNC, Carry, Timeline, run_timing
+from moec.ir.stream.program import (
+    Free,
+    Instr,
+    Load,
+    MoE,
+    Program,
+    Recv,
+    Send,
+    Signal,
+    SliceLayout,
+    SliceRef,
+    Wait,
+)
+from moec.ir.stream.verify import verify_program
+from moec.ir.target import Target
+
+
+@dataclass
+class Part:
+    """One part of the run: per die its static instructions (``moe`` placeholders still in),
+    and the MoE layers whose placeholders it holds, in program order."""
+
+    streams: dict[int, list[Instr]]
+    layers: list[str]
+
+
+def _barriers(p: Program) -> list[str] | None:
+    """The events of the package-wide barriers, in order, when every stream has the same ones
+    (``signal s`` directly followed by ``wait s count N``, N the number of streams, each once);
+    None when some stream differs."""
+    n = len(p.streams)
+    seen: list[str] | None = None
+    for st in p.streams:
+        mine: list[str] = []
+        ins = st.instrs
+        for k, i in enumerate(ins):
+            if (
+                isinstance(i, Signal)
+                and k + 1 < len(ins)
+                and isinstance(ins[k + 1], Wait)
+                and ins[k + 1].event == i.event  # type: ignore[union-attr]
+                and ins[k + 1].count == n  # type: ignore[union-attr]
+            ):
+                mine.append(i.event)
+        if seen is None:
+            seen = mine
+        elif mine != seen:
+            return None
+    if seen is None or len(set(seen)) != len(seen):
+        return None
+    counts = Counter(i.event for st in p.streams for i in st.instrs if isinstance(i, Signal | Wait))
+    if any(counts[e] != 2 * n for e in seen):
+        return None
+    return seen
+
+
+def plan_parts(p: Program) -> list[Part] | None:
+    """``p``'s streams cut at its package-wide barriers (module doc), or None when the program
+    has no such barrier, or a layer's placeholders or static instructions are not all in one
+    part."""
+    events = _barriers(p)
+    if not events:
+        return None
+    cut = set(events)
+    parts: list[Part] = [Part({}, []) for _ in range(len(events) + 1)]
+    owner: dict[str, int] = {}
+    for st in p.streams:
+        j = 0
+        out: list[Instr] = []
+        parts[0].streams[st.die] = out
+        for k, i in enumerate(st.instrs):
+            if isinstance(i, Signal) and i.event in cut and isinstance(st.instrs[k + 1], Wait):
+                out.append(i)
+                j += 1
+                out = []
+                parts[j].streams[st.die] = out
+            out.append(i)
+            layer = _layer_of(i)
+            if layer is not None:
+                if owner.setdefault(layer, j) != j:
+                    return None
+                if isinstance(i, MoE) and layer not in parts[j].layers:
+                    parts[j].layers.append(layer)
+    return parts
+
+
+def _layer_of(i: Instr) -> str | None:
+    if isinstance(i, MoE):
+        return i.layer
+    if isinstance(i, Load | Recv) and isinstance(i.content, SliceRef):
+        return i.content.layer
+    if isinstance(i, Send | Recv) and i.block is not None:
+        return i.block.layer
+    return None
+
+
+def self_contained(streams: dict[int, list[Instr]]) -> bool:
+    """Whether an expanded part frees every slot it fills and matches every send with a recv
+    (so nothing it holds or sends is seen by another part)."""
+    flows: Counter[tuple[int, int]] = Counter()
+    for die, instrs in streams.items():
+        held: set[int] = set()
+        for i in instrs:
+            if isinstance(i, Load):
+                held.add(i.slot)
+            elif isinstance(i, Recv):
+                flows[(i.peer, die)] -= 1
+                if i.slot is not None:
+                    held.add(i.slot)
+            elif isinstance(i, Send):
+                flows[(die, i.peer)] += 1
+            elif isinstance(i, Free):
+                held.discard(i.slot)
+        if held:
+            return False
+    return not any(flows.values())
+
+
+def run_layered(
+    p: Program,
+    target: Target,
+    parts: list[Part],
+    layouts: dict[tuple[str, bool], SliceLayout],
+    expansion: Callable[[str], dict[int, list[Instr]]],
+    verify: bool,
+) -> Timeline | None:
+    """Time ``p`` part by part (module doc); ``expansion(layer)`` gives a layer's per-die
+    instructions (asked once, in program order). None when an expanded part is not
+    self-contained (:func:`self_contained`): the caller runs the whole program instead."""
+    D = target.num_dies
+    num_res = D + len(target.channels) + len(target.links) + (D if target.host else 0)
+    carry = Carry(0.0, [0.0] * num_res, [0.0] * num_res, EnergyLedger(D))
+    summary = RunSummary()
+    makespan = 0.0
+    events = instructions = 0
+    dram_bytes: list[int] = [0] * len(target.channels)
+    link_bytes: dict[str, int] = {}
+    host_bytes: list[int] | None = None
+    peaks: list[tuple[int, int, int]] = [(0, 0, 0)] * D
+    slot_peak = [0] * D
+    deferred_pairs, deferred_s = 0, 0.0
+    last: Timeline | None = None
+    for j, part in enumerate(parts):
+        shell = _part_program(p, part.streams)
+        prog = splice(shell, {m: expansion(m) for m in part.layers}, layouts)
+        if not self_contained({st.die: st.instrs for st in prog.streams}):
+            return None
+        if verify:
+            verify_program(prog, target)
+        tl = run_timing(prog, target, carry=carry)
+        charge_deferred(prog, tl)
+        dup = len(prog.streams) if j > 0 else 0  # this part's copies of the barrier's signal
+        events += tl.events - dup
+        instructions += prog.num_instructions() - dup
+        makespan = max(makespan, tl.makespan)
+        merge_spans(summary.layer_spans, tag_spans(tl.layer, tl.start, tl.end))
+        merge_spans(summary.island_spans, tag_spans(tl.island, tl.start, tl.end))
+        summary.parts += layer_parts(tl)
+        carry.energy.by_op.clear()
+        for c, nb in enumerate(tl.dram_bytes):
+            dram_bytes[c] += nb
+        for k, nb in tl.link_bytes.items():
+            link_bytes[k] = link_bytes.get(k, 0) + nb
+        host_bytes = (
+            list(tl.host_bytes)
+            if host_bytes is None
+            else [a + b for a, b in zip(host_bytes, tl.host_bytes, strict=True)]
+        )
+        for d in range(D):  # the earliest part reaching a die's peak holds it (as one sweep)
+            if tl.peak_sram[d] > peaks[d][0]:
+                peaks[d] = (tl.peak_sram[d], tl.peak_sram_slots[d], tl.peak_sram_activations[d])
+            slot_peak[d] = max(slot_peak[d], tl.peak_slot_bytes[d])
+        if "deferred_pairs" in tl.extra:
+            deferred_pairs += int(tl.extra["deferred_pairs"])
+            deferred_s += tl.extra["deferred_s"]
+        ends = {id(st.instrs[-1]) for st in prog.streams if st.instrs}
+        carry.clock = max(
+            (tl.end[op] for op in _sync_ops(tl) if id(tl.instr[op]) in ends), default=makespan
+        )
+        last = tl
+    assert last is not None
+    carry.energy.add_static(target, makespan)
+    peak = [pk for pk, _, _ in peaks]
+    over = max((pk - target.die(d).sram_bytes for d, pk in enumerate(peak)), default=0)
+    extra: dict[str, float] = {"sram_over_bytes": over} if over > 0 else {}
+    if deferred_pairs:
+        extra["deferred_pairs"] = deferred_pairs
+        extra["deferred_s"] = deferred_s
+    return Timeline(
+        target=target, makespan=makespan, start=[], end=[], kind=[], die=[], res=[], instr=[],
+        layer=[], island=[], layer_names=last.layer_names, island_names=last.island_names,
+        num_resources=last.num_resources, resource_names=last.resource_names, busy=carry.busy,
+        dram_bytes=dram_bytes, link_bytes=link_bytes, peak_sram=peak, instructions=instructions,
+        host_bytes=host_bytes or [], events=events, extra=extra,
+        peak_sram_slots=[s for _, s, _ in peaks], peak_sram_activations=[a for _, _, a in peaks],
+        peak_slot_bytes=slot_peak, energy=carry.energy, summary=summary,
+    )  # fmt: skip
+
+
+def _sync_ops(tl: Timeline) -> Iterable[int]:
+    kind = tl.kind
+    return (op for op in range(len(kind) - 1, -1, -1) if kind[op] == SYNC)
+
+
+def _part_program(p: Program, streams: dict[int, list[Instr]]) -> Program:
+    return dataclasses.replace(
+        p,
+        streams=[dataclasses.replace(st, instrs=streams.get(st.die, [])) for st in p.streams],
+        source=None,
+    )

@@ -1,0 +1,176 @@
+"""What the reports keep of a timing run's ops, per MoE layer, so that a run can drop its ops.
+
+``moec bench``'s figures (:func:`moe_summary`: MoE latency, per-layer latencies, utilization,
+bytes and energy of the MoE layers' ops) are sums over each layer's ops: :func:`layer_parts`
+computes one :class:`LayerPart` per MoE layer of a :class:`~.timing.Timeline`, and
+:func:`moe_summary` adds the parts, layer after layer. A run simulated one layer at a time
+(:mod:`.layered`) keeps only the parts and the spans (:class:`RunSummary`), and gives the same
+figures, bit for bit, as the same parts taken from the whole run's timeline: each part sums its
+own ops in op order, and ops of one layer keep their relative order in either run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from moec.backends.interp.opgraph import LOAD, XFER
+from moec.ir.cost.energy import die_static_energy
+from moec.ir.energy import PARTS
+from moec.ir.target import Target
+
+if TYPE_CHECKING:
+    from moec.backends.interp.timing import Timeline
+
+
+@dataclass
+class LayerPart:
+    """One MoE layer's share of a run: its span, and its ops' busy time per resource, DRAM and
+    link bytes, and dynamic joules per part (:data:`moec.ir.energy.PARTS`)."""
+
+    layer: int
+    start: float
+    end: float
+    busy: np.ndarray
+    dram_bytes: int
+    link_bytes: int
+    joules: list[float]
+
+
+@dataclass
+class RunSummary:
+    """What a layer-by-layer run keeps instead of its ops: each MoE layer's and dense island's
+    span (``(start, end)`` by index; absent: no op) and the MoE layers' parts in the order the
+    layers first appear among the ops."""
+
+    layer_spans: dict[int, tuple[float, float]] = field(default_factory=dict)
+    island_spans: dict[int, tuple[float, float]] = field(default_factory=dict)
+    parts: list[LayerPart] = field(default_factory=list)
+
+
+def _widen(spans: dict[int, tuple[float, float]], k: int, lo: float, hi: float) -> None:
+    old = spans.get(k)
+    spans[k] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+
+
+def tag_spans(
+    tags: list[int], start: list[float], end: list[float]
+) -> dict[int, tuple[float, float]]:
+    """Per tag (a layer or island index; -1 is none), the earliest start and latest end of its
+    ops."""
+    out: dict[int, tuple[float, float]] = {}
+    lo: dict[int, float] = {}
+    hi: dict[int, float] = {}
+    for op, k in enumerate(tags):
+        if k >= 0:
+            s, e = start[op], end[op]
+            if k not in lo:
+                lo[k], hi[k] = s, e
+            else:
+                if s < lo[k]:
+                    lo[k] = s
+                if e > hi[k]:
+                    hi[k] = e
+    for k in lo:
+        out[k] = (lo[k], hi[k])
+    return out
+
+
+def merge_spans(into: dict[int, tuple[float, float]], more: dict[int, tuple[float, float]]) -> None:
+    """Widen ``into`` by ``more`` (a later part of the same run)."""
+    for k, (lo, hi) in more.items():
+        _widen(into, k, lo, hi)
+
+
+def layer_parts(tl: Timeline) -> list[LayerPart]:
+    """One :class:`LayerPart` per MoE layer with ops in ``tl``, in the order the layers first
+    appear among the ops."""
+    t = tl.target
+    D, C = t.num_dies, len(t.channels)
+    n = len(tl.layer)
+    layer = np.fromiter(tl.layer, dtype=np.int64, count=n)
+    start = np.fromiter(tl.start, dtype=np.float64, count=n)
+    end = np.fromiter(tl.end, dtype=np.float64, count=n)
+    kind = np.fromiter(tl.kind, dtype=np.int64, count=n)
+    lens = np.fromiter(map(len, tl.res), dtype=np.int64, count=n)
+    held = np.fromiter(chain.from_iterable(tl.res), dtype=np.int64, count=int(lens.sum()))
+    owner = np.repeat(np.arange(n), lens)
+    first_res = np.cumsum(lens) - lens
+    moe = np.flatnonzero(layer >= 0)
+    present, first = np.unique(layer[moe], return_index=True)
+    joules: dict[int, list[float]] = {int(k): [0.0] * len(PARTS) for k in present}
+    if tl.energy is not None:
+        for op, _, part, j in tl.energy.by_op:
+            k = tl.layer[op]
+            if k >= 0:
+                joules[k][part] += j
+    links_end = D + C + len(t.links)
+    # each layer's ops, and its ops' resource holds, in op order (a stable sort by layer)
+    ops_by = moe[np.argsort(layer[moe], kind="stable")]
+    op_cut = np.searchsorted(layer[ops_by], present, side="left").tolist() + [ops_by.size]
+    hold_layer = layer[owner]
+    holds = np.flatnonzero(hold_layer >= 0)
+    holds = holds[np.argsort(hold_layer[holds], kind="stable")]
+    hold_cut = np.searchsorted(hold_layer[holds], present, side="left").tolist() + [holds.size]
+    dur = end - start
+    parts = []
+    for j in np.argsort(first, kind="stable").tolist():
+        k = int(present[j])
+        ops = ops_by[op_cut[j] : op_cut[j + 1]]
+        mine = holds[hold_cut[j] : hold_cut[j + 1]]
+        busy = np.zeros(tl.num_resources)
+        np.add.at(busy, held[mine], dur[owner[mine]])  # adds in op order
+        dram = link = 0
+        moved = ops[(kind[ops] == LOAD) | (kind[ops] == XFER)]
+        for op, r in zip(moved.tolist(), held[first_res[moved]].tolist(), strict=True):
+            nb = getattr(tl.instr[op], "nbytes", 0)
+            if D <= r < D + C:
+                dram += nb
+            elif D + C <= r < links_end:
+                link += nb
+        parts.append(
+            LayerPart(
+                k, float(start[ops].min()), float(end[ops].max()), busy, dram, link, joules[k]
+            )
+        )
+    return parts
+
+
+def moe_summary(parts: list[LayerPart], t: Target, has_energy: bool = True) -> dict[str, Any]:
+    """Latency, per-layer latencies, utilization, bytes and energy of the MoE layers (the
+    ``moe_metrics`` of ``moec bench``) from their parts: sums over the parts in their order."""
+    D, C, links = t.num_dies, len(t.channels), len(t.links)
+    latency = sum(p.end - p.start for p in parts)
+    scale = 1.0 / latency if latency > 0 else 0.0
+    busy = np.zeros(parts[0].busy.size if parts else D + C + links)
+    dram = link = 0
+    for p in parts:
+        busy = busy + p.busy
+        dram += p.dram_bytes
+        link += p.link_bytes
+    energy: dict[str, float] = {}
+    if has_energy:
+        energy = dict.fromkeys(PARTS, 0.0)
+        for p in parts:
+            for k, name in enumerate(PARTS):
+                energy[name] += p.joules[k]
+        energy["static"] = sum(die_static_energy(t, d, latency) for d in range(D))
+
+    def mean(a: np.ndarray) -> float:
+        return round(float(a.mean()) * scale, 6) if a.size else 0.0
+
+    return {
+        "latency_s": latency,
+        "layers_s": [p.end - p.start for p in sorted(parts, key=lambda p: p.layer)],
+        "utilization": {
+            "compute": mean(busy[:D]),
+            "dram": mean(busy[D : D + C]),
+            "links": mean(busy[D + C : D + C + links]),
+        },
+        "dram_bytes": int(dram),
+        "link_bytes": int(link),
+        "energy_breakdown_j": energy,
+    }
