@@ -28,6 +28,7 @@ cut (:func:`plan_parts` returns None), and the tests compare both runs on every 
 from __future__ import annotations
 
 import dataclasses
+import gc
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -180,6 +181,11 @@ def run_layered(
     deferred_pairs, deferred_s = 0, 0.0
     last: Timeline | None = None
     for j, part in enumerate(parts):
+        if j:
+            # the previous part's ops and instructions: a caller may have paused the collector
+            # (gc_paused), and what they hold in cycles would otherwise stay until the run ends;
+            # the youngest generation is what the previous part allocated, so this stays linear
+            gc.collect(0)
         shell = _part_program(p, part.streams)
         prog = splice(shell, {m: expansion(m) for m in part.layers}, layouts)
         if not self_contained({st.die: st.instrs for st in prog.streams}):
