@@ -18,7 +18,9 @@ weight key         shape           meaning
 ``sh_gate``        [d, Fs]         shared experts, concatenated along Fs (gated like the routed
                                    experts: without ``sh_gate`` when they are not)
 ``sh_up``/``sh_down``              [d, Fs] / [Fs, d]
-``sh_router``      [d, 1]          optional sigmoid gate of the shared experts
+``sh_router``      [d, 1]          optional sigmoid gate of the shared experts (with
+                   [d, S]          ``shared_in_norm``: one per shared expert, scores joining
+                                   the top-k renormalization)
 =================  ==============  ==========================================
 
 :func:`route`, :func:`expert_ffn` and :func:`shared_ffn` are the building blocks the interpreter
@@ -36,6 +38,7 @@ import numpy as np
 from moec.ir.annotations import LayerAnnotations
 from moec.ir.errors import ModelError
 from moec.ir.graph import TensorType, Weight
+from moec.ir.sparsemixer import sparsemixer
 
 SCORINGS = ("softmax", "sigmoid", "sparsemixer")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "swiglu", "identity")
@@ -69,6 +72,10 @@ class MoELayer:
     # The top-k choice ranks logits + score_bias instead of scores + score_bias (Kolibri-1:
     # topk(logits + bias), gates the scores of the chosen experts).
     bias_on_logits: bool = False
+    # The S shared experts' scores sigmoid(x @ sh_router) join the k routed scores in the top-k
+    # renormalization, and each shared expert (Fs / S columns) is scaled by its own normalized
+    # score times routed_scaling (Inkling: E+S router rows, log-sigmoid weights over k + S).
+    shared_in_norm: bool = False
     # Experts that quantize their inputs to int8 in blocks of this many elements along the
     # contracted axis (symmetric, scale = max|a| / 127, round half to even), as ONNX Runtime's
     # CPU QMoE does for block-wise 8-bit weights when the contracted length is a multiple of the
@@ -186,7 +193,7 @@ class MoELayer:
         if self.has_shared:
             parts.append(f"shared={self.num_shared}x{self.shared_ffn // max(self.num_shared, 1)}")
             if self.has("sh_router"):
-                parts.append("shared_gate=sigmoid")
+                parts.append("shared_gate=joint" if self.shared_in_norm else "shared_gate=sigmoid")
         for key, value in self.annotations.items():
             parts.append(f"{key}={value}")
         return "{" + ", ".join(parts) + "}"
@@ -215,6 +222,11 @@ class MoELayer:
             )
         if self.group_score not in GROUP_SCORES:
             raise ModelError(f"unknown group score {self.group_score!r}", where)
+        S = self.num_shared if self.shared_in_norm else 1
+        if self.shared_in_norm and not (self.has("sh_router") and self.normalize_topk and S > 0):
+            raise ModelError("shared_in_norm needs shared gates and top-k renormalization", where)
+        if self.shared_in_norm and self.shared_ffn % max(S, 1):
+            raise ModelError(f"shared_ffn {self.shared_ffn} is not {S} equal experts", where)
         if self.bias_on_logits and (self.n_group > 1 or self.scoring == "sparsemixer"):
             raise ModelError("bias_on_logits needs plain top-k routing (one group)", where)
         Fs = self.shared_ffn
@@ -222,7 +234,7 @@ class MoELayer:
             "router_w": (E, d), "router_b": (E,), "score_bias": (E,),
             "w_gate": (E, d, F), "w_up": (E, d, F), "w_down": (E, F, d),
             "b_gate": (E, F), "b_up": (E, F), "b_down": (E, d),
-            "sh_gate": (d, Fs), "sh_up": (d, Fs), "sh_down": (Fs, d), "sh_router": (d, 1),
+            "sh_gate": (d, Fs), "sh_up": (d, Fs), "sh_down": (Fs, d), "sh_router": (d, S),
         }  # fmt: skip
         for key in ("router_w", "w_up", "w_down"):
             if key not in self.weights:
@@ -316,41 +328,33 @@ def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
 
 
-def _masked_softmax_pick(
-    logits: np.ndarray, candidates: np.ndarray, eps: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """One sparsemixer step: the best of ``candidates`` (logits with earlier picks at -inf) and
-    its gate, the softmax over the experts within the jitter band of it."""
-    best = candidates.max(axis=-1, keepdims=True)
-    pick = np.argmax(candidates, axis=-1)[:, None]  # first index among equals, as torch.max
-    factor = np.maximum(np.abs(logits), best)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        far = (best - logits) / factor > np.float32(2 * eps)
-    masked = np.where(far, np.float32(-np.inf), candidates)
-    z = np.exp(masked - best)
-    gate = np.take_along_axis(z, pick, axis=1) / z.sum(axis=-1, keepdims=True)
-    return pick, gate.astype(np.float32)
+def _shared_score(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    return _sigmoid(_f32(x) @ _f32(layer.array("sh_router")))
 
 
-def sparsemixer(logits: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Phi-3.5-MoE's sparsemixer at inference (transformers ``sparsemixer(training=False)``):
-    expert ids [T, 2] and gates [T, 2] from router ``logits`` [T, E].
-
-    First pick: the arg-max expert; its gate is the softmax over the experts whose logit is
-    within ``2 * eps`` (relative to ``max(|logit|, max)``) of the max. Second pick: the same
-    with the first expert removed (its logit -inf). No renormalization of the two gates.
-    """
-    logits = _f32(logits)
-    first, g1 = _masked_softmax_pick(logits, logits, eps)
-    rest = logits.copy()
-    np.put_along_axis(rest, first, np.float32(-np.inf), axis=1)
-    second, g2 = _masked_softmax_pick(logits, rest, eps)
-    ids = np.concatenate([first, second], axis=1).astype(np.int64)
-    return ids, np.concatenate([g1, g2], axis=1)
+def shared_gate(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    """The shared gate [T, 1], sigmoid(x @ sh_router); with ``shared_in_norm`` [T, S], each
+    shared expert's score over the joint renormalization's sum, times ``routed_scaling``."""
+    score = _shared_score(layer, x)
+    if not layer.shared_in_norm:
+        return score
+    _, gates = route(layer, x, unscaled=True)
+    denom = _topk_denominator(layer, gates, x)
+    return (score / denom * np.float32(layer.routed_scaling)).astype(np.float32)
 
 
-def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Routing of tokens ``x`` [T, d]: expert ids [T, k] (int64) and gate weights [T, k] (f32)."""
+def _topk_denominator(layer: MoELayer, gates: np.ndarray, x: np.ndarray) -> np.ndarray:
+    denom = gates.sum(axis=-1, keepdims=True)
+    if layer.shared_in_norm:
+        denom = denom + _shared_score(layer, x).sum(axis=-1, keepdims=True)
+    if layer.normalize_eps is not None:
+        return denom + np.float32(layer.normalize_eps)
+    return denom + np.float32(1e-20) if layer.scoring == "sigmoid" else denom
+
+
+def route(layer: MoELayer, x: np.ndarray, unscaled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Routing of tokens ``x`` [T, d]: expert ids [T, k] (int64) and gate weights [T, k] (f32);
+    ``unscaled``: the chosen experts' scores, before renormalization and scaling."""
     if layer.scoring == "sparsemixer":
         ids, gates = sparsemixer(router_logits(layer, x), layer.sparsemixer_eps)
         return ids, (gates * np.float32(layer.routed_scaling)).astype(np.float32)
@@ -376,13 +380,10 @@ def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         choice = np.where(mask, choice, np.float32(fill))
     ids = _topk(choice, layer.top_k).astype(np.int64)
     gates = np.take_along_axis(scores, ids, axis=1)
+    if unscaled:
+        return ids, gates
     if layer.normalize_topk:
-        denom = gates.sum(axis=-1, keepdims=True)
-        if layer.normalize_eps is not None:
-            denom = denom + np.float32(layer.normalize_eps)
-        elif layer.scoring == "sigmoid":
-            denom = denom + np.float32(1e-20)
-        gates = gates / denom
+        gates = gates / _topk_denominator(layer, gates, x)
     gates = (gates * np.float32(layer.routed_scaling)).astype(np.float32)
     return ids, gates
 
@@ -460,13 +461,16 @@ def shared_ffn(
     whole intermediate row (as one ORT MatMulNBits does), so any slicing of Fs stays exact: a
     slice computes the full row's scales (its timing is charged by the lowering, not here).
     """
-    block = layer.shared_act_quant_block
+    block, x_in = layer.shared_act_quant_block, x
     x = _f32(x) if block is None else quantize_activations(x, block)
     h = _shared_hidden(layer, x, slice(None) if block is not None else cols)
     if block is not None:
         h = quantize_activations(h, block)[:, cols]
+    if with_gate and layer.shared_in_norm:
+        expert = np.arange(layer.shared_ffn)[cols] // (layer.shared_ffn // layer.num_shared)
+        h = h * shared_gate(layer, x_in)[:, expert]
     y = h @ _f32(layer.array("sh_down")[cols, :])
-    if with_gate and layer.has("sh_router"):
+    if with_gate and not layer.shared_in_norm and layer.has("sh_router"):
         y = y * _sigmoid(x @ _f32(layer.array("sh_router")))
     return y.astype(np.float32)
 
@@ -528,10 +532,10 @@ _CONFIG_FIELDS = (
     "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
     "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
     "act_quant_block", "sparsemixer_eps", "router_act_quant_block", "shared_act_quant_block",
-    "bias_on_logits",
+    "bias_on_logits", "shared_in_norm",
 )  # fmt: skip
 # Options written only when set (older programs and goldens stay as they were).
-_WHEN_SET = ("bias_on_logits",)
+_WHEN_SET = ("bias_on_logits", "shared_in_norm")
 
 
 def layer_config(layer: MoELayer) -> dict[str, int | float | str]:

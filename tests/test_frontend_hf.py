@@ -33,7 +33,7 @@ class Expected:
     tokens: int = 8
     scoring: str = "softmax"
     normalize: bool = True
-    routed_scaling: float = 1.0
+    routed_scaling: float | None = 1.0  # None: a learned scale, not checked
     n_group: int = 1
     topk_group: int = 1
     group_score: str = "max"
@@ -108,6 +108,18 @@ EXPECTED = {
     "kolibri1": Expected(
         layers=2, ffn=24, scoring="sigmoid", score_bias=True, num_shared=1, shared_ffn=40
     ),
+    # E + 2 router rows; log-sigmoid weights over the k chosen and the 2 shared logits, scaled by
+    # route_scale x a learned global scale (random here); each shared expert its own gate.
+    "inkling": Expected(
+        layers=2,
+        ffn=24,
+        scoring="sigmoid",
+        score_bias=True,
+        num_shared=2,
+        shared_ffn=48,
+        shared_gate=True,
+        routed_scaling=None,
+    ),  # fmt: skip
     # opset 18 writes GELU out: 0.5 * x * (1 + Erf(x / sqrt 2)).
     "olmoe_gelu": Expected(layers=2, ffn=24, normalize=False, activation="gelu"),
 }
@@ -125,7 +137,8 @@ def _check_layers(result: LiftResult, want: Expected) -> None:
         assert got == (8, 2, 32, want.ffn)
         assert layer.scoring == want.scoring
         assert layer.normalize_topk == want.normalize
-        assert layer.routed_scaling == pytest.approx(want.routed_scaling)
+        if want.routed_scaling is not None:
+            assert layer.routed_scaling == pytest.approx(want.routed_scaling)
         assert (layer.n_group, layer.topk_group) == (want.n_group, want.topk_group)
         if want.n_group > 1:
             assert layer.group_score == want.group_score
@@ -181,6 +194,13 @@ def test_layer_numerics_match_onnxruntime(arch: str, seed: int) -> None:
         ("olmoe_gelu", "gelu", lambda layer: setattr(layer, "activation", "silu")),
         ("kolibri1", "bias on logits", lambda layer: setattr(layer, "bias_on_logits", False)),
         ("kolibri1", "correction bias", lambda layer: layer.weights.pop("score_bias")),
+        # Without the joint normalization: routed weights over their own sum, shared ungated.
+        (
+            "inkling",
+            "shared in norm",
+            lambda layer: (setattr(layer, "shared_in_norm", False), layer.weights.pop("sh_router")),
+        ),
+        ("inkling", "correction bias", lambda layer: layer.weights.pop("score_bias")),
     ],
 )
 def test_fixture_exercises_feature(arch: str, feature: str, ablate: object) -> None:

@@ -41,6 +41,7 @@ SHARED = {
     "glm4_moe",
     "granitemoeshared",
     "kolibri1",
+    "inkling",
 }
 
 

@@ -42,6 +42,7 @@ from moec.compiler.frontend.hf_routing import (
     Walk,
     match_router,
 )
+from moec.compiler.frontend.joint_shared import match_gamma_shared, match_joint_router
 from moec.compiler.frontend.logit_routing import match_logit_choice
 from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
 from moec.compiler.frontend.sparsemixer import match_sparsemixer
@@ -50,7 +51,10 @@ from moec.compiler.frontend.sparsemixer import match_sparsemixer
 def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     """Match the whole batched MoE block around ``anchor`` (raises NoMatch / NotThisPattern)."""
     walk = Walk(view)
-    if anchor.op_type == "ArgMax":
+    joint = match_joint_router(walk, anchor) if anchor.op_type == "TopK" else None
+    if joint is not None:
+        routing = joint[0]
+    elif anchor.op_type == "ArgMax":
         routing = match_sparsemixer(walk, anchor)
     else:
         routing = match_logit_choice(walk, anchor) or match_router(walk, anchor)
@@ -100,7 +104,10 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
         raise walk.fail(gating.output, "expected the expert activation to feed the down projection")
     walk.back(down.input)
     combined = _combine(walk, down, routing)
-    y, shared = match_shared(walk, combined, x_root, gated=gating.gated)
+    if joint is not None:
+        y, shared = match_gamma_shared(walk, combined, x_root, joint[1])
+    else:
+        y, shared = match_shared(walk, combined, x_root, gated=gating.gated)
     layer = build_layer(topk_name, routing, up, down, gating, shared)
     layer.annotations.source = "hf.batched_mm"
     walk.back(router.x)

@@ -161,6 +161,7 @@ class SharedExperts:
 
     ffn: DenseFFN
     gate: np.ndarray | None
+    count: int | None = None  # how many experts side by side, when the graph shows it
 
 
 def match_shared(
@@ -364,6 +365,7 @@ def build_layer(
         activation=gating.activation, gated=gating.gated, swiglu_alpha=gating.alpha,
         swiglu_beta=gating.beta, swiglu_limit=gating.limit,
         sparsemixer_eps=routing.sparsemixer_eps, bias_on_logits=routing.bias_on_logits,
+        shared_in_norm=routing.shared_in_norm,
     )  # fmt: skip
     if routing.n_group > 1:
         layer.group_fill = routing.group_fill
@@ -385,6 +387,6 @@ def attach_shared(layer: MoELayer, shared: SharedExperts) -> None:
         weights["sh_router"] = present("sh_router", shared.gate)
     # Shared experts are concatenated along Fs; their count is only visible when Fs is a
     # multiple of the routed experts' F (DeepSeek: n_shared * F), else they count as one.
-    layer.num_shared = Fs // F if Fs % F == 0 else 1
+    layer.num_shared = shared.count or (Fs // F if Fs % F == 0 else 1)
     layer.shared_ffn = Fs
     layer.shared_activation = ffn.activation

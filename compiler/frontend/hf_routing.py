@@ -260,6 +260,7 @@ class Routing:
     topk_node: onnx.NodeProto | None = None
     sparsemixer_eps: float = 0.01
     bias_on_logits: bool = False
+    shared_in_norm: bool = False
 
 
 def _topk_k(walk: Walk, node: onnx.NodeProto) -> int:
