@@ -95,6 +95,10 @@ class MoELayer:
     swiglu_alpha: float = 1.702
     swiglu_beta: float = 1.0
     swiglu_limit: float | None = None
+    # Soft caps c * tanh(v / c) of a gated SiLU expert's linear gate factor and of its up
+    # projection (Inkling-2: softcap(gate) * sigmoid(gate) * softcap(up)); None: uncapped.
+    gate_softcap: float | None = None
+    up_softcap: float | None = None
     num_shared: int = 0
     shared_ffn: int = 0
     shared_activation: str = "silu"
@@ -186,6 +190,8 @@ class MoELayer:
             parts.append(f"groups={self.n_group}/{self.topk_group}/{self.group_score}")
             if self.group_fill is not None:
                 parts.append(f"group_fill={self.group_fill!r}")
+        if self.gate_softcap is not None or self.up_softcap is not None:
+            parts.append(f"softcap=({self.gate_softcap!r},{self.up_softcap!r})")
         if self.activation == "swiglu":
             parts.append(
                 f"swiglu=({self.swiglu_alpha!r},{self.swiglu_beta!r},{self.swiglu_limit!r})"
@@ -220,6 +226,9 @@ class MoELayer:
             raise ModelError(
                 f"bad expert groups {self.n_group}/{self.topk_group} for {E} experts", where
             )
+        capped = self.gate_softcap is not None or self.up_softcap is not None
+        if capped and (self.activation != "silu" or not self.gated):
+            raise ModelError("soft caps apply to gated SiLU experts only", where)
         if self.group_score not in GROUP_SCORES:
             raise ModelError(f"unknown group score {self.group_score!r}", where)
         S = self.num_shared if self.shared_in_norm else 1
@@ -428,7 +437,14 @@ def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(No
             up = np.clip(up, -lim, lim)
         glu = gate * _sigmoid(np.float32(layer.swiglu_alpha) * gate)
         return (glu * (up + np.float32(layer.swiglu_beta))).astype(np.float32)
+    if layer.gate_softcap is not None or layer.up_softcap is not None:
+        glu = _softcap(gate, layer.gate_softcap) * _sigmoid(gate)
+        return (glu * _softcap(up, layer.up_softcap)).astype(np.float32)
     return (activate(layer.activation, gate) * up).astype(np.float32)
+
+
+def _softcap(v: np.ndarray, cap: float | None) -> np.ndarray:
+    return v if cap is None else np.float32(cap) * np.tanh(v / np.float32(cap))
 
 
 def expert_down(
@@ -532,7 +548,7 @@ _CONFIG_FIELDS = (
     "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
     "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
     "act_quant_block", "sparsemixer_eps", "router_act_quant_block", "shared_act_quant_block",
-    "bias_on_logits", "shared_in_norm",
+    "bias_on_logits", "shared_in_norm", "gate_softcap", "up_softcap",
 )  # fmt: skip
 # Options written only when set (older programs and goldens stay as they were).
 _WHEN_SET = ("bias_on_logits", "shared_in_norm")
@@ -567,7 +583,7 @@ def layer_from_config(name: str, config: dict[str, Any], weights: dict[str, Weig
             kwargs[key] = bool(kwargs[key])
     for key in (
         "routed_scaling", "swiglu_alpha", "swiglu_beta", "swiglu_limit", "normalize_eps",
-        "sparsemixer_eps",
+        "sparsemixer_eps", "gate_softcap", "up_softcap",
     ):  # fmt: skip
         if key in kwargs:
             kwargs[key] = float(kwargs[key])

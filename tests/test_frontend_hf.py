@@ -120,6 +120,8 @@ EXPECTED = {
         shared_gate=True,
         routed_scaling=None,
     ),  # fmt: skip
+    # Sigmoid + correction bias, x8; experts 4 tanh(g / 4) sigmoid(g) * 25 tanh(up / 25).
+    "inkling2": Expected(layers=2, ffn=24, scoring="sigmoid", score_bias=True, routed_scaling=8.0),
     # opset 18 writes GELU out: 0.5 * x * (1 + Erf(x / sqrt 2)).
     "olmoe_gelu": Expected(layers=2, ffn=24, normalize=False, activation="gelu"),
 }
@@ -201,6 +203,7 @@ def test_layer_numerics_match_onnxruntime(arch: str, seed: int) -> None:
             lambda layer: (setattr(layer, "shared_in_norm", False), layer.weights.pop("sh_router")),
         ),
         ("inkling", "correction bias", lambda layer: layer.weights.pop("score_bias")),
+        ("inkling2", "gate softcap", lambda layer: setattr(layer, "gate_softcap", None)),
     ],
 )
 def test_fixture_exercises_feature(arch: str, feature: str, ablate: object) -> None:

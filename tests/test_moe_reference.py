@@ -178,3 +178,19 @@ def test_shared_in_norm_gates_each_shared_expert_and_slices_add_up() -> None:
     np.testing.assert_allclose(shared_ffn(layer, LOGITS), want, rtol=1e-5)
     parts = shared_ffn(layer, LOGITS, slice(0, 1)) + shared_ffn(layer, LOGITS, slice(1, 2))
     np.testing.assert_allclose(parts, want, rtol=1e-5)
+
+
+def test_softcapped_silu_expert() -> None:
+    from moec.ir.moe import expert_hidden
+
+    layer = router_layer(gated=True, activation="silu", gate_softcap=4.0, up_softcap=25.0)
+    layer.weights["w_gate"] = present("w_gate", np.full((4, 4, 4), 2.0, np.float32))
+    layer.verify()
+    x = np.array([[1.0, 0.5, 0.0, 0.0]], np.float32)  # gate 3.0, up 1.5 in every column
+    want = 4 * np.tanh(3.0 / 4) * _sig(3.0) * 25 * np.tanh(1.5 / 25)
+    np.testing.assert_allclose(expert_hidden(layer, 0, x), np.full((1, 4), want), rtol=1e-6)
+    layer.up_softcap = None
+    want = 4 * np.tanh(3.0 / 4) * _sig(3.0) * 1.5
+    np.testing.assert_allclose(expert_hidden(layer, 0, x), np.full((1, 4), want), rtol=1e-6)
+    with pytest.raises(Exception, match="gated SiLU"):
+        router_layer(activation="identity", gate_softcap=4.0).verify()

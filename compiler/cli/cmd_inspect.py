@@ -6,7 +6,8 @@
 Per layer, besides sizes: the scoring (softmax/sigmoid) and DeepSeek-style routing options
 (``score_bias``: a correction bias used for choosing experts, ``bias_on_logits``: added to the
 router logits rather than the scores; ``shared_in_norm``: the shared experts' scores join the
-top-k renormalization; ``groups``/``topk_groups``/
+top-k renormalization; ``softcaps``: soft caps of a SiLU expert's gate factor and up
+projection, shown as e.g. ``silu capped 4/25``; ``groups``/``topk_groups``/
 ``group_score``: group-limited top-k; ``routed_scaling``), shown in the table's routing column as
 e.g. ``bias, groups 8/4, x2.5``. ``total_params`` counts every float weight (dense ones and all MoE layers; for a shape-only
 preset, what the preset declares); ``active_params_per_token`` counts dense weights plus, per
@@ -54,6 +55,7 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
                 "score_bias": layer.has("score_bias"),
                 "bias_on_logits": layer.bias_on_logits,
                 "shared_in_norm": layer.shared_in_norm,
+                "softcaps": [layer.gate_softcap, layer.up_softcap],
                 "groups": layer.n_group,
                 "topk_groups": layer.topk_group,
                 "group_score": layer.group_score if layer.n_group > 1 else None,
@@ -93,6 +95,15 @@ def _routing(layer: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+def _activation(layer: dict[str, Any]) -> str:
+    caps = [f"{c:g}" if c is not None else "-" for c in layer.get("softcaps") or []]
+    return (
+        f"{layer['activation']} capped {'/'.join(caps)}"
+        if set(caps) - {"-"}
+        else layer["activation"]
+    )
+
+
 def _shared(layer: dict[str, Any]) -> str:
     dense = " + 1 left dense" if layer.get("shared_left_dense") else ""
     return f"{layer['shared_experts']}{dense}"
@@ -123,7 +134,7 @@ def render(summary: dict[str, Any]) -> str:
     for layer in summary["moe_layers"]:
         table.add_row(
             layer["name"], str(layer["experts"]), str(layer["top_k"]), str(layer["hidden"]),
-            str(layer["ffn"]), layer["activation"], layer["scoring"], _routing(layer),
+            str(layer["ffn"]), _activation(layer), layer["scoring"], _routing(layer),
             "yes" if layer["normalize_topk"] else "no", _shared(layer),
             f"{layer['weight_bytes_per_expert'] / 2**20:.2f}",
         )  # fmt: skip

@@ -78,6 +78,8 @@ def expressible(layer: MoELayer) -> str | None:
         return "a score-correction bias"
     if layer.n_group > 1:
         return "group-limited top-k"
+    if layer.gate_softcap is not None or layer.up_softcap is not None:
+        return "soft-capped experts"
     if layer.shared_in_norm:
         return "shared experts scored jointly with the routed ones (shared_in_norm)"
     if layer.activation == "gelu":

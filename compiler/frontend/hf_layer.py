@@ -363,7 +363,8 @@ def build_layer(
         normalize_topk=routing.normalize, routed_scaling=routing.scaling,
         n_group=routing.n_group, topk_group=routing.topk_group, group_score=routing.group_score,
         activation=gating.activation, gated=gating.gated, swiglu_alpha=gating.alpha,
-        swiglu_beta=gating.beta, swiglu_limit=gating.limit,
+        swiglu_beta=gating.beta, swiglu_limit=gating.limit, gate_softcap=gating.gate_softcap,
+        up_softcap=gating.up_softcap,
         sparsemixer_eps=routing.sparsemixer_eps, bias_on_logits=routing.bias_on_logits,
         shared_in_norm=routing.shared_in_norm,
     )  # fmt: skip
