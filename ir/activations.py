@@ -1,9 +1,9 @@
 """The activation model of on-chip memory: which activation buffers a die holds in SRAM.
 
 A die's SRAM holds its weight slots (``slots die D count C bytes B``) *and* the activations of
-the MoE layer it runs. The compiler sizes slots from what is left after the activations it can
-predict (:func:`predicted_activation_bytes`); the interpreter charges the activations a run
-really holds (``backends/interp/timing.py``). Both read the sizes below.
+the MoE layer it runs. The compiler sizes slots from what is left after the most activations a
+run of the program can hold (:func:`predicted_activation_bytes`); the interpreter charges the
+activations a run really holds (``backends/interp/timing.py``). Both read the sizes below.
 
 Precisions:
 
@@ -64,11 +64,14 @@ def h_bytes(tokens: int, width: int, gated: bool) -> int:
 
 
 def predicted_activation_bytes(
-    *, home: int, remote: float, hidden: int, dtype: str
+    *, home: int, remote: float, hidden: int, dtype: str, landing: int = 0
 ) -> int:  # fmt: skip
-    """What the compiler can predict a die holds besides slots and ``h``: ``home`` tokens' ``x``
-    and ``y`` plus ``remote`` other dies' tokens (an estimate for strategies that move tokens)
-    with their ``x`` and partial ``y``."""
-    return home_bytes(home, hidden, dtype) + int(
-        math.ceil(remote * (x_row_bytes(hidden, dtype) + y_row_bytes(hidden)))
+    """What the compiler reserves for a die besides slots and ``h``: ``home`` tokens' ``x`` and
+    ``y``, ``remote`` other dies' tokens (for strategies that move tokens) with their ``x`` and
+    partial ``y``, and ``landing`` ``recv y`` blocks of one token row each (at most the rows of
+    the layer's ``y`` blocks that can cross into the die at once)."""
+    return (
+        home_bytes(home, hidden, dtype)
+        + int(math.ceil(remote * (x_row_bytes(hidden, dtype) + y_row_bytes(hidden))))
+        + landing * x_row_bytes(hidden, dtype)
     )

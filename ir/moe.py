@@ -192,12 +192,14 @@ class MoELayer:
                 parts.append(f"group_fill={self.group_fill!r}")
         if self.gate_softcap is not None or self.up_softcap is not None:
             parts.append(f"softcap=({self.gate_softcap!r},{self.up_softcap!r})")
-        if self.activation == "swiglu":
+        if "swiglu" in (self.activation, self.shared_activation if self.has_shared else ""):
             parts.append(
                 f"swiglu=({self.swiglu_alpha!r},{self.swiglu_beta!r},{self.swiglu_limit!r})"
             )
         if self.has_shared:
             parts.append(f"shared={self.num_shared}x{self.shared_ffn // max(self.num_shared, 1)}")
+            if self.shared_activation != self.activation:
+                parts.append(f"shared_activation={self.shared_activation}")
             if self.has("sh_router"):
                 parts.append("shared_gate=joint" if self.shared_in_norm else "shared_gate=sigmoid")
         for key, value in self.annotations.items():
@@ -430,17 +432,23 @@ def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(No
     if not layer.gated:
         return activate(layer.activation, up)
     gate = _f32(x) @ _f32(layer.array("w_gate")[e][:, cols]) + _bias(layer, "b_gate", e, cols)
-    if layer.activation == "swiglu":
+    if layer.gate_softcap is not None or layer.up_softcap is not None:  # routed experts only
+        glu = _softcap(gate, layer.gate_softcap) * _sigmoid(gate)
+        return (glu * _softcap(up, layer.up_softcap)).astype(np.float32)
+    return _gated(layer, layer.activation, gate, up)
+
+
+def _gated(layer: MoELayer, kind: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """``act(gate) * up``, or for ``swiglu`` the layer's clamped SwiGLU (one parameter set,
+    shared by routed and shared experts)."""
+    if kind == "swiglu":
         if layer.swiglu_limit is not None:
             lim = np.float32(layer.swiglu_limit)
             gate = np.minimum(gate, lim)
             up = np.clip(up, -lim, lim)
         glu = gate * _sigmoid(np.float32(layer.swiglu_alpha) * gate)
         return (glu * (up + np.float32(layer.swiglu_beta))).astype(np.float32)
-    if layer.gate_softcap is not None or layer.up_softcap is not None:
-        glu = _softcap(gate, layer.gate_softcap) * _sigmoid(gate)
-        return (glu * _softcap(up, layer.up_softcap)).astype(np.float32)
-    return (activate(layer.activation, gate) * up).astype(np.float32)
+    return (activate(kind, gate) * up).astype(np.float32)
 
 
 def _softcap(v: np.ndarray, cap: float | None) -> np.ndarray:
@@ -494,7 +502,7 @@ def shared_ffn(
 def _shared_hidden(layer: MoELayer, x: np.ndarray, cols: slice) -> np.ndarray:
     up = x @ _f32(layer.array("sh_up")[:, cols])
     if layer.has("sh_gate"):
-        return activate(layer.shared_activation, x @ _f32(layer.array("sh_gate")[:, cols])) * up
+        return _gated(layer, layer.shared_activation, x @ _f32(layer.array("sh_gate")[:, cols]), up)
     return activate(layer.shared_activation, up)
 
 

@@ -100,6 +100,7 @@ def compile_model(
     search_budget: int = DEFAULT_BUDGET,
     objective: str = "latency",
     max_sram_mib: float | None = None,
+    search_resamples: int = 0,
     on_stage: Callable[[str], None] | None = None,
 ) -> Compiled:
     """Frontend, passes and lowering of ``model`` for a program to be written at ``output``.
@@ -111,9 +112,11 @@ def compile_model(
     out_dir = os.path.dirname(os.path.abspath(output))
     ref = target_ref(target, overrides, out_dir)
     name, options = parse_strategy(strategy)
-    if name != "auto" and (objective != "latency" or max_sram_mib is not None):
+    if name != "auto" and (
+        objective != "latency" or max_sram_mib is not None or search_resamples
+    ):  # fmt: skip
         raise StrategyError(
-            "--objective and --max-sram-mib choose among candidates: they need "
+            "--objective, --max-sram-mib and --search-resamples choose among candidates: they need "
             f"--strategy auto, found --strategy {strategy}",
             "--strategy",
         )
@@ -143,7 +146,7 @@ def compile_model(
         found = search(
             module, ref, trace, routing_name=where, budget=search_budget, tokens=tokens,
             dims=dims, base_dir=out_dir, name=model_name, objective=objective,
-            max_sram_mib=max_sram_mib,
+            max_sram_mib=max_sram_mib, resamples=search_resamples,
         )  # fmt: skip
         program = found.program
     else:

@@ -11,7 +11,8 @@ target as given and with more of each resource, and returns every comparison:
   faster channel can reorder contended loads; a larger rise is a scheduling defect).
 
 A point that does not fit at the smaller resource (``n/f``) is skipped; one that fits there but
-not with more of it is a violation. ``scripts/monotonicity.py`` runs the paper grid and prints
+not with more of it is a violation. The strategy ``auto`` is the search (:func:`auto_latency`).
+``scripts/monotonicity.py`` runs the paper grid and prints
 every violation; ``tests/test_monotonicity.py`` runs a subset (the whole grid under ``slow``).
 """
 
@@ -21,7 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moec.bench import run_bench
+from moec.compiler.bench.spec import load_bench_model, truncate
 from moec.ir.errors import MoecError
+from moec.ir.stream import TargetRef
 from moec.ir.target import MIB, load_target
 
 #: SRAM per die (MiB) compared after the target's own, ascending.
@@ -74,11 +77,30 @@ class Comparison:
         )
 
 
+def auto_latency(
+    model: str, target: str, tokens: int, overrides: dict[str, float]
+) -> float | None:  # fmt: skip
+    """``--strategy auto``'s latency at a bench point: the search (default budget) on the bench's
+    default routing of one MoE layer, its winner's measured latency (None: nothing fits)."""
+    from moec.auto import default_routing, search
+
+    module = truncate(load_bench_model(model).module, 1)
+    ref = TargetRef(target, tuple(sorted(overrides.items())))
+    try:
+        routing = default_routing(module, ref, tokens=tokens)
+        return search(module, ref, routing, tokens=tokens).winner.measured_s
+    except MoecError:
+        return None
+
+
 def _latency(
     model: str, target: str, tokens: int, strategies: Sequence[str], overrides: dict[str, float]
 ) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for s in strategies:
+        if s == "auto":
+            out[s] = auto_latency(model, target, tokens, overrides)
+            continue
         try:
             rows = run_bench(model, target, [tokens], [s], overrides=overrides)
             out[s] = float(rows[0]["latency_s"])

@@ -17,17 +17,23 @@ sizes rejected in milliseconds) are read off the printed table.
 - ``all``: both.
 
 ``--match TEXT`` keeps the cases whose description contains ``TEXT`` (``--match 8x8``);
-``--before DIR`` runs each case twice, first importing ``moec`` from ``DIR`` (a directory holding
-an older tree as ``moec``: ``mkdir -p DIR/moec && git archive REV | tar -x -C DIR/moec``), and
-prints a before/after table.
+``--before DIR`` runs each case twice, first importing ``moec`` from ``DIR``, and prints a
+before/after table. ``DIR`` is an older checkout's root (``mkdir -p DIR && git archive REV | tar
+-x -C DIR``): its packages live in ``moec/``, ``ir/``, ``compiler/``, ``backends/`` and
+``models/`` (pyproject's ``package-dir``), so the script lays them out as one ``moec`` package
+(a copy of ``DIR/moec`` with the others linked in) in a temporary directory put on
+``PYTHONPATH``. A ``DIR`` that already holds such a ``moec`` package (``DIR/moec/ir``) is used
+as it is.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -152,6 +158,19 @@ def run(
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, status
 
 
+def package_root(tree: str, tmp: str) -> str:
+    """A directory whose ``moec`` is the package of the checkout ``tree`` (see module doc)."""
+    if os.path.isdir(os.path.join(tree, "moec", "ir")):
+        return tree
+    if not os.path.isfile(os.path.join(tree, "moec", "__init__.py")):
+        raise SystemExit(f"--before {tree}: not a moec checkout (no moec/__init__.py)")
+    pkg = os.path.join(tmp, "moec")
+    shutil.copytree(os.path.join(tree, "moec"), pkg)
+    for sub in ("ir", "compiler", "backends", "models"):
+        os.symlink(os.path.abspath(os.path.join(tree, sub)), os.path.join(pkg, sub))
+    return tmp
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", choices=("table", "goals", "all"), default="table")
@@ -161,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--before",
         metavar="DIR",
-        help="also run each case, first, with DIR on PYTHONPATH (a directory holding another "
-        "tree as 'moec', e.g. from git archive) and print both: an A/B table",
+        help="also run each case, first, with the checkout DIR's moec (e.g. from git archive) "
+        "and print both: an A/B table",
     )
     args = ap.parse_args(argv)
     strategies = tuple(s for s in args.strategies.split(",") if s)
@@ -171,11 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         cases += goal_cases(strategies)
     cases = [c for c in cases if args.match in c.what]
     if args.before:
-        print("| run | before: wall / CPU / peak RSS | after: wall / CPU / peak RSS |")
-        print("|---|---|---|")
-        for case in cases:
-            cells = [_cell(*run(case, args.timeout, args.before)), _cell(*run(case, args.timeout))]
-            print(f"| {case.what} | {cells[0]} | {cells[1]} |", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench_sim_before_") as tmp:
+            before = package_root(args.before, tmp)
+            print("| run | before: wall / CPU / peak RSS | after: wall / CPU / peak RSS |")
+            print("|---|---|---|")
+            for case in cases:
+                cells = [_cell(*run(case, args.timeout, before)), _cell(*run(case, args.timeout))]
+                print(f"| {case.what} | {cells[0]} | {cells[1]} |", flush=True)
         return 0
     print("| run | wall | CPU | peak RSS | status |")
     print("|---|---|---|---|---|")

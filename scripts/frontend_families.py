@@ -58,7 +58,7 @@ SMALL: dict[str, Any] = {
     "mamba_d_state": 16, "n_shared_experts": 1, "num_shared_experts": 1,
     "moe_num_shared_experts": 1, "expert_hidden_size": 24, "pad_token_id": 0, "bos_token_id": 1,
     "eos_token_id": 2, "is_moe": True, "enable_moe_block": True,
-    "moe_shared_expert_intermediate_size": 40,
+    "moe_shared_expert_intermediate_size": 40, "vocab_size_per_layer_input": VOCAB,
 }  # fmt: skip
 
 

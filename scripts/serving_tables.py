@@ -5,11 +5,15 @@
     python scripts/serving_tables.py --iterations 32 --models qwen3-30b-a3b   # a quick look
     python scripts/serving_tables.py --cache rows.json ...   # keep finished rows, resume/split
     python scripts/serving_tables.py --target fsedp-3x3 --iterations 64 --update docs/results.md
+    python scripts/serving_tables.py --section ideal --update docs/results.md   # --set ideal=true
 
-Each target's tables live between their own markers (``fsedp-2x2``'s are
-``<!-- serving-tables:begin -->``; another target's ``<!-- serving-tables:T:begin -->``), so
-``--update`` with a second ``--target`` adds or replaces that target's tables and keeps the
-others; the regenerate command printed above each table is the one that made it.
+Each (target, section) pair's tables live between their own markers, so ``--update`` adds or
+replaces that pair's tables and keeps the others; the regenerate command printed above each
+table is the one that made it. ``--section calibrated`` (default: the target as configured, the
+calibrated hardware model since issue 12) writes ``<!-- serving-tables:T:begin -->``;
+``--section ideal`` runs every row with ``ideal=true`` (the first-wave machine: GEMMs at peak,
+no fixed costs) and writes ``<!-- serving-tables:T:ideal:begin -->``, except on ``fsedp-2x2``,
+whose ideal tables keep the original ``<!-- serving-tables:begin -->`` pair.
 
 Two workloads, each ``--iterations`` decode steps of ``--tokens`` tokens on ``--target``
 (default ``fsedp-2x2``), one MoE layer (``moec bench --iterations N --layers 1``), timing only:
@@ -51,13 +55,36 @@ from moec.ir.target import load_target
 BEGIN = "<!-- serving-tables:begin -->"
 END = "<!-- serving-tables:end -->"
 DEFAULT_TARGET = "fsedp-2x2"
+SECTIONS = ("calibrated", "ideal")
+ANY_END = re.compile(r"<!-- serving-tables:(\S+:)?end -->")
 
 
-def markers(target: str) -> tuple[str, str]:
-    """The begin and end markers of ``target``'s tables (``fsedp-2x2``: the original pair)."""
-    if target == DEFAULT_TARGET:
+def markers(target: str, section: str = "calibrated") -> tuple[str, str]:
+    """The begin and end markers of ``target``'s tables in ``section`` (the ideal tables of
+    ``fsedp-2x2``: the original, unnamed pair)."""
+    if section == "ideal" and target == DEFAULT_TARGET:
         return BEGIN, END
-    return f"<!-- serving-tables:{target}:begin -->", f"<!-- serving-tables:{target}:end -->"
+    name = target if section == "calibrated" else f"{target}:{section}"
+    return f"<!-- serving-tables:{name}:begin -->", f"<!-- serving-tables:{name}:end -->"
+
+
+def overrides(section: str) -> dict[str, Any]:
+    """The target overrides of ``section``'s rows."""
+    return {"ideal": "true"} if section == "ideal" else {}
+
+
+def replace_section(doc: str, text: str, target: str, section: str) -> str:
+    """``doc`` with ``target``'s ``section`` tables replaced by ``text`` (or added after the
+    last serving tables, or in a new section at the end)."""
+    begin, end = markers(target, section)
+    if begin in doc and end in doc:
+        a, b = doc.index(begin), doc.index(end) + len(end) + 1
+        return doc[:a] + text + doc[b:]
+    ends = list(ANY_END.finditer(doc))
+    if ends:  # after the other tables, in the same section
+        at = ends[-1].end() + 1
+        return doc[:at] + "\n" + text + doc[at:]
+    return doc.rstrip("\n") + "\n\n## Serving over many iterations (issue 16)\n\n" + text
 
 
 def command(args: argparse.Namespace) -> str:
@@ -65,6 +92,8 @@ def command(args: argparse.Namespace) -> str:
     parts = ["python scripts/serving_tables.py"]
     if args.target != DEFAULT_TARGET:
         parts.append(f"--target {args.target}")
+    if args.section != "calibrated":
+        parts.append(f"--section {args.section}")
     if args.models != list(PAPER):
         parts.append(f"--models {','.join(args.models)}")
     if args.tokens != 16:
@@ -92,12 +121,15 @@ CACHE_PATH: list[str] = []
 
 
 def rows_for(
-    model: str, routing: str, tokens: int, iterations: int, target: str, label: str = ""
-) -> list[dict[str, Any]]:
+    model: str, routing: str, tokens: int, iterations: int, target: str, label: str = "",
+    section: str = "calibrated",
+) -> list[dict[str, Any]]:  # fmt: skip
     out = []
     labels = dict((s, label) for label, s in STRATEGIES)
     for residency in (None, "popularity"):
         key = f"{model}|{label or routing}|{residency}|{iterations}|{tokens}|{target}"
+        if section != "calibrated":
+            key += f"|{section}"
         if key in CACHE:
             out += CACHE[key]
             continue
@@ -105,6 +137,7 @@ def rows_for(
         rows = run_bench(
             model, target, [tokens], [s for _, s in STRATEGIES], routing=routing,
             iterations=iterations, residency=residency, keep_going=True,
+            overrides=overrides(section),
         )  # fmt: skip
         for r in rows:
             if r.get("error") is None and r["deferred_pairs_final"] != 0:
@@ -153,21 +186,27 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def section(args: argparse.Namespace) -> str:
     cmd = command(args)
-    begin, end = markers(args.target)
+    begin, end = markers(args.target, args.section)
+    machine = (
+        "ideal machine (`--set ideal=true`)" if args.section == "ideal" else "calibrated model"
+    )
+    ideal = " --set ideal=true" if args.section == "ideal" else ""
     out = [
         begin,
         f"{args.iterations} decode iterations of {args.tokens} tokens, one MoE layer, "
-        f"`{args.target}`, timing only, one event simulation per row (no reset between "
-        f"iterations). Regenerate: `{cmd}` (each row is `moec bench --model M --tokens "
+        f"`{args.target}`, {machine}, timing only, one event simulation per row (no reset "
+        f"between iterations). Regenerate: `{cmd}` (each row is `moec bench --model M --tokens "
         f"{args.tokens} --strategies S --iterations {args.iterations} --routing R "
-        "[--residency popularity] --json`).",
+        f"[--residency popularity]{ideal} --json`).",
         "",
         f"**Drifting synthetic routing** (`{DRIFT}`):",
         "",
     ]
     drift_rows: list[dict[str, Any]] = []
     for model in args.models:
-        drift_rows += rows_for(model, DRIFT, args.tokens, args.iterations, args.target)
+        drift_rows += rows_for(
+            model, DRIFT, args.tokens, args.iterations, args.target, section=args.section
+        )
     if drift_rows:
         out += [table(drift_rows)]
     lm_rows: list[dict[str, Any]] = []
@@ -180,8 +219,9 @@ def section(args: argparse.Namespace) -> str:
             )  # fmt: skip
             save_sequence(seq, path)
             lm_rows = rows_for(
-                "mixtral-8x7b", path, args.tokens, args.iterations, args.target, "lm-decode"
-            )
+                "mixtral-8x7b", path, args.tokens, args.iterations, args.target, "lm-decode",
+                args.section,
+            )  # fmt: skip
     if lm_rows:
         out += [
             f"**Real decode routing** of `models/tiny_moe_lm.onnx` (layer moe0; {args.tokens} "
@@ -200,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=256)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--target", default=DEFAULT_TARGET)
+    ap.add_argument(
+        "--section", choices=SECTIONS, default="calibrated",
+        help="calibrated: the target as configured; ideal: every row with --set ideal=true",
+    )  # fmt: skip
     ap.add_argument("--models", type=lambda s: [m for m in s.split(",") if m], default=list(PAPER))
     ap.add_argument("--update", metavar="FILE.md", help="replace the target's marked section")
     ap.add_argument(
@@ -216,15 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with open(args.update, encoding="utf-8") as f:
         doc = f.read()
-    begin, end = markers(args.target)
-    if begin in doc and end in doc:
-        a, b = doc.index(begin), doc.index(end) + len(end) + 1
-        doc = doc[:a] + text + doc[b:]
-    elif END in doc:  # after the other targets' tables, in the same section
-        at = max(m.end() + 1 for m in re.finditer(r"<!-- serving-tables:(\S+:)?end -->", doc))
-        doc = doc[:at] + "\n" + text + doc[at:]
-    else:
-        doc = doc.rstrip("\n") + "\n\n## Serving over many iterations (issue 16)\n\n" + text
+    doc = replace_section(doc, text, args.target, args.section)
     with open(args.update, "w", encoding="utf-8") as f:
         f.write(doc)
     print(f"updated {args.update}", file=sys.stderr)

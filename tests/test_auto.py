@@ -23,7 +23,7 @@ def test_auto_explain_lists_candidates_and_the_measured_winner(tmp_path: Path) -
     r = _compile(tmp_path, "--explain", "--search-budget", "4")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("strategy auto: 18 candidates on routing synth:zipf=1.0,seed=0")
+    assert lines[0].startswith("strategy auto: 22 candidates on routing synth:zipf=1.0,seed=0")
     rows = [ln for ln in lines if ln[:1] in " *" and ("measured" in ln or "pruned" in ln)]
     assert sum(ln.startswith("*") for ln in rows) == 1
     winner = next(ln for ln in rows if ln.startswith("*")).split()[1]
@@ -102,3 +102,53 @@ def test_objective_needs_auto(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 2 and "need --strategy auto" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "p.msp").exists()
+
+
+def test_resample_keeps_the_batch_shape_and_is_seeded() -> None:
+    from moec.auto import resample
+    from moec.ir.routing_synth import synth_zipf
+
+    trace = synth_zipf(2, 64, 4, 16, num_dies=4, model="m", seed=3)
+    a, b, c = resample(trace, 1), resample(trace, 1), resample(trace, 2)
+    for lr, la, lc in zip(trace.layers, a.layers, c.layers, strict=True):
+        assert la.ids.shape == lr.ids.shape and (la.home_die == lr.home_die).all()
+        assert not (la.ids == lc.ids).all()  # another draw
+        # every resampled token's routing is one of the batch's, gates with it
+        rows = set(zip(map(tuple, lr.ids.tolist()), map(tuple, lr.gates.tolist()), strict=True))
+        drawn = zip(map(tuple, la.ids.tolist()), map(tuple, la.gates.tolist()), strict=True)
+        assert all(row in rows for row in drawn)
+    assert all((x.ids == y.ids).all() for x, y in zip(a.layers, b.layers, strict=True))
+
+
+def test_resamples_score_each_candidate_by_its_worst_draw() -> None:
+    alone = _one_layer_search(objective="energy")  # energy: every candidate is measured
+    robust = _one_layer_search(objective="energy", resamples=2)
+    for t, r in zip(alone.trials, robust.trials, strict=True):
+        assert r.measured_s is not None and t.measured_s is not None
+        assert r.measured_s >= t.measured_s  # the batch itself is one of the draws
+    assert "worst of the batch and 2 resamples" in explain(robust).splitlines()[0]
+    with pytest.raises(StrategyError, match="--search-resamples"):
+        _one_layer_search(resamples=-1)
+
+
+def test_prediction_bounds_the_measurement_and_counts_compute(tmp_path: Path) -> None:
+    from strategy_cases import hand_target, moe_module, routing
+
+    from moec.auto import predicted_latency, search
+    from moec.ir.stream import TargetRef
+    from moec.ir.target import load_target
+
+    path = Path(hand_target(tmp_path))  # 1 MAC per die: the layer is compute-bound
+    path.write_text(path.read_text().replace("macs = 500", "macs = 1"))
+    trace = routing([[2], [2], [0], [2], [1], [2], [3], [2]], [0, 0, 0, 0, 1, 1, 1, 1], 4)
+    module = moe_module(experts=4, top_k=1, tokens=8)
+    found = search(module, TargetRef(str(path)), trace, specs=["ep", "tp"], objective="energy")
+    target = load_target(str(path), {})
+    for t in found.trials:
+        assert t.predicted_s is not None and t.measured_s is not None
+        assert t.predicted_s <= t.measured_s * (1 + 1e-9)
+    # EP: expert 2's five tokens on one die, 600 ns per token of compute, beyond any channel
+    ep = next(t for t in found.trials if t.strategy == "ep")
+    assert ep.predicted_s is not None and ep.predicted_s >= 5 * 600e-9
+    assert found.winner.program is not None
+    assert predicted_latency(found.winner.program, target, trace) == found.winner.predicted_s

@@ -42,6 +42,8 @@ SHARED = {
     "granitemoeshared",
     "kolibri1",
     "inkling",
+    "minimax_m3",
+    "hy_v4",
 }
 
 

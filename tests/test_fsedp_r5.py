@@ -1,9 +1,11 @@
 """FSE-DP rule R5 (DRAM pushes to the die with the most free buffer): hand-derived schedules.
 
 The scheduler is driven directly (:func:`moec.backends.interp.expand.fsedp_sched.schedule`) on a
-two-die package, cycle 0 -> 1 -> 0, with hand-picked step times: every load (local or remote)
-takes L = 1, every hop H = 4, every compute C = 1. Five slots per die: P = 5 // 2 = 2 received
-slots per position, 3 prefetch slots, at most P x 2 - 1 = 3 trips in flight.
+two-die package, cycle 0 -> 1 -> 0, with hand-picked step times (a stand-in for the
+interpreter's engine, :class:`_Steps`): every load (local or remote) holds its channel for
+L = 1, every hop holds its link for H = 4, every compute takes C = 1. Five slots per die:
+P = 5 // 2 = 2 received slots per position, 3 prefetch slots, at most P x 2 - 1 = 3 trips in
+flight.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 from numerics_check import check_strategy
 
+from moec.backends.interp.expand.fsedp_problem import Hop
 from moec.backends.interp.expand.fsedp_sched import Problem, Schedule, Unit, schedule
 from moec.ir.stream import Load, TokenSet
 
@@ -20,14 +23,36 @@ L, H, C = 1.0, 4.0, 1.0
 ONE_TOKEN = TokenSet(((0, 0),))
 
 
+class _Steps:
+    """Loads hold their channel for L, transfers their link for H, first come first served;
+    no latency, so data arrives when the hold ends."""
+
+    def __init__(self) -> None:
+        self.free: dict[tuple[str, int, int], float] = {}
+
+    def _hold(self, res: tuple[str, int, int], ready: float, dur: float) -> tuple[float, float]:
+        end = self.free[res] = max(ready, self.free.get(res, 0.0)) + dur
+        return end, end
+
+    def load(
+        self, channel: int, die: int, nbytes: int, ready: float
+    ) -> tuple[float, float, tuple[Hop, ...]]:
+        return (*self._hold(("ch", channel, 0), ready, L), ())
+
+    def cross(self, hop: Hop, at: float) -> float:
+        raise AssertionError("no hops: a load's are in L")
+
+    def send(self, a: int, b: int, nbytes: int, ready: float) -> tuple[float, float]:
+        return self._hold(("link", a, b), ready, H)
+
+
 def _problem(r5: bool, channels: tuple[int, ...], channel_die: tuple[int, ...],
              needed: tuple[int, ...]) -> Problem:  # fmt: skip
     unit = Unit(0, {d: ONE_TOKEN for d in needed}, (100,) * len(channels), channels,
-                lambda d, j: C)  # fmt: skip
+                lambda d, j: (C,))  # fmt: skip
     return Problem(
-        "moe0", 2, (0, 1), True, {0: list(range(5)), 1: list(range(5))}, [unit], r5=r5,
-        load_time=lambda c, d, n: L, hop_time=lambda a, b, n: H, channel_die=channel_die,
-        hops=lambda a, b: abs(a - b),
+        "moe0", 2, (0, 1), True, {0: list(range(5)), 1: list(range(5))}, [unit], _Steps(),
+        r5=r5, channel_die=channel_die, hops=lambda a, b: abs(a - b),
     )  # fmt: skip
 
 
@@ -41,8 +66,9 @@ def test_r5_feeds_a_die_without_a_channel_when_the_owner_is_full() -> None:
     # prefetch slots, t = 0..3) and forwards them one at a time over 0 -> 1 (4 each: 1-5, 5-9,
     # 9-13); s3 waits for s0's slot (free at 5), loads 5-6, and forwards after s2, 13-17; die 1
     # computes it 17-18. With R5 the channel is idle at t = 3 with die 0 full, so it sends s3
-    # straight to die 1 (3-4): s3 starts there when s0's trip ends (6, the in-flight cap is 3)
-    # and is computed 6-7; the link carries three slices, the last computed 13-14.
+    # straight to die 1 (3-4), where its trip starts and ends (it never enters the walk, so the
+    # in-flight cap of 3 does not hold it back): computed 4-5; the link carries three slices,
+    # the last computed 13-14.
     r4 = schedule(_problem(False, (0, 0, 0, 0), (0,), (1,)))
     r5 = schedule(_problem(True, (0, 0, 0, 0), (0,), (1,)))
     assert r4.estimate_s == pytest.approx(L + 4 * H + C)  # 18

@@ -29,8 +29,8 @@ def test_dies_no_longer_all_load_channel_0_last(monkeypatch) -> None:
     seen: list[tuple[list, list]] = []
     original = ep_expand.order_work
 
-    def spy(ctx, work, shared=None):  # type: ignore[no-untyped-def]
-        out = original(ctx, work, shared)
+    def spy(ctx, work, shared=None, pieces=()):  # type: ignore[no-untyped-def]
+        out = original(ctx, work, shared, pieces)
         seen.append((list(work), out))
         return out
 

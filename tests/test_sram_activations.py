@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sram_cases import under_reserve, uniform_estimate
 from strategy_cases import moe_module
 
 from moec.backends.interp import simulate
@@ -114,20 +115,28 @@ def test_fsedp_peak_is_slot_home_and_h() -> None:
 
 
 def test_prediction_matches_the_formula() -> None:
+    # routed: every token of the batch can be on one die (x + y each), and y blocks land:
+    # min(64 tokens x min(top_k, D - 1) sources, 2 per link x 2 links in x 16 home rows) = 64
     est = predicted_activations(
+        "routed", tokens=64, home=16, dies=4, top_k=2, hidden=32, dtype="fp16", shared=False,
+        links_in=2,
+    )  # fmt: skip
+    assert est.fixed == 64 * (64 + 128) + 64 * 64
+    assert est.h_tokens == 64
+    # without a link bound, every token's partial outputs from its top_k expert dies
+    loose = predicted_activations(
         "routed", tokens=64, home=16, dies=4, top_k=2, hidden=32, dtype="fp16", shared=False
     )
-    remote = 48 * (1 - 0.75**2)
-    assert est.fixed == 16 * (64 + 128) + int(np.ceil(remote * (64 + 128)))
-    assert est.h_tokens == 64
+    assert loose.fixed == 64 * (64 + 128) + 64 * 2 * 64
     home = predicted_activations(
         "home", tokens=64, home=16, dies=4, top_k=2, hidden=32, dtype="int8", shared=True
     )
     assert home.fixed == 16 * (64 + 128) and home.h_tokens == 16  # int8 weights: fp16 tokens
     tp = predicted_activations(
-        "all", tokens=64, home=16, dies=4, top_k=2, hidden=32, dtype="fp32", shared=False
-    )
-    assert tp.fixed == 64 * (128 + 128)
+        "all", tokens=64, home=16, dies=4, top_k=2, hidden=32, dtype="fp32", shared=False,
+        links_in=4,
+    )  # fmt: skip
+    assert tp.fixed == 64 * (128 + 128) + min(64 * 3, 2 * 4 * 16) * 128
 
 
 def test_activations_alone_do_not_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,17 +157,73 @@ def test_activations_alone_do_not_fit(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_concentrated_routing_over_sram_fails_unless_allowed(tmp_path: Path) -> None:
-    # 8 tokens, 2 home per die, all routed to experts 1 and 5 (round robin: both on die 1).
-    # The lowering predicts 2.625 tokens from other dies on a die; die 1 gets all 6.
-    module = moe_module(8, 2, 8, hidden=32, ffn=16)
+def _concentrated() -> RoutingTrace:
+    """8 tokens, 2 home per die, all routed to experts 1 and 5 (round robin: both on die 1)."""
     ids = np.tile(np.array([[1, 5]]), (8, 1))
     lr = LayerRouting(
         "moe0", 8, 2, ids, np.full((8, 2), 0.5, np.float32), np.repeat(np.arange(4), 2)
     )
-    trace = RoutingTrace("m", 4, [lr])
+    return RoutingTrace("m", 4, [lr])
+
+
+def test_concentrated_routing_fits_by_construction() -> None:
+    # the SRAM the uniform-routing estimate filled exactly (below): die 1 gets all 6 other
+    # tokens, not the 2.625 expected, which overflowed at run time before the lowering sized
+    # slots for the worst case; now the slices are cut finer and the run fits
+    module = moe_module(8, 2, 8, hidden=32, ffn=16)
+    trace = _concentrated()
+    old = uniform_estimate(
+        "routed", tokens=8, home=2, dies=4, top_k=2, hidden=32, dtype="fp16", shared=False
+    )
+    col, slots = 3 * 32 * 2, 2
+    sram = old.fixed + h_col(8) * 16 + slots * col * 16 + 64
+    p = lower(module, TargetRef("fsedp-2x2", (("sram_bytes_per_die", sram),)), "ep",
+              {"slots": str(slots)}, trace)  # fmt: skip
+    worst = predicted_activations(
+        "routed", tokens=8, home=2, dies=4, top_k=2, hidden=32, dtype="fp16", shared=False,
+        links_in=2,
+    )  # fmt: skip
+    # all 8 tokens' x and y, and min(8 x 2, 2 x 2 x 2) = 8 landing y rows of 64 bytes
+    assert worst.fixed == 8 * (64 + 128) + 8 * 64
+    lay = p.layout("moe0")
+    width = (sram - worst.fixed) // (slots * col + h_col(8))
+    assert lay is not None and lay.count == -(-16 // width) > 1
+    r = simulate(p, routings=trace)  # no overflow: the hard limit holds
+    assert max(r.report.peak_sram_bytes) <= sram
+    assert "sram_over_bytes" not in r.report.extra
+    # a die that cannot hold the worst case with even one column per slot falls back to the
+    # uniform-routing reserve: it compiles, and the hard limit refuses the run that holds more
+    one = worst.fixed + h_col(8) + slots * col
+    tight = TargetRef("fsedp-2x2", (("sram_bytes_per_die", one - 1),))
+    p = lower(module, tight, "ep", {"slots": str(slots)}, trace)
+    width = (one - 1 - old.fixed) // (slots * col + h_col(8))
+    assert p.layout("moe0") is not None and p.layout("moe0").count == -(-16 // width)
+    with pytest.raises(ScheduleError, match=r"does not fit SRAM: die 1 holds \d+ bytes"):
+        simulate(p, routings=trace)
+    # nor the expected reserve with one column per slot: the located error, its figures
+    least = old.fixed + h_col(8) + slots * col
+    with pytest.raises(
+        ScheduleError,
+        match=rf"does not fit SRAM: die 0 needs {least} bytes \(activations "
+        rf"{old.fixed + h_col(8)} \+ slots {slots * col}: {slots} of one FFN column of moe0\), "
+        rf"has {least - 1}",
+    ):
+        lower(module, TargetRef("fsedp-2x2", (("sram_bytes_per_die", least - 1),)), "ep",
+              {"slots": str(slots)}, trace)  # fmt: skip
+    lower(module, TargetRef("fsedp-2x2", (("sram_bytes_per_die", least),)), "ep",
+          {"slots": str(slots)}, trace)  # fmt: skip
+
+
+def test_concentrated_routing_over_sram_fails_unless_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # slots sized by the uniform-routing estimate (2.625 tokens from other dies on a die): die 1
+    # gets all 6, and the run-time check refuses it
+    under_reserve(monkeypatch)
+    module = moe_module(8, 2, 8, hidden=32, ffn=16)
+    trace = _concentrated()
     xb, yb = 32 * 2, 32 * 4  # fp16 tokens, fp32 accumulators
-    pred = predicted_activations(
+    pred = uniform_estimate(
         "routed", tokens=8, home=2, dies=4, top_k=2, hidden=32, dtype="fp16", shared=False
     )
     col, slots = 3 * 32 * 2, 2
@@ -205,3 +270,26 @@ def test_printed_expansion_gives_the_same_peaks() -> None:
         assert again.report.peak_sram_bytes == first.report.peak_sram_bytes, strategy
         assert again.report.peak_sram_activation_bytes == first.report.peak_sram_activation_bytes
         assert max(first.report.peak_sram_activation_bytes) > 0
+
+
+def test_token_buffering_reserves_the_carried_tokens() -> None:
+    # fsedp with slack=0.2 at 16 tokens: each die is home to 4 and keeps up to
+    # min(4, floor(0.2 x 16)) = 3 deferred tokens into the next iteration, whose gemms compute
+    # them too: 7 tokens' x and y (7 x 192) and h of one column for 7 tokens (7 x 2 x 4)
+    module = moe_module(8, 2, 16, hidden=32, ffn=16)
+    col = 3 * 32 * 2  # one fp16 FFN column of gate, up, down
+    need = 7 * (64 + 128) + h_col(7) + 4 * col
+
+    def at(sram: int, strategy: str) -> Program:
+        return lower(module, TargetRef("fsedp-2x2", (("sram_bytes_per_die", sram),)), strategy)
+
+    at(need - 1, "fsedp-paired")  # without buffering 4 home tokens fit
+    with pytest.raises(
+        ScheduleError,
+        match=rf"does not fit SRAM: die 0 needs {need} bytes \(activations {need - 4 * col} \+ "
+        rf"slots {4 * col}: 4 of one FFN column of moe0\), has {need - 1}",
+    ):
+        at(need - 1, "fsedp-buf")
+    p = at(need, "fsedp-buf")
+    pool = p.slot_pool(0)
+    assert pool is not None and pool.count * pool.nbytes + need - 4 * col <= need

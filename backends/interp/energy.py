@@ -16,7 +16,10 @@ counter per die (:func:`power_counters`).
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from moec.ir.cost.energy import (
     accum_energy,
@@ -26,7 +29,6 @@ from moec.ir.cost.energy import (
     gemm_energy,
 )
 from moec.ir.energy import PARTS
-from moec.ir.stream.program import SliceRef
 from moec.ir.target import Target
 
 if TYPE_CHECKING:
@@ -83,34 +85,34 @@ class EnergyLedger:
         """Joules per part of the ops ``op`` for which ``ops[op]`` is true (e.g. the MoE
         layers' ops), plus static power over ``span_s`` (their time)."""
         out = dict.fromkeys(PARTS, 0.0)
-        for op, _, k, j in self.by_op:
-            if ops[op]:
-                out[PARTS[k]] += j
+        n = len(self.by_op)
+        if n:
+            flat = np.fromiter(chain.from_iterable(self.by_op), dtype=np.float64, count=4 * n)
+            rows = flat.reshape(n, 4)
+            chosen = np.asarray(ops, dtype=bool)[rows[:, 0].astype(np.int64)]
+            sums = np.zeros(len(PARTS))
+            # np.add.at adds in charge order from 0.0, as a loop over the charges would
+            np.add.at(sums, rows[chosen, 2].astype(np.int64), rows[chosen, 3])
+            for k, p in enumerate(PARTS):
+                out[p] = float(sums[k])
         out["static"] = sum(die_static_energy(target, d, span_s) for d in range(len(self.joules)))
         return out
 
 
-def charge_slice(b: Builder, s: DieState, op: int, i: Any) -> None:
-    """Charge the ``gemm``/``act``/``accum`` ``i`` (op ``op``) on the micro-slice in its slot,
-    for its tokens, with the weights at the precision the slot was filled with."""
-    content, prec = s.slot_fill_info[i.slot]
-    if not isinstance(content, SliceRef):
-        return
-    hidden, width, _, dtype, gated = b.slice_geometry(content)
-    tokens = len(i.tokens)
-    key = (i.opcode, tokens, hidden, width, gated, prec, dtype)
-    hit = b.slice_energy.get(key)
-    if hit is None:
-        t = b.t
-        if i.opcode == "gemm":
-            parts = gemm_energy(t, tokens, hidden, width, gated, prec, dtype)
-        elif i.opcode == "act":
-            parts = act_energy(t, tokens, width, gated)
-        else:
-            parts = accum_energy(t, tokens, hidden, width, prec)
-        hit = tuple((k, parts[p]) for k, p in enumerate(PARTS) if p in parts)
-        b.slice_energy[key] = hit
-    b.energy.charge_indexed(s.die, hit, op)
+def slice_energy_parts(
+    t: Target, opcode: str, tokens: int, hidden: int, width: int, gated: bool, prec: str,
+    dtype: str,
+) -> tuple[tuple[int, float], ...]:  # fmt: skip
+    """The joules of a ``gemm``/``act``/``accum`` on a micro-slice for ``tokens`` tokens, with
+    the weights at ``prec`` (``dtype``: the layer's), as ``(part index, joules)`` in ``PARTS``
+    order (what :meth:`EnergyLedger.charge_indexed` takes)."""
+    if opcode == "gemm":
+        parts = gemm_energy(t, tokens, hidden, width, gated, prec, dtype)
+    elif opcode == "act":
+        parts = act_energy(t, tokens, width, gated)
+    else:
+        parts = accum_energy(t, tokens, hidden, width, prec)
+    return tuple((k, parts[p]) for k, p in enumerate(PARTS) if p in parts)
 
 
 def charge_dense(b: Builder, s: DieState, op: int, flops: float) -> None:

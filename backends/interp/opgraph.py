@@ -47,7 +47,13 @@ TIMING: HandlerTable[TimingHandler] = HandlerTable("timing")
 
 
 class OpGraph:
-    """Ops as parallel lists (no per-op objects: the hot loop reads lists by op id)."""
+    """Ops as parallel lists (no per-op objects: the hot loop reads lists by op id).
+
+    A few fields are rare (a dense island, a tail reservation's ``back``): they are kept per op
+    only where set, and :meth:`islands` / :meth:`backs` give them as lists once the graph is
+    built. Handlers on the hot path add edges themselves (``succ[a].append(b)``, ``ndeps[b] +=
+    1``), as :meth:`edge` does: a call per edge was a tenth of the build.
+    """
 
     def __init__(self) -> None:
         self.kind: list[int] = []
@@ -58,30 +64,49 @@ class OpGraph:
         self.die: list[int] = []
         self.instr: list[Instr | None] = []
         self.layer: list[int] = []
-        self.island: list[int] = []
-        #: how long before its ready time an op may start (a load's tail reservation on a link)
-        self.back: list[float] = []
+        #: per op in a dense island: the island's index (others: -1)
+        self.island_of: dict[int, int] = {}
+        #: how long before its ready time an op may start (a load's tail reservation on a
+        #: link), for the ops where it is not 0
+        self.back_of: dict[int, float] = {}
 
     def add(
         self, kind: int, dur: float, res: tuple[int, ...], die: int, instr: Instr | None,
         layer: int = -1, island: int = -1, back: float = 0.0,
     ) -> int:  # fmt: skip
+        op = len(self.kind)
         self.kind.append(kind)
         self.dur.append(dur)
-        self.back.append(back)
         self.res.append(res)
         self.ndeps.append(0)
         self.succ.append([])
         self.die.append(die)
         self.instr.append(instr)
         self.layer.append(layer)
-        self.island.append(island)
-        return len(self.kind) - 1
+        if island >= 0:
+            self.island_of[op] = island
+        if back:
+            self.back_of[op] = back
+        return op
 
     def edge(self, a: int | None, b: int) -> None:
         if a is not None and a != b:
             self.succ[a].append(b)
             self.ndeps[b] += 1
+
+    def islands(self) -> list[int]:
+        """Per op, its dense island's index or -1."""
+        out = [-1] * len(self.kind)
+        for op, k in self.island_of.items():
+            out[op] = k
+        return out
+
+    def backs(self) -> list[float]:
+        """Per op, how long before its ready time it may start."""
+        out = [0.0] * len(self.kind)
+        for op, v in self.back_of.items():
+            out[op] = v
+        return out
 
 
 @dataclass(frozen=True)
@@ -184,8 +209,8 @@ class Builder:
         self._xfer_costs = {}
         self._read_plans: dict[tuple[int, int, int], Any] = {}
         self._geometry: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
-        #: per slice opcode, geometry and precisions: its energy parts (see ``charge_slice``)
-        self.slice_energy: dict[tuple[Any, ...], tuple[tuple[int, float], ...]] = {}
+        #: per slice opcode, die, geometry and precisions: its duration and energy parts
+        self.slice_costs: dict[tuple[Any, ...], tuple[float, tuple[tuple[int, float], ...]]] = {}
         # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
         self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
@@ -320,9 +345,11 @@ class Builder:
             return hold
         g = self.g
         op = g.add(
-            DELAY, latency, (), g.die[hold], g.instr[hold], g.layer[hold], g.island[hold]
+            DELAY, latency, (), g.die[hold], g.instr[hold], g.layer[hold],
+            g.island_of.get(hold, -1),
         )  # fmt: skip
-        g.edge(hold, op)
+        g.succ[hold].append(op)
+        g.ndeps[op] = 1
         return op
 
     def transfer(self, key: tuple[int, int], is_send: bool, i: Any, die: int) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -40,23 +41,22 @@ class LayerActs:
 
 def _ranges(sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
     """Token indices covered by ``sets`` (one entry per set and token) and, per entry, the
-    position of its set in ``sets``: the ranges expanded in one vectorized step."""
-    firsts: list[int] = []
-    lens: list[int] = []
-    owner: list[int] = []
-    for k, ts in enumerate(sets):
-        for a, b in ts.ranges:
-            firsts.append(a)
-            lens.append(b - a + 1)
-            owner.append(k)
-    if not lens:
+    position of its set in ``sets``: the ranges expanded in one vectorized step (the range
+    bounds are read in C, through ``chain``: a set may hold hundreds of ranges)."""
+    counts = np.fromiter((len(ts.ranges) for ts in sets), dtype=np.int64, count=len(sets))
+    total = int(counts.sum())
+    if not total:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    length = np.asarray(lens, dtype=np.int64)
+    bounds = np.fromiter(
+        chain.from_iterable(chain.from_iterable(ts.ranges for ts in sets)),
+        dtype=np.int64, count=2 * total,
+    ).reshape(total, 2)  # fmt: skip
+    firsts = bounds[:, 0]
+    length = bounds[:, 1] - firsts + 1
+    owner = np.repeat(np.arange(len(sets), dtype=np.int64), counts)
     offset = np.cumsum(length) - length  # where each range starts in the flat index
-    idx = np.arange(int(length.sum()), dtype=np.int64) + np.repeat(
-        np.asarray(firsts, dtype=np.int64) - offset, length
-    )
-    return idx, np.repeat(np.asarray(owner, dtype=np.int64), length)
+    idx = np.arange(int(length.sum()), dtype=np.int64) + np.repeat(firsts - offset, length)
+    return idx, np.repeat(owner, length)
 
 
 def _mask(sets: list[TokenSet], n: int) -> np.ndarray:
@@ -89,16 +89,16 @@ def _first_last(
 
 def _activation_events(
     acts: LayerActs, tokens: int, hidden: int, dtype: str, start: list[float],
-    end: list[float],
+    end: list[float], span: tuple[float, float],
 ) -> tuple[list[float], list[int]]:  # fmt: skip
     """Allocation (+bytes) and release (-bytes) events of one die's activations of one layer
-    (the rules of :mod:`moec.ir.activations`)."""
+    (the rules of :mod:`moec.ir.activations`); ``span``: the earliest start and latest end of
+    ``acts.ops``."""
     times: list[float] = []
     deltas: list[int] = []
     if not acts.ops:
         return times, deltas
-    lo = min(start[op] for op in acts.ops)
-    hi = max(end[op] for op in acts.ops)
+    lo, hi = span
     xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
     n = tokens
     received = _mask([ts for _, ts in acts.recv_x], n)
@@ -155,25 +155,45 @@ def sram_peaks(
     fill (no free op: held to the end); ``acts``: per (die, layer index) what it did.
     """
     D = num_dies
-    times: dict[int, list[float]] = defaultdict(list)
-    slot_d: dict[int, list[int]] = defaultdict(list)
-    act_d: dict[int, list[int]] = defaultdict(list)
-    for die, fill, rec in fills:
-        size = pools.get(die, 0)
-        times[die] += [start[fill], end[rec[1]] if len(rec) > 1 else makespan]
-        slot_d[die] += [size, -size]
-        act_d[die] += [0, 0]
+    start_a, end_a = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
+    times: dict[int, list[np.ndarray]] = defaultdict(list)
+    slot_d: dict[int, list[np.ndarray]] = defaultdict(list)
+    act_d: dict[int, list[np.ndarray]] = defaultdict(list)
+    if fills:
+        # each fill is two events, (fill start, +size) and (free end or makespan, -size), in
+        # fills order within each die (the order ties are broken in)
+        f_die = np.fromiter((f[0] for f in fills), dtype=np.int64, count=len(fills))
+        f_op = np.fromiter((f[1] for f in fills), dtype=np.int64, count=len(fills))
+        f_free = np.fromiter(
+            (rec[1] if len(rec) > 1 else -1 for _, _, rec in fills), dtype=np.int64,
+            count=len(fills),
+        )  # fmt: skip
+        f_t = np.empty((len(fills), 2), dtype=np.float64)
+        f_t[:, 0] = start_a[f_op]
+        f_t[:, 1] = np.where(f_free >= 0, end_a[f_free], makespan)
+        sizes = np.asarray([pools.get(int(d), 0) for d in f_die], dtype=np.int64)
+        f_s = np.stack([sizes, -sizes], axis=1)
+        order = np.argsort(f_die, kind="stable")
+        dies, first = np.unique(f_die[order], return_index=True)
+        for die, rows in zip(dies.tolist(), np.split(order, first[1:]), strict=True):
+            times[die].append(f_t[rows].ravel())
+            slot_d[die].append(f_s[rows].ravel())
+            act_d[die].append(np.zeros(2 * rows.size, dtype=np.int64))
     for (die, k), la in sorted(acts.items()):
         m = layers[k]
-        ts, ds = _activation_events(la, m.tokens, m.hidden, m.dtype, start, end)
-        times[die] += ts
-        act_d[die] += ds
-        slot_d[die] += [0] * len(ds)
+        span = (0.0, 0.0)
+        if la.ops:
+            ops = np.asarray(la.ops, dtype=np.int64)
+            span = (float(start_a[ops].min()), float(end_a[ops].max()))
+        ts, ds = _activation_events(la, m.tokens, m.hidden, m.dtype, start, end, span)
+        times[die].append(np.asarray(ts, dtype=np.float64))
+        act_d[die].append(np.asarray(ds, dtype=np.int64))
+        slot_d[die].append(np.zeros(len(ds), dtype=np.int64))
     peak, slots, act, slot_peak = [0] * D, [0] * D, [0] * D, [0] * D
     for die, tv in times.items():
-        s_arr = np.asarray(slot_d[die], dtype=np.int64)
-        a_arr = np.asarray(act_d[die], dtype=np.int64)
-        order = np.lexsort((s_arr + a_arr, np.asarray(tv)))  # releases first at equal times
+        s_arr = np.concatenate(slot_d[die])
+        a_arr = np.concatenate(act_d[die])
+        order = np.lexsort((s_arr + a_arr, np.concatenate(tv)))  # releases first at equal times
         cs, ca = np.cumsum(s_arr[order]), np.cumsum(a_arr[order])
         total = cs + ca
         j = int(np.argmax(total))

@@ -175,7 +175,10 @@ def run_timing(
     end = [-1.0] * n
     free_at = [0.0] * b.num_res
     busy = [0.0] * b.num_res
-    ndeps, succ, dur, res, kind, back = g.ndeps, g.succ, g.dur, g.res, g.kind, g.back
+    ndeps, succ, dur, res, kind, back = g.ndeps, g.succ, g.dur, g.res, g.kind, g.backs()
+    # every op the handlers make holds at most one resource: its id (-1: none), -2 for an op
+    # holding several (taken the long way)
+    single = [(r[0] if len(r) == 1 else -2) if r else -1 for r in res]
     prio = [PRIORITY[k] for k in kind]
     heappush, heappop = heapq.heappush, heapq.heappop
     # engine.EventQueue's discipline, inlined (its two method calls per op were a fifth of the
@@ -190,15 +193,25 @@ def run_timing(
     while heap:
         t, _, _, op = heappop(heap)
         events += 1
-        r = res[op]
         s = t - back[op]
-        for x in r:
+        x = single[op]
+        if x >= 0:
             if free_at[x] > s:
                 s = free_at[x]
-        e = s + dur[op]
-        for x in r:
+            e = s + dur[op]
             free_at[x] = e
             busy[x] += e - s
+        elif x == -1:
+            e = s + dur[op]
+        else:
+            r = res[op]
+            for x in r:
+                if free_at[x] > s:
+                    s = free_at[x]
+            e = s + dur[op]
+            for x in r:
+                free_at[x] = e
+                busy[x] += e - s
         start[op] = s
         end[op] = e
         if op in signal_event:
@@ -241,7 +254,7 @@ def run_timing(
     }
     return Timeline(
         target=target, makespan=makespan, start=start, end=end, kind=g.kind, die=g.die,
-        res=g.res, instr=g.instr, layer=g.layer, island=g.island,
+        res=g.res, instr=g.instr, layer=g.layer, island=g.islands(),
         layer_names=[m.name for m in p.layers], island_names=[i.name for i in p.islands],
         num_resources=b.num_res, resource_names=b.res_names, busy=busy,
         dram_bytes=b.dram_bytes, link_bytes=link_bytes, peak_sram=peak,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from moec.backends.interp.energy import charge_dense, charge_slice
+from moec.backends.interp.energy import charge_dense, slice_energy_parts
 from moec.backends.interp.opgraph import (
     COMPUTE,
     DENSE_DRAM,
@@ -52,26 +52,47 @@ def slice_compute(
 ) -> tuple[int, SliceRef, LayerActs, int, int, bool]:  # fmt: skip
     """A compute op of opcode ``kind`` on the micro-slice in ``i.slot`` for ``i.tokens``, timed by
     ``cost_fn`` (a :mod:`moec.ir.cost` formula), after the die's latest wait and compute and the
-    slot's fill. Returns ``(op, slice, the layer's activation record, tokens, width, gated)``;
-    the caller adds its own edges and then calls :func:`computed`."""
+    slot's fill, and charged its energy (:func:`~.energy.slice_energy_parts`, with the weights
+    at the precision the slot was filled with). Returns ``(op, slice, the layer's activation
+    record, tokens, width, gated)``; the caller adds its own edges and then calls
+    :func:`computed`."""
     content, prec = s.slot_fill_info.get(i.slot, (None, "fp16"))
     if content is None:
         raise ScheduleError(f"die {s.die}: '{instr_text(i)}' needs a micro-slice in s{i.slot}")
-    hidden, w, _, _, gated = b.slice_geometry(content)
+    hidden, w, _, dtype, gated = b.slice_geometry(content)
     n = len(i.tokens)
     lk = b.layers[content.layer][0]
     g = b.g
     die = s.die
-    key = (kind, die, n, hidden, w, gated, prec)
-    dur = b.compute_costs.get(key)  # compute_cost's memo, without a closure per op
-    if dur is None:
-        dur = b.compute_costs[key] = cost_fn(b.t, die, n, hidden, w, gated, prec)
+    # duration and energy parts, memoized per shape (ops repeat a few shapes many times)
+    key = (kind, die, n, hidden, w, gated, prec, dtype)
+    hit = b.slice_costs.get(key)
+    if hit is None:
+        t = b.t
+        hit = b.slice_costs[key] = (
+            cost_fn(t, die, n, hidden, w, gated, prec),
+            slice_energy_parts(t, kind, n, hidden, w, gated, prec, dtype),
+        )
+    dur, parts = hit
     op = g.add(COMPUTE, dur, (die,), die, i, lk)
-    la = b.layer_acts(die, lk)
+    b.energy.charge_indexed(die, parts, op)
+    la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
     la.ops.append(op)
-    g.edge(s.fence, op)
-    g.edge(s.last_compute, op)
-    g.edge(s.slot_fill.get(i.slot), op)
+    # edges from the die's fence, latest compute and the slot's fill (op is new: no self edge)
+    succ, deps = g.succ, 0
+    a = s.fence
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    a = s.last_compute
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    a = s.slot_fill.get(i.slot)
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    g.ndeps[op] = deps
     return op, content, la, n, w, gated
 
 
@@ -91,6 +112,13 @@ def _accum_cost(t: Target, die: int, n: int, d: int, w: int, gated: bool, prec: 
     return cost.accum_time(t, die, n, w, d, prec)
 
 
+#: Each slice opcode and its cost, in the order a slice runs them (the FSE-DP scheduler plays
+#: the same costs, :mod:`.expand.fsedp_engine`).
+SLICE_COSTS: tuple[tuple[str, SliceCost], ...] = (
+    ("gemm", _gemm_cost), ("act", _act_cost), ("accum", _accum_cost),
+)  # fmt: skip
+
+
 def computed(s: DieState, slot: int, op: int) -> None:
     """``op`` is the die's latest compute and a use of ``slot``."""
     s.last_compute = op
@@ -104,7 +132,6 @@ def gemm(b: Builder, s: DieState, i: Gemm) -> None:
     if gated); also waits for the die's
     latest ``x`` block of the layer; its ``h`` is held until the slot's ``accum``."""
     op, content, la, n, w, gated = slice_compute(b, s, i, "gemm", _gemm_cost)
-    charge_slice(b, s, op, i)
     la.x_uses.append((op, i.tokens))
     s.pending_h[i.slot] = (op, h_bytes(n, w, gated))
     b.g.edge(s.last_recv.get((content.layer, "x")), op)
@@ -115,7 +142,6 @@ def gemm(b: Builder, s: DieState, i: Gemm) -> None:
 def act(b: Builder, s: DieState, i: Act) -> None:
     """The activation (:func:`moec.ir.cost.act_time`; ideal: ``2 T w`` FLOPs at peak)."""
     op, *_ = slice_compute(b, s, i, "act", _act_cost)
-    charge_slice(b, s, op, i)
     computed(s, i.slot, op)
 
 
@@ -124,7 +150,6 @@ def accum(b: Builder, s: DieState, i: Accum) -> None:
     """The down-projection into the outputs (:func:`moec.ir.cost.accum_time`; ideal: ``2 T w d``
     FLOPs); releases the slice's ``h``."""
     op, _, la, *_ = slice_compute(b, s, i, "accum", _accum_cost)
-    charge_slice(b, s, op, i)
     la.accums.append((op, i.tokens))
     pending = s.pending_h.pop(i.slot, None)
     if pending is not None:
@@ -164,33 +189,39 @@ def transfer(b: Builder, s: DieState, i: Send | Recv) -> None:
     key = (die, i.peer) if is_send else (i.peer, die)
     hold, op = b.transfer(key, is_send, i, die)
     g = b.g
+    blk = i.block
     tag = -1
-    if i.block is not None:
-        tag = b.layers[i.block.layer][0]
-    elif isinstance(i, Recv) and isinstance(i.content, SliceRef):
+    if blk is not None:
+        tag = b.layers[blk.layer][0]
+    elif not is_send and isinstance(i.content, SliceRef):
         tag = b.layers[i.content.layer][0]
-    if tag >= 0 and g.layer[op] < 0:
-        g.layer[hold] = g.layer[op] = tag
     if tag >= 0:
-        la = b.layer_acts(die, tag)
+        layer = g.layer
+        if layer[op] < 0:
+            layer[hold] = layer[op] = tag
+        la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
         la.ops += [hold, op]
-        if i.block is not None:
-            ts = i.block.tokens
+        if blk is not None:
+            ts = blk.tokens
             if is_send:
-                (la.x_uses if i.block.which == "x" else la.send_y).append((op, ts))
-            elif i.block.which == "x":
+                (la.x_uses if blk.which == "x" else la.send_y).append((op, ts))
+            elif blk.which == "x":
                 la.recv_x.append((op, ts))
                 la.recv_x_start.append((hold, ts))
             else:
                 la.recv_y.append((hold, op, ts, i.nbytes))
-    g.edge(s.fence, hold)
-    if isinstance(i, Send):
+    succ, ndeps = g.succ, g.ndeps
+    a = s.fence  # a wait's op: never the hold itself
+    if a is not None:
+        succ[a].append(hold)
+        ndeps[hold] += 1
+    if is_send:
         if i.slot is not None:
             g.edge(s.slot_fill.get(i.slot), hold)
             s.slot_uses[i.slot].append(op)
-        elif i.block is not None:
-            g.edge(s.last_recv.get((i.block.layer, i.block.which)), hold)
-            if i.block.which == "y":
+        elif blk is not None:
+            g.edge(s.last_recv.get((blk.layer, blk.which)), hold)
+            if blk.which == "y":
                 g.edge(s.last_compute, hold)
     elif i.slot is not None:
         g.edge(s.slot_free.get(i.slot), hold)
@@ -201,8 +232,8 @@ def transfer(b: Builder, s: DieState, i: Send | Recv) -> None:
             prec = b.slice_precision(sref, i.nbytes)
         s.fill(i.slot, op, sref, prec)
         s.slot_fill_rec[i.slot] = b.record_fill(die, hold)
-    elif i.block is not None:
-        s.last_recv[(i.block.layer, i.block.which)] = op
+    elif blk is not None:
+        s.last_recv[(blk.layer, blk.which)] = op
     s.since_signal.append(op)
 
 
@@ -215,10 +246,20 @@ def free(b: Builder, s: DieState, i: Free) -> None:
     op = g.add(SYNC, 0.0, (), s.die, i, tag)
     if tag >= 0:
         b.layer_acts(s.die, tag).ops.append(op)
-    g.edge(s.fence, op)
-    g.edge(s.slot_fill.get(i.slot), op)
-    for u in s.slot_uses.pop(i.slot, []):
-        g.edge(u, op)
+    # edges from the fence, the slot's fill and every use since (op is new: no self edge)
+    succ, deps = g.succ, 0
+    a = s.fence
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    a = s.slot_fill.get(i.slot)
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    uses = s.slot_uses.pop(i.slot, ())
+    for u in uses:
+        succ[u].append(op)
+    g.ndeps[op] = deps + len(uses)
     s.slot_free[i.slot] = op
     rec = s.slot_fill_rec.pop(i.slot, None)
     if rec is not None:
@@ -233,8 +274,10 @@ def signal(b: Builder, s: DieState, i: Signal) -> None:
     op = g.add(SYNC, 0.0, (), s.die, i)
     g.edge(s.fence, op)
     g.edge(s.last_signal, op)
-    for u in s.since_signal:
-        g.edge(u, op)
+    succ = g.succ
+    for u in s.since_signal:  # earlier ops (op is new: no self edge)
+        succ[u].append(op)
+    g.ndeps[op] += len(s.since_signal)
     s.since_signal = []
     s.last_signal = op
     b.signal_event[op] = i.event

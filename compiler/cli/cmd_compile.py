@@ -2,7 +2,7 @@
 
     moec compile model.onnx -o prog.msp [--target T] [--set key=value ...] [--strategy S]
                  [--passes "..."] [--routing trace.json] [--tokens N] [--dims name=value ...]
-                 [--debug] [--print-ir] [--search-budget N] [--objective O]
+                 [--debug] [--print-ir] [--search-budget N] [--search-resamples R] [--objective O]
                  [--max-sram-mib X] [--explain]
 
 ``--strategy auto`` searches the fixed strategies and their options (:mod:`moec.auto`) and
@@ -47,6 +47,11 @@ def register(subparsers: Any) -> None:
         help=f"--strategy auto: interpreter runs the search may spend (default {DEFAULT_BUDGET})",
     )  # fmt: skip
     p.add_argument(
+        "--search-resamples", type=int, default=0, metavar="R",
+        help="--strategy auto: also run each candidate on R resamples of the routing (tokens "
+        "drawn with replacement) and score it by its worst run (default 0: the batch only)",
+    )  # fmt: skip
+    p.add_argument(
         "--objective", choices=OBJECTIVES, default="latency",
         help="--strategy auto: what the search minimizes (default latency)",
     )  # fmt: skip
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             dims=parse_dims(args.dims), debug=args.debug,
             on_module=(lambda m: print(m.print(), end="")) if args.print_ir else None,
             search_budget=args.search_budget, objective=args.objective,
-            max_sram_mib=args.max_sram_mib,
+            max_sram_mib=args.max_sram_mib, search_resamples=args.search_resamples,
             on_stage=lambda next_stage: bar.advance(status=next_stage),
         )  # fmt: skip
         bar.set_status(f"writing {args.output}")

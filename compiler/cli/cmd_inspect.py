@@ -63,6 +63,8 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
                 "shared_experts": layer.num_shared,
                 # A shared MLP beside the layer that stays ordinary ops (its down-projection node).
                 "shared_left_dense": layer.annotations.dense_shared,
+                # How the lift departs from the graph's own spelling (e.g. a folded gate scale).
+                "routing_note": layer.annotations.routing_note,
                 "weight_bytes_per_expert": layer.expert_weight_bytes(),
             }
         )

@@ -73,6 +73,13 @@ def _unsupported(view: GraphView, node: onnx.NodeProto) -> str | None:
     if a(node, "swiglu_limit_after_activation", 0):
         return "swiglu_limit_after_activation=1 is not supported (expected 0)"
     act = a(node, "activation_type", "relu")
+    if act == "geglu":
+        # onnxruntime-genai's Gemma-4 MoE node: ONNX Runtime 1.32's CPU kernel refuses it
+        # ("Unsupported MoE activation type: geglu"), so there is no reference to lift it against.
+        return (
+            "activation_type='geglu' is not supported (ONNX Runtime's CPU MoE kernel does not "
+            "implement it either; expected relu, gelu, silu, identity or swiglu)"
+        )
     if act not in (*_ACTIVATIONS, "swiglu"):
         return f"activation_type={act!r} is not supported (expected relu, gelu, silu, identity or swiglu)"
     if node.op_type == "QMoE":

@@ -29,6 +29,7 @@ import onnx
 from moec.compiler.frontend.hf_gating import match_gating, match_separate_gating
 from moec.compiler.frontend.hf_layer import (
     Projection,
+    absorb_scaling,
     build_layer,
     close_from_deepest,
     layer_output,
@@ -40,6 +41,7 @@ from moec.compiler.frontend.hf_routing import (
     NotThisPattern,
     Routing,
     Walk,
+    is_float_cast,
     match_router,
 )
 from moec.compiler.frontend.joint_shared import match_gamma_shared, match_joint_router
@@ -80,6 +82,9 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     projections = [_projection(walk, g, biases) for g in stacks3]
     x_root = walk.root(router.x)
     first = [p for p in projections if walk.root(_token_source(walk, p.input)) == x_root]
+    if not first:
+        first = _fold_input_scales(walk, routing, projections)
+        x_root = walk.root(router.x)
     rest = [p for p in projections if p not in first]
     topk_name = view.name(routing.topk_node) if routing.topk_node is not None else view.name(anchor)
     if len(first) not in (1, 2) or len(rest) != 1:
@@ -104,15 +109,94 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
         raise walk.fail(gating.output, "expected the expert activation to feed the down projection")
     walk.back(down.input)
     combined = _combine(walk, down, routing)
-    if joint is not None:
+    swiglu = (gating.alpha, gating.beta, gating.limit) if gating.activation == "swiglu" else None
+    if joint is not None:  # its scaling also scales the shared experts: none absorbed here
         y, shared = match_gamma_shared(walk, combined, x_root, joint[1])
     else:
-        y, shared = match_shared(walk, combined, x_root, gated=gating.gated)
+        combined = absorb_scaling(walk, combined, routing)
+        y, shared = match_shared(walk, combined, x_root, gated=gating.gated, swiglu=swiglu)
     layer = build_layer(topk_name, routing, up, down, gating, shared)
     layer.annotations.source = "hf.batched_mm"
     walk.back(router.x)
-    y = layer_output(walk, y, x_root)
+    y = _trim_output(walk, layer_output(walk, y, x_root), x_root)
     return close_from_deepest(walk, router.x, y, layer, topk_name)
+
+
+def _trim_output(walk: Walk, y: str, x: str) -> str:
+    """Leave trailing reshapes outside when they give the output another shape than the input
+    (the canonical op preserves shape; Gemma-4's input is [T, d], its output reshaped back)."""
+    xt = walk.view.tensor_type(x)
+    while xt is not None:
+        yt, p = walk.view.tensor_type(y), walk.producer(y)
+        if yt is None or yt.shape == xt.shape or p is None or p.op_type not in RESHAPES:
+            break
+        walk.nodes.discard(walk.view.id(p))
+        y = p.input[0]
+    return y
+
+
+def _channel_chain(
+    walk: Walk, value: str, d: int
+) -> list[tuple[str, np.ndarray, list[onnx.NodeProto]]]:
+    """``value`` and what it is a per-channel rescale of: going back over reshapes, float casts
+    and ``Mul`` by a constant of size 1 or ``d`` (broadcast over the last axis), each value
+    passed with the scale that maps it to ``value`` and the nodes in between."""
+    scale = np.ones(d, dtype=np.float32)
+    nodes: list[onnx.NodeProto] = []
+    chain = [(value, scale, list(nodes))]
+    while True:
+        p = walk.producer(value)
+        if p is None:
+            return chain
+        if p.op_type in RESHAPES or is_float_cast(p):
+            value = p.input[0]
+        elif p.op_type == "Mul":
+            consts = [(i, walk.const(v)) for i, v in enumerate(p.input[:2])]
+            found = [(i, c) for i, c in consts if c is not None]
+            if len(found) != 1 or np.asarray(found[0][1]).size not in (1, d):
+                return chain
+            c = np.asarray(found[0][1], dtype=np.float32)
+            if c.size == d and c.shape[-1] != d:
+                return chain
+            scale = (scale * c.reshape(-1)).astype(np.float32)
+            value = p.input[1 - found[0][0]]
+        else:
+            return chain
+        nodes.append(p)
+        chain.append((value, scale, list(nodes)))
+
+
+def _fold_input_scales(
+    walk: Walk, routing: Routing, projections: list[Projection]
+) -> list[Projection]:
+    """Router and experts reading two per-channel rescales of one value (Gemma-4: the router
+    reads ``RMSNorm(h) * scale * d**-0.5``, the experts ``RMSNorm(h) * w``, the normalization
+    shared): fold each side's scale into its weights (``router_w`` columns, the experts' input
+    projection rows; exact up to float rounding) and make that value the router's input.
+    Returns the projections that read it (none when there is no such common value)."""
+    router = routing.router
+    d = router.weight.shape[1]
+    router_chain = _channel_chain(walk, router.x, d)
+    sides = [(p, _channel_chain(walk, _token_source(walk, p.input), d)) for p in projections]
+    for base, s_r, nodes_r in router_chain[1:]:
+        found = []
+        for p, chain in sides:
+            hit = [(s, nodes) for v, s, nodes in chain if v == base]
+            if hit:
+                found.append((p, *hit[0]))
+        if not found:
+            continue
+        router.weight = (router.weight * s_r[None, :]).astype(np.float32)
+        router.x = base
+        for node in nodes_r:
+            walk.take(node)
+        for p, s_p, nodes_p in found:
+            p.w = (p.w * s_p[None, :, None]).astype(np.float32)
+            for node in nodes_p:
+                if node.op_type == "Mul":
+                    walk.take(node)
+        return [p for p, _, _ in found]
+    return []
 
 
 def _concatenated(gate: Projection, up: Projection) -> Projection:
@@ -230,6 +314,8 @@ def _combine(walk: Walk, down: Projection, routing: Routing) -> str:
     mul = walk.only(down.output, "the expert outputs times their gate weights", ("Mul",))
     other = walk.other(mul, walk.forward(down.output))
     if walk.root(other) != walk.root(routing.weights):
+        _per_expert_scale(walk, walk.back(other), routing)
+    if walk.root(other) != walk.root(routing.weights):
         raise walk.fail(
             mul,
             f"expected the expert outputs weighted by the routing gate weights, found {other!r}",
@@ -247,6 +333,32 @@ def _combine(walk: Walk, down: Projection, routing: Routing) -> str:
     if walk.attr(red, "keepdims", 1):
         raise walk.fail(red, "expected ReduceSum(keepdims=0) over the top-k slots")
     return red.output[0]
+
+
+def _per_expert_scale(walk: Walk, value: str, r: Routing) -> None:
+    """Gemma-4's gates: ``value = weights * scale[ids]`` with a constant [E] ``scale`` gathered
+    by the top-k ids (GatherND, or Gather on axis 0). On a match the scale goes to
+    ``r.expert_scale`` and ``value`` becomes the routing's gate weights."""
+    mul = walk.producer(value)
+    if mul is None or mul.op_type != "Mul" or r.expert_scale is not None:
+        return
+    E = r.router.weight.shape[0]
+    for w, s in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
+        p = walk.producer(walk.root(s))
+        if walk.root(w) != walk.root(r.weights) or p is None or len(p.input) < 2:
+            continue
+        data = walk.const(p.input[0])
+        ok = (p.op_type == "GatherND" and walk.attr(p, "batch_dims", 0) == 0) or (
+            p.op_type == "Gather" and walk.attr(p, "axis", 0) == 0
+        )
+        if ok and data is not None and data.size == E and walk.root(p.input[1]) == walk.root(r.ids):
+            walk.back(s)
+            walk.take(p)
+            walk.back(p.input[1])
+            walk.back(w)
+            r.expert_scale = np.asarray(data, dtype=np.float32).reshape(E)
+            r.weights = walk.take(mul).output[0]
+            return
 
 
 @register("hf-batched-mm", anchors=("TopK", "ArgMax"))

@@ -7,6 +7,7 @@ the other the up projection::
 
     act(gate) * up                                   silu / relu / gelu (also erf/tanh written out)
     clip(gate, max=l) * sigmoid(alpha * clip(gate, max=l)) * (clip(up, -l, l) + beta)   swiglu
+    silu(clip(gate, max=l)) * clip(up, -l, l)        swiglu with alpha 1, beta 0 (HY-V4)
 
 Gate and up may also come from two separate projections (DBRX's ``w1``/``v1``):
 :func:`match_separate_gating`. Slice bounds may be computed from shapes (TorchScript);
@@ -54,7 +55,7 @@ def match_gating(walk: Walk, value: str, width: int) -> Gating:
         return Gating(act[0], None, np.arange(width), act[1])
     for (g, gate_cols), (u, up_cols) in (parts, parts[::-1]):
         trial = Walk(walk.view)
-        sw = _swiglu(trial, g, u)
+        sw = swiglu_of(trial, g, u)
         if sw is not None:
             walk.nodes |= trial.nodes
             return Gating("swiglu", gate_cols, up_cols, *sw)
@@ -152,7 +153,7 @@ def _clip(walk: Walk, value: str) -> tuple[str, float | None, float | None]:
     return c.output[0], lo, hi
 
 
-def _swiglu(walk: Walk, g: str, u: str) -> tuple[str, float, float, float | None] | None:
+def swiglu_of(walk: Walk, g: str, u: str) -> tuple[str, float, float, float | None] | None:
     """gpt-oss SwiGLU of gate ``g`` and up ``u``: (output, alpha, beta, limit) or None."""
     g, g_lo, g_hi = _clip(walk, g)
     u, u_lo, u_hi = _clip(walk, u)
@@ -171,13 +172,18 @@ def _swiglu(walk: Walk, g: str, u: str) -> tuple[str, float, float, float | None
     sig = walk.take(sigs[0]).output[0]
     glus = [m for m in walk.of_type(sig, "Mul") if walk.other(m, sig) == g]
     adds = walk.of_type(u, "Add")
-    if len(glus) != 1 or len(adds) != 1:
+    if len(glus) != 1 or len(adds) > 1:
         return None
     glu = walk.take(glus[0]).output[0]
-    beta = walk.scalar(walk.other(adds[0], u))
-    if beta is None:
-        return None
-    up = walk.take(adds[0]).output[0]
+    if not adds and g_hi is not None:
+        # HY-V4: silu(clip(gate)) * clip(up), no offset on up (beta 0). Unclamped, the same
+        # graph is plain SiLU gating, which the caller matches as such.
+        beta, up = 0.0, u
+    else:
+        beta_ = walk.scalar(walk.other(adds[0], u)) if len(adds) == 1 else None
+        if beta_ is None:
+            return None
+        beta, up = beta_, walk.take(adds[0]).output[0]
     outs = [m for m in walk.of_type(up, "Mul") if walk.other(m, up) == glu]
     if len(outs) != 1:
         return None

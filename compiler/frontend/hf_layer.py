@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from moec.compiler.frontend.hf_gating import Gating
+from moec.compiler.frontend.hf_gating import Gating, swiglu_of
 from moec.compiler.frontend.hf_routing import (
     RESHAPES,
     NoMatch,
@@ -51,6 +51,8 @@ class DenseFFN:
     down: np.ndarray
     activation: str
     output: str
+    # gpt-oss SwiGLU parameters (alpha, beta, limit) when ``activation`` is "swiglu".
+    swiglu: tuple[float, float, float | None] | None = None
 
 
 def match_dense_ffn(walk: Walk, value: str) -> DenseFFN | None:
@@ -71,6 +73,10 @@ def match_dense_ffn(walk: Walk, value: str) -> DenseFFN | None:
         return DenseFFN(up.input, None, up.w, down.w, act[0], value)
     if prod is None or prod.op_type != "Mul":
         return None
+    sw = _swiglu_ffn(trial, down.input)
+    if sw is not None:
+        walk.nodes |= trial.nodes
+        return DenseFFN(sw[0], sw[1], sw[2], down.w, "swiglu", value, sw[3])
     for gi in (0, 1):
         act = _activation_of(trial, prod.input[gi])
         if act is None:
@@ -117,6 +123,36 @@ def _split_gate_up(walk: Walk, gate: str, up: str) -> tuple[str, np.ndarray, np.
     return lin.input, halves[g], halves[1 - g]
 
 
+def _swiglu_ffn(
+    walk: Walk, value: str, depth: int = 6
+) -> tuple[str, np.ndarray, np.ndarray, tuple[float, float, float | None]] | None:
+    """``value`` as the clamped SwiGLU of the two halves of one fused gate-up projection
+    (MiniMax-M3's shared MLP, the routed experts' form in :mod:`hf_gating`): (x, W_gate, W_up,
+    (alpha, beta, limit)), or None. The ``Split`` is found behind ``value``; the SwiGLU is then
+    matched forward from its halves and must end at ``value``."""
+    frontier, split = [value], None
+    for _ in range(depth):
+        nodes = [walk.producer(v) for v in frontier]
+        splits = [n for n in nodes if n is not None and n.op_type == "Split"]
+        if splits:
+            split = splits[0]
+            break
+        frontier = [i for n in nodes if n is not None for i in n.input if i]
+    if split is None or len(split.output) != 2:
+        return None
+    for g, u in (tuple(split.output), tuple(split.output)[::-1]):
+        trial = Walk(walk.view)
+        sw = swiglu_of(trial, g, u)
+        if sw is None or sw[0] != value:
+            continue
+        fused = _split_gate_up(trial, g, u)
+        if fused is None:
+            return None
+        walk.nodes |= trial.nodes
+        return fused[0], fused[1], fused[2], sw[1:]
+    return None
+
+
 def _squared_input(walk: Walk, node: onnx.NodeProto) -> str | None:
     """``a`` if ``node`` computes ``a ** 2`` (``Pow(a, 2)`` or ``Mul(a, a)``), else None."""
     if node.op_type == "Pow" and walk.scalar(node.input[1]) == 2.0:
@@ -155,6 +191,21 @@ def _activation_of(walk: Walk, value: str) -> tuple[str, str] | None:
     return None
 
 
+def absorb_scaling(walk: Walk, routed: str, routing: Routing) -> str:
+    """Scalar ``Mul`` nodes after the routed sum (MiniMax-M3's ``routed_scaling_factor``, applied
+    to the sum instead of the gates) folded into ``routing.scaling``; the scaled value."""
+    while True:
+        out = walk.forward(routed)
+        cs = walk.consumers(out)
+        if len(cs) != 1 or cs[0].op_type != "Mul":
+            return out
+        factor = walk.scalar(walk.other(cs[0], out))
+        if factor is None or cs[0].input[0] == cs[0].input[1]:
+            return out
+        routing.scaling *= factor
+        routed = walk.take(cs[0]).output[0]
+
+
 @dataclass
 class SharedExperts:
     """Shared experts (one concatenated MLP) and their optional sigmoid gate [d, 1]."""
@@ -165,11 +216,17 @@ class SharedExperts:
 
 
 def match_shared(
-    walk: Walk, routed: str, x_root: str, gated: bool = True
+    walk: Walk,
+    routed: str,
+    x_root: str,
+    gated: bool = True,
+    swiglu: tuple[float, float, float | None] | None = None,
 ) -> tuple[str, SharedExperts | None]:
     """Optional ``routed + shared(x) (* sigmoid(x @ w))``; returns the sum and the shared part.
     The shared MLP must be gated exactly when the routed experts are (``gated``): the canonical
-    op gives both one form; another shape stays outside, as dense ops."""
+    op gives both one form; another shape stays outside, as dense ops. The op holds one set of
+    SwiGLU parameters: a SwiGLU shared MLP whose parameters differ from the routed experts'
+    (``swiglu``, None when those are not SwiGLU) also stays outside."""
     out = walk.forward(routed)
     adds = walk.of_type(out, "Add")
     if len(walk.consumers(out)) != 1 or not adds:
@@ -195,6 +252,8 @@ def match_shared(
                     break
     ffn = match_dense_ffn(trial, ffn_value)
     if ffn is None or trial.root(ffn.x) != x_root or (ffn.gate is not None) != gated:
+        return out, None
+    if ffn.swiglu is not None and swiglu is not None and ffn.swiglu != swiglu:
         return out, None
     walk.nodes |= trial.nodes
     walk.take(add)
@@ -322,6 +381,11 @@ def layer_output(walk: Walk, y: str, x: str) -> str:
 # --- building the canonical layer -------------------------------------------------------------
 
 
+#: The layer's gates were multiplied by a per-expert scale (Gemma-4), folded into ``w_down``:
+#: the outputs are the model's, the op's gate weights are the scale-free ones.
+EXPERT_SCALE_NOTE = "per_expert_gate_scale_folded_into_w_down"
+
+
 @dataclass(eq=False)
 class Projection:
     """One batched projection: ``out[s] = in[s] @ W[ids[s]] (+ b[ids[s]])``, W as [E, in, out]."""
@@ -355,9 +419,15 @@ def build_layer(
         if up.b is not None:
             weights[f"b_{part}"] = present(f"b_{part}", np.ascontiguousarray(up.b[:, c]))
     F = len(gating.up_cols)
-    weights["w_down"] = present("w_down", down.w)
-    if down.b is not None:
-        weights["b_down"] = present("b_down", down.b)
+    w_down, b_down = down.w, down.b
+    if routing.expert_scale is not None:
+        # gate * s[e] * (h @ W_down[e] + b[e]) == gate * (h @ (s[e] W_down[e]) + s[e] b[e])
+        s = routing.expert_scale.astype(np.float32)
+        w_down = (w_down * s[:, None, None]).astype(np.float32)
+        b_down = None if b_down is None else (b_down * s[:, None]).astype(np.float32)
+    weights["w_down"] = present("w_down", w_down)
+    if b_down is not None:
+        weights["b_down"] = present("b_down", b_down)
     layer = MoELayer(
         name, E, routing.top_k, d, F, weights, scoring=router.scoring,
         normalize_topk=routing.normalize, routed_scaling=routing.scaling,
@@ -370,6 +440,8 @@ def build_layer(
     )  # fmt: skip
     if routing.n_group > 1:
         layer.group_fill = routing.group_fill
+    if routing.expert_scale is not None:
+        layer.annotations.routing_note = EXPERT_SCALE_NOTE
     if shared is not None:
         attach_shared(layer, shared)
     layer.verify()
@@ -391,3 +463,6 @@ def attach_shared(layer: MoELayer, shared: SharedExperts) -> None:
     layer.num_shared = shared.count or (Fs // F if Fs % F == 0 else 1)
     layer.shared_ffn = Fs
     layer.shared_activation = ffn.activation
+    if ffn.swiglu is not None:
+        # One set of SwiGLU parameters per layer (match_shared checked they agree).
+        layer.swiglu_alpha, layer.swiglu_beta, layer.swiglu_limit = ffn.swiglu

@@ -259,6 +259,8 @@ class Routing:
     scaling: float = 1.0
     topk_node: onnx.NodeProto | None = None
     sparsemixer_eps: float = 0.01
+    # Gemma-4: the final gates times a learned per-expert scale gathered by the ids ([E]).
+    expert_scale: np.ndarray | None = None
     bias_on_logits: bool = False
     shared_in_norm: bool = False
 
@@ -531,10 +533,8 @@ def match_gelu(walk: Walk, value: str) -> tuple[str, str] | None:
                 walk.nodes |= trial.nodes
                 return "gelu", out
     trial = Walk(walk.view)
-    for pw in walk.of_type(value, "Pow"):
-        if pw.input[0] != value or not _close(trial.scalar(pw.input[1]), 3.0):
-            continue
-        cube = _scaled(trial, pw.output[0], "Mul")
+    for pw, x3 in _cubes(walk, value):
+        cube = _scaled(trial, x3.output[0], "Mul")
         if cube is None or not _close(cube[1], 0.044715):
             continue
         inner = [a for a in trial.of_type(cube[0].output[0], "Add") if value in a.input]
@@ -546,13 +546,25 @@ def match_gelu(walk: Walk, value: str) -> tuple[str, str] | None:
         tanh = trial.of_type(sc[0].output[0], "Tanh")
         if len(tanh) != 1:
             continue
-        for n in (pw, cube[0], inner[0], sc[0]):
+        for n in (*pw, cube[0], inner[0], sc[0]):
             trial.take(n)
         out = _gelu_tail(trial, value, trial.take(tanh[0]).output[0])
         if out is not None:
             walk.nodes |= trial.nodes
             return "gelu_tanh", out
     return None
+
+
+def _cubes(walk: Walk, value: str) -> list[tuple[list[onnx.NodeProto], onnx.NodeProto]]:
+    """``value ** 3`` as ``Pow(value, 3)`` or ``Mul(value, Mul(value, value))`` (TorchScript):
+    (its nodes, the last)."""
+    out = []
+    for c in walk.consumers(value):
+        if c.op_type == "Pow" and c.input[0] == value and _close(walk.scalar(c.input[1]), 3.0):
+            out.append(([c], c))
+        if c.op_type == "Mul" and list(c.input) == [value, value]:
+            out += [([c, m], m) for m in walk.of_type(c.output[0], "Mul") if value in m.input]
+    return out
 
 
 def match_router(walk: Walk, anchor: onnx.NodeProto) -> Routing:

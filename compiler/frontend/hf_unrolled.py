@@ -27,6 +27,7 @@ import onnx
 from moec.compiler.frontend.hf_gating import Gating, eval_ints, match_gating, match_separate_gating
 from moec.compiler.frontend.hf_layer import (
     Projection,
+    absorb_scaling,
     build_layer,
     close_from_deepest,
     layer_output,
@@ -70,9 +71,10 @@ def match_unrolled(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
         raise walk.fail(name, "expected every unrolled slot to compute the same expert function")
     y = _accumulation(walk, found, name)
     first = found[0]
-    y, shared = match_shared(
-        walk, y, x_root, gated=first.gating is None or first.gating.gated
-    )  # fmt: skip
+    y = absorb_scaling(walk, y, routing)
+    g = first.gating
+    swiglu = (g.alpha, g.beta, g.limit) if g is not None and g.activation == "swiglu" else None
+    y, shared = match_shared(walk, y, x_root, gated=g is None or g.gated, swiglu=swiglu)
     gu = _as_in_out(np.asarray(walk.const(first.gate_up), dtype=np.float32), first.gate_up_t)
     if first.gate:
         # Separate gate and up stacks: one [E, d, 2F] projection, gate columns first.
@@ -109,6 +111,13 @@ def _expert_mask(walk: Walk, onehot: onnx.NodeProto, E: int) -> str:
 def _slots(walk: Walk, mask: str) -> list[str]:
     """The unrolled slots: outputs of the Split of the hit-expert list."""
     reds = walk.of_type(mask, "ReduceSum")
+    cs = walk.consumers(mask)
+    if (
+        not reds
+        and cs
+        and all(c.op_type == "Gather" and walk.const(c.input[1]) is not None for c in cs)
+    ):
+        raise NotThisPattern  # indexed by constant expert ids: a hand-written loop (torch_loop)
     if len(reds) != 1:
         raise walk.fail(mask, "expected the per-expert token counts (ReduceSum of the mask)")
     red = walk.take(reds[0])

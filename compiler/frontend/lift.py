@@ -39,12 +39,13 @@ from moec.compiler.frontend.patterns import (
 from moec.ir.errors import ModelError
 from moec.ir.graph import Module, Op, TensorType, Value, Weight
 
-_RECOGNIZER_MODULES = ("fused", "decomposed")
+_RECOGNIZER_MODULES = ("fused", "decomposed", "torch_loop")
 _loaded = False
 
 
 def load_recognizers() -> None:
-    """Import the recognizer modules once: fused, decomposed, then every ``hf_*`` module."""
+    """Import the recognizer modules once: fused, decomposed, torch_loop, then every ``hf_*``
+    module."""
     global _loaded
     if _loaded:
         return
@@ -121,10 +122,14 @@ def find_layers(view: GraphView) -> list[Lifted]:
                 f"{node.op_type} node is not a supported MoE layer: {mismatch.reason}",
                 f"{view.where}: node {mismatch.node}",
             )
+        # A TopK no recognizer knows says little; expert stacks gathered outside every layer
+        # locate the unrecognized MoE layer itself (e.g. DeepSeek-V4's hash-routed layers, where
+        # the only TopK is an attention indexer's).
+        _check_no_stray_experts(view, covered)
         raise ModelError(
             f"{node.op_type} node is not part of a recognized MoE layer (expected a router "
             "Softmax/Sigmoid -> TopK feeding expert MatMuls and a weighted sum, or a "
-            "com.microsoft MoE/QMoE node)",
+            f"com.microsoft MoE/QMoE node){_reshaped_logits_note(view, node)}",
             f"{view.where}: node {view.name(node)}",
         )
     _check_no_stray_experts(view, covered)
@@ -158,6 +163,29 @@ def _over_attention_scores(view: GraphView, node: onnx.NodeProto) -> bool:
     return products
 
 
+def _reshaped_logits_note(view: GraphView, node: onnx.NodeProto) -> str:
+    """What an unclaimed TopK ranks when it is a router projection reshaped so that its rows
+    are no longer one token's N outputs (Doge's product keys: [T, 2n] viewed as [2, T, n])."""
+    from moec.compiler.frontend.hf_routing import Walk, match_linear
+
+    p = view.producer(node.input[0])
+    if p is None or p.op_type != "Reshape":
+        return ""
+    lin = match_linear(Walk(view), p.input[0])
+    shape = view.constant(p.input[1])
+    if lin is None or shape is None:
+        return ""
+    dims = [int(v) for v in np.asarray(shape).reshape(-1)]
+    n = lin.w.shape[1]
+    if dims and dims[-1] == n:
+        return ""
+    return (
+        f"; it ranks the {n} outputs of the constant-weight projection {p.input[0]!r} reshaped "
+        f"to {dims}, so its rows are not one token's scores (e.g. product-key routing whose "
+        "view mixes tokens' logits), which the canonical op cannot hold"
+    )
+
+
 _GATHERS = ("Gather", "GatherND", "GatherElements")
 
 
@@ -174,12 +202,44 @@ def _check_no_stray_experts(view: GraphView, covered: set[int]) -> None:
         stack = view.tensor_type(data) if view.is_constant(data) else None
         if stack is None or len(stack.shape) < 3 or view.is_constant(indices):
             continue
+        table = _lookup_table(view, indices)
+        why = (
+            f"the expert ids are looked up in the constant table {table[0]!r} by the graph "
+            f"input {table[1]!r} (hash routing), which the canonical op cannot hold: it routes "
+            "by scores of its input"
+            if table is not None
+            else "no MoE router feeding it was recognized (expected a router Softmax/Sigmoid "
+            "-> TopK; routing without TopK is not supported)"
+        )
         raise ModelError(
             f"{node.op_type} selects from a stacked weight {data!r} of shape "
-            f"{list(stack.shape)} by computed ids, but no MoE router feeding it was recognized "
-            "(expected a router Softmax/Sigmoid -> TopK; routing without TopK is not supported)",
+            f"{list(stack.shape)} by computed ids, but {why}",
             f"{view.where}: node {view.name(node)}",
         )
+
+
+def _lookup_table(view: GraphView, ids: str, depth: int = 8) -> tuple[str, str] | None:
+    """(table, graph input) when ``ids`` is a constant table gathered by a graph input (through
+    reshapes), e.g. DeepSeek-V4's ``tid2eid[input_ids]``; else None."""
+    for _ in range(depth):
+        p = view.producer(ids)
+        if p is None:
+            return None
+        if p.op_type in _GATHERS and len(p.input) > 1 and view.is_constant(p.input[0]):
+            src = p.input[1]
+            for _ in range(depth):
+                q = view.producer(src)
+                if q is None:
+                    graph_inputs = {i.name for i in view.graph.input}
+                    return (p.input[0], src) if src in graph_inputs else None
+                if q.op_type not in ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast"):
+                    return None
+                src = q.input[0]
+            return None
+        if p.op_type not in ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast", "Identity"):
+            return None
+        ids = p.input[0]
+    return None
 
 
 def lift_model(model: onnx.ModelProto, *, where: str = "") -> tuple[Module, LiftResult]:

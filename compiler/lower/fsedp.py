@@ -45,7 +45,7 @@ from collections.abc import Mapping
 
 from moec.compiler.lower import register
 from moec.compiler.lower.common import LayerPlan, Lowering, StrategyError
-from moec.compiler.lower.slots import shared_slice_bytes, slice_bytes
+from moec.compiler.lower.slots import plan_layers, shared_slice_bytes, slice_bytes
 from moec.compiler.lower.trajectory import CYCLE_KINDS, Cycle, trajectory_cycle
 from moec.ir.cost import GB, bytes_per_element, slice_compute_time, transfer_time
 from moec.ir.stream import SliceLayout, SlotPool
@@ -197,6 +197,29 @@ def _shared_relayout(plan: LayerPlan, count: int) -> LayerPlan:
     )
 
 
+def reserve_carried(lw: Lowering, slack: float) -> None:
+    """Re-plan ``lw``'s layers for token buffering's carried tokens.
+
+    A deferred pair keeps its token's ``x`` and ``y`` on the home die into the next iteration,
+    whose slices compute it beside that iteration's own tokens: a die holds up to
+    ``home + min(home, floor(slack x tokens))`` tokens (at most ``slack x tokens`` pairs are
+    deferred per layer, each of a token of that die) and a gemm has as many. The slots are
+    sized for that many home tokens instead of ``home``, so a serving run fits by construction;
+    a die that cannot hold them is the located "does not fit SRAM" error."""
+    tokens = lw.plans[0].decl.tokens
+    home = max(p.activations.h_tokens for p in lw.plans if p.activations is not None)
+    carried = min(home, int(math.floor(slack * tokens)))
+    if carried == 0:
+        return
+    ops = lw.module.moe_ops()
+    wider, _ = plan_layers(
+        ops, lw.target, lw.options, tokens, lw.program.name, "home", home + carried, lw.routing
+    )
+    for old, new in zip(lw.plans, wider, strict=True):
+        new.resident = old.resident
+    lw.plans[:] = wider
+
+
 def lower_variant(lw: Lowering, defaults: Mapping[str, str]) -> None:
     """Lower every MoE layer of ``lw`` for FSE-DP with ``defaults`` under the explicit options."""
     opts = {"cycle": "spiral", "rules": "r1-r4", "order": "natural", "r5": "off", "slack": "0"}
@@ -207,6 +230,7 @@ def lower_variant(lw: Lowering, defaults: Mapping[str, str]) -> None:
     order = _pick(opts, "order", ORDERS)
     r5 = _flag(opts["r5"], "r5")
     slack = _slack(opts["slack"])
+    reserve_carried(lw, slack)
     t = lw.target
     if not cycle.closed and rules != "naive" and lw.options.slots < 3:
         raise StrategyError(

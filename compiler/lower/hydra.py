@@ -10,6 +10,13 @@ spreading the expected bytes per iteration over the channels
 (:func:`~moec.compiler.lower.placement.assign_channels`). Without any routing every expert counts
 as equally loaded (the placement degenerates to an even spread; ``load_source = "uniform"``).
 
+Option ``split=N`` (default 0) makes a hybrid within the layer: the ``N`` hottest experts by
+those loads (ties: lower id; never an expert with no tokens) are cut over all dies TP-style
+(policy ``split``, the expanded EP then gives each die slice ``j * D // S`` of them for all their
+tokens) and the rest are placed whole by LPT as above; the routed layout is re-cut to a multiple
+of the die count so a split expert divides evenly. Hot experts then no longer make their die the
+straggler, while cold ones keep EP's point-to-point traffic.
+
 Run time is EP's (``backends/interp/expand/hydra.py`` delegates to the EP expander): tokens travel
 to the die of their expert and the results come back.
 
@@ -25,6 +32,7 @@ to the die of their expert and the results come back.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -32,7 +40,9 @@ import os
 from moec.compiler.lower import register
 from moec.compiler.lower.common import LayerPlan, Lowering, StrategyError
 from moec.compiler.lower.placement import activation_probability, assign_channels, lpt_placement
+from moec.compiler.lower.tp import slice_bytes
 from moec.ir.routing import RoutingTrace, load_trace, validate
+from moec.ir.stream import SliceLayout, TensorDecl
 
 
 def expected_bytes(
@@ -110,27 +120,103 @@ def expert_cap(spec: str, num_experts: int, num_dies: int) -> int | None:
     return cap
 
 
+def split_count(spec: str, num_experts: int) -> int:
+    """The ``split`` option: how many of the hottest experts to cut over the dies."""
+    try:
+        n = int(spec)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= num_experts:
+        raise StrategyError(
+            f"option split: expected an integer in 0..{num_experts} (experts to cut over the "
+            f"dies), found {spec!r}",
+            "--strategy",
+        )
+    return n
+
+
+def hottest(load: list[int], n: int) -> list[int]:
+    """The ``n`` experts with the most routed tokens (ties: lower id; none with no token),
+    ascending."""
+    ranked = sorted(range(len(load)), key=lambda e: (-load[e], e))
+    return sorted(e for e in ranked[:n] if load[e] > 0)
+
+
+def cut_over_dies(lw: Lowering, plan: LayerPlan) -> LayerPlan:
+    """``plan`` with its routed layout re-cut to a multiple of the die count (never finer than
+    one column), the program's layouts updated to match."""
+    D, ffn = lw.target.num_dies, plan.decl.ffn
+    count = min(math.ceil(plan.layout.count / D) * D, ffn)
+    if count == plan.layout.count:
+        return plan
+    layout = SliceLayout.even(plan.name, ffn, count)
+    lw.program.layouts = [layout if lay == plan.layout else lay for lay in lw.program.layouts]
+    return dataclasses.replace(
+        plan, layout=layout, slice_bytes=slice_bytes(plan.layer, layout, plan.decl.dtype)
+    )
+
+
+def split_tensors(lw: Lowering, plan: LayerPlan, e: int, channels: list[int]) -> None:
+    """Declare split expert ``e`` as one share per DRAM channel (``L.e<e>.ch<c>``: the
+    micro-slices ``channels`` puts there)."""
+    d = plan.decl
+    for ch in sorted(set(channels)):
+        js = [j for j, c in enumerate(channels) if c == ch]
+        cols = sum(plan.layout.width(j) for j in js)
+        lw.program.tensors.append(
+            TensorDecl(
+                f"{d.name}.e{e}.ch{ch}",
+                d.dtype,
+                (3 if d.gated else 2, d.hidden, cols),
+                ch,
+                sum(plan.slice_bytes[j] for j in js),
+            )  # fmt: skip
+        )
+
+
 @register(
     "hydra",
     options={
         "cap": "experts per die at most: even (default, ceil(E/D)), none, or an integer",
         "calibration": "routing trace file whose expert loads decide the placement "
         "(default: the --routing trace)",
+        "split": "the N hottest experts cut over all dies, TP-style (default 0: none)",
     },
 )
 def lower_hydra(lw: Lowering) -> None:
-    """Popularity-aware EP: whole experts placed by routed-token counts (greedy LPT)."""
+    """Popularity-aware EP: whole experts placed by routed-token counts (greedy LPT), the
+    ``split`` hottest cut over the dies."""
     t = lw.target
     spec = lw.raw_options.get("cap", "even")
+    plans = []
     for i, plan in enumerate(lw.plans):
         load, source = layer_loads(lw, i, plan)
+        split = hottest(load, split_count(lw.raw_options.get("split", "0"), plan.decl.experts))
+        if plan.resident is not None:  # an offloaded expert streams from the host: keep it whole
+            split = [e for e in split if plan.resident[e]]
+        if split:
+            plan = cut_over_dies(lw, plan)
         cap = expert_cap(spec, plan.decl.experts, t.num_dies)
-        dies = lpt_placement(load, t.num_dies, max_per_die=cap)
-        channels = assign_channels(dies, expected_bytes(lw, i, plan, load, source), t)
+        whole = [0 if e in split else v for e, v in enumerate(load)]
+        dies = lpt_placement(whole, t.num_dies, max_per_die=cap)
+        expected = expected_bytes(lw, i, plan, load, source)
+        owner = [j * t.num_dies // plan.layout.count for j in range(plan.layout.count)]
+        hot = sum(expected[e] for e in split) / plan.expert_bytes if split else 0.0
+        weights = [0.0 if e in split else w for e, w in enumerate(expected)]
+        weights += [b * hot for b in plan.slice_bytes] if split else []
+        flat = assign_channels(dies + (owner if split else []), weights, t)
+        channels, split_channels = flat[: plan.decl.experts], flat[plan.decl.experts :]
         for e, ch in enumerate(channels):
-            lw.expert_tensor(plan, e, ch)
+            if e in split:
+                split_tensors(lw, plan, e, split_channels)
+            else:
+                lw.expert_tensor(plan, e, ch)
         lw.shared_tensors(plan)
-        lw.policy(
-            plan, "hydra",
-            {"placement": dies, "channels": channels, "load": load, "load_source": source},
-        )  # fmt: skip
+        params: dict[str, object] = {"placement": dies, "channels": channels}
+        if split:
+            params["split"] = split
+            params["split_channels"] = split_channels
+        params.update({"load": load, "load_source": source})
+        lw.policy(plan, "hydra", params)
+        plans.append(plan)
+    lw.plans = plans

@@ -2,8 +2,10 @@
 
 Each die gets ``slots`` slots (default 4) of one size, and each layer's experts are cut into the
 fewest even slices whose largest fits a slot in the SRAM the layer's activations leave
-(``slots x slot bytes + activations <= SRAM``, the activations as :func:`predicted_activations`
-estimates them for the strategy's :data:`ACTIVATION_KINDS` entry, see :mod:`moec.ir.activations`);
+(``slots x slot bytes + activations <= SRAM``, the activations the most any routing can put on a
+die, as :func:`predicted_activations` bounds them for the strategy's :data:`ACTIVATION_KINDS`
+entry, see :mod:`moec.ir.activations`: a program fits whatever routing it runs; where that
+bound leaves no room for slots, :func:`expected_activations`, and the run-time limit decides);
 the slot size is the largest slice of any layer. Whole-expert strategies (EP, Hydra, EPLB, TP)
 cut no coarser than the count :func:`~moec.compiler.lower.slicing.preferred_slices` estimates
 fastest, which does not depend on SRAM (so more SRAM never coarsens a cut past it). When even one-column slices do not fit,
@@ -147,21 +149,49 @@ def _fewest_slices_in(
 
 def predicted_activations(
     kind: str, *, tokens: int, home: int, dies: int, top_k: int, hidden: int, dtype: str,
-    shared: bool,
+    shared: bool, links_in: int | None = None,
 ) -> ActivationEstimate:  # fmt: skip
-    """What the lowering expects a die to hold besides slots (see :mod:`moec.ir.activations`).
+    """The most activations a die can hold besides slots, whatever the routing (the rules of
+    :mod:`moec.ir.activations`): the program runs any routing of its ``tokens`` (a serving run
+    routes every iteration differently), so slots are sized for the most loaded die.
 
-    Every die holds ``home`` tokens' ``x`` and ``y`` (the most any die has). ``routed`` adds other
-    dies' tokens with their ``x`` and partial ``y``: the expected number for uniform routing,
-    ``(tokens - home) x (1 - (1 - 1/dies) ** top_k)`` (each token's ``top_k`` experts land on a
-    given die with that probability), or all of them when the layer's shared experts are split
-    over the dies (every die computes them for every token); ``all`` adds all of them. A skewed
-    batch can hold more at run time: the interpreter charges what the run really holds and
-    reports an excess. ``h`` is bounded by the most tokens one slice's gemm can have: ``home``
-    under ``home``, every token otherwise (an expert chosen by the whole batch).
+    ``home``: tokens stay on their die, which holds its ``home`` tokens' ``x`` and ``y`` (the
+    most any die has). ``routed`` and ``all``: a die holds each token of the batch at most once,
+    as its own (``x`` and ``y``) or another die's (received ``x`` and partial ``y``), and every
+    token can be on one die (all routed to its experts; under ``all`` every die holds every
+    token); besides, ``recv y`` blocks land while they cross a link: a token's partial outputs
+    reach a die from at most ``min(top_k, dies - 1)`` expert dies, or ``dies - 1`` when partial
+    sums are reduced over the dies (``all``, or shared experts split over them), and, with
+    ``links_in`` (the most links into a die), at most two blocks per link land at once (a link
+    carries one block at a time; the previous one may still be in its latency), each of at most
+    ``home`` rows (a ``y`` block carries tokens of one home die). ``h`` is bounded
+    by the most tokens one slice's gemm can have: ``home`` under ``home``, every token otherwise
+    (an expert chosen by the whole batch).
     """
     if kind not in ACTIVATION_KINDS:
         raise StrategyError(f"activation kind {kind!r}, expected one of {ACTIVATION_KINDS}")
+    if kind == "home" or dies <= 1:
+        fixed = predicted_activation_bytes(home=home, remote=0, hidden=hidden, dtype=dtype)
+        return ActivationEstimate(fixed, home if kind == "home" else tokens)
+    sources = dies - 1 if kind == "all" or shared else min(top_k, dies - 1)
+    landing = tokens * sources
+    if links_in is not None:
+        landing = min(landing, 2 * links_in * home)
+    fixed = predicted_activation_bytes(
+        home=home, remote=tokens - home, hidden=hidden, dtype=dtype, landing=landing
+    )
+    return ActivationEstimate(fixed, tokens)
+
+
+def expected_activations(
+    kind: str, *, tokens: int, home: int, dies: int, top_k: int, hidden: int, dtype: str,
+    shared: bool,
+) -> ActivationEstimate:  # fmt: skip
+    """The activations a die holds under uniform routing: ``home`` tokens plus the other dies'
+    tokens it expects, ``(T - home) x (1 - (1 - 1/D) ** top_k)`` (all of them under ``all`` or
+    with split shared experts). The reserve when :func:`predicted_activations`' any-routing
+    bound leaves no room for slots: the program then fits the routings near uniform, and the
+    interpreter's hard limit refuses a run that holds more (``--allow-overflow`` runs it)."""
     others = tokens - home
     if kind == "home":
         remote = 0.0
@@ -211,6 +241,20 @@ def check_tokens_fit(layers: list[MoELayer], target: Target, tokens: int, where:
             )
 
 
+def _no_room_for_shared(
+    layer: MoELayer, e: float, est: ActivationEstimate, sram: int, opts: LoweringOptions
+) -> bool:
+    """Whether ``slots`` one-column slices of the shared experts (``e`` bytes per element) fail
+    to fit beside ``est``."""
+    s_col = layer.shared_mats * layer.hidden * e
+    s_extra = layer.hidden * e if layer.has("sh_router") else 0
+    s_h_col = est.h_tokens * 2 * _elem(ACCUM_PRECISION)
+    fits = _fewest_slices_in(
+        layer.shared_ffn, s_col, s_extra, s_h_col, sram - est.fixed, opts.slots
+    )
+    return fits is None
+
+
 def plan_layers(
     ops: list[Op], target: Target, opts: LoweringOptions, tokens: int, where: str,
     kind: str = "routed", home: int | None = None, routing: RoutingTrace | None = None,
@@ -222,6 +266,7 @@ def plan_layers(
     D = target.num_dies
     home = -(-tokens // D) if home is None else home
     acc = _elem(ACCUM_PRECISION)
+    links_in = max(len([lk for lk in target.links if lk.dst == d.id]) for d in target.dies)
     plans: list[LayerPlan] = []
     for i, op in enumerate(ops):
         layer: MoELayer = op.layer
@@ -230,16 +275,22 @@ def plan_layers(
         widest = [p for p in table if p in PRECISION_BYTES] if isinstance(table, list) else []
         if widest and max(_elem(p) for p in widest) > _elem(dtype):
             dtype = max(widest, key=_elem)  # slices fit the widest precision any expert streams at
-        est = predicted_activations(
-            kind, tokens=tokens, home=home, dies=D, top_k=layer.top_k, hidden=layer.hidden,
+        sizes = dict(
+            tokens=tokens, home=home, dies=D, top_k=layer.top_k, hidden=layer.hidden,
             dtype=dtype, shared=layer.has_shared,
         )  # fmt: skip
+        est = predicted_activations(kind, links_in=links_in, **sizes)  # type: ignore[arg-type]
         e = _elem(dtype)
         mats = 3 if layer.gated else 2
         col = mats * layer.hidden * e + e * (layer.has("b_gate") + layer.has("b_up"))
         extra = layer.hidden * e if layer.has("b_down") else 0
         h_col = est.h_tokens * (2 if layer.gated else 1) * acc  # h per FFN column in flight
         count = _fewest_slices_in(layer.ffn, col, extra, h_col, sram - est.fixed, opts.slots)
+        if count is None or (layer.has_shared and _no_room_for_shared(layer, e, est, sram, opts)):
+            # no room for slots under the any-routing bound: reserve the uniform expectation
+            est = expected_activations(kind, **sizes)  # type: ignore[arg-type]
+            h_col = est.h_tokens * (2 if layer.gated else 1) * acc
+            count = _fewest_slices_in(layer.ffn, col, extra, h_col, sram - est.fixed, opts.slots)
         if count is None:
             one = opts.slots * int(math.ceil(col + extra))
             raise fit_error(

@@ -255,10 +255,15 @@ class SharedExpertParams(StrategyParams):
 
 @dataclass(frozen=True, kw_only=True)
 class EPParams(SharedExpertParams):
-    """EP and Hydra: the die of each expert and the channel holding it (default: nearest)."""
+    """EP and Hydra: the die of each expert and the channel holding it (default: nearest);
+    ``split``: experts whose micro-slices are cut over all dies, TP-style, instead of running
+    whole on their ``placement`` die (a hybrid: hot experts split, the rest whole), slice ``j``
+    of each from ``split_channels[j]`` (default: the channel nearest its die)."""
 
     placement: tuple[int, ...] = param(Ints("experts", "dies"))
     channels: tuple[int, ...] | None = param(Ints("experts", "channels"), None)
+    split: tuple[int, ...] | None = param(Ints(hi="experts", distinct=True), None)
+    split_channels: tuple[int, ...] | None = param(Ints("slices", "channels"), None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -73,6 +73,15 @@ class TokenSet:
     def __len__(self) -> int:
         return self.size
 
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        """The dataclass's hash of the fields, computed once (sets hold hundreds of ranges, and
+        the SRAM accounting keys dicts by them)."""
+        return hash((self.ranges,))
+
     @cached_property
     def size(self) -> int:
         """The number of tokens, counted once (the interpreter asks for it millions of times)."""

@@ -27,11 +27,16 @@ MODELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
+#: Strategy spellings with options that change the program's form (a hybrid within a layer),
+#: as (golden stem, model, strategy): ``hydra{split=2}`` records ``param split``.
+VARIANTS = (("tiny_deepseek.hydra-split2", "tiny_deepseek", "hydra{split=2}"),)
+
+
 def cases() -> list[tuple[str, str, str, tuple[str, ...]]]:
     """Every (golden file name, model, strategy, extra args)."""
     return [
         (f"{stem}.{s}.msp", model, s, extra) for stem, model, extra in MODELS for s in STRATEGIES
-    ]
+    ] + [(f"{stem}.msp", model, s, ()) for stem, model, s in VARIANTS]
 
 
 def compile_one(model: str, strategy: str, extra: tuple[str, ...], out_dir: Path, name: str) -> str:
@@ -58,7 +63,8 @@ def run_cases() -> list[tuple[str, str, str, bool]]:
         for stem, model, _ in MODELS
         if stem in RUN_MODELS
         for s in STRATEGIES
-    ]
+    ] + [(f"{stem}{'' if ideal else '.calibrated'}", m, s, ideal)
+         for ideal in (True, False) for stem, m, s in VARIANTS]  # fmt: skip
 
 
 def run_one(

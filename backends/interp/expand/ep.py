@@ -37,6 +37,16 @@ For one routing the expansion emits, per die, in this order:
    experts every die holds partial outputs of every token, so they are reduced up each home
    die's route tree instead (:func:`~moec.backends.interp.expand.tp.reduce_to_home`).
 
+**Split experts** (``split``, a hybrid within the layer): an expert listed there does not run
+whole on its ``placement`` die; its micro-slices are cut over all dies as TP cuts them (slice
+``j`` on die ``j * D // S``, loaded from channel ``split_channels[j]``, default the one nearest
+that die), and each die computes its slices for all of the expert's tokens. Its tokens travel to
+every die in step 1 and every die's partial output returns with the ``y`` blocks of step 4, which
+sum partial outputs anyway. Each die streams its split slices after the shared experts and before
+its whole experts, so the hottest experts, which would make one die the straggler, are spread
+over the package while the rest keep EP's traffic (a token of a whole expert still goes to one
+die only).
+
 Steps 1-4 take a list of (die, expert, channel, tokens) work items (:func:`expand_work`), so a
 strategy that only decides differently which die serves which tokens (EPLB's replicas) can reuse
 them.
@@ -53,11 +63,12 @@ and routed to it::
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 
 from moec.backends.interp.expand import ExpandContext, register, token_set
-from moec.backends.interp.expand.load_order import Work, order_work
+from moec.backends.interp.expand.load_order import Piece, Work, order_work
 from moec.backends.interp.expand.tp import broadcast, reduce_to_home
 from moec.ir.stream.params import EPParams, SharedExpertParams
 from moec.ir.stream.program import (
@@ -149,16 +160,18 @@ def shared_plan(ctx: ExpandContext) -> tuple[list[int], list[int]] | None:
     return owner, channels
 
 
-def expand_work(ctx: ExpandContext, work: list[Work]) -> dict[int, list[Instr]]:
+def expand_work(
+    ctx: ExpandContext, work: list[Work], pieces: Sequence[Piece] = ()
+) -> dict[int, list[Instr]]:
     """Steps 1-4 of the module docstring for the routed ``work`` items (each die's items in
-    :func:`~moec.backends.interp.expand.load_order.order_work`'s order) and the layer's shared
-    experts."""
+    :func:`~moec.backends.interp.expand.load_order.order_work`'s order), the split experts'
+    ``pieces`` (a die's share of an expert's slices) and the layer's shared experts."""
     t, m, r = ctx.target, ctx.layer, ctx.routing
     D, T = t.num_dies, r.tokens
     home = np.asarray(r.home_die, dtype=np.int64)
     out: dict[int, list[Instr]] = {d: [] for d in range(D)}
     split = shared_plan(ctx)
-    work = order_work(ctx, work, split)
+    work = order_work(ctx, work, split, pieces)
 
     homes: dict[int, tuple[TokenSet, int]] = {}
     groups: dict[tuple[int, int], np.ndarray] = {}
@@ -169,7 +182,8 @@ def expand_work(ctx: ExpandContext, work: list[Work]) -> dict[int, list[Instr]]:
                 homes[h] = (token_set(toks), ctx.activation_bytes(int(toks.size)))
         broadcast(out, t, m.name, homes)
     else:  # 1. x out: per (home, expert die) the distinct tokens needed there
-        parts = [(d, toks[home[toks] != d]) for d, _, _, toks in work]
+        needs = [(d, toks) for d, _, _, toks in work] + [(p[0], p[3]) for p in pieces]
+        parts = [(d, toks[home[toks] != d]) for d, toks in needs]
         if parts:
             pd = np.concatenate([np.full(p.size, d, dtype=np.int64) for d, p in parts])
             pt = np.concatenate([p for _, p in parts]).astype(np.int64)
@@ -200,7 +214,9 @@ def expand_work(ctx: ExpandContext, work: list[Work]) -> dict[int, list[Instr]]:
                 ch = t.nearest_channel(d).id
                 _stream_slices(out[d], ctx, d, None, ch, token_set(own), cursors[d])
 
-    # 3. routed experts
+    # 3. routed experts: each die's share of the split ones, then its whole ones
+    for d, e, ch, toks, js in pieces:
+        _stream_slices(out[d], ctx, d, e, ch, token_set(toks), cursors[d], list(js))
     for d, e, ch, toks in work:
         _stream_slices(out[d], ctx, d, e, ch, token_set(toks), cursors[d])
 
@@ -235,8 +251,21 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     se, st = pair_e[order], pair_t[order]
     cut = np.nonzero(np.diff(se))[0] + 1
     work: list[Work] = []
+    pieces: list[Piece] = []
+    split = set(params.split or ())
+    S = ctx.layout.count
+    split_ch = list(params.split_channels or ())
+    if not split_ch:
+        split_ch = [t.nearest_channel(j * D // S).id for j in range(S)]
     for part_e, part_t in zip(np.split(se, cut), np.split(st, cut), strict=True):
-        if part_e.size:
-            e = int(part_e[0])
+        if part_e.size == 0:
+            continue
+        e = int(part_e[0])
+        if e not in split:
             work.append((placement[e], e, channels[e], part_t))
-    return expand_work(ctx, work)
+            continue
+        for d in range(D):  # TP's cut: slice j on die j * D // S, grouped by channel
+            for ch in sorted({split_ch[j] for j in range(S) if j * D // S == d}):
+                js = tuple(j for j in range(S) if j * D // S == d and split_ch[j] == ch)
+                pieces.append((d, e, ch, part_t, js))
+    return expand_work(ctx, work, pieces)

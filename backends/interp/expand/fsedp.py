@@ -48,8 +48,9 @@ import numpy as np
 
 from moec.backends.interp.expand import ExpandContext, register, token_set
 from moec.backends.interp.expand.fsedp_deferred import deferred_event
+from moec.backends.interp.expand.fsedp_engine import Engine
 from moec.backends.interp.expand.fsedp_sched import Problem, Schedule, Unit, schedule
-from moec.ir import cost
+from moec.backends.interp.opgraph import precision_of
 from moec.ir.cost import GB
 from moec.ir.stream.params import FSEDP_ORDERS, FSEDPParams
 from moec.ir.stream.program import Instr, Signal, TokenSet, Wait
@@ -100,8 +101,8 @@ def deferred_experts(load: Sequence[int], tokens: int, slack: float) -> list[int
 
 
 def _units(
-    ctx: ExpandContext, experts: list[int], home: np.ndarray, channels: list[int],
-    with_shared: bool,
+    ctx: ExpandContext, engine: Engine, experts: list[int], home: np.ndarray,
+    channels: list[int], with_shared: bool,
 ) -> list[Unit]:  # fmt: skip
     t, m, r = ctx.target, ctx.layer, ctx.routing
     C = len(t.channels)
@@ -110,8 +111,7 @@ def _units(
     flat_t = np.repeat(np.arange(T, dtype=np.int64), k)
     flat_t, flat_e = flat_t[flat_e >= 0], flat_e[flat_e >= 0]  # -1: dropped by a skip rule
     units: list[Unit] = []
-    # (die, tokens, width, precision) -> seconds: units repeat the same few shapes
-    times: dict[tuple[int, int, int, str], float] = {}
+    mats = 3 if m.gated else 2  # shared experts are gated exactly when the routed ones are
 
     def make(expert: int | None, toks: np.ndarray, base: int) -> Unit:
         lay = ctx.layout if expert is not None else ctx.shared_layout
@@ -122,26 +122,18 @@ def _units(
             mine = np.sort(toks[home[toks] == d])
             per_die[int(d)] = token_set(mine)
             counts[int(d)] = int(mine.size)
-        prec = ctx.precision(expert)
         gated = m.gated  # the shared experts too (the ISA's ``gated`` covers both)
         widths = [lay.width(j) for j in range(lay.count)]
+        nbytes = tuple(ctx.slice_bytes(expert, j) for j in range(lay.count))
+        # the precision the interpreter reads off each slice's load bytes
+        precs = [precision_of(nbytes[j], mats * m.hidden * widths[j], m.dtype)
+                 for j in range(lay.count)]  # fmt: skip
 
-        def compute(d: int, j: int, _c: dict[int, int] = counts) -> float:
-            # gemm + act + accum, as the interpreter charges them
-            key = (d, _c[d], widths[j], prec)
-            hit = times.get(key)
-            if hit is None:
-                hit = times[key] = cost.slice_compute_time(
-                    t, d, _c[d], m.hidden, widths[j], gated, prec
-                )
-            return hit
+        def compute(d: int, j: int, _c: dict[int, int] = counts) -> tuple[float, ...]:
+            return engine.slice_compute(d, _c[d], m.hidden, widths[j], gated, precs[j])
 
-        return Unit(
-            expert, per_die,
-            tuple(ctx.slice_bytes(expert, j) for j in range(lay.count)),
-            tuple((base + j) % C for j in range(lay.count)),
-            compute,
-        )  # fmt: skip
+        return Unit(expert, per_die, nbytes, tuple((base + j) % C for j in range(lay.count)),
+                    compute)  # fmt: skip
 
     if with_shared and m.shared_ffn and ctx.shared_layout is not None:
         units.append(make(None, np.arange(T, dtype=np.int64), 0))
@@ -150,39 +142,12 @@ def _units(
     return units
 
 
-def _problem(ctx: ExpandContext, units: list[Unit], order: tuple[int, ...], closed: bool,
-             rules: str, r5: bool, order_kind: str) -> Problem:  # fmt: skip
+def _problem(ctx: ExpandContext, engine: Engine, units: list[Unit], order: tuple[int, ...],
+             closed: bool, rules: str, r5: bool, order_kind: str) -> Problem:  # fmt: skip
     t = ctx.target
-    # memoized: the scheduler asks for the same few (route, size) pairs many times
-    loads: dict[tuple[int, int, int], float] = {}
-    holds: dict[tuple[int, int], float] = {}
-    hops: dict[tuple[int, int, int], float] = {}
-
-    def load_time(c: int, d: int, nbytes: int) -> float:  # as the interpreter times a load
-        key = (c, d, nbytes)
-        hit = loads.get(key)
-        if hit is None:
-            hit = loads[key] = cost.load_time(t, c, d, nbytes)
-        return hit
-
-    def channel_hold(c: int, nbytes: int) -> float:  # occupancy: setup + bursts / bandwidth
-        key = (c, nbytes)
-        hit = holds.get(key)
-        if hit is None:
-            hit = holds[key] = cost.dram_occupancy(t, c, nbytes)
-        return hit
-
-    def hop_time(a: int, b: int, nbytes: int) -> float:
-        key = (a, b, nbytes)
-        hit = hops.get(key)
-        if hit is None:
-            hit = hops[key] = cost.link_time(t, a, b, nbytes)
-        return hit
-
     slots = {d: ctx.slots_of(d) for d in range(t.num_dies)}
     return Problem(
-        ctx.layer.name, t.num_dies, order, closed, slots, units, rules=rules, r5=r5,
-        load_time=load_time, channel_hold=channel_hold, hop_time=hop_time,
+        ctx.layer.name, t.num_dies, order, closed, slots, units, engine, rules=rules, r5=r5,
         channel_die=tuple(c.die for c in t.channels), hops=t.hops, paired=order_kind == "paired",
         balanced=order_kind == "balanced", dram_bytes_per_s=t.total_dram_gbps() * GB,
     )  # fmt: skip
@@ -204,15 +169,18 @@ def plan(ctx: ExpandContext) -> tuple[Schedule, Schedule | None, list[int]]:
     kept = [n if e not in deferred else 0 for e, n in enumerate(load)]
     experts = paired_order(kept) if load_order == "paired" else natural_order(kept)
     paired = load_order == "paired"
-    main = schedule(_problem(ctx, _units(ctx, experts, home, channels, True), order, closed,
-                             rules, r5, load_order))  # fmt: skip
+    engine = Engine(ctx.program, t)
+    main = schedule(_problem(ctx, engine, _units(ctx, engine, experts, home, channels, True),
+                             order, closed, rules, r5, load_order))  # fmt: skip
     catchup = None
     if deferred:
         late = paired_order([load[e] if e in deferred else 0 for e in range(E)])
         if not paired:
             late = sorted(late)
-        units = _units(ctx, late, home, channels, False)
-        catchup = schedule(_problem(ctx, units, order, closed, rules, r5, load_order))
+        # the catch-up step starts after the iteration's barrier: an idle package again
+        engine = Engine(ctx.program, t)
+        units = _units(ctx, engine, late, home, channels, False)
+        catchup = schedule(_problem(ctx, engine, units, order, closed, rules, r5, load_order))
     return main, catchup, deferred
 
 

@@ -32,6 +32,7 @@ from moec.backends.interp.expand.fsedp import (
     paired_order,
 )
 from moec.backends.interp.expand.fsedp_deferred import deferred_event
+from moec.backends.interp.expand.fsedp_engine import Engine
 from moec.backends.interp.expand.fsedp_sched import schedule
 from moec.backends.interp.offload import offload_loads
 from moec.ir.errors import ProgramError
@@ -118,18 +119,19 @@ def expand_with_carry(
     work = np.bincount(aug.ids[aug.ids >= 0], minlength=E).astype(np.int64).tolist()
     experts = paired_order(work) if params.order == "paired" else natural_order(work)
     home = np.asarray(aug.home_die, dtype=np.int64)
-    units = _units(actx, experts, home, channels, True)
-    main = schedule(_problem(actx, units, order, params.closed, params.rules, params.r5,
-                             params.order))  # fmt: skip
+    engine = Engine(p, t)
+    units = _units(actx, engine, experts, home, channels, True)
+    main = schedule(_problem(actx, engine, units, order, params.closed, params.rules,
+                             params.r5, params.order))  # fmt: skip
     out = {d: list(main.streams.get(d, [])) for d in range(t.num_dies)}
     if last and late:  # drain: the catch-up step of a single iteration
         lo = paired_order([load[e] if e in late else 0 for e in range(E)])
         if params.order != "paired":
             lo = sorted(lo)
-        catchup = schedule(
-            _problem(ctx, _units(ctx, lo, np.asarray(base.home_die), channels, False), order,
-                     params.closed, params.rules, params.r5, params.order)
-        )  # fmt: skip
+        engine = Engine(p, t)  # after the barrier: an idle package again
+        units = _units(ctx, engine, lo, np.asarray(base.home_die), channels, False)
+        catchup = schedule(_problem(ctx, engine, units, order, params.closed, params.rules,
+                                    params.r5, params.order))  # fmt: skip
         ev = deferred_event(m.name)
         for d in out:
             out[d] += [Signal(ev), Wait(ev, len(out))]

@@ -1,9 +1,19 @@
 """The FSE-DP on-package scheduler: rules R1-R5 simulated step by step into per-die streams.
 
 Given one layer's work (which dies hold tokens for which expert) this module plays the paper's
-local rules on every die as a small discrete-event simulation, with step durations from the
-target's cost model (:mod:`moec.ir.cost`), and writes down what each die did, in the order it
-did it, as stream instructions. The interpreter then times those streams with real contention.
+local rules on every die as a small discrete-event simulation and writes down what each die did,
+in the order it did it, as stream instructions. The interpreter then times those streams.
+
+**One timing engine.** The simulation has no time model of its own: every load and hop it plays
+is timed by a :class:`Machine`, in a run the interpreter's engine
+(:class:`.fsedp_engine.Engine`: its resource state and cost plans, forked for the layer), and a
+slice compute is its ops' durations as the interpreter's handlers charge them. Each instruction
+is decided the moment the interpreter will find its last input ready: a load when the slot it
+takes is freed, a forward when the link, the slice and the successor's slot are, a compute when
+the die's previous compute and the slice are. So the static streams, timed by the interpreter,
+reproduce the simulation's clock (``Schedule.estimate_s``) up to the order two ops that became
+ready at different times claim one resource (``scripts/fsedp_sched_gap.py``: within 1% on
+issue 12's case, fsedp-3x3 with DDR at 51.2 GB/s per channel).
 
 **Trajectories.** Slices follow a closed *walk* of the dies: the Hamiltonian cycle
 (:attr:`Problem.order`), or, when the mesh has none (``closed`` False, e.g. 3x3), the Hamiltonian
@@ -38,10 +48,12 @@ channel to another and adds a remote read, so R5 is R4 there until channels drai
 holds each link only for its own bytes (:func:`moec.ir.cost.load_time`), so walk links are not
 excluded; a longer walk would add hops and in-flight trips for nothing.
 
-**Slots** are taken least recently freed first. A push is decided on this simulation's clock,
-which runs a little ahead of or behind the interpreter's; the slot freed longest ago is the one
-the interpreter has most surely freed too, where the lowest-numbered one was often freed a moment
-ago and kept the load (and its channel) waiting.
+**Slots** are taken most recently freed first (lowest first at the start). A load or recv into a
+slot waits in the interpreter for that slot's ``free``: taking the slot whose release let the
+rule act (R4's prefetch count, a lane's backpressure) makes the instruction wait for exactly that
+event, so the interpreter runs it when the rules allow it and not earlier (a slot freed long ago
+would let a load run ahead of R4's reservation of received slots, and the streams' timing drift
+from the rules').
 
 **Central load order** (the order dies pull slices and channels push them): ``natural``, unit
 by unit (shared experts first, then ascending expert id), or ``paired`` (the expander orders the
@@ -58,15 +70,18 @@ the predecessor, the rest hold slices the die loaded itself (loading, loaded, or
   forwarded; the forward starts as soon as the slice is held and overlaps the compute (the
   weights are read-only), as the interpreter's ``send`` waits only for the slot's fill;
 * R2: when nothing received waits for compute, the die starts its oldest loaded local slice (a
-  new trajectory);
+  new trajectory); a slice the die only passes on (it has no tokens for it) starts at once, as
+  it needs no compute;
 * R3: a die frees its slot once it has computed the slice and forwarded it; the last needed die
   ends the trajectory;
 * R4: whenever fewer than ``K - P`` of its slots hold its own slices, the die pulls its next
   slice (in the central load order) from DRAM;
 * backpressure: a position accepts a slice from its predecessor only while it holds fewer than
-  ``P`` received ones; at most ``P x positions - 1`` trips are in flight at once, so a full ring
-  of blocked forwards (the one possible deadlock: every position holding ``P`` received slices
-  that all wait for their successor) cannot form.
+  ``P`` received ones, and forwards the slices it received before those loaded here; at most
+  ``P x positions - 1`` trips are on the walk at once (from their first forward to their end;
+  a trip computed only on its entry die never enters it), so a full ring of blocked forwards
+  (the one possible deadlock: every position holding ``P`` received slices that all wait for
+  their successor) cannot form.
 
 **Naive FSE-DP** (``rules="naive"``): no streaming; every die loads each slice of every expert it
 needs from DRAM itself into any of its ``K`` slots, computes it and frees it.
@@ -82,6 +97,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from moec.backends.interp.expand.fsedp_problem import RULES, Machine, Problem, Schedule, Unit
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.params import fsedp_min_slots, fsedp_walk
 from moec.ir.stream.program import (
@@ -94,57 +110,9 @@ from moec.ir.stream.program import (
     Recv,
     Send,
     SliceRef,
-    TokenSet,
 )
 
-RULES = ("r1-r4", "naive")
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One expert's work (``expert`` None: the shared experts): per needed die, its tokens."""
-
-    expert: int | None
-    tokens: dict[int, TokenSet]
-    #: bytes of micro-slice j
-    slice_bytes: tuple[int, ...]
-    #: DRAM channel of micro-slice j
-    channels: tuple[int, ...]
-    #: compute seconds of micro-slice j on die d for that die's tokens: ``compute(d, j)``
-    compute: Callable[[int, int], float] = field(compare=False)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One layer's FSE-DP scheduling problem."""
-
-    layer: str
-    num_dies: int
-    order: tuple[int, ...]
-    closed: bool
-    #: per die, the slot ids it may use
-    slots: dict[int, list[int]]
-    #: the units in the central load order
-    units: list[Unit]
-    rules: str = "r1-r4"
-    r5: bool = False
-    #: seconds to load ``nbytes`` from channel ``c`` into die ``d``: ``load_time(c, d, nbytes)``
-    load_time: Callable[[int, int, int], float] = field(default=lambda c, d, n: 0.0, compare=False)
-    #: seconds channel ``c`` is occupied by a load of ``nbytes`` (its access latency overlaps
-    #: the next load, as in the interpreter); None: the whole ``load_time``
-    channel_hold: Callable[[int, int], float] | None = field(default=None, compare=False)
-    #: seconds to send ``nbytes`` from die ``a`` to its neighbour ``b``: ``hop_time(a, b, n)``
-    hop_time: Callable[[int, int, int], float] = field(default=lambda a, b, n: 0.0, compare=False)
-    #: die of each DRAM channel
-    channel_die: tuple[int, ...] = ()
-    #: hops between two dies on the interconnect: ``hops(a, b)``
-    hops: Callable[[int, int], int] = field(default=lambda a, b: 0, compare=False)
-    #: units come in (hot, cold) pairs whose slices interleave in the load order
-    paired: bool = False
-    #: order slices so compute keeps pace with DRAM (``order=balanced``)
-    balanced: bool = False
-    #: total DRAM bandwidth, bytes per second (for ``balanced``)
-    dram_bytes_per_s: float = 0.0
+__all__ = ["RULES", "Machine", "Problem", "Schedule", "Unit", "schedule"]
 
 
 @dataclass
@@ -160,6 +128,8 @@ class Trip:
     #: visits (slot holdings) not yet freed, and whether the last one has begun
     open: int = 0
     ended: bool = False
+    #: whether it has left its entry die (counts against the in-flight cap until it ends)
+    entered: bool = False
     #: hops of ``path`` (walk positions) where the slice is computed
     compute_at: set[int] = field(default_factory=set)
 
@@ -184,23 +154,9 @@ class _Visit:
 
 
 @dataclass
-class Schedule:
-    """The per-die instruction streams and what the scheduler did."""
-
-    streams: dict[int, list[Instr]]
-    #: the path of every trip, in load order: ((expert, slice), dies)
-    paths: list[tuple[tuple[int | None, int], list[int]]]
-    #: simulated end of the last event (seconds; an estimate, the interpreter has the truth)
-    estimate_s: float
-    #: most slots any die held at once in the simulation
-    peak_slots: dict[int, int]
-    pass_throughs: int = 0
-
-
-@dataclass
 class _Die:
     id: int
-    #: free slots, least recently freed first
+    #: free slots, the next one to take last
     free: deque[int]
     queue: deque[Trip] = field(default_factory=deque)
     loading: int = 0
@@ -219,7 +175,10 @@ class _Lane:
 
     #: received slices held (at most P)
     pipeline: int = 0
+    #: received slices waiting to go on
     outbox: deque[_Visit] = field(default_factory=deque)
+    #: slices loaded here waiting to enter the walk (behind the received ones and the cap)
+    entry: deque[_Visit] = field(default_factory=deque)
     sending: bool = False
 
 
@@ -249,13 +208,15 @@ class _Sim:
         self.prefetch = {d: k - self.P * len(self.positions[d]) for d in range(self.n)}
         # no walk to block on when nothing is forwarded (naive, or a single die)
         self.cap = (1 << 30) if self.naive or len(self.walk) == 1 else self.P * len(self.walk) - 1
-        self.dies = [_Die(d, deque(sorted(prob.slots[d])[:k])) for d in range(self.n)]
+        # taken from the right: lowest slot first, then the most recently freed
+        self.dies = [_Die(d, deque(sorted(prob.slots[d])[:k][::-1])) for d in range(self.n)]
         self.lanes = [_Lane() for _ in self.walk]
         self.active = 0
         self.now = 0.0
         self.seq = 0
         self.heap: list[tuple[float, int, Callable[[], None]]] = []
-        self.out: dict[int, list[tuple[float, int, Instr]]] = {d: [] for d in range(self.n)}
+        #: per die, its instructions in the order decided (the clock never goes back)
+        self.out: dict[int, list[Instr]] = {d: [] for d in range(self.n)}
         self.chan_free: dict[int, float] = {}
         self.trips: list[Trip] = []
         self.pass_throughs = 0
@@ -272,16 +233,15 @@ class _Sim:
         heapq.heappush(self.heap, (t, self.seq, fn))
         self.seq += 1
 
-    def emit(self, die: int, instr: Instr, key: int | None = None) -> None:
-        self.out[die].append((self.now, self.seq if key is None else key, instr))
-        self.seq += 1
+    def emit(self, die: int, instr: Instr) -> None:
+        self.out[die].append(instr)
 
     def take_slot(self, d: _Die) -> int:
         if not d.free:
             raise ScheduleError(f"FSE-DP scheduler: die {d.id} has no free slot (internal)")
         d.held += 1
         d.peak = max(d.peak, d.held)
-        return d.free.popleft()
+        return d.free.pop()
 
     def give_slot(self, d: _Die, slot: int) -> None:
         d.held -= 1
@@ -364,7 +324,7 @@ class _Sim:
         order). Compute of a slice: its slowest die; DRAM: bytes over all channels' bandwidth.
         """
         bw = self.p.dram_bytes_per_s
-        heavy = [max(u.compute(d, 0) for d in u.tokens) for u in units]
+        heavy = [max(sum(u.compute(d, 0)) for d in u.tokens) for u in units]
         left = [len(u.slice_bytes) for u in units]
         rank = sorted(range(len(units)), key=lambda k: (-heavy[k], k))
         out: list[tuple[Unit, int]] = []
@@ -376,7 +336,7 @@ class _Sim:
             j = len(u.slice_bytes) - left[k]
             left[k] -= 1
             out.append((u, j))
-            comp += max(u.compute(d, j) for d in u.tokens)
+            comp += max(sum(u.compute(d, j)) for d in u.tokens)
             dram += u.slice_bytes[j] / bw if bw > 0 else 0.0
         return out
 
@@ -394,10 +354,8 @@ class _Sim:
         trip.slot = self.take_slot(d)
         d.loading += 1
         c = trip.channel
-        start = max(self.now, self.chan_free.get(c, 0.0))
-        end = start + self.p.load_time(c, d.id, trip.nbytes)
-        hold = self.p.channel_hold
-        self.chan_free[c] = start + hold(c, trip.nbytes) if hold is not None else end
+        machine = self.p.machine
+        self.chan_free[c], out, hops = machine.load(c, d.id, trip.nbytes, self.now)
         self.emit(d.id, Load(trip.slot, c, self.ref(trip), trip.nbytes))
 
         def done() -> None:
@@ -405,7 +363,11 @@ class _Sim:
             d.ready.append(trip)
             self.kick(d)
 
-        self.at(end, done)
+        def cross(k: int) -> None:  # the data reaches hop k now: claim its link
+            end = machine.cross(hops[k], self.now)
+            self.at(end, done if k + 1 == len(hops) else lambda: cross(k + 1))
+
+        self.at(out, done if not hops else lambda: cross(0))
 
     def room(self, d: _Die) -> int:
         """Free prefetch slots of ``d``."""
@@ -463,13 +425,15 @@ class _Sim:
     # --- R1 / R2 / R3: compute and forward ---
     def kick(self, d: _Die) -> None:
         """Start the die's next compute (R1 before R2) and its next forwards, if possible."""
-        while not d.computing:
-            if d.inbox:
+        while True:
+            if d.inbox and not d.computing:
                 self.compute(d, d.inbox.popleft())  # R1
-            elif d.ready and self.active < self.cap:
-                trip = d.ready.popleft()  # R2: a new trajectory starts here
+            elif d.ready:
+                trip = d.ready[0]
+                if 0 in trip.compute_at and (d.computing or d.inbox):
+                    break  # its compute waits; a pass-through start needs none
+                d.ready.popleft()  # R2: a new trajectory starts here
                 d.started += 1
-                self.active += 1
                 self.arrive(d, self.visit(trip, trip.slot, 0))
             else:
                 break
@@ -493,14 +457,17 @@ class _Sim:
             self.pass_throughs += 1
         if v.hop < len(trip.path) - 1:
             v.busy += 1
-            self.lanes[trip.path[v.hop]].outbox.append(v)
+            lane = self.lanes[trip.path[v.hop]]
+            (lane.outbox if v.hop else lane.entry).append(v)
 
     def compute(self, d: _Die, v: _Visit) -> None:
         d.computing = True
         ts = v.trip.unit.tokens[d.id]
         for op in (Gemm, Act, Accum):
             self.emit(d.id, op(v.slot, ts))
-        end = self.now + v.trip.unit.compute(d.id, v.trip.slice)
+        end = self.now
+        for dur in v.trip.unit.compute(d.id, v.trip.slice):  # op by op, as the interpreter adds
+            end += dur
 
         def done() -> None:
             d.computing = False
@@ -518,7 +485,7 @@ class _Sim:
         self.give_slot(d, v.slot)
         trip = v.trip
         trip.open -= 1
-        if trip.ended and trip.open == 0:
+        if trip.ended and trip.open == 0 and trip.entered:
             self.active -= 1
             if self.active == self.cap - 1:
                 for other in self.dies:  # the in-flight cap was binding: anyone may start
@@ -534,34 +501,42 @@ class _Sim:
 
     def forward(self, d: _Die, q: int) -> None:
         lane = self.lanes[q]
-        if lane.sending or not lane.outbox:
+        if lane.sending:
             return
-        v = lane.outbox[0]
+        if lane.outbox:  # received slices go on first: they hold the walk's slots
+            queue = lane.outbox
+        elif lane.entry and self.active < self.cap:
+            queue = lane.entry
+        else:
+            return
+        v = queue[0]
         trip = v.trip
         nq = trip.path[v.hop + 1]
         nxt = self.dies[self.walk[nq]]
         if self.lanes[nq].pipeline >= self.P:
             return  # backpressure: retried when nxt frees a slot of that lane
-        lane.outbox.popleft()
+        queue.popleft()
+        if not trip.entered:
+            trip.entered = True
+            self.active += 1
         lane.sending = True
         self.lanes[nq].pipeline += 1
         nv = self.visit(trip, self.take_slot(nxt), v.hop + 1)
-        key = self.seq
-        self.seq += 1
-        self.emit(d.id, Send(peer=nxt.id, nbytes=trip.nbytes, slot=v.slot), key=key)
-        self.emit(
-            nxt.id, Recv(peer=d.id, nbytes=trip.nbytes, slot=nv.slot, content=self.ref(trip)),
-            key=key,
-        )  # fmt: skip
-        end = self.now + self.p.hop_time(d.id, nxt.id, trip.nbytes)
+        self.emit(d.id, Send(peer=nxt.id, nbytes=trip.nbytes, slot=v.slot))
+        self.emit(nxt.id, Recv(peer=d.id, nbytes=trip.nbytes, slot=nv.slot, content=self.ref(trip)))
+        link_free, end = self.p.machine.send(d.id, nxt.id, trip.nbytes, self.now)
+
+        def sent() -> None:  # the link is free for the lane's next forward
+            lane.sending = False
+            self.kick(d)
 
         def done() -> None:
-            lane.sending = False
             self.arrive(nxt, nv)
             self.release(d, v)
             self.kick(nxt)
             self.kick(d)
 
+        self.at(link_free, sent)
         self.at(end, done)
 
     # --- the run ---
@@ -578,17 +553,14 @@ class _Sim:
             self.now = t
             fn()
         stuck = [d.id for d in self.dies if d.queue or d.ready or d.inbox or d.held]
-        stuck += [self.walk[q] for q, lane in enumerate(self.lanes) if lane.outbox]
+        stuck += [self.walk[q] for q, lane in enumerate(self.lanes) if lane.outbox or lane.entry]
         left = sum(len(q) for q in self.chan_queue.values())
         if stuck or left:
             raise ScheduleError(
                 f"FSE-DP scheduler stalled on layer {self.p.layer} (dies {sorted(set(stuck))}, "
                 f"{left} slices not loaded)"
             )
-        streams = {
-            d: [i for _, _, i in sorted(evs, key=lambda e: (e[0], e[1]))]
-            for d, evs in self.out.items()
-        }
+        streams = self.out
         paths = [((tr.unit.expert, tr.slice), [self.walk[q] for q in tr.path]) for tr in self.trips]
         return Schedule(
             streams, paths, self.now, {d.id: d.peak for d in self.dies}, self.pass_throughs

@@ -32,6 +32,8 @@ from moec.ir.cost import compute_time, dram_occupancy
 
 #: One unit of routed work: (die, expert, DRAM channel, its tokens, sorted).
 Work = tuple[int, int, int, np.ndarray]
+#: A die's share of a split expert: (die, expert, DRAM channel, its tokens, its micro-slices).
+Piece = tuple[int, int, int, np.ndarray, tuple[int, ...]]
 
 
 def _expert_load_time(ctx: ExpandContext, expert: int, channel: int) -> float:
@@ -49,9 +51,13 @@ def _expert_compute_time(ctx: ExpandContext, die: int, expert: int, tokens: int)
 
 
 def _timeline(
-    ctx: ExpandContext, work: Sequence[Work], shared: tuple[list[int], list[int]] | None
+    ctx: ExpandContext,
+    work: Sequence[Work],
+    shared: tuple[list[int], list[int]] | None,
+    pieces: Sequence[Piece] = (),
 ) -> tuple[dict[int, float], dict[int, float], list[float], list[float]]:
-    """Channel and die free times after the shared slices, and each item's load and busy time."""
+    """Channel and die free times after the shared slices and the split experts' pieces (which
+    every die streams first, in that order), and each item's load and busy time."""
     t = ctx.target
     chan_free = {c.id: 0.0 for c in t.channels}
     die_free = {d: 0.0 for d in range(t.num_dies)}
@@ -59,6 +65,12 @@ def _timeline(
         for j, (d, ch) in enumerate(zip(*shared, strict=True)):
             start = max(die_free[d], chan_free[ch])
             chan_free[ch] = die_free[d] = start + dram_occupancy(t, ch, ctx.slice_bytes(None, j))
+    for d, e, ch, toks, js in pieces:
+        load_s = sum(dram_occupancy(t, ch, ctx.slice_bytes(e, j)) for j in js)
+        share = _expert_compute_time(ctx, d, e, int(toks.size)) * len(js) / ctx.layout.count
+        start = max(die_free[d], chan_free[ch])
+        chan_free[ch] = start + load_s
+        die_free[d] = start + max(load_s, share)
     load = [_expert_load_time(ctx, e, ch) for _, e, ch, _ in work]
     busy = [
         max(load[i], _expert_compute_time(ctx, d, e, int(toks.size)))
@@ -72,10 +84,11 @@ def _list_schedule(
     work: Sequence[Work],
     shared: tuple[list[int], list[int]] | None,
     greedy: bool,
+    pieces: Sequence[Piece] = (),
 ) -> tuple[float, list[Work]]:
     """The estimated makespan and each die's order: ``greedy`` picks against channel demand,
     else each die keeps ``work``'s order."""
-    chan_free, die_free, load, busy = _timeline(ctx, work, shared)
+    chan_free, die_free, load, busy = _timeline(ctx, work, shared, pieces)
     remaining = {c: 0.0 for c in chan_free}
     pending: dict[int, list[int]] = {}
     for i, (d, _, ch, _) in enumerate(work):
@@ -105,11 +118,15 @@ def _list_schedule(
 
 
 def order_work(
-    ctx: ExpandContext, work: Sequence[Work], shared: tuple[list[int], list[int]] | None = None
+    ctx: ExpandContext,
+    work: Sequence[Work],
+    shared: tuple[list[int], list[int]] | None = None,
+    pieces: Sequence[Piece] = (),
 ) -> list[Work]:
     """``work`` with each die's items reordered against channel demand (module docstring), or
     in the order given when the estimate says that finishes no later; ``shared``: the (die,
-    channel) of each split shared micro-slice, streamed first."""
-    given, _ = _list_schedule(ctx, work, shared, greedy=False)
-    span, ordered = _list_schedule(ctx, work, shared, greedy=True)
+    channel) of each split shared micro-slice, streamed first, then the split experts'
+    ``pieces``."""
+    given, _ = _list_schedule(ctx, work, shared, False, pieces)
+    span, ordered = _list_schedule(ctx, work, shared, True, pieces)
     return ordered if span < given else list(work)
