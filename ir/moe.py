@@ -6,7 +6,8 @@ Layout (``x @ W`` convention, micro-slice j = columns j of ``w_gate``/``w_up`` a
 =================  ==============  ==========================================
 weight key         shape           meaning
 =================  ==============  ==========================================
-``router_w``       [E, d]          router logits = x @ router_w.T (+ router_b)
+``router_w``       [E, d]          router logits = x @ router_w.T (+ router_b); [E + Z, d] with
+                                   Z ``identity_experts`` (rows past E: a pick adds gate * x)
 ``router_b``       [E]             optional router bias
 ``score_bias``     [E]             optional score-correction bias (top-k choice only; added
                                    to the scores, or to the logits with ``bias_on_logits``)
@@ -102,6 +103,9 @@ class MoELayer:
     num_shared: int = 0
     shared_ffn: int = 0
     shared_activation: str = "silu"
+    # LongCat-Flash's "zero" experts: router rows E .. E+Z-1 (router_w is [E+Z, d]) whose pick
+    # returns the token itself times its gate: no weights, no load (:func:`identity_weight`).
+    identity_experts: int = 0
     annotations: LayerAnnotations = field(default_factory=LayerAnnotations)
 
     # --- structure ---------------------------------------------------------------------------
@@ -196,6 +200,8 @@ class MoELayer:
             parts.append(
                 f"swiglu=({self.swiglu_alpha!r},{self.swiglu_beta!r},{self.swiglu_limit!r})"
             )
+        if self.identity_experts:
+            parts.append(f"identity_experts={self.identity_experts}")
         if self.has_shared:
             parts.append(f"shared={self.num_shared}x{self.shared_ffn // max(self.num_shared, 1)}")
             if self.shared_activation != self.activation:
@@ -216,8 +222,10 @@ class MoELayer:
             raise ModelError(f"unknown scoring {self.scoring!r}, expected one of {SCORINGS}", where)
         if self.activation not in ACTIVATIONS:
             raise ModelError(f"unknown activation {self.activation!r}", where)
-        if not 1 <= self.top_k <= E:
-            raise ModelError(f"top_k={self.top_k} must be in 1..{E}", where)
+        if not 1 <= self.top_k <= E + max(self.identity_experts, 0):
+            raise ModelError(
+                f"top_k={self.top_k} must be in 1..{E + max(self.identity_experts, 0)}", where
+            )
         if self.scoring == "sparsemixer" and (self.top_k != 2 or self.normalize_topk):
             raise ModelError(
                 f"sparsemixer routing picks 2 experts without renormalization, found top_k="
@@ -241,8 +249,11 @@ class MoELayer:
         if self.bias_on_logits and (self.n_group > 1 or self.scoring == "sparsemixer"):
             raise ModelError("bias_on_logits needs plain top-k routing (one group)", where)
         Fs = self.shared_ffn
+        R = E + self.identity_experts  # router rows
+        if self.identity_experts < 0 or (self.identity_experts and self.scoring == "sparsemixer"):
+            raise ModelError(f"bad identity experts {self.identity_experts}", where)
         expected: dict[str, tuple[int, ...]] = {
-            "router_w": (E, d), "router_b": (E,), "score_bias": (E,),
+            "router_w": (R, d), "router_b": (R,), "score_bias": (R,),
             "w_gate": (E, d, F), "w_up": (E, d, F), "w_down": (E, F, d),
             "b_gate": (E, F), "b_up": (E, F), "b_down": (E, d),
             "sh_gate": (d, Fs), "sh_up": (d, Fs), "sh_down": (Fs, d), "sh_router": (d, S),
@@ -349,7 +360,7 @@ def shared_gate(layer: MoELayer, x: np.ndarray) -> np.ndarray:
     score = _shared_score(layer, x)
     if not layer.shared_in_norm:
         return score
-    _, gates = route(layer, x, unscaled=True)
+    _, gates = _route_all(layer, x, unscaled=True)
     denom = _topk_denominator(layer, gates, x)
     return (score / denom * np.float32(layer.routed_scaling)).astype(np.float32)
 
@@ -363,9 +374,31 @@ def _topk_denominator(layer: MoELayer, gates: np.ndarray, x: np.ndarray) -> np.n
     return denom + np.float32(1e-20) if layer.scoring == "sigmoid" else denom
 
 
-def route(layer: MoELayer, x: np.ndarray, unscaled: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Routing of tokens ``x`` [T, d]: expert ids [T, k] (int64) and gate weights [T, k] (f32);
-    ``unscaled``: the chosen experts' scores, before renormalization and scaling."""
+def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Routing of tokens ``x`` [T, d]: expert ids [T, k] (int64) and gate weights [T, k] (f32).
+
+    A pick of an identity expert has id -1 and gate 0 (no routed expert computes it; its
+    contribution is :func:`identity_weight` times the token)."""
+    ids, gates = _route_all(layer, x)
+    if layer.identity_experts:
+        ident = ids >= layer.num_experts
+        ids = np.where(ident, -1, ids)
+        gates = np.where(ident, np.float32(0.0), gates).astype(np.float32)
+    return ids, gates
+
+
+def identity_weight(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    """[T, 1]: the summed gates of each token's identity-expert picks (0 without any)."""
+    ids, gates = _route_all(layer, x)
+    picked = np.where(ids >= layer.num_experts, gates, np.float32(0.0))
+    return picked.sum(axis=-1, keepdims=True).astype(np.float32)
+
+
+def _route_all(
+    layer: MoELayer, x: np.ndarray, unscaled: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every pick (identity experts included); ``unscaled``: the chosen experts' scores, before
+    renormalization and scaling."""
     if layer.scoring == "sparsemixer":
         ids, gates = sparsemixer(router_logits(layer, x), layer.sparsemixer_eps)
         return ids, (gates * np.float32(layer.routed_scaling)).astype(np.float32)
@@ -518,6 +551,8 @@ def evaluate(layer: MoELayer, x: np.ndarray) -> np.ndarray:
             continue
         out = expert_ffn(layer, e, x2[rows])
         np.add.at(y, rows, out * gates[rows, slots][:, None])
+    if layer.identity_experts:
+        y = y + x2 * identity_weight(layer, x2)
     if layer.has_shared:
         y = y + shared_ffn(layer, x2)
     return y.reshape(shape)
@@ -556,7 +591,7 @@ _CONFIG_FIELDS = (
     "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
     "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
     "act_quant_block", "sparsemixer_eps", "router_act_quant_block", "shared_act_quant_block",
-    "bias_on_logits", "shared_in_norm", "gate_softcap", "up_softcap",
+    "bias_on_logits", "identity_experts", "shared_in_norm", "gate_softcap", "up_softcap",
 )  # fmt: skip
 # Options written only when set (older programs and goldens stay as they were).
 _WHEN_SET = ("bias_on_logits", "shared_in_norm")
@@ -574,7 +609,7 @@ def layer_config(layer: MoELayer) -> dict[str, int | float | str]:
         value = getattr(layer, key)
         if value is None or (key == "sparsemixer_eps" and layer.scoring != "sparsemixer"):
             continue
-        if key in _WHEN_SET and not value:
+        if (key in _WHEN_SET or key == "identity_experts") and not value:
             continue
         out[key] = int(value) if isinstance(value, bool) else value
     return out

@@ -37,7 +37,7 @@ VOCAB = 64
 TOL = 1e-4
 
 EXPERT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-TOPK_FIELDS = ("num_experts_per_tok", "moe_k", "moe_top_k", "top_k", "top_k_experts")
+TOPK_FIELDS = ("num_experts_per_tok", "moe_k", "moe_top_k", "moe_topk", "top_k", "top_k_experts")
 SHARED_FIELDS = (
     "n_shared_experts", "num_shared_experts", "moe_num_shared_experts",
     "shared_expert_intermediate_size", "shared_intermediate_size",
@@ -59,6 +59,7 @@ SMALL: dict[str, Any] = {
     "moe_num_shared_experts": 1, "expert_hidden_size": 24, "pad_token_id": 0, "bos_token_id": 1,
     "eos_token_id": 2, "is_moe": True, "enable_moe_block": True,
     "moe_shared_expert_intermediate_size": 40, "vocab_size_per_layer_input": VOCAB,
+    "expert_ffn_hidden_size": 24, "zero_expert_num": 4,
 }  # fmt: skip
 
 

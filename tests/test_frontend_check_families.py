@@ -4,6 +4,9 @@ under each main strategy, and the shared experts inside the op."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ from moec.compiler.frontend import load_module
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 # fixture -> shared experts per MoE layer
-FAMILIES = {"minimax_m3": 1, "hy_v4": 1}
+FAMILIES = {"minimax_m3": 1, "hy_v4": 1, "longcat_flash": 0}
 
 
 @pytest.mark.parametrize("strategy", ["ep", "tp", "fsedp"])
@@ -54,3 +57,40 @@ def test_shared_swiglu_with_other_parameters_stays_dense_and_is_said() -> None:
     _, result = lift_model(model)
     layer = result.lifted[0].layer
     assert not layer.has_shared and layer.annotations.dense_shared
+
+
+def test_identity_experts_are_shown_and_refused_by_export(tmp_path: Path) -> None:
+    """LongCat-Flash's zero experts: ``moec inspect --json`` counts them beside the routed
+    experts; ``moec export`` (com.microsoft.MoE has no weightless expert) refuses the layer,
+    located, exit 2, no file left."""
+    model = FIXTURES / "longcat_flash.onnx"
+    run = subprocess.run(
+        [sys.executable, "-m", "moec", "inspect", str(model), "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    (row,) = json.loads(run.stdout)["moe_layers"]
+    assert (row["experts"], row["identity_experts"]) == (8, 4)
+    out = tmp_path / "x.onnx"
+    run = subprocess.run(
+        [sys.executable, "-m", "moec", "export", str(model), "-o", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2 and not out.exists()
+    assert "identity experts" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_identity_reference_adds_gate_times_token() -> None:
+    """The reference: an identity pick has id -1 and gate 0 in ``route`` and adds its gate
+    times the token (``identity_weight``)."""
+    from moec.ir.moe import identity_weight, route
+
+    module, _ = load_module(FIXTURES / "longcat_flash.onnx")
+    (op,) = module.moe_ops()
+    layer = op.layer
+    x = np.random.default_rng(0).normal(size=(64, layer.hidden)).astype(np.float32)
+    ids, gates = route(layer, x)
+    w = identity_weight(layer, x)
+    picked = ids == -1
+    assert picked.any() and (~picked).any()
+    assert np.all(gates[picked] == 0)
+    assert np.all((w[:, 0] > 0) == picked.any(axis=1))

@@ -162,6 +162,11 @@ EXPECTED = {
         shared_activation="silu",
         attention_indexer=True,
     ),  # fmt: skip
+    # 8 routed + 4 identity ("zero") experts: softmax over 12, correction bias, x6, not
+    # renormalized; an identity pick adds gate * x. One MoE layer (the generator's layout).
+    "longcat_flash": Expected(
+        layers=1, ffn=24, normalize=False, routed_scaling=6.0, score_bias=True
+    ),
     # opset 18 writes GELU out: 0.5 * x * (1 + Erf(x / sqrt 2)).
     "olmoe_gelu": Expected(layers=2, ffn=24, normalize=False, activation="gelu"),
     # GeGLU (tanh GELU) experts; router and experts read two rescales of one RMSNorm (folded
@@ -258,6 +263,7 @@ def test_layer_numerics_match_onnxruntime(arch: str, seed: int) -> None:
         ("minimax_m3", "routed scaling", lambda layer: setattr(layer, "routed_scaling", 1.0)),
         ("hy_v4", "swiglu clamp", lambda layer: setattr(layer, "swiglu_limit", None)),
         ("hy_v4", "shared expert", lambda layer: layer.weights.pop("sh_down")),
+        ("longcat_flash", "identity experts", lambda layer: setattr(layer, "identity_experts", 0)),
     ],
 )
 def test_fixture_exercises_feature(arch: str, feature: str, ablate: object) -> None:

@@ -16,10 +16,7 @@ counter per die (:func:`power_counters`).
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from moec.ir.cost.energy import (
     accum_energy,
@@ -85,16 +82,9 @@ class EnergyLedger:
         """Joules per part of the ops ``op`` for which ``ops[op]`` is true (e.g. the MoE
         layers' ops), plus static power over ``span_s`` (their time)."""
         out = dict.fromkeys(PARTS, 0.0)
-        n = len(self.by_op)
-        if n:
-            flat = np.fromiter(chain.from_iterable(self.by_op), dtype=np.float64, count=4 * n)
-            rows = flat.reshape(n, 4)
-            chosen = np.asarray(ops, dtype=bool)[rows[:, 0].astype(np.int64)]
-            sums = np.zeros(len(PARTS))
-            # np.add.at adds in charge order from 0.0, as a loop over the charges would
-            np.add.at(sums, rows[chosen, 2].astype(np.int64), rows[chosen, 3])
-            for k, p in enumerate(PARTS):
-                out[p] = float(sums[k])
+        for op, _, k, j in self.by_op:
+            if ops[op]:
+                out[PARTS[k]] += j
         out["static"] = sum(die_static_energy(target, d, span_s) for d in range(len(self.joules)))
         return out
 

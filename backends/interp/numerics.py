@@ -27,7 +27,7 @@ from moec.backends.interp.numerics_ops import LayerExec
 from moec.ir.companion import PRECISION_ATTR
 from moec.ir.errors import ProgramError, ScheduleError
 from moec.ir.inputs import seeded_feeds
-from moec.ir.moe import MoELayer, layer_from_config, present, route
+from moec.ir.moe import MoELayer, identity_weight, layer_from_config, present, route
 from moec.ir.routing import LayerRouting, assign_home_dies
 from moec.ir.stream.program import Instr, Program, SliceLayout
 
@@ -229,6 +229,10 @@ def evaluate_model(
         )
         routings.append(r)
         y = LayerExec(layer, layouts, x2, r).run(per_die, num_dies)
+        if layer.identity_experts:
+            # Identity ("zero") experts: the token times its picks' gates, added where the
+            # layer's output is combined; no instruction moves or computes them.
+            y = y + x2 * identity_weight(layer, x2)
         return y.reshape(shape).astype(x.dtype, copy=False)
 
     class MoE(OpRun):  # the ai.moec::MoE node, executed by the interpreter

@@ -29,10 +29,14 @@ from moec.ir.cost.energy import (
     sram_read_energy,
     sram_write_energy,
 )
+from moec.ir.energy import PARTS
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.opcodes import HandlerTable
 from moec.ir.stream.program import HOST_CHANNEL, Instr, Program, SliceRef
 from moec.ir.target import PRECISION_BYTES, Target
+
+#: the energy parts a transfer charges (indices into ``PARTS``)
+D2D, SRAM = PARTS.index("d2d"), PARTS.index("sram")
 
 # op kinds
 COMPUTE, LOAD, XFER, SYNC, DENSE_DRAM, DELAY = 0, 1, 2, 3, 4, 5
@@ -205,10 +209,14 @@ class Builder:
         #: compute op durations by shape (:meth:`compute_cost`)
         self.compute_costs: dict[tuple[Any, ...], float] = {}
         #: per (src, dst, bytes): a transfer's link resource, hold, latency and its joules
-        self._xfer_costs: dict[tuple[int, int, int], tuple[int, float, float, float, float, float]]
+        self._xfer_costs: dict[
+            tuple[int, int, int], tuple[tuple[int], float, float, float, float, float]
+        ]
         self._xfer_costs = {}
         self._read_plans: dict[tuple[int, int, int], Any] = {}
         self._geometry: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
+        #: per (layer, shared, slice, bytes): the precision those bytes imply
+        self._slice_prec: dict[tuple[str, bool, int, int], str] = {}
         #: per slice opcode, die, geometry and precisions: its duration and energy parts
         self.slice_costs: dict[tuple[Any, ...], tuple[float, tuple[tuple[int, float], ...]]] = {}
         # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
@@ -356,41 +364,47 @@ class Builder:
         """The ops of the k-th transfer on ``key``, ``(hold, arrival)``: the link hold for
         :func:`moec.ir.cost.link_occupancy` (DMA setup and framed data), then the link latency (created by whichever side comes
         first)."""
-        mine, other = (
-            (self.pending_send, self.pending_recv)
-            if is_send
-            else (self.pending_recv, self.pending_send)
-        )
-        if other[key]:
-            ops = other[key].popleft()
+        if is_send:
+            mine, other = self.pending_send, self.pending_recv
+        else:
+            mine, other = self.pending_recv, self.pending_send
+        waiting = other.get(key)
+        if waiting:
+            ops = waiting.popleft()
             if is_send:
+                g = self.g
                 for op in ops:  # name transfers after the send
-                    self.g.instr[op] = i
-                    self.g.die[op] = die
+                    g.instr[op] = i
+                    g.die[op] = die
             return ops
         a, b = key
         res, occ, lat, e_link, e_read, e_write = self.transfer_costs(a, b, i.nbytes)
-        hold = self.g.add(XFER, occ, (res,), die, i)
+        hold = self.g.add(XFER, occ, res, die, i)
         ops = (hold, self.delay(hold, lat))
-        self.link_bytes[res] += i.nbytes
-        self.energy.charge(a, "d2d", e_link, hold)
-        self.energy.charge(a, "sram", e_read, hold)
-        self.energy.charge(b, "sram", e_write, hold)
+        self.link_bytes[res[0]] += i.nbytes
+        joules, by_op = self.energy.joules, self.energy.by_op
+        # EnergyLedger.charge of the link, the source's SRAM read, the destination's write
+        joules[a][D2D] += e_link
+        by_op.append((hold, a, D2D, e_link))
+        joules[a][SRAM] += e_read
+        by_op.append((hold, a, SRAM, e_read))
+        joules[b][SRAM] += e_write
+        by_op.append((hold, b, SRAM, e_write))
         mine[key].append(ops)
         return ops
 
     def transfer_costs(
         self, a: int, b: int, nbytes: int
-    ) -> tuple[int, float, float, float, float, float]:
-        """A transfer of ``nbytes`` over link ``a -> b``: (link resource, hold, latency, link
-        joules, source SRAM read joules, destination SRAM write joules), memoized (a layer
-        repeats a few block sizes over many transfers)."""
+    ) -> tuple[tuple[int], float, float, float, float, float]:
+        """A transfer of ``nbytes`` over link ``a -> b``: (the link resource as an op's
+        resources, hold, latency, link joules, source SRAM read joules, destination SRAM write
+        joules), memoized (a layer repeats a few block sizes over many transfers)."""
         key = (a, b, nbytes)
         hit = self._xfer_costs.get(key)
         if hit is None:
             t = self.t
             hit = self._xfer_costs[key] = (
-                self.link_id[(a, b)], cost.link_occupancy(t, a, b, nbytes),
+                (self.link_id[(a, b)],), cost.link_occupancy(t, a, b, nbytes),
                 t.link(a, b).latency_s, link_energy(t, a, b, nbytes),
                 sram_read_energy(t, nbytes), sram_write_energy(t, nbytes),
             )  # fmt: skip
@@ -416,11 +430,16 @@ class Builder:
     def slice_precision(self, c: SliceRef, nbytes: int) -> str:
         """The precision a slice filled with ``nbytes`` holds: implied by its bytes, or, for a
         residency hit (0 bytes moved), the expert's entry in the layer's precision table."""
-        _, _, elements, dtype, _ = self.slice_geometry(c)
-        table = self.precision.get(c.layer)
-        if nbytes == 0 and c.expert is not None and table:
-            return table[c.expert]
-        return precision_of(nbytes, elements, dtype)
+        key = (c.layer, c.expert is None, c.slice, nbytes)
+        hit = self._slice_prec.get(key)
+        if hit is None:
+            _, _, elements, dtype, _ = self.slice_geometry(c)
+            hit = self._slice_prec[key] = precision_of(nbytes, elements, dtype)
+        if nbytes == 0 and c.expert is not None:
+            table = self.precision.get(c.layer)
+            if table:
+                return table[c.expert]
+        return hit
 
     # --- SRAM records ---
     def layer_acts(self, die: int, layer: int) -> LayerActs:

@@ -24,7 +24,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -135,16 +134,16 @@ class Report:
 
 
 def _spans(names: list[str], tags: list[int], tl: Timeline) -> list[Span]:
-    """Each tagged group's span: its ops' earliest start and latest end (min and max are exact,
-    so one ``np.minimum.at`` / ``np.maximum.at`` over the ops gives the loop's result)."""
-    lo = np.full(len(names), np.inf)
-    hi = np.full(len(names), -np.inf)
-    tag = np.asarray(tags, dtype=np.int64)
-    mine = np.flatnonzero(tag >= 0)
-    if mine.size:
-        np.minimum.at(lo, tag[mine], np.asarray(tl.start, dtype=np.float64)[mine])
-        np.maximum.at(hi, tag[mine], np.asarray(tl.end, dtype=np.float64)[mine])
-    return [Span(n, float(lo[k]), float(hi[k])) for k, n in enumerate(names) if hi[k] >= lo[k]]
+    lo = [float("inf")] * len(names)
+    hi = [float("-inf")] * len(names)
+    start, end = tl.start, tl.end
+    for op, k in enumerate(tags):
+        if k >= 0:
+            if start[op] < lo[k]:
+                lo[k] = start[op]
+            if end[op] > hi[k]:
+                hi[k] = end[op]
+    return [Span(n, lo[k], hi[k]) for k, n in enumerate(names) if hi[k] >= lo[k]]
 
 
 def make_report(tl: Timeline, program: str) -> Report:

@@ -46,6 +46,8 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
             {
                 "name": layer.name,
                 "experts": layer.num_experts,
+                # LongCat-Flash's "zero" experts: routable, no weights (output = gate * token).
+                "identity_experts": layer.identity_experts,
                 "top_k": layer.top_k,
                 "hidden": layer.hidden,
                 "ffn": layer.ffn,
@@ -106,6 +108,11 @@ def _activation(layer: dict[str, Any]) -> str:
     )
 
 
+def _experts(layer: dict[str, Any]) -> str:
+    z = layer.get("identity_experts") or 0
+    return f"{layer['experts']} + {z} identity" if z else str(layer["experts"])
+
+
 def _shared(layer: dict[str, Any]) -> str:
     dense = " + 1 left dense" if layer.get("shared_left_dense") else ""
     return f"{layer['shared_experts']}{dense}"
@@ -135,7 +142,7 @@ def render(summary: dict[str, Any]) -> str:
         )
     for layer in summary["moe_layers"]:
         table.add_row(
-            layer["name"], str(layer["experts"]), str(layer["top_k"]), str(layer["hidden"]),
+            layer["name"], _experts(layer), str(layer["top_k"]), str(layer["hidden"]),
             str(layer["ffn"]), _activation(layer), layer["scoring"], _routing(layer),
             "yes" if layer["normalize_topk"] else "no", _shared(layer),
             f"{layer['weight_bytes_per_expert'] / 2**20:.2f}",

@@ -72,6 +72,8 @@ def _a(w: Weight) -> np.ndarray:
 
 def expressible(layer: MoELayer) -> str | None:
     """Why ``layer`` cannot be a com.microsoft.MoE, or None if it can."""
+    if layer.identity_experts:
+        return f"{layer.identity_experts} identity experts (MoE has no expert without weights)"
     if layer.scoring != "softmax":
         return f"{layer.scoring} scoring (MoE softmaxes router logits)"
     if layer.has("score_bias"):

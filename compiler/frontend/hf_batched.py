@@ -44,6 +44,7 @@ from moec.compiler.frontend.hf_routing import (
     is_float_cast,
     match_router,
 )
+from moec.compiler.frontend.identity import absorb_identity, match_identity
 from moec.compiler.frontend.joint_shared import match_gamma_shared, match_joint_router
 from moec.compiler.frontend.logit_routing import match_logit_choice
 from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
@@ -61,7 +62,10 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     else:
         routing = match_logit_choice(walk, anchor) or match_router(walk, anchor)
     router = routing.router
-    E = router.weight.shape[0]
+    identity = match_identity(walk, routing)
+    if identity is not None:
+        routing.identity_experts = identity.count
+    E = router.weight.shape[0] - routing.identity_experts
     gathers = _gathered_stacks(walk, routing.ids, E)
     if not gathers:
         if _reaches(walk, routing.ids, "OneHot"):
@@ -109,6 +113,12 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
         raise walk.fail(gating.output, "expected the expert activation to feed the down projection")
     walk.back(down.input)
     combined = _combine(walk, down, routing)
+    if identity is not None:
+        if walk.root(identity.x) != x_root:
+            raise walk.fail(
+                identity.output, "expected the identity experts to scale the layer input"
+            )
+        combined = absorb_identity(walk, combined, identity)
     swiglu = (gating.alpha, gating.beta, gating.limit) if gating.activation == "swiglu" else None
     if joint is not None:  # its scaling also scales the shared experts: none absorbed here
         y, shared = match_gamma_shared(walk, combined, x_root, joint[1])

@@ -406,7 +406,8 @@ def build_layer(
 ) -> MoELayer:
     """The canonical layer from the matched parts (weights copied into moec's layout)."""
     router = routing.router
-    E, d = router.weight.shape
+    R, d = router.weight.shape
+    E = R - routing.identity_experts
     weights = {"router_w": present("router_w", router.weight)}
     if router.bias is not None:
         weights["router_b"] = present("router_b", router.bias)
@@ -437,6 +438,7 @@ def build_layer(
         up_softcap=gating.up_softcap,
         sparsemixer_eps=routing.sparsemixer_eps, bias_on_logits=routing.bias_on_logits,
         shared_in_norm=routing.shared_in_norm,
+        identity_experts=routing.identity_experts,
     )  # fmt: skip
     if routing.n_group > 1:
         layer.group_fill = routing.group_fill

@@ -259,6 +259,7 @@ class Routing:
     scaling: float = 1.0
     topk_node: onnx.NodeProto | None = None
     sparsemixer_eps: float = 0.01
+    identity_experts: int = 0  # router rows past the real experts (identity.py)
     # Gemma-4: the final gates times a learned per-expert scale gathered by the ids ([E]).
     expert_scale: np.ndarray | None = None
     bias_on_logits: bool = False
@@ -280,8 +281,12 @@ def match_routing(walk: Walk, router: Router) -> Routing:
     E = router.weight.shape[0]
     choice, bias = scores, None
     for c in walk.consumers(scores):
+        shape = walk.ints(c.input[1]) if c.op_type == "Reshape" and c.input[0] == scores else None
+        if shape is not None and len(shape) == 2 and shape[1] == E:
+            choice = walk.take(c).output[0]  # the scores viewed as [T, E] again (LongCat)
+    for c in walk.consumers(choice):
         if c.op_type == "Add":
-            b = walk.const(walk.other(c, scores))
+            b = walk.const(walk.other(c, choice))
             if b is not None and b.size == E:
                 bias, choice = np.asarray(b, dtype=np.float32).reshape(E), c.output[0]
                 walk.take(c)

@@ -81,7 +81,7 @@ class Engine:
     def send(self, a: int, b: int, nbytes: int, ready: float) -> tuple[float, float]:
         """A transfer ``a -> b`` whose sides are ready at ``ready``: ``(link frees, data
         arrives)``."""
-        res, occ, lat, *_ = self.b.transfer_costs(a, b, nbytes)
+        (res,), occ, lat, *_ = self.b.transfer_costs(a, b, nbytes)
         s = self.free_at[res]
         if s < ready:
             s = ready

@@ -1,0 +1,109 @@
+"""CPU time of the timing machine's stages on one ``moec bench`` point (issue 19, per layer).
+
+    python scripts/bench_timing.py --model M --target T [--set K=V] --tokens N --strategy S
+        [--layers N|all] [--allow-overflow] [--repeat N]
+    python scripts/bench_timing.py --model qwen3-30b-a3b --target fsedp-4x4 \\
+        --set dies_x=8 --set dies_y=8 --tokens 1024 --strategy fsedp-paired
+
+Runs the ``moec bench`` point (:func:`moec.bench.run_bench`) once, in this process, keeping
+the expanded program and target that :func:`~moec.backends.interp.timing.run_timing` receives, then runs
+``run_timing`` on them ``--repeat`` times with the garbage collector off and prints the least
+process CPU time of the op-graph build, the SRAM accounting, the rest (event loop and the
+timeline) and the whole, plus a fingerprint of the timeline (starts, ends, peaks, energy) that
+two trees must share. Whole-process figures on a shared machine move by several tenths of a
+second from run to run; this isolates the part the interpreter's timing code owns. For an A/B,
+run it once per tree (``PYTHONPATH`` set to a ``moec`` package root, as ``bench_sim.py
+--before`` lays one out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import sys
+import time
+from typing import Any
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--tokens", type=int, required=True)
+    ap.add_argument("--strategy", required=True)
+    ap.add_argument("--layers", default="1", help="a number or 'all'")
+    ap.add_argument("--allow-overflow", action="store_true")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args(argv)
+
+    import moec.backends.interp.simulate  # noqa: F401 - the module, not the function
+    import moec.backends.interp.timing as timing
+    from moec.bench import run_bench
+    from moec.options import parse_overrides
+
+    sim: Any = sys.modules["moec.backends.interp.simulate"]
+    seen: list[tuple[Any, Any]] = []
+    run_timing = sim.run_timing
+
+    def keep(p: Any, t: Any, *a: Any, **k: Any) -> Any:
+        if not seen:
+            seen.append((p, t))
+        return run_timing(p, t, *a, **k)
+
+    sim.run_timing = keep
+    layers: int | str = int(args.layers) if args.layers.isdigit() else args.layers
+    run_bench(
+        args.model, args.target, [args.tokens], [args.strategy], layers=layers,
+        overrides=parse_overrides(args.set), allow_overflow=args.allow_overflow,
+    )  # fmt: skip
+    sim.run_timing = run_timing
+    if not seen:
+        print("bench_timing: the point ran no timing", file=sys.stderr)
+        return 2
+    p, t = seen[0]
+
+    spent: dict[str, float] = {}
+    build, sram_peaks = timing.Builder.build, timing.sram_peaks
+
+    def timed_build(self: Any) -> None:
+        c = time.process_time()
+        build(self)
+        spent["build"] = time.process_time() - c
+
+    def timed_sram(*a: Any) -> Any:
+        c = time.process_time()
+        out = sram_peaks(*a)
+        spent["sram"] = time.process_time() - c
+        return out
+
+    timing.Builder.build = timed_build  # type: ignore[method-assign]
+    timing.sram_peaks = timed_sram
+    best: dict[str, float] = {}
+    gc.disable()
+    for _ in range(args.repeat):
+        c = time.process_time()
+        tl = run_timing(p, t)
+        spent["total"] = time.process_time() - c
+        spent["rest"] = spent["total"] - spent["build"] - spent["sram"]
+        for k, v in spent.items():
+            best[k] = min(best.get(k, float("inf")), v)
+    timing.Builder.build, timing.sram_peaks = build, sram_peaks  # type: ignore[method-assign]
+    ledger = tl.energy
+    print_fp = (
+        tl.start, tl.end, tl.kind, tl.die, tl.res, tl.layer, tl.island, tl.busy, tl.peak_sram,
+        tl.peak_sram_slots, tl.peak_sram_activations, tl.peak_slot_bytes, tl.makespan,
+        ledger.joules if ledger else None, ledger.by_op if ledger else None,
+    )  # fmt: skip
+    fp = hashlib.sha256(repr(print_fp).encode()).hexdigest()[:16]
+    print(
+        f"ops {len(tl.start):,}  build {best['build']:.3f} s  sram {best['sram']:.3f} s  "
+        f"rest {best['rest']:.3f} s  run_timing {best['total']:.3f} s  (best of "
+        f"{args.repeat}, process CPU)  timeline {fp}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
