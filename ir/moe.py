@@ -30,7 +30,6 @@ executes slice by slice; :func:`evaluate` is the reference evaluation of the who
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +38,7 @@ import numpy as np
 from moec.ir.annotations import LayerAnnotations
 from moec.ir.errors import ModelError
 from moec.ir.graph import TensorType, Weight
+from moec.ir.moe_math import _f32, _sigmoid, _softcap, activate, quantize_activations
 from moec.ir.sparsemixer import sparsemixer
 
 SCORINGS = ("softmax", "sigmoid", "sparsemixer")
@@ -293,37 +293,6 @@ def present(name: str, data: np.ndarray) -> Weight:
 # --- numerics ---------------------------------------------------------------------------------
 
 
-def _f32(a: np.ndarray) -> np.ndarray:
-    return np.asarray(a, dtype=np.float32)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
-
-
-def _erf(x: np.ndarray) -> np.ndarray:
-    # math.erf is exact to double precision; vectorized for float32 tensors of moderate size.
-    return np.vectorize(math.erf, otypes=[np.float64])(x.astype(np.float64)).astype(np.float32)
-
-
-def activate(kind: str, x: np.ndarray) -> np.ndarray:
-    if kind == "silu":
-        return x * _sigmoid(x)
-    if kind == "gelu":
-        return (0.5 * x * (1.0 + _erf(x / np.float32(math.sqrt(2.0))))).astype(np.float32)
-    if kind == "gelu_tanh":
-        c = np.float32(math.sqrt(2.0 / math.pi))
-        return (0.5 * x * (1.0 + np.tanh(c * (x + np.float32(0.044715) * x**3)))).astype(np.float32)
-    if kind == "relu":
-        return np.maximum(x, np.float32(0.0))
-    if kind == "relu2":  # squared ReLU (Nemotron-H, Primer)
-        r = np.maximum(x, np.float32(0.0))
-        return r * r
-    if kind == "identity":
-        return x
-    raise ModelError(f"activation {kind!r} is not elementwise")
-
-
 def router_logits(layer: MoELayer, x: np.ndarray) -> np.ndarray:
     """Router logits [T, E] of tokens ``x`` [T, d]: ``x @ router_w.T (+ router_b)``."""
     if layer.router_act_quant_block is not None:
@@ -436,20 +405,6 @@ def _bias(layer: MoELayer, key: str, e: int, cols: slice) -> np.ndarray | float:
     return _f32(layer.array(key)[e, cols]) if layer.has(key) else 0.0
 
 
-def quantize_activations(a: np.ndarray, block: int) -> np.ndarray:
-    """``a`` [T, K] through symmetric int8 block quantization along K (blocks of ``block``; the
-    last may be shorter): ``round(a / s) * s`` with ``s = max|a| / 127`` per block."""
-    a = _f32(a)
-    T, K = a.shape
-    pad = (-K) % block
-    b = np.pad(a, ((0, 0), (0, pad))).reshape(T, (K + pad) // block, block)
-    scale = (np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)).astype(np.float32)
-    safe = np.where(scale > 0, scale, np.float32(1))
-    inv = np.where(scale > 0, np.float32(1) / safe, np.float32(0)).astype(np.float32)
-    q = np.clip(np.rint(b * inv), -127, 127) * scale
-    return q.reshape(T, K + pad)[:, :K].astype(np.float32)
-
-
 def _quantizes(layer: MoELayer, contracted: int) -> bool:
     # ONNX Runtime's CPU QMoE quantizes activations only when the contracted length is a whole
     # number of blocks; otherwise it multiplies floats by the dequantized weights (measured).
@@ -482,10 +437,6 @@ def _gated(layer: MoELayer, kind: str, gate: np.ndarray, up: np.ndarray) -> np.n
         glu = gate * _sigmoid(np.float32(layer.swiglu_alpha) * gate)
         return (glu * (up + np.float32(layer.swiglu_beta))).astype(np.float32)
     return (activate(kind, gate) * up).astype(np.float32)
-
-
-def _softcap(v: np.ndarray, cap: float | None) -> np.ndarray:
-    return v if cap is None else np.float32(cap) * np.tanh(v / np.float32(cap))
 
 
 def expert_down(

@@ -217,8 +217,6 @@ def match_router_scores(walk: Walk, scoring: onnx.NodeProto) -> Router | None:
 
 
 # Ops a TopK's scores may pass through between the router scoring and the anchor TopK.
-
-
 _ROUTE_OPS = frozenset({"Add", "Where", "ReduceSum", "ReduceMax", "TopK", "Reshape", "Cast",
                         "Identity", "Squeeze", "Unsqueeze"})  # fmt: skip
 
