@@ -19,7 +19,9 @@ weight key         shape           meaning
 ``sh_gate``        [d, Fs]         shared experts, concatenated along Fs (gated like the routed
                                    experts: without ``sh_gate`` when they are not)
 ``sh_up``/``sh_down``              [d, Fs] / [Fs, d]
-``sh_router``      [d, 1]          optional sigmoid gate of the shared experts
+``sh_router``      [d, 1]          optional sigmoid gate of the shared experts (with
+                   [d, S]          ``shared_in_norm``: one per shared expert, scores joining
+                                   the top-k renormalization)
 =================  ==============  ==========================================
 
 :func:`route`, :func:`expert_ffn` and :func:`shared_ffn` are the building blocks the interpreter
@@ -28,7 +30,6 @@ executes slice by slice; :func:`evaluate` is the reference evaluation of the who
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ import numpy as np
 from moec.ir.annotations import LayerAnnotations
 from moec.ir.errors import ModelError
 from moec.ir.graph import TensorType, Weight
+from moec.ir.moe_math import _f32, _sigmoid, _softcap, activate, quantize_activations
 from moec.ir.sparsemixer import sparsemixer
 
 SCORINGS = ("softmax", "sigmoid", "sparsemixer")
@@ -71,6 +73,10 @@ class MoELayer:
     # The top-k choice ranks logits + score_bias instead of scores + score_bias (Kolibri-1:
     # topk(logits + bias), gates the scores of the chosen experts).
     bias_on_logits: bool = False
+    # The S shared experts' scores sigmoid(x @ sh_router) join the k routed scores in the top-k
+    # renormalization, and each shared expert (Fs / S columns) is scaled by its own normalized
+    # score times routed_scaling (Inkling: E+S router rows, log-sigmoid weights over k + S).
+    shared_in_norm: bool = False
     # Experts that quantize their inputs to int8 in blocks of this many elements along the
     # contracted axis (symmetric, scale = max|a| / 127, round half to even), as ONNX Runtime's
     # CPU QMoE does for block-wise 8-bit weights when the contracted length is a multiple of the
@@ -90,6 +96,10 @@ class MoELayer:
     swiglu_alpha: float = 1.702
     swiglu_beta: float = 1.0
     swiglu_limit: float | None = None
+    # Soft caps c * tanh(v / c) of a gated SiLU expert's linear gate factor and of its up
+    # projection (Inkling-2: softcap(gate) * sigmoid(gate) * softcap(up)); None: uncapped.
+    gate_softcap: float | None = None
+    up_softcap: float | None = None
     num_shared: int = 0
     shared_ffn: int = 0
     shared_activation: str = "silu"
@@ -184,6 +194,8 @@ class MoELayer:
             parts.append(f"groups={self.n_group}/{self.topk_group}/{self.group_score}")
             if self.group_fill is not None:
                 parts.append(f"group_fill={self.group_fill!r}")
+        if self.gate_softcap is not None or self.up_softcap is not None:
+            parts.append(f"softcap=({self.gate_softcap!r},{self.up_softcap!r})")
         if "swiglu" in (self.activation, self.shared_activation if self.has_shared else ""):
             parts.append(
                 f"swiglu=({self.swiglu_alpha!r},{self.swiglu_beta!r},{self.swiglu_limit!r})"
@@ -195,7 +207,7 @@ class MoELayer:
             if self.shared_activation != self.activation:
                 parts.append(f"shared_activation={self.shared_activation}")
             if self.has("sh_router"):
-                parts.append("shared_gate=sigmoid")
+                parts.append("shared_gate=joint" if self.shared_in_norm else "shared_gate=sigmoid")
         for key, value in self.annotations.items():
             parts.append(f"{key}={value}")
         return "{" + ", ".join(parts) + "}"
@@ -224,8 +236,16 @@ class MoELayer:
             raise ModelError(
                 f"bad expert groups {self.n_group}/{self.topk_group} for {E} experts", where
             )
+        capped = self.gate_softcap is not None or self.up_softcap is not None
+        if capped and (self.activation != "silu" or not self.gated):
+            raise ModelError("soft caps apply to gated SiLU experts only", where)
         if self.group_score not in GROUP_SCORES:
             raise ModelError(f"unknown group score {self.group_score!r}", where)
+        S = self.num_shared if self.shared_in_norm else 1
+        if self.shared_in_norm and not (self.has("sh_router") and self.normalize_topk and S > 0):
+            raise ModelError("shared_in_norm needs shared gates and top-k renormalization", where)
+        if self.shared_in_norm and self.shared_ffn % max(S, 1):
+            raise ModelError(f"shared_ffn {self.shared_ffn} is not {S} equal experts", where)
         if self.bias_on_logits and (self.n_group > 1 or self.scoring == "sparsemixer"):
             raise ModelError("bias_on_logits needs plain top-k routing (one group)", where)
         Fs = self.shared_ffn
@@ -236,7 +256,7 @@ class MoELayer:
             "router_w": (R, d), "router_b": (R,), "score_bias": (R,),
             "w_gate": (E, d, F), "w_up": (E, d, F), "w_down": (E, F, d),
             "b_gate": (E, F), "b_up": (E, F), "b_down": (E, d),
-            "sh_gate": (d, Fs), "sh_up": (d, Fs), "sh_down": (Fs, d), "sh_router": (d, 1),
+            "sh_gate": (d, Fs), "sh_up": (d, Fs), "sh_down": (Fs, d), "sh_router": (d, S),
         }  # fmt: skip
         for key in ("router_w", "w_up", "w_down"):
             if key not in self.weights:
@@ -273,37 +293,6 @@ def present(name: str, data: np.ndarray) -> Weight:
 # --- numerics ---------------------------------------------------------------------------------
 
 
-def _f32(a: np.ndarray) -> np.ndarray:
-    return np.asarray(a, dtype=np.float32)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
-
-
-def _erf(x: np.ndarray) -> np.ndarray:
-    # math.erf is exact to double precision; vectorized for float32 tensors of moderate size.
-    return np.vectorize(math.erf, otypes=[np.float64])(x.astype(np.float64)).astype(np.float32)
-
-
-def activate(kind: str, x: np.ndarray) -> np.ndarray:
-    if kind == "silu":
-        return x * _sigmoid(x)
-    if kind == "gelu":
-        return (0.5 * x * (1.0 + _erf(x / np.float32(math.sqrt(2.0))))).astype(np.float32)
-    if kind == "gelu_tanh":
-        c = np.float32(math.sqrt(2.0 / math.pi))
-        return (0.5 * x * (1.0 + np.tanh(c * (x + np.float32(0.044715) * x**3)))).astype(np.float32)
-    if kind == "relu":
-        return np.maximum(x, np.float32(0.0))
-    if kind == "relu2":  # squared ReLU (Nemotron-H, Primer)
-        r = np.maximum(x, np.float32(0.0))
-        return r * r
-    if kind == "identity":
-        return x
-    raise ModelError(f"activation {kind!r} is not elementwise")
-
-
 def router_logits(layer: MoELayer, x: np.ndarray) -> np.ndarray:
     """Router logits [T, E] of tokens ``x`` [T, d]: ``x @ router_w.T (+ router_b)``."""
     if layer.router_act_quant_block is not None:
@@ -330,6 +319,30 @@ def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
 
 
+def _shared_score(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    return _sigmoid(_f32(x) @ _f32(layer.array("sh_router")))
+
+
+def shared_gate(layer: MoELayer, x: np.ndarray) -> np.ndarray:
+    """The shared gate [T, 1], sigmoid(x @ sh_router); with ``shared_in_norm`` [T, S], each
+    shared expert's score over the joint renormalization's sum, times ``routed_scaling``."""
+    score = _shared_score(layer, x)
+    if not layer.shared_in_norm:
+        return score
+    _, gates = _route_all(layer, x, unscaled=True)
+    denom = _topk_denominator(layer, gates, x)
+    return (score / denom * np.float32(layer.routed_scaling)).astype(np.float32)
+
+
+def _topk_denominator(layer: MoELayer, gates: np.ndarray, x: np.ndarray) -> np.ndarray:
+    denom = gates.sum(axis=-1, keepdims=True)
+    if layer.shared_in_norm:
+        denom = denom + _shared_score(layer, x).sum(axis=-1, keepdims=True)
+    if layer.normalize_eps is not None:
+        return denom + np.float32(layer.normalize_eps)
+    return denom + np.float32(1e-20) if layer.scoring == "sigmoid" else denom
+
+
 def route(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Routing of tokens ``x`` [T, d]: expert ids [T, k] (int64) and gate weights [T, k] (f32).
 
@@ -350,7 +363,11 @@ def identity_weight(layer: MoELayer, x: np.ndarray) -> np.ndarray:
     return picked.sum(axis=-1, keepdims=True).astype(np.float32)
 
 
-def _route_all(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _route_all(
+    layer: MoELayer, x: np.ndarray, unscaled: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every pick (identity experts included); ``unscaled``: the chosen experts' scores, before
+    renormalization and scaling."""
     if layer.scoring == "sparsemixer":
         ids, gates = sparsemixer(router_logits(layer, x), layer.sparsemixer_eps)
         return ids, (gates * np.float32(layer.routed_scaling)).astype(np.float32)
@@ -376,33 +393,16 @@ def _route_all(layer: MoELayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         choice = np.where(mask, choice, np.float32(fill))
     ids = _topk(choice, layer.top_k).astype(np.int64)
     gates = np.take_along_axis(scores, ids, axis=1)
+    if unscaled:
+        return ids, gates
     if layer.normalize_topk:
-        denom = gates.sum(axis=-1, keepdims=True)
-        if layer.normalize_eps is not None:
-            denom = denom + np.float32(layer.normalize_eps)
-        elif layer.scoring == "sigmoid":
-            denom = denom + np.float32(1e-20)
-        gates = gates / denom
+        gates = gates / _topk_denominator(layer, gates, x)
     gates = (gates * np.float32(layer.routed_scaling)).astype(np.float32)
     return ids, gates
 
 
 def _bias(layer: MoELayer, key: str, e: int, cols: slice) -> np.ndarray | float:
     return _f32(layer.array(key)[e, cols]) if layer.has(key) else 0.0
-
-
-def quantize_activations(a: np.ndarray, block: int) -> np.ndarray:
-    """``a`` [T, K] through symmetric int8 block quantization along K (blocks of ``block``; the
-    last may be shorter): ``round(a / s) * s`` with ``s = max|a| / 127`` per block."""
-    a = _f32(a)
-    T, K = a.shape
-    pad = (-K) % block
-    b = np.pad(a, ((0, 0), (0, pad))).reshape(T, (K + pad) // block, block)
-    scale = (np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)).astype(np.float32)
-    safe = np.where(scale > 0, scale, np.float32(1))
-    inv = np.where(scale > 0, np.float32(1) / safe, np.float32(0)).astype(np.float32)
-    q = np.clip(np.rint(b * inv), -127, 127) * scale
-    return q.reshape(T, K + pad)[:, :K].astype(np.float32)
 
 
 def _quantizes(layer: MoELayer, contracted: int) -> bool:
@@ -420,6 +420,9 @@ def expert_hidden(layer: MoELayer, e: int, x: np.ndarray, cols: slice = slice(No
     if not layer.gated:
         return activate(layer.activation, up)
     gate = _f32(x) @ _f32(layer.array("w_gate")[e][:, cols]) + _bias(layer, "b_gate", e, cols)
+    if layer.gate_softcap is not None or layer.up_softcap is not None:  # routed experts only
+        glu = _softcap(gate, layer.gate_softcap) * _sigmoid(gate)
+        return (glu * _softcap(up, layer.up_softcap)).astype(np.float32)
     return _gated(layer, layer.activation, gate, up)
 
 
@@ -466,13 +469,16 @@ def shared_ffn(
     whole intermediate row (as one ORT MatMulNBits does), so any slicing of Fs stays exact: a
     slice computes the full row's scales (its timing is charged by the lowering, not here).
     """
-    block = layer.shared_act_quant_block
+    block, x_in = layer.shared_act_quant_block, x
     x = _f32(x) if block is None else quantize_activations(x, block)
     h = _shared_hidden(layer, x, slice(None) if block is not None else cols)
     if block is not None:
         h = quantize_activations(h, block)[:, cols]
+    if with_gate and layer.shared_in_norm:
+        expert = np.arange(layer.shared_ffn)[cols] // (layer.shared_ffn // layer.num_shared)
+        h = h * shared_gate(layer, x_in)[:, expert]
     y = h @ _f32(layer.array("sh_down")[cols, :])
-    if with_gate and layer.has("sh_router"):
+    if with_gate and not layer.shared_in_norm and layer.has("sh_router"):
         y = y * _sigmoid(x @ _f32(layer.array("sh_router")))
     return y.astype(np.float32)
 
@@ -536,10 +542,10 @@ _CONFIG_FIELDS = (
     "n_group", "topk_group", "group_score", "activation", "gated", "swiglu_alpha", "swiglu_beta",
     "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
     "act_quant_block", "sparsemixer_eps", "router_act_quant_block", "shared_act_quant_block",
-    "bias_on_logits", "identity_experts",
+    "bias_on_logits", "identity_experts", "shared_in_norm", "gate_softcap", "up_softcap",
 )  # fmt: skip
 # Options written only when set (older programs and goldens stay as they were).
-_WHEN_SET = ("bias_on_logits",)
+_WHEN_SET = ("bias_on_logits", "shared_in_norm")
 
 
 def layer_config(layer: MoELayer) -> dict[str, int | float | str]:
@@ -571,7 +577,7 @@ def layer_from_config(name: str, config: dict[str, Any], weights: dict[str, Weig
             kwargs[key] = bool(kwargs[key])
     for key in (
         "routed_scaling", "swiglu_alpha", "swiglu_beta", "swiglu_limit", "normalize_eps",
-        "sparsemixer_eps",
+        "sparsemixer_eps", "gate_softcap", "up_softcap",
     ):  # fmt: skip
         if key in kwargs:
             kwargs[key] = float(kwargs[key])

@@ -1,10 +1,13 @@
-"""Phi-3.5-MoE's sparsemixer routing at inference: the numpy reference the canonical op's
-``scoring = "sparsemixer"`` uses (:func:`moec.ir.moe.route`), checked against transformers'
-function in ``tests/test_sparsemixer.py``."""
+"""Phi-3.5-MoE's sparsemixer routing at inference: the numpy reference of the canonical op's
+``scoring="sparsemixer"`` (used by :func:`moec.ir.moe.route`)."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
 
 
 def _masked_softmax_pick(
@@ -31,7 +34,7 @@ def sparsemixer(logits: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]
     within ``2 * eps`` (relative to ``max(|logit|, max)``) of the max. Second pick: the same
     with the first expert removed (its logit -inf). No renormalization of the two gates.
     """
-    logits = np.asarray(logits, dtype=np.float32)
+    logits = _f32(logits)
     first, g1 = _masked_softmax_pick(logits, logits, eps)
     rest = logits.copy()
     np.put_along_axis(rest, first, np.float32(-np.inf), axis=1)

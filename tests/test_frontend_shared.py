@@ -41,6 +41,7 @@ SHARED = {
     "glm4_moe",
     "granitemoeshared",
     "kolibri1",
+    "inkling",
     "minimax_m3",
     "hy_v4",
 }

@@ -138,3 +138,59 @@ def test_bias_on_logits_is_stored_only_when_set() -> None:
     grouped = router_layer(scoring="sigmoid", bias_on_logits=True, n_group=2, topk_group=1)
     with pytest.raises(ModelError, match="bias_on_logits"):
         grouped.verify()
+
+
+def _joint_layer() -> MoELayer:
+    """Two shared experts (one column each) whose scores read logits 1 and 3 of the token."""
+    layer = router_layer(scoring="sigmoid", routed_scaling=2.0, shared_in_norm=True)
+    sh_router = np.zeros((4, 2), np.float32)
+    sh_router[1, 0] = sh_router[3, 1] = 1.0
+    rng = np.random.default_rng(0)
+    layer.weights["sh_router"] = present("sh_router", sh_router)
+    layer.weights["sh_up"] = present("sh_up", rng.normal(size=(4, 2)).astype(np.float32))
+    layer.weights["sh_down"] = present("sh_down", rng.normal(size=(2, 4)).astype(np.float32))
+    layer.num_shared, layer.shared_ffn, layer.shared_activation = 2, 2, "identity"
+    layer.verify()
+    return layer
+
+
+def test_shared_in_norm_joins_the_shared_scores_to_the_renormalization() -> None:
+    from moec.ir.moe import shared_gate
+
+    layer = _joint_layer()
+    ids, gates = route(layer, LOGITS)
+    assert ids.tolist() == [[0, 2]]
+    a, b, s1, s2 = _sig(3.0), _sig(2.0), _sig(-3.0), _sig(1.9)
+    denom = a + b + s1 + s2
+    np.testing.assert_allclose(gates, [[2 * a / denom, 2 * b / denom]], rtol=1e-6)
+    np.testing.assert_allclose(
+        shared_gate(layer, LOGITS), [[2 * s1 / denom, 2 * s2 / denom]], rtol=1e-6
+    )
+
+
+def test_shared_in_norm_gates_each_shared_expert_and_slices_add_up() -> None:
+    from moec.ir.moe import shared_ffn, shared_gate
+
+    layer = _joint_layer()
+    g = shared_gate(layer, LOGITS)
+    h = LOGITS @ layer.array("sh_up")  # identity activation, not gated
+    want = (h * g) @ layer.array("sh_down")
+    np.testing.assert_allclose(shared_ffn(layer, LOGITS), want, rtol=1e-5)
+    parts = shared_ffn(layer, LOGITS, slice(0, 1)) + shared_ffn(layer, LOGITS, slice(1, 2))
+    np.testing.assert_allclose(parts, want, rtol=1e-5)
+
+
+def test_softcapped_silu_expert() -> None:
+    from moec.ir.moe import expert_hidden
+
+    layer = router_layer(gated=True, activation="silu", gate_softcap=4.0, up_softcap=25.0)
+    layer.weights["w_gate"] = present("w_gate", np.full((4, 4, 4), 2.0, np.float32))
+    layer.verify()
+    x = np.array([[1.0, 0.5, 0.0, 0.0]], np.float32)  # gate 3.0, up 1.5 in every column
+    want = 4 * np.tanh(3.0 / 4) * _sig(3.0) * 25 * np.tanh(1.5 / 25)
+    np.testing.assert_allclose(expert_hidden(layer, 0, x), np.full((1, 4), want), rtol=1e-6)
+    layer.up_softcap = None
+    want = 4 * np.tanh(3.0 / 4) * _sig(3.0) * 1.5
+    np.testing.assert_allclose(expert_hidden(layer, 0, x), np.full((1, 4), want), rtol=1e-6)
+    with pytest.raises(Exception, match="gated SiLU"):
+        router_layer(activation="identity", gate_softcap=4.0).verify()

@@ -242,6 +242,17 @@ def evaluate_model(
             name = next(_attr(a) for a in self.onnx_node.attribute if a.name == "layer")
             return (run_layer(name, x),)
 
+    class GatherElements(OpRun):
+        # As ONNX Runtime (and torch.gather): indices may be smaller than the data on the axes
+        # other than ``axis`` (Inkling's relative-position bias); onnx's reference requires equal.
+        def _run(self, data: np.ndarray, indices: np.ndarray, axis: int = 0) -> tuple[np.ndarray]:
+            axis = axis % data.ndim
+            cut = tuple(
+                slice(None) if a == axis else slice(0, n) for a, n in enumerate(indices.shape)
+            )
+            idx = np.where(indices < 0, indices + data.shape[axis], indices)
+            return (np.take_along_axis(data[cut], idx, axis=axis),)
+
     if needs_runtime(model):
         from moec.backends.interp.stages import run_staged
 
@@ -253,7 +264,7 @@ def evaluate_model(
         outputs = run_staged(model, feed, lambda n: n.domain == MOEC_DOMAIN, run_node, where)
         return outputs, routings
     try:
-        sess = ReferenceEvaluator(model, new_ops=[MoE])
+        sess = ReferenceEvaluator(model, new_ops=[MoE, GatherElements])
     except Exception as err:  # noqa: BLE001 - onnx raises many types for a bad graph
         raise ProgramError(f"weights model cannot be evaluated: {err}", where) from None
     names = [o.name for o in model.graph.output]

@@ -5,7 +5,9 @@
 
 Per layer, besides sizes: the scoring (softmax/sigmoid) and DeepSeek-style routing options
 (``score_bias``: a correction bias used for choosing experts, ``bias_on_logits``: added to the
-router logits rather than the scores; ``groups``/``topk_groups``/
+router logits rather than the scores; ``shared_in_norm``: the shared experts' scores join the
+top-k renormalization; ``softcaps``: soft caps of a SiLU expert's gate factor and up
+projection, shown as e.g. ``silu capped 4/25``; ``groups``/``topk_groups``/
 ``group_score``: group-limited top-k; ``routed_scaling``), shown in the table's routing column as
 e.g. ``bias, groups 8/4, x2.5``. ``total_params`` counts every float weight (dense ones and all MoE layers; for a shape-only
 preset, what the preset declares); ``active_params_per_token`` counts dense weights plus, per
@@ -54,6 +56,8 @@ def summarize_module(module: Module, model_name: str) -> dict[str, Any]:
                 "normalize_topk": layer.normalize_topk,
                 "score_bias": layer.has("score_bias"),
                 "bias_on_logits": layer.bias_on_logits,
+                "shared_in_norm": layer.shared_in_norm,
+                "softcaps": [layer.gate_softcap, layer.up_softcap],
                 "groups": layer.n_group,
                 "topk_groups": layer.topk_group,
                 "group_score": layer.group_score if layer.n_group > 1 else None,
@@ -86,11 +90,22 @@ def _routing(layer: dict[str, Any]) -> str:
     parts = ["bias"] if layer["score_bias"] else []
     if parts and layer.get("bias_on_logits"):
         parts = ["bias on logits"]
+    if layer.get("shared_in_norm"):
+        parts.append("shared in norm")
     if layer["groups"] > 1:
         parts.append(f"groups {layer['groups']}/{layer['topk_groups']}")
     if layer["routed_scaling"] != 1.0:
         parts.append(f"x{layer['routed_scaling']:g}")
     return ", ".join(parts) or "-"
+
+
+def _activation(layer: dict[str, Any]) -> str:
+    caps = [f"{c:g}" if c is not None else "-" for c in layer.get("softcaps") or []]
+    return (
+        f"{layer['activation']} capped {'/'.join(caps)}"
+        if set(caps) - {"-"}
+        else layer["activation"]
+    )
 
 
 def _experts(layer: dict[str, Any]) -> str:
@@ -128,7 +143,7 @@ def render(summary: dict[str, Any]) -> str:
     for layer in summary["moe_layers"]:
         table.add_row(
             layer["name"], _experts(layer), str(layer["top_k"]), str(layer["hidden"]),
-            str(layer["ffn"]), layer["activation"], layer["scoring"], _routing(layer),
+            str(layer["ffn"]), _activation(layer), layer["scoring"], _routing(layer),
             "yes" if layer["normalize_topk"] else "no", _shared(layer),
             f"{layer['weight_bytes_per_expert'] / 2**20:.2f}",
         )  # fmt: skip

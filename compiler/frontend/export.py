@@ -5,7 +5,7 @@ Ordinary ops are written as they are. An MoE layer becomes: the router ``MatMul(
 SwiGLU: gated silu is SwiGLU with alpha=1, beta=0), and shared experts as standard ops added to
 its output. Routed scaling folds into fc2 (the expert output is linear in fc2 and its bias).
 Not expressible (an error naming the layer): sigmoid scoring, score-correction bias, expert
-groups, erf-GELU or gated non-silu experts.
+groups, shared experts scored with the routed ones, erf-GELU or gated non-silu experts.
 
 Per-expert precision is the hook for later work: :data:`EXPERT_WRITERS` maps a layer's
 ``annotations.precision`` to a writer (``"int4"`` -> a QMoE writer); layers without a
@@ -80,6 +80,10 @@ def expressible(layer: MoELayer) -> str | None:
         return "a score-correction bias"
     if layer.n_group > 1:
         return "group-limited top-k"
+    if layer.gate_softcap is not None or layer.up_softcap is not None:
+        return "soft-capped experts"
+    if layer.shared_in_norm:
+        return "shared experts scored jointly with the routed ones (shared_in_norm)"
     if layer.activation == "gelu":
         return "erf GELU (ORT's MoE gelu is the tanh approximation)"
     if layer.gated and layer.activation not in ("silu", "swiglu"):

@@ -45,6 +45,7 @@ from moec.compiler.frontend.hf_routing import (
     match_router,
 )
 from moec.compiler.frontend.identity import absorb_identity, match_identity
+from moec.compiler.frontend.joint_shared import match_gamma_shared, match_joint_router
 from moec.compiler.frontend.logit_routing import match_logit_choice
 from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
 from moec.compiler.frontend.sparsemixer import match_sparsemixer
@@ -53,7 +54,10 @@ from moec.compiler.frontend.sparsemixer import match_sparsemixer
 def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
     """Match the whole batched MoE block around ``anchor`` (raises NoMatch / NotThisPattern)."""
     walk = Walk(view)
-    if anchor.op_type == "ArgMax":
+    joint = match_joint_router(walk, anchor) if anchor.op_type == "TopK" else None
+    if joint is not None:
+        routing = joint[0]
+    elif anchor.op_type == "ArgMax":
         routing = match_sparsemixer(walk, anchor)
     else:
         routing = match_logit_choice(walk, anchor) or match_router(walk, anchor)
@@ -115,9 +119,12 @@ def match_batched(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
                 identity.output, "expected the identity experts to scale the layer input"
             )
         combined = absorb_identity(walk, combined, identity)
-    combined = absorb_scaling(walk, combined, routing)
     swiglu = (gating.alpha, gating.beta, gating.limit) if gating.activation == "swiglu" else None
-    y, shared = match_shared(walk, combined, x_root, gated=gating.gated, swiglu=swiglu)
+    if joint is not None:  # its scaling also scales the shared experts: none absorbed here
+        y, shared = match_gamma_shared(walk, combined, x_root, joint[1])
+    else:
+        combined = absorb_scaling(walk, combined, routing)
+        y, shared = match_shared(walk, combined, x_root, gated=gating.gated, swiglu=swiglu)
     layer = build_layer(topk_name, routing, up, down, gating, shared)
     layer.annotations.source = "hf.batched_mm"
     walk.back(router.x)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moec.compiler.frontend.hf_routing import Walk, match_activation
+from moec.compiler.frontend.softcap import match_softcapped_silu
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Gating:
     alpha: float = 1.702
     beta: float = 1.0
     limit: float | None = None
+    gate_softcap: float | None = None
+    up_softcap: float | None = None
 
     @property
     def gated(self) -> bool:
@@ -56,6 +59,12 @@ def match_gating(walk: Walk, value: str, width: int) -> Gating:
         if sw is not None:
             walk.nodes |= trial.nodes
             return Gating("swiglu", gate_cols, up_cols, *sw)
+        trial = Walk(walk.view)
+        capped = match_softcapped_silu(trial, g, u)
+        if capped is not None:
+            walk.nodes |= trial.nodes
+            cg, cu, out = capped
+            return Gating("silu", gate_cols, up_cols, out, gate_softcap=cg, up_softcap=cu)
         act = match_activation(trial, g)
         if act is None:
             continue

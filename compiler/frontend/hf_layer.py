@@ -212,6 +212,7 @@ class SharedExperts:
 
     ffn: DenseFFN
     gate: np.ndarray | None
+    count: int | None = None  # how many experts side by side, when the graph shows it
 
 
 def match_shared(
@@ -433,8 +434,10 @@ def build_layer(
         normalize_topk=routing.normalize, routed_scaling=routing.scaling,
         n_group=routing.n_group, topk_group=routing.topk_group, group_score=routing.group_score,
         activation=gating.activation, gated=gating.gated, swiglu_alpha=gating.alpha,
-        swiglu_beta=gating.beta, swiglu_limit=gating.limit,
+        swiglu_beta=gating.beta, swiglu_limit=gating.limit, gate_softcap=gating.gate_softcap,
+        up_softcap=gating.up_softcap,
         sparsemixer_eps=routing.sparsemixer_eps, bias_on_logits=routing.bias_on_logits,
+        shared_in_norm=routing.shared_in_norm,
         identity_experts=routing.identity_experts,
     )  # fmt: skip
     if routing.n_group > 1:
@@ -459,7 +462,7 @@ def attach_shared(layer: MoELayer, shared: SharedExperts) -> None:
         weights["sh_router"] = present("sh_router", shared.gate)
     # Shared experts are concatenated along Fs; their count is only visible when Fs is a
     # multiple of the routed experts' F (DeepSeek: n_shared * F), else they count as one.
-    layer.num_shared = Fs // F if Fs % F == 0 else 1
+    layer.num_shared = shared.count or (Fs // F if Fs % F == 0 else 1)
     layer.shared_ffn = Fs
     layer.shared_activation = ffn.activation
     if ffn.swiglu is not None:

@@ -217,8 +217,6 @@ def match_router_scores(walk: Walk, scoring: onnx.NodeProto) -> Router | None:
 
 
 # Ops a TopK's scores may pass through between the router scoring and the anchor TopK.
-
-
 _ROUTE_OPS = frozenset({"Add", "Where", "ReduceSum", "ReduceMax", "TopK", "Reshape", "Cast",
                         "Identity", "Squeeze", "Unsqueeze"})  # fmt: skip
 
@@ -263,6 +261,7 @@ class Routing:
     # Gemma-4: the final gates times a learned per-expert scale gathered by the ids ([E]).
     expert_scale: np.ndarray | None = None
     bias_on_logits: bool = False
+    shared_in_norm: bool = False
 
 
 def _topk_k(walk: Walk, node: onnx.NodeProto) -> int:

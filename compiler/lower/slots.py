@@ -124,7 +124,7 @@ def slice_bytes(layer: MoELayer, layout: SliceLayout, dtype: str) -> list[int]:
 def shared_slice_bytes(layer: MoELayer, layout: SliceLayout, dtype: str) -> list[int]:
     """Bytes of each shared-expert micro-slice (the shared gate rides with slice 0)."""
     e = _elem(dtype)
-    extra = layer.hidden * e if layer.has("sh_router") else 0
+    extra = layer.weights["sh_router"].type.numel * e if layer.has("sh_router") else 0
     return [
         int(
             math.ceil(
@@ -330,7 +330,7 @@ def plan_layers(
         fs = layer.shared_ffn if layer.has_shared else 0
         if fs:
             s_col = layer.shared_mats * layer.hidden * e
-            s_extra = layer.hidden * e if layer.has("sh_router") else 0
+            s_extra = layer.weights["sh_router"].type.numel * e if layer.has("sh_router") else 0
             s_h_col = est.h_tokens * 2 * acc
             s_count = _fewest_slices_in(fs, s_col, s_extra, s_h_col, sram - est.fixed, opts.slots)
             if s_count is None:

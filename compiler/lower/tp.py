@@ -42,7 +42,7 @@ def slice_bytes(
     e = PRECISION_BYTES[dtype]
     if shared:
         col = layer.shared_mats * layer.hidden * e
-        extra = layer.hidden * e if layer.has("sh_router") else 0
+        extra = layer.weights["sh_router"].type.numel * e if layer.has("sh_router") else 0
     else:
         mats = 3 if layer.gated else 2
         col = mats * layer.hidden * e + e * (layer.has("b_gate") + layer.has("b_up"))
