@@ -254,6 +254,10 @@ def deferred_by_layer(program: Program, routings: Sequence[LayerRouting]) -> lis
     return out
 
 
+# The collector stays off until the run's objects are gone (the function's frame, inside the
+# pause): switched back on while the expanded program and its timeline were alive, its next
+# collection rescanned them all (about a tenth of a whole-model run).
+@gc_paused()
 def run_point(
     work: _Workloads,
     model: str,
@@ -273,32 +277,6 @@ def run_point(
     """One (model, target, tokens, strategy, passes) point: compile, run, measure (and, with
     ``accuracy``, measure what the pipeline costs in accuracy). A run past a die's SRAM fails
     unless ``allow_overflow``; then the row carries ``sram_over_bytes``."""
-    # The collector stays off until the run's objects are gone: switched back on while the
-    # expanded program and its timeline were alive, its next collection rescanned them all
-    # (about a tenth of a whole-model run).
-    with gc_paused():
-        return _run_point(
-            work, model, target, overrides, tgt, tokens, strategy, layers, passes, accuracy,
-            iterations, residency, arrivals, allow_overflow,
-        )  # fmt: skip
-
-
-def _run_point(
-    work: _Workloads,
-    model: str,
-    target: str,
-    overrides: Overrides,
-    tgt: Target,
-    tokens: int | None,
-    strategy: str,
-    layers: int,
-    passes: str,
-    accuracy: bool = False,
-    iterations: int = 1,
-    residency: str | None = None,
-    arrivals: str | None = None,
-    allow_overflow: bool = False,
-) -> Row:
     bm = load_bench_model(model)
     if tokens is not None:  # an impossible batch fails here, before its trace is drawn
         check_tokens_fit(bm.layers[:layers], tgt, tokens, bm.name)
