@@ -47,7 +47,13 @@ from moec.compiler.frontend.hf_routing import (
 from moec.compiler.frontend.identity import absorb_identity, match_identity
 from moec.compiler.frontend.joint_shared import match_gamma_shared, match_joint_router
 from moec.compiler.frontend.logit_routing import match_logit_choice
-from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
+from moec.compiler.frontend.patterns import (
+    GraphView,
+    Lifted,
+    Mismatch,
+    lifted_or_mismatch,
+    register,
+)
 from moec.compiler.frontend.sparsemixer import match_sparsemixer
 
 
@@ -374,9 +380,4 @@ def _per_expert_scale(walk: Walk, value: str, r: Routing) -> None:
 @register("hf-batched-mm", anchors=("TopK", "ArgMax"))
 def recognize(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch | None:
     """The dynamo ``batched_mm`` export of a Hugging Face MoE block, anchored at a router TopK."""
-    try:
-        return match_batched(view, node)
-    except NotThisPattern:
-        return None
-    except NoMatch as err:
-        return Mismatch(err.node, err.reason)
+    return lifted_or_mismatch(match_batched, view, node)

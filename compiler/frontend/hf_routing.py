@@ -25,23 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from moec.compiler.frontend.patterns import GraphView
+from moec.compiler.frontend.patterns import GraphView, NoMatch, NotThisPattern
 
 RESHAPES = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
 # Ops allowed to compute the shape operands of RESHAPES (TorchScript emits them dynamically).
-
-
-class NoMatch(Exception):
-    """Raised inside a matcher: the anchor starts like this pattern but the rest differs."""
-
-    def __init__(self, node: str, reason: str) -> None:
-        super().__init__(reason)
-        self.node = node
-        self.reason = reason
-
-
-class NotThisPattern(Exception):
-    """Raised inside a matcher: the anchor is not an anchor of this pattern at all."""
 
 
 @dataclass

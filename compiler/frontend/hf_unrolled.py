@@ -35,13 +35,18 @@ from moec.compiler.frontend.hf_layer import (
 )
 from moec.compiler.frontend.hf_routing import (
     RESHAPES,
-    NoMatch,
     NotThisPattern,
     Routing,
     Walk,
     match_router,
 )
-from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
+from moec.compiler.frontend.patterns import (
+    GraphView,
+    Lifted,
+    Mismatch,
+    lifted_or_mismatch,
+    register,
+)
 
 
 def match_unrolled(view: GraphView, anchor: onnx.NodeProto) -> Lifted:
@@ -312,9 +317,4 @@ def _last_dim(walk: Walk, value: str) -> int | None:
 @register("hf-unrolled", anchors=("TopK",))
 def recognize(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch | None:
     """The TorchScript export of a Hugging Face MoE block's per-expert loop."""
-    try:
-        return match_unrolled(view, node)
-    except NotThisPattern:
-        return None
-    except NoMatch as err:
-        return Mismatch(err.node, err.reason)
+    return lifted_or_mismatch(match_unrolled, view, node)

@@ -88,6 +88,32 @@ class Registration:
 RECOGNIZERS: list[Registration] = []
 
 
+class NoMatch(Exception):
+    """Raised inside a matcher: the anchor starts like this pattern but the rest differs."""
+
+    def __init__(self, node: str, reason: str) -> None:
+        super().__init__(reason)
+        self.node = node
+        self.reason = reason
+
+
+class NotThisPattern(Exception):
+    """Raised inside a matcher: the anchor is not an anchor of this pattern at all."""
+
+
+def lifted_or_mismatch(
+    match: Recognizer, view: GraphView, node: onnx.NodeProto
+) -> Lifted | Mismatch | None:
+    """Run a matcher that raises: :class:`NotThisPattern` is no match (None), :class:`NoMatch`
+    a located :class:`Mismatch`."""
+    try:
+        return match(view, node)
+    except NotThisPattern:
+        return None
+    except NoMatch as err:
+        return Mismatch(err.node, err.reason)
+
+
 def register(name: str, anchors: Iterable[str]) -> Callable[[Recognizer], Recognizer]:
     """Decorator adding a recognizer tried at nodes whose op_type is in ``anchors``."""
 

@@ -38,7 +38,6 @@ from moec.compiler.frontend.hf_layer import (
     match_shared,
 )
 from moec.compiler.frontend.hf_routing import (
-    NoMatch,
     NotThisPattern,
     Routing,
     Walk,
@@ -51,7 +50,13 @@ from moec.compiler.frontend.hf_unrolled import (
     _Slot,
     _weight_and_scatter,
 )
-from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
+from moec.compiler.frontend.patterns import (
+    GraphView,
+    Lifted,
+    Mismatch,
+    lifted_or_mismatch,
+    register,
+)
 
 
 @dataclass
@@ -411,9 +416,4 @@ def _linear_of(walk: Walk, value: str, rows: str) -> Projection | None:
 @register("torchscript-loop", anchors=("TopK",))
 def recognize(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch | None:
     """The TorchScript export of a hand-written per-expert loop MoE block."""
-    try:
-        return match_loop(view, node)
-    except NotThisPattern:
-        return None
-    except NoMatch as err:
-        return Mismatch(err.node, err.reason)
+    return lifted_or_mismatch(match_loop, view, node)
