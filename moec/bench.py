@@ -82,9 +82,10 @@ from moec.compiler.bench.spec import (
     read_bench_model,
     truncate,
 )
-from moec.compiler.lower import STRATEGIES, lower, parse_strategy
+from moec.compiler.lower import STRATEGIES, parse_strategy
 from moec.compiler.lower import _load_strategies as load_strategies
 from moec.compiler.lower.slots import check_tokens_fit
+from moec.fsedp_slices import lower
 from moec.ir.errors import MoecError
 from moec.ir.graph import Module
 from moec.ir.routing import LayerRouting, RoutingTrace, save_trace

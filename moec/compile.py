@@ -21,10 +21,11 @@ from typing import Any
 from moec.auto import DEFAULT_BUDGET, AutoResult, default_routing, search
 from moec.bench import DEFAULT_ROUTING
 from moec.compiler.frontend import LiftResult, lift_model, load_module
-from moec.compiler.lower import lower, parse_strategy
+from moec.compiler.lower import parse_strategy
 from moec.compiler.lower.options import StrategyError
 from moec.compiler.lower.weights_file import companion_bytes, companion_name, sha256
 from moec.compiler.passes import parse_pipeline
+from moec.fsedp_slices import lower
 from moec.ir.errors import ModelError
 from moec.ir.files import atomic_write_all
 from moec.ir.graph import Module

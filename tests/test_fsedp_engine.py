@@ -50,5 +50,6 @@ def test_the_scheduler_predicts_what_the_interpreter_measures(
         "qwen3-30b-a3b", "fsedp-3x3", [16], [strategy], routing=DEFAULT_ROUTING,
         overrides={"ddr_gbps_per_channel": "51.2"}, allow_overflow=True,
     )  # fmt: skip
-    assert len(estimates) == 1
-    assert estimates[0] == pytest.approx(row["latency_s"], rel=0.015)
+    # the slice count's candidates are scheduled first (moec/fsedp_slices.py), the run's last
+    assert estimates
+    assert estimates[-1] == pytest.approx(row["latency_s"], rel=0.015)

@@ -251,6 +251,8 @@ def lower_variant(lw: Lowering, defaults: Mapping[str, str]) -> None:
                 tokens_per_die=expected_tokens_per_die(d.tokens, d.top_k, d.experts, t.num_dies),
             )  # fmt: skip
             plan = _shared_relayout(_relayout(lw, plan, count), count)
+        elif lw.options.slices is not None:  # the shared experts cut as ``auto`` would cut them
+            plan = _shared_relayout(plan, plan.layout.count)
         plans.append(plan)
     lw.plans[:] = plans
     prog = lw.program

@@ -171,6 +171,20 @@ def expand_layer(
     shared_layout: SliceLayout | None,
 ) -> dict[int, list[Instr]]:
     """The instructions that replace each die's ``moe m.name`` for this routing."""
+    ctx = layer_context(p, target, m, routing, layout, shared_layout)
+    return expanders(ctx.policy.strategy)[ctx.policy.strategy](ctx)
+
+
+def layer_context(
+    p: Program,
+    target: Target,
+    m: MoEDecl,
+    routing: LayerRouting,
+    layout: SliceLayout,
+    shared_layout: SliceLayout | None,
+) -> ExpandContext:
+    """The checked :class:`ExpandContext` of layer ``m`` for this routing: its policy names a
+    known strategy, the routing has the layer's token count, its largest slice fits a slot."""
     policy = p.policy(m.name)
     if policy is None:
         raise ProgramError(f"MoE layer {m.name} has no runtime policy", m.loc or p.filename)
@@ -202,7 +216,7 @@ def expand_layer(
             f"the smallest buffer slot holds {smallest}",
             p.filename,
         )
-    return fn(ctx)
+    return ctx
 
 
 def layouts_for(p: Program, target: Target | None = None) -> dict[tuple[str, bool], SliceLayout]:

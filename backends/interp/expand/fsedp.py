@@ -46,14 +46,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from moec.backends.interp.expand import ExpandContext, register, token_set
+from moec.backends.interp.expand import (
+    ExpandContext,
+    layer_context,
+    layouts_for,
+    register,
+    token_set,
+)
 from moec.backends.interp.expand.fsedp_deferred import deferred_event
 from moec.backends.interp.expand.fsedp_engine import Engine
 from moec.backends.interp.expand.fsedp_sched import Problem, Schedule, Unit, schedule
 from moec.backends.interp.opgraph import precision_of
 from moec.ir.cost import GB
+from moec.ir.routing import LayerRouting
 from moec.ir.stream.params import FSEDP_ORDERS, FSEDPParams
-from moec.ir.stream.program import Instr, Signal, TokenSet, Wait
+from moec.ir.stream.program import Instr, Program, Signal, TokenSet, Wait
+from moec.ir.target import Target
 
 ORDERS = FSEDP_ORDERS
 
@@ -182,6 +190,18 @@ def plan(ctx: ExpandContext) -> tuple[Schedule, Schedule | None, list[int]]:
         units = _units(ctx, engine, late, home, channels, False)
         catchup = schedule(_problem(ctx, engine, units, order, closed, rules, r5, load_order))
     return main, catchup, deferred
+
+
+def predicted_span(p: Program, target: Target, layer: str, routing: LayerRouting) -> float:
+    """The scheduler's own estimate (seconds, on the interpreter's clock from an idle package)
+    of FSE-DP ``layer``'s iteration under ``routing``: what its streams take, without writing
+    them into a program or timing them (the interpreter agrees to within a few tenths of a
+    percent, ``scripts/fsedp_sched_gap.py``). Deferred pairs' catch-up is not counted, as the
+    layer's timing does not count it."""
+    m = next(m for m in p.layers if m.name == layer)
+    lays = layouts_for(p, target)
+    ctx = layer_context(p, target, m, routing, lays[(layer, False)], lays.get((layer, True)))
+    return plan(ctx)[0].estimate_s
 
 
 @register("fsedp")

@@ -1,0 +1,107 @@
+"""FSE-DP's micro-slice count, chosen by its own scheduler's prediction among the counts that fit.
+
+The lowering alone (``compiler/lower/fsedp.py``, ``auto_slices``) takes the larger of the fewest
+slices that fit the SRAM slots and a count from a per-slice rule (the finest whose compute hides
+one hop). The layer's span is far from smooth in the count: Phi-3.5-MoE, 256 tokens on
+fsedp-3x3 (64 MiB, ``fsedp``) takes 133.4 ms with 16 slices, 143.4 with 32, 116.0 with 40, 153.5
+with 64, because how the trips of the walk line up with the slots and channels changes with
+every cut. No closed-form rule ranks that, so with more SRAM the rule's coarser cut was often
+slower (13 SRAM rises of FSE-DP on the paper grid, up to +23.6%).
+
+Given the routing the program is compiled for, :func:`lower` therefore lowers every count of
+:data:`LADDER` (and the finest allowed, slices of :data:`~moec.compiler.lower.fsedp.MIN_AUTO_WIDTH`
+columns) that fits, asks the scheduler for its estimate of the first MoE layer's span
+(:func:`moec.backends.interp.expand.fsedp.predicted_span`: the rules R1-R5 played on the
+interpreter's own engine, which the interpreter reproduces to within a few tenths of a percent),
+and keeps the fastest (ties: fewer slices). The candidate set does not depend on SRAM except
+through what fits, and it only grows with SRAM, so the chosen prediction never rises with more
+SRAM; only when no count of the ladder fits (slices narrower than the ladder allows) is the
+lowering's own count kept. Without a routing (``moec compile`` with no ``--routing``) or with an
+explicit ``slices=``, the lowering's own rule stands. The choice is made on the first MoE layer
+(the paper models' layers share one shape) and applies to every layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from moec.backends.interp.expand.fsedp import predicted_span
+from moec.compiler.lower import lower as lower_strategy
+from moec.compiler.lower.fsedp import MIN_AUTO_WIDTH
+from moec.ir.errors import ScheduleError
+from moec.ir.graph import Module
+from moec.ir.routing import RoutingTrace
+from moec.ir.stream import Program, TargetRef
+from moec.ir.target import load_target
+
+#: Slice counts tried (those no finer than the finest allowed and no coarser than fits).
+LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
+
+
+@dataclass(frozen=True)
+class SliceChoice:
+    """The chosen count and every candidate's predicted span of the first MoE layer (s)."""
+
+    count: int
+    predicted: dict[int, float] = field(default_factory=dict)
+
+
+def _streams(program: Program) -> bool:
+    return bool(program.layers) and all(
+        (pol := program.policy(m.name)) is not None and pol.strategy == "fsedp"
+        for m in program.layers
+    )
+
+
+def candidates(ffn: int) -> list[int]:
+    """The counts tried for a layer of ``ffn`` FFN columns, finest first."""
+    finest = max(1, ffn // MIN_AUTO_WIDTH)
+    return sorted({c for c in LADDER if c <= finest} | {finest}, reverse=True)
+
+
+def choose_slices(
+    module: Module, target: TargetRef, strategy: str, options: Mapping[str, str],
+    routing: RoutingTrace, base: Program, **kw: Any,
+) -> SliceChoice | None:  # fmt: skip
+    """The count for FSE-DP program ``base`` (lowered with ``options``) under ``routing`` (module
+    docstring); None when no count of the ladder fits or the routing is not this program's."""
+    first = base.layers[0]
+    if not routing.layers or routing.layers[0].tokens != first.tokens:
+        return None
+    r0 = routing.layers[0]
+    if (r0.num_experts, r0.top_k) != (first.experts, first.top_k):
+        return None
+    tgt = load_target(target.spec, dict(target.overrides), base_dir=kw.get("base_dir"))
+    predicted: dict[int, float] = {}
+    for c in candidates(first.ffn):
+        try:
+            p = lower_strategy(
+                module, target, strategy, {**options, "slices": str(c)}, routing, **kw
+            )
+        except ScheduleError:
+            break  # coarser slices fit even less
+        predicted[c] = predicted_span(p, tgt, p.layers[0].name, r0)
+    if not predicted:
+        return None
+    best = min(predicted, key=lambda c: (predicted[c], c))
+    return SliceChoice(best, predicted)
+
+
+def lower(
+    module: Module, target: TargetRef, strategy: str, options: Mapping[str, str] | None = None,
+    routing: RoutingTrace | None = None, **kw: Any,
+) -> Program:  # fmt: skip
+    """:func:`moec.compiler.lower.lower`, with an FSE-DP program's slice count chosen by the
+    scheduler's prediction when ``routing`` is given and ``slices`` is left to ``auto``."""
+    opts = dict(options or {})
+    base = lower_strategy(module, target, strategy, opts, routing, **kw)
+    if routing is None or opts.get("slices", "auto") != "auto" or not _streams(base):
+        return base
+    choice = choose_slices(module, target, strategy, opts, routing, base, **kw)
+    if choice is None:
+        return base
+    return lower_strategy(
+        module, target, strategy, {**opts, "slices": str(choice.count)}, routing, **kw
+    )

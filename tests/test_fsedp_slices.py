@@ -1,0 +1,82 @@
+"""FSE-DP's slice count from its scheduler's prediction (``moec/fsedp_slices.py``): the fastest
+predicted count among those that fit, so more SRAM (more counts fit) never picks a slower one."""
+
+from __future__ import annotations
+
+import pytest
+
+import moec.fsedp_slices as fs
+from moec.bench import run_bench
+from moec.compiler.bench.spec import load_bench_model, truncate
+from moec.compiler.lower import lower as lower_strategy
+from moec.ir.routing_synth import SynthSpec, parse_routing_spec
+from moec.ir.stream import TargetRef
+
+
+def _phi(sram_mib: float) -> tuple:
+    module = truncate(load_bench_model("phi3.5-moe").module, 1)
+    ref = TargetRef("fsedp-2x2", (("sram_mib_per_die", sram_mib),))
+    spec = parse_routing_spec("synth:zipf=1.0,seed=0")
+    assert isinstance(spec, SynthSpec)
+    m = module.moe_ops()[0].layer
+    trace = spec.make([(m.num_experts, m.top_k)], 256, 4, model="phi3.5-moe")
+    return module, ref, trace
+
+
+def test_candidates_are_the_ladder_up_to_the_finest_allowed_width() -> None:
+    assert fs.candidates(3200) == [50, 48, 40, 32, 24, 20, 16, 12, 10, 8, 6, 5, 4, 3, 2, 1]
+    assert fs.candidates(768) == [12, 10, 8, 6, 5, 4, 3, 2, 1]
+    assert fs.candidates(32) == [1]
+
+
+@pytest.mark.parametrize("sram_mib", [16.0, 64.0])
+def test_the_choice_is_the_fastest_prediction_among_the_counts_that_fit(sram_mib: float) -> None:
+    module, ref, trace = _phi(sram_mib)
+    base = lower_strategy(module, ref, "fsedp", {}, trace)
+    choice = fs.choose_slices(module, ref, "fsedp", {}, trace, base)
+    assert choice is not None
+    assert choice.predicted[choice.count] == min(choice.predicted.values())
+    program = fs.lower(module, ref, "fsedp", {}, trace)
+    assert program.layouts[0].count == choice.count
+    # what fits is a suffix of the ladder: every finer count fits whenever a coarser one does
+    tried = sorted(choice.predicted)
+    assert tried == sorted(c for c in fs.candidates(base.layers[0].ffn) if c >= tried[0])
+
+
+def test_more_sram_only_adds_candidates_so_the_prediction_never_rises() -> None:
+    module, ref16, trace = _phi(16.0)
+    _, ref64, _ = _phi(64.0)
+    small = fs.choose_slices(
+        module, ref16, "fsedp", {}, trace, lower_strategy(module, ref16, "fsedp", {}, trace)
+    )
+    large = fs.choose_slices(
+        module, ref64, "fsedp", {}, trace, lower_strategy(module, ref64, "fsedp", {}, trace)
+    )
+    assert small is not None and large is not None
+    assert set(small.predicted) < set(large.predicted)
+    for c, t in small.predicted.items():  # SRAM does not enter a count's schedule
+        assert large.predicted[c] == t
+    assert large.predicted[large.count] <= small.predicted[small.count]
+
+
+def test_explicit_slices_and_no_routing_keep_the_lowerings_own_count() -> None:
+    module, ref, trace = _phi(64.0)
+    own = lower_strategy(module, ref, "fsedp", {}, None)
+    assert fs.lower(module, ref, "fsedp", {}, None).layouts[0].count == own.layouts[0].count
+    assert fs.lower(module, ref, "fsedp", {"slices": "24"}, trace).layouts[0].count == 24
+    assert (
+        fs.lower(module, ref, "ep", {}, trace).layouts
+        == lower_strategy(module, ref, "ep", {}, trace).layouts
+    )
+
+
+def test_the_prediction_is_what_the_interpreter_measures() -> None:
+    """The scheduler's estimate, on which the choice rests, is the run's layer latency."""
+    module, ref, trace = _phi(64.0)
+    base = lower_strategy(module, ref, "fsedp", {}, trace)
+    choice = fs.choose_slices(module, ref, "fsedp", {}, trace, base)
+    assert choice is not None
+    (row,) = run_bench(
+        "phi3.5-moe", "fsedp-2x2", [256], ["fsedp"], overrides={"sram_mib_per_die": 64.0}
+    )
+    assert row["latency_s"] == pytest.approx(choice.predicted[choice.count], rel=0.003)
