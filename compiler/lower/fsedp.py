@@ -48,6 +48,7 @@ from moec.compiler.lower.common import LayerPlan, Lowering, StrategyError
 from moec.compiler.lower.slots import plan_layers, shared_slice_bytes, slice_bytes
 from moec.compiler.lower.trajectory import CYCLE_KINDS, Cycle, trajectory_cycle
 from moec.ir.cost import GB, bytes_per_element, slice_compute_time, transfer_time
+from moec.ir.errors import ScheduleError
 from moec.ir.stream import SliceLayout, SlotPool
 from moec.ir.stream.params import FSEDP_ORDERS, FSEDP_RULES
 from moec.ir.target import PRECISION_BYTES, Target
@@ -197,6 +198,22 @@ def _shared_relayout(plan: LayerPlan, count: int) -> LayerPlan:
     )
 
 
+def _shared_exactly(plan: LayerPlan, count: int) -> LayerPlan:
+    """``slices=N``: the shared experts in ``N`` slices too (one per column when they have fewer
+    columns), whatever the SRAM, or a "does not fit" error: a count then names one schedule on
+    every SRAM size (``moec/fsedp_slices.py`` compares counts across SRAM sizes)."""
+    if plan.shared_layout is None:
+        return plan
+    want = min(count, plan.layer.shared_ffn)
+    if plan.shared_layout.count > want:
+        raise ScheduleError(
+            f"does not fit SRAM: option slices={count} cuts the shared experts of {plan.name} "
+            f"into slices too large for the slots (needs >= {plan.shared_layout.count})",
+            "--strategy",
+        )
+    return _shared_relayout(plan, want)
+
+
 def reserve_carried(lw: Lowering, slack: float) -> None:
     """Re-plan ``lw``'s layers for token buffering's carried tokens.
 
@@ -251,8 +268,8 @@ def lower_variant(lw: Lowering, defaults: Mapping[str, str]) -> None:
                 tokens_per_die=expected_tokens_per_die(d.tokens, d.top_k, d.experts, t.num_dies),
             )  # fmt: skip
             plan = _shared_relayout(_relayout(lw, plan, count), count)
-        elif lw.options.slices is not None:  # the shared experts cut as ``auto`` would cut them
-            plan = _shared_relayout(plan, plan.layout.count)
+        elif lw.options.slices is not None:
+            plan = _shared_exactly(plan, plan.layout.count)
         plans.append(plan)
     lw.plans[:] = plans
     prog = lw.program
