@@ -5,10 +5,11 @@ Where the best strategy depends on the batch's routing, known only at run time, 
 hold 2-4 alternatives sharing one static part and a decision list over routing statistics
 (``strategy online``; ``docs/isa.md``, "Online choice"). :func:`online_search` builds one:
 
-1. **Candidates**: the search of :mod:`moec.auto` on the given routing; its candidates that
-   lowered with the winner's slot count, measured ones first (fastest first), then the others
-   by their bound, are the pool (at most :data:`POOL`; the search prunes most candidates,
-   the draws measure every member).
+1. **Candidates**: the search of :mod:`moec.auto` on the given routing; of its candidates that
+   lowered with the winner's slot count, the pool (at most :data:`POOL`) takes the measured
+   ones (fastest first), then each strategy's best by bound (so it is not one family's
+   variants), then the rest by bound. The search prunes most candidates; the draws measure
+   every member.
 2. **One static part**: every pool member is lowered again with one slice count, the largest
    any of them chose (``slices=S``), so layouts and slot pools agree; a member whose static
    part still differs (declarations, slots, die streams) is dropped and says so
@@ -62,7 +63,7 @@ DEFAULT_DRAWS = (
     "synth:zipf=1.6,seed=14", "synth:zipf=2.0,seed=15",
 )  # fmt: skip
 #: Most measured candidates of the search that compete for a place among the alternatives.
-POOL = 6
+POOL = 8
 
 
 @dataclass
@@ -225,11 +226,19 @@ def _samples(
 
 
 def make_draws(
-    specs: Sequence[str], shapes: list[tuple[int, int]], tokens: int, num_dies: int, model: str
+    specs: Sequence[str | tuple[str, RoutingTrace]],
+    shapes: list[tuple[int, int]],
+    tokens: int,
+    num_dies: int,
+    model: str,
 ) -> list[tuple[str, RoutingTrace]]:
-    """The calibration draws (synthetic specs) for layers of ``shapes`` at ``tokens``."""
+    """The calibration draws for layers of ``shapes`` at ``tokens``: synthetic specs are made
+    here, (label, trace) pairs (e.g. recorded batches) are taken as they are."""
     out = []
     for text in specs:
+        if isinstance(text, tuple):
+            out.append(text)
+            continue
         spec = parse_routing_spec(text)
         if not isinstance(spec, SynthSpec):
             raise StrategyError(f"calibration draw {text!r}: expected synth:...", "--alternatives")
@@ -243,7 +252,7 @@ def online_search(
     routing: RoutingTrace,
     *,
     alternatives: int = 2,
-    draws: Sequence[str] = DEFAULT_DRAWS,
+    draws: Sequence[str | tuple[str, RoutingTrace]] = DEFAULT_DRAWS,
     routing_name: str = "--routing",
     budget: int = DEFAULT_BUDGET,
     tokens: int | None = None,
@@ -272,12 +281,18 @@ def online_search(
             auto.trials.index(t),
         ),
     )
+    usable = [
+        _with(t.strategy) for t in ranked if parse_strategy(t.strategy)[1].get("slots") == slots
+    ]
+    measured = [_with(t.strategy) for t in ranked if t.measured_s is not None]
+    # each strategy's best candidate, so that the pool is not one family's variants
+    families: dict[str, str] = {}
+    for spec in usable:
+        families.setdefault(parse_strategy(spec)[0], spec)
     specs: list[str] = []
-    for t in ranked:
-        if parse_strategy(t.strategy)[1].get("slots") == slots:
-            spec = _with(t.strategy)
-            if spec not in specs:
-                specs.append(spec)
+    for spec in [*(m for m in measured if m in usable), *families.values(), *usable]:
+        if spec not in specs:
+            specs.append(spec)
     specs = specs[:POOL]
 
     def lowered(spec: str) -> Program:
@@ -327,7 +342,8 @@ def online_search(
     chosen = [programs[a] for a in alts]
     program = merge([p for p in chosen if p is not None], rule, [pool[a][0] for a in alts])
     verify_program(program, target)
-    return OnlineResult(auto, pool, samples, list(alts), rule, program, list(draws))
+    labels = [d if isinstance(d, str) else d[0] for d in draws]
+    return OnlineResult(auto, pool, samples, list(alts), rule, program, labels)
 
 
 def explain_online(result: OnlineResult) -> str:
