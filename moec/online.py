@@ -11,7 +11,8 @@ hold 2-4 alternatives sharing one static part and a decision list over routing s
    variants), then the rest by bound. The search prunes most candidates; the draws measure
    every member.
 2. **One static part**: every pool member is lowered again with one slice count, the largest
-   any of them chose (``slices=S``), so layouts and slot pools agree; a member whose static
+   any of them chose (``slices=S``, and ``shared_slices`` likewise for shared experts), so
+   layouts and slot pools agree; a member whose static
    part still differs (declarations, slots, die streams) is dropped and says so
    (:func:`merge` refuses such a set with the first difference).
 3. **Calibration draws**: each member runs on every draw (default :data:`DEFAULT_DRAWS`:
@@ -99,6 +100,7 @@ class OnlineResult:
 def _with(spec: str, **opts: str) -> str:
     name, have = parse_strategy(spec)
     have.pop("slices", None)
+    have.pop("shared_slices", None)
     have.update(opts)
     body = ",".join(f"{k}={v}" for k, v in sorted(have.items()))
     return f"{name}{{{body}}}" if body else name
@@ -300,27 +302,48 @@ def online_search(
         return lower(module, target_ref, s, o, routing, tokens=tokens, dims=dims,
                      base_dir=base_dir, name=name)  # fmt: skip
 
-    own = {s: lowered(s) for s in specs}
-    count = max(lay.count for p in own.values() for lay in p.layouts if not lay.shared)
+    def common_counts(progs: Sequence[Program]) -> dict[str, str]:
+        routed = [lay.count for p in progs for lay in p.layouts if not lay.shared]
+        shared = [lay.count for p in progs for lay in p.layouts if lay.shared]
+        return {"slices": str(max(routed))} | (
+            {"shared_slices": str(max(shared))} if shared else {}
+        )
+
+    def attempt(spec: str) -> Program | str:
+        try:
+            return lowered(spec)
+        except (ScheduleError, StrategyError) as e:
+            return f"not lowered: {e.message}"
+
+    own = [p for p in map(attempt, specs) if isinstance(p, Program)]
+    if not own:
+        raise ScheduleError("--alternatives: no candidate of the search lowers", target.name)
+    common = common_counts(own)
+    for _ in range(3):  # a strategy may cut finer than asked (TP: a multiple of the dies)
+        tried = [attempt(_with(spec, **common)) for spec in specs]
+        again = common_counts([p for p in tried if isinstance(p, Program)] or own)
+        if again == common:
+            break
+        common = again
+    else:  # not settled: the last counts; a member whose static part differs is dropped below
+        tried = [attempt(_with(spec, **common)) for spec in specs]
     pool: list[tuple[str, str]] = []
     programs: list[Program | None] = []
     base: tuple[object, ...] | None = None
-    for spec in specs:
-        shared_spec = _with(spec, slices=str(count))
-        try:
-            p = lowered(shared_spec)
-        except (ScheduleError, StrategyError) as e:
-            pool.append((shared_spec, f"not lowered: {e.message}"))
+    for spec, got in zip(specs, tried, strict=True):
+        shared_spec = _with(spec, **common)
+        if not isinstance(got, Program):
+            pool.append((shared_spec, got))
             programs.append(None)
             continue
         if base is None:
-            base = static_part(p)
-        if static_part(p) != base:
+            base = static_part(got)
+        if static_part(got) != base:
             pool.append((shared_spec, "dropped: its static part differs from the first member's"))
             programs.append(None)
             continue
         pool.append((shared_spec, "measured"))
-        programs.append(p)
+        programs.append(got)
     members = [i for i, p in enumerate(programs) if p is not None]
     if len(members) < MIN_ALTERNATIVES:
         raise ScheduleError(

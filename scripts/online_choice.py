@@ -118,7 +118,7 @@ def point(
 
 
 def _ms(v: float | None) -> str:
-    return f"{v * 1e3:.3f}" if v is not None else "n/f"
+    return f"{v * 1e3:.5g}" if v is not None else "n/f"
 
 
 def table(pt: dict[str, Any]) -> str:

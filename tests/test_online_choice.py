@@ -298,3 +298,13 @@ def test_serving_runs_a_choosing_program() -> None:
     res = simulate_iterations(p, iterations=2, routings=seq)
     one = [simulate(p, routings=[r]).report.latency_s for r in (uniform, skewed)]
     assert res.report.latency_s >= max(one)
+
+
+def test_shared_slices_option_sets_the_shared_layout() -> None:
+    module, _, name = load_model("tiny_deepseek")
+    p = lower(module, TargetRef("fsedp-2x2"), "ep", {"shared_slices": "12"}, None, name=name)
+    assert [lay.count for lay in p.layouts if lay.shared] == [12] * len(p.layers)
+    with pytest.raises(ScheduleError, match="shared_slices=1 makes shared-expert slices of moe0"):
+        lower(module, TargetRef("fsedp-2x2"), "ep", {"shared_slices": "1"}, None, name=name)
+    with pytest.raises(ScheduleError, match="option shared_slices=100000: the shared experts"):
+        lower(module, TargetRef("fsedp-2x2"), "ep", {"shared_slices": "100000"}, None, name=name)
