@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -209,22 +210,30 @@ def fit_rule(samples: Sequence[Sample], alts: Sequence[int]) -> list[Choice]:
 
 def _samples(
     programs: Sequence[Program | None], target: Target, draws: Sequence[tuple[str, RoutingTrace]]
-) -> list[Sample]:
+) -> tuple[list[Sample], dict[int, str]]:
+    """Each member's span of each layer of each draw; members that do not fit SRAM on some
+    draw (index -> why) get an infinite span there."""
     samples = []
+    failed: dict[int, str] = {}
     for label, trace in draws:
         spans: list[dict[str, float]] = []
-        for p in programs:
+        for i, p in enumerate(programs):
             if p is None:
                 spans.append({})
                 continue
-            res = simulate(p, target=target, routings=trace, verify=False)
+            try:
+                res = simulate(p, target=target, routings=trace, verify=False)
+            except ScheduleError as e:
+                failed.setdefault(i, f"does not fit at run time on {label}: {e.message}")
+                spans.append({})
+                continue
             spans.append({s.name: s.latency_s for s in res.report.layers})
         first = next(p for p in programs if p is not None)
         for m, lr in zip(first.layers, trace.layers, strict=True):
             stats = routing_stats(lr.ids, m.experts, target.num_dies)
-            lat = [sp.get(m.name, float("inf")) for sp in spans]
+            lat = [sp.get(m.name, math.inf) for sp in spans]
             samples.append(Sample(label, m.name, stats, lat))
-    return samples
+    return samples, failed
 
 
 def make_draws(
@@ -355,7 +364,17 @@ def online_search(
     assert first is not None
     shapes = [(m.experts, m.top_k) for m in first.layers]
     draw_traces = make_draws(draws, shapes, first.layers[0].tokens, target.num_dies, first.name)
-    samples = _samples(programs, target, draw_traces)
+    samples, failed = _samples(programs, target, draw_traces)
+    for i, why in failed.items():
+        pool[i] = (pool[i][0], why)
+        programs[i] = None
+    members = [i for i in members if programs[i] is not None]
+    if len(members) < MIN_ALTERNATIVES:
+        raise ScheduleError(
+            f"--alternatives: fewer than {MIN_ALTERNATIVES} candidates fit every calibration "
+            "draw: " + "; ".join(f"{s}: {why}" for s, why in pool),
+            target.name,
+        )
     n = min(alternatives, len(members))
     alts = min(
         itertools.combinations(members, n),
