@@ -98,7 +98,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 
-from moec.backends.interp.expand.fsedp_problem import RULES, Machine, Problem, Schedule, Unit
+from moec.backends.interp.expand.fsedp_problem import RULES, Hop, Machine, Problem, Schedule, Unit
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.params import fsedp_min_slots, fsedp_walk
 from moec.ir.stream.program import (
@@ -366,11 +366,15 @@ class _Sim:
             d.ready.append(trip)
             self.kick(d)
 
-        def cross(k: int) -> None:  # the data reaches hop k now: claim its link
-            end = machine.cross(hops[k], self.now)
-            self.at(end, done if k + 1 == len(hops) else lambda: cross(k + 1))
+        self.at(out, done if not hops else lambda: self.cross(hops, 0, done))
 
-        self.at(out, done if not hops else lambda: cross(0))
+    def cross(self, hops: tuple[Hop, ...], k: int, done: Callable[[], None]) -> None:
+        """A load's data reaches hop ``k`` of its route now: claim its link (``done`` when it
+        has crossed the last). A method, not a closure calling itself: that would be a
+        reference cycle holding the whole simulation (every instruction) until the collector
+        runs, which ``moec bench`` keeps paused."""
+        end = self.p.machine.cross(hops[k], self.now)
+        self.at(end, done if k + 1 == len(hops) else lambda: self.cross(hops, k + 1, done))
 
     def room(self, d: _Die) -> int:
         """Free prefetch slots of ``d``."""
