@@ -183,6 +183,9 @@ class _Lane:
     #: slices loaded here waiting to enter the walk (behind the received ones and the cap)
     entry: deque[_Visit] = field(default_factory=deque)
     sending: bool = False
+    #: received slices held at the next position of the walk (where every slice here goes on
+    #: to: a trip's path is consecutive positions), its ``pipeline``; set once all exist
+    succ: _Lane = field(init=False)
 
 
 class _Sim:
@@ -218,7 +221,9 @@ class _Sim:
             _Die(d, deque(sorted(prob.slots[d])[:k][::-1]), self.out[d]) for d in range(self.n)
         ]
         self.lanes = [_Lane() for _ in self.walk]
-        #: per walk position, its die and the lane of the position after it
+        for q, lane in enumerate(self.lanes):
+            lane.succ = self.lanes[(q + 1) % len(self.lanes)]
+        #: per walk position, its die
         self.lane_die = [self.dies[d] for d in self.walk]
         self.active = 0
         self.now = 0.0
@@ -232,6 +237,8 @@ class _Sim:
         self.chan_queue: dict[int, deque[Trip]] = {}
         self.chan_out: dict[int, int] = {}
         self.channels_of: dict[int, list[int]] = {d: [] for d in range(self.n)}
+        self._routes: dict[tuple[int, int], list[int]] = {}
+        self._hops: dict[tuple[int, int], int] = {}
         for c, die in enumerate(prob.channel_die):
             self.channels_of[die].append(c)
 
@@ -256,6 +263,15 @@ class _Sim:
         self.trips.append(trip)
         return trip
 
+    def route_of(self, die: int, unit: Unit) -> list[int]:
+        """:meth:`route_from` ``die`` through ``unit``'s needed dies, once per (die, unit): R5
+        asks it for every candidate die of every push (do not change the list)."""
+        key = (die, id(unit))  # a unit lives as long as the simulation
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = self.route_from(die, set(unit.tokens))
+        return route
+
     def route_from(self, die: int, needed: set[int]) -> list[int]:
         """Walk positions from the best position of ``die`` on to the last needed die."""
         best: list[int] | None = None
@@ -274,7 +290,7 @@ class _Sim:
         return best
 
     def set_path(self, trip: Trip, die: int) -> None:
-        trip.path = self.route_from(die, set(trip.unit.tokens))
+        trip.path = list(self.route_of(die, trip.unit))
         seen: set[int] = set()
         for h, q in enumerate(trip.path):
             d = self.walk[q]
@@ -401,23 +417,32 @@ class _Sim:
             return home
         if self.chan_out.get(c, 0) > 0:
             return None  # the channel is still reading: its own die may free a slot meanwhile
-        needed = set(trip.unit.tokens)
-        longest = len(self.route_from(home.id, needed))
+        needed = trip.unit.tokens
+        longest = len(self.route_of(home.id, trip.unit))
         best: tuple[tuple[int, int, int, int], _Die] | None = None
         for die in self.p.order:
+            if die == home.id or die not in needed:
+                continue
             d = self.dies[die]
             room = self.room(d)
-            if die == home.id or die not in needed or room <= 0:
+            if room <= 0:
                 continue
             if any(self.chan_queue.get(own) for own in self.channels_of[die]):
                 continue  # the slot is its own channel's next load
-            length = len(self.route_from(die, needed))
+            length = len(self.route_of(die, trip.unit))
             if length > longest:
                 continue
-            key = (-room, self.p.hops(home.id, die), length, self.p.order.index(die))
+            key = (-room, self.hops(home.id, die), length, self.p.order.index(die))
             if best is None or key < best[0]:
                 best = (key, d)
         return None if best is None else best[1]
+
+    def hops(self, a: int, b: int) -> int:
+        """``Problem.hops``, asked once per pair of dies."""
+        n = self._hops.get((a, b))
+        if n is None:
+            n = self._hops[(a, b)] = self.p.hops(a, b)
+        return n
 
     def release_channel(self, c: int) -> None:
         self.chan_out[c] -= 1
@@ -446,11 +471,16 @@ class _Sim:
                 self.arrive(d, self.visit(trip, trip.slot, 0))
             else:
                 break
-        lanes = self.lanes
+        lanes, P = self.lanes, self.P
         for q in self.positions[d.id]:
             lane = lanes[q]
-            # what forward() would find nothing to do for is not asked (most kicks)
-            if not lane.sending and (lane.outbox or (lane.entry and self.active < self.cap)):
+            # what forward() would find nothing to do for is not asked (most kicks): a lane
+            # already sending, with nothing to send, or whose successor is full (backpressure)
+            if (
+                not lane.sending
+                and lane.succ.pipeline < P
+                and (lane.outbox or (lane.entry and self.active < self.cap))
+            ):
                 self.forward(d, lane)
 
     def visit(self, trip: Trip, slot: int, hop: int) -> _Visit:
