@@ -374,8 +374,10 @@ def _present(name: str, arr: np.ndarray) -> Weight:
     return Weight(name, TensorType("f16" if half else "f32", tuple(int(s) for s in a.shape)), a)
 
 
-def _declared(name: str, shape: tuple[int, ...]) -> Weight:
-    return Weight(name, TensorType("f32", shape))
+def _declared(name: str, shape: tuple[int, ...], like: Weight | None = None) -> Weight:
+    """A weight without values: float32, or float16 ``like`` an fp16 one it is made from."""
+    half = like is not None and like.type.dtype == "f16"
+    return Weight(name, TensorType("f16" if half else "f32", shape))
 
 
 def _fc(
@@ -422,7 +424,7 @@ def _bias(view: GraphView, node: onnx.NodeProto, which: str, quant: bool) -> np.
 def _transpose(w: Weight, key: str) -> Weight:
     if w.data is None:
         E, N, K = (int(s) for s in w.type.shape)
-        return _declared(key, (E, K, N))
+        return _declared(key, (E, K, N), w)
     return _present(key, np.transpose(w.data, (0, 2, 1)))
 
 
@@ -430,7 +432,7 @@ def _split_rows(w: Weight, fusion: int, key_a: str, key_b: str) -> tuple[Weight,
     """Fused fc1 [E, 2F, d] -> (gate, linear) [E, F, d] by swiglu_fusion layout."""
     E, N, K = (int(s) for s in w.type.shape)
     if w.data is None:
-        return _declared(key_a, (E, N // 2, K)), _declared(key_b, (E, N // 2, K))
+        return _declared(key_a, (E, N // 2, K), w), _declared(key_b, (E, N // 2, K), w)
     if fusion == 1:
         return _present(key_a, w.data[:, 0::2]), _present(key_b, w.data[:, 1::2])
     return _present(key_a, w.data[:, : N // 2]), _present(key_b, w.data[:, N // 2 :])
