@@ -92,13 +92,13 @@ has an explicit tie-break.
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 from itertools import count
 
-from moec.backends.interp.expand.fsedp_problem import RULES, Machine, Problem, Schedule, Unit
+from moec.backends.interp.expand.fsedp_problem import RULES, Hop, Machine, Problem, Schedule, Unit
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.params import fsedp_min_slots, fsedp_walk
 from moec.ir.stream.program import (
@@ -237,13 +237,14 @@ class _Sim:
 
     # --- bookkeeping ---
     def at(self, t: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self.heap, (t, next(self.seq), fn))
+        heappush(self.heap, (t, next(self.seq), fn))
 
     def take_slot(self, d: _Die) -> int:
         if not d.free:
             raise ScheduleError(f"FSE-DP scheduler: die {d.id} has no free slot (internal)")
         d.held += 1
-        d.peak = max(d.peak, d.held)
+        if d.held > d.peak:
+            d.peak = d.held
         return d.free.pop()
 
     def give_slot(self, d: _Die, slot: int) -> None:
@@ -366,11 +367,15 @@ class _Sim:
             d.ready.append(trip)
             self.kick(d)
 
-        def cross(k: int) -> None:  # the data reaches hop k now: claim its link
-            end = machine.cross(hops[k], self.now)
-            self.at(end, done if k + 1 == len(hops) else lambda: cross(k + 1))
+        self.at(out, done if not hops else lambda: self.cross(hops, 0, done))
 
-        self.at(out, done if not hops else lambda: cross(0))
+    def cross(self, hops: tuple[Hop, ...], k: int, done: Callable[[], None]) -> None:
+        """A load's data reaches hop ``k`` of its route now: claim its link (``done`` when it
+        has crossed the last). A method, not a closure calling itself: that would be a
+        reference cycle holding the whole simulation (every instruction) until the collector
+        runs, which ``moec bench`` keeps paused."""
+        end = self.p.machine.cross(hops[k], self.now)
+        self.at(end, done if k + 1 == len(hops) else lambda: self.cross(hops, k + 1, done))
 
     def room(self, d: _Die) -> int:
         """Free prefetch slots of ``d``."""
@@ -492,7 +497,8 @@ class _Sim:
         if v.busy:
             return
         d.out.append(Free(v.slot))
-        self.give_slot(d, v.slot)
+        d.held -= 1  # give_slot(), inlined
+        d.free.append(v.slot)
         trip = v.trip
         trip.open -= 1
         if trip.ended and trip.open == 0 and trip.entered:
@@ -527,7 +533,11 @@ class _Sim:
         lane.sending = True
         nlane.pipeline += 1
         nxt = self.lane_die[nq]
-        nv = self.visit(trip, self.take_slot(nxt), hop)
+        slot = self.take_slot(nxt)
+        trip.open += 1  # visit(), inlined: every hop makes one
+        if hop == len(trip.path) - 1:
+            trip.ended = True
+        nv = _Visit(trip, nxt.id, slot, hop)
         nbytes = trip.nbytes
         d.out.append(Send(nxt.id, nbytes, v.slot))
         nxt.out.append(Recv(d.id, nbytes, nv.slot, trip.ref))
@@ -543,8 +553,9 @@ class _Sim:
             self.kick(nxt)
             self.kick(d)
 
-        self.at(link_free, sent)
-        self.at(end, done)
+        heap, seq = self.heap, self.seq  # at(), inlined: two events per hop
+        heappush(heap, (link_free, next(seq), sent))
+        heappush(heap, (end, next(seq), done))
 
     # --- the run ---
     def run(self) -> Schedule:
@@ -555,8 +566,9 @@ class _Sim:
         else:
             for d in self.dies:
                 self.pull(d)
-        while self.heap:
-            t, _, fn = heapq.heappop(self.heap)
+        heap = self.heap
+        while heap:
+            t, _, fn = heappop(heap)
             self.now = t
             fn()
         stuck = [d.id for d in self.dies if d.queue or d.ready or d.inbox or d.held]
