@@ -395,17 +395,36 @@ class Builder:
             return ops
         a, b = key
         res, occ, lat, e_link, e_read, e_write = self.transfer_costs(a, b, i.nbytes)
-        hold = self.g.add(XFER, occ, res, die, i)
-        ops = (hold, self.delay(hold, lat))
+        # the hold and (for a latency) its delay, as OpGraph.add and delay() would add them
+        g = self.g
+        hold = len(g.kind)
+        if lat <= 0.0:
+            g.kind.append(XFER)
+            g.dur.append(occ)
+            g.res.append(res)
+            g.ndeps.append(0)
+            g.succ.append([])
+            g.die.append(die)
+            g.instr.append(i)
+            g.layer.append(-1)
+            ops = (hold, hold)
+        else:
+            g.kind += (XFER, DELAY)
+            g.dur += (occ, lat)
+            g.res += (res, ())
+            g.ndeps += (0, 1)
+            g.succ += ([hold + 1], [])
+            g.die += (die, die)
+            g.instr += (i, i)
+            g.layer += (-1, -1)
+            ops = (hold, hold + 1)
         self.link_bytes[res[0]] += i.nbytes
         joules, by_op = self.energy.joules, self.energy.by_op
         # EnergyLedger.charge of the link, the source's SRAM read, the destination's write
         joules[a][D2D] += e_link
-        by_op.append((hold, a, D2D, e_link))
         joules[a][SRAM] += e_read
-        by_op.append((hold, a, SRAM, e_read))
         joules[b][SRAM] += e_write
-        by_op.append((hold, b, SRAM, e_write))
+        by_op += ((hold, a, D2D, e_link), (hold, a, SRAM, e_read), (hold, b, SRAM, e_write))
         mine[key].append(ops)
         return ops
 
