@@ -55,7 +55,14 @@ from moec.bench import DEFAULT_ROUTING, moe_metrics
 from moec.compiler.lower import STRATEGIES, lower, parse_strategy
 from moec.compiler.lower import _load_strategies as load_strategies
 from moec.compiler.lower.options import StrategyError
-from moec.ir.cost import accum_time, act_time, dram_occupancy, gemm_time, slice_activation
+from moec.ir.cost import (
+    accum_time,
+    act_time,
+    dram_occupancy,
+    gemm_time,
+    schedule_floor,
+    slice_activation,
+)
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace
@@ -198,6 +205,20 @@ def predicted_latency(program: Program, target: Target, routing: RoutingTrace) -
                     t = accum_time(target, st.die, n, w, m.hidden, prec)
                 compute[st.die] += t
     return max([*busy.values(), *compute.values()], default=0.0)
+
+
+def any_schedule_floor(program: Program, target: Target, routing: RoutingTrace) -> float:
+    """The sum over ``program``'s MoE layers of :func:`~moec.ir.cost.schedule_floor` for
+    ``routing``: a lower bound on the MoE layers' span that holds for every schedule of the
+    same work on ``target`` (not only for :func:`candidates`), so ``best / floor`` is the most
+    any schedule could gain on a measured latency."""
+    return sum(
+        schedule_floor(
+            target, hidden=m.hidden, ffn=m.ffn, ids=lr.ids, gated=m.gated,
+            shared_ffn=m.shared_ffn, precision=m.dtype,
+        ).bound_s
+        for m, lr in zip(program.layers, routing.layers, strict=False)
+    )  # fmt: skip
 
 
 def resample(trace: RoutingTrace, seed: int) -> RoutingTrace:
