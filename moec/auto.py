@@ -272,7 +272,7 @@ def resample(trace: RoutingTrace, seed: int) -> RoutingTrace:
     )
 
 
-def _measure(
+def measure(
     program: Program, target: Target, routing: RoutingTrace
 ) -> tuple[float, float, int, list[float]]:  # fmt: skip
     """Latency, energy, peak SRAM and the MoE layers' spans of one interpreter run (a
@@ -293,7 +293,7 @@ def _confirm(
     """Run ``tr`` on every draw and record its worst; True when it may be chosen."""
     assert tr.program is not None
     try:  # SRAM is a hard limit at run time too: a routing may overfill a die
-        seen = [_measure(tr.program, target, r) for r in draws]
+        seen = [measure(tr.program, target, r) for r in draws]
     except ScheduleError as e:
         tr.status = f"does not fit at run time: {e.message}"
         return False
