@@ -254,6 +254,7 @@ def _run_parts(
     layouts: dict[tuple[str, bool], SliceLayout],
     given: dict[str, LayerRouting],
     verify: bool,
+    allow_overflow: bool,
 ) -> tuple[Timeline | None, list[LayerRouting]]:
     """A timing-only run layer by layer (:func:`~.layered.run_layered`), each layer expanded
     when its part is timed; (None, []) when the program is not cut that way."""
@@ -270,7 +271,7 @@ def _run_parts(
         return per_die
 
     verify_parts = verify and not program.is_static
-    tl = run_layered(program, tgt, parts, layouts, expansion, verify_parts)
+    tl = run_layered(program, tgt, parts, layouts, expansion, verify_parts, allow_overflow)
     used = [rewritten.get(m.name, given[m.name]) for m in program.layers if m.name in given]
     return tl, used
 
@@ -328,7 +329,7 @@ def _simulate(
                 )
             given = {}
         if layered and not record_trace:
-            tl, used = _run_parts(program, tgt, layouts, given, verify)
+            tl, used = _run_parts(program, tgt, layouts, given, verify, allow_overflow)
         if tl is None:
             used = []
             for m in program.layers:
@@ -340,7 +341,7 @@ def _simulate(
         if parts is not None:
             tl = run_layered(
                 program, tgt, parts, layouts, lambda name: expansions.get(name, {}),
-                verify and not program.is_static,
+                verify and not program.is_static, allow_overflow,
             )  # fmt: skip
     expanded: Program | None = None
     if tl is None:  # the reference: the whole expanded program in one run

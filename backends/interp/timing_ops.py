@@ -5,6 +5,18 @@ Each handler receives the :class:`~.opgraph.Builder` (costs, resources, SRAM rec
 in the rules of :mod:`.timing`'s docstring. A new opcode registers its handler with
 ``@TIMING.register("name")``; an opcode without one fails this module's import (or, declared
 later, the next run).
+
+**A micro-slice at once.** A slice's ``gemm``, ``act`` and ``accum`` on one slot, one after the
+other in a die's stream, are added by :func:`slice_unit` in one call: the same three ops,
+durations, charges and SRAM records as the three handlers, in the same order, but only the
+edges that can release an op. The ``act``'s other edges (the die's fence, the slot's fill) and
+the ``accum``'s come from ops the ``gemm`` already waits for, so they end no later than the
+``gemm`` and are popped before it: the op that releases the ``act`` is always the ``gemm``
+(and the ``accum``'s the ``act``), at the same time, from the same place in its successors.
+Likewise the slot's ``free`` and the die's next ``signal`` wait for the ``accum`` alone, not
+for the ``gemm`` and ``act`` that precede it. So every op is pushed at the same time, by the
+same pop, in the same order as with the handlers one by one, and the run is the same to the
+bit (``Builder.batch_slices = False`` is the reference, compared in ``tests/test_timing.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from moec.backends.interp.opgraph import (
     COMPUTE,
     DENSE_DRAM,
     LOAD,
+    SLICE_UNIT,
     SYNC,
     TIMING,
     Builder,
@@ -155,6 +168,83 @@ def accum(b: Builder, s: DieState, i: Accum) -> None:
     if pending is not None:
         la.h.append((pending[0], op, pending[1]))
     computed(s, i.slot, op)
+
+
+def _slice_cost(
+    b: Builder, kind: str, cost_fn: SliceCost, die: int, n: int, hidden: int, w: int,
+    gated: bool, prec: str, dtype: str,
+) -> tuple[float, tuple[tuple[int, float], ...]]:  # fmt: skip
+    """A slice op's duration and energy parts, memoized on :func:`slice_compute`'s key."""
+    key = (kind, die, n, hidden, w, gated, prec, dtype)
+    hit = b.slice_costs.get(key)
+    if hit is None:
+        t = b.t
+        hit = b.slice_costs[key] = (
+            cost_fn(t, die, n, hidden, w, gated, prec),
+            slice_energy_parts(t, kind, n, hidden, w, gated, prec, dtype),
+        )
+    return hit
+
+
+def slice_unit(b: Builder, s: DieState, ig: Gemm, ia: Act, ic: Accum) -> bool:
+    """``gemm``, ``act`` and ``accum`` on one slot as one step (module doc); False (nothing
+    added) when the slot holds no micro-slice, so that the handlers report it."""
+    slot = ig.slot
+    content, prec = s.slot_fill_info.get(slot, (None, "fp16"))
+    if content is None:
+        return False
+    hidden, w, _, dtype, gated = b.slice_geometry(content)
+    die = s.die
+    tg, ta, tc = ig.tokens, ia.tokens, ic.tokens
+    ng, na, nc = len(tg), len(ta), len(tc)
+    key = (die, ng, na, nc, hidden, w, gated, prec, dtype)
+    hit = b.unit_costs.get(key)
+    if hit is None:
+        (dg, pg), (da, pa), (dc, pc) = (
+            _slice_cost(b, kind, fn, die, n, hidden, w, gated, prec, dtype)
+            for (kind, fn), n in zip(SLICE_COSTS, (ng, na, nc), strict=True)
+        )
+        hit = b.unit_costs[key] = ((dg, da, dc), pg, pa, pc, h_bytes(ng, w, gated))
+    durs, pg, pa, pc, hb = hit
+    lk = b.layers[content.layer][0]
+    g = b.g
+    op = len(g.kind)
+    res = (die,)
+    g.kind += (COMPUTE, COMPUTE, COMPUTE)
+    g.dur += durs
+    g.res += (res, res, res)
+    g.succ += ([op + 1], [op + 2], [])
+    g.die += (die, die, die)
+    g.instr += (ig, ia, ic)
+    g.layer += (lk, lk, lk)
+    # the gemm's edges: the die's fence, latest compute, the slot's fill, the latest x block
+    succ, deps = g.succ, 0
+    for a in (s.fence, s.last_compute, s.slot_fill.get(slot)):
+        if a is not None:
+            succ[a].append(op)
+            deps += 1
+    a = s.last_recv.get((content.layer, "x"))
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    g.ndeps += (deps, 1, 1)
+    # EnergyLedger.charge_indexed of the three ops
+    row, by_op = b.energy.joules[die], b.energy.by_op
+    for o, parts in ((op, pg), (op + 1, pa), (op + 2, pc)):
+        for k, j in parts:
+            row[k] += j
+            by_op.append((o, die, k, j))
+    la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
+    la.ops += (op, op + 1, op + 2)
+    la.x_uses.append((op, tg))
+    la.accums.append((op + 2, tc))
+    s.pending_h.pop(slot, None)
+    la.h.append((op, op + 2, hb))
+    computed(s, slot, op + 2)
+    return True
+
+
+SLICE_UNIT.append((slice_unit, (gemm, act, accum)))
 
 
 @TIMING.register("load")
