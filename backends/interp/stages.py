@@ -53,6 +53,12 @@ def _io(name: str, infos: dict[str, onnx.ValueInfoProto]) -> onnx.ValueInfoProto
     return onnx.helper.make_empty_tensor_value_info(name)
 
 
+def _fed(name: str, arr: np.ndarray) -> onnx.ValueInfoProto:
+    """A stage input typed by the array fed to it (the graph's value_info may not know it)."""
+    elem = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
+    return onnx.helper.make_tensor_value_info(name, elem, list(arr.shape))
+
+
 def run_staged(
     model: onnx.ModelProto,
     feeds: dict[str, np.ndarray],
@@ -90,7 +96,7 @@ def run_staged(
         if nodes and keep:
             used_inits = sorted({i for n in nodes for i in n.input if i in inits})
             sub = onnx.helper.make_graph(
-                nodes, f"stage{s}", [_io(v, infos) for v in needed],
+                nodes, f"stage{s}", [_fed(v, env[v]) for v in needed],
                 [_io(v, infos) for v in keep], [inits[i] for i in used_inits],
             )  # fmt: skip
             sub_model = onnx.helper.make_model(sub, opset_imports=list(model.opset_import))
