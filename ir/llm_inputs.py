@@ -15,7 +15,11 @@ values they take:
 * ``total_sequence_length`` is ``past_sequence_length + sequence_length`` unless given;
 * with a past cache the batch is 1 (ONNX Runtime's GroupQueryAttention takes new tokens after
   a past only for one sequence);
-* the mask is all ones; ``position_ids`` count from the past length.
+* the mask is all ones; ``position_ids`` count from the past length;
+* when ONNX Runtime refuses that step (onnxruntime-genai's fp16 builds reformat the attention
+  mask for a prompt or for one new token, not for several after a past),
+  :meth:`LLMSignature.other_steps` names the steps to try instead: a prompt (past 0), then one
+  new token.
 
 Without a config file, inputs named ``attention_mask``/``position_ids`` still get ones and
 positions and the total length is still derived; ``kv_cache_dim`` must then come from ``--dims``
@@ -37,6 +41,8 @@ from moec.ir.errors import ModelError
 GENAI_CONFIG = "genai_config.json"
 #: Past length when the model has no sliding window.
 DEFAULT_PAST = 8
+#: The symbolic dimensions of past key/value caches.
+_PASTS = ("past_sequence_length", "past_sliding_length")
 
 Dim = int | str | None
 
@@ -58,6 +64,24 @@ class LLMSignature:
         if "total_sequence_length" in out and "total_sequence_length" not in given:
             if all(p in out for p in parts):
                 out["total_sequence_length"] = sum(out[p] for p in parts)
+        return out
+
+    def other_steps(
+        self, dims: Mapping[str, int], given: Mapping[str, int]
+    ) -> list[tuple[str, dict[str, int]]]:
+        """Other generation steps to seed, in order, when ONNX Runtime refuses the default one
+        (a past and several new tokens): a prompt (the past lengths 0), then one new token
+        after the past. Sizes the user gave stay; each step comes with its description."""
+        pasts = [p for p in _PASTS if p in dims and p not in given]
+        out: list[tuple[str, dict[str, int]]] = []
+        if any(dims[p] > 0 for p in pasts):
+            prompt = {**dims, **dict.fromkeys(pasts, 0)}
+            new = prompt.get("sequence_length", "the")
+            out.append((f"a prompt (no past, {new} new tokens)", self.resolve(prompt, given)))
+        seq = "sequence_length"
+        if pasts and seq in dims and seq not in given and dims[seq] != 1:
+            one = self.resolve({**dims, seq: 1}, given)
+            out.append((f"one new token after a past of {dims[pasts[0]]}", one))
         return out
 
     def fixed_inputs(

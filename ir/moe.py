@@ -89,6 +89,10 @@ class MoELayer:
     # product, as ORT's CPU MatMulNBits does at accuracy_level 4 (onnxruntime-genai's int4/int8
     # routers); None: float.
     router_act_quant_block: int | None = None
+    # The router logits are rounded to fp16 before scoring: the graph materializes its fp16
+    # product and casts it up explicitly (an onnxruntime-genai fp16 sigmoid router), a rounding
+    # ORT keeps; the float32 logits of an fp16 product ORT runs in float are not rounded.
+    router_logits_fp16: bool = False
     # The same for the shared experts' products (their gate and up projections and the shared
     # gate quantize x, the down projection the intermediate; onnxruntime-genai int4/int8 builds).
     shared_act_quant_block: int | None = None
@@ -305,7 +309,7 @@ def router_logits(layer: MoELayer, x: np.ndarray) -> np.ndarray:
     logits = _f32(x) @ _f32(layer.array("router_w")).T
     if layer.has("router_b"):
         logits = logits + _f32(layer.array("router_b"))
-    return logits
+    return _f32(logits.astype(np.float16)) if layer.router_logits_fp16 else logits
 
 
 def router_scores(layer: MoELayer, x: np.ndarray) -> np.ndarray:
@@ -548,9 +552,10 @@ _CONFIG_FIELDS = (
     "swiglu_limit", "num_shared", "shared_ffn", "shared_activation", "normalize_eps",
     "act_quant_block", "sparsemixer_eps", "router_act_quant_block", "shared_act_quant_block",
     "bias_on_logits", "identity_experts", "shared_in_norm", "gate_softcap", "up_softcap",
+    "router_logits_fp16",
 )  # fmt: skip
 # Options written only when set (older programs and goldens stay as they were).
-_WHEN_SET = ("bias_on_logits", "shared_in_norm")
+_WHEN_SET = ("bias_on_logits", "shared_in_norm", "router_logits_fp16")
 
 
 def layer_config(layer: MoELayer) -> dict[str, int | float | str]:

@@ -17,12 +17,12 @@ attention router (approximated by a linear one) and DESIGN's F 4096 is used.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import onnx
+from typing import TYPE_CHECKING
 
 from moec.ir.moe import MoESpec
-from moec.models.moe_blocks import decomposed_moe
-from moec.models.tiny import language_model
+
+if TYPE_CHECKING:  # building the ONNX graph imports onnx; the graph IR does not need it
+    import onnx
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class Preset:
     description: str
 
     def build(self, seed: int = 0) -> onnx.ModelProto:
+        from moec.models.moe_blocks import decomposed_moe
+        from moec.models.tiny import language_model
+
         return language_model(
             self.name, self.spec, decomposed_moe, moe_layers=self.layers - self.dense_layers,
             dense_layers=self.dense_layers, seed=seed, shape_only=True, vocab=self.vocab,

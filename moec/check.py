@@ -30,7 +30,9 @@ from moec.backends.ort.check import (
     dims_of,
     load_inputs,
     make_inputs,
-    run_ort,
+    run_session,
+    session,
+    with_outputs,
 )
 from moec.compile import (
     DEFAULT_TARGET,
@@ -42,7 +44,7 @@ from moec.compile import (
 from moec.compiler.frontend import LiftResult
 from moec.compiler.lower import resolve_dims
 from moec.compiler.lower.weights_file import has_weights
-from moec.ir.errors import MoecError, TraceError
+from moec.ir.errors import ModelError, MoecError, TraceError
 from moec.ir.graph import Module
 from moec.ir.llm_inputs import llm_signature
 from moec.ir.moe import MoELayer, route
@@ -63,24 +65,79 @@ def model_inputs(
 
     Seeded inputs of a decoder LLM follow its generation signature (:mod:`moec.ir.llm_inputs`:
     ``genai_config.json`` beside ``model_path``, an all-ones attention mask, past lengths)."""
+    feeds, resolved, _ = _inputs_and_steps(module, lifted, seed, dims, inputs, model_path)
+    return feeds, resolved
+
+
+Step = tuple[str, dict[str, np.ndarray], dict[str, int]]
+
+
+def _inputs_and_steps(
+    module: Module,
+    lifted: LiftResult,
+    seed: int,
+    dims: Mapping[str, int] | None,
+    inputs: str | None,
+    model_path: str | None,
+) -> tuple[dict[str, np.ndarray], dict[str, int], list[Step]]:
+    """:func:`model_inputs`, and the other generation steps (description, inputs, dims) to seed
+    when ONNX Runtime refuses these (:meth:`~moec.ir.llm_inputs.LLMSignature.other_steps`)."""
     if inputs is not None:
         feeds = load_inputs(inputs, lifted.model)
-        return feeds, resolve_dims(module, dims_of(lifted.model, feeds))
+        return feeds, resolve_dims(module, dims_of(lifted.model, feeds)), []
     shapes = {v.name: tuple(v.type.shape) if v.type else () for v in module.inputs}
     signature = llm_signature(model_path or lifted.source or None, shapes)
     given = dict(dims or {})
     resolved = signature.resolve(resolve_dims(module, {**signature.dims, **given}), given)
-    return make_inputs(lifted.model, resolved, seed, signature), resolved
+    steps = [
+        (what, make_inputs(lifted.model, other, seed, signature), other)
+        for what, other in signature.other_steps(resolved, given)
+    ]
+    return make_inputs(lifted.model, resolved, seed, signature), resolved, steps
+
+
+def seeded_ort_run(
+    module: Module,
+    lifted: LiftResult,
+    *,
+    seed: int = 0,
+    dims: Mapping[str, int] | None = None,
+    inputs: str | None = None,
+    model_path: str | None = None,
+    extra: Sequence[str] = (),
+) -> tuple[dict[str, np.ndarray], dict[str, int], dict[str, np.ndarray], str]:
+    """Inputs (:func:`model_inputs`), their dims, ORT's outputs (and intermediate values
+    ``extra``) on the original model, and a note ("" when none).
+
+    When ORT refuses the seeded generation step of a decoder LLM, the other steps its signature
+    allows are tried in order and the note says which one ran and why; when all are refused,
+    the error is the first refusal's."""
+    feeds, resolved, steps = _inputs_and_steps(module, lifted, seed, dims, inputs, model_path)
+    sess = session(with_outputs(lifted.model, extra))
+    try:
+        return feeds, resolved, run_session(sess, feeds), ""
+    except ModelError as err:
+        for what, other_feeds, other_dims in steps:
+            try:
+                want = run_session(sess, other_feeds)
+            except ModelError:
+                continue
+            step = ", ".join(f"{k}={v}" for k, v in sorted(resolved.items()) if "length" in k)
+            note = f"ONNX Runtime refused the seeded step ({step}: {err.message}); checked {what}"
+            return other_feeds, other_dims, want, note
+        raise
 
 
 @dataclass(frozen=True)
 class Reference:
-    """Seeded (or given) inputs of a model and ONNX Runtime's outputs on the original model."""
+    """Seeded (or given) inputs of a model and ONNX Runtime's outputs on the original model;
+    ``note`` says when the seeded generation step was replaced by another (:func:`seeded_ort_run`)."""
 
     model: str
     feeds: dict[str, np.ndarray]
     dims: dict[str, int]
     want: dict[str, np.ndarray]
+    note: str = ""
 
 
 def reference_of(
@@ -94,10 +151,10 @@ def reference_of(
 ) -> Reference:
     """The inputs of a run of a loaded ``model`` (:func:`model_inputs`) and ORT's outputs on
     the original model."""
-    feeds, resolved = model_inputs(
+    feeds, resolved, want, note = seeded_ort_run(
         module, lifted, seed=seed, dims=dims, inputs=inputs, model_path=model
     )
-    return Reference(model, feeds, resolved, run_ort(lifted.model, feeds))
+    return Reference(model, feeds, resolved, want, note)
 
 
 def reference_run(
@@ -144,8 +201,10 @@ def check_model(
     dims: Mapping[str, int] | None = None,
     inputs: str | None = None,
     tol: float = 1e-4,
+    alternatives: int = 0,
 ) -> CheckReport:
-    """Compile ``model`` exactly, interpret it and compare with ONNX Runtime."""
+    """Compile ``model`` exactly, interpret it and compare with ONNX Runtime (``alternatives``:
+    a program choosing online among that many, :mod:`moec.online`)."""
     module, lifted, _ = load_model(model)
     if not has_weights(module):
         raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
@@ -153,11 +212,19 @@ def check_model(
     with tempfile.TemporaryDirectory(prefix="moec-check-") as tmp:
         path = os.path.join(tmp, "check.msp")
         compiled = compile_model(
-            model, path, target=target, overrides=overrides, strategy=strategy, dims=ref.dims
+            model,
+            path,
+            target=target,
+            overrides=overrides,
+            strategy=strategy,
+            dims=ref.dims,
+            alternatives=alternatives,
         )
         write_compiled(compiled, path)
         got, _, _ = interpret(load_program(path), path, ref.feeds)
-    return compare(got, ref.want, tol)
+    report = compare(got, ref.want, tol)
+    report.note = ref.note
+    return report
 
 
 def routed(layer: MoELayer, x: np.ndarray, home: np.ndarray) -> LayerRouting:
@@ -192,9 +259,6 @@ def dump_trace(
     dies = num_dies if num_dies is not None else 4
     module, lifted, name = load_model(model)
     given = parse_dims(dims) if not isinstance(dims, Mapping) else dict(dims)
-    feeds, resolved = model_inputs(
-        module, lifted, seed=seed, dims=given, inputs=inputs, model_path=model
-    )
     if not lifted.lifted:
         raise TraceError("model has no MoE layer to route", model)
     total = 2 + len(list(module.moe_ops()))
@@ -204,7 +268,10 @@ def dump_trace(
             on_stage(status, total)
 
     stage(f"running {name} in ONNX Runtime")
-    captured = run_ort(lifted.model, feeds, [lf.input for lf in lifted.lifted])
+    _, resolved, captured, _ = seeded_ort_run(
+        module, lifted, seed=seed, dims=given, inputs=inputs, model_path=model,
+        extra=[lf.input for lf in lifted.lifted],
+    )  # fmt: skip
     stage("routing the MoE layers")
     layers = []
     tokens: int | None = None

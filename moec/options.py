@@ -32,17 +32,18 @@ def parse_overrides(items: Sequence[str]) -> tuple[tuple[str, int | float | str]
 
 
 def parse_dims(items: Sequence[str]) -> dict[str, int]:
-    """``["batch=2", "seq=8"]`` -> ``{"batch": 2, "seq": 8}``."""
+    """``["batch=2", "seq=8"]`` -> ``{"batch": 2, "seq": 8}``. A size may be 0 (an empty past
+    cache); a layer that would get no tokens is refused where the tokens are inferred."""
     out: dict[str, int] = {}
     for item in items:
         key, eq, raw = item.partition("=")
         try:
             value = int(raw)
         except ValueError:
-            value = 0
-        if not eq or not key.strip() or value < 1:
+            value = -1
+        if not eq or not key.strip() or value < 0:
             raise MoecError(
-                f"expected NAME=VALUE with VALUE an integer >= 1, found {item!r}", "--dims"
+                f"expected NAME=VALUE with VALUE an integer >= 0, found {item!r}", "--dims"
             )
         out[key.strip()] = value
     return out

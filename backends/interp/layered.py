@@ -36,8 +36,10 @@ from dataclasses import dataclass
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.expand import splice
 from moec.backends.interp.expand.fsedp_deferred import charge_deferred
+from moec.backends.interp.sram import sram_overflow
 from moec.backends.interp.summary import RunSummary, layer_parts, merge_spans, tag_spans
 from moec.backends.interp.timing import SYNC, Carry, Timeline, run_timing
+from moec.ir.errors import ScheduleError
 from moec.ir.stream.program import (
     Free,
     Instr,
@@ -163,10 +165,16 @@ def run_layered(
     layouts: dict[tuple[str, bool], SliceLayout],
     expansion: Callable[[str], dict[int, list[Instr]]],
     verify: bool,
+    allow_overflow: bool = True,
 ) -> Timeline | None:
     """Time ``p`` part by part (module doc); ``expansion(layer)`` gives a layer's per-die
     instructions (asked once, in program order). None when an expanded part is not
-    self-contained (:func:`self_contained`): the caller runs the whole program instead."""
+    self-contained (:func:`self_contained`): the caller runs the whole program instead.
+
+    Unless ``allow_overflow``, the run stops at the first part whose SRAM peak passes a die's
+    SRAM, with the :class:`ScheduleError` the whole run would end with (located at the
+    program), naming that part's layers: the later parts cannot change the verdict, and a
+    whole model that overflows in its first layer is refused after one layer, not all."""
     D = target.num_dies
     num_res = D + len(target.channels) + len(target.links) + (D if target.host else 0)
     carry = Carry(0.0, [0.0] * num_res, [0.0] * num_res, EnergyLedger(D))
@@ -179,7 +187,8 @@ def run_layered(
     peaks: list[tuple[int, int, int]] = [(0, 0, 0)] * D
     slot_peak = [0] * D
     deferred_pairs, deferred_s = 0, 0.0
-    last: Timeline | None = None
+    #: the last part's names of layers, islands and resources (the same in every part)
+    last: tuple[list[str], list[str], int, list[str]] | None = None
     for j, part in enumerate(parts):
         if j:
             # the previous part's ops and instructions: a caller may have paused the collector
@@ -198,8 +207,11 @@ def run_layered(
         events += tl.events - dup
         instructions += prog.num_instructions() - dup
         makespan = max(makespan, tl.makespan)
+        islands = tag_spans(tl.island, tl.start, tl.end)
+        if not allow_overflow:
+            _stop_if_over(p, target, tl, part.layers or [tl.island_names[i] for i in islands])
         merge_spans(summary.layer_spans, tag_spans(tl.layer, tl.start, tl.end))
-        merge_spans(summary.island_spans, tag_spans(tl.island, tl.start, tl.end))
+        merge_spans(summary.island_spans, islands)
         summary.parts += layer_parts(tl)
         carry.energy.by_op.clear()
         for c, nb in enumerate(tl.dram_bytes):
@@ -222,8 +234,12 @@ def run_layered(
         carry.clock = max(
             (tl.end[op] for op in _sync_ops(tl) if id(tl.instr[op]) in ends), default=makespan
         )
-        last = tl
+        last = (tl.layer_names, tl.island_names, tl.num_resources, tl.resource_names)
+        # drop the part now: refcounting frees its instructions and ops, so the collection
+        # before the next part only walks what is left in cycles, not the whole part
+        del tl, prog, shell
     assert last is not None
+    layer_names, island_names, num_resources, resource_names = last
     carry.energy.add_static(target, makespan)
     peak = [pk for pk, _, _ in peaks]
     over = max((pk - target.die(d).sram_bytes for d, pk in enumerate(peak)), default=0)
@@ -233,13 +249,24 @@ def run_layered(
         extra["deferred_s"] = deferred_s
     return Timeline(
         target=target, makespan=makespan, start=[], end=[], kind=[], die=[], res=[], instr=[],
-        layer=[], island=[], layer_names=last.layer_names, island_names=last.island_names,
-        num_resources=last.num_resources, resource_names=last.resource_names, busy=carry.busy,
+        layer=[], island=[], layer_names=layer_names, island_names=island_names,
+        num_resources=num_resources, resource_names=resource_names, busy=carry.busy,
         dram_bytes=dram_bytes, link_bytes=link_bytes, peak_sram=peak, instructions=instructions,
         host_bytes=host_bytes or [], events=events, extra=extra,
         peak_sram_slots=[s for _, s, _ in peaks], peak_sram_activations=[a for _, _, a in peaks],
         peak_slot_bytes=slot_peak, energy=carry.energy, summary=summary,
     )  # fmt: skip
+
+
+def _stop_if_over(p: Program, target: Target, tl: Timeline, names: list[str]) -> None:
+    """The whole run's SRAM verdict (:func:`~.simulate.check_fit`), given at the first part
+    that overflows, with the part's layers (or dense islands) named."""
+    part = ", ".join(n for n in names if n) or "a part with no layer"
+    why = sram_overflow(
+        target, tl.peak_sram, tl.peak_sram_slots, tl.peak_sram_activations, part=part
+    )
+    if why is not None:
+        raise ScheduleError(why, p.filename if p.filename != "<string>" else p.name)
 
 
 def _sync_ops(tl: Timeline) -> Iterable[int]:

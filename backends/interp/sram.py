@@ -203,17 +203,23 @@ def sram_peaks(
 
 
 def sram_overflow(
-    target: Target, peak: Sequence[int], slots: Sequence[int], acts: Sequence[int]
+    target: Target,
+    peak: Sequence[int],
+    slots: Sequence[int],
+    acts: Sequence[int],
+    part: str = "",
 ) -> str | None:
     """Why a run did not fit SRAM (the die furthest past it: its peak, split into slots and
     activations at that moment), or None when every die's peak fits. A run that does not fit
-    reports no latency unless the user allows the overflow (``--allow-overflow``)."""
+    reports no latency unless the user allows the overflow (``--allow-overflow``). ``part``
+    names the layer the peak is in, when the run knows it (a layer-by-layer run)."""
     over = [(pk - target.die(d).sram_bytes, d) for d, pk in enumerate(peak)]
     worst, d = max(over, key=lambda x: (x[0], -x[1]), default=(0, 0))
     if worst <= 0:
         return None
+    at = f" in {part}" if part else ""
     return (
-        f"does not fit SRAM: die {d} holds {peak[d]} bytes at its peak ({slots[d]} of slots, "
+        f"does not fit SRAM: die {d} holds {peak[d]} bytes at its peak{at} ({slots[d]} of slots, "
         f"{acts[d]} of activations), target {target.name} has {target.die(d).sram_bytes} bytes "
         "per die (--allow-overflow runs it anyway)"
     )

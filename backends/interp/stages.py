@@ -44,19 +44,21 @@ def _value_infos(graph: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:
     return {vi.name: vi for vi in [*graph.input, *graph.value_info, *graph.output]}
 
 
-def _io(name: str, infos: dict[str, onnx.ValueInfoProto]) -> onnx.ValueInfoProto:
+def _output(name: str, infos: dict[str, onnx.ValueInfoProto]) -> onnx.ValueInfoProto:
+    """A stage output: its element type where the graph declares one, its shape left to ORT."""
     vi = infos.get(name)
-    if vi is not None:
-        out = onnx.ValueInfoProto()
-        out.CopyFrom(vi)
-        return out
+    if vi is not None and vi.type.HasField("tensor_type"):
+        return onnx.helper.make_tensor_value_info(name, vi.type.tensor_type.elem_type, None)
     return onnx.helper.make_empty_tensor_value_info(name)
 
 
-def _fed(name: str, arr: np.ndarray) -> onnx.ValueInfoProto:
-    """A stage input typed by the array fed to it (the graph's value_info may not know it)."""
-    elem = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
-    return onnx.helper.make_tensor_value_info(name, elem, list(arr.shape))
+def _input(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
+    """A stage input typed by the array it is fed, not by the graph's value_info: exporters
+    declare values with a wrong rank (onnxruntime-genai's builder gives every ``Constant`` a
+    scalar ``shape {}``, also a 1-D reshape target), which the full model survives because
+    inference runs from the node, but a stage that reads the value as an input trusts it."""
+    elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+    return onnx.helper.make_tensor_value_info(name, elem, list(value.shape))
 
 
 def run_staged(
@@ -96,8 +98,8 @@ def run_staged(
         if nodes and keep:
             used_inits = sorted({i for n in nodes for i in n.input if i in inits})
             sub = onnx.helper.make_graph(
-                nodes, f"stage{s}", [_fed(v, env[v]) for v in needed],
-                [_io(v, infos) for v in keep], [inits[i] for i in used_inits],
+                nodes, f"stage{s}", [_input(v, env[v]) for v in needed],
+                [_output(v, infos) for v in keep], [inits[i] for i in used_inits],
             )  # fmt: skip
             sub_model = onnx.helper.make_model(sub, opset_imports=list(model.opset_import))
             sub_model.ir_version = model.ir_version

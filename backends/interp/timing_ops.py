@@ -5,6 +5,18 @@ Each handler receives the :class:`~.opgraph.Builder` (costs, resources, SRAM rec
 in the rules of :mod:`.timing`'s docstring. A new opcode registers its handler with
 ``@TIMING.register("name")``; an opcode without one fails this module's import (or, declared
 later, the next run).
+
+**A micro-slice at once.** A slice's ``gemm``, ``act`` and ``accum`` on one slot, one after the
+other in a die's stream, are added by :func:`slice_unit` in one call: the same three ops,
+durations, charges and SRAM records as the three handlers, in the same order, but only the
+edges that can release an op. The ``act``'s other edges (the die's fence, the slot's fill) and
+the ``accum``'s come from ops the ``gemm`` already waits for, so they end no later than the
+``gemm`` and are popped before it: the op that releases the ``act`` is always the ``gemm``
+(and the ``accum``'s the ``act``), at the same time, from the same place in its successors.
+Likewise the slot's ``free`` and the die's next ``signal`` wait for the ``accum`` alone, not
+for the ``gemm`` and ``act`` that precede it. So every op is pushed at the same time, by the
+same pop, in the same order as with the handlers one by one, and the run is the same to the
+bit (``Builder.batch_slices = False`` is the reference, compared in ``tests/test_timing.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from moec.backends.interp.opgraph import (
     COMPUTE,
     DENSE_DRAM,
     LOAD,
+    SLICE_UNIT,
     SYNC,
     TIMING,
     Builder,
@@ -157,6 +170,83 @@ def accum(b: Builder, s: DieState, i: Accum) -> None:
     computed(s, i.slot, op)
 
 
+def _slice_cost(
+    b: Builder, kind: str, cost_fn: SliceCost, die: int, n: int, hidden: int, w: int,
+    gated: bool, prec: str, dtype: str,
+) -> tuple[float, tuple[tuple[int, float], ...]]:  # fmt: skip
+    """A slice op's duration and energy parts, memoized on :func:`slice_compute`'s key."""
+    key = (kind, die, n, hidden, w, gated, prec, dtype)
+    hit = b.slice_costs.get(key)
+    if hit is None:
+        t = b.t
+        hit = b.slice_costs[key] = (
+            cost_fn(t, die, n, hidden, w, gated, prec),
+            slice_energy_parts(t, kind, n, hidden, w, gated, prec, dtype),
+        )
+    return hit
+
+
+def slice_unit(b: Builder, s: DieState, ig: Gemm, ia: Act, ic: Accum) -> bool:
+    """``gemm``, ``act`` and ``accum`` on one slot as one step (module doc); False (nothing
+    added) when the slot holds no micro-slice, so that the handlers report it."""
+    slot = ig.slot
+    content, prec = s.slot_fill_info.get(slot, (None, "fp16"))
+    if content is None:
+        return False
+    hidden, w, _, dtype, gated = b.slice_geometry(content)
+    die = s.die
+    tg, ta, tc = ig.tokens, ia.tokens, ic.tokens
+    ng, na, nc = len(tg), len(ta), len(tc)
+    key = (die, ng, na, nc, hidden, w, gated, prec, dtype)
+    hit = b.unit_costs.get(key)
+    if hit is None:
+        (dg, pg), (da, pa), (dc, pc) = (
+            _slice_cost(b, kind, fn, die, n, hidden, w, gated, prec, dtype)
+            for (kind, fn), n in zip(SLICE_COSTS, (ng, na, nc), strict=True)
+        )
+        hit = b.unit_costs[key] = ((dg, da, dc), pg, pa, pc, h_bytes(ng, w, gated))
+    durs, pg, pa, pc, hb = hit
+    lk = b.layers[content.layer][0]
+    g = b.g
+    op = len(g.kind)
+    res = (die,)
+    g.kind += (COMPUTE, COMPUTE, COMPUTE)
+    g.dur += durs
+    g.res += (res, res, res)
+    g.succ += ([op + 1], [op + 2], [])
+    g.die += (die, die, die)
+    g.instr += (ig, ia, ic)
+    g.layer += (lk, lk, lk)
+    # the gemm's edges: the die's fence, latest compute, the slot's fill, the latest x block
+    succ, deps = g.succ, 0
+    for a in (s.fence, s.last_compute, s.slot_fill.get(slot)):
+        if a is not None:
+            succ[a].append(op)
+            deps += 1
+    a = s.last_recv.get((content.layer, "x"))
+    if a is not None:
+        succ[a].append(op)
+        deps += 1
+    g.ndeps += (deps, 1, 1)
+    # EnergyLedger.charge_indexed of the three ops
+    row, by_op = b.energy.joules[die], b.energy.by_op
+    for o, parts in ((op, pg), (op + 1, pa), (op + 2, pc)):
+        for k, j in parts:
+            row[k] += j
+            by_op.append((o, die, k, j))
+    la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
+    la.ops += (op, op + 1, op + 2)
+    la.x_uses.append((op, tg))
+    la.accums.append((op + 2, tc))
+    s.pending_h.pop(slot, None)
+    la.h.append((op, op + 2, hb))
+    computed(s, slot, op + 2)
+    return True
+
+
+SLICE_UNIT.append((slice_unit, (gemm, act, accum)))
+
+
 @TIMING.register("load")
 def load(b: Builder, s: DieState, i: Load) -> None:
     """A DRAM (or host) read into the slot, once the slot's last free has completed, at the
@@ -180,32 +270,66 @@ def load(b: Builder, s: DieState, i: Load) -> None:
     s.since_signal.append(op)
 
 
-@TIMING.register("send", "recv")
-def transfer(b: Builder, s: DieState, i: Send | Recv) -> None:
-    """One side of a link transfer (the k-th send a->b and the k-th recv on b from a are one
-    transfer): edges in go to the link hold, edges out leave from the arrival."""
-    is_send = isinstance(i, Send)
+@TIMING.register("send")
+def send(b: Builder, s: DieState, i: Send) -> None:
+    """The sending side of a link transfer (the k-th send a->b and the k-th recv on b from a
+    are one transfer, :meth:`~.opgraph.Builder.transfer`): edges in go to the link hold (the
+    sent slot's fill; for a block the die's latest block of the layer received, and for a
+    ``y`` block its latest compute), edges out leave from the arrival."""
     die = s.die
-    key = (die, i.peer) if is_send else (i.peer, die)
-    hold, op = b.transfer(key, is_send, i, die)
+    hold, op = b.transfer((die, i.peer), True, i, die)
     g = b.g
     blk = i.block
+    if blk is not None:
+        tag = b.layers[blk.layer][0]
+        layer = g.layer
+        if layer[op] < 0:
+            layer[hold] = layer[op] = tag
+        la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
+        la.ops += (hold, op)
+        (la.x_uses if blk.which == "x" else la.send_y).append((op, blk.tokens))
+    succ, ndeps = g.succ, g.ndeps
+    a = s.fence  # a wait's op: never the hold itself
+    if a is not None:
+        succ[a].append(hold)
+        ndeps[hold] += 1
+    if i.slot is not None:
+        a = s.slot_fill.get(i.slot)
+        if a is not None and a != hold:
+            succ[a].append(hold)
+            ndeps[hold] += 1
+        s.slot_uses[i.slot].append(op)
+    elif blk is not None:
+        g.edge(s.last_recv.get((blk.layer, blk.which)), hold)
+        if blk.which == "y":
+            g.edge(s.last_compute, hold)
+    s.since_signal.append(op)
+
+
+@TIMING.register("recv")
+def recv(b: Builder, s: DieState, i: Recv) -> None:
+    """The receiving side of a link transfer: into a slot (its fill, once the slot's last free
+    has completed), or a block of tokens (the die's latest block of its layer)."""
+    die = s.die
+    hold, op = b.transfer((i.peer, die), False, i, die)
+    g = b.g
+    blk = i.block
+    c = i.content
+    sref = c if isinstance(c, SliceRef) else None
     tag = -1
     if blk is not None:
         tag = b.layers[blk.layer][0]
-    elif not is_send and isinstance(i.content, SliceRef):
-        tag = b.layers[i.content.layer][0]
+    elif sref is not None:
+        tag = b.layers[sref.layer][0]
     if tag >= 0:
         layer = g.layer
         if layer[op] < 0:
             layer[hold] = layer[op] = tag
         la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
-        la.ops += [hold, op]
+        la.ops += (hold, op)
         if blk is not None:
             ts = blk.tokens
-            if is_send:
-                (la.x_uses if blk.which == "x" else la.send_y).append((op, ts))
-            elif blk.which == "x":
+            if blk.which == "x":
                 la.recv_x.append((op, ts))
                 la.recv_x_start.append((hold, ts))
             else:
@@ -215,23 +339,17 @@ def transfer(b: Builder, s: DieState, i: Send | Recv) -> None:
     if a is not None:
         succ[a].append(hold)
         ndeps[hold] += 1
-    if is_send:
-        if i.slot is not None:
-            g.edge(s.slot_fill.get(i.slot), hold)
-            s.slot_uses[i.slot].append(op)
-        elif blk is not None:
-            g.edge(s.last_recv.get((blk.layer, blk.which)), hold)
-            if blk.which == "y":
-                g.edge(s.last_compute, hold)
-    elif i.slot is not None:
-        g.edge(s.slot_free.get(i.slot), hold)
-        c = i.content
-        sref = c if isinstance(c, SliceRef) else None
+    slot = i.slot
+    if slot is not None:
+        a = s.slot_free.get(slot)
+        if a is not None and a != hold:
+            succ[a].append(hold)
+            ndeps[hold] += 1
         prec = b.dense_precision
         if sref is not None:
             prec = b.slice_precision(sref, i.nbytes)
-        s.fill(i.slot, op, sref, prec)
-        s.slot_fill_rec[i.slot] = b.record_fill(die, hold)
+        s.fill(slot, op, sref, prec)
+        s.slot_fill_rec[slot] = b.record_fill(die, hold)
     elif blk is not None:
         s.last_recv[(blk.layer, blk.which)] = op
     s.since_signal.append(op)

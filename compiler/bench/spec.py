@@ -88,17 +88,26 @@ def load_bench_model(spec: str) -> BenchModel:
 
 
 def read_bench_model(spec: str) -> BenchModel:
-    """Read a model by name or ``.onnx`` path through the frontend (no cache)."""
-    from moec.compiler.frontend import lift_model, load_module
+    """Read a model by name or ``.onnx`` path through the frontend (no cache). A shape-only
+    preset's graph IR is built directly (:func:`~moec.models.preset_graph.preset_module`, equal
+    to its lifted ONNX graph), so benching a preset does not import ``onnx``."""
+    from moec.models.preset_graph import preset_module
+    from moec.models.presets import PRESETS
 
-    if spec.endswith(".onnx"):
+    key = canonical_model(spec)
+    direct = preset_module(PRESETS[key]) if key in PRESETS else None
+    if direct is not None:
+        module, name = direct, key
+    elif spec.endswith(".onnx"):
+        from moec.compiler.frontend import load_module
+
         loaded = load_module(spec, load_weights=False)
         module = loaded[0] if isinstance(loaded, tuple) else loaded
         name = spec.rsplit("/", 1)[-1].removesuffix(".onnx")
     else:
+        from moec.compiler.frontend import lift_model
         from moec.models.catalog import catalog
 
-        key = canonical_model(spec)
         entries = catalog()
         if key not in entries:
             raise ModelError(

@@ -9,7 +9,8 @@ folder, runs the interpreter's numerics on seeded inputs (token ids in the embed
 symbolic dimensions at small sizes: batch 2, others 8, or ``--dims``), runs ONNX Runtime on the
 original model with the same inputs, and compares every graph output (``backends/ort/check.py``
 defines the errors). Exit 0 only when every output is within ``--tol`` (relative to the output's
-largest magnitude). ``--json`` prints ``{"outputs": [{"name", "max_abs_err", "max_rel_err",
+largest magnitude; an output ONNX Runtime returns in float16 within at least four fp16 units,
+``FP16_TOL`` there). ``--json`` prints ``{"outputs": [{"name", "max_abs_err", "max_rel_err",
 "shape"}], "max_abs_err", "max_rel_err", "passed"}``.
 
 ``--approx PIPELINE`` compiles with the pipeline instead and reports what it costs in accuracy
@@ -46,6 +47,11 @@ def register(subparsers: Any) -> None:
         default=1e-4,
         help="relative tolerance, also of --approx against the original model (default 1e-4)",
     )
+    p.add_argument(
+        "--alternatives", type=int, default=0, metavar="N",
+        help="with --strategy auto: check a program of N online alternatives (moec compile "
+        "--alternatives)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--approx", metavar="PIPELINE", default=None,
@@ -60,18 +66,23 @@ def run(args: argparse.Namespace) -> int:
     report = check_model(
         args.model, target=args.target, overrides=parse_overrides(args.overrides),
         strategy=args.strategy, seed=args.seed, dims=parse_dims(args.dims), inputs=args.inputs,
-        tol=args.tol,
+        tol=args.tol, alternatives=args.alternatives,
     )  # fmt: skip
     if args.json:
         print(json.dumps(report.to_json(), sort_keys=True))
     else:
         for o in report.outputs:
+            own = f"  (float16: tol {o.tol:g})" if o.tol is not None else ""
             print(
                 f"{o.name:<24} shape {list(o.shape)}  max_abs_err {o.max_abs_err:.3e}  "
-                f"max_rel_err {o.max_rel_err:.3e}"
+                f"max_rel_err {o.max_rel_err:.3e}{own}"
             )
+        if report.note:
+            print(f"note: {report.note}")
         verdict = "passed" if report.passed else "FAILED"
-        print(f"{verdict}: max_rel_err {report.max_rel_err:.3e} (tol {args.tol:g})")
+        half = {o.tol for o in report.outputs if o.tol is not None}
+        also = f"; float16 outputs {max(half):g}" if half else ""
+        print(f"{verdict}: max_rel_err {report.max_rel_err:.3e} (tol {args.tol:g}{also})")
     return 0 if report.passed else 1
 
 

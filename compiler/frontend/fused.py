@@ -400,12 +400,18 @@ def _logits_router(
 
 
 def _present(name: str, arr: np.ndarray) -> Weight:
-    a = np.ascontiguousarray(arr, dtype=np.float32)
-    return Weight(name, TensorType("f32", tuple(int(s) for s in a.shape)), a)
+    """A float32 weight, or float16 when ``arr`` is: an fp16 model's experts stay fp16, so the
+    lowering charges them at fp16 (numerics upcast them exactly, as ONNX Runtime's CPU EP runs
+    an fp16 MoE node in float32 with its weights cast up)."""
+    half = np.asarray(arr).dtype == np.float16
+    a = np.ascontiguousarray(arr, dtype=np.float16 if half else np.float32)
+    return Weight(name, TensorType("f16" if half else "f32", tuple(int(s) for s in a.shape)), a)
 
 
-def _declared(name: str, shape: tuple[int, ...]) -> Weight:
-    return Weight(name, TensorType("f32", shape))
+def _declared(name: str, shape: tuple[int, ...], like: Weight | None = None) -> Weight:
+    """A weight without values: float32, or float16 ``like`` an fp16 one it is made from."""
+    half = like is not None and like.type.dtype == "f16"
+    return Weight(name, TensorType("f16" if half else "f32", shape))
 
 
 def _fc(
@@ -427,7 +433,8 @@ def _fc(
     if bits is None:
         if w.data is None:
             return w
-        return _present(which, np.asarray(w.data, np.float32))
+        data = np.asarray(w.data)
+        return _present(which, data if data.dtype == np.float16 else data.astype(np.float32))
     E, N, Kp = (int(s) for s in w.type.shape)
     K = Kp * 8 // bits
     if w.data is None:
@@ -451,7 +458,7 @@ def _bias(view: GraphView, node: onnx.NodeProto, which: str, quant: bool) -> np.
 def _transpose(w: Weight, key: str) -> Weight:
     if w.data is None:
         E, N, K = (int(s) for s in w.type.shape)
-        return _declared(key, (E, K, N))
+        return _declared(key, (E, K, N), w)
     return _present(key, np.transpose(w.data, (0, 2, 1)))
 
 
@@ -459,7 +466,7 @@ def _split_rows(w: Weight, fusion: int, key_a: str, key_b: str) -> tuple[Weight,
     """Fused fc1 [E, 2F, d] -> (gate, linear) [E, F, d] by swiglu_fusion layout."""
     E, N, K = (int(s) for s in w.type.shape)
     if w.data is None:
-        return _declared(key_a, (E, N // 2, K)), _declared(key_b, (E, N // 2, K))
+        return _declared(key_a, (E, N // 2, K), w), _declared(key_b, (E, N // 2, K), w)
     if fusion == 1:
         return _present(key_a, w.data[:, 0::2]), _present(key_b, w.data[:, 1::2])
     return _present(key_a, w.data[:, : N // 2]), _present(key_b, w.data[:, N // 2 :])
@@ -581,6 +588,9 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
             layer.annotations.quant_block = int(block)
             if bits == 8:  # ORT's CPU kernel has no float path for these: int8 activations
                 layer.act_quant_block = int(block)
+    if fused_router.half_product(view, router_nodes):
+        layer.annotations.router_precision = "fp16"
+        layer.router_logits_fp16 = fused_router.casts_half_logits_up(view, router_nodes)
     if nbits_router is not None:
         layer.router_act_quant_block = nbits.act_quant_block(view, nbits_router)
         layer.annotations.router_precision = f"int{int(a(nbits_router, 'bits', 4))}"

@@ -14,7 +14,9 @@ The fused op's softmax over ``router_probs`` is then ``g / sum(g)`` on the chose
 0 elsewhere, so the layer is: scoring ``s``, choice by ``s [+ bias]``, gates renormalized (by
 ``sum + eps`` when the optional post-scale is there). :func:`match` recognizes this by
 dataflow and returns those settings; the router nodes, the idiom and the post-scale are lifted
-into the layer.
+into the layer. Casts between floating types may sit between any two of these stages (the
+builder's fp16 models compute the product in fp16, the activation in float and hand the node
+fp16 ``router_probs``).
 """
 
 from __future__ import annotations
@@ -46,8 +48,53 @@ class Selected:
     owners: set[int] = field(default_factory=set)
 
 
+#: Floating-point element types: a Cast between two of them changes precision, not meaning.
+_FLOATS = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.DOUBLE,
+})  # fmt: skip
+
+
+def _float_cast(view: GraphView, node: onnx.NodeProto) -> bool:
+    """A Cast to a floating type of a floating value (fp16 builds cast the router's product to
+    float for the written-out activation and the router_probs back to fp16): passed through
+    like a reshape; the router's precision is its weights' (the lifted op keeps their dtype)."""
+    if node.op_type != "Cast" or int(view.attr(node, "to", 0)) not in _FLOATS:
+        return False
+    ty = view.tensor_type(node.input[0])
+    return ty is None or ty.dtype in ("f32", "f16", "bf16", "f64")
+
+
+def half_product(view: GraphView, router_nodes: set[int]) -> bool:
+    """The router's product (among ``router_nodes``) multiplies by an fp16 weight, as
+    onnxruntime-genai's fp16 builds write it: the layer records ``router_precision = "fp16"``."""
+    for i in sorted(router_nodes):
+        n = view.nodes[i]
+        if n.op_type in ("MatMul", "Gemm"):
+            types = [view.tensor_type(v) for v in n.input[:2] if view.is_constant(v)]
+            return any(t is not None and t.dtype == "f16" for t in types)
+    return False
+
+
+def casts_half_logits_up(view: GraphView, router_nodes: set[int]) -> bool:
+    """Among ``router_nodes``, an explicit Cast to float32 reads an fp16 value: the graph
+    materializes the router's product in fp16 and ORT keeps that rounding (it drops only the
+    casts it inserts itself around fp16 nodes it runs in float, like the fused MoE node), so
+    the lifted layer rounds its logits to fp16 (``router_logits_fp16``); measured on
+    LFM2-MoE's fp16 build: 64 fp16 units off without it, one with it."""
+    for i in sorted(router_nodes):
+        n = view.nodes[i]
+        if n.op_type == "Cast" and int(view.attr(n, "to", 0)) == onnx.TensorProto.FLOAT:
+            ty = view.tensor_type(n.input[0])
+            if ty is not None and ty.dtype == "f16":
+                return True
+    return False
+
+
 def _through_layout(view: GraphView, value: str, nodes: set[int]) -> str:
-    while (p := view.producer(value)) is not None and p.op_type in _LAYOUT:
+    while (p := view.producer(value)) is not None and (
+        p.op_type in _LAYOUT or _float_cast(view, p)
+    ):
         nodes.add(view.id(p))
         value = p.input[0]
     return value

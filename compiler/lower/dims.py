@@ -39,8 +39,8 @@ def resolve_dims(module: Module, given: Mapping[str, int] | None = None) -> dict
             if isinstance(d, str) and d not in out:
                 out[d] = given.get(d, default_dim(d))
     for k, v in given.items():
-        if v < 1:
-            raise ModelError(f"dimension {k} must be >= 1, found {v}", "--dims")
+        if v < 0:  # 0 is a real size: an empty past cache (a prompt's first step)
+            raise ModelError(f"dimension {k} must be >= 0, found {v}", "--dims")
         out.setdefault(k, v)
     return dict(sorted(out.items()))
 
@@ -132,7 +132,7 @@ def _layer_tokens(op: Op, sizes: Mapping[str, Size]) -> int | None:
     x = op.inputs[0]
     n = numel(x, sizes)
     hidden = op.layer.hidden
-    return n // hidden if n is not None and n % hidden == 0 and n > 0 else None
+    return n // hidden if n is not None and n % hidden == 0 and n >= 0 else None
 
 
 def _shape_tokens(module: Module, ops: list[Op], dims: Mapping[str, int]) -> set[int]:
@@ -168,7 +168,12 @@ def infer_tokens(
                 f"(found {sorted(known) or 'none'}); give --tokens N",
                 where,
             )
-        return known.pop(), dims
+        found = known.pop()
+        if found < 1:
+            raise ModelError(
+                f"the MoE layers get no tokens with these dimension sizes ({_sizes(dims)})", where
+            )
+        return found, dims
     static = _shape_tokens(module, ops, {})
     if static and want not in static and _has_weights(ops):
         src = "--tokens" if tokens is not None else "the routing trace"
@@ -184,6 +189,10 @@ def infer_tokens(
         if _shape_tokens(module, ops, trial) <= {want}:
             dims = trial
     return want, dims
+
+
+def _sizes(dims: Mapping[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(dims.items()))
 
 
 def _has_weights(ops: list[Op]) -> bool:

@@ -41,6 +41,7 @@ class Engine:
         self.free_at = [0.0] * self.b.num_res
         self._compute: dict[tuple[Any, ...], tuple[float, ...]] = {}
         self._loads: dict[tuple[int, int, int], tuple[int, float, float, tuple[Hop, ...]]] = {}
+        self._sends: dict[tuple[int, int, int], tuple[int, float, float]] = {}
 
     def load(
         self, channel: int, die: int, nbytes: int, ready: float
@@ -81,7 +82,12 @@ class Engine:
     def send(self, a: int, b: int, nbytes: int, ready: float) -> tuple[float, float]:
         """A transfer ``a -> b`` whose sides are ready at ``ready``: ``(link frees, data
         arrives)``."""
-        (res,), occ, lat, *_ = self.b.transfer_costs(a, b, nbytes)
+        key = (a, b, nbytes)
+        plan = self._sends.get(key)
+        if plan is None:
+            (res,), occ, lat, *_ = self.b.transfer_costs(a, b, nbytes)
+            plan = self._sends[key] = (res, occ, lat)
+        res, occ, lat = plan
         s = self.free_at[res]
         if s < ready:
             s = ready

@@ -92,12 +92,13 @@ has an explicit tie-break.
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
+from itertools import count
 
-from moec.backends.interp.expand.fsedp_problem import RULES, Machine, Problem, Schedule, Unit
+from moec.backends.interp.expand.fsedp_problem import RULES, Hop, Machine, Problem, Schedule, Unit
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.params import fsedp_min_slots, fsedp_walk
 from moec.ir.stream.program import (
@@ -115,13 +116,15 @@ from moec.ir.stream.program import (
 __all__ = ["RULES", "Machine", "Problem", "Schedule", "Unit", "schedule"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Trip:
     """One micro-slice's journey: entry die first, then forward along the cycle."""
 
     id: int
     unit: Unit
     slice: int
+    #: what the slot holds, as the instructions name it
+    ref: SliceRef
     path: list[int] = field(default_factory=list)
     #: the slot it is loaded into on its entry die
     slot: int = -1
@@ -132,17 +135,15 @@ class Trip:
     entered: bool = False
     #: hops of ``path`` (walk positions) where the slice is computed
     compute_at: set[int] = field(default_factory=set)
+    nbytes: int = 0
+    channel: int = 0
 
-    @property
-    def nbytes(self) -> int:
-        return self.unit.slice_bytes[self.slice]
-
-    @property
-    def channel(self) -> int:
-        return self.unit.channels[self.slice]
+    def __post_init__(self) -> None:
+        self.nbytes = self.unit.slice_bytes[self.slice]
+        self.channel = self.unit.channels[self.slice]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Visit:
     """A trip's stay on one die: the slot it holds there and the uses (compute, forward) left."""
 
@@ -153,11 +154,13 @@ class _Visit:
     busy: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Die:
     id: int
     #: free slots, the next one to take last
     free: deque[int]
+    #: its instructions in the order decided (the clock never goes back)
+    out: list[Instr]
     queue: deque[Trip] = field(default_factory=deque)
     loading: int = 0
     ready: deque[Trip] = field(default_factory=deque)
@@ -169,7 +172,7 @@ class _Die:
     peak: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Lane:
     """One position of the walk: slices received there and waiting to go on."""
 
@@ -208,15 +211,19 @@ class _Sim:
         self.prefetch = {d: k - self.P * len(self.positions[d]) for d in range(self.n)}
         # no walk to block on when nothing is forwarded (naive, or a single die)
         self.cap = (1 << 30) if self.naive or len(self.walk) == 1 else self.P * len(self.walk) - 1
-        # taken from the right: lowest slot first, then the most recently freed
-        self.dies = [_Die(d, deque(sorted(prob.slots[d])[:k][::-1])) for d in range(self.n)]
-        self.lanes = [_Lane() for _ in self.walk]
-        self.active = 0
-        self.now = 0.0
-        self.seq = 0
-        self.heap: list[tuple[float, int, Callable[[], None]]] = []
         #: per die, its instructions in the order decided (the clock never goes back)
         self.out: dict[int, list[Instr]] = {d: [] for d in range(self.n)}
+        # taken from the right: lowest slot first, then the most recently freed
+        self.dies = [
+            _Die(d, deque(sorted(prob.slots[d])[:k][::-1]), self.out[d]) for d in range(self.n)
+        ]
+        self.lanes = [_Lane() for _ in self.walk]
+        #: per walk position, its die and the lane of the position after it
+        self.lane_die = [self.dies[d] for d in self.walk]
+        self.active = 0
+        self.now = 0.0
+        self.seq = count()
+        self.heap: list[tuple[float, int, Callable[[], None]]] = []
         self.chan_free: dict[int, float] = {}
         self.trips: list[Trip] = []
         self.pass_throughs = 0
@@ -230,25 +237,24 @@ class _Sim:
 
     # --- bookkeeping ---
     def at(self, t: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self.heap, (t, self.seq, fn))
-        self.seq += 1
-
-    def emit(self, die: int, instr: Instr) -> None:
-        self.out[die].append(instr)
+        heappush(self.heap, (t, next(self.seq), fn))
 
     def take_slot(self, d: _Die) -> int:
         if not d.free:
             raise ScheduleError(f"FSE-DP scheduler: die {d.id} has no free slot (internal)")
         d.held += 1
-        d.peak = max(d.peak, d.held)
+        if d.held > d.peak:
+            d.peak = d.held
         return d.free.pop()
 
     def give_slot(self, d: _Die, slot: int) -> None:
         d.held -= 1
         d.free.append(slot)
 
-    def ref(self, trip: Trip) -> SliceRef:
-        return SliceRef(self.p.layer, trip.unit.expert, trip.slice)
+    def trip(self, unit: Unit, j: int) -> Trip:
+        trip = Trip(len(self.trips), unit, j, SliceRef(self.p.layer, unit.expert, j))
+        self.trips.append(trip)
+        return trip
 
     def route_from(self, die: int, needed: set[int]) -> list[int]:
         """Walk positions from the best position of ``die`` on to the last needed die."""
@@ -281,8 +287,7 @@ class _Sim:
         for u, j in self.load_order():
             if not u.tokens:
                 continue
-            trip = Trip(len(self.trips), u, j)
-            self.trips.append(trip)
+            trip = self.trip(u, j)
             if self.naive:
                 continue
             if self.p.r5:
@@ -296,9 +301,8 @@ class _Sim:
             for d in range(self.n):
                 for trip in per_slice:
                     if d in trip.unit.tokens:
-                        t = Trip(len(self.trips), trip.unit, trip.slice)
+                        t = self.trip(trip.unit, trip.slice)
                         t.path, t.compute_at = [self.positions[d][0]], {0}
-                        self.trips.append(t)
                         self.dies[d].queue.append(t)
 
     def load_order(self) -> list[tuple[Unit, int]]:
@@ -356,18 +360,22 @@ class _Sim:
         c = trip.channel
         machine = self.p.machine
         self.chan_free[c], out, hops = machine.load(c, d.id, trip.nbytes, self.now)
-        self.emit(d.id, Load(trip.slot, c, self.ref(trip), trip.nbytes))
+        d.out.append(Load(trip.slot, c, trip.ref, trip.nbytes))
 
         def done() -> None:
             d.loading -= 1
             d.ready.append(trip)
             self.kick(d)
 
-        def cross(k: int) -> None:  # the data reaches hop k now: claim its link
-            end = machine.cross(hops[k], self.now)
-            self.at(end, done if k + 1 == len(hops) else lambda: cross(k + 1))
+        self.at(out, done if not hops else lambda: self.cross(hops, 0, done))
 
-        self.at(out, done if not hops else lambda: cross(0))
+    def cross(self, hops: tuple[Hop, ...], k: int, done: Callable[[], None]) -> None:
+        """A load's data reaches hop ``k`` of its route now: claim its link (``done`` when it
+        has crossed the last). A method, not a closure calling itself: that would be a
+        reference cycle holding the whole simulation (every instruction) until the collector
+        runs, which ``moec bench`` keeps paused."""
+        end = self.p.machine.cross(hops[k], self.now)
+        self.at(end, done if k + 1 == len(hops) else lambda: self.cross(hops, k + 1, done))
 
     def room(self, d: _Die) -> int:
         """Free prefetch slots of ``d``."""
@@ -425,20 +433,25 @@ class _Sim:
     # --- R1 / R2 / R3: compute and forward ---
     def kick(self, d: _Die) -> None:
         """Start the die's next compute (R1 before R2) and its next forwards, if possible."""
+        inbox, ready = d.inbox, d.ready
         while True:
-            if d.inbox and not d.computing:
-                self.compute(d, d.inbox.popleft())  # R1
-            elif d.ready:
-                trip = d.ready[0]
-                if 0 in trip.compute_at and (d.computing or d.inbox):
+            if inbox and not d.computing:
+                self.compute(d, inbox.popleft())  # R1
+            elif ready:
+                trip = ready[0]
+                if 0 in trip.compute_at and (d.computing or inbox):
                     break  # its compute waits; a pass-through start needs none
-                d.ready.popleft()  # R2: a new trajectory starts here
+                ready.popleft()  # R2: a new trajectory starts here
                 d.started += 1
                 self.arrive(d, self.visit(trip, trip.slot, 0))
             else:
                 break
+        lanes = self.lanes
         for q in self.positions[d.id]:
-            self.forward(d, q)
+            lane = lanes[q]
+            # what forward() would find nothing to do for is not asked (most kicks)
+            if not lane.sending and (lane.outbox or (lane.entry and self.active < self.cap)):
+                self.forward(d, lane)
 
     def visit(self, trip: Trip, slot: int, hop: int) -> _Visit:
         trip.open += 1
@@ -462,11 +475,13 @@ class _Sim:
 
     def compute(self, d: _Die, v: _Visit) -> None:
         d.computing = True
-        ts = v.trip.unit.tokens[d.id]
-        for op in (Gemm, Act, Accum):
-            self.emit(d.id, op(v.slot, ts))
+        trip = v.trip
+        ts, slot, out = trip.unit.tokens[d.id], v.slot, d.out
+        out.append(Gemm(slot, ts))
+        out.append(Act(slot, ts))
+        out.append(Accum(slot, ts))
         end = self.now
-        for dur in v.trip.unit.compute(d.id, v.trip.slice):  # op by op, as the interpreter adds
+        for dur in trip.unit.compute(d.id, trip.slice):  # op by op, as the interpreter adds
             end += dur
 
         def done() -> None:
@@ -481,8 +496,9 @@ class _Sim:
         v.busy -= 1
         if v.busy:
             return
-        self.emit(d.id, Free(v.slot))
-        self.give_slot(d, v.slot)
+        d.out.append(Free(v.slot))
+        d.held -= 1  # give_slot(), inlined
+        d.free.append(v.slot)
         trip = v.trip
         trip.open -= 1
         if trip.ended and trip.open == 0 and trip.entered:
@@ -497,34 +513,35 @@ class _Sim:
         else:
             q = trip.path[v.hop]
             self.lanes[q].pipeline -= 1
-            self.kick(self.dies[self.walk[q - 1]])  # its predecessor may forward again
+            self.kick(self.lane_die[q - 1])  # its predecessor may forward again
 
-    def forward(self, d: _Die, q: int) -> None:
-        lane = self.lanes[q]
-        if lane.sending:
-            return
-        if lane.outbox:  # received slices go on first: they hold the walk's slots
-            queue = lane.outbox
-        elif lane.entry and self.active < self.cap:
-            queue = lane.entry
-        else:
-            return
+    def forward(self, d: _Die, lane: _Lane) -> None:
+        """Send the lane's next slice on (received ones first, they hold the walk's slots), if
+        the successor's lane has room; the caller checked that the lane is idle and has one."""
+        queue = lane.outbox if lane.outbox else lane.entry
         v = queue[0]
         trip = v.trip
-        nq = trip.path[v.hop + 1]
-        nxt = self.dies[self.walk[nq]]
-        if self.lanes[nq].pipeline >= self.P:
+        hop = v.hop + 1
+        nq = trip.path[hop]
+        nlane = self.lanes[nq]
+        if nlane.pipeline >= self.P:
             return  # backpressure: retried when nxt frees a slot of that lane
         queue.popleft()
         if not trip.entered:
             trip.entered = True
             self.active += 1
         lane.sending = True
-        self.lanes[nq].pipeline += 1
-        nv = self.visit(trip, self.take_slot(nxt), v.hop + 1)
-        self.emit(d.id, Send(peer=nxt.id, nbytes=trip.nbytes, slot=v.slot))
-        self.emit(nxt.id, Recv(peer=d.id, nbytes=trip.nbytes, slot=nv.slot, content=self.ref(trip)))
-        link_free, end = self.p.machine.send(d.id, nxt.id, trip.nbytes, self.now)
+        nlane.pipeline += 1
+        nxt = self.lane_die[nq]
+        slot = self.take_slot(nxt)
+        trip.open += 1  # visit(), inlined: every hop makes one
+        if hop == len(trip.path) - 1:
+            trip.ended = True
+        nv = _Visit(trip, nxt.id, slot, hop)
+        nbytes = trip.nbytes
+        d.out.append(Send(nxt.id, nbytes, v.slot))
+        nxt.out.append(Recv(d.id, nbytes, nv.slot, trip.ref))
+        link_free, end = self.p.machine.send(d.id, nxt.id, nbytes, self.now)
 
         def sent() -> None:  # the link is free for the lane's next forward
             lane.sending = False
@@ -536,8 +553,9 @@ class _Sim:
             self.kick(nxt)
             self.kick(d)
 
-        self.at(link_free, sent)
-        self.at(end, done)
+        heap, seq = self.heap, self.seq  # at(), inlined: two events per hop
+        heappush(heap, (link_free, next(seq), sent))
+        heappush(heap, (end, next(seq), done))
 
     # --- the run ---
     def run(self) -> Schedule:
@@ -548,8 +566,9 @@ class _Sim:
         else:
             for d in self.dies:
                 self.pull(d)
-        while self.heap:
-            t, _, fn = heapq.heappop(self.heap)
+        heap = self.heap
+        while heap:
+            t, _, fn = heappop(heap)
             self.now = t
             fn()
         stuck = [d.id for d in self.dies if d.queue or d.ready or d.inbox or d.held]
