@@ -26,6 +26,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from moec.backends.ort import geglu
 from moec.backends.ort.runtime import error_text, session_options
 from moec.ir.errors import CheckFailed, ModelError, MoecError
 from moec.ir.inputs import InputSpec, seeded_feeds, shape_for_dims, shape_for_tokens
@@ -166,12 +167,17 @@ def dims_of(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """A CPU session of ``model``; when ORT's CPU kernel refuses geglu MoE nodes, a session of
+    the model with those nodes written out in standard ops (:mod:`moec.backends.ort.geglu`)."""
     try:
         return ort.InferenceSession(
             model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
         )
     except Exception as err:  # noqa: BLE001 - ORT raises its own unrelated types
-        raise ModelError(f"ONNX Runtime cannot load the model: {error_text(err)}") from None
+        text = error_text(err)
+    if geglu.CPU_REFUSAL in text and any(geglu.is_geglu(n) for n in model.graph.node):
+        return session(geglu.substitute(model))
+    raise ModelError(f"ONNX Runtime cannot load the model: {text}")
 
 
 def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
