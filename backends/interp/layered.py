@@ -198,9 +198,10 @@ def run_layered(
         events += tl.events - dup
         instructions += prog.num_instructions() - dup
         makespan = max(makespan, tl.makespan)
-        merge_spans(summary.layer_spans, tag_spans(tl.layer, tl.start, tl.end))
+        parts_j = layer_parts(tl)  # each layer's span is its part's (the same min and max)
+        merge_spans(summary.layer_spans, {lp.layer: (lp.start, lp.end) for lp in parts_j})
         merge_spans(summary.island_spans, tag_spans(tl.island, tl.start, tl.end))
-        summary.parts += layer_parts(tl)
+        summary.parts += parts_j
         carry.energy.by_op.clear()
         for c, nb in enumerate(tl.dram_bytes):
             dram_bytes[c] += nb
