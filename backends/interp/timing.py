@@ -212,7 +212,7 @@ def run_timing(
     # every op the handlers make holds at most one resource: its id (-1: none), -2 for an op
     # holding several (taken the long way)
     single = [(r[0] if len(r) == 1 else -2) if r else -1 for r in res]
-    prio = [PRIORITY[k] for k in kind]
+    prio = list(map(PRIORITY.__getitem__, kind))
     heappush, heappop = heapq.heappush, heapq.heappop
     # engine.EventQueue's discipline, inlined (its two method calls per op were a fifth of the
     # loop): events (time, priority, push order, op), all distinct, so the pop order is theirs
@@ -265,7 +265,7 @@ def run_timing(
                 # a tail reservation (back == dur) can end an ulp before the clock: not earlier
                 heappush(heap, (ready[x] if ready[x] > t else t, prio[x], seq, x))
                 seq += 1
-    stuck = [op for op in range(n) if end[op] < 0]
+    stuck = [op for op in range(n) if end[op] < 0] if min(end, default=0.0) < 0 else []
     if stuck:
         op = stuck[0]
         i = g.instr[op]
