@@ -141,6 +141,31 @@ def precision_of(nbytes: int, elements: int, default: str) -> str:
     return default
 
 
+class CostMemo:
+    """The builder's memoized costs: what depends only on the target and a shape, never on the
+    routing (a compute op's duration and joules per die, tokens and geometry; a transfer's per
+    link and bytes; a read's route, holds and joules per channel, die and bytes). A
+    layer-by-layer run hands one memo to every part (:class:`~.timing.Carry`), so the layers of
+    a model compute the shapes they repeat once; the values are the same floats either way."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.load_paths: dict[tuple[int, int], LoadPath] = {}
+        self.reads: dict[tuple[int, int, int], tuple[float, list[tuple[float, float]]]] = {}
+        #: per (channel, die, bytes): :meth:`Builder.read_plan`
+        self.plans: dict[tuple[int, int, int], Any] = {}
+        #: compute op durations by shape (:meth:`Builder.compute_cost`)
+        self.compute: dict[tuple[Any, ...], float] = {}
+        #: per (src, dst, bytes): a transfer's link resource, hold, latency and its joules
+        self.transfers: dict[
+            tuple[int, int, int], tuple[tuple[int], float, float, float, float, float]
+        ] = {}  # fmt: skip
+        #: per slice opcode, die, geometry and precisions: its duration and energy parts
+        self.slices: dict[tuple[Any, ...], tuple[float, tuple[tuple[int, float], ...]]] = {}
+        #: the same for a whole micro-slice (:data:`SLICE_UNIT`), and the bytes of its ``h``
+        self.units: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
 class DieState:
     """One die's running state while its stream is turned into ops (op ids, or None)."""
 
@@ -189,8 +214,9 @@ class Builder:
     batch_slices = True
 
     def __init__(
-        self, p: Program, target: Target, precision: Mapping[str, Sequence[str]] | None = None
-    ) -> None:
+        self, p: Program, target: Target, precision: Mapping[str, Sequence[str]] | None = None,
+        costs: CostMemo | None = None,
+    ) -> None:  # fmt: skip
         self.p, self.t = p, target
         #: per layer, each expert's precision where a load's bytes cannot say (a residency hit)
         self.precision = dict(precision or {})
@@ -218,23 +244,15 @@ class Builder:
         self.dram_bytes = [0] * C
         self.link_bytes: dict[int, int] = defaultdict(int)
         self.dense_precision = p.layers[0].dtype if p.layers else "fp16"
-        self._load_paths: dict[tuple[int, int], LoadPath] = {}
-        self._read_costs: dict[tuple[int, int, int], tuple[float, list[tuple[float, float]]]] = {}
-        #: compute op durations by shape (:meth:`compute_cost`)
-        self.compute_costs: dict[tuple[Any, ...], float] = {}
-        #: per (src, dst, bytes): a transfer's link resource, hold, latency and its joules
-        self._xfer_costs: dict[
-            tuple[int, int, int], tuple[tuple[int], float, float, float, float, float]
-        ]
-        self._xfer_costs = {}
-        self._read_plans: dict[tuple[int, int, int], Any] = {}
+        m = costs if costs is not None and costs.target is target else CostMemo(target)
+        #: the memoized costs (shared with the other parts of a layer-by-layer run)
+        self.costs = m
+        self._load_paths, self._read_costs, self._read_plans = m.load_paths, m.reads, m.plans
+        self.compute_costs, self._xfer_costs = m.compute, m.transfers
+        self.slice_costs, self.unit_costs = m.slices, m.units
         self._geometry: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
         #: per (layer, shared, slice, bytes): the precision those bytes imply
         self._slice_prec: dict[tuple[str, bool, int, int], str] = {}
-        #: per slice opcode, die, geometry and precisions: its duration and energy parts
-        self.slice_costs: dict[tuple[Any, ...], tuple[float, tuple[tuple[int, float], ...]]] = {}
-        #: the same for a whole micro-slice (:data:`SLICE_UNIT`), and the bytes of its ``h``
-        self.unit_costs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
         self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
@@ -395,17 +413,36 @@ class Builder:
             return ops
         a, b = key
         res, occ, lat, e_link, e_read, e_write = self.transfer_costs(a, b, i.nbytes)
-        hold = self.g.add(XFER, occ, res, die, i)
-        ops = (hold, self.delay(hold, lat))
+        # the hold and (for a latency) its delay, as OpGraph.add and delay() would add them
+        g = self.g
+        hold = len(g.kind)
+        if lat <= 0.0:
+            g.kind.append(XFER)
+            g.dur.append(occ)
+            g.res.append(res)
+            g.ndeps.append(0)
+            g.succ.append([])
+            g.die.append(die)
+            g.instr.append(i)
+            g.layer.append(-1)
+            ops = (hold, hold)
+        else:
+            g.kind += (XFER, DELAY)
+            g.dur += (occ, lat)
+            g.res += (res, ())
+            g.ndeps += (0, 1)
+            g.succ += ([hold + 1], [])
+            g.die += (die, die)
+            g.instr += (i, i)
+            g.layer += (-1, -1)
+            ops = (hold, hold + 1)
         self.link_bytes[res[0]] += i.nbytes
         joules, by_op = self.energy.joules, self.energy.by_op
         # EnergyLedger.charge of the link, the source's SRAM read, the destination's write
         joules[a][D2D] += e_link
-        by_op.append((hold, a, D2D, e_link))
         joules[a][SRAM] += e_read
-        by_op.append((hold, a, SRAM, e_read))
         joules[b][SRAM] += e_write
-        by_op.append((hold, b, SRAM, e_write))
+        by_op += ((hold, a, D2D, e_link), (hold, a, SRAM, e_read), (hold, b, SRAM, e_write))
         mine[key].append(ops)
         return ops
 

@@ -112,8 +112,11 @@ def run(args: argparse.Namespace) -> int:
         print(explain_online(compiled.online))
     p = compiled.program
     extra = f" + {companion_name(Path(args.output).name)}" if compiled.companion is not None else ""
+    strategies = list(dict.fromkeys(r.strategy for r in p.runtime))  # per layer with auto
     print(
         f"wrote {args.output}{extra}: {len(p.layers)} MoE layers, {len(p.streams)} dies, "
-        f"{p.num_instructions()} static instructions, strategy {p.runtime[0].strategy}"
-    )
+        f"{p.num_instructions()} static instructions, "
+        + (f"strategy {strategies[0]}" if len(strategies) == 1 else
+           "strategies " + ", ".join(f"{r.layer} {r.strategy}" for r in p.runtime))
+    )  # fmt: skip
     return 0

@@ -17,6 +17,10 @@ Semantics (ONNX Runtime 1.32 ContribOperators, checked against its CPU kernel):
   defaults alpha=1, beta=0, no limit;
 - ``gelu`` is the tanh approximation (canonical ``gelu_tanh``); ``fc3`` with another
   activation means a gated FFN ``act(fc1 x) * (fc3 x)``;
+- ``geglu`` (onnxruntime-genai's Gemma-4; ORT implements it on CUDA only) is
+  ``gelu_tanh(g) * l`` with fc1's (gate, linear) rows laid out as for SwiGLU (fusion 1 or 2, no
+  fc3); alpha, beta and limit do not apply. ``moec check`` runs such nodes in ORT through the
+  standard-op substitute of ``backends/ort/geglu.py``;
 - QMoE ``quant_type='int'``: weights ``uint8`` ``[E, N, K*bits/8]`` (4-bit: element 2i in the low
   nibble), scales ``[E, N]`` (row-wise) or ``[E, N, K/block_size]``, optional zero points (packed
   like the weights); ``w = (q - zp) * scale`` with ``zp = 2**(bits-1)`` when absent. The dequantized
@@ -37,7 +41,10 @@ keeping their (2-D or 3-D) shape::
     MoE(x[B,S,d], Gemm(Flatten(x), WrT, bias, transB=1))      tokens flattened first
     MoE(x[N,d], Transpose(Gemm(WrT, x, transB=1)))            transposed product
 
-The router nodes are lifted into the layer when nothing else uses their results.
+A router that normalizes the residual itself (``SimplifiedLayerNormalization(h; w_r) * s``
+beside the node's ``SimplifiedLayerNormalization(h; w_x)``) is read as ``x * c``
+(``router_norm.py``). The router nodes are lifted into the layer when nothing else uses their
+results.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from moec.compiler.frontend import fused_router, nbits
+from moec.compiler.frontend import fused_router, nbits, router_norm
 from moec.compiler.frontend.nbits import dequantize
 from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
 from moec.ir.graph import TensorType, Weight
@@ -62,6 +69,13 @@ QMOE_NORMALIZE_NOTE = "ort_qmoe_renormalizes_despite_normalize_routing_weights_0
 # what `moec check` compares with. The HF PhiMoE export lifts as scoring=sparsemixer instead.
 SPARSE_MIXER_NOTE = "ort_cpu_ignores_use_sparse_mixer"
 _MOE = {"fc1": 2, "fc1_bias": 3, "fc2": 4, "fc2_bias": 5, "fc3": 6, "fc3_bias": 7}
+#: Gated activations whose fc1 holds (gate, up) rows; geglu is ``gelu_tanh(gate) * up`` (ORT's
+#: MoE/QMoE schema; alpha, beta and limit do not apply to it).
+_GLU = ("swiglu", "geglu")
+
+
+def _fc3_index(node: onnx.NodeProto) -> int:
+    return (_QMOE if node.op_type == "QMoE" else _MOE)["fc3"]
 
 
 def _input(node: onnx.NodeProto, index: int) -> str:
@@ -73,15 +87,16 @@ def _unsupported(view: GraphView, node: onnx.NodeProto) -> str | None:
     if a(node, "swiglu_limit_after_activation", 0):
         return "swiglu_limit_after_activation=1 is not supported (expected 0)"
     act = a(node, "activation_type", "relu")
-    if act == "geglu":
-        # onnxruntime-genai's Gemma-4 MoE node: ONNX Runtime 1.32's CPU kernel refuses it
-        # ("Unsupported MoE activation type: geglu"), so there is no reference to lift it against.
+    if act == "geglu" and (
+        int(a(node, "swiglu_fusion", 0)) not in (1, 2) or _input(node, _fc3_index(node))
+    ):
+        # ORT's schema: geglu needs fused fc1 (gate, up) rows, swiglu_fusion 1 or 2, no fc3.
+        return "activation_type='geglu' needs swiglu_fusion=1 or 2 and no fc3"
+    if act not in (*_ACTIVATIONS, *_GLU):
         return (
-            "activation_type='geglu' is not supported (ONNX Runtime's CPU MoE kernel does not "
-            "implement it either; expected relu, gelu, silu, identity or swiglu)"
+            f"activation_type={act!r} is not supported "
+            "(expected relu, gelu, silu, identity, swiglu or geglu)"
         )
-    if act not in (*_ACTIVATIONS, "swiglu"):
-        return f"activation_type={act!r} is not supported (expected relu, gelu, silu, identity or swiglu)"
     if node.op_type == "QMoE":
         if a(node, "quant_type", "int") != "int":
             return f"quant_type={a(node, 'quant_type')!r} is not supported (expected 'int')"
@@ -329,13 +344,21 @@ def _logits_router(
     x_chain = _token_chain(view, x)
     rows_chain: list[int] = []
     value = x_rows
+    rescale: router_norm.RouterNorm | None = None
     while value not in x_chain:
         q = view.producer(value)
         if q is None or not _passes_through(view, q):
-            return (
-                f"the router {p.op_type} ({view.name(p)}) does not read the MoE input "
-                f"{x!r} (or a reshape of it)"
-            )
+            norm = router_norm.match(view, value, x_chain, d)
+            if isinstance(norm, str):
+                return norm
+            if norm is None:
+                return (
+                    f"the router {p.op_type} ({view.name(p)}) does not read the MoE input "
+                    f"{x!r} (or a reshape of it)"
+                )
+            rescale = norm
+            rows_chain.extend(norm.nodes)
+            break
         rows_chain.append(view.id(q))
         value = q.input[0]
     nodes.update(rows_chain)
@@ -344,6 +367,17 @@ def _logits_router(
     if bias is not None and bias.size not in (1, E):
         return f"router bias has {bias.size} entries, expected {E} (one per expert)"
     weights: dict[str, Weight] = {}
+    if rescale is not None:
+        quantizes = p.op_type == "MatMulNBits" and nbits.act_quant_block(view, p) is not None
+        if quantizes or w is None or rescale.scale is None:
+            c = rescale.scale
+            weights["router_in_scale"] = (
+                _present("router_in_scale", c)
+                if c is not None
+                else _declared("router_in_scale", (d,))
+            )
+        else:
+            w = w * rescale.scale[:, None]  # folded: x @ (c * W) == (x * c) @ W
     weights["router_w"] = (
         _present("router_w", w.T) if w is not None else _declared("router_w", (E, d))
     )
@@ -374,8 +408,10 @@ def _present(name: str, arr: np.ndarray) -> Weight:
     return Weight(name, TensorType("f16" if half else "f32", tuple(int(s) for s in a.shape)), a)
 
 
-def _declared(name: str, shape: tuple[int, ...]) -> Weight:
-    return Weight(name, TensorType("f32", shape))
+def _declared(name: str, shape: tuple[int, ...], like: Weight | None = None) -> Weight:
+    """A weight without values: float32, or float16 ``like`` an fp16 one it is made from."""
+    half = like is not None and like.type.dtype == "f16"
+    return Weight(name, TensorType("f16" if half else "f32", shape))
 
 
 def _fc(
@@ -422,7 +458,7 @@ def _bias(view: GraphView, node: onnx.NodeProto, which: str, quant: bool) -> np.
 def _transpose(w: Weight, key: str) -> Weight:
     if w.data is None:
         E, N, K = (int(s) for s in w.type.shape)
-        return _declared(key, (E, K, N))
+        return _declared(key, (E, K, N), w)
     return _present(key, np.transpose(w.data, (0, 2, 1)))
 
 
@@ -430,7 +466,7 @@ def _split_rows(w: Weight, fusion: int, key_a: str, key_b: str) -> tuple[Weight,
     """Fused fc1 [E, 2F, d] -> (gate, linear) [E, F, d] by swiglu_fusion layout."""
     E, N, K = (int(s) for s in w.type.shape)
     if w.data is None:
-        return _declared(key_a, (E, N // 2, K)), _declared(key_b, (E, N // 2, K))
+        return _declared(key_a, (E, N // 2, K), w), _declared(key_b, (E, N // 2, K), w)
     if fusion == 1:
         return _present(key_a, w.data[:, 0::2]), _present(key_b, w.data[:, 1::2])
     return _present(key_a, w.data[:, : N // 2]), _present(key_b, w.data[:, N // 2 :])
@@ -470,8 +506,8 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
     b1 = _bias(view, node, "fc1_bias", quant)
     b2 = _bias(view, node, "fc2_bias", quant)
     b3 = _bias(view, node, "fc3_bias", quant)
-    gated = act == "swiglu" or fc3 is not None
-    if act == "swiglu" and fusion in (1, 2):
+    gated = act in _GLU or fc3 is not None
+    if act in _GLU and fusion in (1, 2):
         gate, up = _split_rows(fc1, fusion, "w_gate", "w_up")
         if b1 is not None:
             bg, bu = _split_bias(b1, fusion)
@@ -532,7 +568,7 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
         scoring=selected.scoring if selected is not None else "softmax",
         normalize_topk=normalize,
         normalize_eps=selected.normalize_eps if selected is not None else None,
-        activation="swiglu" if act == "swiglu" else _ACTIVATIONS[act],
+        activation={"swiglu": "swiglu", "geglu": "gelu_tanh"}.get(act) or _ACTIVATIONS[act],
         gated=gated,
     )
     if act == "swiglu":

@@ -331,7 +331,7 @@ def _match_groups(walk: Walk, choice: str, E: int) -> tuple[int, int, str, float
         )
     gsel = walk.only(gscore, "the top groups", ("TopK",))
     topk_group = _topk_k(walk, gsel)
-    scatter = walk.only(gsel.output[1], "the group mask", ("ScatterElements",))
+    scatter = _group_scatter(walk, gsel.output[1])
     _take_const_tree(walk, scatter.input[0])
     _take_const_tree(walk, scatter.input[2])
     mask = walk.forward(scatter.output[0])
@@ -342,12 +342,43 @@ def _match_groups(walk: Walk, choice: str, E: int) -> tuple[int, int, str, float
     where = walk.only(cast.output[0], "the masking of non-selected groups", ("Where", "Not"))
     keep_first = where.op_type == "Where"
     if where.op_type == "Not":
-        where = walk.only(where.output[0], "the masking of non-selected groups", ("Where",))
+        where = walk.only(where.output[0], "the masking of non-selected groups", ("Where", "Cast"))
+        if where.op_type == "Cast" and walk.attr(where, "to") == onnx.TensorProto.BOOL:
+            where = walk.only(where.output[0], "the masking of non-selected groups", ("Where",))
     kept, fill_in = (1, 2) if keep_first else (2, 1)
     fill = walk.scalar(where.input[fill_in])
     if walk.root(where.input[kept]) != walk.root(choice) or fill is None:
         raise walk.fail(where, "expected Where(group mask, expert scores, constant fill)")
     return G, topk_group, kind, fill, where.output[0]
+
+
+def _group_scatter(walk: Walk, ids: str) -> onnx.NodeProto:
+    """The ``ScatterElements`` writing the group mask at the top groups ``ids``.
+
+    TorchScript's ``mask.scatter_(1, ids, 1)`` expands the constant to the ids' shape first:
+    ``ScatterElements(zeros, ids, Expand(1, Shape(ids)))``; that ``Shape``/``Expand`` pair is
+    part of the mask."""
+    cs = walk.consumers(walk.forward(ids))
+    scatters = [c for c in cs if c.op_type == "ScatterElements"]
+    pairs = []
+    for c in cs:
+        if c.op_type != "Shape":
+            continue
+        users = walk.consumers(c.output[0])
+        if (
+            len(users) == 1
+            and users[0].op_type == "Expand"
+            and walk.const(users[0].input[0]) is not None
+        ):
+            pairs.append((c, users[0]))
+    if len(scatters) == 1 and len(pairs) == 1 and len(cs) == 2:
+        (shape, expand), scatter = pairs[0], scatters[0]
+        users = walk.consumers(expand.output[0])
+        if users == [scatter] and scatter.input[2] == expand.output[0]:
+            walk.take(shape)
+            walk.take(expand)
+            return walk.take(scatter)
+    return walk.only(ids, "the group mask", ("ScatterElements",))
 
 
 def _take_const_tree(walk: Walk, value: str) -> None:
