@@ -11,7 +11,8 @@ hold 2-4 alternatives sharing one static part and a decision list over routing s
    (fastest first), then each strategy's best by bound (so it is not one family's variants),
    then the rest by bound. The search prunes most candidates; the draws measure every member.
 2. **One static part**: every pool member is lowered again with one slice count, the largest
-   any of them chose (``slices=S``, and ``shared_slices`` likewise for shared experts), so
+   any of them has (its own cut, or the one a slice variant of the search such as
+   ``tp{slices=64}`` names; ``shared_slices`` likewise for shared experts), so
    layouts and slot pools agree; a member whose static part still differs (declarations,
    slots, die streams) is dropped and says so (:func:`merge` refuses such a set with the
    first difference). This is the price of one static part: a strategy that would cut its
@@ -350,19 +351,18 @@ def _build(
 ) -> OnlineResult:
     """The pool of candidates with ``slots`` slots (None: the default), measured on the
     draws, the alternatives and the rule (module docstring, steps 1-5)."""
-    usable = [
-        _with(t.strategy) for t in ranked if parse_strategy(t.strategy)[1].get("slots") == slots
-    ]
-    measured = [_with(t.strategy) for t in ranked if t.measured_s is not None]
+    usable = [t.strategy for t in ranked if parse_strategy(t.strategy)[1].get("slots") == slots]
+    measured = [t.strategy for t in ranked if t.measured_s is not None]
     # each strategy's best candidate, so that the pool is not one family's variants
     families: dict[str, str] = {}
     for spec in usable:
         families.setdefault(parse_strategy(spec)[0], spec)
     specs: list[str] = []
+    keys: set[str] = set()  # a spelling and its slice variants are one member (one cut below)
     for spec in [*(m for m in measured if m in usable), *families.values(), *usable]:
-        if spec not in specs:
+        if _with(spec) not in keys and len(specs) < POOL:
+            keys.add(_with(spec))
             specs.append(spec)
-    specs = specs[:POOL]
 
     def common_counts(progs: Sequence[Program]) -> dict[str, str]:
         routed = [lay.count for p in progs for lay in p.layouts if not lay.shared]
