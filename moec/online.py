@@ -107,6 +107,15 @@ class OnlineResult:
         )
 
 
+def _is_spec(text: str) -> bool:
+    """Whether ``text`` is a strategy spelling (the search's per-layer mix is not)."""
+    try:
+        parse_strategy(text)
+    except StrategyError:
+        return False
+    return True
+
+
 def _with(spec: str, **opts: str) -> str:
     name, have = parse_strategy(spec)
     have.pop("slices", None)
@@ -299,7 +308,7 @@ def online_search(
     )  # fmt: skip
     target = load_target(target_ref.spec, dict(target_ref.overrides), base_dir=base_dir)
     ranked = sorted(  # measured first (fastest first), then the rest by their bound
-        (t for t in auto.trials if t.predicted_s is not None),
+        (t for t in auto.trials if t.predicted_s is not None and _is_spec(t.strategy)),
         key=lambda t: (
             t.measured_s is None,
             t.measured_s if t.measured_s is not None else t.predicted_s,
@@ -314,7 +323,8 @@ def online_search(
 
     best: OnlineResult | None = None
     errors: list[str] = []
-    winner_slots = parse_strategy(auto.winner.strategy)[1].get("slots")
+    winner = auto.winner.strategy  # a per-layer mix is no spec: its parts are in the pool
+    winner_slots = parse_strategy(winner)[1].get("slots") if _is_spec(winner) else None
     for slots in dict.fromkeys([winner_slots, None]):  # the winner's slot count, the default
         try:
             found = _build(auto, ranked, slots, lowered, target, draws, alternatives)
