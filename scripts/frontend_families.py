@@ -267,7 +267,7 @@ def doc_rows(text: str) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return text.replace("|", "\\|").replace("\n", " ").strip()
 
 
 def table(rows: list[dict[str, Any]]) -> str:

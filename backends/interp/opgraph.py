@@ -164,6 +164,8 @@ class CostMemo:
         self.slices: dict[tuple[Any, ...], tuple[float, tuple[tuple[int, float], ...]]] = {}
         #: the same for a whole micro-slice (:data:`SLICE_UNIT`), and the bytes of its ``h``
         self.units: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        #: per (op kind, channel, die, bytes): the ops of a read (:meth:`Builder.read`)
+        self.read_ops: dict[tuple[int, int, int, int], tuple[Any, ...]] = {}
 
 
 class DieState:
@@ -332,27 +334,76 @@ class Builder:
         as a tail reservation (``back``: :mod:`.timing`'s rule) and a delay for the hop's
         latency. The last op's end is when the data has arrived.
         """
-        lp = self.load_path(channel, die)
-        occ, hops, source, e_source, e_sram = self.read_plan(channel, die, nbytes)
+        key = (kind, channel, die, nbytes)
+        tpl = self.costs.read_ops.get(key)
+        if tpl is None:
+            tpl = self.costs.read_ops[key] = self._read_template(kind, channel, die, nbytes)
+        kinds, durs, res, ndeps, backs, charges, links = tpl
         g = self.g
-        first = g.add(kind, occ, (lp.res,), die, i, layer, island)
-        last = self.delay(first, lp.latency)
-        energy = self.energy
-        energy.charge(source, "host" if channel == HOST_CHANNEL else "dram", e_source, first)
-        op = first
+        first = len(g.kind)
+        k = len(kinds)
+        g.kind += kinds
+        g.dur += durs
+        g.res += res
+        g.ndeps += ndeps
+        g.succ += [[op] for op in range(first + 1, first + k)]
+        g.succ.append([])
+        g.die += (die,) * k
+        g.instr += (i,) * k
+        g.layer += (layer,) * k
+        if island >= 0:
+            for op in range(first, first + k):
+                g.island_of[op] = island
+        for j, back in backs:
+            g.back_of[first + j] = back
+        joules, by_op = self.energy.joules, self.energy.by_op
+        for j, d, part, e in charges:  # EnergyLedger.charge, in read order
+            joules[d][part] += e
+            by_op.append((first + j, d, part, e))
         link_bytes = self.link_bytes
-        for res, dur, back, lat, src, e_link in hops:
-            op = g.add(kind, dur, (res,), die, i, layer, island, back)
-            g.edge(last, op)
-            link_bytes[res] += nbytes
-            energy.charge(src, "d2d", e_link, op)
-            last = self.delay(op, lat)
-        energy.charge(die, "sram", e_sram, op)
+        for r in links:
+            link_bytes[r] += nbytes
         if channel == HOST_CHANNEL:
             self.host_bytes[die] += nbytes
         else:
             self.dram_bytes[channel] += nbytes
-        return first, last
+        return first, first + k - 1
+
+    def _read_template(self, kind: int, channel: int, die: int, nbytes: int) -> tuple[Any, ...]:
+        """The ops :meth:`read` appends, as a chain (each op the next one's only predecessor):
+        their kinds, durations, resources and dependency counts; the ``back`` of the hops (by
+        position, where not 0); the energy charges ``(position, die, part index, joules)`` in
+        the order they are made; the links the bytes cross. Memoized per (kind, channel, die,
+        bytes): the same for every read of that shape."""
+        lp = self.load_path(channel, die)
+        occ, hops, source, e_source, e_sram = self.read_plan(channel, die, nbytes)
+        kinds, durs = [kind], [occ]
+        res: list[tuple[int, ...]] = [(lp.res,)]
+        backs: list[tuple[int, float]] = []
+        part = PARTS.index("host" if channel == HOST_CHANNEL else "dram")
+        charges = [(0, source, part, e_source)]
+
+        def delay(latency: float) -> None:  # Builder.delay: only for a latency
+            if latency > 0.0:
+                kinds.append(DELAY)
+                durs.append(latency)
+                res.append(())
+
+        delay(lp.latency)
+        hold = 0
+        for r, dur, back, lat, src, e_link in hops:
+            hold = len(kinds)
+            kinds.append(kind)
+            durs.append(dur)
+            res.append((r,))
+            if back:
+                backs.append((hold, back))
+            charges.append((hold, src, D2D, e_link))
+            delay(lat)
+        charges.append((hold, die, SRAM, e_sram))
+        ndeps = (0,) + (1,) * (len(kinds) - 1)
+        links = tuple(r for r, *_ in hops)
+        return tuple(kinds), tuple(durs), tuple(res), ndeps, tuple(backs), tuple(charges), links
 
     def read_plan(
         self, channel: int, die: int, nbytes: int

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moec.compiler.frontend.hf_routing import Walk, match_activation
+from moec.compiler.frontend.hf_activation import match_activation
+from moec.compiler.frontend.hf_routing import Walk
 from moec.compiler.frontend.softcap import match_softcapped_silu
 
 

@@ -55,12 +55,8 @@ event, so the interpreter runs it when the rules allow it and not earlier (a slo
 would let a load run ahead of R4's reservation of received slots, and the streams' timing drift
 from the rules').
 
-**Central load order** (the order dies pull slices and channels push them): ``natural``, unit
-by unit (shared experts first, then ascending expert id), or ``paired`` (the expander orders the
-units hottest, coldest, 2nd hottest, 2nd coldest, ...; the scheduler interleaves the slices of
-each (hot, cold) pair, so hot compute hides cold DRAM traffic slice by slice), or ``balanced``
-(moec's own: each next slice comes from the hottest remaining expert while the compute issued
-so far lags the DRAM time issued so far, else from the coldest).
+**Central load order** (the order dies pull slices and channels push them):
+:func:`.fsedp_order.central_order` (``natural``, ``paired`` or ``balanced``).
 
 **Local rules** on each die, with ``K`` slots: ``P = K // (2 m)`` per walk position (``m`` the
 most positions a die has: 1 on a cycle, 2 on a path there and back) hold slices received from
@@ -98,6 +94,7 @@ from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from itertools import count
 
+from moec.backends.interp.expand.fsedp_order import central_order
 from moec.backends.interp.expand.fsedp_problem import RULES, Hop, Machine, Problem, Schedule, Unit
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.params import fsedp_min_slots, fsedp_walk
@@ -300,7 +297,7 @@ class _Sim:
 
     # --- planning ---
     def plan(self) -> None:
-        for u, j in self.load_order():
+        for u, j in central_order(self.p):
             if not u.tokens:
                 continue
             trip = self.trip(u, j)
@@ -320,45 +317,6 @@ class _Sim:
                         t = self.trip(trip.unit, trip.slice)
                         t.path, t.compute_at = [self.positions[d][0]], {0}
                         self.dies[d].queue.append(t)
-
-    def load_order(self) -> list[tuple[Unit, int]]:
-        """(unit, slice) in the central load order: unit by unit, or with ``paired`` the two
-        units of each consecutive pair slice by slice (hot, cold, hot, cold, ...)."""
-        units = self.p.units
-        out: list[tuple[Unit, int]] = []
-        start = 1 if units and units[0].expert is None else 0  # shared experts go first, alone
-        out += [(u, j) for u in units[:start] for j in range(len(u.slice_bytes))]
-        if self.p.balanced:
-            return out + self.balanced(units[start:])
-        step = 2 if self.p.paired else 1
-        for k in range(start, len(units), step):
-            group = units[k : k + step]
-            for j in range(max(len(u.slice_bytes) for u in group)):
-                out += [(u, j) for u in group if j < len(u.slice_bytes)]
-        return out
-
-    def balanced(self, units: list[Unit]) -> list[tuple[Unit, int]]:
-        """Slices ordered so that compute keeps pace with DRAM all along: the next slice comes
-        from the expert with the most compute per slice while the compute issued so far is
-        behind the DRAM time issued so far, else from the one with the least (ties: load
-        order). Compute of a slice: its slowest die; DRAM: bytes over all channels' bandwidth.
-        """
-        bw = self.p.dram_bytes_per_s
-        heavy = [max(sum(u.compute(d, 0)) for d in u.tokens) for u in units]
-        left = [len(u.slice_bytes) for u in units]
-        rank = sorted(range(len(units)), key=lambda k: (-heavy[k], k))
-        out: list[tuple[Unit, int]] = []
-        comp = dram = 0.0
-        while any(left):
-            live = [k for k in rank if left[k]]
-            k = live[0] if comp <= dram else live[-1]
-            u = units[k]
-            j = len(u.slice_bytes) - left[k]
-            left[k] -= 1
-            out.append((u, j))
-            comp += max(sum(u.compute(d, j)) for d in u.tokens)
-            dram += u.slice_bytes[j] / bw if bw > 0 else 0.0
-        return out
 
     # --- R4 / R5: loads ---
     def locals_of(self, d: _Die) -> int:
