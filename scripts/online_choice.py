@@ -98,6 +98,9 @@ def point(
     auto = search(module, ref, routing, routing_name=where, tokens=tokens, name=bm.name)
     statics: dict[str, Program] = {}
     for s in [*FIXED, auto.winner.strategy]:
+        if s.startswith("per-layer["):  # auto's per-layer mix: its merged program as written
+            statics[s] = auto.program
+            continue
         name, opts = parse_strategy(s)
         try:
             statics[s] = lower(module, ref, name, opts, routing, tokens=tokens, name=bm.name)
