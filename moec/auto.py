@@ -70,7 +70,6 @@ from moec.ir.cost import (
     gemm_time,
     schedule_floor,
     slice_activation,
-    slice_compute_time,
 )
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
@@ -81,7 +80,6 @@ from moec.ir.stream import (
     Act,
     Gemm,
     Load,
-    MoEDecl,
     Program,
     Recv,
     SliceRef,
@@ -92,6 +90,7 @@ from moec.ir.stream.layouts import layouts_for
 from moec.ir.stream.values import HOST_CHANNEL
 from moec.ir.target import Target, load_target
 from moec.per_layer import LayerChoice, LayerMergeError, merge_layers, rank_layers
+from moec.slice_variants import slice_variants, spell
 
 #: Interpreter runs the search may spend by default.
 DEFAULT_BUDGET = 18
@@ -118,69 +117,8 @@ def candidates(options: dict[str, str] | None = None) -> list[str]:
             continue
         known = STRATEGIES[name].options
         opts.update({k: v for k, v in (options or {}).items() if k in known and k not in opts})
-        out.append(_spec(name, opts))
+        out.append(spell(name, opts))
     return out
-
-
-#: Strategies whose micro-slice count :func:`slice_variants` varies.
-SLICED = ("ep", "hydra", "eplb", "tp", "fsedp-paired")
-
-
-def slice_variants(trials: Sequence[Trial], target: Target, routing: RoutingTrace) -> list[str]:
-    """More candidates: each lowered :data:`SLICED` strategy with its default cut (no option but
-    a calibration) at two other slice counts, the cheapest compute above its count ``c`` (up
-    to ``2c``) and below it (down to ``c/2``), when they cost less than ``c``.
-
-    The lowering's count is the fewest slices that fit SRAM or the cost model's fastest estimate
-    (:mod:`moec.compiler.lower.slicing`); a count forced by SRAM can cut the FFN into widths
-    that leave MAC-array folds partly empty (Phi-3.5-MoE, 256 tokens on fsedp-2x2: TP's 80
-    slices of 80 columns fill 3 folds of 64 with 160 gate/up columns, and 3 folds of 32 rows
-    with 80 down-projection rows). Compute per count is the first layer's every slice
-    (:func:`~moec.ir.cost.slice_compute_time`, even widths as the lowering cuts them) for the
-    routing's mean tokens per activated expert; whether a count fits and is faster is for the
-    lowering and the interpreter to say, like any candidate's."""
-    out: list[str] = []
-    have = {t.strategy for t in trials}
-    for t in trials:
-        name, opts = parse_strategy(t.strategy)
-        if name not in SLICED or set(opts) - {"calibration"} or t.program is None:
-            continue
-        m = t.program.layers[0]
-        layout = t.program.layout(m.name)
-        if layout is None:
-            continue
-        counts = np.bincount(routing.layers[0].ids[routing.layers[0].ids >= 0].ravel())
-        n = max(1, math.ceil(float(counts[counts > 0].mean()))) if counts.size else 1
-        c = layout.count
-        cost = {k: _cut_compute(target, m, n, k) for k in range(max(1, c // 2), 2 * c + 1)}
-        sides = (range(max(1, c // 2), c), range(c + 1, min(2 * c, m.ffn) + 1))
-        for side in sides:
-            best = min(side, key=lambda k: (cost[k], k), default=None)
-            if best is None or cost[best] >= cost[c]:
-                continue
-            spec = _spec(name, {**opts, "slices": str(best)})
-            if spec not in have:
-                have.add(spec)
-                out.append(spec)
-    return out
-
-
-def _cut_compute(target: Target, m: MoEDecl, tokens: int, count: int) -> float:
-    """Seconds of compute of one expert of ``m`` cut evenly into ``count`` slices (the lowering's
-    even widths), each slice for ``tokens`` tokens."""
-    base, extra = divmod(m.ffn, count)
-    widths = [(count - extra, base), (extra, base + 1)]
-    return sum(
-        k * slice_compute_time(target, 0, tokens, m.hidden, w, m.gated, m.dtype)
-        for k, w in widths
-        if k and w
-    )
-
-
-def _spec(name: str, opts: dict[str, str]) -> str:
-    if not opts:
-        return name
-    return name + "{" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + "}"
 
 
 @dataclass
