@@ -7,8 +7,9 @@ calibration matches the batch), so ``auto`` tries them for the model, target and
    options, then option variants that change the schedule (the fewest slices that fit instead
    of the cost model's cut, Hydra without its per-die cap, EP with block placement, more SRAM
    slots, hence finer micro-slices) and hybrids within a layer (``hydra{split=N}``: the N
-   hottest experts cut over all dies TP-style, the rest whole on dies). A candidate that does
-   not fit the target (a :class:`~moec.ir.errors.ScheduleError` or ``StrategyError``) is recorded as such.
+   hottest experts cut over all dies TP-style, the rest whole on dies); with
+   :func:`slice_variants`, the slice counts next to each whole-expert strategy's own whose cut
+   costs less compute (MAC-array folds filled). A candidate that does not fit the target (a :class:`~moec.ir.errors.ScheduleError` or ``StrategyError``) is recorded as such.
 2. **Predict** each candidate from the cost model: its program is lowered and its runtime part
    expanded for the routing, and the prediction is, per MoE layer, the larger of the busiest
    DRAM channel's occupancy (:func:`~moec.ir.cost.dram_occupancy` of the layer's loads on it)
@@ -69,12 +70,24 @@ from moec.ir.cost import (
     gemm_time,
     schedule_floor,
     slice_activation,
+    slice_compute_time,
 )
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace
 from moec.ir.routing_synth import SynthSpec, parse_routing_spec
-from moec.ir.stream import Accum, Act, Gemm, Load, Program, Recv, SliceRef, TargetRef, TensorRef
+from moec.ir.stream import (
+    Accum,
+    Act,
+    Gemm,
+    Load,
+    MoEDecl,
+    Program,
+    Recv,
+    SliceRef,
+    TargetRef,
+    TensorRef,
+)
 from moec.ir.stream.layouts import layouts_for
 from moec.ir.stream.values import HOST_CHANNEL
 from moec.ir.target import Target, load_target
@@ -107,6 +120,61 @@ def candidates(options: dict[str, str] | None = None) -> list[str]:
         opts.update({k: v for k, v in (options or {}).items() if k in known and k not in opts})
         out.append(_spec(name, opts))
     return out
+
+
+#: Strategies whose micro-slice count :func:`slice_variants` varies.
+SLICED = ("ep", "hydra", "eplb", "tp", "fsedp-paired")
+
+
+def slice_variants(trials: Sequence[Trial], target: Target, routing: RoutingTrace) -> list[str]:
+    """More candidates: each lowered :data:`SLICED` strategy with its default cut (no option but
+    a calibration) at two other slice counts, the cheapest compute above its count ``c`` (up
+    to ``2c``) and below it (down to ``c/2``), when they cost less than ``c``.
+
+    The lowering's count is the fewest slices that fit SRAM or the cost model's fastest estimate
+    (:mod:`moec.compiler.lower.slicing`); a count forced by SRAM can cut the FFN into widths
+    that leave MAC-array folds partly empty (Phi-3.5-MoE, 256 tokens on fsedp-2x2: TP's 80
+    slices of 80 columns fill 3 folds of 64 with 160 gate/up columns, and 3 folds of 32 rows
+    with 80 down-projection rows). Compute per count is the first layer's every slice
+    (:func:`~moec.ir.cost.slice_compute_time`, even widths as the lowering cuts them) for the
+    routing's mean tokens per activated expert; whether a count fits and is faster is for the
+    lowering and the interpreter to say, like any candidate's."""
+    out: list[str] = []
+    have = {t.strategy for t in trials}
+    for t in trials:
+        name, opts = parse_strategy(t.strategy)
+        if name not in SLICED or set(opts) - {"calibration"} or t.program is None:
+            continue
+        m = t.program.layers[0]
+        layout = t.program.layout(m.name)
+        if layout is None:
+            continue
+        counts = np.bincount(routing.layers[0].ids[routing.layers[0].ids >= 0].ravel())
+        n = max(1, math.ceil(float(counts[counts > 0].mean()))) if counts.size else 1
+        c = layout.count
+        cost = {k: _cut_compute(target, m, n, k) for k in range(max(1, c // 2), 2 * c + 1)}
+        sides = (range(max(1, c // 2), c), range(c + 1, min(2 * c, m.ffn) + 1))
+        for side in sides:
+            best = min(side, key=lambda k: (cost[k], k), default=None)
+            if best is None or cost[best] >= cost[c]:
+                continue
+            spec = _spec(name, {**opts, "slices": str(best)})
+            if spec not in have:
+                have.add(spec)
+                out.append(spec)
+    return out
+
+
+def _cut_compute(target: Target, m: MoEDecl, tokens: int, count: int) -> float:
+    """Seconds of compute of one expert of ``m`` cut evenly into ``count`` slices (the lowering's
+    even widths), each slice for ``tokens`` tokens."""
+    base, extra = divmod(m.ffn, count)
+    widths = [(count - extra, base), (extra, base + 1)]
+    return sum(
+        k * slice_compute_time(target, 0, tokens, m.hidden, w, m.gated, m.dtype)
+        for k, w in widths
+        if k and w
+    )
 
 
 def _spec(name: str, opts: dict[str, str]) -> str:
@@ -324,9 +392,11 @@ def search(
     objective: str = "latency",
     max_sram_mib: float | None = None,
     resamples: int = 0,
+    variants: bool | None = None,
 ) -> AutoResult:
     """Lower, predict and confirm every candidate (module docstring); ``specs`` replaces
-    :func:`candidates`. With ``resamples`` R > 0 each confirmed candidate also runs on R
+    :func:`candidates`; ``variants`` (default: when ``specs`` is None) adds
+    :func:`slice_variants` of the lowered candidates. With ``resamples`` R > 0 each confirmed candidate also runs on R
     :func:`resample` draws of ``routing`` (seeds 1..R) and is scored by its worst run: a
     schedule that overfills a die or slows down on a batch like the given one loses."""
     if budget < 1:
@@ -342,7 +412,8 @@ def search(
     target = load_target(target_ref.spec, dict(target_ref.overrides), base_dir=base_dir)
     draws = [routing] + [resample(routing, k) for k in range(1, resamples + 1)]
     trials = [Trial(s) for s in (candidates() if specs is None else specs)]
-    for tr in trials:
+
+    def predict(tr: Trial) -> None:
         strategy, opts = parse_strategy(tr.strategy)
         try:
             tr.program = lower(
@@ -354,6 +425,13 @@ def search(
             tr.status = "predicted"
         except (ScheduleError, StrategyError) as e:
             tr.status = f"not lowered: {e.message}"
+
+    for tr in trials:
+        predict(tr)
+    if specs is None if variants is None else variants:
+        for spec in slice_variants(trials, target, routing):
+            trials.append(Trial(spec))
+            predict(trials[-1])
     ranked = sorted(
         (i for i, tr in enumerate(trials) if tr.predicted_s is not None),
         key=lambda i: (trials[i].predicted_s, i),

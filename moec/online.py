@@ -5,22 +5,25 @@ Where the best strategy depends on the batch's routing, known only at run time, 
 hold 2-4 alternatives sharing one static part and a decision list over routing statistics
 (``strategy online``; ``docs/isa.md``, "Online choice"). :func:`online_search` builds one:
 
-1. **Candidates**: the search of :mod:`moec.auto` on the given routing; of its candidates that
-   lowered with the winner's slot count, the pool (at most :data:`POOL`) takes the measured
-   ones (fastest first), then each strategy's best by bound (so it is not one family's
-   variants), then the rest by bound. The search prunes most candidates; the draws measure
-   every member.
+1. **Candidates**: the search of :mod:`moec.auto` on the given routing. Of its candidates that
+   lowered, with the winner's slot count (and again with the default count; the better online
+   program on the draws is kept), the pool (at most :data:`POOL`) takes the measured ones
+   (fastest first), then each strategy's best by bound (so it is not one family's variants),
+   then the rest by bound. The search prunes most candidates; the draws measure every member.
 2. **One static part**: every pool member is lowered again with one slice count, the largest
    any of them chose (``slices=S``, and ``shared_slices`` likewise for shared experts), so
-   layouts and slot pools agree; a member whose static
-   part still differs (declarations, slots, die streams) is dropped and says so
-   (:func:`merge` refuses such a set with the first difference).
+   layouts and slot pools agree; a member whose static part still differs (declarations,
+   slots, die streams) is dropped and says so (:func:`merge` refuses such a set with the
+   first difference). This is the price of one static part: a strategy that would cut its
+   experts coarser alone runs with the finer cut here.
 3. **Calibration draws**: each member runs on every draw (default :data:`DEFAULT_DRAWS`:
    synthetic batches of different Zipf skew); each MoE layer of each draw is one sample: its
-   routing statistics and each member's span of that layer.
+   routing statistics and each member's span of that layer (infinite where the member
+   overfills a die on that draw: it stays a member, the rule keeps it off such batches).
 4. **Alternatives**: the N members whose per-sample best is lowest in total (every
-   combination; ties: the earlier members).
-5. **Rule** (:func:`fit_rule`): start from ``otherwise use`` the alternative fastest in total;
+   combination; ties: the earlier members). Totals are compared as (samples that do not fit,
+   seconds of the rest).
+5. **Rule** (:func:`fit_rule`): start from ``otherwise use`` the alternative best in total;
    then, while it lowers the total, put in front the one line ``when STAT OP T use A`` (every
    statistic, both directions, thresholds half-way between neighbouring sample values) that
    lowers it most, at most N - 1 lines. Deterministic: fixed loop order, strict improvement.
@@ -34,10 +37,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from moec.auto import DEFAULT_BUDGET, AutoResult, search
+from moec.auto import DEFAULT_BUDGET, AutoResult, Trial, search
 from moec.backends.interp import simulate
 from moec.compiler.lower import lower, parse_strategy
 from moec.compiler.lower.options import StrategyError
@@ -96,6 +99,21 @@ class OnlineResult:
 
     def online_total_s(self) -> float:
         return sum(s.latency_s[self.alternatives[choose(self.rule, s.stats)]] for s in self.samples)
+
+    def score(self) -> tuple[int, float]:
+        """The online program on the draws: samples it does not fit, then seconds."""
+        return _score(
+            [s.latency_s[self.alternatives[choose(self.rule, s.stats)]] for s in self.samples]
+        )
+
+
+def _is_spec(text: str) -> bool:
+    """Whether ``text`` is a strategy spelling (the search's per-layer mix is not)."""
+    try:
+        parse_strategy(text)
+    except StrategyError:
+        return False
+    return True
 
 
 def _with(spec: str, **opts: str) -> str:
@@ -170,8 +188,14 @@ def merge(programs: Sequence[Program], rule: list[Choice], labels: Sequence[str]
     return dataclasses.replace(first, tensors=out_tensors, runtime=runtime, source=None)
 
 
-def _total(rule: list[Choice], samples: Sequence[Sample], alts: Sequence[int]) -> float:
-    return sum(s.latency_s[alts[choose(rule, s.stats)]] for s in samples)
+def _score(latencies: Sequence[float]) -> tuple[int, float]:
+    """What the fitting minimizes: first the samples where the pick does not fit SRAM (an
+    infinite span), then the seconds of the rest."""
+    return (sum(math.isinf(v) for v in latencies), sum(v for v in latencies if math.isfinite(v)))
+
+
+def _total(rule: list[Choice], samples: Sequence[Sample], alts: Sequence[int]) -> tuple[int, float]:
+    return _score([s.latency_s[alts[choose(rule, s.stats)]] for s in samples])
 
 
 def _thresholds(values: Sequence[float]) -> list[float]:
@@ -188,12 +212,12 @@ def _thresholds(values: Sequence[float]) -> list[float]:
 
 def fit_rule(samples: Sequence[Sample], alts: Sequence[int]) -> list[Choice]:
     """The decision list over alternatives ``alts`` (module docstring, step 5)."""
-    totals = [sum(s.latency_s[a] for s in samples) for a in alts]
+    totals = [_score([s.latency_s[a] for s in samples]) for a in alts]
     default = min(range(len(alts)), key=lambda i: (totals[i], i))
     rule = [Choice((), default)]
     best = _total(rule, samples, alts)
     for _ in range(len(alts) - 1):
-        found: tuple[float, list[Choice]] | None = None
+        found: tuple[tuple[int, float], list[Choice]] | None = None
         for use in range(len(alts)):
             for stat in STATS:
                 for t in _thresholds([s.stats.get(stat) for s in samples]):
@@ -283,15 +307,49 @@ def online_search(
         base_dir=base_dir, name=name, budget=budget,
     )  # fmt: skip
     target = load_target(target_ref.spec, dict(target_ref.overrides), base_dir=base_dir)
-    slots = parse_strategy(auto.winner.strategy)[1].get("slots")
     ranked = sorted(  # measured first (fastest first), then the rest by their bound
-        (t for t in auto.trials if t.predicted_s is not None),
+        (t for t in auto.trials if t.predicted_s is not None and _is_spec(t.strategy)),
         key=lambda t: (
             t.measured_s is None,
             t.measured_s if t.measured_s is not None else t.predicted_s,
             auto.trials.index(t),
         ),
     )
+
+    def lowered(spec: str) -> Program:
+        s, o = parse_strategy(spec)
+        return lower(module, target_ref, s, o, routing, tokens=tokens, dims=dims,
+                     base_dir=base_dir, name=name)  # fmt: skip
+
+    best: OnlineResult | None = None
+    errors: list[str] = []
+    winner = auto.winner.strategy  # a per-layer mix is no spec: its parts are in the pool
+    winner_slots = parse_strategy(winner)[1].get("slots") if _is_spec(winner) else None
+    for slots in dict.fromkeys([winner_slots, None]):  # the winner's slot count, the default
+        try:
+            found = _build(auto, ranked, slots, lowered, target, draws, alternatives)
+        except ScheduleError as e:
+            errors.append(e.message)
+            continue
+        if best is None or found.score() < best.score():
+            best = found
+    if best is None:
+        raise ScheduleError(errors[0], target.name)
+    verify_program(best.program, target)
+    return best
+
+
+def _build(
+    auto: AutoResult,
+    ranked: Sequence[Trial],
+    slots: str | None,
+    lowered: Callable[[str], Program],
+    target: Target,
+    draws: Sequence[str | tuple[str, RoutingTrace]],
+    alternatives: int,
+) -> OnlineResult:
+    """The pool of candidates with ``slots`` slots (None: the default), measured on the
+    draws, the alternatives and the rule (module docstring, steps 1-5)."""
     usable = [
         _with(t.strategy) for t in ranked if parse_strategy(t.strategy)[1].get("slots") == slots
     ]
@@ -305,11 +363,6 @@ def online_search(
         if spec not in specs:
             specs.append(spec)
     specs = specs[:POOL]
-
-    def lowered(spec: str) -> Program:
-        s, o = parse_strategy(spec)
-        return lower(module, target_ref, s, o, routing, tokens=tokens, dims=dims,
-                     base_dir=base_dir, name=name)  # fmt: skip
 
     def common_counts(progs: Sequence[Program]) -> dict[str, str]:
         routed = [lay.count for p in progs for lay in p.layouts if not lay.shared]
@@ -326,7 +379,7 @@ def online_search(
 
     own = [p for p in map(attempt, specs) if isinstance(p, Program)]
     if not own:
-        raise ScheduleError("--alternatives: no candidate of the search lowers", target.name)
+        raise ScheduleError(f"--alternatives: no candidate with slots={slots} lowers")
     common = common_counts(own)
     for _ in range(3):  # a strategy may cut finer than asked (TP: a multiple of the dies)
         tried = [attempt(_with(spec, **common)) for spec in specs]
@@ -357,33 +410,23 @@ def online_search(
     if len(members) < MIN_ALTERNATIVES:
         raise ScheduleError(
             f"--alternatives: fewer than {MIN_ALTERNATIVES} candidates share a static part: "
-            + "; ".join(f"{s}: {why}" for s, why in pool),
-            target.name,
+            + "; ".join(f"{s}: {why}" for s, why in pool)
         )
     first = programs[members[0]]
     assert first is not None
     shapes = [(m.experts, m.top_k) for m in first.layers]
     draw_traces = make_draws(draws, shapes, first.layers[0].tokens, target.num_dies, first.name)
     samples, failed = _samples(programs, target, draw_traces)
-    for i, why in failed.items():
-        pool[i] = (pool[i][0], why)
-        programs[i] = None
-    members = [i for i in members if programs[i] is not None]
-    if len(members) < MIN_ALTERNATIVES:
-        raise ScheduleError(
-            f"--alternatives: fewer than {MIN_ALTERNATIVES} candidates fit every calibration "
-            "draw: " + "; ".join(f"{s}: {why}" for s, why in pool),
-            target.name,
-        )
+    for i, why in failed.items():  # still a member: the rule keeps it off those batches
+        pool[i] = (pool[i][0], f"measured; {why}")
     n = min(alternatives, len(members))
     alts = min(
         itertools.combinations(members, n),
-        key=lambda c: (sum(min(s.latency_s[a] for a in c) for s in samples), c),
+        key=lambda c: (_score([min(s.latency_s[a] for a in c) for s in samples]), c),
     )
     rule = fit_rule(samples, list(alts))
     chosen = [programs[a] for a in alts]
     program = merge([p for p in chosen if p is not None], rule, [pool[a][0] for a in alts])
-    verify_program(program, target)
     labels = [d if isinstance(d, str) else d[0] for d in draws]
     return OnlineResult(auto, pool, samples, list(alts), rule, program, labels)
 
@@ -400,7 +443,7 @@ def explain_online(result: OnlineResult) -> str:
     ]
     for i, (spec, status) in enumerate(pool):
         mark = f"{result.alternatives.index(i)}" if i in result.alternatives else " "
-        total = result.total_s(i) if status == "measured" else None
+        total = result.total_s(i) if status.startswith("measured") else None
         col = f"{total * 1e3:8.4g}" if total is not None else f"{'-':>8}"
         lines.append(f"{mark} {spec:<{width}}  {col}  {status}")
     draws = sorted({s.draw for s in result.samples}, key=result.draws.index)

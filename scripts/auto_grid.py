@@ -81,7 +81,7 @@ def point(
         kw["budget"] = budget
     found = search(
         truncate(bm.module, 1), TargetRef(target), seen, specs=candidates({"calibration": calib}),
-        **kw,
+        variants=True, **kw,
     )  # fmt: skip
     choice = found.winner.strategy
     try:  # the choice may overfill a die on the batch it did not see

@@ -40,7 +40,7 @@ from moec.ir.routing_synth import SynthSpec, parse_routing_spec
 from moec.ir.stream import Program, TargetRef
 from moec.ir.stream.online import routing_stats
 from moec.ir.target import load_target
-from moec.online import DEFAULT_DRAWS, online_search
+from moec.online import DEFAULT_DRAWS, explain_online, online_search
 
 FIXED = ("ep", "hydra", "eplb", "tp", "fsedp", "fsedp-paired")
 #: a per-batch difference smaller than this is reported as equal
@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zipf", default="0.2,0.6,1.0,1.4,1.8,2.2")
     ap.add_argument("--seeds", default="100,101")
     ap.add_argument("--trace", metavar="FILE", help="a decode routing sequence (see above)")
+    ap.add_argument(
+        "--explain", action="store_true",
+        help="also print the online search (pool, per-draw latencies, rule)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     for model in args.models.split(","):
         for t in (int(x) for x in args.tokens.split(",")) if not args.trace else [0]:
@@ -193,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 [float(z) for z in args.zipf.split(",")], [int(s) for s in args.seeds.split(",")],
                 args.trace,
             )  # fmt: skip
+            if args.explain:
+                print(explain_online(pt["online"]), end="\n\n")
             print(table(pt), end="\n\n", flush=True)
     return 0
 

@@ -13,7 +13,8 @@ fsedp-paired) are lowered for that routing (Hydra and EPLB calibrate on it, as `
 ``moec bench`` measures them); ``auto`` searches on the same routing (:func:`moec.auto.search`,
 default budget) and its winner, a single strategy or a per-layer program, is timed the same
 way. Prints one Markdown row per run: every fixed strategy's latency, the best of them, auto's
-best single candidate, auto's winner and its per-layer choice.
+best single candidate, auto's winner, its per-layer choice and the merged per-layer program's
+latency (``-``: every layer chose the same; else its time, or why it was not run).
 """
 
 from __future__ import annotations
@@ -71,12 +72,17 @@ def row(model: str, target: str, trace: RoutingTrace, module: Any, budget: int |
     w = found.winner
     assert w.measured_s is not None and single.measured_s is not None
     choice = ", ".join(f"{c.layer} `{c.strategy}`" for c in found.layers)
+    mixed = next((t for t in found.trials if t.strategy.startswith("per-layer")), None)
+    merged = "-" if mixed is None else (
+        f"{mixed.measured_s * 1e3:.4g}" if mixed.measured_s is not None else mixed.status
+    )  # fmt: skip
     cells = " | ".join("n/f" if v is None else f"{v * 1e3:.4g}" for v in fixed.values())
     skew = trace.provenance.get("zipf", "recorded")
     return (
         f"| {model} | {target} | {trace.tokens} | {len(trace.layers)} | {skew} | {cells} | {best} "
         f"| {single.measured_s * 1e3:.4g} (`{single.strategy}`) | {w.measured_s * 1e3:.4g} "
-        f"| {w.measured_s / ok[best]:.3f} | {w.measured_s / single.measured_s:.3f} | {choice} |"
+        f"| {w.measured_s / ok[best]:.3f} | {w.measured_s / single.measured_s:.3f} | {choice} "
+        f"| {merged} |"
     )
 
 
@@ -84,7 +90,9 @@ HEADER = (
     "| model | target | tokens | layers | zipf | "
     + " | ".join(f"{s} ms" for s in FIXED)
     + " | best fixed | auto's best single ms | auto ms | auto / best fixed "
-    "| auto / best single | per-layer choice |\n|" + "---|" * (len(FIXED) + 11)
+    "| auto / best single | per-layer choice | per-layer program ms |\n|"
+    + "---|"
+    * (len(FIXED) + 12)
 )
 
 

@@ -254,6 +254,10 @@ def test_compile_alternatives_explains_and_is_deterministic(tmp_path: Path) -> N
     [
         (["--alternatives", "5"], "--alternatives: expected 2 to 4, found 5"),
         (["--alternatives", "2", "--objective", "energy"], "--alternatives chooses among"),
+        (
+            ["--alternatives", "2", "--online-draws", "x.json"],
+            "calibration draw 'x.json': expected",
+        ),
     ],
 )
 def test_bad_alternatives_exit_2_and_write_nothing(

@@ -210,9 +210,10 @@ def run_layered(
         islands = tag_spans(tl.island, tl.start, tl.end)
         if not allow_overflow:
             _stop_if_over(p, target, tl, part.layers or [tl.island_names[i] for i in islands])
-        merge_spans(summary.layer_spans, tag_spans(tl.layer, tl.start, tl.end))
+        parts_j = layer_parts(tl)  # each layer's span is its part's (the same min and max)
+        merge_spans(summary.layer_spans, {lp.layer: (lp.start, lp.end) for lp in parts_j})
         merge_spans(summary.island_spans, islands)
-        summary.parts += layer_parts(tl)
+        summary.parts += parts_j
         carry.energy.by_op.clear()
         for c, nb in enumerate(tl.dram_bytes):
             dram_bytes[c] += nb
