@@ -98,6 +98,10 @@ def _value_info(v: Value) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(v.name, elem, list(v.type.shape))
 
 
+#: How calibration sizes the inputs (:func:`seeded_inputs`), for its error message.
+TOKENS_HINT = "the last symbolic dimension = tokens, the others 1"
+
+
 def _run_dense(
     module: Module, ops: list[Op], feeds: dict[str, np.ndarray], want: Value
 ) -> np.ndarray:
@@ -143,9 +147,21 @@ def _run_dense(
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # fatal only: failures become moec errors, not native log lines
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feed = {i.name: feeds[i.name] for i in inputs}
-    return np.asarray(sess.run([want.name], feed)[0])
+    try:
+        sess = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+        return np.asarray(sess.run([want.name], feed)[0])
+    except Exception as err:  # noqa: BLE001 - ORT raises its own types; one located line here
+        # e.g. a decoder's past key/value inputs, which calibration sizes like token inputs
+        text = " ".join(str(err).split())[:300]
+        raise ModelError(
+            f"calibration: ONNX Runtime failed on the dense ops before {want.name!r} with seeded "
+            f"inputs of {TOKENS_HINT}: {text}; give the pass a routing trace instead "
+            "(trace=FILE, e.g. from 'moec trace dump')",
+            module.name,
+        ) from None
 
 
 def _value(module: Module, v: Value, env: dict[str, np.ndarray], stop: set[str]) -> np.ndarray:

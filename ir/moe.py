@@ -9,6 +9,9 @@ weight key         shape           meaning
 ``router_w``       [E, d]          router logits = x @ router_w.T (+ router_b); [E + Z, d] with
                                    Z ``identity_experts`` (rows past E: a pick adds gate * x)
 ``router_b``       [E]             optional router bias
+``router_in_scale``[d]             optional per-channel scale of the router's input, applied
+                                   before its activation quantization (onnxruntime-genai
+                                   Gemma-4: the router's own RMSNorm weight over the experts')
 ``score_bias``     [E]             optional score-correction bias (top-k choice only; added
                                    to the scores, or to the logits with ``bias_on_logits``)
 ``w_gate``         [E, d, F]       gated experts only
@@ -161,7 +164,7 @@ class MoELayer:
     def router_weight_bytes(self) -> int:
         return sum(
             self.weights[k].type.nbytes
-            for k in ("router_w", "router_b", "score_bias")
+            for k in ("router_w", "router_b", "score_bias", "router_in_scale")
             if k in self.weights
         )
 
@@ -257,7 +260,7 @@ class MoELayer:
         if self.identity_experts < 0 or (self.identity_experts and self.scoring == "sparsemixer"):
             raise ModelError(f"bad identity experts {self.identity_experts}", where)
         expected: dict[str, tuple[int, ...]] = {
-            "router_w": (R, d), "router_b": (R,), "score_bias": (R,),
+            "router_w": (R, d), "router_b": (R,), "score_bias": (R,), "router_in_scale": (d,),
             "w_gate": (E, d, F), "w_up": (E, d, F), "w_down": (E, F, d),
             "b_gate": (E, F), "b_up": (E, F), "b_down": (E, d),
             "sh_gate": (d, Fs), "sh_up": (d, Fs), "sh_down": (Fs, d), "sh_router": (d, S),
@@ -299,6 +302,8 @@ def present(name: str, data: np.ndarray) -> Weight:
 
 def router_logits(layer: MoELayer, x: np.ndarray) -> np.ndarray:
     """Router logits [T, E] of tokens ``x`` [T, d]: ``x @ router_w.T (+ router_b)``."""
+    if layer.has("router_in_scale"):
+        x = _f32(x) * _f32(layer.array("router_in_scale"))
     if layer.router_act_quant_block is not None:
         x = quantize_activations(x, layer.router_act_quant_block)
     logits = _f32(x) @ _f32(layer.array("router_w")).T

@@ -7,14 +7,16 @@ calibration matches the batch), so ``auto`` tries them for the model, target and
    options, then option variants that change the schedule (the fewest slices that fit instead
    of the cost model's cut, Hydra without its per-die cap, EP with block placement, more SRAM
    slots, hence finer micro-slices) and hybrids within a layer (``hydra{split=N}``: the N
-   hottest experts cut over all dies TP-style, the rest whole on dies). A candidate that does
-   not fit the target (a :class:`~moec.ir.errors.ScheduleError` or ``StrategyError``) is recorded as such.
+   hottest experts cut over all dies TP-style, the rest whole on dies); with
+   :func:`slice_variants`, the slice counts next to each whole-expert strategy's own whose cut
+   costs less compute (MAC-array folds filled). A candidate that does not fit the target (a :class:`~moec.ir.errors.ScheduleError` or ``StrategyError``) is recorded as such.
 2. **Predict** each candidate from the cost model: its program is lowered and its runtime part
-   expanded for the routing, and the prediction is the larger of the busiest DRAM channel's
-   occupancy (:func:`~moec.ir.cost.dram_occupancy` of every load on it) and the busiest die's
-   expert compute (gemm, act, accum at the interpreter's own formulas), a lower bound on the
-   layer latency of that candidate's schedule (a channel serves one load at a time, a die runs
-   one compute op at a time). Without the compute term every candidate of a compute-bound
+   expanded for the routing, and the prediction is, per MoE layer, the larger of the busiest
+   DRAM channel's occupancy (:func:`~moec.ir.cost.dram_occupancy` of the layer's loads on it)
+   and the busiest die's expert compute (gemm, act, accum at the interpreter's own formulas, on
+   slices loaded or received there), summed over the layers: a lower bound on the MoE layers'
+   span of that candidate's schedule (a channel serves one load at a time, a die runs one
+   compute op at a time, layers' spans add up). Without the compute term every candidate of a compute-bound
    point (1024 tokens on 2x2) had nearly the same prediction and the budget ran out in
    candidate order.
 3. **Confirm** with the interpreter in ascending prediction (ties: candidate order): each
@@ -25,8 +27,14 @@ calibration matches the batch), so ``auto`` tries them for the model, target and
 
 The winner is always a measured candidate; its program is written like any other (its runtime
 policy records the strategy), and :func:`explain` prints every candidate with its prediction,
-measurement or reason it was not run, and why the winner won. The whole program uses one
-strategy (the choice is made for all MoE layers together, on the sum of their spans).
+measurement or reason it was not run, and why the winner won.
+
+**Per-layer choice** (a model with several MoE layers, objective ``latency``): each measured
+run also gives every layer's span, so each layer gets its fastest measured candidate; where
+the layers disagree, their parts are merged into one program (:mod:`moec.per_layer`: one static
+part, each ``runtime L`` its own strategy), which the interpreter times like a candidate (one
+run beyond the budget) and which wins only if it beats the best single strategy. A candidate is
+pruned only if its bound cannot beat the best measured total nor any layer's best span.
 
 **Objectives** (``--objective``): ``latency`` (default), ``energy`` (the MoE layers' joules),
 ``edp`` (energy x latency) or ``sram`` (the largest per-die SRAM peak, ties by latency); every
@@ -55,15 +63,34 @@ from moec.bench import DEFAULT_ROUTING, moe_metrics
 from moec.compiler.lower import STRATEGIES, lower, parse_strategy
 from moec.compiler.lower import _load_strategies as load_strategies
 from moec.compiler.lower.options import StrategyError
-from moec.ir.cost import accum_time, act_time, dram_occupancy, gemm_time, slice_activation
+from moec.ir.cost import (
+    accum_time,
+    act_time,
+    dram_occupancy,
+    gemm_time,
+    schedule_floor,
+    slice_activation,
+)
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace
 from moec.ir.routing_synth import SynthSpec, parse_routing_spec
-from moec.ir.stream import Accum, Act, Gemm, Load, Program, SliceRef, TargetRef
+from moec.ir.stream import (
+    Accum,
+    Act,
+    Gemm,
+    Load,
+    Program,
+    Recv,
+    SliceRef,
+    TargetRef,
+    TensorRef,
+)
 from moec.ir.stream.layouts import layouts_for
 from moec.ir.stream.values import HOST_CHANNEL
 from moec.ir.target import Target, load_target
+from moec.per_layer import LayerChoice, LayerMergeError, merge_layers, rank_layers
+from moec.slice_variants import slice_variants, spell
 
 #: Interpreter runs the search may spend by default.
 DEFAULT_BUDGET = 18
@@ -90,14 +117,8 @@ def candidates(options: dict[str, str] | None = None) -> list[str]:
             continue
         known = STRATEGIES[name].options
         opts.update({k: v for k, v in (options or {}).items() if k in known and k not in opts})
-        out.append(_spec(name, opts))
+        out.append(spell(name, opts))
     return out
-
-
-def _spec(name: str, opts: dict[str, str]) -> str:
-    if not opts:
-        return name
-    return name + "{" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + "}"
 
 
 @dataclass
@@ -112,6 +133,9 @@ class Trial:
     #: the MoE layers' joules and the largest per-die SRAM peak, when measured
     energy_j: float | None = None
     peak_sram_bytes: int | None = None
+    #: per MoE layer (program order): the bound and the measured span
+    predicted_layers: list[float] | None = field(default=None, repr=False)
+    layers_s: list[float] | None = field(default=None, repr=False)
 
     def score(self, objective: str) -> tuple[float, ...]:
         """What ``objective`` minimizes for this measured trial (ties: latency)."""
@@ -137,6 +161,8 @@ class AutoResult:
     objective: str = "latency"
     max_sram_mib: float | None = None
     resamples: int = 0
+    #: the per-layer choice (models with several MoE layers, objective latency)
+    layers: list[LayerChoice] = field(default_factory=list)
 
     @property
     def program(self) -> Program:
@@ -165,23 +191,38 @@ def default_routing(
 
 
 def predicted_latency(program: Program, target: Target, routing: RoutingTrace) -> float:
-    """A lower bound on the MoE layers' span of ``program`` expanded for ``routing``: the larger
-    of the busiest DRAM channel's occupancy over every load (a channel serves one load at a
-    time) and the busiest die's expert compute (a die runs one compute op at a time), each op
-    timed by the same cost-model formulas the interpreter charges."""
+    """A lower bound on the MoE layers' span of ``program`` expanded for ``routing``: the sum
+    over the layers of :func:`predicted_layers`."""
+    return sum(predicted_layers(program, target, routing))
+
+
+def predicted_layers(program: Program, target: Target, routing: RoutingTrace) -> list[float]:
+    """Per MoE layer (in ``program.layers`` order), a lower bound on its span once expanded for
+    ``routing``: the larger of its busiest DRAM channel's occupancy over the layer's loads (a
+    channel serves one load at a time) and its busiest die's expert compute (a die runs one
+    compute op at a time) on slices loaded or received there, each op timed by the same
+    cost-model formulas the interpreter charges. Layers' spans add up (``moec bench``), so the
+    sum bounds the whole program."""
     static = expand_program(program, target, check_routings(program, target, routing))
-    busy = {c.id: 0.0 for c in target.channels}
+    index = {m.name: k for k, m in enumerate(static.layers)}
+    busy = np.zeros((len(index), len(target.channels)))
+    channel = {c.id: k for k, c in enumerate(target.channels)}
+    compute = np.zeros((len(index), target.num_dies))
     layouts = layouts_for(static)
     layers = {m.name: m for m in static.layers}
-    compute = {st.die: 0.0 for st in static.streams}
     for st in static.streams:
         held: dict[int, SliceRef] = {}
         for i in st.instrs:
-            if isinstance(i, Load):
-                if i.channel != HOST_CHANNEL:
-                    busy[i.channel] += dram_occupancy(target, i.channel, i.nbytes)
-                if isinstance(i.content, SliceRef):
-                    held[i.slot] = i.content
+            if (
+                isinstance(i, Load | Recv)
+                and isinstance(i.content, SliceRef)
+                and i.slot is not None
+            ):
+                held[i.slot] = i.content
+            if isinstance(i, Load) and i.channel != HOST_CHANNEL:
+                owner = _load_layer(i.content, index)
+                if owner is not None:
+                    busy[owner, channel[i.channel]] += dram_occupancy(target, i.channel, i.nbytes)
             elif isinstance(i, Gemm | Act | Accum) and i.slot in held:
                 c = held[i.slot]
                 m = layers[c.layer]
@@ -196,8 +237,31 @@ def predicted_latency(program: Program, target: Target, routing: RoutingTrace) -
                     t = act_time(target, st.die, n, w, prec, slice_activation(m.gated), m.gated)
                 else:
                     t = accum_time(target, st.die, n, w, m.hidden, prec)
-                compute[st.die] += t
-    return max([*busy.values(), *compute.values()], default=0.0)
+                compute[index[c.layer], st.die] += t
+    return [
+        max(float(busy[k].max(initial=0.0)), float(compute[k].max(initial=0.0)))
+        for k in range(len(index))
+    ]
+
+
+def _load_layer(content: SliceRef | TensorRef, index: Mapping[str, int]) -> int | None:
+    """The MoE layer a load belongs to: a slice's layer, or a tensor named ``L.<...>``."""
+    name = content.layer if isinstance(content, SliceRef) else content.name.split(".", 1)[0]
+    return index.get(name)
+
+
+def any_schedule_floor(program: Program, target: Target, routing: RoutingTrace) -> float:
+    """The sum over ``program``'s MoE layers of :func:`~moec.ir.cost.schedule_floor` for
+    ``routing``: a lower bound on the MoE layers' span that holds for every schedule of the
+    same work on ``target`` (not only for :func:`candidates`), so ``best / floor`` is the most
+    any schedule could gain on a measured latency."""
+    return sum(
+        schedule_floor(
+            target, hidden=m.hidden, ffn=m.ffn, ids=lr.ids, gated=m.gated,
+            shared_ffn=m.shared_ffn, precision=m.dtype,
+        ).bound_s
+        for m, lr in zip(program.layers, routing.layers, strict=False)
+    )  # fmt: skip
 
 
 def resample(trace: RoutingTrace, seed: int) -> RoutingTrace:
@@ -214,17 +278,41 @@ def resample(trace: RoutingTrace, seed: int) -> RoutingTrace:
     )
 
 
-def _measure(
+def measure(
     program: Program, target: Target, routing: RoutingTrace
-) -> tuple[float, float, int]:  # fmt: skip
-    """Latency, energy and peak SRAM of one interpreter run (a ScheduleError if it overfills)."""
+) -> tuple[float, float, int, list[float]]:  # fmt: skip
+    """Latency, energy, peak SRAM and the MoE layers' spans of one interpreter run (a
+    ScheduleError if it overfills)."""
     result = simulate(program, target=target, routings=routing, verify=False)
     metrics = moe_metrics(result.timeline)
     return (
         float(metrics["latency_s"]),
         float(sum(metrics["energy_breakdown_j"].values())),
         int(max(result.report.peak_sram_bytes, default=0)),
+        [float(x) for x in metrics["layers_s"]],
     )
+
+
+def _confirm(
+    tr: Trial, target: Target, draws: Sequence[RoutingTrace], max_sram_mib: float | None
+) -> bool:
+    """Run ``tr`` on every draw and record its worst; True when it may be chosen."""
+    assert tr.program is not None
+    try:  # SRAM is a hard limit at run time too: a routing may overfill a die
+        seen = [measure(tr.program, target, r) for r in draws]
+    except ScheduleError as e:
+        tr.status = f"does not fit at run time: {e.message}"
+        return False
+    tr.measured_s = max(r[0] for r in seen)  # the worst draw (the batch itself without R)
+    tr.energy_j = max(r[1] for r in seen)
+    tr.peak_sram_bytes = max(r[2] for r in seen)
+    if all(len(r[3]) == len(tr.program.layers) for r in seen):
+        tr.layers_s = [max(spans) for spans in zip(*(r[3] for r in seen), strict=True)]
+    tr.status = "measured"
+    if max_sram_mib is not None and tr.peak_sram_bytes > max_sram_mib * MIB:
+        tr.status = f"measured, over --max-sram-mib {max_sram_mib:g}"
+        return False
+    return True
 
 
 def search(
@@ -242,9 +330,11 @@ def search(
     objective: str = "latency",
     max_sram_mib: float | None = None,
     resamples: int = 0,
+    variants: bool | None = None,
 ) -> AutoResult:
     """Lower, predict and confirm every candidate (module docstring); ``specs`` replaces
-    :func:`candidates`. With ``resamples`` R > 0 each confirmed candidate also runs on R
+    :func:`candidates`; ``variants`` (default: when ``specs`` is None) adds
+    :func:`slice_variants` of the lowered candidates. With ``resamples`` R > 0 each confirmed candidate also runs on R
     :func:`resample` draws of ``routing`` (seeds 1..R) and is scored by its worst run: a
     schedule that overfills a die or slows down on a batch like the given one loses."""
     if budget < 1:
@@ -260,22 +350,32 @@ def search(
     target = load_target(target_ref.spec, dict(target_ref.overrides), base_dir=base_dir)
     draws = [routing] + [resample(routing, k) for k in range(1, resamples + 1)]
     trials = [Trial(s) for s in (candidates() if specs is None else specs)]
-    for tr in trials:
+
+    def predict(tr: Trial) -> None:
         strategy, opts = parse_strategy(tr.strategy)
         try:
             tr.program = lower(
                 module, target_ref, strategy, opts, routing, tokens=tokens, dims=dims,
                 base_dir=base_dir, name=name,
             )  # fmt: skip
-            tr.predicted_s = predicted_latency(tr.program, target, routing)
+            tr.predicted_layers = predicted_layers(tr.program, target, routing)
+            tr.predicted_s = sum(tr.predicted_layers)
             tr.status = "predicted"
         except (ScheduleError, StrategyError) as e:
             tr.status = f"not lowered: {e.message}"
+
+    for tr in trials:
+        predict(tr)
+    if specs is None if variants is None else variants:
+        for spec in slice_variants(trials, target, routing):
+            trials.append(Trial(spec))
+            predict(trials[-1])
     ranked = sorted(
         (i for i, tr in enumerate(trials) if tr.predicted_s is not None),
         key=lambda i: (trials[i].predicted_s, i),
     )
     best: Trial | None = None
+    best_layers: list[float] | None = None  # per layer, the shortest measured span
     runs = 0
     for i in ranked:
         tr = trials[i]
@@ -283,6 +383,7 @@ def search(
         if (
             objective == "latency" and best is not None and best.measured_s is not None
             and tr.predicted_s >= best.measured_s
+            and not _may_win_a_layer(tr.predicted_layers, best_layers)
         ):  # fmt: skip
             tr.status = "pruned: its bound is no better than the best measured latency"
             continue
@@ -290,20 +391,22 @@ def search(
             tr.status = "not run: search budget spent"
             continue
         runs += 1
-        try:  # SRAM is a hard limit at run time too: a routing may overfill a die
-            seen = [_measure(tr.program, target, r) for r in draws]
-        except ScheduleError as e:
-            tr.status = f"does not fit at run time: {e.message}"
+        if not _confirm(tr, target, draws, max_sram_mib):
             continue
-        tr.measured_s = max(r[0] for r in seen)  # the worst draw (the batch itself without R)
-        tr.energy_j = max(r[1] for r in seen)
-        tr.peak_sram_bytes = max(r[2] for r in seen)
-        tr.status = "measured"
-        if max_sram_mib is not None and tr.peak_sram_bytes > max_sram_mib * MIB:
-            tr.status = f"measured, over --max-sram-mib {max_sram_mib:g}"
-            continue
+        if tr.layers_s is not None and len(tr.layers_s) > 1:
+            best_layers = (
+                list(tr.layers_s) if best_layers is None
+                else [min(a, b) for a, b in zip(best_layers, tr.layers_s, strict=True)]
+            )  # fmt: skip
         if best is None or tr.score(objective) < best.score(objective):
             best = tr
+    layers: list[LayerChoice] = []
+    if objective == "latency" and best is not None and best_layers is not None:
+        mixed, layers = _per_layer(trials, target, draws, max_sram_mib)
+        if mixed is not None:
+            trials.append(mixed)
+            if mixed.status == "measured" and mixed.score(objective) < best.score(objective):
+                best = mixed
     if best is None:
         raise ScheduleError(
             "--strategy auto: no candidate fits the target"
@@ -314,7 +417,55 @@ def search(
     for tr in trials:
         if tr is not best:
             tr.program = None
-    return AutoResult(trials, best, routing_name, budget, objective, max_sram_mib, resamples)
+    return AutoResult(
+        trials, best, routing_name, budget, objective, max_sram_mib, resamples, layers
+    )
+
+
+def _may_win_a_layer(bounds: list[float] | None, best: list[float] | None) -> bool:
+    """True when some layer's bound is below the shortest span measured there (a candidate that
+    loses overall may still be some layer's choice)."""
+    if bounds is None or best is None or len(bounds) != len(best):
+        return False
+    return any(b < m for b, m in zip(bounds, best, strict=True))
+
+
+def _per_layer(
+    trials: Sequence[Trial], target: Target, draws: Sequence[RoutingTrace],
+    max_sram_mib: float | None,
+) -> tuple[Trial | None, list[LayerChoice]]:  # fmt: skip
+    """Each layer's fastest measured candidate (:mod:`moec.per_layer`), and, when the layers
+    disagree, their merged program confirmed by the interpreter (a :class:`Trial` named
+    ``per-layer[L=strategy,...]``; not counted against the budget)."""
+    eligible = [t for t in trials if t.status == "measured" and t.layers_s is not None]
+    if not eligible or eligible[0].program is None:
+        return None, []
+    names = [m.name for m in eligible[0].program.layers]
+    spans = [t.layers_s for t in eligible if t.layers_s is not None]
+    ranks = rank_layers(spans)
+    layers = [
+        LayerChoice(name, [(eligible[i].strategy, spans[i][k]) for i in order])
+        for k, (name, order) in enumerate(zip(names, ranks, strict=True))
+    ]
+    picks = [eligible[order[0]] for order in ranks]
+    if len({id(t) for t in picks}) == 1:
+        return None, layers
+    mixed = Trial(
+        "per-layer["
+        + ",".join(f"{n}={t.strategy}" for n, t in zip(names, picks, strict=True))
+        + "]"
+    )
+    try:
+        mixed.program = merge_layers([t.program for t in picks if t.program is not None], target)
+    except LayerMergeError as e:
+        mixed.status = f"not merged: {e.message}"
+        return mixed, layers
+    mixed.predicted_layers = [
+        t.predicted_layers[k] for k, t in enumerate(picks) if t.predicted_layers is not None
+    ]
+    mixed.predicted_s = sum(mixed.predicted_layers)
+    _confirm(mixed, target, draws, max_sram_mib)
+    return mixed, layers
 
 
 _UNITS = {
@@ -348,6 +499,17 @@ def explain(result: AutoResult) -> str:
             f"  {col(t.energy_j, 1e3)}  {col(sram / MIB if sram is not None else None, 1.0)}"
             f"      {t.status}"
         )
+    if result.layers:
+        lines.append("per MoE layer (its span in each measured candidate's run, fastest first):")
+        lw = max(len(c.layer) for c in result.layers)
+        for c in result.layers:
+            first, *rest = c.ranked
+            row = f"  {c.layer:<{lw}}  {first[0]} {first[1] * 1e3:.4g} ms"
+            if rest:
+                row += f"; runner-up {rest[0][0]} {rest[0][1] * 1e3:.4g} ms"
+            lines.append(row)
+        if len({c.strategy for c in result.layers}) == 1:
+            lines.append("  every layer prefers the same candidate: one strategy for the program")
     w, obj = result.winner, result.objective
     unit, scale = _UNITS[obj]
     value = lambda t: t.score(obj)[0] * scale  # noqa: E731

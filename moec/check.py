@@ -201,8 +201,10 @@ def check_model(
     dims: Mapping[str, int] | None = None,
     inputs: str | None = None,
     tol: float = 1e-4,
+    alternatives: int = 0,
 ) -> CheckReport:
-    """Compile ``model`` exactly, interpret it and compare with ONNX Runtime."""
+    """Compile ``model`` exactly, interpret it and compare with ONNX Runtime (``alternatives``:
+    a program choosing online among that many, :mod:`moec.online`)."""
     module, lifted, _ = load_model(model)
     if not has_weights(module):
         raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
@@ -210,7 +212,13 @@ def check_model(
     with tempfile.TemporaryDirectory(prefix="moec-check-") as tmp:
         path = os.path.join(tmp, "check.msp")
         compiled = compile_model(
-            model, path, target=target, overrides=overrides, strategy=strategy, dims=ref.dims
+            model,
+            path,
+            target=target,
+            overrides=overrides,
+            strategy=strategy,
+            dims=ref.dims,
+            alternatives=alternatives,
         )
         write_compiled(compiled, path)
         got, _, _ = interpret(load_program(path), path, ref.feeds)

@@ -32,6 +32,7 @@ from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace, load_trace
 from moec.ir.stream import Program, TargetRef, WeightsRef, print_program
 from moec.ir.target import PRESETS
+from moec.online import DEFAULT_DRAWS, OnlineResult, online_search
 from moec.options import (  # noqa: F401 - the API names them here
     DEFAULT_TARGET,
     parse_dims,
@@ -83,6 +84,8 @@ class Compiled:
     lifted: LiftResult
     #: the search behind ``--strategy auto`` (None for a fixed strategy)
     auto: AutoResult | None = None
+    #: ``--alternatives N``: the online choice built on that search
+    online: OnlineResult | None = None
 
 
 def compile_model(
@@ -103,6 +106,8 @@ def compile_model(
     max_sram_mib: float | None = None,
     search_resamples: int = 0,
     on_stage: Callable[[str], None] | None = None,
+    alternatives: int = 0,
+    online_draws: Sequence[str] | None = None,
 ) -> Compiled:
     """Frontend, passes and lowering of ``model`` for a program to be written at ``output``.
 
@@ -121,6 +126,12 @@ def compile_model(
             f"--strategy auto, found --strategy {strategy}",
             "--strategy",
         )
+    if alternatives and (name != "auto" or objective != "latency" or search_resamples):
+        raise StrategyError(
+            "--alternatives chooses among candidates of the latency search: it needs "
+            f"--strategy auto (objective latency, no resamples), found --strategy {strategy}",
+            "--alternatives",
+        )
     pipeline = parse_pipeline(passes) if passes.strip() else None
     trace = load_trace(routing) if isinstance(routing, str) else routing
     module, lifted, model_name = load_model(model)
@@ -130,7 +141,7 @@ def compile_model(
     stage("searching the strategies" if name == "auto" else f"lowering ({name})")
     if on_module is not None:
         on_module(module)
-    found = None
+    found, online = None, None
     if name == "auto":  # search the fixed strategies (moec.auto), the interpreter confirms
         if options:
             raise StrategyError(
@@ -144,12 +155,21 @@ def compile_model(
                 module, ref, tokens=tokens, dims=dims, base_dir=out_dir, name=model_name
             )
             where = DEFAULT_ROUTING
-        found = search(
-            module, ref, trace, routing_name=where, budget=search_budget, tokens=tokens,
-            dims=dims, base_dir=out_dir, name=model_name, objective=objective,
-            max_sram_mib=max_sram_mib, resamples=search_resamples,
-        )  # fmt: skip
-        program = found.program
+        if alternatives:  # the online choice (moec.online) runs the same search first
+            online = online_search(
+                module, ref, trace, alternatives=alternatives,
+                draws=online_draws if online_draws else DEFAULT_DRAWS, routing_name=where,
+                budget=search_budget, tokens=tokens, dims=dims, base_dir=out_dir,
+                name=model_name,
+            )  # fmt: skip
+            found, program = online.auto, online.program
+        else:
+            found = search(
+                module, ref, trace, routing_name=where, budget=search_budget, tokens=tokens,
+                dims=dims, base_dir=out_dir, name=model_name, objective=objective,
+                max_sram_mib=max_sram_mib, resamples=search_resamples,
+            )  # fmt: skip
+            program = found.program
     else:
         program = lower(
             module, ref, name, options, trace, tokens=tokens, dims=dims, base_dir=out_dir,
@@ -160,7 +180,7 @@ def compile_model(
     stage("done")
     if companion is not None:
         program.weights = WeightsRef(companion_name(os.path.basename(output)), sha256(companion))
-    return Compiled(program, print_program(program), companion, module, lifted, found)
+    return Compiled(program, print_program(program), companion, module, lifted, found, online)
 
 
 def write_compiled(compiled: Compiled, output: str) -> None:

@@ -6,11 +6,12 @@
         --set dies_x=8 --set dies_y=8 --tokens 1024 --strategy fsedp-paired
 
 Runs the ``moec bench`` point (:func:`moec.bench.run_bench`) once, in this process, keeping
-the expanded program and target that :func:`~moec.backends.interp.timing.run_timing` receives, then runs
-``run_timing`` on them ``--repeat`` times with the garbage collector off and prints the least
-process CPU time of the op-graph build, the SRAM accounting, the rest (event loop and the
-timeline) and the whole, plus a fingerprint of the timeline (starts, ends, peaks, energy) that
-two trees must share. Whole-process figures on a shared machine move by several tenths of a
+every program, target and carry that :func:`~moec.backends.interp.timing.run_timing` receives (a
+layer-by-layer run calls it once per part, with the carry of the parts before), then runs
+``run_timing`` on all of them ``--repeat`` times with the garbage collector off and prints the
+least process CPU time of the op-graph build, the SRAM accounting, the rest (event loop and the
+timeline) and the whole, summed over the parts, plus a fingerprint of the timelines (starts,
+ends, holds, peaks, energy) that two trees must share. Whole-process figures on a shared machine move by several tenths of a
 second from run to run; this isolates the part the interpreter's timing code owns. For an A/B,
 run it once per tree (``PYTHONPATH`` set to a ``moec`` package root, as ``bench_sim.py
 --before`` lays one out).
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     run_timing = timing.run_timing
 
     def keep(p: Any, t: Any, *a: Any, **k: Any) -> Any:
-        seen.append((p, t, a, copy.deepcopy(k)))
+        seen.append((p, t, a, copy.deepcopy(k, {id(t): t})))
         return run_timing(p, t, *a, **k)
 
     for m in mods:
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeat):
         spent.update(build=0.0, sram=0.0, total=0.0)
         for p, t, a, k in seen:
-            k = copy.deepcopy(k)  # each repeat starts from the carry the run handed in
+            k = copy.deepcopy(k, {id(t): t})  # each repeat: the carry the run handed in
             c = time.process_time()
             tl = run_timing(p, t, *a, **k)
             spent["total"] += time.process_time() - c

@@ -14,6 +14,10 @@ Run from the repository root (needs the ``hf`` extra: torch, transformers, onnxs
     python scripts/frontend_families.py                      # all families, rewrite the table
     python scripts/frontend_families.py --torchscript        # also the TorchScript exporter
     python scripts/frontend_families.py mixtral qwen2_moe    # a few (table not rewritten)
+
+``--keep DIR`` keeps each exported file (``FAMILY.EXPORTER.onnx``) so that ``--recheck`` can
+rerun only moec's side of the cached rows after a frontend change; ``--only EXPORTER`` fills the
+cache with one exporter's rows (no table); ``--doc FILE`` rewrites another copy of the page.
 """
 
 from __future__ import annotations
@@ -159,6 +163,7 @@ def export(model_type: str, exporter: str, path: Path) -> dict[str, Any]:
                 dynamo=False, opset_version=18,
             )  # fmt: skip
             proto = onnx.load(tmp)
+            os.remove(tmp)
         want = model(ids).float().numpy()
     proto.ir_version = 10
     onnx.save(proto, str(path), save_as_external_data=False)
@@ -209,11 +214,11 @@ def _cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}"[:240]
 
 
-def run_one(model_type: str, exporter: str) -> dict[str, Any]:
-    """One row: export, lift, check (in this process)."""
+def run_one(model_type: str, exporter: str, keep: Path | None = None) -> dict[str, Any]:
+    """One row: export, lift, check (in this process); ``keep`` holds the exported file."""
     row: dict[str, Any] = {"family": model_type, "exporter": exporter}
     with tempfile.TemporaryDirectory(prefix="moec-fam-") as tmp:
-        path = Path(tmp) / f"{model_type}.onnx"
+        path = (keep or Path(tmp)) / f"{model_type}.{exporter}.onnx"
         try:
             row.update(export(model_type, exporter, path))
         except Exception as err:  # noqa: BLE001 - the exporter's error is the row's finding
@@ -223,8 +228,46 @@ def run_one(model_type: str, exporter: str) -> dict[str, Any]:
     return row
 
 
+#: The fields :func:`moec_side` writes (dropped before a ``--recheck``).
+MOEC_FIELDS = ("recognized", "reason", "layers", "shared_layers", "check_err")
+
+
+def recheck(cached: Path, keep: Path) -> bool:
+    """Rerun only moec's side of a cached row on its kept ONNX file; False if none was kept."""
+    row = json.loads(cached.read_text())
+    path = keep / f"{row['family']}.{row['exporter']}.onnx"
+    if row.get("recognized") is None or not path.exists():
+        return False
+    row = {k: v for k, v in row.items() if k not in MOEC_FIELDS}
+    row.update(moec_side(path, row))
+    cached.write_text(json.dumps(row, sort_keys=True))
+    return True
+
+
+def doc_rows(text: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The rows of the table between the markers of ``text`` (the inverse of :func:`table`)."""
+    _, _, rest = text.partition(BEGIN)
+    body, _, _ = rest.partition(END)
+    rows = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) != 6 or cells[0] in ("family", "---"):
+            continue
+        fam, exp, rec, layers, err, reason = cells
+        row: dict[str, Any] = {"family": fam, "exporter": exp}
+        row["recognized"] = {"yes": True, "no": False}.get(rec)
+        if (m := re.fullmatch(r"(\d+) \((\d+)\)", layers)) is not None:
+            row["layers"], row["shared_layers"] = int(m.group(1)), int(m.group(2))
+        if err != "-":
+            row["check_err"] = float(err)
+        if reason:
+            row["reason"] = reason.replace("\\|", "|")
+        rows[(fam, exp)] = row
+    return rows
+
+
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return text.replace("|", "\\|").replace("\n", " ").strip()
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -257,22 +300,48 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("families", nargs="*", help="model types (default: every MoE family)")
     ap.add_argument("--torchscript", action="store_true", help="also the TorchScript exporter")
+    ap.add_argument(
+        "--only", choices=("dynamo", "torchscript"),
+        help="run one exporter's rows into the cache (table not rewritten)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--doc", type=Path, default=DOC, help="the Markdown file whose table is rewritten"
+    )
     ap.add_argument("--cache", type=Path, default=Path("/tmp/moec-families"))
     ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--keep", type=Path, help="keep the exported ONNX files in this folder")
+    ap.add_argument(
+        "--recheck", action="store_true",
+        help="rerun only moec on the files kept in --keep (after a frontend change)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--reuse-doc-rows", action="store_true",
+        help="take the rows missing from the cache from the table in --doc (the last run's)",
+    )  # fmt: skip
     ap.add_argument("--one", nargs=2, metavar=("FAMILY", "EXPORTER"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
     if args.one:
-        print(json.dumps(run_one(*args.one)))
+        print(json.dumps(run_one(*args.one, keep=args.keep)))
         return 0
     families = args.families or moe_families()
     exporters = ["dynamo", "torchscript"] if args.torchscript else ["dynamo"]
+    exporters = [args.only] if args.only else exporters
     args.cache.mkdir(parents=True, exist_ok=True)
+    previous = doc_rows(args.doc.read_text()) if args.reuse_doc_rows else {}
     rows = []
     for fam in families:
         for exp in exporters:
             cached = args.cache / f"{fam}.{exp}.json"
+            if args.recheck and args.keep and cached.exists():
+                recheck(cached, args.keep)
+            if not cached.exists() and (fam, exp) in previous:
+                rows.append(previous[(fam, exp)])
+                continue
             if not cached.exists():
                 cmd = [sys.executable, __file__, "--one", fam, exp]
+                cmd += ["--keep", str(args.keep)] if args.keep else []
                 try:
                     run = subprocess.run(
                         cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT
@@ -292,11 +361,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{fam:24s} {exp:11s} {row.get('recognized')} {row.get('reason', '')[:100]}")
     text = table(rows)
     print(text.splitlines()[0])
-    if not args.families:
-        doc = DOC.read_text()
+    if not args.families and not args.only:
+        doc = args.doc.read_text()
         head, _, rest = doc.partition(BEGIN)
         _, _, tail = rest.partition(END)
-        DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        args.doc.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
     return 0
 
 

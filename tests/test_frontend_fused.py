@@ -156,22 +156,3 @@ def test_use_sparse_mixer_lifts_what_ort_cpu_computes(normalize: int) -> None:
     layer = res.lifted[0].layer
     assert layer.scoring == "softmax"
     assert layer.annotations.routing_note == "ort_cpu_ignores_use_sparse_mixer"
-
-
-def test_geglu_is_refused_because_ort_cpu_has_no_reference() -> None:
-    """onnxruntime-genai's Gemma-4 MoE node (activation_type='geglu'): ONNX Runtime's CPU kernel
-    refuses it at session creation, so moec has nothing to check a lift against and refuses it
-    too, saying why. If ORT gains geglu this test fails: then lift it (docs/frontend.md)."""
-    import onnxruntime as ort
-
-    from moec.ir.errors import ModelError
-
-    model = single_layer(fused_moe, spec())
-    node = next(n for n in model.graph.node if n.op_type == "MoE")
-    for a in node.attribute:
-        if a.name == "activation_type":
-            a.s = b"geglu"
-    with pytest.raises(Exception, match="Unsupported MoE activation type: geglu"):
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    with pytest.raises(ModelError, match="geglu.*CPU MoE kernel does not implement it"):
-        lift_model(model, where="m.onnx")

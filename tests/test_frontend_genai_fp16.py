@@ -121,3 +121,28 @@ def test_other_generation_steps() -> None:
     # sizes the user gave stay: nothing left to vary
     assert sig.other_steps(dims, {"past_sequence_length": 16, "sequence_length": 8}) == []
     assert LLMSignature().other_steps({"sequence_length": 8}, {}) == []
+
+
+@pytest.mark.parametrize("name", sorted(FP16))
+def test_inspect_shows_the_fp16_layers(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``moec inspect`` (no external data loaded) lists the layers, experts at 2 bytes."""
+    import json
+
+    from moec.compiler.cli.main import main
+
+    assert main(["inspect", str(GENAI / name / "model.onnx"), "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["moe_layers"]
+    count, scoring, activation = FP16[name]
+    assert [(lay["scoring"], lay["activation"]) for lay in layers] == [
+        (scoring, activation)
+    ] * count
+    for lay in layers:
+        assert lay["weight_bytes_per_expert"] == 3 * lay["hidden"] * lay["ffn"] * 2
+
+
+def test_trace_dump_seeds_the_step_ort_takes() -> None:
+    from moec.check import dump_trace
+
+    trace = dump_trace(str(GENAI / "gpt_oss_fp16" / "model.onnx"))
+    assert [lay.ids.shape for lay in trace.layers] == [(8, 2)] * 2  # a prompt of 8 tokens
+    assert trace.provenance["dims"]["past_sequence_length"] == 0

@@ -39,6 +39,7 @@ SHARED = {
     "deepseek_v3",
     "ernie4_5_moe",
     "glm4_moe",
+    "glm4_moe_unrolled",
     "granitemoeshared",
     "kolibri1",
     "inkling",

@@ -13,7 +13,11 @@ from moec.ir.stream import load_program, parse_program, print_program, verify_pr
 from moec.ir.stream.verify import SramError
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = re.findall(r"```msp\n(.*?)```", (ROOT / "docs" / "isa.md").read_text(), re.S)[0]
+EXAMPLE = next(  # the ISA reference's main example (the online-choice one has no static part)
+    b
+    for b in re.findall(r"```msp\n(.*?)```", (ROOT / "docs" / "isa.md").read_text(), re.S)
+    if 'program "isa-example"' in b
+)
 FILE = "prog.msp"
 
 

@@ -187,7 +187,8 @@ def run_layered(
     peaks: list[tuple[int, int, int]] = [(0, 0, 0)] * D
     slot_peak = [0] * D
     deferred_pairs, deferred_s = 0, 0.0
-    last: Timeline | None = None
+    #: the last part's names of layers, islands and resources (the same in every part)
+    last: tuple[list[str], list[str], int, list[str]] | None = None
     for j, part in enumerate(parts):
         if j:
             # the previous part's ops and instructions: a caller may have paused the collector
@@ -209,9 +210,10 @@ def run_layered(
         islands = tag_spans(tl.island, tl.start, tl.end)
         if not allow_overflow:
             _stop_if_over(p, target, tl, part.layers or [tl.island_names[i] for i in islands])
-        merge_spans(summary.layer_spans, tag_spans(tl.layer, tl.start, tl.end))
+        parts_j = layer_parts(tl)  # each layer's span is its part's (the same min and max)
+        merge_spans(summary.layer_spans, {lp.layer: (lp.start, lp.end) for lp in parts_j})
         merge_spans(summary.island_spans, islands)
-        summary.parts += layer_parts(tl)
+        summary.parts += parts_j
         carry.energy.by_op.clear()
         for c, nb in enumerate(tl.dram_bytes):
             dram_bytes[c] += nb
@@ -233,8 +235,12 @@ def run_layered(
         carry.clock = max(
             (tl.end[op] for op in _sync_ops(tl) if id(tl.instr[op]) in ends), default=makespan
         )
-        last = tl
+        last = (tl.layer_names, tl.island_names, tl.num_resources, tl.resource_names)
+        # drop the part now: refcounting frees its instructions and ops, so the collection
+        # before the next part only walks what is left in cycles, not the whole part
+        del tl, prog, shell
     assert last is not None
+    layer_names, island_names, num_resources, resource_names = last
     carry.energy.add_static(target, makespan)
     peak = [pk for pk, _, _ in peaks]
     over = max((pk - target.die(d).sram_bytes for d, pk in enumerate(peak)), default=0)
@@ -244,8 +250,8 @@ def run_layered(
         extra["deferred_s"] = deferred_s
     return Timeline(
         target=target, makespan=makespan, start=[], end=[], kind=[], die=[], res=[], instr=[],
-        layer=[], island=[], layer_names=last.layer_names, island_names=last.island_names,
-        num_resources=last.num_resources, resource_names=last.resource_names, busy=carry.busy,
+        layer=[], island=[], layer_names=layer_names, island_names=island_names,
+        num_resources=num_resources, resource_names=resource_names, busy=carry.busy,
         dram_bytes=dram_bytes, link_bytes=link_bytes, peak_sram=peak, instructions=instructions,
         host_bytes=host_bytes or [], events=events, extra=extra,
         peak_sram_slots=[s for _, s, _ in peaks], peak_sram_activations=[a for _, _, a in peaks],

@@ -141,6 +141,33 @@ def precision_of(nbytes: int, elements: int, default: str) -> str:
     return default
 
 
+class CostMemo:
+    """The builder's memoized costs: what depends only on the target and a shape, never on the
+    routing (a compute op's duration and joules per die, tokens and geometry; a transfer's per
+    link and bytes; a read's route, holds and joules per channel, die and bytes). A
+    layer-by-layer run hands one memo to every part (:class:`~.timing.Carry`), so the layers of
+    a model compute the shapes they repeat once; the values are the same floats either way."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.load_paths: dict[tuple[int, int], LoadPath] = {}
+        self.reads: dict[tuple[int, int, int], tuple[float, list[tuple[float, float]]]] = {}
+        #: per (channel, die, bytes): :meth:`Builder.read_plan`
+        self.plans: dict[tuple[int, int, int], Any] = {}
+        #: compute op durations by shape (:meth:`Builder.compute_cost`)
+        self.compute: dict[tuple[Any, ...], float] = {}
+        #: per (src, dst, bytes): a transfer's link resource, hold, latency and its joules
+        self.transfers: dict[
+            tuple[int, int, int], tuple[tuple[int], float, float, float, float, float]
+        ] = {}  # fmt: skip
+        #: per slice opcode, die, geometry and precisions: its duration and energy parts
+        self.slices: dict[tuple[Any, ...], tuple[float, tuple[tuple[int, float], ...]]] = {}
+        #: the same for a whole micro-slice (:data:`SLICE_UNIT`), and the bytes of its ``h``
+        self.units: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        #: per (op kind, channel, die, bytes): the ops of a read (:meth:`Builder.read`)
+        self.read_ops: dict[tuple[int, int, int, int], tuple[Any, ...]] = {}
+
+
 class DieState:
     """One die's running state while its stream is turned into ops (op ids, or None)."""
 
@@ -189,8 +216,9 @@ class Builder:
     batch_slices = True
 
     def __init__(
-        self, p: Program, target: Target, precision: Mapping[str, Sequence[str]] | None = None
-    ) -> None:
+        self, p: Program, target: Target, precision: Mapping[str, Sequence[str]] | None = None,
+        costs: CostMemo | None = None,
+    ) -> None:  # fmt: skip
         self.p, self.t = p, target
         #: per layer, each expert's precision where a load's bytes cannot say (a residency hit)
         self.precision = dict(precision or {})
@@ -218,23 +246,15 @@ class Builder:
         self.dram_bytes = [0] * C
         self.link_bytes: dict[int, int] = defaultdict(int)
         self.dense_precision = p.layers[0].dtype if p.layers else "fp16"
-        self._load_paths: dict[tuple[int, int], LoadPath] = {}
-        self._read_costs: dict[tuple[int, int, int], tuple[float, list[tuple[float, float]]]] = {}
-        #: compute op durations by shape (:meth:`compute_cost`)
-        self.compute_costs: dict[tuple[Any, ...], float] = {}
-        #: per (src, dst, bytes): a transfer's link resource, hold, latency and its joules
-        self._xfer_costs: dict[
-            tuple[int, int, int], tuple[tuple[int], float, float, float, float, float]
-        ]
-        self._xfer_costs = {}
-        self._read_plans: dict[tuple[int, int, int], Any] = {}
+        m = costs if costs is not None and costs.target is target else CostMemo(target)
+        #: the memoized costs (shared with the other parts of a layer-by-layer run)
+        self.costs = m
+        self._load_paths, self._read_costs, self._read_plans = m.load_paths, m.reads, m.plans
+        self.compute_costs, self._xfer_costs = m.compute, m.transfers
+        self.slice_costs, self.unit_costs = m.slices, m.units
         self._geometry: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
         #: per (layer, shared, slice, bytes): the precision those bytes imply
         self._slice_prec: dict[tuple[str, bool, int, int], str] = {}
-        #: per slice opcode, die, geometry and precisions: its duration and energy parts
-        self.slice_costs: dict[tuple[Any, ...], tuple[float, tuple[tuple[int, float], ...]]] = {}
-        #: the same for a whole micro-slice (:data:`SLICE_UNIT`), and the bytes of its ``h``
-        self.unit_costs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
         self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
@@ -314,27 +334,76 @@ class Builder:
         as a tail reservation (``back``: :mod:`.timing`'s rule) and a delay for the hop's
         latency. The last op's end is when the data has arrived.
         """
-        lp = self.load_path(channel, die)
-        occ, hops, source, e_source, e_sram = self.read_plan(channel, die, nbytes)
+        key = (kind, channel, die, nbytes)
+        tpl = self.costs.read_ops.get(key)
+        if tpl is None:
+            tpl = self.costs.read_ops[key] = self._read_template(kind, channel, die, nbytes)
+        kinds, durs, res, ndeps, backs, charges, links = tpl
         g = self.g
-        first = g.add(kind, occ, (lp.res,), die, i, layer, island)
-        last = self.delay(first, lp.latency)
-        energy = self.energy
-        energy.charge(source, "host" if channel == HOST_CHANNEL else "dram", e_source, first)
-        op = first
+        first = len(g.kind)
+        k = len(kinds)
+        g.kind += kinds
+        g.dur += durs
+        g.res += res
+        g.ndeps += ndeps
+        g.succ += [[op] for op in range(first + 1, first + k)]
+        g.succ.append([])
+        g.die += (die,) * k
+        g.instr += (i,) * k
+        g.layer += (layer,) * k
+        if island >= 0:
+            for op in range(first, first + k):
+                g.island_of[op] = island
+        for j, back in backs:
+            g.back_of[first + j] = back
+        joules, by_op = self.energy.joules, self.energy.by_op
+        for j, d, part, e in charges:  # EnergyLedger.charge, in read order
+            joules[d][part] += e
+            by_op.append((first + j, d, part, e))
         link_bytes = self.link_bytes
-        for res, dur, back, lat, src, e_link in hops:
-            op = g.add(kind, dur, (res,), die, i, layer, island, back)
-            g.edge(last, op)
-            link_bytes[res] += nbytes
-            energy.charge(src, "d2d", e_link, op)
-            last = self.delay(op, lat)
-        energy.charge(die, "sram", e_sram, op)
+        for r in links:
+            link_bytes[r] += nbytes
         if channel == HOST_CHANNEL:
             self.host_bytes[die] += nbytes
         else:
             self.dram_bytes[channel] += nbytes
-        return first, last
+        return first, first + k - 1
+
+    def _read_template(self, kind: int, channel: int, die: int, nbytes: int) -> tuple[Any, ...]:
+        """The ops :meth:`read` appends, as a chain (each op the next one's only predecessor):
+        their kinds, durations, resources and dependency counts; the ``back`` of the hops (by
+        position, where not 0); the energy charges ``(position, die, part index, joules)`` in
+        the order they are made; the links the bytes cross. Memoized per (kind, channel, die,
+        bytes): the same for every read of that shape."""
+        lp = self.load_path(channel, die)
+        occ, hops, source, e_source, e_sram = self.read_plan(channel, die, nbytes)
+        kinds, durs = [kind], [occ]
+        res: list[tuple[int, ...]] = [(lp.res,)]
+        backs: list[tuple[int, float]] = []
+        part = PARTS.index("host" if channel == HOST_CHANNEL else "dram")
+        charges = [(0, source, part, e_source)]
+
+        def delay(latency: float) -> None:  # Builder.delay: only for a latency
+            if latency > 0.0:
+                kinds.append(DELAY)
+                durs.append(latency)
+                res.append(())
+
+        delay(lp.latency)
+        hold = 0
+        for r, dur, back, lat, src, e_link in hops:
+            hold = len(kinds)
+            kinds.append(kind)
+            durs.append(dur)
+            res.append((r,))
+            if back:
+                backs.append((hold, back))
+            charges.append((hold, src, D2D, e_link))
+            delay(lat)
+        charges.append((hold, die, SRAM, e_sram))
+        ndeps = (0,) + (1,) * (len(kinds) - 1)
+        links = tuple(r for r, *_ in hops)
+        return tuple(kinds), tuple(durs), tuple(res), ndeps, tuple(backs), tuple(charges), links
 
     def read_plan(
         self, channel: int, die: int, nbytes: int
@@ -395,17 +464,36 @@ class Builder:
             return ops
         a, b = key
         res, occ, lat, e_link, e_read, e_write = self.transfer_costs(a, b, i.nbytes)
-        hold = self.g.add(XFER, occ, res, die, i)
-        ops = (hold, self.delay(hold, lat))
+        # the hold and (for a latency) its delay, as OpGraph.add and delay() would add them
+        g = self.g
+        hold = len(g.kind)
+        if lat <= 0.0:
+            g.kind.append(XFER)
+            g.dur.append(occ)
+            g.res.append(res)
+            g.ndeps.append(0)
+            g.succ.append([])
+            g.die.append(die)
+            g.instr.append(i)
+            g.layer.append(-1)
+            ops = (hold, hold)
+        else:
+            g.kind += (XFER, DELAY)
+            g.dur += (occ, lat)
+            g.res += (res, ())
+            g.ndeps += (0, 1)
+            g.succ += ([hold + 1], [])
+            g.die += (die, die)
+            g.instr += (i, i)
+            g.layer += (-1, -1)
+            ops = (hold, hold + 1)
         self.link_bytes[res[0]] += i.nbytes
         joules, by_op = self.energy.joules, self.energy.by_op
         # EnergyLedger.charge of the link, the source's SRAM read, the destination's write
         joules[a][D2D] += e_link
-        by_op.append((hold, a, D2D, e_link))
         joules[a][SRAM] += e_read
-        by_op.append((hold, a, SRAM, e_read))
         joules[b][SRAM] += e_write
-        by_op.append((hold, b, SRAM, e_write))
+        by_op += ((hold, a, D2D, e_link), (hold, a, SRAM, e_read), (hold, b, SRAM, e_write))
         mine[key].append(ops)
         return ops
 

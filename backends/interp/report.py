@@ -124,6 +124,8 @@ class Report:
             out["host_bytes_total"] = sum(self.host_bytes)
         if "sram_over_bytes" in self.extra:  # a run past a die's SRAM (--allow-overflow)
             out["sram_over_bytes"] = self.extra["sram_over_bytes"]
+        if "online_choice" in self.extra:  # per layer, the alternative an online policy ran
+            out["online_choice"] = self.extra["online_choice"]
         if "deferred_pairs" in self.extra:  # token buffering: work charged to the next iteration
             out["deferred_pairs"] = self.extra["deferred_pairs"]
             out["deferred_s"] = self.extra.get("deferred_s", 0.0)
@@ -212,6 +214,11 @@ def render(r: Report, width: int = 110) -> str:
             f"token buffering: {r.extra['deferred_pairs']} (token, expert) pairs deferred to the "
             f"next iteration ({_si(float(r.extra.get('deferred_s', 0.0)), 's')} of catch-up, "
             "not in the layer latency)"
+        )
+    for layer, c in r.extra.get("online_choice", {}).items():
+        stats = ", ".join(f"{k} {v:g}" for k, v in c["stats"].items())
+        con.print(
+            f"online choice: {layer} ran alternative {c['alternative']} ({c['strategy']}): {stats}"
         )
     if "sram_over_bytes" in r.extra:
         con.print(

@@ -52,6 +52,7 @@ from moec.backends.interp.expand import expand_layer
 from moec.backends.interp.expand.fsedp_carry import Carried, buffering_slack, expand_with_carry
 from moec.backends.interp.expand.fsedp_deferred import DEFERRED_SUFFIX
 from moec.backends.interp.offload import offload_loads
+from moec.backends.interp.online import resolve_all, with_alternatives
 from moec.backends.interp.report import Report, make_report
 from moec.backends.interp.rules import apply_rules
 from moec.backends.interp.simulate import check_fit, check_routings, prepare, simulate
@@ -154,6 +155,7 @@ def expand_iteration(
 ) -> Iteration:  # fmt: skip
     """Every layer's runtime expansion for one iteration (timing only): the policy's rules
     rewrite each routing, then :func:`_expand_layers`."""
+    p, _ = resolve_all(p, routings, tgt.num_dies)  # an online policy picks before its rules
     used = [
         apply_rules(p, tgt, m.name, routings[m.name]) if p.policy(m.name) is not None
         else routings[m.name]
@@ -174,6 +176,8 @@ def _numeric_iteration(
         p, target=tgt, routings=routing, inputs=inputs, base_dir=base_dir, verify=verify,
         allow_overflow=True,  # for its outputs only: the serving run's timing is checked
     )  # fmt: skip
+    picks = res.report.extra.get("online_choice", {})  # the alternatives its own run chose
+    p = with_alternatives(p, {layer: c["alternative"] for layer, c in picks.items()})
     it = _expand_layers(p, tgt, layouts, res.routings, carry, last)
     it.outputs = res.outputs
     return it

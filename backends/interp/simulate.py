@@ -34,6 +34,7 @@ from moec.backends.interp.expand.fsedp_deferred import charge_deferred
 from moec.backends.interp.layered import plan_parts, run_layered
 from moec.backends.interp.numerics import check_companion, evaluate_model, load_weights
 from moec.backends.interp.offload import check_declarations, offload_loads
+from moec.backends.interp.online import Chosen, resolve
 from moec.backends.interp.report import Report, chrome_trace, make_report
 from moec.backends.interp.rules import apply_rules
 from moec.backends.interp.sram import sram_overflow
@@ -178,11 +179,16 @@ def expand_runtime(
     m: MoEDecl,
     routing: LayerRouting,
     layouts: dict[tuple[str, bool], SliceLayout],
+    chosen: dict[str, Chosen] | None = None,
 ) -> tuple[LayerRouting, dict[int, list[Instr]]]:
-    """One MoE layer's runtime part for ``routing``: the policy's rules rewrite the routing
+    """One MoE layer's runtime part for ``routing``: an online policy picks its alternative
+    (:func:`~.online.resolve`, recorded in ``chosen``), the policy's rules rewrite the routing
     (:func:`~.rules.apply_rules`), the strategy expands it, offloaded experts load from the host
     (:func:`~.offload.offload_loads`). Returns the rewritten routing and the per-die
     instructions; the numerics and the timing-only run both come through here."""
+    p, pick = resolve(p, m.name, routing, target.num_dies)
+    if pick is not None and chosen is not None:
+        chosen[m.name] = pick
     r = apply_rules(p, target, m.name, routing)
     per_die = expand_layer(p, target, m, r, layouts[(m.name, False)], layouts.get((m.name, True)))
     return r, offload_loads(per_die, p.policy(m.name), m)
@@ -255,6 +261,7 @@ def _run_parts(
     given: dict[str, LayerRouting],
     verify: bool,
     allow_overflow: bool,
+    chosen: dict[str, Chosen],
 ) -> tuple[Timeline | None, list[LayerRouting]]:
     """A timing-only run layer by layer (:func:`~.layered.run_layered`), each layer expanded
     when its part is timed; (None, []) when the program is not cut that way."""
@@ -267,7 +274,7 @@ def _run_parts(
         m, r = program.layer(name), given.get(name)
         if m is None or r is None or program.policy(name) is None:
             return {}
-        rewritten[name], per_die = expand_runtime(program, tgt, m, r, layouts)
+        rewritten[name], per_die = expand_runtime(program, tgt, m, r, layouts, chosen)
         return per_die
 
     verify_parts = verify and not program.is_static
@@ -294,6 +301,7 @@ def _simulate(
     tl: Timeline | None = None
     given = check_routings(program, tgt, routings) if routings is not None else None
     static_parts: dict[str, dict[int, list[Instr]]] = {}
+    chosen: dict[str, Chosen] = {}  # online choice: the alternative each layer ran
 
     def instructions(name: str, r: LayerRouting) -> tuple[LayerRouting, dict[int, list[Instr]]]:
         m = program.layer(name)
@@ -301,7 +309,7 @@ def _simulate(
             raise ProgramError(f"the weights have MoE layer {name}, the program does not")
         if program.policy(name) is None:
             return r, static_parts.setdefault(name, {})
-        r, expansions[name] = expand_runtime(program, tgt, m, r, layouts)
+        r, expansions[name] = expand_runtime(program, tgt, m, r, layouts, chosen)
         return r, expansions[name]
 
     if inputs is not None:
@@ -329,7 +337,7 @@ def _simulate(
                 )
             given = {}
         if layered and not record_trace:
-            tl, used = _run_parts(program, tgt, layouts, given, verify, allow_overflow)
+            tl, used = _run_parts(program, tgt, layouts, given, verify, allow_overflow, chosen)
         if tl is None:
             used = []
             for m in program.layers:
@@ -354,6 +362,10 @@ def _simulate(
     check_fit(tl, tgt, program, allow_overflow)
     report = make_report(tl, program.name)
     report.extra.update(tl.extra)
+    if chosen:
+        report.extra["online_choice"] = {
+            m.name: chosen[m.name].to_dict() for m in program.layers if m.name in chosen
+        }
     report.tokens = program.layers[0].tokens if program.layers else 0
     trace = chrome_trace(tl) if record_trace else None
     return RunResult(report, expanded, tl, used, outputs, trace)

@@ -52,13 +52,26 @@ def _output(name: str, infos: dict[str, onnx.ValueInfoProto]) -> onnx.ValueInfoP
     return onnx.helper.make_empty_tensor_value_info(name)
 
 
-def _input(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
-    """A stage input typed by the array it is fed, not by the graph's value_info: exporters
-    declare values with a wrong rank (onnxruntime-genai's builder gives every ``Constant`` a
-    scalar ``shape {}``, also a 1-D reshape target), which the full model survives because
-    inference runs from the node, but a stage that reads the value as an input trusts it."""
+def _input(
+    name: str, value: np.ndarray, graph_inputs: dict[str, onnx.ValueInfoProto]
+) -> onnx.ValueInfoProto:
+    """A stage input: a graph input as the graph declares it; a value of an earlier stage
+    typed by the array it is fed (its element type and rank, sizes left open), not by the
+    graph's value_info: exporters declare values with a wrong rank (onnxruntime-genai's builder
+    gives every ``Constant`` a scalar ``shape {}``, also a 1-D reshape target), which the whole
+    model survives because inference runs from the node, but a stage reading it trusts it.
+    Sizes stay symbolic as in the whole model: concrete ones let ORT fold shape subgraphs and
+    place its fp16/float32 casts differently (an fp16 build then differs by fp16 units)."""
+    if name in graph_inputs:
+        return _copy(graph_inputs[name])
     elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
-    return onnx.helper.make_tensor_value_info(name, elem, list(value.shape))
+    return onnx.helper.make_tensor_value_info(name, elem, [None] * value.ndim)
+
+
+def _copy(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(vi)
+    return out
 
 
 def run_staged(
@@ -75,6 +88,8 @@ def run_staged(
     stages = _stages(g, is_moe)
     inits = {t.name: t for t in g.initializer}
     infos = _value_infos(g)
+    g_infos = {vi.name for vi in g.value_info}
+    graph_inputs = {vi.name: vi for vi in g.input}
     later_reads: dict[str, int] = {}  # value -> the last stage (or MoE) that reads it
     for node, s in zip(g.node, stages, strict=True):
         for i in node.input:
@@ -97,9 +112,11 @@ def run_staged(
         )
         if nodes and keep:
             used_inits = sorted({i for n in nodes for i in n.input if i in inits})
+            inner = [infos[v] for v in sorted(produced - set(keep)) if v in g_infos]
             sub = onnx.helper.make_graph(
-                nodes, f"stage{s}", [_input(v, env[v]) for v in needed],
+                nodes, f"stage{s}", [_input(v, env[v], graph_inputs) for v in needed],
                 [_output(v, infos) for v in keep], [inits[i] for i in used_inits],
+                value_info=inner,
             )  # fmt: skip
             sub_model = onnx.helper.make_model(sub, opset_imports=list(model.opset_import))
             sub_model.ir_version = model.ir_version

@@ -62,6 +62,8 @@ def tag_spans(
     """Per tag (a layer or island index; -1 is none), the earliest start and latest end of its
     ops."""
     out: dict[int, tuple[float, float]] = {}
+    if max(tags, default=-1) < 0:  # no op tagged (a part without a dense island)
+        return out
     lo: dict[int, float] = {}
     hi: dict[int, float] = {}
     for op, k in enumerate(tags):

@@ -108,6 +108,7 @@ from moec.backends.interp.opgraph import (
     TIMING,
     XFER,
     Builder,
+    CostMemo,
 )
 from moec.backends.interp.sram import sram_peaks
 from moec.ir.errors import ScheduleError
@@ -168,13 +169,16 @@ class Timeline:
 @dataclass
 class Carry:
     """What one part of a layer-by-layer run (:mod:`.layered`) hands the next: the time its
-    first ops are released, each resource's free and busy time so far, and the energy ledger
-    (static power over the whole run is then the caller's to add)."""
+    first ops are released, each resource's free and busy time so far, the energy ledger
+    (static power over the whole run is then the caller's to add), and the costs the op-graph
+    builder memoized."""
 
     clock: float
     free_at: list[float]
     busy: list[float]
     energy: EnergyLedger
+    #: the op-graph builder's memoized costs, shared by the parts (filled by the first)
+    costs: CostMemo | None = None
 
 
 def run_timing(
@@ -191,9 +195,10 @@ def run_timing(
     ``carry.clock``, the resources' free and busy times and the energy ledger continue (updated
     in place) and no static power is added.
     """
-    b = Builder(p, target, precision)
+    b = Builder(p, target, precision, carry.costs if carry is not None else None)
     if carry is not None:
         b.energy = carry.energy
+        carry.costs = b.costs
     b.build()
     g = b.g
     n = len(g.kind)
@@ -207,7 +212,7 @@ def run_timing(
     # every op the handlers make holds at most one resource: its id (-1: none), -2 for an op
     # holding several (taken the long way)
     single = [(r[0] if len(r) == 1 else -2) if r else -1 for r in res]
-    prio = [PRIORITY[k] for k in kind]
+    prio = list(map(PRIORITY.__getitem__, kind))
     heappush, heappop = heapq.heappush, heapq.heappop
     # engine.EventQueue's discipline, inlined (its two method calls per op were a fifth of the
     # loop): events (time, priority, push order, op), all distinct, so the pop order is theirs
@@ -260,7 +265,7 @@ def run_timing(
                 # a tail reservation (back == dur) can end an ulp before the clock: not earlier
                 heappush(heap, (ready[x] if ready[x] > t else t, prio[x], seq, x))
                 seq += 1
-    stuck = [op for op in range(n) if end[op] < 0]
+    stuck = [op for op in range(n) if end[op] < 0] if min(end, default=0.0) < 0 else []
     if stuck:
         op = stuck[0]
         i = g.instr[op]

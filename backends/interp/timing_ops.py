@@ -270,32 +270,66 @@ def load(b: Builder, s: DieState, i: Load) -> None:
     s.since_signal.append(op)
 
 
-@TIMING.register("send", "recv")
-def transfer(b: Builder, s: DieState, i: Send | Recv) -> None:
-    """One side of a link transfer (the k-th send a->b and the k-th recv on b from a are one
-    transfer): edges in go to the link hold, edges out leave from the arrival."""
-    is_send = isinstance(i, Send)
+@TIMING.register("send")
+def send(b: Builder, s: DieState, i: Send) -> None:
+    """The sending side of a link transfer (the k-th send a->b and the k-th recv on b from a
+    are one transfer, :meth:`~.opgraph.Builder.transfer`): edges in go to the link hold (the
+    sent slot's fill; for a block the die's latest block of the layer received, and for a
+    ``y`` block its latest compute), edges out leave from the arrival."""
     die = s.die
-    key = (die, i.peer) if is_send else (i.peer, die)
-    hold, op = b.transfer(key, is_send, i, die)
+    hold, op = b.transfer((die, i.peer), True, i, die)
     g = b.g
     blk = i.block
+    if blk is not None:
+        tag = b.layers[blk.layer][0]
+        layer = g.layer
+        if layer[op] < 0:
+            layer[hold] = layer[op] = tag
+        la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
+        la.ops += (hold, op)
+        (la.x_uses if blk.which == "x" else la.send_y).append((op, blk.tokens))
+    succ, ndeps = g.succ, g.ndeps
+    a = s.fence  # a wait's op: never the hold itself
+    if a is not None:
+        succ[a].append(hold)
+        ndeps[hold] += 1
+    if i.slot is not None:
+        a = s.slot_fill.get(i.slot)
+        if a is not None and a != hold:
+            succ[a].append(hold)
+            ndeps[hold] += 1
+        s.slot_uses[i.slot].append(op)
+    elif blk is not None:
+        g.edge(s.last_recv.get((blk.layer, blk.which)), hold)
+        if blk.which == "y":
+            g.edge(s.last_compute, hold)
+    s.since_signal.append(op)
+
+
+@TIMING.register("recv")
+def recv(b: Builder, s: DieState, i: Recv) -> None:
+    """The receiving side of a link transfer: into a slot (its fill, once the slot's last free
+    has completed), or a block of tokens (the die's latest block of its layer)."""
+    die = s.die
+    hold, op = b.transfer((i.peer, die), False, i, die)
+    g = b.g
+    blk = i.block
+    c = i.content
+    sref = c if isinstance(c, SliceRef) else None
     tag = -1
     if blk is not None:
         tag = b.layers[blk.layer][0]
-    elif not is_send and isinstance(i.content, SliceRef):
-        tag = b.layers[i.content.layer][0]
+    elif sref is not None:
+        tag = b.layers[sref.layer][0]
     if tag >= 0:
         layer = g.layer
         if layer[op] < 0:
             layer[hold] = layer[op] = tag
         la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
-        la.ops += [hold, op]
+        la.ops += (hold, op)
         if blk is not None:
             ts = blk.tokens
-            if is_send:
-                (la.x_uses if blk.which == "x" else la.send_y).append((op, ts))
-            elif blk.which == "x":
+            if blk.which == "x":
                 la.recv_x.append((op, ts))
                 la.recv_x_start.append((hold, ts))
             else:
@@ -305,23 +339,17 @@ def transfer(b: Builder, s: DieState, i: Send | Recv) -> None:
     if a is not None:
         succ[a].append(hold)
         ndeps[hold] += 1
-    if is_send:
-        if i.slot is not None:
-            g.edge(s.slot_fill.get(i.slot), hold)
-            s.slot_uses[i.slot].append(op)
-        elif blk is not None:
-            g.edge(s.last_recv.get((blk.layer, blk.which)), hold)
-            if blk.which == "y":
-                g.edge(s.last_compute, hold)
-    elif i.slot is not None:
-        g.edge(s.slot_free.get(i.slot), hold)
-        c = i.content
-        sref = c if isinstance(c, SliceRef) else None
+    slot = i.slot
+    if slot is not None:
+        a = s.slot_free.get(slot)
+        if a is not None and a != hold:
+            succ[a].append(hold)
+            ndeps[hold] += 1
         prec = b.dense_precision
         if sref is not None:
             prec = b.slice_precision(sref, i.nbytes)
-        s.fill(i.slot, op, sref, prec)
-        s.slot_fill_rec[i.slot] = b.record_fill(die, hold)
+        s.fill(slot, op, sref, prec)
+        s.slot_fill_rec[slot] = b.record_fill(die, hold)
     elif blk is not None:
         s.last_recv[(blk.layer, blk.which)] = op
     s.since_signal.append(op)

@@ -47,6 +47,11 @@ def register(subparsers: Any) -> None:
         default=1e-4,
         help="relative tolerance, also of --approx against the original model (default 1e-4)",
     )
+    p.add_argument(
+        "--alternatives", type=int, default=0, metavar="N",
+        help="with --strategy auto: check a program of N online alternatives (moec compile "
+        "--alternatives)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--approx", metavar="PIPELINE", default=None,
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     report = check_model(
         args.model, target=args.target, overrides=parse_overrides(args.overrides),
         strategy=args.strategy, seed=args.seed, dims=parse_dims(args.dims), inputs=args.inputs,
-        tol=args.tol,
+        tol=args.tol, alternatives=args.alternatives,
     )  # fmt: skip
     if args.json:
         print(json.dumps(report.to_json(), sort_keys=True))

@@ -3,11 +3,12 @@
     moec compile model.onnx -o prog.msp [--target T] [--set key=value ...] [--strategy S]
                  [--passes "..."] [--routing trace.json] [--tokens N] [--dims name=value ...]
                  [--debug] [--print-ir] [--search-budget N] [--search-resamples R] [--objective O]
-                 [--max-sram-mib X] [--explain]
+                 [--max-sram-mib X] [--alternatives N [--online-draws SPEC;...]] [--explain]
 
 ``--strategy auto`` searches the fixed strategies and their options (:mod:`moec.auto`) and
 writes the best by ``--objective`` (latency, energy, edp or sram; within ``--max-sram-mib``);
-``--explain`` prints the candidates and why the winner won.
+``--explain`` prints the candidates and why the winner won. ``--alternatives N`` writes
+instead N pre-compiled alternatives and the rule that picks one per batch (:mod:`moec.online`).
 
 ``model.onnx`` may also be a model name from ``moec models``. The work is
 :func:`moec.compile.compile_model` and :func:`moec.compile.write_compiled`.
@@ -30,6 +31,7 @@ from moec.compile import (
 from moec.compiler.cli.args import add_dims_arg, add_strategy_arg, add_target_args
 from moec.compiler.lower.weights_file import companion_name
 from moec.ir.files import check_outputs
+from moec.online import explain_online
 from moec.progress import Progress
 
 
@@ -63,6 +65,16 @@ def register(subparsers: Any) -> None:
         "--explain", action="store_true",
         help="--strategy auto: print the candidates, their predicted and measured latencies",
     )  # fmt: skip
+    p.add_argument(
+        "--alternatives", type=int, default=0, metavar="N",
+        help="--strategy auto: write N (2-4) pre-compiled alternatives sharing one static part "
+        "and a rule over the batch's routing statistics that picks one at run time",
+    )  # fmt: skip
+    p.add_argument(
+        "--online-draws", metavar="SPEC;SPEC...",
+        help="--alternatives: the calibration batches the rule is fitted on, synth:... specs "
+        "separated by ';' (default: Zipf 0.4 to 2.0)",
+    )  # fmt: skip
     p.add_argument("--passes", default="", metavar="PIPELINE", help="pass pipeline string")
     p.add_argument("--routing", metavar="TRACE", help="routing trace (.json or .npz)")
     p.add_argument("--tokens", type=int, metavar="N", help="tokens per iteration")
@@ -88,16 +100,23 @@ def run(args: argparse.Namespace) -> int:
             search_budget=args.search_budget, objective=args.objective,
             max_sram_mib=args.max_sram_mib, search_resamples=args.search_resamples,
             on_stage=lambda next_stage: bar.advance(status=next_stage),
+            alternatives=args.alternatives,
+            online_draws=[d for d in (args.online_draws or "").split(";") if d.strip()],
         )  # fmt: skip
         bar.set_status(f"writing {args.output}")
         write_compiled(compiled, args.output)
         bar.advance()
     if args.explain and compiled.auto is not None:
         print(explain(compiled.auto))
+    if args.explain and compiled.online is not None:
+        print(explain_online(compiled.online))
     p = compiled.program
     extra = f" + {companion_name(Path(args.output).name)}" if compiled.companion is not None else ""
+    strategies = list(dict.fromkeys(r.strategy for r in p.runtime))  # per layer with auto
     print(
         f"wrote {args.output}{extra}: {len(p.layers)} MoE layers, {len(p.streams)} dies, "
-        f"{p.num_instructions()} static instructions, strategy {p.runtime[0].strategy}"
-    )
+        f"{p.num_instructions()} static instructions, "
+        + (f"strategy {strategies[0]}" if len(strategies) == 1 else
+           "strategies " + ", ".join(f"{r.layer} {r.strategy}" for r in p.runtime))
+    )  # fmt: skip
     return 0

@@ -17,6 +17,10 @@ Semantics (ONNX Runtime 1.32 ContribOperators, checked against its CPU kernel):
   defaults alpha=1, beta=0, no limit;
 - ``gelu`` is the tanh approximation (canonical ``gelu_tanh``); ``fc3`` with another
   activation means a gated FFN ``act(fc1 x) * (fc3 x)``;
+- ``geglu`` (onnxruntime-genai's Gemma-4; ORT implements it on CUDA only) is
+  ``gelu_tanh(g) * l`` with fc1's (gate, linear) rows laid out as for SwiGLU (fusion 1 or 2, no
+  fc3); alpha, beta and limit do not apply. ``moec check`` runs such nodes in ORT through the
+  standard-op substitute of ``backends/ort/geglu.py``;
 - QMoE ``quant_type='int'``: weights ``uint8`` ``[E, N, K*bits/8]`` (4-bit: element 2i in the low
   nibble), scales ``[E, N]`` (row-wise) or ``[E, N, K/block_size]``, optional zero points (packed
   like the weights); ``w = (q - zp) * scale`` with ``zp = 2**(bits-1)`` when absent. The dequantized
@@ -37,7 +41,10 @@ keeping their (2-D or 3-D) shape::
     MoE(x[B,S,d], Gemm(Flatten(x), WrT, bias, transB=1))      tokens flattened first
     MoE(x[N,d], Transpose(Gemm(WrT, x, transB=1)))            transposed product
 
-The router nodes are lifted into the layer when nothing else uses their results.
+A router that normalizes the residual itself (``SimplifiedLayerNormalization(h; w_r) * s``
+beside the node's ``SimplifiedLayerNormalization(h; w_x)``) is read as ``x * c``
+(``router_norm.py``). The router nodes are lifted into the layer when nothing else uses their
+results.
 """
 
 from __future__ import annotations
@@ -45,15 +52,25 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from moec.compiler.frontend import fused_router, nbits
-from moec.compiler.frontend.nbits import dequantize
+from moec.compiler.frontend import fused_router, nbits, router_norm
+from moec.compiler.frontend.fused_weights import (
+    MOE_INPUTS,
+    QMOE_INPUTS,
+    declared,
+    fc_bias,
+    fc_weight,
+    input_name,
+    present,
+    split_bias,
+    split_rows,
+    transposed,
+)  # fmt: skip
+from moec.compiler.frontend.nbits import dequantize  # noqa: F401 - re-exported for tests
 from moec.compiler.frontend.patterns import GraphView, Lifted, Mismatch, register
-from moec.ir.graph import TensorType, Weight
+from moec.ir.graph import Weight
 from moec.ir.moe import MoELayer
 
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu_tanh", "silu": "silu", "identity": "identity"}
-_QMOE = {"fc1": 2, "fc1_scales": 3, "fc1_bias": 4, "fc2": 5, "fc2_scales": 6, "fc2_bias": 7,
-         "fc3": 8, "fc3_scales": 9, "fc3_bias": 10, "fc1_zp": 11, "fc2_zp": 12, "fc3_zp": 13}  # fmt: skip
 # Annotation left on a QMoE layer whose normalize_routing_weights=0 was lifted as renormalized.
 QMOE_NORMALIZE_NOTE = "ort_qmoe_renormalizes_despite_normalize_routing_weights_0"
 # Annotation left on a layer whose node asks for use_sparse_mixer=1: ONNX Runtime's CPU kernel
@@ -61,11 +78,13 @@ QMOE_NORMALIZE_NOTE = "ort_qmoe_renormalizes_despite_normalize_routing_weights_0
 # kernels implement the sparse mixer), and moec lifts what the CPU kernel computes, which is
 # what `moec check` compares with. The HF PhiMoE export lifts as scoring=sparsemixer instead.
 SPARSE_MIXER_NOTE = "ort_cpu_ignores_use_sparse_mixer"
-_MOE = {"fc1": 2, "fc1_bias": 3, "fc2": 4, "fc2_bias": 5, "fc3": 6, "fc3_bias": 7}
+#: Gated activations whose fc1 holds (gate, up) rows; geglu is ``gelu_tanh(gate) * up`` (ORT's
+#: MoE/QMoE schema; alpha, beta and limit do not apply to it).
+_GLU = ("swiglu", "geglu")
 
 
-def _input(node: onnx.NodeProto, index: int) -> str:
-    return node.input[index] if index < len(node.input) else ""
+def _fc3_index(node: onnx.NodeProto) -> int:
+    return (QMOE_INPUTS if node.op_type == "QMoE" else MOE_INPUTS)["fc3"]
 
 
 def _unsupported(view: GraphView, node: onnx.NodeProto) -> str | None:
@@ -73,15 +92,16 @@ def _unsupported(view: GraphView, node: onnx.NodeProto) -> str | None:
     if a(node, "swiglu_limit_after_activation", 0):
         return "swiglu_limit_after_activation=1 is not supported (expected 0)"
     act = a(node, "activation_type", "relu")
-    if act == "geglu":
-        # onnxruntime-genai's Gemma-4 MoE node: ONNX Runtime 1.32's CPU kernel refuses it
-        # ("Unsupported MoE activation type: geglu"), so there is no reference to lift it against.
+    if act == "geglu" and (
+        int(a(node, "swiglu_fusion", 0)) not in (1, 2) or input_name(node, _fc3_index(node))
+    ):
+        # ORT's schema: geglu needs fused fc1 (gate, up) rows, swiglu_fusion 1 or 2, no fc3.
+        return "activation_type='geglu' needs swiglu_fusion=1 or 2 and no fc3"
+    if act not in (*_ACTIVATIONS, *_GLU):
         return (
-            "activation_type='geglu' is not supported (ONNX Runtime's CPU MoE kernel does not "
-            "implement it either; expected relu, gelu, silu, identity or swiglu)"
+            f"activation_type={act!r} is not supported "
+            "(expected relu, gelu, silu, identity, swiglu or geglu)"
         )
-    if act not in (*_ACTIVATIONS, "swiglu"):
-        return f"activation_type={act!r} is not supported (expected relu, gelu, silu, identity or swiglu)"
     if node.op_type == "QMoE":
         if a(node, "quant_type", "int") != "int":
             return f"quant_type={a(node, 'quant_type')!r} is not supported (expected 'int')"
@@ -93,7 +113,7 @@ def _unsupported(view: GraphView, node: onnx.NodeProto) -> str | None:
                 return f"{key} differing from expert_weight_bits is not supported"
         if a(node, "weights_prepacked", -1) == 1:
             return "weights_prepacked=1 is not supported (expected raw [E, N, K/pack] weights)"
-        if any(_input(node, i) for i in range(14, len(node.input))):
+        if any(input_name(node, i) for i in range(14, len(node.input))):
             return "router_weights / global or activation scales are not supported"
     return None
 
@@ -285,11 +305,11 @@ def _logits_router(
                 value = p.input[0]
                 continue
         if p.op_type == "Add":
-            declared = [i for i in p.input if _declared_shape(view, i) is not None]
-            if len(declared) == 1 and declared_bias is None and bias is None:
-                declared_bias = _declared_shape(view, declared[0])
+            declared_ins = [i for i in p.input if _declared_shape(view, i) is not None]
+            if len(declared_ins) == 1 and declared_bias is None and bias is None:
+                declared_bias = _declared_shape(view, declared_ins[0])
                 nodes.add(view.id(p))
-                value = p.input[1] if p.input[0] == declared[0] else p.input[0]
+                value = p.input[1] if p.input[0] == declared_ins[0] else p.input[0]
                 continue
             consts = [i for i in p.input if view.constant(i) is not None]
             if len(consts) == 1 and declared_bias is None:
@@ -329,13 +349,21 @@ def _logits_router(
     x_chain = _token_chain(view, x)
     rows_chain: list[int] = []
     value = x_rows
+    rescale: router_norm.RouterNorm | None = None
     while value not in x_chain:
         q = view.producer(value)
         if q is None or not _passes_through(view, q):
-            return (
-                f"the router {p.op_type} ({view.name(p)}) does not read the MoE input "
-                f"{x!r} (or a reshape of it)"
-            )
+            norm = router_norm.match(view, value, x_chain, d)
+            if isinstance(norm, str):
+                return norm
+            if norm is None:
+                return (
+                    f"the router {p.op_type} ({view.name(p)}) does not read the MoE input "
+                    f"{x!r} (or a reshape of it)"
+                )
+            rescale = norm
+            rows_chain.extend(norm.nodes)
+            break
         rows_chain.append(view.id(q))
         value = q.input[0]
     nodes.update(rows_chain)
@@ -344,15 +372,26 @@ def _logits_router(
     if bias is not None and bias.size not in (1, E):
         return f"router bias has {bias.size} entries, expected {E} (one per expert)"
     weights: dict[str, Weight] = {}
+    if rescale is not None:
+        quantizes = p.op_type == "MatMulNBits" and nbits.act_quant_block(view, p) is not None
+        if quantizes or w is None or rescale.scale is None:
+            c = rescale.scale
+            weights["router_in_scale"] = (
+                present("router_in_scale", c)
+                if c is not None
+                else declared("router_in_scale", (d,))
+            )
+        else:
+            w = w * rescale.scale[:, None]  # folded: x @ (c * W) == (x * c) @ W
     weights["router_w"] = (
-        _present("router_w", w.T) if w is not None else _declared("router_w", (E, d))
+        present("router_w", w.T) if w is not None else declared("router_w", (E, d))
     )
     if bias is not None:
-        weights["router_b"] = _present("router_b", np.broadcast_to(bias, (E,)))
+        weights["router_b"] = present("router_b", np.broadcast_to(bias, (E,)))
     elif declared_bias is not None:
         if int(np.prod(declared_bias)) not in (1, E):
             return f"router bias has shape {list(declared_bias)}, expected [{E}]"
-        weights["router_b"] = _declared("router_b", (E,))
+        weights["router_b"] = declared("router_b", (E,))
     # Only absorb router nodes whose results feed nothing but this layer.
     for i in sorted(nodes):
         for out in view.nodes[i].output:
@@ -363,84 +402,6 @@ def _logits_router(
         if not nodes:
             break
     return x, weights, nodes, p if p.op_type == "MatMulNBits" else None
-
-
-def _present(name: str, arr: np.ndarray) -> Weight:
-    """A float32 weight, or float16 when ``arr`` is: an fp16 model's experts stay fp16, so the
-    lowering charges them at fp16 (numerics upcast them exactly, as ONNX Runtime's CPU EP runs
-    an fp16 MoE node in float32 with its weights cast up)."""
-    half = np.asarray(arr).dtype == np.float16
-    a = np.ascontiguousarray(arr, dtype=np.float16 if half else np.float32)
-    return Weight(name, TensorType("f16" if half else "f32", tuple(int(s) for s in a.shape)), a)
-
-
-def _declared(name: str, shape: tuple[int, ...]) -> Weight:
-    return Weight(name, TensorType("f32", shape))
-
-
-def _fc(
-    view: GraphView, node: onnx.NodeProto, which: str, bits: int | None, block: int | None
-) -> Weight | None | str:
-    """An fc weight [E, N, K] as float (dequantized for QMoE), declared, None if absent."""
-    idx = (_QMOE if bits else _MOE)[which]
-    name = _input(node, idx)
-    if not name:
-        return None
-    w = view.weight(name)
-    if w is None:
-        return f"{which} weight {name!r} is not a constant initializer"
-    if len(w.type.shape) != 3:
-        return (
-            f"{which} weight {name!r} has shape {list(w.type.shape)}, expected rank 3 "
-            "[experts, rows, columns]"
-        )
-    if bits is None:
-        if w.data is None:
-            return w
-        data = np.asarray(w.data)
-        return _present(which, data if data.dtype == np.float16 else data.astype(np.float32))
-    E, N, Kp = (int(s) for s in w.type.shape)
-    K = Kp * 8 // bits
-    if w.data is None:
-        return _declared(which, (E, N, K))
-    scales = view.constant(_input(node, _QMOE[f"{which}_scales"]))
-    if scales is None:
-        return f"{which}_scales missing or not constant (needed to dequantize {bits}-bit weights)"
-    zp_name = _input(node, _QMOE[f"{which}_zp"])
-    zp = view.constant(zp_name) if zp_name else None
-    return _present(which, dequantize(np.asarray(w.data), scales, zp, bits, block))
-
-
-def _bias(view: GraphView, node: onnx.NodeProto, which: str, quant: bool) -> np.ndarray | None:
-    name = _input(node, (_QMOE if quant else _MOE)[which])
-    if not name:
-        return None
-    c = view.constant(name)
-    return None if c is None else np.asarray(c, np.float32)
-
-
-def _transpose(w: Weight, key: str) -> Weight:
-    if w.data is None:
-        E, N, K = (int(s) for s in w.type.shape)
-        return _declared(key, (E, K, N))
-    return _present(key, np.transpose(w.data, (0, 2, 1)))
-
-
-def _split_rows(w: Weight, fusion: int, key_a: str, key_b: str) -> tuple[Weight, Weight]:
-    """Fused fc1 [E, 2F, d] -> (gate, linear) [E, F, d] by swiglu_fusion layout."""
-    E, N, K = (int(s) for s in w.type.shape)
-    if w.data is None:
-        return _declared(key_a, (E, N // 2, K)), _declared(key_b, (E, N // 2, K))
-    if fusion == 1:
-        return _present(key_a, w.data[:, 0::2]), _present(key_b, w.data[:, 1::2])
-    return _present(key_a, w.data[:, : N // 2]), _present(key_b, w.data[:, N // 2 :])
-
-
-def _split_bias(b: np.ndarray, fusion: int) -> tuple[np.ndarray, np.ndarray]:
-    if fusion == 1:
-        return b[:, 0::2], b[:, 1::2]
-    half = b.shape[1] // 2
-    return b[:, :half], b[:, half:]
 
 
 @register("ort-fused-moe", anchors=("MoE", "QMoE"))
@@ -460,40 +421,40 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
     fusion = int(a(node, "swiglu_fusion", 0))
     fcs: dict[str, Weight | None] = {}
     for key in ("fc1", "fc2", "fc3"):
-        fc = _fc(view, node, key, bits, block)
+        fc = fc_weight(view, node, key, bits, block)
         if isinstance(fc, str):
             return view.fail(node, fc)
         fcs[key] = fc
     fc1, fc2, fc3 = fcs["fc1"], fcs["fc2"], fcs["fc3"]
     if fc1 is None or fc2 is None:
         return view.fail(node, "fc1 and fc2 expert weights are required")
-    b1 = _bias(view, node, "fc1_bias", quant)
-    b2 = _bias(view, node, "fc2_bias", quant)
-    b3 = _bias(view, node, "fc3_bias", quant)
-    gated = act == "swiglu" or fc3 is not None
-    if act == "swiglu" and fusion in (1, 2):
-        gate, up = _split_rows(fc1, fusion, "w_gate", "w_up")
+    b1 = fc_bias(view, node, "fc1_bias", quant)
+    b2 = fc_bias(view, node, "fc2_bias", quant)
+    b3 = fc_bias(view, node, "fc3_bias", quant)
+    gated = act in _GLU or fc3 is not None
+    if act in _GLU and fusion in (1, 2):
+        gate, up = split_rows(fc1, fusion, "w_gate", "w_up")
         if b1 is not None:
-            bg, bu = _split_bias(b1, fusion)
-            weights["b_gate"], weights["b_up"] = _present("b_gate", bg), _present("b_up", bu)
+            bg, bu = split_bias(b1, fusion)
+            weights["b_gate"], weights["b_up"] = present("b_gate", bg), present("b_up", bu)
     elif gated:
         if fc3 is None:
             return view.fail(node, "swiglu_fusion=0 needs fc3 (linear) expert weights")
         gate, up = fc1, fc3
         if b1 is not None:
-            weights["b_gate"] = _present("b_gate", b1)
+            weights["b_gate"] = present("b_gate", b1)
         if b3 is not None:
-            weights["b_up"] = _present("b_up", b3)
+            weights["b_up"] = present("b_up", b3)
     else:
         gate, up = None, fc1
         if b1 is not None:
-            weights["b_up"] = _present("b_up", b1)
+            weights["b_up"] = present("b_up", b1)
     if gate is not None:
-        weights["w_gate"] = _transpose(gate, "w_gate")
-    weights["w_up"] = _transpose(up, "w_up")
-    weights["w_down"] = _transpose(fc2, "w_down")
+        weights["w_gate"] = transposed(gate, "w_gate")
+    weights["w_up"] = transposed(up, "w_up")
+    weights["w_down"] = transposed(fc2, "w_down")
     if b2 is not None:
-        weights["b_down"] = _present("b_down", b2)
+        weights["b_down"] = present("b_down", b2)
     E, d, F = (int(s) for s in weights["w_up"].type.shape)
     k = int(a(node, "k", 1))
     selected = fused_router.match(view, node)
@@ -532,7 +493,7 @@ def recognize_fused(view: GraphView, node: onnx.NodeProto) -> Lifted | Mismatch 
         scoring=selected.scoring if selected is not None else "softmax",
         normalize_topk=normalize,
         normalize_eps=selected.normalize_eps if selected is not None else None,
-        activation="swiglu" if act == "swiglu" else _ACTIVATIONS[act],
+        activation={"swiglu": "swiglu", "geglu": "gelu_tanh"}.get(act) or _ACTIVATIONS[act],
         gated=gated,
     )
     if act == "swiglu":

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moec.compiler.frontend.hf_routing import Walk, match_activation
+from moec.compiler.frontend.hf_activation import match_activation
+from moec.compiler.frontend.hf_routing import Walk
 from moec.compiler.frontend.softcap import match_softcapped_silu
 
 
@@ -130,7 +131,10 @@ def _parts(walk: Walk, value: str, width: int) -> list[tuple[str, np.ndarray]] |
         )
     parts = []
     for s in slices:
-        start, end, axes = (eval_ints(walk, v) for v in s.input[1:4])
+        # The projection is [tokens, width] (its rows gathered by token): TorchScript's chunk
+        # computes the Slice bounds from its Shape, which the graph does not type.
+        known: dict[str, tuple[int | None, ...]] = {value: (None, width)}
+        start, end, axes = (eval_ints(walk, v, known=known) for v in s.input[1:4])
         steps = eval_ints(walk, s.input[4]) if len(s.input) > 4 and s.input[4] else [1]
         if None in (start, end, axes, steps) or axes not in ([-1], [1]) or len(steps) != 1:  # type: ignore[arg-type]
             raise walk.fail(s, "expected a Slice over the feature axis with known bounds")
@@ -190,8 +194,37 @@ def swiglu_of(walk: Walk, g: str, u: str) -> tuple[str, float, float, float | No
     return walk.take(outs[0]).output[0], alpha, beta, g_hi
 
 
-def eval_ints(walk: Walk, value: str, depth: int = 12) -> list[int] | None:
-    """Integer value of a constant or small shape computation (Shape/Gather/Add/Div/...)."""
+def _dims(
+    walk: Walk, value: str, known: dict[str, tuple[int | None, ...]], depth: int = 4
+) -> tuple[int | str | None, ...] | None:
+    """Shape of ``value``: typed in the graph, in ``known``, or an Unsqueeze of either."""
+    t = walk.view.tensor_type(value)
+    if t is not None:
+        return tuple(t.shape)
+    if value in known:
+        return known[value]
+    p = walk.producer(value)
+    if p is None or depth == 0:
+        return None
+    if p.op_type in ("Identity", "Cast"):
+        return _dims(walk, p.input[0], known, depth - 1)
+    if p.op_type == "Unsqueeze" and len(p.input) > 1:
+        inner, axes = _dims(walk, p.input[0], known, depth - 1), walk.ints(p.input[1])
+        if inner is None or axes is None:
+            return None
+        out: list[int | str | None] = list(inner)
+        rank = len(inner) + len(axes)
+        for a in sorted(ax % rank for ax in axes):
+            out.insert(a, 1)
+        return tuple(out)
+    return None
+
+
+def eval_ints(
+    walk: Walk, value: str, depth: int = 12, known: dict[str, tuple[int | None, ...]] | None = None
+) -> list[int] | None:
+    """Integer value of a constant or small shape computation (Shape/Gather/Add/Div/...);
+    ``known``: shapes of values the graph does not type (TorchScript exports)."""
     c = walk.ints(value)
     if c is not None or depth == 0:
         return c
@@ -203,13 +236,13 @@ def eval_ints(walk: Walk, value: str, depth: int = 12) -> list[int] | None:
         and (s := walk.producer(p.input[0])) is not None
         and s.op_type == "Shape"
     ):
-        t = walk.view.tensor_type(s.input[0])
-        i = eval_ints(walk, p.input[1], depth - 1)
-        if t is None or i is None or len(i) != 1 or not -len(t.shape) <= i[0] < len(t.shape):
+        dims = _dims(walk, s.input[0], known or {})
+        i = eval_ints(walk, p.input[1], depth - 1, known)
+        if dims is None or i is None or len(i) != 1 or not -len(dims) <= i[0] < len(dims):
             return None
-        d = t.shape[i[0]]
+        d = dims[i[0]]
         return [d] if isinstance(d, int) else None
-    args = [eval_ints(walk, v, depth - 1) for v in p.input]
+    args = [eval_ints(walk, v, depth - 1, known) for v in p.input]
     if any(a is None for a in args):
         return None
     a = [np.asarray(x, dtype=np.int64) for x in args]

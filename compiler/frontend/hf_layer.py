@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from moec.compiler.frontend.hf_gating import Gating, swiglu_of
+from moec.compiler.frontend.hf_gating import Gating, eval_ints, swiglu_of
 from moec.compiler.frontend.hf_routing import (
     RESHAPES,
     NoMatch,
@@ -102,6 +102,8 @@ def _split_gate_up(walk: Walk, gate: str, up: str) -> tuple[str, np.ndarray, np.
     """``gate`` and ``up`` as the two halves of one ``Split`` of ``x @ [gate | up]`` (a fused
     gate-up projection, GraniteMoE-shared's shared MLP): (x, W_gate, W_up), or None."""
     split = walk.producer(gate)
+    if split is not None and split.op_type == "Slice":
+        return _sliced_gate_up(walk, split, walk.producer(up))
     if split is None or split.op_type != "Split" or walk.producer(up) is not split:
         return None
     outs = list(split.output)
@@ -123,6 +125,36 @@ def _split_gate_up(walk: Walk, gate: str, up: str) -> tuple[str, np.ndarray, np.
     return lin.input, halves[g], halves[1 - g]
 
 
+def _sliced_gate_up(
+    walk: Walk, sg: onnx.NodeProto, su: onnx.NodeProto | None
+) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """The fused projection cut by two Slices of its last axis (TorchScript's ``chunk``, the
+    bounds computed from its Shape): (x, W_gate, W_up), or None."""
+    if su is None or su.op_type != "Slice" or su.input[0] != sg.input[0] or su is sg:
+        return None
+    lin = match_linear(walk, sg.input[0])
+    if lin is None or lin.b is not None or lin.w.shape[1] % 2:
+        return None
+    width = lin.w.shape[1]
+    t = walk.view.tensor_type(sg.input[0])
+    cols = []
+    for s in (sg, su):
+        start, end, axes = (eval_ints(walk, v) for v in s.input[1:4])
+        steps = eval_ints(walk, s.input[4]) if len(s.input) > 4 and s.input[4] else [1]
+        if start is None or end is None or axes is None or steps != [1] or len(axes) != 1:
+            return None
+        if not (axes[0] == -1 or (t is not None and axes[0] == len(t.shape) - 1)):
+            return None
+        cols.append(np.arange(width)[start[0] : end[0]])
+    half = width // 2
+    halves = {0: lin.w[:, :half], half: lin.w[:, half:]}
+    if sorted(len(c) for c in cols) != [half, half] or {int(c[0]) for c in cols} != {0, half}:
+        return None
+    walk.take(sg)
+    walk.take(su)
+    return lin.input, halves[int(cols[0][0])], halves[int(cols[1][0])]
+
+
 def _swiglu_ffn(
     walk: Walk, value: str, depth: int = 6
 ) -> tuple[str, np.ndarray, np.ndarray, tuple[float, float, float | None]] | None:
@@ -133,14 +165,21 @@ def _swiglu_ffn(
     frontier, split = [value], None
     for _ in range(depth):
         nodes = [walk.producer(v) for v in frontier]
-        splits = [n for n in nodes if n is not None and n.op_type == "Split"]
+        splits = [n for n in nodes if n is not None and n.op_type in ("Split", "Slice")]
         if splits:
             split = splits[0]
             break
         frontier = [i for n in nodes if n is not None for i in n.input if i]
-    if split is None or len(split.output) != 2:
+    if split is None:
         return None
-    for g, u in (tuple(split.output), tuple(split.output)[::-1]):
+    if split.op_type == "Slice":  # TorchScript's chunk: two Slices of the projection
+        cuts = [c for c in walk.consumers(split.input[0]) if c.op_type == "Slice"]
+        halves = tuple(c.output[0] for c in cuts)
+    else:
+        halves = tuple(split.output)
+    if len(halves) != 2:
+        return None
+    for g, u in (halves, halves[::-1]):
         trial = Walk(walk.view)
         sw = swiglu_of(trial, g, u)
         if sw is None or sw[0] != value:

@@ -207,6 +207,10 @@ def _match_slot(walk: Walk, slot: str, mask: str, x_root: str, routing: Routing)
         out.gate_up = first[0]
         mm1, out.gate_up_t = mms[out.gate_up]
         width = _last_dim(walk, mm1.output[0])
+        stack = walk.const(out.gate_up)
+        if width is None and stack is not None and np.ndim(stack) == 3:
+            # No value_info (TorchScript): the width is the gathered weight's output axis.
+            width = int(np.shape(stack)[1 if out.gate_up_t else 2])
         if width is None:
             raise walk.fail(mm1, "expected a static width of the slot's gate/up projection")
         out.gating = match_gating(walk, mm1.output[0], width)
@@ -252,7 +256,8 @@ def _weight_and_scatter(
     prod = walk.producer(walk.other(idx, pos))
     if prod is None or prod.op_type != "Mul" or tok not in prod.input:
         raise walk.fail(idx, "expected the gate weights indexed by token * k + position")
-    if eval_ints(walk, walk.other(prod, tok)) != [routing.top_k]:
+    known: dict[str, tuple[int | None, ...]] = {routing.weights: (None, routing.top_k)}
+    if eval_ints(walk, walk.other(prod, tok), known=known) != [routing.top_k]:
         raise walk.fail(prod, f"expected the token index scaled by k={routing.top_k}")
     walk.take(idx)
     walk.take(prod)

@@ -218,7 +218,9 @@ class GraphView:
         return p is not None and p.op_type == "Constant"
 
     def constant(self, value: str) -> np.ndarray | None:
-        """The numpy value of an initializer or Constant node; None if not one or declared only."""
+        """The numpy value of an initializer or Constant node, or an Identity of one (the
+        TorchScript exporter writes equal parameters once, the others as Identity of it); None
+        if not one or declared only."""
         if value in self._const_cache:
             return self._const_cache[value]
         result: np.ndarray | None = None
@@ -229,6 +231,8 @@ class GraphView:
             p = self.producer(value)
             if p is not None and p.op_type == "Constant":
                 result = _constant_node_value(p)
+            elif p is not None and p.op_type == "Identity" and p.input[0] in self._inits:
+                result = self.constant(p.input[0])
         self._const_cache[value] = result
         return result
 

@@ -90,7 +90,11 @@ def dense_islands(
         if i < len(plans):  # the router of the layer this island feeds
             layer = plans[i].layer
             flops += 2 * tokens * layer.hidden * layer.num_experts
-            router = [layer.weights[k] for k in ("router_w", "router_b") if layer.has(k)]
+            router = [
+                layer.weights[k]
+                for k in ("router_w", "router_b", "router_in_scale")
+                if layer.has(k)
+            ]
             nbytes += sum(_weight_bytes(w, plans[i].decl.dtype) for w in router)
         out.append(IslandDecl(f"island{i}", flops, nbytes))
     return out

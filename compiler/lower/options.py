@@ -23,6 +23,8 @@ COMMON_OPTIONS: dict[str, str] = {
     "slices": "micro-slices per expert: auto (EP, Hydra, EPLB, TP: the cost model's count, at "
     "least the fewest that fit a slot; FSE-DP: its own rule), fit (the fewest that fit a slot) "
     "or an integer",
+    "shared_slices": "micro-slices of the shared experts: an integer (default: as 'slices' "
+    "decides; online alternatives set it so their layouts agree)",
     "dtype": "weight precision: fp32, fp16, bf16, int8, int4 (default: the weights' own)",
     "resident": "fraction of each layer's experts in device memory, the others offloaded to the "
     "target's host tier (default 1: all resident; see compiler/lower/residency.py)",
@@ -39,6 +41,8 @@ class LoweringOptions:
     resident: float | None = None
     #: ``slices=fit``: the fewest slices that fit a slot, no cost-model refinement
     fit_slices: bool = False
+    #: ``shared_slices=N``: exactly N micro-slices of the shared experts
+    shared_slices: int | None = None
 
     @staticmethod
     def parse(opts: Mapping[str, str]) -> LoweringOptions:
@@ -63,7 +67,8 @@ class LoweringOptions:
                     f"option resident: expected a fraction in [0, 1], found {opts['resident']!r}",
                     "--strategy",
                 )
-        return LoweringOptions(slots, slices, dtype, resident, fit)
+        shared = parse_int(opts, "shared_slices", 1, minimum=1) if "shared_slices" in opts else None
+        return LoweringOptions(slots, slices, dtype, resident, fit, shared)
 
 
 def parse_int(opts: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:

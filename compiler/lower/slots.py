@@ -347,6 +347,20 @@ def plan_layers(
                     col_bytes=s_col, expert_tokens=[tokens] * D,
                 )  # fmt: skip
                 s_count = max(s_count, min(fs, per_die * D))
+            if opts.shared_slices is not None:
+                if opts.shared_slices > fs:
+                    raise StrategyError(
+                        f"option shared_slices={opts.shared_slices}: the shared experts of "
+                        f"{layer.name} have only {fs} FFN columns",
+                        "--strategy",
+                    )
+                if opts.shared_slices < s_count:
+                    raise ScheduleError(
+                        f"does not fit SRAM: option shared_slices={opts.shared_slices} makes "
+                        f"shared-expert slices of {layer.name} too large (needs >= {s_count})",
+                        where,
+                    )
+                s_count = opts.shared_slices
             shared_layout = SliceLayout.even(layer.name, fs, s_count, shared=True)
             shared_bytes = shared_slice_bytes(layer, shared_layout, dtype)
         decl = MoEDecl(

@@ -9,7 +9,10 @@ interpreter adds on top. Each function is a pure formula over an *idle* resource
   activations and accumulation on the vector unit, instruction issue;
 - :mod:`moec.ir.cost.transfer`: DRAM (bursts, sustained efficiency), D2D and host links
   (flit framing), DMA setup, cut-through routes and remote loads;
-- :mod:`moec.ir.cost.bound`: the analytic lower bound of an MoE layer iteration.
+- :mod:`moec.ir.cost.bound`: the analytic lower bound of an MoE layer iteration (pin bandwidth,
+  peak FLOPs);
+- :mod:`moec.ir.cost.floor`: the any-schedule floor of an MoE layer iteration on the calibrated
+  machine (sustained bandwidth, DMA setup, the best GEMM efficiency each expert's shape allows).
 
 ``target.ideal`` reduces every formula to the first-wave model (GEMMs at peak, no fixed costs,
 pin bandwidth), bit for bit. Units: bytes, seconds, FLOPs (2 per multiply-accumulate); GB/s means
@@ -32,6 +35,7 @@ from moec.ir.cost.compute import (
     slice_compute_time,
     vector_cycles,
 )
+from moec.ir.cost.floor import ScheduleFloor, schedule_floor
 from moec.ir.cost.transfer import (
     GB,
     dma_setup_time,
@@ -52,7 +56,7 @@ from moec.ir.cost.transfer import (
 __all__ = [
     "slice_activation",
     "slice_compute_time",
-    "ACCUM_VECTOR_OPS", "ACTIVATION_OPS", "GB", "LayerBound", "accum_time", "act_time",
+    "ACCUM_VECTOR_OPS", "ACTIVATION_OPS", "GB", "LayerBound", "ScheduleFloor", "schedule_floor", "accum_time", "act_time",
     "bytes_per_element", "compute_time", "dense_time", "dma_setup_time", "dram_data_time",
     "dram_occupancy", "dram_time", "gemm_cycles", "gemm_time", "host_occupancy", "host_time",
     "issue_time", "layer_bound", "link_data_time", "link_occupancy", "link_time", "load_time",

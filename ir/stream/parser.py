@@ -38,6 +38,8 @@ from moec.ir.stream.operands import number, ranges, string
 from moec.ir.stream.program import (
     FORMAT_VERSION,
     HOST_CHANNEL,
+    Choice,
+    Condition,
     DieStream,
     Instr,
     IslandDecl,
@@ -257,16 +259,46 @@ class _Build(Transformer[Token, Any]):
     def rt_annotate(self, c: list[Any]) -> tuple[str, Token, Any]:
         return ("annotate", c[0], (c[1], c[2]))
 
+    def cond(self, c: list[Any]) -> Condition:
+        return Condition(str(c[0]), str(c[1]), float(c[2]), _loc(self.f, c[0]))
+
+    def rt_when(self, c: list[Any]) -> tuple[str, Token, Any]:
+        conds = tuple(x for x in c[1:-1] if isinstance(x, Condition))
+        return ("choice", c[0], Choice(conds, int(c[-1]), _loc(self.f, c[0])))
+
+    def rt_otherwise(self, c: list[Any]) -> tuple[str, Token, Any]:
+        return ("choice", c[0], Choice((), int(c[2]), _loc(self.f, c[0])))
+
+    def rt_alternative(self, c: list[Any]) -> tuple[str, Token, Any]:
+        where = _loc(self.f, c[0])
+        alt = self._policy(RuntimePolicy(layer="", strategy="", loc=where), c[2:], "alternative")
+        return ("alternative", c[0], (int(c[1]), alt))
+
     def runtime(self, c: list[Any]) -> RuntimePolicy:
         loc = _loc(self.f, c[0])
         policy = RuntimePolicy(layer=c[1], strategy="", loc=loc)
+        return self._policy(policy, c[2:], f"runtime {policy.layer}")
+
+    def _policy(self, policy: RuntimePolicy, items: list[Any], what: str) -> RuntimePolicy:
+        """Fill ``policy`` from its items (a runtime block's, or an alternative's)."""
         seen: set[str] = set()
-        for kind, tok, payload in c[2:]:
+        for kind, tok, payload in items:
             where = _loc(self.f, tok)
             if kind in ("strategy", "precision", "skip") and kind in seen:
-                raise ProgramError(f"{kind} given twice in runtime {policy.layer}", where)
+                raise ProgramError(f"{kind} given twice in {what}", where)
             seen.add(kind)
-            if kind == "strategy":
+            if kind == "choice":
+                policy.choices.append(payload)
+            elif kind == "alternative":
+                index, alt = payload
+                if index != len(policy.alternatives):
+                    raise ProgramError(
+                        f"{what}: expected alternative {len(policy.alternatives)} here "
+                        f"(alternatives are numbered 0, 1, ... in order), found {index}",
+                        where,
+                    )
+                policy.alternatives.append(alt)
+            elif kind == "strategy":
                 policy.strategy = payload
             elif kind == "precision":
                 policy.precision = payload
@@ -281,9 +313,7 @@ class _Build(Transformer[Token, Any]):
                 table[str(key)] = value
                 policy.param_locs[str(key)] = _loc(self.f, key)
         if not policy.strategy:
-            raise ProgramError(
-                f"runtime {policy.layer} has no strategy, expected 'strategy NAME'", loc
-            )
+            raise ProgramError(f"{what} has no strategy, expected 'strategy NAME'", policy.loc)
         return policy
 
     def start(self, c: list[Any]) -> Program:

@@ -18,6 +18,7 @@ from typing import Any
 
 from moec.ir.errors import ProgramError
 from moec.ir.stream.kinds import channel_text, content_text, tokens_text
+from moec.ir.stream.online import choice_text
 from moec.ir.stream.opcodes import OPCODES, Form, OpDef, generate
 from moec.ir.stream.program import (
     Content,
@@ -35,7 +36,7 @@ _KEY_RE = _NAME_RE
 _RESERVED_WORDS = (
     r"s[0-9]+|ch[0-9]+|[xy]|true|false|tokens|cols|bytes|flops|count|shared|threshold|sha256"
     r"|moec|program|target|weights|tensor|moe|layout|slots|island|die|runtime|strategy|param"
-    r"|precision|skip|annotate|host"
+    r"|precision|skip|annotate|host|when|and|use|otherwise|alternative"
 )
 
 
@@ -189,6 +190,11 @@ def _runtime(r: RuntimePolicy) -> list[str]:
         out.append(f"  skip {name(r.skip.rule)} threshold {number(float(r.skip.threshold))}")
     for k in sorted(r.annotations):
         out.append(f"  annotate {key(k)} = {value(list(r.annotations[k]))}")
+    out += [f"  {choice_text(ch)}" for ch in r.choices]
+    for i, alt in enumerate(r.alternatives):
+        out += [f"  alternative {i} {{", f"    strategy {name(alt.strategy)}"]
+        out += [f"    param {key(k)} = {value(alt.params[k])}" for k in sorted(alt.params)]
+        out.append("  }")
     out.append("}")
     return out
 

@@ -52,8 +52,9 @@ from moec.ir.stream.values import (
 )
 
 __all__ = [
-    "FORMAT_VERSION", "HOST_CHANNEL", "OPCODES", "Accum", "Act", "Block", "Content", "Dense",
-    "DieStream", "Free", "Gemm", "Instr", "IslandDecl", "Load", "MoE", "MoEDecl", "Program",
+    "FORMAT_VERSION", "HOST_CHANNEL", "OPCODES", "Accum", "Act", "Block", "Choice", "Condition",
+    "Content", "Dense", "DieStream", "Free", "Gemm", "Instr", "IslandDecl", "Load", "MoE",
+    "MoEDecl", "Program",
     "Recv", "RuntimePolicy", "Send", "Signal", "SkipRule", "SliceLayout", "SliceRef", "SlotPool",
     "TargetRef", "TensorDecl", "TensorRef", "TokenSet", "Value", "Wait", "WeightsRef",
 ]  # fmt: skip
@@ -189,6 +190,27 @@ class SkipRule:
     loc: Location | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True)
+class Condition:
+    """``STAT OP VALUE`` in an online choice's decision list, e.g. ``skew >= 2.5``; the
+    statistics are :data:`moec.ir.stream.online.STATS`."""
+
+    stat: str
+    op: str
+    value: float
+    loc: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One line of a decision list: ``when C and C ... use N``, or ``otherwise use N`` (no
+    conditions); the first line whose conditions all hold names the alternative that runs."""
+
+    conditions: tuple[Condition, ...]
+    use: int
+    loc: Location | None = field(default=None, compare=False)
+
+
 @dataclass
 class RuntimePolicy:
     """What the on-package scheduler does for one MoE layer once routing is known.
@@ -200,6 +222,12 @@ class RuntimePolicy:
     interpreter's expanders read parameters only through it. ``precision`` has one entry per
     expert (empty: the layer's dtype everywhere); ``annotations`` map a name (e.g.
     ``importance``) to one value per expert.
+
+    **Online choice** (strategy ``online``): ``alternatives`` are 2-4 pre-compiled policies
+    (a strategy and its parameters each) sharing this program's static part, and ``choices``
+    the decision list over routing statistics that picks one per batch
+    (:mod:`moec.ir.stream.online`); precision, skip rule and annotations stay here, shared by
+    every alternative (:meth:`alternative` merges them in).
     """
 
     layer: str
@@ -214,6 +242,19 @@ class RuntimePolicy:
     param_locs: dict[str, Location] = field(default_factory=dict, compare=False, repr=False)
     #: Where the ``precision`` table was written (parsed programs only).
     precision_loc: Location | None = field(default=None, compare=False, repr=False)
+    #: Online choice: the alternatives, in index order, and the decision list.
+    alternatives: list[RuntimePolicy] = field(default_factory=list)
+    choices: list[Choice] = field(default_factory=list)
+
+    def alternative(self, i: int) -> RuntimePolicy:
+        """Alternative ``i`` as a policy of its own: its strategy and parameters with this
+        policy's layer, precision, skip rule and annotations."""
+        alt = self.alternatives[i]
+        return replace(
+            alt, layer=self.layer, precision=self.precision, skip=self.skip,
+            annotations=self.annotations, precision_loc=self.precision_loc,
+            alternatives=[], choices=[],
+        )  # fmt: skip
 
 
 # --- the program ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moec.ir.stream.printer import channel as channel_text
-from moec.ir.stream.program import OPCODES, Dense, Load, Program, Send
+from moec.ir.stream.program import OPCODES, Dense, Load, Program, RuntimePolicy, Send
 from moec.ir.stream.verify import peak_sram
 
 
@@ -62,7 +62,7 @@ def summarize(p: Program) -> dict[str, Any]:
                 "experts": m.experts,
                 "top_k": m.top_k,
                 "tokens": m.tokens,
-                "strategy": r.strategy if r else None,
+                "strategy": _strategy(r) if r else None,
                 "params": {k: r.params[k] for k in sorted(r.params)} if r else {},
                 "precision": list(r.precision) if r else [],
                 "skip": {"rule": r.skip.rule, "threshold": r.skip.threshold}
@@ -175,3 +175,10 @@ def render(summary: dict[str, Any], width: int = 120) -> str:
             )
         console.print(layers)
     return buf.getvalue()
+
+
+def _strategy(r: RuntimePolicy) -> str:
+    """The strategy column; an online choice lists its alternatives: ``online: ep | tp``."""
+    if not r.alternatives:
+        return r.strategy
+    return f"{r.strategy}: " + " | ".join(a.strategy for a in r.alternatives)

@@ -46,6 +46,7 @@ from moec.ir.stream.constraints import (
 )
 from moec.ir.stream.diagnostics import with_context
 from moec.ir.stream.layouts import free_slots_at, largest_slice, layouts_for
+from moec.ir.stream.online import check_online, policies_of
 from moec.ir.stream.opcodes import OPCODES, OpDef, generate
 from moec.ir.stream.params import SKIP_RULES, StrategyParams, strategy_params
 from moec.ir.stream.printer import instr as instr_text
@@ -265,7 +266,9 @@ class _Verifier(Context):
                         f"found {r.skip.threshold:g}",
                         r.skip.loc or r.loc,
                     )
-            strategy_params(r, layer, self.t, layouts_for(self.p), self.p.filename)
+            check_online(r, f"{self.p.filename}: runtime {r.layer}")
+            for alt in policies_of(r):
+                strategy_params(alt, layer, self.t, layouts_for(self.p), self.p.filename)
         policies = {r.layer for r in self.p.runtime}
         for layer_name, (die, loc) in placed.items():
             if layer_name not in policies:
@@ -279,7 +282,7 @@ class _Verifier(Context):
         """What each runtime part will need where it runs: a placeholder on every die with the
         slots it takes free, pools that fit SRAM, micro-slices that fit a slot."""
         layouts = layouts_for(self.p) if self.p.runtime else {}
-        for r in self.p.runtime:
+        for r in (alt for pol in self.p.runtime for alt in policies_of(pol)):
             layer = self.layers[r.layer]
             params = strategy_params(r, layer, self.t, layouts, self.p.filename)
             self.pools_fit(r)

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from moec.backends.interp.online import resolve_all
 from moec.ir.cost import bytes_per_element
 from moec.ir.errors import ProgramError, ScheduleError
 from moec.ir.routing import LayerRouting
@@ -225,9 +226,11 @@ def layouts_for(p: Program, target: Target | None = None) -> dict[tuple[str, boo
 
 
 def expand_program(p: Program, target: Target, routings: dict[str, LayerRouting]) -> Program:
-    """The fully static program for ``routings`` (layer name -> routing)."""
+    """The fully static program for ``routings`` (layer name -> routing); an online policy
+    expands the alternative its rule picks (:func:`moec.backends.interp.online.resolve`)."""
     if p.is_static:
         return p
+    p, _ = resolve_all(p, routings, target.num_dies)
     layouts = layouts_for(p, target)
     per_layer: dict[str, dict[int, list[Instr]]] = {}
     for m in p.layers:

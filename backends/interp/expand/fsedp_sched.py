@@ -55,12 +55,8 @@ event, so the interpreter runs it when the rules allow it and not earlier (a slo
 would let a load run ahead of R4's reservation of received slots, and the streams' timing drift
 from the rules').
 
-**Central load order** (the order dies pull slices and channels push them): ``natural``, unit
-by unit (shared experts first, then ascending expert id), or ``paired`` (the expander orders the
-units hottest, coldest, 2nd hottest, 2nd coldest, ...; the scheduler interleaves the slices of
-each (hot, cold) pair, so hot compute hides cold DRAM traffic slice by slice), or ``balanced``
-(moec's own: each next slice comes from the hottest remaining expert while the compute issued
-so far lags the DRAM time issued so far, else from the coldest).
+**Central load order** (the order dies pull slices and channels push them):
+:func:`.fsedp_order.central_order` (``natural``, ``paired`` or ``balanced``).
 
 **Local rules** on each die, with ``K`` slots: ``P = K // (2 m)`` per walk position (``m`` the
 most positions a die has: 1 on a cycle, 2 on a path there and back) hold slices received from
@@ -92,13 +88,14 @@ has an explicit tie-break.
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 from itertools import count
 
-from moec.backends.interp.expand.fsedp_problem import RULES, Machine, Problem, Schedule, Unit
+from moec.backends.interp.expand.fsedp_order import central_order
+from moec.backends.interp.expand.fsedp_problem import RULES, Hop, Machine, Problem, Schedule, Unit
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.params import fsedp_min_slots, fsedp_walk
 from moec.ir.stream.program import (
@@ -183,6 +180,9 @@ class _Lane:
     #: slices loaded here waiting to enter the walk (behind the received ones and the cap)
     entry: deque[_Visit] = field(default_factory=deque)
     sending: bool = False
+    #: received slices held at the next position of the walk (where every slice here goes on
+    #: to: a trip's path is consecutive positions), its ``pipeline``; set once all exist
+    succ: _Lane = field(init=False)
 
 
 class _Sim:
@@ -218,7 +218,9 @@ class _Sim:
             _Die(d, deque(sorted(prob.slots[d])[:k][::-1]), self.out[d]) for d in range(self.n)
         ]
         self.lanes = [_Lane() for _ in self.walk]
-        #: per walk position, its die and the lane of the position after it
+        for q, lane in enumerate(self.lanes):
+            lane.succ = self.lanes[(q + 1) % len(self.lanes)]
+        #: per walk position, its die
         self.lane_die = [self.dies[d] for d in self.walk]
         self.active = 0
         self.now = 0.0
@@ -232,18 +234,21 @@ class _Sim:
         self.chan_queue: dict[int, deque[Trip]] = {}
         self.chan_out: dict[int, int] = {}
         self.channels_of: dict[int, list[int]] = {d: [] for d in range(self.n)}
+        self._routes: dict[tuple[int, int], list[int]] = {}
+        self._hops: dict[tuple[int, int], int] = {}
         for c, die in enumerate(prob.channel_die):
             self.channels_of[die].append(c)
 
     # --- bookkeeping ---
     def at(self, t: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self.heap, (t, next(self.seq), fn))
+        heappush(self.heap, (t, next(self.seq), fn))
 
     def take_slot(self, d: _Die) -> int:
         if not d.free:
             raise ScheduleError(f"FSE-DP scheduler: die {d.id} has no free slot (internal)")
         d.held += 1
-        d.peak = max(d.peak, d.held)
+        if d.held > d.peak:
+            d.peak = d.held
         return d.free.pop()
 
     def give_slot(self, d: _Die, slot: int) -> None:
@@ -254,6 +259,15 @@ class _Sim:
         trip = Trip(len(self.trips), unit, j, SliceRef(self.p.layer, unit.expert, j))
         self.trips.append(trip)
         return trip
+
+    def route_of(self, die: int, unit: Unit) -> list[int]:
+        """:meth:`route_from` ``die`` through ``unit``'s needed dies, once per (die, unit): R5
+        asks it for every candidate die of every push (do not change the list)."""
+        key = (die, id(unit))  # a unit lives as long as the simulation
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = self.route_from(die, set(unit.tokens))
+        return route
 
     def route_from(self, die: int, needed: set[int]) -> list[int]:
         """Walk positions from the best position of ``die`` on to the last needed die."""
@@ -273,7 +287,7 @@ class _Sim:
         return best
 
     def set_path(self, trip: Trip, die: int) -> None:
-        trip.path = self.route_from(die, set(trip.unit.tokens))
+        trip.path = list(self.route_of(die, trip.unit))
         seen: set[int] = set()
         for h, q in enumerate(trip.path):
             d = self.walk[q]
@@ -283,7 +297,7 @@ class _Sim:
 
     # --- planning ---
     def plan(self) -> None:
-        for u, j in self.load_order():
+        for u, j in central_order(self.p):
             if not u.tokens:
                 continue
             trip = self.trip(u, j)
@@ -303,45 +317,6 @@ class _Sim:
                         t = self.trip(trip.unit, trip.slice)
                         t.path, t.compute_at = [self.positions[d][0]], {0}
                         self.dies[d].queue.append(t)
-
-    def load_order(self) -> list[tuple[Unit, int]]:
-        """(unit, slice) in the central load order: unit by unit, or with ``paired`` the two
-        units of each consecutive pair slice by slice (hot, cold, hot, cold, ...)."""
-        units = self.p.units
-        out: list[tuple[Unit, int]] = []
-        start = 1 if units and units[0].expert is None else 0  # shared experts go first, alone
-        out += [(u, j) for u in units[:start] for j in range(len(u.slice_bytes))]
-        if self.p.balanced:
-            return out + self.balanced(units[start:])
-        step = 2 if self.p.paired else 1
-        for k in range(start, len(units), step):
-            group = units[k : k + step]
-            for j in range(max(len(u.slice_bytes) for u in group)):
-                out += [(u, j) for u in group if j < len(u.slice_bytes)]
-        return out
-
-    def balanced(self, units: list[Unit]) -> list[tuple[Unit, int]]:
-        """Slices ordered so that compute keeps pace with DRAM all along: the next slice comes
-        from the expert with the most compute per slice while the compute issued so far is
-        behind the DRAM time issued so far, else from the one with the least (ties: load
-        order). Compute of a slice: its slowest die; DRAM: bytes over all channels' bandwidth.
-        """
-        bw = self.p.dram_bytes_per_s
-        heavy = [max(sum(u.compute(d, 0)) for d in u.tokens) for u in units]
-        left = [len(u.slice_bytes) for u in units]
-        rank = sorted(range(len(units)), key=lambda k: (-heavy[k], k))
-        out: list[tuple[Unit, int]] = []
-        comp = dram = 0.0
-        while any(left):
-            live = [k for k in rank if left[k]]
-            k = live[0] if comp <= dram else live[-1]
-            u = units[k]
-            j = len(u.slice_bytes) - left[k]
-            left[k] -= 1
-            out.append((u, j))
-            comp += max(sum(u.compute(d, j)) for d in u.tokens)
-            dram += u.slice_bytes[j] / bw if bw > 0 else 0.0
-        return out
 
     # --- R4 / R5: loads ---
     def locals_of(self, d: _Die) -> int:
@@ -366,11 +341,15 @@ class _Sim:
             d.ready.append(trip)
             self.kick(d)
 
-        def cross(k: int) -> None:  # the data reaches hop k now: claim its link
-            end = machine.cross(hops[k], self.now)
-            self.at(end, done if k + 1 == len(hops) else lambda: cross(k + 1))
+        self.at(out, done if not hops else lambda: self.cross(hops, 0, done))
 
-        self.at(out, done if not hops else lambda: cross(0))
+    def cross(self, hops: tuple[Hop, ...], k: int, done: Callable[[], None]) -> None:
+        """A load's data reaches hop ``k`` of its route now: claim its link (``done`` when it
+        has crossed the last). A method, not a closure calling itself: that would be a
+        reference cycle holding the whole simulation (every instruction) until the collector
+        runs, which ``moec bench`` keeps paused."""
+        end = self.p.machine.cross(hops[k], self.now)
+        self.at(end, done if k + 1 == len(hops) else lambda: self.cross(hops, k + 1, done))
 
     def room(self, d: _Die) -> int:
         """Free prefetch slots of ``d``."""
@@ -396,23 +375,32 @@ class _Sim:
             return home
         if self.chan_out.get(c, 0) > 0:
             return None  # the channel is still reading: its own die may free a slot meanwhile
-        needed = set(trip.unit.tokens)
-        longest = len(self.route_from(home.id, needed))
+        needed = trip.unit.tokens
+        longest = len(self.route_of(home.id, trip.unit))
         best: tuple[tuple[int, int, int, int], _Die] | None = None
         for die in self.p.order:
+            if die == home.id or die not in needed:
+                continue
             d = self.dies[die]
             room = self.room(d)
-            if die == home.id or die not in needed or room <= 0:
+            if room <= 0:
                 continue
             if any(self.chan_queue.get(own) for own in self.channels_of[die]):
                 continue  # the slot is its own channel's next load
-            length = len(self.route_from(die, needed))
+            length = len(self.route_of(die, trip.unit))
             if length > longest:
                 continue
-            key = (-room, self.p.hops(home.id, die), length, self.p.order.index(die))
+            key = (-room, self.hops(home.id, die), length, self.p.order.index(die))
             if best is None or key < best[0]:
                 best = (key, d)
         return None if best is None else best[1]
+
+    def hops(self, a: int, b: int) -> int:
+        """``Problem.hops``, asked once per pair of dies."""
+        n = self._hops.get((a, b))
+        if n is None:
+            n = self._hops[(a, b)] = self.p.hops(a, b)
+        return n
 
     def release_channel(self, c: int) -> None:
         self.chan_out[c] -= 1
@@ -441,11 +429,16 @@ class _Sim:
                 self.arrive(d, self.visit(trip, trip.slot, 0))
             else:
                 break
-        lanes = self.lanes
+        lanes, P = self.lanes, self.P
         for q in self.positions[d.id]:
             lane = lanes[q]
-            # what forward() would find nothing to do for is not asked (most kicks)
-            if not lane.sending and (lane.outbox or (lane.entry and self.active < self.cap)):
+            # what forward() would find nothing to do for is not asked (most kicks): a lane
+            # already sending, with nothing to send, or whose successor is full (backpressure)
+            if (
+                not lane.sending
+                and lane.succ.pipeline < P
+                and (lane.outbox or (lane.entry and self.active < self.cap))
+            ):
                 self.forward(d, lane)
 
     def visit(self, trip: Trip, slot: int, hop: int) -> _Visit:
@@ -492,7 +485,8 @@ class _Sim:
         if v.busy:
             return
         d.out.append(Free(v.slot))
-        self.give_slot(d, v.slot)
+        d.held -= 1  # give_slot(), inlined
+        d.free.append(v.slot)
         trip = v.trip
         trip.open -= 1
         if trip.ended and trip.open == 0 and trip.entered:
@@ -527,7 +521,11 @@ class _Sim:
         lane.sending = True
         nlane.pipeline += 1
         nxt = self.lane_die[nq]
-        nv = self.visit(trip, self.take_slot(nxt), hop)
+        slot = self.take_slot(nxt)
+        trip.open += 1  # visit(), inlined: every hop makes one
+        if hop == len(trip.path) - 1:
+            trip.ended = True
+        nv = _Visit(trip, nxt.id, slot, hop)
         nbytes = trip.nbytes
         d.out.append(Send(nxt.id, nbytes, v.slot))
         nxt.out.append(Recv(d.id, nbytes, nv.slot, trip.ref))
@@ -543,8 +541,9 @@ class _Sim:
             self.kick(nxt)
             self.kick(d)
 
-        self.at(link_free, sent)
-        self.at(end, done)
+        heap, seq = self.heap, self.seq  # at(), inlined: two events per hop
+        heappush(heap, (link_free, next(seq), sent))
+        heappush(heap, (end, next(seq), done))
 
     # --- the run ---
     def run(self) -> Schedule:
@@ -555,8 +554,9 @@ class _Sim:
         else:
             for d in self.dies:
                 self.pull(d)
-        while self.heap:
-            t, _, fn = heapq.heappop(self.heap)
+        heap = self.heap
+        while heap:
+            t, _, fn = heappop(heap)
             self.now = t
             fn()
         stuck = [d.id for d in self.dies if d.queue or d.ready or d.inbox or d.held]
