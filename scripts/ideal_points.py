@@ -15,7 +15,10 @@ Hydra and EPLB load order against channel demand; EP, Hydra, EPLB and TP slice c
 cost model): 55 of the 144 points moved, all of them those four strategies, FSE-DP none; and
 for issue 12's one timing engine (the FSE-DP scheduler decides on the interpreter's clock): 21
 values of 20 FSE-DP points moved (latency -0.6% to +0.2%, peak SRAM by up to -25%), no other
-strategy's. ``tests/test_ideal_points.py`` runs the check (slow).
+strategy's; and for issue 18's FSE-DP slice count from its scheduler (``moec/fsedp_slices.py``,
+session 7; only the 80 FSE-DP points re-measured, ``measure(strategies=...)``): 62 moved, latency
+-3.6% to +0.6% (one point slower: Phi-3.5-MoE 2x2 256 tokens ``fsedp``, the lowering's own count
+is not on the ladder), peak SRAM both ways (Phi-3.5-MoE 2x2 16 tokens 16.7 -> 4.8 MB). ``tests/test_ideal_points.py`` runs the check (slow).
 """
 
 from __future__ import annotations
