@@ -12,18 +12,20 @@ Given the routing the program is compiled for, :func:`lower` therefore lowers ev
 :data:`LADDER` (and the finest allowed, slices of :data:`~moec.compiler.lower.fsedp.MIN_AUTO_WIDTH`
 columns) that fits, asks the scheduler for its estimate of the first MoE layer's span
 (:func:`moec.backends.interp.expand.fsedp.predicted_span`: the rules R1-R5 played on the
-interpreter's own engine), runs the interpreter on every count predicted within
-:data:`CONFIRM_WITHIN` of the best prediction, and keeps the fastest measured (ties: fewer
-slices). The estimate is within about 2% of the measurement (``scripts/fsedp_sched_gap.py``:
-0.0-1.7%; Yuan2.0-M32, 16 tokens, 2x2, 8 slices: 16.71 predicted, 16.37 ms measured), so a count
-that measures faster than the best predicted one is predicted within two such errors of it and
-is run: the choice is the measured fastest of the counts that fit. The candidates do not depend
+interpreter's own engine), runs the interpreter on the counts in ascending prediction while a
+count could still beat the fastest measured so far, and keeps the fastest measured (ties: fewer
+slices). The estimate is within :data:`ESTIMATE_ERROR` of the measurement
+(``scripts/fsedp_sched_gap.py``: 0.0-1.7%; Yuan2.0-M32, 16 tokens, 2x2, 8 slices: 16.71
+predicted, 16.37 ms measured), so a count predicted at ``p`` measures at least ``p * (1 -
+ESTIMATE_ERROR)``, and once that exceeds the fastest measurement no later count can win: the
+choice is the measured fastest of the counts that fit. The candidates do not depend
 on SRAM except through what fits, which only grows with SRAM, so more SRAM never picks a
 slower schedule. Only when no count of the ladder fits (slices narrower than the ladder
 allows) is the lowering's own count kept. Without a routing (``moec compile`` with no
 ``--routing``) or with an explicit ``slices=``, the lowering's own rule stands. The choice is
-predicted on the first MoE layer (the paper models' layers share one shape), measured on the
-whole program, and applies to every layer.
+predicted and measured on the first MoE layer (the paper models' layers share one shape; the
+run stops after that layer's part, ``simulate(..., until_layer=)``, so choosing costs a few
+layers whatever the model's depth), and applies to every layer.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ from moec.ir.target import Target, load_target
 
 #: Slice counts tried (those no finer than the finest allowed and no coarser than fits).
 LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
-#: Counts predicted within this of the best prediction are run by the interpreter: two
-#: estimate errors of 2.5% (module docstring).
-CONFIRM_WITHIN = 1.025**2 - 1.0
+#: The scheduler's estimate is within this fraction of the interpreter's measurement (module
+#: docstring); a count is run while ``prediction * (1 - ESTIMATE_ERROR)`` is below the fastest
+#: measurement so far.
+ESTIMATE_ERROR = 0.025
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,13 @@ def candidates(ffn: int) -> list[int]:
 
 
 def measure(program: Program, target: Target, routing: RoutingTrace) -> float | None:
-    """The interpreter's MoE latency of ``program`` under ``routing`` (what ``moec bench``
-    reports), or None when the run does not fit a die's SRAM."""
+    """The interpreter's MoE latency of ``program``'s first MoE layer under ``routing`` (what
+    ``moec bench`` reports for a one-layer program), or None when it does not fit a die's SRAM."""
     try:
-        run = simulate(program, target=target, routings=routing, verify=False, layered=True)
+        run = simulate(
+            program, target=target, routings=routing, verify=False, layered=True,
+            until_layer=program.layers[0].name,
+        )  # fmt: skip
     except ScheduleError:
         return None
     tl = run.timeline
@@ -115,7 +121,8 @@ def choose_slices(
     least = min(predicted.values())
     measured: dict[int, float] = {}
     for c in sorted(predicted, key=lambda c: (predicted[c], c)):
-        if predicted[c] > least * (1.0 + CONFIRM_WITHIN):
+        fastest = min(measured.values(), default=least * (1.0 + ESTIMATE_ERROR))
+        if predicted[c] * (1.0 - ESTIMATE_ERROR) > fastest:
             break
         t = measure(programs[c], tgt, routing)
         if t is not None:

@@ -234,6 +234,7 @@ def simulate(
     verified: bool = False,
     allow_overflow: bool = False,
     layered: bool = False,
+    until_layer: str | None = None,
 ) -> RunResult:
     """Run ``program``: numerics when ``inputs`` are given, timing always (see module doc).
 
@@ -246,11 +247,15 @@ def simulate(
     ``layered``: time the program one layer at a time (:mod:`.layered`; memory flat in the
     number of layers, same report) when it has that shape and no trace is asked for; the
     result then has no expanded program (``expanded`` is None) and its timeline no per-op
-    data (``timeline.summary`` instead)."""
+    data (``timeline.summary`` instead).
+
+    ``until_layer`` (a layered timing-only run): time only the parts up to and including the one
+    holding that MoE layer; the report covers those parts alone (a compiler measuring one
+    layer of a whole model, e.g. ``moec.fsedp_slices``). Ignored by a run that is not layered."""
     with gc_paused():
         return _simulate(
             program, target, routings, inputs, base_dir, record_trace, verify, verified,
-            allow_overflow, layered,
+            allow_overflow, layered, until_layer,
         )  # fmt: skip
 
 
@@ -262,12 +267,20 @@ def _run_parts(
     verify: bool,
     allow_overflow: bool,
     chosen: dict[str, Chosen],
+    until_layer: str | None = None,
 ) -> tuple[Timeline | None, list[LayerRouting]]:
     """A timing-only run layer by layer (:func:`~.layered.run_layered`), each layer expanded
-    when its part is timed; (None, []) when the program is not cut that way."""
+    when its part is timed; (None, []) when the program is not cut that way. With
+    ``until_layer`` only the parts up to the one holding that layer are timed."""
     parts = plan_parts(program)
     if parts is None:
         return None, []
+    if until_layer is not None:
+        last = next((j for j, pt in enumerate(parts) if until_layer in pt.layers), None)
+        if last is not None:
+            parts = parts[: last + 1]
+            timed = {n for pt in parts for n in pt.layers}
+            given = {k: v for k, v in given.items() if k in timed}
     rewritten: dict[str, LayerRouting] = {}
 
     def expansion(name: str) -> dict[int, list[Instr]]:
@@ -294,6 +307,7 @@ def _simulate(
     verified: bool,
     allow_overflow: bool,
     layered: bool,
+    until_layer: str | None = None,
 ) -> RunResult:
     tgt, layouts = prepare(program, target, base_dir, verify and not verified)
     expansions: dict[str, dict[int, list[Instr]]] = {}
@@ -337,7 +351,9 @@ def _simulate(
                 )
             given = {}
         if layered and not record_trace:
-            tl, used = _run_parts(program, tgt, layouts, given, verify, allow_overflow, chosen)
+            tl, used = _run_parts(
+                program, tgt, layouts, given, verify, allow_overflow, chosen, until_layer
+            )
         if tl is None:
             used = []
             for m in program.layers:
