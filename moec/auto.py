@@ -63,6 +63,7 @@ from moec.bench import DEFAULT_ROUTING, moe_metrics
 from moec.compiler.lower import STRATEGIES, lower, parse_strategy
 from moec.compiler.lower import _load_strategies as load_strategies
 from moec.compiler.lower.options import StrategyError
+from moec.fsedp_slices import lower as lower_for_routing
 from moec.ir.cost import (
     accum_time,
     act_time,
@@ -354,7 +355,9 @@ def search(
     def predict(tr: Trial) -> None:
         strategy, opts = parse_strategy(tr.strategy)
         try:
-            tr.program = lower(
+            # FSE-DP candidates get the slice count a fixed FSE-DP strategy gets for this
+            # routing (moec.fsedp_slices), so auto never trails the fixed column it contains
+            tr.program = lower_for_routing(
                 module, target_ref, strategy, opts, routing, tokens=tokens, dims=dims,
                 base_dir=base_dir, name=name,
             )  # fmt: skip
