@@ -45,6 +45,10 @@ class ModelError(MoecError):
     """An ONNX model that cannot be read or whose MoE structure is not recognized."""
 
 
+class ReferenceRefused(ModelError):
+    """ONNX Runtime (the numerical reference) cannot load or run a model."""
+
+
 class ProgramError(MoecError):
     """A stream program that does not parse or does not verify."""
 

@@ -16,6 +16,7 @@ generated inputs and records every MoE layer's routing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -23,9 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 
 from moec.backends.ort.check import (
     CheckReport,
+    OutputError,
     compare,
     dims_of,
     load_inputs,
@@ -34,6 +37,7 @@ from moec.backends.ort.check import (
     session,
     with_outputs,
 )
+from moec.backends.ort.extract import LayerExtractor
 from moec.compile import (
     DEFAULT_TARGET,
     compile_model,
@@ -44,7 +48,7 @@ from moec.compile import (
 from moec.compiler.frontend import LiftResult
 from moec.compiler.lower import resolve_dims
 from moec.compiler.lower.weights_file import has_weights
-from moec.ir.errors import ModelError, MoecError, TraceError
+from moec.ir.errors import ModelError, MoecError, ReferenceRefused, TraceError
 from moec.ir.graph import Module
 from moec.ir.llm_inputs import llm_signature
 from moec.ir.moe import MoELayer, route
@@ -202,13 +206,44 @@ def check_model(
     inputs: str | None = None,
     tol: float = 1e-4,
     alternatives: int = 0,
+    per_layer: bool = False,
 ) -> CheckReport:
     """Compile ``model`` exactly, interpret it and compare with ONNX Runtime (``alternatives``:
-    a program choosing online among that many, :mod:`moec.online`)."""
+    a program choosing online among that many, :mod:`moec.online`).
+
+    When ONNX Runtime cannot load or run the whole model (or with ``per_layer``), each lifted
+    MoE layer is checked alone instead (:func:`check_layers`) and the report's note says why."""
     module, lifted, _ = load_model(model)
     if not has_weights(module):
         raise MoecError("model has no weights (shape-only): nothing to check numerically", model)
-    ref = reference_of(model, module, lifted, seed=seed, dims=dims, inputs=inputs)
+    options = CheckOptions(target, tuple(overrides), strategy, seed, tol, alternatives)
+    if per_layer:
+        return check_layers(model, module, lifted, options, dims, inputs, "")
+    try:
+        ref = reference_of(model, module, lifted, seed=seed, dims=dims, inputs=inputs)
+    except ReferenceRefused as err:
+        if not lifted.lifted:
+            raise
+        return check_layers(model, module, lifted, options, dims, inputs, err.message)
+    return _check_against(model, ref, options)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """How :func:`check_model` compiles and compares (its keyword arguments)."""
+
+    target: str = DEFAULT_TARGET
+    overrides: tuple[tuple[str, int | float | str], ...] = ()
+    strategy: str = "ep"
+    seed: int = 0
+    tol: float = 1e-4
+    alternatives: int = 0
+
+
+def _check_against(model: str, ref: Reference, options: CheckOptions) -> CheckReport:
+    """Compile ``model`` exactly, interpret it on ``ref``'s inputs and compare with ``ref``."""
+    target, overrides, strategy = options.target, options.overrides, options.strategy
+    dims, alternatives, tol = ref.dims, options.alternatives, options.tol
     with tempfile.TemporaryDirectory(prefix="moec-check-") as tmp:
         path = os.path.join(tmp, "check.msp")
         compiled = compile_model(
@@ -217,7 +252,7 @@ def check_model(
             target=target,
             overrides=overrides,
             strategy=strategy,
-            dims=ref.dims,
+            dims=dims,
             alternatives=alternatives,
         )
         write_compiled(compiled, path)
@@ -225,6 +260,61 @@ def check_model(
     report = compare(got, ref.want, tol)
     report.note = ref.note
     return report
+
+
+def check_layers(
+    model: str,
+    module: Module,
+    lifted: LiftResult,
+    options: CheckOptions,
+    dims: Mapping[str, int] | None,
+    inputs: str | None,
+    reason: str,
+) -> CheckReport:
+    """Each lifted MoE layer alone: the original model's subgraph from the layer's inputs to its
+    output (:mod:`moec.backends.ort.extract`), on seeded inputs (the whole model's dimension
+    sizes), compiled, interpreted and compared with ONNX Runtime on that subgraph. ``reason``:
+    why ORT could not run the whole model ("" when asked for, ``--per-layer``)."""
+    _, resolved, _ = _inputs_and_steps(module, lifted, options.seed, dims, inputs, model)
+    extractor = LayerExtractor(lifted.model, [(lf.input, lf.output) for lf in lifted.lifted])
+    outputs: list[OutputError] = []
+    for lf in lifted.lifted:
+        where = f"{model}: MoE layer {lf.layer.name}"
+        with tempfile.TemporaryDirectory(prefix="moec-layer-") as tmp:
+            path = os.path.join(tmp, "layer.onnx")
+            unsized: list[str] = []
+            try:
+                sub, _ = extractor.subgraph(lf.nodes, lf.input, lf.output)
+                unsized = sorted(
+                    {d.dim_param for vi in sub.graph.input for d in vi.type.tensor_type.shape.dim}
+                    - set(resolved) - {""}
+                )  # fmt: skip
+                onnx.save(sub, path)
+                sub_module, sub_lifted, _ = load_model(path)
+                if len(sub_lifted.lifted) != 1:
+                    raise ModelError(
+                        f"its subgraph alone lifts to {len(sub_lifted.lifted)} MoE layers, not 1"
+                    )
+                ref = reference_of(path, sub_module, sub_lifted, seed=options.seed, dims=resolved)
+                report = _check_against(path, ref, options)
+            except MoecError as err:
+                inner = err.where if err.where is not None and tmp not in str(err.where) else None
+                message = err.message
+                if isinstance(err, ReferenceRefused) and unsized:  # a size inference left open
+                    message += (
+                        f" (its input's dimension {unsized[0]} was not inferred and took a default "
+                        f"size: --dims {unsized[0]}=N sets it)"
+                    )
+                raise type(err)(message, where + (f": {inner}" if inner else "")) from None
+        outputs += [dataclasses.replace(o, layer=lf.layer.name) for o in report.outputs]
+    if reason:
+        why = reason.removeprefix("ONNX Runtime ")
+        note = (
+            f"ONNX Runtime could not run the whole model ({why}); each MoE layer was checked alone"
+        )
+    else:
+        note = "each MoE layer was checked alone (--per-layer)"
+    return CheckReport(outputs, options.tol, note)
 
 
 def routed(layer: MoELayer, x: np.ndarray, home: np.ndarray) -> LayerRouting:

@@ -198,6 +198,13 @@ def moec_side(path: Path, row: dict[str, Any]) -> dict[str, Any]:
     except MoecError as err:
         out.update(recognized=False, reason=f"moec check: {err}")
         return out
+    if report.per_layer:  # ORT could not run the whole model: not a whole-model check
+        verdict = "passed" if report.passed else "FAILED"
+        out.update(
+            recognized=False,
+            reason=f"moec check: {report.note} ({verdict}, {report.max_rel_err:.1e})",
+        )
+        return out
     out["check_err"] = report.max_rel_err
     out["recognized"] = bool(report.passed)
     if not report.passed:

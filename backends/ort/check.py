@@ -28,7 +28,7 @@ from onnx import helper
 
 from moec.backends.ort import geglu
 from moec.backends.ort.runtime import error_text, session_options
-from moec.ir.errors import CheckFailed, ModelError, MoecError
+from moec.ir.errors import CheckFailed, MoecError, ReferenceRefused
 from moec.ir.inputs import InputSpec, seeded_feeds, shape_for_dims, shape_for_tokens
 from moec.ir.llm_inputs import LLMSignature
 
@@ -177,7 +177,7 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
         text = error_text(err)
     if geglu.CPU_REFUSAL in text and any(geglu.is_geglu(n) for n in model.graph.node):
         return session(geglu.substitute(model))
-    raise ModelError(f"ONNX Runtime cannot load the model: {text}")
+    raise ReferenceRefused(f"ONNX Runtime cannot load the model: {text}")
 
 
 def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -204,12 +204,13 @@ def run_ort(
 def run_session(
     sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """Every output of a loaded session on ``feeds``; a refused run is a :class:`ModelError`."""
+    """Every output of a loaded session on ``feeds``; a refused run is a
+    :class:`~moec.ir.errors.ReferenceRefused`."""
     names = [o.name for o in sess.get_outputs()]
     try:
         values = sess.run(names, dict(feeds))
     except Exception as err:  # noqa: BLE001
-        raise ModelError(f"ONNX Runtime failed to run the model: {error_text(err)}") from None
+        raise ReferenceRefused(f"ONNX Runtime failed to run the model: {error_text(err)}") from None
     return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
 
 
@@ -237,12 +238,16 @@ class OutputError:
     max_rel_err: float
     #: this output's tolerance when it is not the report's (a float16 output: :func:`output_tol`)
     tol: float | None = None
+    #: the MoE layer whose output this is, when each layer was checked alone ("" otherwise)
+    layer: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "shape": list(self.shape), "max_abs_err": self.max_abs_err,
             "max_rel_err": self.max_rel_err,
-        } | ({"tol": self.tol} if self.tol is not None else {})  # fmt: skip
+        } | ({"tol": self.tol} if self.tol is not None else {}) | (
+            {"layer": self.layer} if self.layer else {}
+        )  # fmt: skip
 
 
 @dataclass
@@ -261,16 +266,24 @@ class CheckReport:
         return max((o.max_rel_err for o in self.outputs), default=0.0)
 
     @property
+    def per_layer(self) -> bool:
+        """Each MoE layer checked alone (``moec.check.check_layers``): outputs are layers'."""
+        return any(o.layer for o in self.outputs)
+
+    def output_passed(self, o: OutputError) -> bool:
+        return o.max_rel_err <= (self.tol if o.tol is None else o.tol)
+
+    @property
     def passed(self) -> bool:
-        return bool(self.outputs) and all(
-            o.max_rel_err <= (self.tol if o.tol is None else o.tol) for o in self.outputs
-        )
+        return bool(self.outputs) and all(self.output_passed(o) for o in self.outputs)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "outputs": [o.to_json() for o in self.outputs], "max_abs_err": self.max_abs_err,
             "max_rel_err": self.max_rel_err, "passed": self.passed,
-        } | ({"note": self.note} if self.note else {})  # fmt: skip
+        } | ({"note": self.note} if self.note else {}) | (
+            {"per_layer": True} if self.per_layer else {}
+        )  # fmt: skip
 
 
 def check_finite(name: str, got: np.ndarray, want: np.ndarray) -> None:

@@ -2,7 +2,7 @@
 
     moec check model.onnx [--target T] [--set key=value ...] [--strategy S] [--seed N]
                [--dims name=value ...] [--inputs F.npz] [--tol 1e-4] [--json]
-               [--approx PIPELINE]
+               [--per-layer] [--approx PIPELINE]
 
 Compiles the model in exact mode (no passes: no precision change, no skipping) into a temporary
 folder, runs the interpreter's numerics on seeded inputs (token ids in the embedding's range,
@@ -12,6 +12,14 @@ defines the errors). Exit 0 only when every output is within ``--tol`` (relative
 largest magnitude; an output ONNX Runtime returns in float16 within at least four fp16 units,
 ``FP16_TOL`` there). ``--json`` prints ``{"outputs": [{"name", "max_abs_err", "max_rel_err",
 "shape"}], "max_abs_err", "max_rel_err", "passed"}``.
+
+When ONNX Runtime cannot load or run the whole model (or with ``--per-layer``), each lifted MoE
+layer is checked alone: the original model's subgraph from the layer's inputs to its output
+(found by dataflow, ``backends/ort/extract.py``) on seeded inputs, compiled and interpreted,
+against ONNX Runtime on that subgraph, with the same tolerances. A ``note:`` line says why, then
+one line per layer; ``--json`` adds ``"per_layer": true``, ``"note"`` and each output's
+``"layer"``. A layer whose subgraph cannot be extracted, or that ONNX Runtime cannot run either,
+is the usual one-line error (exit 2).
 
 ``--approx PIPELINE`` compiles with the pipeline instead and reports what it costs in accuracy
 (:mod:`moec.approx`); ``--tol`` then bounds its max relative error against ONNX Runtime on the
@@ -52,6 +60,11 @@ def register(subparsers: Any) -> None:
         help="with --strategy auto: check a program of N online alternatives (moec compile "
         "--alternatives)",
     )  # fmt: skip
+    p.add_argument(
+        "--per-layer", action="store_true",
+        help="check each MoE layer alone against ONNX Runtime on its subgraph (done anyway when "
+        "ONNX Runtime cannot run the whole model)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--approx", metavar="PIPELINE", default=None,
@@ -66,10 +79,19 @@ def run(args: argparse.Namespace) -> int:
     report = check_model(
         args.model, target=args.target, overrides=parse_overrides(args.overrides),
         strategy=args.strategy, seed=args.seed, dims=parse_dims(args.dims), inputs=args.inputs,
-        tol=args.tol, alternatives=args.alternatives,
+        tol=args.tol, alternatives=args.alternatives, per_layer=args.per_layer,
     )  # fmt: skip
     if args.json:
         print(json.dumps(report.to_json(), sort_keys=True))
+    elif report.per_layer:
+        print(f"note: {report.note}")
+        for o in report.outputs:
+            own = f", float16 tol {o.tol:g}" if o.tol is not None else ""
+            verdict = "passed" if report.output_passed(o) else "FAILED"
+            print(
+                f"layer {o.layer}: {verdict}  max_abs_err {o.max_abs_err:.3e}  "
+                f"max_rel_err {o.max_rel_err:.3e}  (output {o.name}, shape {list(o.shape)}{own})"
+            )
     else:
         for o in report.outputs:
             own = f"  (float16: tol {o.tol:g})" if o.tol is not None else ""
@@ -79,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             )
         if report.note:
             print(f"note: {report.note}")
+    if not args.json:
         verdict = "passed" if report.passed else "FAILED"
         half = {o.tol for o in report.outputs if o.tol is not None}
         also = f"; float16 outputs {max(half):g}" if half else ""
