@@ -128,7 +128,7 @@ def compile_model(
         )
     if alternatives and (name != "auto" or objective != "latency" or search_resamples):
         raise StrategyError(
-            "--alternatives chooses among candidates of the latency search: it needs "
+            "it chooses among candidates of the latency search: it needs "
             f"--strategy auto (objective latency, no resamples), found --strategy {strategy}",
             "--alternatives",
         )

@@ -252,8 +252,8 @@ def test_compile_alternatives_explains_and_is_deterministic(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--alternatives", "5"], "--alternatives: expected 2 to 4, found 5"),
-        (["--alternatives", "2", "--objective", "energy"], "--alternatives chooses among"),
+        (["--alternatives", "5"], "--alternatives: expected 2 to 4 alternatives, found 5"),
+        (["--alternatives", "2", "--objective", "energy"], "--alternatives: it chooses among"),
         (
             ["--alternatives", "2", "--online-draws", "x.json"],
             "calibration draw 'x.json': expected",
