@@ -236,10 +236,16 @@ def predicted_span(p: Program, target: Target, layer: str, routing: LayerRouting
     them into a program or timing them (the interpreter agrees to within a few tenths of a
     percent, ``scripts/fsedp_sched_gap.py``). Deferred pairs' catch-up is not counted, as the
     layer's timing does not count it."""
+    return predicted_schedule(p, target, layer, routing).estimate_s
+
+
+def predicted_schedule(p: Program, target: Target, layer: str, routing: LayerRouting) -> Schedule:
+    """The schedule of FSE-DP ``layer``'s iteration under ``routing`` (its ``estimate_s`` is
+    :func:`predicted_span`; its ``streams`` what the expansion writes before the catch-up)."""
     m = next(m for m in p.layers if m.name == layer)
     lays = layouts_for(p, target)
     ctx = layer_context(p, target, m, routing, lays[(layer, False)], lays.get((layer, True)))
-    return plan(ctx)[0].estimate_s
+    return plan(ctx)[0]
 
 
 @register("fsedp")
