@@ -165,3 +165,32 @@ def test_batched_builder_times_every_golden_as_the_handlers_one_by_one(
     ref = run_timing(res.expanded, target)
     assert len(fast.start) == len(ref.start) > 0
     assert repr(_timeline_fields(fast)) == repr(_timeline_fields(ref))
+
+
+def test_streamed_slices_are_built_as_chains() -> None:
+    """The golden comparison above holds because the chain path is taken: an EP program's
+    streamed micro-slices go through :func:`slice_chain`, all of them (none falls back)."""
+    import moec.backends.interp.slice_chain as chain_mod
+    from moec.backends.interp.opgraph import SLICE_CHAIN
+    from moec.backends.interp.timing import run_timing
+    from moec.ir.stream import Load, load_program
+    from moec.run import run_program
+
+    program = load_program(str(GOLDEN / "tiny_moe.ep.msp"))
+    res = run_program(program, routing="synth:zipf=1.0,seed=0", base_dir=str(GOLDEN))
+    assert res.expanded is not None
+    taken: list[bool] = []
+    real, ends = SLICE_CHAIN[0]
+
+    def counted(*a: object) -> bool:
+        taken.append(real(*a))  # type: ignore[arg-type]
+        return taken[-1]
+
+    SLICE_CHAIN[0] = (counted, ends)
+    try:
+        run_timing(res.expanded, res.timeline.target)
+    finally:
+        SLICE_CHAIN[0] = (real, ends)
+    loads = sum(isinstance(i, Load) for st in res.expanded.streams for i in st.instrs)
+    assert chain_mod.slice_chain is real
+    assert taken and all(taken) and len(taken) == loads

@@ -32,7 +32,17 @@ from moec.ir.cost.energy import (
 from moec.ir.energy import PARTS
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.opcodes import HandlerTable
-from moec.ir.stream.program import HOST_CHANNEL, Accum, Act, Gemm, Instr, Program, SliceRef
+from moec.ir.stream.program import (
+    HOST_CHANNEL,
+    Accum,
+    Act,
+    Free,
+    Gemm,
+    Instr,
+    Load,
+    Program,
+    SliceRef,
+)
 from moec.ir.target import PRECISION_BYTES, Target
 
 #: the energy parts a transfer charges (indices into ``PARTS``)
@@ -53,6 +63,12 @@ TIMING: HandlerTable[TimingHandler] = HandlerTable("timing")
 SliceUnit = Callable[["Builder", "DieState", Any, Any, Any], bool]
 #: the slice unit and the (gemm, act, accum) handlers it stands for (set by :mod:`.timing_ops`)
 SLICE_UNIT: list[tuple[SliceUnit, tuple[TimingHandler, ...]]] = []
+#: ``chain(builder, die state, load, gemm, act, accum, free)`` adds a streamed micro-slice's
+#: five instructions at once and returns True, or adds nothing and returns False
+SliceChain = Callable[["Builder", "DieState", Any, Any, Any, Any, Any], bool]
+#: the slice chain and the (load, free) handlers it stands for (set by :mod:`.slice_chain`),
+#: used with the slice unit
+SLICE_CHAIN: list[tuple[SliceChain, tuple[TimingHandler, ...]]] = []
 
 
 class OpGraph:
@@ -255,6 +271,9 @@ class Builder:
         self._geometry: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
         #: per (layer, shared, slice, bytes): the precision those bytes imply
         self._slice_prec: dict[tuple[str, bool, int, int], str] = {}
+        #: per shape of a streamed micro-slice: what :data:`SLICE_CHAIN` appends (this
+        #: program's layer indices, so not shared with other parts)
+        self.chains: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
         self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
@@ -562,12 +581,17 @@ class Builder:
     # --- the walk ---
     def build(self) -> None:
         handlers = TIMING.by_class()
-        unit = None
+        unit = chain = None
         if self.batch_slices and SLICE_UNIT:
             fn, (h_gemm, h_act, h_accum) = SLICE_UNIT[0]
             if handlers.get(Gemm) is h_gemm and handlers.get(Act) is h_act:
                 if handlers.get(Accum) is h_accum:  # none replaced (a test's toy handlers)
                     unit = fn
+                    if (
+                        SLICE_CHAIN
+                        and (handlers.get(Load), handlers.get(Free)) == SLICE_CHAIN[0][1]
+                    ):
+                        chain = SLICE_CHAIN[0][0]
         for st in sorted(self.p.streams, key=lambda s: s.die):
             s = DieState(st.die)
             ins = st.instrs
@@ -575,6 +599,15 @@ class Builder:
             while j < n:
                 i = ins[j]
                 cls = type(i)
+                if cls is Load and chain is not None and j + 4 < n:
+                    ig, ia, ic, f = ins[j + 1 : j + 5]
+                    if (
+                        type(ig) is Gemm and type(ia) is Act and type(ic) is Accum
+                        and type(f) is Free and i.slot == ig.slot == ia.slot == ic.slot == f.slot
+                        and chain(self, s, i, ig, ia, ic, f)
+                    ):  # fmt: skip
+                        j += 5
+                        continue
                 if cls is Gemm and unit is not None and j + 2 < n:
                     a, c = ins[j + 1], ins[j + 2]
                     if type(a) is Act and type(c) is Accum and a.slot == i.slot == c.slot:
