@@ -194,3 +194,20 @@ def test_streamed_slices_are_built_as_chains() -> None:
     loads = sum(isinstance(i, Load) for st in res.expanded.streams for i in st.instrs)
     assert chain_mod.slice_chain is real
     assert taken and all(taken) and len(taken) == loads
+
+
+@pytest.mark.parametrize(
+    ("tokens", "experts", "k"), [(512, 256, 8), (300, 16, 2), (40, 8, 8), (9, 3, 1)]
+)
+def test_top_k_is_the_stable_sort_prefix(tokens: int, experts: int, k: int) -> None:
+    """The synthetic router's partial top-k against the full stable argsort it replaces, on
+    distinct logits and on rounded ones full of ties (the rows that fall back)."""
+    from moec.ir.routing_synth import _top_k
+
+    rng = np.random.default_rng(tokens)
+    for logits in (
+        rng.gumbel(size=(tokens, experts)),
+        np.round(rng.normal(size=(tokens, experts)), 1),
+    ):
+        ref = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(_top_k(logits, k), ref)
