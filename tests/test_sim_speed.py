@@ -56,6 +56,11 @@ def test_vectorized_activation_spans_match_the_per_token_reference(seed: int) ->
     expect[[t for ts in sets for t in ts]] = True
     assert np.array_equal(_mask(sets, n), expect)
     assert _first_last([], times, n, True).tolist() == [np.inf] * n
+    # runs of one set object, as an expert's slices share theirs
+    runs = [(op, sets[op // 3]) for op in range(len(times))]
+    for first in (True, False):
+        got = _first_last(runs, times, n, first)
+        assert np.array_equal(got, _first_last_reference(runs, times, n, first))
 
 
 def test_token_set_length_is_counted_once_and_right() -> None:
