@@ -216,3 +216,18 @@ def test_top_k_is_the_stable_sort_prefix(tokens: int, experts: int, k: int) -> N
     ):
         ref = np.argsort(-logits, axis=1, kind="stable")[:, :k]
         assert np.array_equal(_top_k(logits, k), ref)
+
+
+def test_an_uncompressed_trace_reads_back_the_same(tmp_path: Path) -> None:
+    """``moec bench`` writes its calibration sample without deflate; it must read back equal."""
+    from moec.ir.routing import load_trace, save_trace
+    from moec.ir.routing_synth import synth_zipf
+
+    trace = synth_zipf(3, 16, 2, 33, zipf=1.0, seed=5, num_dies=3, model="tiny")
+    save_trace(trace, tmp_path / "a.npz")
+    save_trace(trace, tmp_path / "b.npz", compress=False)
+    a, b = load_trace(str(tmp_path / "a.npz")), load_trace(str(tmp_path / "b.npz"))
+    assert (tmp_path / "b.npz").stat().st_size > (tmp_path / "a.npz").stat().st_size
+    for x, y in zip(a.layers, b.layers, strict=True):
+        assert np.array_equal(x.ids, y.ids) and np.array_equal(x.gates, y.gates)
+        assert np.array_equal(x.home_die, y.home_die) and x.name == y.name
