@@ -75,11 +75,25 @@ def _first_last(
     spread over the tokens in one ``np.minimum.at`` / ``np.maximum.at``: min and max are exact,
     so the result is the same as per item."""
     best: dict[TokenSet, float] = {}
+    get = best.get
+    prev: TokenSet | None = None
+    cur = 0.0
+    # runs of one set object (an expert's slices share theirs) are reduced before the dict
     for op, ts in items:
         t = times[op]
-        old = best.get(ts)
-        if old is None or (t < old if first else t > old):
-            best[ts] = t
+        if ts is prev:
+            if t < cur if first else t > cur:
+                cur = t
+            continue
+        if prev is not None:
+            old = get(prev)
+            if old is None or (cur < old if first else cur > old):
+                best[prev] = cur
+        prev, cur = ts, t
+    if prev is not None:
+        old = get(prev)
+        if old is None or (cur < old if first else cur > old):
+            best[prev] = cur
     out = np.full(n, np.inf if first else -np.inf)
     idx, owner = _ranges(list(best))
     vals = np.asarray(list(best.values()), dtype=np.float64)[owner]
@@ -89,15 +103,15 @@ def _first_last(
 
 def _activation_events(
     acts: LayerActs, tokens: int, hidden: int, dtype: str, start: list[float],
-    end: list[float], span: tuple[float, float],
-) -> tuple[list[float], list[int]]:  # fmt: skip
+    end: list[float], span: tuple[float, float], start_a: np.ndarray, end_a: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Allocation (+bytes) and release (-bytes) events of one die's activations of one layer
     (the rules of :mod:`moec.ir.activations`); ``span``: the earliest start and latest end of
-    ``acts.ops``."""
+    ``acts.ops``; ``start_a``, ``end_a``: ``start`` and ``end`` as arrays."""
     times: list[float] = []
     deltas: list[int] = []
     if not acts.ops:
-        return times, deltas
+        return np.asarray(times, dtype=np.float64), np.asarray(deltas, dtype=np.int64)
     lo, hi = span
     xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
     n = tokens
@@ -132,10 +146,15 @@ def _activation_events(
     for hold, op, _, nbytes in acts.recv_y:  # landing buffer while the block crosses the link
         times += [start[hold], end[op]]
         deltas += [nbytes, -nbytes]
-    for g, a, nbytes in acts.h:
-        times += [start[g], end[a]]
-        deltas += [nbytes, -nbytes]
-    return times, deltas
+    t_arr = np.asarray(times, dtype=np.float64)
+    d_arr = np.asarray(deltas, dtype=np.int64)
+    if acts.h:  # each slice's h, from its gemm's start to its accum's end: (+, -) pairs
+        h = np.asarray(acts.h, dtype=np.int64).reshape(-1, 3)
+        t_h = np.stack([start_a[h[:, 0]], end_a[h[:, 1]]], axis=1).ravel()
+        d_h = np.stack([h[:, 2], -h[:, 2]], axis=1).ravel()
+        t_arr = np.concatenate([t_arr, t_h])
+        d_arr = np.concatenate([d_arr, d_h])
+    return t_arr, d_arr
 
 
 def sram_peaks(
@@ -185,10 +204,12 @@ def sram_peaks(
         if la.ops:
             ops = np.asarray(la.ops, dtype=np.int64)
             span = (float(start_a[ops].min()), float(end_a[ops].max()))
-        ts, ds = _activation_events(la, m.tokens, m.hidden, m.dtype, start, end, span)
-        times[die].append(np.asarray(ts, dtype=np.float64))
-        act_d[die].append(np.asarray(ds, dtype=np.int64))
-        slot_d[die].append(np.zeros(len(ds), dtype=np.int64))
+        ts, ds = _activation_events(
+            la, m.tokens, m.hidden, m.dtype, start, end, span, start_a, end_a
+        )
+        times[die].append(ts)
+        act_d[die].append(ds)
+        slot_d[die].append(np.zeros(ds.size, dtype=np.int64))
     peak, slots, act, slot_peak = [0] * D, [0] * D, [0] * D, [0] * D
     for die, tv in times.items():
         s_arr = np.concatenate(slot_d[die])

@@ -81,8 +81,17 @@ def calibration_trace(path: str, lw: Lowering) -> RoutingTrace:
         st = os.stat(path)
     except OSError:
         raise StrategyError("option calibration: routing trace not found", path) from None
-    trace = _load_cached(path, st.st_mtime_ns, st.st_size)
-    shapes = [(p.decl.experts, p.decl.top_k) for p in lw.plans]
+    shapes = tuple((p.decl.experts, p.decl.top_k) for p in lw.plans)
+    return _checked(path, st.st_mtime_ns, st.st_size, shapes)
+
+
+@functools.lru_cache(maxsize=8)
+def _checked(
+    path: str, mtime_ns: int, size: int, shapes: tuple[tuple[int, int], ...]
+) -> RoutingTrace:
+    """The trace cut to ``shapes`` and validated, once per file version and program shape (a
+    lowering asks for it twice per layer; validating every layer each time was quadratic)."""
+    trace = _load_cached(path, mtime_ns, size)
     if len(trace.layers) < len(shapes):
         raise StrategyError(
             f"option calibration: the trace has {len(trace.layers)} MoE layers, the program "
@@ -90,7 +99,7 @@ def calibration_trace(path: str, lw: Lowering) -> RoutingTrace:
             path,
         )
     trace = trace.head(len(shapes))
-    validate(trace, shapes, where=path)
+    validate(trace, list(shapes), where=path)
     return trace
 
 
