@@ -238,6 +238,13 @@ class _Sim:
         self._hops: dict[tuple[int, int], int] = {}
         for c, die in enumerate(prob.channel_die):
             self.channels_of[die].append(c)
+        #: R5: the channels with a queue, ascending (every refill offers each a push); per die,
+        #: its channels whose queue is not empty (queues only shrink: a die stays unfed once it
+        #: is); whether some die is unfed; per (die, unit), the needed dies R5 may send to
+        self.chan_order: list[int] = []
+        self.fed = [0] * self.n
+        self.any_unfed = False
+        self._targets: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
 
     # --- bookkeeping ---
     def at(self, t: float, fn: Callable[[], None]) -> None:
@@ -355,6 +362,16 @@ class _Sim:
         """Free prefetch slots of ``d``."""
         return min(self.prefetch[d.id] - self.locals_of(d), len(d.free))
 
+    def start_pushes(self) -> None:
+        """R5's bookkeeping once the queues are filled (:meth:`plan`), then every channel's
+        first pushes."""
+        self.chan_order = sorted(self.chan_queue)
+        for c in self.chan_order:
+            self.fed[self.p.channel_die[c]] += 1
+        self.any_unfed = not all(self.fed)
+        for c in self.chan_order:
+            self.push(c)
+
     def push(self, c: int) -> None:
         """R5: DRAM channel ``c`` sends its next slices while it has somewhere to send them."""
         q = self.chan_queue.get(c)
@@ -363,6 +380,10 @@ class _Sim:
             if d is None:
                 return  # retried whenever a die's prefetch slot frees up
             trip = q.popleft()
+            if not q:  # the channel is drained: its die may be unfed now
+                home = self.p.channel_die[c]
+                self.fed[home] -= 1
+                self.any_unfed = self.any_unfed or not self.fed[home]
             self.set_path(trip, d.id)
             self.chan_out[c] = self.chan_out.get(c, 0) + 1
             self.load(d, trip)
@@ -375,25 +396,39 @@ class _Sim:
             return home
         if self.chan_out.get(c, 0) > 0:
             return None  # the channel is still reading: its own die may free a slot meanwhile
-        needed = trip.unit.tokens
-        longest = len(self.route_of(home.id, trip.unit))
+        if not self.any_unfed:
+            return None  # every die's free slot is its own channel's next load
+        fed, dies = self.fed, self.dies
         best: tuple[tuple[int, int, int, int], _Die] | None = None
-        for die in self.p.order:
-            if die == home.id or die not in needed:
-                continue
-            d = self.dies[die]
+        for die, hops, length, pos in self.targets(home.id, trip.unit):
+            if fed[die]:
+                continue  # the slot is its own channel's next load
+            d = dies[die]
             room = self.room(d)
             if room <= 0:
                 continue
-            if any(self.chan_queue.get(own) for own in self.channels_of[die]):
-                continue  # the slot is its own channel's next load
-            length = len(self.route_of(die, trip.unit))
-            if length > longest:
-                continue
-            key = (-room, self.hops(home.id, die), length, self.p.order.index(die))
+            key = (-room, hops, length, pos)
             if best is None or key < best[0]:
                 best = (key, d)
         return None if best is None else best[1]
+
+    def targets(self, home: int, unit: Unit) -> list[tuple[int, int, int, int]]:
+        """The dies R5 may send ``unit``'s slices to from a channel of ``home`` when each has
+        room and is unfed: the needed dies other than ``home`` whose walk to the last needed
+        die is no longer than ``home``'s, as ``(die, hops from home, walk length, cycle
+        position)``, in cycle order; once per (home, unit)."""
+        key = (home, id(unit))  # a unit lives as long as the simulation
+        out = self._targets.get(key)
+        if out is None:
+            longest = len(self.route_of(home, unit))
+            out = self._targets[key] = [
+                (die, self.hops(home, die), length, pos)
+                for pos, die in enumerate(self.p.order)
+                if die != home
+                and die in unit.tokens
+                and (length := len(self.route_of(die, unit))) <= longest
+            ]
+        return out
 
     def hops(self, a: int, b: int) -> int:
         """``Problem.hops``, asked once per pair of dies."""
@@ -408,8 +443,10 @@ class _Sim:
 
     def refill(self, d: _Die) -> None:
         if self.p.r5 and not self.naive:
-            for c in sorted(self.chan_queue):
-                self.push(c)
+            queues = self.chan_queue
+            for c in self.chan_order:
+                if queues[c]:
+                    self.push(c)
         else:
             self.pull(d)
 
@@ -549,8 +586,7 @@ class _Sim:
     def run(self) -> Schedule:
         self.plan()
         if self.p.r5 and not self.naive:
-            for c in sorted(self.chan_queue):
-                self.push(c)
+            self.start_pushes()
         else:
             for d in self.dies:
                 self.pull(d)
