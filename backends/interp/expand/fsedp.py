@@ -51,7 +51,6 @@ from moec.backends.interp.expand import (
     layer_context,
     layouts_for,
     register,
-    token_set,
 )
 from moec.backends.interp.expand.fsedp_deferred import deferred_event
 from moec.backends.interp.expand.fsedp_engine import Engine
@@ -120,34 +119,83 @@ def _units(
     flat_t, flat_e = flat_t[flat_e >= 0], flat_e[flat_e >= 0]  # -1: dropped by a skip rule
     units: list[Unit] = []
     mats = 3 if m.gated else 2  # shared experts are gated exactly when the routed ones are
+    gated = m.gated  # the shared experts too (the ISA's ``gated`` covers both)
+    #: per precision-table entry (None: the layer's list), the slices' bytes and precisions
+    shapes: dict[tuple[bool, str | None], tuple[list[int], tuple[int, ...], list[str]]] = {}
 
-    def make(expert: int | None, toks: np.ndarray, base: int) -> Unit:
-        lay = ctx.layout if expert is not None else ctx.shared_layout
-        assert lay is not None
-        per_die: dict[int, TokenSet] = {}
-        counts: dict[int, int] = {}
-        for d in np.unique(home[toks]).tolist():
-            mine = np.sort(toks[home[toks] == d])
-            per_die[int(d)] = token_set(mine)
-            counts[int(d)] = int(mine.size)
-        gated = m.gated  # the shared experts too (the ISA's ``gated`` covers both)
-        widths = [lay.width(j) for j in range(lay.count)]
-        nbytes = tuple(ctx.slice_bytes(expert, j) for j in range(lay.count))
-        # the precision the interpreter reads off each slice's load bytes
-        precs = [precision_of(nbytes[j], mats * m.hidden * widths[j], m.dtype)
-                 for j in range(lay.count)]  # fmt: skip
+    def shape_of(expert: int | None) -> tuple[list[int], tuple[int, ...], list[str]]:
+        prec = ctx.policy.precision[expert] if expert is not None and ctx.policy.precision else None
+        key = (expert is None, prec)
+        hit = shapes.get(key)
+        if hit is None:
+            lay = ctx.layout if expert is not None else ctx.shared_layout
+            assert lay is not None
+            widths = [lay.width(j) for j in range(lay.count)]
+            nbytes = tuple(ctx.slice_bytes(expert, j) for j in range(lay.count))
+            # the precision the interpreter reads off each slice's load bytes
+            precs = [precision_of(nbytes[j], mats * m.hidden * widths[j], m.dtype)
+                     for j in range(lay.count)]  # fmt: skip
+            hit = shapes[key] = (widths, nbytes, precs)
+        return hit
+
+    def make(
+        expert: int | None, per_die: dict[int, TokenSet], counts: dict[int, int], base: int
+    ) -> Unit:
+        widths, nbytes, precs = shape_of(expert)
 
         def compute(d: int, j: int, _c: dict[int, int] = counts) -> tuple[float, ...]:
             return engine.slice_compute(d, _c[d], m.hidden, widths[j], gated, precs[j])
 
-        return Unit(expert, per_die, nbytes, tuple((base + j) % C for j in range(lay.count)),
+        return Unit(expert, per_die, nbytes, tuple((base + j) % C for j in range(len(nbytes))),
                     compute)  # fmt: skip
 
     if with_shared and m.shared_ffn and ctx.shared_layout is not None:
-        units.append(make(None, np.arange(T, dtype=np.int64), 0))
+        everyone = _tokens_per_die(np.zeros(T, np.int64), np.arange(T, dtype=np.int64), home)
+        per_die, counts = everyone.get(0, ({}, {}))
+        units.append(make(None, per_die, counts, 0))
+    groups = _tokens_per_die(flat_e, flat_t, home)
     for e in experts:
-        units.append(make(e, np.unique(flat_t[flat_e == e]), channels[e]))
+        per_die, counts = groups.get(e, ({}, {}))
+        units.append(make(e, per_die, counts, channels[e]))
     return units
+
+
+def _tokens_per_die(
+    experts: np.ndarray, tokens: np.ndarray, home: np.ndarray
+) -> dict[int, tuple[dict[int, TokenSet], dict[int, int]]]:
+    """Per expert of the (expert, token) pairs, per home die of its tokens (ascending), the
+    die's tokens as a :class:`TokenSet` and their number (a pair given twice counts once):
+    one sort of all pairs instead of a pass per expert and die."""
+    die = home[tokens]
+    order = np.lexsort((tokens, die, experts))
+    e, d, tok = experts[order], die[order], tokens[order]
+    keep = np.ones(e.size, dtype=bool)
+    keep[1:] = (e[1:] != e[:-1]) | (tok[1:] != tok[:-1])  # a pair's duplicates: adjacent
+    e, d, tok = e[keep], d[keep], tok[keep]
+    n = int(e.size)
+    if n == 0:
+        return {}
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = (e[1:] != e[:-1]) | (d[1:] != d[:-1])
+    new_run = new_group.copy()
+    new_run[1:] |= tok[1:] != tok[:-1] + 1
+    run_first = np.flatnonzero(new_run)
+    run_last = np.append(run_first[1:], n) - 1
+    firsts, lasts = tok[run_first].tolist(), tok[run_last].tolist()
+    # per group (expert, die): its first pair, its first run
+    g_first = np.flatnonzero(new_group)
+    g_runs = np.searchsorted(run_first, g_first).tolist()
+    g_end = np.append(g_first[1:], n)
+    g_sizes = (g_end - g_first).tolist()
+    g_e, g_d = e[g_first].tolist(), d[g_first].tolist()
+    g_runs.append(len(firsts))
+    out: dict[int, tuple[dict[int, TokenSet], dict[int, int]]] = {}
+    for g, (ex, di) in enumerate(zip(g_e, g_d, strict=True)):
+        a, b = g_runs[g], g_runs[g + 1]
+        per_die, counts = out.setdefault(ex, ({}, {}))
+        per_die[di] = TokenSet(tuple(zip(firsts[a:b], lasts[a:b], strict=True)))
+        counts[di] = g_sizes[g]
+    return out
 
 
 def _problem(ctx: ExpandContext, engine: Engine, units: list[Unit], order: tuple[int, ...],
