@@ -40,8 +40,8 @@ def test_the_scheduler_predicts_what_the_interpreter_measures(
     estimates: list[float] = []
     real = fsedp.schedule
 
-    def recording(prob: fsedp.Problem) -> fsedp.Schedule:
-        s = real(prob)
+    def recording(prob: fsedp.Problem, streams: bool = True) -> fsedp.Schedule:
+        s = real(prob, streams)
         estimates.append(s.estimate_s)
         return s
 

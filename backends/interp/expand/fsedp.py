@@ -209,9 +209,12 @@ def _problem(ctx: ExpandContext, engine: Engine, units: list[Unit], order: tuple
     )  # fmt: skip
 
 
-def plan(ctx: ExpandContext) -> tuple[Schedule, Schedule | None, list[int]]:
+def plan(
+    ctx: ExpandContext, streams: bool = True, catchup: bool = True
+) -> tuple[Schedule, Schedule | None, list[int]]:
     """The iteration's schedule, the catch-up schedule of the deferred experts (or None), and
-    the deferred experts."""
+    the deferred experts. Without ``streams`` the schedules hold no instructions (their
+    estimate, paths and peaks only); without ``catchup`` the catch-up is not scheduled (None)."""
     m, r, t = ctx.layer, ctx.routing, ctx.target
     E, C = m.experts, len(t.channels)
     params = ctx.typed(FSEDPParams)  # the trajectory is checked there: a Hamiltonian cycle/path
@@ -227,17 +230,19 @@ def plan(ctx: ExpandContext) -> tuple[Schedule, Schedule | None, list[int]]:
     paired = load_order == "paired"
     engine = Engine(ctx.program, t)
     main = schedule(_problem(ctx, engine, _units(ctx, engine, experts, home, channels, True),
-                             order, closed, rules, r5, load_order))  # fmt: skip
-    catchup = None
-    if deferred:
+                             order, closed, rules, r5, load_order), streams)  # fmt: skip
+    late_schedule = None
+    if deferred and catchup:
         late = paired_order([load[e] if e in deferred else 0 for e in range(E)])
         if not paired:
             late = sorted(late)
         # the catch-up step starts after the iteration's barrier: an idle package again
         engine = Engine(ctx.program, t)
         units = _units(ctx, engine, late, home, channels, False)
-        catchup = schedule(_problem(ctx, engine, units, order, closed, rules, r5, load_order))
-    return main, catchup, deferred
+        late_schedule = schedule(
+            _problem(ctx, engine, units, order, closed, rules, r5, load_order), streams
+        )
+    return main, late_schedule, deferred
 
 
 def predicted_span(p: Program, target: Target, layer: str, routing: LayerRouting) -> float:
@@ -249,7 +254,7 @@ def predicted_span(p: Program, target: Target, layer: str, routing: LayerRouting
     m = next(m for m in p.layers if m.name == layer)
     lays = layouts_for(p, target)
     ctx = layer_context(p, target, m, routing, lays[(layer, False)], lays.get((layer, True)))
-    return plan(ctx)[0].estimate_s
+    return plan(ctx, streams=False, catchup=False)[0].estimate_s
 
 
 @register("fsedp")

@@ -167,6 +167,8 @@ class _Die:
     computing: bool = False
     held: int = 0
     peak: int = 0
+    #: the lanes of its walk positions
+    lanes: list[_Lane] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -186,8 +188,11 @@ class _Lane:
 
 
 class _Sim:
-    def __init__(self, prob: Problem) -> None:
+    def __init__(self, prob: Problem, streams: bool = True) -> None:
         self.p = prob
+        #: whether to write the instructions (not when only the estimate is asked for: no
+        #: decision reads them)
+        self.write = streams
         self.n = prob.num_dies
         k = min(len(prob.slots.get(d, [])) for d in range(self.n))
         self.naive = prob.rules == "naive"
@@ -220,6 +225,7 @@ class _Sim:
         self.lanes = [_Lane() for _ in self.walk]
         for q, lane in enumerate(self.lanes):
             lane.succ = self.lanes[(q + 1) % len(self.lanes)]
+            self.dies[self.walk[q]].lanes.append(lane)
         #: per walk position, its die
         self.lane_die = [self.dies[d] for d in self.walk]
         self.active = 0
@@ -341,7 +347,8 @@ class _Sim:
         c = trip.channel
         machine = self.p.machine
         self.chan_free[c], out, hops = machine.load(c, d.id, trip.nbytes, self.now)
-        d.out.append(Load(trip.slot, c, trip.ref, trip.nbytes))
+        if self.write:
+            d.out.append(Load(trip.slot, c, trip.ref, trip.nbytes))
 
         def done() -> None:
             d.loading -= 1
@@ -466,9 +473,8 @@ class _Sim:
                 self.arrive(d, self.visit(trip, trip.slot, 0))
             else:
                 break
-        lanes, P = self.lanes, self.P
-        for q in self.positions[d.id]:
-            lane = lanes[q]
+        P = self.P
+        for lane in d.lanes:
             # what forward() would find nothing to do for is not asked (most kicks): a lane
             # already sending, with nothing to send, or whose successor is full (backpressure)
             if (
@@ -501,10 +507,11 @@ class _Sim:
     def compute(self, d: _Die, v: _Visit) -> None:
         d.computing = True
         trip = v.trip
-        ts, slot, out = trip.unit.tokens[d.id], v.slot, d.out
-        out.append(Gemm(slot, ts))
-        out.append(Act(slot, ts))
-        out.append(Accum(slot, ts))
+        if self.write:
+            ts, slot, out = trip.unit.tokens[d.id], v.slot, d.out
+            out.append(Gemm(slot, ts))
+            out.append(Act(slot, ts))
+            out.append(Accum(slot, ts))
         end = self.now
         for dur in trip.unit.compute(d.id, trip.slice):  # op by op, as the interpreter adds
             end += dur
@@ -521,7 +528,8 @@ class _Sim:
         v.busy -= 1
         if v.busy:
             return
-        d.out.append(Free(v.slot))
+        if self.write:
+            d.out.append(Free(v.slot))
         d.held -= 1  # give_slot(), inlined
         d.free.append(v.slot)
         trip = v.trip
@@ -558,14 +566,20 @@ class _Sim:
         lane.sending = True
         nlane.pipeline += 1
         nxt = self.lane_die[nq]
-        slot = self.take_slot(nxt)
+        if not nxt.free:  # take_slot(), inlined
+            raise ScheduleError(f"FSE-DP scheduler: die {nxt.id} has no free slot (internal)")
+        slot = nxt.free.pop()
+        nxt.held += 1
+        if nxt.held > nxt.peak:
+            nxt.peak = nxt.held
         trip.open += 1  # visit(), inlined: every hop makes one
         if hop == len(trip.path) - 1:
             trip.ended = True
         nv = _Visit(trip, nxt.id, slot, hop)
         nbytes = trip.nbytes
-        d.out.append(Send(nxt.id, nbytes, v.slot))
-        nxt.out.append(Recv(d.id, nbytes, nv.slot, trip.ref))
+        if self.write:
+            d.out.append(Send(nxt.id, nbytes, v.slot))
+            nxt.out.append(Recv(d.id, nbytes, nv.slot, trip.ref))
         link_free, end = self.p.machine.send(d.id, nxt.id, nbytes, self.now)
 
         def sent() -> None:  # the link is free for the lane's next forward
@@ -610,6 +624,8 @@ class _Sim:
         )
 
 
-def schedule(prob: Problem) -> Schedule:
-    """Simulate the FSE-DP rules on ``prob`` and return each die's instruction stream."""
-    return _Sim(prob).run()
+def schedule(prob: Problem, streams: bool = True) -> Schedule:
+    """Simulate the FSE-DP rules on ``prob`` and return each die's instruction stream; with
+    ``streams`` false, the same schedule without its instructions (every die's stream empty:
+    for :attr:`Schedule.estimate_s` and the other figures alone, which do not depend on them)."""
+    return _Sim(prob, streams).run()
