@@ -210,6 +210,30 @@ def chunk_sizes(tokens: int, cap: int) -> list[int]:
     return [tokens // n + (1 if i < tokens % n else 0) for i in range(n)]
 
 
+def window_chunks(
+    ops: list[Op], routing: RoutingTrace | None, tokens: int, cap: int | None
+) -> list[int]:
+    """The chunk sizes (tokens, largest first) chunked dispatch sizes every layer's slots for:
+    per layer, its experts' tokens (the routing's, else the uniform expectation), the shared
+    experts as one chunk of every token, each cut at ``cap``; elementwise the most over the
+    layers, so one slot size fits every layer."""
+    worst: list[int] = []
+    for i, op in enumerate(ops):
+        layer: MoELayer = op.layer
+        if routing is not None and i < len(routing.layers):
+            chunks = [int(n) for n in routing.layers[i].expert_load()]
+        else:
+            chunks = expected_expert_tokens(tokens, layer.top_k, layer.num_experts)
+        chunks += [tokens] if layer.has_shared else []
+        if cap is not None:
+            chunks = [p for n in chunks for p in chunk_sizes(n, cap)]
+        chunks.sort(reverse=True)
+        worst = [max(a, b) for a, b in zip(worst, chunks, strict=False)] + (
+            worst[len(chunks) :] or chunks[len(worst) :]
+        )
+    return worst
+
+
 def window_activations(
     *, tokens: int, home: int, chunks: list[int], window: int, hidden: int, dtype: str,
     links_in: int | None = None,
@@ -294,6 +318,7 @@ def plan_layers(
     acc = _elem(ACCUM_PRECISION)
     links_in = max(len([lk for lk in target.links if lk.dst == d.id]) for d in target.dies)
     plans: list[LayerPlan] = []
+    chunks = window_chunks(ops, routing, tokens, opts.chunk) if opts.window is not None else None
     for i, op in enumerate(ops):
         layer: MoELayer = op.layer
         dtype = layer_precision(layer, opts.dtype)
@@ -306,14 +331,7 @@ def plan_layers(
             dtype=dtype, shared=layer.has_shared,
         )  # fmt: skip
         est = predicted_activations(kind, links_in=links_in, **sizes)  # type: ignore[arg-type]
-        if opts.window is not None:
-            if routing is not None and i < len(routing.layers):
-                chunks = [int(n) for n in routing.layers[i].expert_load()]
-            else:
-                chunks = expected_expert_tokens(tokens, layer.top_k, layer.num_experts)
-            chunks += [tokens] if layer.has_shared else []
-            if opts.chunk is not None:
-                chunks = [p for n in chunks for p in chunk_sizes(n, opts.chunk)]
+        if chunks is not None:
             est = window_activations(
                 tokens=tokens, home=home, chunks=chunks, window=opts.window,
                 hidden=layer.hidden, dtype=dtype, links_in=links_in,
