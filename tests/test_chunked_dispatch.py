@@ -112,6 +112,9 @@ def test_chunk_cuts_an_expert_and_streams_it_again() -> None:
         (TINY, "tp{window=2,chunk=2}", "fsedp-3x3"),
         ("tiny_deepseek", "tp{window=2,chunk=3}", "fsedp-3x3"),
         ("tiny_moe_shared", "tp{window=1}", "fsedp-2x2"),
+        (TINY, "ep{window=1}", "fsedp-2x2"),
+        ("tiny_deepseek", "hydra{window=2,chunk=2}", "fsedp-3x3"),
+        ("tiny_moe_shared", "ep{window=2,shared=replicated}", "fsedp-3x3"),
     ],
 )
 def test_chunked_numerics_match_onnx_runtime(
@@ -127,7 +130,9 @@ def test_window_options_are_checked() -> None:
     with pytest.raises(StrategyError, match=r"option chunk=8: needs window"):
         lower(module, TargetRef("fsedp-2x2"), "tp", {"chunk": "8"}, TRACE)
     with pytest.raises(StrategyError, match=r"unknown option 'window'"):
-        lower(module, TargetRef("fsedp-2x2"), "ep", {"window": "1"}, TRACE)
+        lower(module, TargetRef("fsedp-2x2"), "eplb", {"window": "1"}, TRACE)
+    with pytest.raises(StrategyError, match=r"window .*does not combine with split experts"):
+        lower(module, TargetRef("fsedp-2x2"), "hydra", {"window": "1", "split": "2"}, TRACE)
 
 
 def test_window_params_are_verified() -> None:
@@ -151,3 +156,15 @@ def test_bad_window_on_the_command_line_is_one_line(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "option window: expected an integer >= 1, found 'two'" in err
+
+
+def test_ep_window_lowers_the_activation_peak() -> None:
+    module = moe_module(EXPERTS, TOP_K, TOKENS, hidden=64, ffn=128)
+    runs = []
+    for options in ({}, {"window": "1"}):
+        p = lower(module, TargetRef("fsedp-2x2"), "ep", {"slices": str(SLICES), **options}, TRACE)
+        runs.append(simulate(p, routings=TRACE))
+    plain, chunked = (max(r.timeline.peak_sram_activations) for r in runs)
+    assert chunked < plain
+    assert runs[1].expanded is not None
+    assert coverage(runs[1].expanded) == expected_coverage(TRACE, SLICES)

@@ -236,16 +236,19 @@ def window_chunks(
 
 def window_activations(
     *, tokens: int, home: int, chunks: list[int], window: int, hidden: int, dtype: str,
-    links_in: int | None = None,
+    links_in: int | None = None, relays: bool = False,
 ) -> ActivationEstimate:  # fmt: skip
     """A die's activations under chunked dispatch (TP's ``window``): its ``home`` tokens' ``x``
     and ``y``, plus the tokens of at most ``window`` chunks in flight (a chunk is one expert's
     tokens, ``chunks`` their counts; the shared experts are one chunk of every token), each
     with its ``x`` and partial ``y``, charged at the ``window`` largest chunks; ``recv y``
     blocks land as :func:`predicted_activations` bounds them, at most the window's rows. The
-    expander holds a die to ``window`` chunks (a ``wait`` on its own chunk ``c - window``)."""
+    expander holds a die to ``window`` chunks (a ``wait`` on its own chunk ``c - window``).
+    With ``relays`` (EP, Hydra: tokens cross other dies on their way to an expert's die) a die
+    may also hold as many rows it relays for other dies' chunks in flight: an estimate, the
+    interpreter's hard limit decides."""
     biggest = sorted(chunks, reverse=True)[:window]
-    remote = min(sum(biggest), tokens * window)
+    remote = min(sum(biggest) * (2 if relays else 1), tokens * window)
     landing = remote if links_in is None else min(remote, 2 * links_in * home)
     fixed = predicted_activation_bytes(
         home=home, remote=remote, hidden=hidden, dtype=dtype, landing=landing
@@ -334,7 +337,7 @@ def plan_layers(
         if chunks is not None:
             est = window_activations(
                 tokens=tokens, home=home, chunks=chunks, window=opts.window,
-                hidden=layer.hidden, dtype=dtype, links_in=links_in,
+                hidden=layer.hidden, dtype=dtype, links_in=links_in, relays=kind == "routed",
             )  # fmt: skip
         e = _elem(dtype)
         mats = 3 if layer.gated else 2

@@ -258,12 +258,21 @@ class EPParams(SharedExpertParams):
     """EP and Hydra: the die of each expert and the channel holding it (default: nearest);
     ``split``: experts whose micro-slices are cut over all dies, TP-style, instead of running
     whole on their ``placement`` die (a hybrid: hot experts split, the rest whole), slice ``j``
-    of each from ``split_channels[j]`` (default: the channel nearest its die)."""
+    of each from ``split_channels[j]`` (default: the channel nearest its die); ``window`` and
+    ``chunk``: chunked token dispatch, as TP's."""
 
     placement: tuple[int, ...] = param(Ints("experts", "dies"))
     channels: tuple[int, ...] | None = param(Ints("experts", "channels"), None)
     split: tuple[int, ...] | None = param(Ints(hi="experts", distinct=True), None)
     split_channels: tuple[int, ...] | None = param(Ints("slices", "channels"), None)
+    window: int | None = param(Int(1), None)
+    chunk: int | None = param(Int(1), None)
+
+    def check(self, ctx: ParamContext, bad: Callable[[str, str], ProgramError]) -> None:
+        if self.chunk is not None and self.window is None:
+            raise bad("chunk", "needs window (chunked dispatch)")
+        if self.window is not None and self.split:
+            raise bad("window", "does not combine with split experts")
 
 
 @dataclass(frozen=True, kw_only=True)
