@@ -13,6 +13,9 @@ are broadcast (an ``x`` block forwarded along the target's routes); each die com
 of every activated expert for that expert's tokens, accumulating a partial output for all tokens;
 the partial outputs are then reduced to each token's home die (``y`` blocks summed along the
 reverse routes). With shared experts, their columns are split over the dies the same way.
+Option ``window=K`` (and ``chunk=N``) gathers and reduces the tokens one expert at a time, at
+most ``K`` experts' tokens on a die at once (``backends/interp/expand/tp_chunked.py``); the
+slots are then sized against that window (``slots.window_activations``), not every token.
 
     runtime moe0 {
       strategy tp

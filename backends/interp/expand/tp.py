@@ -21,6 +21,9 @@ For one routing the expansion emits, per die, in this order:
 
 Bytes: each die loads ``1/D`` of every activated expert; each link of a broadcast tree carries
 each token's input once, and each link of a reduce tree its partial output once.
+
+With ``param window`` the same work runs as chunks, one expert's tokens gathered and reduced
+at a time (:mod:`.tp_chunked`).
 """
 
 from __future__ import annotations
