@@ -87,6 +87,87 @@ def _first_last(
     return out
 
 
+def _entries(
+    items: list[tuple[int, TokenSet]], pos: dict[int, int], times: list[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """One row per (item, token): the token, the item's program position on the die, its
+    ``times[op]``, and the item's index."""
+    idx, owner = _ranges([ts for _, ts in items])
+    p = np.fromiter((pos[op] for op, _ in items), dtype=np.int64, count=len(items))
+    t = np.fromiter((times[op] for op, _ in items), dtype=np.float64, count=len(items))
+    return idx, p[owner], t[owner], owner
+
+
+def _x_per_reception(
+    acts: LayerActs, pos: dict[int, int], start: list[float], end: list[float], xb: int
+) -> tuple[list[float], list[int]]:  # fmt: skip
+    """Received inputs when a token is received more than once (chunked dispatch): each
+    reception holds the row from its link hold's start to the later of its arrival and the end
+    of the last use before the token's next reception in program order."""
+    r_tok, r_pos, r_arr, r_item = _entries(acts.recv_x, pos, end)
+    holds = np.fromiter((start[h] for h, _ in acts.recv_x_start), dtype=np.float64)
+    r_open = holds[r_item]
+    u_tok, u_pos, u_end, _ = _entries(acts.x_uses, pos, end)
+    nr = r_tok.size
+    tok = np.concatenate([r_tok, u_tok])
+    order = np.lexsort((np.concatenate([r_pos, u_pos]), tok))
+    at = np.arange(order.size)
+    last = np.maximum.accumulate(np.where(order < nr, at, -1))  # latest reception at or before
+    is_use = order >= nr
+    prev, use = last[is_use], order[is_use] - nr
+    ok = prev >= 0
+    owner, use = order[prev[ok]], use[ok]
+    ok = r_tok[owner] == u_tok[use]
+    close = r_arr.copy()
+    np.maximum.at(close, owner[ok], u_end[use[ok]])
+    return r_open.tolist() + close.tolist(), [xb] * nr + [-xb] * nr
+
+
+def _y_per_send(
+    acts: LayerActs, pos: dict[int, int], start: list[float], end: list[float],
+    remote: np.ndarray, hi: float, yb: int,
+) -> tuple[list[float], list[int]]:  # fmt: skip
+    """Other dies' partial outputs when a token's are sent more than once (chunked dispatch):
+    each ``send y`` ends the row opened by the earliest write (an ``accum``'s start, a ``recv
+    y``'s arrival) since the token's previous send in program order; writes never sent are
+    held to the end of the layer (``hi``). Only ``remote`` tokens (not the die's own)."""
+    writes = [(acts.accums, start), ([(op, ts) for _, op, ts, _ in acts.recv_y], end)]
+    parts = [_entries(items, pos, t) for items, t in writes if items]
+    o_tok = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    o_pos = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    o_t = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0)
+    c_tok, c_pos, c_end, _ = _entries(acts.send_y, pos, end)
+    keep = remote[o_tok]
+    o_tok, o_pos, o_t = o_tok[keep], o_pos[keep], o_t[keep]
+    keep = remote[c_tok]
+    c_tok, c_pos, c_end = c_tok[keep], c_pos[keep], c_end[keep]
+    nc = c_tok.size
+    tok = np.concatenate([c_tok, o_tok])
+    order = np.lexsort((np.concatenate([c_pos, o_pos]), tok))
+    at = np.arange(order.size)
+    big = order.size
+    nxt = np.minimum.accumulate(np.where(order < nc, at, big)[::-1])[::-1]  # next send at/after
+    is_w = order >= nc
+    after, w = nxt[is_w], order[is_w] - nc
+    sent = after < big
+    owner = order[after[sent]]
+    ws = w[sent]
+    same = c_tok[owner] == o_tok[ws]
+    opened = np.full(nc, np.inf)
+    np.minimum.at(opened, owner[same], o_t[ws[same]])
+    live = np.isfinite(opened)
+    f, e = opened[live], np.maximum(c_end[live], opened[live])
+    unsent = np.ones(w.size, dtype=bool)
+    unsent[np.nonzero(sent)[0][same]] = False
+    # writes after a token's last send (none in a well-formed program) are held to the end
+    left: dict[int, float] = {}
+    for tk, tw in zip(o_tok[w[unsent]].tolist(), o_t[w[unsent]].tolist(), strict=True):
+        left[tk] = min(tw, left.get(tk, np.inf))
+    k = f.size + len(left)
+    times = f.tolist() + list(left.values()) + e.tolist() + [hi] * len(left)
+    return times, [yb] * k + [-yb] * k
+
+
 def _activation_events(
     acts: LayerActs, tokens: int, hidden: int, dtype: str, start: list[float],
     end: list[float], span: tuple[float, float],
@@ -110,7 +191,17 @@ def _activation_events(
     if k:
         times += [lo, hi]
         deltas += [k * (xb + yb), -k * (xb + yb)]
-    if acts.recv_x:  # other dies' inputs: first recv to last use
+    rx = _ranges([ts for _, ts in acts.recv_x])[0] if acts.recv_x else None
+    sy = _ranges([ts for _, ts in acts.send_y])[0] if acts.send_y else None
+    again_x = rx is not None and rx.size > np.unique(rx).size
+    again_y = sy is not None and sy.size > np.unique(sy).size
+    if again_x or again_y:  # chunked dispatch: a token's rows come and go more than once
+        pos = {op: i for i, op in enumerate(acts.ops)}
+    if again_x:
+        t, d = _x_per_reception(acts, pos, start, end, xb)
+        times += t
+        deltas += d
+    elif acts.recv_x:  # other dies' inputs: first recv to last use
         first = _first_last(acts.recv_x_start, start, n, True)
         last = _first_last(acts.x_uses, end, n, False)
         arrived = _first_last(acts.recv_x, end, n, True)
@@ -118,7 +209,11 @@ def _activation_events(
         f, last_use = first[idx], np.maximum(last[idx], arrived[idx])
         times += f.tolist() + last_use.tolist()
         deltas += [xb] * idx.size + [-xb] * idx.size
-    if acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
+    if again_y:
+        t, d = _y_per_send(acts, pos, start, end, ~home, hi, yb)
+        times += t
+        deltas += d
+    elif acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
         first = np.minimum(
             _first_last(acts.accums, start, n, True),
             _first_last([(op, ts) for _, op, ts, _ in acts.recv_y], end, n, True),
