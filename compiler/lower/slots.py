@@ -11,6 +11,8 @@ cut no coarser than the count :func:`~moec.compiler.lower.slicing.preferred_slic
 fastest, which does not depend on SRAM (so more SRAM never coarsens a cut past it). When even one-column slices do not fit,
 :class:`ScheduleError` "does not fit SRAM: die d needs X bytes (activations A + slots S), has Y".
 A layer's ``slice_bytes`` include its biases (``b_down`` and the shared gate ride with slice 0).
+With chunked token dispatch (option ``window``) the activations are the window's instead
+(:func:`window_activations`: home tokens plus the ``window`` largest chunks).
 """
 
 from __future__ import annotations
