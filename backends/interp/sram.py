@@ -98,74 +98,100 @@ def _entries(
     return idx, p[owner], t[owner], owner
 
 
+def _groups(
+    tok: np.ndarray, pos: np.ndarray, opens: np.ndarray, ends: np.ndarray, restarts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Each row's group and each group's token, rows taken in (token, program position)
+    order: a token's rows form one group, except that an opening row (``opens``) that may
+    restart one (``restarts``) right after a row that ends one (``ends``) starts a new group.
+    Rows before a token's first opening get group -1."""
+    order = np.lexsort((pos, tok))
+    t_s, o_s = tok[order], opens[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = t_s[1:] != t_s[:-1]
+    after_end = np.zeros(order.size, dtype=bool)
+    after_end[1:] = ends[order][:-1]
+    start = o_s & (first | (after_end & restarts[order]))
+    gid = np.cumsum(start) - 1
+    g_tok = t_s[start]
+    ok = gid >= 0
+    ok[ok] = g_tok[gid[ok]] == t_s[ok]
+    row_gid = np.full(order.size, -1, dtype=np.int64)
+    row_gid[order[ok]] = gid[ok]
+    return row_gid, g_tok
+
+
 def _x_per_reception(
     acts: LayerActs, pos: dict[int, int], start: list[float], end: list[float], xb: int
-) -> tuple[list[float], list[int]]:  # fmt: skip
-    """Received inputs when a token is received more than once (chunked dispatch): each
-    reception holds the row from its link hold's start to the later of its arrival and the end
-    of the last use before the token's next reception in program order."""
+) -> tuple[list[float], list[int]] | None:  # fmt: skip
+    """Received inputs when a die receives a token again after computing with it (chunked
+    dispatch): one row per stretch, from the first reception's link hold to the later of its
+    receptions' arrivals and its uses before the next reception after a ``gemm``. None when no
+    token is received again after a ``gemm`` of it (a relay die that also computes a token
+    receives it twice before either use: the first-to-last rule applies)."""
     r_tok, r_pos, r_arr, r_item = _entries(acts.recv_x, pos, end)
     holds = np.fromiter((start[h] for h, _ in acts.recv_x_start), dtype=np.float64)
     r_open = holds[r_item]
-    u_tok, u_pos, u_end, _ = _entries(acts.x_uses, pos, end)
-    nr = r_tok.size
-    tok = np.concatenate([r_tok, u_tok])
-    order = np.lexsort((np.concatenate([r_pos, u_pos]), tok))
-    at = np.arange(order.size)
-    last = np.maximum.accumulate(np.where(order < nr, at, -1))  # latest reception at or before
-    is_use = order >= nr
-    prev, use = last[is_use], order[is_use] - nr
-    ok = prev >= 0
-    owner, use = order[prev[ok]], use[ok]
-    ok = r_tok[owner] == u_tok[use]
-    close = r_arr.copy()
-    np.maximum.at(close, owner[ok], u_end[use[ok]])
-    return r_open.tolist() + close.tolist(), [xb] * nr + [-xb] * nr
+    u_tok, u_pos, u_end, u_item = _entries(acts.x_uses, pos, end)
+    gemms = {g for g, _, _ in acts.h}
+    is_gemm = np.fromiter((op in gemms for op, _ in acts.x_uses), dtype=bool)[u_item]
+    nr, nu = r_tok.size, u_tok.size
+    opens = np.r_[np.ones(nr, dtype=bool), np.zeros(nu, dtype=bool)]
+    gid, g_tok = _groups(
+        np.r_[r_tok, u_tok], np.r_[r_pos, u_pos], opens, np.r_[np.zeros(nr, bool), is_gemm],
+        opens,
+    )  # fmt: skip
+    if g_tok.size == np.unique(g_tok).size:
+        return None
+    n = g_tok.size
+    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+    g = gid[:nr]
+    np.minimum.at(lo, g, r_open)
+    np.maximum.at(hi, g, r_arr)
+    gu = gid[nr:]
+    used = gu >= 0
+    np.maximum.at(hi, gu[used], u_end[used])
+    return lo.tolist() + hi.tolist(), [xb] * n + [-xb] * n
 
 
 def _y_per_send(
     acts: LayerActs, pos: dict[int, int], start: list[float], end: list[float],
     remote: np.ndarray, hi: float, yb: int,
-) -> tuple[list[float], list[int]]:  # fmt: skip
-    """Other dies' partial outputs when a token's are sent more than once (chunked dispatch):
-    each ``send y`` ends the row opened by the earliest write (an ``accum``'s start, a ``recv
-    y``'s arrival) since the token's previous send in program order; writes never sent are
-    held to the end of the layer (``hi``). Only ``remote`` tokens (not the die's own)."""
+) -> tuple[list[float], list[int]] | None:  # fmt: skip
+    """Other dies' partial outputs when a die accumulates into a token's again after sending
+    it (chunked dispatch): one row per stretch, from its first write (an ``accum``'s start, a
+    ``recv y``'s arrival) to the end of its last ``send y`` before the next ``accum`` after a
+    send; a stretch never sent is held to the end of the layer (``hi``). Only ``remote``
+    tokens (not the die's own). None when no token is accumulated into after a send of it (a
+    relay die forwarding several blocks of a token: the first-to-last rule applies)."""
     writes = [(acts.accums, start), ([(op, ts) for _, op, ts, _ in acts.recv_y], end)]
-    parts = [_entries(items, pos, t) for items, t in writes if items]
-    o_tok = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    o_pos = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    o_t = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0)
+    parts = [(_entries(items, pos, t), k) for k, (items, t) in enumerate(writes) if items]
+    if not parts:
+        return None
+    w_tok = np.concatenate([p[0] for p, _ in parts])
+    w_pos = np.concatenate([p[1] for p, _ in parts])
+    w_t = np.concatenate([p[2] for p, _ in parts])
+    is_accum = np.concatenate([np.full(p[0].size, k == 0) for p, k in parts])
     c_tok, c_pos, c_end, _ = _entries(acts.send_y, pos, end)
-    keep = remote[o_tok]
-    o_tok, o_pos, o_t = o_tok[keep], o_pos[keep], o_t[keep]
-    keep = remote[c_tok]
-    c_tok, c_pos, c_end = c_tok[keep], c_pos[keep], c_end[keep]
-    nc = c_tok.size
-    tok = np.concatenate([c_tok, o_tok])
-    order = np.lexsort((np.concatenate([c_pos, o_pos]), tok))
-    at = np.arange(order.size)
-    big = order.size
-    nxt = np.minimum.accumulate(np.where(order < nc, at, big)[::-1])[::-1]  # next send at/after
-    is_w = order >= nc
-    after, w = nxt[is_w], order[is_w] - nc
-    sent = after < big
-    owner = order[after[sent]]
-    ws = w[sent]
-    same = c_tok[owner] == o_tok[ws]
-    opened = np.full(nc, np.inf)
-    np.minimum.at(opened, owner[same], o_t[ws[same]])
-    live = np.isfinite(opened)
-    f, e = opened[live], np.maximum(c_end[live], opened[live])
-    unsent = np.ones(w.size, dtype=bool)
-    unsent[np.nonzero(sent)[0][same]] = False
-    # writes after a token's last send (none in a well-formed program) are held to the end
-    left: dict[int, float] = {}
-    for tk, tw in zip(o_tok[w[unsent]].tolist(), o_t[w[unsent]].tolist(), strict=True):
-        left[tk] = min(tw, left.get(tk, np.inf))
-    k = f.size + len(left)
-    times = f.tolist() + list(left.values()) + e.tolist() + [hi] * len(left)
-    return times, [yb] * k + [-yb] * k
+    keep_w, keep_c = remote[w_tok], remote[c_tok]
+    w_tok, w_pos, w_t, is_accum = w_tok[keep_w], w_pos[keep_w], w_t[keep_w], is_accum[keep_w]
+    c_tok, c_pos, c_end = c_tok[keep_c], c_pos[keep_c], c_end[keep_c]
+    nw, nc = w_tok.size, c_tok.size
+    opens = np.r_[np.ones(nw, dtype=bool), np.zeros(nc, dtype=bool)]
+    gid, g_tok = _groups(
+        np.r_[w_tok, c_tok], np.r_[w_pos, c_pos], opens, ~opens,
+        np.r_[is_accum, np.zeros(nc, dtype=bool)],
+    )  # fmt: skip
+    if g_tok.size == np.unique(g_tok).size:
+        return None
+    n = g_tok.size
+    lo, close = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(lo, gid[:nw], w_t)
+    gc = gid[nw:]
+    sent = gc >= 0
+    np.maximum.at(close, gc[sent], c_end[sent])
+    close = np.where(np.isfinite(close), np.maximum(close, lo), hi)
+    return lo.tolist() + close.tolist(), [yb] * n + [-yb] * n
 
 
 def _activation_events(
@@ -193,14 +219,16 @@ def _activation_events(
         deltas += [k * (xb + yb), -k * (xb + yb)]
     rx = _ranges([ts for _, ts in acts.recv_x])[0] if acts.recv_x else None
     sy = _ranges([ts for _, ts in acts.send_y])[0] if acts.send_y else None
-    again_x = rx is not None and rx.size > np.unique(rx).size
-    again_y = sy is not None and sy.size > np.unique(sy).size
-    if again_x or again_y:  # chunked dispatch: a token's rows come and go more than once
-        pos = {op: i for i, op in enumerate(acts.ops)}
-    if again_x:
-        t, d = _x_per_reception(acts, pos, start, end, xb)
-        times += t
-        deltas += d
+    many_x = rx is not None and rx.size > np.unique(rx).size
+    many_y = sy is not None and sy.size > np.unique(sy).size
+    pos = {op: i for i, op in enumerate(acts.ops)} if many_x or many_y else {}
+    # a token received again after a use, or written again after a send (chunked dispatch):
+    # a row per stretch; otherwise (a relay that also computes the token) first to last
+    x_rows = _x_per_reception(acts, pos, start, end, xb) if many_x else None
+    y_rows = _y_per_send(acts, pos, start, end, ~home, hi, yb) if many_y else None
+    if x_rows is not None:
+        times += x_rows[0]
+        deltas += x_rows[1]
     elif acts.recv_x:  # other dies' inputs: first recv to last use
         first = _first_last(acts.recv_x_start, start, n, True)
         last = _first_last(acts.x_uses, end, n, False)
@@ -209,10 +237,9 @@ def _activation_events(
         f, last_use = first[idx], np.maximum(last[idx], arrived[idx])
         times += f.tolist() + last_use.tolist()
         deltas += [xb] * idx.size + [-xb] * idx.size
-    if again_y:
-        t, d = _y_per_send(acts, pos, start, end, ~home, hi, yb)
-        times += t
-        deltas += d
+    if y_rows is not None:
+        times += y_rows[0]
+        deltas += y_rows[1]
     elif acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
         first = np.minimum(
             _first_last(acts.accums, start, n, True),
