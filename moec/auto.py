@@ -26,10 +26,15 @@ calibration matches the batch), so ``auto`` tries them for the model, target and
    prediction is no better than the best measured latency (it cannot win: pruned) or the budget
    of interpreter runs (``--search-budget``, default :data:`DEFAULT_BUDGET`) is spent. The budget
    counts runs, not seconds, so the same input gives the same choice on any machine.
+4. **Refine** (:mod:`moec.auto_refine`, objective ``latency``, with the variants): the fastest
+   measured candidate's neighbours, each with one more option changed (slots x slices x load
+   order x placement), are bounded and confirmed the same way within what is left of the
+   budget, round after round from the fastest measured candidate not yet refined.
 
 The winner is always a measured candidate; its program is written like any other (its runtime
 policy records the strategy), and :func:`explain` prints every candidate with its prediction,
-measurement or reason it was not run, and why the winner won.
+measurement or reason it was not run (and how the search came to it), why the winner won, and
+why it is still above the any-schedule floor (:func:`moec.auto_bound.floor_gap`).
 
 **Per-layer choice** (a model with several MoE layers, objective ``latency``): each measured
 run also gives every layer's span, so each layer gets its fastest measured candidate; where
