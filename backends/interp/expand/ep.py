@@ -68,40 +68,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from moec.backends.interp.expand import ExpandContext, register, token_set
-from moec.backends.interp.expand.ep_chunked import expand_chunked, no_split
+from moec.backends.interp.expand.ep_chunked import expand_chunked, no_split, relay
 from moec.backends.interp.expand.load_order import Piece, Work, order_work
 from moec.backends.interp.expand.tp import broadcast, reduce_to_home
 from moec.ir.stream.params import EPParams, SharedExpertParams
 from moec.ir.stream.program import (
     Accum,
     Act,
-    Block,
     Free,
     Gemm,
     Instr,
     Load,
-    Recv,
-    Send,
     SliceRef,
     TokenSet,
 )
 from moec.ir.target import Target
-
-
-def _relay(
-    out: dict[int, list[Instr]],
-    routes: list[tuple[list[int], TokenSet, int]],
-    layer: str,
-    which: str,
-) -> None:
-    """Move each ``(path, tokens, nbytes)`` block hop by hop: pass k = all hop-k sends, then recvs."""
-    hops = max((len(path) - 1 for path, _, _ in routes), default=0)
-    for k in range(hops):
-        live = [(path[k], path[k + 1], ts, n) for path, ts, n in routes if len(path) > k + 1]
-        for a, b, ts, n in live:
-            out[a].append(Send(peer=b, nbytes=n, block=Block(layer, which, ts)))  # type: ignore[arg-type]
-        for a, b, ts, n in live:
-            out[b].append(Recv(peer=a, nbytes=n, block=Block(layer, which, ts)))  # type: ignore[arg-type]
 
 
 def _stream_slices(
@@ -203,7 +184,7 @@ def expand_work(
             (t.route(h, d), token_set(toks), ctx.activation_bytes(int(toks.size)))
             for (h, d), toks in sorted(groups.items())
         ]
-        _relay(out, x_routes, m.name, "x")
+        relay(out, x_routes, m.name, "x")
 
     # 2. shared experts
     cursors: defaultdict[int, list[int]] = defaultdict(lambda: [0])
@@ -233,7 +214,7 @@ def expand_work(
             (t.route(d, h), token_set(toks), ctx.activation_bytes(int(toks.size)))
             for (h, d), toks in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
         ]
-        _relay(out, y_routes, m.name, "y")
+        relay(out, y_routes, m.name, "y")
     return out
 
 

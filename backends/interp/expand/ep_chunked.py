@@ -58,11 +58,12 @@ def split_work(work: list[Work], cap: int | None) -> list[Work]:
     return out
 
 
-def _relay(
+def relay(
     out: dict[int, list[Instr]], routes: list[tuple[list[int], TokenSet, int]], layer: str,
     which: str,
 ) -> None:  # fmt: skip
-    """EP's hop-by-hop relay (:func:`.ep._relay`): pass k = every hop-k send, then recvs."""
+    """Move each ``(path, tokens, nbytes)`` block hop by hop (EP's relay, chunked or not): pass k =
+    every hop-k send, then the recvs."""
     hops = max((len(path) - 1 for path, _, _ in routes), default=0)
     for k in range(hops):
         live = [(path[k], path[k + 1], ts, n) for path, ts, n in routes if len(path) > k + 1]
@@ -143,11 +144,11 @@ def expand_chunked(
                 out[d].append(Wait(chunk_event(name, d), c - window + 1))
         if homes:
             broadcast(out, t, name, homes)
-        _relay(out, x_routes, name, "x")
+        relay(out, x_routes, name, "x")
         for d in range(D):
             for group in work_of[d]:
                 out[d] += group
-        _relay(out, y_routes, name, "y")
+        relay(out, y_routes, name, "y")
         if homes:
             reduce_to_home(out, t, name, homes)
         for d in range(D):
