@@ -137,11 +137,21 @@ def lower(
     module: Module, target: TargetRef, strategy: str, options: Mapping[str, str] | None = None,
     routing: RoutingTrace | None = None, **kw: Any,
 ) -> Program:  # fmt: skip
-    """:func:`moec.compiler.lower.lower`, with an FSE-DP program's slice count chosen by the
-    scheduler's prediction when ``routing`` is given and ``slices`` is left to ``auto``."""
+    """:func:`moec.compiler.lower.lower`, with the slice count chosen for ``routing`` when it
+    is given and ``slices`` is left to ``auto``: an FSE-DP program's by the scheduler's
+    prediction and the interpreter (:func:`choose_slices`), a whole-expert program's (EP,
+    Hydra, EPLB, TP) by the interpreter (:func:`moec.expert_slices.choose_slices`)."""
+    # imported here: moec.expert_slices reuses this module's ladder and measurement
+    from moec import expert_slices
+
     opts = dict(options or {})
     base = lower_strategy(module, target, strategy, opts, routing, **kw)
-    if routing is None or opts.get("slices", "auto") != "auto" or not _streams(base):
+    if routing is None or opts.get("slices", "auto") != "auto":
         return base
-    choice = choose_slices(module, target, strategy, opts, routing, base, **kw)
-    return base if choice is None or choice.program is None else choice.program
+    if _streams(base):
+        choice = choose_slices(module, target, strategy, opts, routing, base, **kw)
+        return base if choice is None or choice.program is None else choice.program
+    if expert_slices.whole_expert(base):
+        whole = expert_slices.choose_slices(module, target, strategy, opts, routing, base, **kw)
+        return base if whole is None or whole.program is None else whole.program
+    return base
