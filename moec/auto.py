@@ -56,39 +56,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from moec.auto_bound import any_schedule_floor as any_schedule_floor  # re-exported
+from moec.auto_bound import floor_gap, predicted_layers
+from moec.auto_refine import refine
 from moec.backends.interp import simulate
-from moec.backends.interp.expand import expand_program
-from moec.backends.interp.simulate import check_routings
 from moec.bench import DEFAULT_ROUTING, moe_metrics
 from moec.compiler.lower import STRATEGIES, lower, parse_strategy
 from moec.compiler.lower import _load_strategies as load_strategies
 from moec.compiler.lower.options import StrategyError
 from moec.fsedp_slices import lower as lower_for_routing
-from moec.ir.cost import (
-    accum_time,
-    act_time,
-    dram_occupancy,
-    gemm_time,
-    schedule_floor,
-    slice_activation,
-)
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace
 from moec.ir.routing_synth import SynthSpec, parse_routing_spec
-from moec.ir.stream import (
-    Accum,
-    Act,
-    Gemm,
-    Load,
-    Program,
-    Recv,
-    SliceRef,
-    TargetRef,
-    TensorRef,
-)
-from moec.ir.stream.layouts import layouts_for
-from moec.ir.stream.values import HOST_CHANNEL
+from moec.ir.stream import Program, TargetRef
 from moec.ir.target import Target, load_target
 from moec.per_layer import LayerChoice, LayerMergeError, merge_layers, rank_layers
 from moec.slice_variants import slice_variants, spell
@@ -137,6 +118,9 @@ class Trial:
     #: per MoE layer (program order): the bound and the measured span
     predicted_layers: list[float] | None = field(default=None, repr=False)
     layers_s: list[float] | None = field(default=None, repr=False)
+    #: how the search came to it: "" (a listed candidate), "cut" (a slice-count variant) or
+    #: the option a refinement changed ("slots=6 on tp{slices=32}", :mod:`moec.auto_refine`)
+    origin: str = ""
 
     def score(self, objective: str) -> tuple[float, ...]:
         """What ``objective`` minimizes for this measured trial (ties: latency)."""
@@ -164,6 +148,8 @@ class AutoResult:
     resamples: int = 0
     #: the per-layer choice (models with several MoE layers, objective latency)
     layers: list[LayerChoice] = field(default_factory=list)
+    #: why the winner is above the any-schedule floor (:func:`moec.auto_bound.floor_gap`)
+    gap: list[str] = field(default_factory=list)
 
     @property
     def program(self) -> Program:
@@ -193,76 +179,8 @@ def default_routing(
 
 def predicted_latency(program: Program, target: Target, routing: RoutingTrace) -> float:
     """A lower bound on the MoE layers' span of ``program`` expanded for ``routing``: the sum
-    over the layers of :func:`predicted_layers`."""
+    over the layers of :func:`~moec.auto_bound.predicted_layers`."""
     return sum(predicted_layers(program, target, routing))
-
-
-def predicted_layers(program: Program, target: Target, routing: RoutingTrace) -> list[float]:
-    """Per MoE layer (in ``program.layers`` order), a lower bound on its span once expanded for
-    ``routing``: the larger of its busiest DRAM channel's occupancy over the layer's loads (a
-    channel serves one load at a time) and its busiest die's expert compute (a die runs one
-    compute op at a time) on slices loaded or received there, each op timed by the same
-    cost-model formulas the interpreter charges. Layers' spans add up (``moec bench``), so the
-    sum bounds the whole program."""
-    static = expand_program(program, target, check_routings(program, target, routing))
-    index = {m.name: k for k, m in enumerate(static.layers)}
-    busy = np.zeros((len(index), len(target.channels)))
-    channel = {c.id: k for k, c in enumerate(target.channels)}
-    compute = np.zeros((len(index), target.num_dies))
-    layouts = layouts_for(static)
-    layers = {m.name: m for m in static.layers}
-    for st in static.streams:
-        held: dict[int, SliceRef] = {}
-        for i in st.instrs:
-            if (
-                isinstance(i, Load | Recv)
-                and isinstance(i.content, SliceRef)
-                and i.slot is not None
-            ):
-                held[i.slot] = i.content
-            if isinstance(i, Load) and i.channel != HOST_CHANNEL:
-                owner = _load_layer(i.content, index)
-                if owner is not None:
-                    busy[owner, channel[i.channel]] += dram_occupancy(target, i.channel, i.nbytes)
-            elif isinstance(i, Gemm | Act | Accum) and i.slot in held:
-                c = held[i.slot]
-                m = layers[c.layer]
-                policy = program.policy(c.layer)
-                prec = m.dtype
-                if c.expert is not None and policy is not None and policy.precision:
-                    prec = policy.precision[c.expert]
-                w, n = layouts[(c.layer, c.expert is None)].width(c.slice), len(i.tokens)
-                if isinstance(i, Gemm):
-                    t = gemm_time(target, st.die, n, m.hidden, w * (2 if m.gated else 1), prec)
-                elif isinstance(i, Act):
-                    t = act_time(target, st.die, n, w, prec, slice_activation(m.gated), m.gated)
-                else:
-                    t = accum_time(target, st.die, n, w, m.hidden, prec)
-                compute[index[c.layer], st.die] += t
-    return [
-        max(float(busy[k].max(initial=0.0)), float(compute[k].max(initial=0.0)))
-        for k in range(len(index))
-    ]
-
-
-def _load_layer(content: SliceRef | TensorRef, index: Mapping[str, int]) -> int | None:
-    """The MoE layer a load belongs to: a slice's layer, or a tensor named ``L.<...>``."""
-    name = content.layer if isinstance(content, SliceRef) else content.name.split(".", 1)[0]
-    return index.get(name)
-
-
-def any_schedule_floor(program: Program, target: Target, routing: RoutingTrace) -> float:
-    """The sum over ``program``'s MoE layers of :func:`~moec.ir.cost.schedule_floor` for
-    ``routing``: a lower bound on the MoE layers' span that holds for every schedule of the
-    same work on ``target`` (not only for :func:`candidates`), so ``best / floor`` is the most
-    any schedule could gain on a measured latency."""
-    return sum(
-        schedule_floor(
-            target, hidden=m.hidden, ffn=m.ffn, ids=lr.ids, gated=m.gated,
-            shared_ffn=m.shared_ffn, precision=m.dtype,
-        ).bound_s
-        for m, lr in zip(program.layers, routing.layers, strict=False)
-    )  # fmt: skip
 
 
 def resample(trace: RoutingTrace, seed: int) -> RoutingTrace:
@@ -369,9 +287,10 @@ def search(
 
     for tr in trials:
         predict(tr)
-    if specs is None if variants is None else variants:
+    refining = specs is None if variants is None else variants
+    if refining:
         for spec in slice_variants(trials, target, routing):
-            trials.append(Trial(spec))
+            trials.append(Trial(spec, origin="cut"))
             predict(trials[-1])
     ranked = sorted(
         (i for i, tr in enumerate(trials) if tr.predicted_s is not None),
@@ -403,6 +322,16 @@ def search(
             )  # fmt: skip
         if best is None or tr.score(objective) < best.score(objective):
             best = tr
+    if refining and objective == "latency" and best is not None and best.measured_s is not None:
+
+        def make(spec: str) -> Trial:
+            tr = Trial(spec)
+            predict(tr)
+            return tr
+
+        confirm = lambda tr: _confirm(tr, target, draws, max_sram_mib)  # noqa: E731
+        best, used = refine(trials, best, make, confirm, budget - runs, target, routing)
+        runs += used
     layers: list[LayerChoice] = []
     if objective == "latency" and best is not None and best_layers is not None:
         mixed, layers = _per_layer(trials, target, draws, max_sram_mib)
@@ -417,11 +346,13 @@ def search(
             + ": " + "; ".join(f"{t.strategy}: {t.status}" for t in trials[:3]),
             target.name,
         )  # fmt: skip
+    assert best.program is not None and best.measured_s is not None
+    gap = floor_gap(best.program, target, routing, best.measured_s)
     for tr in trials:
         if tr is not best:
             tr.program = None
     return AutoResult(
-        trials, best, routing_name, budget, objective, max_sram_mib, resamples, layers
+        trials, best, routing_name, budget, objective, max_sram_mib, resamples, layers, gap
     )
 
 
@@ -500,7 +431,7 @@ def explain(result: AutoResult) -> str:
         lines.append(
             f"{mark} {t.strategy:<{width}}  {col(t.predicted_s, 1e3)}     {col(t.measured_s, 1e3)}"
             f"  {col(t.energy_j, 1e3)}  {col(sram / MIB if sram is not None else None, 1.0)}"
-            f"      {t.status}"
+            f"      {t.status}{_origin(t)}"
         )
     if result.layers:
         lines.append("per MoE layer (its span in each measured candidate's run, fastest first):")
@@ -538,5 +469,15 @@ def explain(result: AutoResult) -> str:
     over = sum("over --max-sram-mib" in t.status for t in result.trials)
     if over:
         why += f"; {over} measured over the SRAM limit"
+    if w.origin and w.origin != "cut":
+        why += f"; found by refining ({w.origin})"
     lines.append(why)
+    lines += result.gap
     return "\n".join(lines)
+
+
+def _origin(t: Trial) -> str:
+    """How the search came to ``t``, for :func:`explain`."""
+    if t.origin == "cut":
+        return " [slice-count variant]"
+    return f" [refined: {t.origin}]" if t.origin else ""

@@ -85,7 +85,7 @@ from moec.compiler.bench.spec import (
 from moec.compiler.lower import STRATEGIES, parse_strategy
 from moec.compiler.lower import _load_strategies as load_strategies
 from moec.compiler.lower.slots import check_tokens_fit
-from moec.fsedp_slices import lower
+from moec.fsedp_slices import lower_run
 from moec.ir.errors import MoecError
 from moec.ir.graph import Module
 from moec.ir.routing import LayerRouting, RoutingTrace, save_trace
@@ -290,11 +290,12 @@ def run_point(
         path = work.calibration_file(model, layers, tgt.num_dies)
         if path is not None:
             options["calibration"] = path
-    program = lower(module, TargetRef(target, tuple(overrides)), name, options, trace)
-    result = simulate(
-        program, target=tgt, routings=trace, verify=False, allow_overflow=allow_overflow,
-        layered=True,
-    )  # fmt: skip
+    program, result = lower_run(module, TargetRef(target, tuple(overrides)), name, options, trace)
+    if result is None:  # else the slice choice's measurement was this very run
+        result = simulate(
+            program, target=tgt, routings=trace, verify=False, allow_overflow=allow_overflow,
+            layered=True,
+        )  # fmt: skip
     metrics = moe_metrics(result.timeline)
     precision = program.layers[0].dtype if program.layers else "fp16"
     deferred = deferred_by_layer(program, result.routings)

@@ -28,9 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from moec.backends.interp import RunResult
 from moec.compiler.lower import lower as lower_strategy
 from moec.compiler.lower.slots import preferred_count
-from moec.fsedp_slices import LADDER, measure
+from moec.fsedp_slices import LADDER, measure_run
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace
@@ -44,13 +45,15 @@ WHOLE_EXPERT = ("ep", "hydra", "eplb", "tp")
 @dataclass(frozen=True)
 class ExpertSliceChoice:
     """The chosen count (the program's layout count), the preferred count ``p``, every fitting
-    candidate's measured MoE latency (seconds; None: overfilled a die at run time), and the
-    chosen program."""
+    candidate's measured MoE latency (seconds; None: overfilled a die at run time), the
+    chosen program, and its whole run when its measurement was one (a program of one MoE
+    layer, :func:`moec.fsedp_slices.measure_run`), else None."""
 
     count: int
     preferred: int
     measured: dict[int, float | None] = field(default_factory=dict)
     program: Program | None = field(default=None, compare=False)
+    run: RunResult | None = field(default=None, compare=False, repr=False)
 
 
 def whole_expert(program: Program) -> bool:
@@ -103,9 +106,14 @@ def choose_slices(
         programs.setdefault(count, prog)  # TP rounds counts up to a multiple of the dies
     if not programs:
         return None
-    measured = {c: measure(prog, tgt, routing) for c, prog in programs.items()}
-    fits = [c for c, t in measured.items() if t is not None]
-    if not fits:
+    measured: dict[int, float | None] = {}
+    best: tuple[float, int] | None = None
+    best_run: RunResult | None = None
+    for c, prog in programs.items():
+        t, run = measure_run(prog, tgt, routing)
+        measured[c] = t
+        if t is not None and (best is None or (t, c) < best):
+            best, best_run = (t, c), run
+    if best is None:
         return None
-    best = min(fits, key=lambda c: (measured[c], c))
-    return ExpertSliceChoice(best, p, measured, programs[best])
+    return ExpertSliceChoice(best[1], p, measured, programs[best[1]], best_run)

@@ -26,6 +26,13 @@ allows) is the lowering's own count kept. Without a routing (``moec compile`` wi
 predicted and measured on the first MoE layer (the paper models' layers share one shape; the
 run stops after that layer's part, ``simulate(..., until_layer=)``, so choosing costs a few
 layers whatever the model's depth), and applies to every layer.
+
+**What the choice costs.** A count's schedule is computed once
+(:func:`~moec.backends.interp.expand.fsedp.plans_shared`): the timing of a count whose
+prediction asked for it expands the layer from that schedule instead of scheduling it again. A
+program of one MoE layer is measured by its whole run (the parts after the layer hold no MoE
+work, so the layer's latency is the same), and :func:`lower_run` hands the chosen count's run to
+the caller (``moec bench``), which would otherwise run the same program again.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from moec.backends.interp import simulate
-from moec.backends.interp.expand.fsedp import predicted_span
+from moec.backends.interp import RunResult, simulate
+from moec.backends.interp.expand.fsedp import plans_shared, predicted_span
 from moec.backends.interp.summary import layer_parts, moe_summary
 from moec.compiler.lower import lower as lower_strategy
 from moec.compiler.lower.fsedp import MIN_AUTO_WIDTH
@@ -51,17 +58,22 @@ LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
 #: docstring); a count is run while ``prediction * (1 - ESTIMATE_ERROR)`` is below the fastest
 #: measurement so far.
 ESTIMATE_ERROR = 0.025
+#: Schedules kept from prediction to timing: those of the counts predicted fastest so far (the
+#: ones timed first); a count timed without its schedule kept is scheduled again.
+KEEP_SCHEDULES = 4
 
 
 @dataclass(frozen=True)
 class SliceChoice:
     """The chosen count, every candidate's predicted span of the first MoE layer and the
-    measured MoE latency of those run (seconds), and the chosen program."""
+    measured MoE latency of those run (seconds), the chosen program, and its whole run under
+    the routing when its measurement was one (a program of one MoE layer), else None."""
 
     count: int
     predicted: dict[int, float] = field(default_factory=dict)
     measured: dict[int, float] = field(default_factory=dict)
     program: Program | None = field(default=None, compare=False)
+    run: RunResult | None = field(default=None, compare=False, repr=False)
 
 
 def _streams(program: Program) -> bool:
@@ -80,13 +92,36 @@ def candidates(ffn: int) -> list[int]:
 def measure(program: Program, target: Target, routing: RoutingTrace) -> float | None:
     """The interpreter's MoE latency of ``program``'s first MoE layer under ``routing`` (what
     ``moec bench`` reports for a one-layer program), or None when it does not fit a die's SRAM."""
+    return measure_run(program, target, routing)[0]
+
+
+def measure_run(
+    program: Program, target: Target, routing: RoutingTrace
+) -> tuple[float | None, RunResult | None]:
+    """:func:`measure`, and the run it measured when that is ``program``'s whole run (what
+    ``simulate(program, target=target, routings=routing, verify=False, layered=True)`` returns,
+    with or without ``allow_overflow``): a program of one MoE layer that fits. A longer program
+    is timed up to its first MoE layer's part only (run None)."""
+    if len(program.layers) == 1:
+        # the whole program: after the layer's part only barriers and dense islands are left
+        run = simulate(
+            program, target=target, routings=routing, verify=False, layered=True,
+            allow_overflow=True,
+        )  # fmt: skip
+        if "sram_over_bytes" not in run.report.extra:  # it fits: the run with or without
+            return _latency(run), run  # allow_overflow, and the first part's as well
+        # overflowing somewhere: whether the layer's part does decides (below)
     try:
         run = simulate(
             program, target=target, routings=routing, verify=False, layered=True,
             until_layer=program.layers[0].name,
         )  # fmt: skip
     except ScheduleError:
-        return None
+        return None, None
+    return _latency(run), None
+
+
+def _latency(run: RunResult) -> float:
     tl = run.timeline
     parts = tl.summary.parts if tl.summary is not None else layer_parts(tl)
     return float(moe_summary(parts, tl.target, tl.energy is not None)["latency_s"])
@@ -105,9 +140,19 @@ def choose_slices(
     if (r0.num_experts, r0.top_k) != (first.experts, first.top_k):
         return None
     tgt = load_target(target.spec, dict(target.overrides), base_dir=kw.get("base_dir"))
+    with plans_shared() as plans:
+        return _choose(module, target, strategy, options, routing, first.ffn, tgt, plans, **kw)
+
+
+def _choose(
+    module: Module, target: TargetRef, strategy: str, options: Mapping[str, str],
+    routing: RoutingTrace, ffn: int, tgt: Target, plans: dict[Any, Any], **kw: Any,
+) -> SliceChoice | None:  # fmt: skip
+    """:func:`choose_slices` with the shared schedules ``plans`` (see there)."""
+    r0 = routing.layers[0]
     programs: dict[int, Program] = {}
     predicted: dict[int, float] = {}
-    for c in candidates(first.ffn):
+    for c in candidates(ffn):
         try:
             p = lower_strategy(
                 module, target, strategy, {**options, "slices": str(c)}, routing, **kw
@@ -116,21 +161,32 @@ def choose_slices(
         except ScheduleError:
             break  # coarser slices fit even less
         programs[c] = p
+        for slow in sorted(predicted, key=lambda c: (predicted[c], c))[KEEP_SCHEDULES:]:
+            _forget(plans, programs[slow])
     if not predicted:
         return None
     least = min(predicted.values())
     measured: dict[int, float] = {}
+    best_run: RunResult | None = None
     for c in sorted(predicted, key=lambda c: (predicted[c], c)):
         fastest = min(measured.values(), default=least * (1.0 + ESTIMATE_ERROR))
         if predicted[c] * (1.0 - ESTIMATE_ERROR) > fastest:
             break
-        t = measure(programs[c], tgt, routing)
+        t, run = measure_run(programs[c], tgt, routing)
+        _forget(plans, programs[c])  # this count's schedule is not asked for again
         if t is not None:
+            if not measured or (t, c) < min((v, k) for k, v in measured.items()):
+                best_run = run
             measured[c] = t
     if not measured:
         return None
     best = min(measured, key=lambda c: (measured[c], c))
-    return SliceChoice(best, predicted, measured, programs[best])
+    return SliceChoice(best, predicted, measured, programs[best], best_run)
+
+
+def _forget(plans: dict[Any, Any], program: Program) -> None:
+    for key in [k for k, (objs, _) in plans.items() if objs[0] is program]:
+        del plans[key]
 
 
 def lower(
@@ -141,17 +197,33 @@ def lower(
     is given and ``slices`` is left to ``auto``: an FSE-DP program's by the scheduler's
     prediction and the interpreter (:func:`choose_slices`), a whole-expert program's (EP,
     Hydra, EPLB, TP) by the interpreter (:func:`moec.expert_slices.choose_slices`)."""
+    return lower_run(module, target, strategy, options, routing, **kw)[0]
+
+
+def lower_run(
+    module: Module, target: TargetRef, strategy: str, options: Mapping[str, str] | None = None,
+    routing: RoutingTrace | None = None, **kw: Any,
+) -> tuple[Program, RunResult | None]:  # fmt: skip
+    """:func:`lower`, and the program's run under ``routing`` when choosing its slice count made
+    it: exactly what ``simulate(program, target=..., routings=routing, verify=False,
+    layered=True)`` returns, with or without ``allow_overflow`` (the program fits), so the
+    caller need not run it again. None when the choice did not run the whole program (a
+    program of more than one MoE layer, no choice made)."""
     # imported here: moec.expert_slices reuses this module's ladder and measurement
     from moec import expert_slices
 
     opts = dict(options or {})
     base = lower_strategy(module, target, strategy, opts, routing, **kw)
     if routing is None or opts.get("slices", "auto") != "auto":
-        return base
+        return base, None
     if _streams(base):
         choice = choose_slices(module, target, strategy, opts, routing, base, **kw)
-        return base if choice is None or choice.program is None else choice.program
+        if choice is None or choice.program is None:
+            return base, None
+        return choice.program, choice.run
     if expert_slices.whole_expert(base):
         whole = expert_slices.choose_slices(module, target, strategy, opts, routing, base, **kw)
-        return base if whole is None or whole.program is None else whole.program
-    return base
+        if whole is None or whole.program is None:
+            return base, None
+        return whole.program, whole.run
+    return base, None

@@ -59,19 +59,40 @@ def slice_variants(trials: Sequence[Trial], target: Target, routing: RoutingTrac
         layout = t.program.layout(m.name)
         if layout is None:
             continue
-        counts = np.bincount(routing.layers[0].ids[routing.layers[0].ids >= 0].ravel())
-        n = max(1, math.ceil(float(counts[counts > 0].mean()))) if counts.size else 1
-        c = layout.count
-        cost = {k: _cut_compute(target, m, n, k) for k in range(max(1, c // 2), 2 * c + 1)}
-        sides = (range(max(1, c // 2), c), range(c + 1, min(2 * c, m.ffn) + 1))
-        for side in sides:
-            best = min(side, key=lambda k: (cost[k], k), default=None)
-            if best is None or cost[best] >= cost[c]:
-                continue
+        for best in cheapest_counts(target, m, routing, layout.count):
             spec = spell(name, {**opts, "slices": str(best)})
             if spec not in have:
                 have.add(spec)
                 out.append(spec)
+    return out
+
+
+def cheapest_counts(
+    target: Target, m: MoEDecl, routing: RoutingTrace, c: int, multiple: int = 1
+) -> list[int]:  # fmt: skip
+    """The slice counts of layer ``m`` whose cut costs the least compute below ``c`` (down to
+    ``c/2``) and above it (up to ``2c``), each when it costs less than ``c``'s; only multiples
+    of ``multiple`` (TP re-cuts to a multiple of the die count). Compute per count is every
+    slice of one expert (:func:`~moec.ir.cost.slice_compute_time`, even widths as the lowering
+    cuts them) for the routing's mean tokens per activated expert of the first layer."""
+    ids = routing.layers[0].ids
+    counts = np.bincount(ids[ids >= 0].ravel())
+    n = max(1, math.ceil(float(counts[counts > 0].mean()))) if counts.size else 1
+    step = max(1, multiple)
+    cost = {
+        k: _cut_compute(target, m, n, k)
+        for k in range(max(1, c // 2), 2 * c + 1)
+        if k % step == 0 or k == c
+    }
+    sides = (
+        [k for k in cost if k < c],
+        [k for k in cost if c < k <= min(2 * c, m.ffn)],
+    )
+    out = []
+    for side in sides:
+        best = min(side, key=lambda k: (cost[k], k), default=None)
+        if best is not None and cost[best] < cost[c]:
+            out.append(best)
     return out
 
 

@@ -5,6 +5,7 @@
     python scripts/auto_grid.py --search-on other    # the search sees another draw
     python scripts/auto_grid.py --search-on other --resamples 2   # ... scored on 2 resamples too
     python scripts/auto_grid.py --traces lm16.json,lm64.json --models models/tiny_moe_lm.onnx
+    python scripts/auto_grid.py --only fsedp-2x2/deepseek-moe-16b/256,fsedp-4x4/phi3.5-moe/1024
 
 For each (target, model, tokens) point the six fixed strategies (ep, hydra, eplb, tp, fsedp,
 fsedp-paired) run on the evaluation trace ``synth:zipf=Z,seed=S`` exactly as ``moec bench`` runs
@@ -211,7 +212,17 @@ def main(argv: list[str] | None = None) -> int:
         help="recorded routing traces (comma-separated files) instead of synthetic ones: each "
         "point runs at the trace's own token count for every --models entry",
     )  # fmt: skip
+    ap.add_argument(
+        "--only", default="",
+        help="only these points, TARGET/MODEL/TOKENS comma-separated (the others' filters still "
+        "apply to --zipf/--seeds); default: every --targets x --models x --tokens point",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    only = {tuple(p.split("/")) for p in args.only.split(",") if p}
+    if any(len(p) != 3 for p in only):
+        ap.error(f"--only: expected TARGET/MODEL/TOKENS entries, found {args.only!r}")
+    if only:
+        args.targets = ",".join(dict.fromkeys(p[0] for p in sorted(only)))
     offset = 0 if args.search_on == "batch" else SEARCH_SEED_OFFSET
     if args.traces:
         for target in args.targets.split(","):
@@ -238,9 +249,11 @@ def main(argv: list[str] | None = None) -> int:
                             offset,
                             args.resamples,
                         )  # fmt: skip
-                        for m in args.models.split(",")
-                        for t in args.tokens.split(",")
-                    ]
+                        for m in (args.models.split(",") if not only else
+                                  dict.fromkeys(p[1] for p in sorted(only) if p[0] == target))
+                        for t in (args.tokens.split(",") if not only else
+                                  [p[2] for p in sorted(only) if p[:2] == (target, m)])
+                    ]  # fmt: skip
                     label = f"synth:zipf={zipf:g},seed={seed}"
                     seen = f"seed {seed + offset}"
                     print(table(target, label, rows, offset, args.resamples, seen), flush=True)

@@ -1,15 +1,16 @@
 """``moec sweep``: design-space exploration over models, packages, strategies and tokens.
 
     moec sweep SPEC.toml -o results/ [--local] [--address ADDR [--connect-timeout S]] [--workers N]
-               [--retry-errors]
+               [--retry-errors] [--reuse-stale]
     moec sweep plot results/ --x AXIS|METRIC --y AXIS|METRIC [--color METRIC|AXIS]
                [--facet AXIS] [--where AXIS=VALUE ...] [--contour V] -o out.png
 
 The spec (``moec.sweep.spec``) names the axes and the fixed rest; every point is one
 bench run. Points run as Ray tasks (an embedded local instance, or the cluster at ``--address``)
 or in-process with ``--local`` (also when Ray is not installed). Each point is stored in
-``results/sweep.sqlite`` as it finishes, so running the same command again skips the points done;
-``results/sweep.parquet`` is the export. ``plot`` draws a heatmap (two axes) or a Pareto front
+``results/sweep.sqlite`` as it finishes, so running the same command again skips the points done
+(unless another moec, or other contents of its input files, computed them: those are recomputed,
+or kept with ``--reuse-stale``); ``results/sweep.parquet`` is the export. ``plot`` draws a heatmap (two axes) or a Pareto front
 (two metrics) as PNG.
 """
 
@@ -64,6 +65,11 @@ def register(subparsers: Any) -> None:
         "--retry-errors", action="store_true", help="run the points stored with status error again"
     )
     run_g.add_argument(
+        "--reuse-stale", action="store_true",
+        help="keep stored points computed by another moec or from other input files "
+        "(default: recompute them)",
+    )  # fmt: skip
+    run_g.add_argument(
         "--allow-overflow", action="store_true",
         help="measure points whose run exceeds a die's SRAM (their rows carry sram_over_bytes)",
     )  # fmt: skip
@@ -104,6 +110,8 @@ def run_plot(args: argparse.Namespace) -> int:
 
     if len(args.what) != 2:
         raise SweepUsageError("plot: expected one results folder: moec sweep plot RESULTS ...")
+    if args.reuse_stale:
+        raise SweepUsageError("--reuse-stale belongs to a sweep run, not 'moec sweep plot'")
     if not args.x or not args.y or not args.output:
         raise SweepUsageError("plot: --x, --y and -o OUT.png are required")
     results = Path(args.what[1])
@@ -111,6 +119,7 @@ def run_plot(args: argparse.Namespace) -> int:
     kind = plot_results(
         args.what[1], args.x, args.y, color=args.color, facet=args.facet,
         where=_where(args.where), out=args.output, contour=args.contour,
+        on_stale=lambda line: print(f"moec sweep plot: {line}", file=sys.stderr),
     )  # fmt: skip
     print(f"wrote {args.output} ({kind})")
     return 0
@@ -170,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
             spec, text, args.output, use_ray=use_ray, address=args.address,
             workers=args.workers, retry_errors=args.retry_errors,
             allow_overflow=args.allow_overflow,
-            connect_timeout=args.connect_timeout, on_start=started, on_point=tick,
+            connect_timeout=args.connect_timeout, reuse_stale=args.reuse_stale,
+            on_start=started, on_point=tick,
+            on_stale=lambda line: print(f"moec sweep: {line}", file=sys.stderr, flush=True),
         )  # fmt: skip
     out = sys.stdout
     print(
@@ -181,6 +192,12 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in summary.first_errors:
         print(f"  {line}", file=out)
+    for fingerprint, count in sorted(summary.foreign.items()):
+        print(
+            f"moec sweep: {count} point{'s' if count != 1 else ''} ran on a worker with another "
+            f"moec (fingerprint {fingerprint}); the next run recomputes them",
+            file=sys.stderr,
+        )
     print(f"results: {args.output}/sweep.sqlite"
           + (f", {summary.exported}" if summary.exported else " (pyarrow absent: no Parquet)"),
           file=out)  # fmt: skip

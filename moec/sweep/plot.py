@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from moec.ir.errors import MoecError
@@ -334,12 +334,31 @@ def pareto(
     _save(fig, plt, out)
 
 
+def stale_note(rows: Sequence[Row], journal: str) -> str:
+    """One line saying how many of ``rows`` another moec computed (their ``fingerprint`` is not
+    this process's, :mod:`moec.sweep.fingerprint`), or "" when none did."""
+    from moec.sweep.fingerprint import code_fingerprint
+
+    mine = code_fingerprint()
+    others = sorted({str(r.get("fingerprint")) for r in rows if r.get("fingerprint") != mine})
+    if not others:
+        return ""
+    n = sum(1 for r in rows if r.get("fingerprint") != mine)
+    shown = ", ".join("none (older moec)" if f == "None" else f for f in others)
+    return (
+        f"{n} of the {len(rows)} rows drawn from {journal} were computed by another moec "
+        f"(fingerprint {shown}; this one is {mine}): rerun 'moec sweep' to recompute them"
+    )
+
+
 def plot_results(
     folder: str, x: str, y: str, *, color: str | None, facet: str | None,
     where: Mapping[str, str], out: str, contour: float | None = None,
+    on_stale: Callable[[str], None] | None = None,
 ) -> str:  # fmt: skip
     """Draw a heatmap (x and y are axes) or a Pareto front (x and y are metrics) of the
-    results in ``folder`` to ``out``; returns which kind was drawn."""
+    results in ``folder`` to ``out``; returns which kind was drawn. ``on_stale(line)`` is told
+    how many of the drawn rows another moec computed (they are drawn all the same)."""
     journal = open_results(folder)
     try:
         axes = journal.axis_columns()
@@ -357,6 +376,10 @@ def plot_results(
     rows = select(rows, where, columns)
     if not rows:
         raise SweepPlotError("--where: no point matches")
+    if on_stale is not None:
+        line = stale_note(rows, journal.path)
+        if line:
+            on_stale(line)
     fixed = [f"{k}={v}" for k, v in where.items()]
     for col in axes:
         vals = _values(rows, col)

@@ -28,6 +28,7 @@ from typing import Any
 
 from moec import __version__
 from moec.ir.errors import MoecError
+from moec.sweep.fingerprint import code_fingerprint, inputs_hash
 from moec.sweep.spec import Point, SweepSpec
 from moec.sweep.store import Journal, Row, export_parquet, flatten_metrics
 
@@ -54,13 +55,58 @@ class PointTask:
     accuracy: bool | None = None
     allow_overflow: bool = False
 
+    def input_files(self) -> dict[str, str]:
+        """The files this point reads besides the code, ``{role: path}`` (presets and
+        ``synth:`` routing are code)."""
+        files = {"model": self.model} if self.model.endswith(".onnx") else {}
+        if _is_target_file(self.target):
+            files["target"] = self.target
+        if not self.routing.startswith("synth"):
+            files["routing"] = self.routing
+        if self.calibration not in ("sample", "same"):
+            files["calibration"] = self.calibration
+        return files
+
+    def inputs_hash(self) -> str:
+        """:func:`~moec.sweep.fingerprint.inputs_hash` of :meth:`input_files`."""
+        return inputs_hash(self.input_files())
+
+
+@dataclass(frozen=True)
+class Stale:
+    """Stored rows that the current code and inputs would not write: how many, and why.
+    ``fingerprint`` is theirs (None: a journal from before fingerprints); ``inputs`` is True
+    when the code matches and the files they read have changed."""
+
+    count: int
+    fingerprint: str | None
+    inputs: bool = False
+
+    def message(self, journal: str, action: str) -> str:
+        """One line for stderr: ``N rows of JOURNAL were computed by ...; ACTION``."""
+        rows = f"{self.count} row{'s' if self.count != 1 else ''} of {journal}"
+        were = "were" if self.count != 1 else "was"
+        if self.inputs:
+            why = "from other contents of their input files (model, target, routing or calibration)"
+        elif self.fingerprint is None:
+            why = "by an older moec (no fingerprint)"
+        else:
+            why = f"by another moec (fingerprint {self.fingerprint}, this one is {code_fingerprint()})"
+        return f"{rows} {were} computed {why}; {action}"
+
 
 @dataclass
 class SweepSummary:
-    """What a run did: points in the spec, skipped (already stored), run, ok and error."""
+    """What a run did: points in the spec, skipped (already stored), run, ok and error.
+    ``stale``: stored rows of this spec's points written by other code or from other input
+    files (recomputed, or kept when ``reused_stale``); ``foreign``: rows this run got from a
+    worker whose code differs from the driver's (a cluster node with another moec)."""
 
     total: int
     skipped: int
+    stale: list[Stale] = field(default_factory=list)
+    reused_stale: bool = False
+    foreign: dict[str, int] = field(default_factory=dict)
     ok: int = 0
     errors: int = 0
     seconds: float = 0.0
@@ -71,6 +117,10 @@ class SweepSummary:
     @property
     def ran(self) -> int:
         return self.ok + self.errors
+
+
+def _is_target_file(target: str) -> bool:
+    return target.endswith(".toml") or "/" in target or os.sep in target
 
 
 def _resolve(path: str, base: str) -> str:
@@ -85,7 +135,7 @@ def make_task(spec: SweepSpec, point: Point, allow_overflow: bool = False) -> Po
     model, target = str(point.get("model")), str(point.get("target"))
     if model.endswith(".onnx"):
         model = _resolve(model, base)
-    if target.endswith(".toml") or "/" in target:
+    if _is_target_file(target):
         target = _resolve(target, base)
     routing = spec.routing if spec.routing.startswith("synth") else _resolve(spec.routing, base)
     calibration = spec.calibration
@@ -122,7 +172,9 @@ def evaluate_point(task: PointTask) -> dict[str, Any]:
     return {
         "status": status, "error": error, "metrics": metrics,
         "elapsed_s": round(time.perf_counter() - start, 6),
-        "moec_version": __version__,  # of the process (node) that ran the point
+        # of the process (node) that ran the point
+        "moec_version": __version__, "fingerprint": code_fingerprint(),
+        "inputs_hash": task.inputs_hash(),
     }  # fmt: skip
 
 
@@ -131,6 +183,7 @@ def result_row(spec: SweepSpec, point: Point, result: dict[str, Any]) -> Row:
     row: Row = {
         "point_id": point.point_id, "point_index": point.index, "status": result["status"],
         "error": result["error"], "moec_version": result.get("moec_version", __version__),
+        "fingerprint": result.get("fingerprint"), "inputs_hash": result.get("inputs_hash"),
         "spec_hash": spec.spec_hash,
         "elapsed_s": result["elapsed_s"],
     }  # fmt: skip
@@ -140,6 +193,27 @@ def result_row(spec: SweepSpec, point: Point, result: dict[str, Any]) -> Row:
 
 
 Done = Callable[[Point, dict[str, Any]], None]
+
+
+def find_stale(
+    stored: dict[str, tuple[str | None, str | None]], tasks: list[tuple[Point, PointTask]]
+) -> dict[tuple[str | None, bool], list[str]]:
+    """The stored points of ``tasks`` that this process would not write as they are, grouped
+    by (their fingerprint, whether only the input files differ), groups in a fixed order
+    (fingerprint None first, then by fingerprint, code causes before input causes)."""
+    mine = code_fingerprint()
+    groups: dict[tuple[str | None, bool], list[str]] = {}
+    for point, task in tasks:
+        if point.point_id not in stored:
+            continue
+        fp, inputs = stored[point.point_id]
+        if fp != mine:
+            groups.setdefault((fp, False), []).append(point.point_id)
+        elif inputs != task.inputs_hash():
+            groups.setdefault((fp, True), []).append(point.point_id)
+    return dict(
+        sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0] is not None, kv[0][0] or ""))
+    )
 
 
 def _run_local(tasks: list[tuple[Point, PointTask]], done: Done) -> None:
@@ -242,14 +316,19 @@ def run_sweep(
     retry_errors: bool = False,
     allow_overflow: bool = False,
     connect_timeout: float = CONNECT_TIMEOUT_S,
+    reuse_stale: bool = False,
     on_start: Callable[[int, int], None] | None = None,
     on_point: Callable[[Row], None] | None = None,
+    on_stale: Callable[[str], None] | None = None,
 ) -> SweepSummary:
     """Run the points of ``spec`` missing from ``out_dir``'s journal, storing each as it ends;
-    then export the whole journal to Parquet (when pyarrow exists). ``on_start(total, todo)``
-    and ``on_point(row)`` drive a progress display. With Ray, the engine is up (or the cluster
-    reached, within ``connect_timeout`` seconds) before the journal is opened.
-    ``allow_overflow``: see :func:`make_task`."""
+    then export the whole journal to Parquet (when pyarrow exists). A stored row is reused only
+    when the current code and input files would write it (its ``fingerprint`` and
+    ``inputs_hash``, :mod:`moec.sweep.fingerprint`); stale rows are recomputed, or kept with
+    ``reuse_stale``, and ``on_stale(line)`` is told either way, one line per cause.
+    ``on_start(total, todo)`` and ``on_point(row)`` drive a progress display. With Ray, the
+    engine is up (or the cluster reached, within ``connect_timeout`` seconds) before the
+    journal is opened. ``allow_overflow``: see :func:`make_task`."""
     from moec.sweep.store import EXPORT, with_speedups
 
     started_ray = start_ray(address, workers, connect_timeout) if use_ray else False
@@ -261,16 +340,33 @@ def run_sweep(
         raise
     try:
         journal.record_spec(spec.spec_hash, spec.name, spec.path, spec.columns(), spec_text)
-        stored = journal.done(include_errors=not retry_errors)
+        stored = journal.stored(include_errors=not retry_errors)
         points = list(spec.points())
-        todo = [(p, make_task(spec, p, allow_overflow)) for p in points if p.point_id not in stored]
+        tasks = [(p, make_task(spec, p, allow_overflow)) for p in points]
+        stale = find_stale(stored, tasks)
+        stale_ids = {pid for ids in stale.values() for pid in ids}
+        todo = [
+            (p, t)
+            for p, t in tasks
+            if p.point_id not in stored or (p.point_id in stale_ids and not reuse_stale)
+        ]
         summary = SweepSummary(total=len(points), skipped=len(points) - len(todo))
+        summary.stale = [Stale(len(ids), fp, inputs) for (fp, inputs), ids in stale.items()]
+        summary.reused_stale = reuse_stale and bool(stale)
         summary.executor = "local" if not use_ray else ("ray " + (address or "local"))
+        if on_stale is not None:
+            action = "kept (--reuse-stale)" if reuse_stale else "recomputing"
+            for group in summary.stale:
+                on_stale(group.message(journal.path, action))
         if on_start is not None:
             on_start(len(points), len(todo))
+        mine = code_fingerprint()
 
         def done(point: Point, result: dict[str, Any]) -> None:
             row = result_row(spec, point, result)
+            if row["fingerprint"] != mine:
+                key = str(row["fingerprint"])
+                summary.foreign[key] = summary.foreign.get(key, 0) + 1
             journal.put(row)
             if row["status"] == "ok":
                 summary.ok += 1

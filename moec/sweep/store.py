@@ -13,8 +13,9 @@ Parquet is columnar, typed and what analysis tools expect, so it is the output t
 
 A row holds: the point's id and index, every axis value (one column per axis, named as in
 :meth:`~moec.sweep.spec.SweepSpec.columns`), ``status`` (``ok`` or ``error``) and
-``error`` (the one-line message), ``moec_version``, ``spec_hash``, ``elapsed_s`` (the point's
-wall time), and every bench metric flattened: ``latency_s``, ``bound_s``, ``latency_over_bound``,
+``error`` (the one-line message), ``moec_version``, ``fingerprint`` and ``inputs_hash`` (what
+computed the row: :mod:`moec.sweep.fingerprint`; a resumed row must match both), ``spec_hash``,
+``elapsed_s`` (the point's wall time), and every bench metric flattened: ``latency_s``, ``bound_s``, ``latency_over_bound``,
 ``peak_sram_bytes_max``, ``dram_bytes``, ``link_bytes``, ``utilization_compute``,
 ``utilization_dram``, ``utilization_links``, ``layers_s`` (JSON list), ``extra_*``, and any
 metric a later bench adds (a new column appears the first time a point reports it).
@@ -35,7 +36,10 @@ from moec.ir.files import atomic_write
 JOURNAL = "sweep.sqlite"
 EXPORT = "sweep.parquet"
 #: Columns every row has, before the axis columns.
-META = ("point_id", "point_index", "status", "error", "moec_version", "spec_hash", "elapsed_s")
+META = (
+    "point_id", "point_index", "status", "error", "moec_version", "fingerprint", "inputs_hash",
+    "spec_hash", "elapsed_s",
+)  # fmt: skip
 #: Bench row keys that restate the point (they are its axis columns already).
 IDENTITY = ("model", "target", "tokens", "strategy", "passes", "overrides")
 
@@ -137,10 +141,14 @@ class Journal:
         )
         self.db.commit()
 
-    def done(self, include_errors: bool = True) -> set[str]:
-        """Ids of the points already stored (``ok`` ones only unless ``include_errors``)."""
-        q = "SELECT point_id FROM points" + ("" if include_errors else " WHERE status = 'ok'")
-        return {r[0] for r in self.db.execute(q)}
+    def stored(self, include_errors: bool = True) -> dict[str, tuple[str | None, str | None]]:
+        """The points already stored (``ok`` ones only unless ``include_errors``): point id ->
+        (``fingerprint``, ``inputs_hash``), None where the row has none (a journal written
+        before fingerprints existed)."""
+        cols = [c if c in self._columns else "NULL" for c in ("fingerprint", "inputs_hash")]
+        q = f"SELECT point_id, {', '.join(cols)} FROM points"
+        q += "" if include_errors else " WHERE status = 'ok'"
+        return {r[0]: (r[1], r[2]) for r in self.db.execute(q)}
 
     def put(self, row: Mapping[str, Any]) -> None:
         """Store one point's row and commit it (new columns are added as needed)."""

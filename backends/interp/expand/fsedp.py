@@ -42,7 +42,8 @@ Before/after on die 0 of ``fsedp-2x2``, expert 3 needed by dies 0 (tokens 0..1) 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -161,9 +162,46 @@ def _problem(ctx: ExpandContext, engine: Engine, units: list[Unit], order: tuple
     )  # fmt: skip
 
 
-def plan(ctx: ExpandContext) -> tuple[Schedule, Schedule | None, list[int]]:
+Plan = tuple[Schedule, Schedule | None, list[int]]
+#: plan()'s results while :func:`plans_shared` is active: per (program, layer, target, routing)
+#: object ids, those objects (kept alive, so an id is not reused) and the plan
+_PLANS: dict[tuple[int, str, int, int], tuple[tuple[object, ...], Plan]] | None = None
+
+
+@contextmanager
+def plans_shared() -> Iterator[dict[tuple[int, str, int, int], tuple[tuple[object, ...], Plan]]]:
+    """Within the block, :func:`plan` of one program object's layer for one target and routing
+    object is computed once: a caller that predicts a program's span
+    (:func:`predicted_span`) and then times it (``moec.fsedp_slices``) schedules it once. Yields
+    the cache (a caller may drop the entries it no longer needs); nested uses share the outer
+    one."""
+    global _PLANS
+    outer = _PLANS
+    if outer is None:
+        _PLANS = {}
+    try:
+        yield _PLANS  # type: ignore[misc]
+    finally:
+        _PLANS = outer
+
+
+def plan(ctx: ExpandContext) -> Plan:
     """The iteration's schedule, the catch-up schedule of the deferred experts (or None), and
-    the deferred experts."""
+    the deferred experts (computed once per program, layer, target and routing object inside
+    :func:`plans_shared`)."""
+    if _PLANS is None:
+        return _plan(ctx)
+    objs = (ctx.program, ctx.target, ctx.routing)
+    key = (id(ctx.program), ctx.layer.name, id(ctx.target), id(ctx.routing))
+    hit = _PLANS.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], objs, strict=True)):
+        return hit[1]
+    out = _plan(ctx)
+    _PLANS[key] = (objs, out)
+    return out
+
+
+def _plan(ctx: ExpandContext) -> Plan:
     m, r, t = ctx.layer, ctx.routing, ctx.target
     E, C = m.experts, len(t.channels)
     params = ctx.typed(FSEDPParams)  # the trajectory is checked there: a Hamiltonian cycle/path

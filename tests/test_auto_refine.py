@@ -1,0 +1,89 @@
+"""``--strategy auto``'s refinement (:mod:`moec.auto_refine`) and its floor explanation."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from moec.auto import AutoResult, Trial, default_routing, explain, search
+from moec.auto_refine import neighbours
+from moec.compiler.bench.spec import load_bench_model, truncate
+from moec.compiler.lower import lower
+from moec.ir.graph import Module
+from moec.ir.stream import TargetRef
+from moec.ir.target import load_target
+from moec.slice_variants import cheapest_counts
+
+
+@cache
+def _yuan() -> Module:
+    return truncate(load_bench_model("yuan2-m32").module, 1)
+
+
+@cache
+def _yuan_search() -> AutoResult:
+    """Yuan2.0-M32, 256 tokens on fsedp-2x2 (the bench's Zipf 1.0 batch), from TP alone: the
+    slice-count variant ``tp{slices=32}`` (128 columns: every MAC-array fold full) is faster
+    than TP's own cut (20 slices of 204.8 columns), and with six slots its channels stall less
+    on hot experts."""
+    ref = TargetRef("fsedp-2x2", ())
+    routing = default_routing(_yuan(), ref, tokens=256)
+    return search(_yuan(), ref, routing, specs=["tp"], variants=True, tokens=256)
+
+
+def test_neighbours_change_one_option_and_pin_the_cut() -> None:
+    ref = TargetRef("fsedp-2x2", ())
+    routing = default_routing(_yuan(), ref, tokens=256)
+    target = load_target("fsedp-2x2", {})
+    tp = Trial("tp", program=lower(_yuan(), ref, "tp", {}, routing, tokens=256))
+    assert tp.program is not None
+    count = tp.program.layouts[0].count
+    specs = [s for s, _ in neighbours(tp, target, routing)]
+    # slot changes keep the lowered cut; a slot count back to the default drops the option
+    assert specs[:3] == [f"tp{{slices={count},slots={s}}}" for s in (5, 6, 8)]
+    # slice changes keep the other options, and TP's counts are multiples of the die count
+    rest = [s for s in specs[3:]]
+    assert rest and all(s.startswith("tp{slices=") for s in rest)
+    assert all(int(s.split("=")[1].rstrip("}")) % target.num_dies == 0 for s in rest)
+    hydra = Trial("hydra{slices=32,slots=6}", program=tp.program)
+    changes = [c for _, c in neighbours(hydra, target, routing)]
+    assert changes[:3] == ["slots=4", "slots=5", "slots=8"] and changes[-1] == "cap=none"
+    assert neighbours(Trial("tp"), target, routing) == []  # not lowered
+
+
+def test_cheapest_counts_fill_the_folds_and_respect_the_multiple() -> None:
+    ref = TargetRef("fsedp-2x2", ())
+    routing = default_routing(_yuan(), ref, tokens=256)
+    target = load_target("fsedp-2x2", {})
+    layer = lower(_yuan(), ref, "tp", {}, routing, tokens=256).layers[0]
+    # 4096 columns: 32 slices of 128 fill every fold of the 32x64 array, 28 or 36 do not
+    assert 32 in cheapest_counts(target, layer, routing, 28)
+    assert all(k % 3 == 0 for k in cheapest_counts(target, layer, routing, 30, multiple=3))
+
+
+def test_refined_winner_is_never_slower_than_what_it_contains_and_is_named() -> None:
+    found = _yuan_search()
+    measured = [t for t in found.trials if t.status == "measured"]
+    assert found.winner.measured_s == min(t.measured_s for t in measured if t.measured_s)
+    by = {t.strategy: t for t in found.trials}
+    tp, cut = by["tp"], by["tp{slices=32}"]
+    assert cut.origin == "cut" and cut.measured_s is not None
+    assert tp.predicted_s is not None and tp.predicted_s >= cut.measured_s  # pruned: cannot win
+    # the winner combines two options no single variant has: slices=32 and six slots
+    assert found.winner.strategy == "tp{slices=32,slots=6}"
+    assert found.winner.origin == "slots=6 on tp{slices=32}"
+    assert found.winner.measured_s is not None and found.winner.measured_s < cut.measured_s
+    text = explain(found)
+    row = next(ln for ln in text.splitlines() if ln.startswith("* "))
+    assert row.endswith("measured [refined: slots=6 on tp{slices=32}]")
+    assert "found by refining (slots=6 on tp{slices=32})" in text
+    assert sum(t.status == "measured" for t in found.trials) <= found.budget
+
+
+def test_explain_says_why_the_winner_is_above_the_floor() -> None:
+    found = _yuan_search()
+    text = explain(found).splitlines()
+    at = next(i for i, ln in enumerate(text) if ln.startswith("above the any-schedule floor"))
+    assert [ln.split(":")[0].strip() for ln in text[at + 1 :]] == ["compute", "DRAM", "overlap"]
+    assert "partial sums on the busiest die's vector unit" in text[at + 1]
+    assert found.winner.measured_s is not None
+    assert f"(measured {found.winner.measured_s * 1e3:.3f} ms" in text[at]
