@@ -271,10 +271,10 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def to_npz(trace: RoutingTrace) -> bytes:
+def to_npz(trace: RoutingTrace, compress: bool = True) -> bytes:
     """NPZ bytes (loadable with ``numpy.load``): ``meta`` (JSON text, layer heads included),
     ``ids_<i>``, ``gates_<i>``, ``home_die_<i>``. Fixed zip timestamps make the bytes
-    deterministic."""
+    deterministic; ``compress=False`` stores the arrays as they are (a scratch file)."""
     meta = _meta(trace)
     meta["layers"] = [
         {"name": lr.name, "num_experts": lr.num_experts, "top_k": lr.top_k} for lr in trace.layers
@@ -286,29 +286,32 @@ def to_npz(trace: RoutingTrace) -> bytes:
             (f"gates_{i}", lr.gates.astype(np.float32)),
             (f"home_die_{i}", lr.home_die.astype(np.int64)),
         ]
-    return npz_bytes(arrays)
+    return npz_bytes(arrays, compress)
 
 
-def npz_bytes(arrays: list[tuple[str, np.ndarray]]) -> bytes:
-    """The arrays as a deterministic ``.npz`` file (fixed timestamps and modes)."""
+def npz_bytes(arrays: list[tuple[str, np.ndarray]], compress: bool = True) -> bytes:
+    """The arrays as a deterministic ``.npz`` file (fixed timestamps and modes), deflated
+    unless ``compress`` is False."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w", method) as zf:
         for name, array in arrays:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = method
             info.external_attr = 0o644 << 16
             zf.writestr(info, _npy_bytes(array))
     return buf.getvalue()
 
 
-def save_trace(trace: RoutingTrace, path: str | os.PathLike[str]) -> None:
-    """Write ``trace`` to ``path`` (``.json`` or ``.npz``) atomically, after checking it."""
+def save_trace(trace: RoutingTrace, path: str | os.PathLike[str], compress: bool = True) -> None:
+    """Write ``trace`` to ``path`` (``.json`` or ``.npz``, deflated unless ``compress`` is
+    False) atomically, after checking it."""
     p = os.fspath(path)
     check_trace(trace, p)
     if p.endswith(".json"):
         atomic_write(p, to_json(trace))
     elif p.endswith(".npz"):
-        atomic_write(p, to_npz(trace))
+        atomic_write(p, to_npz(trace, compress))
     else:
         raise TraceError("expected a trace file name ending in .json or .npz", p)
 

@@ -6,7 +6,9 @@ calibration matches the batch), so ``auto`` tries them for the model, target and
 1. **Candidates** (:func:`candidates`, a fixed order): every registered strategy with its default
    options, then option variants that change the schedule (the fewest slices that fit instead
    of the cost model's cut, Hydra without its per-die cap, EP with block placement, more SRAM
-   slots, hence finer micro-slices) and hybrids within a layer (``hydra{split=N}``: the N
+   slots, hence finer micro-slices), TP with chunked token dispatch (``tp{window=K}``, with
+   ``chunk=256`` tokens at most per chunk: SRAM-limited batches, :mod:`~moec.backends.interp.
+   expand.tp_chunked`) and hybrids within a layer (``hydra{split=N}``: the N
    hottest experts cut over all dies TP-style, the rest whole on dies); with
    :func:`slice_variants`, the slice counts next to each whole-expert strategy's own whose cut
    costs less compute (MAC-array folds filled). A candidate that does not fit the target (a :class:`~moec.ir.errors.ScheduleError` or ``StrategyError``) is recorded as such.
@@ -24,10 +26,15 @@ calibration matches the batch), so ``auto`` tries them for the model, target and
    prediction is no better than the best measured latency (it cannot win: pruned) or the budget
    of interpreter runs (``--search-budget``, default :data:`DEFAULT_BUDGET`) is spent. The budget
    counts runs, not seconds, so the same input gives the same choice on any machine.
+4. **Refine** (:mod:`moec.auto_refine`, objective ``latency``, with the variants): the fastest
+   measured candidate's neighbours, each with one more option changed (slots x slices x load
+   order x placement), are bounded and confirmed the same way within what is left of the
+   budget, round after round from the fastest measured candidate not yet refined.
 
 The winner is always a measured candidate; its program is written like any other (its runtime
 policy records the strategy), and :func:`explain` prints every candidate with its prediction,
-measurement or reason it was not run, and why the winner won.
+measurement or reason it was not run (and how the search came to it), why the winner won, and
+why it is still above the any-schedule floor (:func:`moec.auto_bound.floor_gap`).
 
 **Per-layer choice** (a model with several MoE layers, objective ``latency``): each measured
 run also gives every layer's span, so each layer gets its fastest measured candidate; where
@@ -91,6 +98,7 @@ def candidates(options: dict[str, str] | None = None) -> list[str]:
         "hydra{cap=none}", "ep{placement=blocks}", "ep{slots=8}", "hydra{slots=8}",
         "eplb{slots=8}", "tp{slots=8}", "fsedp-paired{slots=8}", "tp{slots=16}",
         "ep{placement=blocks,slots=8}", "hydra{split=2}", "hydra{split=4}",
+        "tp{window=1}", "tp{window=2}", "tp{window=1,chunk=256}", "tp{window=2,chunk=256}",
     ]  # fmt: skip
     out = []
     for spec in base + variants:

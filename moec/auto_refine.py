@@ -90,12 +90,23 @@ def neighbours(trial: Trial, target: Target, routing: RoutingTrace) -> list[tupl
         mine = {**_FSEDP_DEFAULTS[name], **opts}
         for key, values in (("order", ORDERS), ("cycle", CYCLES)):
             now = mine.get(key, values[0])
-            out += [(spell(name, {**pinned, key: v}), f"{key}={v}") for v in values if v != now]
+            out += [(_fsedp(name, pinned, key, v), f"{key}={v}") for v in values if v != now]
     elif name == "hydra" and opts.get("cap") != "none":
         out.append((spell(name, {**pinned, "cap": "none"}), "cap=none"))
     elif name == "ep" and "placement" not in opts:
         out.append((spell(name, {**pinned, "placement": "blocks"}), "placement=blocks"))
     return out
+
+
+def _fsedp(name: str, opts: dict[str, str], key: str, value: str) -> str:
+    """The FSE-DP spec with ``key=value``, spelled as the named strategy whose default it is
+    (``fsedp-paired`` with the natural order is ``fsedp``, and ``fsedp`` with the paired order
+    ``fsedp-paired``), so the same schedule has one name."""
+    if key == "order" and "r5" not in opts and name in ("fsedp", "fsedp-paired"):
+        named = {"natural": "fsedp", "paired": "fsedp-paired"}.get(value)
+        if named is not None:
+            return spell(named, {k: v for k, v in opts.items() if k != "order"})
+    return spell(name, {**opts, key: value})
 
 
 def _without(opts: dict[str, str]) -> dict[str, str]:

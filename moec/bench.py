@@ -203,7 +203,7 @@ class _Workloads:
                     bm.layer_shapes()[:layers], CALIBRATION_TOKENS, num_dies, model=bm.name
                 )
                 path = os.path.join(self.tmp, f"calib{len(self._calib)}.npz")
-                save_trace(trace, path)
+                save_trace(trace, path, compress=False)  # a scratch file: deflate is 0.7 s
                 self._calib[key] = path
         return self._calib[key]
 

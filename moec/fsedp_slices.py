@@ -42,14 +42,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moec.backends.interp import RunResult, simulate
-from moec.backends.interp.expand.fsedp import plans_shared, predicted_span
+from moec.backends.interp.expand.fsedp import plans_shared, predicted_schedule
 from moec.backends.interp.summary import layer_parts, moe_summary
 from moec.compiler.lower import lower as lower_strategy
 from moec.compiler.lower.fsedp import MIN_AUTO_WIDTH
+from moec.ir.cost import dram_occupancy
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace
-from moec.ir.stream import Program, TargetRef
+from moec.ir.stream import Instr, Load, Program, TargetRef
 from moec.ir.target import Target, load_target
 
 #: Slice counts tried (those no finer than the finest allowed and no coarser than fits).
@@ -65,13 +66,15 @@ KEEP_SCHEDULES = 4
 
 @dataclass(frozen=True)
 class SliceChoice:
-    """The chosen count, every candidate's predicted span of the first MoE layer and the
-    measured MoE latency of those run (seconds), the chosen program, and its whole run under
-    the routing when its measurement was one (a program of one MoE layer), else None."""
+    """The chosen count, every candidate's predicted span of the first MoE layer, its lower
+    bound (:func:`channel_bound`) and the measured MoE latency of those run (seconds), the
+    chosen program, and its whole run under the routing when its measurement was one (a
+    program of one MoE layer), else None."""
 
     count: int
     predicted: dict[int, float] = field(default_factory=dict)
     measured: dict[int, float] = field(default_factory=dict)
+    bound: dict[int, float] = field(default_factory=dict)
     program: Program | None = field(default=None, compare=False)
     run: RunResult | None = field(default=None, compare=False, repr=False)
 
@@ -87,6 +90,19 @@ def candidates(ffn: int) -> list[int]:
     """The counts tried for a layer of ``ffn`` FFN columns, finest first."""
     finest = max(1, ffn // MIN_AUTO_WIDTH)
     return sorted({c for c in LADDER if c <= finest} | {finest}, reverse=True)
+
+
+def channel_bound(streams: Mapping[int, list[Instr]], target: Target) -> float:
+    """A lower bound (seconds) on the span of a layer whose expansion is ``streams``: the most
+    any one DRAM channel is held by their loads (:func:`~moec.ir.cost.dram_occupancy` each).
+    The interpreter's channel serves one read at a time and every hold lies within the layer's
+    span, whatever order the reads take."""
+    held = [0.0] * len(target.channels)
+    for instrs in streams.values():
+        for i in instrs:
+            if isinstance(i, Load) and 0 <= i.channel < len(held):
+                held[i.channel] += dram_occupancy(target, i.channel, i.nbytes)
+    return max(held, default=0.0)
 
 
 def measure(program: Program, target: Target, routing: RoutingTrace) -> float | None:
@@ -152,14 +168,17 @@ def _choose(
     r0 = routing.layers[0]
     programs: dict[int, Program] = {}
     predicted: dict[int, float] = {}
+    bound: dict[int, float] = {}
     for c in candidates(ffn):
         try:
             p = lower_strategy(
                 module, target, strategy, {**options, "slices": str(c)}, routing, **kw
             )
-            predicted[c] = predicted_span(p, tgt, p.layers[0].name, r0)
+            sched = predicted_schedule(p, tgt, p.layers[0].name, r0)
         except ScheduleError:
             break  # coarser slices fit even less
+        predicted[c] = sched.estimate_s
+        bound[c] = channel_bound(sched.streams, tgt)
         programs[c] = p
         for slow in sorted(predicted, key=lambda c: (predicted[c], c))[KEEP_SCHEDULES:]:
             _forget(plans, programs[slow])
@@ -172,6 +191,10 @@ def _choose(
         fastest = min(measured.values(), default=least * (1.0 + ESTIMATE_ERROR))
         if predicted[c] * (1.0 - ESTIMATE_ERROR) > fastest:
             break
+        if measured and bound[c] > fastest:
+            # cannot beat the fastest, and timing it would not lower the fastest either: the
+            # counts timed after it, and the choice, are those of timing it
+            continue
         t, run = measure_run(programs[c], tgt, routing)
         _forget(plans, programs[c])  # this count's schedule is not asked for again
         if t is not None:
@@ -181,7 +204,7 @@ def _choose(
     if not measured:
         return None
     best = min(measured, key=lambda c: (measured[c], c))
-    return SliceChoice(best, predicted, measured, programs[best], best_run)
+    return SliceChoice(best, predicted, measured, bound, programs[best], best_run)
 
 
 def _forget(plans: dict[Any, Any], program: Program) -> None:

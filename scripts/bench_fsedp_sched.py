@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[Any] = []
     schedule = fsedp.schedule
 
-    def keep(p: Any) -> Any:
-        problems.append(p)
-        return schedule(p)
+    def keep(p: Any, streams: bool = True) -> Any:
+        problems.append(p)  # scheduled again below with its streams, whatever it was asked for
+        return schedule(p, streams)
 
     fsedp.schedule = keep
     run_bench(

@@ -18,6 +18,8 @@ sizes rejected in milliseconds) are read off the printed table.
 
 ``--match TEXT`` keeps the cases whose description contains ``TEXT`` (``--match 8x8``);
 ``--allow-overflow`` passes that flag to every case (the DeepSeek-V3 cases exceed a die's SRAM);
+``--save DIR`` keeps each case's JSON rows (``DIR/before``, ``DIR/after``: with ``--before``
+the table says whether the two trees printed the same bytes);
 ``--before DIR`` runs each case twice, first importing ``moec`` from ``DIR``, and prints a
 before/after table. ``DIR`` is an older checkout's root (``mkdir -p DIR && git archive REV | tar
 -x -C DIR``): its packages live in ``moec/``, ``ir/``, ``compiler/``, ``backends/`` and
@@ -122,17 +124,19 @@ def goal_cases(strategies: tuple[str, ...]) -> list[Case]:
 
 
 def run(
-    case: Case, timeout: float, pythonpath: str | None = None
+    case: Case, timeout: float, pythonpath: str | None = None, save: str | None = None
 ) -> tuple[float, float, float, str]:
     """(wall seconds, CPU seconds, peak RSS in MB, status) of one case in a fresh process
-    (importing ``moec`` from ``pythonpath`` when given)."""
+    (importing ``moec`` from ``pythonpath`` when given; its JSON rows written to the file
+    ``save`` when given, else dropped)."""
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
+    out = open(save, "w") if save else None  # noqa: SIM115 - closed once the process ends
     start = time.perf_counter()
     proc = subprocess.Popen(
         case.command(),
-        stdout=subprocess.DEVNULL,
+        stdout=out if out is not None else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -150,6 +154,8 @@ def run(
             break
         time.sleep(0.02)
     wall = time.perf_counter() - start
+    if out is not None:
+        out.close()
     err = proc.stderr.read().strip().splitlines() if proc.stderr else []
     proc.returncode = os.waitstatus_to_exitcode(code)
     if not status:
@@ -188,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also run each case, first, with the checkout DIR's moec (e.g. from git archive) "
         "and print both: an A/B table",
     )
+    ap.add_argument(
+        "--save",
+        metavar="DIR",
+        help="write each case's JSON rows to DIR (with --before: DIR/before, DIR/after, and "
+        "say whether the two trees' rows are identical)",
+    )
     args = ap.parse_args(argv)
     strategies = tuple(s for s in args.strategies.split(",") if s)
     cases = table_cases() if args.cases in ("table", "all") else []
@@ -199,20 +211,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.before:
         with tempfile.TemporaryDirectory(prefix="bench_sim_before_") as tmp:
             before = package_root(args.before, tmp)
-            print("| run | before: wall / CPU / peak RSS | after: wall / CPU / peak RSS |")
-            print("|---|---|---|")
-            for case in cases:
-                cells = [_cell(*run(case, args.timeout, before)), _cell(*run(case, args.timeout))]
-                print(f"| {case.what} | {cells[0]} | {cells[1]} |", flush=True)
+            same = " same rows |" if args.save else ""
+            print("| run | before: wall / CPU / peak RSS | after: wall / CPU / peak RSS |" + same)
+            print("|---|---|---|" + ("---|" if args.save else ""))
+            for k, case in enumerate(cases):
+                files = [_save_path(args.save, tree, k) for tree in ("before", "after")]
+                cells = [
+                    _cell(*run(case, args.timeout, before, files[0])),
+                    _cell(*run(case, args.timeout, None, files[1])),
+                ]
+                tail = f" {_same(*files)} |" if args.save else ""
+                print(f"| {case.what} | {cells[0]} | {cells[1]} |{tail}", flush=True)
         return 0
     print("| run | wall | CPU | peak RSS | status |")
     print("|---|---|---|---|---|")
-    for case in cases:
-        wall, cpu, rss, status = run(case, args.timeout)
+    for k, case in enumerate(cases):
+        wall, cpu, rss, status = run(case, args.timeout, None, _save_path(args.save, "", k))
         print(
             f"| {case.what} | {wall:.1f} s | {cpu:.1f} s | {rss:,.0f} MB | {status} |", flush=True
         )
     return 0
+
+
+def _save_path(save: str | None, tree: str, k: int) -> str | None:
+    if not save:
+        return None
+    os.makedirs(os.path.join(save, tree), exist_ok=True)
+    return os.path.join(save, tree, f"case{k:02d}.json")
+
+
+def _same(a: str | None, b: str | None) -> str:
+    """Whether the two runs printed the same bytes (the JSON rows); "-" when either has none."""
+    if a is None or b is None:
+        return "-"
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        x, y = fa.read(), fb.read()
+    return "-" if not x or not y else ("yes" if x == y else "NO")
 
 
 def _cell(wall: float, cpu: float, rss: float, status: str) -> str:

@@ -37,8 +37,8 @@ def measure(
     estimates: list[float] = []
     real = fsedp.schedule
 
-    def recording(prob: fsedp.Problem) -> fsedp.Schedule:
-        s = real(prob)
+    def recording(prob: fsedp.Problem, streams: bool = True) -> fsedp.Schedule:
+        s = real(prob, streams)
         estimates.append(s.estimate_s)
         return s
 

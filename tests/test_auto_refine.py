@@ -88,3 +88,20 @@ def test_explain_says_why_the_winner_is_above_the_floor() -> None:
     assert "partial sums on the busiest die's vector unit" in text[at + 1]
     assert found.winner.measured_s is not None
     assert f"(measured {found.winner.measured_s * 1e3:.3f} ms" in text[at]
+
+
+def test_fsedp_order_neighbours_are_spelled_as_the_named_strategy() -> None:
+    """``fsedp-paired`` with the natural order is ``fsedp`` (one schedule, one name)."""
+    from moec.auto_refine import _fsedp
+
+    pinned = {"slices": "22", "slots": "8"}
+    assert _fsedp("fsedp-paired", pinned, "order", "natural") == "fsedp{slices=22,slots=8}"
+    assert _fsedp("fsedp", pinned, "order", "paired") == "fsedp-paired{slices=22,slots=8}"
+    assert (
+        _fsedp("fsedp-paired", pinned, "order", "balanced")
+        == "fsedp-paired{order=balanced,slices=22,slots=8}"
+    )
+    assert (
+        _fsedp("fsedp-r5", pinned, "order", "natural")
+        == "fsedp-r5{order=natural,slices=22,slots=8}"
+    )

@@ -212,6 +212,26 @@ def test_the_scheduler_tracks_slots_and_trips() -> None:
             assert order[(order.index(a) + 1) % 4] == b
 
 
+@pytest.mark.parametrize("strategy", ["fsedp", "fsedp-r5", "fsedp-naive"])
+def test_the_estimate_alone_is_the_schedule_without_its_instructions(strategy: str) -> None:
+    trace = synth_zipf(num_layers=1, num_experts=16, top_k=2, tokens=64, zipf=1.0, seed=0)
+    trace = trace.rehome(4)
+    name, options = parse_strategy(strategy)
+    p = lower(moe_module(16, 2, 64, hidden=64, ffn=256), TargetRef("fsedp-2x2"), name,
+              {**options, "slots": "4"}, trace)  # fmt: skip
+    full, _, _ = plan(_context(p, trace))
+    bare, late, _ = plan(_context(p, trace), streams=False, catchup=False)
+    assert late is None
+    assert sum(len(s) for s in full.streams.values()) > 0
+    assert all(not s for s in bare.streams.values())
+    assert (bare.estimate_s, bare.paths, bare.peak_slots, bare.pass_throughs) == (
+        full.estimate_s,
+        full.paths,
+        full.peak_slots,
+        full.pass_throughs,
+    )
+
+
 def test_paired_order_reaches_the_streams(hand2x2: str) -> None:
     # experts 0, 4, 8, 12 of 16 live on ch0 (expert e on channel e % 4) and get 1, 4, 2, 3
     # tokens, all homed on die 0, so die 0 loads all of them in the central order

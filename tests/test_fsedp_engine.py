@@ -43,8 +43,8 @@ def test_the_scheduler_predicts_what_the_interpreter_measures(
     estimates: dict[int, float] = {}  # per slice count (of the routed experts' layout)
     real = fsedp.schedule
 
-    def recording(prob: fsedp.Problem) -> fsedp.Schedule:
-        s = real(prob)
+    def recording(prob: fsedp.Problem, streams: bool = True) -> fsedp.Schedule:
+        s = real(prob, streams)
         estimates[max(len(u.slice_bytes) for u in prob.units if u.expert is not None)] = (
             s.estimate_s
         )

@@ -9,6 +9,7 @@ import moec.fsedp_slices as fs
 from moec.bench import run_bench
 from moec.compiler.bench.spec import load_bench_model, truncate
 from moec.compiler.lower import lower as lower_strategy
+from moec.ir.errors import ScheduleError
 from moec.ir.routing_synth import SynthSpec, parse_routing_spec
 from moec.ir.stream import TargetRef
 
@@ -40,8 +41,8 @@ def test_the_choice_is_the_fastest_prediction_among_the_counts_that_fit(sram_mib
     assert min(choice.predicted, key=lambda c: (choice.predicted[c], c)) in choice.measured
     fastest = min(choice.measured.values())
     for c, t in choice.predicted.items():
-        if c not in choice.measured:
-            assert t * (1 - fs.ESTIMATE_ERROR) > fastest
+        if c not in choice.measured:  # predicted too slow, or bound to be slower
+            assert t * (1 - fs.ESTIMATE_ERROR) > fastest or choice.bound[c] > fastest
     program = fs.lower(module, ref, "fsedp", {}, trace)
     assert program.layouts[0].count == choice.count
     # what fits is a suffix of the ladder: every finer count fits whenever a coarser one does
@@ -117,3 +118,28 @@ def test_a_run_until_the_first_layer_times_that_layer_as_the_whole_run_does() ->
         (lp.layer, lp.start, lp.end) for lp in first
     ]
     assert fs.measure(program, target, trace) == moe_summary(first, target)["latency_s"]
+
+
+@pytest.mark.parametrize("strategy", ["fsedp-naive", "fsedp"])
+def test_the_channel_bound_is_below_every_counts_measurement(strategy: str) -> None:
+    """A count is skipped, untimed, when its DRAM channel bound exceeds the fastest measured:
+    the bound must never exceed what the interpreter measures (here every count that fits)."""
+    from moec.backends.interp.expand.fsedp import predicted_schedule
+    from moec.ir.target import load_target
+
+    module, ref, trace = _phi(64.0)
+    target = load_target(ref.spec, dict(ref.overrides))
+    timed = 0
+    for c in fs.candidates(module.moe_ops()[0].layer.ffn):
+        try:
+            p = lower_strategy(module, ref, strategy, {"slices": str(c)}, trace)
+            sched = predicted_schedule(p, target, p.layers[0].name, trace.layers[0])
+        except ScheduleError:
+            break  # coarser counts fit even less
+
+        bound = fs.channel_bound(sched.streams, target)
+        t = fs.measure(p, target, trace)
+        assert t is not None
+        assert 0 < bound <= t
+        timed += 1
+    assert timed >= 3

@@ -83,7 +83,9 @@ def test_layers_that_prefer_different_strategies_get_them(slow_target: str) -> N
     text = explain(found)
     assert "per MoE layer" in text
     assert any(ln.strip().startswith("moe1  tp ") for ln in text.splitlines())
-    assert any(ln.startswith("winner per-layer[moe0=ep,moe1=tp]: latency ") for ln in text.splitlines())
+    assert any(
+        ln.startswith("winner per-layer[moe0=ep,moe1=tp]: latency ") for ln in text.splitlines()
+    )
 
 
 def test_one_layer_or_one_preference_is_one_strategy(slow_target: str) -> None:

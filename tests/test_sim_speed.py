@@ -56,6 +56,11 @@ def test_vectorized_activation_spans_match_the_per_token_reference(seed: int) ->
     expect[[t for ts in sets for t in ts]] = True
     assert np.array_equal(_mask(sets, n), expect)
     assert _first_last([], times, n, True).tolist() == [np.inf] * n
+    # runs of one set object, as an expert's slices share theirs
+    runs = [(op, sets[op // 3]) for op in range(len(times))]
+    for first in (True, False):
+        got = _first_last(runs, times, n, first)
+        assert np.array_equal(got, _first_last_reference(runs, times, n, first))
 
 
 def test_token_set_length_is_counted_once_and_right() -> None:
@@ -165,3 +170,64 @@ def test_batched_builder_times_every_golden_as_the_handlers_one_by_one(
     ref = run_timing(res.expanded, target)
     assert len(fast.start) == len(ref.start) > 0
     assert repr(_timeline_fields(fast)) == repr(_timeline_fields(ref))
+
+
+def test_streamed_slices_are_built_as_chains() -> None:
+    """The golden comparison above holds because the chain path is taken: an EP program's
+    streamed micro-slices go through :func:`slice_chain`, all of them (none falls back)."""
+    import moec.backends.interp.slice_chain as chain_mod
+    from moec.backends.interp.opgraph import SLICE_CHAIN
+    from moec.backends.interp.timing import run_timing
+    from moec.ir.stream import Load, load_program
+    from moec.run import run_program
+
+    program = load_program(str(GOLDEN / "tiny_moe.ep.msp"))
+    res = run_program(program, routing="synth:zipf=1.0,seed=0", base_dir=str(GOLDEN))
+    assert res.expanded is not None
+    taken: list[bool] = []
+    real, ends = SLICE_CHAIN[0]
+
+    def counted(*a: object) -> bool:
+        taken.append(real(*a))  # type: ignore[arg-type]
+        return taken[-1]
+
+    SLICE_CHAIN[0] = (counted, ends)
+    try:
+        run_timing(res.expanded, res.timeline.target)
+    finally:
+        SLICE_CHAIN[0] = (real, ends)
+    loads = sum(isinstance(i, Load) for st in res.expanded.streams for i in st.instrs)
+    assert chain_mod.slice_chain is real
+    assert taken and all(taken) and len(taken) == loads
+
+
+@pytest.mark.parametrize(
+    ("tokens", "experts", "k"), [(512, 256, 8), (300, 16, 2), (40, 8, 8), (9, 3, 1)]
+)
+def test_top_k_is_the_stable_sort_prefix(tokens: int, experts: int, k: int) -> None:
+    """The synthetic router's partial top-k against the full stable argsort it replaces, on
+    distinct logits and on rounded ones full of ties (the rows that fall back)."""
+    from moec.ir.routing_synth import _top_k
+
+    rng = np.random.default_rng(tokens)
+    for logits in (
+        rng.gumbel(size=(tokens, experts)),
+        np.round(rng.normal(size=(tokens, experts)), 1),
+    ):
+        ref = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(_top_k(logits, k), ref)
+
+
+def test_an_uncompressed_trace_reads_back_the_same(tmp_path: Path) -> None:
+    """``moec bench`` writes its calibration sample without deflate; it must read back equal."""
+    from moec.ir.routing import load_trace, save_trace
+    from moec.ir.routing_synth import synth_zipf
+
+    trace = synth_zipf(3, 16, 2, 33, zipf=1.0, seed=5, num_dies=3, model="tiny")
+    save_trace(trace, tmp_path / "a.npz")
+    save_trace(trace, tmp_path / "b.npz", compress=False)
+    a, b = load_trace(str(tmp_path / "a.npz")), load_trace(str(tmp_path / "b.npz"))
+    assert (tmp_path / "b.npz").stat().st_size > (tmp_path / "a.npz").stat().st_size
+    for x, y in zip(a.layers, b.layers, strict=True):
+        assert np.array_equal(x.ids, y.ids) and np.array_equal(x.gates, y.gates)
+        assert np.array_equal(x.home_die, y.home_die) and x.name == y.name

@@ -143,16 +143,17 @@ def self_contained(streams: dict[int, list[Instr]]) -> bool:
     for die, instrs in streams.items():
         held: set[int] = set()
         for i in instrs:
-            if isinstance(i, Load):
+            cls = type(i)  # the instruction classes are final: no subclass to miss
+            if cls is Load:
                 held.add(i.slot)
-            elif isinstance(i, Recv):
+            elif cls is Free:
+                held.discard(i.slot)
+            elif cls is Recv:
                 flows[(i.peer, die)] -= 1
                 if i.slot is not None:
                     held.add(i.slot)
-            elif isinstance(i, Send):
+            elif cls is Send:
                 flows[(die, i.peer)] += 1
-            elif isinstance(i, Free):
-                held.discard(i.slot)
         if held:
             return False
     return not any(flows.values())

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from moec.backends.interp.cost_memo import CostMemo, LoadPath, precision_of
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.sram import LayerActs
 from moec.ir import cost
@@ -32,8 +32,18 @@ from moec.ir.cost.energy import (
 from moec.ir.energy import PARTS
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.opcodes import HandlerTable
-from moec.ir.stream.program import HOST_CHANNEL, Accum, Act, Gemm, Instr, Program, SliceRef
-from moec.ir.target import PRECISION_BYTES, Target
+from moec.ir.stream.program import (
+    HOST_CHANNEL,
+    Accum,
+    Act,
+    Free,
+    Gemm,
+    Instr,
+    Load,
+    Program,
+    SliceRef,
+)
+from moec.ir.target import Target
 
 #: the energy parts a transfer charges (indices into ``PARTS``)
 D2D, SRAM = PARTS.index("d2d"), PARTS.index("sram")
@@ -53,6 +63,12 @@ TIMING: HandlerTable[TimingHandler] = HandlerTable("timing")
 SliceUnit = Callable[["Builder", "DieState", Any, Any, Any], bool]
 #: the slice unit and the (gemm, act, accum) handlers it stands for (set by :mod:`.timing_ops`)
 SLICE_UNIT: list[tuple[SliceUnit, tuple[TimingHandler, ...]]] = []
+#: ``chain(builder, die state, load, gemm, act, accum, free)`` adds a streamed micro-slice's
+#: five instructions at once and returns True, or adds nothing and returns False
+SliceChain = Callable[["Builder", "DieState", Any, Any, Any, Any, Any], bool]
+#: the slice chain and the (load, free) handlers it stands for (set by :mod:`.slice_chain`),
+#: used with the slice unit
+SLICE_CHAIN: list[tuple[SliceChain, tuple[TimingHandler, ...]]] = []
 
 
 class OpGraph:
@@ -116,56 +132,6 @@ class OpGraph:
         for op, v in self.back_of.items():
             out[op] = v
         return out
-
-
-@dataclass(frozen=True)
-class LoadPath:
-    """How a load from one channel (or the host) reaches one die."""
-
-    #: the channel's (or the die's host link's) resource id
-    res: int
-    #: the channel's id, or ``HOST_CHANNEL``
-    channel: int
-    latency: float
-    #: per hop of the route: (link resource, link source die, destination die, latency)
-    hops: tuple[tuple[int, int, int, float], ...]
-
-
-def precision_of(nbytes: int, elements: int, default: str) -> str:
-    """The precision whose element size makes ``elements`` weigh ``nbytes``, else ``default``."""
-    if elements <= 0 or int(round(elements * PRECISION_BYTES.get(default, 0))) == nbytes:
-        return default
-    for name, size in PRECISION_BYTES.items():
-        if int(round(elements * size)) == nbytes:
-            return name
-    return default
-
-
-class CostMemo:
-    """The builder's memoized costs: what depends only on the target and a shape, never on the
-    routing (a compute op's duration and joules per die, tokens and geometry; a transfer's per
-    link and bytes; a read's route, holds and joules per channel, die and bytes). A
-    layer-by-layer run hands one memo to every part (:class:`~.timing.Carry`), so the layers of
-    a model compute the shapes they repeat once; the values are the same floats either way."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        self.load_paths: dict[tuple[int, int], LoadPath] = {}
-        self.reads: dict[tuple[int, int, int], tuple[float, list[tuple[float, float]]]] = {}
-        #: per (channel, die, bytes): :meth:`Builder.read_plan`
-        self.plans: dict[tuple[int, int, int], Any] = {}
-        #: compute op durations by shape (:meth:`Builder.compute_cost`)
-        self.compute: dict[tuple[Any, ...], float] = {}
-        #: per (src, dst, bytes): a transfer's link resource, hold, latency and its joules
-        self.transfers: dict[
-            tuple[int, int, int], tuple[tuple[int], float, float, float, float, float]
-        ] = {}  # fmt: skip
-        #: per slice opcode, die, geometry and precisions: its duration and energy parts
-        self.slices: dict[tuple[Any, ...], tuple[float, tuple[tuple[int, float], ...]]] = {}
-        #: the same for a whole micro-slice (:data:`SLICE_UNIT`), and the bytes of its ``h``
-        self.units: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        #: per (op kind, channel, die, bytes): the ops of a read (:meth:`Builder.read`)
-        self.read_ops: dict[tuple[int, int, int, int], tuple[Any, ...]] = {}
 
 
 class DieState:
@@ -255,6 +221,9 @@ class Builder:
         self._geometry: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
         #: per (layer, shared, slice, bytes): the precision those bytes imply
         self._slice_prec: dict[tuple[str, bool, int, int], str] = {}
+        #: per shape of a streamed micro-slice: what :data:`SLICE_CHAIN` appends (this
+        #: program's layer indices, so not shared with other parts)
+        self.chains: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
         self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
@@ -562,12 +531,17 @@ class Builder:
     # --- the walk ---
     def build(self) -> None:
         handlers = TIMING.by_class()
-        unit = None
+        unit = chain = None
         if self.batch_slices and SLICE_UNIT:
             fn, (h_gemm, h_act, h_accum) = SLICE_UNIT[0]
             if handlers.get(Gemm) is h_gemm and handlers.get(Act) is h_act:
                 if handlers.get(Accum) is h_accum:  # none replaced (a test's toy handlers)
                     unit = fn
+                    if (
+                        SLICE_CHAIN
+                        and (handlers.get(Load), handlers.get(Free)) == SLICE_CHAIN[0][1]
+                    ):
+                        chain = SLICE_CHAIN[0][0]
         for st in sorted(self.p.streams, key=lambda s: s.die):
             s = DieState(st.die)
             ins = st.instrs
@@ -575,6 +549,15 @@ class Builder:
             while j < n:
                 i = ins[j]
                 cls = type(i)
+                if cls is Load and chain is not None and j + 4 < n:
+                    ig, ia, ic, f = ins[j + 1 : j + 5]
+                    if (
+                        type(ig) is Gemm and type(ia) is Act and type(ic) is Accum
+                        and type(f) is Free and i.slot == ig.slot == ia.slot == ic.slot == f.slot
+                        and chain(self, s, i, ig, ia, ic, f)
+                    ):  # fmt: skip
+                        j += 5
+                        continue
                 if cls is Gemm and unit is not None and j + 2 < n:
                     a, c = ins[j + 1], ins[j + 2]
                     if type(a) is Act and type(c) is Accum and a.slot == i.slot == c.slot:

@@ -75,11 +75,25 @@ def _first_last(
     spread over the tokens in one ``np.minimum.at`` / ``np.maximum.at``: min and max are exact,
     so the result is the same as per item."""
     best: dict[TokenSet, float] = {}
+    get = best.get
+    prev: TokenSet | None = None
+    cur = 0.0
+    # runs of one set object (an expert's slices share theirs) are reduced before the dict
     for op, ts in items:
         t = times[op]
-        old = best.get(ts)
-        if old is None or (t < old if first else t > old):
-            best[ts] = t
+        if ts is prev:
+            if t < cur if first else t > cur:
+                cur = t
+            continue
+        if prev is not None:
+            old = get(prev)
+            if old is None or (cur < old if first else cur > old):
+                best[prev] = cur
+        prev, cur = ts, t
+    if prev is not None:
+        old = get(prev)
+        if old is None or (cur < old if first else cur > old):
+            best[prev] = cur
     out = np.full(n, np.inf if first else -np.inf)
     idx, owner = _ranges(list(best))
     vals = np.asarray(list(best.values()), dtype=np.float64)[owner]
@@ -87,17 +101,124 @@ def _first_last(
     return out
 
 
+def _entries(
+    items: list[tuple[int, TokenSet]], pos: dict[int, int], times: list[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """One row per (item, token): the token, the item's program position on the die, its
+    ``times[op]``, and the item's index."""
+    idx, owner = _ranges([ts for _, ts in items])
+    p = np.fromiter((pos[op] for op, _ in items), dtype=np.int64, count=len(items))
+    t = np.fromiter((times[op] for op, _ in items), dtype=np.float64, count=len(items))
+    return idx, p[owner], t[owner], owner
+
+
+def _groups(
+    tok: np.ndarray, pos: np.ndarray, opens: np.ndarray, ends: np.ndarray, restarts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Each row's group and each group's token, rows taken in (token, program position)
+    order: a token's rows form one group, except that an opening row (``opens``) that may
+    restart one (``restarts``) right after a row that ends one (``ends``) starts a new group.
+    Rows before a token's first opening get group -1."""
+    order = np.lexsort((pos, tok))
+    t_s, o_s = tok[order], opens[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = t_s[1:] != t_s[:-1]
+    after_end = np.zeros(order.size, dtype=bool)
+    after_end[1:] = ends[order][:-1]
+    start = o_s & (first | (after_end & restarts[order]))
+    gid = np.cumsum(start) - 1
+    g_tok = t_s[start]
+    ok = gid >= 0
+    ok[ok] = g_tok[gid[ok]] == t_s[ok]
+    row_gid = np.full(order.size, -1, dtype=np.int64)
+    row_gid[order[ok]] = gid[ok]
+    return row_gid, g_tok
+
+
+def _x_per_reception(
+    acts: LayerActs, pos: dict[int, int], start: list[float], end: list[float], xb: int
+) -> tuple[list[float], list[int]] | None:  # fmt: skip
+    """Received inputs when a die receives a token again after computing with it (chunked
+    dispatch): one row per stretch, from the first reception's link hold to the later of its
+    receptions' arrivals and its uses before the next reception after a ``gemm``. None when no
+    token is received again after a ``gemm`` of it (a relay die that also computes a token
+    receives it twice before either use: the first-to-last rule applies)."""
+    r_tok, r_pos, r_arr, r_item = _entries(acts.recv_x, pos, end)
+    holds = np.fromiter((start[h] for h, _ in acts.recv_x_start), dtype=np.float64)
+    r_open = holds[r_item]
+    u_tok, u_pos, u_end, u_item = _entries(acts.x_uses, pos, end)
+    gemms = {g for g, _, _ in acts.h}
+    is_gemm = np.fromiter((op in gemms for op, _ in acts.x_uses), dtype=bool)[u_item]
+    nr, nu = r_tok.size, u_tok.size
+    opens = np.r_[np.ones(nr, dtype=bool), np.zeros(nu, dtype=bool)]
+    gid, g_tok = _groups(
+        np.r_[r_tok, u_tok], np.r_[r_pos, u_pos], opens, np.r_[np.zeros(nr, bool), is_gemm],
+        opens,
+    )  # fmt: skip
+    if g_tok.size == np.unique(g_tok).size:
+        return None
+    n = g_tok.size
+    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+    g = gid[:nr]
+    np.minimum.at(lo, g, r_open)
+    np.maximum.at(hi, g, r_arr)
+    gu = gid[nr:]
+    used = gu >= 0
+    np.maximum.at(hi, gu[used], u_end[used])
+    return lo.tolist() + hi.tolist(), [xb] * n + [-xb] * n
+
+
+def _y_per_send(
+    acts: LayerActs, pos: dict[int, int], start: list[float], end: list[float],
+    remote: np.ndarray, hi: float, yb: int,
+) -> tuple[list[float], list[int]] | None:  # fmt: skip
+    """Other dies' partial outputs when a die accumulates into a token's again after sending
+    it (chunked dispatch): one row per stretch, from its first write (an ``accum``'s start, a
+    ``recv y``'s arrival) to the end of its last ``send y`` before the next ``accum`` after a
+    send; a stretch never sent is held to the end of the layer (``hi``). Only ``remote``
+    tokens (not the die's own). None when no token is accumulated into after a send of it (a
+    relay die forwarding several blocks of a token: the first-to-last rule applies)."""
+    writes = [(acts.accums, start), ([(op, ts) for _, op, ts, _ in acts.recv_y], end)]
+    parts = [(_entries(items, pos, t), k) for k, (items, t) in enumerate(writes) if items]
+    if not parts:
+        return None
+    w_tok = np.concatenate([p[0] for p, _ in parts])
+    w_pos = np.concatenate([p[1] for p, _ in parts])
+    w_t = np.concatenate([p[2] for p, _ in parts])
+    is_accum = np.concatenate([np.full(p[0].size, k == 0) for p, k in parts])
+    c_tok, c_pos, c_end, _ = _entries(acts.send_y, pos, end)
+    keep_w, keep_c = remote[w_tok], remote[c_tok]
+    w_tok, w_pos, w_t, is_accum = w_tok[keep_w], w_pos[keep_w], w_t[keep_w], is_accum[keep_w]
+    c_tok, c_pos, c_end = c_tok[keep_c], c_pos[keep_c], c_end[keep_c]
+    nw, nc = w_tok.size, c_tok.size
+    opens = np.r_[np.ones(nw, dtype=bool), np.zeros(nc, dtype=bool)]
+    gid, g_tok = _groups(
+        np.r_[w_tok, c_tok], np.r_[w_pos, c_pos], opens, ~opens,
+        np.r_[is_accum, np.zeros(nc, dtype=bool)],
+    )  # fmt: skip
+    if g_tok.size == np.unique(g_tok).size:
+        return None
+    n = g_tok.size
+    lo, close = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(lo, gid[:nw], w_t)
+    gc = gid[nw:]
+    sent = gc >= 0
+    np.maximum.at(close, gc[sent], c_end[sent])
+    close = np.where(np.isfinite(close), np.maximum(close, lo), hi)
+    return lo.tolist() + close.tolist(), [yb] * n + [-yb] * n
+
+
 def _activation_events(
     acts: LayerActs, tokens: int, hidden: int, dtype: str, start: list[float],
-    end: list[float], span: tuple[float, float],
-) -> tuple[list[float], list[int]]:  # fmt: skip
+    end: list[float], span: tuple[float, float], start_a: np.ndarray, end_a: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Allocation (+bytes) and release (-bytes) events of one die's activations of one layer
     (the rules of :mod:`moec.ir.activations`); ``span``: the earliest start and latest end of
-    ``acts.ops``."""
+    ``acts.ops``; ``start_a``, ``end_a``: ``start`` and ``end`` as arrays."""
     times: list[float] = []
     deltas: list[int] = []
     if not acts.ops:
-        return times, deltas
+        return np.asarray(times, dtype=np.float64), np.asarray(deltas, dtype=np.int64)
     lo, hi = span
     xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
     n = tokens
@@ -110,7 +231,19 @@ def _activation_events(
     if k:
         times += [lo, hi]
         deltas += [k * (xb + yb), -k * (xb + yb)]
-    if acts.recv_x:  # other dies' inputs: first recv to last use
+    rx = _ranges([ts for _, ts in acts.recv_x])[0] if acts.recv_x else None
+    sy = _ranges([ts for _, ts in acts.send_y])[0] if acts.send_y else None
+    many_x = rx is not None and rx.size > np.unique(rx).size
+    many_y = sy is not None and sy.size > np.unique(sy).size
+    pos = {op: i for i, op in enumerate(acts.ops)} if many_x or many_y else {}
+    # a token received again after a use, or written again after a send (chunked dispatch):
+    # a row per stretch; otherwise (a relay that also computes the token) first to last
+    x_rows = _x_per_reception(acts, pos, start, end, xb) if many_x else None
+    y_rows = _y_per_send(acts, pos, start, end, ~home, hi, yb) if many_y else None
+    if x_rows is not None:
+        times += x_rows[0]
+        deltas += x_rows[1]
+    elif acts.recv_x:  # other dies' inputs: first recv to last use
         first = _first_last(acts.recv_x_start, start, n, True)
         last = _first_last(acts.x_uses, end, n, False)
         arrived = _first_last(acts.recv_x, end, n, True)
@@ -118,7 +251,10 @@ def _activation_events(
         f, last_use = first[idx], np.maximum(last[idx], arrived[idx])
         times += f.tolist() + last_use.tolist()
         deltas += [xb] * idx.size + [-xb] * idx.size
-    if acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
+    if y_rows is not None:
+        times += y_rows[0]
+        deltas += y_rows[1]
+    elif acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
         first = np.minimum(
             _first_last(acts.accums, start, n, True),
             _first_last([(op, ts) for _, op, ts, _ in acts.recv_y], end, n, True),
@@ -132,10 +268,15 @@ def _activation_events(
     for hold, op, _, nbytes in acts.recv_y:  # landing buffer while the block crosses the link
         times += [start[hold], end[op]]
         deltas += [nbytes, -nbytes]
-    for g, a, nbytes in acts.h:
-        times += [start[g], end[a]]
-        deltas += [nbytes, -nbytes]
-    return times, deltas
+    t_arr = np.asarray(times, dtype=np.float64)
+    d_arr = np.asarray(deltas, dtype=np.int64)
+    if acts.h:  # each slice's h, from its gemm's start to its accum's end: (+, -) pairs
+        h = np.asarray(acts.h, dtype=np.int64).reshape(-1, 3)
+        t_h = np.stack([start_a[h[:, 0]], end_a[h[:, 1]]], axis=1).ravel()
+        d_h = np.stack([h[:, 2], -h[:, 2]], axis=1).ravel()
+        t_arr = np.concatenate([t_arr, t_h])
+        d_arr = np.concatenate([d_arr, d_h])
+    return t_arr, d_arr
 
 
 def sram_peaks(
@@ -185,10 +326,12 @@ def sram_peaks(
         if la.ops:
             ops = np.asarray(la.ops, dtype=np.int64)
             span = (float(start_a[ops].min()), float(end_a[ops].max()))
-        ts, ds = _activation_events(la, m.tokens, m.hidden, m.dtype, start, end, span)
-        times[die].append(np.asarray(ts, dtype=np.float64))
-        act_d[die].append(np.asarray(ds, dtype=np.int64))
-        slot_d[die].append(np.zeros(len(ds), dtype=np.int64))
+        ts, ds = _activation_events(
+            la, m.tokens, m.hidden, m.dtype, start, end, span, start_a, end_a
+        )
+        times[die].append(ts)
+        act_d[die].append(ds)
+        slot_d[die].append(np.zeros(ds.size, dtype=np.int64))
     peak, slots, act, slot_peak = [0] * D, [0] * D, [0] * D, [0] * D
     for die, tv in times.items():
         s_arr = np.concatenate(slot_d[die])

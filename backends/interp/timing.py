@@ -95,6 +95,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import moec.backends.interp.slice_chain  # noqa: F401 - the streamed micro-slice in one step
 import moec.backends.interp.timing_ops  # noqa: F401 - registers every opcode's timing handler
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.opgraph import (
@@ -222,10 +223,8 @@ def run_timing(
     heapq.heapify(heap)
     counters: dict[str, int] = defaultdict(int)
     waiters, signal_event = b.waiters, b.signal_event
-    events = 0
     while heap:
         t, _, _, op = heappop(heap)
-        events += 1
         s = t - back[op]
         x = single[op]
         if x >= 0:
@@ -273,6 +272,7 @@ def run_timing(
         raise ScheduleError(
             f"deadlock: die {g.die[op]} never completes '{what}' ({len(stuck)} ops blocked)"
         )
+    events = n  # every op was pushed once, when its last predecessor ended, and popped once
     makespan = max(end, default=0.0)
     if carry is None:
         b.energy.add_static(target, makespan)

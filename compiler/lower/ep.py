@@ -91,6 +91,16 @@ def placement(spec: str, num_experts: int, num_dies: int) -> list[int]:
     return dies
 
 
+def dispatch_params(lw: Lowering) -> dict[str, object]:
+    """The policy's ``window`` and ``chunk`` (chunked token dispatch) when the options ask."""
+    out: dict[str, object] = {}
+    if lw.options.window is not None:
+        out["window"] = lw.options.window
+    if lw.options.chunk is not None:
+        out["chunk"] = lw.options.chunk
+    return out
+
+
 def _choice(lw: Lowering, key: str, default: str, allowed: tuple[str, ...]) -> str:
     value = lw.raw_options.get(key, default)
     if value not in allowed:
@@ -188,6 +198,11 @@ def place_weights(
         "the channels, nearest first) or nearest (the channel nearest its die)",
         "shared": "shared experts: split (default: columns cut over the dies, loaded once per "
         "iteration) or replicated (every die loads them for its own tokens)",
+        "window": "chunked token dispatch: an integer K >= 1, at most K chunks (each die's next "
+        "expert) in flight, tokens sent just before and outputs returned right after "
+        "(default: all tokens sent before the first expert)",
+        "chunk": "with window: at most N tokens per chunk, an expert with more computed in "
+        "several chunks (its slices streamed once per chunk)",
     },
 )
 def lower_ep(lw: Lowering) -> None:
@@ -203,6 +218,7 @@ def lower_ep(lw: Lowering) -> None:
         p_active = expected_experts(d.experts, d.top_k, d.tokens) / d.experts
         expected = [plan.expert_bytes * p_active] * d.experts
         plan, params = place_weights(lw, plan, dies, expected, rule=rule, shared=shared)
+        params.update(dispatch_params(lw))
         lw.policy(plan, "ep", params)
         plans.append(plan)
     lw.plans = plans

@@ -39,6 +39,7 @@ import os
 
 from moec.compiler.lower import register
 from moec.compiler.lower.common import LayerPlan, Lowering, StrategyError
+from moec.compiler.lower.ep import dispatch_params
 from moec.compiler.lower.placement import activation_probability, assign_channels, lpt_placement
 from moec.compiler.lower.tp import slice_bytes
 from moec.ir.routing import RoutingTrace, load_trace, validate
@@ -81,8 +82,17 @@ def calibration_trace(path: str, lw: Lowering) -> RoutingTrace:
         st = os.stat(path)
     except OSError:
         raise StrategyError("option calibration: routing trace not found", path) from None
-    trace = _load_cached(path, st.st_mtime_ns, st.st_size)
-    shapes = [(p.decl.experts, p.decl.top_k) for p in lw.plans]
+    shapes = tuple((p.decl.experts, p.decl.top_k) for p in lw.plans)
+    return _checked(path, st.st_mtime_ns, st.st_size, shapes)
+
+
+@functools.lru_cache(maxsize=8)
+def _checked(
+    path: str, mtime_ns: int, size: int, shapes: tuple[tuple[int, int], ...]
+) -> RoutingTrace:
+    """The trace cut to ``shapes`` and validated, once per file version and program shape (a
+    lowering asks for it twice per layer; validating every layer each time was quadratic)."""
+    trace = _load_cached(path, mtime_ns, size)
     if len(trace.layers) < len(shapes):
         raise StrategyError(
             f"option calibration: the trace has {len(trace.layers)} MoE layers, the program "
@@ -90,7 +100,7 @@ def calibration_trace(path: str, lw: Lowering) -> RoutingTrace:
             path,
         )
     trace = trace.head(len(shapes))
-    validate(trace, shapes, where=path)
+    validate(trace, list(shapes), where=path)
     return trace
 
 
@@ -181,6 +191,11 @@ def split_tensors(lw: Lowering, plan: LayerPlan, e: int, channels: list[int]) ->
         "calibration": "routing trace file whose expert loads decide the placement "
         "(default: the --routing trace)",
         "split": "the N hottest experts cut over all dies, TP-style (default 0: none)",
+        "window": "chunked token dispatch: an integer K >= 1, at most K chunks (each die's next "
+        "expert) in flight, tokens sent just before and outputs returned right after "
+        "(default: all tokens sent before the first expert)",
+        "chunk": "with window: at most N tokens per chunk, an expert with more computed in "
+        "several chunks (its slices streamed once per chunk)",
     },
 )
 def lower_hydra(lw: Lowering) -> None:
@@ -194,6 +209,11 @@ def lower_hydra(lw: Lowering) -> None:
         split = hottest(load, split_count(lw.raw_options.get("split", "0"), plan.decl.experts))
         if plan.resident is not None:  # an offloaded expert streams from the host: keep it whole
             split = [e for e in split if plan.resident[e]]
+        if split and lw.options.window is not None:
+            raise StrategyError(
+                "option window (chunked dispatch) does not combine with split experts",
+                "--strategy",
+            )
         if split:
             plan = cut_over_dies(lw, plan)
         cap = expert_cap(spec, plan.decl.experts, t.num_dies)
@@ -217,6 +237,7 @@ def lower_hydra(lw: Lowering) -> None:
             params["split"] = split
             params["split_channels"] = split_channels
         params.update({"load": load, "load_source": source})
+        params.update(dispatch_params(lw))
         lw.policy(plan, "hydra", params)
         plans.append(plan)
     lw.plans = plans

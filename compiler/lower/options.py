@@ -43,6 +43,11 @@ class LoweringOptions:
     fit_slices: bool = False
     #: ``shared_slices=N``: exactly N micro-slices of the shared experts
     shared_slices: int | None = None
+    #: ``window=K`` (TP): chunked token dispatch, at most K chunks' tokens on a die at once
+    window: int | None = None
+    #: ``chunk=N`` (TP, with ``window``): at most N tokens per chunk (an expert with more is
+    #: computed in several chunks, its slices streamed once per chunk)
+    chunk: int | None = None
 
     @staticmethod
     def parse(opts: Mapping[str, str]) -> LoweringOptions:
@@ -68,7 +73,15 @@ class LoweringOptions:
                     "--strategy",
                 )
         shared = parse_int(opts, "shared_slices", 1, minimum=1) if "shared_slices" in opts else None
-        return LoweringOptions(slots, slices, dtype, resident, fit, shared)
+        window = parse_int(opts, "window", 1, minimum=1) if "window" in opts else None
+        chunk = parse_int(opts, "chunk", 1, minimum=1) if "chunk" in opts else None
+        if chunk is not None and window is None:
+            raise StrategyError(
+                f"option chunk={opts['chunk']}: needs window (chunked dispatch), e.g. "
+                f"window=1,chunk={opts['chunk']}",
+                "--strategy",
+            )
+        return LoweringOptions(slots, slices, dtype, resident, fit, shared, window, chunk)
 
 
 def parse_int(opts: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:

@@ -63,8 +63,18 @@ def slice_span(
     def occ(nbytes: float) -> float:
         return dram_occupancy(target, ch0, nbytes) if ch0 is not None else 0.0
 
+    memo: dict[tuple[int, int, bool], tuple[float, float]] = {}
+
     def work(n: int, cols: int, g: bool) -> tuple[float, float]:
-        """(load, compute) of one expert of ``cols`` columns for ``n`` tokens in ``c`` slices."""
+        """(load, compute) of one expert of ``cols`` columns for ``n`` tokens in ``c`` slices
+        (memoized: experts repeat token counts)."""
+        key = (n, cols, g)
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = _work(n, cols, g)
+        return hit
+
+    def _work(n: int, cols: int, g: bool) -> tuple[float, float]:
         w = max(1, -(-cols // c))
         one = (
             gemm_time(target, 0, n, hidden, w * (2 if g else 1), precision)

@@ -11,6 +11,8 @@ cut no coarser than the count :func:`~moec.compiler.lower.slicing.preferred_slic
 fastest, which does not depend on SRAM (so more SRAM never coarsens a cut past it). When even one-column slices do not fit,
 :class:`ScheduleError` "does not fit SRAM: die d needs X bytes (activations A + slots S), has Y".
 A layer's ``slice_bytes`` include its biases (``b_down`` and the shared gate ride with slice 0).
+With chunked token dispatch (option ``window``) the activations are the window's instead
+(:func:`window_activations`: home tokens plus the ``window`` largest chunks).
 """
 
 from __future__ import annotations
@@ -203,6 +205,59 @@ def expected_activations(
     return ActivationEstimate(fixed, home if kind == "home" else tokens)
 
 
+def chunk_sizes(tokens: int, cap: int) -> list[int]:
+    """The token counts of the chunks an expert's ``tokens`` are cut into, at most ``cap`` each
+    (as even as possible, the larger first: :func:`numpy.array_split`'s cut)."""
+    n = max(1, -(-tokens // cap))
+    return [tokens // n + (1 if i < tokens % n else 0) for i in range(n)]
+
+
+def window_chunks(
+    ops: list[Op], routing: RoutingTrace | None, tokens: int, cap: int | None
+) -> list[int]:
+    """The chunk sizes (tokens, largest first) chunked dispatch sizes every layer's slots for:
+    per layer, its experts' tokens (the routing's, else the uniform expectation), the shared
+    experts as one chunk of every token, each cut at ``cap``; elementwise the most over the
+    layers, so one slot size fits every layer."""
+    worst: list[int] = []
+    for i, op in enumerate(ops):
+        layer: MoELayer = op.layer
+        if routing is not None and i < len(routing.layers):
+            chunks = [int(n) for n in routing.layers[i].expert_load()]
+        else:
+            chunks = expected_expert_tokens(tokens, layer.top_k, layer.num_experts)
+        chunks += [tokens] if layer.has_shared else []
+        if cap is not None:
+            chunks = [p for n in chunks for p in chunk_sizes(n, cap)]
+        chunks.sort(reverse=True)
+        worst = [max(a, b) for a, b in zip(worst, chunks, strict=False)] + (
+            worst[len(chunks) :] or chunks[len(worst) :]
+        )
+    return worst
+
+
+def window_activations(
+    *, tokens: int, home: int, chunks: list[int], window: int, hidden: int, dtype: str,
+    links_in: int | None = None, relays: bool = False,
+) -> ActivationEstimate:  # fmt: skip
+    """A die's activations under chunked dispatch (TP's ``window``): its ``home`` tokens' ``x``
+    and ``y``, plus the tokens of at most ``window`` chunks in flight (a chunk is one expert's
+    tokens, ``chunks`` their counts; the shared experts are one chunk of every token), each
+    with its ``x`` and partial ``y``, charged at the ``window`` largest chunks; ``recv y``
+    blocks land as :func:`predicted_activations` bounds them, at most the window's rows. The
+    expander holds a die to ``window`` chunks (a ``wait`` on its own chunk ``c - window``).
+    With ``relays`` (EP, Hydra: tokens cross other dies on their way to an expert's die) a die
+    may also hold as many rows it relays for other dies' chunks in flight: an estimate, the
+    interpreter's hard limit decides."""
+    biggest = sorted(chunks, reverse=True)[:window]
+    remote = min(sum(biggest) * (2 if relays else 1), tokens * window)
+    landing = remote if links_in is None else min(remote, 2 * links_in * home)
+    fixed = predicted_activation_bytes(
+        home=home, remote=remote, hidden=hidden, dtype=dtype, landing=landing
+    )
+    return ActivationEstimate(fixed, max(biggest, default=0))
+
+
 def home_tokens(tokens: int, dies: int, routing: RoutingTrace | None) -> int:
     """The most tokens any die is home to: from the routing trace, else contiguous blocks."""
     if routing is not None and routing.layers:
@@ -293,6 +348,7 @@ def plan_layers(
     acc = _elem(ACCUM_PRECISION)
     links_in = max(len([lk for lk in target.links if lk.dst == d.id]) for d in target.dies)
     plans: list[LayerPlan] = []
+    chunks = window_chunks(ops, routing, tokens, opts.chunk) if opts.window is not None else None
     for i, op in enumerate(ops):
         layer: MoELayer = op.layer
         dtype = layer_precision(layer, opts.dtype)
@@ -305,13 +361,21 @@ def plan_layers(
             dtype=dtype, shared=layer.has_shared,
         )  # fmt: skip
         est = predicted_activations(kind, links_in=links_in, **sizes)  # type: ignore[arg-type]
+        if chunks is not None:
+            est = window_activations(
+                tokens=tokens, home=home, chunks=chunks, window=opts.window,
+                hidden=layer.hidden, dtype=dtype, links_in=links_in, relays=kind == "routed",
+            )  # fmt: skip
         e = _elem(dtype)
         mats = 3 if layer.gated else 2
         col = mats * layer.hidden * e + e * (layer.has("b_gate") + layer.has("b_up"))
         extra = layer.hidden * e if layer.has("b_down") else 0
         h_col = est.h_tokens * (2 if layer.gated else 1) * acc  # h per FFN column in flight
         count = _fewest_slices_in(layer.ffn, col, extra, h_col, sram - est.fixed, opts.slots)
-        if count is None or (layer.has_shared and _no_room_for_shared(layer, e, est, sram, opts)):
+        no_room = count is None or (
+            layer.has_shared and _no_room_for_shared(layer, e, est, sram, opts)
+        )
+        if no_room and opts.window is None:
             # no room for slots under the any-routing bound: reserve the uniform expectation
             est = expected_activations(kind, **sizes)  # type: ignore[arg-type]
             h_col = est.h_tokens * (2 if layer.gated else 1) * acc

@@ -13,6 +13,9 @@ are broadcast (an ``x`` block forwarded along the target's routes); each die com
 of every activated expert for that expert's tokens, accumulating a partial output for all tokens;
 the partial outputs are then reduced to each token's home die (``y`` blocks summed along the
 reverse routes). With shared experts, their columns are split over the dies the same way.
+Option ``window=K`` (and ``chunk=N``) gathers and reduces the tokens one expert at a time, at
+most ``K`` experts' tokens on a die at once (``backends/interp/expand/tp_chunked.py``); the
+slots are then sized against that window (``slots.window_activations``), not every token.
 
     runtime moe0 {
       strategy tp
@@ -120,7 +123,17 @@ def expected_experts(experts: int, top_k: int, tokens: int) -> float:
     return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
 
 
-@register("tp", options={}, activations="all")
+@register(
+    "tp",
+    options={
+        "window": "chunked token dispatch: an integer K >= 1, at most K experts' tokens on a die "
+        "at once, each expert's tokens gathered just before its slices and reduced right after "
+        "(default: every token on every die for the whole layer)",
+        "chunk": "with window: at most N tokens per chunk, an expert with more computed in "
+        "several chunks (its slices streamed once per chunk; default: one chunk per expert)",
+    },
+    activations="all",
+)
 def lower_tp(lw: Lowering) -> None:
     """Tensor parallelism: each die holds 1/D of every expert's columns; partial sums reduced."""
     t = lw.target
@@ -140,6 +153,10 @@ def lower_tp(lw: Lowering) -> None:
         for e in range(d.experts):
             _shards(lw, d, f"{d.name}.e{e}", owner, channels, plan.layout, plan.slice_bytes, mats)
         params: dict[str, object] = {"owner": owner, "channels": channels}
+        if lw.options.window is not None:
+            params["window"] = lw.options.window
+        if lw.options.chunk is not None:
+            params["chunk"] = lw.options.chunk
         if plan.shared_layout is not None:
             params["shared_owner"] = shared_owner
             params["shared_channels"] = shared_channels

@@ -258,12 +258,21 @@ class EPParams(SharedExpertParams):
     """EP and Hydra: the die of each expert and the channel holding it (default: nearest);
     ``split``: experts whose micro-slices are cut over all dies, TP-style, instead of running
     whole on their ``placement`` die (a hybrid: hot experts split, the rest whole), slice ``j``
-    of each from ``split_channels[j]`` (default: the channel nearest its die)."""
+    of each from ``split_channels[j]`` (default: the channel nearest its die); ``window`` and
+    ``chunk``: chunked token dispatch, as TP's."""
 
     placement: tuple[int, ...] = param(Ints("experts", "dies"))
     channels: tuple[int, ...] | None = param(Ints("experts", "channels"), None)
     split: tuple[int, ...] | None = param(Ints(hi="experts", distinct=True), None)
     split_channels: tuple[int, ...] | None = param(Ints("slices", "channels"), None)
+    window: int | None = param(Int(1), None)
+    chunk: int | None = param(Int(1), None)
+
+    def check(self, ctx: ParamContext, bad: Callable[[str, str], ProgramError]) -> None:
+        if self.chunk is not None and self.window is None:
+            raise bad("chunk", "needs window (chunked dispatch)")
+        if self.window is not None and self.split:
+            raise bad("window", "does not combine with split experts")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,16 +295,22 @@ class EPLBParams(SharedExpertParams):
 
 @dataclass(frozen=True, kw_only=True)
 class TPParams(StrategyParams):
-    """TP: the die owning each micro-slice (and each shared one) and its channel."""
+    """TP: the die owning each micro-slice (and each shared one) and its channel; ``window``:
+    chunked token dispatch, at most that many experts' tokens on a die at once (absent: every
+    token gathered on every die for the whole layer)."""
 
     owner: tuple[int, ...] = param(Ints("slices", "dies"))
     channels: tuple[int, ...] | None = param(Ints("slices", "channels"), None)
     shared_owner: tuple[int, ...] | None = param(Ints("shared_slices", "dies"), None)
     shared_channels: tuple[int, ...] | None = param(Ints("shared_slices", "channels"), None)
+    window: int | None = param(Int(1), None)
+    chunk: int | None = param(Int(1), None)
 
     def check(self, ctx: ParamContext, bad: Callable[[str, str], ProgramError]) -> None:
         if ctx.shared and self.shared_owner is None:
             raise bad("shared_owner", "is required: the layer has shared experts")
+        if self.chunk is not None and self.window is None:
+            raise bad("chunk", "needs window (chunked dispatch)")
 
 
 @dataclass(frozen=True, kw_only=True)

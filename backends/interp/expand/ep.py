@@ -68,6 +68,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from moec.backends.interp.expand import ExpandContext, register, token_set
+from moec.backends.interp.expand.ep_chunked import expand_chunked, no_split
 from moec.backends.interp.expand.load_order import Piece, Work, order_work
 from moec.backends.interp.expand.tp import broadcast, reduce_to_home
 from moec.ir.stream.params import EPParams, SharedExpertParams
@@ -161,17 +162,21 @@ def shared_plan(ctx: ExpandContext) -> tuple[list[int], list[int]] | None:
 
 
 def expand_work(
-    ctx: ExpandContext, work: list[Work], pieces: Sequence[Piece] = ()
-) -> dict[int, list[Instr]]:
+    ctx: ExpandContext, work: list[Work], pieces: Sequence[Piece] = (),
+    window: int | None = None, chunk: int | None = None,
+) -> dict[int, list[Instr]]:  # fmt: skip
     """Steps 1-4 of the module docstring for the routed ``work`` items (each die's items in
     :func:`~moec.backends.interp.expand.load_order.order_work`'s order), the split experts'
-    ``pieces`` (a die's share of an expert's slices) and the layer's shared experts."""
+    ``pieces`` (a die's share of an expert's slices) and the layer's shared experts; with
+    ``window``, chunked dispatch (:mod:`.ep_chunked`, ``chunk`` tokens at most per item)."""
     t, m, r = ctx.target, ctx.layer, ctx.routing
     D, T = t.num_dies, r.tokens
     home = np.asarray(r.home_die, dtype=np.int64)
     out: dict[int, list[Instr]] = {d: [] for d in range(D)}
     split = shared_plan(ctx)
     work = order_work(ctx, work, split, pieces)
+    if window is not None:
+        return expand_chunked(ctx, work, split, window, chunk)
 
     homes: dict[int, tuple[TokenSet, int]] = {}
     groups: dict[tuple[int, int], np.ndarray] = {}
@@ -252,6 +257,8 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     cut = np.nonzero(np.diff(se))[0] + 1
     work: list[Work] = []
     pieces: list[Piece] = []
+    if params.window is not None:
+        no_split(params.split, m.name)
     split = set(params.split or ())
     S = ctx.layout.count
     split_ch = list(params.split_channels or ())
@@ -268,4 +275,4 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
             for ch in sorted({split_ch[j] for j in range(S) if j * D // S == d}):
                 js = tuple(j for j in range(S) if j * D // S == d and split_ch[j] == ch)
                 pieces.append((d, e, ch, part_t, js))
-    return expand_work(ctx, work, pieces)
+    return expand_work(ctx, work, pieces, params.window, params.chunk)

@@ -40,8 +40,16 @@ def split_tokens(
             quota[h] -= 1
         else:
             rest.append((t, h))
+    hops: dict[tuple[int, int], int] = {}  # a route per (home, replica), not per token
+
+    def distance(h: int, d: int) -> tuple[int, int]:
+        n = hops.get((h, d))
+        if n is None:
+            n = hops[(h, d)] = target.hops(h, d)
+        return n, d
+
     for t, h in rest:
-        d = min((d for d in dies if quota[d] > 0), key=lambda d: (target.hops(h, d), d))
+        d = min((d for d in dies if quota[d] > 0), key=lambda d: distance(h, d))
         out[d].append(t)
         quota[d] -= 1
     return {d: sorted(ts) for d, ts in out.items()}

@@ -52,7 +52,6 @@ from moec.backends.interp.expand import (
     layer_context,
     layouts_for,
     register,
-    token_set,
 )
 from moec.backends.interp.expand.fsedp_deferred import deferred_event
 from moec.backends.interp.expand.fsedp_engine import Engine
@@ -121,34 +120,83 @@ def _units(
     flat_t, flat_e = flat_t[flat_e >= 0], flat_e[flat_e >= 0]  # -1: dropped by a skip rule
     units: list[Unit] = []
     mats = 3 if m.gated else 2  # shared experts are gated exactly when the routed ones are
+    gated = m.gated  # the shared experts too (the ISA's ``gated`` covers both)
+    #: per precision-table entry (None: the layer's list), the slices' bytes and precisions
+    shapes: dict[tuple[bool, str | None], tuple[list[int], tuple[int, ...], list[str]]] = {}
 
-    def make(expert: int | None, toks: np.ndarray, base: int) -> Unit:
-        lay = ctx.layout if expert is not None else ctx.shared_layout
-        assert lay is not None
-        per_die: dict[int, TokenSet] = {}
-        counts: dict[int, int] = {}
-        for d in np.unique(home[toks]).tolist():
-            mine = np.sort(toks[home[toks] == d])
-            per_die[int(d)] = token_set(mine)
-            counts[int(d)] = int(mine.size)
-        gated = m.gated  # the shared experts too (the ISA's ``gated`` covers both)
-        widths = [lay.width(j) for j in range(lay.count)]
-        nbytes = tuple(ctx.slice_bytes(expert, j) for j in range(lay.count))
-        # the precision the interpreter reads off each slice's load bytes
-        precs = [precision_of(nbytes[j], mats * m.hidden * widths[j], m.dtype)
-                 for j in range(lay.count)]  # fmt: skip
+    def shape_of(expert: int | None) -> tuple[list[int], tuple[int, ...], list[str]]:
+        prec = ctx.policy.precision[expert] if expert is not None and ctx.policy.precision else None
+        key = (expert is None, prec)
+        hit = shapes.get(key)
+        if hit is None:
+            lay = ctx.layout if expert is not None else ctx.shared_layout
+            assert lay is not None
+            widths = [lay.width(j) for j in range(lay.count)]
+            nbytes = tuple(ctx.slice_bytes(expert, j) for j in range(lay.count))
+            # the precision the interpreter reads off each slice's load bytes
+            precs = [precision_of(nbytes[j], mats * m.hidden * widths[j], m.dtype)
+                     for j in range(lay.count)]  # fmt: skip
+            hit = shapes[key] = (widths, nbytes, precs)
+        return hit
+
+    def make(
+        expert: int | None, per_die: dict[int, TokenSet], counts: dict[int, int], base: int
+    ) -> Unit:
+        widths, nbytes, precs = shape_of(expert)
 
         def compute(d: int, j: int, _c: dict[int, int] = counts) -> tuple[float, ...]:
             return engine.slice_compute(d, _c[d], m.hidden, widths[j], gated, precs[j])
 
-        return Unit(expert, per_die, nbytes, tuple((base + j) % C for j in range(lay.count)),
+        return Unit(expert, per_die, nbytes, tuple((base + j) % C for j in range(len(nbytes))),
                     compute)  # fmt: skip
 
     if with_shared and m.shared_ffn and ctx.shared_layout is not None:
-        units.append(make(None, np.arange(T, dtype=np.int64), 0))
+        everyone = _tokens_per_die(np.zeros(T, np.int64), np.arange(T, dtype=np.int64), home)
+        per_die, counts = everyone.get(0, ({}, {}))
+        units.append(make(None, per_die, counts, 0))
+    groups = _tokens_per_die(flat_e, flat_t, home)
     for e in experts:
-        units.append(make(e, np.unique(flat_t[flat_e == e]), channels[e]))
+        per_die, counts = groups.get(e, ({}, {}))
+        units.append(make(e, per_die, counts, channels[e]))
     return units
+
+
+def _tokens_per_die(
+    experts: np.ndarray, tokens: np.ndarray, home: np.ndarray
+) -> dict[int, tuple[dict[int, TokenSet], dict[int, int]]]:
+    """Per expert of the (expert, token) pairs, per home die of its tokens (ascending), the
+    die's tokens as a :class:`TokenSet` and their number (a pair given twice counts once):
+    one sort of all pairs instead of a pass per expert and die."""
+    die = home[tokens]
+    order = np.lexsort((tokens, die, experts))
+    e, d, tok = experts[order], die[order], tokens[order]
+    keep = np.ones(e.size, dtype=bool)
+    keep[1:] = (e[1:] != e[:-1]) | (tok[1:] != tok[:-1])  # a pair's duplicates: adjacent
+    e, d, tok = e[keep], d[keep], tok[keep]
+    n = int(e.size)
+    if n == 0:
+        return {}
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = (e[1:] != e[:-1]) | (d[1:] != d[:-1])
+    new_run = new_group.copy()
+    new_run[1:] |= tok[1:] != tok[:-1] + 1
+    run_first = np.flatnonzero(new_run)
+    run_last = np.append(run_first[1:], n) - 1
+    firsts, lasts = tok[run_first].tolist(), tok[run_last].tolist()
+    # per group (expert, die): its first pair, its first run
+    g_first = np.flatnonzero(new_group)
+    g_runs = np.searchsorted(run_first, g_first).tolist()
+    g_end = np.append(g_first[1:], n)
+    g_sizes = (g_end - g_first).tolist()
+    g_e, g_d = e[g_first].tolist(), d[g_first].tolist()
+    g_runs.append(len(firsts))
+    out: dict[int, tuple[dict[int, TokenSet], dict[int, int]]] = {}
+    for g, (ex, di) in enumerate(zip(g_e, g_d, strict=True)):
+        a, b = g_runs[g], g_runs[g + 1]
+        per_die, counts = out.setdefault(ex, ({}, {}))
+        per_die[di] = TokenSet(tuple(zip(firsts[a:b], lasts[a:b], strict=True)))
+        counts[di] = g_sizes[g]
+    return out
 
 
 def _problem(ctx: ExpandContext, engine: Engine, units: list[Unit], order: tuple[int, ...],
@@ -185,23 +233,25 @@ def plans_shared() -> Iterator[dict[tuple[int, str, int, int], tuple[tuple[objec
         _PLANS = outer
 
 
-def plan(ctx: ExpandContext) -> Plan:
+def plan(ctx: ExpandContext, streams: bool = True, catchup: bool = True) -> Plan:
     """The iteration's schedule, the catch-up schedule of the deferred experts (or None), and
-    the deferred experts (computed once per program, layer, target and routing object inside
-    :func:`plans_shared`)."""
-    if _PLANS is None:
-        return _plan(ctx)
+    the deferred experts (the whole plan computed once per program, layer, target and routing
+    object inside :func:`plans_shared`). Without ``streams`` the schedules hold no instructions
+    (their estimate, paths and peaks only); without ``catchup`` the catch-up is not scheduled
+    (None)."""
+    if _PLANS is None or not (streams and catchup):
+        return _plan(ctx, streams, catchup)
     objs = (ctx.program, ctx.target, ctx.routing)
     key = (id(ctx.program), ctx.layer.name, id(ctx.target), id(ctx.routing))
     hit = _PLANS.get(key)
     if hit is not None and all(a is b for a, b in zip(hit[0], objs, strict=True)):
         return hit[1]
-    out = _plan(ctx)
+    out = _plan(ctx, True, True)
     _PLANS[key] = (objs, out)
     return out
 
 
-def _plan(ctx: ExpandContext) -> Plan:
+def _plan(ctx: ExpandContext, streams: bool, catchup: bool) -> Plan:
     m, r, t = ctx.layer, ctx.routing, ctx.target
     E, C = m.experts, len(t.channels)
     params = ctx.typed(FSEDPParams)  # the trajectory is checked there: a Hamiltonian cycle/path
@@ -217,17 +267,19 @@ def _plan(ctx: ExpandContext) -> Plan:
     paired = load_order == "paired"
     engine = Engine(ctx.program, t)
     main = schedule(_problem(ctx, engine, _units(ctx, engine, experts, home, channels, True),
-                             order, closed, rules, r5, load_order))  # fmt: skip
-    catchup = None
-    if deferred:
+                             order, closed, rules, r5, load_order), streams)  # fmt: skip
+    late_schedule = None
+    if deferred and catchup:
         late = paired_order([load[e] if e in deferred else 0 for e in range(E)])
         if not paired:
             late = sorted(late)
         # the catch-up step starts after the iteration's barrier: an idle package again
         engine = Engine(ctx.program, t)
         units = _units(ctx, engine, late, home, channels, False)
-        catchup = schedule(_problem(ctx, engine, units, order, closed, rules, r5, load_order))
-    return main, catchup, deferred
+        late_schedule = schedule(
+            _problem(ctx, engine, units, order, closed, rules, r5, load_order), streams
+        )
+    return main, late_schedule, deferred
 
 
 def predicted_span(p: Program, target: Target, layer: str, routing: LayerRouting) -> float:
@@ -235,11 +287,23 @@ def predicted_span(p: Program, target: Target, layer: str, routing: LayerRouting
     of FSE-DP ``layer``'s iteration under ``routing``: what its streams take, without writing
     them into a program or timing them (the interpreter agrees to within a few tenths of a
     percent, ``scripts/fsedp_sched_gap.py``). Deferred pairs' catch-up is not counted, as the
-    layer's timing does not count it."""
+    layer's timing does not count it. Outside :func:`plans_shared` it schedules without
+    instructions or catch-up (cheaper); inside, the whole plan, which the timing then reuses."""
+    if _PLANS is not None:
+        return predicted_schedule(p, target, layer, routing).estimate_s
     m = next(m for m in p.layers if m.name == layer)
     lays = layouts_for(p, target)
     ctx = layer_context(p, target, m, routing, lays[(layer, False)], lays.get((layer, True)))
-    return plan(ctx)[0].estimate_s
+    return plan(ctx, streams=False, catchup=False)[0].estimate_s
+
+
+def predicted_schedule(p: Program, target: Target, layer: str, routing: LayerRouting) -> Schedule:
+    """The schedule of FSE-DP ``layer``'s iteration under ``routing`` (its ``estimate_s`` is
+    :func:`predicted_span`; its ``streams`` what the expansion writes before the catch-up)."""
+    m = next(m for m in p.layers if m.name == layer)
+    lays = layouts_for(p, target)
+    ctx = layer_context(p, target, m, routing, lays[(layer, False)], lays.get((layer, True)))
+    return plan(ctx)[0]
 
 
 @register("fsedp")

@@ -90,12 +90,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from itertools import count
 
 from moec.backends.interp.expand.fsedp_order import central_order
 from moec.backends.interp.expand.fsedp_problem import RULES, Hop, Machine, Problem, Schedule, Unit
+from moec.backends.interp.expand.fsedp_state import DieState as _Die
+from moec.backends.interp.expand.fsedp_state import Lane as _Lane
+from moec.backends.interp.expand.fsedp_state import Trip
+from moec.backends.interp.expand.fsedp_state import Visit as _Visit
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.params import fsedp_min_slots, fsedp_walk
 from moec.ir.stream.program import (
@@ -113,81 +116,12 @@ from moec.ir.stream.program import (
 __all__ = ["RULES", "Machine", "Problem", "Schedule", "Unit", "schedule"]
 
 
-@dataclass(slots=True)
-class Trip:
-    """One micro-slice's journey: entry die first, then forward along the cycle."""
-
-    id: int
-    unit: Unit
-    slice: int
-    #: what the slot holds, as the instructions name it
-    ref: SliceRef
-    path: list[int] = field(default_factory=list)
-    #: the slot it is loaded into on its entry die
-    slot: int = -1
-    #: visits (slot holdings) not yet freed, and whether the last one has begun
-    open: int = 0
-    ended: bool = False
-    #: whether it has left its entry die (counts against the in-flight cap until it ends)
-    entered: bool = False
-    #: hops of ``path`` (walk positions) where the slice is computed
-    compute_at: set[int] = field(default_factory=set)
-    nbytes: int = 0
-    channel: int = 0
-
-    def __post_init__(self) -> None:
-        self.nbytes = self.unit.slice_bytes[self.slice]
-        self.channel = self.unit.channels[self.slice]
-
-
-@dataclass(slots=True)
-class _Visit:
-    """A trip's stay on one die: the slot it holds there and the uses (compute, forward) left."""
-
-    trip: Trip
-    die: int
-    slot: int
-    hop: int
-    busy: int = 0
-
-
-@dataclass(slots=True)
-class _Die:
-    id: int
-    #: free slots, the next one to take last
-    free: deque[int]
-    #: its instructions in the order decided (the clock never goes back)
-    out: list[Instr]
-    queue: deque[Trip] = field(default_factory=deque)
-    loading: int = 0
-    ready: deque[Trip] = field(default_factory=deque)
-    inbox: deque[_Visit] = field(default_factory=deque)
-    #: trips this die started (R2) whose slot here is not freed yet
-    started: int = 0
-    computing: bool = False
-    held: int = 0
-    peak: int = 0
-
-
-@dataclass(slots=True)
-class _Lane:
-    """One position of the walk: slices received there and waiting to go on."""
-
-    #: received slices held (at most P)
-    pipeline: int = 0
-    #: received slices waiting to go on
-    outbox: deque[_Visit] = field(default_factory=deque)
-    #: slices loaded here waiting to enter the walk (behind the received ones and the cap)
-    entry: deque[_Visit] = field(default_factory=deque)
-    sending: bool = False
-    #: received slices held at the next position of the walk (where every slice here goes on
-    #: to: a trip's path is consecutive positions), its ``pipeline``; set once all exist
-    succ: _Lane = field(init=False)
-
-
 class _Sim:
-    def __init__(self, prob: Problem) -> None:
+    def __init__(self, prob: Problem, streams: bool = True) -> None:
         self.p = prob
+        #: whether to write the instructions (not when only the estimate is asked for: no
+        #: decision reads them)
+        self.write = streams
         self.n = prob.num_dies
         k = min(len(prob.slots.get(d, [])) for d in range(self.n))
         self.naive = prob.rules == "naive"
@@ -220,6 +154,7 @@ class _Sim:
         self.lanes = [_Lane() for _ in self.walk]
         for q, lane in enumerate(self.lanes):
             lane.succ = self.lanes[(q + 1) % len(self.lanes)]
+            self.dies[self.walk[q]].lanes.append(lane)
         #: per walk position, its die
         self.lane_die = [self.dies[d] for d in self.walk]
         self.active = 0
@@ -238,6 +173,13 @@ class _Sim:
         self._hops: dict[tuple[int, int], int] = {}
         for c, die in enumerate(prob.channel_die):
             self.channels_of[die].append(c)
+        #: R5: the channels with a queue, ascending (every refill offers each a push); per die,
+        #: its channels whose queue is not empty (queues only shrink: a die stays unfed once it
+        #: is); whether some die is unfed; per (die, unit), the needed dies R5 may send to
+        self.chan_order: list[int] = []
+        self.fed = [0] * self.n
+        self.any_unfed = False
+        self._targets: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
 
     # --- bookkeeping ---
     def at(self, t: float, fn: Callable[[], None]) -> None:
@@ -334,7 +276,8 @@ class _Sim:
         c = trip.channel
         machine = self.p.machine
         self.chan_free[c], out, hops = machine.load(c, d.id, trip.nbytes, self.now)
-        d.out.append(Load(trip.slot, c, trip.ref, trip.nbytes))
+        if self.write:
+            d.out.append(Load(trip.slot, c, trip.ref, trip.nbytes))
 
         def done() -> None:
             d.loading -= 1
@@ -355,6 +298,16 @@ class _Sim:
         """Free prefetch slots of ``d``."""
         return min(self.prefetch[d.id] - self.locals_of(d), len(d.free))
 
+    def start_pushes(self) -> None:
+        """R5's bookkeeping once the queues are filled (:meth:`plan`), then every channel's
+        first pushes."""
+        self.chan_order = sorted(self.chan_queue)
+        for c in self.chan_order:
+            self.fed[self.p.channel_die[c]] += 1
+        self.any_unfed = not all(self.fed)
+        for c in self.chan_order:
+            self.push(c)
+
     def push(self, c: int) -> None:
         """R5: DRAM channel ``c`` sends its next slices while it has somewhere to send them."""
         q = self.chan_queue.get(c)
@@ -363,6 +316,10 @@ class _Sim:
             if d is None:
                 return  # retried whenever a die's prefetch slot frees up
             trip = q.popleft()
+            if not q:  # the channel is drained: its die may be unfed now
+                home = self.p.channel_die[c]
+                self.fed[home] -= 1
+                self.any_unfed = self.any_unfed or not self.fed[home]
             self.set_path(trip, d.id)
             self.chan_out[c] = self.chan_out.get(c, 0) + 1
             self.load(d, trip)
@@ -375,25 +332,39 @@ class _Sim:
             return home
         if self.chan_out.get(c, 0) > 0:
             return None  # the channel is still reading: its own die may free a slot meanwhile
-        needed = trip.unit.tokens
-        longest = len(self.route_of(home.id, trip.unit))
+        if not self.any_unfed:
+            return None  # every die's free slot is its own channel's next load
+        fed, dies = self.fed, self.dies
         best: tuple[tuple[int, int, int, int], _Die] | None = None
-        for die in self.p.order:
-            if die == home.id or die not in needed:
-                continue
-            d = self.dies[die]
+        for die, hops, length, pos in self.targets(home.id, trip.unit):
+            if fed[die]:
+                continue  # the slot is its own channel's next load
+            d = dies[die]
             room = self.room(d)
             if room <= 0:
                 continue
-            if any(self.chan_queue.get(own) for own in self.channels_of[die]):
-                continue  # the slot is its own channel's next load
-            length = len(self.route_of(die, trip.unit))
-            if length > longest:
-                continue
-            key = (-room, self.hops(home.id, die), length, self.p.order.index(die))
+            key = (-room, hops, length, pos)
             if best is None or key < best[0]:
                 best = (key, d)
         return None if best is None else best[1]
+
+    def targets(self, home: int, unit: Unit) -> list[tuple[int, int, int, int]]:
+        """The dies R5 may send ``unit``'s slices to from a channel of ``home`` when each has
+        room and is unfed: the needed dies other than ``home`` whose walk to the last needed
+        die is no longer than ``home``'s, as ``(die, hops from home, walk length, cycle
+        position)``, in cycle order; once per (home, unit)."""
+        key = (home, id(unit))  # a unit lives as long as the simulation
+        out = self._targets.get(key)
+        if out is None:
+            longest = len(self.route_of(home, unit))
+            out = self._targets[key] = [
+                (die, self.hops(home, die), length, pos)
+                for pos, die in enumerate(self.p.order)
+                if die != home
+                and die in unit.tokens
+                and (length := len(self.route_of(die, unit))) <= longest
+            ]
+        return out
 
     def hops(self, a: int, b: int) -> int:
         """``Problem.hops``, asked once per pair of dies."""
@@ -408,8 +379,10 @@ class _Sim:
 
     def refill(self, d: _Die) -> None:
         if self.p.r5 and not self.naive:
-            for c in sorted(self.chan_queue):
-                self.push(c)
+            queues = self.chan_queue
+            for c in self.chan_order:
+                if queues[c]:
+                    self.push(c)
         else:
             self.pull(d)
 
@@ -429,9 +402,8 @@ class _Sim:
                 self.arrive(d, self.visit(trip, trip.slot, 0))
             else:
                 break
-        lanes, P = self.lanes, self.P
-        for q in self.positions[d.id]:
-            lane = lanes[q]
+        P = self.P
+        for lane in d.lanes:
             # what forward() would find nothing to do for is not asked (most kicks): a lane
             # already sending, with nothing to send, or whose successor is full (backpressure)
             if (
@@ -464,10 +436,11 @@ class _Sim:
     def compute(self, d: _Die, v: _Visit) -> None:
         d.computing = True
         trip = v.trip
-        ts, slot, out = trip.unit.tokens[d.id], v.slot, d.out
-        out.append(Gemm(slot, ts))
-        out.append(Act(slot, ts))
-        out.append(Accum(slot, ts))
+        if self.write:
+            ts, slot, out = trip.unit.tokens[d.id], v.slot, d.out
+            out.append(Gemm(slot, ts))
+            out.append(Act(slot, ts))
+            out.append(Accum(slot, ts))
         end = self.now
         for dur in trip.unit.compute(d.id, trip.slice):  # op by op, as the interpreter adds
             end += dur
@@ -484,7 +457,8 @@ class _Sim:
         v.busy -= 1
         if v.busy:
             return
-        d.out.append(Free(v.slot))
+        if self.write:
+            d.out.append(Free(v.slot))
         d.held -= 1  # give_slot(), inlined
         d.free.append(v.slot)
         trip = v.trip
@@ -521,14 +495,20 @@ class _Sim:
         lane.sending = True
         nlane.pipeline += 1
         nxt = self.lane_die[nq]
-        slot = self.take_slot(nxt)
+        if not nxt.free:  # take_slot(), inlined
+            raise ScheduleError(f"FSE-DP scheduler: die {nxt.id} has no free slot (internal)")
+        slot = nxt.free.pop()
+        nxt.held += 1
+        if nxt.held > nxt.peak:
+            nxt.peak = nxt.held
         trip.open += 1  # visit(), inlined: every hop makes one
         if hop == len(trip.path) - 1:
             trip.ended = True
         nv = _Visit(trip, nxt.id, slot, hop)
         nbytes = trip.nbytes
-        d.out.append(Send(nxt.id, nbytes, v.slot))
-        nxt.out.append(Recv(d.id, nbytes, nv.slot, trip.ref))
+        if self.write:
+            d.out.append(Send(nxt.id, nbytes, v.slot))
+            nxt.out.append(Recv(d.id, nbytes, nv.slot, trip.ref))
         link_free, end = self.p.machine.send(d.id, nxt.id, nbytes, self.now)
 
         def sent() -> None:  # the link is free for the lane's next forward
@@ -549,8 +529,7 @@ class _Sim:
     def run(self) -> Schedule:
         self.plan()
         if self.p.r5 and not self.naive:
-            for c in sorted(self.chan_queue):
-                self.push(c)
+            self.start_pushes()
         else:
             for d in self.dies:
                 self.pull(d)
@@ -574,6 +553,8 @@ class _Sim:
         )
 
 
-def schedule(prob: Problem) -> Schedule:
-    """Simulate the FSE-DP rules on ``prob`` and return each die's instruction stream."""
-    return _Sim(prob).run()
+def schedule(prob: Problem, streams: bool = True) -> Schedule:
+    """Simulate the FSE-DP rules on ``prob`` and return each die's instruction stream; with
+    ``streams`` false, the same schedule without its instructions (every die's stream empty:
+    for :attr:`Schedule.estimate_s` and the other figures alone, which do not depend on them)."""
+    return _Sim(prob, streams).run()

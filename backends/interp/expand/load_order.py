@@ -36,11 +36,19 @@ Work = tuple[int, int, int, np.ndarray]
 Piece = tuple[int, int, int, np.ndarray, tuple[int, ...]]
 
 
-def _expert_load_time(ctx: ExpandContext, expert: int, channel: int) -> float:
-    lay = ctx.layout
-    return sum(
-        dram_occupancy(ctx.target, channel, ctx.slice_bytes(expert, j)) for j in range(lay.count)
-    )
+def _expert_load_time(
+    ctx: ExpandContext, expert: int, channel: int, memo: dict[tuple[int, int], float]
+) -> float:
+    """Seconds ``channel`` is held by ``expert``'s micro-slices, memoized per (channel, bytes):
+    the same floats summed in the same order."""
+    total: float = 0  # as sum() starts
+    for j in range(ctx.layout.count):
+        key = (channel, ctx.slice_bytes(expert, j))
+        occ = memo.get(key)
+        if occ is None:
+            occ = memo[key] = dram_occupancy(ctx.target, channel, key[1])
+        total += occ
+    return total
 
 
 def _expert_compute_time(ctx: ExpandContext, die: int, expert: int, tokens: int) -> float:
@@ -71,7 +79,8 @@ def _timeline(
         start = max(die_free[d], chan_free[ch])
         chan_free[ch] = start + load_s
         die_free[d] = start + max(load_s, share)
-    load = [_expert_load_time(ctx, e, ch) for _, e, ch, _ in work]
+    memo: dict[tuple[int, int], float] = {}
+    load = [_expert_load_time(ctx, e, ch, memo) for _, e, ch, _ in work]
     busy = [
         max(load[i], _expert_compute_time(ctx, d, e, int(toks.size)))
         for i, (d, e, _, toks) in enumerate(work)

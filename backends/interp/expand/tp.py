@@ -21,11 +21,15 @@ For one routing the expansion emits, per die, in this order:
 
 Bytes: each die loads ``1/D`` of every activated expert; each link of a broadcast tree carries
 each token's input once, and each link of a reduce tree its partial output once.
+
+With ``param window`` the same work runs as chunks, one expert's tokens gathered and reduced
+at a time (:mod:`.tp_chunked`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -45,6 +49,9 @@ from moec.ir.stream.program import (
     TokenSet,
 )
 from moec.ir.target import Target
+
+if TYPE_CHECKING:
+    from moec.backends.interp.expand.tp_chunked import Chunk
 
 
 def tree_edges(target: Target, root: int) -> list[tuple[int, int, int]]:
@@ -96,6 +103,37 @@ def _channels(ctx: ExpandContext, given: tuple[int, ...] | None, owner: list[int
     return [ctx.target.nearest_channel(d).id for d in owner]
 
 
+def _chunks(
+    ctx: ExpandContext, params: TPParams, owner: list[int], channels: list[int]
+) -> list[Chunk]:
+    """TP's work as chunks (:mod:`.tp_chunked`): the shared experts for every token, then each
+    activated expert (ascending id) for its tokens, with the die and channel of each slice;
+    with ``chunk``, each cut into pieces of at most that many tokens (``numpy.array_split``)."""
+    m, r = ctx.layer, ctx.routing
+    T, k = r.ids.shape
+    out: list[Chunk] = []
+    if m.shared_ffn and ctx.shared_layout is not None:
+        assert params.shared_owner is not None  # required when the layer has shared experts
+        shared_owner = list(params.shared_owner)
+        shared_channels = _channels(ctx, params.shared_channels, shared_owner)
+        js = list(zip(range(len(shared_owner)), shared_owner, shared_channels, strict=True))
+        everyone = np.arange(T, dtype=np.int64)
+        n = 1 if params.chunk is None else -(-T // params.chunk)
+        out += [(None, piece, js) for piece in np.array_split(everyone, n)]
+    pair_e = r.ids.reshape(-1).astype(np.int64)
+    pair_t = np.repeat(np.arange(T, dtype=np.int64), k)
+    pair_t, pair_e = pair_t[pair_e >= 0], pair_e[pair_e >= 0]
+    order = np.lexsort((pair_t, pair_e))
+    se, st = pair_e[order], pair_t[order]
+    cut = np.nonzero(np.diff(se))[0] + 1
+    routed = list(zip(range(len(owner)), owner, channels, strict=True))
+    for part_e, part_t in zip(np.split(se, cut), np.split(st, cut), strict=True):
+        if part_e.size:
+            n = 1 if params.chunk is None else -(-part_t.size // params.chunk)
+            out += [(int(part_e[0]), piece, routed) for piece in np.array_split(part_t, n)]
+    return out
+
+
 @register("tp")
 def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     t, m, r = ctx.target, ctx.layer, ctx.routing
@@ -126,6 +164,10 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
         out[d] += [Gemm(s, ts), Act(s, ts), Accum(s, ts), Free(s)]
 
     everyone = TokenSet.span(0, T)
+    if params.window is not None:
+        from moec.backends.interp.expand.tp_chunked import expand_chunked  # imports this module
+
+        return expand_chunked(ctx, _chunks(ctx, params, owner, channels), params.window)
     if m.shared_ffn and ctx.shared_layout is not None:
         assert params.shared_owner is not None  # required when the layer has shared experts
         shared_owner = list(params.shared_owner)
