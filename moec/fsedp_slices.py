@@ -216,8 +216,10 @@ def lower(
     module: Module, target: TargetRef, strategy: str, options: Mapping[str, str] | None = None,
     routing: RoutingTrace | None = None, **kw: Any,
 ) -> Program:  # fmt: skip
-    """:func:`moec.compiler.lower.lower`, with an FSE-DP program's slice count chosen by the
-    scheduler's prediction when ``routing`` is given and ``slices`` is left to ``auto``."""
+    """:func:`moec.compiler.lower.lower`, with the slice count chosen for ``routing`` when it
+    is given and ``slices`` is left to ``auto``: an FSE-DP program's by the scheduler's
+    prediction and the interpreter (:func:`choose_slices`), a whole-expert program's (EP,
+    Hydra, EPLB, TP) by the interpreter (:func:`moec.expert_slices.choose_slices`)."""
     return lower_run(module, target, strategy, options, routing, **kw)[0]
 
 
@@ -230,11 +232,21 @@ def lower_run(
     layered=True)`` returns, with or without ``allow_overflow`` (the program fits), so the
     caller need not run it again. None when the choice did not run the whole program (a
     program of more than one MoE layer, no choice made)."""
+    # imported here: moec.expert_slices reuses this module's ladder and measurement
+    from moec import expert_slices
+
     opts = dict(options or {})
     base = lower_strategy(module, target, strategy, opts, routing, **kw)
-    if routing is None or opts.get("slices", "auto") != "auto" or not _streams(base):
+    if routing is None or opts.get("slices", "auto") != "auto":
         return base, None
-    choice = choose_slices(module, target, strategy, opts, routing, base, **kw)
-    if choice is None or choice.program is None:
-        return base, None
-    return choice.program, choice.run
+    if _streams(base):
+        choice = choose_slices(module, target, strategy, opts, routing, base, **kw)
+        if choice is None or choice.program is None:
+            return base, None
+        return choice.program, choice.run
+    if expert_slices.whole_expert(base):
+        whole = expert_slices.choose_slices(module, target, strategy, opts, routing, base, **kw)
+        if whole is None or whole.program is None:
+            return base, None
+        return whole.program, whole.run
+    return base, None

@@ -299,8 +299,7 @@ def online_search(
     """The search, the pool, the draws, the alternatives and the rule (module docstring)."""
     if not MIN_ALTERNATIVES <= alternatives <= MAX_ALTERNATIVES:
         raise StrategyError(
-            f"expected {MIN_ALTERNATIVES} to {MAX_ALTERNATIVES} alternatives, found "
-            f"{alternatives}",
+            f"expected {MIN_ALTERNATIVES} to {MAX_ALTERNATIVES} alternatives, found {alternatives}",
             "--alternatives",
         )
     auto = search(

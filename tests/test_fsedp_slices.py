@@ -73,10 +73,7 @@ def test_explicit_slices_and_no_routing_keep_the_lowerings_own_count() -> None:
     own = lower_strategy(module, ref, "fsedp", {}, None)
     assert fs.lower(module, ref, "fsedp", {}, None).layouts[0].count == own.layouts[0].count
     assert fs.lower(module, ref, "fsedp", {"slices": "24"}, trace).layouts[0].count == 24
-    assert (
-        fs.lower(module, ref, "ep", {}, trace).layouts
-        == lower_strategy(module, ref, "ep", {}, trace).layouts
-    )
+    # whole-expert strategies' counts: tests/test_expert_slices.py
 
 
 def test_the_chosen_measurement_is_what_the_bench_reports() -> None:

@@ -21,8 +21,8 @@ class StrategyError(ScheduleError):
 COMMON_OPTIONS: dict[str, str] = {
     "slots": "SRAM buffer slots per die (integer >= 1, default 4)",
     "slices": "micro-slices per expert: auto (EP, Hydra, EPLB, TP: the cost model's count, at "
-    "least the fewest that fit a slot; FSE-DP: its own rule), fit (the fewest that fit a slot) "
-    "or an integer",
+    "least the fewest that fit a slot; FSE-DP: its own rule; compiled for a routing, the "
+    "fastest measured count that fits), fit (the fewest that fit a slot) or an integer",
     "shared_slices": "micro-slices of the shared experts: an integer (default: as 'slices' "
     "decides; online alternatives set it so their layouts agree)",
     "dtype": "weight precision: fp32, fp16, bf16, int8, int4 (default: the weights' own)",

@@ -28,7 +28,7 @@ from moec.ir.activations import ACCUM_PRECISION, h_bytes, home_bytes, predicted_
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Op
 from moec.ir.moe import MoELayer
-from moec.ir.routing import RoutingTrace
+from moec.ir.routing import LayerRouting, RoutingTrace
 from moec.ir.stream import MoEDecl, SliceLayout
 from moec.ir.target import PRECISION_BYTES, Target
 
@@ -310,6 +310,31 @@ def _no_room_for_shared(
     return fits is None
 
 
+def preferred_count(
+    layer: MoELayer, target: Target, tokens: int, dtype: str, routing: LayerRouting | None
+) -> int:  # fmt: skip
+    """The cost model's slice count of a whole-expert strategy's ``layer`` at ``dtype``
+    (:func:`~moec.compiler.lower.slicing.preferred_slices`), for the expert loads of
+    ``routing`` (None: uniform routing of ``tokens``). It does not depend on SRAM: the lowering
+    cuts no coarser than it, and finer only when SRAM forces it."""
+    e = _elem(dtype)
+    mats = 3 if layer.gated else 2
+    col = mats * layer.hidden * e + e * (layer.has("b_gate") + layer.has("b_up"))
+    if routing is not None:
+        loads = [int(n) for n in routing.expert_load()]
+    else:
+        loads = expected_expert_tokens(tokens, layer.top_k, layer.num_experts)
+    sh = (
+        (tokens, layer.shared_ffn, layer.shared_mats * layer.hidden * e)
+        if layer.has_shared
+        else None
+    )
+    return preferred_slices(
+        target, hidden=layer.hidden, ffn=layer.ffn, gated=layer.gated, precision=dtype,
+        col_bytes=col, expert_tokens=loads, shared=sh,
+    )  # fmt: skip
+
+
 def plan_layers(
     ops: list[Op], target: Target, opts: LoweringOptions, tokens: int, where: str,
     kind: str = "routed", home: int | None = None, routing: RoutingTrace | None = None,
@@ -376,19 +401,8 @@ def plan_layers(
                 )
             count = opts.slices
         elif kind != "home" and not opts.fit_slices:  # FSE-DP: its own (fsedp.auto_slices)
-            if routing is not None and i < len(routing.layers):
-                loads = [int(n) for n in routing.layers[i].expert_load()]
-            else:
-                loads = expected_expert_tokens(tokens, layer.top_k, layer.num_experts)
-            sh = (
-                (tokens, layer.shared_ffn, layer.shared_mats * layer.hidden * e)
-                if layer.has_shared
-                else None
-            )
-            count = max(count, preferred_slices(
-                target, hidden=layer.hidden, ffn=layer.ffn, gated=layer.gated, precision=dtype,
-                col_bytes=col, expert_tokens=loads, shared=sh,
-            ))  # fmt: skip
+            lr = routing.layers[i] if routing is not None and i < len(routing.layers) else None
+            count = max(count, preferred_count(layer, target, tokens, dtype, lr))
         layout = SliceLayout.even(layer.name, layer.ffn, count)
         shared_layout, shared_bytes = None, []
         fs = layer.shared_ffn if layer.has_shared else 0
