@@ -11,8 +11,9 @@ calibration matches the batch), so ``auto`` tries them for the model, target and
    expand.tp_chunked`) and hybrids within a layer (``hydra{split=N}``: the N
    hottest experts cut over all dies TP-style, the rest whole on dies); with
    :func:`slice_variants`, the slice counts next to each whole-expert strategy's own whose cut
-   costs less compute (MAC-array folds filled), and TP's coarsest chunked cut (one slice per
-   die, two slots, the largest chunk that fits: fewer partial sums, :mod:`moec.coarse_tp`). A candidate that does not fit the target (a :class:`~moec.ir.errors.ScheduleError` or ``StrategyError``) is recorded as such.
+   costs less compute (MAC-array folds filled), and TP's coarse chunked cut (two slots, one
+   chunk in flight, the coarsest cut and largest chunk the cost model prefers among those that
+   fit: fewer partial sums and folds, :mod:`moec.coarse_tp`). A candidate that does not fit the target (a :class:`~moec.ir.errors.ScheduleError` or ``StrategyError``) is recorded as such.
 2. **Predict** each candidate from the cost model: its program is lowered and its runtime part
    expanded for the routing, and the prediction is, per MoE layer, the larger of the busiest
    DRAM channel's occupancy (:func:`~moec.ir.cost.dram_occupancy` of the layer's loads on it)
@@ -69,7 +70,7 @@ from moec.auto_bound import floor_gap, predicted_layers
 from moec.auto_refine import refine
 from moec.backends.interp import simulate
 from moec.bench import DEFAULT_ROUTING, moe_metrics
-from moec.coarse_tp import coarsest_chunked_tp
+from moec.coarse_tp import coarse_chunked_tp
 from moec.compiler.lower import STRATEGIES, lower, parse_strategy
 from moec.compiler.lower import _load_strategies as load_strategies
 from moec.compiler.lower.options import StrategyError
@@ -129,7 +130,7 @@ class Trial:
     predicted_layers: list[float] | None = field(default=None, repr=False)
     layers_s: list[float] | None = field(default=None, repr=False)
     #: how the search came to it: "" (a listed candidate), "cut" (a slice-count variant),
-    #: "coarse" (TP's coarsest chunked cut, :mod:`moec.coarse_tp`) or
+    #: "coarse" (TP's coarse chunked cut, :mod:`moec.coarse_tp`) or
     #: the option a refinement changed ("slots=6 on tp{slices=32}", :mod:`moec.auto_refine`)
     origin: str = ""
 
@@ -303,7 +304,7 @@ def search(
         for spec in slice_variants(trials, target, routing):
             trials.append(Trial(spec, origin="cut"))
             predict(trials[-1])
-        coarse = coarsest_chunked_tp(
+        coarse = coarse_chunked_tp(
             module, target_ref, target, routing, tokens=tokens, dims=dims, base_dir=base_dir,
             name=name,
         )  # fmt: skip
@@ -497,7 +498,7 @@ def explain(result: AutoResult) -> str:
 #: Origins of candidates added before the refinement, as :func:`explain` names them.
 _LISTED = {
     "cut": " [slice-count variant]",
-    "coarse": " [coarsest chunked TP cut]",  # moec.coarse_tp
+    "coarse": " [coarse chunked TP cut]",  # moec.coarse_tp
 }
 
 

@@ -14,7 +14,10 @@ slots does not also change the cut):
   filled, :func:`moec.slice_variants.cheapest_counts`; for TP a multiple of the die count, as
   its lowering re-cuts);
 - FSE-DP's central load order (``order``: :data:`ORDERS`) and trajectory cycle;
-- Hydra's per-die cap (``cap=none``) and, for EP, block placement.
+- Hydra's per-die cap (``cap=none``), for EP block placement, for TP the balanced slice order
+  (``order=balanced``, :mod:`moec.backends.interp.expand.tp_order`: hot slices spread among
+  cold ones; not TP's default, it is slower where corner channels serve several dies, 3x3
+  1024 tokens).
 
 Each neighbour is lowered and bounded like any candidate; those whose bound is below the best
 measured latency are run by the interpreter in ascending bound (ties: neighbour order), within
@@ -95,6 +98,8 @@ def neighbours(trial: Trial, target: Target, routing: RoutingTrace) -> list[tupl
         out.append((spell(name, {**pinned, "cap": "none"}), "cap=none"))
     elif name == "ep" and "placement" not in opts:
         out.append((spell(name, {**pinned, "placement": "blocks"}), "placement=blocks"))
+    elif name == "tp" and opts.get("order", "natural") == "natural":
+        out.append((spell(name, {**pinned, "order": "balanced"}), "order=balanced"))
     return out
 
 

@@ -1,5 +1,6 @@
-"""TP's coarsest chunked cut (``moec/coarse_tp.py``): one slice per die, two slots, one chunk in
-flight and the largest chunk that fits, a candidate of ``--strategy auto``."""
+"""TP's coarse chunked cuts (``moec/coarse_tp.py``): two slots, one chunk in flight, for each cut
+of a multiple of the die count the largest chunk that fits, the cut with the lowest bound a
+candidate of ``--strategy auto``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from numerics_check import check_strategy
 from strategy_cases import moe_module
 
 from moec.auto import explain, search
-from moec.coarse_tp import coarsest_chunked_tp
+from moec.auto_bound import predicted_layers
+from moec.coarse_tp import coarse_chunked_tp, coarse_cuts
 from moec.compiler.lower import lower, parse_strategy
 from moec.ir.errors import ScheduleError
 from moec.ir.routing_synth import synth_zipf
@@ -27,7 +29,7 @@ MODULE = moe_module(16, 2, 512, hidden=64, ffn=128)
 def _at(sram: int) -> tuple[TargetRef, str | None]:
     ref = TargetRef("fsedp-2x2", (("sram_bytes_per_die", sram),))
     target = load_target("fsedp-2x2", {"sram_bytes_per_die": sram})
-    return ref, coarsest_chunked_tp(MODULE, ref, target, TRACE)
+    return ref, coarse_chunked_tp(MODULE, ref, target, TRACE)
 
 
 def _lowers(ref: TargetRef, opts: dict[str, str]) -> bool:
@@ -39,21 +41,27 @@ def _lowers(ref: TargetRef, opts: dict[str, str]) -> bool:
 
 
 @pytest.mark.parametrize("sram", [80_000, 120_000, 200_000])
-def test_the_chunk_is_the_largest_that_fits(sram: int) -> None:
+def test_each_cut_takes_the_largest_chunk_that_fits(sram: int) -> None:
     ref, spec = _at(sram)
-    assert spec is not None
-    name, opts = parse_strategy(spec)
-    assert name == "tp" and opts["slices"] == "4" and opts["slots"] == "2"
-    assert opts["window"] == "1"
-    assert _lowers(ref, opts)
-    chunk = int(opts["chunk"])
-    assert not _lowers(ref, {**opts, "chunk": str(chunk + 1)})
+    target = load_target("fsedp-2x2", {"sram_bytes_per_die": sram})
+    cuts = coarse_cuts(MODULE, ref, target, TRACE)
+    assert spec is not None and spec in [c for c, _ in cuts]
+    counts = []
+    for i, (cut, _) in enumerate(cuts):
+        name, opts = parse_strategy(cut)
+        assert name == "tp" and opts["slots"] == "2" and opts["window"] == "1"
+        counts.append(int(opts["slices"]))
+        assert _lowers(ref, opts)
+        if "chunk" in opts:
+            assert not _lowers(ref, {**opts, "chunk": str(int(opts["chunk"]) + 1)})
+        else:
+            assert i == len(cuts) - 1  # the first cut with every expert whole ends the list
+    assert counts == sorted(counts) and all(c % 4 == 0 for c in counts) and counts[0] == 4
+    bounds = [sum(predicted_layers(p, target, TRACE)) for _, p in cuts]
+    assert spec == cuts[bounds.index(min(bounds))][0]
 
 
-def test_more_sram_never_gives_a_smaller_chunk_and_enough_needs_none() -> None:
-    chunks = [int(parse_strategy(s)[1]["chunk"]) for s in (_at(b)[1] for b in (80_000, 120_000))
-              if s is not None]  # fmt: skip
-    assert len(chunks) == 2 and chunks[0] < chunks[1]
+def test_enough_sram_needs_no_chunk_and_too_little_gives_none() -> None:
     _, roomy = _at(1 << 20)
     assert roomy == "tp{slices=4,slots=2,window=1}"  # every expert's tokens fit whole
     _, none = _at(40_000)
@@ -66,7 +74,7 @@ def test_auto_tries_it_and_explain_names_it() -> None:
     (coarse,) = [t for t in found.trials if t.origin == "coarse"]
     assert coarse.strategy == spec
     assert coarse.predicted_s is not None and coarse.status != "not run"
-    assert f"{spec}" in explain(found) and "[coarsest chunked TP cut]" in explain(found)
+    assert f"{spec}" in explain(found) and "[coarse chunked TP cut]" in explain(found)
 
 
 def test_the_coarse_cut_matches_onnx_runtime(tmp_path: Path) -> None:
