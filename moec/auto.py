@@ -8,7 +8,8 @@ calibration matches the batch), so ``auto`` tries them for the model, target and
    of the cost model's cut, Hydra without its per-die cap, EP with block placement, more SRAM
    slots, hence finer micro-slices), TP with chunked token dispatch (``tp{window=K}``, with
    ``chunk=256`` tokens at most per chunk: SRAM-limited batches, :mod:`~moec.backends.interp.
-   expand.tp_chunked`) and hybrids within a layer (``hydra{split=N}``: the N
+   expand.tp_chunked`), TP's balanced slice order (``tp{order=balanced}``: hot slices spread
+   among cold ones, :mod:`~moec.backends.interp.expand.tp_order`) and hybrids within a layer (``hydra{split=N}``: the N
    hottest experts cut over all dies TP-style, the rest whole on dies); with
    :func:`slice_variants`, the slice counts next to each whole-expert strategy's own whose cut
    costs less compute (MAC-array folds filled), and TP's coarse chunked cut (two slots, one
@@ -102,6 +103,7 @@ def candidates(options: dict[str, str] | None = None) -> list[str]:
         "eplb{slots=8}", "tp{slots=8}", "fsedp-paired{slots=8}", "tp{slots=16}",
         "ep{placement=blocks,slots=8}", "hydra{split=2}", "hydra{split=4}",
         "tp{window=1}", "tp{window=2}", "tp{window=1,chunk=256}", "tp{window=2,chunk=256}",
+        "tp{order=balanced}",
     ]  # fmt: skip
     out = []
     for spec in base + variants:
