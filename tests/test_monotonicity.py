@@ -93,6 +93,17 @@ def test_more_sram_never_slows_whole_experts_where_a_forced_cut_did(
     assert [c.line() for c in comps if c.violated] == []
 
 
+def test_more_sram_never_shrinks_the_room_slots_get() -> None:
+    """Phi-3.5-MoE, 1024 tokens on fsedp-3x3, 24 -> 32 MiB: the lowering switched to the
+    any-routing activation reserve where it first left room for slots, so the fewest slices
+    that fit jumped from 39 to 800 and none of the measured counts fitted: ``ep`` 78.81 ->
+    309.19 ms (+292%), ``hydra`` +145%, ``eplb`` +26%, until the slots kept the room their
+    wanted cut needs (``compiler/lower/slots.py``, ``plan_layers``)."""
+    comps = check_point("phi3.5-moe", "fsedp-3x3", 1024, ["ep", "hydra", "eplb"], ["sram"])
+    assert len(comps) == 9 and sum(c.before_s is not None for c in comps) >= 7
+    assert [c.line() for c in comps if c.violated] == []
+
+
 def test_more_bandwidth_never_slows_a_small_point_by_more_than_1pct() -> None:
     comps = check_point("qwen3-30b-a3b", "fsedp-2x2", 64, STRATEGIES, ["dram", "d2d"])
     assert len(comps) == 4 * len(STRATEGIES)
