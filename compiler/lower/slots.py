@@ -357,7 +357,7 @@ def _unforced_counts(
         routed = 1
     if opts.shared_slices is not None:
         shared = opts.shared_slices
-    elif kind != "home" and opts.slices is None and not opts.fit_slices and layer.has_shared:
+    elif kind != "home" and not opts.fit_slices and layer.has_shared:
         shared = _shared_preferred(layer, target, tokens, dtype)
     else:
         shared = 1
@@ -461,7 +461,7 @@ def plan_layers(
                     small_die, est.fixed + int(math.ceil(s_h_col)), one, sram,
                     f": {opts.slots} of one shared-expert column of {layer.name}", where,
                 )  # fmt: skip
-            if kind != "home" and opts.slices is None and not opts.fit_slices:  # per die share
+            if kind != "home" and not opts.fit_slices:  # per die share, also beside slices=N
                 s_count = max(s_count, _shared_preferred(layer, target, tokens, dtype))
             if opts.shared_slices is not None:
                 if opts.shared_slices > fs:
