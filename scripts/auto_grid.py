@@ -49,7 +49,7 @@ from moec.auto import any_schedule_floor, candidates, search
 from moec.bench import CALIBRATION_TOKENS, load_bench_model, run_bench
 from moec.compiler.bench.spec import PAPER_MODELS, PAPER_TARGETS, PAPER_TOKENS, truncate
 from moec.ir.errors import MoecError
-from moec.ir.routing import load_trace, save_trace
+from moec.ir.routing import RoutingTrace, load_trace, save_trace
 from moec.ir.routing_synth import SynthSpec, parse_routing_spec
 from moec.ir.stream import TargetRef
 from moec.ir.target import load_target
@@ -118,6 +118,15 @@ def point(
     }  # fmt: skip
 
 
+def searched_trace(path: str, target: str) -> RoutingTrace:
+    """The recorded trace's first MoE layer as ``moec bench`` runs it on ``target``: rehomed
+    when it was recorded for another die count, so the search and the fixed strategies see the
+    same batch (a 4-die trace on fsedp-4x4 is spread over the 16 dies, not kept on dies 0-3)."""
+    trace = load_trace(path).head(1)
+    dies = load_target(target, {}).num_dies
+    return trace if trace.num_dies == dies else trace.rehome(dies)
+
+
 def trace_point(model: str, target: str, path: str, budget: int | None) -> dict[str, Any]:
     """One row on a recorded trace (``--traces``): its own token count, the search on the trace
     itself; Hydra and EPLB calibrate on it too, as ``moec bench`` does for a recorded trace."""
@@ -129,7 +138,7 @@ def trace_point(model: str, target: str, path: str, budget: int | None) -> dict[
             return None
 
     fixed = {s: bench(s) for s in FIXED}
-    trace = load_trace(path).head(1)
+    trace = searched_trace(path, target)
     kw: dict[str, Any] = {} if budget is None else {"budget": budget}
     found = search(truncate(load_bench_model(model).module, 1), TargetRef(target), trace, **kw)
     bounds = [t.predicted_s for t in found.trials if t.predicted_s is not None]

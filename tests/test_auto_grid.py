@@ -42,3 +42,14 @@ def test_summary_counts_every_row_and_a_choice_that_did_not_fit() -> None:
     line = grid.summary("x", rows)
     assert "within 0.5% of the best fixed strategy at 2 of 3 points" in line
     assert "at least 3% faster at 1;" in line and "worst a choice that does not fit" in line
+
+
+def test_a_recorded_trace_is_searched_on_the_dies_moec_bench_runs_it_on(tmp_path: Path) -> None:
+    """A 4-die trace on fsedp-4x4: the fixed strategies' bench spreads it over 16 dies, so the
+    search must too (it kept the tokens on dies 0-3 before: a different batch)."""
+    grid = _script()
+    (path,) = grid.lm_traces([16], "fsedp-2x2", str(tmp_path))
+    trace = grid.searched_trace(path, "fsedp-4x4")
+    assert trace.num_dies == 16 and len(trace.layers) == 1
+    assert sorted(set(trace.layers[0].home_die.tolist())) == list(range(16))
+    assert grid.searched_trace(path, "fsedp-2x2").layers[0].home_die.max() == 3
