@@ -109,3 +109,32 @@ def test_fsedp_order_neighbours_are_spelled_as_the_named_strategy() -> None:
         _fsedp("fsedp-r5", pinned, "order", "natural")
         == "fsedp-r5{order=natural,slices=22,slots=8}"
     )
+
+
+def test_a_chunked_winner_gets_the_neighbouring_token_chunks_unpinned() -> None:
+    """The listed ``chunk=256`` was found on one batch; on another draw of the same distribution
+    the finer chunk can win by a third (Phi-3.5-MoE, 1024 tokens, Zipf 1.0 seed 1, fsedp-2x2), so
+    a chunked winner's neighbours include the chunks next to its own, with the cut re-chosen."""
+    from moec.auto_refine import chunk_neighbours
+
+    ref = TargetRef("fsedp-2x2", ())
+    routing = default_routing(_yuan(), ref, tokens=256)
+    target = load_target("fsedp-2x2", {})
+    most = int(routing.layers[0].expert_load().max())
+    assert 64 < most < 256  # the hottest of Yuan2.0-M32's 32 experts at 256 tokens, top-2
+    program = lower(_yuan(), ref, "tp", {"window": "1", "chunk": "256"}, routing, tokens=256)
+    found = dict(neighbours(Trial("tp{chunk=256,window=1}", program=program), target, routing))
+    assert found["tp{chunk=128,window=1}"] == "chunk=128"  # no slices=: the cut is chosen again
+    assert not any("chunk=512" in s or "chunk=64" in s for s in found)
+    # without a chunk, one chunk is the hottest expert's tokens: the next finer chunk is below it
+    finer = max(c for c in (64, 128) if c < most)
+    assert chunk_neighbours("tp", {"window": "2"}, routing) == [
+        (f"tp{{chunk={finer},window=2}}", f"chunk={finer}")
+    ]
+    # with shared experts a chunk of every token is cut too: 256 tokens allow no coarser chunk
+    assert [c for _, c in chunk_neighbours("tp", {"window": "1"}, routing, shared=True)] == [
+        "chunk=128"
+    ]
+    # without chunked dispatch (no window) there is no chunk to change
+    plain = neighbours(Trial("tp", program=program), target, routing)
+    assert not any(c.startswith("chunk=") for _, c in plain)
