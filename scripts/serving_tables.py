@@ -4,6 +4,7 @@
     python scripts/serving_tables.py --update docs/results.md   # rewrite the marked section there
     python scripts/serving_tables.py --iterations 32 --models qwen3-30b-a3b   # a quick look
     python scripts/serving_tables.py --cache rows.json ...   # keep finished rows, resume/split
+    python scripts/serving_tables.py --cache rows.json --rerun ep,hydra,tp   # only those again
     python scripts/serving_tables.py --target fsedp-3x3 --iterations 64 --update docs/results.md
     python scripts/serving_tables.py --section ideal --update docs/results.md   # --set ideal=true
 
@@ -119,6 +120,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE: dict[str, Any] = {}
 CACHE_PATH: list[str] = []
 CACHED_ONLY: list[bool] = []
+RERUN: list[str] = []  # strategies whose cached rows are run again (a change moved only them)
 
 
 def rows_for(
@@ -131,8 +133,29 @@ def rows_for(
         key = f"{model}|{label or routing}|{residency}|{iterations}|{tokens}|{target}"
         if section != "calibrated":
             key += f"|{section}"
-        if key in CACHE:
+        if key in CACHE and not RERUN:
             out += CACHE[key]
+            continue
+        if key in CACHE:  # run only the strategies a change moved; keep the others' rows
+            t0 = time.perf_counter()
+            fresh = {
+                r["strategy"]: r
+                for r in run_bench(
+                    model, target, [tokens], RERUN, routing=routing, iterations=iterations,
+                    residency=residency, keep_going=True, overrides=overrides(section),
+                )
+            }  # fmt: skip
+            rows = []
+            for old in CACHE[key]:
+                new = fresh.get(old["strategy"])
+                if new is not None:
+                    new["label"], new["residency"] = old["label"], old["residency"]
+                rows.append(new if new is not None else old)
+            _check_done(model, rows)
+            print(f"{model} residency={residency} (rerun {','.join(RERUN)}): "
+                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)  # fmt: skip
+            _store(key, rows)
+            out += rows
             continue
         if CACHED_ONLY and CACHED_ONLY[0]:  # a table of what finished: say which rows did not
             out += [
@@ -147,19 +170,28 @@ def rows_for(
             iterations=iterations, residency=residency, keep_going=True,
             overrides=overrides(section),
         )  # fmt: skip
+        _check_done(model, rows)
         for r in rows:
-            if r.get("error") is None and r["deferred_pairs_final"] != 0:
-                raise SystemExit(f"{model} {r['strategy']}: pairs left undone")
             r["label"] = labels[r["strategy"]]
             r["residency"] = residency or "-"
         out += rows
         print(f"{model} residency={residency}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        if CACHE_PATH:  # keep finished rows: a long run can be resumed or split over processes
-            _load_cache()
-            CACHE[key] = rows
-            with open(CACHE_PATH[0], "w", encoding="utf-8") as f:
-                json.dump(CACHE, f, sort_keys=True)
+        _store(key, rows)
     return out
+
+
+def _check_done(model: str, rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        if r.get("error") is None and r["deferred_pairs_final"] != 0:
+            raise SystemExit(f"{model} {r['strategy']}: pairs left undone")
+
+
+def _store(key: str, rows: list[dict[str, Any]]) -> None:
+    if CACHE_PATH:  # keep finished rows: a long run can be resumed or split over processes
+        _load_cache()
+        CACHE[key] = rows
+        with open(CACHE_PATH[0], "w", encoding="utf-8") as f:
+            json.dump(CACHE, f, sort_keys=True)
 
 
 def _load_cache() -> None:
@@ -262,8 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         "--cached-only", action="store_true",
         help="run nothing: rows missing from --cache are marked as not run",
     )  # fmt: skip
+    ap.add_argument(
+        "--rerun", metavar="S1,S2", type=lambda s: [x for x in s.split(",") if x], default=[],
+        help="with --cache: run these strategies again for cached rows and keep the others' rows "
+        "(after a change that moved only them)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     CACHED_ONLY[:] = [args.cached_only]
+    RERUN[:] = args.rerun
     if args.cache:  # rows are written to the first file; all are read
         CACHE_PATH.extend(args.cache.split(","))
         _load_cache()
