@@ -76,6 +76,7 @@ def test_sram_shortcuts_give_the_reference_peaks(
     fast = _peaks(p, target)
     monkeypatch.setattr(sram, "_reopened", lambda *a, **k: True)
     monkeypatch.setattr(sram.TokenIndex, "ranges", lambda self, sets: sram._ranges(sets))
+    monkeypatch.setattr(sram.TokenIndex, "tokens", lambda self, sets: sram._ranges(sets)[0])
     ref = _peaks(p, target)
     assert fast == ref
     assert max(fast[0]) > 0
@@ -107,3 +108,11 @@ def test_token_index_expands_as_the_ranges() -> None:
         assert all(
             np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, ref, strict=True)
         )
+
+
+def test_repeats_says_whether_a_token_appears_twice() -> None:
+    rng = np.random.default_rng(1)
+    for size in (0, 1, 2, 5, 40):
+        for high in (1, 3, 100):
+            tokens = rng.integers(0, high, size=size).astype(np.int64)
+            assert sram._repeats(tokens) == (tokens.size > np.unique(tokens).size)

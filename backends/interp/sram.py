@@ -74,8 +74,8 @@ class TokenIndex:
         #: ranges costs more than expanding them twice), with the set kept alive beside it
         self._idx: dict[int, tuple[TokenSet, np.ndarray]] = {}
 
-    def ranges(self, sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
-        """What :func:`_ranges` gives for ``sets``: the same arrays, from the cache."""
+    def tokens(self, sets: list[TokenSet]) -> np.ndarray:
+        """The first of :func:`_ranges`'s arrays for ``sets`` (their tokens, set after set)."""
         idx = self._idx
         new = {id(ts): ts for ts in sets if id(ts) not in idx}
         if new:
@@ -85,15 +85,20 @@ class TokenIndex:
             for ts, arr in zip(fresh, np.split(flat, cuts), strict=True):
                 idx[id(ts)] = (ts, arr)
         if not sets:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        flat = np.concatenate([idx[id(ts)][1] for ts in sets])
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([idx[id(ts)][1] for ts in sets])
+
+    def ranges(self, sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
+        """What :func:`_ranges` gives for ``sets``: the same arrays, from the cache."""
+        flat = self.tokens(sets)
         sizes = np.fromiter((ts.size for ts in sets), dtype=np.int64, count=len(sets))
         return flat, np.repeat(np.arange(len(sets), dtype=np.int64), sizes)
 
 
 def _mask(sets: list[TokenSet], n: int, index: TokenIndex | None = None) -> np.ndarray:
     m = np.zeros(n, dtype=bool)
-    m[(index or TokenIndex()).ranges(list(dict.fromkeys(sets)))[0]] = True
+    # each set object once (setting a token twice is harmless; comparing sets costs more)
+    m[(index or TokenIndex()).tokens(list({id(ts): ts for ts in sets}.values()))] = True
     return m
 
 
@@ -243,6 +248,11 @@ def _y_per_send(
     return lo.tolist() + close.tolist(), [yb] * n + [-yb] * n
 
 
+def _repeats(tokens: np.ndarray) -> bool:
+    """Whether some token index appears more than once."""
+    return tokens.size > 1 and bool((np.bincount(tokens) > 1).any())
+
+
 def _reopened(
     opens: list[tuple[int, TokenSet]], ends: list[tuple[int, TokenSet]], pos: dict[int, int],
     n: int, index: TokenIndex, among: np.ndarray | None = None,
@@ -283,10 +293,9 @@ def _activation_events(
     if k:
         times += [lo, hi]
         deltas += [k * (xb + yb), -k * (xb + yb)]
-    rx = index.ranges([ts for _, ts in acts.recv_x])[0] if acts.recv_x else None
-    sy = index.ranges([ts for _, ts in acts.send_y])[0] if acts.send_y else None
-    many_x = rx is not None and rx.size > np.unique(rx).size
-    many_y = sy is not None and sy.size > np.unique(sy).size
+    # some token received (sent) in more than one block
+    many_x = bool(acts.recv_x) and _repeats(index.tokens([ts for _, ts in acts.recv_x]))
+    many_y = bool(acts.send_y) and _repeats(index.tokens([ts for _, ts in acts.send_y]))
     pos = {op: i for i, op in enumerate(acts.ops)} if many_x or many_y else {}
     # a token received again after a use, or written again after a send (chunked dispatch):
     # a row per stretch; otherwise (a relay that also computes the token) first to last
