@@ -15,9 +15,13 @@ compare them); None (the default) starts with the reference and switches to the 
 when numba imports, once the process has timed :data:`COMPILE_AFTER` ops. Importing numba and
 loading the cached kernel cost about 0.4 s of CPU per process, the compiled loop saves about
 0.8 us per op (array packing included): worth it on a whole-model run (millions of ops), not on
-a one-layer point (tens of thousands). The kernel is JIT-compiled on its first call and cached
-on disk (numba's ``cache=True``, in ``__pycache__`` beside :mod:`.event_kernel` or numba's own
-cache directory), so only a process that finds no cache pays the compile (about 2 s).
+a one-layer point (tens of thousands). A process cannot know how many ops are still to come, so
+it switches when the reference has spent about what the switch costs (300k ops at about 1.3 us
+each): a run then never spends more than twice what the better choice in hindsight would have
+(the rent-or-buy rule), and a one-layer point of the paper grid never imports numba. The
+kernel is JIT-compiled on its first call and cached on disk (numba's ``cache=True``, in
+``__pycache__`` beside :mod:`.event_kernel` or numba's own cache directory), so only a process
+that finds no cache pays the compile (about 2 s of CPU).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from moec.backends.interp.opgraph import PRIORITY
 #: when numba imports
 COMPILED: bool | None = None
 #: ops timed by the reference before an undecided process (:data:`COMPILED` None) switches
-COMPILE_AFTER = 500_000
+COMPILE_AFTER = 300_000
 
 _timed = 0
 
