@@ -9,19 +9,25 @@ optional extra, ``moec[fast]``); the reference is what every other test runs.
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import moec.backends.interp as interp
 import moec.backends.interp.event_loop as event_loop
 from moec.backends.interp.timing import run_timing
 from moec.ir.stream import load_program
 from moec.run import run_program
 
-pytest.importorskip("numba")
+#: the comparisons need numba; without it only the fallback test below runs
+needs_numba = pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None, reason="numba (moec[fast]) not installed"
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "msp"
 TINY = sorted(p.name for p in GOLDEN.glob("tiny*.msp"))
@@ -66,6 +72,7 @@ def _copy(g: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@needs_numba
 @pytest.mark.parametrize("seed", range(12))
 def test_compiled_loop_pops_random_graphs_as_the_reference(seed: int) -> None:
     rng = random.Random(seed)
@@ -87,6 +94,7 @@ def _timeline(tl: Any) -> str:
     return repr([getattr(tl, n) for n in names] + [tl.energy.joules])
 
 
+@needs_numba
 @pytest.mark.parametrize("name", TINY)
 def test_compiled_loop_times_every_golden_as_the_reference(
     name: str, monkeypatch: pytest.MonkeyPatch
@@ -104,6 +112,7 @@ def test_compiled_loop_times_every_golden_as_the_reference(
     assert _timeline(got) == _timeline(ref)
 
 
+@needs_numba
 def test_compiled_loop_gives_a_layered_run_the_same_report(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -119,6 +128,7 @@ def test_compiled_loop_gives_a_layered_run_the_same_report(
     assert report(True) == report(False)
 
 
+@needs_numba
 def test_an_undecided_process_switches_after_enough_ops(monkeypatch: pytest.MonkeyPatch) -> None:
     used: list[str] = []
     for name in ("loop_python", "loop_compiled"):
@@ -136,3 +146,17 @@ def test_an_undecided_process_switches_after_enough_ops(monkeypatch: pytest.Monk
     for _ in range(3):
         event_loop.run_events(**_copy(_random_graph(rng, 60)))
     assert used == ["loop_python", "loop_python", "loop_compiled"]
+
+
+def test_without_numba_an_undecided_process_runs_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
+    monkeypatch.setitem(sys.modules, "moec.backends.interp.event_kernel", None)
+    monkeypatch.delattr(interp, "event_kernel", raising=False)  # an earlier test imported it
+    monkeypatch.setattr(event_loop, "_kernel", None)
+    monkeypatch.setattr(event_loop, "COMPILED", None)
+    monkeypatch.setattr(event_loop, "_timed", 10**9)
+    g = _random_graph(random.Random(1), 60)
+    assert event_loop.run_events(**_copy(g)) == event_loop.loop_python(**_copy(g))
+    assert event_loop.compiled_available() is False
