@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from strategy_cases import (
 from moec.backends.interp.expand.eplb import split_tokens
 from moec.ir.errors import ProgramError
 from moec.ir.routing_synth import synth_zipf
-from moec.ir.target import load_target
+from moec.ir.target import Target, load_target
 
 
 def test_eplb_latency_by_hand(tmp_path: Path) -> None:
@@ -50,6 +51,38 @@ def test_split_tokens_balances_and_prefers_local() -> None:
     # all tokens on die 0: the first listed replica gets the larger quota (2 of 3); dies 1 and 2
     # are both one hop from die 0, so the tie goes to the lower die while it has quota
     assert split_tokens([5, 6, 7], [0, 0, 0], [2, 1], t) == {2: [6, 7], 1: [5]}
+
+
+def _split_reference(
+    tokens: list[int], home: list[int], dies: list[int], t: Target
+) -> dict[int, list[int]]:  # fmt: skip
+    """The module docstring's rule, token by token: the nearest replica with quota left."""
+    n, r = len(tokens), len(dies)
+    quota = {d: n // r + (1 if i < n % r else 0) for i, d in enumerate(dies)}
+    out: dict[int, list[int]] = {d: [] for d in dies}
+    rest = []
+    for tok, h in zip(tokens, home, strict=True):
+        if quota.get(h, 0) > 0:
+            out[h].append(tok)
+            quota[h] -= 1
+        else:
+            rest.append((tok, h))
+    for tok, h in rest:
+        d = min((d for d in dies if quota[d] > 0), key=lambda d: (t.hops(h, d), d))
+        out[d].append(tok)
+        quota[d] -= 1
+    return {d: sorted(ts) for d, ts in out.items()}
+
+
+@pytest.mark.parametrize("target", ["fsedp-2x2", "fsedp-4x4", "npu8-hbm"])
+def test_split_tokens_follows_the_rule_token_by_token(target: str) -> None:
+    t = load_target(target)
+    rng = random.Random(3)
+    for _ in range(60):
+        tokens = sorted(rng.sample(range(500), rng.randrange(0, 120)))
+        home = [rng.randrange(t.num_dies) for _ in tokens]
+        dies = rng.sample(range(t.num_dies), rng.randrange(1, min(t.num_dies, 5) + 1))
+        assert split_tokens(tokens, home, dies, t) == _split_reference(tokens, home, dies, t)
 
 
 def test_eplb_accumulates_every_pair_once() -> None:

@@ -10,7 +10,7 @@ and finds each die's peak (releases before allocations at equal times).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -59,14 +59,52 @@ def _ranges(sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.repeat(owner, length)
 
 
-def _mask(sets: list[TokenSet], n: int) -> np.ndarray:
+class TokenIndex:
+    """Each distinct token set's indices, expanded once (:func:`_ranges`) and reused.
+
+    The rules below ask for the tokens of the same sets many times (an expert's slices share
+    one set; a die's ``x`` uses are read for its home mask, its first and last uses, and its
+    receptions), and expanding a set's ranges from Python tuples is most of their cost. One
+    index lives for one :func:`sram_peaks` call."""
+
+    __slots__ = ("_idx",)
+
+    def __init__(self) -> None:
+        #: by the set object's id (equal sets are often distinct objects, and comparing their
+        #: ranges costs more than expanding them twice), with the set kept alive beside it
+        self._idx: dict[int, tuple[TokenSet, np.ndarray]] = {}
+
+    def tokens(self, sets: list[TokenSet]) -> np.ndarray:
+        """The first of :func:`_ranges`'s arrays for ``sets`` (their tokens, set after set)."""
+        idx = self._idx
+        new = {id(ts): ts for ts in sets if id(ts) not in idx}
+        if new:
+            fresh = list(new.values())
+            flat, _ = _ranges(fresh)
+            cuts = np.cumsum([ts.size for ts in fresh])[:-1]
+            for ts, arr in zip(fresh, np.split(flat, cuts), strict=True):
+                idx[id(ts)] = (ts, arr)
+        if not sets:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([idx[id(ts)][1] for ts in sets])
+
+    def ranges(self, sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
+        """What :func:`_ranges` gives for ``sets``: the same arrays, from the cache."""
+        flat = self.tokens(sets)
+        sizes = np.fromiter((ts.size for ts in sets), dtype=np.int64, count=len(sets))
+        return flat, np.repeat(np.arange(len(sets), dtype=np.int64), sizes)
+
+
+def _mask(sets: list[TokenSet], n: int, index: TokenIndex | None = None) -> np.ndarray:
     m = np.zeros(n, dtype=bool)
-    m[_ranges(list(dict.fromkeys(sets)))[0]] = True
+    # each set object once (setting a token twice is harmless; comparing sets costs more)
+    m[(index or TokenIndex()).tokens(list({id(ts): ts for ts in sets}.values()))] = True
     return m
 
 
 def _first_last(
-    items: list[tuple[int, TokenSet]], times: list[float], n: int, first: bool
+    items: list[tuple[int, TokenSet]], times: Sequence[float] | Mapping[int, int], n: int,
+    first: bool, index: TokenIndex | None = None,
 ) -> np.ndarray:  # fmt: skip
     """Per token, the earliest (``first``) or latest ``times[op]`` of the items covering it.
 
@@ -95,18 +133,19 @@ def _first_last(
         if old is None or (cur < old if first else cur > old):
             best[prev] = cur
     out = np.full(n, np.inf if first else -np.inf)
-    idx, owner = _ranges(list(best))
+    idx, owner = (index or TokenIndex()).ranges(list(best))
     vals = np.asarray(list(best.values()), dtype=np.float64)[owner]
     (np.minimum if first else np.maximum).at(out, idx, vals)
     return out
 
 
 def _entries(
-    items: list[tuple[int, TokenSet]], pos: dict[int, int], times: list[float]
+    items: list[tuple[int, TokenSet]], pos: dict[int, int], times: list[float],
+    index: TokenIndex,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """One row per (item, token): the token, the item's program position on the die, its
     ``times[op]``, and the item's index."""
-    idx, owner = _ranges([ts for _, ts in items])
+    idx, owner = index.ranges([ts for _, ts in items])
     p = np.fromiter((pos[op] for op, _ in items), dtype=np.int64, count=len(items))
     t = np.fromiter((times[op] for op, _ in items), dtype=np.float64, count=len(items))
     return idx, p[owner], t[owner], owner
@@ -136,17 +175,18 @@ def _groups(
 
 
 def _x_per_reception(
-    acts: LayerActs, pos: dict[int, int], start: list[float], end: list[float], xb: int
+    acts: LayerActs, pos: dict[int, int], start: list[float], end: list[float], xb: int,
+    index: TokenIndex,
 ) -> tuple[list[float], list[int]] | None:  # fmt: skip
     """Received inputs when a die receives a token again after computing with it (chunked
     dispatch): one row per stretch, from the first reception's link hold to the later of its
     receptions' arrivals and its uses before the next reception after a ``gemm``. None when no
     token is received again after a ``gemm`` of it (a relay die that also computes a token
     receives it twice before either use: the first-to-last rule applies)."""
-    r_tok, r_pos, r_arr, r_item = _entries(acts.recv_x, pos, end)
+    r_tok, r_pos, r_arr, r_item = _entries(acts.recv_x, pos, end, index)
     holds = np.fromiter((start[h] for h, _ in acts.recv_x_start), dtype=np.float64)
     r_open = holds[r_item]
-    u_tok, u_pos, u_end, u_item = _entries(acts.x_uses, pos, end)
+    u_tok, u_pos, u_end, u_item = _entries(acts.x_uses, pos, end, index)
     gemms = {g for g, _, _ in acts.h}
     is_gemm = np.fromiter((op in gemms for op, _ in acts.x_uses), dtype=bool)[u_item]
     nr, nu = r_tok.size, u_tok.size
@@ -170,7 +210,7 @@ def _x_per_reception(
 
 def _y_per_send(
     acts: LayerActs, pos: dict[int, int], start: list[float], end: list[float],
-    remote: np.ndarray, hi: float, yb: int,
+    remote: np.ndarray, hi: float, yb: int, index: TokenIndex,
 ) -> tuple[list[float], list[int]] | None:  # fmt: skip
     """Other dies' partial outputs when a die accumulates into a token's again after sending
     it (chunked dispatch): one row per stretch, from its first write (an ``accum``'s start, a
@@ -179,14 +219,14 @@ def _y_per_send(
     tokens (not the die's own). None when no token is accumulated into after a send of it (a
     relay die forwarding several blocks of a token: the first-to-last rule applies)."""
     writes = [(acts.accums, start), ([(op, ts) for _, op, ts, _ in acts.recv_y], end)]
-    parts = [(_entries(items, pos, t), k) for k, (items, t) in enumerate(writes) if items]
+    parts = [(_entries(items, pos, t, index), k) for k, (items, t) in enumerate(writes) if items]
     if not parts:
         return None
     w_tok = np.concatenate([p[0] for p, _ in parts])
     w_pos = np.concatenate([p[1] for p, _ in parts])
     w_t = np.concatenate([p[2] for p, _ in parts])
     is_accum = np.concatenate([np.full(p[0].size, k == 0) for p, k in parts])
-    c_tok, c_pos, c_end, _ = _entries(acts.send_y, pos, end)
+    c_tok, c_pos, c_end, _ = _entries(acts.send_y, pos, end, index)
     keep_w, keep_c = remote[w_tok], remote[c_tok]
     w_tok, w_pos, w_t, is_accum = w_tok[keep_w], w_pos[keep_w], w_t[keep_w], is_accum[keep_w]
     c_tok, c_pos, c_end = c_tok[keep_c], c_pos[keep_c], c_end[keep_c]
@@ -208,9 +248,31 @@ def _y_per_send(
     return lo.tolist() + close.tolist(), [yb] * n + [-yb] * n
 
 
+def _repeats(tokens: np.ndarray) -> bool:
+    """Whether some token index appears more than once."""
+    return tokens.size > 1 and bool((np.bincount(tokens) > 1).any())
+
+
+def _reopened(
+    opens: list[tuple[int, TokenSet]], ends: list[tuple[int, TokenSet]], pos: dict[int, int],
+    n: int, index: TokenIndex, among: np.ndarray | None = None,
+) -> bool:  # fmt: skip
+    """Whether some token (of ``among``) has an item of ``opens`` after an item of ``ends`` in
+    the die's program order (``pos``). :func:`_groups` starts a token's second group only at
+    an opening row right after an ending row of that token, so when this is False
+    :func:`_x_per_reception` (opens: receptions, ends: ``gemm`` uses) and :func:`_y_per_send`
+    (opens: ``accum``, ends: ``send y``) return None; it costs two passes over the distinct
+    sets instead of a sort of every (item, token) row."""
+    last_open = _first_last(opens, pos, n, False, index)
+    first_end = _first_last(ends, pos, n, True, index)
+    later = last_open > first_end
+    return bool((later if among is None else later & among).any())
+
+
 def _activation_events(
     acts: LayerActs, tokens: int, hidden: int, dtype: str, start: list[float],
     end: list[float], span: tuple[float, float], start_a: np.ndarray, end_a: np.ndarray,
+    index: TokenIndex,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Allocation (+bytes) and release (-bytes) events of one die's activations of one layer
     (the rules of :mod:`moec.ir.activations`); ``span``: the earliest start and latest end of
@@ -222,31 +284,35 @@ def _activation_events(
     lo, hi = span
     xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
     n = tokens
-    received = _mask([ts for _, ts in acts.recv_x], n)
-    home = _mask([ts for _, ts in acts.x_uses], n) & ~received
+    received = _mask([ts for _, ts in acts.recv_x], n, index)
+    home = _mask([ts for _, ts in acts.x_uses], n, index) & ~received
     if acts.recv_y:
-        sent_y = _mask([ts for _, ts in acts.send_y], n)
-        home |= _mask([ts for _, _, ts, _ in acts.recv_y], n) & ~sent_y & ~received
+        sent_y = _mask([ts for _, ts in acts.send_y], n, index)
+        home |= _mask([ts for _, _, ts, _ in acts.recv_y], n, index) & ~sent_y & ~received
     k = int(home.sum())
     if k:
         times += [lo, hi]
         deltas += [k * (xb + yb), -k * (xb + yb)]
-    rx = _ranges([ts for _, ts in acts.recv_x])[0] if acts.recv_x else None
-    sy = _ranges([ts for _, ts in acts.send_y])[0] if acts.send_y else None
-    many_x = rx is not None and rx.size > np.unique(rx).size
-    many_y = sy is not None and sy.size > np.unique(sy).size
+    # some token received (sent) in more than one block
+    many_x = bool(acts.recv_x) and _repeats(index.tokens([ts for _, ts in acts.recv_x]))
+    many_y = bool(acts.send_y) and _repeats(index.tokens([ts for _, ts in acts.send_y]))
     pos = {op: i for i, op in enumerate(acts.ops)} if many_x or many_y else {}
     # a token received again after a use, or written again after a send (chunked dispatch):
     # a row per stretch; otherwise (a relay that also computes the token) first to last
-    x_rows = _x_per_reception(acts, pos, start, end, xb) if many_x else None
-    y_rows = _y_per_send(acts, pos, start, end, ~home, hi, yb) if many_y else None
+    if many_x:
+        gemms = {g for g, _, _ in acts.h}
+        many_x = _reopened(acts.recv_x, [u for u in acts.x_uses if u[0] in gemms], pos, n, index)
+    if many_y:
+        many_y = _reopened(acts.accums, acts.send_y, pos, n, index, ~home)
+    x_rows = _x_per_reception(acts, pos, start, end, xb, index) if many_x else None
+    y_rows = _y_per_send(acts, pos, start, end, ~home, hi, yb, index) if many_y else None
     if x_rows is not None:
         times += x_rows[0]
         deltas += x_rows[1]
     elif acts.recv_x:  # other dies' inputs: first recv to last use
-        first = _first_last(acts.recv_x_start, start, n, True)
-        last = _first_last(acts.x_uses, end, n, False)
-        arrived = _first_last(acts.recv_x, end, n, True)
+        first = _first_last(acts.recv_x_start, start, n, True, index)
+        last = _first_last(acts.x_uses, end, n, False, index)
+        arrived = _first_last(acts.recv_x, end, n, True, index)
         idx = np.nonzero(received)[0]
         f, last_use = first[idx], np.maximum(last[idx], arrived[idx])
         times += f.tolist() + last_use.tolist()
@@ -256,10 +322,10 @@ def _activation_events(
         deltas += y_rows[1]
     elif acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
         first = np.minimum(
-            _first_last(acts.accums, start, n, True),
-            _first_last([(op, ts) for _, op, ts, _ in acts.recv_y], end, n, True),
+            _first_last(acts.accums, start, n, True, index),
+            _first_last([(op, ts) for _, op, ts, _ in acts.recv_y], end, n, True, index),
         )
-        last = _first_last(acts.send_y, end, n, False)
+        last = _first_last(acts.send_y, end, n, False, index)
         idx = np.nonzero(~home & np.isfinite(first))[0]
         f = first[idx]
         release = np.where(np.isfinite(last[idx]), np.maximum(last[idx], f), hi)
@@ -320,6 +386,7 @@ def sram_peaks(
             times[die].append(f_t[rows].ravel())
             slot_d[die].append(f_s[rows].ravel())
             act_d[die].append(np.zeros(2 * rows.size, dtype=np.int64))
+    index = TokenIndex()
     for (die, k), la in sorted(acts.items()):
         m = layers[k]
         span = (0.0, 0.0)
@@ -327,7 +394,7 @@ def sram_peaks(
             ops = np.asarray(la.ops, dtype=np.int64)
             span = (float(start_a[ops].min()), float(end_a[ops].max()))
         ts, ds = _activation_events(
-            la, m.tokens, m.hidden, m.dtype, start, end, span, start_a, end_a
+            la, m.tokens, m.hidden, m.dtype, start, end, span, start_a, end_a, index
         )
         times[die].append(ts)
         act_d[die].append(ds)

@@ -84,13 +84,12 @@ makespan is added at the end (``Timeline.energy``).
 
 **Code.** Each opcode's rules are its timing handler (:mod:`.timing_ops`, registered against the
 opcode table); :mod:`.opgraph` holds the op graph and the builder that calls them,
-:mod:`.sram` the SRAM accounting; this module runs the event loop.
+:mod:`.sram` the SRAM accounting, :mod:`.event_loop` the event loop (a Python reference and,
+with numba installed, a compiled copy that whole-model runs switch to); this module ties them.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -98,13 +97,13 @@ from typing import TYPE_CHECKING
 import moec.backends.interp.slice_chain  # noqa: F401 - the streamed micro-slice in one step
 import moec.backends.interp.timing_ops  # noqa: F401 - registers every opcode's timing handler
 from moec.backends.interp.energy import EnergyLedger
+from moec.backends.interp.event_loop import run_events
 from moec.backends.interp.opgraph import (
     COMPUTE,
     DELAY,
     DENSE_DRAM,
     KIND_NAMES,
     LOAD,
-    PRIORITY,
     SYNC,
     TIMING,
     XFER,
@@ -203,67 +202,13 @@ def run_timing(
     b.build()
     g = b.g
     n = len(g.kind)
-    ready = [0.0] * n
-    start = [0.0] * n
-    end = [-1.0] * n
     free_at = carry.free_at if carry is not None else [0.0] * b.num_res
     busy = carry.busy if carry is not None else [0.0] * b.num_res
     clock = carry.clock if carry is not None else 0.0
-    ndeps, succ, dur, res, kind, back = g.ndeps, g.succ, g.dur, g.res, g.kind, g.backs()
-    # every op the handlers make holds at most one resource: its id (-1: none), -2 for an op
-    # holding several (taken the long way)
-    single = [(r[0] if len(r) == 1 else -2) if r else -1 for r in res]
-    prio = list(map(PRIORITY.__getitem__, kind))
-    heappush, heappop = heapq.heappush, heapq.heappop
-    # engine.EventQueue's discipline, inlined (its two method calls per op were a fifth of the
-    # loop): events (time, priority, push order, op), all distinct, so the pop order is theirs
-    roots = [op for op in range(n) if ndeps[op] == 0]
-    heap = [(clock, prio[op], seq, op) for seq, op in enumerate(roots)]
-    seq = len(heap)
-    heapq.heapify(heap)
-    counters: dict[str, int] = defaultdict(int)
-    waiters, signal_event = b.waiters, b.signal_event
-    while heap:
-        t, _, _, op = heappop(heap)
-        s = t - back[op]
-        x = single[op]
-        if x >= 0:
-            if free_at[x] > s:
-                s = free_at[x]
-            e = s + dur[op]
-            free_at[x] = e
-            busy[x] += e - s
-        elif x == -1:
-            e = s + dur[op]
-        else:
-            r = res[op]
-            for x in r:
-                if free_at[x] > s:
-                    s = free_at[x]
-            e = s + dur[op]
-            for x in r:
-                free_at[x] = e
-                busy[x] += e - s
-        start[op] = s
-        end[op] = e
-        if op in signal_event:
-            ev = signal_event[op]
-            counters[ev] += 1
-            for w in waiters[ev].pop(counters[ev], ()):
-                if ready[w] < e:
-                    ready[w] = e
-                ndeps[w] -= 1
-                if ndeps[w] == 0:
-                    heappush(heap, (ready[w] if ready[w] > t else t, prio[w], seq, w))
-                    seq += 1
-        for x in succ[op]:
-            if ready[x] < e:
-                ready[x] = e
-            ndeps[x] -= 1
-            if ndeps[x] == 0:
-                # a tail reservation (back == dur) can end an ulp before the clock: not earlier
-                heappush(heap, (ready[x] if ready[x] > t else t, prio[x], seq, x))
-                seq += 1
+    start, end = run_events(
+        g.ndeps, g.succ, g.dur, g.res, g.kind, g.backs(), free_at, busy, clock, b.signal_event,
+        b.waiters,
+    )  # fmt: skip
     stuck = [op for op in range(n) if end[op] < 0] if min(end, default=0.0) < 0 else []
     if stuck:
         op = stuck[0]

@@ -40,16 +40,14 @@ def split_tokens(
             quota[h] -= 1
         else:
             rest.append((t, h))
-    hops: dict[tuple[int, int], int] = {}  # a route per (home, replica), not per token
-
-    def distance(h: int, d: int) -> tuple[int, int]:
-        n = hops.get((h, d))
-        if n is None:
-            n = hops[(h, d)] = target.hops(h, d)
-        return n, d
-
+    # per home die, the replicas fewest hops first (ties: the lower die): a token goes to the
+    # first with quota left (a route per home and replica, not per token)
+    nearest: dict[int, list[int]] = {}
     for t, h in rest:
-        d = min((d for d in dies if quota[d] > 0), key=lambda d: distance(h, d))
+        order = nearest.get(h)
+        if order is None:
+            order = nearest[h] = sorted(dies, key=lambda d: (target.hops(h, d), d))
+        d = next(d for d in order if quota[d] > 0)
         out[d].append(t)
         quota[d] -= 1
     return {d: sorted(ts) for d, ts in out.items()}

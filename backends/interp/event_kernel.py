@@ -1,0 +1,132 @@
+"""The compiled event loop's kernel (numba): :func:`.event_loop.loop_python`, over arrays.
+
+Imported only by :mod:`.event_loop`, and only when numba is installed. Events are kept in a
+binary heap of parallel arrays keyed ``(time, priority * 2**40 + push order)``: push orders are
+distinct, so the pop order is the reference's ``(time, priority, push order, op)`` order
+whatever the heap's layout. Every float operation is the reference's, in its order.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: push orders stay below this (an op is pushed once), so ``priority * _SEQ + order`` sorts as
+#: ``(priority, order)``
+_SEQ = 1 << 40
+
+
+@numba.njit(cache=True)
+def _push(ht, hk, ho, size, t, k, op):  # type: ignore[no-untyped-def]
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        pt, pk = ht[parent], hk[parent]
+        if pt < t or (pt == t and pk < k):
+            break
+        ht[i], hk[i], ho[i] = pt, pk, ho[parent]
+        i = parent
+    ht[i], hk[i], ho[i] = t, k, op
+    return size + 1
+
+
+@numba.njit(cache=True)
+def _pop(ht, hk, ho, size):  # type: ignore[no-untyped-def]
+    t0, op0 = ht[0], ho[0]
+    size -= 1
+    t, k, op = ht[size], hk[size], ho[size]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size:
+            ct, ck, dt, dk = ht[c], hk[c], ht[c + 1], hk[c + 1]
+            if dt < ct or (dt == ct and dk < ck):
+                c += 1
+        ct, ck = ht[c], hk[c]
+        if t < ct or (t == ct and k < ck):
+            break
+        ht[i], hk[i], ho[i] = ct, ck, ho[c]
+        i = c
+    if size > 0:
+        ht[i], hk[i], ho[i] = t, k, op
+    return t0, op0, size
+
+
+@numba.njit(cache=True)
+def loop(  # type: ignore[no-untyped-def]
+    ndeps, succ_ptr, succ_idx, dur, res_ptr, res_idx, prio, back, free_at, busy, clock, sig,
+    w_ptr, w_count, w_op,
+):  # fmt: skip
+    """``(start, end, free_at, busy)``; the arguments as :func:`.event_loop.loop_compiled`
+    packs them (``ndeps``, ``free_at``, ``busy`` updated in place)."""
+    n = ndeps.size
+    ready = np.zeros(n)
+    start = np.zeros(n)
+    end = np.full(n, -1.0)
+    ht = np.empty(n)
+    hk = np.empty(n, np.int64)
+    ho = np.empty(n, np.int64)
+    size = 0
+    seq = 0
+    for op in range(n):
+        if ndeps[op] == 0:
+            size = _push(ht, hk, ho, size, clock, prio[op] * _SEQ + seq, op)
+            seq += 1
+    counters = np.zeros(w_ptr.size - 1, np.int64)
+    w_next = w_ptr[:-1].copy()
+    while size > 0:
+        t, op, size = _pop(ht, hk, ho, size)
+        s = t - back[op]
+        r0, r1 = res_ptr[op], res_ptr[op + 1]
+        if r1 - r0 == 1:
+            x = res_idx[r0]
+            if free_at[x] > s:
+                s = free_at[x]
+            e = s + dur[op]
+            free_at[x] = e
+            busy[x] += e - s
+        elif r1 == r0:
+            e = s + dur[op]
+        else:
+            for j in range(r0, r1):
+                x = res_idx[j]
+                if free_at[x] > s:
+                    s = free_at[x]
+            e = s + dur[op]
+            for j in range(r0, r1):
+                x = res_idx[j]
+                free_at[x] = e
+                busy[x] += e - s
+        start[op] = s
+        end[op] = e
+        ev = sig[op]
+        if ev >= 0:
+            counters[ev] += 1
+            c = counters[ev]
+            j = w_next[ev]
+            stop = w_ptr[ev + 1]
+            while j < stop and w_count[j] < c:  # counts passed over: never released
+                j += 1
+            while j < stop and w_count[j] == c:
+                w = w_op[j]
+                if ready[w] < e:
+                    ready[w] = e
+                ndeps[w] -= 1
+                if ndeps[w] == 0:
+                    size = _push(ht, hk, ho, size, ready[w] if ready[w] > t else t,
+                                 prio[w] * _SEQ + seq, w)  # fmt: skip
+                    seq += 1
+                j += 1
+            w_next[ev] = j
+        for j in range(succ_ptr[op], succ_ptr[op + 1]):
+            x = succ_idx[j]
+            if ready[x] < e:
+                ready[x] = e
+            ndeps[x] -= 1
+            if ndeps[x] == 0:
+                size = _push(ht, hk, ho, size, ready[x] if ready[x] > t else t,
+                             prio[x] * _SEQ + seq, x)  # fmt: skip
+                seq += 1
+    return start, end, free_at, busy

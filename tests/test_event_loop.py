@@ -1,0 +1,162 @@
+"""The compiled event loop (backends/interp/event_kernel.py, numba) against the Python reference.
+
+Both must give every op's start and end, each resource's free and busy time, to the bit: on
+random op graphs built to tie (few distinct durations, shared resources, tail reservations,
+signal/wait counters, a deadlock), on every tiny golden, on chunked dispatch, and on a
+layer-by-layer whole-model run's JSON report. Skipped where numba is not installed (it is an
+optional extra, ``moec[fast]``); the reference is what every other test runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import moec.backends.interp as interp
+import moec.backends.interp.event_loop as event_loop
+from moec.backends.interp.timing import run_timing
+from moec.ir.stream import load_program
+from moec.run import run_program
+
+#: the comparisons need numba; without it only the fallback test below runs
+needs_numba = pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None, reason="numba (moec[fast]) not installed"
+)
+
+GOLDEN = Path(__file__).parent / "golden" / "msp"
+TINY = sorted(p.name for p in GOLDEN.glob("tiny*.msp"))
+
+
+def _random_graph(rng: random.Random, n: int) -> dict[str, Any]:
+    """A DAG in op order (edges only forward) plus wait ops released by signal counts."""
+    succ: list[list[int]] = [[] for _ in range(n)]
+    ndeps = [0] * n
+    for b in range(1, n):
+        for a in rng.sample(range(b), min(b, rng.choice((0, 1, 1, 2, 3)))):
+            succ[a].append(b)
+            ndeps[b] += 1
+    kinds = [rng.choice((0, 1, 2, 3, 5)) for _ in range(n)]
+    res = [() if k in (3, 5) else rng.choice(((0,), (1,), (2,), (0, 2))) for k in kinds]
+    dur = [rng.choice((0.0, 0.5, 1.0, 1.5)) if k != 3 else 0.0 for k in kinds]
+    back = [rng.choice((0.0, 0.0, 0.25, d)) for d in dur]
+    signal_event: dict[int, str] = {}
+    waiters: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for op in rng.sample(range(n), n // 8):
+        signal_event[op] = rng.choice(("a", "b"))
+    for op in rng.sample(range(n), n // 10):
+        if op not in signal_event:  # counts up to one past the signals: some never released
+            waiters[rng.choice(("a", "b", "c"))][rng.randrange(0, 1 + n // 16)].append(op)
+            ndeps[op] += 1
+    return {
+        "ndeps": ndeps, "succ": succ, "dur": dur, "res": res, "kind": kinds, "back": back,
+        "free_at": [rng.choice((0.0, 2.0)) for _ in range(3)], "busy": [0.0, 1.0, 0.0],
+        "clock": rng.choice((0.0, 1.0)), "signal_event": signal_event, "waiters": waiters,
+    }  # fmt: skip
+
+
+def _copy(g: dict[str, Any]) -> dict[str, Any]:
+    out = dict(g)
+    for key in ("ndeps", "free_at", "busy"):
+        out[key] = list(g[key])
+    out["waiters"] = defaultdict(
+        lambda: defaultdict(list),
+        {ev: defaultdict(list, {c: list(ops) for c, ops in by.items()})
+         for ev, by in g["waiters"].items()},
+    )  # fmt: skip
+    return out
+
+
+@needs_numba
+@pytest.mark.parametrize("seed", range(12))
+def test_compiled_loop_pops_random_graphs_as_the_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    g = _random_graph(rng, rng.choice((1, 7, 60, 400)))
+    a, b = _copy(g), _copy(g)
+    ref = event_loop.loop_python(**a)
+    got = event_loop.loop_compiled(**b)
+    assert repr(got) == repr(ref)
+    assert repr((b["free_at"], b["busy"])) == repr((a["free_at"], a["busy"]))
+    if seed == 0:
+        assert min(ref[1]) < 0  # the generator does make ops that are never released
+
+
+def _timeline(tl: Any) -> str:
+    names = (
+        "start", "end", "busy", "peak_sram", "peak_sram_activations", "makespan", "dram_bytes",
+        "link_bytes",
+    )  # fmt: skip
+    return repr([getattr(tl, n) for n in names] + [tl.energy.joules])
+
+
+@needs_numba
+@pytest.mark.parametrize("name", TINY)
+def test_compiled_loop_times_every_golden_as_the_reference(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    res = run_program(
+        load_program(str(GOLDEN / name)), routing="synth:zipf=1.0,seed=0", base_dir=str(GOLDEN)
+    )
+    assert res.expanded is not None
+    target = res.timeline.target
+    monkeypatch.setattr(event_loop, "COMPILED", False)
+    ref = run_timing(res.expanded, target)
+    monkeypatch.setattr(event_loop, "COMPILED", True)
+    got = run_timing(res.expanded, target)
+    assert len(got.start) > 0
+    assert _timeline(got) == _timeline(ref)
+
+
+@needs_numba
+def test_compiled_loop_gives_a_layered_run_the_same_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moec.bench import run_bench
+    from moec.compiler.bench.report import rows_json
+
+    def report(compiled: bool) -> str:
+        monkeypatch.setattr(event_loop, "COMPILED", compiled)
+        return rows_json(
+            run_bench("qwen3-30b-a3b", "fsedp-2x2", [64], ["ep", "tp{window=2}"], layers=3)
+        )
+
+    assert report(True) == report(False)
+
+
+@needs_numba
+def test_an_undecided_process_switches_after_enough_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    used: list[str] = []
+    for name in ("loop_python", "loop_compiled"):
+        real = getattr(event_loop, name)
+
+        def counted(*a: Any, _real: Any = real, _name: str = name) -> Any:
+            used.append(_name)
+            return _real(*a)
+
+        monkeypatch.setattr(event_loop, name, counted)
+    monkeypatch.setattr(event_loop, "COMPILED", None)
+    monkeypatch.setattr(event_loop, "COMPILE_AFTER", 100)
+    monkeypatch.setattr(event_loop, "_timed", 0)
+    rng = random.Random(0)
+    for _ in range(3):
+        event_loop.run_events(**_copy(_random_graph(rng, 60)))
+    assert used == ["loop_python", "loop_python", "loop_compiled"]
+
+
+def test_without_numba_an_undecided_process_runs_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
+    monkeypatch.setitem(sys.modules, "moec.backends.interp.event_kernel", None)
+    monkeypatch.delattr(interp, "event_kernel", raising=False)  # an earlier test imported it
+    monkeypatch.setattr(event_loop, "_kernel", None)
+    monkeypatch.setattr(event_loop, "COMPILED", None)
+    monkeypatch.setattr(event_loop, "_timed", 10**9)
+    g = _random_graph(random.Random(1), 60)
+    assert event_loop.run_events(**_copy(g)) == event_loop.loop_python(**_copy(g))
+    assert event_loop.compiled_available() is False
