@@ -37,12 +37,14 @@ the caller (``moec bench``), which would otherwise run the same program again.
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from moec.backends.interp import RunResult, simulate
-from moec.backends.interp.expand.fsedp import plans_shared, predicted_schedule
+from moec.backends.interp.expand.fsedp import iteration_bound, plans_shared, predicted_schedule
 from moec.backends.interp.summary import layer_parts, moe_summary
 from moec.compiler.lower import lower as lower_strategy
 from moec.compiler.lower.fsedp import MIN_AUTO_WIDTH
@@ -164,36 +166,46 @@ def _choose(
     module: Module, target: TargetRef, strategy: str, options: Mapping[str, str],
     routing: RoutingTrace, ffn: int, tgt: Target, plans: dict[Any, Any], **kw: Any,
 ) -> SliceChoice | None:  # fmt: skip
-    """:func:`choose_slices` with the shared schedules ``plans`` (see there)."""
+    """:func:`choose_slices` with the shared schedules ``plans`` (see there): a best-first
+    search on each count's lower bound on its measurement, the hard one before it is scheduled
+    (:func:`~moec.backends.interp.expand.fsedp.iteration_bound`), then the larger of that and
+    ``prediction * (1 - ESTIMATE_ERROR)``; the count of the lowest bound is scheduled if it is
+    not yet, else timed, until that bound exceeds the fastest measured."""
     r0 = routing.layers[0]
     programs: dict[int, Program] = {}
-    predicted: dict[int, float] = {}
     bound: dict[int, float] = {}
     for c in candidates(ffn):
         try:
             p = lower_strategy(
                 module, target, strategy, {**options, "slices": str(c)}, routing, **kw
             )
-            sched = predicted_schedule(p, tgt, p.layers[0].name, r0)
+            bound[c] = iteration_bound(p, tgt, p.layers[0].name, r0)
         except ScheduleError:
             break  # coarser slices fit even less
-        predicted[c] = sched.estimate_s
-        bound[c] = channel_bound(sched.streams, tgt)
         programs[c] = p
-        for slow in sorted(predicted, key=lambda c: (predicted[c], c))[KEEP_SCHEDULES:]:
-            _forget(plans, programs[slow])
-    if not predicted:
-        return None
-    least = min(predicted.values())
+    predicted: dict[int, float] = {}
     measured: dict[int, float] = {}
     best_run: RunResult | None = None
-    for c in sorted(predicted, key=lambda c: (predicted[c], c)):
-        fastest = min(measured.values(), default=least * (1.0 + ESTIMATE_ERROR))
-        if predicted[c] * (1.0 - ESTIMATE_ERROR) > fastest:
-            break
-        if measured and bound[c] > fastest:
-            # cannot beat the fastest, and timing it would not lower the fastest either: the
-            # counts timed after it, and the choice, are those of timing it
+    fastest = math.inf
+    # (lower bound, count): ties go to fewer slices, as the choice's own tie-break
+    heap = [(b, c) for c, b in bound.items()]
+    heapq.heapify(heap)
+    while heap:
+        low, c = heapq.heappop(heap)
+        if low > fastest:
+            break  # no count left can beat the fastest, nor tie it
+        if c not in predicted:
+            try:
+                sched = predicted_schedule(programs[c], tgt, programs[c].layers[0].name, r0)
+            except ScheduleError:  # the slots fit, yet the rules stall: as coarser counts would
+                heap = [(b, k) for b, k in heap if k > c]
+                heapq.heapify(heap)
+                continue
+            predicted[c] = sched.estimate_s
+            heapq.heappush(heap, (max(bound[c], sched.estimate_s * (1.0 - ESTIMATE_ERROR)), c))
+            waiting = sorted((b, k) for b, k in heap if k in predicted)
+            for _, slow in waiting[KEEP_SCHEDULES:]:
+                _forget(plans, programs[slow])
             continue
         t, run = measure_run(programs[c], tgt, routing)
         _forget(plans, programs[c])  # this count's schedule is not asked for again
@@ -201,6 +213,7 @@ def _choose(
             if not measured or (t, c) < min((v, k) for k, v in measured.items()):
                 best_run = run
             measured[c] = t
+            fastest = min(fastest, t)
     if not measured:
         return None
     best = min(measured, key=lambda c: (measured[c], c))
