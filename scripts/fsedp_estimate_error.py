@@ -44,9 +44,9 @@ POINTS = (
 def survey(point: str, variant: str, tmp: str) -> list[dict[str, Any]]:
     """Every fitting count of ``variant`` at ``point``: predicted and measured seconds."""
     model, target, tokens, sets = point.split(":")
-    overrides = tuple(kv for kv in sets.split(",") if kv)
-    ref = TargetRef(target, overrides)
-    tgt = load_target(target, dict(kv.split("=", 1) for kv in overrides))
+    pairs = [kv.split("=", 1) for kv in sets.split(",") if kv]
+    ref = TargetRef(target, tuple((k, v) for k, v in pairs))
+    tgt = load_target(target, dict(pairs))
     work = _Workloads(DEFAULT_ROUTING, "sample", tmp)
     module = work.module(model, 1, "")
     trace = work.trace(model, 1, int(tokens), tgt.num_dies)
