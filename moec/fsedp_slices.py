@@ -114,16 +114,33 @@ def _streams(program: Program) -> bool:
     )
 
 
-def estimate_error(program: Program, target: Target) -> float:
-    """How far below its scheduler's estimate the interpreter may measure FSE-DP ``program``'s
-    first MoE layer, as a fraction: :data:`VARIANT_ERROR` of its variant."""
+def _params(program: Program, target: Target) -> FSEDPParams | None:
     m = program.layers[0]
     pol = program.policy(m.name)
     params = strategy_params(pol, m, target) if pol is not None else None
-    if not isinstance(params, FSEDPParams):
+    return params if isinstance(params, FSEDPParams) else None
+
+
+def estimate_error(program: Program, target: Target) -> float:
+    """How far below its scheduler's estimate the interpreter may measure FSE-DP ``program``'s
+    first MoE layer, as a fraction: :data:`VARIANT_ERROR` of its variant."""
+    params = _params(program, target)
+    if params is None:
         return ESTIMATE_ERROR
     key = (params.rules, params.order, params.r5, params.slack > 0)
     return VARIANT_ERROR.get(key, ESTIMATE_ERROR)
+
+
+def writes_ahead(program: Program, target: Target) -> bool:
+    """Whether the slice choice predicts ``program``'s counts with their streams written (kept
+    for their timing, :func:`~moec.backends.interp.expand.fsedp.plans_shared`) or without
+    (half the cost; a count timed is then scheduled again). With: R5, whose estimate runs below
+    the measurement and ranks counts poorly, so most counts are timed (6 of 7 on the 8x8
+    point), and naive rules, whose hard bound is tight enough that a count scheduled is a
+    count timed. Without: the others, whose estimate is close enough that few are timed (1-2
+    of 7 on the 8x8 point). A matter of cost only: the choice is the same."""
+    params = _params(program, target)
+    return params is None or params.r5 or params.rules == "naive"
 
 
 def candidates(ffn: int) -> list[int]:
@@ -221,6 +238,10 @@ def _choose(
         except ScheduleError:
             break  # coarser slices fit even less
         programs[c] = p
+    if not programs:
+        return None
+    some = programs[max(programs)]  # every count is the same variant
+    error, ahead = estimate_error(some, tgt), writes_ahead(some, tgt)
     predicted: dict[int, float] = {}
     measured: dict[int, float] = {}
     best_run: RunResult | None = None
@@ -234,13 +255,15 @@ def _choose(
             break  # no count left can beat the fastest, nor tie it
         if c not in predicted:
             try:
-                sched = predicted_schedule(programs[c], tgt, programs[c].layers[0].name, r0)
+                sched = predicted_schedule(
+                    programs[c], tgt, programs[c].layers[0].name, r0, ahead
+                )  # fmt: skip
             except ScheduleError:  # the slots fit, yet the rules stall: as coarser counts would
                 heap = [(b, k) for b, k in heap if k > c]
                 heapq.heapify(heap)
                 continue
             predicted[c] = sched.estimate_s
-            low = sched.estimate_s * (1.0 - estimate_error(programs[c], tgt))
+            low = sched.estimate_s * (1.0 - error)
             heapq.heappush(heap, (max(bound[c], low), c))
             waiting = sorted((b, k) for b, k in heap if k in predicted)
             for _, slow in waiting[KEEP_SCHEDULES:]:

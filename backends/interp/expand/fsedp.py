@@ -349,10 +349,14 @@ def predicted_span(p: Program, target: Target, layer: str, routing: LayerRouting
     return plan(_context(p, target, layer, routing), streams=False, catchup=False)[0].estimate_s
 
 
-def predicted_schedule(p: Program, target: Target, layer: str, routing: LayerRouting) -> Schedule:
+def predicted_schedule(
+    p: Program, target: Target, layer: str, routing: LayerRouting, streams: bool = True
+) -> Schedule:
     """The schedule of FSE-DP ``layer``'s iteration under ``routing`` (its ``estimate_s`` is
-    :func:`predicted_span`; its ``streams`` what the expansion writes before the catch-up)."""
-    return plan(_context(p, target, layer, routing))[0]
+    :func:`predicted_span`; its ``streams`` what the expansion writes before the catch-up).
+    Without ``streams``: the same schedule with every die's stream empty, about half the cost,
+    and not kept by :func:`plans_shared` (a timing then schedules the layer again)."""
+    return plan(_context(p, target, layer, routing), streams=streams, catchup=streams)[0]
 
 
 @register("fsedp")
