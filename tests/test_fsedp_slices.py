@@ -153,3 +153,24 @@ def test_the_bounds_are_below_every_counts_measurement(strategy: str, tokens: in
         assert 0 < channel <= hard * (1 + 1e-12) and hard <= t
         timed += 1
     assert timed >= 3
+
+
+@pytest.mark.parametrize("strategy", ["fsedp-naive", "fsedp-paired", "fsedp-r5", "fsedp-buf"])
+def test_the_search_finds_the_fastest_of_every_count_that_fits(strategy: str) -> None:
+    """The best-first search (hard bound, then the variant's estimate error) times few counts,
+    yet picks what timing every count that fits would: the skips are sound here."""
+    from moec.ir.target import load_target
+
+    module, ref, trace = _phi(64.0)
+    target = load_target(ref.spec, dict(ref.overrides))
+    base = lower_strategy(module, ref, strategy, {}, trace)
+    choice = fs.choose_slices(module, ref, strategy, {}, trace, base)
+    assert choice is not None
+    every: dict[int, float] = {}
+    for c in sorted(choice.bound):
+        p = lower_strategy(module, ref, strategy, {"slices": str(c)}, trace)
+        t = fs.measure(p, target, trace)
+        assert t is not None
+        every[c] = t
+    assert choice.count == min(every, key=lambda c: (every[c], c))
+    assert len(choice.measured) < len(every)
