@@ -8,10 +8,13 @@ calibration matches the batch), so ``auto`` tries them for the model, target and
    of the cost model's cut, Hydra without its per-die cap, EP with block placement, more SRAM
    slots, hence finer micro-slices), TP with chunked token dispatch (``tp{window=K}``, with
    ``chunk=256`` tokens at most per chunk: SRAM-limited batches, :mod:`~moec.backends.interp.
-   expand.tp_chunked`) and hybrids within a layer (``hydra{split=N}``: the N
+   expand.tp_chunked`), TP's balanced slice order (``tp{order=balanced}``: hot slices spread
+   among cold ones, :mod:`~moec.backends.interp.expand.tp_order`) and hybrids within a layer (``hydra{split=N}``: the N
    hottest experts cut over all dies TP-style, the rest whole on dies); with
    :func:`slice_variants`, the slice counts next to each whole-expert strategy's own whose cut
-   costs less compute (MAC-array folds filled). A candidate that does not fit the target (a :class:`~moec.ir.errors.ScheduleError` or ``StrategyError``) is recorded as such.
+   costs less compute (MAC-array folds filled), and TP's coarse chunked cut (two slots, one
+   chunk in flight, the coarsest cut and largest chunk the cost model prefers among those that
+   fit: fewer partial sums and folds, :mod:`moec.coarse_tp`). A candidate that does not fit the target (a :class:`~moec.ir.errors.ScheduleError` or ``StrategyError``) is recorded as such.
 2. **Predict** each candidate from the cost model: its program is lowered and its runtime part
    expanded for the routing, and the prediction is, per MoE layer, the larger of the busiest
    DRAM channel's occupancy (:func:`~moec.ir.cost.dram_occupancy` of the layer's loads on it)
@@ -68,6 +71,7 @@ from moec.auto_bound import floor_gap, predicted_layers
 from moec.auto_refine import refine
 from moec.backends.interp import simulate
 from moec.bench import DEFAULT_ROUTING, moe_metrics
+from moec.coarse_tp import coarse_chunked_tp
 from moec.compiler.lower import STRATEGIES, lower, parse_strategy
 from moec.compiler.lower import _load_strategies as load_strategies
 from moec.compiler.lower.options import StrategyError
@@ -99,6 +103,7 @@ def candidates(options: dict[str, str] | None = None) -> list[str]:
         "eplb{slots=8}", "tp{slots=8}", "fsedp-paired{slots=8}", "tp{slots=16}",
         "ep{placement=blocks,slots=8}", "hydra{split=2}", "hydra{split=4}",
         "tp{window=1}", "tp{window=2}", "tp{window=1,chunk=256}", "tp{window=2,chunk=256}",
+        "tp{order=balanced}",
     ]  # fmt: skip
     out = []
     for spec in base + variants:
@@ -126,7 +131,8 @@ class Trial:
     #: per MoE layer (program order): the bound and the measured span
     predicted_layers: list[float] | None = field(default=None, repr=False)
     layers_s: list[float] | None = field(default=None, repr=False)
-    #: how the search came to it: "" (a listed candidate), "cut" (a slice-count variant) or
+    #: how the search came to it: "" (a listed candidate), "cut" (a slice-count variant),
+    #: "coarse" (TP's coarse chunked cut, :mod:`moec.coarse_tp`) or
     #: the option a refinement changed ("slots=6 on tp{slices=32}", :mod:`moec.auto_refine`)
     origin: str = ""
 
@@ -299,6 +305,13 @@ def search(
     if refining:
         for spec in slice_variants(trials, target, routing):
             trials.append(Trial(spec, origin="cut"))
+            predict(trials[-1])
+        coarse = coarse_chunked_tp(
+            module, target_ref, target, routing, tokens=tokens, dims=dims, base_dir=base_dir,
+            name=name,
+        )  # fmt: skip
+        if coarse is not None and coarse not in {t.strategy for t in trials}:
+            trials.append(Trial(coarse, origin="coarse"))
             predict(trials[-1])
     ranked = sorted(
         (i for i, tr in enumerate(trials) if tr.predicted_s is not None),
@@ -477,15 +490,22 @@ def explain(result: AutoResult) -> str:
     over = sum("over --max-sram-mib" in t.status for t in result.trials)
     if over:
         why += f"; {over} measured over the SRAM limit"
-    if w.origin and w.origin != "cut":
+    if w.origin and w.origin not in _LISTED:
         why += f"; found by refining ({w.origin})"
     lines.append(why)
     lines += result.gap
     return "\n".join(lines)
 
 
+#: Origins of candidates added before the refinement, as :func:`explain` names them.
+_LISTED = {
+    "cut": " [slice-count variant]",
+    "coarse": " [coarse chunked TP cut]",  # moec.coarse_tp
+}
+
+
 def _origin(t: Trial) -> str:
     """How the search came to ``t``, for :func:`explain`."""
-    if t.origin == "cut":
-        return " [slice-count variant]"
+    if t.origin in _LISTED:
+        return _LISTED[t.origin]
     return f" [refined: {t.origin}]" if t.origin else ""

@@ -14,7 +14,15 @@ slots does not also change the cut):
   filled, :func:`moec.slice_variants.cheapest_counts`; for TP a multiple of the die count, as
   its lowering re-cuts);
 - FSE-DP's central load order (``order``: :data:`ORDERS`) and trajectory cycle;
-- Hydra's per-die cap (``cap=none``) and, for EP, block placement.
+- Hydra's per-die cap (``cap=none``), for EP block placement, for TP the balanced slice order
+  (``order=balanced``, :mod:`moec.backends.interp.expand.tp_order`: hot slices spread among
+  cold ones; not TP's default, it is slower where corner channels serve several dies, 3x3
+  1024 tokens);
+- with chunked token dispatch (``window=``), the token chunk (:func:`chunk_neighbours`): the
+  ``chunk=256`` of the listed candidates was found on one batch, and on another of the same
+  distribution the next finer chunk can be far faster (Phi-3.5-MoE, 1024 tokens, Zipf 1.0 seed 1
+  on fsedp-2x2: ``tp{window=1,chunk=256}`` 109.61 ms, ``chunk=128`` 70.82 ms). Its micro-slice
+  count is not pinned: the chunk sets the SRAM the slots may take, so the cut is chosen again.
 
 Each neighbour is lowered and bounded like any candidate; those whose bound is below the best
 measured latency are run by the interpreter in ascending bound (ties: neighbour order), within
@@ -46,6 +54,8 @@ DEFAULT_SLOTS = 4
 #: FSE-DP's central load orders and trajectory cycles.
 ORDERS = ("natural", "paired", "balanced")
 CYCLES = ("spiral", "rowmajor")
+#: Token chunks a chunked-dispatch neighbour may take (:func:`chunk_neighbours`).
+CHUNKS = (64, 128, 256, 512)
 #: Rounds of refinement at most (each from the fastest measured trial not yet refined).
 ROUNDS = 4
 #: Strategies :func:`neighbours` knows the options of.
@@ -95,7 +105,25 @@ def neighbours(trial: Trial, target: Target, routing: RoutingTrace) -> list[tupl
         out.append((spell(name, {**pinned, "cap": "none"}), "cap=none"))
     elif name == "ep" and "placement" not in opts:
         out.append((spell(name, {**pinned, "placement": "blocks"}), "placement=blocks"))
+    elif name == "tp" and opts.get("order", "natural") == "natural":
+        out.append((spell(name, {**pinned, "order": "balanced"}), "order=balanced"))
+    if "window" in opts:
+        shared = any(lay.shared for lay in program.layouts if lay.layer == layer.name)
+        out += chunk_neighbours(name, opts, routing, shared)
     return out
+
+
+def chunk_neighbours(
+    name: str, opts: dict[str, str], routing: RoutingTrace, shared: bool = False
+) -> list[tuple[str, str]]:  # fmt: skip
+    """The chunks of :data:`CHUNKS` next to ``opts``' own (``chunk=`` given, else one chunk per
+    expert: the most tokens any expert of the first MoE layer receives, every token when the
+    layer has shared experts), the finer one and the coarser one, each only if it still cuts
+    some expert's tokens (a chunk at least that large changes nothing)."""
+    most = routing.tokens if shared else int(routing.layers[0].expert_load().max(initial=0))
+    now = int(opts.get("chunk", most))
+    picks = [c for c in CHUNKS if c < now][-1:] + [c for c in CHUNKS if now < c < most][:1]
+    return [(spell(name, {**opts, "chunk": str(c)}), f"chunk={c}") for c in picks]
 
 
 def _fsedp(name: str, opts: dict[str, str], key: str, value: str) -> str:

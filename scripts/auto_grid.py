@@ -5,6 +5,8 @@
     python scripts/auto_grid.py --search-on other    # the search sees another draw
     python scripts/auto_grid.py --search-on other --resamples 2   # ... scored on 2 resamples too
     python scripts/auto_grid.py --traces lm16.json,lm64.json --models models/tiny_moe_lm.onnx
+    python scripts/auto_grid.py --lm 16,64,256,1024 --targets fsedp-2x2   # the trained LM's routing
+    python scripts/auto_grid.py --held-out --targets fsedp-2x2   # every held-out table at once
     python scripts/auto_grid.py --only fsedp-2x2/deepseek-moe-16b/256,fsedp-4x4/phi3.5-moe/1024
 
 For each (target, model, tokens) point the six fixed strategies (ep, hydra, eplb, tp, fsedp,
@@ -25,11 +27,19 @@ the layer on the target (each active expert read once at the channels' sustained
 each expert's tokens computed at the best GEMM efficiency its shape allows, the first load's and
 last byte's latency), so where ``best / any floor`` is below 1.031 no schedule at all, within
 this hardware model and a one-iteration workload, is 3% faster than the best fixed strategy.
+
+``--lm T1,T2,...`` dumps the trained LM's routing itself (:data:`LM_MODEL` run by ONNX Runtime on
+the first T bytes of its held-out text, :data:`LM_TEXT`, as ``moec trace dump --inputs`` does,
+tokens on the target's dies) and runs those traces like ``--traces``. ``--held-out`` is the
+traces the search was not developed on, in one command: :data:`HELD_OUT_ZIPF` at seed
+:data:`HELD_OUT_SEED` and the LM's routing at :data:`HELD_OUT_LM` tokens, one table each and a
+last summary line over all of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -39,12 +49,19 @@ from moec.auto import any_schedule_floor, candidates, search
 from moec.bench import CALIBRATION_TOKENS, load_bench_model, run_bench
 from moec.compiler.bench.spec import PAPER_MODELS, PAPER_TARGETS, PAPER_TOKENS, truncate
 from moec.ir.errors import MoecError
-from moec.ir.routing import load_trace, save_trace
+from moec.ir.routing import RoutingTrace, load_trace, save_trace
 from moec.ir.routing_synth import SynthSpec, parse_routing_spec
 from moec.ir.stream import TargetRef
 from moec.ir.target import load_target
 
 FIXED = ("ep", "hydra", "eplb", "tp", "fsedp", "fsedp-paired")
+#: ``--lm``: the trained language model and the held-out text its routing is dumped on.
+LM_MODEL = "models/tiny_moe_lm.onnx"
+LM_TEXT = "models/tiny_moe_lm.heldout.txt"
+#: ``--held-out``: Zipf exponents and seed of the synthetic traces, the LM's token counts.
+HELD_OUT_ZIPF = (0.6, 1.0, 1.6)
+HELD_OUT_SEED = 1
+HELD_OUT_LM = (16, 64, 256, 1024)
 #: ``--search-on other``: the search draws its trace with this offset added to the seed.
 SEARCH_SEED_OFFSET = 1000
 
@@ -101,6 +118,15 @@ def point(
     }  # fmt: skip
 
 
+def searched_trace(path: str, target: str) -> RoutingTrace:
+    """The recorded trace's first MoE layer as ``moec bench`` runs it on ``target``: rehomed
+    when it was recorded for another die count, so the search and the fixed strategies see the
+    same batch (a 4-die trace on fsedp-4x4 is spread over the 16 dies, not kept on dies 0-3)."""
+    trace = load_trace(path).head(1)
+    dies = load_target(target, {}).num_dies
+    return trace if trace.num_dies == dies else trace.rehome(dies)
+
+
 def trace_point(model: str, target: str, path: str, budget: int | None) -> dict[str, Any]:
     """One row on a recorded trace (``--traces``): its own token count, the search on the trace
     itself; Hydra and EPLB calibrate on it too, as ``moec bench`` does for a recorded trace."""
@@ -112,7 +138,7 @@ def trace_point(model: str, target: str, path: str, budget: int | None) -> dict[
             return None
 
     fixed = {s: bench(s) for s in FIXED}
-    trace = load_trace(path).head(1)
+    trace = searched_trace(path, target)
     kw: dict[str, Any] = {} if budget is None else {"budget": budget}
     found = search(truncate(load_bench_model(model).module, 1), TargetRef(target), trace, **kw)
     bounds = [t.predicted_s for t in found.trials if t.predicted_s is not None]
@@ -122,6 +148,49 @@ def trace_point(model: str, target: str, path: str, budget: int | None) -> dict[
         "auto": bench(found.winner.strategy), "floor": min(bounds) if bounds else None,
         "any_floor": any_schedule_floor(found.program, load_target(target, {}), trace),
     }  # fmt: skip
+
+
+def ratio(row: dict[str, Any]) -> float:
+    """Auto's latency over the best fixed strategy's on one row (inf: auto's choice did not fit)."""
+    best = min(v for v in row["fixed"].values() if v is not None)
+    return float(row["auto"] / best) if row["auto"] is not None else float("inf")
+
+
+def summary(label: str, rows: list[dict[str, Any]]) -> str:
+    """One line over ``rows`` (of any tables): within 0.5%, at least 3% faster, the worst."""
+    r = [ratio(x) for x in rows]
+    worst = max(r, default=0.0)
+    return (
+        f"Summary {label}: auto within 0.5% of the best fixed strategy at "
+        f"{sum(x <= 1.005 for x in r)} of {len(r)} points, at least 3% faster at "
+        f"{sum(x <= 0.97 for x in r)}; worst "
+        + (f"{worst:.3f}x." if math.isfinite(worst) else "a choice that does not fit the batch.")
+    )
+
+
+def lm_traces(tokens: list[int], target: str, tmp: str) -> list[str]:
+    """The trained LM's routing (:data:`LM_MODEL` on the first T bytes of :data:`LM_TEXT`, T in
+    ``tokens``: sequences of 16 bytes below 256 tokens, else of 128, as its context allows) with
+    the tokens on ``target``'s dies, dumped by ONNX Runtime into ``tmp``; the files' paths."""
+    import numpy as np
+
+    from moec.check import dump_trace
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, LM_TEXT), "rb") as f:
+        text = f.read()
+    paths = []
+    for t in tokens:
+        seq = 16 if t < 256 else 128
+        if t % seq or t > len(text):
+            raise SystemExit(f"--lm: {t} tokens: expected a multiple of {seq} up to {len(text)}")
+        ids = np.frombuffer(text[:t], dtype=np.uint8).astype(np.int64).reshape(t // seq, seq)
+        inputs = os.path.join(tmp, f"text{t}.npz")
+        np.savez(inputs, input_ids=ids)
+        trace = dump_trace(os.path.join(root, LM_MODEL), inputs=inputs, target=target)
+        paths.append(os.path.join(tmp, f"lm{t}.json"))
+        save_trace(trace, paths[-1])
+    return paths
 
 
 def _ms(v: float | None) -> str:
@@ -154,15 +223,10 @@ def table(
         "| floor ms | best / floor | any floor ms | best / any floor |",
         "|---|---|" + "---|" * len(FIXED) + "---|---|---|---|---|---|---|---|",
     ]
-    within = faster = room = possible = 0
-    worst = 0.0
+    room = possible = 0
     for r in rows:
         ok = {s: v for s, v in r["fixed"].items() if v is not None}
         best = min(ok, key=lambda s: (ok[s], FIXED.index(s)))
-        ratio = r["auto"] / ok[best] if r["auto"] is not None else float("inf")
-        worst = max(worst, ratio)
-        within += ratio <= 1.005
-        faster += ratio <= 0.97
         cells = " | ".join(_ms(v) for v in r["fixed"].values())
         lat, floor = _ms(r["auto"]), "-" if r["floor"] is None else _ms(r["floor"])
         head_room = "-" if r["floor"] is None else f"{ok[best] / r['floor']:.3f}"
@@ -170,14 +234,12 @@ def table(
         possible += ok[best] >= r["any_floor"] / 0.97
         out.append(
             f"| {r['model']} | {r['tokens']} | {cells} | {best} | {lat} | "
-            f"`{_short(r['choice'])}` | {ratio:.3f} | {floor} | {head_room} | "
+            f"`{_short(r['choice'])}` | {ratio(r):.3f} | {floor} | {head_room} | "
             f"{_ms(r['any_floor'])} | {ok[best] / r['any_floor']:.3f} |"
         )
     out += [
         "",
-        f"Summary {target} {label}: auto within 0.5% of the best fixed strategy "
-        f"at {within} of {len(rows)} points, at least 3% faster at {faster}; worst "
-        f"{worst:.3f}x."
+        summary(f"{target} {label}", rows)
         + (
             f" The candidates' lowest bound leaves room for a 3% gain at {room} of {len(rows)}."
             if offset == 0
@@ -217,38 +279,45 @@ def main(argv: list[str] | None = None) -> int:
         help="only these points, TARGET/MODEL/TOKENS comma-separated (the others' filters still "
         "apply to --zipf/--seeds); default: every --targets x --models x --tokens point",
     )  # fmt: skip
+    ap.add_argument(
+        "--lm", default="",
+        help="token counts (comma-separated): the trained LM's routing on its held-out text, "
+        f"dumped for each target ({LM_MODEL}), instead of synthetic traces",
+    )  # fmt: skip
+    ap.add_argument(
+        "--held-out", action="store_true",
+        help="the held-out traces in one run: Zipf "
+        f"{','.join(f'{z:g}' for z in HELD_OUT_ZIPF)} at seed {HELD_OUT_SEED} and --lm "
+        f"{','.join(str(t) for t in HELD_OUT_LM)}, with a summary over all of them",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     only = {tuple(p.split("/")) for p in args.only.split(",") if p}
     if any(len(p) != 3 for p in only):
         ap.error(f"--only: expected TARGET/MODEL/TOKENS entries, found {args.only!r}")
     if only:
         args.targets = ",".join(dict.fromkeys(p[0] for p in sorted(only)))
+    if args.held_out:
+        args.zipf = ",".join(f"{z:g}" for z in HELD_OUT_ZIPF)
+        args.seeds, args.lm = str(HELD_OUT_SEED), ",".join(str(t) for t in HELD_OUT_LM)
     offset = 0 if args.search_on == "batch" else SEARCH_SEED_OFFSET
-    if args.traces:
-        for target in args.targets.split(","):
-            rows = [
-                trace_point(m, target, path, args.budget)
-                for path in args.traces.split(",")
-                for m in args.models.split(",")
-            ]
-            print(table(target, "recorded traces", rows, 0), flush=True)
-        return 0
+    everything: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="moec-auto-grid-") as tmp:
         for target in args.targets.split(","):
+            if args.traces or args.lm:
+                paths = args.traces.split(",") if args.traces else []
+                models = args.models.split(",") if args.traces else [LM_MODEL]
+                if args.lm:
+                    paths += lm_traces([int(t) for t in args.lm.split(",")], target, tmp)
+                rows = [trace_point(m, target, p, args.budget) for p in paths for m in models]
+                print(table(target, "recorded traces", rows, 0), flush=True)
+                everything += rows
+            if (args.traces or args.lm) and not args.held_out:
+                continue
             for zipf in (float(z) for z in args.zipf.split(",")):
                 for seed in (int(s) for s in args.seeds.split(",")):
                     rows = [
-                        point(
-                            m,
-                            target,
-                            int(t),
-                            zipf,
-                            seed,
-                            tmp,
-                            args.budget,
-                            offset,
-                            args.resamples,
-                        )  # fmt: skip
+                        point(m, target, int(t), zipf, seed, tmp, args.budget, offset,
+                              args.resamples)
                         for m in (args.models.split(",") if not only else
                                   dict.fromkeys(p[1] for p in sorted(only) if p[0] == target))
                         for t in (args.tokens.split(",") if not only else
@@ -257,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
                     label = f"synth:zipf={zipf:g},seed={seed}"
                     seen = f"seed {seed + offset}"
                     print(table(target, label, rows, offset, args.resamples, seen), flush=True)
+                    everything += rows
+    if args.held_out:
+        print(summary(f"held-out traces, {args.targets}", everything), flush=True)
     return 0
 
 

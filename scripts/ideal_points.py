@@ -18,7 +18,10 @@ values of 20 FSE-DP points moved (latency -0.6% to +0.2%, peak SRAM by up to -25
 strategy's; and for issue 18's FSE-DP slice count from its scheduler (``moec/fsedp_slices.py``,
 session 7; only the 80 FSE-DP points re-measured, ``measure(strategies=...)``): 62 moved, latency
 -3.6% to +0.6% (one point slower: Phi-3.5-MoE 2x2 256 tokens ``fsedp``, the lowering's own count
-is not on the ladder), peak SRAM both ways (Phi-3.5-MoE 2x2 16 tokens 16.7 -> 4.8 MB). ``tests/test_ideal_points.py`` runs the check (slow).
+is not on the ladder), peak SRAM both ways (Phi-3.5-MoE 2x2 16 tokens 16.7 -> 4.8 MB); and for
+issue 18's SRAM-monotone activation reserve (session 9, ``compiler/lower/slots.py``): 3 points
+moved, Phi-3.5-MoE 2x2 256 tokens ``ep`` and ``hydra`` (-0.14%, -0.15%, peak 12.3 -> 14.2 MB),
+3x3 256 tokens ``tp`` (-0.92%). ``tests/test_ideal_points.py`` runs the check (slow).
 """
 
 from __future__ import annotations

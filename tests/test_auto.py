@@ -158,9 +158,9 @@ def test_prediction_bounds_the_measurement_and_counts_compute(tmp_path: Path) ->
 
 
 def test_slice_variants_offer_counts_that_fill_the_mac_array() -> None:
-    """Phi-3.5-MoE, 256 tokens on fsedp-2x2: SRAM forces TP to 80 slices of 80 columns (gate/up
-    160 columns in 3 folds of 64, down 80 rows in 3 folds of 32); 100 slices of 64 columns fill
-    every fold, and so do 40 of 160 (coarser, which SRAM refuses at lowering)."""
+    """Phi-3.5-MoE, 256 tokens on fsedp-2x2: TP cut into 80 slices of 80 columns (what SRAM
+    forced until session 9's activation reserve; gate/up 160 columns in 3 folds of 64, down 80
+    rows in 3 folds of 32); 100 slices of 64 columns fill every fold, and so do 40 of 160."""
     from moec.auto import Trial, default_routing, slice_variants
     from moec.compiler.bench.spec import load_bench_model, truncate
     from moec.compiler.lower import lower
@@ -170,7 +170,7 @@ def test_slice_variants_offer_counts_that_fill_the_mac_array() -> None:
     module = truncate(load_bench_model("phi3.5-moe").module, 1)
     ref = TargetRef("fsedp-2x2", ())
     routing = default_routing(module, ref, tokens=256)
-    tp = Trial("tp", program=lower(module, ref, "tp", {}, routing))
+    tp = Trial("tp", program=lower(module, ref, "tp", {"slices": "80"}, routing))
     assert tp.program is not None and tp.program.layouts[0].count == 80
     fixed = Trial("tp{slices=fit}", program=tp.program)  # an option other than calibration
     target = load_target("fsedp-2x2", {})

@@ -21,12 +21,13 @@ def _yuan() -> Module:
 
 @cache
 def _yuan_search() -> AutoResult:
-    """Yuan2.0-M32, 256 tokens on fsedp-2x2 (the bench's Zipf 1.0 batch), from TP alone: TP's
-    measured cut (32 slices of 128 columns, faster than the lowering's own 20 of 204.8) with
-    six slots stalls its channels less on hot experts."""
+    """Yuan2.0-M32, 256 tokens on fsedp-2x2 (the bench's Zipf 1.0 batch), from TP at 32 slices
+    of 128 columns (every MAC-array fold full) alone: eight slots stall its channels less on
+    hot experts, and the balanced slice order less still. (Since session 9's activation
+    reserve TP's own measured cut is 16 slices, which leaves no room for more slots.)"""
     ref = TargetRef("fsedp-2x2", ())
     routing = default_routing(_yuan(), ref, tokens=256)
-    return search(_yuan(), ref, routing, specs=["tp"], variants=True, tokens=256)
+    return search(_yuan(), ref, routing, specs=["tp{slices=32}"], variants=True, tokens=256)
 
 
 def test_neighbours_change_one_option_and_pin_the_cut() -> None:
@@ -40,9 +41,11 @@ def test_neighbours_change_one_option_and_pin_the_cut() -> None:
     # slot changes keep the lowered cut; a slot count back to the default drops the option
     assert specs[:3] == [f"tp{{slices={count},slots={s}}}" for s in (5, 6, 8)]
     # slice changes keep the other options, and TP's counts are multiples of the die count
-    rest = [s for s in specs[3:]]
+    rest = [s for s in specs[3:-1]]
     assert rest and all(s.startswith("tp{slices=") for s in rest)
     assert all(int(s.split("=")[1].rstrip("}")) % target.num_dies == 0 for s in rest)
+    # and TP's balanced slice order (moec/backends/interp/expand/tp_order.py), the cut pinned
+    assert specs[-1] == f"tp{{order=balanced,slices={count}}}"
     hydra = Trial("hydra{slices=32,slots=6}", program=tp.program)
     changes = [c for _, c in neighbours(hydra, target, routing)]
     assert changes[:3] == ["slots=4", "slots=5", "slots=8"] and changes[-1] == "cap=none"
@@ -64,19 +67,20 @@ def test_refined_winner_is_never_slower_than_what_it_contains_and_is_named() -> 
     measured = [t for t in found.trials if t.status == "measured"]
     assert found.winner.measured_s == min(t.measured_s for t in measured if t.measured_s)
     by = {t.strategy: t for t in found.trials}
-    tp = by["tp"]
+    tp = by["tp{slices=32}"]
     assert tp.measured_s is not None
-    # TP's own count, measured for the routing (moec/expert_slices.py), is already 32 slices
-    # (128 columns: every MAC-array fold full), so the cut variant is TP's program itself
-    assert by["tp{slices=32}"].status.startswith("the same program as tp")
-    # the winner adds six slots to it
-    assert found.winner.strategy == "tp{slices=32,slots=6}"
-    assert found.winner.origin == "slots=6 on tp"
-    assert found.winner.measured_s is not None and found.winner.measured_s < tp.measured_s
+    # eight slots stall its channels less on hot experts' compute, and the balanced slice order
+    # (hot slices spread among cold ones) less still
+    eight = by["tp{slices=32,slots=8}"]
+    assert eight.origin == "slots=8 on tp{slices=32}"
+    assert eight.measured_s is not None and eight.measured_s < tp.measured_s
+    assert found.winner.strategy == "tp{order=balanced,slices=32}"
+    assert found.winner.origin == "order=balanced on tp{slices=32}"
+    assert found.winner.measured_s is not None and found.winner.measured_s < eight.measured_s
     text = explain(found)
     row = next(ln for ln in text.splitlines() if ln.startswith("* "))
-    assert row.endswith("measured [refined: slots=6 on tp]")
-    assert "found by refining (slots=6 on tp)" in text
+    assert row.endswith("measured [refined: order=balanced on tp{slices=32}]")
+    assert "found by refining (order=balanced on tp{slices=32})" in text
     assert sum(t.status == "measured" for t in found.trials) <= found.budget
 
 
@@ -105,3 +109,32 @@ def test_fsedp_order_neighbours_are_spelled_as_the_named_strategy() -> None:
         _fsedp("fsedp-r5", pinned, "order", "natural")
         == "fsedp-r5{order=natural,slices=22,slots=8}"
     )
+
+
+def test_a_chunked_winner_gets_the_neighbouring_token_chunks_unpinned() -> None:
+    """The listed ``chunk=256`` was found on one batch; on another draw of the same distribution
+    the finer chunk can win by a third (Phi-3.5-MoE, 1024 tokens, Zipf 1.0 seed 1, fsedp-2x2), so
+    a chunked winner's neighbours include the chunks next to its own, with the cut re-chosen."""
+    from moec.auto_refine import chunk_neighbours
+
+    ref = TargetRef("fsedp-2x2", ())
+    routing = default_routing(_yuan(), ref, tokens=256)
+    target = load_target("fsedp-2x2", {})
+    most = int(routing.layers[0].expert_load().max())
+    assert 64 < most < 256  # the hottest of Yuan2.0-M32's 32 experts at 256 tokens, top-2
+    program = lower(_yuan(), ref, "tp", {"window": "1", "chunk": "256"}, routing, tokens=256)
+    found = dict(neighbours(Trial("tp{chunk=256,window=1}", program=program), target, routing))
+    assert found["tp{chunk=128,window=1}"] == "chunk=128"  # no slices=: the cut is chosen again
+    assert not any("chunk=512" in s or "chunk=64" in s for s in found)
+    # without a chunk, one chunk is the hottest expert's tokens: the next finer chunk is below it
+    finer = max(c for c in (64, 128) if c < most)
+    assert chunk_neighbours("tp", {"window": "2"}, routing) == [
+        (f"tp{{chunk={finer},window=2}}", f"chunk={finer}")
+    ]
+    # with shared experts a chunk of every token is cut too: 256 tokens allow no coarser chunk
+    assert [c for _, c in chunk_neighbours("tp", {"window": "1"}, routing, shared=True)] == [
+        "chunk=128"
+    ]
+    # without chunked dispatch (no window) there is no chunk to change
+    plain = neighbours(Trial("tp", program=program), target, routing)
+    assert not any(c.startswith("chunk=") for _, c in plain)

@@ -46,7 +46,10 @@ def test_more_sram_only_adds_candidates_and_never_picks_a_slower_count() -> None
     assert 44 not in small.measured and 28 not in large.measured  # not candidates
     assert set(small.measured) < set(large.measured)
     for c, t in small.measured.items():  # SRAM does not enter a count's schedule
-        assert large.measured[c] == t
+        assert large.measured[c] == t or t is None
+    # 40 slices fit the lowering's reserve at 16 MiB (sized for uniform routing: the any-routing
+    # one leaves no room there), but this batch overfills a die at run time; with 24 MiB it fits
+    assert small.measured[40] is None and large.measured[40] is not None
     for ch in (small, large):
         got = {c: t for c, t in ch.measured.items() if t is not None}
         assert ch.measured[ch.count] == min(got.values())
@@ -61,4 +64,4 @@ def test_the_routing_aware_lowering_uses_the_choice_and_explicit_slices_keep_the
     own = lower_strategy(module, ref, "ep", {}, None)
     assert fs.lower(module, ref, "ep", {}, None).layouts[0].count == own.layouts[0].count
     assert fs.lower(module, ref, "ep", {"slices": "50"}, trace).layouts[0].count == 50
-    assert fs.lower(module, ref, "ep", {"slices": "fit"}, trace).layouts[0].count == 28
+    assert fs.lower(module, ref, "ep", {"slices": "fit"}, trace).layouts[0].count == 27

@@ -111,19 +111,31 @@ def test_slices_shrink_with_sram(tiny: Module) -> None:
     assert big.layout("moe0").count == 1
     small = lower(tiny, TargetRef("fsedp-2x2", (("sram_bytes_per_die", 20000),)), "ep")
     lay = small.layout("moe0")
-    # the lowering reserves the most activations any routing puts on a die (docs/isa.md,
-    # "SRAM"): all 8 tokens' x and y, 32 x fp32 each: 8 x 256 = 2048, plus y blocks landing:
-    # min(8 tokens x 2 expert dies, 2 per link x 2 links in x 2 home tokens) = 8 rows of 128
-    # bytes: 1024; a column in flight adds h = 8 tokens x 2 x fp32 = 64 bytes. So
-    # (20000 - 3072) // (4 x 384 + 64) = 10 columns per slice, 7 slices.
-    assert lay is not None and lay.count == 7
+    # the most activations any routing puts on a die (docs/isa.md, "SRAM"): all 8 tokens' x and
+    # y, 32 x fp32 each: 8 x 256 = 2048, plus y blocks landing: min(8 tokens x 2 expert dies, 2
+    # per link x 2 links in x 2 home tokens) = 8 rows of 128 bytes: 1024; a column in flight
+    # adds h = 8 tokens x 2 x fp32 = 64 bytes. The cost model's count is one slice (the whole
+    # expert: 4 x 24576 + 64 x 64 bytes), more than 20000 leaves beside any reserve, so SRAM
+    # forces a finer cut, and the slots keep the room the uniform-routing reserve leaves (1184:
+    # 2.625 other dies' tokens expected, not all 6): (20000 - 1184) // (4 x 384 + 64) = 11
+    # columns per slice, 6 slices (the any-routing reserve would force 7, and switching to it
+    # where it first leaves room made more SRAM give finer, slower cuts)
+    assert lay is not None and lay.count == 6
     pool = small.slot_pool(0)
     assert pool is not None and pool.count == 4
-    assert pool.count * pool.nbytes + 3072 + 10 * 64 <= 20000
+    assert pool.count * pool.nbytes + 1184 + 11 * 64 <= 20000
     assert small.policy("moe0").params["slice_bytes"] == [
         lay.width(j) * 384 for j in range(lay.count)
     ]
     assert max(peak_sram(small).values()) <= 20000
+    # a cut the any-routing reserve leaves room for is sized beside it: 7 slices of 10 columns,
+    # (20000 - 3072) // (4 x 384 + 64) = 10
+    seven = lower(tiny, TargetRef("fsedp-2x2", (("sram_bytes_per_die", 20000),)), "ep",
+                  {"slices": "7"})  # fmt: skip
+    assert seven.layout("moe0").count == 7
+    with pytest.raises(ScheduleError, match="option slices=5 makes slices of moe0 too large"):
+        lower(tiny, TargetRef("fsedp-2x2", (("sram_bytes_per_die", 20000),)), "ep",
+              {"slices": "5"})  # fmt: skip
 
 
 def test_does_not_fit_sram(tiny: Module) -> None:
@@ -140,9 +152,10 @@ def test_does_not_fit_sram(tiny: Module) -> None:
         r"one FFN column of moe0\), has 2500",
     ):
         lower(tiny, TargetRef("fsedp-2x2", (("sram_bytes_per_die", 2500),)), "ep")
-    # fewer slots fit the any-routing reserve: 2 x 384 + 3136 <= 4000
+    # fewer slots: 2 of 3 columns beside the uniform-routing reserve, (4000 - 1184) // (2 x 384
+    # + 64) (the any-routing reserve, 3072, would leave room for one-column slots only)
     p = lower(tiny, TargetRef("fsedp-2x2", (("sram_bytes_per_die", 4000),)), "ep", {"slots": "2"})
-    assert p.layout("moe0").count == 64  # slots hold one 384-byte column
+    assert p.layout("moe0").count == 22
 
 
 def test_strategy_errors(tiny: Module) -> None:
@@ -174,10 +187,10 @@ def test_shape_only_preset_tokens_and_precision() -> None:
     # the cut does not depend on SRAM once it fits: 64 MiB changes nothing
     big = lower(module, TargetRef("fsedp-2x2", (("sram_mib_per_die", 64),)), "ep", tokens=256)
     assert big.layout("moe0") == p.layout("moe0")
-    # slices=fit keeps the SRAM rule alone: 4 slices (the 16 MiB less the activations of all 256
-    # tokens and 256 landing y rows, 4.2 MB), 1 (whole experts) with 64 MiB
+    # slices=fit keeps the SRAM rule alone: 3 slices (whole experts do not fit, so the slots keep
+    # the room the uniform-routing reserve leaves), 1 (whole experts) with 64 MiB
     fit = lower(module, TargetRef("fsedp-2x2"), "ep", {"slices": "fit"}, tokens=256)
-    assert fit.layout("moe0").count == 4
+    assert fit.layout("moe0").count == 3
     big = lower(
         module, TargetRef("fsedp-2x2", (("sram_mib_per_die", 64),)), "ep", {"slices": "fit"},
         tokens=256,

@@ -23,8 +23,9 @@ COMMON_OPTIONS: dict[str, str] = {
     "slices": "micro-slices per expert: auto (EP, Hydra, EPLB, TP: the cost model's count, at "
     "least the fewest that fit a slot; FSE-DP: its own rule; compiled for a routing, the "
     "fastest measured count that fits), fit (the fewest that fit a slot) or an integer",
-    "shared_slices": "micro-slices of the shared experts: an integer (default: as 'slices' "
-    "decides; online alternatives set it so their layouts agree)",
+    "shared_slices": "micro-slices of the shared experts: an integer (default: EP, Hydra, EPLB, "
+    "TP the cost model's count, at least the fewest that fit, also beside slices=N; slices=fit "
+    "and FSE-DP the fewest that fit; online alternatives set it so their layouts agree)",
     "dtype": "weight precision: fp32, fp16, bf16, int8, int4 (default: the weights' own)",
     "resident": "fraction of each layer's experts in device memory, the others offloaded to the "
     "target's host tier (default 1: all resident; see compiler/lower/residency.py)",

@@ -1,12 +1,19 @@
 """Slot planning: each MoE layer's precision, micro-slices and the SRAM slot size.
 
 Each die gets ``slots`` slots (default 4) of one size, and each layer's experts are cut into the
-fewest even slices whose largest fits a slot in the SRAM the layer's activations leave
-(``slots x slot bytes + activations <= SRAM``, the activations the most any routing can put on a
-die, as :func:`predicted_activations` bounds them for the strategy's :data:`ACTIVATION_KINDS`
-entry, see :mod:`moec.ir.activations`: a program fits whatever routing it runs; where that
-bound leaves no room for slots, :func:`expected_activations`, and the run-time limit decides);
-the slot size is the largest slice of any layer. Whole-expert strategies (EP, Hydra, EPLB, TP)
+fewest even slices whose largest fits a slot in the room the layer's activations leave
+(``slots x slot bytes + reserve <= SRAM``); the slot size is the largest slice of any layer.
+The reserve (:func:`plan_layers`) lies between two estimates of the activations, see
+:mod:`moec.ir.activations`: :func:`predicted_activations`, the most any routing can put on a
+die for the strategy's :data:`ACTIVATION_KINDS` entry (a program sized beside it fits whatever
+routing it runs), and :func:`expected_activations`, uniform routing's (the run-time limit then
+decides). The slots get the room the cut the lowering wants anyway needs (the options' count,
+else the cost model's), as far as the expectation leaves it; SRAM beyond that goes to the
+reserve, up to the any-routing bound, and beyond that to the slots again:
+``room = max(SRAM - any-routing, min(SRAM - expectation, wanted))``, which never shrinks as
+SRAM grows (switching to the any-routing reserve wherever it first left room for slots made
+more SRAM force finer cuts: Phi-3.5-MoE, 1024 tokens on fsedp-3x3, the fewest slices that fit
+went from 39 at 24 MiB to 800 at 32 MiB, and EP from 78.8 to 309.2 ms). Whole-expert strategies (EP, Hydra, EPLB, TP)
 cut no coarser than the count :func:`~moec.compiler.lower.slicing.preferred_slices` estimates
 fastest, which does not depend on SRAM (so more SRAM never coarsens a cut past it). When even one-column slices do not fit,
 :class:`ScheduleError` "does not fit SRAM: die d needs X bytes (activations A + slots S), has Y".
@@ -191,9 +198,10 @@ def expected_activations(
 ) -> ActivationEstimate:  # fmt: skip
     """The activations a die holds under uniform routing: ``home`` tokens plus the other dies'
     tokens it expects, ``(T - home) x (1 - (1 - 1/D) ** top_k)`` (all of them under ``all`` or
-    with split shared experts). The reserve when :func:`predicted_activations`' any-routing
-    bound leaves no room for slots: the program then fits the routings near uniform, and the
-    interpreter's hard limit refuses a run that holds more (``--allow-overflow`` runs it)."""
+    with split shared experts). The least reserve :func:`plan_layers` takes, where the
+    any-routing bound leaves the wanted cut no room: the program then fits the routings near
+    uniform, and the interpreter's hard limit refuses a run that holds more
+    (``--allow-overflow`` runs it)."""
     others = tokens - home
     if kind == "home":
         remote = 0.0
@@ -296,20 +304,6 @@ def check_tokens_fit(layers: list[MoELayer], target: Target, tokens: int, where:
             )
 
 
-def _no_room_for_shared(
-    layer: MoELayer, e: float, est: ActivationEstimate, sram: int, opts: LoweringOptions
-) -> bool:
-    """Whether ``slots`` one-column slices of the shared experts (``e`` bytes per element) fail
-    to fit beside ``est``."""
-    s_col = layer.shared_mats * layer.hidden * e
-    s_extra = layer.hidden * e if layer.has("sh_router") else 0
-    s_h_col = est.h_tokens * 2 * _elem(ACCUM_PRECISION)
-    fits = _fewest_slices_in(
-        layer.shared_ffn, s_col, s_extra, s_h_col, sram - est.fixed, opts.slots
-    )
-    return fits is None
-
-
 def preferred_count(
     layer: MoELayer, target: Target, tokens: int, dtype: str, routing: LayerRouting | None
 ) -> int:  # fmt: skip
@@ -335,12 +329,61 @@ def preferred_count(
     )  # fmt: skip
 
 
+def _shared_preferred(layer: MoELayer, target: Target, tokens: int, dtype: str) -> int:
+    """The cost model's count of a whole-expert strategy's shared experts: each die computes
+    its share of their columns for every token (independent of SRAM)."""
+    D = max(target.num_dies, 1)
+    fs = layer.shared_ffn
+    per_die = preferred_slices(
+        target, hidden=layer.hidden, ffn=-(-fs // D), gated=layer.shared_mats == 3,
+        precision=dtype, col_bytes=layer.shared_mats * layer.hidden * _elem(dtype),
+        expert_tokens=[tokens] * D,
+    )  # fmt: skip
+    return min(fs, per_die * D)
+
+
+def _unforced_counts(
+    layer: MoELayer, target: Target, opts: LoweringOptions, kind: str, tokens: int, dtype: str,
+    routing: LayerRouting | None,
+) -> tuple[int, int]:  # fmt: skip
+    """The (routed, shared) slice counts the lowering takes when SRAM forces nothing: the
+    options' counts, else the cost model's for a whole-expert strategy, else one slice (the
+    fewest that fit: ``slices=fit``, FSE-DP before its own refinement). None depends on SRAM."""
+    if opts.slices is not None:
+        routed = opts.slices
+    elif kind != "home" and not opts.fit_slices:
+        routed = preferred_count(layer, target, tokens, dtype, routing)
+    else:
+        routed = 1
+    if opts.shared_slices is not None:
+        shared = opts.shared_slices
+    elif kind != "home" and not opts.fit_slices and layer.has_shared:
+        shared = _shared_preferred(layer, target, tokens, dtype)
+    else:
+        shared = 1
+    return routed, shared
+
+
+def _room_for(
+    ffn: int, count: int, col: float, extra: float, h_tokens: int, gated: bool,
+    opts: LoweringOptions,
+) -> int:  # fmt: skip
+    """The bytes ``opts.slots`` slots of ``count`` even slices of ``ffn`` columns (``col``
+    bytes per column, ``extra`` with the slice) and the widest slice's ``h`` need."""
+    w = -(-ffn // max(1, min(count, ffn)))
+    h_col = h_tokens * (2 if gated else 1) * _elem(ACCUM_PRECISION)
+    return int(math.ceil(opts.slots * (w * col + extra) + w * h_col))
+
+
 def plan_layers(
     ops: list[Op], target: Target, opts: LoweringOptions, tokens: int, where: str,
     kind: str = "routed", home: int | None = None, routing: RoutingTrace | None = None,
 ) -> tuple[list[LayerPlan], int]:  # fmt: skip
     """One :class:`LayerPlan` per MoE op (precision, slices, activations) and the slot bytes:
-    the largest slice of any layer. ``kind`` is the strategy's :data:`ACTIVATION_KINDS` entry."""
+    the largest slice of any layer. ``kind`` is the strategy's :data:`ACTIVATION_KINDS` entry.
+    A layer's reserve is the SRAM its slots' room leaves (module docstring): the any-routing
+    bound where that leaves room for the cut :func:`_unforced_counts` names, else as much of
+    it as does, no less than the uniform expectation (chunked dispatch: the window's)."""
     sram = min(d.sram_bytes for d in target.dies)
     small_die = min(target.dies, key=lambda d: (d.sram_bytes, d.id)).id
     D = target.num_dies
@@ -360,26 +403,31 @@ def plan_layers(
             tokens=tokens, home=home, dies=D, top_k=layer.top_k, hidden=layer.hidden,
             dtype=dtype, shared=layer.has_shared,
         )  # fmt: skip
-        est = predicted_activations(kind, links_in=links_in, **sizes)  # type: ignore[arg-type]
+        e = _elem(dtype)
+        mats = 3 if layer.gated else 2
+        col = mats * layer.hidden * e + e * (layer.has("b_gate") + layer.has("b_up"))
+        extra = layer.hidden * e if layer.has("b_down") else 0
+        fs = layer.shared_ffn if layer.has_shared else 0
+        s_col = layer.shared_mats * layer.hidden * e
+        s_extra = layer.weights["sh_router"].type.numel * e if layer.has("sh_router") else 0
+        lr = routing.layers[i] if routing is not None and i < len(routing.layers) else None
         if chunks is not None:
             est = window_activations(
                 tokens=tokens, home=home, chunks=chunks, window=opts.window,
                 hidden=layer.hidden, dtype=dtype, links_in=links_in, relays=kind == "routed",
             )  # fmt: skip
-        e = _elem(dtype)
-        mats = 3 if layer.gated else 2
-        col = mats * layer.hidden * e + e * (layer.has("b_gate") + layer.has("b_up"))
-        extra = layer.hidden * e if layer.has("b_down") else 0
+        else:
+            worst = predicted_activations(kind, links_in=links_in, **sizes)  # type: ignore[arg-type]
+            expected = expected_activations(kind, **sizes)  # type: ignore[arg-type]
+            wanted, s_wanted = _unforced_counts(layer, target, opts, kind, tokens, dtype, lr)
+            need = _room_for(layer.ffn, wanted, col, extra, worst.h_tokens, layer.gated, opts)
+            if fs:
+                s_need = _room_for(fs, s_wanted, s_col, s_extra, worst.h_tokens, True, opts)
+                need = max(need, s_need)
+            room = max(sram - worst.fixed, min(sram - int(expected.fixed), need))
+            est = ActivationEstimate(sram - room, worst.h_tokens)
         h_col = est.h_tokens * (2 if layer.gated else 1) * acc  # h per FFN column in flight
         count = _fewest_slices_in(layer.ffn, col, extra, h_col, sram - est.fixed, opts.slots)
-        no_room = count is None or (
-            layer.has_shared and _no_room_for_shared(layer, e, est, sram, opts)
-        )
-        if no_room and opts.window is None:
-            # no room for slots under the any-routing bound: reserve the uniform expectation
-            est = expected_activations(kind, **sizes)  # type: ignore[arg-type]
-            h_col = est.h_tokens * (2 if layer.gated else 1) * acc
-            count = _fewest_slices_in(layer.ffn, col, extra, h_col, sram - est.fixed, opts.slots)
         if count is None:
             one = opts.slots * int(math.ceil(col + extra))
             raise fit_error(
@@ -401,14 +449,10 @@ def plan_layers(
                 )
             count = opts.slices
         elif kind != "home" and not opts.fit_slices:  # FSE-DP: its own (fsedp.auto_slices)
-            lr = routing.layers[i] if routing is not None and i < len(routing.layers) else None
             count = max(count, preferred_count(layer, target, tokens, dtype, lr))
         layout = SliceLayout.even(layer.name, layer.ffn, count)
         shared_layout, shared_bytes = None, []
-        fs = layer.shared_ffn if layer.has_shared else 0
         if fs:
-            s_col = layer.shared_mats * layer.hidden * e
-            s_extra = layer.weights["sh_router"].type.numel * e if layer.has("sh_router") else 0
             s_h_col = est.h_tokens * 2 * acc
             s_count = _fewest_slices_in(fs, s_col, s_extra, s_h_col, sram - est.fixed, opts.slots)
             if s_count is None:
@@ -417,14 +461,8 @@ def plan_layers(
                     small_die, est.fixed + int(math.ceil(s_h_col)), one, sram,
                     f": {opts.slots} of one shared-expert column of {layer.name}", where,
                 )  # fmt: skip
-            if kind != "home" and opts.slices is None and not opts.fit_slices:  # per die share
-                share = -(-fs // D)
-                per_die = preferred_slices(
-                    target, hidden=layer.hidden, ffn=share, gated=layer.shared_mats == 3,
-                    precision=dtype,
-                    col_bytes=s_col, expert_tokens=[tokens] * D,
-                )  # fmt: skip
-                s_count = max(s_count, min(fs, per_die * D))
+            if kind != "home" and not opts.fit_slices:  # per die share, also beside slices=N
+                s_count = max(s_count, _shared_preferred(layer, target, tokens, dtype))
             if opts.shared_slices is not None:
                 if opts.shared_slices > fs:
                     raise StrategyError(

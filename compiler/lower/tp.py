@@ -16,6 +16,8 @@ reverse routes). With shared experts, their columns are split over the dies the 
 Option ``window=K`` (and ``chunk=N``) gathers and reduces the tokens one expert at a time, at
 most ``K`` experts' tokens on a die at once (``backends/interp/expand/tp_chunked.py``); the
 slots are then sized against that window (``slots.window_activations``), not every token.
+Option ``order=balanced`` spreads each die's hot slices among its cold ones instead of streaming
+them in ascending expert id (``param order``, ``backends/interp/expand/tp_order.py``).
 
     runtime moe0 {
       strategy tp
@@ -32,9 +34,11 @@ import math
 
 from moec.compiler.lower import register
 from moec.compiler.lower.common import LayerPlan, Lowering
+from moec.compiler.lower.options import StrategyError
 from moec.compiler.lower.placement import assign_channels
 from moec.ir.moe import MoELayer
 from moec.ir.stream import MoEDecl, SliceLayout, TensorDecl
+from moec.ir.stream.params import TP_ORDERS
 from moec.ir.target import PRECISION_BYTES
 
 
@@ -131,12 +135,19 @@ def expected_experts(experts: int, top_k: int, tokens: int) -> float:
         "(default: every token on every die for the whole layer)",
         "chunk": "with window: at most N tokens per chunk, an expert with more computed in "
         "several chunks (its slices streamed once per chunk; default: one chunk per expert)",
+        "order": "the order a die streams its slices in: natural (ascending expert id, default) "
+        "or balanced (hot slices spread among cold ones against the die's compute backlog)",
     },
     activations="all",
 )
 def lower_tp(lw: Lowering) -> None:
     """Tensor parallelism: each die holds 1/D of every expert's columns; partial sums reduced."""
     t = lw.target
+    order = lw.raw_options.get("order", "natural")
+    if order not in TP_ORDERS:
+        raise StrategyError(
+            f"option order: expected one of {', '.join(TP_ORDERS)}, found {order!r}", "--strategy"
+        )
     lw.plans = [_relayout(lw, plan) for plan in lw.plans]
     for plan in lw.plans:
         d = plan.decl
@@ -157,6 +168,8 @@ def lower_tp(lw: Lowering) -> None:
             params["window"] = lw.options.window
         if lw.options.chunk is not None:
             params["chunk"] = lw.options.chunk
+        if "order" in lw.raw_options:
+            params["order"] = order
         if plan.shared_layout is not None:
             params["shared_owner"] = shared_owner
             params["shared_channels"] = shared_channels

@@ -31,6 +31,9 @@ from moec.ir.target import Target
 #: FSE-DP's rule sets and central load orders (``backends/interp/expand/fsedp*.py``).
 FSEDP_RULES: tuple[str, ...] = ("r1-r4", "naive")
 FSEDP_ORDERS: tuple[str, ...] = ("natural", "paired", "balanced")
+#: TP's slice orders (``backends/interp/expand/tp_order.py``): ascending expert id, or hot
+#: slices spread among cold ones against the die's compute backlog.
+TP_ORDERS: tuple[str, ...] = ("natural", "balanced")
 #: The skip rules the interpreter's scheduler knows (``skip RULE threshold T``, T in 0..1).
 SKIP_RULES: tuple[str, ...] = ("caee", "second")
 #: How the compiler may have found an FSE-DP trajectory (the ``cycle`` record).
@@ -297,7 +300,9 @@ class EPLBParams(SharedExpertParams):
 class TPParams(StrategyParams):
     """TP: the die owning each micro-slice (and each shared one) and its channel; ``window``:
     chunked token dispatch, at most that many experts' tokens on a die at once (absent: every
-    token gathered on every die for the whole layer)."""
+    token gathered on every die for the whole layer); ``order``: the order a die streams its
+    slices in (``natural``: ascending expert id; ``balanced``: hot slices spread among cold
+    ones, ``backends/interp/expand/tp_order.py``)."""
 
     owner: tuple[int, ...] = param(Ints("slices", "dies"))
     channels: tuple[int, ...] | None = param(Ints("slices", "channels"), None)
@@ -305,6 +310,7 @@ class TPParams(StrategyParams):
     shared_channels: tuple[int, ...] | None = param(Ints("shared_slices", "channels"), None)
     window: int | None = param(Int(1), None)
     chunk: int | None = param(Int(1), None)
+    order: str = param(Choice(TP_ORDERS), "natural")
 
     def check(self, ctx: ParamContext, bad: Callable[[str, str], ProgramError]) -> None:
         if ctx.shared and self.shared_owner is None:

@@ -11,7 +11,8 @@ For one routing the expansion emits, per die, in this order:
    target's routes from that die (each die receives each block once and forwards it to its
    children); pass k holds every tree edge at depth k+1, sends before recvs, as EP's relay does;
 2. **shared experts**: the die's own shared micro-slices for all tokens;
-3. **routed experts**: for each activated expert (ascending id), each micro-slice the die owns:
+3. **routed experts**: for each activated expert (ascending id; ``param order = balanced``:
+   hot slices spread among cold ones, :mod:`.tp_order`), each micro-slice the die owns:
    ``load`` into the next free slot (round robin, double-buffering DRAM against compute),
    ``gemm``/``act``/``accum`` for the expert's tokens, ``free``; the die now holds a partial
    output for every token;
@@ -34,6 +35,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from moec.backends.interp.expand import ExpandContext, register, token_set
+from moec.backends.interp.expand.tp_order import balanced, expert_groups
+from moec.ir.cost import dram_occupancy, slice_compute_time
 from moec.ir.stream.params import TPParams
 from moec.ir.stream.program import (
     Accum,
@@ -120,18 +123,45 @@ def _chunks(
         everyone = np.arange(T, dtype=np.int64)
         n = 1 if params.chunk is None else -(-T // params.chunk)
         out += [(None, piece, js) for piece in np.array_split(everyone, n)]
-    pair_e = r.ids.reshape(-1).astype(np.int64)
-    pair_t = np.repeat(np.arange(T, dtype=np.int64), k)
-    pair_t, pair_e = pair_t[pair_e >= 0], pair_e[pair_e >= 0]
-    order = np.lexsort((pair_t, pair_e))
-    se, st = pair_e[order], pair_t[order]
-    cut = np.nonzero(np.diff(se))[0] + 1
     routed = list(zip(range(len(owner)), owner, channels, strict=True))
-    for part_e, part_t in zip(np.split(se, cut), np.split(st, cut), strict=True):
-        if part_e.size:
-            n = 1 if params.chunk is None else -(-part_t.size // params.chunk)
-            out += [(int(part_e[0]), piece, routed) for piece in np.array_split(part_t, n)]
-    return out
+    pieces: list[Chunk] = []
+    for e, part_t in expert_groups(r.ids):
+        n = 1 if params.chunk is None else -(-part_t.size // params.chunk)
+        pieces += [(e, piece, routed) for piece in np.array_split(part_t, n)]
+    if params.order == "balanced":  # chunk by chunk, as die 0 sees them (every die alike)
+        mine = [(j, ch) for j, d, ch in routed if d == 0]
+        costs = [
+            (sum(_compute(ctx, 0, e, int(ts.size), j) for j, _ in mine),
+             sum(dram_occupancy(ctx.target, ch, ctx.slice_bytes(e, j)) for j, ch in mine))
+            for e, ts, _ in pieces
+        ]  # fmt: skip
+        pieces = [pieces[i] for i in balanced(costs)]
+    return out + pieces
+
+
+def _compute(ctx: ExpandContext, die: int, expert: int, tokens: int, j: int) -> float:
+    """Seconds of routed micro-slice ``j`` of ``expert`` for ``tokens`` on ``die``."""
+    m = ctx.layer
+    return slice_compute_time(
+        ctx.target, die, tokens, m.hidden, ctx.layout.width(j), m.gated, ctx.precision(expert)
+    )
+
+
+def die_order(
+    ctx: ExpandContext, die: int, groups: list[tuple[int, TokenSet, int]], owner: list[int],
+    channels: list[int], order: str,
+) -> list[tuple[int, int, TokenSet]]:  # fmt: skip
+    """``die``'s routed micro-slices ``(expert, j, tokens)`` in ``order``
+    (:mod:`.tp_order`); ``groups``: each activated expert, its tokens and their count."""
+    items = [(e, j, ts) for e, ts, _ in groups for j, d in enumerate(owner) if d == die]
+    if order != "balanced":
+        return items
+    n = {e: count for e, _, count in groups}
+    costs = [
+        (_compute(ctx, die, e, n[e], j), dram_occupancy(ctx.target, channels[j], ctx.slice_bytes(e, j)))
+        for e, j, _ in items
+    ]  # fmt: skip
+    return [items[i] for i in balanced(costs)]
 
 
 @register("tp")
@@ -174,18 +204,15 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
         shared_channels = _channels(ctx, params.shared_channels, shared_owner)
         for j, d in enumerate(shared_owner):
             stream(d, None, j, everyone, shared_channels[j])
-    pair_e = r.ids.reshape(-1).astype(np.int64)
-    pair_t = np.repeat(np.arange(T, dtype=np.int64), k)
-    pair_t, pair_e = pair_t[pair_e >= 0], pair_e[pair_e >= 0]  # -1: dropped by a skip rule
-    order = np.lexsort((pair_t, pair_e))
-    se, st = pair_e[order], pair_t[order]
-    cut = np.nonzero(np.diff(se))[0] + 1
-    for part_e, part_t in zip(np.split(se, cut), np.split(st, cut), strict=True):
-        if part_e.size == 0:
-            continue
-        e, ts = int(part_e[0]), token_set(part_t)
-        for j, d in enumerate(owner):
-            stream(d, e, j, ts, channels[j])
+    groups = [(e, token_set(ts), int(ts.size)) for e, ts in expert_groups(r.ids)]
+    if params.order == "natural":
+        for e, ts, _ in groups:
+            for j, d in enumerate(owner):
+                stream(d, e, j, ts, channels[j])
+    else:
+        for d in range(D):
+            for e, j, ts in die_order(ctx, d, groups, owner, channels, params.order):
+                stream(d, e, j, ts, channels[j])
 
     # 4. y reduce to the home dies
     reduce_to_home(out, t, m.name, homes)
