@@ -26,8 +26,9 @@ from typing import Any
 
 #: (module, function, label) of each timed stage
 STAGES = (
-    ("moec.bench", "lower", "lowering (with the slice choice)"),
+    ("moec.bench", "lower_run", "lowering (with the slice choice)"),
     ("moec.backends.interp.expand.fsedp", "schedule", "FSE-DP scheduler"),
+    ("moec.fsedp_slices", "measure_run", "slice choice: timings"),
     ("moec.backends.interp.expand.fsedp", "_units", "FSE-DP units"),
     ("moec.backends.interp.layered", "run_timing", "timing machine (layered run)"),
     ("moec.backends.interp.simulate", "run_timing", "timing machine (whole run)"),

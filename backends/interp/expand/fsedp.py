@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,9 +56,9 @@ from moec.backends.interp.expand import (
 )
 from moec.backends.interp.expand.fsedp_deferred import deferred_event
 from moec.backends.interp.expand.fsedp_engine import Engine
-from moec.backends.interp.expand.fsedp_sched import Problem, Schedule, Unit, schedule
+from moec.backends.interp.expand.fsedp_sched import Problem, Schedule, Unit, check_fits, schedule
 from moec.backends.interp.opgraph import precision_of
-from moec.ir.cost import GB
+from moec.ir.cost import GB, dram_occupancy
 from moec.ir.routing import LayerRouting
 from moec.ir.stream.params import FSEDP_ORDERS, FSEDPParams
 from moec.ir.stream.program import Instr, Program, Signal, TokenSet, Wait
@@ -251,35 +252,89 @@ def plan(ctx: ExpandContext, streams: bool = True, catchup: bool = True) -> Plan
     return out
 
 
-def _plan(ctx: ExpandContext, streams: bool, catchup: bool) -> Plan:
+@dataclass(frozen=True)
+class _Iteration:
+    """What :func:`_plan` reads off a layer's context: the iteration's problem (the experts
+    not deferred), and what the catch-up step needs."""
+
+    problem: Problem
+    deferred: list[int]
+    load: list[int]
+    home: np.ndarray
+    channels: list[int]
+    params: FSEDPParams
+
+
+def _iteration(ctx: ExpandContext) -> _Iteration:
     m, r, t = ctx.layer, ctx.routing, ctx.target
     E, C = m.experts, len(t.channels)
     params = ctx.typed(FSEDPParams)  # the trajectory is checked there: a Hamiltonian cycle/path
     order = params.trajectory if params.trajectory is not None else tuple(range(t.num_dies))
-    closed, rules, load_order = params.closed, params.rules, params.order
-    r5, slack = params.r5, params.slack
     channels = list(params.channels) if params.channels is not None else [e % C for e in range(E)]
     home = np.asarray(r.home_die, dtype=np.int64)
     load = np.bincount(r.ids[r.ids >= 0], minlength=E).astype(np.int64).tolist()
-    deferred = deferred_experts(load, r.tokens, slack) if slack > 0 else []
+    deferred = deferred_experts(load, r.tokens, params.slack) if params.slack > 0 else []
     kept = [n if e not in deferred else 0 for e, n in enumerate(load)]
-    experts = paired_order(kept) if load_order == "paired" else natural_order(kept)
-    paired = load_order == "paired"
+    experts = paired_order(kept) if params.order == "paired" else natural_order(kept)
     engine = Engine(ctx.program, t)
-    main = schedule(_problem(ctx, engine, _units(ctx, engine, experts, home, channels, True),
-                             order, closed, rules, r5, load_order), streams)  # fmt: skip
+    units = _units(ctx, engine, experts, home, channels, True)
+    prob = _problem(ctx, engine, units, order, params.closed, params.rules, params.r5, params.order)
+    return _Iteration(prob, deferred, load, home, channels, params)
+
+
+def _plan(ctx: ExpandContext, streams: bool, catchup: bool) -> Plan:
+    it = _iteration(ctx)
+    params, load, deferred = it.params, it.load, it.deferred
+    main = schedule(it.problem, streams)
     late_schedule = None
     if deferred and catchup:
-        late = paired_order([load[e] if e in deferred else 0 for e in range(E)])
-        if not paired:
+        late = paired_order([load[e] if e in deferred else 0 for e in range(ctx.layer.experts)])
+        if params.order != "paired":
             late = sorted(late)
         # the catch-up step starts after the iteration's barrier: an idle package again
-        engine = Engine(ctx.program, t)
-        units = _units(ctx, engine, late, home, channels, False)
+        engine = Engine(ctx.program, ctx.target)
+        units = _units(ctx, engine, late, it.home, it.channels, False)
+        order = it.problem.order
         late_schedule = schedule(
-            _problem(ctx, engine, units, order, closed, rules, r5, load_order), streams
-        )
+            _problem(ctx, engine, units, order, params.closed, params.rules, params.r5,
+                     params.order), streams,
+        )  # fmt: skip
     return main, late_schedule, deferred
+
+
+def iteration_bound(p: Program, target: Target, layer: str, routing: LayerRouting) -> float:
+    """A lower bound (seconds) on what the interpreter measures for FSE-DP ``layer``'s iteration
+    under ``routing``, found without scheduling it: the larger of the most any DRAM channel is
+    held by the iteration's reads and the most any die's compute unit is held by its slice
+    computes. Both are fixed by the routing before any rule is played: each micro-slice of an
+    expert with tokens is read once from its channel (under naive rules once by each die that
+    needs it), whichever die it enters, and computed once by each die that needs it; the
+    interpreter's channel and compute unit each serve one op at a time, every one of them within
+    the layer's span, whatever order they take (deferred pairs' catch-up is outside that span
+    and not counted). The channel term is :func:`moec.fsedp_slices.channel_bound` of the
+    schedule's streams, summed in another order. Raises the :class:`ScheduleError` the
+    scheduler would when the layer's slots do not fit its trajectory."""
+    prob = _iteration(_context(p, target, layer, routing)).problem
+    check_fits(prob)
+    held = [0.0] * len(target.channels)
+    busy = [0.0] * target.num_dies
+    reads = 1
+    for u in prob.units:
+        if not u.tokens:
+            continue
+        if prob.rules == "naive":
+            reads = len(u.tokens)
+        for j, nbytes in enumerate(u.slice_bytes):
+            held[u.channels[j]] += reads * dram_occupancy(target, u.channels[j], nbytes)
+            for d in u.tokens:
+                busy[d] += sum(u.compute(d, j))
+    return max(max(held, default=0.0), max(busy, default=0.0))
+
+
+def _context(p: Program, target: Target, layer: str, routing: LayerRouting) -> ExpandContext:
+    m = next(m for m in p.layers if m.name == layer)
+    lays = layouts_for(p, target)
+    return layer_context(p, target, m, routing, lays[(layer, False)], lays.get((layer, True)))
 
 
 def predicted_span(p: Program, target: Target, layer: str, routing: LayerRouting) -> float:
@@ -291,19 +346,17 @@ def predicted_span(p: Program, target: Target, layer: str, routing: LayerRouting
     instructions or catch-up (cheaper); inside, the whole plan, which the timing then reuses."""
     if _PLANS is not None:
         return predicted_schedule(p, target, layer, routing).estimate_s
-    m = next(m for m in p.layers if m.name == layer)
-    lays = layouts_for(p, target)
-    ctx = layer_context(p, target, m, routing, lays[(layer, False)], lays.get((layer, True)))
-    return plan(ctx, streams=False, catchup=False)[0].estimate_s
+    return plan(_context(p, target, layer, routing), streams=False, catchup=False)[0].estimate_s
 
 
-def predicted_schedule(p: Program, target: Target, layer: str, routing: LayerRouting) -> Schedule:
+def predicted_schedule(
+    p: Program, target: Target, layer: str, routing: LayerRouting, streams: bool = True
+) -> Schedule:
     """The schedule of FSE-DP ``layer``'s iteration under ``routing`` (its ``estimate_s`` is
-    :func:`predicted_span`; its ``streams`` what the expansion writes before the catch-up)."""
-    m = next(m for m in p.layers if m.name == layer)
-    lays = layouts_for(p, target)
-    ctx = layer_context(p, target, m, routing, lays[(layer, False)], lays.get((layer, True)))
-    return plan(ctx)[0]
+    :func:`predicted_span`; its ``streams`` what the expansion writes before the catch-up).
+    Without ``streams``: the same schedule with every die's stream empty, about half the cost,
+    and not kept by :func:`plans_shared` (a timing then schedules the layer again)."""
+    return plan(_context(p, target, layer, routing), streams=streams, catchup=streams)[0]
 
 
 @register("fsedp")

@@ -113,7 +113,7 @@ from moec.ir.stream.program import (
     SliceRef,
 )
 
-__all__ = ["RULES", "Machine", "Problem", "Schedule", "Unit", "schedule"]
+__all__ = ["RULES", "Machine", "Problem", "Schedule", "Unit", "check_fits", "schedule"]
 
 
 class _Sim:
@@ -123,10 +123,8 @@ class _Sim:
         #: decision reads them)
         self.write = streams
         self.n = prob.num_dies
-        k = min(len(prob.slots.get(d, [])) for d in range(self.n))
+        k = check_fits(prob)
         self.naive = prob.rules == "naive"
-        if prob.rules not in RULES:
-            raise ScheduleError(f"unknown FSE-DP rules {prob.rules!r}, expected one of {RULES}")
         order = list(prob.order)
         # the closed walk slices follow: the cycle itself, or an open path there and back
         self.walk = fsedp_walk(order, prob.closed)
@@ -134,12 +132,6 @@ class _Sim:
         for q, d in enumerate(self.walk):
             self.positions[d].append(q)
         lanes = max(len(v) for v in self.positions.values())
-        need = fsedp_min_slots(order, prob.closed, prob.rules)
-        if k < need:
-            raise ScheduleError(
-                f"does not fit SRAM: FSE-DP with rules {prob.rules} needs at least {need} free "
-                f"buffer slots per die at layer {prob.layer} on this trajectory, found {k}"
-            )
         self.K = k
         self.P = 0 if self.naive else max(1, k // (2 * lanes))
         self.prefetch = {d: k - self.P * len(self.positions[d]) for d in range(self.n)}
@@ -551,6 +543,22 @@ class _Sim:
         return Schedule(
             streams, paths, self.now, {d.id: d.peak for d in self.dies}, self.pass_throughs
         )
+
+
+def check_fits(prob: Problem) -> int:
+    """The free buffer slots per die :func:`schedule` plays ``prob`` with (the fewest any die
+    has); raises the :class:`ScheduleError` it would raise before playing a step: unknown rules,
+    or fewer slots than the trajectory needs (:func:`~moec.ir.stream.params.fsedp_min_slots`)."""
+    k = min(len(prob.slots.get(d, [])) for d in range(prob.num_dies))
+    if prob.rules not in RULES:
+        raise ScheduleError(f"unknown FSE-DP rules {prob.rules!r}, expected one of {RULES}")
+    need = fsedp_min_slots(list(prob.order), prob.closed, prob.rules)
+    if k < need:
+        raise ScheduleError(
+            f"does not fit SRAM: FSE-DP with rules {prob.rules} needs at least {need} free "
+            f"buffer slots per die at layer {prob.layer} on this trajectory, found {k}"
+        )
+    return k
 
 
 def schedule(prob: Problem, streams: bool = True) -> Schedule:
