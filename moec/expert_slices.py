@@ -31,7 +31,7 @@ from typing import Any
 from moec.backends.interp import RunResult
 from moec.compiler.lower import lower as lower_strategy
 from moec.compiler.lower.slots import preferred_count
-from moec.fsedp_slices import LADDER, measure_run
+from moec.fsedp_slices import LADDER, measure_run, routes
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace
@@ -78,12 +78,9 @@ def choose_slices(
 ) -> ExpertSliceChoice | None:  # fmt: skip
     """The count for whole-expert program ``base`` (lowered with ``options``) under ``routing``
     (module docstring); None when no candidate fits or the routing is not this program's."""
-    first = base.layers[0]
-    if len(routing.layers) != len(base.layers) or routing.layers[0].tokens != first.tokens:
+    if not routes(routing, base):
         return None
-    r0 = routing.layers[0]
-    if (r0.num_experts, r0.top_k) != (first.experts, first.top_k):
-        return None
+    first, r0 = base.layers[0], routing.layers[0]
     ops = module.moe_ops()
     if not ops:
         return None

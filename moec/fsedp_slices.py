@@ -200,18 +200,24 @@ def _latency(run: RunResult) -> float:
     return float(moe_summary(parts, tl.target, tl.energy is not None)["latency_s"])
 
 
+def routes(routing: RoutingTrace, program: Program) -> bool:
+    """Whether ``routing`` is a routing of ``program``: as many layers, and its first layer has
+    the program's tokens, experts and top-k (the slice choices time that layer)."""
+    if len(routing.layers) != len(program.layers):
+        return False
+    first, r0 = program.layers[0], routing.layers[0]
+    return (r0.tokens, r0.num_experts, r0.top_k) == (first.tokens, first.experts, first.top_k)
+
+
 def choose_slices(
     module: Module, target: TargetRef, strategy: str, options: Mapping[str, str],
     routing: RoutingTrace, base: Program, **kw: Any,
 ) -> SliceChoice | None:  # fmt: skip
     """The count for FSE-DP program ``base`` (lowered with ``options``) under ``routing`` (module
     docstring); None when no count of the ladder fits or the routing is not this program's."""
+    if not routes(routing, base):
+        return None
     first = base.layers[0]
-    if len(routing.layers) != len(base.layers) or routing.layers[0].tokens != first.tokens:
-        return None
-    r0 = routing.layers[0]
-    if (r0.num_experts, r0.top_k) != (first.experts, first.top_k):
-        return None
     tgt = load_target(target.spec, dict(target.overrides), base_dir=kw.get("base_dir"))
     with plans_shared() as plans:
         return _choose(module, target, strategy, options, routing, first.ffn, tgt, plans, **kw)
