@@ -301,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = ap.parse_args(argv)
     CACHED_ONLY[:] = [args.cached_only]
+    unknown = [s for s in args.rerun if s not in dict((v, k) for k, v in STRATEGIES)]
+    if unknown:
+        ap.error(f"--rerun {','.join(unknown)}: not a strategy of these tables "
+                 f"({', '.join(v for _, v in STRATEGIES)})")  # fmt: skip
+    if args.rerun and not args.cache:
+        ap.error("--rerun: needs --cache (the rows it keeps)")
     RERUN[:] = args.rerun
     if args.cache:  # rows are written to the first file; all are read
         CACHE_PATH.extend(args.cache.split(","))

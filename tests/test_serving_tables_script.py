@@ -67,3 +67,47 @@ def test_cached_only_marks_missing_rows_without_running() -> None:
     assert len(rows) == 2 * len(st.STRATEGIES)
     assert all(r["error"] == "not run (cut for time)" for r in rows)
     assert "| qwen3-30b-a3b | TP | popularity | not run (cut for time) |" in st.table(rows)
+
+
+def test_rerun_replaces_only_the_named_strategies_rows(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    st = _script()
+    key = f"qwen3-30b-a3b|{st.DRIFT}|None|4|16|fsedp-2x2"
+    old = [
+        {"strategy": s, "label": label, "residency": "-", "tokens_per_s": 1.0,
+         "deferred_pairs_final": 0}
+        for label, s in st.STRATEGIES
+    ]  # fmt: skip
+    st.CACHE[key] = old
+    calls: list[list[str]] = []
+
+    def fake_bench(model: str, target: str, tokens: list[int], strategies: list[str], **kw):  # type: ignore[no-untyped-def]
+        calls.append(list(strategies))
+        return [{"strategy": s, "tokens_per_s": 2.0, "deferred_pairs_final": 0} for s in strategies]
+
+    monkeypatch.setattr(st, "run_bench", fake_bench)
+    st.CACHE_PATH[:] = [str(tmp_path / "rows.json")]
+    st.RERUN[:] = ["ep", "tp"]
+    try:
+        st.CACHE[key.replace("None", "popularity")] = old
+        rows = st.rows_for("qwen3-30b-a3b", st.DRIFT, 16, 4, "fsedp-2x2")
+    finally:
+        st.RERUN[:] = []
+    assert calls == [["ep", "tp"], ["ep", "tp"]]
+    by = {r["strategy"]: r for r in rows[: len(old)]}
+    assert [r["strategy"] for r in rows[: len(old)]] == [s for _, s in st.STRATEGIES]
+    assert by["ep"]["tokens_per_s"] == 2.0 and by["tp"]["tokens_per_s"] == 2.0
+    assert by["hydra"]["tokens_per_s"] == 1.0 and by["ep"]["label"] == "EP"
+
+
+def test_rerun_rejects_unknown_strategies_and_needs_a_cache(capsys) -> None:  # type: ignore[no-untyped-def]
+    st = _script()
+    for argv in (["--rerun", "ep,bogus", "--cache", "x.json"], ["--rerun", "ep"]):
+        try:
+            st.main(argv)
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f"{argv} ran")
+    err = capsys.readouterr().err
+    assert "--rerun bogus: not a strategy of these tables" in err
+    assert "--rerun: needs --cache" in err
