@@ -3,23 +3,16 @@
 
 from __future__ import annotations
 
+from slice_cases import phi_case
+
 import moec.expert_slices as es
 import moec.fsedp_slices as fs
-from moec.compiler.bench.spec import load_bench_model, truncate
 from moec.compiler.lower import lower as lower_strategy
-from moec.ir.routing_synth import SynthSpec, parse_routing_spec
-from moec.ir.stream import TargetRef
 from moec.ir.target import load_target
 
 
 def _phi(sram_mib: float, tokens: int = 64) -> tuple:
-    module = truncate(load_bench_model("phi3.5-moe").module, 1)
-    ref = TargetRef("fsedp-2x2", (("sram_mib_per_die", sram_mib),))
-    spec = parse_routing_spec("synth:zipf=1.0,seed=0")
-    assert isinstance(spec, SynthSpec)
-    m = module.moe_ops()[0].layer
-    trace = spec.make([(m.num_experts, m.top_k)], tokens, 4, model="phi3.5-moe")
-    return module, ref, trace
+    return phi_case(sram_mib, tokens)
 
 
 def test_candidates_run_from_the_preferred_count_to_the_finest_cut() -> None:

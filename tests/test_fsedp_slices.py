@@ -4,6 +4,7 @@ predicted count among those that fit, so more SRAM (more counts fit) never picks
 from __future__ import annotations
 
 import pytest
+from slice_cases import phi_case
 
 import moec.fsedp_slices as fs
 from moec.bench import run_bench
@@ -15,13 +16,7 @@ from moec.ir.stream import TargetRef
 
 
 def _phi(sram_mib: float, tokens: int = 256) -> tuple:
-    module = truncate(load_bench_model("phi3.5-moe").module, 1)
-    ref = TargetRef("fsedp-2x2", (("sram_mib_per_die", sram_mib),))
-    spec = parse_routing_spec("synth:zipf=1.0,seed=0")
-    assert isinstance(spec, SynthSpec)
-    m = module.moe_ops()[0].layer
-    trace = spec.make([(m.num_experts, m.top_k)], tokens, 4, model="phi3.5-moe")
-    return module, ref, trace
+    return phi_case(sram_mib, tokens)
 
 
 def test_candidates_are_the_ladder_up_to_the_finest_allowed_width() -> None:
