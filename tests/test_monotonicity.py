@@ -105,6 +105,16 @@ def test_more_sram_never_shrinks_the_room_slots_get() -> None:
     assert [c.line() for c in comps if c.violated] == []
 
 
+def test_more_sram_never_slows_ep_where_it_cut_the_shared_experts_coarser() -> None:
+    """DeepSeek-MoE-16B, 1024 tokens on fsedp-4x4: at 16 MiB SRAM forced the shared experts
+    into 48 slices, at 24 MiB they took the cost model's 32 and ``ep`` went 26.333 -> 26.343 ms
+    (+0.04%), until their count was measured among those that fit like the routed experts'
+    (``moec/expert_slices.py``)."""
+    comps = check_point("deepseek-moe-16b", "fsedp-4x4", 1024, ["ep"], ["sram"])
+    assert len(comps) == 3 and all(c.before_s is not None for c in comps)
+    assert [c.line() for c in comps if c.violated] == []
+
+
 @pytest.mark.parametrize("spec", ["tp{slices=44}", "ep{slices=22,slots=8}"])
 def test_an_explicit_count_is_the_same_program_at_every_sram(spec: str) -> None:
     """DeepSeek-MoE-16B, 16 tokens on fsedp-2x2: with ``slices=N`` the shared experts took the
