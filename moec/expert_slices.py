@@ -10,7 +10,7 @@ is not monotone in the count: Phi-3.5-MoE, 64 tokens on fsedp-2x2, ``ep``: 25 sl
 --strategies 'ep{slices=N}'``; a slice width that fills the MAC array's folds and lines up with
 the channel's turns, or not). So 16 MiB (44 forced) gave 30.06 ms and 24 MiB (28 forced) 30.42
 ms: more SRAM, slower. The shared experts' count does the same: DeepSeek-MoE-16B, 1024 tokens on
-fsedp-4x4, ``ep``: SRAM forces 48 shared slices at 16 MiB (26.333 ms), 24 MiB fits the cost
+fsedp-4x4, ``ep``: SRAM forces 48 shared slices at 16 MiB (26.332 ms), 24 MiB fits the cost
 model's 32 (26.343 ms).
 
 Given the routing the program is compiled for, :func:`choose_slices` lowers every pair of a

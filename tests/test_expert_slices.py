@@ -62,7 +62,7 @@ def test_shared_candidates_cut_them_like_an_expert_and_a_dies_share_like_one() -
 
 def test_the_shared_experts_count_is_measured_too() -> None:
     """DeepSeek-MoE-16B, 1024 tokens on fsedp-4x4, ``ep``: at 16 MiB SRAM forces 48 shared
-    slices (26.333 ms), 24 MiB fits the cost model's 32 (26.343 ms); both are candidates, so
+    slices (26.332 ms), 24 MiB fits the cost model's 32 (26.343 ms); both are candidates, so
     24 MiB keeps 48."""
     from moec.auto import default_routing
     from moec.compiler.bench.spec import load_bench_model, truncate
