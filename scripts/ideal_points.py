@@ -21,7 +21,12 @@ session 7; only the 80 FSE-DP points re-measured, ``measure(strategies=...)``): 
 is not on the ladder), peak SRAM both ways (Phi-3.5-MoE 2x2 16 tokens 16.7 -> 4.8 MB); and for
 issue 18's SRAM-monotone activation reserve (session 9, ``compiler/lower/slots.py``): 3 points
 moved, Phi-3.5-MoE 2x2 256 tokens ``ep`` and ``hydra`` (-0.14%, -0.15%, peak 12.3 -> 14.2 MB),
-3x3 256 tokens ``tp`` (-0.92%). ``tests/test_ideal_points.py`` runs the check (slow).
+3x3 256 tokens ``tp`` (-0.92%); and for issue 18's shared-expert slice count measured like the
+routed one (session 10, ``moec/expert_slices.py``; only DeepSeek-MoE-16B's EP, Hydra, EPLB and
+TP points re-measured, the only paper model with shared experts): 4 points moved, all on
+fsedp-3x3: 16 tokens ``hydra`` -0.09% and ``tp`` -0.10% (peak 4.09 -> 3.35 MB), 256 tokens
+``hydra`` -0.03% and ``eplb`` (latency the same; peak 7.19 -> 6.42 and 6.78 MB).
+``tests/test_ideal_points.py`` runs the check (slow).
 """
 
 from __future__ import annotations

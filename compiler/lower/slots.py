@@ -329,9 +329,10 @@ def preferred_count(
     )  # fmt: skip
 
 
-def _shared_preferred(layer: MoELayer, target: Target, tokens: int, dtype: str) -> int:
+def shared_preferred_count(layer: MoELayer, target: Target, tokens: int, dtype: str) -> int:
     """The cost model's count of a whole-expert strategy's shared experts: each die computes
-    its share of their columns for every token (independent of SRAM)."""
+    its share of their columns for every token, so a multiple of the dies unless that exceeds
+    their columns (independent of SRAM)."""
     D = max(target.num_dies, 1)
     fs = layer.shared_ffn
     per_die = preferred_slices(
@@ -358,7 +359,7 @@ def _unforced_counts(
     if opts.shared_slices is not None:
         shared = opts.shared_slices
     elif kind != "home" and not opts.fit_slices and layer.has_shared:
-        shared = _shared_preferred(layer, target, tokens, dtype)
+        shared = shared_preferred_count(layer, target, tokens, dtype)
     else:
         shared = 1
     return routed, shared
@@ -462,7 +463,7 @@ def plan_layers(
                     f": {opts.slots} of one shared-expert column of {layer.name}", where,
                 )  # fmt: skip
             if kind != "home" and not opts.fit_slices:  # per die share, also beside slices=N
-                s_count = max(s_count, _shared_preferred(layer, target, tokens, dtype))
+                s_count = max(s_count, shared_preferred_count(layer, target, tokens, dtype))
             if opts.shared_slices is not None:
                 if opts.shared_slices > fs:
                     raise StrategyError(
