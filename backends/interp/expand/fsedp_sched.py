@@ -512,7 +512,10 @@ class _Sim:
         """The slice of ``v`` has arrived as ``nv`` on the next die."""
         d, nxt = self.dies[v.die], self.dies[nv.die]
         self.arrive(nxt, nv)
-        self.release(d, v)
+        if v.busy > 1:  # release(), whose first step this is, when the slot is still in use
+            v.busy -= 1
+        else:
+            self.release(d, v)
         self.kick(nxt)
         self.kick(d)
 
