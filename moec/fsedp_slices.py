@@ -289,7 +289,7 @@ def _choose(
 
 
 def _forget(plans: dict[Any, Any], program: Program) -> None:
-    for key in [k for k, (objs, _) in plans.items() if objs[0] is program]:
+    for key in [k for k, (objs, *_) in plans.items() if objs[0] is program]:
         del plans[key]
 
 

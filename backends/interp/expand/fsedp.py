@@ -213,12 +213,14 @@ def _problem(ctx: ExpandContext, engine: Engine, units: list[Unit], order: tuple
 
 Plan = tuple[Schedule, Schedule | None, list[int]]
 #: plan()'s results while :func:`plans_shared` is active: per (program, layer, target, routing)
-#: object ids, those objects (kept alive, so an id is not reused) and the plan
-_PLANS: dict[tuple[int, str, int, int], tuple[tuple[object, ...], Plan]] | None = None
+#: object ids, those objects (kept alive, so an id is not reused), the plan (its catch-up None
+#: until asked for) and the iteration it was scheduled from
+Plans = dict[tuple[int, str, int, int], tuple[tuple[object, ...], Plan, "_Iteration"]]
+_PLANS: Plans | None = None
 
 
 @contextmanager
-def plans_shared() -> Iterator[dict[tuple[int, str, int, int], tuple[tuple[object, ...], Plan]]]:
+def plans_shared() -> Iterator[Plans]:
     """Within the block, :func:`plan` of one program object's layer for one target and routing
     object is computed once: a caller that predicts a program's span
     (:func:`predicted_span`) and then times it (``moec.fsedp_slices``) schedules it once. Yields
@@ -238,18 +240,22 @@ def plan(ctx: ExpandContext, streams: bool = True, catchup: bool = True) -> Plan
     """The iteration's schedule, the catch-up schedule of the deferred experts (or None), and
     the deferred experts (the whole plan computed once per program, layer, target and routing
     object inside :func:`plans_shared`). Without ``streams`` the schedules hold no instructions
-    (their estimate, paths and peaks only); without ``catchup`` the catch-up is not scheduled
-    (None)."""
-    if _PLANS is None or not (streams and catchup):
+    (their estimate, paths and peaks only); without ``catchup`` the catch-up need not be
+    scheduled (None; inside :func:`plans_shared` it is scheduled when first asked for, so a
+    prediction that is never timed does not schedule it)."""
+    if _PLANS is None or not streams:
         return _plan(ctx, streams, catchup)
     objs = (ctx.program, ctx.target, ctx.routing)
     key = (id(ctx.program), ctx.layer.name, id(ctx.target), id(ctx.routing))
     hit = _PLANS.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit[0], objs, strict=True)):
-        return hit[1]
-    out = _plan(ctx, True, True)
-    _PLANS[key] = (objs, out)
-    return out
+    if hit is None or not all(a is b for a, b in zip(hit[0], objs, strict=True)):
+        it = _iteration(ctx)
+        hit = _PLANS[key] = (objs, (schedule(it.problem, True), None, it.deferred), it)
+    _, (main, late, deferred), it = hit
+    if catchup and deferred and late is None:
+        late = _catchup(ctx, it, True)
+        _PLANS[key] = (objs, (main, late, deferred), it)
+    return main, late, deferred
 
 
 @dataclass(frozen=True)
@@ -284,22 +290,25 @@ def _iteration(ctx: ExpandContext) -> _Iteration:
 
 def _plan(ctx: ExpandContext, streams: bool, catchup: bool) -> Plan:
     it = _iteration(ctx)
-    params, load, deferred = it.params, it.load, it.deferred
     main = schedule(it.problem, streams)
-    late_schedule = None
-    if deferred and catchup:
-        late = paired_order([load[e] if e in deferred else 0 for e in range(ctx.layer.experts)])
-        if params.order != "paired":
-            late = sorted(late)
-        # the catch-up step starts after the iteration's barrier: an idle package again
-        engine = Engine(ctx.program, ctx.target)
-        units = _units(ctx, engine, late, it.home, it.channels, False)
-        order = it.problem.order
-        late_schedule = schedule(
-            _problem(ctx, engine, units, order, params.closed, params.rules, params.r5,
-                     params.order), streams,
-        )  # fmt: skip
-    return main, late_schedule, deferred
+    late = _catchup(ctx, it, streams) if it.deferred and catchup else None
+    return main, late, it.deferred
+
+
+def _catchup(ctx: ExpandContext, it: _Iteration, streams: bool) -> Schedule:
+    """The catch-up step's schedule of iteration ``it``'s deferred experts."""
+    params, load, deferred = it.params, it.load, it.deferred
+    late = paired_order([load[e] if e in deferred else 0 for e in range(ctx.layer.experts)])
+    if params.order != "paired":
+        late = sorted(late)
+    # the catch-up step starts after the iteration's barrier: an idle package again
+    engine = Engine(ctx.program, ctx.target)
+    units = _units(ctx, engine, late, it.home, it.channels, False)
+    order = it.problem.order
+    return schedule(
+        _problem(ctx, engine, units, order, params.closed, params.rules, params.r5,
+                 params.order), streams,
+    )  # fmt: skip
 
 
 def iteration_bound(p: Program, target: Target, layer: str, routing: LayerRouting) -> float:
@@ -356,7 +365,7 @@ def predicted_schedule(
     :func:`predicted_span`; its ``streams`` what the expansion writes before the catch-up).
     Without ``streams``: the same schedule with every die's stream empty, about half the cost,
     and not kept by :func:`plans_shared` (a timing then schedules the layer again)."""
-    return plan(_context(p, target, layer, routing), streams=streams, catchup=streams)[0]
+    return plan(_context(p, target, layer, routing), streams=streams, catchup=False)[0]
 
 
 @register("fsedp")

@@ -92,7 +92,9 @@ from collections import deque
 from collections.abc import Callable
 from heapq import heappop, heappush
 from itertools import count
+from typing import Any
 
+from moec.backends.interp.expand import fsedp_instrs as mk
 from moec.backends.interp.expand.fsedp_order import central_order
 from moec.backends.interp.expand.fsedp_problem import RULES, Hop, Machine, Problem, Schedule, Unit
 from moec.backends.interp.expand.fsedp_state import DieState as _Die
@@ -101,17 +103,7 @@ from moec.backends.interp.expand.fsedp_state import Trip
 from moec.backends.interp.expand.fsedp_state import Visit as _Visit
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.params import fsedp_min_slots, fsedp_walk
-from moec.ir.stream.program import (
-    Accum,
-    Act,
-    Free,
-    Gemm,
-    Instr,
-    Load,
-    Recv,
-    Send,
-    SliceRef,
-)
+from moec.ir.stream.program import Instr, SliceRef
 
 __all__ = ["RULES", "Machine", "Problem", "Schedule", "Unit", "check_fits", "schedule"]
 
@@ -152,7 +144,7 @@ class _Sim:
         self.active = 0
         self.now = 0.0
         self.seq = count()
-        self.heap: list[tuple[float, int, Callable[[], None]]] = []
+        self.heap: list[tuple[float, int, Callable[..., None], Any, Any]] = []
         self.chan_free: dict[int, float] = {}
         self.trips: list[Trip] = []
         self.pass_throughs = 0
@@ -174,8 +166,10 @@ class _Sim:
         self._targets: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
 
     # --- bookkeeping ---
-    def at(self, t: float, fn: Callable[[], None]) -> None:
-        heappush(self.heap, (t, next(self.seq), fn))
+    def at(self, t: float, fn: Callable[..., None], a: object, b: object) -> None:
+        """At ``t``, call ``fn(self, a, b)`` (a plain function of the class, not a closure or a
+        bound method: either would tie the simulation into reference cycles)."""
+        heappush(self.heap, (t, next(self.seq), fn, a, b))
 
     def take_slot(self, d: _Die) -> int:
         if not d.free:
@@ -269,22 +263,26 @@ class _Sim:
         machine = self.p.machine
         self.chan_free[c], out, hops = machine.load(c, d.id, trip.nbytes, self.now)
         if self.write:
-            d.out.append(Load(trip.slot, c, trip.ref, trip.nbytes))
+            d.out.append(mk.load(trip.slot, c, trip.ref, trip.nbytes))
+        if hops:
+            self.at(out, _Sim.cross, (hops, 0), (d, trip))
+        else:
+            self.at(out, _Sim.loaded, d, trip)
 
-        def done() -> None:
-            d.loading -= 1
-            d.ready.append(trip)
-            self.kick(d)
+    def loaded(self, d: _Die, trip: Trip) -> None:
+        d.loading -= 1
+        d.ready.append(trip)
+        self.kick(d)
 
-        self.at(out, done if not hops else lambda: self.cross(hops, 0, done))
-
-    def cross(self, hops: tuple[Hop, ...], k: int, done: Callable[[], None]) -> None:
-        """A load's data reaches hop ``k`` of its route now: claim its link (``done`` when it
-        has crossed the last). A method, not a closure calling itself: that would be a
-        reference cycle holding the whole simulation (every instruction) until the collector
-        runs, which ``moec bench`` keeps paused."""
+    def cross(self, route: tuple[tuple[Hop, ...], int], into: tuple[_Die, Trip]) -> None:
+        """A load's data reaches hop ``k`` of its route ``(hops, k)`` now: claim its link
+        (:meth:`loaded` into ``(die, trip)`` when it has crossed the last)."""
+        hops, k = route
         end = self.p.machine.cross(hops[k], self.now)
-        self.at(end, done if k + 1 == len(hops) else lambda: self.cross(hops, k + 1, done))
+        if k + 1 == len(hops):
+            self.at(end, _Sim.loaded, *into)
+        else:
+            self.at(end, _Sim.cross, (hops, k + 1), into)
 
     def room(self, d: _Die) -> int:
         """Free prefetch slots of ``d``."""
@@ -315,7 +313,7 @@ class _Sim:
             self.set_path(trip, d.id)
             self.chan_out[c] = self.chan_out.get(c, 0) + 1
             self.load(d, trip)
-            self.at(self.chan_free[c], lambda: self.release_channel(c))
+            self.at(self.chan_free[c], _Sim.release_channel, c, None)
 
     def push_target(self, c: int, trip: Trip) -> _Die | None:
         """Where R5 sends ``trip`` from channel ``c`` now (module docstring), or None."""
@@ -365,7 +363,7 @@ class _Sim:
             n = self._hops[(a, b)] = self.p.hops(a, b)
         return n
 
-    def release_channel(self, c: int) -> None:
+    def release_channel(self, c: int, _: None) -> None:
         self.chan_out[c] -= 1
         self.push(c)
 
@@ -382,7 +380,7 @@ class _Sim:
     def kick(self, d: _Die) -> None:
         """Start the die's next compute (R1 before R2) and its next forwards, if possible."""
         inbox, ready = d.inbox, d.ready
-        while True:
+        while inbox or ready:  # most kicks find both empty
             if inbox and not d.computing:
                 self.compute(d, inbox.popleft())  # R1
             elif ready:
@@ -430,19 +428,18 @@ class _Sim:
         trip = v.trip
         if self.write:
             ts, slot, out = trip.unit.tokens[d.id], v.slot, d.out
-            out.append(Gemm(slot, ts))
-            out.append(Act(slot, ts))
-            out.append(Accum(slot, ts))
+            out.append(mk.gemm(slot, ts))
+            out.append(mk.act(slot, ts))
+            out.append(mk.accum(slot, ts))
         end = self.now
         for dur in trip.unit.compute(d.id, trip.slice):  # op by op, as the interpreter adds
             end += dur
+        heappush(self.heap, (end, next(self.seq), _Sim.computed, d, v))  # at(), inlined
 
-        def done() -> None:
-            d.computing = False
-            self.release(d, v)
-            self.kick(d)
-
-        self.at(end, done)
+    def computed(self, d: _Die, v: _Visit) -> None:
+        d.computing = False
+        self.release(d, v)
+        self.kick(d)
 
     def release(self, d: _Die, v: _Visit) -> None:
         """One use of the visit's slot is over; R3: free it after the last."""
@@ -450,7 +447,7 @@ class _Sim:
         if v.busy:
             return
         if self.write:
-            d.out.append(Free(v.slot))
+            d.out.append(mk.free(v.slot))
         d.held -= 1  # give_slot(), inlined
         d.free.append(v.slot)
         trip = v.trip
@@ -499,23 +496,28 @@ class _Sim:
         nv = _Visit(trip, nxt.id, slot, hop)
         nbytes = trip.nbytes
         if self.write:
-            d.out.append(Send(nxt.id, nbytes, v.slot))
-            nxt.out.append(Recv(d.id, nbytes, nv.slot, trip.ref))
+            d.out.append(mk.send(nxt.id, nbytes, v.slot))
+            nxt.out.append(mk.recv(d.id, nbytes, nv.slot, trip.ref))
         link_free, end = self.p.machine.send(d.id, nxt.id, nbytes, self.now)
-
-        def sent() -> None:  # the link is free for the lane's next forward
-            lane.sending = False
-            self.kick(d)
-
-        def done() -> None:
-            self.arrive(nxt, nv)
-            self.release(d, v)
-            self.kick(nxt)
-            self.kick(d)
-
         heap, seq = self.heap, self.seq  # at(), inlined: two events per hop
-        heappush(heap, (link_free, next(seq), sent))
-        heappush(heap, (end, next(seq), done))
+        heappush(heap, (link_free, next(seq), _Sim.sent, d, lane))
+        heappush(heap, (end, next(seq), _Sim.hopped, v, nv))
+
+    def sent(self, d: _Die, lane: _Lane) -> None:
+        """The link is free for the lane's next forward."""
+        lane.sending = False
+        self.kick(d)
+
+    def hopped(self, v: _Visit, nv: _Visit) -> None:
+        """The slice of ``v`` has arrived as ``nv`` on the next die."""
+        d, nxt = self.dies[v.die], self.dies[nv.die]
+        self.arrive(nxt, nv)
+        if v.busy > 1:  # release(), whose first step this is, when the slot is still in use
+            v.busy -= 1
+        else:
+            self.release(d, v)
+        self.kick(nxt)
+        self.kick(d)
 
     # --- the run ---
     def run(self) -> Schedule:
@@ -527,9 +529,9 @@ class _Sim:
                 self.pull(d)
         heap = self.heap
         while heap:
-            t, _, fn = heappop(heap)
+            t, _, fn, a, b = heappop(heap)
             self.now = t
-            fn()
+            fn(self, a, b)
         stuck = [d.id for d in self.dies if d.queue or d.ready or d.inbox or d.held]
         stuck += [self.walk[q] for q, lane in enumerate(self.lanes) if lane.outbox or lane.entry]
         left = sum(len(q) for q in self.chan_queue.values())
