@@ -218,7 +218,8 @@ class Builder:
         self._load_paths, self._read_costs, self._read_plans = m.load_paths, m.reads, m.plans
         self.compute_costs, self._xfer_costs = m.compute, m.transfers
         self.slice_costs, self.unit_costs = m.slices, m.units
-        self._geometry: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
+        #: per (layer, shared, slice): :meth:`slice_geometry`'s answer
+        self.geometries: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
         #: per (layer, shared, slice, bytes): the precision those bytes imply
         self._slice_prec: dict[tuple[str, bool, int, int], str] = {}
         #: per shape of a streamed micro-slice: what :data:`SLICE_CHAIN` appends (this
@@ -231,6 +232,9 @@ class Builder:
         self.signal_event: dict[int, str] = {}
         # slot fills and frees, for SRAM: (die, fill op, [fill op, free op])
         self.fills: list[tuple[int, int, list[int]]] = []
+        #: fills whose free is known when they are added (a streamed micro-slice), flat: die,
+        #: fill op, free op
+        self.closed_fills: list[int] = []
         # activations, for SRAM: (die, layer index) -> what the die does with them
         self.acts: dict[tuple[int, int], LayerActs] = {}
 
@@ -486,9 +490,9 @@ class Builder:
     def slice_geometry(self, c: SliceRef) -> tuple[int, int, int, str, bool]:
         """(hidden, width, elements, dtype, gated) of a micro-slice (memoized)."""
         key = (c.layer, c.expert is None, c.slice)
-        hit = self._geometry.get(key)
+        hit = self.geometries.get(key)
         if hit is None:
-            hit = self._geometry[key] = self._slice_geometry(c)
+            hit = self.geometries[key] = self._slice_geometry(c)
         return hit
 
     def _slice_geometry(self, c: SliceRef) -> tuple[int, int, int, str, bool]:

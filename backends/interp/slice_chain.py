@@ -85,13 +85,18 @@ def slice_chain(
         return False
     die, slot = s.die, il.slot
     tg, ta, tc = ig.tokens, ia.tokens, ic.tokens
+    # token counts: ``size`` is counted once per set (``len`` is a Python call), and the three
+    # instructions of a streamed slice share one set
+    ng = tg.size
+    na = ng if ta is tg else ta.size
+    nc = ng if tc is tg else tc.size
     # the slice's geometry rather than its index in the key: an expert's slices share it
-    geo = b.slice_geometry(c)
-    key = (il.channel, die, nbytes, c.layer, geo, len(tg), len(ta), len(tc))
+    geo = b.geometries.get((c.layer, c.expert is None, c.slice)) or b.slice_geometry(c)
+    key = (il.channel, die, nbytes, c.layer, geo, ng, na, nc)
     memo = b.chains
     tpl = memo.get(key)
     if tpl is None:
-        tpl = memo[key] = _template(b, die, il, c, geo, len(tg), len(ta), len(tc))
+        tpl = memo[key] = _template(b, die, il, c, geo, ng, na, nc)
     (k, kinds, durs, res, ndeps, backs, charges, links, prec, lk, hb, slice_charges, dies,
      layers) = tpl  # fmt: skip
     g = b.g
@@ -170,13 +175,13 @@ def slice_chain(
     s.slot_free[slot] = free
     s.last_compute = op + 2
     s.since_signal += (last, op + 2, free)
-    b.fills.append((die, first, [first, free]))
+    b.closed_fills += (die, first, free)
     # SRAM records of the layer's activations
     la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
     la.ops += (first, last, op, op + 1, op + 2, free)
     la.x_uses.append((op, tg))
     la.accums.append((op + 2, tc))
-    la.h.append((op, op + 2, hb))
+    la.h += (op, op + 2, hb)
     return True
 
 

@@ -166,7 +166,7 @@ def accum(b: Builder, s: DieState, i: Accum) -> None:
     la.accums.append((op, i.tokens))
     pending = s.pending_h.pop(i.slot, None)
     if pending is not None:
-        la.h.append((pending[0], op, pending[1]))
+        la.h += (pending[0], op, pending[1])
     computed(s, i.slot, op)
 
 
@@ -239,7 +239,7 @@ def slice_unit(b: Builder, s: DieState, ig: Gemm, ia: Act, ic: Accum) -> bool:
     la.x_uses.append((op, tg))
     la.accums.append((op + 2, tc))
     s.pending_h.pop(slot, None)
-    la.h.append((op, op + 2, hb))
+    la.h += (op, op + 2, hb)
     computed(s, slot, op + 2)
     return True
 
