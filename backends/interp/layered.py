@@ -222,7 +222,7 @@ def run_layered(
         merge_spans(summary.layer_spans, {lp.layer: (lp.start, lp.end) for lp in parts_j})
         merge_spans(summary.island_spans, islands)
         summary.parts += parts_j
-        carry.energy.by_op.clear()
+        carry.energy.drop_rows()
         for c, nb in enumerate(tl.dram_bytes):
             dram_bytes[c] += nb
         for k, nb in tl.link_bytes.items():

@@ -329,10 +329,7 @@ class Builder:
                 g.island_of[op] = island
         for j, back in backs:
             g.back_of[first + j] = back
-        joules, by_op = self.energy.joules, self.energy.by_op
-        for j, d, part, e in charges:  # EnergyLedger.charge, in read order
-            joules[d][part] += e
-            by_op.append((first + j, d, part, e))
+        self.energy.log(first, charges)  # in read order
         link_bytes = self.link_bytes
         for r in links:
             link_bytes[r] += nbytes
@@ -436,7 +433,7 @@ class Builder:
                     g.die[op] = die
             return ops
         a, b = key
-        res, occ, lat, e_link, e_read, e_write = self.transfer_costs(a, b, i.nbytes)
+        res, occ, lat, _, _, _, charges = self.transfer_costs(a, b, i.nbytes)
         # the hold and (for a latency) its delay, as OpGraph.add and delay() would add them
         g = self.g
         hold = len(g.kind)
@@ -461,29 +458,27 @@ class Builder:
             g.layer += (-1, -1)
             ops = (hold, hold + 1)
         self.link_bytes[res[0]] += i.nbytes
-        joules, by_op = self.energy.joules, self.energy.by_op
-        # EnergyLedger.charge of the link, the source's SRAM read, the destination's write
-        joules[a][D2D] += e_link
-        joules[a][SRAM] += e_read
-        joules[b][SRAM] += e_write
-        by_op += ((hold, a, D2D, e_link), (hold, a, SRAM, e_read), (hold, b, SRAM, e_write))
+        self.energy.log(hold, charges)
         mine[key].append(ops)
         return ops
 
     def transfer_costs(
         self, a: int, b: int, nbytes: int
-    ) -> tuple[tuple[int], float, float, float, float, float]:
+    ) -> tuple[tuple[int], float, float, float, float, float, tuple[Any, ...]]:
         """A transfer of ``nbytes`` over link ``a -> b``: (the link resource as an op's
         resources, hold, latency, link joules, source SRAM read joules, destination SRAM write
-        joules), memoized (a layer repeats a few block sizes over many transfers)."""
+        joules, and those three as the ledger's charges at the hold), memoized (a layer repeats
+        a few block sizes over many transfers)."""
         key = (a, b, nbytes)
         hit = self._xfer_costs.get(key)
         if hit is None:
             t = self.t
+            e_link = link_energy(t, a, b, nbytes)
+            e_read, e_write = sram_read_energy(t, nbytes), sram_write_energy(t, nbytes)
             hit = self._xfer_costs[key] = (
                 (self.link_id[(a, b)],), cost.link_occupancy(t, a, b, nbytes),
-                t.link(a, b).latency_s, link_energy(t, a, b, nbytes),
-                sram_read_energy(t, nbytes), sram_write_energy(t, nbytes),
+                t.link(a, b).latency_s, e_link, e_read, e_write,
+                ((0, a, D2D, e_link), (0, a, SRAM, e_read), (0, b, SRAM, e_write)),
             )  # fmt: skip
         return hit
 

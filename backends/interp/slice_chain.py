@@ -30,8 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from moec.backends.interp.opgraph import COMPUTE, LOAD, SLICE_CHAIN, SYNC, Builder, DieState
-from moec.backends.interp.timing_ops import SLICE_COSTS, _slice_cost, free, load
-from moec.ir.activations import h_bytes
+from moec.backends.interp.timing_ops import free, load, unit_costs
 from moec.ir.stream.program import HOST_CHANNEL, Accum, Act, Free, Gemm, Load, SliceRef
 
 
@@ -49,28 +48,21 @@ def _template(
         read = b.costs.read_ops[key] = b._read_template(LOAD, il.channel, die, nbytes)
     prec = b.slice_precision(c, nbytes)
     hidden, w, _, dtype, gated = geo
-    ukey = (die, ng, na, nc, hidden, w, gated, prec, dtype)
-    unit = b.unit_costs.get(ukey)
-    if unit is None:
-        (dg, pg), (da, pa), (dc, pc) = (
-            _slice_cost(b, kind, fn, die, n, hidden, w, gated, prec, dtype)
-            for (kind, fn), n in zip(SLICE_COSTS, (ng, na, nc), strict=True)
-        )
-        unit = b.unit_costs[ukey] = ((dg, da, dc), pg, pa, pc, h_bytes(ng, w, gated))
-    kinds, durs, res, ndeps, backs, charges, links = read
-    (dg, da, dc), pg, pa, pc, hb = unit
+    (dg, da, dc), _, _, _, hb, unit_charges = unit_costs(
+        b, die, ng, na, nc, hidden, w, gated, prec, dtype
+    )
+    kinds, durs, res, ndeps, backs, read_charges, links = read
     k = len(kinds)
     r = (die,)
     lk = b.layers[c.layer][0]
     ops_kinds = kinds + (COMPUTE, COMPUTE, COMPUTE, SYNC)
     ops_durs = durs + (dg, da, dc, 0.0)
     ops_res = res + (r, r, r, ())
-    slice_charges = tuple(
-        (k + o, part, j) for o, parts in enumerate((pg, pa, pc)) for part, j in parts
-    )
+    # the read's charges (Builder.read), then the three compute ops' (slice_unit), as one block
+    charges = read_charges + tuple((k + o, d, part, j) for o, d, part, j in unit_charges)
     return (
         k, ops_kinds, ops_durs, ops_res, ndeps, backs, charges, links, prec, lk, hb,
-        slice_charges, (die,) * (k + 4), (lk,) * (k + 4),
+        (die,) * (k + 4), (lk,) * (k + 4),
     )  # fmt: skip
 
 
@@ -97,8 +89,7 @@ def slice_chain(
     tpl = memo.get(key)
     if tpl is None:
         tpl = memo[key] = _template(b, die, il, c, geo, ng, na, nc)
-    (k, kinds, durs, res, ndeps, backs, charges, links, prec, lk, hb, slice_charges, dies,
-     layers) = tpl  # fmt: skip
+    (k, kinds, durs, res, ndeps, backs, charges, links, prec, lk, hb, dies, layers) = tpl
     g = b.g
     first = len(g.kind)
     last = first + k - 1  # the read's arrival: the slot's fill
@@ -117,15 +108,7 @@ def slice_chain(
     g.instr += (ig, ia, ic, ifr)
     for j, back in backs:
         g.back_of[first + j] = back
-    # energy: the read's charges (Builder.read), then the three compute ops' (slice_unit)
-    joules, by_op = b.energy.joules, b.energy.by_op
-    for j, d, part, e in charges:
-        joules[d][part] += e
-        by_op.append((first + j, d, part, e))
-    row = joules[die]
-    for j, part, e in slice_charges:
-        row[part] += e
-        by_op.append((first + j, die, part, e))
+    b.energy.log(first, charges)
     link_bytes = b.link_bytes
     for x in links:
         link_bytes[x] += nbytes
