@@ -30,8 +30,10 @@ from __future__ import annotations
 import dataclasses
 import gc
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.expand import splice
@@ -278,9 +280,10 @@ def _stop_if_over(p: Program, target: Target, tl: Timeline, names: list[str]) ->
         raise ScheduleError(why, p.filename if p.filename != "<string>" else p.name)
 
 
-def _sync_ops(tl: Timeline) -> Iterable[int]:
-    kind = tl.kind
-    return (op for op in range(len(kind) - 1, -1, -1) if kind[op] == SYNC)
+def _sync_ops(tl: Timeline) -> list[int]:
+    """The part's sync ops (signals, waits, frees), found in one numpy pass over the kinds."""
+    kind = np.fromiter(tl.kind, dtype=np.int8, count=len(tl.kind))
+    return np.flatnonzero(kind == SYNC).tolist()
 
 
 def _part_program(p: Program, streams: dict[int, list[Instr]]) -> Program:

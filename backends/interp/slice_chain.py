@@ -100,8 +100,11 @@ def slice_chain(
     g.res += res
     succ = g.succ
     # the read's chain, then gemm -> act -> accum; free's successors come later
-    succ += [[x] for x in range(first + 1, first + k)]
-    succ += ([], [op + 1], [op + 2], [], [])
+    if k == 2:  # a read from the die's own channel: its hold, then its latency
+        succ += ([last], [], [op + 1], [op + 2], [], [])
+    else:
+        succ += [[x] for x in range(first + 1, first + k)]
+        succ += ([], [op + 1], [op + 2], [], [])
     g.die += dies
     g.layer += layers
     g.instr += (il,) * k
