@@ -148,10 +148,11 @@ class EnergyLedger:
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every charge not dropped, in charge order: (ops, dies, part indices, joules)."""
         self.flush()
-        if len(self._rows) != 1:
-            empty = (np.zeros(0, np.int64),) * 3 + (np.zeros(0),)
-            cols = zip(*self._rows, strict=True) if self._rows else ([c] for c in empty)
-            self._rows = [tuple(np.concatenate(list(c)) for c in cols)]  # type: ignore[misc]
+        if not self._rows:
+            return (np.zeros(0, np.int64),) * 3 + (np.zeros(0),)  # type: ignore[return-value]
+        if len(self._rows) > 1:
+            ops, dies, parts, js = (np.concatenate(list(c)) for c in zip(*self._rows, strict=True))
+            self._rows = [(ops, dies, parts, js)]
         return self._rows[0]
 
     def drop_rows(self) -> None:
