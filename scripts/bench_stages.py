@@ -9,7 +9,7 @@ process-CPU timer around each stage's function and prints the total and each sta
 and calls: the lowering (with FSE-DP's slice choice, which itself runs the scheduler and the
 timing machine on the first layer), the FSE-DP scheduler (``fsedp.schedule``) and the units it
 is given (``fsedp._units``), the timing machine (``run_timing``), and the layered run's per-part
-bookkeeping (``self_contained``, ``layer_parts``, ``charge_deferred``, ``splice``). Stages nest
+bookkeeping (``walk_part``, ``layer_parts``, ``charge_deferred``, ``splice``). Stages nest
 (the lowering's scheduler runs are counted in both), so the lines do not add up to the total;
 what is left of the total is the rest (routing trace, the report, the collector between parts).
 Give ``--strategy 'fsedp{slices=N}'`` to leave the slice choice out.
@@ -32,7 +32,7 @@ STAGES = (
     ("moec.backends.interp.expand.fsedp", "_units", "FSE-DP units"),
     ("moec.backends.interp.layered", "run_timing", "timing machine (layered run)"),
     ("moec.backends.interp.simulate", "run_timing", "timing machine (whole run)"),
-    ("moec.backends.interp.layered", "self_contained", "layered: self_contained"),
+    ("moec.backends.interp.layered", "walk_part", "layered: walk_part (self-contained?)"),
     ("moec.backends.interp.layered", "layer_parts", "layered: layer_parts"),
     ("moec.backends.interp.layered", "charge_deferred", "layered: charge_deferred"),
     ("moec.backends.interp.layered", "splice", "layered: splice"),

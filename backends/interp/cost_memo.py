@@ -53,9 +53,7 @@ class CostMemo:
         #: compute op durations by shape (:meth:`~.opgraph.Builder.compute_cost`)
         self.compute: dict[tuple[Any, ...], float] = {}
         #: per (src, dst, bytes): a transfer's link resource, hold, latency and its joules
-        self.transfers: dict[
-            tuple[int, int, int], tuple[tuple[int], float, float, float, float, float]
-        ] = {}  # fmt: skip
+        self.transfers: dict[tuple[int, int, int], tuple[Any, ...]] = {}
         #: per slice opcode, die, geometry and precisions: its duration and energy parts
         self.slices: dict[tuple[Any, ...], tuple[float, tuple[tuple[int, float], ...]]] = {}
         #: the same for a whole micro-slice (:data:`~.opgraph.SLICE_UNIT`), and the bytes of its ``h``

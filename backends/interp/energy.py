@@ -11,12 +11,15 @@ charge goes to the die where the energy is spent:
 - compute to the computing die; static power of a die and of its channels to that die.
 
 Each dynamic charge also remembers the op it belongs to, so the Chrome trace can draw a power
-counter per die (:func:`power_counters`).
+counter per die (:func:`power_counters`) and a layer-by-layer run can give each MoE layer its
+own joules (:func:`.summary.layer_parts`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from moec.ir.cost.energy import (
     accum_energy,
@@ -34,19 +37,70 @@ if TYPE_CHECKING:
 _INDEX = {p: k for k, p in enumerate(PARTS)}
 
 
+#: One charge as the ledger logs it: (op offset from the block's first op, die, part index, joules)
+Charge = tuple[int, int, int, float]
+
+
 class EnergyLedger:
-    """Joules per die and part (:data:`moec.ir.energy.PARTS`), and per op for the trace."""
+    """Joules per die and part (:data:`moec.ir.energy.PARTS`), and per op for the trace.
+
+    Charges are logged, and added into the joules when the joules or the per-op charges are
+    read (:meth:`flush`). A charge is logged as a *block*: a tuple of rows ``(op offset, die,
+    part index, joules)`` and the op its offsets start from. The builder's memoized shapes (a
+    streamed micro-slice's eight charges, a read's, a transfer's) are long-lived tuples, so a
+    block is registered once, by identity, and every later charge of that shape is two list
+    appends (:meth:`log`). The flush expands the blocks into rows with numpy and adds them with
+    ``np.add.at``, which adds in row order: every sum is the same float as the charges added
+    one by one in the order they were made (the rows keep that order)."""
 
     def __init__(self, num_dies: int) -> None:
-        self.joules = [[0.0] * len(PARTS) for _ in range(num_dies)]
-        #: (op, die, part index, joules) of every dynamic charge, in charge order
-        self.by_op: list[tuple[int, int, int, float]] = []
+        self._joules = np.zeros((num_dies, len(PARTS)))
+        #: the blocks logged since the last flush: their first ops and their registered indices
+        self._firsts: list[int] = []
+        self._which: list[int] = []
+        #: the flushed charges not yet dropped (:meth:`drop_rows`): (ops, dies, parts, joules)
+        self._rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._forget_blocks()
+
+    def _forget_blocks(self) -> None:
+        """Empty the block registry (nothing logged may refer to it: right after a flush)."""
+        #: the registered blocks (kept alive, so that their ids stay theirs) and their index by id
+        self._blocks: list[tuple[Charge, ...]] = []
+        self._index: dict[int, int] = {}
+        #: per registered block: its rows' place in the tables, and the tables (numpy: offset,
+        #: die, part, joules per row; each block's start and size), extended at a flush by the
+        #: blocks registered since
+        self._start: list[int] = []
+        self._len: list[int] = []
+        self._registered_rows = 0
+        self._tables: tuple[np.ndarray, ...] = (
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
+            np.zeros(0, np.int64), np.zeros(0, np.int64),
+        )  # fmt: skip
+        self._tabled = 0
+        #: blocks of one-off charges, by value
+        self._by_value: dict[tuple[Charge, ...], tuple[Charge, ...]] = {}
+        #: :meth:`charge_indexed`'s blocks by (die, id of the parts), and those parts kept alive
+        self._indexed: dict[tuple[int, int], tuple[Charge, ...]] = {}
+        self._pinned: list[object] = []
+
+    def log(self, first: int, block: tuple[Charge, ...]) -> None:
+        """Charge ``block``'s rows at ops ``first + offset``. ``block`` must stay alive and
+        unchanged while the ledger does (a memoized shape's tuple): it is known by its id."""
+        k = self._index.get(id(block))
+        if k is None:
+            k = self._index[id(block)] = len(self._blocks)
+            self._blocks.append(block)
+            self._start.append(self._registered_rows)
+            self._len.append(len(block))
+            self._registered_rows += len(block)
+        self._firsts.append(first)
+        self._which.append(k)
 
     def charge(self, die: int, part: str, joules: float, op: int) -> None:
         """Add ``joules`` of ``part`` on ``die``, spent by ``op``."""
-        k = _INDEX[part]
-        self.joules[die][k] += joules
-        self.by_op.append((op, die, k, joules))
+        rows = ((0, die, _INDEX[part], joules),)
+        self.log(op, self._by_value.setdefault(rows, rows))
 
     def charge_parts(self, die: int, parts: dict[str, float], op: int) -> None:
         for part in PARTS:
@@ -54,21 +108,84 @@ class EnergyLedger:
                 self.charge(die, part, parts[part], op)
 
     def charge_indexed(self, die: int, parts: tuple[tuple[int, float], ...], op: int) -> None:
-        """:meth:`charge_parts` of parts given as ``(part index, joules)`` in ``PARTS`` order."""
-        row, by_op = self.joules[die], self.by_op
-        for k, j in parts:
-            row[k] += j
-            by_op.append((op, die, k, j))
+        """:meth:`charge_parts` of parts given as ``(part index, joules)`` in ``PARTS`` order
+        (``parts``: a memoized tuple, known by its id)."""
+        key = (die, id(parts))
+        rows = self._indexed.get(key)
+        if rows is None:
+            rows = self._indexed[key] = tuple((0, die, k, j) for k, j in parts)
+            self._pinned.append(parts)
+        self.log(op, rows)
+
+    def flush(self) -> None:
+        """Add the logged charges into the joules, in the order they were logged."""
+        if not self._firsts:
+            return
+        if self._tabled < len(self._blocks):
+            fresh = [r for blk in self._blocks[self._tabled :] for r in blk]
+            cols = list(zip(*fresh, strict=True)) if fresh else [(), (), (), ()]
+            off, die, part, j, start, size = self._tables
+            self._tables = (
+                np.concatenate([off, np.asarray(cols[0], np.int64)]),
+                np.concatenate([die, np.asarray(cols[1], np.int64)]),
+                np.concatenate([part, np.asarray(cols[2], np.int64)]),
+                np.concatenate([j, np.asarray(cols[3], np.float64)]),
+                np.asarray(self._start, np.int64), np.asarray(self._len, np.int64),
+            )  # fmt: skip
+            self._tabled = len(self._blocks)
+        off, die, part, j, start, size = self._tables
+        first = np.asarray(self._firsts, np.int64)
+        which = np.asarray(self._which, np.int64)
+        self._firsts.clear()
+        self._which.clear()
+        n = size[which]
+        block = np.repeat(np.arange(which.size), n)
+        row = start[which][block] + np.arange(int(n.sum())) - (np.cumsum(n) - n)[block]
+        rows = (first[block] + off[row], die[row], part[row], j[row])
+        np.add.at(self._joules.reshape(-1), rows[1] * len(PARTS) + rows[2], rows[3])
+        self._rows.append(rows)
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every charge not dropped, in charge order: (ops, dies, part indices, joules)."""
+        self.flush()
+        if not self._rows:
+            return (np.zeros(0, np.int64),) * 3 + (np.zeros(0),)  # type: ignore[return-value]
+        if len(self._rows) > 1:
+            ops, dies, parts, js = (np.concatenate(list(c)) for c in zip(*self._rows, strict=True))
+            self._rows = [(ops, dies, parts, js)]
+        return self._rows[0]
+
+    def drop_rows(self) -> None:
+        """Forget the per-op charges (the joules keep them) and the registered blocks: a
+        layer-by-layer run's part is done, and the next part's shapes are its own."""
+        self.flush()
+        self._rows.clear()
+        self._forget_blocks()
+
+    @property
+    def by_op(self) -> list[tuple[int, int, int, float]]:
+        """``(op, die, part index, joules)`` of every dynamic charge not dropped, in charge
+        order."""
+        ops, dies, parts, js = self.rows()
+        return list(zip(ops.tolist(), dies.tolist(), parts.tolist(), js.tolist(), strict=True))
+
+    @property
+    def joules(self) -> list[list[float]]:
+        """Joules per die and part so far (a copy)."""
+        self.flush()
+        return self._joules.tolist()
 
     def add_static(self, target: Target, span_s: float) -> None:
         """Static power of every die (and its channels) over ``span_s`` seconds."""
-        for d in range(len(self.joules)):
-            self.joules[d][_INDEX["static"]] += die_static_energy(target, d, span_s)
+        self.flush()
+        for d in range(self._joules.shape[0]):
+            self._joules[d, _INDEX["static"]] += die_static_energy(target, d, span_s)
 
     # --- totals ---
     def breakdown(self) -> dict[str, float]:
         """Joules per part over all dies."""
-        return {p: sum(row[k] for row in self.joules) for k, p in enumerate(PARTS)}
+        joules = self.joules
+        return {p: sum(row[k] for row in joules) for k, p in enumerate(PARTS)}
 
     def per_die(self) -> list[dict[str, float]]:
         """Joules per part of each die."""
@@ -85,7 +202,8 @@ class EnergyLedger:
         for op, _, k, j in self.by_op:
             if ops[op]:
                 out[PARTS[k]] += j
-        out["static"] = sum(die_static_energy(target, d, span_s) for d in range(len(self.joules)))
+        dies = self._joules.shape[0]
+        out["static"] = sum(die_static_energy(target, d, span_s) for d in range(dies))
         return out
 
 

@@ -30,12 +30,14 @@ from __future__ import annotations
 import dataclasses
 import gc
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.expand import splice
-from moec.backends.interp.expand.fsedp_deferred import charge_deferred
+from moec.backends.interp.expand.fsedp_deferred import DEFERRED_SUFFIX, charge_deferred
 from moec.backends.interp.sram import sram_overflow
 from moec.backends.interp.summary import RunSummary, layer_parts, merge_spans, tag_spans
 from moec.backends.interp.timing import SYNC, Carry, Timeline, run_timing
@@ -136,15 +138,20 @@ def _layer_of(i: Instr) -> str | None:
     return None
 
 
-def self_contained(streams: dict[int, list[Instr]]) -> bool:
-    """Whether an expanded part frees every slot it fills and matches every send with a recv
-    (so nothing it holds or sends is seen by another part)."""
+def walk_part(streams: dict[int, list[Instr]]) -> tuple[bool, bool]:
+    """Whether an expanded part is self-contained: it frees every slot it fills and matches
+    every send with a recv (so nothing it holds or sends is seen by another part); and whether
+    it has a token-buffered catch-up step (a ``signal`` of a ``<layer>.deferred`` event:
+    :func:`charge_deferred` has work). One walk over its instructions."""
     flows: Counter[tuple[int, int]] = Counter()
+    catchup = False
     for die, instrs in streams.items():
         held: set[int] = set()
         for i in instrs:
             cls = type(i)  # the instruction classes are final: no subclass to miss
-            if cls is Load:
+            if cls is Signal:
+                catchup = catchup or i.event.endswith(DEFERRED_SUFFIX)
+            elif cls is Load:
                 held.add(i.slot)
             elif cls is Free:
                 held.discard(i.slot)
@@ -155,8 +162,8 @@ def self_contained(streams: dict[int, list[Instr]]) -> bool:
             elif cls is Send:
                 flows[(die, i.peer)] += 1
         if held:
-            return False
-    return not any(flows.values())
+            return False, catchup
+    return not any(flows.values()), catchup
 
 
 def run_layered(
@@ -170,7 +177,7 @@ def run_layered(
 ) -> Timeline | None:
     """Time ``p`` part by part (module doc); ``expansion(layer)`` gives a layer's per-die
     instructions (asked once, in program order). None when an expanded part is not
-    self-contained (:func:`self_contained`): the caller runs the whole program instead.
+    self-contained (:func:`walk_part`): the caller runs the whole program instead.
 
     Unless ``allow_overflow``, the run stops at the first part whose SRAM peak passes a die's
     SRAM, with the :class:`ScheduleError` the whole run would end with (located at the
@@ -198,12 +205,14 @@ def run_layered(
             gc.collect(0)
         shell = _part_program(p, part.streams)
         prog = splice(shell, {m: expansion(m) for m in part.layers}, layouts)
-        if not self_contained({st.die: st.instrs for st in prog.streams}):
+        contained, catchup = walk_part({st.die: st.instrs for st in prog.streams})
+        if not contained:
             return None
         if verify:
             verify_program(prog, target)
         tl = run_timing(prog, target, carry=carry)
-        charge_deferred(prog, tl)
+        if catchup:
+            charge_deferred(prog, tl)
         dup = len(prog.streams) if j > 0 else 0  # this part's copies of the barrier's signal
         events += tl.events - dup
         instructions += prog.num_instructions() - dup
@@ -215,7 +224,7 @@ def run_layered(
         merge_spans(summary.layer_spans, {lp.layer: (lp.start, lp.end) for lp in parts_j})
         merge_spans(summary.island_spans, islands)
         summary.parts += parts_j
-        carry.energy.by_op.clear()
+        carry.energy.drop_rows()
         for c, nb in enumerate(tl.dram_bytes):
             dram_bytes[c] += nb
         for k, nb in tl.link_bytes.items():
@@ -271,9 +280,10 @@ def _stop_if_over(p: Program, target: Target, tl: Timeline, names: list[str]) ->
         raise ScheduleError(why, p.filename if p.filename != "<string>" else p.name)
 
 
-def _sync_ops(tl: Timeline) -> Iterable[int]:
-    kind = tl.kind
-    return (op for op in range(len(kind) - 1, -1, -1) if kind[op] == SYNC)
+def _sync_ops(tl: Timeline) -> list[int]:
+    """The part's sync ops (signals, waits, frees), found in one numpy pass over the kinds."""
+    kind = np.fromiter(tl.kind, dtype=np.int8, count=len(tl.kind))
+    return np.flatnonzero(kind == SYNC).tolist()
 
 
 def _part_program(p: Program, streams: dict[int, list[Instr]]) -> Program:

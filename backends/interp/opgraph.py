@@ -218,7 +218,8 @@ class Builder:
         self._load_paths, self._read_costs, self._read_plans = m.load_paths, m.reads, m.plans
         self.compute_costs, self._xfer_costs = m.compute, m.transfers
         self.slice_costs, self.unit_costs = m.slices, m.units
-        self._geometry: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
+        #: per (layer, shared, slice): :meth:`slice_geometry`'s answer
+        self.geometries: dict[tuple[str, bool, int], tuple[int, int, int, str, bool]] = {}
         #: per (layer, shared, slice, bytes): the precision those bytes imply
         self._slice_prec: dict[tuple[str, bool, int, int], str] = {}
         #: per shape of a streamed micro-slice: what :data:`SLICE_CHAIN` appends (this
@@ -231,6 +232,9 @@ class Builder:
         self.signal_event: dict[int, str] = {}
         # slot fills and frees, for SRAM: (die, fill op, [fill op, free op])
         self.fills: list[tuple[int, int, list[int]]] = []
+        #: fills whose free is known when they are added (a streamed micro-slice), flat: die,
+        #: fill op, free op
+        self.closed_fills: list[int] = []
         # activations, for SRAM: (die, layer index) -> what the die does with them
         self.acts: dict[tuple[int, int], LayerActs] = {}
 
@@ -325,10 +329,7 @@ class Builder:
                 g.island_of[op] = island
         for j, back in backs:
             g.back_of[first + j] = back
-        joules, by_op = self.energy.joules, self.energy.by_op
-        for j, d, part, e in charges:  # EnergyLedger.charge, in read order
-            joules[d][part] += e
-            by_op.append((first + j, d, part, e))
+        self.energy.log(first, charges)  # in read order
         link_bytes = self.link_bytes
         for r in links:
             link_bytes[r] += nbytes
@@ -432,7 +433,7 @@ class Builder:
                     g.die[op] = die
             return ops
         a, b = key
-        res, occ, lat, e_link, e_read, e_write = self.transfer_costs(a, b, i.nbytes)
+        res, occ, lat, _, _, _, charges = self.transfer_costs(a, b, i.nbytes)
         # the hold and (for a latency) its delay, as OpGraph.add and delay() would add them
         g = self.g
         hold = len(g.kind)
@@ -457,38 +458,36 @@ class Builder:
             g.layer += (-1, -1)
             ops = (hold, hold + 1)
         self.link_bytes[res[0]] += i.nbytes
-        joules, by_op = self.energy.joules, self.energy.by_op
-        # EnergyLedger.charge of the link, the source's SRAM read, the destination's write
-        joules[a][D2D] += e_link
-        joules[a][SRAM] += e_read
-        joules[b][SRAM] += e_write
-        by_op += ((hold, a, D2D, e_link), (hold, a, SRAM, e_read), (hold, b, SRAM, e_write))
+        self.energy.log(hold, charges)
         mine[key].append(ops)
         return ops
 
     def transfer_costs(
         self, a: int, b: int, nbytes: int
-    ) -> tuple[tuple[int], float, float, float, float, float]:
+    ) -> tuple[tuple[int], float, float, float, float, float, tuple[Any, ...]]:
         """A transfer of ``nbytes`` over link ``a -> b``: (the link resource as an op's
         resources, hold, latency, link joules, source SRAM read joules, destination SRAM write
-        joules), memoized (a layer repeats a few block sizes over many transfers)."""
+        joules, and those three as the ledger's charges at the hold), memoized (a layer repeats
+        a few block sizes over many transfers)."""
         key = (a, b, nbytes)
         hit = self._xfer_costs.get(key)
         if hit is None:
             t = self.t
+            e_link = link_energy(t, a, b, nbytes)
+            e_read, e_write = sram_read_energy(t, nbytes), sram_write_energy(t, nbytes)
             hit = self._xfer_costs[key] = (
                 (self.link_id[(a, b)],), cost.link_occupancy(t, a, b, nbytes),
-                t.link(a, b).latency_s, link_energy(t, a, b, nbytes),
-                sram_read_energy(t, nbytes), sram_write_energy(t, nbytes),
+                t.link(a, b).latency_s, e_link, e_read, e_write,
+                ((0, a, D2D, e_link), (0, a, SRAM, e_read), (0, b, SRAM, e_write)),
             )  # fmt: skip
         return hit
 
     def slice_geometry(self, c: SliceRef) -> tuple[int, int, int, str, bool]:
         """(hidden, width, elements, dtype, gated) of a micro-slice (memoized)."""
         key = (c.layer, c.expert is None, c.slice)
-        hit = self._geometry.get(key)
+        hit = self.geometries.get(key)
         if hit is None:
-            hit = self._geometry[key] = self._slice_geometry(c)
+            hit = self.geometries[key] = self._slice_geometry(c)
         return hit
 
     def _slice_geometry(self, c: SliceRef) -> tuple[int, int, int, str, bool]:

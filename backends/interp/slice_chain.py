@@ -30,8 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from moec.backends.interp.opgraph import COMPUTE, LOAD, SLICE_CHAIN, SYNC, Builder, DieState
-from moec.backends.interp.timing_ops import SLICE_COSTS, _slice_cost, free, load
-from moec.ir.activations import h_bytes
+from moec.backends.interp.timing_ops import free, load, unit_costs
 from moec.ir.stream.program import HOST_CHANNEL, Accum, Act, Free, Gemm, Load, SliceRef
 
 
@@ -49,28 +48,21 @@ def _template(
         read = b.costs.read_ops[key] = b._read_template(LOAD, il.channel, die, nbytes)
     prec = b.slice_precision(c, nbytes)
     hidden, w, _, dtype, gated = geo
-    ukey = (die, ng, na, nc, hidden, w, gated, prec, dtype)
-    unit = b.unit_costs.get(ukey)
-    if unit is None:
-        (dg, pg), (da, pa), (dc, pc) = (
-            _slice_cost(b, kind, fn, die, n, hidden, w, gated, prec, dtype)
-            for (kind, fn), n in zip(SLICE_COSTS, (ng, na, nc), strict=True)
-        )
-        unit = b.unit_costs[ukey] = ((dg, da, dc), pg, pa, pc, h_bytes(ng, w, gated))
-    kinds, durs, res, ndeps, backs, charges, links = read
-    (dg, da, dc), pg, pa, pc, hb = unit
+    (dg, da, dc), _, _, _, hb, unit_charges = unit_costs(
+        b, die, ng, na, nc, hidden, w, gated, prec, dtype
+    )
+    kinds, durs, res, ndeps, backs, read_charges, links = read
     k = len(kinds)
     r = (die,)
     lk = b.layers[c.layer][0]
     ops_kinds = kinds + (COMPUTE, COMPUTE, COMPUTE, SYNC)
     ops_durs = durs + (dg, da, dc, 0.0)
     ops_res = res + (r, r, r, ())
-    slice_charges = tuple(
-        (k + o, part, j) for o, parts in enumerate((pg, pa, pc)) for part, j in parts
-    )
+    # the read's charges (Builder.read), then the three compute ops' (slice_unit), as one block
+    charges = read_charges + tuple((k + o, d, part, j) for o, d, part, j in unit_charges)
     return (
         k, ops_kinds, ops_durs, ops_res, ndeps, backs, charges, links, prec, lk, hb,
-        slice_charges, (die,) * (k + 4), (lk,) * (k + 4),
+        (die,) * (k + 4), (lk,) * (k + 4),
     )  # fmt: skip
 
 
@@ -85,15 +77,19 @@ def slice_chain(
         return False
     die, slot = s.die, il.slot
     tg, ta, tc = ig.tokens, ia.tokens, ic.tokens
+    # token counts: ``size`` is counted once per set (``len`` is a Python call), and the three
+    # instructions of a streamed slice share one set
+    ng = tg.size
+    na = ng if ta is tg else ta.size
+    nc = ng if tc is tg else tc.size
     # the slice's geometry rather than its index in the key: an expert's slices share it
-    geo = b.slice_geometry(c)
-    key = (il.channel, die, nbytes, c.layer, geo, len(tg), len(ta), len(tc))
+    geo = b.geometries.get((c.layer, c.expert is None, c.slice)) or b.slice_geometry(c)
+    key = (il.channel, die, nbytes, c.layer, geo, ng, na, nc)
     memo = b.chains
     tpl = memo.get(key)
     if tpl is None:
-        tpl = memo[key] = _template(b, die, il, c, geo, len(tg), len(ta), len(tc))
-    (k, kinds, durs, res, ndeps, backs, charges, links, prec, lk, hb, slice_charges, dies,
-     layers) = tpl  # fmt: skip
+        tpl = memo[key] = _template(b, die, il, c, geo, ng, na, nc)
+    (k, kinds, durs, res, ndeps, backs, charges, links, prec, lk, hb, dies, layers) = tpl
     g = b.g
     first = len(g.kind)
     last = first + k - 1  # the read's arrival: the slot's fill
@@ -104,23 +100,18 @@ def slice_chain(
     g.res += res
     succ = g.succ
     # the read's chain, then gemm -> act -> accum; free's successors come later
-    succ += [[x] for x in range(first + 1, first + k)]
-    succ += ([], [op + 1], [op + 2], [], [])
+    if k == 2:  # a read from the die's own channel: its hold, then its latency
+        succ += ([last], [], [op + 1], [op + 2], [], [])
+    else:
+        succ += [[x] for x in range(first + 1, first + k)]
+        succ += ([], [op + 1], [op + 2], [], [])
     g.die += dies
     g.layer += layers
     g.instr += (il,) * k
     g.instr += (ig, ia, ic, ifr)
     for j, back in backs:
         g.back_of[first + j] = back
-    # energy: the read's charges (Builder.read), then the three compute ops' (slice_unit)
-    joules, by_op = b.energy.joules, b.energy.by_op
-    for j, d, part, e in charges:
-        joules[d][part] += e
-        by_op.append((first + j, d, part, e))
-    row = joules[die]
-    for j, part, e in slice_charges:
-        row[part] += e
-        by_op.append((first + j, die, part, e))
+    b.energy.log(first, charges)
     link_bytes = b.link_bytes
     for x in links:
         link_bytes[x] += nbytes
@@ -170,13 +161,13 @@ def slice_chain(
     s.slot_free[slot] = free
     s.last_compute = op + 2
     s.since_signal += (last, op + 2, free)
-    b.fills.append((die, first, [first, free]))
+    b.closed_fills += (die, first, free)
     # SRAM records of the layer's activations
     la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
     la.ops += (first, last, op, op + 1, op + 2, free)
     la.x_uses.append((op, tg))
     la.accums.append((op + 2, tc))
-    la.h.append((op, op + 2, hb))
+    la.h += (op, op + 2, hb)
     return True
 
 

@@ -35,8 +35,9 @@ class LayerActs:
     #: y blocks received: (the link hold's op, arrival op, tokens, bytes)
     recv_y: list[tuple[int, int, TokenSet, int]] = field(default_factory=list)
     send_y: list[tuple[int, TokenSet]] = field(default_factory=list)
-    #: slices in flight: (gemm op, accum op, bytes of h)
-    h: list[tuple[int, int, int]] = field(default_factory=list)
+    #: slices in flight: gemm op, accum op, bytes of h, flat (three ints a slice: no tuple
+    #: per slice to build, and one array conversion)
+    h: list[int] = field(default_factory=list)
 
 
 def _ranges(sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +188,7 @@ def _x_per_reception(
     holds = np.fromiter((start[h] for h, _ in acts.recv_x_start), dtype=np.float64)
     r_open = holds[r_item]
     u_tok, u_pos, u_end, u_item = _entries(acts.x_uses, pos, end, index)
-    gemms = {g for g, _, _ in acts.h}
+    gemms = set(acts.h[0::3])
     is_gemm = np.fromiter((op in gemms for op, _ in acts.x_uses), dtype=bool)[u_item]
     nr, nu = r_tok.size, u_tok.size
     opens = np.r_[np.ones(nr, dtype=bool), np.zeros(nu, dtype=bool)]
@@ -300,7 +301,7 @@ def _activation_events(
     # a token received again after a use, or written again after a send (chunked dispatch):
     # a row per stretch; otherwise (a relay that also computes the token) first to last
     if many_x:
-        gemms = {g for g, _, _ in acts.h}
+        gemms = set(acts.h[0::3])
         many_x = _reopened(acts.recv_x, [u for u in acts.x_uses if u[0] in gemms], pos, n, index)
     if many_y:
         many_y = _reopened(acts.accums, acts.send_y, pos, n, index, ~home)
@@ -354,19 +355,22 @@ def sram_peaks(
     start: list[float],
     end: list[float],
     makespan: float,
+    closed: Sequence[int] = (),
 ) -> tuple[list[int], list[int], list[int], list[int]]:
     """Per die: peak SRAM (slots + activations), its slot and activation parts at the peak,
     and the peak of slots alone.
 
     ``pools``: slot bytes per die; ``fills``: ``(die, fill op, [fill op, free op])`` per slot
-    fill (no free op: held to the end); ``acts``: per (die, layer index) what it did.
+    fill (no free op: held to the end); ``closed``: more fills, flat ``die, fill op, free op``
+    (their place among ``fills`` does not matter: a die's fills are all one slot size, so
+    equal times give equal events); ``acts``: per (die, layer index) what it did.
     """
     D = num_dies
     start_a, end_a = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
     times: dict[int, list[np.ndarray]] = defaultdict(list)
     slot_d: dict[int, list[np.ndarray]] = defaultdict(list)
     act_d: dict[int, list[np.ndarray]] = defaultdict(list)
-    if fills:
+    if fills or closed:
         # each fill is two events, (fill start, +size) and (free end or makespan, -size), in
         # fills order within each die (the order ties are broken in)
         f_die = np.fromiter((f[0] for f in fills), dtype=np.int64, count=len(fills))
@@ -375,10 +379,17 @@ def sram_peaks(
             (rec[1] if len(rec) > 1 else -1 for _, _, rec in fills), dtype=np.int64,
             count=len(fills),
         )  # fmt: skip
-        f_t = np.empty((len(fills), 2), dtype=np.float64)
+        if closed:
+            more = np.asarray(closed, dtype=np.int64).reshape(-1, 3)
+            f_die, f_op, f_free = (np.concatenate([a, more[:, k]]) for k, a in enumerate(
+                (f_die, f_op, f_free)))  # fmt: skip
+        f_t = np.empty((f_die.size, 2), dtype=np.float64)
         f_t[:, 0] = start_a[f_op]
         f_t[:, 1] = np.where(f_free >= 0, end_a[f_free], makespan)
-        sizes = np.asarray([pools.get(int(d), 0) for d in f_die], dtype=np.int64)
+        pool = np.zeros(max([D, *pools]) + 1, dtype=np.int64)
+        for d, nb in pools.items():
+            pool[d] = nb
+        sizes = pool[f_die]
         f_s = np.stack([sizes, -sizes], axis=1)
         order = np.argsort(f_die, kind="stable")
         dies, first = np.unique(f_die[order], return_index=True)

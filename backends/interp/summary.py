@@ -103,12 +103,16 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
     first_res = np.cumsum(lens) - lens
     moe = np.flatnonzero(layer >= 0)
     present, first = np.unique(layer[moe], return_index=True)
-    joules: dict[int, list[float]] = {int(k): [0.0] * len(PARTS) for k in present}
-    if tl.energy is not None:
-        for op, _, part, j in tl.energy.by_op:
-            k = tl.layer[op]
-            if k >= 0:
-                joules[k][part] += j
+    # each layer's joules per part: its ops' charges added in charge order (np.add.at adds
+    # in row order, as the charges were made)
+    P = len(PARTS)
+    acc = np.zeros((int(present.max()) + 1 if present.size else 0, P))
+    if tl.energy is not None and present.size:
+        c_ops, _, c_part, c_j = tl.energy.rows()
+        c_layer = layer[c_ops]
+        mine = c_layer >= 0
+        np.add.at(acc.reshape(-1), c_layer[mine] * P + c_part[mine], c_j[mine])
+    joules: dict[int, list[float]] = {int(k): acc[k].tolist() for k in present}
     links_end = D + C + len(t.links)
     # each layer's ops, and its ops' resource holds, in op order (a stable sort by layer)
     ops_by = moe[np.argsort(layer[moe], kind="stable")]

@@ -223,7 +223,7 @@ def run_timing(
         b.energy.add_static(target, makespan)
     pools = {s.die: s.nbytes for s in p.slots}
     peak, peak_slots, peak_acts, slot_peak = sram_peaks(
-        target.num_dies, pools, b.fills, b.acts, p.layers, start, end, makespan
+        target.num_dies, pools, b.fills, b.acts, p.layers, start, end, makespan, b.closed_fills
     )
     over = max((pk - target.die(d).sram_bytes for d, pk in enumerate(peak)), default=0)
     extra: dict[str, float] = {"sram_over_bytes": over} if over > 0 else {}

@@ -166,7 +166,7 @@ def accum(b: Builder, s: DieState, i: Accum) -> None:
     la.accums.append((op, i.tokens))
     pending = s.pending_h.pop(i.slot, None)
     if pending is not None:
-        la.h.append((pending[0], op, pending[1]))
+        la.h += (pending[0], op, pending[1])
     computed(s, i.slot, op)
 
 
@@ -186,6 +186,27 @@ def _slice_cost(
     return hit
 
 
+def unit_costs(
+    b: Builder, die: int, ng: int, na: int, nc: int, hidden: int, w: int, gated: bool,
+    prec: str, dtype: str,
+) -> tuple[Any, ...]:  # fmt: skip
+    """A micro-slice's ``gemm``, ``act``, ``accum`` on ``die`` for ``ng``, ``na``, ``nc``
+    tokens, memoized: their durations, their energy parts, the bytes of the slice's ``h``, and
+    the three ops' charges as one ledger block (offsets 0, 1, 2)."""
+    key = (die, ng, na, nc, hidden, w, gated, prec, dtype)
+    hit = b.unit_costs.get(key)
+    if hit is None:
+        (dg, pg), (da, pa), (dc, pc) = (
+            _slice_cost(b, kind, fn, die, n, hidden, w, gated, prec, dtype)
+            for (kind, fn), n in zip(SLICE_COSTS, (ng, na, nc), strict=True)
+        )
+        charges = tuple(
+            (o, die, k, j) for o, parts in enumerate((pg, pa, pc)) for k, j in parts
+        )  # EnergyLedger.charge_indexed of the three ops, in op order
+        hit = b.unit_costs[key] = ((dg, da, dc), pg, pa, pc, h_bytes(ng, w, gated), charges)
+    return hit
+
+
 def slice_unit(b: Builder, s: DieState, ig: Gemm, ia: Act, ic: Accum) -> bool:
     """``gemm``, ``act`` and ``accum`` on one slot as one step (module doc); False (nothing
     added) when the slot holds no micro-slice, so that the handlers report it."""
@@ -196,16 +217,9 @@ def slice_unit(b: Builder, s: DieState, ig: Gemm, ia: Act, ic: Accum) -> bool:
     hidden, w, _, dtype, gated = b.slice_geometry(content)
     die = s.die
     tg, ta, tc = ig.tokens, ia.tokens, ic.tokens
-    ng, na, nc = len(tg), len(ta), len(tc)
-    key = (die, ng, na, nc, hidden, w, gated, prec, dtype)
-    hit = b.unit_costs.get(key)
-    if hit is None:
-        (dg, pg), (da, pa), (dc, pc) = (
-            _slice_cost(b, kind, fn, die, n, hidden, w, gated, prec, dtype)
-            for (kind, fn), n in zip(SLICE_COSTS, (ng, na, nc), strict=True)
-        )
-        hit = b.unit_costs[key] = ((dg, da, dc), pg, pa, pc, h_bytes(ng, w, gated))
-    durs, pg, pa, pc, hb = hit
+    durs, _, _, _, hb, charges = unit_costs(
+        b, die, len(tg), len(ta), len(tc), hidden, w, gated, prec, dtype
+    )
     lk = b.layers[content.layer][0]
     g = b.g
     op = len(g.kind)
@@ -228,18 +242,13 @@ def slice_unit(b: Builder, s: DieState, ig: Gemm, ia: Act, ic: Accum) -> bool:
         succ[a].append(op)
         deps += 1
     g.ndeps += (deps, 1, 1)
-    # EnergyLedger.charge_indexed of the three ops
-    row, by_op = b.energy.joules[die], b.energy.by_op
-    for o, parts in ((op, pg), (op + 1, pa), (op + 2, pc)):
-        for k, j in parts:
-            row[k] += j
-            by_op.append((o, die, k, j))
+    b.energy.log(op, charges)
     la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
     la.ops += (op, op + 1, op + 2)
     la.x_uses.append((op, tg))
     la.accums.append((op + 2, tc))
     s.pending_h.pop(slot, None)
-    la.h.append((op, op + 2, hb))
+    la.h += (op, op + 2, hb)
     computed(s, slot, op + 2)
     return True
 

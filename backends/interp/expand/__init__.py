@@ -19,7 +19,7 @@ import importlib
 import math
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TypeVar
 
@@ -65,6 +65,11 @@ class ExpandContext:
     free_slots: dict[int, list[int]]
     layout: SliceLayout
     shared_layout: SliceLayout | None
+    #: :meth:`slice_bytes` per (expert, slice): a layer asks for each slice's bytes once per
+    #: placement of its expert and again in its load-order estimate
+    _slice_bytes: dict[tuple[int | None, int], int] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def where(self) -> str:
@@ -96,9 +101,15 @@ class ExpandContext:
         return params
 
     def slice_bytes(self, expert: int | None, j: int) -> int:
-        """Bytes of micro-slice ``j`` (W_gate/W_up columns and W_down rows) at its precision."""
-        lay = self.layout if expert is not None else self.shared_layout
-        return micro_slice_bytes(self.layer, self.policy, self.params, lay, expert, j)
+        """Bytes of micro-slice ``j`` (W_gate/W_up columns and W_down rows) at its precision
+        (memoized: the context's layer, policy and layouts do not change)."""
+        key = (expert, j)
+        hit = self._slice_bytes.get(key)
+        if hit is None:
+            lay = self.layout if expert is not None else self.shared_layout
+            hit = micro_slice_bytes(self.layer, self.policy, self.params, lay, expert, j)
+            self._slice_bytes[key] = hit
+        return hit
 
     def activation_bytes(self, tokens: int) -> int:
         """Bytes of ``tokens`` activation rows (at the layer's dtype)."""

@@ -80,7 +80,13 @@ def _timeline(
         chan_free[ch] = start + load_s
         die_free[d] = start + max(load_s, share)
     memo: dict[tuple[int, int], float] = {}
-    load = [_expert_load_time(ctx, e, ch, memo) for _, e, ch, _ in work]
+    per_expert: dict[tuple[int, int], float] = {}  # a replicated expert's items share theirs
+    load = []
+    for _, e, ch, _ in work:
+        s = per_expert.get((e, ch))
+        if s is None:
+            s = per_expert[(e, ch)] = _expert_load_time(ctx, e, ch, memo)
+        load.append(s)
     busy = [
         max(load[i], _expert_compute_time(ctx, d, e, int(toks.size)))
         for i, (d, e, _, toks) in enumerate(work)
@@ -89,15 +95,14 @@ def _timeline(
 
 
 def _list_schedule(
-    ctx: ExpandContext,
     work: Sequence[Work],
-    shared: tuple[list[int], list[int]] | None,
+    timeline: tuple[dict[int, float], dict[int, float], list[float], list[float]],
     greedy: bool,
-    pieces: Sequence[Piece] = (),
 ) -> tuple[float, list[Work]]:
-    """The estimated makespan and each die's order: ``greedy`` picks against channel demand,
-    else each die keeps ``work``'s order."""
-    chan_free, die_free, load, busy = _timeline(ctx, work, shared, pieces)
+    """The estimated makespan and each die's order, from :func:`_timeline`'s estimate (not
+    changed): ``greedy`` picks against channel demand, else each die keeps ``work``'s order."""
+    chan_free, die_free = dict(timeline[0]), dict(timeline[1])
+    load, busy = timeline[2], timeline[3]
     remaining = {c: 0.0 for c in chan_free}
     pending: dict[int, list[int]] = {}
     for i, (d, _, ch, _) in enumerate(work):
@@ -136,6 +141,7 @@ def order_work(
     in the order given when the estimate says that finishes no later; ``shared``: the (die,
     channel) of each split shared micro-slice, streamed first, then the split experts'
     ``pieces``."""
-    given, _ = _list_schedule(ctx, work, shared, False, pieces)
-    span, ordered = _list_schedule(ctx, work, shared, True, pieces)
+    timeline = _timeline(ctx, work, shared, pieces)
+    given, _ = _list_schedule(work, timeline, False)
+    span, ordered = _list_schedule(work, timeline, True)
     return ordered if span < given else list(work)
