@@ -363,8 +363,7 @@ def search(
                 base_dir=base_dir, name=name, max_sram_mib=max_sram_mib, resamples=resamples,
                 variants=variants,
             )  # fmt: skip
-            origin = f"inherited: the winner at {below[1]:g} MiB"
-            seed = _inherit(less.winner, origin, trials, predict)
+            seed = _inherit(less.winner, below[1], trials, predict, target_ref, target, routing)
         except (ScheduleError, StrategyError):
             seed = None
         if (
@@ -398,26 +397,33 @@ def search(
 
 
 def _inherit(
-    winner: Trial, origin: str, trials: list[Trial], predict: Callable[[Trial], None]
-) -> Trial | None:
-    """The trial of ``winner`` (the search's with less SRAM) here, lowered and bounded: of its
-    :func:`~moec.auto_inherit.pinnings`, the first that lowers to the same program, else the
-    last that lowers; the listed trial of that spec if the search has one, else a new one
-    appended to ``trials``. Its status is "predicted" when it still needs its run (pruned or
-    not run, and no measured trial has the same program)."""
-    assert winner.program is not None
+    less: Trial, mib: float, trials: list[Trial], predict: Callable[[Trial], None],
+    target_ref: TargetRef, target: Target, routing: RoutingTrace,
+) -> Trial | None:  # fmt: skip
+    """The winner ``less`` of the search at ``mib`` MiB of SRAM as a trial here, lowered and
+    bounded (:mod:`moec.auto_inherit`): the first of its
+    :func:`~moec.auto_inherit.pinnings` that lowers to the same program (the listed trial of
+    that spec if the search has one, else a new one appended to ``trials``), else its program
+    itself on this target, named ``spec@<mib>MiB`` (no spec lowers to it here). Its status is
+    "predicted" when it still needs its run (pruned or not run, and no measured trial has the
+    same program)."""
+    assert less.program is not None
+    origin = f"inherited: the winner at {mib:g} MiB"
     pick: Trial | None = None
-    for spec in pinnings(winner):
+    for spec in pinnings(less):
         tr = next((t for t in trials if t.strategy == spec), None) or Trial(spec, origin=origin)
         if tr.program is None and tr.status == "not run":
             predict(tr)
-        if tr.program is not None:
+        if tr.program is not None and same_program(tr.program, less.program):
             pick = tr
-            if same_program(tr.program, winner.program):
-                break
+            break
     if pick is None:
-        return None
-    if pick not in trials:
+        program = dataclasses.replace(less.program, target=target_ref)
+        pick = Trial(f"{less.strategy}@{mib:g}MiB", program=program, origin=origin)
+        pick.predicted_layers = predicted_layers(program, target, routing)
+        pick.predicted_s = sum(pick.predicted_layers)
+        pick.status = "predicted"
+    if not any(t is pick for t in trials):
         trials.append(pick)
     elif pick.status.startswith(("pruned", "not run")):
         pick.status = "predicted"

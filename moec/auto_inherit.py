@@ -14,10 +14,14 @@ So when ``sram_mib_per_die`` raises the target's SRAM above the target's own,
 of :func:`rungs` under the requested SRAM, or the target's own), which does the same in turn
 down to the target's own SRAM, and times that winner as one more candidate (one run beyond the
 budget, like the per-layer merge): the least pinned spec that lowers to the same program
-(:func:`same_program`), else the most pinned one that lowers. Its latency bounds the search's from above, so
-from the target's own SRAM up along the rungs (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64 ... MiB)
-more SRAM never makes ``auto`` slower. The price is one search per rung: fsedp-2x2 (16 MiB) at
-64 MiB also searches at 48, 32, 24 and 16 MiB.
+(:func:`same_program`), else that program itself, which fits this SRAM too, named
+``spec@<MiB>MiB`` (no option spells some cuts: ``slices=fit`` cuts DeepSeek-MoE-16B's shared
+experts into fewer slices than an explicit ``shared_slices`` may take; re-lowering such a
+winner's name with this SRAM gives another program, the ``.msp`` written is the one timed).
+Its latency bounds the search's from above, so from the target's own SRAM up along the rungs
+(2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64 ... MiB) more SRAM never makes ``auto`` slower. The
+price is one search per rung: fsedp-2x2 (16 MiB) at 64 MiB also searches at 48, 32, 24 and
+16 MiB.
 """
 
 from __future__ import annotations

@@ -72,3 +72,21 @@ def test_explain_names_the_inherited_winner() -> None:
     text = explain(result)
     assert "[inherited: the winner at 16 MiB]" in text
     assert "; the winner at 16 MiB, pinned" in text
+
+
+def test_a_cut_no_option_spells_is_inherited_as_its_program() -> None:
+    """DeepSeek-MoE-16B, 16 tokens: ``tp{slices=fit}`` at 16 MiB (8 slices, its shared experts
+    in 12) has no spelling that lowers to it at 24 MiB, so its program itself is timed there."""
+    module = truncate(load_bench_model("deepseek-moe-16b").module, 1)
+    got = {}
+    for mib in (16, 24):
+        ref = TargetRef("fsedp-2x2", (("sram_mib_per_die", mib),))
+        routing = default_routing(module, ref, tokens=16)
+        got[mib] = search(module, ref, routing, specs=["tp{slices=fit}"], tokens=16)
+    w = got[24].winner
+    assert w.strategy == "tp{slices=fit}@16MiB" and w.measured_s == got[16].winner.measured_s
+    assert w.program is not None and w.program.target == TargetRef(
+        "fsedp-2x2", (("sram_mib_per_die", 24),)
+    )
+    fit = next(t for t in got[24].trials if t.strategy == "tp{slices=fit}")
+    assert fit.measured_s is not None and fit.measured_s > w.measured_s  # 4 slices: slower
