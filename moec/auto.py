@@ -404,7 +404,8 @@ def _inherit(
     bounded (:mod:`moec.auto_inherit`): the first of its
     :func:`~moec.auto_inherit.pinnings` that lowers to the same program (the listed trial of
     that spec if the search has one, else a new one appended to ``trials``), else its program
-    itself on this target, named ``spec@<mib>MiB`` (no spec lowers to it here). Its status is
+    itself on this target, named ``spec@<MiB>MiB`` after the SRAM it was lowered with (no spec
+    lowers to it here). Its status is
     "predicted" when it still needs its run (pruned or not run, and no measured trial has the
     same program)."""
     assert less.program is not None
@@ -419,7 +420,8 @@ def _inherit(
             break
     if pick is None:
         program = dataclasses.replace(less.program, target=target_ref)
-        pick = Trial(f"{less.strategy}@{mib:g}MiB", program=program, origin=origin)
+        named = less.strategy if "@" in less.strategy else f"{less.strategy}@{mib:g}MiB"
+        pick = Trial(named, program=program, origin=origin)
         pick.predicted_layers = predicted_layers(program, target, routing)
         pick.predicted_s = sum(pick.predicted_layers)
         pick.status = "predicted"

@@ -76,13 +76,16 @@ def test_explain_names_the_inherited_winner() -> None:
 
 def test_a_cut_no_option_spells_is_inherited_as_its_program() -> None:
     """DeepSeek-MoE-16B, 16 tokens: ``tp{slices=fit}`` at 16 MiB (8 slices, its shared experts
-    in 12) has no spelling that lowers to it at 24 MiB, so its program itself is timed there."""
+    in 12) has no spelling that lowers to it at 24 MiB, so its program itself is timed there,
+    and at 32 MiB (inherited from 24 MiB) under the same name."""
     module = truncate(load_bench_model("deepseek-moe-16b").module, 1)
     got = {}
-    for mib in (16, 24):
+    for mib in (16, 24, 32):
         ref = TargetRef("fsedp-2x2", (("sram_mib_per_die", mib),))
         routing = default_routing(module, ref, tokens=16)
         got[mib] = search(module, ref, routing, specs=["tp{slices=fit}"], tokens=16)
+    assert got[32].winner.strategy == "tp{slices=fit}@16MiB"
+    assert got[32].winner.measured_s == got[16].winner.measured_s
     w = got[24].winner
     assert w.strategy == "tp{slices=fit}@16MiB" and w.measured_s == got[16].winner.measured_s
     assert w.program is not None and w.program.target == TargetRef(
