@@ -61,13 +61,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from moec.auto_bound import any_schedule_floor as any_schedule_floor  # re-exported
 from moec.auto_bound import floor_gap, predicted_layers
+from moec.auto_inherit import lesser_sram, pinnings, same_program
 from moec.auto_refine import refine
 from moec.backends.interp import simulate
 from moec.bench import DEFAULT_ROUTING, moe_metrics
@@ -133,7 +134,8 @@ class Trial:
     layers_s: list[float] | None = field(default=None, repr=False)
     #: how the search came to it: "" (a listed candidate), "cut" (a slice-count variant),
     #: "coarse" (TP's coarse chunked cut, :mod:`moec.coarse_tp`) or
-    #: the option a refinement changed ("slots=6 on tp{slices=32}", :mod:`moec.auto_refine`)
+    #: the option a refinement changed ("slots=6 on tp{slices=32}", :mod:`moec.auto_refine`) or
+    #: "inherited: the winner at 16 MiB" (the search with less SRAM, :mod:`moec.auto_inherit`)
     origin: str = ""
 
     def score(self, objective: str) -> tuple[float, ...]:
@@ -353,6 +355,23 @@ def search(
         confirm = lambda tr: _confirm(tr, target, draws, max_sram_mib)  # noqa: E731
         best, used = refine(trials, best, make, confirm, budget - runs, target, routing)
         runs += used
+    below = lesser_sram(target_ref, base_dir) if objective == "latency" else None
+    if below is not None:  # more SRAM never slower (moec.auto_inherit)
+        try:
+            less = search(
+                module, below[0], routing, budget=budget, specs=specs, tokens=tokens, dims=dims,
+                base_dir=base_dir, name=name, max_sram_mib=max_sram_mib, resamples=resamples,
+                variants=variants,
+            )  # fmt: skip
+            seed = _inherit(less.winner, below[1], trials, predict, target_ref, target, routing)
+        except (ScheduleError, StrategyError):
+            seed = None
+        if (
+            seed is not None and seed.status == "predicted"
+            and _confirm(seed, target, draws, max_sram_mib)
+            and (best is None or seed.score(objective) < best.score(objective))
+        ):  # fmt: skip
+            best = seed
     layers: list[LayerChoice] = []
     if objective == "latency" and best is not None and best_layers is not None:
         mixed, layers = _per_layer(trials, target, draws, max_sram_mib)
@@ -375,6 +394,48 @@ def search(
     return AutoResult(
         trials, best, routing_name, budget, objective, max_sram_mib, resamples, layers, gap
     )
+
+
+def _inherit(
+    less: Trial, mib: float, trials: list[Trial], predict: Callable[[Trial], None],
+    target_ref: TargetRef, target: Target, routing: RoutingTrace,
+) -> Trial | None:  # fmt: skip
+    """The winner ``less`` of the search at ``mib`` MiB of SRAM as a trial here, lowered and
+    bounded (:mod:`moec.auto_inherit`): the first of its
+    :func:`~moec.auto_inherit.pinnings` that lowers to the same program (the listed trial of
+    that spec if the search has one, else a new one appended to ``trials``), else its program
+    itself on this target, named ``spec@<MiB>MiB`` after the SRAM it was lowered with (no spec
+    lowers to it here). Its status is
+    "predicted" when it still needs its run (pruned or not run, and no measured trial has the
+    same program)."""
+    assert less.program is not None
+    origin = f"inherited: the winner at {mib:g} MiB"
+    pick: Trial | None = None
+    for spec in pinnings(less):
+        tr = next((t for t in trials if t.strategy == spec), None) or Trial(spec, origin=origin)
+        if tr.program is None and tr.status == "not run":
+            predict(tr)
+        if tr.program is not None and same_program(tr.program, less.program):
+            pick = tr
+            break
+    if pick is None:
+        program = dataclasses.replace(less.program, target=target_ref)
+        named = less.strategy if "@" in less.strategy else f"{less.strategy}@{mib:g}MiB"
+        pick = Trial(named, program=program, origin=origin)
+        pick.predicted_layers = predicted_layers(program, target, routing)
+        pick.predicted_s = sum(pick.predicted_layers)
+        pick.status = "predicted"
+    if not any(t is pick for t in trials):
+        trials.append(pick)
+    elif pick.status.startswith(("pruned", "not run")):
+        pick.status = "predicted"
+    if pick.status == "predicted":
+        twin = next(
+            (t for t in trials if t.status == "measured" and t.program == pick.program), None
+        )
+        if twin is not None:
+            pick.status = f"the same program as {twin.strategy}"
+    return pick
 
 
 def _may_win_a_layer(bounds: list[float] | None, best: list[float] | None) -> bool:
@@ -490,7 +551,9 @@ def explain(result: AutoResult) -> str:
     over = sum("over --max-sram-mib" in t.status for t in result.trials)
     if over:
         why += f"; {over} measured over the SRAM limit"
-    if w.origin and w.origin not in _LISTED:
+    if w.origin.startswith("inherited"):
+        why += f"; {w.origin.removeprefix('inherited: ')}, pinned (moec.auto_inherit)"
+    elif w.origin and w.origin not in _LISTED:
         why += f"; found by refining ({w.origin})"
     lines.append(why)
     lines += result.gap
@@ -508,4 +571,6 @@ def _origin(t: Trial) -> str:
     """How the search came to ``t``, for :func:`explain`."""
     if t.origin in _LISTED:
         return _LISTED[t.origin]
+    if t.origin.startswith("inherited"):
+        return f" [{t.origin}]"
     return f" [refined: {t.origin}]" if t.origin else ""

@@ -174,6 +174,38 @@ def test_auto_on_a_small_point_never_rises() -> None:
     assert [c.line() for c in comps if c.violated] == []
 
 
+@pytest.mark.parametrize(
+    ("model", "tokens", "spec"),
+    [
+        ("qwen3-30b-a3b", 16, "ep{slices=fit}"),
+        ("yuan2-m32", 16, "tp{slices=fit}"),
+        ("deepseek-moe-16b", 16, "tp{slices=fit}"),
+    ],
+)
+def test_auto_with_more_sram_times_what_it_picked_with_less(
+    model: str, tokens: int, spec: str
+) -> None:
+    """The fewest slices that fit get coarser with more SRAM, and coarser was slower here
+    (Qwen3-30B-A3B, 16 tokens on fsedp-2x2: ``ep{slices=fit}`` 3 slices 9.247 ms at 16 MiB, 2
+    slices 9.311 ms at 24; Yuan2.0-M32 ``tp{slices=fit}`` 16, 12, 8 slices 9.381, 9.443, 9.500
+    ms at 16, 24, 32 MiB; DeepSeek-MoE-16B ``tp{slices=fit}`` 8, 4, 4 slices 7.256, 7.328,
+    7.328 ms), as on the paper grid (DeepSeek-MoE-16B, 256 tokens, 32 -> 64 MiB:
+    ``auto`` 14.120 -> 14.140 ms, its 32 MiB winner ``tp{order=balanced,slices=fit}``). A search
+    with such a candidate now also times its winner one SRAM rung down, pinned
+    (``moec/auto_inherit.py``)."""
+    from moec.auto import default_routing, search
+    from moec.compiler.bench.spec import load_bench_model, truncate
+    from moec.ir.stream import TargetRef
+
+    module = truncate(load_bench_model(model).module, 1)
+    got = []
+    for mib in (16, 24, 32):
+        ref = TargetRef("fsedp-2x2", (("sram_mib_per_die", mib),))
+        routing = default_routing(module, ref, tokens=tokens)
+        got.append(search(module, ref, routing, specs=[spec], tokens=tokens).winner.measured_s)
+    assert got == sorted(got, reverse=True), got
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("target", PAPER_TARGETS)
 @pytest.mark.parametrize("model", PAPER_MODELS)
