@@ -56,17 +56,18 @@ def gumbel_top_k(
 
 def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
     """Per row, the indices of the ``k`` largest logits, largest first, ties to the lower index:
-    ``np.argsort(-logits, kind="stable")[:, :k]``. A partition then a sort of the ``k`` chosen
-    (a fraction of a full sort's time); a row where a value outside the ``k`` equals the
-    ``k``-th (a tie the partition may break otherwise) takes the full stable sort."""
+    ``np.argsort(-logits, kind="stable")[:, :k]``. A partition finds each row's ``k``-th largest
+    value, the ``k`` at or above it are sorted (a fraction of a full sort's time); a row where
+    more than ``k`` reach it (a tie at the ``k``-th place) takes the full stable sort."""
     n = logits.shape[1]
     if not 0 < k < n:
         return np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    part = np.argpartition(logits, n - k, axis=1)[:, n - k :]
+    keep = logits >= np.partition(logits, n - k, axis=1)[:, n - k : n - k + 1]
+    tied = np.flatnonzero(np.count_nonzero(keep, axis=1) != k)
+    keep[tied] = np.arange(n) < k  # k placeholders, so every row keeps k; re-sorted below
+    part = np.nonzero(keep)[1].reshape(-1, k)  # ascending index within each row
     vals = np.take_along_axis(logits, part, axis=1)
-    order = np.take_along_axis(part, np.lexsort((part, -vals), axis=1), axis=1)
-    kept = np.count_nonzero(logits >= vals.min(axis=1, keepdims=True), axis=1)
-    tied = np.flatnonzero(kept != k)
+    order = np.take_along_axis(part, np.argsort(-vals, axis=1, kind="stable"), axis=1)
     if tied.size:
         order[tied] = np.argsort(-logits[tied], axis=1, kind="stable")[:, :k]
     return order
