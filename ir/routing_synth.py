@@ -45,7 +45,8 @@ def gumbel_top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each of ``tokens`` tokens draws ``top_k`` distinct experts with probabilities
     ``exp(log_p)`` (Gumbel-top-k); returns ids [T, k] int64 and softmax gates [T, k] float32."""
-    logits = log_p[None, :] + rng.gumbel(size=(tokens, log_p.size))
+    logits = rng.gumbel(size=(tokens, log_p.size))
+    logits += log_p  # in place: the same sums as log_p + noise (IEEE addition commutes)
     order = _top_k(logits, top_k)
     chosen = np.take_along_axis(logits, order, axis=1)
     z = np.exp(chosen - chosen[:, :1])
@@ -55,18 +56,20 @@ def gumbel_top_k(
 
 def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
     """Per row, the indices of the ``k`` largest logits, largest first, ties to the lower index:
-    ``np.argsort(-logits, kind="stable")[:, :k]``. A partition then a sort of the ``k`` chosen
-    (a fraction of a full sort's time); a row where a value outside the ``k`` equals the
-    ``k``-th (a tie the partition may break otherwise) takes the full stable sort."""
-    neg = -logits
-    if not 0 < k < neg.shape[1]:
-        return np.argsort(neg, axis=1, kind="stable")[:, :k]
-    part = np.argpartition(neg, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(neg, part, axis=1)
-    order = np.take_along_axis(part, np.lexsort((part, vals), axis=1), axis=1)
-    tied = np.flatnonzero((neg <= vals.max(axis=1, keepdims=True)).sum(axis=1) != k)
+    ``np.argsort(-logits, kind="stable")[:, :k]``. A partition finds each row's ``k``-th largest
+    value, the ``k`` at or above it are sorted (a fraction of a full sort's time); a row where
+    more than ``k`` reach it (a tie at the ``k``-th place) takes the full stable sort."""
+    n = logits.shape[1]
+    if not 0 < k < n:
+        return np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    keep = logits >= np.partition(logits, n - k, axis=1)[:, n - k : n - k + 1]
+    tied = np.flatnonzero(np.count_nonzero(keep, axis=1) != k)
+    keep[tied] = np.arange(n) < k  # k placeholders, so every row keeps k; re-sorted below
+    part = np.nonzero(keep)[1].reshape(-1, k)  # ascending index within each row
+    vals = np.take_along_axis(logits, part, axis=1)
+    order = np.take_along_axis(part, np.argsort(-vals, axis=1, kind="stable"), axis=1)
     if tied.size:
-        order[tied] = np.argsort(neg[tied], axis=1, kind="stable")[:, :k]
+        order[tied] = np.argsort(-logits[tied], axis=1, kind="stable")[:, :k]
     return order
 
 

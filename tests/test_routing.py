@@ -18,7 +18,7 @@ from moec.ir.routing import (
     save_trace,
     validate,
 )
-from moec.ir.routing_synth import SynthSpec, parse_routing_spec, synth_zipf
+from moec.ir.routing_synth import SynthSpec, _top_k, gumbel_top_k, parse_routing_spec, synth_zipf
 
 
 def _same(a: RoutingTrace, b: RoutingTrace) -> None:
@@ -314,3 +314,25 @@ def test_synth_docstring_example() -> None:
 
     failed, attempted = doctest.testmod(routing_synth)
     assert attempted > 0 and failed == 0
+
+
+@pytest.mark.parametrize(("experts", "k"), [(16, 3), (256, 8), (5, 1), (5, 4), (5, 5)])
+def test_top_k_is_the_stable_descending_sort_even_with_ties(experts: int, k: int) -> None:
+    # small integer logits tie often, at the k-th place too (-0.0 and 0.0 are a tie)
+    logits = np.random.default_rng(1).integers(0, 4, size=(500, experts)).astype(np.float64)
+    logits[::7] *= -1
+    logits[::11] = 0.0
+    logits[::13, 0] = -0.0
+    want = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    assert np.array_equal(_top_k(logits, k), want)
+
+
+def test_gumbel_top_k_matches_a_full_sort_of_the_same_draws() -> None:
+    log_p = -1.2 * np.log(np.arange(1.0, 65.0))
+    ids, gates = gumbel_top_k(log_p, 300, 6, np.random.default_rng([7, 2]))
+    logits = log_p[None, :] + np.random.default_rng([7, 2]).gumbel(size=(300, 64))
+    want = np.argsort(-logits, axis=1, kind="stable")[:, :6]
+    chosen = np.take_along_axis(logits, want, axis=1)
+    z = np.exp(chosen - chosen[:, :1])
+    assert np.array_equal(ids, want)
+    assert np.array_equal(gates, (z / z.sum(axis=1, keepdims=True)).astype(np.float32))

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 
 from moec.ir.cost import bytes_per_element
 from moec.ir.errors import ScheduleError
 from moec.ir.stream.params import StrategyParams
 from moec.ir.stream.program import (
+    DieStream,
     Free,
     Load,
     MoE,
@@ -25,6 +27,7 @@ from moec.ir.stream.program import (
     Recv,
     RuntimePolicy,
     SliceLayout,
+    SlotPool,
 )
 
 
@@ -38,17 +41,41 @@ def free_slots_at(p: Program, layer: str) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     pools = {s.die: s for s in p.slots}
     for st in p.streams:
-        pool = pools.get(st.die)
-        held: set[int] = set()
-        for i in st.instrs:
-            if isinstance(i, MoE) and i.layer == layer:
-                out[st.die] = [k for k in range(pool.count) if k not in held] if pool else []
+        for i, held in _held_at_placeholders(st):
+            if i.layer == layer:
+                out[st.die] = _free(pools.get(st.die), held)
                 break
-            if isinstance(i, Load) or (isinstance(i, Recv) and i.slot is not None):
-                held.add(i.slot)  # type: ignore[arg-type]
-            elif isinstance(i, Free):
-                held.discard(i.slot)
     return out
+
+
+def free_slots_by_layer(p: Program) -> dict[str, dict[int, list[int]]]:
+    """:func:`free_slots_at` of every layer at once (one walk of each stream, not one per
+    layer): per layer, per die, the slots free at that die's first ``moe layer``."""
+    out: dict[str, dict[int, list[int]]] = {}
+    pools = {s.die: s for s in p.slots}
+    for st in p.streams:
+        for i, held in _held_at_placeholders(st):
+            at_layer = out.setdefault(i.layer, {})
+            if st.die not in at_layer:
+                at_layer[st.die] = _free(pools.get(st.die), held)
+    return out
+
+
+def _held_at_placeholders(st: DieStream) -> Iterator[tuple[MoE, set[int]]]:
+    """Each ``moe`` placeholder of a die stream, with the slots its static part holds there
+    (a live set: read it before resuming)."""
+    held: set[int] = set()
+    for i in st.instrs:
+        if isinstance(i, MoE):
+            yield i, held
+        elif isinstance(i, Load) or (isinstance(i, Recv) and i.slot is not None):
+            held.add(i.slot)  # type: ignore[arg-type]
+        elif isinstance(i, Free):
+            held.discard(i.slot)
+
+
+def _free(pool: SlotPool | None, held: set[int]) -> list[int]:
+    return [k for k in range(pool.count) if k not in held] if pool else []
 
 
 def default_layout(p: Program, m: MoEDecl) -> SliceLayout:

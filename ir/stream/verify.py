@@ -45,7 +45,7 @@ from moec.ir.stream.constraints import (
     at,
 )
 from moec.ir.stream.diagnostics import with_context
-from moec.ir.stream.layouts import free_slots_at, largest_slice, layouts_for
+from moec.ir.stream.layouts import free_slots_by_layer, largest_slice, layouts_for
 from moec.ir.stream.online import check_online, policies_of
 from moec.ir.stream.opcodes import OPCODES, OpDef, generate
 from moec.ir.stream.params import SKIP_RULES, StrategyParams, strategy_params
@@ -281,12 +281,22 @@ class _Verifier(Context):
     def capacity(self) -> None:
         """What each runtime part will need where it runs: a placeholder on every die with the
         slots it takes free, pools that fit SRAM, micro-slices that fit a slot."""
-        layouts = layouts_for(self.p) if self.p.runtime else {}
+        if not self.p.runtime:
+            return
+        layouts = layouts_for(self.p)
+        # one walk of the streams for every layer's placeholders and free slots (not one per
+        # runtime part: that was quadratic in the layers of a whole-model program)
+        places: dict[tuple[int, str], list[MoE]] = defaultdict(list)
+        for st in self.p.streams:
+            for i in st.instrs:
+                if isinstance(i, MoE):
+                    places[(st.die, i.layer)].append(i)
+        free = free_slots_by_layer(self.p)
         for r in (alt for pol in self.p.runtime for alt in policies_of(pol)):
             layer = self.layers[r.layer]
             params = strategy_params(r, layer, self.t, layouts, self.p.filename)
             self.pools_fit(r)
-            self.placeholders(r, layer.name, params)
+            self.placeholders(r, layer.name, params, places, free.get(layer.name, {}))
             need, what = largest_slice(layer, r, params, layouts)
             smallest = min((s.nbytes for s in self.p.slots), default=0)
             if need > smallest:
@@ -311,19 +321,18 @@ class _Verifier(Context):
                         pool.loc or self.p.filename,
                     )
 
-    def placeholders(self, r: RuntimePolicy, layer: str, params: StrategyParams | None) -> None:
+    def placeholders(
+        self, r: RuntimePolicy, layer: str, params: StrategyParams | None,
+        placed: dict[tuple[int, str], list[MoE]], free: dict[int, list[int]],
+    ) -> None:  # fmt: skip
         """Every die stream places ``layer`` exactly once, with a slot free there: the runtime
-        expansion puts instructions on every die and needs a slot on each."""
+        expansion puts instructions on every die and needs a slot on each. ``placed`` holds
+        each (die, layer)'s ``moe`` placeholders, ``free`` the slots free at this layer's."""
         streams = {st.die: st for st in self.p.streams}
         dies = range(self.t.num_dies) if self.t is not None else sorted(streams)
-        free = free_slots_at(self.p, layer)
         for die in dies:
             st = streams.get(die)
-            places = (
-                []
-                if st is None
-                else [i for i in st.instrs if isinstance(i, MoE) and i.layer == layer]
-            )
+            places = [] if st is None else placed.get((die, layer), [])
             if len(places) != 1:
                 where = places[1].loc if len(places) > 1 else (st.loc if st is not None else r.loc)
                 found = (
