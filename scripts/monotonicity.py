@@ -40,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in resources:
         mine = [c for c in comps if c.resource == r]
         bad = [c for c in mine if c.violated]
-        worst = max((c.rise for c in mine), default=0.0)
+        worst = max(mine, key=lambda c: c.rise, default=None)
+        rise = worst.rise if worst is not None else 0.0
         print(
-            f"{r}: {len(bad)} of {len(mine)} comparisons violate (largest rise {worst * 100:+.2f}%)"
+            f"{r}: {len(bad)} of {len(mine)} comparisons violate (largest rise {rise * 100:+.2f}%)"
+            + (f"; largest: {worst.line()}" if worst is not None and rise > 0 else "")
         )
     return 0
 
