@@ -34,21 +34,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moec.backends.interp.expand import ExpandContext, register, token_set
+from moec.backends.interp.expand import ExpandContext, register, stream_slices, token_set
 from moec.backends.interp.expand.tp_order import balanced, expert_groups
 from moec.ir.cost import dram_occupancy, slice_compute_time
 from moec.ir.stream.params import TPParams
 from moec.ir.stream.program import (
-    Accum,
-    Act,
     Block,
-    Free,
-    Gemm,
     Instr,
-    Load,
     Recv,
     Send,
-    SliceRef,
     TokenSet,
 )
 from moec.ir.target import Target
@@ -184,14 +178,10 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     broadcast(out, t, m.name, homes)
 
     # 2./3. compute the owned micro-slices
-    cursor: dict[int, int] = defaultdict(int)
+    cursor: defaultdict[int, list[int]] = defaultdict(lambda: [0])
 
     def stream(d: int, expert: int | None, j: int, ts: TokenSet, channel: int) -> None:
-        slots = ctx.slots_of(d)
-        s = slots[cursor[d] % len(slots)]
-        cursor[d] += 1
-        out[d].append(Load(s, channel, SliceRef(m.name, expert, j), ctx.slice_bytes(expert, j)))
-        out[d] += [Gemm(s, ts), Act(s, ts), Accum(s, ts), Free(s)]
+        stream_slices(out[d], ctx, ctx.slots_of(d), cursor[d], expert, channel, ts, (j,))
 
     everyone = TokenSet.span(0, T)
     if params.window is not None:
