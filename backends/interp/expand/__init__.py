@@ -82,8 +82,8 @@ class ExpandContext:
         default_factory=dict, init=False, repr=False, compare=False
     )
     #: per (slot, id of a token set): the set (kept alive, so that its id stays its own) and
-    #: the ``gemm``, ``act`` and ``free`` that :func:`stream_slices` issues for it
-    _steps: dict[tuple[int, int], tuple[TokenSet, Gemm, Act, Free]] = field(
+    #: the ``gemm``, ``act``, ``accum`` and ``free`` that :func:`stream_slices` issues for it
+    _steps: dict[tuple[int, int], tuple[TokenSet, tuple[Gemm, Act, Accum, Free]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -211,9 +211,11 @@ def stream_slices(
     counts the slices streamed so far): ``load``, ``gemm``, ``act``, ``accum``, ``free``.
 
     Instructions are frozen values, so the slices that use one slot for one token set share
-    one ``gemm``, ``act`` and ``free`` object (memoized on ``ctx``): the same program, a
-    fifth fewer objects made per slice. Each ``accum`` is its own (serving finds the end of
-    a (token, expert) pair by its ``accum`` object)."""
+    one ``gemm``, ``act``, ``accum`` and ``free`` object (memoized on ``ctx``): the same
+    program, with two objects made per slice (its ``load`` and the ``load``'s micro-slice)
+    rather than six. Nothing that keys instructions by identity sees a shared one: serving
+    copies every instruction it hosts (:func:`moec.backends.interp.serving.concatenate`),
+    and the catch-up steps (:mod:`.fsedp_deferred`) are FSE-DP's only."""
     name = ctx.layer.name
     steps = ctx._steps
     nbytes = ctx.expert_slice_bytes(expert)
@@ -224,11 +226,9 @@ def stream_slices(
         k += 1
         hit = steps.get((s, id(ts)))
         if hit is None:
-            hit = steps[(s, id(ts))] = (ts, Gemm(s, ts), Act(s, ts), Free(s))
-        out += (
-            Load(s, channel, SliceRef(name, expert, j), nbytes[j]), hit[1],
-            hit[2], Accum(s, ts), hit[3],
-        )  # fmt: skip
+            hit = steps[(s, id(ts))] = (ts, (Gemm(s, ts), Act(s, ts), Accum(s, ts), Free(s)))
+        out.append(Load(s, channel, SliceRef(name, expert, j), nbytes[j]))
+        out += hit[1]
     cursor[0] = k
 
 
