@@ -18,9 +18,10 @@ import dataclasses
 import importlib
 import math
 import pkgutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import repeat
 from typing import TypeVar
 
 import numpy as np
@@ -204,11 +205,12 @@ def token_set(tokens: np.ndarray) -> TokenSet:
 
 def stream_slices(
     out: list[Instr], ctx: ExpandContext, slots: list[int], cursor: list[int],
-    expert: int | None, channel: int, ts: TokenSet, js: Iterable[int],
+    expert: int | None, channel: int | Sequence[int], ts: TokenSet, js: Sequence[int],
 ) -> None:  # fmt: skip
     """Load, compute and free micro-slices ``js`` of ``expert`` (None: the shared experts)
-    from ``channel`` for tokens ``ts``, each through the next of ``slots`` (``cursor[0]``
-    counts the slices streamed so far): ``load``, ``gemm``, ``act``, ``accum``, ``free``.
+    from ``channel`` (or slice ``j`` from ``channel[j]``) for tokens ``ts``, each through
+    the next of ``slots`` (``cursor[0]`` counts the slices streamed so far): ``load``,
+    ``gemm``, ``act``, ``accum``, ``free``.
 
     Instructions are frozen values, so the slices that use one slot for one token set share
     one ``gemm``, ``act``, ``accum`` and ``free`` object (memoized on ``ctx``): the same
@@ -221,13 +223,14 @@ def stream_slices(
     nbytes = ctx.expert_slice_bytes(expert)
     nslots = len(slots)
     k = cursor[0]
-    for j in js:
+    chs = repeat(channel) if isinstance(channel, int) else map(channel.__getitem__, js)
+    for j, ch in zip(js, chs, strict=False):  # ``repeat`` has no end
         s = slots[k % nslots]
         k += 1
         hit = steps.get((s, id(ts)))
         if hit is None:
             hit = steps[(s, id(ts))] = (ts, (Gemm(s, ts), Act(s, ts), Accum(s, ts), Free(s)))
-        out.append(Load(s, channel, SliceRef(name, expert, j), nbytes[j]))
+        out.append(Load(s, ch, SliceRef(name, expert, j), nbytes[j]))
         out += hit[1]
     cursor[0] = k
 

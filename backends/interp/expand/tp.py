@@ -158,6 +158,15 @@ def die_order(
     return [items[i] for i in balanced(costs)]
 
 
+def _owned(owner: list[int]) -> dict[int, list[int]]:
+    """Per die, the slices it owns (``owner[j]``: slice j's die), ascending; the dies in the
+    order of their first slice (the order a walk over the slices meets them)."""
+    out: dict[int, list[int]] = {}
+    for j, d in enumerate(owner):
+        out.setdefault(d, []).append(j)
+    return out
+
+
 @register("tp")
 def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     t, m, r = ctx.target, ctx.layer, ctx.routing
@@ -180,8 +189,12 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     # 2./3. compute the owned micro-slices
     cursor: defaultdict[int, list[int]] = defaultdict(lambda: [0])
 
-    def stream(d: int, expert: int | None, j: int, ts: TokenSet, channel: int) -> None:
-        stream_slices(out[d], ctx, ctx.slots_of(d), cursor[d], expert, channel, ts, (j,))
+    def stream(
+        expert: int | None, ts: TokenSet, owned: dict[int, list[int]], chans: list[int]
+    ) -> None:  # fmt: skip
+        """Slices ``owned[d]`` of ``expert`` on die ``d``, slice j from channel ``chans[j]``."""
+        for d, js in owned.items():
+            stream_slices(out[d], ctx, ctx.slots_of(d), cursor[d], expert, chans, ts, js)
 
     everyone = TokenSet.span(0, T)
     if params.window is not None:
@@ -192,17 +205,16 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
         assert params.shared_owner is not None  # required when the layer has shared experts
         shared_owner = list(params.shared_owner)
         shared_channels = _channels(ctx, params.shared_channels, shared_owner)
-        for j, d in enumerate(shared_owner):
-            stream(d, None, j, everyone, shared_channels[j])
+        stream(None, everyone, _owned(shared_owner), shared_channels)
     groups = [(e, token_set(ts), int(ts.size)) for e, ts in expert_groups(r.ids)]
     if params.order == "natural":
+        owned = _owned(owner)
         for e, ts, _ in groups:
-            for j, d in enumerate(owner):
-                stream(d, e, j, ts, channels[j])
+            stream(e, ts, owned, channels)
     else:
         for d in range(D):
             for e, j, ts in die_order(ctx, d, groups, owner, channels, params.order):
-                stream(d, e, j, ts, channels[j])
+                stream_slices(out[d], ctx, ctx.slots_of(d), cursor[d], e, channels[j], ts, (j,))
 
     # 4. y reduce to the home dies
     reduce_to_home(out, t, m.name, homes)
