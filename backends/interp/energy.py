@@ -89,13 +89,31 @@ class EnergyLedger:
         unchanged while the ledger does (a memoized shape's tuple): it is known by its id."""
         k = self._index.get(id(block))
         if k is None:
-            k = self._index[id(block)] = len(self._blocks)
-            self._blocks.append(block)
-            self._start.append(self._registered_rows)
-            self._len.append(len(block))
-            self._registered_rows += len(block)
+            k = self._register(block)
         self._firsts.append(first)
         self._which.append(k)
+
+    def _register(self, block: tuple[Charge, ...]) -> int:
+        """Register ``block`` (known by its id from now on); its index."""
+        k = self._index[id(block)] = len(self._blocks)
+        self._blocks.append(block)
+        self._start.append(self._registered_rows)
+        self._len.append(len(block))
+        self._registered_rows += len(block)
+        return k
+
+    def log_run(self, firsts: list[int], blocks: list[tuple[Charge, ...]]) -> None:
+        """:meth:`log` of each ``(firsts[k], blocks[k])`` in turn, in one call (a run of
+        streamed micro-slices: :func:`.slice_chain.slice_run`)."""
+        index = self._index
+        which: list[int] = []
+        for block in blocks:
+            k = index.get(id(block))
+            if k is None:
+                k = self._register(block)
+            which.append(k)
+        self._firsts += firsts
+        self._which += which
 
     def charge(self, die: int, part: str, joules: float, op: int) -> None:
         """Add ``joules`` of ``part`` on ``die``, spent by ``op``."""

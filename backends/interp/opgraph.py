@@ -63,9 +63,10 @@ TIMING: HandlerTable[TimingHandler] = HandlerTable("timing")
 SliceUnit = Callable[["Builder", "DieState", Any, Any, Any], bool]
 #: the slice unit and the (gemm, act, accum) handlers it stands for (set by :mod:`.timing_ops`)
 SLICE_UNIT: list[tuple[SliceUnit, tuple[TimingHandler, ...]]] = []
-#: ``chain(builder, die state, load, gemm, act, accum, free)`` adds a streamed micro-slice's
-#: five instructions at once and returns True, or adds nothing and returns False
-SliceChain = Callable[["Builder", "DieState", Any, Any, Any, Any, Any], bool]
+#: ``chain(builder, die state, instructions, j)`` adds the streamed micro-slices (five
+#: instructions each: load, gemm, act, accum, free) that follow one another from
+#: ``instructions[j]`` at once and returns the index after them (``j``: none added)
+SliceChain = Callable[["Builder", "DieState", Sequence[Any], int], int]
 #: the slice chain and the (load, free) handlers it stands for (set by :mod:`.slice_chain`),
 #: used with the slice unit
 SLICE_CHAIN: list[tuple[SliceChain, tuple[TimingHandler, ...]]] = []
@@ -548,14 +549,10 @@ class Builder:
             while j < n:
                 i = ins[j]
                 cls = type(i)
-                if cls is Load and chain is not None and j + 4 < n:
-                    ig, ia, ic, f = ins[j + 1 : j + 5]
-                    if (
-                        type(ig) is Gemm and type(ia) is Act and type(ic) is Accum
-                        and type(f) is Free and i.slot == ig.slot == ia.slot == ic.slot == f.slot
-                        and chain(self, s, i, ig, ia, ic, f)
-                    ):  # fmt: skip
-                        j += 5
+                if cls is Load and chain is not None:
+                    after = chain(self, s, ins, j)
+                    if after > j:
+                        j = after
                         continue
                 if cls is Gemm and unit is not None and j + 2 < n:
                     a, c = ins[j + 1], ins[j + 2]

@@ -9,9 +9,9 @@ other in a die's stream (:func:`.expand.ep._stream_slices`)::
     accum s3 tokens 0..15
     free s3
 
-:func:`slice_chain` adds their ops, edges, energy charges and SRAM records in one call, from one
-template memoized per shape (channel, die, bytes, the slice's layer and geometry, token
-counts): the read's chain
+:func:`slice_run` adds their ops, edges, energy charges and SRAM records, for a whole run of
+such chains one after the other in a stream in one call, from one template memoized per shape
+(channel, die, bytes, the slice's layer and geometry, token counts): the read's chain
 (:meth:`~.opgraph.Builder.read`), the slice's three compute ops (:func:`.timing_ops.slice_unit`)
 and the ``free``. It is not a new model: every op, duration, resource, edge (in the same place of
 the same successor list), charge (in the same order) and record is what the five handlers add
@@ -27,18 +27,19 @@ entry) or holds no micro-slice is left to the handlers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from moec.backends.interp.opgraph import COMPUTE, LOAD, SLICE_CHAIN, SYNC, Builder, DieState
 from moec.backends.interp.timing_ops import free, load, unit_costs
-from moec.ir.stream.program import HOST_CHANNEL, Accum, Act, Free, Gemm, Load, SliceRef
+from moec.ir.stream.program import HOST_CHANNEL, Accum, Act, Free, Gemm, Instr, Load, SliceRef
 
 
 def _template(
     b: Builder, die: int, il: Load, c: SliceRef, geo: tuple[int, int, int, str, bool], ng: int,
     na: int, nc: int,
 ) -> tuple[Any, ...]:  # fmt: skip
-    """What :func:`slice_chain` appends for one shape: the read's template, the slice's
+    """What :func:`slice_run` appends for one chain of one shape: the read's template, the slice's
     precision and layer index, the three compute ops' durations and energy parts, and the bytes
     of the slice's ``h`` (the values the handlers compute, from the same memos)."""
     nbytes = il.nbytes
@@ -66,109 +67,145 @@ def _template(
     )  # fmt: skip
 
 
-def slice_chain(
-    b: Builder, s: DieState, il: Load, ig: Gemm, ia: Act, ic: Accum, ifr: Free
-) -> bool:  # fmt: skip
-    """Add the five instructions' ops as their handlers would (module doc); False (nothing
-    added) when the chain is not a plain streamed micro-slice."""
-    c = il.content
-    nbytes = il.nbytes
-    if type(c) is not SliceRef or nbytes == 0:
-        return False
-    die, slot = s.die, il.slot
-    tg, ta, tc = ig.tokens, ia.tokens, ic.tokens
-    # token counts: ``size`` is counted once per set (``len`` is a Python call), and the three
-    # instructions of a streamed slice share one set
-    ng = tg.size
-    na = ng if ta is tg else ta.size
-    nc = ng if tc is tg else tc.size
-    # the slice's geometry rather than its index in the key: an expert's slices share it
-    geo = b.geometries.get((c.layer, c.expert is None, c.slice)) or b.slice_geometry(c)
-    key = (il.channel, die, nbytes, c.layer, geo, ng, na, nc)
-    memo = b.chains
-    tpl = memo.get(key)
-    if tpl is None:
-        tpl = memo[key] = _template(b, die, il, c, geo, ng, na, nc)
-    (k, kinds, durs, res, ndeps, backs, charges, links, prec, lk, hb, dies, layers) = tpl
+def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
+    """Add the chains of streamed micro-slices that start at ``ins[j]``, one after the other,
+    as their handlers would (module doc); the index after the last one added (``j``: none,
+    ``ins[j]`` does not start a plain streamed micro-slice).
+
+    A run of chains is one call: what stays the same from one chain to the next (the graph's
+    lists, the die's fence, the memos) is looked up once, and the energy charges are logged as
+    one run (:meth:`~.energy.EnergyLedger.log_run`, in chain order)."""
+    n = len(ins)
+    die = s.die
     g = b.g
-    first = len(g.kind)
-    last = first + k - 1  # the read's arrival: the slot's fill
-    op = first + k  # the gemm; act, accum and free follow
-    free = op + 3
-    g.kind += kinds
-    g.dur += durs
-    g.res += res
-    succ = g.succ
-    # the read's chain, then gemm -> act -> accum; free's successors come later
-    if k == 2:  # a read from the die's own channel: its hold, then its latency
-        succ += ([last], [], [op + 1], [op + 2], [], [])
-    else:
-        succ += [[x] for x in range(first + 1, first + k)]
-        succ += ([], [op + 1], [op + 2], [], [])
-    g.die += dies
-    g.layer += layers
-    g.instr += (il,) * k
-    g.instr += (ig, ia, ic, ifr)
-    for j, back in backs:
-        g.back_of[first + j] = back
-    b.energy.log(first, charges)
-    link_bytes = b.link_bytes
-    for x in links:
-        link_bytes[x] += nbytes
-    if il.channel == HOST_CHANNEL:
-        b.host_bytes[die] += nbytes
-    else:
-        b.dram_bytes[il.channel] += nbytes
-    # edges, in the order the handlers add them: load (fence, the slot's last free), gemm
-    # (fence, latest compute, the slot's fill, the latest x block), free (fence, fill, accum)
-    fence = s.fence
-    d_first = 0
-    if fence is not None:
-        succ[fence].append(first)
-        d_first = 1
-    a = s.slot_free.get(slot)
-    if a is not None:
-        succ[a].append(first)
-        d_first += 1
-    d_gemm = 1
-    if fence is not None:
-        succ[fence].append(op)
-        d_gemm = 2
-    a = s.last_compute
-    if a is not None:
-        succ[a].append(op)
-        d_gemm += 1
-    succ[last].append(op)
-    a = s.last_recv.get((c.layer, "x"))
-    if a is not None:
-        succ[a].append(op)
-        d_gemm += 1
-    d_free = 2
-    if fence is not None:
-        succ[fence].append(free)
-        d_free = 3
-    succ[last].append(free)
-    succ[op + 2].append(free)
-    g.ndeps += ndeps
-    g.ndeps[first] += d_first
-    g.ndeps += (d_gemm, 1, 1, d_free)
-    # the die's state after the five: the slot filled, computed and freed
-    s.slot_fill[slot] = last
-    s.slot_fill_info[slot] = (c, prec)
-    s.slot_uses.pop(slot, None)
-    s.slot_fill_rec.pop(slot, None)
-    s.pending_h.pop(slot, None)
-    s.slot_free[slot] = free
-    s.last_compute = op + 2
-    s.since_signal += (last, op + 2, free)
-    b.closed_fills += (die, first, free)
-    # SRAM records of the layer's activations
-    la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
-    la.ops += (first, last, op, op + 1, op + 2, free)
-    la.x_uses.append((op, tg))
-    la.accums.append((op + 2, tc))
-    la.h += (op, op + 2, hb)
-    return True
+    kind, dur, res, succ, ndeps = g.kind, g.dur, g.res, g.succ, g.ndeps
+    g_die, g_layer, g_instr, back_of = g.die, g.layer, g.instr, g.back_of
+    memo, geometries, acts = b.chains, b.geometries, b.acts
+    link_bytes, dram_bytes = b.link_bytes, b.dram_bytes
+    slot_free, slot_fill, slot_fill_info = s.slot_free, s.slot_fill, s.slot_fill_info
+    slot_uses, slot_fill_rec, pending_h = s.slot_uses, s.slot_fill_rec, s.pending_h
+    last_recv = s.last_recv
+    fence = s.fence  # no chain waits: the same for the whole run
+    last_compute = s.last_compute
+    firsts: list[int] = []
+    blocks: list[Any] = []
+    since: list[int] = []
+    closed: list[int] = []
+    la_key: tuple[int, int] | None = None
+    la: Any = None
+    first = len(kind)
+    while j + 4 < n:
+        il = ins[j]
+        if type(il) is not Load:
+            break
+        ig, ia, ic, ifr = ins[j + 1], ins[j + 2], ins[j + 3], ins[j + 4]
+        slot = il.slot
+        if not (
+            type(ig) is Gemm and type(ia) is Act and type(ic) is Accum and type(ifr) is Free
+            and slot == ig.slot == ia.slot == ic.slot == ifr.slot
+        ):  # fmt: skip
+            break
+        c = il.content
+        nbytes = il.nbytes
+        if type(c) is not SliceRef or nbytes == 0:
+            break
+        tg, ta, tc = ig.tokens, ia.tokens, ic.tokens
+        # token counts: ``size`` is counted once per set (``len`` is a Python call), and the
+        # three instructions of a streamed slice share one set
+        ng = tg.size
+        na = ng if ta is tg else ta.size
+        nc = ng if tc is tg else tc.size
+        # the slice's geometry rather than its index in the key: an expert's slices share it
+        geo = geometries.get((c.layer, c.expert is None, c.slice)) or b.slice_geometry(c)
+        key = (il.channel, die, nbytes, c.layer, geo, ng, na, nc)
+        tpl = memo.get(key)
+        if tpl is None:
+            tpl = memo[key] = _template(b, die, il, c, geo, ng, na, nc)
+        (k, kinds, durs, ress, nd, backs, charges, links, prec, lk, hb, dies, layers) = tpl
+        last = first + k - 1  # the read's arrival: the slot's fill
+        op = first + k  # the gemm; act, accum and free follow
+        free = op + 3
+        kind += kinds
+        dur += durs
+        res += ress
+        # the read's chain, then gemm -> act -> accum; free's successors come later
+        if k == 2:  # a read from the die's own channel: its hold, then its latency
+            succ += ([last], [], [op + 1], [op + 2], [], [])
+        else:
+            succ += [[x] for x in range(first + 1, first + k)]
+            succ += ([], [op + 1], [op + 2], [], [])
+        g_die += dies
+        g_layer += layers
+        g_instr += (il,) * k
+        g_instr += (ig, ia, ic, ifr)
+        for o, back in backs:
+            back_of[first + o] = back
+        firsts.append(first)
+        blocks.append(charges)
+        for x in links:
+            link_bytes[x] += nbytes
+        if il.channel == HOST_CHANNEL:
+            b.host_bytes[die] += nbytes
+        else:
+            dram_bytes[il.channel] += nbytes
+        # edges, in the order the handlers add them: load (fence, the slot's last free), gemm
+        # (fence, latest compute, the slot's fill, the latest x block), free (fence, fill,
+        # accum)
+        d_first = 0
+        if fence is not None:
+            succ[fence].append(first)
+            d_first = 1
+        a = slot_free.get(slot)
+        if a is not None:
+            succ[a].append(first)
+            d_first += 1
+        d_gemm = 1
+        if fence is not None:
+            succ[fence].append(op)
+            d_gemm = 2
+        if last_compute is not None:
+            succ[last_compute].append(op)
+            d_gemm += 1
+        succ[last].append(op)
+        a = last_recv.get((c.layer, "x"))
+        if a is not None:
+            succ[a].append(op)
+            d_gemm += 1
+        d_free = 2
+        if fence is not None:
+            succ[fence].append(free)
+            d_free = 3
+        succ[last].append(free)
+        succ[op + 2].append(free)
+        ndeps += nd
+        ndeps[first] += d_first
+        ndeps += (d_gemm, 1, 1, d_free)
+        # the die's state after the five: the slot filled, computed and freed
+        slot_fill[slot] = last
+        slot_fill_info[slot] = (c, prec)
+        slot_uses.pop(slot, None)
+        slot_fill_rec.pop(slot, None)
+        pending_h.pop(slot, None)
+        slot_free[slot] = free
+        last_compute = op + 2
+        since += (last, op + 2, free)
+        closed += (die, first, free)
+        # SRAM records of the layer's activations
+        if la_key != (die, lk):
+            la_key = (die, lk)
+            la = acts.get(la_key) or b.layer_acts(die, lk)
+        la.ops += (first, last, op, op + 1, op + 2, free)
+        la.x_uses.append((op, tg))
+        la.accums.append((op + 2, tc))
+        la.h += (op, op + 2, hb)
+        first = free + 1
+        j += 5
+    if firsts:
+        b.energy.log_run(firsts, blocks)
+        s.last_compute = last_compute
+        s.since_signal += since
+        b.closed_fills += closed
+    return j
 
 
-SLICE_CHAIN.append((slice_chain, (load, free)))
+SLICE_CHAIN.append((slice_run, (load, free)))

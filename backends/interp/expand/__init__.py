@@ -18,9 +18,10 @@ import dataclasses
 import importlib
 import math
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import repeat
 from typing import TypeVar
 
 import numpy as np
@@ -33,12 +34,18 @@ from moec.ir.stream.layouts import free_slots_at, largest_slice, micro_slice_byt
 from moec.ir.stream.layouts import layouts_for as _layouts_for
 from moec.ir.stream.params import StrategyParams, strategy_params
 from moec.ir.stream.program import (
+    Accum,
+    Act,
+    Free,
+    Gemm,
     Instr,
+    Load,
     MoE,
     MoEDecl,
     Program,
     RuntimePolicy,
     SliceLayout,
+    SliceRef,
     SlotPool,
     TokenSet,
 )
@@ -68,6 +75,16 @@ class ExpandContext:
     #: :meth:`slice_bytes` per (expert, slice): a layer asks for each slice's bytes once per
     #: placement of its expert and again in its load-order estimate
     _slice_bytes: dict[tuple[int | None, int], int] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    #: :meth:`expert_slice_bytes` per expert
+    _expert_bytes: dict[int | None, tuple[int, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    #: per (slot, id of a token set): the set (kept alive, so that its id stays its own) and
+    #: the ``gemm``, ``act``, ``accum`` and ``free`` that :func:`stream_slices` issues for it
+    _steps: dict[tuple[int, int], tuple[TokenSet, tuple[Gemm, Act, Accum, Free]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -109,6 +126,18 @@ class ExpandContext:
             lay = self.layout if expert is not None else self.shared_layout
             hit = micro_slice_bytes(self.layer, self.policy, self.params, lay, expert, j)
             self._slice_bytes[key] = hit
+        return hit
+
+    def expert_slice_bytes(self, expert: int | None) -> tuple[int, ...]:
+        """:meth:`slice_bytes` of each of ``expert``'s micro-slices (None: the shared experts'),
+        in slice order (memoized)."""
+        hit = self._expert_bytes.get(expert)
+        if hit is None:
+            lay = self.layout if expert is not None else self.shared_layout
+            count = lay.count if lay is not None else 0
+            hit = self._expert_bytes[expert] = tuple(
+                self.slice_bytes(expert, j) for j in range(count)
+            )
         return hit
 
     def activation_bytes(self, tokens: int) -> int:
@@ -172,6 +201,38 @@ def token_set(tokens: np.ndarray) -> TokenSet:
     firsts = np.concatenate([tokens[:1], tokens[breaks + 1]]).tolist()
     lasts = np.concatenate([tokens[breaks], tokens[-1:]]).tolist()
     return TokenSet(tuple(zip(firsts, lasts, strict=True)))
+
+
+def stream_slices(
+    out: list[Instr], ctx: ExpandContext, slots: list[int], cursor: list[int],
+    expert: int | None, channel: int | Sequence[int], ts: TokenSet, js: Sequence[int],
+) -> None:  # fmt: skip
+    """Load, compute and free micro-slices ``js`` of ``expert`` (None: the shared experts)
+    from ``channel`` (or slice ``j`` from ``channel[j]``) for tokens ``ts``, each through
+    the next of ``slots`` (``cursor[0]`` counts the slices streamed so far): ``load``,
+    ``gemm``, ``act``, ``accum``, ``free``.
+
+    Instructions are frozen values, so the slices that use one slot for one token set share
+    one ``gemm``, ``act``, ``accum`` and ``free`` object (memoized on ``ctx``): the same
+    program, with two objects made per slice (its ``load`` and the ``load``'s micro-slice)
+    rather than six. Nothing that keys instructions by identity sees a shared one: serving
+    copies every instruction it hosts (:func:`moec.backends.interp.serving.concatenate`),
+    and the catch-up steps (:mod:`.fsedp_deferred`) are FSE-DP's only."""
+    name = ctx.layer.name
+    steps = ctx._steps
+    nbytes = ctx.expert_slice_bytes(expert)
+    nslots = len(slots)
+    k = cursor[0]
+    chs = repeat(channel) if isinstance(channel, int) else map(channel.__getitem__, js)
+    for j, ch in zip(js, chs, strict=False):  # ``repeat`` has no end
+        s = slots[k % nslots]
+        k += 1
+        hit = steps.get((s, id(ts)))
+        if hit is None:
+            hit = steps[(s, id(ts))] = (ts, (Gemm(s, ts), Act(s, ts), Accum(s, ts), Free(s)))
+        out.append(Load(s, ch, SliceRef(name, expert, j), nbytes[j]))
+        out += hit[1]
+    cursor[0] = k
 
 
 def expand_layer(

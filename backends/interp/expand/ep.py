@@ -67,19 +67,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from moec.backends.interp.expand import ExpandContext, register, token_set
+from moec.backends.interp.expand import ExpandContext, register, stream_slices, token_set
 from moec.backends.interp.expand.ep_chunked import expand_chunked, no_split, relay
 from moec.backends.interp.expand.load_order import Piece, Work, order_work
 from moec.backends.interp.expand.tp import broadcast, reduce_to_home
 from moec.ir.stream.params import EPParams, SharedExpertParams
 from moec.ir.stream.program import (
-    Accum,
-    Act,
-    Free,
-    Gemm,
     Instr,
-    Load,
-    SliceRef,
     TokenSet,
 )
 from moec.ir.target import Target
@@ -91,18 +85,10 @@ def _stream_slices(
 ) -> None:  # fmt: skip
     """Load, compute and free micro-slices ``slices`` (default all) of ``expert`` (None: the
     shared experts) on ``die`` for tokens ``ts``."""
-    slots = ctx.slots_of(die)
     lay = ctx.layout if expert is not None else ctx.shared_layout
     assert lay is not None
-    name = ctx.layer.name
-    for j in range(lay.count) if slices is None else slices:
-        s = slots[cursor[0] % len(slots)]
-        cursor[0] += 1
-        out.append(Load(s, channel, SliceRef(name, expert, j), ctx.slice_bytes(expert, j)))
-        out.append(Gemm(s, ts))
-        out.append(Act(s, ts))
-        out.append(Accum(s, ts))
-        out.append(Free(s))
+    js = range(lay.count) if slices is None else slices
+    stream_slices(out, ctx, ctx.slots_of(die), cursor, expert, channel, ts, js)
 
 
 def balanced_channels(target: Target, owner: list[int], nbytes: list[int]) -> list[int]:

@@ -37,18 +37,23 @@ Piece = tuple[int, int, int, np.ndarray, tuple[int, ...]]
 
 
 def _expert_load_time(
-    ctx: ExpandContext, expert: int, channel: int, memo: dict[tuple[int, int], float]
+    ctx: ExpandContext, expert: int, channel: int, memo: dict[tuple[int, tuple[int, ...]], float]
 ) -> float:
-    """Seconds ``channel`` is held by ``expert``'s micro-slices, memoized per (channel, bytes):
-    the same floats summed in the same order."""
-    total: float = 0  # as sum() starts
-    for j in range(ctx.layout.count):
-        key = (channel, ctx.slice_bytes(expert, j))
-        occ = memo.get(key)
-        if occ is None:
-            occ = memo[key] = dram_occupancy(ctx.target, channel, key[1])
-        total += occ
-    return total
+    """Seconds ``channel`` is held by ``expert``'s micro-slices, memoized per (channel, the
+    slices' bytes): experts of one precision share theirs, the same floats summed in the same
+    order."""
+    key = (channel, ctx.expert_slice_bytes(expert))
+    hit = memo.get(key)
+    if hit is None:
+        total: float = 0  # as sum() starts
+        occ: dict[int, float] = {}
+        for nbytes in key[1]:
+            o = occ.get(nbytes)
+            if o is None:
+                o = occ[nbytes] = dram_occupancy(ctx.target, channel, nbytes)
+            total += o
+        hit = memo[key] = total
+    return hit
 
 
 def _expert_compute_time(ctx: ExpandContext, die: int, expert: int, tokens: int) -> float:
@@ -79,7 +84,7 @@ def _timeline(
         start = max(die_free[d], chan_free[ch])
         chan_free[ch] = start + load_s
         die_free[d] = start + max(load_s, share)
-    memo: dict[tuple[int, int], float] = {}
+    memo: dict[tuple[int, tuple[int, ...]], float] = {}
     per_expert: dict[tuple[int, int], float] = {}  # a replicated expert's items share theirs
     load = []
     for _, e, ch, _ in work:

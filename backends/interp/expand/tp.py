@@ -34,21 +34,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moec.backends.interp.expand import ExpandContext, register, token_set
+from moec.backends.interp.expand import ExpandContext, register, stream_slices, token_set
 from moec.backends.interp.expand.tp_order import balanced, expert_groups
 from moec.ir.cost import dram_occupancy, slice_compute_time
 from moec.ir.stream.params import TPParams
 from moec.ir.stream.program import (
-    Accum,
-    Act,
     Block,
-    Free,
-    Gemm,
     Instr,
-    Load,
     Recv,
     Send,
-    SliceRef,
     TokenSet,
 )
 from moec.ir.target import Target
@@ -164,6 +158,15 @@ def die_order(
     return [items[i] for i in balanced(costs)]
 
 
+def _owned(owner: list[int]) -> dict[int, list[int]]:
+    """Per die, the slices it owns (``owner[j]``: slice j's die), ascending; the dies in the
+    order of their first slice (the order a walk over the slices meets them)."""
+    out: dict[int, list[int]] = {}
+    for j, d in enumerate(owner):
+        out.setdefault(d, []).append(j)
+    return out
+
+
 @register("tp")
 def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     t, m, r = ctx.target, ctx.layer, ctx.routing
@@ -184,14 +187,14 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     broadcast(out, t, m.name, homes)
 
     # 2./3. compute the owned micro-slices
-    cursor: dict[int, int] = defaultdict(int)
+    cursor: defaultdict[int, list[int]] = defaultdict(lambda: [0])
 
-    def stream(d: int, expert: int | None, j: int, ts: TokenSet, channel: int) -> None:
-        slots = ctx.slots_of(d)
-        s = slots[cursor[d] % len(slots)]
-        cursor[d] += 1
-        out[d].append(Load(s, channel, SliceRef(m.name, expert, j), ctx.slice_bytes(expert, j)))
-        out[d] += [Gemm(s, ts), Act(s, ts), Accum(s, ts), Free(s)]
+    def stream(
+        expert: int | None, ts: TokenSet, owned: dict[int, list[int]], chans: list[int]
+    ) -> None:  # fmt: skip
+        """Slices ``owned[d]`` of ``expert`` on die ``d``, slice j from channel ``chans[j]``."""
+        for d, js in owned.items():
+            stream_slices(out[d], ctx, ctx.slots_of(d), cursor[d], expert, chans, ts, js)
 
     everyone = TokenSet.span(0, T)
     if params.window is not None:
@@ -202,17 +205,16 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
         assert params.shared_owner is not None  # required when the layer has shared experts
         shared_owner = list(params.shared_owner)
         shared_channels = _channels(ctx, params.shared_channels, shared_owner)
-        for j, d in enumerate(shared_owner):
-            stream(d, None, j, everyone, shared_channels[j])
+        stream(None, everyone, _owned(shared_owner), shared_channels)
     groups = [(e, token_set(ts), int(ts.size)) for e, ts in expert_groups(r.ids)]
     if params.order == "natural":
+        owned = _owned(owner)
         for e, ts, _ in groups:
-            for j, d in enumerate(owner):
-                stream(d, e, j, ts, channels[j])
+            stream(e, ts, owned, channels)
     else:
         for d in range(D):
             for e, j, ts in die_order(ctx, d, groups, owner, channels, params.order):
-                stream(d, e, j, ts, channels[j])
+                stream_slices(out[d], ctx, ctx.slots_of(d), cursor[d], e, channels[j], ts, (j,))
 
     # 4. y reduce to the home dies
     reduce_to_home(out, t, m.name, homes)
