@@ -68,12 +68,14 @@ def _reference_count(target, kw: dict) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_idle_layer_and_the_memo_across_targets() -> None:
-    """No routed token at all: every span is the shared experts' or zero; a second target of
-    the same name gets its own memo (by identity), with the same answer."""
+    """No routed token at all: every span is zero; an equal target shares the memo, another
+    target does not."""
     a, b = load_target("fsedp-2x2", {}), load_target("fsedp-2x2", {})
+    c = load_target("fsedp-2x2", {"ideal": "true"})
     kw = dict(
         hidden=2048, ffn=1408, gated=True, precision="fp16", col_bytes=12288.0,
         expert_tokens=[0] * 64, shared=None,
     )  # fmt: skip
     assert slicing.slice_spans(a, [1, 2], **kw) == [0.0, 0.0]
     assert slicing.preferred_slices(a, **kw) == slicing.preferred_slices(b, **kw) == 1
+    assert slicing._memo(a) is slicing._memo(b) and slicing._memo(c) is not slicing._memo(a)

@@ -73,22 +73,27 @@ def _occupancy(target: Target, nbytes: float) -> float:
     return dram_occupancy(target, ch[0], nbytes) if ch else 0.0
 
 
-#: per target (by identity, kept alive beside its memo so its id is not reused): per
-#: (count, columns, gated, hidden, precision, bytes per column) :func:`_expert_cost` by token
-#: count (row n; NaN: not costed yet), and :func:`preferred_slices` by its arguments. Layers
-#: repeat token counts, and each lowering asks twice per layer (the reserve, then the cut).
+#: per target (by identity, kept alive beside its memo so its id is not reused; equal targets
+#: share one memo): per (count, columns, gated, hidden, precision, bytes per column)
+#: :func:`_expert_cost` by token count (row n; NaN: not costed yet), and
+#: :func:`preferred_slices` by its arguments. Layers repeat token counts, and each lowering asks
+#: twice per layer (the reserve, then the cut).
 _MEMOS: dict[int, tuple[Target, dict[tuple[object, ...], Any]]] = {}
-_MEMO_TARGETS = 8  # a sweep over more targets starts afresh
+_MEMO_TARGETS = 8
 _MEMO_ENTRIES = 4096
 
 
 def _memo(target: Target) -> dict[tuple[object, ...], Any]:
+    """``target``'s memo: by identity, else that of an equal target (each lowering loads its
+    target afresh, and a slice choice lowers a program several times)."""
     hit = _MEMOS.get(id(target))
-    if hit is None or hit[0] is not target:
-        if len(_MEMOS) >= _MEMO_TARGETS:
-            _MEMOS.clear()
-        hit = _MEMOS[id(target)] = (target, {})
-    return hit[1]
+    if hit is not None and hit[0] is target:
+        return hit[1]
+    memo = next((m for t, m in _MEMOS.values() if t == target), None)
+    if len(_MEMOS) >= _MEMO_TARGETS:  # a sweep over many targets (or loads of one) starts afresh
+        _MEMOS.clear()
+    _MEMOS[id(target)] = (target, memo if memo is not None else {})
+    return _MEMOS[id(target)][1]
 
 
 def _expert_costs(
