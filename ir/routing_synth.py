@@ -51,8 +51,8 @@ def gumbel_top_k(
     Gumbel draw is ``0.0 - 1.0 * log(-log(1.0 - u))`` of one uniform ``u`` per value (a zero
     ``u`` is drawn again), with the C library's scalar ``log``. Here the uniforms are drawn as
     they are, rows of logits are approximated with numpy's vectorized ``log`` (a few ulp off),
-    and only the entries within :data:`_MARGIN` of a row's ``k``-th largest approximation are
-    computed exactly (``math.log`` is the same C ``log``); a row's top ``k`` exact logits are
+    and only the entries within a margin (:data:`_MARGIN`) of a row's ``k``-th largest
+    approximation are computed exactly (``math.log`` is the same C ``log``); a row's top ``k`` exact logits are
     always among them (the approximation is off by far less than half the margin), and they
     are ranked as the reference ranks them (largest first, ties to the lower index). A zero
     uniform anywhere, ``top_k`` not in ``1 .. E - 1``, or few experts per chosen one (where the
@@ -60,6 +60,8 @@ def gumbel_top_k(
     E = log_p.size
     if not 0 < top_k < E or E < _EXPERTS_PER_K * top_k:
         return gumbel_top_k_reference(log_p, tokens, top_k, rng)
+    finite = np.abs(log_p[np.isfinite(log_p)])  # -inf: an expert never drawn (a burst of 0)
+    margin = _MARGIN * (1.0 + float(finite.max(initial=0.0)))
     state = rng.bit_generator.state
     ids = np.empty((tokens, top_k), dtype=np.int64)
     chosen = np.empty((tokens, top_k))
@@ -69,7 +71,7 @@ def gumbel_top_k(
         if not u.all():  # numpy's gumbel draws a zero uniform again: take its own path
             rng.bit_generator.state = state
             return gumbel_top_k_reference(log_p, tokens, top_k, rng)
-        _exact_top_k(u, log_p, top_k, ids[lo:hi], chosen[lo:hi])
+        _exact_top_k(u, log_p, top_k, margin, ids[lo:hi], chosen[lo:hi])
     z = np.exp(chosen - chosen[:, :1])
     gates = (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
     return ids, gates
@@ -79,13 +81,14 @@ def gumbel_top_k(
 _EXPERTS_PER_K = 16
 #: rows of uniforms drawn and ranked at a time (a few MiB per array)
 _BLOCK = 1024
-#: how far below a row's ``k``-th largest approximate logit an entry is still computed exactly;
-#: the approximation's error is below 1e-13 (logits of magnitude < 100, a few ulp per ``log``)
+#: how far below a row's ``k``-th largest approximate logit an entry is still computed exactly,
+#: per unit of the largest finite ``|log_p|`` plus one: the approximation is off by a few ulp of
+#: the Gumbel noise (magnitude < 40) plus the rounding of the sum, far below half of that
 _MARGIN = 1e-9
 
 
 def _exact_top_k(
-    u: np.ndarray, log_p: np.ndarray, k: int, ids: np.ndarray, chosen: np.ndarray
+    u: np.ndarray, log_p: np.ndarray, k: int, margin: float, ids: np.ndarray, chosen: np.ndarray
 ) -> None:
     """Fill ``ids`` and ``chosen`` (the exact logits) with each row's top ``k`` of
     ``log_p + gumbel(u)`` (see :func:`gumbel_top_k`)."""
@@ -97,7 +100,7 @@ def _exact_top_k(
     np.negative(approx, out=approx)
     approx += log_p
     kth = np.partition(approx, E - k, axis=1)[:, E - k : E - k + 1]
-    flat = np.flatnonzero(approx >= kth - _MARGIN)  # by row, ascending index within a row
+    flat = np.flatnonzero(approx >= kth - margin)  # by row, ascending index within a row
     rows = flat // E
     cols = flat - rows * E
     # the reference's values: 0.0 - 1.0 * log(-log(1.0 - u)), each log the C library's

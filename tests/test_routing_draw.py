@@ -83,3 +83,14 @@ def test_a_zero_uniform_takes_the_reference_from_the_same_state(
     assert _ZeroInSecondBlock.calls == 2  # stopped at the zero, then the reference's gumbel
     want = rs.gumbel_top_k_reference(log_p, 120, 4, np.random.default_rng(11))
     assert np.array_equal(ids, want[0]) and np.array_equal(gates, want[1])
+
+
+def test_huge_exponents_and_experts_never_drawn() -> None:
+    """A Zipf exponent of a million (the margin grows with ``|log_p|``) and a burst of zero
+    (``-inf``: routing sequences)."""
+    for log_p in (_log_p(256, 1e6, 6), np.where(np.arange(64) == 5, -np.inf, _log_p(64, 1.0, 7))):
+        for seed in range(2):
+            a, b = np.random.default_rng([seed, 2]), np.random.default_rng([seed, 2])
+            ids, gates = rs.gumbel_top_k(log_p, 500, 4, a)
+            want_ids, want_gates = rs.gumbel_top_k_reference(log_p, 500, 4, b)
+            assert np.array_equal(ids, want_ids) and np.array_equal(gates, want_gates)
