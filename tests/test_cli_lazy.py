@@ -47,3 +47,20 @@ def test_run_and_inspect_of_a_shape_only_program_do_not_import_onnx(tmp_path: Pa
     assert main(["-q", "compile", "yuan2-m32", "--tokens", "16", "-o", out]) == 0
     assert _modules_after(["-q", "run", "q.msp"], tmp_path) == set()
     assert _modules_after(["inspect", "q.msp"], tmp_path) == set()
+
+
+def test_a_bench_imports_neither_rich_nor_the_package_metadata(tmp_path: Path) -> None:
+    """``moec bench --json`` prints JSON: rich (tables) and importlib.metadata (``--version``)
+    are imported only when asked for, a tenth of a command's start-up between them."""
+    code = (
+        "import sys\n"
+        "import moec.bench, moec.compiler.cli.main, moec.compiler.cli.cmd_bench\n"
+        "print('rich' in sys.modules, 'importlib.metadata' in sys.modules)\n"
+        "import moec\n"
+        "print(moec.__version__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[:2] == ["False", "False"]
+    assert out[2].count(".") >= 1  # the version, read when asked for
