@@ -108,7 +108,7 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
     # in row order, as the charges were made, and as np.add.at did)
     P = len(PARTS)
     rows = int(present.max()) + 1 if present.size else 0
-    acc = np.zeros((rows, P))
+    acc: np.ndarray = np.zeros((rows, P))
     if tl.energy is not None and present.size:
         c_ops, _, c_part, c_j = tl.energy.rows()
         c_layer = layer[c_ops]
