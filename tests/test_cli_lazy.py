@@ -47,3 +47,24 @@ def test_run_and_inspect_of_a_shape_only_program_do_not_import_onnx(tmp_path: Pa
     assert main(["-q", "compile", "yuan2-m32", "--tokens", "16", "-o", out]) == 0
     assert _modules_after(["-q", "run", "q.msp"], tmp_path) == set()
     assert _modules_after(["inspect", "q.msp"], tmp_path) == set()
+
+
+def test_a_bench_imports_neither_rich_nor_the_package_metadata(tmp_path: Path) -> None:
+    """``moec bench --json`` prints JSON: rich (tables) and importlib.metadata (``--version``)
+    are imported only when asked for, a tenth of a command's start-up between them."""
+    argv = ["-q", "bench", "--model", "yuan2-m32", "--target", "fsedp-2x2", "--tokens", "16",
+            "--strategies", "ep", "--layers", "1", "--json"]  # fmt: skip
+    code = (
+        "import sys\n"
+        "from moec.compiler.cli.main import main\n"
+        f"code = main({argv!r})\n"
+        "print(code, 'rich' in sys.modules, 'importlib.metadata' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[-1].split() == ["0", "False", "False"]
+    version = subprocess.run(
+        [sys.executable, "-m", "moec", "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert version[0] == "moec" and version[1].count(".") >= 1  # read when asked for

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from moec.backends.interp.layered import plan_parts
+from moec.backends.interp.layered import plan_parts, walk_part
 from moec.backends.interp.simulate import RunResult, gc_paused, simulate
 from moec.bench import _Workloads, moe_metrics
 from moec.compiler.lower import lower
 from moec.ir.routing import RoutingTrace
 from moec.ir.stream import Program, TargetRef, load_program
+from moec.ir.stream.program import Free, Load, Recv, Send, Signal, SliceRef
 from moec.ir.target import load_target
 from moec.run import run_program
 
@@ -139,3 +140,25 @@ def test_layered_run_memory_is_flat_in_layers() -> None:
     # one layer's instructions and ops alive at a time: 3x the layers, not 3x the memory (with
     # the collector paused and no collection between parts this read 16.0 MB against 8.8 MB)
     assert six < 1.3 * two, (two, six)
+
+
+def _fill(slot: int = 1) -> Load:
+    return Load(slot, 0, SliceRef("moe0", 0, 0), 64)
+
+
+@pytest.mark.parametrize(
+    "streams, want",
+    [
+        ({0: [_fill(), Free(1)]}, (True, False)),
+        ({0: [_fill(), Free(1), _fill()]}, (False, False)),  # filled again, never freed
+        ({0: [Free(1), _fill()]}, (False, False)),
+        ({0: [Send(1, 64)], 1: [Recv(0, 64)]}, (True, False)),
+        ({0: [Send(1, 64)], 1: [Recv(0, 64, slot=2)]}, (False, False)),  # the recv's slot held
+        ({0: [Send(1, 64)], 1: []}, (False, False)),  # a send another part receives
+        ({0: [Recv(1, 64)], 1: [Send(0, 64), Send(0, 64)]}, (False, False)),
+        ({0: [Signal("moe0.deferred")], 1: [_fill()]}, (False, True)),
+        ({0: [Signal("moe0"), Signal("moe1.deferred")]}, (True, True)),
+    ],
+)
+def test_walk_part_finds_what_a_part_leaves_to_another(streams: dict, want: tuple) -> None:
+    assert walk_part(streams) == want

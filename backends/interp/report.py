@@ -22,15 +22,15 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from moec.backends.interp.energy import power_counters
 from moec.backends.interp.timing import COMPUTE, DELAY, DENSE_DRAM, LOAD, XFER, Timeline
 from moec.ir.stream.printer import instr as instr_text
 from moec.ir.stream.program import Block, Load, Recv, Send, SliceRef
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @dataclass(frozen=True)
@@ -201,6 +201,9 @@ def _bytes(n: int) -> str:
 
 def render(r: Report, width: int = 110) -> str:
     """Rich tables: summary, per-layer latency, per-resource utilization and bytes."""
+    from rich.console import Console  # only the text report needs rich (not a bench's JSON)
+    from rich.table import Table
+
     buf = io.StringIO()
     con = Console(file=buf, width=width, force_terminal=False, color_system=None)
     con.print(
@@ -258,6 +261,8 @@ def render(r: Report, width: int = 110) -> str:
 def energy_table(r: Report) -> Table:
     """Joules per die and part (each die's own compute, SRAM, the DRAM channels and links it
     drives, static power), a package row, and each die's joules per token of the run."""
+    from rich.table import Table
+
     parts = list(r.energy_breakdown_j)
     et = Table(title="energy")
     for col in ("die", "total", "per token", *parts):

@@ -11,6 +11,7 @@ own ops in op order, and ops of one layer keep their relative order in either ru
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING, Any
@@ -93,25 +94,27 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
     t = tl.target
     D, C = t.num_dies, len(t.channels)
     n = len(tl.layer)
-    layer = np.fromiter(tl.layer, dtype=np.int64, count=n)
-    start = np.fromiter(tl.start, dtype=np.float64, count=n)
-    end = np.fromiter(tl.end, dtype=np.float64, count=n)
-    kind = np.fromiter(tl.kind, dtype=np.int64, count=n)
+    layer = _column(tl.layer, np.int64)
+    start = _column(tl.start, np.float64)
+    end = _column(tl.end, np.float64)
+    kind = _column(tl.kind, np.int64)
     lens = np.fromiter(map(len, tl.res), dtype=np.int64, count=n)
     held = np.fromiter(chain.from_iterable(tl.res), dtype=np.int64, count=int(lens.sum()))
     owner = np.repeat(np.arange(n), lens)
     first_res = np.cumsum(lens) - lens
     moe = np.flatnonzero(layer >= 0)
     present, first = np.unique(layer[moe], return_index=True)
-    # each layer's joules per part: its ops' charges added in charge order (np.add.at adds
-    # in row order, as the charges were made)
+    # each layer's joules per part: its ops' charges added in charge order (np.bincount adds
+    # in row order, as the charges were made, and as np.add.at did)
     P = len(PARTS)
-    acc = np.zeros((int(present.max()) + 1 if present.size else 0, P))
+    rows = int(present.max()) + 1 if present.size else 0
+    acc: np.ndarray = np.zeros((rows, P))
     if tl.energy is not None and present.size:
         c_ops, _, c_part, c_j = tl.energy.rows()
         c_layer = layer[c_ops]
         mine = c_layer >= 0
-        np.add.at(acc.reshape(-1), c_layer[mine] * P + c_part[mine], c_j[mine])
+        cell = c_layer[mine] * P + c_part[mine]
+        acc = np.bincount(cell, weights=c_j[mine], minlength=rows * P).reshape(rows, P)
     joules: dict[int, list[float]] = {int(k): acc[k].tolist() for k in present}
     links_end = D + C + len(t.links)
     # each layer's ops, and its ops' resource holds, in op order (a stable sort by layer)
@@ -127,22 +130,28 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
         k = int(present[j])
         ops = ops_by[op_cut[j] : op_cut[j + 1]]
         mine = holds[hold_cut[j] : hold_cut[j + 1]]
-        busy = np.zeros(tl.num_resources)
-        np.add.at(busy, held[mine], dur[owner[mine]])  # adds in op order
-        dram = link = 0
+        busy = np.bincount(held[mine], weights=dur[owner[mine]], minlength=tl.num_resources)
         moved = ops[(kind[ops] == LOAD) | (kind[ops] == XFER)]
-        for op, r in zip(moved.tolist(), held[first_res[moved]].tolist(), strict=True):
-            nb = getattr(tl.instr[op], "nbytes", 0)
-            if D <= r < D + C:
-                dram += nb
-            elif D + C <= r < links_end:
-                link += nb
+        res = held[first_res[moved]]
+        nbytes = np.fromiter(
+            (getattr(i, "nbytes", 0) for i in map(tl.instr.__getitem__, moved.tolist())),
+            dtype=np.int64, count=moved.size,
+        )  # fmt: skip
+        dram = int(nbytes[(D <= res) & (res < D + C)].sum())
+        link = int(nbytes[(D + C <= res) & (res < links_end)].sum())
         parts.append(
             LayerPart(
                 k, float(start[ops].min()), float(end[ops].max()), busy, dram, link, joules[k]
             )
         )
     return parts
+
+
+def _column(values: Sequence[Any] | np.ndarray, dtype: type) -> np.ndarray:
+    """A per-op column as an array (one already an array of ``dtype`` is used as it is)."""
+    if isinstance(values, np.ndarray) and values.dtype == dtype:
+        return values
+    return np.fromiter(values, dtype=dtype, count=len(values))
 
 
 def moe_summary(parts: list[LayerPart], t: Target, has_energy: bool = True) -> dict[str, Any]:

@@ -145,8 +145,6 @@ def _expand(text: str, paper: tuple[str, ...]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     known = known_strategies()
     if args.ablation:
         missing = [s for _, s in ABLATION_STEPS if s not in known]
@@ -211,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         print(rows_json(rows))
         print(summary, file=sys.stderr)
     else:
+        from rich.console import Console
+
         table = render_table(rows)
         # as wide as the table wants (up to 240 columns), even when piped
         want = Console(width=240).measure(table).maximum

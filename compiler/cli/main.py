@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from moec import __version__, progress
+from moec import progress
 from moec.ir.errors import MoecError
 
 #: Each subcommand's one-line help, for ``moec --help``: only the command that runs is imported,
@@ -53,6 +53,23 @@ def command_word(argv: list[str]) -> str | None:
     return next((w for w in argv if not w.startswith("-")), None)
 
 
+class _Version(argparse.Action):
+    """``--version``: argparse's, with the version read only when asked for (reading the
+    installed metadata took a tenth of every command's start-up)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(
+            option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
+            help="show program's version number and exit",
+        )  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        import moec
+
+        print(f"moec {moec.__version__}")
+        parser.exit()
+
+
 def build_parser(command: str | None = None, *, full: bool = True) -> argparse.ArgumentParser:
     """The parser. ``full=False`` registers only ``command`` for real and the others as
     placeholders carrying their help line (enough for ``moec --help``)."""
@@ -61,7 +78,7 @@ def build_parser(command: str | None = None, *, full: bool = True) -> argparse.A
         description="Lower Mixture-of-Experts ONNX models to stream programs for multi-chiplet "
         "accelerators, run them, and check them against ONNX Runtime.",
     )
-    parser.add_argument("--version", action="version", version=f"moec {__version__}")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="no progress output on stderr (before COMMAND)"
     )

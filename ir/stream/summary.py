@@ -12,9 +12,6 @@ import io
 from collections import defaultdict
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from moec.ir.stream.printer import channel as channel_text
 from moec.ir.stream.program import OPCODES, Dense, Load, Program, RuntimePolicy, Send
 from moec.ir.stream.verify import peak_sram
@@ -108,6 +105,9 @@ def _bytes(n: int) -> str:
 
 def render(summary: dict[str, Any], width: int = 120) -> str:
     """The summary as text tables (no colour codes)."""
+    from rich.console import Console  # imported here: a program's import need not load rich
+    from rich.table import Table
+
     buf = io.StringIO()
     console = Console(file=buf, width=width, color_system=None, force_terminal=False)
     head = f"program {summary['program']!r}"
