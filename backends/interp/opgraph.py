@@ -41,6 +41,8 @@ from moec.ir.stream.program import (
     Instr,
     Load,
     Program,
+    Recv,
+    Send,
     SliceRef,
 )
 from moec.ir.target import Target
@@ -69,6 +71,12 @@ SliceChain = Callable[["Builder", "DieState", Any, Any, Any, Any, Any], bool]
 #: the slice chain and the (load, free) handlers it stands for (set by :mod:`.slice_chain`),
 #: used with the slice unit
 SLICE_CHAIN: list[tuple[SliceChain, tuple[TimingHandler, ...]]] = []
+#: ``relay(builder, die state, instructions, j)`` adds the ops of a run of slot transfers,
+#: frees, loads and slices from ``j`` on and returns where the run ends (``j``: nothing added)
+Relay = Callable[["Builder", "DieState", Any, int], int]
+#: the relay, the (recv, send, free, load) handlers and the slice unit it stands for (set by
+#: :mod:`.relay_chain`), used with the slice unit
+RELAY: list[tuple[Relay, tuple[TimingHandler, ...], SliceUnit]] = []
 
 
 class OpGraph:
@@ -541,6 +549,10 @@ class Builder:
                         and (handlers.get(Load), handlers.get(Free)) == SLICE_CHAIN[0][1]
                     ):
                         chain = SLICE_CHAIN[0][0]
+        relay = None
+        if unit is not None and RELAY and RELAY[0][2] is unit:
+            if tuple(handlers.get(c) for c in (Recv, Send, Free, Load)) == RELAY[0][1]:
+                relay = RELAY[0][0]
         for st in sorted(self.p.streams, key=lambda s: s.die):
             s = DieState(st.die)
             ins = st.instrs
@@ -556,6 +568,11 @@ class Builder:
                         and chain(self, s, i, ig, ia, ic, f)
                     ):  # fmt: skip
                         j += 5
+                        continue
+                if relay is not None and cls in (Recv, Send, Free, Gemm, Load):
+                    k = relay(self, s, ins, j)
+                    if k > j:
+                        j = k
                         continue
                 if cls is Gemm and unit is not None and j + 2 < n:
                     a, c = ins[j + 1], ins[j + 2]

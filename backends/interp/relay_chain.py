@@ -1,0 +1,332 @@
+"""A relayed stream in one step: a die's run of ``recv``, ``send``, ``free``, ``load`` and slices.
+
+FSE-DP's streams (:mod:`.expand.fsedp`) are long runs of the same few instructions on slots, the
+slices of several trajectories interleaved in the order the scheduler issued them::
+
+    free s3
+    recv s3 <- 2 moe0:e33:s5 bytes 11010048
+    free s2
+    send s0 -> 4 bytes 11010048
+    gemm s3 tokens 384,386,389
+    act s3 tokens 384,386,389
+    accum s3 tokens 384,386,389
+    send s3 -> 4 bytes 11010048
+
+A slice's instructions are not next to each other, so they cannot be added as one template per
+slice without renumbering the ops (and the event loop breaks ties by op). :func:`relay_run`
+takes the whole run instead, up to the next instruction it does not cover (a ``signal``,
+``wait``, ``dense``, an activation block's transfer, a streamed micro-slice for
+:mod:`.slice_chain`), in one call: the handlers of :mod:`.timing_ops` inlined into one loop
+over the die's state held in locals, and what each instruction costs memoized per shape (a
+transfer's link, duration, latency and charges with the slice's layer and precision; a slice's
+three compute ops). It is not a new model: every op, duration, resource, edge (in the same place
+of the same successor list), energy charge (in the same order), SRAM record and transfer pairing
+is what the handlers add one instruction at a time, with :func:`.timing_ops.slice_unit` for a
+slice's ``gemm``, ``act``, ``accum``; ``Builder.batch_slices = False`` is the reference,
+compared on every tiny golden in ``tests/test_sim_speed.py``, and ``tests/test_relay_chain.py``
+compares the builder's graph and records with and without the relay.
+
+An instruction it does not cover plainly (a transfer of no bytes, a slot holding no micro-slice,
+a ``gemm`` without its ``act`` and ``accum``) ends the run, and the handlers take it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from moec.backends.interp.opgraph import (
+    COMPUTE,
+    DELAY,
+    RELAY,
+    SYNC,
+    XFER,
+    Builder,
+    DieState,
+)
+from moec.backends.interp.sram import LayerActs
+from moec.backends.interp.timing_ops import free, load, recv, send, slice_unit, unit_costs
+from moec.ir.stream.program import Accum, Act, Free, Gemm, Instr, Load, Recv, Send, SliceRef
+
+
+def _transfer(b: Builder, key: tuple[Any, ...], a: int, d: int, nbytes: int) -> tuple[Any, ...]:
+    """A transfer's template: (link resource, hold, latency, charges), memoized in ``b.chains``
+    under ``key`` (the values :meth:`~.opgraph.Builder.transfer` uses)."""
+    res, occ, lat, _, _, _, charges = b.transfer_costs(a, d, nbytes)
+    hit = b.chains[key] = (res, occ, lat, charges)
+    return hit
+
+
+def _recv_template(b: Builder, key: tuple[Any, ...], i: Recv, c: SliceRef, die: int) -> Any:
+    """A slot ``recv``'s template: its transfer's, then the slice's layer index and the
+    precision its bytes imply (:meth:`~.opgraph.Builder.slice_precision`)."""
+    res, occ, lat, charges = _transfer(b, ("xfer", i.peer, die, i.nbytes), i.peer, die, i.nbytes)
+    hit = b.chains[key] = (
+        res, occ, lat, charges, b.layers[c.layer][0], b.slice_precision(c, i.nbytes),
+    )  # fmt: skip
+    return hit
+
+
+def _unit_template(b: Builder, key: tuple[Any, ...], c: SliceRef, die: int, prec: str,
+                   ng: int, na: int, nc: int) -> Any:  # fmt: skip
+    """A slice's three compute ops (:func:`.timing_ops.slice_unit`): durations, ``h`` bytes,
+    charges, the layer index."""
+    hidden, w, _, dtype, gated = b.slice_geometry(c)
+    durs, _, _, _, hb, charges = unit_costs(b, die, ng, na, nc, hidden, w, gated, prec, dtype)
+    hit = b.chains[key] = (durs, hb, charges, b.layers[c.layer][0])
+    return hit
+
+
+def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
+    """Add the ops of ``ins[j:]`` up to the first instruction not covered (module doc) as
+    their handlers would; returns that instruction's index (``j``: nothing added)."""
+    n = len(ins)
+    g = b.g
+    kind, dur, res_l, ndeps, succ, gdie, instr, layer = (
+        g.kind, g.dur, g.res, g.ndeps, g.succ, g.die, g.instr, g.layer,
+    )  # fmt: skip
+    die = s.die
+    fence = s.fence
+    slot_fill, slot_info, slot_uses = s.slot_fill, s.slot_fill_info, s.slot_uses
+    slot_free, slot_rec, last_recv, pending_h = (
+        s.slot_free, s.slot_fill_rec, s.last_recv, s.pending_h,
+    )  # fmt: skip
+    since = s.since_signal.append
+    last_compute = s.last_compute
+    memo = b.chains
+    acts, fills = b.acts, b.fills
+    log = b.energy.log
+    pend_send, pend_recv = b.pending_send, b.pending_recv
+    link_bytes = b.link_bytes
+    die_res = (die,)
+    # per layer index: this die's activation record (looked up once per run)
+    las: dict[int, LayerActs] = {}
+    while j < n:
+        i = ins[j]
+        cls = type(i)
+        if cls is Recv:
+            c = i.content
+            nbytes = i.nbytes
+            slot = i.slot
+            if type(c) is not SliceRef or slot is None or nbytes == 0 or i.block is not None:
+                break
+            peer = i.peer
+            rkey = ("recv", peer, die, nbytes, c.layer, c.expert is None, c.slice)
+            tpl = memo.get(rkey) or _recv_template(b, rkey, i, c, die)
+            tag = tpl[4]
+            pkey = (peer, die)
+            waiting = pend_send.get(pkey)
+            if waiting:
+                hold, op = waiting.popleft()
+                if layer[op] < 0:
+                    layer[hold] = layer[op] = tag
+            else:  # Builder.transfer's new hold (and delay), tagged with the layer at once
+                hold = len(kind)
+                res, occ, lat, charges = tpl[0], tpl[1], tpl[2], tpl[3]
+                if lat <= 0.0:
+                    op = hold
+                    kind.append(XFER)
+                    dur.append(occ)
+                    res_l.append(res)
+                    ndeps.append(0)
+                    succ.append([])
+                    gdie.append(die)
+                    instr.append(i)
+                    layer.append(tag)
+                else:
+                    op = hold + 1
+                    kind += (XFER, DELAY)
+                    dur += (occ, lat)
+                    res_l += (res, ())
+                    ndeps += (0, 1)
+                    succ += ([op], [])
+                    gdie += (die, die)
+                    instr += (i, i)
+                    layer += (tag, tag)
+                link_bytes[res[0]] += nbytes
+                log(hold, charges)
+                pend_recv[pkey].append((hold, op))
+            la = las.get(tag)
+            if la is None:
+                la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
+            la.ops += (hold, op)
+            if fence is not None:
+                succ[fence].append(hold)
+                ndeps[hold] += 1
+            a = slot_free.get(slot)
+            if a is not None and a != hold:
+                succ[a].append(hold)
+                ndeps[hold] += 1
+            slot_fill[slot] = op
+            slot_info[slot] = (c, tpl[5])
+            slot_uses[slot] = []
+            rec = [hold]
+            fills.append((die, hold, rec))
+            slot_rec[slot] = rec
+            since(op)
+        elif cls is Send:
+            slot = i.slot
+            nbytes = i.nbytes
+            if slot is None or nbytes == 0 or i.block is not None:
+                break
+            peer = i.peer
+            pkey = (die, peer)
+            waiting = pend_recv.get(pkey)
+            if waiting:
+                hold, op = waiting.popleft()
+                instr[hold] = instr[op] = i  # transfers are named after the send
+                gdie[hold] = gdie[op] = die
+            else:
+                xkey = ("xfer", die, peer, nbytes)
+                tpl = memo.get(xkey) or _transfer(b, xkey, die, peer, nbytes)
+                res, occ, lat, charges = tpl
+                hold = len(kind)
+                if lat <= 0.0:
+                    op = hold
+                    kind.append(XFER)
+                    dur.append(occ)
+                    res_l.append(res)
+                    ndeps.append(0)
+                    succ.append([])
+                    gdie.append(die)
+                    instr.append(i)
+                    layer.append(-1)
+                else:
+                    op = hold + 1
+                    kind += (XFER, DELAY)
+                    dur += (occ, lat)
+                    res_l += (res, ())
+                    ndeps += (0, 1)
+                    succ += ([op], [])
+                    gdie += (die, die)
+                    instr += (i, i)
+                    layer += (-1, -1)
+                link_bytes[res[0]] += nbytes
+                log(hold, charges)
+                pend_send[pkey].append((hold, op))
+            if fence is not None:
+                succ[fence].append(hold)
+                ndeps[hold] += 1
+            a = slot_fill.get(slot)
+            if a is not None and a != hold:
+                succ[a].append(hold)
+                ndeps[hold] += 1
+            slot_uses[slot].append(op)
+            since(op)
+        elif cls is Free:
+            slot = i.slot
+            c = slot_info.get(slot, (None, ""))[0]
+            op = len(kind)
+            kind.append(SYNC)
+            dur.append(0.0)
+            res_l.append(())
+            succ.append([])
+            gdie.append(die)
+            instr.append(i)
+            if c is not None:
+                tag = b.layers[c.layer][0]
+                layer.append(tag)
+                la = las.get(tag)
+                if la is None:
+                    la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
+                la.ops.append(op)
+            else:
+                layer.append(-1)
+            deps = 0
+            if fence is not None:
+                succ[fence].append(op)
+                deps = 1
+            a = slot_fill.get(slot)
+            if a is not None:
+                succ[a].append(op)
+                deps += 1
+            uses = slot_uses.pop(slot, ())
+            for u in uses:
+                succ[u].append(op)
+            ndeps.append(deps + len(uses))
+            slot_free[slot] = op
+            rec = slot_rec.pop(slot, None)
+            if rec is not None:
+                rec.append(op)
+            since(op)
+        elif cls is Gemm:
+            if j + 2 >= n:
+                break
+            ia, ic = ins[j + 1], ins[j + 2]
+            slot = i.slot
+            if type(ia) is not Act or type(ic) is not Accum or not ia.slot == slot == ic.slot:
+                break
+            c, prec = slot_info.get(slot, (None, "fp16"))
+            if c is None:
+                break
+            tg, tc = i.tokens, ic.tokens
+            ta = ia.tokens
+            ng = tg.size
+            na = ng if ta is tg else ta.size
+            nc = ng if tc is tg else tc.size
+            ukey = ("unit", die, c.layer, c.expert is None, c.slice, prec, ng, na, nc)
+            durs, hb, charges, lk = memo.get(ukey) or _unit_template(
+                b, ukey, c, die, prec, ng, na, nc
+            )
+            op = len(kind)
+            kind += (COMPUTE, COMPUTE, COMPUTE)
+            dur += durs
+            res_l += (die_res, die_res, die_res)
+            succ += ([op + 1], [op + 2], [])
+            gdie += (die, die, die)
+            instr += (i, ia, ic)
+            layer += (lk, lk, lk)
+            deps = 0
+            if fence is not None:
+                succ[fence].append(op)
+                deps = 1
+            if last_compute is not None:
+                succ[last_compute].append(op)
+                deps += 1
+            a = slot_fill.get(slot)
+            if a is not None:
+                succ[a].append(op)
+                deps += 1
+            a = last_recv.get((c.layer, "x"))
+            if a is not None:
+                succ[a].append(op)
+                deps += 1
+            ndeps += (deps, 1, 1)
+            log(op, charges)
+            la = las.get(lk)
+            if la is None:
+                la = las[lk] = acts.get((die, lk)) or b.layer_acts(die, lk)
+            la.ops += (op, op + 1, op + 2)
+            la.x_uses.append((op, tg))
+            la.accums.append((op + 2, tc))
+            pending_h.pop(slot, None)
+            la.h += (op, op + 2, hb)
+            last_compute = op + 2
+            slot_uses[slot].append(last_compute)
+            since(last_compute)
+            j += 3
+            continue
+        elif cls is Load:
+            c = i.content
+            if type(c) is not SliceRef or i.nbytes == 0 or starts_chain(ins, j, n):
+                break
+            load(b, s, i)
+        else:
+            break
+        j += 1
+    s.last_compute = last_compute
+    return j
+
+
+def starts_chain(ins: Sequence[Instr], j: int, n: int) -> bool:
+    """Whether ``ins[j]`` (a load) starts a streamed micro-slice for :mod:`.slice_chain`."""
+    if j + 4 >= n:
+        return False
+    il, ig, ia, ic, f = ins[j : j + 5]
+    return (
+        type(ig) is Gemm and type(ia) is Act and type(ic) is Accum and type(f) is Free
+        and il.slot == ig.slot == ia.slot == ic.slot == f.slot
+    )  # fmt: skip
+
+
+RELAY.append((relay_run, (recv, send, free, load), slice_unit))
