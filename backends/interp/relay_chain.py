@@ -38,6 +38,7 @@ from typing import Any
 from moec.backends.interp.opgraph import (
     COMPUTE,
     DELAY,
+    LOAD,
     RELAY,
     SYNC,
     XFER,
@@ -77,6 +78,16 @@ def _unit_template(b: Builder, key: tuple[Any, ...], c: SliceRef, die: int, prec
     return hit
 
 
+#: what a slot holds before its first fill: nothing, at the handlers' default precision
+_EMPTY: tuple[None, str] = (None, "fp16")
+
+
+def _load_template(b: Builder, key: tuple[Any, ...], c: SliceRef, nbytes: int) -> Any:
+    """A slice ``load``'s layer index and the precision its bytes imply."""
+    hit = b.chains[key] = (b.layers[c.layer][0], b.slice_precision(c, nbytes))
+    return hit
+
+
 def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     """Add the ops of ``ins[j:]`` up to the first instruction not covered (module doc) as
     their handlers would; returns that instruction's index (``j``: nothing added)."""
@@ -86,7 +97,10 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
         g.kind, g.dur, g.res, g.ndeps, g.succ, g.die, g.instr, g.layer,
     )  # fmt: skip
     die = s.die
+    # the latest wait: an edge into every op of a covered instruction's first (none in a run)
     fence = s.fence
+    to_fence = succ[fence] if fence is not None else None
+    d_fence = 0 if fence is None else 1
     slot_fill, slot_info, slot_uses = s.slot_fill, s.slot_fill_info, s.slot_uses
     slot_free, slot_rec, last_recv, pending_h = (
         s.slot_free, s.slot_fill_rec, s.last_recv, s.pending_h,
@@ -94,41 +108,59 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     since = s.since_signal.append
     last_compute = s.last_compute
     memo = b.chains
-    acts, fills = b.acts, b.fills
+    layers, acts, fills = b.layers, b.acts, b.fills
     log = b.energy.log
     pend_send, pend_recv = b.pending_send, b.pending_recv
     link_bytes = b.link_bytes
     die_res = (die,)
-    # per layer index: this die's activation record (looked up once per run)
+    # per layer index: this die's activation record; per peer: the sends to this die waiting
+    # for their recv (each looked up once per run)
     las: dict[int, LayerActs] = {}
+    sends_to_me: dict[int, Any] = {}
     while j < n:
         i = ins[j]
         cls = type(i)
         if cls is Recv:
             c = i.content
-            nbytes = i.nbytes
             slot = i.slot
-            if type(c) is not SliceRef or slot is None or nbytes == 0 or i.block is not None:
+            nbytes = i.nbytes
+            if type(c) is not SliceRef or slot is None or not nbytes or i.block is not None:
                 break
             peer = i.peer
             rkey = ("recv", peer, die, nbytes, c.layer, c.expert is None, c.slice)
             tpl = memo.get(rkey) or _recv_template(b, rkey, i, c, die)
             tag = tpl[4]
-            pkey = (peer, die)
-            waiting = pend_send.get(pkey)
+            waiting = sends_to_me.get(peer)
+            if waiting is None:
+                waiting = pend_send.get((peer, die))
+                if waiting is not None:
+                    sends_to_me[peer] = waiting
+            a = slot_free.get(slot)
             if waiting:
                 hold, op = waiting.popleft()
                 if layer[op] < 0:
                     layer[hold] = layer[op] = tag
+                if to_fence is not None:
+                    to_fence.append(hold)
+                    ndeps[hold] += 1
+                if a is not None and a != hold:
+                    succ[a].append(hold)
+                    ndeps[hold] += 1
             else:  # Builder.transfer's new hold (and delay), tagged with the layer at once
                 hold = len(kind)
                 res, occ, lat, charges = tpl[0], tpl[1], tpl[2], tpl[3]
+                d = d_fence
+                if to_fence is not None:
+                    to_fence.append(hold)
+                if a is not None:
+                    succ[a].append(hold)
+                    d += 1
                 if lat <= 0.0:
                     op = hold
                     kind.append(XFER)
                     dur.append(occ)
                     res_l.append(res)
-                    ndeps.append(0)
+                    ndeps.append(d)
                     succ.append([])
                     gdie.append(die)
                     instr.append(i)
@@ -138,25 +170,18 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     kind += (XFER, DELAY)
                     dur += (occ, lat)
                     res_l += (res, ())
-                    ndeps += (0, 1)
+                    ndeps += (d, 1)
                     succ += ([op], [])
                     gdie += (die, die)
                     instr += (i, i)
                     layer += (tag, tag)
                 link_bytes[res[0]] += nbytes
                 log(hold, charges)
-                pend_recv[pkey].append((hold, op))
+                pend_recv[(peer, die)].append((hold, op))
             la = las.get(tag)
             if la is None:
                 la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
             la.ops += (hold, op)
-            if fence is not None:
-                succ[fence].append(hold)
-                ndeps[hold] += 1
-            a = slot_free.get(slot)
-            if a is not None and a != hold:
-                succ[a].append(hold)
-                ndeps[hold] += 1
             slot_fill[slot] = op
             slot_info[slot] = (c, tpl[5])
             slot_uses[slot] = []
@@ -167,26 +192,39 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
         elif cls is Send:
             slot = i.slot
             nbytes = i.nbytes
-            if slot is None or nbytes == 0 or i.block is not None:
+            if slot is None or not nbytes or i.block is not None:
                 break
             peer = i.peer
-            pkey = (die, peer)
-            waiting = pend_recv.get(pkey)
+            a = slot_fill.get(slot)
+            waiting = pend_recv.get((die, peer))
             if waiting:
                 hold, op = waiting.popleft()
                 instr[hold] = instr[op] = i  # transfers are named after the send
                 gdie[hold] = gdie[op] = die
+                d = d_fence
+                if to_fence is not None:
+                    to_fence.append(hold)
+                if a is not None and a != hold:
+                    succ[a].append(hold)
+                    d += 1
+                if d:
+                    ndeps[hold] += d
             else:
                 xkey = ("xfer", die, peer, nbytes)
-                tpl = memo.get(xkey) or _transfer(b, xkey, die, peer, nbytes)
-                res, occ, lat, charges = tpl
+                res, occ, lat, charges = memo.get(xkey) or _transfer(b, xkey, die, peer, nbytes)
                 hold = len(kind)
+                d = d_fence
+                if to_fence is not None:
+                    to_fence.append(hold)
+                if a is not None:
+                    succ[a].append(hold)
+                    d += 1
                 if lat <= 0.0:
                     op = hold
                     kind.append(XFER)
                     dur.append(occ)
                     res_l.append(res)
-                    ndeps.append(0)
+                    ndeps.append(d)
                     succ.append([])
                     gdie.append(die)
                     instr.append(i)
@@ -196,26 +234,19 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     kind += (XFER, DELAY)
                     dur += (occ, lat)
                     res_l += (res, ())
-                    ndeps += (0, 1)
+                    ndeps += (d, 1)
                     succ += ([op], [])
                     gdie += (die, die)
                     instr += (i, i)
                     layer += (-1, -1)
                 link_bytes[res[0]] += nbytes
                 log(hold, charges)
-                pend_send[pkey].append((hold, op))
-            if fence is not None:
-                succ[fence].append(hold)
-                ndeps[hold] += 1
-            a = slot_fill.get(slot)
-            if a is not None and a != hold:
-                succ[a].append(hold)
-                ndeps[hold] += 1
+                pend_send[(die, peer)].append((hold, op))
             slot_uses[slot].append(op)
             since(op)
         elif cls is Free:
             slot = i.slot
-            c = slot_info.get(slot, (None, ""))[0]
+            c = slot_info.get(slot, _EMPTY)[0]
             op = len(kind)
             kind.append(SYNC)
             dur.append(0.0)
@@ -224,7 +255,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             gdie.append(die)
             instr.append(i)
             if c is not None:
-                tag = b.layers[c.layer][0]
+                tag = layers[c.layer][0]
                 layer.append(tag)
                 la = las.get(tag)
                 if la is None:
@@ -232,18 +263,19 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 la.ops.append(op)
             else:
                 layer.append(-1)
-            deps = 0
-            if fence is not None:
-                succ[fence].append(op)
-                deps = 1
+            d = d_fence
+            if to_fence is not None:
+                to_fence.append(op)
             a = slot_fill.get(slot)
             if a is not None:
                 succ[a].append(op)
-                deps += 1
-            uses = slot_uses.pop(slot, ())
-            for u in uses:
-                succ[u].append(op)
-            ndeps.append(deps + len(uses))
+                d += 1
+            uses = slot_uses.pop(slot, None)
+            if uses:
+                for u in uses:
+                    succ[u].append(op)
+                d += len(uses)
+            ndeps.append(d)
             slot_free[slot] = op
             rec = slot_rec.pop(slot, None)
             if rec is not None:
@@ -256,7 +288,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             slot = i.slot
             if type(ia) is not Act or type(ic) is not Accum or not ia.slot == slot == ic.slot:
                 break
-            c, prec = slot_info.get(slot, (None, "fp16"))
+            c, prec = slot_info.get(slot, _EMPTY)
             if c is None:
                 break
             tg, tc = i.tokens, ic.tokens
@@ -269,48 +301,69 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 b, ukey, c, die, prec, ng, na, nc
             )
             op = len(kind)
+            d = d_fence
+            if to_fence is not None:
+                to_fence.append(op)
+            if last_compute is not None:
+                succ[last_compute].append(op)
+                d += 1
+            a = slot_fill.get(slot)
+            if a is not None:
+                succ[a].append(op)
+                d += 1
+            a = last_recv.get((c.layer, "x"))
+            if a is not None:
+                succ[a].append(op)
+                d += 1
             kind += (COMPUTE, COMPUTE, COMPUTE)
             dur += durs
             res_l += (die_res, die_res, die_res)
+            ndeps += (d, 1, 1)
             succ += ([op + 1], [op + 2], [])
             gdie += (die, die, die)
             instr += (i, ia, ic)
             layer += (lk, lk, lk)
-            deps = 0
-            if fence is not None:
-                succ[fence].append(op)
-                deps = 1
-            if last_compute is not None:
-                succ[last_compute].append(op)
-                deps += 1
-            a = slot_fill.get(slot)
-            if a is not None:
-                succ[a].append(op)
-                deps += 1
-            a = last_recv.get((c.layer, "x"))
-            if a is not None:
-                succ[a].append(op)
-                deps += 1
-            ndeps += (deps, 1, 1)
             log(op, charges)
             la = las.get(lk)
             if la is None:
                 la = las[lk] = acts.get((die, lk)) or b.layer_acts(die, lk)
-            la.ops += (op, op + 1, op + 2)
-            la.x_uses.append((op, tg))
-            la.accums.append((op + 2, tc))
-            pending_h.pop(slot, None)
-            la.h += (op, op + 2, hb)
             last_compute = op + 2
+            la.ops += (op, op + 1, last_compute)
+            la.x_uses.append((op, tg))
+            la.accums.append((last_compute, tc))
+            pending_h.pop(slot, None)
+            la.h += (op, last_compute, hb)
             slot_uses[slot].append(last_compute)
             since(last_compute)
             j += 3
             continue
         elif cls is Load:
             c = i.content
-            if type(c) is not SliceRef or i.nbytes == 0 or starts_chain(ins, j, n):
+            nbytes = i.nbytes
+            if type(c) is not SliceRef or not nbytes or starts_chain(ins, j, n):
                 break
-            load(b, s, i)
+            slot = i.slot
+            lkey = ("load", c.layer, c.expert is None, c.slice, nbytes)
+            tag, prec = memo.get(lkey) or _load_template(b, lkey, c, nbytes)
+            first, op = b.read(LOAD, i.channel, die, nbytes, i, tag)
+            la = las.get(tag)
+            if la is None:
+                la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
+            la.ops += (first, op)
+            if to_fence is not None:
+                to_fence.append(first)
+                ndeps[first] += 1
+            a = slot_free.get(slot)
+            if a is not None:
+                succ[a].append(first)
+                ndeps[first] += 1
+            slot_fill[slot] = op
+            slot_info[slot] = (c, prec)
+            slot_uses[slot] = []
+            rec = [first]
+            fills.append((die, first, rec))
+            slot_rec[slot] = rec
+            since(op)
         else:
             break
         j += 1
