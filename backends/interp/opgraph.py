@@ -183,8 +183,10 @@ class Builder:
     A micro-slice's ``gemm``, ``act`` and ``accum`` on one slot, one after the other in a
     stream, are added by one call (:data:`SLICE_UNIT`) when :attr:`batch_slices` is set: the
     same ops, edges and charges as the three handlers, less the edges that cannot change when
-    an op is released (module doc of :mod:`.timing_ops`). ``batch_slices = False`` is the
-    reference the tests compare against.
+    an op is released (module doc of :mod:`.timing_ops`); a streamed micro-slice's five
+    instructions (:data:`SLICE_CHAIN`) and a run of slot transfers, frees, loads and slices
+    (:data:`RELAY`, FSE-DP's streams) likewise, with the same graph as those handlers.
+    ``batch_slices = False`` is the reference the tests compare against.
     """
 
     batch_slices = True
