@@ -120,36 +120,52 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     while j < n:
         i = ins[j]
         cls = type(i)
-        if cls is Recv:
-            c = i.content
+        if cls is Recv or cls is Send:
             slot = i.slot
             nbytes = i.nbytes
-            if type(c) is not SliceRef or slot is None or not nbytes or i.block is not None:
+            if slot is None or not nbytes or i.block is not None:
                 break
             peer = i.peer
-            rkey = ("recv", peer, die, nbytes, c.layer, c.expert is None, c.slice)
-            tpl = memo.get(rkey) or _recv_template(b, rkey, i, c, die)
-            tag = tpl[4]
-            waiting = sends_to_me.get(peer)
-            if waiting is None:
-                waiting = pend_send.get((peer, die))
-                if waiting is not None:
-                    sends_to_me[peer] = waiting
-            a = slot_free.get(slot)
-            if waiting:
+            if cls is Recv:
+                c = i.content
+                if type(c) is not SliceRef:
+                    break
+                rkey = ("recv", peer, die, nbytes, c.layer, c.expert is None, c.slice)
+                tpl = memo.get(rkey) or _recv_template(b, rkey, i, c, die)
+                tag = tpl[4]
+                key = (peer, die)
+                waiting = sends_to_me.get(peer)
+                if waiting is None:
+                    waiting = pend_send.get(key)
+                    if waiting is not None:
+                        sends_to_me[peer] = waiting
+                a = slot_free.get(slot)  # the slot's last free, before it is refilled
+            else:
+                tag = -1
+                key = (die, peer)
+                waiting = pend_recv.get(key)
+                a = slot_fill.get(slot)  # the slot's fill, before it is sent on
+            d = d_fence
+            if waiting:  # the other side came first (Builder.transfer)
                 hold, op = waiting.popleft()
-                if layer[op] < 0:
+                if cls is Send:  # transfers are named after the send
+                    instr[hold] = instr[op] = i
+                    gdie[hold] = gdie[op] = die
+                elif layer[op] < 0:
                     layer[hold] = layer[op] = tag
                 if to_fence is not None:
                     to_fence.append(hold)
-                    ndeps[hold] += 1
                 if a is not None and a != hold:
                     succ[a].append(hold)
-                    ndeps[hold] += 1
+                    d += 1
+                if d:
+                    ndeps[hold] += d
             else:  # Builder.transfer's new hold (and delay), tagged with the layer at once
-                hold = len(kind)
+                if cls is Send:
+                    xkey = ("xfer", die, peer, nbytes)
+                    tpl = memo.get(xkey) or _transfer(b, xkey, die, peer, nbytes)
                 res, occ, lat, charges = tpl[0], tpl[1], tpl[2], tpl[3]
-                d = d_fence
+                hold = len(kind)
                 if to_fence is not None:
                     to_fence.append(hold)
                 if a is not None:
@@ -177,72 +193,20 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     layer += (tag, tag)
                 link_bytes[res[0]] += nbytes
                 log(hold, charges)
-                pend_recv[(peer, die)].append((hold, op))
-            la = las.get(tag)
-            if la is None:
-                la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
-            la.ops += (hold, op)
-            slot_fill[slot] = op
-            slot_info[slot] = (c, tpl[5])
-            slot_uses[slot] = []
-            rec = [hold]
-            fills.append((die, hold, rec))
-            slot_rec[slot] = rec
-            since(op)
-        elif cls is Send:
-            slot = i.slot
-            nbytes = i.nbytes
-            if slot is None or not nbytes or i.block is not None:
-                break
-            peer = i.peer
-            a = slot_fill.get(slot)
-            waiting = pend_recv.get((die, peer))
-            if waiting:
-                hold, op = waiting.popleft()
-                instr[hold] = instr[op] = i  # transfers are named after the send
-                gdie[hold] = gdie[op] = die
-                d = d_fence
-                if to_fence is not None:
-                    to_fence.append(hold)
-                if a is not None and a != hold:
-                    succ[a].append(hold)
-                    d += 1
-                if d:
-                    ndeps[hold] += d
+                (pend_recv if cls is Recv else pend_send)[key].append((hold, op))
+            if cls is Send:
+                slot_uses[slot].append(op)
             else:
-                xkey = ("xfer", die, peer, nbytes)
-                res, occ, lat, charges = memo.get(xkey) or _transfer(b, xkey, die, peer, nbytes)
-                hold = len(kind)
-                d = d_fence
-                if to_fence is not None:
-                    to_fence.append(hold)
-                if a is not None:
-                    succ[a].append(hold)
-                    d += 1
-                if lat <= 0.0:
-                    op = hold
-                    kind.append(XFER)
-                    dur.append(occ)
-                    res_l.append(res)
-                    ndeps.append(d)
-                    succ.append([])
-                    gdie.append(die)
-                    instr.append(i)
-                    layer.append(-1)
-                else:
-                    op = hold + 1
-                    kind += (XFER, DELAY)
-                    dur += (occ, lat)
-                    res_l += (res, ())
-                    ndeps += (d, 1)
-                    succ += ([op], [])
-                    gdie += (die, die)
-                    instr += (i, i)
-                    layer += (-1, -1)
-                link_bytes[res[0]] += nbytes
-                log(hold, charges)
-                pend_send[(die, peer)].append((hold, op))
-            slot_uses[slot].append(op)
+                la = las.get(tag)
+                if la is None:
+                    la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
+                la.ops += (hold, op)
+                slot_fill[slot] = op
+                slot_info[slot] = (c, tpl[5])
+                slot_uses[slot] = []
+                rec = [hold]
+                fills.append((die, hold, rec))
+                slot_rec[slot] = rec
             since(op)
         elif cls is Free:
             slot = i.slot
