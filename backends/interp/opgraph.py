@@ -41,6 +41,8 @@ from moec.ir.stream.program import (
     Instr,
     Load,
     Program,
+    Recv,
+    Send,
     SliceRef,
 )
 from moec.ir.target import Target
@@ -70,6 +72,12 @@ SliceChain = Callable[["Builder", "DieState", Sequence[Any], int], int]
 #: the slice chain and the (load, free) handlers it stands for (set by :mod:`.slice_chain`),
 #: used with the slice unit
 SLICE_CHAIN: list[tuple[SliceChain, tuple[TimingHandler, ...]]] = []
+#: ``relay(builder, die state, instructions, j)`` adds the ops of a run of slot transfers,
+#: frees, loads and slices from ``j`` on and returns where the run ends (``j``: nothing added)
+Relay = Callable[["Builder", "DieState", Any, int], int]
+#: the relay, the (recv, send, free, load) handlers and the slice unit it stands for (set by
+#: :mod:`.relay_chain`), used with the slice unit
+RELAY: list[tuple[Relay, tuple[TimingHandler, ...], SliceUnit]] = []
 
 
 class OpGraph:
@@ -176,8 +184,10 @@ class Builder:
     A micro-slice's ``gemm``, ``act`` and ``accum`` on one slot, one after the other in a
     stream, are added by one call (:data:`SLICE_UNIT`) when :attr:`batch_slices` is set: the
     same ops, edges and charges as the three handlers, less the edges that cannot change when
-    an op is released (module doc of :mod:`.timing_ops`). ``batch_slices = False`` is the
-    reference the tests compare against.
+    an op is released (module doc of :mod:`.timing_ops`); a streamed micro-slice's five
+    instructions (:data:`SLICE_CHAIN`) and a run of slot transfers, frees, loads and slices
+    (:data:`RELAY`, FSE-DP's streams) likewise, with the same graph as those handlers.
+    ``batch_slices = False`` is the reference the tests compare against.
     """
 
     batch_slices = True
@@ -542,6 +552,10 @@ class Builder:
                         and (handlers.get(Load), handlers.get(Free)) == SLICE_CHAIN[0][1]
                     ):
                         chain = SLICE_CHAIN[0][0]
+        relay = None
+        if unit is not None and RELAY and RELAY[0][2] is unit:
+            if tuple(handlers.get(c) for c in (Recv, Send, Free, Load)) == RELAY[0][1]:
+                relay = RELAY[0][0]
         for st in sorted(self.p.streams, key=lambda s: s.die):
             s = DieState(st.die)
             ins = st.instrs
@@ -553,6 +567,11 @@ class Builder:
                     after = chain(self, s, ins, j)
                     if after > j:
                         j = after
+                        continue
+                if relay is not None and cls in (Recv, Send, Free, Gemm, Load):
+                    k = relay(self, s, ins, j)
+                    if k > j:
+                        j = k
                         continue
                 if cls is Gemm and unit is not None and j + 2 < n:
                     a, c = ins[j + 1], ins[j + 2]

@@ -94,6 +94,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import moec.backends.interp.relay_chain  # noqa: F401 - a relayed run of slot transfers in one step
 import moec.backends.interp.slice_chain  # noqa: F401 - the streamed micro-slice in one step
 import moec.backends.interp.timing_ops  # noqa: F401 - registers every opcode's timing handler
 from moec.backends.interp.energy import EnergyLedger

@@ -21,7 +21,9 @@ bit (``Builder.batch_slices = False`` is the reference, compared in ``tests/test
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 from moec.backends.interp.energy import charge_dense, slice_energy_parts
@@ -401,10 +403,9 @@ def signal(b: Builder, s: DieState, i: Signal) -> None:
     op = g.add(SYNC, 0.0, (), s.die, i)
     g.edge(s.fence, op)
     g.edge(s.last_signal, op)
-    succ = g.succ
-    for u in s.since_signal:  # earlier ops (op is new: no self edge)
-        succ[u].append(op)
-    g.ndeps[op] += len(s.since_signal)
+    since = s.since_signal  # earlier ops (op is new: no self edge), in issue order, in C
+    deque(map(list.append, map(g.succ.__getitem__, since), repeat(op)), maxlen=0)
+    g.ndeps[op] += len(since)
     s.since_signal = []
     s.last_signal = op
     b.signal_event[op] = i.event

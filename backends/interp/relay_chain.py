@@ -1,0 +1,349 @@
+"""A relayed stream in one step: a die's run of ``recv``, ``send``, ``free``, ``load`` and slices.
+
+FSE-DP's streams (:mod:`.expand.fsedp`) are long runs of the same few instructions on slots, the
+slices of several trajectories interleaved in the order the scheduler issued them::
+
+    free s3
+    recv s3 <- 2 moe0:e33:s5 bytes 11010048
+    free s2
+    send s0 -> 4 bytes 11010048
+    gemm s3 tokens 384,386,389
+    act s3 tokens 384,386,389
+    accum s3 tokens 384,386,389
+    send s3 -> 4 bytes 11010048
+
+A slice's instructions are not next to each other, so they cannot be added as one template per
+slice without renumbering the ops (and the event loop breaks ties by op). :func:`relay_run`
+takes the whole run instead, up to the next instruction it does not cover (a ``signal``,
+``wait``, ``dense``, an activation block's transfer, a streamed micro-slice for
+:mod:`.slice_chain`), in one call: the handlers of :mod:`.timing_ops` inlined into one loop
+over the die's state held in locals, and what each instruction costs memoized per shape (a
+transfer's link, duration, latency and charges with the slice's layer and precision; a slice's
+three compute ops). It is not a new model: every op, duration, resource, edge (in the same place
+of the same successor list), energy charge (in the same order), SRAM record and transfer pairing
+is what the handlers add one instruction at a time, with :func:`.timing_ops.slice_unit` for a
+slice's ``gemm``, ``act``, ``accum``; ``Builder.batch_slices = False`` is the reference,
+compared on every tiny golden in ``tests/test_sim_speed.py``, and ``tests/test_relay_chain.py``
+compares the builder's graph and records with and without the relay.
+
+An instruction it does not cover plainly (a transfer of no bytes, a slot holding no micro-slice,
+a ``gemm`` without its ``act`` and ``accum``) ends the run, and the handlers take it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from moec.backends.interp.opgraph import (
+    COMPUTE,
+    DELAY,
+    LOAD,
+    RELAY,
+    SYNC,
+    XFER,
+    Builder,
+    DieState,
+)
+from moec.backends.interp.sram import LayerActs
+from moec.backends.interp.timing_ops import free, load, recv, send, slice_unit, unit_costs
+from moec.ir.stream.program import Accum, Act, Free, Gemm, Instr, Load, Recv, Send, SliceRef
+
+
+def _transfer(b: Builder, key: tuple[Any, ...], a: int, d: int, nbytes: int) -> tuple[Any, ...]:
+    """A transfer's template: (link resource, hold, latency, charges), memoized in ``b.chains``
+    under ``key`` (the values :meth:`~.opgraph.Builder.transfer` uses)."""
+    res, occ, lat, _, _, _, charges = b.transfer_costs(a, d, nbytes)
+    hit = b.chains[key] = (res, occ, lat, charges)
+    return hit
+
+
+def _recv_template(b: Builder, key: tuple[Any, ...], i: Recv, c: SliceRef, die: int) -> Any:
+    """A slot ``recv``'s template: its transfer's, then the slice's layer index and the
+    precision its bytes imply (:meth:`~.opgraph.Builder.slice_precision`)."""
+    res, occ, lat, charges = _transfer(b, ("xfer", i.peer, die, i.nbytes), i.peer, die, i.nbytes)
+    hit = b.chains[key] = (
+        res, occ, lat, charges, b.layers[c.layer][0], b.slice_precision(c, i.nbytes),
+    )  # fmt: skip
+    return hit
+
+
+def _unit_template(b: Builder, key: tuple[Any, ...], c: SliceRef, die: int, prec: str,
+                   ng: int, na: int, nc: int) -> Any:  # fmt: skip
+    """A slice's three compute ops (:func:`.timing_ops.slice_unit`): durations, ``h`` bytes,
+    charges, the layer index."""
+    hidden, w, _, dtype, gated = b.slice_geometry(c)
+    durs, _, _, _, hb, charges = unit_costs(b, die, ng, na, nc, hidden, w, gated, prec, dtype)
+    hit = b.chains[key] = (durs, hb, charges, b.layers[c.layer][0])
+    return hit
+
+
+#: what a slot holds before its first fill: nothing, at the handlers' default precision
+_EMPTY: tuple[None, str] = (None, "fp16")
+
+
+def _load_template(b: Builder, key: tuple[Any, ...], c: SliceRef, nbytes: int) -> Any:
+    """A slice ``load``'s layer index and the precision its bytes imply."""
+    hit = b.chains[key] = (b.layers[c.layer][0], b.slice_precision(c, nbytes))
+    return hit
+
+
+def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
+    """Add the ops of ``ins[j:]`` up to the first instruction not covered (module doc) as
+    their handlers would; returns that instruction's index (``j``: nothing added)."""
+    n = len(ins)
+    g = b.g
+    kind, dur, res_l, ndeps, succ, gdie, instr, layer = (
+        g.kind, g.dur, g.res, g.ndeps, g.succ, g.die, g.instr, g.layer,
+    )  # fmt: skip
+    die = s.die
+    # the latest wait: an edge into every op of a covered instruction's first (none in a run)
+    fence = s.fence
+    to_fence = succ[fence] if fence is not None else None
+    d_fence = 0 if fence is None else 1
+    slot_fill, slot_info, slot_uses = s.slot_fill, s.slot_fill_info, s.slot_uses
+    slot_free, slot_rec, last_recv, pending_h = (
+        s.slot_free, s.slot_fill_rec, s.last_recv, s.pending_h,
+    )  # fmt: skip
+    since = s.since_signal.append
+    last_compute = s.last_compute
+    memo = b.chains
+    layers, acts, fills = b.layers, b.acts, b.fills
+    log = b.energy.log
+    pend_send, pend_recv = b.pending_send, b.pending_recv
+    link_bytes = b.link_bytes
+    die_res = (die,)
+    # per layer index: this die's activation record; per peer: the sends to this die waiting
+    # for their recv (each looked up once per run)
+    las: dict[int, LayerActs] = {}
+    sends_to_me: dict[int, Any] = {}
+    while j < n:
+        i = ins[j]
+        cls = type(i)
+        if cls is Recv or cls is Send:
+            slot = i.slot
+            nbytes = i.nbytes
+            if slot is None or not nbytes or i.block is not None:
+                break
+            peer = i.peer
+            if cls is Recv:
+                c = i.content
+                if type(c) is not SliceRef:
+                    break
+                rkey = ("recv", peer, die, nbytes, c.layer, c.expert is None, c.slice)
+                tpl = memo.get(rkey) or _recv_template(b, rkey, i, c, die)
+                tag = tpl[4]
+                key = (peer, die)
+                waiting = sends_to_me.get(peer)
+                if waiting is None:
+                    waiting = pend_send.get(key)
+                    if waiting is not None:
+                        sends_to_me[peer] = waiting
+                a = slot_free.get(slot)  # the slot's last free, before it is refilled
+            else:
+                tag = -1
+                key = (die, peer)
+                waiting = pend_recv.get(key)
+                a = slot_fill.get(slot)  # the slot's fill, before it is sent on
+            d = d_fence
+            if waiting:  # the other side came first (Builder.transfer)
+                hold, op = waiting.popleft()
+                if cls is Send:  # transfers are named after the send
+                    instr[hold] = instr[op] = i
+                    gdie[hold] = gdie[op] = die
+                elif layer[op] < 0:
+                    layer[hold] = layer[op] = tag
+                if to_fence is not None:
+                    to_fence.append(hold)
+                if a is not None and a != hold:
+                    succ[a].append(hold)
+                    d += 1
+                if d:
+                    ndeps[hold] += d
+            else:  # Builder.transfer's new hold (and delay), tagged with the layer at once
+                if cls is Send:
+                    xkey = ("xfer", die, peer, nbytes)
+                    tpl = memo.get(xkey) or _transfer(b, xkey, die, peer, nbytes)
+                res, occ, lat, charges = tpl[0], tpl[1], tpl[2], tpl[3]
+                hold = len(kind)
+                if to_fence is not None:
+                    to_fence.append(hold)
+                if a is not None:
+                    succ[a].append(hold)
+                    d += 1
+                if lat <= 0.0:
+                    op = hold
+                    kind.append(XFER)
+                    dur.append(occ)
+                    res_l.append(res)
+                    ndeps.append(d)
+                    succ.append([])
+                    gdie.append(die)
+                    instr.append(i)
+                    layer.append(tag)
+                else:
+                    op = hold + 1
+                    kind += (XFER, DELAY)
+                    dur += (occ, lat)
+                    res_l += (res, ())
+                    ndeps += (d, 1)
+                    succ += ([op], [])
+                    gdie += (die, die)
+                    instr += (i, i)
+                    layer += (tag, tag)
+                link_bytes[res[0]] += nbytes
+                log(hold, charges)
+                (pend_recv if cls is Recv else pend_send)[key].append((hold, op))
+            if cls is Send:
+                slot_uses[slot].append(op)
+            else:
+                la = las.get(tag)
+                if la is None:
+                    la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
+                la.ops += (hold, op)
+                slot_fill[slot] = op
+                slot_info[slot] = (c, tpl[5])
+                slot_uses[slot] = []
+                rec = [hold]
+                fills.append((die, hold, rec))
+                slot_rec[slot] = rec
+            since(op)
+        elif cls is Free:
+            slot = i.slot
+            c = slot_info.get(slot, _EMPTY)[0]
+            op = len(kind)
+            kind.append(SYNC)
+            dur.append(0.0)
+            res_l.append(())
+            succ.append([])
+            gdie.append(die)
+            instr.append(i)
+            if c is not None:
+                tag = layers[c.layer][0]
+                layer.append(tag)
+                la = las.get(tag)
+                if la is None:
+                    la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
+                la.ops.append(op)
+            else:
+                layer.append(-1)
+            d = d_fence
+            if to_fence is not None:
+                to_fence.append(op)
+            a = slot_fill.get(slot)
+            if a is not None:
+                succ[a].append(op)
+                d += 1
+            uses = slot_uses.pop(slot, None)
+            if uses:
+                for u in uses:
+                    succ[u].append(op)
+                d += len(uses)
+            ndeps.append(d)
+            slot_free[slot] = op
+            rec = slot_rec.pop(slot, None)
+            if rec is not None:
+                rec.append(op)
+            since(op)
+        elif cls is Gemm:
+            if j + 2 >= n:
+                break
+            ia, ic = ins[j + 1], ins[j + 2]
+            slot = i.slot
+            if type(ia) is not Act or type(ic) is not Accum or not ia.slot == slot == ic.slot:
+                break
+            c, prec = slot_info.get(slot, _EMPTY)
+            if c is None:
+                break
+            tg, tc = i.tokens, ic.tokens
+            ta = ia.tokens
+            ng = tg.size
+            na = ng if ta is tg else ta.size
+            nc = ng if tc is tg else tc.size
+            ukey = ("unit", die, c.layer, c.expert is None, c.slice, prec, ng, na, nc)
+            durs, hb, charges, lk = memo.get(ukey) or _unit_template(
+                b, ukey, c, die, prec, ng, na, nc
+            )
+            op = len(kind)
+            d = d_fence
+            if to_fence is not None:
+                to_fence.append(op)
+            if last_compute is not None:
+                succ[last_compute].append(op)
+                d += 1
+            a = slot_fill.get(slot)
+            if a is not None:
+                succ[a].append(op)
+                d += 1
+            a = last_recv.get((c.layer, "x"))
+            if a is not None:
+                succ[a].append(op)
+                d += 1
+            kind += (COMPUTE, COMPUTE, COMPUTE)
+            dur += durs
+            res_l += (die_res, die_res, die_res)
+            ndeps += (d, 1, 1)
+            succ += ([op + 1], [op + 2], [])
+            gdie += (die, die, die)
+            instr += (i, ia, ic)
+            layer += (lk, lk, lk)
+            log(op, charges)
+            la = las.get(lk)
+            if la is None:
+                la = las[lk] = acts.get((die, lk)) or b.layer_acts(die, lk)
+            last_compute = op + 2
+            la.ops += (op, op + 1, last_compute)
+            la.x_uses.append((op, tg))
+            la.accums.append((last_compute, tc))
+            pending_h.pop(slot, None)
+            la.h += (op, last_compute, hb)
+            slot_uses[slot].append(last_compute)
+            since(last_compute)
+            j += 3
+            continue
+        elif cls is Load:
+            c = i.content
+            nbytes = i.nbytes
+            if type(c) is not SliceRef or not nbytes or starts_chain(ins, j, n):
+                break
+            slot = i.slot
+            lkey = ("load", c.layer, c.expert is None, c.slice, nbytes)
+            tag, prec = memo.get(lkey) or _load_template(b, lkey, c, nbytes)
+            first, op = b.read(LOAD, i.channel, die, nbytes, i, tag)
+            la = las.get(tag)
+            if la is None:
+                la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
+            la.ops += (first, op)
+            if to_fence is not None:
+                to_fence.append(first)
+                ndeps[first] += 1
+            a = slot_free.get(slot)
+            if a is not None:
+                succ[a].append(first)
+                ndeps[first] += 1
+            slot_fill[slot] = op
+            slot_info[slot] = (c, prec)
+            slot_uses[slot] = []
+            rec = [first]
+            fills.append((die, first, rec))
+            slot_rec[slot] = rec
+            since(op)
+        else:
+            break
+        j += 1
+    s.last_compute = last_compute
+    return j
+
+
+def starts_chain(ins: Sequence[Instr], j: int, n: int) -> bool:
+    """Whether ``ins[j]`` (a load) starts a streamed micro-slice for :mod:`.slice_chain`."""
+    if j + 4 >= n:
+        return False
+    il, ig, ia, ic, f = ins[j : j + 5]
+    return (
+        type(ig) is Gemm and type(ia) is Act and type(ic) is Accum and type(f) is Free
+        and il.slot == ig.slot == ia.slot == ic.slot == f.slot
+    )  # fmt: skip
+
+
+RELAY.append((relay_run, (recv, send, free, load), slice_unit))
