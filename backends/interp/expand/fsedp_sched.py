@@ -153,8 +153,8 @@ class _Sim:
         self.lanes = [_Lane() for _ in self.walk]
         for q, lane in enumerate(self.lanes):
             lane.succ = self.lanes[(q + 1) % len(self.lanes)]
-            lane.die, lane.pred = self.dies[self.walk[q]], self.dies[self.walk[q - 1]]
-            lane.die.lanes.append(lane)
+            lane.die, lane.pred = self.walk[q], self.walk[q - 1]
+            self.dies[lane.die].lanes.append(lane)
         self.send = prob.machine.send
         self.active = 0
         self.now = 0.0
@@ -460,7 +460,7 @@ class _Sim:
         else:
             lane = v.lane
             lane.pipeline -= 1
-            self.kick(lane.pred)  # its predecessor may forward again
+            self.kick(self.dies[lane.pred])  # its predecessor may forward again
 
     def forward(self, d: _Die, lane: _Lane) -> None:
         """Send the lane's next slice on (received ones first, they hold the walk's slots) to
@@ -475,7 +475,7 @@ class _Sim:
         lane.sending = True
         nlane = lane.succ
         nlane.pipeline += 1
-        nxt = nlane.die
+        nxt = self.dies[nlane.die]
         if not nxt.free:  # take_slot(), inlined
             raise ScheduleError(f"FSE-DP scheduler: die {nxt.id} has no free slot (internal)")
         slot = nxt.free.pop()

@@ -85,9 +85,11 @@ class Lane:
     #: slices loaded here waiting to enter the walk (behind the received ones and the cap)
     entry: deque[Visit] = field(default_factory=deque)
     sending: bool = False
-    #: the die at this position and at the one before it (which forwards here)
-    die: DieState = field(init=False)
-    pred: DieState = field(init=False)
+    #: the die at this position and at the one before it (which forwards here), as ids: a
+    #: lane referring to a die would tie the dies (and their streams) into the lanes' ring,
+    #: a reference cycle, kept alive after the run until a full garbage collection
+    die: int = field(init=False)
+    pred: int = field(init=False)
     #: received slices held at the next position of the walk (where every slice here goes on
     #: to: a trip's path is consecutive positions), its ``pipeline``; set once all exist
     succ: Lane = field(init=False)
