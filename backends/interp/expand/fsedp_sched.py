@@ -82,6 +82,15 @@ the predecessor, the rest hold slices the die loaded itself (loading, loaded, or
 **Naive FSE-DP** (``rules="naive"``): no streaming; every die loads each slice of every expert it
 needs from DRAM itself into any of its ``K`` slots, computes it and frees it.
 
+**Kicks.** A die acts (starts a compute, a trajectory or a forward) when it is kicked, and every
+event kicks the dies whose state it changed, so after every event no die has anything left to
+do (``tests/test_fsedp_sched.py`` checks it). Hence an arrival kicks only the die it reached:
+the die the slice left freed a slot or a use of it, which lets its predecessor forward (kicked
+by the release) but gives itself nothing new, and cannot end the trip (the in-flight cap), as
+the visit just made still has its compute ahead (a trip's walk ends at a needed die's first
+visit). A link freed only lets its lane forward again: the other lanes and the compute of its
+die are as the last event left them.
+
 The result is deterministic: events are ordered by (time, sequence number), and every choice
 has an explicit tie-break.
 """
@@ -89,7 +98,7 @@ has an explicit tie-break.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from heapq import heappop, heappush
 from itertools import count
 from typing import Any
@@ -105,7 +114,7 @@ from moec.ir.errors import ScheduleError
 from moec.ir.stream.params import fsedp_min_slots, fsedp_walk
 from moec.ir.stream.program import Instr, SliceRef
 
-__all__ = ["RULES", "Machine", "Problem", "Schedule", "Unit", "check_fits", "schedule"]
+__all__ = ["RULES", "Machine", "Problem", "Schedule", "Unit", "check_fits", "route", "schedule"]
 
 
 class _Sim:
@@ -124,9 +133,15 @@ class _Sim:
         for q, d in enumerate(self.walk):
             self.positions[d].append(q)
         lanes = max(len(v) for v in self.positions.values())
+        if lanes > 2:
+            raise ScheduleError(f"FSE-DP walk {self.walk} meets a die {lanes} times (internal)")
+        #: per die, its first and last position on the walk ((-1, -1) off it)
+        self.ends = [(min(v), max(v)) if v else (-1, -1) for v in self.positions.values()]
         self.K = k
         self.P = 0 if self.naive else max(1, k // (2 * lanes))
-        self.prefetch = {d: k - self.P * len(self.positions[d]) for d in range(self.n)}
+        self.prefetch = [k - self.P * len(self.positions[d]) for d in range(self.n)]
+        #: R5: channels push (else dies pull, R4)
+        self.pushes = prob.r5 and not self.naive
         # no walk to block on when nothing is forwarded (naive, or a single die)
         self.cap = (1 << 30) if self.naive or len(self.walk) == 1 else self.P * len(self.walk) - 1
         #: per die, its instructions in the order decided (the clock never goes back)
@@ -138,9 +153,9 @@ class _Sim:
         self.lanes = [_Lane() for _ in self.walk]
         for q, lane in enumerate(self.lanes):
             lane.succ = self.lanes[(q + 1) % len(self.lanes)]
-            self.dies[self.walk[q]].lanes.append(lane)
-        #: per walk position, its die
-        self.lane_die = [self.dies[d] for d in self.walk]
+            lane.die, lane.pred = self.walk[q], self.walk[q - 1]
+            self.dies[lane.die].lanes.append(lane)
+        self.send = prob.machine.send
         self.active = 0
         self.now = 0.0
         self.seq = count()
@@ -153,7 +168,7 @@ class _Sim:
         self.chan_queue: dict[int, deque[Trip]] = {}
         self.chan_out: dict[int, int] = {}
         self.channels_of: dict[int, list[int]] = {d: [] for d in range(self.n)}
-        self._routes: dict[tuple[int, int], list[int]] = {}
+        self._routes: dict[tuple[int, int], tuple[list[int], frozenset[int]]] = {}
         self._hops: dict[tuple[int, int], int] = {}
         for c, die in enumerate(prob.channel_die):
             self.channels_of[die].append(c)
@@ -179,49 +194,25 @@ class _Sim:
             d.peak = d.held
         return d.free.pop()
 
-    def give_slot(self, d: _Die, slot: int) -> None:
-        d.held -= 1
-        d.free.append(slot)
-
     def trip(self, unit: Unit, j: int) -> Trip:
         trip = Trip(len(self.trips), unit, j, SliceRef(self.p.layer, unit.expert, j))
         self.trips.append(trip)
         return trip
 
-    def route_of(self, die: int, unit: Unit) -> list[int]:
-        """:meth:`route_from` ``die`` through ``unit``'s needed dies, once per (die, unit): R5
-        asks it for every candidate die of every push (do not change the list)."""
+    def route_of(self, die: int, unit: Unit) -> tuple[list[int], frozenset[int]]:
+        """:func:`route` from ``die`` through ``unit``'s needed dies, once per (die, unit): R5
+        asks it for every candidate die of every push (do not change what it returns)."""
         key = (die, id(unit))  # a unit lives as long as the simulation
-        route = self._routes.get(key)
-        if route is None:
-            route = self._routes[key] = self.route_from(die, set(unit.tokens))
-        return route
-
-    def route_from(self, die: int, needed: set[int]) -> list[int]:
-        """Walk positions from the best position of ``die`` on to the last needed die."""
-        best: list[int] | None = None
-        W = len(self.walk)
-        for q0 in self.positions[die]:
-            left, path = set(needed), []
-            for step in range(W):
-                q = (q0 + step) % W
-                path.append(q)
-                left.discard(self.walk[q])
-                if not left:
-                    break
-            if best is None or len(path) < len(best):
-                best = path
-        assert best is not None
-        return best
+        hit = self._routes.get(key)
+        if hit is None:
+            hit = self._routes[key] = route(
+                len(self.walk), self.ends, self.positions[die], unit.tokens
+            )
+        return hit
 
     def set_path(self, trip: Trip, die: int) -> None:
-        trip.path = list(self.route_of(die, trip.unit))
-        seen: set[int] = set()
-        for h, q in enumerate(trip.path):
-            d = self.walk[q]
-            if d in trip.unit.tokens and d not in seen:
-                trip.compute_at.add(h)
-            seen.add(d)
+        trip.path, trip.compute_at = self.route_of(die, trip.unit)
+        trip.last = len(trip.path) - 1
 
     # --- planning ---
     def plan(self) -> None:
@@ -243,7 +234,7 @@ class _Sim:
                 for trip in per_slice:
                     if d in trip.unit.tokens:
                         t = self.trip(trip.unit, trip.slice)
-                        t.path, t.compute_at = [self.positions[d][0]], {0}
+                        t.path, t.compute_at, t.last = [self.positions[d][0]], {0}, 0
                         self.dies[d].queue.append(t)
 
     # --- R4 / R5: loads ---
@@ -279,14 +270,14 @@ class _Sim:
         (:meth:`loaded` into ``(die, trip)`` when it has crossed the last)."""
         hops, k = route
         end = self.p.machine.cross(hops[k], self.now)
-        if k + 1 == len(hops):
-            self.at(end, _Sim.loaded, *into)
+        if k + 1 == len(hops):  # at(), inlined: the most frequent event of naive rules
+            heappush(self.heap, (end, next(self.seq), _Sim.loaded, *into))
         else:
-            self.at(end, _Sim.cross, (hops, k + 1), into)
+            heappush(self.heap, (end, next(self.seq), _Sim.cross, (hops, k + 1), into))
 
     def room(self, d: _Die) -> int:
         """Free prefetch slots of ``d``."""
-        return min(self.prefetch[d.id] - self.locals_of(d), len(d.free))
+        return min(self.prefetch[d.id] - (d.loading + len(d.ready) + d.started), len(d.free))
 
     def start_pushes(self) -> None:
         """R5's bookkeeping once the queues are filled (:meth:`plan`), then every channel's
@@ -346,13 +337,13 @@ class _Sim:
         key = (home, id(unit))  # a unit lives as long as the simulation
         out = self._targets.get(key)
         if out is None:
-            longest = len(self.route_of(home, unit))
+            longest = len(self.route_of(home, unit)[0])
             out = self._targets[key] = [
                 (die, self.hops(home, die), length, pos)
                 for pos, die in enumerate(self.p.order)
                 if die != home
                 and die in unit.tokens
-                and (length := len(self.route_of(die, unit))) <= longest
+                and (length := len(self.route_of(die, unit)[0])) <= longest
             ]
         return out
 
@@ -368,10 +359,15 @@ class _Sim:
         self.push(c)
 
     def refill(self, d: _Die) -> None:
-        if self.p.r5 and not self.naive:
-            queues = self.chan_queue
+        if self.pushes:
+            queues, out, dies, home = self.chan_queue, self.chan_out, self.dies, self.p.channel_die
             for c in self.chan_order:
-                if queues[c]:
+                # what push() would find nothing to do for is not asked (most refills): a
+                # drained channel, or one whose die has no room while it still reads or while
+                # no die is unfed (push_target())
+                if queues[c] and (
+                    self.room(dies[home[c]]) > 0 or (self.any_unfed and not out.get(c, 0))
+                ):
                     self.push(c)
         else:
             self.pull(d)
@@ -389,7 +385,7 @@ class _Sim:
                     break  # its compute waits; a pass-through start needs none
                 ready.popleft()  # R2: a new trajectory starts here
                 d.started += 1
-                self.arrive(d, self.visit(trip, trip.slot, 0))
+                self.arrive(d, self.visit(d, trip))
             else:
                 break
         P = self.P
@@ -403,25 +399,25 @@ class _Sim:
             ):
                 self.forward(d, lane)
 
-    def visit(self, trip: Trip, slot: int, hop: int) -> _Visit:
+    def visit(self, d: _Die, trip: Trip) -> _Visit:
+        """The trip's stay on its entry die ``d`` (:meth:`forward` makes the others)."""
         trip.open += 1
-        if hop == len(trip.path) - 1:
+        if trip.last == 0:
             trip.ended = True
-        return _Visit(trip, self.walk[trip.path[hop]], slot, hop)
+        return _Visit(trip, d, trip.slot, 0, self.lanes[trip.path[0]])
 
     def arrive(self, d: _Die, v: _Visit) -> None:
         """R1: a slice held here is computed (if the die has tokens for it) and, unless this is
         the trajectory's end, forwarded at once: the two overlap, the weights are read-only."""
-        trip = v.trip
-        if v.hop in trip.compute_at:
+        trip, hop = v.trip, v.hop
+        if hop in trip.compute_at:
             v.busy += 1
             d.inbox.append(v)
         else:
             self.pass_throughs += 1
-        if v.hop < len(trip.path) - 1:
+        if hop < trip.last:
             v.busy += 1
-            lane = self.lanes[trip.path[v.hop]]
-            (lane.outbox if v.hop else lane.entry).append(v)
+            (v.lane.outbox if hop else v.lane.entry).append(v)
 
     def compute(self, d: _Die, v: _Visit) -> None:
         d.computing = True
@@ -448,7 +444,7 @@ class _Sim:
             return
         if self.write:
             d.out.append(mk.free(v.slot))
-        d.held -= 1  # give_slot(), inlined
+        d.held -= 1
         d.free.append(v.slot)
         trip = v.trip
         trip.open -= 1
@@ -462,67 +458,64 @@ class _Sim:
             d.started -= 1
             self.refill(d)  # R4: a prefetch slot is free again
         else:
-            q = trip.path[v.hop]
-            self.lanes[q].pipeline -= 1
-            self.kick(self.lane_die[q - 1])  # its predecessor may forward again
+            lane = v.lane
+            lane.pipeline -= 1
+            self.kick(self.dies[lane.pred])  # its predecessor may forward again
 
     def forward(self, d: _Die, lane: _Lane) -> None:
-        """Send the lane's next slice on (received ones first, they hold the walk's slots), if
-        the successor's lane has room; the caller checked that the lane is idle and has one."""
-        queue = lane.outbox if lane.outbox else lane.entry
-        v = queue[0]
+        """Send the lane's next slice on (received ones first, they hold the walk's slots) to
+        the successor's lane (a trip's path is consecutive positions); the caller checked that
+        the lane is idle and has one, and that the successor has room (backpressure)."""
+        v = (lane.outbox if lane.outbox else lane.entry).popleft()
         trip = v.trip
         hop = v.hop + 1
-        nq = trip.path[hop]
-        nlane = self.lanes[nq]
-        if nlane.pipeline >= self.P:
-            return  # backpressure: retried when nxt frees a slot of that lane
-        queue.popleft()
         if not trip.entered:
             trip.entered = True
             self.active += 1
         lane.sending = True
+        nlane = lane.succ
         nlane.pipeline += 1
-        nxt = self.lane_die[nq]
+        nxt = self.dies[nlane.die]
         if not nxt.free:  # take_slot(), inlined
             raise ScheduleError(f"FSE-DP scheduler: die {nxt.id} has no free slot (internal)")
         slot = nxt.free.pop()
-        nxt.held += 1
-        if nxt.held > nxt.peak:
-            nxt.peak = nxt.held
+        held = nxt.held = nxt.held + 1
+        if held > nxt.peak:
+            nxt.peak = held
         trip.open += 1  # visit(), inlined: every hop makes one
-        if hop == len(trip.path) - 1:
+        if hop == trip.last:
             trip.ended = True
-        nv = _Visit(trip, nxt.id, slot, hop)
+        nv = _Visit(trip, nxt, slot, hop, nlane)
         nbytes = trip.nbytes
         if self.write:
             d.out.append(mk.send(nxt.id, nbytes, v.slot))
-            nxt.out.append(mk.recv(d.id, nbytes, nv.slot, trip.ref))
-        link_free, end = self.p.machine.send(d.id, nxt.id, nbytes, self.now)
+            nxt.out.append(mk.recv(d.id, nbytes, slot, trip.ref))
+        link_free, end = self.send(d.id, nxt.id, nbytes, self.now)
         heap, seq = self.heap, self.seq  # at(), inlined: two events per hop
         heappush(heap, (link_free, next(seq), _Sim.sent, d, lane))
         heappush(heap, (end, next(seq), _Sim.hopped, v, nv))
 
     def sent(self, d: _Die, lane: _Lane) -> None:
-        """The link is free for the lane's next forward."""
+        """The link is free for the lane's next forward: :meth:`kick` of ``d``, which can find
+        nothing else to do (module docstring, "Kicks")."""
         lane.sending = False
-        self.kick(d)
+        if lane.succ.pipeline < self.P and (lane.outbox or (lane.entry and self.active < self.cap)):
+            self.forward(d, lane)
 
     def hopped(self, v: _Visit, nv: _Visit) -> None:
-        """The slice of ``v`` has arrived as ``nv`` on the next die."""
-        d, nxt = self.dies[v.die], self.dies[nv.die]
-        self.arrive(nxt, nv)
+        """The slice of ``v`` has arrived as ``nv`` on the next die: :meth:`kick` that die (the
+        one it left has nothing new to do: module docstring, "Kicks")."""
+        self.arrive(nv.die, nv)
         if v.busy > 1:  # release(), whose first step this is, when the slot is still in use
             v.busy -= 1
         else:
-            self.release(d, v)
-        self.kick(nxt)
-        self.kick(d)
+            self.release(v.die, v)
+        self.kick(nv.die)
 
     # --- the run ---
     def run(self) -> Schedule:
         self.plan()
-        if self.p.r5 and not self.naive:
+        if self.pushes:
             self.start_pushes()
         else:
             for d in self.dies:
@@ -545,6 +538,36 @@ class _Sim:
         return Schedule(
             streams, paths, self.now, {d.id: d.peak for d in self.dies}, self.pass_throughs
         )
+
+
+def route(
+    W: int, ends: list[tuple[int, int]], starts: list[int], needed: Iterable[int]
+) -> tuple[list[int], frozenset[int]]:
+    """The positions of a walk of ``W`` a slice entering at one of ``starts`` takes to its last
+    needed die, and the hops of that route where it is computed (each needed die's first
+    visit). From each start, a needed die is first met at the nearer ahead of its first and
+    last position (``ends``: a die meets the walk at most twice; one off it, never: the route
+    is then the whole walk); the route ends at the needed die met last; the shortest wins (ties:
+    the first start). ``tests/test_fsedp_sched.py`` checks it against the walk step by step."""
+    best: tuple[int, int, list[int]] | None = None
+    for q0 in starts:
+        steps, at = 0, []
+        for d in needed:
+            a, b = ends[d]
+            if a < 0:
+                steps = W - 1
+                continue
+            a, b = (a - q0) % W, (b - q0) % W
+            if b < a:
+                a = b
+            at.append(a)
+            if a > steps:
+                steps = a
+        if best is None or steps < best[0]:
+            best = (steps, q0, at)
+    assert best is not None
+    steps, q0, at = best
+    return [(q0 + s) % W for s in range(steps + 1)], frozenset(at)
 
 
 def check_fits(prob: Problem) -> int:

@@ -27,8 +27,9 @@ class Trip:
     ended: bool = False
     #: whether it has left its entry die (counts against the in-flight cap until it ends)
     entered: bool = False
-    #: hops of ``path`` (walk positions) where the slice is computed
-    compute_at: set[int] = field(default_factory=set)
+    #: hops of ``path`` (walk positions) where the slice is computed, and its last hop
+    compute_at: set[int] | frozenset[int] = field(default_factory=set)
+    last: int = 0
     nbytes: int = 0
     channel: int = 0
 
@@ -39,12 +40,14 @@ class Trip:
 
 @dataclass(slots=True)
 class Visit:
-    """A trip's stay on one die: the slot it holds there and the uses (compute, forward) left."""
+    """A trip's stay on one die: the slot it holds there, the lane of its walk position and
+    the uses (compute, forward) left."""
 
     trip: Trip
-    die: int
+    die: DieState
     slot: int
     hop: int
+    lane: Lane
     busy: int = 0
 
 
@@ -82,6 +85,11 @@ class Lane:
     #: slices loaded here waiting to enter the walk (behind the received ones and the cap)
     entry: deque[Visit] = field(default_factory=deque)
     sending: bool = False
+    #: the die at this position and at the one before it (which forwards here), as ids: a
+    #: lane referring to a die would tie the dies (and their streams) into the lanes' ring,
+    #: a reference cycle, kept alive after the run until a full garbage collection
+    die: int = field(init=False)
+    pred: int = field(init=False)
     #: received slices held at the next position of the walk (where every slice here goes on
     #: to: a trip's path is consecutive positions), its ``pipeline``; set once all exist
     succ: Lane = field(init=False)
