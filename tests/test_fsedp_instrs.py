@@ -47,3 +47,15 @@ def test_a_maker_builds_a_new_object_each_call() -> None:
 def test_a_changed_field_is_seen() -> None:
     assert mk.gemm(3, TOKENS) != Gemm(4, TOKENS)
     assert mk.recv(6, 49152, 1, REF) != Recv(6, 49152, 1, SliceRef("moe0", 5, 3))
+
+
+def test_a_twin_of_another_layout_is_refused() -> None:
+    from moec.ir.stream.opcodes import Instruction
+
+    class Short(Instruction):
+        __slots__ = ("slot", "loc")
+
+    with pytest.raises(TypeError, match="layout"):
+        mk._twin_of(Gemm, Short, ("slot", "tokens"))
+    with pytest.raises(TypeError, match="default to None"):
+        mk._twin_of(Load, mk._Load, ("slot", "channel", "content"))  # nbytes has no default

@@ -122,6 +122,7 @@ def _units(
     units: list[Unit] = []
     mats = 3 if m.gated else 2  # shared experts are gated exactly when the routed ones are
     gated = m.gated  # the shared experts too (the ISA's ``gated`` covers both)
+    hidden, slice_compute = m.hidden, engine.slice_compute
     #: per precision-table entry (None: the layer's list), the slices' bytes and precisions
     shapes: dict[tuple[bool, str | None], tuple[list[int], tuple[int, ...], list[str]]] = {}
 
@@ -146,7 +147,7 @@ def _units(
         widths, nbytes, precs = shape_of(expert)
 
         def compute(d: int, j: int, _c: dict[int, int] = counts) -> tuple[float, ...]:
-            return engine.slice_compute(d, _c[d], m.hidden, widths[j], gated, precs[j])
+            return slice_compute(d, _c[d], hidden, widths[j], gated, precs[j])
 
         return Unit(expert, per_die, nbytes, tuple((base + j) % C for j in range(len(nbytes))),
                     compute)  # fmt: skip

@@ -423,10 +423,7 @@ class _Sim:
         d.computing = True
         trip = v.trip
         if self.write:
-            ts, slot, out = trip.unit.tokens[d.id], v.slot, d.out
-            out.append(mk.gemm(slot, ts))
-            out.append(mk.act(slot, ts))
-            out.append(mk.accum(slot, ts))
+            mk.slice_ops(d.out, v.slot, trip.unit.tokens[d.id])
         end = self.now
         for dur in trip.unit.compute(d.id, trip.slice):  # op by op, as the interpreter adds
             end += dur
