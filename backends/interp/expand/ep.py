@@ -67,7 +67,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from moec.backends.interp.expand import ExpandContext, register, stream_slices, token_set
+from moec.backends.interp.expand import (
+    ExpandContext,
+    register,
+    stream_slices,
+    token_set,
+    token_sets,
+)
 from moec.backends.interp.expand.ep_chunked import expand_chunked, no_split, relay
 from moec.backends.interp.expand.load_order import Piece, Work, order_work
 from moec.backends.interp.expand.tp import broadcast, reduce_to_home
@@ -147,6 +153,7 @@ def expand_work(
 
     homes: dict[int, tuple[TokenSet, int]] = {}
     groups: dict[tuple[int, int], np.ndarray] = {}
+    group_ts: dict[tuple[int, int], TokenSet] = {}
     if split is not None:  # 1. x all-gather: every die computes shared slices for every token
         for h in range(D):
             toks = np.nonzero(home == h)[0]
@@ -166,8 +173,9 @@ def expand_work(
                 if part_hd.size:
                     c = int(part_hd[0])
                     groups[(c // D, c % D)] = part_t
+        group_ts = dict(zip(groups, token_sets(list(groups.values())), strict=True))
         x_routes = [
-            (t.route(h, d), token_set(toks), ctx.activation_bytes(int(toks.size)))
+            (t.route(h, d), group_ts[(h, d)], ctx.activation_bytes(int(toks.size)))
             for (h, d), toks in sorted(groups.items())
         ]
         relay(out, x_routes, m.name, "x")
@@ -187,17 +195,17 @@ def expand_work(
                 _stream_slices(out[d], ctx, d, None, ch, token_set(own), cursors[d])
 
     # 3. routed experts: each die's share of the split ones, then its whole ones
-    for d, e, ch, toks, js in pieces:
-        _stream_slices(out[d], ctx, d, e, ch, token_set(toks), cursors[d], list(js))
-    for d, e, ch, toks in work:
-        _stream_slices(out[d], ctx, d, e, ch, token_set(toks), cursors[d])
+    for (d, e, ch, _, js), ts in zip(pieces, token_sets([p[3] for p in pieces]), strict=True):
+        _stream_slices(out[d], ctx, d, e, ch, ts, cursors[d], list(js))
+    for (d, e, ch, _), ts in zip(work, token_sets([w[3] for w in work]), strict=True):
+        _stream_slices(out[d], ctx, d, e, ch, ts, cursors[d])
 
     # 4. y back to the home dies
     if split is not None:
         reduce_to_home(out, t, m.name, homes)
     else:
         y_routes = [
-            (t.route(d, h), token_set(toks), ctx.activation_bytes(int(toks.size)))
+            (t.route(d, h), group_ts[(h, d)], ctx.activation_bytes(int(toks.size)))
             for (h, d), toks in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
         ]
         relay(out, y_routes, m.name, "y")

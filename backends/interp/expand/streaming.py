@@ -1,0 +1,153 @@
+"""A die's run of streamed micro-slices as instructions, made a column at a time.
+
+EP, TP, Hydra and EPLB stream an expert's micro-slices on a die as five instructions each,
+``load`` into the next slot (round robin), ``gemm``, ``act``, ``accum``, ``free``
+(:func:`stream_slices`). A whole model is hundreds of thousands of slices, and making their
+instructions one constructor call at a time (:func:`stream_slices_reference`) was most of the
+expansion: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``.
+
+:func:`stream_slices` makes the same objects a column at a time instead: :func:`make` allocates
+a run's objects and sets each field over the whole run through the field's slot descriptor
+(one C-level ``map`` per field), the four compute steps of a slot repeat with the slot cycle, and
+slice assignment interleaves the five columns. Same values, same order, same sharing (tests
+compare the two on every tiny golden).
+
+    run of 6 slices of e3 on slots [0, 1, 2], cursor at 1:
+      loads  = [load s1 ... s0, load s2 ... s1, load s0 ... s2, load s1 ... s3, ...]
+      gemms  = [gemm s1, gemm s2, gemm s0] * 2      (act, accum, free alike)
+      block[0::5] = loads; block[1::5] = gemms; ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from moec.ir.stream.program import Accum, Act, Free, Gemm, Instr, Load, SliceRef, TokenSet
+
+if TYPE_CHECKING:
+    from moec.backends.interp.expand import ExpandContext
+
+T = TypeVar("T")
+
+#: Runs shorter than this many slices are made one slice at a time (the columns' fixed cost
+#: is about that of three slices).
+BATCH = 4
+
+_new = object.__new__
+_drain: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend
+_setters: dict[type, tuple[Callable[[Any, Any], None], ...]] = {}
+
+
+def _fields(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot descriptors' setters of ``cls``'s fields, in field order (a frozen ``slots``
+    dataclass without ``__post_init__``: its ``__init__`` only sets the fields)."""
+    hit = _setters.get(cls)
+    if hit is None:
+        if not dataclasses.is_dataclass(cls) or "__slots__" not in vars(cls):
+            raise TypeError(f"{cls.__name__} is not a dataclass with slots")
+        if hasattr(cls, "__post_init__"):
+            raise TypeError(f"{cls.__name__} has __post_init__: make() would skip it")
+        hit = _setters[cls] = tuple(getattr(cls, f.name).__set__ for f in dataclasses.fields(cls))
+    return hit
+
+
+def make(cls: type[T], n: int, *columns: Iterable[Any]) -> list[T]:
+    """``[cls(*row) for row in zip(*columns)]`` for ``n`` rows: every field given, in field
+    order (``repeat(v, n)`` for a constant), each set over all rows in one pass."""
+    setters = _fields(cls)
+    if len(columns) != len(setters):
+        raise TypeError(f"{cls.__name__} has {len(setters)} fields, make() got {len(columns)}")
+    objs = list(map(_new, repeat(cls, n)))
+    for setter, values in zip(setters, columns, strict=True):
+        _drain(map(setter, objs, values))
+    return objs
+
+
+def _step_columns(
+    ctx: ExpandContext, ts: TokenSet, slots: list[int]
+) -> list[tuple[Instr, ...]]:  # fmt: skip
+    """The ``gemm``s, ``act``s, ``accum``s and ``free``s of ``slots`` for ``ts``, one tuple
+    per kind in ``slots``' order (memoized on ``ctx`` per set and slot, made when missing)."""
+    entry = ctx._steps.get(id(ts))
+    if entry is None:
+        entry = ctx._steps[id(ts)] = (ts, {})
+    memo = entry[1]
+    missing = [s for s in slots if s not in memo]
+    if missing:
+        m = len(missing)
+        made = zip(
+            make(Gemm, m, missing, repeat(ts, m), repeat(None, m)),
+            make(Act, m, missing, repeat(ts, m), repeat(None, m)),
+            make(Accum, m, missing, repeat(ts, m), repeat(None, m)),
+            make(Free, m, missing, repeat(None, m)),
+            strict=True,
+        )
+        memo.update(zip(missing, made, strict=True))
+    return list(zip(*map(memo.__getitem__, slots), strict=True))
+
+
+def stream_slices(
+    out: list[Instr], ctx: ExpandContext, slots: list[int], cursor: list[int],
+    expert: int | None, channel: int | Sequence[int], ts: TokenSet, js: Sequence[int],
+) -> None:  # fmt: skip
+    """Load, compute and free micro-slices ``js`` of ``expert`` (None: the shared experts)
+    from ``channel`` (or slice ``j`` from ``channel[j]``) for tokens ``ts``, each through
+    the next of ``slots`` (``cursor[0]`` counts the slices streamed so far): ``load``,
+    ``gemm``, ``act``, ``accum``, ``free``.
+
+    Instructions are frozen values, so the slices that use one slot for one token set share
+    one ``gemm``, ``act``, ``accum`` and ``free`` object (memoized on ``ctx``): the same
+    program, with two objects made per slice (its ``load`` and the ``load``'s micro-slice)
+    rather than six. Nothing that keys instructions by identity sees a shared one: serving
+    copies every instruction it hosts (:func:`moec.backends.interp.serving.concatenate`),
+    and the catch-up steps (:mod:`.fsedp_deferred`) are FSE-DP's only."""
+    n = len(js)
+    if n < BATCH:
+        stream_slices_reference(out, ctx, slots, cursor, expert, channel, ts, js)
+        return
+    nslots = len(slots)
+    k = cursor[0] % nslots
+    cursor[0] += n
+    cycle = slots[k:] + slots[:k]
+    reps = -(-n // nslots)
+    nbytes = ctx.expert_slice_bytes(expert)
+    if isinstance(js, range) and js.step == 1:
+        sizes: Sequence[int] = nbytes[js.start : js.stop]
+    else:
+        sizes = list(map(nbytes.__getitem__, js))
+    chs = repeat(channel, n) if isinstance(channel, int) else map(channel.__getitem__, js)
+    refs = make(SliceRef, n, repeat(ctx.layer.name, n), repeat(expert, n), js)
+    block: list[Instr] = [None] * (5 * n)  # type: ignore[list-item]
+    block[0::5] = make(Load, n, (cycle * reps)[:n], chs, refs, sizes, repeat(None, n))
+    for q, column in enumerate(_step_columns(ctx, ts, cycle[:n]), start=1):
+        block[q::5] = (column * reps)[:n]
+    out += block
+
+
+def stream_slices_reference(
+    out: list[Instr], ctx: ExpandContext, slots: list[int], cursor: list[int],
+    expert: int | None, channel: int | Sequence[int], ts: TokenSet, js: Sequence[int],
+) -> None:  # fmt: skip
+    """:func:`stream_slices` one slice, and one constructor call, at a time."""
+    name = ctx.layer.name
+    nbytes = ctx.expert_slice_bytes(expert)
+    nslots = len(slots)
+    k = cursor[0]
+    entry = ctx._steps.get(id(ts))
+    if entry is None:
+        entry = ctx._steps[id(ts)] = (ts, {})
+    memo = entry[1]
+    chs = repeat(channel) if isinstance(channel, int) else map(channel.__getitem__, js)
+    for j, ch in zip(js, chs, strict=False):  # ``repeat`` has no end
+        s = slots[k % nslots]
+        k += 1
+        out.append(Load(s, ch, SliceRef(name, expert, j), nbytes[j]))
+        steps = memo.get(s)
+        if steps is None:
+            steps = memo[s] = (Gemm(s, ts), Act(s, ts), Accum(s, ts), Free(s))
+        out += steps
+    cursor[0] = k
