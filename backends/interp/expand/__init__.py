@@ -163,13 +163,14 @@ class ExpandContext:
 
 # the streamed micro-slices' instructions (imported here: the expanders take them from here)
 from moec.backends.interp.expand.streaming import (  # noqa: E402
+    stream_runs,
     stream_slices,
     stream_slices_reference,
 )
 
 __all__ = [
     "EXPANDERS", "ExpandContext", "Expander", "expand_layer", "expand_program", "expanders",
-    "layer_context", "layouts_for", "register", "splice", "stream_slices",
+    "layer_context", "layouts_for", "register", "splice", "stream_runs", "stream_slices",
     "stream_slices_reference", "token_set", "token_sets", "tokens_of",
 ]  # fmt: skip
 

@@ -21,6 +21,7 @@ compare the two on every tiny golden).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
@@ -67,6 +68,11 @@ def make(cls: type[T], n: int, *columns: Iterable[Any]) -> list[T]:
     return objs
 
 
+#: One run of micro-slices: (expert (None: the shared experts), its channel or each slice's
+#: channel by slice index, its tokens, its slices).
+Run = tuple[int | None, int | Sequence[int], TokenSet, Sequence[int]]
+
+
 def _step_columns(
     ctx: ExpandContext, ts: TokenSet, slots: list[int]
 ) -> list[tuple[Instr, ...]]:  # fmt: skip
@@ -76,7 +82,7 @@ def _step_columns(
     if entry is None:
         entry = ctx._steps[id(ts)] = (ts, {})
     memo = entry[1]
-    missing = [s for s in slots if s not in memo]
+    missing = list(dict.fromkeys(s for s in slots if s not in memo))
     if missing:
         m = len(missing)
         made = zip(
@@ -88,6 +94,12 @@ def _step_columns(
         )
         memo.update(zip(missing, made, strict=True))
     return list(zip(*map(memo.__getitem__, slots), strict=True))
+
+
+def _sizes(nbytes: tuple[int, ...], js: Sequence[int]) -> Sequence[int]:
+    if isinstance(js, range) and js.step == 1:
+        return nbytes[js.start : js.stop]
+    return list(map(nbytes.__getitem__, js))
 
 
 def stream_slices(
@@ -105,26 +117,46 @@ def stream_slices(
     rather than six. Nothing that keys instructions by identity sees a shared one: serving
     copies every instruction it hosts (:func:`moec.backends.interp.serving.concatenate`),
     and the catch-up steps (:mod:`.fsedp_deferred`) are FSE-DP's only."""
-    n = len(js)
+    stream_runs(out, ctx, slots, cursor, [(expert, channel, ts, js)])
+
+
+def stream_runs(
+    out: list[Instr], ctx: ExpandContext, slots: list[int], cursor: list[int], runs: Sequence[Run]
+) -> None:  # fmt: skip
+    """:func:`stream_slices` of each of ``runs`` in turn, on one die: all their loads made in
+    one :func:`make` per class, each run's steps as its stretch of the slot cycle."""
+    n = sum(len(r[3]) for r in runs)
     if n < BATCH:
-        stream_slices_reference(out, ctx, slots, cursor, expert, channel, ts, js)
+        for expert, channel, ts, js in runs:
+            stream_slices_reference(out, ctx, slots, cursor, expert, channel, ts, js)
         return
     nslots = len(slots)
     k = cursor[0] % nslots
     cursor[0] += n
     cycle = slots[k:] + slots[:k]
-    reps = -(-n // nslots)
-    nbytes = ctx.expert_slice_bytes(expert)
-    if isinstance(js, range) and js.step == 1:
-        sizes: Sequence[int] = nbytes[js.start : js.stop]
-    else:
-        sizes = list(map(nbytes.__getitem__, js))
-    chs = repeat(channel, n) if isinstance(channel, int) else map(channel.__getitem__, js)
-    refs = make(SliceRef, n, repeat(ctx.layer.name, n), repeat(expert, n), js)
+    order = (cycle * -(-n // nslots))[:n]
+    chain = itertools.chain.from_iterable
+    refs = make(
+        SliceRef, n, repeat(ctx.layer.name, n), chain(repeat(r[0], len(r[3])) for r in runs),
+        chain(r[3] for r in runs),
+    )  # fmt: skip
+    chs = chain(
+        repeat(ch, len(js)) if isinstance(ch, int) else map(ch.__getitem__, js)
+        for _, ch, _, js in runs
+    )
+    sizes = chain(_sizes(ctx.expert_slice_bytes(r[0]), r[3]) for r in runs)
     block: list[Instr] = [None] * (5 * n)  # type: ignore[list-item]
-    block[0::5] = make(Load, n, (cycle * reps)[:n], chs, refs, sizes, repeat(None, n))
-    for q, column in enumerate(_step_columns(ctx, ts, cycle[:n]), start=1):
-        block[q::5] = (column * reps)[:n]
+    block[0::5] = make(Load, n, order, chs, refs, sizes, repeat(None, n))
+    columns: list[list[Instr]] = [[], [], [], []]
+    at = 0
+    for _, _, ts, js in runs:
+        if js:
+            part = _step_columns(ctx, ts, order[at : at + len(js)])
+            at += len(js)
+            for column, steps in zip(columns, part, strict=True):
+                column += steps
+    for q, column in enumerate(columns, start=1):
+        block[q::5] = column
     out += block
 
 
