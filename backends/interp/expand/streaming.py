@@ -6,14 +6,16 @@ EP, TP, Hydra and EPLB stream an expert's micro-slices on a die as five instruct
 instructions one constructor call at a time (:func:`stream_slices_reference`) was most of the
 expansion: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``.
 
-:func:`stream_slices` makes the same objects a column at a time instead: :func:`make` allocates
-a run's objects and sets each field over the whole run through the field's slot descriptor
-(one C-level ``map`` per field), the four compute steps of a slot repeat with the slot cycle, and
-slice assignment interleaves the five columns. Same values, same order, same sharing (tests
-compare the two on every tiny golden).
+:func:`stream_slices` (:func:`stream_runs` for a die's runs one after the other) makes the
+same objects a column at a time instead: :func:`make` allocates the run's objects and sets each
+field over the whole run through the field's slot descriptor (one C-level ``map`` per field);
+the compute steps, shared per (slot, token set), are made the same way when missing; slice
+assignment interleaves the five columns. Same values, same order, same sharing (tests compare
+the two on the tiny goldens and on real layers).
 
-    run of 6 slices of e3 on slots [0, 1, 2], cursor at 1:
-      loads  = [load s1 ... s0, load s2 ... s1, load s0 ... s2, load s1 ... s3, ...]
+    a run of 6 slices of e3 on slots [0, 1, 2], cursor at 1:
+      slots  = [1, 2, 0, 1, 2, 0]
+      loads  = make(Load, 6, slots, channels, make(SliceRef, 6, ...), bytes, [None] * 6)
       gemms  = [gemm s1, gemm s2, gemm s0] * 2      (act, accum, free alike)
       block[0::5] = loads; block[1::5] = gemms; ...
 """
@@ -73,27 +75,43 @@ def make(cls: type[T], n: int, *columns: Iterable[Any]) -> list[T]:
 Run = tuple[int | None, int | Sequence[int], TokenSet, Sequence[int]]
 
 
-def _step_columns(
-    ctx: ExpandContext, ts: TokenSet, slots: list[int]
-) -> list[tuple[Instr, ...]]:  # fmt: skip
-    """The ``gemm``s, ``act``s, ``accum``s and ``free``s of ``slots`` for ``ts``, one tuple
-    per kind in ``slots``' order (memoized on ``ctx`` per set and slot, made when missing)."""
-    entry = ctx._steps.get(id(ts))
-    if entry is None:
-        entry = ctx._steps[id(ts)] = (ts, {})
-    memo = entry[1]
-    missing = list(dict.fromkeys(s for s in slots if s not in memo))
-    if missing:
-        m = len(missing)
+def _steps(
+    ctx: ExpandContext, runs: Sequence[Run], order: list[int]
+) -> list[tuple[Gemm, Act, Accum, Free]]:  # fmt: skip
+    """The ``gemm``, ``act``, ``accum`` and ``free`` of each slice of ``runs``, whose slots are
+    ``order``: memoized on ``ctx`` per token set and slot, the missing ones made in one
+    :func:`make` per class."""
+    memos, made_s, made_ts, made_in = [], [], [], []
+    at = 0
+    for _, _, ts, js in runs:
+        entry = ctx._steps.get(id(ts))
+        if entry is None:
+            entry = ctx._steps[id(ts)] = (ts, {})
+        memo = entry[1]
+        seg = order[at : at + len(js)]
+        at += len(js)
+        for s in dict.fromkeys(seg):
+            if s not in memo:
+                memo[s] = None  # type: ignore[assignment]  # made below
+                made_s.append(s)
+                made_ts.append(ts)
+                made_in.append(memo)
+        memos.append((memo, seg))
+    if made_s:
+        m = len(made_s)
         made = zip(
-            make(Gemm, m, missing, repeat(ts, m), repeat(None, m)),
-            make(Act, m, missing, repeat(ts, m), repeat(None, m)),
-            make(Accum, m, missing, repeat(ts, m), repeat(None, m)),
-            make(Free, m, missing, repeat(None, m)),
+            make(Gemm, m, made_s, made_ts, repeat(None, m)),
+            make(Act, m, made_s, made_ts, repeat(None, m)),
+            make(Accum, m, made_s, made_ts, repeat(None, m)),
+            make(Free, m, made_s, repeat(None, m)),
             strict=True,
         )
-        memo.update(zip(missing, made, strict=True))
-    return list(zip(*map(memo.__getitem__, slots), strict=True))
+        for memo, s, steps in zip(made_in, made_s, made, strict=True):
+            memo[s] = steps
+    out: list[tuple[Gemm, Act, Accum, Free]] = []
+    for memo, seg in memos:
+        out += map(memo.__getitem__, seg)
+    return out
 
 
 def _sizes(nbytes: tuple[int, ...], js: Sequence[int]) -> Sequence[int]:
@@ -124,7 +142,7 @@ def stream_runs(
     out: list[Instr], ctx: ExpandContext, slots: list[int], cursor: list[int], runs: Sequence[Run]
 ) -> None:  # fmt: skip
     """:func:`stream_slices` of each of ``runs`` in turn, on one die: all their loads made in
-    one :func:`make` per class, each run's steps as its stretch of the slot cycle."""
+    one :func:`make` per class, and their steps (:func:`_steps`)."""
     n = sum(len(r[3]) for r in runs)
     if n < BATCH:
         for expert, channel, ts, js in runs:
@@ -147,15 +165,7 @@ def stream_runs(
     sizes = chain(_sizes(ctx.expert_slice_bytes(r[0]), r[3]) for r in runs)
     block: list[Instr] = [None] * (5 * n)  # type: ignore[list-item]
     block[0::5] = make(Load, n, order, chs, refs, sizes, repeat(None, n))
-    columns: list[list[Instr]] = [[], [], [], []]
-    at = 0
-    for _, _, ts, js in runs:
-        if js:
-            part = _step_columns(ctx, ts, order[at : at + len(js)])
-            at += len(js)
-            for column, steps in zip(columns, part, strict=True):
-                column += steps
-    for q, column in enumerate(columns, start=1):
+    for q, column in enumerate(zip(*_steps(ctx, runs, order), strict=True), start=1):
         block[q::5] = column
     out += block
 
