@@ -39,6 +39,8 @@ STAGES = (
     ("moec.backends.interp.simulate", "expand_runtime", "expansion (per layer)"),
     ("moec.backends.interp.expand.ep", "order_work", "expansion: EP-style load order"),
     ("moec.bench._Workloads", "trace", "routing trace"),
+    ("moec.bench._Workloads", "calibration_file", "calibration trace (drawn, saved)"),
+    ("moec.compiler.lower.hydra", "_load_cached", "calibration trace (read back)"),
 )
 
 
