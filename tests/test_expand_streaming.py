@@ -1,6 +1,6 @@
 """The whole-expert expansion's shortcuts (issue 19) against their references: the same program.
 
-:func:`~moec.backends.interp.expand.streaming.stream_slices` makes a run's instructions a column
+:func:`~moec.backends.interp.expand.streaming.stream_runs` makes a die's instructions a column
 at a time; :func:`~.streaming.stream_slices_reference` one at a time. :func:`token_sets` finds
 the runs of many arrays at once; :func:`token_set` one array at a time. The load order's greedy
 pick keeps a heap per channel; the reference below scans every remaining item.

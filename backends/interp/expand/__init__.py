@@ -84,7 +84,7 @@ class ExpandContext:
         default_factory=dict, init=False, repr=False, compare=False
     )
     #: per id of a token set: the set (kept alive, so that its id stays its own) and, per slot,
-    #: the ``gemm``, ``act``, ``accum`` and ``free`` that :func:`stream_slices` issues for it
+    #: the ``gemm``, ``act``, ``accum`` and ``free`` that :func:`stream_runs` issues for it
     _steps: dict[int, tuple[TokenSet, dict[int, tuple[Gemm, Act, Accum, Free]]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -164,13 +164,12 @@ class ExpandContext:
 # the streamed micro-slices' instructions (imported here: the expanders take them from here)
 from moec.backends.interp.expand.streaming import (  # noqa: E402
     stream_runs,
-    stream_slices,
     stream_slices_reference,
 )
 
 __all__ = [
     "EXPANDERS", "ExpandContext", "Expander", "expand_layer", "expand_program", "expanders",
-    "layer_context", "layouts_for", "register", "splice", "stream_runs", "stream_slices",
+    "layer_context", "layouts_for", "register", "splice", "stream_runs",
     "stream_slices_reference", "token_set", "token_sets", "tokens_of",
 ]  # fmt: skip
 

@@ -2,14 +2,13 @@
 
 EP, TP, Hydra and EPLB stream an expert's micro-slices on a die as five instructions each,
 ``load`` into the next slot (round robin), ``gemm``, ``act``, ``accum``, ``free``
-(:func:`stream_slices`). A whole model is hundreds of thousands of slices, and making their
+(:func:`stream_runs`). A whole model is hundreds of thousands of slices, and making their
 instructions one constructor call at a time (:func:`stream_slices_reference`) was most of the
 expansion: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``.
 
-:func:`stream_slices` (:func:`stream_runs` for a die's runs one after the other) makes the
-same objects a column at a time instead: :func:`make` allocates the run's objects and sets each
-field over the whole run through the field's slot descriptor (one C-level ``map`` per field);
-the compute steps, shared per (slot, token set), are made the same way when missing; slice
+:func:`stream_runs` makes the same objects, for a die's runs one after the other, a column at
+a time instead: :func:`make` allocates the objects and sets each field over all of them through
+the field's slot descriptor (one C-level ``map`` per field); the compute steps, shared per (slot, token set), are made the same way when missing; slice
 assignment interleaves the five columns. Same values, same order, same sharing (tests compare
 the two on the tiny goldens and on real layers).
 
@@ -120,14 +119,15 @@ def _sizes(nbytes: tuple[int, ...], js: Sequence[int]) -> Sequence[int]:
     return list(map(nbytes.__getitem__, js))
 
 
-def stream_slices(
-    out: list[Instr], ctx: ExpandContext, slots: list[int], cursor: list[int],
-    expert: int | None, channel: int | Sequence[int], ts: TokenSet, js: Sequence[int],
+def stream_runs(
+    out: list[Instr], ctx: ExpandContext, slots: list[int], cursor: list[int], runs: Sequence[Run]
 ) -> None:  # fmt: skip
-    """Load, compute and free micro-slices ``js`` of ``expert`` (None: the shared experts)
-    from ``channel`` (or slice ``j`` from ``channel[j]``) for tokens ``ts``, each through
-    the next of ``slots`` (``cursor[0]`` counts the slices streamed so far): ``load``,
-    ``gemm``, ``act``, ``accum``, ``free``.
+    """Load, compute and free the micro-slices of each of ``runs`` in turn on one die: a run
+    ``(expert, channel, ts, js)`` streams slices ``js`` of ``expert`` (None: the shared
+    experts) from ``channel`` (or slice ``j`` from ``channel[j]``) for tokens ``ts``, each
+    through the next of ``slots`` (``cursor[0]`` counts the slices streamed so far): ``load``,
+    ``gemm``, ``act``, ``accum``, ``free``. All the loads are made in one :func:`make` per
+    class, the steps by :func:`_steps`.
 
     Instructions are frozen values, so the slices that use one slot for one token set share
     one ``gemm``, ``act``, ``accum`` and ``free`` object (memoized on ``ctx``): the same
@@ -135,14 +135,6 @@ def stream_slices(
     rather than six. Nothing that keys instructions by identity sees a shared one: serving
     copies every instruction it hosts (:func:`moec.backends.interp.serving.concatenate`),
     and the catch-up steps (:mod:`.fsedp_deferred`) are FSE-DP's only."""
-    stream_runs(out, ctx, slots, cursor, [(expert, channel, ts, js)])
-
-
-def stream_runs(
-    out: list[Instr], ctx: ExpandContext, slots: list[int], cursor: list[int], runs: Sequence[Run]
-) -> None:  # fmt: skip
-    """:func:`stream_slices` of each of ``runs`` in turn, on one die: all their loads made in
-    one :func:`make` per class, and their steps (:func:`_steps`)."""
     n = sum(len(r[3]) for r in runs)
     if n < BATCH:
         for expert, channel, ts, js in runs:
@@ -174,7 +166,8 @@ def stream_slices_reference(
     out: list[Instr], ctx: ExpandContext, slots: list[int], cursor: list[int],
     expert: int | None, channel: int | Sequence[int], ts: TokenSet, js: Sequence[int],
 ) -> None:  # fmt: skip
-    """:func:`stream_slices` one slice, and one constructor call, at a time."""
+    """One run of :func:`stream_runs`, one slice and one constructor call at a time (the
+    reference the tests compare with)."""
     name = ctx.layer.name
     nbytes = ctx.expert_slice_bytes(expert)
     nslots = len(slots)
