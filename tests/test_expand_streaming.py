@@ -135,8 +135,11 @@ def test_token_sets_match_token_set_one_array_at_a_time() -> None:
         assert [hash(ts) for ts in got] == [hash(ts) for ts in want]
 
 
-def _greedy_reference(work: Sequence[tuple[int, int, int, np.ndarray]], timeline: tuple) -> tuple:
-    """The load order's greedy pick by a scan of every remaining item (first least wins)."""
+def _schedule_reference(
+    work: Sequence[tuple[int, int, int, np.ndarray]], timeline: tuple, greedy: bool
+) -> tuple:  # fmt: skip
+    """The load order's list schedule by scans: of the dies for the one that frees first, and
+    (``greedy``) of every remaining item of it for its pick (first least wins)."""
     chan_free, die_free = dict(timeline[0]), dict(timeline[1])
     load, busy = timeline[2], timeline[3]
     remaining = {c: 0.0 for c in chan_free}
@@ -148,10 +151,12 @@ def _greedy_reference(work: Sequence[tuple[int, int, int, np.ndarray]], timeline
     while pending:
         d = min(pending, key=lambda x: (die_free[x], x))
         now = die_free[d]
-        i = min(
-            pending[d],
-            key=lambda i: (max(now, chan_free[work[i][2]]), -remaining[work[i][2]], work[i][1]),
-        )
+        i = pending[d][0]
+        if greedy:
+            i = min(
+                pending[d],
+                key=lambda i: (max(now, chan_free[work[i][2]]), -remaining[work[i][2]], work[i][1]),
+            )
         ch = work[i][2]
         start = max(now, chan_free[ch])
         chan_free[ch] = start + load[i]
@@ -166,7 +171,7 @@ def _greedy_reference(work: Sequence[tuple[int, int, int, np.ndarray]], timeline
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_greedy_load_order_matches_the_scan_of_every_item(seed: int) -> None:
+def test_load_order_matches_the_scans_of_every_die_and_item(seed: int) -> None:
     rng = np.random.default_rng(seed)
     dies, channels = int(rng.integers(1, 5)), int(rng.integers(1, 4))
     n = int(rng.integers(0, 30))
@@ -183,7 +188,8 @@ def test_greedy_load_order_matches_the_scan_of_every_item(seed: int) -> None:
         load,
         busy,
     )
-    span, order = _list_schedule(work, timeline, True)
-    ref_span, ref_order = _greedy_reference(work, timeline)
-    assert span == ref_span
-    assert [id(w) for w in order] == [id(work[i]) for i in ref_order]
+    for greedy in (True, False):
+        span, order = _list_schedule(work, timeline, greedy)
+        ref_span, ref_order = _schedule_reference(work, timeline, greedy)
+        assert span == ref_span
+        assert [id(w) for w in order] == [id(work[i]) for i in ref_order]

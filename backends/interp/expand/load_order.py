@@ -111,7 +111,8 @@ def _list_schedule(
     The greedy pick is the first of the die's remaining items with the least (channel free
     time, minus the channel's remaining demand, expert id): the first two depend on the channel
     alone, so each channel's candidate is its least (expert id, position), kept in a heap per
-    (die, channel), and the pick is the least of those candidates."""
+    (die, channel), and the pick is the least of those candidates. The die that frees first
+    (ties: lower id) comes from a heap of (free time, die)."""
     chan_free, die_free = dict(timeline[0]), dict(timeline[1])
     load, busy = timeline[2], timeline[3]
     remaining = {c: 0.0 for c in chan_free}
@@ -126,9 +127,10 @@ def _list_schedule(
             heapq.heapify(h)
     left = {d: len(items) for d, items in pending.items()}
     out: dict[int, list[Work]] = {d: [] for d in pending}
-    while left:
-        d = min(left, key=lambda x: (die_free[x], x))
-        now = die_free[d]
+    free = [(die_free[d], d) for d in pending]  # only the die that takes an item moves
+    heapq.heapify(free)
+    while free:
+        now, d = heapq.heappop(free)
         if greedy:
             heaps = by_channel[d]
             ch = min(heaps, key=lambda c: (max(now, chan_free[c]), -remaining[c], heaps[c][0]))
@@ -144,8 +146,8 @@ def _list_schedule(
         remaining[ch] -= load[i]
         out[d].append(work[i])
         left[d] -= 1
-        if not left[d]:
-            del left[d]
+        if left[d]:
+            heapq.heappush(free, (die_free[d], d))
     span = max([*chan_free.values(), *die_free.values()], default=0.0)
     return span, [w for d in sorted(out) for w in out[d]]
 
