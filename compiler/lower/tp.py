@@ -108,18 +108,29 @@ def owners(count: int, num_dies: int) -> list[int]:
     return [j * num_dies // count for j in range(count)]
 
 
-def _shards(
-    lw: Lowering, d: MoEDecl, prefix: str, owner: list[int], channels: list[int],
-    layout: SliceLayout, nbytes: list[int], mats: int,
-) -> None:  # fmt: skip
-    """Declare each (die, channel) share of one expert (or of the shared experts)."""
-    for die in range(lw.target.num_dies):
+def _shares(
+    owner: list[int], channels: list[int], layout: SliceLayout, nbytes: list[int], num_dies: int
+) -> list[tuple[int, int, int, int]]:
+    """Each (die, channel) share of an expert's slices, die by die and channel by channel:
+    ``(die, channel, columns, bytes)`` (the same for every expert of a layer)."""
+    out = []
+    for die in range(num_dies):
         for ch in sorted({channels[j] for j, o in enumerate(owner) if o == die}):
             js = [j for j, o in enumerate(owner) if o == die and channels[j] == ch]
             cols = sum(layout.width(j) for j in js)
-            total = sum(nbytes[j] for j in js)
-            name = f"{prefix}.d{die}" + (f".ch{ch}" if len(set(channels)) > 1 else "")
-            lw.program.tensors.append(TensorDecl(name, d.dtype, (mats, d.hidden, cols), ch, total))
+            out.append((die, ch, cols, sum(nbytes[j] for j in js)))
+    return out
+
+
+def _shards(
+    lw: Lowering, d: MoEDecl, prefix: str, shares: list[tuple[int, int, int, int]],
+    spread: bool, mats: int,
+) -> None:  # fmt: skip
+    """Declare each (die, channel) share (:func:`_shares`) of one expert (or of the shared
+    experts); ``spread``: the slices use more than one channel (the names carry it)."""
+    for die, ch, cols, total in shares:
+        name = f"{prefix}.d{die}" + (f".ch{ch}" if spread else "")
+        lw.program.tensors.append(TensorDecl(name, d.dtype, (mats, d.hidden, cols), ch, total))
 
 
 def expected_experts(experts: int, top_k: int, tokens: int) -> float:
@@ -161,8 +172,10 @@ def lower_tp(lw: Lowering) -> None:
         flat = assign_channels([o for o, _ in items], [w for _, w in items], t)
         channels, shared_channels = flat[: len(owner)], flat[len(owner) :]
         mats = 3 if d.gated else 2
+        shares = _shares(owner, channels, plan.layout, plan.slice_bytes, t.num_dies)
+        spread = len(set(channels)) > 1
         for e in range(d.experts):
-            _shards(lw, d, f"{d.name}.e{e}", owner, channels, plan.layout, plan.slice_bytes, mats)
+            _shards(lw, d, f"{d.name}.e{e}", shares, spread, mats)
         params: dict[str, object] = {"owner": owner, "channels": channels}
         if lw.options.window is not None:
             params["window"] = lw.options.window
@@ -173,8 +186,9 @@ def lower_tp(lw: Lowering) -> None:
         if plan.shared_layout is not None:
             params["shared_owner"] = shared_owner
             params["shared_channels"] = shared_channels
-            _shards(
-                lw, d, f"{d.name}.shared", shared_owner, shared_channels, plan.shared_layout,
-                plan.shared_slice_bytes, mats,
+            shared_shares = _shares(
+                shared_owner, shared_channels, plan.shared_layout, plan.shared_slice_bytes,
+                t.num_dies,
             )  # fmt: skip
+            _shards(lw, d, f"{d.name}.shared", shared_shares, len(set(shared_channels)) > 1, mats)
         lw.policy(plan, "tp", params)

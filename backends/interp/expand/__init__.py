@@ -21,7 +21,6 @@ import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import repeat
 from typing import TypeVar
 
 import numpy as np
@@ -39,13 +38,11 @@ from moec.ir.stream.program import (
     Free,
     Gemm,
     Instr,
-    Load,
     MoE,
     MoEDecl,
     Program,
     RuntimePolicy,
     SliceLayout,
-    SliceRef,
     SlotPool,
     TokenSet,
 )
@@ -82,9 +79,13 @@ class ExpandContext:
     _expert_bytes: dict[int | None, tuple[int, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    #: per (slot, id of a token set): the set (kept alive, so that its id stays its own) and
-    #: the ``gemm``, ``act``, ``accum`` and ``free`` that :func:`stream_slices` issues for it
-    _steps: dict[tuple[int, int], tuple[TokenSet, tuple[Gemm, Act, Accum, Free]]] = field(
+    #: :meth:`expert_slice_bytes` per precision (None: the shared experts')
+    _bytes_of: dict[str | None, tuple[int, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    #: per id of a token set: the set (kept alive, so that its id stays its own) and, per slot,
+    #: the ``gemm``, ``act``, ``accum`` and ``free`` that :func:`stream_runs` issues for it
+    _steps: dict[int, tuple[TokenSet, dict[int, tuple[Gemm, Act, Accum, Free]]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -133,11 +134,15 @@ class ExpandContext:
         in slice order (memoized)."""
         hit = self._expert_bytes.get(expert)
         if hit is None:
-            lay = self.layout if expert is not None else self.shared_layout
-            count = lay.count if lay is not None else 0
-            hit = self._expert_bytes[expert] = tuple(
-                self.slice_bytes(expert, j) for j in range(count)
-            )
+            # a routed expert's bytes depend on its precision alone (micro_slice_bytes): experts
+            # of one precision share one tuple
+            key = self.precision(expert) if expert is not None else None
+            hit = self._bytes_of.get(key)
+            if hit is None:
+                lay = self.layout if expert is not None else self.shared_layout
+                count = lay.count if lay is not None else 0
+                hit = self._bytes_of[key] = tuple(self.slice_bytes(expert, j) for j in range(count))
+            self._expert_bytes[expert] = hit
         return hit
 
     def activation_bytes(self, tokens: int) -> int:
@@ -155,6 +160,18 @@ class ExpandContext:
             )
         return slots
 
+
+# the streamed micro-slices' instructions (imported here: the expanders take them from here)
+from moec.backends.interp.expand.streaming import (  # noqa: E402
+    stream_runs,
+    stream_slices_reference,
+)
+
+__all__ = [
+    "EXPANDERS", "ExpandContext", "Expander", "expand_layer", "expand_program", "expanders",
+    "layer_context", "layouts_for", "register", "splice", "stream_runs",
+    "stream_slices_reference", "token_set", "token_sets", "tokens_of",
+]  # fmt: skip
 
 Expander = Callable[[ExpandContext], dict[int, list[Instr]]]
 EXPANDERS: dict[str, Expander] = {}
@@ -203,36 +220,34 @@ def token_set(tokens: np.ndarray) -> TokenSet:
     return TokenSet(tuple(zip(firsts, lasts, strict=True)))
 
 
-def stream_slices(
-    out: list[Instr], ctx: ExpandContext, slots: list[int], cursor: list[int],
-    expert: int | None, channel: int | Sequence[int], ts: TokenSet, js: Sequence[int],
-) -> None:  # fmt: skip
-    """Load, compute and free micro-slices ``js`` of ``expert`` (None: the shared experts)
-    from ``channel`` (or slice ``j`` from ``channel[j]``) for tokens ``ts``, each through
-    the next of ``slots`` (``cursor[0]`` counts the slices streamed so far): ``load``,
-    ``gemm``, ``act``, ``accum``, ``free``.
-
-    Instructions are frozen values, so the slices that use one slot for one token set share
-    one ``gemm``, ``act``, ``accum`` and ``free`` object (memoized on ``ctx``): the same
-    program, with two objects made per slice (its ``load`` and the ``load``'s micro-slice)
-    rather than six. Nothing that keys instructions by identity sees a shared one: serving
-    copies every instruction it hosts (:func:`moec.backends.interp.serving.concatenate`),
-    and the catch-up steps (:mod:`.fsedp_deferred`) are FSE-DP's only."""
-    name = ctx.layer.name
-    steps = ctx._steps
-    nbytes = ctx.expert_slice_bytes(expert)
-    nslots = len(slots)
-    k = cursor[0]
-    chs = repeat(channel) if isinstance(channel, int) else map(channel.__getitem__, js)
-    for j, ch in zip(js, chs, strict=False):  # ``repeat`` has no end
-        s = slots[k % nslots]
-        k += 1
-        hit = steps.get((s, id(ts)))
-        if hit is None:
-            hit = steps[(s, id(ts))] = (ts, (Gemm(s, ts), Act(s, ts), Accum(s, ts), Free(s)))
-        out.append(Load(s, ch, SliceRef(name, expert, j), nbytes[j]))
-        out += hit[1]
-    cursor[0] = k
+def token_sets(arrays: Sequence[np.ndarray]) -> list[TokenSet]:
+    """:func:`token_set` of each array, the runs of all of them found in one pass."""
+    sizes = [a.size for a in arrays]
+    total = sum(sizes)
+    if not total:
+        return [TokenSet(()) for _ in arrays]
+    flat = np.concatenate(arrays)
+    starts = np.cumsum([0, *sizes[:-1]])
+    first = np.empty(total, dtype=bool)
+    first[0] = True
+    np.not_equal(np.diff(flat), 1, out=first[1:])
+    first[starts[np.asarray(sizes) > 0]] = True
+    last = np.empty(total, dtype=bool)
+    last[:-1] = first[1:]
+    last[-1] = True
+    runs = list(zip(flat[first].tolist(), flat[last].tolist(), strict=True))
+    bounds = np.cumsum(first)[np.cumsum(sizes) - 1].tolist()  # runs up to each array's end
+    out = []
+    lo = 0
+    for n, hi in zip(sizes, bounds, strict=True):
+        if not n:
+            out.append(TokenSet(()))
+            continue
+        ts = TokenSet(tuple(runs[lo:hi]))
+        ts.__dict__["size"] = n  # TokenSet.size, known here (a sorted, duplicate-free array)
+        out.append(ts)
+        lo = hi
+    return out
 
 
 def expand_layer(

@@ -67,9 +67,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from moec.backends.interp.expand import ExpandContext, register, stream_slices, token_set
+from moec.backends.interp.expand import ExpandContext, register, stream_runs, token_set, token_sets
 from moec.backends.interp.expand.ep_chunked import expand_chunked, no_split, relay
 from moec.backends.interp.expand.load_order import Piece, Work, order_work
+from moec.backends.interp.expand.streaming import Run
 from moec.backends.interp.expand.tp import broadcast, reduce_to_home
 from moec.ir.stream.params import EPParams, SharedExpertParams
 from moec.ir.stream.program import (
@@ -77,18 +78,6 @@ from moec.ir.stream.program import (
     TokenSet,
 )
 from moec.ir.target import Target
-
-
-def _stream_slices(
-    out: list[Instr], ctx: ExpandContext, die: int, expert: int | None, channel: int,
-    ts: TokenSet, cursor: list[int], slices: list[int] | None = None,
-) -> None:  # fmt: skip
-    """Load, compute and free micro-slices ``slices`` (default all) of ``expert`` (None: the
-    shared experts) on ``die`` for tokens ``ts``."""
-    lay = ctx.layout if expert is not None else ctx.shared_layout
-    assert lay is not None
-    js = range(lay.count) if slices is None else slices
-    stream_slices(out, ctx, ctx.slots_of(die), cursor, expert, channel, ts, js)
 
 
 def balanced_channels(target: Target, owner: list[int], nbytes: list[int]) -> list[int]:
@@ -147,6 +136,7 @@ def expand_work(
 
     homes: dict[int, tuple[TokenSet, int]] = {}
     groups: dict[tuple[int, int], np.ndarray] = {}
+    group_ts: dict[tuple[int, int], TokenSet] = {}
     if split is not None:  # 1. x all-gather: every die computes shared slices for every token
         for h in range(D):
             toks = np.nonzero(home == h)[0]
@@ -166,38 +156,42 @@ def expand_work(
                 if part_hd.size:
                     c = int(part_hd[0])
                     groups[(c // D, c % D)] = part_t
+        group_ts = dict(zip(groups, token_sets(list(groups.values())), strict=True))
         x_routes = [
-            (t.route(h, d), token_set(toks), ctx.activation_bytes(int(toks.size)))
+            (t.route(h, d), group_ts[(h, d)], ctx.activation_bytes(int(toks.size)))
             for (h, d), toks in sorted(groups.items())
         ]
         relay(out, x_routes, m.name, "x")
 
-    # 2. shared experts
-    cursors: defaultdict[int, list[int]] = defaultdict(lambda: [0])
+    # 2. shared experts (each die's runs are collected here and streamed after step 3)
+    runs: defaultdict[int, list[Run]] = defaultdict(list)
     if split is not None:
         owner, channels = split
         everyone = TokenSet.span(0, T)
         for j, d in enumerate(owner):
-            _stream_slices(out[d], ctx, d, None, channels[j], everyone, cursors[d], [j])
+            runs[d].append((None, channels[j], everyone, [j]))
     elif m.shared_ffn and ctx.shared_layout is not None:
         for d in range(D):
             own = np.nonzero(home == d)[0]
             if own.size:
                 ch = t.nearest_channel(d).id
-                _stream_slices(out[d], ctx, d, None, ch, token_set(own), cursors[d])
+                runs[d].append((None, ch, token_set(own), range(ctx.shared_layout.count)))
 
     # 3. routed experts: each die's share of the split ones, then its whole ones
-    for d, e, ch, toks, js in pieces:
-        _stream_slices(out[d], ctx, d, e, ch, token_set(toks), cursors[d], list(js))
-    for d, e, ch, toks in work:
-        _stream_slices(out[d], ctx, d, e, ch, token_set(toks), cursors[d])
+    for (d, e, ch, _, js), ts in zip(pieces, token_sets([p[3] for p in pieces]), strict=True):
+        runs[d].append((e, ch, ts, list(js)))
+    every = range(ctx.layout.count)
+    for (d, e, ch, _), ts in zip(work, token_sets([w[3] for w in work]), strict=True):
+        runs[d].append((e, ch, ts, every))
+    for d, die_runs in runs.items():
+        stream_runs(out[d], ctx, ctx.slots_of(d), [0], die_runs)
 
     # 4. y back to the home dies
     if split is not None:
         reduce_to_home(out, t, m.name, homes)
     else:
         y_routes = [
-            (t.route(d, h), token_set(toks), ctx.activation_bytes(int(toks.size)))
+            (t.route(d, h), group_ts[(h, d)], ctx.activation_bytes(int(toks.size)))
             for (h, d), toks in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
         ]
         relay(out, y_routes, m.name, "y")

@@ -81,6 +81,9 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
         if part_e.size == 0:
             continue
         e = int(part_e[0])
+        if len(replicas[e]) == 1:  # one replica serves every token (split_tokens' answer)
+            work.append((replicas[e][0], e, channels[e][0], part_t))
+            continue
         toks = part_t.tolist()
         split = split_tokens(toks, home[part_t].tolist(), replicas[e], t)
         for i, d in enumerate(replicas[e]):

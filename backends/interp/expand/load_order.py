@@ -23,6 +23,7 @@ die streams first, are placed on the same timeline before the routed experts.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 
 import numpy as np
@@ -105,33 +106,48 @@ def _list_schedule(
     greedy: bool,
 ) -> tuple[float, list[Work]]:
     """The estimated makespan and each die's order, from :func:`_timeline`'s estimate (not
-    changed): ``greedy`` picks against channel demand, else each die keeps ``work``'s order."""
+    changed): ``greedy`` picks against channel demand, else each die keeps ``work``'s order.
+
+    The greedy pick is the first of the die's remaining items with the least (channel free
+    time, minus the channel's remaining demand, expert id): the first two depend on the channel
+    alone, so each channel's candidate is its least (expert id, position), kept in a heap per
+    (die, channel), and the pick is the least of those candidates. The die that frees first
+    (ties: lower id) comes from a heap of (free time, die)."""
     chan_free, die_free = dict(timeline[0]), dict(timeline[1])
     load, busy = timeline[2], timeline[3]
     remaining = {c: 0.0 for c in chan_free}
     pending: dict[int, list[int]] = {}
-    for i, (d, _, ch, _) in enumerate(work):
+    by_channel: dict[int, dict[int, list[tuple[int, int]]]] = {}
+    for i, (d, e, ch, _) in enumerate(work):
         remaining[ch] += load[i]
         pending.setdefault(d, []).append(i)
+        by_channel.setdefault(d, {}).setdefault(ch, []).append((e, i))
+    for heaps in by_channel.values():
+        for h in heaps.values():
+            heapq.heapify(h)
+    left = {d: len(items) for d, items in pending.items()}
     out: dict[int, list[Work]] = {d: [] for d in pending}
-    while pending:
-        d = min(pending, key=lambda x: (die_free[x], x))
-        now = die_free[d]
-        i = pending[d][0]
+    free = [(die_free[d], d) for d in pending]  # only the die that takes an item moves
+    heapq.heapify(free)
+    while free:
+        now, d = heapq.heappop(free)
         if greedy:
-            i = min(
-                pending[d],
-                key=lambda i: (max(now, chan_free[work[i][2]]), -remaining[work[i][2]], work[i][1]),
-            )
-        ch = work[i][2]
+            heaps = by_channel[d]
+            ch = min(heaps, key=lambda c: (max(now, chan_free[c]), -remaining[c], heaps[c][0]))
+            i = heapq.heappop(heaps[ch])[1]
+            if not heaps[ch]:
+                del heaps[ch]
+        else:
+            i = pending[d][len(out[d])]
+            ch = work[i][2]
         start = max(now, chan_free[ch])
         chan_free[ch] = start + load[i]
         die_free[d] = start + busy[i]
         remaining[ch] -= load[i]
         out[d].append(work[i])
-        pending[d].remove(i)
-        if not pending[d]:
-            del pending[d]
+        left[d] -= 1
+        if left[d]:
+            heapq.heappush(free, (die_free[d], d))
     span = max([*chan_free.values(), *die_free.values()], default=0.0)
     return span, [w for d in sorted(out) for w in out[d]]
 

@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moec.backends.interp.expand import ExpandContext, register, stream_slices, token_set
+from moec.backends.interp.expand import (
+    ExpandContext,
+    register,
+    stream_runs,
+    token_set,
+    token_sets,
+)
+from moec.backends.interp.expand.streaming import Run
 from moec.backends.interp.expand.tp_order import balanced, expert_groups
 from moec.ir.cost import dram_occupancy, slice_compute_time
 from moec.ir.stream.params import TPParams
@@ -186,16 +193,8 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     # 1. x all-gather
     broadcast(out, t, m.name, homes)
 
-    # 2./3. compute the owned micro-slices
-    cursor: defaultdict[int, list[int]] = defaultdict(lambda: [0])
-
-    def stream(
-        expert: int | None, ts: TokenSet, owned: dict[int, list[int]], chans: list[int]
-    ) -> None:  # fmt: skip
-        """Slices ``owned[d]`` of ``expert`` on die ``d``, slice j from channel ``chans[j]``."""
-        for d, js in owned.items():
-            stream_slices(out[d], ctx, ctx.slots_of(d), cursor[d], expert, chans, ts, js)
-
+    # 2./3. compute the owned micro-slices: each die's runs, in this order
+    runs: defaultdict[int, list[Run]] = defaultdict(list)
     everyone = TokenSet.span(0, T)
     if params.window is not None:
         from moec.backends.interp.expand.tp_chunked import expand_chunked  # imports this module
@@ -205,16 +204,22 @@ def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
         assert params.shared_owner is not None  # required when the layer has shared experts
         shared_owner = list(params.shared_owner)
         shared_channels = _channels(ctx, params.shared_channels, shared_owner)
-        stream(None, everyone, _owned(shared_owner), shared_channels)
-    groups = [(e, token_set(ts), int(ts.size)) for e, ts in expert_groups(r.ids)]
+        for d, js in _owned(shared_owner).items():
+            runs[d].append((None, shared_channels, everyone, js))
+    active = expert_groups(r.ids)
+    sets = token_sets([toks for _, toks in active])
+    groups = [(e, ts, int(toks.size)) for (e, toks), ts in zip(active, sets, strict=True)]
     if params.order == "natural":
         owned = _owned(owner)
         for e, ts, _ in groups:
-            stream(e, ts, owned, channels)
+            for d, js in owned.items():
+                runs[d].append((e, channels, ts, js))
     else:
         for d in range(D):
             for e, j, ts in die_order(ctx, d, groups, owner, channels, params.order):
-                stream_slices(out[d], ctx, ctx.slots_of(d), cursor[d], e, channels[j], ts, (j,))
+                runs[d].append((e, channels[j], ts, (j,)))
+    for d, die_runs in runs.items():
+        stream_runs(out[d], ctx, ctx.slots_of(d), [0], die_runs)
 
     # 4. y reduce to the home dies
     reduce_to_home(out, t, m.name, homes)
