@@ -59,7 +59,7 @@ def _state(b: Builder) -> str:
     g, e = b.g, b.energy
     e.flush()
     return repr((
-        g.kind, g.dur, g.res, g.ndeps, g.succ, g.die, g.instr, g.layer,
+        g.kind, g.dur, g.res, g.successors(), g.die, g.instr, g.layer,
         sorted(g.island_of.items()), sorted(g.back_of.items()), b.fills, b.closed_fills,
         list(b.acts.items()), e.joules, e.by_op, sorted(b.link_bytes.items()), b.dram_bytes,
         b.host_bytes, sorted((k, list(v)) for k, v in b.pending_send.items()),
