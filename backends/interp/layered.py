@@ -253,8 +253,7 @@ def run_layered(
             deferred_pairs += int(tl.extra["deferred_pairs"])
             deferred_s += tl.extra["deferred_s"]
         ends = {id(st.instrs[-1]) for st in prog.streams if st.instrs}
-        instr = tl.instr
-        last_ops = [op for op in _sync_ops(tl) if id(instr[op]) in ends]
+        last_ops = [op for op in _sync_ops(tl) if id(tl.instr[op]) in ends]
         carry.clock = float(tl.end[last_ops].max()) if last_ops else makespan
         last = (tl.layer_names, tl.island_names, tl.num_resources, tl.resource_names)
         # drop the part now: refcounting frees its instructions and ops, so the collection

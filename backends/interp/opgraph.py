@@ -80,6 +80,10 @@ Relay = Callable[["Builder", "DieState", Any, int], int]
 RELAY: list[tuple[Relay, tuple[TimingHandler, ...], SliceUnit]] = []
 
 
+#: the instructions a relay (:data:`RELAY`) may start with
+RELAYED = (Recv, Send, Free, Gemm, Load)
+
+
 class OpGraph:
     """Ops as parallel lists (no per-op objects: the hot loop reads lists by op id), and edges
     as a log in the order they are added (``src[k] -> dst[k]``).
@@ -570,7 +574,8 @@ class Builder:
                     if after > j:
                         j = after
                         continue
-                if relay is not None and cls in (Recv, Send, Free, Gemm, Load):
+                # a block transfer (an activation's send or recv) never starts a relay
+                if relay is not None and cls in RELAYED and getattr(i, "block", None) is None:
                     k = relay(self, s, ins, j)
                     if k > j:
                         j = k

@@ -69,38 +69,49 @@ class TokenIndex:
     receptions), and expanding a set's ranges from Python tuples is most of their cost. One
     index lives for one :func:`sram_peaks` call."""
 
-    __slots__ = ("_idx",)
+    __slots__ = ("_arr", "_sets")
 
     def __init__(self) -> None:
-        #: by the set object's id (equal sets are often distinct objects, and comparing their
-        #: ranges costs more than expanding them twice), with the set kept alive beside it
-        self._idx: dict[int, tuple[TokenSet, np.ndarray]] = {}
+        #: each set's tokens by the set object's id (equal sets are often distinct objects,
+        #: and comparing their ranges costs more than expanding them twice)
+        self._arr: dict[int, np.ndarray] = {}
+        #: the sets expanded, kept alive (so that their ids stay theirs)
+        self._sets: list[TokenSet] = []
+
+    def arrays(self, sets: list[TokenSet]) -> list[np.ndarray]:
+        """Each set's tokens, one array per set (lookups by id, in C)."""
+        arr = self._arr
+        ids = list(map(id, sets))
+        fresh = [ts for k, ts in dict(zip(ids, sets, strict=True)).items() if k not in arr]
+        if fresh:
+            flat, _ = _ranges(fresh)
+            cuts = np.cumsum([ts.size for ts in fresh])[:-1]
+            for ts, a in zip(fresh, np.split(flat, cuts), strict=True):
+                arr[id(ts)] = a
+            self._sets += fresh
+        return list(map(arr.__getitem__, ids))
 
     def tokens(self, sets: list[TokenSet]) -> np.ndarray:
         """The first of :func:`_ranges`'s arrays for ``sets`` (their tokens, set after set)."""
-        idx = self._idx
-        new = {id(ts): ts for ts in sets if id(ts) not in idx}
-        if new:
-            fresh = list(new.values())
-            flat, _ = _ranges(fresh)
-            cuts = np.cumsum([ts.size for ts in fresh])[:-1]
-            for ts, arr in zip(fresh, np.split(flat, cuts), strict=True):
-                idx[id(ts)] = (ts, arr)
         if not sets:
             return np.zeros(0, dtype=np.int64)
-        return np.concatenate([idx[id(ts)][1] for ts in sets])
+        return np.concatenate(self.arrays(sets))
 
     def ranges(self, sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
         """What :func:`_ranges` gives for ``sets``: the same arrays, from the cache."""
-        flat = self.tokens(sets)
-        sizes = np.fromiter((ts.size for ts in sets), dtype=np.int64, count=len(sets))
-        return flat, np.repeat(np.arange(len(sets), dtype=np.int64), sizes)
+        if not sets:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        arrays = self.arrays(sets)
+        sizes = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+        return np.concatenate(arrays), np.repeat(np.arange(len(sets), dtype=np.int64), sizes)
 
 
 def _mask(sets: list[TokenSet], n: int, index: TokenIndex | None = None) -> np.ndarray:
     m = np.zeros(n, dtype=bool)
     # each set object once (setting a token twice is harmless; comparing sets costs more)
-    m[(index or TokenIndex()).tokens(list({id(ts): ts for ts in sets}.values()))] = True
+    m[
+        (index or TokenIndex()).tokens(list(dict(zip(map(id, sets), sets, strict=True)).values()))
+    ] = True
     return m
 
 
@@ -121,7 +132,7 @@ def _first_last(
     if isinstance(times, np.ndarray):  # the items' times in one gather
         at = times[np.fromiter(map(itemgetter(0), items), np.int64, len(items))].tolist()
     else:
-        at = [times[op] for op, _ in items]
+        at = list(map(times.__getitem__, map(itemgetter(0), items)))
     # runs of one set object (an expert's slices share theirs) are reduced before the dict
     for t, (_, ts) in zip(at, items, strict=True):
         if ts is prev:
@@ -151,8 +162,9 @@ def _entries(
     """One row per (item, token): the token, the item's program position on the die, its
     ``times[op]``, and the item's index."""
     idx, owner = index.ranges([ts for _, ts in items])
-    p = np.fromiter((pos[op] for op, _ in items), dtype=np.int64, count=len(items))
-    t = times[np.fromiter(map(itemgetter(0), items), np.int64, len(items))]
+    ops = np.fromiter(map(itemgetter(0), items), np.int64, len(items))
+    p = np.fromiter(map(pos.__getitem__, ops.tolist()), dtype=np.int64, count=len(items))
+    t = times[ops]
     return idx, p[owner], t[owner], owner
 
 
