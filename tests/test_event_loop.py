@@ -40,6 +40,15 @@ def _random_graph(rng: random.Random, n: int) -> dict[str, Any]:
         (a, b) for b in range(1, n) for a in rng.sample(range(b), min(b, rng.choice((0, 1, 1, 2, 3))))
     ]  # fmt: skip
     rng.shuffle(edges)
+    runs: list[int] = []  # chains logged as runs: each op's run edge goes first
+    x = 0
+    while x < n - 1:
+        if rng.random() < 0.2:
+            c = min(rng.randint(1, 3), n - 1 - x)
+            runs += (x, c)
+            x += c + 1
+        else:
+            x += 1
     kinds = [rng.choice((0, 1, 2, 3, 5)) for _ in range(n)]
     res = [-1 if k in (3, 5) else rng.choice((0, 1, 2)) for k in kinds]
     dur = [rng.choice((0.0, 0.5, 1.0, 1.5)) if k != 3 else 0.0 for k in kinds]
@@ -52,7 +61,7 @@ def _random_graph(rng: random.Random, n: int) -> dict[str, Any]:
         if op not in signal_event:  # counts up to one past the signals: some never released
             waiters[rng.choice(("a", "b", "c"))][rng.randrange(0, 1 + n // 16)].append(op)
     return {
-        "src": [a for a, _ in edges], "dst": [b for _, b in edges], "dur": dur, "res": res,
+        "src": [a for a, _ in edges], "dst": [b for _, b in edges], "runs": runs, "dur": dur, "res": res,
         "kind": kinds, "back": back, "free_at": [rng.choice((0.0, 2.0)) for _ in range(3)],
         "busy": [0.0, 1.0, 0.0], "clock": rng.choice((0.0, 1.0)), "signal_event": signal_event,
         "waiters": waiters,

@@ -66,14 +66,15 @@ def compiled_available() -> bool:
 
 
 def run_events(
-    src: Ints, dst: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
+    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
 ) -> tuple[Floats, Floats]:  # fmt: skip
     """Every op's ``(start, end)`` (end -1 for an op never released: a deadlock), with
     ``free_at`` and ``busy`` (per resource) updated in place.
 
-    The graph is :class:`~.opgraph.OpGraph`'s: the edge log ``src[k] -> dst[k]`` (an op's
-    successors are released in the order its edges were added), per op its duration, resource
+    The graph is :class:`~.opgraph.OpGraph`'s: the runs of chained ops (``runs``) and the
+    edge log ``src[k] -> dst[k]`` (an op's successors are released in the order its edges
+    were added, its run's first), per op its duration, resource
     (-1: none) and kind, ``back`` where not 0; a ``wait`` op (in ``waiters``, a ``defaultdict``
     of ``defaultdict(list)`` as the builder keeps them, consumed) is released by its counter
     after its edges. The columns are lists or numpy arrays; the reference returns lists, the
@@ -84,7 +85,7 @@ def run_events(
         use = _timed >= COMPILE_AFTER and compiled_available()
     _timed += len(kind)
     loop = loop_compiled if use else loop_python
-    return loop(src, dst, dur, res, kind, back, free_at, busy, clock, signal_event, waiters)
+    return loop(src, dst, runs, dur, res, kind, back, free_at, busy, clock, signal_event, waiters)
 
 
 def as_list(values: Floats) -> list[Any]:
@@ -95,17 +96,19 @@ def as_list(values: Floats) -> list[Any]:
 
 
 def loop_python(
-    src: Ints, dst: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
+    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
 ) -> tuple[list[float], list[float]]:  # fmt: skip
     """The reference loop (see :func:`run_events`)."""
     n = len(kind)
     dur, res = as_list(dur), as_list(res)
     prio = list(map(PRIORITY.__getitem__, as_list(kind)))
-    ptr, idx, deps = successors(src, dst, n)
-    ptr_l, idx_l = ptr.tolist(), idx.tolist()
-    succ = list(map(idx_l.__getitem__, map(slice, ptr_l[:-1], ptr_l[1:])))
-    ndeps = deps.tolist()
+    # each op's successors in the order its edges were added (the log's own int objects)
+    succ = chained_successors(n, as_list(runs), as_list(src), as_list(dst))
+    ndeps = [0] * n
+    for out in succ:
+        for x in out:
+            ndeps[x] += 1
     for by_count in waiters.values():  # a wait is released by its counter too
         for ops in by_count.values():
             for op in ops:
@@ -159,15 +162,19 @@ def loop_python(
     return start, end
 
 
-def successors(src: Ints, dst: Ints, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The edge log as CSR arrays, ``(ptr, idx, ndeps)``: op k's successors are
-    ``idx[ptr[k]:ptr[k + 1]]`` in the order their edges were added (a stable sort by source),
-    ``ndeps[k]`` the number of edges into op k."""
-    s = _int_array(src)
-    d = _int_array(dst)
-    ptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(s, minlength=n), out=ptr[1:])
-    return ptr, d[np.argsort(s, kind="stable")], np.bincount(d, minlength=n)
+def chained_successors(
+    n: int, runs: Sequence[int], src: Sequence[int], dst: Sequence[int]
+) -> list[list[int]]:
+    """Per op of ``n``, its successors: its run edge (``runs``, :class:`~.opgraph.OpGraph`) first, then
+    its logged edges ``src -> dst`` in log order."""
+    out: list[list[int]] = [[] for _ in range(n)]
+    for k in range(0, len(runs), 2):
+        start = runs[k]
+        for x in range(start, start + runs[k + 1]):
+            out[x].append(x + 1)
+    for a, b in zip(src, dst, strict=True):
+        out[a].append(b)
+    return out
 
 
 def _int_array(values: Ints) -> np.ndarray:
@@ -183,7 +190,7 @@ def _float_array(values: Floats) -> np.ndarray:
 
 
 def loop_compiled(
-    src: Ints, dst: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
+    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The compiled loop (see :func:`run_events`): the graph packed into arrays (the kernel
@@ -193,6 +200,11 @@ def loop_compiled(
         raise RuntimeError("the compiled event loop needs numba (pip install moec[fast])")
     n = len(kind)
     i64, f64 = np.int64, np.float64
+    # the runs' edges first (the kernel's sort keeps each source's edges in this order)
+    pairs = _int_array(runs).reshape(-1, 2)
+    counts = pairs[:, 1]
+    run_src = np.repeat(pairs[:, 0] - (np.cumsum(counts) - counts), counts)
+    run_src += np.arange(run_src.size, dtype=i64)
     # signals and waits: events as ids; per event its waiters by count (list order kept)
     names = {ev: k for k, ev in enumerate(sorted(set(waiters) | set(signal_event.values())))}
     sig = np.full(n, -1, i64)
@@ -214,7 +226,8 @@ def loop_compiled(
             back.values(), f64, len(back)
         )
     start, end, fa, bz = _kernel(
-        _int_array(src), _int_array(dst), _float_array(dur), _int_array(res),
+        np.concatenate([run_src, _int_array(src)]),
+        np.concatenate([run_src + 1, _int_array(dst)]), _float_array(dur), _int_array(res),
         _PRIORITY[_int_array(kind)], back_a, np.asarray(free_at, f64), np.asarray(busy, f64),
         float(clock), sig, w_ptr, np.asarray(w_count, i64), np.asarray(w_op, i64),
     )  # fmt: skip

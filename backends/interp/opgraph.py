@@ -90,8 +90,11 @@ class OpGraph:
 
     An op holds at most one resource (``res``: its id, -1 for none). An op's successors are the
     edges leaving it in the order they were added, which is the order the event loop releases
-    them in: :meth:`successors` (and the event loop's CSR arrays) sort the log by source,
-    stably. An op's dependency count is the number of edges into it (plus one for a ``wait``,
+    them in: :func:`.event_loop.chained_successors` (and the event loop's CSR arrays) sort
+    the log by source, stably. Chains of new ops (a read's hops, a slice's ``gemm -> act -> accum``) are logged
+    as runs instead (``runs``: ``start, count`` pairs, each of ops ``start .. start + count -
+    1`` releasing the next op), which only a chain whose edges are each op's first successor
+    may use: the run's edges go before the logged ones of the same source. An op's dependency count is the number of edges into it (plus one for a ``wait``,
     released by its counter: the builder's ``waiters``), so no count is kept while building.
     A few fields are rare (a dense island, a tail reservation's ``back``): they are kept per
     op only where set, and :meth:`islands` gives them as a list once the graph is built.
@@ -110,6 +113,9 @@ class OpGraph:
         #: the edge log: edge k runs from op ``src[k]`` to op ``dst[k]``
         self.src: list[int] = []
         self.dst: list[int] = []
+        #: runs of chained ops, flat ``start, count``: op ``start + j`` releases the next op
+        #: first, for ``j < count``
+        self.runs: list[int] = []
         #: per op in a dense island: the island's index (others: -1)
         self.island_of: dict[int, int] = {}
         #: how long before its ready time an op may start (a load's tail reservation on a
@@ -137,13 +143,6 @@ class OpGraph:
         if a is not None and a != b:
             self.src.append(a)
             self.dst.append(b)
-
-    def successors(self) -> list[list[int]]:
-        """Per op, the ops its end releases, in the order the edges were added."""
-        out: list[list[int]] = [[] for _ in self.kind]
-        for a, b in zip(self.src, self.dst, strict=True):
-            out[a].append(b)
-        return out
 
     def islands(self) -> list[int]:
         """Per op, its dense island's index or -1."""
@@ -339,8 +338,7 @@ class Builder:
         g.kind += kinds
         g.dur += durs
         g.res += res
-        g.src += range(first, first + k - 1)  # the chain: each op releases the next
-        g.dst += range(first + 1, first + k)
+        g.runs += (first, k - 1)  # the chain: each op releases the next
         g.die += (die,) * k
         g.instr += (i,) * k
         g.layer += (layer,) * k
@@ -468,8 +466,7 @@ class Builder:
             g.kind += (XFER, DELAY)
             g.dur += (occ, lat)
             g.res += (res[0], -1)
-            g.src.append(hold)
-            g.dst.append(hold + 1)
+            g.runs += (hold, 1)
             g.die += (die, die)
             g.instr += (i, i)
             g.layer += (-1, -1)

@@ -93,8 +93,8 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     their handlers would; returns that instruction's index (``j``: nothing added)."""
     n = len(ins)
     g = b.g
-    kind, dur, res_l, src, dst, gdie, instr, layer = (
-        g.kind, g.dur, g.res, g.src, g.dst, g.die, g.instr, g.layer,
+    kind, dur, res_l, src, dst, runs, gdie, instr, layer = (
+        g.kind, g.dur, g.res, g.src, g.dst, g.runs, g.die, g.instr, g.layer,
     )  # fmt: skip
     edge_from, edge_to = src.append, dst.append
     die = s.die
@@ -181,8 +181,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     kind += (XFER, DELAY)
                     dur += (occ, lat)
                     res_l += (res, -1)
-                    edge_from(hold)
-                    edge_to(op)
+                    runs += (hold, 1)
                     gdie += (die, die)
                     instr += (i, i)
                     layer += (tag, tag)
@@ -274,8 +273,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             kind += (COMPUTE, COMPUTE, COMPUTE)
             dur += durs
             res_l += (die, die, die)
-            src += (op, op + 1)  # gemm -> act -> accum
-            dst += (op + 1, op + 2)
+            runs += (op, 2)  # gemm -> act -> accum
             gdie += (die, die, die)
             instr += (i, ia, ic)
             layer += (lk, lk, lk)

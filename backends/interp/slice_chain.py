@@ -77,7 +77,7 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     n = len(ins)
     die = s.die
     g = b.g
-    kind, dur, res, src, dst = g.kind, g.dur, g.res, g.src, g.dst
+    kind, dur, res, src, dst, runs = g.kind, g.dur, g.res, g.src, g.dst, g.runs
     g_die, g_layer, g_instr, back_of = g.die, g.layer, g.instr, g.back_of
     memo, geometries, acts = b.chains, b.geometries, b.acts
     link_bytes, dram_bytes = b.link_bytes, b.dram_bytes
@@ -141,12 +141,11 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             b.host_bytes[die] += nbytes
         else:
             dram_bytes[il.channel] += nbytes
-        # edges, each source's in the order the handlers add them: the read's chain, its
-        # arrival -> gemm -> act -> accum (the arrival's first successor); load (fence, the
-        # slot's last free), gemm (fence, latest compute, the latest x block), free (fence,
-        # fill, accum)
-        src += range(first, op + 2)
-        dst += range(first + 1, op + 3)
+        # edges, each source's in the order the handlers add them: one run, the read's chain,
+        # its arrival -> gemm -> act -> accum -> free (each the first successor of its
+        # source); load (fence, the slot's last free), gemm (fence, latest compute, the latest
+        # x block), free (fence, the read's arrival)
+        runs += (first, k + 3)
         if fence is not None:
             src += (fence, fence, fence)
             dst += (first, op, free)
@@ -161,8 +160,8 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
         if a is not None:
             src.append(a)
             dst.append(op)
-        src += (last, op + 2)
-        dst += (free, free)
+        src.append(last)
+        dst.append(free)
         # the die's state after the five: the slot filled, computed and freed
         slot_fill[slot] = last
         slot_fill_info[slot] = (c, prec)

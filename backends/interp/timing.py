@@ -221,7 +221,7 @@ def run_timing(
         res = np.fromiter(g.res, np.int64, n)
         layer = np.fromiter(g.layer, np.int64, n)
     start, end = run_events(
-        g.src, g.dst, g.dur, res, kind, g.back_of, free_at, busy, clock, b.signal_event,
+        g.src, g.dst, g.runs, g.dur, res, kind, g.back_of, free_at, busy, clock, b.signal_event,
         b.waiters,
     )  # fmt: skip
     if arrays:

@@ -222,9 +222,8 @@ def slice_unit(b: Builder, s: DieState, ig: Gemm, ia: Act, ic: Accum) -> bool:
     g.layer += (lk, lk, lk)
     # gemm -> act -> accum, then the gemm's edges: the die's fence, latest compute, the slot's
     # fill, the latest x block
+    g.runs += (op, 2)
     src, dst = g.src, g.dst
-    src += (op, op + 1)
-    dst += (op + 1, op + 2)
     for a in (
         s.fence,
         s.last_compute,
