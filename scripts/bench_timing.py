@@ -116,11 +116,18 @@ def main(argv: list[str] | None = None) -> int:
 def _fingerprint(tl: Any) -> tuple[Any, ...]:
     """What two trees' timelines must share: every op's times and holds, peaks and energy."""
     ledger = tl.energy
+    # what each op held, as tuples (an older tree's form; a newer one keeps one id or -1)
+    holds = [r if isinstance(r, tuple) else (r,) if r >= 0 else () for r in _plain(tl.res)]
     return (
-        tl.start, tl.end, tl.kind, tl.die, tl.res, tl.layer, tl.island, tl.busy, tl.peak_sram,
+        _plain(tl.start), _plain(tl.end), _plain(tl.kind), tl.die, holds, _plain(tl.layer), tl.island, tl.busy, tl.peak_sram,
         tl.peak_sram_slots, tl.peak_sram_activations, tl.peak_slot_bytes, tl.makespan,
         ledger.joules if ledger else None, ledger.by_op if ledger else None,
     )  # fmt: skip
+
+
+def _plain(column: Any) -> list[Any]:
+    """A per-op column as a list (a newer tree's layer-by-layer parts keep numpy arrays)."""
+    return column.tolist() if hasattr(column, "tolist") else list(column)
 
 
 if __name__ == "__main__":

@@ -120,9 +120,7 @@ def test_load_over_two_hops_is_cut_through() -> None:
     assert _close(busy["link 0->1"], link_time(T2, 0, 1, SLICE_BYTES) - links[0].latency_s, 1e-9)
     assert _close(busy["link 1->3"], link_time(T2, 1, 3, SLICE_BYTES) - links[1].latency_s, 1e-9)
     assert busy["link 0->1"] < 0.2 * busy["ch0 (die 0)"]
-    last_hold = max(
-        k for k in _ops(tl, Load) if tl.res[k] == (tl.resource_names.index("link 1->3"),)
-    )
+    last_hold = max(k for k in _ops(tl, Load) if tl.res[k] == tl.resource_names.index("link 1->3"))
     assert _close(tl.end[last_hold] + links[1].latency_s, tl.makespan, 1e-9)
 
 

@@ -157,7 +157,7 @@ def test_offloaded_experts_load_over_the_host_link(tmp_path, strategy):
         e = i.content.expert
         offloaded = e is not None and not res[e]
         assert (i.channel == HOST_CHANNEL) == offloaded
-        assert (tl.res[op] == (min(host_links) + tl.die[op],)) == offloaded
+        assert (tl.res[op] == min(host_links) + tl.die[op]) == offloaded
         if offloaded:
             seen_host.add(e)
     active = set(np.unique(trace.layers[0].ids).tolist())

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from moec.backends.interp import opgraph
+from moec.backends.interp.event_loop import chained_successors
 from moec.backends.interp.opgraph import Builder
 from moec.backends.interp.relay_chain import starts_chain
 from moec.backends.interp.timing import run_timing
@@ -59,7 +60,7 @@ def _state(b: Builder) -> str:
     g, e = b.g, b.energy
     e.flush()
     return repr((
-        g.kind, g.dur, g.res, g.ndeps, g.succ, g.die, g.instr, g.layer,
+        g.kind, g.dur, g.res, chained_successors(len(g.kind), g.runs, g.src, g.dst), g.die, g.instr, g.layer,
         sorted(g.island_of.items()), sorted(g.back_of.items()), b.fills, b.closed_fills,
         list(b.acts.items()), e.joules, e.by_op, sorted(b.link_bytes.items()), b.dram_bytes,
         b.host_bytes, sorted((k, list(v)) for k, v in b.pending_send.items()),

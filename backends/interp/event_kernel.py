@@ -56,12 +56,27 @@ def _pop(ht, hk, ho, size):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True)
 def loop(  # type: ignore[no-untyped-def]
-    ndeps, succ_ptr, succ_idx, dur, res_ptr, res_idx, prio, back, free_at, busy, clock, sig,
-    w_ptr, w_count, w_op,
+    src, dst, dur, res, prio, back, free_at, busy, clock, sig, w_ptr, w_count, w_op,
 ):  # fmt: skip
     """``(start, end, free_at, busy)``; the arguments as :func:`.event_loop.loop_compiled`
-    packs them (``ndeps``, ``free_at``, ``busy`` updated in place)."""
-    n = ndeps.size
+    packs them (``free_at`` and ``busy`` updated in place). The edge log ``src -> dst`` is
+    sorted into CSR arrays first, each source's edges in log order (a counting sort: stable)."""
+    n = dur.size
+    succ_ptr = np.zeros(n + 1, np.int64)
+    ndeps = np.zeros(n, np.int64)
+    for k in range(src.size):
+        succ_ptr[src[k] + 1] += 1
+        ndeps[dst[k]] += 1
+    for k in range(n):
+        succ_ptr[k + 1] += succ_ptr[k]
+    fill = succ_ptr[:-1].copy()
+    succ_idx = np.empty(src.size, np.int64)
+    for k in range(src.size):
+        a = src[k]
+        succ_idx[fill[a]] = dst[k]
+        fill[a] += 1
+    for k in range(w_op.size):  # a wait is released by its counter too
+        ndeps[w_op[k]] += 1
     ready = np.zeros(n)
     start = np.zeros(n)
     end = np.full(n, -1.0)
@@ -79,26 +94,15 @@ def loop(  # type: ignore[no-untyped-def]
     while size > 0:
         t, op, size = _pop(ht, hk, ho, size)
         s = t - back[op]
-        r0, r1 = res_ptr[op], res_ptr[op + 1]
-        if r1 - r0 == 1:
-            x = res_idx[r0]
+        x = res[op]
+        if x >= 0:
             if free_at[x] > s:
                 s = free_at[x]
             e = s + dur[op]
             free_at[x] = e
             busy[x] += e - s
-        elif r1 == r0:
-            e = s + dur[op]
         else:
-            for j in range(r0, r1):
-                x = res_idx[j]
-                if free_at[x] > s:
-                    s = free_at[x]
             e = s + dur[op]
-            for j in range(r0, r1):
-                x = res_idx[j]
-                free_at[x] = e
-                busy[x] += e - s
         start[op] = s
         end[op] = e
         ev = sig[op]

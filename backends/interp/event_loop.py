@@ -2,8 +2,8 @@
 
 Two implementations of one loop. :func:`loop_python` is the reference: plain Python over the op
 graph's lists (:class:`~.opgraph.OpGraph`), ``heapq`` for the events. :func:`loop_compiled` is
-the same loop, statement for statement, over a compact array form of the graph (successors and
-resources in CSR arrays, the signal/wait counters as integer ids), compiled with numba when it is
+the same loop, statement for statement, over a compact array form of the graph (the successors
+in CSR arrays, the signal/wait counters as integer ids), compiled with numba when it is
 installed (``pip install moec[fast]``; numba ships wheels for every supported platform). Both
 pop events ``(time, priority, push order, op)`` in the same order and do the same float
 operations in the same order (no fast-math), so their start and end times, resources' free and
@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Sequence
-from functools import reduce
-from operator import iadd
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +47,10 @@ _timed = 0
 _kernel: Any = None
 _PRIORITY = np.asarray(PRIORITY, dtype=np.int64)
 
+#: a per-op column: a list, or a numpy array (a part of a layer-by-layer run)
+Ints = Sequence[int] | np.ndarray
+Floats = Sequence[float] | np.ndarray
+
 
 def compiled_available() -> bool:
     """Whether the compiled loop can run here (numba imports); imports it once."""
@@ -64,41 +66,59 @@ def compiled_available() -> bool:
 
 
 def run_events(
-    ndeps: list[int], succ: list[list[int]], dur: list[float], res: list[tuple[int, ...]],
-    kind: list[int], back: list[float], free_at: list[float], busy: list[float],
+    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
-) -> tuple[list[float], list[float]]:  # fmt: skip
+) -> tuple[Floats, Floats]:  # fmt: skip
     """Every op's ``(start, end)`` (end -1 for an op never released: a deadlock), with
-    ``free_at`` and ``busy`` (per resource) updated in place. ``ndeps`` and ``waiters`` (a
-    ``defaultdict`` of ``defaultdict(list)``, as the builder keeps them) are consumed."""
+    ``free_at`` and ``busy`` (per resource) updated in place.
+
+    The graph is :class:`~.opgraph.OpGraph`'s: the runs of chained ops (``runs``) and the
+    edge log ``src[k] -> dst[k]`` (an op's successors are released in the order its edges
+    were added, its run's first), per op its duration, resource
+    (-1: none) and kind, ``back`` where not 0; a ``wait`` op (in ``waiters``, a ``defaultdict``
+    of ``defaultdict(list)`` as the builder keeps them, consumed) is released by its counter
+    after its edges. The columns are lists or numpy arrays; the reference returns lists, the
+    compiled loop numpy arrays."""
     global _timed
     use = COMPILED
     if use is None:
         use = _timed >= COMPILE_AFTER and compiled_available()
-    _timed += len(ndeps)
-    if use:
-        return loop_compiled(
-            ndeps, succ, dur, res, kind, back, free_at, busy, clock, signal_event, waiters
-        )
-    return loop_python(
-        ndeps, succ, dur, res, kind, back, free_at, busy, clock, signal_event, waiters
-    )
+    _timed += len(kind)
+    loop = loop_compiled if use else loop_python
+    return loop(src, dst, runs, dur, res, kind, back, free_at, busy, clock, signal_event, waiters)
+
+
+def as_list(values: Floats) -> list[Any]:
+    """A column as a list (the reference loop reads Python numbers); a list as it is."""
+    if isinstance(values, list):
+        return values
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
 
 
 def loop_python(
-    ndeps: list[int], succ: list[list[int]], dur: list[float], res: list[tuple[int, ...]],
-    kind: list[int], back: list[float], free_at: list[float], busy: list[float],
+    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
 ) -> tuple[list[float], list[float]]:  # fmt: skip
     """The reference loop (see :func:`run_events`)."""
-    n = len(ndeps)
-    prio = list(map(PRIORITY.__getitem__, kind))
+    n = len(kind)
+    dur, res = as_list(dur), as_list(res)
+    prio = list(map(PRIORITY.__getitem__, as_list(kind)))
+    # each op's successors in the order its edges were added (the log's own int objects)
+    succ = chained_successors(n, as_list(runs), as_list(src), as_list(dst))
+    ndeps = [0] * n
+    for out in succ:
+        for x in out:
+            ndeps[x] += 1
+    for by_count in waiters.values():  # a wait is released by its counter too
+        for ops in by_count.values():
+            for op in ops:
+                ndeps[op] += 1
+    back_l = [0.0] * n
+    for op, v in back.items():
+        back_l[op] = v
     ready = [0.0] * n
     start = [0.0] * n
     end = [-1.0] * n
-    # every op the handlers make holds at most one resource: its id (-1: none), -2 for an op
-    # holding several (taken the long way)
-    single = [(r[0] if len(r) == 1 else -2) if r else -1 for r in res]
     heappush, heappop = heapq.heappush, heapq.heappop
     # engine.EventQueue's discipline, inlined (its two method calls per op were a fifth of the
     # loop): events (time, priority, push order, op), all distinct, so the pop order is theirs
@@ -109,25 +129,16 @@ def loop_python(
     counters: dict[str, int] = defaultdict(int)
     while heap:
         t, _, _, op = heappop(heap)
-        s = t - back[op]
-        x = single[op]
+        s = t - back_l[op]
+        x = res[op]
         if x >= 0:
             if free_at[x] > s:
                 s = free_at[x]
             e = s + dur[op]
             free_at[x] = e
             busy[x] += e - s
-        elif x == -1:
-            e = s + dur[op]
         else:
-            r = res[op]
-            for x in r:
-                if free_at[x] > s:
-                    s = free_at[x]
             e = s + dur[op]
-            for x in r:
-                free_at[x] = e
-                busy[x] += e - s
         start[op] = s
         end[op] = e
         if op in signal_event:
@@ -151,19 +162,49 @@ def loop_python(
     return start, end
 
 
+def chained_successors(
+    n: int, runs: Sequence[int], src: Sequence[int], dst: Sequence[int]
+) -> list[list[int]]:
+    """Per op of ``n``, its successors: its run edge (``runs``, :class:`~.opgraph.OpGraph`) first, then
+    its logged edges ``src -> dst`` in log order."""
+    out: list[list[int]] = [[] for _ in range(n)]
+    for k in range(0, len(runs), 2):
+        start = runs[k]
+        for x in range(start, start + runs[k + 1]):
+            out[x].append(x + 1)
+    for a, b in zip(src, dst, strict=True):
+        out[a].append(b)
+    return out
+
+
+def _int_array(values: Ints) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values.astype(np.int64, copy=False)
+    return np.fromiter(values, np.int64, len(values))
+
+
+def _float_array(values: Floats) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float64, copy=False)
+    return np.fromiter(values, np.float64, len(values))
+
+
 def loop_compiled(
-    ndeps: list[int], succ: list[list[int]], dur: list[float], res: list[tuple[int, ...]],
-    kind: list[int], back: list[float], free_at: list[float], busy: list[float],
+    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
-) -> tuple[list[float], list[float]]:  # fmt: skip
-    """The compiled loop (see :func:`run_events`): the graph packed into arrays, the kernel
-    run, the results handed back as the reference's lists."""
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The compiled loop (see :func:`run_events`): the graph packed into arrays (the kernel
+    sorts the edge log into CSR arrays itself), the kernel run, ``start`` and ``end`` handed
+    back as arrays."""
     if not compiled_available():
         raise RuntimeError("the compiled event loop needs numba (pip install moec[fast])")
-    n = len(ndeps)
+    n = len(kind)
     i64, f64 = np.int64, np.float64
-    succ_ptr, succ_idx = _csr(succ, n)
-    res_ptr, res_idx = _csr(res, n)
+    # the runs' edges first (the kernel's sort keeps each source's edges in this order)
+    pairs = _int_array(runs).reshape(-1, 2)
+    counts = pairs[:, 1]
+    run_src = np.repeat(pairs[:, 0] - (np.cumsum(counts) - counts), counts)
+    run_src += np.arange(run_src.size, dtype=i64)
     # signals and waits: events as ids; per event its waiters by count (list order kept)
     names = {ev: k for k, ev in enumerate(sorted(set(waiters) | set(signal_event.values())))}
     sig = np.full(n, -1, i64)
@@ -179,22 +220,17 @@ def loop_compiled(
             w_count += [c] * len(ops)
             w_op += ops
         w_ptr[k + 1] = len(w_op)
+    back_a = np.zeros(n, f64)
+    if back:
+        back_a[np.fromiter(back.keys(), i64, len(back))] = np.fromiter(
+            back.values(), f64, len(back)
+        )
     start, end, fa, bz = _kernel(
-        np.asarray(ndeps, i64), succ_ptr, succ_idx, np.asarray(dur, f64), res_ptr, res_idx,
-        _PRIORITY[np.asarray(kind, i64)], np.asarray(back, f64), np.asarray(free_at, f64),
-        np.asarray(busy, f64), float(clock), sig, w_ptr, np.asarray(w_count, i64),
-        np.asarray(w_op, i64),
+        np.concatenate([run_src, _int_array(src)]),
+        np.concatenate([run_src + 1, _int_array(dst)]), _float_array(dur), _int_array(res),
+        _PRIORITY[_int_array(kind)], back_a, np.asarray(free_at, f64), np.asarray(busy, f64),
+        float(clock), sig, w_ptr, np.asarray(w_count, i64), np.asarray(w_op, i64),
     )  # fmt: skip
     free_at[:] = fa.tolist()
     busy[:] = bz.tolist()
-    return start.tolist(), end.tolist()
-
-
-def _csr(rows: Sequence[Sequence[int]], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``rows`` as CSR arrays: row k is ``idx[ptr[k]:ptr[k + 1]]``."""
-    ptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, rows), np.int64, n), out=ptr[1:])
-    # the rows concatenated by C calls only (``list += row`` per row, through ``reduce``): no
-    # Python step per row, unlike a loop of ``extend`` or ``itertools.chain``
-    flat: list[int] = reduce(iadd, rows, [])
-    return ptr, np.fromiter(flat, np.int64, len(flat))
+    return start, end

@@ -219,9 +219,11 @@ def run_layered(
             return None
         if verify:
             verify_program(prog, target)
-        tl = run_timing(prog, target, carry=carry)
-        if catchup:
-            charge_deferred(prog, tl)
+        tl = run_timing(prog, target, carry=carry, arrays=True)
+        if catchup:  # it reads op by op: lists (it sets ``tl.layer``'s entries in place)
+            charge_deferred(
+                prog, dataclasses.replace(tl, start=tl.start.tolist(), end=tl.end.tolist())
+            )
         dup = len(prog.streams) if j > 0 else 0  # this part's copies of the barrier's signal
         events += tl.events - dup
         instructions += prog.num_instructions() - dup
@@ -251,9 +253,8 @@ def run_layered(
             deferred_pairs += int(tl.extra["deferred_pairs"])
             deferred_s += tl.extra["deferred_s"]
         ends = {id(st.instrs[-1]) for st in prog.streams if st.instrs}
-        carry.clock = max(
-            (tl.end[op] for op in _sync_ops(tl) if id(tl.instr[op]) in ends), default=makespan
-        )
+        last_ops = [op for op in _sync_ops(tl) if id(tl.instr[op]) in ends]
+        carry.clock = float(tl.end[last_ops].max()) if last_ops else makespan
         last = (tl.layer_names, tl.island_names, tl.num_resources, tl.resource_names)
         # drop the part now: refcounting frees its instructions and ops, so the collection
         # before the next part only walks what is left in cycles, not the whole part
@@ -291,8 +292,7 @@ def _stop_if_over(p: Program, target: Target, tl: Timeline, names: list[str]) ->
 
 def _sync_ops(tl: Timeline) -> list[int]:
     """The part's sync ops (signals, waits, frees), found in one numpy pass over the kinds."""
-    kind = np.fromiter(tl.kind, dtype=np.int8, count=len(tl.kind))
-    return np.flatnonzero(kind == SYNC).tolist()
+    return np.flatnonzero(np.asarray(tl.kind) == SYNC).tolist()
 
 
 def _part_program(p: Program, streams: dict[int, list[Instr]]) -> Program:

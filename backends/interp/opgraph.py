@@ -80,24 +80,42 @@ Relay = Callable[["Builder", "DieState", Any, int], int]
 RELAY: list[tuple[Relay, tuple[TimingHandler, ...], SliceUnit]] = []
 
 
-class OpGraph:
-    """Ops as parallel lists (no per-op objects: the hot loop reads lists by op id).
+#: the instructions a relay (:data:`RELAY`) may start with
+RELAYED = (Recv, Send, Free, Gemm, Load)
 
-    A few fields are rare (a dense island, a tail reservation's ``back``): they are kept per op
-    only where set, and :meth:`islands` / :meth:`backs` give them as lists once the graph is
-    built. Handlers on the hot path add edges themselves (``succ[a].append(b)``, ``ndeps[b] +=
-    1``), as :meth:`edge` does: a call per edge was a tenth of the build.
+
+class OpGraph:
+    """Ops as parallel lists (no per-op objects: the hot loop reads lists by op id), and edges
+    as a log in the order they are added (``src[k] -> dst[k]``).
+
+    An op holds at most one resource (``res``: its id, -1 for none). An op's successors are the
+    edges leaving it in the order they were added, which is the order the event loop releases
+    them in: :func:`.event_loop.chained_successors` (and the event loop's CSR arrays) sort
+    the log by source, stably. Chains of new ops (a read's hops, a slice's ``gemm -> act -> accum``) are logged
+    as runs instead (``runs``: ``start, count`` pairs, each of ops ``start .. start + count -
+    1`` releasing the next op), which only a chain whose edges are each op's first successor
+    may use: the run's edges go before the logged ones of the same source. An op's dependency count is the number of edges into it (plus one for a ``wait``,
+    released by its counter: the builder's ``waiters``), so no count is kept while building.
+    A few fields are rare (a dense island, a tail reservation's ``back``): they are kept per
+    op only where set, and :meth:`islands` gives them as a list once the graph is built.
+    Handlers on the hot path append edges themselves (``src.append(a)``, ``dst.append(b)``),
+    as :meth:`edge` does: a call per edge was a tenth of the build.
     """
 
     def __init__(self) -> None:
         self.kind: list[int] = []
         self.dur: list[float] = []
-        self.res: list[tuple[int, ...]] = []
-        self.ndeps: list[int] = []
-        self.succ: list[list[int]] = []
+        #: per op, the resource it holds (-1: none)
+        self.res: list[int] = []
         self.die: list[int] = []
         self.instr: list[Instr | None] = []
         self.layer: list[int] = []
+        #: the edge log: edge k runs from op ``src[k]`` to op ``dst[k]``
+        self.src: list[int] = []
+        self.dst: list[int] = []
+        #: runs of chained ops, flat ``start, count``: op ``start + j`` releases the next op
+        #: first, for ``j < count``
+        self.runs: list[int] = []
         #: per op in a dense island: the island's index (others: -1)
         self.island_of: dict[int, int] = {}
         #: how long before its ready time an op may start (a load's tail reservation on a
@@ -105,15 +123,13 @@ class OpGraph:
         self.back_of: dict[int, float] = {}
 
     def add(
-        self, kind: int, dur: float, res: tuple[int, ...], die: int, instr: Instr | None,
+        self, kind: int, dur: float, res: int, die: int, instr: Instr | None,
         layer: int = -1, island: int = -1, back: float = 0.0,
     ) -> int:  # fmt: skip
         op = len(self.kind)
         self.kind.append(kind)
         self.dur.append(dur)
         self.res.append(res)
-        self.ndeps.append(0)
-        self.succ.append([])
         self.die.append(die)
         self.instr.append(instr)
         self.layer.append(layer)
@@ -125,21 +141,14 @@ class OpGraph:
 
     def edge(self, a: int | None, b: int) -> None:
         if a is not None and a != b:
-            self.succ[a].append(b)
-            self.ndeps[b] += 1
+            self.src.append(a)
+            self.dst.append(b)
 
     def islands(self) -> list[int]:
         """Per op, its dense island's index or -1."""
         out = [-1] * len(self.kind)
         for op, k in self.island_of.items():
             out[op] = k
-        return out
-
-    def backs(self) -> list[float]:
-        """Per op, how long before its ready time it may start."""
-        out = [0.0] * len(self.kind)
-        for op, v in self.back_of.items():
-            out[op] = v
         return out
 
 
@@ -322,16 +331,14 @@ class Builder:
         tpl = self.costs.read_ops.get(key)
         if tpl is None:
             tpl = self.costs.read_ops[key] = self._read_template(kind, channel, die, nbytes)
-        kinds, durs, res, ndeps, backs, charges, links = tpl
+        kinds, durs, res, backs, charges, links = tpl
         g = self.g
         first = len(g.kind)
         k = len(kinds)
         g.kind += kinds
         g.dur += durs
         g.res += res
-        g.ndeps += ndeps
-        g.succ += [[op] for op in range(first + 1, first + k)]
-        g.succ.append([])
+        g.runs += (first, k - 1)  # the chain: each op releases the next
         g.die += (die,) * k
         g.instr += (i,) * k
         g.layer += (layer,) * k
@@ -352,14 +359,14 @@ class Builder:
 
     def _read_template(self, kind: int, channel: int, die: int, nbytes: int) -> tuple[Any, ...]:
         """The ops :meth:`read` appends, as a chain (each op the next one's only predecessor):
-        their kinds, durations, resources and dependency counts; the ``back`` of the hops (by
+        their kinds, durations and resources; the ``back`` of the hops (by
         position, where not 0); the energy charges ``(position, die, part index, joules)`` in
         the order they are made; the links the bytes cross. Memoized per (kind, channel, die,
         bytes): the same for every read of that shape."""
         lp = self.load_path(channel, die)
         occ, hops, source, e_source, e_sram = self.read_plan(channel, die, nbytes)
         kinds, durs = [kind], [occ]
-        res: list[tuple[int, ...]] = [(lp.res,)]
+        res = [lp.res]
         backs: list[tuple[int, float]] = []
         part = PARTS.index("host" if channel == HOST_CHANNEL else "dram")
         charges = [(0, source, part, e_source)]
@@ -368,7 +375,7 @@ class Builder:
             if latency > 0.0:
                 kinds.append(DELAY)
                 durs.append(latency)
-                res.append(())
+                res.append(-1)
 
         delay(lp.latency)
         hold = 0
@@ -376,15 +383,14 @@ class Builder:
             hold = len(kinds)
             kinds.append(kind)
             durs.append(dur)
-            res.append((r,))
+            res.append(r)
             if back:
                 backs.append((hold, back))
             charges.append((hold, src, D2D, e_link))
             delay(lat)
         charges.append((hold, die, SRAM, e_sram))
-        ndeps = (0,) + (1,) * (len(kinds) - 1)
         links = tuple(r for r, *_ in hops)
-        return tuple(kinds), tuple(durs), tuple(res), ndeps, tuple(backs), tuple(charges), links
+        return tuple(kinds), tuple(durs), tuple(res), tuple(backs), tuple(charges), links
 
     def read_plan(
         self, channel: int, die: int, nbytes: int
@@ -419,11 +425,11 @@ class Builder:
             return hold
         g = self.g
         op = g.add(
-            DELAY, latency, (), g.die[hold], g.instr[hold], g.layer[hold],
+            DELAY, latency, -1, g.die[hold], g.instr[hold], g.layer[hold],
             g.island_of.get(hold, -1),
         )  # fmt: skip
-        g.succ[hold].append(op)
-        g.ndeps[op] = 1
+        g.src.append(hold)
+        g.dst.append(op)
         return op
 
     def transfer(self, key: tuple[int, int], is_send: bool, i: Any, die: int) -> tuple[int, int]:
@@ -451,9 +457,7 @@ class Builder:
         if lat <= 0.0:
             g.kind.append(XFER)
             g.dur.append(occ)
-            g.res.append(res)
-            g.ndeps.append(0)
-            g.succ.append([])
+            g.res.append(res[0])
             g.die.append(die)
             g.instr.append(i)
             g.layer.append(-1)
@@ -461,9 +465,8 @@ class Builder:
         else:
             g.kind += (XFER, DELAY)
             g.dur += (occ, lat)
-            g.res += (res, ())
-            g.ndeps += (0, 1)
-            g.succ += ([hold + 1], [])
+            g.res += (res[0], -1)
+            g.runs += (hold, 1)
             g.die += (die, die)
             g.instr += (i, i)
             g.layer += (-1, -1)
@@ -568,7 +571,8 @@ class Builder:
                     if after > j:
                         j = after
                         continue
-                if relay is not None and cls in (Recv, Send, Free, Gemm, Load):
+                # a block transfer (an activation's send or recv) never starts a relay
+                if relay is not None and cls in RELAYED and getattr(i, "block", None) is None:
                     k = relay(self, s, ins, j)
                     if k > j:
                         j = k

@@ -54,7 +54,7 @@ def _transfer(b: Builder, key: tuple[Any, ...], a: int, d: int, nbytes: int) -> 
     """A transfer's template: (link resource, hold, latency, charges), memoized in ``b.chains``
     under ``key`` (the values :meth:`~.opgraph.Builder.transfer` uses)."""
     res, occ, lat, _, _, _, charges = b.transfer_costs(a, d, nbytes)
-    hit = b.chains[key] = (res, occ, lat, charges)
+    hit = b.chains[key] = (res[0], occ, lat, charges)
     return hit
 
 
@@ -93,14 +93,13 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     their handlers would; returns that instruction's index (``j``: nothing added)."""
     n = len(ins)
     g = b.g
-    kind, dur, res_l, ndeps, succ, gdie, instr, layer = (
-        g.kind, g.dur, g.res, g.ndeps, g.succ, g.die, g.instr, g.layer,
+    kind, dur, res_l, src, dst, runs, gdie, instr, layer = (
+        g.kind, g.dur, g.res, g.src, g.dst, g.runs, g.die, g.instr, g.layer,
     )  # fmt: skip
+    edge_from, edge_to = src.append, dst.append
     die = s.die
     # the latest wait: an edge into every op of a covered instruction's first (none in a run)
     fence = s.fence
-    to_fence = succ[fence] if fence is not None else None
-    d_fence = 0 if fence is None else 1
     slot_fill, slot_info, slot_uses = s.slot_fill, s.slot_fill_info, s.slot_uses
     slot_free, slot_rec, last_recv, pending_h = (
         s.slot_free, s.slot_fill_rec, s.last_recv, s.pending_h,
@@ -112,7 +111,6 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     log = b.energy.log
     pend_send, pend_recv = b.pending_send, b.pending_recv
     link_bytes = b.link_bytes
-    die_res = (die,)
     # per layer index: this die's activation record; per peer: the sends to this die waiting
     # for their recv (each looked up once per run)
     las: dict[int, LayerActs] = {}
@@ -145,7 +143,6 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 key = (die, peer)
                 waiting = pend_recv.get(key)
                 a = slot_fill.get(slot)  # the slot's fill, before it is sent on
-            d = d_fence
             if waiting:  # the other side came first (Builder.transfer)
                 hold, op = waiting.popleft()
                 if cls is Send:  # transfers are named after the send
@@ -153,31 +150,29 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     gdie[hold] = gdie[op] = die
                 elif layer[op] < 0:
                     layer[hold] = layer[op] = tag
-                if to_fence is not None:
-                    to_fence.append(hold)
+                if fence is not None:
+                    edge_from(fence)
+                    edge_to(hold)
                 if a is not None and a != hold:
-                    succ[a].append(hold)
-                    d += 1
-                if d:
-                    ndeps[hold] += d
+                    edge_from(a)
+                    edge_to(hold)
             else:  # Builder.transfer's new hold (and delay), tagged with the layer at once
                 if cls is Send:
                     xkey = ("xfer", die, peer, nbytes)
                     tpl = memo.get(xkey) or _transfer(b, xkey, die, peer, nbytes)
                 res, occ, lat, charges = tpl[0], tpl[1], tpl[2], tpl[3]
                 hold = len(kind)
-                if to_fence is not None:
-                    to_fence.append(hold)
+                if fence is not None:
+                    edge_from(fence)
+                    edge_to(hold)
                 if a is not None:
-                    succ[a].append(hold)
-                    d += 1
+                    edge_from(a)
+                    edge_to(hold)
                 if lat <= 0.0:
                     op = hold
                     kind.append(XFER)
                     dur.append(occ)
                     res_l.append(res)
-                    ndeps.append(d)
-                    succ.append([])
                     gdie.append(die)
                     instr.append(i)
                     layer.append(tag)
@@ -185,13 +180,12 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     op = hold + 1
                     kind += (XFER, DELAY)
                     dur += (occ, lat)
-                    res_l += (res, ())
-                    ndeps += (d, 1)
-                    succ += ([op], [])
+                    res_l += (res, -1)
+                    runs += (hold, 1)
                     gdie += (die, die)
                     instr += (i, i)
                     layer += (tag, tag)
-                link_bytes[res[0]] += nbytes
+                link_bytes[res] += nbytes
                 log(hold, charges)
                 (pend_recv if cls is Recv else pend_send)[key].append((hold, op))
             if cls is Send:
@@ -214,8 +208,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             op = len(kind)
             kind.append(SYNC)
             dur.append(0.0)
-            res_l.append(())
-            succ.append([])
+            res_l.append(-1)
             gdie.append(die)
             instr.append(i)
             if c is not None:
@@ -227,19 +220,17 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 la.ops.append(op)
             else:
                 layer.append(-1)
-            d = d_fence
-            if to_fence is not None:
-                to_fence.append(op)
+            if fence is not None:
+                edge_from(fence)
+                edge_to(op)
             a = slot_fill.get(slot)
             if a is not None:
-                succ[a].append(op)
-                d += 1
+                edge_from(a)
+                edge_to(op)
             uses = slot_uses.pop(slot, None)
             if uses:
-                for u in uses:
-                    succ[u].append(op)
-                d += len(uses)
-            ndeps.append(d)
+                src += uses
+                dst += [op] * len(uses)
             slot_free[slot] = op
             rec = slot_rec.pop(slot, None)
             if rec is not None:
@@ -265,25 +256,24 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 b, ukey, c, die, prec, ng, na, nc
             )
             op = len(kind)
-            d = d_fence
-            if to_fence is not None:
-                to_fence.append(op)
+            if fence is not None:
+                edge_from(fence)
+                edge_to(op)
             if last_compute is not None:
-                succ[last_compute].append(op)
-                d += 1
+                edge_from(last_compute)
+                edge_to(op)
             a = slot_fill.get(slot)
             if a is not None:
-                succ[a].append(op)
-                d += 1
+                edge_from(a)
+                edge_to(op)
             a = last_recv.get((c.layer, "x"))
             if a is not None:
-                succ[a].append(op)
-                d += 1
+                edge_from(a)
+                edge_to(op)
             kind += (COMPUTE, COMPUTE, COMPUTE)
             dur += durs
-            res_l += (die_res, die_res, die_res)
-            ndeps += (d, 1, 1)
-            succ += ([op + 1], [op + 2], [])
+            res_l += (die, die, die)
+            runs += (op, 2)  # gemm -> act -> accum
             gdie += (die, die, die)
             instr += (i, ia, ic)
             layer += (lk, lk, lk)
@@ -314,13 +304,13 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             if la is None:
                 la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
             la.ops += (first, op)
-            if to_fence is not None:
-                to_fence.append(first)
-                ndeps[first] += 1
+            if fence is not None:
+                edge_from(fence)
+                edge_to(first)
             a = slot_free.get(slot)
             if a is not None:
-                succ[a].append(first)
-                ndeps[first] += 1
+                edge_from(a)
+                edge_to(first)
             slot_fill[slot] = op
             slot_info[slot] = (c, prec)
             slot_uses[slot] = []

@@ -340,29 +340,28 @@ def chrome_trace(tl: Timeline) -> dict[str, Any]:
         events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_sort_index",
                        "args": {"sort_index": tid}})  # fmt: skip
     names = {COMPUTE: "compute", LOAD: "dma", XFER: "d2d", DENSE_DRAM: "dense"}
-    held: tuple[int, ...] = ()  # what the instruction's latest holding op held
-    for op, res in enumerate(tl.res):
-        if tl.kind[op] == DELAY and held and tl.instr[op] is tl.instr[op - 1]:
+    held = -1  # what the instruction's latest holding op held
+    for op, r in enumerate(tl.res):
+        if tl.kind[op] == DELAY and held >= 0 and tl.instr[op] is tl.instr[op - 1]:
             # A latency holds nothing and overlaps later requests (pipelined): an async slice
             # on the resource's process, so the trace ends where the run does.
-            pid, _ = track[held[-1]]
+            pid, _ = track[held]
             ev = {"pid": pid, "tid": 0, "id": op, "cat": "latency",
-                  "name": f"latency {tl.resource_names[held[-1]]}"}  # fmt: skip
+                  "name": f"latency {tl.resource_names[held]}"}  # fmt: skip
             events.append({**ev, "ph": "b", "ts": tl.start[op] * 1e6})
             events.append({**ev, "ph": "e", "ts": tl.end[op] * 1e6})
             continue
-        held = res
-        if not res:
+        held = r
+        if r < 0:
             continue
         i = tl.instr[op]
         ts = tl.start[op] * 1e6
         dur = (tl.end[op] - tl.start[op]) * 1e6
         name = _event_name(i)
         args = {"instr": instr_text(i) if i is not None else "", "die": tl.die[op]}
-        for r in res:
-            pid, tid = track[r]
-            events.append({"ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur,
-                           "name": name, "cat": names.get(tl.kind[op], "op"), "args": args})  # fmt: skip
+        pid, tid = track[r]
+        events.append({"ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur,
+                       "name": name, "cat": names.get(tl.kind[op], "op"), "args": args})  # fmt: skip
     if tl.energy is not None:
         events += power_counters(tl.energy, t, tl.start, tl.end)
     return {"traceEvents": events, "displayTimeUnit": "ns"}

@@ -52,18 +52,17 @@ def _template(
     (dg, da, dc), _, _, _, hb, unit_charges = unit_costs(
         b, die, ng, na, nc, hidden, w, gated, prec, dtype
     )
-    kinds, durs, res, ndeps, backs, read_charges, links = read
+    kinds, durs, res, backs, read_charges, links = read
     k = len(kinds)
-    r = (die,)
     lk = b.layers[c.layer][0]
     ops_kinds = kinds + (COMPUTE, COMPUTE, COMPUTE, SYNC)
     ops_durs = durs + (dg, da, dc, 0.0)
-    ops_res = res + (r, r, r, ())
+    ops_res = res + (die, die, die, -1)
     # the read's charges (Builder.read), then the three compute ops' (slice_unit), as one block
     charges = read_charges + tuple((k + o, d, part, j) for o, d, part, j in unit_charges)
     return (
-        k, ops_kinds, ops_durs, ops_res, ndeps, backs, charges, links, prec, lk, hb,
-        (die,) * (k + 4), (lk,) * (k + 4),
+        k, ops_kinds, ops_durs, ops_res, backs, charges, links, prec, lk, hb, (die,) * (k + 4),
+        (lk,) * (k + 4),
     )  # fmt: skip
 
 
@@ -78,7 +77,7 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     n = len(ins)
     die = s.die
     g = b.g
-    kind, dur, res, succ, ndeps = g.kind, g.dur, g.res, g.succ, g.ndeps
+    kind, dur, res, src, dst, runs = g.kind, g.dur, g.res, g.src, g.dst, g.runs
     g_die, g_layer, g_instr, back_of = g.die, g.layer, g.instr, g.back_of
     memo, geometries, acts = b.chains, b.geometries, b.acts
     link_bytes, dram_bytes = b.link_bytes, b.dram_bytes
@@ -121,19 +120,13 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
         tpl = memo.get(key)
         if tpl is None:
             tpl = memo[key] = _template(b, die, il, c, geo, ng, na, nc)
-        (k, kinds, durs, ress, nd, backs, charges, links, prec, lk, hb, dies, layers) = tpl
+        (k, kinds, durs, ress, backs, charges, links, prec, lk, hb, dies, layers) = tpl
         last = first + k - 1  # the read's arrival: the slot's fill
         op = first + k  # the gemm; act, accum and free follow
         free = op + 3
         kind += kinds
         dur += durs
         res += ress
-        # the read's chain, then gemm -> act -> accum; free's successors come later
-        if k == 2:  # a read from the die's own channel: its hold, then its latency
-            succ += ([last], [], [op + 1], [op + 2], [], [])
-        else:
-            succ += [[x] for x in range(first + 1, first + k)]
-            succ += ([], [op + 1], [op + 2], [], [])
         g_die += dies
         g_layer += layers
         g_instr += (il,) * k
@@ -148,38 +141,27 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             b.host_bytes[die] += nbytes
         else:
             dram_bytes[il.channel] += nbytes
-        # edges, in the order the handlers add them: load (fence, the slot's last free), gemm
-        # (fence, latest compute, the slot's fill, the latest x block), free (fence, fill,
-        # accum)
-        d_first = 0
+        # edges, each source's in the order the handlers add them: one run, the read's chain,
+        # its arrival -> gemm -> act -> accum -> free (each the first successor of its
+        # source); load (fence, the slot's last free), gemm (fence, latest compute, the latest
+        # x block), free (fence, the read's arrival)
+        runs += (first, k + 3)
         if fence is not None:
-            succ[fence].append(first)
-            d_first = 1
+            src += (fence, fence, fence)
+            dst += (first, op, free)
         a = slot_free.get(slot)
         if a is not None:
-            succ[a].append(first)
-            d_first += 1
-        d_gemm = 1
-        if fence is not None:
-            succ[fence].append(op)
-            d_gemm = 2
+            src.append(a)
+            dst.append(first)
         if last_compute is not None:
-            succ[last_compute].append(op)
-            d_gemm += 1
-        succ[last].append(op)
+            src.append(last_compute)
+            dst.append(op)
         a = last_recv.get((c.layer, "x"))
         if a is not None:
-            succ[a].append(op)
-            d_gemm += 1
-        d_free = 2
-        if fence is not None:
-            succ[fence].append(free)
-            d_free = 3
-        succ[last].append(free)
-        succ[op + 2].append(free)
-        ndeps += nd
-        ndeps[first] += d_first
-        ndeps += (d_gemm, 1, 1, d_free)
+            src.append(a)
+            dst.append(op)
+        src.append(last)
+        dst.append(free)
         # the die's state after the five: the slot filled, computed and freed
         slot_fill[slot] = last
         slot_fill_info[slot] = (c, prec)

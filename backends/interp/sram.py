@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
+from operator import itemgetter
 
 import numpy as np
 
@@ -68,43 +69,54 @@ class TokenIndex:
     receptions), and expanding a set's ranges from Python tuples is most of their cost. One
     index lives for one :func:`sram_peaks` call."""
 
-    __slots__ = ("_idx",)
+    __slots__ = ("_arr", "_sets")
 
     def __init__(self) -> None:
-        #: by the set object's id (equal sets are often distinct objects, and comparing their
-        #: ranges costs more than expanding them twice), with the set kept alive beside it
-        self._idx: dict[int, tuple[TokenSet, np.ndarray]] = {}
+        #: each set's tokens by the set object's id (equal sets are often distinct objects,
+        #: and comparing their ranges costs more than expanding them twice)
+        self._arr: dict[int, np.ndarray] = {}
+        #: the sets expanded, kept alive (so that their ids stay theirs)
+        self._sets: list[TokenSet] = []
+
+    def arrays(self, sets: list[TokenSet]) -> list[np.ndarray]:
+        """Each set's tokens, one array per set (lookups by id, in C)."""
+        arr = self._arr
+        ids = list(map(id, sets))
+        fresh = [ts for k, ts in dict(zip(ids, sets, strict=True)).items() if k not in arr]
+        if fresh:
+            flat, _ = _ranges(fresh)
+            cuts = np.cumsum([ts.size for ts in fresh])[:-1]
+            for ts, a in zip(fresh, np.split(flat, cuts), strict=True):
+                arr[id(ts)] = a
+            self._sets += fresh
+        return list(map(arr.__getitem__, ids))
 
     def tokens(self, sets: list[TokenSet]) -> np.ndarray:
         """The first of :func:`_ranges`'s arrays for ``sets`` (their tokens, set after set)."""
-        idx = self._idx
-        new = {id(ts): ts for ts in sets if id(ts) not in idx}
-        if new:
-            fresh = list(new.values())
-            flat, _ = _ranges(fresh)
-            cuts = np.cumsum([ts.size for ts in fresh])[:-1]
-            for ts, arr in zip(fresh, np.split(flat, cuts), strict=True):
-                idx[id(ts)] = (ts, arr)
         if not sets:
             return np.zeros(0, dtype=np.int64)
-        return np.concatenate([idx[id(ts)][1] for ts in sets])
+        return np.concatenate(self.arrays(sets))
 
     def ranges(self, sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
         """What :func:`_ranges` gives for ``sets``: the same arrays, from the cache."""
-        flat = self.tokens(sets)
-        sizes = np.fromiter((ts.size for ts in sets), dtype=np.int64, count=len(sets))
-        return flat, np.repeat(np.arange(len(sets), dtype=np.int64), sizes)
+        if not sets:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        arrays = self.arrays(sets)
+        sizes = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+        return np.concatenate(arrays), np.repeat(np.arange(len(sets), dtype=np.int64), sizes)
 
 
 def _mask(sets: list[TokenSet], n: int, index: TokenIndex | None = None) -> np.ndarray:
     m = np.zeros(n, dtype=bool)
     # each set object once (setting a token twice is harmless; comparing sets costs more)
-    m[(index or TokenIndex()).tokens(list({id(ts): ts for ts in sets}.values()))] = True
+    m[
+        (index or TokenIndex()).tokens(list(dict(zip(map(id, sets), sets, strict=True)).values()))
+    ] = True
     return m
 
 
 def _first_last(
-    items: list[tuple[int, TokenSet]], times: Sequence[float] | Mapping[int, int], n: int,
+    items: list[tuple[int, TokenSet]], times: np.ndarray | Mapping[int, int], n: int,
     first: bool, index: TokenIndex | None = None,
 ) -> np.ndarray:  # fmt: skip
     """Per token, the earliest (``first``) or latest ``times[op]`` of the items covering it.
@@ -117,9 +129,12 @@ def _first_last(
     get = best.get
     prev: TokenSet | None = None
     cur = 0.0
+    if isinstance(times, np.ndarray):  # the items' times in one gather
+        at = times[np.fromiter(map(itemgetter(0), items), np.int64, len(items))].tolist()
+    else:
+        at = list(map(times.__getitem__, map(itemgetter(0), items)))
     # runs of one set object (an expert's slices share theirs) are reduced before the dict
-    for op, ts in items:
-        t = times[op]
+    for t, (_, ts) in zip(at, items, strict=True):
         if ts is prev:
             if t < cur if first else t > cur:
                 cur = t
@@ -141,14 +156,15 @@ def _first_last(
 
 
 def _entries(
-    items: list[tuple[int, TokenSet]], pos: dict[int, int], times: list[float],
+    items: list[tuple[int, TokenSet]], pos: dict[int, int], times: np.ndarray,
     index: TokenIndex,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """One row per (item, token): the token, the item's program position on the die, its
     ``times[op]``, and the item's index."""
     idx, owner = index.ranges([ts for _, ts in items])
-    p = np.fromiter((pos[op] for op, _ in items), dtype=np.int64, count=len(items))
-    t = np.fromiter((times[op] for op, _ in items), dtype=np.float64, count=len(items))
+    ops = np.fromiter(map(itemgetter(0), items), np.int64, len(items))
+    p = np.fromiter(map(pos.__getitem__, ops.tolist()), dtype=np.int64, count=len(items))
+    t = times[ops]
     return idx, p[owner], t[owner], owner
 
 
@@ -176,7 +192,7 @@ def _groups(
 
 
 def _x_per_reception(
-    acts: LayerActs, pos: dict[int, int], start: list[float], end: list[float], xb: int,
+    acts: LayerActs, pos: dict[int, int], start: np.ndarray, end: np.ndarray, xb: int,
     index: TokenIndex,
 ) -> tuple[list[float], list[int]] | None:  # fmt: skip
     """Received inputs when a die receives a token again after computing with it (chunked
@@ -185,7 +201,7 @@ def _x_per_reception(
     token is received again after a ``gemm`` of it (a relay die that also computes a token
     receives it twice before either use: the first-to-last rule applies)."""
     r_tok, r_pos, r_arr, r_item = _entries(acts.recv_x, pos, end, index)
-    holds = np.fromiter((start[h] for h, _ in acts.recv_x_start), dtype=np.float64)
+    holds = start[np.fromiter(map(itemgetter(0), acts.recv_x_start), np.int64)]
     r_open = holds[r_item]
     u_tok, u_pos, u_end, u_item = _entries(acts.x_uses, pos, end, index)
     gemms = set(acts.h[0::3])
@@ -210,7 +226,7 @@ def _x_per_reception(
 
 
 def _y_per_send(
-    acts: LayerActs, pos: dict[int, int], start: list[float], end: list[float],
+    acts: LayerActs, pos: dict[int, int], start: np.ndarray, end: np.ndarray,
     remote: np.ndarray, hi: float, yb: int, index: TokenIndex,
 ) -> tuple[list[float], list[int]] | None:  # fmt: skip
     """Other dies' partial outputs when a die accumulates into a token's again after sending
@@ -271,13 +287,12 @@ def _reopened(
 
 
 def _activation_events(
-    acts: LayerActs, tokens: int, hidden: int, dtype: str, start: list[float],
-    end: list[float], span: tuple[float, float], start_a: np.ndarray, end_a: np.ndarray,
-    index: TokenIndex,
+    acts: LayerActs, tokens: int, hidden: int, dtype: str, start: np.ndarray, end: np.ndarray,
+    span: tuple[float, float], index: TokenIndex,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Allocation (+bytes) and release (-bytes) events of one die's activations of one layer
     (the rules of :mod:`moec.ir.activations`); ``span``: the earliest start and latest end of
-    ``acts.ops``; ``start_a``, ``end_a``: ``start`` and ``end`` as arrays."""
+    ``acts.ops``."""
     times: list[float] = []
     deltas: list[int] = []
     if not acts.ops:
@@ -339,7 +354,7 @@ def _activation_events(
     d_arr = np.asarray(deltas, dtype=np.int64)
     if acts.h:  # each slice's h, from its gemm's start to its accum's end: (+, -) pairs
         h = np.asarray(acts.h, dtype=np.int64).reshape(-1, 3)
-        t_h = np.stack([start_a[h[:, 0]], end_a[h[:, 1]]], axis=1).ravel()
+        t_h = np.stack([start[h[:, 0]], end[h[:, 1]]], axis=1).ravel()
         d_h = np.stack([h[:, 2], -h[:, 2]], axis=1).ravel()
         t_arr = np.concatenate([t_arr, t_h])
         d_arr = np.concatenate([d_arr, d_h])
@@ -352,8 +367,8 @@ def sram_peaks(
     fills: Sequence[tuple[int, int, list[int]]],
     acts: dict[tuple[int, int], LayerActs],
     layers: Sequence[MoEDecl],
-    start: list[float],
-    end: list[float],
+    start: Sequence[float],
+    end: Sequence[float],
     makespan: float,
     closed: Sequence[int] = (),
 ) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -404,9 +419,7 @@ def sram_peaks(
         if la.ops:
             ops = np.asarray(la.ops, dtype=np.int64)
             span = (float(start_a[ops].min()), float(end_a[ops].max()))
-        ts, ds = _activation_events(
-            la, m.tokens, m.hidden, m.dtype, start, end, span, start_a, end_a, index
-        )
+        ts, ds = _activation_events(la, m.tokens, m.hidden, m.dtype, start_a, end_a, span, index)
         times[die].append(ts)
         act_d[die].append(ds)
         slot_d[die].append(np.zeros(ds.size, dtype=np.int64))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,27 +57,20 @@ def _widen(spans: dict[int, tuple[float, float]], k: int, lo: float, hi: float) 
 
 
 def tag_spans(
-    tags: list[int], start: list[float], end: list[float]
+    tags: Sequence[int], start: Sequence[float], end: Sequence[float]
 ) -> dict[int, tuple[float, float]]:
     """Per tag (a layer or island index; -1 is none), the earliest start and latest end of its
-    ops."""
+    ops, in the order the tags first appear among the ops."""
     out: dict[int, tuple[float, float]] = {}
     if max(tags, default=-1) < 0:  # no op tagged (a part without a dense island)
         return out
-    lo: dict[int, float] = {}
-    hi: dict[int, float] = {}
-    for op, k in enumerate(tags):
-        if k >= 0:
-            s, e = start[op], end[op]
-            if k not in lo:
-                lo[k], hi[k] = s, e
-            else:
-                if s < lo[k]:
-                    lo[k] = s
-                if e > hi[k]:
-                    hi[k] = e
-    for k in lo:
-        out[k] = (lo[k], hi[k])
+    tag = _column(tags, np.int64)
+    ops = np.flatnonzero(tag >= 0)
+    present, first = np.unique(tag[ops], return_index=True)
+    s, e = _column(start, np.float64), _column(end, np.float64)
+    for j in np.argsort(first, kind="stable").tolist():
+        mine = ops[tag[ops] == present[j]]
+        out[int(present[j])] = (float(s[mine].min()), float(e[mine].max()))
     return out
 
 
@@ -93,15 +85,11 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
     appear among the ops."""
     t = tl.target
     D, C = t.num_dies, len(t.channels)
-    n = len(tl.layer)
     layer = _column(tl.layer, np.int64)
     start = _column(tl.start, np.float64)
     end = _column(tl.end, np.float64)
     kind = _column(tl.kind, np.int64)
-    lens = np.fromiter(map(len, tl.res), dtype=np.int64, count=n)
-    held = np.fromiter(chain.from_iterable(tl.res), dtype=np.int64, count=int(lens.sum()))
-    owner = np.repeat(np.arange(n), lens)
-    first_res = np.cumsum(lens) - lens
+    res = _column(tl.res, np.int64)
     moe = np.flatnonzero(layer >= 0)
     present, first = np.unique(layer[moe], return_index=True)
     # each layer's joules per part: its ops' charges added in charge order (np.bincount adds
@@ -117,28 +105,24 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
         acc = np.bincount(cell, weights=c_j[mine], minlength=rows * P).reshape(rows, P)
     joules: dict[int, list[float]] = {int(k): acc[k].tolist() for k in present}
     links_end = D + C + len(t.links)
-    # each layer's ops, and its ops' resource holds, in op order (a stable sort by layer)
+    # each layer's ops in op order (a stable sort by layer)
     ops_by = moe[np.argsort(layer[moe], kind="stable")]
     op_cut = np.searchsorted(layer[ops_by], present, side="left").tolist() + [ops_by.size]
-    hold_layer = layer[owner]
-    holds = np.flatnonzero(hold_layer >= 0)
-    holds = holds[np.argsort(hold_layer[holds], kind="stable")]
-    hold_cut = np.searchsorted(hold_layer[holds], present, side="left").tolist() + [holds.size]
     dur = end - start
     parts = []
     for j in np.argsort(first, kind="stable").tolist():
         k = int(present[j])
         ops = ops_by[op_cut[j] : op_cut[j + 1]]
-        mine = holds[hold_cut[j] : hold_cut[j + 1]]
-        busy = np.bincount(held[mine], weights=dur[owner[mine]], minlength=tl.num_resources)
+        mine = ops[res[ops] >= 0]  # the ops holding a resource
+        busy = np.bincount(res[mine], weights=dur[mine], minlength=tl.num_resources)
         moved = ops[(kind[ops] == LOAD) | (kind[ops] == XFER)]
-        res = held[first_res[moved]]
+        held = res[moved]
         nbytes = np.fromiter(
             (getattr(i, "nbytes", 0) for i in map(tl.instr.__getitem__, moved.tolist())),
             dtype=np.int64, count=moved.size,
         )  # fmt: skip
-        dram = int(nbytes[(D <= res) & (res < D + C)].sum())
-        link = int(nbytes[(D + C <= res) & (res < links_end)].sum())
+        dram = int(nbytes[(D <= held) & (held < D + C)].sum())
+        link = int(nbytes[(D + C <= held) & (held < links_end)].sum())
         parts.append(
             LayerPart(
                 k, float(start[ops].min()), float(end[ops].max()), busy, dram, link, joules[k]

@@ -94,11 +94,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 import moec.backends.interp.relay_chain  # noqa: F401 - a relayed run of slot transfers in one step
 import moec.backends.interp.slice_chain  # noqa: F401 - the streamed micro-slice in one step
 import moec.backends.interp.timing_ops  # noqa: F401 - registers every opcode's timing handler
 from moec.backends.interp.energy import EnergyLedger
-from moec.backends.interp.event_loop import run_events
+from moec.backends.interp.event_loop import Floats, Ints, as_list, run_events
 from moec.backends.interp.opgraph import (
     COMPUTE,
     DELAY,
@@ -132,14 +134,16 @@ class Timeline:
 
     target: Target
     makespan: float
-    start: list[float]
-    end: list[float]
-    kind: list[int]
+    #: per op: its start and end (lists; numpy arrays in a part of a layer-by-layer run)
+    start: Floats
+    end: Floats
+    kind: Ints
     die: list[int]
-    res: list[tuple[int, ...]]
+    #: per op: the resource it held, or -1
+    res: Ints
     instr: list[Instr | None]
     #: per op: index of the MoE layer it belongs to, or -1
-    layer: list[int]
+    layer: Ints
     #: per op: index of the dense island it belongs to, or -1
     island: list[int]
     layer_names: list[str]
@@ -187,6 +191,7 @@ def run_timing(
     target: Target,
     precision: Mapping[str, Sequence[str]] | None = None,
     carry: Carry | None = None,
+    arrays: bool = False,
 ) -> Timeline:
     """Simulate a static program on ``target``; deadlocks are a one-line ScheduleError.
 
@@ -194,7 +199,9 @@ def run_timing(
     (residency hits) at their expert's precision rather than the layer's dtype. ``carry``: the
     program is one part of a longer run (:mod:`.layered`): its roots are released at
     ``carry.clock``, the resources' free and busy times and the energy ledger continue (updated
-    in place) and no static power is added.
+    in place) and no static power is added. ``arrays``: the timeline's per-op ``start``,
+    ``end``, ``kind``, ``res`` and ``layer`` are numpy arrays (what :mod:`.summary` and
+    :mod:`.sram` compute with) rather than lists.
     """
     b = Builder(p, target, precision, carry.costs if carry is not None else None)
     if carry is not None:
@@ -206,11 +213,25 @@ def run_timing(
     free_at = carry.free_at if carry is not None else [0.0] * b.num_res
     busy = carry.busy if carry is not None else [0.0] * b.num_res
     clock = carry.clock if carry is not None else 0.0
+    kind: Ints = g.kind
+    res: Ints = g.res
+    layer: Ints = g.layer
+    if arrays:
+        kind = np.fromiter(g.kind, np.int64, n)
+        res = np.fromiter(g.res, np.int64, n)
+        layer = np.fromiter(g.layer, np.int64, n)
     start, end = run_events(
-        g.ndeps, g.succ, g.dur, g.res, g.kind, g.backs(), free_at, busy, clock, b.signal_event,
+        g.src, g.dst, g.runs, g.dur, res, kind, g.back_of, free_at, busy, clock, b.signal_event,
         b.waiters,
     )  # fmt: skip
-    stuck = [op for op in range(n) if end[op] < 0] if min(end, default=0.0) < 0 else []
+    if arrays:
+        start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
+        stuck = np.flatnonzero(end < 0).tolist()
+        makespan = float(end.max()) if n else 0.0
+    else:
+        start, end = as_list(start), as_list(end)
+        stuck = [op for op in range(n) if end[op] < 0] if min(end, default=0.0) < 0 else []
+        makespan = max(end, default=0.0)
     if stuck:
         op = stuck[0]
         i = g.instr[op]
@@ -219,7 +240,6 @@ def run_timing(
             f"deadlock: die {g.die[op]} never completes '{what}' ({len(stuck)} ops blocked)"
         )
     events = n  # every op was pushed once, when its last predecessor ended, and popped once
-    makespan = max(end, default=0.0)
     if carry is None:
         b.energy.add_static(target, makespan)
     pools = {s.die: s.nbytes for s in p.slots}
@@ -233,8 +253,8 @@ def run_timing(
         for lk in target.links
     }
     return Timeline(
-        target=target, makespan=makespan, start=start, end=end, kind=g.kind, die=g.die,
-        res=g.res, instr=g.instr, layer=g.layer, island=g.islands(),
+        target=target, makespan=makespan, start=start, end=end, kind=kind, die=g.die,
+        res=res, instr=g.instr, layer=layer, island=g.islands(),
         layer_names=[m.name for m in p.layers], island_names=[i.name for i in p.islands],
         num_resources=b.num_res, resource_names=b.res_names, busy=busy,
         dram_bytes=b.dram_bytes, link_bytes=link_bytes, peak_sram=peak,

@@ -21,9 +21,7 @@ bit (``Builder.batch_slices = False`` is the reference, compared in ``tests/test
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
-from itertools import repeat
 from typing import Any
 
 from moec.backends.interp.energy import charge_dense, slice_energy_parts
@@ -89,25 +87,16 @@ def slice_compute(
             slice_energy_parts(t, kind, n, hidden, w, gated, prec, dtype),
         )
     dur, parts = hit
-    op = g.add(COMPUTE, dur, (die,), die, i, lk)
+    op = g.add(COMPUTE, dur, die, die, i, lk)
     b.energy.charge_indexed(die, parts, op)
     la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
     la.ops.append(op)
     # edges from the die's fence, latest compute and the slot's fill (op is new: no self edge)
-    succ, deps = g.succ, 0
-    a = s.fence
-    if a is not None:
-        succ[a].append(op)
-        deps += 1
-    a = s.last_compute
-    if a is not None:
-        succ[a].append(op)
-        deps += 1
-    a = s.slot_fill.get(i.slot)
-    if a is not None:
-        succ[a].append(op)
-        deps += 1
-    g.ndeps[op] = deps
+    src, dst = g.src, g.dst
+    for a in (s.fence, s.last_compute, s.slot_fill.get(i.slot)):
+        if a is not None:
+            src.append(a)
+            dst.append(op)
     return op, content, la, n, w, gated
 
 
@@ -225,25 +214,25 @@ def slice_unit(b: Builder, s: DieState, ig: Gemm, ia: Act, ic: Accum) -> bool:
     lk = b.layers[content.layer][0]
     g = b.g
     op = len(g.kind)
-    res = (die,)
     g.kind += (COMPUTE, COMPUTE, COMPUTE)
     g.dur += durs
-    g.res += (res, res, res)
-    g.succ += ([op + 1], [op + 2], [])
+    g.res += (die, die, die)
     g.die += (die, die, die)
     g.instr += (ig, ia, ic)
     g.layer += (lk, lk, lk)
-    # the gemm's edges: the die's fence, latest compute, the slot's fill, the latest x block
-    succ, deps = g.succ, 0
-    for a in (s.fence, s.last_compute, s.slot_fill.get(slot)):
+    # gemm -> act -> accum, then the gemm's edges: the die's fence, latest compute, the slot's
+    # fill, the latest x block
+    g.runs += (op, 2)
+    src, dst = g.src, g.dst
+    for a in (
+        s.fence,
+        s.last_compute,
+        s.slot_fill.get(slot),
+        s.last_recv.get((content.layer, "x")),
+    ):
         if a is not None:
-            succ[a].append(op)
-            deps += 1
-    a = s.last_recv.get((content.layer, "x"))
-    if a is not None:
-        succ[a].append(op)
-        deps += 1
-    g.ndeps += (deps, 1, 1)
+            src.append(a)
+            dst.append(op)
     b.energy.log(op, charges)
     la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
     la.ops += (op, op + 1, op + 2)
@@ -299,16 +288,16 @@ def send(b: Builder, s: DieState, i: Send) -> None:
         la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
         la.ops += (hold, op)
         (la.x_uses if blk.which == "x" else la.send_y).append((op, blk.tokens))
-    succ, ndeps = g.succ, g.ndeps
+    src, dst = g.src, g.dst
     a = s.fence  # a wait's op: never the hold itself
     if a is not None:
-        succ[a].append(hold)
-        ndeps[hold] += 1
+        src.append(a)
+        dst.append(hold)
     if i.slot is not None:
         a = s.slot_fill.get(i.slot)
         if a is not None and a != hold:
-            succ[a].append(hold)
-            ndeps[hold] += 1
+            src.append(a)
+            dst.append(hold)
         s.slot_uses[i.slot].append(op)
     elif blk is not None:
         g.edge(s.last_recv.get((blk.layer, blk.which)), hold)
@@ -345,17 +334,17 @@ def recv(b: Builder, s: DieState, i: Recv) -> None:
                 la.recv_x_start.append((hold, ts))
             else:
                 la.recv_y.append((hold, op, ts, i.nbytes))
-    succ, ndeps = g.succ, g.ndeps
+    src, dst = g.src, g.dst
     a = s.fence  # a wait's op: never the hold itself
     if a is not None:
-        succ[a].append(hold)
-        ndeps[hold] += 1
+        src.append(a)
+        dst.append(hold)
     slot = i.slot
     if slot is not None:
         a = s.slot_free.get(slot)
         if a is not None and a != hold:
-            succ[a].append(hold)
-            ndeps[hold] += 1
+            src.append(a)
+            dst.append(hold)
         prec = b.dense_precision
         if sref is not None:
             prec = b.slice_precision(sref, i.nbytes)
@@ -372,23 +361,18 @@ def free(b: Builder, s: DieState, i: Free) -> None:
     content, _ = s.slot_fill_info.get(i.slot, (None, ""))
     tag = b.layers[content.layer][0] if content is not None else -1
     g = b.g
-    op = g.add(SYNC, 0.0, (), s.die, i, tag)
+    op = g.add(SYNC, 0.0, -1, s.die, i, tag)
     if tag >= 0:
         b.layer_acts(s.die, tag).ops.append(op)
     # edges from the fence, the slot's fill and every use since (op is new: no self edge)
-    succ, deps = g.succ, 0
-    a = s.fence
-    if a is not None:
-        succ[a].append(op)
-        deps += 1
-    a = s.slot_fill.get(i.slot)
-    if a is not None:
-        succ[a].append(op)
-        deps += 1
+    src, dst = g.src, g.dst
+    for a in (s.fence, s.slot_fill.get(i.slot)):
+        if a is not None:
+            src.append(a)
+            dst.append(op)
     uses = s.slot_uses.pop(i.slot, ())
-    for u in uses:
-        succ[u].append(op)
-    g.ndeps[op] = deps + len(uses)
+    src += uses
+    dst += [op] * len(uses)
     s.slot_free[i.slot] = op
     rec = s.slot_fill_rec.pop(i.slot, None)
     if rec is not None:
@@ -400,12 +384,12 @@ def free(b: Builder, s: DieState, i: Free) -> None:
 def signal(b: Builder, s: DieState, i: Signal) -> None:
     """Completes when everything the die issued before it has, then counts its event."""
     g = b.g
-    op = g.add(SYNC, 0.0, (), s.die, i)
+    op = g.add(SYNC, 0.0, -1, s.die, i)
     g.edge(s.fence, op)
     g.edge(s.last_signal, op)
-    since = s.since_signal  # earlier ops (op is new: no self edge), in issue order, in C
-    deque(map(list.append, map(g.succ.__getitem__, since), repeat(op)), maxlen=0)
-    g.ndeps[op] += len(since)
+    since = s.since_signal  # earlier ops (op is new: no self edge), in issue order
+    g.src += since
+    g.dst += [op] * len(since)
     s.since_signal = []
     s.last_signal = op
     b.signal_event[op] = i.event
@@ -415,9 +399,9 @@ def signal(b: Builder, s: DieState, i: Signal) -> None:
 def wait(b: Builder, s: DieState, i: Wait) -> None:
     """Released by its event's counter; nothing after it issues before."""
     g = b.g
-    op = g.add(SYNC, 0.0, (), s.die, i)
+    op = g.add(SYNC, 0.0, -1, s.die, i)
     g.edge(s.fence, op)
-    g.ndeps[op] += 1  # released by the counter
+    # released by the counter (one more dependency than its edges)
     b.waiters[i.event][i.count].append(op)
     s.fence = op
 
@@ -432,7 +416,7 @@ def dense(b: Builder, s: DieState, i: Dense) -> None:
     dur = b.compute_cost(
         ("dense", die, flops, prec), lambda: cost.dense_time(b.t, die, flops, prec)
     )
-    comp = g.add(COMPUTE, dur, (die,), die, i, -1, isl)
+    comp = g.add(COMPUTE, dur, die, die, i, -1, isl)
     charge_dense(b, s, comp, flops)
     g.edge(s.fence, comp)
     g.edge(s.last_compute, comp)
