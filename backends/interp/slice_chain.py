@@ -1,7 +1,7 @@
 """A streamed micro-slice in one step: ``load``, ``gemm``, ``act``, ``accum``, ``free`` on one slot.
 
 EP, TP, Hydra and EPLB stream every micro-slice as the same five instructions, one after the
-other in a die's stream (:func:`.expand.ep._stream_slices`)::
+other in a die's stream (:func:`.expand.streaming.stream_runs`)::
 
     load s3 <- ch1 moe0.e7.s2 bytes 2359296
     gemm s3 tokens 0..15
