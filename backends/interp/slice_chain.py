@@ -27,6 +27,7 @@ entry) or holds no micro-slice is left to the handlers.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from itertools import chain
 from operator import itemgetter
@@ -70,12 +71,21 @@ def _template(
     )  # fmt: skip
 
 
+def _slice_templates(b: Builder, die: int, c: SliceRef) -> tuple[Any, dict[Any, Any]]:
+    """Slice ``c``'s geometry and its templates per shape on die ``die`` (shared by the slices
+    of one geometry), memoized in ``b.chains`` under ``(die, layer, shared, slice)``."""
+    geo = b.slice_geometry(c)
+    shapes = b.chains.setdefault((die, c.layer, geo), {})
+    hit = b.chains[(die, c.layer, c.expert is None, c.slice)] = (geo, shapes)
+    return hit
+
+
 def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list[Any], int]:
     """The templates of the chains from ``ins[j]`` on (one per chain, in order) and the index
     after the last: plain streamed micro-slices of one layer, one after the other."""
     n = len(ins)
     die = s.die
-    memo, geometries = b.chains, b.geometries
+    memo = b.chains
     tpls: list[Any] = []
     layer = None
     while j + 4 < n:
@@ -103,12 +113,16 @@ def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list
         ng = tg.size
         na = ng if ta is tg else ta.size
         nc = ng if tc is tg else tc.size
-        # the slice's geometry rather than its index in the key: an expert's slices share it
-        geo = geometries.get((c.layer, c.expert is None, c.slice)) or b.slice_geometry(c)
-        key = (il.channel, die, nbytes, c.layer, geo, ng, na, nc)
-        tpl = memo.get(key)
+        # per slice on this die, its geometry and the templates of its shapes (the geometry's,
+        # shared by an expert's slices of one width: two small keys rather than one nested)
+        of_slice = memo.get((die, c.layer, c.expert is None, c.slice))
+        if of_slice is None:
+            of_slice = _slice_templates(b, die, c)
+        geo, shapes = of_slice
+        key = (il.channel, nbytes, ng, na, nc)
+        tpl = shapes.get(key)
         if tpl is None:
-            tpl = memo[key] = _template(b, die, il, c, geo, ng, na, nc)
+            tpl = shapes[key] = _template(b, die, il, c, geo, ng, na, nc)
         tpls.append(tpl)
         j += 5
     return tpls, j
@@ -235,15 +249,8 @@ def _instrs(g_instr: list[Instr | None], run: Sequence[Instr], ks: np.ndarray) -
 def _count_bytes(b: Builder, die: int, tpls: list[Any]) -> None:
     """The bytes the run's reads move, per link, channel or host link (each template's bytes
     times its chains, links in the order the chains first cross them)."""
-    count: dict[int, int] = {}
-    by_id: dict[int, Any] = {}
-    for tpl in tpls:
-        t = id(tpl)
-        if t in count:
-            count[t] += 1
-        else:
-            count[t] = 1
-            by_id[t] = tpl
+    count = Counter(map(id, tpls))  # in the order of first use
+    by_id = dict(zip(map(id, tpls), tpls, strict=True))
     link_bytes, dram_bytes = b.link_bytes, b.dram_bytes
     for t, m in count.items():
         tpl = by_id[t]
