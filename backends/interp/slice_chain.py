@@ -27,8 +27,13 @@ entry) or holds no micro-slice is left to the handlers.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from itertools import chain
+from operator import itemgetter
 from typing import Any
+
+import numpy as np
 
 from moec.backends.interp.opgraph import COMPUTE, LOAD, SLICE_CHAIN, SYNC, Builder, DieState
 from moec.backends.interp.timing_ops import free, load, unit_costs
@@ -62,37 +67,27 @@ def _template(
     charges = read_charges + tuple((k + o, d, part, j) for o, d, part, j in unit_charges)
     return (
         k, ops_kinds, ops_durs, ops_res, backs, charges, links, prec, lk, hb, (die,) * (k + 4),
-        (lk,) * (k + 4),
+        (lk,) * (k + 4), il.channel, nbytes,
     )  # fmt: skip
 
 
-def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
-    """Add the chains of streamed micro-slices that start at ``ins[j]``, one after the other,
-    as their handlers would (module doc); the index after the last one added (``j``: none,
-    ``ins[j]`` does not start a plain streamed micro-slice).
+def _slice_templates(b: Builder, die: int, c: SliceRef) -> tuple[Any, dict[Any, Any]]:
+    """Slice ``c``'s geometry and its templates per shape on die ``die`` (shared by the slices
+    of one geometry), memoized in ``b.chains`` under ``(die, layer, shared, slice)``."""
+    geo = b.slice_geometry(c)
+    shapes = b.chains.setdefault((die, c.layer, geo), {})
+    hit = b.chains[(die, c.layer, c.expert is None, c.slice)] = (geo, shapes)
+    return hit
 
-    A run of chains is one call: what stays the same from one chain to the next (the graph's
-    lists, the die's fence, the memos) is looked up once, and the energy charges are logged as
-    one run (:meth:`~.energy.EnergyLedger.log_run`, in chain order)."""
+
+def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list[Any], int]:
+    """The templates of the chains from ``ins[j]`` on (one per chain, in order) and the index
+    after the last: plain streamed micro-slices of one layer, one after the other."""
     n = len(ins)
     die = s.die
-    g = b.g
-    kind, dur, res, src, dst, runs = g.kind, g.dur, g.res, g.src, g.dst, g.runs
-    g_die, g_layer, g_instr, back_of = g.die, g.layer, g.instr, g.back_of
-    memo, geometries, acts = b.chains, b.geometries, b.acts
-    link_bytes, dram_bytes = b.link_bytes, b.dram_bytes
-    slot_free, slot_fill, slot_fill_info = s.slot_free, s.slot_fill, s.slot_fill_info
-    slot_uses, slot_fill_rec, pending_h = s.slot_uses, s.slot_fill_rec, s.pending_h
-    last_recv = s.last_recv
-    fence = s.fence  # no chain waits: the same for the whole run
-    last_compute = s.last_compute
-    firsts: list[int] = []
-    blocks: list[Any] = []
-    since: list[int] = []
-    closed: list[int] = []
-    la_key: tuple[int, int] | None = None
-    la: Any = None
-    first = len(kind)
+    memo = b.chains
+    tpls: list[Any] = []
+    layer = None
     while j + 4 < n:
         il = ins[j]
         if type(il) is not Load:
@@ -108,86 +103,164 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
         nbytes = il.nbytes
         if type(c) is not SliceRef or nbytes == 0:
             break
+        if c.layer != layer:
+            if layer is not None:
+                break  # one layer a run: its activations' records and its latest x block
+            layer = c.layer
         tg, ta, tc = ig.tokens, ia.tokens, ic.tokens
         # token counts: ``size`` is counted once per set (``len`` is a Python call), and the
         # three instructions of a streamed slice share one set
         ng = tg.size
         na = ng if ta is tg else ta.size
         nc = ng if tc is tg else tc.size
-        # the slice's geometry rather than its index in the key: an expert's slices share it
-        geo = geometries.get((c.layer, c.expert is None, c.slice)) or b.slice_geometry(c)
-        key = (il.channel, die, nbytes, c.layer, geo, ng, na, nc)
-        tpl = memo.get(key)
+        # per slice on this die, its geometry and the templates of its shapes (the geometry's,
+        # shared by an expert's slices of one width: two small keys rather than one nested)
+        of_slice = memo.get((die, c.layer, c.expert is None, c.slice))
+        if of_slice is None:
+            of_slice = _slice_templates(b, die, c)
+        geo, shapes = of_slice
+        key = (il.channel, nbytes, ng, na, nc)
+        tpl = shapes.get(key)
         if tpl is None:
-            tpl = memo[key] = _template(b, die, il, c, geo, ng, na, nc)
-        (k, kinds, durs, ress, backs, charges, links, prec, lk, hb, dies, layers) = tpl
-        last = first + k - 1  # the read's arrival: the slot's fill
-        op = first + k  # the gemm; act, accum and free follow
-        free = op + 3
-        kind += kinds
-        dur += durs
-        res += ress
-        g_die += dies
-        g_layer += layers
-        g_instr += (il,) * k
-        g_instr += (ig, ia, ic, ifr)
-        for o, back in backs:
-            back_of[first + o] = back
-        firsts.append(first)
-        blocks.append(charges)
-        for x in links:
-            link_bytes[x] += nbytes
-        if il.channel == HOST_CHANNEL:
-            b.host_bytes[die] += nbytes
-        else:
-            dram_bytes[il.channel] += nbytes
-        # edges, each source's in the order the handlers add them: one run, the read's chain,
-        # its arrival -> gemm -> act -> accum -> free (each the first successor of its
-        # source); load (fence, the slot's last free), gemm (fence, latest compute, the latest
-        # x block), free (fence, the read's arrival)
-        runs += (first, k + 3)
-        if fence is not None:
-            src += (fence, fence, fence)
-            dst += (first, op, free)
+            tpl = shapes[key] = _template(b, die, il, c, geo, ng, na, nc)
+        tpls.append(tpl)
+        j += 5
+    return tpls, j
+
+
+def _flat(*columns: np.ndarray) -> list[int]:
+    """The columns' rows one after the other: ``a[0], b[0], .., a[1], b[1], ..``."""
+    return np.stack(columns, axis=1).ravel().tolist()
+
+
+def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
+    """Add the chains of streamed micro-slices that start at ``ins[j]``, one after the other,
+    as their handlers would (module doc); the index after the last one added (``j``: none,
+    ``ins[j]`` does not start a plain streamed micro-slice).
+
+    A run of chains (of one layer) is one call: each chain's template is looked up in turn,
+    then the run's ops, edges, charges, records and the die's state are added column by
+    column, from arrays over the run's chains. The edge log gets each source's edges in the
+    order the handlers add them (the only order the event loop reads: it sorts the log by
+    source, stably); the sources of the run's edges are the fence, the latest x block, the
+    die's latest compute and slot frees before the run, and the run's own arrivals, accums and
+    frees, each in one kind of edge only, so the edges may go kind by kind."""
+    tpls, after = _chains(b, s, ins, j)
+    if not tpls:
+        return j
+    die = s.die
+    g = b.g
+    first0 = len(g.kind)
+    i64 = np.int64
+    ks = np.fromiter(map(itemgetter(0), tpls), i64, len(tpls))
+    firsts = np.empty(len(tpls), i64)
+    firsts[0] = first0
+    np.cumsum(ks[:-1] + 4, out=firsts[1:])
+    firsts[1:] += first0
+    lasts = firsts + ks - 1  # each read's arrival: the slot's fill
+    ops = firsts + ks  # the gemm; act, accum and free follow
+    accums, frees = ops + 2, ops + 3
+    from_c = chain.from_iterable
+    g.kind += from_c(map(itemgetter(1), tpls))
+    g.dur += from_c(map(itemgetter(2), tpls))
+    g.res += from_c(map(itemgetter(3), tpls))
+    g.die += from_c(map(itemgetter(10), tpls))
+    g.layer += from_c(map(itemgetter(11), tpls))
+    loads, gemms, accs = ins[j:after:5], ins[j + 1 : after : 5], ins[j + 3 : after : 5]
+    _instrs(g.instr, ins[j:after], ks)
+    first_l, free_l, op_l = firsts.tolist(), frees.tolist(), ops.tolist()
+    back_of = g.back_of
+    for f, tpl in zip(first_l, tpls, strict=True):
+        for o, back in tpl[4]:
+            back_of[f + o] = back
+    _count_bytes(b, die, tpls)
+    # edges, kind by kind (each source's in the handlers' order): the chains' runs (the
+    # read's chain, its arrival -> gemm -> act -> accum -> free); the fence's (load, gemm,
+    # free of each chain in turn); each load's from the slot's last free; each gemm's from
+    # the latest compute and the latest x block; each free's from its read's arrival
+    g.runs += _flat(firsts, ks + 3)
+    src, dst = g.src, g.dst
+    fence = s.fence  # no chain waits: the same for the whole run
+    if fence is not None:
+        src += [fence] * (3 * len(tpls))
+        dst += _flat(firsts, ops, frees)
+    slots = [il.slot for il in loads]
+    slot_free = s.slot_free
+    for slot, f, fr in zip(slots, first_l, free_l, strict=True):
         a = slot_free.get(slot)
         if a is not None:
             src.append(a)
-            dst.append(first)
-        if last_compute is not None:
-            src.append(last_compute)
-            dst.append(op)
-        a = last_recv.get((c.layer, "x"))
-        if a is not None:
-            src.append(a)
-            dst.append(op)
-        src.append(last)
-        dst.append(free)
-        # the die's state after the five: the slot filled, computed and freed
-        slot_fill[slot] = last
-        slot_fill_info[slot] = (c, prec)
-        slot_uses.pop(slot, None)
-        slot_fill_rec.pop(slot, None)
-        pending_h.pop(slot, None)
-        slot_free[slot] = free
-        last_compute = op + 2
-        since += (last, op + 2, free)
-        closed += (die, first, free)
-        # SRAM records of the layer's activations
-        if la_key != (die, lk):
-            la_key = (die, lk)
-            la = acts.get(la_key) or b.layer_acts(die, lk)
-        la.ops += (first, last, op, op + 1, op + 2, free)
-        la.x_uses.append((op, tg))
-        la.accums.append((op + 2, tc))
-        la.h += (op, op + 2, hb)
-        first = free + 1
-        j += 5
-    if firsts:
-        b.energy.log_run(firsts, blocks)
-        s.last_compute = last_compute
-        s.since_signal += since
-        b.closed_fills += closed
-    return j
+            dst.append(f)
+        slot_free[slot] = fr
+    if s.last_compute is not None:
+        src.append(s.last_compute)
+        dst.append(op_l[0])
+    src += accums[:-1].tolist()
+    dst += op_l[1:]
+    layer = loads[0].content.layer
+    a = s.last_recv.get((layer, "x"))
+    if a is not None:
+        src += [a] * len(tpls)
+        dst += op_l
+    src += lasts.tolist()
+    dst += free_l
+    # the die's state after the run: each slot filled, computed and freed
+    s.slot_fill.update(zip(slots, lasts.tolist(), strict=True))
+    held_by = zip([il.content for il in loads], map(itemgetter(7), tpls), strict=True)
+    s.slot_fill_info.update(zip(slots, held_by, strict=True))
+    for held in (s.slot_uses, s.slot_fill_rec, s.pending_h):
+        if held:
+            for slot in slots:
+                held.pop(slot, None)
+    s.last_compute = int(accums[-1])
+    s.since_signal += _flat(lasts, accums, frees)
+    b.closed_fills += _flat(np.full(len(tpls), die, i64), firsts, frees)
+    b.energy.log_run(first_l, list(map(itemgetter(5), tpls)))
+    # SRAM records of the layer's activations
+    lk = tpls[0][8]
+    la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
+    la.ops += _flat(firsts, lasts, ops, ops + 1, accums, frees)
+    la.x_uses += zip(op_l, (i.tokens for i in gemms), strict=True)
+    la.accums += zip(accums.tolist(), (i.tokens for i in accs), strict=True)
+    hbs = np.fromiter(map(itemgetter(9), tpls), i64, len(tpls))
+    la.h += _flat(ops, accums, hbs)
+    return after
+
+
+def _instrs(g_instr: list[Instr | None], run: Sequence[Instr], ks: np.ndarray) -> None:
+    """Each op's instruction: a chain's load for its read's ``k`` ops, then its gemm, act,
+    accum and free (``run``: the chains' five instructions each)."""
+    k = int(ks[0])
+    if (ks == k).all():  # one read shape: the instructions by strided slices
+        width = k + 4
+        out: list[Any] = [None] * (width * len(ks))
+        loads = run[::5]
+        for o in range(k):
+            out[o::width] = loads
+        for o in range(1, 5):
+            out[k + o - 1 :: width] = run[o::5]
+        g_instr += out
+        return
+    for c, kc in enumerate(ks.tolist()):
+        g_instr += (run[5 * c],) * kc
+        g_instr += run[5 * c + 1 : 5 * c + 5]
+
+
+def _count_bytes(b: Builder, die: int, tpls: list[Any]) -> None:
+    """The bytes the run's reads move, per link, channel or host link (each template's bytes
+    times its chains, links in the order the chains first cross them)."""
+    count = Counter(map(id, tpls))  # in the order of first use
+    by_id = dict(zip(map(id, tpls), tpls, strict=True))
+    link_bytes, dram_bytes = b.link_bytes, b.dram_bytes
+    for t, m in count.items():
+        tpl = by_id[t]
+        channel, nbytes = tpl[12], tpl[13]
+        for x in tpl[6]:
+            link_bytes[x] += m * nbytes
+        if channel == HOST_CHANNEL:
+            b.host_bytes[die] += m * nbytes
+        else:
+            dram_bytes[channel] += m * nbytes
 
 
 SLICE_CHAIN.append((slice_run, (load, free)))
