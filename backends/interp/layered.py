@@ -32,6 +32,7 @@ import gc
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import compress
 
 import numpy as np
 
@@ -253,7 +254,9 @@ def run_layered(
             deferred_pairs += int(tl.extra["deferred_pairs"])
             deferred_s += tl.extra["deferred_s"]
         ends = {id(st.instrs[-1]) for st in prog.streams if st.instrs}
-        last_ops = [op for op in _sync_ops(tl) if id(tl.instr[op]) in ends]
+        sync = _sync_ops(tl)
+        is_end = map(ends.__contains__, map(id, map(tl.instr.__getitem__, sync)))
+        last_ops = list(compress(sync, is_end))  # the streams' last sync ops, picked in C
         carry.clock = float(tl.end[last_ops].max()) if last_ops else makespan
         last = (tl.layer_names, tl.island_names, tl.num_resources, tl.resource_names)
         # drop the part now: refcounting frees its instructions and ops, so the collection
