@@ -280,9 +280,10 @@ def _run_parts(
             deferred_pairs += int(tl.extra["deferred_pairs"])
             deferred_s += tl.extra["deferred_s"]
         ends = {id(st.instrs[-1]) for st in prog.streams if st.instrs}
-        sync = _sync_ops(tl)
-        is_end = map(ends.__contains__, map(id, map(tl.instr.__getitem__, sync)))
-        last_ops = list(compress(sync, is_end))  # the streams' last sync ops, picked in C
+        sync = _sync_ops(tl)  # those of the streams' last instructions, picked in C
+        last_ops = list(
+            compress(sync, map(ends.__contains__, map(id, map(tl.instr.__getitem__, sync))))
+        )
         carry.clock = float(tl.end[last_ops].max()) if last_ops else makespan
         last = (tl.layer_names, tl.island_names, tl.num_resources, tl.resource_names)
         # drop the part now: refcounting frees its instructions and ops, so the collection
