@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import tempfile
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from moec.backends.interp import layered
 from moec.backends.interp.layered import plan_parts, walk_part
 from moec.backends.interp.simulate import RunResult, gc_paused, simulate
 from moec.bench import _Workloads, moe_metrics
@@ -140,6 +142,34 @@ def test_layered_run_memory_is_flat_in_layers() -> None:
     # one layer's instructions and ops alive at a time: 3x the layers, not 3x the memory (with
     # the collector paused and no collection between parts this read 16.0 MB against 8.8 MB)
     assert six < 1.3 * two, (two, six)
+
+
+def test_a_paused_run_freezes_the_callers_objects_and_thaws_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the collector paused (``simulate`` pauses it), the objects made before the run are
+    frozen while it runs (the collections between parts skip them) and thawed after; with
+    objects a caller froze, nothing is frozen or thawed."""
+    target = load_target("fsedp-2x2")
+    program, trace = _shape_only(2, 16, "ep")
+    frozen: list[int] = []
+    run = layered._run_parts
+
+    def spy(*a: Any) -> Any:
+        frozen.append(gc.get_freeze_count())
+        return run(*a)
+
+    monkeypatch.setattr(layered, "_run_parts", spy)
+    simulate(program, target=target, routings=trace, layered=True)
+    assert frozen and frozen[0] > 0 and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        with gc_paused():
+            simulate(program, target=target, routings=trace, layered=True)
+        assert frozen[-1] == mine == gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
 
 
 def _fill(slot: int = 1) -> Load:

@@ -17,7 +17,7 @@ own joules (:func:`.summary.layer_parts`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -93,6 +93,11 @@ class EnergyLedger:
         self._firsts.append(first)
         self._which.append(k)
 
+    def _index_of(self, block: tuple[Charge, ...]) -> int:
+        """``block``'s index, registering it if it is new."""
+        k = self._index.get(id(block))
+        return self._register(block) if k is None else k
+
     def _register(self, block: tuple[Charge, ...]) -> int:
         """Register ``block`` (known by its id from now on); its index."""
         k = self._index[id(block)] = len(self._blocks)
@@ -106,14 +111,12 @@ class EnergyLedger:
         """:meth:`log` of each ``(firsts[k], blocks[k])`` in turn, in one call (a run of
         streamed micro-slices: :func:`.slice_chain.slice_run`)."""
         index = self._index
-        which: list[int] = []
-        for block in blocks:
-            k = index.get(id(block))
-            if k is None:
-                k = self._register(block)
-            which.append(k)
+        found = list(map(index.get, map(id, blocks)))  # every block known: looked up in C
+        if None in found:  # some new: registered in turn (a block may come twice)
+            found = [k if k is not None else self._index_of(b)
+                     for k, b in zip(found, blocks, strict=True)]  # fmt: skip
         self._firsts += firsts
-        self._which += which
+        self._which += cast("list[int]", found)
 
     def charge(self, die: int, part: str, joules: float, op: int) -> None:
         """Add ``joules`` of ``part`` on ``die``, spent by ``op``."""

@@ -293,10 +293,12 @@ def _activation_events(
     """Allocation (+bytes) and release (-bytes) events of one die's activations of one layer
     (the rules of :mod:`moec.ir.activations`); ``span``: the earliest start and latest end of
     ``acts.ops``."""
-    times: list[float] = []
-    deltas: list[int] = []
+    # the events in pieces (arrays), concatenated once, in the order the rules add them (the
+    # order ties are broken in)
+    t_parts: list[np.ndarray] = []
+    d_parts: list[np.ndarray] = []
     if not acts.ops:
-        return np.asarray(times, dtype=np.float64), np.asarray(deltas, dtype=np.int64)
+        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
     lo, hi = span
     xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
     n = tokens
@@ -307,8 +309,8 @@ def _activation_events(
         home |= _mask([ts for _, _, ts, _ in acts.recv_y], n, index) & ~sent_y & ~received
     k = int(home.sum())
     if k:
-        times += [lo, hi]
-        deltas += [k * (xb + yb), -k * (xb + yb)]
+        t_parts.append(np.array([lo, hi], dtype=np.float64))
+        d_parts.append(np.array([k * (xb + yb), -k * (xb + yb)], dtype=np.int64))
     # some token received (sent) in more than one block
     many_x = bool(acts.recv_x) and _repeats(index.tokens([ts for _, ts in acts.recv_x]))
     many_y = bool(acts.send_y) and _repeats(index.tokens([ts for _, ts in acts.send_y]))
@@ -323,19 +325,18 @@ def _activation_events(
     x_rows = _x_per_reception(acts, pos, start, end, xb, index) if many_x else None
     y_rows = _y_per_send(acts, pos, start, end, ~home, hi, yb, index) if many_y else None
     if x_rows is not None:
-        times += x_rows[0]
-        deltas += x_rows[1]
+        t_parts.append(np.asarray(x_rows[0], dtype=np.float64))
+        d_parts.append(np.asarray(x_rows[1], dtype=np.int64))
     elif acts.recv_x:  # other dies' inputs: first recv to last use
         first = _first_last(acts.recv_x_start, start, n, True, index)
         last = _first_last(acts.x_uses, end, n, False, index)
         arrived = _first_last(acts.recv_x, end, n, True, index)
         idx = np.nonzero(received)[0]
-        f, last_use = first[idx], np.maximum(last[idx], arrived[idx])
-        times += f.tolist() + last_use.tolist()
-        deltas += [xb] * idx.size + [-xb] * idx.size
+        t_parts += [first[idx], np.maximum(last[idx], arrived[idx])]
+        d_parts.append(np.repeat(np.array([xb, -xb], dtype=np.int64), idx.size))
     if y_rows is not None:
-        times += y_rows[0]
-        deltas += y_rows[1]
+        t_parts.append(np.asarray(y_rows[0], dtype=np.float64))
+        d_parts.append(np.asarray(y_rows[1], dtype=np.int64))
     elif acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
         first = np.minimum(
             _first_last(acts.accums, start, n, True, index),
@@ -344,21 +345,27 @@ def _activation_events(
         last = _first_last(acts.send_y, end, n, False, index)
         idx = np.nonzero(~home & np.isfinite(first))[0]
         f = first[idx]
-        release = np.where(np.isfinite(last[idx]), np.maximum(last[idx], f), hi)
-        times += f.tolist() + release.tolist()
-        deltas += [yb] * idx.size + [-yb] * idx.size
-    for hold, op, _, nbytes in acts.recv_y:  # landing buffer while the block crosses the link
-        times += [start[hold], end[op]]
-        deltas += [nbytes, -nbytes]
-    t_arr = np.asarray(times, dtype=np.float64)
-    d_arr = np.asarray(deltas, dtype=np.int64)
+        t_parts += [f, np.where(np.isfinite(last[idx]), np.maximum(last[idx], f), hi)]
+        d_parts.append(np.repeat(np.array([yb, -yb], dtype=np.int64), idx.size))
+    if acts.recv_y:  # landing buffer while the block crosses the link: (+, -) pairs
+        y = np.asarray([(hold, op, nbytes) for hold, op, _, nbytes in acts.recv_y], np.int64)
+        _pairs(y, start, end, t_parts, d_parts)
     if acts.h:  # each slice's h, from its gemm's start to its accum's end: (+, -) pairs
-        h = np.asarray(acts.h, dtype=np.int64).reshape(-1, 3)
-        t_h = np.stack([start[h[:, 0]], end[h[:, 1]]], axis=1).ravel()
-        d_h = np.stack([h[:, 2], -h[:, 2]], axis=1).ravel()
-        t_arr = np.concatenate([t_arr, t_h])
-        d_arr = np.concatenate([d_arr, d_h])
-    return t_arr, d_arr
+        _pairs(np.fromiter(acts.h, np.int64, len(acts.h)).reshape(-1, 3), start, end, t_parts,
+               d_parts)  # fmt: skip
+    if not t_parts:
+        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(t_parts), np.concatenate(d_parts)
+
+
+def _pairs(
+    rows: np.ndarray, start: np.ndarray, end: np.ndarray, t_parts: list[np.ndarray],
+    d_parts: list[np.ndarray],
+) -> None:  # fmt: skip
+    """Append one (+bytes, -bytes) pair of events per row ``(open op, close op, bytes)``: at
+    the open op's start and the close op's end, pair after pair."""
+    t_parts.append(np.stack([start[rows[:, 0]], end[rows[:, 1]]], axis=1).ravel())
+    d_parts.append(np.stack([rows[:, 2], -rows[:, 2]], axis=1).ravel())
 
 
 def sram_peaks(
@@ -388,16 +395,7 @@ def sram_peaks(
     if fills or closed:
         # each fill is two events, (fill start, +size) and (free end or makespan, -size), in
         # fills order within each die (the order ties are broken in)
-        f_die = np.fromiter((f[0] for f in fills), dtype=np.int64, count=len(fills))
-        f_op = np.fromiter((f[1] for f in fills), dtype=np.int64, count=len(fills))
-        f_free = np.fromiter(
-            (rec[1] if len(rec) > 1 else -1 for _, _, rec in fills), dtype=np.int64,
-            count=len(fills),
-        )  # fmt: skip
-        if closed:
-            more = np.asarray(closed, dtype=np.int64).reshape(-1, 3)
-            f_die, f_op, f_free = (np.concatenate([a, more[:, k]]) for k, a in enumerate(
-                (f_die, f_op, f_free)))  # fmt: skip
+        f_die, f_op, f_free = _fill_columns(fills, closed)
         f_t = np.empty((f_die.size, 2), dtype=np.float64)
         f_t[:, 0] = start_a[f_op]
         f_t[:, 1] = np.where(f_free >= 0, end_a[f_free], makespan)
@@ -417,7 +415,7 @@ def sram_peaks(
         m = layers[k]
         span = (0.0, 0.0)
         if la.ops:
-            ops = np.asarray(la.ops, dtype=np.int64)
+            ops = np.fromiter(la.ops, np.int64, len(la.ops))
             span = (float(start_a[ops].min()), float(end_a[ops].max()))
         ts, ds = _activation_events(la, m.tokens, m.hidden, m.dtype, start_a, end_a, span, index)
         times[die].append(ts)
@@ -434,6 +432,26 @@ def sram_peaks(
         peak[die], slots[die], act[die] = int(total[j]), int(cs[j]), int(ca[j])
         slot_peak[die] = int(cs.max())
     return peak, slots, act, slot_peak
+
+
+def _fill_columns(
+    fills: Sequence[tuple[int, int, list[int]]], closed: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """:func:`sram_peaks`'s ``fills`` then ``closed`` as three columns: die, fill op, free op
+    (-1: none), each read by one ``map`` in C."""
+    n = len(fills)
+    f_die = np.fromiter(map(itemgetter(0), fills), np.int64, n)
+    f_op = np.fromiter(map(itemgetter(1), fills), np.int64, n)
+    recs = list(map(itemgetter(2), fills))
+    try:  # every fill freed (the usual case)
+        f_free = np.fromiter(map(itemgetter(1), recs), np.int64, n)
+    except IndexError:  # some held to the end
+        f_free = np.fromiter((r[1] if len(r) > 1 else -1 for r in recs), np.int64, n)
+    if closed:
+        more = np.fromiter(closed, np.int64, len(closed)).reshape(-1, 3)
+        f_die, f_op, f_free = (np.concatenate([c, more[:, k]]) for k, c in enumerate(
+            (f_die, f_op, f_free)))  # fmt: skip
+    return f_die, f_op, f_free
 
 
 def sram_overflow(

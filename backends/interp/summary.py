@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +25,8 @@ from moec.ir.target import Target
 
 if TYPE_CHECKING:
     from moec.backends.interp.timing import Timeline
+
+_NBYTES = attrgetter("nbytes")
 
 
 @dataclass
@@ -117,10 +120,7 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
         busy = np.bincount(res[mine], weights=dur[mine], minlength=tl.num_resources)
         moved = ops[(kind[ops] == LOAD) | (kind[ops] == XFER)]
         held = res[moved]
-        nbytes = np.fromiter(
-            (getattr(i, "nbytes", 0) for i in map(tl.instr.__getitem__, moved.tolist())),
-            dtype=np.int64, count=moved.size,
-        )  # fmt: skip
+        nbytes = _nbytes(list(map(tl.instr.__getitem__, moved.tolist())))
         dram = int(nbytes[(D <= held) & (held < D + C)].sum())
         link = int(nbytes[(D + C <= held) & (held < links_end)].sum())
         parts.append(
@@ -129,6 +129,17 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
             )
         )
     return parts
+
+
+def _nbytes(instrs: list[Any]) -> np.ndarray:
+    """Each instruction's ``nbytes`` (0 for one without: none, or no such field), read by one
+    ``map`` in C when every one has it (the usual case)."""
+    try:
+        return np.fromiter(map(_NBYTES, instrs), dtype=np.int64, count=len(instrs))
+    except AttributeError:
+        return np.fromiter(
+            (getattr(i, "nbytes", 0) for i in instrs), dtype=np.int64, count=len(instrs)
+        )  # fmt: skip
 
 
 def _column(values: Sequence[Any] | np.ndarray, dtype: type) -> np.ndarray:
