@@ -66,7 +66,8 @@ def compiled_available() -> bool:
 
 
 def run_events(
-    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
+    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints,
+    back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
 ) -> tuple[Floats, Floats]:  # fmt: skip
     """Every op's ``(start, end)`` (end -1 for an op never released: a deadlock), with
@@ -96,7 +97,8 @@ def as_list(values: Floats) -> list[Any]:
 
 
 def loop_python(
-    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
+    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints,
+    back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
 ) -> tuple[list[float], list[float]]:  # fmt: skip
     """The reference loop (see :func:`run_events`)."""
@@ -190,7 +192,8 @@ def _float_array(values: Floats) -> np.ndarray:
 
 
 def loop_compiled(
-    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints, back: Mapping[int, float], free_at: list[float], busy: list[float],
+    src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints,
+    back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The compiled loop (see :func:`run_events`): the graph packed into arrays (the kernel

@@ -7,7 +7,7 @@ latency, a ``SYNC`` for free/signal/wait), and starts when its predecessors have
 (:data:`TIMING`, one per opcode, registered in :mod:`.timing_ops`) to add its ops and edges, with
 the die's running state (:class:`DieState`: the latest wait, compute, signal, each slot's fill
 and uses). The handlers share the builder's costs: :meth:`Builder.read` (a DRAM or host read
-into a die, with its route), :meth:`Builder.transfer` (a send/recv pair), :meth:`Builder.delay`.
+into a die, with its route), :meth:`Builder.transfer` (a send/recv pair).
 
 The semantics these implement are in :mod:`.timing`'s docstring; the run is :func:`.timing.run_timing`.
 """
@@ -91,11 +91,12 @@ class OpGraph:
     An op holds at most one resource (``res``: its id, -1 for none). An op's successors are the
     edges leaving it in the order they were added, which is the order the event loop releases
     them in: :func:`.event_loop.chained_successors` (and the event loop's CSR arrays) sort
-    the log by source, stably. Chains of new ops (a read's hops, a slice's ``gemm -> act -> accum``) are logged
-    as runs instead (``runs``: ``start, count`` pairs, each of ops ``start .. start + count -
-    1`` releasing the next op), which only a chain whose edges are each op's first successor
-    may use: the run's edges go before the logged ones of the same source. An op's dependency count is the number of edges into it (plus one for a ``wait``,
-    released by its counter: the builder's ``waiters``), so no count is kept while building.
+    the log by source, stably. Chains of new ops (a read's hops, a slice's ``gemm -> act ->
+    accum``) are logged as runs instead (``runs``: ``start, count`` pairs, each of ops ``start
+    .. start + count - 1`` releasing the next op), which only a chain whose edges are each op's
+    first successor may use: the run's edges go before the logged ones of the same source. An
+    op's dependency count is the number of edges into it (plus one for a ``wait``, released by
+    its counter: the builder's ``waiters``), so no count is kept while building.
     A few fields are rare (a dense island, a tail reservation's ``back``): they are kept per
     op only where set, and :meth:`islands` gives them as a list once the graph is built.
     Handlers on the hot path append edges themselves (``src.append(a)``, ``dst.append(b)``),
@@ -322,7 +323,7 @@ class Builder:
         """The ops of a DRAM (or host) read into ``die``: ``(first, last)``.
 
         The first op holds the channel (or host link) for its occupancy
-        (:func:`moec.ir.cost.dram_occupancy`: DMA setup and data), and a :meth:`delay` op for its
+        (:func:`moec.ir.cost.dram_occupancy`: DMA setup and data), and a ``DELAY`` op for its
         latency follows; then, per hop of the route, an op holding that link for its data time
         as a tail reservation (``back``: :mod:`.timing`'s rule) and a delay for the hop's
         latency. The last op's end is when the data has arrived.
@@ -371,7 +372,7 @@ class Builder:
         part = PARTS.index("host" if channel == HOST_CHANNEL else "dram")
         charges = [(0, source, part, e_source)]
 
-        def delay(latency: float) -> None:  # Builder.delay: only for a latency
+        def delay(latency: float) -> None:  # a latency's op (none for 0)
             if latency > 0.0:
                 kinds.append(DELAY)
                 durs.append(latency)
@@ -417,25 +418,10 @@ class Builder:
         self._read_plans[key] = hit
         return hit
 
-    def delay(self, hold: int, latency: float) -> int:
-        """The op at which ``hold``'s data arrives: ``latency`` after its end, holding nothing
-        (access latency is pipelined, it occupies no resource). ``hold`` itself when
-        ``latency`` is 0."""
-        if latency <= 0.0:
-            return hold
-        g = self.g
-        op = g.add(
-            DELAY, latency, -1, g.die[hold], g.instr[hold], g.layer[hold],
-            g.island_of.get(hold, -1),
-        )  # fmt: skip
-        g.src.append(hold)
-        g.dst.append(op)
-        return op
-
     def transfer(self, key: tuple[int, int], is_send: bool, i: Any, die: int) -> tuple[int, int]:
         """The ops of the k-th transfer on ``key``, ``(hold, arrival)``: the link hold for
-        :func:`moec.ir.cost.link_occupancy` (DMA setup and framed data), then the link latency (created by whichever side comes
-        first)."""
+        :func:`moec.ir.cost.link_occupancy` (DMA setup and framed data), then the link latency
+        (created by whichever side comes first)."""
         if is_send:
             mine, other = self.pending_send, self.pending_recv
         else:
@@ -451,7 +437,7 @@ class Builder:
             return ops
         a, b = key
         res, occ, lat, _, _, _, charges = self.transfer_costs(a, b, i.nbytes)
-        # the hold and (for a latency) its delay, as OpGraph.add and delay() would add them
+        # the hold and (for a latency) its delay, as OpGraph.add would add them
         g = self.g
         hold = len(g.kind)
         if lat <= 0.0:
