@@ -94,3 +94,23 @@ def test_huge_exponents_and_experts_never_drawn() -> None:
             ids, gates = rs.gumbel_top_k(log_p, 500, 4, a)
             want_ids, want_gates = rs.gumbel_top_k_reference(log_p, 500, 4, b)
             assert np.array_equal(ids, want_ids) and np.array_equal(gates, want_gates)
+
+
+@pytest.mark.parametrize("per_k", [0.5, 1.0, 6.0])
+def test_rows_short_of_the_floor_are_ranked_in_full(
+    monkeypatch: pytest.MonkeyPatch, per_k: float
+) -> None:
+    """A low floor target leaves many rows with fewer than ``k`` entries over the floor (ranked
+    in full, written back among the others); a high one gives every row many candidates."""
+    full_rows = []
+    exact = rs._exact_top_k
+
+    def spy(u, *args):  # type: ignore[no-untyped-def]
+        full_rows.append(u.shape[0])
+        exact(u, *args)
+
+    monkeypatch.setattr(rs, "_exact_top_k", spy)
+    monkeypatch.setattr(rs, "_OVER_FLOOR_PER_K", per_k)
+    for tokens, experts, k in SHAPES[1:5]:
+        _same(tokens, experts, k, 1.0, 8)
+    assert (sum(full_rows) > 0) == (per_k < 2)
