@@ -337,6 +337,21 @@ def synth_layers(
     return RoutingTrace(model, num_dies, out, provenance)
 
 
+def first_tokens(trace: RoutingTrace, tokens: int, home: str = "blocks") -> RoutingTrace:
+    """What :func:`synth_layers` gives for ``tokens`` tokens, cut from its ``trace`` of as many
+    or more (same layers, seed and options, ``home`` its scheme): a layer's rows are drawn one
+    after the other from its own generator (the same uniforms, on the fast path and on the
+    reference's alike), so the first rows of a longer draw are the shorter draw, bit for bit."""
+    if not 0 < tokens <= trace.tokens:
+        raise TraceError(f"trace has {trace.tokens} tokens, cannot take the first {tokens}")
+    home_die = assign_home_dies(tokens, trace.num_dies, home)
+    layers = []
+    for lr in trace.layers:
+        ids, gates = lr.ids[:tokens].copy(), lr.gates[:tokens].copy()
+        layers.append(LayerRouting(lr.name, lr.num_experts, lr.top_k, ids, gates, home_die.copy()))
+    return RoutingTrace(trace.model, trace.num_dies, layers, dict(trace.provenance))
+
+
 @dataclass(frozen=True)
 class SynthSpec:
     """A synthetic-routing request, as parsed from ``synth:zipf=1.0,seed=0``."""

@@ -114,3 +114,22 @@ def test_rows_short_of_the_floor_are_ranked_in_full(
     for tokens, experts, k in SHAPES[1:5]:
         _same(tokens, experts, k, 1.0, 8)
     assert (sum(full_rows) > 0) == (per_k < 2)
+
+
+@pytest.mark.parametrize("home", ["blocks", "round_robin"])
+def test_a_shorter_draw_is_the_first_rows_of_a_longer_one(home: str) -> None:
+    """:func:`first_tokens`: the 4096-token calibration sample's first rows are the batch
+    (token counts off the block size, layers on the fast path and on the reference's)."""
+    shapes = [(256, 8), (64, 6), (8, 2), (128, 8)]
+    for tokens in (1, 700, 1024, 1500):
+        long = rs.synth_layers(shapes, 2100, seed=3, num_dies=4, home=home)
+        want = rs.synth_layers(shapes, tokens, seed=3, num_dies=4, home=home)
+        got = rs.first_tokens(long, tokens, home)
+        assert got.tokens == tokens and got.provenance == want.provenance
+        for a, b in zip(got.layers, want.layers, strict=True):
+            assert (a.name, a.num_experts, a.top_k) == (b.name, b.num_experts, b.top_k)
+            assert np.array_equal(a.ids, b.ids) and a.ids.dtype == b.ids.dtype
+            assert a.gates.tobytes() == b.gates.tobytes()
+            assert np.array_equal(a.home_die, b.home_die)
+    with pytest.raises(rs.TraceError, match="cannot take the first 3000"):
+        rs.first_tokens(long, 3000)
