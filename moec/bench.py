@@ -53,7 +53,8 @@ their placement at compile time from expert loads. ``calibration="sample"`` (the
 them a separate calibration trace of the same synthetic distribution (same Zipf exponent and
 seed, so the same hot experts, with :data:`CALIBRATION_TOKENS` tokens), as a deployment would
 profile it; ``calibration="same"`` lets them see the very batch they run (an oracle); a path
-names a trace file.
+names a trace file. Drawn from the same generators, the sample's first rows are the batch itself
+(a quarter of the sample at 1024 tokens): the batch is cut from it rather than drawn again.
 """
 
 from __future__ import annotations
