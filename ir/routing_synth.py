@@ -154,7 +154,8 @@ def _floor_top_k(
     padded[rows, pos] = approx
     kth = np.partition(padded, m - k, axis=1)[:, m - k] if m >= k else np.full(T, np.inf)
     near = approx >= kth[rows] - margin
-    _rank_exact(u.ravel()[flat[near]], rows[near], cols[near], log_p, k, ids, chosen, skip=full)
+    skip = full if full.size else None
+    _rank_exact(u.ravel()[flat[near]], rows[near], cols[near], log_p, k, ids, chosen, skip=skip)
 
 
 def _approx_logits(u: np.ndarray, log_p: np.ndarray) -> np.ndarray:
