@@ -54,7 +54,9 @@ def gumbel_top_k(
     and only the entries within a margin (:data:`_MARGIN`) of a row's ``k``-th largest
     approximation are computed exactly (``math.log`` is the same C ``log``); a row's top ``k`` exact logits are
     always among them (the approximation is off by far less than half the margin), and they
-    are ranked as the reference ranks them (largest first, ties to the lower index). A zero
+    are ranked as the reference ranks them (largest first, ties to the lower index). Only the
+    entries whose uniform is under their expert's threshold (:func:`_floor`: one comparison, no
+    ``log``) are approximated where ``k`` of them reach the floor; other rows in full. A zero
     uniform anywhere, ``top_k`` not in ``1 .. E - 1``, or few experts per chosen one (where the
     exact candidates are a large share of the draws: no faster) takes the reference."""
     E = log_p.size
@@ -62,6 +64,7 @@ def gumbel_top_k(
         return gumbel_top_k_reference(log_p, tokens, top_k, rng)
     finite = np.abs(log_p[np.isfinite(log_p)])  # -inf: an expert never drawn (a burst of 0)
     margin = _MARGIN * (1.0 + float(finite.max(initial=0.0)))
+    floor, thr = _floor(log_p, top_k)
     state = rng.bit_generator.state
     ids = np.empty((tokens, top_k), dtype=np.int64)
     chosen = np.empty((tokens, top_k))
@@ -71,7 +74,7 @@ def gumbel_top_k(
         if not u.all():  # numpy's gumbel draws a zero uniform again: take its own path
             rng.bit_generator.state = state
             return gumbel_top_k_reference(log_p, tokens, top_k, rng)
-        _exact_top_k(u, log_p, top_k, margin, ids[lo:hi], chosen[lo:hi])
+        _floor_top_k(u, log_p, top_k, margin, floor, thr, ids[lo:hi], chosen[lo:hi])
     z = np.exp(chosen - chosen[:, :1])
     gates = (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
     return ids, gates
@@ -79,6 +82,9 @@ def gumbel_top_k(
 
 #: the fewest experts per chosen expert for which the approximate-then-exact path pays
 _EXPERTS_PER_K = 16
+#: the mean number of entries per chosen expert whose uniform is under its expert's threshold
+#: (:func:`_floor`): a row with fewer than ``k`` of them over the floor is ranked in full
+_OVER_FLOOR_PER_K = 2.5
 #: rows of uniforms drawn and ranked at a time (a few MiB per array)
 _BLOCK = 1024
 #: how far below a row's ``k``-th largest approximate logit an entry is still computed exactly,
@@ -87,39 +93,125 @@ _BLOCK = 1024
 _MARGIN = 1e-9
 
 
-def _exact_top_k(
-    u: np.ndarray, log_p: np.ndarray, k: int, margin: float, ids: np.ndarray, chosen: np.ndarray
-) -> None:
-    """Fill ``ids`` and ``chosen`` (the exact logits) with each row's top ``k`` of
-    ``log_p + gumbel(u)`` (see :func:`gumbel_top_k`)."""
+def _floor(log_p: np.ndarray, k: int) -> tuple[float, np.ndarray]:
+    """A logit ``floor`` and per expert the uniform ``thr`` under which its logit reaches it.
+
+    The logit ``log_p[e] + g(u)`` (``g(u) = -log(-log(1 - u))``, decreasing in ``u``) is at
+    least ``floor`` exactly when ``u <= 1 - exp(-exp(log_p[e] - floor))``; the floor is set
+    (bisection, deterministic) so that :data:`_OVER_FLOOR_PER_K` ``* k`` entries of a row are
+    under their threshold on average. The thresholds are those of a slightly lower floor (a
+    safety far above their rounding), and a threshold near one is one (where ``g`` is steep):
+    an entry whose exact logit reaches the floor is always under its threshold."""
+    want = _OVER_FLOOR_PER_K * k
+    finite = log_p[np.isfinite(log_p)]
+    if not finite.size:  # no expert can be drawn: every entry is a candidate
+        return -math.inf, np.ones_like(log_p)
+    lo, hi = float(finite.min()) - 60.0, float(finite.max()) + 60.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        with np.errstate(over="ignore"):
+            over = float(-np.expm1(-np.exp(log_p - mid)).sum())
+        if over > want:
+            lo = mid
+        else:
+            hi = mid
+    floor = lo
+    with np.errstate(over="ignore"):  # exp(+large) is inf: a threshold of one
+        thr = -np.expm1(-np.exp(log_p - (floor - _FLOOR_SAFETY * (1.0 + abs(floor)))))
+    thr[thr > 1.0 - 1e-6] = 1.0
+    return floor, thr
+
+
+#: how much lower (per unit of ``|floor|`` plus one) the floor of the thresholds is
+_FLOOR_SAFETY = 1e-6
+
+
+def _floor_top_k(
+    u: np.ndarray, log_p: np.ndarray, k: int, margin: float, floor: float, thr: np.ndarray,
+    ids: np.ndarray, chosen: np.ndarray,
+) -> None:  # fmt: skip
+    """:func:`_exact_top_k` looking only at the entries under their threshold (:func:`_floor`):
+    a row where ``k`` of them are over the floor (by the approximation, less the margin) has its
+    top ``k`` among them; the other rows are ranked in full."""
     T, E = u.shape
+    flat = np.flatnonzero(u <= thr)  # by row, ascending index within a row
+    rows = flat // E
+    cols = flat - rows * E
+    approx = _approx_logits(u.ravel()[flat], log_p[cols])
+    full = np.flatnonzero(np.bincount(rows[approx >= floor + margin], minlength=T) < k)
+    if full.size:
+        sub_ids, sub_chosen = ids[full], chosen[full]  # copies: written back below
+        _exact_top_k(u[full], log_p, k, margin, sub_ids, sub_chosen)
+        ids[full], chosen[full] = sub_ids, sub_chosen
+        keep = np.ones(T, dtype=bool)
+        keep[full] = False
+        sel = keep[rows]
+        rows, cols, flat, approx = rows[sel], cols[sel], flat[sel], approx[sel]
+    counts = np.bincount(rows, minlength=T)
+    m = int(counts.max(initial=0))
+    pos = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    padded = np.full((T, m), -np.inf)
+    padded[rows, pos] = approx
+    kth = np.partition(padded, m - k, axis=1)[:, m - k] if m >= k else np.full(T, np.inf)
+    near = approx >= kth[rows] - margin
+    skip = full if full.size else None
+    _rank_exact(u.ravel()[flat[near]], rows[near], cols[near], log_p, k, ids, chosen, skip=skip)
+
+
+def _approx_logits(u: np.ndarray, log_p: np.ndarray) -> np.ndarray:
+    """``log_p + g(u)`` with numpy's vectorized ``log`` (a few ulp off the exact values)."""
     approx = np.subtract(1.0, u)
     np.log(approx, out=approx)
     np.negative(approx, out=approx)
     np.log(approx, out=approx)
     np.negative(approx, out=approx)
     approx += log_p
+    return approx
+
+
+def _exact_top_k(
+    u: np.ndarray, log_p: np.ndarray, k: int, margin: float, ids: np.ndarray, chosen: np.ndarray
+) -> None:
+    """Fill ``ids`` and ``chosen`` (the exact logits) with each row's top ``k`` of
+    ``log_p + gumbel(u)`` (see :func:`gumbel_top_k`)."""
+    T, E = u.shape
+    approx = _approx_logits(u, log_p)
     kth = np.partition(approx, E - k, axis=1)[:, E - k : E - k + 1]
     flat = np.flatnonzero(approx >= kth - margin)  # by row, ascending index within a row
     rows = flat // E
-    cols = flat - rows * E
+    _rank_exact(u.ravel()[flat], rows, flat - rows * E, log_p, k, ids, chosen)
+
+
+def _rank_exact(
+    u: np.ndarray, rows: np.ndarray, cols: np.ndarray, log_p: np.ndarray, k: int,
+    ids: np.ndarray, chosen: np.ndarray, skip: np.ndarray | None = None,
+) -> None:  # fmt: skip
+    """Rank each row's candidates (uniforms ``u`` of experts ``cols``, by row, ascending expert
+    within a row) by their exact logits into ``ids`` and ``chosen`` (rows ``skip`` untouched)."""
+    T = ids.shape[0]
     # the reference's values: 0.0 - 1.0 * log(-log(1.0 - u)), each log the C library's
-    inner = np.fromiter(map(math.log, (1.0 - u.ravel()[flat]).tolist()), np.float64, flat.size)
-    outer = np.fromiter(map(math.log, (-inner).tolist()), np.float64, flat.size)
+    inner = np.fromiter(map(math.log, (1.0 - u).tolist()), np.float64, u.size)
+    outer = np.fromiter(map(math.log, (-inner).tolist()), np.float64, u.size)
     exact = (0.0 - 1.0 * outer) + log_p[cols]  # gumbel + log_p (IEEE addition commutes)
     counts = np.bincount(rows, minlength=T)
     m = int(counts.max(initial=0))
-    if m == k:  # every row has exactly k candidates (all but a near-tie)
+    if m == k and skip is None:  # every row has exactly k candidates (all but a near-tie)
         vals, idx = exact.reshape(T, k), cols.reshape(T, k)
     else:
         pos = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
-        vals = np.full((T, m), -np.inf)
-        idx = np.zeros((T, m), dtype=np.int64)
+        vals = np.full((T, max(m, k)), -np.inf)
+        idx = np.zeros((T, max(m, k)), dtype=np.int64)
         vals[rows, pos] = exact
         idx[rows, pos] = cols
     rank = np.argsort(-vals, axis=1, kind="stable")[:, :k]
-    ids[:] = np.take_along_axis(idx, rank, axis=1)
-    chosen[:] = np.take_along_axis(vals, rank, axis=1)
+    if skip is None or not skip.size:
+        ids[:] = np.take_along_axis(idx, rank, axis=1)
+        chosen[:] = np.take_along_axis(vals, rank, axis=1)
+        return
+    keep = np.ones(T, dtype=bool)
+    keep[skip] = False
+    ids[keep] = np.take_along_axis(idx, rank, axis=1)[keep]
+    chosen[keep] = np.take_along_axis(vals, rank, axis=1)[keep]
 
 
 def gumbel_top_k_reference(
@@ -244,6 +336,21 @@ def synth_layers(
         "per_layer_permutation": per_layer_permutation,
     }  # fmt: skip
     return RoutingTrace(model, num_dies, out, provenance)
+
+
+def first_tokens(trace: RoutingTrace, tokens: int, home: str = "blocks") -> RoutingTrace:
+    """What :func:`synth_layers` gives for ``tokens`` tokens, cut from its ``trace`` of as many
+    or more (same layers, seed and options, ``home`` its scheme): a layer's rows are drawn one
+    after the other from its own generator (the same uniforms, on the fast path and on the
+    reference's alike), so the first rows of a longer draw are the shorter draw, bit for bit."""
+    if not 0 < tokens <= trace.tokens:
+        raise TraceError(f"trace has {trace.tokens} tokens, cannot take the first {tokens}")
+    home_die = assign_home_dies(tokens, trace.num_dies, home)
+    layers = []
+    for lr in trace.layers:
+        ids, gates = lr.ids[:tokens].copy(), lr.gates[:tokens].copy()
+        layers.append(LayerRouting(lr.name, lr.num_experts, lr.top_k, ids, gates, home_die.copy()))
+    return RoutingTrace(trace.model, trace.num_dies, layers, dict(trace.provenance))
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ their placement at compile time from expert loads. ``calibration="sample"`` (the
 them a separate calibration trace of the same synthetic distribution (same Zipf exponent and
 seed, so the same hot experts, with :data:`CALIBRATION_TOKENS` tokens), as a deployment would
 profile it; ``calibration="same"`` lets them see the very batch they run (an oracle); a path
-names a trace file.
+names a trace file. Drawn from the same generators, the sample's first rows are the batch itself
+(a quarter of the sample at 1024 tokens): the batch is cut from it rather than drawn again.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ from moec.ir.errors import MoecError
 from moec.ir.graph import Module
 from moec.ir.routing import LayerRouting, RoutingTrace, save_trace
 from moec.ir.routing_seq import load_sequence
-from moec.ir.routing_synth import SynthSpec, parse_routing_spec
+from moec.ir.routing_synth import SynthSpec, first_tokens, parse_routing_spec
 from moec.ir.stream import Program, TargetRef
 from moec.ir.stream.params import FSEDPParams, strategy_params
 from moec.ir.target import Target, load_target
@@ -187,8 +188,12 @@ class _Workloads:
         self._traces[key] = trace
         return trace
 
-    def calibration_file(self, model: str, layers: int, num_dies: int) -> str | None:
-        """Path of the calibration trace for popularity-aware strategies (None: use the batch)."""
+    def calibration_file(
+        self, model: str, layers: int, num_dies: int, tokens: int | None = None
+    ) -> str | None:
+        """Path of the calibration trace for popularity-aware strategies (None: use the batch).
+        A synthetic batch of ``tokens`` tokens not drawn yet is the calibration's first rows
+        (:func:`~moec.ir.routing_synth.first_tokens`): kept for :meth:`trace`."""
         if self.calibration == "same":
             return None
         if self.calibration != "sample":
@@ -205,6 +210,9 @@ class _Workloads:
                 path = os.path.join(self.tmp, f"calib{len(self._calib)}.npz")
                 save_trace(trace, path, compress=False)  # a scratch file: deflate is 0.7 s
                 self._calib[key] = path
+                batch = (model, layers, tokens, num_dies)
+                if tokens is not None and tokens <= trace.tokens and batch not in self._traces:
+                    self._traces[batch] = first_tokens(trace, tokens, self.spec.home)
         return self._calib[key]
 
 
@@ -282,14 +290,14 @@ def run_point(
     if tokens is not None:  # an impossible batch fails here, before its trace is drawn
         check_tokens_fit(bm.layers[:layers], tgt, tokens, bm.name)
     module = work.module(model, layers, passes)
-    trace = work.trace(model, layers, tokens, tgt.num_dies)
     name, options = parse_strategy(strategy)
     load_strategies()
     known = STRATEGIES.get(name)
     if known is not None and "calibration" in known.options and "calibration" not in options:
-        path = work.calibration_file(model, layers, tgt.num_dies)
+        path = work.calibration_file(model, layers, tgt.num_dies, tokens)  # before the batch
         if path is not None:
             options["calibration"] = path
+    trace = work.trace(model, layers, tokens, tgt.num_dies)
     program, result = lower_run(module, TargetRef(target, tuple(overrides)), name, options, trace)
     if result is None:  # else the slice choice's measurement was this very run
         result = simulate(

@@ -94,3 +94,42 @@ def test_huge_exponents_and_experts_never_drawn() -> None:
             ids, gates = rs.gumbel_top_k(log_p, 500, 4, a)
             want_ids, want_gates = rs.gumbel_top_k_reference(log_p, 500, 4, b)
             assert np.array_equal(ids, want_ids) and np.array_equal(gates, want_gates)
+
+
+@pytest.mark.parametrize("per_k", [0.5, 1.0, 6.0])
+def test_rows_short_of_the_floor_are_ranked_in_full(
+    monkeypatch: pytest.MonkeyPatch, per_k: float
+) -> None:
+    """A low floor target leaves many rows with fewer than ``k`` entries over the floor (ranked
+    in full, written back among the others); a high one gives every row many candidates."""
+    full_rows = []
+    exact = rs._exact_top_k
+
+    def spy(u, *args):  # type: ignore[no-untyped-def]
+        full_rows.append(u.shape[0])
+        exact(u, *args)
+
+    monkeypatch.setattr(rs, "_exact_top_k", spy)
+    monkeypatch.setattr(rs, "_OVER_FLOOR_PER_K", per_k)
+    for tokens, experts, k in SHAPES[1:5]:
+        _same(tokens, experts, k, 1.0, 8)
+    assert (sum(full_rows) > 0) == (per_k < 2)
+
+
+@pytest.mark.parametrize("home", ["blocks", "round_robin"])
+def test_a_shorter_draw_is_the_first_rows_of_a_longer_one(home: str) -> None:
+    """:func:`first_tokens`: the 4096-token calibration sample's first rows are the batch
+    (token counts off the block size, layers on the fast path and on the reference's)."""
+    shapes = [(256, 8), (64, 6), (8, 2), (128, 8)]
+    for tokens in (1, 700, 1024, 1500):
+        long = rs.synth_layers(shapes, 2100, seed=3, num_dies=4, home=home)
+        want = rs.synth_layers(shapes, tokens, seed=3, num_dies=4, home=home)
+        got = rs.first_tokens(long, tokens, home)
+        assert got.tokens == tokens and got.provenance == want.provenance
+        for a, b in zip(got.layers, want.layers, strict=True):
+            assert (a.name, a.num_experts, a.top_k) == (b.name, b.num_experts, b.top_k)
+            assert np.array_equal(a.ids, b.ids) and a.ids.dtype == b.ids.dtype
+            assert a.gates.tobytes() == b.gates.tobytes()
+            assert np.array_equal(a.home_die, b.home_die)
+    with pytest.raises(rs.TraceError, match="cannot take the first 3000"):
+        rs.first_tokens(long, 3000)
