@@ -47,7 +47,18 @@ from moec.backends.interp.opgraph import (
 )
 from moec.backends.interp.sram import LayerActs
 from moec.backends.interp.timing_ops import free, load, recv, send, slice_unit, unit_costs
-from moec.ir.stream.program import Accum, Act, Free, Gemm, Instr, Load, Recv, Send, SliceRef
+from moec.ir.stream.program import (
+    HOST_CHANNEL,
+    Accum,
+    Act,
+    Free,
+    Gemm,
+    Instr,
+    Load,
+    Recv,
+    Send,
+    SliceRef,
+)
 
 
 def _transfer(b: Builder, key: tuple[Any, ...], a: int, d: int, nbytes: int) -> tuple[Any, ...]:
@@ -82,9 +93,22 @@ def _unit_template(b: Builder, key: tuple[Any, ...], c: SliceRef, die: int, prec
 _EMPTY: tuple[None, str] = (None, "fp16")
 
 
-def _load_template(b: Builder, key: tuple[Any, ...], c: SliceRef, nbytes: int) -> Any:
-    """A slice ``load``'s layer index and the precision its bytes imply."""
-    hit = b.chains[key] = (b.layers[c.layer][0], b.slice_precision(c, nbytes))
+def _load_template(
+    b: Builder, key: tuple[Any, ...], c: SliceRef, channel: int, die: int, nbytes: int
+) -> Any:
+    """A slice ``load``'s read (:meth:`~.opgraph.Builder.read`'s template: the ops' kinds,
+    durations, resources, dies and layer, the hops' ``back``, the charges, the resources the
+    bytes are counted on), its layer index and the precision its bytes imply."""
+    rkey = (LOAD, channel, die, nbytes)
+    read = b.costs.read_ops.get(rkey)
+    if read is None:
+        read = b.costs.read_ops[rkey] = b._read_template(LOAD, channel, die, nbytes)
+    kinds, durs, res, backs, charges, links = read
+    tag, k = b.layers[c.layer][0], len(kinds)
+    hit = b.chains[key] = (
+        tag, b.slice_precision(c, nbytes), k, kinds, durs, res, (die,) * k, (tag,) * k, backs,
+        charges, links,
+    )  # fmt: skip
     return hit
 
 
@@ -108,9 +132,16 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     last_compute = s.last_compute
     memo = b.chains
     layers, acts, fills = b.layers, b.acts, b.fills
-    log = b.energy.log
+    # the run's energy charges (EnergyLedger.log's, in order) and the fence's edges (its
+    # successors in order), added in one go when the run ends
+    logged_at: list[int] = []
+    logged: list[Any] = []
+    log_at, log_block = logged_at.append, logged.append
+    fenced: list[int] = []
+    fence_to = fenced.append
     pend_send, pend_recv = b.pending_send, b.pending_recv
-    link_bytes = b.link_bytes
+    link_bytes, dram_bytes, host_bytes = b.link_bytes, b.dram_bytes, b.host_bytes
+    back_of = g.back_of
     # per layer index: this die's activation record; per peer: the sends to this die waiting
     # for their recv (each looked up once per run)
     las: dict[int, LayerActs] = {}
@@ -150,9 +181,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     gdie[hold] = gdie[op] = die
                 elif layer[op] < 0:
                     layer[hold] = layer[op] = tag
-                if fence is not None:
-                    edge_from(fence)
-                    edge_to(hold)
+                fence_to(hold)
                 if a is not None and a != hold:
                     edge_from(a)
                     edge_to(hold)
@@ -162,9 +191,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     tpl = memo.get(xkey) or _transfer(b, xkey, die, peer, nbytes)
                 res, occ, lat, charges = tpl[0], tpl[1], tpl[2], tpl[3]
                 hold = len(kind)
-                if fence is not None:
-                    edge_from(fence)
-                    edge_to(hold)
+                fence_to(hold)
                 if a is not None:
                     edge_from(a)
                     edge_to(hold)
@@ -186,7 +213,8 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     instr += (i, i)
                     layer += (tag, tag)
                 link_bytes[res] += nbytes
-                log(hold, charges)
+                log_at(hold)
+                log_block(charges)
                 (pend_recv if cls is Recv else pend_send)[key].append((hold, op))
             if cls is Send:
                 slot_uses[slot].append(op)
@@ -220,9 +248,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 la.ops.append(op)
             else:
                 layer.append(-1)
-            if fence is not None:
-                edge_from(fence)
-                edge_to(op)
+            fence_to(op)
             a = slot_fill.get(slot)
             if a is not None:
                 edge_from(a)
@@ -256,9 +282,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 b, ukey, c, die, prec, ng, na, nc
             )
             op = len(kind)
-            if fence is not None:
-                edge_from(fence)
-                edge_to(op)
+            fence_to(op)
             if last_compute is not None:
                 edge_from(last_compute)
                 edge_to(op)
@@ -277,7 +301,8 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             gdie += (die, die, die)
             instr += (i, ia, ic)
             layer += (lk, lk, lk)
-            log(op, charges)
+            log_at(op)
+            log_block(charges)
             la = las.get(lk)
             if la is None:
                 la = las[lk] = acts.get((die, lk)) or b.layer_acts(die, lk)
@@ -297,16 +322,36 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             if type(c) is not SliceRef or not nbytes or starts_chain(ins, j, n):
                 break
             slot = i.slot
-            lkey = ("load", c.layer, c.expert is None, c.slice, nbytes)
-            tag, prec = memo.get(lkey) or _load_template(b, lkey, c, nbytes)
-            first, op = b.read(LOAD, i.channel, die, nbytes, i, tag)
+            channel = i.channel
+            lkey = ("load", channel, die, c.layer, c.expert is None, c.slice, nbytes)
+            tag, prec, k, kinds, durs, ress, dies, tags, backs, charges, links = memo.get(
+                lkey
+            ) or _load_template(b, lkey, c, channel, die, nbytes)
+            # Builder.read, from its template
+            first = len(kind)
+            op = first + k - 1
+            kind += kinds
+            dur += durs
+            res_l += ress
+            runs += (first, k - 1)
+            gdie += dies
+            instr += (i,) * k
+            layer += tags
+            for o, back in backs:
+                back_of[first + o] = back
+            log_at(first)
+            log_block(charges)
+            for r in links:
+                link_bytes[r] += nbytes
+            if channel == HOST_CHANNEL:
+                host_bytes[die] += nbytes
+            else:
+                dram_bytes[channel] += nbytes
             la = las.get(tag)
             if la is None:
                 la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
             la.ops += (first, op)
-            if fence is not None:
-                edge_from(fence)
-                edge_to(first)
+            fence_to(first)
             a = slot_free.get(slot)
             if a is not None:
                 edge_from(a)
@@ -322,6 +367,10 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             break
         j += 1
     s.last_compute = last_compute
+    if fence is not None:
+        g.src += [fence] * len(fenced)
+        g.dst += fenced
+    b.energy.log_run(logged_at, logged)
     return j
 
 
