@@ -61,11 +61,20 @@ from moec.ir.stream.program import (
 )
 
 
+def _registered(b: Builder, charges: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``charges``, registered with the builder's energy ledger: a template's block is known
+    by the time :func:`relay_run` logs its run (``EnergyLedger.log_run`` looks every block up
+    in C when all are known; the ledger forgets its blocks only between parts, each built by
+    its own builder, with its own templates)."""
+    b.energy._index_of(charges)
+    return charges
+
+
 def _transfer(b: Builder, key: tuple[Any, ...], a: int, d: int, nbytes: int) -> tuple[Any, ...]:
     """A transfer's template: (link resource, hold, latency, charges), memoized in ``b.chains``
     under ``key`` (the values :meth:`~.opgraph.Builder.transfer` uses)."""
     res, occ, lat, _, _, _, charges = b.transfer_costs(a, d, nbytes)
-    hit = b.chains[key] = (res[0], occ, lat, charges)
+    hit = b.chains[key] = (res[0], occ, lat, _registered(b, charges))
     return hit
 
 
@@ -85,7 +94,7 @@ def _unit_template(b: Builder, key: tuple[Any, ...], c: SliceRef, die: int, prec
     charges, the layer index."""
     hidden, w, _, dtype, gated = b.slice_geometry(c)
     durs, _, _, _, hb, charges = unit_costs(b, die, ng, na, nc, hidden, w, gated, prec, dtype)
-    hit = b.chains[key] = (durs, hb, charges, b.layers[c.layer][0])
+    hit = b.chains[key] = (durs, hb, _registered(b, charges), b.layers[c.layer][0])
     return hit
 
 
@@ -107,7 +116,7 @@ def _load_template(
     tag, k = b.layers[c.layer][0], len(kinds)
     hit = b.chains[key] = (
         tag, b.slice_precision(c, nbytes), k, kinds, durs, res, (die,) * k, (tag,) * k, backs,
-        charges, links,
+        _registered(b, charges), links,
     )  # fmt: skip
     return hit
 
