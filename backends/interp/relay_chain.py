@@ -88,13 +88,23 @@ def _recv_template(b: Builder, key: tuple[Any, ...], i: Recv, c: SliceRef, die: 
     return hit
 
 
-def _unit_template(b: Builder, key: tuple[Any, ...], c: SliceRef, die: int, prec: str,
-                   ng: int, na: int, nc: int) -> Any:  # fmt: skip
-    """A slice's three compute ops (:func:`.timing_ops.slice_unit`): durations, ``h`` bytes,
-    charges, the layer index."""
+def _units_of(b: Builder, key: tuple[Any, ...], c: SliceRef, die: int) -> dict[Any, Any]:
+    """Slice ``c``'s compute templates on die ``die``, memoized in ``b.chains`` under ``key``:
+    one dict per geometry (shared by the slices of one width, an expert's slices most often),
+    keyed by precision and token counts."""
+    units = b.chains.setdefault(("units", die, c.layer, b.slice_geometry(c)), {})
+    b.chains[key] = units
+    return units
+
+
+def _unit_template(b: Builder, units: dict[Any, Any], key: tuple[Any, ...], c: SliceRef,
+                   die: int) -> Any:  # fmt: skip
+    """A slice's three compute ops (:func:`.timing_ops.slice_unit`) for ``key``, its precision
+    and token counts: durations, ``h`` bytes, charges, the layer index."""
+    prec, ng, na, nc = key
     hidden, w, _, dtype, gated = b.slice_geometry(c)
     durs, _, _, _, hb, charges = unit_costs(b, die, ng, na, nc, hidden, w, gated, prec, dtype)
-    hit = b.chains[key] = (durs, hb, _registered(b, charges), b.layers[c.layer][0])
+    hit = units[key] = (durs, hb, _registered(b, charges), b.layers[c.layer][0])
     return hit
 
 
@@ -286,10 +296,10 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             ng = tg.size
             na = ng if ta is tg else ta.size
             nc = ng if tc is tg else tc.size
-            ukey = ("unit", die, c.layer, c.expert is None, c.slice, prec, ng, na, nc)
-            durs, hb, charges, lk = memo.get(ukey) or _unit_template(
-                b, ukey, c, die, prec, ng, na, nc
-            )
+            skey = ("unit", die, c.layer, c.expert is None, c.slice)
+            units = memo.get(skey) or _units_of(b, skey, c, die)
+            ukey = (prec, ng, na, nc)
+            durs, hb, charges, lk = units.get(ukey) or _unit_template(b, units, ukey, c, die)
             op = len(kind)
             fence_to(op)
             if last_compute is not None:
