@@ -162,9 +162,13 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     link_bytes, dram_bytes, host_bytes = b.link_bytes, b.dram_bytes, b.host_bytes
     back_of = g.back_of
     # per layer index: this die's activation record; per peer: the sends to this die waiting
-    # for their recv (each looked up once per run)
+    # for their recv, the recvs from this die waiting for their send, and this die's own
+    # transfers with the peer waiting for the other side (each looked up once per run)
     las: dict[int, LayerActs] = {}
     sends_to_me: dict[int, Any] = {}
+    recvs_from_me: dict[int, Any] = {}
+    my_recvs: dict[int, Any] = {}
+    my_sends: dict[int, Any] = {}
     while j < n:
         i = ins[j]
         cls = type(i)
@@ -181,17 +185,19 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 rkey = ("recv", peer, die, nbytes, c.layer, c.expert is None, c.slice)
                 tpl = memo.get(rkey) or _recv_template(b, rkey, i, c, die)
                 tag = tpl[4]
-                key = (peer, die)
                 waiting = sends_to_me.get(peer)
                 if waiting is None:
-                    waiting = pend_send.get(key)
+                    waiting = pend_send.get((peer, die))
                     if waiting is not None:
                         sends_to_me[peer] = waiting
                 a = slot_free.get(slot)  # the slot's last free, before it is refilled
             else:
                 tag = -1
-                key = (die, peer)
-                waiting = pend_recv.get(key)
+                waiting = recvs_from_me.get(peer)
+                if waiting is None:
+                    waiting = pend_recv.get((die, peer))
+                    if waiting is not None:
+                        recvs_from_me[peer] = waiting
                 a = slot_fill.get(slot)  # the slot's fill, before it is sent on
             if waiting:  # the other side came first (Builder.transfer)
                 hold, op = waiting.popleft()
@@ -234,7 +240,15 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 link_bytes[res] += nbytes
                 log_at(hold)
                 log_block(charges)
-                (pend_recv if cls is Recv else pend_send)[key].append((hold, op))
+                if cls is Recv:
+                    q = my_recvs.get(peer)
+                    if q is None:
+                        q = my_recvs[peer] = pend_recv[(peer, die)]
+                else:
+                    q = my_sends.get(peer)
+                    if q is None:
+                        q = my_sends[peer] = pend_send[(die, peer)]
+                q.append((hold, op))
             if cls is Send:
                 slot_uses[slot].append(op)
             else:
@@ -329,7 +343,8 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             la.ops += (op, op + 1, last_compute)
             la.x_uses.append((op, tg))
             la.accums.append((last_compute, tc))
-            pending_h.pop(slot, None)
+            if pending_h:  # (set by the gemm handler only)
+                pending_h.pop(slot, None)
             la.h += (op, last_compute, hb)
             slot_uses[slot].append(last_compute)
             since(last_compute)
