@@ -26,6 +26,10 @@ slice's ``gemm``, ``act``, ``accum``; ``Builder.batch_slices = False`` is the re
 compared on every tiny golden in ``tests/test_sim_speed.py``, and ``tests/test_relay_chain.py``
 compares the builder's graph and records with and without the relay.
 
+The run's edges from the die's latest ``wait`` (the fence, the same for the whole run) and its
+energy charges are added when the run ends: the event loop reads the edge log only source by
+source, each in log order, and the fence's edges keep theirs.
+
 An instruction it does not cover plainly (a transfer of no bytes, a slot holding no micro-slice,
 a ``gemm`` without its ``act`` and ``accum``) ends the run, and the handlers take it.
 """
