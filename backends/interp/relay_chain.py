@@ -26,6 +26,10 @@ slice's ``gemm``, ``act``, ``accum``; ``Builder.batch_slices = False`` is the re
 compared on every tiny golden in ``tests/test_sim_speed.py``, and ``tests/test_relay_chain.py``
 compares the builder's graph and records with and without the relay.
 
+The run's edges from the die's latest ``wait`` (the fence, the same for the whole run) and its
+energy charges are added when the run ends: the event loop reads the edge log only source by
+source, each in log order, and the fence's edges keep theirs.
+
 An instruction it does not cover plainly (a transfer of no bytes, a slot holding no micro-slice,
 a ``gemm`` without its ``act`` and ``accum``) ends the run, and the handlers take it.
 """
@@ -47,14 +51,34 @@ from moec.backends.interp.opgraph import (
 )
 from moec.backends.interp.sram import LayerActs
 from moec.backends.interp.timing_ops import free, load, recv, send, slice_unit, unit_costs
-from moec.ir.stream.program import Accum, Act, Free, Gemm, Instr, Load, Recv, Send, SliceRef
+from moec.ir.stream.program import (
+    HOST_CHANNEL,
+    Accum,
+    Act,
+    Free,
+    Gemm,
+    Instr,
+    Load,
+    Recv,
+    Send,
+    SliceRef,
+)
+
+
+def _registered(b: Builder, charges: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``charges``, registered with the builder's energy ledger: a template's block is known
+    by the time :func:`relay_run` logs its run (``EnergyLedger.log_run`` looks every block up
+    in C when all are known; the ledger forgets its blocks only between parts, each built by
+    its own builder, with its own templates)."""
+    b.energy._index_of(charges)
+    return charges
 
 
 def _transfer(b: Builder, key: tuple[Any, ...], a: int, d: int, nbytes: int) -> tuple[Any, ...]:
     """A transfer's template: (link resource, hold, latency, charges), memoized in ``b.chains``
     under ``key`` (the values :meth:`~.opgraph.Builder.transfer` uses)."""
     res, occ, lat, _, _, _, charges = b.transfer_costs(a, d, nbytes)
-    hit = b.chains[key] = (res[0], occ, lat, charges)
+    hit = b.chains[key] = (res[0], occ, lat, _registered(b, charges))
     return hit
 
 
@@ -68,13 +92,23 @@ def _recv_template(b: Builder, key: tuple[Any, ...], i: Recv, c: SliceRef, die: 
     return hit
 
 
-def _unit_template(b: Builder, key: tuple[Any, ...], c: SliceRef, die: int, prec: str,
-                   ng: int, na: int, nc: int) -> Any:  # fmt: skip
-    """A slice's three compute ops (:func:`.timing_ops.slice_unit`): durations, ``h`` bytes,
-    charges, the layer index."""
+def _units_of(b: Builder, key: tuple[Any, ...], c: SliceRef, die: int) -> dict[Any, Any]:
+    """Slice ``c``'s compute templates on die ``die``, memoized in ``b.chains`` under ``key``:
+    one dict per geometry (shared by the slices of one width, an expert's slices most often),
+    keyed by precision and token counts."""
+    units = b.chains.setdefault(("units", die, c.layer, b.slice_geometry(c)), {})
+    b.chains[key] = units
+    return units
+
+
+def _unit_template(b: Builder, units: dict[Any, Any], key: tuple[Any, ...], c: SliceRef,
+                   die: int) -> Any:  # fmt: skip
+    """A slice's three compute ops (:func:`.timing_ops.slice_unit`) for ``key``, its precision
+    and token counts: durations, ``h`` bytes, charges, the layer index."""
+    prec, ng, na, nc = key
     hidden, w, _, dtype, gated = b.slice_geometry(c)
     durs, _, _, _, hb, charges = unit_costs(b, die, ng, na, nc, hidden, w, gated, prec, dtype)
-    hit = b.chains[key] = (durs, hb, charges, b.layers[c.layer][0])
+    hit = units[key] = (durs, hb, _registered(b, charges), b.layers[c.layer][0])
     return hit
 
 
@@ -82,9 +116,22 @@ def _unit_template(b: Builder, key: tuple[Any, ...], c: SliceRef, die: int, prec
 _EMPTY: tuple[None, str] = (None, "fp16")
 
 
-def _load_template(b: Builder, key: tuple[Any, ...], c: SliceRef, nbytes: int) -> Any:
-    """A slice ``load``'s layer index and the precision its bytes imply."""
-    hit = b.chains[key] = (b.layers[c.layer][0], b.slice_precision(c, nbytes))
+def _load_template(
+    b: Builder, key: tuple[Any, ...], c: SliceRef, channel: int, die: int, nbytes: int
+) -> Any:
+    """A slice ``load``'s read (:meth:`~.opgraph.Builder.read`'s template: the ops' kinds,
+    durations, resources, dies and layer, the hops' ``back``, the charges, the resources the
+    bytes are counted on), its layer index and the precision its bytes imply."""
+    rkey = (LOAD, channel, die, nbytes)
+    read = b.costs.read_ops.get(rkey)
+    if read is None:
+        read = b.costs.read_ops[rkey] = b._read_template(LOAD, channel, die, nbytes)
+    kinds, durs, res, backs, charges, links = read
+    tag, k = b.layers[c.layer][0], len(kinds)
+    hit = b.chains[key] = (
+        tag, b.slice_precision(c, nbytes), k, kinds, durs, res, (die,) * k, (tag,) * k, backs,
+        _registered(b, charges), links,
+    )  # fmt: skip
     return hit
 
 
@@ -108,13 +155,24 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     last_compute = s.last_compute
     memo = b.chains
     layers, acts, fills = b.layers, b.acts, b.fills
-    log = b.energy.log
+    # the run's energy charges (EnergyLedger.log's, in order) and the fence's edges (its
+    # successors in order), added in one go when the run ends
+    logged_at: list[int] = []
+    logged: list[Any] = []
+    log_at, log_block = logged_at.append, logged.append
+    fenced: list[int] = []
+    fence_to = fenced.append
     pend_send, pend_recv = b.pending_send, b.pending_recv
-    link_bytes = b.link_bytes
+    link_bytes, dram_bytes, host_bytes = b.link_bytes, b.dram_bytes, b.host_bytes
+    back_of = g.back_of
     # per layer index: this die's activation record; per peer: the sends to this die waiting
-    # for their recv (each looked up once per run)
+    # for their recv, the recvs from this die waiting for their send, and this die's own
+    # transfers with the peer waiting for the other side (each looked up once per run)
     las: dict[int, LayerActs] = {}
     sends_to_me: dict[int, Any] = {}
+    recvs_from_me: dict[int, Any] = {}
+    my_recvs: dict[int, Any] = {}
+    my_sends: dict[int, Any] = {}
     while j < n:
         i = ins[j]
         cls = type(i)
@@ -131,17 +189,19 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 rkey = ("recv", peer, die, nbytes, c.layer, c.expert is None, c.slice)
                 tpl = memo.get(rkey) or _recv_template(b, rkey, i, c, die)
                 tag = tpl[4]
-                key = (peer, die)
                 waiting = sends_to_me.get(peer)
                 if waiting is None:
-                    waiting = pend_send.get(key)
+                    waiting = pend_send.get((peer, die))
                     if waiting is not None:
                         sends_to_me[peer] = waiting
                 a = slot_free.get(slot)  # the slot's last free, before it is refilled
             else:
                 tag = -1
-                key = (die, peer)
-                waiting = pend_recv.get(key)
+                waiting = recvs_from_me.get(peer)
+                if waiting is None:
+                    waiting = pend_recv.get((die, peer))
+                    if waiting is not None:
+                        recvs_from_me[peer] = waiting
                 a = slot_fill.get(slot)  # the slot's fill, before it is sent on
             if waiting:  # the other side came first (Builder.transfer)
                 hold, op = waiting.popleft()
@@ -150,9 +210,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     gdie[hold] = gdie[op] = die
                 elif layer[op] < 0:
                     layer[hold] = layer[op] = tag
-                if fence is not None:
-                    edge_from(fence)
-                    edge_to(hold)
+                fence_to(hold)
                 if a is not None and a != hold:
                     edge_from(a)
                     edge_to(hold)
@@ -162,9 +220,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     tpl = memo.get(xkey) or _transfer(b, xkey, die, peer, nbytes)
                 res, occ, lat, charges = tpl[0], tpl[1], tpl[2], tpl[3]
                 hold = len(kind)
-                if fence is not None:
-                    edge_from(fence)
-                    edge_to(hold)
+                fence_to(hold)
                 if a is not None:
                     edge_from(a)
                     edge_to(hold)
@@ -186,8 +242,17 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     instr += (i, i)
                     layer += (tag, tag)
                 link_bytes[res] += nbytes
-                log(hold, charges)
-                (pend_recv if cls is Recv else pend_send)[key].append((hold, op))
+                log_at(hold)
+                log_block(charges)
+                if cls is Recv:
+                    q = my_recvs.get(peer)
+                    if q is None:
+                        q = my_recvs[peer] = pend_recv[(peer, die)]
+                else:
+                    q = my_sends.get(peer)
+                    if q is None:
+                        q = my_sends[peer] = pend_send[(die, peer)]
+                q.append((hold, op))
             if cls is Send:
                 slot_uses[slot].append(op)
             else:
@@ -220,9 +285,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 la.ops.append(op)
             else:
                 layer.append(-1)
-            if fence is not None:
-                edge_from(fence)
-                edge_to(op)
+            fence_to(op)
             a = slot_fill.get(slot)
             if a is not None:
                 edge_from(a)
@@ -251,14 +314,12 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             ng = tg.size
             na = ng if ta is tg else ta.size
             nc = ng if tc is tg else tc.size
-            ukey = ("unit", die, c.layer, c.expert is None, c.slice, prec, ng, na, nc)
-            durs, hb, charges, lk = memo.get(ukey) or _unit_template(
-                b, ukey, c, die, prec, ng, na, nc
-            )
+            skey = ("unit", die, c.layer, c.expert is None, c.slice)
+            units = memo.get(skey) or _units_of(b, skey, c, die)
+            ukey = (prec, ng, na, nc)
+            durs, hb, charges, lk = units.get(ukey) or _unit_template(b, units, ukey, c, die)
             op = len(kind)
-            if fence is not None:
-                edge_from(fence)
-                edge_to(op)
+            fence_to(op)
             if last_compute is not None:
                 edge_from(last_compute)
                 edge_to(op)
@@ -277,7 +338,8 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             gdie += (die, die, die)
             instr += (i, ia, ic)
             layer += (lk, lk, lk)
-            log(op, charges)
+            log_at(op)
+            log_block(charges)
             la = las.get(lk)
             if la is None:
                 la = las[lk] = acts.get((die, lk)) or b.layer_acts(die, lk)
@@ -285,7 +347,8 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             la.ops += (op, op + 1, last_compute)
             la.x_uses.append((op, tg))
             la.accums.append((last_compute, tc))
-            pending_h.pop(slot, None)
+            if pending_h:  # (set by the gemm handler only)
+                pending_h.pop(slot, None)
             la.h += (op, last_compute, hb)
             slot_uses[slot].append(last_compute)
             since(last_compute)
@@ -297,16 +360,36 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             if type(c) is not SliceRef or not nbytes or starts_chain(ins, j, n):
                 break
             slot = i.slot
-            lkey = ("load", c.layer, c.expert is None, c.slice, nbytes)
-            tag, prec = memo.get(lkey) or _load_template(b, lkey, c, nbytes)
-            first, op = b.read(LOAD, i.channel, die, nbytes, i, tag)
+            channel = i.channel
+            lkey = ("load", channel, die, c.layer, c.expert is None, c.slice, nbytes)
+            tag, prec, k, kinds, durs, ress, dies, tags, backs, charges, links = memo.get(
+                lkey
+            ) or _load_template(b, lkey, c, channel, die, nbytes)
+            # Builder.read, from its template
+            first = len(kind)
+            op = first + k - 1
+            kind += kinds
+            dur += durs
+            res_l += ress
+            runs += (first, k - 1)
+            gdie += dies
+            instr += (i,) * k
+            layer += tags
+            for o, back in backs:
+                back_of[first + o] = back
+            log_at(first)
+            log_block(charges)
+            for r in links:
+                link_bytes[r] += nbytes
+            if channel == HOST_CHANNEL:
+                host_bytes[die] += nbytes
+            else:
+                dram_bytes[channel] += nbytes
             la = las.get(tag)
             if la is None:
                 la = las[tag] = acts.get((die, tag)) or b.layer_acts(die, tag)
             la.ops += (first, op)
-            if fence is not None:
-                edge_from(fence)
-                edge_to(first)
+            fence_to(first)
             a = slot_free.get(slot)
             if a is not None:
                 edge_from(a)
@@ -322,6 +405,10 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             break
         j += 1
     s.last_compute = last_compute
+    if fence is not None:
+        g.src += [fence] * len(fenced)
+        g.dst += fenced
+    b.energy.log_run(logged_at, logged)
     return j
 
 
