@@ -168,9 +168,10 @@ def stream_runs(
 
 
 def _hint(block: list[Instr], runs: Sequence[Run], chs: list[int], sizes: list[int]) -> None:
-    """Hand the builder each chain's shape (:mod:`..chain_hints`): per chain, the index of the
-    block's first chain with the same shared-ness, slice, channel, bytes and token count (the
-    builder's template key, :func:`..slice_chain._chains`), found in one C-level pass."""
+    """Hand the builder each chain's shape (:mod:`moec.backends.interp.chain_hints`): per
+    chain, the index of the block's first chain with the same shared-ness, slice, channel,
+    bytes and token count (a key at least as fine as the builder's template key,
+    :func:`moec.backends.interp.slice_chain._lookup`), found in one C-level pass."""
     chain = itertools.chain.from_iterable
     keys = zip(
         chain(repeat(r[0] is None, len(r[3])) for r in runs), chain(r[3] for r in runs), chs,
