@@ -36,6 +36,7 @@ from itertools import compress
 
 import numpy as np
 
+from moec.backends.interp import chain_hints
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.expand import splice
 from moec.backends.interp.expand.fsedp_deferred import DEFERRED_SUFFIX, charge_deferred
@@ -243,6 +244,7 @@ def _run_parts(
         prog = splice(shell, {m: expansion(m) for m in part.layers}, layouts)
         contained, catchup = walk_part({st.die: st.instrs for st in prog.streams})
         if not contained:
+            chain_hints.clear()  # the part is dropped unbuilt: its blocks' shapes too
             return None
         if verify:
             verify_program(prog, target)

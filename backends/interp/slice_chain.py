@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from moec.backends.interp.chain_hints import take
 from moec.backends.interp.opgraph import COMPUTE, LOAD, SLICE_CHAIN, SYNC, Builder, DieState
 from moec.backends.interp.timing_ops import free, load, unit_costs
 from moec.ir.stream.program import HOST_CHANNEL, Accum, Act, Free, Gemm, Instr, Load, SliceRef
@@ -80,18 +81,47 @@ def _slice_templates(b: Builder, die: int, c: SliceRef) -> tuple[Any, dict[Any, 
     return hit
 
 
+def _lookup(b: Builder, die: int, il: Load, ng: int, na: int, nc: int) -> Any:
+    """The template of the chain that ``il`` loads, for these token counts: per slice on this
+    die, its geometry and the templates of its shapes (the geometry's, shared by an expert's
+    slices of one width: two small keys rather than one nested), made when missing."""
+    c = il.content
+    of_slice = b.chains.get((die, c.layer, c.expert is None, c.slice))
+    if of_slice is None:
+        of_slice = _slice_templates(b, die, c)
+    geo, shapes = of_slice
+    key = (il.channel, il.nbytes, ng, na, nc)
+    tpl = shapes.get(key)
+    if tpl is None:
+        tpl = shapes[key] = _template(b, die, il, c, geo, ng, na, nc)
+    return tpl
+
+
 def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list[Any], int]:
     """The templates of the chains from ``ins[j]`` on (one per chain, in order) and the index
-    after the last: plain streamed micro-slices of one layer, one after the other."""
+    after the last: plain streamed micro-slices of one layer, one after the other. A block the
+    expansion made with its chains' shapes (:mod:`.chain_hints`) is taken whole, one lookup per
+    shape; any other chain is checked and looked up on its own."""
     n = len(ins)
     die = s.die
-    memo = b.chains
     tpls: list[Any] = []
     layer = None
     while j + 4 < n:
         il = ins[j]
         if type(il) is not Load:
             break
+        c = il.content
+        if type(c) is SliceRef and (layer is None or c.layer == layer):
+            reps = take(ins, j)
+            if reps is not None:  # the shapes' templates in order of first use, as below
+                of = {}
+                for r in dict.fromkeys(reps):
+                    ng = ins[j + 5 * r + 1].tokens.size  # a streamed slice's steps share a set
+                    of[r] = _lookup(b, die, ins[j + 5 * r], ng, ng, ng)
+                tpls += map(of.__getitem__, reps)
+                layer = c.layer
+                j += 5 * len(reps)
+                continue
         ig, ia, ic, ifr = ins[j + 1], ins[j + 2], ins[j + 3], ins[j + 4]
         slot = il.slot
         if not (
@@ -99,9 +129,7 @@ def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list
             and slot == ig.slot == ia.slot == ic.slot == ifr.slot
         ):  # fmt: skip
             break
-        c = il.content
-        nbytes = il.nbytes
-        if type(c) is not SliceRef or nbytes == 0:
+        if type(c) is not SliceRef or il.nbytes == 0:
             break
         if c.layer != layer:
             if layer is not None:
@@ -113,17 +141,7 @@ def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list
         ng = tg.size
         na = ng if ta is tg else ta.size
         nc = ng if tc is tg else tc.size
-        # per slice on this die, its geometry and the templates of its shapes (the geometry's,
-        # shared by an expert's slices of one width: two small keys rather than one nested)
-        of_slice = memo.get((die, c.layer, c.expert is None, c.slice))
-        if of_slice is None:
-            of_slice = _slice_templates(b, die, c)
-        geo, shapes = of_slice
-        key = (il.channel, nbytes, ng, na, nc)
-        tpl = shapes.get(key)
-        if tpl is None:
-            tpl = shapes[key] = _template(b, die, il, c, geo, ng, na, nc)
-        tpls.append(tpl)
+        tpls.append(_lookup(b, die, il, ng, na, nc))
         j += 5
     return tpls, j
 

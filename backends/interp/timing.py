@@ -99,6 +99,7 @@ import numpy as np
 import moec.backends.interp.relay_chain  # noqa: F401 - a relayed run of slot transfers in one step
 import moec.backends.interp.slice_chain  # noqa: F401 - the streamed micro-slice in one step
 import moec.backends.interp.timing_ops  # noqa: F401 - registers every opcode's timing handler
+from moec.backends.interp import chain_hints
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.event_loop import Floats, Ints, as_list, run_events
 from moec.backends.interp.opgraph import (
@@ -208,6 +209,7 @@ def run_timing(
         b.energy = carry.energy
         carry.costs = b.costs
     b.build()
+    chain_hints.clear()  # what this build did not take is stale (:mod:`.chain_hints`)
     g = b.g
     n = len(g.kind)
     free_at = carry.free_at if carry is not None else [0.0] * b.num_res

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from moec.backends.interp import chain_hints
 from moec.ir.stream.program import Accum, Act, Free, Gemm, Instr, Load, SliceRef, TokenSet
 
 if TYPE_CHECKING:
@@ -150,16 +151,34 @@ def stream_runs(
         SliceRef, n, repeat(ctx.layer.name, n), chain(repeat(r[0], len(r[3])) for r in runs),
         chain(r[3] for r in runs),
     )  # fmt: skip
-    chs = chain(
-        repeat(ch, len(js)) if isinstance(ch, int) else map(ch.__getitem__, js)
-        for _, ch, _, js in runs
+    chs = list(
+        chain(
+            repeat(ch, len(js)) if isinstance(ch, int) else map(ch.__getitem__, js)
+            for _, ch, _, js in runs
+        )
     )
-    sizes = chain(_sizes(ctx.expert_slice_bytes(r[0]), r[3]) for r in runs)
+    sizes = list(chain(_sizes(ctx.expert_slice_bytes(r[0]), r[3]) for r in runs))
     block: list[Instr] = [None] * (5 * n)  # type: ignore[list-item]
     block[0::5] = make(Load, n, order, chs, refs, sizes, repeat(None, n))
     for q, column in enumerate(zip(*_steps(ctx, runs, order), strict=True), start=1):
         block[q::5] = column
     out += block
+    if 0 not in sizes:  # a slice that moves no bytes is timed by the handlers
+        _hint(block, runs, chs, sizes)
+
+
+def _hint(block: list[Instr], runs: Sequence[Run], chs: list[int], sizes: list[int]) -> None:
+    """Hand the builder each chain's shape (:mod:`moec.backends.interp.chain_hints`): per
+    chain, the index of the block's first chain with the same shared-ness, slice, channel,
+    bytes and token count (a key at least as fine as the builder's template key,
+    :func:`moec.backends.interp.slice_chain._lookup`), found in one C-level pass."""
+    chain = itertools.chain.from_iterable
+    keys = zip(
+        chain(repeat(r[0] is None, len(r[3])) for r in runs), chain(r[3] for r in runs), chs,
+        sizes, chain(repeat(r[2].size, len(r[3])) for r in runs), strict=True,
+    )  # fmt: skip
+    first: dict[tuple[Any, ...], int] = {}
+    chain_hints.put(block, list(map(first.setdefault, keys, itertools.count())))
 
 
 def stream_slices_reference(
