@@ -156,6 +156,52 @@ def test_an_undecided_process_switches_after_enough_ops(monkeypatch: pytest.Monk
     assert used == ["loop_python", "loop_python", "loop_compiled"]
 
 
+def test_an_undecided_process_told_what_is_coming_switches_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("numba")
+    used: list[str] = []
+    for name in ("loop_python", "loop_compiled"):
+        real = getattr(event_loop, name)
+
+        def counted(*a: Any, _real: Any = real, _name: str = name) -> Any:
+            used.append(_name)
+            return _real(*a)
+
+        monkeypatch.setattr(event_loop, name, counted)
+    monkeypatch.setattr(event_loop, "COMPILED", None)
+    monkeypatch.setattr(event_loop, "COMPILE_AFTER", 100)
+    monkeypatch.setattr(event_loop, "_timed", 0)
+    monkeypatch.setattr(event_loop, "_expected", 0)
+    rng = random.Random(2)
+    event_loop.expect(99)
+    event_loop.run_events(**_copy(_random_graph(rng, 0)))  # 0 timed + 99 expected: not yet
+    event_loop.expect(100)
+    event_loop.run_events(**_copy(_random_graph(rng, 60)))
+    event_loop.expect(0)
+    assert used == ["loop_python", "loop_compiled"]
+
+
+def test_a_layered_run_says_what_its_later_parts_hold_then_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moec.bench import run_bench
+
+    said: list[int] = []
+    real = event_loop.expect
+
+    def spy(ops: int) -> None:
+        said.append(ops)
+        real(ops)
+
+    monkeypatch.setattr(event_loop, "expect", spy)
+    run_bench("qwen3-30b-a3b", "fsedp-2x2", [64], ["ep"], layers=3)
+    # after a part with MoE parts still to come, a positive guess (ops of that part x MoE
+    # parts left); after the last part nothing, and every run's end clears it
+    assert max(said) > 0 and said[-1] == 0
+    assert event_loop._expected == 0
+
+
 def test_without_numba_an_undecided_process_runs_the_reference(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -18,7 +18,10 @@ loading the cached kernel cost about 0.4 s of CPU per process, the compiled loop
 a one-layer point (tens of thousands). A process cannot know how many ops are still to come, so
 it switches when the reference has spent about what the switch costs (300k ops at about 1.3 us
 each): a run then never spends more than twice what the better choice in hindsight would have
-(the rent-or-buy rule), and a one-layer point of the paper grid never imports numba. The
+(the rent-or-buy rule), and a one-layer point of the paper grid never imports numba. A caller
+that does know tells it (:func:`expect`: a layer-by-layer run, after its first part, the ops its
+later parts will time at that part's size), and the switch comes as soon as the ops timed and
+expected reach :data:`COMPILE_AFTER`. The
 kernel is JIT-compiled on its first call and cached on disk (numba's ``cache=True``, in
 ``__pycache__`` beside :mod:`.event_kernel` or numba's own cache directory), so only a process
 that finds no cache pays the compile (about 2 s of CPU).
@@ -43,6 +46,8 @@ COMPILED: bool | None = None
 COMPILE_AFTER = 300_000
 
 _timed = 0
+#: ops the caller expects this process still to time (:func:`expect`)
+_expected = 0
 
 _kernel: Any = None
 _PRIORITY = np.asarray(PRIORITY, dtype=np.int64)
@@ -50,6 +55,15 @@ _PRIORITY = np.asarray(PRIORITY, dtype=np.int64)
 #: a per-op column: a list, or a numpy array (a part of a layer-by-layer run)
 Ints = Sequence[int] | np.ndarray
 Floats = Sequence[float] | np.ndarray
+
+
+def expect(ops: int) -> None:
+    """Say that about ``ops`` more ops are still to be timed in this process (0: nothing known):
+    an undecided process switches to the compiled loop once the ops timed and these reach
+    :data:`COMPILE_AFTER`, not only after it has timed them. Which loop runs never changes a
+    number (module doc)."""
+    global _expected
+    _expected = max(0, ops)
 
 
 def compiled_available() -> bool:
@@ -83,7 +97,7 @@ def run_events(
     global _timed
     use = COMPILED
     if use is None:
-        use = _timed >= COMPILE_AFTER and compiled_available()
+        use = _timed + _expected >= COMPILE_AFTER and compiled_available()
     _timed += len(kind)
     loop = loop_compiled if use else loop_python
     return loop(src, dst, runs, dur, res, kind, back, free_at, busy, clock, signal_event, waiters)

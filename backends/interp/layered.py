@@ -36,7 +36,7 @@ from itertools import compress
 
 import numpy as np
 
-from moec.backends.interp import chain_hints
+from moec.backends.interp import chain_hints, event_loop
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.expand import splice
 from moec.backends.interp.expand.fsedp_deferred import DEFERRED_SUFFIX, charge_deferred
@@ -206,6 +206,7 @@ def run_layered(
     try:
         return _run_parts(p, target, parts, layouts, expansion, verify, allow_overflow)
     finally:
+        event_loop.expect(0)
         if freeze:
             gc.unfreeze()
 
@@ -232,6 +233,10 @@ def _run_parts(
     peaks: list[tuple[int, int, int]] = [(0, 0, 0)] * D
     slot_peak = [0] * D
     deferred_pairs, deferred_s = 0, 0.0
+    #: per part, how many parts after it hold MoE layers
+    moe_after = [0] * len(parts)
+    for j in range(len(parts) - 2, -1, -1):
+        moe_after[j] = moe_after[j + 1] + bool(parts[j + 1].layers)
     #: the last part's names of layers, islands and resources (the same in every part)
     last: tuple[list[str], list[str], int, list[str]] | None = None
     for j, part in enumerate(parts):
@@ -253,6 +258,9 @@ def _run_parts(
             charge_deferred(
                 prog, dataclasses.replace(tl, start=tl.start.tolist(), end=tl.end.tolist())
             )
+        # the MoE parts after this one, at its size: the event loop may switch to its compiled
+        # copy now rather than after timing that many ops itself (same numbers either way)
+        event_loop.expect(tl.events * moe_after[j])
         dup = len(prog.streams) if j > 0 else 0  # this part's copies of the barrier's signal
         events += tl.events - dup
         instructions += prog.num_instructions() - dup
