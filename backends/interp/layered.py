@@ -233,6 +233,7 @@ def _run_parts(
     peaks: list[tuple[int, int, int]] = [(0, 0, 0)] * D
     slot_peak = [0] * D
     deferred_pairs, deferred_s = 0, 0.0
+    moe_ops = 0  # ops of the last part that held MoE layers
     #: per part, how many parts after it hold MoE layers
     moe_after = [0] * len(parts)
     for j in range(len(parts) - 2, -1, -1):
@@ -258,9 +259,12 @@ def _run_parts(
             charge_deferred(
                 prog, dataclasses.replace(tl, start=tl.start.tolist(), end=tl.end.tolist())
             )
-        # the MoE parts after this one, at its size: the event loop may switch to its compiled
-        # copy now rather than after timing that many ops itself (same numbers either way)
-        event_loop.expect(tl.events * moe_after[j])
+        # the MoE parts after this one, at the last MoE part's size: the event loop may switch
+        # to its compiled copy now rather than after timing that many ops itself (same numbers
+        # either way)
+        if part.layers:
+            moe_ops = tl.events
+        event_loop.expect(moe_ops * moe_after[j])
         dup = len(prog.streams) if j > 0 else 0  # this part's copies of the barrier's signal
         events += tl.events - dup
         instructions += prog.num_instructions() - dup
