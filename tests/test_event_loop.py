@@ -136,8 +136,8 @@ def test_compiled_loop_gives_a_layered_run_the_same_report(
     assert report(True) == report(False)
 
 
-@needs_numba
-def test_an_undecided_process_switches_after_enough_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+def _loops_used(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the loops :func:`event_loop.run_events` calls from now on, in order."""
     used: list[str] = []
     for name in ("loop_python", "loop_compiled"):
         real = getattr(event_loop, name)
@@ -147,6 +147,12 @@ def test_an_undecided_process_switches_after_enough_ops(monkeypatch: pytest.Monk
             return _real(*a)
 
         monkeypatch.setattr(event_loop, name, counted)
+    return used
+
+
+@needs_numba
+def test_an_undecided_process_switches_after_enough_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    used = _loops_used(monkeypatch)
     monkeypatch.setattr(event_loop, "COMPILED", None)
     monkeypatch.setattr(event_loop, "COMPILE_AFTER", 100)
     monkeypatch.setattr(event_loop, "_timed", 0)
@@ -160,15 +166,7 @@ def test_an_undecided_process_told_what_is_coming_switches_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pytest.importorskip("numba")
-    used: list[str] = []
-    for name in ("loop_python", "loop_compiled"):
-        real = getattr(event_loop, name)
-
-        def counted(*a: Any, _real: Any = real, _name: str = name) -> Any:
-            used.append(_name)
-            return _real(*a)
-
-        monkeypatch.setattr(event_loop, name, counted)
+    used = _loops_used(monkeypatch)
     monkeypatch.setattr(event_loop, "COMPILED", None)
     monkeypatch.setattr(event_loop, "COMPILE_AFTER", 100)
     monkeypatch.setattr(event_loop, "_timed", 0)
