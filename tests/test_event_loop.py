@@ -162,10 +162,10 @@ def test_an_undecided_process_switches_after_enough_ops(monkeypatch: pytest.Monk
     assert used == ["loop_python", "loop_python", "loop_compiled"]
 
 
+@needs_numba
 def test_an_undecided_process_told_what_is_coming_switches_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pytest.importorskip("numba")
     used = _loops_used(monkeypatch)
     monkeypatch.setattr(event_loop, "COMPILED", None)
     monkeypatch.setattr(event_loop, "COMPILE_AFTER", 100)
