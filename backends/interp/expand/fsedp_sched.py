@@ -586,5 +586,10 @@ def check_fits(prob: Problem) -> int:
 def schedule(prob: Problem, streams: bool = True) -> Schedule:
     """Simulate the FSE-DP rules on ``prob`` and return each die's instruction stream; with
     ``streams`` false, the same schedule without its instructions (every die's stream empty:
-    for :attr:`Schedule.estimate_s` and the other figures alone, which do not depend on them)."""
-    return _Sim(prob, streams).run()
+    for :attr:`Schedule.estimate_s` and the other figures alone, which do not depend on them).
+    Played by the reference (:class:`_Sim`) or its compiled copy (:mod:`.fsedp_compiled`), the
+    same schedule."""
+    from moec.backends.interp.expand import fsedp_compiled
+
+    sim = _Sim(prob, streams)
+    return fsedp_compiled.schedule(sim) if fsedp_compiled.wanted(prob) else sim.run()
