@@ -223,13 +223,13 @@ def _state(sim: Any) -> tuple[Any, ...] | None:
     route = np.zeros((3, n, U), np.int64)
     route[k.RQ0], route[k.NEEDED] = -1, needed
     # events outstanding at most: a load stage, a hop and a channel release per trip, a
-    # compute per die, a link release per lane; records: a load and per hop 4 per trip
+    # compute per die, a link release per lane; records: a load and per hop 6 per trip
     H = 3 * T + n + W + 16
     return (
         sc, die, lane, trip, chan, ring, np.zeros((2, T * V), np.int64), route,
         np.zeros((1 if sim.naive else n, U, W), np.bool_), hops_nn, load_plan, cd,
         np.asarray(ints, np.int64), np.asarray(floats, np.float64), np.zeros(H),
-        np.zeros((4, H), np.int64), np.empty((T * (1 + 4 * V) if sim.write else 0, 5), np.int64),
+        np.zeros((4, H), np.int64), np.empty((T * (1 + 6 * V) if sim.write else 0, 5), np.int64),
     )  # fmt: skip
 
 
@@ -240,21 +240,38 @@ def _bounds(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _instructions(out: dict[int, list[Any]], trips: list[Any], log: np.ndarray) -> None:
-    """Append the kernel's instruction records to each die's stream, in record order."""
-    kern = _kernel
-    LOAD, OPS, FREE, SEND = kern.LOAD, kern.OPS, kern.FREE, kern.SEND
-    free, send, recv, load, ops = mk.free, mk.send, mk.recv, mk.load, mk.slice_ops
-    streams = [out[d] for d in range(len(out))]
-    for d, kind, slot, peer, i in zip(*log.T.tolist(), strict=True):
-        if kind == FREE:
-            streams[d].append(free(slot))
-        elif kind == OPS:
-            ops(streams[d], slot, trips[i].unit.tokens[d])
-        elif kind == SEND:
-            streams[d].append(send(peer, trips[i].nbytes, slot))
-        elif kind == LOAD:
-            t = trips[i]
-            streams[d].append(load(slot, peer, t.ref, t.nbytes))
+    """Append the kernel's instruction records to each die's stream, in record order: each
+    kind's instructions made in one pass (:func:`.fsedp_instrs.made`), then laid out per die."""
+    k = _kernel
+    die, kind, slot, peer, trip = log.T
+    made: list[Any] = []
+    where = []
+    tokens: list[Any] = []  # a compute's tokens, for its gemm, act and accum
+    for what, name in enumerate(k.RECORD_NAMES):
+        at = np.flatnonzero(kind == what)
+        if not at.size:
+            continue
+        where.append(at)
+        slots, peers = slot[at].tolist(), peer[at].tolist()
+        ts = [] if what in (k.FREE, k.ACT, k.ACCUM) else [trips[i] for i in trip[at].tolist()]
+        if what == k.LOAD:
+            args: tuple[Any, ...] = (slots, peers, [t.ref for t in ts], [t.nbytes for t in ts])
+        elif what == k.FREE:
+            args = (slots,)
+        elif what == k.SEND:
+            args = (peers, [t.nbytes for t in ts], slots)
+        elif what == k.RECV:
+            args = (peers, [t.nbytes for t in ts], slots, [t.ref for t in ts])
         else:
-            t = trips[i]
-            streams[d].append(recv(peer, t.nbytes, slot, t.ref))
+            if what == k.GEMM:
+                tokens = [t.unit.tokens[d] for t, d in zip(ts, die[at].tolist(), strict=True)]
+            args = (slots, tokens)
+        made += mk.made(name, *args)
+    # each record's place in ``made``, then the records die by die in their order
+    place = np.empty(len(die), np.int64)
+    place[np.concatenate(where) if where else []] = np.arange(len(die))
+    order = np.argsort(die, kind="stable")
+    ends = np.searchsorted(die[order], np.arange(len(out) + 1)).tolist()
+    laid = [made[i] for i in place[order].tolist()]
+    for d in range(len(out)):
+        out[d] += laid[ends[d] : ends[d + 1]]

@@ -28,8 +28,10 @@ import numba
 
 #: event kinds
 CROSS, LOADED, COMPUTED, RELEASE_CHANNEL, SENT, HOPPED = range(6)
-#: instruction record kinds
-LOAD, OPS, FREE, SEND, RECV = range(5)
+#: instruction record kinds (a slice compute writes its gemm, act and accum)
+LOAD, GEMM, ACT, ACCUM, FREE, SEND, RECV = range(7)
+#: their instructions' names (:func:`.fsedp_instrs.made`)
+RECORD_NAMES = ("load", "gemm", "act", "accum", "free", "send", "recv")
 #: outcome: done, a die had no free slot, the log's room was short (a caller's bug)
 DONE, NO_SLOT, NO_ROOM = range(3)
 
@@ -340,7 +342,10 @@ def _compute(st, d, v):  # type: ignore[no-untyped-def]
     sc, cd = st[0], st[11]
     st[1][COMPUTING, d] = 1
     tr = v // sc[V_]
-    _record(st, d, OPS, st[6][0, v], 0, tr)
+    slot = st[6][0, v]
+    _record(st, d, GEMM, slot, 0, tr)
+    _record(st, d, ACT, slot, 0, tr)
+    _record(st, d, ACCUM, slot, 0, tr)
     end = st[13][sc[O_CLOCK]]
     us = st[3][US, tr]
     for i in range(cd.shape[2]):
