@@ -160,3 +160,15 @@ def test_the_switch_waits_for_enough_work(monkeypatch: pytest.MonkeyPatch) -> No
     work = sum(len(u.slice_bytes) for u in prob.units) * prob.num_dies
     monkeypatch.setattr(fsedp_compiled, "COMPILE_AFTER", work + 1)
     assert [fsedp_compiled.wanted(prob) for _ in range(3)] == [False, False, True]
+
+
+def test_what_the_kernel_cannot_play_goes_to_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slice computes of another op count than the interpreter's: the compiled path hands the
+    problem to the reference, which gives its own schedule."""
+    prob = _problems("fsedp-2x2", "fsedp-paired", 8, 32, 1.0, 0)[0]
+    idle = [0.0] * len(prob.machine.free_at)
+    ref = _played(prob, False, True, idle)
+    monkeypatch.setattr(fsedp_compiled, "SLICE_COSTS", ((), ()))
+    assert _played(prob, True, True, idle) == ref

@@ -24,6 +24,7 @@ never loads it and a whole-model run switches on its first MoE layer.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -77,10 +78,10 @@ def schedule(sim: Any) -> Schedule:
     available()
     k = _kernel
     prob: Problem = sim.p
-    sim.plan()
+    sim.plan(paths=False)  # the kernel finds the routes
     st = _state(sim)
     if st is None:
-        return sim.run()
+        return type(sim)(prob, sim.write).run()  # the reference, on a fresh simulation
     outcome = k.simulate(st)
     sc, die, lane, trip, chan = st[:5]
     if outcome == k.NO_SLOT:
@@ -272,6 +273,6 @@ def _instructions(out: dict[int, list[Any]], trips: list[Any], log: np.ndarray) 
     place[np.concatenate(where) if where else []] = np.arange(len(die))
     order = np.argsort(die, kind="stable")
     ends = np.searchsorted(die[order], np.arange(len(out) + 1)).tolist()
-    laid = [made[i] for i in place[order].tolist()]
+    laid = itemgetter(*place[order].tolist())(made) if len(made) > 1 else made
     for d in range(len(out)):
         out[d] += laid[ends[d] : ends[d + 1]]

@@ -215,7 +215,9 @@ class _Sim:
         trip.last = len(trip.path) - 1
 
     # --- planning ---
-    def plan(self) -> None:
+    def plan(self, paths: bool = True) -> None:
+        """The trips in the central load order, queued where they start (with ``paths``, R4's
+        routed: the compiled scheduler finds them itself)."""
         for u, j in central_order(self.p):
             if not u.tokens:
                 continue
@@ -226,7 +228,8 @@ class _Sim:
                 self.chan_queue.setdefault(trip.channel, deque()).append(trip)
                 continue
             home = self.p.channel_die[trip.channel]
-            self.set_path(trip, home)
+            if paths:
+                self.set_path(trip, home)
             self.dies[home].queue.append(trip)
         if self.naive:
             per_slice, self.trips = self.trips, []
