@@ -153,13 +153,17 @@ def test_compiled_gives_the_references_missing_slot(monkeypatch: pytest.MonkeyPa
 
 def test_the_switch_waits_for_enough_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Undecided (``COMPILED`` None), a process plays with the reference until it has scheduled
-    ``COMPILE_AFTER`` slices times dies, then with the kernel."""
+    ``COMPILE_AFTER`` slices times dies, then with the kernel the problems of at least
+    ``COMPILE_FROM``."""
     prob = _problems("fsedp-2x2", "fsedp", 8, 32, 1.0, 0)[0]
     monkeypatch.setattr(fsedp_compiled, "COMPILED", None)
     monkeypatch.setattr(fsedp_compiled, "_played", 0)
     work = sum(len(u.slice_bytes) for u in prob.units) * prob.num_dies
     monkeypatch.setattr(fsedp_compiled, "COMPILE_AFTER", work + 1)
+    monkeypatch.setattr(fsedp_compiled, "COMPILE_FROM", work)
     assert [fsedp_compiled.wanted(prob) for _ in range(3)] == [False, False, True]
+    monkeypatch.setattr(fsedp_compiled, "COMPILE_FROM", work + 1)  # too small to pay
+    assert not fsedp_compiled.wanted(prob)
 
 
 def test_what_the_kernel_cannot_play_goes_to_the_reference(

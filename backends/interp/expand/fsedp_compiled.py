@@ -16,10 +16,11 @@ the reference's makers (:mod:`.fsedp_instrs`); without streams (a prediction) no
 :data:`COMPILED` says which one :func:`.fsedp_sched.schedule` uses: True or False forces one
 (the tests compare them); None (the default) starts with the reference and switches to the
 kernel, when numba imports, once the process has scheduled :data:`COMPILE_AFTER` micro-slices
-times dies (the event loop's rent-or-buy rule, :mod:`..event_loop`): importing numba and the
-kernel costs about 0.75 s of CPU (less once the event loop has imported numba), about what the
-reference spends on that much work (4 to 8 us per slice and die), so a point of the paper grid
-never loads it and a whole-model run switches on its first MoE layer.
+times dies (the event loop's rent-or-buy rule, :mod:`..event_loop`), for problems of at least
+:data:`COMPILE_FROM`: importing numba and the kernel costs about 0.75 s of CPU (less once the
+event loop has imported numba), about what the reference spends on that much work (4 to 8 us
+per slice and die), so a point of the paper grid never loads it and a whole-model run on 8 or
+more dies switches on its first MoE layer.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ COMPILED: bool | None = None
 #: micro-slices times dies an undecided process (:data:`COMPILED` None) schedules with the
 #: reference
 COMPILE_AFTER = 200_000
+#: the least work (micro-slices times dies) of a problem an undecided process plays with the
+#: kernel: below it (Qwen3-30B-A3B on 4x4 dies, about 6k) the whole-model A/B ran slower with
+#: the kernel (the Python around it costs what it saves), above it (DeepSeek-V3 on 8 dies, 36k;
+#: 8x8 dies, 25k-60k) faster
+COMPILE_FROM = 20_000
 
 _played = 0
 _kernel: Any = None
@@ -64,10 +70,11 @@ def wanted(prob: Problem) -> bool:
     """Whether :func:`.fsedp_sched.schedule` plays ``prob`` with the kernel (:data:`COMPILED`);
     counts its work (micro-slices times dies: the reference's events grow with both)."""
     global _played
+    work = sum(len(u.slice_bytes) for u in prob.units) * prob.num_dies
     use = COMPILED
     if use is None:
-        use = _played >= COMPILE_AFTER and available()
-    _played += sum(len(u.slice_bytes) for u in prob.units) * prob.num_dies
+        use = _played >= COMPILE_AFTER and work >= COMPILE_FROM and available()
+    _played += work
     if use and not available():
         raise RuntimeError("the compiled FSE-DP scheduler needs numba (pip install moec[fast])")
     return bool(use) and isinstance(prob.machine, Engine)
