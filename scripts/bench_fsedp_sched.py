@@ -1,7 +1,7 @@
 """CPU time of the FSE-DP scheduler alone on one ``moec bench`` point (issue 19).
 
     python scripts/bench_fsedp_sched.py --model M --target T [--set K=V] --tokens N \\
-        --strategy S [--repeat N]
+        --strategy S [--repeat N] [--compiled auto|on|off]
     python scripts/bench_fsedp_sched.py --model qwen3-30b-a3b --target fsedp-4x4 \\
         --set dies_x=8 --set dies_y=8 --tokens 1024 --strategy fsedp-paired
 
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, required=True)
     ap.add_argument("--strategy", required=True)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--compiled", choices=("auto", "on", "off"), default="auto",
+        help="the scheduler's compiled kernel (fsedp_compiled.COMPILED) for the timed schedules",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     import moec.backends.interp.expand.fsedp as fsedp
@@ -64,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         overrides=parse_overrides(args.set), allow_overflow=True,
     )  # fmt: skip
     fsedp.schedule = schedule
+    if args.compiled != "auto":  # a tree without the kernel has no switch: always the reference
+        try:
+            from moec.backends.interp.expand import fsedp_compiled
+        except ImportError:
+            fsedp_compiled = None
+        if fsedp_compiled is not None:
+            fsedp_compiled.COMPILED = args.compiled == "on"
+            if fsedp_compiled.COMPILED:
+                fsedp_sched.schedule(problems[0], False)  # the kernel loaded before the clock
     best, prints = float("inf"), []
     gc.disable()
     for _ in range(args.repeat):

@@ -14,6 +14,7 @@ import pytest
 from strategy_cases import moe_module
 from test_fsedp import _context
 
+from moec.backends.interp.expand import fsedp_compiled
 from moec.backends.interp.expand.fsedp import plan
 from moec.backends.interp.expand.fsedp_sched import _Sim, route
 from moec.compiler.lower import lower, parse_strategy
@@ -107,6 +108,7 @@ def test_after_every_event_no_die_has_anything_left_to_do(
 
     for name in EVENTS:
         monkeypatch.setattr(_Sim, name, checked(getattr(_Sim, name)))
+    monkeypatch.setattr(fsedp_compiled, "COMPILED", False)  # the reference, whose events these are
     trace = synth_zipf(num_layers=1, num_experts=16, top_k=2, tokens=64, zipf=1.0, seed=0)
     trace = trace.rehome(dies)
     name, options = parse_strategy(strategy)

@@ -49,6 +49,22 @@ class Engine:
         """A DRAM read into ``die`` whose inputs are ready at ``ready``, claiming its channel:
         ``(channel frees, data has left DRAM, the route's hops)``, a hop being ``(link
         resource, hold, back, latency)`` for :meth:`cross`."""
+        plan = self._loads.get((channel, die, nbytes))
+        if plan is None:
+            plan = self.load_plan(channel, die, nbytes)
+        res, occ, lat, hops = plan
+        free_at = self.free_at
+        s = free_at[res]
+        if s < ready:
+            s = ready
+        chan = free_at[res] = s + occ
+        return chan, (chan + lat if lat > 0.0 else chan), hops
+
+    def load_plan(
+        self, channel: int, die: int, nbytes: int
+    ) -> tuple[int, float, float, tuple[Hop, ...]]:
+        """What :meth:`load` claims, memoized: ``(channel resource, its hold, the channel
+        latency, the route's hops)`` (the compiled scheduler reads them as arrays)."""
         key = (channel, die, nbytes)
         plan = self._loads.get(key)
         if plan is None:
@@ -60,13 +76,16 @@ class Engine:
                 for (res, _, _, lat), (dur, back) in zip(lp.hops, costs, strict=True)
             )
             plan = self._loads[key] = (lp.res, occ, lp.latency, hops)
-        res, occ, lat, hops = plan
-        free_at = self.free_at
-        s = free_at[res]
-        if s < ready:
-            s = ready
-        chan = free_at[res] = s + occ
-        return chan, (chan + lat if lat > 0.0 else chan), hops
+        return plan
+
+    def send_plan(self, a: int, b: int, nbytes: int) -> tuple[int, float, float]:
+        """What :meth:`send` claims, memoized: ``(link resource, its hold, its latency)``."""
+        key = (a, b, nbytes)
+        plan = self._sends.get(key)
+        if plan is None:
+            (res,), occ, lat, *_ = self.b.transfer_costs(a, b, nbytes)
+            plan = self._sends[key] = (res, occ, lat)
+        return plan
 
     def cross(self, hop: Hop, at: float) -> float:
         """The data reaches ``hop`` at ``at`` (the previous stage's end): a tail reservation of
@@ -82,11 +101,9 @@ class Engine:
     def send(self, a: int, b: int, nbytes: int, ready: float) -> tuple[float, float]:
         """A transfer ``a -> b`` whose sides are ready at ``ready``: ``(link frees, data
         arrives)``."""
-        key = (a, b, nbytes)
-        plan = self._sends.get(key)
+        plan = self._sends.get((a, b, nbytes))
         if plan is None:
-            (res,), occ, lat, *_ = self.b.transfer_costs(a, b, nbytes)
-            plan = self._sends[key] = (res, occ, lat)
+            plan = self.send_plan(a, b, nbytes)
         res, occ, lat = plan
         s = self.free_at[res]
         if s < ready:

@@ -17,6 +17,7 @@ constructor does: the timing and serving code tell instructions apart by identit
 from __future__ import annotations
 
 import dataclasses
+from itertools import repeat
 from typing import Any
 
 from moec.ir.stream.opcodes import Instruction
@@ -137,3 +138,16 @@ free: Any = _Free
 load: Any = _Load
 send: Any = _Send
 recv: Any = _Recv
+
+
+def made(name: str, *columns: list[Any]) -> Any:
+    """Instructions ``name`` (``gemm``, ``act``, ``accum``, ``free``, ``load``, ``send`` or
+    ``recv``) of the makers' arguments given column by column, in one pass, as a list (each
+    object new, as the makers make it)."""
+    if name in _SLICE:
+        return list(map(_SliceOp, repeat(_SLICE[name]), *columns))
+    return list(map(_TWINS[name], *columns))
+
+
+_SLICE = {"gemm": _GEMM, "act": _ACT, "accum": _ACCUM}
+_TWINS: dict[str, Any] = {"free": _Free, "load": _Load, "send": _Send, "recv": _Recv}

@@ -215,7 +215,9 @@ class _Sim:
         trip.last = len(trip.path) - 1
 
     # --- planning ---
-    def plan(self) -> None:
+    def plan(self, paths: bool = True) -> None:
+        """The trips in the central load order, queued where they start (with ``paths``, R4's
+        routed: the compiled scheduler finds them itself)."""
         for u, j in central_order(self.p):
             if not u.tokens:
                 continue
@@ -226,7 +228,8 @@ class _Sim:
                 self.chan_queue.setdefault(trip.channel, deque()).append(trip)
                 continue
             home = self.p.channel_die[trip.channel]
-            self.set_path(trip, home)
+            if paths:
+                self.set_path(trip, home)
             self.dies[home].queue.append(trip)
         if self.naive:
             per_slice, self.trips = self.trips, []
@@ -586,5 +589,10 @@ def check_fits(prob: Problem) -> int:
 def schedule(prob: Problem, streams: bool = True) -> Schedule:
     """Simulate the FSE-DP rules on ``prob`` and return each die's instruction stream; with
     ``streams`` false, the same schedule without its instructions (every die's stream empty:
-    for :attr:`Schedule.estimate_s` and the other figures alone, which do not depend on them)."""
-    return _Sim(prob, streams).run()
+    for :attr:`Schedule.estimate_s` and the other figures alone, which do not depend on them).
+    Played by the reference (:class:`_Sim`) or its compiled copy (:mod:`.fsedp_compiled`), the
+    same schedule."""
+    from moec.backends.interp.expand import fsedp_compiled
+
+    sim = _Sim(prob, streams)
+    return fsedp_compiled.schedule(sim) if fsedp_compiled.wanted(prob) else sim.run()

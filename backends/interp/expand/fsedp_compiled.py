@@ -1,0 +1,285 @@
+"""The FSE-DP scheduler, compiled: :class:`.fsedp_sched._Sim`'s simulation as a numba kernel.
+
+:func:`.fsedp_sched.schedule` plays a layer's rules with the reference (:class:`~.fsedp_sched._Sim`,
+plain Python) or here with :func:`.fsedp_kernel.simulate`, the same simulation over flat arrays
+(numba, ``pip install moec[fast]``). Both return the same :class:`~.fsedp_problem.Schedule`
+(every die's instructions in the same order, the same paths, ``estimate_s`` to the bit, peak
+slots, pass-throughs) and raise the same :class:`~moec.ir.errors.ScheduleError`;
+``tests/test_fsedp_compiled.py`` compares them on every variant of the rules.
+
+What stays in Python: the setup (the reference's own constructor and plan: walk, slots, trips
+in the central load order), the engine's cost plans read into arrays before the kernel runs
+(:meth:`~.fsedp_engine.Engine.load_plan`, :meth:`~.fsedp_engine.Engine.send_plan`, each slice
+compute's durations from the unit), and the instructions, made from the kernel's records with
+the reference's makers (:mod:`.fsedp_instrs`); without streams (a prediction) none are made.
+
+:data:`COMPILED` says which one :func:`.fsedp_sched.schedule` uses: True or False forces one
+(the tests compare them); None (the default) starts with the reference and switches to the
+kernel, when numba imports, once the process has scheduled :data:`COMPILE_AFTER` micro-slices
+times dies (the event loop's rent-or-buy rule, :mod:`..event_loop`), for problems of at least
+:data:`COMPILE_FROM`: importing numba and the kernel costs about 0.75 s of CPU (less once the
+event loop has imported numba), about what the reference spends on that much work (4 to 8 us
+per slice and die), so a point of the paper grid never loads it and a whole-model run on 8 or
+more dies switches on its first MoE layer.
+"""
+
+from __future__ import annotations
+
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+from moec.backends.interp.expand import fsedp_instrs as mk
+from moec.backends.interp.expand.fsedp_engine import Engine
+from moec.backends.interp.expand.fsedp_problem import Problem, Schedule
+from moec.backends.interp.timing_ops import SLICE_COSTS
+from moec.ir.errors import ScheduleError
+
+#: which simulation :func:`.fsedp_sched.schedule` plays: True the kernel, False the reference,
+#: None the reference until :data:`COMPILE_AFTER` trips were scheduled, then the kernel when
+#: numba imports
+COMPILED: bool | None = None
+#: micro-slices times dies an undecided process (:data:`COMPILED` None) schedules with the
+#: reference
+COMPILE_AFTER = 200_000
+#: the least work (micro-slices times dies) of a problem an undecided process plays with the
+#: kernel: below it (Qwen3-30B-A3B on 4x4 dies, about 6k) the whole-model A/B ran slower with
+#: the kernel (the Python around it costs what it saves), above it (DeepSeek-V3 on 8 dies, 36k;
+#: 8x8 dies, 25k-60k) faster
+COMPILE_FROM = 20_000
+
+_played = 0
+_kernel: Any = None
+
+
+def available() -> bool:
+    """Whether the kernel can run here (numba imports); imports it once."""
+    global _kernel
+    if _kernel is None:
+        try:
+            from moec.backends.interp.expand import fsedp_kernel
+        except ImportError:
+            _kernel = False
+        else:
+            _kernel = fsedp_kernel
+    return _kernel is not False
+
+
+def wanted(prob: Problem) -> bool:
+    """Whether :func:`.fsedp_sched.schedule` plays ``prob`` with the kernel (:data:`COMPILED`);
+    counts its work (micro-slices times dies: the reference's events grow with both)."""
+    global _played
+    work = sum(len(u.slice_bytes) for u in prob.units) * prob.num_dies
+    use = COMPILED
+    if use is None:
+        use = _played >= COMPILE_AFTER and work >= COMPILE_FROM and available()
+    _played += work
+    if use and not available():
+        raise RuntimeError("the compiled FSE-DP scheduler needs numba (pip install moec[fast])")
+    return bool(use) and isinstance(prob.machine, Engine)
+
+
+def schedule(sim: Any) -> Schedule:
+    """Play ``sim`` (a fresh :class:`~.fsedp_sched._Sim`, not yet planned) with the kernel."""
+    available()
+    k = _kernel
+    prob: Problem = sim.p
+    sim.plan(paths=False)  # the kernel finds the routes
+    st = _state(sim)
+    if st is None:
+        return type(sim)(prob, sim.write).run()  # the reference, on a fresh simulation
+    outcome = k.simulate(st)
+    sc, die, lane, trip, chan = st[:5]
+    if outcome == k.NO_SLOT:
+        raise ScheduleError(f"FSE-DP scheduler: die {sc[k.OUT_DIE]} has no free slot (internal)")
+    if outcome != k.DONE:
+        raise RuntimeError("the compiled FSE-DP scheduler ran out of room (internal)")
+    stuck = (die[k.DQ_HEAD] < die[k.DQ_END]) | (die[k.RDY_N] > 0) | (die[k.IBX_N] > 0)
+    stuck |= die[k.HELD] > 0
+    stuck[lane[k.WALK][(lane[k.OB_N] > 0) | (lane[k.EN_N] > 0)]] = True
+    left = int((chan[k.CQ_END] - chan[k.CQ_HEAD]).sum())
+    if stuck.any() or left:
+        raise ScheduleError(
+            f"FSE-DP scheduler stalled on layer {prob.layer} (dies "
+            f"{np.flatnonzero(stuck).tolist()}, {left} slices not loaded)"
+        )
+    fl, free_at = st[13], prob.machine.free_at  # type: ignore[attr-defined]
+    free_at[:] = fl[sc[k.O_FREE_AT] : sc[k.O_FREE_AT] + len(free_at)].tolist()
+    walk2 = sim.walk * 2
+    paths = [
+        ((t.unit.expert, t.slice), walk2[q0 : q0 + last + 1])
+        for t, q0, last in zip(sim.trips, trip[k.Q0].tolist(), trip[k.LAST].tolist(), strict=True)
+    ]
+    if sim.write:
+        _instructions(sim.out, sim.trips, st[16][: sc[k.RECORDS]])
+    peaks = dict(enumerate(die[k.PEAK].tolist()))
+    return Schedule(sim.out, paths, float(fl[sc[k.O_CLOCK]]), peaks, int(sc[k.PASSES]))
+
+
+def _state(sim: Any) -> tuple[Any, ...] | None:
+    """The kernel's state (:data:`.fsedp_kernel.State`) for planned ``sim``; None where the
+    kernel cannot play it (a host channel, computes of different op counts)."""
+    k = _kernel
+    prob: Problem = sim.p
+    engine: Engine = prob.machine  # type: ignore[assignment]
+    n, W, trips, units, K = sim.n, len(sim.walk), sim.trips, prob.units, sim.K
+    T, U, V, C = len(trips), len(units), 1 if sim.naive else W, len(prob.channel_die)
+    unit_ix = {id(u): i for i, u in enumerate(units)}
+    u_off = np.cumsum([0] + [len(u.slice_bytes) for u in units]).tolist()
+    sizes = sorted({b for u in units for b in u.slice_bytes})
+    nb_ix = {b: i for i, b in enumerate(sizes)}
+    trip = np.zeros((k.TRIP_ROWS, T), np.int64)
+    t_unit = [unit_ix[id(t.unit)] for t in trips]
+    t_chan = [t.channel for t in trips]
+    t_nb = [nb_ix[t.nbytes] for t in trips]
+    if any(c < 0 or c >= C for c in t_chan):
+        return None  # a channel the arrays do not hold (the host)
+    # the die each trip is loaded into where the plan says (R4's home, naive's die; R5: -1)
+    t_die = [-1] * T
+    for d in sim.dies:
+        for t in d.queue:
+            t_die[t.id] = d.id
+    trip[k.UNIT], trip[k.CHAN], trip[k.NB], trip[k.DIE] = t_unit, t_chan, t_nb, t_die
+    trip[k.US] = [u_off[u] + t.slice for u, t in zip(t_unit, trips, strict=True)]
+    # per slice and die, its compute's durations, as the unit gives them
+    durations = [
+        [[u.compute(d, j) for d in u.tokens] for j in range(len(u.slice_bytes))] for u in units
+    ]
+    if {len(ops) for per_unit in durations for per_slice in per_unit for ops in per_slice} - {
+        len(SLICE_COSTS)
+    }:
+        return None  # not the interpreter's ops
+    cd = np.zeros((u_off[-1], n, len(SLICE_COSTS)))
+    for u, base, per_unit in zip(units, u_off, durations, strict=False):
+        if u.tokens:
+            cd[base : base + len(per_unit), list(u.tokens)] = per_unit
+    # the engine's load plans each trip may claim (R5: its channel's die or any needed die)
+    chan_die = prob.channel_die
+    if sim.pushes:
+        anywhere = {d for u in units for d in u.tokens}
+        keys = {
+            (c, x, nb)
+            for c, nb in set(zip(t_chan, t_nb, strict=True))
+            for x in anywhere | {chan_die[c]}
+        }
+    else:
+        keys = set(zip(t_chan, t_die, t_nb, strict=True))
+    load_plan = np.full((C, n, len(sizes)), -1, np.int64)
+    plans: list[tuple[int, float, float]] = []
+    hop_ptr, hops = [0], []
+    for c, x, nb in sorted(keys):
+        load_plan[c, x, nb] = len(plans)
+        res, occ, lat, route = engine.load_plan(c, x, sizes[nb])
+        plans.append((res, occ, lat))
+        hops += route
+        hop_ptr.append(len(hops))
+    sends = [
+        engine.send_plan(sim.walk[q], sim.walk[(q + 1) % W], size) if W > 1 else (0, 0.0, 0.0)
+        for q in range(W)
+        for size in sizes
+    ]
+    needed = np.zeros((n, U), np.bool_)
+    for i, u in enumerate(units):
+        needed[list(u.tokens), i] = True
+    hops_nn = np.zeros((n, n), np.int64)
+    if sim.pushes:
+        for h in sorted(set(chan_die)):
+            for d in np.flatnonzero(needed.any(axis=1)).tolist():
+                hops_nn[h, d] = sim.hops(h, d)
+    dq = [[t.id for t in d.queue] for d in sim.dies]
+    cq = [[t.id for t in sim.chan_queue.get(c, ())] for c in range(C)]
+    # the variable-length tables, at offsets kept in sc
+    sc = np.zeros(k.SC_SIZE, np.int64)
+    sc[k.K_ : k.N_SIZES + 1] = [K, sim.P, sim.cap, sim.pushes, sim.naive, V, sim.write,
+                                len(prob.order), len(sim.chan_queue), len(sizes)]  # fmt: skip
+    ints: list[int] = []
+    for at, values in (
+        (k.O_DQ, [x for g in dq for x in g]), (k.O_CQ, [x for g in cq for x in g]),
+        (k.O_NEED_PTR, np.cumsum([0] + [len(u.tokens) for u in units]).tolist()),
+        (k.O_NEED, [d for u in units for d in u.tokens]), (k.O_ORDER, list(prob.order)),
+        (k.O_CHAN_ORDER, sorted(sim.chan_queue)), (k.O_LP_RES, [p[0] for p in plans]),
+        (k.O_LP_HOPS, hop_ptr), (k.O_HOP_RES, [h[0] for h in hops]),
+        (k.O_SP_RES, [p[0] for p in sends]),
+    ):  # fmt: skip
+        sc[at] = len(ints)
+        ints += values
+    floats: list[float] = []
+    for at, fvalues in (
+        (k.O_FREE_AT, engine.free_at), (k.O_CHAN_FREE, [0.0] * C), (k.O_CLOCK, [0.0]),
+        (k.O_LP_OCC, [p[1] for p in plans]), (k.O_LP_LAT, [p[2] for p in plans]),
+        (k.O_HOP_DUR, [h[1] for h in hops]), (k.O_HOP_BACK, [h[2] for h in hops]),
+        (k.O_HOP_LAT, [h[3] for h in hops]), (k.O_SP_OCC, [p[1] for p in sends]),
+        (k.O_SP_LAT, [p[2] for p in sends]),
+    ):  # fmt: skip
+        sc[at] = len(floats)
+        floats += fvalues
+    die = np.zeros((k.DIE_ROWS, n), np.int64)
+    die[k.FN], die[k.PREFETCH] = K, sim.prefetch
+    die[k.DQ_HEAD], die[k.DQ_END] = _bounds(dq)
+    die[k.LANE0], die[k.LANE1] = np.asarray(
+        [(v + [-1, -1])[:2] for v in sim.positions.values()], np.int64
+    ).T
+    die[k.END0], die[k.END1] = np.asarray(sim.ends, np.int64).reshape(n, 2).T
+    lane = np.zeros((k.LANE_ROWS, W), np.int64)
+    lane[k.WALK] = sim.walk
+    chan = np.zeros((k.CHAN_ROWS, C), np.int64)
+    chan[k.CDIE] = chan_die
+    chan[k.CQ_HEAD], chan[k.CQ_END] = _bounds(cq)
+    ring = np.zeros((5, max(n, W), K), np.int64)
+    ring[k.FREE_SLOTS, :n] = [list(d.free) for d in sim.dies]
+    route = np.zeros((3, n, U), np.int64)
+    route[k.RQ0], route[k.NEEDED] = -1, needed
+    # events outstanding at most: a load stage, a hop and a channel release per trip, a
+    # compute per die, a link release per lane; records: a load and per hop 6 per trip
+    H = 3 * T + n + W + 16
+    return (
+        sc, die, lane, trip, chan, ring, np.zeros((2, T * V), np.int64), route,
+        np.zeros((1 if sim.naive else n, U, W), np.bool_), hops_nn, load_plan, cd,
+        np.asarray(ints, np.int64), np.asarray(floats, np.float64), np.zeros(H),
+        np.zeros((4, H), np.int64), np.empty((T * (1 + 6 * V) if sim.write else 0, 5), np.int64),
+    )  # fmt: skip
+
+
+def _bounds(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's start and end in the groups laid end to end."""
+    end = np.cumsum([len(g) for g in groups], dtype=np.int64)
+    return end - [len(g) for g in groups], end
+
+
+def _instructions(out: dict[int, list[Any]], trips: list[Any], log: np.ndarray) -> None:
+    """Append the kernel's instruction records to each die's stream, in record order: each
+    kind's instructions made in one pass (:func:`.fsedp_instrs.made`), then laid out per die."""
+    k = _kernel
+    die, kind, slot, peer, trip = log.T
+    made: list[Any] = []
+    where = []
+    tokens: list[Any] = []  # a compute's tokens, for its gemm, act and accum
+    for what, name in enumerate(k.RECORD_NAMES):
+        at = np.flatnonzero(kind == what)
+        if not at.size:
+            continue
+        where.append(at)
+        slots, peers = slot[at].tolist(), peer[at].tolist()
+        ts = [] if what in (k.FREE, k.ACT, k.ACCUM) else [trips[i] for i in trip[at].tolist()]
+        if what == k.LOAD:
+            args: tuple[Any, ...] = (slots, peers, [t.ref for t in ts], [t.nbytes for t in ts])
+        elif what == k.FREE:
+            args = (slots,)
+        elif what == k.SEND:
+            args = (peers, [t.nbytes for t in ts], slots)
+        elif what == k.RECV:
+            args = (peers, [t.nbytes for t in ts], slots, [t.ref for t in ts])
+        else:
+            if what == k.GEMM:
+                tokens = [t.unit.tokens[d] for t, d in zip(ts, die[at].tolist(), strict=True)]
+            args = (slots, tokens)
+        made += mk.made(name, *args)
+    # each record's place in ``made``, then the records die by die in their order
+    place = np.empty(len(die), np.int64)
+    place[np.concatenate(where) if where else []] = np.arange(len(die))
+    order = np.argsort(die, kind="stable")
+    ends = np.searchsorted(die[order], np.arange(len(out) + 1)).tolist()
+    laid = itemgetter(*place[order].tolist())(made) if len(made) > 1 else made
+    for d in range(len(out)):
+        out[d] += laid[ends[d] : ends[d + 1]]
