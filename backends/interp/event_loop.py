@@ -30,6 +30,7 @@ that finds no cache pays the compile (about 2 s of CPU).
 from __future__ import annotations
 
 import heapq
+import importlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -66,16 +67,21 @@ def expect(ops: int) -> None:
     _expected = max(0, ops)
 
 
+def optional_kernel(module: str) -> Any:
+    """The compiled kernel module ``module`` (it imports numba), or False when it does not
+    import (numba, ``moec[fast]``, not installed)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return False
+
+
 def compiled_available() -> bool:
     """Whether the compiled loop can run here (numba imports); imports it once."""
     global _kernel
     if _kernel is None:
-        try:
-            from moec.backends.interp import event_kernel
-        except ImportError:
-            _kernel = False
-        else:
-            _kernel = event_kernel.loop
+        kernel = optional_kernel("moec.backends.interp.event_kernel")
+        _kernel = kernel and kernel.loop
     return _kernel is not False
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from moec.backends.interp.event_loop import optional_kernel
 from moec.backends.interp.expand import fsedp_instrs as mk
 from moec.backends.interp.expand.fsedp_engine import Engine
 from moec.backends.interp.expand.fsedp_problem import Problem, Schedule
@@ -57,12 +58,7 @@ def available() -> bool:
     """Whether the kernel can run here (numba imports); imports it once."""
     global _kernel
     if _kernel is None:
-        try:
-            from moec.backends.interp.expand import fsedp_kernel
-        except ImportError:
-            _kernel = False
-        else:
-            _kernel = fsedp_kernel
+        _kernel = optional_kernel("moec.backends.interp.expand.fsedp_kernel")
     return _kernel is not False
 
 
