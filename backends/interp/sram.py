@@ -82,11 +82,13 @@ class TokenIndex:
         #: the sets expanded, kept alive (so that their ids stay theirs)
         self._sets: list[TokenSet] = []
 
-    def arrays(self, sets: list[TokenSet]) -> list[np.ndarray]:
-        """Each set's tokens, one array per set (lookups by id, in C)."""
+    def arrays(self, sets: list[TokenSet], distinct: bool = False) -> list[np.ndarray]:
+        """Each set's tokens, one array per set, or per distinct set object (``distinct``:
+        in the order they first appear); lookups by id, in C."""
         arr = self._arr
         ids = list(map(id, sets))
-        fresh = [ts for k, ts in dict(zip(ids, sets, strict=True)).items() if k not in arr]
+        by_id = dict(zip(ids, sets, strict=True))
+        fresh = [ts for k, ts in by_id.items() if k not in arr]
         if fresh:
             flat, owner = _ranges(fresh)
             # each set's size from its entries (``ts.size`` would add its ranges in Python)
@@ -94,7 +96,7 @@ class TokenIndex:
             for ts, a in zip(fresh, np.split(flat, cuts), strict=True):
                 arr[id(ts)] = a
             self._sets += fresh
-        return list(map(arr.__getitem__, ids))
+        return list(map(arr.__getitem__, by_id if distinct else ids))
 
     def tokens(self, sets: list[TokenSet]) -> np.ndarray:
         """The first of :func:`_ranges`'s arrays for ``sets`` (their tokens, set after set)."""
@@ -113,10 +115,8 @@ class TokenIndex:
 
 def _mask(sets: list[TokenSet], n: int, index: TokenIndex | None = None) -> np.ndarray:
     m = np.zeros(n, dtype=bool)
-    # each set object once (setting a token twice is harmless; comparing sets costs more)
-    m[
-        (index or TokenIndex()).tokens(list(dict(zip(map(id, sets), sets, strict=True)).values()))
-    ] = True
+    if sets:  # each set object once (a token set twice is harmless; comparing sets costs more)
+        m[np.concatenate((index or TokenIndex()).arrays(sets, distinct=True))] = True
     return m
 
 
