@@ -61,3 +61,24 @@ def test_drop_rows_keeps_the_joules_and_forgets_the_ops() -> None:
     led.log(20, blk)
     assert led.by_op == [(20, 0, 1, 0.1), (21, 1, 2, 0.2)]
     assert led.joules == _reference(2, [(0, 0, 1, 0.1), (0, 1, 2, 0.2)] * 2)
+
+
+def test_a_run_of_blocks_logs_like_the_blocks_one_by_one() -> None:
+    """``log_run`` (a streamed run: known blocks looked up at once, new ones registered in
+    turn, a new one possibly twice in the run) against ``log`` of each block in turn."""
+    known = ((0, 0, 1, 0.25), (1, 1, 2, 0.5))
+    new = ((0, 1, 0, 0.125),)
+    other = ((0, 0, 3, 1.5), (2, 1, 1, 0.75))
+    runs = [
+        ([0, 5, 9], [known, known, known]),  # every block known
+        ([20, 21, 30, 33, 40], [new, known, new, other, known]),  # new ones, one twice
+    ]
+    by_run, by_one = EnergyLedger(2), EnergyLedger(2)
+    by_run.log(0, known)
+    by_one.log(0, known)
+    for firsts, blocks in runs:
+        by_run.log_run(firsts, blocks)
+        for first, blk in zip(firsts, blocks, strict=True):
+            by_one.log(first, blk)
+    assert by_run.by_op == by_one.by_op
+    assert by_run.joules == by_one.joules

@@ -6,6 +6,7 @@ import gc
 import importlib
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,11 +15,13 @@ from strategy_cases import moe_module
 import moec.bench
 from moec.backends.interp.simulate import gc_paused
 from moec.backends.interp.sram import _first_last, _mask
+from moec.backends.interp.summary import _nbytes, tag_spans
 from moec.bench import run_bench
 from moec.compiler.lower import lower
 from moec.compiler.lower.slots import check_tokens_fit
 from moec.ir.errors import ScheduleError
 from moec.ir.stream import TargetRef, TokenSet
+from moec.ir.stream.program import Free, Load, Send, SliceRef
 from moec.ir.target import load_target
 
 GOLDEN = Path(__file__).parent / "golden" / "msp"
@@ -255,3 +258,28 @@ def test_batched_builder_gives_the_whole_expert_strategies_the_same_report(
     fast = report()
     monkeypatch.setattr(Builder, "batch_slices", False)
     assert fast == report()
+
+
+@pytest.mark.parametrize(
+    "tags", [[-1] * 7, [], [-1, 2, 2, -1, 0, 2, -1], [3, -1, -1, 3], np.array([-1, 1, -1, 1])]
+)
+def test_tag_spans_match_the_per_op_reference(tags: Any) -> None:
+    """Each tag's span (the untagged shortcut taken for a list of -1 only) against the spans
+    widened op by op, in the order the tags first appear."""
+    start = [float(k) for k in range(len(tags))]
+    end = [s + 0.5 * (k % 3 + 1) for k, s in enumerate(start)]
+    ref: dict[int, tuple[float, float]] = {}
+    for tag, s, e in zip(list(tags), start, end, strict=True):
+        if tag >= 0:
+            lo, hi = ref.get(int(tag), (s, e))
+            ref[int(tag)] = (min(lo, s), max(hi, e))
+    got = tag_spans(tags, start, end)
+    assert got == ref and list(got) == list(ref)
+
+
+def test_layer_bytes_read_each_instruction_once() -> None:
+    """``_nbytes``: the moved ops' bytes, 0 for an instruction without the field."""
+    instrs: list[Any] = [Load(0, 0, SliceRef("moe0", 0, 0), 64), None, Free(0), Send(1, 32)]
+    assert _nbytes(instrs, [0, 3]).tolist() == [64, 32]
+    assert _nbytes(instrs, [3, 1, 2, 0]).tolist() == [32, 0, 0, 64]
+    assert _nbytes(instrs, []).tolist() == []

@@ -17,6 +17,8 @@ own joules (:func:`.summary.layer_parts`).
 
 from __future__ import annotations
 
+from itertools import chain, compress, repeat
+from operator import is_
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -113,8 +115,8 @@ class EnergyLedger:
         index = self._index
         found = list(map(index.get, map(id, blocks)))  # every block known: looked up in C
         if None in found:  # some new: registered in turn (a block may come twice)
-            found = [k if k is not None else self._index_of(b)
-                     for k, b in zip(found, blocks, strict=True)]  # fmt: skip
+            for j in list(compress(range(len(found)), map(is_, found, repeat(None)))):
+                found[j] = self._index_of(blocks[j])
         self._firsts += firsts
         self._which += cast("list[int]", found)
 
@@ -143,7 +145,7 @@ class EnergyLedger:
         if not self._firsts:
             return
         if self._tabled < len(self._blocks):
-            fresh = [r for blk in self._blocks[self._tabled :] for r in blk]
+            fresh = list(chain.from_iterable(self._blocks[self._tabled :]))
             cols = list(zip(*fresh, strict=True)) if fresh else [(), (), (), ()]
             off, die, part, j, start, size = self._tables
             self._tables = (

@@ -41,6 +41,10 @@ class LayerActs:
     h: list[int] = field(default_factory=list)
 
 
+#: an item's token set: ``(op, tokens)`` items, and ``recv_y``'s ``(hold, op, tokens, bytes)``
+_SET, _Y_SET = itemgetter(1), itemgetter(2)
+
+
 def _ranges(sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
     """Token indices covered by ``sets`` (one entry per set and token) and, per entry, the
     position of its set in ``sets``: the ranges expanded in one vectorized step (the range
@@ -78,18 +82,21 @@ class TokenIndex:
         #: the sets expanded, kept alive (so that their ids stay theirs)
         self._sets: list[TokenSet] = []
 
-    def arrays(self, sets: list[TokenSet]) -> list[np.ndarray]:
-        """Each set's tokens, one array per set (lookups by id, in C)."""
+    def arrays(self, sets: list[TokenSet], distinct: bool = False) -> list[np.ndarray]:
+        """Each set's tokens, one array per set, or per distinct set object (``distinct``:
+        in the order they first appear); lookups by id, in C."""
         arr = self._arr
         ids = list(map(id, sets))
-        fresh = [ts for k, ts in dict(zip(ids, sets, strict=True)).items() if k not in arr]
+        by_id = dict(zip(ids, sets, strict=True))
+        fresh = [ts for k, ts in by_id.items() if k not in arr]
         if fresh:
-            flat, _ = _ranges(fresh)
-            cuts = np.cumsum([ts.size for ts in fresh])[:-1]
+            flat, owner = _ranges(fresh)
+            # each set's size from its entries (``ts.size`` would add its ranges in Python)
+            cuts = np.cumsum(np.bincount(owner, minlength=len(fresh)))[:-1]
             for ts, a in zip(fresh, np.split(flat, cuts), strict=True):
                 arr[id(ts)] = a
             self._sets += fresh
-        return list(map(arr.__getitem__, ids))
+        return list(map(arr.__getitem__, by_id if distinct else ids))
 
     def tokens(self, sets: list[TokenSet]) -> np.ndarray:
         """The first of :func:`_ranges`'s arrays for ``sets`` (their tokens, set after set)."""
@@ -108,10 +115,8 @@ class TokenIndex:
 
 def _mask(sets: list[TokenSet], n: int, index: TokenIndex | None = None) -> np.ndarray:
     m = np.zeros(n, dtype=bool)
-    # each set object once (setting a token twice is harmless; comparing sets costs more)
-    m[
-        (index or TokenIndex()).tokens(list(dict(zip(map(id, sets), sets, strict=True)).values()))
-    ] = True
+    if sets:  # each set object once (a token set twice is harmless; comparing sets costs more)
+        m[np.concatenate((index or TokenIndex()).arrays(sets, distinct=True))] = True
     return m
 
 
@@ -161,7 +166,7 @@ def _entries(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """One row per (item, token): the token, the item's program position on the die, its
     ``times[op]``, and the item's index."""
-    idx, owner = index.ranges([ts for _, ts in items])
+    idx, owner = index.ranges(list(map(_SET, items)))
     ops = np.fromiter(map(itemgetter(0), items), np.int64, len(items))
     p = np.fromiter(map(pos.__getitem__, ops.tolist()), dtype=np.int64, count=len(items))
     t = times[ops]
@@ -302,18 +307,18 @@ def _activation_events(
     lo, hi = span
     xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
     n = tokens
-    received = _mask([ts for _, ts in acts.recv_x], n, index)
-    home = _mask([ts for _, ts in acts.x_uses], n, index) & ~received
+    received = _mask(list(map(_SET, acts.recv_x)), n, index)
+    home = _mask(list(map(_SET, acts.x_uses)), n, index) & ~received
     if acts.recv_y:
-        sent_y = _mask([ts for _, ts in acts.send_y], n, index)
-        home |= _mask([ts for _, _, ts, _ in acts.recv_y], n, index) & ~sent_y & ~received
+        sent_y = _mask(list(map(_SET, acts.send_y)), n, index)
+        home |= _mask(list(map(_Y_SET, acts.recv_y)), n, index) & ~sent_y & ~received
     k = int(home.sum())
     if k:
         t_parts.append(np.array([lo, hi], dtype=np.float64))
         d_parts.append(np.array([k * (xb + yb), -k * (xb + yb)], dtype=np.int64))
     # some token received (sent) in more than one block
-    many_x = bool(acts.recv_x) and _repeats(index.tokens([ts for _, ts in acts.recv_x]))
-    many_y = bool(acts.send_y) and _repeats(index.tokens([ts for _, ts in acts.send_y]))
+    many_x = bool(acts.recv_x) and _repeats(index.tokens(list(map(_SET, acts.recv_x))))
+    many_y = bool(acts.send_y) and _repeats(index.tokens(list(map(_SET, acts.send_y))))
     pos = {op: i for i, op in enumerate(acts.ops)} if many_x or many_y else {}
     # a token received again after a use, or written again after a send (chunked dispatch):
     # a row per stretch; otherwise (a relay that also computes the token) first to last
@@ -438,15 +443,21 @@ def _fill_columns(
     fills: Sequence[tuple[int, int, list[int]]], closed: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """:func:`sram_peaks`'s ``fills`` then ``closed`` as three columns: die, fill op, free op
-    (-1: none), each read by one ``map`` in C."""
+    (-1: none). The fills' objects are scattered in memory (each made when its op was built),
+    so reading them costs a cache miss per object, not per field: each object is visited once
+    (the records, then their ops flat, by ``chain`` in C), and the fill op is read as each
+    record's first entry (the record starts with it)."""
     n = len(fills)
     f_die = np.fromiter(map(itemgetter(0), fills), np.int64, n)
-    f_op = np.fromiter(map(itemgetter(1), fills), np.int64, n)
     recs = list(map(itemgetter(2), fills))
-    try:  # every fill freed (the usual case)
-        f_free = np.fromiter(map(itemgetter(1), recs), np.int64, n)
-    except IndexError:  # some held to the end
-        f_free = np.fromiter((r[1] if len(r) > 1 else -1 for r in recs), np.int64, n)
+    flat = np.fromiter(chain.from_iterable(recs), np.int64)
+    if flat.size == 2 * n:  # every fill freed (the usual case): [fill op, free op] each
+        f_op, f_free = flat[0::2], flat[1::2]
+    else:  # some held to the end: [fill op] alone
+        lens = np.fromiter(map(len, recs), np.int64, n)
+        at = np.cumsum(lens) - lens
+        f_op = flat[at]
+        f_free = np.where(lens > 1, flat[np.minimum(at + 1, flat.size - 1)], -1)
     if closed:
         more = np.fromiter(closed, np.int64, len(closed)).reshape(-1, 3)
         f_die, f_op, f_free = (np.concatenate([c, more[:, k]]) for k, c in enumerate(

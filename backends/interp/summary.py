@@ -65,7 +65,9 @@ def tag_spans(
     """Per tag (a layer or island index; -1 is none), the earliest start and latest end of its
     ops, in the order the tags first appear among the ops."""
     out: dict[int, tuple[float, float]] = {}
-    if max(tags, default=-1) < 0:  # no op tagged (a part without a dense island)
+    # no op tagged (a part without a dense island): every entry the one -1 object, counted
+    # by identity in C (``max`` compares each pair)
+    if isinstance(tags, list) and tags.count(-1) == len(tags):
         return out
     tag = _column(tags, np.int64)
     ops = np.flatnonzero(tag >= 0)
@@ -120,7 +122,7 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
         busy = np.bincount(res[mine], weights=dur[mine], minlength=tl.num_resources)
         moved = ops[(kind[ops] == LOAD) | (kind[ops] == XFER)]
         held = res[moved]
-        nbytes = _nbytes(list(map(tl.instr.__getitem__, moved.tolist())))
+        nbytes = _nbytes(tl.instr, moved.tolist())
         dram = int(nbytes[(D <= held) & (held < D + C)].sum())
         link = int(nbytes[(D + C <= held) & (held < links_end)].sum())
         parts.append(
@@ -131,14 +133,15 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
     return parts
 
 
-def _nbytes(instrs: list[Any]) -> np.ndarray:
-    """Each instruction's ``nbytes`` (0 for one without: none, or no such field), read by one
-    ``map`` in C when every one has it (the usual case)."""
+def _nbytes(instrs: list[Any], ops: list[int]) -> np.ndarray:
+    """The ``nbytes`` of ``instrs[op]`` for each of ``ops`` (0 for one without: none, or no
+    such field), read by one ``map`` in C when every one has it (the usual case): each
+    instruction is visited once (they are scattered in memory: a visit is a cache miss)."""
     try:
-        return np.fromiter(map(_NBYTES, instrs), dtype=np.int64, count=len(instrs))
+        return np.fromiter(map(_NBYTES, map(instrs.__getitem__, ops)), np.int64, len(ops))
     except AttributeError:
         return np.fromiter(
-            (getattr(i, "nbytes", 0) for i in instrs), dtype=np.int64, count=len(instrs)
+            (getattr(instrs[op], "nbytes", 0) for op in ops), dtype=np.int64, count=len(ops)
         )  # fmt: skip
 
 
