@@ -52,7 +52,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from moec.backends.interp import RunResult, simulate
+import numpy as np
+
+from moec.backends.interp import RunResult, event_loop, simulate
+from moec.backends.interp.expand import fsedp_compiled
 from moec.backends.interp.expand.fsedp import iteration_bound, plans_shared, predicted_schedule
 from moec.backends.interp.summary import layer_parts, moe_summary
 from moec.compiler.lower import lower as lower_strategy
@@ -175,6 +178,14 @@ def measure_run(
     ``simulate(program, target=target, routings=routing, verify=False, layered=True)`` returns,
     with or without ``allow_overflow``): a program of one MoE layer that fits. A longer program
     is timed up to its first MoE layer's part only (run None)."""
+    t, run, _ = _measure(program, target, routing)
+    return t, run
+
+
+def _measure(
+    program: Program, target: Target, routing: RoutingTrace
+) -> tuple[float | None, RunResult | None, int]:
+    """:func:`measure_run`, and how many ops the timing's event loop ran (0: none)."""
     if len(program.layers) == 1:
         # the whole program: after the layer's part only barriers and dense islands are left
         run = simulate(
@@ -182,7 +193,7 @@ def measure_run(
             allow_overflow=True,
         )  # fmt: skip
         if "sram_over_bytes" not in run.report.extra:  # it fits: the run with or without
-            return _latency(run), run  # allow_overflow, and the first part's as well
+            return _latency(run), run, run.timeline.events  # allow_overflow, the first part's
         # overflowing somewhere: whether the layer's part does decides (below)
     try:
         run = simulate(
@@ -190,8 +201,8 @@ def measure_run(
             until_layer=program.layers[0].name,
         )  # fmt: skip
     except ScheduleError:
-        return None, None
-    return _latency(run), None
+        return None, None, 0
+    return _latency(run), None, run.timeline.events
 
 
 def _latency(run: RunResult) -> float:
@@ -246,12 +257,17 @@ def _choose(
         programs[c] = p
     if not programs:
         return None
+    # what the predictions may schedule (micro-slices of the experts with tokens, times dies):
+    # the scheduler may play them compiled from the first (the same numbers either way)
+    routed = int(np.unique(r0.ids[r0.ids >= 0]).size)
+    fsedp_compiled.expect(routed * sum(programs) * tgt.num_dies)
     some = programs[max(programs)]  # every count is the same variant
     error, ahead = estimate_error(some, tgt), writes_ahead(some, tgt)
     predicted: dict[int, float] = {}
     measured: dict[int, float] = {}
     best_run: RunResult | None = None
     fastest = math.inf
+    ops = 0  # the last timing's ops
     # (lower bound, count): ties go to fewer slices, as the choice's own tie-break
     heap = [(b, c) for c, b in bound.items()]
     heapq.heapify(heap)
@@ -275,7 +291,10 @@ def _choose(
             for _, slow in waiting[KEEP_SCHEDULES:]:
                 _forget(plans, programs[slow])
             continue
-        t, run = measure_run(programs[c], tgt, routing)
+        # the ops still to time, at the last timing's size (this count and those not yet ruled
+        # out): the event loop may run compiled now (the same numbers either way)
+        event_loop.expect(ops * (1 + sum(b <= fastest for b, _ in heap)))
+        t, run, ops = _measure(programs[c], tgt, routing)
         _forget(plans, programs[c])  # this count's schedule is not asked for again
         if t is not None:
             if not measured or (t, c) < min((v, k) for k, v in measured.items()):
