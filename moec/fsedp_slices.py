@@ -41,7 +41,13 @@ layers whatever the model's depth), and applies to every layer.
 prediction asked for it expands the layer from that schedule instead of scheduling it again. A
 program of one MoE layer is measured by its whole run (the parts after the layer hold no MoE
 work, so the layer's latency is the same), and :func:`lower_run` hands the chosen count's run to
-the caller (``moec bench``), which would otherwise run the same program again.
+the caller (``moec bench``), which would otherwise run the same program again. The choice also
+says how much work is ahead: the micro-slices times dies of every count that fits to the
+scheduler (:func:`~moec.backends.interp.expand.fsedp_compiled.expect`), and before each timing
+the ops still to time to the event loop (:func:`~moec.backends.interp.event_loop.expect`: the
+last timing's ops per count not yet ruled out; before the first, :data:`OPS_PER_SLICE`), so
+that each switches to its compiled kernel (numba) as soon as that work pays for loading it,
+not after its reference has done that much. Which implementation runs never changes a number.
 """
 
 from __future__ import annotations
@@ -52,7 +58,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from moec.backends.interp import RunResult, simulate
+import numpy as np
+
+from moec.backends.interp import RunResult, event_loop, simulate
+from moec.backends.interp.expand import fsedp_compiled
 from moec.backends.interp.expand.fsedp import iteration_bound, plans_shared, predicted_schedule
 from moec.backends.interp.summary import layer_parts, moe_summary
 from moec.compiler.lower import lower as lower_strategy
@@ -86,6 +95,10 @@ VARIANT_ERROR: dict[tuple[str, str, bool, bool], float] = {
     ("r1-r4", "paired", True, False): 0.01,
     ("r1-r4", "paired", True, True): 0.01,
 }
+#: Ops a count's timing runs per micro-slice and die, at least (load or receive, compute, send,
+#: free: 4.3 on the 8x8 point, 9.1 under naive rules): what the choice expects of a timing before
+#: it has timed one, to pick the event loop's implementation (never a number).
+OPS_PER_SLICE = 4
 #: Schedules kept from prediction to timing: those of the counts predicted fastest so far (the
 #: ones timed first); a count timed without its schedule kept is scheduled again.
 KEEP_SCHEDULES = 8
@@ -175,6 +188,14 @@ def measure_run(
     ``simulate(program, target=target, routings=routing, verify=False, layered=True)`` returns,
     with or without ``allow_overflow``): a program of one MoE layer that fits. A longer program
     is timed up to its first MoE layer's part only (run None)."""
+    t, run, _ = _measure(program, target, routing)
+    return t, run
+
+
+def _measure(
+    program: Program, target: Target, routing: RoutingTrace
+) -> tuple[float | None, RunResult | None, int]:
+    """:func:`measure_run`, and how many ops the timing's event loop ran (0: none)."""
     if len(program.layers) == 1:
         # the whole program: after the layer's part only barriers and dense islands are left
         run = simulate(
@@ -182,7 +203,7 @@ def measure_run(
             allow_overflow=True,
         )  # fmt: skip
         if "sram_over_bytes" not in run.report.extra:  # it fits: the run with or without
-            return _latency(run), run  # allow_overflow, and the first part's as well
+            return _latency(run), run, run.timeline.events  # allow_overflow, the first part's
         # overflowing somewhere: whether the layer's part does decides (below)
     try:
         run = simulate(
@@ -190,8 +211,8 @@ def measure_run(
             until_layer=program.layers[0].name,
         )  # fmt: skip
     except ScheduleError:
-        return None, None
-    return _latency(run), None
+        return None, None, 0
+    return _latency(run), None, run.timeline.events
 
 
 def _latency(run: RunResult) -> float:
@@ -246,12 +267,17 @@ def _choose(
         programs[c] = p
     if not programs:
         return None
+    # what the predictions may schedule (micro-slices of the experts with tokens, times dies):
+    # the scheduler may play them compiled from the first (the same numbers either way)
+    per_slice = int(np.unique(r0.ids[r0.ids >= 0]).size) * tgt.num_dies
+    fsedp_compiled.expect(per_slice * sum(programs))
     some = programs[max(programs)]  # every count is the same variant
     error, ahead = estimate_error(some, tgt), writes_ahead(some, tgt)
     predicted: dict[int, float] = {}
     measured: dict[int, float] = {}
     best_run: RunResult | None = None
     fastest = math.inf
+    ops = 0  # the last timing's ops
     # (lower bound, count): ties go to fewer slices, as the choice's own tie-break
     heap = [(b, c) for c, b in bound.items()]
     heapq.heapify(heap)
@@ -275,7 +301,12 @@ def _choose(
             for _, slow in waiting[KEEP_SCHEDULES:]:
                 _forget(plans, programs[slow])
             continue
-        t, run = measure_run(programs[c], tgt, routing)
+        # the ops still to time: the event loop may run compiled now (the same numbers either way)
+        if ops:  # at the last timing's size, this count and those not yet ruled out
+            _expect_timings(ops, heap, fastest)
+        else:  # and those timed too were this count measured as predicted
+            _expect_timings(OPS_PER_SLICE * per_slice * c, heap, predicted[c])
+        t, run, ops = _measure(programs[c], tgt, routing)
         _forget(plans, programs[c])  # this count's schedule is not asked for again
         if t is not None:
             if not measured or (t, c) < min((v, k) for k, v in measured.items()):
@@ -286,6 +317,12 @@ def _choose(
         return None
     best = min(measured, key=lambda c: (measured[c], c))
     return SliceChoice(best, predicted, measured, bound, programs[best], best_run)
+
+
+def _expect_timings(ops: int, heap: list[tuple[float, int]], limit: float) -> None:
+    """Tell the event loop that timings of about ``ops`` ops each are to come: the next one's,
+    and one per count of ``heap`` whose bound is not above ``limit``."""
+    event_loop.expect(ops * (1 + sum(b <= limit for b, _ in heap)))
 
 
 def _forget(plans: dict[Any, Any], program: Program) -> None:

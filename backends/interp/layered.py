@@ -261,10 +261,12 @@ def _run_parts(
             )
         # the MoE parts after this one, at the last MoE part's size: the event loop may switch
         # to its compiled copy now rather than after timing that many ops itself (same numbers
-        # either way)
+        # either way); before the first MoE part nothing is known, and a caller's expectation
+        # (an FSE-DP slice choice's, of its timings to come) stands
         if part.layers:
             moe_ops = tl.events
-        event_loop.expect(moe_ops * moe_after[j])
+        if moe_ops:
+            event_loop.expect(moe_ops * moe_after[j])
         dup = len(prog.streams) if j > 0 else 0  # this part's copies of the barrier's signal
         events += tl.events - dup
         instructions += prog.num_instructions() - dup

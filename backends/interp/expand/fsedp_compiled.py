@@ -279,3 +279,15 @@ def _instructions(out: dict[int, list[Any]], trips: list[Any], log: np.ndarray) 
     laid = itemgetter(*place[order].tolist())(made) if len(made) > 1 else made
     for d in range(len(out)):
         out[d] += laid[ends[d] : ends[d + 1]]
+
+
+def expect(work: int) -> None:
+    """Say that about ``work`` more micro-slices times dies are about to be scheduled in this
+    process (a caller that knows: the FSE-DP slice choice, its counts that fit): counted toward
+    :data:`COMPILE_AFTER` now, so an undecided process plays its problems of at least
+    :data:`COMPILE_FROM` with the kernel from the first one, not only after the reference has
+    played that much (the event loop's :func:`~..event_loop.expect`). The problems played are
+    counted again as they come: the count only ever grows, and which simulation plays never
+    changes a number (module doc)."""
+    global _played
+    _played += max(0, work)
