@@ -138,18 +138,9 @@ def _state(sim: Any) -> tuple[Any, ...] | None:
             t_die[t.id] = d.id
     trip[k.UNIT], trip[k.CHAN], trip[k.NB], trip[k.DIE] = t_unit, t_chan, t_nb, t_die
     trip[k.US] = [u_off[u] + t.slice for u, t in zip(t_unit, trips, strict=True)]
-    # per slice and die, its compute's durations, as the unit gives them
-    durations = [
-        [[u.compute(d, j) for d in u.tokens] for j in range(len(u.slice_bytes))] for u in units
-    ]
-    if {len(ops) for per_unit in durations for per_slice in per_unit for ops in per_slice} - {
-        len(SLICE_COSTS)
-    }:
+    cd = _durations(units, u_off, n)
+    if cd is None:
         return None  # not the interpreter's ops
-    cd = np.zeros((u_off[-1], n, len(SLICE_COSTS)))
-    for u, base, per_unit in zip(units, u_off, durations, strict=False):
-        if u.tokens:
-            cd[base : base + len(per_unit), list(u.tokens)] = per_unit
     # the engine's load plans each trip may claim (R5: its channel's die or any needed die)
     chan_die = prob.channel_die
     if sim.pushes:
@@ -235,6 +226,35 @@ def _state(sim: Any) -> tuple[Any, ...] | None:
         np.asarray(ints, np.int64), np.asarray(floats, np.float64), np.zeros(H),
         np.zeros((4, H), np.int64), np.empty((T * (1 + 6 * V) if sim.write else 0, 5), np.int64),
     )  # fmt: skip
+
+
+def _durations(units: list[Any], u_off: list[int], n: int) -> np.ndarray | None:
+    """Per slice (the units' slices end to end, from ``u_off``) and die, its compute's
+    durations as the unit gives them, asked once per die and distinct slice
+    (:attr:`~.fsedp_problem.Unit.alike`); None when a compute is not the interpreter's ops."""
+    asked: list[tuple[float, ...]] = []  # per unit, distinct slice and needed die
+    rows: list[int] = []  # per (slice, needed die): its row of the table, slice * n + die
+    take: list[int] = []  # and its entry of ``asked``
+    for u, base in zip(units, u_off, strict=False):
+        dies = list(u.tokens)
+        if not dies:
+            continue
+        nd, first = len(dies), {}
+        for j, f in enumerate(u.alike or range(len(u.slice_bytes))):
+            at = first.get(f)
+            if at is None:
+                at = first[f] = len(asked)
+                asked += [u.compute(d, f) for d in dies]
+            take += range(at, at + nd)
+            row = (base + j) * n
+            rows += [row + d for d in dies]
+    ops = len(SLICE_COSTS)
+    if any(len(a) != ops for a in asked):
+        return None
+    cd = np.zeros((u_off[-1] * n, ops))
+    if asked:
+        cd[rows] = np.asarray(asked, np.float64)[take]
+    return cd.reshape(u_off[-1], n, ops)
 
 
 def _bounds(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
