@@ -17,10 +17,11 @@ the reference's makers (:mod:`.fsedp_instrs`); without streams (a prediction) no
 (the tests compare them); None (the default) starts with the reference and switches to the
 kernel, when numba imports, once the process has scheduled :data:`COMPILE_AFTER` micro-slices
 times dies (the event loop's rent-or-buy rule, :mod:`..event_loop`), for problems of at least
-:data:`COMPILE_FROM`: importing numba and the kernel costs about 0.75 s of CPU (less once the
-event loop has imported numba), about what the reference spends on that much work (4 to 8 us
-per slice and die), so a point of the paper grid never loads it and a whole-model run on 8 or
-more dies switches on its first MoE layer.
+:data:`COMPILE_FROM` (the kernel and the Python around it cost less than the reference from
+a few hundred): importing numba and the kernel and loading the kernel's cache cost about 0.5 to
+0.75 s of CPU (less once the event loop has imported numba), about what the reference spends
+on that much work (4 to 8 us per slice and die), so a one-layer point of the paper grid never
+loads it and a whole-model run switches on its first MoE layers (on 8 or more dies its first).
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ COMPILED: bool | None = None
 #: reference
 COMPILE_AFTER = 200_000
 #: the least work (micro-slices times dies) of a problem an undecided process plays with the
-#: kernel: below it (Qwen3-30B-A3B on 4x4 dies, about 6k) the whole-model A/B ran slower with
-#: the kernel (the Python around it costs what it saves), above it (DeepSeek-V3 on 8 dies, 36k;
-#: 8x8 dies, 25k-60k) faster
-COMPILE_FROM = 20_000
+#: kernel, once loaded: the kernel and the Python around it tie with the reference at about 130
+#: (0.66 against 0.70 ms a problem, with streams) and are 17-20% faster at 250, 1.4x on 6k
+#: (a layer of Qwen3-30B-A3B on 4x4 dies), 1.7-2.5x from 15k (``scripts/bench_fsedp_sched.py``)
+COMPILE_FROM = 250
 
 _played = 0
 _kernel: Any = None
