@@ -240,7 +240,8 @@ def _durations(units: list[Any], u_off: list[int], n: int) -> np.ndarray | None:
         dies = list(u.tokens)
         if not dies:
             continue
-        nd, first = len(dies), {}
+        nd = len(dies)
+        first: dict[int, int] = {}  # per distinct slice, its dies' first entry of ``asked``
         for j, f in enumerate(u.alike or range(len(u.slice_bytes))):
             at = first.get(f)
             if at is None:
