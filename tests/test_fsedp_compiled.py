@@ -105,6 +105,24 @@ def test_compiled_is_the_reference(target: str, strategy: str) -> None:
         assert _same(_problems(target, strategy, 16, tokens, zipf, seed)) > 100
 
 
+@pytest.mark.parametrize("strategy", ["fsedp{slices=3}", "fsedp-r5{slices=6}"])
+def test_slices_of_unequal_widths(strategy: str) -> None:
+    """Slices of two widths (256 columns cut in 3 or 6): each unit says which slices compute
+    alike (:attr:`Unit.alike`), truly (every needed die, every slice, the same durations as
+    its first alike), and the kernel, which asks one of them, plays the reference's schedule."""
+    probs = _problems("fsedp-2x2", strategy, 16, 64, 1.0, 0)
+    kinds = set()
+    for prob in probs:
+        for u in prob.units:
+            assert len(u.alike) == len(u.slice_bytes)
+            kinds.add(len(set(u.alike)))
+            for j, f in enumerate(u.alike):
+                assert f <= j and u.alike[f] == f
+                assert all(u.compute(d, j) == u.compute(d, f) for d in u.tokens)
+    assert kinds == {2}
+    assert _same(probs) > 100
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize(

@@ -109,6 +109,11 @@ def deferred_experts(load: Sequence[int], tokens: int, slack: float) -> list[int
     return sorted(out)
 
 
+#: a kind of slices' widths, bytes and precisions, and per slice the first alike
+#: (:attr:`Unit.alike`)
+Shape = tuple[list[int], tuple[int, ...], list[str], tuple[int, ...]]
+
+
 def _units(
     ctx: ExpandContext, engine: Engine, experts: list[int], home: np.ndarray,
     channels: list[int], with_shared: bool,
@@ -124,9 +129,9 @@ def _units(
     gated = m.gated  # the shared experts too (the ISA's ``gated`` covers both)
     hidden, slice_compute = m.hidden, engine.slice_compute
     #: per precision-table entry (None: the layer's list), the slices' bytes and precisions
-    shapes: dict[tuple[bool, str | None], tuple[list[int], tuple[int, ...], list[str]]] = {}
+    shapes: dict[tuple[bool, str | None], Shape] = {}
 
-    def shape_of(expert: int | None) -> tuple[list[int], tuple[int, ...], list[str]]:
+    def shape_of(expert: int | None) -> Shape:
         prec = ctx.policy.precision[expert] if expert is not None and ctx.policy.precision else None
         key = (expert is None, prec)
         hit = shapes.get(key)
@@ -138,19 +143,24 @@ def _units(
             # the precision the interpreter reads off each slice's load bytes
             precs = [precision_of(nbytes[j], mats * m.hidden * widths[j], m.dtype)
                      for j in range(lay.count)]  # fmt: skip
-            hit = shapes[key] = (widths, nbytes, precs)
+            # per slice, the first of its width and precision (the same compute durations)
+            firsts: dict[tuple[int, str], int] = {}
+            alike = tuple(
+                firsts.setdefault(wp, j) for j, wp in enumerate(zip(widths, precs, strict=True))
+            )
+            hit = shapes[key] = (widths, nbytes, precs, alike)
         return hit
 
     def make(
         expert: int | None, per_die: dict[int, TokenSet], counts: dict[int, int], base: int
     ) -> Unit:
-        widths, nbytes, precs = shape_of(expert)
+        widths, nbytes, precs, alike = shape_of(expert)
 
         def compute(d: int, j: int, _c: dict[int, int] = counts) -> tuple[float, ...]:
             return slice_compute(d, _c[d], hidden, widths[j], gated, precs[j])
 
         return Unit(expert, per_die, nbytes, tuple((base + j) % C for j in range(len(nbytes))),
-                    compute)  # fmt: skip
+                    compute, alike)  # fmt: skip
 
     if with_shared and m.shared_ffn and ctx.shared_layout is not None:
         everyone = _tokens_per_die(np.zeros(T, np.int64), np.arange(T, dtype=np.int64), home)

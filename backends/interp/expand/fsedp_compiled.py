@@ -17,10 +17,11 @@ the reference's makers (:mod:`.fsedp_instrs`); without streams (a prediction) no
 (the tests compare them); None (the default) starts with the reference and switches to the
 kernel, when numba imports, once the process has scheduled :data:`COMPILE_AFTER` micro-slices
 times dies (the event loop's rent-or-buy rule, :mod:`..event_loop`), for problems of at least
-:data:`COMPILE_FROM`: importing numba and the kernel costs about 0.75 s of CPU (less once the
-event loop has imported numba), about what the reference spends on that much work (4 to 8 us
-per slice and die), so a point of the paper grid never loads it and a whole-model run on 8 or
-more dies switches on its first MoE layer.
+:data:`COMPILE_FROM` (the kernel and the Python around it cost less than the reference from
+a few hundred): importing numba and the kernel and loading the kernel's cache cost about 0.5 to
+0.75 s of CPU (less once the event loop has imported numba), about what the reference spends
+on that much work (4 to 8 us per slice and die), so a one-layer point of the paper grid never
+loads it and a whole-model run switches on its first MoE layers (on 8 or more dies its first).
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ COMPILED: bool | None = None
 #: reference
 COMPILE_AFTER = 200_000
 #: the least work (micro-slices times dies) of a problem an undecided process plays with the
-#: kernel: below it (Qwen3-30B-A3B on 4x4 dies, about 6k) the whole-model A/B ran slower with
-#: the kernel (the Python around it costs what it saves), above it (DeepSeek-V3 on 8 dies, 36k;
-#: 8x8 dies, 25k-60k) faster
-COMPILE_FROM = 20_000
+#: kernel, once loaded: the kernel and the Python around it tie with the reference at about 130
+#: (0.66 against 0.70 ms a problem, with streams) and are 17-20% faster at 250, 1.4x on 6k
+#: (a layer of Qwen3-30B-A3B on 4x4 dies), 1.7-2.5x from 15k (``scripts/bench_fsedp_sched.py``)
+COMPILE_FROM = 250
 
 _played = 0
 _kernel: Any = None
@@ -108,7 +109,7 @@ def schedule(sim: Any) -> Schedule:
         for t, q0, last in zip(sim.trips, trip[k.Q0].tolist(), trip[k.LAST].tolist(), strict=True)
     ]
     if sim.write:
-        _instructions(sim.out, sim.trips, st[16][: sc[k.RECORDS]])
+        _instructions(sim.out, sim.trips, prob.units, trip[k.UNIT], st[16][: sc[k.RECORDS]])
     peaks = dict(enumerate(die[k.PEAK].tolist()))
     return Schedule(sim.out, paths, float(fl[sc[k.O_CLOCK]]), peaks, int(sc[k.PASSES]))
 
@@ -138,18 +139,9 @@ def _state(sim: Any) -> tuple[Any, ...] | None:
             t_die[t.id] = d.id
     trip[k.UNIT], trip[k.CHAN], trip[k.NB], trip[k.DIE] = t_unit, t_chan, t_nb, t_die
     trip[k.US] = [u_off[u] + t.slice for u, t in zip(t_unit, trips, strict=True)]
-    # per slice and die, its compute's durations, as the unit gives them
-    durations = [
-        [[u.compute(d, j) for d in u.tokens] for j in range(len(u.slice_bytes))] for u in units
-    ]
-    if {len(ops) for per_unit in durations for per_slice in per_unit for ops in per_slice} - {
-        len(SLICE_COSTS)
-    }:
+    cd = _durations(units, u_off, n)
+    if cd is None:
         return None  # not the interpreter's ops
-    cd = np.zeros((u_off[-1], n, len(SLICE_COSTS)))
-    for u, base, per_unit in zip(units, u_off, durations, strict=False):
-        if u.tokens:
-            cd[base : base + len(per_unit), list(u.tokens)] = per_unit
     # the engine's load plans each trip may claim (R5: its channel's die or any needed die)
     chan_die = prob.channel_die
     if sim.pushes:
@@ -237,48 +229,94 @@ def _state(sim: Any) -> tuple[Any, ...] | None:
     )  # fmt: skip
 
 
+def _durations(units: list[Any], u_off: list[int], n: int) -> np.ndarray | None:
+    """Per slice (the units' slices end to end, from ``u_off``) and die, its compute's
+    durations as the unit gives them, asked once per die and distinct slice
+    (:attr:`~.fsedp_problem.Unit.alike`); None when a compute is not the interpreter's ops."""
+    asked: list[tuple[float, ...]] = []  # per unit, distinct slice and needed die
+    rows: list[int] = []  # per (slice, needed die): its row of the table, slice * n + die
+    take: list[int] = []  # and its entry of ``asked``
+    for u, base in zip(units, u_off, strict=False):
+        dies = list(u.tokens)
+        if not dies:
+            continue
+        nd = len(dies)
+        first: dict[int, int] = {}  # per distinct slice, its dies' first entry of ``asked``
+        for j, f in enumerate(u.alike or range(len(u.slice_bytes))):
+            at = first.get(f)
+            if at is None:
+                at = first[f] = len(asked)
+                asked += [u.compute(d, f) for d in dies]
+            take += range(at, at + nd)
+            row = (base + j) * n
+            rows += [row + d for d in dies]
+    ops = len(SLICE_COSTS)
+    if any(len(a) != ops for a in asked):
+        return None
+    cd = np.zeros((u_off[-1] * n, ops))
+    if asked:
+        cd[rows] = np.asarray(asked, np.float64)[take]
+    return cd.reshape(u_off[-1], n, ops)
+
+
 def _bounds(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Each group's start and end in the groups laid end to end."""
     end = np.cumsum([len(g) for g in groups], dtype=np.int64)
     return end - [len(g) for g in groups], end
 
 
-def _instructions(out: dict[int, list[Any]], trips: list[Any], log: np.ndarray) -> None:
-    """Append the kernel's instruction records to each die's stream, in record order: each
-    kind's instructions made in one pass (:func:`.fsedp_instrs.made`), then laid out per die."""
+def _instructions(
+    out: dict[int, list[Any]], trips: list[Any], units: list[Any], unit_of: np.ndarray,
+    log: np.ndarray,
+) -> None:  # fmt: skip
+    """Append the kernel's instruction records to each die's stream, in record order (each
+    trip's unit in ``unit_of``). The records sorted die by die, then grouped by kind: each
+    kind's instructions are made in one pass (:func:`.fsedp_instrs.made`), each in the order it
+    takes in the streams, so laying them out (one gather) reads seven runs of objects in the
+    order they were allocated (in record order it read them scattered: three times slower)."""
     k = _kernel
-    die, kind, slot, peer, trip = log.T
+    n = len(out)
+    order = np.argsort(log[:, 0].astype(np.int16), kind="stable")  # die by die (radix sort)
+    by_kind = np.argsort(log[order, 1].astype(np.int8), kind="stable")
+    die, kind, slot, peer, trip = log[order[by_kind]].T
+    bounds = np.searchsorted(kind, np.arange(len(k.RECORD_NAMES) + 1)).tolist()
+    slots, peers, ts = slot.tolist(), peer.tolist(), trip.tolist()
+    refs, sizes = [t.ref for t in trips], [t.nbytes for t in trips]
+    # per unit and die, its tokens there (a compute's, for its gemm, act and accum)
+    held: list[Any] = [None] * (len(units) * n)
+    for i, u in enumerate(units):
+        for d, tokens in u.tokens.items():
+            held[i * n + d] = tokens
     made: list[Any] = []
-    where = []
-    tokens: list[Any] = []  # a compute's tokens, for its gemm, act and accum
     for what, name in enumerate(k.RECORD_NAMES):
-        at = np.flatnonzero(kind == what)
-        if not at.size:
+        a, b = bounds[what], bounds[what + 1]
+        if a == b:
             continue
-        where.append(at)
-        slots, peers = slot[at].tolist(), peer[at].tolist()
-        ts = [] if what in (k.FREE, k.ACT, k.ACCUM) else [trips[i] for i in trip[at].tolist()]
-        if what == k.LOAD:
-            args: tuple[Any, ...] = (slots, peers, [t.ref for t in ts], [t.nbytes for t in ts])
-        elif what == k.FREE:
-            args = (slots,)
-        elif what == k.SEND:
-            args = (peers, [t.nbytes for t in ts], slots)
-        elif what == k.RECV:
-            args = (peers, [t.nbytes for t in ts], slots, [t.ref for t in ts])
+        if what == k.FREE:
+            made += mk.made(name, slots[a:b])
+        elif what in (k.GEMM, k.ACT, k.ACCUM):
+            at = (unit_of[trip[a:b]] * n + die[a:b]).tolist()
+            made += mk.made(name, slots[a:b], list(map(held.__getitem__, at)))
         else:
-            if what == k.GEMM:
-                tokens = [t.unit.tokens[d] for t, d in zip(ts, die[at].tolist(), strict=True)]
-            args = (slots, tokens)
-        made += mk.made(name, *args)
-    # each record's place in ``made``, then the records die by die in their order
-    place = np.empty(len(die), np.int64)
-    place[np.concatenate(where) if where else []] = np.arange(len(die))
-    order = np.argsort(die, kind="stable")
-    ends = np.searchsorted(die[order], np.arange(len(out) + 1)).tolist()
-    laid = itemgetter(*place[order].tolist())(made) if len(made) > 1 else made
-    for d in range(len(out)):
+            nbytes = list(map(sizes.__getitem__, ts[a:b]))
+            if what == k.LOAD:
+                made += mk.made(name, slots[a:b], peers[a:b], refs_of(refs, ts[a:b]), nbytes)
+            elif what == k.SEND:
+                made += mk.made(name, peers[a:b], nbytes, slots[a:b])
+            else:
+                made += mk.made(name, peers[a:b], nbytes, slots[a:b], refs_of(refs, ts[a:b]))
+    # each record's place in ``made``, die by die in record order
+    place = np.empty(len(made), np.int64)
+    place[by_kind] = np.arange(len(made))
+    ends = np.searchsorted(log[order, 0], np.arange(n + 1)).tolist()
+    laid = itemgetter(*place.tolist())(made) if len(made) > 1 else made
+    for d in range(n):
         out[d] += laid[ends[d] : ends[d + 1]]
+
+
+def refs_of(refs: list[Any], ts: list[int]) -> list[Any]:
+    """The slice refs of trips ``ts``."""
+    return list(map(refs.__getitem__, ts))
 
 
 def expect(work: int) -> None:

@@ -51,6 +51,10 @@ class Unit:
     #: seconds of micro-slice j's ops (gemm, act, accum) on die d for that die's tokens:
     #: ``compute(d, j)``
     compute: Callable[[int, int], tuple[float, ...]] = field(compare=False)
+    #: per micro-slice j, the first slice j' <= j whose ``compute(d, j')`` is ``compute(d, j)``
+    #: on every die (the same width and precision); empty: each slice its own (the compiled
+    #: scheduler asks ``compute`` once per die and distinct slice)
+    alike: tuple[int, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
