@@ -241,7 +241,10 @@ def choose_slices(
     first = base.layers[0]
     tgt = load_target(target.spec, dict(target.overrides), base_dir=kw.get("base_dir"))
     with plans_shared() as plans:
-        return _choose(module, target, strategy, options, routing, first.ffn, tgt, plans, **kw)
+        try:
+            return _choose(module, target, strategy, options, routing, first.ffn, tgt, plans, **kw)
+        finally:
+            fsedp_compiled.expect(0)  # what the choice said was ahead ends with it
 
 
 def _choose(

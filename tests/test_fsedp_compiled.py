@@ -176,12 +176,38 @@ def test_the_switch_waits_for_enough_work(monkeypatch: pytest.MonkeyPatch) -> No
     prob = _problems("fsedp-2x2", "fsedp", 8, 32, 1.0, 0)[0]
     monkeypatch.setattr(fsedp_compiled, "COMPILED", None)
     monkeypatch.setattr(fsedp_compiled, "_played", 0)
+    monkeypatch.setattr(fsedp_compiled, "_expected", 0)
     work = sum(len(u.slice_bytes) for u in prob.units) * prob.num_dies
     monkeypatch.setattr(fsedp_compiled, "COMPILE_AFTER", work + 1)
     monkeypatch.setattr(fsedp_compiled, "COMPILE_FROM", work)
     assert [fsedp_compiled.wanted(prob) for _ in range(3)] == [False, False, True]
     monkeypatch.setattr(fsedp_compiled, "COMPILE_FROM", work + 1)  # too small to pay
     assert not fsedp_compiled.wanted(prob)
+
+
+def test_expect_counts_work_toward_the_switch_once_and_ignores_negative_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Work said to be ahead counts toward the switch until it is played, then only as played:
+    an expectation below COMPILE_AFTER never switches, however it is played out."""
+    prob = _problems("fsedp-2x2", "fsedp", 8, 32, 1.0, 0)[0]
+    work = sum(len(u.slice_bytes) for u in prob.units) * prob.num_dies
+    monkeypatch.setattr(fsedp_compiled, "COMPILED", None)
+    monkeypatch.setattr(fsedp_compiled, "COMPILE_FROM", 0)
+    monkeypatch.setattr(fsedp_compiled, "COMPILE_AFTER", 3 * work)
+    monkeypatch.setattr(fsedp_compiled, "_played", 0)
+    monkeypatch.setattr(fsedp_compiled, "_expected", 0)
+    fsedp_compiled.expect(-3)
+    assert fsedp_compiled._expected == 0
+    fsedp_compiled.expect(5)
+    fsedp_compiled.expect(0)  # said anew: nothing is ahead any more
+    assert fsedp_compiled._expected == 0
+    fsedp_compiled.expect(2 * work)  # less than the threshold: played out by the reference
+    assert [fsedp_compiled.wanted(prob) for _ in range(3)] == [False, False, False]
+    assert (fsedp_compiled._played, fsedp_compiled._expected) == (3 * work, 0)
+    monkeypatch.setattr(fsedp_compiled, "_played", 0)
+    fsedp_compiled.expect(3 * work)  # enough: the kernel from the first problem
+    assert fsedp_compiled.wanted(prob) == fsedp_compiled.available()
 
 
 def test_what_the_kernel_cannot_play_goes_to_the_reference(

@@ -66,6 +66,7 @@ def _undecided(monkeypatch: pytest.MonkeyPatch, played: int, timed: int) -> None
     what the choice expects reaches (the scheduler: ``played``; the event loop: ``timed``)."""
     monkeypatch.setattr(fsedp_compiled, "COMPILED", None)
     monkeypatch.setattr(fsedp_compiled, "_played", 0)
+    monkeypatch.setattr(fsedp_compiled, "_expected", 0)
     monkeypatch.setattr(fsedp_compiled, "COMPILE_AFTER", played)
     monkeypatch.setattr(fsedp_compiled, "COMPILE_FROM", 0)
     monkeypatch.setattr(event_loop, "COMPILED", None)
@@ -128,7 +129,8 @@ def test_the_scheduler_plays_compiled_from_the_first_prediction_on_the_choices_w
     used = _used(monkeypatch)
     choice = _choose(case, "fsedp-r5")
     assert choice is not None and used.count("schedule") == 0  # nothing reached 10**9
-    (work,) = said
+    work, end = said  # what is ahead, then nothing once the choice is made
+    assert end == 0 and fsedp_compiled._expected == 0
     module, _, trace = case
     routed = len({int(e) for e in trace.layers[0].ids.reshape(-1) if e >= 0})
     assert work == routed * 4 * sum(choice.bound)
@@ -136,16 +138,6 @@ def test_the_scheduler_plays_compiled_from_the_first_prediction_on_the_choices_w
     used.clear()
     _choose(case, "fsedp-r5")
     assert used and used[0] == "schedule"  # the first prediction: compiled
-
-
-def test_expect_counts_work_toward_the_switch_and_ignores_negative_work(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(fsedp_compiled, "_played", 5)
-    fsedp_compiled.expect(-3)
-    assert fsedp_compiled._played == 5
-    fsedp_compiled.expect(7)
-    assert fsedp_compiled._played == 12
 
 
 def test_the_first_timing_runs_compiled_when_the_timings_ahead_pay_for_it(

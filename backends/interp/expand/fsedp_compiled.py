@@ -52,6 +52,8 @@ COMPILE_AFTER = 200_000
 COMPILE_FROM = 250
 
 _played = 0
+#: micro-slices times dies said to be ahead (:func:`expect`) and not played yet
+_expected = 0
 _kernel: Any = None
 
 
@@ -65,13 +67,15 @@ def available() -> bool:
 
 def wanted(prob: Problem) -> bool:
     """Whether :func:`.fsedp_sched.schedule` plays ``prob`` with the kernel (:data:`COMPILED`);
-    counts its work (micro-slices times dies: the reference's events grow with both)."""
-    global _played
+    counts its work (micro-slices times dies: the reference's events grow with both), taking
+    it off what was said to be ahead (:func:`expect`)."""
+    global _played, _expected
     work = sum(len(u.slice_bytes) for u in prob.units) * prob.num_dies
     use = COMPILED
     if use is None:
-        use = _played >= COMPILE_AFTER and work >= COMPILE_FROM and available()
+        use = _played + _expected >= COMPILE_AFTER and work >= COMPILE_FROM and available()
     _played += work
+    _expected = max(0, _expected - work)
     if use and not available():
         raise RuntimeError("the compiled FSE-DP scheduler needs numba (pip install moec[fast])")
     return bool(use) and isinstance(prob.machine, Engine)
@@ -324,8 +328,11 @@ def expect(work: int) -> None:
     process (a caller that knows: the FSE-DP slice choice, its counts that fit): counted toward
     :data:`COMPILE_AFTER` now, so an undecided process plays its problems of at least
     :data:`COMPILE_FROM` with the kernel from the first one, not only after the reference has
-    played that much (the event loop's :func:`~..event_loop.expect`). The problems played are
-    counted again as they come: the count only ever grows, and which simulation plays never
-    changes a number (module doc)."""
-    global _played
-    _played += max(0, work)
+    played that much (the event loop's :func:`~..event_loop.expect`). Each problem played
+    comes off the expectation (:func:`wanted`), so work said to be ahead and then played is
+    counted once: a choice of less work than :data:`COMPILE_AFTER` (a one-layer point on 4x4
+    dies at 256 tokens, about 100k) does not load the kernel it would not pay for. Which
+    simulation plays never changes a number (module doc). Each call says it anew (0: nothing
+    more is ahead; the choice says so when it ends)."""
+    global _expected
+    _expected = max(0, work)
