@@ -30,6 +30,7 @@ that finds no cache pays the compile (about 2 s of CPU).
 from __future__ import annotations
 
 import heapq
+from array import array
 import importlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -200,8 +201,12 @@ def chained_successors(
 
 
 def _int_array(values: Ints) -> np.ndarray:
+    """A column as an int64 array: a typed column (``array('q')``, the op graph's edge log)
+    read in place, a list converted."""
     if isinstance(values, np.ndarray):
         return values.astype(np.int64, copy=False)
+    if isinstance(values, array):
+        return np.frombuffer(values, np.int64) if values.typecode == "q" else np.array(values)
     return np.fromiter(values, np.int64, len(values))
 
 
