@@ -30,8 +30,8 @@ that finds no cache pays the compile (about 2 s of CPU).
 from __future__ import annotations
 
 import heapq
-from array import array
 import importlib
+from array import array
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
