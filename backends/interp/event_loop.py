@@ -54,7 +54,8 @@ _expected = 0
 _kernel: Any = None
 _PRIORITY = np.asarray(PRIORITY, dtype=np.int64)
 
-#: a per-op column: a list, or a numpy array (a part of a layer-by-layer run)
+#: a per-op column: a list, a numpy array (a part of a layer-by-layer run), or a typed
+#: ``array('q')`` (the op graph's edge log)
 Ints = Sequence[int] | np.ndarray
 Floats = Sequence[float] | np.ndarray
 
