@@ -33,7 +33,7 @@ import heapq
 import importlib
 from array import array
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,7 +115,7 @@ def as_list(values: Floats) -> list[Any]:
     """A column as a list (the reference loop reads Python numbers); a list as it is."""
     if isinstance(values, list):
         return values
-    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+    return values.tolist() if isinstance(values, np.ndarray | array) else list(values)
 
 
 def loop_python(
@@ -127,8 +127,8 @@ def loop_python(
     n = len(kind)
     dur, res = as_list(dur), as_list(res)
     prio = list(map(PRIORITY.__getitem__, as_list(kind)))
-    # each op's successors in the order its edges were added (the log's own int objects)
-    succ = chained_successors(n, as_list(runs), as_list(src), as_list(dst))
+    # each op's successors in the order its edges were added
+    succ = chained_successors(n, runs, src, dst)
     ndeps = [0] * n
     for out in succ:
         for x in out:
@@ -196,7 +196,10 @@ def chained_successors(
         start = runs[k]
         for x in range(start, start + runs[k + 1]):
             out[x].append(x + 1)
-    for a, b in zip(src, dst, strict=True):
+    targets: Iterable[int] = dst
+    if not isinstance(dst, list):  # a typed log: one int object per op, not one per edge
+        targets = map(list(range(n)).__getitem__, dst)
+    for a, b in zip(src, targets, strict=True):
         out[a].append(b)
     return out
 
