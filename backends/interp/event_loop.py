@@ -186,9 +186,7 @@ def loop_python(
     return start, end
 
 
-def chained_successors(
-    n: int, runs: Sequence[int], src: Sequence[int], dst: Sequence[int]
-) -> list[list[int]]:
+def chained_successors(n: int, runs: Ints, src: Ints, dst: Ints) -> list[list[int]]:
     """Per op of ``n``, its successors: its run edge (``runs``, :class:`~.opgraph.OpGraph`) first, then
     its logged edges ``src -> dst`` in log order."""
     out: list[list[int]] = [[] for _ in range(n)]
