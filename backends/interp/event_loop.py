@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import heapq
 import importlib
+from array import array
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,8 @@ _expected = 0
 _kernel: Any = None
 _PRIORITY = np.asarray(PRIORITY, dtype=np.int64)
 
-#: a per-op column: a list, or a numpy array (a part of a layer-by-layer run)
+#: a per-op column: a list, a numpy array (a part of a layer-by-layer run), or a typed
+#: ``array('q')`` (the op graph's edge log)
 Ints = Sequence[int] | np.ndarray
 Floats = Sequence[float] | np.ndarray
 
@@ -113,7 +115,7 @@ def as_list(values: Floats) -> list[Any]:
     """A column as a list (the reference loop reads Python numbers); a list as it is."""
     if isinstance(values, list):
         return values
-    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+    return values.tolist() if isinstance(values, np.ndarray | array) else list(values)
 
 
 def loop_python(
@@ -125,8 +127,8 @@ def loop_python(
     n = len(kind)
     dur, res = as_list(dur), as_list(res)
     prio = list(map(PRIORITY.__getitem__, as_list(kind)))
-    # each op's successors in the order its edges were added (the log's own int objects)
-    succ = chained_successors(n, as_list(runs), as_list(src), as_list(dst))
+    # each op's successors in the order its edges were added
+    succ = chained_successors(n, runs, src, dst)
     ndeps = [0] * n
     for out in succ:
         for x in out:
@@ -184,9 +186,7 @@ def loop_python(
     return start, end
 
 
-def chained_successors(
-    n: int, runs: Sequence[int], src: Sequence[int], dst: Sequence[int]
-) -> list[list[int]]:
+def chained_successors(n: int, runs: Ints, src: Ints, dst: Ints) -> list[list[int]]:
     """Per op of ``n``, its successors: its run edge (``runs``, :class:`~.opgraph.OpGraph`) first, then
     its logged edges ``src -> dst`` in log order."""
     out: list[list[int]] = [[] for _ in range(n)]
@@ -194,14 +194,21 @@ def chained_successors(
         start = runs[k]
         for x in range(start, start + runs[k + 1]):
             out[x].append(x + 1)
-    for a, b in zip(src, dst, strict=True):
+    targets: Iterable[int] = dst
+    if not isinstance(dst, list):  # a typed log: one int object per op, not one per edge
+        targets = map(list(range(n)).__getitem__, dst)
+    for a, b in zip(src, targets, strict=True):
         out[a].append(b)
     return out
 
 
 def _int_array(values: Ints) -> np.ndarray:
+    """A column as an int64 array: a typed column (``array('q')``, the op graph's edge log)
+    read in place, a list converted."""
     if isinstance(values, np.ndarray):
         return values.astype(np.int64, copy=False)
+    if isinstance(values, array):
+        return np.frombuffer(values, np.int64) if values.typecode == "q" else np.array(values)
     return np.fromiter(values, np.int64, len(values))
 
 

@@ -36,6 +36,7 @@ a ``gemm`` without its ``act`` and ``accum``) ends the run, and the handlers tak
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,9 +141,12 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     their handlers would; returns that instruction's index (``j``: nothing added)."""
     n = len(ins)
     g = b.g
-    kind, dur, res_l, src, dst, runs, gdie, instr, layer = (
-        g.kind, g.dur, g.res, g.src, g.dst, g.runs, g.die, g.instr, g.layer,
-    )  # fmt: skip
+    kind, dur, res_l, gdie, instr, layer = g.kind, g.dur, g.res, g.die, g.instr, g.layer
+    # the run's edges and chains, appended to the graph's typed columns when the run ends
+    # (a list's append is cheaper than an array's; the ints are read back while still cached)
+    src: list[int] = []
+    dst: list[int] = []
+    runs: list[int] = []
     edge_from, edge_to = src.append, dst.append
     die = s.die
     # the latest wait: an edge into every op of a covered instruction's first (none in a run)
@@ -405,9 +409,12 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             break
         j += 1
     s.last_compute = last_compute
+    g.src.fromlist(src)
+    g.dst.fromlist(dst)
+    g.runs.fromlist(runs)
     if fence is not None:
-        g.src += [fence] * len(fenced)
-        g.dst += fenced
+        g.src += array("q", (fence,)) * len(fenced)
+        g.dst.fromlist(fenced)
     b.energy.log_run(logged_at, logged)
     return j
 

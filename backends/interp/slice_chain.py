@@ -27,6 +27,7 @@ entry) or holds no micro-slice is left to the handlers.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from itertools import chain
@@ -151,6 +152,11 @@ def _flat(*columns: np.ndarray) -> list[int]:
     return np.stack(columns, axis=1).ravel().tolist()
 
 
+def _flat_bytes(*columns: np.ndarray) -> bytes:
+    """:func:`_flat` as the bytes of int64s (what a typed column of the op graph appends)."""
+    return np.stack(columns, axis=1).astype(np.int64, copy=False).tobytes()
+
+
 def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     """Add the chains of streamed micro-slices that start at ``ins[j]``, one after the other,
     as their handlers would (module doc); the index after the last one added (``j``: none,
@@ -196,12 +202,12 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     # read's chain, its arrival -> gemm -> act -> accum -> free); the fence's (load, gemm,
     # free of each chain in turn); each load's from the slot's last free; each gemm's from
     # the latest compute and the latest x block; each free's from its read's arrival
-    g.runs += _flat(firsts, ks + 3)
+    g.runs.frombytes(_flat_bytes(firsts, ks + 3))
     src, dst = g.src, g.dst
     fence = s.fence  # no chain waits: the same for the whole run
     if fence is not None:
-        src += [fence] * (3 * len(tpls))
-        dst += _flat(firsts, ops, frees)
+        src += array("q", (fence,)) * (3 * len(tpls))
+        dst.frombytes(_flat_bytes(firsts, ops, frees))
     slots = [il.slot for il in loads]
     slot_free = s.slot_free
     for slot, f, fr in zip(slots, first_l, free_l, strict=True):
@@ -213,15 +219,15 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     if s.last_compute is not None:
         src.append(s.last_compute)
         dst.append(op_l[0])
-    src += accums[:-1].tolist()
-    dst += op_l[1:]
+    src.frombytes(accums[:-1].tobytes())
+    dst.frombytes(ops[1:].tobytes())
     layer = loads[0].content.layer
     a = s.last_recv.get((layer, "x"))
     if a is not None:
-        src += [a] * len(tpls)
-        dst += op_l
-    src += lasts.tolist()
-    dst += free_l
+        src += array("q", (a,)) * len(tpls)
+        dst.frombytes(ops.tobytes())
+    src.frombytes(lasts.tobytes())
+    dst.frombytes(frees.tobytes())
     # the die's state after the run: each slot filled, computed and freed
     s.slot_fill.update(zip(slots, lasts.tolist(), strict=True))
     held_by = zip([il.content for il in loads], map(itemgetter(7), tpls), strict=True)

@@ -222,7 +222,8 @@ def slice_unit(b: Builder, s: DieState, ig: Gemm, ia: Act, ic: Accum) -> bool:
     g.layer += (lk, lk, lk)
     # gemm -> act -> accum, then the gemm's edges: the die's fence, latest compute, the slot's
     # fill, the latest x block
-    g.runs += (op, 2)
+    g.runs.append(op)
+    g.runs.append(2)
     src, dst = g.src, g.dst
     for a in (
         s.fence,
@@ -370,9 +371,10 @@ def free(b: Builder, s: DieState, i: Free) -> None:
         if a is not None:
             src.append(a)
             dst.append(op)
-    uses = s.slot_uses.pop(i.slot, ())
-    src += uses
-    dst += [op] * len(uses)
+    uses = s.slot_uses.pop(i.slot, None)
+    if uses:
+        src.fromlist(uses)
+        dst.fromlist([op] * len(uses))
     s.slot_free[i.slot] = op
     rec = s.slot_fill_rec.pop(i.slot, None)
     if rec is not None:
@@ -388,8 +390,8 @@ def signal(b: Builder, s: DieState, i: Signal) -> None:
     g.edge(s.fence, op)
     g.edge(s.last_signal, op)
     since = s.since_signal  # earlier ops (op is new: no self edge), in issue order
-    g.src += since
-    g.dst += [op] * len(since)
+    g.src.fromlist(since)
+    g.dst.fromlist([op] * len(since))
     s.since_signal = []
     s.last_signal = op
     b.signal_event[op] = i.event
