@@ -89,14 +89,14 @@ class EnergyLedger:
     def log(self, first: int, block: tuple[Charge, ...]) -> None:
         """Charge ``block``'s rows at ops ``first + offset``. ``block`` must stay alive and
         unchanged while the ledger does (a memoized shape's tuple): it is known by its id."""
-        k = self._index.get(id(block))
-        if k is None:
-            k = self._register(block)
         self._firsts.append(first)
-        self._which.append(k)
+        self._which.append(self.register(block))
 
-    def _index_of(self, block: tuple[Charge, ...]) -> int:
-        """``block``'s index, registering it if it is new."""
+    def register(self, block: tuple[Charge, ...]) -> int:
+        """``block``'s index, registering it if it is new (known by its id from then on, so it
+        must stay alive and unchanged while the ledger does, as for :meth:`log`). A builder
+        registers a memoized template's block when it makes the template, so that a run's
+        :meth:`log_run` finds every block known."""
         k = self._index.get(id(block))
         return self._register(block) if k is None else k
 
@@ -116,7 +116,7 @@ class EnergyLedger:
         found = list(map(index.get, map(id, blocks)))  # every block known: looked up in C
         if None in found:  # some new: registered in turn (a block may come twice)
             for j in list(compress(range(len(found)), map(is_, found, repeat(None)))):
-                found[j] = self._index_of(blocks[j])
+                found[j] = self.register(blocks[j])
         self._firsts += firsts
         self._which += cast("list[int]", found)
 

@@ -71,7 +71,7 @@ def _registered(b: Builder, charges: tuple[Any, ...]) -> tuple[Any, ...]:
     by the time :func:`relay_run` logs its run (``EnergyLedger.log_run`` looks every block up
     in C when all are known; the ledger forgets its blocks only between parts, each built by
     its own builder, with its own templates)."""
-    b.energy._index_of(charges)
+    b.energy.register(charges)
     return charges
 
 
