@@ -149,8 +149,16 @@ def _load_template(
 
 def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     """Add the ops of ``ins[j:]`` up to the first instruction not covered (module doc) as
-    their handlers would; returns that instruction's index (``j``: nothing added)."""
+    their handlers would; returns that instruction's index (``j``: nothing added). A long run
+    goes to the compiled relay when it is wanted (:mod:`.relay_compiled`)."""
     n = len(ins)
+    if COMPILED_RUN:
+        wanted, compiled = COMPILED_RUN[0]
+        if wanted(n - j):
+            k = compiled(b, s, ins, j)
+            if k is not None:
+                return k
+    j0 = j
     g = b.g
     kind, dur, res_l, gdie, instr, layer = g.kind, g.dur, g.res, g.die, g.instr, g.layer
     # the run's edges and chains, appended to the graph's typed columns when the run ends
@@ -445,6 +453,8 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
         g.src += array("q", (fence,)) * len(fenced)
         g.dst.fromlist(fenced)
     b.energy.log_run(logged_at, logged)
+    if COMPILED_RUN:
+        COMPILED_RUN[1](j - j0)
     return j
 
 
@@ -460,3 +470,8 @@ def starts_chain(ins: Sequence[Instr], j: int, n: int) -> bool:
 
 
 RELAY.append((relay_run, (recv, send, free, load), slice_unit))
+#: the compiled relay's ``(wanted, run)`` and its counter of runs relayed here (set by
+#: :mod:`.relay_compiled`, imported below)
+COMPILED_RUN: list[Any] = []
+
+import moec.backends.interp.relay_compiled  # noqa: E402,F401 - registers the compiled relay
