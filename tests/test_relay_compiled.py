@@ -4,7 +4,8 @@ Its reference is :func:`~moec.backends.interp.relay_chain.relay_run` in Python: 
 ops, successor lists, records, charges and pairings compared field by field
 (``tests/test_relay_chain.py``'s ``_state``), with the compiled FSE-DP scheduler (whose records
 the kernel reads) and the kernel forced onto every run it can take, against the same run with
-the Python relay, on the tiny FSE-DP goldens and FSE-DP points on 2x2 and 4x4 dies.
+the Python relay, on the tiny FSE-DP goldens and a shape-only model's FSE-DP points (every
+variant, slice choice included) on 2x2 and (``-m slow``) 4x4 dies.
 """
 
 from __future__ import annotations
@@ -73,3 +74,19 @@ def test_compiled_relay_builds_every_fsedp_golden_as_the_reference(
         )  # fmt: skip
 
     _same(go, monkeypatch)
+
+
+@pytest.mark.parametrize("target", ["fsedp-2x2", pytest.param("fsedp-4x4", marks=pytest.mark.slow)])
+def test_compiled_relay_builds_fsedp_points_as_the_reference(
+    target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moec.compiler.cli.main import main
+
+    def go() -> None:
+        assert main([
+            "bench", "--model", "phi3.5-moe", "--target", target, "--tokens", "64",
+            "--strategies", "fsedp,fsedp-buf,fsedp-naive,fsedp-paired,fsedp-r5", "--json",
+        ]) in (0, None)  # fmt: skip
+
+    _same(go, monkeypatch)
+    capsys.readouterr()

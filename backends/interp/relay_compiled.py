@@ -62,6 +62,12 @@ def counted(k: int) -> None:
     _relayed += k
 
 
+def offered() -> bool:
+    """Whether the scheduler's records are wanted (:mod:`.relay_records`): the kernel may take
+    runs (the rule of :func:`wanted`, but for the run's length)."""
+    return bool(COMPILED) or (COMPILED is None and _relayed >= COMPILE_AFTER)
+
+
 def wanted(length: int) -> bool:
     """Whether a run of ``length`` instructions (an upper bound) goes to the kernel."""
     if COMPILED is None:
@@ -245,6 +251,8 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
     or None where the reference must take it (a run too short to pay, a stream or state the
     kernel does not hold)."""
     t = _tables(b)
+    if (t.stream is None or t.stream[0] is not ins) and not relay_records.holding():
+        return None  # no records offered: the reference's
     cols = _columns(t, ins)
     if not cols["code"][j]:
         return None
@@ -537,4 +545,4 @@ def _slots_back(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Table
 
 
 rc.COMPILED_RUN[:] = [(wanted, run), counted]
-relay_records.ENABLED[0] = True
+relay_records.ENABLED[0] = offered

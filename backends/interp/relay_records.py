@@ -16,7 +16,7 @@ not reused.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,8 +28,8 @@ RECV, SEND, FREE, GEMM, LOAD, ACT, ACCUM = 1, 2, 3, 4, 5, 6, 7
 _OF_RECORD = np.array([LOAD, GEMM, ACT, ACCUM, FREE, SEND, RECV], np.int64)
 #: instructions held at most (about 60 bytes of columns each, and the objects kept alive)
 HELD = 1_500_000
-#: whether offers are taken at all (set by :mod:`.relay_compiled` when its kernel may run)
-ENABLED: list[bool] = [False]
+#: whether offers are wanted: a function set by :mod:`.relay_compiled` (none: never)
+ENABLED: list[Callable[[], bool] | None] = [None]
 
 _held: OrderedDict[int, Segment] = OrderedDict()
 _count = 0
@@ -60,7 +60,7 @@ def offer(
     peer, trip); ``sizes`` per trip its bytes, ``tokens`` per unit and die its token count,
     ``unit_of`` per trip its unit."""
     global _count
-    if not ENABLED[0] or not len(rec):
+    if not len(rec):
         return
     die, kind, slot, peer, trip = rec.T
     full = _OF_RECORD[kind]
@@ -138,6 +138,17 @@ def take(ids: np.ndarray) -> list[tuple[int, Segment]]:
             _count -= L
             out.append((p, seg))
     return out
+
+
+def wanted() -> bool:
+    """Whether the compiled relay may read offered records now."""
+    fn = ENABLED[0]
+    return fn is not None and fn()
+
+
+def holding() -> bool:
+    """Whether any segment is held."""
+    return bool(_held)
 
 
 def clear() -> None:

@@ -319,7 +319,7 @@ def _instructions(
     laid = itemgetter(*place.tolist())(made) if len(made) > 1 else made
     for d in range(n):
         out[d] += laid[ends[d] : ends[d + 1]]
-    if relay_records.ENABLED[0]:  # the records, for the compiled relay
+    if relay_records.wanted():  # the records, for the compiled relay
         tokens = np.asarray([0 if h is None else h.size for h in held], np.int64)
         relay_records.offer(laid, ends, log[order], refs, sizes, tokens, unit_of, n)
 
