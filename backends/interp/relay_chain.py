@@ -158,7 +158,6 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             k = compiled(b, s, ins, j)
             if k is not None:
                 return k
-    j0 = j
     g = b.g
     kind, dur, res_l, gdie, instr, layer = g.kind, g.dur, g.res, g.die, g.instr, g.layer
     # the run's edges and chains, appended to the graph's typed columns when the run ends
@@ -453,8 +452,6 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
         g.src += array("q", (fence,)) * len(fenced)
         g.dst.fromlist(fenced)
     b.energy.log_run(logged_at, logged)
-    if COMPILED_RUN:
-        COMPILED_RUN[1](j - j0)
     return j
 
 
@@ -470,8 +467,7 @@ def starts_chain(ins: Sequence[Instr], j: int, n: int) -> bool:
 
 
 RELAY.append((relay_run, (recv, send, free, load), slice_unit))
-#: the compiled relay's ``(wanted, run)`` and its counter of runs relayed here (set by
-#: :mod:`.relay_compiled`, imported below)
+#: the compiled relay's ``(wanted, run)`` (set by :mod:`.relay_compiled`, imported below)
 COMPILED_RUN: list[Any] = []
 
 import moec.backends.interp.relay_compiled  # noqa: E402,F401 - registers the compiled relay

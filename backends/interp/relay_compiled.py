@@ -1,20 +1,23 @@
 """The relay, compiled: a long run of :func:`.relay_chain.relay_run` taken by a numba kernel.
 
 A whole-model FSE-DP run relays millions of instructions (a layer of Qwen3-30B-A3B on 4x4
-dies about 40k a die), at about 1 us each in Python, the interpreter's floor. Here a run's
-instructions are read once into columns (per stream, in C-level passes: their classes, slots,
-peers, bytes, the shapes of the slices they hold), each run's templates are found per distinct
-shape (the relay's own memoized templates, :mod:`.relay_chain`), and
-:func:`.relay_kernel.relay` writes the run's ops, edges, charges, SRAM records, fills and
-pairings as arrays, appended to the builder's lists in the order the reference appends them.
-The graph, the records and the die's state are the reference's, to the byte
-(``tests/test_relay_compiled.py`` compares them on the tiny goldens and FSE-DP points).
+dies about 40k a die), at about 1 us each in Python, the interpreter's floor. Reading them back
+from the objects costs about as much, so the compiled FSE-DP scheduler offers each die's
+records with the instructions they made (:mod:`.relay_records`), and a stream holding such a
+segment is read as columns from them (code, slot, peer or channel, bytes, slice shape, token
+counts); each run's templates are found per distinct key (the relay's own memoized templates,
+:mod:`.relay_chain`), and :func:`.relay_kernel.relay` writes the run's ops, edges, charges,
+SRAM records, fills and pairings as arrays, appended to the builder's lists in the order the
+reference appends them. The graph, the records and the die's state are the reference's, to
+the byte (``tests/test_relay_compiled.py`` compares them on the tiny goldens and FSE-DP
+points); a run is cut where a segment ends (the reference's run would go on: the same graph,
+the event loop reading the edge log source by source).
 
-:data:`COMPILED` says when: True always, False never (the reference), None (the default) once
-numba imports and the process has relayed :data:`COMPILE_AFTER` instructions in Python (the
-kernel and its cache cost about 0.3 s to load, the reference that many instructions), for
-runs of at least :data:`MIN_RUN` instructions (shorter ones cost more in setup than they
-save). moec works without numba: the reference takes every run.
+:data:`COMPILED` says when: True every run it can take, False never (the reference), None (the
+default) runs of at least :data:`MIN_RUN` instructions (shorter ones cost more in setup than
+they save) where records were offered, which happens only where the compiled scheduler ran
+(numba is loaded, and the work is big enough to have paid for it). moec works without numba:
+the reference takes every run.
 """
 
 from __future__ import annotations
@@ -34,17 +37,14 @@ from moec.backends.interp.event_loop import optional_kernel
 from moec.backends.interp.opgraph import Builder, DieState
 from moec.ir.stream.program import HOST_CHANNEL, Instr, SliceRef
 
-#: True: every run the kernel can take; False: none; None: :data:`COMPILE_AFTER` rule
+#: True: every run the kernel can take; False: none; None: runs of :data:`MIN_RUN` or more
 COMPILED: bool | None = None
-#: instructions an undecided process relays in Python before it loads the kernel
-COMPILE_AFTER = 300_000
 #: the shortest run an undecided process gives the kernel
 MIN_RUN = 256
 
 RECV, SEND, FREE, GEMM, LOAD = (
     relay_records.RECV, relay_records.SEND, relay_records.FREE, relay_records.GEMM, relay_records.LOAD,
 )  # fmt: skip
-_relayed = 0
 _kernel: Any = None
 
 
@@ -56,23 +56,16 @@ def available() -> bool:
     return _kernel is not False
 
 
-def counted(k: int) -> None:
-    """Count ``k`` instructions relayed in Python (:data:`COMPILE_AFTER`)."""
-    global _relayed
-    _relayed += k
-
-
 def offered() -> bool:
-    """Whether the scheduler's records are wanted (:mod:`.relay_records`): the kernel may take
-    runs (the rule of :func:`wanted`, but for the run's length)."""
-    return bool(COMPILED) or (COMPILED is None and _relayed >= COMPILE_AFTER)
+    """Whether the scheduler's records are wanted (:mod:`.relay_records`)."""
+    return COMPILED is not False
 
 
 def wanted(length: int) -> bool:
-    """Whether a run of ``length`` instructions (an upper bound) goes to the kernel."""
-    if COMPILED is None:
-        return length >= MIN_RUN and _relayed >= COMPILE_AFTER and available()
-    return COMPILED and available()
+    """Whether a run of at most ``length`` instructions may go to the kernel (records held)."""
+    if COMPILED is False or not relay_records.active():
+        return False
+    return (COMPILED or length >= MIN_RUN) and available()
 
 
 class _Tables:
@@ -544,5 +537,5 @@ def _slots_back(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Table
     t.recs = None  # type: ignore[attr-defined]
 
 
-rc.COMPILED_RUN[:] = [(wanted, run), counted]
+rc.COMPILED_RUN[:] = [(wanted, run)]
 relay_records.ENABLED[0] = offered

@@ -33,6 +33,8 @@ ENABLED: list[Callable[[], bool] | None] = [None]
 
 _held: OrderedDict[int, Segment] = OrderedDict()
 _count = 0
+#: whether a segment was taken since the last :func:`clear` (its stream's later runs read it)
+_took = False
 
 
 class Segment:
@@ -123,7 +125,7 @@ def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarr
 def take(ids: np.ndarray) -> list[tuple[int, Segment]]:
     """The held segments found in a stream whose objects' identities are ``ids``: ``(start,
     segment)``, each taken (no longer held)."""
-    global _count
+    global _count, _took
     if not _held:
         return []
     keys = np.fromiter(_held.keys(), np.int64, len(_held))
@@ -137,6 +139,7 @@ def take(ids: np.ndarray) -> list[tuple[int, Segment]]:
             del _held[int(ids[p])]
             _count -= L
             out.append((p, seg))
+    _took = _took or bool(out)
     return out
 
 
@@ -151,8 +154,14 @@ def holding() -> bool:
     return bool(_held)
 
 
+def active() -> bool:
+    """Whether a build may read records: some are held, or were taken since :func:`clear`."""
+    return _took or bool(_held)
+
+
 def clear() -> None:
     """Forget every held segment."""
-    global _count
+    global _count, _took
     _held.clear()
     _count = 0
+    _took = False
