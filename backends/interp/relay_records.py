@@ -128,9 +128,11 @@ def take(ids: np.ndarray) -> list[tuple[int, Segment]]:
     global _count, _took
     if not _held:
         return []
-    keys = np.fromiter(_held.keys(), np.int64, len(_held))
+    keys = np.sort(np.fromiter(_held.keys(), np.int64, len(_held)))
+    at = np.searchsorted(keys, ids)
+    at[at == len(keys)] = 0
     out = []
-    for p in np.flatnonzero(np.isin(ids, keys)).tolist():
+    for p in np.flatnonzero(keys[at] == ids).tolist():
         seg = _held.get(int(ids[p]))
         if seg is None:
             continue
