@@ -360,8 +360,8 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
         a["l_lptr"], a["l_links"], a["l_chg"],
         fill_op, free_op, slot_tag, slot_rec, use_first, use_last, pool_op, pool_next, npool,
         uses_on, -1 if lc is None else lc,
-        ws_flat[0::2], ws_flat[1::2], ws_head, ws_end,
-        wr_flat[0::2], wr_flat[1::2], wr_head, wr_end, out_i, out_f,
+        ws_flat[0::2].copy(), ws_flat[1::2].copy(), ws_head, ws_end,
+        wr_flat[0::2].copy(), wr_flat[1::2].copy(), wr_head, wr_end, out_i, out_f,
     )  # fmt: skip
     n = n.tolist()
     _append(b, s, ins, j, t, cols, n, out_i, out_f, row)

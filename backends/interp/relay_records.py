@@ -8,9 +8,10 @@ the scheduler offers each die's columns here (:func:`offer`), keyed by the segme
 they describe, and the relay takes them (:func:`take`) when it finds the same objects, in the
 same order, in a stream it builds (each object's identity compared: a segment whose objects
 were replaced, dropped or reordered on the way is not taken, and the Python relay takes those
-instructions). A segment is held until taken or until :data:`HELD` instructions newer than it
-are held (the oldest go first): the objects are kept alive while held, so their identities are
-not reused.
+instructions). A segment is held until :data:`HELD` instructions newer than it are held (the
+oldest go first), not only until it is first built: a schedule's streams may be built more
+than once (the FSE-DP slice choice times the schedule the expansion then reuses). The objects
+are kept alive while held, so their identities are not reused.
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ RECV, SEND, FREE, GEMM, LOAD, ACT, ACCUM = 1, 2, 3, 4, 5, 6, 7
 #: the relay code of each record kind (:data:`.expand.fsedp_kernel.RECORD_NAMES` order:
 #: load, gemm, act, accum, free, send, recv)
 _OF_RECORD = np.array([LOAD, GEMM, ACT, ACCUM, FREE, SEND, RECV], np.int64)
-#: instructions held at most (about 60 bytes of columns each, and the objects kept alive)
-HELD = 1_500_000
+#: instructions held at most (about 60 bytes of columns each, and the objects kept alive: a
+#: layer of Qwen3-30B-A3B on 8x8 dies writes about 600k)
+HELD = 800_000
 #: whether offers are wanted: a function set by :mod:`.relay_compiled` (none: never)
 ENABLED: list[Callable[[], bool] | None] = [None]
 
 _held: OrderedDict[int, Segment] = OrderedDict()
 _count = 0
-#: whether a segment was taken since the last :func:`clear` (its stream's later runs read it)
-_took = False
 
 
 class Segment:
@@ -124,8 +124,7 @@ def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarr
 
 def take(ids: np.ndarray) -> list[tuple[int, Segment]]:
     """The held segments found in a stream whose objects' identities are ``ids``: ``(start,
-    segment)``, each taken (no longer held)."""
-    global _count, _took
+    segment)``."""
     if not _held:
         return []
     keys = np.sort(np.fromiter(_held.keys(), np.int64, len(_held)))
@@ -138,10 +137,7 @@ def take(ids: np.ndarray) -> list[tuple[int, Segment]]:
             continue
         L = len(seg.ids)
         if p + L <= len(ids) and np.array_equal(ids[p : p + L], seg.ids):
-            del _held[int(ids[p])]
-            _count -= L
             out.append((p, seg))
-    _took = _took or bool(out)
     return out
 
 
@@ -157,13 +153,12 @@ def holding() -> bool:
 
 
 def active() -> bool:
-    """Whether a build may read records: some are held, or were taken since :func:`clear`."""
-    return _took or bool(_held)
+    """Whether a build may read records (some are held)."""
+    return bool(_held)
 
 
 def clear() -> None:
     """Forget every held segment."""
-    global _count, _took
+    global _count
     _held.clear()
     _count = 0
-    _took = False
