@@ -8,10 +8,12 @@ the scheduler offers each die's columns here (:func:`offer`), keyed by the segme
 they describe, and the relay takes them (:func:`take`) when it finds the same objects, in the
 same order, in a stream it builds (each object's identity compared: a segment whose objects
 were replaced, dropped or reordered on the way is not taken, and the Python relay takes those
-instructions). A segment is held until :data:`HELD` instructions newer than it are held (the
-oldest go first), not only until it is first built: a schedule's streams may be built more
-than once (the FSE-DP slice choice times the schedule the expansion then reuses). The objects
-are kept alive while held, so their identities are not reused.
+instructions). A segment is held until it is taken or the build ends (a build clears what it
+did not take: stale), at most :data:`HELD` instructions (the oldest go first); its objects are
+kept alive while held, so their identities are not reused. An offer keeps references only;
+its records are read into columns when a segment of it is first taken. (A schedule built a
+second time, as the FSE-DP slice choice's timings and then the expansion reusing that
+schedule, is built by the Python relay the second time.)
 """
 
 from __future__ import annotations
@@ -27,72 +29,94 @@ RECV, SEND, FREE, GEMM, LOAD, ACT, ACCUM = 1, 2, 3, 4, 5, 6, 7
 #: the relay code of each record kind (:data:`.expand.fsedp_kernel.RECORD_NAMES` order:
 #: load, gemm, act, accum, free, send, recv)
 _OF_RECORD = np.array([LOAD, GEMM, ACT, ACCUM, FREE, SEND, RECV], np.int64)
-#: instructions held at most (about 60 bytes of columns each, and the objects kept alive: a
-#: layer of Qwen3-30B-A3B on 8x8 dies writes about 600k)
-HELD = 800_000
+#: instructions held at most (the objects are kept alive while held)
+HELD = 1_500_000
 #: whether offers are wanted: a function set by :mod:`.relay_compiled` (none: never)
 ENABLED: list[Callable[[], bool] | None] = [None]
 
-_held: OrderedDict[int, Segment] = OrderedDict()
+_held: OrderedDict[int, tuple[Sequence[Any], _Offer, int, int]] = OrderedDict()
 _count = 0
+#: whether a segment was taken since the last :func:`clear` (its stream's later runs read it)
+_took = False
+
+
+class _Offer:
+    """One schedule's records, read into columns (all dies at once) when a segment of it is
+    first taken: an offer no build takes costs a few references."""
+
+    __slots__ = ("rec", "refs", "sizes", "held", "unit_of", "n", "cols")
+
+    def __init__(
+        self, rec: np.ndarray, refs: list[Any], sizes: list[int], held: list[Any],
+        unit_of: np.ndarray, n: int,
+    ) -> None:  # fmt: skip
+        self.rec, self.refs, self.sizes, self.held, self.unit_of, self.n = (
+            rec, refs, sizes, held, unit_of, n,
+        )  # fmt: skip
+        self.cols: tuple[Any, ...] | None = None
+
+    def columns(self) -> tuple[Any, ...]:
+        """Per record: its code (before the checks), slot, peer or channel, bytes, slice shape
+        (an index into the last entry: a slice of each shape), token count."""
+        if self.cols is None:
+            die, kind, slot, peer, trip = self.rec.T
+            full = _OF_RECORD[kind]
+            nbytes = np.asarray(self.sizes, np.int64)[trip]
+            nbytes[~((full == RECV) | (full == SEND) | (full == LOAD))] = 0
+            tokens = np.asarray([0 if h is None else h.size for h in self.held], np.int64)
+            size = tokens[self.unit_of[trip] * self.n + die]
+            # per trip, its slice's shape (layer, shared or not, slice index)
+            index: dict[tuple[str, bool, int], int] = {}
+            shapes: list[Any] = []
+            of_trip = []
+            for c in self.refs:
+                key = (c.layer, c.expert is None, c.slice)
+                k = index.get(key)
+                if k is None:
+                    k = index[key] = len(shapes)
+                    shapes.append(c)
+                of_trip.append(k)
+            shape = np.asarray(of_trip, np.int64)[trip]
+            self.cols = (full, slot, peer, nbytes, shape, size, shapes)
+        return self.cols
 
 
 class Segment:
     """One die's instructions from one schedule and their columns (``code`` with the relay's
     static checks applied: 0 where a run may not take the instruction)."""
 
-    __slots__ = ("objs", "ids", "code", "slot", "peer", "nbytes", "shape", "size", "shapes")
+    __slots__ = ("ids", "code", "slot", "peer", "nbytes", "shape", "size", "shapes")
 
-    def __init__(
-        self, objs: Sequence[Any], cols: tuple[np.ndarray, ...], shapes: list[Any]
-    ) -> None:
-        self.objs = objs
-        self.ids = np.fromiter(map(id, objs), np.int64, len(objs))
-        self.code, self.slot, self.peer, self.nbytes, self.shape, self.size = cols
+    def __init__(self, ids: np.ndarray, offer: _Offer, a: int, b: int) -> None:
+        self.ids = ids
+        full, slot, peer, nbytes, shape, size, shapes = offer.columns()
+        self.slot, self.peer, self.nbytes = slot[a:b], peer[a:b], nbytes[a:b]
+        self.code = _checked(full[a:b], self.slot, self.nbytes)
+        self.shape, self.size = shape[a:b], size[a:b]
         #: per entry of ``shape``: a slice of that shape (its layer, shared or not, index)
         self.shapes = shapes
 
 
 def offer(
     laid: Sequence[Any], ends: list[int], rec: np.ndarray, refs: list[Any], sizes: list[int],
-    tokens: np.ndarray, unit_of: np.ndarray, n: int,
+    held: list[Any], unit_of: np.ndarray, n: int,
 ) -> None:  # fmt: skip
     """Hold each die's segment of ``laid`` (die ``d``'s from ``ends[d]`` to ``ends[d + 1]``)
-    with its columns from ``rec`` (its records, die by die in record order: die, kind, slot,
-    peer, trip); ``sizes`` per trip its bytes, ``tokens`` per unit and die its token count,
-    ``unit_of`` per trip its unit."""
+    with its records ``rec`` (die by die in record order: die, kind, slot, peer, trip);
+    ``refs`` and ``sizes`` per trip its slice and bytes, ``held`` per unit and die its tokens
+    there (or None), ``unit_of`` per trip its unit."""
     global _count
     if not len(rec):
         return
-    die, kind, slot, peer, trip = rec.T
-    full = _OF_RECORD[kind]
-    nbytes = np.asarray(sizes, np.int64)[trip]
-    moves = (full == RECV) | (full == SEND) | (full == LOAD)
-    nbytes[~moves] = 0
-    size = tokens[unit_of[trip] * n + die]
-    # per trip, its slice's shape (layer, shared or not, slice index): an index into shapes
-    index: dict[tuple[str, bool, int], int] = {}
-    shapes: list[Any] = []
-    of_trip = []
-    for c in refs:
-        key = (c.layer, c.expert is None, c.slice)
-        k = index.get(key)
-        if k is None:
-            k = index[key] = len(shapes)
-            shapes.append(c)
-        of_trip.append(k)
-    shape = np.asarray(of_trip, np.int64)[trip]
+    o = _Offer(rec, refs, sizes, held, unit_of, n)
     for d in range(n):
         a, b = ends[d], ends[d + 1]
-        if b - a == 0:
-            continue
-        code = _checked(full[a:b], slot[a:b], nbytes[a:b])
-        cols = (code, slot[a:b], peer[a:b], nbytes[a:b], shape[a:b], size[a:b])
-        seg = Segment(laid[a:b], cols, shapes)
-        _held[int(seg.ids[0])] = seg
-        _count += b - a
+        if b > a:
+            _held[id(laid[a])] = (laid[a:b], o, a, b)
+            _count += b - a
     while _count > HELD and _held:
-        _count -= len(_held.popitem(last=False)[1].ids)
+        objs = _held.popitem(last=False)[1][0]
+        _count -= len(objs)
 
 
 def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
@@ -124,7 +148,8 @@ def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarr
 
 def take(ids: np.ndarray) -> list[tuple[int, Segment]]:
     """The held segments found in a stream whose objects' identities are ``ids``: ``(start,
-    segment)``."""
+    segment)``, each taken (no longer held)."""
+    global _count, _took
     if not _held:
         return []
     keys = np.sort(np.fromiter(_held.keys(), np.int64, len(_held)))
@@ -132,12 +157,19 @@ def take(ids: np.ndarray) -> list[tuple[int, Segment]]:
     at[at == len(keys)] = 0
     out = []
     for p in np.flatnonzero(keys[at] == ids).tolist():
-        seg = _held.get(int(ids[p]))
-        if seg is None:
+        hit = _held.get(int(ids[p]))
+        if hit is None:
             continue
-        L = len(seg.ids)
-        if p + L <= len(ids) and np.array_equal(ids[p : p + L], seg.ids):
-            out.append((p, seg))
+        objs, o, a, b = hit
+        L = b - a
+        if p + L > len(ids):
+            continue
+        mine = np.fromiter(map(id, objs), np.int64, L)
+        if np.array_equal(ids[p : p + L], mine):
+            del _held[int(ids[p])]
+            _count -= L
+            out.append((p, Segment(mine, o, a, b)))
+    _took = _took or bool(out)
     return out
 
 
@@ -153,12 +185,13 @@ def holding() -> bool:
 
 
 def active() -> bool:
-    """Whether a build may read records (some are held)."""
-    return bool(_held)
+    """Whether a build may read records: some are held, or were taken since :func:`clear`."""
+    return _took or bool(_held)
 
 
 def clear() -> None:
     """Forget every held segment."""
-    global _count
+    global _count, _took
     _held.clear()
     _count = 0
+    _took = False

@@ -320,8 +320,7 @@ def _instructions(
     for d in range(n):
         out[d] += laid[ends[d] : ends[d + 1]]
     if relay_records.wanted():  # the records, for the compiled relay
-        tokens = np.asarray([0 if h is None else h.size for h in held], np.int64)
-        relay_records.offer(laid, ends, log[order], refs, sizes, tokens, unit_of, n)
+        relay_records.offer(laid, ends, log[order], refs, sizes, held, unit_of, n)
 
 
 def refs_of(refs: list[Any], ts: list[int]) -> list[Any]:
