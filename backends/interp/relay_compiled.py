@@ -82,13 +82,15 @@ class _Tables:
         self.u_rows: dict[tuple[Any, ...], int] = {}
         self.helds: dict[tuple[int, str], int] = {}
         self.held: list[tuple[Any, str, SliceRef]] = []
-        self.ld: list[list[Any]] = [[], [], [], [], []]  # tag, chg, held, links, prec
+        self.ld: list[list[Any]] = [[], [], []]  # tag, chg, held
         self.l_ptr, self.l_kind, self.l_dur, self.l_res = [0], [], [], []  # type: ignore[var-annotated]
         self.l_bptr, self.l_bo, self.l_back = [0], [], []  # type: ignore[var-annotated]
         self.l_lptr, self.l_links = [0], []  # type: ignore[var-annotated]
         self.stream: tuple[Any, Any] | None = None
         self.arrays: dict[str, np.ndarray] = {}
         self.sized = (-1, -1, -1)
+        #: the current run's fill records (``[fill op, free op]`` lists), for the slot state
+        self.recs: list[list[int]] = []
 
     def block(self, charges: Any) -> int:
         self.blocks.append(charges)
@@ -166,7 +168,7 @@ def _l_row(t: _Tables, b: Builder, die: int, key: tuple[int, ...]) -> int:
     tpl = b.chains.get(lkey) or rc._load_template(b, lkey, c, channel, die, nb)
     tag, prec, _, kinds, durs, ress, _, _, backs, charges, links, (_, units) = tpl
     row = t.rows[key] = len(t.ld[0])
-    for col, v in zip(t.ld, (tag, t.block(charges), t.hold_id(units, prec, c)), strict=False):
+    for col, v in zip(t.ld, (tag, t.block(charges), t.hold_id(units, prec, c)), strict=True):
         col.append(v)
     t.l_kind += kinds
     t.l_dur += durs
@@ -218,10 +220,16 @@ def _rows_of(t: _Tables, b: Builder, die: int, ins: Sequence[Instr], j: int,
              where: np.ndarray, keys: np.ndarray, make: Any) -> np.ndarray:  # fmt: skip
     """Each entry's row (``keys``: one row of ints per entry, ``where`` its place in the run),
     made (``make``) for the keys not seen yet: the distinct keys looked up once."""
+    low = keys.min(axis=0)
+    span = (keys.max(axis=0) - low + 1).tolist()
     flat = np.zeros(len(keys), np.int64)
-    for col in keys.T:  # the columns' ranks, mixed into one key
-        vals, rank = np.unique(col, return_inverse=True)
-        flat = flat * len(vals) + rank.reshape(-1)
+    if float(np.prod(span, dtype=np.float64)) < 2.0**62:  # the columns mixed into one key
+        for col, lo, width in zip(keys.T, low.tolist(), span, strict=True):
+            flat = flat * width + (col - lo)
+    else:  # the columns' ranks, mixed
+        for col in keys.T:
+            vals, rank = np.unique(col, return_inverse=True)
+            flat = flat * len(vals) + rank.reshape(-1)
     _, first, inv = np.unique(flat, return_index=True, return_inverse=True)
     u = keys[first]
     unit = make is _u_row
@@ -455,7 +463,7 @@ def _append(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Tables,
     holds, frees = out_i[23][: n[23]].tolist(), out_i[24][: n[23]].tolist()
     recs = [[h, f] if f >= 0 else [h] for h, f in zip(holds, frees, strict=True)]
     b.fills += zip(repeat(die), holds, recs)
-    t.recs = recs  # type: ignore[attr-defined]
+    t.recs = recs
 
 
 def _add_bytes(into: dict[int, int], keys: np.ndarray, nbytes: np.ndarray) -> None:
@@ -504,7 +512,7 @@ def _slots_back(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Table
                 use_first: np.ndarray, uses_on: np.ndarray, pool_op: np.ndarray,
                 pool_next: np.ndarray) -> None:  # fmt: skip
     """The die's slot maps as the reference leaves them after the run."""
-    recs = t.recs  # type: ignore[attr-defined]
+    recs = t.recs
     pre = s.slot_fill_rec
     for q, op in zip(out_i[27][: n[27]].tolist(), out_i[28][: n[27]].tolist(), strict=True):
         pre.pop(q).append(op)
@@ -534,7 +542,7 @@ def _slots_back(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Table
     for q, r in last.items():
         hid = t.x[5][row[r]] if code[r] == RECV else t.ld[2][row[r]]
         s.slot_fill_info[q] = (ins[j + r].content, t.held[hid][1])  # type: ignore[union-attr]
-    t.recs = None  # type: ignore[attr-defined]
+    t.recs = []
 
 
 rc.COMPILED_RUN[:] = [(wanted, run)]
