@@ -458,7 +458,7 @@ def _append(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Tables,
     if n[12]:
         g.back_of.update(zip((out_i[13][: n[12]]).tolist(),
                              map(t.l_back.__getitem__, out_i[14][: n[12]].tolist()), strict=True))  # fmt: skip
-    s.since_signal += out_i[8][: n[8]].tolist()
+    s.since_signal.extend(out_i[8][: n[8]].tolist())  # a list, or typed by a slice run
     _acts(b, die, ins, j, t, n, out_i, row)
     holds, frees = out_i[23][: n[23]].tolist(), out_i[24][: n[23]].tolist()
     recs = [[h, f] if f >= 0 else [h] for h, f in zip(holds, frees, strict=True)]
