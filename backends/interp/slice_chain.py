@@ -47,8 +47,10 @@ def _template(
     na: int, nc: int,
 ) -> tuple[Any, ...]:  # fmt: skip
     """What :func:`slice_run` appends for one chain of one shape: the read's template, the slice's
-    precision and layer index, the three compute ops' durations and energy parts, and the bytes
-    of the slice's ``h`` (the values the handlers compute, from the same memos)."""
+    precision, the three compute ops' durations and energy parts, and the bytes of the slice's
+    ``h`` (the values the handlers compute, from the same memos). Nothing in it names the
+    chain's layer (its ops' layer index is the run's, added by :func:`slice_run`), so the
+    parts of a layer-by-layer run share the templates (:attr:`.cost_memo.CostMemo.chains`)."""
     nbytes = il.nbytes
     key = (LOAD, il.channel, die, nbytes)
     read = b.costs.read_ops.get(key)
@@ -61,23 +63,20 @@ def _template(
     )
     kinds, durs, res, backs, read_charges, links = read
     k = len(kinds)
-    lk = b.layers[c.layer][0]
     ops_kinds = kinds + (COMPUTE, COMPUTE, COMPUTE, SYNC)
     ops_durs = durs + (dg, da, dc, 0.0)
     ops_res = res + (die, die, die, -1)
     # the read's charges (Builder.read), then the three compute ops' (slice_unit), as one block
     charges = read_charges + tuple((k + o, d, part, j) for o, d, part, j in unit_charges)
-    return (
-        k, ops_kinds, ops_durs, ops_res, backs, charges, links, prec, lk, hb, (die,) * (k + 4),
-        (lk,) * (k + 4), il.channel, nbytes,
-    )  # fmt: skip
+    return (k, ops_kinds, ops_durs, ops_res, backs, charges, links, prec, hb, il.channel, nbytes)
 
 
 def _slice_templates(b: Builder, die: int, c: SliceRef) -> tuple[Any, dict[Any, Any]]:
     """Slice ``c``'s geometry and its templates per shape on die ``die`` (shared by the slices
-    of one geometry), memoized in ``b.chains`` under ``(die, layer, shared, slice)``."""
+    of one geometry, and by the parts of a layer-by-layer run: ``b.costs``), memoized in
+    ``b.chains`` under ``(die, layer, shared, slice)``."""
     geo = b.slice_geometry(c)
-    shapes = b.chains.setdefault((die, c.layer, geo), {})
+    shapes = b.costs.chains.setdefault((die, geo), {})
     hit = b.chains[(die, c.layer, c.expert is None, c.slice)] = (geo, shapes)
     return hit
 
@@ -98,14 +97,18 @@ def _lookup(b: Builder, die: int, il: Load, ng: int, na: int, nc: int) -> Any:
     return tpl
 
 
-def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list[Any], int]:
-    """The templates of the chains from ``ins[j]`` on (one per chain, in order) and the index
-    after the last: plain streamed micro-slices of one layer, one after the other. A block the
-    expansion made with its chains' shapes (:mod:`.chain_hints`) is taken whole, one lookup per
-    shape; any other chain is checked and looked up on its own."""
+def _chains(
+    b: Builder, s: DieState, ins: Sequence[Instr], j: int
+) -> tuple[list[Any], int, dict[int, list[Any]]]:  # fmt: skip
+    """The templates of the chains from ``ins[j]`` on (one per chain, in order), the index
+    after the last (plain streamed micro-slices of one layer, one after the other), and each
+    template's ``[template, chains]`` by its id, in order of first use. A block the expansion
+    made with its chains' shapes (:mod:`.chain_hints`) is taken whole, one lookup per shape;
+    any other chain is checked and looked up on its own."""
     n = len(ins)
     die = s.die
     tpls: list[Any] = []
+    uses: dict[int, list[Any]] = {}
     layer = None
     while j + 4 < n:
         il = ins[j]
@@ -116,9 +119,10 @@ def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list
             reps = take(ins, j)
             if reps is not None:  # the shapes' templates in order of first use, as below
                 of = {}
-                for r in dict.fromkeys(reps):
+                for r, m in Counter(reps).items():
                     ng = ins[j + 5 * r + 1].tokens.size  # a streamed slice's steps share a set
-                    of[r] = _lookup(b, die, ins[j + 5 * r], ng, ng, ng)
+                    tpl = of[r] = _lookup(b, die, ins[j + 5 * r], ng, ng, ng)
+                    _use(uses, tpl, m)
                 tpls += map(of.__getitem__, reps)
                 layer = c.layer
                 j += 5 * len(reps)
@@ -142,9 +146,20 @@ def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list
         ng = tg.size
         na = ng if ta is tg else ta.size
         nc = ng if tc is tg else tc.size
-        tpls.append(_lookup(b, die, il, ng, na, nc))
+        tpl = _lookup(b, die, il, ng, na, nc)
+        tpls.append(tpl)
+        _use(uses, tpl, 1)
         j += 5
-    return tpls, j
+    return tpls, j, uses
+
+
+def _use(uses: dict[int, list[Any]], tpl: Any, m: int) -> None:
+    """Count ``m`` more chains of template ``tpl`` in ``uses``."""
+    hit = uses.get(id(tpl))
+    if hit is None:
+        uses[id(tpl)] = [tpl, m]
+    else:
+        hit[1] += m
 
 
 def _flat(*columns: np.ndarray) -> list[int]:
@@ -169,35 +184,49 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     source, stably); the sources of the run's edges are the fence, the latest x block, the
     die's latest compute and slot frees before the run, and the run's own arrivals, accums and
     frees, each in one kind of edge only, so the edges may go kind by kind."""
-    tpls, after = _chains(b, s, ins, j)
+    tpls, after, uses = _chains(b, s, ins, j)
     if not tpls:
         return j
     die = s.die
     g = b.g
+    n = len(tpls)
     first0 = len(g.kind)
     i64 = np.int64
-    ks = np.fromiter(map(itemgetter(0), tpls), i64, len(tpls))
-    firsts = np.empty(len(tpls), i64)
-    firsts[0] = first0
-    np.cumsum(ks[:-1] + 4, out=firsts[1:])
-    firsts[1:] += first0
+    one = _one_read(uses)
+    if one is not None:  # every chain's read has the same ops: the columns repeat
+        ks = np.full(n, one[0], i64)
+        firsts = np.arange(first0, first0 + (one[0] + 4) * n, one[0] + 4, dtype=i64)
+    else:
+        ks = np.fromiter(map(itemgetter(0), tpls), i64, n)
+        firsts = np.empty(n, i64)
+        firsts[0] = first0
+        np.cumsum(ks[:-1] + 4, out=firsts[1:])
+        firsts[1:] += first0
     lasts = firsts + ks - 1  # each read's arrival: the slot's fill
     ops = firsts + ks  # the gemm; act, accum and free follow
     accums, frees = ops + 2, ops + 3
     from_c = chain.from_iterable
-    g.kind += from_c(map(itemgetter(1), tpls))
+    if one is not None:
+        g.kind += one[1] * n
+        g.res += one[3] * n
+    else:
+        g.kind += from_c(map(itemgetter(1), tpls))
+        g.res += from_c(map(itemgetter(3), tpls))
     g.dur += from_c(map(itemgetter(2), tpls))
-    g.res += from_c(map(itemgetter(3), tpls))
-    g.die += from_c(map(itemgetter(10), tpls))
-    g.layer += from_c(map(itemgetter(11), tpls))
+    width = int(frees[-1]) + 1 - first0  # the run's ops: one die, one layer
+    g.die += [die] * width
+    layer = ins[j].content.layer
+    lk = b.layers[layer][0]
+    g.layer += [lk] * width
     loads, gemms, accs = ins[j:after:5], ins[j + 1 : after : 5], ins[j + 3 : after : 5]
     _instrs(g.instr, ins[j:after], ks)
     first_l, free_l, op_l = firsts.tolist(), frees.tolist(), ops.tolist()
-    back_of = g.back_of
-    for f, tpl in zip(first_l, tpls, strict=True):
-        for o, back in tpl[4]:
-            back_of[f + o] = back
-    _count_bytes(b, die, tpls)
+    if any(u[0][4] for u in uses.values()):  # some read holds its channel back
+        back_of = g.back_of
+        for f, tpl in zip(first_l, tpls, strict=True):
+            for o, back in tpl[4]:
+                back_of[f + o] = back
+    _count_bytes(b, die, uses)
     # edges, kind by kind (each source's in the handlers' order): the chains' runs (the
     # read's chain, its arrival -> gemm -> act -> accum -> free); the fence's (load, gemm,
     # free of each chain in turn); each load's from the slot's last free; each gemm's from
@@ -221,7 +250,6 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
         dst.append(op_l[0])
     src.frombytes(accums[:-1].tobytes())
     dst.frombytes(ops[1:].tobytes())
-    layer = loads[0].content.layer
     a = s.last_recv.get((layer, "x"))
     if a is not None:
         src += array("q", (a,)) * len(tpls)
@@ -241,12 +269,11 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     b.closed_fills += _flat(np.full(len(tpls), die, i64), firsts, frees)
     b.energy.log_run(first_l, list(map(itemgetter(5), tpls)))
     # SRAM records of the layer's activations
-    lk = tpls[0][8]
     la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
     la.ops += _flat(firsts, lasts, ops, ops + 1, accums, frees)
     la.x_uses += zip(op_l, (i.tokens for i in gemms), strict=True)
     la.accums += zip(accums.tolist(), (i.tokens for i in accs), strict=True)
-    hbs = np.fromiter(map(itemgetter(9), tpls), i64, len(tpls))
+    hbs = np.fromiter(map(itemgetter(8), tpls), i64, n)
     la.h += _flat(ops, accums, hbs)
     return after
 
@@ -270,15 +297,24 @@ def _instrs(g_instr: list[Instr | None], run: Sequence[Instr], ks: np.ndarray) -
         g_instr += run[5 * c + 1 : 5 * c + 5]
 
 
-def _count_bytes(b: Builder, die: int, tpls: list[Any]) -> None:
+def _one_read(uses: dict[int, list[Any]]) -> Any:
+    """The template of a run's chains when their reads all have the same ops (kinds and
+    resources), else None."""
+    first = None
+    for tpl, _ in uses.values():
+        if first is None:
+            first = tpl
+        elif tpl[1] != first[1] or tpl[3] != first[3]:
+            return None
+    return first
+
+
+def _count_bytes(b: Builder, die: int, uses: dict[int, list[Any]]) -> None:
     """The bytes the run's reads move, per link, channel or host link (each template's bytes
     times its chains, links in the order the chains first cross them)."""
-    count = Counter(map(id, tpls))  # in the order of first use
-    by_id = dict(zip(map(id, tpls), tpls, strict=True))
     link_bytes, dram_bytes = b.link_bytes, b.dram_bytes
-    for t, m in count.items():
-        tpl = by_id[t]
-        channel, nbytes = tpl[12], tpl[13]
+    for tpl, m in uses.values():
+        channel, nbytes = tpl[9], tpl[10]
         for x in tpl[6]:
             link_bytes[x] += m * nbytes
         if channel == HOST_CHANNEL:
