@@ -265,8 +265,11 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             for slot in slots:
                 held.pop(slot, None)
     s.last_compute = int(accums[-1])
-    s.since_signal += _flat(lasts, accums, frees)
-    b.closed_fills += _flat(np.full(len(tpls), die, i64), firsts, frees)
+    since = s.since_signal  # typed from here on: read by the ``signal`` as it is
+    if type(since) is list:
+        since = s.since_signal = array("q", since)
+    since.frombytes(_flat_bytes(lasts, accums, frees))
+    b.closed_fills += _flat(np.full(n, die, i64), firsts, frees)
     b.energy.log_run(first_l, list(map(itemgetter(5), tpls)))
     # SRAM records of the layer's activations
     la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
