@@ -31,7 +31,7 @@ from array import array
 from collections import Counter
 from collections.abc import Sequence
 from itertools import chain
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,8 @@ from moec.backends.interp.chain_hints import take
 from moec.backends.interp.opgraph import COMPUTE, LOAD, SLICE_CHAIN, SYNC, Builder, DieState
 from moec.backends.interp.timing_ops import free, load, unit_costs
 from moec.ir.stream.program import HOST_CHANNEL, Accum, Act, Free, Gemm, Instr, Load, SliceRef
+
+_SLOT, _TOKENS = attrgetter("slot"), attrgetter("tokens")
 
 
 def _template(
@@ -220,7 +222,7 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     g.layer += [lk] * width
     loads, gemms, accs = ins[j:after:5], ins[j + 1 : after : 5], ins[j + 3 : after : 5]
     _instrs(g.instr, ins[j:after], ks)
-    first_l, free_l, op_l = firsts.tolist(), frees.tolist(), ops.tolist()
+    first_l, op_l = firsts.tolist(), ops.tolist()
     if any(u[0][4] for u in uses.values()):  # some read holds its channel back
         back_of = g.back_of
         for f, tpl in zip(first_l, tpls, strict=True):
@@ -237,14 +239,18 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     if fence is not None:
         src += array("q", (fence,)) * (3 * len(tpls))
         dst.frombytes(_flat_bytes(firsts, ops, frees))
-    slots = [il.slot for il in loads]
+    # each load's edge from its slot's last free: the run's previous chain on the slot, or,
+    # for a slot's first chain, the free before the run (none on a slot never freed)
+    slots = np.fromiter(map(_SLOT, loads), i64, n)
+    prev, first_c, last_c = _by_slot(slots)
+    used = slots[first_c].tolist()  # the run's slots in order of first use
     slot_free = s.slot_free
-    for slot, f, fr in zip(slots, first_l, free_l, strict=True):
-        a = slot_free.get(slot)
-        if a is not None:
-            src.append(a)
-            dst.append(f)
-        slot_free[slot] = fr
+    was = frees[prev]  # a slot's first chain: its entry is set next
+    was[first_c] = [-1 if a is None else a for a in map(slot_free.get, used)]
+    keep = was >= 0
+    src.frombytes(was[keep].tobytes())
+    dst.frombytes(firsts[keep].tobytes())
+    slot_free.update(zip(used, frees[last_c].tolist(), strict=True))
     if s.last_compute is not None:
         src.append(s.last_compute)
         dst.append(op_l[0])
@@ -257,12 +263,12 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     src.frombytes(lasts.tobytes())
     dst.frombytes(frees.tobytes())
     # the die's state after the run: each slot filled, computed and freed
-    s.slot_fill.update(zip(slots, lasts.tolist(), strict=True))
-    held_by = zip([il.content for il in loads], map(itemgetter(7), tpls), strict=True)
-    s.slot_fill_info.update(zip(slots, held_by, strict=True))
+    s.slot_fill.update(zip(used, lasts[last_c].tolist(), strict=True))
+    held_by = [(loads[c].content, tpls[c][7]) for c in last_c.tolist()]
+    s.slot_fill_info.update(zip(used, held_by, strict=True))
     for held in (s.slot_uses, s.slot_fill_rec, s.pending_h):
         if held:
-            for slot in slots:
+            for slot in used:
                 held.pop(slot, None)
     s.last_compute = int(accums[-1])
     since = s.since_signal  # typed from here on: read by the ``signal`` as it is
@@ -274,11 +280,32 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     # SRAM records of the layer's activations
     la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
     la.ops += _flat(firsts, lasts, ops, ops + 1, accums, frees)
-    la.x_uses += zip(op_l, (i.tokens for i in gemms), strict=True)
-    la.accums += zip(accums.tolist(), (i.tokens for i in accs), strict=True)
+    la.x_uses += zip(op_l, map(_TOKENS, gemms), strict=True)
+    la.accums += zip(accums.tolist(), map(_TOKENS, accs), strict=True)
     hbs = np.fromiter(map(itemgetter(8), tpls), i64, n)
     la.h += _flat(ops, accums, hbs)
     return after
+
+
+def _by_slot(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per chain of a run whose loads use ``slots``, the run's previous chain on the same slot
+    (-1: none); and per slot the run uses, in order of first use, its first and last chain."""
+    order = np.argsort(slots, kind="stable")
+    grouped = slots[order]
+    starts = np.empty(len(order), bool)
+    starts[0] = True
+    np.not_equal(grouped[1:], grouped[:-1], out=starts[1:])
+    ends = np.empty(len(order), bool)
+    ends[-1] = True
+    ends[:-1] = starts[1:]
+    before = np.empty_like(order)
+    before[0] = -1
+    before[1:] = order[:-1]
+    prev = np.empty_like(order)
+    prev[order] = np.where(starts, -1, before)
+    first_c, last_c = order[starts], order[ends]
+    by_use = np.argsort(first_c, kind="stable")
+    return prev, first_c[by_use], last_c[by_use]
 
 
 def _instrs(g_instr: list[Instr | None], run: Sequence[Instr], ks: np.ndarray) -> None:
