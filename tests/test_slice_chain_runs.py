@@ -1,5 +1,5 @@
 """A run of streamed micro-slices added in one step (:func:`slice_chain.slice_run`): its slot
-groups, and its two column paths (every read alike, or reads of several shapes)."""
+groups, and its columns by segments of alike reads (one segment, or several)."""
 
 from __future__ import annotations
 
@@ -51,19 +51,19 @@ def test_runs_of_alike_and_mixed_reads_time_as_the_handlers(
     from moec.compiler.bench.report import rows_json
 
     seen: list[bool] = []
-    real = slice_chain._one_read
+    real = slice_chain._segments
 
-    def recorded(uses: dict[int, list[Any]]) -> Any:
-        one = real(uses)
-        seen.append(one is not None)
-        return one
+    def recorded(tpls: list[Any], uses: dict[int, list[Any]]) -> Any:
+        segments = real(tpls, uses)
+        seen.append(len(segments) == 1)
+        return segments
 
     def report() -> str:
         rows = run_bench("deepseek-moe-16b", target, [64], [strategy], layers=2)
         return rows_json(rows)
 
-    monkeypatch.setattr(slice_chain, "_one_read", recorded)
+    monkeypatch.setattr(slice_chain, "_segments", recorded)
     batched = report()
-    assert set(seen) == paths  # True: a run's reads all alike
+    assert set(seen) == paths  # True: a run's reads all alike (one segment)
     monkeypatch.setattr(Builder, "batch_slices", False)
     assert batched == report()

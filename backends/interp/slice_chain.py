@@ -194,12 +194,15 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     n = len(tpls)
     first0 = len(g.kind)
     i64 = np.int64
-    one = _one_read(uses)
-    if one is not None:  # every chain's read has the same ops: the columns repeat
-        ks = np.full(n, one[0], i64)
-        firsts = np.arange(first0, first0 + (one[0] + 4) * n, one[0] + 4, dtype=i64)
+    segments = _segments(tpls, uses)
+    if len(segments) == 1:  # every chain's read has the same ops
+        k = segments[0][2][0]
+        ks = np.full(n, k, i64)
+        firsts = np.arange(first0, first0 + (k + 4) * n, k + 4, dtype=i64)
     else:
-        ks = np.fromiter(map(itemgetter(0), tpls), i64, n)
+        ks = np.empty(n, i64)
+        for a, z, (k, _, _) in segments:
+            ks[a:z] = k
         firsts = np.empty(n, i64)
         firsts[0] = first0
         np.cumsum(ks[:-1] + 4, out=firsts[1:])
@@ -207,21 +210,17 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     lasts = firsts + ks - 1  # each read's arrival: the slot's fill
     ops = firsts + ks  # the gemm; act, accum and free follow
     accums, frees = ops + 2, ops + 3
-    from_c = chain.from_iterable
-    if one is not None:
-        g.kind += one[1] * n
-        g.res += one[3] * n
-    else:
-        g.kind += from_c(map(itemgetter(1), tpls))
-        g.res += from_c(map(itemgetter(3), tpls))
-    g.dur += from_c(map(itemgetter(2), tpls))
+    for a, z, (k, kinds, res) in segments:  # the columns repeat along a segment
+        g.kind += kinds * (z - a)
+        g.res += res * (z - a)
+        _instrs(g.instr, ins[j + 5 * a : j + 5 * z], k)
+    g.dur += chain.from_iterable(map(itemgetter(2), tpls))
     width = int(frees[-1]) + 1 - first0  # the run's ops: one die, one layer
     g.die += [die] * width
     layer = ins[j].content.layer
     lk = b.layers[layer][0]
     g.layer += [lk] * width
     loads, gemms, accs = ins[j:after:5], ins[j + 1 : after : 5], ins[j + 3 : after : 5]
-    _instrs(g.instr, ins[j:after], ks)
     first_l, op_l = firsts.tolist(), ops.tolist()
     if any(u[0][4] for u in uses.values()):  # some read holds its channel back
         back_of = g.back_of
@@ -308,35 +307,37 @@ def _by_slot(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return prev, first_c[by_use], last_c[by_use]
 
 
-def _instrs(g_instr: list[Instr | None], run: Sequence[Instr], ks: np.ndarray) -> None:
-    """Each op's instruction: a chain's load for its read's ``k`` ops, then its gemm, act,
-    accum and free (``run``: the chains' five instructions each)."""
-    k = int(ks[0])
-    if (ks == k).all():  # one read shape: the instructions by strided slices
-        width = k + 4
-        out: list[Any] = [None] * (width * len(ks))
-        loads = run[::5]
-        for o in range(k):
-            out[o::width] = loads
-        for o in range(1, 5):
-            out[k + o - 1 :: width] = run[o::5]
-        g_instr += out
-        return
-    for c, kc in enumerate(ks.tolist()):
-        g_instr += (run[5 * c],) * kc
-        g_instr += run[5 * c + 1 : 5 * c + 5]
+def _instrs(g_instr: list[Instr | None], run: Sequence[Instr], k: int) -> None:
+    """Each op's instruction, for chains whose reads have ``k`` ops each (``run``: their five
+    instructions each): a chain's load for its read's ops, then its gemm, act, accum and free,
+    by strided slices."""
+    width = k + 4
+    out: list[Any] = [None] * (width * (len(run) // 5))
+    loads = run[::5]
+    for o in range(k):
+        out[o::width] = loads
+    for o in range(1, 5):
+        out[k + o - 1 :: width] = run[o::5]
+    g_instr += out
 
 
-def _one_read(uses: dict[int, list[Any]]) -> Any:
-    """The template of a run's chains when their reads all have the same ops (kinds and
-    resources), else None."""
-    first = None
-    for tpl, _ in uses.values():
-        if first is None:
-            first = tpl
-        elif tpl[1] != first[1] or tpl[3] != first[3]:
-            return None
-    return first
+def _segments(
+    tpls: list[Any], uses: dict[int, list[Any]]
+) -> list[tuple[int, int, tuple[int, tuple[int, ...], tuple[int, ...]]]]:  # fmt: skip
+    """The run's chains cut where their reads' ops change: per segment, its first chain, the
+    chain after its last, and its reads' op count, op kinds and resources (a few segments per
+    run: the shared experts' slices from a remote channel, an expert streamed from another)."""
+    classes: dict[tuple[Any, ...], int] = {}
+    class_of = {
+        t: classes.setdefault((tpl[0], tpl[1], tpl[3]), len(classes))
+        for t, (tpl, _) in uses.items()
+    }
+    shapes = list(classes)
+    if len(shapes) == 1:
+        return [(0, len(tpls), shapes[0])]
+    cl = np.fromiter(map(class_of.__getitem__, map(id, tpls)), np.int64, len(tpls))
+    bounds = [0, *(np.flatnonzero(cl[1:] != cl[:-1]) + 1).tolist(), len(tpls)]
+    return [(a, z, shapes[cl[a]]) for a, z in zip(bounds, bounds[1:], strict=False)]
 
 
 def _count_bytes(b: Builder, die: int, uses: dict[int, list[Any]]) -> None:
