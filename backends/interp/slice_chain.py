@@ -11,7 +11,8 @@ other in a die's stream (:func:`.expand.streaming.stream_runs`)::
 
 :func:`slice_run` adds their ops, edges, energy charges and SRAM records, for a whole run of
 such chains one after the other in a stream in one call, from one template memoized per shape
-(channel, die, bytes, the slice's layer and geometry, token counts): the read's chain
+(channel, die, bytes, the slice's geometry, token counts; no layer in it, so the parts of a
+layer-by-layer run share it): the read's chain
 (:meth:`~.opgraph.Builder.read`), the slice's three compute ops (:func:`.timing_ops.slice_unit`)
 and the ``free``. It is not a new model: every op, duration, resource, edge (in the same place of
 the same successor list), charge (in the same order) and record is what the five handlers add
