@@ -174,7 +174,7 @@ class DieState:
         #: the latest wait: nothing after it issues before it completes
         self.fence: int | None = None
         #: ops issued since the latest signal (the next signal waits for them)
-        self.since_signal: list[int] = []
+        self.since_signal: list[int] | array[int] = []  # typed by a run of streamed slices
         self.last_signal: int | None = None
         self.last_compute: int | None = None
         #: per slot: the op at which its fill has arrived, what it holds at which precision, the

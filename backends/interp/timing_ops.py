@@ -21,6 +21,7 @@ bit (``Builder.batch_slices = False`` is the reference, compared in ``tests/test
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -390,8 +391,11 @@ def signal(b: Builder, s: DieState, i: Signal) -> None:
     g.edge(s.fence, op)
     g.edge(s.last_signal, op)
     since = s.since_signal  # earlier ops (op is new: no self edge), in issue order
-    g.src.fromlist(since)
-    g.dst.fromlist([op] * len(since))
+    if type(since) is list:
+        g.src.fromlist(since)
+    else:  # typed by a run of streamed slices (:func:`.slice_chain.slice_run`)
+        g.src += since
+    g.dst += array("q", (op,)) * len(since)
     s.since_signal = []
     s.last_signal = op
     b.signal_event[op] = i.event
