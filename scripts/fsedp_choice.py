@@ -8,7 +8,8 @@ MoE layers) and runs :func:`moec.fsedp_slices.choose_slices` once, then prints, 
 fits (finest first): its hard lower bound
 (:func:`~moec.backends.interp.expand.fsedp.iteration_bound`), the scheduler's prediction and
 the interpreter's measurement where the search made them, each as a ratio to the winner's
-measurement, the bound the search pruned on after predicting (``prediction x (1 - error)``,
+measurement (``> x`` for a timing stopped once above the fastest measured before it, x that
+fastest), the bound the search pruned on after predicting (``prediction x (1 - error)``,
 :func:`~moec.fsedp_slices.estimate_error`) and ``measured / predicted``; then how many counts
 were predicted and measured, and the CPU time of the choice. A count is measured exactly when
 its bound is not above the winner's measurement, so the table shows how much tighter a bound
@@ -69,12 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{c:6d}", f"{hard / win:8.4f}"]
         cells.append(f"{p / win:8.4f}" if p is not None else " " * 8)
         cells.append(f"{max(hard, p * (1 - error)) / win:13.4f}" if p is not None else " " * 13)
-        cells.append(f"{m / win:8.4f}" if m is not None else " " * 8)
+        above = choice.stopped.get(c)  # timed only until it could not win
+        if m is not None:
+            cells.append(f"{m / win:8.4f}")
+        else:
+            cells.append(f"> {above / win:6.4f}" if above is not None else " " * 8)
         cells.append(f"{m / p:9.4f}" if m is not None and p is not None else "")
         print("  ".join(cells))
     print(
         f"{len(choice.bound)} counts fit, {len(choice.predicted)} predicted, "
-        f"{len(choice.measured)} measured; the choice took {cpu:.2f} s CPU"
+        f"{len(choice.measured) + len(choice.stopped)} timed ({len(choice.stopped)} stopped "
+        f"once above the fastest so far); the choice took {cpu:.2f} s CPU"
     )
     return 0
 

@@ -54,14 +54,7 @@ def catchup_instructions(instrs: list[Instr]) -> tuple[list[Instr], int]:
 
 def charge_deferred(p: Program, tl: Timeline) -> None:
     """Move the catch-up ops of ``p`` (a static program ``tl`` timed) out of their layers."""
-    ids: set[int] = set()
-    total = 0
-    for st in p.streams:
-        if not _has_catchup(st.instrs):
-            continue  # most streams: no token buffering, nothing to walk instruction by instruction
-        instrs, pairs = catchup_instructions(st.instrs)
-        ids.update(id(i) for i in instrs)
-        total += pairs
+    ids, total = _catchup(p)
     if not ids:
         return
     spans: dict[int, list[float]] = {}
@@ -72,6 +65,25 @@ def charge_deferred(p: Program, tl: Timeline) -> None:
             tl.layer[op] = -1
     tl.extra["deferred_pairs"] = total
     tl.extra["deferred_s"] = sum(hi - lo for lo, hi in spans.values())
+
+
+def catchup_ids(p: Program) -> set[int]:
+    """The ``id`` of every instruction of ``p`` inside a catch-up step (those
+    :func:`charge_deferred` takes out of their layers)."""
+    return _catchup(p)[0]
+
+
+def _catchup(p: Program) -> tuple[set[int], int]:
+    """:func:`catchup_ids`, and the routed pairs the catch-up steps accumulate."""
+    ids: set[int] = set()
+    total = 0
+    for st in p.streams:
+        if not _has_catchup(st.instrs):
+            continue  # most streams: no token buffering, nothing to walk instruction by instruction
+        instrs, pairs = catchup_instructions(st.instrs)
+        ids.update(id(i) for i in instrs)
+        total += pairs
+    return ids, total
 
 
 def _has_catchup(instrs: list[Instr]) -> bool:
