@@ -227,7 +227,11 @@ def run_timing(
         kind = np.fromiter(g.kind, np.int64, n)
         res = np.fromiter(g.res, np.int64, n)
         layer = np.fromiter(g.layer, np.int64, n)
-    watch = _first_layer_ops(p, g.layer, g.instr) if limit is not None else None
+    watch = None
+    if limit is not None:  # imported here: fsedp_deferred imports this module's Timeline
+        from moec.backends.interp.expand.fsedp_deferred import iteration_ops
+
+        watch = iteration_ops(p, layer, g.instr, b.signal_event.values()) == 0
     start, end = run_events(
         g.src, g.dst, g.runs, g.dur, res, kind, g.back_of, free_at, busy, clock, b.signal_event,
         b.waiters, watch, limit if limit is not None else math.inf,
@@ -270,17 +274,3 @@ def run_timing(
         peak_sram_slots=peak_slots, peak_sram_activations=peak_acts, peak_slot_bytes=slot_peak,
         energy=b.energy,
     )  # fmt: skip
-
-
-def _first_layer_ops(p: Program, layer: Ints, instrs: list[Instr | None]) -> np.ndarray:
-    """Per op, whether it is one of ``p``'s first MoE layer's ops that the layer's span is
-    taken over: tagged layer 0 and not in a token-buffered catch-up step (those
-    :func:`~.expand.fsedp_deferred.charge_deferred` moves out of the layer after the run)."""
-    # imported here: fsedp_deferred imports this module's Timeline
-    from moec.backends.interp.expand.fsedp_deferred import catchup_ids
-
-    watch = np.asarray(layer, np.int64) == 0
-    ids = catchup_ids(p)
-    if ids:
-        watch[[op for op, i in enumerate(instrs) if i is not None and id(i) in ids]] = False
-    return watch

@@ -12,6 +12,10 @@ absorb).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
 from moec.backends.interp.timing import Timeline
 from moec.ir.stream.program import Accum, Instr, Load, Program, Recv, Signal, SliceRef, Wait
 
@@ -67,10 +71,18 @@ def charge_deferred(p: Program, tl: Timeline) -> None:
     tl.extra["deferred_s"] = sum(hi - lo for lo, hi in spans.values())
 
 
-def catchup_ids(p: Program) -> set[int]:
-    """The ``id`` of every instruction of ``p`` inside a catch-up step (those
-    :func:`charge_deferred` takes out of their layers)."""
-    return _catchup(p)[0]
+def iteration_ops(
+    p: Program, layer: Sequence[int] | np.ndarray, instrs: list[Instr | None],
+    events: Iterable[str],
+) -> np.ndarray:  # fmt: skip
+    """Per op of a timing run of ``p`` (its ``layer`` tags and instructions, ``events`` those
+    its signals increment), its layer once :func:`charge_deferred` has run: the tag, -1 for
+    an op of a catch-up step. Only a program with a catch-up step is walked."""
+    out = np.array(layer, np.int64)
+    if any(ev.endswith(DEFERRED_SUFFIX) for ev in set(events)):
+        ids = _catchup(p)[0]
+        out[[op for op, i in enumerate(instrs) if i is not None and id(i) in ids]] = -1
+    return out
 
 
 def _catchup(p: Program) -> tuple[set[int], int]:
