@@ -69,6 +69,7 @@ import numpy as np
 from moec.backends.interp import RunResult, event_loop, simulate
 from moec.backends.interp.expand import fsedp_compiled
 from moec.backends.interp.expand.fsedp import iteration_bound, plans_shared, predicted_schedule
+from moec.backends.interp.simulate import gc_paused
 from moec.backends.interp.summary import layer_parts, moe_summary
 from moec.compiler.lower import lower as lower_strategy
 from moec.compiler.lower.fsedp import MIN_AUTO_WIDTH
@@ -251,7 +252,10 @@ def choose_slices(
         return None
     first = base.layers[0]
     tgt = load_target(target.spec, dict(target.overrides), base_dir=kw.get("base_dir"))
-    with plans_shared() as plans:
+    # the collector paused for the whole choice, as ``moec bench`` runs it: a timing stopped
+    # past its limit unwinds with its part's ops alive, and a collection as its run's own pause
+    # ends would walk them all
+    with plans_shared() as plans, gc_paused():
         try:
             return _choose(module, target, strategy, options, routing, first.ffn, tgt, plans, **kw)
         finally:
