@@ -106,6 +106,10 @@ VARIANT_ERROR: dict[tuple[str, str, bool, bool], float] = {
 #: free: 4.3 on the 8x8 point, 9.1 under naive rules): what the choice expects of a timing before
 #: it has timed one, to pick the event loop's implementation (never a number).
 OPS_PER_SLICE = 4
+#: Whether a timing after the first stops once it cannot win (module doc). False times every
+#: count to the end: the same choice, the reference ``tests/test_fsedp_slices_cutoff.py`` and
+#: ``scripts/fsedp_choice.py --rounds`` compare against.
+STOP_LOSERS = True
 #: Schedules kept from prediction to timing: those of the counts predicted fastest so far (the
 #: ones timed first); a count timed without its schedule kept is scheduled again.
 KEEP_SCHEDULES = 8
@@ -327,7 +331,8 @@ def _choose(
         else:  # and those timed too were this count measured as predicted
             _expect_timings(OPS_PER_SLICE * per_slice * c, heap, predicted[c])
         try:
-            t, run, ops = _measure(programs[c], tgt, routing, fastest if measured else None)
+            limit = fastest if STOP_LOSERS and measured else None
+            t, run, ops = _measure(programs[c], tgt, routing, limit)
         except event_loop.PastLimit as past:  # above the fastest: it cannot beat nor tie it
             t, run, ops = None, None, past.ops
             stopped[c] = past.limit

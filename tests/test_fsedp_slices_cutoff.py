@@ -33,21 +33,11 @@ def _choose(case: tuple, strategy: str) -> Any:
     return fs.choose_slices(module, ref, name, options, trace, base)
 
 
-def _without_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every timing run to its end (the choice as it was made before timings could stop)."""
-    real = fs._measure
-
-    def full(program: Any, target: Any, routing: Any, limit: float | None = None) -> Any:
-        return real(program, target, routing)
-
-    monkeypatch.setattr(fs, "_measure", full)
-
-
 def _same_choice(case: tuple, strategy: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The choice with and without stopping agree (module doc); the one with stops."""
     got = _choose(case, strategy)
-    with monkeypatch.context() as m:
-        _without_limit(m)
+    with monkeypatch.context() as m:  # every timing run to its end, as before they could stop
+        m.setattr(fs, "STOP_LOSERS", False)
         full = _choose(case, strategy)
     assert got is not None and full is not None
     assert (got.count, got.predicted, got.bound) == (full.count, full.predicted, full.bound)

@@ -80,8 +80,8 @@ def iteration_ops(
     an op of a catch-up step. Only a program with a catch-up step is walked."""
     out = np.array(layer, np.int64)
     if any(ev.endswith(DEFERRED_SUFFIX) for ev in set(events)):
-        ids = _catchup(p)[0]
-        out[[op for op, i in enumerate(instrs) if i is not None and id(i) in ids]] = -1
+        ids = _catchup(p)[0]  # (None's id is no instruction's)
+        out[np.fromiter(map(ids.__contains__, map(id, instrs)), np.bool_, len(instrs))] = -1
     return out
 
 
@@ -90,16 +90,26 @@ def _catchup(p: Program) -> tuple[set[int], int]:
     ids: set[int] = set()
     total = 0
     for st in p.streams:
-        if not _has_catchup(st.instrs):
+        k = _first_catchup(st.instrs)
+        if k is None:
             continue  # most streams: no token buffering, nothing to walk instruction by instruction
-        instrs, pairs = catchup_instructions(st.instrs)
+        # nothing before the first catch-up signal is in a catch-up step: walked from there
+        instrs, pairs = catchup_instructions(st.instrs[k:])
         ids.update(id(i) for i in instrs)
         total += pairs
     return ids, total
 
 
-def _has_catchup(instrs: list[Instr]) -> bool:
-    """Whether a stream has a catch-up step (a ``signal <layer>.deferred``): one pass that
-    only compares each instruction's class (``Signal`` has no subclass)."""
-    signals = [i for i in instrs if i.__class__ is Signal]
-    return any(i.event.endswith(DEFERRED_SUFFIX) for i in signals)  # type: ignore[attr-defined]
+def _first_catchup(instrs: list[Instr]) -> int | None:
+    """Where a stream's first catch-up step starts (its ``signal <layer>.deferred``), None
+    when it has none: the signals found by ``list.index`` over the instructions' classes (a
+    scan in C; ``Signal`` has no subclass), only their events compared in Python."""
+    classes = list(map(type, instrs))
+    k = -1
+    while True:
+        try:
+            k = classes.index(Signal, k + 1)
+        except ValueError:
+            return None
+        if instrs[k].event.endswith(DEFERRED_SUFFIX):  # type: ignore[attr-defined]
+            return k
