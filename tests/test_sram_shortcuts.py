@@ -120,18 +120,19 @@ def test_repeats_says_whether_a_token_appears_twice() -> None:
 
 @pytest.mark.parametrize("held", [0.0, 0.3, 1.0])
 def test_fill_columns_reads_the_records_as_the_reference(held: float) -> None:
-    """The fill records as columns (read by ``map``; the free ops at once unless some fill is
-    held to the end) against one record at a time, with ``closed`` fills after them."""
+    """The flat fill records (die, fill op, free op or -1) as columns, against one record at
+    a time, with ``closed`` fills after them."""
     rng = np.random.default_rng(int(held * 10))
-    fills = []
+    fills: list[int] = []
     for _ in range(200):
         die, op = int(rng.integers(0, 8)), int(rng.integers(0, 1000))
-        fills.append((die, op, [op] if rng.random() < held else [op, int(rng.integers(0, 1000))]))
+        fills += (die, op, -1 if rng.random() < held else int(rng.integers(0, 1000)))
     closed = rng.integers(0, 1000, size=3 * 50).tolist()
-    for f, c in ((fills, closed), (fills, []), ([], closed)):
+    for f, c in ((fills, closed), (fills, []), ([], closed), ([], [])):
         got = sram._fill_columns(f, c)
-        rows = [(d, op, rec[1] if len(rec) > 1 else -1) for d, op, rec in f]
+        rows = [tuple(f[k : k + 3]) for k in range(0, len(f), 3)]
         rows += [tuple(c[k : k + 3]) for k in range(0, len(c), 3)]
         ref = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        assert all(got[k].size == len(rows) for k in range(3))
         for k in range(3):
             assert got[k].dtype == np.int64 and np.array_equal(got[k], ref[:, k])

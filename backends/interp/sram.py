@@ -376,7 +376,7 @@ def _pairs(
 def sram_peaks(
     num_dies: int,
     pools: dict[int, int],
-    fills: Sequence[tuple[int, int, list[int]]],
+    fills: Sequence[int],
     acts: dict[tuple[int, int], LayerActs],
     layers: Sequence[MoEDecl],
     start: Sequence[float],
@@ -387,10 +387,10 @@ def sram_peaks(
     """Per die: peak SRAM (slots + activations), its slot and activation parts at the peak,
     and the peak of slots alone.
 
-    ``pools``: slot bytes per die; ``fills``: ``(die, fill op, [fill op, free op])`` per slot
-    fill (no free op: held to the end); ``closed``: more fills, flat ``die, fill op, free op``
-    (their place among ``fills`` does not matter: a die's fills are all one slot size, so
-    equal times give equal events); ``acts``: per (die, layer index) what it did.
+    ``pools``: slot bytes per die; ``fills``: per slot fill, flat, ``die, fill op, free op``
+    (free op -1: held to the end); ``closed``: more fills, the same way (their place among
+    ``fills`` does not matter: a die's fills are all one slot size, so equal times give equal
+    events); ``acts``: per (die, layer index) what it did.
     """
     D = num_dies
     start_a, end_a = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
@@ -440,29 +440,13 @@ def sram_peaks(
 
 
 def _fill_columns(
-    fills: Sequence[tuple[int, int, list[int]]], closed: Sequence[int]
+    fills: Sequence[int], closed: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """:func:`sram_peaks`'s ``fills`` then ``closed`` as three columns: die, fill op, free op
-    (-1: none). The fills' objects are scattered in memory (each made when its op was built),
-    so reading them costs a cache miss per object, not per field: each object is visited once
-    (the records, then their ops flat, by ``chain`` in C), and the fill op is read as each
-    record's first entry (the record starts with it)."""
-    n = len(fills)
-    f_die = np.fromiter(map(itemgetter(0), fills), np.int64, n)
-    recs = list(map(itemgetter(2), fills))
-    flat = np.fromiter(chain.from_iterable(recs), np.int64)
-    if flat.size == 2 * n:  # every fill freed (the usual case): [fill op, free op] each
-        f_op, f_free = flat[0::2], flat[1::2]
-    else:  # some held to the end: [fill op] alone
-        lens = np.fromiter(map(len, recs), np.int64, n)
-        at = np.cumsum(lens) - lens
-        f_op = flat[at]
-        f_free = np.where(lens > 1, flat[np.minimum(at + 1, flat.size - 1)], -1)
-    if closed:
-        more = np.fromiter(closed, np.int64, len(closed)).reshape(-1, 3)
-        f_die, f_op, f_free = (np.concatenate([c, more[:, k]]) for k, c in enumerate(
-            (f_die, f_op, f_free)))  # fmt: skip
-    return f_die, f_op, f_free
+    """:func:`sram_peaks`'s ``fills`` then ``closed`` (each flat: die, fill op, free op) as
+    three columns: die, fill op, free op (-1: none)."""
+    n = len(fills) + len(closed)
+    flat = np.fromiter(chain(fills, closed), np.int64, n).reshape(-1, 3)
+    return flat[:, 0], flat[:, 1], flat[:, 2]
 
 
 def sram_overflow(
