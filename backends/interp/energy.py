@@ -157,8 +157,8 @@ class EnergyLedger:
             )  # fmt: skip
             self._tabled = len(self._blocks)
         off, die, part, j, start, size = self._tables
-        first = np.asarray(self._firsts, np.int64)
-        which = np.asarray(self._which, np.int64)
+        first = np.fromiter(self._firsts, np.int64, len(self._firsts))
+        which = np.fromiter(self._which, np.int64, len(self._which))
         self._firsts.clear()
         self._which.clear()
         n = size[which]
