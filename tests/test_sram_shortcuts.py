@@ -110,6 +110,28 @@ def test_token_index_expands_as_the_ranges() -> None:
         )
 
 
+def test_distinct_tokens_mask_as_set_by_set() -> None:
+    """A mask from ``distinct_tokens`` (fresh sets as one array, known ones from the index)
+    against the union of each set's tokens; the fresh sets land in the index as ``_ranges``
+    expands each alone."""
+    rng = np.random.default_rng(2)
+    sets = [
+        TokenSet.of(rng.choice(64, size=int(k), replace=False).tolist()) for k in (0, 5, 20, 64)
+    ]
+    sets += [sets[1], TokenSet(sets[2].ranges), TokenSet(())]  # shared, equal, empty
+    index = sram.TokenIndex()
+    for take in (sets[:3], sets, sets[::-1], [], sets[4:], sets[1:2]):
+        mask = np.zeros(64, dtype=bool)
+        mask[index.distinct_tokens(take)] = True
+        ref = np.zeros(64, dtype=bool)
+        for ts in take:
+            ref[list(ts)] = True
+        assert np.array_equal(mask, ref)
+        assert np.array_equal(sram._mask(take, 64, index), ref)
+        for ts, a in zip(take, index.arrays(take), strict=True):
+            assert a.dtype == np.int64 and np.array_equal(a, sram._ranges([ts])[0])
+
+
 def test_repeats_says_whether_a_token_appears_twice() -> None:
     rng = np.random.default_rng(1)
     for size in (0, 1, 2, 5, 40):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, filterfalse
 from operator import itemgetter
 
 import numpy as np
@@ -88,15 +88,35 @@ class TokenIndex:
         arr = self._arr
         ids = list(map(id, sets))
         by_id = dict(zip(ids, sets, strict=True))
-        fresh = [ts for k, ts in by_id.items() if k not in arr]
+        fresh = list(map(by_id.__getitem__, filterfalse(arr.__contains__, by_id)))
         if fresh:
-            flat, owner = _ranges(fresh)
-            # each set's size from its entries (``ts.size`` would add its ranges in Python)
-            cuts = np.cumsum(np.bincount(owner, minlength=len(fresh)))[:-1]
-            for ts, a in zip(fresh, np.split(flat, cuts), strict=True):
-                arr[id(ts)] = a
-            self._sets += fresh
+            self._expand(fresh)
         return list(map(arr.__getitem__, by_id if distinct else ids))
+
+    def distinct_tokens(self, sets: list[TokenSet]) -> np.ndarray:
+        """The tokens of each distinct set object of ``sets``, concatenated in no particular
+        order (what a mask needs): the sets not yet expanded as the one array expanding them
+        gives, not set by set."""
+        arr = self._arr
+        by_id = dict(zip(map(id, sets), sets, strict=True))
+        pieces = list(map(arr.__getitem__, filter(arr.__contains__, by_id)))
+        fresh = list(map(by_id.__getitem__, filterfalse(arr.__contains__, by_id)))
+        if fresh:
+            pieces.append(self._expand(fresh))
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+
+    def _expand(self, fresh: list[TokenSet]) -> np.ndarray:
+        """Expand ``fresh`` (sets not in the index yet) into it, each set's array a view of
+        one array of all their tokens, set after set; that array."""
+        flat, owner = _ranges(fresh)
+        # each set's size from its entries (``ts.size`` would add its ranges in Python); the
+        # views made in C (``np.split`` makes each in Python)
+        ends = np.cumsum(np.bincount(owner, minlength=len(fresh)))
+        starts = np.r_[0, ends[:-1]]
+        views = map(flat.__getitem__, map(slice, starts.tolist(), ends.tolist()))
+        self._arr.update(zip(map(id, fresh), views))
+        self._sets += fresh
+        return flat
 
     def tokens(self, sets: list[TokenSet]) -> np.ndarray:
         """The first of :func:`_ranges`'s arrays for ``sets`` (their tokens, set after set)."""
@@ -116,7 +136,7 @@ class TokenIndex:
 def _mask(sets: list[TokenSet], n: int, index: TokenIndex | None = None) -> np.ndarray:
     m = np.zeros(n, dtype=bool)
     if sets:  # each set object once (a token set twice is harmless; comparing sets costs more)
-        m[np.concatenate((index or TokenIndex()).arrays(sets, distinct=True))] = True
+        m[(index or TokenIndex()).distinct_tokens(sets)] = True
     return m
 
 
