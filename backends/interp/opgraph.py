@@ -178,8 +178,7 @@ class DieState:
         self.last_signal: int | None = None
         self.last_compute: int | None = None
         #: per slot: the op at which its fill has arrived, what it holds at which precision, the
-        #: ops using it since, the op of its latest free, and where its fill's free op goes in
-        #: the builder's ``fills``
+        #: ops using it since, the op of its latest free, and its fill's free op's index in fills
         self.slot_fill: dict[int, int] = {}
         self.slot_fill_info: dict[int, tuple[SliceRef | None, str]] = {}
         self.slot_uses: dict[int, list[int]] = defaultdict(list)
@@ -260,8 +259,7 @@ class Builder:
         self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.waiters: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
         self.signal_event: dict[int, str] = {}
-        #: slot fills and frees, for SRAM, flat: die, fill op, free op (-1 until it comes;
-        #: three ints a fill, no record object to make, read back or free)
+        # slot fills and frees, for SRAM, flat (no record objects): die, fill op, free op or -1
         self.fills: list[int] = []
         #: fills whose free is known when they are added (a streamed micro-slice), flat: die,
         #: fill op, free op
