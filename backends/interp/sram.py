@@ -114,7 +114,7 @@ class TokenIndex:
         ends = np.cumsum(np.bincount(owner, minlength=len(fresh)))
         starts = np.r_[0, ends[:-1]]
         views = map(flat.__getitem__, map(slice, starts.tolist(), ends.tolist()))
-        self._arr.update(zip(map(id, fresh), views))
+        self._arr.update(zip(map(id, fresh), views, strict=True))
         self._sets += fresh
         return flat
 
