@@ -267,9 +267,8 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 slot_fill[slot] = op
                 slot_info[slot] = (c, tpl[5])
                 slot_uses[slot] = []
-                rec = [hold]
-                fills.append((die, hold, rec))
-                slot_rec[slot] = rec
+                slot_rec[slot] = len(fills) + 2
+                fills += (die, hold, -1)
             since(op)
         elif cls is Free:
             slot = i.slot
@@ -301,7 +300,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             slot_free[slot] = op
             rec = slot_rec.pop(slot, None)
             if rec is not None:
-                rec.append(op)
+                fills[rec] = op
             since(op)
         elif cls is Gemm:
             if j + 2 >= n:
@@ -401,9 +400,8 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             slot_fill[slot] = op
             slot_info[slot] = (c, prec)
             slot_uses[slot] = []
-            rec = [first]
-            fills.append((die, first, rec))
-            slot_rec[slot] = rec
+            slot_rec[slot] = len(fills) + 2
+            fills += (die, first, -1)
             since(op)
         else:
             break

@@ -379,7 +379,7 @@ def free(b: Builder, s: DieState, i: Free) -> None:
     s.slot_free[i.slot] = op
     rec = s.slot_fill_rec.pop(i.slot, None)
     if rec is not None:
-        rec.append(op)
+        b.fills[rec] = op
     s.since_signal.append(op)
 
 
