@@ -48,6 +48,12 @@ the ops still to time to the event loop (:func:`~moec.backends.interp.event_loop
 last timing's ops per count not yet ruled out; before the first, :data:`OPS_PER_SLICE`), so
 that each switches to its compiled kernel (numba) as soon as that work pays for loading it,
 not after its reference has done that much. Which implementation runs never changes a number.
+A count timed after the first is timed only as far as it can still win: its run stops
+(``simulate(..., limit=)``, :class:`~moec.backends.interp.event_loop.PastLimit`) as soon as
+its layer's ops span more than the fastest measured so far, before its SRAM peaks and summary
+(:attr:`SliceChoice.stopped`). Such a count measures above the fastest, so it neither beats
+nor ties it, whichever count it is and whatever is timed after it: the choice is the one the
+full timings make.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ import numpy as np
 from moec.backends.interp import RunResult, event_loop, simulate
 from moec.backends.interp.expand import fsedp_compiled
 from moec.backends.interp.expand.fsedp import iteration_bound, plans_shared, predicted_schedule
+from moec.backends.interp.simulate import gc_paused
 from moec.backends.interp.summary import layer_parts, moe_summary
 from moec.compiler.lower import lower as lower_strategy
 from moec.compiler.lower.fsedp import MIN_AUTO_WIDTH
@@ -99,6 +106,10 @@ VARIANT_ERROR: dict[tuple[str, str, bool, bool], float] = {
 #: free: 4.3 on the 8x8 point, 9.1 under naive rules): what the choice expects of a timing before
 #: it has timed one, to pick the event loop's implementation (never a number).
 OPS_PER_SLICE = 4
+#: Whether a timing after the first stops once it cannot win (module doc). False times every
+#: count to the end: the same choice, the reference ``tests/test_fsedp_slices_cutoff.py`` and
+#: ``scripts/fsedp_choice.py --rounds`` compare against.
+STOP_LOSERS = True
 #: Schedules kept from prediction to timing: those of the counts predicted fastest so far (the
 #: ones timed first); a count timed without its schedule kept is scheduled again.
 KEEP_SCHEDULES = 8
@@ -108,14 +119,17 @@ KEEP_SCHEDULES = 8
 class SliceChoice:
     """The chosen count; per count that fits, its hard lower bound
     (:func:`~moec.backends.interp.expand.fsedp.iteration_bound`), and of those scheduled the
-    predicted span of the first MoE layer, and of those run the measured MoE latency (seconds);
-    the chosen program, and its whole run under the routing when its measurement was one (a
-    program of one MoE layer), else None."""
+    predicted span of the first MoE layer, and of those run to the end the measured MoE
+    latency (seconds), and of those whose run stopped once it could not win (``stopped``) the
+    fastest measured before it, which their latency is above; the chosen program, and its
+    whole run under the routing when its measurement was one (a program of one MoE layer),
+    else None."""
 
     count: int
     predicted: dict[int, float] = field(default_factory=dict)
     measured: dict[int, float] = field(default_factory=dict)
     bound: dict[int, float] = field(default_factory=dict)
+    stopped: dict[int, float] = field(default_factory=dict)
     program: Program | None = field(default=None, compare=False)
     run: RunResult | None = field(default=None, compare=False, repr=False)
 
@@ -193,14 +207,16 @@ def measure_run(
 
 
 def _measure(
-    program: Program, target: Target, routing: RoutingTrace
+    program: Program, target: Target, routing: RoutingTrace, limit: float | None = None
 ) -> tuple[float | None, RunResult | None, int]:
-    """:func:`measure_run`, and how many ops the timing's event loop ran (0: none)."""
+    """:func:`measure_run`, and how many ops the timing's event loop ran (0: none). With
+    ``limit``, :class:`~moec.backends.interp.event_loop.PastLimit` as soon as the latency is
+    provably above it (``simulate(..., limit=)``)."""
     if len(program.layers) == 1:
         # the whole program: after the layer's part only barriers and dense islands are left
         run = simulate(
             program, target=target, routings=routing, verify=False, layered=True,
-            allow_overflow=True,
+            allow_overflow=True, limit=limit,
         )  # fmt: skip
         if "sram_over_bytes" not in run.report.extra:  # it fits: the run with or without
             return _latency(run), run, run.timeline.events  # allow_overflow, the first part's
@@ -208,7 +224,7 @@ def _measure(
     try:
         run = simulate(
             program, target=target, routings=routing, verify=False, layered=True,
-            until_layer=program.layers[0].name,
+            until_layer=program.layers[0].name, limit=limit,
         )  # fmt: skip
     except ScheduleError:
         return None, None, 0
@@ -240,7 +256,10 @@ def choose_slices(
         return None
     first = base.layers[0]
     tgt = load_target(target.spec, dict(target.overrides), base_dir=kw.get("base_dir"))
-    with plans_shared() as plans:
+    # the collector paused for the whole choice, as ``moec bench`` runs it: a timing stopped
+    # past its limit unwinds with its part's ops alive, and a collection as its run's own pause
+    # ends would walk them all
+    with plans_shared() as plans, gc_paused():
         try:
             return _choose(module, target, strategy, options, routing, first.ffn, tgt, plans, **kw)
         finally:
@@ -255,7 +274,8 @@ def _choose(
     search on each count's lower bound on its measurement, the hard one before it is scheduled
     (:func:`~moec.backends.interp.expand.fsedp.iteration_bound`), then the larger of that and
     ``prediction * (1 - estimate_error(...))``; the count of the lowest bound is scheduled if it
-    is not yet, else timed, until that bound exceeds the fastest measured."""
+    is not yet, else timed (only while it can still beat the fastest measured: module doc),
+    until that bound exceeds the fastest measured."""
     r0 = routing.layers[0]
     programs: dict[int, Program] = {}
     bound: dict[int, float] = {}
@@ -278,6 +298,7 @@ def _choose(
     error, ahead = estimate_error(some, tgt), writes_ahead(some, tgt)
     predicted: dict[int, float] = {}
     measured: dict[int, float] = {}
+    stopped: dict[int, float] = {}
     best_run: RunResult | None = None
     fastest = math.inf
     ops = 0  # the last timing's ops
@@ -309,7 +330,12 @@ def _choose(
             _expect_timings(ops, heap, fastest)
         else:  # and those timed too were this count measured as predicted
             _expect_timings(OPS_PER_SLICE * per_slice * c, heap, predicted[c])
-        t, run, ops = _measure(programs[c], tgt, routing)
+        try:
+            limit = fastest if STOP_LOSERS and measured else None
+            t, run, ops = _measure(programs[c], tgt, routing, limit)
+        except event_loop.PastLimit as past:  # above the fastest: it cannot beat nor tie it
+            t, run, ops = None, None, past.ops
+            stopped[c] = past.limit
         _forget(plans, programs[c])  # this count's schedule is not asked for again
         if t is not None:
             if not measured or (t, c) < min((v, k) for k, v in measured.items()):
@@ -319,7 +345,7 @@ def _choose(
     if not measured:
         return None
     best = min(measured, key=lambda c: (measured[c], c))
-    return SliceChoice(best, predicted, measured, bound, programs[best], best_run)
+    return SliceChoice(best, predicted, measured, bound, stopped, programs[best], best_run)
 
 
 def _expect_timings(ops: int, heap: list[tuple[float, int]], limit: float) -> None:

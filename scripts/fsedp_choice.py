@@ -8,11 +8,15 @@ MoE layers) and runs :func:`moec.fsedp_slices.choose_slices` once, then prints, 
 fits (finest first): its hard lower bound
 (:func:`~moec.backends.interp.expand.fsedp.iteration_bound`), the scheduler's prediction and
 the interpreter's measurement where the search made them, each as a ratio to the winner's
-measurement, the bound the search pruned on after predicting (``prediction x (1 - error)``,
+measurement (``> x`` for a timing stopped once above the fastest measured before it, x that
+fastest), the bound the search pruned on after predicting (``prediction x (1 - error)``,
 :func:`~moec.fsedp_slices.estimate_error`) and ``measured / predicted``; then how many counts
-were predicted and measured, and the CPU time of the choice. A count is measured exactly when
-its bound is not above the winner's measurement, so the table shows how much tighter a bound
-would have to be to skip a measurement. Nothing is asserted.
+were predicted and timed (run to the end, or stopped), and the CPU time of the choice. A
+count is timed exactly when its bound is not above the winner's measurement, so the table
+shows how much tighter a bound would have to be to skip a timing. ``--rounds R`` then makes
+the choice R more times each way, alternating (the kernels already loaded): every timing run
+to its end (:data:`~moec.fsedp_slices.STOP_LOSERS` False) and losers stopped, and prints the
+CPU seconds of each: a same-process A/B of stopping. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import time
 
+from moec import fsedp_slices
 from moec.bench import DEFAULT_ROUTING, _Workloads
 from moec.compiler.bench.spec import load_bench_model
 from moec.compiler.lower import lower as lower_strategy
@@ -39,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, required=True)
     ap.add_argument("--strategy", required=True)
     ap.add_argument("--layers", default="1", help="a number, or all")
+    ap.add_argument(
+        "--rounds", type=int, default=0, metavar="R",
+        help="then make the choice R times more each way, alternating: every timing to its "
+        "end, and stopping those that cannot win; print the CPU seconds of each",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     pairs = tuple(tuple(kv.split("=", 1)) for kv in args.set)
     if any(len(p) != 2 for p in pairs):
@@ -57,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.process_time()
         choice = choose_slices(module, ref, name, options, trace, base)
         cpu = time.process_time() - t0
+        rounds: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(args.rounds):
+            for stop in (False, True):
+                fsedp_slices.STOP_LOSERS = stop
+                t0 = time.process_time()
+                choose_slices(module, ref, name, options, trace, base)
+                rounds[stop].append(time.process_time() - t0)
+        fsedp_slices.STOP_LOSERS = True
     if choice is None:
         print("no count of the ladder fits, or the routing is not this program's")
         return 0
@@ -69,13 +87,22 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{c:6d}", f"{hard / win:8.4f}"]
         cells.append(f"{p / win:8.4f}" if p is not None else " " * 8)
         cells.append(f"{max(hard, p * (1 - error)) / win:13.4f}" if p is not None else " " * 13)
-        cells.append(f"{m / win:8.4f}" if m is not None else " " * 8)
+        above = choice.stopped.get(c)  # timed only until it could not win
+        if m is not None:
+            cells.append(f"{m / win:8.4f}")
+        else:
+            cells.append(f"> {above / win:6.4f}" if above is not None else " " * 8)
         cells.append(f"{m / p:9.4f}" if m is not None and p is not None else "")
         print("  ".join(cells))
     print(
         f"{len(choice.bound)} counts fit, {len(choice.predicted)} predicted, "
-        f"{len(choice.measured)} measured; the choice took {cpu:.2f} s CPU"
+        f"{len(choice.measured) + len(choice.stopped)} timed ({len(choice.stopped)} stopped "
+        f"once above the fastest so far); the choice took {cpu:.2f} s CPU"
     )
+    if args.rounds:
+        for stop, what in ((False, "every timing to its end"), (True, "losers stopped")):
+            cpus = ", ".join(f"{t:.2f}" for t in rounds[stop])
+            print(f"{what}: {cpus} s CPU")
     return 0
 
 

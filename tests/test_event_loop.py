@@ -212,3 +212,41 @@ def test_without_numba_an_undecided_process_runs_the_reference(
     g = _random_graph(random.Random(1), 60)
     assert event_loop.run_events(**_copy(g)) == event_loop.loop_python(**_copy(g))
     assert event_loop.compiled_available() is False
+
+
+def _limited(loop: Any, g: dict[str, Any], watch: list[bool], limit: float) -> Any:
+    """``loop`` on a copy of ``g`` with ``watch`` and ``limit``: its (start, end) as lists, or
+    the limit it stopped past."""
+    try:
+        start, end = loop(**_copy(g), watch=watch, limit=limit)
+    except event_loop.PastLimit as past:
+        return past.limit
+    return list(start), list(end)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_run_stops_only_once_the_watched_ops_span_more_than_its_limit(seed: int) -> None:
+    """A stop is sound: the watched ops, run to the end, span more than the limit; a run that
+    does not stop is the run without a limit; the compiled loop stops exactly where the
+    reference does."""
+    rng = random.Random(seed)
+    g = _random_graph(rng, rng.choice((7, 60, 400)))
+    start, end = event_loop.loop_python(**_copy(g))
+    watch = [rng.random() < 0.5 for _ in start]
+    popped = [op for op, w in enumerate(watch) if w and end[op] >= 0]
+    if not popped:
+        return
+    span = max(end[op] for op in popped) - min(start[op] for op in popped)
+    stops = 0
+    for limit in (0.0, span / 3, span / 2, span - 0.25, span, span + 1.0):
+        got = _limited(event_loop.loop_python, g, watch, limit)
+        if isinstance(got, float):
+            assert span > limit and got == limit
+            stops += 1
+        else:
+            assert got == (start, end)
+        if importlib.util.find_spec("numba") is not None:
+            compiled = _limited(event_loop.loop_compiled, g, watch, limit)
+            assert compiled == got
+    if span > 0:
+        assert stops  # a watched op that outlasts a limit of 0 stops the run at once

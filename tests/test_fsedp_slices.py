@@ -33,11 +33,15 @@ def test_the_choice_is_the_fastest_prediction_among_the_counts_that_fit(sram_mib
     assert choice is not None
     assert choice.measured[choice.count] == min(choice.measured.values())
     # every count that fits and is not run is bound to be slower than the fastest measured:
-    # by its hard bound alone (then it is not even scheduled), or by its prediction too
+    # by its hard bound alone (then it is not even scheduled), or by its prediction too; a
+    # count whose run stopped measured above the fastest before it
     fastest = min(choice.measured.values())
-    assert set(choice.measured) <= set(choice.predicted) <= set(choice.bound)
+    timed = set(choice.measured) | set(choice.stopped)
+    assert not set(choice.measured) & set(choice.stopped)
+    assert timed <= set(choice.predicted) <= set(choice.bound)
+    assert all(limit >= fastest for limit in choice.stopped.values())
     for c, low in choice.bound.items():
-        if c not in choice.measured:
+        if c not in timed:
             if c in choice.predicted:
                 low = max(low, choice.predicted[c] * (1 - fs.ESTIMATE_ERROR))
             assert low > fastest

@@ -9,31 +9,17 @@ import importlib.util
 from typing import Any
 
 import pytest
+from slice_cases import bench_case
 
 import moec.fsedp_slices as fs
 from moec.backends.interp import event_loop
 from moec.backends.interp.expand import fsedp_compiled
-from moec.compiler.bench.spec import load_bench_model, truncate
 from moec.compiler.lower import lower as lower_strategy
 from moec.compiler.lower import parse_strategy
-from moec.ir.routing_synth import SynthSpec, parse_routing_spec
-from moec.ir.stream import TargetRef
-from moec.ir.target import load_target
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("numba") is None, reason="numba (moec[fast]) not installed"
 )
-
-
-def _case(model: str, target: str, overrides: tuple, tokens: int) -> tuple:
-    module = truncate(load_bench_model(model).module, 1)
-    ref = TargetRef(target, overrides)
-    spec = parse_routing_spec("synth:zipf=1.0,seed=0")
-    assert isinstance(spec, SynthSpec)
-    m = module.moe_ops()[0].layer
-    dies = load_target(target, dict(overrides)).num_dies
-    trace = spec.make([(m.num_experts, m.top_k)], tokens, dies, model=model)
-    return module, ref, trace
 
 
 def _choose(case: tuple, strategy: str) -> Any:
@@ -92,7 +78,7 @@ CASES = {
 def test_the_choice_is_the_references_whichever_implementations_run(
     monkeypatch: pytest.MonkeyPatch, where: str, strategy: str
 ) -> None:
-    case = _case(*CASES[where])
+    case = bench_case(*CASES[where])
     monkeypatch.setattr(fsedp_compiled, "COMPILED", False)
     monkeypatch.setattr(event_loop, "COMPILED", False)
     ref = _choose(case, strategy)
@@ -116,7 +102,7 @@ def test_the_scheduler_plays_compiled_from_the_first_prediction_on_the_choices_w
 ) -> None:
     """Without the expectation the reference plays until COMPILE_AFTER; with it, the kernel
     plays from the first problem, and the expectation is every count's micro-slices x dies."""
-    case = _case(*CASES["2x2"])
+    case = bench_case(*CASES["2x2"])
     said: list[int] = []
     real = fsedp_compiled.expect
 
@@ -146,7 +132,7 @@ def test_the_first_timing_runs_compiled_when_the_timings_ahead_pay_for_it(
     """Before its first timing the choice expects OPS_PER_SLICE ops per micro-slice and die of
     that count and of those that would be timed too; a layered run keeps that expectation until
     its first MoE part (the one-layer program's dense part comes first, then the MoE part)."""
-    case = _case(*CASES["2x2"])
+    case = bench_case(*CASES["2x2"])
     # a threshold no timing reaches by itself, and an expectation above it
     _undecided(monkeypatch, played=10**9, timed=10**9)
     monkeypatch.setattr(fs, "OPS_PER_SLICE", 10**9)

@@ -110,6 +110,28 @@ def test_token_index_expands_as_the_ranges() -> None:
         )
 
 
+def test_distinct_tokens_mask_as_set_by_set() -> None:
+    """A mask from ``distinct_tokens`` (fresh sets as one array, known ones from the index)
+    against the union of each set's tokens; the fresh sets land in the index as ``_ranges``
+    expands each alone."""
+    rng = np.random.default_rng(2)
+    sets = [
+        TokenSet.of(rng.choice(64, size=int(k), replace=False).tolist()) for k in (0, 5, 20, 64)
+    ]
+    sets += [sets[1], TokenSet(sets[2].ranges), TokenSet(())]  # shared, equal, empty
+    index = sram.TokenIndex()
+    for take in (sets[:3], sets, sets[::-1], [], sets[4:], sets[1:2]):
+        mask = np.zeros(64, dtype=bool)
+        mask[index.distinct_tokens(take)] = True
+        ref = np.zeros(64, dtype=bool)
+        for ts in take:
+            ref[list(ts)] = True
+        assert np.array_equal(mask, ref)
+        assert np.array_equal(sram._mask(take, 64, index), ref)
+        for ts, a in zip(take, index.arrays(take), strict=True):
+            assert a.dtype == np.int64 and np.array_equal(a, sram._ranges([ts])[0])
+
+
 def test_repeats_says_whether_a_token_appears_twice() -> None:
     rng = np.random.default_rng(1)
     for size in (0, 1, 2, 5, 40):
@@ -120,18 +142,19 @@ def test_repeats_says_whether_a_token_appears_twice() -> None:
 
 @pytest.mark.parametrize("held", [0.0, 0.3, 1.0])
 def test_fill_columns_reads_the_records_as_the_reference(held: float) -> None:
-    """The fill records as columns (read by ``map``; the free ops at once unless some fill is
-    held to the end) against one record at a time, with ``closed`` fills after them."""
+    """The flat fill records (die, fill op, free op or -1) as columns, against one record at
+    a time, with ``closed`` fills after them."""
     rng = np.random.default_rng(int(held * 10))
-    fills = []
+    fills: list[int] = []
     for _ in range(200):
         die, op = int(rng.integers(0, 8)), int(rng.integers(0, 1000))
-        fills.append((die, op, [op] if rng.random() < held else [op, int(rng.integers(0, 1000))]))
+        fills += (die, op, -1 if rng.random() < held else int(rng.integers(0, 1000)))
     closed = rng.integers(0, 1000, size=3 * 50).tolist()
-    for f, c in ((fills, closed), (fills, []), ([], closed)):
+    for f, c in ((fills, closed), (fills, []), ([], closed), ([], [])):
         got = sram._fill_columns(f, c)
-        rows = [(d, op, rec[1] if len(rec) > 1 else -1) for d, op, rec in f]
+        rows = [tuple(f[k : k + 3]) for k in range(0, len(f), 3)]
         rows += [tuple(c[k : k + 3]) for k in range(0, len(c), 3)]
         ref = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        assert all(got[k].size == len(rows) for k in range(3))
         for k in range(3):
             assert got[k].dtype == np.int64 and np.array_equal(got[k], ref[:, k])

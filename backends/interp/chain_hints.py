@@ -1,7 +1,7 @@
 """The shapes of the streamed micro-slices a block of :func:`.expand.streaming.stream_runs` made.
 
 The expansion knows each streamed slice's shape when it makes it (its expert's shared-ness, its
-slice index, channel, bytes and token count); the builder's :func:`.slice_chain.slice_run`
+slice's width, channel, bytes and token count); the builder's :func:`.slice_chain.slice_run`
 would otherwise rediscover it chain by chain (check the five instructions, read the load's
 fields, look its template up). :data:`BLOCKS` hands it over: per block, keyed by the id of its
 first ``load`` (kept alive in the entry, so that its id stays its own), the block itself and,

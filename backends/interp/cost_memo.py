@@ -60,3 +60,6 @@ class CostMemo:
         self.units: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         #: per (op kind, channel, die, bytes): the ops of a read (:meth:`~.opgraph.Builder.read`)
         self.read_ops: dict[tuple[int, int, int, int], tuple[Any, ...]] = {}
+        #: per (die, slice geometry): a streamed micro-slice's templates by (channel, bytes,
+        #: token counts) (:func:`~.slice_chain._lookup`: no layer in them, so every part's)
+        self.chains: dict[tuple[Any, ...], dict[tuple[int, ...], tuple[Any, ...]]] = {}

@@ -157,14 +157,15 @@ class EnergyLedger:
             )  # fmt: skip
             self._tabled = len(self._blocks)
         off, die, part, j, start, size = self._tables
-        first = np.asarray(self._firsts, np.int64)
-        which = np.asarray(self._which, np.int64)
+        first = np.fromiter(self._firsts, np.int64, len(self._firsts))
+        which = np.fromiter(self._which, np.int64, len(self._which))
         self._firsts.clear()
         self._which.clear()
         n = size[which]
-        block = np.repeat(np.arange(which.size), n)
-        row = start[which][block] + np.arange(int(n.sum())) - (np.cumsum(n) - n)[block]
-        rows = (first[block] + off[row], die[row], part[row], j[row])
+        # each logged block's rows: its registered rows in turn (a block's first row minus
+        # where it lands, repeated over its rows, plus the landing place)
+        row = np.arange(int(n.sum())) + np.repeat(start[which] - (np.cumsum(n) - n), n)
+        rows = (np.repeat(first, n) + off[row], die[row], part[row], j[row])
         np.add.at(self._joules.reshape(-1), rows[1] * len(PARTS) + rows[2], rows[3])
         self._rows.append(rows)
 

@@ -56,11 +56,15 @@ def _pop(ht, hk, ho, size):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True)
 def loop(  # type: ignore[no-untyped-def]
-    src, dst, dur, res, prio, back, free_at, busy, clock, sig, w_ptr, w_count, w_op,
+    src, dst, dur, res, prio, back, free_at, busy, clock, sig, w_ptr, w_count, w_op, watch,
+    limit,
 ):  # fmt: skip
-    """``(start, end, free_at, busy)``; the arguments as :func:`.event_loop.loop_compiled`
-    packs them (``free_at`` and ``busy`` updated in place). The edge log ``src -> dst`` is
-    sorted into CSR arrays first, each source's edges in log order (a counting sort: stable)."""
+    """``(start, end, free_at, busy, stopped)``; the arguments as
+    :func:`.event_loop.loop_compiled` packs them (``free_at`` and ``busy`` updated in place).
+    The edge log ``src -> dst`` is sorted into CSR arrays first, each source's edges in log
+    order (a counting sort: stable). ``stopped``: the loop stopped at the first watched op
+    (``watch``) ending more than ``limit`` after the earliest start of those popped before it
+    and itself, as :func:`.event_loop.loop_python` does."""
     n = dur.size
     succ_ptr = np.zeros(n + 1, np.int64)
     ndeps = np.zeros(n, np.int64)
@@ -91,6 +95,7 @@ def loop(  # type: ignore[no-untyped-def]
             seq += 1
     counters = np.zeros(w_ptr.size - 1, np.int64)
     w_next = w_ptr[:-1].copy()
+    earliest = np.inf  # the earliest start of the watched ops popped so far
     while size > 0:
         t, op, size = _pop(ht, hk, ho, size)
         s = t - back[op]
@@ -105,6 +110,11 @@ def loop(  # type: ignore[no-untyped-def]
             e = s + dur[op]
         start[op] = s
         end[op] = e
+        if watch[op]:
+            if s < earliest:
+                earliest = s
+            if e - earliest > limit:
+                return start, end, free_at, busy, True
         ev = sig[op]
         if ev >= 0:
             counters[ev] += 1
@@ -133,4 +143,4 @@ def loop(  # type: ignore[no-untyped-def]
                 size = _push(ht, hk, ho, size, ready[x] if ready[x] > t else t,
                              prio[x] * _SEQ + seq, x)  # fmt: skip
                 seq += 1
-    return start, end, free_at, busy
+    return start, end, free_at, busy, False

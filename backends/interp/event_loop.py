@@ -25,12 +25,19 @@ expected reach :data:`COMPILE_AFTER`. The
 kernel is JIT-compiled on its first call and cached on disk (numba's ``cache=True``, in
 ``__pycache__`` beside :mod:`.event_kernel` or numba's own cache directory), so only a process
 that finds no cache pays the compile (about 2 s of CPU).
+
+A caller that only needs to know whether some ops span more than a limit (the FSE-DP slice
+choice, timing a count that can only win below the fastest measured so far) passes them as
+``watch`` with that ``limit``: both loops stop, raising :class:`PastLimit`, at the first
+watched op whose end is more than ``limit`` after the earliest start of the watched ops popped
+so far, the same op in both (they pop in the same order and compute the same floats).
 """
 
 from __future__ import annotations
 
 import heapq
 import importlib
+import math
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,6 +65,16 @@ _PRIORITY = np.asarray(PRIORITY, dtype=np.int64)
 #: ``array('q')`` (the op graph's edge log)
 Ints = Sequence[int] | np.ndarray
 Floats = Sequence[float] | np.ndarray
+
+
+class PastLimit(Exception):
+    """A run stopped by its caller's ``limit`` (:func:`run_events`): its watched ops span more
+    than ``limit`` seconds, whatever the ops not yet timed do. ``ops``: the graph's ops."""
+
+    def __init__(self, limit: float, ops: int) -> None:
+        super().__init__(f"the watched ops span more than {limit!r} s")
+        self.limit = limit
+        self.ops = ops
 
 
 def expect(ops: int) -> None:
@@ -91,9 +108,17 @@ def run_events(
     src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints,
     back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
+    watch: Ints | None = None, limit: float = math.inf,
 ) -> tuple[Floats, Floats]:  # fmt: skip
     """Every op's ``(start, end)`` (end -1 for an op never released: a deadlock), with
     ``free_at`` and ``busy`` (per resource) updated in place.
+
+    ``watch`` (per op, true for a watched op) and ``limit`` (seconds): raise
+    :class:`PastLimit` as soon as a watched op ends more than ``limit`` after the earliest
+    start of the watched ops popped so far, ``end - earliest > limit`` in floats. Then the
+    watched ops' span (latest end minus earliest start, in floats) is above ``limit`` too:
+    the earliest start popped is not before the earliest of all, and a rounded difference
+    never falls when the exact one grows.
 
     The graph is :class:`~.opgraph.OpGraph`'s: the runs of chained ops (``runs``) and the
     edge log ``src[k] -> dst[k]`` (an op's successors are released in the order its edges
@@ -108,7 +133,10 @@ def run_events(
         use = _timed + _expected >= COMPILE_AFTER and compiled_available()
     _timed += len(kind)
     loop = loop_compiled if use else loop_python
-    return loop(src, dst, runs, dur, res, kind, back, free_at, busy, clock, signal_event, waiters)
+    return loop(
+        src, dst, runs, dur, res, kind, back, free_at, busy, clock, signal_event, waiters,
+        watch, limit,
+    )  # fmt: skip
 
 
 def as_list(values: Floats) -> list[Any]:
@@ -122,9 +150,13 @@ def loop_python(
     src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints,
     back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
+    watch: Ints | None = None, limit: float = math.inf,
 ) -> tuple[list[float], list[float]]:  # fmt: skip
     """The reference loop (see :func:`run_events`)."""
     n = len(kind)
+    watching = watch is not None and limit < math.inf
+    watched = as_list(watch) if watch is not None and watching else []
+    earliest = math.inf  # the earliest start of the watched ops popped so far
     dur, res = as_list(dur), as_list(res)
     prio = list(map(PRIORITY.__getitem__, as_list(kind)))
     # each op's successors in the order its edges were added
@@ -165,6 +197,11 @@ def loop_python(
             e = s + dur[op]
         start[op] = s
         end[op] = e
+        if watching and watched[op]:
+            if s < earliest:
+                earliest = s
+            if e - earliest > limit:
+                raise PastLimit(limit, n)
         if op in signal_event:
             ev = signal_event[op]
             counters[ev] += 1
@@ -222,6 +259,7 @@ def loop_compiled(
     src: Ints, dst: Ints, runs: Ints, dur: Floats, res: Ints, kind: Ints,
     back: Mapping[int, float], free_at: list[float], busy: list[float],
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
+    watch: Ints | None = None, limit: float = math.inf,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The compiled loop (see :func:`run_events`): the graph packed into arrays (the kernel
     sorts the edge log into CSR arrays itself), the kernel run, ``start`` and ``end`` handed
@@ -255,12 +293,17 @@ def loop_compiled(
         back_a[np.fromiter(back.keys(), i64, len(back))] = np.fromiter(
             back.values(), f64, len(back)
         )
-    start, end, fa, bz = _kernel(
+    watching = watch is not None and limit < math.inf
+    watched = np.asarray(watch, np.bool_) if watching else np.zeros(n, np.bool_)
+    start, end, fa, bz, stopped = _kernel(
         np.concatenate([run_src, _int_array(src)]),
         np.concatenate([run_src + 1, _int_array(dst)]), _float_array(dur), _int_array(res),
         _PRIORITY[_int_array(kind)], back_a, np.asarray(free_at, f64), np.asarray(busy, f64),
         float(clock), sig, w_ptr, np.asarray(w_count, i64), np.asarray(w_op, i64),
+        watched, float(limit),
     )  # fmt: skip
+    if stopped:
+        raise PastLimit(limit, n)
     free_at[:] = fa.tolist()
     busy[:] = bz.tolist()
     return start, end

@@ -185,6 +185,7 @@ def run_layered(
     expansion: Callable[[str], dict[int, list[Instr]]],
     verify: bool,
     allow_overflow: bool = True,
+    limit: float | None = None,
 ) -> Timeline | None:
     """Time ``p`` part by part (module doc); ``expansion(layer)`` gives a layer's per-die
     instructions (asked once, in program order). None when an expanded part is not
@@ -199,12 +200,15 @@ def run_layered(
     frozen for it (``gc.freeze``; thawed after, into the oldest generation), so that the
     collections between parts walk what the parts allocated, not also everything the caller
     allocated since its last collection (an FSE-DP slice choice's 1.8 million objects: 0.8 s
-    of an 8x8 fsedp-r5 run); nothing else collects while the collector is paused."""
+    of an 8x8 fsedp-r5 run); nothing else collects while the collector is paused.
+
+    ``limit``: each part's :func:`~.timing.run_timing` ``limit`` (``p``'s first MoE layer
+    provably spans more than that: :class:`~.event_loop.PastLimit`)."""
     freeze = not gc.isenabled() and gc.get_freeze_count() == 0
     if freeze:
         gc.freeze()
     try:
-        return _run_parts(p, target, parts, layouts, expansion, verify, allow_overflow)
+        return _run_parts(p, target, parts, layouts, expansion, verify, allow_overflow, limit)
     finally:
         event_loop.expect(0)
         if freeze:
@@ -219,6 +223,7 @@ def _run_parts(
     expansion: Callable[[str], dict[int, list[Instr]]],
     verify: bool,
     allow_overflow: bool,
+    limit: float | None = None,
 ) -> Timeline | None:
     """:func:`run_layered`'s loop over the parts."""
     D = target.num_dies
@@ -254,7 +259,7 @@ def _run_parts(
             return None
         if verify:
             verify_program(prog, target)
-        tl = run_timing(prog, target, carry=carry, arrays=True)
+        tl = run_timing(prog, target, carry=carry, arrays=True, limit=limit)
         if catchup:  # it reads op by op: lists (it sets ``tl.layer``'s entries in place)
             charge_deferred(
                 prog, dataclasses.replace(tl, start=tl.start.tolist(), end=tl.end.tolist())

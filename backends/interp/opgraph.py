@@ -175,16 +175,16 @@ class DieState:
         #: the latest wait: nothing after it issues before it completes
         self.fence: int | None = None
         #: ops issued since the latest signal (the next signal waits for them)
-        self.since_signal: list[int] = []
+        self.since_signal: list[int] | array[int] = []  # typed by a run of streamed slices
         self.last_signal: int | None = None
         self.last_compute: int | None = None
         #: per slot: the op at which its fill has arrived, what it holds at which precision, the
-        #: ops using it since, the op of its latest free, and its fill's SRAM record
+        #: ops using it since, the op of its latest free, and its fill's free op's index in fills
         self.slot_fill: dict[int, int] = {}
         self.slot_fill_info: dict[int, tuple[SliceRef | None, str]] = {}
         self.slot_uses: dict[int, list[int]] = defaultdict(list)
         self.slot_free: dict[int, int] = {}
-        self.slot_fill_rec: dict[int, list[int]] = {}
+        self.slot_fill_rec: dict[int, int] = {}
         #: per (layer, x or y): the arrival op of the latest block received
         self.last_recv: dict[tuple[str, str], int] = {}
         #: per slot: (gemm op, bytes of its h) until the slot's accum
@@ -260,8 +260,8 @@ class Builder:
         self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
         self.waiters: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
         self.signal_event: dict[int, str] = {}
-        # slot fills and frees, for SRAM: (die, fill op, [fill op, free op])
-        self.fills: list[tuple[int, int, list[int]]] = []
+        # slot fills and frees, for SRAM, flat (no record objects): die, fill op, free op or -1
+        self.fills: list[int] = []
         #: fills whose free is known when they are added (a streamed micro-slice), flat: die,
         #: fill op, free op
         self.closed_fills: list[int] = []
@@ -534,11 +534,11 @@ class Builder:
             la = self.acts[(die, layer)] = LayerActs()
         return la
 
-    def record_fill(self, die: int, op: int) -> list[int]:
-        """A slot fill starting at ``op``; its free op is appended when it comes."""
-        rec = [op]
-        self.fills.append((die, op, rec))
-        return rec
+    def record_fill(self, die: int, op: int) -> int:
+        """A slot fill starting at ``op``: where in ``fills`` its free op goes when it comes."""
+        fills = self.fills
+        fills += (die, op, -1)
+        return len(fills) - 1
 
     # --- the walk ---
     def build(self) -> None:

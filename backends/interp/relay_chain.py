@@ -291,9 +291,8 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 slot_info[slot] = (c, tpl[5])
                 held[slot] = tpl[6]
                 slot_uses[slot] = []
-                rec = [hold]
-                fills.append((die, hold, rec))
-                slot_rec[slot] = rec
+                slot_rec[slot] = len(fills) + 2
+                fills += (die, hold, -1)
             since(op)
         elif cls is Free:
             slot = i.slot
@@ -329,7 +328,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             slot_free[slot] = op
             rec = slot_rec.pop(slot, None)
             if rec is not None:
-                rec.append(op)
+                fills[rec] = op
             since(op)
         elif cls is Gemm:
             if j + 2 >= n:
@@ -437,9 +436,8 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             slot_info[slot] = (c, prec)
             held[slot] = h
             slot_uses[slot] = []
-            rec = [first]
-            fills.append((die, first, rec))
-            slot_rec[slot] = rec
+            slot_rec[slot] = len(fills) + 2
+            fills += (die, first, -1)
             since(op)
         else:
             break

@@ -89,8 +89,8 @@ class _Tables:
         self.stream: tuple[Any, Any] | None = None
         self.arrays: dict[str, np.ndarray] = {}
         self.sized = (-1, -1, -1)
-        #: the current run's fill records (``[fill op, free op]`` lists), for the slot state
-        self.recs: list[list[int]] = []
+        #: where the current run's fills start in the builder's (flat) fills
+        self.fill_base = 0
 
     def block(self, charges: Any) -> int:
         self.blocks.append(charges)
@@ -460,10 +460,11 @@ def _append(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Tables,
                              map(t.l_back.__getitem__, out_i[14][: n[12]].tolist()), strict=True))  # fmt: skip
     s.since_signal.extend(out_i[8][: n[8]].tolist())  # a list, or typed by a slice run
     _acts(b, die, ins, j, t, n, out_i, row)
-    holds, frees = out_i[23][: n[23]].tolist(), out_i[24][: n[23]].tolist()
-    recs = [[h, f] if f >= 0 else [h] for h, f in zip(holds, frees, strict=True)]
-    b.fills += zip(repeat(die), holds, recs)
-    t.recs = recs
+    t.fill_base = len(b.fills)
+    if n[23]:  # flat: die, fill op, free op (-1: not freed yet)
+        flat = np.empty((n[23], 3), np.int64)
+        flat[:, 0], flat[:, 1], flat[:, 2] = die, out_i[23][: n[23]], out_i[24][: n[23]]
+        b.fills += flat.ravel().tolist()
 
 
 def _add_bytes(into: dict[int, int], keys: np.ndarray, nbytes: np.ndarray) -> None:
@@ -512,10 +513,9 @@ def _slots_back(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Table
                 use_first: np.ndarray, uses_on: np.ndarray, pool_op: np.ndarray,
                 pool_next: np.ndarray) -> None:  # fmt: skip
     """The die's slot maps as the reference leaves them after the run."""
-    recs = t.recs
-    pre = s.slot_fill_rec
+    pre, fills_ = s.slot_fill_rec, b.fills
     for q, op in zip(out_i[27][: n[27]].tolist(), out_i[28][: n[27]].tolist(), strict=True):
-        pre.pop(q).append(op)
+        fills_[pre.pop(q)] = op  # a fill from before the run, freed in it
     fills, frees = fill_op.tolist(), free_op.tolist()
     for q in range(S):
         if fills[q] >= 0:
@@ -524,7 +524,7 @@ def _slots_back(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Table
             s.slot_free[q] = frees[q]
         k = int(slot_rec[q])
         if k >= 0:
-            pre[q] = recs[k]
+            pre[q] = t.fill_base + 3 * k + 2
         elif k == -1:
             pre.pop(q, None)
         if uses_on[q]:
@@ -542,7 +542,6 @@ def _slots_back(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Table
     for q, r in last.items():
         hid = t.x[5][row[r]] if code[r] == RECV else t.ld[2][row[r]]
         s.slot_fill_info[q] = (ins[j + r].content, t.held[hid][1])  # type: ignore[union-attr]
-    t.recs = []
 
 
 rc.COMPILED_RUN[:] = [(wanted, run)]

@@ -235,6 +235,7 @@ def simulate(
     allow_overflow: bool = False,
     layered: bool = False,
     until_layer: str | None = None,
+    limit: float | None = None,
 ) -> RunResult:
     """Run ``program``: numerics when ``inputs`` are given, timing always (see module doc).
 
@@ -251,11 +252,15 @@ def simulate(
 
     ``until_layer`` (a layered timing-only run): time only the parts up to and including the one
     holding that MoE layer; the report covers those parts alone (a compiler measuring one
-    layer of a whole model, e.g. ``moec.fsedp_slices``). Ignored by a run that is not layered."""
+    layer of a whole model, e.g. ``moec.fsedp_slices``). Ignored by a run that is not layered.
+
+    ``limit`` (a timing-only run): stop with :class:`~.event_loop.PastLimit` as soon as the
+    first MoE layer's latency is provably above ``limit`` seconds (a compiler that only needs
+    to know whether a candidate beats its fastest so far, e.g. ``moec.fsedp_slices``)."""
     with gc_paused():
         return _simulate(
             program, target, routings, inputs, base_dir, record_trace, verify, verified,
-            allow_overflow, layered, until_layer,
+            allow_overflow, layered, until_layer, limit,
         )  # fmt: skip
 
 
@@ -268,6 +273,7 @@ def _run_parts(
     allow_overflow: bool,
     chosen: dict[str, Chosen],
     until_layer: str | None = None,
+    limit: float | None = None,
 ) -> tuple[Timeline | None, list[LayerRouting]]:
     """A timing-only run layer by layer (:func:`~.layered.run_layered`), each layer expanded
     when its part is timed; (None, []) when the program is not cut that way. With
@@ -291,7 +297,9 @@ def _run_parts(
         return per_die
 
     verify_parts = verify and not program.is_static
-    tl = run_layered(program, tgt, parts, layouts, expansion, verify_parts, allow_overflow)
+    tl = run_layered(
+        program, tgt, parts, layouts, expansion, verify_parts, allow_overflow, limit
+    )  # fmt: skip
     used = [rewritten.get(m.name, given[m.name]) for m in program.layers if m.name in given]
     return tl, used
 
@@ -308,6 +316,7 @@ def _simulate(
     allow_overflow: bool,
     layered: bool,
     until_layer: str | None = None,
+    limit: float | None = None,
 ) -> RunResult:
     tgt, layouts = prepare(program, target, base_dir, verify and not verified)
     expansions: dict[str, dict[int, list[Instr]]] = {}
@@ -352,7 +361,7 @@ def _simulate(
             given = {}
         if layered and not record_trace:
             tl, used = _run_parts(
-                program, tgt, layouts, given, verify, allow_overflow, chosen, until_layer
+                program, tgt, layouts, given, verify, allow_overflow, chosen, until_layer, limit
             )
         if tl is None:
             used = []
@@ -372,7 +381,7 @@ def _simulate(
         expanded = program if program.is_static else splice(program, expansions, layouts)
         if verify and expanded is not program:
             verify_program(expanded, tgt)
-        tl = run_timing(expanded, tgt)
+        tl = run_timing(expanded, tgt, limit=limit)
         charge_deferred(expanded, tl)  # token-buffered pairs belong to the next iteration
         expanded = dataclasses.replace(expanded, filename=program.filename)
     check_fit(tl, tgt, program, allow_overflow)

@@ -11,7 +11,8 @@ other in a die's stream (:func:`.expand.streaming.stream_runs`)::
 
 :func:`slice_run` adds their ops, edges, energy charges and SRAM records, for a whole run of
 such chains one after the other in a stream in one call, from one template memoized per shape
-(channel, die, bytes, the slice's layer and geometry, token counts): the read's chain
+(channel, die, bytes, the slice's geometry, token counts; no layer in it, so the parts of a
+layer-by-layer run share it): the read's chain
 (:meth:`~.opgraph.Builder.read`), the slice's three compute ops (:func:`.timing_ops.slice_unit`)
 and the ``free``. It is not a new model: every op, duration, resource, edge (in the same place of
 the same successor list), charge (in the same order) and record is what the five handlers add
@@ -31,7 +32,7 @@ from array import array
 from collections import Counter
 from collections.abc import Sequence
 from itertools import chain
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
@@ -41,14 +42,18 @@ from moec.backends.interp.opgraph import COMPUTE, LOAD, SLICE_CHAIN, SYNC, Build
 from moec.backends.interp.timing_ops import free, load, unit_costs
 from moec.ir.stream.program import HOST_CHANNEL, Accum, Act, Free, Gemm, Instr, Load, SliceRef
 
+_SLOT, _TOKENS = attrgetter("slot"), attrgetter("tokens")
+
 
 def _template(
     b: Builder, die: int, il: Load, c: SliceRef, geo: tuple[int, int, int, str, bool], ng: int,
     na: int, nc: int,
 ) -> tuple[Any, ...]:  # fmt: skip
     """What :func:`slice_run` appends for one chain of one shape: the read's template, the slice's
-    precision and layer index, the three compute ops' durations and energy parts, and the bytes
-    of the slice's ``h`` (the values the handlers compute, from the same memos)."""
+    precision, the three compute ops' durations and energy parts, and the bytes of the slice's
+    ``h`` (the values the handlers compute, from the same memos). Nothing in it names the
+    chain's layer (its ops' layer index is the run's, added by :func:`slice_run`), so the
+    parts of a layer-by-layer run share the templates (:attr:`.cost_memo.CostMemo.chains`)."""
     nbytes = il.nbytes
     key = (LOAD, il.channel, die, nbytes)
     read = b.costs.read_ops.get(key)
@@ -61,23 +66,20 @@ def _template(
     )
     kinds, durs, res, backs, read_charges, links = read
     k = len(kinds)
-    lk = b.layers[c.layer][0]
     ops_kinds = kinds + (COMPUTE, COMPUTE, COMPUTE, SYNC)
     ops_durs = durs + (dg, da, dc, 0.0)
     ops_res = res + (die, die, die, -1)
     # the read's charges (Builder.read), then the three compute ops' (slice_unit), as one block
     charges = read_charges + tuple((k + o, d, part, j) for o, d, part, j in unit_charges)
-    return (
-        k, ops_kinds, ops_durs, ops_res, backs, charges, links, prec, lk, hb, (die,) * (k + 4),
-        (lk,) * (k + 4), il.channel, nbytes,
-    )  # fmt: skip
+    return (k, ops_kinds, ops_durs, ops_res, backs, charges, links, prec, hb, il.channel, nbytes)
 
 
 def _slice_templates(b: Builder, die: int, c: SliceRef) -> tuple[Any, dict[Any, Any]]:
     """Slice ``c``'s geometry and its templates per shape on die ``die`` (shared by the slices
-    of one geometry), memoized in ``b.chains`` under ``(die, layer, shared, slice)``."""
+    of one geometry, and by the parts of a layer-by-layer run: ``b.costs``), memoized in
+    ``b.chains`` under ``(die, layer, shared, slice)``."""
     geo = b.slice_geometry(c)
-    shapes = b.chains.setdefault((die, c.layer, geo), {})
+    shapes = b.costs.chains.setdefault((die, geo), {})
     hit = b.chains[(die, c.layer, c.expert is None, c.slice)] = (geo, shapes)
     return hit
 
@@ -98,14 +100,18 @@ def _lookup(b: Builder, die: int, il: Load, ng: int, na: int, nc: int) -> Any:
     return tpl
 
 
-def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list[Any], int]:
-    """The templates of the chains from ``ins[j]`` on (one per chain, in order) and the index
-    after the last: plain streamed micro-slices of one layer, one after the other. A block the
-    expansion made with its chains' shapes (:mod:`.chain_hints`) is taken whole, one lookup per
-    shape; any other chain is checked and looked up on its own."""
+def _chains(
+    b: Builder, s: DieState, ins: Sequence[Instr], j: int
+) -> tuple[list[Any], int, dict[int, list[Any]]]:  # fmt: skip
+    """The templates of the chains from ``ins[j]`` on (one per chain, in order), the index
+    after the last (plain streamed micro-slices of one layer, one after the other), and each
+    template's ``[template, chains]`` by its id, in order of first use. A block the expansion
+    made with its chains' shapes (:mod:`.chain_hints`) is taken whole, one lookup per shape;
+    any other chain is checked and looked up on its own."""
     n = len(ins)
     die = s.die
     tpls: list[Any] = []
+    uses: dict[int, list[Any]] = {}
     layer = None
     while j + 4 < n:
         il = ins[j]
@@ -116,9 +122,10 @@ def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list
             reps = take(ins, j)
             if reps is not None:  # the shapes' templates in order of first use, as below
                 of = {}
-                for r in dict.fromkeys(reps):
+                for r, m in Counter(reps).items():
                     ng = ins[j + 5 * r + 1].tokens.size  # a streamed slice's steps share a set
-                    of[r] = _lookup(b, die, ins[j + 5 * r], ng, ng, ng)
+                    tpl = of[r] = _lookup(b, die, ins[j + 5 * r], ng, ng, ng)
+                    _use(uses, tpl, m)
                 tpls += map(of.__getitem__, reps)
                 layer = c.layer
                 j += 5 * len(reps)
@@ -142,9 +149,20 @@ def _chains(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> tuple[list
         ng = tg.size
         na = ng if ta is tg else ta.size
         nc = ng if tc is tg else tc.size
-        tpls.append(_lookup(b, die, il, ng, na, nc))
+        tpl = _lookup(b, die, il, ng, na, nc)
+        tpls.append(tpl)
+        _use(uses, tpl, 1)
         j += 5
-    return tpls, j
+    return tpls, j, uses
+
+
+def _use(uses: dict[int, list[Any]], tpl: Any, m: int) -> None:
+    """Count ``m`` more chains of template ``tpl`` in ``uses``."""
+    hit = uses.get(id(tpl))
+    if hit is None:
+        uses[id(tpl)] = [tpl, m]
+    else:
+        hit[1] += m
 
 
 def _flat(*columns: np.ndarray) -> list[int]:
@@ -169,35 +187,48 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     source, stably); the sources of the run's edges are the fence, the latest x block, the
     die's latest compute and slot frees before the run, and the run's own arrivals, accums and
     frees, each in one kind of edge only, so the edges may go kind by kind."""
-    tpls, after = _chains(b, s, ins, j)
+    tpls, after, uses = _chains(b, s, ins, j)
     if not tpls:
         return j
     die = s.die
     g = b.g
+    n = len(tpls)
     first0 = len(g.kind)
     i64 = np.int64
-    ks = np.fromiter(map(itemgetter(0), tpls), i64, len(tpls))
-    firsts = np.empty(len(tpls), i64)
-    firsts[0] = first0
-    np.cumsum(ks[:-1] + 4, out=firsts[1:])
-    firsts[1:] += first0
+    segments = _segments(tpls, uses)
+    if len(segments) == 1:  # every chain's read has the same ops
+        k = segments[0][2][0]
+        ks = np.full(n, k, i64)
+        firsts = np.arange(first0, first0 + (k + 4) * n, k + 4, dtype=i64)
+    else:
+        ks = np.empty(n, i64)
+        for a, z, (k, _, _) in segments:
+            ks[a:z] = k
+        firsts = np.empty(n, i64)
+        firsts[0] = first0
+        np.cumsum(ks[:-1] + 4, out=firsts[1:])
+        firsts[1:] += first0
     lasts = firsts + ks - 1  # each read's arrival: the slot's fill
     ops = firsts + ks  # the gemm; act, accum and free follow
     accums, frees = ops + 2, ops + 3
-    from_c = chain.from_iterable
-    g.kind += from_c(map(itemgetter(1), tpls))
-    g.dur += from_c(map(itemgetter(2), tpls))
-    g.res += from_c(map(itemgetter(3), tpls))
-    g.die += from_c(map(itemgetter(10), tpls))
-    g.layer += from_c(map(itemgetter(11), tpls))
+    for a, z, (k, kinds, res) in segments:  # the columns repeat along a segment
+        g.kind += kinds * (z - a)
+        g.res += res * (z - a)
+        _instrs(g.instr, ins[j + 5 * a : j + 5 * z], k)
+    g.dur += chain.from_iterable(map(itemgetter(2), tpls))
+    width = int(frees[-1]) + 1 - first0  # the run's ops: one die, one layer
+    g.die += [die] * width
+    layer = ins[j].content.layer
+    lk = b.layers[layer][0]
+    g.layer += [lk] * width
     loads, gemms, accs = ins[j:after:5], ins[j + 1 : after : 5], ins[j + 3 : after : 5]
-    _instrs(g.instr, ins[j:after], ks)
-    first_l, free_l, op_l = firsts.tolist(), frees.tolist(), ops.tolist()
-    back_of = g.back_of
-    for f, tpl in zip(first_l, tpls, strict=True):
-        for o, back in tpl[4]:
-            back_of[f + o] = back
-    _count_bytes(b, die, tpls)
+    first_l, op_l = firsts.tolist(), ops.tolist()
+    if any(u[0][4] for u in uses.values()):  # some read holds its channel back
+        back_of = g.back_of
+        for f, tpl in zip(first_l, tpls, strict=True):
+            for o, back in tpl[4]:
+                back_of[f + o] = back
+    _count_bytes(b, die, uses)
     # edges, kind by kind (each source's in the handlers' order): the chains' runs (the
     # read's chain, its arrival -> gemm -> act -> accum -> free); the fence's (load, gemm,
     # free of each chain in turn); each load's from the slot's last free; each gemm's from
@@ -208,20 +239,23 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     if fence is not None:
         src += array("q", (fence,)) * (3 * len(tpls))
         dst.frombytes(_flat_bytes(firsts, ops, frees))
-    slots = [il.slot for il in loads]
+    # each load's edge from its slot's last free: the run's previous chain on the slot, or,
+    # for a slot's first chain, the free before the run (none on a slot never freed)
+    slots = np.fromiter(map(_SLOT, loads), i64, n)
+    prev, first_c, last_c = _by_slot(slots)
+    used = slots[first_c].tolist()  # the run's slots in order of first use
     slot_free = s.slot_free
-    for slot, f, fr in zip(slots, first_l, free_l, strict=True):
-        a = slot_free.get(slot)
-        if a is not None:
-            src.append(a)
-            dst.append(f)
-        slot_free[slot] = fr
+    was = frees[prev]  # a slot's first chain: its entry is set next
+    was[first_c] = [-1 if a is None else a for a in map(slot_free.get, used)]
+    keep = was >= 0
+    src.frombytes(was[keep].tobytes())
+    dst.frombytes(firsts[keep].tobytes())
+    slot_free.update(zip(used, frees[last_c].tolist(), strict=True))
     if s.last_compute is not None:
         src.append(s.last_compute)
         dst.append(op_l[0])
     src.frombytes(accums[:-1].tobytes())
     dst.frombytes(ops[1:].tobytes())
-    layer = loads[0].content.layer
     a = s.last_recv.get((layer, "x"))
     if a is not None:
         src += array("q", (a,)) * len(tpls)
@@ -229,56 +263,90 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     src.frombytes(lasts.tobytes())
     dst.frombytes(frees.tobytes())
     # the die's state after the run: each slot filled, computed and freed
-    s.slot_fill.update(zip(slots, lasts.tolist(), strict=True))
-    held_by = zip([il.content for il in loads], map(itemgetter(7), tpls), strict=True)
-    s.slot_fill_info.update(zip(slots, held_by, strict=True))
+    s.slot_fill.update(zip(used, lasts[last_c].tolist(), strict=True))
+    held_by = [(loads[c].content, tpls[c][7]) for c in last_c.tolist()]
+    s.slot_fill_info.update(zip(used, held_by, strict=True))
     for held in (s.slot_uses, s.slot_fill_rec, s.pending_h):
         if held:
-            for slot in slots:
+            for slot in used:
                 held.pop(slot, None)
     s.last_compute = int(accums[-1])
-    s.since_signal += _flat(lasts, accums, frees)
-    b.closed_fills += _flat(np.full(len(tpls), die, i64), firsts, frees)
+    since = s.since_signal  # typed from here on: read by the ``signal`` as it is
+    if type(since) is list:
+        since = s.since_signal = array("q", since)
+    since.frombytes(_flat_bytes(lasts, accums, frees))
+    b.closed_fills += _flat(np.full(n, die, i64), firsts, frees)
     b.energy.log_run(first_l, list(map(itemgetter(5), tpls)))
     # SRAM records of the layer's activations
-    lk = tpls[0][8]
     la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
     la.ops += _flat(firsts, lasts, ops, ops + 1, accums, frees)
-    la.x_uses += zip(op_l, (i.tokens for i in gemms), strict=True)
-    la.accums += zip(accums.tolist(), (i.tokens for i in accs), strict=True)
-    hbs = np.fromiter(map(itemgetter(9), tpls), i64, len(tpls))
+    la.x_uses += zip(op_l, map(_TOKENS, gemms), strict=True)
+    la.accums += zip(accums.tolist(), map(_TOKENS, accs), strict=True)
+    hbs = np.fromiter(map(itemgetter(8), tpls), i64, n)
     la.h += _flat(ops, accums, hbs)
     return after
 
 
-def _instrs(g_instr: list[Instr | None], run: Sequence[Instr], ks: np.ndarray) -> None:
-    """Each op's instruction: a chain's load for its read's ``k`` ops, then its gemm, act,
-    accum and free (``run``: the chains' five instructions each)."""
-    k = int(ks[0])
-    if (ks == k).all():  # one read shape: the instructions by strided slices
-        width = k + 4
-        out: list[Any] = [None] * (width * len(ks))
-        loads = run[::5]
-        for o in range(k):
-            out[o::width] = loads
-        for o in range(1, 5):
-            out[k + o - 1 :: width] = run[o::5]
-        g_instr += out
-        return
-    for c, kc in enumerate(ks.tolist()):
-        g_instr += (run[5 * c],) * kc
-        g_instr += run[5 * c + 1 : 5 * c + 5]
+def _by_slot(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per chain of a run whose loads use ``slots``, the run's previous chain on the same slot
+    (-1: none); and per slot the run uses, in order of first use, its first and last chain."""
+    order = np.argsort(slots, kind="stable")
+    grouped = slots[order]
+    starts = np.empty(len(order), bool)
+    starts[0] = True
+    np.not_equal(grouped[1:], grouped[:-1], out=starts[1:])
+    ends = np.empty(len(order), bool)
+    ends[-1] = True
+    ends[:-1] = starts[1:]
+    before = np.empty_like(order)
+    before[0] = -1
+    before[1:] = order[:-1]
+    prev = np.empty_like(order)
+    prev[order] = np.where(starts, -1, before)
+    first_c, last_c = order[starts], order[ends]
+    by_use = np.argsort(first_c, kind="stable")
+    return prev, first_c[by_use], last_c[by_use]
 
 
-def _count_bytes(b: Builder, die: int, tpls: list[Any]) -> None:
+def _instrs(g_instr: list[Instr | None], run: Sequence[Instr], k: int) -> None:
+    """Each op's instruction, for chains whose reads have ``k`` ops each (``run``: their five
+    instructions each): a chain's load for its read's ops, then its gemm, act, accum and free,
+    by strided slices."""
+    width = k + 4
+    out: list[Any] = [None] * (width * (len(run) // 5))
+    loads = run[::5]
+    for o in range(k):
+        out[o::width] = loads
+    for o in range(1, 5):
+        out[k + o - 1 :: width] = run[o::5]
+    g_instr += out
+
+
+def _segments(
+    tpls: list[Any], uses: dict[int, list[Any]]
+) -> list[tuple[int, int, tuple[int, tuple[int, ...], tuple[int, ...]]]]:  # fmt: skip
+    """The run's chains cut where their reads' ops change: per segment, its first chain, the
+    chain after its last, and its reads' op count, op kinds and resources (a few segments per
+    run: the shared experts' slices from a remote channel, an expert streamed from another)."""
+    classes: dict[tuple[Any, ...], int] = {}
+    class_of = {
+        t: classes.setdefault((tpl[0], tpl[1], tpl[3]), len(classes))
+        for t, (tpl, _) in uses.items()
+    }
+    shapes = list(classes)
+    if len(shapes) == 1:
+        return [(0, len(tpls), shapes[0])]
+    cl = np.fromiter(map(class_of.__getitem__, map(id, tpls)), np.int64, len(tpls))
+    bounds = [0, *(np.flatnonzero(cl[1:] != cl[:-1]) + 1).tolist(), len(tpls)]
+    return [(a, z, shapes[cl[a]]) for a, z in zip(bounds, bounds[1:], strict=False)]
+
+
+def _count_bytes(b: Builder, die: int, uses: dict[int, list[Any]]) -> None:
     """The bytes the run's reads move, per link, channel or host link (each template's bytes
     times its chains, links in the order the chains first cross them)."""
-    count = Counter(map(id, tpls))  # in the order of first use
-    by_id = dict(zip(map(id, tpls), tpls, strict=True))
     link_bytes, dram_bytes = b.link_bytes, b.dram_bytes
-    for t, m in count.items():
-        tpl = by_id[t]
-        channel, nbytes = tpl[12], tpl[13]
+    for tpl, m in uses.values():
+        channel, nbytes = tpl[9], tpl[10]
         for x in tpl[6]:
             link_bytes[x] += m * nbytes
         if channel == HOST_CHANNEL:

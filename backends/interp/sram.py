@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, filterfalse
 from operator import itemgetter
 
 import numpy as np
@@ -88,15 +88,35 @@ class TokenIndex:
         arr = self._arr
         ids = list(map(id, sets))
         by_id = dict(zip(ids, sets, strict=True))
-        fresh = [ts for k, ts in by_id.items() if k not in arr]
+        fresh = list(map(by_id.__getitem__, filterfalse(arr.__contains__, by_id)))
         if fresh:
-            flat, owner = _ranges(fresh)
-            # each set's size from its entries (``ts.size`` would add its ranges in Python)
-            cuts = np.cumsum(np.bincount(owner, minlength=len(fresh)))[:-1]
-            for ts, a in zip(fresh, np.split(flat, cuts), strict=True):
-                arr[id(ts)] = a
-            self._sets += fresh
+            self._expand(fresh)
         return list(map(arr.__getitem__, by_id if distinct else ids))
+
+    def distinct_tokens(self, sets: list[TokenSet]) -> np.ndarray:
+        """The tokens of each distinct set object of ``sets``, concatenated in no particular
+        order (what a mask needs): the sets not yet expanded as the one array expanding them
+        gives, not set by set."""
+        arr = self._arr
+        by_id = dict(zip(map(id, sets), sets, strict=True))
+        pieces = list(map(arr.__getitem__, filter(arr.__contains__, by_id)))
+        fresh = list(map(by_id.__getitem__, filterfalse(arr.__contains__, by_id)))
+        if fresh:
+            pieces.append(self._expand(fresh))
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+
+    def _expand(self, fresh: list[TokenSet]) -> np.ndarray:
+        """Expand ``fresh`` (sets not in the index yet) into it, each set's array a view of
+        one array of all their tokens, set after set; that array."""
+        flat, owner = _ranges(fresh)
+        # each set's size from its entries (``ts.size`` would add its ranges in Python); the
+        # views made in C (``np.split`` makes each in Python)
+        ends = np.cumsum(np.bincount(owner, minlength=len(fresh)))
+        starts = np.r_[0, ends[:-1]]
+        views = map(flat.__getitem__, map(slice, starts.tolist(), ends.tolist()))
+        self._arr.update(zip(map(id, fresh), views, strict=True))
+        self._sets += fresh
+        return flat
 
     def tokens(self, sets: list[TokenSet]) -> np.ndarray:
         """The first of :func:`_ranges`'s arrays for ``sets`` (their tokens, set after set)."""
@@ -116,7 +136,7 @@ class TokenIndex:
 def _mask(sets: list[TokenSet], n: int, index: TokenIndex | None = None) -> np.ndarray:
     m = np.zeros(n, dtype=bool)
     if sets:  # each set object once (a token set twice is harmless; comparing sets costs more)
-        m[np.concatenate((index or TokenIndex()).arrays(sets, distinct=True))] = True
+        m[(index or TokenIndex()).distinct_tokens(sets)] = True
     return m
 
 
@@ -376,7 +396,7 @@ def _pairs(
 def sram_peaks(
     num_dies: int,
     pools: dict[int, int],
-    fills: Sequence[tuple[int, int, list[int]]],
+    fills: Sequence[int],
     acts: dict[tuple[int, int], LayerActs],
     layers: Sequence[MoEDecl],
     start: Sequence[float],
@@ -387,10 +407,10 @@ def sram_peaks(
     """Per die: peak SRAM (slots + activations), its slot and activation parts at the peak,
     and the peak of slots alone.
 
-    ``pools``: slot bytes per die; ``fills``: ``(die, fill op, [fill op, free op])`` per slot
-    fill (no free op: held to the end); ``closed``: more fills, flat ``die, fill op, free op``
-    (their place among ``fills`` does not matter: a die's fills are all one slot size, so
-    equal times give equal events); ``acts``: per (die, layer index) what it did.
+    ``pools``: slot bytes per die; ``fills``: per slot fill, flat, ``die, fill op, free op``
+    (free op -1: held to the end); ``closed``: more fills, the same way (their place among
+    ``fills`` does not matter: a die's fills are all one slot size, so equal times give equal
+    events); ``acts``: per (die, layer index) what it did.
     """
     D = num_dies
     start_a, end_a = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
@@ -440,29 +460,13 @@ def sram_peaks(
 
 
 def _fill_columns(
-    fills: Sequence[tuple[int, int, list[int]]], closed: Sequence[int]
+    fills: Sequence[int], closed: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """:func:`sram_peaks`'s ``fills`` then ``closed`` as three columns: die, fill op, free op
-    (-1: none). The fills' objects are scattered in memory (each made when its op was built),
-    so reading them costs a cache miss per object, not per field: each object is visited once
-    (the records, then their ops flat, by ``chain`` in C), and the fill op is read as each
-    record's first entry (the record starts with it)."""
-    n = len(fills)
-    f_die = np.fromiter(map(itemgetter(0), fills), np.int64, n)
-    recs = list(map(itemgetter(2), fills))
-    flat = np.fromiter(chain.from_iterable(recs), np.int64)
-    if flat.size == 2 * n:  # every fill freed (the usual case): [fill op, free op] each
-        f_op, f_free = flat[0::2], flat[1::2]
-    else:  # some held to the end: [fill op] alone
-        lens = np.fromiter(map(len, recs), np.int64, n)
-        at = np.cumsum(lens) - lens
-        f_op = flat[at]
-        f_free = np.where(lens > 1, flat[np.minimum(at + 1, flat.size - 1)], -1)
-    if closed:
-        more = np.fromiter(closed, np.int64, len(closed)).reshape(-1, 3)
-        f_die, f_op, f_free = (np.concatenate([c, more[:, k]]) for k, c in enumerate(
-            (f_die, f_op, f_free)))  # fmt: skip
-    return f_die, f_op, f_free
+    """:func:`sram_peaks`'s ``fills`` then ``closed`` (each flat: die, fill op, free op) as
+    three columns: die, fill op, free op (-1: none)."""
+    n = len(fills) + len(closed)
+    flat = np.fromiter(chain(fills, closed), np.int64, n).reshape(-1, 3)
+    return flat[:, 0], flat[:, 1], flat[:, 2]
 
 
 def sram_overflow(

@@ -90,6 +90,7 @@ with numba installed, a compiled copy that whole-model runs switch to); this mod
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -193,6 +194,7 @@ def run_timing(
     precision: Mapping[str, Sequence[str]] | None = None,
     carry: Carry | None = None,
     arrays: bool = False,
+    limit: float | None = None,
 ) -> Timeline:
     """Simulate a static program on ``target``; deadlocks are a one-line ScheduleError.
 
@@ -202,7 +204,10 @@ def run_timing(
     ``carry.clock``, the resources' free and busy times and the energy ledger continue (updated
     in place) and no static power is added. ``arrays``: the timeline's per-op ``start``,
     ``end``, ``kind``, ``res`` and ``layer`` are numpy arrays (what :mod:`.summary` and
-    :mod:`.sram` compute with) rather than lists.
+    :mod:`.sram` compute with) rather than lists. ``limit`` (seconds): stop, raising
+    :class:`~.event_loop.PastLimit`, as soon as the ops of ``p``'s first MoE layer (those its
+    span is taken over: not a token-buffered catch-up step's) provably span more than that
+    (:func:`~.event_loop.run_events`).
     """
     b = Builder(p, target, precision, carry.costs if carry is not None else None)
     if carry is not None:
@@ -222,9 +227,14 @@ def run_timing(
         kind = np.fromiter(g.kind, np.int64, n)
         res = np.fromiter(g.res, np.int64, n)
         layer = np.fromiter(g.layer, np.int64, n)
+    watch = None
+    if limit is not None:  # imported here: fsedp_deferred imports this module's Timeline
+        from moec.backends.interp.expand.fsedp_deferred import iteration_ops
+
+        watch = iteration_ops(p, layer, g.instr, b.signal_event.values()) == 0
     start, end = run_events(
         g.src, g.dst, g.runs, g.dur, res, kind, g.back_of, free_at, busy, clock, b.signal_event,
-        b.waiters,
+        b.waiters, watch, limit if limit is not None else math.inf,
     )  # fmt: skip
     if arrays:
         start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)

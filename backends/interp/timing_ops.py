@@ -21,6 +21,7 @@ bit (``Builder.batch_slices = False`` is the reference, compared in ``tests/test
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -378,7 +379,7 @@ def free(b: Builder, s: DieState, i: Free) -> None:
     s.slot_free[i.slot] = op
     rec = s.slot_fill_rec.pop(i.slot, None)
     if rec is not None:
-        rec.append(op)
+        b.fills[rec] = op
     s.since_signal.append(op)
 
 
@@ -390,8 +391,11 @@ def signal(b: Builder, s: DieState, i: Signal) -> None:
     g.edge(s.fence, op)
     g.edge(s.last_signal, op)
     since = s.since_signal  # earlier ops (op is new: no self edge), in issue order
-    g.src.fromlist(since)
-    g.dst.fromlist([op] * len(since))
+    if type(since) is list:
+        g.src.fromlist(since)
+    else:  # typed by a run of streamed slices (:func:`.slice_chain.slice_run`)
+        g.src += since
+    g.dst += array("q", (op,)) * len(since)
     s.since_signal = []
     s.last_signal = op
     b.signal_event[op] = i.event

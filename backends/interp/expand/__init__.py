@@ -118,6 +118,16 @@ class ExpandContext:
             )
         return params
 
+    @cached_property
+    def slice_widths(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Each micro-slice's width (FFN columns): the routed experts' slices', then the shared
+        experts' (none without them)."""
+        shared = self.shared_layout
+        return (
+            tuple(map(self.layout.width, range(self.layout.count))),
+            tuple(map(shared.width, range(shared.count))) if shared is not None else (),
+        )
+
     def slice_bytes(self, expert: int | None, j: int) -> int:
         """Bytes of micro-slice ``j`` (W_gate/W_up columns and W_down rows) at its precision
         (memoized: the context's layer, policy and layouts do not change)."""

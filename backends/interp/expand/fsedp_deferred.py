@@ -12,6 +12,10 @@ absorb).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
 from moec.backends.interp.timing import Timeline
 from moec.ir.stream.program import Accum, Instr, Load, Program, Recv, Signal, SliceRef, Wait
 
@@ -54,14 +58,7 @@ def catchup_instructions(instrs: list[Instr]) -> tuple[list[Instr], int]:
 
 def charge_deferred(p: Program, tl: Timeline) -> None:
     """Move the catch-up ops of ``p`` (a static program ``tl`` timed) out of their layers."""
-    ids: set[int] = set()
-    total = 0
-    for st in p.streams:
-        if not _has_catchup(st.instrs):
-            continue  # most streams: no token buffering, nothing to walk instruction by instruction
-        instrs, pairs = catchup_instructions(st.instrs)
-        ids.update(id(i) for i in instrs)
-        total += pairs
+    ids, total = _catchup(p)
     if not ids:
         return
     spans: dict[int, list[float]] = {}
@@ -74,8 +71,45 @@ def charge_deferred(p: Program, tl: Timeline) -> None:
     tl.extra["deferred_s"] = sum(hi - lo for lo, hi in spans.values())
 
 
-def _has_catchup(instrs: list[Instr]) -> bool:
-    """Whether a stream has a catch-up step (a ``signal <layer>.deferred``): one pass that
-    only compares each instruction's class (``Signal`` has no subclass)."""
-    signals = [i for i in instrs if i.__class__ is Signal]
-    return any(i.event.endswith(DEFERRED_SUFFIX) for i in signals)  # type: ignore[attr-defined]
+def iteration_ops(
+    p: Program, layer: Sequence[int] | np.ndarray, instrs: list[Instr | None],
+    events: Iterable[str],
+) -> np.ndarray:  # fmt: skip
+    """Per op of a timing run of ``p`` (its ``layer`` tags and instructions, ``events`` those
+    its signals increment), its layer once :func:`charge_deferred` has run: the tag, -1 for
+    an op of a catch-up step. Only a program with a catch-up step is walked."""
+    out = np.array(layer, np.int64)
+    if any(ev.endswith(DEFERRED_SUFFIX) for ev in set(events)):
+        ids = _catchup(p)[0]  # (None's id is no instruction's)
+        out[np.fromiter(map(ids.__contains__, map(id, instrs)), np.bool_, len(instrs))] = -1
+    return out
+
+
+def _catchup(p: Program) -> tuple[set[int], int]:
+    """:func:`catchup_ids`, and the routed pairs the catch-up steps accumulate."""
+    ids: set[int] = set()
+    total = 0
+    for st in p.streams:
+        k = _first_catchup(st.instrs)
+        if k is None:
+            continue  # most streams: no token buffering, nothing to walk instruction by instruction
+        # nothing before the first catch-up signal is in a catch-up step: walked from there
+        instrs, pairs = catchup_instructions(st.instrs[k:])
+        ids.update(id(i) for i in instrs)
+        total += pairs
+    return ids, total
+
+
+def _first_catchup(instrs: list[Instr]) -> int | None:
+    """Where a stream's first catch-up step starts (its ``signal <layer>.deferred``), None
+    when it has none: the signals found by ``list.index`` over the instructions' classes (a
+    scan in C; ``Signal`` has no subclass), only their events compared in Python."""
+    classes = list(map(type, instrs))
+    k = -1
+    while True:
+        try:
+            k = classes.index(Signal, k + 1)
+        except ValueError:
+            return None
+        if instrs[k].event.endswith(DEFERRED_SUFFIX):  # type: ignore[attr-defined]
+            return k

@@ -114,10 +114,11 @@ def _steps(
     return out
 
 
-def _sizes(nbytes: tuple[int, ...], js: Sequence[int]) -> Sequence[int]:
+def _per_slice(values: tuple[int, ...], js: Sequence[int]) -> Sequence[int]:
+    """``values[j]`` of each slice ``j`` of ``js``."""
     if isinstance(js, range) and js.step == 1:
-        return nbytes[js.start : js.stop]
-    return list(map(nbytes.__getitem__, js))
+        return values[js.start : js.stop]
+    return list(map(values.__getitem__, js))
 
 
 def stream_runs(
@@ -157,25 +158,31 @@ def stream_runs(
             for _, ch, _, js in runs
         )
     )
-    sizes = list(chain(_sizes(ctx.expert_slice_bytes(r[0]), r[3]) for r in runs))
+    sizes = list(chain(_per_slice(ctx.expert_slice_bytes(r[0]), r[3]) for r in runs))
     block: list[Instr] = [None] * (5 * n)  # type: ignore[list-item]
     block[0::5] = make(Load, n, order, chs, refs, sizes, repeat(None, n))
     for q, column in enumerate(zip(*_steps(ctx, runs, order), strict=True), start=1):
         block[q::5] = column
     out += block
     if 0 not in sizes:  # a slice that moves no bytes is timed by the handlers
-        _hint(block, runs, chs, sizes)
+        _hint(block, runs, ctx.slice_widths, chs, sizes)
 
 
-def _hint(block: list[Instr], runs: Sequence[Run], chs: list[int], sizes: list[int]) -> None:
+def _hint(
+    block: list[Instr], runs: Sequence[Run], widths: tuple[tuple[int, ...], tuple[int, ...]],
+    chs: list[int], sizes: list[int],
+) -> None:  # fmt: skip
     """Hand the builder each chain's shape (:mod:`moec.backends.interp.chain_hints`): per
-    chain, the index of the block's first chain with the same shared-ness, slice, channel,
-    bytes and token count (a key at least as fine as the builder's template key,
-    :func:`moec.backends.interp.slice_chain._lookup`), found in one C-level pass."""
+    chain, the index of the block's first chain with the same shared-ness, slice width,
+    channel, bytes and token count (``widths``: per slice, the routed experts' and the shared
+    experts'), found in one C-level pass. That key is as fine as the builder's template key
+    (:func:`moec.backends.interp.slice_chain._lookup`): the block is one layer's, whose
+    slices of one width and shared-ness have one geometry."""
     chain = itertools.chain.from_iterable
     keys = zip(
-        chain(repeat(r[0] is None, len(r[3])) for r in runs), chain(r[3] for r in runs), chs,
-        sizes, chain(repeat(r[2].size, len(r[3])) for r in runs), strict=True,
+        chain(repeat(r[0] is None, len(r[3])) for r in runs),
+        chain(_per_slice(widths[r[0] is None], r[3]) for r in runs), chs, sizes,
+        chain(repeat(r[2].size, len(r[3])) for r in runs), strict=True,
     )  # fmt: skip
     first: dict[tuple[Any, ...], int] = {}
     chain_hints.put(block, list(map(first.setdefault, keys, itertools.count())))

@@ -1,0 +1,69 @@
+"""A run of streamed micro-slices added in one step (:func:`slice_chain.slice_run`): its slot
+groups, and its columns by segments of alike reads (one segment, or several)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from moec.backends.interp import slice_chain
+
+
+def _walk(slots: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """:func:`slice_chain._by_slot` one chain at a time: each chain's previous chain on its
+    slot, and per slot in order of first use its first and last chain."""
+    prev, last, first = [], {}, {}
+    for c, s in enumerate(slots):
+        prev.append(last.get(s, -1))
+        last[s] = c
+        first.setdefault(s, c)
+    return prev, list(first.values()), [last[s] for s in first]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_slot_groups_are_what_a_walk_finds(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    slots = rng.integers(0, int(rng.integers(1, 6)), n).tolist()
+    if seed == 0:  # round robin, as the expansion streams
+        slots = [3, 1, 2] * 5 + [3]
+    prev, first, last = slice_chain._by_slot(np.asarray(slots, np.int64))
+    assert (prev.tolist(), first.tolist(), last.tolist()) == _walk(slots)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "target", "paths"),
+    [
+        ("ep", "fsedp-3x3", {True, False}),
+        ("eplb", "fsedp-3x3", {False}),
+        ("tp", "npu8-hbm", {True}),
+    ],
+)
+def test_runs_of_alike_and_mixed_reads_time_as_the_handlers(
+    strategy: str, target: str, paths: set[bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs whose reads all have the same ops (columns repeated) and runs that mix read shapes
+    (columns chain by chain) give the report the handlers give one instruction at a time."""
+    from moec.backends.interp.opgraph import Builder
+    from moec.bench import run_bench
+    from moec.compiler.bench.report import rows_json
+
+    seen: list[bool] = []
+    real = slice_chain._segments
+
+    def recorded(tpls: list[Any], uses: dict[int, list[Any]]) -> Any:
+        segments = real(tpls, uses)
+        seen.append(len(segments) == 1)
+        return segments
+
+    def report() -> str:
+        rows = run_bench("deepseek-moe-16b", target, [64], [strategy], layers=2)
+        return rows_json(rows)
+
+    monkeypatch.setattr(slice_chain, "_segments", recorded)
+    batched = report()
+    assert set(seen) == paths  # True: a run's reads all alike (one segment)
+    monkeypatch.setattr(Builder, "batch_slices", False)
+    assert batched == report()
