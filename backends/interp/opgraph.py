@@ -19,6 +19,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from moec.backends.interp import relay_records
 from moec.backends.interp.cost_memo import CostMemo, LoadPath, precision_of
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.sram import LayerActs
@@ -266,6 +267,8 @@ class Builder:
         self.closed_fills: list[int] = []
         # activations, for SRAM: (die, layer index) -> what the die does with them
         self.acts: dict[tuple[int, int], LayerActs] = {}
+        #: the compiled relay's template tables and stream columns (:mod:`.relay_compiled`)
+        self.relay_tables: Any = None
 
     # --- costs (every duration comes from moec.ir.cost) ---
     def compute_cost(self, key: tuple[Any, ...], fn: Callable[[], float]) -> float:
@@ -584,6 +587,7 @@ class Builder:
                     raise ScheduleError(f"die {st.die}: not an instruction: {i!r}")
                 handler(self, s, i)
                 j += 1
+        relay_records.clear()  # the records a build did not take are stale
         for key in sorted(set(self.pending_send) | set(self.pending_recv)):
             ns, nr = len(self.pending_send[key]), len(self.pending_recv[key])
             if ns or nr:

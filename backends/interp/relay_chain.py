@@ -84,13 +84,23 @@ def _transfer(b: Builder, key: tuple[Any, ...], a: int, d: int, nbytes: int) -> 
 
 
 def _recv_template(b: Builder, key: tuple[Any, ...], i: Recv, c: SliceRef, die: int) -> Any:
-    """A slot ``recv``'s template: its transfer's, then the slice's layer index and the
-    precision its bytes imply (:meth:`~.opgraph.Builder.slice_precision`)."""
+    """A slot ``recv``'s template: its transfer's, then the slice's layer index, the
+    precision its bytes imply (:meth:`~.opgraph.Builder.slice_precision`) and what the slot
+    holds for its ``free`` and ``gemm`` (:func:`_held`)."""
     res, occ, lat, charges = _transfer(b, ("xfer", i.peer, die, i.nbytes), i.peer, die, i.nbytes)
+    tag = b.layers[c.layer][0]
     hit = b.chains[key] = (
-        res, occ, lat, charges, b.layers[c.layer][0], b.slice_precision(c, i.nbytes),
+        res, occ, lat, charges, tag, b.slice_precision(c, i.nbytes), _held(b, tag, c, die),
     )  # fmt: skip
     return hit
+
+
+def _held(b: Builder, tag: int, c: SliceRef, die: int) -> tuple[int, dict[Any, Any]]:
+    """What a slot filled with slice ``c`` on die ``die`` holds for the ops that use it:
+    the layer index (a ``free``'s) and the compute templates (a ``gemm``'s, :func:`_units_of`),
+    kept in the fill's template so a run reads them by slot."""
+    skey = ("unit", die, c.layer, c.expert is None, c.slice)
+    return tag, b.chains.get(skey) or _units_of(b, skey, c, die)
 
 
 def _units_of(b: Builder, key: tuple[Any, ...], c: SliceRef, die: int) -> dict[Any, Any]:
@@ -109,7 +119,8 @@ def _unit_template(b: Builder, units: dict[Any, Any], key: tuple[Any, ...], c: S
     prec, ng, na, nc = key
     hidden, w, _, dtype, gated = b.slice_geometry(c)
     durs, _, _, _, hb, charges = unit_costs(b, die, ng, na, nc, hidden, w, gated, prec, dtype)
-    hit = units[key] = (durs, hb, _registered(b, charges), b.layers[c.layer][0])
+    lk = b.layers[c.layer][0]
+    hit = units[key] = (durs, hb, _registered(b, charges), lk, (lk, lk, lk))
     return hit
 
 
@@ -131,15 +142,22 @@ def _load_template(
     tag, k = b.layers[c.layer][0], len(kinds)
     hit = b.chains[key] = (
         tag, b.slice_precision(c, nbytes), k, kinds, durs, res, (die,) * k, (tag,) * k, backs,
-        _registered(b, charges), links,
+        _registered(b, charges), links, _held(b, tag, c, die),
     )  # fmt: skip
     return hit
 
 
 def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     """Add the ops of ``ins[j:]`` up to the first instruction not covered (module doc) as
-    their handlers would; returns that instruction's index (``j``: nothing added)."""
+    their handlers would; returns that instruction's index (``j``: nothing added). A long run
+    goes to the compiled relay when it is wanted (:mod:`.relay_compiled`)."""
     n = len(ins)
+    if COMPILED_RUN:
+        wanted, compiled = COMPILED_RUN[0]
+        if wanted(n - j):
+            k = compiled(b, s, ins, j)
+            if k is not None:
+                return k
     g = b.g
     kind, dur, res_l, gdie, instr, layer = g.kind, g.dur, g.res, g.die, g.instr, g.layer
     # the run's edges and chains, appended to the graph's typed columns when the run ends
@@ -149,6 +167,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     runs: list[int] = []
     edge_from, edge_to = src.append, dst.append
     die = s.die
+    d2, d3 = (die, die), (die, die, die)
     # the latest wait: an edge into every op of a covered instruction's first (none in a run)
     fence = s.fence
     slot_fill, slot_info, slot_uses = s.slot_fill, s.slot_fill_info, s.slot_uses
@@ -177,6 +196,10 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     recvs_from_me: dict[int, Any] = {}
     my_recvs: dict[int, Any] = {}
     my_sends: dict[int, Any] = {}
+    # per slot filled in this run: what it holds (_held); per layer name: its latest ``x``
+    # block's arrival (a block recv ends a run, so it does not change within one)
+    held: dict[int, tuple[int, dict[Any, Any]]] = {}
+    x_in: dict[str, int | None] = {}
     while j < n:
         i = ins[j]
         cls = type(i)
@@ -242,7 +265,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     dur += (occ, lat)
                     res_l += (res, -1)
                     runs += (hold, 1)
-                    gdie += (die, die)
+                    gdie += d2
                     instr += (i, i)
                     layer += (tag, tag)
                 link_bytes[res] += nbytes
@@ -266,21 +289,26 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 la.ops += (hold, op)
                 slot_fill[slot] = op
                 slot_info[slot] = (c, tpl[5])
+                held[slot] = tpl[6]
                 slot_uses[slot] = []
                 slot_rec[slot] = len(fills) + 2
                 fills += (die, hold, -1)
             since(op)
         elif cls is Free:
             slot = i.slot
-            c = slot_info.get(slot, _EMPTY)[0]
+            h = held.get(slot)
+            if h is None:
+                c = slot_info.get(slot, _EMPTY)[0]
+                tag = layers[c.layer][0] if c is not None else None
+            else:
+                tag = h[0]
             op = len(kind)
             kind.append(SYNC)
             dur.append(0.0)
             res_l.append(-1)
             gdie.append(die)
             instr.append(i)
-            if c is not None:
-                tag = layers[c.layer][0]
+            if tag is not None:
                 layer.append(tag)
                 la = las.get(tag)
                 if la is None:
@@ -317,10 +345,14 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             ng = tg.size
             na = ng if ta is tg else ta.size
             nc = ng if tc is tg else tc.size
-            skey = ("unit", die, c.layer, c.expert is None, c.slice)
-            units = memo.get(skey) or _units_of(b, skey, c, die)
+            h = held.get(slot)
+            if h is None:
+                skey = ("unit", die, c.layer, c.expert is None, c.slice)
+                units = memo.get(skey) or _units_of(b, skey, c, die)
+            else:
+                units = h[1]
             ukey = (prec, ng, na, nc)
-            durs, hb, charges, lk = units.get(ukey) or _unit_template(b, units, ukey, c, die)
+            durs, hb, charges, lk, lk3 = units.get(ukey) or _unit_template(b, units, ukey, c, die)
             op = len(kind)
             fence_to(op)
             if last_compute is not None:
@@ -330,17 +362,20 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             if a is not None:
                 edge_from(a)
                 edge_to(op)
-            a = last_recv.get((c.layer, "x"))
+            cl = c.layer
+            a = x_in.get(cl, -1)
+            if a == -1:
+                a = x_in[cl] = last_recv.get((cl, "x"))
             if a is not None:
                 edge_from(a)
                 edge_to(op)
             kind += (COMPUTE, COMPUTE, COMPUTE)
             dur += durs
-            res_l += (die, die, die)
+            res_l += d3
             runs += (op, 2)  # gemm -> act -> accum
-            gdie += (die, die, die)
+            gdie += d3
             instr += (i, ia, ic)
-            layer += (lk, lk, lk)
+            layer += lk3
             log_at(op)
             log_block(charges)
             la = las.get(lk)
@@ -365,7 +400,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             slot = i.slot
             channel = i.channel
             lkey = ("load", channel, die, c.layer, c.expert is None, c.slice, nbytes)
-            tag, prec, k, kinds, durs, ress, dies, tags, backs, charges, links = memo.get(
+            tag, prec, k, kinds, durs, ress, dies, tags, backs, charges, links, h = memo.get(
                 lkey
             ) or _load_template(b, lkey, c, channel, die, nbytes)
             # Builder.read, from its template
@@ -399,6 +434,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 edge_to(first)
             slot_fill[slot] = op
             slot_info[slot] = (c, prec)
+            held[slot] = h
             slot_uses[slot] = []
             slot_rec[slot] = len(fills) + 2
             fills += (die, first, -1)
@@ -429,3 +465,7 @@ def starts_chain(ins: Sequence[Instr], j: int, n: int) -> bool:
 
 
 RELAY.append((relay_run, (recv, send, free, load), slice_unit))
+#: the compiled relay's ``(wanted, run)`` (set by :mod:`.relay_compiled`, imported below)
+COMPILED_RUN: list[Any] = []
+
+import moec.backends.interp.relay_compiled  # noqa: E402,F401 - registers the compiled relay

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from moec.backends.interp import relay_records
 from moec.backends.interp.event_loop import optional_kernel
 from moec.backends.interp.expand import fsedp_instrs as mk
 from moec.backends.interp.expand.fsedp_engine import Engine
@@ -277,7 +278,9 @@ def _instructions(
     trip's unit in ``unit_of``). The records sorted die by die, then grouped by kind: each
     kind's instructions are made in one pass (:func:`.fsedp_instrs.made`), each in the order it
     takes in the streams, so laying them out (one gather) reads seven runs of objects in the
-    order they were allocated (in record order it read them scattered: three times slower)."""
+    order they were allocated (in record order it read them scattered: three times slower).
+    Each die's records are offered to the compiled relay with its instructions
+    (:mod:`..relay_records`)."""
     k = _kernel
     n = len(out)
     order = np.argsort(log[:, 0].astype(np.int16), kind="stable")  # die by die (radix sort)
@@ -316,6 +319,8 @@ def _instructions(
     laid = itemgetter(*place.tolist())(made) if len(made) > 1 else made
     for d in range(n):
         out[d] += laid[ends[d] : ends[d + 1]]
+    if relay_records.wanted():  # the records, for the compiled relay
+        relay_records.offer(laid, ends, log[order], refs, sizes, held, unit_of, n)
 
 
 def refs_of(refs: list[Any], ts: list[int]) -> list[Any]:

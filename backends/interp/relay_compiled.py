@@ -1,0 +1,548 @@
+"""The relay, compiled: a long run of :func:`.relay_chain.relay_run` taken by a numba kernel.
+
+A whole-model FSE-DP run relays millions of instructions (a layer of Qwen3-30B-A3B on 4x4
+dies about 40k a die), at about 1 us each in Python, the interpreter's floor. Reading them back
+from the objects costs about as much, so the compiled FSE-DP scheduler offers each die's
+records with the instructions they made (:mod:`.relay_records`), and a stream holding such a
+segment is read as columns from them (code, slot, peer or channel, bytes, slice shape, token
+counts); each run's templates are found per distinct key (the relay's own memoized templates,
+:mod:`.relay_chain`), and :func:`.relay_kernel.relay` writes the run's ops, edges, charges,
+SRAM records, fills and pairings as arrays, appended to the builder's lists in the order the
+reference appends them. The graph, the records and the die's state are the reference's, to
+the byte (``tests/test_relay_compiled.py`` compares them on the tiny goldens and FSE-DP
+points); a run is cut where a segment ends (the reference's run would go on: the same graph,
+the event loop reading the edge log source by source).
+
+:data:`COMPILED` says when: True every run it can take, False never (the reference), None (the
+default) runs of at least :data:`MIN_RUN` instructions (shorter ones cost more in setup than
+they save) where records were offered, which happens only where the compiled scheduler ran
+(numba is loaded, and the work is big enough to have paid for it). moec works without numba:
+the reference takes every run.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from collections.abc import Sequence
+from itertools import chain, islice, repeat
+from operator import attrgetter
+from typing import Any
+
+import numpy as np
+
+from moec.backends.interp import relay_chain as rc
+from moec.backends.interp import relay_records
+from moec.backends.interp.event_loop import optional_kernel
+from moec.backends.interp.opgraph import Builder, DieState
+from moec.ir.stream.program import HOST_CHANNEL, Instr, SliceRef
+
+#: True: every run the kernel can take; False: none; None: runs of :data:`MIN_RUN` or more
+COMPILED: bool | None = None
+#: the shortest run an undecided process gives the kernel
+MIN_RUN = 256
+
+RECV, SEND, FREE, GEMM, LOAD = (
+    relay_records.RECV, relay_records.SEND, relay_records.FREE, relay_records.GEMM, relay_records.LOAD,
+)  # fmt: skip
+_kernel: Any = None
+
+
+def available() -> bool:
+    """Whether the kernel can run here (numba imports); imports it once."""
+    global _kernel
+    if _kernel is None:
+        _kernel = optional_kernel("moec.backends.interp.relay_kernel")
+    return _kernel is not False
+
+
+def offered() -> bool:
+    """Whether the scheduler's records are wanted (:mod:`.relay_records`)."""
+    return COMPILED is not False
+
+
+def wanted(length: int) -> bool:
+    """Whether a run of at most ``length`` instructions may go to the kernel (records held)."""
+    if COMPILED is False or not relay_records.active():
+        return False
+    return (COMPILED or length >= MIN_RUN) and available()
+
+
+class _Tables:
+    """A builder's templates as rows of arrays (a transfer's, a slice compute's, a load's),
+    found by shape, and each stream's columns (:func:`_columns`)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[Any, ...], int] = {}  # (die, code, peer, bytes, shape) -> row
+        self.shape_of: dict[tuple[str, bool, int], int] = {}
+        self.shape_ref: list[SliceRef] = []
+        self.blocks: list[Any] = []  # charges, by entry
+        self.x: list[list[Any]] = [[], [], [], [], [], []]  # res, occ, lat, tag, chg, held
+        self.u: list[list[Any]] = [[], [], [], [], []]  # durs, lk, chg, hb, layer name
+        self.u_rows: dict[tuple[Any, ...], int] = {}
+        self.helds: dict[tuple[int, str], int] = {}
+        self.held: list[tuple[Any, str, SliceRef]] = []
+        self.ld: list[list[Any]] = [[], [], []]  # tag, chg, held
+        self.l_ptr, self.l_kind, self.l_dur, self.l_res = [0], [], [], []  # type: ignore[var-annotated]
+        self.l_bptr, self.l_bo, self.l_back = [0], [], []  # type: ignore[var-annotated]
+        self.l_lptr, self.l_links = [0], []  # type: ignore[var-annotated]
+        self.stream: tuple[Any, Any] | None = None
+        self.arrays: dict[str, np.ndarray] = {}
+        self.sized = (-1, -1, -1)
+        #: where the current run's fills start in the builder's (flat) fills
+        self.fill_base = 0
+
+    def block(self, charges: Any) -> int:
+        self.blocks.append(charges)
+        return len(self.blocks) - 1
+
+    def hold_id(self, units: dict[Any, Any], prec: str, c: SliceRef) -> int:
+        key = (id(units), prec)
+        k = self.helds.get(key)
+        if k is None:
+            k = self.helds[key] = len(self.held)
+            self.held.append((units, prec, c))
+        return k
+
+
+def _tables(b: Builder) -> _Tables:
+    t = b.relay_tables
+    if t is None:
+        t = b.relay_tables = _Tables()
+    return t
+
+
+def _columns(t: _Tables, ins: Sequence[Instr]) -> dict[str, Any]:
+    """The stream's columns (per instruction its code, slot, peer or channel, bytes, slice
+    shape, token count) where the scheduler offered them (:mod:`.relay_records`); elsewhere
+    code 0: the Python relay takes those instructions."""
+    if t.stream is not None and t.stream[0] is ins:
+        return t.stream[1]
+    n = len(ins)
+    code = np.zeros(n, np.int64)
+    cols = {"code": code, "slot": np.zeros(n, np.int64), "peer": np.zeros(n, np.int64),
+            "nbytes": np.zeros(n, np.int64), "shape": np.full(n, -1, np.int64),
+            "size": np.zeros(n, np.int64)}  # fmt: skip
+    for p, seg in relay_records.take(np.fromiter(map(id, ins), np.int64, n)):
+        w = slice(p, p + len(seg.ids))
+        code[w] = seg.code
+        cols["slot"][w], cols["peer"][w] = seg.slot, seg.peer
+        cols["nbytes"][w], cols["size"][w] = seg.nbytes, seg.size
+        ours = []  # the segment's shapes as this builder numbers them
+        for c in seg.shapes:
+            key = (c.layer, c.expert is None, c.slice)
+            k = t.shape_of.get(key)
+            if k is None:
+                k = t.shape_of[key] = len(t.shape_ref)
+                t.shape_ref.append(c)
+            ours.append(k)
+        cols["shape"][w] = np.asarray(ours, np.int64)[seg.shape]
+    t.stream = (ins, cols)
+    return cols
+
+
+def _x_row(t: _Tables, b: Builder, die: int, key: tuple[int, ...], i: Any) -> int:
+    """The row of a ``recv``'s or ``send``'s template (the reference's, memoized alike)."""
+    _, code, p, nb, sh = key
+    if code == RECV:
+        c = t.shape_ref[sh]
+        rkey = ("recv", p, die, nb, c.layer, c.expert is None, c.slice)
+        tpl = b.chains.get(rkey) or rc._recv_template(b, rkey, i, c, die)
+        res, occ, lat, charges, tag, prec, (_, units) = tpl
+        hid = t.hold_id(units, prec, c)
+    else:
+        xkey = ("xfer", die, p, nb)
+        res, occ, lat, charges = b.chains.get(xkey) or rc._transfer(b, xkey, die, p, nb)
+        tag, hid = -1, -1
+    row = t.rows[key] = len(t.x[0])
+    for col, v in zip(t.x, (res, occ, lat, tag, t.block(charges), hid), strict=True):
+        col.append(v)
+    return row
+
+
+def _l_row(t: _Tables, b: Builder, die: int, key: tuple[int, ...]) -> int:
+    """The row of a slice ``load``'s template."""
+    _, _, channel, nb, sh = key
+    c = t.shape_ref[sh]
+    lkey = ("load", channel, die, c.layer, c.expert is None, c.slice, nb)
+    tpl = b.chains.get(lkey) or rc._load_template(b, lkey, c, channel, die, nb)
+    tag, prec, _, kinds, durs, ress, _, _, backs, charges, links, (_, units) = tpl
+    row = t.rows[key] = len(t.ld[0])
+    for col, v in zip(t.ld, (tag, t.block(charges), t.hold_id(units, prec, c)), strict=True):
+        col.append(v)
+    t.l_kind += kinds
+    t.l_dur += durs
+    t.l_res += ress
+    t.l_ptr.append(len(t.l_kind))
+    for o, back in backs:
+        t.l_bo.append(o)
+        t.l_back.append(back)
+    t.l_bptr.append(len(t.l_bo))
+    t.l_links += links
+    t.l_lptr.append(len(t.l_links))
+    return row
+
+
+def _u_row(t: _Tables, b: Builder, die: int, key: tuple[int, ...]) -> int:
+    """The row of a slice compute's template (its fill's held templates, its token counts)."""
+    hid, ng, na, nc = key
+    units, prec, c = t.held[hid]
+    ukey = (prec, ng, na, nc)
+    durs, hb, charges, lk, _ = units.get(ukey) or rc._unit_template(b, units, ukey, c, die)
+    row = t.u_rows[key] = len(t.u[0])
+    for col, v in zip(t.u, (durs, lk, t.block(charges), hb, c.layer), strict=True):
+        col.append(v)
+    return row
+
+
+def _arrays(t: _Tables) -> dict[str, np.ndarray]:
+    """The template tables as the kernel reads them (rebuilt when rows were added)."""
+    sized = (len(t.x[0]), len(t.u[0]), len(t.ld[0]))
+    if sized != t.sized:
+        i64, f64 = np.int64, np.float64
+        t.arrays = {
+            "x_res": np.asarray(t.x[0], i64), "x_occ": np.asarray(t.x[1], f64),
+            "x_lat": np.asarray(t.x[2], f64), "x_tag": np.asarray(t.x[3], i64),
+            "x_chg": np.asarray(t.x[4], i64),
+            "u_dur": np.asarray(t.u[0], f64).reshape(-1, 3), "u_lk": np.asarray(t.u[1], i64),
+            "u_chg": np.asarray(t.u[2], i64),
+            "l_tag": np.asarray(t.ld[0], i64), "l_ptr": np.asarray(t.l_ptr, i64),
+            "l_kind": np.asarray(t.l_kind, i64), "l_dur": np.asarray(t.l_dur, f64),
+            "l_res": np.asarray(t.l_res, i64), "l_bptr": np.asarray(t.l_bptr, i64),
+            "l_bo": np.asarray(t.l_bo, i64), "l_lptr": np.asarray(t.l_lptr, i64),
+            "l_links": np.asarray(t.l_links, i64), "l_chg": np.asarray(t.ld[1], i64),
+        }  # fmt: skip
+        t.sized = sized
+    return t.arrays
+
+
+def _rows_of(t: _Tables, b: Builder, die: int, ins: Sequence[Instr], j: int,
+             where: np.ndarray, keys: np.ndarray, make: Any) -> np.ndarray:  # fmt: skip
+    """Each entry's row (``keys``: one row of ints per entry, ``where`` its place in the run),
+    made (``make``) for the keys not seen yet: the distinct keys looked up once."""
+    low = keys.min(axis=0)
+    span = (keys.max(axis=0) - low + 1).tolist()
+    flat = np.zeros(len(keys), np.int64)
+    if float(np.prod(span, dtype=np.float64)) < 2.0**62:  # the columns mixed into one key
+        for col, lo, width in zip(keys.T, low.tolist(), span, strict=True):
+            flat = flat * width + (col - lo)
+    else:  # the columns' ranks, mixed
+        for col in keys.T:
+            vals, rank = np.unique(col, return_inverse=True)
+            flat = flat * len(vals) + rank.reshape(-1)
+    _, first, inv = np.unique(flat, return_index=True, return_inverse=True)
+    u = keys[first]
+    unit = make is _u_row
+    table = t.u_rows if unit else t.rows
+    rows = []
+    for q, key in enumerate(map(tuple, u.tolist())):
+        key = key if unit else (die, *key)
+        got = table.get(key)
+        if got is None:
+            if make is _x_row:
+                got = _x_row(t, b, die, key, ins[j + int(where[first[q]])])
+            else:
+                got = make(t, b, die, key)
+        rows.append(got)
+    return np.asarray(rows, np.int64)[inv.reshape(-1)]
+
+
+def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
+    """:func:`.relay_chain.relay_run` of ``ins[j:]`` by the kernel: the index after the run,
+    or None where the reference must take it (a run too short to pay, a stream or state the
+    kernel does not hold)."""
+    t = _tables(b)
+    if (t.stream is None or t.stream[0] is not ins) and not relay_records.holding():
+        return None  # no records offered: the reference's
+    cols = _columns(t, ins)
+    if not cols["code"][j]:
+        return None
+    k = _kernel
+    die = s.die
+    code, slot = cols["code"][j:], cols["slot"][j:]
+    S = int(max([int(cols["slot"].max(initial=-1))] + list(s.slot_fill_info) + list(s.slot_uses)
+                + list(s.slot_fill) + list(s.slot_free) + list(s.slot_fill_rec))) + 1  # fmt: skip
+    info = s.slot_fill_info
+    has_c = np.zeros(S, np.bool_)
+    for q, (c, _) in info.items():
+        has_c[q] = c is not None
+    m, reads = k.run_end(code, slot, has_c, np.full(S, -1, np.int64))
+    if m < (MIN_RUN if COMPILED is None else 1):
+        return None
+    code, slot = code[:m], slot[:m]
+    peer, nb, sh = cols["peer"][j : j + m], cols["nbytes"][j : j + m], cols["shape"][j : j + m]
+    xw = np.flatnonzero((code == RECV) | (code == SEND))
+    if len(xw) and (peer[xw] == die).any():
+        return None  # a die's transfer to itself: both sides on one die, the reference's
+    row = np.zeros(m, np.int64)
+    if len(xw):
+        keys = np.stack([code[xw], peer[xw], nb[xw], sh[xw]], axis=1)
+        row[xw] = _rows_of(t, b, die, ins, j, xw, keys, _x_row)
+    lw = np.flatnonzero(code == LOAD)
+    if len(lw):
+        keys = np.stack([code[lw], peer[lw], nb[lw], sh[lw]], axis=1)
+        row[lw] = _rows_of(t, b, die, ins, j, lw, keys, _l_row)
+    gw = np.flatnonzero(code == GEMM)
+    if len(gw):
+        x_hid, l_hid = np.asarray(t.x[5], np.int64), np.asarray(t.ld[2], np.int64)
+        src = reads[gw]
+        hid = np.full(len(gw), -1, np.int64)
+        inrun = src >= 0
+        fill_code = code[src[inrun]]
+        fill_row = row[src[inrun]]
+        held = np.empty(len(fill_row), np.int64)
+        by_recv = fill_code == RECV
+        held[by_recv] = x_hid[fill_row[by_recv]]
+        held[~by_recv] = l_hid[fill_row[~by_recv]]
+        hid[inrun] = held
+        for q in np.flatnonzero(~inrun).tolist():
+            c, prec = info[int(slot[gw[q]])]
+            skey = ("unit", die, c.layer, c.expert is None, c.slice)
+            units = b.chains.get(skey) or rc._units_of(b, skey, c, die)
+            hid[q] = t.hold_id(units, prec, c)
+        size = cols["size"][j : j + m]
+        keys = np.stack([hid, size[gw], size[gw + 1], size[gw + 2]], axis=1)
+        row[gw] = _rows_of(t, b, die, ins, j, gw, keys, _u_row)
+    a = _arrays(t)
+    # the latest x block's arrival per layer, for the slice computes
+    names = t.u[4]
+    x_of = {nm: s.last_recv.get((nm, "x")) for nm in set(names)}
+    u_x = np.asarray([-1 if x_of[nm] is None else x_of[nm] for nm in names], np.int64)
+    # the die's slot state
+    fill_op, free_op = np.full(S, -1, np.int64), np.full(S, -1, np.int64)
+    slot_tag, slot_rec = np.full(S, -1, np.int64), np.full(S, -1, np.int64)
+    for q, v in s.slot_fill.items():
+        fill_op[q] = v
+    for q, v in s.slot_free.items():
+        free_op[q] = v
+    for q, (c, _) in info.items():
+        if c is not None:
+            slot_tag[q] = b.layers[c.layer][0]
+    for q in s.slot_fill_rec:
+        slot_rec[q] = -2
+    uses = s.slot_uses
+    npre = sum(map(len, uses.values()))
+    cap = npre + m + 1
+    pool_op, pool_next = np.full(cap, -1, np.int64), np.full(cap, -1, np.int64)
+    use_first, use_last = np.full(S, -1, np.int64), np.full(S, -1, np.int64)
+    uses_on = np.zeros(S, np.bool_)
+    npool = 0
+    for q, lst in uses.items():
+        uses_on[q] = True
+        for op in lst:
+            npool = k._use(q, op, use_first, use_last, pool_op, pool_next, npool, uses_on)
+    # the transfers waiting for this die's side, per peer (as many as its run may pair)
+    D = b.D
+    ws_flat, ws_head, ws_end = _waiting(
+        b.pending_send, [(p, die) for p in range(D)], peer[code == RECV], D
+    )
+    wr_flat, wr_head, wr_end = _waiting(
+        b.pending_recv, [(die, p) for p in range(D)], peer[code == SEND], D
+    )
+    ws_head0, wr_head0 = ws_head.copy(), wr_head.copy()
+    # room for the outputs
+    nops = int(2 * len(xw) + 3 * len(gw) + (code == FREE).sum()) + int(
+        (a["l_ptr"][row[lw] + 1] - a["l_ptr"][row[lw]]).sum() if len(lw) else 0
+    )
+    nx = int(max((a["l_lptr"][1:] - a["l_lptr"][:-1]).max(initial=0), 1))
+    nbk = int(max((a["l_bptr"][1:] - a["l_bptr"][:-1]).max(initial=0), 1))
+    E = 4 * m + cap
+    z = np.empty
+    out_i = (
+        z(nops, np.int64), z(nops, np.int64), z(nops, np.int64), z(nops, np.int64),
+        z(E, np.int64), z(E, np.int64), z(2 * m, np.int64), z(m, np.int64), z(m, np.int64),
+        z(m, np.int64), z(m, np.int64), z(m * nx + m, np.int64), z(m * nx + m, np.int64),
+        z(m * nbk, np.int64), z(m * nbk, np.int64), z(3 * m, np.int64), z(3 * m, np.int64),
+        z(m, np.int64), z(m, np.int64), z(m, np.int64), z(m, np.int64), z(m, np.int64),
+        z(m, np.int64), z(m, np.int64), z(m, np.int64), z(m, np.int64), z(m, np.int64),
+        z(S + 1, np.int64), z(S + 1, np.int64), z((m, 3), np.int64), z((m, 3), np.int64),
+        z((m, 4), np.int64),
+    )  # fmt: skip
+    out_f = (z(nops, np.float64),)
+    lc = s.last_compute
+    n, lc = k.relay(
+        m, len(b.g.kind), die, code, slot, peer, row,
+        a["x_res"], a["x_occ"], a["x_lat"], a["x_tag"], a["x_chg"],
+        a["u_dur"], a["u_lk"], u_x, a["u_chg"],
+        a["l_tag"], a["l_ptr"], a["l_kind"], a["l_dur"], a["l_res"], a["l_bptr"], a["l_bo"],
+        a["l_lptr"], a["l_links"], a["l_chg"],
+        fill_op, free_op, slot_tag, slot_rec, use_first, use_last, pool_op, pool_next, npool,
+        uses_on, -1 if lc is None else lc,
+        ws_flat[0::2].copy(), ws_flat[1::2].copy(), ws_head, ws_end,
+        wr_flat[0::2].copy(), wr_flat[1::2].copy(), wr_head, wr_end, out_i, out_f,
+    )  # fmt: skip
+    n = n.tolist()
+    _append(b, s, ins, j, t, cols, n, out_i, out_f, row)
+    # the die's state, as the reference leaves it
+    s.last_compute = None if lc < 0 else int(lc)
+    _slots_back(b, s, ins, j, t, n, out_i, row, code, S, fill_op, free_op, slot_rec,
+                use_first, uses_on, pool_op, pool_next)  # fmt: skip
+    for p in range(D):
+        for _ in range(int(ws_head[p] - ws_head0[p])):
+            b.pending_send[(p, die)].popleft()
+        for _ in range(int(wr_head[p] - wr_head0[p])):
+            b.pending_recv[(die, p)].popleft()
+    for c_, p, hold, op in out_i[31][: n[31]].tolist():
+        q = b.pending_recv[(p, die)] if c_ == RECV else b.pending_send[(die, p)]
+        q.append((hold, op))
+    if s.pending_h:
+        for q in set(slot[gw].tolist()):
+            s.pending_h.pop(q, None)
+    return j + m
+
+
+def _waiting(pending: dict[tuple[int, int], Any], keys: list[tuple[int, int]],
+             peers: np.ndarray, D: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The first transfers waiting on each key (per peer), as many as the run's ``peers``
+    may take: flat ``hold, op`` pairs, each peer's start and end."""
+    want = np.bincount(peers, minlength=D).tolist() if len(peers) else [0] * D
+    flat: list[int] = []
+    ends = []
+    for key, w in zip(keys, want, strict=True):
+        q = pending.get(key)
+        if q and w:
+            flat += chain.from_iterable(islice(q, w))
+        ends.append(len(flat) // 2)
+    end = np.asarray(ends, np.int64)
+    start = np.concatenate([[0], end[:-1]]).astype(np.int64)
+    return np.asarray(flat, np.int64), start, end
+
+
+def _append(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Tables,
+            cols: dict[str, Any], n: list[int], out_i: tuple[Any, ...], out_f: tuple[Any, ...],
+            row: np.ndarray) -> None:  # fmt: skip
+    """Append the kernel's output to the builder: the ops, the edges and chains, the fence's
+    edges, the charges, the bytes, the SRAM records and fills, the pairings' renames."""
+    g, die = b.g, s.die
+    nop = n[0]
+    g.kind += out_i[0][:nop].tolist()
+    g.dur += out_f[0][:nop].tolist()
+    g.res += out_i[1][:nop].tolist()
+    g.die += [die] * nop
+    g.instr += map(ins.__getitem__, (out_i[3][:nop] + j).tolist())
+    g.layer += out_i[2][:nop].tolist()
+    if n[29]:  # a send names its transfer
+        hold, op, r = out_i[29][: n[29]].T.tolist()
+        sent = list(map(ins.__getitem__, (out_i[29][: n[29], 2] + j).tolist()))
+        for at in (hold, op):
+            deque(map(g.instr.__setitem__, at, sent), 0)
+            deque(map(g.die.__setitem__, at, repeat(die)), 0)
+    if n[30]:  # a recv tags its transfer with its layer, if the send did not
+        fix = out_i[30][: n[30]]
+        layer = g.layer
+        untagged = np.fromiter(map(layer.__getitem__, fix[:, 1].tolist()), np.int64, len(fix)) < 0
+        fix = fix[untagged]
+        for at in (fix[:, 0].tolist(), fix[:, 1].tolist()):
+            deque(map(layer.__setitem__, at, fix[:, 2].tolist()), 0)
+    g.src.frombytes(out_i[4][: n[4]].tobytes())
+    g.dst.frombytes(out_i[5][: n[4]].tobytes())
+    g.runs.frombytes(out_i[6][: n[6]].tobytes())
+    if s.fence is not None:
+        g.src += array("q", (s.fence,)) * n[7]
+        g.dst.frombytes(out_i[7][: n[7]].tobytes())
+    b.energy.log_run(
+        out_i[9][: n[9]].tolist(), list(map(t.blocks.__getitem__, out_i[10][: n[9]].tolist()))
+    )
+    nbytes = cols["nbytes"][j:]
+    _add_bytes(b.link_bytes, out_i[11][: n[10]], nbytes[out_i[12][: n[10]]])
+    lw = np.flatnonzero(cols["code"][j : j + len(row)] == LOAD)
+    if len(lw):
+        ch = cols["peer"][j + lw]
+        host = ch == HOST_CHANNEL
+        if host.any():
+            b.host_bytes[die] += int(nbytes[lw[host]].sum())
+        dram: dict[int, int] = {}
+        _add_bytes(dram, ch[~host], nbytes[lw[~host]])
+        for c, v in dram.items():
+            b.dram_bytes[c] += v
+    if n[12]:
+        g.back_of.update(zip((out_i[13][: n[12]]).tolist(),
+                             map(t.l_back.__getitem__, out_i[14][: n[12]].tolist()), strict=True))  # fmt: skip
+    s.since_signal.extend(out_i[8][: n[8]].tolist())  # a list, or typed by a slice run
+    _acts(b, die, ins, j, t, n, out_i, row)
+    t.fill_base = len(b.fills)
+    if n[23]:  # flat: die, fill op, free op (-1: not freed yet)
+        flat = np.empty((n[23], 3), np.int64)
+        flat[:, 0], flat[:, 1], flat[:, 2] = die, out_i[23][: n[23]], out_i[24][: n[23]]
+        b.fills += flat.ravel().tolist()
+
+
+def _add_bytes(into: dict[int, int], keys: np.ndarray, nbytes: np.ndarray) -> None:
+    """``into[k] += bytes`` for each pair in turn (the sums, keys in first-seen order)."""
+    if not len(keys):
+        return
+    u, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+    sums = np.zeros(len(u), np.int64)
+    np.add.at(sums, inv.reshape(-1), nbytes)
+    for q in np.argsort(first, kind="stable").tolist():
+        key = int(u[q])
+        into[key] = into.get(key, 0) + int(sums[q])
+
+
+def _acts(b: Builder, die: int, ins: Sequence[Instr], j: int, t: _Tables, n: list[int],
+          out_i: tuple[Any, ...], row: np.ndarray) -> None:  # fmt: skip
+    """The run's SRAM records, per layer in the order the run first touched it."""
+    tags, ops = out_i[15][: n[15]], out_i[16][: n[15]]
+    if not len(tags):
+        return
+    xt, xo, xr = out_i[17][: n[17]], out_i[18][: n[17]], out_i[19][: n[17]]
+    u, first = np.unique(tags, return_index=True)
+    one = len(u) == 1
+    hb = t.u[3]
+    tokens = attrgetter("tokens")
+    for tag in u[np.argsort(first, kind="stable")].tolist():
+        la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
+        la.ops += (ops if one else ops[tags == tag]).tolist()
+        sel = slice(None) if one else xt == tag
+        gops, grs = xo[sel], (xr[sel] + j)
+        if not len(gops):
+            continue
+        gl = gops.tolist()
+        la.x_uses += zip(gl, map(tokens, map(ins.__getitem__, grs.tolist())), strict=True)
+        la.accums += zip(
+            (gops + 2).tolist(), map(tokens, map(ins.__getitem__, (grs + 2).tolist())), strict=True
+        )
+        la.h += chain.from_iterable(
+            zip(gl, (gops + 2).tolist(), map(hb.__getitem__, row[grs - j].tolist()), strict=True)
+        )
+
+
+def _slots_back(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Tables,
+                n: list[int], out_i: tuple[Any, ...], row: np.ndarray, code: np.ndarray, S: int,
+                fill_op: np.ndarray, free_op: np.ndarray, slot_rec: np.ndarray,
+                use_first: np.ndarray, uses_on: np.ndarray, pool_op: np.ndarray,
+                pool_next: np.ndarray) -> None:  # fmt: skip
+    """The die's slot maps as the reference leaves them after the run."""
+    pre, fills_ = s.slot_fill_rec, b.fills
+    for q, op in zip(out_i[27][: n[27]].tolist(), out_i[28][: n[27]].tolist(), strict=True):
+        fills_[pre.pop(q)] = op  # a fill from before the run, freed in it
+    fills, frees = fill_op.tolist(), free_op.tolist()
+    for q in range(S):
+        if fills[q] >= 0:
+            s.slot_fill[q] = fills[q]
+        if frees[q] >= 0:
+            s.slot_free[q] = frees[q]
+        k = int(slot_rec[q])
+        if k >= 0:
+            pre[q] = t.fill_base + 3 * k + 2
+        elif k == -1:
+            pre.pop(q, None)
+        if uses_on[q]:
+            lst, p = [], int(use_first[q])
+            while p >= 0:
+                lst.append(int(pool_op[p]))
+                p = int(pool_next[p])
+            s.slot_uses[q] = lst
+        else:
+            s.slot_uses.pop(q, None)
+    # each slot's last fill in the run: what it holds, at which precision
+    last: dict[int, int] = dict(
+        zip(out_i[25][: n[23]].tolist(), out_i[26][: n[23]].tolist(), strict=True)
+    )
+    for q, r in last.items():
+        hid = t.x[5][row[r]] if code[r] == RECV else t.ld[2][row[r]]
+        s.slot_fill_info[q] = (ins[j + r].content, t.held[hid][1])  # type: ignore[union-attr]
+
+
+rc.COMPILED_RUN[:] = [(wanted, run)]
+relay_records.ENABLED[0] = offered
