@@ -137,6 +137,14 @@ def _columns(t: _Tables, ins: Sequence[Instr]) -> dict[str, Any]:
                 t.shape_ref.append(c)
             ours.append(k)
         cols["shape"][w] = np.asarray(ours, np.int64)[seg.shape]
+    # where a run from each entry must stop at the latest: the next entry of code 0 that is
+    # not a taken gemm's act or accum (:func:`.relay_kernel.run_end` stops there or before; a
+    # run starts at no act or accum), so a run too short to pay is turned down before its setup
+    hard = code == 0
+    hard[1:] &= code[:-1] != GEMM
+    hard[2:] &= code[:-2] != GEMM
+    stops = np.append(np.flatnonzero(hard), n)
+    cols["stop"] = stops[np.searchsorted(stops, np.arange(n))]
     t.stream = (ins, cols)
     return cols
 
@@ -255,7 +263,7 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
     if (t.stream is None or t.stream[0] is not ins) and not relay_records.holding():
         return None  # no records offered: the reference's
     cols = _columns(t, ins)
-    if not cols["code"][j]:
+    if not cols["code"][j] or cols["stop"][j] - j < (MIN_RUN if COMPILED is None else 1):
         return None
     k = _kernel
     die = s.die
