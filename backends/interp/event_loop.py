@@ -95,6 +95,21 @@ def optional_kernel(module: str) -> Any:
         return False
 
 
+class OptionalKernel:
+    """A compiled kernel module, imported on the first :meth:`available` (:func:`optional_kernel`):
+    ``module`` is None before, then the module or False (numba does not import)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.module: Any = None
+
+    def available(self) -> bool:
+        """Whether the kernel can run here; imports it once."""
+        if self.module is None:
+            self.module = optional_kernel(self.name)
+        return self.module is not False
+
+
 def compiled_available() -> bool:
     """Whether the compiled loop can run here (numba imports); imports it once."""
     global _kernel

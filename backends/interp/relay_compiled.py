@@ -33,7 +33,7 @@ import numpy as np
 
 from moec.backends.interp import relay_chain as rc
 from moec.backends.interp import relay_records
-from moec.backends.interp.event_loop import optional_kernel
+from moec.backends.interp.event_loop import OptionalKernel
 from moec.backends.interp.opgraph import Builder, DieState
 from moec.ir.stream.program import HOST_CHANNEL, Instr, SliceRef
 
@@ -45,15 +45,12 @@ MIN_RUN = 256
 RECV, SEND, FREE, GEMM, LOAD = (
     relay_records.RECV, relay_records.SEND, relay_records.FREE, relay_records.GEMM, relay_records.LOAD,
 )  # fmt: skip
-_kernel: Any = None
+_KERNEL = OptionalKernel("moec.backends.interp.relay_kernel")
 
 
 def available() -> bool:
     """Whether the kernel can run here (numba imports); imports it once."""
-    global _kernel
-    if _kernel is None:
-        _kernel = optional_kernel("moec.backends.interp.relay_kernel")
-    return _kernel is not False
+    return _KERNEL.available()
 
 
 def offered() -> bool:
@@ -265,7 +262,7 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
     cols = _columns(t, ins)
     if not cols["code"][j] or cols["stop"][j] - j < (MIN_RUN if COMPILED is None else 1):
         return None
-    k = _kernel
+    k = _KERNEL.module
     die = s.die
     code, slot = cols["code"][j:], cols["slot"][j:]
     S = int(max([int(cols["slot"].max(initial=-1))] + list(s.slot_fill_info) + list(s.slot_uses)

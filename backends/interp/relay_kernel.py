@@ -178,13 +178,8 @@ def relay(  # type: ignore[no-untyped-def]
                 a_tag[n[15]], a_op[n[15]] = tag, hold
                 a_tag[n[15] + 1], a_op[n[15] + 1] = tag, op
                 n[15] += 2
-                fill_op[s] = op
-                slot_tag[s] = tag
-                use_first[s], use_last[s], uses_on[s] = -1, -1, True
-                k = n[23]
-                fill_hold[k], fill_free[k], fill_slot[k], fill_r[k] = hold, -1, s, r
-                n[23] += 1
-                slot_rec[s] = k
+                _fill(s, op, tag, hold, r, n, fill_op, slot_tag, use_first, use_last, uses_on,
+                      fill_hold, fill_free, fill_slot, fill_r, slot_rec)  # fmt: skip
             since[n[8]] = op
             n[8] += 1
         elif c == FREE:
@@ -285,13 +280,8 @@ def relay(  # type: ignore[no-untyped-def]
             if free_op[s] >= 0:
                 e_src[n[4]], e_dst[n[4]] = free_op[s], first
                 n[4] += 1
-            fill_op[s] = op
-            slot_tag[s] = tag
-            use_first[s], use_last[s], uses_on[s] = -1, -1, True
-            k = n[23]
-            fill_hold[k], fill_free[k], fill_slot[k], fill_r[k] = first, -1, s, r
-            n[23] += 1
-            slot_rec[s] = k
+            _fill(s, op, tag, first, r, n, fill_op, slot_tag, use_first, use_last, uses_on,
+                  fill_hold, fill_free, fill_slot, fill_r, slot_rec)  # fmt: skip
             since[n[8]] = op
             n[8] += 1
         r += 1
@@ -312,3 +302,20 @@ def _use(s, op, use_first, use_last, pool_op, pool_next, npool, uses_on):  # typ
     use_last[s] = npool
     uses_on[s] = True
     return npool + 1
+
+
+@numba.njit(cache=True)
+def _fill(  # type: ignore[no-untyped-def]
+    s, op, tag, first, r, n, fill_op, slot_tag, use_first, use_last, uses_on, fill_hold,
+    fill_free, fill_slot, fill_r, slot_rec,
+):  # fmt: skip
+    """Slot ``s`` filled by ``op`` (a ``recv`` or ``load`` of layer ``tag``, its first op
+    ``first``, entry ``r`` of the run): no uses yet, and the next fill record (its free -1
+    until the slot is freed)."""
+    fill_op[s] = op
+    slot_tag[s] = tag
+    use_first[s], use_last[s], uses_on[s] = -1, -1, True
+    k = n[23]
+    fill_hold[k], fill_free[k], fill_slot[k], fill_r[k] = first, -1, s, r
+    n[23] += 1
+    slot_rec[s] = k

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from moec.backends.interp import relay_records
-from moec.backends.interp.event_loop import optional_kernel
+from moec.backends.interp.event_loop import OptionalKernel
 from moec.backends.interp.expand import fsedp_instrs as mk
 from moec.backends.interp.expand.fsedp_engine import Engine
 from moec.backends.interp.expand.fsedp_problem import Problem, Schedule
@@ -55,15 +55,12 @@ COMPILE_FROM = 250
 _played = 0
 #: micro-slices times dies said to be ahead (:func:`expect`) and not played yet
 _expected = 0
-_kernel: Any = None
+_KERNEL = OptionalKernel("moec.backends.interp.expand.fsedp_kernel")
 
 
 def available() -> bool:
     """Whether the kernel can run here (numba imports); imports it once."""
-    global _kernel
-    if _kernel is None:
-        _kernel = optional_kernel("moec.backends.interp.expand.fsedp_kernel")
-    return _kernel is not False
+    return _KERNEL.available()
 
 
 def wanted(prob: Problem) -> bool:
@@ -85,7 +82,7 @@ def wanted(prob: Problem) -> bool:
 def schedule(sim: Any) -> Schedule:
     """Play ``sim`` (a fresh :class:`~.fsedp_sched._Sim`, not yet planned) with the kernel."""
     available()
-    k = _kernel
+    k = _KERNEL.module
     prob: Problem = sim.p
     sim.plan(paths=False)  # the kernel finds the routes
     st = _state(sim)
@@ -122,7 +119,7 @@ def schedule(sim: Any) -> Schedule:
 def _state(sim: Any) -> tuple[Any, ...] | None:
     """The kernel's state (:data:`.fsedp_kernel.State`) for planned ``sim``; None where the
     kernel cannot play it (a host channel, computes of different op counts)."""
-    k = _kernel
+    k = _KERNEL.module
     prob: Problem = sim.p
     engine: Engine = prob.machine  # type: ignore[assignment]
     n, W, trips, units, K = sim.n, len(sim.walk), sim.trips, prob.units, sim.K
@@ -281,7 +278,7 @@ def _instructions(
     order they were allocated (in record order it read them scattered: three times slower).
     Each die's records are offered to the compiled relay with its instructions
     (:mod:`..relay_records`)."""
-    k = _kernel
+    k = _KERNEL.module
     n = len(out)
     order = np.argsort(log[:, 0].astype(np.int16), kind="stable")  # die by die (radix sort)
     by_kind = np.argsort(log[order, 1].astype(np.int8), kind="stable")
