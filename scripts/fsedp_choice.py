@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(len(p) != 2 for p in pairs):
         print("fsedp_choice: --set takes KEY=VALUE", file=sys.stderr)
         return 2
+    if args.rounds < 0:
+        print(f"fsedp_choice: --rounds {args.rounds}: not a count of rounds", file=sys.stderr)
+        return 2
     ref = TargetRef(args.target, pairs)  # type: ignore[arg-type]
     tgt = load_target(args.target, dict(pairs))  # type: ignore[arg-type]
     bm = load_bench_model(args.model)
