@@ -86,6 +86,11 @@ def expect(ops: int) -> None:
     _expected = max(0, ops)
 
 
+def expected() -> int:
+    """The ops said to be ahead (:func:`expect`)."""
+    return _expected
+
+
 def optional_kernel(module: str) -> Any:
     """The compiled kernel module ``module`` (it imports numba), or False when it does not
     import (numba, ``moec[fast]``, not installed)."""

@@ -338,3 +338,9 @@ def expect(work: int) -> None:
     more is ahead; the choice says so when it ends)."""
     global _expected
     _expected = max(0, work)
+
+
+def expected() -> tuple[int, int]:
+    """What was said to be ahead (:func:`expect`) and is not played yet, and the work played so
+    far in this process (micro-slices times dies)."""
+    return _expected, _played
