@@ -1,8 +1,8 @@
 """A whole-model run tells the compiled kernels' decisions the work ahead before its first layer
 (``backends/interp/ahead.py``, the first MoE part in ``layered.py``, ``moec bench``'s slice
 choice): the FSE-DP scheduler and the event loop then play the first layer compiled when the
-run pays for loading them, and the rows are the references'. Skipped where numba is not
-installed."""
+run pays for loading them, and the rows are the references'; and a naive FSE-DP schedule
+offers no records to the compiled relay. Skipped where numba is not installed."""
 
 from __future__ import annotations
 
@@ -161,3 +161,26 @@ def test_a_choice_the_caller_runs_after_expects_its_later_layers(
     )  # fmt: skip
     routed = len({int(e) for e in trace.layers[0].ids.reshape(-1) if e >= 0})
     assert first[1] - first[0] == routed * 4 * min(alone.bound) * 2  # 4 dies, 2 later layers
+
+
+@pytest.mark.parametrize(
+    ("strategy", "forced", "offers"),
+    [("fsedp-naive", None, False), ("fsedp-naive", True, True), ("fsedp", None, True)],
+)
+def test_naive_schedules_offer_no_records_unless_the_relay_is_forced(
+    monkeypatch: pytest.MonkeyPatch, strategy: str, forced: bool | None, offers: bool
+) -> None:
+    """Naive rules relay in short runs, where reading the scheduler's records costs more than
+    the compiled relay saves: their schedules offer none (unless the relay is forced on, as
+    its tests do); the rows are the same whichever relay builds."""
+    from moec.backends.interp import relay_compiled, relay_records
+
+    point = ("qwen3-30b-a3b", "fsedp-2x2", [64], [f"{strategy}{{slices=4}}"])
+    monkeypatch.setattr(relay_compiled, "COMPILED", False)
+    ref = run_bench(*point, layers=2)
+    monkeypatch.setattr(fsedp_compiled, "COMPILED", True)
+    monkeypatch.setattr(relay_compiled, "COMPILED", forced)
+    offered: list[Any] = []
+    _spy(monkeypatch, relay_records, "offer", offered)
+    assert run_bench(*point, layers=2) == ref
+    assert bool(offered) == offers

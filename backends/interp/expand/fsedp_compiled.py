@@ -63,6 +63,17 @@ def available() -> bool:
     return _KERNEL.available()
 
 
+def offered(prob: Problem) -> bool:
+    """Whether ``prob``'s records go to the compiled relay (:mod:`..relay_records`): when it
+    wants them, except under naive rules unless it is forced on (its tests). Naive streams
+    relay in short runs (DeepSeek-V3: median 345 instructions), for which reading the records
+    costs more than the kernel saves: four layers of DeepSeek-V3 fsedp-naive build in 0.62-0.71 s
+    CPU without records offered, 0.67-0.82 s with (``relay_compiled.MIN_RUN`` 256 or 2048)."""
+    from moec.backends.interp import relay_compiled
+
+    return relay_records.wanted() and (prob.rules != "naive" or relay_compiled.COMPILED is True)
+
+
 def wanted(prob: Problem) -> bool:
     """Whether :func:`.fsedp_sched.schedule` plays ``prob`` with the kernel (:data:`COMPILED`);
     counts its work (micro-slices times dies: the reference's events grow with both), taking
@@ -111,7 +122,8 @@ def schedule(sim: Any) -> Schedule:
         for t, q0, last in zip(sim.trips, trip[k.Q0].tolist(), trip[k.LAST].tolist(), strict=True)
     ]
     if sim.write:
-        _instructions(sim.out, sim.trips, prob.units, trip[k.UNIT], st[16][: sc[k.RECORDS]])
+        log = st[16][: sc[k.RECORDS]]
+        _instructions(sim.out, sim.trips, prob.units, trip[k.UNIT], log, offered(prob))
     peaks = dict(enumerate(die[k.PEAK].tolist()))
     return Schedule(sim.out, paths, float(fl[sc[k.O_CLOCK]]), peaks, int(sc[k.PASSES]))
 
@@ -269,15 +281,15 @@ def _bounds(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 def _instructions(
     out: dict[int, list[Any]], trips: list[Any], units: list[Any], unit_of: np.ndarray,
-    log: np.ndarray,
+    log: np.ndarray, offer: bool = False,
 ) -> None:  # fmt: skip
     """Append the kernel's instruction records to each die's stream, in record order (each
     trip's unit in ``unit_of``). The records sorted die by die, then grouped by kind: each
     kind's instructions are made in one pass (:func:`.fsedp_instrs.made`), each in the order it
     takes in the streams, so laying them out (one gather) reads seven runs of objects in the
     order they were allocated (in record order it read them scattered: three times slower).
-    Each die's records are offered to the compiled relay with its instructions
-    (:mod:`..relay_records`)."""
+    With ``offer`` (:func:`offered`), each die's records are offered to the compiled relay
+    with its instructions (:mod:`..relay_records`)."""
     k = _KERNEL.module
     n = len(out)
     order = np.argsort(log[:, 0].astype(np.int16), kind="stable")  # die by die (radix sort)
@@ -316,7 +328,7 @@ def _instructions(
     laid = itemgetter(*place.tolist())(made) if len(made) > 1 else made
     for d in range(n):
         out[d] += laid[ends[d] : ends[d + 1]]
-    if relay_records.wanted():  # the records, for the compiled relay
+    if offer:  # the records, for the compiled relay
         relay_records.offer(laid, ends, log[order], refs, sizes, held, unit_of, n)
 
 
