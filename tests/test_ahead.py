@@ -36,6 +36,7 @@ def _undecided(monkeypatch: pytest.MonkeyPatch, played: int, timed: int) -> None
         monkeypatch.setattr(mod, "COMPILED", None)
         monkeypatch.setattr(mod, "_expected", 0)
         monkeypatch.setattr(mod, "COMPILE_AFTER", after)
+        monkeypatch.setattr(mod, "COMPILE_WARM", after)  # numba loaded or not
     monkeypatch.setattr(fsedp_compiled, "_played", 0)
     monkeypatch.setattr(fsedp_compiled, "COMPILE_FROM", 0)
     monkeypatch.setattr(event_loop, "_timed", 0)
@@ -184,3 +185,53 @@ def test_naive_schedules_offer_no_records_unless_the_relay_is_forced(
     _spy(monkeypatch, relay_records, "offer", offered)
     assert run_bench(*point, layers=2) == ref
     assert bool(offered) == offers
+
+
+def _chain(n: int) -> dict[str, Any]:
+    """The arguments of :func:`~moec.backends.interp.event_loop.run_events` for ``n`` ops in a
+    chain on one resource."""
+    from array import array
+    from collections import defaultdict
+
+    return dict(
+        src=array("q"), dst=array("q"), runs=[0, n - 1], dur=[1.0] * n, res=[0] * n,
+        kind=[0] * n, back={}, free_at=[0.0], busy=[0.0], clock=0.0, signal_event={},
+        waiters=defaultdict(lambda: defaultdict(list)),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("loaded", [False, True])
+def test_once_numba_is_loaded_a_run_of_compile_warm_ops_is_timed_compiled(
+    monkeypatch: pytest.MonkeyPatch, loaded: bool
+) -> None:
+    """With numba loaded by another kernel, loading the loop's costs about 10 ms: a run whose
+    ops (with those timed and expected) reach COMPILE_WARM is timed compiled, a shorter one by
+    the reference; without numba loaded, COMPILE_AFTER alone decides. Same times either way."""
+    _undecided(monkeypatch, played=10**9, timed=10**9)
+    monkeypatch.setattr(event_loop, "COMPILE_WARM", 50)
+    monkeypatch.setattr(event_loop, "_numba_loaded", loaded)
+    used: list[Any] = []
+    for nm in ("loop_python", "loop_compiled"):
+        _spy(monkeypatch, event_loop, nm, used)
+    ends = [list(event_loop.run_events(**_chain(n))[1]) for n in (49, 50)]
+    assert [nm for nm, _ in used] == ["loop_python", "loop_compiled" if loaded else "loop_python"]
+    assert ends == [[float(k + 1) for k in range(n)] for n in (49, 50)]
+
+
+@pytest.mark.parametrize("loaded", [False, True])
+def test_once_numba_is_loaded_compile_warm_work_is_scheduled_compiled(
+    monkeypatch: pytest.MonkeyPatch, loaded: bool
+) -> None:
+    monkeypatch.setattr(fsedp_compiled, "COMPILED", False)
+    ref = run_bench(*POINT, layers=1)
+    _undecided(monkeypatch, played=10**9, timed=10**9)
+    said, played = _work_played(monkeypatch)
+    run_bench(*POINT, layers=1)
+    work = played[0][0]
+    monkeypatch.setattr(event_loop, "_numba_loaded", loaded)
+    for warm, kernel in ((work + 1, False), (work, loaded)):
+        _undecided(monkeypatch, played=10**9, timed=10**9)
+        monkeypatch.setattr(fsedp_compiled, "COMPILE_WARM", warm)
+        played.clear()
+        assert run_bench(*POINT, layers=1) == ref
+        assert [use for _, use in played] == [kernel]

@@ -54,11 +54,13 @@ def _undecided(monkeypatch: pytest.MonkeyPatch, played: int, timed: int) -> None
     monkeypatch.setattr(fsedp_compiled, "_played", 0)
     monkeypatch.setattr(fsedp_compiled, "_expected", 0)
     monkeypatch.setattr(fsedp_compiled, "COMPILE_AFTER", played)
+    monkeypatch.setattr(fsedp_compiled, "COMPILE_WARM", played)  # numba loaded or not
     monkeypatch.setattr(fsedp_compiled, "COMPILE_FROM", 0)
     monkeypatch.setattr(event_loop, "COMPILED", None)
     monkeypatch.setattr(event_loop, "_timed", 0)
     monkeypatch.setattr(event_loop, "_expected", 0)
     monkeypatch.setattr(event_loop, "COMPILE_AFTER", timed)
+    monkeypatch.setattr(event_loop, "COMPILE_WARM", timed)
 
 
 CASES = {

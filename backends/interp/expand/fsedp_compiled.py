@@ -19,9 +19,10 @@ kernel, when numba imports, once the process has scheduled :data:`COMPILE_AFTER`
 times dies (the event loop's rent-or-buy rule, :mod:`..event_loop`), for problems of at least
 :data:`COMPILE_FROM` (the kernel and the Python around it cost less than the reference from
 a few hundred): importing numba and the kernel and loading the kernel's cache cost about 0.5 to
-0.75 s of CPU (less once the event loop has imported numba), about what the reference spends
-on that much work (4 to 8 us per slice and die), so a one-layer point of the paper grid never
-loads it and a whole-model run switches on its first MoE layers (on 8 or more dies its first).
+0.75 s of CPU, about what the reference spends on that much work (4 to 8 us per slice and
+die), so a one-layer point of the paper grid never loads it, and a whole-model run, told its
+work before its first layer (:mod:`..ahead`), plays that layer with it. Once another kernel
+has loaded numba, loading this one costs 40-80 ms, and :data:`COMPILE_WARM` work pays for it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from moec.backends.interp import relay_records
-from moec.backends.interp.event_loop import OptionalKernel
+from moec.backends.interp.event_loop import OptionalKernel, numba_loaded
 from moec.backends.interp.expand import fsedp_instrs as mk
 from moec.backends.interp.expand.fsedp_engine import Engine
 from moec.backends.interp.expand.fsedp_problem import Problem, Schedule
@@ -51,6 +52,11 @@ COMPILE_AFTER = 200_000
 #: (0.66 against 0.70 ms a problem, with streams) and are 17-20% faster at 250, 1.4x on 6k
 #: (a layer of Qwen3-30B-A3B on 4x4 dies), 1.7-2.5x from 15k (``scripts/bench_fsedp_sched.py``)
 COMPILE_FROM = 250
+#: micro-slices times dies (played, and expected or at least the problem's own) from which an
+#: undecided process plays with the kernel once another kernel has loaded numba (:func:`~..event_loop.numba_loaded`): loading
+#: this one from its cache then costs 40-80 ms of CPU (0.6 s cold), what the reference spends
+#: on about 10k
+COMPILE_WARM = 10_000
 
 _played = 0
 #: micro-slices times dies said to be ahead (:func:`expect`) and not played yet
@@ -82,7 +88,9 @@ def wanted(prob: Problem) -> bool:
     work = sum(len(u.slice_bytes) for u in prob.units) * prob.num_dies
     use = COMPILED
     if use is None:
-        use = _played + _expected >= COMPILE_AFTER and work >= COMPILE_FROM and available()
+        ahead = _played + _expected
+        warm = numba_loaded() and _played + max(_expected, work) >= COMPILE_WARM
+        use = (ahead >= COMPILE_AFTER or warm) and work >= COMPILE_FROM and available()
     _played += work
     _expected = max(0, _expected - work)
     if use and not available():
