@@ -20,11 +20,11 @@ it switches when the reference has spent about what the switch costs (300k ops a
 each): a run then never spends more than twice what the better choice in hindsight would have
 (the rent-or-buy rule), and a one-layer point of the paper grid never imports numba. Once
 another kernel has loaded numba (:func:`numba_loaded`: the FSE-DP scheduler's, on an FSE-DP
-point), loading this one costs about 10 ms, and a run of :data:`COMPILE_WARM` ops pays for it. A caller
-that does know tells it (:func:`expect`: a layer-by-layer run, after its first part, the ops its
-later parts will time at that part's size), and the switch comes as soon as the ops timed and
-expected reach :data:`COMPILE_AFTER`. The
-kernel is JIT-compiled on its first call and cached on disk (numba's ``cache=True``, in
+point), loading this one costs about 10 ms, and a run of :data:`COMPILE_WARM` ops pays for it.
+A caller that does know tells it (:func:`expect`: a layer-by-layer run, before its first MoE
+part that part's instructions times the MoE parts from it on, after each part the ops its later
+parts will time at that part's size), and the switch comes as soon as the ops timed and
+expected reach :data:`COMPILE_AFTER`. The kernel is JIT-compiled on its first call and cached on disk (numba's ``cache=True``, in
 ``__pycache__`` beside :mod:`.event_kernel` or numba's own cache directory), so only a process
 that finds no cache pays the compile (about 2 s of CPU).
 
@@ -56,9 +56,9 @@ COMPILED: bool | None = None
 #: ops timed by the reference before an undecided process (:data:`COMPILED` None) switches
 COMPILE_AFTER = 300_000
 #: ops (timed, and expected or at least this run's) from which an undecided process times with
-#: the kernel once another kernel has loaded numba (:func:`numba_loaded`): then loading this one from its
-#: cache costs about 10 ms of CPU (0.6 s with numba's import and first dispatch), what the
-#: reference spends on about 7k ops
+#: the kernel once another kernel has loaded numba (:func:`numba_loaded`): then loading this
+#: one from its cache costs about 10 ms of CPU (0.6 s with numba's import and first dispatch),
+#: what the reference spends on about 7k ops
 COMPILE_WARM = 10_000
 
 _timed = 0

@@ -53,9 +53,9 @@ COMPILE_AFTER = 200_000
 #: (a layer of Qwen3-30B-A3B on 4x4 dies), 1.7-2.5x from 15k (``scripts/bench_fsedp_sched.py``)
 COMPILE_FROM = 250
 #: micro-slices times dies (played, and expected or at least the problem's own) from which an
-#: undecided process plays with the kernel once another kernel has loaded numba (:func:`~..event_loop.numba_loaded`): loading
-#: this one from its cache then costs 40-80 ms of CPU (0.6 s cold), what the reference spends
-#: on about 10k
+#: undecided process plays with the kernel once another kernel has loaded numba
+#: (:func:`~..event_loop.numba_loaded`): loading this one from its cache then costs 40-80 ms of
+#: CPU (0.6 s cold), what the reference spends on about 10k
 COMPILE_WARM = 10_000
 
 _played = 0
