@@ -24,9 +24,9 @@ point), loading this one costs about 10 ms, and a run of :data:`COMPILE_WARM` op
 A caller that does know tells it (:func:`expect`: a layer-by-layer run, before its first MoE
 part that part's instructions times the MoE parts from it on, after each part the ops its later
 parts will time at that part's size), and the switch comes as soon as the ops timed and
-expected reach :data:`COMPILE_AFTER`. The kernel is JIT-compiled on its first call and cached on disk (numba's ``cache=True``, in
-``__pycache__`` beside :mod:`.event_kernel` or numba's own cache directory), so only a process
-that finds no cache pays the compile (about 2 s of CPU).
+expected reach :data:`COMPILE_AFTER`. The kernel is JIT-compiled on its first call and cached
+on disk (numba's ``cache=True``, in ``__pycache__`` beside :mod:`.event_kernel` or numba's own
+cache directory), so only a process that finds no cache pays the compile (about 2 s of CPU).
 
 A caller that only needs to know whether some ops span more than a limit (the FSE-DP slice
 choice, timing a count that can only win below the fastest measured so far) passes them as
