@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 
 def pack(g: OpGraph, kind: np.ndarray, dur: np.ndarray, res: np.ndarray) -> None:
     """Append ops of ``kind``, ``dur`` and ``res`` (arrays of one length) to ``g``'s columns,
-    as arrays (module doc); the caller appends the other columns."""
+    as arrays (module doc); the caller appends the other columns. The arrays are copied (a
+    kernel's are views of buffers sized for the most ops a run could add)."""
     n = len(kind)
-    g.packed.append((len(g.kind), kind, dur, res))
+    g.packed.append((len(g.kind), kind.copy(), dur.copy(), res.copy()))
     g.kind += repeat(-1, n)
     g.dur += repeat(math.nan, n)
     g.res += repeat(-1, n)
