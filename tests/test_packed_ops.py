@@ -37,6 +37,20 @@ def test_columns_and_unpack_interleave_packed_runs_with_appended_ops() -> None:
     assert all(type(x) is int for x in g.kind + g.res) and all(type(x) is float for x in g.dur)
 
 
+def test_take_columns_drops_the_graphs_lists() -> None:
+    g = OpGraph()
+    g.add(LOAD, 3.0, 4, 0, None)
+    packed_ops.pack(g, np.array([SYNC]), np.array([0.5]), np.array([-1]))
+    want = [c.tolist() for c in packed_ops.columns(g)]
+    assert (
+        [c.tolist() for c in packed_ops.take_columns(g)]
+        == want
+        == [[LOAD, SYNC], [3.0, 0.5], [4, -1]]
+    )
+    assert g.packed == [] and not hasattr(g, "kind") and not hasattr(g, "dur")
+    assert g.die == [0]  # the other columns stay
+
+
 def test_columns_without_packed_runs_convert_the_lists() -> None:
     g = OpGraph()
     g.add(LOAD, 3.0, 4, 0, None)

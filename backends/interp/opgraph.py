@@ -157,7 +157,7 @@ class OpGraph:
 
     def islands(self) -> list[int]:
         """Per op, its dense island's index or -1."""
-        out = [-1] * len(self.kind)
+        out = [-1] * len(self.die)  # (kind, dur, res may be dropped: packed_ops)
         for op, k in self.island_of.items():
             out[op] = k
         return out

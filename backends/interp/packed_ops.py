@@ -48,6 +48,16 @@ def columns(g: OpGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
+def take_columns(g: OpGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`columns`, for their last reader: ``g``'s three lists and packed runs are dropped
+    (``g.kind`` and the others no longer exist), so their memory is free before the event loop
+    and the SRAM accounting run (a DeepSeek-V3 fsedp part's peak is 5-10 MB lower)."""
+    out = columns(g)
+    del g.kind, g.dur, g.res
+    g.packed = []
+    return out
+
+
 def _column(values: list[Any], packed: list[Any], k: int, dtype: type) -> np.ndarray:
     """One column: the list's stretches between packed runs converted, the runs copied in."""
     n = len(values)

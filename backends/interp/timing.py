@@ -224,8 +224,8 @@ def run_timing(
     res: Ints = g.res
     dur: Floats = g.dur
     layer: Ints = g.layer
-    if arrays:  # a compiled relay's runs of ops as its arrays (packed_ops)
-        kind, dur, res = packed_ops.columns(g)
+    if arrays:  # a compiled relay's runs of ops as its arrays (packed_ops); the lists dropped
+        kind, dur, res = packed_ops.take_columns(g)
         layer = np.fromiter(g.layer, np.int64, n)
     else:
         packed_ops.unpack(g)
@@ -238,6 +238,7 @@ def run_timing(
         g.src, g.dst, g.runs, dur, res, kind, g.back_of, free_at, busy, clock, b.signal_event,
         b.waiters, watch, limit if limit is not None else math.inf,
     )  # fmt: skip
+    del dur  # read by the event loop only
     if arrays:
         start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
         stuck = np.flatnonzero(end < 0).tolist()
