@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from moec.backends.interp import opgraph
+from moec.backends.interp import opgraph, packed_ops
 from moec.backends.interp.event_loop import chained_successors
 from moec.backends.interp.opgraph import Builder
 from moec.backends.interp.relay_chain import starts_chain
@@ -59,6 +59,7 @@ def _state(b: Builder) -> str:
     """Everything the build leaves for the event loop, the SRAM accounting and the energy."""
     g, e = b.g, b.energy
     e.flush()
+    packed_ops.unpack(g)  # a compiled relay's runs as the lists the reference has
     return repr((
         g.kind, g.dur, g.res, chained_successors(len(g.kind), g.runs, g.src, g.dst), g.die, g.instr, g.layer,
         sorted(g.island_of.items()), sorted(g.back_of.items()), b.fills, b.closed_fills,

@@ -105,9 +105,8 @@ class OpGraph:
     as :meth:`edge` does: a call per edge was a tenth of the build. The edge log and the runs
     are typed (``array('q')``): the event loop reads them as numpy arrays in place, where
     lists cost a copy per part that reads every int object back (4% of a whole-model FSE-DP
-    run). The other columns stay lists: an ``array``'s ``append`` costs about 20 ns more
-    than a list's and its ``extend`` from a tuple about 3x a list's ``+=``, as much as their
-    copy saves.
+    run). The other columns stay lists (an ``array``'s ``append`` costs 50 ns more), but for
+    a compiled relay run's ``kind``, ``dur`` and ``res``, kept as arrays (:mod:`.packed_ops`).
     """
 
     def __init__(self) -> None:
@@ -131,6 +130,8 @@ class OpGraph:
         #: how long before its ready time an op may start (a load's tail reservation on a
         #: link), for the ops where it is not 0
         self.back_of: dict[int, float] = {}
+        #: per compiled relay run: its first op, kind, dur, res (:mod:`.packed_ops`)
+        self.packed: list[tuple[int, Any, Any, Any]] = []
 
     def add(
         self, kind: int, dur: float, res: int, die: int, instr: Instr | None,
@@ -156,7 +157,7 @@ class OpGraph:
 
     def islands(self) -> list[int]:
         """Per op, its dense island's index or -1."""
-        out = [-1] * len(self.kind)
+        out = [-1] * len(self.die)  # (kind, dur, res may be dropped: packed_ops)
         for op, k in self.island_of.items():
             out[op] = k
         return out

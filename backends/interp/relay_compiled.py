@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from moec.backends.interp import packed_ops, relay_records
 from moec.backends.interp import relay_chain as rc
-from moec.backends.interp import relay_records
 from moec.backends.interp.event_loop import OptionalKernel
 from moec.backends.interp.opgraph import Builder, DieState
 from moec.ir.stream.program import HOST_CHANNEL, Instr, SliceRef
@@ -424,9 +424,7 @@ def _append(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Tables,
     edges, the charges, the bytes, the SRAM records and fills, the pairings' renames."""
     g, die = b.g, s.die
     nop = n[0]
-    g.kind += out_i[0][:nop].tolist()
-    g.dur += out_f[0][:nop].tolist()
-    g.res += out_i[1][:nop].tolist()
+    packed_ops.pack(g, out_i[0][:nop], out_f[0][:nop], out_i[1][:nop])
     g.die += [die] * nop
     g.instr += map(ins.__getitem__, (out_i[3][:nop] + j).tolist())
     g.layer += out_i[2][:nop].tolist()

@@ -96,7 +96,9 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
     kind = _column(tl.kind, np.int64)
     res = _column(tl.res, np.int64)
     moe = np.flatnonzero(layer >= 0)
-    present, first = np.unique(layer[moe], return_index=True)
+    tags = layer[moe]
+    one = bool(tags.size) and tags.min() == tags.max()  # a part's one layer: no sort
+    present, first = (tags[:1], np.zeros(1, np.int64)) if one else np.unique(tags, True)
     # each layer's joules per part: its ops' charges added in charge order (np.bincount adds
     # in row order, as the charges were made, and as np.add.at did)
     P = len(PARTS)
@@ -111,8 +113,9 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
     joules: dict[int, list[float]] = {int(k): acc[k].tolist() for k in present}
     links_end = D + C + len(t.links)
     # each layer's ops in op order (a stable sort by layer)
-    ops_by = moe[np.argsort(layer[moe], kind="stable")]
-    op_cut = np.searchsorted(layer[ops_by], present, side="left").tolist() + [ops_by.size]
+    ops_by = moe if one else moe[np.argsort(tags, kind="stable")]
+    op_cut = [0] if one else np.searchsorted(layer[ops_by], present, side="left").tolist()
+    op_cut.append(ops_by.size)
     dur = end - start
     parts = []
     for j in np.argsort(first, kind="stable").tolist():

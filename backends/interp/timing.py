@@ -100,7 +100,7 @@ import numpy as np
 import moec.backends.interp.relay_chain  # noqa: F401 - a relayed run of slot transfers in one step
 import moec.backends.interp.slice_chain  # noqa: F401 - the streamed micro-slice in one step
 import moec.backends.interp.timing_ops  # noqa: F401 - registers every opcode's timing handler
-from moec.backends.interp import chain_hints
+from moec.backends.interp import chain_hints, packed_ops
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.event_loop import Floats, Ints, as_list, run_events
 from moec.backends.interp.opgraph import (
@@ -222,20 +222,23 @@ def run_timing(
     clock = carry.clock if carry is not None else 0.0
     kind: Ints = g.kind
     res: Ints = g.res
+    dur: Floats = g.dur
     layer: Ints = g.layer
-    if arrays:
-        kind = np.fromiter(g.kind, np.int64, n)
-        res = np.fromiter(g.res, np.int64, n)
+    if arrays:  # a compiled relay's runs of ops as its arrays (packed_ops); the lists dropped
+        kind, dur, res = packed_ops.take_columns(g)
         layer = np.fromiter(g.layer, np.int64, n)
+    else:
+        packed_ops.unpack(g)
     watch = None
     if limit is not None:  # imported here: fsedp_deferred imports this module's Timeline
         from moec.backends.interp.expand.fsedp_deferred import iteration_ops
 
         watch = iteration_ops(p, layer, g.instr, b.signal_event.values()) == 0
     start, end = run_events(
-        g.src, g.dst, g.runs, g.dur, res, kind, g.back_of, free_at, busy, clock, b.signal_event,
+        g.src, g.dst, g.runs, dur, res, kind, g.back_of, free_at, busy, clock, b.signal_event,
         b.waiters, watch, limit if limit is not None else math.inf,
     )  # fmt: skip
+    del dur  # read by the event loop only
     if arrays:
         start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
         stuck = np.flatnonzero(end < 0).tolist()
