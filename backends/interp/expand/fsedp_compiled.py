@@ -214,7 +214,9 @@ def _state(sim: Any, pl: _Planned) -> tuple[Any, ...] | None:
             for x in anywhere | {chan_die[c]}
         )
     else:
-        keys = np.unique(np.stack([t_chan, t_die, t_nb], axis=1), axis=0).tolist()
+        # (channel, die, size) as one int each, ascending as the triples
+        flat = np.unique((t_chan * n + t_die) * len(sizes) + t_nb).tolist()
+        keys = [(f // (n * len(sizes)), f // len(sizes) % n, f % len(sizes)) for f in flat]
     load_plan = np.full((C, n, len(sizes)), -1, np.int64)
     plans: list[tuple[int, float, float]] = []
     hop_ptr, hops = [0], []
