@@ -39,6 +39,7 @@ from moec.backends.interp.expand.fsedp_order import central_order
 from moec.backends.interp.expand.fsedp_problem import Problem, Schedule
 from moec.backends.interp.timing_ops import SLICE_COSTS
 from moec.ir.errors import ScheduleError
+from moec.ir.stream.program import SliceRef
 
 #: which simulation :func:`.fsedp_sched.schedule` plays: True the kernel, False the reference,
 #: None the reference until :data:`COMPILE_AFTER` trips were scheduled, then the kernel when
@@ -117,6 +118,16 @@ def schedule(sim: Any) -> Schedule:
     return Schedule(sim.out, paths, float(fl[sc[k.O_CLOCK]]), peaks, int(sc[k.PASSES]))
 
 
+class _Slice(NamedTuple):
+    """What is read of a trip after the kernel (``sim.trips``): its unit, slice, the slice's
+    ref and bytes (a :class:`~.fsedp_state.Trip` holds them and the reference's state)."""
+
+    unit: Any
+    slice: int
+    ref: SliceRef
+    nbytes: int
+
+
 class _Planned(NamedTuple):
     """:meth:`~.fsedp_sched._Sim.plan`'s trips as arrays (trip ``i`` is ``sim.trips[i]``):
     per trip its unit (index), slice, channel and die (where the plan queues it: R4's home,
@@ -141,17 +152,19 @@ def _plan(sim: Any) -> _Planned | None:
     kernel), in arrays: each slice in the central load order is one trip, queued on its
     channel's die (R4) or channel (R5); under naive rules each needed die loads the slices
     itself (die by die, each in the load order): those trips share the slice's
-    :class:`~.fsedp_state.Trip` in ``sim.trips`` (what is read of a trip after the kernel, its
-    unit, slice, ref and bytes, is the slice's), not one object per die and slice. None when
-    a slice's channel is not one of the arrays' (the host)."""
+    record in ``sim.trips`` (:class:`_Slice`: what is read of a trip after the kernel is the
+    slice's), not one object per die and slice. None when a slice's channel is not one of the
+    arrays' (the host)."""
     prob: Problem = sim.p
-    n, units, chan_die = sim.n, prob.units, prob.channel_die
+    n, units, chan_die, layer = sim.n, prob.units, prob.channel_die, prob.layer
     unit_ix = {id(u): i for i, u in enumerate(units)}
-    slices = [sim.trip(u, j) for u, j in central_order(prob) if u.tokens]
+    order = [(u, j) for u, j in central_order(prob) if u.tokens]
+    slices = [_Slice(u, j, SliceRef(layer, u.expert, j), u.slice_bytes[j]) for u, j in order]
     S = len(slices)
-    s_unit = np.fromiter((unit_ix[id(t.unit)] for t in slices), np.int64, S)
-    s_slice = np.fromiter((t.slice for t in slices), np.int64, S)
-    s_chan = np.fromiter((t.channel for t in slices), np.int64, S)
+    s_unit = np.fromiter((unit_ix[id(u)] for u, _ in order), np.int64, S)
+    s_slice = np.fromiter((j for _, j in order), np.int64, S)
+    s_chan = np.fromiter((u.channels[j] for u, j in order), np.int64, S)
+    sim.trips = slices
     if S and (s_chan.min() < 0 or s_chan.max() >= len(chan_die)):
         return None
     needed = np.zeros((n, len(units)), np.bool_)
