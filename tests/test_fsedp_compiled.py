@@ -33,18 +33,7 @@ def _problems(
     overrides: tuple[tuple[str, int], ...] = (), slots: int = 4,
 ) -> list[Any]:  # fmt: skip
     """Every problem the expander schedules for one layer (its iteration's and catch-up's)."""
-    t = load_target(target, dict(overrides))
-    trace = synth_zipf(num_layers=1, num_experts=experts, top_k=2, tokens=tokens, zipf=zipf,
-                       seed=seed).rehome(t.num_dies)  # fmt: skip
-    name, options = parse_strategy(strategy)
-    p = lower(moe_module(experts, 2, tokens, hidden=64, ffn=256), TargetRef(target, overrides),
-              name, {**options, "slots": str(slots)}, trace)  # fmt: skip
-    m = p.layers[0]
-    lay = layouts_for(p, t)
-    ctx = ExpandContext(
-        p, m, p.policy(m.name), t, trace.layers[0], {s.die: s for s in p.slots},
-        free_slots_at(p, m.name), lay[(m.name, False)], lay.get((m.name, True)),
-    )  # fmt: skip
+    ctx = _context(target, strategy, experts, tokens, zipf, seed, overrides, slots)
     out: list[Any] = []
 
     def keep(prob: Any, streams: bool = True) -> Any:
@@ -58,6 +47,25 @@ def _problems(
     finally:
         fsedp.schedule = real
     return out
+
+
+def _context(
+    target: str, strategy: str, experts: int, tokens: int, zipf: float, seed: int,
+    overrides: tuple[tuple[str, int], ...] = (), slots: int = 4,
+) -> ExpandContext:  # fmt: skip
+    """The expander's context of a one-layer program's layer."""
+    t = load_target(target, dict(overrides))
+    trace = synth_zipf(num_layers=1, num_experts=experts, top_k=2, tokens=tokens, zipf=zipf,
+                       seed=seed).rehome(t.num_dies)  # fmt: skip
+    name, options = parse_strategy(strategy)
+    p = lower(moe_module(experts, 2, tokens, hidden=64, ffn=256), TargetRef(target, overrides),
+              name, {**options, "slots": str(slots)}, trace)  # fmt: skip
+    m = p.layers[0]
+    lay = layouts_for(p, t)
+    return ExpandContext(
+        p, m, p.policy(m.name), t, trace.layers[0], {s.die: s for s in p.slots},
+        free_slots_at(p, m.name), lay[(m.name, False)], lay.get((m.name, True)),
+    )  # fmt: skip
 
 
 def _played(prob: Any, compiled: bool, streams: bool, free_at: list[float]) -> Any:
@@ -220,3 +228,36 @@ def test_what_the_kernel_cannot_play_goes_to_the_reference(
     ref = _played(prob, False, True, idle)
     monkeypatch.setattr(fsedp_compiled, "SLICE_COSTS", ((), ()))
     assert _played(prob, True, True, idle) == ref
+
+
+def test_a_layer_says_the_work_of_the_layers_after_it_is_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An FSE-DP layer of a program of L MoE layers says about L times its work is ahead, so
+    a whole-model run plays its first layer with the kernel when L layers' work pays for it;
+    the last layer, or a one-layer program, says nothing more (a one-layer point decides as
+    before); a larger word already given (the slice choice's) is kept."""
+    import dataclasses
+
+    ctx = _context("fsedp-2x2", "fsedp", 8, 32, 1.0, 0)
+    m = ctx.layer
+    work = sum(len(u.slice_bytes) for u in fsedp._iteration(ctx).problem.units) * 4
+    monkeypatch.setattr(fsedp_compiled, "COMPILED", None)
+    monkeypatch.setattr(fsedp_compiled, "COMPILE_FROM", 0)
+    monkeypatch.setattr(fsedp_compiled, "COMPILE_AFTER", 3 * work)
+    monkeypatch.setattr(fsedp_compiled, "_played", 0)
+    monkeypatch.setattr(fsedp_compiled, "_expected", 0)
+    assert not fsedp_compiled.wanted(fsedp._iteration(ctx).problem)  # one layer: not enough
+    monkeypatch.setattr(fsedp_compiled, "_played", 0)
+    later = [dataclasses.replace(m, name=f"moe{i}") for i in (1, 2)]
+    three = dataclasses.replace(ctx.program, layers=[m, *later])
+    first = dataclasses.replace(ctx, program=three)
+    prob = fsedp._iteration(first).problem
+    assert fsedp_compiled._expected == 3 * work
+    assert fsedp_compiled.wanted(prob) == fsedp_compiled.available()
+    monkeypatch.setattr(fsedp_compiled, "_expected", 0)
+    fsedp._iteration(dataclasses.replace(first, layer=later[-1]))  # the last layer
+    assert fsedp_compiled._expected == 0
+    fsedp_compiled.expect(10 * work)
+    fsedp._iteration(first)
+    assert fsedp_compiled._expected == 10 * work

@@ -50,6 +50,7 @@ import numpy as np
 
 from moec.backends.interp.expand import (
     ExpandContext,
+    fsedp_compiled,
     layer_context,
     layouts_for,
     register,
@@ -296,6 +297,12 @@ def _iteration(ctx: ExpandContext) -> _Iteration:
     engine = Engine(ctx.program, t)
     units = _units(ctx, engine, experts, home, channels, True)
     prob = _problem(ctx, engine, units, order, params.closed, params.rules, params.r5, params.order)
+    # this layer and the program's MoE layers after it, each about as much scheduling work
+    ahead = len(ctx.program.layers) - next(
+        (i for i, x in enumerate(ctx.program.layers) if x.name == m.name), 0
+    )
+    if ahead > 1:
+        fsedp_compiled.expect_at_least(sum(len(u.slice_bytes) for u in units) * t.num_dies * ahead)
     return _Iteration(prob, deferred, load, home, channels, params)
 
 

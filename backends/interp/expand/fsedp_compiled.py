@@ -421,3 +421,14 @@ def expect(work: int) -> None:
     more is ahead; the choice says so when it ends)."""
     global _expected
     _expected = max(0, work)
+
+
+def expect_at_least(work: int) -> None:
+    """:func:`expect`, raising what is said to be ahead to at least ``work``, never lowering it
+    (a caller that knows more, the slice choice, keeps its word): a whole-model run's
+    expansion says, at each FSE-DP layer, about that layer's work for it and each layer after
+    it (:func:`.fsedp._iteration`), so it plays with the kernel from its first layer rather
+    than after the reference has played :data:`COMPILE_AFTER` (the first 18 of Qwen3-30B-A3B's
+    48 layers on 4x4 dies)."""
+    global _expected
+    _expected = max(_expected, work)
