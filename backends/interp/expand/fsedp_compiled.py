@@ -8,8 +8,8 @@ slots, pass-throughs) and raise the same :class:`~moec.ir.errors.ScheduleError`;
 ``tests/test_fsedp_compiled.py`` compares them on every variant of the rules.
 
 What stays in Python: the setup (the reference's own constructor: walk, slots; its plan, the
-trips in the central load order, made as arrays by :func:`_plan`), the engine's cost plans read into arrays before the kernel runs
-(:meth:`~.fsedp_engine.Engine.load_plan`, :meth:`~.fsedp_engine.Engine.send_plan`, each slice
+trips in the central load order, made as arrays by :func:`_plan`), the engine's cost plans
+read into arrays before the kernel runs (:meth:`~.fsedp_engine.Engine.load_plan`, :meth:`~.fsedp_engine.Engine.send_plan`, each slice
 compute's durations from the unit), and the instructions, made from the kernel's records with
 the reference's makers (:mod:`.fsedp_instrs`); without streams (a prediction) none are made.
 
@@ -21,7 +21,8 @@ times dies (the event loop's rent-or-buy rule, :mod:`..event_loop`), for problem
 a few hundred): importing numba and the kernel and loading the kernel's cache cost about 0.5 to
 0.75 s of CPU (less once the event loop has imported numba), about what the reference spends
 on that much work (4 to 8 us per slice and die), so a one-layer point of the paper grid never
-loads it and a whole-model run switches on its first MoE layers (on 8 or more dies its first).
+loads it, and a whole-model run, whose layers each say the work of the layers after them is
+ahead (:func:`expect_at_least`), plays its first layer with it.
 """
 
 from __future__ import annotations
