@@ -9,9 +9,10 @@ slots, pass-throughs) and raise the same :class:`~moec.ir.errors.ScheduleError`;
 
 What stays in Python: the setup (the reference's own constructor: walk, slots; its plan, the
 trips in the central load order, made as arrays by :func:`_plan`), the engine's cost plans
-read into arrays before the kernel runs (:meth:`~.fsedp_engine.Engine.load_plan`, :meth:`~.fsedp_engine.Engine.send_plan`, each slice
-compute's durations from the unit), and the instructions, made from the kernel's records with
-the reference's makers (:mod:`.fsedp_instrs`); without streams (a prediction) none are made.
+read into arrays before the kernel runs (:meth:`~.fsedp_engine.Engine.load_plan`,
+:meth:`~.fsedp_engine.Engine.send_plan`, each slice compute's durations from the unit), and
+the instructions, made from the kernel's records with the reference's makers
+(:mod:`.fsedp_instrs`); without streams (a prediction) none are made.
 
 :data:`COMPILED` says which one :func:`.fsedp_sched.schedule` uses: True or False forces one
 (the tests compare them); None (the default) starts with the reference and switches to the
