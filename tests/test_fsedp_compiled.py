@@ -233,31 +233,34 @@ def test_what_the_kernel_cannot_play_goes_to_the_reference(
 def test_a_layer_says_the_work_of_the_layers_after_it_is_ahead(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An FSE-DP layer of a program of L MoE layers says about L times its work is ahead, so
-    a whole-model run plays its first layer with the kernel when L layers' work pays for it;
-    the last layer, or a one-layer program, says nothing more (a one-layer point decides as
-    before); a larger word already given (the slice choice's) is kept."""
+    """An FSE-DP layer's expansion in a program of L MoE layers says about L times its work
+    (routed experts' slices x dies) is ahead, so a whole-model run plays its first expansion
+    with the kernel when L layers' work pays for it; the last layer, or a one-layer program,
+    says nothing more (a one-layer point decides as before); a larger word already given is
+    kept."""
     import dataclasses
 
     ctx = _context("fsedp-2x2", "fsedp", 8, 32, 1.0, 0)
     m = ctx.layer
-    work = sum(len(u.slice_bytes) for u in fsedp._iteration(ctx).problem.units) * 4
+    prob = fsedp._iteration(ctx).problem
+    work = sum(len(u.slice_bytes) for u in prob.units) * 4  # no shared experts here
     monkeypatch.setattr(fsedp_compiled, "COMPILED", None)
     monkeypatch.setattr(fsedp_compiled, "COMPILE_FROM", 0)
     monkeypatch.setattr(fsedp_compiled, "COMPILE_AFTER", 3 * work)
     monkeypatch.setattr(fsedp_compiled, "_played", 0)
     monkeypatch.setattr(fsedp_compiled, "_expected", 0)
-    assert not fsedp_compiled.wanted(fsedp._iteration(ctx).problem)  # one layer: not enough
+    fsedp._say_ahead(ctx)
+    assert fsedp_compiled._expected == 0
+    assert not fsedp_compiled.wanted(prob)  # one layer: not enough
     monkeypatch.setattr(fsedp_compiled, "_played", 0)
     later = [dataclasses.replace(m, name=f"moe{i}") for i in (1, 2)]
-    three = dataclasses.replace(ctx.program, layers=[m, *later])
-    first = dataclasses.replace(ctx, program=three)
-    prob = fsedp._iteration(first).problem
+    first = dataclasses.replace(ctx, program=dataclasses.replace(ctx.program, layers=[m, *later]))
+    fsedp._say_ahead(first)
     assert fsedp_compiled._expected == 3 * work
     assert fsedp_compiled.wanted(prob) == fsedp_compiled.available()
     monkeypatch.setattr(fsedp_compiled, "_expected", 0)
-    fsedp._iteration(dataclasses.replace(first, layer=later[-1]))  # the last layer
+    fsedp._say_ahead(dataclasses.replace(first, layer=later[-1]))  # the last layer
     assert fsedp_compiled._expected == 0
     fsedp_compiled.expect(10 * work)
-    fsedp._iteration(first)
+    fsedp._say_ahead(first)
     assert fsedp_compiled._expected == 10 * work

@@ -297,13 +297,21 @@ def _iteration(ctx: ExpandContext) -> _Iteration:
     engine = Engine(ctx.program, t)
     units = _units(ctx, engine, experts, home, channels, True)
     prob = _problem(ctx, engine, units, order, params.closed, params.rules, params.r5, params.order)
-    # this layer and the program's MoE layers after it, each about as much scheduling work
-    ahead = len(ctx.program.layers) - next(
-        (i for i, x in enumerate(ctx.program.layers) if x.name == m.name), 0
-    )
-    if ahead > 1:
-        fsedp_compiled.expect_at_least(sum(len(u.slice_bytes) for u in units) * t.num_dies * ahead)
     return _Iteration(prob, deferred, load, home, channels, params)
+
+
+def _say_ahead(ctx: ExpandContext) -> None:
+    """Say (:func:`.fsedp_compiled.expect_at_least`) that this layer's scheduling work and
+    about as much for each MoE layer of the program after it is ahead: its routed experts'
+    micro-slices times dies, times those layers (nothing for a program's last layer, so a
+    one-layer point decides as before). The expansion says it, not a prediction: the slice
+    choice says its own word."""
+    layers = ctx.program.layers
+    ahead = len(layers) - next((i for i, x in enumerate(layers) if x.name == ctx.layer.name), 0)
+    if ahead > 1:
+        ids = ctx.routing.ids
+        routed = int(np.count_nonzero(np.bincount(ids[ids >= 0], minlength=1)))
+        fsedp_compiled.expect_at_least(routed * ctx.layout.count * ctx.target.num_dies * ahead)
 
 
 def _plan(ctx: ExpandContext, streams: bool, catchup: bool) -> Plan:
@@ -388,6 +396,7 @@ def predicted_schedule(
 
 @register("fsedp")
 def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
+    _say_ahead(ctx)
     main, catchup, _ = plan(ctx)
     out = {d: list(main.streams.get(d, [])) for d in range(ctx.target.num_dies)}
     if catchup is not None:

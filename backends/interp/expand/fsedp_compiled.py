@@ -22,8 +22,8 @@ times dies (the event loop's rent-or-buy rule, :mod:`..event_loop`), for problem
 a few hundred): importing numba and the kernel and loading the kernel's cache cost about 0.5 to
 0.75 s of CPU (less once the event loop has imported numba), about what the reference spends
 on that much work (4 to 8 us per slice and die), so a one-layer point of the paper grid never
-loads it, and a whole-model run, whose layers each say the work of the layers after them is
-ahead (:func:`expect_at_least`), plays its first layer with it.
+loads it, and a whole-model run, whose layers' expansions each say the work of the layers
+after them is ahead (:func:`expect_at_least`), plays its first expansion with it.
 """
 
 from __future__ import annotations
@@ -427,9 +427,9 @@ def expect(work: int) -> None:
 
 def expect_at_least(work: int) -> None:
     """:func:`expect`, raising what is said to be ahead to at least ``work``, never lowering it
-    (a caller that knows more, the slice choice, keeps its word): a whole-model run's
-    expansion says, at each FSE-DP layer, about that layer's work for it and each layer after
-    it (:func:`.fsedp._iteration`), so it plays with the kernel from its first layer rather
+    (a caller that knows more keeps its word): a whole-model run's expansion says, at each
+    FSE-DP layer, about that layer's work for it and each layer after it
+    (:func:`.fsedp._say_ahead`), so it plays with the kernel from its first expansion rather
     than after the reference has played :data:`COMPILE_AFTER` (the first 18 of Qwen3-30B-A3B's
     48 layers on 4x4 dies)."""
     global _expected
