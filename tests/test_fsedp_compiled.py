@@ -33,18 +33,7 @@ def _problems(
     overrides: tuple[tuple[str, int], ...] = (), slots: int = 4,
 ) -> list[Any]:  # fmt: skip
     """Every problem the expander schedules for one layer (its iteration's and catch-up's)."""
-    t = load_target(target, dict(overrides))
-    trace = synth_zipf(num_layers=1, num_experts=experts, top_k=2, tokens=tokens, zipf=zipf,
-                       seed=seed).rehome(t.num_dies)  # fmt: skip
-    name, options = parse_strategy(strategy)
-    p = lower(moe_module(experts, 2, tokens, hidden=64, ffn=256), TargetRef(target, overrides),
-              name, {**options, "slots": str(slots)}, trace)  # fmt: skip
-    m = p.layers[0]
-    lay = layouts_for(p, t)
-    ctx = ExpandContext(
-        p, m, p.policy(m.name), t, trace.layers[0], {s.die: s for s in p.slots},
-        free_slots_at(p, m.name), lay[(m.name, False)], lay.get((m.name, True)),
-    )  # fmt: skip
+    ctx = _context(target, strategy, experts, tokens, zipf, seed, overrides, slots)
     out: list[Any] = []
 
     def keep(prob: Any, streams: bool = True) -> Any:
@@ -58,6 +47,25 @@ def _problems(
     finally:
         fsedp.schedule = real
     return out
+
+
+def _context(
+    target: str, strategy: str, experts: int, tokens: int, zipf: float, seed: int,
+    overrides: tuple[tuple[str, int], ...] = (), slots: int = 4,
+) -> ExpandContext:  # fmt: skip
+    """The expander's context of a one-layer program's layer."""
+    t = load_target(target, dict(overrides))
+    trace = synth_zipf(num_layers=1, num_experts=experts, top_k=2, tokens=tokens, zipf=zipf,
+                       seed=seed).rehome(t.num_dies)  # fmt: skip
+    name, options = parse_strategy(strategy)
+    p = lower(moe_module(experts, 2, tokens, hidden=64, ffn=256), TargetRef(target, overrides),
+              name, {**options, "slots": str(slots)}, trace)  # fmt: skip
+    m = p.layers[0]
+    lay = layouts_for(p, t)
+    return ExpandContext(
+        p, m, p.policy(m.name), t, trace.layers[0], {s.die: s for s in p.slots},
+        free_slots_at(p, m.name), lay[(m.name, False)], lay.get((m.name, True)),
+    )  # fmt: skip
 
 
 def _played(prob: Any, compiled: bool, streams: bool, free_at: list[float]) -> Any:

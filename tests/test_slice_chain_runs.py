@@ -67,3 +67,52 @@ def test_runs_of_alike_and_mixed_reads_time_as_the_handlers(
     assert set(seen) == paths  # True: a run's reads all alike (one segment)
     monkeypatch.setattr(Builder, "batch_slices", False)
     assert batched == report()
+
+
+@pytest.mark.parametrize("name", ["tiny_moe.fsedp-naive.msp", "tiny_deepseek.fsedp-naive.msp"])
+def test_a_run_of_one_chain_times_as_the_arrays_do(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Naive FSE-DP's streams are mostly lone chains (a load computed and freed before the
+    die's next load): :func:`slice_chain._one_chain` adds them with plain ints, and the
+    timeline, SRAM peaks and energy are, to the bit, what the arrays of any run give."""
+    from test_sim_speed import GOLDEN, _timeline_fields
+
+    from moec.backends.interp.timing import run_timing
+    from moec.ir.stream import load_program
+    from moec.run import run_program
+
+    program = load_program(str(GOLDEN / name))
+    res = run_program(program, routing="synth:zipf=1.0,seed=0", base_dir=str(GOLDEN))
+    assert res.expanded is not None
+    lone: list[int] = []
+    real = slice_chain._one_chain
+
+    def counted(*args: Any) -> None:
+        lone.append(args[3])
+        real(*args)
+
+    monkeypatch.setattr(slice_chain, "_one_chain", counted)
+    fast = run_timing(res.expanded, res.timeline.target)
+    assert lone  # the path was taken
+    monkeypatch.setattr(slice_chain, "ONE_CHAIN", False)
+    ref = run_timing(res.expanded, res.timeline.target)
+    assert repr(_timeline_fields(fast)) == repr(_timeline_fields(ref))
+
+
+def test_lone_chains_of_a_bigger_model_report_as_the_arrays_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same on two layers of DeepSeek-MoE-16B (dozens of lone chains, on every die): the
+    report's bytes do not depend on the path."""
+    from moec.bench import run_bench
+    from moec.compiler.bench.report import rows_json
+
+    def report() -> str:
+        return rows_json(
+            run_bench("deepseek-moe-16b", "fsedp-2x2", [64], ["fsedp-naive"], layers=2)
+        )
+
+    fast = report()
+    monkeypatch.setattr(slice_chain, "ONE_CHAIN", False)
+    assert fast == report()

@@ -43,6 +43,9 @@ from moec.backends.interp.timing_ops import free, load, unit_costs
 from moec.ir.stream.program import HOST_CHANNEL, Accum, Act, Free, Gemm, Instr, Load, SliceRef
 
 _SLOT, _TOKENS = attrgetter("slot"), attrgetter("tokens")
+#: whether a run of one chain takes :func:`_one_chain` (False: the arrays of any run, which
+#: ``tests/test_slice_chain.py`` compares it with)
+ONE_CHAIN = True
 
 
 def _template(
@@ -190,6 +193,9 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     tpls, after, uses = _chains(b, s, ins, j)
     if not tpls:
         return j
+    if len(tpls) == 1 and ONE_CHAIN:
+        _one_chain(b, s, ins, j, tpls[0])
+        return after
     die = s.die
     g = b.g
     n = len(tpls)
@@ -285,6 +291,69 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     hbs = np.fromiter(map(itemgetter(8), tpls), i64, n)
     la.h += _flat(ops, accums, hbs)
     return after
+
+
+def _one_chain(b: Builder, s: DieState, ins: Sequence[Instr], j: int, tpl: Any) -> None:
+    """:func:`slice_run`'s appends for a run of one chain (``ins[j : j + 5]``, template
+    ``tpl``), with plain ints: the same ops, edges in the same order, charges, records and die
+    state, without the arrays that pay only over many chains (naive FSE-DP's streams hold
+    tens of thousands of lone chains, a load whose slice is computed and freed before the
+    die's next load)."""
+    die, g = s.die, b.g
+    il, ig, _, ic, _ = ins[j : j + 5]
+    k, kinds, durs, res, backs = tpl[:5]
+    first = len(g.kind)
+    last, op = first + k - 1, first + k  # the read's arrival (the slot's fill), the gemm
+    accum, free_op = op + 2, op + 3
+    g.kind += kinds
+    g.res += res
+    _instrs(g.instr, ins[j : j + 5], k)
+    g.dur += durs
+    g.die += [die] * (k + 4)
+    layer = il.content.layer
+    lk = b.layers[layer][0]
+    g.layer += [lk] * (k + 4)
+    if backs:
+        for o, back in backs:
+            g.back_of[first + o] = back
+    _count_bytes(b, die, {id(tpl): [tpl, 1]})
+    g.runs.extend((first, k + 3))
+    src, dst = g.src, g.dst
+    if s.fence is not None:
+        src.extend((s.fence,) * 3)
+        dst.extend((first, op, free_op))
+    slot = il.slot
+    was = s.slot_free.get(slot)
+    if was is not None and was >= 0:
+        src.append(was)
+        dst.append(first)
+    s.slot_free[slot] = free_op
+    if s.last_compute is not None:
+        src.append(s.last_compute)
+        dst.append(op)
+    x = s.last_recv.get((layer, "x"))
+    if x is not None:
+        src.append(x)
+        dst.append(op)
+    src.append(last)
+    dst.append(free_op)
+    s.slot_fill[slot] = last
+    s.slot_fill_info[slot] = (il.content, tpl[7])
+    for held in (s.slot_uses, s.slot_fill_rec, s.pending_h):
+        if held:
+            held.pop(slot, None)
+    s.last_compute = accum
+    since = s.since_signal
+    if type(since) is list:
+        since = s.since_signal = array("q", since)
+    since.extend((last, accum, free_op))
+    b.closed_fills.extend((die, first, free_op))
+    b.energy.log_run([first], [tpl[5]])
+    la = b.acts.get((die, lk)) or b.layer_acts(die, lk)
+    la.ops.extend((first, last, op, op + 1, accum, free_op))
+    la.x_uses.append((op, ig.tokens))
+    la.accums.append((accum, ic.tokens))
+    la.h.extend((op, accum, int(tpl[8])))
 
 
 def _by_slot(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -7,11 +7,12 @@ plain Python) or here with :func:`.fsedp_kernel.simulate`, the same simulation o
 slots, pass-throughs) and raise the same :class:`~moec.ir.errors.ScheduleError`;
 ``tests/test_fsedp_compiled.py`` compares them on every variant of the rules.
 
-What stays in Python: the setup (the reference's own constructor and plan: walk, slots, trips
-in the central load order), the engine's cost plans read into arrays before the kernel runs
-(:meth:`~.fsedp_engine.Engine.load_plan`, :meth:`~.fsedp_engine.Engine.send_plan`, each slice
-compute's durations from the unit), and the instructions, made from the kernel's records with
-the reference's makers (:mod:`.fsedp_instrs`); without streams (a prediction) none are made.
+What stays in Python: the setup (the reference's own constructor: walk, slots; its plan, the
+trips in the central load order, made as arrays by :func:`_plan`), the engine's cost plans
+read into arrays before the kernel runs (:meth:`~.fsedp_engine.Engine.load_plan`,
+:meth:`~.fsedp_engine.Engine.send_plan`, each slice compute's durations from the unit), and
+the instructions, made from the kernel's records with the reference's makers
+(:mod:`.fsedp_instrs`); without streams (a prediction) none are made.
 
 :data:`COMPILED` says which one :func:`.fsedp_sched.schedule` uses: True or False forces one
 (the tests compare them); None (the default) starts with the reference and switches to the
@@ -28,7 +29,7 @@ has loaded numba, loading this one costs 40-80 ms, and :data:`COMPILE_WARM` work
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,9 +37,11 @@ from moec.backends.interp import relay_records
 from moec.backends.interp.event_loop import OptionalKernel, numba_loaded
 from moec.backends.interp.expand import fsedp_instrs as mk
 from moec.backends.interp.expand.fsedp_engine import Engine
+from moec.backends.interp.expand.fsedp_order import central_order
 from moec.backends.interp.expand.fsedp_problem import Problem, Schedule
 from moec.backends.interp.timing_ops import SLICE_COSTS
 from moec.ir.errors import ScheduleError
+from moec.ir.stream.program import SliceRef
 
 #: which simulation :func:`.fsedp_sched.schedule` plays: True the kernel, False the reference,
 #: None the reference until :data:`COMPILE_AFTER` trips were scheduled, then the kernel when
@@ -103,8 +106,8 @@ def schedule(sim: Any) -> Schedule:
     available()
     k = _KERNEL.module
     prob: Problem = sim.p
-    sim.plan(paths=False)  # the kernel finds the routes
-    st = _state(sim)
+    pl = _plan(sim)
+    st = None if pl is None else _state(sim, pl)
     if st is None:
         return type(sim)(prob, sim.write).run()  # the reference, on a fresh simulation
     outcome = k.simulate(st)
@@ -136,31 +139,102 @@ def schedule(sim: Any) -> Schedule:
     return Schedule(sim.out, paths, float(fl[sc[k.O_CLOCK]]), peaks, int(sc[k.PASSES]))
 
 
-def _state(sim: Any) -> tuple[Any, ...] | None:
-    """The kernel's state (:data:`.fsedp_kernel.State`) for planned ``sim``; None where the
-    kernel cannot play it (a host channel, computes of different op counts)."""
+class _Slice(NamedTuple):
+    """What is read of a trip after the kernel (``sim.trips``): its unit, slice, the slice's
+    ref and bytes (a :class:`~.fsedp_state.Trip` holds them and the reference's state)."""
+
+    unit: Any
+    slice: int
+    ref: SliceRef
+    nbytes: int
+
+
+class _Planned(NamedTuple):
+    """:meth:`~.fsedp_sched._Sim.plan`'s trips as arrays (trip ``i`` is ``sim.trips[i]``):
+    per trip its unit (index), slice, channel and die (where the plan queues it: R4's home,
+    naive's die; R5: -1); the trips each die pulls and each channel pushes, in order, laid
+    end to end with each one's end; the channels that push, ascending; per unit and die,
+    whether the unit needs the die."""
+
+    unit: np.ndarray
+    slice: np.ndarray
+    chan: np.ndarray
+    die: np.ndarray
+    dq: np.ndarray
+    dq_end: np.ndarray
+    cq: np.ndarray
+    cq_end: np.ndarray
+    pushing: list[int]
+    needed: np.ndarray
+
+
+def _plan(sim: Any) -> _Planned | None:
+    """Plan fresh ``sim`` as :meth:`~.fsedp_sched._Sim.plan` does (its routes left to the
+    kernel), in arrays: each slice in the central load order is one trip, queued on its
+    channel's die (R4) or channel (R5); under naive rules each needed die loads the slices
+    itself (die by die, each in the load order): those trips share the slice's
+    record in ``sim.trips`` (:class:`_Slice`: what is read of a trip after the kernel is the
+    slice's), not one object per die and slice. None when a slice's channel is not one of the
+    arrays' (the host)."""
+    prob: Problem = sim.p
+    n, units, chan_die, layer = sim.n, prob.units, prob.channel_die, prob.layer
+    unit_ix = {id(u): i for i, u in enumerate(units)}
+    order = [(u, j) for u, j in central_order(prob) if u.tokens]
+    slices = [_Slice(u, j, SliceRef(layer, u.expert, j), u.slice_bytes[j]) for u, j in order]
+    S = len(slices)
+    s_unit = np.fromiter((unit_ix[id(u)] for u, _ in order), np.int64, S)
+    s_slice = np.fromiter((j for _, j in order), np.int64, S)
+    s_chan = np.fromiter((u.channels[j] for u, j in order), np.int64, S)
+    sim.trips = slices
+    if S and (s_chan.min() < 0 or s_chan.max() >= len(chan_die)):
+        return None
+    needed = np.zeros((n, len(units)), np.bool_)
+    for i, u in enumerate(units):
+        needed[list(u.tokens), i] = True
+    none = np.zeros(0, np.int64)
+    if sim.naive:
+        at = np.flatnonzero(needed[:, s_unit].ravel())  # die by die, slices in load order
+        die, of = at // max(S, 1), at % max(S, 1)
+        sim.trips = list(map(slices.__getitem__, of.tolist()))
+        dq = np.arange(len(at), dtype=np.int64)
+        dq_end = np.cumsum(np.bincount(die, minlength=n), dtype=np.int64)
+        return _Planned(
+            s_unit[of], s_slice[of], s_chan[of], die, dq, dq_end, none, np.zeros(len(chan_die),
+            np.int64), [], needed,
+        )  # fmt: skip
+    cd = np.asarray(chan_die, np.int64)
+    if prob.r5:
+        by_chan = np.argsort(s_chan, kind="stable")
+        cq_end = np.cumsum(np.bincount(s_chan, minlength=len(chan_die)), dtype=np.int64)
+        return _Planned(
+            s_unit, s_slice, s_chan, np.full(S, -1, np.int64), none, np.zeros(n, np.int64),
+            by_chan, cq_end, np.unique(s_chan).tolist(), needed,
+        )  # fmt: skip
+    home = cd[s_chan] if S else none
+    dq_end = np.cumsum(np.bincount(home, minlength=n), dtype=np.int64)
+    return _Planned(
+        s_unit, s_slice, s_chan, home, np.argsort(home, kind="stable"), dq_end, none,
+        np.zeros(len(chan_die), np.int64), [], needed,
+    )  # fmt: skip
+
+
+def _state(sim: Any, pl: _Planned) -> tuple[Any, ...] | None:
+    """The kernel's state (:data:`.fsedp_kernel.State`) for ``sim`` planned as ``pl``; None
+    where the kernel cannot play it (computes of different op counts)."""
     k = _KERNEL.module
     prob: Problem = sim.p
     engine: Engine = prob.machine  # type: ignore[assignment]
-    n, W, trips, units, K = sim.n, len(sim.walk), sim.trips, prob.units, sim.K
-    T, U, V, C = len(trips), len(units), 1 if sim.naive else W, len(prob.channel_die)
-    unit_ix = {id(u): i for i, u in enumerate(units)}
+    n, W, units, K = sim.n, len(sim.walk), prob.units, sim.K
+    T, U, V, C = len(pl.unit), len(units), 1 if sim.naive else W, len(prob.channel_die)
     u_off = np.cumsum([0] + [len(u.slice_bytes) for u in units]).tolist()
     sizes = sorted({b for u in units for b in u.slice_bytes})
-    nb_ix = {b: i for i, b in enumerate(sizes)}
+    # each unit's slices' size indices, end to end (as u_off lays them out)
+    us_nb = np.searchsorted(sizes, [b for u in units for b in u.slice_bytes]).astype(np.int64)
     trip = np.zeros((k.TRIP_ROWS, T), np.int64)
-    t_unit = [unit_ix[id(t.unit)] for t in trips]
-    t_chan = [t.channel for t in trips]
-    t_nb = [nb_ix[t.nbytes] for t in trips]
-    if any(c < 0 or c >= C for c in t_chan):
-        return None  # a channel the arrays do not hold (the host)
-    # the die each trip is loaded into where the plan says (R4's home, naive's die; R5: -1)
-    t_die = [-1] * T
-    for d in sim.dies:
-        for t in d.queue:
-            t_die[t.id] = d.id
-    trip[k.UNIT], trip[k.CHAN], trip[k.NB], trip[k.DIE] = t_unit, t_chan, t_nb, t_die
-    trip[k.US] = [u_off[u] + t.slice for u, t in zip(t_unit, trips, strict=True)]
+    trip[k.UNIT], trip[k.CHAN], trip[k.DIE] = pl.unit, pl.chan, pl.die
+    trip[k.US] = np.asarray(u_off[:-1], np.int64)[pl.unit] + pl.slice if T else 0
+    trip[k.NB] = us_nb[trip[k.US]]
+    t_chan, t_die, t_nb = trip[k.CHAN], trip[k.DIE], trip[k.NB]
     cd = _durations(units, u_off, n)
     if cd is None:
         return None  # not the interpreter's ops
@@ -168,17 +242,19 @@ def _state(sim: Any) -> tuple[Any, ...] | None:
     chan_die = prob.channel_die
     if sim.pushes:
         anywhere = {d for u in units for d in u.tokens}
-        keys = {
+        keys = sorted(
             (c, x, nb)
-            for c, nb in set(zip(t_chan, t_nb, strict=True))
+            for c, nb in set(zip(t_chan.tolist(), t_nb.tolist(), strict=True))
             for x in anywhere | {chan_die[c]}
-        }
+        )
     else:
-        keys = set(zip(t_chan, t_die, t_nb, strict=True))
+        # (channel, die, size) as one int each, ascending as the triples
+        flat = np.unique((t_chan * n + t_die) * len(sizes) + t_nb).tolist()
+        keys = [(f // (n * len(sizes)), f // len(sizes) % n, f % len(sizes)) for f in flat]
     load_plan = np.full((C, n, len(sizes)), -1, np.int64)
     plans: list[tuple[int, float, float]] = []
     hop_ptr, hops = [0], []
-    for c, x, nb in sorted(keys):
+    for c, x, nb in keys:
         load_plan[c, x, nb] = len(plans)
         res, occ, lat, route = engine.load_plan(c, x, sizes[nb])
         plans.append((res, occ, lat))
@@ -189,26 +265,22 @@ def _state(sim: Any) -> tuple[Any, ...] | None:
         for q in range(W)
         for size in sizes
     ]
-    needed = np.zeros((n, U), np.bool_)
-    for i, u in enumerate(units):
-        needed[list(u.tokens), i] = True
+    needed = pl.needed
     hops_nn = np.zeros((n, n), np.int64)
     if sim.pushes:
         for h in sorted(set(chan_die)):
             for d in np.flatnonzero(needed.any(axis=1)).tolist():
                 hops_nn[h, d] = sim.hops(h, d)
-    dq = [[t.id for t in d.queue] for d in sim.dies]
-    cq = [[t.id for t in sim.chan_queue.get(c, ())] for c in range(C)]
     # the variable-length tables, at offsets kept in sc
     sc = np.zeros(k.SC_SIZE, np.int64)
     sc[k.K_ : k.N_SIZES + 1] = [K, sim.P, sim.cap, sim.pushes, sim.naive, V, sim.write,
-                                len(prob.order), len(sim.chan_queue), len(sizes)]  # fmt: skip
+                                len(prob.order), len(pl.pushing), len(sizes)]  # fmt: skip
     ints: list[int] = []
     for at, values in (
-        (k.O_DQ, [x for g in dq for x in g]), (k.O_CQ, [x for g in cq for x in g]),
+        (k.O_DQ, pl.dq.tolist()), (k.O_CQ, pl.cq.tolist()),
         (k.O_NEED_PTR, np.cumsum([0] + [len(u.tokens) for u in units]).tolist()),
         (k.O_NEED, [d for u in units for d in u.tokens]), (k.O_ORDER, list(prob.order)),
-        (k.O_CHAN_ORDER, sorted(sim.chan_queue)), (k.O_LP_RES, [p[0] for p in plans]),
+        (k.O_CHAN_ORDER, pl.pushing), (k.O_LP_RES, [p[0] for p in plans]),
         (k.O_LP_HOPS, hop_ptr), (k.O_HOP_RES, [h[0] for h in hops]),
         (k.O_SP_RES, [p[0] for p in sends]),
     ):  # fmt: skip
@@ -226,7 +298,7 @@ def _state(sim: Any) -> tuple[Any, ...] | None:
         floats += fvalues
     die = np.zeros((k.DIE_ROWS, n), np.int64)
     die[k.FN], die[k.PREFETCH] = K, sim.prefetch
-    die[k.DQ_HEAD], die[k.DQ_END] = _bounds(dq)
+    die[k.DQ_HEAD], die[k.DQ_END] = _starts(pl.dq_end), pl.dq_end
     die[k.LANE0], die[k.LANE1] = np.asarray(
         [(v + [-1, -1])[:2] for v in sim.positions.values()], np.int64
     ).T
@@ -235,7 +307,7 @@ def _state(sim: Any) -> tuple[Any, ...] | None:
     lane[k.WALK] = sim.walk
     chan = np.zeros((k.CHAN_ROWS, C), np.int64)
     chan[k.CDIE] = chan_die
-    chan[k.CQ_HEAD], chan[k.CQ_END] = _bounds(cq)
+    chan[k.CQ_HEAD], chan[k.CQ_END] = _starts(pl.cq_end), pl.cq_end
     ring = np.zeros((5, max(n, W), K), np.int64)
     ring[k.FREE_SLOTS, :n] = [list(d.free) for d in sim.dies]
     route = np.zeros((3, n, U), np.int64)
@@ -256,35 +328,47 @@ def _durations(units: list[Any], u_off: list[int], n: int) -> np.ndarray | None:
     durations as the unit gives them, asked once per die and distinct slice
     (:attr:`~.fsedp_problem.Unit.alike`); None when a compute is not the interpreter's ops."""
     asked: list[tuple[float, ...]] = []  # per unit, distinct slice and needed die
-    rows: list[int] = []  # per (slice, needed die): its row of the table, slice * n + die
-    take: list[int] = []  # and its entry of ``asked``
+    at: list[int] = []  # per slice of a unit with tokens: its dies' first entry of ``asked``
+    row: list[int] = []  # and its row of the table
+    dies: list[int] = []  # per such unit, its needed dies
+    nds: list[int] = []  # per such slice, its unit's number of them, and where they start
+    die_at: list[int] = []
     for u, base in zip(units, u_off, strict=False):
-        dies = list(u.tokens)
-        if not dies:
+        nd = len(u.tokens)
+        if not nd:
             continue
-        nd = len(dies)
+        ds = list(u.tokens)
         first: dict[int, int] = {}  # per distinct slice, its dies' first entry of ``asked``
-        for j, f in enumerate(u.alike or range(len(u.slice_bytes))):
-            at = first.get(f)
-            if at is None:
-                at = first[f] = len(asked)
-                asked += [u.compute(d, f) for d in dies]
-            take += range(at, at + nd)
-            row = (base + j) * n
-            rows += [row + d for d in dies]
+        alike = u.alike or range(len(u.slice_bytes))
+        for f in alike:
+            hit = first.get(f)
+            if hit is None:
+                hit = first[f] = len(asked)
+                asked += [u.compute(d, f) for d in ds]
+            at.append(hit)
+        m = len(alike)
+        row += range(base, base + m)
+        nds += [nd] * m
+        die_at += [len(dies)] * m
+        dies += ds
     ops = len(SLICE_COSTS)
     if any(len(a) != ops for a in asked):
         return None
     cd = np.zeros((u_off[-1] * n, ops))
     if asked:
-        cd[rows] = np.asarray(asked, np.float64)[take]
+        # per (slice, needed die), the slice's dies in order: its entry and row
+        per = np.asarray(nds, np.int64)
+        of = np.repeat(np.arange(len(per)), per)
+        k = np.arange(len(of)) - np.repeat(np.cumsum(per) - per, per)
+        take = np.asarray(at, np.int64)[of] + k
+        die = np.asarray(dies, np.int64)[np.asarray(die_at, np.int64)[of] + k]
+        cd[np.asarray(row, np.int64)[of] * n + die] = np.asarray(asked, np.float64)[take]
     return cd.reshape(u_off[-1], n, ops)
 
 
-def _bounds(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Each group's start and end in the groups laid end to end."""
-    end = np.cumsum([len(g) for g in groups], dtype=np.int64)
-    return end - [len(g) for g in groups], end
+def _starts(ends: np.ndarray) -> np.ndarray:
+    """Each group's start, from each one's end, the groups laid end to end."""
+    return np.concatenate([[0], ends[:-1]]).astype(np.int64)
 
 
 def _instructions(

@@ -215,9 +215,9 @@ class _Sim:
         trip.last = len(trip.path) - 1
 
     # --- planning ---
-    def plan(self, paths: bool = True) -> None:
-        """The trips in the central load order, queued where they start (with ``paths``, R4's
-        routed: the compiled scheduler finds them itself)."""
+    def plan(self) -> None:
+        """The trips in the central load order, queued where they start, R4's routed (the
+        compiled scheduler plans in arrays: :func:`.fsedp_compiled._plan`)."""
         for u, j in central_order(self.p):
             if not u.tokens:
                 continue
@@ -228,8 +228,7 @@ class _Sim:
                 self.chan_queue.setdefault(trip.channel, deque()).append(trip)
                 continue
             home = self.p.channel_die[trip.channel]
-            if paths:
-                self.set_path(trip, home)
+            self.set_path(trip, home)
             self.dies[home].queue.append(trip)
         if self.naive:
             per_slice, self.trips = self.trips, []
