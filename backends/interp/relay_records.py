@@ -182,7 +182,7 @@ class RecordStream(Sequence[Any]):
     def nbytes(self, k: np.ndarray) -> np.ndarray:
         """The ``nbytes`` of entries ``k`` (0 for one without: a compute or free)."""
         kind = self.kind[k]
-        out = np.asarray(self.src.sizes, np.int64)[self.trip[k]]
+        out = self.src.trips()[0][self.trip[k]]
         out[(kind != _LOAD_K) & (kind != _SEND_K) & (kind != _RECV_K)] = 0
         return out
 
