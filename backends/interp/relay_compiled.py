@@ -386,18 +386,34 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
     s.last_compute = None if lc < 0 else int(lc)
     _slots_back(b, s, rs, j - at, t, n, out_i, row, code, S, fill_op, free_op, slot_rec,
                 use_first, uses_on, pool_op, pool_next)  # fmt: skip
-    for p in range(D):
-        for _ in range(int(ws_head[p] - ws_head0[p])):
-            b.pending_send[(p, die)].popleft()
-        for _ in range(int(wr_head[p] - wr_head0[p])):
-            b.pending_recv[(die, p)].popleft()
-    for c_, p, hold, op in out_i[31][: n[31]].tolist():
-        q = b.pending_recv[(p, die)] if c_ == RECV else b.pending_send[(die, p)]
-        q.append((hold, op))
+    for p, k in enumerate((ws_head - ws_head0).tolist()):
+        if k:
+            _drop(b.pending_send[(p, die)], k)
+    for p, k in enumerate((wr_head - wr_head0).tolist()):
+        if k:
+            _drop(b.pending_recv[(die, p)], k)
+    left = out_i[31][: n[31]]
+    if len(left):  # the run's transfers left waiting: per queue (in first-seen order) in order
+        key = left[:, 0] * D + left[:, 1]
+        u, first = np.unique(key, return_index=True)
+        for kk in u[np.argsort(first)].tolist():
+            grp = left[key == kk]
+            c_, p = int(grp[0, 0]), int(grp[0, 1])
+            q = b.pending_recv[(p, die)] if c_ == RECV else b.pending_send[(die, p)]
+            q.extend(zip(grp[:, 2].tolist(), grp[:, 3].tolist(), strict=True))
     if s.pending_h:
         for q in set(slot[gw].tolist()):
             s.pending_h.pop(q, None)
     return j + m
+
+
+def _drop(q: deque[Any], k: int) -> None:
+    """Take the first ``k`` transfers off waiting queue ``q`` (the run paired them)."""
+    if k >= len(q):
+        q.clear()
+    else:
+        for _ in range(k):
+            q.popleft()
 
 
 def _waiting(pending: dict[tuple[int, int], Any], keys: list[tuple[int, int]],

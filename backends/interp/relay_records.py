@@ -54,18 +54,20 @@ class Source:
     and unit (``unit_of``); per unit and die (``unit * n + die``) its tokens there or None
     (``held``); and, read once for all its dies' streams, the relay's columns of the trips."""
 
-    __slots__ = ("refs", "sizes", "held", "unit_of", "n", "_trips")
+    __slots__ = ("refs", "sizes", "held", "unit_of", "n", "nbytes", "_trips")
 
     def __init__(
         self, refs: list[Any], sizes: list[int], held: list[Any], unit_of: np.ndarray, n: int
     ) -> None:
         self.refs, self.sizes, self.held, self.n = refs, sizes, held, n
         self.unit_of = np.array(unit_of, np.int32)  # a copy: not a view holding the kernel's
+        #: per trip, its bytes
+        self.nbytes = np.asarray(sizes, np.int64)
         self._trips: tuple[Any, ...] | None = None
 
     def trips(self) -> tuple[Any, ...]:
-        """Per trip its bytes and slice shape (an index into the last entry: a slice of each
-        shape, its layer, shared or not, index); per unit and die its token count."""
+        """Per trip its slice shape (an index into the last entry: a slice of each shape, its
+        layer, shared or not, index); per unit and die its token count."""
         if self._trips is None:
             index: dict[tuple[str, bool, int], int] = {}
             shapes: list[Any] = []
@@ -78,9 +80,7 @@ class Source:
                     shapes.append(c)
                 of_trip.append(k)
             tokens = np.asarray([0 if h is None else h.size for h in self.held], np.int64)
-            self._trips = (
-                np.asarray(self.sizes, np.int64), np.asarray(of_trip, np.int64), tokens, shapes,
-            )  # fmt: skip
+            self._trips = (np.asarray(of_trip, np.int64), tokens, shapes)
         return self._trips
 
 
@@ -182,29 +182,34 @@ class RecordStream(Sequence[Any]):
     def nbytes(self, k: np.ndarray) -> np.ndarray:
         """The ``nbytes`` of entries ``k`` (0 for one without: a compute or free)."""
         kind = self.kind[k]
-        out = self.src.trips()[0][self.trip[k]]
+        out = self.src.nbytes[self.trip[k]]
         out[(kind != _LOAD_K) & (kind != _SEND_K) & (kind != _RECV_K)] = 0
         return out
 
     def made_ids(self, k: np.ndarray) -> np.ndarray:
         """Per entry of ``k``, its instruction's ``id`` where made, else 0 (no object's)."""
-        out = np.fromiter(map(id, map(self._made.__getitem__, k.tolist())), np.int64, len(k))
-        out[~self._have[k]] = 0
+        out = np.zeros(len(k), np.int64)
+        at = np.flatnonzero(self._have[k])
+        made = map(self._made.__getitem__, k[at].tolist())
+        out[at] = np.fromiter(map(id, made), np.int64, len(at))
         return out
 
     def columns(self) -> tuple[Any, ...]:
         """The relay's columns: per entry its code (with the relay's static checks,
         :func:`_checked`), slot, peer or channel, bytes, slice shape (an index into the last
         entry: a slice of each shape), token count."""
-        sizes, shape_of, tokens, shapes = self.src.trips()
-        full = _OF_RECORD[self.kind]
-        nbytes = sizes[self.trip]
-        nbytes[~((full == RECV) | (full == SEND) | (full == LOAD))] = 0
+        shape_of, tokens, shapes = self.src.trips()
+        code, nbytes = self._codes()
         size = tokens[self.src.unit_of[self.trip] * self.src.n + self.die]
-        return (
-            _checked(full, self.slot, nbytes), self.slot, self.peer, nbytes,
-            shape_of[self.trip], size, shapes,
-        )  # fmt: skip
+        return code, self.slot, self.peer, nbytes, shape_of[self.trip], size, shapes
+
+    def _codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per entry, its relay code (:func:`_checked`) and bytes (0 for no transfer or
+        load)."""
+        full = _OF_RECORD[self.kind]
+        nbytes = self.src.nbytes[self.trip]
+        nbytes[~((full == RECV) | (full == SEND) | (full == LOAD))] = 0
+        return _checked(full, self.slot, nbytes), nbytes
 
     def lazy(self, min_run: int) -> bool:
         """Whether to keep this stream as records for a relay taking runs of at least
@@ -215,7 +220,7 @@ class RecordStream(Sequence[Any]):
     def covered(self, min_run: int) -> float:
         """The share of entries in stretches of at least ``min_run`` the relay's static
         checks let a compiled run take (:func:`stops`)."""
-        code = self.columns()[0]
+        code = self._codes()[0]
         stop = stops(code)
         starts = np.flatnonzero(code != 0)
         if not len(code) or not len(starts):
