@@ -295,11 +295,6 @@ def _instructions(
                 out[d] += stream
 
 
-def refs_of(refs: list[Any], ts: list[int]) -> list[Any]:
-    """The slice refs of trips ``ts``."""
-    return list(map(refs.__getitem__, ts))
-
-
 def expect(work: int) -> None:
     """Say that about ``work`` more micro-slices times dies are about to be scheduled in this
     process (a caller that knows: the FSE-DP slice choice, its counts that fit): counted toward
