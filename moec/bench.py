@@ -298,7 +298,9 @@ def run_point(
         if path is not None:
             options["calibration"] = path
     trace = work.trace(model, layers, tokens, tgt.num_dies)
-    program, result = lower_run(module, TargetRef(target, tuple(overrides)), name, options, trace)
+    program, result = lower_run(
+        module, TargetRef(target, tuple(overrides)), name, options, trace, run=True
+    )  # fmt: skip
     if result is None:  # else the slice choice's measurement was this very run
         result = simulate(
             program, target=tgt, routings=trace, verify=False, allow_overflow=allow_overflow,

@@ -45,9 +45,11 @@ the caller (``moec bench``), which would otherwise run the same program again. T
 says how much work is ahead: the micro-slices times dies of every count that fits to the
 scheduler (:func:`~moec.backends.interp.expand.fsedp_compiled.expect`), and before each timing
 the ops still to time to the event loop (:func:`~moec.backends.interp.event_loop.expect`: the
-last timing's ops per count not yet ruled out; before the first, :data:`OPS_PER_SLICE`), so
-that each switches to its compiled kernel (numba) as soon as that work pays for loading it,
-not after its reference has done that much. Which implementation runs never changes a number.
+last timing's ops per count not yet ruled out; before the first, :data:`OPS_PER_SLICE`), and
+when the caller runs the chosen program afterwards (``moec bench``, :func:`lower_run`'s
+``run``), its later layers at the fewest slices that fit, so that each switches to its
+compiled kernel (numba) as soon as that work pays for loading it, not after its reference has
+done that much. Which implementation runs never changes a number.
 A count timed after the first is timed only as far as it can still win: its run stops
 (``simulate(..., limit=)``, :class:`~moec.backends.interp.event_loop.PastLimit`) as soon as
 its layer's ops span more than the fastest measured so far, before its SRAM peaks and summary
@@ -248,10 +250,12 @@ def routes(routing: RoutingTrace, program: Program) -> bool:
 
 def choose_slices(
     module: Module, target: TargetRef, strategy: str, options: Mapping[str, str],
-    routing: RoutingTrace, base: Program, **kw: Any,
+    routing: RoutingTrace, base: Program, *, run: bool = False, **kw: Any,
 ) -> SliceChoice | None:  # fmt: skip
     """The count for FSE-DP program ``base`` (lowered with ``options``) under ``routing`` (module
-    docstring); None when no count of the ladder fits or the routing is not this program's."""
+    docstring); None when no count of the ladder fits or the routing is not this program's.
+    ``run``: the caller then runs the chosen program under ``routing`` (its layers after the
+    first are work ahead for the kernels' decisions, :func:`lower_run`)."""
     if not routes(routing, base):
         return None
     first = base.layers[0]
@@ -261,16 +265,21 @@ def choose_slices(
     # ends would walk them all
     with plans_shared() as plans, gc_paused():
         try:
-            return _choose(module, target, strategy, options, routing, first.ffn, tgt, plans, **kw)
+            later = len(routing.layers) - 1 if run else 0
+            return _choose(
+                module, target, strategy, options, routing, first.ffn, tgt, plans, later, **kw
+            )  # fmt: skip
         finally:
             fsedp_compiled.expect(0)  # what the choice said was ahead ends with it
 
 
 def _choose(
     module: Module, target: TargetRef, strategy: str, options: Mapping[str, str],
-    routing: RoutingTrace, ffn: int, tgt: Target, plans: dict[Any, Any], **kw: Any,
+    routing: RoutingTrace, ffn: int, tgt: Target, plans: dict[Any, Any], later: int = 0,
+    **kw: Any,
 ) -> SliceChoice | None:  # fmt: skip
-    """:func:`choose_slices` with the shared schedules ``plans`` (see there): a best-first
+    """:func:`choose_slices` with the shared schedules ``plans`` and ``later`` MoE layers the
+    caller runs after the choice (see there): a best-first
     search on each count's lower bound on its measurement, the hard one before it is scheduled
     (:func:`~moec.backends.interp.expand.fsedp.iteration_bound`), then the larger of that and
     ``prediction * (1 - estimate_error(...))``; the count of the lowest bound is scheduled if it
@@ -290,10 +299,12 @@ def _choose(
         programs[c] = p
     if not programs:
         return None
-    # what the predictions may schedule (micro-slices of the experts with tokens, times dies):
-    # the scheduler may play them compiled from the first (the same numbers either way)
+    # what the predictions may schedule (micro-slices of the experts with tokens, times dies),
+    # and the caller's run of the later layers at least at the fewest slices: the scheduler may
+    # play them compiled from the first (the same numbers either way)
     per_slice = int(np.unique(r0.ids[r0.ids >= 0]).size) * tgt.num_dies
-    fsedp_compiled.expect(per_slice * sum(programs))
+    run_work = per_slice * min(programs) * later
+    fsedp_compiled.expect(per_slice * sum(programs) + run_work)
     some = programs[max(programs)]  # every count is the same variant
     error, ahead = estimate_error(some, tgt), writes_ahead(some, tgt)
     predicted: dict[int, float] = {}
@@ -327,9 +338,11 @@ def _choose(
             continue
         # the ops still to time: the event loop may run compiled now (the same numbers either way)
         if ops:  # at the last timing's size, this count and those not yet ruled out
-            _expect_timings(ops, heap, fastest)
+            _expect_timings(ops, heap, fastest, OPS_PER_SLICE * run_work)
         else:  # and those timed too were this count measured as predicted
-            _expect_timings(OPS_PER_SLICE * per_slice * c, heap, predicted[c])
+            _expect_timings(
+                OPS_PER_SLICE * per_slice * c, heap, predicted[c], OPS_PER_SLICE * run_work
+            )
         try:
             limit = fastest if STOP_LOSERS and measured else None
             t, run, ops = _measure(programs[c], tgt, routing, limit)
@@ -348,10 +361,11 @@ def _choose(
     return SliceChoice(best, predicted, measured, bound, stopped, programs[best], best_run)
 
 
-def _expect_timings(ops: int, heap: list[tuple[float, int]], limit: float) -> None:
+def _expect_timings(ops: int, heap: list[tuple[float, int]], limit: float, then: int) -> None:
     """Tell the event loop that timings of about ``ops`` ops each are to come: the next one's,
-    and one per count of ``heap`` whose bound is not above ``limit``."""
-    event_loop.expect(ops * (1 + sum(b <= limit for b, _ in heap)))
+    and one per count of ``heap`` whose bound is not above ``limit``; then ``then`` more (the
+    caller's run of the later layers)."""
+    event_loop.expect(ops * (1 + sum(b <= limit for b, _ in heap)) + then)
 
 
 def _forget(plans: dict[Any, Any], program: Program) -> None:
@@ -372,13 +386,15 @@ def lower(
 
 def lower_run(
     module: Module, target: TargetRef, strategy: str, options: Mapping[str, str] | None = None,
-    routing: RoutingTrace | None = None, **kw: Any,
+    routing: RoutingTrace | None = None, *, run: bool = False, **kw: Any,
 ) -> tuple[Program, RunResult | None]:  # fmt: skip
     """:func:`lower`, and the program's run under ``routing`` when choosing its slice count made
     it: exactly what ``simulate(program, target=..., routings=routing, verify=False,
     layered=True)`` returns, with or without ``allow_overflow`` (the program fits), so the
     caller need not run it again. None when the choice did not run the whole program (a
-    program of more than one MoE layer, no choice made)."""
+    program of more than one MoE layer, no choice made). ``run``: the caller runs the program
+    then (``moec bench``), so an FSE-DP choice counts its later layers as work ahead of the
+    compiled kernels' decisions (which implementation runs, never a number)."""
     # imported here: moec.expert_slices reuses this module's ladder and measurement
     from moec import expert_slices
 
@@ -387,7 +403,7 @@ def lower_run(
     if routing is None or opts.get("slices", "auto") != "auto":
         return base, None
     if _streams(base):
-        choice = choose_slices(module, target, strategy, opts, routing, base, **kw)
+        choice = choose_slices(module, target, strategy, opts, routing, base, run=run, **kw)
         if choice is None or choice.program is None:
             return base, None
         return choice.program, choice.run

@@ -18,13 +18,15 @@ loading the cached kernel cost about 0.4 s of CPU per process, the compiled loop
 a one-layer point (tens of thousands). A process cannot know how many ops are still to come, so
 it switches when the reference has spent about what the switch costs (300k ops at about 1.3 us
 each): a run then never spends more than twice what the better choice in hindsight would have
-(the rent-or-buy rule), and a one-layer point of the paper grid never imports numba. A caller
-that does know tells it (:func:`expect`: a layer-by-layer run, after its first part, the ops its
-later parts will time at that part's size), and the switch comes as soon as the ops timed and
-expected reach :data:`COMPILE_AFTER`. The
-kernel is JIT-compiled on its first call and cached on disk (numba's ``cache=True``, in
-``__pycache__`` beside :mod:`.event_kernel` or numba's own cache directory), so only a process
-that finds no cache pays the compile (about 2 s of CPU).
+(the rent-or-buy rule), and a one-layer point of the paper grid never imports numba. Once
+another kernel has loaded numba (:func:`numba_loaded`: the FSE-DP scheduler's, on an FSE-DP
+point), loading this one costs about 10 ms, and a run of :data:`COMPILE_WARM` ops pays for it.
+A caller that does know tells it (:func:`expect`: a layer-by-layer run, before its first MoE
+part that part's instructions times the MoE parts from it on, after each part the ops its later
+parts will time at that part's size), and the switch comes as soon as the ops timed and
+expected reach :data:`COMPILE_AFTER`. The kernel is JIT-compiled on its first call and cached
+on disk (numba's ``cache=True``, in ``__pycache__`` beside :mod:`.event_kernel` or numba's own
+cache directory), so only a process that finds no cache pays the compile (about 2 s of CPU).
 
 A caller that only needs to know whether some ops span more than a limit (the FSE-DP slice
 choice, timing a count that can only win below the fastest measured so far) passes them as
@@ -53,6 +55,11 @@ from moec.backends.interp.opgraph import PRIORITY
 COMPILED: bool | None = None
 #: ops timed by the reference before an undecided process (:data:`COMPILED` None) switches
 COMPILE_AFTER = 300_000
+#: ops (timed, and expected or at least this run's) from which an undecided process times with
+#: the kernel once another kernel has loaded numba (:func:`numba_loaded`): then loading this
+#: one from its cache costs about 10 ms of CPU (0.6 s with numba's import and first dispatch),
+#: what the reference spends on about 7k ops
+COMPILE_WARM = 10_000
 
 _timed = 0
 #: ops the caller expects this process still to time (:func:`expect`)
@@ -86,6 +93,11 @@ def expect(ops: int) -> None:
     _expected = max(0, ops)
 
 
+def expected() -> int:
+    """The ops said to be ahead (:func:`expect`)."""
+    return _expected
+
+
 def optional_kernel(module: str) -> Any:
     """The compiled kernel module ``module`` (it imports numba), or False when it does not
     import (numba, ``moec[fast]``, not installed)."""
@@ -105,17 +117,31 @@ class OptionalKernel:
 
     def available(self) -> bool:
         """Whether the kernel can run here; imports it once."""
+        global _numba_loaded
         if self.module is None:
             self.module = optional_kernel(self.name)
+            _numba_loaded = _numba_loaded or self.module is not False
         return self.module is not False
+
+
+#: whether a kernel module was imported in this process (numba with it)
+_numba_loaded = False
+
+
+def numba_loaded() -> bool:
+    """Whether some kernel (this loop's, the FSE-DP scheduler's, the relay's) was imported in
+    this process: numba's import and first dispatch (about 0.6 s) are paid, and loading
+    another kernel from its cache costs tens of milliseconds."""
+    return _numba_loaded
 
 
 def compiled_available() -> bool:
     """Whether the compiled loop can run here (numba imports); imports it once."""
-    global _kernel
+    global _kernel, _numba_loaded
     if _kernel is None:
         kernel = optional_kernel("moec.backends.interp.event_kernel")
         _kernel = kernel and kernel.loop
+        _numba_loaded = _numba_loaded or _kernel is not False
     return _kernel is not False
 
 
@@ -145,7 +171,8 @@ def run_events(
     global _timed
     use = COMPILED
     if use is None:
-        use = _timed + _expected >= COMPILE_AFTER and compiled_available()
+        warm = numba_loaded() and _timed + max(_expected, len(kind)) >= COMPILE_WARM
+        use = (_timed + _expected >= COMPILE_AFTER or warm) and compiled_available()
     _timed += len(kind)
     loop = loop_compiled if use else loop_python
     return loop(

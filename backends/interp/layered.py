@@ -260,6 +260,11 @@ def _run_parts(
             return None
         if verify:
             verify_program(prog, target)
+        if part.layers and not moe_ops:  # the first MoE part: its ops, and the MoE parts after
+            # it at its size (an op per instruction at least), may pay for the compiled loop
+            # now (same numbers either way); a caller's larger expectation stands
+            ahead = prog.num_instructions() * (1 + moe_after[j])
+            event_loop.expect(max(event_loop.expected(), ahead))
         tl = run_timing(prog, target, carry=carry, arrays=True, limit=limit)
         if catchup:  # it reads op by op: lists (it sets ``tl.layer``'s entries in place)
             charge_deferred(
@@ -267,8 +272,8 @@ def _run_parts(
             )
         # the MoE parts after this one, at the last MoE part's size: the event loop may switch
         # to its compiled copy now rather than after timing that many ops itself (same numbers
-        # either way); before the first MoE part nothing is known, and a caller's expectation
-        # (an FSE-DP slice choice's, of its timings to come) stands
+        # either way); before the first MoE part a caller's expectation (an FSE-DP slice
+        # choice's, of its timings to come) stands
         if part.layers:
             moe_ops = tl.events
         if moe_ops:

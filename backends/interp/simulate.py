@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from moec.backends.interp.ahead import fsedp_work, scheduling
 from moec.backends.interp.expand import expand_layer, layouts_for, splice
 from moec.backends.interp.expand.fsedp_deferred import charge_deferred
 from moec.backends.interp.layered import plan_parts, run_layered
@@ -297,9 +298,11 @@ def _run_parts(
         return per_die
 
     verify_parts = verify and not program.is_static
-    tl = run_layered(
-        program, tgt, parts, layouts, expansion, verify_parts, allow_overflow, limit
-    )  # fmt: skip
+    # the FSE-DP layers ahead: the scheduler may play the first with its kernel (same numbers)
+    with scheduling(fsedp_work(program, tgt, layouts, given)):
+        tl = run_layered(
+            program, tgt, parts, layouts, expansion, verify_parts, allow_overflow, limit
+        )  # fmt: skip
     used = [rewritten.get(m.name, given[m.name]) for m in program.layers if m.name in given]
     return tl, used
 

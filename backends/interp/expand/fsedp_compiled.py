@@ -21,9 +21,10 @@ kernel, when numba imports, once the process has scheduled :data:`COMPILE_AFTER`
 times dies (the event loop's rent-or-buy rule, :mod:`..event_loop`), for problems of at least
 :data:`COMPILE_FROM` (the kernel and the Python around it cost less than the reference from
 a few hundred): importing numba and the kernel and loading the kernel's cache cost about 0.5 to
-0.75 s of CPU (less once the event loop has imported numba), about what the reference spends
-on that much work (4 to 8 us per slice and die), so a one-layer point of the paper grid never
-loads it and a whole-model run switches on its first MoE layers (on 8 or more dies its first).
+0.75 s of CPU, about what the reference spends on that much work (4 to 8 us per slice and
+die), so a one-layer point of the paper grid never loads it, and a whole-model run, told its
+work before its first layer (:mod:`..ahead`), plays that layer with it. Once another kernel
+has loaded numba, loading this one costs 40-80 ms, and :data:`COMPILE_WARM` work pays for it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from moec.backends.interp import relay_records
-from moec.backends.interp.event_loop import OptionalKernel
+from moec.backends.interp.event_loop import OptionalKernel, numba_loaded
 from moec.backends.interp.expand.fsedp_engine import Engine
 from moec.backends.interp.expand.fsedp_problem import Problem, Schedule
 from moec.backends.interp.timing_ops import SLICE_COSTS
@@ -51,6 +52,11 @@ COMPILE_AFTER = 200_000
 #: (0.66 against 0.70 ms a problem, with streams) and are 17-20% faster at 250, 1.4x on 6k
 #: (a layer of Qwen3-30B-A3B on 4x4 dies), 1.7-2.5x from 15k (``scripts/bench_fsedp_sched.py``)
 COMPILE_FROM = 250
+#: micro-slices times dies (played, and expected or at least the problem's own) from which an
+#: undecided process plays with the kernel once another kernel has loaded numba
+#: (:func:`~..event_loop.numba_loaded`): loading this one from its cache then costs 40-80 ms of
+#: CPU (0.6 s cold), what the reference spends on about 10k
+COMPILE_WARM = 10_000
 
 _played = 0
 #: micro-slices times dies said to be ahead (:func:`expect`) and not played yet
@@ -63,6 +69,18 @@ def available() -> bool:
     return _KERNEL.available()
 
 
+def offered(prob: Problem) -> bool:
+    """Whether ``prob``'s records go to the compiled relay (:mod:`..relay_records`): when it
+    wants them, except under naive rules unless it is forced on (its tests). Naive streams
+    relay in short runs (DeepSeek-V3: median 345 instructions), for which reading the records
+    costs more than the kernel saves: four layers of DeepSeek-V3 fsedp-naive build in 0.62-0.71 s
+    CPU without records offered, 0.67-0.82 s with (``relay_compiled.MIN_RUN`` 256 or 2048)."""
+    from moec.backends.interp import relay_compiled
+
+    want = relay_records.wanted() is not None
+    return want and (prob.rules != "naive" or relay_compiled.COMPILED is True)
+
+
 def wanted(prob: Problem) -> bool:
     """Whether :func:`.fsedp_sched.schedule` plays ``prob`` with the kernel (:data:`COMPILED`);
     counts its work (micro-slices times dies: the reference's events grow with both), taking
@@ -71,7 +89,9 @@ def wanted(prob: Problem) -> bool:
     work = sum(len(u.slice_bytes) for u in prob.units) * prob.num_dies
     use = COMPILED
     if use is None:
-        use = _played + _expected >= COMPILE_AFTER and work >= COMPILE_FROM and available()
+        ahead = _played + _expected
+        warm = numba_loaded() and _played + max(_expected, work) >= COMPILE_WARM
+        use = (ahead >= COMPILE_AFTER or warm) and work >= COMPILE_FROM and available()
     _played += work
     _expected = max(0, _expected - work)
     if use and not available():
@@ -111,7 +131,8 @@ def schedule(sim: Any) -> Schedule:
         for t, q0, last in zip(sim.trips, trip[k.Q0].tolist(), trip[k.LAST].tolist(), strict=True)
     ]
     if sim.write:
-        _instructions(sim.out, sim.trips, prob.units, trip[k.UNIT], st[16][: sc[k.RECORDS]])
+        log = st[16][: sc[k.RECORDS]]
+        _instructions(sim.out, sim.trips, prob.units, trip[k.UNIT], log, offered(prob))
     peaks = dict(enumerate(die[k.PEAK].tolist()))
     return Schedule(sim.out, paths, float(fl[sc[k.O_CLOCK]]), peaks, int(sc[k.PASSES]))
 
@@ -269,12 +290,13 @@ def _bounds(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 def _instructions(
     out: dict[int, list[Any]], trips: list[Any], units: list[Any], unit_of: np.ndarray,
-    log: np.ndarray,
+    log: np.ndarray, offer: bool = False,
 ) -> None:  # fmt: skip
     """Each die's stream from the kernel's instruction records (each trip's unit in
-    ``unit_of``), in record order: a :class:`~..relay_records.RecordStream` (its instructions
-    made when read) where the compiled relay will read most of it as columns, else the
-    instructions themselves (made in one go: the Python relay reads each)."""
+    ``unit_of``), in record order: with ``offer`` (:func:`offered`), a
+    :class:`~..relay_records.RecordStream` (its instructions made when read) where the compiled
+    relay will read most of it as columns, else the instructions themselves (made in one go:
+    the Python relay reads each)."""
     n = len(out)
     order = np.argsort(log[:, 0].astype(np.int16), kind="stable")  # die by die (radix sort)
     rec = log[order]
@@ -285,7 +307,7 @@ def _instructions(
         for d, tokens in u.tokens.items():
             held[i * n + d] = tokens
     src = relay_records.Source([t.ref for t in trips], [t.nbytes for t in trips], held, unit_of, n)
-    min_run = relay_records.wanted()
+    min_run = relay_records.wanted() if offer else None
     for d in range(n):
         if ends[d + 1] > ends[d]:
             stream = relay_records.RecordStream(src, d, rec[ends[d] : ends[d + 1]])
@@ -308,3 +330,9 @@ def expect(work: int) -> None:
     more is ahead; the choice says so when it ends)."""
     global _expected
     _expected = max(0, work)
+
+
+def expected() -> tuple[int, int]:
+    """What was said to be ahead (:func:`expect`) and is not played yet, and the work played so
+    far in this process (micro-slices times dies)."""
+    return _expected, _played
