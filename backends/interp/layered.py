@@ -40,6 +40,7 @@ from moec.backends.interp import chain_hints, event_loop
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.expand import splice
 from moec.backends.interp.expand.fsedp_deferred import DEFERRED_SUFFIX, charge_deferred
+from moec.backends.interp.relay_records import walked
 from moec.backends.interp.sram import sram_overflow
 from moec.backends.interp.summary import RunSummary, layer_parts, merge_spans, tag_spans
 from moec.backends.interp.timing import SYNC, Carry, Timeline, run_timing
@@ -154,7 +155,7 @@ def walk_part(streams: dict[int, list[Instr]]) -> tuple[bool, bool]:
         # was a third of an FSE-DP part's walk)
         sent: list[int] = []
         got: list[int] = []
-        for i in instrs:
+        for i in walked(instrs, held, sent, got):  # a record stream's walked from its records
             cls = type(i)  # the instruction classes are final: no subclass to miss
             if cls is Load:
                 add(i.slot)
@@ -308,7 +309,7 @@ def _run_parts(
         ends = {id(st.instrs[-1]) for st in prog.streams if st.instrs}
         sync = _sync_ops(tl)  # those of the streams' last instructions, picked in C
         last_ops = list(
-            compress(sync, map(ends.__contains__, map(id, map(tl.instr.__getitem__, sync))))
+            compress(sync, map(ends.__contains__, tl.instr.ids(sync)))  # no instruction made
         )
         carry.clock = float(tl.end[last_ops].max()) if last_ops else makespan
         last = (tl.layer_names, tl.island_names, tl.num_resources, tl.resource_names)

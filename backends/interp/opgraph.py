@@ -19,9 +19,9 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from moec.backends.interp import relay_records
 from moec.backends.interp.cost_memo import CostMemo, LoadPath, precision_of
 from moec.backends.interp.energy import EnergyLedger
+from moec.backends.interp.instr_column import InstrColumn
 from moec.backends.interp.sram import LayerActs
 from moec.ir import cost
 from moec.ir.cost.energy import (
@@ -115,7 +115,8 @@ class OpGraph:
         #: per op, the resource it holds (-1: none)
         self.res: list[int] = []
         self.die: list[int] = []
-        self.instr: list[Instr | None] = []
+        #: per op its instruction (a kernel op's made when read: :mod:`.instr_column`)
+        self.instr: list[Instr | None] = InstrColumn()
         self.layer: list[int] = []
         #: the edge log: edge k runs from op ``src[k]`` to op ``dst[k]`` (typed, like ``runs``:
         #: the event loop reads them as numpy arrays without a copy, and no op index in them
@@ -588,7 +589,6 @@ class Builder:
                     raise ScheduleError(f"die {st.die}: not an instruction: {i!r}")
                 handler(self, s, i)
                 j += 1
-        relay_records.clear()  # the records a build did not take are stale
         for key in sorted(set(self.pending_send) | set(self.pending_recv)):
             ns, nr = len(self.pending_send[key]), len(self.pending_recv[key])
             if ns or nr:

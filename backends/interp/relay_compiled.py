@@ -1,22 +1,24 @@
 """The relay, compiled: a long run of :func:`.relay_chain.relay_run` taken by a numba kernel.
 
 A whole-model FSE-DP run relays millions of instructions (a layer of Qwen3-30B-A3B on 4x4
-dies about 40k a die), at about 1 us each in Python, the interpreter's floor. Reading them back
-from the objects costs about as much, so the compiled FSE-DP scheduler offers each die's
-records with the instructions they made (:mod:`.relay_records`), and a stream holding such a
-segment is read as columns from them (code, slot, peer or channel, bytes, slice shape, token
-counts); each run's templates are found per distinct key (the relay's own memoized templates,
+dies about 40k a die), at about 1 us each in Python, the interpreter's floor. Making them and
+reading them back costs about as much, so the compiled FSE-DP scheduler hands each die's stream
+on as its records (:class:`.relay_records.RecordStream`, its instructions made only when read),
+and a stream holding such a piece is read as columns from them (code, slot, peer or channel,
+bytes, slice shape, token counts); the run's ops keep the places of their instructions
+(:class:`.instr_column.InstrColumn`), not objects. Each run's templates are found per distinct key (the relay's own memoized templates,
 :mod:`.relay_chain`), and :func:`.relay_kernel.relay` writes the run's ops, edges, charges,
 SRAM records, fills and pairings as arrays, appended to the builder's lists in the order the
 reference appends them. The graph, the records and the die's state are the reference's, to
 the byte (``tests/test_relay_compiled.py`` compares them on the tiny goldens and FSE-DP
-points); a run is cut where a segment ends (the reference's run would go on: the same graph,
+points); a run is cut where a record stream ends (the reference's run would go on: the same graph,
 the event loop reading the edge log source by source).
 
 :data:`COMPILED` says when: True every run it can take, False never (the reference), None (the
 default) runs of at least :data:`MIN_RUN` instructions (shorter ones cost more in setup than
-they save) where records were offered, which happens only where the compiled scheduler ran
-(numba is loaded, and the work is big enough to have paid for it). moec works without numba:
+they save) in record streams, which exist only where the compiled scheduler ran (numba is
+loaded, and the work is big enough to have paid for it) and the relay will take most of a
+die's stream (:meth:`.relay_records.RecordStream.lazy`). moec works without numba:
 the reference takes every run.
 """
 
@@ -26,7 +28,6 @@ from array import array
 from collections import deque
 from collections.abc import Sequence
 from itertools import chain, islice, repeat
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -57,9 +58,9 @@ def available() -> bool:
     return _KERNEL.available()
 
 
-def offered() -> bool:
-    """Whether the scheduler's records are wanted (:mod:`.relay_records`)."""
-    return COMPILED is not False
+def offered() -> int | None:
+    """The shortest run the kernel takes (:mod:`.relay_records`), None: none."""
+    return None if COMPILED is False else 1 if COMPILED else MIN_RUN
 
 
 def wanted(length: int) -> bool:
@@ -115,37 +116,38 @@ def _tables(b: Builder) -> _Tables:
 
 def _columns(t: _Tables, ins: Sequence[Instr]) -> dict[str, Any]:
     """The stream's columns (per instruction its code, slot, peer or channel, bytes, slice
-    shape, token count) where the scheduler offered them (:mod:`.relay_records`); elsewhere
-    code 0: the Python relay takes those instructions."""
+    shape, token count) where it holds the scheduler's records (:mod:`.relay_records`);
+    elsewhere code 0: the Python relay takes those instructions. ``piece``, per entry, the
+    start of its record stream (-1: none): a run stays in one."""
     if t.stream is not None and t.stream[0] is ins:
         return t.stream[1]
     n = len(ins)
     code = np.zeros(n, np.int64)
-    cols = {"code": code, "slot": np.zeros(n, np.int64), "peer": np.zeros(n, np.int64),
+    cols: dict[str, Any] = {"code": code, "slot": np.zeros(n, np.int64), "peer": np.zeros(n, np.int64),
             "nbytes": np.zeros(n, np.int64), "shape": np.full(n, -1, np.int64),
-            "size": np.zeros(n, np.int64)}  # fmt: skip
-    for p, seg in relay_records.take(np.fromiter(map(id, ins), np.int64, n)):
-        w = slice(p, p + len(seg.ids))
-        code[w] = seg.code
-        cols["slot"][w], cols["peer"][w] = seg.slot, seg.peer
-        cols["nbytes"][w], cols["size"][w] = seg.nbytes, seg.size
-        ours = []  # the segment's shapes as this builder numbers them
-        for c in seg.shapes:
+            "size": np.zeros(n, np.int64), "piece": np.full(n, -1, np.int64)}  # fmt: skip
+    pieces: dict[int, relay_records.RecordStream] = {}
+    for p, rs in relay_records.record_pieces(ins):
+        pcode, slot, peer, nbytes, shape, size, shapes = rs.columns()
+        w = slice(p, p + len(rs))
+        code[w] = pcode
+        cols["slot"][w], cols["peer"][w] = slot, peer
+        cols["nbytes"][w], cols["size"][w] = nbytes, size
+        cols["piece"][w] = p
+        pieces[p] = rs
+        ours = []  # the stream's shapes as this builder numbers them
+        for c in shapes:
             key = (c.layer, c.expert is None, c.slice)
             k = t.shape_of.get(key)
             if k is None:
                 k = t.shape_of[key] = len(t.shape_ref)
                 t.shape_ref.append(c)
             ours.append(k)
-        cols["shape"][w] = np.asarray(ours, np.int64)[seg.shape]
-    # where a run from each entry must stop at the latest: the next entry of code 0 that is
-    # not a taken gemm's act or accum (:func:`.relay_kernel.run_end` stops there or before; a
-    # run starts at no act or accum), so a run too short to pay is turned down before its setup
-    hard = code == 0
-    hard[1:] &= code[:-1] != GEMM
-    hard[2:] &= code[:-2] != GEMM
-    stops = np.append(np.flatnonzero(hard), n)
-    cols["stop"] = stops[np.searchsorted(stops, np.arange(n))]
+        cols["shape"][w] = np.asarray(ours, np.int64)[shape]
+    # where a run from each entry must stop at the latest, so a run too short to pay is
+    # turned down before its setup
+    cols["stop"] = relay_records.stops(code)
+    cols["pieces"] = pieces
     t.stream = (ins, cols)
     return cols
 
@@ -261,14 +263,16 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
     or None where the reference must take it (a run too short to pay, a stream or state the
     kernel does not hold)."""
     t = _tables(b)
-    if (t.stream is None or t.stream[0] is not ins) and not relay_records.holding():
-        return None  # no records offered: the reference's
+    if (t.stream is None or t.stream[0] is not ins) and not relay_records.record_pieces(ins):
+        return None  # no records: the reference's
     cols = _columns(t, ins)
     if not cols["code"][j] or cols["stop"][j] - j < (MIN_RUN if COMPILED is None else 1):
         return None
     k = _KERNEL.module
     die = s.die
-    code, slot = cols["code"][j:], cols["slot"][j:]
+    at = int(cols["piece"][j])
+    rs = cols["pieces"][at]  # the record stream of the run, from ``at``
+    code, slot = cols["code"][j : at + len(rs)], cols["slot"][j : at + len(rs)]
     S = int(max([int(cols["slot"].max(initial=-1))] + list(s.slot_fill_info) + list(s.slot_uses)
                 + list(s.slot_fill) + list(s.slot_free) + list(s.slot_fill_rec))) + 1  # fmt: skip
     info = s.slot_fill_info
@@ -381,23 +385,39 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
         wr_flat[0::2].copy(), wr_flat[1::2].copy(), wr_head, wr_end, out_i, out_f,
     )  # fmt: skip
     n = n.tolist()
-    _append(b, s, ins, j, t, cols, n, out_i, out_f, row)
+    _append(b, s, rs, j - at, t, cols, n, out_i, out_f, row, j)
     # the die's state, as the reference leaves it
     s.last_compute = None if lc < 0 else int(lc)
-    _slots_back(b, s, ins, j, t, n, out_i, row, code, S, fill_op, free_op, slot_rec,
+    _slots_back(b, s, rs, j - at, t, n, out_i, row, code, S, fill_op, free_op, slot_rec,
                 use_first, uses_on, pool_op, pool_next)  # fmt: skip
-    for p in range(D):
-        for _ in range(int(ws_head[p] - ws_head0[p])):
-            b.pending_send[(p, die)].popleft()
-        for _ in range(int(wr_head[p] - wr_head0[p])):
-            b.pending_recv[(die, p)].popleft()
-    for c_, p, hold, op in out_i[31][: n[31]].tolist():
-        q = b.pending_recv[(p, die)] if c_ == RECV else b.pending_send[(die, p)]
-        q.append((hold, op))
+    for p, k in enumerate((ws_head - ws_head0).tolist()):
+        if k:
+            _drop(b.pending_send[(p, die)], k)
+    for p, k in enumerate((wr_head - wr_head0).tolist()):
+        if k:
+            _drop(b.pending_recv[(die, p)], k)
+    left = out_i[31][: n[31]]
+    if len(left):  # the run's transfers left waiting: per queue (in first-seen order) in order
+        key = left[:, 0] * D + left[:, 1]
+        u, first = np.unique(key, return_index=True)
+        for kk in u[np.argsort(first)].tolist():
+            grp = left[key == kk]
+            c_, p = int(grp[0, 0]), int(grp[0, 1])
+            q = b.pending_recv[(p, die)] if c_ == RECV else b.pending_send[(die, p)]
+            q.extend(zip(grp[:, 2].tolist(), grp[:, 3].tolist(), strict=True))
     if s.pending_h:
         for q in set(slot[gw].tolist()):
             s.pending_h.pop(q, None)
     return j + m
+
+
+def _drop(q: deque[Any], k: int) -> None:
+    """Take the first ``k`` transfers off waiting queue ``q`` (the run paired them)."""
+    if k >= len(q):
+        q.clear()
+    else:
+        for _ in range(k):
+            q.popleft()
 
 
 def _waiting(pending: dict[tuple[int, int], Any], keys: list[tuple[int, int]],
@@ -417,22 +437,24 @@ def _waiting(pending: dict[tuple[int, int], Any], keys: list[tuple[int, int]],
     return np.asarray(flat, np.int64), start, end
 
 
-def _append(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Tables,
+def _append(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, t: _Tables,
             cols: dict[str, Any], n: list[int], out_i: tuple[Any, ...], out_f: tuple[Any, ...],
-            row: np.ndarray) -> None:  # fmt: skip
-    """Append the kernel's output to the builder: the ops, the edges and chains, the fence's
-    edges, the charges, the bytes, the SRAM records and fills, the pairings' renames."""
+            row: np.ndarray, j: int) -> None:  # fmt: skip
+    """Append the kernel's output (of the run from ``ins[j]``, entry ``e`` of its record
+    stream ``rs``) to the builder: the ops (their instructions as places in ``rs``), the
+    edges and chains, the fence's edges, the charges, the bytes, the SRAM records and fills,
+    the pairings' renames."""
     g, die = b.g, s.die
     nop = n[0]
     packed_ops.pack(g, out_i[0][:nop], out_f[0][:nop], out_i[1][:nop])
     g.die += [die] * nop
-    g.instr += map(ins.__getitem__, (out_i[3][:nop] + j).tolist())
+    g.instr.placed(rs, out_i[3][:nop] + e)
     g.layer += out_i[2][:nop].tolist()
     if n[29]:  # a send names its transfer
         hold, op, r = out_i[29][: n[29]].T.tolist()
-        sent = list(map(ins.__getitem__, (out_i[29][: n[29], 2] + j).tolist()))
+        sent = (out_i[29][: n[29], 2] + e).tolist()
         for at in (hold, op):
-            deque(map(g.instr.__setitem__, at, sent), 0)
+            g.instr.point(at, rs, sent)
             deque(map(g.die.__setitem__, at, repeat(die)), 0)
     if n[30]:  # a recv tags its transfer with its layer, if the send did not
         fix = out_i[30][: n[30]]
@@ -466,7 +488,7 @@ def _append(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Tables,
         g.back_of.update(zip((out_i[13][: n[12]]).tolist(),
                              map(t.l_back.__getitem__, out_i[14][: n[12]].tolist()), strict=True))  # fmt: skip
     s.since_signal.extend(out_i[8][: n[8]].tolist())  # a list, or typed by a slice run
-    _acts(b, die, ins, j, t, n, out_i, row)
+    _acts(b, die, rs, e, t, n, out_i, row)
     t.fill_base = len(b.fills)
     if n[23]:  # flat: die, fill op, free op (-1: not freed yet)
         flat = np.empty((n[23], 3), np.int64)
@@ -486,9 +508,10 @@ def _add_bytes(into: dict[int, int], keys: np.ndarray, nbytes: np.ndarray) -> No
         into[key] = into.get(key, 0) + int(sums[q])
 
 
-def _acts(b: Builder, die: int, ins: Sequence[Instr], j: int, t: _Tables, n: list[int],
-          out_i: tuple[Any, ...], row: np.ndarray) -> None:  # fmt: skip
-    """The run's SRAM records, per layer in the order the run first touched it."""
+def _acts(b: Builder, die: int, rs: relay_records.RecordStream, e: int, t: _Tables,
+          n: list[int], out_i: tuple[Any, ...], row: np.ndarray) -> None:  # fmt: skip
+    """The run's SRAM records (from entry ``e`` of ``rs``), per layer in the order the run
+    first touched it; the computes' tokens read from the records."""
     tags, ops = out_i[15][: n[15]], out_i[16][: n[15]]
     if not len(tags):
         return
@@ -496,30 +519,28 @@ def _acts(b: Builder, die: int, ins: Sequence[Instr], j: int, t: _Tables, n: lis
     u, first = np.unique(tags, return_index=True)
     one = len(u) == 1
     hb = t.u[3]
-    tokens = attrgetter("tokens")
     for tag in u[np.argsort(first, kind="stable")].tolist():
         la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
         la.ops += (ops if one else ops[tags == tag]).tolist()
         sel = slice(None) if one else xt == tag
-        gops, grs = xo[sel], (xr[sel] + j)
+        gops, grs = xo[sel], xr[sel]
         if not len(gops):
             continue
         gl = gops.tolist()
-        la.x_uses += zip(gl, map(tokens, map(ins.__getitem__, grs.tolist())), strict=True)
-        la.accums += zip(
-            (gops + 2).tolist(), map(tokens, map(ins.__getitem__, (grs + 2).tolist())), strict=True
-        )
+        la.x_uses += zip(gl, rs.tokens(grs + e), strict=True)
+        la.accums += zip((gops + 2).tolist(), rs.tokens(grs + e + 2), strict=True)
         la.h += chain.from_iterable(
-            zip(gl, (gops + 2).tolist(), map(hb.__getitem__, row[grs - j].tolist()), strict=True)
+            zip(gl, (gops + 2).tolist(), map(hb.__getitem__, row[grs].tolist()), strict=True)
         )
 
 
-def _slots_back(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Tables,
+def _slots_back(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, t: _Tables,
                 n: list[int], out_i: tuple[Any, ...], row: np.ndarray, code: np.ndarray, S: int,
                 fill_op: np.ndarray, free_op: np.ndarray, slot_rec: np.ndarray,
                 use_first: np.ndarray, uses_on: np.ndarray, pool_op: np.ndarray,
                 pool_next: np.ndarray) -> None:  # fmt: skip
-    """The die's slot maps as the reference leaves them after the run."""
+    """The die's slot maps as the reference leaves them after the run (from entry ``e`` of
+    ``rs``)."""
     pre, fills_ = s.slot_fill_rec, b.fills
     for q, op in zip(out_i[27][: n[27]].tolist(), out_i[28][: n[27]].tolist(), strict=True):
         fills_[pre.pop(q)] = op  # a fill from before the run, freed in it
@@ -548,7 +569,7 @@ def _slots_back(b: Builder, s: DieState, ins: Sequence[Instr], j: int, t: _Table
     )
     for q, r in last.items():
         hid = t.x[5][row[r]] if code[r] == RECV else t.ld[2][row[r]]
-        s.slot_fill_info[q] = (ins[j + r].content, t.held[hid][1])  # type: ignore[union-attr]
+        s.slot_fill_info[q] = (rs.content(e + r), t.held[hid][1])
 
 
 rc.COMPILED_RUN[:] = [(wanted, run)]

@@ -1,71 +1,74 @@
-"""The FSE-DP scheduler's records, handed on to the compiled relay with the instructions they made.
+"""The FSE-DP scheduler's records as instruction streams, made into objects only when read.
 
 The compiled scheduler (:mod:`.expand.fsedp_compiled`) writes each die's stream as records
-(kind, slot, peer or channel, trip) before it makes the instruction objects. The compiled relay
-(:mod:`.relay_compiled`) reads a run as columns of exactly that (code, slot, peer, bytes, slice,
-token counts); reading them back from the objects costs about what the Python relay does, so
-the scheduler offers each die's columns here (:func:`offer`), keyed by the segment of objects
-they describe, and the relay takes them (:func:`take`) when it finds the same objects, in the
-same order, in a stream it builds (each object's identity compared: a segment whose objects
-were replaced, dropped or reordered on the way is not taken, and the Python relay takes those
-instructions). A segment is held until it is taken or the build ends (a build clears what it
-did not take: stale), at most :data:`HELD` instructions (the oldest go first); its objects are
-kept alive while held, so their identities are not reused. An offer keeps references only;
-its records are read into columns when a segment of it is first taken. (A schedule built a
-second time, as the FSE-DP slice choice's timings and then the expansion reusing that
-schedule, is built by the Python relay the second time.)
+(kind, slot, peer or channel, trip). Where the compiled relay may read them (:func:`wanted`),
+each die's stream is a :class:`RecordStream`: a ``Sequence[Instr]`` holding the records, which
+makes an instruction (with :mod:`.expand.fsedp_instrs`' makers, a block at a time) only when
+someone indexes or iterates it, and keeps it (the same object on every read: readers compare
+instructions by identity). The compiled relay (:mod:`.relay_compiled`) reads a stream's runs
+as columns straight from the records (code, slot, peer or channel, bytes, slice shape, token
+counts), and the op graph's instruction column (:class:`.instr_column.InstrColumn`) holds
+where a kernel op's instruction is, not the object; a whole-model run makes few of them. A
+layer's streams with the static instructions around them are a :class:`Chain` (the splice's
+and the expansion's pieces end to end, each kept as it is).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
 
+from moec.backends.interp.expand import fsedp_instrs as mk
+
 #: relay codes (:mod:`.relay_kernel`'s), and ``act``, ``accum`` before they join their gemm
 RECV, SEND, FREE, GEMM, LOAD, ACT, ACCUM = 1, 2, 3, 4, 5, 6, 7
-#: the relay code of each record kind (:data:`.expand.fsedp_kernel.RECORD_NAMES` order:
-#: load, gemm, act, accum, free, send, recv)
+#: the record kinds (:data:`.expand.fsedp_kernel.RECORD_NAMES`, in that order)
+_NAMES = ("load", "gemm", "act", "accum", "free", "send", "recv")
+_LOAD_K, _GEMM_K, _ACT_K, _ACCUM_K, _FREE_K, _SEND_K, _RECV_K = range(7)
+#: the relay code of each record kind
 _OF_RECORD = np.array([LOAD, GEMM, ACT, ACCUM, FREE, SEND, RECV], np.int64)
-#: instructions held at most (the objects are kept alive while held)
-HELD = 1_500_000
-#: whether offers are wanted: a function set by :mod:`.relay_compiled` (none: never)
-ENABLED: list[Callable[[], bool] | None] = [None]
+#: instructions made at once when one is indexed (the next reads are usually its neighbours)
+BLOCK = 64
+#: the shortest run the compiled relay takes, or None when it takes none: a function set by
+#: :mod:`.relay_compiled` (none: record streams are never wanted)
+ENABLED: list[Callable[[], int | None] | None] = [None]
+#: the least share of a die's stream in runs the compiled relay may take (:meth:`RecordStream.
+#: covered`) for it to stay records: below, the Python relay reads most of it, and an
+#: instruction read there from a record stream costs a method call
+LAZY_FROM = 0.5
+#: the fewest entries of a die's stream, in shortest runs, for it to stay records: a short
+#: stream gains little and its records and places cost memory besides its instructions (a
+#: build that verifies the program makes them all)
+LAZY_RUNS = 16
+#: whether a record stream was made since the last :func:`clear`
+_made_any = False
 
-_held: OrderedDict[int, tuple[Sequence[Any], _Offer, int, int]] = OrderedDict()
-_count = 0
-#: whether a segment was taken since the last :func:`clear` (its stream's later runs read it)
-_took = False
 
+class Source:
+    """What one schedule's records refer to: per trip its slice (``refs``), bytes (``sizes``)
+    and unit (``unit_of``); per unit and die (``unit * n + die``) its tokens there or None
+    (``held``); and, read once for all its dies' streams, the relay's columns of the trips."""
 
-class _Offer:
-    """One schedule's records, read into columns (all dies at once) when a segment of it is
-    first taken: an offer no build takes costs a few references."""
-
-    __slots__ = ("rec", "refs", "sizes", "held", "unit_of", "n", "cols")
+    __slots__ = ("refs", "sizes", "held", "unit_of", "n", "nbytes", "_trips")
 
     def __init__(
-        self, rec: np.ndarray, refs: list[Any], sizes: list[int], held: list[Any],
-        unit_of: np.ndarray, n: int,
-    ) -> None:  # fmt: skip
-        self.rec, self.refs, self.sizes, self.held, self.unit_of, self.n = (
-            rec, refs, sizes, held, unit_of, n,
-        )  # fmt: skip
-        self.cols: tuple[Any, ...] | None = None
+        self, refs: list[Any], sizes: list[int], held: list[Any], unit_of: np.ndarray, n: int
+    ) -> None:
+        self.refs, self.sizes, self.held, self.n = refs, sizes, held, n
+        self.unit_of = np.array(unit_of, np.int32)  # a copy: not a view holding the kernel's
+        #: per trip, its bytes
+        self.nbytes = np.asarray(sizes, np.int64)
+        self._trips: tuple[Any, ...] | None = None
 
-    def columns(self) -> tuple[Any, ...]:
-        """Per record: its code (before the checks), slot, peer or channel, bytes, slice shape
-        (an index into the last entry: a slice of each shape), token count."""
-        if self.cols is None:
-            die, kind, slot, peer, trip = self.rec.T
-            full = _OF_RECORD[kind]
-            nbytes = np.asarray(self.sizes, np.int64)[trip]
-            nbytes[~((full == RECV) | (full == SEND) | (full == LOAD))] = 0
-            tokens = np.asarray([0 if h is None else h.size for h in self.held], np.int64)
-            size = tokens[self.unit_of[trip] * self.n + die]
-            # per trip, its slice's shape (layer, shared or not, slice index)
+    def trips(self) -> tuple[Any, ...]:
+        """Per trip its slice shape (an index into the last entry: a slice of each shape, its
+        layer, shared or not, index); per unit and die its token count."""
+        if self._trips is None:
             index: dict[tuple[str, bool, int], int] = {}
             shapes: list[Any] = []
             of_trip = []
@@ -76,54 +79,284 @@ class _Offer:
                     k = index[key] = len(shapes)
                     shapes.append(c)
                 of_trip.append(k)
-            shape = np.asarray(of_trip, np.int64)[trip]
-            self.cols = (full, slot, peer, nbytes, shape, size, shapes)
-        return self.cols
+            tokens = np.asarray([0 if h is None else h.size for h in self.held], np.int64)
+            self._trips = (np.asarray(of_trip, np.int64), tokens, shapes)
+        return self._trips
 
 
-class Segment:
-    """One die's instructions from one schedule and their columns (``code`` with the relay's
-    static checks applied: 0 where a run may not take the instruction)."""
+class RecordStream(Sequence[Any]):
+    """One die's instructions of one schedule as its records (per entry, in stream order: the
+    record's kind, slot, peer or channel, trip), each instruction made on its first read, a
+    block at a time (:func:`.expand.fsedp_instrs.made`, per kind in one pass), and kept."""
 
-    __slots__ = ("ids", "code", "slot", "peer", "nbytes", "shape", "size", "shapes")
+    __slots__ = ("src", "die", "kind", "slot", "peer", "trip", "_made", "_have")
 
-    def __init__(self, ids: np.ndarray, offer: _Offer, a: int, b: int) -> None:
-        self.ids = ids
-        full, slot, peer, nbytes, shape, size, shapes = offer.columns()
-        self.slot, self.peer, self.nbytes = slot[a:b], peer[a:b], nbytes[a:b]
-        self.code = _checked(full[a:b], self.slot, self.nbytes)
-        self.shape, self.size = shape[a:b], size[a:b]
-        #: per entry of ``shape``: a slice of that shape (its layer, shared or not, index)
-        self.shapes = shapes
+    def __init__(self, src: Source, die: int, rec: np.ndarray) -> None:
+        """``rec``: rows of (die, kind, slot, peer, trip), this die's, in stream order."""
+        global _made_any
+        _made_any = True
+        self.src, self.die = src, die
+        # compact: a stream is held until its part is timed (the relay's columns are int64)
+        self.kind = rec[:, 1].astype(np.int8)
+        self.slot, self.peer, self.trip = (rec[:, c].astype(np.int32) for c in (2, 3, 4))
+        self._made: list[Any] = [None] * len(rec)
+        self._have = np.zeros(len(rec), np.bool_)
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def __getitem__(self, k: Any) -> Any:
+        made = self._made
+        if isinstance(k, slice):
+            r = range(*k.indices(len(made)))
+            if r:
+                self._make(min(r[0], r[-1]), max(r[0], r[-1]) + 1)
+            return made[k]
+        o = made[k]
+        if o is None:
+            k = k + len(made) if k < 0 else k
+            a = k - k % BLOCK
+            self._make(a, min(a + BLOCK, len(made)))
+            o = made[k]
+        return o
+
+    def __iter__(self) -> Iterator[Any]:
+        self._make(0, len(self._made))
+        return iter(self._made)
+
+    def __eq__(self, other: object) -> bool:
+        return _equal(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+    def _make(self, a: int, b: int) -> None:
+        """Make the instructions of entries ``a`` to ``b`` not made yet."""
+        have = self._have[a:b]
+        if have.all():
+            return
+        at = a + np.flatnonzero(~have)
+        self._have[at] = True
+        by = np.argsort(self.kind[at], kind="stable")
+        sel = at[by]
+        bounds = np.searchsorted(self.kind[sel], np.arange(len(_NAMES) + 1)).tolist()
+        slots, peers, ts = self.slot[sel].tolist(), self.peer[sel].tolist(), self.trip[sel]
+        src = self.src
+        made: list[Any] = []
+        for what, name in enumerate(_NAMES):
+            a, b = bounds[what], bounds[what + 1]
+            if a == b:
+                continue
+            if what == _FREE_K:
+                made += mk.made(name, slots[a:b])
+            elif what in (_GEMM_K, _ACT_K, _ACCUM_K):
+                made += mk.made(name, slots[a:b], self._held(ts[a:b]))
+            else:
+                tl = ts[a:b].tolist()
+                nbytes = list(map(src.sizes.__getitem__, tl))
+                if what == _SEND_K:
+                    made += mk.made(name, peers[a:b], nbytes, slots[a:b])
+                    continue
+                refs = list(map(src.refs.__getitem__, tl))
+                if what == _LOAD_K:
+                    made += mk.made(name, slots[a:b], peers[a:b], refs, nbytes)
+                else:
+                    made += mk.made(name, peers[a:b], nbytes, slots[a:b], refs)
+        deque(map(self._made.__setitem__, sel.tolist(), made), 0)
+
+    def _held(self, trips: np.ndarray) -> list[Any]:
+        """The tokens on this die of each of ``trips``' units (a compute's)."""
+        src = self.src
+        return list(map(src.held.__getitem__, (src.unit_of[trips] * src.n + self.die).tolist()))
+
+    def tokens(self, k: np.ndarray) -> list[Any]:
+        """The ``tokens`` of entries ``k`` (each a gemm, act or accum), no instruction made."""
+        return self._held(self.trip[k])
+
+    def content(self, k: int) -> Any:
+        """The ``content`` of entry ``k`` (a load or recv)."""
+        return self.src.refs[int(self.trip[k])]
+
+    def nbytes(self, k: np.ndarray) -> np.ndarray:
+        """The ``nbytes`` of entries ``k`` (0 for one without: a compute or free)."""
+        kind = self.kind[k]
+        out = self.src.nbytes[self.trip[k]]
+        out[(kind != _LOAD_K) & (kind != _SEND_K) & (kind != _RECV_K)] = 0
+        return out
+
+    def made_ids(self, k: np.ndarray) -> np.ndarray:
+        """Per entry of ``k``, its instruction's ``id`` where made, else 0 (no object's)."""
+        out = np.zeros(len(k), np.int64)
+        at = np.flatnonzero(self._have[k])
+        made = map(self._made.__getitem__, k[at].tolist())
+        out[at] = np.fromiter(map(id, made), np.int64, len(at))
+        return out
+
+    def columns(self) -> tuple[Any, ...]:
+        """The relay's columns: per entry its code (with the relay's static checks,
+        :func:`_checked`), slot, peer or channel, bytes, slice shape (an index into the last
+        entry: a slice of each shape), token count."""
+        shape_of, tokens, shapes = self.src.trips()
+        code, nbytes = self._codes()
+        size = tokens[self.src.unit_of[self.trip] * self.src.n + self.die]
+        return code, self.slot, self.peer, nbytes, shape_of[self.trip], size, shapes
+
+    def _codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per entry, its relay code (:func:`_checked`) and bytes (0 for no transfer or
+        load)."""
+        full = _OF_RECORD[self.kind]
+        nbytes = self.src.nbytes[self.trip]
+        nbytes[~((full == RECV) | (full == SEND) | (full == LOAD))] = 0
+        return _checked(full, self.slot, nbytes), nbytes
+
+    def lazy(self, min_run: int) -> bool:
+        """Whether to keep this stream as records for a relay taking runs of at least
+        ``min_run``: it is :data:`LAZY_RUNS` such runs long, and :data:`LAZY_FROM` of it is
+        in stretches the relay may take (:meth:`covered`)."""
+        return len(self) >= LAZY_RUNS * min_run and self.covered(min_run) >= LAZY_FROM
+
+    def covered(self, min_run: int) -> float:
+        """The share of entries in stretches of at least ``min_run`` the relay's static
+        checks let a compiled run take (:func:`stops`)."""
+        code = self._codes()[0]
+        stop = stops(code)
+        starts = np.flatnonzero(code != 0)
+        if not len(code) or not len(starts):
+            return 0.0
+        # each stretch from an entry the checks pass to its stop
+        long = starts[stop[starts] - starts >= min_run]
+        return float(len(long)) / len(code)
+
+    def walk(self, held: set[int], sent: list[int], got: list[int]) -> None:
+        """:func:`.layered.walk_part`'s walk of these instructions, from the records: each
+        slot's last load, recv or free says whether it is ``held`` after them; the peers of
+        the sends and recvs appended to ``sent`` and ``got``."""
+        k = self.kind
+        ev = np.flatnonzero((k == _LOAD_K) | (k == _RECV_K) | (k == _FREE_K))[::-1]
+        _, first = np.unique(self.slot[ev], return_index=True)
+        last = ev[first]
+        for q, what in zip(self.slot[last].tolist(), k[last].tolist(), strict=True):
+            if what == _FREE_K:
+                held.discard(q)
+            else:
+                held.add(q)
+        sent += self.peer[k == _SEND_K].tolist()
+        got += self.peer[k == _RECV_K].tolist()
 
 
-def offer(
-    laid: Sequence[Any], ends: list[int], rec: np.ndarray, refs: list[Any], sizes: list[int],
-    held: list[Any], unit_of: np.ndarray, n: int,
-) -> None:  # fmt: skip
-    """Hold each die's segment of ``laid`` (die ``d``'s from ``ends[d]`` to ``ends[d + 1]``)
-    with its records ``rec`` (die by die in record order: die, kind, slot, peer, trip);
-    ``refs`` and ``sizes`` per trip its slice and bytes, ``held`` per unit and die its tokens
-    there (or None), ``unit_of`` per trip its unit."""
-    global _count
-    if not len(rec):
-        return
-    o = _Offer(rec, refs, sizes, held, unit_of, n)
-    for d in range(n):
-        a, b = ends[d], ends[d + 1]
-        if b > a:
-            _held[id(laid[a])] = (laid[a:b], o, a, b)
-            _count += b - a
-    while _count > HELD and _held:
-        objs = _held.popitem(last=False)[1][0]
-        _count -= len(objs)
+class Chain(Sequence[Any]):
+    """Instruction sequences end to end (lists, :class:`RecordStream`), each kept as it is:
+    a die's stream with a layer's record streams in it, none of them made to be copied."""
+
+    __slots__ = ("pieces", "starts", "_n")
+
+    def __init__(self, pieces: Sequence[Sequence[Any]]) -> None:
+        self.pieces: list[Sequence[Any]] = []
+        for p in pieces:
+            if isinstance(p, Chain):
+                self.pieces += p.pieces
+            elif len(p):
+                self.pieces.append(p)
+        self.starts = np.cumsum([0] + [len(p) for p in self.pieces]).tolist()
+        self._n = self.starts.pop()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def at(self, k: int) -> tuple[int, Sequence[Any]]:
+        """Where entry ``k`` is: its piece's start and the piece."""
+        p = bisect_right(self.starts, k) - 1
+        return self.starts[p], self.pieces[p]
+
+    def __getitem__(self, k: Any) -> Any:
+        n = self._n
+        if isinstance(k, slice):
+            a, b, step = k.indices(n)
+            if step != 1:
+                return [self[q] for q in range(a, b, step)]
+            out: list[Any] = []
+            p = bisect_right(self.starts, a) - 1
+            while a < b:
+                s, piece = self.starts[p], self.pieces[p]
+                end = min(b, s + len(piece))
+                out += piece[a - s : end - s]
+                a, p = end, p + 1
+            return out
+        k = k + n if k < 0 else k
+        if not 0 <= k < n:
+            raise IndexError("instruction index out of range")
+        s, piece = self.at(k)
+        return piece[k - s]
+
+    def __iter__(self) -> Iterator[Any]:
+        return chain.from_iterable(self.pieces)
+
+    def __eq__(self, other: object) -> bool:
+        return _equal(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
+def _equal(a: Sequence[Any], other: object) -> bool:
+    """A record stream or chain equals any sequence of the same instructions (a list's)."""
+    if not isinstance(other, list | RecordStream | Chain):
+        return NotImplemented
+    return len(a) == len(other) and list(a) == list(other)
+
+
+def pieces(instrs: Sequence[Any]) -> list[Sequence[Any]]:
+    """``instrs`` as the pieces it is made of (itself, unless a :class:`Chain`)."""
+    return instrs.pieces if isinstance(instrs, Chain) else [instrs]
+
+
+def starts(instrs: Sequence[Any]) -> list[tuple[int, Sequence[Any]]]:
+    """``instrs``' pieces (:func:`pieces`), each with its start."""
+    if isinstance(instrs, Chain):
+        return list(zip(instrs.starts, instrs.pieces, strict=True))
+    return [(0, instrs)]
+
+
+def record_pieces(instrs: Sequence[Any]) -> list[tuple[int, RecordStream]]:
+    """The record streams in ``instrs``, each with its start."""
+    return [(s, p) for s, p in starts(instrs) if isinstance(p, RecordStream)]
+
+
+def walked(instrs: Sequence[Any], held: set[int], sent: list[int], got: list[int]) -> Iterator[Any]:
+    """``instrs``' instructions but its record streams', each walked from its records when
+    reached (:meth:`RecordStream.walk`: ``held``, ``sent`` and ``got`` as the caller's loop
+    leaves them after its instructions): :func:`.layered.walk_part` makes no instruction."""
+    if not isinstance(instrs, Chain | RecordStream):
+        return iter(instrs)
+    return _walked(instrs, held, sent, got)
+
+
+def _walked(
+    instrs: Sequence[Any], held: set[int], sent: list[int], got: list[int]
+) -> Iterator[Any]:
+    for piece in pieces(instrs):
+        if isinstance(piece, RecordStream):
+            piece.walk(held, sent, got)
+        else:
+            yield from piece
+
+
+def joined(parts: list[Sequence[Any]]) -> Sequence[Any]:
+    """``parts`` end to end: one list when none is a record stream, else a :class:`Chain`."""
+    if any(isinstance(p, RecordStream | Chain) for p in parts):
+        return Chain(parts)
+    return list(chain.from_iterable(parts))
 
 
 def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
-    """The relay's codes of one segment: its static checks (a transfer or load of no bytes, a
+    """The relay's codes of one record stream: its static checks (a transfer or load of no bytes, a
     ``gemm`` without its ``act`` and ``accum`` on its slot, a load that starts a streamed
     micro-slice) give 0, and ``act``, ``accum`` 0 (their ``gemm`` takes them); an entry whose
-    check would read past the segment's end gives 0 too (the Python relay takes it)."""
+    check would read past the stream's end gives 0 too (the Python relay takes it)."""
     m = len(full)
     code = full.copy()
     code[((full == RECV) | (full == SEND) | (full == LOAD)) & (nbytes == 0)] = 0
@@ -146,52 +379,31 @@ def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarr
     return code
 
 
-def take(ids: np.ndarray) -> list[tuple[int, Segment]]:
-    """The held segments found in a stream whose objects' identities are ``ids``: ``(start,
-    segment)``, each taken (no longer held)."""
-    global _count, _took
-    if not _held:
-        return []
-    keys = np.sort(np.fromiter(_held.keys(), np.int64, len(_held)))
-    at = np.searchsorted(keys, ids)
-    at[at == len(keys)] = 0
-    out = []
-    for p in np.flatnonzero(keys[at] == ids).tolist():
-        hit = _held.get(int(ids[p]))
-        if hit is None:
-            continue
-        objs, o, a, b = hit
-        L = b - a
-        if p + L > len(ids):
-            continue
-        mine = np.fromiter(map(id, objs), np.int64, L)
-        if np.array_equal(ids[p : p + L], mine):
-            del _held[int(ids[p])]
-            _count -= L
-            out.append((p, Segment(mine, o, a, b)))
-    _took = _took or bool(out)
-    return out
+def stops(code: np.ndarray) -> np.ndarray:
+    """Per entry of a stream's codes (:func:`_checked`'s), where a compiled run from it must
+    stop at the latest: the next entry of code 0 that is not a taken gemm's act or accum
+    (:func:`.relay_kernel.run_end` stops there or before; a run starts at no act or accum)."""
+    n = len(code)
+    hard = code == 0
+    hard[1:] &= code[:-1] != GEMM
+    hard[2:] &= code[:-2] != GEMM
+    at = np.append(np.flatnonzero(hard), n)
+    return at[np.searchsorted(at, np.arange(n))]
 
 
-def wanted() -> bool:
-    """Whether the compiled relay may read offered records now."""
+def wanted() -> int | None:
+    """The shortest run the compiled relay takes now, None when it takes none (the
+    scheduler's streams are then its instructions)."""
     fn = ENABLED[0]
-    return fn is not None and fn()
-
-
-def holding() -> bool:
-    """Whether any segment is held."""
-    return bool(_held)
+    return None if fn is None else fn()
 
 
 def active() -> bool:
-    """Whether a build may read records: some are held, or were taken since :func:`clear`."""
-    return _took or bool(_held)
+    """Whether a record stream was made since :func:`clear` (a build may read records)."""
+    return _made_any
 
 
 def clear() -> None:
-    """Forget every held segment."""
-    global _count, _took
-    _held.clear()
-    _count = 0
-    _took = False
+    """Forget that record streams were made (those alive still read as their instructions)."""
+    global _made_any
+    _made_any = False

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from moec.backends.interp.instr_column import InstrColumn
 from moec.backends.interp.opgraph import LOAD, XFER
 from moec.ir.cost.energy import die_static_energy
 from moec.ir.energy import PARTS
@@ -139,13 +140,19 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
 def _nbytes(instrs: list[Any], ops: list[int]) -> np.ndarray:
     """The ``nbytes`` of ``instrs[op]`` for each of ``ops`` (0 for one without: none, or no
     such field), read by one ``map`` in C when every one has it (the usual case): each
-    instruction is visited once (they are scattered in memory: a visit is a cache miss)."""
+    instruction is visited once (they are scattered in memory: a visit is a cache miss); a
+    kernel op's read from its records (:meth:`.instr_column.InstrColumn.nbytes`)."""
+    if isinstance(instrs, InstrColumn):
+        return instrs.nbytes(ops, _of)
+    return _of(list(map(instrs.__getitem__, ops)))
+
+
+def _of(objs: list[Any]) -> np.ndarray:
+    """The ``nbytes`` of each of ``objs`` (0 for one without)."""
     try:
-        return np.fromiter(map(_NBYTES, map(instrs.__getitem__, ops)), np.int64, len(ops))
+        return np.fromiter(map(_NBYTES, objs), np.int64, len(objs))
     except AttributeError:
-        return np.fromiter(
-            (getattr(instrs[op], "nbytes", 0) for op in ops), dtype=np.int64, count=len(ops)
-        )  # fmt: skip
+        return np.fromiter((getattr(i, "nbytes", 0) for i in objs), np.int64, len(objs))
 
 
 def _column(values: Sequence[Any] | np.ndarray, dtype: type) -> np.ndarray:

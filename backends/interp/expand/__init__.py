@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from moec.backends.interp import relay_records
 from moec.backends.interp.online import resolve_all
 from moec.ir.cost import bytes_per_element
 from moec.ir.errors import ProgramError, ScheduleError
@@ -352,13 +353,20 @@ def splice(
     placed: set[tuple[str, int]] = set()
     for st in p.streams:
         out: list[Instr] = []
+        pieces: list[Sequence[Instr]] = []  # the record streams kept whole (relay_records)
         for i in st.instrs:
             if isinstance(i, MoE):
-                out.extend(per_layer.get(i.layer, {}).get(st.die, ()))
+                got = per_layer.get(i.layer, {}).get(st.die, ())
+                if isinstance(got, relay_records.Chain | relay_records.RecordStream):
+                    pieces += [out, got]
+                    out = []
+                else:
+                    out.extend(got)
                 placed.add((i.layer, st.die))
             else:
                 out.append(i)
-        streams.append(dataclasses.replace(st, instrs=out))
+        instrs = relay_records.Chain([*pieces, out]) if pieces else out
+        streams.append(dataclasses.replace(st, instrs=instrs))
     for layer, by_die in per_layer.items():
         for die, instrs in by_die.items():
             if instrs and (layer, die) not in placed:

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moec.backends.interp import relay_records
 from moec.backends.interp.expand import (
     ExpandContext,
     layer_context,
@@ -382,10 +383,14 @@ def predicted_schedule(
 @register("fsedp")
 def expand(ctx: ExpandContext) -> dict[int, list[Instr]]:
     main, catchup, _ = plan(ctx)
-    out = {d: list(main.streams.get(d, [])) for d in range(ctx.target.num_dies)}
-    if catchup is not None:
-        ev = deferred_event(ctx.layer.name)
-        for d in out:
-            out[d] += [Signal(ev), Wait(ev, len(out))]
-            out[d].extend(catchup.streams.get(d, []))
-    return out
+    D = ctx.target.num_dies
+    if catchup is None:
+        return {d: relay_records.joined([main.streams.get(d, [])]) for d in range(D)}
+    ev = deferred_event(ctx.layer.name)
+    late = catchup.streams
+    return {
+        d: relay_records.joined(
+            [main.streams.get(d, []), [Signal(ev), Wait(ev, D)], late.get(d, [])]
+        )
+        for d in range(D)
+    }

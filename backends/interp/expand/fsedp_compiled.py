@@ -11,8 +11,10 @@ What stays in Python: the setup (the reference's own constructor: walk, slots; i
 trips in the central load order, made as arrays by :func:`_plan`), the engine's cost plans
 read into arrays before the kernel runs (:meth:`~.fsedp_engine.Engine.load_plan`,
 :meth:`~.fsedp_engine.Engine.send_plan`, each slice compute's durations from the unit), and
-the instructions, made from the kernel's records with the reference's makers
-(:mod:`.fsedp_instrs`); without streams (a prediction) none are made.
+each die's stream from the kernel's records: a :class:`~..relay_records.RecordStream` (its
+instructions made with the reference's makers, :mod:`.fsedp_instrs`, only when read) where the
+compiled relay takes most of it, else the instructions made at once; without streams (a
+prediction) none are made.
 
 :data:`COMPILED` says which one :func:`.fsedp_sched.schedule` uses: True or False forces one
 (the tests compare them); None (the default) starts with the reference and switches to the
@@ -28,14 +30,12 @@ has loaded numba, loading this one costs 40-80 ms, and :data:`COMPILE_WARM` work
 
 from __future__ import annotations
 
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from moec.backends.interp import relay_records
 from moec.backends.interp.event_loop import OptionalKernel, numba_loaded
-from moec.backends.interp.expand import fsedp_instrs as mk
 from moec.backends.interp.expand.fsedp_engine import Engine
 from moec.backends.interp.expand.fsedp_order import central_order
 from moec.backends.interp.expand.fsedp_problem import Problem, Schedule
@@ -80,7 +80,8 @@ def offered(prob: Problem) -> bool:
     CPU without records offered, 0.67-0.82 s with (``relay_compiled.MIN_RUN`` 256 or 2048)."""
     from moec.backends.interp import relay_compiled
 
-    return relay_records.wanted() and (prob.rules != "naive" or relay_compiled.COMPILED is True)
+    want = relay_records.wanted() is not None
+    return want and (prob.rules != "naive" or relay_compiled.COMPILED is True)
 
 
 def wanted(prob: Problem) -> bool:
@@ -375,58 +376,29 @@ def _instructions(
     out: dict[int, list[Any]], trips: list[Any], units: list[Any], unit_of: np.ndarray,
     log: np.ndarray, offer: bool = False,
 ) -> None:  # fmt: skip
-    """Append the kernel's instruction records to each die's stream, in record order (each
-    trip's unit in ``unit_of``). The records sorted die by die, then grouped by kind: each
-    kind's instructions are made in one pass (:func:`.fsedp_instrs.made`), each in the order it
-    takes in the streams, so laying them out (one gather) reads seven runs of objects in the
-    order they were allocated (in record order it read them scattered: three times slower).
-    With ``offer`` (:func:`offered`), each die's records are offered to the compiled relay
-    with its instructions (:mod:`..relay_records`)."""
-    k = _KERNEL.module
+    """Each die's stream from the kernel's instruction records (each trip's unit in
+    ``unit_of``), in record order: with ``offer`` (:func:`offered`), a
+    :class:`~..relay_records.RecordStream` (its instructions made when read) where the compiled
+    relay will read most of it as columns, else the instructions themselves (made in one go:
+    the Python relay reads each)."""
     n = len(out)
     order = np.argsort(log[:, 0].astype(np.int16), kind="stable")  # die by die (radix sort)
-    by_kind = np.argsort(log[order, 1].astype(np.int8), kind="stable")
-    die, kind, slot, peer, trip = log[order[by_kind]].T
-    bounds = np.searchsorted(kind, np.arange(len(k.RECORD_NAMES) + 1)).tolist()
-    slots, peers, ts = slot.tolist(), peer.tolist(), trip.tolist()
-    refs, sizes = [t.ref for t in trips], [t.nbytes for t in trips]
+    rec = log[order]
+    ends = np.searchsorted(rec[:, 0], np.arange(n + 1)).tolist()
     # per unit and die, its tokens there (a compute's, for its gemm, act and accum)
     held: list[Any] = [None] * (len(units) * n)
     for i, u in enumerate(units):
         for d, tokens in u.tokens.items():
             held[i * n + d] = tokens
-    made: list[Any] = []
-    for what, name in enumerate(k.RECORD_NAMES):
-        a, b = bounds[what], bounds[what + 1]
-        if a == b:
-            continue
-        if what == k.FREE:
-            made += mk.made(name, slots[a:b])
-        elif what in (k.GEMM, k.ACT, k.ACCUM):
-            at = (unit_of[trip[a:b]] * n + die[a:b]).tolist()
-            made += mk.made(name, slots[a:b], list(map(held.__getitem__, at)))
-        else:
-            nbytes = list(map(sizes.__getitem__, ts[a:b]))
-            if what == k.LOAD:
-                made += mk.made(name, slots[a:b], peers[a:b], refs_of(refs, ts[a:b]), nbytes)
-            elif what == k.SEND:
-                made += mk.made(name, peers[a:b], nbytes, slots[a:b])
-            else:
-                made += mk.made(name, peers[a:b], nbytes, slots[a:b], refs_of(refs, ts[a:b]))
-    # each record's place in ``made``, die by die in record order
-    place = np.empty(len(made), np.int64)
-    place[by_kind] = np.arange(len(made))
-    ends = np.searchsorted(log[order, 0], np.arange(n + 1)).tolist()
-    laid = itemgetter(*place.tolist())(made) if len(made) > 1 else made
+    src = relay_records.Source([t.ref for t in trips], [t.nbytes for t in trips], held, unit_of, n)
+    min_run = relay_records.wanted() if offer else None
     for d in range(n):
-        out[d] += laid[ends[d] : ends[d + 1]]
-    if offer:  # the records, for the compiled relay
-        relay_records.offer(laid, ends, log[order], refs, sizes, held, unit_of, n)
-
-
-def refs_of(refs: list[Any], ts: list[int]) -> list[Any]:
-    """The slice refs of trips ``ts``."""
-    return list(map(refs.__getitem__, ts))
+        if ends[d + 1] > ends[d]:
+            stream = relay_records.RecordStream(src, d, rec[ends[d] : ends[d + 1]])
+            if min_run and stream.lazy(min_run):
+                out[d] = stream  # type: ignore[assignment]
+            else:
+                out[d] += stream
 
 
 def expect(work: int) -> None:

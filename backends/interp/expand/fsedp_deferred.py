@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from moec.backends.interp import relay_records
+from moec.backends.interp.instr_column import InstrColumn
 from moec.backends.interp.timing import Timeline
 from moec.ir.stream.program import Accum, Instr, Load, Program, Recv, Signal, SliceRef, Wait
 
@@ -62,8 +64,8 @@ def charge_deferred(p: Program, tl: Timeline) -> None:
     if not ids:
         return
     spans: dict[int, list[float]] = {}
-    for op, i in enumerate(tl.instr):
-        if i is not None and id(i) in ids and tl.layer[op] >= 0:
+    for op, i in enumerate(_ids(tl.instr)):  # (None's id is no instruction's)
+        if i in ids and tl.layer[op] >= 0:
             lo_hi = spans.setdefault(tl.layer[op], [tl.start[op], tl.end[op]])
             lo_hi[0], lo_hi[1] = min(lo_hi[0], tl.start[op]), max(lo_hi[1], tl.end[op])
             tl.layer[op] = -1
@@ -81,8 +83,14 @@ def iteration_ops(
     out = np.array(layer, np.int64)
     if any(ev.endswith(DEFERRED_SUFFIX) for ev in set(events)):
         ids = _catchup(p)[0]  # (None's id is no instruction's)
-        out[np.fromiter(map(ids.__contains__, map(id, instrs)), np.bool_, len(instrs))] = -1
+        out[np.fromiter(map(ids.__contains__, _ids(instrs)), np.bool_, len(instrs))] = -1
     return out
+
+
+def _ids(instrs: list[Instr | None]) -> list[int]:
+    """Each op's instruction's ``id``; 0 for a kernel op's not made yet (no one holds it, so
+    no catch-up walk found it): :meth:`.instr_column.InstrColumn.ids`, nothing made."""
+    return instrs.ids() if isinstance(instrs, InstrColumn) else list(map(id, instrs))
 
 
 def _catchup(p: Program) -> tuple[set[int], int]:
@@ -100,16 +108,21 @@ def _catchup(p: Program) -> tuple[set[int], int]:
     return ids, total
 
 
-def _first_catchup(instrs: list[Instr]) -> int | None:
+def _first_catchup(instrs: Sequence[Instr]) -> int | None:
     """Where a stream's first catch-up step starts (its ``signal <layer>.deferred``), None
     when it has none: the signals found by ``list.index`` over the instructions' classes (a
-    scan in C; ``Signal`` has no subclass), only their events compared in Python."""
-    classes = list(map(type, instrs))
-    k = -1
-    while True:
-        try:
-            k = classes.index(Signal, k + 1)
-        except ValueError:
-            return None
-        if instrs[k].event.endswith(DEFERRED_SUFFIX):  # type: ignore[attr-defined]
-            return k
+    scan in C; ``Signal`` has no subclass), only their events compared in Python; a record
+    stream (:mod:`..relay_records`: no signal in it) not read."""
+    for at, piece in relay_records.starts(instrs):
+        if isinstance(piece, relay_records.RecordStream):
+            continue
+        classes = list(map(type, piece))
+        k = -1
+        while True:
+            try:
+                k = classes.index(Signal, k + 1)
+            except ValueError:
+                break
+            if piece[k].event.endswith(DEFERRED_SUFFIX):  # type: ignore[attr-defined]
+                return at + k
+    return None
