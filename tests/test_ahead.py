@@ -80,15 +80,24 @@ def test_the_run_says_the_work_its_fsedp_layers_play(monkeypatch: pytest.MonkeyP
     assert fsedp_compiled._expected == 0  # nothing is left said once the run ends
 
 
+def _reference_then_spied(
+    monkeypatch: pytest.MonkeyPatch, layers: int
+) -> tuple[Any, list[Any], list[Any]]:
+    """The bench rows of ``layers`` layers with the scheduler's reference, then the same run
+    undecided (never switching) with :func:`_work_played` spying on it: rows, said, played."""
+    monkeypatch.setattr(fsedp_compiled, "COMPILED", False)
+    ref = run_bench(*POINT, layers=layers)
+    _undecided(monkeypatch, played=10**9, timed=10**9)
+    said, played = _work_played(monkeypatch)
+    run_bench(*POINT, layers=layers)
+    return ref, said, played
+
+
 def test_the_first_layer_is_scheduled_compiled_when_the_run_pays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(fsedp_compiled, "COMPILED", False)
     monkeypatch.setattr(event_loop, "COMPILED", False)
-    ref = run_bench(*POINT, layers=3)
-    _undecided(monkeypatch, played=10**9, timed=10**9)
-    said, played = _work_played(monkeypatch)
-    run_bench(*POINT, layers=3)
+    ref, said, played = _reference_then_spied(monkeypatch, 3)
     work = said[0][1]
     for after, kernel in ((work + 1, False), (work, True)):  # short of it, then just enough
         _undecided(monkeypatch, played=after, timed=10**9)
@@ -222,11 +231,7 @@ def test_once_numba_is_loaded_a_run_of_compile_warm_ops_is_timed_compiled(
 def test_once_numba_is_loaded_compile_warm_work_is_scheduled_compiled(
     monkeypatch: pytest.MonkeyPatch, loaded: bool
 ) -> None:
-    monkeypatch.setattr(fsedp_compiled, "COMPILED", False)
-    ref = run_bench(*POINT, layers=1)
-    _undecided(monkeypatch, played=10**9, timed=10**9)
-    said, played = _work_played(monkeypatch)
-    run_bench(*POINT, layers=1)
+    ref, _, played = _reference_then_spied(monkeypatch, 1)
     work = played[0][0]
     monkeypatch.setattr(event_loop, "_numba_loaded", loaded)
     for warm, kernel in ((work + 1, False), (work, loaded)):
