@@ -139,18 +139,14 @@ def relay(  # type: ignore[no-untyped-def]
                     k = n[29]
                     fix_send[k, 0], fix_send[k, 1], fix_send[k, 2] = hold, op, r
                     n[29] += 1
-                fenced[n[7]] = hold
-                n[7] += 1
+                _fence(hold, fenced, n)
                 if a >= 0 and a != hold:
-                    e_src[n[4]], e_dst[n[4]] = a, hold
-                    n[4] += 1
+                    _edge(a, hold, e_src, e_dst, n)
             else:
                 hold = base + nop
-                fenced[n[7]] = hold
-                n[7] += 1
+                _fence(hold, fenced, n)
                 if a >= 0:
-                    e_src[n[4]], e_dst[n[4]] = a, hold
-                    n[4] += 1
+                    _edge(a, hold, e_src, e_dst, n)
                 o_kind[nop], o_dur[nop], o_res[nop], o_layer[nop], o_instr[nop] = (
                     XFER, x_occ[t], x_res[t], tag, r,
                 )  # fmt: skip
@@ -192,16 +188,13 @@ def relay(  # type: ignore[no-untyped-def]
             if tag >= 0:
                 a_tag[n[15]], a_op[n[15]] = tag, op
                 n[15] += 1
-            fenced[n[7]] = op
-            n[7] += 1
+            _fence(op, fenced, n)
             if fill_op[s] >= 0:
-                e_src[n[4]], e_dst[n[4]] = fill_op[s], op
-                n[4] += 1
+                _edge(fill_op[s], op, e_src, e_dst, n)
             if uses_on[s]:
                 q = use_first[s]
                 while q >= 0:
-                    e_src[n[4]], e_dst[n[4]] = pool_op[q], op
-                    n[4] += 1
+                    _edge(pool_op[q], op, e_src, e_dst, n)
                     q = pool_next[q]
             use_first[s], use_last[s], uses_on[s] = -1, -1, False
             free_op[s] = op
@@ -217,17 +210,13 @@ def relay(  # type: ignore[no-untyped-def]
         elif c == GEMM:
             t = row[r]
             op = base + nop
-            fenced[n[7]] = op
-            n[7] += 1
+            _fence(op, fenced, n)
             if last_compute >= 0:
-                e_src[n[4]], e_dst[n[4]] = last_compute, op
-                n[4] += 1
+                _edge(last_compute, op, e_src, e_dst, n)
             if fill_op[s] >= 0:
-                e_src[n[4]], e_dst[n[4]] = fill_op[s], op
-                n[4] += 1
+                _edge(fill_op[s], op, e_src, e_dst, n)
             if u_x[t] >= 0:
-                e_src[n[4]], e_dst[n[4]] = u_x[t], op
-                n[4] += 1
+                _edge(u_x[t], op, e_src, e_dst, n)
             lk = u_lk[t]
             for q in range(3):
                 o_kind[nop], o_dur[nop], o_res[nop], o_layer[nop], o_instr[nop] = (
@@ -275,11 +264,9 @@ def relay(  # type: ignore[no-untyped-def]
             a_tag[n[15]], a_op[n[15]] = tag, first
             a_tag[n[15] + 1], a_op[n[15] + 1] = tag, op
             n[15] += 2
-            fenced[n[7]] = first
-            n[7] += 1
+            _fence(first, fenced, n)
             if free_op[s] >= 0:
-                e_src[n[4]], e_dst[n[4]] = free_op[s], first
-                n[4] += 1
+                _edge(free_op[s], first, e_src, e_dst, n)
             _fill(s, op, tag, first, r, n, fill_op, slot_tag, use_first, use_last, uses_on,
                   fill_hold, fill_free, fill_slot, fill_r, slot_rec)  # fmt: skip
             since[n[8]] = op
@@ -319,3 +306,17 @@ def _fill(  # type: ignore[no-untyped-def]
     fill_hold[k], fill_free[k], fill_slot[k], fill_r[k] = first, -1, s, r
     n[23] += 1
     slot_rec[s] = k
+
+
+@numba.njit(cache=True)
+def _edge(a, b, e_src, e_dst, n):  # type: ignore[no-untyped-def]
+    """The edge log's next edge, ``a`` before ``b``."""
+    e_src[n[4]], e_dst[n[4]] = a, b
+    n[4] += 1
+
+
+@numba.njit(cache=True)
+def _fence(op, fenced, n):  # type: ignore[no-untyped-def]
+    """``op`` waits for the die's fence (its edge written by the driver)."""
+    fenced[n[7]] = op
+    n[7] += 1
