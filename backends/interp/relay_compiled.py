@@ -27,7 +27,7 @@ from __future__ import annotations
 from array import array
 from collections import deque
 from collections.abc import Sequence
-from itertools import chain, islice, repeat
+from itertools import chain, islice, repeat, starmap
 from typing import Any
 
 import numpy as np
@@ -216,7 +216,7 @@ def _arrays(t: _Tables) -> dict[str, np.ndarray]:
             "x_lat": np.asarray(t.x[2], f64), "x_tag": np.asarray(t.x[3], i64),
             "x_chg": np.asarray(t.x[4], i64),
             "u_dur": np.asarray(t.u[0], f64).reshape(-1, 3), "u_lk": np.asarray(t.u[1], i64),
-            "u_chg": np.asarray(t.u[2], i64),
+            "u_chg": np.asarray(t.u[2], i64), "u_hb": np.asarray(t.u[3], i64),
             "l_tag": np.asarray(t.ld[0], i64), "l_ptr": np.asarray(t.l_ptr, i64),
             "l_kind": np.asarray(t.l_kind, i64), "l_dur": np.asarray(t.l_dur, f64),
             "l_res": np.asarray(t.l_res, i64), "l_bptr": np.asarray(t.l_bptr, i64),
@@ -416,8 +416,7 @@ def _drop(q: deque[Any], k: int) -> None:
     if k >= len(q):
         q.clear()
     else:
-        for _ in range(k):
-            q.popleft()
+        deque(starmap(q.popleft, repeat((), k)), 0)  # k calls, looped in C
 
 
 def _waiting(pending: dict[tuple[int, int], Any], keys: list[tuple[int, int]],
@@ -469,9 +468,7 @@ def _append(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, t: 
     if s.fence is not None:
         g.src += array("q", (s.fence,)) * n[7]
         g.dst.frombytes(out_i[7][: n[7]].tobytes())
-    b.energy.log_run(
-        out_i[9][: n[9]].tolist(), list(map(t.blocks.__getitem__, out_i[10][: n[9]].tolist()))
-    )
+    _log_energy(b, t, out_i[9][: n[9]], out_i[10][: n[9]])
     nbytes = cols["nbytes"][j:]
     _add_bytes(b.link_bytes, out_i[11][: n[10]], nbytes[out_i[12][: n[10]]])
     lw = np.flatnonzero(cols["code"][j : j + len(row)] == LOAD)
@@ -496,6 +493,20 @@ def _append(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, t: 
         b.fills += flat.ravel().tolist()
 
 
+def _log_energy(b: Builder, t: _Tables, firsts: np.ndarray, blocks: np.ndarray) -> None:
+    """The run's charges (at ops ``firsts``, blocks ``blocks`` of ``t.blocks``) logged as
+    arrays: each distinct block registered with the ledger once (in first-seen order, as
+    :meth:`~.energy.EnergyLedger.log_run` would), its ledger index taken for each charge."""
+    if not len(blocks):
+        return
+    u, first, inv = np.unique(blocks, return_index=True, return_inverse=True)
+    ledger = b.energy
+    ix = np.empty(len(u), np.int64)
+    for q in np.argsort(first, kind="stable").tolist():
+        ix[q] = ledger.register(t.blocks[int(u[q])])
+    ledger.log_indexed(firsts, ix[inv.reshape(-1)])
+
+
 def _add_bytes(into: dict[int, int], keys: np.ndarray, nbytes: np.ndarray) -> None:
     """``into[k] += bytes`` for each pair in turn (the sums, keys in first-seen order)."""
     if not len(keys):
@@ -518,7 +529,7 @@ def _acts(b: Builder, die: int, rs: relay_records.RecordStream, e: int, t: _Tabl
     xt, xo, xr = out_i[17][: n[17]], out_i[18][: n[17]], out_i[19][: n[17]]
     u, first = np.unique(tags, return_index=True)
     one = len(u) == 1
-    hb = t.u[3]
+    hb = _arrays(t)["u_hb"]
     for tag in u[np.argsort(first, kind="stable")].tolist():
         la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
         la.ops += (ops if one else ops[tags == tag]).tolist()
@@ -526,12 +537,12 @@ def _acts(b: Builder, die: int, rs: relay_records.RecordStream, e: int, t: _Tabl
         gops, grs = xo[sel], xr[sel]
         if not len(gops):
             continue
-        gl = gops.tolist()
-        la.x_uses += zip(gl, rs.tokens(grs + e), strict=True)
-        la.accums += zip((gops + 2).tolist(), rs.tokens(grs + e + 2), strict=True)
-        la.h += chain.from_iterable(
-            zip(gl, (gops + 2).tolist(), map(hb.__getitem__, row[grs].tolist()), strict=True)
-        )
+        gl, al = gops.tolist(), (gops + 2).tolist()
+        toks = rs.tokens(grs + e)
+        same = (rs.trip[grs + e] == rs.trip[grs + e + 2]).all()  # a slice's gemm and accum
+        la.x_uses += zip(gl, toks, strict=True)
+        la.accums += zip(al, toks if same else rs.tokens(grs + e + 2), strict=True)
+        la.h += np.stack((gops, gops + 2, hb[row[grs]]), axis=1).ravel().tolist()
 
 
 def _slots_back(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, t: _Tables,
