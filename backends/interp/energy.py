@@ -69,6 +69,8 @@ class EnergyLedger:
 
     def _forget_blocks(self) -> None:
         """Empty the block registry (nothing logged may refer to it: right after a flush)."""
+        #: how many times the registry was emptied: a registered index holds while it stays
+        self.epoch = getattr(self, "epoch", -1) + 1
         #: the registered blocks (kept alive, so that their ids stay theirs) and their index by id
         self._blocks: list[tuple[Charge, ...]] = []
         self._index: dict[int, int] = {}

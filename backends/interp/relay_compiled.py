@@ -28,6 +28,7 @@ from array import array
 from collections import deque
 from collections.abc import Sequence
 from itertools import chain, islice, repeat, starmap
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,10 @@ class _Tables:
         self.stream: tuple[Any, Any] | None = None
         self.arrays: dict[str, np.ndarray] = {}
         self.sized = (-1, -1, -1)
+        #: the energy ledger (and its :attr:`~.energy.EnergyLedger.epoch`) ``ledger_ix`` is
+        #: of: per entry of ``blocks``, its index there
+        self.ledger: tuple[Any, int] | None = None
+        self.ledger_ix = np.zeros(0, np.int64)
         #: where the current run's fills start in the builder's (flat) fills
         self.fill_base = 0
 
@@ -458,10 +463,11 @@ def _append(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, t: 
     if n[30]:  # a recv tags its transfer with its layer, if the send did not
         fix = out_i[30][: n[30]]
         layer = g.layer
-        untagged = np.fromiter(map(layer.__getitem__, fix[:, 1].tolist()), np.int64, len(fix)) < 0
-        fix = fix[untagged]
+        tagged = np.array(itemgetter(*fix[:, 1].tolist())(layer), np.int64).reshape(-1)
+        fix = fix[tagged < 0]
+        tags = fix[:, 2].tolist()
         for at in (fix[:, 0].tolist(), fix[:, 1].tolist()):
-            deque(map(layer.__setitem__, at, fix[:, 2].tolist()), 0)
+            deque(map(layer.__setitem__, at, tags), 0)
     g.src.frombytes(out_i[4][: n[4]].tobytes())
     g.dst.frombytes(out_i[5][: n[4]].tobytes())
     g.runs.frombytes(out_i[6][: n[6]].tobytes())
@@ -484,7 +490,10 @@ def _append(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, t: 
     if n[12]:
         g.back_of.update(zip((out_i[13][: n[12]]).tolist(),
                              map(t.l_back.__getitem__, out_i[14][: n[12]].tolist()), strict=True))  # fmt: skip
-    s.since_signal.extend(out_i[8][: n[8]].tolist())  # a list, or typed by a slice run
+    since = s.since_signal  # typed from here on, as a slice run leaves it
+    if type(since) is list:
+        since = s.since_signal = array("q", since)
+    since.frombytes(out_i[8][: n[8]].tobytes())
     _acts(b, die, rs, e, t, n, out_i, row)
     t.fill_base = len(b.fills)
     if n[23]:  # flat: die, fill op, free op (-1: not freed yet)
@@ -495,16 +504,16 @@ def _append(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, t: 
 
 def _log_energy(b: Builder, t: _Tables, firsts: np.ndarray, blocks: np.ndarray) -> None:
     """The run's charges (at ops ``firsts``, blocks ``blocks`` of ``t.blocks``) logged as
-    arrays: each distinct block registered with the ledger once (in first-seen order, as
-    :meth:`~.energy.EnergyLedger.log_run` would), its ledger index taken for each charge."""
-    if not len(blocks):
-        return
-    u, first, inv = np.unique(blocks, return_index=True, return_inverse=True)
+    arrays: each of ``t.blocks`` registered with the ledger once (its index kept in
+    ``t.ledger_ix`` while the ledger keeps its blocks), its ledger index taken per charge."""
     ledger = b.energy
-    ix = np.empty(len(u), np.int64)
-    for q in np.argsort(first, kind="stable").tolist():
-        ix[q] = ledger.register(t.blocks[int(u[q])])
-    ledger.log_indexed(firsts, ix[inv.reshape(-1)])
+    if t.ledger != (ledger, ledger.epoch):  # another ledger, or its blocks forgotten
+        t.ledger, t.ledger_ix = (ledger, ledger.epoch), np.zeros(0, np.int64)
+    known = len(t.ledger_ix)
+    if known < len(t.blocks):
+        new = [ledger.register(blk) for blk in t.blocks[known:]]
+        t.ledger_ix = np.concatenate([t.ledger_ix, np.asarray(new, np.int64)])
+    ledger.log_indexed(firsts, t.ledger_ix[blocks])
 
 
 def _add_bytes(into: dict[int, int], keys: np.ndarray, nbytes: np.ndarray) -> None:
