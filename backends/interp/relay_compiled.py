@@ -233,21 +233,21 @@ def _arrays(t: _Tables) -> dict[str, np.ndarray]:
 
 
 def _rows_of(t: _Tables, b: Builder, die: int, ins: Sequence[Instr], j: int,
-             where: np.ndarray, keys: np.ndarray, make: Any) -> np.ndarray:  # fmt: skip
-    """Each entry's row (``keys``: one row of ints per entry, ``where`` its place in the run),
-    made (``make``) for the keys not seen yet: the distinct keys looked up once."""
-    low = keys.min(axis=0)
-    span = (keys.max(axis=0) - low + 1).tolist()
-    flat = np.zeros(len(keys), np.int64)
+             where: np.ndarray, keys: list[np.ndarray], make: Any) -> np.ndarray:  # fmt: skip
+    """Each entry's row (``keys``: columns of ints, a key per entry; ``where`` its place in
+    the run), made (``make``) for the keys not seen yet: the distinct keys looked up once."""
+    low = [int(col.min()) for col in keys]  # a column at a time: contiguous, unlike a row's
+    span = [int(col.max()) - lo + 1 for col, lo in zip(keys, low, strict=True)]
+    flat = np.zeros(len(where), np.int64)
     if float(np.prod(span, dtype=np.float64)) < 2.0**62:  # the columns mixed into one key
-        for col, lo, width in zip(keys.T, low.tolist(), span, strict=True):
+        for col, lo, width in zip(keys, low, span, strict=True):
             flat = flat * width + (col - lo)
     else:  # the columns' ranks, mixed
-        for col in keys.T:
+        for col in keys:
             vals, rank = np.unique(col, return_inverse=True)
             flat = flat * len(vals) + rank.reshape(-1)
-    _, first, inv = np.unique(flat, return_index=True, return_inverse=True)
-    u = keys[first]
+    first, inv = _distinct(flat)
+    u = np.stack([col[first] for col in keys], axis=1)
     unit = make is _u_row
     table = t.u_rows if unit else t.rows
     rows = []
@@ -261,6 +261,19 @@ def _rows_of(t: _Tables, b: Builder, die: int, ins: Sequence[Instr], j: int,
                 got = make(t, b, die, key)
         rows.append(got)
     return np.asarray(rows, np.int64)[inv.reshape(-1)]
+
+
+def _distinct(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(flat, return_index=True, return_inverse=True)``'s index and inverse (the
+    distinct values in order, each one's first place), from one stable sort."""
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    new = np.empty(len(flat), np.bool_)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    inv = np.empty(len(flat), np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return order[new], inv
 
 
 def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
@@ -294,11 +307,11 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
         return None  # a die's transfer to itself: both sides on one die, the reference's
     row = np.zeros(m, np.int64)
     if len(xw):
-        keys = np.stack([code[xw], peer[xw], nb[xw], sh[xw]], axis=1)
+        keys = [code[xw], peer[xw], nb[xw], sh[xw]]
         row[xw] = _rows_of(t, b, die, ins, j, xw, keys, _x_row)
     lw = np.flatnonzero(code == LOAD)
     if len(lw):
-        keys = np.stack([code[lw], peer[lw], nb[lw], sh[lw]], axis=1)
+        keys = [code[lw], peer[lw], nb[lw], sh[lw]]
         row[lw] = _rows_of(t, b, die, ins, j, lw, keys, _l_row)
     gw = np.flatnonzero(code == GEMM)
     if len(gw):
@@ -319,7 +332,7 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
             units = b.chains.get(skey) or rc._units_of(b, skey, c, die)
             hid[q] = t.hold_id(units, prec, c)
         size = cols["size"][j : j + m]
-        keys = np.stack([hid, size[gw], size[gw + 1], size[gw + 2]], axis=1)
+        keys = [hid, size[gw], size[gw + 1], size[gw + 2]]
         row[gw] = _rows_of(t, b, die, ins, j, gw, keys, _u_row)
     a = _arrays(t)
     # the latest x block's arrival per layer, for the slice computes
