@@ -212,22 +212,29 @@ def _u_row(t: _Tables, b: Builder, die: int, key: tuple[int, ...]) -> int:
 
 
 def _arrays(t: _Tables) -> dict[str, np.ndarray]:
-    """The template tables as the kernel reads them (rebuilt when rows were added)."""
+    """The template tables as the kernel reads them: the lists' entries added since the last
+    call converted and appended (every list only grows)."""
     sized = (len(t.x[0]), len(t.u[0]), len(t.ld[0]))
     if sized != t.sized:
         i64, f64 = np.int64, np.float64
-        t.arrays = {
-            "x_res": np.asarray(t.x[0], i64), "x_occ": np.asarray(t.x[1], f64),
-            "x_lat": np.asarray(t.x[2], f64), "x_tag": np.asarray(t.x[3], i64),
-            "x_chg": np.asarray(t.x[4], i64),
-            "u_dur": np.asarray(t.u[0], f64).reshape(-1, 3), "u_lk": np.asarray(t.u[1], i64),
-            "u_chg": np.asarray(t.u[2], i64), "u_hb": np.asarray(t.u[3], i64),
-            "l_tag": np.asarray(t.ld[0], i64), "l_ptr": np.asarray(t.l_ptr, i64),
-            "l_kind": np.asarray(t.l_kind, i64), "l_dur": np.asarray(t.l_dur, f64),
-            "l_res": np.asarray(t.l_res, i64), "l_bptr": np.asarray(t.l_bptr, i64),
-            "l_bo": np.asarray(t.l_bo, i64), "l_lptr": np.asarray(t.l_lptr, i64),
-            "l_links": np.asarray(t.l_links, i64), "l_chg": np.asarray(t.ld[1], i64),
-        }  # fmt: skip
+        cols = (
+            ("x_res", t.x[0], i64), ("x_occ", t.x[1], f64), ("x_lat", t.x[2], f64),
+            ("x_tag", t.x[3], i64), ("x_chg", t.x[4], i64), ("u_dur", t.u[0], f64),
+            ("u_lk", t.u[1], i64), ("u_chg", t.u[2], i64), ("u_hb", t.u[3], i64),
+            ("l_tag", t.ld[0], i64), ("l_ptr", t.l_ptr, i64), ("l_kind", t.l_kind, i64),
+            ("l_dur", t.l_dur, f64), ("l_res", t.l_res, i64), ("l_bptr", t.l_bptr, i64),
+            ("l_bo", t.l_bo, i64), ("l_lptr", t.l_lptr, i64), ("l_links", t.l_links, i64),
+            ("l_chg", t.ld[1], i64),
+        )  # fmt: skip
+        arrays = t.arrays
+        for name, values, dtype in cols:
+            have = arrays.get(name)
+            k = 0 if have is None else len(have)
+            if have is None or k < len(values):
+                fresh = np.asarray(values[k:], dtype)
+                if name == "u_dur":  # a slice compute's three durations
+                    fresh = fresh.reshape(-1, 3)
+                arrays[name] = fresh if have is None else np.concatenate([have, fresh])
         t.sized = sized
     return t.arrays
 
