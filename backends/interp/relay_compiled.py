@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Sequence
 from itertools import chain, islice, repeat, starmap
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -157,13 +157,22 @@ def _columns(t: _Tables, ins: Sequence[Instr]) -> dict[str, Any]:
     return cols
 
 
-def _x_row(t: _Tables, b: Builder, die: int, key: tuple[int, ...], i: Any) -> int:
+class _Recv(NamedTuple):
+    """What a ``recv``'s template reads of it (:func:`.relay_chain._recv_template`): no
+    instruction is made for it."""
+
+    peer: int
+    nbytes: int
+
+
+def _x_row(t: _Tables, b: Builder, die: int, key: tuple[int, ...]) -> int:
     """The row of a ``recv``'s or ``send``'s template (the reference's, memoized alike)."""
     _, code, p, nb, sh = key
     if code == RECV:
         c = t.shape_ref[sh]
         rkey = ("recv", p, die, nb, c.layer, c.expert is None, c.slice)
-        tpl = b.chains.get(rkey) or rc._recv_template(b, rkey, i, c, die)
+        side: Any = _Recv(p, nb)
+        tpl = b.chains.get(rkey) or rc._recv_template(b, rkey, side, c, die)
         res, occ, lat, charges, tag, prec, (_, units) = tpl
         hid = t.hold_id(units, prec, c)
     else:
@@ -239,13 +248,12 @@ def _arrays(t: _Tables) -> dict[str, np.ndarray]:
     return t.arrays
 
 
-def _rows_of(t: _Tables, b: Builder, die: int, ins: Sequence[Instr], j: int,
-             where: np.ndarray, keys: list[np.ndarray], make: Any) -> np.ndarray:  # fmt: skip
-    """Each entry's row (``keys``: columns of ints, a key per entry; ``where`` its place in
-    the run), made (``make``) for the keys not seen yet: the distinct keys looked up once."""
+def _rows_of(t: _Tables, b: Builder, die: int, keys: list[np.ndarray], make: Any) -> np.ndarray:
+    """Each entry's row (``keys``: columns of ints, a key per entry), made (``make``) for the
+    keys not seen yet: the distinct keys looked up once."""
     low = [int(col.min()) for col in keys]  # a column at a time: contiguous, unlike a row's
     span = [int(col.max()) - lo + 1 for col, lo in zip(keys, low, strict=True)]
-    flat = np.zeros(len(where), np.int64)
+    flat = np.zeros(len(keys[0]), np.int64)
     if float(np.prod(span, dtype=np.float64)) < 2.0**62:  # the columns mixed into one key
         for col, lo, width in zip(keys, low, span, strict=True):
             flat = flat * width + (col - lo)
@@ -258,14 +266,11 @@ def _rows_of(t: _Tables, b: Builder, die: int, ins: Sequence[Instr], j: int,
     unit = make is _u_row
     table = t.u_rows if unit else t.rows
     rows = []
-    for q, key in enumerate(map(tuple, u.tolist())):
+    for key in map(tuple, u.tolist()):
         key = key if unit else (die, *key)
         got = table.get(key)
         if got is None:
-            if make is _x_row:
-                got = _x_row(t, b, die, key, ins[j + int(where[first[q]])])
-            else:
-                got = make(t, b, die, key)
+            got = make(t, b, die, key)
         rows.append(got)
     return np.asarray(rows, np.int64)[inv.reshape(-1)]
 
@@ -315,11 +320,11 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
     row = np.zeros(m, np.int64)
     if len(xw):
         keys = [code[xw], peer[xw], nb[xw], sh[xw]]
-        row[xw] = _rows_of(t, b, die, ins, j, xw, keys, _x_row)
+        row[xw] = _rows_of(t, b, die, keys, _x_row)
     lw = np.flatnonzero(code == LOAD)
     if len(lw):
         keys = [code[lw], peer[lw], nb[lw], sh[lw]]
-        row[lw] = _rows_of(t, b, die, ins, j, lw, keys, _l_row)
+        row[lw] = _rows_of(t, b, die, keys, _l_row)
     gw = np.flatnonzero(code == GEMM)
     if len(gw):
         x_hid, l_hid = np.asarray(t.x[5], np.int64), np.asarray(t.ld[2], np.int64)
@@ -340,7 +345,7 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
             hid[q] = t.hold_id(units, prec, c)
         size = cols["size"][j : j + m]
         keys = [hid, size[gw], size[gw + 1], size[gw + 2]]
-        row[gw] = _rows_of(t, b, die, ins, j, gw, keys, _u_row)
+        row[gw] = _rows_of(t, b, die, keys, _u_row)
     a = _arrays(t)
     # the latest x block's arrival per layer, for the slice computes
     names = t.u[4]
