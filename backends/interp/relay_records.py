@@ -354,9 +354,10 @@ def joined(parts: list[Sequence[Any]]) -> Sequence[Any]:
 
 def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
     """The relay's codes of one record stream: its static checks (a transfer or load of no bytes, a
-    ``gemm`` without its ``act`` and ``accum`` on its slot, a load that starts a streamed
-    micro-slice) give 0, and ``act``, ``accum`` 0 (their ``gemm`` takes them); an entry whose
-    check would read past the stream's end gives 0 too (the Python relay takes it)."""
+    ``gemm`` without its ``act`` and ``accum`` on its slot, a load that starts two streamed
+    micro-slices one after the other) give 0, and ``act``, ``accum`` 0 (their ``gemm`` takes
+    them); an entry whose check would read past the stream's end gives 0 too (the Python relay
+    takes it)."""
     m = len(full)
     code = full.copy()
     code[((full == RECV) | (full == SEND) | (full == LOAD)) & (nbytes == 0)] = 0
@@ -375,7 +376,8 @@ def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarr
         chained &= full[ld + 4] == FREE
         for q in range(1, 5):
             chained &= slot[ld + q] == slot[ld]
-        code[ld[chained]] = 0
+        head = ld[chained]  # a lone one the relay takes (:func:`.relay_chain.chains_follow`)
+        code[head[np.isin(head + 5, head)]] = 0
     return code
 
 
