@@ -377,7 +377,9 @@ def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarr
         for q in range(1, 5):
             chained &= slot[ld + q] == slot[ld]
         head = ld[chained]  # a lone one the relay takes (:func:`.relay_chain.chains_follow`)
-        code[head[np.isin(head + 5, head)]] = 0
+        starts = np.zeros(m + 5, np.bool_)
+        starts[head] = True
+        code[head[starts[head + 5]]] = 0
     return code
 
 
