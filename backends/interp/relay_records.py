@@ -43,8 +43,11 @@ ENABLED: list[Callable[[], int | None] | None] = [None]
 LAZY_FROM = 0.5
 #: the fewest entries of a die's stream, in shortest runs, for it to stay records: a short
 #: stream gains little and its records and places cost memory besides its instructions (a
-#: build that verifies the program makes them all)
-LAZY_RUNS = 16
+#: build that verifies the program makes them all). Qwen3-30B-A3B's streams on 4x4 dies are
+#: 2-2.5k entries (one run each, naive ones too since lone chains relay): at 4 rather than 16
+#: its 48 layers take 7.5-8.0 s CPU rather than 9.2-9.6 (naive), 7.9-9.0 rather than 10.1
+#: (paired), 6.2 rather than 7.6 (r5), the same peak RSS; 2 gains nothing more (session 17)
+LAZY_RUNS = 4
 #: whether a record stream was made since the last :func:`clear`
 _made_any = False
 
