@@ -175,14 +175,14 @@ def test_a_choice_the_caller_runs_after_expects_its_later_layers(
 
 @pytest.mark.parametrize(
     ("strategy", "forced", "offers"),
-    [("fsedp-naive", None, False), ("fsedp-naive", True, True), ("fsedp", None, True)],
+    [("fsedp-naive", None, True), ("fsedp-naive", False, False), ("fsedp", None, True)],
 )
-def test_naive_schedules_offer_no_records_unless_the_relay_is_forced(
+def test_schedules_offer_records_unless_the_relay_is_off(
     monkeypatch: pytest.MonkeyPatch, strategy: str, forced: bool | None, offers: bool
 ) -> None:
-    """Naive rules relay in short runs, where reading the scheduler's records costs more than
-    the compiled relay saves: their schedules offer none (unless the relay is forced on, as
-    its tests do); the rows are the same whichever relay builds."""
+    """Every rule's schedules, naive ones too (their lone streamed micro-slices no longer end
+    a relay run: :func:`~moec.backends.interp.relay_chain.chains_follow`), hand their records
+    to the compiled relay unless it is off; the rows are the same whichever relay builds."""
     from moec.backends.interp import relay_compiled
 
     point = ("qwen3-30b-a3b", "fsedp-2x2", [64], [f"{strategy}{{slices=4}}"])

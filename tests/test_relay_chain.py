@@ -62,11 +62,20 @@ def _state(b: Builder) -> str:
     packed_ops.unpack(g)  # a compiled relay's runs as the lists the reference has
     return repr((
         g.kind, g.dur, g.res, chained_successors(len(g.kind), g.runs, g.src, g.dst), g.die, g.instr, g.layer,
-        sorted(g.island_of.items()), sorted(g.back_of.items()), b.fills, b.closed_fills,
+        sorted(g.island_of.items()), sorted(g.back_of.items()), _fills(b),
         list(b.acts.items()), e.joules, e.by_op, sorted(b.link_bytes.items()), b.dram_bytes,
         b.host_bytes, sorted((k, list(v)) for k, v in b.pending_send.items()),
         sorted((k, list(v)) for k, v in b.pending_recv.items()), b.signal_event,
     ))  # fmt: skip
+
+
+def _fills(b: Builder) -> list[tuple[int, ...]]:
+    """The slot fills (die, fill op, free op), ``fills`` and ``closed_fills`` together in op
+    order: where a fill is listed is not read (:func:`~moec.backends.interp.sram.sram_peaks`),
+    and a lone streamed micro-slice's goes to one or the other as the relay or
+    :mod:`~moec.backends.interp.slice_chain` adds it."""
+    flat = [*b.fills, *b.closed_fills]
+    return sorted(zip(flat[0::3], flat[1::3], flat[2::3], strict=True))
 
 
 def _same_with_and_without(p: Program, t: Target, monkeypatch: pytest.MonkeyPatch) -> Builder:
@@ -163,10 +172,31 @@ def test_relay_builds_a_hand_made_exchange_as_the_handlers(
     p = _exchange()
     _same_with_and_without(p, t, monkeypatch)
     covered = _covered(p, t, monkeypatch)
-    # all but the block transfers and the chain's free: die 0's recv and frees of s0, s1, s0,
-    # die 1's two recvs and four frees
-    assert sum(type(i) is Recv for i in covered) == 3 and sum(type(i) is Free for i in covered) == 7
+    # all but the block transfers: die 0's recv and frees of s0, s1, s0 and of the lone
+    # streamed micro-slice at its end (:func:`.relay_chain.chains_follow`), die 1's two recvs
+    # and four frees
+    assert sum(type(i) is Recv for i in covered) == 3 and sum(type(i) is Free for i in covered) == 8
     assert run_timing(p, t).makespan > 0
+
+
+def test_relay_takes_a_lone_streamed_slice_and_leaves_a_run_of_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    t = load_target("fsedp-2x2", {"ideal": "true"})
+    p = _exchange()
+    d0 = p.streams[0].instrs
+    lone = d0[-6:-1]  # die 0's last load, gemm, act, accum, free on s1
+    assert type(lone[0]) is Load and type(lone[-1]) is Free
+    assert {id(i) for i in lone} <= {id(i) for i in _covered(p, t, monkeypatch)}
+    ts = TokenSet.span(0, 4)
+    e = SliceRef("moe0", 3, 0)
+    again = [Load(2, 0, e, BYTES), Gemm(2, ts), Act(2, ts), Accum(2, ts), Free(2)]
+    d0[-1:-1] = again  # now two one after the other: slice_chain's run
+    _same_with_and_without(p, t, monkeypatch)
+    covered = {id(i) for i in _covered(p, t, monkeypatch)}
+    assert not covered & {id(i) for i in [*lone, *again]}
+    before = d0[-12]  # the free of s0 before them: the relay's run ends after it
+    assert type(before) is Free and before.slot == 0 and id(before) in covered
 
 
 def test_relay_leaves_an_empty_slot_to_the_handlers_error(

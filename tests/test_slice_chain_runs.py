@@ -69,13 +69,32 @@ def test_runs_of_alike_and_mixed_reads_time_as_the_handlers(
     assert batched == report()
 
 
+def _lone_chains_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The relay off (it takes a lone chain inside its run, :func:`.relay_chain.chains_follow`)
+    and :func:`slice_chain._one_chain` counted: the list each lone chain's index goes to."""
+    from moec.backends.interp import opgraph
+
+    lone: list[int] = []
+    real = slice_chain._one_chain
+
+    def counted(*args: Any) -> None:
+        lone.append(args[3])
+        real(*args)
+
+    monkeypatch.setattr(slice_chain, "_one_chain", counted)
+    monkeypatch.setattr(opgraph, "RELAY", [])
+    return lone
+
+
 @pytest.mark.parametrize("name", ["tiny_moe.fsedp-naive.msp", "tiny_deepseek.fsedp-naive.msp"])
 def test_a_run_of_one_chain_times_as_the_arrays_do(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Naive FSE-DP's streams are mostly lone chains (a load computed and freed before the
     die's next load): :func:`slice_chain._one_chain` adds them with plain ints, and the
-    timeline, SRAM peaks and energy are, to the bit, what the arrays of any run give."""
+    timeline, SRAM peaks and energy are, to the bit, what the arrays of any run give. The
+    relay takes a lone chain inside its run (:func:`.relay_chain.chains_follow`), so it is
+    off here (:func:`_lone_chains_counted`): every chain is :mod:`.slice_chain`'s."""
     from test_sim_speed import GOLDEN, _timeline_fields
 
     from moec.backends.interp.timing import run_timing
@@ -85,14 +104,7 @@ def test_a_run_of_one_chain_times_as_the_arrays_do(
     program = load_program(str(GOLDEN / name))
     res = run_program(program, routing="synth:zipf=1.0,seed=0", base_dir=str(GOLDEN))
     assert res.expanded is not None
-    lone: list[int] = []
-    real = slice_chain._one_chain
-
-    def counted(*args: Any) -> None:
-        lone.append(args[3])
-        real(*args)
-
-    monkeypatch.setattr(slice_chain, "_one_chain", counted)
+    lone = _lone_chains_counted(monkeypatch)
     fast = run_timing(res.expanded, res.timeline.target)
     assert lone  # the path was taken
     monkeypatch.setattr(slice_chain, "ONE_CHAIN", False)
@@ -104,7 +116,7 @@ def test_lone_chains_of_a_bigger_model_report_as_the_arrays_do(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The same on two layers of DeepSeek-MoE-16B (dozens of lone chains, on every die): the
-    report's bytes do not depend on the path."""
+    report's bytes do not depend on the path (the relay off, as above)."""
     from moec.bench import run_bench
     from moec.compiler.bench.report import rows_json
 
@@ -113,6 +125,8 @@ def test_lone_chains_of_a_bigger_model_report_as_the_arrays_do(
             run_bench("deepseek-moe-16b", "fsedp-2x2", [64], ["fsedp-naive"], layers=2)
         )
 
+    lone = _lone_chains_counted(monkeypatch)
     fast = report()
+    assert lone  # the path was taken
     monkeypatch.setattr(slice_chain, "ONE_CHAIN", False)
     assert fast == report()

@@ -15,16 +15,18 @@ slices of several trajectories interleaved in the order the scheduler issued the
 A slice's instructions are not next to each other, so they cannot be added as one template per
 slice without renumbering the ops (and the event loop breaks ties by op). :func:`relay_run`
 takes the whole run instead, up to the next instruction it does not cover (a ``signal``,
-``wait``, ``dense``, an activation block's transfer, a streamed micro-slice for
-:mod:`.slice_chain`), in one call: the handlers of :mod:`.timing_ops` inlined into one loop
-over the die's state held in locals, and what each instruction costs memoized per shape (a
-transfer's link, duration, latency and charges with the slice's layer and precision; a slice's
-three compute ops). It is not a new model: every op, duration, resource, edge (in the same place
-of the same successor list), energy charge (in the same order), SRAM record and transfer pairing
-is what the handlers add one instruction at a time, with :func:`.timing_ops.slice_unit` for a
-slice's ``gemm``, ``act``, ``accum``; ``Builder.batch_slices = False`` is the reference,
-compared on every tiny golden in ``tests/test_sim_speed.py``, and ``tests/test_relay_chain.py``
-compares the builder's graph and records with and without the relay.
+``wait``, ``dense``, an activation block's transfer, a run of streamed micro-slices for
+:mod:`.slice_chain`: a lone one it takes, :func:`chains_follow`), in one call: the handlers of
+:mod:`.timing_ops` inlined into one loop over the die's state held in locals, and what each
+instruction costs memoized per shape (a transfer's link, duration, latency and charges with the
+slice's layer and precision; a slice's three compute ops). It is not a new model: every op,
+duration, resource, edge (in the same place of the same successor list), energy charge (in the
+same order), SRAM record and transfer pairing is what the handlers add one instruction at a
+time, with :func:`.timing_ops.slice_unit` for a slice's ``gemm``, ``act``, ``accum`` (a lone
+streamed micro-slice's fill goes to ``fills``, not ``closed_fills``: the SRAM peaks read both
+alike); ``Builder.batch_slices = False`` is the reference, compared on every tiny golden in
+``tests/test_sim_speed.py``, and ``tests/test_relay_chain.py`` compares the builder's graph and
+records with and without the relay.
 
 The run's edges from the die's latest ``wait`` (the fence, the same for the whole run) and its
 energy charges are added when the run ends: the event loop reads the edge log only source by
@@ -395,7 +397,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
         elif cls is Load:
             c = i.content
             nbytes = i.nbytes
-            if type(c) is not SliceRef or not nbytes or starts_chain(ins, j, n):
+            if type(c) is not SliceRef or not nbytes or chains_follow(ins, j, n):
                 break
             slot = i.slot
             channel = i.channel
@@ -451,6 +453,14 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
         g.dst.fromlist(fenced)
     b.energy.log_run(logged_at, logged)
     return j
+
+
+def chains_follow(ins: Sequence[Instr], j: int, n: int) -> bool:
+    """Whether ``ins[j]`` (a load) starts two streamed micro-slices one after the other, a run
+    :func:`.slice_chain.slice_run` adds faster than the relay. A lone one (naive FSE-DP's
+    streams: a load whose slice is computed and freed before the die's next load, between
+    slot transfers) the relay takes like any load, so a naive stream is one run."""
+    return starts_chain(ins, j, n) and starts_chain(ins, j + 5, n)
 
 
 def starts_chain(ins: Sequence[Instr], j: int, n: int) -> bool:

@@ -43,8 +43,12 @@ ENABLED: list[Callable[[], int | None] | None] = [None]
 LAZY_FROM = 0.5
 #: the fewest entries of a die's stream, in shortest runs, for it to stay records: a short
 #: stream gains little and its records and places cost memory besides its instructions (a
-#: build that verifies the program makes them all)
-LAZY_RUNS = 16
+#: build that verifies the program makes them all). Qwen3-30B-A3B's streams on 4x4 dies are
+#: 2-2.5k entries (one run each, naive ones too since lone chains relay): at 4 rather than 16
+#: its 48 layers take 7.5-8.0 s CPU rather than 9.2-9.6 (naive), 7.9-9.0 rather than 10.1
+#: (paired), 6.2 rather than 7.6 (r5), the same peak RSS; 2 gains nothing more (session 17).
+#: An 8x8 fsedp-naive point keeps more records: about 40 MB more peak RSS, the same CPU
+LAZY_RUNS = 4
 #: whether a record stream was made since the last :func:`clear`
 _made_any = False
 
@@ -359,9 +363,10 @@ def joined(parts: list[Sequence[Any]]) -> Sequence[Any]:
 
 def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
     """The relay's codes of one record stream: its static checks (a transfer or load of no bytes, a
-    ``gemm`` without its ``act`` and ``accum`` on its slot, a load that starts a streamed
-    micro-slice) give 0, and ``act``, ``accum`` 0 (their ``gemm`` takes them); an entry whose
-    check would read past the stream's end gives 0 too (the Python relay takes it)."""
+    ``gemm`` without its ``act`` and ``accum`` on its slot, a load that starts two streamed
+    micro-slices one after the other) give 0, and ``act``, ``accum`` 0 (their ``gemm`` takes
+    them); an entry whose check would read past the stream's end gives 0 too (the Python relay
+    takes it)."""
     m = len(full)
     code = full.copy()
     code[((full == RECV) | (full == SEND) | (full == LOAD)) & (nbytes == 0)] = 0
@@ -380,7 +385,10 @@ def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarr
         chained &= full[ld + 4] == FREE
         for q in range(1, 5):
             chained &= slot[ld + q] == slot[ld]
-        code[ld[chained]] = 0
+        head = ld[chained]  # a lone one the relay takes (:func:`.relay_chain.chains_follow`)
+        starts = np.zeros(m + 5, np.bool_)
+        starts[head] = True
+        code[head[starts[head + 5]]] = 0
     return code
 
 

@@ -74,14 +74,13 @@ def available() -> bool:
 
 def offered(prob: Problem) -> bool:
     """Whether ``prob``'s records go to the compiled relay (:mod:`..relay_records`): when it
-    wants them, except under naive rules unless it is forced on (its tests). Naive streams
-    relay in short runs (DeepSeek-V3: median 345 instructions), for which reading the records
-    costs more than the kernel saves: four layers of DeepSeek-V3 fsedp-naive build in 0.62-0.71 s
-    CPU without records offered, 0.67-0.82 s with (``relay_compiled.MIN_RUN`` 256 or 2048)."""
-    from moec.backends.interp import relay_compiled
-
-    want = relay_records.wanted() is not None
-    return want and (prob.rules != "naive" or relay_compiled.COMPILED is True)
+    wants them. Naive rules' streams too: their lone streamed micro-slices (a load computed
+    and freed before the die's next load) no longer end a run (:func:`..relay_chain.
+    chains_follow`), so a die's naive stream relays in one run, not in short ones between
+    them (median 345 instructions on DeepSeek-V3, which cost more to read from the records
+    than the kernel saved)."""
+    del prob  # every rule's schedule is offered alike
+    return relay_records.wanted() is not None
 
 
 def wanted(prob: Problem) -> bool:
