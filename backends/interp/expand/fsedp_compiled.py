@@ -109,7 +109,7 @@ def schedule(sim: Any) -> Schedule:
     prob: Problem = sim.p
     pl = _plan(sim)
     st = None if pl is None else _state(sim, pl)
-    if st is None:
+    if pl is None or st is None:
         return type(sim)(prob, sim.write).run()  # the reference, on a fresh simulation
     outcome = k.simulate(st)
     sc, die, lane, trip, chan = st[:5]
