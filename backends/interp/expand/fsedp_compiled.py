@@ -157,8 +157,8 @@ def _trip_slices(prob: Problem, pl: _Planned, us: np.ndarray) -> tuple[list[Slic
     ]
     if pl.of is not None:
         refs = list(map(refs.__getitem__, pl.of.tolist()))
-    nbytes = np.fromiter((b for u in prob.units for b in u.slice_bytes), np.int64)
-    return refs, nbytes[us].tolist()
+    nbytes = [b for u in prob.units for b in u.slice_bytes]  # the units' ints, not new ones
+    return refs, list(map(nbytes.__getitem__, us.tolist()))
 
 
 class _Planned(NamedTuple):
