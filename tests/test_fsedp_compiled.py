@@ -9,6 +9,7 @@ state after it; and the same errors. Skipped where numba is not installed."""
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from strategy_cases import moe_module
 
 import moec.backends.interp.expand.fsedp as fsedp
 from moec.backends.interp.expand import ExpandContext, free_slots_at, fsedp_compiled, layouts_for
+from moec.backends.interp.expand.fsedp_order import central_order, central_order_arrays
 from moec.backends.interp.expand.fsedp_sched import schedule
 from moec.compiler.lower import lower, parse_strategy
 from moec.ir.errors import ScheduleError
@@ -129,6 +131,25 @@ def test_slices_of_unequal_widths(strategy: str) -> None:
                 assert all(u.compute(d, j) == u.compute(d, f) for d in u.tokens)
     assert kinds == {2}
     assert _same(probs) > 100
+
+
+@pytest.mark.parametrize("strategy", ["fsedp", "fsedp-paired", "fsedp{order=balanced}"])
+def test_central_order_arrays(strategy: str) -> None:
+    """The central load order as arrays (the compiled plan's) is :func:`central_order`'s
+    pairs: as the expander makes the units, with a shared unit first, and with units of
+    different slice counts (an odd number: a pair of one)."""
+    for prob in _problems("fsedp-2x2", strategy, 16, 64, 1.0, 0):
+        u0 = prob.units[0]
+        shared = replace(u0, expert=None)
+        short = [replace(u0, slice_bytes=u0.slice_bytes[:k], channels=u0.channels[:k])
+                 for k in (1, 2)]  # fmt: skip
+        for units in (prob.units, [shared, *prob.units], [short[0], *prob.units[1:], short[1]]):
+            p = replace(prob, units=units)
+            index = {id(u): i for i, u in enumerate(units)}
+            unit, j = central_order_arrays(p)
+            assert list(zip(unit.tolist(), j.tolist(), strict=True)) == [
+                (index[id(u)], k) for u, k in central_order(p)
+            ]
 
 
 @pytest.mark.slow

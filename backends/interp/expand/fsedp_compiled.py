@@ -37,7 +37,7 @@ import numpy as np
 from moec.backends.interp import relay_records
 from moec.backends.interp.event_loop import OptionalKernel, numba_loaded
 from moec.backends.interp.expand.fsedp_engine import Engine
-from moec.backends.interp.expand.fsedp_order import central_order
+from moec.backends.interp.expand.fsedp_order import central_order_arrays
 from moec.backends.interp.expand.fsedp_problem import Problem, Schedule
 from moec.backends.interp.timing_ops import SLICE_COSTS
 from moec.ir.errors import ScheduleError
@@ -108,7 +108,7 @@ def schedule(sim: Any) -> Schedule:
     prob: Problem = sim.p
     pl = _plan(sim)
     st = None if pl is None else _state(sim, pl)
-    if st is None:
+    if pl is None or st is None:
         return type(sim)(prob, sim.write).run()  # the reference, on a fresh simulation
     outcome = k.simulate(st)
     sc, die, lane, trip, chan = st[:5]
@@ -127,34 +127,46 @@ def schedule(sim: Any) -> Schedule:
         )
     fl, free_at = st[13], prob.machine.free_at  # type: ignore[attr-defined]
     free_at[:] = fl[sc[k.O_FREE_AT] : sc[k.O_FREE_AT] + len(free_at)].tolist()
-    walk2 = sim.walk * 2
+    walk2, experts = sim.walk * 2, [u.expert for u in prob.units]
     paths = [
-        ((t.unit.expert, t.slice), walk2[q0 : q0 + last + 1])
-        for t, q0, last in zip(sim.trips, trip[k.Q0].tolist(), trip[k.LAST].tolist(), strict=True)
+        ((experts[u], j), walk2[q0 : q0 + last + 1])
+        for u, j, q0, last in zip(
+            pl.unit.tolist(),
+            pl.slice.tolist(),
+            trip[k.Q0].tolist(),
+            trip[k.LAST].tolist(),
+            strict=True,
+        )
     ]
     if sim.write:
         log = st[16][: sc[k.RECORDS]]
-        _instructions(sim.out, sim.trips, prob.units, trip[k.UNIT], log, offered(prob))
+        refs, sizes = _trip_slices(prob, pl, trip[k.US])
+        _instructions(sim.out, refs, sizes, prob.units, trip[k.UNIT], log, offered(prob))
     peaks = dict(enumerate(die[k.PEAK].tolist()))
     return Schedule(sim.out, paths, float(fl[sc[k.O_CLOCK]]), peaks, int(sc[k.PASSES]))
 
 
-class _Slice(NamedTuple):
-    """What is read of a trip after the kernel (``sim.trips``): its unit, slice, the slice's
-    ref and bytes (a :class:`~.fsedp_state.Trip` holds them and the reference's state)."""
-
-    unit: Any
-    slice: int
-    ref: SliceRef
-    nbytes: int
+def _trip_slices(prob: Problem, pl: _Planned, us: np.ndarray) -> tuple[list[SliceRef], list[int]]:
+    """Per trip of ``pl`` its slice and bytes (``us``: per trip its slice's row, the units'
+    slices end to end); the trips of one slice (naive rules) share its :class:`SliceRef`."""
+    experts = [u.expert for u in prob.units]
+    refs = [
+        SliceRef(prob.layer, experts[u], j)
+        for u, j in zip(pl.order_unit.tolist(), pl.order_slice.tolist(), strict=True)
+    ]
+    if pl.of is not None:
+        refs = list(map(refs.__getitem__, pl.of.tolist()))
+    nbytes = [b for u in prob.units for b in u.slice_bytes]  # the units' ints, not new ones
+    return refs, list(map(nbytes.__getitem__, us.tolist()))
 
 
 class _Planned(NamedTuple):
-    """:meth:`~.fsedp_sched._Sim.plan`'s trips as arrays (trip ``i`` is ``sim.trips[i]``):
-    per trip its unit (index), slice, channel and die (where the plan queues it: R4's home,
-    naive's die; R5: -1); the trips each die pulls and each channel pushes, in order, laid
-    end to end with each one's end; the channels that push, ascending; per unit and die,
-    whether the unit needs the die."""
+    """:meth:`~.fsedp_sched._Sim.plan`'s trips as arrays: per trip its unit (index), slice,
+    channel and die (where the plan queues it: R4's home, naive's die; R5: -1); the trips
+    each die pulls and each channel pushes, in order, laid end to end with each one's end;
+    the channels that push, ascending; per unit and die, whether the unit needs the die; the
+    slices in the central load order (units with tokens only: unit, slice) and, under naive
+    rules, each trip's slice among them (else None: trip ``i`` is slice ``i``)."""
 
     unit: np.ndarray
     slice: np.ndarray
@@ -166,26 +178,27 @@ class _Planned(NamedTuple):
     cq_end: np.ndarray
     pushing: list[int]
     needed: np.ndarray
+    order_unit: np.ndarray
+    order_slice: np.ndarray
+    of: np.ndarray | None
 
 
 def _plan(sim: Any) -> _Planned | None:
     """Plan fresh ``sim`` as :meth:`~.fsedp_sched._Sim.plan` does (its routes left to the
     kernel), in arrays: each slice in the central load order is one trip, queued on its
     channel's die (R4) or channel (R5); under naive rules each needed die loads the slices
-    itself (die by die, each in the load order): those trips share the slice's
-    record in ``sim.trips`` (:class:`_Slice`: what is read of a trip after the kernel is the
-    slice's), not one object per die and slice. None when a slice's channel is not one of the
+    itself (die by die, each in the load order; those trips share the slice's
+    :class:`SliceRef`, :func:`_trip_slices`). None when a slice's channel is not one of the
     arrays' (the host)."""
     prob: Problem = sim.p
-    n, units, chan_die, layer = sim.n, prob.units, prob.channel_die, prob.layer
-    unit_ix = {id(u): i for i, u in enumerate(units)}
-    order = [(u, j) for u, j in central_order(prob) if u.tokens]
-    slices = [_Slice(u, j, SliceRef(layer, u.expert, j), u.slice_bytes[j]) for u, j in order]
-    S = len(slices)
-    s_unit = np.fromiter((unit_ix[id(u)] for u, _ in order), np.int64, S)
-    s_slice = np.fromiter((j for _, j in order), np.int64, S)
-    s_chan = np.fromiter((u.channels[j] for u, j in order), np.int64, S)
-    sim.trips = slices
+    n, units, chan_die = sim.n, prob.units, prob.channel_die
+    s_unit, s_slice = central_order_arrays(prob)
+    held = np.fromiter((bool(u.tokens) for u in units), np.bool_, len(units))
+    s_unit, s_slice = s_unit[held[s_unit]], s_slice[held[s_unit]]
+    S = len(s_unit)
+    first = np.cumsum([0] + [len(u.channels) for u in units])[:-1]
+    channels = np.fromiter((c for u in units for c in u.channels), np.int64)
+    s_chan = channels[first[s_unit] + s_slice] if S else s_unit
     if S and (s_chan.min() < 0 or s_chan.max() >= len(chan_die)):
         return None
     needed = np.zeros((n, len(units)), np.bool_)
@@ -195,12 +208,11 @@ def _plan(sim: Any) -> _Planned | None:
     if sim.naive:
         at = np.flatnonzero(needed[:, s_unit].ravel())  # die by die, slices in load order
         die, of = at // max(S, 1), at % max(S, 1)
-        sim.trips = list(map(slices.__getitem__, of.tolist()))
         dq = np.arange(len(at), dtype=np.int64)
         dq_end = np.cumsum(np.bincount(die, minlength=n), dtype=np.int64)
         return _Planned(
             s_unit[of], s_slice[of], s_chan[of], die, dq, dq_end, none, np.zeros(len(chan_die),
-            np.int64), [], needed,
+            np.int64), [], needed, s_unit, s_slice, of,
         )  # fmt: skip
     cd = np.asarray(chan_die, np.int64)
     if prob.r5:
@@ -208,13 +220,13 @@ def _plan(sim: Any) -> _Planned | None:
         cq_end = np.cumsum(np.bincount(s_chan, minlength=len(chan_die)), dtype=np.int64)
         return _Planned(
             s_unit, s_slice, s_chan, np.full(S, -1, np.int64), none, np.zeros(n, np.int64),
-            by_chan, cq_end, np.unique(s_chan).tolist(), needed,
+            by_chan, cq_end, np.unique(s_chan).tolist(), needed, s_unit, s_slice, None,
         )  # fmt: skip
     home = cd[s_chan] if S else none
     dq_end = np.cumsum(np.bincount(home, minlength=n), dtype=np.int64)
     return _Planned(
         s_unit, s_slice, s_chan, home, np.argsort(home, kind="stable"), dq_end, none,
-        np.zeros(len(chan_die), np.int64), [], needed,
+        np.zeros(len(chan_die), np.int64), [], needed, s_unit, s_slice, None,
     )  # fmt: skip
 
 
@@ -372,14 +384,14 @@ def _starts(ends: np.ndarray) -> np.ndarray:
 
 
 def _instructions(
-    out: dict[int, list[Any]], trips: list[Any], units: list[Any], unit_of: np.ndarray,
-    log: np.ndarray, offer: bool = False,
+    out: dict[int, list[Any]], refs: list[SliceRef], sizes: list[int], units: list[Any],
+    unit_of: np.ndarray, log: np.ndarray, offer: bool = False,
 ) -> None:  # fmt: skip
-    """Each die's stream from the kernel's instruction records (each trip's unit in
-    ``unit_of``), in record order: with ``offer`` (:func:`offered`), a
-    :class:`~..relay_records.RecordStream` (its instructions made when read) where the compiled
-    relay will read most of it as columns, else the instructions themselves (made in one go:
-    the Python relay reads each)."""
+    """Each die's stream from the kernel's instruction records (each trip's slice, bytes and
+    unit in ``refs``, ``sizes``, ``unit_of``), in record order: with ``offer``
+    (:func:`offered`), a :class:`~..relay_records.RecordStream` (its instructions made when
+    read) where the compiled relay will read most of it as columns, else the instructions
+    themselves (made in one go: the Python relay reads each)."""
     n = len(out)
     order = np.argsort(log[:, 0].astype(np.int16), kind="stable")  # die by die (radix sort)
     rec = log[order]
@@ -389,7 +401,7 @@ def _instructions(
     for i, u in enumerate(units):
         for d, tokens in u.tokens.items():
             held[i * n + d] = tokens
-    src = relay_records.Source([t.ref for t in trips], [t.nbytes for t in trips], held, unit_of, n)
+    src = relay_records.Source(refs, sizes, held, unit_of, n)
     min_run = relay_records.wanted() if offer else None
     for d in range(n):
         if ends[d + 1] > ends[d]:

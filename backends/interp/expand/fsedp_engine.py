@@ -31,6 +31,11 @@ from moec.backends.interp.timing_ops import SLICE_COSTS
 from moec.ir.stream.program import Program
 from moec.ir.target import Target
 
+#: the slice compute durations (:meth:`Engine.slice_compute`) of the last target an engine was
+#: made for, shared by that target's engines (a whole-model run makes one a layer, and each
+#: asks the same shapes): ``[target, durations]``; a target is frozen, its durations too
+_COMPUTE: list[Any] = [None, {}]
+
 
 class Engine:
     """The interpreter's resource state and costs for one layer's scheduling (idle at 0)."""
@@ -39,7 +44,9 @@ class Engine:
         self.b = Builder(program, target)
         #: per resource id of the builder, the time it frees
         self.free_at = [0.0] * self.b.num_res
-        self._compute: dict[tuple[Any, ...], tuple[float, ...]] = {}
+        if _COMPUTE[0] is not target:
+            _COMPUTE[:] = [target, {}]
+        self._compute: dict[tuple[Any, ...], tuple[float, ...]] = _COMPUTE[1]
         self._loads: dict[tuple[int, int, int], tuple[int, float, float, tuple[Hop, ...]]] = {}
         self._sends: dict[tuple[int, int, int], tuple[int, float, float]] = {}
 

@@ -17,15 +17,23 @@ hop and the hops it is computed at. The state is a few arrays, one row per attri
 constants below: ``die[HELD, d]`` is the reference's ``dies[d].held``), the variable-length
 tables in one list of ints and one of floats at offsets kept in ``sc``: every step takes them
 all (:data:`State`), and a call passing an array costs about 6 ns, so a step that took one
-array per attribute (about 90) would cost the kernel what the reference costs. An internal
+array per attribute (about 90) would cost the kernel what the reference costs. Every step is
+compiled without numba's reference counting (``_nrt=False``: the kernel allocates nothing; the
+caller holds ``st`` for the run): counted, each step called copied and counted every array of
+``st`` (about 40 atomic increments and decrements a call), which took two thirds of the time (507
+against 159 ns an event on DeepSeek-V3 fsedp's 13 one-layer problems). An internal
 error (no free slot) is recorded and ends the run after the event that met it; the caller
 raises the reference's error.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 
+#: every step's compile options: cached, without reference counting (module doc)
+_JIT: dict[str, Any] = {"cache": True, "_nrt": False}
 #: event kinds
 CROSS, LOADED, COMPUTED, RELEASE_CHANNEL, SENT, HOPPED = range(6)
 #: instruction record kinds (a slice compute writes its gemm, act and accum)
@@ -36,7 +44,7 @@ RECORD_NAMES = ("load", "gemm", "act", "accum", "free", "send", "recv")
 DONE, NO_SLOT, NO_ROOM = range(3)
 
 
-@numba.njit(cache=True)
+@numba.njit(**_JIT)
 def _heap_push(ht, hs, hk, ha, hb, size, t, s, kind, a, b):  # type: ignore[no-untyped-def]
     i = size
     while i > 0:
@@ -48,7 +56,7 @@ def _heap_push(ht, hs, hk, ha, hb, size, t, s, kind, a, b):  # type: ignore[no-u
     ht[i], hs[i], hk[i], ha[i], hb[i] = t, s, kind, a, b
 
 
-@numba.njit(cache=True)
+@numba.njit(**_JIT)
 def _heap_pop(ht, hs, hk, ha, hb, size):  # type: ignore[no-untyped-def]
     """Remove the least ``(time, seq)`` of a heap of ``size`` (the caller read it at 0)."""
     size -= 1
@@ -116,7 +124,7 @@ SC_SIZE = 38
 State = tuple
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _at(st, t, kind, a, b):  # type: ignore[no-untyped-def]
     sc, ht, hi = st[0], st[14], st[15]
     if sc[HEAP] == ht.size:
@@ -127,7 +135,7 @@ def _at(st, t, kind, a, b):  # type: ignore[no-untyped-def]
     sc[HEAP] += 1
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _record(st, d, kind, slot, peer, trip):  # type: ignore[no-untyped-def]
     sc, log = st[0], st[16]
     if sc[WRITE]:
@@ -139,7 +147,7 @@ def _record(st, d, kind, slot, peer, trip):  # type: ignore[no-untyped-def]
         sc[RECORDS] = k + 1
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _take_slot(st, d):  # type: ignore[no-untyped-def]
     sc, die = st[0], st[1]
     if die[FN, d] == 0:
@@ -152,7 +160,7 @@ def _take_slot(st, d):  # type: ignore[no-untyped-def]
     return st[5][FREE_SLOTS, d, die[FN, d]]
 
 
-@numba.njit(cache=True)
+@numba.njit(**_JIT)
 def _route_of(st, d, u):  # type: ignore[no-untyped-def]
     """:func:`.fsedp_sched.route` from die ``d`` through unit ``u``'s needed dies, memoized."""
     sc, die, lane, route, at, ints = st[0], st[1], st[2], st[7], st[8], st[12]
@@ -187,7 +195,7 @@ def _route_of(st, d, u):  # type: ignore[no-untyped-def]
             at[d, u, b if b < a else a] = True
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _set_path(st, tr, d):  # type: ignore[no-untyped-def]
     trip, route = st[3], st[7]
     u = trip[UNIT, tr]
@@ -195,14 +203,14 @@ def _set_path(st, tr, d):  # type: ignore[no-untyped-def]
     trip[Q0, tr], trip[LAST, tr], trip[ROUTE_DIE, tr] = route[RQ0, d, u], route[RLAST, d, u], d
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _computes(st, tr, hop):  # type: ignore[no-untyped-def]
     trip = st[3]
     return st[0][NAIVE] != 0 or st[8][trip[ROUTE_DIE, tr], trip[UNIT, tr], hop]
 
 
 # --- R4 / R5: loads ---
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _load(st, d, tr):  # type: ignore[no-untyped-def]
     sc, die, trip, ints, fl = st[0], st[1], st[3], st[12], st[13]
     slot = _take_slot(st, d)
@@ -225,7 +233,7 @@ def _load(st, d, tr):  # type: ignore[no-untyped-def]
         _at(st, out, LOADED, tr, 0)
 
 
-@numba.njit(cache=True)
+@numba.njit(**_JIT)
 def _pull(st, d):  # type: ignore[no-untyped-def]
     sc, die, ints = st[0], st[1], st[12]
     while (
@@ -238,13 +246,13 @@ def _pull(st, d):  # type: ignore[no-untyped-def]
         _load(st, d, tr)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _room(die, d):  # type: ignore[no-untyped-def]
     r = die[PREFETCH, d] - (die[LOADING, d] + die[RDY_N, d] + die[STARTED, d])
     return r if r < die[FN, d] else die[FN, d]
 
 
-@numba.njit(cache=True)
+@numba.njit(**_JIT)
 def _push_target(st, c, tr):  # type: ignore[no-untyped-def]
     sc, die, chan, route, ints = st[0], st[1], st[4], st[7], st[12]
     home = chan[CDIE, c]
@@ -273,7 +281,7 @@ def _push_target(st, c, tr):  # type: ignore[no-untyped-def]
     return best
 
 
-@numba.njit(cache=True)
+@numba.njit(**_JIT)
 def _push(st, c):  # type: ignore[no-untyped-def]
     sc, die, chan, ints, fl = st[0], st[1], st[4], st[12], st[13]
     while chan[CQ_HEAD, c] < chan[CQ_END, c]:
@@ -293,7 +301,7 @@ def _push(st, c):  # type: ignore[no-untyped-def]
         _at(st, fl[sc[O_CHAN_FREE] + c], RELEASE_CHANNEL, c, 0)
 
 
-@numba.njit(cache=True)
+@numba.njit(**_JIT)
 def _refill(st, d):  # type: ignore[no-untyped-def]
     sc, die, chan, ints = st[0], st[1], st[4], st[12]
     if sc[PUSHES]:
@@ -308,13 +316,13 @@ def _refill(st, d):  # type: ignore[no-untyped-def]
 
 
 # --- R1 / R2 / R3: compute and forward ---
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _append(ring, k, x, head, count, item):  # type: ignore[no-untyped-def]
     """Append ``item`` to ring ``k`` of ``x`` whose head and count are ``head``, ``count``."""
     ring[k, x, (head + count) % ring.shape[2]] = item
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _arrive(st, v):  # type: ignore[no-untyped-def]
     sc, die, lane, trip, ring, visit = st[0], st[1], st[2], st[3], st[5], st[6]
     V = sc[V_]
@@ -337,7 +345,7 @@ def _arrive(st, v):  # type: ignore[no-untyped-def]
             lane[EN_N, q] += 1
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _compute(st, d, v):  # type: ignore[no-untyped-def]
     sc, cd = st[0], st[11]
     st[1][COMPUTING, d] = 1
@@ -353,7 +361,7 @@ def _compute(st, d, v):  # type: ignore[no-untyped-def]
     _at(st, end, COMPUTED, d, v)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _forward(st, d, q):  # type: ignore[no-untyped-def]
     sc, lane, trip, ring, visit, ints, fl = st[0], st[2], st[3], st[5], st[6], st[12], st[13]
     K, V, W = sc[K_], sc[V_], lane.shape[1]
@@ -391,14 +399,14 @@ def _forward(st, d, q):  # type: ignore[no-untyped-def]
     _at(st, e + lat if lat > 0.0 else e, HOPPED, v, nv)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _can_forward(sc, lane, q):  # type: ignore[no-untyped-def]
     return lane[PIPE, (q + 1) % lane.shape[1]] < sc[P_] and (
         lane[OB_N, q] > 0 or (lane[EN_N, q] > 0 and sc[ACTIVE] < sc[CAP])
     )
 
 
-@numba.njit(cache=True)
+@numba.njit(**_JIT)
 def _kick(st, d):  # type: ignore[no-untyped-def]
     sc, die, lane, trip, ring, visit = st[0], st[1], st[2], st[3], st[5], st[6]
     K = sc[K_]
@@ -426,7 +434,7 @@ def _kick(st, d):  # type: ignore[no-untyped-def]
             _forward(st, d, q)
 
 
-@numba.njit(cache=True)
+@numba.njit(**_JIT)
 def _release(st, d, v):  # type: ignore[no-untyped-def]
     sc, die, lane, trip, ring, visit = st[0], st[1], st[2], st[3], st[5], st[6]
     visit[1, v] -= 1
@@ -456,7 +464,7 @@ def _release(st, d, v):  # type: ignore[no-untyped-def]
         _kick(st, lane[WALK, (q - 1 + W) % W])
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(**_JIT, inline="always")
 def _cross(st, tr, k):  # type: ignore[no-untyped-def]
     sc, ints, fl = st[0], st[12], st[13]
     plan = st[3][PLAN, tr]
@@ -474,7 +482,7 @@ def _cross(st, tr, k):  # type: ignore[no-untyped-def]
         _at(st, end, CROSS, tr, k + 1)
 
 
-@numba.njit(cache=True)
+@numba.njit(**_JIT)
 def simulate(st):  # type: ignore[no-untyped-def]
     """Play the rules on state ``st`` (:data:`State`); returns the outcome (:data:`DONE` or an
     internal error), leaves each trip's first position and last hop, the peaks, the records

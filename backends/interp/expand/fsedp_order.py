@@ -10,6 +10,8 @@ experts go first, alone, in every order.
 
 from __future__ import annotations
 
+import numpy as np
+
 from moec.backends.interp.expand.fsedp_problem import Problem, Unit
 
 
@@ -28,6 +30,27 @@ def central_order(p: Problem) -> list[tuple[Unit, int]]:
         for j in range(max(len(u.slice_bytes) for u in group)):
             out += [(u, j) for u in group if j < len(u.slice_bytes)]
     return out
+
+
+def central_order_arrays(p: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`central_order` as two arrays, each (unit, slice) in that order: the unit's index
+    in ``p.units`` and the slice (one sort, not a tuple per slice: the compiled scheduler's
+    plan); ``balanced`` reads :func:`central_order`'s pairs."""
+    units = p.units
+    if p.balanced:
+        ix = {id(u): i for i, u in enumerate(units)}
+        order = central_order(p)
+        return (
+            np.fromiter((ix[id(u)] for u, _ in order), np.int64, len(order)),
+            np.fromiter((j for _, j in order), np.int64, len(order)),
+        )
+    count = np.fromiter((len(u.slice_bytes) for u in units), np.int64, len(units))
+    unit = np.repeat(np.arange(len(units), dtype=np.int64), count)
+    j = np.arange(unit.size, dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+    start = 1 if units and units[0].expert is None else 0  # the shared experts: first, alone
+    group = np.where(unit < start, -1, (unit - start) // (2 if p.paired else 1))
+    by = np.lexsort((unit, j, group))  # group by group; in one, slice by slice, unit by unit
+    return unit[by], j[by]
 
 
 def balanced_order(units: list[Unit], bw: float) -> list[tuple[Unit, int]]:
