@@ -36,7 +36,10 @@ predicted and measured on the first MoE layer (the paper models' layers share on
 run stops after that layer's part, ``simulate(..., until_layer=)``, so choosing costs a few
 layers whatever the model's depth), and applies to every layer.
 
-**What the choice costs.** A count's schedule is computed once
+**What the choice costs.** Each count that fits is lowered whole, but checked only for what
+decides its fit (:func:`~moec.ir.stream.verify.verify_fit`: the dies' walks, the runtime parts'
+slots and micro-slices); the count chosen, the program returned, is then verified in full. A
+count's schedule is computed once
 (:func:`~moec.backends.interp.expand.fsedp.plans_shared`): the timing of a count whose
 prediction asked for it expands the layer from that schedule instead of scheduling it again. A
 program of one MoE layer is measured by its whole run (the parts after the layer hold no MoE
@@ -79,7 +82,7 @@ from moec.ir.cost import dram_occupancy
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace
-from moec.ir.stream import Instr, Load, Program, TargetRef
+from moec.ir.stream import Instr, Load, Program, TargetRef, verify_program
 from moec.ir.stream.params import FSEDPParams, strategy_params
 from moec.ir.target import Target, load_target
 
@@ -291,8 +294,9 @@ def _choose(
     for c in candidates(ffn):
         try:
             p = lower_strategy(
-                module, target, strategy, {**options, "slices": str(c)}, routing, **kw
-            )
+                module, target, strategy, {**options, "slices": str(c)}, routing,
+                fit_only=True, **kw,
+            )  # fmt: skip
             bound[c] = iteration_bound(p, tgt, p.layers[0].name, r0)
         except ScheduleError:
             break  # coarser slices fit even less
@@ -358,6 +362,7 @@ def _choose(
     if not measured:
         return None
     best = min(measured, key=lambda c: (measured[c], c))
+    verify_program(programs[best], tgt)  # the candidates were checked for fit only
     return SliceChoice(best, predicted, measured, bound, stopped, programs[best], best_run)
 
 
