@@ -115,6 +115,14 @@ OPS_PER_SLICE = 4
 #: count to the end: the same choice, the reference ``tests/test_fsedp_slices_cutoff.py`` and
 #: ``scripts/fsedp_choice.py --rounds`` compare against.
 STOP_LOSERS = True
+#: The most dies on which the choice writes every prediction's streams (:func:`writes_ahead`).
+#: CPU seconds of the choice without and with (session 17, three rounds each, alternating in
+#: one process, 1024 tokens): DeepSeek-V3 on npu8-hbm (8 dies) ``fsedp`` 2.60 -> 2.20-2.34 (6
+#: of 7 counts timed), ``fsedp-paired`` 1.73-1.76 -> 1.61-1.63 (4 of 7); Qwen3-30B-A3B on
+#: fsedp-4x4 (16) ``fsedp`` 1.02-1.10 -> 0.99-1.00, ``fsedp-paired`` 1.06-1.08 -> 1.01-1.04; on
+#: the 8x8 mesh (64) ``fsedp`` 1.26-1.31 -> 1.54-1.80 (1 of 7), ``fsedp-paired`` 1.88-1.91 ->
+#: 1.94-2.00.
+AHEAD_DIES = 16
 #: Schedules kept from prediction to timing: those of the counts predicted fastest so far (the
 #: ones timed first); a count timed without its schedule kept is scheduled again.
 KEEP_SCHEDULES = 8
@@ -166,13 +174,16 @@ def estimate_error(program: Program, target: Target) -> float:
 def writes_ahead(program: Program, target: Target) -> bool:
     """Whether the slice choice predicts ``program``'s counts with their streams written (kept
     for their timing, :func:`~moec.backends.interp.expand.fsedp.plans_shared`) or without
-    (half the cost; a count timed is then scheduled again). With: R5, whose estimate runs below
-    the measurement and ranks counts poorly, so most counts are timed (6 of 7 on the 8x8
-    point), and naive rules, whose hard bound is tight enough that a count scheduled is a
-    count timed. Without: the others, whose estimate is close enough that few are timed (1-2
-    of 7 on the 8x8 point). A matter of cost only: the choice is the same."""
+    (cheaper; a count timed is then scheduled again). With: R5, whose estimate runs below the
+    measurement and ranks counts poorly, so most counts are timed (6 of 7 on the 8x8 point);
+    naive rules, whose hard bound is tight enough that a count scheduled is a count timed; and
+    any variant on a package of at most :data:`AHEAD_DIES` dies, where writing a count's
+    streams costs less than scheduling it again and half or more of the counts predicted are
+    timed. Without: the others on bigger packages (1-2 of 7 timed on the 8x8 point, where the
+    streams of 64 dies cost more than the schedules they would save). A matter of cost only:
+    the choice is the same."""
     params = _params(program, target)
-    return params is None or params.r5 or params.rules == "naive"
+    return params is None or params.r5 or params.rules == "naive" or target.num_dies <= AHEAD_DIES
 
 
 def candidates(ffn: int) -> list[int]:
