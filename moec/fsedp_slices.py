@@ -38,7 +38,8 @@ layers whatever the model's depth), and applies to every layer.
 
 **What the choice costs.** Each count that fits is lowered whole, but checked only for what
 decides its fit (:func:`~moec.ir.stream.verify.verify_fit`: the dies' walks, the runtime parts'
-slots and micro-slices); the count chosen, the program returned, is then verified in full. A
+slots and micro-slices), and so is the lowering's own program (:func:`lower_run`); the
+program returned, the count chosen or that one, is then verified in full. A
 count's schedule is computed once
 (:func:`~moec.backends.interp.expand.fsedp.plans_shared`): the timing of a count whose
 prediction asked for it expands the layer from that schedule instead of scheduling it again. A
@@ -415,17 +416,18 @@ def lower_run(
     from moec import expert_slices
 
     opts = dict(options or {})
-    base = lower_strategy(module, target, strategy, opts, routing, **kw)
     if routing is None or opts.get("slices", "auto") != "auto":
-        return base, None
+        return lower_strategy(module, target, strategy, opts, routing, **kw), None
+    # checked for fit only: a choice returns its own count's program, verified in full; the
+    # lowering's own program is verified in full when it is the one returned
+    base = lower_strategy(module, target, strategy, opts, routing, fit_only=True, **kw)
+    chosen: SliceChoice | expert_slices.ExpertSliceChoice | None = None
     if _streams(base):
-        choice = choose_slices(module, target, strategy, opts, routing, base, run=run, **kw)
-        if choice is None or choice.program is None:
-            return base, None
-        return choice.program, choice.run
-    if expert_slices.whole_expert(base):
-        whole = expert_slices.choose_slices(module, target, strategy, opts, routing, base, **kw)
-        if whole is None or whole.program is None:
-            return base, None
-        return whole.program, whole.run
-    return base, None
+        chosen = choose_slices(module, target, strategy, opts, routing, base, run=run, **kw)
+    elif expert_slices.whole_expert(base):
+        chosen = expert_slices.choose_slices(module, target, strategy, opts, routing, base, **kw)
+    if chosen is None or chosen.program is None:
+        tgt = load_target(target.spec, dict(target.overrides), base_dir=kw.get("base_dir"))
+        verify_program(base, tgt)
+        return base, None
+    return chosen.program, chosen.run

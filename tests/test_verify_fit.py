@@ -97,3 +97,16 @@ def test_the_whole_expert_choice_verifies_the_program_it_keeps_in_full(
     assert seen == [choice.program]
     own = lower_strategy(module, ref, "ep", {"slices": str(choice.count)}, trace)
     assert print_program(choice.program) == print_program(own)
+
+
+@pytest.mark.parametrize("strategy", ["fsedp", "ep"])
+def test_the_lowerings_own_program_is_verified_in_full_when_no_choice_is_made(
+    strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module, ref, trace = phi_case(64.0, 64)
+    seen = _spied(monkeypatch, fs)
+    monkeypatch.setattr(fs, "choose_slices", lambda *a, **k: None)
+    monkeypatch.setattr(es, "choose_slices", lambda *a, **k: None)
+    program, run = fs.lower_run(module, ref, strategy, {}, trace)
+    assert run is None and seen == [program]
+    assert print_program(program) == print_program(lower_strategy(module, ref, strategy, {}, trace))
