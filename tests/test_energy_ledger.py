@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from moec.backends.interp.energy import EnergyLedger
 from moec.ir.energy import PARTS
 
@@ -82,3 +84,32 @@ def test_a_run_of_blocks_logs_like_the_blocks_one_by_one() -> None:
             by_one.log(first, blk)
     assert by_run.by_op == by_one.by_op
     assert by_run.joules == by_one.joules
+
+
+def test_indexed_arrays_log_like_the_blocks_one_by_one() -> None:
+    """``log_indexed`` (a compiled relay run: arrays of first ops and registered indices),
+    between single ``log`` calls and across a flush, against ``log`` of each block in turn:
+    the same rows in the same order, the same joules to the bit."""
+    rng = random.Random(11)
+    blocks = [
+        tuple((o, rng.randrange(2), rng.randrange(len(PARTS) - 1), rng.random()) for o in range(3))
+        for _ in range(4)
+    ]
+    by_arrays, by_one = EnergyLedger(2), EnergyLedger(2)
+    first = 0
+    for step in range(40):
+        pick = [rng.randrange(len(blocks)) for _ in range(rng.randint(0, 30))]
+        firsts = list(range(first, first + 4 * len(pick), 4))
+        first += 4 * len(pick) + 1
+        if step % 3:
+            ix = np.asarray([by_arrays.register(blocks[k]) for k in pick], np.int64)
+            by_arrays.log_indexed(np.asarray(firsts, np.int64), ix)
+        else:
+            for f, k in zip(firsts, pick, strict=True):
+                by_arrays.log(f, blocks[k])
+        for f, k in zip(firsts, pick, strict=True):
+            by_one.log(f, blocks[k])
+        if step == 20:
+            assert by_arrays.joules == by_one.joules
+    assert by_arrays.by_op == by_one.by_op
+    assert by_arrays.joules == by_one.joules

@@ -60,12 +60,17 @@ class EnergyLedger:
         #: the blocks logged since the last flush: their first ops and their registered indices
         self._firsts: list[int] = []
         self._which: list[int] = []
+        #: blocks logged as arrays (:meth:`log_indexed`), in turn with the lists' stretches
+        #: before them: (firsts, registered indices)
+        self._logged: list[tuple[np.ndarray, np.ndarray]] = []
         #: the flushed charges not yet dropped (:meth:`drop_rows`): (ops, dies, parts, joules)
         self._rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._forget_blocks()
 
     def _forget_blocks(self) -> None:
         """Empty the block registry (nothing logged may refer to it: right after a flush)."""
+        #: how many times the registry was emptied: a registered index holds while it stays
+        self.epoch = getattr(self, "epoch", -1) + 1
         #: the registered blocks (kept alive, so that their ids stay theirs) and their index by id
         self._blocks: list[tuple[Charge, ...]] = []
         self._index: dict[int, int] = {}
@@ -120,6 +125,23 @@ class EnergyLedger:
         self._firsts += firsts
         self._which += cast("list[int]", found)
 
+    def log_indexed(self, firsts: np.ndarray, which: np.ndarray) -> None:
+        """:meth:`log` of blocks ``which`` (their :meth:`register` indices) at ops ``firsts``,
+        in turn, given as int64 arrays (a compiled relay run's: :mod:`.relay_compiled`): kept
+        as arrays (copied) until the flush."""
+        if len(firsts):
+            self._spill()
+            self._logged.append((firsts.copy(), which.copy()))
+
+    def _spill(self) -> None:
+        """The blocks logged one by one so far as an array stretch (before a later one)."""
+        if self._firsts:
+            n = len(self._firsts)
+            first = np.fromiter(self._firsts, np.int64, n)
+            self._logged.append((first, np.fromiter(self._which, np.int64, n)))
+            self._firsts.clear()
+            self._which.clear()
+
     def charge(self, die: int, part: str, joules: float, op: int) -> None:
         """Add ``joules`` of ``part`` on ``die``, spent by ``op``."""
         rows = ((0, die, _INDEX[part], joules),)
@@ -142,7 +164,7 @@ class EnergyLedger:
 
     def flush(self) -> None:
         """Add the logged charges into the joules, in the order they were logged."""
-        if not self._firsts:
+        if not self._firsts and not self._logged:
             return
         if self._tabled < len(self._blocks):
             fresh = list(chain.from_iterable(self._blocks[self._tabled :]))
@@ -157,10 +179,13 @@ class EnergyLedger:
             )  # fmt: skip
             self._tabled = len(self._blocks)
         off, die, part, j, start, size = self._tables
-        first = np.fromiter(self._firsts, np.int64, len(self._firsts))
-        which = np.fromiter(self._which, np.int64, len(self._which))
-        self._firsts.clear()
-        self._which.clear()
+        self._spill()
+        if len(self._logged) == 1:
+            first, which = self._logged[0]
+        else:
+            first = np.concatenate([f for f, _ in self._logged])
+            which = np.concatenate([w for _, w in self._logged])
+        self._logged.clear()
         n = size[which]
         # each logged block's rows: its registered rows in turn (a block's first row minus
         # where it lands, repeated over its rows, plus the landing place)

@@ -304,17 +304,12 @@ def loop_compiled(
     watch: Ints | None = None, limit: float = math.inf,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The compiled loop (see :func:`run_events`): the graph packed into arrays (the kernel
-    sorts the edge log into CSR arrays itself), the kernel run, ``start`` and ``end`` handed
-    back as arrays."""
+    sorts the edge log into CSR arrays itself and counts the runs' edges per op), the kernel
+    run, ``start`` and ``end`` handed back as arrays."""
     if not compiled_available():
         raise RuntimeError("the compiled event loop needs numba (pip install moec[fast])")
     n = len(kind)
     i64, f64 = np.int64, np.float64
-    # the runs' edges first (the kernel's sort keeps each source's edges in this order)
-    pairs = _int_array(runs).reshape(-1, 2)
-    counts = pairs[:, 1]
-    run_src = np.repeat(pairs[:, 0] - (np.cumsum(counts) - counts), counts)
-    run_src += np.arange(run_src.size, dtype=i64)
     # signals and waits: events as ids; per event its waiters by count (list order kept)
     names = {ev: k for k, ev in enumerate(sorted(set(waiters) | set(signal_event.values())))}
     sig = np.full(n, -1, i64)
@@ -338,8 +333,7 @@ def loop_compiled(
     watching = watch is not None and limit < math.inf
     watched = np.asarray(watch, np.bool_) if watching else np.zeros(n, np.bool_)
     start, end, fa, bz, stopped = _kernel(
-        np.concatenate([run_src, _int_array(src)]),
-        np.concatenate([run_src + 1, _int_array(dst)]), _float_array(dur), _int_array(res),
+        _int_array(runs), _int_array(src), _int_array(dst), _float_array(dur), _int_array(res),
         _PRIORITY[_int_array(kind)], back_a, np.asarray(free_at, f64), np.asarray(busy, f64),
         float(clock), sig, w_ptr, np.asarray(w_count, i64), np.asarray(w_op, i64),
         watched, float(limit),

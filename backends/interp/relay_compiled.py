@@ -9,7 +9,7 @@ bytes, slice shape, token counts); the run's ops keep the places of their instru
 (:class:`.instr_column.InstrColumn`), not objects. Each run's templates are found per distinct key (the relay's own memoized templates,
 :mod:`.relay_chain`), and :func:`.relay_kernel.relay` writes the run's ops, edges, charges,
 SRAM records, fills and pairings as arrays, appended to the builder's lists in the order the
-reference appends them. The graph, the records and the die's state are the reference's, to
+reference appends them (:mod:`.relay_output`). The graph, the records and the die's state are the reference's, to
 the byte (``tests/test_relay_compiled.py`` compares them on the tiny goldens and FSE-DP
 points); a run is cut where a record stream ends (the reference's run would go on: the same graph,
 the event loop reading the edge log source by source).
@@ -24,19 +24,19 @@ the reference takes every run.
 
 from __future__ import annotations
 
-from array import array
 from collections import deque
 from collections.abc import Sequence
-from itertools import chain, islice, repeat
-from typing import Any
+from itertools import chain, islice, repeat, starmap
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from moec.backends.interp import packed_ops, relay_records
 from moec.backends.interp import relay_chain as rc
+from moec.backends.interp import relay_records
 from moec.backends.interp.event_loop import OptionalKernel
 from moec.backends.interp.opgraph import Builder, DieState
-from moec.ir.stream.program import HOST_CHANNEL, Instr, SliceRef
+from moec.backends.interp.relay_output import append_run, slots_back
+from moec.ir.stream.program import Instr, SliceRef
 
 #: True: every run the kernel can take; False: none; None: runs of :data:`MIN_RUN` or more
 COMPILED: bool | None = None
@@ -91,6 +91,10 @@ class _Tables:
         self.stream: tuple[Any, Any] | None = None
         self.arrays: dict[str, np.ndarray] = {}
         self.sized = (-1, -1, -1)
+        #: the energy ledger (and its :attr:`~.energy.EnergyLedger.epoch`) ``ledger_ix`` is
+        #: of: per entry of ``blocks``, its index there
+        self.ledger: tuple[Any, int] | None = None
+        self.ledger_ix = np.zeros(0, np.int64)
         #: where the current run's fills start in the builder's (flat) fills
         self.fill_base = 0
 
@@ -152,13 +156,22 @@ def _columns(t: _Tables, ins: Sequence[Instr]) -> dict[str, Any]:
     return cols
 
 
-def _x_row(t: _Tables, b: Builder, die: int, key: tuple[int, ...], i: Any) -> int:
+class _Recv(NamedTuple):
+    """What a ``recv``'s template reads of it (:func:`.relay_chain._recv_template`): no
+    instruction is made for it."""
+
+    peer: int
+    nbytes: int
+
+
+def _x_row(t: _Tables, b: Builder, die: int, key: tuple[int, ...]) -> int:
     """The row of a ``recv``'s or ``send``'s template (the reference's, memoized alike)."""
     _, code, p, nb, sh = key
     if code == RECV:
         c = t.shape_ref[sh]
         rkey = ("recv", p, die, nb, c.layer, c.expert is None, c.slice)
-        tpl = b.chains.get(rkey) or rc._recv_template(b, rkey, i, c, die)
+        side: Any = _Recv(p, nb)
+        tpl = b.chains.get(rkey) or rc._recv_template(b, rkey, side, c, die)
         res, occ, lat, charges, tag, prec, (_, units) = tpl
         hid = t.hold_id(units, prec, c)
     else:
@@ -207,55 +220,71 @@ def _u_row(t: _Tables, b: Builder, die: int, key: tuple[int, ...]) -> int:
 
 
 def _arrays(t: _Tables) -> dict[str, np.ndarray]:
-    """The template tables as the kernel reads them (rebuilt when rows were added)."""
+    """The template tables as the kernel reads them: the lists' entries added since the last
+    call converted and appended (every list only grows)."""
     sized = (len(t.x[0]), len(t.u[0]), len(t.ld[0]))
     if sized != t.sized:
         i64, f64 = np.int64, np.float64
-        t.arrays = {
-            "x_res": np.asarray(t.x[0], i64), "x_occ": np.asarray(t.x[1], f64),
-            "x_lat": np.asarray(t.x[2], f64), "x_tag": np.asarray(t.x[3], i64),
-            "x_chg": np.asarray(t.x[4], i64),
-            "u_dur": np.asarray(t.u[0], f64).reshape(-1, 3), "u_lk": np.asarray(t.u[1], i64),
-            "u_chg": np.asarray(t.u[2], i64),
-            "l_tag": np.asarray(t.ld[0], i64), "l_ptr": np.asarray(t.l_ptr, i64),
-            "l_kind": np.asarray(t.l_kind, i64), "l_dur": np.asarray(t.l_dur, f64),
-            "l_res": np.asarray(t.l_res, i64), "l_bptr": np.asarray(t.l_bptr, i64),
-            "l_bo": np.asarray(t.l_bo, i64), "l_lptr": np.asarray(t.l_lptr, i64),
-            "l_links": np.asarray(t.l_links, i64), "l_chg": np.asarray(t.ld[1], i64),
-        }  # fmt: skip
+        cols = (
+            ("x_res", t.x[0], i64), ("x_occ", t.x[1], f64), ("x_lat", t.x[2], f64),
+            ("x_tag", t.x[3], i64), ("x_chg", t.x[4], i64), ("u_dur", t.u[0], f64),
+            ("u_lk", t.u[1], i64), ("u_chg", t.u[2], i64), ("u_hb", t.u[3], i64),
+            ("l_tag", t.ld[0], i64), ("l_ptr", t.l_ptr, i64), ("l_kind", t.l_kind, i64),
+            ("l_dur", t.l_dur, f64), ("l_res", t.l_res, i64), ("l_bptr", t.l_bptr, i64),
+            ("l_bo", t.l_bo, i64), ("l_lptr", t.l_lptr, i64), ("l_links", t.l_links, i64),
+            ("l_chg", t.ld[1], i64),
+        )  # fmt: skip
+        arrays = t.arrays
+        for name, values, dtype in cols:
+            have = arrays.get(name)
+            k = 0 if have is None else len(have)
+            if have is None or k < len(values):
+                fresh = np.asarray(values[k:], dtype)
+                if name == "u_dur":  # a slice compute's three durations
+                    fresh = fresh.reshape(-1, 3)
+                arrays[name] = fresh if have is None else np.concatenate([have, fresh])
         t.sized = sized
     return t.arrays
 
 
-def _rows_of(t: _Tables, b: Builder, die: int, ins: Sequence[Instr], j: int,
-             where: np.ndarray, keys: np.ndarray, make: Any) -> np.ndarray:  # fmt: skip
-    """Each entry's row (``keys``: one row of ints per entry, ``where`` its place in the run),
-    made (``make``) for the keys not seen yet: the distinct keys looked up once."""
-    low = keys.min(axis=0)
-    span = (keys.max(axis=0) - low + 1).tolist()
-    flat = np.zeros(len(keys), np.int64)
+def _rows_of(t: _Tables, b: Builder, die: int, keys: list[np.ndarray], make: Any) -> np.ndarray:
+    """Each entry's row (``keys``: columns of ints, a key per entry), made (``make``) for the
+    keys not seen yet: the distinct keys looked up once."""
+    low = [int(col.min()) for col in keys]  # a column at a time: contiguous, unlike a row's
+    span = [int(col.max()) - lo + 1 for col, lo in zip(keys, low, strict=True)]
+    flat = np.zeros(len(keys[0]), np.int64)
     if float(np.prod(span, dtype=np.float64)) < 2.0**62:  # the columns mixed into one key
-        for col, lo, width in zip(keys.T, low.tolist(), span, strict=True):
+        for col, lo, width in zip(keys, low, span, strict=True):
             flat = flat * width + (col - lo)
     else:  # the columns' ranks, mixed
-        for col in keys.T:
+        for col in keys:
             vals, rank = np.unique(col, return_inverse=True)
             flat = flat * len(vals) + rank.reshape(-1)
-    _, first, inv = np.unique(flat, return_index=True, return_inverse=True)
-    u = keys[first]
+    first, inv = _distinct(flat)
+    u = np.stack([col[first] for col in keys], axis=1)
     unit = make is _u_row
     table = t.u_rows if unit else t.rows
     rows = []
-    for q, key in enumerate(map(tuple, u.tolist())):
+    for key in map(tuple, u.tolist()):
         key = key if unit else (die, *key)
         got = table.get(key)
         if got is None:
-            if make is _x_row:
-                got = _x_row(t, b, die, key, ins[j + int(where[first[q]])])
-            else:
-                got = make(t, b, die, key)
+            got = make(t, b, die, key)
         rows.append(got)
     return np.asarray(rows, np.int64)[inv.reshape(-1)]
+
+
+def _distinct(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(flat, return_index=True, return_inverse=True)``'s index and inverse (the
+    distinct values in order, each one's first place), from one stable sort."""
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    new = np.empty(len(flat), np.bool_)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    inv = np.empty(len(flat), np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return order[new], inv
 
 
 def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
@@ -289,12 +318,12 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
         return None  # a die's transfer to itself: both sides on one die, the reference's
     row = np.zeros(m, np.int64)
     if len(xw):
-        keys = np.stack([code[xw], peer[xw], nb[xw], sh[xw]], axis=1)
-        row[xw] = _rows_of(t, b, die, ins, j, xw, keys, _x_row)
+        keys = [code[xw], peer[xw], nb[xw], sh[xw]]
+        row[xw] = _rows_of(t, b, die, keys, _x_row)
     lw = np.flatnonzero(code == LOAD)
     if len(lw):
-        keys = np.stack([code[lw], peer[lw], nb[lw], sh[lw]], axis=1)
-        row[lw] = _rows_of(t, b, die, ins, j, lw, keys, _l_row)
+        keys = [code[lw], peer[lw], nb[lw], sh[lw]]
+        row[lw] = _rows_of(t, b, die, keys, _l_row)
     gw = np.flatnonzero(code == GEMM)
     if len(gw):
         x_hid, l_hid = np.asarray(t.x[5], np.int64), np.asarray(t.ld[2], np.int64)
@@ -314,8 +343,8 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
             units = b.chains.get(skey) or rc._units_of(b, skey, c, die)
             hid[q] = t.hold_id(units, prec, c)
         size = cols["size"][j : j + m]
-        keys = np.stack([hid, size[gw], size[gw + 1], size[gw + 2]], axis=1)
-        row[gw] = _rows_of(t, b, die, ins, j, gw, keys, _u_row)
+        keys = [hid, size[gw], size[gw + 1], size[gw + 2]]
+        row[gw] = _rows_of(t, b, die, keys, _u_row)
     a = _arrays(t)
     # the latest x block's arrival per layer, for the slice computes
     names = t.u[4]
@@ -385,10 +414,10 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
         wr_flat[0::2].copy(), wr_flat[1::2].copy(), wr_head, wr_end, out_i, out_f,
     )  # fmt: skip
     n = n.tolist()
-    _append(b, s, rs, j - at, t, cols, n, out_i, out_f, row, j)
+    append_run(b, s, rs, j - at, t, cols, n, out_i, out_f, row, j, a["u_hb"])
     # the die's state, as the reference leaves it
     s.last_compute = None if lc < 0 else int(lc)
-    _slots_back(b, s, rs, j - at, t, n, out_i, row, code, S, fill_op, free_op, slot_rec,
+    slots_back(b, s, rs, j - at, t, n, out_i, row, code, S, fill_op, free_op, slot_rec,
                 use_first, uses_on, pool_op, pool_next)  # fmt: skip
     for p, k in enumerate((ws_head - ws_head0).tolist()):
         if k:
@@ -416,8 +445,7 @@ def _drop(q: deque[Any], k: int) -> None:
     if k >= len(q):
         q.clear()
     else:
-        for _ in range(k):
-            q.popleft()
+        deque(starmap(q.popleft, repeat((), k)), 0)  # k calls, looped in C
 
 
 def _waiting(pending: dict[tuple[int, int], Any], keys: list[tuple[int, int]],
@@ -435,141 +463,6 @@ def _waiting(pending: dict[tuple[int, int], Any], keys: list[tuple[int, int]],
     end = np.asarray(ends, np.int64)
     start = np.concatenate([[0], end[:-1]]).astype(np.int64)
     return np.asarray(flat, np.int64), start, end
-
-
-def _append(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, t: _Tables,
-            cols: dict[str, Any], n: list[int], out_i: tuple[Any, ...], out_f: tuple[Any, ...],
-            row: np.ndarray, j: int) -> None:  # fmt: skip
-    """Append the kernel's output (of the run from ``ins[j]``, entry ``e`` of its record
-    stream ``rs``) to the builder: the ops (their instructions as places in ``rs``), the
-    edges and chains, the fence's edges, the charges, the bytes, the SRAM records and fills,
-    the pairings' renames."""
-    g, die = b.g, s.die
-    nop = n[0]
-    packed_ops.pack(g, out_i[0][:nop], out_f[0][:nop], out_i[1][:nop])
-    g.die += [die] * nop
-    g.instr.placed(rs, out_i[3][:nop] + e)
-    g.layer += out_i[2][:nop].tolist()
-    if n[29]:  # a send names its transfer
-        hold, op, r = out_i[29][: n[29]].T.tolist()
-        sent = (out_i[29][: n[29], 2] + e).tolist()
-        for at in (hold, op):
-            g.instr.point(at, rs, sent)
-            deque(map(g.die.__setitem__, at, repeat(die)), 0)
-    if n[30]:  # a recv tags its transfer with its layer, if the send did not
-        fix = out_i[30][: n[30]]
-        layer = g.layer
-        untagged = np.fromiter(map(layer.__getitem__, fix[:, 1].tolist()), np.int64, len(fix)) < 0
-        fix = fix[untagged]
-        for at in (fix[:, 0].tolist(), fix[:, 1].tolist()):
-            deque(map(layer.__setitem__, at, fix[:, 2].tolist()), 0)
-    g.src.frombytes(out_i[4][: n[4]].tobytes())
-    g.dst.frombytes(out_i[5][: n[4]].tobytes())
-    g.runs.frombytes(out_i[6][: n[6]].tobytes())
-    if s.fence is not None:
-        g.src += array("q", (s.fence,)) * n[7]
-        g.dst.frombytes(out_i[7][: n[7]].tobytes())
-    b.energy.log_run(
-        out_i[9][: n[9]].tolist(), list(map(t.blocks.__getitem__, out_i[10][: n[9]].tolist()))
-    )
-    nbytes = cols["nbytes"][j:]
-    _add_bytes(b.link_bytes, out_i[11][: n[10]], nbytes[out_i[12][: n[10]]])
-    lw = np.flatnonzero(cols["code"][j : j + len(row)] == LOAD)
-    if len(lw):
-        ch = cols["peer"][j + lw]
-        host = ch == HOST_CHANNEL
-        if host.any():
-            b.host_bytes[die] += int(nbytes[lw[host]].sum())
-        dram: dict[int, int] = {}
-        _add_bytes(dram, ch[~host], nbytes[lw[~host]])
-        for c, v in dram.items():
-            b.dram_bytes[c] += v
-    if n[12]:
-        g.back_of.update(zip((out_i[13][: n[12]]).tolist(),
-                             map(t.l_back.__getitem__, out_i[14][: n[12]].tolist()), strict=True))  # fmt: skip
-    s.since_signal.extend(out_i[8][: n[8]].tolist())  # a list, or typed by a slice run
-    _acts(b, die, rs, e, t, n, out_i, row)
-    t.fill_base = len(b.fills)
-    if n[23]:  # flat: die, fill op, free op (-1: not freed yet)
-        flat = np.empty((n[23], 3), np.int64)
-        flat[:, 0], flat[:, 1], flat[:, 2] = die, out_i[23][: n[23]], out_i[24][: n[23]]
-        b.fills += flat.ravel().tolist()
-
-
-def _add_bytes(into: dict[int, int], keys: np.ndarray, nbytes: np.ndarray) -> None:
-    """``into[k] += bytes`` for each pair in turn (the sums, keys in first-seen order)."""
-    if not len(keys):
-        return
-    u, first, inv = np.unique(keys, return_index=True, return_inverse=True)
-    sums = np.zeros(len(u), np.int64)
-    np.add.at(sums, inv.reshape(-1), nbytes)
-    for q in np.argsort(first, kind="stable").tolist():
-        key = int(u[q])
-        into[key] = into.get(key, 0) + int(sums[q])
-
-
-def _acts(b: Builder, die: int, rs: relay_records.RecordStream, e: int, t: _Tables,
-          n: list[int], out_i: tuple[Any, ...], row: np.ndarray) -> None:  # fmt: skip
-    """The run's SRAM records (from entry ``e`` of ``rs``), per layer in the order the run
-    first touched it; the computes' tokens read from the records."""
-    tags, ops = out_i[15][: n[15]], out_i[16][: n[15]]
-    if not len(tags):
-        return
-    xt, xo, xr = out_i[17][: n[17]], out_i[18][: n[17]], out_i[19][: n[17]]
-    u, first = np.unique(tags, return_index=True)
-    one = len(u) == 1
-    hb = t.u[3]
-    for tag in u[np.argsort(first, kind="stable")].tolist():
-        la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
-        la.ops += (ops if one else ops[tags == tag]).tolist()
-        sel = slice(None) if one else xt == tag
-        gops, grs = xo[sel], xr[sel]
-        if not len(gops):
-            continue
-        gl = gops.tolist()
-        la.x_uses += zip(gl, rs.tokens(grs + e), strict=True)
-        la.accums += zip((gops + 2).tolist(), rs.tokens(grs + e + 2), strict=True)
-        la.h += chain.from_iterable(
-            zip(gl, (gops + 2).tolist(), map(hb.__getitem__, row[grs].tolist()), strict=True)
-        )
-
-
-def _slots_back(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, t: _Tables,
-                n: list[int], out_i: tuple[Any, ...], row: np.ndarray, code: np.ndarray, S: int,
-                fill_op: np.ndarray, free_op: np.ndarray, slot_rec: np.ndarray,
-                use_first: np.ndarray, uses_on: np.ndarray, pool_op: np.ndarray,
-                pool_next: np.ndarray) -> None:  # fmt: skip
-    """The die's slot maps as the reference leaves them after the run (from entry ``e`` of
-    ``rs``)."""
-    pre, fills_ = s.slot_fill_rec, b.fills
-    for q, op in zip(out_i[27][: n[27]].tolist(), out_i[28][: n[27]].tolist(), strict=True):
-        fills_[pre.pop(q)] = op  # a fill from before the run, freed in it
-    fills, frees = fill_op.tolist(), free_op.tolist()
-    for q in range(S):
-        if fills[q] >= 0:
-            s.slot_fill[q] = fills[q]
-        if frees[q] >= 0:
-            s.slot_free[q] = frees[q]
-        k = int(slot_rec[q])
-        if k >= 0:
-            pre[q] = t.fill_base + 3 * k + 2
-        elif k == -1:
-            pre.pop(q, None)
-        if uses_on[q]:
-            lst, p = [], int(use_first[q])
-            while p >= 0:
-                lst.append(int(pool_op[p]))
-                p = int(pool_next[p])
-            s.slot_uses[q] = lst
-        else:
-            s.slot_uses.pop(q, None)
-    # each slot's last fill in the run: what it holds, at which precision
-    last: dict[int, int] = dict(
-        zip(out_i[25][: n[23]].tolist(), out_i[26][: n[23]].tolist(), strict=True)
-    )
-    for q, r in last.items():
-        hid = t.x[5][row[r]] if code[r] == RECV else t.ld[2][row[r]]
-        s.slot_fill_info[q] = (rs.content(e + r), t.held[hid][1])
 
 
 rc.COMPILED_RUN[:] = [(wanted, run)]

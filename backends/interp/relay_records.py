@@ -89,7 +89,7 @@ class RecordStream(Sequence[Any]):
     record's kind, slot, peer or channel, trip), each instruction made on its first read, a
     block at a time (:func:`.expand.fsedp_instrs.made`, per kind in one pass), and kept."""
 
-    __slots__ = ("src", "die", "kind", "slot", "peer", "trip", "_made", "_have")
+    __slots__ = ("src", "die", "kind", "slot", "peer", "trip", "_made", "_have", "_code")
 
     def __init__(self, src: Source, die: int, rec: np.ndarray) -> None:
         """``rec``: rows of (die, kind, slot, peer, trip), this die's, in stream order."""
@@ -101,6 +101,9 @@ class RecordStream(Sequence[Any]):
         self.slot, self.peer, self.trip = (rec[:, c].astype(np.int32) for c in (2, 3, 4))
         self._made: list[Any] = [None] * len(rec)
         self._have = np.zeros(len(rec), np.bool_)
+        #: the relay's codes (:meth:`_codes`), once asked (the decision to stay records asks
+        #: first, the relay's columns next)
+        self._code: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self._made)
@@ -209,7 +212,9 @@ class RecordStream(Sequence[Any]):
         full = _OF_RECORD[self.kind]
         nbytes = self.src.nbytes[self.trip]
         nbytes[~((full == RECV) | (full == SEND) | (full == LOAD))] = 0
-        return _checked(full, self.slot, nbytes), nbytes
+        if self._code is None:
+            self._code = _checked(full, self.slot, nbytes).astype(np.int8)
+        return self._code, nbytes
 
     def lazy(self, min_run: int) -> bool:
         """Whether to keep this stream as records for a relay taking runs of at least

@@ -8,9 +8,10 @@ runtime-policy parameters with :func:`strategy_params`; the ``moec inspect`` num
 :func:`summarize` / :func:`render`. The format is described in ``docs/isa.md``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from moec.ir.stream.opcodes import HandlerTable, Instruction, OpcodeError, instruction, operand
 from moec.ir.stream.params import strategy_params
-from moec.ir.stream.parser import load_program, parse_program
 from moec.ir.stream.printer import print_program
 from moec.ir.stream.program import (
     FORMAT_VERSION,
@@ -47,6 +48,22 @@ from moec.ir.stream.program import (
 )
 from moec.ir.stream.summary import render, summarize
 from moec.ir.stream.verify import SramError, verify_program
+
+if TYPE_CHECKING:
+    from moec.ir.stream.parser import load_program, parse_program
+
+
+def __getattr__(name: str) -> Any:
+    """:func:`load_program` and :func:`parse_program`, imported on first use: the parser
+    imports Lark and builds its tables' classes (about 0.1 s), which a run that parses no
+    program text (``moec bench``) never needs."""
+    if name in ("load_program", "parse_program"):
+        from moec.ir.stream import parser
+
+        globals().update(load_program=parser.load_program, parse_program=parser.parse_program)
+        return getattr(parser, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FORMAT_VERSION", "OPCODES", "Accum", "Act", "Block", "Content", "Dense", "DieStream", "Free",

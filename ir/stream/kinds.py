@@ -28,13 +28,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
-
-from lark import Token
+from typing import TYPE_CHECKING, Any, Final
 
 from moec.ir.errors import Location, ProgramError
 from moec.ir.stream.operands import number, operand, parse_token_set, string, token_set
 from moec.ir.stream.values import HOST_CHANNEL, Block, SliceRef, TensorRef, TokenSet
+
+if TYPE_CHECKING:  # Lark's tokens are only annotated here: a run that parses nothing skips Lark
+    from lark import Token
 
 #: What :attr:`Kind.decode` returns for text the fast reader must leave to the grammar.
 NOT_CANONICAL: Final = object()

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import operator
 import re
-
-from lark import Token
+from typing import TYPE_CHECKING
 
 from moec.ir.errors import Location, ProgramError
 from moec.ir.stream.values import TokenSet
+
+if TYPE_CHECKING:  # Lark's tokens are only annotated here: a run that parses nothing skips Lark
+    from lark import Token
 
 
 def loc(filename: str, tok: Token) -> Location:

@@ -44,7 +44,6 @@ from moec.ir.stream.constraints import (
     Transfer,
     at,
 )
-from moec.ir.stream.diagnostics import with_context
 from moec.ir.stream.layouts import free_slots_by_layer, largest_slice, layouts_for
 from moec.ir.stream.online import check_online, policies_of
 from moec.ir.stream.opcodes import OPCODES, OpDef, generate
@@ -503,6 +502,9 @@ def _checked(p: Program, target: Target | None, checks: Callable[[_Verifier], No
         checks(_Verifier(p, target if target is not None else resolve_target(p)))
     except ProgramError as err:
         if p.source is not None and isinstance(err.where, Location):
+            # imported here: the diagnostics import Lark, which a run that parses nothing skips
+            from moec.ir.stream.diagnostics import with_context
+
             raise with_context(err, p.source) from None
         raise
 
