@@ -41,7 +41,7 @@ from moec.fsedp_slices import LADDER, measure_run, routes
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace
-from moec.ir.stream import Program, TargetRef
+from moec.ir.stream import Program, TargetRef, verify_program
 from moec.ir.target import Target, load_target
 
 #: Policies whose micro-slice count :func:`choose_slices` chooses.
@@ -130,13 +130,15 @@ def choose_slices(
             if s is not None:
                 opts["shared_slices"] = str(s)
             try:
-                prog = lower_strategy(module, target, strategy, opts, routing, **kw)
+                prog = lower_strategy(module, target, strategy, opts, routing, fit_only=True, **kw)
                 key = _counts(prog)
                 if s is not None and key[1] != s and key not in programs:
                     # rounded up to a multiple of the dies: that count's own program (slots
                     # sized for its slices, not for the count asked)
                     opts["shared_slices"] = str(key[1])
-                    prog = lower_strategy(module, target, strategy, opts, routing, **kw)
+                    prog = lower_strategy(
+                        module, target, strategy, opts, routing, fit_only=True, **kw
+                    )  # fmt: skip
                     key = _counts(prog)
             except ScheduleError:
                 continue  # coarser than fits: a finer count may
@@ -154,4 +156,5 @@ def choose_slices(
     if best is None:
         return None
     (count, shared_count) = best[1]
+    verify_program(programs[best[1]], tgt)  # the candidates were checked for fit only
     return ExpertSliceChoice(count, p, measured, programs[best[1]], best_run, shared_count)

@@ -36,7 +36,11 @@ predicted and measured on the first MoE layer (the paper models' layers share on
 run stops after that layer's part, ``simulate(..., until_layer=)``, so choosing costs a few
 layers whatever the model's depth), and applies to every layer.
 
-**What the choice costs.** A count's schedule is computed once
+**What the choice costs.** Each count that fits is lowered whole, but checked only for what
+decides its fit (:func:`~moec.ir.stream.verify.verify_fit`: the dies' walks, the runtime parts'
+slots and micro-slices), and so is the lowering's own program (:func:`lower_run`); the
+program returned, the count chosen or that one, is then verified in full. A
+count's schedule is computed once
 (:func:`~moec.backends.interp.expand.fsedp.plans_shared`): the timing of a count whose
 prediction asked for it expands the layer from that schedule instead of scheduling it again. A
 program of one MoE layer is measured by its whole run (the parts after the layer hold no MoE
@@ -79,7 +83,7 @@ from moec.ir.cost import dram_occupancy
 from moec.ir.errors import ScheduleError
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace
-from moec.ir.stream import Instr, Load, Program, TargetRef
+from moec.ir.stream import Instr, Load, Program, TargetRef, verify_program
 from moec.ir.stream.params import FSEDPParams, strategy_params
 from moec.ir.target import Target, load_target
 
@@ -112,6 +116,14 @@ OPS_PER_SLICE = 4
 #: count to the end: the same choice, the reference ``tests/test_fsedp_slices_cutoff.py`` and
 #: ``scripts/fsedp_choice.py --rounds`` compare against.
 STOP_LOSERS = True
+#: The most dies on which the choice writes every prediction's streams (:func:`writes_ahead`).
+#: CPU seconds of the choice without and with (session 17, three rounds each, alternating in
+#: one process, 1024 tokens): DeepSeek-V3 on npu8-hbm (8 dies) ``fsedp`` 2.60 -> 2.20-2.34 (6
+#: of 7 counts timed), ``fsedp-paired`` 1.73-1.76 -> 1.61-1.63 (4 of 7); Qwen3-30B-A3B on
+#: fsedp-4x4 (16) ``fsedp`` 1.02-1.10 -> 0.99-1.00, ``fsedp-paired`` 1.06-1.08 -> 1.01-1.04; on
+#: the 8x8 mesh (64) ``fsedp`` 1.26-1.31 -> 1.54-1.80 (1 of 7), ``fsedp-paired`` 1.88-1.91 ->
+#: 1.94-2.00.
+AHEAD_DIES = 16
 #: Schedules kept from prediction to timing: those of the counts predicted fastest so far (the
 #: ones timed first); a count timed without its schedule kept is scheduled again.
 KEEP_SCHEDULES = 8
@@ -163,13 +175,16 @@ def estimate_error(program: Program, target: Target) -> float:
 def writes_ahead(program: Program, target: Target) -> bool:
     """Whether the slice choice predicts ``program``'s counts with their streams written (kept
     for their timing, :func:`~moec.backends.interp.expand.fsedp.plans_shared`) or without
-    (half the cost; a count timed is then scheduled again). With: R5, whose estimate runs below
-    the measurement and ranks counts poorly, so most counts are timed (6 of 7 on the 8x8
-    point), and naive rules, whose hard bound is tight enough that a count scheduled is a
-    count timed. Without: the others, whose estimate is close enough that few are timed (1-2
-    of 7 on the 8x8 point). A matter of cost only: the choice is the same."""
+    (cheaper; a count timed is then scheduled again). With: R5, whose estimate runs below the
+    measurement and ranks counts poorly, so most counts are timed (6 of 7 on the 8x8 point);
+    naive rules, whose hard bound is tight enough that a count scheduled is a count timed; and
+    any variant on a package of at most :data:`AHEAD_DIES` dies, where writing a count's
+    streams costs less than scheduling it again and half or more of the counts predicted are
+    timed. Without: the others on bigger packages (1-2 of 7 timed on the 8x8 point, where the
+    streams of 64 dies cost more than the schedules they would save). A matter of cost only:
+    the choice is the same."""
     params = _params(program, target)
-    return params is None or params.r5 or params.rules == "naive"
+    return params is None or params.r5 or params.rules == "naive" or target.num_dies <= AHEAD_DIES
 
 
 def candidates(ffn: int) -> list[int]:
@@ -291,8 +306,9 @@ def _choose(
     for c in candidates(ffn):
         try:
             p = lower_strategy(
-                module, target, strategy, {**options, "slices": str(c)}, routing, **kw
-            )
+                module, target, strategy, {**options, "slices": str(c)}, routing,
+                fit_only=True, **kw,
+            )  # fmt: skip
             bound[c] = iteration_bound(p, tgt, p.layers[0].name, r0)
         except ScheduleError:
             break  # coarser slices fit even less
@@ -358,6 +374,7 @@ def _choose(
     if not measured:
         return None
     best = min(measured, key=lambda c: (measured[c], c))
+    verify_program(programs[best], tgt)  # the candidates were checked for fit only
     return SliceChoice(best, predicted, measured, bound, stopped, programs[best], best_run)
 
 
@@ -399,17 +416,18 @@ def lower_run(
     from moec import expert_slices
 
     opts = dict(options or {})
-    base = lower_strategy(module, target, strategy, opts, routing, **kw)
     if routing is None or opts.get("slices", "auto") != "auto":
-        return base, None
+        return lower_strategy(module, target, strategy, opts, routing, **kw), None
+    # checked for fit only: a choice returns its own count's program, verified in full; the
+    # lowering's own program is verified in full when it is the one returned
+    base = lower_strategy(module, target, strategy, opts, routing, fit_only=True, **kw)
+    chosen: SliceChoice | expert_slices.ExpertSliceChoice | None = None
     if _streams(base):
-        choice = choose_slices(module, target, strategy, opts, routing, base, run=run, **kw)
-        if choice is None or choice.program is None:
-            return base, None
-        return choice.program, choice.run
-    if expert_slices.whole_expert(base):
-        whole = expert_slices.choose_slices(module, target, strategy, opts, routing, base, **kw)
-        if whole is None or whole.program is None:
-            return base, None
-        return whole.program, whole.run
-    return base, None
+        chosen = choose_slices(module, target, strategy, opts, routing, base, run=run, **kw)
+    elif expert_slices.whole_expert(base):
+        chosen = expert_slices.choose_slices(module, target, strategy, opts, routing, base, **kw)
+    if chosen is None or chosen.program is None:
+        tgt = load_target(target.spec, dict(target.overrides), base_dir=kw.get("base_dir"))
+        verify_program(base, tgt)
+        return base, None
+    return chosen.program, chosen.run

@@ -43,6 +43,7 @@ from moec.compiler.lower.common import (
 from moec.ir.graph import Module
 from moec.ir.routing import RoutingTrace
 from moec.ir.stream import Program, TargetRef, verify_program
+from moec.ir.stream.verify import verify_fit
 
 __all__ = [
     "COMMON_OPTIONS", "STRATEGIES", "Lowering", "LoweringOptions", "Strategy", "StrategyError",
@@ -124,12 +125,16 @@ def lower(
     dims: Mapping[str, int] | None = None,
     base_dir: str | None = None,
     name: str | None = None,
+    fit_only: bool = False,
 ) -> Program:
     """The stream program of ``module`` on ``target`` with ``strategy`` and its ``options``.
 
     Tokens per iteration: ``tokens`` if given, else the routing trace's, else the MoE layers'
     input shapes with symbolic dimensions set by ``dims`` (defaults: :func:`resolve_dims`).
     ``base_dir`` resolves a relative TOML target path (the program file's folder).
+    ``fit_only``: check only what decides whether the program fits (:func:`verify_fit`), not
+    the whole program (:func:`verify_program`): for a compiler's candidate that it verifies in
+    full if it keeps it (``moec.fsedp_slices``).
     """
     _load_strategies()
     strat = STRATEGIES.get(strategy)
@@ -161,5 +166,5 @@ def lower(
     )
     strat.fn(lw)
     lw.finish()
-    verify_program(lw.program, lw.target)
+    (verify_fit if fit_only else verify_program)(lw.program, lw.target)
     return lw.program

@@ -60,12 +60,14 @@ from moec.ir.stream.program import (
     RuntimePolicy,
     Send,
     Signal,
+    SliceLayout,
     Wait,
 )
 from moec.ir.target import Target, load_target
 
 __all__ = [
-    "DTYPES", "SramError", "named_target", "peak_sram", "resolve_target", "verify_program",
+    "DTYPES", "SramError", "named_target", "peak_sram", "resolve_target", "verify_fit",
+    "verify_program",
 ]  # fmt: skip
 
 #: The largest MoE layer a program may declare (far above any published model: DeepSeek-V3 has
@@ -227,6 +229,7 @@ class _Verifier(Context):
             for i in st.instrs
             if isinstance(i, MoE)
         }
+        layouts: dict[tuple[str, bool], SliceLayout] | None = None
         for r in self.p.runtime:
             layer = self.layers.get(r.layer)
             if layer is None:
@@ -266,8 +269,10 @@ class _Verifier(Context):
                         r.skip.loc or r.loc,
                     )
             check_online(r, f"{self.p.filename}: runtime {r.layer}")
+            if layouts is None:  # once, where the first layer's parameters ask for them
+                layouts = layouts_for(self.p)
             for alt in policies_of(r):
-                strategy_params(alt, layer, self.t, layouts_for(self.p), self.p.filename)
+                strategy_params(alt, layer, self.t, layouts, self.p.filename)
         policies = {r.layer for r in self.p.runtime}
         for layer_name, (die, loc) in placed.items():
             if layer_name not in policies:
@@ -464,11 +469,15 @@ class _Verifier(Context):
     def run(self) -> None:
         self.declarations()
         self.runtime()
+        self.fits()
+        self.match()
+        self.deadlock()
+
+    def fits(self) -> None:
+        """The per-die walk (static SRAM among its checks) and each runtime part's needs."""
         for st in self.p.streams:
             self.walk(st.die, st.instrs)
         self.capacity()
-        self.match()
-        self.deadlock()
 
 
 def _describe(t: Transfer) -> str:
@@ -484,8 +493,13 @@ def verify_program(p: Program, target: Target | None = None) -> None:
     ``target`` defaults to the one the program declares; with neither, checks that need a
     target (die and channel ranges, neighbours, SRAM size) are skipped.
     """
+    _checked(p, target, _Verifier.run)
+
+
+def _checked(p: Program, target: Target | None, checks: Callable[[_Verifier], None]) -> None:
+    """Run ``checks`` on ``p``, a :class:`ProgramError` located in its source text shown there."""
     try:
-        _Verifier(p, target if target is not None else resolve_target(p)).run()
+        checks(_Verifier(p, target if target is not None else resolve_target(p)))
     except ProgramError as err:
         if p.source is not None and isinstance(err.where, Location):
             # imported here: the diagnostics import Lark, which a run that parses nothing skips
@@ -493,6 +507,17 @@ def verify_program(p: Program, target: Target | None = None) -> None:
 
             raise with_context(err, p.source) from None
         raise
+
+
+def verify_fit(p: Program, target: Target | None = None) -> None:
+    """The checks of :func:`verify_program` that decide whether a well-formed program fits its
+    target: the per-die walk (static SRAM, :class:`SramError`, and every instruction's
+    operands) and what each runtime part needs where it runs (:class:`ScheduleError`), without
+    the declarations, the runtime policies' tables and parameters, send/recv matching and the
+    deadlock search. For a compiler that lowers several candidates of one program and keeps
+    one (``moec.fsedp_slices``): on a program that passes those other checks it raises exactly
+    when :func:`verify_program` does; the candidate kept is then verified in full."""
+    _checked(p, target, _Verifier.fits)
 
 
 def peak_sram(p: Program) -> dict[int, int]:
