@@ -409,7 +409,11 @@ def stops(code: np.ndarray) -> np.ndarray:
     hard[1:] &= code[:-1] != GEMM
     hard[2:] &= code[:-2] != GEMM
     at = np.append(np.flatnonzero(hard), n)
-    return at[np.searchsorted(at, np.arange(n))]
+    # per entry, the first hard one at or after it (n: none): each hard one repeated over
+    # the entries since the one before it (the end's over those before n)
+    width = np.diff(at, prepend=-1)
+    width[-1] -= 1
+    return np.repeat(at, width)
 
 
 def wanted() -> int | None:
