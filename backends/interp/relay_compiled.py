@@ -456,8 +456,8 @@ def _waiting(pending: dict[tuple[int, int], Any], keys: list[tuple[int, int]],
     parts = [np.zeros(0, np.int64)]
     ends = [0]
     for key, w in zip(keys, want, strict=True):
-        q = pending.get(key)
-        k = min(len(q), w) if q else 0
+        q = pending.get(key) or ()
+        k = min(len(q), w)
         if k:  # read into the array as they come: no list of ints in between
             parts.append(np.fromiter(chain.from_iterable(islice(q, k)), np.int64, 2 * k))
         ends.append(ends[-1] + k)
