@@ -186,3 +186,26 @@ def test_the_instruction_column_reads_as_the_list_it_stands_for(problem: Any) ->
 
 def _of_list(objs: list[Any]) -> np.ndarray:
     return np.asarray([getattr(i, "nbytes", 0) for i in objs], np.int64)
+
+
+def test_a_runs_stop_is_the_next_entry_no_run_covers() -> None:
+    gemm = relay_records.GEMM
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 2, 3, 50, 400):
+        for p in (0.0, 0.05, 0.5, 1.0):
+            code = rng.integers(1, 8, n).astype(np.int8)
+            code[rng.random(n) < p] = 0
+            hard = [
+                k for k in range(n)
+                if code[k] == 0 and gemm not in code[max(k - 2, 0) : k].tolist()
+            ]  # fmt: skip
+            want = [min([h for h in hard if h >= k], default=n) for k in range(n)]
+            assert relay_records.stops(code).tolist() == want
+
+
+def test_the_token_counts_of_a_record_source_are_its_sets_sizes(problem: Any) -> None:
+    for rs, eager in _pairs(problem):
+        size = rs.columns()[5].tolist()
+        compute = [k for k, i in enumerate(eager) if isinstance(i, Gemm | Act | Accum)]
+        assert compute
+        assert [size[k] for k in compute] == [eager[k].tokens.size for k in compute]

@@ -453,16 +453,16 @@ def _waiting(pending: dict[tuple[int, int], Any], keys: list[tuple[int, int]],
     """The first transfers waiting on each key (per peer), as many as the run's ``peers``
     may take: flat ``hold, op`` pairs, each peer's start and end."""
     want = np.bincount(peers, minlength=D).tolist() if len(peers) else [0] * D
-    flat: list[int] = []
-    ends = []
+    parts = [np.zeros(0, np.int64)]
+    ends = [0]
     for key, w in zip(keys, want, strict=True):
-        q = pending.get(key)
-        if q and w:
-            flat += chain.from_iterable(islice(q, w))
-        ends.append(len(flat) // 2)
-    end = np.asarray(ends, np.int64)
-    start = np.concatenate([[0], end[:-1]]).astype(np.int64)
-    return np.asarray(flat, np.int64), start, end
+        q = pending.get(key) or ()
+        k = min(len(q), w)
+        if k:  # read into the array as they come: no list of ints in between
+            parts.append(np.fromiter(chain.from_iterable(islice(q, k)), np.int64, 2 * k))
+        ends.append(ends[-1] + k)
+    bound = np.asarray(ends, np.int64)
+    return np.concatenate(parts), bound[:-1].copy(), bound[1:].copy()  # heads move, ends not
 
 
 rc.COMPILED_RUN[:] = [(wanted, run)]

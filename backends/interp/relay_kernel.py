@@ -15,12 +15,18 @@ Instruction codes (``code``): 0 not covered, then the ones below; a ``gemm`` sta
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 
 RECV, SEND, FREE, GEMM, LOAD = 1, 2, 3, 4, 5
 #: op kinds (:mod:`.opgraph`'s)
 COMPUTE, XFER, SYNC, DELAY = 0, 2, 3, 5
+#: the helpers' compile options: cached, without reference counting (they allocate nothing, and
+#: :func:`relay`, their caller, holds every array they are passed; counted, each call copied
+#: and counted each array it takes: :mod:`.expand.fsedp_kernel`'s note)
+_NO_NRT: dict[str, Any] = {"cache": True, "_nrt": False}
 
 
 @numba.njit(cache=True)
@@ -277,7 +283,7 @@ def relay(  # type: ignore[no-untyped-def]
     return n, last_compute
 
 
-@numba.njit(cache=True)
+@numba.njit(**_NO_NRT)
 def _use(s, op, use_first, use_last, pool_op, pool_next, npool, uses_on):  # type: ignore[no-untyped-def]
     """``slot_uses[s].append(op)`` (a new list if the slot has none); the pool's new size."""
     pool_op[npool] = op
@@ -291,7 +297,7 @@ def _use(s, op, use_first, use_last, pool_op, pool_next, npool, uses_on):  # typ
     return npool + 1
 
 
-@numba.njit(cache=True)
+@numba.njit(**_NO_NRT)
 def _fill(  # type: ignore[no-untyped-def]
     s, op, tag, first, r, n, fill_op, slot_tag, use_first, use_last, uses_on, fill_hold,
     fill_free, fill_slot, fill_r, slot_rec,
@@ -308,14 +314,14 @@ def _fill(  # type: ignore[no-untyped-def]
     slot_rec[s] = k
 
 
-@numba.njit(cache=True)
+@numba.njit(**_NO_NRT)
 def _edge(a, b, e_src, e_dst, n):  # type: ignore[no-untyped-def]
     """The edge log's next edge, ``a`` before ``b``."""
     e_src[n[4]], e_dst[n[4]] = a, b
     n[4] += 1
 
 
-@numba.njit(cache=True)
+@numba.njit(**_NO_NRT)
 def _fence(op, fenced, n):  # type: ignore[no-untyped-def]
     """``op`` waits for the die's fence (its edge written by the driver)."""
     fenced[n[7]] = op
