@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, filterfalse
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
 import numpy as np
 
@@ -95,20 +95,21 @@ def _joined(chunks: list[np.ndarray], tail: list[int]) -> np.ndarray:
 
 #: an item's token set: ``(op, tokens)`` items, and ``recv_y``'s ``(hold, op, tokens, bytes)``
 _SET, _Y_SET = itemgetter(1), itemgetter(2)
+_RANGES = attrgetter("ranges")
 
 
 def _ranges(sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
     """Token indices covered by ``sets`` (one entry per set and token) and, per entry, the
     position of its set in ``sets``: the ranges expanded in one vectorized step (the range
     bounds are read in C, through ``chain``: a set may hold hundreds of ranges)."""
-    counts = np.fromiter((len(ts.ranges) for ts in sets), dtype=np.int64, count=len(sets))
+    ranges = list(map(_RANGES, sets))  # read in C, once
+    counts = np.fromiter(map(len, ranges), dtype=np.int64, count=len(sets))
     total = int(counts.sum())
     if not total:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     bounds = np.fromiter(
-        chain.from_iterable(chain.from_iterable(ts.ranges for ts in sets)),
-        dtype=np.int64, count=2 * total,
-    ).reshape(total, 2)  # fmt: skip
+        chain.from_iterable(chain.from_iterable(ranges)), dtype=np.int64, count=2 * total
+    ).reshape(total, 2)
     firsts = bounds[:, 0]
     length = bounds[:, 1] - firsts + 1
     owner = np.repeat(np.arange(len(sets), dtype=np.int64), counts)
