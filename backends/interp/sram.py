@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, filterfalse
-from operator import attrgetter, itemgetter
+from operator import attrgetter, itemgetter, methodcaller
 
 import numpy as np
 
@@ -96,6 +96,7 @@ def _joined(chunks: list[np.ndarray], tail: list[int]) -> np.ndarray:
 #: an item's token set: ``(op, tokens)`` items, and ``recv_y``'s ``(hold, op, tokens, bytes)``
 _SET, _Y_SET = itemgetter(1), itemgetter(2)
 _RANGES = attrgetter("ranges")
+_KNOWN = methodcaller("known_indices")
 
 
 def _ranges(sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
@@ -159,8 +160,18 @@ class TokenIndex:
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
 
     def _expand(self, fresh: list[TokenSet]) -> np.ndarray:
-        """Expand ``fresh`` (sets not in the index yet) into it, each set's array a view of
-        one array of all their tokens, set after set; that array."""
+        """Put ``fresh`` (sets not in the index yet) into it: a set's tokens its kept array
+        (:meth:`~moec.ir.stream.values.TokenSet.known_indices`), else expanded, each a view of
+        one array of all the expanded sets' tokens, set after set; every fresh set's tokens
+        (the kept arrays, then the expanded ones)."""
+        known = list(map(_KNOWN, fresh))
+        kept = [k for k in known if k is not None]
+        if kept:
+            pairs = list(zip(fresh, known, strict=True))
+            self._arr.update((id(ts), k) for ts, k in pairs if k is not None)
+            self._sets += [ts for ts, k in pairs if k is not None]
+            rest = [ts for ts, k in pairs if k is None]
+            return np.concatenate(kept + ([self._expand(rest)] if rest else []))
         flat, owner = _ranges(fresh)
         # each set's size from its entries (``ts.size`` would add its ranges in Python); the
         # views made in C (``np.split`` makes each in Python)
