@@ -128,7 +128,7 @@ def _acts(b: Builder, die: int, rs: relay_records.RecordStream, e: int, t: _Tabl
     one = len(u) == 1
     for tag in u[np.argsort(first, kind="stable")].tolist():
         la = b.acts.get((die, tag)) or b.layer_acts(die, tag)
-        la.ops += (ops if one else ops[tags == tag]).tolist()
+        la.add_ops(ops.copy() if one else ops[tags == tag])  # not a view of the run's buffer
         sel = slice(None) if one else xt == tag
         gops, grs = xo[sel], xr[sel]
         if not len(gops):
@@ -138,7 +138,7 @@ def _acts(b: Builder, die: int, rs: relay_records.RecordStream, e: int, t: _Tabl
         same = (rs.trip[grs + e] == rs.trip[grs + e + 2]).all()  # a slice's gemm and accum
         la.x_uses += zip(gl, toks, strict=True)
         la.accums += zip(al, toks if same else rs.tokens(grs + e + 2), strict=True)
-        la.h += np.stack((gops, gops + 2, hb[row[grs]]), axis=1).ravel().tolist()
+        la.add_h(np.stack((gops, gops + 2, hb[row[grs]]), axis=1).ravel())
 
 
 def slots_back(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, t: _Tables,

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, filterfalse
-from operator import itemgetter
+from operator import attrgetter, itemgetter, methodcaller
 
 import numpy as np
 
@@ -22,9 +22,15 @@ from moec.ir.stream.program import MoEDecl, TokenSet
 from moec.ir.target import Target
 
 
-@dataclass
+@dataclass(repr=False)
 class LayerActs:
-    """What one die does with one MoE layer's activations (op ids and token sets)."""
+    """What one die does with one MoE layer's activations (op ids and token sets).
+
+    ``ops`` and ``h`` are lists the reference builders append ints to; a compiled relay run
+    hands its ops and slices as arrays (:meth:`add_ops`, :meth:`add_h`), kept in
+    ``op_chunks`` / ``h_chunks`` after the ints appended before them (no int object per op):
+    read both through :meth:`op_array` / :meth:`h_array`. ``repr`` shows the whole lists (the
+    same text however they were added)."""
 
     ops: list[int] = field(default_factory=list)
     #: x reads: gemm and send x
@@ -39,24 +45,72 @@ class LayerActs:
     #: slices in flight: gemm op, accum op, bytes of h, flat (three ints a slice: no tuple
     #: per slice to build, and one array conversion)
     h: list[int] = field(default_factory=list)
+    #: ``ops`` and ``h`` before the ints in the lists, as arrays (int64), in order
+    op_chunks: list[np.ndarray] = field(default_factory=list)
+    h_chunks: list[np.ndarray] = field(default_factory=list)
+
+    def add_ops(self, ops: np.ndarray) -> None:
+        """Append ``ops`` (int64) after the ops so far."""
+        if self.ops:
+            self.op_chunks.append(np.asarray(self.ops, np.int64))
+            self.ops = []
+        self.op_chunks.append(ops)
+
+    def add_h(self, h: np.ndarray) -> None:
+        """Append ``h`` (int64, three a slice: gemm op, accum op, bytes) after the slices so
+        far."""
+        if self.h:
+            self.h_chunks.append(np.asarray(self.h, np.int64))
+            self.h = []
+        self.h_chunks.append(h)
+
+    def has_ops(self) -> bool:
+        return bool(self.ops or self.op_chunks)
+
+    def op_array(self) -> np.ndarray:
+        """Every op, in the order added."""
+        return _joined(self.op_chunks, self.ops)
+
+    def h_array(self) -> np.ndarray:
+        """Every slice's (gemm op, accum op, bytes), flat, in the order added."""
+        return _joined(self.h_chunks, self.h)
+
+    def __repr__(self) -> str:
+        return (
+            f"LayerActs(ops={self.op_array().tolist()!r}, x_uses={self.x_uses!r}, "
+            f"recv_x={self.recv_x!r}, recv_x_start={self.recv_x_start!r}, "
+            f"accums={self.accums!r}, recv_y={self.recv_y!r}, send_y={self.send_y!r}, "
+            f"h={self.h_array().tolist()!r})"
+        )
+
+
+def _joined(chunks: list[np.ndarray], tail: list[int]) -> np.ndarray:
+    """``chunks`` then ``tail`` as one int64 array."""
+    if not chunks:
+        return np.fromiter(tail, np.int64, len(tail))
+    if not tail:
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    return np.concatenate([*chunks, np.fromiter(tail, np.int64, len(tail))])
 
 
 #: an item's token set: ``(op, tokens)`` items, and ``recv_y``'s ``(hold, op, tokens, bytes)``
 _SET, _Y_SET = itemgetter(1), itemgetter(2)
+_RANGES = attrgetter("ranges")
+_KNOWN = methodcaller("known_indices")
 
 
 def _ranges(sets: list[TokenSet]) -> tuple[np.ndarray, np.ndarray]:
     """Token indices covered by ``sets`` (one entry per set and token) and, per entry, the
     position of its set in ``sets``: the ranges expanded in one vectorized step (the range
     bounds are read in C, through ``chain``: a set may hold hundreds of ranges)."""
-    counts = np.fromiter((len(ts.ranges) for ts in sets), dtype=np.int64, count=len(sets))
+    ranges = list(map(_RANGES, sets))  # read in C, once
+    counts = np.fromiter(map(len, ranges), dtype=np.int64, count=len(sets))
     total = int(counts.sum())
     if not total:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     bounds = np.fromiter(
-        chain.from_iterable(chain.from_iterable(ts.ranges for ts in sets)),
-        dtype=np.int64, count=2 * total,
-    ).reshape(total, 2)  # fmt: skip
+        chain.from_iterable(chain.from_iterable(ranges)), dtype=np.int64, count=2 * total
+    ).reshape(total, 2)
     firsts = bounds[:, 0]
     length = bounds[:, 1] - firsts + 1
     owner = np.repeat(np.arange(len(sets), dtype=np.int64), counts)
@@ -106,8 +160,18 @@ class TokenIndex:
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
 
     def _expand(self, fresh: list[TokenSet]) -> np.ndarray:
-        """Expand ``fresh`` (sets not in the index yet) into it, each set's array a view of
-        one array of all their tokens, set after set; that array."""
+        """Put ``fresh`` (sets not in the index yet) into it: a set's tokens its kept array
+        (:meth:`~moec.ir.stream.values.TokenSet.known_indices`), else expanded, each a view of
+        one array of all the expanded sets' tokens, set after set; every fresh set's tokens
+        (the kept arrays, then the expanded ones)."""
+        known = list(map(_KNOWN, fresh))
+        kept = [k for k in known if k is not None]
+        if kept:
+            pairs = list(zip(fresh, known, strict=True))
+            self._arr.update((id(ts), k) for ts, k in pairs if k is not None)
+            self._sets += [ts for ts, k in pairs if k is not None]
+            rest = [ts for ts, k in pairs if k is None]
+            return np.concatenate(kept + ([self._expand(rest)] if rest else []))
         flat, owner = _ranges(fresh)
         # each set's size from its entries (``ts.size`` would add its ranges in Python); the
         # views made in C (``np.split`` makes each in Python)
@@ -229,7 +293,7 @@ def _x_per_reception(
     holds = start[np.fromiter(map(itemgetter(0), acts.recv_x_start), np.int64)]
     r_open = holds[r_item]
     u_tok, u_pos, u_end, u_item = _entries(acts.x_uses, pos, end, index)
-    gemms = set(acts.h[0::3])
+    gemms = set(acts.h_array()[0::3].tolist())
     is_gemm = np.fromiter((op in gemms for op, _ in acts.x_uses), dtype=bool)[u_item]
     nr, nu = r_tok.size, u_tok.size
     opens = np.r_[np.ones(nr, dtype=bool), np.zeros(nu, dtype=bool)]
@@ -322,7 +386,7 @@ def _activation_events(
     # order ties are broken in)
     t_parts: list[np.ndarray] = []
     d_parts: list[np.ndarray] = []
-    if not acts.ops:
+    if not acts.has_ops():
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
     lo, hi = span
     xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
@@ -339,11 +403,11 @@ def _activation_events(
     # some token received (sent) in more than one block
     many_x = bool(acts.recv_x) and _repeats(index.tokens(list(map(_SET, acts.recv_x))))
     many_y = bool(acts.send_y) and _repeats(index.tokens(list(map(_SET, acts.send_y))))
-    pos = {op: i for i, op in enumerate(acts.ops)} if many_x or many_y else {}
+    pos = {op: i for i, op in enumerate(acts.op_array().tolist())} if many_x or many_y else {}
     # a token received again after a use, or written again after a send (chunked dispatch):
     # a row per stretch; otherwise (a relay that also computes the token) first to last
     if many_x:
-        gemms = set(acts.h[0::3])
+        gemms = set(acts.h_array()[0::3].tolist())
         many_x = _reopened(acts.recv_x, [u for u in acts.x_uses if u[0] in gemms], pos, n, index)
     if many_y:
         many_y = _reopened(acts.accums, acts.send_y, pos, n, index, ~home)
@@ -375,9 +439,9 @@ def _activation_events(
     if acts.recv_y:  # landing buffer while the block crosses the link: (+, -) pairs
         y = np.asarray([(hold, op, nbytes) for hold, op, _, nbytes in acts.recv_y], np.int64)
         _pairs(y, start, end, t_parts, d_parts)
-    if acts.h:  # each slice's h, from its gemm's start to its accum's end: (+, -) pairs
-        _pairs(np.fromiter(acts.h, np.int64, len(acts.h)).reshape(-1, 3), start, end, t_parts,
-               d_parts)  # fmt: skip
+    h = acts.h_array()
+    if h.size:  # each slice's h, from its gemm's start to its accum's end: (+, -) pairs
+        _pairs(h.reshape(-1, 3), start, end, t_parts, d_parts)
     if not t_parts:
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
     return np.concatenate(t_parts), np.concatenate(d_parts)
@@ -439,8 +503,8 @@ def sram_peaks(
     for (die, k), la in sorted(acts.items()):
         m = layers[k]
         span = (0.0, 0.0)
-        if la.ops:
-            ops = np.fromiter(la.ops, np.int64, len(la.ops))
+        if la.has_ops():
+            ops = la.op_array()
             span = (float(start_a[ops].min()), float(end_a[ops].max()))
         ts, ds = _activation_events(la, m.tokens, m.hidden, m.dtype, start_a, end_a, span, index)
         times[die].append(ts)

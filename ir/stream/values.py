@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from itertools import starmap
 from operator import sub
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from moec.ir.errors import ProgramError
 
@@ -92,6 +92,18 @@ class TokenSet:
 
     def __bool__(self) -> bool:
         return bool(self.ranges)
+
+    def keep_indices(self, indices: Any) -> TokenSet:
+        """This set, keeping ``indices``: its tokens ascending, as an int64 array, from a
+        builder that has them in one (the SRAM accounting reads them instead of expanding
+        ``ranges``); not compared, hashed or printed. The caller vouches that they are the
+        set's."""
+        self.__dict__["_indices"] = indices
+        return self
+
+    def known_indices(self) -> Any:
+        """The array :meth:`keep_indices` kept, or None."""
+        return self.__dict__.get("_indices")
 
     def __contains__(self, t: object) -> bool:
         return isinstance(t, int) and any(a <= t <= b for a, b in self.ranges)

@@ -203,11 +203,14 @@ def _tokens_per_die(
     g_sizes = (g_end - g_first).tolist()
     g_e, g_d = e[g_first].tolist(), d[g_first].tolist()
     g_runs.append(len(firsts))
+    # each set keeps its tokens (a view of one array): the SRAM accounting reads them
+    tok64, g_lo, g_hi = tok.astype(np.int64, copy=False), g_first.tolist(), g_end.tolist()
     out: dict[int, tuple[dict[int, TokenSet], dict[int, int]]] = {}
     for g, (ex, di) in enumerate(zip(g_e, g_d, strict=True)):
         a, b = g_runs[g], g_runs[g + 1]
         per_die, counts = out.setdefault(ex, ({}, {}))
-        per_die[di] = TokenSet(tuple(zip(firsts[a:b], lasts[a:b], strict=True)))
+        ts = TokenSet(tuple(zip(firsts[a:b], lasts[a:b], strict=True)))
+        per_die[di] = ts.keep_indices(tok64[g_lo[g] : g_hi[g]])
         counts[di] = g_sizes[g]
     return out
 
