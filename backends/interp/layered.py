@@ -266,10 +266,8 @@ def _run_parts(
             ahead = prog.num_instructions() * (1 + moe_after[j])
             event_loop.expect(max(event_loop.expected(), ahead))
         tl = run_timing(prog, target, carry=carry, arrays=True, limit=limit)
-        if catchup:  # it reads op by op: lists (it sets ``tl.layer``'s entries in place)
-            charge_deferred(
-                prog, dataclasses.replace(tl, start=tl.start.tolist(), end=tl.end.tolist())
-            )
+        if catchup:  # (it sets ``tl.layer``'s entries in place)
+            charge_deferred(prog, tl)
         # the MoE parts after this one, at the last MoE part's size: the event loop may switch
         # to its compiled copy now rather than after timing that many ops itself (same numbers
         # either way); before the first MoE part a caller's expectation (an FSE-DP slice

@@ -59,18 +59,28 @@ def catchup_instructions(instrs: list[Instr]) -> tuple[list[Instr], int]:
 
 
 def charge_deferred(p: Program, tl: Timeline) -> None:
-    """Move the catch-up ops of ``p`` (a static program ``tl`` timed) out of their layers."""
+    """Move the catch-up ops of ``p`` (a static program ``tl`` timed) out of their layers:
+    ``tl.layer`` set in place (a list or an array); ``tl.start``/``tl.end`` lists or arrays."""
     ids, total = _catchup(p)
     if not ids:
         return
-    spans: dict[int, list[float]] = {}
-    for op, i in enumerate(_ids(tl.instr)):  # (None's id is no instruction's)
-        if i in ids and tl.layer[op] >= 0:
-            lo_hi = spans.setdefault(tl.layer[op], [tl.start[op], tl.end[op]])
-            lo_hi[0], lo_hi[1] = min(lo_hi[0], tl.start[op]), max(lo_hi[1], tl.end[op])
+    layer = np.asarray(tl.layer, np.int64)
+    caught = np.fromiter(map(ids.__contains__, _ids(tl.instr)), np.bool_, len(layer))
+    ops = np.flatnonzero(caught & (layer >= 0))  # (None's id is no instruction's)
+    tags = layer[ops]
+    starts, ends = np.asarray(tl.start, np.float64)[ops], np.asarray(tl.end, np.float64)[ops]
+    spans = []  # (lo, hi) per layer, in the order of its first catch-up op (the sum's order)
+    found, first = np.unique(tags, return_index=True)
+    for tag in found[np.argsort(first, kind="stable")].tolist():
+        at = tags == tag
+        spans.append((float(starts[at].min()), float(ends[at].max())))
+    if isinstance(tl.layer, np.ndarray):
+        tl.layer[ops] = -1
+    else:
+        for op in ops.tolist():
             tl.layer[op] = -1
     tl.extra["deferred_pairs"] = total
-    tl.extra["deferred_s"] = sum(hi - lo for lo, hi in spans.values())
+    tl.extra["deferred_s"] = sum(hi - lo for lo, hi in spans)
 
 
 def iteration_ops(
