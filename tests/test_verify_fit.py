@@ -72,30 +72,22 @@ def _spied(monkeypatch: pytest.MonkeyPatch, module: object) -> list[object]:
     return seen
 
 
-def test_the_fsedp_choice_verifies_the_program_it_keeps_in_full(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("strategy", "tokens", "candidates"), [("fsedp", 256, "bound"), ("ep", 64, "measured")]
+)
+def test_the_choice_verifies_the_program_it_keeps_in_full(
+    strategy: str, tokens: int, candidates: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module, ref, trace = phi_case(64.0, 256)
-    base = lower_strategy(module, ref, "fsedp", {}, trace)
-    seen = _spied(monkeypatch, fs)
-    choice = fs.choose_slices(module, ref, "fsedp", {}, trace, base)
-    assert choice is not None and choice.program is not None and len(choice.bound) > 1
+    module, ref, trace = phi_case(64.0, tokens)
+    base = lower_strategy(module, ref, strategy, {}, trace)
+    chooser = fs if strategy == "fsedp" else es
+    seen = _spied(monkeypatch, chooser)
+    choice = chooser.choose_slices(module, ref, strategy, {}, trace, base)
+    assert choice is not None and choice.program is not None
+    assert len(getattr(choice, candidates)) > 1
     assert seen == [choice.program]
     # the same program as that count's fully verified lowering
-    own = lower_strategy(module, ref, "fsedp", {"slices": str(choice.count)}, trace)
-    assert print_program(choice.program) == print_program(own)
-
-
-def test_the_whole_expert_choice_verifies_the_program_it_keeps_in_full(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    module, ref, trace = phi_case(64.0, 64)
-    base = lower_strategy(module, ref, "ep", {}, trace)
-    seen = _spied(monkeypatch, es)
-    choice = es.choose_slices(module, ref, "ep", {}, trace, base)
-    assert choice is not None and choice.program is not None and len(choice.measured) > 1
-    assert seen == [choice.program]
-    own = lower_strategy(module, ref, "ep", {"slices": str(choice.count)}, trace)
+    own = lower_strategy(module, ref, strategy, {"slices": str(choice.count)}, trace)
     assert print_program(choice.program) == print_program(own)
 
 
