@@ -342,16 +342,28 @@ def iteration_bound(p: Program, target: Target, layer: str, routing: LayerRoutin
     check_fits(prob)
     held = [0.0] * len(target.channels)
     busy = [0.0] * target.num_dies
+    occupancy: dict[tuple[int, int], float] = {}  # per (channel, bytes): one read's hold
     reads = 1
     for u in prob.units:
         if not u.tokens:
             continue
         if prob.rules == "naive":
             reads = len(u.tokens)
-        for j, nbytes in enumerate(u.slice_bytes):
-            held[u.channels[j]] += reads * dram_occupancy(target, u.channels[j], nbytes)
-            for d in u.tokens:
-                busy[d] += sum(u.compute(d, j))
+        for ch, nbytes in zip(u.channels, u.slice_bytes, strict=True):
+            hold = occupancy.get((ch, nbytes))
+            if hold is None:
+                hold = occupancy[ch, nbytes] = dram_occupancy(target, ch, nbytes)
+            held[ch] += reads * hold
+        # slices alike (``Unit.alike``) compute alike: each die's sum once per kind of slice,
+        # then added slice by slice in order, the same float sums as one call per slice
+        alike = u.alike or range(len(u.slice_bytes))
+        kinds = sorted(set(alike))
+        for d in u.tokens:
+            per_kind = {a: sum(u.compute(d, a)) for a in kinds}
+            b = busy[d]
+            for a in alike:
+                b += per_kind[a]
+            busy[d] = b
     return max(max(held, default=0.0), max(busy, default=0.0))
 
 
