@@ -78,6 +78,7 @@ from moec.backends.interp.expand.fsedp import iteration_bound, plans_shared, pre
 from moec.backends.interp.simulate import gc_paused
 from moec.backends.interp.summary import layer_parts, moe_summary
 from moec.compiler.lower import lower as lower_strategy
+from moec.compiler.lower.common import lowerings_shared
 from moec.compiler.lower.fsedp import MIN_AUTO_WIDTH
 from moec.ir.cost import dram_occupancy
 from moec.ir.errors import ScheduleError
@@ -278,7 +279,7 @@ def choose_slices(
     # the collector paused for the whole choice, as ``moec bench`` runs it: a timing stopped
     # past its limit unwinds with its part's ops alive, and a collection as its run's own pause
     # ends would walk them all
-    with plans_shared() as plans, gc_paused():
+    with plans_shared() as plans, gc_paused(), lowerings_shared():
         try:
             later = len(routing.layers) - 1 if run else 0
             return _choose(
@@ -420,12 +421,15 @@ def lower_run(
         return lower_strategy(module, target, strategy, opts, routing, **kw), None
     # checked for fit only: a choice returns its own count's program, verified in full; the
     # lowering's own program is verified in full when it is the one returned
-    base = lower_strategy(module, target, strategy, opts, routing, fit_only=True, **kw)
-    chosen: SliceChoice | expert_slices.ExpertSliceChoice | None = None
-    if _streams(base):
-        chosen = choose_slices(module, target, strategy, opts, routing, base, run=run, **kw)
-    elif expert_slices.whole_expert(base):
-        chosen = expert_slices.choose_slices(module, target, strategy, opts, routing, base, **kw)
+    with lowerings_shared():  # the base's and the counts' lowerings: one routing check
+        base = lower_strategy(module, target, strategy, opts, routing, fit_only=True, **kw)
+        chosen: SliceChoice | expert_slices.ExpertSliceChoice | None = None
+        if _streams(base):
+            chosen = choose_slices(module, target, strategy, opts, routing, base, run=run, **kw)
+        elif expert_slices.whole_expert(base):
+            chosen = expert_slices.choose_slices(
+                module, target, strategy, opts, routing, base, **kw
+            )  # fmt: skip
     if chosen is None or chosen.program is None:
         tgt = load_target(target.spec, dict(target.overrides), base_dir=kw.get("base_dir"))
         verify_program(base, tgt)

@@ -27,7 +27,8 @@ costing live in their own modules; the names strategies use are re-exported here
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from moec.compiler.lower.dims import default_dim, infer_tokens, resolve_dims, value_sizes
@@ -53,8 +54,46 @@ from moec.ir.target import Target, load_target
 __all__ = [
     "ACTIVATION_KINDS", "COMMON_OPTIONS", "LayerPlan", "Lowering", "LoweringOptions",
     "RUNTIME_ANNOTATIONS", "StrategyError", "carry_pass_annotations", "default_dim", "op_cost",
-    "parse_int", "predicted_activations", "prepare", "resolve_dims", "value_sizes",
+    "lowerings_shared", "parse_int", "predicted_activations", "prepare", "resolve_dims",
+    "value_sizes",
 ]  # fmt: skip
+
+#: While :func:`lowerings_shared` is active, per routing check (the trace's id, the layers'
+#: shapes, tokens, dies) the trace checked, and per what makes them (layer, precision, shape,
+#: bytes, channels, residency) a layer's expert declarations.
+_SHARED: dict[tuple[object, ...], object] | None = None
+
+
+@contextmanager
+def lowerings_shared() -> Iterator[None]:
+    """Within the block, lowerings share what does not depend on their options: a routing
+    trace is checked once for the same layers, tokens and dies (the trace object kept, so its
+    id is not reused; it must not change within the block), and a layer's expert declarations
+    (:meth:`Lowering.expert_tensors`) are made once, the same frozen objects going into every
+    program that declares them alike. A slice choice lowers the whole model once per count
+    (DeepSeek-V3: 58 layers of 256 experts, the trace 58 layers of 1024 tokens). Nested uses
+    share the outer one."""
+    global _SHARED
+    outer = _SHARED
+    if outer is None:
+        _SHARED = {}
+    try:
+        yield
+    finally:
+        _SHARED = outer
+
+
+def _check_routing(
+    routing: RoutingTrace, layers: list[tuple[int, int]], tokens: int, num_dies: int
+) -> None:
+    """:func:`moec.ir.routing.validate` of ``routing`` for the lowering (once per block of
+    :func:`lowerings_shared`)."""
+    key = ("routing", id(routing), tuple(layers), tokens, num_dies)
+    if _SHARED is not None and _SHARED.get(key) is routing:
+        return
+    validate(routing, layers, tokens, num_dies=num_dies, where="--routing")
+    if _SHARED is not None:
+        _SHARED[key] = routing
 
 
 @dataclass
@@ -82,6 +121,27 @@ class Lowering:
         )  # fmt: skip
         self.program.tensors.append(t)
         return t
+
+    def expert_tensors(self, plan: LayerPlan, channels: Sequence[int]) -> None:
+        """:meth:`expert_tensor` of every expert of ``plan``, expert ``e`` on ``channels[e]``:
+        the layer's shape and bytes found once, and inside :func:`lowerings_shared` the
+        declarations made once for every program that declares them alike."""
+        d = plan.decl
+        shape = (3 if d.gated else 2, d.hidden, d.ffn)
+        nbytes = plan.expert_bytes
+        resident = tuple(plan.resident) if plan.resident is not None else None
+        key = ("experts", d.name, d.dtype, shape, nbytes, tuple(channels), resident)
+        decls = _SHARED.get(key) if _SHARED is not None else None
+        if not isinstance(decls, tuple):
+            if resident is not None:
+                channels = [c if resident[e] else HOST_CHANNEL for e, c in enumerate(channels)]
+            decls = tuple(
+                TensorDecl(f"{d.name}.e{e}", d.dtype, shape, c, nbytes)
+                for e, c in enumerate(channels)
+            )  # fmt: skip
+            if _SHARED is not None:
+                _SHARED[key] = decls
+        self.program.tensors.extend(decls)
 
     def shared_tensors(self, plan: LayerPlan) -> None:
         """Declare one replica of the shared experts per DRAM channel (every die uses them)."""
@@ -165,7 +225,7 @@ def prepare(
     n_tokens, resolved = infer_tokens(module, ops, dims, tokens, routing, where)
     if routing is not None:
         layers = [(op.layer.num_experts, op.layer.top_k) for op in ops]
-        validate(routing, layers, n_tokens, num_dies=target.num_dies, where="--routing")
+        _check_routing(routing, layers, n_tokens, target.num_dies)
     home = home_tokens(n_tokens, target.num_dies, routing)
     plans, slot_bytes = plan_layers(ops, target, opts, n_tokens, where, activations, home, routing)
     acts = max(p.activation_bytes() for p in plans)

@@ -177,8 +177,7 @@ def place_weights(
         items += [(o, float(plan.shared_slice_bytes[j])) for j, o in enumerate(shared_owner)]
     flat = channels_for(rule, [o for o, _ in items], [w for _, w in items], t)
     channels, shared_channels = flat[: d.experts], flat[d.experts :]
-    for e, ch in enumerate(channels):
-        lw.expert_tensor(plan, e, ch)
+    lw.expert_tensors(plan, channels)
     params: dict[str, object] = {"placement": list(dies), "channels": list(channels)}
     if shared_owner:
         shared_shards(lw, plan, shared_owner, shared_channels)

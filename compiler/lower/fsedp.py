@@ -278,8 +278,7 @@ def lower_variant(lw: Lowering, defaults: Mapping[str, str]) -> None:
     prog.slots = [SlotPool(s.die, s.count, slot) for s in prog.slots]
     for plan in plans:
         channels = [e % C for e in range(plan.decl.experts)]
-        for e, ch in enumerate(channels):
-            lw.expert_tensor(plan, e, ch)
+        lw.expert_tensors(plan, channels)
         lw.shared_tensors(plan)
         lw.policy(
             plan, "fsedp",
