@@ -128,3 +128,29 @@ def test_every_compiled_policy_is_typed(model: str, strategy: str) -> None:
         typed = strategy_params(r, m, target, layouts, p.filename)
         assert isinstance(typed, family.get(strategy, FSEDPParams))
         assert typed.slice_bytes is not None and len(typed.slice_bytes) == p.layouts[0].count
+
+
+def test_a_list_of_plain_ints_is_checked_as_one_item_at_a_time() -> None:
+    """``Ints`` checks a list of plain ints by its least and greatest (the lowering's lists:
+    256 channels per layer); every list gets the verdict the item-by-item check gives."""
+    import numpy as np
+
+    from moec.ir.stream.params import Ints, ParamContext, _Bad, _is_int
+
+    ctx = ParamContext("moe0", 8, channels=4)
+    kinds = [Ints(), Ints(hi="channels"), Ints(lo=1, hi="channels"), Ints(distinct=True)]
+
+    def item_by_item(t: Ints, raw: list) -> bool:
+        hi = ctx.size(t.hi)
+        ok = all(_is_int(v) and v >= t.lo and (hi is None or v < hi) for v in raw)
+        return ok and not (t.distinct and len(set(raw)) != len(raw))
+
+    lists = [[], [0], [3, 1, 2], [0, 4], [-1, 2], [1, 1], [1, True], [True], [2, 1.0], [1, "1"]]
+    lists += [[1, np.int64(2)], [np.int64(5)], [1, None]]
+    for t in kinds:
+        for raw in lists:
+            try:
+                got = t.convert(raw, ctx) == tuple(raw)
+            except _Bad:
+                got = False
+            assert got == item_by_item(t, raw), (t, raw)

@@ -167,7 +167,10 @@ class Ints(ParamType):
         n, hi = ctx.size(self.length), ctx.size(self.hi)
         if not isinstance(raw, list) or (n is not None and len(raw) != n):
             raise _Bad
-        if not all(_is_int(v) and v >= self.lo and (hi is None or v < hi) for v in raw):
+        if raw and set(map(type, raw)) == {int}:  # plain ints (the lowering's): their range
+            if min(raw) < self.lo or (hi is not None and max(raw) >= hi):
+                raise _Bad
+        elif not all(_is_int(v) and v >= self.lo and (hi is None or v < hi) for v in raw):
             raise _Bad
         if self.distinct and len(set(raw)) != len(raw):
             raise _Bad
