@@ -39,7 +39,10 @@ layers whatever the model's depth), and applies to every layer.
 **What the choice costs.** Each count that fits is lowered whole, but checked only for what
 decides its fit (:func:`~moec.ir.stream.verify.verify_fit`: the dies' walks, the runtime parts'
 slots and micro-slices), and so is the lowering's own program (:func:`lower_run`); the
-program returned, the count chosen or that one, is then verified in full. A
+program returned, the count chosen or that one, is then verified in full. The lowerings
+share what the count does not change
+(:func:`~moec.compiler.lower.common.lowerings_shared`: the routing is checked once, and a
+layer's expert declarations are made once for every count's program). A
 count's schedule is computed once
 (:func:`~moec.backends.interp.expand.fsedp.plans_shared`): the timing of a count whose
 prediction asked for it expands the layer from that schedule instead of scheduling it again. A
