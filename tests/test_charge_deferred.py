@@ -24,7 +24,6 @@ from moec.backends.interp.expand.fsedp_deferred import (
     iteration_ops,
 )
 from moec.backends.interp.instr_column import InstrColumn
-from moec.backends.interp.opgraph import COMPUTE, XFER
 from moec.backends.interp.timing import Timeline, run_timing
 from moec.bench import _Workloads
 from moec.compiler.lower import lower
@@ -170,37 +169,38 @@ def test_caught_ops_and_pairs_against_identity_on_crossed_places() -> None:
     refs = [SliceRef("L", 3, 0), SliceRef("L", 3, 1), SliceRef("L", 5, 0), SliceRef("L", None, 0)]
     src = relay_records.Source(refs, [64] * 4, ts, np.array([0, 0, 1, 2]), 1)
     main = _records(src, 0, [("load", 0, 0), ("gemm", 0, 0), ("act", 0, 0), ("accum", 0, 0),
-                             ("send", 0, 0), ("free", 0, 0)])  # fmt: skip
+                             ("recv", 4, 0), ("recv", 5, 0), ("send", 0, 0), ("free", 0, 0)])  # fmt: skip
     late = _records(src, 0, [("load", 1, 1), ("gemm", 1, 1), ("act", 1, 1), ("accum", 1, 1),
                              ("accum", 2, 2), ("recv", 3, 3), ("accum", 3, 3),
-                             ("send", 1, 1), ("free", 1, 1)])  # fmt: skip
+                             ("send", 1, 1), ("free", 1, 1), ("recv", 6, 1)])  # fmt: skip
     ev = "L.deferred"
     before = [Load(2, 0, SliceRef("L", 5, 0), 64), Gemm(2, ts[2])]
+    after = [Free(3)]
     tail = [Signal("other"), Free(2)]
     stream = relay_records.Chain(
         [before, main, [Signal(ev), Wait(ev, 1), Load(2, 1, SliceRef("L", 5, 0), 64)], late,
-         [Free(3)], tail]
+         after, tail]
     )  # fmt: skip
     p: Any = SimpleNamespace(streams=[SimpleNamespace(die=0, instrs=stream)])
     col = InstrColumn()
     col += [before[0], before[1], None]
-    col.placed(main, np.arange(6))  # ops 3..8
-    col.placed(late, np.arange(9))  # ops 9..17
-    col += [stream[len(stream) - 3], tail[0], tail[1]]  # ops 18..20: free s3, signal, free s2
-    list.__setitem__(col, 7, tail[1])  # a transfer of main's named after a later send
-    list.__setitem__(col, 16, before[1])  # and one of late's after an earlier one
-    col.point([13], main, [4])  # a pairing across the barrier, both ways
+    col.placed(main, np.arange(8))  # ops 3..10 (its recvs': 7, 8)
+    col.placed(late, np.arange(10))  # ops 11..20 (its recvs': 16, 20)
+    col += [after[0], tail[0], tail[1]]  # ops 21..23
+    # a run's recv's transfer named after a Python send: across the barrier, both ways
+    list.__setitem__(col, 7, after[0])
+    list.__setitem__(col, 16, before[1])
+    # and paired with a run's send: across the barrier, both ways, and a Python recv's
+    col.point([8], late, [7])
+    col.point([20], main, [6])
     col.point([2], late, [7])
-    col.append(late[5])  # an entry of late made and held by a Python op (op 21)
+    col.append(late[5])  # an entry of late made and held by a Python op (op 24)
     n = len(col)
     got = fsedp_deferred._caught(catchup_steps(p), col, n)
     ids, total = _catchup(p)  # (every catch-up instruction made now)
     want = np.fromiter(map(ids.__contains__, col.ids()), np.bool_, n)
     assert got.tolist() == want.tolist()
     assert fsedp_deferred._caught(catchup_steps(p), col, n).tolist() == want.tolist()
-    kind = np.full(n, COMPUTE)
-    kind[[2, 7, 13, 16]] = XFER  # (only a transfer's ops are renamed or paired)
-    assert fsedp_deferred._caught(catchup_steps(p), col, n, kind).tolist() == want.tolist()
-    assert got[[2, 9, 17, 18, 21]].all() and not got[[7, 13, 16, 19, 20]].any()
+    assert got[[2, 7, 8, 11, 19, 21, 24]].all() and not got[[3, 10, 16, 20, 22, 23]].any()
     # late's accums: e3 tokens 0..3, e5 tokens 2..6 (its slot filled before late), shared none
     assert [fsedp_deferred._pairs(mine) for mine in catchup_steps(p)] == [total] == [9]

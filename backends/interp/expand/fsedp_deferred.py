@@ -28,7 +28,6 @@ import numpy as np
 
 from moec.backends.interp import instr_column, relay_records
 from moec.backends.interp.instr_column import InstrColumn
-from moec.backends.interp.opgraph import DELAY, XFER
 from moec.backends.interp.relay_records import RecordStream
 from moec.backends.interp.timing import Timeline
 from moec.ir.stream.program import Accum, Instr, Load, Program, Recv, Signal, SliceRef, Wait
@@ -40,6 +39,8 @@ DEFERRED_SUFFIX = ".deferred"
 #: which a test checks; that module is not imported here: it compiles its kernel)
 _KINDS = ("load", "gemm", "act", "accum", "free", "send", "recv")
 _LOAD_K, _ACCUM_K, _RECV_K = _KINDS.index("load"), _KINDS.index("accum"), _KINDS.index("recv")
+
+_get = list.__getitem__  # an op column's entry as it is (a kernel op's: a marker)
 
 #: one die's stretch of a catch-up step: a piece of its stream and the entries ``a .. b-1``
 #: there (a record stream's: all of them)
@@ -118,8 +119,7 @@ def charge_deferred(p: Program, tl: Timeline) -> None:
     if not steps:
         return
     layer = np.asarray(tl.layer, np.int64)
-    caught = _caught(steps, tl.instr, len(layer), np.asarray(tl.kind))
-    ops = np.flatnonzero(caught & (layer >= 0))
+    ops = np.flatnonzero(_caught(steps, tl.instr, len(layer)) & (layer >= 0))
     tags = layer[ops]
     starts, ends = np.asarray(tl.start, np.float64)[ops], np.asarray(tl.end, np.float64)[ops]
     spans = []  # (lo, hi) per layer, in the order of its first catch-up op (the sum's order)
@@ -155,17 +155,12 @@ def iteration_ops(
     return out
 
 
-def _caught(
-    steps: list[list[Stretch]], instrs: list[Instr | None], n: int, kind: Any = None
-) -> np.ndarray:
+def _caught(steps: list[list[Stretch]], instrs: list[Instr | None], n: int) -> np.ndarray:
     """Per op (``instrs``: each op's instruction), whether its instruction is in a catch-up
     step. A kernel op's instruction is a place in a record stream (:class:`InstrColumn`):
     it is in a step when its stream is, read off the column's runs and pairings; any other
     op's instruction is an object, matched by identity against those of the steps (made ones
-    only, in a record stream: an op holding one made it). With the ops' ``kind``, only the
-    ops of no run and the transfers' are read for objects: a kernel op's instruction is
-    renamed after it is made only for a transfer (named after its send when a Python side
-    sends it: ``Builder.transfer``, the Python relay)."""
+    only, in a record stream: an op holding one made it)."""
     records: set[int] = set()
     objs: list[int] = []
     for piece, a, b in (s for mine in steps for s in mine):
@@ -176,15 +171,9 @@ def _caught(
         else:
             objs += map(id, piece[a:b])
     if isinstance(instrs, InstrColumn) and instrs.op0:
-        caught, ran = _kernel_caught(instrs, records, n)
-        if kind is None:
-            ops = np.arange(n)
-            raw = np.fromiter(map(id, list.__iter__(instrs)), np.int64, n)
-        else:
-            ops = np.flatnonzero(~ran | (kind == XFER) | (kind == DELAY))
-            raw = np.fromiter(
-                map(id, map(list.__getitem__, repeat(instrs), ops.tolist())), np.int64, len(ops)
-            )
+        caught, maybe = _kernel_caught(instrs, records, n)
+        ops = np.flatnonzero(maybe)
+        raw = np.fromiter(map(id, map(_get, repeat(instrs), ops.tolist())), np.int64, len(ops))
         obj = raw != id(instr_column._AT)
         ops, raw = ops[obj], raw[obj]
     else:
@@ -198,25 +187,21 @@ def _caught(
 def _kernel_caught(col: InstrColumn, records: set[int], n: int) -> tuple[np.ndarray, np.ndarray]:
     """Per op, whether it is a catch-up op if a kernel op (its pairing's stream,
     :meth:`InstrColumn.point`, or else its run's, :meth:`InstrColumn.placed`, is one of
-    ``records``); and whether it was made a kernel op (a run's or a pairing's)."""
+    ``records``); and whether it may hold an instruction object: an op of no run, or a
+    transfer a run's recv made that no run's send named (``Builder.transfer`` and the
+    Python relay name such a transfer after their send, an object, in its place)."""
     flag = np.fromiter((id(s) in records for s in col.streams), np.bool_, len(col.streams))
-    sid = np.fromiter((k for k, _ in col.runs), np.int64, len(col.runs))
-    size = np.fromiter((len(e) for _, e in col.runs), np.int64, len(col.runs))
-    first = np.asarray(col.op0, np.int64)
-    caught, ran = _covered(first[flag[sid]], size[flag[sid]], n), _covered(first, size, n)
+    caught = np.zeros(n, np.bool_)
+    maybe = np.ones(n, np.bool_)
+    for first, (k, entries) in zip(col.op0, col.runs, strict=True):
+        at = slice(first, first + len(entries))
+        caught[at] = flag[k]
+        rs = col.streams[k]
+        maybe[at] = rs.kind[entries] == _RECV_K if isinstance(rs, RecordStream) else True
     for ops, k, _ in col.fixes:  # each op set once, after its run
         caught[ops] = flag[k]
-        ran[ops] = True
-    return caught, ran
-
-
-def _covered(first: np.ndarray, size: np.ndarray, n: int) -> np.ndarray:
-    """Per op, whether it is in one of the runs of ops ``first .. first + size - 1`` (runs do
-    not overlap): +1 where one starts, -1 after it, summed."""
-    edges = np.zeros(n + 1, np.int64)
-    edges[first] += 1
-    edges[first + size] -= 1
-    return np.cumsum(edges[:n]) > 0
+        maybe[ops] = False
+    return caught, maybe
 
 
 def _pairs(mine: list[Stretch]) -> int:
