@@ -180,7 +180,10 @@ def _caught(steps: list[list[Stretch]], instrs: list[Instr | None], n: int) -> n
         caught = np.zeros(n, np.bool_)
         ops = np.arange(n)
         raw = np.fromiter(map(id, instrs), np.int64, n)
-    caught[ops] = np.isin(raw, np.asarray(objs, np.int64)) if objs else False
+    if objs:  # (a set's lookups: no sort of either side, as np.isin's)
+        caught[ops] = np.fromiter(map(set(objs).__contains__, raw.tolist()), np.bool_, len(ops))
+    else:
+        caught[ops] = False
     return caught
 
 
