@@ -47,3 +47,25 @@ def test_tokens_per_die_runs() -> None:
     assert got[2][1] == {0: 1, 1: 3}
     assert got[0][0] == {1: token_set(np.array([1]))}
     assert _tokens_per_die(experts[:0], tokens[:0], home) == {}
+
+
+def test_tokens_per_die_of_some_experts_is_theirs_of_all() -> None:
+    """``_units`` groups only the pairs of the experts it makes units for (a catch-up's few
+    deferred ones): each of those experts' sets, kept tokens and counts are those of the
+    grouping of every pair."""
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        T, k, E, D = int(rng.integers(1, 60)), int(rng.integers(1, 4)), 9, 4
+        flat_e = rng.integers(0, E, size=T * k).astype(np.int64)
+        flat_t = np.repeat(np.arange(T, dtype=np.int64), k)
+        home = rng.integers(0, D, size=T).astype(np.int64)
+        some = rng.choice(E, size=int(rng.integers(0, E)), replace=False)
+        at = np.isin(flat_e, some)
+        got = _tokens_per_die(flat_e[at], flat_t[at], home)
+        every = _tokens_per_die(flat_e, flat_t, home)
+        assert got.keys() == {e for e in every if e in some.tolist()}
+        for e, (per_die, counts) in got.items():
+            assert list(per_die.items()) == list(every[e][0].items())
+            assert counts == every[e][1]
+            for d, ts in per_die.items():
+                assert ts.known_indices().tolist() == every[e][0][d].known_indices().tolist()

@@ -167,7 +167,11 @@ def _units(
         everyone = _tokens_per_die(np.zeros(T, np.int64), np.arange(T, dtype=np.int64), home)
         per_die, counts = everyone.get(0, ({}, {}))
         units.append(make(None, per_die, counts, 0))
-    groups = _tokens_per_die(flat_e, flat_t, home)
+    # only the pairs of ``experts`` grouped (a catch-up's are a few experts of all)
+    wanted = np.zeros(max(m.experts, r.num_experts), np.bool_)
+    wanted[experts] = True
+    at = wanted[flat_e]
+    groups = _tokens_per_die(flat_e[at], flat_t[at], home)
     for e in experts:
         per_die, counts = groups.get(e, ({}, {}))
         units.append(make(e, per_die, counts, channels[e]))
@@ -179,7 +183,8 @@ def _tokens_per_die(
 ) -> dict[int, tuple[dict[int, TokenSet], dict[int, int]]]:
     """Per expert of the (expert, token) pairs, per home die of its tokens (ascending), the
     die's tokens as a :class:`TokenSet` and their number (a pair given twice counts once):
-    one sort of all pairs instead of a pass per expert and die."""
+    one sort of all pairs instead of a pass per expert and die, and each group's ranges,
+    set and view of the tokens made by ``map`` (in C) rather than in a loop per group."""
     die = home[tokens]
     order = np.lexsort((tokens, die, experts))
     e, d, tok = experts[order], die[order], tokens[order]
@@ -195,23 +200,27 @@ def _tokens_per_die(
     new_run[1:] |= tok[1:] != tok[:-1] + 1
     run_first = np.flatnonzero(new_run)
     run_last = np.append(run_first[1:], n) - 1
-    firsts, lasts = tok[run_first].tolist(), tok[run_last].tolist()
-    # per group (expert, die): its first pair, its first run
+    ranges = list(zip(tok[run_first].tolist(), tok[run_last].tolist(), strict=True))
+    # per group (expert, die): its pairs ``g_first .. g_end - 1``, its runs ``cut[g] ..
+    # cut[g + 1] - 1``
     g_first = np.flatnonzero(new_group)
-    g_runs = np.searchsorted(run_first, g_first).tolist()
     g_end = np.append(g_first[1:], n)
-    g_sizes = (g_end - g_first).tolist()
-    g_e, g_d = e[g_first].tolist(), d[g_first].tolist()
-    g_runs.append(len(firsts))
+    cut = np.searchsorted(run_first, g_first).tolist()
+    cut.append(len(ranges))
+    runs = map(ranges.__getitem__, map(slice, cut[:-1], cut[1:]))
     # each set keeps its tokens (a view of one array): the SRAM accounting reads them
-    tok64, g_lo, g_hi = tok.astype(np.int64, copy=False), g_first.tolist(), g_end.tolist()
+    tok64 = tok.astype(np.int64, copy=False)
+    views = map(tok64.__getitem__, map(slice, g_first.tolist(), g_end.tolist()))
+    sets = map(TokenSet.keep_indices, map(TokenSet, map(tuple, runs)), views)
     out: dict[int, tuple[dict[int, TokenSet], dict[int, int]]] = {}
-    for g, (ex, di) in enumerate(zip(g_e, g_d, strict=True)):
-        a, b = g_runs[g], g_runs[g + 1]
-        per_die, counts = out.setdefault(ex, ({}, {}))
-        ts = TokenSet(tuple(zip(firsts[a:b], lasts[a:b], strict=True)))
-        per_die[di] = ts.keep_indices(tok64[g_lo[g] : g_hi[g]])
-        counts[di] = g_sizes[g]
+    sizes = (g_end - g_first).tolist()
+    groups = zip(e[g_first].tolist(), d[g_first].tolist(), sets, sizes, strict=True)
+    for ex, di, ts, size in groups:
+        hit = out.get(ex)
+        if hit is None:
+            hit = out[ex] = ({}, {})
+        hit[0][di] = ts
+        hit[1][di] = size
     return out
 
 
