@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib
 import random
@@ -13,6 +14,7 @@ import pytest
 from strategy_cases import moe_module
 
 import moec.bench
+from moec.backends.interp import summary
 from moec.backends.interp.simulate import gc_paused
 from moec.backends.interp.sram import _first_last, _mask
 from moec.backends.interp.summary import _nbytes, tag_spans
@@ -20,9 +22,10 @@ from moec.bench import run_bench
 from moec.compiler.lower import lower
 from moec.compiler.lower.slots import check_tokens_fit
 from moec.ir.errors import ScheduleError
-from moec.ir.stream import TargetRef, TokenSet
+from moec.ir.stream import TargetRef, TokenSet, load_program
 from moec.ir.stream.program import Free, Load, Send, SliceRef
 from moec.ir.target import load_target
+from moec.run import run_program
 
 GOLDEN = Path(__file__).parent / "golden" / "msp"
 
@@ -283,3 +286,24 @@ def test_layer_bytes_read_each_instruction_once() -> None:
     assert _nbytes(instrs, [0, 3]).tolist() == [64, 32]
     assert _nbytes(instrs, [3, 1, 2, 0]).tolist() == [32, 0, 0, 64]
     assert _nbytes(instrs, []).tolist() == []
+
+
+@pytest.mark.parametrize("name", ["tiny_deepseek.fsedp-r5.msp", "tiny_deepseek.ep.msp"])
+def test_one_layer_part_sums_as_the_layers_gathered_by_op(name: str) -> None:
+    """``layer_parts`` of a timeline with one MoE layer (a layered run's part: masks over the
+    columns) against the general path (each layer's ops gathered by a sort), for each layer
+    of a whole run: the other layers' ops untagged, the same figures to the bit."""
+    res = run_program(
+        load_program(str(GOLDEN / name)), base_dir=str(GOLDEN),
+        routing="synth:zipf=1.0,seed=0", allow_overflow=True, layered=False,
+    )  # fmt: skip
+    tl = res.timeline
+    whole = {p.layer: p for p in summary._layers(tl, np.asarray(tl.layer, np.int64))}
+    assert len(whole) > 1
+    for k, ref in whole.items():
+        only = dataclasses.replace(tl, layer=np.where(np.asarray(tl.layer) == k, k, -1))
+        (got,) = summary.layer_parts(only)
+        assert repr(got) == repr(ref) and got.busy.tobytes() == ref.busy.tobytes()
+        assert [np.float64(j).tobytes() for j in got.joules] == [
+            np.float64(j).tobytes() for j in ref.joules
+        ]

@@ -158,3 +158,19 @@ def test_fill_columns_reads_the_records_as_the_reference(held: float) -> None:
         assert all(got[k].size == len(rows) for k in range(3))
         for k in range(3):
             assert got[k].dtype == np.int64 and np.array_equal(got[k], ref[:, k])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_event_order_is_the_lexsort_it_replaced(seed: int) -> None:
+    """The peak sweep's event order (time, then byte delta, then as given) against
+    ``np.lexsort``: many ties in both keys, zeros of both signs, infinite times, and deltas
+    past 2**53 (lexsort itself)."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    times = rng.integers(0, 40, size=n) * 0.25
+    times[rng.random(n) < 0.05] = -0.0
+    times[rng.random(n) < 0.02] = np.inf
+    deltas = rng.choice(np.array([-8192, -512, 0, 512, 8192, 3]), size=n).astype(np.int64)
+    for d in (deltas, deltas * (1 << 40), deltas[:0]):
+        t = times[: d.size]
+        assert np.array_equal(sram._event_order(t, d), np.lexsort((d, t)))

@@ -163,13 +163,17 @@ class InstrColumn(list):  # type: ignore[type-arg]
         """Per op of ``ops`` (default: every op), the ``id`` of its instruction (of None for
         none), 0 for a kernel op's not made yet (so it matches no instruction anyone holds)."""
         ops = list(range(len(self))) if ops is None else ops
+        return self.id_array(ops).tolist()
+
+    def id_array(self, ops: list[int]) -> np.ndarray:
+        """:meth:`ids` of ``ops`` as an int64 array."""
         out = np.fromiter(map(id, map(_get, repeat(self), ops)), np.int64, len(ops))
         if not self.runs:
-            return out.tolist()
+            return out
         lazy = np.flatnonzero(out == id(_AT))  # the markers, found from the ids themselves
         for stream, qs, es in self._groups(np.asarray(ops, np.int64)[lazy]):
             out[lazy[qs]] = stream.made_ids(es)
-        return out.tolist()
+        return out
 
     def nbytes(self, ops: list[int], of: Callable[[list[Any]], np.ndarray]) -> np.ndarray:
         """The ``nbytes`` of each op's instruction: ``of`` (a list of instructions' bytes) for

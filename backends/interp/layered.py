@@ -32,7 +32,6 @@ import gc
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import compress
 
 import numpy as np
 
@@ -304,12 +303,12 @@ def _run_parts(
         if "deferred_pairs" in tl.extra:
             deferred_pairs += int(tl.extra["deferred_pairs"])
             deferred_s += tl.extra["deferred_s"]
-        ends = {id(st.instrs[-1]) for st in prog.streams if st.instrs}
-        sync = _sync_ops(tl)  # those of the streams' last instructions, picked in C
-        last_ops = list(
-            compress(sync, map(ends.__contains__, tl.instr.ids(sync)))  # no instruction made
-        )
-        carry.clock = float(tl.end[last_ops].max()) if last_ops else makespan
+        ends = np.asarray([id(st.instrs[-1]) for st in prog.streams if st.instrs], np.int64)
+        sync = _sync_ops(tl)  # those of the streams' last instructions, picked by numpy
+        last_ops = np.asarray(sync, np.int64)[
+            np.isin(tl.instr.id_array(sync), ends)  # no instruction made
+        ]
+        carry.clock = float(np.asarray(tl.end)[last_ops].max()) if last_ops.size else makespan
         last = (tl.layer_names, tl.island_names, tl.num_resources, tl.resource_names)
         # drop the part now: refcounting frees its instructions and ops, so the collection
         # before the next part only walks what is left in cycles, not the whole part

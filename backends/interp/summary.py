@@ -89,17 +89,66 @@ def merge_spans(into: dict[int, tuple[float, float]], more: dict[int, tuple[floa
 def layer_parts(tl: Timeline) -> list[LayerPart]:
     """One :class:`LayerPart` per MoE layer with ops in ``tl``, in the order the layers first
     appear among the ops."""
+    layer = _column(tl.layer, np.int64)
+    in_moe = layer >= 0
+    top = int(layer.max(initial=-1))
+    if top >= 0 and int(layer.min(initial=top, where=in_moe)) == top:
+        return [_one_layer(tl, top, layer, in_moe)]  # a part's one layer (a layered run's)
+    return _layers(tl, layer)
+
+
+def _one_layer(tl: Timeline, k: int, layer: np.ndarray, mine: np.ndarray) -> LayerPart:
+    """:func:`_layers`'s part for the one MoE layer ``k`` of ``tl`` (``mine``: its ops, a
+    mask), its ops picked by masks over whole columns (one pass each) rather than gathered
+    from the layer's ops and picked again: the same ops in the same (op) order, so the same
+    sums."""
     t = tl.target
     D, C = t.num_dies, len(t.channels)
-    layer = _column(tl.layer, np.int64)
+    start = _column(tl.start, np.float64)
+    end = _column(tl.end, np.float64)
+    kind = _column(tl.kind, np.int64)
+    res = _column(tl.res, np.int64)
+    P = len(PARTS)
+    joules = [0.0] * P
+    if tl.energy is not None:
+        c_ops, _, c_part, c_j = tl.energy.rows()
+        on = mine[c_ops]  # the charges of the layer's ops
+        if on.all():
+            acc = np.bincount(c_part, weights=c_j, minlength=P)
+        else:
+            acc = np.bincount(c_part[on], weights=c_j[on], minlength=P)
+        joules = acc.tolist()
+    held = np.flatnonzero(mine & (res >= 0))  # the ops holding a resource
+    busy = np.bincount(res[held], weights=(end - start)[held], minlength=tl.num_resources)
+    moved = np.flatnonzero(mine & ((kind == LOAD) | (kind == XFER)))
+    dram, link = _moved_bytes(tl, moved, res[moved], D, C)
+    lo = float(start.min(where=mine, initial=np.inf))
+    hi = float(end.max(where=mine, initial=-np.inf))
+    return LayerPart(k, lo, hi, busy, dram, link, joules)
+
+
+def _moved_bytes(
+    tl: Timeline, moved: np.ndarray, held: np.ndarray, D: int, C: int
+) -> tuple[int, int]:  # fmt: skip
+    """The DRAM and link bytes of the loads and transfers ``moved`` (holding ``held``)."""
+    nbytes = _nbytes(tl.instr, moved.tolist())
+    dram = int(nbytes[(D <= held) & (held < D + C)].sum())
+    link = int(nbytes[(D + C <= held) & (held < D + C + len(tl.target.links))].sum())
+    return dram, link
+
+
+def _layers(tl: Timeline, layer: np.ndarray) -> list[LayerPart]:
+    """:func:`layer_parts` for any number of layers: each layer's ops gathered in op order (a
+    stable sort by layer)."""
+    t = tl.target
+    D, C = t.num_dies, len(t.channels)
     start = _column(tl.start, np.float64)
     end = _column(tl.end, np.float64)
     kind = _column(tl.kind, np.int64)
     res = _column(tl.res, np.int64)
     moe = np.flatnonzero(layer >= 0)
     tags = layer[moe]
-    one = bool(tags.size) and tags.min() == tags.max()  # a part's one layer: no sort
-    present, first = (tags[:1], np.zeros(1, np.int64)) if one else np.unique(tags, True)
+    present, first = np.unique(tags, True)
     # each layer's joules per part: its ops' charges added in charge order (np.bincount adds
     # in row order, as the charges were made, and as np.add.at did)
     P = len(PARTS)
@@ -112,10 +161,9 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
         cell = c_layer[mine] * P + c_part[mine]
         acc = np.bincount(cell, weights=c_j[mine], minlength=rows * P).reshape(rows, P)
     joules: dict[int, list[float]] = {int(k): acc[k].tolist() for k in present}
-    links_end = D + C + len(t.links)
     # each layer's ops in op order (a stable sort by layer)
-    ops_by = moe if one else moe[np.argsort(tags, kind="stable")]
-    op_cut = [0] if one else np.searchsorted(layer[ops_by], present, side="left").tolist()
+    ops_by = moe[np.argsort(tags, kind="stable")]
+    op_cut = np.searchsorted(layer[ops_by], present, side="left").tolist()
     op_cut.append(ops_by.size)
     dur = end - start
     parts = []
@@ -125,10 +173,7 @@ def layer_parts(tl: Timeline) -> list[LayerPart]:
         mine = ops[res[ops] >= 0]  # the ops holding a resource
         busy = np.bincount(res[mine], weights=dur[mine], minlength=tl.num_resources)
         moved = ops[(kind[ops] == LOAD) | (kind[ops] == XFER)]
-        held = res[moved]
-        nbytes = _nbytes(tl.instr, moved.tolist())
-        dram = int(nbytes[(D <= held) & (held < D + C)].sum())
-        link = int(nbytes[(D + C <= held) & (held < links_end)].sum())
+        dram, link = _moved_bytes(tl, moved, res[moved], D, C)
         parts.append(
             LayerPart(
                 k, float(start[ops].min()), float(end[ops].max()), busy, dram, link, joules[k]
