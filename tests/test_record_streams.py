@@ -25,6 +25,7 @@ from moec.backends.interp.instr_column import InstrColumn
 from moec.backends.interp.layered import walk_part
 from moec.backends.interp.summary import _nbytes
 from moec.ir.stream.program import Accum, Act, Free, Gemm, Load, Recv, Send, Signal, Wait
+from moec.ir.stream.values import TokenSet
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("numba") is None, reason="numba (moec[fast]) not installed"
@@ -209,3 +210,10 @@ def test_the_token_counts_of_a_record_source_are_its_sets_sizes(problem: Any) ->
         compute = [k for k, i in enumerate(eager) if isinstance(i, Gemm | Act | Accum)]
         assert compute
         assert [size[k] for k in compute] == [eager[k].tokens.size for k in compute]
+
+
+def test_a_sources_set_sizes_read_kept_tokens_and_ranges_alike() -> None:
+    kept = TokenSet.of([1, 2, 3, 9]).keep_indices(np.array([1, 2, 3, 9], np.int64))
+    held = [None, TokenSet.of([4, 5, 7]), kept, TokenSet(()), None]
+    want = [0 if h is None else h.size for h in held]
+    assert relay_records._sizes(held).tolist() == want == [0, 3, 4, 0, 0]

@@ -59,7 +59,7 @@ class Source:
     and unit (``unit_of``); per unit and die (``unit * n + die``) its tokens there or None
     (``held``); and, read once for all its dies' streams, the relay's columns of the trips."""
 
-    __slots__ = ("refs", "sizes", "held", "unit_of", "n", "nbytes", "_trips")
+    __slots__ = ("refs", "sizes", "held", "unit_of", "n", "nbytes", "_trips", "_held_array")
 
     def __init__(
         self, refs: list[Any], sizes: list[int], held: list[Any], unit_of: np.ndarray, n: int
@@ -69,6 +69,14 @@ class Source:
         #: per trip, its bytes
         self.nbytes = np.asarray(sizes, np.int64)
         self._trips: tuple[Any, ...] | None = None
+        self._held_array: np.ndarray | None = None
+
+    def held_array(self) -> np.ndarray:
+        """``held`` as an object array, made once: a stream's computes' token sets are one
+        fancy index of it (a list's ``__getitem__`` per set costs about 15 times more)."""
+        if self._held_array is None:  # fromiter: a set is not read as a sequence
+            self._held_array = np.fromiter(self.held, object, len(self.held))
+        return self._held_array
 
     def trips(self) -> tuple[Any, ...]:
         """Per trip its slice shape (an index into the last entry: a slice of each shape, its
@@ -91,9 +99,16 @@ class Source:
 def _sizes(held: list[Any]) -> np.ndarray:
     """Each token set's size (0 for None), counted but not kept: the relay alone asks these
     sets (about 100k a DeepSeek-V3 model), and :attr:`.TokenSet.size`'s cached property cost
-    about 1.3 us a set to fill, its count alone a third of that."""
+    about 1.3 us a set to fill, its count alone a third of that. A set that keeps its tokens
+    as an array (:meth:`.TokenSet.keep_indices`, the FSE-DP expansion's) is that array's
+    length, its ranges not walked."""
     count = TokenSet.size.func  # type: ignore[attr-defined]
-    return np.asarray([0 if h is None else count(h) for h in held], np.int64)
+    # known_indices() read in place: a call per set would cost a third of what it saves
+    return np.asarray(
+        [0 if h is None else count(h) if (k := h.__dict__.get("_indices")) is None else len(k)
+         for h in held],
+        np.int64,
+    )  # fmt: skip
 
 
 class RecordStream(Sequence[Any]):
@@ -184,7 +199,7 @@ class RecordStream(Sequence[Any]):
     def _held(self, trips: np.ndarray) -> list[Any]:
         """The tokens on this die of each of ``trips``' units (a compute's)."""
         src = self.src
-        return list(map(src.held.__getitem__, (src.unit_of[trips] * src.n + self.die).tolist()))
+        return src.held_array()[src.unit_of[trips] * src.n + self.die].tolist()
 
     def tokens(self, k: np.ndarray) -> list[Any]:
         """The ``tokens`` of entries ``k`` (each a gemm, act or accum), no instruction made."""
