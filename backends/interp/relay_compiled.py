@@ -274,8 +274,24 @@ def _rows_of(t: _Tables, b: Builder, die: int, keys: list[np.ndarray], make: Any
 
 
 def _distinct(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_distinct_sorted`'s answer from the kernel's hash pass
+    (:func:`.relay_kernel.distinct`): the few distinct values sorted, not every entry."""
+    m = len(flat)
+    bits = max((2 * m).bit_length(), 4)  # a table of at least twice the entries
+    table = np.full(1 << bits, -1, np.int64)
+    first, inv = np.empty(m, np.int64), np.empty(m, np.int64)
+    nd = _KERNEL.module.distinct(flat, table, np.uint64(64 - bits), first, inv)
+    first = first[:nd]
+    order = np.argsort(flat[first], kind="stable")
+    rank = np.empty(nd, np.int64)
+    rank[order] = np.arange(nd)
+    return first[order], rank[inv]
+
+
+def _distinct_sorted(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(flat, return_index=True, return_inverse=True)``'s index and inverse (the
-    distinct values in order, each one's first place), from one stable sort."""
+    distinct values in order, each one's first place), from one stable sort: the reference
+    :func:`_distinct` is tested against."""
     order = np.argsort(flat, kind="stable")
     ordered = flat[order]
     new = np.empty(len(flat), np.bool_)

@@ -326,3 +326,33 @@ def _fence(op, fenced, n):  # type: ignore[no-untyped-def]
     """``op`` waits for the die's fence (its edge written by the driver)."""
     fenced[n[7]] = op
     n[7] += 1
+
+
+#: Fibonacci hashing's multiplier (2**64 over the golden ratio, odd)
+_GOLDEN = np.uint64(11400714819323198485)
+
+
+@numba.njit(**_NO_NRT)
+def distinct(flat, table, shift, first, inv):  # type: ignore[no-untyped-def]
+    """The distinct values of ``flat`` (non-negative) in first-seen order, by one pass over an
+    open-addressing hash table (``table``: ``2**(64 - shift)`` entries of -1, at least twice
+    ``len(flat)``): their number; each one's first place in ``first`` and per entry its
+    value's number in ``inv``."""
+    mask = table.shape[0] - 1
+    nd = 0
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        k = np.int64((np.uint64(v) * _GOLDEN) >> shift)
+        while True:
+            d = table[k]
+            if d < 0:
+                table[k] = nd
+                first[nd] = i
+                inv[i] = nd
+                nd += 1
+                break
+            if flat[first[d]] == v:
+                inv[i] = d
+                break
+            k = (k + 1) & mask
+    return nd
