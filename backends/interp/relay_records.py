@@ -128,8 +128,7 @@ class RecordStream(Sequence[Any]):
         self.slot, self.peer, self.trip = (rec[:, c].astype(np.int32) for c in (2, 3, 4))
         self._made: list[Any] = [None] * len(rec)
         self._have = np.zeros(len(rec), np.bool_)
-        #: the relay's codes (:meth:`_codes`), once asked (the decision to stay records asks
-        #: first, the relay's columns next)
+        #: the relay's codes (:meth:`_codes`), once asked
         self._code: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -228,20 +227,25 @@ class RecordStream(Sequence[Any]):
         """The relay's columns: per entry its code (with the relay's static checks,
         :func:`_checked`), slot, peer or channel, bytes, slice shape (an index into the last
         entry: a slice of each shape), token count."""
-        shape_of, tokens, shapes = self.src.trips()
-        code, nbytes = self._codes()
-        size = tokens[self.src.unit_of[self.trip] * self.src.n + self.die]
-        return code, self.slot, self.peer, nbytes, shape_of[self.trip], size, shapes
+        src, trip = self.src, self.trip
+        shape_of, tokens, shapes = src.trips()
+        size = tokens[src.unit_of[trip] * src.n + self.die]
+        return self._codes(), self.slot, self.peer, self._bytes(), shape_of[trip], size, shapes
 
-    def _codes(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per entry, its relay code (:func:`_checked`) and bytes (0 for no transfer or
-        load)."""
-        full = _OF_RECORD[self.kind]
-        nbytes = self.src.nbytes[self.trip]
-        nbytes[~((full == RECV) | (full == SEND) | (full == LOAD))] = 0
+    def _codes(self) -> np.ndarray:
+        """Per entry, its relay code (:func:`_checked`), made on the first call (the decision
+        to stay records asks first, the relay's columns next)."""
         if self._code is None:
-            self._code = _checked(full, self.slot, nbytes).astype(np.int8)
-        return self._code, nbytes
+            full = _OF_RECORD[self.kind]
+            self._code = _checked(full, self.slot, self._bytes()).astype(np.int8)
+        return self._code
+
+    def _bytes(self) -> np.ndarray:
+        """Per entry, its bytes (0 for one that is not a load, send or recv)."""
+        kind = self.kind
+        nbytes = self.src.nbytes[self.trip]
+        nbytes[(kind != _LOAD_K) & (kind != _SEND_K) & (kind != _RECV_K)] = 0
+        return nbytes
 
     def lazy(self, min_run: int) -> bool:
         """Whether to keep this stream as records for a relay taking runs of at least
@@ -252,7 +256,7 @@ class RecordStream(Sequence[Any]):
     def covered(self, min_run: int) -> float:
         """The share of entries in stretches of at least ``min_run`` the relay's static
         checks let a compiled run take (:func:`stops`)."""
-        code = self._codes()[0]
+        code = self._codes()
         stop = stops(code)
         starts = np.flatnonzero(code != 0)
         if not len(code) or not len(starts):
