@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from moec.backends.interp.event_loop import OptionalKernel
 from moec.backends.interp.expand import fsedp_instrs as mk
 from moec.ir.stream.values import TokenSet
 
@@ -52,6 +53,8 @@ LAZY_FROM = 0.5
 LAZY_RUNS = 4
 #: whether a record stream was made since the last :func:`clear`
 _made_any = False
+#: the relay's kernel, for the static checks (record streams exist where numba is loaded)
+_KERNEL = OptionalKernel("moec.backends.interp.relay_kernel")
 
 
 class Source:
@@ -236,8 +239,14 @@ class RecordStream(Sequence[Any]):
         """Per entry, its relay code (:func:`_checked`), made on the first call (the decision
         to stay records asks first, the relay's columns next)."""
         if self._code is None:
-            full = _OF_RECORD[self.kind]
-            self._code = _checked(full, self.slot, self._bytes()).astype(np.int8)
+            m = len(self.kind)
+            if _KERNEL.available():
+                self._code = np.empty(m, np.int8)
+                _KERNEL.module.checked(self.kind, self.slot, self.trip, self.src.nbytes,
+                                       _OF_RECORD, np.empty(m, np.int64), self._code)  # fmt: skip
+            else:
+                full = _OF_RECORD[self.kind]
+                self._code = _checked(full, self.slot, self._bytes()).astype(np.int8)
         return self._code
 
     def _bytes(self) -> np.ndarray:
@@ -389,11 +398,12 @@ def joined(parts: list[Sequence[Any]]) -> Sequence[Any]:
 
 
 def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
-    """The relay's codes of one record stream: its static checks (a transfer or load of no bytes, a
-    ``gemm`` without its ``act`` and ``accum`` on its slot, a load that starts two streamed
-    micro-slices one after the other) give 0, and ``act``, ``accum`` 0 (their ``gemm`` takes
-    them); an entry whose check would read past the stream's end gives 0 too (the Python relay
-    takes it)."""
+    """The relay's codes of one record stream, by numpy (the reference of
+    :func:`.relay_kernel.checked`, which :meth:`RecordStream._codes` runs where numba is): its
+    static checks (a transfer or load of no bytes, a ``gemm`` without its ``act`` and
+    ``accum`` on its slot, a load that starts two streamed micro-slices one after the other)
+    give 0, and ``act``, ``accum`` 0 (their ``gemm`` takes them); an entry whose check would
+    read past the stream's end gives 0 too (the Python relay takes it)."""
     m = len(full)
     code = full.copy()
     code[((full == RECV) | (full == SEND) | (full == LOAD)) & (nbytes == 0)] = 0
@@ -422,7 +432,17 @@ def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarr
 def stops(code: np.ndarray) -> np.ndarray:
     """Per entry of a stream's codes (:func:`_checked`'s), where a compiled run from it must
     stop at the latest: the next entry of code 0 that is not a taken gemm's act or accum
-    (:func:`.relay_kernel.run_end` stops there or before; a run starts at no act or accum)."""
+    (:func:`.relay_kernel.run_end` stops there or before; a run starts at no act or accum).
+    The kernel's pass where numba is (:func:`.relay_kernel.stops`), else :func:`_stops`."""
+    if _KERNEL.available():
+        out = np.empty(len(code), np.int64)
+        _KERNEL.module.stops(code, out)
+        return out
+    return _stops(code)
+
+
+def _stops(code: np.ndarray) -> np.ndarray:
+    """:func:`stops` by numpy (the reference)."""
     n = len(code)
     hard = code == 0
     hard[1:] &= code[:-1] != GEMM
