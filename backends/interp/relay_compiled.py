@@ -464,8 +464,9 @@ def _waiting(pending: dict[tuple[int, int], TransferQueue], keys: list[tuple[int
     ends = [0]
     for key, w in zip(keys, want, strict=True):
         q = pending.get(key)
-        k = 0 if q is None else min(len(q), w)
-        if k:
+        k = 0
+        if q is not None and w:
+            k = min(len(q), w)
             parts.append(q.first(k))
         ends.append(ends[-1] + k)
     bound = np.asarray(ends, np.int64)
