@@ -25,6 +25,7 @@ from moec.backends.interp.instr_column import InstrColumn
 from moec.backends.interp.layered import walk_part
 from moec.backends.interp.summary import _nbytes
 from moec.ir.stream.program import Accum, Act, Free, Gemm, Load, Recv, Send, Signal, Wait
+from moec.ir.stream.values import TokenSet
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("numba") is None, reason="numba (moec[fast]) not installed"
@@ -188,7 +189,11 @@ def _of_list(objs: list[Any]) -> np.ndarray:
     return np.asarray([getattr(i, "nbytes", 0) for i in objs], np.int64)
 
 
-def test_a_runs_stop_is_the_next_entry_no_run_covers() -> None:
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_runs_stop_is_the_next_entry_no_run_covers(compiled: bool) -> None:
+    if compiled and not relay_compiled.available():
+        pytest.skip("numba is not installed")
+    stops = relay_records.stops if compiled else relay_records._stops
     gemm = relay_records.GEMM
     rng = np.random.default_rng(7)
     for n in (0, 1, 2, 3, 50, 400):
@@ -200,7 +205,37 @@ def test_a_runs_stop_is_the_next_entry_no_run_covers() -> None:
                 if code[k] == 0 and gemm not in code[max(k - 2, 0) : k].tolist()
             ]  # fmt: skip
             want = [min([h for h in hard if h >= k], default=n) for k in range(n)]
-            assert relay_records.stops(code).tolist() == want
+            assert stops(code).tolist() == want
+
+
+def test_the_kernels_static_checks_are_the_numpy_ones() -> None:
+    if not relay_compiled.available():
+        pytest.skip("numba is not installed")
+    kernel = relay_records._KERNEL.module
+    rng = np.random.default_rng(11)
+    chain = np.array([0, 1, 2, 3, 4], np.int8)  # load, gemm, act, accum, free (record kinds)
+    for n in (0, 1, 4, 5, 6, 9, 10, 11, 60, 500):
+        for p_chain, p_slot in ((0.0, 0.5), (0.6, 0.1), (0.9, 0.0), (0.3, 0.3)):
+            kind, slot = [], []
+            while len(kind) < n:  # streamed micro-slices, back to back or not, among noise
+                if rng.random() < p_chain:
+                    kind += chain.tolist()
+                    s = int(rng.integers(0, 4))
+                    slot += [s if rng.random() >= p_slot else int(rng.integers(0, 4)) for _ in range(5)]
+                else:
+                    kind.append(int(rng.integers(0, 7)))
+                    slot.append(int(rng.integers(0, 4)))
+            k = np.asarray(kind[:n], np.int8)
+            sl = np.asarray(slot[:n], np.int32)
+            trip = rng.integers(0, 6, n).astype(np.int32)
+            trip_bytes = np.array([0, 64, 128, 0, 4096, 8], np.int64)
+            full = relay_records._OF_RECORD[k]
+            nbytes = trip_bytes[trip]
+            nbytes[~np.isin(full, (relay_records.RECV, relay_records.SEND, relay_records.LOAD))] = 0
+            want = relay_records._checked(full, sl, nbytes)
+            got = np.empty(n, np.int8)
+            kernel.checked(k, sl, trip, trip_bytes, relay_records._OF_RECORD, np.empty(n, np.int64), got)
+            assert got.tolist() == want.tolist()
 
 
 def test_the_token_counts_of_a_record_source_are_its_sets_sizes(problem: Any) -> None:
@@ -209,3 +244,10 @@ def test_the_token_counts_of_a_record_source_are_its_sets_sizes(problem: Any) ->
         compute = [k for k, i in enumerate(eager) if isinstance(i, Gemm | Act | Accum)]
         assert compute
         assert [size[k] for k in compute] == [eager[k].tokens.size for k in compute]
+
+
+def test_a_sources_set_sizes_read_kept_tokens_and_ranges_alike() -> None:
+    kept = TokenSet.of([1, 2, 3, 9]).keep_indices(np.array([1, 2, 3, 9], np.int64))
+    held = [None, TokenSet.of([4, 5, 7]), kept, TokenSet(()), None]
+    want = [0 if h is None else h.size for h in held]
+    assert relay_records._sizes(held).tolist() == want == [0, 3, 4, 0, 0]

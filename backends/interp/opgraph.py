@@ -15,7 +15,7 @@ The semantics these implement are in :mod:`.timing`'s docstring; the run is :fun
 from __future__ import annotations
 
 from array import array
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +23,7 @@ from moec.backends.interp.cost_memo import CostMemo, LoadPath, precision_of
 from moec.backends.interp.energy import EnergyLedger
 from moec.backends.interp.instr_column import InstrColumn
 from moec.backends.interp.sram import LayerActs
+from moec.backends.interp.transfer_queue import TransferQueue
 from moec.ir import cost
 from moec.ir.cost.energy import (
     dram_energy,
@@ -258,8 +259,8 @@ class Builder:
         #: program's layer indices, so not shared with other parts)
         self.chains: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         # transfers waiting for their other side: (src, dst) -> (hold op, arrival op), in order
-        self.pending_send: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
-        self.pending_recv: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
+        self.pending_send: dict[tuple[int, int], TransferQueue] = defaultdict(TransferQueue)
+        self.pending_recv: dict[tuple[int, int], TransferQueue] = defaultdict(TransferQueue)
         self.waiters: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
         self.signal_event: dict[int, str] = {}
         # slot fills and frees, for SRAM, flat (no record objects): die, fill op, free op or -1

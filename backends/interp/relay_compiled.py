@@ -24,9 +24,7 @@ the reference takes every run.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
-from itertools import chain, islice, repeat, starmap
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,6 +34,7 @@ from moec.backends.interp import relay_records
 from moec.backends.interp.event_loop import OptionalKernel
 from moec.backends.interp.opgraph import Builder, DieState
 from moec.backends.interp.relay_output import append_run, slots_back
+from moec.backends.interp.transfer_queue import TransferQueue
 from moec.ir.stream.program import Instr, SliceRef
 
 #: True: every run the kernel can take; False: none; None: runs of :data:`MIN_RUN` or more
@@ -275,8 +274,24 @@ def _rows_of(t: _Tables, b: Builder, die: int, keys: list[np.ndarray], make: Any
 
 
 def _distinct(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_distinct_sorted`'s answer from the kernel's hash pass
+    (:func:`.relay_kernel.distinct`): the few distinct values sorted, not every entry."""
+    m = len(flat)
+    bits = max((2 * m).bit_length(), 4)  # a table of at least twice the entries
+    table = np.full(1 << bits, -1, np.int64)
+    first, inv = np.empty(m, np.int64), np.empty(m, np.int64)
+    nd = _KERNEL.module.distinct(flat, table, np.uint64(64 - bits), first, inv)
+    first = first[:nd]
+    order = np.argsort(flat[first], kind="stable")
+    rank = np.empty(nd, np.int64)
+    rank[order] = np.arange(nd)
+    return first[order], rank[inv]
+
+
+def _distinct_sorted(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(flat, return_index=True, return_inverse=True)``'s index and inverse (the
-    distinct values in order, each one's first place), from one stable sort."""
+    distinct values in order, each one's first place), from one stable sort: the reference
+    :func:`_distinct` is tested against."""
     order = np.argsort(flat, kind="stable")
     ordered = flat[order]
     new = np.empty(len(flat), np.bool_)
@@ -421,10 +436,10 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
                 use_first, uses_on, pool_op, pool_next)  # fmt: skip
     for p, k in enumerate((ws_head - ws_head0).tolist()):
         if k:
-            _drop(b.pending_send[(p, die)], k)
+            b.pending_send[(p, die)].drop(k)
     for p, k in enumerate((wr_head - wr_head0).tolist()):
         if k:
-            _drop(b.pending_recv[(die, p)], k)
+            b.pending_recv[(die, p)].drop(k)
     left = out_i[31][: n[31]]
     if len(left):  # the run's transfers left waiting: per queue (in first-seen order) in order
         key = left[:, 0] * D + left[:, 1]
@@ -433,22 +448,14 @@ def run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int | None:
             grp = left[key == kk]
             c_, p = int(grp[0, 0]), int(grp[0, 1])
             q = b.pending_recv[(p, die)] if c_ == RECV else b.pending_send[(die, p)]
-            q.extend(zip(grp[:, 2].tolist(), grp[:, 3].tolist(), strict=True))
+            q.extend_flat(grp[:, 2:4])
     if s.pending_h:
         for q in set(slot[gw].tolist()):
             s.pending_h.pop(q, None)
     return j + m
 
 
-def _drop(q: deque[Any], k: int) -> None:
-    """Take the first ``k`` transfers off waiting queue ``q`` (the run paired them)."""
-    if k >= len(q):
-        q.clear()
-    else:
-        deque(starmap(q.popleft, repeat((), k)), 0)  # k calls, looped in C
-
-
-def _waiting(pending: dict[tuple[int, int], Any], keys: list[tuple[int, int]],
+def _waiting(pending: dict[tuple[int, int], TransferQueue], keys: list[tuple[int, int]],
              peers: np.ndarray, D: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """The first transfers waiting on each key (per peer), as many as the run's ``peers``
     may take: flat ``hold, op`` pairs, each peer's start and end."""
@@ -456,10 +463,11 @@ def _waiting(pending: dict[tuple[int, int], Any], keys: list[tuple[int, int]],
     parts = [np.zeros(0, np.int64)]
     ends = [0]
     for key, w in zip(keys, want, strict=True):
-        q = pending.get(key) or ()
-        k = min(len(q), w)
-        if k:  # read into the array as they come: no list of ints in between
-            parts.append(np.fromiter(chain.from_iterable(islice(q, k)), np.int64, 2 * k))
+        q = pending.get(key)
+        k = 0
+        if q is not None and w:
+            k = min(len(q), w)
+            parts.append(q.first(k))
         ends.append(ends[-1] + k)
     bound = np.asarray(ends, np.int64)
     return np.concatenate(parts), bound[:-1].copy(), bound[1:].copy()  # heads move, ends not

@@ -326,3 +326,91 @@ def _fence(op, fenced, n):  # type: ignore[no-untyped-def]
     """``op`` waits for the die's fence (its edge written by the driver)."""
     fenced[n[7]] = op
     n[7] += 1
+
+
+#: Fibonacci hashing's multiplier (2**64 over the golden ratio, odd)
+_GOLDEN = np.uint64(11400714819323198485)
+
+
+@numba.njit(**_NO_NRT)
+def distinct(flat, table, shift, first, inv):  # type: ignore[no-untyped-def]
+    """The distinct values of ``flat`` (non-negative) in first-seen order, by one pass over an
+    open-addressing hash table (``table``: ``2**(64 - shift)`` entries of -1, at least twice
+    ``len(flat)``): their number; each one's first place in ``first`` and per entry its
+    value's number in ``inv``."""
+    mask = table.shape[0] - 1
+    nd = 0
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        k = np.int64((np.uint64(v) * _GOLDEN) >> shift)
+        while True:
+            d = table[k]
+            if d < 0:
+                table[k] = nd
+                first[nd] = i
+                inv[i] = nd
+                nd += 1
+                break
+            if flat[first[d]] == v:
+                inv[i] = d
+                break
+            k = (k + 1) & mask
+    return nd
+
+
+#: record codes the static checks read besides the relay's (:mod:`.relay_records`')
+ACT, ACCUM = 6, 7
+
+
+@numba.njit(**_NO_NRT)
+def _chained_head(full, slot, x, m):  # type: ignore[no-untyped-def]
+    """Whether entry ``x`` is a ``load`` that starts a streamed micro-slice: ``load, gemm,
+    act, accum, free`` on one slot."""
+    if x + 4 >= m or full[x] != LOAD:
+        return False
+    s = slot[x]
+    for q, want in ((1, GEMM), (2, ACT), (3, ACCUM), (4, FREE)):
+        if full[x + q] != want or slot[x + q] != s:
+            return False
+    return True
+
+
+@numba.njit(**_NO_NRT)
+def checked(kind, slot, trip, trip_bytes, of_record, full, code):  # type: ignore[no-untyped-def]
+    """:func:`.relay_records._checked` in one pass over a record stream (``kind``, ``slot``,
+    ``trip``: its records; ``trip_bytes``: per trip its bytes; ``of_record``: per record kind
+    its code): the relay's codes into ``code`` (``full``: room for the unchecked codes)."""
+    m = kind.shape[0]
+    for r in range(m):
+        full[r] = of_record[kind[r]]
+    for r in range(m):
+        f = full[r]
+        c = f
+        if f == GEMM:
+            c = 0
+            if r + 2 < m and full[r + 1] == ACT and full[r + 2] == ACCUM:
+                if slot[r + 1] == slot[r] and slot[r + 2] == slot[r]:
+                    c = GEMM
+        elif f == ACT or f == ACCUM:
+            c = 0
+        elif f == RECV or f == SEND or f == LOAD:
+            if trip_bytes[trip[r]] == 0:
+                c = 0
+            if f == LOAD:
+                if r + 4 >= m:
+                    c = 0
+                elif _chained_head(full, slot, r, m) and _chained_head(full, slot, r + 5, m):
+                    c = 0
+        code[r] = c
+
+
+@numba.njit(**_NO_NRT)
+def stops(code, out):  # type: ignore[no-untyped-def]
+    """:func:`.relay_records.stops` in one pass from the end, into ``out``."""
+    n = code.shape[0]
+    nxt = n
+    for k in range(n - 1, -1, -1):
+        if code[k] == 0:  # a taken gemm's act or accum is not a stop
+            if not (k >= 1 and code[k - 1] == GEMM) and not (k >= 2 and code[k - 2] == GEMM):
+                nxt = k
+        out[k] = nxt

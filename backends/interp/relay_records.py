@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from moec.backends.interp.event_loop import OptionalKernel
 from moec.backends.interp.expand import fsedp_instrs as mk
 from moec.ir.stream.values import TokenSet
 
@@ -52,6 +53,8 @@ LAZY_FROM = 0.5
 LAZY_RUNS = 4
 #: whether a record stream was made since the last :func:`clear`
 _made_any = False
+#: the relay's kernel, for the static checks (record streams exist where numba is loaded)
+_KERNEL = OptionalKernel("moec.backends.interp.relay_kernel")
 
 
 class Source:
@@ -59,7 +62,7 @@ class Source:
     and unit (``unit_of``); per unit and die (``unit * n + die``) its tokens there or None
     (``held``); and, read once for all its dies' streams, the relay's columns of the trips."""
 
-    __slots__ = ("refs", "sizes", "held", "unit_of", "n", "nbytes", "_trips")
+    __slots__ = ("refs", "sizes", "held", "unit_of", "n", "nbytes", "_trips", "_held_array")
 
     def __init__(
         self, refs: list[Any], sizes: list[int], held: list[Any], unit_of: np.ndarray, n: int
@@ -69,6 +72,14 @@ class Source:
         #: per trip, its bytes
         self.nbytes = np.asarray(sizes, np.int64)
         self._trips: tuple[Any, ...] | None = None
+        self._held_array: np.ndarray | None = None
+
+    def held_array(self) -> np.ndarray:
+        """``held`` as an object array, made once: a stream's computes' token sets are one
+        fancy index of it (a list's ``__getitem__`` per set costs about 15 times more)."""
+        if self._held_array is None:  # fromiter: a set is not read as a sequence
+            self._held_array = np.fromiter(self.held, object, len(self.held))
+        return self._held_array
 
     def trips(self) -> tuple[Any, ...]:
         """Per trip its slice shape (an index into the last entry: a slice of each shape, its
@@ -91,9 +102,16 @@ class Source:
 def _sizes(held: list[Any]) -> np.ndarray:
     """Each token set's size (0 for None), counted but not kept: the relay alone asks these
     sets (about 100k a DeepSeek-V3 model), and :attr:`.TokenSet.size`'s cached property cost
-    about 1.3 us a set to fill, its count alone a third of that."""
+    about 1.3 us a set to fill, its count alone a third of that. A set that keeps its tokens
+    as an array (:meth:`.TokenSet.keep_indices`, the FSE-DP expansion's) is that array's
+    length, its ranges not walked."""
     count = TokenSet.size.func  # type: ignore[attr-defined]
-    return np.asarray([0 if h is None else count(h) for h in held], np.int64)
+    # known_indices() read in place: a call per set would cost a third of what it saves
+    return np.asarray(
+        [0 if h is None else count(h) if (k := h.__dict__.get("_indices")) is None else len(k)
+         for h in held],
+        np.int64,
+    )  # fmt: skip
 
 
 class RecordStream(Sequence[Any]):
@@ -113,8 +131,7 @@ class RecordStream(Sequence[Any]):
         self.slot, self.peer, self.trip = (rec[:, c].astype(np.int32) for c in (2, 3, 4))
         self._made: list[Any] = [None] * len(rec)
         self._have = np.zeros(len(rec), np.bool_)
-        #: the relay's codes (:meth:`_codes`), once asked (the decision to stay records asks
-        #: first, the relay's columns next)
+        #: the relay's codes (:meth:`_codes`), once asked
         self._code: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -184,7 +201,7 @@ class RecordStream(Sequence[Any]):
     def _held(self, trips: np.ndarray) -> list[Any]:
         """The tokens on this die of each of ``trips``' units (a compute's)."""
         src = self.src
-        return list(map(src.held.__getitem__, (src.unit_of[trips] * src.n + self.die).tolist()))
+        return src.held_array()[src.unit_of[trips] * src.n + self.die].tolist()
 
     def tokens(self, k: np.ndarray) -> list[Any]:
         """The ``tokens`` of entries ``k`` (each a gemm, act or accum), no instruction made."""
@@ -213,20 +230,31 @@ class RecordStream(Sequence[Any]):
         """The relay's columns: per entry its code (with the relay's static checks,
         :func:`_checked`), slot, peer or channel, bytes, slice shape (an index into the last
         entry: a slice of each shape), token count."""
-        shape_of, tokens, shapes = self.src.trips()
-        code, nbytes = self._codes()
-        size = tokens[self.src.unit_of[self.trip] * self.src.n + self.die]
-        return code, self.slot, self.peer, nbytes, shape_of[self.trip], size, shapes
+        src, trip = self.src, self.trip
+        shape_of, tokens, shapes = src.trips()
+        size = tokens[src.unit_of[trip] * src.n + self.die]
+        return self._codes(), self.slot, self.peer, self._bytes(), shape_of[trip], size, shapes
 
-    def _codes(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per entry, its relay code (:func:`_checked`) and bytes (0 for no transfer or
-        load)."""
-        full = _OF_RECORD[self.kind]
-        nbytes = self.src.nbytes[self.trip]
-        nbytes[~((full == RECV) | (full == SEND) | (full == LOAD))] = 0
+    def _codes(self) -> np.ndarray:
+        """Per entry, its relay code (:func:`_checked`), made on the first call (the decision
+        to stay records asks first, the relay's columns next)."""
         if self._code is None:
-            self._code = _checked(full, self.slot, nbytes).astype(np.int8)
-        return self._code, nbytes
+            m = len(self.kind)
+            if _KERNEL.available():
+                self._code = np.empty(m, np.int8)
+                _KERNEL.module.checked(self.kind, self.slot, self.trip, self.src.nbytes,
+                                       _OF_RECORD, np.empty(m, np.int64), self._code)  # fmt: skip
+            else:
+                full = _OF_RECORD[self.kind]
+                self._code = _checked(full, self.slot, self._bytes()).astype(np.int8)
+        return self._code
+
+    def _bytes(self) -> np.ndarray:
+        """Per entry, its bytes (0 for one that is not a load, send or recv)."""
+        kind = self.kind
+        nbytes = self.src.nbytes[self.trip]
+        nbytes[(kind != _LOAD_K) & (kind != _SEND_K) & (kind != _RECV_K)] = 0
+        return nbytes
 
     def lazy(self, min_run: int) -> bool:
         """Whether to keep this stream as records for a relay taking runs of at least
@@ -237,7 +265,7 @@ class RecordStream(Sequence[Any]):
     def covered(self, min_run: int) -> float:
         """The share of entries in stretches of at least ``min_run`` the relay's static
         checks let a compiled run take (:func:`stops`)."""
-        code = self._codes()[0]
+        code = self._codes()
         stop = stops(code)
         starts = np.flatnonzero(code != 0)
         if not len(code) or not len(starts):
@@ -370,11 +398,12 @@ def joined(parts: list[Sequence[Any]]) -> Sequence[Any]:
 
 
 def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
-    """The relay's codes of one record stream: its static checks (a transfer or load of no bytes, a
-    ``gemm`` without its ``act`` and ``accum`` on its slot, a load that starts two streamed
-    micro-slices one after the other) give 0, and ``act``, ``accum`` 0 (their ``gemm`` takes
-    them); an entry whose check would read past the stream's end gives 0 too (the Python relay
-    takes it)."""
+    """The relay's codes of one record stream, by numpy (the reference of
+    :func:`.relay_kernel.checked`, which :meth:`RecordStream._codes` runs where numba is): its
+    static checks (a transfer or load of no bytes, a ``gemm`` without its ``act`` and
+    ``accum`` on its slot, a load that starts two streamed micro-slices one after the other)
+    give 0, and ``act``, ``accum`` 0 (their ``gemm`` takes them); an entry whose check would
+    read past the stream's end gives 0 too (the Python relay takes it)."""
     m = len(full)
     code = full.copy()
     code[((full == RECV) | (full == SEND) | (full == LOAD)) & (nbytes == 0)] = 0
@@ -403,7 +432,17 @@ def _checked(full: np.ndarray, slot: np.ndarray, nbytes: np.ndarray) -> np.ndarr
 def stops(code: np.ndarray) -> np.ndarray:
     """Per entry of a stream's codes (:func:`_checked`'s), where a compiled run from it must
     stop at the latest: the next entry of code 0 that is not a taken gemm's act or accum
-    (:func:`.relay_kernel.run_end` stops there or before; a run starts at no act or accum)."""
+    (:func:`.relay_kernel.run_end` stops there or before; a run starts at no act or accum).
+    The kernel's pass where numba is (:func:`.relay_kernel.stops`), else :func:`_stops`."""
+    if _KERNEL.available():
+        out = np.empty(len(code), np.int64)
+        _KERNEL.module.stops(code, out)
+        return out
+    return _stops(code)
+
+
+def _stops(code: np.ndarray) -> np.ndarray:
+    """:func:`stops` by numpy (the reference)."""
     n = len(code)
     hard = code == 0
     hard[1:] &= code[:-1] != GEMM
