@@ -31,6 +31,7 @@ has loaded numba, loading this one costs 40-80 ms, and :data:`COMPILE_WARM` work
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -190,11 +191,8 @@ class _Paths(Sequence[tuple[tuple[int | None, int], list[int]]]):
 def _trip_slices(prob: Problem, pl: _Planned, us: np.ndarray) -> tuple[list[SliceRef], list[int]]:
     """Per trip of ``pl`` its slice and bytes (``us``: per trip its slice's row, the units'
     slices end to end); the trips of one slice (naive rules) share its :class:`SliceRef`."""
-    experts = [u.expert for u in prob.units]
-    refs = [
-        SliceRef(prob.layer, experts[u], j)
-        for u, j in zip(pl.order_unit.tolist(), pl.order_slice.tolist(), strict=True)
-    ]
+    experts = map([u.expert for u in prob.units].__getitem__, pl.order_unit.tolist())
+    refs = list(map(SliceRef, repeat(prob.layer), experts, pl.order_slice.tolist()))
     if pl.of is not None:
         refs = list(map(refs.__getitem__, pl.of.tolist()))
     nbytes = [b for u in prob.units for b in u.slice_bytes]  # the units' ints, not new ones
@@ -399,7 +397,7 @@ def _durations(units: list[Any], u_off: list[int], n: int) -> np.ndarray | None:
             hit = first.get(f)
             if hit is None:
                 hit = first[f] = len(asked)
-                asked += [u.compute(d, f) for d in ds]
+                asked += map(u.compute, ds, repeat(f))
             at.append(hit)
         m = len(alike)
         row += range(base, base + m)
@@ -407,7 +405,7 @@ def _durations(units: list[Any], u_off: list[int], n: int) -> np.ndarray | None:
         die_at += [len(dies)] * m
         dies += ds
     ops = len(SLICE_COSTS)
-    if any(len(a) != ops for a in asked):
+    if asked and set(map(len, asked)) != {ops}:
         return None
     cd = np.zeros((u_off[-1] * n, ops))
     if asked:
@@ -417,7 +415,8 @@ def _durations(units: list[Any], u_off: list[int], n: int) -> np.ndarray | None:
         k = np.arange(len(of)) - np.repeat(np.cumsum(per) - per, per)
         take = np.asarray(at, np.int64)[of] + k
         die = np.asarray(dies, np.int64)[np.asarray(die_at, np.int64)[of] + k]
-        cd[np.asarray(row, np.int64)[of] * n + die] = np.asarray(asked, np.float64)[take]
+        durations = np.fromiter(chain.from_iterable(asked), np.float64, ops * len(asked))
+        cd[np.asarray(row, np.int64)[of] * n + die] = durations.reshape(-1, ops)[take]
     return cd.reshape(u_off[-1], n, ops)
 
 
