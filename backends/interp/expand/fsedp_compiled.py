@@ -11,10 +11,11 @@ What stays in Python: the setup (the reference's own constructor: walk, slots; i
 trips in the central load order, made as arrays by :func:`_plan`), the engine's cost plans
 read into arrays before the kernel runs (:meth:`~.fsedp_engine.Engine.load_plan`,
 :meth:`~.fsedp_engine.Engine.send_plan`, each slice compute's durations from the unit), and
-each die's stream from the kernel's records: a :class:`~..relay_records.RecordStream` (its
-instructions made with the reference's makers, :mod:`.fsedp_instrs`, only when read) where the
-compiled relay takes most of it, else the instructions made at once; without streams (a
-prediction) none are made.
+each die's stream from the kernel's records (which the kernel leaves sorted die by die): a
+:class:`~..relay_records.RecordStream` (its instructions made with the reference's makers,
+:mod:`.fsedp_instrs`, only when read) where the compiled relay takes most of it, else the
+instructions made at once; without streams (a prediction) none are made. The trips' paths
+(:attr:`~.fsedp_problem.Schedule.paths`) are made only when read (:class:`_Paths`).
 
 :data:`COMPILED` says which one :func:`.fsedp_sched.schedule` uses: True or False forces one
 (the tests compare them); None (the default) starts with the reference and switches to the
@@ -131,10 +132,10 @@ def schedule(sim: Any) -> Schedule:
     free_at[:] = fl[sc[k.O_FREE_AT] : sc[k.O_FREE_AT] + len(free_at)].tolist()
     paths = _Paths(prob.units, sim.walk, pl.unit, pl.slice, trip[k.Q0].copy(), trip[k.LAST].copy())
     if sim.write:
-        rec = st[17][: sc[k.RECORDS]]
         refs, sizes = _trip_slices(prob, pl, trip[k.US])
-        ends = st[18].tolist()
-        _instructions(sim.out, refs, sizes, prob.units, trip[k.UNIT], rec, ends, offered(prob))
+        cols = (st[17], *st[18])
+        _instructions(sim.out, refs, sizes, prob.units, trip[k.UNIT], cols, st[19].tolist(),
+                      offered(prob))  # fmt: skip
     peaks = dict(enumerate(die[k.PEAK].tolist()))
     clock = float(fl[sc[k.O_CLOCK]])
     return Schedule(sim.out, paths, clock, peaks, int(sc[k.PASSES]))  # type: ignore[arg-type]
@@ -371,8 +372,8 @@ def _state(sim: Any, pl: _Planned) -> tuple[Any, ...] | None:
         sc, die, lane, trip, chan, ring, np.zeros((2, T * V), np.int64), route,
         np.zeros((1 if sim.naive else n, U, W), np.bool_), hops_nn, load_plan, cd,
         np.asarray(ints, np.int64), np.asarray(floats, np.float64), np.zeros(H),
-        np.zeros((4, H), np.int64), np.empty((R, 5), np.int64), np.empty((R, 5), np.int64),
-        np.zeros(n + 1, np.int64),
+        np.zeros((4, H), np.int64), np.empty((R, 5), np.int32), np.empty(R, np.int8),
+        np.empty((3, R), np.int32), np.zeros(n + 1, np.int64),
     )  # fmt: skip
 
 
@@ -427,11 +428,11 @@ def _starts(ends: np.ndarray) -> np.ndarray:
 
 def _instructions(
     out: dict[int, list[Any]], refs: list[SliceRef], sizes: list[int], units: list[Any],
-    unit_of: np.ndarray, rec: np.ndarray, ends: list[int], offer: bool = False,
+    unit_of: np.ndarray, cols: tuple[np.ndarray, ...], ends: list[int], offer: bool = False,
 ) -> None:  # fmt: skip
     """Each die's stream from the kernel's instruction records (each trip's slice, bytes and
-    unit in ``refs``, ``sizes``, ``unit_of``), die by die (die ``d``'s rows of ``rec`` from
-    ``ends[d]`` to ``ends[d + 1]``), each die's in record order: with ``offer``
+    unit in ``refs``, ``sizes``, ``unit_of``), die by die (``cols``: their kind, slot, peer
+    and trip; die ``d``'s from ``ends[d]`` to ``ends[d + 1]``, in record order): with ``offer``
     (:func:`offered`), a :class:`~..relay_records.RecordStream` (its instructions made when
     read) where the compiled relay will read most of it as columns, else the instructions
     themselves (made in one go: the Python relay reads each)."""
@@ -445,7 +446,8 @@ def _instructions(
     min_run = relay_records.wanted() if offer else None
     for d in range(n):
         if ends[d + 1] > ends[d]:
-            stream = relay_records.RecordStream(src, d, rec[ends[d] : ends[d + 1]])
+            a, b = ends[d], ends[d + 1]
+            stream = relay_records.RecordStream(src, d, *(c[a:b] for c in cols))
             if min_run and stream.lazy(min_run):
                 out[d] = stream  # type: ignore[assignment]
             else:

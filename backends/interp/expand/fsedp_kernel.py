@@ -120,8 +120,10 @@ SC_SIZE = 38
 #: ``trip``, ``chan``, ``ring``, ``visit`` (slot and uses left per visit), ``route``, ``at``
 #: (per die, unit and hop: whether the route from that die computes there), ``hops`` (between
 #: two dies), ``load_plan`` (per channel, die and size), ``cd`` (per slice and die, its ops'
-#: durations), ``ints``, ``floats``, the heap's times and its ``(seq, kind, a, b)``, ``log``,
-#: the log's records die by die (written at the end, :func:`_by_die`) and each die's end there
+#: durations), ``ints``, ``floats``, the heap's times and its ``(seq, kind, a, b)``, ``log``
+#: (int32 rows of die, kind, slot, peer or channel, trip), and the log's records die by die
+#: (written at the end, :func:`_by_die`): their kinds (int8), their slot, peer and trip rows
+#: (int32), and where each die's start
 State = tuple
 
 
@@ -543,15 +545,16 @@ def simulate(st):  # type: ignore[no-untyped-def]
                 _release(st, lane[WALK, (trip[Q0, tr] + hop - 1) % W], a)
             _kick(st, nd)
     if sc[WRITE] and not sc[OUTCOME]:
-        _by_die(st[16], sc[RECORDS], st[17], st[18])
+        _by_die(st[16], sc[RECORDS], st[17], st[18], st[19])
     return sc[OUTCOME]
 
 
 @numba.njit(**_JIT)
-def _by_die(log, m, out, ends):  # type: ignore[no-untyped-def]
-    """The first ``m`` records of ``log`` into ``out`` die by die, each die's in log order (a
-    counting sort: what a stable sort on the die column gives), and where each die's rows
-    start in ``ends`` (``ends[d]`` to ``ends[d + 1]``: die ``d``'s)."""
+def _by_die(log, m, kind, cols, ends):  # type: ignore[no-untyped-def]
+    """The first ``m`` records of ``log`` die by die, each die's in log order (a counting
+    sort: what a stable sort on the die column gives), as columns: ``kind``, and ``cols``'
+    rows slot, peer or channel, trip; where each die's records start in ``ends`` (``ends[d]``
+    to ``ends[d + 1]``: die ``d``'s)."""
     n = ends.size - 1
     for d in range(n + 1):
         ends[d] = 0
@@ -559,12 +562,13 @@ def _by_die(log, m, out, ends):  # type: ignore[no-untyped-def]
         ends[log[k, 0] + 1] += 1
     for d in range(1, n + 1):
         ends[d] += ends[d - 1]
-    for k in range(m):  # ends[d]: die d's next row (its end once all are written)
+    for k in range(m):  # ends[d]: die d's next record (its end once all are written)
         d = log[k, 0]
         i = ends[d]
         ends[d] = i + 1
-        for c in range(5):
-            out[i, c] = log[k, c]
+        kind[i] = log[k, 1]
+        for c in range(3):
+            cols[c, i] = log[k, c + 2]
     for d in range(n, 0, -1):
         ends[d] = ends[d - 1]
     ends[0] = 0
