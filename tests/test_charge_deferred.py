@@ -155,8 +155,10 @@ def test_record_kinds_are_the_kernels() -> None:
 
 def _records(src: relay_records.Source, die: int, rows: list[tuple[str, int, int]]) -> Any:
     """A record stream of ``rows`` (kind name, slot, trip)."""
-    rec = [(die, fsedp_deferred._KINDS.index(k), slot, 0, trip) for k, slot, trip in rows]
-    return relay_records.RecordStream(src, die, np.asarray(rec, np.int64))
+    kind = np.asarray([fsedp_deferred._KINDS.index(k) for k, _, _ in rows], np.int8)
+    slot = np.asarray([s for _, s, _ in rows], np.int32)
+    trip = np.asarray([t for _, _, t in rows], np.int32)
+    return relay_records.RecordStream(src, die, kind, slot, np.zeros(len(rows), np.int32), trip)
 
 
 def test_caught_ops_and_pairs_against_identity_on_crossed_places() -> None:

@@ -214,6 +214,36 @@ def test_without_numba_an_undecided_process_runs_the_reference(
     assert event_loop.compiled_available() is False
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None or importlib.util.find_spec("scipy") is None,
+    reason="numba (moec[fast]) or scipy not installed",
+)
+def test_a_kernel_loads_without_numbas_blas_probe_and_scipy_imports_after() -> None:
+    """Loading a kernel does not import ``scipy.linalg`` (numba's BLAS probe is hidden while
+    its array functions import), the kernel runs, and ``scipy.linalg`` imports as usual
+    afterwards. In a fresh process: this one may have imported either already."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from moec.backends.interp import event_loop as ev\n"
+        "assert 'scipy.linalg' not in sys.modules\n"
+        "from moec.backends.interp.expand import fsedp_compiled as fc\n"
+        "assert fc.available() and ev.numba_loaded()\n"
+        "import numpy as np\n"
+        "log, ends = np.zeros((3, 5), np.int32), np.zeros(2, np.int64)\n"
+        "fc._KERNEL.module._by_die(log, 3, np.zeros(3, np.int8), log[:, 2:].T.copy(), ends)\n"
+        "assert ends.tolist() == [0, 3]\n"
+        "from numba.np import arraymath\n"
+        "assert 'scipy.linalg' not in sys.modules and ev.BLAS_PROBE not in sys.modules\n"
+        "assert not arraymath._HAVE_BLAS\n"
+        "import scipy.linalg.cython_blas\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+
+
 def _limited(loop: Any, g: dict[str, Any], watch: list[bool], limit: float) -> Any:
     """``loop`` on a copy of ``g`` with ``watch`` and ``limit``: its (start, end) as lists, or
     the limit it stopped past."""

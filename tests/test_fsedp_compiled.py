@@ -249,3 +249,41 @@ def test_what_the_kernel_cannot_play_goes_to_the_reference(
     ref = _played(prob, False, True, idle)
     monkeypatch.setattr(fsedp_compiled, "SLICE_COSTS", ((), ()))
     assert _played(prob, True, True, idle) == ref
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_records_by_die_are_a_stable_sort_on_the_die(seed: int) -> None:
+    """The kernel's counting sort of its records (:func:`.fsedp_kernel._by_die`) gives what a
+    stable sort on the die column gave (the rows it replaced), as columns (kind; slot, peer,
+    trip), with each die's from ``ends[d]`` to ``ends[d + 1]``; dies without records too;
+    records past ``m`` are not read."""
+    import numpy as np
+
+    assert fsedp_compiled.available()
+    k = fsedp_compiled._KERNEL.module
+    rng = np.random.default_rng(seed)
+    n, m = 9, 5000
+    log = rng.integers(0, 100_000, (m + 7, 5)).astype(np.int32)
+    log[:, 0] = rng.choice([0, 2, 3, 8], m + 7)  # dies 1, 4-7 write nothing
+    log[:, 1] = rng.integers(0, 7, m + 7)
+    kind, cols = np.full(m + 7, -1, np.int8), np.full((3, m + 7), -1, np.int32)
+    ends = np.full(n + 1, -1, np.int64)
+    k._by_die(log, m, kind, cols, ends)
+    rows = log[:m][np.argsort(log[:m, 0], kind="stable")]
+    assert (kind[:m] == rows[:, 1]).all() and (cols[:, :m] == rows[:, 2:].T).all()
+    assert (kind[m:] == -1).all() and (cols[:, m:] == -1).all()
+    assert ends.tolist() == np.searchsorted(rows[:, 0], np.arange(n + 1)).tolist()
+
+
+def test_the_kernels_paths_read_as_the_references() -> None:
+    """The compiled schedule's paths, made only when read (:class:`.fsedp_compiled._Paths`),
+    are the reference's list: the same length, entries and slices, equal both ways, and
+    unequal to another list."""
+    prob = _problems("fsedp-3x3", "fsedp-r5", 16, 64, 1.0, 0)[0]
+    idle = [0.0] * len(prob.machine.free_at)
+    ref = _played(prob, False, True, idle)[1]
+    got = _played(prob, True, True, idle)[1]
+    assert isinstance(got, fsedp_compiled._Paths) and isinstance(ref, list) and len(ref) > 20
+    assert len(got) == len(ref) and got[3] == ref[3] and got[-2:] == ref[-2:]
+    assert got == ref and ref == got and list(got) == ref and repr(got) == repr(ref)
+    assert got != ref[:-1] and got != [*ref[:-1], ((None, 0), [0])] and got != tuple(ref)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import heapq
 import importlib
 import math
+import sys
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -102,9 +103,32 @@ def optional_kernel(module: str) -> Any:
     """The compiled kernel module ``module`` (it imports numba), or False when it does not
     import (numba, ``moec[fast]``, not installed)."""
     try:
+        _numba_without_blas_probe()
         return importlib.import_module(module)
     except ImportError:
         return False
+
+
+#: what numba imports to learn whether BLAS is there (:mod:`numba.np.arraymath`, on import)
+BLAS_PROBE = "scipy.linalg.cython_blas"
+
+
+def _numba_without_blas_probe() -> None:
+    """Import numba's array functions (:mod:`numba.np.arraymath`) with scipy's BLAS hidden,
+    once per process. Numba imports them on its first cache load or compile, and on import
+    they probe for BLAS by importing ``scipy.linalg`` (0.12-0.13 s of CPU; 5% of a one-layer
+    8x8 point's samples): for the inner products of a few functions (``np.cov``-like) no kernel
+    of moec calls, which without BLAS compile as loops. ``np.dot`` still asks for BLAS when
+    compiled, and ``scipy.linalg`` imports as usual once this returns (the entry hiding it is
+    gone); the kernels' cached code is the same (numba keys it by the function's source)."""
+    if "numba.np.arraymath" in sys.modules or BLAS_PROBE in sys.modules:
+        return
+    sys.modules[BLAS_PROBE] = None  # type: ignore[assignment]  # an import of it fails at once
+    try:
+        importlib.import_module("numba.np.arraymath")
+    finally:
+        if BLAS_PROBE in sys.modules and sys.modules[BLAS_PROBE] is None:
+            del sys.modules[BLAS_PROBE]
 
 
 class OptionalKernel:

@@ -121,17 +121,21 @@ class RecordStream(Sequence[Any]):
 
     __slots__ = ("src", "die", "kind", "slot", "peer", "trip", "_made", "_have", "_code")
 
-    def __init__(self, src: Source, die: int, rec: np.ndarray) -> None:
-        """``rec``: rows of (die, kind, slot, peer, trip), this die's, in stream order."""
+    def __init__(
+        self, src: Source, die: int, kind: np.ndarray, slot: np.ndarray, peer: np.ndarray,
+        trip: np.ndarray,
+    ) -> None:  # fmt: skip
+        """This die's records' columns, in stream order: ``kind`` (int8), ``slot``, ``peer``
+        or channel, ``trip`` (int32: compact, a stream is held until its part is timed; the
+        relay's columns are int64), held as given (the compiled scheduler's, die by die)."""
         global _made_any
         _made_any = True
         self.src, self.die = src, die
-        # compact: a stream is held until its part is timed (the relay's columns are int64)
-        self.kind = rec[:, 1].astype(np.int8)
-        self.slot, self.peer, self.trip = (rec[:, c].astype(np.int32) for c in (2, 3, 4))
-        self._made: list[Any] = [None] * len(rec)
-        self._have = np.zeros(len(rec), np.bool_)
-        #: the relay's codes (:meth:`_codes`), once asked
+        self.kind, self.slot, self.peer, self.trip = kind, slot, peer, trip
+        self._made: list[Any] = [None] * len(kind)
+        self._have = np.zeros(len(kind), np.bool_)
+        #: the relay's codes (:meth:`_codes`), once asked (the decision to stay records asks
+        #: first, the relay's columns next)
         self._code: np.ndarray | None = None
 
     def __len__(self) -> int:

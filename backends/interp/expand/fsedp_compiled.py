@@ -11,10 +11,11 @@ What stays in Python: the setup (the reference's own constructor: walk, slots; i
 trips in the central load order, made as arrays by :func:`_plan`), the engine's cost plans
 read into arrays before the kernel runs (:meth:`~.fsedp_engine.Engine.load_plan`,
 :meth:`~.fsedp_engine.Engine.send_plan`, each slice compute's durations from the unit), and
-each die's stream from the kernel's records: a :class:`~..relay_records.RecordStream` (its
-instructions made with the reference's makers, :mod:`.fsedp_instrs`, only when read) where the
-compiled relay takes most of it, else the instructions made at once; without streams (a
-prediction) none are made.
+each die's stream from the kernel's records (which the kernel leaves sorted die by die): a
+:class:`~..relay_records.RecordStream` (its instructions made with the reference's makers,
+:mod:`.fsedp_instrs`, only when read) where the compiled relay takes most of it, else the
+instructions made at once; without streams (a prediction) none are made. The trips' paths
+(:attr:`~.fsedp_problem.Schedule.paths`) are made only when read (:class:`_Paths`).
 
 :data:`COMPILED` says which one :func:`.fsedp_sched.schedule` uses: True or False forces one
 (the tests compare them); None (the default) starts with the reference and switches to the
@@ -30,6 +31,8 @@ has loaded numba, loading this one costs 40-80 ms, and :data:`COMPILE_WARM` work
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -127,33 +130,70 @@ def schedule(sim: Any) -> Schedule:
         )
     fl, free_at = st[13], prob.machine.free_at  # type: ignore[attr-defined]
     free_at[:] = fl[sc[k.O_FREE_AT] : sc[k.O_FREE_AT] + len(free_at)].tolist()
-    walk2, experts = sim.walk * 2, [u.expert for u in prob.units]
-    paths = [
-        ((experts[u], j), walk2[q0 : q0 + last + 1])
-        for u, j, q0, last in zip(
-            pl.unit.tolist(),
-            pl.slice.tolist(),
-            trip[k.Q0].tolist(),
-            trip[k.LAST].tolist(),
-            strict=True,
-        )
-    ]
+    paths = _Paths(prob.units, sim.walk, pl.unit, pl.slice, trip[k.Q0].copy(), trip[k.LAST].copy())
     if sim.write:
-        log = st[16][: sc[k.RECORDS]]
         refs, sizes = _trip_slices(prob, pl, trip[k.US])
-        _instructions(sim.out, refs, sizes, prob.units, trip[k.UNIT], log, offered(prob))
+        cols = (st[17], *st[18])
+        _instructions(sim.out, refs, sizes, prob.units, trip[k.UNIT], cols, st[19].tolist(),
+                      offered(prob))  # fmt: skip
     peaks = dict(enumerate(die[k.PEAK].tolist()))
-    return Schedule(sim.out, paths, float(fl[sc[k.O_CLOCK]]), peaks, int(sc[k.PASSES]))
+    clock = float(fl[sc[k.O_CLOCK]])
+    return Schedule(sim.out, paths, clock, peaks, int(sc[k.PASSES]))  # type: ignore[arg-type]
+
+
+class _Paths(Sequence[tuple[tuple[int | None, int], list[int]]]):
+    """:attr:`~.fsedp_problem.Schedule.paths` from the kernel's arrays, the list made when
+    first read (no decision reads them: the tests and ``scripts/bench_fsedp_sched.py`` do):
+    per trip its unit's expert and slice, and the dies of its walk positions from its first
+    (``q0``) over ``last`` hops."""
+
+    __slots__ = ("_args", "_list")
+
+    def __init__(
+        self, units: list[Any], walk: list[int], unit: np.ndarray, slice: np.ndarray,
+        q0: np.ndarray, last: np.ndarray,
+    ) -> None:  # fmt: skip
+        self._args: tuple[Any, ...] | None = (units, walk, unit, slice, q0, last)
+        self._list: list[tuple[tuple[int | None, int], list[int]]] = []
+
+    def _paths(self) -> list[tuple[tuple[int | None, int], list[int]]]:
+        if self._args is not None:
+            units, walk, unit, slice, q0, last = self._args
+            walk2, experts = walk * 2, [u.expert for u in units]
+            self._list = [
+                ((experts[u], j), walk2[q : q + h + 1])
+                for u, j, q, h in zip(
+                    unit.tolist(), slice.tolist(), q0.tolist(), last.tolist(), strict=True
+                )
+            ]
+            self._args = None
+        return self._list
+
+    def __len__(self) -> int:
+        return len(self._paths())
+
+    def __getitem__(self, k: Any) -> Any:
+        return self._paths()[k]
+
+    def __iter__(self) -> Iterator[tuple[tuple[int | None, int], list[int]]]:
+        return iter(self._paths())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Paths):
+            other = other._paths()
+        return isinstance(other, list) and self._paths() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._paths())
 
 
 def _trip_slices(prob: Problem, pl: _Planned, us: np.ndarray) -> tuple[list[SliceRef], list[int]]:
     """Per trip of ``pl`` its slice and bytes (``us``: per trip its slice's row, the units'
     slices end to end); the trips of one slice (naive rules) share its :class:`SliceRef`."""
-    experts = [u.expert for u in prob.units]
-    refs = [
-        SliceRef(prob.layer, experts[u], j)
-        for u, j in zip(pl.order_unit.tolist(), pl.order_slice.tolist(), strict=True)
-    ]
+    experts = map([u.expert for u in prob.units].__getitem__, pl.order_unit.tolist())
+    refs = list(map(SliceRef, repeat(prob.layer), experts, pl.order_slice.tolist()))
     if pl.of is not None:
         refs = list(map(refs.__getitem__, pl.of.tolist()))
     nbytes = [b for u in prob.units for b in u.slice_bytes]  # the units' ints, not new ones
@@ -327,11 +367,13 @@ def _state(sim: Any, pl: _Planned) -> tuple[Any, ...] | None:
     # events outstanding at most: a load stage, a hop and a channel release per trip, a
     # compute per die, a link release per lane; records: a load and per hop 6 per trip
     H = 3 * T + n + W + 16
+    R = T * (1 + 6 * V) if sim.write else 0
     return (
         sc, die, lane, trip, chan, ring, np.zeros((2, T * V), np.int64), route,
         np.zeros((1 if sim.naive else n, U, W), np.bool_), hops_nn, load_plan, cd,
         np.asarray(ints, np.int64), np.asarray(floats, np.float64), np.zeros(H),
-        np.zeros((4, H), np.int64), np.empty((T * (1 + 6 * V) if sim.write else 0, 5), np.int64),
+        np.zeros((4, H), np.int64), np.empty((R, 5), np.int32), np.empty(R, np.int8),
+        np.empty((3, R), np.int32), np.zeros(n + 1, np.int64),
     )  # fmt: skip
 
 
@@ -356,7 +398,7 @@ def _durations(units: list[Any], u_off: list[int], n: int) -> np.ndarray | None:
             hit = first.get(f)
             if hit is None:
                 hit = first[f] = len(asked)
-                asked += [u.compute(d, f) for d in ds]
+                asked += map(u.compute, ds, repeat(f))
             at.append(hit)
         m = len(alike)
         row += range(base, base + m)
@@ -364,7 +406,7 @@ def _durations(units: list[Any], u_off: list[int], n: int) -> np.ndarray | None:
         die_at += [len(dies)] * m
         dies += ds
     ops = len(SLICE_COSTS)
-    if any(len(a) != ops for a in asked):
+    if asked and set(map(len, asked)) != {ops}:
         return None
     cd = np.zeros((u_off[-1] * n, ops))
     if asked:
@@ -374,7 +416,8 @@ def _durations(units: list[Any], u_off: list[int], n: int) -> np.ndarray | None:
         k = np.arange(len(of)) - np.repeat(np.cumsum(per) - per, per)
         take = np.asarray(at, np.int64)[of] + k
         die = np.asarray(dies, np.int64)[np.asarray(die_at, np.int64)[of] + k]
-        cd[np.asarray(row, np.int64)[of] * n + die] = np.asarray(asked, np.float64)[take]
+        durations = np.fromiter(chain.from_iterable(asked), np.float64, ops * len(asked))
+        cd[np.asarray(row, np.int64)[of] * n + die] = durations.reshape(-1, ops)[take]
     return cd.reshape(u_off[-1], n, ops)
 
 
@@ -385,17 +428,15 @@ def _starts(ends: np.ndarray) -> np.ndarray:
 
 def _instructions(
     out: dict[int, list[Any]], refs: list[SliceRef], sizes: list[int], units: list[Any],
-    unit_of: np.ndarray, log: np.ndarray, offer: bool = False,
+    unit_of: np.ndarray, cols: tuple[np.ndarray, ...], ends: list[int], offer: bool = False,
 ) -> None:  # fmt: skip
     """Each die's stream from the kernel's instruction records (each trip's slice, bytes and
-    unit in ``refs``, ``sizes``, ``unit_of``), in record order: with ``offer``
+    unit in ``refs``, ``sizes``, ``unit_of``), die by die (``cols``: their kind, slot, peer
+    and trip; die ``d``'s from ``ends[d]`` to ``ends[d + 1]``, in record order): with ``offer``
     (:func:`offered`), a :class:`~..relay_records.RecordStream` (its instructions made when
     read) where the compiled relay will read most of it as columns, else the instructions
     themselves (made in one go: the Python relay reads each)."""
     n = len(out)
-    order = np.argsort(log[:, 0].astype(np.int16), kind="stable")  # die by die (radix sort)
-    rec = log[order]
-    ends = np.searchsorted(rec[:, 0], np.arange(n + 1)).tolist()
     # per unit and die, its tokens there (a compute's, for its gemm, act and accum)
     held: list[Any] = [None] * (len(units) * n)
     for i, u in enumerate(units):
@@ -405,7 +446,8 @@ def _instructions(
     min_run = relay_records.wanted() if offer else None
     for d in range(n):
         if ends[d + 1] > ends[d]:
-            stream = relay_records.RecordStream(src, d, rec[ends[d] : ends[d + 1]])
+            a, b = ends[d], ends[d + 1]
+            stream = relay_records.RecordStream(src, d, *(c[a:b] for c in cols))
             if min_run and stream.lazy(min_run):
                 out[d] = stream  # type: ignore[assignment]
             else:

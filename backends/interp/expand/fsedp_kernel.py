@@ -121,6 +121,9 @@ SC_SIZE = 38
 #: (per die, unit and hop: whether the route from that die computes there), ``hops`` (between
 #: two dies), ``load_plan`` (per channel, die and size), ``cd`` (per slice and die, its ops'
 #: durations), ``ints``, ``floats``, the heap's times and its ``(seq, kind, a, b)``, ``log``
+#: (int32 rows of die, kind, slot, peer or channel, trip), and the log's records die by die
+#: (written at the end, :func:`_by_die`): their kinds (int8), their slot, peer and trip rows
+#: (int32), and where each die's start
 State = tuple
 
 
@@ -486,7 +489,7 @@ def _cross(st, tr, k):  # type: ignore[no-untyped-def]
 def simulate(st):  # type: ignore[no-untyped-def]
     """Play the rules on state ``st`` (:data:`State`); returns the outcome (:data:`DONE` or an
     internal error), leaves each trip's first position and last hop, the peaks, the records
-    and the engine's free times in it."""
+    (in the order written, then die by die) and the engine's free times in it."""
     sc, die, lane, trip, chan, ring, visit = st[0], st[1], st[2], st[3], st[4], st[5], st[6]
     ints, fl, ht, hi = st[12], st[13], st[14], st[15]
     W, T = lane.shape[1], trip.shape[1]
@@ -541,4 +544,31 @@ def simulate(st):  # type: ignore[no-untyped-def]
             else:
                 _release(st, lane[WALK, (trip[Q0, tr] + hop - 1) % W], a)
             _kick(st, nd)
+    if sc[WRITE] and not sc[OUTCOME]:
+        _by_die(st[16], sc[RECORDS], st[17], st[18], st[19])
     return sc[OUTCOME]
+
+
+@numba.njit(**_JIT)
+def _by_die(log, m, kind, cols, ends):  # type: ignore[no-untyped-def]
+    """The first ``m`` records of ``log`` die by die, each die's in log order (a counting
+    sort: what a stable sort on the die column gives), as columns: ``kind``, and ``cols``'
+    rows slot, peer or channel, trip; where each die's records start in ``ends`` (``ends[d]``
+    to ``ends[d + 1]``: die ``d``'s)."""
+    n = ends.size - 1
+    for d in range(n + 1):
+        ends[d] = 0
+    for k in range(m):
+        ends[log[k, 0] + 1] += 1
+    for d in range(1, n + 1):
+        ends[d] += ends[d - 1]
+    for k in range(m):  # ends[d]: die d's next record (its end once all are written)
+        d = log[k, 0]
+        i = ends[d]
+        ends[d] = i + 1
+        kind[i] = log[k, 1]
+        for c in range(3):
+            cols[c, i] = log[k, c + 2]
+    for d in range(n, 0, -1):
+        ends[d] = ends[d - 1]
+    ends[0] = 0
