@@ -18,9 +18,7 @@ from moec.ir.stream import Program
 from moec.ir.target import Target, load_target
 
 
-def _figures(
-    programs: list[Program], target: Target, trace: object
-) -> list[tuple[object, ...]]:
+def _figures(programs: list[Program], target: Target, trace: object) -> list[tuple[object, ...]]:
     """Per program: its bound, its schedule without and with streams, and its run's report,
     the first program's schedule played without streams, the others' with (kept for the run)."""
     r0 = trace.layers[0]  # type: ignore[attr-defined]
@@ -49,8 +47,9 @@ def test_shared_plans_give_every_figure_computed_afresh(strategy: str) -> None:
         kept = [id(objs[0]) for objs, *_ in plans.values()]
         # the groups were made once: the two programs' units hold the very same token sets
         units = [
-            fsedp._shared_iteration(fsedp._context(p, target, p.layers[0].name, trace.layers[0]))
-            .problem.units
+            fsedp._shared_iteration(
+                fsedp._context(p, target, p.layers[0].name, trace.layers[0])
+            ).problem.units
             for p in programs[1:]
         ]
     assert shared == fresh

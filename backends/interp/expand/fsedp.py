@@ -60,6 +60,7 @@ from moec.backends.interp.expand.fsedp_engine import Engine
 from moec.backends.interp.expand.fsedp_sched import Problem, Schedule, Unit, check_fits, schedule
 from moec.backends.interp.opgraph import precision_of
 from moec.ir.cost import GB, dram_occupancy
+from moec.ir.errors import ScheduleError
 from moec.ir.routing import LayerRouting
 from moec.ir.stream.params import FSEDP_ORDERS, FSEDPParams
 from moec.ir.stream.program import Instr, Program, Signal, TokenSet, Wait
@@ -413,8 +414,14 @@ def iteration_bound(p: Program, target: Target, layer: str, routing: LayerRoutin
     and not counted). The channel term is :func:`moec.fsedp_slices.channel_bound` of the
     schedule's streams, summed in another order. Raises the :class:`ScheduleError` the
     scheduler would when the layer's slots do not fit its trajectory."""
-    prob = _shared_iteration(_context(p, target, layer, routing)).problem
-    check_fits(prob)
+    ctx = _context(p, target, layer, routing)
+    prob = _shared_iteration(ctx).problem
+    try:
+        check_fits(prob)
+    except ScheduleError:
+        if _PLANS is not None:  # never scheduled: not kept
+            _PLANS.pop(_key(ctx)[1], None)
+        raise
     held = [0.0] * len(target.channels)
     busy = [0.0] * target.num_dies
     occupancy: dict[tuple[int, int], float] = {}  # per (channel, bytes): one read's hold
