@@ -45,7 +45,9 @@ share what the count does not change
 layer's expert declarations are made once for every count's program). A
 count's schedule is computed once
 (:func:`~moec.backends.interp.expand.fsedp.plans_shared`): the timing of a count whose
-prediction asked for it expands the layer from that schedule instead of scheduling it again. A
+prediction asked for it expands the layer from that schedule instead of scheduling it again;
+its iteration (units, problem) is built once for its hard bound and its schedule, and the
+routing's pairs are grouped by expert and die once for every count. A
 program of one MoE layer is measured by its whole run (the parts after the layer hold no MoE
 work, so the layer's latency is the same), and :func:`lower_run` hands the chosen count's run to
 the caller (``moec bench``), which would otherwise run the same program again. The choice also

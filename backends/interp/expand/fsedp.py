@@ -60,6 +60,7 @@ from moec.backends.interp.expand.fsedp_engine import Engine
 from moec.backends.interp.expand.fsedp_sched import Problem, Schedule, Unit, check_fits, schedule
 from moec.backends.interp.opgraph import precision_of
 from moec.ir.cost import GB, dram_occupancy
+from moec.ir.errors import ScheduleError
 from moec.ir.routing import LayerRouting
 from moec.ir.stream.params import FSEDP_ORDERS, FSEDPParams
 from moec.ir.stream.program import Instr, Program, Signal, TokenSet, Wait
@@ -121,10 +122,6 @@ def _units(
 ) -> list[Unit]:  # fmt: skip
     t, m, r = ctx.target, ctx.layer, ctx.routing
     C = len(t.channels)
-    T, k = r.ids.shape
-    flat_e = r.ids.reshape(-1).astype(np.int64)
-    flat_t = np.repeat(np.arange(T, dtype=np.int64), k)
-    flat_t, flat_e = flat_t[flat_e >= 0], flat_e[flat_e >= 0]  # -1: dropped by a skip rule
     units: list[Unit] = []
     mats = 3 if m.gated else 2  # shared experts are gated exactly when the routed ones are
     gated = m.gated  # the shared experts too (the ISA's ``gated`` covers both)
@@ -164,18 +161,51 @@ def _units(
                     compute, alike)  # fmt: skip
 
     if with_shared and m.shared_ffn and ctx.shared_layout is not None:
-        everyone = _tokens_per_die(np.zeros(T, np.int64), np.arange(T, dtype=np.int64), home)
+        everyone = _groups(r, None, home)
         per_die, counts = everyone.get(0, ({}, {}))
         units.append(make(None, per_die, counts, 0))
-    # only the pairs of ``experts`` grouped (a catch-up's are a few experts of all)
-    wanted = np.zeros(max(m.experts, r.num_experts), np.bool_)
-    wanted[experts] = True
-    at = wanted[flat_e]
-    groups = _tokens_per_die(flat_e[at], flat_t[at], home)
+    groups = _groups(r, experts, home)
     for e in experts:
         per_die, counts = groups.get(e, ({}, {}))
         units.append(make(e, per_die, counts, channels[e]))
     return units
+
+
+#: per expert, per home die, its tokens and their number (:func:`_tokens_per_die`)
+Groups = dict[int, tuple[dict[int, TokenSet], dict[int, int]]]
+#: :func:`_groups`' results while :func:`plans_shared` is active: per (routing object id,
+#: experts), that routing and home array (kept alive, so an id is not reused) and the groups
+_GROUPS: dict[tuple[int, tuple[int, ...] | None], tuple[LayerRouting, np.ndarray, Groups]] | None
+_GROUPS = None
+
+
+def _groups(r: LayerRouting, experts: list[int] | None, home: np.ndarray) -> Groups:
+    """The pairs of routing ``r`` of ``experts`` grouped by expert and home die
+    (:func:`_tokens_per_die`); with ``experts`` None, every token as expert 0's (the shared
+    experts'). The same for every slice count of a layer: inside :func:`plans_shared` grouped
+    once per routing object, home array and experts, and the candidate programs share the
+    token sets (within one program each expert and die still has its own set, as the SRAM
+    accounting's identity keys expect)."""
+    key = (id(r), None if experts is None else tuple(experts))
+    if _GROUPS is not None:
+        hit = _GROUPS.get(key)
+        if hit is not None and hit[0] is r and hit[1] is home:
+            return hit[2]
+    T, k = r.ids.shape
+    if experts is None:
+        out = _tokens_per_die(np.zeros(T, np.int64), np.arange(T, dtype=np.int64), home)
+    else:
+        flat_e = r.ids.reshape(-1).astype(np.int64)
+        flat_t = np.repeat(np.arange(T, dtype=np.int64), k)
+        flat_t, flat_e = flat_t[flat_e >= 0], flat_e[flat_e >= 0]  # -1: dropped by a skip rule
+        # only the pairs of ``experts`` grouped (a catch-up's are a few experts of all)
+        wanted = np.zeros(max([r.num_experts, *(e + 1 for e in experts)]), np.bool_)
+        wanted[experts] = True
+        at = wanted[flat_e]
+        out = _tokens_per_die(flat_e[at], flat_t[at], home)
+    if _GROUPS is not None:
+        _GROUPS[key] = (r, home, out)
+    return out
 
 
 def _tokens_per_die(
@@ -237,9 +267,10 @@ def _problem(ctx: ExpandContext, engine: Engine, units: list[Unit], order: tuple
 
 Plan = tuple[Schedule, Schedule | None, list[int]]
 #: plan()'s results while :func:`plans_shared` is active: per (program, layer, target, routing)
-#: object ids, those objects (kept alive, so an id is not reused), the plan (its catch-up None
-#: until asked for) and the iteration it was scheduled from
-Plans = dict[tuple[int, str, int, int], tuple[tuple[object, ...], Plan, "_Iteration"]]
+#: object ids, those objects (kept alive, so an id is not reused), the plan (None until
+#: scheduled; its catch-up None until asked for) and the iteration it is scheduled from (built
+#: once, for :func:`iteration_bound` and the schedule alike)
+Plans = dict[tuple[int, str, int, int], tuple[tuple[object, ...], "Plan | None", "_Iteration"]]
 _PLANS: Plans | None = None
 
 
@@ -247,17 +278,47 @@ _PLANS: Plans | None = None
 def plans_shared() -> Iterator[Plans]:
     """Within the block, :func:`plan` of one program object's layer for one target and routing
     object is computed once: a caller that predicts a program's span
-    (:func:`predicted_span`) and then times it (``moec.fsedp_slices``) schedules it once. Yields
-    the cache (a caller may drop the entries it no longer needs); nested uses share the outer
-    one."""
-    global _PLANS
-    outer = _PLANS
+    (:func:`predicted_span`) and then times it (``moec.fsedp_slices``) schedules it once, and
+    its iteration (:func:`iteration_bound`'s too) is built once; the pairs of one routing
+    object are grouped by expert and die once for every program (:func:`_groups`). Yields the
+    plans (a caller may drop the entries it no longer needs); nested uses share the outer
+    ones."""
+    global _PLANS, _GROUPS
+    outer, outer_groups = _PLANS, _GROUPS
     if outer is None:
-        _PLANS = {}
+        _PLANS, _GROUPS = {}, {}
     try:
         yield _PLANS  # type: ignore[misc]
     finally:
-        _PLANS = outer
+        _PLANS, _GROUPS = outer, outer_groups
+
+
+def _key(ctx: ExpandContext) -> tuple[tuple[object, ...], tuple[int, str, int, int]]:
+    objs = (ctx.program, ctx.target, ctx.routing)
+    return objs, (id(ctx.program), ctx.layer.name, id(ctx.target), id(ctx.routing))
+
+
+def _shared(ctx: ExpandContext) -> tuple[Plan | None, _Iteration] | None:
+    """The plan (or None) and iteration kept for ``ctx`` inside :func:`plans_shared`, if any."""
+    if _PLANS is None:
+        return None
+    objs, key = _key(ctx)
+    hit = _PLANS.get(key)
+    if hit is None or not all(a is b for a, b in zip(hit[0], objs, strict=True)):
+        return None
+    return hit[1], hit[2]
+
+
+def _shared_iteration(ctx: ExpandContext) -> _Iteration:
+    """:func:`_iteration` of ``ctx``, kept inside :func:`plans_shared` for the schedule."""
+    hit = _shared(ctx)
+    if hit is not None:
+        return hit[1]
+    it = _iteration(ctx)
+    if _PLANS is not None:
+        objs, key = _key(ctx)
+        _PLANS[key] = (objs, None, it)
+    return it
 
 
 def plan(ctx: ExpandContext, streams: bool = True, catchup: bool = True) -> Plan:
@@ -267,15 +328,22 @@ def plan(ctx: ExpandContext, streams: bool = True, catchup: bool = True) -> Plan
     (their estimate, paths and peaks only); without ``catchup`` the catch-up need not be
     scheduled (None; inside :func:`plans_shared` it is scheduled when first asked for, so a
     prediction that is never timed does not schedule it)."""
-    if _PLANS is None or not streams:
-        return _plan(ctx, streams, catchup)
-    objs = (ctx.program, ctx.target, ctx.routing)
-    key = (id(ctx.program), ctx.layer.name, id(ctx.target), id(ctx.routing))
-    hit = _PLANS.get(key)
-    if hit is None or not all(a is b for a, b in zip(hit[0], objs, strict=True)):
-        it = _iteration(ctx)
-        hit = _PLANS[key] = (objs, (schedule(it.problem, True), None, it.deferred), it)
-    _, (main, late, deferred), it = hit
+    if _PLANS is None:
+        return _plan(_iteration(ctx), ctx, streams, catchup)
+    objs, key = _key(ctx)
+    hit = _shared(ctx)
+    if not streams:
+        # an iteration kept but not yet scheduled is played here; scheduling moves its
+        # engine's clocks, so the entry goes (a timing then builds and schedules its own)
+        if hit is not None and hit[0] is None:
+            del _PLANS[key]
+            return _plan(hit[1], ctx, streams, catchup)
+        return _plan(_iteration(ctx), ctx, streams, catchup)
+    got, it = hit if hit is not None else (None, _iteration(ctx))
+    if got is None:
+        got = (schedule(it.problem, True), None, it.deferred)
+        _PLANS[key] = (objs, got, it)
+    main, late, deferred = got
     if catchup and deferred and late is None:
         late = _catchup(ctx, it, True)
         _PLANS[key] = (objs, (main, late, deferred), it)
@@ -312,8 +380,7 @@ def _iteration(ctx: ExpandContext) -> _Iteration:
     return _Iteration(prob, deferred, load, home, channels, params)
 
 
-def _plan(ctx: ExpandContext, streams: bool, catchup: bool) -> Plan:
-    it = _iteration(ctx)
+def _plan(it: _Iteration, ctx: ExpandContext, streams: bool, catchup: bool) -> Plan:
     main = schedule(it.problem, streams)
     late = _catchup(ctx, it, streams) if it.deferred and catchup else None
     return main, late, it.deferred
@@ -347,8 +414,14 @@ def iteration_bound(p: Program, target: Target, layer: str, routing: LayerRoutin
     and not counted). The channel term is :func:`moec.fsedp_slices.channel_bound` of the
     schedule's streams, summed in another order. Raises the :class:`ScheduleError` the
     scheduler would when the layer's slots do not fit its trajectory."""
-    prob = _iteration(_context(p, target, layer, routing)).problem
-    check_fits(prob)
+    ctx = _context(p, target, layer, routing)
+    prob = _shared_iteration(ctx).problem
+    try:
+        check_fits(prob)
+    except ScheduleError:
+        if _PLANS is not None:  # never scheduled: not kept
+            _PLANS.pop(_key(ctx)[1], None)
+        raise
     held = [0.0] * len(target.channels)
     busy = [0.0] * target.num_dies
     occupancy: dict[tuple[int, int], float] = {}  # per (channel, bytes): one read's hold
