@@ -102,7 +102,8 @@ def _pop(hi, hf, size):  # type: ignore[no-untyped-def]
 #: an op's record: its fields side by side in one row of ``_R`` int64 words (floats through a
 #: view), so that popping an op or releasing it touches one cache line, not one per column (an
 #: op graph's ops pop far apart in op order: a DeepSeek-V3 layer's, 20k ops apart at the
-#: median); ``_READY`` becomes the op's start once it is popped, its end is ``start + dur``
+#: median); ``_READY`` becomes the op's start once it is popped, and its end is read back as
+#: ``start + dur``, the addition the loop made
 _DUR, _BACK, _READY, _RES, _SIG, _LO, _HI, _DEPS, _R = 0, 1, 2, 3, 4, 5, 6, 7, 8
 #: ``_DEPS`` holds the op's priority times this plus its unmet dependencies
 _PRIO = 1 << 32
