@@ -12,10 +12,12 @@ from __future__ import annotations
 import importlib.util
 import random
 import sys
+from array import array
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import moec.backends.interp as interp
@@ -92,6 +94,30 @@ def test_compiled_loop_pops_random_graphs_as_the_reference(seed: int) -> None:
     assert repr((b["free_at"], b["busy"])) == repr((a["free_at"], a["busy"]))
     if seed == 0:
         assert min(ref[1]) < 0  # the generator does make ops that are never released
+
+
+@needs_numba
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_loop_takes_every_column_type_as_the_reference(seed: int) -> None:
+    """The columns as a layered run hands them over (numpy arrays of any int width, the edge log
+    as typed ``array('q')``) on a graph of thousands of ops, released far apart in op order (the
+    case the kernel's one record per op is for), with and without runs, backs and signals."""
+    rng = random.Random(seed)
+    g = _random_graph(rng, 3000)
+    if seed % 2:  # nothing but the edge log: the kernel's empty columns
+        g.update(runs=[], back={}, signal_event={}, waiters=defaultdict(lambda: defaultdict(list)))
+    ref = event_loop.loop_python(**_copy(g))
+    b = _copy(g)
+    b.update(
+        src=array("q", g["src"]), dst=array("q", g["dst"]), runs=array("q", g["runs"]),
+        dur=np.asarray(g["dur"]), res=np.asarray(g["res"], np.int32),
+        kind=np.asarray(g["kind"], np.int8),
+    )  # fmt: skip
+    start, end = event_loop.loop_compiled(**b)
+    assert repr((start.tolist(), end.tolist())) == repr(ref)
+    a = _copy(g)
+    event_loop.loop_python(**a)
+    assert repr((b["free_at"], b["busy"])) == repr((a["free_at"], a["busy"]))
 
 
 def _timeline(tl: Any) -> str:

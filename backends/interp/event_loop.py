@@ -68,6 +68,8 @@ _expected = 0
 
 _kernel: Any = None
 _PRIORITY = np.asarray(PRIORITY, dtype=np.int64)
+#: the kernel's ``watch`` when no op is watched
+_NO_WATCH = np.zeros(0, np.bool_)
 
 #: a per-op column: a list, a numpy array (a part of a layer-by-layer run), or a typed
 #: ``array('q')`` (the op graph's edge log)
@@ -327,18 +329,15 @@ def loop_compiled(
     clock: float, signal_event: dict[int, str], waiters: dict[str, dict[int, list[int]]],
     watch: Ints | None = None, limit: float = math.inf,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The compiled loop (see :func:`run_events`): the graph packed into arrays (the kernel
-    sorts the edge log into CSR arrays itself and counts the runs' edges per op), the kernel
-    run, ``start`` and ``end`` handed back as arrays."""
+    """The compiled loop (see :func:`run_events`): the graph's columns handed over as arrays
+    (the kernel packs them into one record per op and sorts the runs' edges and the edge log
+    into one CSR array itself), the kernel run, ``start`` and ``end`` handed back as arrays."""
     if not compiled_available():
         raise RuntimeError("the compiled event loop needs numba (pip install moec[fast])")
     n = len(kind)
     i64, f64 = np.int64, np.float64
     # signals and waits: events as ids; per event its waiters by count (list order kept)
     names = {ev: k for k, ev in enumerate(sorted(set(waiters) | set(signal_event.values())))}
-    sig = np.full(n, -1, i64)
-    for op, ev in signal_event.items():
-        sig[op] = names[ev]
     w_ptr = np.zeros(len(names) + 1, i64)
     w_count: list[int] = []
     w_op: list[int] = []
@@ -349,18 +348,20 @@ def loop_compiled(
             w_count += [c] * len(ops)
             w_op += ops
         w_ptr[k + 1] = len(w_op)
-    back_a = np.zeros(n, f64)
-    if back:
-        back_a[np.fromiter(back.keys(), i64, len(back))] = np.fromiter(
-            back.values(), f64, len(back)
-        )
+    signals = len(signal_event)
+    sig_op = np.fromiter(signal_event.keys(), i64, signals)
+    sig = np.fromiter(map(names.__getitem__, signal_event.values()), i64, signals)
+    back_op, back_s = (
+        np.fromiter(back.keys(), i64, len(back)),
+        np.fromiter(back.values(), f64, len(back)),
+    )
     watching = watch is not None and limit < math.inf
-    watched = np.asarray(watch, np.bool_) if watching else np.zeros(n, np.bool_)
     start, end, fa, bz, stopped = _kernel(
         _int_array(runs), _int_array(src), _int_array(dst), _float_array(dur), _int_array(res),
-        _PRIORITY[_int_array(kind)], back_a, np.asarray(free_at, f64), np.asarray(busy, f64),
-        float(clock), sig, w_ptr, np.asarray(w_count, i64), np.asarray(w_op, i64),
-        watched, float(limit),
+        _int_array(kind), _PRIORITY, back_op, back_s, np.asarray(free_at, f64),
+        np.asarray(busy, f64), float(clock), sig_op, sig, w_ptr, np.asarray(w_count, i64),
+        np.asarray(w_op, i64), np.asarray(watch, np.bool_) if watching else _NO_WATCH,
+        float(limit),
     )  # fmt: skip
     if stopped:
         raise PastLimit(limit, n)
