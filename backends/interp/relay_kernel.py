@@ -15,18 +15,17 @@ Instruction codes (``code``): 0 not covered, then the ones below; a ``gemm`` sta
 
 from __future__ import annotations
 
-from typing import Any
-
 import numba
 import numpy as np
+
+# the helpers' compile options, the FSE-DP kernel's: cached, without reference counting (they
+# allocate nothing, and :func:`relay`, their caller, holds every array they are passed; counted,
+# each call copied and counted each array it takes: :mod:`.expand.fsedp_kernel`'s note)
+from moec.backends.interp.expand.fsedp_kernel import NO_NRT
 
 RECV, SEND, FREE, GEMM, LOAD = 1, 2, 3, 4, 5
 #: op kinds (:mod:`.opgraph`'s)
 COMPUTE, XFER, SYNC, DELAY = 0, 2, 3, 5
-#: the helpers' compile options: cached, without reference counting (they allocate nothing, and
-#: :func:`relay`, their caller, holds every array they are passed; counted, each call copied
-#: and counted each array it takes: :mod:`.expand.fsedp_kernel`'s note)
-_NO_NRT: dict[str, Any] = {"cache": True, "_nrt": False}
 
 
 @numba.njit(cache=True)
@@ -283,7 +282,7 @@ def relay(  # type: ignore[no-untyped-def]
     return n, last_compute
 
 
-@numba.njit(**_NO_NRT)
+@numba.njit(**NO_NRT)
 def _use(s, op, use_first, use_last, pool_op, pool_next, npool, uses_on):  # type: ignore[no-untyped-def]
     """``slot_uses[s].append(op)`` (a new list if the slot has none); the pool's new size."""
     pool_op[npool] = op
@@ -297,7 +296,7 @@ def _use(s, op, use_first, use_last, pool_op, pool_next, npool, uses_on):  # typ
     return npool + 1
 
 
-@numba.njit(**_NO_NRT)
+@numba.njit(**NO_NRT)
 def _fill(  # type: ignore[no-untyped-def]
     s, op, tag, first, r, n, fill_op, slot_tag, use_first, use_last, uses_on, fill_hold,
     fill_free, fill_slot, fill_r, slot_rec,
@@ -314,14 +313,14 @@ def _fill(  # type: ignore[no-untyped-def]
     slot_rec[s] = k
 
 
-@numba.njit(**_NO_NRT)
+@numba.njit(**NO_NRT)
 def _edge(a, b, e_src, e_dst, n):  # type: ignore[no-untyped-def]
     """The edge log's next edge, ``a`` before ``b``."""
     e_src[n[4]], e_dst[n[4]] = a, b
     n[4] += 1
 
 
-@numba.njit(**_NO_NRT)
+@numba.njit(**NO_NRT)
 def _fence(op, fenced, n):  # type: ignore[no-untyped-def]
     """``op`` waits for the die's fence (its edge written by the driver)."""
     fenced[n[7]] = op
@@ -332,7 +331,7 @@ def _fence(op, fenced, n):  # type: ignore[no-untyped-def]
 _GOLDEN = np.uint64(11400714819323198485)
 
 
-@numba.njit(**_NO_NRT)
+@numba.njit(**NO_NRT)
 def distinct(flat, table, shift, first, inv):  # type: ignore[no-untyped-def]
     """The distinct values of ``flat`` (non-negative) in first-seen order, by one pass over an
     open-addressing hash table (``table``: ``2**(64 - shift)`` entries of -1, at least twice
@@ -362,7 +361,7 @@ def distinct(flat, table, shift, first, inv):  # type: ignore[no-untyped-def]
 ACT, ACCUM = 6, 7
 
 
-@numba.njit(**_NO_NRT)
+@numba.njit(**NO_NRT)
 def _chained_head(full, slot, x, m):  # type: ignore[no-untyped-def]
     """Whether entry ``x`` is a ``load`` that starts a streamed micro-slice: ``load, gemm,
     act, accum, free`` on one slot."""
@@ -375,7 +374,7 @@ def _chained_head(full, slot, x, m):  # type: ignore[no-untyped-def]
     return True
 
 
-@numba.njit(**_NO_NRT)
+@numba.njit(**NO_NRT)
 def checked(kind, slot, trip, trip_bytes, of_record, full, code):  # type: ignore[no-untyped-def]
     """:func:`.relay_records._checked` in one pass over a record stream (``kind``, ``slot``,
     ``trip``: its records; ``trip_bytes``: per trip its bytes; ``of_record``: per record kind
@@ -404,7 +403,7 @@ def checked(kind, slot, trip, trip_bytes, of_record, full, code):  # type: ignor
         code[r] = c
 
 
-@numba.njit(**_NO_NRT)
+@numba.njit(**NO_NRT)
 def stops(code, out):  # type: ignore[no-untyped-def]
     """:func:`.relay_records.stops` in one pass from the end, into ``out``."""
     n = code.shape[0]

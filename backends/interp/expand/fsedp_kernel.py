@@ -32,8 +32,9 @@ from typing import Any
 
 import numba
 
-#: every step's compile options: cached, without reference counting (module doc)
-_JIT: dict[str, Any] = {"cache": True, "_nrt": False}
+#: every step's compile options: cached, without reference counting (module doc); the
+#: relay's helpers (:mod:`moec.backends.interp.relay_kernel`) take the same
+NO_NRT: dict[str, Any] = {"cache": True, "_nrt": False}
 #: event kinds
 CROSS, LOADED, COMPUTED, RELEASE_CHANNEL, SENT, HOPPED = range(6)
 #: instruction record kinds (a slice compute writes its gemm, act and accum)
@@ -44,7 +45,7 @@ RECORD_NAMES = ("load", "gemm", "act", "accum", "free", "send", "recv")
 DONE, NO_SLOT, NO_ROOM = range(3)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**NO_NRT)
 def _heap_push(ht, hs, hk, ha, hb, size, t, s, kind, a, b):  # type: ignore[no-untyped-def]
     i = size
     while i > 0:
@@ -56,7 +57,7 @@ def _heap_push(ht, hs, hk, ha, hb, size, t, s, kind, a, b):  # type: ignore[no-u
     ht[i], hs[i], hk[i], ha[i], hb[i] = t, s, kind, a, b
 
 
-@numba.njit(**_JIT)
+@numba.njit(**NO_NRT)
 def _heap_pop(ht, hs, hk, ha, hb, size):  # type: ignore[no-untyped-def]
     """Remove the least ``(time, seq)`` of a heap of ``size`` (the caller read it at 0)."""
     size -= 1
@@ -127,7 +128,7 @@ SC_SIZE = 38
 State = tuple
 
 
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _at(st, t, kind, a, b):  # type: ignore[no-untyped-def]
     sc, ht, hi = st[0], st[14], st[15]
     if sc[HEAP] == ht.size:
@@ -138,7 +139,7 @@ def _at(st, t, kind, a, b):  # type: ignore[no-untyped-def]
     sc[HEAP] += 1
 
 
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _record(st, d, kind, slot, peer, trip):  # type: ignore[no-untyped-def]
     sc, log = st[0], st[16]
     if sc[WRITE]:
@@ -150,7 +151,7 @@ def _record(st, d, kind, slot, peer, trip):  # type: ignore[no-untyped-def]
         sc[RECORDS] = k + 1
 
 
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _take_slot(st, d):  # type: ignore[no-untyped-def]
     sc, die = st[0], st[1]
     if die[FN, d] == 0:
@@ -163,7 +164,7 @@ def _take_slot(st, d):  # type: ignore[no-untyped-def]
     return st[5][FREE_SLOTS, d, die[FN, d]]
 
 
-@numba.njit(**_JIT)
+@numba.njit(**NO_NRT)
 def _route_of(st, d, u):  # type: ignore[no-untyped-def]
     """:func:`.fsedp_sched.route` from die ``d`` through unit ``u``'s needed dies, memoized."""
     sc, die, lane, route, at, ints = st[0], st[1], st[2], st[7], st[8], st[12]
@@ -198,7 +199,7 @@ def _route_of(st, d, u):  # type: ignore[no-untyped-def]
             at[d, u, b if b < a else a] = True
 
 
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _set_path(st, tr, d):  # type: ignore[no-untyped-def]
     trip, route = st[3], st[7]
     u = trip[UNIT, tr]
@@ -206,14 +207,14 @@ def _set_path(st, tr, d):  # type: ignore[no-untyped-def]
     trip[Q0, tr], trip[LAST, tr], trip[ROUTE_DIE, tr] = route[RQ0, d, u], route[RLAST, d, u], d
 
 
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _computes(st, tr, hop):  # type: ignore[no-untyped-def]
     trip = st[3]
     return st[0][NAIVE] != 0 or st[8][trip[ROUTE_DIE, tr], trip[UNIT, tr], hop]
 
 
 # --- R4 / R5: loads ---
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _load(st, d, tr):  # type: ignore[no-untyped-def]
     sc, die, trip, ints, fl = st[0], st[1], st[3], st[12], st[13]
     slot = _take_slot(st, d)
@@ -236,7 +237,7 @@ def _load(st, d, tr):  # type: ignore[no-untyped-def]
         _at(st, out, LOADED, tr, 0)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**NO_NRT)
 def _pull(st, d):  # type: ignore[no-untyped-def]
     sc, die, ints = st[0], st[1], st[12]
     while (
@@ -249,13 +250,13 @@ def _pull(st, d):  # type: ignore[no-untyped-def]
         _load(st, d, tr)
 
 
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _room(die, d):  # type: ignore[no-untyped-def]
     r = die[PREFETCH, d] - (die[LOADING, d] + die[RDY_N, d] + die[STARTED, d])
     return r if r < die[FN, d] else die[FN, d]
 
 
-@numba.njit(**_JIT)
+@numba.njit(**NO_NRT)
 def _push_target(st, c, tr):  # type: ignore[no-untyped-def]
     sc, die, chan, route, ints = st[0], st[1], st[4], st[7], st[12]
     home = chan[CDIE, c]
@@ -284,7 +285,7 @@ def _push_target(st, c, tr):  # type: ignore[no-untyped-def]
     return best
 
 
-@numba.njit(**_JIT)
+@numba.njit(**NO_NRT)
 def _push(st, c):  # type: ignore[no-untyped-def]
     sc, die, chan, ints, fl = st[0], st[1], st[4], st[12], st[13]
     while chan[CQ_HEAD, c] < chan[CQ_END, c]:
@@ -304,7 +305,7 @@ def _push(st, c):  # type: ignore[no-untyped-def]
         _at(st, fl[sc[O_CHAN_FREE] + c], RELEASE_CHANNEL, c, 0)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**NO_NRT)
 def _refill(st, d):  # type: ignore[no-untyped-def]
     sc, die, chan, ints = st[0], st[1], st[4], st[12]
     if sc[PUSHES]:
@@ -319,13 +320,13 @@ def _refill(st, d):  # type: ignore[no-untyped-def]
 
 
 # --- R1 / R2 / R3: compute and forward ---
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _append(ring, k, x, head, count, item):  # type: ignore[no-untyped-def]
     """Append ``item`` to ring ``k`` of ``x`` whose head and count are ``head``, ``count``."""
     ring[k, x, (head + count) % ring.shape[2]] = item
 
 
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _arrive(st, v):  # type: ignore[no-untyped-def]
     sc, die, lane, trip, ring, visit = st[0], st[1], st[2], st[3], st[5], st[6]
     V = sc[V_]
@@ -348,7 +349,7 @@ def _arrive(st, v):  # type: ignore[no-untyped-def]
             lane[EN_N, q] += 1
 
 
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _compute(st, d, v):  # type: ignore[no-untyped-def]
     sc, cd = st[0], st[11]
     st[1][COMPUTING, d] = 1
@@ -364,7 +365,7 @@ def _compute(st, d, v):  # type: ignore[no-untyped-def]
     _at(st, end, COMPUTED, d, v)
 
 
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _forward(st, d, q):  # type: ignore[no-untyped-def]
     sc, lane, trip, ring, visit, ints, fl = st[0], st[2], st[3], st[5], st[6], st[12], st[13]
     K, V, W = sc[K_], sc[V_], lane.shape[1]
@@ -402,14 +403,14 @@ def _forward(st, d, q):  # type: ignore[no-untyped-def]
     _at(st, e + lat if lat > 0.0 else e, HOPPED, v, nv)
 
 
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _can_forward(sc, lane, q):  # type: ignore[no-untyped-def]
     return lane[PIPE, (q + 1) % lane.shape[1]] < sc[P_] and (
         lane[OB_N, q] > 0 or (lane[EN_N, q] > 0 and sc[ACTIVE] < sc[CAP])
     )
 
 
-@numba.njit(**_JIT)
+@numba.njit(**NO_NRT)
 def _kick(st, d):  # type: ignore[no-untyped-def]
     sc, die, lane, trip, ring, visit = st[0], st[1], st[2], st[3], st[5], st[6]
     K = sc[K_]
@@ -437,7 +438,7 @@ def _kick(st, d):  # type: ignore[no-untyped-def]
             _forward(st, d, q)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**NO_NRT)
 def _release(st, d, v):  # type: ignore[no-untyped-def]
     sc, die, lane, trip, ring, visit = st[0], st[1], st[2], st[3], st[5], st[6]
     visit[1, v] -= 1
@@ -467,7 +468,7 @@ def _release(st, d, v):  # type: ignore[no-untyped-def]
         _kick(st, lane[WALK, (q - 1 + W) % W])
 
 
-@numba.njit(**_JIT, inline="always")
+@numba.njit(**NO_NRT, inline="always")
 def _cross(st, tr, k):  # type: ignore[no-untyped-def]
     sc, ints, fl = st[0], st[12], st[13]
     plan = st[3][PLAN, tr]
@@ -485,7 +486,7 @@ def _cross(st, tr, k):  # type: ignore[no-untyped-def]
         _at(st, end, CROSS, tr, k + 1)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**NO_NRT)
 def simulate(st):  # type: ignore[no-untyped-def]
     """Play the rules on state ``st`` (:data:`State`); returns the outcome (:data:`DONE` or an
     internal error), leaves each trip's first position and last hop, the peaks, the records
@@ -549,7 +550,7 @@ def simulate(st):  # type: ignore[no-untyped-def]
     return sc[OUTCOME]
 
 
-@numba.njit(**_JIT)
+@numba.njit(**NO_NRT)
 def _by_die(log, m, kind, cols, ends):  # type: ignore[no-untyped-def]
     """The first ``m`` records of ``log`` die by die, each die's in log order (a counting
     sort: what a stable sort on the die column gives), as columns: ``kind``, and ``cols``'
