@@ -87,7 +87,7 @@ def append_run(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, 
     if n[23]:  # flat: die, fill op, free op (-1: not freed yet)
         flat = np.empty((n[23], 3), np.int64)
         flat[:, 0], flat[:, 1], flat[:, 2] = die, out_i[23][: n[23]], out_i[24][: n[23]]
-        b.fills += flat.ravel().tolist()
+        b.fills.frombytes(flat.tobytes())
 
 
 def _log_energy(b: Builder, t: _Tables, firsts: np.ndarray, blocks: np.ndarray) -> None:

@@ -604,8 +604,7 @@ def _fill_columns(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """:func:`sram_peaks`'s ``fills`` then ``closed`` (each flat: die, fill op, free op) as
     three columns: die, fill op, free op (-1: none)."""
-    n = len(fills) + len(closed)
-    flat = np.fromiter(chain(fills, closed), np.int64, n).reshape(-1, 3)
+    flat = np.concatenate([np.array(fills, np.int64), np.array(closed, np.int64)]).reshape(-1, 3)
     return flat[:, 0], flat[:, 1], flat[:, 2]
 
 
