@@ -263,8 +263,7 @@ class Builder:
         self.pending_recv: dict[tuple[int, int], TransferQueue] = defaultdict(TransferQueue)
         self.waiters: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
         self.signal_event: dict[int, str] = {}
-        # slot fills and frees, for SRAM, flat (no record objects): die, fill op, free op or -1;
-        # typed (a compiled relay run appends its fills as bytes, the SRAM peaks read an array)
+        # slot fills and frees, for SRAM, flat and typed: die, fill op, free op or -1
         self.fills = array("q")
         #: fills whose free is known when they are added (a streamed micro-slice), flat: die,
         #: fill op, free op
