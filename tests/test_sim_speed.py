@@ -16,7 +16,7 @@ from strategy_cases import moe_module
 import moec.bench
 from moec.backends.interp import summary
 from moec.backends.interp.simulate import gc_paused
-from moec.backends.interp.sram import _first_last, _mask
+from moec.backends.interp.sram import _first_last, _mask, _pair_columns
 from moec.backends.interp.summary import _nbytes, tag_spans
 from moec.bench import run_bench
 from moec.compiler.lower import lower
@@ -56,16 +56,16 @@ def test_vectorized_activation_spans_match_the_per_token_reference(seed: int) ->
     times = [float(rng.randrange(100)) / 7 for _ in sets]
     items = list(enumerate(sets))
     for first in (True, False):
-        got = _first_last(items, times, n, first)
+        got = _first_last(_pair_columns(items), times, n, first)
         assert np.array_equal(got, _first_last_reference(items, times, n, first))
     expect = np.zeros(n, dtype=bool)
     expect[[t for ts in sets for t in ts]] = True
     assert np.array_equal(_mask(sets, n), expect)
-    assert _first_last([], times, n, True).tolist() == [np.inf] * n
+    assert _first_last(_pair_columns([]), times, n, True).tolist() == [np.inf] * n
     # runs of one set object, as an expert's slices share theirs
     runs = [(op, sets[op // 3]) for op in range(len(times))]
     for first in (True, False):
-        got = _first_last(runs, times, n, first)
+        got = _first_last(_pair_columns(runs), times, n, first)
         assert np.array_equal(got, _first_last_reference(runs, times, n, first))
 
 

@@ -10,6 +10,7 @@ slot peak to the byte, on plain and chunked dispatch, with both outcomes of the 
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,14 +144,15 @@ def test_repeats_says_whether_a_token_appears_twice() -> None:
 @pytest.mark.parametrize("held", [0.0, 0.3, 1.0])
 def test_fill_columns_reads_the_records_as_the_reference(held: float) -> None:
     """The flat fill records (die, fill op, free op or -1) as columns, against one record at
-    a time, with ``closed`` fills after them."""
+    a time, with ``closed`` fills after them; ``fills`` a list or typed."""
     rng = np.random.default_rng(int(held * 10))
     fills: list[int] = []
     for _ in range(200):
         die, op = int(rng.integers(0, 8)), int(rng.integers(0, 1000))
         fills += (die, op, -1 if rng.random() < held else int(rng.integers(0, 1000)))
     closed = rng.integers(0, 1000, size=3 * 50).tolist()
-    for f, c in ((fills, closed), (fills, []), ([], closed), ([], [])):
+    typed = array("q", fills)  # the builder's fills: typed
+    for f, c in ((fills, closed), (fills, []), ([], closed), ([], []), (typed, closed)):
         got = sram._fill_columns(f, c)
         rows = [tuple(f[k : k + 3]) for k in range(0, len(f), 3)]
         rows += [tuple(c[k : k + 3]) for k in range(0, len(c), 3)]

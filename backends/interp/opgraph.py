@@ -263,8 +263,8 @@ class Builder:
         self.pending_recv: dict[tuple[int, int], TransferQueue] = defaultdict(TransferQueue)
         self.waiters: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
         self.signal_event: dict[int, str] = {}
-        # slot fills and frees, for SRAM, flat (no record objects): die, fill op, free op or -1
-        self.fills: list[int] = []
+        # slot fills and frees, for SRAM, flat and typed: die, fill op, free op or -1
+        self.fills = array("q")
         #: fills whose free is known when they are added (a streamed micro-slice), flat: die,
         #: fill op, free op
         self.closed_fills: list[int] = []
@@ -540,7 +540,7 @@ class Builder:
     def record_fill(self, die: int, op: int) -> int:
         """A slot fill starting at ``op``: where in ``fills`` its free op goes when it comes."""
         fills = self.fills
-        fills += (die, op, -1)
+        fills.extend((die, op, -1))
         return len(fills) - 1
 
     # --- the walk ---

@@ -294,7 +294,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                 held[slot] = tpl[6]
                 slot_uses[slot] = []
                 slot_rec[slot] = len(fills) + 2
-                fills += (die, hold, -1)
+                fills.extend((die, hold, -1))
             since(op)
         elif cls is Free:
             slot = i.slot
@@ -439,7 +439,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             held[slot] = h
             slot_uses[slot] = []
             slot_rec[slot] = len(fills) + 2
-            fills += (die, first, -1)
+            fills.extend((die, first, -1))
             since(op)
         else:
             break

@@ -87,7 +87,7 @@ def append_run(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, 
     if n[23]:  # flat: die, fill op, free op (-1: not freed yet)
         flat = np.empty((n[23], 3), np.int64)
         flat[:, 0], flat[:, 1], flat[:, 2] = die, out_i[23][: n[23]], out_i[24][: n[23]]
-        b.fills += flat.ravel().tolist()
+        b.fills.frombytes(flat.tobytes())
 
 
 def _log_energy(b: Builder, t: _Tables, firsts: np.ndarray, blocks: np.ndarray) -> None:
@@ -119,7 +119,8 @@ def _add_bytes(into: dict[int, int], keys: np.ndarray, nbytes: np.ndarray) -> No
 def _acts(b: Builder, die: int, rs: relay_records.RecordStream, e: int, t: _Tables,
           n: list[int], out_i: tuple[Any, ...], row: np.ndarray, hb: np.ndarray) -> None:  # fmt: skip
     """The run's SRAM records (from entry ``e`` of ``rs``), per layer in the order the run
-    first touched it; the computes' tokens read from the records."""
+    first touched it; the computes' tokens read from the records, handed to the layer's acts
+    as columns (an op array, a list of token sets: no ``(op, tokens)`` pair per op)."""
     tags, ops = out_i[15][: n[15]], out_i[16][: n[15]]
     if not len(tags):
         return
@@ -133,11 +134,10 @@ def _acts(b: Builder, die: int, rs: relay_records.RecordStream, e: int, t: _Tabl
         gops, grs = xo[sel], xr[sel]
         if not len(gops):
             continue
-        gl, al = gops.tolist(), (gops + 2).tolist()
         toks = rs.tokens(grs + e)
         same = (rs.trip[grs + e] == rs.trip[grs + e + 2]).all()  # a slice's gemm and accum
-        la.x_uses += zip(gl, toks, strict=True)
-        la.accums += zip(al, toks if same else rs.tokens(grs + e + 2), strict=True)
+        la.add_x_uses(gops.copy(), toks)  # not a view of the run's buffer
+        la.add_accums(gops + 2, toks if same else rs.tokens(grs + e + 2))
         la.add_h(np.stack((gops, gops + 2, hb[row[grs]]), axis=1).ravel())
 
 

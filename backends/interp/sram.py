@@ -11,90 +11,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from itertools import chain, filterfalse
+from itertools import chain, compress, filterfalse
 from operator import attrgetter, itemgetter, methodcaller
 
 import numpy as np
 
+from moec.backends.interp.layer_acts import _SET, LayerActs, _pair_columns
 from moec.ir.activations import x_row_bytes, y_row_bytes
 from moec.ir.stream.program import MoEDecl, TokenSet
 from moec.ir.target import Target
 
-
-@dataclass(repr=False)
-class LayerActs:
-    """What one die does with one MoE layer's activations (op ids and token sets).
-
-    ``ops`` and ``h`` are lists the reference builders append ints to; a compiled relay run
-    hands its ops and slices as arrays (:meth:`add_ops`, :meth:`add_h`), kept in
-    ``op_chunks`` / ``h_chunks`` after the ints appended before them (no int object per op):
-    read both through :meth:`op_array` / :meth:`h_array`. ``repr`` shows the whole lists (the
-    same text however they were added)."""
-
-    ops: list[int] = field(default_factory=list)
-    #: x reads: gemm and send x
-    x_uses: list[tuple[int, TokenSet]] = field(default_factory=list)
-    #: x blocks received: (arrival op, tokens); ``recv_x_start``: (the link hold's op, tokens)
-    recv_x: list[tuple[int, TokenSet]] = field(default_factory=list)
-    recv_x_start: list[tuple[int, TokenSet]] = field(default_factory=list)
-    accums: list[tuple[int, TokenSet]] = field(default_factory=list)
-    #: y blocks received: (the link hold's op, arrival op, tokens, bytes)
-    recv_y: list[tuple[int, int, TokenSet, int]] = field(default_factory=list)
-    send_y: list[tuple[int, TokenSet]] = field(default_factory=list)
-    #: slices in flight: gemm op, accum op, bytes of h, flat (three ints a slice: no tuple
-    #: per slice to build, and one array conversion)
-    h: list[int] = field(default_factory=list)
-    #: ``ops`` and ``h`` before the ints in the lists, as arrays (int64), in order
-    op_chunks: list[np.ndarray] = field(default_factory=list)
-    h_chunks: list[np.ndarray] = field(default_factory=list)
-
-    def add_ops(self, ops: np.ndarray) -> None:
-        """Append ``ops`` (int64) after the ops so far."""
-        if self.ops:
-            self.op_chunks.append(np.asarray(self.ops, np.int64))
-            self.ops = []
-        self.op_chunks.append(ops)
-
-    def add_h(self, h: np.ndarray) -> None:
-        """Append ``h`` (int64, three a slice: gemm op, accum op, bytes) after the slices so
-        far."""
-        if self.h:
-            self.h_chunks.append(np.asarray(self.h, np.int64))
-            self.h = []
-        self.h_chunks.append(h)
-
-    def has_ops(self) -> bool:
-        return bool(self.ops or self.op_chunks)
-
-    def op_array(self) -> np.ndarray:
-        """Every op, in the order added."""
-        return _joined(self.op_chunks, self.ops)
-
-    def h_array(self) -> np.ndarray:
-        """Every slice's (gemm op, accum op, bytes), flat, in the order added."""
-        return _joined(self.h_chunks, self.h)
-
-    def __repr__(self) -> str:
-        return (
-            f"LayerActs(ops={self.op_array().tolist()!r}, x_uses={self.x_uses!r}, "
-            f"recv_x={self.recv_x!r}, recv_x_start={self.recv_x_start!r}, "
-            f"accums={self.accums!r}, recv_y={self.recv_y!r}, send_y={self.send_y!r}, "
-            f"h={self.h_array().tolist()!r})"
-        )
-
-
-def _joined(chunks: list[np.ndarray], tail: list[int]) -> np.ndarray:
-    """``chunks`` then ``tail`` as one int64 array."""
-    if not chunks:
-        return np.fromiter(tail, np.int64, len(tail))
-    if not tail:
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-    return np.concatenate([*chunks, np.fromiter(tail, np.int64, len(tail))])
-
-
-#: an item's token set: ``(op, tokens)`` items, and ``recv_y``'s ``(hold, op, tokens, bytes)``
-_SET, _Y_SET = itemgetter(1), itemgetter(2)
+#: an item's op and token set: ``(op, tokens)`` items; ``recv_y``'s arrival op and token set
+#: (``(hold, op, tokens, bytes)``)
+_OP2, _Y_SET = itemgetter(1), itemgetter(2)
+#: items as columns: their ops (int64), their token sets
+_Columns = tuple[np.ndarray, list[TokenSet]]
 _RANGES = attrgetter("ranges")
 _KNOWN = methodcaller("known_indices")
 
@@ -205,10 +136,11 @@ def _mask(sets: list[TokenSet], n: int, index: TokenIndex | None = None) -> np.n
 
 
 def _first_last(
-    items: list[tuple[int, TokenSet]], times: np.ndarray | Mapping[int, int], n: int,
-    first: bool, index: TokenIndex | None = None,
+    items: _Columns, times: np.ndarray | Mapping[int, int], n: int, first: bool,
+    index: TokenIndex | None = None,
 ) -> np.ndarray:  # fmt: skip
-    """Per token, the earliest (``first``) or latest ``times[op]`` of the items covering it.
+    """Per token, the earliest (``first``) or latest ``times[op]`` of the items (columns: ops,
+    token sets) covering it.
 
     Many ops share one token set (every slice of an expert reads the same tokens), so each
     distinct set's earliest or latest time is found first, in Python, and the sets are then
@@ -218,12 +150,13 @@ def _first_last(
     get = best.get
     prev: TokenSet | None = None
     cur = 0.0
+    ops, sets = items
     if isinstance(times, np.ndarray):  # the items' times in one gather
-        at = times[np.fromiter(map(itemgetter(0), items), np.int64, len(items))].tolist()
+        at = times[ops].tolist()
     else:
-        at = list(map(times.__getitem__, map(itemgetter(0), items)))
+        at = list(map(times.__getitem__, ops.tolist()))
     # runs of one set object (an expert's slices share theirs) are reduced before the dict
-    for t, (_, ts) in zip(at, items, strict=True):
+    for t, ts in zip(at, sets, strict=True):
         if ts is prev:
             if t < cur if first else t > cur:
                 cur = t
@@ -245,14 +178,13 @@ def _first_last(
 
 
 def _entries(
-    items: list[tuple[int, TokenSet]], pos: dict[int, int], times: np.ndarray,
-    index: TokenIndex,
+    items: _Columns, pos: dict[int, int], times: np.ndarray, index: TokenIndex
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """One row per (item, token): the token, the item's program position on the die, its
-    ``times[op]``, and the item's index."""
-    idx, owner = index.ranges(list(map(_SET, items)))
-    ops = np.fromiter(map(itemgetter(0), items), np.int64, len(items))
-    p = np.fromiter(map(pos.__getitem__, ops.tolist()), dtype=np.int64, count=len(items))
+    """One row per (item, token) of ``items`` (columns: ops, token sets): the token, the
+    item's program position on the die, its ``times[op]``, and the item's index."""
+    ops, sets = items
+    idx, owner = index.ranges(sets)
+    p = np.fromiter(map(pos.__getitem__, ops.tolist()), dtype=np.int64, count=len(sets))
     t = times[ops]
     return idx, p[owner], t[owner], owner
 
@@ -289,12 +221,12 @@ def _x_per_reception(
     receptions' arrivals and its uses before the next reception after a ``gemm``. None when no
     token is received again after a ``gemm`` of it (a relay die that also computes a token
     receives it twice before either use: the first-to-last rule applies)."""
-    r_tok, r_pos, r_arr, r_item = _entries(acts.recv_x, pos, end, index)
+    r_tok, r_pos, r_arr, r_item = _entries(_pair_columns(acts.recv_x), pos, end, index)
     holds = start[np.fromiter(map(itemgetter(0), acts.recv_x_start), np.int64)]
     r_open = holds[r_item]
-    u_tok, u_pos, u_end, u_item = _entries(acts.x_uses, pos, end, index)
-    gemms = set(acts.h_array()[0::3].tolist())
-    is_gemm = np.fromiter((op in gemms for op, _ in acts.x_uses), dtype=bool)[u_item]
+    uses = acts.x_use_columns()
+    u_tok, u_pos, u_end, u_item = _entries(uses, pos, end, index)
+    is_gemm = np.isin(uses[0], acts.h_array()[0::3])[u_item]
     nr, nu = r_tok.size, u_tok.size
     opens = np.r_[np.ones(nr, dtype=bool), np.zeros(nu, dtype=bool)]
     gid, g_tok = _groups(
@@ -324,15 +256,15 @@ def _y_per_send(
     send; a stretch never sent is held to the end of the layer (``hi``). Only ``remote``
     tokens (not the die's own). None when no token is accumulated into after a send of it (a
     relay die forwarding several blocks of a token: the first-to-last rule applies)."""
-    writes = [(acts.accums, start), ([(op, ts) for _, op, ts, _ in acts.recv_y], end)]
-    parts = [(_entries(items, pos, t, index), k) for k, (items, t) in enumerate(writes) if items]
+    writes = [(acts.accum_columns(), start), (_recv_y_columns(acts), end)]
+    parts = [(_entries(items, pos, t, index), k) for k, (items, t) in enumerate(writes) if items[1]]
     if not parts:
         return None
     w_tok = np.concatenate([p[0] for p, _ in parts])
     w_pos = np.concatenate([p[1] for p, _ in parts])
     w_t = np.concatenate([p[2] for p, _ in parts])
     is_accum = np.concatenate([np.full(p[0].size, k == 0) for p, k in parts])
-    c_tok, c_pos, c_end, _ = _entries(acts.send_y, pos, end, index)
+    c_tok, c_pos, c_end, _ = _entries(_pair_columns(acts.send_y), pos, end, index)
     keep_w, keep_c = remote[w_tok], remote[c_tok]
     w_tok, w_pos, w_t, is_accum = w_tok[keep_w], w_pos[keep_w], w_t[keep_w], is_accum[keep_w]
     c_tok, c_pos, c_end = c_tok[keep_c], c_pos[keep_c], c_end[keep_c]
@@ -360,11 +292,11 @@ def _repeats(tokens: np.ndarray) -> bool:
 
 
 def _reopened(
-    opens: list[tuple[int, TokenSet]], ends: list[tuple[int, TokenSet]], pos: dict[int, int],
-    n: int, index: TokenIndex, among: np.ndarray | None = None,
+    opens: _Columns, ends: _Columns, pos: dict[int, int], n: int, index: TokenIndex,
+    among: np.ndarray | None = None,
 ) -> bool:  # fmt: skip
-    """Whether some token (of ``among``) has an item of ``opens`` after an item of ``ends`` in
-    the die's program order (``pos``). :func:`_groups` starts a token's second group only at
+    """Whether some token (of ``among``) has an item of ``opens`` after an item of ``ends``
+    (each columns: ops, token sets) in the die's program order (``pos``). :func:`_groups` starts a token's second group only at
     an opening row right after an ending row of that token, so when this is False
     :func:`_x_per_reception` (opens: receptions, ends: ``gemm`` uses) and :func:`_y_per_send`
     (opens: ``accum``, ends: ``send y``) return None; it costs two passes over the distinct
@@ -392,7 +324,8 @@ def _activation_events(
     xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
     n = tokens
     received = _mask(list(map(_SET, acts.recv_x)), n, index)
-    home = _mask(list(map(_SET, acts.x_uses)), n, index) & ~received
+    uses = acts.x_use_columns()
+    home = _mask(uses[1], n, index) & ~received
     if acts.recv_y:
         sent_y = _mask(list(map(_SET, acts.send_y)), n, index)
         home |= _mask(list(map(_Y_SET, acts.recv_y)), n, index) & ~sent_y & ~received
@@ -407,19 +340,20 @@ def _activation_events(
     # a token received again after a use, or written again after a send (chunked dispatch):
     # a row per stretch; otherwise (a relay that also computes the token) first to last
     if many_x:
-        gemms = set(acts.h_array()[0::3].tolist())
-        many_x = _reopened(acts.recv_x, [u for u in acts.x_uses if u[0] in gemms], pos, n, index)
+        is_gemm = np.isin(uses[0], acts.h_array()[0::3])
+        gemm_uses = uses[0][is_gemm], list(compress(uses[1], is_gemm.tolist()))
+        many_x = _reopened(_pair_columns(acts.recv_x), gemm_uses, pos, n, index)
     if many_y:
-        many_y = _reopened(acts.accums, acts.send_y, pos, n, index, ~home)
+        many_y = _reopened(acts.accum_columns(), _pair_columns(acts.send_y), pos, n, index, ~home)
     x_rows = _x_per_reception(acts, pos, start, end, xb, index) if many_x else None
     y_rows = _y_per_send(acts, pos, start, end, ~home, hi, yb, index) if many_y else None
     if x_rows is not None:
         t_parts.append(np.asarray(x_rows[0], dtype=np.float64))
         d_parts.append(np.asarray(x_rows[1], dtype=np.int64))
     elif acts.recv_x:  # other dies' inputs: first recv to last use
-        first = _first_last(acts.recv_x_start, start, n, True, index)
-        last = _first_last(acts.x_uses, end, n, False, index)
-        arrived = _first_last(acts.recv_x, end, n, True, index)
+        first = _first_last(_pair_columns(acts.recv_x_start), start, n, True, index)
+        last = _first_last(uses, end, n, False, index)
+        arrived = _first_last(_pair_columns(acts.recv_x), end, n, True, index)
         idx = np.nonzero(received)[0]
         t_parts += [first[idx], np.maximum(last[idx], arrived[idx])]
         d_parts.append(np.repeat(np.array([xb, -xb], dtype=np.int64), idx.size))
@@ -428,10 +362,10 @@ def _activation_events(
         d_parts.append(np.asarray(y_rows[1], dtype=np.int64))
     elif acts.recv_x or acts.recv_y:  # other dies' partial outputs: first write to last send
         first = np.minimum(
-            _first_last(acts.accums, start, n, True, index),
-            _first_last([(op, ts) for _, op, ts, _ in acts.recv_y], end, n, True, index),
+            _first_last(acts.accum_columns(), start, n, True, index),
+            _first_last(_recv_y_columns(acts), end, n, True, index),
         )
-        last = _first_last(acts.send_y, end, n, False, index)
+        last = _first_last(_pair_columns(acts.send_y), end, n, False, index)
         idx = np.nonzero(~home & np.isfinite(first))[0]
         f = first[idx]
         t_parts += [f, np.where(np.isfinite(last[idx]), np.maximum(last[idx], f), hi)]
@@ -445,6 +379,12 @@ def _activation_events(
     if not t_parts:
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
     return np.concatenate(t_parts), np.concatenate(d_parts)
+
+
+def _recv_y_columns(acts: LayerActs) -> _Columns:
+    """The y blocks received as columns: arrival ops, token sets."""
+    y = acts.recv_y
+    return np.fromiter(map(_OP2, y), np.int64, len(y)), list(map(_Y_SET, y))
 
 
 def _pairs(
@@ -541,8 +481,7 @@ def _fill_columns(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """:func:`sram_peaks`'s ``fills`` then ``closed`` (each flat: die, fill op, free op) as
     three columns: die, fill op, free op (-1: none)."""
-    n = len(fills) + len(closed)
-    flat = np.fromiter(chain(fills, closed), np.int64, n).reshape(-1, 3)
+    flat = np.concatenate([np.array(fills, np.int64), np.array(closed, np.int64)]).reshape(-1, 3)
     return flat[:, 0], flat[:, 1], flat[:, 2]
 
 
