@@ -192,3 +192,34 @@ def _fill(slot: int = 1) -> Load:
 )
 def test_walk_part_finds_what_a_part_leaves_to_another(streams: dict, want: tuple) -> None:
     assert walk_part(streams) == want
+
+
+@pytest.mark.parametrize("strategy", ["ep", "fsedp-r5", "fsedp-buf"])
+def test_one_layer_bytes_are_its_ops_bytes(
+    strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    """A layered part's DRAM and link bytes, taken from the op-graph builder's counts, equal
+    the bytes of its loads' and transfers' instructions (the per-op sums of ``_layers``)."""
+    import numpy as np
+
+    from moec.backends.interp import summary
+
+    seen: list[tuple[list[tuple[int, int]], list[tuple[int, int]]]] = []
+
+    def both(tl: Any) -> list[summary.LayerPart]:
+        fast = summary.layer_parts(tl)
+        ref = summary._layers(tl, np.asarray(tl.layer, np.int64))
+        seen.append(
+            (
+                [(p.dram_bytes, p.link_bytes) for p in fast],
+                [(p.dram_bytes, p.link_bytes) for p in ref],
+            )
+        )
+        return fast
+
+    monkeypatch.setattr(layered, "layer_parts", both)
+    program, trace = _shape_only(2, 16, strategy)
+    simulate(program, target=load_target("fsedp-2x2"), routings=trace, layered=True)
+    moved = [f for f, _ in seen if f]
+    assert len(moved) == 2 and all(d > 0 for ((d, _),) in moved)
+    assert all(fast == ref for fast, ref in seen)

@@ -120,8 +120,17 @@ def _one_layer(tl: Timeline, k: int, layer: np.ndarray, mine: np.ndarray) -> Lay
         joules = acc.tolist()
     held = np.flatnonzero(mine & (res >= 0))  # the ops holding a resource
     busy = np.bincount(res[held], weights=(end - start)[held], minlength=tl.num_resources)
-    moved = np.flatnonzero(mine & ((kind == LOAD) | (kind == XFER)))
-    dram, link = _moved_bytes(tl, moved, res[moved], D, C)
+    moves = mine & ((kind == LOAD) | (kind == XFER))
+    on_wire = (D <= res) & (res < D + C + len(t.links))  # the ops holding a channel or link
+    if not on_wire.any(where=~moves):
+        # every op holding a channel or a link is a load or transfer of the layer (a layered
+        # run's part): the layer's bytes are the run's, which the op-graph builder counted per
+        # read and transfer, so no instruction is made or read for them
+        # (test_one_layer_bytes_are_its_ops_bytes)
+        dram, link = sum(tl.dram_bytes), sum(tl.link_bytes.values())
+    else:
+        moved = np.flatnonzero(moves)
+        dram, link = _moved_bytes(tl, moved, res[moved], D, C)
     lo = float(start.min(where=mine, initial=np.inf))
     hi = float(end.max(where=mine, initial=-np.inf))
     return LayerPart(k, lo, hi, busy, dram, link, joules)
