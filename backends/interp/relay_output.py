@@ -134,7 +134,7 @@ def _acts(b: Builder, die: int, rs: relay_records.RecordStream, e: int, t: _Tabl
             continue
         toks = rs.tokens(grs + e)
         same = (rs.trip[grs + e] == rs.trip[grs + e + 2]).all()  # a slice's gemm and accum
-        la.add_x_uses(gops.copy(), toks)  # not a view of the run's buffer
+        la.add_x_uses(gops.copy(), toks, rs.tokens_once(grs + e))  # ops: not a view of the buffer
         la.add_accums(gops + 2, toks if same else rs.tokens(grs + e + 2))
         la.add_h(np.stack((gops, gops + 2, hb[row[grs]]), axis=1).ravel())
 
