@@ -107,8 +107,7 @@ class OpGraph:
     are typed (``array('q')``): the event loop reads them as numpy arrays in place, where
     lists cost a copy per part that reads every int object back (4% of a whole-model FSE-DP
     run). The other columns stay lists (an ``array``'s ``append`` costs 50 ns more), but for
-    a compiled relay run's ``kind``, ``dur`` and ``res``, kept as arrays (:mod:`.packed_ops`),
-    and ``layer``, typed: the compiled relay's per-op tag writes were a tenth of its time.
+    a compiled relay run's ``kind``, ``dur`` and ``res`` (:mod:`.packed_ops`), and ``layer``.
     """
 
     def __init__(self) -> None:
@@ -119,9 +118,7 @@ class OpGraph:
         self.die: list[int] = []
         #: per op its instruction (a kernel op's made when read: :mod:`.instr_column`)
         self.instr: list[Instr | None] = InstrColumn()
-        #: per op its layer index (-1: none); typed, so a compiled relay run appends its
-        #: tags as bytes and its receives tag earlier ops through a numpy view
-        self.layer = array("q")
+        self.layer = array("q")  # per op its layer index (-1: none)
         #: the edge log: edge k runs from op ``src[k]`` to op ``dst[k]`` (typed, like ``runs``:
         #: the event loop reads them as numpy arrays without a copy, and no op index in them
         #: is a Python object)
