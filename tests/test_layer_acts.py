@@ -27,7 +27,9 @@ def _acts(seed: int, chunked: bool) -> sram.LayerActs:
         la.add_ops(np.arange(op, op + 4 * k, dtype=np.int64))
         la.add_h(np.stack((gemms, gemms + 2, np.full(k, 100 + batch)), axis=1).ravel())
         if chunked and batch % 2:
-            la.add_x_uses(gemms.copy(), picked)
+            # every other chunk with its distinct sets (the compiled relay's way)
+            once = list({id(ts): ts for ts in picked}.values()) if batch % 4 == 1 else None
+            la.add_x_uses(gemms.copy(), picked, once)
             la.add_accums(gemms + 2, list(picked))
         else:
             la.x_uses += zip(gemms.tolist(), picked, strict=True)
@@ -62,3 +64,15 @@ def test_columns_give_the_pairs_events(seed: int) -> None:
     want = sram._activation_events(plain, 32, 64, "bf16", start, end, span, sram.TokenIndex())
     assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
     assert len(want[0]) > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_x_use_sets_once_has_every_set_object(seed: int) -> None:
+    chunked, plain = _acts(seed, True), _acts(seed, False)
+    assert chunked.x_once  # a chunk with its distinct sets
+    once, every = chunked.x_use_sets_once(), chunked.x_use_columns()[1]
+    assert {id(ts) for ts in once} == {id(ts) for ts in every}
+    dropped = sum(len(chunked.x_chunks[k][1]) - len(v) for k, v in chunked.x_once.items())
+    assert len(once) == len(every) - dropped  # a given chunk's sets as given, others whole
+    index = sram.TokenIndex()
+    assert (sram._mask(once, 32, index) == sram._mask(plain.x_use_columns()[1], 32)).all()

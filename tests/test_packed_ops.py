@@ -20,7 +20,7 @@ def test_columns_and_unpack_interleave_packed_runs_with_appended_ops() -> None:
     packed_ops.pack(g, np.array([LOAD, SYNC]), np.array([2.0, 0.25]), np.array([3, -1]))
     g.die += [0, 0]
     g.instr += [None, None]
-    g.layer += [-1, -1]
+    g.layer.extend((-1, -1))
     g.add(SYNC, 0.0, -1, 1, None)
     g.add(LOAD, 7.0, 2, 1, None)
     packed_ops.pack(g, np.array([COMPUTE]), np.array([0.5]), np.array([1]))

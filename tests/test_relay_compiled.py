@@ -90,3 +90,34 @@ def test_compiled_relay_builds_fsedp_points_as_the_reference(
 
     _same(go, monkeypatch)
     capsys.readouterr()
+
+
+def test_compiled_relay_acts_keep_every_x_set_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compiled relay run's x reads carry their distinct sets (what the SRAM mask reads,
+    :meth:`~moec.backends.interp.layer_acts.LayerActs.x_use_sets_once`): the same set objects
+    as the reads themselves, each once per run."""
+    from moec.run import run_program
+
+    checked = [0]
+    build = opgraph.Builder.build
+
+    def recorded(b: opgraph.Builder) -> None:
+        build(b)
+        for la in b.acts.values():
+            once, every = la.x_use_sets_once(), la.x_use_columns()[1]
+            assert {id(ts) for ts in once} == {id(ts) for ts in every}
+            for k, sets in la.x_once.items():
+                assert len(sets) == len({id(ts) for ts in sets})
+                assert {id(ts) for ts in sets} == {id(ts) for ts in la.x_chunks[k][1]}
+                checked[0] += 1
+
+    with monkeypatch.context() as m:
+        m.setattr(fsedp_compiled, "COMPILED", True)
+        m.setattr(relay_compiled, "COMPILED", True)
+        m.setattr(opgraph.Builder, "build", recorded)
+        run_program(
+            load_program(str(GOLDEN / FSEDP[0])), routing="synth:zipf=1.0,seed=0",
+            base_dir=str(GOLDEN),
+        )  # fmt: skip
+    relay_records.clear()
+    assert checked[0] > 0

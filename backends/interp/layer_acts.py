@@ -50,6 +50,9 @@ class LayerActs:
     #: token sets), in order
     x_chunks: list[tuple[np.ndarray, list[TokenSet]]] = field(default_factory=list)
     accum_chunks: list[tuple[np.ndarray, list[TokenSet]]] = field(default_factory=list)
+    #: per chunk of ``x_chunks`` (by index) whose adder gave them: its token sets, each set
+    #: object once (:meth:`x_use_sets_once`)
+    x_once: dict[int, list[TokenSet]] = field(default_factory=dict, compare=False)
 
     def add_ops(self, ops: np.ndarray) -> None:
         """Append ``ops`` (int64) after the ops so far."""
@@ -66,11 +69,15 @@ class LayerActs:
             self.h = []
         self.h_chunks.append(h)
 
-    def add_x_uses(self, ops: np.ndarray, sets: list[TokenSet]) -> None:
-        """Append x reads at ``ops`` (int64) of ``sets`` (one a read) after the reads so far."""
+    def add_x_uses(self, ops: np.ndarray, sets: list[TokenSet],
+                   once: list[TokenSet] | None = None) -> None:  # fmt: skip
+        """Append x reads at ``ops`` (int64) of ``sets`` (one a read) after the reads so far;
+        ``once``, if given: the distinct set objects of ``sets``."""
         if self.x_uses:
             self.x_chunks.append(_pair_columns(self.x_uses))
             self.x_uses = []
+        if once is not None:
+            self.x_once[len(self.x_chunks)] = once
         self.x_chunks.append((ops, sets))
 
     def add_accums(self, ops: np.ndarray, sets: list[TokenSet]) -> None:
@@ -83,6 +90,15 @@ class LayerActs:
     def x_use_columns(self) -> tuple[np.ndarray, list[TokenSet]]:
         """Every x read's op and token set, in the order added."""
         return _joined_pairs(self.x_chunks, self.x_uses)
+
+    def x_use_sets_once(self) -> list[TokenSet]:
+        """Every set object of the x reads, at least once (a chunk's distinct sets where its
+        adder gave them, not a set per read): what a mask of the tokens read needs."""
+        once = self.x_once
+        return list(chain(
+            chain.from_iterable(once.get(k, c[1]) for k, c in enumerate(self.x_chunks)),
+            map(_SET, self.x_uses),
+        ))  # fmt: skip
 
     def accum_columns(self) -> tuple[np.ndarray, list[TokenSet]]:
         """Every accum's op and token set, in the order added."""

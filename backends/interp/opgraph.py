@@ -107,7 +107,7 @@ class OpGraph:
     are typed (``array('q')``): the event loop reads them as numpy arrays in place, where
     lists cost a copy per part that reads every int object back (4% of a whole-model FSE-DP
     run). The other columns stay lists (an ``array``'s ``append`` costs 50 ns more), but for
-    a compiled relay run's ``kind``, ``dur`` and ``res``, kept as arrays (:mod:`.packed_ops`).
+    a compiled relay run's ``kind``, ``dur`` and ``res`` (:mod:`.packed_ops`), and ``layer``.
     """
 
     def __init__(self) -> None:
@@ -118,7 +118,7 @@ class OpGraph:
         self.die: list[int] = []
         #: per op its instruction (a kernel op's made when read: :mod:`.instr_column`)
         self.instr: list[Instr | None] = InstrColumn()
-        self.layer: list[int] = []
+        self.layer = array("q")  # per op its layer index (-1: none)
         #: the edge log: edge k runs from op ``src[k]`` to op ``dst[k]`` (typed, like ``runs``:
         #: the event loop reads them as numpy arrays without a copy, and no op index in them
         #: is a Python object)
@@ -357,7 +357,7 @@ class Builder:
         g.runs.append(k - 1)
         g.die += (die,) * k
         g.instr += (i,) * k
-        g.layer += (layer,) * k
+        g.layer.extend((layer,) * k)
         if island >= 0:
             for op in range(first, first + k):
                 g.island_of[op] = island
@@ -471,7 +471,7 @@ class Builder:
             g.runs.append(1)
             g.die += (die, die)
             g.instr += (i, i)
-            g.layer += (-1, -1)
+            g.layer.extend((-1, -1))
             ops = (hold, hold + 1)
         self.link_bytes[res[0]] += i.nbytes
         self.energy.log(hold, charges)

@@ -269,7 +269,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
                     runs += (hold, 1)
                     gdie += d2
                     instr += (i, i)
-                    layer += (tag, tag)
+                    layer.extend((tag, tag))
                 link_bytes[res] += nbytes
                 log_at(hold)
                 log_block(charges)
@@ -377,7 +377,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             runs += (op, 2)  # gemm -> act -> accum
             gdie += d3
             instr += (i, ia, ic)
-            layer += lk3
+            layer.extend(lk3)
             log_at(op)
             log_block(charges)
             la = las.get(lk)
@@ -414,7 +414,7 @@ def relay_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
             runs += (first, k - 1)
             gdie += dies
             instr += (i,) * k
-            layer += tags
+            layer.extend(tags)
             for o, back in backs:
                 back_of[first + o] = back
             log_at(first)

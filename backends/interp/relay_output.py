@@ -14,7 +14,6 @@ from __future__ import annotations
 from array import array
 from collections import deque
 from itertools import repeat
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,7 +40,7 @@ def append_run(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, 
     packed_ops.pack(g, out_i[0][:nop], out_f[0][:nop], out_i[1][:nop])
     g.die += [die] * nop
     g.instr.placed(rs, out_i[3][:nop] + e)
-    g.layer += out_i[2][:nop].tolist()
+    g.layer.frombytes(out_i[2][:nop].tobytes())
     if n[29]:  # a send names its transfer
         hold, op, r = out_i[29][: n[29]].T.tolist()
         sent = (out_i[29][: n[29], 2] + e).tolist()
@@ -50,12 +49,11 @@ def append_run(b: Builder, s: DieState, rs: relay_records.RecordStream, e: int, 
             deque(map(g.die.__setitem__, at, repeat(die)), 0)
     if n[30]:  # a recv tags its transfer with its layer, if the send did not
         fix = out_i[30][: n[30]]
-        layer = g.layer
-        tagged = np.array(itemgetter(*fix[:, 1].tolist())(layer), np.int64).reshape(-1)
-        fix = fix[tagged < 0]
-        tags = fix[:, 2].tolist()
-        for at in (fix[:, 0].tolist(), fix[:, 1].tolist()):
-            deque(map(layer.__setitem__, at, tags), 0)
+        layer = np.frombuffer(g.layer, np.int64)  # a view: dropped before g.layer grows
+        fix = fix[layer[fix[:, 1]] < 0]
+        layer[fix[:, 0]] = fix[:, 2]
+        layer[fix[:, 1]] = fix[:, 2]
+        del layer
     g.src.frombytes(out_i[4][: n[4]].tobytes())
     g.dst.frombytes(out_i[5][: n[4]].tobytes())
     g.runs.frombytes(out_i[6][: n[6]].tobytes())
@@ -136,7 +134,7 @@ def _acts(b: Builder, die: int, rs: relay_records.RecordStream, e: int, t: _Tabl
             continue
         toks = rs.tokens(grs + e)
         same = (rs.trip[grs + e] == rs.trip[grs + e + 2]).all()  # a slice's gemm and accum
-        la.add_x_uses(gops.copy(), toks)  # not a view of the run's buffer
+        la.add_x_uses(gops.copy(), toks, rs.tokens_once(grs + e))  # ops: not a view of the buffer
         la.add_accums(gops + 2, toks if same else rs.tokens(grs + e + 2))
         la.add_h(np.stack((gops, gops + 2, hb[row[grs]]), axis=1).ravel())
 

@@ -211,6 +211,14 @@ class RecordStream(Sequence[Any]):
         """The ``tokens`` of entries ``k`` (each a gemm, act or accum), no instruction made."""
         return self._held(self.trip[k])
 
+    def tokens_once(self, k: np.ndarray) -> list[Any]:
+        """The distinct ``tokens`` of entries ``k`` (as :meth:`tokens`), each unit's on this
+        die once, in the order first met."""
+        src = self.src
+        at = src.unit_of[self.trip[k]] * src.n + self.die
+        u, first = np.unique(at, return_index=True)
+        return src.held_array()[u[np.argsort(first, kind="stable")]].tolist()
+
     def content(self, k: int) -> Any:
         """The ``content`` of entry ``k`` (a load or recv)."""
         return self.src.refs[int(self.trip[k])]

@@ -226,7 +226,7 @@ def slice_run(b: Builder, s: DieState, ins: Sequence[Instr], j: int) -> int:
     g.die += [die] * width
     layer = ins[j].content.layer
     lk = b.layers[layer][0]
-    g.layer += [lk] * width
+    g.layer.extend([lk] * width)
     loads, gemms, accs = ins[j:after:5], ins[j + 1 : after : 5], ins[j + 3 : after : 5]
     first_l, op_l = firsts.tolist(), ops.tolist()
     if any(u[0][4] for u in uses.values()):  # some read holds its channel back
@@ -312,7 +312,7 @@ def _one_chain(b: Builder, s: DieState, ins: Sequence[Instr], j: int, tpl: Any) 
     g.die += [die] * (k + 4)
     layer = il.content.layer
     lk = b.layers[layer][0]
-    g.layer += [lk] * (k + 4)
+    g.layer.extend([lk] * (k + 4))
     if backs:
         for o, back in backs:
             g.back_of[first + o] = back

@@ -324,8 +324,10 @@ def _activation_events(
     xb, yb = x_row_bytes(hidden, dtype), y_row_bytes(hidden)
     n = tokens
     received = _mask(list(map(_SET, acts.recv_x)), n, index)
-    uses = acts.x_use_columns()
-    home = _mask(uses[1], n, index) & ~received
+    # each x read's set once per run of a compiled relay (not a set per op), for the mask;
+    # the reads as columns only where the received tokens need them
+    home = _mask(acts.x_use_sets_once(), n, index) & ~received
+    uses = acts.x_use_columns() if acts.recv_x else (np.zeros(0, np.int64), [])
     if acts.recv_y:
         sent_y = _mask(list(map(_SET, acts.send_y)), n, index)
         home |= _mask(list(map(_Y_SET, acts.recv_y)), n, index) & ~sent_y & ~received

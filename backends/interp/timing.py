@@ -226,7 +226,7 @@ def run_timing(
     layer: Ints = g.layer
     if arrays:  # a compiled relay's runs of ops as its arrays (packed_ops); the lists dropped
         kind, dur, res = packed_ops.take_columns(g)
-        layer = np.fromiter(g.layer, np.int64, n)
+        layer = np.frombuffer(g.layer, np.int64).copy()  # not a view: g.layer may grow
     else:
         packed_ops.unpack(g)
     watch = None

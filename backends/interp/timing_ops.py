@@ -220,7 +220,7 @@ def slice_unit(b: Builder, s: DieState, ig: Gemm, ia: Act, ic: Accum) -> bool:
     g.res += (die, die, die)
     g.die += (die, die, die)
     g.instr += (ig, ia, ic)
-    g.layer += (lk, lk, lk)
+    g.layer.extend((lk, lk, lk))
     # gemm -> act -> accum, then the gemm's edges: the die's fence, latest compute, the slot's
     # fill, the latest x block
     g.runs.append(op)
