@@ -104,10 +104,7 @@ def _one_layer(tl: Timeline, k: int, layer: np.ndarray, mine: np.ndarray) -> Lay
     sums."""
     t = tl.target
     D, C = t.num_dies, len(t.channels)
-    start = _column(tl.start, np.float64)
-    end = _column(tl.end, np.float64)
-    kind = _column(tl.kind, np.int64)
-    res = _column(tl.res, np.int64)
+    start, end, kind, res = _op_columns(tl)
     P = len(PARTS)
     joules = [0.0] * P
     if tl.energy is not None:
@@ -151,10 +148,7 @@ def _layers(tl: Timeline, layer: np.ndarray) -> list[LayerPart]:
     stable sort by layer)."""
     t = tl.target
     D, C = t.num_dies, len(t.channels)
-    start = _column(tl.start, np.float64)
-    end = _column(tl.end, np.float64)
-    kind = _column(tl.kind, np.int64)
-    res = _column(tl.res, np.int64)
+    start, end, kind, res = _op_columns(tl)
     moe = np.flatnonzero(layer >= 0)
     tags = layer[moe]
     present, first = np.unique(tags, True)
@@ -207,6 +201,14 @@ def _of(objs: list[Any]) -> np.ndarray:
         return np.fromiter(map(_NBYTES, objs), np.int64, len(objs))
     except AttributeError:
         return np.fromiter((getattr(i, "nbytes", 0) for i in objs), np.int64, len(objs))
+
+
+def _op_columns(tl: Timeline) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``tl``'s per-op start, end, kind and resource as arrays."""
+    return (
+        _column(tl.start, np.float64), _column(tl.end, np.float64),
+        _column(tl.kind, np.int64), _column(tl.res, np.int64),
+    )  # fmt: skip
 
 
 def _column(values: Sequence[Any] | np.ndarray, dtype: type) -> np.ndarray:
